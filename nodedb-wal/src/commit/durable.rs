@@ -1,0 +1,156 @@
+//! The durable watermark and everyone waiting on it: blocked threads and async tasks.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use crate::error::{IoOp, Result, WalError};
+use crate::types::Lsn;
+
+/// The first failure that poisoned the log.
+#[derive(Clone, Copy, Debug)]
+pub struct PoisonCause {
+    pub op: IoOp,
+    pub kind: io::ErrorKind,
+}
+
+/// The highest LSN a successful fdatasync covered, or the poison that ended the log.
+#[derive(Debug, Default)]
+pub struct Durability {
+    lsn: AtomicU64,
+    poisoned: AtomicBool,
+    cause: OnceLock<PoisonCause>,
+    lock: Mutex<()>,
+    cv: Condvar,
+    wakers: Mutex<Vec<(Lsn, Waker)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Durability {
+    pub fn new(durable: Lsn) -> Durability {
+        Durability { lsn: AtomicU64::new(durable.0), ..Durability::default() }
+    }
+
+    /// The durable watermark.
+    pub fn lsn(&self) -> Lsn {
+        Lsn(self.lsn.load(Ordering::Acquire))
+    }
+
+    /// `Ok(true)` if `lsn` is durable, `Ok(false)` if not yet, the poison error if it never will be.
+    pub fn check(&self, lsn: Lsn) -> Result<bool> {
+        if self.lsn() >= lsn {
+            return Ok(true);
+        }
+        self.check_poison()?;
+        Ok(false)
+    }
+
+    /// The poison error, if the log is poisoned.
+    pub fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let cause = self.cause.get().copied().expect("cause is set before the flag");
+            return Err(WalError::Poisoned { op: cause.op, kind: cause.kind });
+        }
+        Ok(())
+    }
+
+    /// Called by the flusher after a successful sync that covered everything below `lsn`.
+    pub fn advance(&self, lsn: Lsn) {
+        {
+            let _guard = lock(&self.lock);
+            self.lsn.fetch_max(lsn.0, Ordering::AcqRel);
+        }
+        self.cv.notify_all();
+        self.wake(|waiting| waiting <= lsn);
+    }
+
+    /// Ends the log: nothing more becomes durable. The first cause wins.
+    pub fn poison(&self, op: IoOp, err: &io::Error) {
+        let _ = self.cause.set(PoisonCause { op, kind: err.kind() });
+        {
+            let _guard = lock(&self.lock);
+            self.poisoned.store(true, Ordering::Release);
+        }
+        tracing::error!(?op, %err, "nodedb-wal poisoned: no further append will be acknowledged");
+        self.cv.notify_all();
+        self.wake(|_| true);
+    }
+
+    fn wake(&self, which: impl Fn(Lsn) -> bool) {
+        let ready: Vec<Waker> = {
+            let mut wakers = lock(&self.wakers);
+            let (ready, waiting): (Vec<_>, Vec<_>) = wakers.drain(..).partition(|(lsn, _)| which(*lsn));
+            *wakers = waiting;
+            ready.into_iter().map(|(_, w)| w).collect()
+        };
+        ready.into_iter().for_each(Waker::wake);
+    }
+
+    /// Blocks until `lsn` is durable or the log is poisoned.
+    pub fn wait(&self, lsn: Lsn) -> Result<()> {
+        let mut guard = lock(&self.lock);
+        while !self.check(lsn)? {
+            guard = self.cv.wait(guard).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        Ok(())
+    }
+
+    /// Registers a task to wake once `lsn` is durable (or the log is poisoned).
+    pub fn register(&self, lsn: Lsn, waker: &Waker) {
+        let mut wakers = lock(&self.wakers);
+        match wakers.iter_mut().find(|(l, w)| *l == lsn && w.will_wake(waker)) {
+            Some(_) => {}
+            None => wakers.push((lsn, waker.clone())),
+        }
+    }
+}
+
+/// Something that can ask the flusher to make an LSN durable.
+pub trait SyncRequester: Send + Sync {
+    /// Asks for a sync that covers `lsn`.
+    fn request_sync(&self, lsn: Lsn);
+    /// The watermark to wait on.
+    fn durability(&self) -> &Durability;
+}
+
+/// Resolves once a successful fdatasync covers the LSN. Works under any executor: the flusher
+/// thread wakes the task.
+#[must_use = "futures do nothing unless polled"]
+pub struct DurableFuture<'a> {
+    pub(crate) requester: &'a dyn SyncRequester,
+    pub(crate) lsn: Lsn,
+    pub(crate) requested: bool,
+}
+
+impl std::fmt::Debug for DurableFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableFuture").field("lsn", &self.lsn).finish()
+    }
+}
+
+impl Future for DurableFuture<'_> {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let durability = self.requester.durability();
+        if durability.check(self.lsn)? {
+            return Poll::Ready(Ok(()));
+        }
+        durability.register(self.lsn, cx.waker());
+        if !self.requested {
+            self.requester.request_sync(self.lsn);
+            self.requested = true;
+        }
+        // The flusher may have advanced between the first check and the registration.
+        match durability.check(self.lsn)? {
+            true => Poll::Ready(Ok(())),
+            false => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The flusher thread: takes sealed batches in order, closes them with padding (and an end
+//! frame when they seal a segment), creates segments, and writes + fdatasyncs each batch.
+//! A failed write or sync poisons the log; nothing is ever retried.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Shared;
+use super::plan::{BatchMeta, Sealed, Target};
+use crate::error::IoOp;
+use crate::format::layout::{write_header_block, write_padding, write_segment_end};
+use crate::format::meta::SegmentHeaderPayload;
+use crate::format::preamble::SegmentPreamble;
+use crate::segment::{self, SegmentInfo};
+use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
+use crate::types::{Lsn, SegmentId};
+
+type IoFailure = (IoOp, io::Error);
+
+/// The flusher's own state: the open segment file.
+pub(crate) struct Flusher<S: Storage> {
+    shared: Arc<Shared<S>>,
+    file: Option<(SegmentId, S::File)>,
+}
+
+impl<S: Storage> Flusher<S> {
+    pub fn new(shared: Arc<Shared<S>>) -> Flusher<S> {
+        Flusher { shared, file: None }
+    }
+
+    /// Runs until the log closes or is poisoned.
+    pub fn run(mut self) {
+        while let Some(Sealed { buf, meta }) = self.shared.next_job() {
+            let mut buf = wait_for_regions(buf);
+            match self.write_batch(&mut buf, &meta) {
+                Ok(()) => self.shared.finish_batch(buf, meta.oversized),
+                Err((op, err)) => {
+                    self.shared.durability.poison(op, &err);
+                    self.shared.wake_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write_batch(&mut self, buf: &mut BatchBuf, job: &BatchMeta) -> Result<(), IoFailure> {
+        let durable = self.shared.durability.lsn();
+        let target = job.target;
+        let bytes = &mut buf.bytes_mut()[..job.padded];
+        let mut used = job.used;
+        if job.ends_segment {
+            let records_end = target.offset + used as u64;
+            used += write_segment_end(bytes, used, records_end, job.end_lsn, durable, target.salt);
+        }
+        write_padding(bytes, used, job.end_lsn, durable, target.salt);
+        if target.create {
+            self.create_segment(target, durable)?;
+        }
+        let (id, file) = self.file.as_ref().expect("a batch always has an open segment");
+        assert_eq!(*id, target.segment, "batch planned for another segment than the open one");
+        file.write_and_sync(bytes, target.offset)?;
+        let stats = &self.shared.stats;
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.bytes_written.fetch_add(job.padded as u64, Ordering::Relaxed);
+        stats.records.fetch_add(job.end_lsn.0 - job.first_lsn.0, Ordering::Relaxed);
+        self.shared.note_segment_progress(target, job.end_lsn, job.ends_segment, job.padded);
+        if job.ends_segment {
+            self.file = None;
+        }
+        Ok(())
+    }
+
+    /// Creates the segment file, writes its header block and makes the new entry durable.
+    fn create_segment(&mut self, target: Target, durable: Lsn) -> Result<(), IoFailure> {
+        let shared = &self.shared;
+        let path = segment::path(&shared.dir, target.segment);
+        let mode = OpenMode { create: true, write: true, direct: shared.direct };
+        let file = shared.storage.open(&path, mode).map_err(|e| (IoOp::Open, e))?;
+        let mut block = AlignedBuf::zeroed(shared.block, shared.block);
+        let header = SegmentHeaderPayload {
+            segment_id: target.segment,
+            first_lsn: target.segment_first_lsn,
+            salt: target.salt,
+            block_len: u32::try_from(shared.block).expect("block fits u32"),
+            kdf_salt: [0; 16],
+        };
+        write_header_block(&mut block, &SegmentPreamble::plaintext_wal(), &header, durable);
+        file.write_at(&block, 0).map_err(|e| (IoOp::Write, e))?;
+        shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
+        let info = SegmentInfo {
+            id: target.segment,
+            first_lsn: target.segment_first_lsn,
+            end_lsn: target.segment_first_lsn,
+            bytes: shared.block as u64,
+            sealed: false,
+        };
+        shared.segments_lock().push(info);
+        tracing::debug!(segment = %target.segment, first_lsn = %target.segment_first_lsn, "segment created");
+        self.file = Some((target.segment, file));
+        Ok(())
+    }
+}
+
+/// Waits until every appender that reserved bytes in the batch has finished writing them.
+/// Appenders only encode into memory, so this is short; yield rather than sleep.
+fn wait_for_regions(mut buf: Arc<BatchBuf>) -> BatchBuf {
+    let mut spins = 0u32;
+    loop {
+        match Arc::try_unwrap(buf) {
+            Ok(b) => return b,
+            Err(back) => buf = back,
+        }
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Group commit: many threads append at once and share each fdatasync.
+//!
+//! An append takes the mutex only to reserve its LSN and its bytes in the current batch buffer;
+//! it encodes and checksums its frame into those bytes after letting go. One flusher thread
+//! writes sealed batches in order and syncs each. While one batch is written, appenders fill the
+//! next buffer. A waiter asks for a sync only when its record is not yet covered.
+
+mod durable;
+mod flusher;
+mod plan;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use durable::DurableFuture;
+use durable::{Durability, SyncRequester};
+use flusher::Flusher;
+pub(crate) use plan::{Limits, SegmentPlan};
+use plan::{Plan, Sealed, Target, Wait};
+
+use crate::error::{Result, WalError};
+use crate::format::frame::{HEADER_LEN, RecordHeader, encode_frame};
+use crate::segment::SegmentInfo;
+use crate::storage::{BatchBuf, Storage};
+use crate::types::{Lsn, RecordType, Scope};
+
+/// Counters of the write path, cheap enough to leave on.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// fdatasync calls that succeeded.
+    pub fsyncs: AtomicU64,
+    /// Batches written.
+    pub batches: AtomicU64,
+    /// Records written.
+    pub records: AtomicU64,
+    /// Bytes written to segment bodies (records plus padding).
+    pub bytes_written: AtomicU64,
+}
+
+/// A snapshot of [`CommitStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStatsSnapshot {
+    /// fdatasync calls that succeeded.
+    pub fsyncs: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// Records written.
+    pub records: u64,
+    /// Bytes written to segment bodies (records plus padding).
+    pub bytes_written: u64,
+}
+
+/// State shared by appenders, waiters and the flusher.
+pub(crate) struct Shared<S: Storage> {
+    pub storage: Arc<S>,
+    pub dir: PathBuf,
+    pub direct: bool,
+    pub block: usize,
+    commit_window: Option<Duration>,
+    plan: Mutex<Plan>,
+    /// The flusher waits here for work.
+    work: Condvar,
+    /// Appenders wait here for a free buffer.
+    space: Condvar,
+    pub durability: Durability,
+    segments: Mutex<Vec<SegmentInfo>>,
+    pub stats: CommitStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn random_salt() -> u32 {
+    let mut raw = [0u8; 4];
+    let mut filled = 0;
+    while filled < raw.len() {
+        match rustix::rand::getrandom(&mut raw[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("getrandom failed: {e}"),
+        }
+    }
+    u32::from_le_bytes(raw)
+}
+
+impl<S: Storage> Shared<S> {
+    pub fn segments_lock(&self) -> MutexGuard<'_, Vec<SegmentInfo>> {
+        lock(&self.segments)
+    }
+
+    /// The next batch to write, sealing the active one when a waiter needs it or the log closes.
+    /// `None` once the log is closed and drained, or poisoned.
+    fn next_job(&self) -> Option<Sealed> {
+        let mut plan = lock(&self.plan);
+        let mut window_waited = false;
+        loop {
+            if self.durability.check_poison().is_err() {
+                return None;
+            }
+            if let Some(job) = plan.sealed.pop_front() {
+                return Some(job);
+            }
+            let wanted = plan.active.as_ref().is_some_and(|a| plan.sync_wanted >= a.first_lsn);
+            if plan.active_has_records() && (wanted || plan.closing) {
+                if let Some(window) = self.commit_window
+                    && !window_waited
+                    && !plan.closing
+                {
+                    window_waited = true;
+                    plan = self.work.wait_timeout(plan, window).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+                    continue;
+                }
+                plan.seal_active(false);
+                continue;
+            }
+            if plan.closing {
+                return None;
+            }
+            plan = self.work.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// A batch is durable: advance the watermark and return its buffer to the pool.
+    fn finish_batch(&self, buf: BatchBuf, oversized: bool) {
+        lock(&self.plan).recycle(buf, oversized);
+        self.space.notify_all();
+    }
+
+    /// Records what a written batch added to its segment and advances the durable watermark.
+    fn note_segment_progress(&self, target: Target, end_lsn: Lsn, sealed: bool, padded: usize) {
+        {
+            let mut segments = self.segments_lock();
+            let seg = segments.last_mut().expect("the written segment is listed");
+            debug_assert_eq!(seg.id, target.segment);
+            seg.end_lsn = end_lsn;
+            seg.bytes = target.offset + padded as u64;
+            seg.sealed = sealed;
+        }
+        self.durability.advance(Lsn(end_lsn.0 - 1));
+    }
+
+    /// Wakes every appender and the flusher (after poisoning or closing).
+    fn wake_all(&self) {
+        let _plan = lock(&self.plan);
+        self.space.notify_all();
+        self.work.notify_all();
+    }
+}
+
+impl<S: Storage> SyncRequester for Shared<S> {
+    fn request_sync(&self, lsn: Lsn) {
+        let mut plan = lock(&self.plan);
+        if plan.sync_wanted < lsn {
+            plan.sync_wanted = lsn;
+            self.work.notify_one();
+        }
+    }
+
+    fn durability(&self) -> &Durability {
+        &self.durability
+    }
+}
+
+/// Where a new [`GroupCommitter`] starts.
+#[derive(Debug)]
+pub(crate) struct CommitStart {
+    pub dir: PathBuf,
+    pub direct: bool,
+    pub limits: Limits,
+    pub commit_window: Option<Duration>,
+    pub next_lsn: Lsn,
+    pub next_segment: crate::types::SegmentId,
+    pub segments: Vec<SegmentInfo>,
+}
+
+/// The group committer: appends from any number of threads, one flusher thread that writes and
+/// fdatasyncs batches in order.
+pub struct GroupCommitter<S: Storage> {
+    shared: Arc<Shared<S>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<S: Storage> std::fmt::Debug for GroupCommitter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommitter").field("durable_lsn", &self.durable_lsn()).finish()
+    }
+}
+
+impl<S: Storage> GroupCommitter<S> {
+    /// Starts the flusher. Every segment in `start.segments` must be sealed: appends go to a new
+    /// segment, `start.next_segment`, created by the first batch.
+    pub(crate) fn start(storage: Arc<S>, start: CommitStart) -> Result<GroupCommitter<S>> {
+        debug_assert!(start.segments.iter().all(|s| s.sealed));
+        let segment = SegmentPlan {
+            id: start.next_segment,
+            salt: random_salt(),
+            first_lsn: start.next_lsn,
+            offset: start.limits.block as u64,
+            started: false,
+        };
+        let shared = Arc::new(Shared {
+            storage,
+            dir: start.dir,
+            direct: start.direct,
+            block: start.limits.block,
+            commit_window: start.commit_window,
+            plan: Mutex::new(Plan::new(start.limits, start.next_lsn, segment)),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            durability: Durability::new(Lsn(start.next_lsn.0 - 1)),
+            segments: Mutex::new(start.segments),
+            stats: CommitStats::default(),
+        });
+        let flusher = Flusher::new(Arc::clone(&shared));
+        let handle = std::thread::Builder::new()
+            .name("nodedb-wal-flusher".into())
+            .spawn(move || flusher.run())
+            .map_err(|e| WalError::io(crate::error::IoOp::Open, "flusher thread", e))?;
+        Ok(GroupCommitter { shared, flusher: Mutex::new(Some(handle)) })
+    }
+
+    /// Buffers a record and returns its LSN; it is not durable until [`Self::wait_durable`].
+    pub fn append(&self, record_type: RecordType, scope: Scope, flags: u16, payload: &[u8]) -> Result<Lsn> {
+        let frame_len = HEADER_LEN + payload.len();
+        let reservation = {
+            let mut plan = lock(&self.shared.plan);
+            let reservation = loop {
+                self.shared.durability.check_poison()?;
+                if plan.closing {
+                    return Err(WalError::Closed);
+                }
+                match plan.reserve(frame_len, &mut random_salt) {
+                    Ok(r) => break r,
+                    Err(Wait::ForBuffer) => {
+                        self.shared.work.notify_one();
+                        plan = self.shared.space.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                }
+            };
+            if !plan.sealed.is_empty() {
+                self.shared.work.notify_one();
+            }
+            reservation
+        };
+        let mut region = reservation.region;
+        let header = RecordHeader {
+            lsn: reservation.lsn,
+            durable_lsn: self.shared.durability.lsn(),
+            salt: reservation.salt,
+            record_type,
+            scope,
+            payload_len: u32::try_from(payload.len()).expect("payload length checked by the caller"),
+            flags,
+        };
+        encode_frame(&header, payload, region.bytes());
+        Ok(reservation.lsn)
+    }
+
+    /// Blocks until a successful fdatasync covers `lsn`.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        if self.shared.durability.check(lsn)? {
+            return Ok(());
+        }
+        self.check_issued(lsn)?;
+        self.shared.request_sync(lsn);
+        self.shared.durability.wait(lsn)
+    }
+
+    /// A future that resolves once a successful fdatasync covers `lsn`; works under any executor.
+    pub fn durable(&self, lsn: Lsn) -> Result<DurableFuture<'_>> {
+        self.check_issued(lsn)?;
+        Ok(DurableFuture { requester: &*self.shared, lsn, requested: false })
+    }
+
+    fn check_issued(&self, lsn: Lsn) -> Result<()> {
+        let next = lock(&self.shared.plan).next_lsn;
+        if lsn >= next {
+            return Err(WalError::LsnNotIssued { lsn, next });
+        }
+        Ok(())
+    }
+
+    /// The highest LSN a successful fdatasync covers.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.durability.lsn()
+    }
+
+    /// The LSN the next append gets.
+    pub fn next_lsn(&self) -> Lsn {
+        lock(&self.shared.plan).next_lsn
+    }
+
+    /// The poison error, if a write or sync failed.
+    pub fn check_poison(&self) -> Result<()> {
+        self.shared.durability.check_poison()
+    }
+
+    /// Segments on disk, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.shared.segments_lock().clone()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared<S> {
+        &self.shared
+    }
+
+    /// Counters of the write path.
+    pub fn stats(&self) -> CommitStatsSnapshot {
+        let s = &self.shared.stats;
+        CommitStatsSnapshot {
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            records: s.records.load(Ordering::Relaxed),
+            bytes_written: s.bytes_written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes and syncs everything appended, then stops the flusher. Later appends fail with
+    /// [`WalError::Closed`].
+    pub fn close(&self) -> Result<()> {
+        lock(&self.shared.plan).closing = true;
+        self.shared.wake_all();
+        if let Some(handle) = lock(&self.flusher).take() {
+            let _ = handle.join();
+        }
+        self.shared.durability.check_poison()
+    }
+}
+
+impl<S: Storage> Drop for GroupCommitter<S> {
+    fn drop(&mut self) {
+        if let Err(err) = self.close() {
+            tracing::warn!(%err, "closing the log on drop failed");
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The group committer's shared state: which LSN and which bytes of which batch each append
+//! gets, and where each batch will land on disk. Everything here runs under one mutex and does
+//! no I/O; the flusher carries the plan out.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::format::layout::{END_FRAME_LEN, padded_len};
+use crate::storage::{BatchBuf, Region};
+use crate::types::{Lsn, SegmentId};
+
+/// Where a batch lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The segment.
+    pub segment: SegmentId,
+    /// The segment's salt, carried by every frame in it.
+    pub salt: u32,
+    /// The segment's first LSN.
+    pub segment_first_lsn: Lsn,
+    /// Offset of the batch inside the segment file.
+    pub offset: u64,
+    /// The flusher must create the segment (and write its header block) first.
+    pub create: bool,
+}
+
+/// A batch being filled by appenders.
+#[derive(Debug)]
+pub struct Active {
+    pub buf: Arc<BatchBuf>,
+    pub first_lsn: Lsn,
+    pub target: Target,
+}
+
+/// A batch no appender can join any more, waiting for the flusher.
+#[derive(Debug)]
+pub struct Sealed {
+    pub buf: Arc<BatchBuf>,
+    pub meta: BatchMeta,
+}
+
+/// What the flusher needs to know about a sealed batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchMeta {
+    /// First LSN in the batch and the LSN after its last record (equal when it holds none).
+    pub first_lsn: Lsn,
+    pub end_lsn: Lsn,
+    /// Bytes of records, and the batch's length once padded (and sealed, if `ends_segment`).
+    pub used: usize,
+    pub padded: usize,
+    pub target: Target,
+    /// The batch closes its segment with an end frame.
+    pub ends_segment: bool,
+    /// A one-off buffer for an oversized record: not returned to the pool.
+    pub oversized: bool,
+}
+
+/// The segment new batches go to.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentPlan {
+    pub id: SegmentId,
+    pub salt: u32,
+    pub first_lsn: Lsn,
+    /// Where the next batch starts.
+    pub offset: u64,
+    /// Whether some batch already creates this segment.
+    pub started: bool,
+}
+
+/// Fixed parameters of the plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub block: usize,
+    pub batch_bytes_max: usize,
+    pub batch_buffers: usize,
+    pub segment_bytes_target: u64,
+}
+
+impl Limits {
+    /// Extra room past `batch_bytes_max` for the padding and end frames.
+    pub fn slack(&self) -> usize {
+        2 * self.block + END_FRAME_LEN
+    }
+}
+
+/// What an append got.
+#[derive(Debug)]
+pub struct Reservation {
+    pub lsn: Lsn,
+    pub salt: u32,
+    pub region: Region,
+}
+
+/// Why a reservation could not be made right now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Every buffer is full or being written: wait for the flusher to free one.
+    ForBuffer,
+}
+
+/// The shared state behind the group committer's mutex.
+#[derive(Debug)]
+pub struct Plan {
+    pub limits: Limits,
+    pub next_lsn: Lsn,
+    pub active: Option<Active>,
+    pub sealed: VecDeque<Sealed>,
+    pub free: Vec<BatchBuf>,
+    /// Pooled buffers currently active, sealed or being written.
+    pub buffers_out: usize,
+    pub segment: SegmentPlan,
+    /// The highest LSN a waiter wants durable.
+    pub sync_wanted: Lsn,
+    pub closing: bool,
+}
+
+impl Plan {
+    pub fn new(limits: Limits, next_lsn: Lsn, segment: SegmentPlan) -> Plan {
+        Plan {
+            limits,
+            next_lsn,
+            active: None,
+            sealed: VecDeque::new(),
+            free: Vec::new(),
+            buffers_out: 0,
+            segment,
+            sync_wanted: Lsn::ZERO,
+            closing: false,
+        }
+    }
+
+    /// Reserves an LSN and `frame_len` bytes, sealing and rolling as needed. `new_salt` is
+    /// called when a segment roll needs a fresh salt.
+    pub fn reserve(&mut self, frame_len: usize, new_salt: &mut dyn FnMut() -> u32) -> Result<Reservation, Wait> {
+        loop {
+            if self.active.is_none() {
+                self.activate(frame_len)?;
+            }
+            let active = self.active.as_ref().expect("activated above");
+            let used = active.buf.used();
+            if self.must_roll(active, used, frame_len) {
+                self.seal_active(true);
+                self.roll(new_salt());
+                continue;
+            }
+            if let Some(region) = active.buf.try_reserve(frame_len) {
+                let lsn = self.next_lsn;
+                self.next_lsn = lsn.next();
+                return Ok(Reservation { lsn, salt: active.target.salt, region });
+            }
+            // Full (or too small for an oversized record): close it and start another.
+            self.seal_active(false);
+        }
+    }
+
+    /// Whether appending `frame_len` more bytes would take the segment past its target size.
+    /// A segment that holds nothing yet takes any batch, so a huge record cannot roll forever.
+    fn must_roll(&self, active: &Active, used: usize, frame_len: usize) -> bool {
+        let block = self.limits.block as u64;
+        let holds_something = active.target.offset > block || used > 0;
+        let end = active.target.offset + padded_len(used + frame_len + END_FRAME_LEN, self.limits.block) as u64;
+        holds_something && end > self.limits.segment_bytes_target
+    }
+
+    fn activate(&mut self, frame_len: usize) -> Result<(), Wait> {
+        let oversized = frame_len > self.limits.batch_bytes_max;
+        let buf = if oversized {
+            BatchBuf::new(frame_len, self.limits.block, self.limits.slack())
+        } else if let Some(buf) = self.free.pop() {
+            self.buffers_out += 1;
+            buf
+        } else if self.buffers_out < self.limits.batch_buffers {
+            self.buffers_out += 1;
+            BatchBuf::new(self.limits.batch_bytes_max, self.limits.block, self.limits.slack())
+        } else {
+            return Err(Wait::ForBuffer);
+        };
+        let target = Target {
+            segment: self.segment.id,
+            salt: self.segment.salt,
+            segment_first_lsn: self.segment.first_lsn,
+            offset: self.segment.offset,
+            create: !self.segment.started,
+        };
+        self.segment.started = true;
+        self.active = Some(Active { buf: Arc::new(buf), first_lsn: self.next_lsn, target });
+        Ok(())
+    }
+
+    /// Closes the active batch (if any) and queues it for the flusher.
+    pub fn seal_active(&mut self, ends_segment: bool) {
+        let Some(active) = self.active.take() else { return };
+        let used = active.buf.seal();
+        let closing = if ends_segment { END_FRAME_LEN } else { 0 };
+        let padded = padded_len(used + closing, self.limits.block);
+        assert!(padded <= active.buf.capacity(), "batch of {padded} bytes overflows its buffer");
+        self.segment.offset += padded as u64;
+        let oversized = active.buf.limit() > self.limits.batch_bytes_max;
+        let meta =
+            BatchMeta { first_lsn: active.first_lsn, end_lsn: self.next_lsn, used, padded, target: active.target, ends_segment, oversized };
+        self.sealed.push_back(Sealed { buf: active.buf, meta });
+    }
+
+    fn roll(&mut self, salt: u32) {
+        self.segment = SegmentPlan {
+            id: SegmentId(self.segment.id.0 + 1),
+            salt,
+            first_lsn: self.next_lsn,
+            offset: self.limits.block as u64,
+            started: false,
+        };
+    }
+
+    /// Whether the active batch holds records.
+    pub fn active_has_records(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.first_lsn < self.next_lsn)
+    }
+
+    /// Takes back a written buffer.
+    pub fn recycle(&mut self, mut buf: BatchBuf, oversized: bool) {
+        if oversized {
+            return;
+        }
+        buf.reset();
+        self.buffers_out -= 1;
+        self.free.push(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(target: u64) -> Plan {
+        let limits = Limits { block: 4096, batch_bytes_max: 16 * 1024, batch_buffers: 2, segment_bytes_target: target };
+        let segment = SegmentPlan { id: SegmentId(1), salt: 1, first_lsn: Lsn(1), offset: 4096, started: false };
+        Plan::new(limits, Lsn(1), segment)
+    }
+
+    fn salt() -> impl FnMut() -> u32 {
+        let mut n = 100;
+        move || {
+            n += 1;
+            n
+        }
+    }
+
+    #[test]
+    fn lsns_are_dense_and_follow_buffer_order() {
+        let mut p = plan(1 << 30);
+        let mut s = salt();
+        let a = p.reserve(100, &mut s).unwrap();
+        let b = p.reserve(100, &mut s).unwrap();
+        assert_eq!((a.lsn, b.lsn), (Lsn(1), Lsn(2)));
+        assert!(a.region.start() < b.region.start());
+    }
+
+    #[test]
+    fn a_full_pool_makes_appenders_wait_instead_of_overwriting() {
+        let mut p = plan(1 << 30);
+        let mut s = salt();
+        let mut held = Vec::new();
+        for _ in 0..32 {
+            match p.reserve(8 * 1024, &mut s) {
+                Ok(r) => held.push(r),
+                Err(Wait::ForBuffer) => break,
+            }
+        }
+        assert_eq!(held.len(), 4, "two buffers of two records each");
+        assert_eq!(p.sealed.len(), 2, "both full buffers wait for the flusher");
+    }
+
+    #[test]
+    fn rolling_seals_the_segment_and_starts_the_next_at_the_same_lsn() {
+        let mut p = plan(4 * 4096);
+        let mut s = salt();
+        let mut ended = Vec::new();
+        for _ in 0..6 {
+            drop(p.reserve(3000, &mut s).unwrap());
+            p.seal_active(false);
+            while let Some(b) = p.sealed.pop_front() {
+                let m = b.meta;
+                if m.ends_segment {
+                    ended.push((m.target.segment, m.end_lsn, m.target.offset + m.padded as u64));
+                }
+                let oversized = m.oversized;
+                p.recycle(Arc::try_unwrap(b.buf).unwrap(), oversized);
+            }
+        }
+        // Three one-block batches fit after the header block; the fourth rolls.
+        assert_eq!(ended, vec![(SegmentId(1), Lsn(4), 4 * 4096 + 4096)]);
+        assert_eq!(p.segment.id, SegmentId(2));
+        assert_eq!(p.segment.first_lsn, Lsn(4));
+    }
+
+    #[test]
+    fn an_oversized_record_gets_its_own_batch() {
+        let mut p = plan(1 << 30);
+        let mut s = salt();
+        let r = p.reserve(100 * 1024, &mut s).unwrap();
+        assert_eq!(r.lsn, Lsn(1));
+        drop(r);
+        p.seal_active(false);
+        assert!(p.sealed[0].meta.oversized);
+        assert_eq!(p.buffers_out, 0);
+    }
+}

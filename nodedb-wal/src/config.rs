@@ -1,0 +1,69 @@
+//! Configuration of a [`crate::SegmentedWal`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Result, WalError};
+
+/// How a [`crate::SegmentedWal`] lays out and writes its log.
+#[derive(Clone, Debug)]
+pub struct SegmentedWalConfig {
+    /// The log directory (created if missing).
+    pub dir: PathBuf,
+    /// A segment rolls over once appending another batch would take it past this size.
+    pub segment_bytes_target: u64,
+    /// Bytes of records one batch (one write + fdatasync) holds at most.
+    pub batch_bytes_max: usize,
+    /// Batch buffers: while one is written, appenders fill the others.
+    pub batch_buffers: usize,
+    /// Largest payload `append` accepts. Larger payloads than `batch_bytes_max` get a batch of
+    /// their own.
+    pub payload_bytes_max: usize,
+    /// Write with O_DIRECT (the default), bypassing the page cache.
+    pub direct_io: bool,
+    /// Where the file system refuses O_DIRECT, fall back to buffered I/O instead of failing
+    /// with [`WalError::DirectIoUnsupported`].
+    pub allow_buffered_fallback: bool,
+    /// Block size: batches start and end on its multiples. A power of two from 512 to 1 MiB.
+    pub alignment: usize,
+    /// Like PostgreSQL's `commit_delay`: before a sync, wait this long for more appends to join
+    /// the batch. Off by default.
+    pub commit_window: Option<Duration>,
+}
+
+impl SegmentedWalConfig {
+    /// Defaults for a log in `dir`: 64 MiB segments, 1 MiB batches, O_DIRECT, 4 KiB blocks.
+    pub fn new(dir: impl Into<PathBuf>) -> SegmentedWalConfig {
+        SegmentedWalConfig {
+            dir: dir.into(),
+            segment_bytes_target: 64 << 20,
+            batch_bytes_max: 1 << 20,
+            batch_buffers: 4,
+            payload_bytes_max: 64 << 20,
+            direct_io: true,
+            allow_buffered_fallback: false,
+            alignment: 4096,
+            commit_window: None,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |reason| Err(WalError::InvalidConfig { reason });
+        if !self.alignment.is_power_of_two() || !(512..=1 << 20).contains(&self.alignment) {
+            return bad("alignment must be a power of two from 512 to 1 MiB");
+        }
+        if self.batch_bytes_max < self.alignment {
+            return bad("batch_bytes_max must be at least one block");
+        }
+        if self.batch_buffers < 2 {
+            return bad("batch_buffers must be at least 2 so appenders never wait for a sync to buffer");
+        }
+        if self.segment_bytes_target < 4 * self.alignment as u64 {
+            return bad("segment_bytes_target must hold at least four blocks");
+        }
+        if self.payload_bytes_max == 0 || self.payload_bytes_max > (u32::MAX as usize) / 2 {
+            return bad("payload_bytes_max must be between 1 byte and 2 GiB");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! The crate's one error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::types::{Lsn, RecordType, SegmentId};
+
+/// Result with [`WalError`].
+pub type Result<T, E = WalError> = std::result::Result<T, E>;
+
+/// The system call or step that failed, for [`WalError::Io`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoOp {
+    /// Creating the log directory.
+    CreateDir,
+    /// Listing the log directory.
+    ListDir,
+    /// Taking the directory lock.
+    Lock,
+    /// Opening or creating a file.
+    Open,
+    /// Reading a file.
+    Read,
+    /// Writing a file.
+    Write,
+    /// fdatasync of a file.
+    SyncData,
+    /// fsync of the directory after a create, rename or remove.
+    SyncDir,
+    /// Changing a file's length.
+    SetLen,
+    /// Removing a file.
+    Remove,
+    /// Reading a file's length.
+    Stat,
+}
+
+/// What exactly was wrong with bytes that should have been a valid structure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// The segment preamble's magic is not a WAL segment's.
+    BadPreambleMagic,
+    /// The segment's header frame is missing or damaged although the segment holds data.
+    BadSegmentHeader,
+    /// A record frame failed its checksum or structure checks where intact data must be.
+    BadFrame,
+    /// A record's LSN is not the next one expected.
+    LsnOutOfOrder {
+        /// The LSN the log expected here.
+        expected: Lsn,
+        /// The LSN the frame carries.
+        found: Lsn,
+    },
+    /// A sealed (non-final) segment does not end with its end marker.
+    UnsealedSegment,
+    /// Damaged bytes are followed by intact records that a later batch says were durable:
+    /// this is not a torn tail, and cutting here would lose acknowledged records.
+    DamageBeforeDurableRecords {
+        /// The first LSN lost at the damage.
+        lost_from: Lsn,
+        /// The durable watermark the later, intact frame carries.
+        durable_claimed: Lsn,
+    },
+    /// A segment's first LSN does not follow the previous segment's last one.
+    LsnGap {
+        /// What the previous segment ends with (next LSN).
+        expected: Lsn,
+        /// What this segment says it starts with.
+        found: Lsn,
+    },
+    /// The header inside the file names another segment id than its file name.
+    IdentityMismatch {
+        /// The id in the segment header frame.
+        header_id: SegmentId,
+    },
+    /// A payload codec could not decode its bytes.
+    BadPayload,
+}
+
+/// Every error `nodedb-wal` returns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalError {
+    /// A system call failed.
+    #[error("{op:?} failed on {}: {source}", path.display())]
+    Io {
+        /// The step that failed.
+        op: IoOp,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Bytes that must be intact are not. Nothing was cut or repaired.
+    #[error("corruption in segment {segment} at offset {offset}: {kind:?}")]
+    Corruption {
+        /// The segment file.
+        segment: SegmentId,
+        /// Byte offset inside the segment file.
+        offset: u64,
+        /// What was wrong.
+        kind: CorruptionKind,
+    },
+    /// A segment file between the oldest and the newest is missing.
+    #[error("segment {missing} is missing from the log directory")]
+    MissingSegment {
+        /// The id that should exist.
+        missing: SegmentId,
+    },
+    /// The segment was written by a format version this build does not read.
+    #[error("segment {segment} has format version {version}, this build reads up to {supported}")]
+    UnsupportedVersion {
+        /// The segment file.
+        segment: SegmentId,
+        /// Its version.
+        version: u16,
+        /// The newest version this build reads.
+        supported: u16,
+    },
+    /// The segment uses a cipher this build does not know, or needs a key it was not given.
+    #[error("segment {segment} uses cipher {cipher}, which this log cannot read")]
+    UnsupportedCipher {
+        /// The segment file.
+        segment: SegmentId,
+        /// The cipher id in its preamble.
+        cipher: u8,
+    },
+    /// A record of a type this build does not know carries the "required" bit.
+    #[error("record {lsn} has required type {record_type:#06x} that this build does not know", record_type = .record_type.0)]
+    UnknownRequiredType {
+        /// The record.
+        lsn: Lsn,
+        /// Its type.
+        record_type: RecordType,
+    },
+    /// The file system refused O_DIRECT and the configuration does not allow buffered I/O.
+    #[error("{} does not support O_DIRECT; allow buffered I/O in the config to use it anyway", path.display())]
+    DirectIoUnsupported {
+        /// The file that could not be opened.
+        path: PathBuf,
+    },
+    /// An earlier write or fsync failed; the log accepts nothing more until it is reopened.
+    #[error("the log is poisoned by an earlier failed {op:?} ({kind}); reopen it to recover")]
+    Poisoned {
+        /// The step that failed first.
+        op: IoOp,
+        /// The operating system's error kind.
+        kind: io::ErrorKind,
+    },
+    /// A payload exceeds the configured maximum. Nothing was appended and no LSN was used.
+    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    PayloadTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The caller asked about an LSN the log has not handed out.
+    #[error("LSN {lsn} has not been issued (next is {next})")]
+    LsnNotIssued {
+        /// The LSN asked for.
+        lsn: Lsn,
+        /// The next LSN the log will issue.
+        next: Lsn,
+    },
+    /// A read asked for records older than the oldest retained segment.
+    #[error("LSN {requested} is no longer retained; the oldest is {oldest}")]
+    LsnNotRetained {
+        /// The LSN asked for.
+        requested: Lsn,
+        /// The oldest LSN the log still holds.
+        oldest: Lsn,
+    },
+    /// Another `SegmentedWal` (in this or another process) has the directory open.
+    #[error("{} is locked by another writer", path.display())]
+    Locked {
+        /// The log directory.
+        path: PathBuf,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// Which rule was broken.
+        reason: &'static str,
+    },
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl WalError {
+    /// Whether this error reports damaged data (as opposed to I/O failure or misuse).
+    #[must_use]
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, WalError::Corruption { .. })
+    }
+
+    pub(crate) fn io(op: IoOp, path: impl Into<PathBuf>, source: io::Error) -> WalError {
+        WalError::Io { op, path: path.into(), source }
+    }
+}

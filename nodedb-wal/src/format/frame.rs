@@ -1,0 +1,209 @@
+//! The record frame: a fixed 48-byte header followed by the payload.
+//!
+//! The CRC32C in the first four bytes covers the rest of the header and the payload (for
+//! padding frames, the header only: their payload is filler that nothing reads).
+
+use super::read_le;
+use crate::types::{Lsn, RecordType, Scope};
+
+/// Bytes in a record header.
+pub const HEADER_LEN: usize = 48;
+/// Marks the start of a frame; zeroed or preallocated space never carries it.
+pub const RECORD_MAGIC: u16 = 0x574E;
+
+const CRC_AT: usize = 0;
+const MAGIC_AT: usize = CRC_AT + 4;
+const TYPE_AT: usize = MAGIC_AT + 2;
+const LSN_AT: usize = TYPE_AT + 2;
+const DURABLE_AT: usize = LSN_AT + 8;
+const SALT_AT: usize = DURABLE_AT + 8;
+const LEN_AT: usize = SALT_AT + 4;
+const DATABASE_AT: usize = LEN_AT + 4;
+const TENANT_AT: usize = DATABASE_AT + 4;
+const VSHARD_AT: usize = TENANT_AT + 4;
+const FLAGS_AT: usize = VSHARD_AT + 4;
+const RESERVED_AT: usize = FLAGS_AT + 2;
+const _: () = assert!(RESERVED_AT + 2 == HEADER_LEN);
+const _: () = assert!(HEADER_LEN % 8 == 0);
+
+/// Header flag: the payload is AES-256-GCM ciphertext followed by its tag.
+pub const FLAG_ENCRYPTED: u16 = 1 << 0;
+/// Header flag: the next record belongs to the same atomic group as this one.
+pub const FLAG_GROUP_CONTINUES: u16 = 1 << 1;
+const KNOWN_FLAGS: u16 = FLAG_ENCRYPTED | FLAG_GROUP_CONTINUES;
+
+/// A decoded record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// The record's LSN; for meta frames, the next LSN the log will hand out.
+    pub lsn: Lsn,
+    /// The highest LSN known durable when the frame was written: a lower bound that recovery
+    /// uses to tell a torn tail from damage to acknowledged data.
+    pub durable_lsn: Lsn,
+    /// The segment's random salt: a frame left over from an earlier use of the file carries
+    /// another salt and never parses as part of this segment.
+    pub salt: u32,
+    /// The record type.
+    pub record_type: RecordType,
+    /// Database, tenant and vshard.
+    pub scope: Scope,
+    /// Payload bytes that follow the header.
+    pub payload_len: u32,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fewer bytes than the header or the payload length needs.
+    Truncated,
+    /// The header is all zeros: space never written.
+    Blank,
+    /// The magic is wrong (and the header is not all zeros).
+    BadMagic,
+    /// Reserved bits are set.
+    Reserved,
+    /// The checksum does not match.
+    Checksum,
+}
+
+impl RecordHeader {
+    /// Total frame length: header plus payload.
+    #[must_use]
+    pub const fn frame_len(&self) -> usize {
+        HEADER_LEN + self.payload_len as usize
+    }
+
+    /// Encodes the header with a zero checksum field; [`seal_frame`] fills it in.
+    pub fn encode_into(&self, out: &mut [u8]) {
+        let out = &mut out[..HEADER_LEN];
+        out[CRC_AT..MAGIC_AT].fill(0);
+        out[MAGIC_AT..TYPE_AT].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        out[TYPE_AT..LSN_AT].copy_from_slice(&self.record_type.0.to_le_bytes());
+        out[LSN_AT..DURABLE_AT].copy_from_slice(&self.lsn.0.to_le_bytes());
+        out[DURABLE_AT..SALT_AT].copy_from_slice(&self.durable_lsn.0.to_le_bytes());
+        out[SALT_AT..LEN_AT].copy_from_slice(&self.salt.to_le_bytes());
+        out[LEN_AT..DATABASE_AT].copy_from_slice(&self.payload_len.to_le_bytes());
+        out[DATABASE_AT..TENANT_AT].copy_from_slice(&self.scope.database.to_le_bytes());
+        out[TENANT_AT..VSHARD_AT].copy_from_slice(&self.scope.tenant.to_le_bytes());
+        out[VSHARD_AT..FLAGS_AT].copy_from_slice(&self.scope.vshard.to_le_bytes());
+        out[FLAGS_AT..RESERVED_AT].copy_from_slice(&self.flags.to_le_bytes());
+        out[RESERVED_AT..HEADER_LEN].fill(0);
+    }
+
+    /// Decodes a header's fields without checking the checksum (which needs the payload).
+    pub fn decode(bytes: &[u8]) -> Result<RecordHeader, FrameError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(FrameError::Truncated);
+        }
+        let bytes = &bytes[..HEADER_LEN];
+        if read_le!(u16, bytes, MAGIC_AT) != RECORD_MAGIC {
+            return Err(if bytes.iter().all(|&b| b == 0) { FrameError::Blank } else { FrameError::BadMagic });
+        }
+        let flags = read_le!(u16, bytes, FLAGS_AT);
+        if flags & !KNOWN_FLAGS != 0 || read_le!(u16, bytes, RESERVED_AT) != 0 {
+            return Err(FrameError::Reserved);
+        }
+        Ok(RecordHeader {
+            lsn: Lsn(read_le!(u64, bytes, LSN_AT)),
+            durable_lsn: Lsn(read_le!(u64, bytes, DURABLE_AT)),
+            salt: read_le!(u32, bytes, SALT_AT),
+            record_type: RecordType(read_le!(u16, bytes, TYPE_AT)),
+            scope: Scope {
+                database: read_le!(u32, bytes, DATABASE_AT),
+                tenant: read_le!(u32, bytes, TENANT_AT),
+                vshard: read_le!(u32, bytes, VSHARD_AT),
+            },
+            payload_len: read_le!(u32, bytes, LEN_AT),
+            flags,
+        })
+    }
+}
+
+fn checksum(frame: &[u8], record_type: RecordType) -> u32 {
+    let covered = if record_type == RecordType::PADDING { &frame[MAGIC_AT..HEADER_LEN] } else { &frame[MAGIC_AT..] };
+    crc32c::crc32c(covered)
+}
+
+/// Writes the checksum of a frame whose header and payload are already in `frame`
+/// (exactly `frame_len` bytes).
+pub fn seal_frame(frame: &mut [u8], record_type: RecordType) {
+    let crc = checksum(frame, record_type);
+    frame[CRC_AT..MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Encodes a whole frame (header, payload, checksum) into the front of `out`.
+/// Returns the frame length. Panics if `out` is too short: callers size it first.
+pub fn encode_frame(header: &RecordHeader, payload: &[u8], out: &mut [u8]) -> usize {
+    debug_assert_eq!(header.payload_len as usize, payload.len());
+    let len = header.frame_len();
+    header.encode_into(out);
+    out[HEADER_LEN..len].copy_from_slice(payload);
+    seal_frame(&mut out[..len], header.record_type);
+    len
+}
+
+/// Decodes and verifies the frame at the front of `bytes`.
+/// Returns the header; the payload is `bytes[HEADER_LEN..header.frame_len()]`.
+pub fn decode_frame(bytes: &[u8]) -> Result<RecordHeader, FrameError> {
+    let header = RecordHeader::decode(bytes)?;
+    let len = header.frame_len();
+    if bytes.len() < len {
+        return Err(FrameError::Truncated);
+    }
+    let stored = read_le!(u32, bytes, CRC_AT);
+    if checksum(&bytes[..len], header.record_type) != stored {
+        return Err(FrameError::Checksum);
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(payload_len: u32) -> RecordHeader {
+        RecordHeader {
+            lsn: Lsn(42),
+            durable_lsn: Lsn(40),
+            salt: 0xA5A5_0001,
+            record_type: RecordType::optional(0x100),
+            scope: Scope { database: 1, tenant: 2, vshard: 3 },
+            payload_len,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn frame_round_trips() {
+        let mut buf = [0u8; 64];
+        let len = encode_frame(&header(5), b"hello", &mut buf);
+        assert_eq!(len, HEADER_LEN + 5);
+        assert_eq!(decode_frame(&buf[..len]), Ok(header(5)));
+        assert_eq!(&buf[HEADER_LEN..len], b"hello");
+    }
+
+    #[test]
+    fn any_single_bit_flip_is_detected() {
+        let mut buf = [0u8; 64];
+        let len = encode_frame(&header(5), b"hello", &mut buf);
+        for bit in 0..len * 8 {
+            let mut copy = buf;
+            copy[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_frame(&copy[..len]).is_err(), "flip of bit {bit} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn zeroed_space_never_parses() {
+        assert_eq!(decode_frame(&[0u8; 4096]), Err(FrameError::Blank));
+    }
+
+    #[test]
+    fn short_payload_is_truncated() {
+        let mut buf = [0u8; 64];
+        let len = encode_frame(&header(5), b"hello", &mut buf);
+        assert_eq!(decode_frame(&buf[..len - 1]), Err(FrameError::Truncated));
+    }
+}

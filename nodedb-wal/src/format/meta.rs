@@ -1,0 +1,109 @@
+//! Payloads of the meta frames that structure a segment.
+
+use super::read_le;
+use crate::types::{Lsn, SegmentId};
+
+/// Bytes in a [`SegmentHeaderPayload`].
+pub const SEGMENT_HEADER_PAYLOAD_LEN: usize = 40;
+/// Bytes in a [`SegmentEndPayload`].
+pub const SEGMENT_END_PAYLOAD_LEN: usize = 16;
+
+/// Payload of the frame right after the preamble: who the segment is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeaderPayload {
+    /// Must equal the id in the file name: a copied or renamed file is caught.
+    pub segment_id: SegmentId,
+    /// LSN of the segment's first data record.
+    pub first_lsn: Lsn,
+    /// The salt every frame of the segment carries.
+    pub salt: u32,
+    /// The block size the segment was written with: batches start and end on its multiples.
+    pub block_len: u32,
+    /// Reserved for the encryption envelope's key derivation; zero in version 1 plaintext.
+    pub kdf_salt: [u8; 16],
+}
+
+impl SegmentHeaderPayload {
+    /// Encodes into exactly [`SEGMENT_HEADER_PAYLOAD_LEN`] bytes.
+    #[must_use]
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_PAYLOAD_LEN] {
+        let mut out = [0u8; SEGMENT_HEADER_PAYLOAD_LEN];
+        out[0..8].copy_from_slice(&self.segment_id.0.to_le_bytes());
+        out[8..16].copy_from_slice(&self.first_lsn.0.to_le_bytes());
+        out[16..20].copy_from_slice(&self.salt.to_le_bytes());
+        out[20..24].copy_from_slice(&self.block_len.to_le_bytes());
+        out[24..40].copy_from_slice(&self.kdf_salt);
+        out
+    }
+
+    /// Decodes; `None` if the length is wrong or the block size is not a power of two in
+    /// `512..=1 MiB`.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<SegmentHeaderPayload> {
+        if bytes.len() != SEGMENT_HEADER_PAYLOAD_LEN {
+            return None;
+        }
+        let block_len = read_le!(u32, bytes, 20);
+        if !block_len.is_power_of_two() || !(512..=1 << 20).contains(&block_len) {
+            return None;
+        }
+        let mut kdf_salt = [0u8; 16];
+        kdf_salt.copy_from_slice(&bytes[24..40]);
+        Some(SegmentHeaderPayload {
+            segment_id: SegmentId(read_le!(u64, bytes, 0)),
+            first_lsn: Lsn(read_le!(u64, bytes, 8)),
+            salt: read_le!(u32, bytes, 16),
+            block_len,
+            kdf_salt,
+        })
+    }
+}
+
+/// Payload of the frame that seals a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentEndPayload {
+    /// Where the segment's records end. Equal to the end frame's own offset when the writer
+    /// sealed the segment; smaller when recovery sealed it after cutting a torn tail, in which
+    /// case the bytes between this offset and the end frame are debris that readers skip.
+    pub records_end: u64,
+}
+
+impl SegmentEndPayload {
+    /// Encodes into exactly [`SEGMENT_END_PAYLOAD_LEN`] bytes.
+    #[must_use]
+    pub fn encode(&self) -> [u8; SEGMENT_END_PAYLOAD_LEN] {
+        let mut out = [0u8; SEGMENT_END_PAYLOAD_LEN];
+        out[0..8].copy_from_slice(&self.records_end.to_le_bytes());
+        out
+    }
+
+    /// Decodes; `None` if the length is wrong or reserved bytes are set.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<SegmentEndPayload> {
+        if bytes.len() != SEGMENT_END_PAYLOAD_LEN || read_le!(u64, bytes, 8) != 0 {
+            return None;
+        }
+        Some(SegmentEndPayload { records_end: read_le!(u64, bytes, 0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_header_round_trips() {
+        let h = SegmentHeaderPayload { segment_id: SegmentId(9), first_lsn: Lsn(1000), salt: 77, block_len: 4096, kdf_salt: [3; 16] };
+        assert_eq!(SegmentHeaderPayload::decode(&h.encode()), Some(h));
+        assert_eq!(SegmentHeaderPayload::decode(&h.encode()[..39]), None);
+    }
+
+    #[test]
+    fn segment_end_round_trips() {
+        let e = SegmentEndPayload { records_end: 8192 };
+        assert_eq!(SegmentEndPayload::decode(&e.encode()), Some(e));
+        let mut bad = e.encode();
+        bad[15] = 1;
+        assert_eq!(SegmentEndPayload::decode(&bad), None);
+    }
+}

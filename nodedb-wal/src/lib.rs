@@ -1,0 +1,31 @@
+//! `nodedb-wal`: the write-ahead log a multi-model database trusts with every write.
+//!
+//! A directory of segment files, each opening with a 16-byte preamble; records framed with a
+//! CRC32C, dense LSNs, O_DIRECT block-aligned writes through io_uring, and a group committer
+//! so that many concurrent appends share one fdatasync. Recovery returns every acknowledged
+//! record and nothing else, cuts torn tails and reports real corruption as an error.
+
+#![warn(missing_docs)]
+
+mod commit;
+mod config;
+mod error;
+pub mod format;
+mod read;
+mod record;
+pub mod recovery;
+pub mod segment;
+pub mod storage;
+mod types;
+mod wal;
+
+pub use commit::{CommitStatsSnapshot, DurableFuture, GroupCommitter};
+pub use config::SegmentedWalConfig;
+pub use error::{CorruptionKind, IoOp, Result, WalError};
+pub use read::WalIter;
+pub use record::{Record, WalRecord};
+pub use recovery::RecoveryInfo;
+pub use segment::SegmentInfo;
+pub use storage::{FsStorage, IoBackend, SimStorage};
+pub use types::{Lsn, RecordType, Scope, SegmentId};
+pub use wal::SegmentedWal;

@@ -1,0 +1,329 @@
+//! Recovery: reading a log directory after any stop, clean or not, and deciding what it holds.
+//!
+//! # The decision table
+//!
+//! Every segment is walked frame by frame until the first position `p` that is not the next
+//! valid record. What is at `p` ([`TailEnd`]), whether this is the last segment, and the durable
+//! watermark claimed by intact frames after `p` ([`Evidence`]) decide one action:
+//!
+//! | last segment? | at `p`               | evidence after `p`            | action      |
+//! |---------------|----------------------|-------------------------------|-------------|
+//! | any           | `Sealed` end frame   | (not looked at)               | accept      |
+//! | no            | anything else        | (not looked at)               | corruption  |
+//! | yes           | any                  | a frame claims `p`'s LSN durable | corruption |
+//! | yes           | `Eof`/`Blank`/`Stale` | none                          | accept      |
+//! | yes           | `Eof`/`Blank`/`Stale` | only unacknowledged frames    | cut torn tail |
+//! | yes           | `Damaged`            | none or unacknowledged        | cut torn tail |
+//!
+//! A segment is sealed before the next one is created, so damage in any but the last segment
+//! hit data that a sync had covered. In the last segment, a later frame's watermark says whether
+//! the damaged LSN had been acknowledged: if so, this is corruption of durable data and cutting
+//! would silently lose acknowledged records, so recovery stops with an error instead.
+//! `Eof`, `Blank` and `Stale` only count as a clean end on a block boundary; inside a batch they
+//! mean the batch was torn ([`TailEnd::Damaged`]).
+
+use std::path::Path;
+
+use crate::error::{CorruptionKind, IoOp, Result, WalError};
+use crate::format::frame::{HEADER_LEN, RecordHeader, decode_frame};
+use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
+use crate::segment::scan::{HeadFault, SegmentScan, Step, TailEnd, read_head};
+use crate::segment::{self, SegmentInfo};
+use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::types::{Lsn, SegmentId};
+
+/// What intact frames after the first bad position say about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// No intact frame of the segment follows.
+    None,
+    /// Intact frames follow, but none claims the lost LSN was durable.
+    Unacknowledged,
+    /// An intact frame claims the lost LSN was durable.
+    Acknowledged,
+}
+
+/// What recovery does at a segment's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailAction {
+    /// The segment ends cleanly here.
+    Accept,
+    /// Cut the torn, unacknowledged tail here.
+    CutTorn,
+    /// Stop: acknowledged data is damaged.
+    Corrupt,
+}
+
+/// The recovery decision table (see the module docs), as one `match`.
+#[must_use]
+pub fn decide(last_segment: bool, end: TailEnd, evidence: Evidence) -> TailAction {
+    match (last_segment, end, evidence) {
+        (_, TailEnd::Sealed { .. }, _) => TailAction::Accept,
+        (false, _, _) => TailAction::Corrupt,
+        (true, _, Evidence::Acknowledged) => TailAction::Corrupt,
+        (true, TailEnd::Eof | TailEnd::Blank | TailEnd::Stale, Evidence::None) => TailAction::Accept,
+        (true, TailEnd::Eof | TailEnd::Blank | TailEnd::Stale, Evidence::Unacknowledged) => TailAction::CutTorn,
+        (true, TailEnd::Damaged, Evidence::None | Evidence::Unacknowledged) => TailAction::CutTorn,
+    }
+}
+
+/// Where and why recovery cut a torn tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment.
+    pub segment: SegmentId,
+    /// Where the last intact record ends.
+    pub offset: u64,
+    /// Bytes of the file past that point that were discarded.
+    pub bytes_discarded: u64,
+    /// What was found there.
+    pub found: TailEnd,
+}
+
+/// What recovery found when the log was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryInfo {
+    /// The oldest retained LSN (equal to `next_lsn` when the log holds no record).
+    pub first_lsn: Lsn,
+    /// The last recovered LSN ([`Lsn::ZERO`] when there is none).
+    pub last_lsn: Lsn,
+    /// Records recovered.
+    pub record_count: u64,
+    /// Segments found, oldest first.
+    pub segments: Vec<SegmentInfo>,
+    /// The torn tail that was cut, if any.
+    pub torn_tail: Option<TornTail>,
+    /// A segment left empty or half-created by an interrupted roll, which was removed.
+    pub removed_interrupted_roll: Option<SegmentId>,
+}
+
+/// The last segment, not yet sealed: the writer seals it before appending elsewhere.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingSeal {
+    pub id: SegmentId,
+    pub records_end: u64,
+    pub block: u64,
+    pub salt: u32,
+    pub next_lsn: Lsn,
+}
+
+/// Recovery's findings plus the repairs the writer must make.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub info: RecoveryInfo,
+    pub seal: Option<PendingSeal>,
+    pub next_lsn: Lsn,
+    pub next_segment: SegmentId,
+}
+
+enum Outcome {
+    Sealed(SegmentInfo),
+    Open(SegmentInfo, PendingSeal, Option<TornTail>),
+    InterruptedRoll,
+}
+
+/// Reads every segment of `dir` and decides what the log holds. Changes nothing on disk except
+/// removing a segment left by an interrupted roll.
+pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize) -> Result<Recovered> {
+    let ids = segment_ids(storage, dir)?;
+    let mut info = RecoveryInfo::default();
+    let mut seal = None;
+    let mut prev_end: Option<Lsn> = None;
+    for (index, &id) in ids.iter().enumerate() {
+        let last = index + 1 == ids.len();
+        match scan_segment(storage, dir, id, direct, align, last, prev_end)? {
+            Outcome::Sealed(seg) => {
+                prev_end = Some(seg.end_lsn);
+                info.segments.push(seg);
+            }
+            Outcome::Open(seg, pending, torn) => {
+                prev_end = Some(seg.end_lsn);
+                info.segments.push(seg);
+                info.torn_tail = torn;
+                seal = Some(pending);
+            }
+            Outcome::InterruptedRoll => {
+                remove_interrupted_roll(storage, dir, id, &info)?;
+                info.removed_interrupted_roll = Some(id);
+            }
+        }
+    }
+    let next_lsn = prev_end.unwrap_or(Lsn::FIRST);
+    info.first_lsn = info.segments.first().map_or(next_lsn, |s| s.first_lsn);
+    info.record_count = info.segments.iter().map(SegmentInfo::record_count).sum();
+    info.last_lsn = Lsn(next_lsn.0 - 1);
+    let next_segment = SegmentId(ids.last().map_or(1, |id| id.0 + 1));
+    Ok(Recovered { info, seal, next_lsn, next_segment })
+}
+
+/// Segment ids in the directory, oldest first; a hole in the sequence is an error.
+fn segment_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
+    let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
+    let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| segment::parse_name(n)).collect();
+    ids.sort_unstable();
+    for pair in ids.windows(2) {
+        if pair[1].0 != pair[0].0 + 1 {
+            return Err(WalError::MissingSegment { missing: SegmentId(pair[0].0 + 1) });
+        }
+    }
+    Ok(ids)
+}
+
+fn remove_interrupted_roll<S: Storage>(storage: &S, dir: &Path, id: SegmentId, info: &RecoveryInfo) -> Result<()> {
+    if let Some(prev) = info.segments.last()
+        && !prev.sealed
+    {
+        // The writer seals a segment durably before it creates the next one.
+        return Err(WalError::Corruption { segment: prev.id, offset: prev.bytes, kind: CorruptionKind::UnsealedSegment });
+    }
+    let path = segment::path(dir, id);
+    tracing::warn!(segment = %id, "removing a segment left by an interrupted roll");
+    storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+    storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))
+}
+
+pub(crate) fn open_existing<S: Storage>(storage: &S, path: &Path, direct: bool) -> Result<(S::File, u64)> {
+    let mode = OpenMode { create: false, write: true, direct };
+    let file = storage.open(path, mode).map_err(|e| WalError::io(IoOp::Open, path, e))?;
+    let len = file.len().map_err(|e| WalError::io(IoOp::Stat, path, e))?;
+    Ok((file, len))
+}
+
+fn scan_segment<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    id: SegmentId,
+    direct: bool,
+    align: usize,
+    last: bool,
+    prev_end: Option<Lsn>,
+) -> Result<Outcome> {
+    let path = segment::path(dir, id);
+    let (file, len) = open_existing(storage, &path, direct)?;
+    let mut reader = ChunkReader::new(file, path.clone(), len, align, DEFAULT_CHUNK);
+    let head = match read_head(&mut reader, id)? {
+        Ok(head) => head,
+        Err(fault) => return head_fault(&mut reader, id, fault, last, prev_end),
+    };
+    if head.header.segment_id != id {
+        let kind = CorruptionKind::IdentityMismatch { header_id: head.header.segment_id };
+        return Err(WalError::Corruption { segment: id, offset: 0, kind });
+    }
+    if let Some(expected) = prev_end
+        && head.header.first_lsn != expected
+    {
+        let kind = CorruptionKind::LsnGap { expected, found: head.header.first_lsn };
+        return Err(WalError::Corruption { segment: id, offset: 0, kind });
+    }
+    let mut scan = SegmentScan::new(reader, id, &head);
+    let (offset, end, claim) = loop {
+        match scan.step()? {
+            Step::Record { .. } => {}
+            Step::End { offset, end, claim } => break (offset, end, claim),
+        }
+    };
+    let first_lsn = head.header.first_lsn;
+    let lost = scan.next_lsn();
+    let evidence = match (last, end) {
+        (true, e) if !matches!(e, TailEnd::Sealed { .. }) => evidence(claim.max(scan.durable_claim_after(offset)?), lost),
+        _ => Evidence::None,
+    };
+    let mut seg = SegmentInfo { id, first_lsn, end_lsn: lost, bytes: offset, sealed: false };
+    match decide(last, end, evidence) {
+        TailAction::Corrupt => Err(scan.corruption(offset, corruption_kind(last, evidence, lost, claim))),
+        TailAction::Accept if matches!(end, TailEnd::Sealed { .. }) => {
+            seg.sealed = true;
+            Ok(Outcome::Sealed(seg))
+        }
+        action => {
+            let torn = (action == TailAction::CutTorn).then_some(TornTail {
+                segment: id,
+                offset,
+                bytes_discarded: len.saturating_sub(offset),
+                found: end,
+            });
+            let pending = PendingSeal { id, records_end: offset, block: scan.block(), salt: head.header.salt, next_lsn: lost };
+            Ok(Outcome::Open(seg, pending, torn))
+        }
+    }
+}
+
+fn evidence(claim: Option<Lsn>, lost: Lsn) -> Evidence {
+    match claim {
+        None => Evidence::None,
+        Some(durable) if durable >= lost => Evidence::Acknowledged,
+        Some(_) => Evidence::Unacknowledged,
+    }
+}
+
+fn corruption_kind(last: bool, evidence: Evidence, lost: Lsn, claim: Option<Lsn>) -> CorruptionKind {
+    if !last {
+        return CorruptionKind::UnsealedSegment;
+    }
+    debug_assert_eq!(evidence, Evidence::Acknowledged);
+    CorruptionKind::DamageBeforeDurableRecords { lost_from: lost, durable_claimed: claim.unwrap_or(lost) }
+}
+
+/// A segment whose first block is not a valid head: the remains of an interrupted roll, unless
+/// some intact frame in it claims that one of its records was durable.
+fn head_fault<F: StorageFile>(
+    reader: &mut ChunkReader<F>,
+    id: SegmentId,
+    fault: HeadFault,
+    last: bool,
+    prev_end: Option<Lsn>,
+) -> Result<Outcome> {
+    let corrupt = WalError::Corruption { segment: id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
+    if !last {
+        return Err(corrupt);
+    }
+    let threshold = prev_end.unwrap_or(Lsn::FIRST);
+    if fault == HeadFault::Damaged && claims_durable_any_salt(reader, threshold)? {
+        return Err(corrupt);
+    }
+    Ok(Outcome::InterruptedRoll)
+}
+
+/// Whether any intact frame, at any 512-byte boundary, claims an LSN `>= threshold` durable.
+fn claims_durable_any_salt<F: StorageFile>(reader: &mut ChunkReader<F>, threshold: Lsn) -> Result<bool> {
+    let mut at = 0u64;
+    while at < reader.file_len() {
+        let head = reader.get(at, HEADER_LEN)?;
+        if let Ok(h) = RecordHeader::decode(head)
+            && h.durable_lsn >= threshold
+        {
+            let frame = reader.get(at, h.frame_len())?;
+            if decode_frame(frame).is_ok() {
+                return Ok(true);
+            }
+        }
+        at += 512;
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tail_state_maps_to_exactly_one_action() {
+        let ends = [TailEnd::Sealed { records_end: 0 }, TailEnd::Eof, TailEnd::Blank, TailEnd::Stale, TailEnd::Damaged];
+        let evidences = [Evidence::None, Evidence::Unacknowledged, Evidence::Acknowledged];
+        for last in [false, true] {
+            for end in ends {
+                for ev in evidences {
+                    let expected = match (last, end, ev) {
+                        (_, TailEnd::Sealed { .. }, _) => TailAction::Accept,
+                        (false, ..) => TailAction::Corrupt,
+                        (true, _, Evidence::Acknowledged) => TailAction::Corrupt,
+                        (true, TailEnd::Damaged, _) => TailAction::CutTorn,
+                        (true, _, Evidence::Unacknowledged) => TailAction::CutTorn,
+                        (true, _, Evidence::None) => TailAction::Accept,
+                    };
+                    assert_eq!(decide(last, end, ev), expected, "{last} {end:?} {ev:?}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! A window over a file read in large aligned chunks, so that frames can be decoded from
+//! memory whatever their size and wherever they fall.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::error::{IoOp, Result, WalError};
+
+use crate::format::layout::round_up;
+use crate::storage::{AlignedBuf, StorageFile};
+
+/// Default bytes read per system call.
+pub const DEFAULT_CHUNK: usize = 1 << 20;
+
+/// Reads a file through one reusable aligned window (valid for O_DIRECT files too).
+#[derive(Debug)]
+pub struct ChunkReader<F> {
+    file: F,
+    path: PathBuf,
+    file_len: u64,
+    align: usize,
+    chunk: usize,
+    buf: AlignedBuf,
+    start: u64,
+    filled: usize,
+}
+
+impl<F: StorageFile> ChunkReader<F> {
+    /// A reader of the first `file_len` bytes of `file`.
+    pub fn new(file: F, path: PathBuf, file_len: u64, align: usize, chunk: usize) -> ChunkReader<F> {
+        let chunk = round_up(chunk.max(align) as u64, align as u64) as usize;
+        ChunkReader { file, path, file_len, align, chunk, buf: AlignedBuf::zeroed(0, align), start: 0, filled: 0 }
+    }
+
+    /// The file being read.
+    pub fn file(&self) -> &F {
+        &self.file
+    }
+
+    /// Learns that the file has grown (a live log).
+    pub fn set_file_len(&mut self, file_len: u64) {
+        self.file_len = file_len;
+        // The window may hold blocks read while they were still being written: forget it.
+        self.filled = 0;
+    }
+
+    /// The file's path, for errors.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Bytes in the file.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Up to `len` bytes at `offset`: fewer only where the file ends.
+    pub fn get(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
+        let want = (self.file_len.saturating_sub(offset)).min(len as u64) as usize;
+        let end = offset + want as u64;
+        if offset < self.start || end > self.start + self.filled as u64 {
+            self.load(offset, want).map_err(|e| WalError::io(IoOp::Read, &self.path, e))?;
+        }
+        let at = (offset - self.start) as usize;
+        let got = want.min(self.filled.saturating_sub(at));
+        Ok(&self.buf[at..at + got])
+    }
+
+    fn load(&mut self, offset: u64, want: usize) -> io::Result<()> {
+        let align = self.align as u64;
+        let start = offset & !(align - 1);
+        let need = round_up(offset + want as u64 - start, align) as usize;
+        let size = need.max(self.chunk);
+        if self.buf.len() < size {
+            self.buf = AlignedBuf::zeroed(size, self.align);
+        }
+        self.start = start;
+        self.filled = 0;
+        self.filled = self.file.read_at(&mut self.buf[..size], start)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! Walking a segment's frames from its header to its end, and saying how it ended.
+
+use super::reader::ChunkReader;
+use crate::error::{CorruptionKind, Result, WalError};
+use crate::format::frame::{FrameError, HEADER_LEN, RecordHeader, decode_frame};
+use crate::format::layout::round_up;
+use crate::format::meta::{SegmentEndPayload, SegmentHeaderPayload};
+use crate::format::preamble::{CIPHER_NONE, PREAMBLE_SIZE, PREAMBLE_VERSION, SegmentPreamble, WAL_PREAMBLE_MAGIC};
+use crate::storage::StorageFile;
+use crate::types::{Lsn, RecordType, SegmentId};
+
+/// What the first frame position that is not a valid record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailEnd {
+    /// A valid end frame: the segment is sealed, nothing after it belongs to it.
+    Sealed {
+        /// Where the records end (before any debris a recovery skipped).
+        records_end: u64,
+    },
+    /// The file ends at a block boundary.
+    Eof,
+    /// Zeros at a block boundary: space never written.
+    Blank,
+    /// A valid frame of an earlier use of the file (another salt), at a block boundary.
+    Stale,
+    /// Anything else: a partly written frame, bytes that fail their checksum, an LSN out of
+    /// order, or an end that falls inside a batch.
+    Damaged,
+}
+
+/// One step of a scan.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// A data record and its payload.
+    Record {
+        /// Offset of the frame in the file.
+        offset: u64,
+        /// Its header.
+        header: RecordHeader,
+        /// Its payload.
+        payload: &'a [u8],
+    },
+    /// The segment ends here.
+    End {
+        /// Where the first non-record position is.
+        offset: u64,
+        /// What is there.
+        end: TailEnd,
+        /// A durable watermark carried by a checksummed frame of this segment right at the end
+        /// position (one whose LSN is out of order), for the recovery decision.
+        claim: Option<Lsn>,
+    },
+}
+
+/// The identity of a segment, read from its first block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHead {
+    /// The preamble.
+    pub preamble: SegmentPreamble,
+    /// The header frame's payload.
+    pub header: SegmentHeaderPayload,
+    /// The durable watermark the header frame carries.
+    pub durable_claim: Lsn,
+    /// Offset of the first frame after the header frame.
+    pub body_start: u64,
+}
+
+/// Why a segment's first block is not a valid head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadFault {
+    /// The file is shorter than a preamble and header frame, or zeros: nothing was written.
+    Empty,
+    /// Something is there but it is not a valid head.
+    Damaged,
+}
+
+/// Reads and checks the preamble and header frame. Version and cipher problems are errors;
+/// damage is a [`HeadFault`] so that recovery can tell an interrupted roll from corruption.
+pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> Result<Result<SegmentHead, HeadFault>> {
+    let bytes = reader.get(0, PREAMBLE_SIZE + HEADER_LEN + 64)?;
+    if bytes.len() < PREAMBLE_SIZE || bytes.iter().all(|&b| b == 0) {
+        return Ok(Err(HeadFault::Empty));
+    }
+    let Ok(preamble) = SegmentPreamble::decode(bytes) else { return Ok(Err(HeadFault::Damaged)) };
+    if preamble.magic != WAL_PREAMBLE_MAGIC {
+        return Ok(Err(HeadFault::Damaged));
+    }
+    if preamble.version > PREAMBLE_VERSION || preamble.version == 0 {
+        return Err(WalError::UnsupportedVersion { segment: id, version: preamble.version, supported: PREAMBLE_VERSION });
+    }
+    if preamble.cipher != CIPHER_NONE {
+        return Err(WalError::UnsupportedCipher { segment: id, cipher: preamble.cipher });
+    }
+    let frame = reader.get(PREAMBLE_SIZE as u64, PREAMBLE_SIZE + HEADER_LEN + 64)?;
+    let Ok(h) = decode_frame(frame) else { return Ok(Err(HeadFault::Damaged)) };
+    let payload = &frame[HEADER_LEN..h.frame_len()];
+    let Some(header) = SegmentHeaderPayload::decode(payload) else { return Ok(Err(HeadFault::Damaged)) };
+    if h.record_type != RecordType::SEGMENT_HEADER || h.salt != header.salt || h.lsn != header.first_lsn {
+        return Ok(Err(HeadFault::Damaged));
+    }
+    let body_start = (PREAMBLE_SIZE + h.frame_len()) as u64;
+    Ok(Ok(SegmentHead { preamble, header, durable_claim: h.durable_lsn, body_start }))
+}
+
+/// Walks the frames of one segment in order.
+#[derive(Debug)]
+pub struct SegmentScan<F> {
+    reader: ChunkReader<F>,
+    id: SegmentId,
+    salt: u32,
+    block: u64,
+    pos: u64,
+    next_lsn: Lsn,
+    done: bool,
+}
+
+/// The outcome of checking one frame position.
+enum Probe {
+    Valid(RecordHeader),
+    Invalid { end: TailEnd, claim: Option<Lsn> },
+}
+
+impl<F: StorageFile> SegmentScan<F> {
+    /// A scan of the body of a segment whose head is `head`.
+    pub fn new(reader: ChunkReader<F>, id: SegmentId, head: &SegmentHead) -> SegmentScan<F> {
+        SegmentScan {
+            reader,
+            id,
+            salt: head.header.salt,
+            block: u64::from(head.header.block_len),
+            pos: head.body_start,
+            next_lsn: head.header.first_lsn,
+            done: false,
+        }
+    }
+
+    /// The LSN the next record must carry.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
+    /// The segment's id.
+    pub fn id(&self) -> SegmentId {
+        self.id
+    }
+
+    /// The underlying reader (to learn of growth of a live segment).
+    pub fn reader_mut(&mut self) -> &mut ChunkReader<F> {
+        &mut self.reader
+    }
+
+    /// The segment's block size.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+
+    /// Next data record, or the end. After the end, keeps returning it.
+    pub fn step(&mut self) -> Result<Step<'_>> {
+        loop {
+            let at = self.pos;
+            match self.probe(at)? {
+                Probe::Invalid { end, claim } => {
+                    let end = match self.recovery_seal_after(at)? {
+                        Some(sealed) => sealed,
+                        None => end,
+                    };
+                    self.done = true;
+                    return Ok(Step::End { offset: at, end, claim });
+                }
+                Probe::Valid(header) if header.record_type == RecordType::SEGMENT_END => {
+                    let payload = self.payload(at, &header)?;
+                    let end = match SegmentEndPayload::decode(payload) {
+                        Some(p) if p.records_end == at => TailEnd::Sealed { records_end: at },
+                        _ => TailEnd::Damaged,
+                    };
+                    self.done = true;
+                    return Ok(Step::End { offset: at, end, claim: None });
+                }
+                Probe::Valid(header) if header.record_type.is_meta() => {
+                    self.pos = at + header.frame_len() as u64;
+                }
+                Probe::Valid(header) => {
+                    let ty = header.record_type;
+                    self.pos = at + header.frame_len() as u64;
+                    self.next_lsn = self.next_lsn.next();
+                    if ty.is_reserved() && !ty.is_known_reserved() {
+                        if ty.is_required() {
+                            return Err(WalError::UnknownRequiredType { lsn: header.lsn, record_type: ty });
+                        }
+                        continue;
+                    }
+                    let payload = self.payload(at, &header)?;
+                    return Ok(Step::Record { offset: at, header, payload });
+                }
+            }
+        }
+    }
+
+    fn payload(&mut self, at: u64, header: &RecordHeader) -> Result<&[u8]> {
+        let bytes = self.reader.get(at, header.frame_len())?;
+        Ok(&bytes[HEADER_LEN..])
+    }
+
+    /// Checks the frame at `at` against checksum, salt and the expected LSN.
+    fn probe(&mut self, at: u64) -> Result<Probe> {
+        if self.done {
+            return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
+        }
+        let aligned = at % self.block == 0;
+        let file_len = self.reader.file_len();
+        let boundary = |end: TailEnd| Probe::Invalid { end: if aligned { end } else { TailEnd::Damaged }, claim: None };
+        if at >= file_len {
+            return Ok(boundary(TailEnd::Eof));
+        }
+        let head = self.reader.get(at, HEADER_LEN)?;
+        let header = match RecordHeader::decode(head) {
+            Ok(h) => h,
+            Err(FrameError::Blank) => return Ok(boundary(TailEnd::Blank)),
+            Err(_) => return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None }),
+        };
+        if at + header.frame_len() as u64 > file_len {
+            return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
+        }
+        let frame = self.reader.get(at, header.frame_len())?;
+        if decode_frame(frame).is_err() {
+            return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
+        }
+        if header.salt != self.salt {
+            return Ok(boundary(TailEnd::Stale));
+        }
+        if header.lsn != self.next_lsn {
+            return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: Some(header.durable_lsn) });
+        }
+        Ok(Probe::Valid(header))
+    }
+
+    /// After recovery cut a torn tail at `at`, it sealed the segment with an end frame at the
+    /// next block boundary that names `at`: the bytes in between are debris to skip.
+    fn recovery_seal_after(&mut self, at: u64) -> Result<Option<TailEnd>> {
+        let seal_at = round_up(at, self.block);
+        if seal_at == at || seal_at >= self.reader.file_len() {
+            return Ok(None);
+        }
+        let head = self.reader.get(seal_at, HEADER_LEN)?;
+        let Ok(header) = RecordHeader::decode(head) else { return Ok(None) };
+        if header.record_type != RecordType::SEGMENT_END || header.salt != self.salt || header.lsn != self.next_lsn {
+            return Ok(None);
+        }
+        let frame = self.reader.get(seal_at, header.frame_len())?;
+        if decode_frame(frame).is_err() {
+            return Ok(None);
+        }
+        match SegmentEndPayload::decode(&frame[HEADER_LEN..]) {
+            Some(p) if p.records_end == at => Ok(Some(TailEnd::Sealed { records_end: at })),
+            _ => Ok(None),
+        }
+    }
+
+    /// The highest durable watermark claimed by any checksummed frame of this segment that
+    /// starts on a block boundary after `from`. Batches start on block boundaries, so every
+    /// batch written after the damage is seen.
+    pub fn durable_claim_after(&mut self, from: u64) -> Result<Option<Lsn>> {
+        let mut best: Option<Lsn> = None;
+        let mut at = round_up(from + 1, self.block);
+        while at < self.reader.file_len() {
+            let head = self.reader.get(at, HEADER_LEN)?;
+            if let Ok(header) = RecordHeader::decode(head)
+                && header.salt == self.salt
+                && at + header.frame_len() as u64 <= self.reader.file_len()
+            {
+                let frame = self.reader.get(at, header.frame_len())?;
+                if decode_frame(frame).is_ok() {
+                    best = best.max(Some(header.durable_lsn));
+                }
+            }
+            at += self.block;
+        }
+        Ok(best)
+    }
+
+    /// Corruption at `offset` of this segment.
+    pub fn corruption(&self, offset: u64, kind: CorruptionKind) -> WalError {
+        WalError::Corruption { segment: self.id, offset, kind }
+    }
+}

@@ -1,0 +1,149 @@
+//! The group-commit batch buffer: many appenders fill disjoint regions of one aligned buffer at
+//! once, without a lock, and the flusher takes the whole buffer once every region is done.
+//!
+//! Disjointness comes from an atomic cursor; "every region is done" is "the flusher's `Arc` is
+//! the only one left", which `Arc::get_mut` checks. No region can outlive its buffer.
+
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::AlignedBuf;
+
+const SEALED: usize = 1 << (usize::BITS - 1);
+
+/// An aligned buffer that appenders reserve regions of and the flusher writes out.
+pub struct BatchBuf {
+    mem: AlignedBuf,
+    /// Bytes reservations may use; the rest of the capacity is kept for the closing padding.
+    limit: usize,
+    /// Bytes reserved so far, with the [`SEALED`] bit once no more reservations are taken.
+    cursor: AtomicUsize,
+}
+
+impl BatchBuf {
+    /// A buffer of `limit` reservable bytes plus room for the closing frames, aligned to `align`.
+    #[must_use]
+    pub fn new(limit: usize, align: usize, slack: usize) -> BatchBuf {
+        BatchBuf { mem: AlignedBuf::zeroed(limit + slack, align), limit, cursor: AtomicUsize::new(0) }
+    }
+
+    /// Reserves `len` bytes; `None` if the buffer is sealed or they do not fit.
+    pub fn try_reserve(self: &Arc<Self>, len: usize) -> Option<Region> {
+        let mut cur = self.cursor.load(Ordering::Acquire);
+        loop {
+            if cur & SEALED != 0 || cur + len > self.limit {
+                return None;
+            }
+            match self.cursor.compare_exchange_weak(cur, cur + len, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Region { buf: Arc::clone(self), start: cur, len }),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Refuses further reservations; returns the bytes reserved.
+    pub fn seal(&self) -> usize {
+        self.cursor.fetch_or(SEALED, Ordering::AcqRel) & !SEALED
+    }
+
+    /// Bytes reserved so far.
+    #[must_use]
+    pub fn used(&self) -> usize {
+        self.cursor.load(Ordering::Acquire) & !SEALED
+    }
+
+    /// Reservable bytes.
+    #[must_use]
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Total bytes, including the slack kept for closing frames.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.mem.len()
+    }
+
+    /// The whole buffer, once no region is left (the caller holds the only `Arc`).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.mem
+    }
+
+    /// Makes the buffer reusable: no reservations, not sealed. Old bytes stay until overwritten.
+    pub fn reset(&mut self) {
+        *self.cursor.get_mut() = 0;
+    }
+}
+
+impl fmt::Debug for BatchBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchBuf").field("used", &self.used()).field("limit", &self.limit).finish()
+    }
+}
+
+/// Exclusive access to a reserved range of a [`BatchBuf`].
+pub struct Region {
+    buf: Arc<BatchBuf>,
+    start: usize,
+    len: usize,
+}
+
+impl Region {
+    /// Offset of the region inside its batch.
+    #[must_use]
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// The reserved bytes.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `start..start+len` lies within the allocation (checked against `limit` at
+        // reservation, and `limit` <= capacity). The cursor hands out each byte to at most one
+        // region, so no other `&mut` overlaps. No `&mut BatchBuf` (and so no slice over the whole
+        // buffer) can exist while this region's `Arc` is alive, because `bytes_mut` needs
+        // `Arc::get_mut`. The `Arc` keeps the allocation alive.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.mem.as_mut_ptr().add(self.start), self.len) }
+    }
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region").field("start", &self.start).field("len", &self.len).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_disjoint_and_sealing_stops_reservations() {
+        let buf = Arc::new(BatchBuf::new(100, 64, 64));
+        let mut a = buf.try_reserve(40).unwrap();
+        let mut b = buf.try_reserve(60).unwrap();
+        assert!(buf.try_reserve(1).is_none(), "over the limit");
+        a.bytes().fill(1);
+        b.bytes().fill(2);
+        assert_eq!((a.start(), b.start()), (0, 40));
+        assert_eq!(buf.seal(), 100);
+        drop((a, b));
+        let mut buf = Arc::try_unwrap(buf).unwrap();
+        assert!(buf.bytes_mut()[..40].iter().all(|&x| x == 1));
+        assert!(buf.bytes_mut()[40..100].iter().all(|&x| x == 2));
+        buf.reset();
+        assert_eq!(buf.used(), 0);
+    }
+
+    #[test]
+    fn the_flusher_cannot_take_the_buffer_while_a_region_is_alive() {
+        let mut buf = Arc::new(BatchBuf::new(100, 64, 0));
+        let region = buf.try_reserve(10).unwrap();
+        buf.seal();
+        assert!(Arc::get_mut(&mut buf).is_none());
+        drop(region);
+        assert!(Arc::get_mut(&mut buf).is_some());
+    }
+}

@@ -1,0 +1,208 @@
+//! The real file system, through `rustix`.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{FlockOperation, Mode, OFlags};
+
+use super::{OpenMode, Storage, StorageFile};
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+use crate::error::IoOp;
+
+/// How writes and syncs reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring: the write and the fdatasync are linked submissions of one system call.
+    IoUring,
+    /// pwrite followed by fdatasync.
+    Pwrite,
+}
+
+/// The operating system's file system.
+#[derive(Clone, Debug)]
+pub struct FsStorage {
+    backend: IoBackend,
+}
+
+impl Default for FsStorage {
+    fn default() -> Self {
+        FsStorage::new()
+    }
+}
+
+impl FsStorage {
+    /// Uses io_uring where the kernel allows it (and the `io-uring` feature is on), else pwrite.
+    /// The choice is logged and reported by [`FsStorage::backend`].
+    #[must_use]
+    pub fn new() -> FsStorage {
+        let backend = probe_backend();
+        tracing::info!(?backend, "nodedb-wal I/O backend chosen");
+        FsStorage { backend }
+    }
+
+    /// Always pwrite + fdatasync.
+    #[must_use]
+    pub fn pwrite_only() -> FsStorage {
+        FsStorage { backend: IoBackend::Pwrite }
+    }
+
+    /// The backend files opened by this storage use.
+    #[must_use]
+    pub fn backend(&self) -> IoBackend {
+        self.backend
+    }
+}
+
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+fn probe_backend() -> IoBackend {
+    match super::uring::Ring::probe() {
+        Ok(()) => IoBackend::IoUring,
+        Err(err) => {
+            tracing::warn!(%err, "io_uring refused; falling back to pwrite + fdatasync");
+            IoBackend::Pwrite
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", feature = "io-uring")))]
+fn probe_backend() -> IoBackend {
+    IoBackend::Pwrite
+}
+
+/// A lock on a directory: an flock on its `LOCK` file, released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _fd: OwnedFd,
+}
+
+impl Storage for FsStorage {
+    type File = FsFile;
+    type Lock = DirLock;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(dir.join("LOCK"), flags, Mode::from_raw_mode(0o644))?;
+        rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)?;
+        Ok(DirLock { _fd: fd })
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.extend(entry.file_name().to_str().map(str::to_owned));
+            }
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<FsFile> {
+        let mut flags = OFlags::CLOEXEC;
+        flags |= if mode.write { OFlags::RDWR } else { OFlags::RDONLY };
+        if mode.create {
+            flags |= OFlags::CREATE;
+        }
+        if mode.direct {
+            flags |= OFlags::DIRECT;
+        }
+        let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644))?;
+        FsFile::new(fd, self.backend)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::fs::fsync(&fd)?;
+        Ok(())
+    }
+}
+
+/// A file of [`FsStorage`].
+#[derive(Debug)]
+pub struct FsFile {
+    fd: OwnedFd,
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    ring: Option<std::sync::Mutex<super::uring::Ring>>,
+}
+
+impl FsFile {
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    fn new(fd: OwnedFd, backend: IoBackend) -> io::Result<FsFile> {
+        let ring = match backend {
+            IoBackend::IoUring => Some(std::sync::Mutex::new(super::uring::Ring::new()?)),
+            IoBackend::Pwrite => None,
+        };
+        Ok(FsFile { fd, ring })
+    }
+
+    #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
+    fn new(fd: OwnedFd, _backend: IoBackend) -> io::Result<FsFile> {
+        Ok(FsFile { fd })
+    }
+}
+
+impl StorageFile for FsFile {
+    fn read_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<usize> {
+        let mut total = 0;
+        while !buf.is_empty() {
+            match rustix::io::pread(&self.fd, &mut *buf, offset) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n;
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(total)
+    }
+
+    fn write_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match rustix::io::pwrite(&self.fd, buf, offset) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwrite wrote nothing")),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(rustix::fs::fdatasync(&self.fd)?)
+    }
+
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
+        match &self.ring {
+            Some(ring) => ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_and_sync(&self.fd, buf, offset),
+            None => {
+                self.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;
+                self.sync_data().map_err(|e| (IoOp::SyncData, e))
+            }
+        }
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        Ok(rustix::fs::ftruncate(&self.fd, len)?)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(u64::try_from(rustix::fs::fstat(&self.fd)?.st_size).unwrap_or(0))
+    }
+}

@@ -1,0 +1,86 @@
+//! The storage seam: the only layer that makes system calls or uses `unsafe`.
+//!
+//! Everything above is generic over [`Storage`], with the real file system ([`FsStorage`]) as
+//! the default and a deterministic simulation ([`SimStorage`]) for crash and fault tests.
+
+mod aligned;
+mod batch;
+mod fs;
+mod sim;
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+mod uring;
+
+use std::io;
+use std::path::Path;
+
+use crate::error::IoOp;
+
+pub use aligned::AlignedBuf;
+pub use batch::{BatchBuf, Region};
+pub use fs::{FsStorage, IoBackend};
+pub use sim::{FaultConfig, SECTOR, SimRng, SimStorage};
+
+/// How to open a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenMode {
+    /// Create the file if it does not exist (never truncates an existing one).
+    pub create: bool,
+    /// Open for writing too.
+    pub write: bool,
+    /// Bypass the page cache (O_DIRECT). Offsets, lengths and buffer addresses must then be
+    /// multiples of the alignment; a file system that refuses it returns `EINVAL` at open.
+    pub direct: bool,
+}
+
+/// A file system: a flat set of directories of files.
+///
+/// Guarantees every implementation gives:
+/// - `create_dir_all`, `remove` and file creation are durable only after `sync_dir` of the
+///   parent directory returns Ok;
+/// - `lock_dir` fails with `WouldBlock` while another holder keeps the lock.
+pub trait Storage: Send + Sync + 'static {
+    /// An open file.
+    type File: StorageFile;
+    /// Held while the directory is locked; dropping it releases the lock.
+    type Lock: Send + Sync + 'static;
+
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on a directory (advisory, for writers of this crate).
+    fn lock_dir(&self, dir: &Path) -> io::Result<Self::Lock>;
+    /// Names of the regular files in a directory.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens (or creates) a file.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations and removals in a directory durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// An open file. All methods take `&self`: positions are explicit.
+pub trait StorageFile: Send + Sync + 'static {
+    /// Reads at `offset`; returns fewer bytes than asked only at end of file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `offset` (short writes are completed or turned into errors).
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every completed write and length change durable (fdatasync). After an error the
+    /// state of unsynced data is unknown: callers must not retry and must not report it durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Writes and then syncs, as one step where the backend can chain them (io_uring).
+    /// The error says which of the two failed.
+    fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
+        self.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;
+        self.sync_data().map_err(|e| (IoOp::SyncData, e))
+    }
+    /// Truncates or extends (with zeros) the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's length.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// Whether an open error means "this file system refuses O_DIRECT".
+#[must_use]
+pub fn is_direct_io_refusal(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+}

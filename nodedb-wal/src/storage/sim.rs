@@ -1,0 +1,468 @@
+//! A deterministic simulated file system for crash and fault tests.
+//!
+//! Every file keeps a volatile image (what reads see) and a durable image (what survives a
+//! crash). `sync_data` copies the dirty sectors of one into the other. [`SimStorage::crash`]
+//! returns the disk a restart would find: the durable bytes plus a seeded random subset of the
+//! unsynced 512-byte sectors (a multi-sector write lands torn, in any order), and only the
+//! directory entries that a `sync_dir` made durable. Faults come from a seeded PRNG.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{OpenMode, Storage, StorageFile};
+
+/// Sector size: the unit a crash keeps or loses as a whole.
+pub const SECTOR: usize = 512;
+
+/// Fault rates, in parts per million of calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultConfig {
+    /// A write fails with EIO after landing a random prefix of its sectors.
+    pub write_eio_ppm: u32,
+    /// A write fails with ENOSPC after landing a random prefix of its sectors.
+    pub write_enospc_ppm: u32,
+    /// An fdatasync fails with EIO and the unsynced data is dropped.
+    pub sync_fail_ppm: u32,
+    /// A directory fsync fails with EIO (entries stay volatile).
+    pub sync_dir_fail_ppm: u32,
+}
+
+/// A small, fast, seeded PRNG (SplitMix64); good enough to drive simulations.
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator from a seed.
+    #[must_use]
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `ppm` per million.
+    pub fn chance_ppm(&mut self, ppm: u32) -> bool {
+        ppm > 0 && self.below(1_000_000) < u64::from(ppm)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Inode {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+    dirty: BTreeSet<usize>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Dir {
+    volatile: BTreeMap<String, u64>,
+    durable: BTreeMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct Disk {
+    rng: SimRng,
+    faults: FaultConfig,
+    dead: bool,
+    inodes: HashMap<u64, Inode>,
+    next_ino: u64,
+    dirs: BTreeMap<PathBuf, Dir>,
+    locks: HashSet<PathBuf>,
+    fail_next_sync: bool,
+    syncs: u64,
+}
+
+/// The simulated file system. Clones share one disk.
+#[derive(Clone, Debug)]
+pub struct SimStorage {
+    disk: Arc<Mutex<Disk>>,
+    direct_align: usize,
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())
+}
+
+fn errno(e: rustix::io::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+impl SimStorage {
+    /// An empty disk whose faults are drawn from `seed`.
+    #[must_use]
+    pub fn new(seed: u64, faults: FaultConfig) -> SimStorage {
+        let disk = Disk {
+            rng: SimRng::new(seed),
+            faults,
+            dead: false,
+            inodes: HashMap::new(),
+            next_ino: 1,
+            dirs: BTreeMap::new(),
+            locks: HashSet::new(),
+            fail_next_sync: false,
+            syncs: 0,
+        };
+        SimStorage { disk: Arc::new(Mutex::new(disk)), direct_align: 4096 }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Disk> {
+        self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the fault rates from now on.
+    pub fn set_faults(&self, faults: FaultConfig) {
+        self.lock().faults = faults;
+    }
+
+    /// Makes the next `sync_data` fail (once).
+    pub fn fail_next_sync(&self) {
+        self.lock().fail_next_sync = true;
+    }
+
+    /// Successful and failed `sync_data` calls so far.
+    #[must_use]
+    pub fn sync_count(&self) -> u64 {
+        self.lock().syncs
+    }
+
+    /// Pulls the plug. This storage and every file opened from it fail all later calls with
+    /// EIO; the returned storage is the disk a restart finds.
+    #[must_use]
+    pub fn crash(&self, seed: u64) -> SimStorage {
+        let mut disk = self.lock();
+        disk.dead = true;
+        let mut rng = SimRng::new(seed);
+        let mut inodes = HashMap::new();
+        let mut dirs = BTreeMap::new();
+        for (path, dir) in &disk.dirs {
+            for &ino in dir.durable.values() {
+                inodes.entry(ino).or_insert_with(|| survivor(&disk.inodes[&ino], &mut rng));
+            }
+            dirs.insert(path.clone(), Dir { volatile: dir.durable.clone(), durable: dir.durable.clone() });
+        }
+        let next = Disk {
+            rng: SimRng::new(rng.next_u64()),
+            faults: FaultConfig::default(),
+            dead: false,
+            inodes,
+            next_ino: disk.next_ino,
+            dirs,
+            locks: HashSet::new(),
+            fail_next_sync: false,
+            syncs: 0,
+        };
+        SimStorage { disk: Arc::new(Mutex::new(next)), direct_align: self.direct_align }
+    }
+
+    /// The volatile bytes of a file, for tests that damage or inspect segments.
+    #[must_use]
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        let disk = self.lock();
+        let ino = lookup(&disk, path)?;
+        Some(disk.inodes[&ino].volatile.clone())
+    }
+
+    /// Replaces a file's bytes, durably (a test's stand-in for media damage).
+    pub fn write_file(&self, path: &Path, bytes: &[u8]) {
+        let mut disk = self.lock();
+        let ino = lookup(&disk, path).expect("file exists");
+        let inode = disk.inodes.get_mut(&ino).expect("inode");
+        inode.volatile = bytes.to_vec();
+        inode.durable = bytes.to_vec();
+        inode.dirty.clear();
+    }
+}
+
+/// What a crash leaves of one file: the durable image plus a random subset of dirty sectors.
+fn survivor(inode: &Inode, rng: &mut SimRng) -> Inode {
+    let mut bytes = inode.durable.clone();
+    for &sector in &inode.dirty {
+        if rng.below(2) == 0 {
+            continue;
+        }
+        let start = sector * SECTOR;
+        let end = (start + SECTOR).min(inode.volatile.len());
+        if start >= end {
+            continue;
+        }
+        if bytes.len() < end {
+            bytes.resize(end, 0);
+        }
+        bytes[start..end].copy_from_slice(&inode.volatile[start..end]);
+    }
+    Inode { volatile: bytes.clone(), durable: bytes, dirty: BTreeSet::new() }
+}
+
+fn split(path: &Path) -> (PathBuf, String) {
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    (dir, name)
+}
+
+fn lookup(disk: &Disk, path: &Path) -> Option<u64> {
+    let (dir, name) = split(path);
+    disk.dirs.get(&dir)?.volatile.get(&name).copied()
+}
+
+fn alive(disk: &Disk) -> io::Result<()> {
+    if disk.dead { Err(eio()) } else { Ok(()) }
+}
+
+/// A held directory lock of [`SimStorage`].
+#[derive(Debug)]
+pub struct SimLock {
+    disk: Arc<Mutex<Disk>>,
+    dir: PathBuf,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut disk = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        disk.locks.remove(&self.dir);
+    }
+}
+
+impl Storage for SimStorage {
+    type File = SimFile;
+    type Lock = SimLock;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut disk = self.lock();
+        alive(&disk)?;
+        // Directories themselves are durable at once: the log never relies on creating them.
+        disk.dirs.entry(dir.to_path_buf()).or_default();
+        Ok(())
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<SimLock> {
+        let mut disk = self.lock();
+        alive(&disk)?;
+        if !disk.locks.insert(dir.to_path_buf()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(SimLock { disk: Arc::clone(&self.disk), dir: dir.to_path_buf() })
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let disk = self.lock();
+        alive(&disk)?;
+        let dir = disk.dirs.get(dir).ok_or(io::ErrorKind::NotFound)?;
+        Ok(dir.volatile.keys().cloned().collect())
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<SimFile> {
+        let mut disk = self.lock();
+        alive(&disk)?;
+        let ino = match lookup(&disk, path) {
+            Some(ino) => ino,
+            None if mode.create => {
+                let (dir, name) = split(path);
+                let ino = disk.next_ino;
+                let entries = disk.dirs.get_mut(&dir).ok_or(io::ErrorKind::NotFound)?;
+                entries.volatile.insert(name, ino);
+                disk.next_ino += 1;
+                disk.inodes.insert(ino, Inode::default());
+                ino
+            }
+            None => return Err(io::ErrorKind::NotFound.into()),
+        };
+        let align = if mode.direct { self.direct_align } else { 1 };
+        Ok(SimFile { disk: Arc::clone(&self.disk), ino, align, writable: mode.write })
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut disk = self.lock();
+        alive(&disk)?;
+        let (dir, name) = split(path);
+        let entries = disk.dirs.get_mut(&dir).ok_or(io::ErrorKind::NotFound)?;
+        entries.volatile.remove(&name).map(drop).ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut disk = self.lock();
+        alive(&disk)?;
+        let rate = disk.faults.sync_dir_fail_ppm;
+        if disk.rng.chance_ppm(rate) {
+            return Err(eio());
+        }
+        let entries = disk.dirs.get_mut(dir).ok_or(io::ErrorKind::NotFound)?;
+        entries.durable = entries.volatile.clone();
+        Ok(())
+    }
+}
+
+/// A file of [`SimStorage`].
+#[derive(Debug)]
+pub struct SimFile {
+    disk: Arc<Mutex<Disk>>,
+    ino: u64,
+    /// Required alignment of offsets, lengths and addresses (1 unless opened O_DIRECT).
+    align: usize,
+    writable: bool,
+}
+
+impl SimFile {
+    fn lock(&self) -> io::Result<MutexGuard<'_, Disk>> {
+        let disk = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        alive(&disk)?;
+        Ok(disk)
+    }
+
+    fn check_alignment(&self, addr: usize, len: usize, offset: u64) -> io::Result<()> {
+        let a = self.align;
+        if addr % a != 0 || len % a != 0 || offset % a as u64 != 0 {
+            return Err(errno(rustix::io::Errno::INVAL));
+        }
+        Ok(())
+    }
+}
+
+impl StorageFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.check_alignment(buf.as_ptr() as usize, buf.len(), offset)?;
+        let disk = self.lock()?;
+        let data = &disk.inodes[&self.ino].volatile;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let n = (data.len() - start).min(buf.len());
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.check_alignment(buf.as_ptr() as usize, buf.len(), offset)?;
+        if !self.writable {
+            return Err(errno(rustix::io::Errno::BADF));
+        }
+        let mut disk = self.lock()?;
+        let faults = disk.faults;
+        let failure = if disk.rng.chance_ppm(faults.write_eio_ppm) {
+            Some(eio())
+        } else if disk.rng.chance_ppm(faults.write_enospc_ppm) {
+            Some(errno(rustix::io::Errno::NOSPC))
+        } else {
+            None
+        };
+        // A failing write may still have landed some of its sectors.
+        let landed = match failure {
+            Some(_) => usize::try_from(disk.rng.below(buf.len() as u64 + 1)).unwrap_or(0) / SECTOR * SECTOR,
+            None => buf.len(),
+        };
+        let start = usize::try_from(offset).expect("offset fits in memory");
+        let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
+        if inode.volatile.len() < start + landed {
+            inode.volatile.resize(start + landed, 0);
+        }
+        inode.volatile[start..start + landed].copy_from_slice(&buf[..landed]);
+        let sectors = start / SECTOR..(start + landed).div_ceil(SECTOR);
+        inode.dirty.extend(sectors);
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut disk = self.lock()?;
+        disk.syncs += 1;
+        let rate = disk.faults.sync_fail_ppm;
+        let fail = std::mem::take(&mut disk.fail_next_sync) || disk.rng.chance_ppm(rate);
+        let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
+        if fail {
+            // Like Linux after a writeback error: the unsynced data is gone for good.
+            inode.volatile = inode.durable.clone();
+            inode.dirty.clear();
+            return Err(eio());
+        }
+        let len = inode.volatile.len();
+        inode.durable.resize(len, 0);
+        for sector in std::mem::take(&mut inode.dirty) {
+            let start = sector * SECTOR;
+            let end = (start + SECTOR).min(len);
+            if start < end {
+                inode.durable[start..end].copy_from_slice(&inode.volatile[start..end]);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut disk = self.lock()?;
+        let len = usize::try_from(len).expect("length fits in memory");
+        let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
+        let old = inode.volatile.len();
+        inode.volatile.resize(len, 0);
+        if len > old {
+            inode.dirty.extend(old / SECTOR..len.div_ceil(SECTOR));
+        } else {
+            inode.dirty.retain(|&s| s * SECTOR < len);
+            // A shrink is metadata: it becomes durable with the next sync of this file.
+            inode.dirty.insert(len / SECTOR);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let disk = self.lock()?;
+        Ok(disk.inodes[&self.ino].volatile.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode() -> OpenMode {
+        OpenMode { create: true, write: true, direct: false }
+    }
+
+    #[test]
+    fn synced_data_survives_a_crash_and_unsynced_entries_vanish() {
+        let sim = SimStorage::new(1, FaultConfig::default());
+        let dir = Path::new("/d");
+        sim.create_dir_all(dir).unwrap();
+        let f = sim.open(&dir.join("a"), mode()).unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        f.sync_data().unwrap();
+        sim.sync_dir(dir).unwrap();
+        let g = sim.open(&dir.join("b"), mode()).unwrap();
+        g.write_at(b"lost", 0).unwrap();
+        g.sync_data().unwrap();
+        let after = sim.crash(7);
+        assert_eq!(after.read_file(&dir.join("a")).unwrap(), b"hello");
+        assert!(after.read_file(&dir.join("b")).is_none(), "entry was never synced");
+        assert!(f.write_at(b"x", 0).is_err(), "old handles are dead");
+    }
+
+    #[test]
+    fn a_failed_sync_drops_unsynced_data() {
+        let sim = SimStorage::new(1, FaultConfig::default());
+        let dir = Path::new("/d");
+        sim.create_dir_all(dir).unwrap();
+        let f = sim.open(&dir.join("a"), mode()).unwrap();
+        f.write_at(b"abc", 0).unwrap();
+        sim.fail_next_sync();
+        assert!(f.sync_data().is_err());
+        assert_eq!(f.len().unwrap(), 0);
+    }
+
+    #[test]
+    fn direct_io_rejects_misaligned_writes() {
+        let sim = SimStorage::new(1, FaultConfig::default());
+        let dir = Path::new("/d");
+        sim.create_dir_all(dir).unwrap();
+        let f = sim.open(&dir.join("a"), OpenMode { direct: true, ..mode() }).unwrap();
+        let err = f.write_at(&[0u8; 100], 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::INVAL.raw_os_error()));
+    }
+}

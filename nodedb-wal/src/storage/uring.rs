@@ -1,0 +1,123 @@
+//! io_uring: a write and an fdatasync submitted as linked entries with one system call.
+
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+use crate::error::IoOp;
+
+const WRITE: u64 = 1;
+const SYNC: u64 = 2;
+const ECANCELED: i32 = 125;
+
+/// One small ring per file; the flusher is its only user.
+pub struct Ring {
+    ring: IoUring,
+    /// Set when `io_uring_enter` failed: entries may still sit in the queue, so the ring is
+    /// never entered again (they would then refer to a buffer that is gone).
+    broken: bool,
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring").field("broken", &self.broken).finish()
+    }
+}
+
+impl Ring {
+    /// Whether this process may use io_uring at all (seccomp, `kernel.io_uring_disabled`).
+    pub fn probe() -> io::Result<()> {
+        let mut ring = Ring::new()?;
+        let nop = opcode::Nop::new().build().user_data(0);
+        // SAFETY: a NOP refers to no memory.
+        unsafe { ring.ring.submission().push(&nop) }.map_err(|_| io::Error::other("io_uring queue full"))?;
+        ring.ring.submit_and_wait(1)?;
+        ring.ring.completion().for_each(drop);
+        Ok(())
+    }
+
+    pub fn new() -> io::Result<Ring> {
+        Ok(Ring { ring: IoUring::new(4)?, broken: false })
+    }
+
+    /// Writes all of `buf` at `offset`, then fdatasyncs, as linked entries. Short writes are
+    /// completed; every completion's result is checked. A failed sync is returned, not retried.
+    pub fn write_and_sync(&mut self, fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> Result<(), (IoOp, io::Error)> {
+        loop {
+            let (written, sync) = self.submit_pair(fd, buf, offset).map_err(|e| (IoOp::Write, e))?;
+            if written < 0 {
+                return Err((IoOp::Write, io::Error::from_raw_os_error(-written)));
+            }
+            let written = written as usize;
+            if written == buf.len() {
+                return match sync {
+                    0 => Ok(()),
+                    err => Err((IoOp::SyncData, io::Error::from_raw_os_error(-err))),
+                };
+            }
+            // A short write cancels the linked sync (which therefore never ran): finish the write.
+            if written == 0 {
+                return Err((IoOp::Write, io::Error::new(io::ErrorKind::WriteZero, "io_uring write wrote nothing")));
+            }
+            debug_assert!(sync == -ECANCELED || sync == 0);
+            buf = &buf[written..];
+            offset += written as u64;
+        }
+    }
+
+    /// Submits a write linked to an fdatasync and returns both results.
+    fn submit_pair(&mut self, fd: &OwnedFd, buf: &[u8], offset: u64) -> io::Result<(i32, i32)> {
+        if self.broken {
+            return Err(io::Error::other("io_uring ring unusable after an earlier failure"));
+        }
+        let len = u32::try_from(buf.len()).map_err(|_| io::Error::other("write larger than 4 GiB"))?;
+        let fd = types::Fd(fd.as_raw_fd());
+        let write = opcode::Write::new(fd, buf.as_ptr(), len).offset(offset).build().flags(squeue::Flags::IO_LINK).user_data(WRITE);
+        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(SYNC);
+        // SAFETY: `buf` outlives both operations: we return only after both completions arrive,
+        // or after marking the ring broken when the kernel took none of them (see below).
+        unsafe {
+            let mut sq = self.ring.submission();
+            sq.push(&write).map_err(|_| io::Error::other("io_uring queue full"))?;
+            sq.push(&sync).map_err(|_| io::Error::other("io_uring queue full"))?;
+        }
+        let mut results = (None, None);
+        let mut want = 2;
+        let mut submitted = false;
+        while want > 0 {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => submitted = true,
+                Err(e) if e.raw_os_error() == Some(libc_eintr()) => continue,
+                // The kernel reports an error only when it consumed no entry, so nothing refers
+                // to `buf`; the entries stay queued, so the ring must never be entered again.
+                Err(e) if !submitted => {
+                    self.broken = true;
+                    return Err(e);
+                }
+                // The kernel holds `buf` and we cannot learn when it lets go: returning would
+                // let it be freed under a running write. Stopping is the only sound choice.
+                Err(e) => {
+                    tracing::error!(%e, "io_uring wait failed with operations in flight; aborting");
+                    std::process::abort();
+                }
+            }
+            for cqe in self.ring.completion() {
+                match cqe.user_data() {
+                    WRITE => results.0 = Some(cqe.result()),
+                    SYNC => results.1 = Some(cqe.result()),
+                    other => unreachable!("unknown io_uring completion {other}"),
+                }
+                want -= 1;
+            }
+        }
+        Ok((results.0.expect("write completion"), results.1.expect("sync completion")))
+    }
+}
+
+fn libc_eintr() -> i32 {
+    rustix::io::Errno::INTR.raw_os_error()
+}

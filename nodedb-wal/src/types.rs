@@ -1,0 +1,103 @@
+//! Identity newtypes shared by every layer.
+
+use std::fmt;
+
+/// Log sequence number. Data records get dense LSNs starting at 1; `Lsn::ZERO` means "none".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// No record: the durable LSN of an empty log.
+    pub const ZERO: Lsn = Lsn(0);
+    /// The first LSN a fresh log hands out.
+    pub const FIRST: Lsn = Lsn(1);
+
+    /// The LSN after this one.
+    #[must_use]
+    pub const fn next(self) -> Lsn {
+        Lsn(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Sequence number of a segment file; it is also the file's name (`{id:020}.wal`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId(pub u64);
+
+impl fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Which database, tenant and virtual shard a record belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Scope {
+    /// Database id.
+    pub database: u32,
+    /// Tenant id.
+    pub tenant: u32,
+    /// Virtual shard id.
+    pub vshard: u32,
+}
+
+/// A record type. The high bit marks a type every reader must understand.
+///
+/// Two ranges belong to this crate: `0x0000..=0x00FF` (optional) and `0x8000..=0x80FF`
+/// (required). Applications use the rest: `0x0100..=0x7FFF` for types an older reader may
+/// skip, `0x8100..=0xFFFF` for types it must not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordType(pub u16);
+
+impl RecordType {
+    /// The bit that marks a type a reader must understand.
+    pub const REQUIRED_BIT: u16 = 0x8000;
+
+    /// Fills a batch to its block boundary; carries no LSN.
+    pub const PADDING: RecordType = RecordType(0x8001);
+    /// Opens a segment: its id, first LSN and salt. Carries no LSN.
+    pub const SEGMENT_HEADER: RecordType = RecordType(0x8002);
+    /// Seals a segment; nothing after it belongs to the segment. Carries no LSN.
+    pub const SEGMENT_END: RecordType = RecordType(0x8003);
+
+    /// An application type that older readers may skip.
+    #[must_use]
+    pub const fn optional(code: u16) -> RecordType {
+        RecordType(code & !Self::REQUIRED_BIT)
+    }
+
+    /// An application type that every reader must understand.
+    #[must_use]
+    pub const fn required(code: u16) -> RecordType {
+        RecordType(code | Self::REQUIRED_BIT)
+    }
+
+    /// Whether a reader that does not know this type must stop rather than skip it.
+    #[must_use]
+    pub const fn is_required(self) -> bool {
+        self.0 & Self::REQUIRED_BIT != 0
+    }
+
+    /// Whether the type lies in one of the two ranges this crate reserves for itself.
+    #[must_use]
+    pub const fn is_reserved(self) -> bool {
+        self.0 & 0x7F00 == 0
+    }
+
+    /// Frames that structure the log and carry no LSN of their own.
+    #[must_use]
+    pub const fn is_meta(self) -> bool {
+        matches!(self.0, 0x8001..=0x800F)
+    }
+
+    /// Whether this version of the crate knows a reserved type.
+    #[must_use]
+    pub const fn is_known_reserved(self) -> bool {
+        matches!(self.0, 0x8001..=0x8003)
+    }
+}

@@ -1,0 +1,238 @@
+//! `SegmentedWal`: the façade that opens (recovers) a log directory, appends through the group
+//! committer, replays and truncates.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::commit::{CommitStart, CommitStatsSnapshot, DurableFuture, GroupCommitter, Limits};
+use crate::config::SegmentedWalConfig;
+use crate::error::{IoOp, Result, WalError};
+use crate::format::frame::HEADER_LEN;
+use crate::format::layout::{round_up, write_padding, write_segment_end};
+use crate::read::WalIter;
+use crate::record::Record;
+use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
+use crate::segment::{self, SegmentInfo};
+use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, is_direct_io_refusal};
+use crate::types::Lsn;
+
+/// A segmented write-ahead log, shared by any number of threads (`&self` appends).
+pub struct SegmentedWal<S: Storage = FsStorage> {
+    storage: Arc<S>,
+    config: SegmentedWalConfig,
+    direct: bool,
+    recovery: RecoveryInfo,
+    committer: GroupCommitter<S>,
+    truncation: Mutex<()>,
+    _lock: S::Lock,
+}
+
+impl<S: Storage> std::fmt::Debug for SegmentedWal<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentedWal")
+            .field("dir", &self.config.dir)
+            .field("direct", &self.direct)
+            .field("committer", &self.committer)
+            .finish()
+    }
+}
+
+impl SegmentedWal<FsStorage> {
+    /// Opens (or creates) the log in `config.dir` on the real file system, recovering whatever
+    /// a crash left there.
+    pub fn open(config: SegmentedWalConfig) -> Result<SegmentedWal<FsStorage>> {
+        SegmentedWal::open_with(FsStorage::new(), config)
+    }
+}
+
+impl<S: Storage> SegmentedWal<S> {
+    /// Opens (or creates) the log on the given storage.
+    pub fn open_with(storage: S, config: SegmentedWalConfig) -> Result<SegmentedWal<S>> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        storage.create_dir_all(&dir).map_err(|e| WalError::io(IoOp::CreateDir, &dir, e))?;
+        let lock = storage.lock_dir(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => WalError::Locked { path: dir.clone() },
+            _ => WalError::io(IoOp::Lock, &dir, e),
+        })?;
+        let direct = probe_direct(&storage, &config)?;
+        let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
+        let mut recovered = recover_dir(&storage, &dir, direct, config.alignment)?;
+        if let Some(pending) = recovered.seal {
+            let bytes = seal_segment(&storage, &dir, direct, pending)?;
+            let last = recovered.info.segments.last_mut().expect("the pending segment is listed");
+            last.sealed = true;
+            last.bytes = bytes;
+        }
+        if let Some(torn) = recovered.info.torn_tail {
+            tracing::warn!(segment = %torn.segment, offset = torn.offset, bytes = torn.bytes_discarded, "cut a torn tail");
+        }
+        tracing::info!(records = recovered.info.record_count, last_lsn = %recovered.info.last_lsn, "recovered");
+        let limits = Limits {
+            block: config.alignment,
+            batch_bytes_max: config.batch_bytes_max,
+            batch_buffers: config.batch_buffers,
+            segment_bytes_target: config.segment_bytes_target,
+        };
+        let start = CommitStart {
+            dir,
+            direct,
+            limits,
+            commit_window: config.commit_window,
+            next_lsn: recovered.next_lsn,
+            next_segment: recovered.next_segment,
+            segments: recovered.info.segments.clone(),
+        };
+        let storage = Arc::new(storage);
+        let committer = GroupCommitter::start(Arc::clone(&storage), start)?;
+        Ok(SegmentedWal { storage, config, direct, recovery: recovered.info, committer, truncation: Mutex::new(()), _lock: lock })
+    }
+
+    /// What recovery found when the log was opened.
+    pub fn recovery_info(&self) -> &RecoveryInfo {
+        &self.recovery
+    }
+
+    /// Whether writes bypass the page cache.
+    pub fn direct_io(&self) -> bool {
+        self.direct
+    }
+
+    /// Buffers a record and returns its LSN. It is durable once [`Self::wait_durable`] (or
+    /// [`Self::sync`]) returns Ok for it. A rejected record uses no LSN.
+    pub fn append(&self, record: Record<'_>) -> Result<Lsn> {
+        self.check_record(&record)?;
+        self.committer.append(record.record_type, record.scope, 0, record.payload)
+    }
+
+    /// Appends and waits until the record is durable.
+    pub fn append_durable(&self, record: Record<'_>) -> Result<Lsn> {
+        let lsn = self.append(record)?;
+        self.committer.wait_durable(lsn)?;
+        Ok(lsn)
+    }
+
+    fn check_record(&self, record: &Record<'_>) -> Result<()> {
+        let max = self.config.payload_bytes_max;
+        if record.payload.len() > max {
+            return Err(WalError::PayloadTooLarge { len: record.payload.len(), max });
+        }
+        if record.record_type.is_meta() {
+            return Err(WalError::InvalidConfig { reason: "meta record types are written by the log itself" });
+        }
+        Ok(())
+    }
+
+    /// Blocks until a successful fdatasync covers `lsn`.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        self.committer.wait_durable(lsn)
+    }
+
+    /// A future that resolves once `lsn` is durable, under any executor.
+    pub fn durable(&self, lsn: Lsn) -> Result<DurableFuture<'_>> {
+        self.committer.durable(lsn)
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> Result<Lsn> {
+        let last = Lsn(self.committer.next_lsn().0 - 1);
+        self.committer.wait_durable(last)?;
+        Ok(last)
+    }
+
+    /// The highest LSN a successful fdatasync covers.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.committer.durable_lsn()
+    }
+
+    /// The LSN the next append gets.
+    pub fn next_lsn(&self) -> Lsn {
+        self.committer.next_lsn()
+    }
+
+    /// Segments on disk, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.committer.segments()
+    }
+
+    /// Counters of the write path.
+    pub fn stats(&self) -> CommitStatsSnapshot {
+        self.committer.stats()
+    }
+
+    /// Reads the durable records from `from` on, in LSN order.
+    pub fn read_from(&self, from: Lsn) -> Result<WalIter<S>> {
+        let until = self.durable_lsn();
+        WalIter::new(Arc::clone(&self.storage), self.config.dir.clone(), self.direct, self.config.alignment, self.segments(), from, until)
+    }
+
+    /// Removes whole segments whose records all lie below `checkpoint`, oldest first, each
+    /// removal made durable before the next. The newest segment is always kept: it carries the
+    /// log's position across restarts. Returns how many segments were removed.
+    pub fn truncate_before(&self, checkpoint: Lsn) -> Result<usize> {
+        let _one_at_a_time = self.truncation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _span = tracing::info_span!("truncate", checkpoint = %checkpoint).entered();
+        let dir = &self.config.dir;
+        let mut removed = 0;
+        loop {
+            let victim = {
+                let segments = self.committer.shared().segments_lock();
+                match segments.as_slice() {
+                    [first, _, ..] if first.sealed && first.end_lsn <= checkpoint => first.id,
+                    _ => break,
+                }
+            };
+            let path = segment::path(dir, victim);
+            self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+            self.storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+            self.committer.shared().segments_lock().retain(|s| s.id != victim);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Writes and syncs everything appended, then stops. Dropping the log does the same but can
+    /// only log a failure.
+    pub fn close(self) -> Result<()> {
+        self.committer.close()
+    }
+}
+
+/// Whether this directory's file system takes O_DIRECT, and whether the config lets us go on
+/// without it.
+fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<bool> {
+    if !config.direct_io {
+        return Ok(false);
+    }
+    let probe = config.dir.join("LOCK");
+    let mode = OpenMode { create: true, write: false, direct: true };
+    match storage.open(&probe, mode) {
+        Ok(_) => Ok(true),
+        Err(e) if is_direct_io_refusal(&e) && config.allow_buffered_fallback => {
+            tracing::warn!(dir = %config.dir.display(), "O_DIRECT refused; using buffered I/O");
+            Ok(false)
+        }
+        Err(e) if is_direct_io_refusal(&e) => Err(WalError::DirectIoUnsupported { path: config.dir.clone() }),
+        Err(e) => Err(WalError::io(IoOp::Open, probe, e)),
+    }
+}
+
+/// Seals the last segment after recovery: an end frame on the first block boundary at or after
+/// its records' end, synced, then the file cut to that block. Blocks that hold recovered records
+/// are never written. Returns the segment's new length.
+fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: PendingSeal) -> Result<u64> {
+    let path = segment::path(dir, p.id);
+    let (file, _) = open_existing(storage, &path, direct)?;
+    let block = p.block as usize;
+    let at = round_up(p.records_end, p.block);
+    let mut buf = AlignedBuf::zeroed(block, block);
+    let durable = Lsn(p.next_lsn.0 - 1);
+    let used = write_segment_end(&mut buf, 0, p.records_end, p.next_lsn, durable, p.salt);
+    debug_assert!(block - used >= HEADER_LEN);
+    write_padding(&mut buf, used, p.next_lsn, durable, p.salt);
+    file.write_and_sync(&buf, at).map_err(|(op, e)| WalError::io(op, &path, e))?;
+    let len = at + p.block;
+    file.set_len(len).map_err(|e| WalError::io(IoOp::SetLen, &path, e))?;
+    file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &path, e))?;
+    Ok(len)
+}
