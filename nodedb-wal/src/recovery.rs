@@ -152,7 +152,8 @@ pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, ali
     info.first_lsn = info.segments.first().map_or(next_lsn, |s| s.first_lsn);
     info.record_count = info.segments.iter().map(SegmentInfo::record_count).sum();
     info.last_lsn = Lsn(next_lsn.0 - 1);
-    let next_segment = SegmentId(ids.last().map_or(1, |id| id.0 + 1));
+    // Counted from what remains: an interrupted roll's id is reused, leaving no hole.
+    let next_segment = SegmentId(info.segments.last().map_or(1, |s| s.id.0 + 1));
     Ok(Recovered { info, seal, next_lsn, next_segment })
 }
 

@@ -12,7 +12,7 @@ use crate::error::IoOp;
 use crate::format::layout::{write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
 use crate::format::preamble::SegmentPreamble;
-use crate::segment::{self, SegmentInfo};
+use crate::segment;
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
 
@@ -89,14 +89,6 @@ impl<S: Storage> Flusher<S> {
         write_header_block(&mut block, &SegmentPreamble::plaintext_wal(), &header, durable);
         file.write_at(&block, 0).map_err(|e| (IoOp::Write, e))?;
         shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
-        let info = SegmentInfo {
-            id: target.segment,
-            first_lsn: target.segment_first_lsn,
-            end_lsn: target.segment_first_lsn,
-            bytes: shared.block as u64,
-            sealed: false,
-        };
-        shared.segments_lock().push(info);
         tracing::debug!(segment = %target.segment, first_lsn = %target.segment_first_lsn, "segment created");
         self.file = Some((target.segment, file));
         Ok(())

@@ -134,8 +134,14 @@ impl<S: Storage> Shared<S> {
     fn note_segment_progress(&self, target: Target, end_lsn: Lsn, sealed: bool, padded: usize) {
         {
             let mut segments = self.segments_lock();
+            // A new segment is listed only once its first batch is durable: until then it may
+            // vanish in a crash, and the segment before it must not count as truncatable.
+            if target.create {
+                let first = target.segment_first_lsn;
+                segments.push(SegmentInfo { id: target.segment, first_lsn: first, end_lsn: first, bytes: 0, sealed: false });
+            }
             let seg = segments.last_mut().expect("the written segment is listed");
-            debug_assert_eq!(seg.id, target.segment);
+            assert_eq!(seg.id, target.segment, "batch written to an unlisted segment");
             seg.end_lsn = end_lsn;
             seg.bytes = target.offset + padded as u64;
             seg.sealed = sealed;

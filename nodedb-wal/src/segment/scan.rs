@@ -28,6 +28,13 @@ pub enum TailEnd {
     Damaged,
 }
 
+/// An end frame found at a block boundary: where it says the records end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RecoverySeal {
+    records_end: u64,
+    next_lsn: Lsn,
+}
+
 /// One step of a scan.
 #[derive(Debug)]
 pub enum Step<'a> {
@@ -112,6 +119,9 @@ pub struct SegmentScan<F> {
     pos: u64,
     next_lsn: Lsn,
     done: bool,
+    /// The last block boundary checked for a recovery seal, and what it holds (see
+    /// `cut_by_recovery`).
+    seal_checked: Option<(u64, Option<RecoverySeal>)>,
 }
 
 /// The outcome of checking one frame position.
@@ -131,6 +141,7 @@ impl<F: StorageFile> SegmentScan<F> {
             pos: head.body_start,
             next_lsn: head.header.first_lsn,
             done: false,
+            seal_checked: None,
         }
     }
 
@@ -166,6 +177,10 @@ impl<F: StorageFile> SegmentScan<F> {
                     };
                     self.done = true;
                     return Ok(Step::End { offset: at, end, claim });
+                }
+                Probe::Valid(_) if self.cut_by_recovery(at)? => {
+                    self.done = true;
+                    return Ok(Step::End { offset: at, end: TailEnd::Sealed { records_end: at }, claim: None });
                 }
                 Probe::Valid(header) if header.record_type == RecordType::SEGMENT_END => {
                     let payload = self.payload(at, &header)?;
@@ -234,26 +249,53 @@ impl<F: StorageFile> SegmentScan<F> {
         Ok(Probe::Valid(header))
     }
 
+    /// Whether an earlier recovery cut the segment at `at`, although the frame there now reads as
+    /// valid. That happens when sealing extended the file: zeros past the old end can complete a
+    /// frame that was cut short. Such a frame is debris: the cut stands. Only a frame at an
+    /// unaligned offset can be cut this way (the seal sits at the next boundary), so each
+    /// boundary is read once.
+    fn cut_by_recovery(&mut self, at: u64) -> Result<bool> {
+        if at % self.block == 0 {
+            return Ok(false);
+        }
+        let boundary = round_up(at, self.block);
+        let seal = match self.seal_checked {
+            Some((checked, seal)) if checked == boundary => seal,
+            _ => {
+                let seal = self.seal_at(boundary)?;
+                self.seal_checked = Some((boundary, seal));
+                seal
+            }
+        };
+        Ok(seal.is_some_and(|s| s.records_end == at && s.next_lsn == self.next_lsn))
+    }
+
     /// After recovery cut a torn tail at `at`, it sealed the segment with an end frame at the
     /// next block boundary that names `at`: the bytes in between are debris to skip.
     fn recovery_seal_after(&mut self, at: u64) -> Result<Option<TailEnd>> {
         let seal_at = round_up(at, self.block);
-        if seal_at == at || seal_at >= self.reader.file_len() {
+        if seal_at == at {
             return Ok(None);
         }
-        let head = self.reader.get(seal_at, HEADER_LEN)?;
+        let found = self.seal_at(seal_at)?;
+        Ok(found.filter(|s| s.records_end == at && s.next_lsn == self.next_lsn).map(|_| TailEnd::Sealed { records_end: at }))
+    }
+
+    /// The end frame of this segment at `offset`, if there is a valid one.
+    fn seal_at(&mut self, offset: u64) -> Result<Option<RecoverySeal>> {
+        if offset >= self.reader.file_len() {
+            return Ok(None);
+        }
+        let head = self.reader.get(offset, HEADER_LEN)?;
         let Ok(header) = RecordHeader::decode(head) else { return Ok(None) };
-        if header.record_type != RecordType::SEGMENT_END || header.salt != self.salt || header.lsn != self.next_lsn {
+        if header.record_type != RecordType::SEGMENT_END || header.salt != self.salt {
             return Ok(None);
         }
-        let frame = self.reader.get(seal_at, header.frame_len())?;
+        let frame = self.reader.get(offset, header.frame_len())?;
         if decode_frame(frame).is_err() {
             return Ok(None);
         }
-        match SegmentEndPayload::decode(&frame[HEADER_LEN..]) {
-            Some(p) if p.records_end == at => Ok(Some(TailEnd::Sealed { records_end: at })),
-            _ => Ok(None),
-        }
+        Ok(SegmentEndPayload::decode(&frame[HEADER_LEN..]).map(|p| RecoverySeal { records_end: p.records_end, next_lsn: header.lsn }))
     }
 
     /// The highest durable watermark claimed by any checksummed frame of this segment that
