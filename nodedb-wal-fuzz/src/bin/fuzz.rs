@@ -1,0 +1,40 @@
+//! A mutational fuzzer that runs on the stable toolchain: starts from a target's seeds and
+//! corpus, mutates, runs the target body, and saves every input that panics under
+//! `artifacts/<target>/`. Usage: `cargo run --release -p nodedb-wal-fuzz --bin fuzz -- TARGET SECONDS`.
+
+use std::time::{Duration, Instant};
+
+use nodedb_wal_fuzz::{TARGETS, mutate, seeds};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let name = args.next().unwrap_or_else(|| "record".into());
+    let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let Some(&(_, target)) = TARGETS.iter().find(|(n, _)| *n == name) else {
+        eprintln!("unknown target {name}; targets: {:?}", TARGETS.iter().map(|t| t.0).collect::<Vec<_>>());
+        std::process::exit(2);
+    };
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut pool = seeds(&name);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (mut runs, mut crashes) = (0u64, 0u64);
+    let mut state = std::process::id() as u64 ^ 0xA5A5_5A5A;
+    while Instant::now() < deadline {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let base = &pool[(state >> 33) as usize % pool.len()];
+        let input = mutate(base, state);
+        runs += 1;
+        if std::panic::catch_unwind(|| target(&input)).is_err() {
+            crashes += 1;
+            let dir = std::path::Path::new("artifacts").join(&name);
+            std::fs::create_dir_all(&dir).expect("artifacts dir");
+            std::fs::write(dir.join(format!("crash-{runs}")), &input).expect("write artifact");
+        } else if pool.len() < 4096 && state % 64 == 0 {
+            pool.push(input);
+        }
+    }
+    println!("{name}: {runs} runs in {seconds} s, {crashes} crashes");
+    if crashes > 0 {
+        std::process::exit(1);
+    }
+}
