@@ -24,7 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut last = Lsn::ZERO;
                 for i in 0..RECORDS_PER_THREAD {
                     let payload = format!("thread {t} record {i}");
-                    let record = Record::new(RecordType::optional(0x100), payload.as_bytes()).scoped(Scope { database: 1, tenant: t, vshard: i % 8 });
+                    let record = Record::new(RecordType::optional(0x100), payload.as_bytes()).scoped(Scope {
+                        database: 1,
+                        tenant: t,
+                        vshard: i % 8,
+                    });
                     last = wal.append_durable(record)?;
                 }
                 Ok(last)
@@ -35,12 +39,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         w.join().expect("writer thread panicked")?;
     }
     let stats = wal.stats();
-    println!("appended {} records in {} fdatasyncs ({:.1} records per sync)", stats.records, stats.fsyncs, stats.records as f64 / stats.fsyncs.max(1) as f64);
+    println!(
+        "appended {} records in {} fdatasyncs ({:.1} records per sync)",
+        stats.records,
+        stats.fsyncs,
+        stats.records as f64 / stats.fsyncs.max(1) as f64
+    );
     drop(wal);
 
     let wal = SegmentedWal::open(config)?;
     let info = wal.recovery_info();
-    println!("recovery: {} records, LSN {}..={}, {} segments, torn tail: {:?}", info.record_count, info.first_lsn, info.last_lsn, info.segments.len(), info.torn_tail);
+    println!(
+        "recovery: {} records, LSN {}..={}, {} segments, torn tail: {:?}",
+        info.record_count,
+        info.first_lsn,
+        info.last_lsn,
+        info.segments.len(),
+        info.torn_tail
+    );
     let replayed = wal.read_from(Lsn::FIRST)?.count();
     println!("replayed {replayed} records; next LSN is {}", wal.next_lsn());
     assert_eq!(replayed as u64, u64::from(THREADS * RECORDS_PER_THREAD));

@@ -29,6 +29,12 @@ pub struct SegmentedWalConfig {
     /// Like PostgreSQL's `commit_delay`: before a sync, wait this long for more appends to join
     /// the batch. Off by default.
     pub commit_window: Option<Duration>,
+    /// Zero-fill this many bytes ahead of the writer in the active segment (0: off). An
+    /// fdatasync after a write into blocks the file system has never seen must also persist
+    /// their allocation; into already-written blocks it syncs only data, which on ext4 here is
+    /// about twice as fast. Batches of at least a quarter of this size skip the zero-fill: large
+    /// writes amortise the allocation and the extra bytes would cost bandwidth.
+    pub zero_fill_bytes: usize,
 }
 
 impl SegmentedWalConfig {
@@ -44,6 +50,7 @@ impl SegmentedWalConfig {
             allow_buffered_fallback: false,
             alignment: 4096,
             commit_window: None,
+            zero_fill_bytes: 1 << 20,
         }
     }
 
@@ -60,6 +67,9 @@ impl SegmentedWalConfig {
         }
         if self.segment_bytes_target < 4 * self.alignment as u64 {
             return bad("segment_bytes_target must hold at least four blocks");
+        }
+        if self.zero_fill_bytes % self.alignment != 0 {
+            return bad("zero_fill_bytes must be a multiple of the alignment");
         }
         if self.payload_bytes_max == 0 || self.payload_bytes_max > (u32::MAX as usize) / 2 {
             return bad("payload_bytes_max must be between 1 byte and 2 GiB");

@@ -79,6 +79,7 @@ impl<S: Storage> SegmentedWal<S> {
             direct,
             limits,
             commit_window: config.commit_window,
+            zero_fill_bytes: config.zero_fill_bytes,
             next_lsn: recovered.next_lsn,
             next_segment: recovered.next_segment,
             segments: recovered.info.segments.clone(),
@@ -91,6 +92,12 @@ impl<S: Storage> SegmentedWal<S> {
     /// What recovery found when the log was opened.
     pub fn recovery_info(&self) -> &RecoveryInfo {
         &self.recovery
+    }
+
+    /// The storage the log runs on; for [`FsStorage`], `storage().backend()` tells whether
+    /// io_uring or pwrite + fdatasync carries the writes.
+    pub fn storage(&self) -> &S {
+        &self.storage
     }
 
     /// Whether writes bypass the page cache.
@@ -236,3 +243,10 @@ fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: PendingSea
     file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &path, e))?;
     Ok(len)
 }
+
+/// `SegmentedWal` is shared between threads by reference.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<SegmentedWal<FsStorage>>();
+    send_sync::<SegmentedWal<crate::storage::SimStorage>>();
+};

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::Shared;
 use super::plan::{BatchMeta, Sealed, Target};
 use crate::error::IoOp;
-use crate::format::layout::{write_header_block, write_padding, write_segment_end};
+use crate::format::layout::{round_up, write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
 use crate::format::preamble::SegmentPreamble;
 use crate::segment;
@@ -18,15 +18,19 @@ use crate::types::{Lsn, SegmentId};
 
 type IoFailure = (IoOp, io::Error);
 
-/// The flusher's own state: the open segment file.
+/// The flusher's own state: the open segment file and how far it is zero-filled.
 pub(crate) struct Flusher<S: Storage> {
     shared: Arc<Shared<S>>,
     file: Option<(SegmentId, S::File)>,
+    /// The end of the bytes of the open segment already written (records or zeros).
+    written_to: u64,
+    zeros: Option<AlignedBuf>,
 }
 
 impl<S: Storage> Flusher<S> {
     pub fn new(shared: Arc<Shared<S>>) -> Flusher<S> {
-        Flusher { shared, file: None }
+        let zeros = (shared.zero_fill_bytes > 0).then(|| AlignedBuf::zeroed(shared.zero_fill_bytes, shared.block));
+        Flusher { shared, file: None, written_to: 0, zeros }
     }
 
     /// Runs until the log closes or is poisoned.
@@ -57,9 +61,12 @@ impl<S: Storage> Flusher<S> {
         if target.create {
             self.create_segment(target, durable)?;
         }
+        let batch_end = target.offset + job.padded as u64;
+        self.zero_fill_ahead(batch_end, job.padded)?;
         let (id, file) = self.file.as_ref().expect("a batch always has an open segment");
         assert_eq!(*id, target.segment, "batch planned for another segment than the open one");
         file.write_and_sync(bytes, target.offset)?;
+        self.written_to = self.written_to.max(batch_end);
         let stats = &self.shared.stats;
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -69,6 +76,27 @@ impl<S: Storage> Flusher<S> {
         if job.ends_segment {
             self.file = None;
         }
+        Ok(())
+    }
+
+    /// Writes zeros past the end of a small batch so that later small batches land in blocks
+    /// the file system has already allocated. The batch's fdatasync makes them durable too.
+    /// Only ever writes past everything written so far: never a block holding records.
+    fn zero_fill_ahead(&mut self, batch_end: u64, batch_len: usize) -> Result<(), IoFailure> {
+        let Some(zeros) = &self.zeros else { return Ok(()) };
+        if batch_end <= self.written_to || batch_len >= zeros.len() / 4 {
+            return Ok(());
+        }
+        // A segment rolls near its target size: zeros beyond it would never be used.
+        let limit = round_up(self.shared.segment_bytes_target, self.shared.block as u64);
+        let len = (limit.saturating_sub(batch_end)).min(zeros.len() as u64) as usize;
+        if len == 0 {
+            return Ok(());
+        }
+        let (_, file) = self.file.as_ref().expect("a batch always has an open segment");
+        file.write_at(&zeros[..len], batch_end).map_err(|e| (IoOp::Write, e))?;
+        self.written_to = batch_end + len as u64;
+        self.shared.stats.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -91,6 +119,7 @@ impl<S: Storage> Flusher<S> {
         shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
         tracing::debug!(segment = %target.segment, first_lsn = %target.segment_first_lsn, "segment created");
         self.file = Some((target.segment, file));
+        self.written_to = shared.block as u64;
         Ok(())
     }
 }
