@@ -11,9 +11,9 @@
 //! | any           | `Sealed` end frame   | (not looked at)               | accept      |
 //! | no            | anything else        | (not looked at)               | corruption  |
 //! | yes           | any                  | a frame claims `p`'s LSN durable | corruption |
-//! | yes           | `Eof`/`Blank`/`Stale` | none                          | accept      |
-//! | yes           | `Eof`/`Blank`/`Stale` | only unacknowledged frames    | cut torn tail |
-//! | yes           | `Damaged`            | none or unacknowledged        | cut torn tail |
+//! | yes           | `Eof`/`Blank`/`Stale` | only zeros                    | accept      |
+//! | yes           | `Eof`/`Blank`/`Stale` | debris or unacknowledged frames | cut torn tail |
+//! | yes           | `Damaged`            | anything not acknowledged     | cut torn tail |
 //!
 //! A segment is sealed before the next one is created, so damage in any but the last segment
 //! hit data that a sync had covered. In the last segment, a later frame's watermark says whether
@@ -25,18 +25,20 @@
 use std::path::Path;
 
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
-use crate::format::frame::{HEADER_LEN, RecordHeader, decode_frame};
+use crate::segment::evidence::{Claims, scan_claims};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{HeadFault, SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
 
-/// What intact frames after the first bad position say about it.
+/// What the bytes after the first bad position say about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Evidence {
-    /// No intact frame of the segment follows.
+    /// Only zeros follow (or nothing).
     None,
+    /// Non-zero bytes follow, but no intact frame of the segment.
+    Debris,
     /// Intact frames follow, but none claims the lost LSN was durable.
     Unacknowledged,
     /// An intact frame claims the lost LSN was durable.
@@ -62,8 +64,8 @@ pub fn decide(last_segment: bool, end: TailEnd, evidence: Evidence) -> TailActio
         (false, _, _) => TailAction::Corrupt,
         (true, _, Evidence::Acknowledged) => TailAction::Corrupt,
         (true, TailEnd::Eof | TailEnd::Blank | TailEnd::Stale, Evidence::None) => TailAction::Accept,
-        (true, TailEnd::Eof | TailEnd::Blank | TailEnd::Stale, Evidence::Unacknowledged) => TailAction::CutTorn,
-        (true, TailEnd::Damaged, Evidence::None | Evidence::Unacknowledged) => TailAction::CutTorn,
+        (true, TailEnd::Eof | TailEnd::Blank | TailEnd::Stale, Evidence::Debris | Evidence::Unacknowledged) => TailAction::CutTorn,
+        (true, TailEnd::Damaged, Evidence::None | Evidence::Debris | Evidence::Unacknowledged) => TailAction::CutTorn,
     }
 }
 
@@ -225,13 +227,16 @@ fn scan_segment<S: Storage>(
     };
     let first_lsn = head.header.first_lsn;
     let lost = scan.next_lsn();
-    let evidence = match (last, end) {
-        (true, e) if !matches!(e, TailEnd::Sealed { .. }) => evidence(claim.max(scan.durable_claim_after(offset)?), lost),
-        _ => Evidence::None,
+    let (evidence, best_claim) = match (last, end) {
+        (true, e) if !matches!(e, TailEnd::Sealed { .. }) => {
+            let claims = scan.claims_from(offset)?;
+            (evidence(claims, claim, lost), claims.durable.max(claim))
+        }
+        _ => (Evidence::None, None),
     };
     let mut seg = SegmentInfo { id, first_lsn, end_lsn: lost, bytes: offset, sealed: false };
     match decide(last, end, evidence) {
-        TailAction::Corrupt => Err(scan.corruption(offset, corruption_kind(last, evidence, lost, claim))),
+        TailAction::Corrupt => Err(scan.corruption(offset, corruption_kind(last, end, evidence, lost, best_claim))),
         TailAction::Accept if matches!(end, TailEnd::Sealed { .. }) => {
             seg.sealed = true;
             Ok(Outcome::Sealed(seg))
@@ -249,20 +254,24 @@ fn scan_segment<S: Storage>(
     }
 }
 
-fn evidence(claim: Option<Lsn>, lost: Lsn) -> Evidence {
-    match claim {
-        None => Evidence::None,
+fn evidence(claims: Claims, claim_at_end: Option<Lsn>, lost: Lsn) -> Evidence {
+    match claims.durable.max(claim_at_end) {
         Some(durable) if durable >= lost => Evidence::Acknowledged,
         Some(_) => Evidence::Unacknowledged,
+        None if claims.debris => Evidence::Debris,
+        None => Evidence::None,
     }
 }
 
-fn corruption_kind(last: bool, evidence: Evidence, lost: Lsn, claim: Option<Lsn>) -> CorruptionKind {
-    if !last {
-        return CorruptionKind::UnsealedSegment;
+fn corruption_kind(last: bool, end: TailEnd, evidence: Evidence, lost: Lsn, claim: Option<Lsn>) -> CorruptionKind {
+    match (last, end) {
+        (false, TailEnd::Damaged) => CorruptionKind::BadFrame,
+        (false, _) => CorruptionKind::UnsealedSegment,
+        (true, _) => {
+            debug_assert_eq!(evidence, Evidence::Acknowledged);
+            CorruptionKind::DamageBeforeDurableRecords { lost_from: lost, durable_claimed: claim.unwrap_or(lost) }
+        }
     }
-    debug_assert_eq!(evidence, Evidence::Acknowledged);
-    CorruptionKind::DamageBeforeDurableRecords { lost_from: lost, durable_claimed: claim.unwrap_or(lost) }
 }
 
 /// A segment whose first block is not a valid head: the remains of an interrupted roll, unless
@@ -279,28 +288,12 @@ fn head_fault<F: StorageFile>(
         return Err(corrupt);
     }
     let threshold = prev_end.unwrap_or(Lsn::FIRST);
-    if fault == HeadFault::Damaged && claims_durable_any_salt(reader, threshold)? {
+    // Without a valid head the salt and block size are unknown: look at every sector.
+    let claims = scan_claims(reader, 0, 512, None)?;
+    if fault == HeadFault::Damaged && claims.durable.is_some_and(|d| d >= threshold) {
         return Err(corrupt);
     }
     Ok(Outcome::InterruptedRoll)
-}
-
-/// Whether any intact frame, at any 512-byte boundary, claims an LSN `>= threshold` durable.
-fn claims_durable_any_salt<F: StorageFile>(reader: &mut ChunkReader<F>, threshold: Lsn) -> Result<bool> {
-    let mut at = 0u64;
-    while at < reader.file_len() {
-        let head = reader.get(at, HEADER_LEN)?;
-        if let Ok(h) = RecordHeader::decode(head)
-            && h.durable_lsn >= threshold
-        {
-            let frame = reader.get(at, h.frame_len())?;
-            if decode_frame(frame).is_ok() {
-                return Ok(true);
-            }
-        }
-        at += 512;
-    }
-    Ok(false)
 }
 
 #[cfg(test)]
@@ -310,7 +303,7 @@ mod tests {
     #[test]
     fn every_tail_state_maps_to_exactly_one_action() {
         let ends = [TailEnd::Sealed { records_end: 0 }, TailEnd::Eof, TailEnd::Blank, TailEnd::Stale, TailEnd::Damaged];
-        let evidences = [Evidence::None, Evidence::Unacknowledged, Evidence::Acknowledged];
+        let evidences = [Evidence::None, Evidence::Debris, Evidence::Unacknowledged, Evidence::Acknowledged];
         for last in [false, true] {
             for end in ends {
                 for ev in evidences {
@@ -319,7 +312,7 @@ mod tests {
                         (false, ..) => TailAction::Corrupt,
                         (true, _, Evidence::Acknowledged) => TailAction::Corrupt,
                         (true, TailEnd::Damaged, _) => TailAction::CutTorn,
-                        (true, _, Evidence::Unacknowledged) => TailAction::CutTorn,
+                        (true, _, Evidence::Unacknowledged | Evidence::Debris) => TailAction::CutTorn,
                         (true, _, Evidence::None) => TailAction::Accept,
                     };
                     assert_eq!(decide(last, end, ev), expected, "{last} {end:?} {ev:?}");

@@ -159,13 +159,24 @@ impl<S: Storage> Shared<S> {
     }
 }
 
-impl<S: Storage> SyncRequester for Shared<S> {
-    fn request_sync(&self, lsn: Lsn) {
+impl<S: Storage> Shared<S> {
+    /// Asks the flusher for a sync covering `lsn`, which must have been issued. One lock.
+    fn request_issued(&self, lsn: Lsn) -> Result<()> {
         let mut plan = lock(&self.plan);
+        if lsn >= plan.next_lsn {
+            return Err(WalError::LsnNotIssued { lsn, next: plan.next_lsn });
+        }
         if plan.sync_wanted < lsn {
             plan.sync_wanted = lsn;
             self.work.notify_one();
         }
+        Ok(())
+    }
+}
+
+impl<S: Storage> SyncRequester for Shared<S> {
+    fn request_sync(&self, lsn: Lsn) {
+        let _ = self.request_issued(lsn);
     }
 
     fn durability(&self) -> &Durability {
@@ -276,8 +287,7 @@ impl<S: Storage> GroupCommitter<S> {
         if self.shared.durability.check(lsn)? {
             return Ok(());
         }
-        self.check_issued(lsn)?;
-        self.shared.request_sync(lsn);
+        self.shared.request_issued(lsn)?;
         self.shared.durability.wait(lsn)
     }
 

@@ -1,5 +1,6 @@
 //! Walking a segment's frames from its header to its end, and saying how it ended.
 
+use super::evidence::{Claims, scan_claims};
 use super::reader::ChunkReader;
 use crate::error::{CorruptionKind, Result, WalError};
 use crate::format::frame::{FrameError, HEADER_LEN, RecordHeader, decode_frame};
@@ -97,6 +98,10 @@ pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> 
     }
     if preamble.cipher != CIPHER_NONE {
         return Err(WalError::UnsupportedCipher { segment: id, cipher: preamble.cipher });
+    }
+    // No checksum covers the preamble: a plaintext segment's key fields must be zero.
+    if preamble.key_id != 0 || preamble.nonce_epoch != 0 {
+        return Ok(Err(HeadFault::Damaged));
     }
     let frame = reader.get(PREAMBLE_SIZE as u64, PREAMBLE_SIZE + HEADER_LEN + 64)?;
     let Ok(h) = decode_frame(frame) else { return Ok(Err(HeadFault::Damaged)) };
@@ -298,26 +303,9 @@ impl<F: StorageFile> SegmentScan<F> {
         Ok(SegmentEndPayload::decode(&frame[HEADER_LEN..]).map(|p| RecoverySeal { records_end: p.records_end, next_lsn: header.lsn }))
     }
 
-    /// The highest durable watermark claimed by any checksummed frame of this segment that
-    /// starts on a block boundary after `from`. Batches start on block boundaries, so every
-    /// batch written after the damage is seen.
-    pub fn durable_claim_after(&mut self, from: u64) -> Result<Option<Lsn>> {
-        let mut best: Option<Lsn> = None;
-        let mut at = round_up(from + 1, self.block);
-        while at < self.reader.file_len() {
-            let head = self.reader.get(at, HEADER_LEN)?;
-            if let Ok(header) = RecordHeader::decode(head)
-                && header.salt == self.salt
-                && at + header.frame_len() as u64 <= self.reader.file_len()
-            {
-                let frame = self.reader.get(at, header.frame_len())?;
-                if decode_frame(frame).is_ok() {
-                    best = best.max(Some(header.durable_lsn));
-                }
-            }
-            at += self.block;
-        }
-        Ok(best)
+    /// What the frames and bytes from `from` on say (see [`scan_claims`]).
+    pub fn claims_from(&mut self, from: u64) -> Result<Claims> {
+        scan_claims(&mut self.reader, from, self.block, Some(self.salt))
     }
 
     /// Corruption at `offset` of this segment.

@@ -59,6 +59,7 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 /// An open file. All methods take `&self`: positions are explicit.
+#[expect(clippy::len_without_is_empty, reason = "a file's length is a position, not a collection size")]
 pub trait StorageFile: Send + Sync + 'static {
     /// Reads at `offset`; returns fewer bytes than asked only at end of file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
