@@ -12,8 +12,11 @@ use nodedb_wal::format::preamble::SegmentPreamble;
 use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 use nodedb_wal::{Lsn, SegmentedWal, SegmentedWalConfig, SimStorage};
 
+/// A target body: panics on a finding.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] =
+pub const TARGETS: &[(&str, Target)] =
     &[("record", record), ("preamble", preamble), ("segment_meta", segment_meta), ("recover_image", recover_image)];
 
 /// Record frame decoding never panics, and whatever decodes re-encodes to the same bytes.

@@ -1,0 +1,477 @@
+//! Helpers shared by the integration tests: a small configuration, deterministic records, a
+//! byte-level view of segment files (what a damaged disk would change), byte-level access to
+//! files on either storage, a storage wrapper that holds the flusher between a batch's write and
+//! its sync, and a tmpfs mount that unmounts itself.
+
+#![allow(dead_code, reason = "each test binary uses a different subset of these helpers")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use nodedb_wal::format::frame::{RecordHeader, decode_frame};
+use nodedb_wal::format::preamble::PREAMBLE_SIZE;
+use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
+use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, Scope, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalRecord};
+
+/// Block size of every test log.
+pub const BLOCK: u64 = 4096;
+
+/// A configuration with small segments, so that a few dozen records span several of them.
+pub fn config(dir: &Path) -> SegmentedWalConfig {
+    let mut c = SegmentedWalConfig::new(dir);
+    c.segment_bytes_target = 32 * 1024;
+    c.batch_bytes_max = 16 * 1024;
+    c.alignment = BLOCK as usize;
+    c.allow_buffered_fallback = true;
+    c
+}
+
+/// The record type of LSN `lsn`: a few optional and required application types.
+pub fn record_type(lsn: u64) -> RecordType {
+    match lsn % 3 {
+        0 => RecordType::optional(0x100),
+        1 => RecordType::optional(0x2A7),
+        _ => RecordType::required(0x150),
+    }
+}
+
+/// The scope of LSN `lsn`.
+pub fn scope(lsn: u64) -> Scope {
+    Scope { database: 1 + (lsn % 2) as u32, tenant: 7, vshard: (lsn % 5) as u32 }
+}
+
+/// The payload of LSN `lsn`: 20 to 319 bytes that differ from every other LSN's.
+pub fn payload(lsn: u64) -> Vec<u8> {
+    let len = 20 + (lsn * 37 % 300) as usize;
+    let mut bytes: Vec<u8> = (0..len).map(|i| (lsn as u8).wrapping_mul(31) ^ (i as u8)).collect();
+    bytes[..8].copy_from_slice(&lsn.to_le_bytes());
+    bytes
+}
+
+/// Appends the record of LSN `expected` (the log must hand out exactly that LSN).
+pub fn append<S: Storage>(wal: &SegmentedWal<S>, expected: u64) {
+    let bytes = payload(expected);
+    let record = Record::new(record_type(expected), &bytes).scoped(scope(expected));
+    assert_eq!(wal.append(record).unwrap(), Lsn(expected), "LSNs are dense");
+}
+
+/// Appends LSNs `from..=to` and makes them durable.
+pub fn append_synced<S: Storage>(wal: &SegmentedWal<S>, from: u64, to: u64) {
+    for lsn in from..=to {
+        append(wal, lsn);
+    }
+    assert_eq!(wal.sync().unwrap(), Lsn(to));
+}
+
+/// Writes a log of `groups` batches, each `group` records long and synced, then closes it.
+/// Returns the last LSN.
+pub fn write_log<S: Storage + Clone>(storage: &S, dir: &Path, groups: &[u64]) -> u64 {
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+    let mut next = wal.next_lsn().0;
+    for &n in groups {
+        append_synced(&wal, next, next + n - 1);
+        next += n;
+    }
+    wal.close().unwrap();
+    next - 1
+}
+
+/// Every durable record of the log, in order.
+pub fn read_all<S: Storage>(wal: &SegmentedWal<S>) -> Vec<WalRecord> {
+    let first = wal.recovery_info().first_lsn;
+    wal.read_from(first).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+/// Asserts that `records` are exactly the generated records `from..=to`.
+pub fn assert_records(records: &[WalRecord], from: u64, to: u64) {
+    let lsns: Vec<u64> = records.iter().map(|r| r.lsn.0).collect();
+    let expected: Vec<u64> = (from..=to).collect();
+    assert_eq!(lsns, expected, "recovered LSNs");
+    for r in records {
+        let lsn = r.lsn.0;
+        assert_eq!(r.payload, payload(lsn), "payload of LSN {lsn}");
+        assert_eq!(r.record_type, record_type(lsn), "type of LSN {lsn}");
+        assert_eq!(r.scope, scope(lsn), "scope of LSN {lsn}");
+        assert_eq!(r.flags, 0, "flags of LSN {lsn}");
+    }
+}
+
+/// The path of segment `id` in `dir`.
+pub fn seg(dir: &Path, id: u64) -> PathBuf {
+    nodedb_wal::segment::path(dir, SegmentId(id))
+}
+
+/// One checksummed frame found in a segment file.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame {
+    /// Its offset in the file.
+    pub offset: u64,
+    /// Its header.
+    pub header: RecordHeader,
+}
+
+impl Frame {
+    /// Bytes of header and payload.
+    pub fn frame_len(&self) -> u64 {
+        self.header.frame_len() as u64
+    }
+
+    /// Whether it is a data record (not padding, a segment header or an end frame).
+    pub fn is_record(&self) -> bool {
+        !self.header.record_type.is_meta()
+    }
+}
+
+/// The frames of a segment file, in order from the header frame, up to the first position that
+/// does not hold a valid frame.
+pub fn frames(bytes: &[u8]) -> Vec<Frame> {
+    let mut found = Vec::new();
+    let mut at = PREAMBLE_SIZE;
+    while at < bytes.len() {
+        let Ok(header) = decode_frame(&bytes[at..]) else { break };
+        found.push(Frame { offset: at as u64, header });
+        at += header.frame_len();
+    }
+    found
+}
+
+/// The frame of data record `lsn` in a segment file.
+pub fn record_frame(bytes: &[u8], lsn: u64) -> Frame {
+    frames(bytes).into_iter().find(|f| f.is_record() && f.header.lsn == Lsn(lsn)).unwrap_or_else(|| panic!("no frame for LSN {lsn}"))
+}
+
+/// The segment (id) whose file holds the frame of record `lsn`, and the frame.
+pub fn locate<D: Disk>(disk: &D, dir: &Path, lsn: u64) -> (u64, Frame) {
+    for id in segment_ids(disk, dir) {
+        let bytes = disk.read(&seg(dir, id));
+        if let Some(f) = frames(&bytes).into_iter().find(|f| f.is_record() && f.header.lsn == Lsn(lsn)) {
+            return (id, f);
+        }
+    }
+    panic!("LSN {lsn} is in no segment of {}", dir.display())
+}
+
+/// Ids of the segment files in `dir`, ascending.
+pub fn segment_ids<D: Disk>(disk: &D, dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = disk.names(dir).iter().filter_map(|n| nodedb_wal::segment::parse_name(n)).map(|id| id.0).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Byte-level access to files, the way media damage or an operator would change them.
+/// Every change is durable at once.
+pub trait Disk: Storage + Clone {
+    /// A file's bytes.
+    fn read(&self, path: &Path) -> Vec<u8>;
+    /// Creates or replaces a file.
+    fn write(&self, path: &Path, bytes: &[u8]);
+    /// Removes a file.
+    fn delete(&self, path: &Path);
+    /// Names of the files in a directory.
+    fn names(&self, dir: &Path) -> Vec<String>;
+
+    /// Renames a file (replacing any file at `to`).
+    fn rename(&self, from: &Path, to: &Path) {
+        let bytes = self.read(from);
+        self.delete(from);
+        self.write(to, &bytes);
+    }
+
+    /// Changes a file's bytes in place.
+    fn edit(&self, path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
+        let mut bytes = self.read(path);
+        change(&mut bytes);
+        self.write(path, &bytes);
+    }
+}
+
+impl Disk for FsStorage {
+    fn read(&self, path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    fn delete(&self, path: &Path) {
+        std::fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+    }
+
+    fn names(&self, dir: &Path) -> Vec<String> {
+        Storage::list(self, dir).unwrap()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) {
+        std::fs::rename(from, to).unwrap();
+    }
+}
+
+impl Disk for SimStorage {
+    fn read(&self, path: &Path) -> Vec<u8> {
+        self.read_file(path).unwrap_or_else(|| panic!("no file {}", path.display()))
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) {
+        drop(Storage::open(self, path, OpenMode { create: true, write: true, direct: false }).unwrap());
+        self.write_file(path, bytes);
+        self.sync_dir(path.parent().unwrap()).unwrap();
+    }
+
+    fn delete(&self, path: &Path) {
+        Storage::remove(self, path).unwrap();
+        self.sync_dir(path.parent().unwrap()).unwrap();
+    }
+
+    fn names(&self, dir: &Path) -> Vec<String> {
+        Storage::list(self, dir).unwrap()
+    }
+}
+
+/// Copies every file of `from` into `to` (created), on the same storage.
+pub fn copy_dir<D: Disk>(disk: &D, from: &Path, to: &Path) {
+    disk.create_dir_all(to).unwrap();
+    for name in disk.names(from) {
+        disk.write(&to.join(&name), &disk.read(&from.join(&name)));
+    }
+}
+
+/// A place for a log on either storage: a fresh temporary directory on the real file system,
+/// a path on a fresh simulated disk.
+pub trait Place: Disk {
+    /// A new, empty storage and a directory on it (the guard keeps a real directory alive).
+    fn fresh() -> (Self, PathBuf, Option<tempfile::TempDir>);
+}
+
+impl Place for FsStorage {
+    fn fresh() -> (FsStorage, PathBuf, Option<tempfile::TempDir>) {
+        let tmp = tempfile::tempdir().unwrap();
+        (FsStorage::new(), tmp.path().join("wal"), Some(tmp))
+    }
+}
+
+impl Place for SimStorage {
+    fn fresh() -> (SimStorage, PathBuf, Option<tempfile::TempDir>) {
+        (SimStorage::new(7, nodedb_wal::storage::FaultConfig::default()), PathBuf::from("/sim/wal"), None)
+    }
+}
+
+/// A gate the flusher passes between writing a batch and syncing it. While it is shut, the
+/// batch's bytes are written but not durable, and its records not acknowledged.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    shut: bool,
+    held: usize,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Holds every later batch after its write, before its sync.
+    pub fn shut(&self) {
+        self.lock().shut = true;
+    }
+
+    /// Lets held and later batches through.
+    pub fn open(&self) {
+        self.lock().shut = false;
+        self.changed.notify_all();
+    }
+
+    /// Waits until a batch is held at the gate.
+    pub fn wait_held(&self) {
+        let mut s = self.lock();
+        while s.held == 0 {
+            s = self.changed.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn pass(&self) {
+        let mut s = self.lock();
+        s.held += 1;
+        self.changed.notify_all();
+        while s.shut {
+            s = self.changed.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        s.held -= 1;
+    }
+}
+
+/// A storage whose batch writes (`write_and_sync`) stop at a [`Gate`] between write and sync.
+#[derive(Clone, Debug)]
+pub struct Gated<S> {
+    /// The storage underneath.
+    pub inner: S,
+    /// The gate.
+    pub gate: Arc<Gate>,
+}
+
+impl<S> Gated<S> {
+    /// Wraps a storage, with the gate open.
+    pub fn new(inner: S) -> Gated<S> {
+        Gated { inner, gate: Arc::default() }
+    }
+}
+
+/// A file of [`Gated`].
+#[derive(Debug)]
+pub struct GatedFile<F> {
+    inner: F,
+    gate: Arc<Gate>,
+}
+
+impl<S: Storage> Storage for Gated<S> {
+    type File = GatedFile<S::File>;
+    type Lock = S::Lock;
+
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn lock_dir(&self, dir: &Path) -> std::io::Result<S::Lock> {
+        self.inner.lock_dir(dir)
+    }
+
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Self::File> {
+        Ok(GatedFile { inner: self.inner.open(path, mode)?, gate: Arc::clone(&self.gate) })
+    }
+
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+impl<F: StorageFile> StorageFile for GatedFile<F> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+
+    fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, std::io::Error)> {
+        self.inner.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;
+        self.gate.pass();
+        self.inner.sync_data().map_err(|e| (IoOp::SyncData, e))
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl<S: Disk> Disk for Gated<S> {
+    fn read(&self, path: &Path) -> Vec<u8> {
+        self.inner.read(path)
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) {
+        self.inner.write(path, bytes);
+    }
+
+    fn delete(&self, path: &Path) {
+        self.inner.delete(path);
+    }
+
+    fn names(&self, dir: &Path) -> Vec<String> {
+        self.inner.names(dir)
+    }
+}
+
+/// A tmpfs mounted on a fresh temporary directory, unmounted when dropped.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it), or explains why it cannot.
+    pub fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        run("mount", &["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs", path_str(dir.path())])?;
+        Ok(Tmpfs { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = run("umount", &[path_str(self.path())]) {
+            // Busy (a file still open): detach it so the directory can go.
+            eprintln!("umount {} failed ({e}); detaching lazily", self.path().display());
+            let _ = run("umount", &["-l", path_str(self.path())]);
+        }
+    }
+}
+
+/// A read-only bind mount of a directory, unmounted when dropped.
+#[derive(Debug)]
+pub struct ReadOnlyBind {
+    dir: tempfile::TempDir,
+}
+
+impl ReadOnlyBind {
+    /// Makes `source` visible read-only at a fresh directory, or explains why it cannot.
+    pub fn of(source: &Path) -> Result<ReadOnlyBind, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        run("mount", &["--bind", path_str(source), path_str(dir.path())])?;
+        let bind = ReadOnlyBind { dir };
+        run("mount", &["-o", "remount,bind,ro", path_str(bind.path())])?;
+        Ok(bind)
+    }
+
+    /// Where the read-only view is.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        if run("umount", &[path_str(self.path())]).is_err() {
+            let _ = run("umount", &["-l", path_str(self.path())]);
+        }
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!("{program} {}: {} {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()))
+}

@@ -1,0 +1,570 @@
+//! Damaged logs on disk: recovery returns exactly the records before damage it may cut, and a
+//! typed error for damage it must not cut.
+//!
+//! A torn tail (the last batch of the last segment torn, truncated, or zeroed, as a crash leaves
+//! it) is cut at the last valid record, reported in `RecoveryInfo::torn_tail`, and the cut
+//! survives later reopens; appends continue at the next LSN. Damage that acknowledged records
+//! follow (a bit flip in a sealed segment, or before later synced batches of the last segment),
+//! a truncated or missing sealed segment and a segment under another id's name are errors that
+//! name the segment and offset; recovery never drops such records silently. An empty or
+//! half-created segment after a sealed one is the trace of an interrupted roll and is removed.
+//! Every test runs on real files and on the simulated storage.
+
+mod common;
+
+use std::path::Path;
+
+use common::{
+    BLOCK, Disk, Frame, Gated, Place, append_synced, assert_records, config, copy_dir, frames, locate, read_all, record_frame, seg,
+    segment_ids, write_log,
+};
+use nodedb_wal::format::frame::HEADER_LEN;
+use nodedb_wal::format::preamble::PREAMBLE_SIZE;
+use nodedb_wal::recovery::TornTail;
+use nodedb_wal::segment::scan::TailEnd;
+use nodedb_wal::storage::{FaultConfig, SECTOR};
+use nodedb_wal::{CorruptionKind, FsStorage, Lsn, SegmentId, SegmentedWal, SimStorage, WalError};
+
+/// Runs a generic test body on real files (`_fs`) and on the simulated storage (`_sim`).
+macro_rules! both {
+    ($fs:ident, $sim:ident, $body:ident $(, $arg:expr)*) => {
+        #[test]
+        fn $fs() {
+            $body::<FsStorage>($($arg),*);
+        }
+
+        #[test]
+        fn $sim() {
+            $body::<SimStorage>($($arg),*);
+        }
+    };
+}
+
+fn open<D: Disk>(disk: &D, dir: &Path) -> Result<SegmentedWal<D>, WalError> {
+    SegmentedWal::open_with(disk.clone(), config(dir))
+}
+
+/// Opens a log that must fail, and returns why.
+fn open_err<D: Disk>(disk: &D, dir: &Path) -> WalError {
+    match open(disk, dir) {
+        Ok(wal) => panic!("opened a damaged log: {:?}", wal.recovery_info()),
+        Err(e) => e,
+    }
+}
+
+/// Asserts `err` is corruption of `segment` at `offset`, and returns its kind.
+#[track_caller]
+fn assert_corruption(err: &WalError, segment: u64, offset: u64) -> CorruptionKind {
+    match *err {
+        WalError::Corruption { segment: s, offset: o, kind } if s == SegmentId(segment) && o == offset => kind,
+        _ => panic!("expected corruption of segment {segment} at offset {offset}, got {err:?}"),
+    }
+}
+
+/// Opens the log, checks that it holds exactly `1..=last`, and that no tail was cut.
+fn assert_intact<D: Disk>(disk: &D, dir: &Path, last: u64) {
+    let wal = open(disk, dir).unwrap();
+    assert_eq!(wal.recovery_info().torn_tail, None);
+    assert_records(&read_all(&wal), 1, last);
+    assert_eq!(wal.next_lsn(), Lsn(last + 1));
+    wal.close().unwrap();
+}
+
+/// Flips one bit of byte `at` of a file.
+fn flip<D: Disk>(disk: &D, path: &Path, at: u64, bit: u32) {
+    disk.edit(path, |b| b[at as usize] ^= 1 << (bit % 8));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Torn tails
+// ---------------------------------------------------------------------------------------------
+
+/// How a crash (or the test standing in for one) tore the last batch.
+#[derive(Clone, Copy, Debug)]
+enum Tear {
+    /// One bit of a record's payload flipped.
+    FlipPayload,
+    /// One bit of a record's header flipped.
+    FlipHeader,
+    /// The file cut inside a record's payload.
+    TruncateInRecord,
+    /// The file cut inside a record's header.
+    TruncateInHeader,
+    /// One 512-byte sector inside the batch reads as zeros: it never reached the disk, while
+    /// sectors after it did.
+    ZeroSector,
+}
+
+fn torn_tail_is_cut_to_last_valid_record<D: Place>(tear: Tear) {
+    let (disk, dir, _tmp) = D::fresh();
+    // Three small acknowledged batches, then a last batch of 30 records over two blocks.
+    let last = write_log(&disk, &dir, &[10, 10, 10, 30]);
+    assert_eq!(segment_ids(&disk, &dir), vec![1], "everything in one segment");
+    let path = seg(&dir, 1);
+    let before = disk.read(&path);
+    let victim = record_frame(&before, 45);
+    let mid = victim.offset + victim.frame_len() / 2;
+    let cut = match tear {
+        Tear::FlipPayload => {
+            flip(&disk, &path, victim.offset + HEADER_LEN as u64 + 3, 5);
+            45
+        }
+        Tear::FlipHeader => {
+            flip(&disk, &path, victim.offset + 9, 0);
+            45
+        }
+        Tear::TruncateInRecord => {
+            disk.edit(&path, |b| b.truncate((victim.offset + HEADER_LEN as u64 + 7) as usize));
+            45
+        }
+        Tear::TruncateInHeader => {
+            disk.edit(&path, |b| b.truncate((victim.offset + 20) as usize));
+            45
+        }
+        Tear::ZeroSector => {
+            let sector = mid / SECTOR as u64 * SECTOR as u64;
+            disk.edit(&path, |b| b[sector as usize..sector as usize + SECTOR].fill(0));
+            // The first record the zeroed sector reaches into.
+            let first_hit = frames(&before).into_iter().find(|f| f.is_record() && f.offset + f.frame_len() > sector).unwrap();
+            assert!(first_hit.offset % BLOCK != 0, "the tear lies inside the batch, not on its boundary");
+            first_hit.header.lsn.0
+        }
+    };
+    assert!(cut > 31 && cut <= last, "the tear is in the last batch");
+    let cut_at = record_frame(&before, cut).offset;
+    let damaged_len = disk.read(&path).len() as u64;
+
+    let wal = open(&disk, &dir).unwrap();
+    let info = wal.recovery_info().clone();
+    let expected = TornTail { segment: SegmentId(1), offset: cut_at, bytes_discarded: damaged_len - cut_at, found: TailEnd::Damaged };
+    assert_eq!(info.torn_tail, Some(expected), "{tear:?}");
+    assert_eq!(info.last_lsn, Lsn(cut - 1));
+    assert_eq!(info.record_count, cut - 1);
+    assert_records(&read_all(&wal), 1, cut - 1);
+    assert_eq!(wal.next_lsn(), Lsn(cut), "the cut LSNs are handed out again");
+    assert!(wal.segments().iter().all(|s| s.sealed), "recovery sealed the torn segment");
+    append_synced(&wal, cut, cut + 4);
+    wal.close().unwrap();
+
+    // The cut is durable: later opens find the same records and no torn tail.
+    assert_eq!(segment_ids(&disk, &dir), vec![1, 2], "appends after the cut go to a new segment");
+    assert_intact(&disk, &dir, cut + 4);
+    assert_intact(&disk, &dir, cut + 4);
+}
+
+both!(
+    torn_tail_with_a_flipped_payload_bit_is_cut_fs,
+    torn_tail_with_a_flipped_payload_bit_is_cut_sim,
+    torn_tail_is_cut_to_last_valid_record,
+    Tear::FlipPayload
+);
+both!(
+    torn_tail_with_a_flipped_header_bit_is_cut_fs,
+    torn_tail_with_a_flipped_header_bit_is_cut_sim,
+    torn_tail_is_cut_to_last_valid_record,
+    Tear::FlipHeader
+);
+both!(
+    torn_tail_truncated_inside_a_payload_is_cut_fs,
+    torn_tail_truncated_inside_a_payload_is_cut_sim,
+    torn_tail_is_cut_to_last_valid_record,
+    Tear::TruncateInRecord
+);
+both!(
+    torn_tail_truncated_inside_a_header_is_cut_fs,
+    torn_tail_truncated_inside_a_header_is_cut_sim,
+    torn_tail_is_cut_to_last_valid_record,
+    Tear::TruncateInHeader
+);
+both!(
+    torn_tail_with_a_lost_sector_is_cut_fs,
+    torn_tail_with_a_lost_sector_is_cut_sim,
+    torn_tail_is_cut_to_last_valid_record,
+    Tear::ZeroSector
+);
+
+/// A torn first record of the last batch: the cut falls on the batch's block boundary, which the
+/// end frame then occupies.
+fn torn_first_record_of_a_batch_is_cut_on_the_block_boundary<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    write_log(&disk, &dir, &[10, 10]);
+    let path = seg(&dir, 1);
+    let before = disk.read(&path);
+    let first = record_frame(&before, 11);
+    assert_eq!(first.offset % BLOCK, 0, "a batch starts on a block boundary");
+    flip(&disk, &path, first.offset + first.frame_len() - 1, 7);
+    let wal = open(&disk, &dir).unwrap();
+    let torn = wal.recovery_info().torn_tail.expect("a torn tail");
+    assert_eq!((torn.segment, torn.offset, torn.found), (SegmentId(1), first.offset, TailEnd::Damaged));
+    assert_records(&read_all(&wal), 1, 10);
+    append_synced(&wal, 11, 12);
+    wal.close().unwrap();
+    assert_intact(&disk, &dir, 12);
+}
+
+both!(
+    torn_first_record_of_a_batch_is_cut_on_the_block_boundary_fs,
+    torn_first_record_of_a_batch_is_cut_on_the_block_boundary_sim,
+    torn_first_record_of_a_batch_is_cut_on_the_block_boundary
+);
+
+/// A real power cut on the simulated disk while the last batch is written but not yet synced:
+/// the crash keeps a random subset of its sectors. For every seed, recovery returns every
+/// acknowledged record, then an intact prefix of the unacknowledged batch, and nothing else;
+/// where it cuts, the cut is at the end of that prefix and persists.
+#[test]
+fn crash_during_a_batch_keeps_acknowledged_records_and_cuts_the_rest() {
+    let dir = Path::new("/sim/wal");
+    let mut torn_seen = 0;
+    for seed in 0..48u64 {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        let gated = Gated::new(sim.clone());
+        let wal = SegmentedWal::open_with(gated.clone(), config(dir)).unwrap();
+        append_synced(&wal, 1, 10);
+        append_synced(&wal, 11, 20);
+        gated.gate.shut();
+        for lsn in 21..=50 {
+            common::append(&wal, lsn);
+        }
+        let image = std::thread::scope(|s| {
+            let waiter = s.spawn(|| wal.sync());
+            gated.gate.wait_held();
+            let image = sim.crash(seed);
+            gated.gate.open();
+            assert!(waiter.join().unwrap().is_err(), "the unsynced batch is never acknowledged");
+            image
+        });
+        drop(wal);
+
+        let bytes = image.read(&seg(dir, 1));
+        let chain = frames(&bytes);
+        let chain_end = chain.last().map_or(0, |f| f.offset + f.frame_len());
+        let survived = chain.iter().filter(|f| f.is_record()).count() as u64;
+        assert!(survived >= 20, "seed {seed}: the acknowledged batches are durable");
+
+        let wal = open(&image, dir).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let info = wal.recovery_info().clone();
+        assert_records(&read_all(&wal), 1, survived);
+        match info.torn_tail {
+            Some(torn) => {
+                torn_seen += 1;
+                assert_eq!((torn.segment, torn.offset), (SegmentId(1), chain_end), "seed {seed}: cut at the end of the intact prefix");
+            }
+            None => assert_eq!(chain_end % BLOCK, 0, "seed {seed}: an uncut log ends on a block boundary"),
+        }
+        append_synced(&wal, survived + 1, survived + 3);
+        wal.close().unwrap();
+        assert_intact(&image, dir, survived + 3);
+    }
+    assert!(torn_seen > 10, "most crashes tear the batch ({torn_seen} of 48 did)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damage before acknowledged records
+// ---------------------------------------------------------------------------------------------
+
+/// Twenty batches of ten records over three segments of 32 KiB.
+fn three_segment_log<D: Disk>(disk: &D, dir: &Path) -> u64 {
+    let last = write_log(disk, dir, &[10; 20]);
+    assert!(segment_ids(disk, dir).len() >= 3, "the log spans several segments: {:?}", segment_ids(disk, dir));
+    last
+}
+
+fn bit_flip_in_a_sealed_segment_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = three_segment_log(&disk, &dir);
+    for victim in [3, 15, 40] {
+        let copy = dir.with_file_name(format!("copy-{victim}"));
+        copy_dir(&disk, &dir, &copy);
+        let (id, frame) = locate(&disk, &copy, victim);
+        assert!(id < *segment_ids(&disk, &copy).last().unwrap(), "LSN {victim} is in a sealed segment");
+        flip(&disk, &seg(&copy, id), frame.offset + HEADER_LEN as u64 + 10, 2);
+        let err = open_err(&disk, &copy);
+        let kind = assert_corruption(&err, id, frame.offset);
+        assert!(matches!(kind, CorruptionKind::BadFrame | CorruptionKind::UnsealedSegment), "{kind:?}");
+    }
+    assert_intact(&disk, &dir, last);
+}
+
+both!(
+    bit_flip_in_a_sealed_segment_is_corruption_fs,
+    bit_flip_in_a_sealed_segment_is_corruption_sim,
+    bit_flip_in_a_sealed_segment_is_corruption
+);
+
+/// Damage in the last segment followed by batches written after it was synced: the later
+/// batches' frames say the damaged LSN was durable, so this is not a torn tail.
+fn bit_flip_before_acknowledged_batches_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = write_log(&disk, &dir, &[10; 5]);
+    assert_eq!(segment_ids(&disk, &dir), vec![1]);
+    for victim in [1, 10, 15, 33, 40] {
+        let copy = dir.with_file_name(format!("copy-{victim}"));
+        copy_dir(&disk, &dir, &copy);
+        let frame = record_frame(&disk.read(&seg(&copy, 1)), victim);
+        flip(&disk, &seg(&copy, 1), frame.offset + HEADER_LEN as u64 + 1, 4);
+        let err = open_err(&disk, &copy);
+        match assert_corruption(&err, 1, frame.offset) {
+            CorruptionKind::DamageBeforeDurableRecords { lost_from, durable_claimed } => {
+                assert_eq!(lost_from, Lsn(victim));
+                assert!(durable_claimed >= lost_from && durable_claimed <= Lsn(last), "{durable_claimed}");
+            }
+            kind => panic!("LSN {victim}: {kind:?}"),
+        }
+    }
+    // The same flip in the last batch is a torn tail: nothing after it says it was durable.
+    let frame = record_frame(&disk.read(&seg(&dir, 1)), 45);
+    flip(&disk, &seg(&dir, 1), frame.offset + HEADER_LEN as u64 + 1, 4);
+    let wal = open(&disk, &dir).unwrap();
+    assert_eq!(wal.recovery_info().torn_tail.map(|t| t.offset), Some(frame.offset));
+    assert_records(&read_all(&wal), 1, 44);
+}
+
+both!(
+    bit_flip_before_acknowledged_batches_is_corruption_fs,
+    bit_flip_before_acknowledged_batches_is_corruption_sim,
+    bit_flip_before_acknowledged_batches_is_corruption
+);
+
+/// Byte positions to damage in a frame: every header byte, and a sample of the payload that
+/// includes its first and last byte.
+fn positions(frame: &Frame) -> Vec<u64> {
+    let header = 0..HEADER_LEN as u64;
+    let payload = (HEADER_LEN as u64..frame.frame_len()).step_by(11).chain([frame.frame_len() - 1]);
+    header.chain(payload).map(|p| frame.offset + p).collect()
+}
+
+/// A flip of any byte of a record or of the end frame of a sealed segment is caught, and
+/// reported at that frame.
+fn every_byte_of_a_sealed_frame_is_checked<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = three_segment_log(&disk, &dir);
+    let bytes = disk.read(&seg(&dir, 1));
+    let all = frames(&bytes);
+    let record = record_frame(&bytes, 7);
+    let end = *all.iter().find(|f| f.header.record_type == nodedb_wal::RecordType::SEGMENT_END).expect("segment 1 is sealed");
+    let mut trials = 0;
+    for frame in [record, end] {
+        for (n, at) in positions(&frame).into_iter().enumerate() {
+            let copy = dir.with_file_name(format!("copy-{}-{n}", frame.offset));
+            copy_dir(&disk, &dir, &copy);
+            flip(&disk, &seg(&copy, 1), at, n as u32);
+            let err = open_err(&disk, &copy);
+            assert_corruption(&err, 1, frame.offset);
+            trials += 1;
+        }
+    }
+    assert!(trials > 60);
+    assert_intact(&disk, &dir, last);
+}
+
+both!(every_byte_of_a_sealed_frame_is_checked_fs, every_byte_of_a_sealed_frame_is_checked_sim, every_byte_of_a_sealed_frame_is_checked);
+
+/// Damage to the identity of a sealed segment (magic, version, cipher, header frame) is an
+/// error of that segment, never a reason to skip it.
+fn damaged_head_of_a_sealed_segment_is_an_error<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    three_segment_log(&disk, &dir);
+    // The preamble's magic, version, cipher and reserved byte, then the whole header frame.
+    let checked = (0..8).chain(PREAMBLE_SIZE as u64..(PREAMBLE_SIZE + HEADER_LEN + 40) as u64);
+    for at in checked {
+        let copy = dir.with_file_name(format!("copy-{at}"));
+        copy_dir(&disk, &dir, &copy);
+        flip(&disk, &seg(&copy, 2), at, at as u32);
+        match open_err(&disk, &copy) {
+            WalError::UnsupportedVersion { segment, .. } | WalError::UnsupportedCipher { segment, .. } => {
+                assert!((4..7).contains(&at), "byte {at}");
+                assert_eq!(segment, SegmentId(2));
+            }
+            err => assert_eq!(assert_corruption(&err, 2, 0), CorruptionKind::BadSegmentHeader, "byte {at}"),
+        }
+    }
+}
+
+both!(
+    damaged_head_of_a_sealed_segment_is_an_error_fs,
+    damaged_head_of_a_sealed_segment_is_an_error_sim,
+    damaged_head_of_a_sealed_segment_is_an_error
+);
+
+/// The newest segment's head damaged while acknowledged batches follow in it: this is not a
+/// roll that a crash interrupted, so the segment is reported, not removed.
+fn damaged_head_of_the_newest_segment_with_acknowledged_batches_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = write_log(&disk, &dir, &[10; 5]);
+    assert_eq!(segment_ids(&disk, &dir), vec![1]);
+    for at in (0..4).chain((PREAMBLE_SIZE as u64..(PREAMBLE_SIZE + HEADER_LEN + 40) as u64).step_by(3)) {
+        let copy = dir.with_file_name(format!("copy-{at}"));
+        copy_dir(&disk, &dir, &copy);
+        flip(&disk, &seg(&copy, 1), at, at as u32);
+        let err = open_err(&disk, &copy);
+        assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::BadSegmentHeader, "byte {at}");
+        assert_eq!(segment_ids(&disk, &copy), vec![1], "the damaged segment stays for inspection");
+    }
+    assert_intact(&disk, &dir, last);
+}
+
+both!(
+    damaged_head_of_the_newest_segment_with_acknowledged_batches_is_corruption_fs,
+    damaged_head_of_the_newest_segment_with_acknowledged_batches_is_corruption_sim,
+    damaged_head_of_the_newest_segment_with_acknowledged_batches_is_corruption
+);
+
+// ---------------------------------------------------------------------------------------------
+// Missing, truncated, renamed and half-created segments
+// ---------------------------------------------------------------------------------------------
+
+fn truncated_sealed_segment_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = three_segment_log(&disk, &dir);
+    let bytes = disk.read(&seg(&dir, 1));
+    let record = record_frame(&bytes, 12);
+    // Inside a record, on a block boundary (a whole batch lost), after the header block only.
+    let cases = [(record.offset + 30, record.offset, None), (2 * BLOCK, 2 * BLOCK, None), (BLOCK, BLOCK, None), (0, 0, Some(()))];
+    for (len, reported_at, empty) in cases {
+        let copy = dir.with_file_name(format!("copy-{len}"));
+        copy_dir(&disk, &dir, &copy);
+        disk.edit(&seg(&copy, 1), |b| b.truncate(len as usize));
+        let err = open_err(&disk, &copy);
+        let kind = assert_corruption(&err, 1, reported_at);
+        match empty {
+            Some(()) => assert_eq!(kind, CorruptionKind::BadSegmentHeader),
+            None => assert!(matches!(kind, CorruptionKind::UnsealedSegment | CorruptionKind::BadFrame), "{kind:?}"),
+        }
+    }
+    assert_intact(&disk, &dir, last);
+}
+
+both!(truncated_sealed_segment_is_corruption_fs, truncated_sealed_segment_is_corruption_sim, truncated_sealed_segment_is_corruption);
+
+fn removed_middle_segment_is_reported_missing<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    three_segment_log(&disk, &dir);
+    disk.delete(&seg(&dir, 2));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing: SegmentId(2) }));
+}
+
+both!(
+    removed_middle_segment_is_reported_missing_fs,
+    removed_middle_segment_is_reported_missing_sim,
+    removed_middle_segment_is_reported_missing
+);
+
+fn swapped_segments_are_an_identity_mismatch<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    three_segment_log(&disk, &dir);
+    let tmp = dir.join("swap");
+    disk.rename(&seg(&dir, 1), &tmp);
+    disk.rename(&seg(&dir, 2), &seg(&dir, 1));
+    disk.rename(&tmp, &seg(&dir, 2));
+    let err = open_err(&disk, &dir);
+    assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::IdentityMismatch { header_id: SegmentId(2) });
+}
+
+both!(
+    swapped_segments_are_an_identity_mismatch_fs,
+    swapped_segments_are_an_identity_mismatch_sim,
+    swapped_segments_are_an_identity_mismatch
+);
+
+/// A segment of another log under the right id does not continue this log's LSNs.
+fn segment_of_another_log_is_an_lsn_gap<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    three_segment_log(&disk, &dir);
+    let other = dir.with_file_name("other");
+    write_log(&disk, &other, &[13; 20]);
+    let ours = disk.read(&seg(&dir, 2));
+    let theirs = disk.read(&seg(&other, 2));
+    let first_lsn = |bytes: &[u8]| frames(bytes)[0].header.lsn;
+    assert_ne!(first_lsn(&ours), first_lsn(&theirs));
+    disk.write(&seg(&dir, 2), &theirs);
+    let err = open_err(&disk, &dir);
+    let kind = CorruptionKind::LsnGap { expected: first_lsn(&ours), found: first_lsn(&theirs) };
+    assert_eq!(assert_corruption(&err, 2, 0), kind);
+}
+
+both!(segment_of_another_log_is_an_lsn_gap_fs, segment_of_another_log_is_an_lsn_gap_sim, segment_of_another_log_is_an_lsn_gap);
+
+/// Renaming the newest segment to the next id leaves a hole where it was.
+fn segment_renamed_past_the_end_leaves_a_missing_segment<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    three_segment_log(&disk, &dir);
+    let newest = *segment_ids(&disk, &dir).last().unwrap();
+    disk.rename(&seg(&dir, newest), &seg(&dir, newest + 1));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing } if missing == SegmentId(newest)));
+}
+
+both!(
+    segment_renamed_past_the_end_leaves_a_missing_segment_fs,
+    segment_renamed_past_the_end_leaves_a_missing_segment_sim,
+    segment_renamed_past_the_end_leaves_a_missing_segment
+);
+
+/// A copy of an old segment under the next id (a botched restore) is not read as new records.
+fn stray_copy_under_the_next_id_is_an_identity_mismatch<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = three_segment_log(&disk, &dir);
+    assert_intact(&disk, &dir, last); // seals the newest segment
+    let newest = *segment_ids(&disk, &dir).last().unwrap();
+    disk.write(&seg(&dir, newest + 1), &disk.read(&seg(&dir, 2)));
+    let err = open_err(&disk, &dir);
+    assert_eq!(assert_corruption(&err, newest + 1, 0), CorruptionKind::IdentityMismatch { header_id: SegmentId(2) });
+}
+
+both!(
+    stray_copy_under_the_next_id_is_an_identity_mismatch_fs,
+    stray_copy_under_the_next_id_is_an_identity_mismatch_sim,
+    stray_copy_under_the_next_id_is_an_identity_mismatch
+);
+
+/// What a roll interrupted by a crash leaves at the next id.
+#[derive(Clone, Copy, Debug)]
+enum Leftover {
+    Empty,
+    ZeroBlock,
+    HalfHeader,
+}
+
+fn interrupted_roll_is_removed<D: Place>(leftover: Leftover) {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = three_segment_log(&disk, &dir);
+    assert_intact(&disk, &dir, last); // seals the newest segment, as the writer does before a roll
+    let newest = *segment_ids(&disk, &dir).last().unwrap();
+    let next = seg(&dir, newest + 1);
+    let bytes = match leftover {
+        Leftover::Empty => Vec::new(),
+        Leftover::ZeroBlock => vec![0; BLOCK as usize],
+        Leftover::HalfHeader => disk.read(&seg(&dir, 1))[..PREAMBLE_SIZE + HEADER_LEN].to_vec(),
+    };
+    disk.write(&next, &bytes);
+
+    let wal = open(&disk, &dir).unwrap();
+    let info = wal.recovery_info();
+    assert_eq!(info.removed_interrupted_roll, Some(SegmentId(newest + 1)), "{leftover:?}");
+    assert_eq!(info.torn_tail, None);
+    assert_records(&read_all(&wal), 1, last);
+    assert!(!disk.names(&dir).contains(&nodedb_wal::segment::file_name(SegmentId(newest + 1))), "the leftover is gone");
+    append_synced(&wal, last + 1, last + 5);
+    wal.close().unwrap();
+    assert_eq!(*segment_ids(&disk, &dir).last().unwrap(), newest + 1, "the id is reused");
+    assert_intact(&disk, &dir, last + 5);
+}
+
+both!(
+    empty_file_at_the_next_id_is_an_interrupted_roll_fs,
+    empty_file_at_the_next_id_is_an_interrupted_roll_sim,
+    interrupted_roll_is_removed,
+    Leftover::Empty
+);
+both!(
+    zeroed_file_at_the_next_id_is_an_interrupted_roll_fs,
+    zeroed_file_at_the_next_id_is_an_interrupted_roll_sim,
+    interrupted_roll_is_removed,
+    Leftover::ZeroBlock
+);
+both!(
+    half_written_header_at_the_next_id_is_an_interrupted_roll_fs,
+    half_written_header_at_the_next_id_is_an_interrupted_roll_sim,
+    interrupted_roll_is_removed,
+    Leftover::HalfHeader
+);

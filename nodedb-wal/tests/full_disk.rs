@@ -1,0 +1,129 @@
+//! A full disk: the append path fails with a typed error (`WalError::Io` or `Poisoned`, with
+//! kind `StorageFull`), the log then accepts nothing more, opening it while the disk is still
+//! full either fails with a typed error or recovers intact, and once space is freed every
+//! record acknowledged before the failure is recovered and appends continue.
+//!
+//! On real files the disk is a 2 MiB tmpfs (the test prints why and skips where it may not
+//! mount one); on the simulated storage every write starts failing with ENOSPC, after landing a
+//! random prefix of its sectors.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+use common::{Tmpfs, append_synced, assert_records, config, payload, read_all, record_type, scope};
+use nodedb_wal::storage::{FaultConfig, Storage};
+use nodedb_wal::{FsStorage, Lsn, Record, SegmentedWal, SimStorage, WalError};
+
+#[track_caller]
+fn assert_storage_full(err: &WalError) {
+    match err {
+        WalError::Io { source, .. } if source.kind() == ErrorKind::StorageFull => {}
+        WalError::Poisoned { kind: ErrorKind::StorageFull, .. } => {}
+        _ => panic!("expected a full-disk error, got {err:?}"),
+    }
+}
+
+/// Appends batches of `group` records until the disk is full; `before_batch` may fill it.
+/// Returns the last acknowledged LSN and the error.
+fn fill<S: Storage>(wal: &SegmentedWal<S>, group: u64, mut before_batch: impl FnMut(u64)) -> (u64, WalError) {
+    let mut acked = wal.durable_lsn().0;
+    for batch in 0.. {
+        assert!(batch < 10_000, "the disk never filled up");
+        before_batch(batch);
+        let next = wal.next_lsn().0;
+        for lsn in next..next + group {
+            let bytes = payload(lsn);
+            // A batch filled earlier may already have hit the full disk.
+            if let Err(err) = wal.append(Record::new(record_type(lsn), &bytes).scoped(scope(lsn))) {
+                return (acked, err);
+            }
+        }
+        match wal.sync() {
+            Ok(lsn) => acked = lsn.0,
+            Err(err) => return (acked, err),
+        }
+    }
+    unreachable!()
+}
+
+/// Checks what a reopened log holds: every acknowledged record, then possibly some records whose
+/// batch landed before the failure, all intact. Returns the last LSN.
+fn check_recovered<S: Storage>(wal: &SegmentedWal<S>, acked: u64) -> u64 {
+    let last = wal.recovery_info().last_lsn.0;
+    assert!(last >= acked, "acknowledged LSN {acked} lost; recovered up to {last}");
+    assert_records(&read_all(wal), 1, last);
+    assert_eq!(wal.next_lsn(), Lsn(last + 1));
+    last
+}
+
+fn full_disk_keeps_acknowledged_records<S: Storage + Clone>(storage: S, dir: &Path, before_batch: impl FnMut(u64), free: impl FnOnce()) {
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+    let (synced, err) = fill(&wal, 25, before_batch);
+    assert!(synced > 0, "some batches fit");
+    assert_storage_full(&err);
+    // A batch that closed a segment may have become durable on its own before the failure.
+    let acked = wal.durable_lsn().0;
+    assert!(acked >= synced);
+    // The failure poisoned the log: nothing more is accepted or acknowledged.
+    let bytes = payload(1);
+    let again = wal.append(Record::new(record_type(1), &bytes)).unwrap_err();
+    assert!(matches!(again, WalError::Poisoned { kind: ErrorKind::StorageFull, .. }), "{again:?}");
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
+    assert_eq!(wal.durable_lsn().0, acked, "nothing becomes durable after the failure");
+    assert!(matches!(wal.close(), Err(WalError::Poisoned { .. })));
+
+    // Still full: opening either fails with a typed error or recovers everything acknowledged.
+    match SegmentedWal::open_with(storage.clone(), config(dir)) {
+        Ok(wal) => {
+            check_recovered(&wal, acked);
+        }
+        Err(err) => assert_storage_full(&err),
+    }
+
+    free();
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+    let last = check_recovered(&wal, acked);
+    append_synced(&wal, last + 1, last + 10);
+    wal.close().unwrap();
+    let wal = SegmentedWal::open_with(storage, config(dir)).unwrap();
+    assert_eq!(wal.recovery_info().torn_tail, None);
+    assert_records(&read_all(&wal), 1, last + 10);
+}
+
+#[test]
+fn full_disk_fails_appends_with_a_typed_error_and_keeps_acknowledged_records_fs() {
+    let mount = match Tmpfs::mount("2m") {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs to fill ({e})");
+            return;
+        }
+    };
+    // Room that freeing gives back, so that the log can be opened and written again.
+    let ballast = mount.path().join("ballast");
+    std::fs::write(&ballast, vec![0xAB; 256 * 1024]).unwrap();
+    let dir = mount.path().join("wal");
+    full_disk_keeps_acknowledged_records(FsStorage::new(), &dir, |_| {}, || std::fs::remove_file(&ballast).unwrap());
+}
+
+#[test]
+fn full_disk_fails_appends_with_a_typed_error_and_keeps_acknowledged_records_sim() {
+    for seed in 0..16 {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        let full = FaultConfig { write_enospc_ppm: 1_000_000, ..FaultConfig::default() };
+        let fill_after = 3 + seed % 7;
+        let (s1, s2) = (sim.clone(), sim.clone());
+        full_disk_keeps_acknowledged_records(
+            sim,
+            Path::new("/sim/wal"),
+            move |batch| {
+                if batch == fill_after {
+                    s1.set_faults(full);
+                }
+            },
+            move || s2.set_faults(FaultConfig::default()),
+        );
+    }
+}
