@@ -46,3 +46,43 @@ fn appended_records_are_read_back_after_reopen_fs() {
 fn appended_records_are_read_back_after_reopen_sim() {
     appended_records_are_read_back_after_reopen(SimStorage::new(1, FaultConfig::default()), std::path::Path::new("/wal"));
 }
+
+#[test]
+fn appended_records_are_read_back_after_reopen_pwrite_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = nodedb_wal::FsStorage::pwrite_only();
+    assert_eq!(storage.backend(), nodedb_wal::IoBackend::Pwrite);
+    appended_records_are_read_back_after_reopen(storage, dir.path());
+}
+
+#[test]
+fn concurrent_appenders_with_a_commit_window_are_all_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.commit_window = Some(std::time::Duration::from_millis(1));
+    let wal = std::sync::Arc::new(SegmentedWal::open(c.clone()).unwrap());
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let wal = std::sync::Arc::clone(&wal);
+            std::thread::spawn(move || {
+                (0..50).map(|i| wal.append_durable(Record::new(RecordType::optional(0x100), &[t, i])).unwrap()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut lsns: Vec<Lsn> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    lsns.sort();
+    assert_eq!(lsns, (1..=400).map(Lsn).collect::<Vec<_>>(), "every append got its own dense LSN");
+    assert!(wal.durable_lsn() >= Lsn(400));
+    assert_eq!(wal.stats().records, 400);
+}
+
+#[test]
+fn records_buffered_before_a_wait_share_one_fdatasync() {
+    let sim = SimStorage::new(9, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config(std::path::Path::new("/wal"))).unwrap();
+    let last = (0..100u8).map(|i| wal.append(Record::new(RecordType::optional(0x100), &[i; 40])).unwrap()).last().unwrap();
+    let syncs_before = sim.sync_count();
+    wal.wait_durable(last).unwrap();
+    assert_eq!(sim.sync_count() - syncs_before, 1, "one fdatasync covers all 100 records");
+    assert_eq!(wal.stats().fsyncs, 1);
+}

@@ -35,6 +35,7 @@ impl<S: Storage> Flusher<S> {
 
     /// Runs until the log closes or is poisoned.
     pub fn run(mut self) {
+        let _guard = PoisonOnPanic(Arc::clone(&self.shared));
         while let Some(Sealed { buf, meta }) = self.shared.next_job() {
             let mut buf = wait_for_regions(buf);
             match self.write_batch(&mut buf, &meta) {
@@ -121,6 +122,19 @@ impl<S: Storage> Flusher<S> {
         self.file = Some((target.segment, file));
         self.written_to = shared.block as u64;
         Ok(())
+    }
+}
+
+/// If the flusher panics (a broken invariant), nobody would ever wake the waiters: poison the
+/// log instead, so every caller gets an error.
+struct PoisonOnPanic<S: Storage>(Arc<Shared<S>>);
+
+impl<S: Storage> Drop for PoisonOnPanic<S> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.durability.poison(IoOp::Write, &io::Error::other("the flusher thread panicked"));
+            self.0.wake_all();
+        }
     }
 }
 
