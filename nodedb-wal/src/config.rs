@@ -1,8 +1,10 @@
 //! Configuration of a [`crate::SegmentedWal`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::crypto::KeyRing;
 use crate::error::{Result, WalError};
 
 /// How a [`crate::SegmentedWal`] lays out and writes its log.
@@ -35,6 +37,9 @@ pub struct SegmentedWalConfig {
     /// about twice as fast. Batches of at least a quarter of this size skip the zero-fill: large
     /// writes amortise the allocation and the extra bytes would cost bandwidth.
     pub zero_fill_bytes: usize,
+    /// Keys for encryption at rest. With an active key, every new segment is encrypted under it
+    /// (AES-256-GCM); older segments are read with whichever key their preamble names.
+    pub key_ring: Option<Arc<KeyRing>>,
 }
 
 impl SegmentedWalConfig {
@@ -51,6 +56,7 @@ impl SegmentedWalConfig {
             alignment: 4096,
             commit_window: None,
             zero_fill_bytes: 1 << 20,
+            key_ring: None,
         }
     }
 

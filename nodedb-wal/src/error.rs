@@ -79,6 +79,35 @@ pub enum CorruptionKind {
     BadPayload,
 }
 
+/// Why a key file was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyFileProblem {
+    /// The path is a symbolic link.
+    Symlink,
+    /// The path is not a regular file.
+    NotAFile,
+    /// Group or others may read or write it.
+    Permissions {
+        /// The file's permission bits.
+        mode: u32,
+    },
+    /// Another user owns it.
+    Owner {
+        /// The owner.
+        uid: u32,
+        /// This process's effective user.
+        expected: u32,
+    },
+    /// It does not hold exactly 32 bytes.
+    Length {
+        /// Its length.
+        len: u64,
+    },
+    /// It could not be read.
+    Io(io::ErrorKind),
+}
+
 /// Every error `nodedb-wal` returns.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -185,6 +214,49 @@ pub enum WalError {
     InvalidConfig {
         /// Which rule was broken.
         reason: &'static str,
+    },
+    /// A key file is unsafe or unreadable; the key was not loaded.
+    #[error("key file {} refused: {problem:?}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: KeyFileProblem,
+    },
+    /// A segment (or a request) names a key id the key ring does not hold.
+    #[error("key id {key_id} is not in the key ring (segment {segment:?})")]
+    UnknownKeyId {
+        /// The segment that needs it, if any.
+        segment: Option<SegmentId>,
+        /// The key id.
+        key_id: u32,
+    },
+    /// The key ring already holds this key id.
+    #[error("key id {key_id} is already in the key ring")]
+    KeyIdInUse {
+        /// The key id.
+        key_id: u32,
+    },
+    /// A record failed authentication: a wrong key, or the record, its header or its segment
+    /// were altered. No plaintext is returned.
+    #[error("record {lsn} in segment {segment} failed authentication (wrong key or tampered data)")]
+    AuthenticationFailed {
+        /// The segment.
+        segment: SegmentId,
+        /// The record.
+        lsn: Lsn,
+    },
+    /// An encrypted record was met but the log has no key ring.
+    #[error("segment {segment} is encrypted but no key ring was given")]
+    KeyRingMissing {
+        /// The segment.
+        segment: SegmentId,
+    },
+    /// Record types `0x0000..=0x00FF` and `0x8000..=0x80FF` belong to this crate.
+    #[error("record type {record_type:#06x} is reserved for nodedb-wal itself", record_type = .record_type.0)]
+    ReservedRecordType {
+        /// The type asked for.
+        record_type: RecordType,
     },
     /// The log was closed.
     #[error("the log is closed")]

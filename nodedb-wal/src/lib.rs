@@ -9,6 +9,7 @@
 
 mod commit;
 mod config;
+pub mod crypto;
 mod error;
 pub mod format;
 mod read;
@@ -21,7 +22,8 @@ mod wal;
 
 pub use commit::{CommitStatsSnapshot, DurableFuture, GroupCommitter};
 pub use config::SegmentedWalConfig;
-pub use error::{CorruptionKind, IoOp, Result, WalError};
+pub use crypto::{KeyRing, SecureKey};
+pub use error::{CorruptionKind, IoOp, KeyFileProblem, Result, WalError};
 pub use read::WalIter;
 pub use record::{Record, WalRecord};
 pub use recovery::RecoveryInfo;

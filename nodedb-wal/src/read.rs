@@ -3,14 +3,26 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::crypto::{KeyRing, SegmentCipher, TAG_LEN};
 use crate::error::{CorruptionKind, Result, WalError};
+use crate::format::frame::{FLAG_ENCRYPTED, HEADER_LEN, RecordHeader};
+use crate::format::preamble::CIPHER_AES_256_GCM;
 use crate::record::WalRecord;
 use crate::recovery::open_existing;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::Storage;
-use crate::types::Lsn;
+use crate::types::{Lsn, SegmentId};
+
+/// How a reader treats encrypted records.
+#[derive(Clone, Debug)]
+pub enum Decrypt {
+    /// Decrypt with the ring's keys and hand out plaintext (the default).
+    With(Option<Arc<KeyRing>>),
+    /// Hand out payloads as stored (ciphertext and tag), for tools.
+    Raw,
+}
 
 /// Iterates the records of a log in LSN order, from a starting LSN up to a bound that was
 /// durable when the iterator was made. Holds one segment's read window at a time.
@@ -22,6 +34,8 @@ pub struct WalIter<S: Storage> {
     segments: Vec<SegmentInfo>,
     index: usize,
     scan: Option<SegmentScan<S::File>>,
+    cipher: Option<SegmentCipher>,
+    decrypt: Decrypt,
     from: Lsn,
     until: Lsn,
     done: bool,
@@ -38,18 +52,17 @@ impl<S: Storage> WalIter<S> {
     pub(crate) fn new(
         storage: Arc<S>,
         dir: PathBuf,
-        direct: bool,
-        align: usize,
+        (direct, align): (bool, usize),
         segments: Vec<SegmentInfo>,
-        from: Lsn,
-        until: Lsn,
+        (from, until): (Lsn, Lsn),
+        decrypt: Decrypt,
     ) -> Result<WalIter<S>> {
         let oldest = segments.first().map_or(until.next(), |s| s.first_lsn);
         if from < oldest && from <= until {
             return Err(WalError::LsnNotRetained { requested: from, oldest });
         }
         let index = segments.iter().position(|s| s.end_lsn > from).unwrap_or(segments.len());
-        Ok(WalIter { storage, dir, direct, align, segments, index, scan: None, from, until, done: from > until })
+        Ok(WalIter { storage, dir, direct, align, segments, index, scan: None, cipher: None, decrypt, from, until, done: from > until })
     }
 
     fn open_scan(&mut self) -> Result<Option<()>> {
@@ -62,6 +75,15 @@ impl<S: Storage> WalIter<S> {
             offset: 0,
             kind: CorruptionKind::BadSegmentHeader,
         })?;
+        self.cipher = match (&self.decrypt, head.preamble.cipher) {
+            (Decrypt::With(ring), CIPHER_AES_256_GCM) => {
+                let ring = ring.as_ref().ok_or(WalError::KeyRingMissing { segment: info.id })?;
+                let key_id = head.preamble.key_id;
+                let key = ring.get(key_id).ok_or(WalError::UnknownKeyId { segment: Some(info.id), key_id })?;
+                Some(SegmentCipher::derive(&key, &head.header.kdf_salt, info.id, &head.preamble))
+            }
+            _ => None,
+        };
         self.scan = Some(SegmentScan::new(reader, info.id, &head));
         Ok(Some(()))
     }
@@ -72,6 +94,7 @@ impl<S: Storage> WalIter<S> {
                 return Ok(None);
             }
             let scan = self.scan.as_mut().expect("opened above");
+            let segment = scan.id();
             match scan.step()? {
                 Step::Record { header, payload, .. } => {
                     if header.lsn > self.until {
@@ -80,12 +103,25 @@ impl<S: Storage> WalIter<S> {
                     if header.lsn < self.from {
                         continue;
                     }
+                    let ty = header.record_type;
+                    let unknown = ty.is_reserved() && !ty.is_known_reserved();
+                    if unknown && ty.is_required() {
+                        return Err(WalError::UnknownRequiredType { lsn: header.lsn, record_type: ty });
+                    }
+                    let payload = match &self.decrypt {
+                        Decrypt::Raw => payload.to_vec(),
+                        // Authenticated even when skipped: the type is part of what is signed.
+                        Decrypt::With(_) => plaintext(self.cipher.as_ref(), segment, &header, payload)?,
+                    };
+                    if unknown {
+                        continue;
+                    }
                     return Ok(Some(WalRecord {
                         lsn: header.lsn,
                         record_type: header.record_type,
                         scope: header.scope,
                         flags: header.flags,
-                        payload: payload.to_vec(),
+                        payload,
                     }));
                 }
                 Step::End { offset, end, .. } => {
@@ -98,6 +134,25 @@ impl<S: Storage> WalIter<S> {
             }
         }
     }
+}
+
+/// The plaintext of a stored payload. A record's encryption must match its segment's: a flag
+/// stripped or added (checksum recomputed) would otherwise hand out ciphertext as data.
+fn plaintext(cipher: Option<&SegmentCipher>, segment: SegmentId, header: &RecordHeader, stored: &[u8]) -> Result<Vec<u8>> {
+    let failed = WalError::AuthenticationFailed { segment, lsn: header.lsn };
+    let encrypted = header.flags & FLAG_ENCRYPTED != 0;
+    let Some(cipher) = cipher else {
+        return if encrypted { Err(failed) } else { Ok(stored.to_vec()) };
+    };
+    if !encrypted || stored.len() < TAG_LEN {
+        return Err(failed);
+    }
+    let (ciphertext, tag) = stored.split_at(stored.len() - TAG_LEN);
+    let mut head = [0u8; HEADER_LEN];
+    header.encode_into(&mut head);
+    let mut out = ciphertext.to_vec();
+    cipher.open(header.lsn, &head, &mut out, tag).map_err(|_| failed)?;
+    Ok(out)
 }
 
 impl<S: Storage> Iterator for WalIter<S> {

@@ -9,7 +9,7 @@ use crate::config::SegmentedWalConfig;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
-use crate::read::WalIter;
+use crate::read::{Decrypt, WalIter};
 use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo};
@@ -83,6 +83,7 @@ impl<S: Storage> SegmentedWal<S> {
             next_lsn: recovered.next_lsn,
             next_segment: recovered.next_segment,
             segments: recovered.info.segments.clone(),
+            key_ring: config.key_ring.clone(),
         };
         let storage = Arc::new(storage);
         let committer = GroupCommitter::start(Arc::clone(&storage), start)?;
@@ -124,8 +125,8 @@ impl<S: Storage> SegmentedWal<S> {
         if record.payload.len() > max {
             return Err(WalError::PayloadTooLarge { len: record.payload.len(), max });
         }
-        if record.record_type.is_meta() {
-            return Err(WalError::InvalidConfig { reason: "meta record types are written by the log itself" });
+        if record.record_type.is_reserved() {
+            return Err(WalError::ReservedRecordType { record_type: record.record_type });
         }
         Ok(())
     }
@@ -167,10 +168,21 @@ impl<S: Storage> SegmentedWal<S> {
         self.committer.stats()
     }
 
-    /// Reads the durable records from `from` on, in LSN order.
+    /// Reads the durable records from `from` on, in LSN order, decrypting encrypted ones.
     pub fn read_from(&self, from: Lsn) -> Result<WalIter<S>> {
+        self.reader(from, Decrypt::With(self.config.key_ring.clone()))
+    }
+
+    /// Like [`Self::read_from`], but hands out encrypted payloads as stored (ciphertext then
+    /// tag), for tools that copy or inspect segments without keys.
+    pub fn read_from_raw(&self, from: Lsn) -> Result<WalIter<S>> {
+        self.reader(from, Decrypt::Raw)
+    }
+
+    fn reader(&self, from: Lsn, decrypt: Decrypt) -> Result<WalIter<S>> {
         let until = self.durable_lsn();
-        WalIter::new(Arc::clone(&self.storage), self.config.dir.clone(), self.direct, self.config.alignment, self.segments(), from, until)
+        let io = (self.direct, self.config.alignment);
+        WalIter::new(Arc::clone(&self.storage), self.config.dir.clone(), io, self.segments(), (from, until), decrypt)
     }
 
     /// Removes whole segments whose records all lie below `checkpoint`, oldest first, each

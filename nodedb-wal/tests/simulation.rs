@@ -17,7 +17,16 @@ use nodedb_wal::{Lsn, Record, RecordType, Scope, SegmentedWal, SegmentedWalConfi
 const DIR: &str = "/sim/wal";
 
 fn config() -> SegmentedWalConfig {
+    config_for(0)
+}
+
+/// Odd seeds run with encryption on: the same key each life, as a restart would load it.
+fn config_for(seed: u64) -> SegmentedWalConfig {
     let mut c = SegmentedWalConfig::new(DIR);
+    if seed % 2 == 1 {
+        let key = nodedb_wal::SecureKey::from_bytes(&mut [seed as u8; 32]);
+        c.key_ring = Some(Arc::new(nodedb_wal::KeyRing::with_active(1, key)));
+    }
     c.segment_bytes_target = 48 * 1024;
     c.batch_bytes_max = 12 * 1024;
     c.batch_buffers = 3;
@@ -50,7 +59,7 @@ fn record(bytes: &[u8]) -> Record<'_> {
 
 /// Opens the log and checks recovery against the model; trims the model to what survived.
 fn reopen_and_check(sim: &SimStorage, model: &mut Model, seed: u64) -> SegmentedWal<SimStorage> {
-    let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
+    let wal = SegmentedWal::open_with(sim.clone(), config_for(seed)).unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
     let info = wal.recovery_info().clone();
     if std::env::var("NODEDB_WAL_SIM_TRACE").is_ok() {
         eprintln!("reopen: {info:?}");

@@ -86,3 +86,37 @@ fn records_buffered_before_a_wait_share_one_fdatasync() {
     assert_eq!(sim.sync_count() - syncs_before, 1, "one fdatasync covers all 100 records");
     assert_eq!(wal.stats().fsyncs, 1);
 }
+
+#[test]
+fn an_unknown_required_type_stops_a_reader_and_an_unknown_optional_one_is_skipped() {
+    use nodedb_wal::format::frame::{decode_frame, seal_frame};
+    let sim = SimStorage::new(4, FaultConfig::default());
+    let dir = std::path::Path::new("/wal");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    assert!(matches!(wal.append(Record::new(RecordType(0x8050), b"x")), Err(nodedb_wal::WalError::ReservedRecordType { .. })));
+    for i in 0..3u8 {
+        wal.append_durable(Record::new(RecordType::optional(0x100), &[i])).unwrap();
+    }
+    drop(wal);
+    // A newer writer's record types, in this crate's ranges, for records 2 (optional) and 3 (required).
+    let path = dir.join(format!("{:020}.wal", 1));
+    let mut bytes = sim.read_file(&path).unwrap();
+    let mut data_frames = Vec::new();
+    let mut at = 16;
+    while let Ok(h) = decode_frame(&bytes[at..]) {
+        if !h.record_type.is_meta() {
+            data_frames.push((at, h.frame_len()));
+        }
+        at += h.frame_len();
+    }
+    for ((at, len), t) in data_frames[1..].iter().zip([0x0050u16, 0x8050]) {
+        bytes[at + 6..at + 8].copy_from_slice(&t.to_le_bytes());
+        seal_frame(&mut bytes[*at..at + len], RecordType(t));
+    }
+    sim.write_file(&path, &bytes);
+    let wal = SegmentedWal::open_with(sim, config(dir)).unwrap();
+    let mut reader = wal.read_from(Lsn(1)).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap().payload, [0]);
+    let err = reader.next().unwrap().unwrap_err();
+    assert!(matches!(err, nodedb_wal::WalError::UnknownRequiredType { lsn: Lsn(3), record_type: RecordType(0x8050) }), "{err}");
+}

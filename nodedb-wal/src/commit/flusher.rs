@@ -11,7 +11,6 @@ use super::plan::{BatchMeta, Sealed, Target};
 use crate::error::IoOp;
 use crate::format::layout::{round_up, write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
-use crate::format::preamble::SegmentPreamble;
 use crate::segment;
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
@@ -51,14 +50,15 @@ impl<S: Storage> Flusher<S> {
 
     fn write_batch(&mut self, buf: &mut BatchBuf, job: &BatchMeta) -> Result<(), IoFailure> {
         let durable = self.shared.durability.lsn();
-        let target = job.target;
+        let target = &job.target;
+        let salt = target.identity.salt;
         let bytes = &mut buf.bytes_mut()[..job.padded];
         let mut used = job.used;
         if job.ends_segment {
             let records_end = target.offset + used as u64;
-            used += write_segment_end(bytes, used, records_end, job.end_lsn, durable, target.salt);
+            used += write_segment_end(bytes, used, records_end, job.end_lsn, durable, salt);
         }
-        write_padding(bytes, used, job.end_lsn, durable, target.salt);
+        write_padding(bytes, used, job.end_lsn, durable, salt);
         if target.create {
             self.create_segment(target, durable)?;
         }
@@ -102,7 +102,7 @@ impl<S: Storage> Flusher<S> {
     }
 
     /// Creates the segment file, writes its header block and makes the new entry durable.
-    fn create_segment(&mut self, target: Target, durable: Lsn) -> Result<(), IoFailure> {
+    fn create_segment(&mut self, target: &Target, durable: Lsn) -> Result<(), IoFailure> {
         let shared = &self.shared;
         let path = segment::path(&shared.dir, target.segment);
         let mode = OpenMode { create: true, write: true, direct: shared.direct };
@@ -111,11 +111,11 @@ impl<S: Storage> Flusher<S> {
         let header = SegmentHeaderPayload {
             segment_id: target.segment,
             first_lsn: target.segment_first_lsn,
-            salt: target.salt,
+            salt: target.identity.salt,
             block_len: u32::try_from(shared.block).expect("block fits u32"),
-            kdf_salt: [0; 16],
+            kdf_salt: target.identity.crypt.as_ref().map_or([0; 16], |c| c.kdf_salt),
         };
-        write_header_block(&mut block, &SegmentPreamble::plaintext_wal(), &header, durable);
+        write_header_block(&mut block, &super::encode::preamble(&target.identity), &header, durable);
         file.write_at(&block, 0).map_err(|e| (IoOp::Write, e))?;
         shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
         tracing::debug!(segment = %target.segment, first_lsn = %target.segment_first_lsn, "segment created");

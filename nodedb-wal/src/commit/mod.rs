@@ -6,6 +6,7 @@
 //! next buffer. A waiter asks for a sync only when its record is not yet covered.
 
 mod durable;
+mod encode;
 mod flusher;
 mod plan;
 
@@ -18,11 +19,11 @@ use std::time::Duration;
 pub use durable::DurableFuture;
 use durable::{Durability, SyncRequester};
 use flusher::Flusher;
+use plan::{Crypt, Identity, Plan, Sealed, Target, Wait};
 pub(crate) use plan::{Limits, SegmentPlan};
-use plan::{Plan, Sealed, Target, Wait};
 
+use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{Result, WalError};
-use crate::format::frame::{HEADER_LEN, RecordHeader, encode_frame};
 use crate::segment::SegmentInfo;
 use crate::storage::{BatchBuf, Storage};
 use crate::types::{Lsn, RecordType, Scope};
@@ -68,6 +69,7 @@ pub(crate) struct Shared<S: Storage> {
     /// Appenders wait here for a free buffer.
     space: Condvar,
     pub durability: Durability,
+    key_ring: Option<Arc<KeyRing>>,
     segments: Mutex<Vec<SegmentInfo>>,
     pub stats: CommitStats,
 }
@@ -76,17 +78,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn random_salt() -> u32 {
-    let mut raw = [0u8; 4];
+/// Fills `buf` from the kernel's CSPRNG.
+pub(crate) fn fill_random(buf: &mut [u8]) {
     let mut filled = 0;
-    while filled < raw.len() {
-        match rustix::rand::getrandom(&mut raw[filled..], rustix::rand::GetRandomFlags::empty()) {
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
             Ok(n) => filled += n,
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => panic!("getrandom failed: {e}"),
         }
     }
+}
+
+fn random_salt() -> u32 {
+    let mut raw = [0u8; 4];
+    fill_random(&mut raw);
     u32::from_le_bytes(raw)
+}
+
+/// Salt and keys for a new segment: encrypted under the ring's active key, if there is one.
+fn new_identity(key_ring: Option<&KeyRing>, id: crate::types::SegmentId) -> Identity {
+    let salt = random_salt();
+    let crypt = key_ring.and_then(KeyRing::active).map(|(key_id, key)| {
+        let mut kdf_salt = [0u8; 16];
+        fill_random(&mut kdf_salt);
+        let epoch = random_salt();
+        let preamble = encode::encrypted_preamble(key_id, epoch);
+        let cipher = Arc::new(SegmentCipher::derive(&key, &kdf_salt, id, &preamble));
+        Crypt { key_id, epoch, kdf_salt, cipher }
+    });
+    Identity { salt, crypt }
 }
 
 impl<S: Storage> Shared<S> {
@@ -133,7 +154,7 @@ impl<S: Storage> Shared<S> {
     }
 
     /// Records what a written batch added to its segment and advances the durable watermark.
-    fn note_segment_progress(&self, target: Target, end_lsn: Lsn, sealed: bool, padded: usize) {
+    fn note_segment_progress(&self, target: &Target, end_lsn: Lsn, sealed: bool, padded: usize) {
         {
             let mut segments = self.segments_lock();
             // A new segment is listed only once its first batch is durable: until then it may
@@ -195,6 +216,7 @@ pub(crate) struct CommitStart {
     pub next_lsn: Lsn,
     pub next_segment: crate::types::SegmentId,
     pub segments: Vec<SegmentInfo>,
+    pub key_ring: Option<Arc<KeyRing>>,
 }
 
 /// The group committer: appends from any number of threads, one flusher thread that writes and
@@ -217,7 +239,7 @@ impl<S: Storage> GroupCommitter<S> {
         debug_assert!(start.segments.iter().all(|s| s.sealed));
         let segment = SegmentPlan {
             id: start.next_segment,
-            salt: random_salt(),
+            identity: new_identity(start.key_ring.as_deref(), start.next_segment),
             first_lsn: start.next_lsn,
             offset: start.limits.block as u64,
             started: false,
@@ -234,6 +256,7 @@ impl<S: Storage> GroupCommitter<S> {
             work: Condvar::new(),
             space: Condvar::new(),
             durability: Durability::new(Lsn(start.next_lsn.0 - 1)),
+            key_ring: start.key_ring,
             segments: Mutex::new(start.segments),
             stats: CommitStats::default(),
         });
@@ -247,7 +270,7 @@ impl<S: Storage> GroupCommitter<S> {
 
     /// Buffers a record and returns its LSN; it is not durable until [`Self::wait_durable`].
     pub fn append(&self, record_type: RecordType, scope: Scope, flags: u16, payload: &[u8]) -> Result<Lsn> {
-        let frame_len = HEADER_LEN + payload.len();
+        let key_ring = self.shared.key_ring.as_deref();
         let reservation = {
             let mut plan = lock(&self.shared.plan);
             let reservation = loop {
@@ -255,7 +278,7 @@ impl<S: Storage> GroupCommitter<S> {
                 if plan.closing {
                     return Err(WalError::Closed);
                 }
-                match plan.reserve(frame_len, &mut random_salt) {
+                match plan.reserve(payload.len(), &mut |id| new_identity(key_ring, id)) {
                     Ok(r) => break r,
                     Err(Wait::ForBuffer) => {
                         self.shared.work.notify_one();
@@ -269,16 +292,8 @@ impl<S: Storage> GroupCommitter<S> {
             reservation
         };
         let mut region = reservation.region;
-        let header = RecordHeader {
-            lsn: reservation.lsn,
-            durable_lsn: self.shared.durability.lsn(),
-            salt: reservation.salt,
-            record_type,
-            scope,
-            payload_len: u32::try_from(payload.len()).expect("payload length checked by the caller"),
-            flags,
-        };
-        encode_frame(&header, payload, region.bytes());
+        let record = encode::Encode { lsn: reservation.lsn, durable_lsn: self.shared.durability.lsn(), record_type, scope, flags, payload };
+        encode::encode_record(&reservation.identity, &record, region.bytes());
         Ok(reservation.lsn)
     }
 

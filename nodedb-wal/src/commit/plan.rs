@@ -5,17 +5,44 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::crypto::{SegmentCipher, TAG_LEN};
+use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{END_FRAME_LEN, padded_len};
 use crate::storage::{BatchBuf, Region};
 use crate::types::{Lsn, SegmentId};
 
+/// What a segment's frames are sealed with, chosen when the segment is planned.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The segment's salt, carried by every frame in it.
+    pub salt: u32,
+    /// Key material, when the segment is encrypted.
+    pub crypt: Option<Crypt>,
+}
+
+/// The encryption of one segment.
+#[derive(Clone, Debug)]
+pub struct Crypt {
+    pub key_id: u32,
+    pub epoch: u32,
+    pub kdf_salt: [u8; 16],
+    pub cipher: Arc<SegmentCipher>,
+}
+
+impl Identity {
+    /// Bytes a frame of `payload_len` takes in this segment.
+    pub fn frame_len(&self, payload_len: usize) -> usize {
+        HEADER_LEN + payload_len + if self.crypt.is_some() { TAG_LEN } else { 0 }
+    }
+}
+
 /// Where a batch lands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Target {
     /// The segment.
     pub segment: SegmentId,
-    /// The segment's salt, carried by every frame in it.
-    pub salt: u32,
+    /// Its salt and keys.
+    pub identity: Identity,
     /// The segment's first LSN.
     pub segment_first_lsn: Lsn,
     /// Offset of the batch inside the segment file.
@@ -40,7 +67,7 @@ pub struct Sealed {
 }
 
 /// What the flusher needs to know about a sealed batch.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BatchMeta {
     /// First LSN in the batch and the LSN after its last record (equal when it holds none).
     pub first_lsn: Lsn,
@@ -56,10 +83,10 @@ pub struct BatchMeta {
 }
 
 /// The segment new batches go to.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SegmentPlan {
     pub id: SegmentId,
-    pub salt: u32,
+    pub identity: Identity,
     pub first_lsn: Lsn,
     /// Where the next batch starts.
     pub offset: u64,
@@ -87,7 +114,7 @@ impl Limits {
 #[derive(Debug)]
 pub struct Reservation {
     pub lsn: Lsn,
-    pub salt: u32,
+    pub identity: Identity,
     pub region: Region,
 }
 
@@ -129,24 +156,27 @@ impl Plan {
         }
     }
 
-    /// Reserves an LSN and `frame_len` bytes, sealing and rolling as needed. `new_salt` is
-    /// called when a segment roll needs a fresh salt.
-    pub fn reserve(&mut self, frame_len: usize, new_salt: &mut dyn FnMut() -> u32) -> Result<Reservation, Wait> {
+    /// Reserves an LSN and the bytes of a frame carrying `payload_len` bytes, sealing and
+    /// rolling as needed. `new_identity` is called when a roll needs a new segment's salt and
+    /// keys.
+    pub fn reserve(&mut self, payload_len: usize, new_identity: &mut dyn FnMut(SegmentId) -> Identity) -> Result<Reservation, Wait> {
         loop {
             if self.active.is_none() {
-                self.activate(frame_len)?;
+                self.activate(self.segment.identity.frame_len(payload_len))?;
             }
             let active = self.active.as_ref().expect("activated above");
+            let frame_len = active.target.identity.frame_len(payload_len);
             let used = active.buf.used();
             if self.must_roll(active, used, frame_len) {
                 self.seal_active(true);
-                self.roll(new_salt());
+                let next = SegmentId(self.segment.id.0 + 1);
+                self.roll(new_identity(next));
                 continue;
             }
             if let Some(region) = active.buf.try_reserve(frame_len) {
                 let lsn = self.next_lsn;
                 self.next_lsn = lsn.next();
-                return Ok(Reservation { lsn, salt: active.target.salt, region });
+                return Ok(Reservation { lsn, identity: active.target.identity.clone(), region });
             }
             // Full (or too small for an oversized record): close it and start another.
             self.seal_active(false);
@@ -177,7 +207,7 @@ impl Plan {
         };
         let target = Target {
             segment: self.segment.id,
-            salt: self.segment.salt,
+            identity: self.segment.identity.clone(),
             segment_first_lsn: self.segment.first_lsn,
             offset: self.segment.offset,
             create: !self.segment.started,
@@ -201,10 +231,10 @@ impl Plan {
         self.sealed.push_back(Sealed { buf: active.buf, meta });
     }
 
-    fn roll(&mut self, salt: u32) {
+    fn roll(&mut self, identity: Identity) {
         self.segment = SegmentPlan {
             id: SegmentId(self.segment.id.0 + 1),
-            salt,
+            identity,
             first_lsn: self.next_lsn,
             offset: self.limits.block as u64,
             started: false,
@@ -233,15 +263,16 @@ mod tests {
 
     fn plan(target: u64) -> Plan {
         let limits = Limits { block: 4096, batch_bytes_max: 16 * 1024, batch_buffers: 2, segment_bytes_target: target };
-        let segment = SegmentPlan { id: SegmentId(1), salt: 1, first_lsn: Lsn(1), offset: 4096, started: false };
+        let segment =
+            SegmentPlan { id: SegmentId(1), identity: Identity { salt: 1, crypt: None }, first_lsn: Lsn(1), offset: 4096, started: false };
         Plan::new(limits, Lsn(1), segment)
     }
 
-    fn salt() -> impl FnMut() -> u32 {
+    fn salt() -> impl FnMut(SegmentId) -> Identity {
         let mut n = 100;
-        move || {
+        move |_| {
             n += 1;
-            n
+            Identity { salt: n, crypt: None }
         }
     }
 
@@ -249,8 +280,8 @@ mod tests {
     fn lsns_are_dense_and_follow_buffer_order() {
         let mut p = plan(1 << 30);
         let mut s = salt();
-        let a = p.reserve(100, &mut s).unwrap();
-        let b = p.reserve(100, &mut s).unwrap();
+        let a = p.reserve(100 - HEADER_LEN, &mut s).unwrap();
+        let b = p.reserve(100 - HEADER_LEN, &mut s).unwrap();
         assert_eq!((a.lsn, b.lsn), (Lsn(1), Lsn(2)));
         assert!(a.region.start() < b.region.start());
     }
@@ -261,7 +292,7 @@ mod tests {
         let mut s = salt();
         let mut held = Vec::new();
         for _ in 0..32 {
-            match p.reserve(8 * 1024, &mut s) {
+            match p.reserve(8 * 1024 - HEADER_LEN, &mut s) {
                 Ok(r) => held.push(r),
                 Err(Wait::ForBuffer) => break,
             }
@@ -276,10 +307,10 @@ mod tests {
         let mut s = salt();
         let mut ended = Vec::new();
         for _ in 0..6 {
-            drop(p.reserve(3000, &mut s).unwrap());
+            drop(p.reserve(3000 - HEADER_LEN, &mut s).unwrap());
             p.seal_active(false);
             while let Some(b) = p.sealed.pop_front() {
-                let m = b.meta;
+                let m = b.meta.clone();
                 if m.ends_segment {
                     ended.push((m.target.segment, m.end_lsn, m.target.offset + m.padded as u64));
                 }
@@ -297,7 +328,7 @@ mod tests {
     fn an_oversized_record_gets_its_own_batch() {
         let mut p = plan(1 << 30);
         let mut s = salt();
-        let r = p.reserve(100 * 1024, &mut s).unwrap();
+        let r = p.reserve(100 * 1024 - HEADER_LEN, &mut s).unwrap();
         assert_eq!(r.lsn, Lsn(1));
         drop(r);
         p.seal_active(false);

@@ -6,7 +6,7 @@ use crate::error::{CorruptionKind, Result, WalError};
 use crate::format::frame::{FrameError, HEADER_LEN, RecordHeader, decode_frame};
 use crate::format::layout::round_up;
 use crate::format::meta::{SegmentEndPayload, SegmentHeaderPayload};
-use crate::format::preamble::{CIPHER_NONE, PREAMBLE_SIZE, PREAMBLE_VERSION, SegmentPreamble, WAL_PREAMBLE_MAGIC};
+use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, PREAMBLE_VERSION, SegmentPreamble, WAL_PREAMBLE_MAGIC};
 use crate::storage::StorageFile;
 use crate::types::{Lsn, RecordType, SegmentId};
 
@@ -96,12 +96,12 @@ pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> 
     if preamble.version > PREAMBLE_VERSION || preamble.version == 0 {
         return Err(WalError::UnsupportedVersion { segment: id, version: preamble.version, supported: PREAMBLE_VERSION });
     }
-    if preamble.cipher != CIPHER_NONE {
-        return Err(WalError::UnsupportedCipher { segment: id, cipher: preamble.cipher });
-    }
-    // No checksum covers the preamble: a plaintext segment's key fields must be zero.
-    if preamble.key_id != 0 || preamble.nonce_epoch != 0 {
-        return Ok(Err(HeadFault::Damaged));
+    match preamble.cipher {
+        // No checksum covers the preamble: a plaintext segment's key fields must be zero.
+        CIPHER_NONE if preamble.key_id != 0 || preamble.nonce_epoch != 0 => return Ok(Err(HeadFault::Damaged)),
+        // An encrypted segment's preamble is bound into every record's authentication.
+        CIPHER_NONE | CIPHER_AES_256_GCM => {}
+        cipher => return Err(WalError::UnsupportedCipher { segment: id, cipher }),
     }
     let frame = reader.get(PREAMBLE_SIZE as u64, PREAMBLE_SIZE + HEADER_LEN + 64)?;
     let Ok(h) = decode_frame(frame) else { return Ok(Err(HeadFault::Damaged)) };
@@ -200,15 +200,10 @@ impl<F: StorageFile> SegmentScan<F> {
                     self.pos = at + header.frame_len() as u64;
                 }
                 Probe::Valid(header) => {
-                    let ty = header.record_type;
+                    // Every data record is handed out, whatever its type: whether an unknown type
+                    // may be skipped is the reader's decision (it must authenticate it first).
                     self.pos = at + header.frame_len() as u64;
                     self.next_lsn = self.next_lsn.next();
-                    if ty.is_reserved() && !ty.is_known_reserved() {
-                        if ty.is_required() {
-                            return Err(WalError::UnknownRequiredType { lsn: header.lsn, record_type: ty });
-                        }
-                        continue;
-                    }
                     let payload = self.payload(at, &header)?;
                     return Ok(Step::Record { offset: at, header, payload });
                 }

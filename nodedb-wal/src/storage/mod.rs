@@ -6,6 +6,7 @@
 mod aligned;
 mod batch;
 mod fs;
+pub mod memlock;
 mod sim;
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 mod uring;

@@ -1,0 +1,97 @@
+//! `KeyRing`: the keys a log may encrypt and decrypt with, by key id.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use super::key::SecureKey;
+use crate::error::{Result, WalError};
+
+#[derive(Debug, Default)]
+struct Inner {
+    keys: BTreeMap<u32, Arc<SecureKey>>,
+    active: Option<u32>,
+}
+
+/// Keys by id. The active key encrypts every segment created from now on; the others keep
+/// decrypting older segments. Keys are never removed by the log: a segment names its key id in
+/// its preamble and is unreadable without it.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    inner: RwLock<Inner>,
+}
+
+impl KeyRing {
+    /// An empty ring (nothing is encrypted until a key is active).
+    pub fn new() -> KeyRing {
+        KeyRing::default()
+    }
+
+    /// A ring holding one key, active.
+    pub fn with_active(key_id: u32, key: SecureKey) -> KeyRing {
+        let ring = KeyRing::new();
+        ring.insert(key_id, key).expect("an empty ring takes any id");
+        ring.set_active(key_id).expect("just inserted");
+        ring
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a key. An id already in the ring is refused: segments may already name it.
+    pub fn insert(&self, key_id: u32, key: SecureKey) -> Result<()> {
+        let mut inner = self.write();
+        if inner.keys.contains_key(&key_id) {
+            return Err(WalError::KeyIdInUse { key_id });
+        }
+        inner.keys.insert(key_id, Arc::new(key));
+        Ok(())
+    }
+
+    /// Makes `key_id` the key for segments created from now on (rotation takes effect at the
+    /// next segment roll).
+    pub fn set_active(&self, key_id: u32) -> Result<()> {
+        let mut inner = self.write();
+        if !inner.keys.contains_key(&key_id) {
+            return Err(WalError::UnknownKeyId { segment: None, key_id });
+        }
+        inner.active = Some(key_id);
+        Ok(())
+    }
+
+    /// The active key, if any.
+    pub fn active(&self) -> Option<(u32, Arc<SecureKey>)> {
+        let inner = self.read();
+        inner.active.map(|id| (id, Arc::clone(&inner.keys[&id])))
+    }
+
+    /// The key with this id.
+    pub fn get(&self, key_id: u32) -> Option<Arc<SecureKey>> {
+        self.read().keys.get(&key_id).cloned()
+    }
+
+    /// Ids of every key held.
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.read().keys.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_old_keys_and_refuses_unknown_or_reused_ids() {
+        let ring = KeyRing::with_active(1, SecureKey::from_bytes(&mut [1; 32]));
+        ring.insert(2, SecureKey::from_bytes(&mut [2; 32])).unwrap();
+        ring.set_active(2).unwrap();
+        assert_eq!(ring.active().unwrap().0, 2);
+        assert!(ring.get(1).is_some(), "the old key still decrypts old segments");
+        assert!(matches!(ring.set_active(3), Err(WalError::UnknownKeyId { key_id: 3, .. })));
+        assert!(matches!(ring.insert(1, SecureKey::from_bytes(&mut [9; 32])), Err(WalError::KeyIdInUse { key_id: 1 })));
+    }
+}
