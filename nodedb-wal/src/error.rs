@@ -252,6 +252,16 @@ pub enum WalError {
         /// The segment.
         segment: SegmentId,
     },
+    /// A record of a type this crate defines has a payload that does not decode.
+    #[error("record {lsn} of type {record_type:#06x} has a malformed payload: {problem:?}", record_type = .record_type.0)]
+    MalformedPayload {
+        /// The record.
+        lsn: Lsn,
+        /// Its type.
+        record_type: RecordType,
+        /// What is wrong.
+        problem: crate::format::payload::PayloadError,
+    },
     /// Record types `0x0000..=0x00FF` and `0x8000..=0x80FF` belong to this crate.
     #[error("record type {record_type:#06x} is reserved for nodedb-wal itself", record_type = .record_type.0)]
     ReservedRecordType {

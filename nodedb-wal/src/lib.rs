@@ -15,6 +15,7 @@ pub mod format;
 mod read;
 mod record;
 pub mod recovery;
+mod replay;
 pub mod segment;
 pub mod storage;
 mod types;
@@ -24,9 +25,13 @@ pub use commit::{CommitStatsSnapshot, DurableFuture, GroupCommitter};
 pub use config::SegmentedWalConfig;
 pub use crypto::{KeyRing, SecureKey};
 pub use error::{CorruptionKind, IoOp, KeyFileProblem, Result, WalError};
+pub use format::payload::{
+    CalvinAppliedPayload, CollectionTombstonePayload, MAX_COLLECTION_NAME_LEN, PayloadError, TemporalPurgeEngine, TemporalPurgePayload,
+};
 pub use read::WalIter;
 pub use record::{Record, WalRecord};
 pub use recovery::RecoveryInfo;
+pub use replay::{TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};
 pub use segment::SegmentInfo;
 pub use storage::{FsStorage, IoBackend, SimStorage};
 pub use types::{Lsn, RecordType, Scope, SegmentId};

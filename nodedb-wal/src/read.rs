@@ -3,17 +3,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::crypto::{KeyRing, SegmentCipher, TAG_LEN};
+use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{CorruptionKind, Result, WalError};
-use crate::format::frame::{FLAG_ENCRYPTED, HEADER_LEN, RecordHeader};
-use crate::format::preamble::CIPHER_AES_256_GCM;
 use crate::record::WalRecord;
 use crate::recovery::open_existing;
+use crate::segment::crypt::{cipher_for, open_record};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::Storage;
-use crate::types::{Lsn, SegmentId};
+use crate::types::Lsn;
 
 /// How a reader treats encrypted records.
 #[derive(Clone, Debug)]
@@ -75,14 +74,9 @@ impl<S: Storage> WalIter<S> {
             offset: 0,
             kind: CorruptionKind::BadSegmentHeader,
         })?;
-        self.cipher = match (&self.decrypt, head.preamble.cipher) {
-            (Decrypt::With(ring), CIPHER_AES_256_GCM) => {
-                let ring = ring.as_ref().ok_or(WalError::KeyRingMissing { segment: info.id })?;
-                let key_id = head.preamble.key_id;
-                let key = ring.get(key_id).ok_or(WalError::UnknownKeyId { segment: Some(info.id), key_id })?;
-                Some(SegmentCipher::derive(&key, &head.header.kdf_salt, info.id, &head.preamble))
-            }
-            _ => None,
+        self.cipher = match &self.decrypt {
+            Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,
+            Decrypt::Raw => None,
         };
         self.scan = Some(SegmentScan::new(reader, info.id, &head));
         Ok(Some(()))
@@ -111,7 +105,7 @@ impl<S: Storage> WalIter<S> {
                     let payload = match &self.decrypt {
                         Decrypt::Raw => payload.to_vec(),
                         // Authenticated even when skipped: the type is part of what is signed.
-                        Decrypt::With(_) => plaintext(self.cipher.as_ref(), segment, &header, payload)?,
+                        Decrypt::With(_) => open_record(self.cipher.as_ref(), segment, &header, payload)?,
                     };
                     if unknown {
                         continue;
@@ -134,25 +128,6 @@ impl<S: Storage> WalIter<S> {
             }
         }
     }
-}
-
-/// The plaintext of a stored payload. A record's encryption must match its segment's: a flag
-/// stripped or added (checksum recomputed) would otherwise hand out ciphertext as data.
-fn plaintext(cipher: Option<&SegmentCipher>, segment: SegmentId, header: &RecordHeader, stored: &[u8]) -> Result<Vec<u8>> {
-    let failed = WalError::AuthenticationFailed { segment, lsn: header.lsn };
-    let encrypted = header.flags & FLAG_ENCRYPTED != 0;
-    let Some(cipher) = cipher else {
-        return if encrypted { Err(failed) } else { Ok(stored.to_vec()) };
-    };
-    if !encrypted || stored.len() < TAG_LEN {
-        return Err(failed);
-    }
-    let (ciphertext, tag) = stored.split_at(stored.len() - TAG_LEN);
-    let mut head = [0u8; HEADER_LEN];
-    header.encode_into(&mut head);
-    let mut out = ciphertext.to_vec();
-    cipher.open(header.lsn, &head, &mut out, tag).map_err(|_| failed)?;
-    Ok(out)
 }
 
 impl<S: Storage> Iterator for WalIter<S> {

@@ -24,13 +24,17 @@
 
 use std::path::Path;
 
+use crate::crypto::KeyRing;
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
+use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
+use crate::replay::TombstoneSet;
+use crate::segment::crypt::{cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{HeadFault, SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{OpenMode, Storage, StorageFile};
-use crate::types::{Lsn, SegmentId};
+use crate::types::{Lsn, RecordType, SegmentId};
 
 /// What the bytes after the first bad position say about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +101,10 @@ pub struct RecoveryInfo {
     pub torn_tail: Option<TornTail>,
     /// A segment left empty or half-created by an interrupted roll, which was removed.
     pub removed_interrupted_roll: Option<SegmentId>,
+    /// Collections dropped in the recovered records, gathered in the same pass.
+    pub tombstones: TombstoneSet,
+    /// Temporal purges in the recovered records, in LSN order, for the engines to apply.
+    pub temporal_purges: Vec<(Lsn, TemporalPurgePayload)>,
 }
 
 /// The last segment, not yet sealed: the writer seals it before appending elsewhere.
@@ -126,14 +134,15 @@ enum Outcome {
 
 /// Reads every segment of `dir` and decides what the log holds. Changes nothing on disk except
 /// removing a segment left by an interrupted roll.
-pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize) -> Result<Recovered> {
+pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>) -> Result<Recovered> {
     let ids = segment_ids(storage, dir)?;
+    let ctx = ScanCtx { storage, dir, direct, align, ring };
     let mut info = RecoveryInfo::default();
     let mut seal = None;
     let mut prev_end: Option<Lsn> = None;
     for (index, &id) in ids.iter().enumerate() {
         let last = index + 1 == ids.len();
-        match scan_segment(storage, dir, id, direct, align, last, prev_end)? {
+        match scan_segment(&ctx, id, last, prev_end, &mut info)? {
             Outcome::Sealed(seg) => {
                 prev_end = Some(seg.end_lsn);
                 info.segments.push(seg);
@@ -192,18 +201,25 @@ pub(crate) fn open_existing<S: Storage>(storage: &S, path: &Path, direct: bool) 
     Ok((file, len))
 }
 
-fn scan_segment<S: Storage>(
-    storage: &S,
-    dir: &Path,
-    id: SegmentId,
+/// What every segment's scan needs.
+struct ScanCtx<'a, S> {
+    storage: &'a S,
+    dir: &'a Path,
     direct: bool,
     align: usize,
+    ring: Option<&'a KeyRing>,
+}
+
+fn scan_segment<S: Storage>(
+    ctx: &ScanCtx<'_, S>,
+    id: SegmentId,
     last: bool,
     prev_end: Option<Lsn>,
+    info: &mut RecoveryInfo,
 ) -> Result<Outcome> {
-    let path = segment::path(dir, id);
-    let (file, len) = open_existing(storage, &path, direct)?;
-    let mut reader = ChunkReader::new(file, path.clone(), len, align, DEFAULT_CHUNK);
+    let path = segment::path(ctx.dir, id);
+    let (file, len) = open_existing(ctx.storage, &path, ctx.direct)?;
+    let mut reader = ChunkReader::new(file, path.clone(), len, ctx.align, DEFAULT_CHUNK);
     let head = match read_head(&mut reader, id)? {
         Ok(head) => head,
         Err(fault) => return head_fault(&mut reader, id, fault, last, prev_end),
@@ -219,8 +235,16 @@ fn scan_segment<S: Storage>(
         return Err(WalError::Corruption { segment: id, offset: 0, kind });
     }
     let mut scan = SegmentScan::new(reader, id, &head);
+    let mut cipher = None;
     let (offset, end, claim) = loop {
         match scan.step()? {
+            Step::Record { header, payload, .. } if is_collected(header.record_type) => {
+                if cipher.is_none() {
+                    cipher = Some(cipher_for(ctx.ring, id, &head)?);
+                }
+                let plain = open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload)?;
+                collect(info, header.lsn, header.record_type, &plain)?;
+            }
             Step::Record { .. } => {}
             Step::End { offset, end, claim } => break (offset, end, claim),
         }
@@ -252,6 +276,21 @@ fn scan_segment<S: Storage>(
             Ok(Outcome::Open(seg, pending, torn))
         }
     }
+}
+
+/// Record types whose payloads recovery gathers for the engines in its one pass.
+fn is_collected(record_type: RecordType) -> bool {
+    record_type == RecordType::COLLECTION_TOMBSTONE || record_type == RecordType::TEMPORAL_PURGE
+}
+
+fn collect(info: &mut RecoveryInfo, lsn: Lsn, record_type: RecordType, payload: &[u8]) -> Result<()> {
+    let malformed = |problem| WalError::MalformedPayload { lsn, record_type, problem };
+    if record_type == RecordType::COLLECTION_TOMBSTONE {
+        info.tombstones.insert(&CollectionTombstonePayload::decode(payload).map_err(malformed)?);
+    } else {
+        info.temporal_purges.push((lsn, TemporalPurgePayload::decode(payload).map_err(malformed)?));
+    }
+    Ok(())
 }
 
 fn evidence(claims: Claims, claim_at_end: Option<Lsn>, lost: Lsn) -> Evidence {

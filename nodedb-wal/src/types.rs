@@ -65,6 +65,15 @@ impl RecordType {
     /// Seals a segment; nothing after it belongs to the segment. Carries no LSN.
     pub const SEGMENT_END: RecordType = RecordType(0x8003);
 
+    /// A collection was dropped: [`crate::CollectionTombstonePayload`]. Required: a reader that
+    /// ignored it would resurrect dropped data.
+    pub const COLLECTION_TOMBSTONE: RecordType = RecordType(0x8010);
+    /// An engine purged data older than a cutoff: [`crate::TemporalPurgePayload`]. Required.
+    pub const TEMPORAL_PURGE: RecordType = RecordType(0x8011);
+    /// A deterministic scheduler applied a transaction: [`crate::CalvinAppliedPayload`].
+    /// Optional: it only speeds up finding where to resume.
+    pub const CALVIN_APPLIED: RecordType = RecordType(0x0010);
+
     /// An application type that older readers may skip.
     #[must_use]
     pub const fn optional(code: u16) -> RecordType {
@@ -98,6 +107,6 @@ impl RecordType {
     /// Whether this version of the crate knows a reserved type.
     #[must_use]
     pub const fn is_known_reserved(self) -> bool {
-        matches!(self.0, 0x8001..=0x8003)
+        matches!(self.0, 0x8001..=0x8003 | 0x8010 | 0x8011 | 0x0010)
     }
 }

@@ -9,12 +9,13 @@ use crate::config::SegmentedWalConfig;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
+use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
 use crate::read::{Decrypt, WalIter};
 use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, is_direct_io_refusal};
-use crate::types::Lsn;
+use crate::types::{Lsn, RecordType, Scope};
 
 /// A segmented write-ahead log, shared by any number of threads (`&self` appends).
 pub struct SegmentedWal<S: Storage = FsStorage> {
@@ -57,7 +58,7 @@ impl<S: Storage> SegmentedWal<S> {
         })?;
         let direct = probe_direct(&storage, &config)?;
         let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
-        let mut recovered = recover_dir(&storage, &dir, direct, config.alignment)?;
+        let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;
         if let Some(pending) = recovered.seal {
             let bytes = seal_segment(&storage, &dir, direct, pending)?;
             let last = recovered.info.segments.last_mut().expect("the pending segment is listed");
@@ -118,6 +119,32 @@ impl<S: Storage> SegmentedWal<S> {
         let lsn = self.append(record)?;
         self.committer.wait_durable(lsn)?;
         Ok(lsn)
+    }
+
+    /// Records that a collection was dropped; replay drops its records below `purge_lsn`.
+    pub fn append_tombstone(&self, tombstone: &CollectionTombstonePayload) -> Result<Lsn> {
+        let payload = tombstone.encode().map_err(|problem| self.malformed(RecordType::COLLECTION_TOMBSTONE, problem))?;
+        let scope = Scope { database: tombstone.database, tenant: tombstone.tenant, vshard: 0 };
+        self.append_system(RecordType::COLLECTION_TOMBSTONE, scope, &payload)
+    }
+
+    /// Records that an engine purged data older than a cutoff.
+    pub fn append_temporal_purge(&self, purge: &TemporalPurgePayload, scope: Scope) -> Result<Lsn> {
+        let payload = purge.encode().map_err(|problem| self.malformed(RecordType::TEMPORAL_PURGE, problem))?;
+        self.append_system(RecordType::TEMPORAL_PURGE, scope, &payload)
+    }
+
+    /// Records that a deterministic scheduler applied a transaction.
+    pub fn append_calvin_applied(&self, applied: &CalvinAppliedPayload, scope: Scope) -> Result<Lsn> {
+        self.append_system(RecordType::CALVIN_APPLIED, scope, &applied.encode())
+    }
+
+    fn append_system(&self, record_type: RecordType, scope: Scope, payload: &[u8]) -> Result<Lsn> {
+        self.committer.append(record_type, scope, 0, payload)
+    }
+
+    fn malformed(&self, record_type: RecordType, problem: PayloadError) -> WalError {
+        WalError::MalformedPayload { lsn: self.next_lsn(), record_type, problem }
     }
 
     fn check_record(&self, record: &Record<'_>) -> Result<()> {

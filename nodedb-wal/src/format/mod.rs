@@ -6,6 +6,7 @@
 pub mod frame;
 pub mod layout;
 pub mod meta;
+pub mod payload;
 pub mod preamble;
 
 /// Reads a little-endian integer at a fixed offset of a slice the caller has length-checked.

@@ -1,5 +1,6 @@
 //! Segment files: names, identity, and scanning their frames.
 
+pub mod crypt;
 pub mod evidence;
 pub mod reader;
 pub mod scan;

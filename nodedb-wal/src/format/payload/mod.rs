@@ -1,0 +1,56 @@
+//! Payload codecs of the record types this crate defines for the engines.
+
+mod calvin;
+mod purge;
+mod tombstone;
+
+pub use calvin::{CALVIN_APPLIED_LEN, CalvinAppliedPayload};
+pub use purge::{TemporalPurgeEngine, TemporalPurgePayload};
+pub use tombstone::{CollectionTombstonePayload, MAX_COLLECTION_NAME_LEN};
+
+/// Why a payload did not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadError {
+    /// Fewer bytes than the layout needs.
+    Truncated,
+    /// More bytes than the layout describes.
+    TrailingBytes,
+    /// A collection name longer than [`MAX_COLLECTION_NAME_LEN`].
+    NameTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A collection name that is not UTF-8.
+    NameNotUtf8,
+    /// An engine code this build does not know.
+    UnknownEngine {
+        /// The code.
+        code: u8,
+    },
+    /// A reserved byte is not zero.
+    Reserved,
+}
+
+/// Reads a length-prefixed UTF-8 name: `u16` length, then the bytes.
+fn decode_name(bytes: &[u8]) -> Result<(&str, &[u8]), PayloadError> {
+    let len = usize::from(u16::from_le_bytes(bytes.get(..2).ok_or(PayloadError::Truncated)?.try_into().expect("2 bytes")));
+    if len > MAX_COLLECTION_NAME_LEN {
+        return Err(PayloadError::NameTooLong { len });
+    }
+    let raw = bytes.get(2..2 + len).ok_or(PayloadError::Truncated)?;
+    let name = std::str::from_utf8(raw).map_err(|_| PayloadError::NameNotUtf8)?;
+    Ok((name, &bytes[2 + len..]))
+}
+
+fn encode_name(name: &str, out: &mut Vec<u8>) -> Result<(), PayloadError> {
+    if name.len() > MAX_COLLECTION_NAME_LEN {
+        return Err(PayloadError::NameTooLong { len: name.len() });
+    }
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    Ok(())
+}
+
+fn take<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], PayloadError> {
+    bytes.get(at..at + N).ok_or(PayloadError::Truncated).map(|b| b.try_into().expect("N bytes"))
+}

@@ -1,0 +1,118 @@
+//! A temporal purge: an engine dropped a collection's data older than a cutoff time.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | engine ([`TemporalPurgeEngine`] code) |
+//! | 1 | 1 | reserved, 0 |
+//! | 2 | 8 | cutoff, milliseconds since the Unix epoch (i64) |
+//! | 10 | 8 | purged count |
+//! | 18 | 2 | name length (at most 255) |
+//! | 20 | n | collection name, UTF-8 |
+
+use super::{PayloadError, decode_name, encode_name, take};
+
+const FIXED: usize = 18;
+
+/// The engine a purge belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TemporalPurgeEngine {
+    /// Time-series.
+    Timeseries,
+    /// Documents.
+    Document,
+    /// Graph.
+    Graph,
+    /// Vector indexes.
+    Vector,
+    /// Key-value.
+    KeyValue,
+    /// Columnar.
+    Columnar,
+}
+
+impl TemporalPurgeEngine {
+    /// Its code in the payload.
+    pub const fn code(self) -> u8 {
+        match self {
+            TemporalPurgeEngine::Timeseries => 1,
+            TemporalPurgeEngine::Document => 2,
+            TemporalPurgeEngine::Graph => 3,
+            TemporalPurgeEngine::Vector => 4,
+            TemporalPurgeEngine::KeyValue => 5,
+            TemporalPurgeEngine::Columnar => 6,
+        }
+    }
+
+    /// The engine with this code.
+    pub fn from_code(code: u8) -> Result<TemporalPurgeEngine, PayloadError> {
+        Ok(match code {
+            1 => TemporalPurgeEngine::Timeseries,
+            2 => TemporalPurgeEngine::Document,
+            3 => TemporalPurgeEngine::Graph,
+            4 => TemporalPurgeEngine::Vector,
+            5 => TemporalPurgeEngine::KeyValue,
+            6 => TemporalPurgeEngine::Columnar,
+            code => return Err(PayloadError::UnknownEngine { code }),
+        })
+    }
+}
+
+/// Payload of [`crate::RecordType::TEMPORAL_PURGE`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemporalPurgePayload {
+    /// The engine that purged.
+    pub engine: TemporalPurgeEngine,
+    /// The collection.
+    pub collection: String,
+    /// Data older than this (ms since the Unix epoch) was dropped.
+    pub cutoff_unix_ms: i64,
+    /// How many items were dropped.
+    pub purged_count: u64,
+}
+
+impl TemporalPurgePayload {
+    /// Encodes; a name over the maximum length is an error.
+    pub fn encode(&self) -> Result<Vec<u8>, PayloadError> {
+        let mut out = Vec::with_capacity(FIXED + 2 + self.collection.len());
+        out.push(self.engine.code());
+        out.push(0);
+        out.extend_from_slice(&self.cutoff_unix_ms.to_le_bytes());
+        out.extend_from_slice(&self.purged_count.to_le_bytes());
+        encode_name(&self.collection, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes, refusing truncated, unknown or trailing input.
+    pub fn decode(bytes: &[u8]) -> Result<TemporalPurgePayload, PayloadError> {
+        let [code, reserved] = take::<2>(bytes, 0)?;
+        if reserved != 0 {
+            return Err(PayloadError::Reserved);
+        }
+        let engine = TemporalPurgeEngine::from_code(code)?;
+        let cutoff_unix_ms = i64::from_le_bytes(take(bytes, 2)?);
+        let purged_count = u64::from_le_bytes(take(bytes, 10)?);
+        let (name, rest) = decode_name(bytes.get(FIXED..).ok_or(PayloadError::Truncated)?)?;
+        if !rest.is_empty() {
+            return Err(PayloadError::TrailingBytes);
+        }
+        Ok(TemporalPurgePayload { engine, collection: name.to_owned(), cutoff_unix_ms, purged_count })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_round_trips_and_refuses_unknown_engines() {
+        let p =
+            TemporalPurgePayload { engine: TemporalPurgeEngine::Timeseries, collection: "cpu".into(), cutoff_unix_ms: -5, purged_count: 7 };
+        let bytes = p.encode().unwrap();
+        assert_eq!(TemporalPurgePayload::decode(&bytes), Ok(p));
+        let mut bad = bytes.clone();
+        bad[0] = 99;
+        assert_eq!(TemporalPurgePayload::decode(&bad), Err(PayloadError::UnknownEngine { code: 99 }));
+        assert_eq!(TemporalPurgePayload::decode(&bytes[..5]), Err(PayloadError::Truncated));
+    }
+}

@@ -1,0 +1,71 @@
+//! A collection tombstone: the collection was dropped; its records below `purge_lsn` are dead.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | database |
+//! | 4 | 4 | tenant |
+//! | 8 | 8 | purge_lsn |
+//! | 16 | 2 | name length (at most 255) |
+//! | 18 | n | collection name, UTF-8 |
+
+use super::{PayloadError, decode_name, encode_name, take};
+use crate::types::Lsn;
+
+/// Longest collection name a tombstone carries, in bytes.
+pub const MAX_COLLECTION_NAME_LEN: usize = 255;
+const FIXED: usize = 16;
+
+/// Payload of [`crate::RecordType::COLLECTION_TOMBSTONE`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectionTombstonePayload {
+    /// Database id.
+    pub database: u32,
+    /// Tenant id.
+    pub tenant: u32,
+    /// The dropped collection.
+    pub collection: String,
+    /// Records of the collection with a lower LSN are dropped with it.
+    pub purge_lsn: Lsn,
+}
+
+impl CollectionTombstonePayload {
+    /// Encodes; a name over [`MAX_COLLECTION_NAME_LEN`] bytes is an error.
+    pub fn encode(&self) -> Result<Vec<u8>, PayloadError> {
+        let mut out = Vec::with_capacity(FIXED + 2 + self.collection.len());
+        out.extend_from_slice(&self.database.to_le_bytes());
+        out.extend_from_slice(&self.tenant.to_le_bytes());
+        out.extend_from_slice(&self.purge_lsn.0.to_le_bytes());
+        encode_name(&self.collection, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes, refusing truncated, oversized or trailing input.
+    pub fn decode(bytes: &[u8]) -> Result<CollectionTombstonePayload, PayloadError> {
+        let database = u32::from_le_bytes(take(bytes, 0)?);
+        let tenant = u32::from_le_bytes(take(bytes, 4)?);
+        let purge_lsn = Lsn(u64::from_le_bytes(take(bytes, 8)?));
+        let (name, rest) = decode_name(bytes.get(FIXED..).ok_or(PayloadError::Truncated)?)?;
+        if !rest.is_empty() {
+            return Err(PayloadError::TrailingBytes);
+        }
+        Ok(CollectionTombstonePayload { database, tenant, collection: name.to_owned(), purge_lsn })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstone_round_trips_and_refuses_bad_input() {
+        let t = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(99) };
+        let bytes = t.encode().unwrap();
+        assert_eq!(CollectionTombstonePayload::decode(&bytes), Ok(t));
+        assert_eq!(CollectionTombstonePayload::decode(&bytes[..bytes.len() - 1]), Err(PayloadError::Truncated));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(CollectionTombstonePayload::decode(&long), Err(PayloadError::TrailingBytes));
+        let too_long = CollectionTombstonePayload { collection: "x".repeat(256), ..CollectionTombstonePayload::decode(&bytes).unwrap() };
+        assert_eq!(too_long.encode(), Err(PayloadError::NameTooLong { len: 256 }));
+    }
+}

@@ -1,0 +1,131 @@
+//! What replay hands the engines besides their own records: dropped collections (tombstones),
+//! temporal purges, and where a deterministic scheduler left off.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::error::{Result, WalError};
+use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
+use crate::record::WalRecord;
+use crate::types::{Lsn, RecordType};
+
+/// Dropped collections and the LSN below which their records are dead.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TombstoneSet {
+    by_tenant: HashMap<(u32, u32), HashMap<Box<str>, Lsn>>,
+}
+
+impl TombstoneSet {
+    /// An empty set.
+    pub fn new() -> TombstoneSet {
+        TombstoneSet::default()
+    }
+
+    /// Adds a tombstone; a later drop of the same collection raises its purge LSN.
+    pub fn insert(&mut self, t: &CollectionTombstonePayload) {
+        let names = self.by_tenant.entry((t.database, t.tenant)).or_default();
+        match names.get_mut(t.collection.as_str()) {
+            Some(lsn) => *lsn = (*lsn).max(t.purge_lsn),
+            None => {
+                names.insert(t.collection.clone().into_boxed_str(), t.purge_lsn);
+            }
+        }
+    }
+
+    /// The purge LSN of a dropped collection. Does not allocate.
+    pub fn purge_lsn(&self, database: u32, tenant: u32, collection: &str) -> Option<Lsn> {
+        self.by_tenant.get(&(database, tenant))?.get(collection).copied()
+    }
+
+    /// Whether a record of this collection at `lsn` was dropped with it. Does not allocate.
+    pub fn is_dropped(&self, database: u32, tenant: u32, collection: &str, lsn: Lsn) -> bool {
+        self.purge_lsn(database, tenant, collection).is_some_and(|purge| lsn < purge)
+    }
+
+    /// Whether a replayed record, belonging to `collection` (which only the engine can tell),
+    /// survives the tombstones: its database and tenant come from its scope. Does not allocate.
+    pub fn is_live(&self, record: &WalRecord, collection: &str) -> bool {
+        !self.is_dropped(record.scope.database, record.scope.tenant, collection, record.lsn)
+    }
+
+    /// Dropped collections held.
+    pub fn len(&self) -> usize {
+        self.by_tenant.values().map(HashMap::len).sum()
+    }
+
+    /// Whether no collection was dropped.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Builds the tombstone set from records in one pass; a malformed tombstone is an error.
+pub fn extract_tombstones<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<TombstoneSet> {
+    let mut set = TombstoneSet::new();
+    for r in records.into_iter().filter(|r| r.record_type == RecordType::COLLECTION_TOMBSTONE) {
+        set.insert(&CollectionTombstonePayload::decode(&r.payload).map_err(|e| malformed(r, e))?);
+    }
+    Ok(set)
+}
+
+/// The temporal purges among records, in LSN order, for the engines to apply at recovery.
+pub fn extract_temporal_purges<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<Vec<(Lsn, TemporalPurgePayload)>> {
+    records
+        .into_iter()
+        .filter(|r| r.record_type == RecordType::TEMPORAL_PURGE)
+        .map(|r| TemporalPurgePayload::decode(&r.payload).map(|p| (r.lsn, p)).map_err(|e| malformed(r, e)))
+        .collect()
+}
+
+/// The last applied (epoch, position) per vshard, in one pass over records.
+pub fn last_calvin_applied<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<BTreeMap<u32, (u64, u32)>> {
+    let mut last = BTreeMap::new();
+    for r in records.into_iter().filter(|r| r.record_type == RecordType::CALVIN_APPLIED) {
+        let p = CalvinAppliedPayload::decode(&r.payload).map_err(|e| malformed(r, e))?;
+        let entry = last.entry(p.vshard).or_insert((p.epoch, p.position));
+        *entry = (*entry).max((p.epoch, p.position));
+    }
+    Ok(last)
+}
+
+fn malformed(r: &WalRecord, problem: PayloadError) -> WalError {
+    WalError::MalformedPayload { lsn: r.lsn, record_type: r.record_type, problem }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Scope;
+
+    fn record(lsn: u64, record_type: RecordType, payload: Vec<u8>) -> WalRecord {
+        WalRecord { lsn: Lsn(lsn), record_type, scope: Scope::default(), flags: 0, payload }
+    }
+
+    #[test]
+    fn the_replay_filter_drops_records_below_the_purge_lsn_only() {
+        let t = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(10) };
+        let records = [record(10, RecordType::COLLECTION_TOMBSTONE, t.encode().unwrap())];
+        let set = extract_tombstones(&records).unwrap();
+        assert!(set.is_dropped(1, 2, "orders", Lsn(9)));
+        assert!(!set.is_dropped(1, 2, "orders", Lsn(10)), "written after the drop: a new collection");
+        assert!(!set.is_dropped(1, 3, "orders", Lsn(9)), "another tenant's collection");
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn a_malformed_tombstone_is_a_typed_error() {
+        let records = [record(4, RecordType::COLLECTION_TOMBSTONE, vec![1, 2, 3])];
+        let err = extract_tombstones(&records).unwrap_err();
+        assert!(matches!(err, WalError::MalformedPayload { lsn: Lsn(4), problem: PayloadError::Truncated, .. }), "{err}");
+    }
+
+    #[test]
+    fn the_last_applied_position_per_vshard_wins() {
+        let c = |epoch, position, vshard| {
+            record(1, RecordType::CALVIN_APPLIED, CalvinAppliedPayload { epoch, position, vshard }.encode().to_vec())
+        };
+        let records = [c(1, 5, 0), c(2, 1, 0), c(1, 9, 0), c(3, 0, 7)];
+        let last = last_calvin_applied(&records).unwrap();
+        assert_eq!(last[&0], (2, 1));
+        assert_eq!(last[&7], (3, 0));
+    }
+}

@@ -1,0 +1,38 @@
+//! The keys and plaintext of a segment's records, for readers and recovery alike.
+
+use super::scan::SegmentHead;
+use crate::crypto::{KeyRing, SegmentCipher, TAG_LEN};
+use crate::error::{Result, WalError};
+use crate::format::frame::{FLAG_ENCRYPTED, HEADER_LEN, RecordHeader};
+use crate::format::preamble::CIPHER_AES_256_GCM;
+use crate::types::SegmentId;
+
+/// The cipher of an encrypted segment (its key named by the preamble); `None` for plaintext.
+pub fn cipher_for(ring: Option<&KeyRing>, id: SegmentId, head: &SegmentHead) -> Result<Option<SegmentCipher>> {
+    if head.preamble.cipher != CIPHER_AES_256_GCM {
+        return Ok(None);
+    }
+    let ring = ring.ok_or(WalError::KeyRingMissing { segment: id })?;
+    let key_id = head.preamble.key_id;
+    let key = ring.get(key_id).ok_or(WalError::UnknownKeyId { segment: Some(id), key_id })?;
+    Ok(Some(SegmentCipher::derive(&key, &head.header.kdf_salt, id, &head.preamble)))
+}
+
+/// The plaintext of a stored payload. A record's encryption must match its segment's: a flag
+/// stripped or added (checksum recomputed) would otherwise hand out ciphertext as data.
+pub fn open_record(cipher: Option<&SegmentCipher>, segment: SegmentId, header: &RecordHeader, stored: &[u8]) -> Result<Vec<u8>> {
+    let failed = WalError::AuthenticationFailed { segment, lsn: header.lsn };
+    let encrypted = header.flags & FLAG_ENCRYPTED != 0;
+    let Some(cipher) = cipher else {
+        return if encrypted { Err(failed) } else { Ok(stored.to_vec()) };
+    };
+    if !encrypted || stored.len() < TAG_LEN {
+        return Err(failed);
+    }
+    let (ciphertext, tag) = stored.split_at(stored.len() - TAG_LEN);
+    let mut head = [0u8; HEADER_LEN];
+    header.encode_into(&mut head);
+    let mut out = ciphertext.to_vec();
+    cipher.open(header.lsn, &head, &mut out, tag).map_err(|_| failed)?;
+    Ok(out)
+}

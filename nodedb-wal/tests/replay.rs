@@ -1,0 +1,74 @@
+//! What recovery hands the engines besides their records: the tombstones of dropped collections
+//! and the temporal purges, gathered in recovery's one pass, encrypted or not, and the replay
+//! filter that drops a dropped collection's older records.
+
+use std::sync::Arc;
+
+use nodedb_wal::storage::FaultConfig;
+use nodedb_wal::{
+    CollectionTombstonePayload, KeyRing, Lsn, Record, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage,
+    TemporalPurgeEngine, TemporalPurgePayload, WalError,
+};
+
+fn config(ring: Option<Arc<KeyRing>>) -> SegmentedWalConfig {
+    let mut c = SegmentedWalConfig::new("/replay");
+    c.segment_bytes_target = 16 * 1024;
+    c.key_ring = ring;
+    c
+}
+
+fn tombstones_and_purges_are_gathered_by_recovery(ring: Option<Arc<KeyRing>>) {
+    let sim = SimStorage::new(1, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config(ring.clone())).unwrap();
+    let scope = Scope { database: 1, tenant: 2, vshard: 0 };
+    fn rec(body: &[u8]) -> Record<'_> {
+        Record::new(RecordType::optional(0x100), body).scoped(Scope { database: 1, tenant: 2, vshard: 0 })
+    }
+    let old = wal.append(rec(b"orders:old")).unwrap();
+    let drop_at = wal.next_lsn();
+    let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: drop_at };
+    assert_eq!(wal.append_tombstone(&tombstone).unwrap(), drop_at);
+    let new = wal.append(rec(b"orders:new")).unwrap();
+    let purge = TemporalPurgePayload {
+        engine: TemporalPurgeEngine::Timeseries,
+        collection: "cpu".into(),
+        cutoff_unix_ms: 1_700_000_000_000,
+        purged_count: 42,
+    };
+    let purge_lsn = wal.append_temporal_purge(&purge, scope).unwrap();
+    for i in 0..200u32 {
+        wal.append(rec(&[i as u8; 100])).unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+
+    let wal = SegmentedWal::open_with(sim, config(ring)).unwrap();
+    let info = wal.recovery_info();
+    assert!(info.segments.len() > 1, "the records span segments");
+    assert_eq!(info.tombstones.purge_lsn(1, 2, "orders"), Some(drop_at));
+    assert_eq!(info.temporal_purges, vec![(purge_lsn, purge)]);
+    let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().map(Result::unwrap).collect();
+    let orders: Vec<_> = records.iter().filter(|r| r.payload.starts_with(b"orders:")).collect();
+    assert_eq!(orders.len(), 2);
+    assert!(!info.tombstones.is_live(orders[0], "orders"), "LSN {old} predates the drop");
+    assert!(info.tombstones.is_live(orders[1], "orders"), "LSN {new} was written after the drop");
+}
+
+#[test]
+fn tombstones_and_purges_are_gathered_by_recovery_plaintext() {
+    tombstones_and_purges_are_gathered_by_recovery(None);
+}
+
+#[test]
+fn tombstones_and_purges_are_gathered_by_recovery_encrypted() {
+    let ring = Arc::new(KeyRing::with_active(3, SecureKey::from_bytes(&mut [5; 32])));
+    tombstones_and_purges_are_gathered_by_recovery(Some(ring));
+}
+
+#[test]
+fn a_tombstone_with_a_name_over_the_limit_is_refused_and_uses_no_lsn() {
+    let wal = SegmentedWal::open_with(SimStorage::new(2, FaultConfig::default()), config(None)).unwrap();
+    let long = CollectionTombstonePayload { database: 1, tenant: 1, collection: "n".repeat(256), purge_lsn: Lsn(1) };
+    assert!(matches!(wal.append_tombstone(&long), Err(WalError::MalformedPayload { .. })));
+    assert_eq!(wal.next_lsn(), Lsn(1));
+}
