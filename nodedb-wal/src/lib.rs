@@ -28,7 +28,7 @@ pub use error::{CorruptionKind, IoOp, KeyFileProblem, Result, WalError};
 pub use format::payload::{
     CalvinAppliedPayload, CollectionTombstonePayload, MAX_COLLECTION_NAME_LEN, PayloadError, TemporalPurgeEngine, TemporalPurgePayload,
 };
-pub use read::WalIter;
+pub use read::{LazyWalReader, RecordHandle, WalIter};
 pub use record::{Record, WalRecord};
 pub use recovery::RecoveryInfo;
 pub use replay::{TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};

@@ -1,10 +1,12 @@
-//! Sequential replay across segments with bounded memory.
+//! Replay across segments with bounded memory: [`WalIter`] hands out whole records,
+//! [`LazyWalReader`] hands out headers and reads a payload only when asked.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{CorruptionKind, Result, WalError};
+use crate::format::frame::RecordHeader;
 use crate::record::WalRecord;
 use crate::recovery::open_existing;
 use crate::segment::crypt::{cipher_for, open_record};
@@ -12,7 +14,7 @@ use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::Storage;
-use crate::types::Lsn;
+use crate::types::{Lsn, RecordType, Scope, SegmentId};
 
 /// How a reader treats encrypted records.
 #[derive(Clone, Debug)]
@@ -23,109 +25,157 @@ pub enum Decrypt {
     Raw,
 }
 
-/// Iterates the records of a log in LSN order, from a starting LSN up to a bound that was
-/// durable when the iterator was made. Holds one segment's read window at a time.
-pub struct WalIter<S: Storage> {
+/// Where and how to read.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadSpec {
+    pub dir: PathBuf,
+    pub direct: bool,
+    pub align: usize,
+    pub segments: Vec<SegmentInfo>,
+    pub from: Lsn,
+    pub until: Lsn,
+    pub decrypt: Decrypt,
+}
+
+/// A record found by a [`Cursor`]: where it is, its header and (unless headers only) its
+/// payload as stored.
+struct Found<'a> {
+    segment: SegmentId,
+    offset: u64,
+    header: RecordHeader,
+    stored: &'a [u8],
+}
+
+/// Walks the records `from..=until` segment by segment, one open segment at a time.
+struct Cursor<S: Storage> {
     storage: Arc<S>,
-    dir: PathBuf,
-    direct: bool,
-    align: usize,
-    segments: Vec<SegmentInfo>,
+    spec: ReadSpec,
     index: usize,
     scan: Option<SegmentScan<S::File>>,
     cipher: Option<SegmentCipher>,
-    decrypt: Decrypt,
-    from: Lsn,
-    until: Lsn,
-    done: bool,
+    headers_only: bool,
 }
 
-impl<S: Storage> std::fmt::Debug for WalIter<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalIter").field("from", &self.from).field("until", &self.until).finish()
-    }
-}
-
-impl<S: Storage> WalIter<S> {
-    /// Records `from..=until` of the listed segments.
-    pub(crate) fn new(
-        storage: Arc<S>,
-        dir: PathBuf,
-        (direct, align): (bool, usize),
-        segments: Vec<SegmentInfo>,
-        (from, until): (Lsn, Lsn),
-        decrypt: Decrypt,
-    ) -> Result<WalIter<S>> {
-        let oldest = segments.first().map_or(until.next(), |s| s.first_lsn);
-        if from < oldest && from <= until {
-            return Err(WalError::LsnNotRetained { requested: from, oldest });
+impl<S: Storage> Cursor<S> {
+    fn new(storage: Arc<S>, spec: ReadSpec, headers_only: bool) -> Result<Cursor<S>> {
+        let oldest = spec.segments.first().map_or(spec.until.next(), |s| s.first_lsn);
+        if spec.from < oldest && spec.from <= spec.until {
+            return Err(WalError::LsnNotRetained { requested: spec.from, oldest });
         }
-        let index = segments.iter().position(|s| s.end_lsn > from).unwrap_or(segments.len());
-        Ok(WalIter { storage, dir, direct, align, segments, index, scan: None, cipher: None, decrypt, from, until, done: from > until })
+        let index = spec.segments.iter().position(|s| s.end_lsn > spec.from).unwrap_or(spec.segments.len());
+        Ok(Cursor { storage, spec, index, scan: None, cipher: None, headers_only })
     }
 
-    fn open_scan(&mut self) -> Result<Option<()>> {
-        let Some(info) = self.segments.get(self.index).copied() else { return Ok(None) };
-        let path = segment::path(&self.dir, info.id);
-        let (file, len) = open_existing(&*self.storage, &path, self.direct)?;
-        let mut reader = ChunkReader::new(file, path, len, self.align, DEFAULT_CHUNK);
-        let head = read_head(&mut reader, info.id)?.map_err(|_| WalError::Corruption {
-            segment: info.id,
-            offset: 0,
-            kind: CorruptionKind::BadSegmentHeader,
-        })?;
-        self.cipher = match &self.decrypt {
+    fn open_scan(&mut self) -> Result<bool> {
+        let Some(info) = self.spec.segments.get(self.index).copied() else { return Ok(false) };
+        let path = segment::path(&self.spec.dir, info.id);
+        let (file, len) = open_existing(&*self.storage, &path, self.spec.direct)?;
+        // The lazy reader reads one block at a time so that skipped payloads stay on disk.
+        let chunk = if self.headers_only { self.spec.align } else { DEFAULT_CHUNK };
+        let mut reader = ChunkReader::new(file, path, len, self.spec.align, chunk);
+        let bad_head = WalError::Corruption { segment: info.id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
+        let head = read_head(&mut reader, info.id)?.map_err(|_| bad_head)?;
+        self.cipher = match &self.spec.decrypt {
             Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,
             Decrypt::Raw => None,
         };
-        self.scan = Some(SegmentScan::new(reader, info.id, &head));
-        Ok(Some(()))
+        let scan = SegmentScan::new(reader, info.id, &head);
+        self.scan = Some(if self.headers_only { scan.headers_only() } else { scan });
+        Ok(true)
     }
 
-    fn advance(&mut self) -> Result<Option<WalRecord>> {
+    /// The next record in range: its segment, offset, header and (unless headers only) payload.
+    fn next(&mut self) -> Result<Option<Found<'_>>> {
         loop {
-            if self.scan.is_none() && self.open_scan()?.is_none() {
+            if self.scan.is_none() && !self.open_scan()? {
                 return Ok(None);
             }
             let scan = self.scan.as_mut().expect("opened above");
             let segment = scan.id();
-            match scan.step()? {
-                Step::Record { header, payload, .. } => {
-                    if header.lsn > self.until {
-                        return Ok(None);
-                    }
-                    if header.lsn < self.from {
-                        continue;
-                    }
-                    let ty = header.record_type;
-                    let unknown = ty.is_reserved() && !ty.is_known_reserved();
-                    if unknown && ty.is_required() {
-                        return Err(WalError::UnknownRequiredType { lsn: header.lsn, record_type: ty });
-                    }
-                    let payload = match &self.decrypt {
-                        Decrypt::Raw => payload.to_vec(),
-                        // Authenticated even when skipped: the type is part of what is signed.
-                        Decrypt::With(_) => open_record(self.cipher.as_ref(), segment, &header, payload)?,
-                    };
-                    if unknown {
-                        continue;
-                    }
-                    return Ok(Some(WalRecord {
-                        lsn: header.lsn,
-                        record_type: header.record_type,
-                        scope: header.scope,
-                        flags: header.flags,
-                        payload,
-                    }));
+            // Polonius would accept returning the borrow straight from the match; today's
+            // borrow checker needs the step's outcome first.
+            let step = match scan.step()? {
+                Step::Record { offset, header, .. } => Ok((offset, header)),
+                Step::End { offset, end, .. } => Err((offset, end)),
+            };
+            match step {
+                Ok((_, header)) if header.lsn > self.spec.until => return Ok(None),
+                Ok((_, header)) if header.lsn < self.spec.from => {}
+                Ok((offset, header)) => {
+                    check_type(&header)?;
+                    let scan = self.scan.as_mut().expect("open");
+                    let payload = if self.headers_only { &[][..] } else { scan.frame_at(offset, &header)? };
+                    return Ok(Some(Found { segment, offset, header, stored: payload }));
                 }
-                Step::End { offset, end, .. } => {
-                    if !matches!(end, TailEnd::Sealed { .. }) && scan.next_lsn() <= self.until {
+                Err((offset, end)) => {
+                    let scan = self.scan.as_ref().expect("open");
+                    if !matches!(end, TailEnd::Sealed { .. }) && scan.next_lsn() <= self.spec.until {
                         return Err(scan.corruption(offset, CorruptionKind::BadFrame));
                     }
                     self.scan = None;
                     self.index += 1;
                 }
             }
+        }
+    }
+
+    /// A stored payload made readable: decrypted and authenticated, unless raw.
+    fn open_payload(&self, segment: SegmentId, header: &RecordHeader, stored: &[u8]) -> Result<Vec<u8>> {
+        match &self.spec.decrypt {
+            Decrypt::Raw => Ok(stored.to_vec()),
+            Decrypt::With(_) => open_record(self.cipher.as_ref(), segment, header, stored),
+        }
+    }
+}
+
+/// An unknown type from this crate's ranges stops a reader if it is required.
+fn check_type(header: &RecordHeader) -> Result<()> {
+    let ty = header.record_type;
+    if ty.is_reserved() && !ty.is_known_reserved() && ty.is_required() {
+        return Err(WalError::UnknownRequiredType { lsn: header.lsn, record_type: ty });
+    }
+    Ok(())
+}
+
+fn is_unknown_optional(ty: RecordType) -> bool {
+    ty.is_reserved() && !ty.is_known_reserved()
+}
+
+/// Iterates the records of a log in LSN order, from a starting LSN up to a bound that was
+/// durable when the iterator was made. Holds one segment's read window at a time.
+pub struct WalIter<S: Storage> {
+    cursor: Cursor<S>,
+    done: bool,
+}
+
+impl<S: Storage> std::fmt::Debug for WalIter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalIter").field("from", &self.cursor.spec.from).field("until", &self.cursor.spec.until).finish()
+    }
+}
+
+impl<S: Storage> WalIter<S> {
+    pub(crate) fn new(storage: Arc<S>, spec: ReadSpec) -> Result<WalIter<S>> {
+        let done = spec.from > spec.until;
+        Ok(WalIter { cursor: Cursor::new(storage, spec, false)?, done })
+    }
+
+    fn advance(&mut self) -> Result<Option<WalRecord>> {
+        loop {
+            let Some(found) = self.cursor.next()? else { return Ok(None) };
+            let (segment, header, stored) = (found.segment, found.header, found.stored.to_vec());
+            // Authenticated even when skipped: the type is part of what is signed.
+            let payload = self.cursor.open_payload(segment, &header, &stored)?;
+            if is_unknown_optional(header.record_type) {
+                continue;
+            }
+            return Ok(Some(WalRecord {
+                lsn: header.lsn,
+                record_type: header.record_type,
+                scope: header.scope,
+                flags: header.flags,
+                payload,
+            }));
         }
     }
 }
@@ -142,5 +192,77 @@ impl<S: Storage> Iterator for WalIter<S> {
             self.done = true;
         }
         item
+    }
+}
+
+/// A record's header, handed out by [`LazyWalReader`] before its payload is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHandle {
+    /// The record's LSN.
+    pub lsn: Lsn,
+    /// Its type.
+    pub record_type: RecordType,
+    /// Database, tenant and vshard.
+    pub scope: Scope,
+    /// Header flags.
+    pub flags: u16,
+    /// Bytes of the payload as stored (for encrypted records, ciphertext plus tag).
+    pub stored_len: u32,
+    segment: SegmentId,
+    offset: u64,
+    header: RecordHeader,
+}
+
+/// Reads headers first; the caller reads a record's payload with [`LazyWalReader::payload`]
+/// or skips it, and a skipped payload is never read from disk (beyond the block its header
+/// shares). A payload that is read is checked (CRC) and decrypted. This is selective replay:
+/// filter by type, scope or LSN on the handle, read only what matters.
+pub struct LazyWalReader<S: Storage> {
+    cursor: Cursor<S>,
+    current: Option<RecordHandle>,
+}
+
+impl<S: Storage> std::fmt::Debug for LazyWalReader<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyWalReader").field("current", &self.current.map(|h| h.lsn)).finish()
+    }
+}
+
+impl<S: Storage> LazyWalReader<S> {
+    pub(crate) fn new(storage: Arc<S>, spec: ReadSpec) -> Result<LazyWalReader<S>> {
+        Ok(LazyWalReader { cursor: Cursor::new(storage, spec, true)?, current: None })
+    }
+
+    /// The next record's header, or `None` at the end. Skips this crate's unknown optional types.
+    pub fn next_header(&mut self) -> Result<Option<RecordHandle>> {
+        loop {
+            let Some(Found { segment, offset, header, .. }) = self.cursor.next()? else {
+                self.current = None;
+                return Ok(None);
+            };
+            if is_unknown_optional(header.record_type) {
+                continue;
+            }
+            let handle = RecordHandle {
+                lsn: header.lsn,
+                record_type: header.record_type,
+                scope: header.scope,
+                flags: header.flags,
+                stored_len: header.payload_len,
+                segment,
+                offset,
+                header,
+            };
+            self.current = Some(handle);
+            return Ok(Some(handle));
+        }
+    }
+
+    /// Reads, checks and decrypts the payload of the record [`Self::next_header`] returned last.
+    pub fn payload(&mut self) -> Result<Vec<u8>> {
+        let handle = self.current.ok_or(WalError::InvalidConfig { reason: "payload() needs a record from next_header()" })?;
+        let scan = self.cursor.scan.as_mut().expect("the handle's segment is open");
+        let stored = scan.frame_at(handle.offset, &handle.header)?.to_vec();
+        self.cursor.open_payload(handle.segment, &handle.header, &stored)
     }
 }

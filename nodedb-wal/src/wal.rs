@@ -10,7 +10,7 @@ use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
-use crate::read::{Decrypt, WalIter};
+use crate::read::{Decrypt, LazyWalReader, ReadSpec, WalIter};
 use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo};
@@ -207,9 +207,24 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     fn reader(&self, from: Lsn, decrypt: Decrypt) -> Result<WalIter<S>> {
-        let until = self.durable_lsn();
-        let io = (self.direct, self.config.alignment);
-        WalIter::new(Arc::clone(&self.storage), self.config.dir.clone(), io, self.segments(), (from, until), decrypt)
+        WalIter::new(Arc::clone(&self.storage), self.read_spec(from, decrypt))
+    }
+
+    /// Reads durable records from `from` on, headers first: see [`LazyWalReader`].
+    pub fn lazy_reader(&self, from: Lsn) -> Result<LazyWalReader<S>> {
+        LazyWalReader::new(Arc::clone(&self.storage), self.read_spec(from, Decrypt::With(self.config.key_ring.clone())))
+    }
+
+    fn read_spec(&self, from: Lsn, decrypt: Decrypt) -> ReadSpec {
+        ReadSpec {
+            dir: self.config.dir.clone(),
+            direct: self.direct,
+            align: self.config.alignment,
+            segments: self.segments(),
+            from,
+            until: self.durable_lsn(),
+            decrypt,
+        }
     }
 
     /// Removes whole segments whose records all lie below `checkpoint`, oldest first, each

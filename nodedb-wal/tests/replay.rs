@@ -72,3 +72,35 @@ fn a_tombstone_with_a_name_over_the_limit_is_refused_and_uses_no_lsn() {
     assert!(matches!(wal.append_tombstone(&long), Err(WalError::MalformedPayload { .. })));
     assert_eq!(wal.next_lsn(), Lsn(1));
 }
+
+#[test]
+fn the_lazy_reader_reads_only_the_payloads_asked_for() {
+    let sim = SimStorage::new(3, FaultConfig::default());
+    let mut c = config(Some(Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [6; 32])))));
+    c.segment_bytes_target = 4 << 20;
+    let wal = SegmentedWal::open_with(sim.clone(), c).unwrap();
+    let (wanted, other) = (RecordType::optional(0x200), RecordType::optional(0x300));
+    for i in 0..40u32 {
+        let ty = if i % 10 == 0 { wanted } else { other };
+        wal.append(Record::new(ty, &vec![i as u8; 64 * 1024])).unwrap();
+    }
+    wal.sync().unwrap();
+
+    let before = sim.bytes_read();
+    let mut lazy = wal.lazy_reader(Lsn(1)).unwrap();
+    let mut got = Vec::new();
+    while let Some(h) = lazy.next_header().unwrap() {
+        if h.record_type == wanted {
+            got.push((h.lsn, lazy.payload().unwrap()));
+        }
+    }
+    let lazy_bytes = sim.bytes_read() - before;
+    assert_eq!(got.len(), 4);
+    for (lsn, payload) in &got {
+        assert_eq!(payload, &vec![(lsn.0 - 1) as u8; 64 * 1024], "payload of {lsn} decrypted and intact");
+    }
+    let before = sim.bytes_read();
+    assert_eq!(wal.read_from(Lsn(1)).unwrap().count(), 40);
+    let full_bytes = sim.bytes_read() - before;
+    assert!(lazy_bytes * 4 < full_bytes, "headers and 4 of 40 payloads cost {lazy_bytes} bytes; full replay {full_bytes}");
+}

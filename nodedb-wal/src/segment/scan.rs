@@ -124,6 +124,9 @@ pub struct SegmentScan<F> {
     pos: u64,
     next_lsn: Lsn,
     done: bool,
+    /// Check headers only: payloads are neither read nor checksummed (the lazy reader checks a
+    /// payload when it is asked for). Only for the durable part of a recovered log.
+    headers_only: bool,
     /// The last block boundary checked for a recovery seal, and what it holds (see
     /// `cut_by_recovery`).
     seal_checked: Option<(u64, Option<RecoverySeal>)>,
@@ -146,8 +149,15 @@ impl<F: StorageFile> SegmentScan<F> {
             pos: head.body_start,
             next_lsn: head.header.first_lsn,
             done: false,
+            headers_only: false,
             seal_checked: None,
         }
+    }
+
+    /// A scan that checks headers only and hands out empty payloads (see `headers_only`).
+    pub fn headers_only(mut self) -> SegmentScan<F> {
+        self.headers_only = true;
+        self
     }
 
     /// The LSN the next record must carry.
@@ -204,6 +214,9 @@ impl<F: StorageFile> SegmentScan<F> {
                     // may be skipped is the reader's decision (it must authenticate it first).
                     self.pos = at + header.frame_len() as u64;
                     self.next_lsn = self.next_lsn.next();
+                    if self.headers_only {
+                        return Ok(Step::Record { offset: at, header, payload: &[] });
+                    }
                     let payload = self.payload(at, &header)?;
                     return Ok(Step::Record { offset: at, header, payload });
                 }
@@ -236,8 +249,8 @@ impl<F: StorageFile> SegmentScan<F> {
         if at + header.frame_len() as u64 > file_len {
             return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
         }
-        let frame = self.reader.get(at, header.frame_len())?;
-        if decode_frame(frame).is_err() {
+        let meta = header.record_type.is_meta();
+        if (meta || !self.headers_only) && decode_frame(self.reader.get(at, header.frame_len())?).is_err() {
             return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
         }
         if header.salt != self.salt {
@@ -296,6 +309,15 @@ impl<F: StorageFile> SegmentScan<F> {
             return Ok(None);
         }
         Ok(SegmentEndPayload::decode(&frame[HEADER_LEN..]).map(|p| RecoverySeal { records_end: p.records_end, next_lsn: header.lsn }))
+    }
+
+    /// The checked frame at `offset` (a record handed out earlier) and its payload.
+    pub fn frame_at(&mut self, offset: u64, expected: &RecordHeader) -> Result<&[u8]> {
+        let frame = self.reader.get(offset, expected.frame_len())?;
+        match decode_frame(frame) {
+            Ok(h) if h == *expected => Ok(&frame[HEADER_LEN..]),
+            _ => Err(WalError::Corruption { segment: self.id, offset, kind: CorruptionKind::BadFrame }),
+        }
     }
 
     /// What the frames and bytes from `from` on say (see [`scan_claims`]).

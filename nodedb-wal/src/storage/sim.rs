@@ -84,6 +84,7 @@ struct Disk {
     locks: HashSet<PathBuf>,
     fail_next_sync: bool,
     syncs: u64,
+    bytes_read: u64,
 }
 
 /// The simulated file system. Clones share one disk.
@@ -115,6 +116,7 @@ impl SimStorage {
             locks: HashSet::new(),
             fail_next_sync: false,
             syncs: 0,
+            bytes_read: 0,
         };
         SimStorage { disk: Arc::new(Mutex::new(disk)), direct_align: 4096 }
     }
@@ -137,6 +139,12 @@ impl SimStorage {
     #[must_use]
     pub fn sync_count(&self) -> u64 {
         self.lock().syncs
+    }
+
+    /// Bytes that reads have returned so far.
+    #[must_use]
+    pub fn bytes_read(&self) -> u64 {
+        self.lock().bytes_read
     }
 
     /// Pulls the plug. This storage and every file opened from it fail all later calls with
@@ -164,6 +172,7 @@ impl SimStorage {
             locks: HashSet::new(),
             fail_next_sync: false,
             syncs: 0,
+            bytes_read: 0,
         };
         SimStorage { disk: Arc::new(Mutex::new(next)), direct_align: self.direct_align }
     }
@@ -334,11 +343,12 @@ impl SimFile {
 impl StorageFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.check_alignment(buf.as_ptr() as usize, buf.len(), offset)?;
-        let disk = self.lock()?;
+        let mut disk = self.lock()?;
         let data = &disk.inodes[&self.ino].volatile;
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
         let n = (data.len() - start).min(buf.len());
         buf[..n].copy_from_slice(&data[start..start + n]);
+        disk.bytes_read += n as u64;
         Ok(n)
     }
 
