@@ -475,3 +475,150 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
     Err(format!("{program} {}: {} {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()))
 }
+
+pub mod crash;
+
+/// A file system type that [`LoopFs`] can make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// ext4 with 4 KiB blocks and its journal.
+    Ext4,
+    /// XFS.
+    Xfs,
+}
+
+impl FsKind {
+    /// The name `mount -t` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Ext4 => "ext4",
+            FsKind::Xfs => "xfs",
+        }
+    }
+
+    /// The mkfs program and its arguments before the image path.
+    fn mkfs(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            FsKind::Ext4 => ("mkfs.ext4", &["-q", "-F", "-b", "4096"]),
+            FsKind::Xfs => ("mkfs.xfs", &["-q", "-f"]),
+        }
+    }
+
+    /// Size of the sparse image. mkfs.xfs refuses file systems under 300 MB (xfsprogs 5.19 on).
+    fn image_bytes(self) -> u64 {
+        match self {
+            FsKind::Ext4 => 128 << 20,
+            FsKind::Xfs => 320 << 20,
+        }
+    }
+}
+
+/// A fresh file system in a sparse image file (under the target directory, on a real disk),
+/// attached to a loop device and mounted on a fresh directory. Dropping it, even while a test
+/// panics, unmounts it, detaches the loop device and removes the image.
+#[derive(Debug)]
+pub struct LoopFs {
+    kind: FsKind,
+    device: String,
+    mounted: bool,
+    dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// Makes, attaches and mounts a file system of `kind`, or explains why it cannot (not root,
+    /// no mkfs, no loop device, mount refused).
+    pub fn create(kind: FsKind) -> Result<LoopFs, String> {
+        if !is_root() {
+            return Err("not running as root".into());
+        }
+        let (mkfs, args) = kind.mkfs();
+        if Command::new(mkfs).arg("-V").output().is_err() {
+            return Err(format!("{mkfs} is not installed"));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("nodedb-wal-loopfs-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .map_err(|e| format!("temporary directory: {e}"))?;
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image).and_then(|f| f.set_len(kind.image_bytes())).map_err(|e| format!("image file: {e}"))?;
+        let mut mkfs_args = args.to_vec();
+        mkfs_args.push(path_str(&image));
+        run(mkfs, &mkfs_args)?;
+        let device = run_stdout("losetup", &["-f", "--show", path_str(&image)])?;
+        // From here on, dropping the guard detaches the device.
+        let mut fs = LoopFs { kind, device, mounted: false, dir };
+        std::fs::create_dir(fs.path()).map_err(|e| format!("mount point: {e}"))?;
+        fs.mount()?;
+        Ok(fs)
+    }
+
+    /// Where the file system is mounted.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// The file system type.
+    pub fn kind(&self) -> FsKind {
+        self.kind
+    }
+
+    /// Mounts the file system (running its journal or log recovery).
+    pub fn mount(&mut self) -> Result<(), String> {
+        assert!(!self.mounted, "{} is mounted already", self.device);
+        run("mount", &["-t", self.kind.name(), &self.device, path_str(&self.path())])?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    /// Unmounts the file system; every file on it must be closed. While it is busy, tries
+    /// again for a while: the kernel may release the files of a killed process's io_uring a
+    /// moment after the process has been reaped.
+    pub fn unmount(&mut self) -> Result<(), String> {
+        assert!(self.mounted, "{} is not mounted", self.device);
+        let start = std::time::Instant::now();
+        loop {
+            match run("umount", &[path_str(&self.path())]) {
+                Ok(()) => break,
+                Err(e) if e.contains("busy") && start.elapsed() < std::time::Duration::from_secs(30) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.mounted = false;
+        Ok(())
+    }
+
+    /// Unmounts and mounts again: what the file system kept is what a reboot would find.
+    pub fn remount(&mut self) -> Result<(), String> {
+        self.unmount()?;
+        self.mount()
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted && self.unmount().is_err() {
+            // Busy (a file still open): detach it so the device and the directory can go.
+            eprintln!("umount {} failed; detaching lazily", self.path().display());
+            let _ = run("umount", &["-l", path_str(&self.path())]);
+        }
+        if let Err(e) = run("losetup", &["-d", &self.device]) {
+            eprintln!("detaching {} failed: {e}", self.device);
+        }
+    }
+}
+
+/// Whether the effective user is root (from `/proc/self/status`).
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1)) == Some("0")
+}
+
+fn run_stdout(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    Err(format!("{program} {}: {} {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()))
+}

@@ -1,0 +1,228 @@
+//! The crash harness shared by `process_kill` and `fs_shutdown`.
+//!
+//! A child process (the test binary itself, re-executed to run only its child entry point)
+//! opens the log and appends from [`THREADS`] threads; after each `wait_durable` returns Ok it
+//! writes an `ACK lsn thread seq` line to an acknowledgement file, one `write` per group of
+//! lines ([`child`]). The parent crashes the child, reads the file (a killed child may leave a
+//! partial last line) and reopens the log. [`model::Model`] then checks what recovery returned:
+//! dense LSNs, every record the log ever returned before still there unchanged, every
+//! acknowledged record there, and every new record intact, from this round's child, and one
+//! that its thread really appended.
+//!
+//! A payload names its origin (round, thread, sequence number) in its first 16 bytes; the rest
+//! of it, its length, type and scope are a function of that origin, so one bit out of place or a
+//! record that was never appended shows.
+
+pub mod child;
+pub mod model;
+
+use std::path::Path;
+use std::time::Duration;
+
+use nodedb_wal::{FsStorage, RecordType, Scope, SegmentedWal, SegmentedWalConfig, WalError, WalRecord};
+
+/// Appending threads in the child.
+pub const THREADS: u32 = 8;
+/// The `thread` of the records the parent appends between rounds.
+pub const PARENT_THREAD: u32 = u32::MAX;
+
+/// The configuration of every crash test log: small segments so that rounds roll them often,
+/// small batches so that big payloads take the one-off buffer path.
+pub fn config(dir: &Path, direct: bool) -> SegmentedWalConfig {
+    let mut c = SegmentedWalConfig::new(dir);
+    c.segment_bytes_target = 128 * 1024;
+    c.batch_bytes_max = 16 * 1024;
+    c.alignment = 4096;
+    c.direct_io = direct;
+    c.allow_buffered_fallback = true;
+    c
+}
+
+/// How a round opens the log: every combination of I/O backend and page-cache use crashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// io_uring (where the kernel allows it) rather than pwrite + fdatasync.
+    pub uring: bool,
+    /// O_DIRECT rather than buffered writes.
+    pub direct: bool,
+}
+
+impl Mode {
+    /// The mode of round `round`.
+    pub fn of_round(round: u32) -> Mode {
+        Mode { uring: round % 2 == 0, direct: round % 4 < 2 }
+    }
+
+    fn encode(self) -> String {
+        format!("{}-{}", if self.uring { "uring" } else { "pwrite" }, if self.direct { "direct" } else { "buffered" })
+    }
+
+    fn decode(s: &str) -> Mode {
+        let (backend, io) = s.split_once('-').unwrap_or_else(|| panic!("bad mode {s:?}"));
+        Mode { uring: backend == "uring", direct: io == "direct" }
+    }
+
+    /// Opens the log in `dir` this way.
+    pub fn open(self, dir: &Path) -> Result<SegmentedWal, WalError> {
+        let storage = if self.uring { FsStorage::new() } else { FsStorage::pwrite_only() };
+        SegmentedWal::open_with(storage, config(dir, self.direct))
+    }
+}
+
+/// Who appended a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The crash round (the parent's records between rounds carry the round they follow).
+    pub round: u32,
+    /// The child's appending thread, or [`PARENT_THREAD`].
+    pub thread: u32,
+    /// The thread's sequence number in its round, from 0.
+    pub seq: u64,
+}
+
+const ORIGIN_LEN: usize = 16;
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Origin {
+    fn hash(self) -> u64 {
+        mix(mix((u64::from(self.round) << 32) | u64::from(self.thread)) ^ self.seq)
+    }
+
+    /// The payload: the origin, then 0 to 599 bytes (one record in 256: 16 to 40 KiB, more
+    /// than a batch buffer holds) of a stream seeded by it.
+    pub fn payload(self) -> Vec<u8> {
+        let h = self.hash();
+        let body = if h % 256 == 0 { 16 * 1024 + (h >> 8) % (24 * 1024) } else { (h >> 8) % 600 } as usize;
+        let mut bytes = Vec::with_capacity(ORIGIN_LEN + body + 8);
+        bytes.extend_from_slice(&self.round.to_le_bytes());
+        bytes.extend_from_slice(&self.thread.to_le_bytes());
+        bytes.extend_from_slice(&self.seq.to_le_bytes());
+        let mut x = h;
+        while bytes.len() < ORIGIN_LEN + body {
+            x = mix(x);
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        bytes.truncate(ORIGIN_LEN + body);
+        bytes
+    }
+
+    /// The record type: optional or required application types.
+    pub fn record_type(self) -> RecordType {
+        let h = self.hash();
+        let code = 0x100 + (h >> 40) as u16 % 64;
+        if h >> 63 == 0 { RecordType::optional(code) } else { RecordType::required(code) }
+    }
+
+    /// The scope.
+    pub fn scope(self) -> Scope {
+        let h = self.hash();
+        Scope { database: self.round, tenant: self.thread, vshard: (h >> 20) as u32 % 1024 }
+    }
+
+    /// Decodes a record's origin and checks every byte of it against what that origin appends.
+    pub fn of(record: &WalRecord) -> Result<Origin, String> {
+        let p = &record.payload;
+        if p.len() < ORIGIN_LEN {
+            return Err(format!("LSN {}: payload of {} bytes is too short to name its origin", record.lsn, p.len()));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(p[at..at + 4].try_into().expect("4 bytes"));
+        let origin = Origin { round: u32_at(0), thread: u32_at(4), seq: u64::from_le_bytes(p[8..16].try_into().expect("8 bytes")) };
+        let expected = origin.payload();
+        if *p != expected {
+            let differ = p.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(p.len().min(expected.len()));
+            return Err(format!(
+                "LSN {}: payload claims {origin:?} but differs from its payload ({} bytes, expected {}, first difference at byte {differ})",
+                record.lsn,
+                p.len(),
+                expected.len()
+            ));
+        }
+        if record.record_type != origin.record_type() || record.scope != origin.scope() || record.flags != 0 {
+            return Err(format!(
+                "LSN {}: {origin:?} has type {:?}, scope {:?}, flags {}; expected {:?}, {:?}, 0",
+                record.lsn,
+                record.record_type,
+                record.scope,
+                record.flags,
+                origin.record_type(),
+                origin.scope()
+            ));
+        }
+        Ok(origin)
+    }
+}
+
+/// How many records a child thread appends before it waits for the last of them: thread 0
+/// appends one at a time, the others keep up to four in flight.
+pub fn pipeline_depth(thread: u32) -> u64 {
+    1 + u64::from(thread % 4)
+}
+
+/// A small deterministic generator (splitmix64) for kill moments.
+#[derive(Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `NODEDB_WAL_CRASH_SEED`, else from the clock; prints the seed.
+    pub fn from_env(test: &str) -> Rng {
+        let seed = std::env::var("NODEDB_WAL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            now.as_nanos() as u64
+        });
+        eprintln!("{test}: seed {seed} (set NODEDB_WAL_CRASH_SEED to repeat the kill schedule)");
+        Rng(seed)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        mix(self.0) % n
+    }
+
+    /// A pause of 1 to 50 ms.
+    pub fn kill_delay(&mut self) -> Duration {
+        Duration::from_micros(1000 + self.below(49_000))
+    }
+}
+
+/// Rounds to run: `var` if set, else `release` in optimised builds and `debug` otherwise.
+pub fn rounds_from_env(var: &str, release: u32, debug: u32) -> u32 {
+    let default = if cfg!(debug_assertions) { debug } else { release };
+    std::env::var(var).ok().map_or(default, |s| s.parse().unwrap_or_else(|_| panic!("{var}={s:?} is not a number")))
+}
+
+/// A scratch directory on a real disk (under the target directory, not a possible tmpfs).
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("nodedb-wal-crash-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// Runs `check`; if it panics, copies the log directory to the target directory for a
+/// post-mortem before letting the panic go on.
+pub fn preserving_on_failure<T>(dir: &Path, label: &str, check: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+        Ok(value) => value,
+        Err(panic) => {
+            let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-failure-{label}-{}", std::process::id()));
+            match copy_tree(dir, &keep) {
+                Ok(()) => eprintln!("the failing log is kept in {}", keep.display()),
+                Err(e) => eprintln!("could not keep the failing log: {e}"),
+            }
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}

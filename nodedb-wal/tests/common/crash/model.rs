@@ -1,0 +1,140 @@
+//! What the log must hold after each crash, and the checks that it does.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nodedb_wal::{Lsn, Record, SegmentedWal, WalRecord};
+
+use super::child::Acks;
+use super::{Origin, PARENT_THREAD, THREADS, pipeline_depth};
+
+/// Records the parent appends after each recovery.
+const PARENT_RECORDS: u64 = 5;
+/// Records kept below the newest when the parent truncates, so that recovery always walks
+/// several sealed segments but the log stays small over hundreds of rounds.
+const KEEP_RECORDS: u64 = 3000;
+
+/// Everything the log has returned since the test began, which it must keep returning.
+#[derive(Debug)]
+pub struct Model {
+    records: BTreeMap<u64, Origin>,
+    /// The oldest retained LSN.
+    first: u64,
+    /// The last LSN (0 while the log holds nothing).
+    last: u64,
+    /// Records children acknowledged, over all rounds.
+    pub acked_total: u64,
+    /// Records recovered that were appended but never acknowledged, over all rounds.
+    pub unacked_total: u64,
+    /// Recoveries that cut a torn tail.
+    pub torn_tails: u64,
+}
+
+impl Default for Model {
+    fn default() -> Model {
+        Model { records: BTreeMap::new(), first: 1, last: 0, acked_total: 0, unacked_total: 0, torn_tails: 0 }
+    }
+}
+
+impl Model {
+    /// The last LSN the log holds.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Checks the freshly reopened `wal` after the child of `round` crashed, then takes its new
+    /// records into the model.
+    pub fn check_recovery(&mut self, wal: &SegmentedWal, round: u32, acks: &Acks) {
+        let info = wal.recovery_info();
+        self.torn_tails += u64::from(info.torn_tail.is_some());
+        assert_eq!(info.first_lsn.0, self.first, "recovery must keep every segment truncation left: {info:?}");
+        if let Some(opened) = acks.opened_at {
+            assert_eq!(opened.0, self.last + 1, "the child's recovery after the parent's clean close saw everything");
+        }
+        let records: Vec<WalRecord> = wal
+            .read_from(info.first_lsn)
+            .unwrap_or_else(|e| panic!("read_from({}) failed: {e}", info.first_lsn))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("replay failed after recovery: {e} ({info:?})"));
+        let lsns_dense = records.iter().enumerate().all(|(i, r)| r.lsn.0 == self.first + i as u64);
+        assert!(lsns_dense, "LSNs are dense from {}: {:?}", self.first, records.iter().map(|r| r.lsn.0).collect::<Vec<_>>());
+        let last = self.first + records.len() as u64 - 1;
+        assert_eq!(info.last_lsn.0, last, "recovery_info().last_lsn matches the replay");
+        assert_eq!(info.record_count, records.len() as u64, "recovery_info().record_count matches the replay");
+        assert_eq!(wal.next_lsn().0, last + 1, "the next LSN follows the last recovered one");
+        assert!(last >= self.last, "records the log returned before are gone: it held up to {}, now up to {last}", self.last);
+
+        let mut origins = Vec::with_capacity(records.len());
+        for r in &records {
+            let origin = Origin::of(r).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            if let Some(known) = self.records.get(&r.lsn.0) {
+                assert_eq!(origin, *known, "LSN {} changed since the log returned it", r.lsn);
+            }
+            origins.push(origin);
+        }
+        let new = &origins[(self.last + 1 - self.first) as usize..];
+        self.check_new_records(round, self.last + 1, new, acks);
+        for (i, origin) in new.iter().enumerate() {
+            self.records.insert(self.last + 1 + i as u64, *origin);
+        }
+        self.acked_total += acks.acked.len() as u64;
+        self.unacked_total += new.len() as u64 - acks.acked.len() as u64;
+        self.last = last;
+    }
+
+    /// The records a child added (from LSN `from` on): each from this round, each thread's
+    /// sequence numbers 0, 1, 2, ... in LSN order, every acknowledged one among them, and no
+    /// thread further than its acknowledgements plus one pipeline of appends it had not yet
+    /// seen acknowledged.
+    fn check_new_records(&self, round: u32, from: u64, new: &[Origin], acks: &Acks) {
+        let mut next_seq: HashMap<u32, u64> = HashMap::new();
+        for (i, origin) in new.iter().enumerate() {
+            let lsn = from + i as u64;
+            assert_eq!(origin.round, round, "LSN {lsn}: {origin:?} was not appended in round {round}");
+            assert!(origin.thread < THREADS, "LSN {lsn}: {origin:?} names no child thread");
+            let expected = next_seq.entry(origin.thread).or_insert(0);
+            assert_eq!(origin.seq, *expected, "LSN {lsn}: thread {} skipped or repeated a record", origin.thread);
+            *expected += 1;
+        }
+        let mut acked_per_thread: HashMap<u32, u64> = HashMap::new();
+        for ack in &acks.acked {
+            let at = ack.lsn.0.checked_sub(from).map(|i| i as usize).and_then(|i| new.get(i));
+            let Some(found) = at else {
+                panic!("round {round}: acknowledged {ack:?} is lost; the log ends at LSN {}", from + new.len() as u64 - 1);
+            };
+            assert_eq!((found.thread, found.seq), (ack.thread, ack.seq), "acknowledged LSN {} holds another record", ack.lsn);
+            *acked_per_thread.entry(ack.thread).or_insert(0) += 1;
+        }
+        for (thread, count) in next_seq {
+            let acked = acked_per_thread.get(&thread).copied().unwrap_or(0);
+            let depth = pipeline_depth(thread);
+            assert!(
+                count < acked + depth + 1,
+                "round {round}: thread {thread} has {count} records but only {acked} acknowledged; it never appended more than {depth} ahead"
+            );
+        }
+    }
+
+    /// Appends a few records from the parent: the recovered log accepts appends at the next
+    /// LSN, and they become durable.
+    pub fn append_as_parent(&mut self, wal: &SegmentedWal, round: u32) {
+        for seq in 0..PARENT_RECORDS {
+            let origin = Origin { round, thread: PARENT_THREAD, seq };
+            let payload = origin.payload();
+            let lsn = wal.append(Record::new(origin.record_type(), &payload).scoped(origin.scope())).expect("append after recovery");
+            assert_eq!(lsn.0, self.last + 1, "appends after recovery continue at the next LSN");
+            self.records.insert(lsn.0, origin);
+            self.last = lsn.0;
+        }
+        assert_eq!(wal.sync().expect("sync after recovery").0, self.last);
+    }
+
+    /// Removes old segments so that hundreds of rounds keep the log small.
+    pub fn truncate(&mut self, wal: &SegmentedWal) {
+        let checkpoint = self.last.saturating_sub(KEEP_RECORDS);
+        wal.truncate_before(Lsn(checkpoint)).expect("truncate");
+        let first = wal.segments().first().map_or(self.last + 1, |s| s.first_lsn.0);
+        assert!(first <= checkpoint.max(self.first), "truncation removed records at or above the checkpoint {checkpoint}");
+        self.first = first;
+        self.records = self.records.split_off(&first);
+    }
+}
