@@ -51,7 +51,7 @@ impl<S: Storage> SegmentedWal<S> {
     pub fn open_with(storage: S, config: SegmentedWalConfig) -> Result<SegmentedWal<S>> {
         config.validate()?;
         let dir = config.dir.clone();
-        storage.create_dir_all(&dir).map_err(|e| WalError::io(IoOp::CreateDir, &dir, e))?;
+        create_log_dir(&storage, &dir)?;
         let lock = storage.lock_dir(&dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => WalError::Locked { path: dir.clone() },
             _ => WalError::io(IoOp::Lock, &dir, e),
@@ -257,6 +257,22 @@ impl<S: Storage> SegmentedWal<S> {
     pub fn close(self) -> Result<()> {
         self.committer.close()
     }
+}
+
+/// Creates the log directory and makes every level it had to create durable in its parent: a
+/// new directory's entry is not durable until its parent is synced.
+fn create_log_dir<S: Storage>(storage: &S, dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| storage.list(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound))
+        .collect();
+    storage.create_dir_all(dir).map_err(|e| WalError::io(IoOp::CreateDir, dir, e))?;
+    for created in missing.iter().rev() {
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        storage.sync_dir(parent).map_err(|e| WalError::io(IoOp::SyncDir, parent, e))?;
+    }
+    Ok(())
 }
 
 /// Whether this directory's file system takes O_DIRECT, and whether the config lets us go on

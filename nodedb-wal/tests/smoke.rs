@@ -120,3 +120,17 @@ fn an_unknown_required_type_stops_a_reader_and_an_unknown_optional_one_is_skippe
     let err = reader.next().unwrap().unwrap_err();
     assert!(matches!(err, nodedb_wal::WalError::UnknownRequiredType { lsn: Lsn(3), record_type: RecordType(0x8050) }), "{err}");
 }
+
+// Found by review of the crash tests: open created the log directory but never synced its
+// parent, so a crash could take the whole directory, acknowledged records included.
+#[test]
+fn a_log_directory_created_by_open_survives_a_crash() {
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let dir = std::path::Path::new("/data/new/wal");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    let lsn = wal.append_durable(Record::new(RecordType::optional(0x100), b"kept")).unwrap();
+    let after = sim.crash(1);
+    drop(wal);
+    let wal = SegmentedWal::open_with(after, config(dir)).unwrap();
+    assert_eq!(wal.recovery_info().last_lsn, lsn, "the directory and its record survived");
+}

@@ -71,6 +71,9 @@ struct Inode {
 struct Dir {
     volatile: BTreeMap<String, u64>,
     durable: BTreeMap<String, u64>,
+    /// Whether the directory's own entry in its parent survives a crash (after a `sync_dir` of
+    /// the parent; the root always does).
+    entry_durable: bool,
 }
 
 #[derive(Debug)]
@@ -112,7 +115,7 @@ impl SimStorage {
             dead: false,
             inodes: HashMap::new(),
             next_ino: 1,
-            dirs: BTreeMap::new(),
+            dirs: BTreeMap::from([(PathBuf::from("/"), Dir { entry_durable: true, ..Dir::default() })]),
             locks: HashSet::new(),
             fail_next_sync: false,
             syncs: 0,
@@ -156,11 +159,11 @@ impl SimStorage {
         let mut rng = SimRng::new(seed);
         let mut inodes = HashMap::new();
         let mut dirs = BTreeMap::new();
-        for (path, dir) in &disk.dirs {
+        for (path, dir) in disk.dirs.iter().filter(|(path, _)| dir_survives(&disk.dirs, path)) {
             for &ino in dir.durable.values() {
                 inodes.entry(ino).or_insert_with(|| survivor(&disk.inodes[&ino], &mut rng));
             }
-            dirs.insert(path.clone(), Dir { volatile: dir.durable.clone(), durable: dir.durable.clone() });
+            dirs.insert(path.clone(), Dir { volatile: dir.durable.clone(), durable: dir.durable.clone(), entry_durable: true });
         }
         let next = Disk {
             rng: SimRng::new(rng.next_u64()),
@@ -194,6 +197,11 @@ impl SimStorage {
         inode.durable = bytes.to_vec();
         inode.dirty.clear();
     }
+}
+
+/// Whether a directory and every ancestor have durable entries.
+fn dir_survives(dirs: &BTreeMap<PathBuf, Dir>, path: &Path) -> bool {
+    path.ancestors().all(|p| dirs.get(p).is_none_or(|d| d.entry_durable))
 }
 
 /// What a crash leaves of one file: the durable image plus a random subset of dirty sectors.
@@ -252,8 +260,10 @@ impl Storage for SimStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut disk = self.lock();
         alive(&disk)?;
-        // Directories themselves are durable at once: the log never relies on creating them.
-        disk.dirs.entry(dir.to_path_buf()).or_default();
+        // A new directory's entry is volatile until its parent is synced.
+        for level in dir.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+            disk.dirs.entry(level.to_path_buf()).or_default();
+        }
         Ok(())
     }
 
@@ -310,6 +320,11 @@ impl Storage for SimStorage {
         }
         let entries = disk.dirs.get_mut(dir).ok_or(io::ErrorKind::NotFound)?;
         entries.durable = entries.volatile.clone();
+        for (path, child) in disk.dirs.iter_mut() {
+            if path.parent() == Some(dir) {
+                child.entry_durable = true;
+            }
+        }
         Ok(())
     }
 }
@@ -441,6 +456,9 @@ mod tests {
         let sim = SimStorage::new(1, FaultConfig::default());
         let dir = Path::new("/d");
         sim.create_dir_all(dir).unwrap();
+        sim.create_dir_all(Path::new("/e")).unwrap();
+        sim.sync_dir(Path::new("/")).unwrap();
+        sim.create_dir_all(Path::new("/e/unsynced")).unwrap();
         let f = sim.open(&dir.join("a"), mode()).unwrap();
         f.write_at(b"hello", 0).unwrap();
         f.sync_data().unwrap();
@@ -451,6 +469,8 @@ mod tests {
         let after = sim.crash(7);
         assert_eq!(after.read_file(&dir.join("a")).unwrap(), b"hello");
         assert!(after.read_file(&dir.join("b")).is_none(), "entry was never synced");
+        assert!(after.list(Path::new("/e")).is_ok());
+        assert!(after.list(Path::new("/e/unsynced")).is_err(), "a directory whose parent was never synced vanishes");
         assert!(f.write_at(b"x", 0).is_err(), "old handles are dead");
     }
 
