@@ -3,6 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::format::dwb::FileId;
 use crate::types::{Lsn, RecordType, SegmentId};
 
 /// Result with [`WalError`].
@@ -271,6 +272,63 @@ pub enum WalError {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// The double-write buffer's file could not be opened or written, and its policy is to
+    /// refuse page writes while degraded. Nothing of the refused write reached its pages.
+    #[error("the double-write buffer {} is degraded by a failed {op:?} ({kind}); page writes are refused", path.display())]
+    DwbDegraded {
+        /// The buffer file.
+        path: PathBuf,
+        /// The step that failed.
+        op: IoOp,
+        /// The operating system's error kind.
+        kind: io::ErrorKind,
+    },
+    /// A page write or recovery needs a file that was never registered with the buffer.
+    #[error("page file {file} is not registered with the double-write buffer")]
+    DwbUnknownFile {
+        /// The file.
+        file: FileId,
+    },
+    /// A page's length differs from the length its file was registered with.
+    #[error("page {page_no} of file {file} is {len} bytes; the file's pages are {expected}")]
+    DwbPageLen {
+        /// The file.
+        file: FileId,
+        /// The page.
+        page_no: u64,
+        /// Its length.
+        len: usize,
+        /// The registered page length.
+        expected: usize,
+    },
+    /// Pages were written before `recover` ran on a buffer file that existed at open: the
+    /// write could overwrite the only intact image of a torn page.
+    #[error("the double-write buffer {} holds images from before the open; call recover first", path.display())]
+    DwbNotRecovered {
+        /// The buffer file.
+        path: PathBuf,
+    },
+    /// A page is torn in place and its newest buffered image is rejected by the caller's
+    /// validator, so it cannot be repaired. Nothing was written to it.
+    #[error("page {page_no} of file {file} is torn and its buffered image (sequence {seq}) is not a valid page")]
+    DwbUnrepairable {
+        /// The file.
+        file: FileId,
+        /// The page.
+        page_no: u64,
+        /// The sequence of the rejected image.
+        seq: u64,
+    },
+    /// The buffer file was written by a format version this build does not read.
+    #[error("double-write buffer {} has format version {version}, this build reads up to {supported}", path.display())]
+    DwbUnsupportedVersion {
+        /// The buffer file.
+        path: PathBuf,
+        /// Its version.
+        version: u16,
+        /// The newest version this build reads.
+        supported: u16,
+    },
 }
 
 impl WalError {

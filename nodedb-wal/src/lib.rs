@@ -4,12 +4,16 @@
 //! CRC32C, dense LSNs, O_DIRECT block-aligned writes through io_uring, and a group committer
 //! so that many concurrent appends share one fdatasync. Recovery returns every acknowledged
 //! record and nothing else, cuts torn tails and reports real corruption as an error.
+//!
+//! Beside the log, [`DoubleWriteBuffer`] protects the storage engines' in-place page writes
+//! from torn pages: page images go to a side file first, with one fdatasync per batch.
 
 #![warn(missing_docs)]
 
 mod commit;
 mod config;
 pub mod crypto;
+pub mod dwb;
 mod error;
 pub mod format;
 mod read;
@@ -24,6 +28,9 @@ mod wal;
 pub use commit::{CommitStatsSnapshot, DurableFuture, GroupCommitter};
 pub use config::SegmentedWalConfig;
 pub use crypto::{KeyRing, SecureKey};
+pub use dwb::{
+    DegradedPolicy, DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, DwbStats, FileId, PageCheck, wal_dwb_bytes_written_total,
+};
 pub use error::{CorruptionKind, IoOp, KeyFileProblem, Result, WalError};
 pub use format::payload::{
     CalvinAppliedPayload, CollectionTombstonePayload, MAX_COLLECTION_NAME_LEN, PayloadError, TemporalPurgeEngine, TemporalPurgePayload,

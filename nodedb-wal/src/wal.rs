@@ -14,7 +14,7 @@ use crate::read::{Decrypt, LazyWalReader, ReadSpec, WalIter};
 use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo};
-use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, is_direct_io_refusal};
+use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
 use crate::types::{Lsn, RecordType, Scope};
 
 /// A segmented write-ahead log, shared by any number of threads (`&self` appends).
@@ -51,7 +51,7 @@ impl<S: Storage> SegmentedWal<S> {
     pub fn open_with(storage: S, config: SegmentedWalConfig) -> Result<SegmentedWal<S>> {
         config.validate()?;
         let dir = config.dir.clone();
-        create_log_dir(&storage, &dir)?;
+        create_dir_durably(&storage, &dir).map_err(|(op, e)| WalError::io(op, &dir, e))?;
         let lock = storage.lock_dir(&dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => WalError::Locked { path: dir.clone() },
             _ => WalError::io(IoOp::Lock, &dir, e),
@@ -257,22 +257,6 @@ impl<S: Storage> SegmentedWal<S> {
     pub fn close(self) -> Result<()> {
         self.committer.close()
     }
-}
-
-/// Creates the log directory and makes every level it had to create durable in its parent: a
-/// new directory's entry is not durable until its parent is synced.
-fn create_log_dir<S: Storage>(storage: &S, dir: &Path) -> Result<()> {
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .filter(|p| !p.as_os_str().is_empty())
-        .take_while(|p| storage.list(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound))
-        .collect();
-    storage.create_dir_all(dir).map_err(|e| WalError::io(IoOp::CreateDir, dir, e))?;
-    for created in missing.iter().rev() {
-        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        storage.sync_dir(parent).map_err(|e| WalError::io(IoOp::SyncDir, parent, e))?;
-    }
-    Ok(())
 }
 
 /// Whether this directory's file system takes O_DIRECT, and whether the config lets us go on

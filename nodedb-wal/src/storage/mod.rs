@@ -86,3 +86,19 @@ pub trait StorageFile: Send + Sync + 'static {
 pub fn is_direct_io_refusal(err: &io::Error) -> bool {
     err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
+
+/// Creates `dir` and makes every level it had to create durable in its parent: a new
+/// directory's entry survives a crash only once its parent is synced. Returns the failing step.
+pub fn create_dir_durably<S: Storage>(storage: &S, dir: &Path) -> Result<(), (IoOp, io::Error)> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| storage.list(p).is_err_and(|e| e.kind() == io::ErrorKind::NotFound))
+        .collect();
+    storage.create_dir_all(dir).map_err(|e| (IoOp::CreateDir, e))?;
+    for created in missing.iter().rev() {
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        storage.sync_dir(parent).map_err(|e| (IoOp::SyncDir, e))?;
+    }
+    Ok(())
+}

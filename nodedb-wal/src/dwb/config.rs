@@ -1,0 +1,90 @@
+//! Configuration of a [`super::DoubleWriteBuffer`].
+
+use std::path::PathBuf;
+
+use crate::error::{Result, WalError};
+use crate::format::dwb::{PAGE_BYTES_MAX, slot_len};
+
+/// How page writes are protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DwbMode {
+    /// No buffer: pages are written in place and synced, unprotected. An existing buffer file is
+    /// still used by recovery, then removed, so its images can never be applied to pages
+    /// written later without protection.
+    Off,
+    /// The buffer file is written through the page cache.
+    Buffered,
+    /// The buffer file is written with O_DIRECT: its bytes are read only by recovery, so they
+    /// have no business in the page cache.
+    Direct,
+}
+
+/// What page writes do while the buffer is degraded (its file could not be opened or written).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DegradedPolicy {
+    /// Refuse them with [`WalError::DwbDegraded`]; nothing is written in place. The default: a
+    /// torn page must never be the price of staying available.
+    #[default]
+    FailWrites,
+    /// Write them in place, unprotected, and count them in `unprotected_pages`.
+    WriteUnprotected,
+}
+
+/// Where the buffer lives and how big it is.
+#[derive(Clone, Debug)]
+pub struct DwbConfig {
+    /// The buffer file (its directory is created if missing).
+    pub path: PathBuf,
+    /// How page writes are protected.
+    pub mode: DwbMode,
+    /// Bytes of the ring of batches. The file is this plus one block, allocated once.
+    pub ring_bytes: u64,
+    /// Bytes one batch (one write + one fdatasync of the buffer) holds at most; a
+    /// `write_pages` call with more is split into several batches.
+    pub batch_bytes_max: usize,
+    /// Block size: the header block's length and the unit batches are padded to. O_DIRECT needs
+    /// the device's logical block size or a multiple.
+    pub block_len: usize,
+    /// What page writes do while the buffer is degraded.
+    pub on_degraded: DegradedPolicy,
+}
+
+impl DwbConfig {
+    /// Defaults for a buffer file at `path`: buffered, a 4 MiB ring, 1 MiB batches (63 pages of
+    /// 16 KiB with their headers), 4 KiB blocks, page writes refused while degraded.
+    pub fn new(path: impl Into<PathBuf>) -> DwbConfig {
+        DwbConfig {
+            path: path.into(),
+            mode: DwbMode::Buffered,
+            ring_bytes: 4 << 20,
+            batch_bytes_max: 1 << 20,
+            block_len: 4096,
+            on_degraded: DegradedPolicy::FailWrites,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |reason| Err(WalError::InvalidConfig { reason });
+        if !self.block_len.is_power_of_two() || !(512..=1 << 20).contains(&self.block_len) {
+            return bad("dwb block_len must be a power of two from 512 to 1 MiB");
+        }
+        if self.batch_bytes_max % self.block_len != 0 || self.batch_bytes_max == 0 {
+            return bad("dwb batch_bytes_max must be a non-zero multiple of block_len");
+        }
+        if self.ring_bytes % self.block_len as u64 != 0 || self.ring_bytes < self.batch_bytes_max as u64 {
+            return bad("dwb ring_bytes must be a multiple of block_len and hold at least one batch");
+        }
+        if self.ring_bytes > 1 << 30 {
+            return bad("dwb ring_bytes must be at most 1 GiB (recovery reads the ring into memory)");
+        }
+        if self.path.file_name().is_none() {
+            return bad("dwb path must name a file");
+        }
+        Ok(())
+    }
+
+    /// Whether a page of `page_len` bytes fits in a slot and its slot in one batch.
+    pub(crate) fn fits_page(&self, page_len: usize) -> bool {
+        (1..=PAGE_BYTES_MAX).contains(&page_len) && slot_len(page_len).next_multiple_of(self.block_len) <= self.batch_bytes_max
+    }
+}

@@ -1,0 +1,346 @@
+//! The double-write buffer: torn-page protection for storage engines that write pages in place.
+//!
+//! [`DoubleWriteBuffer::write_pages`] writes a batch of page images, checksummed and numbered,
+//! into a ring in a side file with one write and one fdatasync; only then writes each page in
+//! place and syncs every page file it touched. A crash can tear the batch in the buffer (the
+//! pages in place are then untouched) or the pages in place (the batch is then durable), never
+//! both. [`DoubleWriteBuffer::recover`] puts every page back to a whole image: see
+//! [`decide`] for the decision table. The space of a batch in the ring is reused only after
+//! its in-place writes are durable: batches are written one at a time, each call returns only
+//! after its page files are synced, and a failed in-place write or sync poisons the buffer.
+//!
+//! The buffer shares only `storage` and `format` with the rest of the crate. The design is in
+//! `docs/DESIGN.md` ("Double-write buffer"), the bytes in `docs/FORMAT.md`.
+
+mod batch;
+mod config;
+mod recover;
+mod ring;
+pub mod scan;
+mod stats;
+mod targets;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+pub use config::{DegradedPolicy, DwbConfig, DwbMode};
+pub use recover::{DwbRecovery, PageAction, PageCheck, decide};
+pub use stats::{DwbStats, wal_dwb_bytes_written_total};
+pub use targets::PageWrite;
+
+pub use crate::format::dwb::FileId;
+
+use self::ring::{Opened, Ring};
+use self::stats::Counters;
+use self::targets::Targets;
+use crate::error::{IoOp, Result, WalError};
+use crate::storage::{AlignedBuf, FsStorage, Storage, StorageFile};
+
+/// Torn-page protection for in-place page writes. All methods take `&self`; page writes are
+/// serialised (one batch at a time).
+pub struct DoubleWriteBuffer<S: Storage = FsStorage> {
+    storage: S,
+    config: DwbConfig,
+    inner: Mutex<Inner<S::File>>,
+    counters: Counters,
+}
+
+/// The buffer file's state.
+#[derive(Debug)]
+enum Buffer<F> {
+    Ready(Ring<F>),
+    /// No file (mode `Off`, or removed after recovery in that mode).
+    Absent,
+    /// The file could not be opened or written; it stays so until the buffer is reopened.
+    Degraded {
+        op: IoOp,
+        kind: io::ErrorKind,
+    },
+}
+
+#[derive(Debug)]
+struct Inner<F> {
+    buffer: Buffer<F>,
+    targets: Targets<F>,
+    /// Drawn at open; every slot of this life carries it.
+    epoch: u32,
+    next_seq: u64,
+    /// The file existed at open: its images must be applied before any new batch is written.
+    needs_recovery: bool,
+    /// A batch is durable in the ring but its pages are not yet durable in place.
+    unapplied: bool,
+    /// A page write or sync failed; nothing more is written until reopen.
+    poisoned: Option<(IoOp, io::ErrorKind)>,
+    /// The encode buffer, kept between batches.
+    scratch: Option<AlignedBuf>,
+}
+
+impl<S: Storage> fmt::Debug for DoubleWriteBuffer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DoubleWriteBuffer")
+            .field("path", &self.config.path)
+            .field("mode", &self.config.mode)
+            .field("degraded", &self.is_degraded())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl DoubleWriteBuffer<FsStorage> {
+    /// Opens (or creates) the buffer file on the real file system.
+    pub fn open(config: DwbConfig) -> Result<DoubleWriteBuffer<FsStorage>> {
+        DoubleWriteBuffer::open_with(FsStorage::new(), config)
+    }
+}
+
+impl<S: Storage> DoubleWriteBuffer<S> {
+    /// Opens (or creates) the buffer file on the given storage. If the file already existed,
+    /// register the page files and call [`Self::recover`] before writing pages.
+    ///
+    /// A file that cannot be opened or created does not fail the open: the buffer starts
+    /// degraded ([`Self::is_degraded`]). O_DIRECT refused in `Direct` mode, a file of a newer
+    /// format and a bad configuration are errors.
+    pub fn open_with(storage: S, config: DwbConfig) -> Result<DoubleWriteBuffer<S>> {
+        config.validate()?;
+        let counters = Counters::default();
+        let (buffer, needs_recovery) = match ring::open(&storage, &config)? {
+            Opened::Fresh(ring) => (Buffer::Ready(ring), false),
+            Opened::Existing(ring) => (Buffer::Ready(ring), true),
+            Opened::Absent => (Buffer::Absent, false),
+            Opened::Failed(op, err) => {
+                tracing::warn!(path = %config.path.display(), ?op, %err, "double-write buffer degraded: its file cannot be opened");
+                counters.set_degraded(op, err.kind());
+                (Buffer::Degraded { op, kind: err.kind() }, false)
+            }
+        };
+        let inner = Inner {
+            buffer,
+            targets: Targets::new(),
+            epoch: random_epoch(),
+            next_seq: 1,
+            needs_recovery,
+            unapplied: false,
+            poisoned: None,
+            scratch: None,
+        };
+        Ok(DoubleWriteBuffer { storage, config, inner: Mutex::new(inner), counters })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<S::File>> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Maps `file` to a page file whose pages are all `page_len` bytes; page `n` lives at byte
+    /// `n * page_len`. The file must exist when pages are written or recovered: the buffer never
+    /// creates files. Register every file that may have pages in the buffer before recovery.
+    pub fn register_file(&self, file: FileId, path: impl Into<PathBuf>, page_len: usize) -> Result<()> {
+        if !self.config.fits_page(page_len) {
+            return Err(WalError::InvalidConfig { reason: "dwb page length must be 1 byte to 1 MiB and fit in one batch" });
+        }
+        self.lock().targets.register(file, path.into(), page_len)
+    }
+
+    /// The configured mode.
+    pub fn mode(&self) -> DwbMode {
+        self.config.mode
+    }
+
+    /// The buffer file's path.
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    /// Whether the buffer file could not be opened or written. What page writes do then is
+    /// the configuration's [`DegradedPolicy`]. Only reopening leaves this state.
+    pub fn is_degraded(&self) -> bool {
+        self.counters.is_degraded()
+    }
+
+    /// The step that degraded the buffer, and its error kind.
+    pub fn degraded_cause(&self) -> Option<(IoOp, io::ErrorKind)> {
+        self.counters.degraded_cause()
+    }
+
+    /// Counters: protected and unprotected pages, batches, bytes.
+    pub fn stats(&self) -> DwbStats {
+        self.counters.snapshot()
+    }
+
+    /// Checks every page that has an image in the buffer with `validator` and restores torn
+    /// and stale ones from their newest image (the rules are in [`decide`]), then syncs every
+    /// page file it checked. Only after it returns Ok are new pages accepted, if the buffer file
+    /// existed at open. In mode `Off` the file is removed afterwards.
+    pub fn recover(&self, validator: impl Fn(FileId, &[u8]) -> PageCheck) -> Result<DwbRecovery> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.usable()?;
+        let ring = match &mut inner.buffer {
+            Buffer::Degraded { op, kind } => return Err(self.degraded_error(*op, *kind)),
+            Buffer::Absent => return Ok(DwbRecovery::default()),
+            Buffer::Ready(_) if !inner.needs_recovery => return Ok(DwbRecovery::default()),
+            Buffer::Ready(ring) => ring,
+        };
+        let (image, len) = ring.read_all().map_err(|e| WalError::io(IoOp::Read, &self.config.path, e))?;
+        let scan = scan::scan_ring(&image[..len]);
+        let report = match recover::repair(&self.storage, &mut inner.targets, &image[..len], &scan, &validator) {
+            Ok(report) => report,
+            // After a failed write or sync the page files' state is unknown: no retry. A file
+            // that cannot be opened or read can be fixed and recovery run again.
+            Err(WalError::Io { op: op @ (IoOp::Write | IoOp::SyncData), path, source }) => return Err(inner.poisoned_by(op, path, source)),
+            Err(other) => return Err(other),
+        };
+        Counters::add(&self.counters.pages_restored, report.pages_restored.len() as u64);
+        // Every image is applied and durable in place: the ring may be reused.
+        inner.next_seq = scan.seq_max + 1;
+        if !report.pages_restored.is_empty() {
+            tracing::warn!(pages = report.pages_restored.len(), "double-write buffer restored torn or stale pages");
+        }
+        self.finish_recovery(inner, scan.newest().map(|b| b.end as u64))?;
+        Ok(report)
+    }
+
+    /// After a successful repair: removes the file in mode `Off`, else rewrites its header if
+    /// needed and resumes writing after the newest batch.
+    fn finish_recovery(&self, inner: &mut Inner<S::File>, newest_end: Option<u64>) -> Result<()> {
+        let Buffer::Ready(ring) = &mut inner.buffer else { unreachable!("recovery runs on an open buffer") };
+        if self.config.mode == DwbMode::Off {
+            let path = ring.path().to_path_buf();
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+            self.storage.sync_dir(&dir).map_err(|e| WalError::io(IoOp::SyncDir, &dir, e))?;
+            inner.buffer = Buffer::Absent;
+        } else if !ring.formatted() {
+            if let Err((op, err)) = ring.format(false) {
+                self.degrade(inner, op, &err);
+            }
+        }
+        if let Buffer::Ready(ring) = &mut inner.buffer {
+            ring.resume_after(newest_end);
+        }
+        inner.needs_recovery = false;
+        Ok(())
+    }
+
+    /// Writes pages: through the buffer in batches (each one write and one fdatasync of the
+    /// buffer, then the pages in place and one fdatasync per page file), or in place only in
+    /// mode `Off` or while degraded with [`DegradedPolicy::WriteUnprotected`].
+    ///
+    /// Returns Ok once every page is durable in place. Each batch is all-or-nothing across a
+    /// crash (after recovery); a call too large for one batch is split, and is not. Every page
+    /// is checked (registered file, page length) before anything is written. A failed in-place
+    /// write or sync poisons the buffer: later calls fail with [`WalError::Poisoned`] and the
+    /// buffer must be reopened, whose recovery repairs what the failure left.
+    pub fn write_pages(&self, pages: &[PageWrite<'_>]) -> Result<()> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.usable()?;
+        if inner.needs_recovery {
+            return Err(WalError::DwbNotRecovered { path: self.config.path.clone() });
+        }
+        inner.targets.prepare(&self.storage, pages)?;
+        let mut rest = pages;
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at(batch::batch_prefix(rest, self.config.batch_bytes_max));
+            self.write_one_batch(inner, batch)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    fn write_one_batch(&self, inner: &mut Inner<S::File>, pages: &[PageWrite<'_>]) -> Result<()> {
+        if self.config.mode != DwbMode::Off && matches!(inner.buffer, Buffer::Ready(_)) {
+            match self.buffer_batch(inner, pages) {
+                Ok(()) => return self.write_in_place(inner, pages, true),
+                Err((op, err)) => self.degrade(inner, op, &err),
+            }
+        }
+        match (self.config.mode, &inner.buffer, self.config.on_degraded) {
+            (DwbMode::Off, _, _) | (_, _, DegradedPolicy::WriteUnprotected) => self.write_in_place(inner, pages, false),
+            (_, Buffer::Degraded { op, kind }, DegradedPolicy::FailWrites) => Err(self.degraded_error(*op, *kind)),
+            (_, _, DegradedPolicy::FailWrites) => unreachable!("a buffer that is not degraded took the batch above"),
+        }
+    }
+
+    /// Encodes the batch and makes it durable in the ring.
+    fn buffer_batch(&self, inner: &mut Inner<S::File>, pages: &[PageWrite<'_>]) -> Result<(), (IoOp, io::Error)> {
+        // The ring space this batch may overwrite must hold no image whose page is not yet
+        // durable in place: batches are serialised and a failure poisons, so none is left.
+        assert!(!inner.unapplied, "a batch is written while the previous one is not applied");
+        let block_len = self.config.block_len;
+        let scratch = inner.scratch.get_or_insert_with(|| AlignedBuf::zeroed(self.config.batch_bytes_max, block_len));
+        let batch_seq = inner.next_seq;
+        // Sequences are never reused, even by a batch that fails.
+        inner.next_seq += pages.len() as u64;
+        let len = batch::encode_batch(pages, batch_seq, inner.epoch, block_len, scratch);
+        let Buffer::Ready(ring) = &mut inner.buffer else { unreachable!("checked by the caller") };
+        ring.write_batch(&scratch[..len])?;
+        inner.unapplied = true;
+        Counters::add(&self.counters.batches, 1);
+        Counters::add(&self.counters.buffer_bytes, len as u64);
+        Ok(())
+    }
+
+    /// Writes the pages in place and syncs each page file once. Failures poison.
+    fn write_in_place(&self, inner: &mut Inner<S::File>, pages: &[PageWrite<'_>], protected: bool) -> Result<()> {
+        let mut files: Vec<FileId> = Vec::new();
+        let mut bytes_total = 0;
+        for &(file, page_no, bytes) in pages {
+            let offset = inner.targets.offset(file, page_no, bytes.len())?;
+            let handle = inner.targets.file(&self.storage, file)?;
+            if let Err(e) = handle.write_at(bytes, offset) {
+                return Err(inner.poisoned_by(IoOp::Write, inner.targets.path(file), e));
+            }
+            bytes_total += bytes.len() as u64;
+            if !files.contains(&file) {
+                files.push(file);
+            }
+        }
+        for file in files {
+            if let Err(e) = inner.targets.file(&self.storage, file)?.sync_data() {
+                return Err(inner.poisoned_by(IoOp::SyncData, inner.targets.path(file), e));
+            }
+            Counters::add(&self.counters.target_syncs, 1);
+        }
+        inner.unapplied = false;
+        Counters::add(&self.counters.in_place_bytes, bytes_total);
+        let pages_counter = if protected { &self.counters.protected_pages } else { &self.counters.unprotected_pages };
+        Counters::add(pages_counter, pages.len() as u64);
+        Ok(())
+    }
+
+    fn degrade(&self, inner: &mut Inner<S::File>, op: IoOp, err: &io::Error) {
+        tracing::warn!(path = %self.config.path.display(), ?op, %err, policy = ?self.config.on_degraded, "double-write buffer degraded");
+        self.counters.set_degraded(op, err.kind());
+        inner.buffer = Buffer::Degraded { op, kind: err.kind() };
+    }
+
+    fn degraded_error(&self, op: IoOp, kind: io::ErrorKind) -> WalError {
+        WalError::DwbDegraded { path: self.config.path.clone(), op, kind }
+    }
+}
+
+impl<F> Inner<F> {
+    fn usable(&self) -> Result<()> {
+        match self.poisoned {
+            Some((op, kind)) => Err(WalError::Poisoned { op, kind }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first failure and returns it as an I/O error.
+    fn poisoned_by(&mut self, op: IoOp, path: PathBuf, source: io::Error) -> WalError {
+        self.poisoned.get_or_insert((op, source.kind()));
+        WalError::Io { op, path, source }
+    }
+}
+
+/// A random epoch for this life's slots; the clock stands in if the kernel has no randomness.
+fn random_epoch() -> u32 {
+    let mut raw = [0u8; 4];
+    match rustix::rand::getrandom(&mut raw, rustix::rand::GetRandomFlags::empty()) {
+        Ok(4) => u32::from_le_bytes(raw),
+        _ => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32),
+    }
+}

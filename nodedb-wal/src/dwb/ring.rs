@@ -1,0 +1,191 @@
+//! The buffer file: creating it, reading it back for recovery, writing batches into its ring.
+//!
+//! Block 0 holds the file header; the ring is the `ring_bytes` after it. A batch is written at
+//! the write position, or at the ring's start when it would pass the ring's end. Whoever calls
+//! [`Ring::write_batch`] guarantees that the batches it overwrites have had their in-place
+//! writes made durable.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::config::{DwbConfig, DwbMode};
+use super::stats::count_buffer_bytes;
+use crate::error::{IoOp, Result, WalError};
+use crate::format::dwb::{DWB_VERSION, FILE_HEADER_LEN, FileHeader, FileHeaderError};
+use crate::storage::{AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
+
+/// Zeros are written in chunks of this many bytes when the file is created.
+const ZERO_CHUNK: usize = 1 << 20;
+/// The largest file any valid geometry makes: a 1 GiB ring after a 1 MiB header block.
+const FILE_BYTES_MAX: usize = (1 << 30) + (1 << 20);
+
+/// The open buffer file.
+#[derive(Debug)]
+pub(super) struct Ring<F> {
+    file: F,
+    path: PathBuf,
+    /// The geometry batches are written with (the configuration's).
+    block_len: usize,
+    ring_bytes: u64,
+    /// Where the next batch goes (a file offset inside the ring).
+    write_pos: u64,
+    /// Whether the file's header and length already match the geometry; if not, recovery
+    /// rewrites them once every image in the file has been applied.
+    formatted: bool,
+}
+
+/// What opening the buffer file found.
+#[derive(Debug)]
+pub(super) enum Opened<F> {
+    /// A new, empty file: nothing to recover.
+    Fresh(Ring<F>),
+    /// A file from an earlier life: recover before writing.
+    Existing(Ring<F>),
+    /// No file, and the mode does not want one.
+    Absent,
+    /// The file could not be opened or created.
+    Failed(IoOp, io::Error),
+}
+
+/// Opens the buffer file, creating and formatting it if the mode wants one and there is none.
+/// Configuration errors (O_DIRECT refused, a newer format) are `Err`; I/O failures are
+/// [`Opened::Failed`], which leaves the buffer degraded.
+pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>> {
+    let path = &config.path;
+    let direct = config.mode == DwbMode::Direct;
+    let existing = OpenMode { create: false, write: config.mode != DwbMode::Off, direct };
+    let file = match storage.open(path, existing) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && config.mode == DwbMode::Off => return Ok(Opened::Absent),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return create(storage, config),
+        Err(e) if direct && is_direct_io_refusal(&e) => return Err(WalError::DirectIoUnsupported { path: path.clone() }),
+        Err(e) => return Ok(Opened::Failed(IoOp::Open, e)),
+    };
+    let mut block = AlignedBuf::zeroed(config.block_len, config.block_len);
+    if let Err(e) = file.read_at(&mut block, 0) {
+        return Ok(Opened::Failed(IoOp::Read, e));
+    }
+    let formatted = match FileHeader::decode(&block) {
+        Ok(h) if h.version != DWB_VERSION => {
+            return Err(WalError::DwbUnsupportedVersion { path: path.clone(), version: h.version, supported: DWB_VERSION });
+        }
+        Ok(h) => {
+            let len = file.len().unwrap_or(0);
+            h.block_len as usize == config.block_len && h.ring_bytes == config.ring_bytes && len == config.block_len as u64 + h.ring_bytes
+        }
+        // A header torn while the file was created, or damaged: the scan does not need it.
+        Err(FileHeaderError::Truncated | FileHeaderError::BadMagic | FileHeaderError::Checksum | FileHeaderError::BadGeometry) => false,
+    };
+    let ring = Ring::new(file, config, formatted);
+    Ok(Opened::Existing(ring))
+}
+
+/// Creates and formats the file: header block, the whole ring zeroed (so that no later batch
+/// sync has to allocate blocks), fdatasync, directory fsync.
+fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>> {
+    let path = &config.path;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Err((op, e)) = create_dir_durably(storage, dir) {
+        return Ok(Opened::Failed(op, e));
+    }
+    let mode = OpenMode { create: true, write: true, direct: config.mode == DwbMode::Direct };
+    let file = match storage.open(path, mode) {
+        Ok(file) => file,
+        Err(e) if mode.direct && is_direct_io_refusal(&e) => return Err(WalError::DirectIoUnsupported { path: path.clone() }),
+        Err(e) => return Ok(Opened::Failed(IoOp::Open, e)),
+    };
+    let mut ring = Ring::new(file, config, false);
+    if let Err((op, e)) = ring.format(true) {
+        return Ok(Opened::Failed(op, e));
+    }
+    if let Err(e) = storage.sync_dir(dir) {
+        return Ok(Opened::Failed(IoOp::SyncDir, e));
+    }
+    Ok(Opened::Fresh(ring))
+}
+
+impl<F: StorageFile> Ring<F> {
+    fn new(file: F, config: &DwbConfig, formatted: bool) -> Ring<F> {
+        let block_len = config.block_len;
+        Ring { file, path: config.path.clone(), block_len, ring_bytes: config.ring_bytes, write_pos: block_len as u64, formatted }
+    }
+
+    /// The buffer file's path.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn ring_start(&self) -> u64 {
+        self.block_len as u64
+    }
+
+    fn ring_end(&self) -> u64 {
+        self.ring_start() + self.ring_bytes
+    }
+
+    /// Writes the header block for the configured geometry and sets the file's length, zeroing
+    /// the ring first when `zero_ring` (a new file), then syncs. The header fits in one sector,
+    /// which the media write whole or not at all; a header torn anyway is only rewritten.
+    pub(super) fn format(&mut self, zero_ring: bool) -> Result<(), (IoOp, io::Error)> {
+        let mut block = AlignedBuf::zeroed(self.block_len, self.block_len);
+        let header = FileHeader { version: DWB_VERSION, block_len: self.block_len as u32, ring_bytes: self.ring_bytes };
+        block[..FILE_HEADER_LEN].copy_from_slice(&header.encode());
+        if zero_ring {
+            let zeros = AlignedBuf::zeroed(ZERO_CHUNK.min(self.ring_bytes as usize), self.block_len);
+            let mut at = self.ring_start();
+            while at < self.ring_end() {
+                let len = zeros.len().min((self.ring_end() - at) as usize);
+                self.write(&zeros[..len], at).map_err(|e| (IoOp::Write, e))?;
+                at += len as u64;
+            }
+        }
+        self.write(&block, 0).map_err(|e| (IoOp::Write, e))?;
+        self.file.set_len(self.ring_end()).map_err(|e| (IoOp::SetLen, e))?;
+        self.file.sync_data().map_err(|e| (IoOp::SyncData, e))?;
+        self.formatted = true;
+        Ok(())
+    }
+
+    /// Whether recovery must rewrite the header (a torn creation, or a new geometry).
+    pub(super) fn formatted(&self) -> bool {
+        self.formatted
+    }
+
+    fn write(&self, bytes: &[u8], at: u64) -> io::Result<()> {
+        self.file.write_at(bytes, at)?;
+        count_buffer_bytes(bytes.len() as u64);
+        Ok(())
+    }
+
+    /// The whole file and the bytes read, for the scanner (slot offsets in it are file
+    /// offsets). At most what the largest geometry this build writes could hold.
+    pub(super) fn read_all(&self) -> io::Result<(AlignedBuf, usize)> {
+        let len = usize::try_from(self.file.len()?).unwrap_or(usize::MAX).min(FILE_BYTES_MAX);
+        let mut image = AlignedBuf::zeroed(len, self.block_len);
+        // One call: `read_at` returns short only at the end of the file.
+        let n = self.file.read_at(&mut image, 0)?;
+        Ok((image, n.min(len)))
+    }
+
+    /// Puts the write position after the batch that ends at `end` (a file offset), or at the
+    /// ring's start when there is none or no room is left after it.
+    pub(super) fn resume_after(&mut self, end: Option<u64>) {
+        let pos = end.map_or(self.ring_start(), |e| e.next_multiple_of(self.block_len as u64).max(self.ring_start()));
+        self.write_pos = if pos < self.ring_end() { pos } else { self.ring_start() };
+    }
+
+    /// Writes one batch (a multiple of the block length) and syncs it. Returns its offset.
+    pub(super) fn write_batch(&mut self, batch: &[u8]) -> Result<u64, (IoOp, io::Error)> {
+        assert!(batch.len() % self.block_len == 0 && batch.len() as u64 <= self.ring_bytes, "batch of {} bytes", batch.len());
+        let len = batch.len() as u64;
+        let pos = if self.write_pos + len <= self.ring_end() { self.write_pos } else { self.ring_start() };
+        let result = self.file.write_and_sync(batch, pos);
+        // A failed sync still wrote the bytes: they count.
+        if !matches!(result, Err((IoOp::Write, _))) {
+            count_buffer_bytes(len);
+        }
+        result?;
+        self.write_pos = pos + len;
+        Ok(pos)
+    }
+}

@@ -1,0 +1,85 @@
+//! The page files the buffer writes into, by [`FileId`]: path, page length, open handle.
+//!
+//! Files are opened on first use and never created: the storage engine creates its files (and
+//! makes their directory entries durable); the buffer only writes pages into them, so recovery
+//! can never invent a file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::error::{IoOp, Result, WalError};
+use crate::format::dwb::FileId;
+use crate::storage::{OpenMode, Storage, StorageFile};
+
+/// A page to write: its file, its number, its bytes (exactly the file's page length).
+pub type PageWrite<'a> = (FileId, u64, &'a [u8]);
+
+#[derive(Debug)]
+struct Target<F> {
+    path: PathBuf,
+    page_len: usize,
+    file: Option<F>,
+}
+
+/// The registered page files.
+#[derive(Debug)]
+pub(super) struct Targets<F> {
+    map: HashMap<FileId, Target<F>>,
+}
+
+impl<F: StorageFile> Targets<F> {
+    pub(super) fn new() -> Targets<F> {
+        Targets { map: HashMap::new() }
+    }
+
+    /// Registers a file. Registering it again with the same path and page length is a no-op.
+    pub(super) fn register(&mut self, id: FileId, path: PathBuf, page_len: usize) -> Result<()> {
+        match self.map.get(&id) {
+            Some(t) if t.path == path && t.page_len == page_len => Ok(()),
+            Some(_) => Err(WalError::InvalidConfig { reason: "dwb file id registered again with another path or page length" }),
+            None => {
+                self.map.insert(id, Target { path, page_len, file: None });
+                Ok(())
+            }
+        }
+    }
+
+    /// The page length of a registered file.
+    pub(super) fn page_len(&self, id: FileId) -> Option<usize> {
+        self.map.get(&id).map(|t| t.page_len)
+    }
+
+    /// The byte offset of a page, checked against the file's page length.
+    pub(super) fn offset(&self, id: FileId, page_no: u64, len: usize) -> Result<u64> {
+        let expected = self.page_len(id).ok_or(WalError::DwbUnknownFile { file: id })?;
+        if len != expected {
+            return Err(WalError::DwbPageLen { file: id, page_no, len, expected });
+        }
+        page_no.checked_mul(expected as u64).ok_or(WalError::InvalidConfig { reason: "dwb page number overflows its file's offsets" })
+    }
+
+    /// Checks every page of a write and opens its files, before anything is written.
+    pub(super) fn prepare<S: Storage<File = F>>(&mut self, storage: &S, pages: &[PageWrite<'_>]) -> Result<()> {
+        for &(id, page_no, bytes) in pages {
+            self.offset(id, page_no, bytes.len())?;
+            self.file(storage, id)?;
+        }
+        Ok(())
+    }
+
+    /// The open file of a registered id, opened now if it is not yet.
+    pub(super) fn file<S: Storage<File = F>>(&mut self, storage: &S, id: FileId) -> Result<&F> {
+        let target = self.map.get_mut(&id).ok_or(WalError::DwbUnknownFile { file: id })?;
+        if target.file.is_none() {
+            let mode = OpenMode { create: false, write: true, direct: false };
+            let file = storage.open(&target.path, mode).map_err(|e| WalError::io(IoOp::Open, &target.path, e))?;
+            target.file = Some(file);
+        }
+        Ok(target.file.as_ref().expect("opened above"))
+    }
+
+    /// The path of a registered id, for error reports.
+    pub(super) fn path(&self, id: FileId) -> PathBuf {
+        self.map.get(&id).map(|t| t.path.clone()).unwrap_or_default()
+    }
+}

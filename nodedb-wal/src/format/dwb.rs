@@ -1,0 +1,329 @@
+//! The double-write buffer file: a 32-byte file header in block 0, then a ring of batches,
+//! each a run of packed slots (a 48-byte slot header followed by one page image).
+//!
+//! Every slot checksums its header and its image with CRC32C and names the batch it belongs
+//! to (`epoch`, `batch_seq`, `batch_slots`), so recovery can tell a batch whose buffer write
+//! completed from one a crash tore, without a separate commit record. The byte tables are in
+//! `docs/FORMAT.md`.
+
+use std::fmt;
+
+use super::read_le;
+
+/// Bytes of the file header (at offset 0; the rest of block 0 is zero).
+pub const FILE_HEADER_LEN: usize = 32;
+/// Magic of a double-write buffer file: `NDWB`.
+pub const FILE_MAGIC: [u8; 4] = *b"NDWB";
+/// The current format version of the file and its slots.
+pub const DWB_VERSION: u16 = 1;
+
+const FH_CRC_AT: usize = 0;
+const FH_MAGIC_AT: usize = FH_CRC_AT + 4;
+const FH_VERSION_AT: usize = FH_MAGIC_AT + 4;
+const FH_RESERVED_AT: usize = FH_VERSION_AT + 2;
+const FH_BLOCK_AT: usize = FH_RESERVED_AT + 2;
+const FH_RING_AT: usize = FH_BLOCK_AT + 4;
+const FH_RESERVED2_AT: usize = FH_RING_AT + 8;
+const _: () = assert!(FH_RESERVED2_AT + 8 == FILE_HEADER_LEN);
+
+/// Bytes of a slot header; the page image follows it.
+pub const SLOT_HEADER_LEN: usize = 56;
+/// Marks the start of a slot; zeroed or preallocated space never carries it.
+pub const SLOT_MAGIC: [u8; 4] = *b"NDWS";
+/// Slots start on multiples of this inside a batch.
+pub const SLOT_ALIGN: usize = 8;
+/// The largest page image a slot holds.
+pub const PAGE_BYTES_MAX: usize = 1 << 20;
+/// Batches start on multiples of this; the scanner looks for them at every such offset.
+pub const BATCH_ALIGN: usize = 512;
+
+const CRC_AT: usize = 0;
+const MAGIC_AT: usize = CRC_AT + 4;
+const VERSION_AT: usize = MAGIC_AT + 4;
+const RESERVED_AT: usize = VERSION_AT + 2;
+const FILE_AT: usize = RESERVED_AT + 2;
+const SEQ_AT: usize = FILE_AT + 4;
+const BATCH_SEQ_AT: usize = SEQ_AT + 8;
+const BATCH_SLOTS_AT: usize = BATCH_SEQ_AT + 8;
+const PAGE_LEN_AT: usize = BATCH_SLOTS_AT + 4;
+const PAGE_NO_AT: usize = PAGE_LEN_AT + 4;
+const EPOCH_AT: usize = PAGE_NO_AT + 8;
+const RESERVED2_AT: usize = EPOCH_AT + 4;
+const _: () = assert!(RESERVED2_AT + 4 == SLOT_HEADER_LEN);
+const _: () = assert!(SLOT_HEADER_LEN % SLOT_ALIGN == 0);
+
+/// Identifies a page file (a B-tree, columnar or vector-index file) across restarts. The
+/// caller chooses the numbers and maps them to paths; the buffer stores only the number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId(pub u32);
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The decoded file header: the geometry of the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Format version.
+    pub version: u16,
+    /// Block size: the header block's length, and the unit batches are padded to.
+    pub block_len: u32,
+    /// Bytes of the ring, which starts right after the header block.
+    pub ring_bytes: u64,
+}
+
+/// Why bytes are not a file header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileHeaderError {
+    /// Fewer than [`FILE_HEADER_LEN`] bytes.
+    Truncated,
+    /// The magic is wrong.
+    BadMagic,
+    /// The checksum does not match.
+    Checksum,
+    /// Reserved bytes are not zero, or the geometry is impossible.
+    BadGeometry,
+}
+
+impl FileHeader {
+    /// Encodes into exactly [`FILE_HEADER_LEN`] bytes.
+    #[must_use]
+    pub fn encode(&self) -> [u8; FILE_HEADER_LEN] {
+        let mut out = [0u8; FILE_HEADER_LEN];
+        out[FH_MAGIC_AT..FH_VERSION_AT].copy_from_slice(&FILE_MAGIC);
+        out[FH_VERSION_AT..FH_RESERVED_AT].copy_from_slice(&self.version.to_le_bytes());
+        out[FH_BLOCK_AT..FH_RING_AT].copy_from_slice(&self.block_len.to_le_bytes());
+        out[FH_RING_AT..FH_RESERVED2_AT].copy_from_slice(&self.ring_bytes.to_le_bytes());
+        let crc = crc32c::crc32c(&out[FH_MAGIC_AT..]);
+        out[FH_CRC_AT..FH_MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes the first [`FILE_HEADER_LEN`] bytes. The version is returned as found: whether
+    /// this build reads it is the caller's decision.
+    pub fn decode(bytes: &[u8]) -> Result<FileHeader, FileHeaderError> {
+        if bytes.len() < FILE_HEADER_LEN {
+            return Err(FileHeaderError::Truncated);
+        }
+        let bytes = &bytes[..FILE_HEADER_LEN];
+        if bytes[FH_MAGIC_AT..FH_VERSION_AT] != FILE_MAGIC {
+            return Err(FileHeaderError::BadMagic);
+        }
+        if crc32c::crc32c(&bytes[FH_MAGIC_AT..]) != read_le!(u32, bytes, FH_CRC_AT) {
+            return Err(FileHeaderError::Checksum);
+        }
+        let header = FileHeader {
+            version: read_le!(u16, bytes, FH_VERSION_AT),
+            block_len: read_le!(u32, bytes, FH_BLOCK_AT),
+            ring_bytes: read_le!(u64, bytes, FH_RING_AT),
+        };
+        let reserved_zero = read_le!(u16, bytes, FH_RESERVED_AT) == 0 && read_le!(u64, bytes, FH_RESERVED2_AT) == 0;
+        if !reserved_zero || !header.geometry_ok() {
+            return Err(FileHeaderError::BadGeometry);
+        }
+        Ok(header)
+    }
+
+    /// Block size a power of two in `512..=1 MiB`; ring a non-zero multiple of it.
+    fn geometry_ok(&self) -> bool {
+        let block = self.block_len;
+        block.is_power_of_two() && (512..=1 << 20).contains(&block) && self.ring_bytes > 0 && self.ring_bytes % u64::from(block) == 0
+    }
+}
+
+/// A decoded slot header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotHeader {
+    /// The page's file.
+    pub file: FileId,
+    /// The slot's sequence number: unique and increasing across the buffer's whole life.
+    /// When a page appears in several slots, the highest sequence is its newest image.
+    pub seq: u64,
+    /// Sequence of the first slot of the batch this slot belongs to.
+    pub batch_seq: u64,
+    /// Slots in that batch (their sequences are `batch_seq..batch_seq + batch_slots`).
+    pub batch_slots: u32,
+    /// Bytes of the page image that follows the header.
+    pub page_len: u32,
+    /// The page's number; it lives at byte `page_no * page_len` of its file.
+    pub page_no: u64,
+    /// Random, drawn each time the buffer is opened: slots of a batch torn in an earlier life
+    /// never chain with a new batch written over them, even where sequences repeat.
+    pub epoch: u32,
+}
+
+/// Why bytes are not a valid slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotError {
+    /// Fewer bytes than the header or the image needs.
+    Truncated,
+    /// The header is all zeros: space never written.
+    Blank,
+    /// The magic is wrong (and the header is not all zeros).
+    BadMagic,
+    /// A version this build does not write, reserved bits set, or impossible fields.
+    BadHeader,
+    /// The checksum does not match.
+    Checksum,
+}
+
+impl SlotHeader {
+    /// Bytes the slot takes in its batch: header and image, rounded up to [`SLOT_ALIGN`].
+    #[must_use]
+    pub const fn slot_len(&self) -> usize {
+        slot_len(self.page_len as usize)
+    }
+
+    /// The slot's index inside its batch.
+    #[must_use]
+    pub const fn index(&self) -> u64 {
+        self.seq - self.batch_seq
+    }
+
+    /// Decodes a header's fields without checking the checksum (which needs the image).
+    pub fn decode(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
+        if bytes.len() < SLOT_HEADER_LEN {
+            return Err(SlotError::Truncated);
+        }
+        let bytes = &bytes[..SLOT_HEADER_LEN];
+        if bytes[MAGIC_AT..VERSION_AT] != SLOT_MAGIC {
+            return Err(if bytes.iter().all(|&b| b == 0) { SlotError::Blank } else { SlotError::BadMagic });
+        }
+        let reserved_zero = read_le!(u16, bytes, RESERVED_AT) == 0 && read_le!(u32, bytes, RESERVED2_AT) == 0;
+        if read_le!(u16, bytes, VERSION_AT) != DWB_VERSION || !reserved_zero {
+            return Err(SlotError::BadHeader);
+        }
+        let header = SlotHeader {
+            file: FileId(read_le!(u32, bytes, FILE_AT)),
+            seq: read_le!(u64, bytes, SEQ_AT),
+            batch_seq: read_le!(u64, bytes, BATCH_SEQ_AT),
+            batch_slots: read_le!(u32, bytes, BATCH_SLOTS_AT),
+            page_len: read_le!(u32, bytes, PAGE_LEN_AT),
+            page_no: read_le!(u64, bytes, PAGE_NO_AT),
+            epoch: read_le!(u32, bytes, EPOCH_AT),
+        };
+        let in_batch = header.seq >= header.batch_seq && header.seq - header.batch_seq < u64::from(header.batch_slots);
+        let page_ok = header.page_len > 0 && header.page_len as usize <= PAGE_BYTES_MAX;
+        if !in_batch || !page_ok {
+            return Err(SlotError::BadHeader);
+        }
+        Ok(header)
+    }
+
+    fn encode_into(&self, out: &mut [u8]) {
+        let out = &mut out[..SLOT_HEADER_LEN];
+        out[CRC_AT..MAGIC_AT].fill(0);
+        out[MAGIC_AT..VERSION_AT].copy_from_slice(&SLOT_MAGIC);
+        out[VERSION_AT..RESERVED_AT].copy_from_slice(&DWB_VERSION.to_le_bytes());
+        out[RESERVED_AT..FILE_AT].fill(0);
+        out[FILE_AT..SEQ_AT].copy_from_slice(&self.file.0.to_le_bytes());
+        out[SEQ_AT..BATCH_SEQ_AT].copy_from_slice(&self.seq.to_le_bytes());
+        out[BATCH_SEQ_AT..BATCH_SLOTS_AT].copy_from_slice(&self.batch_seq.to_le_bytes());
+        out[BATCH_SLOTS_AT..PAGE_LEN_AT].copy_from_slice(&self.batch_slots.to_le_bytes());
+        out[PAGE_LEN_AT..PAGE_NO_AT].copy_from_slice(&self.page_len.to_le_bytes());
+        out[PAGE_NO_AT..EPOCH_AT].copy_from_slice(&self.page_no.to_le_bytes());
+        out[EPOCH_AT..RESERVED2_AT].copy_from_slice(&self.epoch.to_le_bytes());
+        out[RESERVED2_AT..SLOT_HEADER_LEN].fill(0);
+    }
+}
+
+/// Bytes a slot for a page of `page_len` bytes takes.
+#[must_use]
+pub const fn slot_len(page_len: usize) -> usize {
+    (SLOT_HEADER_LEN + page_len).div_ceil(SLOT_ALIGN) * SLOT_ALIGN
+}
+
+/// Encodes a slot (header, image, checksum, zero padding to [`SLOT_ALIGN`]) into the front of
+/// `out`. Returns the slot length. Panics if `out` is too short or the image length differs
+/// from the header's: callers size and fill both first.
+pub fn encode_slot(header: &SlotHeader, image: &[u8], out: &mut [u8]) -> usize {
+    assert_eq!(header.page_len as usize, image.len(), "slot header and image disagree on the page length");
+    let len = header.slot_len();
+    let end = SLOT_HEADER_LEN + image.len();
+    header.encode_into(out);
+    out[SLOT_HEADER_LEN..end].copy_from_slice(image);
+    out[end..len].fill(0);
+    let crc = crc32c::crc32c(&out[MAGIC_AT..end]);
+    out[CRC_AT..MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
+    len
+}
+
+/// Decodes and verifies the slot at the front of `bytes`. Returns the header; the image is
+/// `bytes[SLOT_HEADER_LEN..SLOT_HEADER_LEN + header.page_len]`.
+pub fn decode_slot(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
+    let header = SlotHeader::decode(bytes)?;
+    let end = SLOT_HEADER_LEN + header.page_len as usize;
+    if bytes.len() < end {
+        return Err(SlotError::Truncated);
+    }
+    if crc32c::crc32c(&bytes[MAGIC_AT..end]) != read_le!(u32, bytes, CRC_AT) {
+        return Err(SlotError::Checksum);
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(page_len: u32) -> SlotHeader {
+        SlotHeader { file: FileId(3), seq: 12, batch_seq: 10, batch_slots: 4, page_len, page_no: 77, epoch: 0xE90C }
+    }
+
+    #[test]
+    fn slot_round_trips_and_pads_to_eight_bytes() {
+        let image: Vec<u8> = (0..13u8).collect();
+        let mut buf = vec![0xFFu8; 128];
+        let len = encode_slot(&header(13), &image, &mut buf);
+        assert_eq!(len, 72);
+        assert_eq!(decode_slot(&buf[..len]), Ok(header(13)));
+        assert_eq!(&buf[SLOT_HEADER_LEN..SLOT_HEADER_LEN + 13], &image[..]);
+        assert!(buf[SLOT_HEADER_LEN + 13..len].iter().all(|&b| b == 0), "padding is zeroed");
+    }
+
+    #[test]
+    fn any_single_bit_flip_in_header_or_image_is_detected() {
+        let image = [0xA5u8; 40];
+        let mut buf = [0u8; 128];
+        let len = encode_slot(&header(40), &image, &mut buf);
+        for bit in 0..(SLOT_HEADER_LEN + 40) * 8 {
+            let mut copy = buf;
+            copy[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_slot(&copy[..len]).is_err(), "flip of bit {bit} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn zeroed_space_never_parses_as_a_slot_or_a_file_header() {
+        assert_eq!(decode_slot(&[0u8; 4096]), Err(SlotError::Blank));
+        assert_eq!(FileHeader::decode(&[0u8; 4096]), Err(FileHeaderError::BadMagic));
+    }
+
+    #[test]
+    fn a_slot_outside_its_own_batch_is_rejected() {
+        let mut buf = [0u8; 128];
+        let bad = SlotHeader { seq: 14, ..header(8) };
+        encode_slot(&bad, &[1; 8], &mut buf);
+        assert_eq!(decode_slot(&buf), Err(SlotError::BadHeader));
+    }
+
+    #[test]
+    fn a_short_image_is_truncated() {
+        let mut buf = [0u8; 128];
+        let len = encode_slot(&header(40), &[7; 40], &mut buf);
+        assert_eq!(decode_slot(&buf[..len - 9]), Err(SlotError::Truncated));
+    }
+
+    #[test]
+    fn file_header_round_trips_and_rejects_impossible_geometry() {
+        let h = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 1 << 22 };
+        assert_eq!(FileHeader::decode(&h.encode()), Ok(h));
+        let odd = FileHeader { ring_bytes: 5000, ..h };
+        assert_eq!(FileHeader::decode(&odd.encode()), Err(FileHeaderError::BadGeometry));
+        let mut flipped = h.encode();
+        flipped[20] ^= 1;
+        assert_eq!(FileHeader::decode(&flipped), Err(FileHeaderError::Checksum));
+    }
+}

@@ -1,0 +1,641 @@
+//! The double-write buffer's promise: whatever step of a batch a crash interrupts (before the
+//! buffer's sync, between it and the in-place writes, in the middle of those, after them), with
+//! any subset of the unsynced sectors lost, recovery leaves every page holding either its old
+//! or its new image, never a torn one; a batch is all old or all new; recovery never writes a
+//! page it has no image for and never replaces an intact page newer than its image; and what
+//! it repaired survives a second crash and the ring wrapping over the image it used.
+//!
+//! Most tests run on the simulated disk, with `Faulty` cutting the power after a chosen number
+//! of writes and syncs. `NODEDB_WAL_DWB_SEEDS` sets how many crash seeds each step runs (24).
+//! The last tests run on real files, in both buffered and O_DIRECT modes.
+
+mod dwb_support;
+
+use std::path::Path;
+
+use dwb_support::*;
+use nodedb_wal::dwb::scan::scan_ring;
+use nodedb_wal::storage::{OpenMode, SimRng, Storage, StorageFile};
+use nodedb_wal::{DegradedPolicy, DoubleWriteBuffer, DwbMode, FileId, IoOp, PageCheck, SimStorage, WalError, wal_dwb_bytes_written_total};
+
+const F1: FileId = FILES[0];
+const F2: FileId = FILES[1];
+
+fn seeds() -> u64 {
+    std::env::var("NODEDB_WAL_DWB_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(24)
+}
+
+/// Pages at `version` (the same for all).
+fn pages_at(list: &[(FileId, u64)], version: u64) -> Pages {
+    list.iter().map(|&(f, n)| (f, n, page(f, n, version))).collect()
+}
+
+/// Replaces the second half of a page with garbage, durably: a torn in-place write.
+fn tear(sim: &SimStorage, file: FileId, page_no: u64) {
+    let path = file_path(file);
+    let mut bytes = sim.read_file(&path).unwrap();
+    let start = page_no as usize * PAGE + PAGE / 2;
+    bytes[start..start + 512].fill(0xEE);
+    sim.write_file(&path, &bytes);
+}
+
+/// Writes one page in place, durably, behind the buffer's back.
+fn write_in_place(sim: &SimStorage, file: FileId, page_no: u64, version: u64) {
+    let f = sim.open(&file_path(file), OpenMode { create: false, write: true, direct: false }).unwrap();
+    f.write_at(&page(file, page_no, version), page_no * PAGE as u64).unwrap();
+    f.sync_data().unwrap();
+}
+
+/// The batch of the crash matrix: seven pages over both files, page (1, 0) twice (the later
+/// image wins), so that its new version is 3 and every other page's is 2.
+fn matrix_batch() -> Pages {
+    let mut batch = pages_at(&[(F1, 0), (F1, 3), (F2, 1)], 2);
+    batch.push((F1, 0, page(F1, 0, 3)));
+    batch.extend(pages_at(&[(F2, 5), (F2, 6), (F1, 7)], 2));
+    batch
+}
+
+fn crash_at_every_step_of_a_batch(mode: DwbMode) {
+    let batch = matrix_batch();
+    // Buffer write and sync, one write per page, one sync per page file.
+    let ops = 2 + batch.len() as i64 + 2;
+    let mut old = vec![Some(1); 2 * PAGES as usize];
+    old[slot_of(F2, 7)] = Some(2);
+    let mut new = old.clone();
+    for (f, n, bytes) in &batch {
+        new[slot_of(*f, *n)] = match check(*f, bytes) {
+            PageCheck::Intact { version } => Some(version),
+            PageCheck::Torn => unreachable!(),
+        };
+    }
+    // (runs ending all old, runs ending all new, runs that found a torn page to repair)
+    let mut seen = (0, 0, 0);
+    for budget in 0..=ops {
+        for seed in 0..seeds() {
+            let sim = disk(seed);
+            let faulty = Faulty::new(sim.clone());
+            let (dwb, _) = open(faulty.clone(), config(mode));
+            // An earlier batch, so the ring is not empty.
+            dwb.write_pages(&borrow(&pages_at(&[(F2, 7)], 2))).unwrap();
+            faulty.arm(budget);
+            let result = dwb.write_pages(&borrow(&batch));
+            assert_eq!(result.is_ok(), budget == ops, "budget {budget}: {result:?}");
+            drop(dwb);
+            let after = sim.crash(seed * 7919 + budget as u64);
+            seen.2 += usize::from(versions(&after).contains(&None));
+            let (dwb, report) = open(after.clone(), config(mode));
+            let got = versions(&after);
+            seen.0 += usize::from(got == old);
+            seen.1 += usize::from(got == new);
+            let context = format!("{mode:?}, crash after {budget} of {ops} steps, seed {seed}: {got:?} ({report:?})");
+            assert!(got == old || got == new, "every page old, or every page new: {context}");
+            if result.is_ok() {
+                assert_eq!(got, new, "an acknowledged batch is durable: {context}");
+            }
+            // What recovery repaired survives another crash, and needs no second repair.
+            drop(dwb);
+            let again = after.crash(seed + 1);
+            let (_, second) = open(again.clone(), config(mode));
+            assert_eq!(versions(&again), got, "{context}");
+            assert!(second.pages_restored.is_empty(), "{context}: {second:?}");
+        }
+    }
+    assert!(seen.0 > 0 && seen.1 > 0 && seen.2 > 0, "the matrix reaches both outcomes and real tears: {seen:?}");
+}
+
+#[test]
+fn a_batch_torn_in_the_buffer_is_ignored_whole_even_where_its_first_slots_are_intact() {
+    let sim = disk(21);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    // The batch is written to the buffer but its sync never happens.
+    faulty.arm(1);
+    let batch = matrix_batch();
+    dwb.write_pages(&borrow(&batch)).unwrap_err();
+    drop(dwb);
+    // Lose the sector holding the end of the last slot: six of seven slots stay intact.
+    let mut image = sim.read_file(&dwb_path()).unwrap();
+    let last_slot_end = 4096 + 7 * (56 + PAGE);
+    image[last_slot_end - 512..last_slot_end].fill(0);
+    sim.write_file(&dwb_path(), &image);
+    let (_, report) = open(sim.clone(), config(DwbMode::Buffered));
+    assert_eq!((report.batches, report.incomplete_batches), (0, 1), "{report:?}");
+    assert!(report.pages_restored.is_empty());
+    assert!(versions(&sim).iter().all(|v| *v == Some(1)), "no page of a torn batch is applied");
+}
+
+#[test]
+fn a_crash_at_every_step_of_a_batch_leaves_every_page_old_or_new_buffered() {
+    crash_at_every_step_of_a_batch(DwbMode::Buffered);
+}
+
+#[test]
+fn a_crash_at_every_step_of_a_batch_leaves_every_page_old_or_new_direct() {
+    crash_at_every_step_of_a_batch(DwbMode::Direct);
+}
+
+#[test]
+fn a_crash_at_every_step_of_recovery_is_recovered_again() {
+    let batch = matrix_batch();
+    for budget in 0..=12 {
+        for seed in 0..seeds() {
+            let sim = disk(seed);
+            let faulty = Faulty::new(sim.clone());
+            let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+            // The batch is durable in the buffer and three pages are written in place, unsynced.
+            faulty.arm(2 + 3);
+            dwb.write_pages(&borrow(&batch)).unwrap_err();
+            drop(dwb);
+            let first = sim.crash(seed);
+            tear(&first, F1, 0);
+            let faulty = Faulty::new(first.clone());
+            let dwb = DoubleWriteBuffer::open_with(faulty.clone(), config(DwbMode::Buffered)).unwrap();
+            for file in FILES {
+                dwb.register_file(file, file_path(file), PAGE).unwrap();
+            }
+            faulty.arm(budget);
+            let interrupted = dwb.recover(check);
+            drop(dwb);
+            let second = first.crash(seed + 100);
+            let (_, report) = open(second.clone(), config(DwbMode::Buffered));
+            let got = versions(&second);
+            let context = format!("recovery cut after {budget} steps ({interrupted:?}), seed {seed}: {got:?}, {report:?}");
+            for (f, n, _) in &batch {
+                let expected = if (*f, *n) == (F1, 0) { 3 } else { 2 };
+                assert_eq!(got[slot_of(*f, *n)], Some(expected), "{context}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_repaired_page_survives_a_second_crash_and_a_wrap_around_of_the_ring() {
+    let sim = disk(11);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    faulty.arm(2 + 1);
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 2), (F2, 4)], 2))).unwrap_err();
+    drop(dwb);
+    let after = sim.crash(5);
+    tear(&after, F1, 2);
+    let (dwb, report) = open(after.clone(), config(DwbMode::Buffered));
+    assert!(report.pages_restored.contains(&(F1, 2)), "{report:?}");
+    assert_eq!(versions(&after)[slot_of(F1, 2)], Some(2));
+    // Enough batches of other pages to wrap the 128 KiB ring several times.
+    let others: Vec<(FileId, u64)> = (0..PAGES).map(|n| (F2, n)).collect();
+    for version in 3..15 {
+        dwb.write_pages(&borrow(&pages_at(&others, version))).unwrap();
+    }
+    drop(dwb);
+    let image = after.read_file(&dwb_path()).unwrap();
+    let scan = scan_ring(&image);
+    assert!(scan.batches.iter().flat_map(|b| &b.slots).all(|s| s.header.file != F1), "the repair's image was overwritten");
+    let last = after.crash(6);
+    let (_, report) = open(last.clone(), config(DwbMode::Buffered));
+    assert!(report.pages_restored.is_empty());
+    assert_eq!(versions(&last)[slot_of(F1, 2)], Some(2), "the repaired page no longer needs its image");
+}
+
+/// Seeded simulation over a small, wrapping ring: random batches (some split in two, some
+/// naming a page twice), power cut at a random step now and then, against a model of each
+/// page's acknowledged version.
+#[test]
+fn random_batches_and_crashes_over_a_wrapping_ring_keep_every_page_old_or_new() {
+    for seed in 0..seeds() * 2 {
+        let mut rng = SimRng::new(seed);
+        let mode = if seed % 2 == 0 { DwbMode::Buffered } else { DwbMode::Direct };
+        let mut sim = disk(seed);
+        let mut faulty = Faulty::new(sim.clone());
+        let (mut dwb, _) = open(faulty.clone(), config(mode));
+        let mut acked = versions(&sim);
+        let mut next_version = 2;
+        for step in 0..40 {
+            let count = 1 + rng.below(22) as usize;
+            let mut batch = Pages::new();
+            for _ in 0..count {
+                let (f, n) = (FILES[rng.below(2) as usize], rng.below(PAGES));
+                batch.push((f, n, page(f, n, next_version)));
+                next_version += 1;
+            }
+            let cut = rng.below(3) == 0;
+            if cut {
+                faulty.arm(rng.below(2 * count as u64 + 8) as i64);
+            }
+            let result = dwb.write_pages(&borrow(&batch));
+            faulty.arm(-1);
+            if result.is_ok() {
+                for (f, n, bytes) in &batch {
+                    let PageCheck::Intact { version } = check(*f, bytes) else { unreachable!() };
+                    acked[slot_of(*f, *n)] = Some(version);
+                }
+            }
+            if !cut {
+                result.unwrap();
+                continue;
+            }
+            drop(dwb);
+            let after = sim.crash(rng.next_u64());
+            faulty = Faulty::new(after.clone());
+            (dwb, _) = open(faulty.clone(), config(mode));
+            let got = versions(&after);
+            for (i, version) in got.iter().enumerate() {
+                let written = batch
+                    .iter()
+                    .any(|(f, n, b)| slot_of(*f, *n) == i && check(*f, b) == PageCheck::Intact { version: version.unwrap_or(0) });
+                assert!(
+                    *version == acked[i] || (result.is_err() && written),
+                    "seed {seed} step {step}: page {i} is {version:?}, acknowledged {:?}",
+                    acked[i]
+                );
+            }
+            acked = got;
+            sim = after;
+        }
+    }
+}
+
+#[test]
+fn the_newest_image_wins_when_a_page_is_buffered_twice() {
+    let sim = disk(3);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 4)], 2))).unwrap();
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 4)], 3))).unwrap();
+    // Twice in one batch, the later image with the lower version: sequence decides, not version.
+    dwb.write_pages(&[(F2, 1, &page(F2, 1, 5)), (F2, 1, &page(F2, 1, 4))]).unwrap();
+    drop(dwb);
+    tear(&sim, F1, 4);
+    tear(&sim, F2, 1);
+    let (_, report) = open(sim.clone(), config(DwbMode::Buffered));
+    assert_eq!(report.pages_restored, vec![(F1, 4), (F2, 1)]);
+    assert_eq!(versions(&sim)[slot_of(F1, 4)], Some(3));
+    assert_eq!(versions(&sim)[slot_of(F2, 1)], Some(4));
+}
+
+#[test]
+fn an_intact_in_place_page_newer_than_its_image_is_never_replaced() {
+    let sim = disk(4);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 5), (F1, 6)], 2))).unwrap();
+    drop(dwb);
+    write_in_place(&sim, F1, 5, 9);
+    let (_, report) = open(sim.clone(), config(DwbMode::Buffered));
+    assert_eq!(versions(&sim)[slot_of(F1, 5)], Some(9));
+    assert!(!report.pages_restored.contains(&(F1, 5)));
+    assert_eq!(report.pages_kept, 2);
+}
+
+#[test]
+fn a_stale_intact_page_whose_in_place_write_never_landed_is_brought_up_to_its_image() {
+    let sim = disk(5);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    // The batch is durable in the buffer; no in-place write happens.
+    faulty.arm(2);
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 1), (F2, 2)], 2))).unwrap_err();
+    drop(dwb);
+    let after = sim.crash(1);
+    assert_eq!(versions(&after)[slot_of(F1, 1)], Some(1));
+    let (_, report) = open(after.clone(), config(DwbMode::Buffered));
+    assert_eq!(report.pages_restored, vec![(F1, 1), (F2, 2)]);
+    assert_eq!(versions(&after)[slot_of(F2, 2)], Some(2));
+}
+
+#[test]
+fn recovery_never_writes_a_page_it_has_no_image_for() {
+    let sim = disk(6);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 1)], 2))).unwrap();
+    drop(dwb);
+    tear(&sim, F2, 7);
+    let before = sim.read_file(&file_path(F2)).unwrap();
+    let (_, report) = open(sim.clone(), config(DwbMode::Buffered));
+    assert_eq!(report.pages_checked, 1);
+    assert_eq!(versions(&sim)[slot_of(F2, 7)], None, "a torn page without an image stays torn for the engine to see");
+    assert_eq!(sim.read_file(&file_path(F2)).unwrap(), before, "not a byte of the other file changed");
+}
+
+#[test]
+fn a_torn_page_whose_image_the_validator_rejects_is_unrepairable() {
+    let sim = disk(7);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    let mut bad = page(F1, 3, 2);
+    bad[100] ^= 1;
+    dwb.write_pages(&[(F1, 3, &bad)]).unwrap();
+    drop(dwb);
+    tear(&sim, F1, 3);
+    let dwb = DoubleWriteBuffer::open_with(sim.clone(), config(DwbMode::Buffered)).unwrap();
+    dwb.register_file(F1, file_path(F1), PAGE).unwrap();
+    let err = dwb.recover(check).unwrap_err();
+    assert!(matches!(err, WalError::DwbUnrepairable { file: F1, page_no: 3, .. }), "{err}");
+    assert!(matches!(dwb.write_pages(&[(F1, 0, &page(F1, 0, 2))]), Err(WalError::DwbNotRecovered { .. })));
+}
+
+#[test]
+fn a_page_file_that_cannot_be_opened_fails_recovery_without_poisoning_it() {
+    let sim = disk(22);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 1), (F2, 1)], 2))).unwrap();
+    drop(dwb);
+    let saved = sim.read_file(&file_path(F2)).unwrap();
+    sim.remove(&file_path(F2)).unwrap();
+    let dwb = DoubleWriteBuffer::open_with(sim.clone(), config(DwbMode::Buffered)).unwrap();
+    for file in FILES {
+        dwb.register_file(file, file_path(file), PAGE).unwrap();
+    }
+    let err = dwb.recover(check).unwrap_err();
+    assert!(matches!(&err, WalError::Io { op: IoOp::Open, .. }), "{err}");
+    // The operator puts the file back; recovery runs again on the same buffer.
+    let f = sim.open(&file_path(F2), OpenMode { create: true, write: true, direct: false }).unwrap();
+    f.write_at(&saved, 0).unwrap();
+    f.sync_data().unwrap();
+    tear(&sim, F2, 1);
+    let report = dwb.recover(check).unwrap();
+    assert_eq!(report.pages_restored, vec![(F2, 1)]);
+    dwb.write_pages(&borrow(&pages_at(&[(F2, 2)], 2))).unwrap();
+}
+
+#[test]
+fn images_of_unregistered_files_are_reported_and_left_alone() {
+    let sim = disk(8);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 1), (F2, 1)], 2))).unwrap();
+    drop(dwb);
+    tear(&sim, F2, 1);
+    let dwb = DoubleWriteBuffer::open_with(sim.clone(), config(DwbMode::Buffered)).unwrap();
+    dwb.register_file(F1, file_path(F1), PAGE).unwrap();
+    let report = dwb.recover(check).unwrap();
+    assert_eq!(report.unregistered_files, vec![F2]);
+    assert_eq!(versions(&sim)[slot_of(F2, 1)], None);
+}
+
+#[test]
+fn writes_wait_for_recovery_of_an_existing_buffer() {
+    let sim = disk(9);
+    drop(open(sim.clone(), config(DwbMode::Buffered)));
+    let dwb = DoubleWriteBuffer::open_with(sim.clone(), config(DwbMode::Buffered)).unwrap();
+    dwb.register_file(F1, file_path(F1), PAGE).unwrap();
+    let err = dwb.write_pages(&[(F1, 0, &page(F1, 0, 2))]).unwrap_err();
+    assert!(matches!(err, WalError::DwbNotRecovered { .. }), "{err}");
+    dwb.recover(check).unwrap();
+    dwb.write_pages(&[(F1, 0, &page(F1, 0, 2))]).unwrap();
+}
+
+#[test]
+fn every_page_is_checked_before_anything_is_written() {
+    let sim = disk(10);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    let good = page(F1, 0, 2);
+    let err = dwb.write_pages(&[(F1, 0, &good), (FileId(9), 0, &good)]).unwrap_err();
+    assert!(matches!(err, WalError::DwbUnknownFile { file: FileId(9) }), "{err}");
+    let err = dwb.write_pages(&[(F1, 0, &good), (F2, 0, &good[..100])]).unwrap_err();
+    assert!(matches!(err, WalError::DwbPageLen { len: 100, expected: PAGE, .. }), "{err}");
+    assert_eq!(dwb.stats().batches, 0);
+    assert_eq!(versions(&sim)[slot_of(F1, 0)], Some(1));
+    let err = dwb.register_file(F1, "/elsewhere", PAGE).unwrap_err();
+    assert!(matches!(err, WalError::InvalidConfig { .. }), "{err}");
+}
+
+#[test]
+fn a_buffer_file_that_cannot_be_opened_degrades_and_page_writes_are_refused() {
+    let sim = disk(12);
+    let faulty = Faulty::new(sim.clone());
+    faulty.refuse_open(&dwb_path());
+    let dwb = DoubleWriteBuffer::open_with(faulty, config(DwbMode::Buffered)).unwrap();
+    dwb.register_file(F1, file_path(F1), PAGE).unwrap();
+    assert!(dwb.is_degraded());
+    assert_eq!(dwb.degraded_cause(), Some((IoOp::Open, std::io::ErrorKind::PermissionDenied)));
+    assert!(matches!(dwb.recover(check), Err(WalError::DwbDegraded { op: IoOp::Open, .. })));
+    let err = dwb.write_pages(&[(F1, 0, &page(F1, 0, 2))]).unwrap_err();
+    assert!(matches!(err, WalError::DwbDegraded { .. }), "{err}");
+    assert_eq!(versions(&sim)[slot_of(F1, 0)], Some(1), "a refused page is not written");
+    assert_eq!(dwb.stats().protected_pages + dwb.stats().unprotected_pages, 0);
+}
+
+#[test]
+fn a_failed_buffer_sync_degrades_and_leaves_the_pages_untouched() {
+    let sim = disk(13);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    sim.fail_next_sync();
+    let err = dwb.write_pages(&borrow(&pages_at(&[(F1, 0), (F2, 0)], 2))).unwrap_err();
+    assert!(matches!(err, WalError::DwbDegraded { op: IoOp::SyncData, .. }), "{err}");
+    assert!(dwb.is_degraded());
+    assert_eq!(&versions(&sim)[..1], &[Some(1)]);
+    assert!(dwb.write_pages(&borrow(&pages_at(&[(F1, 1)], 2))).is_err(), "degraded until reopened");
+    drop(dwb);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    assert!(!dwb.is_degraded(), "reopening leaves the degraded state");
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 1)], 2))).unwrap();
+}
+
+#[test]
+fn with_write_unprotected_a_degraded_buffer_writes_in_place_and_counts_the_pages() {
+    let sim = disk(14);
+    let faulty = Faulty::new(sim.clone());
+    faulty.refuse_open(&dwb_path());
+    let mut cfg = config(DwbMode::Buffered);
+    cfg.on_degraded = DegradedPolicy::WriteUnprotected;
+    let dwb = DoubleWriteBuffer::open_with(faulty, cfg).unwrap();
+    dwb.register_file(F1, file_path(F1), PAGE).unwrap();
+    assert!(dwb.is_degraded());
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 0), (F1, 1)], 2))).unwrap();
+    assert_eq!(dwb.stats().unprotected_pages, 2);
+    assert_eq!(dwb.stats().protected_pages, 0);
+    assert_eq!(dwb.stats().batches, 0);
+    assert_eq!(versions(&sim)[slot_of(F1, 1)], Some(2));
+}
+
+#[test]
+fn a_failed_page_sync_poisons_and_reopening_repairs() {
+    let sim = disk(15);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    let batch = pages_at(&[(F1, 0), (F2, 0)], 2);
+    // Buffer write and sync, both page writes, then the first page file's sync fails.
+    faulty.arm(4);
+    let err = dwb.write_pages(&borrow(&batch)).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: IoOp::SyncData, .. }), "{err}");
+    faulty.arm(-1);
+    let err = dwb.write_pages(&borrow(&batch)).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, .. }), "{err}");
+    drop(dwb);
+    let after = sim.crash(2);
+    open(after.clone(), config(DwbMode::Buffered));
+    assert_eq!(versions(&after)[slot_of(F1, 0)], Some(2));
+    assert_eq!(versions(&after)[slot_of(F2, 0)], Some(2));
+}
+
+#[test]
+fn off_mode_writes_in_place_unprotected_without_a_buffer_file() {
+    let sim = disk(16);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Off));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 0), (F2, 3)], 2))).unwrap();
+    assert_eq!(dwb.mode(), DwbMode::Off);
+    assert_eq!(dwb.stats().unprotected_pages, 2);
+    assert_eq!(dwb.stats().buffer_bytes, 0);
+    assert!(sim.read_file(&dwb_path()).is_none());
+    assert_eq!(versions(&sim)[slot_of(F2, 3)], Some(2));
+}
+
+#[test]
+fn switching_to_off_applies_the_old_buffer_then_removes_it() {
+    let sim = disk(17);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    faulty.arm(2 + 1);
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 6), (F2, 6)], 2))).unwrap_err();
+    drop(dwb);
+    let after = sim.crash(3);
+    tear(&after, F1, 6);
+    let (dwb, report) = open(after.clone(), config(DwbMode::Off));
+    assert_eq!(report.pages_restored, vec![(F1, 6), (F2, 6)]);
+    assert!(after.read_file(&dwb_path()).is_none(), "the buffer file is gone");
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 6)], 3))).unwrap();
+    assert_eq!(versions(&after)[slot_of(F1, 6)], Some(3));
+}
+
+#[test]
+fn a_crash_while_the_buffer_file_is_created_leaves_a_usable_buffer() {
+    // Creation: zero-fill writes (the ring is 128 KiB, one chunk), header, length, sync, dir sync.
+    for budget in 0..=6 {
+        for seed in 0..seeds() {
+            let sim = disk(seed);
+            let faulty = Faulty::new(sim.clone());
+            faulty.arm(budget);
+            let dwb = DoubleWriteBuffer::open_with(faulty, config(DwbMode::Buffered)).unwrap();
+            assert_eq!(dwb.is_degraded(), budget < 5, "budget {budget}");
+            drop(dwb);
+            let after = sim.crash(seed);
+            let (dwb, report) = open(after.clone(), config(DwbMode::Buffered));
+            assert_eq!(report.batches, 0);
+            dwb.write_pages(&borrow(&pages_at(&[(F1, 0)], 2))).unwrap();
+            drop(dwb);
+            let (_, report) = open(after.clone(), config(DwbMode::Buffered));
+            assert_eq!(report.batches, 1, "budget {budget}, seed {seed}: the reformatted file holds new batches");
+        }
+    }
+}
+
+#[test]
+fn a_buffer_file_with_a_torn_header_is_scanned_and_reformatted() {
+    let sim = disk(20);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 2)], 2))).unwrap();
+    drop(dwb);
+    let mut image = sim.read_file(&dwb_path()).unwrap();
+    image[..32].fill(0x5A);
+    sim.write_file(&dwb_path(), &image);
+    tear(&sim, F1, 2);
+    let (dwb, report) = open(sim.clone(), config(DwbMode::Buffered));
+    assert_eq!(report.pages_restored, vec![(F1, 2)], "the scan needs no header");
+    dwb.write_pages(&borrow(&pages_at(&[(F2, 2)], 2))).unwrap();
+    drop(dwb);
+    assert_eq!(&sim.read_file(&dwb_path()).unwrap()[4..8], b"NDWB", "the header was rewritten");
+    let (_, report) = open(sim.clone(), config(DwbMode::Buffered));
+    assert_eq!(report.batches, 2);
+    // An empty file, as a crash right after its creation leaves it.
+    sim.write_file(&dwb_path(), &[]);
+    let (dwb, report) = open(sim.clone(), config(DwbMode::Buffered));
+    assert_eq!(report.batches, 0);
+    dwb.write_pages(&borrow(&pages_at(&[(F2, 3)], 2))).unwrap();
+    assert_eq!(sim.read_file(&dwb_path()).unwrap().len(), 4096 + 128 * 1024);
+}
+
+#[test]
+fn each_page_is_written_once_into_the_buffer_with_one_extra_sync_per_batch() {
+    let sim = disk(18);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    let list: Vec<(FileId, u64)> = (0..PAGES).map(|n| (F1, n)).collect();
+    let syncs = sim.sync_count();
+    dwb.write_pages(&borrow(&pages_at(&list, 2))).unwrap();
+    let stats = dwb.stats();
+    assert_eq!(sim.sync_count() - syncs, 2, "one sync of the buffer, one of the page file");
+    assert_eq!(stats.batches, 1);
+    assert_eq!(stats.in_place_bytes, PAGES * PAGE as u64);
+    // Eight 4 KiB pages with 56-byte headers: 33,216 bytes, padded to 36,864.
+    assert_eq!(stats.buffer_bytes, 36_864);
+    assert!(stats.buffer_bytes as f64 <= 1.13 * stats.in_place_bytes as f64);
+    assert_eq!(stats.protected_pages, PAGES);
+}
+
+#[test]
+fn every_buffer_write_is_counted_in_the_process_wide_counter() {
+    let sim = disk(19);
+    let before = wal_dwb_bytes_written_total();
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 0)], 2))).unwrap();
+    // Creation (header block and 128 KiB of zeros) and the one-block batch; other tests in this
+    // process may add more at the same time.
+    assert!(wal_dwb_bytes_written_total() - before >= 4096 + 128 * 1024 + 8192);
+    assert_eq!(dwb.stats().buffer_bytes, 8192);
+}
+
+/// Real files: write through the buffer, tear a page by hand, reopen and recover.
+fn real_files(mode: DwbMode) {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = |f: FileId| tmp.path().join(format!("pages-{}", f.0));
+    const BIG: usize = 16 * 1024;
+    let big_page = |f: FileId, n: u64, v: u64| {
+        let mut p = page(f, n, v);
+        p.resize(BIG, v as u8);
+        let crc = crc32c::crc32c(&p[4..]);
+        p[..4].copy_from_slice(&crc.to_le_bytes());
+        p
+    };
+    for f in FILES {
+        std::fs::write(path(f), vec![0u8; BIG * 32]).unwrap();
+    }
+    let mut cfg = nodedb_wal::DwbConfig::new(tmp.path().join("dwb"));
+    cfg.mode = mode;
+    let open_real = |cfg: nodedb_wal::DwbConfig| {
+        let dwb = match DoubleWriteBuffer::open(cfg) {
+            Err(WalError::DirectIoUnsupported { .. }) => return None,
+            other => other.unwrap(),
+        };
+        for f in FILES {
+            dwb.register_file(f, path(f), BIG).unwrap();
+        }
+        Some(dwb)
+    };
+    let Some(dwb) = open_real(cfg.clone()) else {
+        eprintln!("skipped: {} refuses O_DIRECT", tmp.path().display());
+        return;
+    };
+    assert!(!dwb.is_degraded());
+    let pages: Pages = (0..40).map(|i| (FILES[i % 2], i as u64 % 32, big_page(FILES[i % 2], i as u64 % 32, 2))).collect();
+    dwb.write_pages(&borrow(&pages)).unwrap();
+    assert_eq!(dwb.stats().protected_pages, 40);
+    drop(dwb);
+    // Tear page 4 of the first file: its second half from another write.
+    let mut bytes = std::fs::read(path(F1)).unwrap();
+    bytes[4 * BIG + BIG / 2..5 * BIG].fill(0xAB);
+    std::fs::write(path(F1), &bytes).unwrap();
+    let dwb = open_real(cfg.clone()).unwrap();
+    let report = dwb.recover(check).unwrap();
+    assert_eq!(report.pages_restored, vec![(F1, 4)], "{report:?}");
+    let bytes = std::fs::read(path(F1)).unwrap();
+    assert_eq!(&bytes[4 * BIG..5 * BIG], &big_page(F1, 4, 2)[..]);
+    dwb.write_pages(&borrow(&pages)).unwrap();
+}
+
+#[test]
+fn buffered_mode_protects_pages_on_real_files() {
+    real_files(DwbMode::Buffered);
+}
+
+#[test]
+fn direct_mode_protects_pages_on_real_files() {
+    real_files(DwbMode::Direct);
+}
+
+#[test]
+fn a_buffer_path_that_is_a_directory_degrades_on_real_files() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::create_dir(tmp.path().join("dwb")).unwrap();
+    std::fs::write(tmp.path().join("pages"), vec![0u8; PAGE * 4]).unwrap();
+    let dwb = DoubleWriteBuffer::open(nodedb_wal::DwbConfig::new(tmp.path().join("dwb"))).unwrap();
+    dwb.register_file(F1, tmp.path().join("pages"), PAGE).unwrap();
+    assert!(dwb.is_degraded(), "{dwb:?}");
+    assert!(matches!(dwb.write_pages(&[(F1, 0, &page(F1, 0, 2))]), Err(WalError::DwbDegraded { .. })));
+    assert_eq!(std::fs::read(tmp.path().join("pages")).unwrap(), vec![0u8; PAGE * 4]);
+    assert!(Path::new(&tmp.path().join("dwb")).is_dir());
+}

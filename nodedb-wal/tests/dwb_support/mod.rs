@@ -1,0 +1,236 @@
+//! Helpers for the double-write buffer tests: self-checking pages, page files on the simulated
+//! disk, and `Faulty`, a storage wrapper that pulls the plug after a set number of writes and
+//! syncs (every later one fails) or refuses to open one path.
+
+#![allow(dead_code, reason = "each test uses a different subset of these helpers")]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nodedb_wal::dwb::PageWrite;
+use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, FileId, IoOp, PageCheck, SimStorage};
+
+/// Bytes of every test page.
+pub const PAGE: usize = 4096;
+/// The directory of the buffer and the page files on the simulated disk.
+pub const DIR: &str = "/sim/db";
+/// The page files the tests use.
+pub const FILES: [FileId; 2] = [FileId(1), FileId(2)];
+/// Pages per file.
+pub const PAGES: u64 = 8;
+
+/// The buffer file.
+pub fn dwb_path() -> PathBuf {
+    Path::new(DIR).join("dwb")
+}
+
+/// A page file.
+pub fn file_path(file: FileId) -> PathBuf {
+    Path::new(DIR).join(format!("pages-{}", file.0))
+}
+
+/// Page `page_no` of `file` at `version`: a CRC32C of the rest, the version, the identity and
+/// filler that differs for every (file, page, version).
+pub fn page(file: FileId, page_no: u64, version: u64) -> Vec<u8> {
+    let mut bytes: Vec<u8> =
+        (0..PAGE).map(|i| (i as u64 ^ page_no.wrapping_mul(31) ^ version.wrapping_mul(131) ^ u64::from(file.0)) as u8).collect();
+    bytes[4..12].copy_from_slice(&version.to_le_bytes());
+    bytes[12..20].copy_from_slice(&page_no.to_le_bytes());
+    bytes[20..24].copy_from_slice(&file.0.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[4..]);
+    bytes[..4].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// The validator a storage engine would supply: the page's own checksum and version.
+pub fn check(_file: FileId, bytes: &[u8]) -> PageCheck {
+    if bytes.len() < 24 || crc32c::crc32c(&bytes[4..]) != u32::from_le_bytes(bytes[..4].try_into().unwrap()) {
+        return PageCheck::Torn;
+    }
+    PageCheck::Intact { version: u64::from_le_bytes(bytes[4..12].try_into().unwrap()) }
+}
+
+/// The version of every page on the simulated disk, `None` where a page is torn.
+pub fn versions(sim: &SimStorage) -> Vec<Option<u64>> {
+    let mut out = Vec::new();
+    for file in FILES {
+        let bytes = sim.read_file(&file_path(file)).expect("page file exists");
+        for n in 0..PAGES {
+            let start = n as usize * PAGE;
+            let version = match bytes.get(start..start + PAGE).map(|p| check(file, p)) {
+                Some(PageCheck::Intact { version }) => Some(version),
+                _ => None,
+            };
+            out.push(version);
+        }
+    }
+    out
+}
+
+/// Index of a page in [`versions`].
+pub fn slot_of(file: FileId, page_no: u64) -> usize {
+    FILES.iter().position(|&f| f == file).unwrap() * PAGES as usize + page_no as usize
+}
+
+/// A fresh simulated disk with every page file holding version 1 of each page, durably.
+pub fn disk(seed: u64) -> SimStorage {
+    let sim = SimStorage::new(seed, FaultConfig::default());
+    sim.create_dir_all(Path::new(DIR)).unwrap();
+    // Make the new directories' own entries durable, as an engine creating them would.
+    for dir in Path::new(DIR).ancestors().skip(1) {
+        sim.sync_dir(dir).unwrap();
+    }
+    for file in FILES {
+        let f = sim.open(&file_path(file), OpenMode { create: true, write: true, direct: false }).unwrap();
+        for n in 0..PAGES {
+            f.write_at(&page(file, n, 1), n * PAGE as u64).unwrap();
+        }
+        f.sync_data().unwrap();
+    }
+    sim.sync_dir(Path::new(DIR)).unwrap();
+    sim
+}
+
+/// A small buffer: a 128 KiB ring of 64 KiB batches (fifteen 4 KiB pages each).
+pub fn config(mode: DwbMode) -> DwbConfig {
+    let mut c = DwbConfig::new(dwb_path());
+    c.mode = mode;
+    c.ring_bytes = 128 * 1024;
+    c.batch_bytes_max = 64 * 1024;
+    c
+}
+
+/// Opens the buffer, registers the page files and recovers.
+pub fn open<S: Storage>(storage: S, config: DwbConfig) -> (DoubleWriteBuffer<S>, DwbRecovery) {
+    let dwb = DoubleWriteBuffer::open_with(storage, config).unwrap();
+    for file in FILES {
+        dwb.register_file(file, file_path(file), PAGE).unwrap();
+    }
+    let report = dwb.recover(check).unwrap();
+    (dwb, report)
+}
+
+/// Owned pages to write: (file, page number, bytes).
+pub type Pages = Vec<(FileId, u64, Vec<u8>)>;
+
+/// Borrows owned pages as the argument of `write_pages`.
+pub fn borrow(pages: &Pages) -> Vec<PageWrite<'_>> {
+    pages.iter().map(|(f, n, b)| (*f, *n, &b[..])).collect()
+}
+
+/// A storage that performs the next `budget` writes, syncs, length changes and directory
+/// operations, then fails every one after with EIO (reads go on working): the moment power is
+/// cut. Call `crash` on the simulated disk underneath for what a restart finds. It can also
+/// refuse to open one path.
+#[derive(Clone, Debug)]
+pub struct Faulty<S> {
+    /// The storage underneath.
+    pub inner: S,
+    budget: Arc<AtomicI64>,
+    refuse_open: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl<S> Faulty<S> {
+    /// Wraps a storage; nothing fails until armed.
+    pub fn new(inner: S) -> Faulty<S> {
+        Faulty { inner, budget: Arc::new(AtomicI64::new(-1)), refuse_open: Arc::default() }
+    }
+
+    /// From now on, `ops` more operations succeed.
+    pub fn arm(&self, ops: i64) {
+        self.budget.store(ops, Ordering::SeqCst);
+    }
+
+    /// Makes opening `path` fail with EACCES.
+    pub fn refuse_open(&self, path: &Path) {
+        *self.refuse_open.lock().unwrap() = Some(path.to_path_buf());
+    }
+
+    /// Operations left (-1: unlimited).
+    pub fn budget(&self) -> i64 {
+        self.budget.load(Ordering::SeqCst)
+    }
+}
+
+fn spend(budget: &AtomicI64) -> io::Result<()> {
+    let taken = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
+        b if b < 0 => Some(b),
+        0 => None,
+        b => Some(b - 1),
+    });
+    taken.map(drop).map_err(|_| io::Error::from_raw_os_error(5))
+}
+
+/// A file of [`Faulty`].
+#[derive(Debug)]
+pub struct FaultyFile<F> {
+    inner: F,
+    budget: Arc<AtomicI64>,
+}
+
+impl<S: Storage> Storage for Faulty<S> {
+    type File = FaultyFile<S::File>;
+    type Lock = S::Lock;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<S::Lock> {
+        self.inner.lock_dir(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File> {
+        if self.refuse_open.lock().unwrap().as_deref() == Some(path) {
+            return Err(io::Error::from_raw_os_error(13));
+        }
+        Ok(FaultyFile { inner: self.inner.open(path, mode)?, budget: Arc::clone(&self.budget) })
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        spend(&self.budget)?;
+        self.inner.remove(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        spend(&self.budget)?;
+        self.inner.sync_dir(dir)
+    }
+}
+
+impl<F: StorageFile> StorageFile for FaultyFile<F> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        spend(&self.budget)?;
+        self.inner.write_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        spend(&self.budget)?;
+        self.inner.sync_data()
+    }
+
+    fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
+        self.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;
+        self.sync_data().map_err(|e| (IoOp::SyncData, e))
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        spend(&self.budget)?;
+        self.inner.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
