@@ -1,7 +1,7 @@
 //! `nodedb-wal`: the write-ahead log a multi-model database trusts with every write.
 //!
 //! A directory of segment files, each opening with a 16-byte preamble; records framed with a
-//! CRC32C, dense LSNs, O_DIRECT block-aligned writes through io_uring, and a group committer
+//! CRC32C, dense LSNs, O_DIRECT block-aligned writes (pwrite + fdatasync by default, io_uring on request), and a group committer
 //! so that many concurrent appends share one fdatasync. Recovery returns every acknowledged
 //! record and nothing else, cuts torn tails and reports real corruption as an error.
 //!

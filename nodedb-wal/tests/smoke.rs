@@ -48,11 +48,18 @@ fn appended_records_are_read_back_after_reopen_sim() {
 }
 
 #[test]
-fn appended_records_are_read_back_after_reopen_pwrite_fallback() {
+fn appended_records_are_read_back_after_reopen_pwrite() {
     let dir = tempfile::tempdir().unwrap();
     let storage = nodedb_wal::FsStorage::pwrite_only();
     assert_eq!(storage.backend(), nodedb_wal::IoBackend::Pwrite);
+    assert_eq!(nodedb_wal::FsStorage::new().backend(), nodedb_wal::IoBackend::Pwrite, "pwrite is the default");
     appended_records_are_read_back_after_reopen(storage, dir.path());
+}
+
+#[test]
+fn appended_records_are_read_back_after_reopen_io_uring_or_its_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    appended_records_are_read_back_after_reopen(nodedb_wal::FsStorage::io_uring(), dir.path());
 }
 
 #[test]

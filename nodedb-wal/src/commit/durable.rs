@@ -4,8 +4,9 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
+use std::thread::Thread;
 
 use crate::error::{IoOp, Result, WalError};
 use crate::types::Lsn;
@@ -23,8 +24,9 @@ pub struct Durability {
     lsn: AtomicU64,
     poisoned: AtomicBool,
     cause: OnceLock<PoisonCause>,
-    lock: Mutex<()>,
-    cv: Condvar,
+    /// Blocked threads and the LSN each waits for: a sync wakes only those it covers, so
+    /// threads whose records are in the next batch sleep on (no thundering herd).
+    parked: Mutex<Vec<(Lsn, Thread)>>,
     wakers: Mutex<Vec<(Lsn, Waker)>>,
 }
 
@@ -62,27 +64,34 @@ impl Durability {
 
     /// Called by the flusher after a successful sync that covered everything below `lsn`.
     pub fn advance(&self, lsn: Lsn) {
-        {
-            let _guard = lock(&self.lock);
-            self.lsn.fetch_max(lsn.0, Ordering::AcqRel);
-        }
-        self.cv.notify_all();
+        self.lsn.fetch_max(lsn.0, Ordering::AcqRel);
         self.wake(|waiting| waiting <= lsn);
     }
 
     /// Ends the log: nothing more becomes durable. The first cause wins.
     pub fn poison(&self, op: IoOp, err: &io::Error) {
         let _ = self.cause.set(PoisonCause { op, kind: err.kind() });
-        {
-            let _guard = lock(&self.lock);
-            self.poisoned.store(true, Ordering::Release);
-        }
+        self.poisoned.store(true, Ordering::Release);
         tracing::error!(?op, %err, "nodedb-wal poisoned: no further append will be acknowledged");
-        self.cv.notify_all();
         self.wake(|_| true);
     }
 
+    /// Wakes the parked threads and the tasks whose LSN `which` accepts. Each is removed from
+    /// its list before it is woken, so a waiter that is still listed has not been woken yet.
     fn wake(&self, which: impl Fn(Lsn) -> bool) {
+        let threads: Vec<Thread> = {
+            let mut parked = lock(&self.parked);
+            let mut ready = Vec::new();
+            parked.retain(|(lsn, thread)| {
+                let wake = which(*lsn);
+                if wake {
+                    ready.push(thread.clone());
+                }
+                !wake
+            });
+            ready
+        };
+        threads.iter().for_each(Thread::unpark);
         let ready: Vec<Waker> = {
             let mut wakers = lock(&self.wakers);
             let (ready, waiting): (Vec<_>, Vec<_>) = wakers.drain(..).partition(|(lsn, _)| which(*lsn));
@@ -93,12 +102,26 @@ impl Durability {
     }
 
     /// Blocks until `lsn` is durable or the log is poisoned.
+    ///
+    /// The thread lists itself before it checks, and the flusher raises the watermark before it
+    /// looks at the list: so either the check sees the new watermark or the flusher sees the
+    /// thread and unparks it (an unpark before the park makes the park return at once).
     pub fn wait(&self, lsn: Lsn) -> Result<()> {
-        let mut guard = lock(&self.lock);
-        while !self.check(lsn)? {
-            guard = self.cv.wait(guard).unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.check(lsn)? {
+            return Ok(());
         }
-        Ok(())
+        let me = std::thread::current();
+        lock(&self.parked).push((lsn, me.clone()));
+        let result = loop {
+            match self.check(lsn) {
+                Ok(false) => std::thread::park(),
+                done => break done.map(drop),
+            }
+        };
+        // Woken threads were taken off the list; one that returned on its own check is still
+        // on it and must not be unparked later for nothing.
+        lock(&self.parked).retain(|(_, t)| t.id() != me.id());
+        result
     }
 
     /// Registers a task to wake once `lsn` is durable (or the log is poisoned).

@@ -32,19 +32,30 @@ impl Default for FsStorage {
 }
 
 impl FsStorage {
-    /// Uses io_uring where the kernel allows it (and the `io-uring` feature is on), else pwrite.
-    /// The choice is logged and reported by [`FsStorage::backend`].
+    /// The default backend: pwrite + fdatasync. With one flusher issuing one write and one
+    /// sync at a time, io_uring gains nothing to batch, and the kernel runs its fdatasync in a
+    /// worker thread, a hand-off per commit: measured slower here at 1 and 64 threads, even at
+    /// 16 (docs/BENCHMARKS.md, "I/O backend"). [`FsStorage::io_uring`] chooses io_uring.
     #[must_use]
     pub fn new() -> FsStorage {
-        let backend = probe_backend();
-        tracing::info!(?backend, "nodedb-wal I/O backend chosen");
-        FsStorage { backend }
+        FsStorage::pwrite_only()
     }
 
     /// Always pwrite + fdatasync.
     #[must_use]
     pub fn pwrite_only() -> FsStorage {
         FsStorage { backend: IoBackend::Pwrite }
+    }
+
+    /// io_uring where the kernel allows it (and the `io-uring` feature is on): the write and the
+    /// fdatasync as linked entries of one system call. Where io_uring is refused (ENOSYS,
+    /// EPERM under seccomp, `kernel.io_uring_disabled`), pwrite + fdatasync; the choice is
+    /// logged and reported by [`FsStorage::backend`].
+    #[must_use]
+    pub fn io_uring() -> FsStorage {
+        let backend = probe_backend();
+        tracing::info!(?backend, "nodedb-wal I/O backend chosen");
+        FsStorage { backend }
     }
 
     /// The backend files opened by this storage use.

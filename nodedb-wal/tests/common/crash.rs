@@ -64,7 +64,7 @@ impl Mode {
 
     /// Opens the log in `dir` this way.
     pub fn open(self, dir: &Path) -> Result<SegmentedWal, WalError> {
-        let storage = if self.uring { FsStorage::new() } else { FsStorage::pwrite_only() };
+        let storage = if self.uring { FsStorage::io_uring() } else { FsStorage::pwrite_only() };
         SegmentedWal::open_with(storage, config(dir, self.direct))
     }
 }
