@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs every measurement docs/BENCHMARKS.md reports, $REPEAT times, and appends the output to
+# $OUT. Benchmarks on a 2-core machine are only worth reading when nothing else runs, so before
+# each run it waits (up to $IDLE_WAIT_MAX seconds) for no compiler to be running and the 1-minute
+# load average to fall below 1, and after it says whether a compiler started meanwhile
+# ("# disturbed"): such a run is noise, not a result.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-bench-results.jsonl}
+SECONDS_PER_SYSTEM=${SECONDS_PER_SYSTEM:-5}
+IDLE_WAIT_MAX=${IDLE_WAIT_MAX:-900}
+REPEAT=${REPEAT:-1}
+busy_flag=$(mktemp)
+
+cargo build --release -p nodedb-wal-benches --bins
+compare=(cargo run --quiet --release -p nodedb-wal-benches --bin compare --)
+dwb=(cargo run --quiet --release -p nodedb-wal-benches --bin dwb --)
+
+compiler_running() {
+    ps -eo comm= | grep -Eqx 'rustc|cc1|ld|clippy-driver'
+}
+
+wait_for_idle() {
+    local waited=0
+    while ((waited < IDLE_WAIT_MAX)); do
+        if ! compiler_running && awk "BEGIN{exit !($(cut -d' ' -f1 /proc/loadavg) < 1.0)}"; then
+            return
+        fi
+        sleep 5
+        waited=$((waited + 5))
+    done
+    echo "# machine still busy after ${IDLE_WAIT_MAX}s; running anyway" | tee -a "$OUT"
+}
+
+# Runs its arguments while a watcher notes whether a compiler runs at any time meanwhile.
+watched() {
+    wait_for_idle
+    local rev watcher
+    if git rev-parse --git-dir >/dev/null 2>&1; then
+        rev=$(git rev-parse --short HEAD)
+        git diff --quiet HEAD -- nodedb-wal || rev+='+uncommitted'
+    else
+        rev=${NODEDB_WAL_REV:-unknown} # an exported tree, e.g. from git archive
+    fi
+    echo "# $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg) nodedb-wal $rev: $*" | tee -a "$OUT"
+    : >"$busy_flag"
+    (while sleep 1; do if compiler_running; then echo busy >"$busy_flag"; fi; done) &
+    watcher=$!
+    "$@" | tee -a "$OUT"
+    kill "$watcher"
+    if [[ -s "$busy_flag" ]]; then echo "# disturbed: a compiler ran during this run" | tee -a "$OUT"; fi
+}
+
+for _ in $(seq "$REPEAT"); do
+    watched "${compare[@]}" --threads 16 --size 128 --seconds "$SECONDS_PER_SYSTEM"
+    watched "${compare[@]}" --threads 64 --size 128 --seconds "$SECONDS_PER_SYSTEM"
+    watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM"
+    watched "${compare[@]}" --pipelined --size 4k --seconds "$SECONDS_PER_SYSTEM"
+    watched "${compare[@]}" --page-cache-check --bytes 1073741824 --size 4k
+    for threads in 1 16 64; do
+        watched "${compare[@]}" --threads "$threads" --seconds "$SECONDS_PER_SYSTEM" --systems raw-floor,nodedb-wal-pwrite,nodedb-wal-uring
+    done
+    watched "${dwb[@]}"
+done
+
+watched cargo bench --quiet -p nodedb-wal-benches --bench encode
+rm -f "$busy_flag"

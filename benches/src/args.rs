@@ -1,0 +1,161 @@
+//! Command-line arguments of `compare`, parsed by hand to keep the dependency list short.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Usage text printed for `--help` and after a bad argument.
+pub const USAGE: &str = "\
+usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipelined [--every K]]
+               [--dir DIR] [--page-cache-check [--bytes B]]
+
+  --threads T         appending threads for nodedb-wal, fsync-per-append, okaywal, sqlite (16)
+  --size S            payload bytes per record; k, m, g suffixes are binary (128)
+  --seconds N         how long each system runs (5)
+  --systems LIST      comma-separated, run in this order; default
+                      raw-floor,raw-bandwidth,okaywal,sqlite,fsync-per-append,nodedb-wal
+                      (also: nodedb-wal-pwrite, nodedb-wal-uring: each I/O backend)
+                      (with --pipelined: raw-bandwidth,nodedb-wal)
+  --pipelined         nodedb-wal runs one thread that appends without waiting and calls
+                      wait_durable on the latest LSN every K records
+  --every K           records between waits in pipelined mode (256)
+  --dir DIR           where the logs go; a temporary directory is made inside it (.)
+  --page-cache-check  write --bytes through the WAL (O_DIRECT, pipelined) and report the
+                      change in the kernel's Cached: memory, beside a buffered-file baseline
+  --bytes B           bytes for --page-cache-check (1g)";
+
+/// Every system `compare` knows, in the default order.
+pub const ALL_SYSTEMS: [&str; 6] = ["raw-floor", "raw-bandwidth", "okaywal", "sqlite", "fsync-per-append", "nodedb-wal"];
+
+/// Systems run only when named: nodedb-wal on each I/O backend (`nodedb-wal` uses the default).
+pub const EXTRA_SYSTEMS: [&str; 2] = ["nodedb-wal-pwrite", "nodedb-wal-uring"];
+
+/// Parsed arguments.
+#[derive(Clone, Debug)]
+pub struct Args {
+    /// Appending threads.
+    pub threads: usize,
+    /// Payload bytes per record.
+    pub size: usize,
+    /// Run time of each system.
+    pub duration: Duration,
+    /// Systems to run, in order.
+    pub systems: Vec<String>,
+    /// nodedb-wal runs pipelined.
+    pub pipelined: bool,
+    /// Records between waits when pipelined.
+    pub every: u64,
+    /// Parent of the temporary directory.
+    pub dir: PathBuf,
+    /// Run the page-cache check instead of the comparison.
+    pub page_cache_check: bool,
+    /// Bytes the page-cache check writes.
+    pub bytes: u64,
+    /// `--help` was given.
+    pub help: bool,
+}
+
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            threads: 16,
+            size: 128,
+            duration: Duration::from_secs(5),
+            systems: Vec::new(),
+            pipelined: false,
+            every: 256,
+            dir: PathBuf::from("."),
+            page_cache_check: false,
+            bytes: 1 << 30,
+            help: false,
+        }
+    }
+}
+
+impl Args {
+    /// Parses the arguments after the program name.
+    pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut args = Args::default();
+        while let Some(flag) = raw.next() {
+            let mut value = || raw.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--threads" => args.threads = parse_count(&value()?)?,
+                "--size" => args.size = parse_count(&value()?)?,
+                "--seconds" => args.duration = parse_seconds(&value()?)?,
+                "--systems" => args.systems = value()?.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                "--pipelined" => args.pipelined = true,
+                "--every" => args.every = parse_count(&value()?)? as u64,
+                "--dir" => args.dir = PathBuf::from(value()?),
+                "--page-cache-check" => args.page_cache_check = true,
+                "--bytes" => args.bytes = parse_count(&value()?)? as u64,
+                "--help" | "-h" => args.help = true,
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        if args.systems.is_empty() {
+            let defaults: &[&str] = if args.pipelined { &["raw-bandwidth", "nodedb-wal"] } else { &ALL_SYSTEMS };
+            args.systems = defaults.iter().map(|s| (*s).to_owned()).collect();
+        }
+        let known = |s: &str| ALL_SYSTEMS.contains(&s) || EXTRA_SYSTEMS.contains(&s);
+        if let Some(bad) = args.systems.iter().find(|s| !known(s)) {
+            return Err(format!("unknown system {bad:?}; known: {},{}", ALL_SYSTEMS.join(","), EXTRA_SYSTEMS.join(",")));
+        }
+        Ok(args)
+    }
+}
+
+/// A positive integer with an optional binary suffix: `128`, `4k`, `4KiB`, `1g`.
+fn parse_count(text: &str) -> Result<usize, String> {
+    let lower = text.to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, shift) = match trimmed.as_bytes().last() {
+        Some(b'k') => (&trimmed[..trimmed.len() - 1], 10),
+        Some(b'm') => (&trimmed[..trimmed.len() - 1], 20),
+        Some(b'g') => (&trimmed[..trimmed.len() - 1], 30),
+        _ => (trimmed, 0),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{text:?} is not a count"))?;
+    match n.checked_shl(shift).filter(|v| *v > 0 && v >> shift == n) {
+        Some(v) => Ok(v),
+        None => Err(format!("{text:?} must be positive and fit in memory")),
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Args, String> {
+        Args::parse(line.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_count("128"), Ok(128));
+        assert_eq!(parse_count("4k"), Ok(4096));
+        assert_eq!(parse_count("4KiB"), Ok(4096));
+        assert_eq!(parse_count("1g"), Ok(1 << 30));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("x").is_err());
+    }
+
+    #[test]
+    fn pipelined_defaults_to_the_wal_beside_raw_bandwidth() {
+        let args = parse("--pipelined --size 4k --every 64").unwrap();
+        assert_eq!(args.systems, ["raw-bandwidth", "nodedb-wal"]);
+        assert_eq!((args.size, args.every), (4096, 64));
+    }
+
+    #[test]
+    fn unknown_systems_and_flags_are_refused() {
+        assert!(parse("--systems nodedb-wal,rocksdb").is_err());
+        assert!(parse("--fast").is_err());
+        assert!(parse("--threads").is_err());
+    }
+}

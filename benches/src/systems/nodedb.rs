@@ -1,0 +1,151 @@
+//! `nodedb-wal` itself, driven three ways: blocking appends with group commit, the same with
+//! group commit defeated (one fdatasync per record), and one pipelined appender.
+
+use std::io;
+use std::sync::Mutex;
+
+use nodedb_wal::{CommitStatsSnapshot, FsStorage, IoBackend, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, WalError};
+
+use crate::driver::{Params, run_for};
+use crate::report::Report;
+use crate::systems::payload;
+
+/// The record type every benchmark record carries: an application type readers may skip.
+pub const BENCH_TYPE: RecordType = RecordType::optional(0x0100);
+
+/// Turns a WAL error into the `io::Error` the driver passes around, keeping its message.
+pub fn to_io(err: WalError) -> io::Error {
+    io::Error::other(err)
+}
+
+/// A fresh log in its own directory under the run's directory, with the default config
+/// (O_DIRECT, 4 KiB blocks, 1 MiB batches, 64 MiB segments). The directory goes with the guard.
+pub fn open_fresh(params: &Params) -> io::Result<(SegmentedWal, tempfile::TempDir)> {
+    open_fresh_on(params, FsStorage::new())
+}
+
+/// [`open_fresh`] with a chosen I/O backend.
+pub fn open_fresh_on(params: &Params, storage: FsStorage) -> io::Result<(SegmentedWal, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new().prefix("nodedb-wal-").tempdir_in(&params.dir)?;
+    let wal = SegmentedWal::open_with(storage, SegmentedWalConfig::new(dir.path())).map_err(to_io)?;
+    Ok((wal, dir))
+}
+
+fn stats_since(now: CommitStatsSnapshot, before: CommitStatsSnapshot) -> CommitStatsSnapshot {
+    CommitStatsSnapshot {
+        fsyncs: now.fsyncs - before.fsyncs,
+        batches: now.batches - before.batches,
+        records: now.records - before.records,
+        bytes_written: now.bytes_written - before.bytes_written,
+    }
+}
+
+/// `append_durable` from every thread: concurrent appends share fdatasyncs.
+pub fn group_commit(params: &Params) -> io::Result<Report> {
+    group_commit_on(params, FsStorage::new(), "nodedb-wal")
+}
+
+/// [`group_commit`] on a named I/O backend: `nodedb-wal-pwrite` or `nodedb-wal-uring`.
+pub fn group_commit_backend(params: &Params, backend: IoBackend) -> io::Result<Report> {
+    let (storage, name) = match backend {
+        IoBackend::IoUring => (FsStorage::io_uring(), "nodedb-wal-uring"),
+        IoBackend::Pwrite => (FsStorage::pwrite_only(), "nodedb-wal-pwrite"),
+    };
+    if storage.backend() != backend {
+        return Err(io::Error::other(format!("{name}: the kernel refused io_uring")));
+    }
+    group_commit_on(params, storage, name)
+}
+
+fn group_commit_on(params: &Params, storage: FsStorage, name: &str) -> io::Result<Report> {
+    let (wal, _dir) = open_fresh_on(params, storage)?;
+    let payload = payload(params.size);
+    let (wal_ref, payload) = (&wal, &payload);
+    let before = wal.stats();
+    let timed = run_for(params.threads, params.duration, params.device, move |_| {
+        Ok(move || {
+            wal_ref.append_durable(Record::new(BENCH_TYPE, payload)).map_err(to_io)?;
+            Ok(1)
+        })
+    })?;
+    let stats = stats_since(wal.stats(), before);
+    wal.close().map_err(to_io)?;
+    Ok(Report {
+        system: name.into(),
+        threads: params.threads,
+        size_bytes: params.size,
+        timed,
+        fsyncs: Some(stats.fsyncs),
+        wal_bytes: Some(stats.bytes_written),
+        latency_of: "one append_durable call",
+        note: "append_durable from every thread; group commit",
+    })
+}
+
+/// The same log with group commit defeated: each thread holds one global mutex around
+/// `append` + `wait_durable`, so no sync can cover a second record. This is the cost of the
+/// write path without batching, on the same code and the same files.
+pub fn fsync_per_append(params: &Params) -> io::Result<Report> {
+    let (wal, _dir) = open_fresh(params)?;
+    let payload = payload(params.size);
+    let one_at_a_time = Mutex::new(());
+    let (wal_ref, payload, one_at_a_time) = (&wal, &payload, &one_at_a_time);
+    let before = wal.stats();
+    let timed = run_for(params.threads, params.duration, params.device, move |_| {
+        Ok(move || {
+            let _turn = one_at_a_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let lsn = wal_ref.append(Record::new(BENCH_TYPE, payload)).map_err(to_io)?;
+            wal_ref.wait_durable(lsn).map_err(to_io)?;
+            Ok(1)
+        })
+    })?;
+    let stats = stats_since(wal.stats(), before);
+    wal.close().map_err(to_io)?;
+    Ok(Report {
+        system: "fsync-per-append".into(),
+        threads: params.threads,
+        size_bytes: params.size,
+        timed,
+        fsyncs: Some(stats.fsyncs),
+        wal_bytes: Some(stats.bytes_written),
+        latency_of: "one append + wait_durable, including the wait for the global mutex",
+        note: "nodedb-wal with a global mutex around append+wait_durable: one fdatasync per record",
+    })
+}
+
+/// Appends `count` records without waiting and returns the last LSN.
+pub fn append_many(wal: &SegmentedWal, payload: &[u8], count: u64) -> io::Result<Lsn> {
+    let mut last = Lsn::ZERO;
+    for _ in 0..count {
+        last = wal.append(Record::new(BENCH_TYPE, payload)).map_err(to_io)?;
+    }
+    Ok(last)
+}
+
+/// One thread appends `every` records without waiting, then waits until the last is durable.
+/// The flusher writes full batches while the thread is still appending.
+pub fn pipelined(params: &Params) -> io::Result<Report> {
+    let (wal, _dir) = open_fresh(params)?;
+    let payload = payload(params.size);
+    let (wal_ref, payload, every) = (&wal, &payload, params.every);
+    let before = wal.stats();
+    let timed = run_for(1, params.duration, params.device, move |_| {
+        Ok(move || {
+            let last = append_many(wal_ref, payload, every)?;
+            wal_ref.wait_durable(last).map_err(to_io)?;
+            Ok(every)
+        })
+    })?;
+    let stats = stats_since(wal.stats(), before);
+    wal.close().map_err(to_io)?;
+    Ok(Report {
+        system: "nodedb-wal-pipelined".into(),
+        threads: 1,
+        size_bytes: params.size,
+        timed,
+        fsyncs: Some(stats.fsyncs),
+        wal_bytes: Some(stats.bytes_written),
+        latency_of: "`every` appends plus one wait_durable on the last",
+        note: "one thread: append without waiting, wait_durable on the latest LSN every `every` records",
+    })
+}
