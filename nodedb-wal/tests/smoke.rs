@@ -141,3 +141,41 @@ fn a_log_directory_created_by_open_survives_a_crash() {
     let wal = SegmentedWal::open_with(after, config(dir)).unwrap();
     assert_eq!(wal.recovery_info().last_lsn, lsn, "the directory and its record survived");
 }
+
+/// Bytes the log wrote for `rounds` rounds of `per_round` records of `payload` bytes, each
+/// round followed by a sync, with 64 KiB batches and 256 KiB of zero-fill ahead.
+fn bytes_written_by(rounds: usize, per_round: usize, payload: usize) -> (u64, u64) {
+    let sim = SimStorage::new(9, FaultConfig::default());
+    let mut c = SegmentedWalConfig::new("/zf");
+    c.segment_bytes_target = 64 << 20;
+    c.batch_bytes_max = 64 * 1024;
+    c.zero_fill_bytes = 256 * 1024;
+    let wal = SegmentedWal::open_with(sim, c).unwrap();
+    let body = vec![3u8; payload];
+    for _ in 0..rounds {
+        for _ in 0..per_round {
+            wal.append(Record::new(RecordType::optional(0x100), &body)).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+    let stats = wal.stats();
+    (stats.bytes_written, stats.batches)
+}
+
+#[test]
+fn a_run_of_small_batches_is_zero_filled_ahead() {
+    let (bytes, batches) = bytes_written_by(12, 1, 100);
+    assert_eq!(batches, 12);
+    assert!(bytes >= 12 * 4096 + 256 * 1024, "{bytes} bytes: no zero-fill after a run of small batches");
+}
+
+// Found by the pipelined 4 KiB benchmark: a small remainder between full batches was followed
+// by a zero-fill that the next full batch overwrote, doubling the bytes written.
+#[test]
+fn a_small_batch_between_large_ones_is_not_zero_filled_ahead() {
+    // Each round: 17 records of 4000 bytes, one full 64 KiB batch and a one-record remainder.
+    let (bytes, batches) = bytes_written_by(12, 17, 4000);
+    let payload = 12 * 17 * (4000 + 48) as u64;
+    assert!(batches >= 24, "{batches} batches");
+    assert!(bytes < payload + batches * 4096, "{bytes} bytes for {payload} of records: zeros were written ahead");
+}

@@ -24,12 +24,20 @@ pub(crate) struct Flusher<S: Storage> {
     /// The end of the bytes of the open segment already written (records or zeros).
     written_to: u64,
     zeros: Option<AlignedBuf>,
+    /// Small batches written since the last large one (saturating).
+    small_streak: u32,
 }
+
+/// Zero-fill ahead only after this many small batches in a row. A writer that alternates a
+/// full batch with a small remainder (an ingest loop that waits every N records) would
+/// otherwise write a zero-fill after every remainder only for the next full batch to overwrite
+/// it: twice the bytes, measured in the pipelined 4 KiB benchmark.
+const SMALL_STREAK_FOR_ZERO_FILL: u32 = 4;
 
 impl<S: Storage> Flusher<S> {
     pub fn new(shared: Arc<Shared<S>>) -> Flusher<S> {
         let zeros = (shared.zero_fill_bytes > 0).then(|| AlignedBuf::zeroed(shared.zero_fill_bytes, shared.block));
-        Flusher { shared, file: None, written_to: 0, zeros }
+        Flusher { shared, file: None, written_to: 0, zeros, small_streak: SMALL_STREAK_FOR_ZERO_FILL }
     }
 
     /// Runs until the log closes or is poisoned.
@@ -80,12 +88,18 @@ impl<S: Storage> Flusher<S> {
         Ok(())
     }
 
-    /// Writes zeros past the end of a small batch so that later small batches land in blocks
-    /// the file system has already allocated. The batch's fdatasync makes them durable too.
-    /// Only ever writes past everything written so far: never a block holding records.
+    /// Writes zeros past the end of a small batch, when the batches before it were small too,
+    /// so that later small batches land in blocks the file system has already allocated. The
+    /// batch's fdatasync makes them durable too. Only ever writes past everything written so
+    /// far: never a block holding records.
     fn zero_fill_ahead(&mut self, batch_end: u64, batch_len: usize) -> Result<(), IoFailure> {
         let Some(zeros) = &self.zeros else { return Ok(()) };
-        if batch_end <= self.written_to || batch_len >= zeros.len() / 4 {
+        if batch_len >= zeros.len() / 16 {
+            self.small_streak = 0;
+            return Ok(());
+        }
+        self.small_streak = self.small_streak.saturating_add(1);
+        if batch_end <= self.written_to || self.small_streak < SMALL_STREAK_FOR_ZERO_FILL {
             return Ok(());
         }
         // A segment rolls near its target size: zeros beyond it would never be used.
