@@ -12,7 +12,8 @@
 //! that every acknowledged record is there, intact, at its LSN; that LSNs are dense; that every
 //! record returned in earlier rounds is still there; that every other record is an intact one
 //! this round's child appended; and that the log takes appends again. The child met only I/O
-//! errors or poisoning. Rounds cycle through io_uring and pwrite, O_DIRECT and buffered I/O.
+//! errors or poisoning. Rounds cycle through io_uring and pwrite, O_DIRECT and buffered I/O,
+//! plaintext and encrypted segments.
 //!
 //! Needs root, loop devices, mkfs.ext4 and mkfs.xfs; where any is missing the test prints
 //! `SKIPPED:` and why. `NODEDB_WAL_FS_ROUNDS` sets the rounds per file system (default 25 in

@@ -10,7 +10,8 @@
 //! LSNs are dense; that every record the log returned in earlier rounds is still there,
 //! unchanged; that every other record is an intact one this round's child really appended; and
 //! that the log takes new appends. The next round's child appends to the same, recovered log.
-//! The rounds cycle through io_uring and pwrite, O_DIRECT and buffered I/O.
+//! The rounds cycle through io_uring and pwrite, O_DIRECT and buffered I/O, plaintext and
+//! encrypted segments.
 //!
 //! `NODEDB_WAL_KILL_ROUNDS` sets the number of rounds (default 200 in release builds, 40 in
 //! debug builds); `NODEDB_WAL_CRASH_SEED` repeats a kill schedule.

@@ -19,7 +19,7 @@ pub mod model;
 use std::path::Path;
 use std::time::Duration;
 
-use nodedb_wal::{FsStorage, RecordType, Scope, SegmentedWal, SegmentedWalConfig, WalError, WalRecord};
+use nodedb_wal::{FsStorage, KeyRing, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig, WalError, WalRecord};
 
 /// Appending threads in the child.
 pub const THREADS: u32 = 8;
@@ -38,34 +38,56 @@ pub fn config(dir: &Path, direct: bool) -> SegmentedWalConfig {
     c
 }
 
-/// How a round opens the log: every combination of I/O backend and page-cache use crashes.
+/// How a round opens the log: every combination of I/O backend, page-cache use and
+/// encryption crashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mode {
     /// io_uring (where the kernel allows it) rather than pwrite + fdatasync.
     pub uring: bool,
     /// O_DIRECT rather than buffered writes.
     pub direct: bool,
+    /// New segments are encrypted (the key stays in the ring either way, so that segments of
+    /// earlier encrypted rounds stay readable).
+    pub encrypted: bool,
+}
+
+/// The key id of the crash tests' one key.
+const KEY_ID: u32 = 7;
+
+/// A ring holding the crash tests' key, active (new segments encrypted) or not.
+fn key_ring(active: bool) -> std::sync::Arc<KeyRing> {
+    let ring = KeyRing::new();
+    ring.insert(KEY_ID, SecureKey::from_bytes(&mut [0x5A; 32])).expect("a new ring takes a key");
+    if active {
+        ring.set_active(KEY_ID).expect("the key is in the ring");
+    }
+    std::sync::Arc::new(ring)
 }
 
 impl Mode {
     /// The mode of round `round`.
     pub fn of_round(round: u32) -> Mode {
-        Mode { uring: round % 2 == 0, direct: round % 4 < 2 }
+        Mode { uring: round % 2 == 0, direct: round % 4 < 2, encrypted: round % 8 >= 4 }
     }
 
     fn encode(self) -> String {
-        format!("{}-{}", if self.uring { "uring" } else { "pwrite" }, if self.direct { "direct" } else { "buffered" })
+        let backend = if self.uring { "uring" } else { "pwrite" };
+        let io = if self.direct { "direct" } else { "buffered" };
+        format!("{backend}-{io}-{}", if self.encrypted { "aes" } else { "plain" })
     }
 
     fn decode(s: &str) -> Mode {
-        let (backend, io) = s.split_once('-').unwrap_or_else(|| panic!("bad mode {s:?}"));
-        Mode { uring: backend == "uring", direct: io == "direct" }
+        let parts: Vec<&str> = s.split('-').collect();
+        let [backend, io, cipher] = parts[..] else { panic!("bad mode {s:?}") };
+        Mode { uring: backend == "uring", direct: io == "direct", encrypted: cipher == "aes" }
     }
 
     /// Opens the log in `dir` this way.
     pub fn open(self, dir: &Path) -> Result<SegmentedWal, WalError> {
         let storage = if self.uring { FsStorage::io_uring() } else { FsStorage::pwrite_only() };
-        SegmentedWal::open_with(storage, config(dir, self.direct))
+        let mut config = config(dir, self.direct);
+        config.key_ring = Some(key_ring(self.encrypted));
+        SegmentedWal::open_with(storage, config)
     }
 }
 
@@ -143,9 +165,11 @@ impl Origin {
                 expected.len()
             ));
         }
-        if record.record_type != origin.record_type() || record.scope != origin.scope() || record.flags != 0 {
+        // Records of encrypted rounds carry the header's encrypted flag; no other flag is set.
+        let flags = record.flags & !nodedb_wal::format::frame::FLAG_ENCRYPTED;
+        if record.record_type != origin.record_type() || record.scope != origin.scope() || flags != 0 {
             return Err(format!(
-                "LSN {}: {origin:?} has type {:?}, scope {:?}, flags {}; expected {:?}, {:?}, 0",
+                "LSN {}: {origin:?} has type {:?}, scope {:?}, flags {}; expected {:?}, {:?}, 0 (or encrypted)",
                 record.lsn,
                 record.record_type,
                 record.scope,
