@@ -16,6 +16,7 @@ busy_flag=$(mktemp)
 cargo build --release -p nodedb-wal-benches --bins
 compare=(cargo run --quiet --release -p nodedb-wal-benches --bin compare --)
 dwb=(cargo run --quiet --release -p nodedb-wal-benches --bin dwb --)
+replay=(cargo run --quiet --release -p nodedb-wal-benches --bin replay --)
 
 compiler_running() {
     ps -eo comm= | grep -Eqx 'rustc|cc1|ld|clippy-driver'
@@ -61,6 +62,10 @@ for _ in $(seq "$REPEAT"); do
     for threads in 1 16 64; do
         watched "${compare[@]}" --threads "$threads" --seconds "$SECONDS_PER_SYSTEM" --systems raw-floor,nodedb-wal-pwrite,nodedb-wal-uring
     done
+    for size in 1k 16k; do
+        watched "${compare[@]}" --threads 16 --size "$size" --seconds "$SECONDS_PER_SYSTEM" --systems nodedb-wal,nodedb-wal-encrypted
+    done
+    watched "${replay[@]}" --size 1024
     watched "${dwb[@]}"
 done
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Usage text printed for `--help` and after a bad argument.
 pub const USAGE: &str = "\
-usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipelined [--every K]]
+usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipelined [--every K] [--depth D]]
                [--dir DIR] [--page-cache-check [--bytes B]]
 
   --threads T         appending threads for nodedb-wal, fsync-per-append, okaywal, sqlite (16)
@@ -13,11 +13,14 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipel
   --seconds N         how long each system runs (5)
   --systems LIST      comma-separated, run in this order; default
                       raw-floor,raw-bandwidth,okaywal,sqlite,fsync-per-append,nodedb-wal
-                      (also: nodedb-wal-pwrite, nodedb-wal-uring: each I/O backend)
+                      (also: nodedb-wal-encrypted; nodedb-wal-pwrite, nodedb-wal-uring: each
+                      I/O backend)
                       (with --pipelined: raw-bandwidth,nodedb-wal)
-  --pipelined         nodedb-wal runs one thread that appends without waiting and calls
-                      wait_durable on the latest LSN every K records
-  --every K           records between waits in pipelined mode (256)
+  --pipelined         nodedb-wal runs one thread that appends groups of K records without
+                      waiting, asks for a sync after each, and keeps at most D groups not yet
+                      durable (it waits on the oldest before appending more)
+  --every K           records per group in pipelined mode (256)
+  --depth D           groups in flight in pipelined mode (4)
   --dir DIR           where the logs go; a temporary directory is made inside it (.)
   --page-cache-check  write --bytes through the WAL (O_DIRECT, pipelined) and report the
                       change in the kernel's Cached: memory, beside a buffered-file baseline
@@ -26,8 +29,9 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipel
 /// Every system `compare` knows, in the default order.
 pub const ALL_SYSTEMS: [&str; 6] = ["raw-floor", "raw-bandwidth", "okaywal", "sqlite", "fsync-per-append", "nodedb-wal"];
 
-/// Systems run only when named: nodedb-wal on each I/O backend (`nodedb-wal` uses the default).
-pub const EXTRA_SYSTEMS: [&str; 2] = ["nodedb-wal-pwrite", "nodedb-wal-uring"];
+/// Systems run only when named: nodedb-wal with encryption, and on each I/O backend
+/// (`nodedb-wal` uses the default backend).
+pub const EXTRA_SYSTEMS: [&str; 3] = ["nodedb-wal-encrypted", "nodedb-wal-pwrite", "nodedb-wal-uring"];
 
 /// Parsed arguments.
 #[derive(Clone, Debug)]
@@ -44,6 +48,8 @@ pub struct Args {
     pub pipelined: bool,
     /// Records between waits when pipelined.
     pub every: u64,
+    /// Groups not yet durable that the pipelined appender allows.
+    pub depth: usize,
     /// Parent of the temporary directory.
     pub dir: PathBuf,
     /// Run the page-cache check instead of the comparison.
@@ -63,6 +69,7 @@ impl Default for Args {
             systems: Vec::new(),
             pipelined: false,
             every: 256,
+            depth: 4,
             dir: PathBuf::from("."),
             page_cache_check: false,
             bytes: 1 << 30,
@@ -84,6 +91,7 @@ impl Args {
                 "--systems" => args.systems = value()?.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
                 "--pipelined" => args.pipelined = true,
                 "--every" => args.every = parse_count(&value()?)? as u64,
+                "--depth" => args.depth = parse_count(&value()?)?,
                 "--dir" => args.dir = PathBuf::from(value()?),
                 "--page-cache-check" => args.page_cache_check = true,
                 "--bytes" => args.bytes = parse_count(&value()?)? as u64,

@@ -20,6 +20,8 @@ pub struct Params {
     pub duration: Duration,
     /// Records between waits in pipelined mode.
     pub every: u64,
+    /// Groups of `every` records not yet durable that the pipelined appender allows.
+    pub depth: usize,
     /// The run's temporary directory; each system makes its own directory inside.
     pub dir: PathBuf,
     /// The device under `dir`, for its flush counters.

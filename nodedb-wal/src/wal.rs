@@ -163,6 +163,13 @@ impl<S: Storage> SegmentedWal<S> {
         self.committer.wait_durable(lsn)
     }
 
+    /// Asks for a sync covering `lsn` and returns at once: a pipelined writer calls this after
+    /// a group of appends and [`Self::wait_durable`] later, so the sync runs while it goes on
+    /// appending. Errors if `lsn` was never issued, or the log is poisoned.
+    pub fn request_sync(&self, lsn: Lsn) -> Result<()> {
+        self.committer.request_sync(lsn)
+    }
+
     /// A future that resolves once `lsn` is durable, under any executor.
     pub fn durable(&self, lsn: Lsn) -> Result<DurableFuture<'_>> {
         self.committer.durable(lsn)

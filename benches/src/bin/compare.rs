@@ -40,6 +40,7 @@ fn run(args: &Args) -> io::Result<()> {
         size: args.size,
         duration: args.duration,
         every: args.every,
+        depth: args.depth,
         dir: run_dir.path().to_path_buf(),
         device: Device::of(run_dir.path())?,
     };
@@ -50,7 +51,13 @@ fn run(args: &Args) -> io::Result<()> {
     for system in &args.systems {
         eprintln!("compare: running {system} ...");
         let report = systems::run(system, &params, args.pipelined)?;
-        println!("{}", report.to_json());
+        let line = report.to_json();
+        let line = if args.pipelined && report.system == "nodedb-wal-pipelined" {
+            line.int("every", args.every).int("depth", args.depth as u64)
+        } else {
+            line
+        };
+        println!("{line}");
         reports.push(report);
     }
     if let Some(line) = ratios(&reports, args) {
@@ -88,6 +95,9 @@ fn ratios(reports: &[Report], args: &Args) -> Option<Json> {
                 .opt_num("wal_disk_mb_vs_raw_bandwidth", wal_disk_mb.map(|mb| mb / ceiling.mb_per_sec()));
         }
         return Some(line);
+    }
+    if let Some(encrypted) = find("nodedb-wal-encrypted") {
+        line = line.num("encrypted_vs_plaintext", encrypted.records_per_sec() / wal.records_per_sec());
     }
     for other in ["okaywal", "sqlite", "fsync-per-append"] {
         if let Some(o) = find(other) {

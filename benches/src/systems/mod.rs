@@ -16,6 +16,7 @@ pub fn run(name: &str, params: &Params, pipelined: bool) -> io::Result<Report> {
     match name {
         "nodedb-wal" if pipelined => nodedb::pipelined(params),
         "nodedb-wal" => nodedb::group_commit(params),
+        "nodedb-wal-encrypted" => nodedb::group_commit_encrypted(params),
         "nodedb-wal-pwrite" => nodedb::group_commit_backend(params, nodedb_wal::IoBackend::Pwrite),
         "nodedb-wal-uring" => nodedb::group_commit_backend(params, nodedb_wal::IoBackend::IoUring),
         "fsync-per-append" => nodedb::fsync_per_append(params),

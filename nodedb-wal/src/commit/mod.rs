@@ -306,6 +306,14 @@ impl<S: Storage> GroupCommitter<S> {
         self.shared.durability.wait(lsn)
     }
 
+    /// Asks the flusher for a sync covering `lsn` without waiting for it.
+    pub fn request_sync(&self, lsn: Lsn) -> Result<()> {
+        if self.shared.durability.check(lsn)? {
+            return Ok(());
+        }
+        self.shared.request_issued(lsn)
+    }
+
     /// A future that resolves once a successful fdatasync covers `lsn`; works under any executor.
     pub fn durable(&self, lsn: Lsn) -> Result<DurableFuture<'_>> {
         self.check_issued(lsn)?;
