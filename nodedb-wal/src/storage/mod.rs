@@ -5,6 +5,7 @@
 
 mod aligned;
 mod batch;
+pub mod faulty;
 mod fs;
 pub mod memlock;
 mod sim;

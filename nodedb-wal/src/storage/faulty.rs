@@ -1,0 +1,247 @@
+//! Fault injection on any storage, per instance: a wrapper that makes chosen operations fail
+//! with chosen errors, so tests of the real file system run in parallel without process-wide
+//! failpoints. Reads and `len` never fail; everything else can.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{OpenMode, Storage, StorageFile};
+use crate::error::IoOp;
+
+/// `EIO`: the device reported an I/O error.
+pub const EIO: i32 = 5;
+/// `ENOSPC`: no space left on the device.
+pub const ENOSPC: i32 = 28;
+/// `EINVAL`: what `open` returns where the file system refuses O_DIRECT.
+pub const EINVAL: i32 = 22;
+
+/// An operation a fault can hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultOp {
+    /// `StorageFile::write_at` (and the write half of `write_and_sync`).
+    Write,
+    /// `StorageFile::sync_data` (and the sync half of `write_and_sync`).
+    SyncData,
+    /// `Storage::sync_dir`.
+    SyncDir,
+    /// `Storage::remove`.
+    Remove,
+    /// `StorageFile::set_len`.
+    SetLen,
+}
+
+const OPS: usize = 5;
+
+impl FaultOp {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Rule {
+    op: FaultOp,
+    /// Matching calls still let through before the fault hits.
+    after: u64,
+    errno: i32,
+    /// A write puts the first half of its bytes down before it fails.
+    partial: bool,
+    /// Fails every matching call from then on, not just one.
+    sticky: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rules: Vec<Rule>,
+    calls: [u64; OPS],
+    injected: u64,
+    refuse_direct: bool,
+}
+
+/// What a call should do: go on, fail, or (a write) put down half its bytes and then fail.
+enum Verdict {
+    Pass,
+    Fail(i32),
+    Partial(i32),
+}
+
+impl State {
+    fn verdict(&mut self, op: FaultOp) -> Verdict {
+        self.calls[op.index()] += 1;
+        let hit = self.rules.iter().position(|r| r.op == op && r.after == 0);
+        // This call counts against every other rule for the operation, hit or not.
+        self.rules.iter_mut().filter(|r| r.op == op && r.after > 0).for_each(|r| r.after -= 1);
+        let Some(at) = hit else { return Verdict::Pass };
+        let rule = self.rules[at];
+        if !rule.sticky {
+            self.rules.remove(at);
+        }
+        self.injected += 1;
+        if rule.partial { Verdict::Partial(rule.errno) } else { Verdict::Fail(rule.errno) }
+    }
+}
+
+/// A storage whose operations fail on demand. Clones share their fault plan, so a test keeps a
+/// clone to arm faults in a log that owns the other.
+#[derive(Clone, Debug)]
+pub struct FaultyStorage<S> {
+    inner: S,
+    state: Arc<Mutex<State>>,
+}
+
+impl<S> FaultyStorage<S> {
+    /// Wraps a storage; nothing fails until a fault is armed.
+    pub fn new(inner: S) -> FaultyStorage<S> {
+        FaultyStorage { inner, state: Arc::default() }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next `op` after `after` more succeed fails once with `errno`.
+    pub fn fail_once(&self, op: FaultOp, after: u64, errno: i32) {
+        self.state().rules.push(Rule { op, after, errno, partial: false, sticky: false });
+    }
+
+    /// Every `op` after `after` more succeed fails with `errno`.
+    pub fn fail_from(&self, op: FaultOp, after: u64, errno: i32) {
+        self.state().rules.push(Rule { op, after, errno, partial: false, sticky: true });
+    }
+
+    /// The next write after `after` more succeed puts down the first half of its bytes, then
+    /// fails with `errno`: a short write the backend could not complete.
+    pub fn fail_write_partially(&self, after: u64, errno: i32) {
+        self.state().rules.push(Rule { op: FaultOp::Write, after, errno, partial: true, sticky: false });
+    }
+
+    /// Every open with O_DIRECT fails with `EINVAL`, as on a file system that refuses it.
+    pub fn refuse_direct_io(&self) {
+        self.state().refuse_direct = true;
+    }
+
+    /// Calls of `op` so far, failed or not.
+    pub fn calls(&self, op: FaultOp) -> u64 {
+        self.state().calls[op.index()]
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.state().injected
+    }
+
+    fn check(&self, op: FaultOp) -> io::Result<()> {
+        match self.state().verdict(op) {
+            Verdict::Pass => Ok(()),
+            Verdict::Fail(errno) | Verdict::Partial(errno) => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// A file of a [`FaultyStorage`].
+#[derive(Debug)]
+pub struct FaultyFile<F> {
+    inner: F,
+    state: Arc<Mutex<State>>,
+}
+
+impl<F> FaultyFile<F> {
+    fn verdict(&self, op: FaultOp) -> Verdict {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).verdict(op)
+    }
+
+    fn check(&self, op: FaultOp) -> io::Result<()> {
+        match self.verdict(op) {
+            Verdict::Pass => Ok(()),
+            Verdict::Fail(errno) | Verdict::Partial(errno) => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+impl<S: Storage> Storage for FaultyStorage<S> {
+    type File = FaultyFile<S::File>;
+    type Lock = S::Lock;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<S::Lock> {
+        self.inner.lock_dir(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File> {
+        if mode.direct && self.state().refuse_direct {
+            return Err(io::Error::from_raw_os_error(EINVAL));
+        }
+        Ok(FaultyFile { inner: self.inner.open(path, mode)?, state: Arc::clone(&self.state) })
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultOp::Remove)?;
+        self.inner.remove(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check(FaultOp::SyncDir)?;
+        self.inner.sync_dir(dir)
+    }
+}
+
+impl<F: StorageFile> StorageFile for FaultyFile<F> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self.verdict(FaultOp::Write) {
+            Verdict::Pass => self.inner.write_at(buf, offset),
+            Verdict::Fail(errno) => Err(io::Error::from_raw_os_error(errno)),
+            Verdict::Partial(errno) => {
+                // Half, rounded down to a multiple of 4 KiB so that O_DIRECT takes it.
+                let half = (buf.len() / 2) & !4095;
+                if half > 0 {
+                    self.inner.write_at(&buf[..half], offset)?;
+                }
+                Err(io::Error::from_raw_os_error(errno))
+            }
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.check(FaultOp::SyncData)?;
+        self.inner.sync_data()
+    }
+
+    fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
+        // Split, so that each half meets its own faults; without faults armed for either, the
+        // inner storage's own chained path runs.
+        let armed = {
+            let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.rules.iter().any(|r| matches!(r.op, FaultOp::Write | FaultOp::SyncData))
+        };
+        if !armed {
+            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.calls[FaultOp::Write.index()] += 1;
+            state.calls[FaultOp::SyncData.index()] += 1;
+            drop(state);
+            return self.inner.write_and_sync(buf, offset);
+        }
+        self.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;
+        self.sync_data().map_err(|e| (IoOp::SyncData, e))
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check(FaultOp::SetLen)?;
+        self.inner.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
