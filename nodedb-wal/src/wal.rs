@@ -15,7 +15,7 @@ use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
-use crate::types::{Lsn, RecordType, Scope};
+use crate::types::{Lsn, RecordType, Scope, SegmentId};
 
 /// A segmented write-ahead log, shared by any number of threads (`&self` appends).
 pub struct SegmentedWal<S: Storage = FsStorage> {
@@ -64,6 +64,8 @@ impl<S: Storage> SegmentedWal<S> {
             let last = recovered.info.segments.last_mut().expect("the pending segment is listed");
             last.sealed = true;
             last.bytes = bytes;
+        } else if let Some(last) = recovered.info.segments.last() {
+            sync_newest_segment(&storage, &dir, direct, last.id)?;
         }
         if let Some(torn) = recovered.info.torn_tail {
             tracing::warn!(segment = %torn.segment, offset = torn.offset, bytes = torn.bytes_discarded, "cut a torn tail");
@@ -252,8 +254,9 @@ impl<S: Storage> SegmentedWal<S> {
             };
             let path = segment::path(dir, victim);
             self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
-            self.storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+            // The file is gone whether or not the directory sync below succeeds: stop listing it.
             self.committer.shared().segments_lock().retain(|s| s.id != victim);
+            self.storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
             removed += 1;
         }
         Ok(removed)
@@ -283,6 +286,18 @@ fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<
         Err(e) if is_direct_io_refusal(&e) => Err(WalError::DirectIoUnsupported { path: config.dir.clone() }),
         Err(e) => Err(WalError::io(IoOp::Open, probe, e)),
     }
+}
+
+/// Syncs the newest segment, already sealed, before the log reports its records durable. A
+/// process killed between a batch's write and its fdatasync leaves the batch where recovery
+/// reads it (the page cache, the device's cache) but not yet durable; recovery returns its
+/// records and the durable watermark starts after them, so they must be synced first, or a
+/// power cut could take records the log already returned and leave a sealed segment torn.
+/// Only the newest segment can hold such a batch: a segment is synced before the next exists.
+fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: SegmentId) -> Result<()> {
+    let path = segment::path(dir, id);
+    let (file, _) = open_existing(storage, &path, direct)?;
+    file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &path, e))
 }
 
 /// Seals the last segment after recovery: an end frame on the first block boundary at or after
