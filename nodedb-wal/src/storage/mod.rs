@@ -88,18 +88,26 @@ pub fn is_direct_io_refusal(err: &io::Error) -> bool {
     err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
 
-/// Creates `dir` and makes every level it had to create durable in its parent: a new
-/// directory's entry survives a crash only once its parent is synced. Returns the failing step.
+/// Creates `dir` and makes its entry, and every ancestor's, durable: a new directory's entry
+/// survives a power cut only once its parent is synced. Levels that already existed are
+/// synced too, because an earlier open may have created them and died before syncing; where
+/// such a level's parent may not be read the sync is skipped (that open could not have
+/// created the level either). A few directory syncs, once per open. Returns the failing step.
 pub fn create_dir_durably<S: Storage>(storage: &S, dir: &Path) -> Result<(), (IoOp, io::Error)> {
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .filter(|p| !p.as_os_str().is_empty())
-        .take_while(|p| storage.list(p).is_err_and(|e| e.kind() == io::ErrorKind::NotFound))
-        .collect();
+    let levels: Vec<&Path> = dir.ancestors().filter(|p| !p.as_os_str().is_empty()).collect();
+    let missing: Vec<&Path> =
+        levels.iter().copied().take_while(|p| storage.list(p).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)).collect();
     storage.create_dir_all(dir).map_err(|e| (IoOp::CreateDir, e))?;
-    for created in missing.iter().rev() {
-        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        storage.sync_dir(parent).map_err(|e| (IoOp::SyncDir, e))?;
+    for level in levels.iter().rev() {
+        // The root has no entry to sync; a relative path's top level lives in ".".
+        let Some(parent) = level.parent() else { continue };
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        match storage.sync_dir(parent) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !missing.contains(level) => {
+                tracing::debug!(dir = %parent.display(), "directory not readable; its sync is skipped");
+            }
+            other => other.map_err(|e| (IoOp::SyncDir, e))?,
+        }
     }
     Ok(())
 }
