@@ -1,6 +1,6 @@
-//! A mutational fuzzer that runs on the stable toolchain: starts from a target's seeds and
-//! corpus, mutates, runs the target body, and saves every input that panics under
-//! `artifacts/<target>/`. Usage: `cargo run --release -p nodedb-wal-fuzz --bin fuzz -- TARGET SECONDS`.
+//! A mutational fuzzer that runs on the stable toolchain: starts from a target's seeds and its
+//! checked-in corpus (`nodedb-wal-fuzz/corpus/<target>/`), mutates, runs the target body, and
+//! saves every input that panics under `nodedb-wal-fuzz/artifacts/<target>/`. Usage: `cargo run --release -p nodedb-wal-fuzz --bin fuzz -- TARGET SECONDS`.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,12 @@ fn main() {
         std::process::exit(2);
     };
     std::panic::set_hook(Box::new(|_| {}));
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut pool = seeds(&name);
+    if let Ok(entries) = std::fs::read_dir(crate_dir.join("corpus").join(&name)) {
+        let files = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n != ".keep"));
+        pool.extend(files.filter_map(|p| std::fs::read(p).ok()));
+    }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut runs, mut crashes) = (0u64, 0u64);
     let mut state = std::process::id() as u64 ^ 0xA5A5_5A5A;
@@ -26,7 +31,7 @@ fn main() {
         runs += 1;
         if std::panic::catch_unwind(|| target(&input)).is_err() {
             crashes += 1;
-            let dir = std::path::Path::new("artifacts").join(&name);
+            let dir = crate_dir.join("artifacts").join(&name);
             std::fs::create_dir_all(&dir).expect("artifacts dir");
             std::fs::write(dir.join(format!("crash-{runs}")), &input).expect("write artifact");
         } else if pool.len() < 4096 && state % 64 == 0 {
