@@ -80,6 +80,35 @@ pub enum CorruptionKind {
     BadPayload,
 }
 
+/// Why an engine segment file could not be encrypted or decrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EngineFileProblem {
+    /// Encrypting needs an active key in the ring.
+    NoActiveKey,
+    /// The bytes do not start with an engine file preamble (`NSEG`).
+    NotAnEngineFile,
+    /// A format version this build does not read.
+    UnsupportedVersion {
+        /// The file's version.
+        version: u16,
+    },
+    /// A cipher id this build does not know.
+    UnsupportedCipher {
+        /// The file's cipher id.
+        cipher: u8,
+    },
+    /// The header's chunk length or reserved bytes are invalid.
+    BadHeader,
+    /// The file ends before its header or its last chunk.
+    Truncated,
+    /// A chunk failed authentication: wrong key, or the file was altered, reordered or cut.
+    AuthenticationFailed {
+        /// The chunk's index.
+        chunk: u64,
+    },
+}
+
 /// Why a key file was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -223,6 +252,12 @@ pub enum WalError {
         path: PathBuf,
         /// What is wrong with it.
         problem: KeyFileProblem,
+    },
+    /// An engine segment file could not be encrypted or decrypted.
+    #[error("engine segment file: {problem:?}")]
+    EngineFile {
+        /// What is wrong.
+        problem: EngineFileProblem,
     },
     /// A segment (or a request) names a key id the key ring does not hold.
     #[error("key id {key_id} is not in the key ring (segment {segment:?})")]

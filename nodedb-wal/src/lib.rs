@@ -27,13 +27,17 @@ mod wal;
 
 pub use commit::{CommitStatsSnapshot, DurableFuture, GroupCommitter};
 pub use config::SegmentedWalConfig;
-pub use crypto::{KeyRing, SecureKey};
+pub use crypto::{KeyRing, SecureKey, decrypt_engine_file, encrypt_engine_file};
 pub use dwb::{
     DegradedPolicy, DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, DwbStats, FileId, PageCheck, wal_dwb_bytes_written_total,
 };
-pub use error::{CorruptionKind, IoOp, KeyFileProblem, Result, WalError};
+pub use error::{CorruptionKind, EngineFileProblem, IoOp, KeyFileProblem, Result, WalError};
+pub use format::frame::RecordHeader;
 pub use format::payload::{
     CalvinAppliedPayload, CollectionTombstonePayload, MAX_COLLECTION_NAME_LEN, PayloadError, TemporalPurgeEngine, TemporalPurgePayload,
+};
+pub use format::preamble::{
+    CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, PREAMBLE_VERSION, SEG_PREAMBLE_MAGIC, SegmentPreamble, WAL_PREAMBLE_MAGIC,
 };
 pub use read::{LazyWalReader, RecordHandle, WalIter};
 pub use record::{Record, WalRecord};
