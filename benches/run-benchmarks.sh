@@ -67,6 +67,7 @@ for _ in $(seq "$REPEAT"); do
     done
     watched "${replay[@]}" --size 1024
     watched "${dwb[@]}"
+    watched cargo run --quiet --release -p nodedb-wal-benches --bin engine_crypt -- 256 5
 done
 
 watched cargo bench --quiet -p nodedb-wal-benches --bench encode
