@@ -24,6 +24,7 @@ pub mod segment;
 pub mod storage;
 mod types;
 mod wal;
+mod writer;
 
 pub use commit::{CommitStatsSnapshot, DurableFuture, GroupCommitter};
 pub use config::SegmentedWalConfig;
@@ -46,4 +47,5 @@ pub use replay::{TombstoneSet, extract_temporal_purges, extract_tombstones, last
 pub use segment::SegmentInfo;
 pub use storage::{FsStorage, IoBackend, SimStorage};
 pub use types::{Lsn, RecordType, Scope, SegmentId};
-pub use wal::SegmentedWal;
+pub use wal::{SegmentedWal, recover};
+pub use writer::{WalWriter, WalWriterConfig};

@@ -269,6 +269,17 @@ impl<S: Storage> SegmentedWal<S> {
     }
 }
 
+/// Runs recovery on the log `config` names, with every repair opening makes (a torn tail cut
+/// and sealed, an interrupted roll removed, the newest segment synced), and returns what it
+/// found, leaving the log closed. The same as opening and closing it, for a tool or a start-up
+/// step that only needs the [`RecoveryInfo`].
+pub fn recover(config: SegmentedWalConfig) -> Result<RecoveryInfo> {
+    let wal = SegmentedWal::open(config)?;
+    let info = wal.recovery_info().clone();
+    wal.close()?;
+    Ok(info)
+}
+
 /// Whether this directory's file system takes O_DIRECT, and whether the config lets us go on
 /// without it.
 fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<bool> {

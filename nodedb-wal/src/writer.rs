@@ -1,0 +1,219 @@
+//! [`WalWriter`]: one segment file, written on its own by one thread, in exactly the format
+//! [`crate::SegmentedWal`] reads. For tools and tests that produce a segment (an import, a
+//! snapshot shipped to a replica) without running a group committer; plaintext only.
+//!
+//! The same rules as the log: the header block first, then batches that start and end on block
+//! boundaries (padding frames fill the gap), each block written once; [`WalWriter::sync`]
+//! makes everything appended durable; [`WalWriter::finish`] seals the file with an end frame.
+//! A failed write or sync poisons the writer.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoOp, Result, WalError};
+use crate::format::frame::{HEADER_LEN, RecordHeader, encode_frame};
+use crate::format::layout::{END_FRAME_LEN, padded_len, write_header_block, write_padding, write_segment_end};
+use crate::format::meta::SegmentHeaderPayload;
+use crate::format::preamble::SegmentPreamble;
+use crate::record::Record;
+use crate::segment::{self, SegmentInfo};
+use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile};
+use crate::types::{Lsn, SegmentId};
+
+/// How a [`WalWriter`] writes.
+#[derive(Clone, Copy, Debug)]
+pub struct WalWriterConfig {
+    /// Write with O_DIRECT (the file system must take it).
+    pub direct_io: bool,
+    /// Block size: a power of two, at least 512; 4096 matches [`crate::SegmentedWalConfig`].
+    pub alignment: usize,
+    /// Bytes buffered before a batch is written (without a sync).
+    pub batch_bytes: usize,
+}
+
+impl Default for WalWriterConfig {
+    fn default() -> WalWriterConfig {
+        WalWriterConfig { direct_io: false, alignment: 4096, batch_bytes: 1 << 20 }
+    }
+}
+
+/// A writer of one segment file. See the module documentation.
+#[derive(Debug)]
+pub struct WalWriter<S: Storage = FsStorage> {
+    file: S::File,
+    path: PathBuf,
+    id: SegmentId,
+    first_lsn: Lsn,
+    next_lsn: Lsn,
+    durable_lsn: Lsn,
+    salt: u32,
+    block: usize,
+    buf: AlignedBuf,
+    used: usize,
+    /// Where the next batch goes.
+    offset: u64,
+    poisoned: Option<(IoOp, io::ErrorKind)>,
+}
+
+impl WalWriter<FsStorage> {
+    /// Creates segment `id` in `dir` (named as the log names it), its first record to be
+    /// `first_lsn`, with the default configuration.
+    pub fn create(dir: &Path, id: SegmentId, first_lsn: Lsn) -> Result<WalWriter<FsStorage>> {
+        WalWriter::create_with(FsStorage::new(), dir, id, first_lsn, WalWriterConfig::default())
+    }
+}
+
+impl<S: Storage> WalWriter<S> {
+    /// Creates segment `id` in `dir` on `storage`: writes and syncs its header block and makes
+    /// its directory entry durable. An existing file of that name is an error.
+    pub fn create_with(storage: S, dir: &Path, id: SegmentId, first_lsn: Lsn, config: WalWriterConfig) -> Result<WalWriter<S>> {
+        let block = config.alignment;
+        if !block.is_power_of_two() || block < 512 || config.batch_bytes < 4 * block || first_lsn == Lsn::ZERO {
+            return Err(WalError::InvalidConfig {
+                reason: "WalWriter needs a power-of-two alignment of at least 512, batch_bytes of at least four blocks and a first LSN above 0",
+            });
+        }
+        let path = segment::path(dir, id);
+        let file = storage
+            .open(&path, OpenMode { create: true, write: true, direct: config.direct_io })
+            .map_err(|e| WalError::io(IoOp::Open, &path, e))?;
+        if file.len().map_err(|e| WalError::io(IoOp::Stat, &path, e))? != 0 {
+            return Err(WalError::io(IoOp::Open, &path, io::Error::from(io::ErrorKind::AlreadyExists)));
+        }
+        let mut salt = [0u8; 4];
+        crate::commit::fill_random(&mut salt);
+        let salt = u32::from_le_bytes(salt);
+        let header = SegmentHeaderPayload {
+            segment_id: id,
+            first_lsn,
+            salt,
+            block_len: u32::try_from(block).expect("block fits u32"),
+            kdf_salt: [0; 16],
+        };
+        let durable_lsn = Lsn(first_lsn.0 - 1);
+        let mut head = AlignedBuf::zeroed(block, block);
+        write_header_block(&mut head, &SegmentPreamble::plaintext_wal(), &header, durable_lsn);
+        file.write_and_sync(&head, 0).map_err(|(op, e)| WalError::io(op, &path, e))?;
+        storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+        let buf = AlignedBuf::zeroed(config.batch_bytes, block);
+        Ok(WalWriter {
+            file,
+            path,
+            id,
+            first_lsn,
+            next_lsn: first_lsn,
+            durable_lsn,
+            salt,
+            block,
+            buf,
+            used: 0,
+            offset: block as u64,
+            poisoned: None,
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.poisoned {
+            Some((op, kind)) => Err(WalError::Poisoned { op, kind }),
+            None => Ok(()),
+        }
+    }
+
+    /// Room a batch needs beyond its records: the end frame and the padding frame's spill.
+    fn reserve(&self) -> usize {
+        END_FRAME_LEN + self.block + HEADER_LEN
+    }
+
+    /// Buffers a record and returns its LSN; it is written when the buffer fills and durable
+    /// after [`Self::sync`].
+    pub fn append(&mut self, record: Record<'_>) -> Result<Lsn> {
+        self.check()?;
+        if record.record_type.is_reserved() {
+            return Err(WalError::ReservedRecordType { record_type: record.record_type });
+        }
+        let frame_len = HEADER_LEN + record.payload.len();
+        let payload_len = u32::try_from(record.payload.len())
+            .map_err(|_| WalError::PayloadTooLarge { len: record.payload.len(), max: u32::MAX as usize })?;
+        if self.used + frame_len + self.reserve() > self.buf.len() {
+            self.write_batch(false)?;
+        }
+        if frame_len + self.reserve() > self.buf.len() {
+            // A record larger than the buffer gets a buffer of its own size.
+            self.buf = AlignedBuf::zeroed((frame_len + self.reserve()).next_multiple_of(self.block), self.block);
+        }
+        let lsn = self.next_lsn;
+        let header = RecordHeader {
+            lsn,
+            durable_lsn: self.durable_lsn,
+            salt: self.salt,
+            record_type: record.record_type,
+            scope: record.scope,
+            payload_len,
+            flags: 0,
+        };
+        encode_frame(&header, record.payload, &mut self.buf[self.used..self.used + frame_len]);
+        self.used += frame_len;
+        self.next_lsn = lsn.next();
+        Ok(lsn)
+    }
+
+    /// Writes the buffered records (and the end frame, when sealing) as one padded batch.
+    fn write_batch(&mut self, seal: bool) -> Result<()> {
+        if self.used == 0 && !seal {
+            return Ok(());
+        }
+        let mut used = self.used;
+        if seal {
+            let records_end = self.offset + used as u64;
+            used += write_segment_end(&mut self.buf, used, records_end, self.next_lsn, self.durable_lsn, self.salt);
+        }
+        let padded = padded_len(used, self.block);
+        write_padding(&mut self.buf[..padded], used, self.next_lsn, self.durable_lsn, self.salt);
+        if let Err(e) = self.file.write_at(&self.buf[..padded], self.offset) {
+            self.poisoned = Some((IoOp::Write, e.kind()));
+            return Err(WalError::io(IoOp::Write, &self.path, e));
+        }
+        self.offset += padded as u64;
+        self.used = 0;
+        Ok(())
+    }
+
+    /// Writes everything appended and fdatasyncs it; returns the last durable LSN.
+    pub fn sync(&mut self) -> Result<Lsn> {
+        self.check()?;
+        self.write_batch(false)?;
+        self.sync_file()
+    }
+
+    fn sync_file(&mut self) -> Result<Lsn> {
+        if let Err(e) = self.file.sync_data() {
+            self.poisoned = Some((IoOp::SyncData, e.kind()));
+            return Err(WalError::io(IoOp::SyncData, &self.path, e));
+        }
+        self.durable_lsn = Lsn(self.next_lsn.0 - 1);
+        Ok(self.durable_lsn)
+    }
+
+    /// Seals the segment with an end frame, syncs it and describes it.
+    pub fn finish(mut self) -> Result<SegmentInfo> {
+        self.check()?;
+        self.write_batch(true)?;
+        self.sync_file()?;
+        Ok(SegmentInfo { id: self.id, first_lsn: self.first_lsn, end_lsn: self.next_lsn, bytes: self.offset, sealed: true })
+    }
+
+    /// The LSN the next append gets.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
+    /// The highest LSN a successful sync covered.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
+    /// The segment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,120 @@
+//! `WalWriter` writes one segment file in the log's own format: a directory holding it opens as
+//! a log with exactly its records; a crash before `finish` loses only what was never synced; a
+//! failed sync poisons the writer.
+
+use std::path::Path;
+
+use nodedb_wal::storage::FaultConfig;
+use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+use nodedb_wal::{
+    Lsn, Record, RecordType, Scope, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, WalWriter, WalWriterConfig,
+};
+
+const TY: RecordType = RecordType::optional(0x200);
+
+fn payload(i: u64) -> Vec<u8> {
+    (0..(i as usize * 53) % 5000).map(|j| (i as usize + j) as u8).collect()
+}
+
+fn config(dir: &Path) -> SegmentedWalConfig {
+    let mut c = SegmentedWalConfig::new(dir);
+    c.direct_io = false;
+    c
+}
+
+fn small() -> WalWriterConfig {
+    WalWriterConfig { batch_bytes: 64 * 1024, ..WalWriterConfig::default() }
+}
+
+#[test]
+fn a_finished_segment_opens_as_a_log_with_exactly_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap();
+    for i in 1..=1000u64 {
+        let scope = Scope { database: 1, tenant: 2, vshard: (i % 7) as u32 };
+        assert_eq!(writer.append(Record { record_type: TY, scope, payload: &payload(i) }).unwrap(), Lsn(i));
+        if i == 500 {
+            assert_eq!(writer.sync().unwrap(), Lsn(500));
+        }
+    }
+    let info = writer.finish().unwrap();
+    assert_eq!((info.first_lsn, info.end_lsn, info.sealed), (Lsn(1), Lsn(1001), true));
+    let wal = SegmentedWal::open(config(dir.path())).unwrap();
+    assert_eq!(wal.recovery_info().last_lsn, Lsn(1000));
+    assert!(wal.recovery_info().torn_tail.is_none());
+    let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(records.len(), 1000);
+    for (i, r) in (1..).zip(&records) {
+        assert_eq!((r.lsn, &r.payload, r.scope.vshard), (Lsn(i), &payload(i), (i % 7) as u32));
+    }
+    assert_eq!(wal.append_durable(Record::new(TY, b"next")).unwrap(), Lsn(1001), "the log goes on after it");
+}
+
+#[test]
+fn a_writer_can_continue_a_log_in_its_next_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let wal = SegmentedWal::open(config(dir.path())).unwrap();
+        for i in 1..=10 {
+            wal.append(Record::new(TY, &payload(i))).unwrap();
+        }
+        wal.sync().unwrap()
+    };
+    // Reopening sealed segment 1; the next segment is 2.
+    let info = nodedb_wal::recover(config(dir.path())).unwrap();
+    let next = info.segments.last().unwrap().id.0 + 1;
+    let mut writer = WalWriter::create(dir.path(), SegmentId(next), last.next()).unwrap();
+    for i in 11..=20 {
+        writer.append(Record::new(TY, &payload(i))).unwrap();
+    }
+    writer.finish().unwrap();
+    let wal = SegmentedWal::open(config(dir.path())).unwrap();
+    let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_crash_before_finish_keeps_every_synced_record() {
+    let dir = Path::new("/w");
+    for seed in 0..20 {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        nodedb_wal::storage::create_dir_durably(&sim, dir).unwrap();
+        let mut writer = WalWriter::create_with(sim.clone(), dir, SegmentId(1), Lsn(1), small()).unwrap();
+        for i in 1..=300u64 {
+            writer.append(Record::new(TY, &payload(i))).unwrap();
+            if i == 200 {
+                writer.sync().unwrap();
+            }
+        }
+        let after = sim.crash(seed);
+        let wal = SegmentedWal::open_with(after, config(dir)).unwrap();
+        let last = wal.recovery_info().last_lsn;
+        assert!(last >= Lsn(200), "seed {seed}: synced records lost, log ends at {last}");
+        let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().collect::<Result<_, _>>().unwrap();
+        for (i, r) in (1..).zip(&records) {
+            assert_eq!((r.lsn, &r.payload), (Lsn(i), &payload(i)), "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_failed_sync_poisons_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyStorage::new(nodedb_wal::FsStorage::new());
+    let mut writer = WalWriter::create_with(faulty.clone(), dir.path(), SegmentId(1), Lsn(1), small()).unwrap();
+    writer.append(Record::new(TY, b"a")).unwrap();
+    faulty.fail_once(FaultOp::SyncData, 0, EIO);
+    let err = writer.sync().unwrap_err();
+    assert!(matches!(err, WalError::Io { op: nodedb_wal::IoOp::SyncData, .. }), "{err}");
+    let again = writer.append(Record::new(TY, b"b")).unwrap_err();
+    assert!(matches!(again, WalError::Poisoned { .. }), "{again}");
+    assert!(matches!(writer.sync().unwrap_err(), WalError::Poisoned { .. }), "never retried");
+}
+
+#[test]
+fn an_existing_segment_file_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap().finish().unwrap();
+    let err = WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap_err();
+    assert!(matches!(&err, WalError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists), "{err}");
+}
