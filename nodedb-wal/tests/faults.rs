@@ -67,6 +67,7 @@ fn fault_poisons_and_loses_nothing(arm: impl Fn(&FaultyStorage<FsStorage>), op: 
     let again = wal.append(Record::new(TY, b"x")).unwrap_err();
     assert!(matches!(again, WalError::Poisoned { op: o, .. } if o == op), "later calls stay poisoned: {again}");
     assert!(wal.durable_lsn() <= *acked.last().unwrap(), "nothing after the fault is reported durable");
+    assert!(wal.stats().poisoned, "the metrics show the poisoned state");
     drop(wal);
     assert_acknowledged_records_survive(dir.path(), &acked);
     faulty

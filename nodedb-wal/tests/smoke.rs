@@ -243,3 +243,27 @@ fn a_log_directory_an_earlier_open_left_unsynced_is_made_durable_by_the_next_ope
     let wal = SegmentedWal::open_with(after, config(dir)).unwrap();
     assert_eq!(wal.recovery_info().last_lsn, lsn, "the directory and its record survived");
 }
+
+#[test]
+fn the_metrics_count_batches_syncs_and_waits() {
+    let sim = SimStorage::new(8, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim, config(std::path::Path::new("/metrics"))).unwrap();
+    let before = wal.stats();
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let wal = &wal;
+            s.spawn(move || {
+                for _ in 0..50 {
+                    wal.append_durable(Record::new(RecordType::optional(0x100), &[t; 40])).unwrap();
+                }
+            });
+        }
+    });
+    let m = wal.stats().since(&before);
+    assert_eq!(m.records, 200);
+    assert!(m.batches >= 1 && m.batches <= 200 && m.fsyncs == m.batches, "{m:?}");
+    assert!(m.records_per_batch() >= 1.0);
+    assert!(m.bytes_written >= 200 * (40 + 48));
+    assert!(m.sync_nanos > 0 && m.sync_nanos_max > 0 && m.sync_nanos_max <= m.sync_nanos, "{m:?}");
+    assert!(m.waits <= 200 && !m.poisoned, "{m:?}");
+}

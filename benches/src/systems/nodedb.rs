@@ -37,12 +37,7 @@ pub fn open_fresh_on(params: &Params, storage: FsStorage, key_ring: Option<Arc<K
 }
 
 fn stats_since(now: CommitStatsSnapshot, before: CommitStatsSnapshot) -> CommitStatsSnapshot {
-    CommitStatsSnapshot {
-        fsyncs: now.fsyncs - before.fsyncs,
-        batches: now.batches - before.batches,
-        records: now.records - before.records,
-        bytes_written: now.bytes_written - before.bytes_written,
-    }
+    now.since(&before)
 }
 
 /// `append_durable` from every thread: concurrent appends share fdatasyncs.

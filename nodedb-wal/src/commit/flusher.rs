@@ -74,9 +74,15 @@ impl<S: Storage> Flusher<S> {
         self.zero_fill_ahead(batch_end, job.padded)?;
         let (id, file) = self.file.as_ref().expect("a batch always has an open segment");
         assert_eq!(*id, target.segment, "batch planned for another segment than the open one");
+        let span = tracing::trace_span!("sync", segment = %target.segment, offset = target.offset, bytes = job.padded).entered();
+        let started = std::time::Instant::now();
         file.write_and_sync(bytes, target.offset)?;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        drop(span);
         self.written_to = self.written_to.max(batch_end);
         let stats = &self.shared.stats;
+        stats.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
+        stats.sync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.bytes_written.fetch_add(job.padded as u64, Ordering::Relaxed);
@@ -117,6 +123,7 @@ impl<S: Storage> Flusher<S> {
 
     /// Creates the segment file, writes its header block and makes the new entry durable.
     fn create_segment(&mut self, target: &Target, durable: Lsn) -> Result<(), IoFailure> {
+        let _span = tracing::debug_span!("roll", segment = %target.segment, first_lsn = %target.segment_first_lsn).entered();
         let shared = &self.shared;
         let path = segment::path(&shared.dir, target.segment);
         let mode = OpenMode { create: true, write: true, direct: shared.direct };

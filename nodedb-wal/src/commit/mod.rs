@@ -39,9 +39,17 @@ pub struct CommitStats {
     pub records: AtomicU64,
     /// Bytes written to segment bodies (records plus padding).
     pub bytes_written: AtomicU64,
+    /// Nanoseconds spent in batch writes and their fdatasyncs, in total and the longest one.
+    pub sync_nanos: AtomicU64,
+    /// See `sync_nanos`.
+    pub sync_nanos_max: AtomicU64,
+    /// `wait_durable` calls that had to block, and the nanoseconds they blocked in total.
+    pub waits: AtomicU64,
+    /// See `waits`.
+    pub wait_nanos: AtomicU64,
 }
 
-/// A snapshot of [`CommitStats`].
+/// A snapshot of [`CommitStats`]: plain numbers for a metrics exporter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitStatsSnapshot {
     /// fdatasync calls that succeeded.
@@ -52,6 +60,40 @@ pub struct CommitStatsSnapshot {
     pub records: u64,
     /// Bytes written to segment bodies (records plus padding).
     pub bytes_written: u64,
+    /// Nanoseconds spent writing and fdatasyncing batches (the commit latency's disk part).
+    pub sync_nanos: u64,
+    /// The longest single batch write + fdatasync, in nanoseconds.
+    pub sync_nanos_max: u64,
+    /// `wait_durable` calls that had to block (the group-commit wait).
+    pub waits: u64,
+    /// Nanoseconds those calls blocked in total.
+    pub wait_nanos: u64,
+    /// Whether a failed write or sync poisoned the log.
+    pub poisoned: bool,
+}
+
+impl CommitStatsSnapshot {
+    /// Records per batch, on average (0 before the first batch).
+    #[must_use]
+    pub fn records_per_batch(&self) -> f64 {
+        if self.batches == 0 { 0.0 } else { self.records as f64 / self.batches as f64 }
+    }
+
+    /// The counters accumulated since `earlier` (the maximum and the poisoned flag are kept).
+    #[must_use]
+    pub fn since(&self, earlier: &CommitStatsSnapshot) -> CommitStatsSnapshot {
+        CommitStatsSnapshot {
+            fsyncs: self.fsyncs - earlier.fsyncs,
+            batches: self.batches - earlier.batches,
+            records: self.records - earlier.records,
+            bytes_written: self.bytes_written - earlier.bytes_written,
+            sync_nanos: self.sync_nanos - earlier.sync_nanos,
+            sync_nanos_max: self.sync_nanos_max,
+            waits: self.waits - earlier.waits,
+            wait_nanos: self.wait_nanos - earlier.wait_nanos,
+            poisoned: self.poisoned,
+        }
+    }
 }
 
 /// State shared by appenders, waiters and the flusher.
@@ -303,7 +345,12 @@ impl<S: Storage> GroupCommitter<S> {
             return Ok(());
         }
         self.shared.request_issued(lsn)?;
-        self.shared.durability.wait(lsn)
+        let started = std::time::Instant::now();
+        let result = self.shared.durability.wait(lsn);
+        let stats = &self.shared.stats;
+        stats.waits.fetch_add(1, Ordering::Relaxed);
+        stats.wait_nanos.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        result
     }
 
     /// Asks the flusher for a sync covering `lsn` without waiting for it.
@@ -360,6 +407,11 @@ impl<S: Storage> GroupCommitter<S> {
             batches: s.batches.load(Ordering::Relaxed),
             records: s.records.load(Ordering::Relaxed),
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
+            sync_nanos: s.sync_nanos.load(Ordering::Relaxed),
+            sync_nanos_max: s.sync_nanos_max.load(Ordering::Relaxed),
+            waits: s.waits.load(Ordering::Relaxed),
+            wait_nanos: s.wait_nanos.load(Ordering::Relaxed),
+            poisoned: self.shared.durability.check_poison().is_err(),
         }
     }
 
