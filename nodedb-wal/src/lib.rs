@@ -17,6 +17,7 @@ pub mod dwb;
 mod error;
 pub mod format;
 mod read;
+mod readonly;
 mod record;
 pub mod recovery;
 mod replay;
@@ -41,6 +42,7 @@ pub use format::preamble::{
     CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, PREAMBLE_VERSION, SEG_PREAMBLE_MAGIC, SegmentPreamble, WAL_PREAMBLE_MAGIC,
 };
 pub use read::{LazyWalReader, RecordHandle, WalIter};
+pub use readonly::ReadOnlyWal;
 pub use record::{Record, WalRecord};
 pub use recovery::RecoveryInfo;
 pub use replay::{TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};

@@ -69,7 +69,7 @@ impl<S: Storage> Cursor<S> {
     fn open_scan(&mut self) -> Result<bool> {
         let Some(info) = self.spec.segments.get(self.index).copied() else { return Ok(false) };
         let path = segment::path(&self.spec.dir, info.id);
-        let (file, len) = open_existing(&*self.storage, &path, self.spec.direct)?;
+        let (file, len) = open_existing(&*self.storage, &path, self.spec.direct, false)?;
         // The lazy reader reads one block at a time so that skipped payloads stay on disk.
         let chunk = if self.headers_only { self.spec.align } else { DEFAULT_CHUNK };
         let mut reader = ChunkReader::new(file, path, len, self.spec.align, chunk);
@@ -211,6 +211,20 @@ pub struct RecordHandle {
     segment: SegmentId,
     offset: u64,
     header: RecordHeader,
+}
+
+impl RecordHandle {
+    /// The segment the record is in.
+    #[must_use]
+    pub fn segment(&self) -> SegmentId {
+        self.segment
+    }
+
+    /// Where its frame starts in the segment file.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
 }
 
 /// Reads headers first; the caller reads a record's payload with [`LazyWalReader::payload`]

@@ -135,6 +135,16 @@ enum Outcome {
 /// Reads every segment of `dir` and decides what the log holds. Changes nothing on disk except
 /// removing a segment left by an interrupted roll.
 pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>) -> Result<Recovered> {
+    scan_dir(storage, dir, direct, align, ring, true)
+}
+
+/// What recovery would find in `dir`, changing nothing on disk (an interrupted roll is
+/// reported, not removed). For tools that look at a log another process may own.
+pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) -> Result<RecoveryInfo> {
+    Ok(scan_dir(storage, dir, false, 512, ring, false)?.info)
+}
+
+fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>, repair: bool) -> Result<Recovered> {
     let ids = segment_ids(storage, dir)?;
     let ctx = ScanCtx { storage, dir, direct, align, ring };
     let mut info = RecoveryInfo::default();
@@ -154,7 +164,11 @@ pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, ali
                 seal = Some(pending);
             }
             Outcome::InterruptedRoll => {
-                remove_interrupted_roll(storage, dir, id, &info)?;
+                if repair {
+                    remove_interrupted_roll(storage, dir, id, &info)?;
+                } else {
+                    check_interrupted_roll(&info)?;
+                }
                 info.removed_interrupted_roll = Some(id);
             }
         }
@@ -181,21 +195,29 @@ fn segment_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
     Ok(ids)
 }
 
-fn remove_interrupted_roll<S: Storage>(storage: &S, dir: &Path, id: SegmentId, info: &RecoveryInfo) -> Result<()> {
+/// An empty newest segment is an interrupted roll only if the one before it is sealed.
+fn check_interrupted_roll(info: &RecoveryInfo) -> Result<()> {
     if let Some(prev) = info.segments.last()
         && !prev.sealed
     {
         // The writer seals a segment durably before it creates the next one.
         return Err(WalError::Corruption { segment: prev.id, offset: prev.bytes, kind: CorruptionKind::UnsealedSegment });
     }
+    Ok(())
+}
+
+fn remove_interrupted_roll<S: Storage>(storage: &S, dir: &Path, id: SegmentId, info: &RecoveryInfo) -> Result<()> {
+    check_interrupted_roll(info)?;
     let path = segment::path(dir, id);
     tracing::warn!(segment = %id, "removing a segment left by an interrupted roll");
     storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
     storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))
 }
 
-pub(crate) fn open_existing<S: Storage>(storage: &S, path: &Path, direct: bool) -> Result<(S::File, u64)> {
-    let mode = OpenMode { create: false, write: true, direct };
+/// Opens an existing segment, for writing only where it will be written (reading and scanning
+/// need no write access, so tools work on a read-only copy).
+pub(crate) fn open_existing<S: Storage>(storage: &S, path: &Path, direct: bool, write: bool) -> Result<(S::File, u64)> {
+    let mode = OpenMode { create: false, write, direct };
     let file = storage.open(path, mode).map_err(|e| WalError::io(IoOp::Open, path, e))?;
     let len = file.len().map_err(|e| WalError::io(IoOp::Stat, path, e))?;
     Ok((file, len))
@@ -218,7 +240,7 @@ fn scan_segment<S: Storage>(
     info: &mut RecoveryInfo,
 ) -> Result<Outcome> {
     let path = segment::path(ctx.dir, id);
-    let (file, len) = open_existing(ctx.storage, &path, ctx.direct)?;
+    let (file, len) = open_existing(ctx.storage, &path, ctx.direct, false)?;
     let mut reader = ChunkReader::new(file, path.clone(), len, ctx.align, DEFAULT_CHUNK);
     let head = match read_head(&mut reader, id)? {
         Ok(head) => head,

@@ -307,7 +307,7 @@ fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<
 /// Only the newest segment can hold such a batch: a segment is synced before the next exists.
 fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: SegmentId) -> Result<()> {
     let path = segment::path(dir, id);
-    let (file, _) = open_existing(storage, &path, direct)?;
+    let (file, _) = open_existing(storage, &path, direct, true)?;
     file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &path, e))
 }
 
@@ -316,7 +316,7 @@ fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: Se
 /// are never written. Returns the segment's new length.
 fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: PendingSeal) -> Result<u64> {
     let path = segment::path(dir, p.id);
-    let (file, _) = open_existing(storage, &path, direct)?;
+    let (file, _) = open_existing(storage, &path, direct, true)?;
     let block = p.block as usize;
     let at = round_up(p.records_end, p.block);
     let mut buf = AlignedBuf::zeroed(block, block);

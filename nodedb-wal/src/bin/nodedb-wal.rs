@@ -1,0 +1,375 @@
+//! `nodedb-wal`: look at, check and exercise a log from the command line.
+//!
+//! Built only from the library's public API and the standard library, so it adds nothing to the
+//! dependency tree of the library's users. `inspect`, `dump` and `verify` open the log read-only
+//! (no lock, no repair), so they are safe beside a running writer and on a copy.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nodedb_wal::{
+    KeyRing, Lsn, PREAMBLE_SIZE, ReadOnlyWal, Record, RecordType, SecureKey, SegmentPreamble, SegmentedWal, SegmentedWalConfig, WalError,
+};
+
+const USAGE: &str = "\
+usage: nodedb-wal <command> [arguments]
+
+  inspect DIR            segments (LSN ranges, sizes, format version, cipher, key id) and health
+  dump DIR [--from LSN] [--type T] [--json]
+                         records with their segment and offset (T: a record type, hex or decimal)
+  verify DIR             read and check every record (checksums, decryption); exit status:
+                         0 clean, 1 torn tail (recovery will cut it), 2 corrupt
+  bench [DIR] [--threads T] [--seconds S] [--size B]
+                         durable appends from T threads (16) for S seconds (3) of B bytes (128);
+                         with DIR the log stays there for inspect and verify
+
+  --key-file F [--key-id N]   the key for encrypted segments (key id N, default 1)
+
+exit status: 0 ok, 1 torn tail, 2 corrupt or unreadable log, 3 bad usage, missing directory or
+I/O error, 4 key missing or wrong, 5 not a nodedb-wal directory";
+
+/// Why the tool stops: an exit status and a message.
+struct Exit(u8, String);
+
+impl From<WalError> for Exit {
+    fn from(err: WalError) -> Exit {
+        let code = match &err {
+            WalError::Corruption { .. }
+            | WalError::MissingSegment { .. }
+            | WalError::UnsupportedVersion { .. }
+            | WalError::UnsupportedCipher { .. } => 2,
+            WalError::UnknownRequiredType { .. } | WalError::MalformedPayload { .. } => 2,
+            WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::KeyFile { .. } => 4,
+            WalError::AuthenticationFailed { .. } => 2,
+            _ => 3,
+        };
+        Exit(code, err.to_string())
+    }
+}
+
+type Outcome = Result<u8, Exit>;
+
+#[derive(Default)]
+struct Args {
+    positional: Vec<String>,
+    key_file: Option<PathBuf>,
+    key_id: u32,
+    from: Option<u64>,
+    record_type: Option<u16>,
+    json: bool,
+    threads: usize,
+    seconds: u64,
+    size: usize,
+}
+
+fn number<T: TryFrom<u64>>(flag: &str, value: Option<String>) -> Result<T, Exit> {
+    let value = value.ok_or_else(|| Exit(3, format!("{flag} needs a value")))?;
+    let parsed = match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => value.parse(),
+    };
+    parsed.ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| Exit(3, format!("{flag}: {value:?} is not a valid number")))
+}
+
+fn parse(raw: impl Iterator<Item = String>) -> Result<Args, Exit> {
+    let mut args = Args { key_id: 1, threads: 16, seconds: 3, size: 128, ..Args::default() };
+    let mut raw = raw.peekable();
+    while let Some(arg) = raw.next() {
+        match arg.as_str() {
+            "--key-file" => args.key_file = Some(raw.next().ok_or_else(|| Exit(3, "--key-file needs a path".into()))?.into()),
+            "--key-id" => args.key_id = number("--key-id", raw.next())?,
+            "--from" => args.from = Some(number("--from", raw.next())?),
+            "--type" => args.record_type = Some(number("--type", raw.next())?),
+            "--threads" => args.threads = number("--threads", raw.next())?,
+            "--seconds" => args.seconds = number("--seconds", raw.next())?,
+            "--size" => args.size = number("--size", raw.next())?,
+            "--json" => args.json = true,
+            flag if flag.starts_with("--") => return Err(Exit(3, format!("unknown option {flag}"))),
+            _ => args.positional.push(arg),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let mut raw = std::env::args().skip(1);
+    let command = raw.next().unwrap_or_default();
+    let result = parse(raw).and_then(|args| match command.as_str() {
+        "inspect" => inspect(&args),
+        "dump" => dump(&args),
+        "verify" => verify(&args),
+        "bench" => bench(&args),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(0)
+        }
+        "" => Err(Exit(3, "no command".into())),
+        other => Err(Exit(3, format!("unknown command {other:?}"))),
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Exit(code, message)) => {
+            eprintln!("nodedb-wal: {message}");
+            if code == 3 && !message.contains(':') {
+                eprintln!("\n{USAGE}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The log directory argument, which must exist and look like a log.
+fn log_dir(args: &Args) -> Result<PathBuf, Exit> {
+    let dir = PathBuf::from(args.positional.first().ok_or_else(|| Exit(3, "which directory?".into()))?);
+    let entries = std::fs::read_dir(&dir).map_err(|e| Exit(3, format!("{}: {e}", dir.display())))?;
+    let names: Vec<String> = entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
+    if !names.iter().any(|n| n.ends_with(".wal") || n == "LOCK") {
+        return Err(Exit(5, format!("{} is not a nodedb-wal directory (no segment files, no LOCK)", dir.display())));
+    }
+    Ok(dir)
+}
+
+fn key_ring(args: &Args) -> Result<Option<Arc<KeyRing>>, Exit> {
+    let Some(path) = &args.key_file else { return Ok(None) };
+    let key = SecureKey::load(path).map_err(|e| Exit(4, e.to_string()))?;
+    let ring = KeyRing::new();
+    ring.insert(args.key_id, key).map_err(Exit::from)?;
+    Ok(Some(Arc::new(ring)))
+}
+
+fn open(args: &Args) -> Result<(PathBuf, ReadOnlyWal), Exit> {
+    let dir = log_dir(args)?;
+    let wal = ReadOnlyWal::open(&dir, key_ring(args)?)?;
+    Ok((dir, wal))
+}
+
+fn preamble_of(path: &Path) -> Option<SegmentPreamble> {
+    let mut bytes = [0u8; PREAMBLE_SIZE];
+    let mut file = std::fs::File::open(path).ok()?;
+    std::io::Read::read_exact(&mut file, &mut bytes).ok()?;
+    SegmentPreamble::decode(&bytes).ok()
+}
+
+fn inspect(args: &Args) -> Outcome {
+    let (dir, wal) = open(args)?;
+    let info = wal.recovery_info();
+    println!(
+        "{:>20}  {:>12}  {:>12}  {:>10}  {:>12}  {:>6}  {:>7}  {:>6}",
+        "segment", "first lsn", "end lsn", "records", "bytes", "sealed", "version", "key"
+    );
+    for seg in &info.segments {
+        let preamble = preamble_of(&dir.join(format!("{:020}.wal", seg.id.0)));
+        let (version, key) = match preamble {
+            Some(p) if p.cipher != 0 => (p.version.to_string(), p.key_id.to_string()),
+            Some(p) => (p.version.to_string(), "-".into()),
+            None => ("?".into(), "?".into()),
+        };
+        println!(
+            "{:>20}  {:>12}  {:>12}  {:>10}  {:>12}  {:>6}  {:>7}  {:>6}",
+            seg.id.0,
+            seg.first_lsn.0,
+            seg.end_lsn.0,
+            seg.record_count(),
+            seg.bytes,
+            if seg.sealed { "yes" } else { "no" },
+            version,
+            key
+        );
+    }
+    println!("records {} (LSN {} to {})", info.record_count, info.first_lsn, info.last_lsn);
+    if let Some(id) = info.removed_interrupted_roll {
+        println!("segment {id} is left by an interrupted roll; opening the log removes it");
+    }
+    Ok(match &info.torn_tail {
+        Some(torn) => {
+            println!(
+                "health: torn tail in segment {} at offset {} ({} bytes); opening the log cuts it",
+                torn.segment, torn.offset, torn.bytes_discarded
+            );
+            1
+        }
+        None => {
+            println!("health: clean");
+            0
+        }
+    })
+}
+
+fn dump(args: &Args) -> Outcome {
+    let (_, wal) = open(args)?;
+    let from = args.from.map_or(wal.recovery_info().first_lsn, Lsn);
+    let mut reader = wal.lazy_reader(from)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    while let Some(h) = reader.next_header()? {
+        if args.record_type.is_some_and(|t| t != h.record_type.0) {
+            continue;
+        }
+        let line = if args.json {
+            format!(
+                "{{\"lsn\":{},\"segment\":{},\"offset\":{},\"type\":{},\"required\":{},\"database\":{},\"tenant\":{},\"vshard\":{},\"flags\":{},\"stored_len\":{}}}",
+                h.lsn.0,
+                h.segment().0,
+                h.offset(),
+                h.record_type.0,
+                h.record_type.is_required(),
+                h.scope.database,
+                h.scope.tenant,
+                h.scope.vshard,
+                h.flags,
+                h.stored_len
+            )
+        } else {
+            format!(
+                "lsn {:>10}  segment {:>6}  offset {:>10}  type {:#06x}  db {} tenant {} vshard {}  {} bytes",
+                h.lsn.0,
+                h.segment().0,
+                h.offset(),
+                h.record_type.0,
+                h.scope.database,
+                h.scope.tenant,
+                h.scope.vshard,
+                h.stored_len
+            )
+        };
+        if writeln!(out, "{line}").is_err() {
+            return Ok(0); // the reader went away (a pipe into head)
+        }
+    }
+    Ok(0)
+}
+
+fn verify(args: &Args) -> Outcome {
+    let (_, wal) = open(args)?;
+    let info = wal.recovery_info().clone();
+    let total = info.record_count.max(1);
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut last_report = Instant::now();
+    let mut current_segment_records = 0u64;
+    let segment_of = |lsn: Lsn| info.segments.iter().find(|s| s.first_lsn <= lsn && lsn < s.end_lsn).map(|s| s.id);
+    let mut segment = None;
+    for record in wal.read_from(info.first_lsn)? {
+        let record = match record {
+            Ok(r) => r,
+            Err(WalError::AuthenticationFailed { lsn, segment: seg }) if current_segment_records == 0 => {
+                return Err(Exit(
+                    4,
+                    format!("record {lsn} in segment {seg} failed authentication, the first of its segment: most likely the wrong key"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let seg = segment_of(record.lsn);
+        if seg != segment {
+            segment = seg;
+            current_segment_records = 0;
+        }
+        current_segment_records += 1;
+        records += 1;
+        bytes += record.payload.len() as u64;
+        if last_report.elapsed() >= Duration::from_millis(500) {
+            eprint!("\rverify: {:>5.1}%  {records} records", records as f64 * 100.0 / total as f64);
+            last_report = Instant::now();
+        }
+    }
+    eprintln!("\rverify: 100.0%  {records} records, {bytes} payload bytes, every checksum and tag checked");
+    Ok(match info.torn_tail {
+        Some(torn) => {
+            println!(
+                "torn tail: segment {} offset {} ({} bytes never acknowledged); opening the log cuts it",
+                torn.segment, torn.offset, torn.bytes_discarded
+            );
+            1
+        }
+        None => {
+            println!("clean: {records} records, LSN {} to {}", info.first_lsn, info.last_lsn);
+            0
+        }
+    })
+}
+
+fn bench(args: &Args) -> Outcome {
+    let (dir, _tmp) = match args.positional.first() {
+        Some(d) => (PathBuf::from(d), None),
+        None => {
+            let tmp = tempfile_dir().map_err(|e| Exit(3, format!("temporary directory: {e}")))?;
+            (tmp.0.clone(), Some(tmp))
+        }
+    };
+    let wal = SegmentedWal::open(SegmentedWalConfig::new(&dir))?;
+    let start_lsn = wal.next_lsn();
+    let payload = vec![0x5Au8; args.size];
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let before = wal.stats();
+    let started = Instant::now();
+    eprintln!("bench: {} threads, {} s, {}-byte records into {}", args.threads, args.seconds, args.size, dir.display());
+    let mut latencies: Vec<u32> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..args.threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut lat = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        wal.append_durable(Record::new(RecordType::optional(0x100), &payload))?;
+                        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, WalError>(lat)
+                })
+            })
+            .collect();
+        for second in 1..=args.seconds {
+            std::thread::sleep(Duration::from_secs(1));
+            let n = done.load(Ordering::Relaxed);
+            let bar = "#".repeat((second * 30 / args.seconds.max(1)) as usize);
+            eprint!("\r[{bar:<30}] {second:>3}/{} s  {n} durable records", args.seconds);
+        }
+        stop.store(true, Ordering::Relaxed);
+        eprintln!();
+        workers.into_iter().map(|w| w.join().expect("bench thread")).collect::<Result<Vec<_>, _>>().map(|v| v.concat())
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let m = wal.stats().since(&before);
+    wal.close()?;
+    latencies.sort_unstable();
+    let q = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let n = latencies.len() as f64;
+    println!("{:<28} {:>14}", "durable records", latencies.len());
+    println!("{:<28} {:>14.0}", "records/s", n / elapsed);
+    println!("{:<28} {:>14.2}", "payload MB/s", n * args.size as f64 / elapsed / 1e6);
+    println!("{:<28} {:>14}", "append_durable p50 us", q(0.50));
+    println!("{:<28} {:>14}", "append_durable p99 us", q(0.99));
+    println!("{:<28} {:>14}", "append_durable p99.9 us", q(0.999));
+    println!("{:<28} {:>14}", "fdatasyncs", m.fsyncs);
+    println!("{:<28} {:>14.1}", "records per batch", m.records_per_batch());
+    println!("{:<28} {:>14.1}", "write+sync mean us", m.sync_nanos as f64 / m.fsyncs.max(1) as f64 / 1e3);
+    println!("{:<28} {:>14.1}", "write+sync max us", m.sync_nanos_max as f64 / 1e3);
+    println!("{:<28} {:>14}", "first LSN written", start_lsn.0);
+    if _tmp.is_none() {
+        println!("the log stays in {}: try `nodedb-wal inspect {0}` and `nodedb-wal verify {0}`", dir.display());
+    }
+    Ok(0)
+}
+
+/// A temporary directory removed on drop (the library's tests use `tempfile`; the tool does
+/// without, to add no dependency).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> std::io::Result<TempDir> {
+    let base = std::env::temp_dir();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let dir = base.join(format!("nodedb-wal-bench-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir)?;
+    Ok(TempDir(dir))
+}

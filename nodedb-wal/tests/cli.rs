@@ -1,0 +1,118 @@
+//! The `nodedb-wal` tool: each command on a real log, and the exit status that tells a clean
+//! log, a torn tail, corruption, a wrong key, a missing directory and a directory that is not a
+//! log apart.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use nodedb_wal::{KeyRing, Lsn, ReadOnlyWal, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig};
+
+fn tool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nodedb-wal")).args(args).output().expect("the tool runs")
+}
+
+fn status(out: &Output) -> i32 {
+    out.status.code().expect("exited")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Ten records, each in a batch of its own.
+fn write_log(dir: &Path, ring: Option<Arc<KeyRing>>) {
+    let mut config = SegmentedWalConfig::new(dir);
+    config.key_ring = ring;
+    let wal = SegmentedWal::open(config).unwrap();
+    for i in 0..10u8 {
+        wal.append_durable(Record::new(RecordType::optional(0x100), &[i; 300])).unwrap();
+    }
+    wal.close().unwrap();
+}
+
+/// Segment file and offset of record `lsn`'s frame.
+fn frame_of(dir: &Path, lsn: u64) -> (std::path::PathBuf, u64) {
+    let wal = ReadOnlyWal::open(dir, None).unwrap();
+    let mut reader = wal.lazy_reader(Lsn(lsn)).unwrap();
+    let h = reader.next_header().unwrap().unwrap();
+    (dir.join(format!("{:020}.wal", h.segment().0)), h.offset())
+}
+
+fn flip(path: &Path, at: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at as usize] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn bench_leaves_a_log_that_inspect_dump_and_verify_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let d = dir.to_str().unwrap();
+    let out = tool(&["bench", d, "--threads", "4", "--seconds", "1", "--size", "64"]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("records/s"));
+    let out = tool(&["inspect", d]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("health: clean"));
+    let out = tool(&["verify", d]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    let records = ReadOnlyWal::open(&dir, None).unwrap().recovery_info().record_count;
+    let out = tool(&["dump", d, "--json"]);
+    assert_eq!(status(&out), 0);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count() as u64, records);
+}
+
+#[test]
+fn verify_tells_a_torn_tail_from_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(tmp.path(), None);
+    let d = tmp.path().to_str().unwrap();
+    // Damage in the last record, which nothing later claims durable: a torn tail.
+    let (path, at) = frame_of(tmp.path(), 10);
+    flip(&path, at + 100);
+    let out = tool(&["verify", d]);
+    assert_eq!(status(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("torn tail"));
+    // Damage in the first record, which later records claim durable: corruption.
+    let (path, at) = frame_of(tmp.path(), 1);
+    flip(&path, at + 100);
+    let out = tool(&["verify", d]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+}
+
+#[test]
+fn verify_reports_a_wrong_key_and_a_missing_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    write_log(&log, Some(Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [7; 32])))));
+    let key_file = |name: &str, byte: u8| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, [byte; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    let (right, wrong) = (key_file("right", 7), key_file("wrong", 8));
+    let d = log.to_str().unwrap();
+    let out = tool(&["verify", d, "--key-file", right.to_str().unwrap()]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    let out = tool(&["verify", d, "--key-file", wrong.to_str().unwrap()]);
+    assert_eq!(status(&out), 4, "{}", text(&out));
+    assert!(text(&out).contains("wrong key"), "{}", text(&out));
+    let out = tool(&["verify", d]);
+    assert_eq!(status(&out), 4, "no key at all: {}", text(&out));
+}
+
+#[test]
+fn a_missing_directory_and_a_directory_that_is_not_a_log_have_their_own_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let out = tool(&["inspect", missing.to_str().unwrap()]);
+    assert_eq!(status(&out), 3, "{}", text(&out));
+    std::fs::write(tmp.path().join("notes.txt"), "hello").unwrap();
+    let out = tool(&["verify", tmp.path().to_str().unwrap()]);
+    assert_eq!(status(&out), 5, "{}", text(&out));
+    assert_eq!(status(&tool(&["frobnicate"])), 3);
+}
