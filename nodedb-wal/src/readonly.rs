@@ -13,6 +13,21 @@ use crate::storage::{FsStorage, Storage};
 use crate::types::Lsn;
 
 /// A log opened for reading only. See the module documentation.
+///
+/// ```
+/// use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentedWal, SegmentedWalConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut config = SegmentedWalConfig::new(dir.path());
+/// config.allow_buffered_fallback = true;
+/// let wal = SegmentedWal::open(config)?;
+/// wal.append_durable(Record::new(RecordType::optional(0x100), b"seen by a tool"))?;
+/// // The writer keeps running; a tool reads beside it without a lock.
+/// let view = ReadOnlyWal::open(dir.path(), None)?;
+/// assert!(view.recovery_info().torn_tail.is_none());
+/// assert_eq!(view.read_from(Lsn::FIRST)?.count(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ReadOnlyWal<S: Storage = FsStorage> {
     storage: Arc<S>,

@@ -38,6 +38,19 @@ impl Default for WalWriterConfig {
 }
 
 /// A writer of one segment file. See the module documentation.
+///
+/// ```
+/// use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentId, WalWriter};
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut writer = WalWriter::create(dir.path(), SegmentId(1), Lsn(1))?;
+/// writer.append(Record::new(RecordType::optional(0x100), b"imported"))?;
+/// let segment = writer.finish()?;
+/// assert_eq!(segment.end_lsn, Lsn(2));
+/// // The directory is now a log.
+/// assert_eq!(ReadOnlyWal::open(dir.path(), None)?.recovery_info().record_count, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct WalWriter<S: Storage = FsStorage> {
     file: S::File,

@@ -100,6 +100,21 @@ fn write_err(e: io::Error) -> WalError {
 
 /// Encrypts `input` into `output` as an engine file under the ring's active key. Returns the
 /// bytes written. Memory: one chunk.
+///
+/// ```
+/// use nodedb_wal::{KeyRing, SecureKey, decrypt_engine_file, encrypt_engine_file};
+///
+/// let ring = KeyRing::with_active(1, SecureKey::generate());
+/// let column = vec![42u8; 200_000];
+/// let mut file = Vec::new();
+/// encrypt_engine_file(&ring, &mut &column[..], &mut file)?;
+/// let mut back = Vec::new();
+/// decrypt_engine_file(&ring, &mut &file[..], &mut back)?;
+/// assert_eq!(back, column);
+/// file[100] ^= 1;
+/// assert!(decrypt_engine_file(&ring, &mut &file[..], &mut Vec::new()).is_err());
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut impl Write) -> Result<u64> {
     let (key_id, key) = ring.active().ok_or_else(|| problem(EngineFileProblem::NoActiveKey))?;
     let mut random = [0u8; 20];
