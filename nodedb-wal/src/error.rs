@@ -78,6 +78,8 @@ pub enum CorruptionKind {
     },
     /// A payload codec could not decode its bytes.
     BadPayload,
+    /// A sealed segment ends inside an atomic group (a group never spans a seal).
+    IncompleteGroup,
 }
 
 /// Why an engine segment file could not be encrypted or decrypted.
@@ -307,6 +309,9 @@ pub enum WalError {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// `append_group` was given no records.
+    #[error("an atomic group needs at least one record")]
+    EmptyGroup,
     /// The double-write buffer's file could not be opened or written, and its policy is to
     /// refuse page writes while degraded. Nothing of the refused write reached its pages.
     #[error("the double-write buffer {} is degraded by a failed {op:?} ({kind}); page writes are refused", path.display())]

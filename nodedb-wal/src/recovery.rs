@@ -26,6 +26,7 @@ use std::path::Path;
 
 use crate::crypto::KeyRing;
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
+use crate::format::frame::FLAG_GROUP_CONTINUES;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
 use crate::replay::TombstoneSet;
 use crate::segment::crypt::{cipher_for, open_record};
@@ -258,21 +259,40 @@ fn scan_segment<S: Storage>(
     }
     let mut scan = SegmentScan::new(reader, id, &head);
     let mut cipher = None;
+    // An atomic group still open: where its first frame starts, its first LSN, and what it
+    // holds for `collect` (applied only once the group is whole).
+    let mut group: Option<(u64, Lsn)> = None;
+    let mut group_collected: Vec<(Lsn, RecordType, Vec<u8>)> = Vec::new();
     let (offset, end, claim) = loop {
         match scan.step()? {
-            Step::Record { header, payload, .. } if is_collected(header.record_type) => {
-                if cipher.is_none() {
-                    cipher = Some(cipher_for(ctx.ring, id, &head)?);
+            Step::Record { offset, header, payload } => {
+                let continues = header.flags & FLAG_GROUP_CONTINUES != 0;
+                if continues && group.is_none() {
+                    group = Some((offset, header.lsn));
                 }
-                let plain = open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload)?;
-                collect(info, header.lsn, header.record_type, &plain)?;
+                if is_collected(header.record_type) {
+                    if cipher.is_none() {
+                        cipher = Some(cipher_for(ctx.ring, id, &head)?);
+                    }
+                    let plain = open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload)?;
+                    group_collected.push((header.lsn, header.record_type, plain));
+                }
+                if !continues {
+                    group = None;
+                    for (lsn, record_type, plain) in group_collected.drain(..) {
+                        collect(info, lsn, record_type, &plain)?;
+                    }
+                }
             }
-            Step::Record { .. } => {}
             Step::End { offset, end, claim } => break (offset, end, claim),
         }
     };
+    if group.is_some() && matches!(end, TailEnd::Sealed { .. }) {
+        return Err(scan.corruption(offset, CorruptionKind::IncompleteGroup));
+    }
     let first_lsn = head.header.first_lsn;
-    let lost = scan.next_lsn();
+    // A group the tail left open is cut whole: the log ends where it began.
+    let (records_end, lost) = group.unwrap_or((offset, scan.next_lsn()));
     let (evidence, best_claim) = match (last, end) {
         (true, e) if !matches!(e, TailEnd::Sealed { .. }) => {
             let claims = scan.claims_from(offset)?;
@@ -280,7 +300,7 @@ fn scan_segment<S: Storage>(
         }
         _ => (Evidence::None, None),
     };
-    let mut seg = SegmentInfo { id, first_lsn, end_lsn: lost, bytes: offset, sealed: false };
+    let mut seg = SegmentInfo { id, first_lsn, end_lsn: lost, bytes: records_end, sealed: false };
     match decide(last, end, evidence) {
         TailAction::Corrupt => Err(scan.corruption(offset, corruption_kind(last, end, evidence, lost, best_claim))),
         TailAction::Accept if matches!(end, TailEnd::Sealed { .. }) => {
@@ -288,13 +308,13 @@ fn scan_segment<S: Storage>(
             Ok(Outcome::Sealed(seg))
         }
         action => {
-            let torn = (action == TailAction::CutTorn).then_some(TornTail {
+            let torn = (action == TailAction::CutTorn || records_end < offset).then_some(TornTail {
                 segment: id,
-                offset,
-                bytes_discarded: len.saturating_sub(offset),
+                offset: records_end,
+                bytes_discarded: len.saturating_sub(records_end),
                 found: end,
             });
-            let pending = PendingSeal { id, records_end: offset, block: scan.block(), salt: head.header.salt, next_lsn: lost };
+            let pending = PendingSeal { id, records_end, block: scan.block(), salt: head.header.salt, next_lsn: lost };
             Ok(Outcome::Open(seg, pending, torn))
         }
     }

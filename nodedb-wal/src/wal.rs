@@ -16,6 +16,7 @@ use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
+use std::ops::RangeInclusive;
 
 /// A segmented write-ahead log, shared by any number of threads (`&self` appends).
 ///
@@ -138,6 +139,21 @@ impl<S: Storage> SegmentedWal<S> {
         let lsn = self.append(record)?;
         self.committer.wait_durable(lsn)?;
         Ok(lsn)
+    }
+
+    /// Buffers `records` as an atomic group and returns their LSNs (consecutive): after any
+    /// crash, recovery returns all of them or none. The group travels in one batch, so it must
+    /// fit in one write; wait on the last LSN to make all of it durable.
+    pub fn append_group(&self, records: &[Record<'_>]) -> Result<RangeInclusive<Lsn>> {
+        if records.is_empty() {
+            return Err(WalError::EmptyGroup);
+        }
+        for record in records {
+            self.check_record(record)?;
+        }
+        let frames: Vec<(RecordType, Scope, &[u8])> = records.iter().map(|r| (r.record_type, r.scope, r.payload)).collect();
+        let first = self.committer.append_group(&frames)?;
+        Ok(first..=Lsn(first.0 + records.len() as u64 - 1))
     }
 
     /// Records that a collection was dropped; replay drops its records below `purge_lsn`.

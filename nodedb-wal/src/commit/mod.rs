@@ -339,6 +339,46 @@ impl<S: Storage> GroupCommitter<S> {
         Ok(reservation.lsn)
     }
 
+    /// Buffers records as an atomic group: consecutive LSNs, one contiguous region of one
+    /// batch, every frame but the last flagged "group continues". Returns the first LSN.
+    pub fn append_group(&self, records: &[(RecordType, Scope, &[u8])]) -> Result<Lsn> {
+        let key_ring = self.shared.key_ring.as_deref();
+        let lens: Vec<usize> = records.iter().map(|r| r.2.len()).collect();
+        let reservation = {
+            let mut plan = lock(&self.shared.plan);
+            let reservation = loop {
+                self.shared.durability.check_poison()?;
+                if plan.closing {
+                    return Err(WalError::Closed);
+                }
+                match plan.reserve_group(&lens, &mut |id| new_identity(key_ring, id)) {
+                    Ok(r) => break r,
+                    Err(Wait::ForBuffer) => {
+                        self.shared.work.notify_one();
+                        plan = self.shared.space.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                }
+            };
+            if !plan.sealed.is_empty() {
+                self.shared.work.notify_one();
+            }
+            reservation
+        };
+        let mut region = reservation.region;
+        let bytes = region.bytes();
+        let durable_lsn = self.shared.durability.lsn();
+        let mut at = 0;
+        for (i, &(record_type, scope, payload)) in records.iter().enumerate() {
+            let len = reservation.identity.frame_len(payload.len());
+            let flags = if i + 1 < records.len() { crate::format::frame::FLAG_GROUP_CONTINUES } else { 0 };
+            let lsn = Lsn(reservation.lsn.0 + i as u64);
+            let record = encode::Encode { lsn, durable_lsn, record_type, scope, flags, payload };
+            encode::encode_record(&reservation.identity, &record, &mut bytes[at..at + len]);
+            at += len;
+        }
+        Ok(reservation.lsn)
+    }
+
     /// Blocks until a successful fdatasync covers `lsn`.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         if self.shared.durability.check(lsn)? {

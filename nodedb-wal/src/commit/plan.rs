@@ -160,12 +160,23 @@ impl Plan {
     /// rolling as needed. `new_identity` is called when a roll needs a new segment's salt and
     /// keys.
     pub fn reserve(&mut self, payload_len: usize, new_identity: &mut dyn FnMut(SegmentId) -> Identity) -> Result<Reservation, Wait> {
+        self.reserve_group(&[payload_len], new_identity)
+    }
+
+    /// Reserves consecutive LSNs and one contiguous region for the frames of a group, all in
+    /// the same batch (so one write carries them all). The region holds the frames in order.
+    pub fn reserve_group(
+        &mut self,
+        payload_lens: &[usize],
+        new_identity: &mut dyn FnMut(SegmentId) -> Identity,
+    ) -> Result<Reservation, Wait> {
+        let total = |identity: &Identity| payload_lens.iter().map(|&len| identity.frame_len(len)).sum::<usize>();
         loop {
             if self.active.is_none() {
-                self.activate(self.segment.identity.frame_len(payload_len))?;
+                self.activate(total(&self.segment.identity))?;
             }
             let active = self.active.as_ref().expect("activated above");
-            let frame_len = active.target.identity.frame_len(payload_len);
+            let frame_len = total(&active.target.identity);
             let used = active.buf.used();
             if self.must_roll(active, used, frame_len) {
                 self.seal_active(true);
@@ -175,7 +186,7 @@ impl Plan {
             }
             if let Some(region) = active.buf.try_reserve(frame_len) {
                 let lsn = self.next_lsn;
-                self.next_lsn = lsn.next();
+                self.next_lsn = Lsn(lsn.0 + payload_lens.len() as u64);
                 return Ok(Reservation { lsn, identity: active.target.identity.clone(), region });
             }
             // Full (or too small for an oversized record): close it and start another.
