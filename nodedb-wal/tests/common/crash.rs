@@ -9,6 +9,9 @@
 //! acknowledged record there, and every new record intact, from this round's child, and one
 //! that its thread really appended.
 //!
+//! Threads 5, 6 and 7 append each pipeline of records as one atomic group; the model checks
+//! that recovery returns their records in whole groups only.
+//!
 //! A payload names its origin (round, thread, sequence number) in its first 16 bytes; the rest
 //! of it, its length, type and scope are a function of that origin, so one bit out of place or a
 //! record that was never appended shows.
@@ -165,8 +168,9 @@ impl Origin {
                 expected.len()
             ));
         }
-        // Records of encrypted rounds carry the header's encrypted flag; no other flag is set.
-        let flags = record.flags & !nodedb_wal::format::frame::FLAG_ENCRYPTED;
+        // Records of encrypted rounds carry the header's encrypted flag, and members of a group
+        // but its last the group flag; no other flag is set.
+        let flags = record.flags & !(nodedb_wal::format::frame::FLAG_ENCRYPTED | nodedb_wal::format::frame::FLAG_GROUP_CONTINUES);
         if record.record_type != origin.record_type() || record.scope != origin.scope() || flags != 0 {
             return Err(format!(
                 "LSN {}: {origin:?} has type {:?}, scope {:?}, flags {}; expected {:?}, {:?}, 0 (or encrypted)",
@@ -186,6 +190,12 @@ impl Origin {
 /// appends one at a time, the others keep up to four in flight.
 pub fn pipeline_depth(thread: u32) -> u64 {
     1 + u64::from(thread % 4)
+}
+
+/// Whether a child thread appends each pipeline of records as one atomic group (threads 5, 6
+/// and 7); recovery must then return whole groups only.
+pub fn appends_groups(thread: u32) -> bool {
+    thread >= 4 && pipeline_depth(thread) > 1
 }
 
 /// A small deterministic generator (splitmix64) for kill moments.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nodedb_wal::{Lsn, Record, SegmentedWal, WalError};
 
-use super::{Mode, Origin, THREADS, pipeline_depth};
+use super::{Mode, Origin, THREADS, appends_groups, pipeline_depth};
 
 /// How long the parent waits for a child to open the log before calling it hung.
 const OPEN_DEADLINE: Duration = Duration::from_secs(120);
@@ -82,7 +82,22 @@ fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32) 
     loop {
         let mut lines = String::new();
         let mut last = Lsn::ZERO;
-        for seq in seq..seq + depth {
+        if appends_groups(thread) {
+            let origins: Vec<Origin> = (seq..seq + depth).map(|seq| Origin { round, thread, seq }).collect();
+            let payloads: Vec<Vec<u8>> = origins.iter().map(|o| o.payload()).collect();
+            let records: Vec<Record<'_>> =
+                origins.iter().zip(&payloads).map(|(o, p)| Record::new(o.record_type(), p).scoped(o.scope())).collect();
+            match wal.append_group(&records) {
+                Ok(lsns) => {
+                    for (lsn, o) in (lsns.start().0..).zip(&origins) {
+                        writeln!(lines, "ACK {lsn} {thread} {}", o.seq).expect("write to a String");
+                    }
+                    last = *lsns.end();
+                }
+                Err(e) => return report_error(acks, thread, &e),
+            }
+        }
+        for seq in (seq..seq + depth).filter(|_| !appends_groups(thread)) {
             let origin = Origin { round, thread, seq };
             let payload = origin.payload();
             match wal.append(Record::new(origin.record_type(), &payload).scoped(origin.scope())) {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use nodedb_wal::{Lsn, Record, SegmentedWal, WalRecord};
 
 use super::child::Acks;
-use super::{Origin, PARENT_THREAD, THREADS, pipeline_depth};
+use super::{Origin, PARENT_THREAD, THREADS, appends_groups, pipeline_depth};
 
 /// Records the parent appends after each recovery.
 const PARENT_RECORDS: u64 = 5;
@@ -107,6 +107,13 @@ impl Model {
         for (thread, count) in next_seq {
             let acked = acked_per_thread.get(&thread).copied().unwrap_or(0);
             let depth = pipeline_depth(thread);
+            if appends_groups(thread) {
+                assert_eq!(
+                    count % depth,
+                    0,
+                    "round {round}: thread {thread} appends groups of {depth}, but {count} of its records came back"
+                );
+            }
             assert!(
                 count < acked + depth + 1,
                 "round {round}: thread {thread} has {count} records but only {acked} acknowledged; it never appended more than {depth} ahead"
