@@ -15,6 +15,7 @@ use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
+use crate::tail::Tail;
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
 use std::ops::RangeInclusive;
 
@@ -250,6 +251,15 @@ impl<S: Storage> SegmentedWal<S> {
 
     fn reader(&self, from: Lsn, decrypt: Decrypt) -> Result<WalIter<S>> {
         WalIter::new(Arc::clone(&self.storage), self.read_spec(from, decrypt))
+    }
+
+    /// Follows the log from `from`, handing out each record once it is durable: see [`Tail`].
+    pub fn tail(&self, from: Lsn) -> Tail<'_, S> {
+        Tail::new(self, from)
+    }
+
+    pub(crate) fn committer(&self) -> &GroupCommitter<S> {
+        &self.committer
     }
 
     /// Reads durable records from `from` on, headers first: see [`LazyWalReader`].

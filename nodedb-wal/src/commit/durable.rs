@@ -124,6 +124,28 @@ impl Durability {
         result
     }
 
+    /// Like [`Self::wait`], giving up after `timeout`: `Ok(true)` once `lsn` is durable,
+    /// `Ok(false)` at the timeout. Asks for no sync: for followers of the log, not writers.
+    pub fn wait_timeout(&self, lsn: Lsn, timeout: std::time::Duration) -> Result<bool> {
+        if self.check(lsn)? {
+            return Ok(true);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let me = std::thread::current();
+        lock(&self.parked).push((lsn, me.clone()));
+        let result = loop {
+            match self.check(lsn) {
+                Ok(false) => match deadline.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                    _ => break Ok(false),
+                },
+                done => break done,
+            }
+        };
+        lock(&self.parked).retain(|(_, t)| t.id() != me.id());
+        result
+    }
+
     /// Registers a task to wake once `lsn` is durable (or the log is poisoned).
     pub fn register(&self, lsn: Lsn, waker: &Waker) {
         let mut wakers = lock(&self.wakers);

@@ -415,6 +415,12 @@ impl<S: Storage> GroupCommitter<S> {
         Ok(())
     }
 
+    /// Waits up to `timeout` for `lsn` to become durable without asking for a sync; `lsn` need
+    /// not be issued yet. `Ok(false)` at the timeout.
+    pub fn await_durable(&self, lsn: Lsn, timeout: std::time::Duration) -> Result<bool> {
+        self.shared.durability.wait_timeout(lsn, timeout)
+    }
+
     /// The highest LSN a successful fdatasync covers.
     pub fn durable_lsn(&self) -> Lsn {
         self.shared.durability.lsn()

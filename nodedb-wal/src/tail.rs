@@ -1,0 +1,56 @@
+//! [`Tail`]: a follower of a live log (the event plane's subscriber). It hands out records in
+//! LSN order, each only once it is durable, so nothing it delivers can be taken back by a
+//! crash; it never asks for a sync itself; it follows segment rolls, and its cursor is the
+//! position to resume from after a restart.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::record::WalRecord;
+use crate::storage::Storage;
+use crate::types::Lsn;
+use crate::wal::SegmentedWal;
+
+/// Records read ahead at most per refill.
+const READ_AHEAD: usize = 1024;
+
+/// Follows a log from a cursor. See the module documentation.
+#[derive(Debug)]
+pub struct Tail<'a, S: Storage> {
+    wal: &'a SegmentedWal<S>,
+    cursor: Lsn,
+    ready: VecDeque<WalRecord>,
+}
+
+impl<'a, S: Storage> Tail<'a, S> {
+    pub(crate) fn new(wal: &'a SegmentedWal<S>, from: Lsn) -> Tail<'a, S> {
+        Tail { wal, cursor: from, ready: VecDeque::new() }
+    }
+
+    /// The LSN of the next record this tail will deliver: store it with the subscriber's state
+    /// and pass it to [`SegmentedWal::tail`] to resume.
+    #[must_use]
+    pub fn cursor(&self) -> Lsn {
+        self.cursor
+    }
+
+    /// The next durable record, waiting up to `timeout` for one; `Ok(None)` at the timeout.
+    /// A cursor below the oldest retained segment (truncated away) is `LsnNotRetained`.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<WalRecord>> {
+        if self.ready.is_empty() {
+            let wanted = self.cursor.max(Lsn::FIRST);
+            if !self.wal.committer().await_durable(wanted, timeout)? {
+                return Ok(None);
+            }
+            // What is durable from the cursor on (readers stop at the durable LSN), at most a
+            // bounded batch at a time however far behind the follower is.
+            for record in self.wal.read_from(wanted)?.take(READ_AHEAD) {
+                self.ready.push_back(record?);
+            }
+        }
+        let Some(record) = self.ready.pop_front() else { return Ok(None) };
+        self.cursor = record.lsn.next();
+        Ok(Some(record))
+    }
+}
