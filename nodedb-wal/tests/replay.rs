@@ -104,3 +104,36 @@ fn the_lazy_reader_reads_only_the_payloads_asked_for() {
     let full_bytes = sim.bytes_read() - before;
     assert!(lazy_bytes * 4 < full_bytes, "headers and 4 of 40 payloads cost {lazy_bytes} bytes; full replay {full_bytes}");
 }
+
+#[test]
+fn parallel_replay_returns_exactly_what_sequential_replay_does_in_lsn_order() {
+    use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, storage::FaultConfig};
+    let mut c = SegmentedWalConfig::new("/parallel");
+    c.segment_bytes_target = 16 * 1024;
+    c.batch_bytes_max = 4 * 1024;
+    let wal = SegmentedWal::open_with(SimStorage::new(4, FaultConfig::default()), c).unwrap();
+    for i in 0..3000u32 {
+        wal.append(Record::new(RecordType::optional(0x100), &i.to_le_bytes().repeat(1 + (i % 50) as usize))).unwrap();
+    }
+    wal.sync().unwrap();
+    assert!(wal.segments().len() > 10);
+    for (from, threads) in [(Lsn(1), 1), (Lsn(1), 3), (Lsn(1234), 4), (Lsn(3000), 2), (Lsn(3001), 2)] {
+        let sequential: Vec<_> = wal.read_from(from).unwrap().collect::<Result<_, _>>().unwrap();
+        let mut parallel = Vec::new();
+        let n = wal.replay_parallel(from, threads, |r| {
+            parallel.push(r);
+            Ok(())
+        });
+        assert_eq!(n.unwrap(), sequential.len() as u64);
+        assert_eq!(parallel, sequential, "from {from} with {threads} threads");
+    }
+    // An error from the callback stops the replay and is returned.
+    let mut seen = 0;
+    let err = wal.replay_parallel(Lsn(1), 3, |_| {
+        seen += 1;
+        if seen == 10 { Err(WalError::Closed) } else { Ok(()) }
+    });
+    assert!(matches!(err, Err(WalError::Closed)) && seen == 10);
+    wal.truncate_before(Lsn(2000)).unwrap();
+    assert!(matches!(wal.replay_parallel(Lsn(1), 2, |_| Ok(())), Err(WalError::LsnNotRetained { .. })));
+}
