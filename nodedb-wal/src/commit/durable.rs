@@ -107,41 +107,35 @@ impl Durability {
     /// looks at the list: so either the check sees the new watermark or the flusher sees the
     /// thread and unparks it (an unpark before the park makes the park return at once).
     pub fn wait(&self, lsn: Lsn) -> Result<()> {
-        if self.check(lsn)? {
-            return Ok(());
-        }
-        let me = std::thread::current();
-        lock(&self.parked).push((lsn, me.clone()));
-        let result = loop {
-            match self.check(lsn) {
-                Ok(false) => std::thread::park(),
-                done => break done.map(drop),
-            }
-        };
-        // Woken threads were taken off the list; one that returned on its own check is still
-        // on it and must not be unparked later for nothing.
-        lock(&self.parked).retain(|(_, t)| t.id() != me.id());
-        result
+        self.park_until(lsn, None).map(drop)
     }
 
     /// Like [`Self::wait`], giving up after `timeout`: `Ok(true)` once `lsn` is durable,
     /// `Ok(false)` at the timeout. Asks for no sync: for followers of the log, not writers.
     pub fn wait_timeout(&self, lsn: Lsn, timeout: std::time::Duration) -> Result<bool> {
+        self.park_until(lsn, Some(std::time::Instant::now() + timeout))
+    }
+
+    /// Parks on the waiter list until `lsn` is durable (`Ok(true)`), the log is poisoned, or
+    /// the deadline passes (`Ok(false)`).
+    fn park_until(&self, lsn: Lsn, deadline: Option<std::time::Instant>) -> Result<bool> {
         if self.check(lsn)? {
             return Ok(true);
         }
-        let deadline = std::time::Instant::now() + timeout;
         let me = std::thread::current();
         lock(&self.parked).push((lsn, me.clone()));
         let result = loop {
-            match self.check(lsn) {
-                Ok(false) => match deadline.checked_duration_since(std::time::Instant::now()) {
+            match (self.check(lsn), deadline) {
+                (Ok(false), None) => std::thread::park(),
+                (Ok(false), Some(deadline)) => match deadline.checked_duration_since(std::time::Instant::now()) {
                     Some(left) if !left.is_zero() => std::thread::park_timeout(left),
                     _ => break Ok(false),
                 },
-                done => break done,
+                (done, _) => break done,
             }
         };
+        // Woken threads were taken off the list; one that returned on its own check or at its
+        // deadline is still on it and must not be unparked later for nothing.
         lock(&self.parked).retain(|(_, t)| t.id() != me.id());
         result
     }

@@ -312,27 +312,7 @@ impl<S: Storage> GroupCommitter<S> {
 
     /// Buffers a record and returns its LSN; it is not durable until [`Self::wait_durable`].
     pub fn append(&self, record_type: RecordType, scope: Scope, flags: u16, payload: &[u8]) -> Result<Lsn> {
-        let key_ring = self.shared.key_ring.as_deref();
-        let reservation = {
-            let mut plan = lock(&self.shared.plan);
-            let reservation = loop {
-                self.shared.durability.check_poison()?;
-                if plan.closing {
-                    return Err(WalError::Closed);
-                }
-                match plan.reserve(payload.len(), &mut |id| new_identity(key_ring, id)) {
-                    Ok(r) => break r,
-                    Err(Wait::ForBuffer) => {
-                        self.shared.work.notify_one();
-                        plan = self.shared.space.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
-                    }
-                }
-            };
-            if !plan.sealed.is_empty() {
-                self.shared.work.notify_one();
-            }
-            reservation
-        };
+        let reservation = self.reserve(&[payload.len()])?;
         let mut region = reservation.region;
         let record = encode::Encode { lsn: reservation.lsn, durable_lsn: self.shared.durability.lsn(), record_type, scope, flags, payload };
         encode::encode_record(&reservation.identity, &record, region.bytes());
@@ -342,28 +322,8 @@ impl<S: Storage> GroupCommitter<S> {
     /// Buffers records as an atomic group: consecutive LSNs, one contiguous region of one
     /// batch, every frame but the last flagged "group continues". Returns the first LSN.
     pub fn append_group(&self, records: &[(RecordType, Scope, &[u8])]) -> Result<Lsn> {
-        let key_ring = self.shared.key_ring.as_deref();
         let lens: Vec<usize> = records.iter().map(|r| r.2.len()).collect();
-        let reservation = {
-            let mut plan = lock(&self.shared.plan);
-            let reservation = loop {
-                self.shared.durability.check_poison()?;
-                if plan.closing {
-                    return Err(WalError::Closed);
-                }
-                match plan.reserve_group(&lens, &mut |id| new_identity(key_ring, id)) {
-                    Ok(r) => break r,
-                    Err(Wait::ForBuffer) => {
-                        self.shared.work.notify_one();
-                        plan = self.shared.space.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
-                    }
-                }
-            };
-            if !plan.sealed.is_empty() {
-                self.shared.work.notify_one();
-            }
-            reservation
-        };
+        let reservation = self.reserve(&lens)?;
         let mut region = reservation.region;
         let bytes = region.bytes();
         let durable_lsn = self.shared.durability.lsn();
@@ -377,6 +337,31 @@ impl<S: Storage> GroupCommitter<S> {
             at += len;
         }
         Ok(reservation.lsn)
+    }
+
+    /// The shared critical section of every append: LSNs and one region for frames carrying
+    /// `payload_lens`, waiting for a free buffer if need be, then waking the flusher if a
+    /// batch was sealed.
+    fn reserve(&self, payload_lens: &[usize]) -> Result<plan::Reservation> {
+        let key_ring = self.shared.key_ring.as_deref();
+        let mut plan = lock(&self.shared.plan);
+        let reservation = loop {
+            self.shared.durability.check_poison()?;
+            if plan.closing {
+                return Err(WalError::Closed);
+            }
+            match plan.reserve(payload_lens, &mut |id| new_identity(key_ring, id)) {
+                Ok(r) => break r,
+                Err(Wait::ForBuffer) => {
+                    self.shared.work.notify_one();
+                    plan = self.shared.space.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        };
+        if !plan.sealed.is_empty() {
+            self.shared.work.notify_one();
+        }
+        Ok(reservation)
     }
 
     /// Blocks until a successful fdatasync covers `lsn`.

@@ -156,20 +156,11 @@ impl Plan {
         }
     }
 
-    /// Reserves an LSN and the bytes of a frame carrying `payload_len` bytes, sealing and
-    /// rolling as needed. `new_identity` is called when a roll needs a new segment's salt and
-    /// keys.
-    pub fn reserve(&mut self, payload_len: usize, new_identity: &mut dyn FnMut(SegmentId) -> Identity) -> Result<Reservation, Wait> {
-        self.reserve_group(&[payload_len], new_identity)
-    }
-
-    /// Reserves consecutive LSNs and one contiguous region for the frames of a group, all in
-    /// the same batch (so one write carries them all). The region holds the frames in order.
-    pub fn reserve_group(
-        &mut self,
-        payload_lens: &[usize],
-        new_identity: &mut dyn FnMut(SegmentId) -> Identity,
-    ) -> Result<Reservation, Wait> {
+    /// Reserves consecutive LSNs and one contiguous region for frames carrying `payload_lens`
+    /// bytes (one record, or an atomic group), all in the same batch, sealing and rolling as
+    /// needed. The region holds the frames in order. `new_identity` is called when a roll
+    /// needs a new segment's salt and keys.
+    pub fn reserve(&mut self, payload_lens: &[usize], new_identity: &mut dyn FnMut(SegmentId) -> Identity) -> Result<Reservation, Wait> {
         let total = |identity: &Identity| payload_lens.iter().map(|&len| identity.frame_len(len)).sum::<usize>();
         loop {
             if self.active.is_none() {
@@ -291,8 +282,8 @@ mod tests {
     fn lsns_are_dense_and_follow_buffer_order() {
         let mut p = plan(1 << 30);
         let mut s = salt();
-        let a = p.reserve(100 - HEADER_LEN, &mut s).unwrap();
-        let b = p.reserve(100 - HEADER_LEN, &mut s).unwrap();
+        let a = p.reserve(&[100 - HEADER_LEN], &mut s).unwrap();
+        let b = p.reserve(&[100 - HEADER_LEN], &mut s).unwrap();
         assert_eq!((a.lsn, b.lsn), (Lsn(1), Lsn(2)));
         assert!(a.region.start() < b.region.start());
     }
@@ -303,7 +294,7 @@ mod tests {
         let mut s = salt();
         let mut held = Vec::new();
         for _ in 0..32 {
-            match p.reserve(8 * 1024 - HEADER_LEN, &mut s) {
+            match p.reserve(&[8 * 1024 - HEADER_LEN], &mut s) {
                 Ok(r) => held.push(r),
                 Err(Wait::ForBuffer) => break,
             }
@@ -318,7 +309,7 @@ mod tests {
         let mut s = salt();
         let mut ended = Vec::new();
         for _ in 0..6 {
-            drop(p.reserve(3000 - HEADER_LEN, &mut s).unwrap());
+            drop(p.reserve(&[3000 - HEADER_LEN], &mut s).unwrap());
             p.seal_active(false);
             while let Some(b) = p.sealed.pop_front() {
                 let m = b.meta.clone();
@@ -339,7 +330,7 @@ mod tests {
     fn an_oversized_record_gets_its_own_batch() {
         let mut p = plan(1 << 30);
         let mut s = salt();
-        let r = p.reserve(100 * 1024 - HEADER_LEN, &mut s).unwrap();
+        let r = p.reserve(&[100 * 1024 - HEADER_LEN], &mut s).unwrap();
         assert_eq!(r.lsn, Lsn(1));
         drop(r);
         p.seal_active(false);
