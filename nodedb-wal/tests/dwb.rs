@@ -5,7 +5,7 @@
 //! page it has no image for and never replaces an intact page newer than its image; and what
 //! it repaired survives a second crash and the ring wrapping over the image it used.
 //!
-//! Most tests run on the simulated disk, with `Faulty` cutting the power after a chosen number
+//! Most tests run on the simulated disk, with `Faulty` (`FaultyStorage`) cutting the power after a chosen number
 //! of writes and syncs. `NODEDB_WAL_DWB_SEEDS` sets how many crash seeds each step runs (24).
 //! The last tests run on real files, in both buffered and O_DIRECT modes.
 
@@ -15,6 +15,7 @@ use std::path::Path;
 
 use dwb_support::*;
 use nodedb_wal::dwb::scan::scan_ring;
+use nodedb_wal::storage::faulty::FaultyStorage as Faulty;
 use nodedb_wal::storage::{OpenMode, SimRng, Storage, StorageFile};
 use nodedb_wal::{DegradedPolicy, DoubleWriteBuffer, DwbMode, FileId, IoOp, PageCheck, SimStorage, WalError, wal_dwb_bytes_written_total};
 
@@ -58,7 +59,7 @@ fn matrix_batch() -> Pages {
 fn crash_at_every_step_of_a_batch(mode: DwbMode) {
     let batch = matrix_batch();
     // Buffer write and sync, one write per page, one sync per page file.
-    let ops = 2 + batch.len() as i64 + 2;
+    let ops = 2 + batch.len() as u64 + 2;
     let mut old = vec![Some(1); 2 * PAGES as usize];
     old[slot_of(F2, 7)] = Some(2);
     let mut new = old.clone();
@@ -77,11 +78,11 @@ fn crash_at_every_step_of_a_batch(mode: DwbMode) {
             let (dwb, _) = open(faulty.clone(), config(mode));
             // An earlier batch, so the ring is not empty.
             dwb.write_pages(&borrow(&pages_at(&[(F2, 7)], 2))).unwrap();
-            faulty.arm(budget);
+            faulty.cut_power_after(budget);
             let result = dwb.write_pages(&borrow(&batch));
             assert_eq!(result.is_ok(), budget == ops, "budget {budget}: {result:?}");
             drop(dwb);
-            let after = sim.crash(seed * 7919 + budget as u64);
+            let after = sim.crash(seed * 7919 + budget);
             seen.2 += usize::from(versions(&after).contains(&None));
             let (dwb, report) = open(after.clone(), config(mode));
             let got = versions(&after);
@@ -109,7 +110,7 @@ fn a_batch_torn_in_the_buffer_is_ignored_whole_even_where_its_first_slots_are_in
     let faulty = Faulty::new(sim.clone());
     let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
     // The batch is written to the buffer but its sync never happens.
-    faulty.arm(1);
+    faulty.cut_power_after(1);
     let batch = matrix_batch();
     dwb.write_pages(&borrow(&batch)).unwrap_err();
     drop(dwb);
@@ -143,7 +144,7 @@ fn a_crash_at_every_step_of_recovery_is_recovered_again() {
             let faulty = Faulty::new(sim.clone());
             let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
             // The batch is durable in the buffer and three pages are written in place, unsynced.
-            faulty.arm(2 + 3);
+            faulty.cut_power_after(2 + 3);
             dwb.write_pages(&borrow(&batch)).unwrap_err();
             drop(dwb);
             let first = sim.crash(seed);
@@ -153,7 +154,7 @@ fn a_crash_at_every_step_of_recovery_is_recovered_again() {
             for file in FILES {
                 dwb.register_file(file, file_path(file), PAGE).unwrap();
             }
-            faulty.arm(budget);
+            faulty.cut_power_after(budget);
             let interrupted = dwb.recover(check);
             drop(dwb);
             let second = first.crash(seed + 100);
@@ -173,7 +174,7 @@ fn a_repaired_page_survives_a_second_crash_and_a_wrap_around_of_the_ring() {
     let sim = disk(11);
     let faulty = Faulty::new(sim.clone());
     let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
-    faulty.arm(2 + 1);
+    faulty.cut_power_after(2 + 1);
     dwb.write_pages(&borrow(&pages_at(&[(F1, 2), (F2, 4)], 2))).unwrap_err();
     drop(dwb);
     let after = sim.crash(5);
@@ -219,10 +220,10 @@ fn random_batches_and_crashes_over_a_wrapping_ring_keep_every_page_old_or_new() 
             }
             let cut = rng.below(3) == 0;
             if cut {
-                faulty.arm(rng.below(2 * count as u64 + 8) as i64);
+                faulty.cut_power_after(rng.below(2 * count as u64 + 8));
             }
             let result = dwb.write_pages(&borrow(&batch));
-            faulty.arm(-1);
+            faulty.restore_power();
             if result.is_ok() {
                 for (f, n, bytes) in &batch {
                     let PageCheck::Intact { version } = check(*f, bytes) else { unreachable!() };
@@ -290,7 +291,7 @@ fn a_stale_intact_page_whose_in_place_write_never_landed_is_brought_up_to_its_im
     let faulty = Faulty::new(sim.clone());
     let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
     // The batch is durable in the buffer; no in-place write happens.
-    faulty.arm(2);
+    faulty.cut_power_after(2);
     dwb.write_pages(&borrow(&pages_at(&[(F1, 1), (F2, 2)], 2))).unwrap_err();
     drop(dwb);
     let after = sim.crash(1);
@@ -451,10 +452,10 @@ fn a_failed_page_sync_poisons_and_reopening_repairs() {
     let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
     let batch = pages_at(&[(F1, 0), (F2, 0)], 2);
     // Buffer write and sync, both page writes, then the first page file's sync fails.
-    faulty.arm(4);
+    faulty.cut_power_after(4);
     let err = dwb.write_pages(&borrow(&batch)).unwrap_err();
     assert!(matches!(err, WalError::Io { op: IoOp::SyncData, .. }), "{err}");
-    faulty.arm(-1);
+    faulty.restore_power();
     let err = dwb.write_pages(&borrow(&batch)).unwrap_err();
     assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, .. }), "{err}");
     drop(dwb);
@@ -481,7 +482,7 @@ fn switching_to_off_applies_the_old_buffer_then_removes_it() {
     let sim = disk(17);
     let faulty = Faulty::new(sim.clone());
     let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
-    faulty.arm(2 + 1);
+    faulty.cut_power_after(2 + 1);
     dwb.write_pages(&borrow(&pages_at(&[(F1, 6), (F2, 6)], 2))).unwrap_err();
     drop(dwb);
     let after = sim.crash(3);
@@ -501,7 +502,7 @@ fn a_crash_while_the_buffer_file_is_created_leaves_a_usable_buffer() {
         for seed in 0..seeds() {
             let sim = disk(seed);
             let faulty = Faulty::new(sim.clone());
-            faulty.arm(budget);
+            faulty.cut_power_after(budget);
             let dwb = DoubleWriteBuffer::open_with(faulty, config(DwbMode::Buffered)).unwrap();
             assert_eq!(dwb.is_degraded(), budget < 7, "budget {budget}");
             drop(dwb);

@@ -3,7 +3,7 @@
 //! failpoints. Reads and `len` never fail; everything else can.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{OpenMode, Storage, StorageFile};
@@ -15,6 +15,8 @@ pub const EIO: i32 = 5;
 pub const ENOSPC: i32 = 28;
 /// `EINVAL`: what `open` returns where the file system refuses O_DIRECT.
 pub const EINVAL: i32 = 22;
+/// `EACCES`: permission denied.
+pub const EACCES: i32 = 13;
 
 /// An operation a fault can hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,6 +59,9 @@ struct State {
     calls: [u64; OPS],
     injected: u64,
     refuse_direct: bool,
+    /// Operations left before the power is cut (`None`: no cut planned).
+    power: Option<u64>,
+    refuse_open: Option<PathBuf>,
 }
 
 /// What a call should do: go on, fail, or (a write) put down half its bytes and then fail.
@@ -66,9 +71,29 @@ enum Verdict {
     Partial(i32),
 }
 
+fn lock_state(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl State {
+    /// Counts the call; an error if a fault hits it (a partial write is the caller's to do).
+    fn check(&mut self, op: FaultOp) -> io::Result<()> {
+        match self.verdict(op) {
+            Verdict::Pass => Ok(()),
+            Verdict::Fail(errno) | Verdict::Partial(errno) => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+
     fn verdict(&mut self, op: FaultOp) -> Verdict {
         self.calls[op.index()] += 1;
+        match &mut self.power {
+            Some(0) => {
+                self.injected += 1;
+                return Verdict::Fail(EIO);
+            }
+            Some(left) => *left -= 1,
+            None => {}
+        }
         let hit = self.rules.iter().position(|r| r.op == op && r.after == 0);
         // This call counts against every other rule for the operation, hit or not.
         self.rules.iter_mut().filter(|r| r.op == op && r.after > 0).for_each(|r| r.after -= 1);
@@ -97,7 +122,7 @@ impl<S> FaultyStorage<S> {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_state(&self.state)
     }
 
     /// The next `op` after `after` more succeed fails once with `errno`.
@@ -116,6 +141,23 @@ impl<S> FaultyStorage<S> {
         self.state().rules.push(Rule { op: FaultOp::Write, after, errno, partial: true, sticky: false });
     }
 
+    /// The next `ops` operations (of every kind a fault can hit) succeed, every one after fails
+    /// with EIO, reads go on working: the moment the power is cut. On a simulated disk, its
+    /// `crash` then gives what a restart finds.
+    pub fn cut_power_after(&self, ops: u64) {
+        self.state().power = Some(ops);
+    }
+
+    /// Cancels [`Self::cut_power_after`].
+    pub fn restore_power(&self) {
+        self.state().power = None;
+    }
+
+    /// Opening `path` fails with `EACCES`.
+    pub fn refuse_open(&self, path: &Path) {
+        self.state().refuse_open = Some(path.to_path_buf());
+    }
+
     /// Every open with O_DIRECT fails with `EINVAL`, as on a file system that refuses it.
     pub fn refuse_direct_io(&self) {
         self.state().refuse_direct = true;
@@ -132,10 +174,7 @@ impl<S> FaultyStorage<S> {
     }
 
     fn check(&self, op: FaultOp) -> io::Result<()> {
-        match self.state().verdict(op) {
-            Verdict::Pass => Ok(()),
-            Verdict::Fail(errno) | Verdict::Partial(errno) => Err(io::Error::from_raw_os_error(errno)),
-        }
+        self.state().check(op)
     }
 }
 
@@ -147,15 +186,8 @@ pub struct FaultyFile<F> {
 }
 
 impl<F> FaultyFile<F> {
-    fn verdict(&self, op: FaultOp) -> Verdict {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).verdict(op)
-    }
-
     fn check(&self, op: FaultOp) -> io::Result<()> {
-        match self.verdict(op) {
-            Verdict::Pass => Ok(()),
-            Verdict::Fail(errno) | Verdict::Partial(errno) => Err(io::Error::from_raw_os_error(errno)),
-        }
+        lock_state(&self.state).check(op)
     }
 }
 
@@ -176,9 +208,14 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File> {
-        if mode.direct && self.state().refuse_direct {
+        let state = self.state();
+        if mode.direct && state.refuse_direct {
             return Err(io::Error::from_raw_os_error(EINVAL));
         }
+        if state.refuse_open.as_deref() == Some(path) {
+            return Err(io::Error::from_raw_os_error(EACCES));
+        }
+        drop(state);
         Ok(FaultyFile { inner: self.inner.open(path, mode)?, state: Arc::clone(&self.state) })
     }
 
@@ -199,7 +236,8 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        match self.verdict(FaultOp::Write) {
+        let verdict = lock_state(&self.state).verdict(FaultOp::Write);
+        match verdict {
             Verdict::Pass => self.inner.write_at(buf, offset),
             Verdict::Fail(errno) => Err(io::Error::from_raw_os_error(errno)),
             Verdict::Partial(errno) => {
@@ -222,14 +260,15 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
         // Split, so that each half meets its own faults; without faults armed for either, the
         // inner storage's own chained path runs.
         let armed = {
-            let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.rules.iter().any(|r| matches!(r.op, FaultOp::Write | FaultOp::SyncData))
+            let mut state = lock_state(&self.state);
+            let armed = state.power.is_some() || state.rules.iter().any(|r| matches!(r.op, FaultOp::Write | FaultOp::SyncData));
+            if !armed {
+                state.calls[FaultOp::Write.index()] += 1;
+                state.calls[FaultOp::SyncData.index()] += 1;
+            }
+            armed
         };
         if !armed {
-            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.calls[FaultOp::Write.index()] += 1;
-            state.calls[FaultOp::SyncData.index()] += 1;
-            drop(state);
             return self.inner.write_and_sync(buf, offset);
         }
         self.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;

@@ -1,17 +1,13 @@
-//! Helpers for the double-write buffer tests: self-checking pages, page files on the simulated
-//! disk, and `Faulty`, a storage wrapper that pulls the plug after a set number of writes and
-//! syncs (every later one fails) or refuses to open one path.
+//! Helpers for the double-write buffer tests: self-checking pages and page files on the
+//! simulated disk. The tests cut the power with the library's `FaultyStorage`.
 
 #![allow(dead_code, reason = "each test uses a different subset of these helpers")]
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use nodedb_wal::dwb::PageWrite;
 use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
-use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, FileId, IoOp, PageCheck, SimStorage};
+use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, FileId, PageCheck, SimStorage};
 
 /// Bytes of every test page.
 pub const PAGE: usize = 4096;
@@ -119,118 +115,4 @@ pub type Pages = Vec<(FileId, u64, Vec<u8>)>;
 /// Borrows owned pages as the argument of `write_pages`.
 pub fn borrow(pages: &Pages) -> Vec<PageWrite<'_>> {
     pages.iter().map(|(f, n, b)| (*f, *n, &b[..])).collect()
-}
-
-/// A storage that performs the next `budget` writes, syncs, length changes and directory
-/// operations, then fails every one after with EIO (reads go on working): the moment power is
-/// cut. Call `crash` on the simulated disk underneath for what a restart finds. It can also
-/// refuse to open one path.
-#[derive(Clone, Debug)]
-pub struct Faulty<S> {
-    /// The storage underneath.
-    pub inner: S,
-    budget: Arc<AtomicI64>,
-    refuse_open: Arc<Mutex<Option<PathBuf>>>,
-}
-
-impl<S> Faulty<S> {
-    /// Wraps a storage; nothing fails until armed.
-    pub fn new(inner: S) -> Faulty<S> {
-        Faulty { inner, budget: Arc::new(AtomicI64::new(-1)), refuse_open: Arc::default() }
-    }
-
-    /// From now on, `ops` more operations succeed.
-    pub fn arm(&self, ops: i64) {
-        self.budget.store(ops, Ordering::SeqCst);
-    }
-
-    /// Makes opening `path` fail with EACCES.
-    pub fn refuse_open(&self, path: &Path) {
-        *self.refuse_open.lock().unwrap() = Some(path.to_path_buf());
-    }
-
-    /// Operations left (-1: unlimited).
-    pub fn budget(&self) -> i64 {
-        self.budget.load(Ordering::SeqCst)
-    }
-}
-
-fn spend(budget: &AtomicI64) -> io::Result<()> {
-    let taken = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
-        b if b < 0 => Some(b),
-        0 => None,
-        b => Some(b - 1),
-    });
-    taken.map(drop).map_err(|_| io::Error::from_raw_os_error(5))
-}
-
-/// A file of [`Faulty`].
-#[derive(Debug)]
-pub struct FaultyFile<F> {
-    inner: F,
-    budget: Arc<AtomicI64>,
-}
-
-impl<S: Storage> Storage for Faulty<S> {
-    type File = FaultyFile<S::File>;
-    type Lock = S::Lock;
-
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-
-    fn lock_dir(&self, dir: &Path) -> io::Result<S::Lock> {
-        self.inner.lock_dir(dir)
-    }
-
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File> {
-        if self.refuse_open.lock().unwrap().as_deref() == Some(path) {
-            return Err(io::Error::from_raw_os_error(13));
-        }
-        Ok(FaultyFile { inner: self.inner.open(path, mode)?, budget: Arc::clone(&self.budget) })
-    }
-
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        spend(&self.budget)?;
-        self.inner.remove(path)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        spend(&self.budget)?;
-        self.inner.sync_dir(dir)
-    }
-}
-
-impl<F: StorageFile> StorageFile for FaultyFile<F> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        spend(&self.budget)?;
-        self.inner.write_at(buf, offset)
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        spend(&self.budget)?;
-        self.inner.sync_data()
-    }
-
-    fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
-        self.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;
-        self.sync_data().map_err(|e| (IoOp::SyncData, e))
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        spend(&self.budget)?;
-        self.inner.set_len(len)
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
 }
