@@ -38,13 +38,16 @@ struct Exit(u8, String);
 impl From<WalError> for Exit {
     fn from(err: WalError) -> Exit {
         let code = match &err {
+            // Damage: `verify` reports an authentication failure at a segment's first record
+            // as a wrong key before it gets here.
             WalError::Corruption { .. }
             | WalError::MissingSegment { .. }
             | WalError::UnsupportedVersion { .. }
-            | WalError::UnsupportedCipher { .. } => 2,
-            WalError::UnknownRequiredType { .. } | WalError::MalformedPayload { .. } => 2,
+            | WalError::UnsupportedCipher { .. }
+            | WalError::UnknownRequiredType { .. }
+            | WalError::MalformedPayload { .. }
+            | WalError::AuthenticationFailed { .. } => 2,
             WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::KeyFile { .. } => 4,
-            WalError::AuthenticationFailed { .. } => 2,
             _ => 3,
         };
         Exit(code, err.to_string())
@@ -249,26 +252,19 @@ fn verify(args: &Args) -> Outcome {
     let total = info.record_count.max(1);
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut last_report = Instant::now();
-    let mut current_segment_records = 0u64;
-    let segment_of = |lsn: Lsn| info.segments.iter().find(|s| s.first_lsn <= lsn && lsn < s.end_lsn).map(|s| s.id);
-    let mut segment = None;
+    // A segment whose very first record fails authentication was most likely written under
+    // another key; a failure further in is damage.
+    let first_of = |seg| info.segments.iter().find(|s| s.id == seg).map(|s| s.first_lsn);
     for record in wal.read_from(info.first_lsn)? {
         let record = match record {
-            Ok(r) => r,
-            Err(WalError::AuthenticationFailed { lsn, segment: seg }) if current_segment_records == 0 => {
+            Err(WalError::AuthenticationFailed { lsn, segment }) if first_of(segment) == Some(lsn) => {
                 return Err(Exit(
                     4,
-                    format!("record {lsn} in segment {seg} failed authentication, the first of its segment: most likely the wrong key"),
+                    format!("record {lsn} in segment {segment} failed authentication, the first of its segment: most likely the wrong key"),
                 ));
             }
-            Err(e) => return Err(e.into()),
+            other => other?,
         };
-        let seg = segment_of(record.lsn);
-        if seg != segment {
-            segment = seg;
-            current_segment_records = 0;
-        }
-        current_segment_records += 1;
         records += 1;
         bytes += record.payload.len() as u64;
         if last_report.elapsed() >= Duration::from_millis(500) {
