@@ -257,18 +257,17 @@ impl<S: Storage> SegmentedWal<S> {
     /// decrypting) up to `threads` segments at once: each batch of `threads` segments is read
     /// in parallel, then handed to `apply` in order. Memory: at most `threads` segments'
     /// records. Stops at the first error, from reading or from `apply`.
-    pub fn replay_parallel(&self, from: Lsn, threads: usize, mut apply: impl FnMut(WalRecord) -> Result<()>) -> Result<u64>
-    where
-        S: Storage,
-    {
+    pub fn replay_parallel(&self, from: Lsn, threads: usize, mut apply: impl FnMut(WalRecord) -> Result<()>) -> Result<u64> {
         let until = self.durable_lsn();
-        let segments: Vec<SegmentInfo> = self.segments().into_iter().filter(|s| s.end_lsn > from && s.first_lsn <= until).collect();
-        if let Some(oldest) = self.segments().first()
+        let mut segments = self.segments();
+        // The same rule as the sequential reader (each worker below starts inside its segment).
+        if let Some(oldest) = segments.first()
             && from < oldest.first_lsn
             && from <= until
         {
             return Err(WalError::LsnNotRetained { requested: from, oldest: oldest.first_lsn });
         }
+        segments.retain(|s| s.end_lsn > from && s.first_lsn <= until);
         let mut applied = 0;
         for window in segments.chunks(threads.max(1)) {
             let decoded: Vec<Result<Vec<WalRecord>>> = std::thread::scope(|s| {

@@ -5,9 +5,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use nodedb_wal::{
-    CommitStatsSnapshot, FsStorage, IoBackend, KeyRing, Lsn, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, WalError,
-};
+use nodedb_wal::{FsStorage, IoBackend, KeyRing, Lsn, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, WalError};
 
 use crate::driver::{Params, run_for};
 use crate::report::Report;
@@ -34,10 +32,6 @@ pub fn open_fresh_on(params: &Params, storage: FsStorage, key_ring: Option<Arc<K
     config.key_ring = key_ring;
     let wal = SegmentedWal::open_with(storage, config).map_err(to_io)?;
     Ok((wal, dir))
-}
-
-fn stats_since(now: CommitStatsSnapshot, before: CommitStatsSnapshot) -> CommitStatsSnapshot {
-    now.since(&before)
 }
 
 /// `append_durable` from every thread: concurrent appends share fdatasyncs.
@@ -74,7 +68,7 @@ fn group_commit_on(params: &Params, storage: FsStorage, name: &str, key_ring: Op
             Ok(1)
         })
     })?;
-    let stats = stats_since(wal.stats(), before);
+    let stats = wal.stats().since(&before);
     wal.close().map_err(to_io)?;
     Ok(Report {
         system: name.into(),
@@ -105,7 +99,7 @@ pub fn fsync_per_append(params: &Params) -> io::Result<Report> {
             Ok(1)
         })
     })?;
-    let stats = stats_since(wal.stats(), before);
+    let stats = wal.stats().since(&before);
     wal.close().map_err(to_io)?;
     Ok(Report {
         system: "fsync-per-append".into(),
@@ -151,7 +145,7 @@ pub fn pipelined(params: &Params) -> io::Result<Report> {
             Ok(every)
         })
     })?;
-    let stats = stats_since(wal.stats(), before);
+    let stats = wal.stats().since(&before);
     wal.close().map_err(to_io)?;
     Ok(Report {
         system: "nodedb-wal-pipelined".into(),
