@@ -42,7 +42,7 @@ pub use format::payload::{
 pub use format::preamble::{
     CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, PREAMBLE_VERSION, SEG_PREAMBLE_MAGIC, SegmentPreamble, WAL_PREAMBLE_MAGIC,
 };
-pub use read::{LazyWalReader, RecordHandle, WalIter};
+pub use read::{LazyWalReader, RecordHandle, RecordView, WalIter};
 pub use readonly::ReadOnlyWal;
 pub use record::{Record, WalRecord};
 pub use recovery::RecoveryInfo;

@@ -9,7 +9,7 @@ use crate::error::{CorruptionKind, Result, WalError};
 use crate::format::frame::RecordHeader;
 use crate::record::WalRecord;
 use crate::recovery::open_existing;
-use crate::segment::crypt::{cipher_for, open_record};
+use crate::segment::crypt::{cipher_for, open_record_in};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
@@ -35,15 +35,36 @@ pub(crate) struct ReadSpec {
     pub from: Lsn,
     pub until: Lsn,
     pub decrypt: Decrypt,
+    /// Map sealed segments instead of reading them (see [`crate::storage::mmap`]).
+    pub mapped: bool,
+    /// Bytes per read where segments are read, not mapped.
+    pub chunk: usize,
+    /// Where the record `from` starts, when a reader handed it out before.
+    pub resume: Option<Position>,
+}
+
+impl ReadSpec {
+    pub fn new(dir: PathBuf, segments: Vec<SegmentInfo>, from: Lsn, until: Lsn, decrypt: Decrypt) -> ReadSpec {
+        ReadSpec { dir, direct: false, align: 4096, segments, from, until, decrypt, mapped: false, chunk: DEFAULT_CHUNK, resume: None }
+    }
+}
+
+/// Where a record's frame starts: a reader resumes there without scanning the segment from its
+/// start (a live tail would otherwise scan its segment again at every refill).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub segment: SegmentId,
+    pub offset: u64,
+    pub lsn: Lsn,
 }
 
 /// A record found by a [`Cursor`]: where it is, its header and (unless headers only) its
-/// payload as stored.
+/// payload, readable: decrypted, or as stored when raw.
 struct Found<'a> {
     segment: SegmentId,
     offset: u64,
     header: RecordHeader,
-    stored: &'a [u8],
+    payload: &'a [u8],
 }
 
 /// Walks the records `from..=until` segment by segment, one open segment at a time.
@@ -54,6 +75,10 @@ struct Cursor<S: Storage> {
     scan: Option<SegmentScan<S::File>>,
     cipher: Option<SegmentCipher>,
     headers_only: bool,
+    /// Plaintext of the last encrypted record, reused from record to record.
+    plain: Vec<u8>,
+    /// Where the record after the last one handed out starts.
+    next: Option<Position>,
 }
 
 impl<S: Storage> Cursor<S> {
@@ -63,7 +88,7 @@ impl<S: Storage> Cursor<S> {
             return Err(WalError::LsnNotRetained { requested: spec.from, oldest });
         }
         let index = spec.segments.iter().position(|s| s.end_lsn > spec.from).unwrap_or(spec.segments.len());
-        Ok(Cursor { storage, spec, index, scan: None, cipher: None, headers_only })
+        Ok(Cursor { storage, spec, index, scan: None, cipher: None, headers_only, plain: Vec::new(), next: None })
     }
 
     fn open_scan(&mut self) -> Result<bool> {
@@ -71,20 +96,27 @@ impl<S: Storage> Cursor<S> {
         let path = segment::path(&self.spec.dir, info.id);
         let (file, len) = open_existing(&*self.storage, &path, self.spec.direct, false)?;
         // The lazy reader reads one block at a time so that skipped payloads stay on disk.
-        let chunk = if self.headers_only { self.spec.align } else { DEFAULT_CHUNK };
+        let chunk = if self.headers_only { self.spec.align } else { self.spec.chunk };
         let mut reader = ChunkReader::new(file, path, len, self.spec.align, chunk);
+        if self.spec.mapped && info.sealed && !self.headers_only {
+            reader.map_sealed();
+        }
         let bad_head = WalError::Corruption { segment: info.id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
         let head = read_head(&mut reader, info.id)?.map_err(|_| bad_head)?;
         self.cipher = match &self.spec.decrypt {
             Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,
             Decrypt::Raw => None,
         };
-        let scan = SegmentScan::new(reader, info.id, &head);
+        let mut scan = SegmentScan::new(reader, info.id, &head);
+        if let Some(at) = self.spec.resume.take().filter(|at| at.segment == info.id && at.lsn == self.spec.from) {
+            scan.seek(at.offset, at.lsn);
+        }
         self.scan = Some(if self.headers_only { scan.headers_only() } else { scan });
         Ok(true)
     }
 
-    /// The next record in range: its segment, offset, header and (unless headers only) payload.
+    /// The next record in range: its segment, offset, header and (unless headers only) its
+    /// readable payload. Skips this crate's unknown optional types (after authenticating them).
     fn next(&mut self) -> Result<Option<Found<'_>>> {
         loop {
             if self.scan.is_none() && !self.open_scan()? {
@@ -103,9 +135,21 @@ impl<S: Storage> Cursor<S> {
                 Ok((_, header)) if header.lsn < self.spec.from => {}
                 Ok((offset, header)) => {
                     check_type(&header)?;
-                    let scan = self.scan.as_mut().expect("open");
-                    let payload = if self.headers_only { &[][..] } else { scan.frame_at(offset, &header)? };
-                    return Ok(Some(Found { segment, offset, header, stored: payload }));
+                    self.next = Some(Position { segment, offset: offset + header.frame_len() as u64, lsn: header.lsn.next() });
+                    let skip = is_unknown_optional(header.record_type);
+                    if self.headers_only && skip {
+                        continue;
+                    }
+                    if self.headers_only {
+                        return Ok(Some(Found { segment, offset, header, payload: &[] }));
+                    }
+                    if skip {
+                        // Authenticated even when skipped: the type is part of what is signed.
+                        self.open_stepped(segment, offset, &header)?;
+                        continue;
+                    }
+                    let payload = self.open_stepped(segment, offset, &header)?;
+                    return Ok(Some(Found { segment, offset, header, payload }));
                 }
                 Err((offset, end)) => {
                     let scan = self.scan.as_ref().expect("open");
@@ -119,12 +163,26 @@ impl<S: Storage> Cursor<S> {
         }
     }
 
-    /// A stored payload made readable: decrypted and authenticated, unless raw.
-    fn open_payload(&self, segment: SegmentId, header: &RecordHeader, stored: &[u8]) -> Result<Vec<u8>> {
-        match &self.spec.decrypt {
-            Decrypt::Raw => Ok(stored.to_vec()),
-            Decrypt::With(_) => open_record(self.cipher.as_ref(), segment, header, stored),
-        }
+    /// The readable payload of the record the scan handed out last.
+    fn open_stepped(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
+        let Cursor { scan, cipher, plain, spec, .. } = self;
+        let stored = scan.as_mut().expect("open").stepped_payload(offset, header)?;
+        open_payload(&spec.decrypt, cipher.as_ref(), segment, header, stored, plain)
+    }
+}
+
+/// A stored payload made readable: decrypted and authenticated, unless raw.
+fn open_payload<'a>(
+    decrypt: &Decrypt,
+    cipher: Option<&SegmentCipher>,
+    segment: SegmentId,
+    header: &RecordHeader,
+    stored: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    match decrypt {
+        Decrypt::Raw => Ok(stored),
+        Decrypt::With(_) => open_record_in(cipher, segment, header, stored, scratch),
     }
 }
 
@@ -141,8 +199,35 @@ fn is_unknown_optional(ty: RecordType) -> bool {
     ty.is_reserved() && !ty.is_known_reserved()
 }
 
+/// A record borrowed from a reader ([`WalIter::next_view`]): valid until the reader moves on.
+/// A plaintext payload is read in place, without a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// The record's LSN.
+    pub lsn: Lsn,
+    /// Its type.
+    pub record_type: RecordType,
+    /// Database, tenant and vshard.
+    pub scope: Scope,
+    /// Header flags.
+    pub flags: u16,
+    /// The payload (decrypted, unless the reader hands out payloads as stored).
+    pub payload: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// An owned copy.
+    #[must_use]
+    pub fn to_record(&self) -> WalRecord {
+        WalRecord { lsn: self.lsn, record_type: self.record_type, scope: self.scope, flags: self.flags, payload: self.payload.to_vec() }
+    }
+}
+
 /// Iterates the records of a log in LSN order, from a starting LSN up to a bound that was
 /// durable when the iterator was made. Holds one segment's read window at a time.
+///
+/// As an [`Iterator`] it hands out owned records; [`WalIter::next_view`] lends them instead,
+/// which saves a copy per record where a replay only looks at each payload once.
 pub struct WalIter<S: Storage> {
     cursor: Cursor<S>,
     done: bool,
@@ -160,23 +245,33 @@ impl<S: Storage> WalIter<S> {
         Ok(WalIter { cursor: Cursor::new(storage, spec, false)?, done })
     }
 
-    fn advance(&mut self) -> Result<Option<WalRecord>> {
-        loop {
-            let Some(found) = self.cursor.next()? else { return Ok(None) };
-            let (segment, header, stored) = (found.segment, found.header, found.stored.to_vec());
-            // Authenticated even when skipped: the type is part of what is signed.
-            let payload = self.cursor.open_payload(segment, &header, &stored)?;
-            if is_unknown_optional(header.record_type) {
-                continue;
-            }
-            return Ok(Some(WalRecord {
-                lsn: header.lsn,
-                record_type: header.record_type,
-                scope: header.scope,
-                flags: header.flags,
-                payload,
-            }));
+    /// The next record, lent until the next call; `None` at the end. After an error, `None`.
+    pub fn next_view(&mut self) -> Option<Result<RecordView<'_>>> {
+        if self.done {
+            return None;
         }
+        match self.cursor.next() {
+            Ok(Some(found)) => Some(Ok(RecordView {
+                lsn: found.header.lsn,
+                record_type: found.header.record_type,
+                scope: found.header.scope,
+                flags: found.header.flags,
+                payload: found.payload,
+            })),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(err) => {
+                self.done = true;
+                Some(Err(err))
+            }
+        }
+    }
+
+    /// Where the record after the last one handed out starts.
+    pub(crate) fn resume_point(&self) -> Option<Position> {
+        self.cursor.next
     }
 }
 
@@ -184,14 +279,7 @@ impl<S: Storage> Iterator for WalIter<S> {
     type Item = Result<WalRecord>;
 
     fn next(&mut self) -> Option<Result<WalRecord>> {
-        if self.done {
-            return None;
-        }
-        let item = self.advance().transpose();
-        if !matches!(item, Some(Ok(_))) {
-            self.done = true;
-        }
-        item
+        self.next_view().map(|view| view.map(|v| v.to_record()))
     }
 }
 
@@ -249,34 +337,29 @@ impl<S: Storage> LazyWalReader<S> {
 
     /// The next record's header, or `None` at the end. Skips this crate's unknown optional types.
     pub fn next_header(&mut self) -> Result<Option<RecordHandle>> {
-        loop {
-            let Some(Found { segment, offset, header, .. }) = self.cursor.next()? else {
-                self.current = None;
-                return Ok(None);
-            };
-            if is_unknown_optional(header.record_type) {
-                continue;
-            }
-            let handle = RecordHandle {
-                lsn: header.lsn,
-                record_type: header.record_type,
-                scope: header.scope,
-                flags: header.flags,
-                stored_len: header.payload_len,
-                segment,
-                offset,
-                header,
-            };
-            self.current = Some(handle);
-            return Ok(Some(handle));
-        }
+        let Some(Found { segment, offset, header, .. }) = self.cursor.next()? else {
+            self.current = None;
+            return Ok(None);
+        };
+        let handle = RecordHandle {
+            lsn: header.lsn,
+            record_type: header.record_type,
+            scope: header.scope,
+            flags: header.flags,
+            stored_len: header.payload_len,
+            segment,
+            offset,
+            header,
+        };
+        self.current = Some(handle);
+        Ok(Some(handle))
     }
 
     /// Reads, checks and decrypts the payload of the record [`Self::next_header`] returned last.
     pub fn payload(&mut self) -> Result<Vec<u8>> {
         let handle = self.current.ok_or(WalError::InvalidConfig { reason: "payload() needs a record from next_header()" })?;
-        let scan = self.cursor.scan.as_mut().expect("the handle's segment is open");
-        let stored = scan.frame_at(handle.offset, &handle.header)?.to_vec();
-        self.cursor.open_payload(handle.segment, &handle.header, &stored)
+        let Cursor { scan, cipher, plain, spec, .. } = &mut self.cursor;
+        let stored = scan.as_mut().expect("the handle's segment is open").frame_at(handle.offset, &handle.header)?;
+        open_payload(&spec.decrypt, cipher.as_ref(), handle.segment, &handle.header, stored, plain).map(<[u8]>::to_vec)
     }
 }

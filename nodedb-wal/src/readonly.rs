@@ -57,20 +57,19 @@ impl<S: Storage> ReadOnlyWal<S> {
     }
 
     fn spec(&self, from: Lsn, decrypt: Decrypt) -> ReadSpec {
-        ReadSpec {
-            dir: self.dir.clone(),
-            direct: false,
-            align: 4096,
-            segments: self.info.segments.clone(),
-            from,
-            until: self.info.last_lsn,
-            decrypt,
-        }
+        ReadSpec::new(self.dir.clone(), self.info.segments.clone(), from, self.info.last_lsn, decrypt)
     }
 
     /// Reads the records recovery would return, from `from` on, decrypting encrypted ones.
     pub fn read_from(&self, from: Lsn) -> Result<WalIter<S>> {
         WalIter::new(Arc::clone(&self.storage), self.spec(from, Decrypt::With(self.key_ring.clone())))
+    }
+
+    /// Like [`Self::read_from`], reading sealed segments through a memory map and giving back
+    /// the pages passed: see [`crate::SegmentedWal::read_mapped`], which this mirrors.
+    pub fn read_mapped(&self, from: Lsn) -> Result<WalIter<S>> {
+        let spec = ReadSpec { mapped: true, ..self.spec(from, Decrypt::With(self.key_ring.clone())) };
+        WalIter::new(Arc::clone(&self.storage), spec)
     }
 
     /// Like [`Self::read_from`], handing out encrypted payloads as stored.

@@ -2,11 +2,16 @@
 //! LSN order, each only once it is durable, so nothing it delivers can be taken back by a
 //! crash; it never asks for a sync itself; it follows segment rolls, and its cursor is the
 //! position to resume from after a restart.
+//!
+//! Each refill reads what became durable since the last one, starting where the last refill
+//! stopped (not at the segment's start): sealed segments it catches up on are memory-mapped
+//! (see [`SegmentedWal::read_mapped`]), the live segment is read in small chunks.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::error::Result;
+use crate::read::Position;
 use crate::record::WalRecord;
 use crate::storage::Storage;
 use crate::types::Lsn;
@@ -15,17 +20,22 @@ use crate::wal::SegmentedWal;
 /// Records read ahead at most per refill.
 const READ_AHEAD: usize = 1024;
 
+/// Bytes per read of the live segment: a follower that keeps up reads little at a time.
+pub(crate) const TAIL_CHUNK: usize = 64 << 10;
+
 /// Follows a log from a cursor. See the module documentation.
 #[derive(Debug)]
 pub struct Tail<'a, S: Storage> {
     wal: &'a SegmentedWal<S>,
     cursor: Lsn,
     ready: VecDeque<WalRecord>,
+    /// Where the record `cursor` starts, once a refill has found it.
+    resume: Option<Position>,
 }
 
 impl<'a, S: Storage> Tail<'a, S> {
     pub(crate) fn new(wal: &'a SegmentedWal<S>, from: Lsn) -> Tail<'a, S> {
-        Tail { wal, cursor: from, ready: VecDeque::new() }
+        Tail { wal, cursor: from, ready: VecDeque::new(), resume: None }
     }
 
     /// The LSN of the next record this tail will deliver: store it with the subscriber's state
@@ -45,9 +55,12 @@ impl<'a, S: Storage> Tail<'a, S> {
             }
             // What is durable from the cursor on (readers stop at the durable LSN), at most a
             // bounded batch at a time however far behind the follower is.
-            for record in self.wal.read_from(wanted)?.take(READ_AHEAD) {
-                self.ready.push_back(record?);
+            let mut reader = self.wal.tail_reader(wanted, self.resume)?;
+            while self.ready.len() < READ_AHEAD {
+                let Some(record) = reader.next_view() else { break };
+                self.ready.push_back(record?.to_record());
             }
+            self.resume = reader.resume_point();
         }
         let Some(record) = self.ready.pop_front() else { return Ok(None) };
         self.cursor = record.lsn.next();

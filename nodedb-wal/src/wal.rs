@@ -10,12 +10,12 @@ use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
-use crate::read::{Decrypt, LazyWalReader, ReadSpec, WalIter};
+use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, WalIter};
 use crate::record::{Record, WalRecord};
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
-use crate::tail::Tail;
+use crate::tail::{TAIL_CHUNK, Tail};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
 use std::ops::RangeInclusive;
 
@@ -240,7 +240,7 @@ impl<S: Storage> SegmentedWal<S> {
 
     /// Reads the durable records from `from` on, in LSN order, decrypting encrypted ones.
     pub fn read_from(&self, from: Lsn) -> Result<WalIter<S>> {
-        self.reader(from, Decrypt::With(self.config.key_ring.clone()))
+        self.reader(from, self.decrypt())
     }
 
     /// Like [`Self::read_from`], but hands out encrypted payloads as stored (ciphertext then
@@ -249,8 +249,31 @@ impl<S: Storage> SegmentedWal<S> {
         self.reader(from, Decrypt::Raw)
     }
 
+    /// Like [`Self::read_from`], for catching up on a long stretch of log: sealed segments are
+    /// read through a memory map with sequential advice, and the pages the reader has passed
+    /// are given back (to the system and out of the page cache), so a catch-up neither grows
+    /// the process nor evicts the database's working set. The active segment is read as usual.
+    ///
+    /// The map's price: a disk read error in a mapped segment stops the process (`SIGBUS`)
+    /// instead of coming back as [`WalError::Io`]. Where storage cannot map (the simulation),
+    /// this is [`Self::read_from`].
+    pub fn read_mapped(&self, from: Lsn) -> Result<WalIter<S>> {
+        WalIter::new(Arc::clone(&self.storage), ReadSpec { mapped: true, ..self.read_spec(from, self.decrypt()) })
+    }
+
     fn reader(&self, from: Lsn, decrypt: Decrypt) -> Result<WalIter<S>> {
         WalIter::new(Arc::clone(&self.storage), self.read_spec(from, decrypt))
+    }
+
+    fn decrypt(&self) -> Decrypt {
+        Decrypt::With(self.config.key_ring.clone())
+    }
+
+    /// A reader for a [`Tail`]'s refill: mapped catch-up, small reads of the live segment, and
+    /// a start at `resume` (where the last refill stopped) when it is the record `from`.
+    pub(crate) fn tail_reader(&self, from: Lsn, resume: Option<Position>) -> Result<WalIter<S>> {
+        let spec = ReadSpec { mapped: true, chunk: TAIL_CHUNK, resume, ..self.read_spec(from, self.decrypt()) };
+        WalIter::new(Arc::clone(&self.storage), spec)
     }
 
     /// Replays the durable records from `from` on, in LSN order, decoding (checking and
@@ -274,12 +297,8 @@ impl<S: Storage> SegmentedWal<S> {
                 let workers: Vec<_> = window
                     .iter()
                     .map(|seg| {
-                        let spec = ReadSpec {
-                            segments: vec![*seg],
-                            from: from.max(seg.first_lsn),
-                            until,
-                            ..self.read_spec(from, Decrypt::With(self.config.key_ring.clone()))
-                        };
+                        let spec =
+                            ReadSpec { segments: vec![*seg], from: from.max(seg.first_lsn), until, ..self.read_spec(from, self.decrypt()) };
                         let storage = Arc::clone(&self.storage);
                         s.spawn(move || WalIter::new(storage, spec)?.collect::<Result<Vec<_>>>())
                     })
@@ -307,18 +326,14 @@ impl<S: Storage> SegmentedWal<S> {
 
     /// Reads durable records from `from` on, headers first: see [`LazyWalReader`].
     pub fn lazy_reader(&self, from: Lsn) -> Result<LazyWalReader<S>> {
-        LazyWalReader::new(Arc::clone(&self.storage), self.read_spec(from, Decrypt::With(self.config.key_ring.clone())))
+        LazyWalReader::new(Arc::clone(&self.storage), self.read_spec(from, self.decrypt()))
     }
 
     fn read_spec(&self, from: Lsn, decrypt: Decrypt) -> ReadSpec {
         ReadSpec {
-            dir: self.config.dir.clone(),
             direct: self.direct,
             align: self.config.alignment,
-            segments: self.segments(),
-            from,
-            until: self.durable_lsn(),
-            decrypt,
+            ..ReadSpec::new(self.config.dir.clone(), self.segments(), from, self.durable_lsn(), decrypt)
         }
     }
 

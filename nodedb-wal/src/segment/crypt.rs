@@ -21,10 +21,23 @@ pub fn cipher_for(ring: Option<&KeyRing>, id: SegmentId, head: &SegmentHead) -> 
 /// The plaintext of a stored payload. A record's encryption must match its segment's: a flag
 /// stripped or added (checksum recomputed) would otherwise hand out ciphertext as data.
 pub fn open_record(cipher: Option<&SegmentCipher>, segment: SegmentId, header: &RecordHeader, stored: &[u8]) -> Result<Vec<u8>> {
+    let mut scratch = Vec::new();
+    open_record_in(cipher, segment, header, stored, &mut scratch).map(<[u8]>::to_vec)
+}
+
+/// Like [`open_record`] without allocating: a plaintext payload is `stored` itself, an
+/// encrypted one is decrypted into `scratch` (reused from record to record).
+pub fn open_record_in<'a>(
+    cipher: Option<&SegmentCipher>,
+    segment: SegmentId,
+    header: &RecordHeader,
+    stored: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
     let failed = WalError::AuthenticationFailed { segment, lsn: header.lsn };
     let encrypted = header.flags & FLAG_ENCRYPTED != 0;
     let Some(cipher) = cipher else {
-        return if encrypted { Err(failed) } else { Ok(stored.to_vec()) };
+        return if encrypted { Err(failed) } else { Ok(stored) };
     };
     if !encrypted || stored.len() < TAG_LEN {
         return Err(failed);
@@ -32,7 +45,8 @@ pub fn open_record(cipher: Option<&SegmentCipher>, segment: SegmentId, header: &
     let (ciphertext, tag) = stored.split_at(stored.len() - TAG_LEN);
     let mut head = [0u8; HEADER_LEN];
     header.encode_into(&mut head);
-    let mut out = ciphertext.to_vec();
-    cipher.open(header.lsn, &head, &mut out, tag).map_err(|_| failed)?;
-    Ok(out)
+    scratch.clear();
+    scratch.extend_from_slice(ciphertext);
+    cipher.open(header.lsn, &head, scratch, tag).map_err(|_| failed)?;
+    Ok(scratch)
 }

@@ -1,5 +1,5 @@
 //! A window over a file read in large aligned chunks, so that frames can be decoded from
-//! memory whatever their size and wherever they fall.
+//! memory whatever their size and wherever they fall; or, for a sealed segment, a map of it.
 
 use std::io;
 use std::path::PathBuf;
@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use crate::error::{IoOp, Result, WalError};
 
 use crate::format::layout::round_up;
-use crate::storage::{AlignedBuf, StorageFile};
+use crate::storage::mmap::RELEASE_STEP;
+use crate::storage::{AlignedBuf, Mapping, StorageFile};
 
 /// Default bytes read per system call.
 pub const DEFAULT_CHUNK: usize = 1 << 20;
@@ -23,13 +24,25 @@ pub struct ChunkReader<F> {
     buf: AlignedBuf,
     start: u64,
     filled: usize,
+    mapped: Option<Mapping>,
 }
 
 impl<F: StorageFile> ChunkReader<F> {
     /// A reader of the first `file_len` bytes of `file`.
     pub fn new(file: F, path: PathBuf, file_len: u64, align: usize, chunk: usize) -> ChunkReader<F> {
         let chunk = round_up(chunk.max(align) as u64, align as u64) as usize;
-        ChunkReader { file, path, file_len, align, chunk, buf: AlignedBuf::zeroed(0, align), start: 0, filled: 0 }
+        ChunkReader { file, path, file_len, align, chunk, buf: AlignedBuf::zeroed(0, align), start: 0, filled: 0, mapped: None }
+    }
+
+    /// Reads through a map of the file instead of chunks, where the storage can map: only for
+    /// a sealed segment, which no one writes again. Pages more than a release step behind the
+    /// reads are given back as the reader moves on. Returns whether the file is mapped.
+    pub fn map_sealed(&mut self) -> bool {
+        match self.file.map_sealed(self.file_len) {
+            Ok(mapped) => self.mapped = mapped,
+            Err(err) => tracing::debug!(%err, path = %self.path.display(), "mmap refused; reading with pread"),
+        }
+        self.mapped.is_some()
     }
 
     /// The file being read.
@@ -40,6 +53,8 @@ impl<F: StorageFile> ChunkReader<F> {
     /// Learns that the file has grown (a live log).
     pub fn set_file_len(&mut self, file_len: u64) {
         self.file_len = file_len;
+        // Only sealed files are mapped, and they do not grow: a file that does is read instead.
+        self.mapped = None;
         // The window may hold blocks read while they were still being written: forget it.
         self.filled = 0;
     }
@@ -57,6 +72,9 @@ impl<F: StorageFile> ChunkReader<F> {
     /// Up to `len` bytes at `offset`: fewer only where the file ends.
     pub fn get(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
         let want = (self.file_len.saturating_sub(offset)).min(len as u64) as usize;
+        if self.mapped.is_some() {
+            return Ok(self.mapped_get(offset, want));
+        }
         let end = offset + want as u64;
         if offset < self.start || end > self.start + self.filled as u64 {
             self.load(offset, want).map_err(|e| WalError::io(IoOp::Read, &self.path, e))?;
@@ -64,6 +82,15 @@ impl<F: StorageFile> ChunkReader<F> {
         let at = (offset - self.start) as usize;
         let got = want.min(self.filled.saturating_sub(at));
         Ok(&self.buf[at..at + got])
+    }
+
+    fn mapped_get(&mut self, offset: u64, want: usize) -> &[u8] {
+        let map = self.mapped.as_mut().expect("mapped");
+        // A reader looks back at most a frame or a block: pages a release step behind can go.
+        map.release_below(offset.saturating_sub(RELEASE_STEP));
+        let bytes = map.bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+        &bytes[start..(start + want).min(bytes.len())]
     }
 
     fn load(&mut self, offset: u64, want: usize) -> io::Result<()> {

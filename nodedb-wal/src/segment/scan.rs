@@ -311,6 +311,23 @@ impl<F: StorageFile> SegmentScan<F> {
         Ok(SegmentEndPayload::decode(&frame[HEADER_LEN..]).map(|p| RecoverySeal { records_end: p.records_end, next_lsn: header.lsn }))
     }
 
+    /// The payload of the record [`Self::step`] handed out last, at `offset`: `step` checked its
+    /// checksum already, so it is not checked twice.
+    pub fn stepped_payload(&mut self, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
+        debug_assert!(!self.headers_only, "a headers-only scan checked no payload");
+        debug_assert_eq!(offset + header.frame_len() as u64, self.pos, "not the record step handed out last");
+        self.payload(offset, header)
+    }
+
+    /// Moves the scan to a frame boundary it reached before (a reader resuming from a position it
+    /// was handed): the frame there must carry `lsn`, or the scan reports damage there.
+    pub fn seek(&mut self, offset: u64, lsn: Lsn) {
+        self.pos = offset;
+        self.next_lsn = lsn;
+        self.done = false;
+        self.seal_checked = None;
+    }
+
     /// The checked frame at `offset` (a record handed out earlier) and its payload.
     pub fn frame_at(&mut self, offset: u64, expected: &RecordHeader) -> Result<&[u8]> {
         let frame = self.reader.get(offset, expected.frame_len())?;

@@ -216,4 +216,8 @@ impl StorageFile for FsFile {
     fn len(&self) -> io::Result<u64> {
         Ok(u64::try_from(rustix::fs::fstat(&self.fd)?.st_size).unwrap_or(0))
     }
+
+    fn map_sealed(&self, len: u64) -> io::Result<Option<super::Mapping>> {
+        super::Mapping::sequential(&self.fd, len).map(Some)
+    }
 }

@@ -8,6 +8,7 @@ mod batch;
 pub mod faulty;
 mod fs;
 pub mod memlock;
+pub mod mmap;
 mod sim;
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 mod uring;
@@ -20,6 +21,7 @@ use crate::error::IoOp;
 pub use aligned::AlignedBuf;
 pub use batch::{BatchBuf, Region};
 pub use fs::{FsStorage, IoBackend};
+pub use mmap::Mapping;
 pub use sim::{FaultConfig, SECTOR, SimRng, SimStorage};
 
 /// How to open a file.
@@ -80,6 +82,13 @@ pub trait StorageFile: Send + Sync + 'static {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file's length.
     fn len(&self) -> io::Result<u64>;
+    /// A read-only map of the first `len` bytes of a sealed segment, which no one writes or
+    /// shrinks again, for fast sequential reading; `None` where this storage cannot map (the
+    /// default), and readers then use [`StorageFile::read_at`].
+    fn map_sealed(&self, len: u64) -> io::Result<Option<Mapping>> {
+        let _ = len;
+        Ok(None)
+    }
 }
 
 /// Whether an open error means "this file system refuses O_DIRECT".
