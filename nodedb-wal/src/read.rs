@@ -79,7 +79,17 @@ struct Cursor<S: Storage> {
     plain: Vec<u8>,
     /// Where the record after the last one handed out starts.
     next: Option<Position>,
+    /// Headers the scan keeps prefetching for, counted down from the last read that waited for
+    /// the disk: a log in the page cache needs no prefetching (and its system calls).
+    prefetch_left: u64,
 }
+
+/// How many records ahead a headers-only scan asks the kernel for the blocks it will need.
+const PREFETCH_RECORDS: u64 = 16;
+
+/// Blocks read per header by a headers-only scan: the header's own, and the next boundary's,
+/// where the scan looks for a recovery's seal; a prefetch asks for one more, for drift.
+const LAZY_WINDOW_BLOCKS: usize = 2;
 
 impl<S: Storage> Cursor<S> {
     fn new(storage: Arc<S>, spec: ReadSpec, headers_only: bool) -> Result<Cursor<S>> {
@@ -88,18 +98,25 @@ impl<S: Storage> Cursor<S> {
             return Err(WalError::LsnNotRetained { requested: spec.from, oldest });
         }
         let index = spec.segments.iter().position(|s| s.end_lsn > spec.from).unwrap_or(spec.segments.len());
-        Ok(Cursor { storage, spec, index, scan: None, cipher: None, headers_only, plain: Vec::new(), next: None })
+        Ok(Cursor { storage, spec, index, scan: None, cipher: None, headers_only, plain: Vec::new(), next: None, prefetch_left: 0 })
     }
 
     fn open_scan(&mut self) -> Result<bool> {
         let Some(info) = self.spec.segments.get(self.index).copied() else { return Ok(false) };
         let path = segment::path(&self.spec.dir, info.id);
-        let (file, len) = open_existing(&*self.storage, &path, self.spec.direct, false)?;
-        // The lazy reader reads one block at a time so that skipped payloads stay on disk.
-        let chunk = if self.headers_only { self.spec.align } else { self.spec.chunk };
+        // A sealed segment is never written again, so the page cache cannot hold stale bytes of
+        // it: it is read through the cache, with the kernel's read-ahead (an O_DIRECT read at a
+        // time waits for the disk each time). The active segment is read as the log writes it.
+        let direct = self.spec.direct && !info.sealed;
+        let (file, len) = open_existing(&*self.storage, &path, direct, false)?;
+        // The lazy reader reads a header's blocks only, so that skipped payloads stay on disk.
+        let chunk = if self.headers_only { LAZY_WINDOW_BLOCKS * self.spec.align } else { self.spec.chunk };
         let mut reader = ChunkReader::new(file, path, len, self.spec.align, chunk);
-        if self.spec.mapped && info.sealed && !self.headers_only {
-            reader.map_sealed();
+        let mapped = !self.headers_only && self.spec.mapped && info.sealed && reader.map_sealed();
+        if self.headers_only {
+            reader.read_randomly();
+        } else if !mapped && !direct {
+            reader.read_sequentially();
         }
         let bad_head = WalError::Corruption { segment: info.id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
         let head = read_head(&mut reader, info.id)?.map_err(|_| bad_head)?;
@@ -112,6 +129,7 @@ impl<S: Storage> Cursor<S> {
             scan.seek(at.offset, at.lsn);
         }
         self.scan = Some(if self.headers_only { scan.headers_only() } else { scan });
+        self.prefetch_left = 0;
         Ok(true)
     }
 
@@ -141,6 +159,7 @@ impl<S: Storage> Cursor<S> {
                         continue;
                     }
                     if self.headers_only {
+                        self.prefetch_headers(offset, header.frame_len() as u64);
                         return Ok(Some(Found { segment, offset, header, payload: &[] }));
                     }
                     if skip {
@@ -160,6 +179,31 @@ impl<S: Storage> Cursor<S> {
                     self.index += 1;
                 }
             }
+        }
+    }
+
+    /// Asks for the blocks of the headers to come, guessing that records keep the size of the
+    /// one at `at` (bulk loads do). The lazy reader's reads depend on each other (a header says
+    /// where the next is) and would wait for the disk one block at a time; prefetched blocks
+    /// are read in parallel. A wrong guess costs a block read for nothing and a wait as before.
+    fn prefetch_headers(&mut self, at: u64, frame: u64) {
+        let align = self.spec.align as u64;
+        let window = (LAZY_WINDOW_BLOCKS as u64 + 1) * align;
+        let reader = self.scan.as_mut().expect("open").reader_mut();
+        let first = if reader.take_miss() {
+            // Waited for the disk (or guessed wrong): ask for the next few headers' blocks at
+            // once, then keep a window of them in flight for a while.
+            self.prefetch_left = 4 * PREFETCH_RECORDS;
+            1
+        } else if self.prefetch_left > 0 {
+            self.prefetch_left -= 1;
+            PREFETCH_RECORDS
+        } else {
+            return;
+        };
+        for k in first..=PREFETCH_RECORDS {
+            let guess = at + k * frame;
+            reader.prefetch(guess - guess % align, window);
         }
     }
 

@@ -1,12 +1,18 @@
-//! `replay`: how fast a log reads back, plaintext beside encrypted. Writes `--bytes` of
-//! `--size`-byte records into two fresh logs (one with an active key), then reads each whole
-//! log with `read_from`, `--rounds` times, alternating: first with the segment files dropped
-//! from the page cache (`posix_fadvise(DONTNEED)`: the disk is read), then again warm (the
-//! cost is decoding, checksums and decryption). Opening the log (recovery) is not timed. Prints one JSON line per log and read, and a
-//! final line of median ratios. A benchmark measures; it never asserts.
+//! `replay`: how fast a log reads back, against a plain sequential read of the same files in
+//! the same run. Writes `--bytes` of `--size`-byte records into two fresh logs (plaintext, and
+//! encrypted under an active key) and reads each, `--rounds` times, with every reader:
+//!
+//! - `plain-read`: `read(2)` of each segment file's data, 1 MiB at a time (the baseline);
+//! - `read_from`: the owned iterator (pread, O_DIRECT as the log was opened);
+//! - `read_mapped-view`: `read_mapped` lent through `next_view` (no copy of plaintext payloads);
+//!
+//! each cold (files dropped from the page cache first) and warm (a plain read first pulled them
+//! in, untimed). Then two logs (plaintext, encrypted) of `--lazy-size`-byte records (64 KiB)
+//! are scanned headers-only with `lazy_reader` against full replays of them, cold and warm. Opening a log (recovery) is not
+//! timed. One JSON line per read, then median ratios. A benchmark measures; it never asserts.
 
-use std::io;
-use std::path::Path;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,22 +23,26 @@ use nodedb_wal_benches::systems::nodedb::{BENCH_TYPE, to_io};
 use nodedb_wal_benches::systems::payload;
 
 const USAGE: &str = "\
-usage: replay [--dir DIR] [--size S] [--bytes B] [--rounds R]
+usage: replay [--dir DIR] [--size S] [--bytes B] [--rounds R] [--lazy-size S] [--lazy-bytes B]
 
-  --dir DIR     where the logs go; a temporary directory is made inside it (.)
-  --size S      payload bytes per record (1024)
-  --bytes B     payload bytes per log (268435456)
-  --rounds R    cold and warm reads of each log, interleaved (3)";
+  --dir DIR         where the logs go; a temporary directory is made inside it (.)
+  --size S          payload bytes per record (1024)
+  --bytes B         payload bytes per log (268435456)
+  --rounds R        reads of each log by each reader, cold and warm (3)
+  --lazy-size S     payload bytes per record of the lazy-scan log (65536)
+  --lazy-bytes B    payload bytes of the lazy-scan log (268435456)";
 
 struct Args {
     dir: String,
     size: usize,
     bytes: u64,
     rounds: usize,
+    lazy_size: usize,
+    lazy_bytes: u64,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut args = Args { dir: ".".into(), size: 1024, bytes: 256 << 20, rounds: 3 };
+    let mut args = Args { dir: ".".into(), size: 1024, bytes: 256 << 20, rounds: 3, lazy_size: 64 << 10, lazy_bytes: 256 << 20 };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
         let mut value = || raw.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -42,12 +52,14 @@ fn parse() -> Result<Args, String> {
             "--size" => args.size = number(value()?)? as usize,
             "--bytes" => args.bytes = number(value()?)?,
             "--rounds" => args.rounds = number(value()?)? as usize,
+            "--lazy-size" => args.lazy_size = number(value()?)? as usize,
+            "--lazy-bytes" => args.lazy_bytes = number(value()?)?,
             "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if args.size == 0 || args.rounds == 0 {
-        return Err("--size and --rounds must be positive".into());
+    if args.size == 0 || args.rounds == 0 || args.lazy_size == 0 {
+        return Err("--size, --lazy-size and --rounds must be positive".into());
     }
     Ok(args)
 }
@@ -77,20 +89,23 @@ fn config(dir: &Path, encrypted: bool) -> SegmentedWalConfig {
     config
 }
 
-/// Fills a fresh log with `bytes` of payload; returns its config (the key ring with it).
-fn fill(dir: &Path, args: &Args, encrypted: bool) -> io::Result<SegmentedWalConfig> {
+/// Fills a fresh log with `bytes` of `size`-byte payloads; returns its config (the key ring
+/// with it) and its segment files with the bytes of each that hold frames.
+fn fill(dir: &Path, size: usize, bytes: u64, encrypted: bool) -> io::Result<(SegmentedWalConfig, Vec<(PathBuf, u64)>)> {
     let config = config(dir, encrypted);
     let wal = SegmentedWal::open(config.clone()).map_err(to_io)?;
-    let payload = payload(args.size);
-    let records = args.bytes.div_ceil(args.size as u64);
+    let payload = payload(size);
+    let records = bytes.div_ceil(size as u64);
     for i in 0..records {
         let lsn = wal.append(Record::new(BENCH_TYPE, &payload)).map_err(to_io)?;
         if i % 4096 == 4095 {
             wal.wait_durable(lsn).map_err(to_io)?;
         }
     }
+    wal.sync().map_err(to_io)?;
+    let files = wal.segments().iter().map(|s| (nodedb_wal::segment::path(dir, s.id), s.bytes)).collect();
     wal.close().map_err(to_io)?;
-    Ok(config)
+    Ok((config, files))
 }
 
 /// Drops the log's files from the page cache so that the next read comes from the disk.
@@ -103,93 +118,180 @@ fn drop_cache(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the log (recovery is not timed), drops its files from the page cache if `cold`, and
-/// reads every record once; returns (records, payload bytes, seconds of the read).
-fn read_all(config: &SegmentedWalConfig, cold: bool) -> io::Result<(u64, u64, f64)> {
+/// Reads the frames of every segment file with plain `read(2)`; returns the bytes read.
+fn plain_read(files: &[(PathBuf, u64)]) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    for (path, bytes) in files {
+        let mut file = std::fs::File::open(path)?.take(*bytes);
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// The readers compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reader {
+    Plain,
+    ReadFrom,
+    MappedView,
+    LazyHeaders,
+}
+
+impl Reader {
+    fn name(self) -> &'static str {
+        match self {
+            Reader::Plain => "plain-read",
+            Reader::ReadFrom => "read_from",
+            Reader::MappedView => "read_mapped-view",
+            Reader::LazyHeaders => "lazy-headers",
+        }
+    }
+}
+
+/// Reads the whole log once with `reader`; returns (records, bytes read or handed out).
+fn read_once(reader: Reader, wal: &SegmentedWal, files: &[(PathBuf, u64)]) -> io::Result<(u64, u64)> {
+    let (mut records, mut bytes) = (0u64, 0u64);
+    match reader {
+        Reader::Plain => bytes = plain_read(files)?,
+        Reader::ReadFrom => {
+            for record in wal.read_from(Lsn(1)).map_err(to_io)? {
+                records += 1;
+                bytes += record.map_err(to_io)?.payload.len() as u64;
+            }
+        }
+        Reader::MappedView => {
+            let mut iter = wal.read_mapped(Lsn(1)).map_err(to_io)?;
+            while let Some(view) = iter.next_view() {
+                let view = view.map_err(to_io)?;
+                records += 1;
+                bytes += std::hint::black_box(view.payload).len() as u64;
+            }
+        }
+        Reader::LazyHeaders => {
+            let mut lazy = wal.lazy_reader(Lsn(1)).map_err(to_io)?;
+            while let Some(handle) = lazy.next_header().map_err(to_io)? {
+                records += 1;
+                bytes += u64::from(handle.stored_len);
+            }
+        }
+    }
+    Ok((records, bytes))
+}
+
+/// Opens the log (not timed), sets up the page cache, and times one read with `reader`.
+fn timed(reader: Reader, config: &SegmentedWalConfig, files: &[(PathBuf, u64)], warm: bool) -> io::Result<(u64, u64, f64)> {
     let wal = SegmentedWal::open(config.clone()).map_err(to_io)?;
-    if cold {
-        drop_cache(&config.dir)?;
+    drop_cache(&config.dir)?;
+    if warm {
+        plain_read(files)?;
     }
     let start = Instant::now();
-    let (mut records, mut bytes) = (0u64, 0u64);
-    for record in wal.read_from(Lsn(1)).map_err(to_io)? {
-        let record = record.map_err(to_io)?;
-        records += 1;
-        bytes += record.payload.len() as u64;
-    }
+    let (records, bytes) = read_once(reader, &wal, files)?;
     let seconds = start.elapsed().as_secs_f64();
     drop(wal);
     Ok((records, bytes, seconds))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// GB/s per (log, reader, cache), in the order measured.
+type Rates = Vec<((&'static str, Reader, bool), Vec<f64>)>;
+
+fn note(rates: &mut Rates, key: (&'static str, Reader, bool), rate: f64) {
+    match rates.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, v)) => v.push(rate),
+        None => rates.push((key, vec![rate])),
+    }
+}
+
+fn rate_of(rates: &Rates, key: (&'static str, Reader, bool)) -> f64 {
+    rates.iter().find(|(k, _)| *k == key).map_or(f64::NAN, |(_, v)| median(v))
+}
+
+/// A log written for the benchmark: its name, config, and segment files with their data bytes.
+type Log = (&'static str, SegmentedWalConfig, Vec<(PathBuf, u64)>);
+
+fn measure(logs: &[Log], readers: &[Reader], args: &Args, size: usize) -> io::Result<Rates> {
+    let mut rates = Rates::new();
+    for _ in 0..args.rounds {
+        for (name, config, files) in logs {
+            for &reader in readers {
+                for warm in [false, true] {
+                    let (records, bytes, seconds) = timed(reader, config, files, warm)?;
+                    let rate = bytes as f64 / seconds / 1e9;
+                    note(&mut rates, (name, reader, warm), rate);
+                    let line = Json::default()
+                        .str("system", reader.name())
+                        .str("log", name)
+                        .str("cache", if warm { "warm" } else { "cold" })
+                        .int("size_bytes", size as u64)
+                        .int("records", records)
+                        .int("bytes", bytes)
+                        .num("seconds", seconds)
+                        .num("gb_per_sec", rate);
+                    println!("{line}");
+                }
+            }
+        }
+    }
+    Ok(rates)
 }
 
 fn run(args: &Args) -> io::Result<()> {
     let root = tempfile::Builder::new().prefix("nodedb-wal-replay-").tempdir_in(&args.dir)?;
-    let logs = [("replay-plaintext", false), ("replay-encrypted", true)];
-    let mut configs = Vec::new();
-    for (name, encrypted) in logs {
-        let dir = root.path().join(name);
-        configs.push((name, fill(&dir, args, encrypted)?));
+    let mut logs = Vec::new();
+    for (name, encrypted) in [("plaintext", false), ("encrypted", true)] {
+        let (config, files) = fill(&root.path().join(name), args.size, args.bytes, encrypted)?;
+        logs.push((name, config, files));
     }
-    let mut gbps: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
-    for _ in 0..args.rounds {
-        for (i, (name, config)) in configs.iter().enumerate() {
-            for (j, cold) in [true, false].into_iter().enumerate() {
-                let (records, bytes, seconds) = read_all(config, cold)?;
-                let rate = bytes as f64 / seconds / 1e9;
-                gbps[i][j].push(rate);
-                let line = Json::default()
-                    .str("system", name)
-                    .str("cache", if cold { "cold" } else { "warm" })
-                    .int("size_bytes", args.size as u64)
-                    .int("records", records)
-                    .int("payload_bytes", bytes)
-                    .num("seconds", seconds)
-                    .num("payload_gb_per_sec", rate)
-                    .num("records_per_sec", records as f64 / seconds);
-                println!("{line}");
+    let readers = [Reader::Plain, Reader::ReadFrom, Reader::MappedView];
+    let rates = measure(&logs, &readers, args, args.size)?;
+    let mut summary = Json::default().str("system", "replay-ratios").int("size_bytes", args.size as u64);
+    for (name, _, _) in &logs {
+        for warm in [false, true] {
+            let cache = if warm { "warm" } else { "cold" };
+            let plain = rate_of(&rates, (name, Reader::Plain, warm));
+            for reader in [Reader::ReadFrom, Reader::MappedView] {
+                let rate = rate_of(&rates, (name, reader, warm));
+                summary = summary.num(&format!("{name}_{cache}_{}_gb_per_sec", reader.name()), rate);
+                summary = summary.num(&format!("{name}_{cache}_{}_vs_plain_read", reader.name()), rate / plain);
             }
+            summary = summary.num(&format!("{name}_{cache}_plain_read_gb_per_sec"), rate_of(&rates, (name, Reader::Plain, warm)));
         }
     }
-    // Parallel replay of the warm logs, two threads (this machine has two cores).
-    let mut parallel = [Vec::new(), Vec::new()];
-    for _ in 0..args.rounds {
-        for (i, (name, config)) in configs.iter().enumerate() {
-            let wal = SegmentedWal::open(config.clone()).map_err(to_io)?;
-            let start = Instant::now();
-            let mut bytes = 0u64;
-            let records = wal
-                .replay_parallel(Lsn(1), 2, |r| {
-                    bytes += r.payload.len() as u64;
-                    Ok(())
-                })
-                .map_err(to_io)?;
-            let seconds = start.elapsed().as_secs_f64();
-            parallel[i].push(bytes as f64 / seconds / 1e9);
-            let line = Json::default()
-                .str("system", name)
-                .str("cache", "warm-parallel-2")
-                .int("records", records)
-                .num("seconds", seconds)
-                .num("payload_gb_per_sec", bytes as f64 / seconds / 1e9);
-            println!("{line}");
+    println!("{summary}");
+    drop(logs);
+
+    // Headers only against a full replay, on logs of large records.
+    let mut lazy_logs = Vec::new();
+    for (name, encrypted) in [("plaintext-lazy", false), ("encrypted-lazy", true)] {
+        let (config, files) = fill(&root.path().join(name), args.lazy_size, args.lazy_bytes, encrypted)?;
+        lazy_logs.push((name, config, files));
+    }
+    let rates = measure(&lazy_logs, &[Reader::LazyHeaders, Reader::ReadFrom, Reader::MappedView], args, args.lazy_size)?;
+    let mut summary = Json::default().str("system", "lazy-ratios").int("size_bytes", args.lazy_size as u64);
+    for (name, _, _) in &lazy_logs {
+        // Rates are of the payload bytes each reader covered, the same log: ratios of times.
+        let seconds_per_gb = |reader, warm| 1.0 / rate_of(&rates, (name, reader, warm));
+        for warm in [false, true] {
+            let cache = if warm { "warm" } else { "cold" };
+            let lazy = seconds_per_gb(Reader::LazyHeaders, warm);
+            summary = summary
+                .num(&format!("{name}_{cache}_speedup_vs_read_from"), seconds_per_gb(Reader::ReadFrom, warm) / lazy)
+                .num(&format!("{name}_{cache}_speedup_vs_read_mapped"), seconds_per_gb(Reader::MappedView, warm) / lazy);
         }
     }
-    let [plain, encrypted] = [&gbps[0], &gbps[1]];
-    let line = Json::default()
-        .str("system", "ratios")
-        .int("size_bytes", args.size as u64)
-        .num("cold_plaintext_gb_per_sec", median(plain[0].clone()))
-        .num("cold_encrypted_gb_per_sec", median(encrypted[0].clone()))
-        .num("warm_plaintext_gb_per_sec", median(plain[1].clone()))
-        .num("warm_encrypted_gb_per_sec", median(encrypted[1].clone()))
-        .num("warm_encrypted_vs_plaintext", median(encrypted[1].clone()) / median(plain[1].clone()))
-        .num("parallel2_plaintext_gb_per_sec", median(parallel[0].clone()))
-        .num("parallel2_encrypted_gb_per_sec", median(parallel[1].clone()));
-    println!("{line}");
+    println!("{summary}");
     Ok(())
 }

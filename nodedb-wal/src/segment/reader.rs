@@ -8,7 +8,7 @@ use crate::error::{IoOp, Result, WalError};
 
 use crate::format::layout::round_up;
 use crate::storage::mmap::RELEASE_STEP;
-use crate::storage::{AlignedBuf, Mapping, StorageFile};
+use crate::storage::{Advice, AlignedBuf, Mapping, StorageFile};
 
 /// Default bytes read per system call.
 pub const DEFAULT_CHUNK: usize = 1 << 20;
@@ -25,13 +25,33 @@ pub struct ChunkReader<F> {
     start: u64,
     filled: usize,
     mapped: Option<Mapping>,
+    /// Drop what was read from the page cache, a release step behind the reads.
+    drop_behind: bool,
+    dropped: u64,
+    /// Note reads that had to wait for the disk (see [`Self::take_miss`]).
+    watch_misses: bool,
+    missed: bool,
 }
 
 impl<F: StorageFile> ChunkReader<F> {
     /// A reader of the first `file_len` bytes of `file`.
     pub fn new(file: F, path: PathBuf, file_len: u64, align: usize, chunk: usize) -> ChunkReader<F> {
         let chunk = round_up(chunk.max(align) as u64, align as u64) as usize;
-        ChunkReader { file, path, file_len, align, chunk, buf: AlignedBuf::zeroed(0, align), start: 0, filled: 0, mapped: None }
+        ChunkReader {
+            file,
+            path,
+            file_len,
+            align,
+            chunk,
+            buf: AlignedBuf::zeroed(0, align),
+            start: 0,
+            filled: 0,
+            mapped: None,
+            drop_behind: false,
+            dropped: 0,
+            watch_misses: false,
+            missed: false,
+        }
     }
 
     /// Reads through a map of the file instead of chunks, where the storage can map: only for
@@ -48,6 +68,34 @@ impl<F: StorageFile> ChunkReader<F> {
     /// The file being read.
     pub fn file(&self) -> &F {
         &self.file
+    }
+
+    /// For a front-to-back read of a file read through the page cache (not O_DIRECT): asks
+    /// for generous read-ahead, and drops the bytes read from the page cache as the reader
+    /// moves on, so that a long replay does not evict the database's working set.
+    pub fn read_sequentially(&mut self) {
+        self.file.advise(Advice::Sequential, 0, 0);
+        self.drop_behind = true;
+    }
+
+    /// For a reader that skips most bytes (headers only): no read-ahead, so skipped bytes stay
+    /// on disk; [`Self::prefetch`] asks for the blocks it expects to need.
+    pub fn read_randomly(&mut self) {
+        self.file.advise(Advice::Random, 0, 0);
+        self.watch_misses = true;
+    }
+
+    /// Whether a read since the last call had to wait for the disk (after
+    /// [`Self::read_randomly`]): the sign that prefetching would pay.
+    pub fn take_miss(&mut self) -> bool {
+        std::mem::take(&mut self.missed)
+    }
+
+    /// Starts reading `len` bytes at `offset` in the background (where storage supports it).
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        if offset < self.file_len {
+            self.file.advise(Advice::WillNeed, offset, len.min(self.file_len - offset));
+        }
     }
 
     /// Learns that the file has grown (a live log).
@@ -103,7 +151,19 @@ impl<F: StorageFile> ChunkReader<F> {
         }
         self.start = start;
         self.filled = 0;
+        if self.watch_misses {
+            if let Some(n) = self.file.read_cached_at(&mut self.buf[..size], start)? {
+                self.filled = n;
+                return Ok(());
+            }
+            self.missed = true;
+        }
         self.filled = self.file.read_at(&mut self.buf[..size], start)?;
+        if self.drop_behind && start >= self.dropped + 2 * RELEASE_STEP {
+            let upto = start - RELEASE_STEP;
+            self.file.advise(Advice::DontNeed, self.dropped, upto - self.dropped);
+            self.dropped = upto;
+        }
         Ok(())
     }
 }

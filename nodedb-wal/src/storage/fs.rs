@@ -217,6 +217,31 @@ impl StorageFile for FsFile {
         Ok(u64::try_from(rustix::fs::fstat(&self.fd)?.st_size).unwrap_or(0))
     }
 
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        let want = buf.len();
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        match rustix::io::preadv2(&self.fd, &mut [io::IoSliceMut::new(buf)], offset, flags) {
+            Ok(n) if n == want => Ok(Some(n)),
+            // Short: partly cached, or the end of the file; the caller reads again either way.
+            Ok(_) => Ok(None),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL | rustix::io::Errno::INTR) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn advise(&self, advice: super::Advice, offset: u64, len: u64) {
+        use rustix::fs::Advice as Fadv;
+        let advice = match advice {
+            super::Advice::Sequential => Fadv::Sequential,
+            super::Advice::Random => Fadv::Random,
+            super::Advice::WillNeed => Fadv::WillNeed,
+            super::Advice::DontNeed => Fadv::DontNeed,
+        };
+        if let Err(err) = rustix::fs::fadvise(&self.fd, offset, std::num::NonZeroU64::new(len), advice) {
+            tracing::debug!(%err, ?advice, "posix_fadvise refused");
+        }
+    }
+
     fn map_sealed(&self, len: u64) -> io::Result<Option<super::Mapping>> {
         super::Mapping::sequential(&self.fd, len).map(Some)
     }

@@ -36,6 +36,19 @@ pub struct OpenMode {
     pub direct: bool,
 }
 
+/// A hint about how a file will be read (`posix_fadvise`); storage may ignore it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advice {
+    /// Read front to back: read ahead generously.
+    Sequential,
+    /// Read here and there: read ahead nothing, so that bytes no one asks for stay on disk.
+    Random,
+    /// These bytes will be read soon: start reading them now.
+    WillNeed,
+    /// These bytes are done with: drop them from the page cache.
+    DontNeed,
+}
+
 /// A file system: a flat set of directories of files.
 ///
 /// Guarantees every implementation gives:
@@ -82,6 +95,18 @@ pub trait StorageFile: Send + Sync + 'static {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file's length.
     fn len(&self) -> io::Result<u64>;
+    /// Reads at `offset` only if every byte is in the page cache already: `Ok(None)` where the
+    /// read would wait for the disk, or where storage cannot tell (the default).
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        let _ = (buf, offset);
+        Ok(None)
+    }
+    /// Passes a reading hint for `len` bytes at `offset` (0 = to the end of the file) to the
+    /// page cache. Best effort: a refused hint changes speed, never contents. The default
+    /// ignores it.
+    fn advise(&self, advice: Advice, offset: u64, len: u64) {
+        let _ = (advice, offset, len);
+    }
     /// A read-only map of the first `len` bytes of a sealed segment, which no one writes or
     /// shrinks again, for fast sequential reading; `None` where this storage cannot map (the
     /// default), and readers then use [`StorageFile::read_at`].
