@@ -41,11 +41,14 @@ pub(crate) struct ReadSpec {
     pub chunk: usize,
     /// Where the record `from` starts, when a reader handed it out before.
     pub resume: Option<Position>,
+    /// Read the active segment only up to its listed bytes, which the log's own listing keeps
+    /// exact (taken after `until`, it covers every record up to it).
+    pub clip_active: bool,
 }
 
 impl ReadSpec {
     pub fn new(dir: PathBuf, segments: Vec<SegmentInfo>, from: Lsn, until: Lsn, decrypt: Decrypt) -> ReadSpec {
-        ReadSpec { dir, direct: false, align: 4096, segments, from, until, decrypt, mapped: false, chunk: DEFAULT_CHUNK, resume: None }
+        ReadSpec { dir, direct: false, align: 4096, segments, from, until, decrypt, mapped: false, chunk: DEFAULT_CHUNK, resume: None, clip_active: false }
     }
 }
 
@@ -109,6 +112,7 @@ impl<S: Storage> Cursor<S> {
         // time waits for the disk each time). The active segment is read as the log writes it.
         let direct = self.spec.direct && !info.sealed;
         let (file, len) = open_existing(&*self.storage, &path, direct, false)?;
+        let len = if self.spec.clip_active && !info.sealed { len.min(info.bytes) } else { len };
         // The lazy reader reads a header's blocks only, so that skipped payloads stay on disk.
         let chunk = if self.headers_only { LAZY_WINDOW_BLOCKS * self.spec.align } else { self.spec.chunk };
         let mut reader = ChunkReader::new(file, path, len, self.spec.align, chunk);

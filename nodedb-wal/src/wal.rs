@@ -330,10 +330,14 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     fn read_spec(&self, from: Lsn, decrypt: Decrypt) -> ReadSpec {
+        // The durable LSN first: a segment's listing grows before the watermark moves past it,
+        // so the listing taken after covers every record up to `until`.
+        let until = self.durable_lsn();
         ReadSpec {
             direct: self.direct,
             align: self.config.alignment,
-            ..ReadSpec::new(self.config.dir.clone(), self.segments(), from, self.durable_lsn(), decrypt)
+            clip_active: true,
+            ..ReadSpec::new(self.config.dir.clone(), self.segments(), from, until, decrypt)
         }
     }
 

@@ -1,7 +1,8 @@
-//! The memory-mapped reader and the lending reader on the real file system: they return exactly
-//! what the `pread` reader returns, plaintext and encrypted, a damaged byte in a mapped segment
-//! is a typed error, and a live tail that catches up through maps still delivers every record
-//! once, in order, across rolls.
+//! Readers on the real file system: the memory-mapped and lending readers return exactly what
+//! the `pread` reader returns, plaintext and encrypted; a damaged byte in a mapped segment is a
+//! typed error; a live tail that catches up through maps still delivers every record once, in
+//! order, across rolls; a cold headers-only scan (which prefetches by guessing) finds every
+//! header.
 
 mod common;
 
@@ -123,4 +124,54 @@ fn a_live_tail_catching_up_through_maps_delivers_every_record_once_in_order() {
         assert_eq!(tail.cursor(), Lsn(BACKLOG + LIVE + 1));
     });
     assert!(wal.segments().len() > 10, "the tail followed many rolls");
+}
+
+#[test]
+fn a_cold_headers_only_scan_finds_every_header_and_the_payloads_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SegmentedWalConfig { key_ring: Some(ring()), segment_bytes_target: 2 << 20, ..config(dir.path()) };
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    // Large records of changing sizes: the prefetch's guess of the next header is sometimes wrong.
+    let sizes = |lsn: u64| 20_000 + (lsn % 7) as usize * 9_000;
+    for lsn in 1..=120u64 {
+        let payload = vec![lsn as u8; sizes(lsn)];
+        wal.append(nodedb_wal::Record::new(nodedb_wal::RecordType::optional(0x100), &payload)).unwrap();
+    }
+    wal.sync().unwrap();
+    wal.close().unwrap();
+    let wal = SegmentedWal::open(config).unwrap();
+    assert!(wal.segments().len() >= 2, "sealed segments of many records each");
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+    let mut lazy = wal.lazy_reader(Lsn(1)).unwrap();
+    let mut seen = 0u64;
+    while let Some(handle) = lazy.next_header().unwrap() {
+        seen += 1;
+        assert_eq!(handle.lsn, Lsn(seen));
+        if seen % 10 == 0 {
+            assert_eq!(lazy.payload().unwrap(), vec![seen as u8; sizes(seen)], "payload of {seen}");
+        }
+    }
+    assert_eq!(seen, 120);
+}
+
+#[test]
+fn a_read_from_the_page_cache_only_returns_the_bytes_a_plain_read_does() {
+    use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let bytes: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let file = FsStorage::new().open(&path, OpenMode { create: false, write: false, direct: false }).unwrap();
+    let mut plain = vec![0u8; 8192];
+    assert_eq!(file.read_at(&mut plain, 4096).unwrap(), 8192);
+    let mut cached = vec![0u8; 8192];
+    // Just read, so cached, where the kernel can tell; `None` only means "it would wait".
+    if let Some(n) = file.read_cached_at(&mut cached, 4096).unwrap() {
+        assert_eq!(n, 8192);
+        assert_eq!(cached, plain);
+    }
+    assert_eq!(&plain[..], &bytes[4096..4096 + 8192]);
 }

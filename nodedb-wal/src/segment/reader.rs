@@ -145,7 +145,10 @@ impl<F: StorageFile> ChunkReader<F> {
         let align = self.align as u64;
         let start = offset & !(align - 1);
         let need = round_up(offset + want as u64 - start, align) as usize;
-        let size = need.max(self.chunk);
+        // A whole chunk, but nothing past the (block-rounded) end: a follower near the end of
+        // a live segment reads the few blocks it needs, not a chunk of blank space.
+        let to_end = round_up(self.file_len.saturating_sub(start), align) as usize;
+        let size = need.max(self.chunk.min(to_end));
         if self.buf.len() < size {
             self.buf = AlignedBuf::zeroed(size, self.align);
         }
