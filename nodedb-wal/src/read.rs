@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::crypto::{KeyRing, SegmentCipher};
-use crate::error::{CorruptionKind, Result, WalError};
+use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::RecordHeader;
 use crate::record::WalRecord;
 use crate::recovery::open_existing;
@@ -13,7 +13,7 @@ use crate::segment::crypt::{cipher_for, open_record_in};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
 
 /// How a reader treats encrypted records.
@@ -48,7 +48,19 @@ pub(crate) struct ReadSpec {
 
 impl ReadSpec {
     pub fn new(dir: PathBuf, segments: Vec<SegmentInfo>, from: Lsn, until: Lsn, decrypt: Decrypt) -> ReadSpec {
-        ReadSpec { dir, direct: false, align: 4096, segments, from, until, decrypt, mapped: false, chunk: DEFAULT_CHUNK, resume: None, clip_active: false }
+        ReadSpec {
+            dir,
+            direct: false,
+            align: 4096,
+            segments,
+            from,
+            until,
+            decrypt,
+            mapped: false,
+            chunk: DEFAULT_CHUNK,
+            resume: None,
+            clip_active: false,
+        }
     }
 }
 
@@ -153,7 +165,11 @@ impl<S: Storage> Cursor<S> {
                 Step::End { offset, end, .. } => Err((offset, end)),
             };
             match step {
-                Ok((_, header)) if header.lsn > self.spec.until => return Ok(None),
+                Ok((offset, header)) if header.lsn > self.spec.until => {
+                    // Step back before it, so that a reader extended later (a tail) finds it.
+                    self.scan.as_mut().expect("open").seek(offset, header.lsn);
+                    return Ok(None);
+                }
                 Ok((_, header)) if header.lsn < self.spec.from => {}
                 Ok((offset, header)) => {
                     check_type(&header)?;
@@ -176,14 +192,50 @@ impl<S: Storage> Cursor<S> {
                 }
                 Err((offset, end)) => {
                     let scan = self.scan.as_ref().expect("open");
-                    if !matches!(end, TailEnd::Sealed { .. }) && scan.next_lsn() <= self.spec.until {
-                        return Err(scan.corruption(offset, CorruptionKind::BadFrame));
+                    if !matches!(end, TailEnd::Sealed { .. }) {
+                        if scan.next_lsn() <= self.spec.until {
+                            return Err(scan.corruption(offset, CorruptionKind::BadFrame));
+                        }
+                        // The end of what is written so far: every record up to `until` was
+                        // handed out. Stay here: an extended reader goes on from this point.
+                        return Ok(None);
                     }
                     self.scan = None;
                     self.index += 1;
                 }
             }
         }
+    }
+
+    /// Lets a reader that reached its bound go on to a later one, with a fresh listing of the
+    /// segments (taken after `until`), keeping its open segment and position. `false` where
+    /// it cannot (its segment is no longer listed): make a new reader instead.
+    fn extend(&mut self, until: Lsn, segments: Vec<SegmentInfo>) -> Result<bool> {
+        let find = |id: SegmentId| segments.iter().position(|s| s.id == id);
+        let index = match (&self.scan, self.spec.segments.get(self.index)) {
+            (Some(scan), _) => find(scan.id()),
+            (None, Some(next)) => find(next.id),
+            // Past every listed segment: the next one is the one after the last read.
+            (None, None) => match self.index.checked_sub(1).and_then(|i| self.spec.segments.get(i)) {
+                Some(last) => find(last.id).map(|i| i + 1),
+                None => Some(0),
+            },
+        };
+        let Some(index) = index else { return Ok(false) };
+        if let (Some(scan), Some(info)) = (self.scan.as_mut(), segments.get(index)) {
+            let reader = scan.reader_mut();
+            let len = if info.sealed || !self.spec.clip_active {
+                reader.file().len().map_err(|e| WalError::io(IoOp::Stat, reader.path(), e))?
+            } else {
+                info.bytes
+            };
+            reader.set_file_len(len);
+            scan.resume();
+        }
+        self.spec.until = until;
+        self.spec.segments = segments;
+        self.index = index;
+        Ok(true)
     }
 
     /// Asks for the blocks of the headers to come, guessing that records keep the size of the
@@ -279,6 +331,7 @@ impl RecordView<'_> {
 pub struct WalIter<S: Storage> {
     cursor: Cursor<S>,
     done: bool,
+    failed: bool,
 }
 
 impl<S: Storage> std::fmt::Debug for WalIter<S> {
@@ -290,7 +343,7 @@ impl<S: Storage> std::fmt::Debug for WalIter<S> {
 impl<S: Storage> WalIter<S> {
     pub(crate) fn new(storage: Arc<S>, spec: ReadSpec) -> Result<WalIter<S>> {
         let done = spec.from > spec.until;
-        Ok(WalIter { cursor: Cursor::new(storage, spec, false)?, done })
+        Ok(WalIter { cursor: Cursor::new(storage, spec, false)?, done, failed: false })
     }
 
     /// The next record, lent until the next call; `None` at the end. After an error, `None`.
@@ -312,6 +365,7 @@ impl<S: Storage> WalIter<S> {
             }
             Err(err) => {
                 self.done = true;
+                self.failed = true;
                 Some(Err(err))
             }
         }
@@ -320,6 +374,16 @@ impl<S: Storage> WalIter<S> {
     /// Where the record after the last one handed out starts.
     pub(crate) fn resume_point(&self) -> Option<Position> {
         self.cursor.next
+    }
+
+    /// Goes on to `until` (see `Cursor::extend`) after handing out everything up to the old
+    /// bound; `false` after an error or where the reader cannot go on.
+    pub(crate) fn extend(&mut self, until: Lsn, segments: Vec<SegmentInfo>) -> Result<bool> {
+        if self.failed || !self.cursor.extend(until, segments)? {
+            return Ok(false);
+        }
+        self.done = false;
+        Ok(true)
     }
 }
 

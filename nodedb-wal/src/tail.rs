@@ -3,15 +3,16 @@
 //! crash; it never asks for a sync itself; it follows segment rolls, and its cursor is the
 //! position to resume from after a restart.
 //!
-//! Each refill reads what became durable since the last one, starting where the last refill
-//! stopped (not at the segment's start): sealed segments it catches up on are memory-mapped
-//! (see [`SegmentedWal::read_mapped`]), the live segment is read in small chunks.
+//! Each refill reads what became durable since the last one, with the reader of the last refill
+//! (its segment open, its position kept), or from where it stopped: sealed segments it
+//! catches up on are memory-mapped (see [`SegmentedWal::read_mapped`]), the live segment is
+//! read a few blocks at a time.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::read::Position;
+use crate::read::{Position, WalIter};
 use crate::record::WalRecord;
 use crate::storage::Storage;
 use crate::types::Lsn;
@@ -31,11 +32,13 @@ pub struct Tail<'a, S: Storage> {
     ready: VecDeque<WalRecord>,
     /// Where the record `cursor` starts, once a refill has found it.
     resume: Option<Position>,
+    /// The reader of the last refill, kept for the next.
+    reader: Option<WalIter<S>>,
 }
 
 impl<'a, S: Storage> Tail<'a, S> {
     pub(crate) fn new(wal: &'a SegmentedWal<S>, from: Lsn) -> Tail<'a, S> {
-        Tail { wal, cursor: from, ready: VecDeque::new(), resume: None }
+        Tail { wal, cursor: from, ready: VecDeque::new(), resume: None, reader: None }
     }
 
     /// The LSN of the next record this tail will deliver: store it with the subscriber's state
@@ -55,7 +58,16 @@ impl<'a, S: Storage> Tail<'a, S> {
             }
             // What is durable from the cursor on (readers stop at the durable LSN), at most a
             // bounded batch at a time however far behind the follower is.
-            let mut reader = self.wal.tail_reader(wanted, self.resume)?;
+            // The reader of the last refill goes on where it stopped, its segment still open; a
+            // new one (after an error, or once truncation took its segment) starts at `resume`.
+            let kept = match self.reader.take() {
+                Some(mut reader) => self.wal.extend_reader(&mut reader)?.then_some(reader),
+                None => None,
+            };
+            let reader = match kept {
+                Some(reader) => self.reader.insert(reader),
+                None => self.reader.insert(self.wal.tail_reader(wanted, self.resume)?),
+            };
             while self.ready.len() < READ_AHEAD {
                 let Some(record) = reader.next_view() else { break };
                 self.ready.push_back(record?.to_record());

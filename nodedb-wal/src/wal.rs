@@ -261,6 +261,12 @@ impl<S: Storage> SegmentedWal<S> {
         WalIter::new(Arc::clone(&self.storage), ReadSpec { mapped: true, ..self.read_spec(from, self.decrypt()) })
     }
 
+    /// Lets a tail's reader go on to the current durable LSN (see `WalIter::extend`).
+    pub(crate) fn extend_reader(&self, reader: &mut WalIter<S>) -> Result<bool> {
+        let until = self.durable_lsn();
+        reader.extend(until, self.segments())
+    }
+
     fn reader(&self, from: Lsn, decrypt: Decrypt) -> Result<WalIter<S>> {
         WalIter::new(Arc::clone(&self.storage), self.read_spec(from, decrypt))
     }

@@ -83,3 +83,32 @@ fn a_tail_whose_cursor_was_truncated_away_is_an_error() {
     let err = wal.tail(Lsn(2)).next_timeout(Duration::from_secs(1)).unwrap_err();
     assert!(matches!(err, WalError::LsnNotRetained { .. }), "{err}");
 }
+
+#[test]
+fn a_tail_keeps_delivering_while_segments_behind_it_are_truncated() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let wal = SegmentedWal::open_with(SimStorage::new(4, FaultConfig::default()), config(Path::new("/follow"))).unwrap();
+    const N: u64 = 4000;
+    let consumed = AtomicU64::new(1);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 1..=N {
+                wal.append(Record::new(TY, &i.to_le_bytes().repeat(1 + (i % 5) as usize))).unwrap();
+                if i % 41 == 0 {
+                    wal.sync().unwrap();
+                    // A checkpoint at what the subscriber has consumed: everything before it may go.
+                    wal.truncate_before(Lsn(consumed.load(Ordering::Acquire))).unwrap();
+                }
+            }
+            wal.sync().unwrap();
+        });
+        let mut tail = wal.tail(Lsn::FIRST);
+        for i in 1..=N {
+            let record = tail.next_timeout(Duration::from_secs(10)).unwrap().expect("the writer goes on");
+            assert_eq!(record.lsn, Lsn(i));
+            assert_eq!(&record.payload[..8], &i.to_le_bytes());
+            consumed.store(tail.cursor().0, Ordering::Release);
+        }
+    });
+    assert!(wal.segments().first().unwrap().first_lsn > Lsn(N / 2), "segments behind the tail were truncated");
+}

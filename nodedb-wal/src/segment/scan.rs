@@ -328,6 +328,13 @@ impl<F: StorageFile> SegmentScan<F> {
         self.seal_checked = None;
     }
 
+    /// After the end of what was written (a live segment), looks again from the same place:
+    /// the file has grown.
+    pub fn resume(&mut self) {
+        self.done = false;
+        self.seal_checked = None;
+    }
+
     /// The checked frame at `offset` (a record handed out earlier) and its payload.
     pub fn frame_at(&mut self, offset: u64, expected: &RecordHeader) -> Result<&[u8]> {
         let frame = self.reader.get(offset, expected.frame_len())?;
