@@ -17,6 +17,7 @@ cargo build --release -p nodedb-wal-benches --bins
 compare=(cargo run --quiet --release -p nodedb-wal-benches --bin compare --)
 dwb=(cargo run --quiet --release -p nodedb-wal-benches --bin dwb --)
 replay=(cargo run --quiet --release -p nodedb-wal-benches --bin replay --)
+tail=(cargo run --quiet --release -p nodedb-wal-benches --bin tail --)
 
 compiler_running() {
     ps -eo comm= | grep -Eqx 'rustc|cc1|ld|clippy-driver'
@@ -66,6 +67,7 @@ for _ in $(seq "$REPEAT"); do
         watched "${compare[@]}" --threads 16 --size "$size" --seconds "$SECONDS_PER_SYSTEM" --systems nodedb-wal,nodedb-wal-encrypted
     done
     watched "${replay[@]}" --size 1024
+    watched "${tail[@]}"
     watched "${dwb[@]}"
     watched cargo run --quiet --release -p nodedb-wal-benches --bin engine_crypt -- 256 5
 done

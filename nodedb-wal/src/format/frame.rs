@@ -152,11 +152,17 @@ pub fn decode_frame(bytes: &[u8]) -> Result<RecordHeader, FrameError> {
     if bytes.len() < len {
         return Err(FrameError::Truncated);
     }
-    let stored = read_le!(u32, bytes, CRC_AT);
-    if checksum(&bytes[..len], header.record_type) != stored {
+    if !checksum_matches(&bytes[..len], &header) {
         return Err(FrameError::Checksum);
     }
     Ok(header)
+}
+
+/// Whether `frame` (exactly one frame, whose header decodes to `header`) carries the checksum
+/// of its bytes: [`decode_frame`] for a reader that has decoded the header already.
+#[must_use]
+pub fn checksum_matches(frame: &[u8], header: &RecordHeader) -> bool {
+    frame.len() == header.frame_len() && checksum(frame, header.record_type) == read_le!(u32, frame, CRC_AT)
 }
 
 #[cfg(test)]

@@ -34,19 +34,19 @@ pub fn open_record_in<'a>(
     stored: &'a [u8],
     scratch: &'a mut Vec<u8>,
 ) -> Result<&'a [u8]> {
-    let failed = WalError::AuthenticationFailed { segment, lsn: header.lsn };
+    let failed = || WalError::AuthenticationFailed { segment, lsn: header.lsn };
     let encrypted = header.flags & FLAG_ENCRYPTED != 0;
     let Some(cipher) = cipher else {
-        return if encrypted { Err(failed) } else { Ok(stored) };
+        return if encrypted { Err(failed()) } else { Ok(stored) };
     };
     if !encrypted || stored.len() < TAG_LEN {
-        return Err(failed);
+        return Err(failed());
     }
     let (ciphertext, tag) = stored.split_at(stored.len() - TAG_LEN);
     let mut head = [0u8; HEADER_LEN];
     header.encode_into(&mut head);
     scratch.clear();
     scratch.extend_from_slice(ciphertext);
-    cipher.open(header.lsn, &head, scratch, tag).map_err(|_| failed)?;
+    cipher.open(header.lsn, &head, scratch, tag).map_err(|_| failed())?;
     Ok(scratch)
 }

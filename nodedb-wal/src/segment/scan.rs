@@ -3,7 +3,7 @@
 use super::evidence::{Claims, scan_claims};
 use super::reader::ChunkReader;
 use crate::error::{CorruptionKind, Result, WalError};
-use crate::format::frame::{FrameError, HEADER_LEN, RecordHeader, decode_frame};
+use crate::format::frame::{FrameError, HEADER_LEN, RecordHeader, checksum_matches, decode_frame};
 use crate::format::layout::round_up;
 use crate::format::meta::{SegmentEndPayload, SegmentHeaderPayload};
 use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, PREAMBLE_VERSION, SegmentPreamble, WAL_PREAMBLE_MAGIC};
@@ -250,7 +250,7 @@ impl<F: StorageFile> SegmentScan<F> {
             return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
         }
         let meta = header.record_type.is_meta();
-        if (meta || !self.headers_only) && decode_frame(self.reader.get(at, header.frame_len())?).is_err() {
+        if (meta || !self.headers_only) && !checksum_matches(self.reader.get(at, header.frame_len())?, &header) {
             return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
         }
         if header.salt != self.salt {

@@ -92,7 +92,16 @@ impl Mapping {
     /// Says that the reader is done with the bytes below `offset`: whole release steps below it
     /// are dropped from this process and from the page cache. Reading them again still works
     /// (they fault back in from the disk); it is only slower.
+    #[inline]
     pub fn release_below(&mut self, offset: u64) {
+        // Called on every read: the common case is one comparison.
+        if offset < self.released + RELEASE_STEP {
+            return;
+        }
+        self.release_steps_below(offset);
+    }
+
+    fn release_steps_below(&mut self, offset: u64) {
         let upto = (offset.min(self.len as u64) / RELEASE_STEP) * RELEASE_STEP;
         if upto <= self.released {
             return;
