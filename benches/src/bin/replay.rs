@@ -30,7 +30,7 @@ usage: replay [--dir DIR] [--size S] [--bytes B] [--rounds R] [--lazy-size S] [-
   --bytes B         payload bytes per log (268435456)
   --rounds R        reads of each log by each reader, cold and warm (3)
   --lazy-size S     payload bytes per record of the lazy-scan log (65536)
-  --lazy-bytes B    payload bytes of the lazy-scan log (268435456)";
+  --lazy-bytes B    payload bytes of each lazy-scan log; 0 skips the lazy scans (268435456)";
 
 struct Args {
     dir: String,
@@ -274,6 +274,9 @@ fn run(args: &Args) -> io::Result<()> {
     drop(logs);
 
     // Headers only against a full replay, on logs of large records.
+    if args.lazy_bytes == 0 {
+        return Ok(());
+    }
     let mut lazy_logs = Vec::new();
     for (name, encrypted) in [("plaintext-lazy", false), ("encrypted-lazy", true)] {
         let (config, files) = fill(&root.path().join(name), args.lazy_size, args.lazy_bytes, encrypted)?;
