@@ -15,7 +15,8 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipel
                       raw-floor,raw-bandwidth,okaywal,sqlite,fsync-per-append,nodedb-wal
                       (also: nodedb-wal-encrypted; nodedb-wal-pwrite, nodedb-wal-uring: each
                       I/O backend)
-                      (with --pipelined: raw-bandwidth,nodedb-wal)
+                      (with --pipelined: raw-bandwidth,nodedb-wal,nodedb-wal-batch: the
+                      same appender, each group appended with one append_batch call)
   --pipelined         nodedb-wal runs one thread that appends groups of K records without
                       waiting, asks for a sync after each, and keeps at most D groups not yet
                       durable (it waits on the oldest before appending more)
@@ -31,7 +32,7 @@ pub const ALL_SYSTEMS: [&str; 6] = ["raw-floor", "raw-bandwidth", "okaywal", "sq
 
 /// Systems run only when named: nodedb-wal with encryption, and on each I/O backend
 /// (`nodedb-wal` uses the default backend).
-pub const EXTRA_SYSTEMS: [&str; 3] = ["nodedb-wal-encrypted", "nodedb-wal-pwrite", "nodedb-wal-uring"];
+pub const EXTRA_SYSTEMS: [&str; 4] = ["nodedb-wal-encrypted", "nodedb-wal-pwrite", "nodedb-wal-uring", "nodedb-wal-batch"];
 
 /// Parsed arguments.
 #[derive(Clone, Debug)]
@@ -100,7 +101,7 @@ impl Args {
             }
         }
         if args.systems.is_empty() {
-            let defaults: &[&str] = if args.pipelined { &["raw-bandwidth", "nodedb-wal"] } else { &ALL_SYSTEMS };
+            let defaults: &[&str] = if args.pipelined { &["raw-bandwidth", "nodedb-wal", "nodedb-wal-batch"] } else { &ALL_SYSTEMS };
             args.systems = defaults.iter().map(|s| (*s).to_owned()).collect();
         }
         let known = |s: &str| ALL_SYSTEMS.contains(&s) || EXTRA_SYSTEMS.contains(&s);
@@ -156,7 +157,7 @@ mod tests {
     #[test]
     fn pipelined_defaults_to_the_wal_beside_raw_bandwidth() {
         let args = parse("--pipelined --size 4k --every 64").unwrap();
-        assert_eq!(args.systems, ["raw-bandwidth", "nodedb-wal"]);
+        assert_eq!(args.systems, ["raw-bandwidth", "nodedb-wal", "nodedb-wal-batch"]);
         assert_eq!((args.size, args.every), (4096, 64));
     }
 

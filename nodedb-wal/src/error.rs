@@ -309,8 +309,8 @@ pub enum WalError {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
-    /// `append_group` was given no records.
-    #[error("an atomic group needs at least one record")]
+    /// `append_group` or `append_batch` was given no records.
+    #[error("a group or batch of records needs at least one record")]
     EmptyGroup,
     /// The double-write buffer's file could not be opened or written, and its policy is to
     /// refuse page writes while degraded. Nothing of the refused write reached its pages.

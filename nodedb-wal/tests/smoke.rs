@@ -267,3 +267,32 @@ fn the_metrics_count_batches_syncs_and_waits() {
     assert!(m.sync_nanos > 0 && m.sync_nanos_max > 0 && m.sync_nanos_max <= m.sync_nanos, "{m:?}");
     assert!(m.waits <= 200 && !m.poisoned, "{m:?}");
 }
+
+#[test]
+fn a_batch_gets_consecutive_lsns_and_reads_back_as_separate_records() {
+    let sim = SimStorage::new(8, FaultConfig::default());
+    let dir = std::path::Path::new("/batch");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    let ty = RecordType::optional(0x100);
+    wal.append(Record::new(ty, b"before")).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_le_bytes().repeat(1 + i as usize % 40)).collect();
+    let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(ty, p)).collect();
+    let lsns = wal.append_batch(&records).unwrap();
+    assert_eq!(lsns, Lsn(2)..=Lsn(301));
+    assert_eq!(wal.append(Record::new(ty, b"after")).unwrap(), Lsn(302));
+    assert!(matches!(wal.append_batch(&[]), Err(nodedb_wal::WalError::EmptyGroup)));
+    assert!(matches!(
+        wal.append_batch(&[Record::new(ty, b"ok"), Record::new(RecordType(0x8050), b"reserved")]),
+        Err(nodedb_wal::WalError::ReservedRecordType { .. })
+    ));
+    wal.wait_durable(Lsn(302)).unwrap();
+    drop(wal);
+    let wal = SegmentedWal::open_with(sim, config(dir)).unwrap();
+    let read: Vec<_> = wal.read_from(Lsn(2)).unwrap().take(300).collect::<Result<_, _>>().unwrap();
+    for (i, record) in read.iter().enumerate() {
+        assert_eq!(record.lsn, Lsn(i as u64 + 2));
+        assert_eq!(record.payload, payloads[i]);
+        assert_eq!(record.flags, 0, "not an atomic group: no group flags");
+    }
+    assert_eq!(wal.recovery_info().last_lsn, Lsn(302), "a refused batch used no LSN");
+}

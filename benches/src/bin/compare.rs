@@ -52,7 +52,7 @@ fn run(args: &Args) -> io::Result<()> {
         eprintln!("compare: running {system} ...");
         let report = systems::run(system, &params, args.pipelined)?;
         let line = report.to_json();
-        let line = if args.pipelined && report.system == "nodedb-wal-pipelined" {
+        let line = if args.pipelined && report.system.starts_with("nodedb-wal-pipelined") {
             line.int("every", args.every).int("depth", args.depth as u64)
         } else {
             line
@@ -80,19 +80,24 @@ fn page_cache_check(params: &Params, bytes: u64) -> io::Result<()> {
 /// payload MB/s, and the bytes it actually wrote per second, with raw-bandwidth's.
 fn ratios(reports: &[Report], args: &Args) -> Option<Json> {
     let find = |name: &str| reports.iter().find(|r| r.system == name);
-    let wal = find("nodedb-wal").or_else(|| find("nodedb-wal-pipelined"))?;
+    let wal = find("nodedb-wal").or_else(|| find("nodedb-wal-pipelined")).or_else(|| find("nodedb-wal-pipelined-batch"))?;
     let mut line = Json::default()
         .str("system", "ratios")
         .str("subject", &wal.system)
         .int("threads", wal.threads as u64)
         .int("size_bytes", args.size as u64);
-    if wal.system == "nodedb-wal-pipelined" {
+    if wal.system.starts_with("nodedb-wal-pipelined") {
         // One thread waiting every `every` records: only its bandwidth compares meaningfully.
         if let Some(ceiling) = find("raw-bandwidth") {
             let wal_disk_mb = wal.wal_bytes.map(|b| b as f64 / wal.seconds() / 1e6);
             line = line
                 .num("mb_vs_raw_bandwidth", wal.mb_per_sec() / ceiling.mb_per_sec())
                 .opt_num("wal_disk_mb_vs_raw_bandwidth", wal_disk_mb.map(|mb| mb / ceiling.mb_per_sec()));
+            if let Some(batch) = find("nodedb-wal-pipelined-batch").filter(|b| b.system != wal.system) {
+                line = line
+                    .num("batch_records_per_sec", batch.records_per_sec())
+                    .num("batch_mb_vs_raw_bandwidth", batch.mb_per_sec() / ceiling.mb_per_sec());
+            }
         }
         return Some(line);
     }

@@ -14,7 +14,9 @@ use crate::report::Report;
 /// Runs the system named `name` (one of [`crate::args::ALL_SYSTEMS`]).
 pub fn run(name: &str, params: &Params, pipelined: bool) -> io::Result<Report> {
     match name {
-        "nodedb-wal" if pipelined => nodedb::pipelined(params),
+        "nodedb-wal" if pipelined => nodedb::pipelined(params, false),
+        "nodedb-wal-batch" if pipelined => nodedb::pipelined(params, true),
+        "nodedb-wal-batch" => Err(io::Error::new(io::ErrorKind::InvalidInput, "nodedb-wal-batch runs with --pipelined only")),
         "nodedb-wal" => nodedb::group_commit(params),
         "nodedb-wal-encrypted" => nodedb::group_commit_encrypted(params),
         "nodedb-wal-pwrite" => nodedb::group_commit_backend(params, nodedb_wal::IoBackend::Pwrite),

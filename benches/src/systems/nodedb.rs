@@ -122,19 +122,21 @@ pub fn append_many(wal: &SegmentedWal, payload: &[u8], count: u64) -> io::Result
     Ok(last)
 }
 
-/// One thread appends groups of `every` records without waiting. After each group it asks for
-/// a sync of it (`request_sync`); with `depth` groups not yet known durable it waits on the
-/// oldest, whose sync ran while the later groups were appended. Only records whose
-/// `wait_durable` returned are counted.
-pub fn pipelined(params: &Params) -> io::Result<Report> {
+/// One thread appends groups of `every` records without waiting (one `append` each, or one
+/// `append_batch` per group if `batched`). After each group it asks for a sync of it
+/// (`request_sync`); with `depth` groups not yet known durable it waits on the oldest, whose
+/// sync ran while the later groups were appended. Only records whose `wait_durable` returned
+/// are counted.
+pub fn pipelined(params: &Params, batched: bool) -> io::Result<Report> {
     let (wal, _dir) = open_fresh(params)?;
     let payload = payload(params.size);
     let (wal_ref, payload, every, depth) = (&wal, &payload, params.every, params.depth.max(1));
     let before = wal.stats();
     let timed = run_for(1, params.duration, params.device, move |_| {
         let mut in_flight: VecDeque<Lsn> = VecDeque::with_capacity(depth + 1);
+        let group: Vec<Record<'_>> = (0..every).map(|_| Record::new(BENCH_TYPE, payload)).collect();
         Ok(move || {
-            let last = append_many(wal_ref, payload, every)?;
+            let last = if batched { *wal_ref.append_batch(&group).map_err(to_io)?.end() } else { append_many(wal_ref, payload, every)? };
             wal_ref.request_sync(last).map_err(to_io)?;
             in_flight.push_back(last);
             if in_flight.len() <= depth {
@@ -148,13 +150,17 @@ pub fn pipelined(params: &Params) -> io::Result<Report> {
     let stats = wal.stats().since(&before);
     wal.close().map_err(to_io)?;
     Ok(Report {
-        system: "nodedb-wal-pipelined".into(),
+        system: if batched { "nodedb-wal-pipelined-batch" } else { "nodedb-wal-pipelined" }.into(),
         threads: 1,
         size_bytes: params.size,
         timed,
         fsyncs: Some(stats.fsyncs),
         wal_bytes: Some(stats.bytes_written),
         latency_of: "`every` appends, request_sync, and wait_durable of the oldest group in flight",
-        note: "one thread: groups of `every` appends, at most `depth` groups in flight",
+        note: if batched {
+            "one thread: groups of `every` records, one append_batch each, at most `depth` groups in flight"
+        } else {
+            "one thread: groups of `every` appends, at most `depth` groups in flight"
+        },
     })
 }

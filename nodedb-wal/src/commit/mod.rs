@@ -322,6 +322,16 @@ impl<S: Storage> GroupCommitter<S> {
     /// Buffers records as an atomic group: consecutive LSNs, one contiguous region of one
     /// batch, every frame but the last flagged "group continues". Returns the first LSN.
     pub fn append_group(&self, records: &[(RecordType, Scope, &[u8])]) -> Result<Lsn> {
+        self.append_frames(records, true)
+    }
+
+    /// Buffers records with one reservation (consecutive LSNs, one region), each its own
+    /// record: no group flags, so recovery may keep any prefix of them. Returns the first LSN.
+    pub fn append_batch(&self, records: &[(RecordType, Scope, &[u8])]) -> Result<Lsn> {
+        self.append_frames(records, false)
+    }
+
+    fn append_frames(&self, records: &[(RecordType, Scope, &[u8])], grouped: bool) -> Result<Lsn> {
         let lens: Vec<usize> = records.iter().map(|r| r.2.len()).collect();
         let reservation = self.reserve(&lens)?;
         let mut region = reservation.region;
@@ -330,7 +340,7 @@ impl<S: Storage> GroupCommitter<S> {
         let mut at = 0;
         for (i, &(record_type, scope, payload)) in records.iter().enumerate() {
             let len = reservation.identity.frame_len(payload.len());
-            let flags = if i + 1 < records.len() { crate::format::frame::FLAG_GROUP_CONTINUES } else { 0 };
+            let flags = if grouped && i + 1 < records.len() { crate::format::frame::FLAG_GROUP_CONTINUES } else { 0 };
             let lsn = Lsn(reservation.lsn.0 + i as u64);
             let record = encode::Encode { lsn, durable_lsn, record_type, scope, flags, payload };
             encode::encode_record(&reservation.identity, &record, &mut bytes[at..at + len]);
