@@ -165,7 +165,8 @@ pub enum WalError {
         /// What was wrong.
         kind: CorruptionKind,
     },
-    /// A segment file between the oldest and the newest is missing.
+    /// A segment file is missing: one between the oldest and the newest, or newest ones that
+    /// the log's manifest says held durable records.
     #[error("segment {missing} is missing from the log directory")]
     MissingSegment {
         /// The id that should exist.

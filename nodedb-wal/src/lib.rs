@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod dwb;
 mod error;
 pub mod format;
+mod manifest;
 mod read;
 mod readonly;
 mod record;

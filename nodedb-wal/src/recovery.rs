@@ -28,6 +28,7 @@ use crate::crypto::KeyRing;
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::FLAG_GROUP_CONTINUES;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
+use crate::manifest;
 use crate::replay::TombstoneSet;
 use crate::segment::crypt::{cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
@@ -146,6 +147,10 @@ pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) 
 }
 
 fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>, repair: bool) -> Result<Recovered> {
+    // The newest segment a durable batch went to, as the manifest says (logs made before it
+    // existed have none: nothing to check). Read before the listing: a segment is created
+    // before the manifest names it, so a reader beside a live writer lists what it names.
+    let vouched = manifest::read(storage, dir)?.map(|slot| slot.newest);
     let ids = segment_ids(storage, dir)?;
     let ctx = ScanCtx { storage, dir, direct, align, ring };
     let mut info = RecoveryInfo::default();
@@ -164,6 +169,10 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
                 info.torn_tail = torn;
                 seal = Some(pending);
             }
+            Outcome::InterruptedRoll if vouched.is_some_and(|v| id <= v) => {
+                // Not an interrupted roll: a batch of this segment was durable, so its head was.
+                return Err(WalError::Corruption { segment: id, offset: 0, kind: CorruptionKind::BadSegmentHeader });
+            }
             Outcome::InterruptedRoll => {
                 if repair {
                     remove_interrupted_roll(storage, dir, id, &info)?;
@@ -173,6 +182,14 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
                 info.removed_interrupted_roll = Some(id);
             }
         }
+    }
+    let newest = info.segments.last().map_or(0, |s| s.id.0);
+    if let Some(vouched) = vouched
+        && vouched.0 > newest
+    {
+        // Acknowledged records lived in segments that are gone: say so rather than recover
+        // to an older end.
+        return Err(WalError::MissingSegment { missing: SegmentId(newest + 1) });
     }
     let next_lsn = prev_end.unwrap_or(Lsn::FIRST);
     info.first_lsn = info.segments.first().map_or(next_lsn, |s| s.first_lsn);

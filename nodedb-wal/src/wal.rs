@@ -10,6 +10,7 @@ use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
+use crate::manifest::Manifest;
 use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, WalIter};
 use crate::record::{Record, WalRecord};
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
@@ -90,6 +91,8 @@ impl<S: Storage> SegmentedWal<S> {
             tracing::warn!(segment = %torn.segment, offset = torn.offset, bytes = torn.bytes_discarded, "cut a torn tail");
         }
         tracing::info!(records = recovered.info.record_count, last_lsn = %recovered.info.last_lsn, "recovered");
+        let newest = recovered.info.segments.last().map_or(SegmentId(0), |s| s.id);
+        let manifest = Manifest::open(&storage, &dir, newest)?;
         let limits = Limits {
             block: config.alignment,
             batch_bytes_max: config.batch_bytes_max,
@@ -106,6 +109,7 @@ impl<S: Storage> SegmentedWal<S> {
             next_segment: recovered.next_segment,
             segments: recovered.info.segments.clone(),
             key_ring: config.key_ring.clone(),
+            manifest,
         };
         let storage = Arc::new(storage);
         let committer = GroupCommitter::start(Arc::clone(&storage), start)?;

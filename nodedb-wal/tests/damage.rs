@@ -450,6 +450,46 @@ both!(
     removed_middle_segment_is_reported_missing
 );
 
+// Found by review: with no record of which segment is the newest, a log whose newest segments
+// were removed recovered cleanly to an older end, acknowledged records gone without a word.
+fn removed_newest_segments_are_reported_missing<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    three_segment_log(&disk, &dir);
+    let ids = segment_ids(&disk, &dir);
+    let newest = *ids.last().unwrap();
+    disk.delete(&seg(&dir, newest));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing } if missing == SegmentId(newest)));
+    disk.delete(&seg(&dir, newest - 1));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing } if missing == SegmentId(newest - 1)));
+    for id in &ids[..ids.len() - 2] {
+        disk.delete(&seg(&dir, *id));
+    }
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing: SegmentId(1) }), "every segment removed");
+}
+
+both!(
+    removed_newest_segments_are_reported_missing_fs,
+    removed_newest_segments_are_reported_missing_sim,
+    removed_newest_segments_are_reported_missing
+);
+
+/// A newest segment whose head is blank is an interrupted roll (removed) unless the manifest
+/// says a batch of it was durable: then its head was too, and the blank head is damage.
+fn a_blank_head_on_a_segment_the_manifest_vouches_for_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    three_segment_log(&disk, &dir);
+    let newest = *segment_ids(&disk, &dir).last().unwrap();
+    disk.edit(&seg(&dir, newest), |b| b.iter_mut().for_each(|byte| *byte = 0));
+    let err = open_err(&disk, &dir);
+    assert_eq!(assert_corruption(&err, newest, 0), CorruptionKind::BadSegmentHeader);
+}
+
+both!(
+    a_blank_head_on_a_vouched_segment_is_corruption_fs,
+    a_blank_head_on_a_vouched_segment_is_corruption_sim,
+    a_blank_head_on_a_segment_the_manifest_vouches_for_is_corruption
+);
+
 fn swapped_segments_are_an_identity_mismatch<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     three_segment_log(&disk, &dir);

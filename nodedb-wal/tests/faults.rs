@@ -170,8 +170,8 @@ fn a_file_system_that_refuses_o_direct_is_a_typed_error_unless_buffered_io_is_al
 fn faults_belong_to_one_instance_and_leave_a_log_beside_it_alone() {
     let (healthy_dir, faulty_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let faulty = FaultyStorage::new(FsStorage::new());
+    let broken = SegmentedWal::open_with(faulty.clone(), config(faulty_dir.path())).unwrap();
     faulty.fail_from(FaultOp::Write, 0, EIO);
-    let broken = SegmentedWal::open_with(faulty, config(faulty_dir.path())).unwrap();
     let healthy = SegmentedWal::open_with(FaultyStorage::new(FsStorage::new()), config(healthy_dir.path())).unwrap();
     std::thread::scope(|s| {
         s.spawn(|| assert!(broken.append_durable(Record::new(TY, b"lost")).is_err()));

@@ -87,6 +87,11 @@ impl<S: Storage> Flusher<S> {
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.bytes_written.fetch_add(job.padded as u64, Ordering::Relaxed);
         stats.records.fetch_add(job.end_lsn.0 - job.first_lsn.0, Ordering::Relaxed);
+        if target.create {
+            // The new segment's first batch is durable: from now on, a log without it has lost
+            // acknowledged records. Said before any of them is acknowledged.
+            self.shared.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(target.segment)?;
+        }
         self.shared.note_segment_progress(target, job.end_lsn, job.ends_segment, job.padded);
         if job.ends_segment {
             self.file = None;

@@ -24,6 +24,7 @@ pub(crate) use plan::{Limits, SegmentPlan};
 
 use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{Result, WalError};
+use crate::manifest::Manifest;
 use crate::segment::SegmentInfo;
 use crate::storage::{BatchBuf, Storage};
 use crate::types::{Lsn, RecordType, Scope};
@@ -113,6 +114,8 @@ pub(crate) struct Shared<S: Storage> {
     pub durability: Durability,
     key_ring: Option<Arc<KeyRing>>,
     segments: Mutex<Vec<SegmentInfo>>,
+    /// Names the newest segment; the flusher updates it once per new segment.
+    pub manifest: Mutex<Manifest<S::File>>,
     pub stats: CommitStats,
 }
 
@@ -249,7 +252,7 @@ impl<S: Storage> SyncRequester for Shared<S> {
 
 /// Where a new [`GroupCommitter`] starts.
 #[derive(Debug)]
-pub(crate) struct CommitStart {
+pub(crate) struct CommitStart<S: Storage> {
     pub dir: PathBuf,
     pub direct: bool,
     pub limits: Limits,
@@ -259,6 +262,7 @@ pub(crate) struct CommitStart {
     pub next_segment: crate::types::SegmentId,
     pub segments: Vec<SegmentInfo>,
     pub key_ring: Option<Arc<KeyRing>>,
+    pub manifest: Manifest<S::File>,
 }
 
 /// The group committer: appends from any number of threads, one flusher thread that writes and
@@ -277,7 +281,7 @@ impl<S: Storage> std::fmt::Debug for GroupCommitter<S> {
 impl<S: Storage> GroupCommitter<S> {
     /// Starts the flusher. Every segment in `start.segments` must be sealed: appends go to a new
     /// segment, `start.next_segment`, created by the first batch.
-    pub(crate) fn start(storage: Arc<S>, start: CommitStart) -> Result<GroupCommitter<S>> {
+    pub(crate) fn start(storage: Arc<S>, start: CommitStart<S>) -> Result<GroupCommitter<S>> {
         debug_assert!(start.segments.iter().all(|s| s.sealed));
         let segment = SegmentPlan {
             id: start.next_segment,
@@ -300,6 +304,7 @@ impl<S: Storage> GroupCommitter<S> {
             durability: Durability::new(Lsn(start.next_lsn.0 - 1)),
             key_ring: start.key_ring,
             segments: Mutex::new(start.segments),
+            manifest: Mutex::new(start.manifest),
             stats: CommitStats::default(),
         });
         let flusher = Flusher::new(Arc::clone(&shared));

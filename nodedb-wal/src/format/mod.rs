@@ -6,6 +6,7 @@
 pub mod dwb;
 pub mod frame;
 pub mod layout;
+pub mod manifest;
 pub mod meta;
 pub mod payload;
 pub mod preamble;
