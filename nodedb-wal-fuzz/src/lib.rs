@@ -9,6 +9,7 @@ use std::path::Path;
 use nodedb_wal::dwb::scan::scan_ring;
 use nodedb_wal::format::dwb::{DWB_VERSION, FILE_HEADER_LEN, FileHeader, SLOT_HEADER_LEN, SlotHeader, decode_slot, encode_slot};
 use nodedb_wal::format::frame::{HEADER_LEN, RecordHeader, decode_frame, encode_frame};
+use nodedb_wal::format::manifest::{ManifestSlot, SLOT_LEN, SLOT_SPACING};
 use nodedb_wal::format::meta::{SegmentEndPayload, SegmentHeaderPayload};
 use nodedb_wal::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, TemporalPurgePayload};
 use nodedb_wal::format::preamble::SegmentPreamble;
@@ -46,8 +47,14 @@ pub fn preamble(data: &[u8]) {
     }
 }
 
-/// The meta payload codecs never panic and round-trip.
+/// The meta payload codecs (and the manifest's slot) never panic and round-trip.
 pub fn segment_meta(data: &[u8]) {
+    if let Some(slot) = ManifestSlot::decode(data) {
+        assert_eq!(&slot.encode()[..], &data[..SLOT_LEN]);
+    }
+    if let Some(current) = ManifestSlot::current(data) {
+        assert!([0, SLOT_SPACING].iter().any(|&at| data.get(at..).and_then(ManifestSlot::decode) == Some(current)));
+    }
     if let Some(h) = SegmentHeaderPayload::decode(data) {
         assert_eq!(&h.encode()[..], data);
     }
@@ -301,6 +308,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 .encode()
                 .to_vec(),
             SegmentEndPayload { records_end: 8192 }.encode().to_vec(),
+            ManifestSlot { sequence: 3, newest: nodedb_wal::SegmentId(12) }.encode().to_vec(),
         ],
         "payloads" => vec![
             CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(40) }
