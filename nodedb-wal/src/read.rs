@@ -301,6 +301,21 @@ fn is_unknown_optional(ty: RecordType) -> bool {
 
 /// A record borrowed from a reader ([`WalIter::next_view`]): valid until the reader moves on.
 /// A plaintext payload is read in place, without a copy.
+///
+/// # Examples
+///
+/// ```
+/// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+/// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// # let ty = RecordType::optional(0x100);
+/// wal.append_durable(Record::new(ty, b"lent"))?;
+/// let mut reader = wal.read_from(Lsn::FIRST)?;
+/// let view = reader.next_view().expect("a record")?;
+/// assert_eq!((view.lsn, view.payload), (Lsn(1), &b"lent"[..]));
+/// let owned = view.to_record(); // a copy that outlives the reader
+/// assert_eq!(owned.payload, b"lent");
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordView<'a> {
     /// The record's LSN.
@@ -328,6 +343,18 @@ impl RecordView<'_> {
 ///
 /// As an [`Iterator`] it hands out owned records; [`WalIter::next_view`] lends them instead,
 /// which saves a copy per record where a replay only looks at each payload once.
+///
+/// # Examples
+///
+/// ```
+/// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+/// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// # let ty = RecordType::optional(0x100);
+/// wal.append_durable(Record::new(ty, b"one"))?;
+/// let records: Vec<_> = wal.read_from(Lsn::FIRST)?.collect::<Result<_, _>>()?;
+/// assert_eq!(records.len(), 1);
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub struct WalIter<S: Storage> {
     cursor: Cursor<S>,
     done: bool,
@@ -347,6 +374,27 @@ impl<S: Storage> WalIter<S> {
     }
 
     /// The next record, lent until the next call; `None` at the end. After an error, `None`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// for i in 0..3u8 {
+    ///     wal.append(Record::new(ty, &[i; 100]))?;
+    /// }
+    /// wal.sync()?;
+    /// let (mut records, mut bytes) = (0, 0);
+    /// let mut reader = wal.read_from(Lsn::FIRST)?;
+    /// while let Some(view) = reader.next_view() {
+    ///     let view = view?;
+    ///     records += 1;
+    ///     bytes += view.payload.len();
+    /// }
+    /// assert_eq!((records, bytes), (3, 300));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn next_view(&mut self) -> Option<Result<RecordView<'_>>> {
         if self.done {
             return None;
@@ -396,6 +444,21 @@ impl<S: Storage> Iterator for WalIter<S> {
 }
 
 /// A record's header, handed out by [`LazyWalReader`] before its payload is read.
+///
+/// # Examples
+///
+/// ```
+/// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+/// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// # let ty = RecordType::optional(0x100);
+/// wal.append_durable(Record::new(ty, b"abc"))?;
+/// let mut lazy = wal.lazy_reader(Lsn::FIRST)?;
+/// let handle = lazy.next_header()?.expect("a record");
+/// assert_eq!((handle.lsn, handle.stored_len), (Lsn(1), 3));
+/// assert_eq!(handle.segment(), nodedb_wal::SegmentId(1));
+/// assert!(handle.offset() > 0, "after the segment's header frame");
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHandle {
     /// The record's LSN.
@@ -431,6 +494,26 @@ impl RecordHandle {
 /// or skips it, and a skipped payload is never read from disk (beyond the block its header
 /// shares). A payload that is read is checked (CRC) and decrypted. This is selective replay:
 /// filter by type, scope or LSN on the handle, read only what matters.
+///
+/// # Examples
+///
+/// ```
+/// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+/// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// # let ty = RecordType::optional(0x100);
+/// wal.append(Record::new(ty, &[1; 64 * 1024]))?;
+/// wal.append(Record::new(ty, b"small"))?;
+/// wal.sync()?;
+/// let mut lazy = wal.lazy_reader(Lsn::FIRST)?;
+/// let mut small = None;
+/// while let Some(handle) = lazy.next_header()? {
+///     if handle.stored_len < 100 {
+///         small = Some(lazy.payload()?); // the 64 KiB payload is never read
+///     }
+/// }
+/// assert_eq!(small.as_deref(), Some(&b"small"[..]));
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub struct LazyWalReader<S: Storage> {
     cursor: Cursor<S>,
     current: Option<RecordHandle>,

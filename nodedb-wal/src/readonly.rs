@@ -45,6 +45,19 @@ impl ReadOnlyWal<FsStorage> {
 
 impl<S: Storage> ReadOnlyWal<S> {
     /// Opens the log in `dir` on `storage` for reading.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// # wal.append_durable(Record::new(RecordType::optional(0x100), b"seen"))?;
+    /// // Beside the running writer, on the same storage.
+    /// let view = ReadOnlyWal::open_with(sim.clone(), "/wal", None)?;
+    /// assert_eq!(view.recovery_info().record_count, 1);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn open_with(storage: S, dir: impl Into<PathBuf>, key_ring: Option<Arc<KeyRing>>) -> Result<ReadOnlyWal<S>> {
         let dir = dir.into();
         let info = inspect_dir(&storage, &dir, key_ring.as_deref())?;
@@ -67,17 +80,55 @@ impl<S: Storage> ReadOnlyWal<S> {
 
     /// Like [`Self::read_from`], reading sealed segments through a memory map and giving back
     /// the pages passed: see [`crate::SegmentedWal::read_mapped`], which this mirrors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// # wal.append_durable(Record::new(RecordType::optional(0x100), b"seen"))?;
+    /// let view = ReadOnlyWal::open_with(sim.clone(), "/wal", None)?;
+    /// let mut reader = view.read_mapped(Lsn::FIRST)?;
+    /// assert_eq!(reader.next_view().expect("one record")?.payload, b"seen");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn read_mapped(&self, from: Lsn) -> Result<WalIter<S>> {
         let spec = ReadSpec { mapped: true, ..self.spec(from, Decrypt::With(self.key_ring.clone())) };
         WalIter::new(Arc::clone(&self.storage), spec)
     }
 
     /// Like [`Self::read_from`], handing out encrypted payloads as stored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// # wal.append_durable(Record::new(RecordType::optional(0x100), b"seen"))?;
+    /// let view = ReadOnlyWal::open_with(sim.clone(), "/wal", None)?;
+    /// assert_eq!(view.read_from_raw(Lsn::FIRST)?.next().expect("one record")?.payload, b"seen");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn read_from_raw(&self, from: Lsn) -> Result<WalIter<S>> {
         WalIter::new(Arc::clone(&self.storage), self.spec(from, Decrypt::Raw))
     }
 
     /// Headers first, payloads on request: see [`LazyWalReader`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// # wal.append_durable(Record::new(RecordType::optional(0x100), b"seen"))?;
+    /// let view = ReadOnlyWal::open_with(sim.clone(), "/wal", None)?;
+    /// let mut lazy = view.lazy_reader(Lsn::FIRST)?;
+    /// assert_eq!(lazy.next_header()?.map(|h| h.stored_len), Some(4));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn lazy_reader(&self, from: Lsn) -> Result<LazyWalReader<S>> {
         LazyWalReader::new(Arc::clone(&self.storage), self.spec(from, Decrypt::With(self.key_ring.clone())))
     }

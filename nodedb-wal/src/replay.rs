@@ -9,6 +9,21 @@ use crate::record::WalRecord;
 use crate::types::{Lsn, RecordType};
 
 /// Dropped collections and the LSN below which their records are dead.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{CollectionTombstonePayload, Lsn, TombstoneSet};
+///
+/// let mut set = TombstoneSet::new();
+/// assert!(set.is_empty());
+/// set.insert(&CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(50) });
+/// assert_eq!(set.len(), 1);
+/// assert_eq!(set.purge_lsn(1, 2, "orders"), Some(Lsn(50)));
+/// assert!(set.is_dropped(1, 2, "orders", Lsn(49)));
+/// assert!(!set.is_dropped(1, 2, "orders", Lsn(50)), "written after the drop: a new collection");
+/// assert!(!set.is_dropped(1, 3, "orders", Lsn(1)), "another tenant's collection");
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TombstoneSet {
     by_tenant: HashMap<(u32, u32), HashMap<Box<str>, Lsn>>,
@@ -43,6 +58,19 @@ impl TombstoneSet {
 
     /// Whether a replayed record, belonging to `collection` (which only the engine can tell),
     /// survives the tombstones: its database and tenant come from its scope. Does not allocate.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{CollectionTombstonePayload, Lsn, RecordType, Scope, TombstoneSet, WalRecord};
+    ///
+    /// let mut set = TombstoneSet::new();
+    /// set.insert(&CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(50) });
+    /// let scope = Scope { database: 1, tenant: 2, vshard: 0 };
+    /// let old = WalRecord { lsn: Lsn(10), record_type: RecordType::optional(0x100), scope, flags: 0, payload: vec![] };
+    /// assert!(!set.is_live(&old, "orders"));
+    /// assert!(set.is_live(&old, "customers"));
+    /// ```
     pub fn is_live(&self, record: &WalRecord, collection: &str) -> bool {
         !self.is_dropped(record.scope.database, record.scope.tenant, collection, record.lsn)
     }

@@ -25,6 +25,23 @@ const READ_AHEAD: usize = 1024;
 pub(crate) const TAIL_CHUNK: usize = 64 << 10;
 
 /// Follows a log from a cursor. See the module documentation.
+///
+/// # Examples
+///
+/// ```
+/// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+/// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// # let ty = RecordType::optional(0x100);
+/// use std::time::Duration;
+/// let lsn = wal.append_durable(Record::new(ty, b"first"))?;
+/// let mut tail = wal.tail(Lsn::FIRST);
+/// assert_eq!(tail.next_timeout(Duration::from_secs(1))?.map(|r| r.lsn), Some(lsn));
+/// // Caught up: the next call waits up to its timeout for a durable record.
+/// assert!(tail.next_timeout(Duration::from_millis(5))?.is_none());
+/// // Store `tail.cursor()` with the subscriber's state; after a restart, `wal.tail(cursor)`.
+/// assert_eq!(tail.cursor(), Lsn(2));
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 #[derive(Debug)]
 pub struct Tail<'a, S: Storage> {
     wal: &'a SegmentedWal<S>,

@@ -60,7 +60,7 @@ impl<S: Storage> std::fmt::Debug for SegmentedWal<S> {
 
 impl SegmentedWal<FsStorage> {
     /// Opens (or creates) the log in `config.dir` on the real file system, recovering whatever
-    /// a crash left there.
+    /// a crash left there. See the type's example.
     pub fn open(config: SegmentedWalConfig) -> Result<SegmentedWal<FsStorage>> {
         SegmentedWal::open_with(FsStorage::new(), config)
     }
@@ -68,6 +68,20 @@ impl SegmentedWal<FsStorage> {
 
 impl<S: Storage> SegmentedWal<S> {
     /// Opens (or creates) the log on the given storage.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    ///
+    /// // The deterministic simulation: the same code paths as the real file system.
+    /// let sim = SimStorage::new(7, FaultConfig::default());
+    /// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/db/wal"))?;
+    /// wal.append_durable(Record::new(RecordType::optional(0x100), b"x"))?;
+    /// drop(wal);
+    /// assert_eq!(SegmentedWal::open_with(sim, SegmentedWalConfig::new("/db/wal"))?.recovery_info().record_count, 1);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn open_with(storage: S, config: SegmentedWalConfig) -> Result<SegmentedWal<S>> {
         config.validate()?;
         let dir = config.dir.clone();
@@ -117,29 +131,84 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// What recovery found when the log was opened.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// assert_eq!(wal.recovery_info().record_count, 0, "a new log");
+    /// assert!(wal.recovery_info().torn_tail.is_none());
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn recovery_info(&self) -> &RecoveryInfo {
         &self.recovery
     }
 
     /// The storage the log runs on; for [`FsStorage`], `storage().backend()` tells whether
     /// io_uring or pwrite + fdatasync carries the writes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let _sim: &SimStorage = wal.storage();
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn storage(&self) -> &S {
         &self.storage
     }
 
     /// Whether writes bypass the page cache.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// assert!(wal.direct_io(), "O_DIRECT is the default, and the simulation accepts it");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn direct_io(&self) -> bool {
         self.direct
     }
 
     /// Buffers a record and returns its LSN. It is durable once [`Self::wait_durable`] (or
     /// [`Self::sync`]) returns Ok for it. A rejected record uses no LSN.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let lsn = wal.append(Record::new(ty, b"buffered"))?;
+    /// assert!(wal.durable_lsn() < lsn || wal.durable_lsn() == lsn);
+    /// wal.wait_durable(lsn)?;
+    /// assert!(wal.durable_lsn() >= lsn);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn append(&self, record: Record<'_>) -> Result<Lsn> {
         self.check_record(&record)?;
         self.committer.append(record.record_type, record.scope, 0, record.payload)
     }
 
     /// Appends and waits until the record is durable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let lsn = wal.append_durable(Record::new(ty, b"acknowledged"))?;
+    /// assert!(wal.durable_lsn() >= lsn);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn append_durable(&self, record: Record<'_>) -> Result<Lsn> {
         let lsn = self.append(record)?;
         self.committer.wait_durable(lsn)?;
@@ -149,6 +218,18 @@ impl<S: Storage> SegmentedWal<S> {
     /// Buffers `records` as an atomic group and returns their LSNs (consecutive): after any
     /// crash, recovery returns all of them or none. The group travels in one batch, so it must
     /// fit in one write; wait on the last LSN to make all of it durable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let lsns = wal.append_group(&[Record::new(ty, b"debit"), Record::new(ty, b"credit")])?;
+    /// wal.wait_durable(*lsns.end())?;
+    /// assert_eq!(lsns, Lsn(1)..=Lsn(2));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn append_group(&self, records: &[Record<'_>]) -> Result<RangeInclusive<Lsn>> {
         self.append_many(records, true)
     }
@@ -158,6 +239,20 @@ impl<S: Storage> SegmentedWal<S> {
     /// [`Self::append_group`] they are not atomic: a crash before their sync may keep any prefix
     /// of them. Like a group they travel in one batch (a batch larger than the buffers gets a
     /// buffer of its own).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let payloads: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 16]).collect();
+    /// let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(ty, p)).collect();
+    /// let lsns = wal.append_batch(&records)?;
+    /// assert_eq!(lsns, Lsn(1)..=Lsn(100));
+    /// wal.wait_durable(*lsns.end())?;
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn append_batch(&self, records: &[Record<'_>]) -> Result<RangeInclusive<Lsn>> {
         self.append_many(records, false)
     }
@@ -175,6 +270,24 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// Records that a collection was dropped; replay drops its records below `purge_lsn`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// use nodedb_wal::CollectionTombstonePayload;
+    /// let keep = wal.append(Record::new(ty, b"a row"))?;
+    /// let drop_at = wal.next_lsn();
+    /// let tombstone = CollectionTombstonePayload { database: 0, tenant: 0, collection: "orders".into(), purge_lsn: drop_at };
+    /// wal.append_tombstone(&tombstone)?;
+    /// wal.sync()?;
+    /// // Recovery gathers tombstones in its scan; replay filters with them.
+    /// let set = nodedb_wal::extract_tombstones(&wal.read_from(Lsn::FIRST)?.collect::<Result<Vec<_>, _>>()?)?;
+    /// assert!(set.is_dropped(0, 0, "orders", keep));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn append_tombstone(&self, tombstone: &CollectionTombstonePayload) -> Result<Lsn> {
         let payload = tombstone.encode().map_err(|problem| self.malformed(RecordType::COLLECTION_TOMBSTONE, problem))?;
         let scope = Scope { database: tombstone.database, tenant: tombstone.tenant, vshard: 0 };
@@ -182,12 +295,41 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// Records that an engine purged data older than a cutoff.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// use nodedb_wal::{Scope, TemporalPurgeEngine, TemporalPurgePayload};
+    /// let purge = TemporalPurgePayload { engine: TemporalPurgeEngine::Timeseries, collection: "cpu".into(), cutoff_unix_ms: 1_700_000_000_000, purged_count: 42 };
+    /// let lsn = wal.append_temporal_purge(&purge, Scope::default())?;
+    /// wal.wait_durable(lsn)?;
+    /// let purges = nodedb_wal::extract_temporal_purges(&wal.read_from(Lsn::FIRST)?.collect::<Result<Vec<_>, _>>()?)?;
+    /// assert_eq!(purges, vec![(lsn, purge)]);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn append_temporal_purge(&self, purge: &TemporalPurgePayload, scope: Scope) -> Result<Lsn> {
         let payload = purge.encode().map_err(|problem| self.malformed(RecordType::TEMPORAL_PURGE, problem))?;
         self.append_system(RecordType::TEMPORAL_PURGE, scope, &payload)
     }
 
     /// Records that a deterministic scheduler applied a transaction.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// use nodedb_wal::{CalvinAppliedPayload, Scope};
+    /// let lsn = wal.append_calvin_applied(&CalvinAppliedPayload { epoch: 3, position: 9, vshard: 1 }, Scope::default())?;
+    /// wal.wait_durable(lsn)?;
+    /// let last = nodedb_wal::last_calvin_applied(&wal.read_from(Lsn::FIRST)?.collect::<Result<Vec<_>, _>>()?)?;
+    /// assert_eq!(last.get(&1), Some(&(3, 9)));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn append_calvin_applied(&self, applied: &CalvinAppliedPayload, scope: Scope) -> Result<Lsn> {
         self.append_system(RecordType::CALVIN_APPLIED, scope, &applied.encode())
     }
@@ -212,6 +354,18 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// Blocks until a successful fdatasync covers `lsn`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let lsn = wal.append(Record::new(ty, b"x"))?;
+    /// wal.wait_durable(lsn)?; // shares its fdatasync with every record buffered before it
+    /// assert!(wal.durable_lsn() >= lsn);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         self.committer.wait_durable(lsn)
     }
@@ -219,16 +373,67 @@ impl<S: Storage> SegmentedWal<S> {
     /// Asks for a sync covering `lsn` and returns at once: a pipelined writer calls this after
     /// a group of appends and [`Self::wait_durable`] later, so the sync runs while it goes on
     /// appending. Errors if `lsn` was never issued, or the log is poisoned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let mut in_flight = Vec::new();
+    /// for group in 0..4u8 {
+    ///     let last = (0..64).map(|_| wal.append(Record::new(ty, &[group]))).last().unwrap()?;
+    ///     wal.request_sync(last)?; // the sync runs while the next group is appended
+    ///     in_flight.push(last);
+    /// }
+    /// for lsn in in_flight {
+    ///     wal.wait_durable(lsn)?;
+    /// }
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn request_sync(&self, lsn: Lsn) -> Result<()> {
         self.committer.request_sync(lsn)
     }
 
     /// A future that resolves once `lsn` is durable, under any executor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// use std::future::Future;
+    /// use std::task::{Context, Poll, Waker};
+    ///
+    /// let lsn = wal.append(Record::new(ty, b"x"))?;
+    /// let mut future = std::pin::pin!(wal.durable(lsn)?);
+    /// // Any executor will do; this one polls by hand.
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// while let Poll::Pending = future.as_mut().poll(&mut cx) {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert!(wal.durable_lsn() >= lsn);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn durable(&self, lsn: Lsn) -> Result<DurableFuture<'_>> {
         self.committer.durable(lsn)
     }
 
     /// Makes everything appended so far durable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// wal.append(Record::new(ty, b"a"))?;
+    /// wal.append(Record::new(ty, b"b"))?;
+    /// assert_eq!(wal.sync()?, Lsn(2));
+    /// assert_eq!(wal.durable_lsn(), Lsn(2));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn sync(&self) -> Result<Lsn> {
         let last = Lsn(self.committer.next_lsn().0 - 1);
         self.committer.wait_durable(last)?;
@@ -236,32 +441,109 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// The highest LSN a successful fdatasync covers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// assert_eq!(wal.durable_lsn(), Lsn::ZERO);
+    /// let lsn = wal.append_durable(Record::new(ty, b"x"))?;
+    /// assert_eq!(wal.durable_lsn(), lsn);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn durable_lsn(&self) -> Lsn {
         self.committer.durable_lsn()
     }
 
     /// The LSN the next append gets.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// assert_eq!(wal.next_lsn(), Lsn::FIRST);
+    /// wal.append(Record::new(ty, b"x"))?;
+    /// assert_eq!(wal.next_lsn(), Lsn(2));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn next_lsn(&self) -> Lsn {
         self.committer.next_lsn()
     }
 
     /// Segments on disk, oldest first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// assert!(wal.segments().is_empty(), "a segment is listed once its first batch is durable");
+    /// wal.append_durable(Record::new(ty, b"x"))?;
+    /// let segments = wal.segments();
+    /// assert_eq!((segments.len(), segments[0].record_count()), (1, 1));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn segments(&self) -> Vec<SegmentInfo> {
         self.committer.segments()
     }
 
     /// Counters of the write path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let before = wal.stats();
+    /// wal.append_durable(Record::new(ty, b"x"))?;
+    /// let delta = wal.stats().since(&before);
+    /// assert_eq!((delta.records, delta.fsyncs), (1, 1));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn stats(&self) -> CommitStatsSnapshot {
         self.committer.stats()
     }
 
     /// Reads the durable records from `from` on, in LSN order, decrypting encrypted ones.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// for i in 0..3u8 {
+    ///     wal.append(Record::new(ty, &[i]))?;
+    /// }
+    /// wal.sync()?;
+    /// let payloads: Vec<Vec<u8>> = wal.read_from(Lsn(2))?.map(|r| r.map(|r| r.payload)).collect::<Result<_, _>>()?;
+    /// assert_eq!(payloads, [[1], [2]]);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn read_from(&self, from: Lsn) -> Result<WalIter<S>> {
         self.reader(from, self.decrypt())
     }
 
     /// Like [`Self::read_from`], but hands out encrypted payloads as stored (ciphertext then
     /// tag), for tools that copy or inspect segments without keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// wal.append_durable(Record::new(ty, b"plain"))?;
+    /// // Without a key ring nothing is encrypted, so raw and decrypted reads agree.
+    /// assert_eq!(wal.read_from_raw(Lsn::FIRST)?.next().unwrap()?.payload, b"plain");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn read_from_raw(&self, from: Lsn) -> Result<WalIter<S>> {
         self.reader(from, Decrypt::Raw)
     }
@@ -274,6 +556,20 @@ impl<S: Storage> SegmentedWal<S> {
     /// The map's price: a disk read error in a mapped segment stops the process (`SIGBUS`)
     /// instead of coming back as [`WalError::Io`]. Where storage cannot map (the simulation),
     /// this is [`Self::read_from`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// wal.append_durable(Record::new(ty, b"caught up"))?;
+    /// // The simulation cannot map: the same records come through reads.
+    /// let mut reader = wal.read_mapped(Lsn::FIRST)?;
+    /// let view = reader.next_view().expect("one record")?;
+    /// assert_eq!(view.payload, b"caught up");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn read_mapped(&self, from: Lsn) -> Result<WalIter<S>> {
         WalIter::new(Arc::clone(&self.storage), ReadSpec { mapped: true, ..self.read_spec(from, self.decrypt()) })
     }
@@ -303,6 +599,26 @@ impl<S: Storage> SegmentedWal<S> {
     /// decrypting) up to `threads` segments at once: each batch of `threads` segments is read
     /// in parallel, then handed to `apply` in order. Memory: at most `threads` segments'
     /// records. Stops at the first error, from reading or from `apply`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// for i in 0..10u8 {
+    ///     wal.append(Record::new(ty, &[i]))?;
+    /// }
+    /// wal.sync()?;
+    /// let mut seen = Vec::new();
+    /// let applied = wal.replay_parallel(Lsn::FIRST, 2, |r| {
+    ///     seen.push(r.lsn.0);
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(applied, 10);
+    /// assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "in LSN order");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn replay_parallel(&self, from: Lsn, threads: usize, mut apply: impl FnMut(WalRecord) -> Result<()>) -> Result<u64> {
         let until = self.durable_lsn();
         let mut segments = self.segments();
@@ -339,6 +655,23 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// Follows the log from `from`, handing out each record once it is durable: see [`Tail`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// use std::time::Duration;
+    /// let mut tail = wal.tail(Lsn::FIRST);
+    /// wal.append(Record::new(ty, b"event"))?;
+    /// assert!(tail.next_timeout(Duration::from_millis(10))?.is_none(), "not durable yet");
+    /// wal.sync()?;
+    /// let record = tail.next_timeout(Duration::from_secs(1))?.expect("durable now");
+    /// assert_eq!(record.payload, b"event");
+    /// assert_eq!(tail.cursor(), Lsn(2), "where to resume after a restart");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn tail(&self, from: Lsn) -> Tail<'_, S> {
         Tail::new(self, from)
     }
@@ -348,6 +681,27 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// Reads durable records from `from` on, headers first: see [`LazyWalReader`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// let wanted = RecordType::optional(0x200);
+    /// wal.append(Record::new(ty, &[0; 4096]))?;
+    /// wal.append(Record::new(wanted, b"this one"))?;
+    /// wal.sync()?;
+    /// let mut lazy = wal.lazy_reader(Lsn::FIRST)?;
+    /// let mut found = Vec::new();
+    /// while let Some(handle) = lazy.next_header()? {
+    ///     if handle.record_type == wanted {
+    ///         found.push(lazy.payload()?); // only this payload is read
+    ///     }
+    /// }
+    /// assert_eq!(found, [b"this one".to_vec()]);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn lazy_reader(&self, from: Lsn) -> Result<LazyWalReader<S>> {
         LazyWalReader::new(Arc::clone(&self.storage), self.read_spec(from, self.decrypt()))
     }
@@ -367,6 +721,25 @@ impl<S: Storage> SegmentedWal<S> {
     /// Removes whole segments whose records all lie below `checkpoint`, oldest first, each
     /// removal made durable before the next. The newest segment is always kept: it carries the
     /// log's position across restarts. Returns how many segments were removed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// # let mut config = SegmentedWalConfig::new("/small");
+    /// # config.segment_bytes_target = 64 * 1024;
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(2, FaultConfig::default()), config)?;
+    /// for _ in 0..200 {
+    ///     wal.append(Record::new(ty, &[7; 1000]))?;
+    /// }
+    /// let checkpoint = wal.sync()?;
+    /// let removed = wal.truncate_before(checkpoint)?;
+    /// assert!(removed > 0);
+    /// assert_eq!(wal.segments().len(), 1, "the newest segment is always kept");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn truncate_before(&self, checkpoint: Lsn) -> Result<usize> {
         let _one_at_a_time = self.truncation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let _span = tracing::info_span!("truncate", checkpoint = %checkpoint).entered();
@@ -392,6 +765,17 @@ impl<S: Storage> SegmentedWal<S> {
 
     /// Writes and syncs everything appended, then stops. Dropping the log does the same but can
     /// only log a failure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// wal.append(Record::new(ty, b"last words"))?;
+    /// wal.close()?; // written and synced
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn close(self) -> Result<()> {
         self.committer.close()
     }
@@ -401,6 +785,19 @@ impl<S: Storage> SegmentedWal<S> {
 /// and sealed, an interrupted roll removed, the newest segment synced), and returns what it
 /// found, leaving the log closed. The same as opening and closing it, for a tool or a start-up
 /// step that only needs the [`RecoveryInfo`].
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let config = SegmentedWalConfig { allow_buffered_fallback: true, ..SegmentedWalConfig::new(dir.path()) };
+/// SegmentedWal::open(config.clone())?.append_durable(Record::new(RecordType::optional(0x100), b"x"))?;
+/// let info = nodedb_wal::recover(config)?;
+/// assert_eq!(info.record_count, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn recover(config: SegmentedWalConfig) -> Result<RecoveryInfo> {
     let wal = SegmentedWal::open(config)?;
     let info = wal.recovery_info().clone();

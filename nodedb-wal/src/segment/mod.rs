@@ -12,6 +12,18 @@ use crate::types::{Lsn, SegmentId};
 const SUFFIX: &str = ".wal";
 
 /// The file name of a segment: its id, zero-padded so that names sort in id order.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{SegmentId, segment};
+///
+/// let name = segment::file_name(SegmentId(42));
+/// assert_eq!(name, "00000000000000000042.wal");
+/// assert_eq!(segment::parse_name(&name), Some(SegmentId(42)));
+/// assert_eq!(segment::parse_name("LOCK"), None);
+/// assert!(segment::path(std::path::Path::new("/wal"), SegmentId(42)).ends_with(&name));
+/// ```
 #[must_use]
 pub fn file_name(id: SegmentId) -> String {
     format!("{:020}{SUFFIX}", id.0)
@@ -34,6 +46,19 @@ pub fn parse_name(name: &str) -> Option<SegmentId> {
 }
 
 /// What the log knows about one segment on disk.
+///
+/// # Examples
+///
+/// ```
+/// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+/// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// # let ty = RecordType::optional(0x100);
+/// wal.append_durable(Record::new(ty, b"x"))?;
+/// let info = wal.segments()[0];
+/// assert_eq!((info.first_lsn, info.end_lsn, info.record_count()), (Lsn(1), Lsn(2), 1));
+/// assert!(!info.sealed, "the segment appends go to");
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
     /// The segment's id (its file name).

@@ -58,7 +58,7 @@ impl<F: StorageFile> ChunkReader<F> {
     /// a sealed segment, which no one writes again. Pages more than a release step behind the
     /// reads are given back as the reader moves on. Returns whether the file is mapped.
     pub fn map_sealed(&mut self) -> bool {
-        match self.file.map_sealed(self.file_len) {
+        match self.file.map_sealed(self.file_len, crate::storage::CrateOnly::new()) {
             Ok(mapped) => self.mapped = mapped,
             Err(err) => tracing::debug!(%err, path = %self.path.display(), "mmap refused; reading with pread"),
         }

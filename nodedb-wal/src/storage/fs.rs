@@ -20,6 +20,18 @@ pub enum IoBackend {
 }
 
 /// The operating system's file system.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{FsStorage, IoBackend};
+///
+/// assert_eq!(FsStorage::new().backend(), IoBackend::Pwrite);
+/// assert_eq!(FsStorage::pwrite_only().backend(), IoBackend::Pwrite);
+/// // io_uring where the kernel allows it; the choice is logged and readable.
+/// let chosen = FsStorage::io_uring().backend();
+/// assert!(matches!(chosen, IoBackend::IoUring | IoBackend::Pwrite));
+/// ```
 #[derive(Clone, Debug)]
 pub struct FsStorage {
     backend: IoBackend,
@@ -242,7 +254,7 @@ impl StorageFile for FsFile {
         }
     }
 
-    fn map_sealed(&self, len: u64) -> io::Result<Option<super::Mapping>> {
+    fn map_sealed(&self, len: u64, _: super::CrateOnly) -> io::Result<Option<super::Mapping>> {
         super::Mapping::sequential(&self.fd, len).map(Some)
     }
 }

@@ -25,6 +25,24 @@ pub use mmap::Mapping;
 pub use sim::{FaultConfig, SECTOR, SimRng, SimStorage};
 
 /// How to open a file.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// sim.create_dir_all("/d".as_ref())?;
+/// let file = sim.open("/d/f".as_ref(), OpenMode { create: true, write: true, direct: false })?;
+/// file.write_at(b"hello", 0)?;
+/// file.sync_data()?;
+/// let mut buf = [0u8; 5];
+/// assert_eq!(file.read_at(&mut buf, 0)?, 5);
+/// assert_eq!(&buf, b"hello");
+/// assert_eq!(file.len()?, 5);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenMode {
     /// Create the file if it does not exist (never truncates an existing one).
@@ -34,6 +52,19 @@ pub struct OpenMode {
     /// Bypass the page cache (O_DIRECT). Offsets, lengths and buffer addresses must then be
     /// multiples of the alignment; a file system that refuses it returns `EINVAL` at open.
     pub direct: bool,
+}
+
+/// Proof that the caller is this crate: [`StorageFile::map_sealed`] takes one, and only this
+/// crate can make one, because only it knows which files are sealed. Other storages can
+/// implement the method (they have no way to build a [`Mapping`] and return `None`) but not
+/// call it.
+#[derive(Debug)]
+pub struct CrateOnly(());
+
+impl CrateOnly {
+    pub(crate) fn new() -> CrateOnly {
+        CrateOnly(())
+    }
 }
 
 /// A hint about how a file will be read (`posix_fadvise`); storage may ignore it.
@@ -55,6 +86,22 @@ pub enum Advice {
 /// - `create_dir_all`, `remove` and file creation are durable only after `sync_dir` of the
 ///   parent directory returns Ok;
 /// - `lock_dir` fails with `WouldBlock` while another holder keeps the lock.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::{FaultConfig, OpenMode, Storage};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// sim.create_dir_all("/d".as_ref())?;
+/// drop(sim.open("/d/a".as_ref(), OpenMode { create: true, write: true, direct: false })?);
+/// sim.sync_dir("/d".as_ref())?; // the new entry is durable only now
+/// assert_eq!(sim.list("/d".as_ref())?, ["a"]);
+/// let _lock = sim.lock_dir("/d".as_ref())?;
+/// assert!(sim.lock_dir("/d".as_ref()).is_err(), "held");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub trait Storage: Send + Sync + 'static {
     /// An open file.
     type File: StorageFile;
@@ -109,14 +156,25 @@ pub trait StorageFile: Send + Sync + 'static {
     }
     /// A read-only map of the first `len` bytes of a sealed segment, which no one writes or
     /// shrinks again, for fast sequential reading; `None` where this storage cannot map (the
-    /// default), and readers then use [`StorageFile::read_at`].
-    fn map_sealed(&self, len: u64) -> io::Result<Option<Mapping>> {
-        let _ = len;
+    /// default), and readers then use [`StorageFile::read_at`]. Only this crate can call it
+    /// (see [`CrateOnly`]): a map of a file someone writes or shrinks would hand out bytes
+    /// that change under a `&[u8]`.
+    fn map_sealed(&self, len: u64, token: CrateOnly) -> io::Result<Option<Mapping>> {
+        let _ = (len, token);
         Ok(None)
     }
 }
 
 /// Whether an open error means "this file system refuses O_DIRECT".
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::is_direct_io_refusal;
+///
+/// assert!(is_direct_io_refusal(&std::io::Error::from_raw_os_error(22))); // EINVAL
+/// assert!(!is_direct_io_refusal(&std::io::Error::from_raw_os_error(2)));
+/// ```
 #[must_use]
 pub fn is_direct_io_refusal(err: &io::Error) -> bool {
     err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
@@ -127,6 +185,18 @@ pub fn is_direct_io_refusal(err: &io::Error) -> bool {
 /// synced too, because an earlier open may have created them and died before syncing; where
 /// such a level's parent may not be read the sync is skipped (that open could not have
 /// created the level either). A few directory syncs, once per open. Returns the failing step.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::{FaultConfig, Storage, create_dir_durably};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// create_dir_durably(&sim, "/data/db/wal".as_ref()).map_err(|(_, e)| e)?;
+/// assert!(sim.list("/data/db/wal".as_ref())?.is_empty());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn create_dir_durably<S: Storage>(storage: &S, dir: &Path) -> Result<(), (IoOp, io::Error)> {
     let levels: Vec<&Path> = dir.ancestors().filter(|p| !p.as_os_str().is_empty()).collect();
     let missing: Vec<&Path> =
