@@ -22,6 +22,8 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipel
                       durable (it waits on the oldest before appending more)
   --every K           records per group in pipelined mode (256)
   --depth D           groups in flight in pipelined mode (4)
+  --commit-window-us W  nodedb-wal waits W us after a sync is wanted before sealing a batch,
+                      so more appenders join it (SegmentedWalConfig::commit_window; off)
   --dir DIR           where the logs go; a temporary directory is made inside it (.)
   --page-cache-check  write --bytes through the WAL (O_DIRECT, pipelined) and report the
                       change in the kernel's Cached: memory, beside a buffered-file baseline
@@ -51,6 +53,8 @@ pub struct Args {
     pub every: u64,
     /// Groups not yet durable that the pipelined appender allows.
     pub depth: usize,
+    /// nodedb-wal's commit window, if any.
+    pub commit_window: Option<std::time::Duration>,
     /// Parent of the temporary directory.
     pub dir: PathBuf,
     /// Run the page-cache check instead of the comparison.
@@ -71,6 +75,7 @@ impl Default for Args {
             pipelined: false,
             every: 256,
             depth: 4,
+            commit_window: None,
             dir: PathBuf::from("."),
             page_cache_check: false,
             bytes: 1 << 30,
@@ -93,6 +98,7 @@ impl Args {
                 "--pipelined" => args.pipelined = true,
                 "--every" => args.every = parse_count(&value()?)? as u64,
                 "--depth" => args.depth = parse_count(&value()?)?,
+                "--commit-window-us" => args.commit_window = Some(std::time::Duration::from_micros(parse_count(&value()?)? as u64)),
                 "--dir" => args.dir = PathBuf::from(value()?),
                 "--page-cache-check" => args.page_cache_check = true,
                 "--bytes" => args.bytes = parse_count(&value()?)? as u64,

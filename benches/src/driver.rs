@@ -26,6 +26,8 @@ pub struct Params {
     pub dir: PathBuf,
     /// The device under `dir`, for its flush counters.
     pub device: Device,
+    /// nodedb-wal's commit window (`SegmentedWalConfig::commit_window`); off by default.
+    pub commit_window: Option<Duration>,
 }
 
 /// The outcome of a timed loop.

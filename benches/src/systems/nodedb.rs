@@ -30,6 +30,7 @@ pub fn open_fresh_on(params: &Params, storage: FsStorage, key_ring: Option<Arc<K
     let dir = tempfile::Builder::new().prefix("nodedb-wal-").tempdir_in(&params.dir)?;
     let mut config = SegmentedWalConfig::new(dir.path());
     config.key_ring = key_ring;
+    config.commit_window = params.commit_window;
     let wal = SegmentedWal::open_with(storage, config).map_err(to_io)?;
     Ok((wal, dir))
 }
