@@ -8,6 +8,29 @@ use crate::crypto::KeyRing;
 use crate::error::{Result, WalError};
 
 /// How a [`crate::SegmentedWal`] lays out and writes its log.
+///
+/// Start from [`SegmentedWalConfig::new`] and change the fields you need. The log checks the
+/// values when it opens and refuses bad ones with [`WalError::InvalidConfig`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+///
+/// let mut config = SegmentedWalConfig::new("/wal");
+/// config.segment_bytes_target = 8 << 20;
+/// config.commit_window = Some(Duration::from_micros(200));
+/// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), config.clone())?;
+/// wal.close()?;
+///
+/// config.alignment = 1000; // not a power of two
+/// let err = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), config).unwrap_err();
+/// assert!(matches!(err, WalError::InvalidConfig { .. }), "{err}");
+/// # Ok::<(), WalError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct SegmentedWalConfig {
     /// The log directory (created if missing).
@@ -48,6 +71,19 @@ pub struct SegmentedWalConfig {
 
 impl SegmentedWalConfig {
     /// Defaults for a log in `dir`: 64 MiB segments, 1 MiB batches, O_DIRECT, 4 KiB blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SegmentedWalConfig;
+    ///
+    /// let config = SegmentedWalConfig::new("/var/lib/db/wal");
+    /// assert_eq!(config.dir, std::path::Path::new("/var/lib/db/wal"));
+    /// assert_eq!((config.segment_bytes_target, config.batch_bytes_max), (64 << 20, 1 << 20));
+    /// assert_eq!(config.alignment, 4096);
+    /// assert!(config.direct_io && !config.allow_buffered_fallback);
+    /// assert!(config.commit_window.is_none() && config.key_ring.is_none());
+    /// ```
     pub fn new(dir: impl Into<PathBuf>) -> SegmentedWalConfig {
         SegmentedWalConfig {
             dir: dir.into(),

@@ -7,9 +7,45 @@ use crate::format::dwb::FileId;
 use crate::types::{Lsn, RecordType, SegmentId};
 
 /// Result with [`WalError`].
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::{FaultConfig, Storage};
+/// use nodedb_wal::{Lsn, Record, RecordType, Result, SegmentedWal, SegmentedWalConfig, SimStorage};
+///
+/// fn log_note<S: Storage>(wal: &SegmentedWal<S>, note: &str) -> Result<Lsn> {
+///     wal.append_durable(Record::new(RecordType::optional(0x100), note.as_bytes()))
+/// }
+///
+/// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// assert_eq!(log_note(&wal, "started")?, Lsn::FIRST);
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
 
 /// The system call or step that failed, for [`WalError::Io`].
+///
+/// [`WalError::Poisoned`] and [`WalError::DwbDegraded`] name one too: the step whose failure
+/// put the log or the buffer in that state.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+/// use nodedb_wal::{IoOp, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+///
+/// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+/// let wal = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig::new("/wal"))?;
+/// storage.fail_once(FaultOp::SyncData, 0, EIO);
+/// let err = wal.append_durable(Record::new(RecordType::optional(0x100), b"lost")).unwrap_err();
+/// assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, .. }), "{err}");
+/// // The fsync is never retried: every later call fails the same way.
+/// let err = wal.append(Record::new(RecordType::optional(0x100), b"refused")).unwrap_err();
+/// assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, .. }), "{err}");
+/// # Ok::<(), WalError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IoOp {
@@ -38,6 +74,39 @@ pub enum IoOp {
 }
 
 /// What exactly was wrong with bytes that should have been a valid structure.
+///
+/// # Examples
+///
+/// Damage in a sealed segment hit records a sync had covered, so recovery reports it instead
+/// of cutting it away:
+///
+/// ```
+/// use std::path::Path;
+///
+/// use nodedb_wal::storage::{FaultConfig, Storage};
+/// use nodedb_wal::{CorruptionKind, Lsn, Record, RecordType, SegmentId, SimStorage, WalError, WalWriter, WalWriterConfig};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// let dir = Path::new("/log");
+/// sim.create_dir_all(dir)?;
+/// let mut first = WalWriter::create_with(sim.clone(), dir, SegmentId(1), Lsn(1), WalWriterConfig::default())?;
+/// first.append(Record::new(RecordType::optional(0x100), b"acknowledged"))?;
+/// let sealed = first.finish()?;
+/// let mut second = WalWriter::create_with(sim.clone(), dir, SegmentId(2), sealed.end_lsn, WalWriterConfig::default())?;
+/// second.append(Record::new(RecordType::optional(0x100), b"later"))?;
+/// second.finish()?;
+///
+/// // Flip one bit inside the first record of the sealed segment (block 1 of the file).
+/// let path = nodedb_wal::segment::path(dir, SegmentId(1));
+/// let mut bytes = sim.read_file(&path).expect("segment exists");
+/// bytes[4096 + 50] ^= 1;
+/// sim.write_file(&path, &bytes);
+///
+/// let err = nodedb_wal::recovery::inspect_dir(&sim, dir, None).unwrap_err();
+/// assert!(err.is_corruption());
+/// assert!(matches!(err, WalError::Corruption { segment: SegmentId(1), offset: 4096, kind: CorruptionKind::BadFrame }), "{err}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CorruptionKind {
@@ -83,6 +152,32 @@ pub enum CorruptionKind {
 }
 
 /// Why an engine segment file could not be encrypted or decrypted.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{EngineFileProblem, KeyRing, SecureKey, WalError, decrypt_engine_file, encrypt_engine_file};
+///
+/// let problem = |result: nodedb_wal::Result<u64>| match result {
+///     Err(WalError::EngineFile { problem }) => Some(problem),
+///     _ => None,
+/// };
+/// // Encrypting needs an active key.
+/// let empty = KeyRing::new();
+/// assert_eq!(problem(encrypt_engine_file(&empty, &mut &b"data"[..], &mut Vec::new())), Some(EngineFileProblem::NoActiveKey));
+///
+/// let ring = KeyRing::with_active(1, SecureKey::generate());
+/// let mut file = Vec::new();
+/// encrypt_engine_file(&ring, &mut &b"column bytes"[..], &mut file)?;
+/// let zeros = vec![0u8; file.len()];
+/// assert_eq!(problem(decrypt_engine_file(&ring, &mut &zeros[..], &mut Vec::new())), Some(EngineFileProblem::NotAnEngineFile));
+/// assert_eq!(problem(decrypt_engine_file(&ring, &mut &file[..20], &mut Vec::new())), Some(EngineFileProblem::Truncated));
+/// let mut tampered = file.clone();
+/// *tampered.last_mut().expect("a tag") ^= 1; // one flipped bit in the only chunk's tag
+/// let found = problem(decrypt_engine_file(&ring, &mut &tampered[..], &mut Vec::new()));
+/// assert_eq!(found, Some(EngineFileProblem::AuthenticationFailed { chunk: 0 }));
+/// # Ok::<(), WalError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EngineFileProblem {
@@ -112,6 +207,27 @@ pub enum EngineFileProblem {
 }
 
 /// Why a key file was refused.
+///
+/// # Examples
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+///
+/// use nodedb_wal::{KeyFileProblem, SecureKey, WalError};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("wal.key");
+/// std::fs::write(&path, [7u8; 32])?;
+/// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+/// let err = SecureKey::load(&path).unwrap_err();
+/// assert!(matches!(err, WalError::KeyFile { problem: KeyFileProblem::Permissions { mode: 0o644 }, .. }), "{err}");
+///
+/// std::fs::write(&path, [7u8; 16])?;
+/// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+/// let err = SecureKey::load(&path).unwrap_err();
+/// assert!(matches!(err, WalError::KeyFile { problem: KeyFileProblem::Length { len: 16 }, .. }), "{err}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyFileProblem {
@@ -141,6 +257,29 @@ pub enum KeyFileProblem {
 }
 
 /// Every error `nodedb-wal` returns.
+///
+/// Match on the variant to tell damaged data ([`WalError::is_corruption`]) from I/O failure
+/// and from misuse; `Display` gives a sentence for logs.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+///
+/// let mut config = SegmentedWalConfig::new("/wal");
+/// config.payload_bytes_max = 4;
+/// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), config)?;
+/// let err = wal.append(Record::new(RecordType::optional(0x100), b"too long")).unwrap_err();
+/// assert!(matches!(err, WalError::PayloadTooLarge { len: 8, max: 4 }));
+/// assert!(!err.is_corruption(), "misuse, not damage");
+/// assert_eq!(err.to_string(), "payload of 8 bytes exceeds the maximum of 4");
+///
+/// // The crate's own record types cannot be appended as application records.
+/// let err = wal.append(Record::new(RecordType::PADDING, b"")).unwrap_err();
+/// assert!(matches!(err, WalError::ReservedRecordType { .. }));
+/// # Ok::<(), WalError>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WalError {
@@ -374,6 +513,17 @@ pub enum WalError {
 
 impl WalError {
     /// Whether this error reports damaged data (as opposed to I/O failure or misuse).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{CorruptionKind, SegmentId, WalError};
+    ///
+    /// let damaged = WalError::Corruption { segment: SegmentId(3), offset: 8192, kind: CorruptionKind::UnsealedSegment };
+    /// assert!(damaged.is_corruption());
+    /// assert!(!WalError::Closed.is_corruption());
+    /// assert!(!WalError::MissingSegment { missing: SegmentId(2) }.is_corruption(), "a lost file is not damaged bytes");
+    /// ```
     #[must_use]
     pub fn is_corruption(&self) -> bool {
         matches!(self, WalError::Corruption { .. })

@@ -39,6 +39,17 @@ use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, RecordType, SegmentId};
 
 /// What the bytes after the first bad position say about it.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::recovery::{Evidence, TailAction, decide};
+/// use nodedb_wal::segment::scan::TailEnd;
+///
+/// // The same torn last batch: safe to cut unless a later frame says it was acknowledged.
+/// assert_eq!(decide(true, TailEnd::Damaged, Evidence::Unacknowledged), TailAction::CutTorn);
+/// assert_eq!(decide(true, TailEnd::Damaged, Evidence::Acknowledged), TailAction::Corrupt);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Evidence {
     /// Only zeros follow (or nothing).
@@ -52,6 +63,18 @@ pub enum Evidence {
 }
 
 /// What recovery does at a segment's end.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::recovery::{Evidence, TailAction, decide};
+/// use nodedb_wal::segment::scan::TailEnd;
+///
+/// let sealed = TailEnd::Sealed { records_end: 8192 };
+/// assert_eq!(decide(false, sealed, Evidence::None), TailAction::Accept);
+/// assert_eq!(decide(true, TailEnd::Blank, Evidence::None), TailAction::Accept, "zeros after the last batch");
+/// assert_eq!(decide(false, TailEnd::Blank, Evidence::None), TailAction::Corrupt, "an older segment must be sealed");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TailAction {
     /// The segment ends cleanly here.
@@ -63,6 +86,21 @@ pub enum TailAction {
 }
 
 /// The recovery decision table (see the module docs), as one `match`.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::recovery::{Evidence, TailAction, decide};
+/// use nodedb_wal::segment::scan::TailEnd;
+///
+/// let sealed = TailEnd::Sealed { records_end: 4096 };
+/// assert_eq!(decide(true, sealed, Evidence::Acknowledged), TailAction::Accept, "the end frame settles it");
+/// assert_eq!(decide(false, TailEnd::Damaged, Evidence::None), TailAction::Corrupt);
+/// assert_eq!(decide(true, TailEnd::Eof, Evidence::None), TailAction::Accept);
+/// assert_eq!(decide(true, TailEnd::Stale, Evidence::Debris), TailAction::CutTorn);
+/// assert_eq!(decide(true, TailEnd::Damaged, Evidence::None), TailAction::CutTorn);
+/// assert_eq!(decide(true, TailEnd::Eof, Evidence::Acknowledged), TailAction::Corrupt);
+/// ```
 #[must_use]
 pub fn decide(last_segment: bool, end: TailEnd, evidence: Evidence) -> TailAction {
     match (last_segment, end, evidence) {
@@ -76,6 +114,35 @@ pub fn decide(last_segment: bool, end: TailEnd, evidence: Evidence) -> TailActio
 }
 
 /// Where and why recovery cut a torn tail.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+///
+/// use nodedb_wal::recovery::{TornTail, inspect_dir};
+/// use nodedb_wal::segment::scan::TailEnd;
+/// use nodedb_wal::storage::{FaultConfig, Storage};
+/// use nodedb_wal::{Lsn, Record, RecordType, SegmentId, SimStorage, WalWriter, WalWriterConfig};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// let dir = Path::new("/log");
+/// sim.create_dir_all(dir)?;
+/// let mut writer = WalWriter::create_with(sim.clone(), dir, SegmentId(1), Lsn(1), WalWriterConfig::default())?;
+/// writer.append(Record::new(RecordType::optional(0x100), b"acknowledged"))?;
+/// writer.sync()?;
+///
+/// // Half a batch that never finished: a block of debris after the synced one.
+/// let mut bytes = sim.read_file(writer.path()).expect("segment");
+/// bytes.extend_from_slice(&[0xAB; 4096]);
+/// sim.write_file(writer.path(), &bytes);
+///
+/// let info = inspect_dir(&sim, dir, None)?;
+/// let torn = TornTail { segment: SegmentId(1), offset: 8192, bytes_discarded: 4096, found: TailEnd::Damaged };
+/// assert_eq!(info.torn_tail, Some(torn));
+/// assert_eq!(info.last_lsn, Lsn(1), "the acknowledged record is kept");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TornTail {
     /// The segment.
@@ -89,6 +156,29 @@ pub struct TornTail {
 }
 
 /// What recovery found when the log was opened.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{CollectionTombstonePayload, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+/// assert_eq!(wal.recovery_info().last_lsn, Lsn::ZERO, "a new log");
+/// wal.append(Record::new(RecordType::optional(0x100), b"row"))?;
+/// let tombstone = CollectionTombstonePayload { database: 1, tenant: 1, collection: "old".into(), purge_lsn: Lsn(1) };
+/// wal.append_tombstone(&tombstone)?;
+/// wal.close()?;
+///
+/// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
+/// let info = wal.recovery_info();
+/// assert_eq!((info.first_lsn, info.last_lsn, info.record_count), (Lsn(1), Lsn(2), 2));
+/// assert_eq!((info.segments.len(), info.torn_tail), (1, None));
+/// assert_eq!(info.tombstones.purge_lsn(1, 1, "old"), Some(Lsn(1)));
+/// assert!(info.temporal_purges.is_empty() && info.removed_interrupted_roll.is_none());
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryInfo {
     /// The oldest retained LSN (equal to `next_lsn` when the log holds no record).
@@ -142,6 +232,24 @@ pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, ali
 
 /// What recovery would find in `dir`, changing nothing on disk (an interrupted roll is
 /// reported, not removed). For tools that look at a log another process may own.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+///
+/// use nodedb_wal::recovery::inspect_dir;
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+/// wal.append_durable(Record::new(RecordType::optional(0x100), b"live"))?;
+/// // The log is open (and locked) here; looking at it is still allowed.
+/// let info = inspect_dir(&sim, Path::new("/wal"), None)?;
+/// assert_eq!((info.record_count, info.last_lsn), (1, Lsn(1)));
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) -> Result<RecoveryInfo> {
     Ok(scan_dir(storage, dir, false, 512, ring, false)?.info)
 }

@@ -3,6 +3,18 @@
 use std::fmt;
 
 /// Log sequence number. Data records get dense LSNs starting at 1; `Lsn::ZERO` means "none".
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::Lsn;
+///
+/// assert_eq!(Lsn::ZERO.next(), Lsn::FIRST);
+/// assert_eq!(Lsn::FIRST.next(), Lsn(2));
+/// assert!(Lsn::ZERO < Lsn::FIRST, "LSNs order like their numbers");
+/// assert_eq!(Lsn::default(), Lsn::ZERO);
+/// assert_eq!(Lsn(42).to_string(), "42");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
 
@@ -13,6 +25,15 @@ impl Lsn {
     pub const FIRST: Lsn = Lsn(1);
 
     /// The LSN after this one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::Lsn;
+    ///
+    /// let third = Lsn::FIRST.next().next();
+    /// assert_eq!(third, Lsn(3));
+    /// ```
     #[must_use]
     pub const fn next(self) -> Lsn {
         Lsn(self.0 + 1)
@@ -26,6 +47,17 @@ impl fmt::Display for Lsn {
 }
 
 /// Sequence number of a segment file; it is also the file's name (`{id:020}.wal`).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SegmentId;
+///
+/// let id = SegmentId(7);
+/// assert_eq!(id.to_string(), "7");
+/// assert!(id < SegmentId(8), "newer segments have higher ids");
+/// assert_eq!(nodedb_wal::segment::file_name(id), "00000000000000000007.wal");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentId(pub u64);
 
@@ -36,6 +68,18 @@ impl fmt::Display for SegmentId {
 }
 
 /// Which database, tenant and virtual shard a record belongs to.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{Record, RecordType, Scope};
+///
+/// // The default scope is all zeros; records are in it unless they say otherwise.
+/// assert_eq!(Scope::default(), Scope { database: 0, tenant: 0, vshard: 0 });
+/// let scope = Scope { database: 1, tenant: 20, vshard: 300 };
+/// let record = Record::new(RecordType::optional(0x100), b"row").scoped(scope);
+/// assert_eq!(record.scope.tenant, 20);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Scope {
     /// Database id.
@@ -51,6 +95,28 @@ pub struct Scope {
 /// Two ranges belong to this crate: `0x0000..=0x00FF` (optional) and `0x8000..=0x80FF`
 /// (required). Applications use the rest: `0x0100..=0x7FFF` for types an older reader may
 /// skip, `0x8100..=0xFFFF` for types it must not.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::RecordType;
+///
+/// // An application's own types: one older readers may skip, one they must not.
+/// let note = RecordType::optional(0x0120);
+/// let schema = RecordType::required(0x0120);
+/// assert_eq!((note.0, schema.0), (0x0120, 0x8120));
+/// assert!(!note.is_required() && schema.is_required());
+/// assert!(!note.is_reserved() && !schema.is_reserved());
+///
+/// // The crate's own types are reserved; the frames that structure a segment are meta.
+/// assert!(RecordType::COLLECTION_TOMBSTONE.is_reserved() && RecordType::COLLECTION_TOMBSTONE.is_required());
+/// for meta in [RecordType::PADDING, RecordType::SEGMENT_HEADER, RecordType::SEGMENT_END] {
+///     assert!(meta.is_meta() && meta.0 & RecordType::REQUIRED_BIT != 0);
+/// }
+/// assert!(!RecordType::TEMPORAL_PURGE.is_meta());
+/// assert!(RecordType::CALVIN_APPLIED.is_known_reserved() && !RecordType::CALVIN_APPLIED.is_required());
+/// assert!(RecordType(0x8050).is_reserved() && !RecordType(0x8050).is_known_reserved());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RecordType(pub u16);
 

@@ -21,6 +21,25 @@ use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
 
 /// How a [`WalWriter`] writes.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+///
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{Lsn, SegmentId, SimStorage, WalError, WalWriter, WalWriterConfig};
+///
+/// let config = WalWriterConfig::default();
+/// assert!(!config.direct_io, "buffered: works on any file system");
+/// assert_eq!((config.alignment, config.batch_bytes), (4096, 1 << 20));
+///
+/// // A batch must hold at least four blocks.
+/// let tiny = WalWriterConfig { batch_bytes: 4096, ..config };
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// let err = WalWriter::create_with(sim, Path::new("/log"), SegmentId(1), Lsn(1), tiny).unwrap_err();
+/// assert!(matches!(err, WalError::InvalidConfig { .. }));
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct WalWriterConfig {
     /// Write with O_DIRECT (the file system must take it).
@@ -38,6 +57,8 @@ impl Default for WalWriterConfig {
 }
 
 /// A writer of one segment file. See the module documentation.
+///
+/// # Examples
 ///
 /// ```
 /// use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentId, WalWriter};
@@ -70,7 +91,7 @@ pub struct WalWriter<S: Storage = FsStorage> {
 
 impl WalWriter<FsStorage> {
     /// Creates segment `id` in `dir` (named as the log names it), its first record to be
-    /// `first_lsn`, with the default configuration.
+    /// `first_lsn`, with the default configuration. The type's example uses it.
     pub fn create(dir: &Path, id: SegmentId, first_lsn: Lsn) -> Result<WalWriter<FsStorage>> {
         WalWriter::create_with(FsStorage::new(), dir, id, first_lsn, WalWriterConfig::default())
     }
@@ -79,6 +100,25 @@ impl WalWriter<FsStorage> {
 impl<S: Storage> WalWriter<S> {
     /// Creates segment `id` in `dir` on `storage`: writes and syncs its header block and makes
     /// its directory entry durable. An existing file of that name is an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{Lsn, SegmentId, SimStorage, WalError, WalWriter, WalWriterConfig};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, Storage};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/log"))?;
+    ///
+    /// let config = WalWriterConfig { batch_bytes: 64 << 10, ..WalWriterConfig::default() };
+    /// let writer = WalWriter::create_with(sim.clone(), Path::new("/log"), SegmentId(5), Lsn(1000), config)?;
+    /// assert_eq!(writer.path(), Path::new("/log/00000000000000000005.wal"));
+    /// assert_eq!(writer.next_lsn(), Lsn(1000));
+    ///
+    /// let again = WalWriter::create_with(sim, Path::new("/log"), SegmentId(5), Lsn(1000), config);
+    /// assert!(matches!(again, Err(WalError::Io { .. })), "never overwrites a segment");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create_with(storage: S, dir: &Path, id: SegmentId, first_lsn: Lsn, config: WalWriterConfig) -> Result<WalWriter<S>> {
         let block = config.alignment;
         if !block.is_power_of_two() || block < 512 || config.batch_bytes < 4 * block || first_lsn == Lsn::ZERO {
@@ -139,6 +179,25 @@ impl<S: Storage> WalWriter<S> {
 
     /// Buffers a record and returns its LSN; it is written when the buffer fills and durable
     /// after [`Self::sync`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{Lsn, Record, RecordType, SegmentId, SimStorage, WalError, WalWriter, WalWriterConfig};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, Storage};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/log"))?;
+    ///
+    /// let mut writer = WalWriter::create_with(sim, Path::new("/log"), SegmentId(1), Lsn(1), WalWriterConfig::default())?;
+    /// assert_eq!(writer.append(Record::new(RecordType::optional(0x100), b"a"))?, Lsn(1));
+    /// assert_eq!(writer.append(Record::new(RecordType::required(0x100), b"b"))?, Lsn(2));
+    /// // The crate's own types are refused, and use no LSN.
+    /// let err = writer.append(Record::new(RecordType::COLLECTION_TOMBSTONE, b"")).unwrap_err();
+    /// assert!(matches!(err, WalError::ReservedRecordType { .. }));
+    /// assert_eq!(writer.next_lsn(), Lsn(3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn append(&mut self, record: Record<'_>) -> Result<Lsn> {
         self.check()?;
         if record.record_type.is_reserved() {
@@ -192,6 +251,30 @@ impl<S: Storage> WalWriter<S> {
     }
 
     /// Writes everything appended and fdatasyncs it; returns the last durable LSN.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{Lsn, Record, RecordType, SegmentId, SimStorage, WalWriter, WalWriterConfig};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, Storage};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/log"))?;
+    /// # sim.sync_dir(Path::new("/"))?;
+    ///
+    /// let config = WalWriterConfig::default();
+    /// let mut writer = WalWriter::create_with(sim.clone(), Path::new("/log"), SegmentId(1), Lsn(1), config)?;
+    /// writer.append(Record::new(RecordType::optional(0x100), b"a"))?;
+    /// assert_eq!(writer.durable_lsn(), Lsn::ZERO);
+    /// assert_eq!(writer.sync()?, Lsn(1));
+    /// assert_eq!(writer.durable_lsn(), Lsn(1));
+    ///
+    /// // An unsealed segment is still a log: recovery reads up to the last sync.
+    /// let restarted = sim.crash(3);
+    /// let info = nodedb_wal::recovery::inspect_dir(&restarted, Path::new("/log"), None)?;
+    /// assert_eq!((info.last_lsn, info.segments[0].sealed), (Lsn(1), false));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sync(&mut self) -> Result<Lsn> {
         self.check()?;
         self.write_batch(false)?;
@@ -208,6 +291,27 @@ impl<S: Storage> WalWriter<S> {
     }
 
     /// Seals the segment with an end frame, syncs it and describes it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{Lsn, Record, RecordType, SegmentId, SimStorage, WalWriter, WalWriterConfig};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, Storage};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/log"))?;
+    ///
+    /// let mut writer = WalWriter::create_with(sim, Path::new("/log"), SegmentId(2), Lsn(10), WalWriterConfig::default())?;
+    /// for payload in [&b"x"[..], b"y", b"z"] {
+    ///     writer.append(Record::new(RecordType::optional(0x100), payload))?;
+    /// }
+    /// let segment = writer.finish()?;
+    /// assert_eq!((segment.id, segment.first_lsn, segment.end_lsn), (SegmentId(2), Lsn(10), Lsn(13)));
+    /// assert!(segment.sealed);
+    /// assert_eq!(segment.record_count(), 3);
+    /// assert_eq!(segment.bytes % 4096, 0, "whole blocks");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn finish(mut self) -> Result<SegmentInfo> {
         self.check()?;
         self.write_batch(true)?;
@@ -215,17 +319,17 @@ impl<S: Storage> WalWriter<S> {
         Ok(SegmentInfo { id: self.id, first_lsn: self.first_lsn, end_lsn: self.next_lsn, bytes: self.offset, sealed: true })
     }
 
-    /// The LSN the next append gets.
+    /// The LSN the next append gets. See [`Self::append`] for an example.
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn
     }
 
-    /// The highest LSN a successful sync covered.
+    /// The highest LSN a successful sync covered. See [`Self::sync`] for an example.
     pub fn durable_lsn(&self) -> Lsn {
         self.durable_lsn
     }
 
-    /// The segment file.
+    /// The segment file. See [`Self::create_with`] for an example.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -160,6 +160,41 @@ pub trait SyncRequester: Send + Sync {
 
 /// Resolves once a successful fdatasync covers the LSN. Works under any executor: the flusher
 /// thread wakes the task.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+/// # use std::future::Future;
+/// # use std::sync::Arc;
+/// # use std::task::{Context, Poll, Wake, Waker};
+/// # fn block_on<F: Future>(future: F) -> F::Output {
+/// #     struct Unpark(std::thread::Thread);
+/// #     impl Wake for Unpark {
+/// #         fn wake(self: Arc<Self>) {
+/// #             self.0.unpark();
+/// #         }
+/// #     }
+/// #     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+/// #     let mut future = std::pin::pin!(future);
+/// #     loop {
+/// #         match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+/// #             Poll::Ready(output) => return output,
+/// #             Poll::Pending => std::thread::park(),
+/// #         }
+/// #     }
+/// # }
+///
+/// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// let lsn = wal.append(Record::new(RecordType::optional(0x100), b"async"))?;
+/// // `block_on` stands for any executor's (a thread-parking one is hidden in this example).
+/// block_on(wal.durable(lsn)?)?;
+/// assert!(wal.durable_lsn() >= lsn);
+/// // Waiting for an LSN the log has not handed out is an error, not a hang.
+/// assert!(matches!(wal.durable(Lsn(99)), Err(WalError::LsnNotIssued { .. })));
+/// # Ok::<(), WalError>(())
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct DurableFuture<'a> {
     pub(crate) requester: &'a dyn SyncRequester,

@@ -50,7 +50,26 @@ pub struct CommitStats {
     pub wait_nanos: AtomicU64,
 }
 
-/// A snapshot of [`CommitStats`]: plain numbers for a metrics exporter.
+/// A snapshot of the write path's counters: plain numbers for a metrics exporter.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+///
+/// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// let before = wal.stats();
+/// let ty = RecordType::optional(0x100);
+/// let lsns = wal.append_batch(&[Record::new(ty, b"a"), Record::new(ty, b"b"), Record::new(ty, b"c")])?;
+/// wal.wait_durable(*lsns.end())?;
+///
+/// let delta = wal.stats().since(&before);
+/// assert_eq!((delta.records, delta.batches), (3, 1), "one reservation, one batch");
+/// assert!(delta.fsyncs >= 1 && delta.bytes_written % 4096 == 0);
+/// assert!(!delta.poisoned);
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitStatsSnapshot {
     /// fdatasync calls that succeeded.
@@ -74,13 +93,36 @@ pub struct CommitStatsSnapshot {
 }
 
 impl CommitStatsSnapshot {
-    /// Records per batch, on average (0 before the first batch).
+    /// Records per batch, on average (0 before the first batch): how well group commit shares
+    /// its fdatasyncs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::CommitStatsSnapshot;
+    ///
+    /// assert_eq!(CommitStatsSnapshot::default().records_per_batch(), 0.0);
+    /// let busy = CommitStatsSnapshot { records: 600, batches: 40, ..CommitStatsSnapshot::default() };
+    /// assert_eq!(busy.records_per_batch(), 15.0);
+    /// ```
     #[must_use]
     pub fn records_per_batch(&self) -> f64 {
         if self.batches == 0 { 0.0 } else { self.records as f64 / self.batches as f64 }
     }
 
     /// The counters accumulated since `earlier` (the maximum and the poisoned flag are kept).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::CommitStatsSnapshot;
+    ///
+    /// let earlier = CommitStatsSnapshot { records: 100, fsyncs: 10, sync_nanos_max: 900, ..CommitStatsSnapshot::default() };
+    /// let now = CommitStatsSnapshot { records: 160, fsyncs: 12, sync_nanos_max: 700, ..CommitStatsSnapshot::default() };
+    /// let delta = now.since(&earlier);
+    /// assert_eq!((delta.records, delta.fsyncs), (60, 2));
+    /// assert_eq!(delta.sync_nanos_max, 700, "the newer snapshot's maximum, not a difference");
+    /// ```
     #[must_use]
     pub fn since(&self, earlier: &CommitStatsSnapshot) -> CommitStatsSnapshot {
         CommitStatsSnapshot {
@@ -267,6 +309,10 @@ pub(crate) struct CommitStart<S: Storage> {
 
 /// The group committer: appends from any number of threads, one flusher thread that writes and
 /// fdatasyncs batches in order.
+///
+/// Callers do not build one: a [`crate::SegmentedWal`] owns it and forwards its appends, waits
+/// and counters here, so the log's methods of the same names (with their examples) are the way
+/// in.
 pub struct GroupCommitter<S: Storage> {
     shared: Arc<Shared<S>>,
     flusher: Mutex<Option<JoinHandle<()>>>,

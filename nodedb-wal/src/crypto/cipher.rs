@@ -19,11 +19,54 @@ use crate::format::preamble::{PREAMBLE_SIZE, SegmentPreamble};
 use crate::types::{Lsn, SegmentId};
 
 /// Bytes of the authentication tag that follows each encrypted payload.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::crypto::TAG_LEN;
+///
+/// // An encrypted record's payload is as long as its plaintext plus the tag.
+/// let plaintext_len = 100;
+/// assert_eq!(plaintext_len + TAG_LEN, 116);
+/// ```
 pub const TAG_LEN: usize = 16;
 const INFO: &[u8] = b"nodedb-wal segment key v1";
 const AAD_LEN: usize = PREAMBLE_SIZE + HEADER_LEN - 4;
 
 /// The cipher state of one segment.
+///
+/// The log builds one per encrypted segment; it is public for tools that decrypt records by
+/// hand. A payload sealed for one LSN, header, segment or key opens under no other.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::crypto::{AuthFailed, SegmentCipher, TAG_LEN};
+/// use nodedb_wal::format::frame::{FLAG_ENCRYPTED, HEADER_LEN};
+/// use nodedb_wal::{CIPHER_AES_256_GCM, Lsn, RecordHeader, RecordType, Scope, SecureKey, SegmentId, SegmentPreamble};
+///
+/// let master = SecureKey::generate();
+/// let preamble = SegmentPreamble { cipher: CIPHER_AES_256_GCM, key_id: 1, nonce_epoch: 99, ..SegmentPreamble::plaintext_wal() };
+/// let cipher = SegmentCipher::derive(&master, &[5; 16], SegmentId(1), &preamble);
+///
+/// let mut payload = *b"secret row";
+/// let (lsn, scope, record_type) = (Lsn(7), Scope::default(), RecordType::optional(0x100));
+/// let header = RecordHeader { lsn, durable_lsn: Lsn(6), salt: 1, record_type, scope, payload_len: 26, flags: FLAG_ENCRYPTED };
+/// let mut encoded = [0u8; HEADER_LEN];
+/// header.encode_into(&mut encoded);
+/// let tag: [u8; TAG_LEN] = cipher.seal(lsn, &encoded, &mut payload);
+/// assert_ne!(&payload, b"secret row");
+///
+/// // Another LSN (a record moved) or another segment's key: authentication fails.
+/// let mut moved = payload;
+/// assert_eq!(cipher.open(Lsn(8), &encoded, &mut moved, &tag), Err(AuthFailed));
+/// let other = SegmentCipher::derive(&master, &[5; 16], SegmentId(2), &preamble);
+/// assert_eq!(other.open(lsn, &encoded, &mut moved, &tag), Err(AuthFailed));
+///
+/// cipher.open(lsn, &encoded, &mut payload, &tag)?;
+/// assert_eq!(&payload, b"secret row");
+/// # Ok::<(), AuthFailed>(())
+/// ```
 pub struct SegmentCipher {
     aead: Aes256Gcm,
     preamble: [u8; PREAMBLE_SIZE],
@@ -37,11 +80,14 @@ impl std::fmt::Debug for SegmentCipher {
 }
 
 /// Authentication failed: wrong key, or the record, its header or its segment were altered.
+///
+/// Returned by [`SegmentCipher::open`], whose example shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuthFailed;
 
 impl SegmentCipher {
-    /// Derives the segment's key from the ring key.
+    /// Derives the segment's key from the ring key, the segment's `kdf_salt` and its id; the
+    /// preamble's epoch starts every nonce. See the type's example.
     pub fn derive(master: &SecureKey, kdf_salt: &[u8; 16], segment: SegmentId, preamble: &SegmentPreamble) -> SegmentCipher {
         let mut info = [0u8; INFO.len() + 8];
         info[..INFO.len()].copy_from_slice(INFO);
@@ -68,13 +114,14 @@ impl SegmentCipher {
     }
 
     /// Encrypts `payload` in place; `header` is the encoded header (final flags and length).
+    /// Returns the tag to store after the ciphertext. See the type's example.
     pub fn seal(&self, lsn: Lsn, header: &[u8], payload: &mut [u8]) -> [u8; TAG_LEN] {
         let tag =
             self.aead.encrypt_inout_detached(&self.nonce(lsn), &self.aad(header), payload.into()).expect("payload within AES-GCM limits");
         tag.into()
     }
 
-    /// Decrypts `ciphertext` in place and checks its tag.
+    /// Decrypts `ciphertext` in place and checks its tag. See the type's example.
     pub fn open(&self, lsn: Lsn, header: &[u8], ciphertext: &mut [u8], tag: &[u8]) -> Result<(), AuthFailed> {
         let tag = Tag::try_from(tag).map_err(|_| AuthFailed)?;
         self.aead.decrypt_inout_detached(&self.nonce(lsn), &self.aad(header), ciphertext.into(), &tag).map_err(|_| AuthFailed)

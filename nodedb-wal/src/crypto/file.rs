@@ -30,8 +30,38 @@ use crate::error::{EngineFileProblem, IoOp, Result, WalError};
 use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, PREAMBLE_VERSION, SEG_PREAMBLE_MAGIC, SegmentPreamble};
 
 /// Bytes of an engine file's header: preamble, salt, chunk length, reserved.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::crypto::{ENGINE_HEADER_LEN, TAG_LEN};
+/// use nodedb_wal::{KeyRing, SecureKey, encrypt_engine_file};
+///
+/// let ring = KeyRing::with_active(1, SecureKey::generate());
+/// let mut file = Vec::new();
+/// let written = encrypt_engine_file(&ring, &mut &[9u8; 1000][..], &mut file)?;
+/// // One short (and so last) chunk: header, ciphertext, tag.
+/// assert_eq!(written as usize, ENGINE_HEADER_LEN + 1000 + TAG_LEN);
+/// assert_eq!(&file[..4], b"NSEG");
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub const ENGINE_HEADER_LEN: usize = PREAMBLE_SIZE + 16 + 4 + 4;
 /// Plaintext bytes per chunk of the files [`encrypt_engine_file`] writes.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::crypto::{ENGINE_CHUNK_LEN, ENGINE_HEADER_LEN, TAG_LEN};
+/// use nodedb_wal::{KeyRing, SecureKey, encrypt_engine_file};
+///
+/// let ring = KeyRing::with_active(1, SecureKey::generate());
+/// let plain = vec![1u8; 2 * ENGINE_CHUNK_LEN as usize];
+/// let mut file = Vec::new();
+/// encrypt_engine_file(&ring, &mut &plain[..], &mut file)?;
+/// // Two full chunks, then an empty last chunk that authenticates the end of the file.
+/// assert_eq!(file.len(), ENGINE_HEADER_LEN + plain.len() + 3 * TAG_LEN);
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub const ENGINE_CHUNK_LEN: u32 = 64 * 1024;
 /// The largest chunk length a reader accepts (a bound on the memory a header can demand).
 const CHUNK_LEN_MAX: u32 = 16 << 20;
@@ -101,6 +131,8 @@ fn write_err(e: io::Error) -> WalError {
 /// Encrypts `input` into `output` as an engine file under the ring's active key. Returns the
 /// bytes written. Memory: one chunk.
 ///
+/// # Examples
+///
 /// ```
 /// use nodedb_wal::{KeyRing, SecureKey, decrypt_engine_file, encrypt_engine_file};
 ///
@@ -152,6 +184,30 @@ pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
 /// Decrypts an engine file from `input` into `output`, with whichever key of the ring its
 /// preamble names. Returns the plaintext bytes. On an error, `output` holds a prefix of the
 /// plaintext (each chunk written only once authenticated) that must be discarded.
+///
+/// # Examples
+///
+/// A file stays readable after the ring's active key rotates, for as long as the ring holds
+/// the key it was written under:
+///
+/// ```
+/// use nodedb_wal::{KeyRing, SecureKey, WalError, decrypt_engine_file, encrypt_engine_file};
+///
+/// let ring = KeyRing::with_active(1, SecureKey::generate());
+/// let mut file = Vec::new();
+/// encrypt_engine_file(&ring, &mut &b"vector index segment"[..], &mut file)?;
+/// ring.insert(2, SecureKey::generate())?;
+/// ring.set_active(2)?;
+///
+/// let mut plain = Vec::new();
+/// let n = decrypt_engine_file(&ring, &mut &file[..], &mut plain)?;
+/// assert_eq!((n, &plain[..]), (20, &b"vector index segment"[..]));
+///
+/// let other = KeyRing::with_active(2, SecureKey::generate());
+/// let err = decrypt_engine_file(&other, &mut &file[..], &mut Vec::new()).unwrap_err();
+/// assert!(matches!(err, WalError::UnknownKeyId { key_id: 1, .. }), "{err}");
+/// # Ok::<(), WalError>(())
+/// ```
 pub fn decrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut impl Write) -> Result<u64> {
     let mut header = [0u8; ENGINE_HEADER_LEN];
     if read_full(input, &mut header).map_err(read_err)? < ENGINE_HEADER_LEN {

@@ -11,10 +11,28 @@ use crate::error::{KeyFileProblem, Result, WalError};
 use crate::storage::memlock;
 
 /// Bytes in a key.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::crypto::KEY_LEN;
+///
+/// assert_eq!(KEY_LEN * 8, 256, "AES-256");
+/// ```
 pub const KEY_LEN: usize = 32;
 
 /// An AES-256 key in mlocked memory (best effort), zeroized on drop. Not `Clone`; `Debug`
 /// shows nothing of the key.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SecureKey;
+///
+/// let key = SecureKey::generate();
+/// // Nothing of the key reaches logs.
+/// assert_eq!(format!("{key:?}"), "SecureKey(<redacted>)");
+/// ```
 pub struct SecureKey {
     bytes: Box<[u8; KEY_LEN]>,
     locked: bool,
@@ -22,6 +40,17 @@ pub struct SecureKey {
 
 impl SecureKey {
     /// Takes the key bytes, wiping the caller's copy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SecureKey;
+    ///
+    /// let mut raw = [0x5Au8; 32]; // from a key management service, say
+    /// let key = SecureKey::from_bytes(&mut raw);
+    /// assert_eq!(raw, [0u8; 32], "the caller's copy is zeroed");
+    /// # drop(key);
+    /// ```
     pub fn from_bytes(bytes: &mut [u8; KEY_LEN]) -> SecureKey {
         let mut boxed = Box::new([0u8; KEY_LEN]);
         boxed.copy_from_slice(bytes);
@@ -37,6 +66,15 @@ impl SecureKey {
     }
 
     /// A fresh random key (from the kernel's CSPRNG).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{KeyRing, SecureKey};
+    ///
+    /// let ring = KeyRing::with_active(1, SecureKey::generate());
+    /// assert_eq!(ring.key_ids(), [1]);
+    /// ```
     pub fn generate() -> SecureKey {
         let mut bytes = [0u8; KEY_LEN];
         crate::commit::fill_random(&mut bytes);
@@ -45,6 +83,28 @@ impl SecureKey {
 
     /// Loads a key file: exactly 32 raw bytes, a regular file (not a symlink) owned by this
     /// process's user and readable or writable by no one else.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::unix::fs::OpenOptionsExt;
+    ///
+    /// use nodedb_wal::SecureKey;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("wal.key");
+    /// let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    /// file.write_all(&[0x42; 32])?;
+    /// drop(file);
+    /// let key = SecureKey::load(&path)?;
+    /// assert_eq!(format!("{key:?}"), "SecureKey(<redacted>)");
+    /// // A link to the key file is refused, even though its target is fine.
+    /// let link = dir.path().join("link.key");
+    /// std::os::unix::fs::symlink(&path, &link)?;
+    /// assert!(SecureKey::load(&link).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load(path: &Path) -> Result<SecureKey> {
         let bad = |problem| WalError::KeyFile { path: path.to_path_buf(), problem };
         let io = |e: std::io::Error| bad(KeyFileProblem::Io(e.kind()));
@@ -79,6 +139,17 @@ impl SecureKey {
     }
 
     /// Whether the key's memory is locked against swapping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SecureKey;
+    ///
+    /// let key = SecureKey::generate();
+    /// if !key.is_locked() {
+    ///     eprintln!("RLIMIT_MEMLOCK is too small: this key may reach swap");
+    /// }
+    /// ```
     pub fn is_locked(&self) -> bool {
         self.locked
     }

@@ -15,6 +15,29 @@ struct Inner {
 /// Keys by id. The active key encrypts every segment created from now on; the others keep
 /// decrypting older segments. Keys are never removed by the log: a segment names its key id in
 /// its preamble and is unreadable without it.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{KeyRing, SecureKey, WalError};
+///
+/// let ring = KeyRing::new();
+/// assert!(ring.active().is_none(), "nothing is encrypted yet");
+/// ring.insert(1, SecureKey::generate())?;
+/// ring.set_active(1)?;
+///
+/// // Rotation: a new key encrypts new segments, the old one still reads old segments.
+/// ring.insert(2, SecureKey::generate())?;
+/// ring.set_active(2)?;
+/// assert_eq!(ring.active().map(|(id, _)| id), Some(2));
+/// assert!(ring.get(1).is_some());
+/// assert_eq!(ring.key_ids(), [1, 2]);
+///
+/// // Ids are never reused, and only a held key can become active.
+/// assert!(matches!(ring.insert(1, SecureKey::generate()), Err(WalError::KeyIdInUse { key_id: 1 })));
+/// assert!(matches!(ring.set_active(9), Err(WalError::UnknownKeyId { key_id: 9, .. })));
+/// # Ok::<(), WalError>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct KeyRing {
     inner: RwLock<Inner>,
@@ -27,6 +50,18 @@ impl KeyRing {
     }
 
     /// A ring holding one key, active.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use nodedb_wal::{KeyRing, SecureKey, SegmentedWalConfig};
+    ///
+    /// let mut config = SegmentedWalConfig::new("/wal");
+    /// config.key_ring = Some(Arc::new(KeyRing::with_active(7, SecureKey::generate())));
+    /// assert_eq!(config.key_ring.as_ref().and_then(|ring| ring.active()).map(|(id, _)| id), Some(7));
+    /// ```
     pub fn with_active(key_id: u32, key: SecureKey) -> KeyRing {
         let ring = KeyRing::new();
         ring.insert(key_id, key).expect("an empty ring takes any id");

@@ -6,6 +6,30 @@ use crate::error::{Result, WalError};
 use crate::format::dwb::{PAGE_BYTES_MAX, slot_len};
 
 /// How page writes are protected.
+///
+/// # Examples
+///
+/// In mode `Off` pages go straight to their place, counted as unprotected, and no buffer file
+/// is made:
+///
+/// ```
+/// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, FileId, PageCheck, SimStorage};
+/// # use std::path::Path;
+/// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+/// # let sim = SimStorage::new(1, FaultConfig::default());
+/// # sim.create_dir_all(Path::new("/db"))?;
+/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(4096)?;
+///
+/// let mut config = DwbConfig::new("/db/dwb");
+/// config.mode = DwbMode::Off;
+/// let dwb = DoubleWriteBuffer::open_with(sim.clone(), config)?;
+/// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+/// dwb.recover(|_, _| PageCheck::Torn)?; // nothing to recover without a file
+/// dwb.write_pages(&[(FileId(1), 0, &[5u8; 4096])])?;
+/// assert_eq!((dwb.stats().unprotected_pages, dwb.stats().batches), (1, 0));
+/// assert!(sim.read_file(Path::new("/db/dwb")).is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DwbMode {
     /// No buffer: pages are written in place and synced, unprotected. An existing buffer file is
@@ -20,6 +44,29 @@ pub enum DwbMode {
 }
 
 /// What page writes do while the buffer is degraded (its file could not be opened or written).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::faulty::FaultyStorage;
+/// use nodedb_wal::{DegradedPolicy, DoubleWriteBuffer, DwbConfig, FileId, SimStorage};
+/// # use std::path::Path;
+/// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+///
+/// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+/// # storage.create_dir_all(Path::new("/db"))?;
+/// # storage.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(4096)?;
+/// storage.refuse_open(Path::new("/db/dwb"));
+/// let mut config = DwbConfig::new("/db/dwb");
+/// assert_eq!(config.on_degraded, DegradedPolicy::FailWrites);
+/// config.on_degraded = DegradedPolicy::WriteUnprotected; // stay available, accept the risk
+/// let dwb = DoubleWriteBuffer::open_with(storage, config)?;
+/// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+/// dwb.write_pages(&[(FileId(1), 0, &[1u8; 4096])])?;
+/// assert!(dwb.is_degraded());
+/// assert_eq!(dwb.stats().unprotected_pages, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DegradedPolicy {
     /// Refuse them with [`WalError::DwbDegraded`]; nothing is written in place. The default: a
@@ -31,6 +78,22 @@ pub enum DegradedPolicy {
 }
 
 /// Where the buffer lives and how big it is.
+///
+/// The buffer checks the values when it opens and refuses bad ones with
+/// [`WalError::InvalidConfig`].
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, SimStorage, WalError};
+///
+/// let mut config = DwbConfig::new("/db/dwb");
+/// config.ring_bytes = 64 << 10;
+/// config.batch_bytes_max = 128 << 10; // larger than the ring
+/// let err = DoubleWriteBuffer::open_with(SimStorage::new(1, FaultConfig::default()), config).unwrap_err();
+/// assert!(matches!(err, WalError::InvalidConfig { .. }), "{err}");
+/// ```
 #[derive(Clone, Debug)]
 pub struct DwbConfig {
     /// The buffer file (its directory is created if missing).
@@ -52,6 +115,16 @@ pub struct DwbConfig {
 impl DwbConfig {
     /// Defaults for a buffer file at `path`: buffered, a 4 MiB ring, 1 MiB batches (63 pages of
     /// 16 KiB with their headers), 4 KiB blocks, page writes refused while degraded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{DegradedPolicy, DwbConfig, DwbMode};
+    ///
+    /// let config = DwbConfig::new("/var/lib/db/dwb");
+    /// assert_eq!((config.mode, config.on_degraded), (DwbMode::Buffered, DegradedPolicy::FailWrites));
+    /// assert_eq!((config.ring_bytes, config.batch_bytes_max, config.block_len), (4 << 20, 1 << 20, 4096));
+    /// ```
     pub fn new(path: impl Into<PathBuf>) -> DwbConfig {
         DwbConfig {
             path: path.into(),

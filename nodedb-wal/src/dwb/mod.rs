@@ -41,6 +41,8 @@ use crate::storage::{AlignedBuf, FsStorage, Storage, StorageFile};
 /// Torn-page protection for in-place page writes. All methods take `&self`; page writes are
 /// serialised (one batch at a time). A fuller example is `examples/page_store.rs`.
 ///
+/// # Examples
+///
 /// ```
 /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, PageCheck};
 ///
@@ -105,7 +107,7 @@ impl<S: Storage> fmt::Debug for DoubleWriteBuffer<S> {
 }
 
 impl DoubleWriteBuffer<FsStorage> {
-    /// Opens (or creates) the buffer file on the real file system.
+    /// Opens (or creates) the buffer file on the real file system. The type's example uses it.
     pub fn open(config: DwbConfig) -> Result<DoubleWriteBuffer<FsStorage>> {
         DoubleWriteBuffer::open_with(FsStorage::new(), config)
     }
@@ -118,6 +120,27 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// A file that cannot be opened or created does not fail the open: the buffer starts
     /// degraded ([`Self::is_degraded`]). O_DIRECT refused in `Direct` mode, a file of a newer
     /// format and a bad configuration are errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, FileId, PageCheck, SimStorage};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/db"))?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+    ///
+    /// let dwb = DoubleWriteBuffer::open_with(sim.clone(), DwbConfig::new("/db/dwb"))?;
+    /// assert_eq!((dwb.mode(), dwb.path()), (DwbMode::Buffered, Path::new("/db/dwb")));
+    /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+    /// dwb.recover(|_, _| PageCheck::Intact { version: 0 })?; // a new buffer holds nothing
+    /// dwb.write_pages(&[(FileId(1), 0, &[1u8; 4096]), (FileId(1), 1, &[2u8; 4096])])?;
+    /// let stats = dwb.stats();
+    /// assert_eq!((stats.protected_pages, stats.batches, stats.target_syncs), (2, 1, 1));
+    /// assert_eq!(sim.read_file(Path::new("/db/pages")).expect("page file")[4096], 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_with(storage: S, config: DwbConfig) -> Result<DoubleWriteBuffer<S>> {
         config.validate()?;
         let counters = Counters::default();
@@ -151,6 +174,29 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// Maps `file` to a page file whose pages are all `page_len` bytes; page `n` lives at byte
     /// `n * page_len`. The file must exist when pages are written or recovered: the buffer never
     /// creates files. Register every file that may have pages in the buffer before recovery.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, SimStorage, WalError};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/db"))?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+    ///
+    /// let dwb = DoubleWriteBuffer::open_with(sim, DwbConfig::new("/db/dwb"))?;
+    /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+    /// dwb.register_file(FileId(1), "/db/pages", 4096)?; // the same again: a no-op
+    /// assert!(dwb.register_file(FileId(1), "/db/pages", 8192).is_err(), "another page length");
+    ///
+    /// // Pages are checked against their registration before anything is written.
+    /// let err = dwb.write_pages(&[(FileId(2), 0, &[0u8; 4096])]).unwrap_err();
+    /// assert!(matches!(err, WalError::DwbUnknownFile { file: FileId(2) }));
+    /// let err = dwb.write_pages(&[(FileId(1), 0, &[0u8; 512])]).unwrap_err();
+    /// assert!(matches!(err, WalError::DwbPageLen { len: 512, expected: 4096, .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn register_file(&self, file: FileId, path: impl Into<PathBuf>, page_len: usize) -> Result<()> {
         if !self.config.fits_page(page_len) {
             return Err(WalError::InvalidConfig { reason: "dwb page length must be 1 byte to 1 MiB and fit in one batch" });
@@ -158,28 +204,53 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         self.lock().targets.register(file, path.into(), page_len)
     }
 
-    /// The configured mode.
+    /// The configured mode. See [`Self::open_with`] for an example.
     pub fn mode(&self) -> DwbMode {
         self.config.mode
     }
 
-    /// The buffer file's path.
+    /// The buffer file's path. See [`Self::open_with`] for an example.
     pub fn path(&self) -> &Path {
         &self.config.path
     }
 
     /// Whether the buffer file could not be opened or written. What page writes do then is
     /// the configuration's [`DegradedPolicy`]. Only reopening leaves this state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::faulty::FaultyStorage;
+    /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, IoOp, SimStorage, WalError};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    ///
+    /// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+    /// # storage.create_dir_all(Path::new("/db"))?;
+    /// # storage.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(4096)?;
+    /// storage.refuse_open(Path::new("/db/dwb"));
+    /// let dwb = DoubleWriteBuffer::open_with(storage, DwbConfig::new("/db/dwb"))?;
+    /// assert!(dwb.is_degraded(), "opening succeeds, but without its file");
+    /// assert_eq!(dwb.degraded_cause(), Some((IoOp::Open, std::io::ErrorKind::PermissionDenied)));
+    ///
+    /// // The default policy refuses page writes rather than risk a torn page.
+    /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+    /// let err = dwb.write_pages(&[(FileId(1), 0, &[1u8; 4096])]).unwrap_err();
+    /// assert!(matches!(err, WalError::DwbDegraded { op: IoOp::Open, .. }), "{err}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_degraded(&self) -> bool {
         self.counters.is_degraded()
     }
 
-    /// The step that degraded the buffer, and its error kind.
+    /// The step that degraded the buffer, and its error kind. See [`Self::is_degraded`] for an
+    /// example.
     pub fn degraded_cause(&self) -> Option<(IoOp, io::ErrorKind)> {
         self.counters.degraded_cause()
     }
 
-    /// Counters: protected and unprotected pages, batches, bytes.
+    /// Counters: protected and unprotected pages, batches, bytes. See [`Self::open_with`] and
+    /// [`DwbStats`] for examples.
     pub fn stats(&self) -> DwbStats {
         self.counters.snapshot()
     }
@@ -188,6 +259,42 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// and stale ones from their newest image (the rules are in [`decide`]), then syncs every
     /// page file it checked. Only after it returns Ok are new pages accepted, if the buffer file
     /// existed at open. In mode `Off` the file is removed afterwards.
+    ///
+    /// # Examples
+    ///
+    /// A page torn in place is put back from its buffered image:
+    ///
+    /// ```
+    /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, PageCheck, SimStorage};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/db"))?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+    ///
+    /// // A toy page format: whole when every byte equals the first, which is its version.
+    /// let check = |_: FileId, page: &[u8]| {
+    ///     if page.iter().all(|&b| b == page[0]) { PageCheck::Intact { version: u64::from(page[0]) } } else { PageCheck::Torn }
+    /// };
+    /// let dwb = DoubleWriteBuffer::open_with(sim.clone(), DwbConfig::new("/db/dwb"))?;
+    /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+    /// dwb.recover(check)?;
+    /// dwb.write_pages(&[(FileId(1), 0, &[7u8; 4096])])?;
+    /// drop(dwb);
+    ///
+    /// // Tear page 0 as a crash in the middle of its in-place write would.
+    /// let pages = Path::new("/db/pages");
+    /// let mut bytes = sim.read_file(pages).expect("page file");
+    /// bytes[2048..4096].fill(0xEE);
+    /// sim.write_file(pages, &bytes);
+    ///
+    /// let dwb = DoubleWriteBuffer::open_with(sim.clone(), DwbConfig::new("/db/dwb"))?;
+    /// dwb.register_file(FileId(1), pages, 4096)?;
+    /// let report = dwb.recover(check)?;
+    /// assert_eq!(report.pages_restored, [(FileId(1), 0)]);
+    /// assert_eq!(sim.read_file(pages).expect("page file")[..4096], [7u8; 4096]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recover(&self, validator: impl Fn(FileId, &[u8]) -> PageCheck) -> Result<DwbRecovery> {
         let mut guard = self.lock();
         let inner = &mut *guard;
@@ -248,6 +355,30 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// is checked (registered file, page length) before anything is written. A failed in-place
     /// write or sync poisons the buffer: later calls fail with [`WalError::Poisoned`] and the
     /// buffer must be reopened, whose recovery repairs what the failure left.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, PageCheck, SimStorage, WalError};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/db"))?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+    /// let config = DwbConfig::new("/db/dwb");
+    /// drop(DoubleWriteBuffer::open_with(sim.clone(), config.clone())?); // creates the file
+    ///
+    /// // The file existed at this open: its images must be applied before new pages land.
+    /// let dwb = DoubleWriteBuffer::open_with(sim, config)?;
+    /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+    /// let page = [3u8; 4096];
+    /// let err = dwb.write_pages(&[(FileId(1), 1, &page)]).unwrap_err();
+    /// assert!(matches!(err, WalError::DwbNotRecovered { .. }), "{err}");
+    /// dwb.recover(|_, page| PageCheck::Intact { version: u64::from(page[0]) })?;
+    /// dwb.write_pages(&[(FileId(1), 1, &page)])?;
+    /// assert_eq!(dwb.stats().protected_pages, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_pages(&self, pages: &[PageWrite<'_>]) -> Result<()> {
         let mut guard = self.lock();
         let inner = &mut *guard;

@@ -13,6 +13,31 @@ use crate::format::dwb::FileId;
 use crate::storage::{Storage, StorageFile};
 
 /// The caller's verdict on a page's bytes.
+///
+/// The buffer knows nothing of the engine's page format: the validator given to
+/// [`super::DoubleWriteBuffer::recover`] checks a page the engine's way (a checksum, a header
+/// that matches a trailer) and reads its version.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{FileId, PageCheck};
+///
+/// // A page format that repeats its version in its first and last eight bytes: a page torn
+/// // between the two disagrees with itself.
+/// fn check(_: FileId, page: &[u8]) -> PageCheck {
+///     let head = u64::from_le_bytes(page[..8].try_into().expect("8 bytes"));
+///     let tail = u64::from_le_bytes(page[page.len() - 8..].try_into().expect("8 bytes"));
+///     if head == tail { PageCheck::Intact { version: head } } else { PageCheck::Torn }
+/// }
+///
+/// let mut page = [0u8; 4096];
+/// page[..8].copy_from_slice(&42u64.to_le_bytes());
+/// page[4088..].copy_from_slice(&42u64.to_le_bytes());
+/// assert_eq!(check(FileId(1), &page), PageCheck::Intact { version: 42 });
+/// page[..8].copy_from_slice(&43u64.to_le_bytes()); // only the first sector of a newer write landed
+/// assert_eq!(check(FileId(1), &page), PageCheck::Torn);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageCheck {
     /// The page is whole (its own checksum holds); `version` orders its writes (an LSN).
@@ -24,7 +49,16 @@ pub enum PageCheck {
     Torn,
 }
 
-/// What recovery does with one page.
+/// What recovery does with one page: what [`decide`] returns.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::dwb::{PageAction, decide};
+/// use nodedb_wal::PageCheck;
+///
+/// assert_eq!(decide(PageCheck::Torn, PageCheck::Torn), PageAction::Unrepairable);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageAction {
     /// Leave the page in place as it is.
@@ -48,6 +82,20 @@ pub enum PageAction {
 ///
 /// So recovery never writes a page it has no image for, and never replaces an intact page
 /// whose version is at least the image's.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::dwb::{PageAction, decide};
+/// use nodedb_wal::PageCheck;
+///
+/// let v = |version| PageCheck::Intact { version };
+/// assert_eq!(decide(v(9), v(9)), PageAction::Keep, "the in-place write landed");
+/// assert_eq!(decide(v(8), v(9)), PageAction::Restore, "the in-place write never landed");
+/// assert_eq!(decide(PageCheck::Torn, v(9)), PageAction::Restore, "the in-place write was torn");
+/// assert_eq!(decide(v(8), PageCheck::Torn), PageAction::Keep, "nothing better to put there");
+/// assert_eq!(decide(PageCheck::Torn, PageCheck::Torn), PageAction::Unrepairable);
+/// ```
 #[must_use]
 pub fn decide(in_place: PageCheck, image: PageCheck) -> PageAction {
     match (in_place, image) {
@@ -59,7 +107,37 @@ pub fn decide(in_place: PageCheck, image: PageCheck) -> PageAction {
     }
 }
 
-/// What recovery found and did.
+/// What recovery found and did. [`super::DoubleWriteBuffer::recover`] shows a page being
+/// restored.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbRecovery, FileId, PageCheck, SimStorage};
+/// # use std::path::Path;
+/// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+/// # let sim = SimStorage::new(1, FaultConfig::default());
+/// # sim.create_dir_all(Path::new("/db"))?;
+/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+///
+/// let config = DwbConfig::new("/db/dwb");
+/// let dwb = DoubleWriteBuffer::open_with(sim.clone(), config.clone())?;
+/// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+/// dwb.register_file(FileId(2), "/db/pages", 4096)?;
+/// assert_eq!(dwb.recover(|_, _| PageCheck::Torn)?, DwbRecovery::default(), "a new buffer holds nothing");
+/// dwb.write_pages(&[(FileId(1), 0, &[1u8; 4096]), (FileId(2), 1, &[2u8; 4096])])?;
+/// drop(dwb);
+///
+/// // After a restart, file 2 (dropped meanwhile, say) is not registered.
+/// let dwb = DoubleWriteBuffer::open_with(sim, config)?;
+/// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+/// let report = dwb.recover(|_, page| PageCheck::Intact { version: u64::from(page[0]) })?;
+/// assert_eq!((report.batches, report.incomplete_batches), (1, 0));
+/// assert_eq!((report.pages_checked, report.pages_kept), (1, 1));
+/// assert!(report.pages_restored.is_empty());
+/// assert_eq!(report.unregistered_files, [FileId(2)]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DwbRecovery {
     /// Complete batches in the buffer.

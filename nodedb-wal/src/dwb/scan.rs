@@ -11,6 +11,20 @@
 use crate::format::dwb::{BATCH_ALIGN, SLOT_HEADER_LEN, SlotHeader, decode_slot};
 
 /// An intact slot of a complete batch.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::dwb::scan::scan_ring;
+/// use nodedb_wal::format::dwb::{SlotHeader, encode_slot};
+///
+/// let mut ring = vec![0u8; 4096];
+/// let header = SlotHeader { file: FileId(3), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 64, page_no: 12, epoch: 1 };
+/// encode_slot(&header, &[0u8; 64], &mut ring[512..]);
+/// let slot = scan_ring(&ring).batches[0].slots[0];
+/// assert_eq!((slot.header, slot.offset), (header, 512));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FoundSlot {
     /// Its header.
@@ -21,6 +35,21 @@ pub struct FoundSlot {
 
 impl FoundSlot {
     /// The page image's byte range in the scanned image.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::FileId;
+    /// use nodedb_wal::dwb::scan::scan_ring;
+    /// use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, SlotHeader, encode_slot};
+    ///
+    /// let mut ring = vec![0u8; 4096];
+    /// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 100, page_no: 0, epoch: 1 };
+    /// encode_slot(&header, &[9u8; 100], &mut ring);
+    /// let slot = scan_ring(&ring).batches[0].slots[0];
+    /// assert_eq!(slot.image_range(), SLOT_HEADER_LEN..SLOT_HEADER_LEN + 100);
+    /// assert_eq!(ring[slot.image_range()], [9u8; 100]);
+    /// ```
     #[must_use]
     pub fn image_range(&self) -> std::ops::Range<usize> {
         let start = self.offset + SLOT_HEADER_LEN;
@@ -28,7 +57,22 @@ impl FoundSlot {
     }
 }
 
-/// A complete batch.
+/// A complete batch: every slot it names was found intact.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::dwb::scan::scan_ring;
+/// use nodedb_wal::format::dwb::{SlotHeader, encode_slot, slot_len};
+///
+/// let mut ring = vec![0u8; 4096];
+/// let first = SlotHeader { file: FileId(1), seq: 20, batch_seq: 20, batch_slots: 2, page_len: 100, page_no: 0, epoch: 4 };
+/// let at = encode_slot(&first, &[1u8; 100], &mut ring);
+/// encode_slot(&SlotHeader { seq: 21, page_no: 1, ..first }, &[2u8; 100], &mut ring[at..]);
+/// let batch = &scan_ring(&ring).batches[0];
+/// assert_eq!((batch.offset, batch.end, batch.slots.len()), (0, 2 * slot_len(100), 2));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FoundBatch {
     /// Where it starts in the scanned image.
@@ -40,6 +84,16 @@ pub struct FoundBatch {
 }
 
 /// What a scan of the ring found.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::dwb::scan::{RingScan, scan_ring};
+///
+/// // A freshly zeroed ring holds no batch, whole or torn.
+/// assert_eq!(scan_ring(&[0u8; 8192]), RingScan::default());
+/// assert_eq!(RingScan::default().seq_max, 0);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RingScan {
     /// Complete batches, in the order they lie in the image (not sequence order).
@@ -53,6 +107,24 @@ pub struct RingScan {
 
 impl RingScan {
     /// The complete batch with the highest sequence, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::FileId;
+    /// use nodedb_wal::dwb::scan::scan_ring;
+    /// use nodedb_wal::format::dwb::{SlotHeader, encode_slot};
+    ///
+    /// let mut ring = vec![0u8; 8192];
+    /// let slot = |seq| SlotHeader { file: FileId(1), seq, batch_seq: seq, batch_slots: 1, page_len: 64, page_no: 0, epoch: 1 };
+    /// // The ring wrapped: the newer batch lies before the older one.
+    /// encode_slot(&slot(8), &[8u8; 64], &mut ring[..]);
+    /// encode_slot(&slot(5), &[5u8; 64], &mut ring[4096..]);
+    /// let scan = scan_ring(&ring);
+    /// assert_eq!(scan.batches.len(), 2);
+    /// assert_eq!(scan.newest().map(|b| b.offset), Some(0));
+    /// assert!(scan_ring(&[0u8; 4096]).newest().is_none());
+    /// ```
     #[must_use]
     pub fn newest(&self) -> Option<&FoundBatch> {
         self.batches.iter().max_by_key(|b| b.slots[0].header.batch_seq)
@@ -60,6 +132,32 @@ impl RingScan {
 }
 
 /// Scans a ring image for complete batches.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::dwb::scan::scan_ring;
+/// use nodedb_wal::format::dwb::{SlotHeader, encode_slot};
+///
+/// // A batch of two pages, sequences 10 and 11, packed one after the other.
+/// let mut ring = vec![0u8; 4096];
+/// let first = SlotHeader { file: FileId(1), seq: 10, batch_seq: 10, batch_slots: 2, page_len: 512, page_no: 3, epoch: 7 };
+/// let at = encode_slot(&first, &[1u8; 512], &mut ring);
+/// let second = SlotHeader { seq: 11, page_no: 4, ..first };
+/// let end = at + encode_slot(&second, &[2u8; 512], &mut ring[at..]);
+///
+/// let scan = scan_ring(&ring);
+/// assert_eq!((scan.batches.len(), scan.seq_max), (1, 11));
+/// let batch = &scan.batches[0];
+/// assert_eq!((batch.offset, batch.end), (0, end));
+/// assert_eq!(batch.slots.iter().map(|s| s.header.page_no).collect::<Vec<_>>(), [3, 4]);
+///
+/// // Without its second slot the batch is incomplete, and ignored.
+/// ring[at..end].fill(0);
+/// let scan = scan_ring(&ring);
+/// assert_eq!((scan.batches.len(), scan.incomplete_batches), (0, 1));
+/// ```
 #[must_use]
 pub fn scan_ring(image: &[u8]) -> RingScan {
     let mut scan = RingScan::default();

@@ -12,6 +12,19 @@ use crate::format::dwb::FileId;
 use crate::storage::{OpenMode, Storage, StorageFile};
 
 /// A page to write: its file, its number, its bytes (exactly the file's page length).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::dwb::PageWrite;
+///
+/// let root = [0u8; 4096];
+/// let leaf = [1u8; 4096];
+/// // Page 0 and page 7 of the same file, written as one batch by `write_pages`.
+/// let pages: Vec<PageWrite<'_>> = vec![(FileId(1), 0, &root), (FileId(1), 7, &leaf)];
+/// assert_eq!(pages[1].1 * 4096, 28672, "page 7 lives at byte 7 * page_len");
+/// ```
 pub type PageWrite<'a> = (FileId, u64, &'a [u8]);
 
 #[derive(Debug)]

@@ -11,10 +11,39 @@ use std::fmt;
 use super::read_le;
 
 /// Bytes of the file header (at offset 0; the rest of block 0 is zero).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::{DWB_VERSION, FILE_HEADER_LEN, FileHeader};
+///
+/// let header = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20 };
+/// assert_eq!(header.encode().len(), FILE_HEADER_LEN);
+/// ```
 pub const FILE_HEADER_LEN: usize = 32;
 /// Magic of a double-write buffer file: `NDWB`.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::{DWB_VERSION, FILE_MAGIC, FileHeader};
+///
+/// let bytes = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20 }.encode();
+/// assert_eq!(bytes[4..8], FILE_MAGIC, "after the checksum");
+/// ```
 pub const FILE_MAGIC: [u8; 4] = *b"NDWB";
 /// The current format version of the file and its slots.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::{DWB_VERSION, FileHeader};
+///
+/// // Decoding returns the version found; refusing a newer one is the reader's call.
+/// let newer = FileHeader { version: DWB_VERSION + 1, block_len: 4096, ring_bytes: 4 << 20 };
+/// assert_eq!(FileHeader::decode(&newer.encode())?.version, DWB_VERSION + 1);
+/// # Ok::<(), nodedb_wal::format::dwb::FileHeaderError>(())
+/// ```
 pub const DWB_VERSION: u16 = 1;
 
 const FH_CRC_AT: usize = 0;
@@ -27,14 +56,67 @@ const FH_RESERVED2_AT: usize = FH_RING_AT + 8;
 const _: () = assert!(FH_RESERVED2_AT + 8 == FILE_HEADER_LEN);
 
 /// Bytes of a slot header; the page image follows it.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, slot_len};
+///
+/// assert_eq!(slot_len(4096), SLOT_HEADER_LEN + 4096);
+/// ```
 pub const SLOT_HEADER_LEN: usize = 56;
 /// Marks the start of a slot; zeroed or preallocated space never carries it.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::format::dwb::{SLOT_MAGIC, SlotHeader, encode_slot};
+///
+/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 8, page_no: 0, epoch: 1 };
+/// let mut out = [0u8; 64];
+/// encode_slot(&header, &[0; 8], &mut out);
+/// assert_eq!(out[4..8], SLOT_MAGIC, "after the checksum");
+/// ```
 pub const SLOT_MAGIC: [u8; 4] = *b"NDWS";
 /// Slots start on multiples of this inside a batch.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::{SLOT_ALIGN, slot_len};
+///
+/// assert_eq!(slot_len(13), 72, "56 + 13 bytes, rounded up");
+/// assert!((1..100).all(|len| slot_len(len) % SLOT_ALIGN == 0));
+/// ```
 pub const SLOT_ALIGN: usize = 8;
 /// The largest page image a slot holds.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::PAGE_BYTES_MAX;
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, SimStorage};
+///
+/// let mut config = DwbConfig::new("/db/dwb");
+/// config.batch_bytes_max = 2 << 20; // a slot holds the page and its header
+/// let dwb = DoubleWriteBuffer::open_with(SimStorage::new(1, FaultConfig::default()), config)?;
+/// dwb.register_file(FileId(1), "/db/pages", PAGE_BYTES_MAX)?;
+/// assert!(dwb.register_file(FileId(2), "/db/huge", PAGE_BYTES_MAX + 1).is_err());
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub const PAGE_BYTES_MAX: usize = 1 << 20;
 /// Batches start on multiples of this; the scanner looks for them at every such offset.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::BATCH_ALIGN;
+///
+/// // Every block length a buffer may be configured with is a multiple of it.
+/// assert!([512, 4096, 1 << 20].iter().all(|block: &usize| block % BATCH_ALIGN == 0));
+/// ```
 pub const BATCH_ALIGN: usize = 512;
 
 const CRC_AT: usize = 0;
@@ -54,6 +136,16 @@ const _: () = assert!(SLOT_HEADER_LEN % SLOT_ALIGN == 0);
 
 /// Identifies a page file (a B-tree, columnar or vector-index file) across restarts. The
 /// caller chooses the numbers and maps them to paths; the buffer stores only the number.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+///
+/// const BTREE: FileId = FileId(1);
+/// assert_eq!(BTREE.to_string(), "1");
+/// assert!(BTREE < FileId(2));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FileId(pub u32);
 
@@ -64,6 +156,18 @@ impl fmt::Display for FileId {
 }
 
 /// The decoded file header: the geometry of the ring.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::{DWB_VERSION, FileHeader, FileHeaderError};
+///
+/// let header = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20 };
+/// let mut bytes = header.encode();
+/// assert_eq!(FileHeader::decode(&bytes), Ok(header));
+/// bytes[12] ^= 1; // the block length
+/// assert_eq!(FileHeader::decode(&bytes), Err(FileHeaderError::Checksum));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileHeader {
     /// Format version.
@@ -75,6 +179,17 @@ pub struct FileHeader {
 }
 
 /// Why bytes are not a file header.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::{DWB_VERSION, FileHeader, FileHeaderError};
+///
+/// assert_eq!(FileHeader::decode(&[0u8; 8]), Err(FileHeaderError::Truncated));
+/// assert_eq!(FileHeader::decode(&[0u8; 4096]), Err(FileHeaderError::BadMagic), "zeros are no header");
+/// let odd = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 5000 };
+/// assert_eq!(FileHeader::decode(&odd.encode()), Err(FileHeaderError::BadGeometry));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileHeaderError {
     /// Fewer than [`FILE_HEADER_LEN`] bytes.
@@ -88,7 +203,7 @@ pub enum FileHeaderError {
 }
 
 impl FileHeader {
-    /// Encodes into exactly [`FILE_HEADER_LEN`] bytes.
+    /// Encodes into exactly [`FILE_HEADER_LEN`] bytes. See [`FileHeader`] for an example.
     #[must_use]
     pub fn encode(&self) -> [u8; FILE_HEADER_LEN] {
         let mut out = [0u8; FILE_HEADER_LEN];
@@ -102,7 +217,7 @@ impl FileHeader {
     }
 
     /// Decodes the first [`FILE_HEADER_LEN`] bytes. The version is returned as found: whether
-    /// this build reads it is the caller's decision.
+    /// this build reads it is the caller's decision. See [`FileHeader`] for an example.
     pub fn decode(bytes: &[u8]) -> Result<FileHeader, FileHeaderError> {
         if bytes.len() < FILE_HEADER_LEN {
             return Err(FileHeaderError::Truncated);
@@ -134,6 +249,18 @@ impl FileHeader {
 }
 
 /// A decoded slot header.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::format::dwb::SlotHeader;
+///
+/// // The third slot of a batch of four that starts at sequence 10.
+/// let header = SlotHeader { file: FileId(1), seq: 12, batch_seq: 10, batch_slots: 4, page_len: 4096, page_no: 77, epoch: 5 };
+/// assert_eq!(header.index(), 2);
+/// assert_eq!(header.slot_len(), 56 + 4096);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotHeader {
     /// The page's file.
@@ -155,6 +282,23 @@ pub struct SlotHeader {
 }
 
 /// Why bytes are not a valid slot.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::format::dwb::{SlotError, SlotHeader, decode_slot, encode_slot};
+///
+/// assert_eq!(decode_slot(&[0u8; 4096]), Err(SlotError::Blank), "never-written space");
+/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 100, page_no: 0, epoch: 1 };
+/// let mut out = [0u8; 256];
+/// let len = encode_slot(&header, &[3; 100], &mut out);
+/// assert_eq!(decode_slot(&out[..len - 50]), Err(SlotError::Truncated));
+/// out[100] ^= 1;
+/// assert_eq!(decode_slot(&out[..len]), Err(SlotError::Checksum));
+/// out[5] ^= 1;
+/// assert_eq!(decode_slot(&out[..len]), Err(SlotError::BadMagic));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotError {
     /// Fewer bytes than the header or the image needs.
@@ -170,19 +314,34 @@ pub enum SlotError {
 }
 
 impl SlotHeader {
-    /// Bytes the slot takes in its batch: header and image, rounded up to [`SLOT_ALIGN`].
+    /// Bytes the slot takes in its batch: header and image, rounded up to [`SLOT_ALIGN`]. See
+    /// [`SlotHeader`] for an example.
     #[must_use]
     pub const fn slot_len(&self) -> usize {
         slot_len(self.page_len as usize)
     }
 
-    /// The slot's index inside its batch.
+    /// The slot's index inside its batch. See [`SlotHeader`] for an example.
     #[must_use]
     pub const fn index(&self) -> u64 {
         self.seq - self.batch_seq
     }
 
     /// Decodes a header's fields without checking the checksum (which needs the image).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::FileId;
+    /// use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, SlotError, SlotHeader, decode_slot, encode_slot};
+    ///
+    /// let header = SlotHeader { file: FileId(2), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 64, page_no: 9, epoch: 3 };
+    /// let mut out = [0u8; 128];
+    /// encode_slot(&header, &[1; 64], &mut out);
+    /// out[SLOT_HEADER_LEN] ^= 1; // damage the image only
+    /// assert_eq!(SlotHeader::decode(&out), Ok(header), "the header alone still reads");
+    /// assert_eq!(decode_slot(&out), Err(SlotError::Checksum));
+    /// ```
     pub fn decode(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
         if bytes.len() < SLOT_HEADER_LEN {
             return Err(SlotError::Truncated);
@@ -230,6 +389,15 @@ impl SlotHeader {
 }
 
 /// Bytes a slot for a page of `page_len` bytes takes.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::slot_len;
+///
+/// assert_eq!(slot_len(16 * 1024), 16_440);
+/// assert_eq!(slot_len(1), 64);
+/// ```
 #[must_use]
 pub const fn slot_len(page_len: usize) -> usize {
     (SLOT_HEADER_LEN + page_len).div_ceil(SLOT_ALIGN) * SLOT_ALIGN
@@ -238,6 +406,22 @@ pub const fn slot_len(page_len: usize) -> usize {
 /// Encodes a slot (header, image, checksum, zero padding to [`SLOT_ALIGN`]) into the front of
 /// `out`. Returns the slot length. Panics if `out` is too short or the image length differs
 /// from the header's: callers size and fill both first.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, SlotHeader, decode_slot, encode_slot};
+///
+/// let image = [0xA5u8; 13];
+/// let header = SlotHeader { file: FileId(1), seq: 4, batch_seq: 4, batch_slots: 1, page_len: 13, page_no: 2, epoch: 9 };
+/// let mut out = [0xFFu8; 128];
+/// let len = encode_slot(&header, &image, &mut out);
+/// assert_eq!(len, 72);
+/// assert_eq!(out[SLOT_HEADER_LEN..SLOT_HEADER_LEN + 13], image);
+/// assert!(out[SLOT_HEADER_LEN + 13..len].iter().all(|&b| b == 0), "padding is zeroed");
+/// assert_eq!(decode_slot(&out[..len]), Ok(header));
+/// ```
 pub fn encode_slot(header: &SlotHeader, image: &[u8], out: &mut [u8]) -> usize {
     assert_eq!(header.page_len as usize, image.len(), "slot header and image disagree on the page length");
     let len = header.slot_len();
@@ -252,6 +436,21 @@ pub fn encode_slot(header: &SlotHeader, image: &[u8], out: &mut [u8]) -> usize {
 
 /// Decodes and verifies the slot at the front of `bytes`. Returns the header; the image is
 /// `bytes[SLOT_HEADER_LEN..SLOT_HEADER_LEN + header.page_len]`.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, SlotHeader, decode_slot, encode_slot};
+///
+/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 5, page_no: 0, epoch: 1 };
+/// let mut ring = [0u8; 512];
+/// encode_slot(&header, b"page!", &mut ring);
+/// let found = decode_slot(&ring)?;
+/// let image = &ring[SLOT_HEADER_LEN..SLOT_HEADER_LEN + found.page_len as usize];
+/// assert_eq!(image, b"page!");
+/// # Ok::<(), nodedb_wal::format::dwb::SlotError>(())
+/// ```
 pub fn decode_slot(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
     let header = SlotHeader::decode(bytes)?;
     let end = SLOT_HEADER_LEN + header.page_len as usize;

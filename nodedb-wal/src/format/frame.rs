@@ -7,8 +7,32 @@ use super::read_le;
 use crate::types::{Lsn, RecordType, Scope};
 
 /// Bytes in a record header.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::HEADER_LEN;
+/// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+///
+/// let (ty, scope) = (RecordType::optional(0x100), Scope::default());
+/// let header = RecordHeader { lsn: Lsn(42), durable_lsn: Lsn(40), salt: 7, record_type: ty, scope, payload_len: 5, flags: 0 };
+/// assert_eq!(header.frame_len(), HEADER_LEN + 5);
+/// ```
 pub const HEADER_LEN: usize = 48;
 /// Marks the start of a frame; zeroed or preallocated space never carries it.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{HEADER_LEN, RECORD_MAGIC};
+/// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+///
+/// let mut bytes = [0u8; HEADER_LEN];
+/// let (ty, scope) = (RecordType::optional(0x100), Scope::default());
+/// let header = RecordHeader { lsn: Lsn(42), durable_lsn: Lsn(40), salt: 7, record_type: ty, scope, payload_len: 5, flags: 0 };
+/// header.encode_into(&mut bytes);
+/// assert_eq!(bytes[4..6], RECORD_MAGIC.to_le_bytes(), "after the checksum");
+/// ```
 pub const RECORD_MAGIC: u16 = 0x574E;
 
 const CRC_AT: usize = 0;
@@ -27,12 +51,69 @@ const _: () = assert!(RESERVED_AT + 2 == HEADER_LEN);
 const _: () = assert!(HEADER_LEN % 8 == 0);
 
 /// Header flag: the payload is AES-256-GCM ciphertext followed by its tag.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use nodedb_wal::format::frame::FLAG_ENCRYPTED;
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{KeyRing, Lsn, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage};
+///
+/// let mut config = SegmentedWalConfig::new("/wal");
+/// config.key_ring = Some(Arc::new(KeyRing::with_active(1, SecureKey::generate())));
+/// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), config)?;
+/// wal.append_durable(Record::new(RecordType::optional(0x100), b"secret"))?;
+/// let stored = wal.read_from_raw(Lsn::FIRST)?.next().expect("one record")?;
+/// assert_ne!(stored.flags & FLAG_ENCRYPTED, 0);
+/// assert_eq!(stored.payload.len(), 6 + 16, "ciphertext, then the tag");
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub const FLAG_ENCRYPTED: u16 = 1 << 0;
 /// Header flag: the next record belongs to the same atomic group as this one.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::FLAG_GROUP_CONTINUES;
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+///
+/// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// let ty = RecordType::optional(0x100);
+/// let lsns = wal.append_group(&[Record::new(ty, b"debit"), Record::new(ty, b"credit")])?;
+/// wal.wait_durable(*lsns.end())?;
+/// let flags: Vec<u16> = wal.read_from(Lsn::FIRST)?.map(|r| r.map(|r| r.flags & FLAG_GROUP_CONTINUES)).collect::<Result<_, _>>()?;
+/// assert_eq!(flags, [FLAG_GROUP_CONTINUES, 0], "every member but the last");
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub const FLAG_GROUP_CONTINUES: u16 = 1 << 1;
 const KNOWN_FLAGS: u16 = FLAG_ENCRYPTED | FLAG_GROUP_CONTINUES;
 
 /// A decoded record header.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{HEADER_LEN, decode_frame, encode_frame};
+/// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+///
+/// let header = RecordHeader {
+///     lsn: Lsn(42),
+///     durable_lsn: Lsn(40),
+///     salt: 0xA5A5_0001,
+///     record_type: RecordType::optional(0x100),
+///     scope: Scope { database: 1, tenant: 2, vshard: 3 },
+///     payload_len: 5,
+///     flags: 0,
+/// };
+/// let mut buf = [0u8; 64];
+/// let len = encode_frame(&header, b"hello", &mut buf);
+/// assert_eq!(len, header.frame_len());
+/// assert_eq!(decode_frame(&buf[..len]), Ok(header));
+/// assert_eq!(&buf[HEADER_LEN..len], b"hello");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     /// The record's LSN; for meta frames, the next LSN the log will hand out.
@@ -54,6 +135,24 @@ pub struct RecordHeader {
 }
 
 /// Why bytes are not a valid frame.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{FrameError, decode_frame, encode_frame};
+/// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+///
+/// assert_eq!(decode_frame(&[0u8; 4096]), Err(FrameError::Blank), "zeros never parse");
+/// let (ty, scope) = (RecordType::optional(0x100), Scope::default());
+/// let header = RecordHeader { lsn: Lsn(42), durable_lsn: Lsn(40), salt: 7, record_type: ty, scope, payload_len: 5, flags: 0 };
+/// let mut buf = [0u8; 64];
+/// let len = encode_frame(&header, b"hello", &mut buf);
+/// assert_eq!(decode_frame(&buf[..len - 1]), Err(FrameError::Truncated));
+/// buf[len - 1] ^= 1;
+/// assert_eq!(decode_frame(&buf[..len]), Err(FrameError::Checksum));
+/// buf[4] ^= 0xFF;
+/// assert_eq!(decode_frame(&buf[..len]), Err(FrameError::BadMagic));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
     /// Fewer bytes than the header or the payload length needs.
@@ -69,13 +168,29 @@ pub enum FrameError {
 }
 
 impl RecordHeader {
-    /// Total frame length: header plus payload.
+    /// Total frame length: header plus payload. See [`HEADER_LEN`] for an example.
     #[must_use]
     pub const fn frame_len(&self) -> usize {
         HEADER_LEN + self.payload_len as usize
     }
 
     /// Encodes the header with a zero checksum field; [`seal_frame`] fills it in.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::format::frame::{HEADER_LEN, seal_frame};
+    /// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+    ///
+    /// let (ty, scope) = (RecordType::optional(0x100), Scope::default());
+    /// let header = RecordHeader { lsn: Lsn(42), durable_lsn: Lsn(40), salt: 7, record_type: ty, scope, payload_len: 5, flags: 0 };
+    /// let mut frame = [0u8; HEADER_LEN + 5];
+    /// header.encode_into(&mut frame);
+    /// assert_eq!(frame[..4], [0; 4], "no checksum yet");
+    /// frame[HEADER_LEN..].copy_from_slice(b"hello");
+    /// seal_frame(&mut frame, header.record_type);
+    /// assert_ne!(frame[..4], [0; 4]);
+    /// ```
     pub fn encode_into(&self, out: &mut [u8]) {
         let out = &mut out[..HEADER_LEN];
         out[CRC_AT..MAGIC_AT].fill(0);
@@ -93,6 +208,23 @@ impl RecordHeader {
     }
 
     /// Decodes a header's fields without checking the checksum (which needs the payload).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::format::frame::{FrameError, HEADER_LEN};
+    /// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+    ///
+    /// let (ty, scope) = (RecordType::optional(0x100), Scope::default());
+    /// let header = RecordHeader { lsn: Lsn(42), durable_lsn: Lsn(40), salt: 7, record_type: ty, scope, payload_len: 5, flags: 0 };
+    /// let mut bytes = [0u8; HEADER_LEN];
+    /// header.encode_into(&mut bytes);
+    /// // A reader learns the payload's length before it has read the payload.
+    /// assert_eq!(RecordHeader::decode(&bytes)?.payload_len, 5);
+    /// bytes[46] = 1; // a reserved byte
+    /// assert_eq!(RecordHeader::decode(&bytes), Err(FrameError::Reserved));
+    /// # Ok::<(), FrameError>(())
+    /// ```
     pub fn decode(bytes: &[u8]) -> Result<RecordHeader, FrameError> {
         if bytes.len() < HEADER_LEN {
             return Err(FrameError::Truncated);
@@ -127,7 +259,7 @@ fn checksum(frame: &[u8], record_type: RecordType) -> u32 {
 }
 
 /// Writes the checksum of a frame whose header and payload are already in `frame`
-/// (exactly `frame_len` bytes).
+/// (exactly `frame_len` bytes). See [`RecordHeader::encode_into`] for an example.
 pub fn seal_frame(frame: &mut [u8], record_type: RecordType) {
     let crc = checksum(frame, record_type);
     frame[CRC_AT..MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
@@ -135,6 +267,23 @@ pub fn seal_frame(frame: &mut [u8], record_type: RecordType) {
 
 /// Encodes a whole frame (header, payload, checksum) into the front of `out`.
 /// Returns the frame length. Panics if `out` is too short: callers size it first.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{decode_frame, encode_frame};
+/// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+///
+/// // Frames are packed back to back; each one's length says where the next starts.
+/// let (ty, scope) = (RecordType::optional(0x100), Scope::default());
+/// let first = RecordHeader { lsn: Lsn(42), durable_lsn: Lsn(40), salt: 7, record_type: ty, scope, payload_len: 5, flags: 0 };
+/// let second = RecordHeader { lsn: Lsn(43), payload_len: 3, ..first };
+/// let mut buf = [0u8; 256];
+/// let at = encode_frame(&first, b"hello", &mut buf);
+/// encode_frame(&second, b"bye", &mut buf[at..]);
+/// assert_eq!(decode_frame(&buf[at..])?.lsn, Lsn(43));
+/// # Ok::<(), nodedb_wal::format::frame::FrameError>(())
+/// ```
 pub fn encode_frame(header: &RecordHeader, payload: &[u8], out: &mut [u8]) -> usize {
     debug_assert_eq!(header.payload_len as usize, payload.len());
     let len = header.frame_len();
@@ -146,6 +295,23 @@ pub fn encode_frame(header: &RecordHeader, payload: &[u8], out: &mut [u8]) -> us
 
 /// Decodes and verifies the frame at the front of `bytes`.
 /// Returns the header; the payload is `bytes[HEADER_LEN..header.frame_len()]`.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{HEADER_LEN, decode_frame, encode_frame};
+/// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+///
+/// let (ty, scope) = (RecordType::optional(0x100), Scope::default());
+/// let written = RecordHeader { lsn: Lsn(42), durable_lsn: Lsn(40), salt: 7, record_type: ty, scope, payload_len: 5, flags: 0 };
+/// let mut buf = [0u8; 4096];
+/// encode_frame(&written, b"hello", &mut buf);
+/// // Bytes after the frame do not matter: the header says where it ends.
+/// let header = decode_frame(&buf)?;
+/// assert_eq!(header, written);
+/// assert_eq!(&buf[HEADER_LEN..header.frame_len()], b"hello");
+/// # Ok::<(), nodedb_wal::format::frame::FrameError>(())
+/// ```
 pub fn decode_frame(bytes: &[u8]) -> Result<RecordHeader, FrameError> {
     let header = RecordHeader::decode(bytes)?;
     let len = header.frame_len();
@@ -160,6 +326,24 @@ pub fn decode_frame(bytes: &[u8]) -> Result<RecordHeader, FrameError> {
 
 /// Whether `frame` (exactly one frame, whose header decodes to `header`) carries the checksum
 /// of its bytes: [`decode_frame`] for a reader that has decoded the header already.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{checksum_matches, encode_frame};
+/// use nodedb_wal::{Lsn, RecordHeader, RecordType, Scope};
+///
+/// let (ty, scope) = (RecordType::optional(0x100), Scope::default());
+/// let written = RecordHeader { lsn: Lsn(42), durable_lsn: Lsn(40), salt: 7, record_type: ty, scope, payload_len: 5, flags: 0 };
+/// let mut buf = [0u8; 64];
+/// let len = encode_frame(&written, b"hello", &mut buf);
+/// let header = RecordHeader::decode(&buf)?; // the header alone, checksum not yet checked
+/// assert!(checksum_matches(&buf[..len], &header));
+/// assert!(!checksum_matches(&buf[..len - 1], &header), "not exactly one frame");
+/// buf[len - 1] ^= 1;
+/// assert!(!checksum_matches(&buf[..len], &header));
+/// # Ok::<(), nodedb_wal::format::frame::FrameError>(())
+/// ```
 #[must_use]
 pub fn checksum_matches(frame: &[u8], header: &RecordHeader) -> bool {
     frame.len() == header.frame_len() && checksum(frame, header.record_type) == read_le!(u32, frame, CRC_AT)

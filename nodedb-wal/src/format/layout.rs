@@ -10,9 +10,29 @@ use super::preamble::{PREAMBLE_SIZE, SegmentPreamble};
 use crate::types::{Lsn, RecordType, Scope};
 
 /// Bytes a sealing frame needs: header plus [`SegmentEndPayload`].
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::Lsn;
+/// use nodedb_wal::format::layout::{END_FRAME_LEN, write_segment_end};
+///
+/// let mut block = [0u8; 512];
+/// assert_eq!(write_segment_end(&mut block, 0, 4096, Lsn(10), Lsn(9), 7), END_FRAME_LEN);
+/// ```
 pub const END_FRAME_LEN: usize = HEADER_LEN + SEGMENT_END_PAYLOAD_LEN;
 
 /// Rounds `n` up to a multiple of `block` (a power of two).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::layout::round_up;
+///
+/// assert_eq!(round_up(5000, 4096), 8192);
+/// assert_eq!(round_up(4096, 4096), 4096);
+/// assert_eq!(round_up(0, 512), 0);
+/// ```
 #[must_use]
 pub const fn round_up(n: u64, block: u64) -> u64 {
     (n + block - 1) & !(block - 1)
@@ -20,6 +40,16 @@ pub const fn round_up(n: u64, block: u64) -> u64 {
 
 /// Length of a batch of `used` bytes once padded to the block boundary. The padding is a frame
 /// of at least [`HEADER_LEN`] bytes, so when the gap is smaller it spills into one more block.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::layout::padded_len;
+///
+/// assert_eq!(padded_len(4096, 4096), 4096, "already on a boundary");
+/// assert_eq!(padded_len(100, 4096), 4096);
+/// assert_eq!(padded_len(4090, 4096), 8192, "six bytes cannot hold a padding frame");
+/// ```
 #[must_use]
 pub const fn padded_len(used: usize, block: usize) -> usize {
     let gap = (block - used % block) % block;
@@ -27,6 +57,17 @@ pub const fn padded_len(used: usize, block: usize) -> usize {
 }
 
 /// A meta frame header: no scope, no LSN of its own (it carries the next LSN).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::layout::meta_header;
+/// use nodedb_wal::{Lsn, RecordType, Scope};
+///
+/// let header = meta_header(RecordType::SEGMENT_END, Lsn(10), Lsn(9), 0xBEEF, 16);
+/// assert_eq!((header.lsn, header.durable_lsn), (Lsn(10), Lsn(9)));
+/// assert_eq!((header.scope, header.flags, header.payload_len), (Scope::default(), 0, 16));
+/// ```
 #[must_use]
 pub fn meta_header(record_type: RecordType, next_lsn: Lsn, durable_lsn: Lsn, salt: u32, payload_len: usize) -> RecordHeader {
     RecordHeader {
@@ -41,6 +82,22 @@ pub fn meta_header(record_type: RecordType, next_lsn: Lsn, durable_lsn: Lsn, sal
 }
 
 /// Fills `buf[used..]` (whose length is already the padded length) with one padding frame.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::decode_frame;
+/// use nodedb_wal::format::layout::{padded_len, write_padding};
+/// use nodedb_wal::{Lsn, RecordType};
+///
+/// let used = 100; // bytes of records already in the batch
+/// let mut batch = vec![0u8; padded_len(used, 4096)];
+/// write_padding(&mut batch, used, Lsn(5), Lsn(4), 7);
+/// let padding = decode_frame(&batch[used..])?;
+/// assert_eq!(padding.record_type, RecordType::PADDING);
+/// assert_eq!(used + padding.frame_len(), 4096, "the batch ends on the block boundary");
+/// # Ok::<(), nodedb_wal::format::frame::FrameError>(())
+/// ```
 pub fn write_padding(buf: &mut [u8], used: usize, next_lsn: Lsn, durable_lsn: Lsn, salt: u32) {
     let gap = buf.len() - used;
     if gap == 0 {
@@ -55,6 +112,23 @@ pub fn write_padding(buf: &mut [u8], used: usize, next_lsn: Lsn, durable_lsn: Ls
 }
 
 /// Writes a sealing frame at `buf[at..]`; returns the bytes written.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{HEADER_LEN, decode_frame};
+/// use nodedb_wal::format::layout::write_segment_end;
+/// use nodedb_wal::format::meta::SegmentEndPayload;
+/// use nodedb_wal::{Lsn, RecordType};
+///
+/// let mut buf = [0u8; 512];
+/// let len = write_segment_end(&mut buf, 64, 8192, Lsn(10), Lsn(9), 7);
+/// let end = decode_frame(&buf[64..])?;
+/// assert_eq!((end.record_type, end.frame_len()), (RecordType::SEGMENT_END, len));
+/// let payload = SegmentEndPayload::decode(&buf[64 + HEADER_LEN..64 + len]).expect("valid payload");
+/// assert_eq!(payload.records_end, 8192);
+/// # Ok::<(), nodedb_wal::format::frame::FrameError>(())
+/// ```
 pub fn write_segment_end(buf: &mut [u8], at: usize, records_end: u64, next_lsn: Lsn, durable_lsn: Lsn, salt: u32) -> usize {
     let payload = SegmentEndPayload { records_end }.encode();
     let header = meta_header(RecordType::SEGMENT_END, next_lsn, durable_lsn, salt, payload.len());
@@ -62,6 +136,25 @@ pub fn write_segment_end(buf: &mut [u8], at: usize, records_end: u64, next_lsn: 
 }
 
 /// Encodes block 0 of a segment (preamble, header frame, padding) into `block` bytes.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{HEADER_LEN, decode_frame};
+/// use nodedb_wal::format::layout::write_header_block;
+/// use nodedb_wal::format::meta::SegmentHeaderPayload;
+/// use nodedb_wal::{Lsn, PREAMBLE_SIZE, RecordType, SegmentId, SegmentPreamble};
+///
+/// let header = SegmentHeaderPayload { segment_id: SegmentId(3), first_lsn: Lsn(100), salt: 9, block_len: 4096, kdf_salt: [0; 16] };
+/// let mut block = vec![0xFFu8; 4096];
+/// write_header_block(&mut block, &SegmentPreamble::plaintext_wal(), &header, Lsn(99));
+/// assert_eq!(SegmentPreamble::decode(&block), Ok(SegmentPreamble::plaintext_wal()));
+/// let frame = decode_frame(&block[PREAMBLE_SIZE..])?;
+/// assert_eq!((frame.record_type, frame.lsn), (RecordType::SEGMENT_HEADER, Lsn(100)));
+/// let payload = &block[PREAMBLE_SIZE + HEADER_LEN..PREAMBLE_SIZE + frame.frame_len()];
+/// assert_eq!(SegmentHeaderPayload::decode(payload), Some(header));
+/// # Ok::<(), nodedb_wal::format::frame::FrameError>(())
+/// ```
 pub fn write_header_block(buf: &mut [u8], preamble: &SegmentPreamble, header: &SegmentHeaderPayload, durable_lsn: Lsn) {
     buf.fill(0);
     buf[..PREAMBLE_SIZE].copy_from_slice(&preamble.encode());

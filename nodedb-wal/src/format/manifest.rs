@@ -18,18 +18,87 @@
 use crate::types::SegmentId;
 
 /// The manifest's file name in the log directory.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+///
+/// use nodedb_wal::format::manifest::{MANIFEST_FILE, ManifestSlot};
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::{Record, RecordType, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+/// wal.append_durable(Record::new(RecordType::optional(0x100), b"first"))?;
+/// let manifest = sim.read_file(&Path::new("/wal").join(MANIFEST_FILE)).expect("written with the first segment");
+/// assert_eq!(ManifestSlot::current(&manifest).map(|slot| slot.newest), Some(SegmentId(1)));
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// Bytes of a slot.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SegmentId;
+/// use nodedb_wal::format::manifest::{ManifestSlot, SLOT_LEN};
+///
+/// assert_eq!(ManifestSlot { sequence: 1, newest: SegmentId(1) }.encode().len(), SLOT_LEN);
+/// ```
 pub const SLOT_LEN: usize = 32;
 /// Where the second slot starts: a sector apart, so that one torn sector cannot hit both.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::manifest::{ManifestSlot, SLOT_SPACING};
+/// use nodedb_wal::storage::SECTOR;
+///
+/// assert_eq!(ManifestSlot::offset_of(1), SLOT_SPACING as u64);
+/// assert!(SLOT_SPACING >= SECTOR);
+/// ```
 pub const SLOT_SPACING: usize = 512;
 /// Bytes of the whole file.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::manifest::{MANIFEST_LEN, ManifestSlot, SLOT_LEN};
+///
+/// // Both slots fit, whichever sequence writes them.
+/// assert!((0..4).all(|sequence| ManifestSlot::offset_of(sequence) as usize + SLOT_LEN <= MANIFEST_LEN));
+/// ```
 pub const MANIFEST_LEN: usize = 2 * SLOT_SPACING;
 
 const MAGIC: [u8; 4] = *b"NWMF";
 const VERSION: u16 = 1;
 
 /// One slot's contents.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SegmentId;
+/// use nodedb_wal::format::manifest::{MANIFEST_LEN, ManifestSlot, SLOT_LEN};
+///
+/// let mut file = [0u8; MANIFEST_LEN];
+/// let mut write = |slot: ManifestSlot| {
+///     let at = ManifestSlot::offset_of(slot.sequence) as usize;
+///     file[at..at + SLOT_LEN].copy_from_slice(&slot.encode());
+///     at
+/// };
+/// let old = ManifestSlot { sequence: 1, newest: SegmentId(3) };
+/// let new = ManifestSlot { sequence: 2, newest: SegmentId(4) };
+/// write(old);
+/// let new_at = write(new);
+/// assert_eq!(ManifestSlot::current(&file), Some(new));
+///
+/// // An update torn by a crash leaves the slot before it current.
+/// file[new_at + 20] ^= 0xFF;
+/// assert_eq!(ManifestSlot::decode(&file[new_at..]), None);
+/// assert_eq!(ManifestSlot::current(&file), Some(old));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ManifestSlot {
     /// Updates are numbered; the valid slot with the higher number is current.
@@ -39,7 +108,7 @@ pub struct ManifestSlot {
 }
 
 impl ManifestSlot {
-    /// The slot's bytes.
+    /// The slot's bytes. See [`ManifestSlot`] for an example.
     #[must_use]
     pub fn encode(&self) -> [u8; SLOT_LEN] {
         let mut out = [0u8; SLOT_LEN];
@@ -54,6 +123,18 @@ impl ManifestSlot {
 
     /// A slot, or `None` for anything that is not an intact slot of this version (zeros, a
     /// torn write, another file).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SegmentId;
+    /// use nodedb_wal::format::manifest::{ManifestSlot, SLOT_LEN};
+    ///
+    /// let slot = ManifestSlot { sequence: 7, newest: SegmentId(42) };
+    /// assert_eq!(ManifestSlot::decode(&slot.encode()), Some(slot));
+    /// assert_eq!(ManifestSlot::decode(&[0u8; SLOT_LEN]), None, "zeros");
+    /// assert_eq!(ManifestSlot::decode(&slot.encode()[..SLOT_LEN - 1]), None, "too short");
+    /// ```
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<ManifestSlot> {
         let bytes = bytes.get(..SLOT_LEN)?;
@@ -68,6 +149,7 @@ impl ManifestSlot {
     }
 
     /// The current slot of a manifest file's bytes: the intact one with the higher sequence.
+    /// See [`ManifestSlot`] for an example.
     #[must_use]
     pub fn current(file: &[u8]) -> Option<ManifestSlot> {
         let slot = |at: usize| file.get(at..).and_then(ManifestSlot::decode);
@@ -79,6 +161,16 @@ impl ManifestSlot {
 
     /// Where the update numbered `sequence` is written: updates alternate between the two
     /// slots, so each one leaves the previous intact.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::format::manifest::{ManifestSlot, SLOT_SPACING};
+    ///
+    /// assert_eq!(ManifestSlot::offset_of(4), 0);
+    /// assert_eq!(ManifestSlot::offset_of(5), SLOT_SPACING as u64);
+    /// assert_ne!(ManifestSlot::offset_of(6), ManifestSlot::offset_of(7));
+    /// ```
     #[must_use]
     pub fn offset_of(sequence: u64) -> u64 {
         (sequence % 2) * SLOT_SPACING as u64

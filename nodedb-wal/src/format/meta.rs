@@ -4,11 +4,43 @@ use super::read_le;
 use crate::types::{Lsn, SegmentId};
 
 /// Bytes in a [`SegmentHeaderPayload`].
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::meta::{SEGMENT_HEADER_PAYLOAD_LEN, SegmentHeaderPayload};
+/// use nodedb_wal::{Lsn, SegmentId};
+///
+/// let header = SegmentHeaderPayload { segment_id: SegmentId(1), first_lsn: Lsn(1), salt: 2, block_len: 4096, kdf_salt: [0; 16] };
+/// assert_eq!(header.encode().len(), SEGMENT_HEADER_PAYLOAD_LEN);
+/// ```
 pub const SEGMENT_HEADER_PAYLOAD_LEN: usize = 40;
 /// Bytes in a [`SegmentEndPayload`].
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::meta::{SEGMENT_END_PAYLOAD_LEN, SegmentEndPayload};
+///
+/// assert_eq!(SegmentEndPayload { records_end: 8192 }.encode().len(), SEGMENT_END_PAYLOAD_LEN);
+/// ```
 pub const SEGMENT_END_PAYLOAD_LEN: usize = 16;
 
 /// Payload of the frame right after the preamble: who the segment is.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::meta::SegmentHeaderPayload;
+/// use nodedb_wal::{Lsn, SegmentId};
+///
+/// let header = SegmentHeaderPayload { segment_id: SegmentId(9), first_lsn: Lsn(1000), salt: 77, block_len: 4096, kdf_salt: [3; 16] };
+/// let bytes = header.encode();
+/// assert_eq!(SegmentHeaderPayload::decode(&bytes), Some(header));
+/// assert_eq!(SegmentHeaderPayload::decode(&bytes[..39]), None, "wrong length");
+/// let odd_block = SegmentHeaderPayload { block_len: 1000, ..header };
+/// assert_eq!(SegmentHeaderPayload::decode(&odd_block.encode()), None, "not a power of two");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeaderPayload {
     /// Must equal the id in the file name: a copied or renamed file is caught.
@@ -24,7 +56,8 @@ pub struct SegmentHeaderPayload {
 }
 
 impl SegmentHeaderPayload {
-    /// Encodes into exactly [`SEGMENT_HEADER_PAYLOAD_LEN`] bytes.
+    /// Encodes into exactly [`SEGMENT_HEADER_PAYLOAD_LEN`] bytes. See [`SegmentHeaderPayload`]
+    /// for an example.
     #[must_use]
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_PAYLOAD_LEN] {
         let mut out = [0u8; SEGMENT_HEADER_PAYLOAD_LEN];
@@ -37,7 +70,7 @@ impl SegmentHeaderPayload {
     }
 
     /// Decodes; `None` if the length is wrong or the block size is not a power of two in
-    /// `512..=1 MiB`.
+    /// `512..=1 MiB`. See [`SegmentHeaderPayload`] for an example.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<SegmentHeaderPayload> {
         if bytes.len() != SEGMENT_HEADER_PAYLOAD_LEN {
@@ -60,6 +93,18 @@ impl SegmentHeaderPayload {
 }
 
 /// Payload of the frame that seals a segment.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::meta::SegmentEndPayload;
+///
+/// let end = SegmentEndPayload { records_end: 8192 };
+/// let mut bytes = end.encode();
+/// assert_eq!(SegmentEndPayload::decode(&bytes), Some(end));
+/// bytes[15] = 1; // reserved bytes must stay zero
+/// assert_eq!(SegmentEndPayload::decode(&bytes), None);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentEndPayload {
     /// Where the segment's records end. Equal to the end frame's own offset when the writer
@@ -69,7 +114,8 @@ pub struct SegmentEndPayload {
 }
 
 impl SegmentEndPayload {
-    /// Encodes into exactly [`SEGMENT_END_PAYLOAD_LEN`] bytes.
+    /// Encodes into exactly [`SEGMENT_END_PAYLOAD_LEN`] bytes. See [`SegmentEndPayload`] for an
+    /// example.
     #[must_use]
     pub fn encode(&self) -> [u8; SEGMENT_END_PAYLOAD_LEN] {
         let mut out = [0u8; SEGMENT_END_PAYLOAD_LEN];
@@ -77,7 +123,8 @@ impl SegmentEndPayload {
         out
     }
 
-    /// Decodes; `None` if the length is wrong or reserved bytes are set.
+    /// Decodes; `None` if the length is wrong or reserved bytes are set. See
+    /// [`SegmentEndPayload`] for an example.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<SegmentEndPayload> {
         if bytes.len() != SEGMENT_END_PAYLOAD_LEN || read_le!(u64, bytes, 8) != 0 {

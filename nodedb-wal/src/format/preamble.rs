@@ -3,16 +3,80 @@
 use super::read_le;
 
 /// Bytes in a preamble.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{PREAMBLE_SIZE, SegmentPreamble};
+///
+/// assert_eq!(SegmentPreamble::plaintext_wal().encode().len(), PREAMBLE_SIZE);
+/// ```
 pub const PREAMBLE_SIZE: usize = 16;
 /// The current segment format version.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{PREAMBLE_VERSION, SegmentPreamble};
+///
+/// assert_eq!(SegmentPreamble::plaintext_wal().version, PREAMBLE_VERSION);
+/// ```
 pub const PREAMBLE_VERSION: u16 = 1;
 /// Magic of a WAL segment file: `NWAL`.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+///
+/// use nodedb_wal::storage::{FaultConfig, Storage};
+/// use nodedb_wal::{Lsn, SegmentId, SimStorage, WAL_PREAMBLE_MAGIC, WalWriter, WalWriterConfig};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// sim.create_dir_all(Path::new("/log"))?;
+/// let writer = WalWriter::create_with(sim.clone(), Path::new("/log"), SegmentId(1), Lsn(1), WalWriterConfig::default())?;
+/// let bytes = sim.read_file(writer.path()).expect("segment file");
+/// assert_eq!(bytes[..4], WAL_PREAMBLE_MAGIC);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const WAL_PREAMBLE_MAGIC: [u8; 4] = *b"NWAL";
 /// Magic of a storage engine's own segment file: `NSEG`.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{CIPHER_AES_256_GCM, KeyRing, SEG_PREAMBLE_MAGIC, SecureKey, SegmentPreamble, encrypt_engine_file};
+///
+/// let ring = KeyRing::with_active(4, SecureKey::generate());
+/// let mut file = Vec::new();
+/// encrypt_engine_file(&ring, &mut &b"columnar segment"[..], &mut file)?;
+/// let preamble = SegmentPreamble::decode(&file).expect("an engine file starts with a preamble");
+/// assert_eq!(preamble.magic, SEG_PREAMBLE_MAGIC);
+/// assert_eq!((preamble.cipher, preamble.key_id), (CIPHER_AES_256_GCM, 4));
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 pub const SEG_PREAMBLE_MAGIC: [u8; 4] = *b"NSEG";
 /// Cipher id of an unencrypted segment.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{CIPHER_NONE, SegmentPreamble};
+///
+/// let plain = SegmentPreamble::plaintext_wal();
+/// assert_eq!((plain.cipher, plain.key_id, plain.nonce_epoch), (CIPHER_NONE, 0, 0));
+/// ```
 pub const CIPHER_NONE: u8 = 0;
 /// Cipher id of AES-256-GCM.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{CIPHER_AES_256_GCM, SegmentPreamble};
+///
+/// let encrypted = SegmentPreamble { cipher: CIPHER_AES_256_GCM, key_id: 2, nonce_epoch: 77, ..SegmentPreamble::plaintext_wal() };
+/// assert_eq!(encrypted.encode()[6], CIPHER_AES_256_GCM, "the byte after the version");
+/// ```
 pub const CIPHER_AES_256_GCM: u8 = 1;
 
 const MAGIC_AT: usize = 0;
@@ -24,6 +88,17 @@ const EPOCH_AT: usize = KEY_ID_AT + 4;
 const _: () = assert!(EPOCH_AT + 4 == PREAMBLE_SIZE);
 
 /// The decoded preamble.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{CIPHER_AES_256_GCM, SegmentPreamble};
+///
+/// let preamble = SegmentPreamble { cipher: CIPHER_AES_256_GCM, key_id: 7, nonce_epoch: 0xDEAD_BEEF, ..SegmentPreamble::plaintext_wal() };
+/// let bytes = preamble.encode();
+/// assert_eq!(&bytes[..4], b"NWAL");
+/// assert_eq!(SegmentPreamble::decode(&bytes), Ok(preamble));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentPreamble {
     /// [`WAL_PREAMBLE_MAGIC`] or [`SEG_PREAMBLE_MAGIC`].
@@ -39,6 +114,19 @@ pub struct SegmentPreamble {
 }
 
 /// Why bytes are not a preamble.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::preamble::PreambleError;
+/// use nodedb_wal::SegmentPreamble;
+///
+/// assert_eq!(SegmentPreamble::decode(&[0u8; 15]), Err(PreambleError::Truncated));
+/// assert_eq!(SegmentPreamble::decode(&[0u8; 16]), Err(PreambleError::BadMagic));
+/// let mut bytes = SegmentPreamble::plaintext_wal().encode();
+/// bytes[7] = 1;
+/// assert_eq!(SegmentPreamble::decode(&bytes), Err(PreambleError::ReservedNonZero));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PreambleError {
     /// Fewer than [`PREAMBLE_SIZE`] bytes.
@@ -51,12 +139,21 @@ pub enum PreambleError {
 
 impl SegmentPreamble {
     /// A preamble for an unencrypted WAL segment of the current version.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{CIPHER_NONE, PREAMBLE_VERSION, SegmentPreamble, WAL_PREAMBLE_MAGIC};
+    ///
+    /// let plain = SegmentPreamble::plaintext_wal();
+    /// assert_eq!((plain.magic, plain.version, plain.cipher), (WAL_PREAMBLE_MAGIC, PREAMBLE_VERSION, CIPHER_NONE));
+    /// ```
     #[must_use]
     pub const fn plaintext_wal() -> SegmentPreamble {
         SegmentPreamble { magic: WAL_PREAMBLE_MAGIC, version: PREAMBLE_VERSION, cipher: CIPHER_NONE, key_id: 0, nonce_epoch: 0 }
     }
 
-    /// Encodes into exactly [`PREAMBLE_SIZE`] bytes.
+    /// Encodes into exactly [`PREAMBLE_SIZE`] bytes. See [`SegmentPreamble`] for an example.
     #[must_use]
     pub fn encode(&self) -> [u8; PREAMBLE_SIZE] {
         let mut out = [0u8; PREAMBLE_SIZE];
@@ -71,6 +168,16 @@ impl SegmentPreamble {
 
     /// Decodes the first [`PREAMBLE_SIZE`] bytes. The version and cipher are returned as
     /// found: whether this build reads them is the caller's decision.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{PREAMBLE_VERSION, SegmentPreamble};
+    ///
+    /// let future = SegmentPreamble { version: PREAMBLE_VERSION + 1, ..SegmentPreamble::plaintext_wal() };
+    /// // Decoding succeeds; refusing the newer version is up to the reader.
+    /// assert_eq!(SegmentPreamble::decode(&future.encode()).map(|p| p.version), Ok(PREAMBLE_VERSION + 1));
+    /// ```
     pub fn decode(bytes: &[u8]) -> Result<SegmentPreamble, PreambleError> {
         if bytes.len() < PREAMBLE_SIZE {
             return Err(PreambleError::Truncated);

@@ -8,6 +8,20 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 /// A zero-initialised byte buffer whose address and length are multiples of `align`.
+///
+/// It dereferences to `[u8]`, so it goes wherever a byte slice does, O_DIRECT writes included.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::AlignedBuf;
+///
+/// let mut buf = AlignedBuf::zeroed(5000, 4096);
+/// assert_eq!((buf.len(), buf.align()), (8192, 4096), "rounded up to whole blocks");
+/// assert_eq!(buf.as_ptr() as usize % 4096, 0);
+/// assert!(buf.iter().all(|&b| b == 0));
+/// buf[..5].copy_from_slice(b"block");
+/// ```
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     layout: Layout,
@@ -20,6 +34,16 @@ unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// Allocates `len` zeroed bytes (rounded up to `align`) aligned to `align`, a power of two.
+    /// Panics if `align` is not a power of two.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::AlignedBuf;
+    ///
+    /// assert_eq!(AlignedBuf::zeroed(0, 512).len(), 512, "never empty: at least one block");
+    /// assert_eq!(AlignedBuf::zeroed(4096, 4096).len(), 4096);
+    /// ```
     #[must_use]
     pub fn zeroed(len: usize, align: usize) -> AlignedBuf {
         assert!(align.is_power_of_two(), "alignment {align} is not a power of two");
@@ -31,7 +55,7 @@ impl AlignedBuf {
         AlignedBuf { ptr, layout }
     }
 
-    /// The buffer's alignment.
+    /// The buffer's alignment. See [`AlignedBuf`] for an example.
     #[must_use]
     pub fn align(&self) -> usize {
         self.layout.align()

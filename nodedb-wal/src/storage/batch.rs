@@ -15,6 +15,30 @@ use super::AlignedBuf;
 const SEALED: usize = 1 << (usize::BITS - 1);
 
 /// An aligned buffer that appenders reserve regions of and the flusher writes out.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use nodedb_wal::storage::BatchBuf;
+///
+/// let buf = Arc::new(BatchBuf::new(100, 64, 64));
+/// assert_eq!((buf.limit(), buf.capacity()), (100, 192), "limit plus slack, rounded up to the alignment");
+/// let mut a = buf.try_reserve(40).expect("fits");
+/// let mut b = buf.try_reserve(60).expect("fits");
+/// assert!(buf.try_reserve(1).is_none(), "over the limit");
+/// a.bytes().fill(1); // appenders fill their regions at the same time, without a lock
+/// b.bytes().fill(2);
+/// assert_eq!(buf.seal(), 100);
+/// drop((a, b));
+///
+/// // Every region is gone: the flusher owns the buffer again.
+/// let mut buf = Arc::try_unwrap(buf).expect("no region left");
+/// assert_eq!(buf.bytes_mut()[39..41], [1, 2]);
+/// buf.reset();
+/// assert_eq!(buf.used(), 0);
+/// ```
 pub struct BatchBuf {
     mem: AlignedBuf,
     /// Bytes reservations may use; the rest of the capacity is kept for the closing padding.
@@ -25,12 +49,28 @@ pub struct BatchBuf {
 
 impl BatchBuf {
     /// A buffer of `limit` reservable bytes plus room for the closing frames, aligned to `align`.
+    /// See [`BatchBuf`] for an example.
     #[must_use]
     pub fn new(limit: usize, align: usize, slack: usize) -> BatchBuf {
         BatchBuf { mem: AlignedBuf::zeroed(limit + slack, align), limit, cursor: AtomicUsize::new(0) }
     }
 
     /// Reserves `len` bytes; `None` if the buffer is sealed or they do not fit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use nodedb_wal::storage::BatchBuf;
+    ///
+    /// let buf = Arc::new(BatchBuf::new(4096, 4096, 0));
+    /// let first = buf.try_reserve(100).expect("fits");
+    /// let second = buf.try_reserve(100).expect("fits");
+    /// assert_eq!((first.start(), second.start()), (0, 100), "regions never overlap");
+    /// buf.seal();
+    /// assert!(buf.try_reserve(1).is_none(), "sealed");
+    /// ```
     pub fn try_reserve(self: &Arc<Self>, len: usize) -> Option<Region> {
         let mut cur = self.cursor.load(Ordering::Acquire);
         loop {
@@ -44,35 +84,79 @@ impl BatchBuf {
         }
     }
 
-    /// Refuses further reservations; returns the bytes reserved.
+    /// Refuses further reservations; returns the bytes reserved. See [`BatchBuf`] for an example.
     pub fn seal(&self) -> usize {
         self.cursor.fetch_or(SEALED, Ordering::AcqRel) & !SEALED
     }
 
     /// Bytes reserved so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use nodedb_wal::storage::BatchBuf;
+    ///
+    /// let buf = Arc::new(BatchBuf::new(4096, 512, 0));
+    /// let _region = buf.try_reserve(300);
+    /// assert_eq!(buf.used(), 300);
+    /// assert_eq!(buf.seal(), 300);
+    /// assert_eq!(buf.used(), 300, "sealing keeps the count");
+    /// ```
     #[must_use]
     pub fn used(&self) -> usize {
         self.cursor.load(Ordering::Acquire) & !SEALED
     }
 
-    /// Reservable bytes.
+    /// Reservable bytes. See [`BatchBuf`] for an example.
     #[must_use]
     pub fn limit(&self) -> usize {
         self.limit
     }
 
-    /// Total bytes, including the slack kept for closing frames.
+    /// Total bytes, including the slack kept for closing frames. See [`BatchBuf`] for an
+    /// example.
     #[must_use]
     pub fn capacity(&self) -> usize {
         self.mem.len()
     }
 
     /// The whole buffer, once no region is left (the caller holds the only `Arc`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use nodedb_wal::storage::BatchBuf;
+    ///
+    /// let mut buf = Arc::new(BatchBuf::new(4096, 512, 0));
+    /// let region = buf.try_reserve(10).expect("fits");
+    /// assert!(Arc::get_mut(&mut buf).is_none(), "a region is still being filled");
+    /// drop(region);
+    /// let whole = Arc::get_mut(&mut buf).expect("no region left").bytes_mut();
+    /// assert_eq!(whole.len(), 4096);
+    /// ```
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.mem
     }
 
     /// Makes the buffer reusable: no reservations, not sealed. Old bytes stay until overwritten.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use nodedb_wal::storage::BatchBuf;
+    ///
+    /// let mut buf = BatchBuf::new(4096, 512, 0);
+    /// buf.seal();
+    /// buf.reset();
+    /// let buf = Arc::new(buf);
+    /// assert_eq!(buf.try_reserve(8).map(|region| region.start()), Some(0));
+    /// ```
     pub fn reset(&mut self) {
         *self.cursor.get_mut() = 0;
     }
@@ -85,6 +169,22 @@ impl fmt::Debug for BatchBuf {
 }
 
 /// Exclusive access to a reserved range of a [`BatchBuf`].
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use nodedb_wal::storage::BatchBuf;
+///
+/// let buf = Arc::new(BatchBuf::new(4096, 512, 0));
+/// let mut region = buf.try_reserve(5).expect("fits");
+/// region.bytes().copy_from_slice(b"frame");
+/// assert_eq!(region.start(), 0);
+/// drop(region);
+/// let mut buf = Arc::try_unwrap(buf).expect("no region left");
+/// assert_eq!(&buf.bytes_mut()[..5], b"frame");
+/// ```
 pub struct Region {
     buf: Arc<BatchBuf>,
     start: usize,
@@ -92,13 +192,13 @@ pub struct Region {
 }
 
 impl Region {
-    /// Offset of the region inside its batch.
+    /// Offset of the region inside its batch. See [`Region`] for an example.
     #[must_use]
     pub fn start(&self) -> usize {
         self.start
     }
 
-    /// The reserved bytes.
+    /// The reserved bytes. See [`Region`] for an example.
     pub fn bytes(&mut self) -> &mut [u8] {
         // SAFETY: `start..start+len` lies within the allocation (checked against `limit` at
         // reservation, and `limit` <= capacity). The cursor hands out each byte to at most one

@@ -10,15 +10,83 @@ use super::{OpenMode, Storage, StorageFile};
 use crate::error::IoOp;
 
 /// `EIO`: the device reported an I/O error.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+/// # use std::path::Path;
+/// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+/// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+/// # storage.create_dir_all(Path::new("/d"))?;
+/// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+///
+/// storage.fail_once(FaultOp::Write, 0, EIO);
+/// let err = file.write_at(b"data", 0).unwrap_err();
+/// assert_eq!(err.raw_os_error(), Some(EIO));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub const EIO: i32 = 5;
 /// `ENOSPC`: no space left on the device.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::ErrorKind;
+///
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::storage::faulty::{ENOSPC, FaultOp, FaultyStorage};
+/// use nodedb_wal::{IoOp, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+///
+/// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+/// let wal = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig::new("/wal"))?;
+/// storage.fail_from(FaultOp::Write, 0, ENOSPC); // the disk is full from now on
+/// let err = wal.append_durable(Record::new(RecordType::optional(0x100), b"no room")).unwrap_err();
+/// assert!(matches!(err, WalError::Poisoned { op: IoOp::Write, kind: ErrorKind::StorageFull }), "{err}");
+/// # Ok::<(), WalError>(())
+/// ```
 pub const ENOSPC: i32 = 28;
 /// `EINVAL`: what `open` returns where the file system refuses O_DIRECT.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::faulty::EINVAL;
+/// use nodedb_wal::storage::is_direct_io_refusal;
+///
+/// assert!(is_direct_io_refusal(&std::io::Error::from_raw_os_error(EINVAL)));
+/// ```
 pub const EINVAL: i32 = 22;
 /// `EACCES`: permission denied.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::faulty::EACCES;
+///
+/// let err = std::io::Error::from_raw_os_error(EACCES);
+/// assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+/// ```
 pub const EACCES: i32 = 13;
 
 /// An operation a fault can hit.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::storage::faulty::{FaultOp, FaultyStorage};
+/// use nodedb_wal::{SegmentedWal, SegmentedWalConfig, SimStorage};
+///
+/// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+/// let wal = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig::new("/wal"))?;
+/// // Creating the log directory made its entry durable, up to the root.
+/// assert!(storage.calls(FaultOp::SyncDir) >= 1);
+/// assert_eq!(storage.calls(FaultOp::Remove), 0);
+/// # drop(wal);
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultOp {
     /// `StorageFile::write_at` (and the write half of `write_and_sync`).
@@ -109,6 +177,30 @@ impl State {
 
 /// A storage whose operations fail on demand. Clones share their fault plan, so a test keeps a
 /// clone to arm faults in a log that owns the other.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::FaultConfig;
+/// use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+/// use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// let storage = FaultyStorage::new(sim.clone());
+/// let wal = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig::new("/wal"))?;
+/// let ty = RecordType::optional(0x100);
+/// wal.append_durable(Record::new(ty, b"kept"))?;
+/// storage.fail_once(FaultOp::SyncData, 0, EIO);
+/// assert!(wal.append_durable(Record::new(ty, b"lost")).is_err());
+/// assert_eq!(storage.injected(), 1);
+/// drop(wal);
+///
+/// // After a crash, the acknowledged record is there; the other may or may not be.
+/// let wal = SegmentedWal::open_with(sim.crash(7), SegmentedWalConfig::new("/wal"))?;
+/// let first = wal.read_from(Lsn::FIRST)?.next().expect("the acknowledged record")?;
+/// assert_eq!(first.payload, b"kept");
+/// # Ok::<(), WalError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct FaultyStorage<S> {
     inner: S,
@@ -116,7 +208,8 @@ pub struct FaultyStorage<S> {
 }
 
 impl<S> FaultyStorage<S> {
-    /// Wraps a storage; nothing fails until a fault is armed.
+    /// Wraps a storage; nothing fails until a fault is armed. See [`FaultyStorage`] for an
+    /// example.
     pub fn new(inner: S) -> FaultyStorage<S> {
         FaultyStorage { inner, state: Arc::default() }
     }
@@ -126,17 +219,72 @@ impl<S> FaultyStorage<S> {
     }
 
     /// The next `op` after `after` more succeed fails once with `errno`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+    /// # storage.create_dir_all(Path::new("/d"))?;
+    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    ///
+    /// storage.fail_once(FaultOp::SyncData, 1, EIO);
+    /// file.sync_data()?; // one more succeeds
+    /// assert_eq!(file.sync_data().unwrap_err().raw_os_error(), Some(EIO));
+    /// file.sync_data()?; // and then the fault is spent
+    /// assert_eq!((storage.calls(FaultOp::SyncData), storage.injected()), (3, 1));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn fail_once(&self, op: FaultOp, after: u64, errno: i32) {
         self.state().rules.push(Rule { op, after, errno, partial: false, sticky: false });
     }
 
     /// Every `op` after `after` more succeed fails with `errno`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+    /// # storage.create_dir_all(Path::new("/d"))?;
+    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    ///
+    /// storage.fail_from(FaultOp::SetLen, 0, EIO);
+    /// assert!(file.set_len(4096).is_err());
+    /// assert!(file.set_len(4096).is_err(), "and every time after");
+    /// assert_eq!(storage.injected(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn fail_from(&self, op: FaultOp, after: u64, errno: i32) {
         self.state().rules.push(Rule { op, after, errno, partial: false, sticky: true });
     }
 
     /// The next write after `after` more succeed puts down the first half of its bytes, then
     /// fails with `errno`: a short write the backend could not complete.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// use nodedb_wal::storage::faulty::{EIO, FaultyStorage};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+    /// # storage.create_dir_all(Path::new("/d"))?;
+    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    ///
+    /// storage.fail_write_partially(0, EIO);
+    /// assert!(file.write_at(&[7u8; 8192], 0).is_err());
+    /// // Half of the bytes, rounded down to 4 KiB, reached the file anyway.
+    /// assert_eq!(file.len()?, 4096);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn fail_write_partially(&self, after: u64, errno: i32) {
         self.state().rules.push(Rule { op: FaultOp::Write, after, errno, partial: true, sticky: false });
     }
@@ -144,31 +292,91 @@ impl<S> FaultyStorage<S> {
     /// The next `ops` operations (of every kind a fault can hit) succeed, every one after fails
     /// with EIO, reads go on working: the moment the power is cut. On a simulated disk, its
     /// `crash` then gives what a restart finds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// use nodedb_wal::storage::faulty::FaultyStorage;
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+    /// # storage.create_dir_all(Path::new("/d"))?;
+    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    ///
+    /// storage.cut_power_after(2);
+    /// file.write_at(b"first", 0)?;
+    /// file.sync_data()?;
+    /// assert!(file.write_at(b"second", 5).is_err(), "the power is out");
+    /// let mut buf = [0u8; 5];
+    /// assert_eq!(file.read_at(&mut buf, 0)?, 5, "reads still work");
+    /// storage.restore_power();
+    /// file.write_at(b"second", 5)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn cut_power_after(&self, ops: u64) {
         self.state().power = Some(ops);
     }
 
-    /// Cancels [`Self::cut_power_after`].
+    /// Cancels [`Self::cut_power_after`], whose example shows it.
     pub fn restore_power(&self) {
         self.state().power = None;
     }
 
     /// Opening `path` fails with `EACCES`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use std::path::Path;
+    ///
+    /// use nodedb_wal::SimStorage;
+    /// use nodedb_wal::storage::faulty::FaultyStorage;
+    /// use nodedb_wal::storage::{FaultConfig, OpenMode, Storage};
+    ///
+    /// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+    /// storage.create_dir_all(Path::new("/d"))?;
+    /// storage.refuse_open(Path::new("/d/secret"));
+    /// let mode = OpenMode { create: true, write: true, direct: false };
+    /// assert_eq!(storage.open(Path::new("/d/secret"), mode).unwrap_err().kind(), ErrorKind::PermissionDenied);
+    /// assert!(storage.open(Path::new("/d/other"), mode).is_ok());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn refuse_open(&self, path: &Path) {
         self.state().refuse_open = Some(path.to_path_buf());
     }
 
     /// Every open with O_DIRECT fails with `EINVAL`, as on a file system that refuses it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::storage::faulty::FaultyStorage;
+    /// use nodedb_wal::{SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+    ///
+    /// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+    /// storage.refuse_direct_io();
+    /// let mut config = SegmentedWalConfig::new("/wal");
+    /// let err = SegmentedWal::open_with(storage.clone(), config.clone()).unwrap_err();
+    /// assert!(matches!(err, WalError::DirectIoUnsupported { .. }), "{err}");
+    ///
+    /// config.allow_buffered_fallback = true;
+    /// let wal = SegmentedWal::open_with(storage, config)?;
+    /// assert!(!wal.direct_io(), "fell back to the page cache");
+    /// # Ok::<(), WalError>(())
+    /// ```
     pub fn refuse_direct_io(&self) {
         self.state().refuse_direct = true;
     }
 
-    /// Calls of `op` so far, failed or not.
+    /// Calls of `op` so far, failed or not. See [`Self::fail_once`] for an example.
     pub fn calls(&self, op: FaultOp) -> u64 {
         self.state().calls[op.index()]
     }
 
-    /// Faults injected so far.
+    /// Faults injected so far. See [`Self::fail_once`] for an example.
     pub fn injected(&self) -> u64 {
         self.state().injected
     }
@@ -178,7 +386,25 @@ impl<S> FaultyStorage<S> {
     }
 }
 
-/// A file of a [`FaultyStorage`].
+/// A file of a [`FaultyStorage`]: the wrapped storage's file, failing as its storage's fault
+/// plan says.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+///
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::faulty::{FaultyFile, FaultyStorage};
+/// use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+///
+/// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+/// storage.create_dir_all(Path::new("/d"))?;
+/// let file: FaultyFile<_> = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// file.write_at(b"abc", 0)?;
+/// assert_eq!(file.len()?, 3);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct FaultyFile<F> {
     inner: F,

@@ -14,9 +14,51 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::{OpenMode, Storage, StorageFile};
 
 /// Sector size: the unit a crash keeps or loses as a whole.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::SECTOR;
+/// # use std::path::Path;
+/// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+/// # let sim = SimStorage::new(1, FaultConfig::default());
+/// # sim.create_dir_all(Path::new("/d"))?;
+/// # sim.sync_dir(Path::new("/"))?;
+/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// # sim.sync_dir(Path::new("/d"))?;
+///
+/// file.write_at(&[1u8; 4 * SECTOR], 0)?;
+/// file.sync_data()?;
+/// file.write_at(&[2u8; 4 * SECTOR], 0)?; // never synced
+/// for seed in 0..8 {
+///     let after = sim.crash(seed).read_file(Path::new("/d/f")).expect("synced entry");
+///     // Each sector is wholly old or wholly new, never a mix.
+///     assert!(after.chunks(SECTOR).all(|sector| sector.iter().all(|&b| b == sector[0])));
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub const SECTOR: usize = 512;
 
 /// Fault rates, in parts per million of calls.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::FaultConfig;
+/// # use std::path::Path;
+/// # use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
+///
+/// // A disk where every sync fails.
+/// let sim = SimStorage::new(1, FaultConfig { sync_fail_ppm: 1_000_000, ..FaultConfig::default() });
+/// # sim.create_dir_all(Path::new("/d"))?;
+/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// file.write_at(b"doomed", 0)?;
+/// assert!(file.sync_data().is_err());
+/// assert_eq!(file.len()?, 0, "a failed sync drops what it did not make durable");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultConfig {
     /// A write fails with EIO after landing a random prefix of its sectors.
@@ -30,17 +72,29 @@ pub struct FaultConfig {
 }
 
 /// A small, fast, seeded PRNG (SplitMix64); good enough to drive simulations.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::SimRng;
+///
+/// let (mut a, mut b) = (SimRng::new(42), SimRng::new(42));
+/// assert_eq!(a.next_u64(), b.next_u64(), "a seed replays the same run");
+/// assert!((0..100).all(|_| a.below(6) < 6));
+/// assert!(!a.chance_ppm(0));
+/// assert!(a.chance_ppm(1_000_000));
+/// ```
 #[derive(Clone, Debug)]
 pub struct SimRng(u64);
 
 impl SimRng {
-    /// A generator from a seed.
+    /// A generator from a seed. See [`SimRng`] for an example.
     #[must_use]
     pub fn new(seed: u64) -> SimRng {
         SimRng(seed)
     }
 
-    /// The next 64 random bits.
+    /// The next 64 random bits. See [`SimRng`] for an example.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -49,12 +103,12 @@ impl SimRng {
         z ^ (z >> 31)
     }
 
-    /// Uniform in `0..n` (`n` > 0).
+    /// Uniform in `0..n` (`n` > 0). See [`SimRng`] for an example.
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
 
-    /// True with probability `ppm` per million.
+    /// True with probability `ppm` per million. See [`SimRng`] for an example.
     pub fn chance_ppm(&mut self, ppm: u32) -> bool {
         ppm > 0 && self.below(1_000_000) < u64::from(ppm)
     }
@@ -91,6 +145,32 @@ struct Disk {
 }
 
 /// The simulated file system. Clones share one disk.
+///
+/// # Examples
+///
+/// ```
+/// use std::path::Path;
+///
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+///
+/// let sim = SimStorage::new(7, FaultConfig::default());
+/// let mode = OpenMode { create: true, write: true, direct: false };
+/// sim.create_dir_all(Path::new("/d"))?;
+/// sim.sync_dir(Path::new("/"))?;
+/// let kept = sim.open(Path::new("/d/kept"), mode)?;
+/// kept.write_at(b"durable", 0)?;
+/// kept.sync_data()?;
+/// sim.sync_dir(Path::new("/d"))?;
+/// let lost = sim.open(Path::new("/d/lost"), mode)?;
+/// lost.sync_data()?; // its data is durable, but its directory entry is not
+///
+/// let restarted = sim.crash(1);
+/// assert_eq!(restarted.read_file(Path::new("/d/kept")).as_deref(), Some(&b"durable"[..]));
+/// assert!(restarted.read_file(Path::new("/d/lost")).is_none());
+/// assert!(kept.write_at(b"x", 0).is_err(), "handles from before the crash are dead");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct SimStorage {
     disk: Arc<Mutex<Disk>>,
@@ -106,7 +186,7 @@ fn errno(e: rustix::io::Errno) -> io::Error {
 }
 
 impl SimStorage {
-    /// An empty disk whose faults are drawn from `seed`.
+    /// An empty disk whose faults are drawn from `seed`. See [`SimStorage`] for an example.
     #[must_use]
     pub fn new(seed: u64, faults: FaultConfig) -> SimStorage {
         let disk = Disk {
@@ -129,22 +209,98 @@ impl SimStorage {
     }
 
     /// Changes the fault rates from now on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// use nodedb_wal::storage::FaultConfig;
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/d"))?;
+    /// # sim.sync_dir(Path::new("/"))?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # sim.sync_dir(Path::new("/d"))?;
+    ///
+    /// file.write_at(b"fine", 0)?;
+    /// sim.set_faults(FaultConfig { write_eio_ppm: 1_000_000, ..FaultConfig::default() });
+    /// assert!(file.write_at(b"broken", 4).is_err());
+    /// sim.set_faults(FaultConfig::default());
+    /// file.write_at(b"fine again", 4)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_faults(&self, faults: FaultConfig) {
         self.lock().faults = faults;
     }
 
     /// Makes the next `sync_data` fail (once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/d"))?;
+    /// # sim.sync_dir(Path::new("/"))?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # sim.sync_dir(Path::new("/d"))?;
+    ///
+    /// file.write_at(b"abc", 0)?;
+    /// sim.fail_next_sync();
+    /// assert!(file.sync_data().is_err());
+    /// assert_eq!(file.len()?, 0, "the unsynced bytes are gone, as after a writeback error");
+    /// file.sync_data()?;
+    /// assert_eq!(sim.sync_count(), 2, "failed syncs count too");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
     }
 
     /// Successful and failed `sync_data` calls so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+    ///
+    /// let sim = SimStorage::new(1, FaultConfig::default());
+    /// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// let before = sim.sync_count();
+    /// wal.append_durable(Record::new(RecordType::optional(0x100), b"one"))?;
+    /// assert!(sim.sync_count() > before, "a durable append costs at least one fdatasync");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     #[must_use]
     pub fn sync_count(&self) -> u64 {
         self.lock().syncs
     }
 
     /// Bytes that reads have returned so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/d"))?;
+    /// # sim.sync_dir(Path::new("/"))?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # sim.sync_dir(Path::new("/d"))?;
+    ///
+    /// file.write_at(&[1u8; 100], 0)?;
+    /// let before = sim.bytes_read();
+    /// let mut buf = [0u8; 64];
+    /// assert_eq!(file.read_at(&mut buf, 50)?, 50, "a read past the end returns less");
+    /// assert_eq!(sim.bytes_read() - before, 50);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[must_use]
     pub fn bytes_read(&self) -> u64 {
         self.lock().bytes_read
@@ -152,6 +308,23 @@ impl SimStorage {
 
     /// Pulls the plug. This storage and every file opened from it fail all later calls with
     /// EIO; the returned storage is the disk a restart finds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+    ///
+    /// let sim = SimStorage::new(1, FaultConfig::default());
+    /// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// let acked = wal.append_durable(Record::new(RecordType::optional(0x100), b"acked"))?;
+    /// wal.append(Record::new(RecordType::optional(0x100), b"in flight"))?;
+    /// let restarted = sim.crash(99); // no close: the power is cut
+    /// # drop(wal);
+    /// let wal = SegmentedWal::open_with(restarted, SegmentedWalConfig::new("/wal"))?;
+    /// assert!(wal.recovery_info().last_lsn >= acked, "every acknowledged record survives");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     #[must_use]
     pub fn crash(&self, seed: u64) -> SimStorage {
         let mut disk = self.lock();
@@ -180,7 +353,26 @@ impl SimStorage {
         SimStorage { disk: Arc::new(Mutex::new(next)), direct_align: self.direct_align }
     }
 
-    /// The volatile bytes of a file, for tests that damage or inspect segments.
+    /// The volatile bytes of a file, for tests that damage or inspect segments. `None` if there
+    /// is no such file.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/d"))?;
+    /// # sim.sync_dir(Path::new("/"))?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # sim.sync_dir(Path::new("/d"))?;
+    ///
+    /// file.write_at(b"not yet durable", 0)?;
+    /// assert_eq!(sim.read_file(Path::new("/d/f")).as_deref(), Some(&b"not yet durable"[..]));
+    /// assert!(sim.read_file(Path::new("/d/missing")).is_none());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[must_use]
     pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
         let disk = self.lock();
@@ -188,7 +380,28 @@ impl SimStorage {
         Some(disk.inodes[&ino].volatile.clone())
     }
 
-    /// Replaces a file's bytes, durably (a test's stand-in for media damage).
+    /// Replaces a file's bytes, durably (a test's stand-in for media damage). Panics if the file
+    /// does not exist.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/d"))?;
+    /// # sim.sync_dir(Path::new("/"))?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # sim.sync_dir(Path::new("/d"))?;
+    ///
+    /// file.write_at(b"abcd", 0)?;
+    /// file.sync_data()?;
+    /// sim.write_file(Path::new("/d/f"), b"abXd"); // a flipped byte on the media
+    /// let after = sim.crash(0).read_file(Path::new("/d/f")).expect("file");
+    /// assert_eq!(after, b"abXd", "the damage is durable");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn write_file(&self, path: &Path, bytes: &[u8]) {
         let mut disk = self.lock();
         let ino = lookup(&disk, path).expect("file exists");

@@ -9,6 +9,24 @@ pub use purge::{TemporalPurgeEngine, TemporalPurgePayload};
 pub use tombstone::{CollectionTombstonePayload, MAX_COLLECTION_NAME_LEN};
 
 /// Why a payload did not decode.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{CollectionTombstonePayload, Lsn, PayloadError, TemporalPurgePayload};
+///
+/// let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(9) };
+/// let bytes = tombstone.encode()?;
+/// assert_eq!(CollectionTombstonePayload::decode(&bytes[..10]), Err(PayloadError::Truncated));
+/// let mut longer = bytes.clone();
+/// longer.push(0);
+/// assert_eq!(CollectionTombstonePayload::decode(&longer), Err(PayloadError::TrailingBytes));
+/// let mut not_utf8 = bytes.clone();
+/// not_utf8[18] = 0xFF; // the name's first byte
+/// assert_eq!(CollectionTombstonePayload::decode(&not_utf8), Err(PayloadError::NameNotUtf8));
+/// assert_eq!(TemporalPurgePayload::decode(&[0, 0]), Err(PayloadError::UnknownEngine { code: 0 }));
+/// # Ok::<(), PayloadError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PayloadError {
     /// Fewer bytes than the layout needs.

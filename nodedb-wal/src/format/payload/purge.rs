@@ -14,6 +14,17 @@ use super::{PayloadError, decode_name, encode_name, take};
 const FIXED: usize = 18;
 
 /// The engine a purge belongs to.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{PayloadError, TemporalPurgeEngine};
+///
+/// let engine = TemporalPurgeEngine::Columnar;
+/// assert_eq!(engine.code(), 6);
+/// assert_eq!(TemporalPurgeEngine::from_code(engine.code()), Ok(engine));
+/// assert_eq!(TemporalPurgeEngine::from_code(0), Err(PayloadError::UnknownEngine { code: 0 }));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TemporalPurgeEngine {
@@ -32,7 +43,7 @@ pub enum TemporalPurgeEngine {
 }
 
 impl TemporalPurgeEngine {
-    /// Its code in the payload.
+    /// Its code in the payload. See [`TemporalPurgeEngine`] for an example.
     pub const fn code(self) -> u8 {
         match self {
             TemporalPurgeEngine::Timeseries => 1,
@@ -44,7 +55,7 @@ impl TemporalPurgeEngine {
         }
     }
 
-    /// The engine with this code.
+    /// The engine with this code. See [`TemporalPurgeEngine`] for an example.
     pub fn from_code(code: u8) -> Result<TemporalPurgeEngine, PayloadError> {
         Ok(match code {
             1 => TemporalPurgeEngine::Timeseries,
@@ -59,6 +70,23 @@ impl TemporalPurgeEngine {
 }
 
 /// Payload of [`crate::RecordType::TEMPORAL_PURGE`].
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{PayloadError, TemporalPurgeEngine, TemporalPurgePayload};
+///
+/// let purge = TemporalPurgePayload {
+///     engine: TemporalPurgeEngine::Timeseries,
+///     collection: "cpu".into(),
+///     cutoff_unix_ms: 1_700_000_000_000,
+///     purged_count: 5_000,
+/// };
+/// let bytes = purge.encode()?;
+/// assert_eq!(bytes.len(), 20 + 3, "fixed fields, then the name");
+/// assert_eq!(TemporalPurgePayload::decode(&bytes), Ok(purge));
+/// # Ok::<(), PayloadError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TemporalPurgePayload {
     /// The engine that purged.
@@ -73,6 +101,28 @@ pub struct TemporalPurgePayload {
 
 impl TemporalPurgePayload {
     /// Encodes; a name over the maximum length is an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::{PayloadError, TemporalPurgeEngine, TemporalPurgePayload};
+    /// use nodedb_wal::{Scope, SegmentedWal, SegmentedWalConfig, SimStorage};
+    ///
+    /// let mut purge =
+    ///     TemporalPurgePayload { engine: TemporalPurgeEngine::Document, collection: "x".repeat(300), cutoff_unix_ms: 0, purged_count: 1 };
+    /// assert_eq!(purge.encode(), Err(PayloadError::NameTooLong { len: 300 }));
+    ///
+    /// // The log encodes it for you, and recovery hands purges back to the engines.
+    /// let sim = SimStorage::new(1, FaultConfig::default());
+    /// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// purge.collection = "sessions".into();
+    /// let lsn = wal.append_temporal_purge(&purge, Scope::default())?;
+    /// wal.close()?;
+    /// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
+    /// assert_eq!(wal.recovery_info().temporal_purges, [(lsn, purge)]);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
     pub fn encode(&self) -> Result<Vec<u8>, PayloadError> {
         let mut out = Vec::with_capacity(FIXED + 2 + self.collection.len());
         out.push(self.engine.code());
@@ -84,6 +134,20 @@ impl TemporalPurgePayload {
     }
 
     /// Decodes, refusing truncated, unknown or trailing input.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{PayloadError, TemporalPurgeEngine, TemporalPurgePayload};
+    ///
+    /// let engine = TemporalPurgeEngine::Graph;
+    /// let purge = TemporalPurgePayload { engine, collection: "edges".into(), cutoff_unix_ms: -5, purged_count: 7 };
+    /// let mut bytes = purge.encode()?;
+    /// assert_eq!(TemporalPurgePayload::decode(&bytes)?.cutoff_unix_ms, -5);
+    /// bytes[1] = 1; // the reserved byte
+    /// assert_eq!(TemporalPurgePayload::decode(&bytes), Err(PayloadError::Reserved));
+    /// # Ok::<(), PayloadError>(())
+    /// ```
     pub fn decode(bytes: &[u8]) -> Result<TemporalPurgePayload, PayloadError> {
         let [code, reserved] = take::<2>(bytes, 0)?;
         if reserved != 0 {
