@@ -175,3 +175,33 @@ fn a_read_from_the_page_cache_only_returns_the_bytes_a_plain_read_does() {
     }
     assert_eq!(&plain[..], &bytes[4096..4096 + 8192]);
 }
+
+// Found by review of the manifest: a reader that listed the segments before a roll and read the
+// manifest after it would have seen a newest segment the listing did not hold.
+#[test]
+fn a_read_only_view_beside_a_rolling_writer_never_reports_a_missing_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open(dir.path(), None);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for lsn in 1..=3000 {
+                append(&wal, lsn);
+                if lsn % 7 == 0 {
+                    wal.sync().unwrap();
+                }
+            }
+            wal.sync().unwrap();
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let mut views = 0;
+        while !done.load(std::sync::atomic::Ordering::Acquire) || views == 0 {
+            let view = ReadOnlyWal::open(dir.path(), None).unwrap_or_else(|e| panic!("view {views}: {e}"));
+            let last = view.recovery_info().last_lsn;
+            let count = view.read_from(Lsn(1)).unwrap().count() as u64;
+            assert_eq!(count, last.0, "view {views} reads what it reports");
+            views += 1;
+        }
+    });
+    assert!(wal.segments().len() > 20, "the writer rolled many times");
+}
