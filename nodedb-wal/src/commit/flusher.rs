@@ -11,6 +11,7 @@ use super::plan::{BatchMeta, Sealed, Target};
 use crate::error::IoOp;
 use crate::format::layout::{round_up, write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
+use crate::manifest::Manifest;
 use crate::segment;
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
@@ -26,6 +27,8 @@ pub(crate) struct Flusher<S: Storage> {
     zeros: Option<AlignedBuf>,
     /// Small batches written since the last large one (saturating).
     small_streak: u32,
+    /// Names the newest segment; only the flusher updates it once the log is open.
+    manifest: Manifest<S::File>,
 }
 
 /// Zero-fill ahead only after this many small batches in a row. A writer that alternates a
@@ -35,9 +38,9 @@ pub(crate) struct Flusher<S: Storage> {
 const SMALL_STREAK_FOR_ZERO_FILL: u32 = 4;
 
 impl<S: Storage> Flusher<S> {
-    pub fn new(shared: Arc<Shared<S>>) -> Flusher<S> {
+    pub fn new(shared: Arc<Shared<S>>, manifest: Manifest<S::File>) -> Flusher<S> {
         let zeros = (shared.zero_fill_bytes > 0).then(|| AlignedBuf::zeroed(shared.zero_fill_bytes, shared.block));
-        Flusher { shared, file: None, written_to: 0, zeros, small_streak: SMALL_STREAK_FOR_ZERO_FILL }
+        Flusher { shared, file: None, written_to: 0, zeros, small_streak: SMALL_STREAK_FOR_ZERO_FILL, manifest }
     }
 
     /// Runs until the log closes or is poisoned.
@@ -90,7 +93,7 @@ impl<S: Storage> Flusher<S> {
         if target.create {
             // The new segment's first batch is durable: from now on, a log without it has lost
             // acknowledged records. Said before any of them is acknowledged.
-            self.shared.manifest.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(target.segment)?;
+            self.manifest.record(target.segment)?;
         }
         self.shared.note_segment_progress(target, job.end_lsn, job.ends_segment, job.padded);
         if job.ends_segment {

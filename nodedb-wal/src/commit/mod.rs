@@ -156,8 +156,6 @@ pub(crate) struct Shared<S: Storage> {
     pub durability: Durability,
     key_ring: Option<Arc<KeyRing>>,
     segments: Mutex<Vec<SegmentInfo>>,
-    /// Names the newest segment; the flusher updates it once per new segment.
-    pub manifest: Mutex<Manifest<S::File>>,
     pub stats: CommitStats,
 }
 
@@ -350,10 +348,9 @@ impl<S: Storage> GroupCommitter<S> {
             durability: Durability::new(Lsn(start.next_lsn.0 - 1)),
             key_ring: start.key_ring,
             segments: Mutex::new(start.segments),
-            manifest: Mutex::new(start.manifest),
             stats: CommitStats::default(),
         });
-        let flusher = Flusher::new(Arc::clone(&shared));
+        let flusher = Flusher::new(Arc::clone(&shared), start.manifest);
         let handle = std::thread::Builder::new()
             .name("nodedb-wal-flusher".into())
             .spawn(move || flusher.run())
