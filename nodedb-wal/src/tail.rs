@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::read::{Position, WalIter};
+use crate::read::WalIter;
 use crate::record::WalRecord;
 use crate::storage::Storage;
 use crate::types::Lsn;
@@ -47,15 +47,13 @@ pub struct Tail<'a, S: Storage> {
     wal: &'a SegmentedWal<S>,
     cursor: Lsn,
     ready: VecDeque<WalRecord>,
-    /// Where the record `cursor` starts, once a refill has found it.
-    resume: Option<Position>,
     /// The reader of the last refill, kept for the next.
     reader: Option<WalIter<S>>,
 }
 
 impl<'a, S: Storage> Tail<'a, S> {
     pub(crate) fn new(wal: &'a SegmentedWal<S>, from: Lsn) -> Tail<'a, S> {
-        Tail { wal, cursor: from, ready: VecDeque::new(), resume: None, reader: None }
+        Tail { wal, cursor: from, ready: VecDeque::new(), reader: None }
     }
 
     /// The LSN of the next record this tail will deliver: store it with the subscriber's state
@@ -76,20 +74,21 @@ impl<'a, S: Storage> Tail<'a, S> {
             // What is durable from the cursor on (readers stop at the durable LSN), at most a
             // bounded batch at a time however far behind the follower is.
             // The reader of the last refill goes on where it stopped, its segment still open; a
-            // new one (after an error, or once truncation took its segment) starts at `resume`.
-            let kept = match self.reader.take() {
-                Some(mut reader) => self.wal.extend_reader(&mut reader)?.then_some(reader),
-                None => None,
+            // new one (after an error, or once truncation took its segment) starts at the
+            // position the old one reached, not at its segment's start.
+            let mut old = self.reader.take();
+            let kept = match old.as_mut() {
+                Some(reader) => self.wal.extend_reader(reader)?,
+                None => false,
             };
-            let reader = match kept {
-                Some(reader) => self.reader.insert(reader),
-                None => self.reader.insert(self.wal.tail_reader(wanted, self.resume)?),
+            let reader = match old {
+                Some(reader) if kept => self.reader.insert(reader),
+                old => self.reader.insert(self.wal.tail_reader(wanted, old.and_then(|r| r.resume_point()))?),
             };
             while self.ready.len() < READ_AHEAD {
                 let Some(record) = reader.next_view() else { break };
                 self.ready.push_back(record?.to_record());
             }
-            self.resume = reader.resume_point();
         }
         let Some(record) = self.ready.pop_front() else { return Ok(None) };
         self.cursor = record.lsn.next();

@@ -331,8 +331,7 @@ impl<F: StorageFile> SegmentScan<F> {
     /// After the end of what was written (a live segment), looks again from the same place:
     /// the file has grown.
     pub fn resume(&mut self) {
-        self.done = false;
-        self.seal_checked = None;
+        self.seek(self.pos, self.next_lsn);
     }
 
     /// The checked frame at `offset` (a record handed out earlier) and its payload.
