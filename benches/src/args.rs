@@ -142,6 +142,30 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The `main` of a benchmark binary: parses its arguments (a message and `usage` on stderr and
+/// exit status 2 when they are wrong), runs it, and exits 1 with `name: error` if it fails.
+pub fn bin_main<A>(
+    name: &str,
+    usage: &str,
+    parse: impl FnOnce() -> Result<A, String>,
+    run: impl FnOnce(&A) -> std::io::Result<()>,
+) -> std::process::ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}\n{usage}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use nodedb_wal::{KeyRing, Lsn, Record, SecureKey, SegmentedWal, SegmentedWalConfig};
 use nodedb_wal_benches::Json;
+use nodedb_wal_benches::args::bin_main;
 use nodedb_wal_benches::systems::nodedb::{BENCH_TYPE, to_io};
 use nodedb_wal_benches::systems::payload;
 
@@ -65,20 +66,7 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("replay: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    bin_main("replay", USAGE, parse, run)
 }
 
 fn config(dir: &Path, encrypted: bool) -> SegmentedWalConfig {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nodedb_wal::{Lsn, Record, SegmentedWal, SegmentedWalConfig};
+use nodedb_wal_benches::args::bin_main;
 use nodedb_wal_benches::systems::nodedb::{BENCH_TYPE, to_io};
 use nodedb_wal_benches::systems::payload;
 use nodedb_wal_benches::{Histogram, Json};
@@ -54,20 +55,7 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    for &writers in &args.writers {
-        if let Err(err) = run(&args, writers) {
-            eprintln!("tail: {err}");
-            return ExitCode::FAILURE;
-        }
-    }
-    ExitCode::SUCCESS
+    bin_main("tail", USAGE, parse, |args| args.writers.iter().try_for_each(|&writers| run(args, writers)))
 }
 
 /// Nanoseconds since `start`, never 0 (0 marks "not yet").
