@@ -266,7 +266,12 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     let mut prev_end: Option<Lsn> = None;
     for (index, &id) in ids.iter().enumerate() {
         let last = index + 1 == ids.len();
-        match scan_segment(&ctx, id, last, prev_end, &mut info)? {
+        let outcome = if last && !repair {
+            scan_live_segment(&ctx, id, prev_end, &mut info)?
+        } else {
+            scan_segment(&ctx, id, last, prev_end, &mut info)?
+        };
+        match outcome {
             Outcome::Sealed(seg) => {
                 prev_end = Some(seg.end_lsn);
                 info.segments.push(seg);
@@ -306,6 +311,31 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     // Counted from what remains: an interrupted roll's id is reused, leaving no hole.
     let next_segment = SegmentId(info.segments.last().map_or(1, |s| s.id.0 + 1));
     Ok(Recovered { info, seal, next_lsn, next_segment })
+}
+
+/// Scans of the newest segment a read-only look retries before it reports corruption.
+const LIVE_SCAN_RETRIES: u32 = 3;
+
+/// The newest segment, seen without the directory lock: a writer may be appending to it, and
+/// a read can catch a batch half-written (blocks of it old, later ones new, whose frames claim
+/// the earlier ones durable). That reads as damage before acknowledged records; real damage
+/// stays when read again, a write in flight does not. Each try scans into a copy of `info`, so
+/// the tombstones and purges of a discarded try are not counted twice.
+fn scan_live_segment<S: Storage>(ctx: &ScanCtx<'_, S>, id: SegmentId, prev_end: Option<Lsn>, info: &mut RecoveryInfo) -> Result<Outcome> {
+    let mut tries = 0;
+    loop {
+        let mut trial = info.clone();
+        match scan_segment(ctx, id, true, prev_end, &mut trial) {
+            Err(WalError::Corruption { .. }) if tries < LIVE_SCAN_RETRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            outcome => {
+                *info = trial;
+                return outcome;
+            }
+        }
+    }
 }
 
 /// Segment ids in the directory, oldest first; a hole in the sequence is an error.
