@@ -96,6 +96,11 @@ fn a_tail_keeps_delivering_while_segments_behind_it_are_truncated() {
                 wal.append(Record::new(TY, &i.to_le_bytes().repeat(1 + (i % 5) as usize))).unwrap();
                 if i % 41 == 0 {
                     wal.sync().unwrap();
+                    // Keep the tail close behind, so that truncation happens while it reads.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while consumed.load(Ordering::Acquire) + 400 < i && std::time::Instant::now() < deadline {
+                        std::thread::yield_now();
+                    }
                     // A checkpoint at what the subscriber has consumed: everything before it may go.
                     wal.truncate_before(Lsn(consumed.load(Ordering::Acquire))).unwrap();
                 }
