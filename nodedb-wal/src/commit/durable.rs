@@ -2,11 +2,13 @@
 
 use std::future::Future;
 use std::io;
+use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::thread::Thread;
+
+use rustix::thread::futex;
 
 use crate::error::{IoOp, Result, WalError};
 use crate::types::Lsn;
@@ -19,19 +21,36 @@ pub struct PoisonCause {
 }
 
 /// The highest LSN a successful fdatasync covered, or the poison that ended the log.
+///
+/// Blocked threads sleep on one futex word, `epoch`, each with the bit of the batch that holds
+/// its record (`FUTEX_WAIT_BITSET`). A sync wakes the threads of the batch it covered, and only
+/// those, with one `FUTEX_WAKE_BITSET` call: one system call per batch instead of one per
+/// waiter, and threads whose records are in the next batch sleep on.
 #[derive(Debug, Default)]
 pub struct Durability {
     lsn: AtomicU64,
     poisoned: AtomicBool,
     cause: OnceLock<PoisonCause>,
-    /// Blocked threads and the LSN each waits for: a sync wakes only those it covers, so
-    /// threads whose records are in the next batch sleep on (no thundering herd).
-    parked: Mutex<Vec<(Lsn, Thread)>>,
+    /// Changed by every advance and by poison, before the wake-up: a thread that read the old
+    /// value and then missed the new watermark finds the word changed and does not sleep.
+    epoch: AtomicU32,
+    /// Threads sleeping (or about to) on `epoch`: the flusher skips the wake call when none is.
+    sleepers: AtomicU32,
     wakers: Mutex<Vec<(Lsn, Waker)>>,
+}
+
+/// The futex bit of batch `seq`. Batches 32 apart share a bit; a thread woken for the other
+/// batch finds its LSN not yet durable and sleeps again.
+fn batch_bit(seq: u64) -> NonZeroU32 {
+    NonZeroU32::new(1 << (seq % 32)).expect("one bit is set")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn timespec(d: std::time::Duration) -> futex::Timespec {
+    futex::Timespec { tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), tv_nsec: i64::from(d.subsec_nanos()) }
 }
 
 impl Durability {
@@ -62,38 +81,42 @@ impl Durability {
         Ok(())
     }
 
-    /// Called by the flusher after a successful sync that covered everything below `lsn`.
-    pub fn advance(&self, lsn: Lsn) {
-        self.lsn.fetch_max(lsn.0, Ordering::AcqRel);
-        self.wake(|waiting| waiting <= lsn);
+    /// Called by the flusher after a successful sync of batch `seq` that covered everything
+    /// up to `lsn`.
+    pub fn advance(&self, lsn: Lsn, seq: u64) {
+        self.lsn.fetch_max(lsn.0, Ordering::SeqCst);
+        self.wake_threads(batch_bit(seq));
+        self.wake_tasks(|waiting| waiting <= lsn);
     }
 
     /// Ends the log: nothing more becomes durable. The first cause wins.
     pub fn poison(&self, op: IoOp, err: &io::Error) {
         let _ = self.cause.set(PoisonCause { op, kind: err.kind() });
-        self.poisoned.store(true, Ordering::Release);
+        self.poisoned.store(true, Ordering::SeqCst);
         tracing::error!(?op, %err, "nodedb-wal poisoned: no further append will be acknowledged");
-        self.wake(|_| true);
+        self.wake_threads(NonZeroU32::MAX);
+        self.wake_tasks(|_| true);
     }
 
-    /// Wakes the parked threads and the tasks whose LSN `which` accepts. Each is removed from
-    /// its list before it is woken, so a waiter that is still listed has not been woken yet.
-    fn wake(&self, which: impl Fn(Lsn) -> bool) {
-        let threads: Vec<Thread> = {
-            let mut parked = lock(&self.parked);
-            let mut ready = Vec::new();
-            parked.retain(|(lsn, thread)| {
-                let wake = which(*lsn);
-                if wake {
-                    ready.push(thread.clone());
-                }
-                !wake
-            });
-            ready
-        };
-        threads.iter().for_each(Thread::unpark);
+    /// Wakes the threads sleeping with any of `bits` (followers sleep with all bits).
+    ///
+    /// The watermark or poison flag is stored before `epoch` changes, and a sleeper counts
+    /// itself before it reads `epoch` (all `SeqCst`): so either this sees the sleeper and wakes
+    /// it, or the sleeper reads the new epoch and with it the new watermark.
+    fn wake_threads(&self, bits: NonZeroU32) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _ = futex::wake_bitset(&self.epoch, futex::Flags::PRIVATE, u32::MAX >> 1, bits);
+        }
+    }
+
+    /// Wakes the tasks whose LSN `which` accepts; each is taken off the list first.
+    fn wake_tasks(&self, which: impl Fn(Lsn) -> bool) {
         let ready: Vec<Waker> = {
             let mut wakers = lock(&self.wakers);
+            if wakers.is_empty() {
+                return;
+            }
             let (ready, waiting): (Vec<_>, Vec<_>) = wakers.drain(..).partition(|(lsn, _)| which(*lsn));
             *wakers = waiting;
             ready.into_iter().map(|(_, w)| w).collect()
@@ -101,42 +124,41 @@ impl Durability {
         ready.into_iter().for_each(Waker::wake);
     }
 
-    /// Blocks until `lsn` is durable or the log is poisoned.
-    ///
-    /// The thread lists itself before it checks, and the flusher raises the watermark before it
-    /// looks at the list: so either the check sees the new watermark or the flusher sees the
-    /// thread and unparks it (an unpark before the park makes the park return at once).
-    pub fn wait(&self, lsn: Lsn) -> Result<()> {
-        self.park_until(lsn, None).map(drop)
+    /// Blocks until `lsn`, held by batch `seq`, is durable or the log is poisoned.
+    pub fn wait(&self, lsn: Lsn, seq: u64) -> Result<()> {
+        self.sleep_until(lsn, batch_bit(seq), None).map(drop)
     }
 
-    /// Like [`Self::wait`], giving up after `timeout`: `Ok(true)` once `lsn` is durable,
-    /// `Ok(false)` at the timeout. Asks for no sync: for followers of the log, not writers.
+    /// Like [`Self::wait`] for an LSN in no known batch, giving up after `timeout`: `Ok(true)`
+    /// once `lsn` is durable, `Ok(false)` at the timeout. Asks for no sync: for followers of
+    /// the log, not writers. Woken by every sync.
     pub fn wait_timeout(&self, lsn: Lsn, timeout: std::time::Duration) -> Result<bool> {
-        self.park_until(lsn, Some(std::time::Instant::now() + timeout))
+        self.sleep_until(lsn, NonZeroU32::MAX, Some(std::time::Instant::now() + timeout))
     }
 
-    /// Parks on the waiter list until `lsn` is durable (`Ok(true)`), the log is poisoned, or
-    /// the deadline passes (`Ok(false)`).
-    fn park_until(&self, lsn: Lsn, deadline: Option<std::time::Instant>) -> Result<bool> {
-        if self.check(lsn)? {
-            return Ok(true);
-        }
-        let me = std::thread::current();
-        lock(&self.parked).push((lsn, me.clone()));
+    /// Sleeps on `epoch` with `bits` until `lsn` is durable (`Ok(true)`), the log is
+    /// poisoned, or the deadline passes (`Ok(false)`).
+    fn sleep_until(&self, lsn: Lsn, bits: NonZeroU32, deadline: Option<std::time::Instant>) -> Result<bool> {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
         let result = loop {
-            match (self.check(lsn), deadline) {
-                (Ok(false), None) => std::thread::park(),
-                (Ok(false), Some(deadline)) => match deadline.checked_duration_since(std::time::Instant::now()) {
-                    Some(left) if !left.is_zero() => std::thread::park_timeout(left),
-                    _ => break Ok(false),
-                },
-                (done, _) => break done,
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            match self.check(lsn) {
+                Ok(false) => {}
+                done => break done,
             }
+            let left = match deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())) {
+                Some(left) if left.is_zero() => break Ok(false),
+                left => left,
+            };
+            // Errors are a changed epoch (AGAIN), a signal (INTR) or the timeout: each means
+            // "look again", which the loop does.
+            let _ = match left {
+                // A wait with every bit is FUTEX_WAIT, whose timeout is relative.
+                Some(left) => futex::wait(&self.epoch, futex::Flags::PRIVATE, epoch, Some(&timespec(left))),
+                None => futex::wait_bitset(&self.epoch, futex::Flags::PRIVATE, epoch, None, bits),
+            };
         };
-        // Woken threads were taken off the list; one that returned on its own check or at its
-        // deadline is still on it and must not be unparked later for nothing.
-        lock(&self.parked).retain(|(_, t)| t.id() != me.id());
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
         result
     }
 
@@ -226,5 +248,73 @@ impl Future for DurableFuture<'_> {
             true => Poll::Ready(Ok(())),
             false => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Starts a thread blocked on `lsn` in batch `seq`; the receiver gets its result.
+    fn waiter(d: &Arc<Durability>, lsn: u64, seq: u64) -> mpsc::Receiver<Result<()>> {
+        let (tx, rx) = mpsc::channel();
+        let d = Arc::clone(d);
+        std::thread::spawn(move || tx.send(d.wait(Lsn(lsn), seq)));
+        rx
+    }
+
+    /// Waits until `n` threads sleep on the word, so a test's advance finds them asleep.
+    fn until_sleeping(d: &Durability, n: u32) {
+        while d.sleepers.load(Ordering::SeqCst) < n {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_sync_releases_the_waiters_of_its_batch_and_keeps_later_ones_waiting() {
+        let d = Arc::new(Durability::new(Lsn(0)));
+        let first = waiter(&d, 5, 1);
+        // Batch 33 shares batch 1's bit: it is woken too, must look and sleep again.
+        let later = waiter(&d, 9, 33);
+        until_sleeping(&d, 2);
+        d.advance(Lsn(5), 1);
+        first.recv().unwrap().unwrap();
+        assert!(later.recv_timeout(Duration::from_millis(50)).is_err(), "LSN 9 is not durable yet");
+        d.advance(Lsn(9), 33);
+        later.recv().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_waiter_that_finds_its_lsn_durable_does_not_sleep() {
+        let d = Durability::new(Lsn(0));
+        d.advance(Lsn(3), 1);
+        d.wait(Lsn(2), 1).unwrap();
+        assert_eq!(d.sleepers.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn poison_releases_every_waiter_with_the_error() {
+        let d = Arc::new(Durability::new(Lsn(0)));
+        let waiters: Vec<_> = (1..=3).map(|seq| waiter(&d, seq * 10, seq)).collect();
+        until_sleeping(&d, 3);
+        d.poison(IoOp::SyncData, &io::Error::other("disk gone"));
+        for rx in waiters {
+            assert!(matches!(rx.recv().unwrap(), Err(WalError::Poisoned { op: IoOp::SyncData, .. })));
+        }
+    }
+
+    #[test]
+    fn a_follower_is_released_by_any_batch_and_gives_up_at_its_timeout() {
+        let d = Arc::new(Durability::new(Lsn(0)));
+        assert!(!d.wait_timeout(Lsn(1), Duration::from_millis(5)).unwrap(), "nothing durable: times out");
+        let (tx, rx) = mpsc::channel();
+        let follower = Arc::clone(&d);
+        std::thread::spawn(move || tx.send(follower.wait_timeout(Lsn(4), Duration::from_secs(600))));
+        until_sleeping(&d, 1);
+        d.advance(Lsn(4), 7);
+        assert!(rx.recv().unwrap().unwrap());
     }
 }

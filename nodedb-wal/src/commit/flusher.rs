@@ -95,7 +95,7 @@ impl<S: Storage> Flusher<S> {
             // acknowledged records. Said before any of them is acknowledged.
             self.manifest.record(target.segment)?;
         }
-        self.shared.note_segment_progress(target, job.end_lsn, job.ends_segment, job.padded);
+        self.shared.note_segment_progress(job);
         if job.ends_segment {
             self.file = None;
         }

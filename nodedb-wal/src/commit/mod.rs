@@ -19,7 +19,7 @@ use std::time::Duration;
 pub use durable::DurableFuture;
 use durable::{Durability, SyncRequester};
 use flusher::Flusher;
-use plan::{Crypt, Identity, Plan, Sealed, Target, Wait};
+use plan::{BatchMeta, Crypt, Identity, Plan, Sealed, Wait};
 pub(crate) use plan::{Limits, SegmentPlan};
 
 use crate::crypto::{KeyRing, SegmentCipher};
@@ -209,7 +209,7 @@ impl<S: Storage> Shared<S> {
             if self.durability.check_poison().is_err() {
                 return None;
             }
-            if let Some(job) = plan.sealed.pop_front() {
+            if let Some(job) = plan.take_sealed() {
                 return Some(job);
             }
             let wanted = plan.active.as_ref().is_some_and(|a| plan.sync_wanted >= a.first_lsn);
@@ -239,7 +239,8 @@ impl<S: Storage> Shared<S> {
     }
 
     /// Records what a written batch added to its segment and advances the durable watermark.
-    fn note_segment_progress(&self, target: &Target, end_lsn: Lsn, sealed: bool, padded: usize) {
+    fn note_segment_progress(&self, meta: &BatchMeta) {
+        let (target, end_lsn, padded, sealed) = (&meta.target, meta.end_lsn, meta.padded, meta.ends_segment);
         {
             let mut segments = self.segments_lock();
             // A new segment is listed only once its first batch is durable: until then it may
@@ -254,7 +255,7 @@ impl<S: Storage> Shared<S> {
             seg.bytes = target.offset + padded as u64;
             seg.sealed = sealed;
         }
-        self.durability.advance(Lsn(end_lsn.0 - 1));
+        self.durability.advance(Lsn(end_lsn.0 - 1), meta.seq);
     }
 
     /// Wakes every appender and the flusher (after poisoning or closing).
@@ -266,8 +267,9 @@ impl<S: Storage> Shared<S> {
 }
 
 impl<S: Storage> Shared<S> {
-    /// Asks the flusher for a sync covering `lsn`, which must have been issued. One lock.
-    fn request_issued(&self, lsn: Lsn) -> Result<()> {
+    /// Asks the flusher for a sync covering `lsn`, which must have been issued, and returns the
+    /// sequence number of the batch holding it. One lock.
+    fn request_issued(&self, lsn: Lsn) -> Result<u64> {
         let mut plan = lock(&self.plan);
         if lsn >= plan.next_lsn {
             return Err(WalError::LsnNotIssued { lsn, next: plan.next_lsn });
@@ -276,7 +278,7 @@ impl<S: Storage> Shared<S> {
             plan.sync_wanted = lsn;
             self.work.notify_one();
         }
-        Ok(())
+        Ok(plan.batch_of(lsn))
     }
 }
 
@@ -427,9 +429,9 @@ impl<S: Storage> GroupCommitter<S> {
         if self.shared.durability.check(lsn)? {
             return Ok(());
         }
-        self.shared.request_issued(lsn)?;
+        let batch = self.shared.request_issued(lsn)?;
         let started = std::time::Instant::now();
-        let result = self.shared.durability.wait(lsn);
+        let result = self.shared.durability.wait(lsn, batch);
         let stats = &self.shared.stats;
         stats.waits.fetch_add(1, Ordering::Relaxed);
         stats.wait_nanos.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -441,7 +443,7 @@ impl<S: Storage> GroupCommitter<S> {
         if self.shared.durability.check(lsn)? {
             return Ok(());
         }
-        self.shared.request_issued(lsn)
+        self.shared.request_issued(lsn).map(drop)
     }
 
     /// A future that resolves once a successful fdatasync covers `lsn`; works under any executor.

@@ -56,6 +56,7 @@ pub struct Target {
 pub struct Active {
     pub buf: Arc<BatchBuf>,
     pub first_lsn: Lsn,
+    pub seq: u64,
     pub target: Target,
 }
 
@@ -69,6 +70,8 @@ pub struct Sealed {
 /// What the flusher needs to know about a sealed batch.
 #[derive(Clone, Debug)]
 pub struct BatchMeta {
+    /// The batch's sequence number: waiters sleep on it.
+    pub seq: u64,
     /// First LSN in the batch and the LSN after its last record (equal when it holds none).
     pub first_lsn: Lsn,
     pub end_lsn: Lsn,
@@ -139,6 +142,10 @@ pub struct Plan {
     /// The highest LSN a waiter wants durable.
     pub sync_wanted: Lsn,
     pub closing: bool,
+    /// Batches activated so far: the next batch's sequence number.
+    pub batches_started: u64,
+    /// The sequence number of the batch the flusher took last (being written, or durable).
+    pub taken_seq: u64,
 }
 
 impl Plan {
@@ -153,6 +160,8 @@ impl Plan {
             segment,
             sync_wanted: Lsn::ZERO,
             closing: false,
+            batches_started: 0,
+            taken_seq: 0,
         }
     }
 
@@ -215,7 +224,8 @@ impl Plan {
             create: !self.segment.started,
         };
         self.segment.started = true;
-        self.active = Some(Active { buf: Arc::new(buf), first_lsn: self.next_lsn, target });
+        self.batches_started += 1;
+        self.active = Some(Active { buf: Arc::new(buf), first_lsn: self.next_lsn, seq: self.batches_started, target });
         Ok(())
     }
 
@@ -228,8 +238,16 @@ impl Plan {
         assert!(padded <= active.buf.capacity(), "batch of {padded} bytes overflows its buffer");
         self.segment.offset += padded as u64;
         let oversized = active.buf.limit() > self.limits.batch_bytes_max;
-        let meta =
-            BatchMeta { first_lsn: active.first_lsn, end_lsn: self.next_lsn, used, padded, target: active.target, ends_segment, oversized };
+        let meta = BatchMeta {
+            seq: active.seq,
+            first_lsn: active.first_lsn,
+            end_lsn: self.next_lsn,
+            used,
+            padded,
+            target: active.target,
+            ends_segment,
+            oversized,
+        };
         self.sealed.push_back(Sealed { buf: active.buf, meta });
     }
 
@@ -244,6 +262,22 @@ impl Plan {
     }
 
     /// Whether the active batch holds records.
+    /// Hands the oldest sealed batch to the flusher.
+    pub fn take_sealed(&mut self) -> Option<Sealed> {
+        let job = self.sealed.pop_front()?;
+        self.taken_seq = job.meta.seq;
+        Some(job)
+    }
+
+    /// The sequence number of the batch holding `lsn`, an issued LSN not yet known durable:
+    /// the active batch, a sealed one, or else the one the flusher took.
+    pub fn batch_of(&self, lsn: Lsn) -> u64 {
+        if let Some(active) = self.active.as_ref().filter(|a| lsn >= a.first_lsn) {
+            return active.seq;
+        }
+        self.sealed.iter().rev().find(|s| lsn >= s.meta.first_lsn).map_or(self.taken_seq, |s| s.meta.seq)
+    }
+
     pub fn active_has_records(&self) -> bool {
         self.active.as_ref().is_some_and(|a| a.first_lsn < self.next_lsn)
     }
@@ -336,5 +370,22 @@ mod tests {
         p.seal_active(false);
         assert!(p.sealed[0].meta.oversized);
         assert_eq!(p.buffers_out, 0);
+    }
+
+    #[test]
+    fn each_waiting_lsn_maps_to_the_batch_that_will_sync_it() {
+        let mut p = plan(1 << 30);
+        p.limits.batch_buffers = 3;
+        let mut s = salt();
+        let first = p.reserve(&[100], &mut s).unwrap().lsn;
+        p.seal_active(false);
+        let second = p.reserve(&[100], &mut s).unwrap().lsn;
+        p.seal_active(false);
+        let third = p.reserve(&[100], &mut s).unwrap().lsn;
+        assert_eq!([p.batch_of(first), p.batch_of(second), p.batch_of(third)], [1, 2, 3], "sealed, sealed, active");
+        let taken = p.take_sealed().unwrap();
+        assert_eq!(taken.meta.seq, 1);
+        assert_eq!(p.batch_of(first), 1, "the batch being written");
+        assert_eq!((p.batch_of(second), p.batch_of(third)), (2, 3));
     }
 }
