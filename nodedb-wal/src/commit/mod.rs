@@ -219,7 +219,9 @@ impl<S: Storage> Shared<S> {
                     && !plan.closing
                 {
                     window_waited = true;
+                    plan.flusher_asleep = true;
                     plan = self.work.wait_timeout(plan, window).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+                    plan.flusher_asleep = false;
                     continue;
                 }
                 plan.seal_active(false);
@@ -228,14 +230,28 @@ impl<S: Storage> Shared<S> {
             if plan.closing {
                 return None;
             }
+            plan.flusher_asleep = true;
             plan = self.work.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
+            plan.flusher_asleep = false;
+        }
+    }
+
+    /// Wakes the flusher if it sleeps waiting for work. (A notify costs a system call whether
+    /// or not anyone waits, and appenders would otherwise make one per append while a sealed
+    /// batch is queued.)
+    fn notify_flusher(&self, plan: &Plan) {
+        if plan.flusher_asleep {
+            self.work.notify_one();
         }
     }
 
     /// A batch is durable: advance the watermark and return its buffer to the pool.
     fn finish_batch(&self, buf: BatchBuf, oversized: bool) {
-        lock(&self.plan).recycle(buf, oversized);
-        self.space.notify_all();
+        let mut plan = lock(&self.plan);
+        plan.recycle(buf, oversized);
+        if plan.space_waiters > 0 {
+            self.space.notify_all();
+        }
     }
 
     /// Records what a written batch added to its segment and advances the durable watermark.
@@ -276,7 +292,7 @@ impl<S: Storage> Shared<S> {
         }
         if plan.sync_wanted < lsn {
             plan.sync_wanted = lsn;
-            self.work.notify_one();
+            self.notify_flusher(&plan);
         }
         Ok(plan.batch_of(lsn))
     }
@@ -413,13 +429,15 @@ impl<S: Storage> GroupCommitter<S> {
             match plan.reserve(payload_lens, &mut |id| new_identity(key_ring, id)) {
                 Ok(r) => break r,
                 Err(Wait::ForBuffer) => {
-                    self.shared.work.notify_one();
+                    self.shared.notify_flusher(&plan);
+                    plan.space_waiters += 1;
                     plan = self.shared.space.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
+                    plan.space_waiters -= 1;
                 }
             }
         };
         if !plan.sealed.is_empty() {
-            self.shared.work.notify_one();
+            self.shared.notify_flusher(&plan);
         }
         Ok(reservation)
     }

@@ -146,6 +146,10 @@ pub struct Plan {
     pub batches_started: u64,
     /// The sequence number of the batch the flusher took last (being written, or durable).
     pub taken_seq: u64,
+    /// The flusher sleeps on the work condition variable.
+    pub flusher_asleep: bool,
+    /// Appenders sleeping on the free-buffer condition variable.
+    pub space_waiters: usize,
 }
 
 impl Plan {
@@ -162,6 +166,8 @@ impl Plan {
             closing: false,
             batches_started: 0,
             taken_seq: 0,
+            flusher_asleep: false,
+            space_waiters: 0,
         }
     }
 
