@@ -210,9 +210,8 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn append_durable(&self, record: Record<'_>) -> Result<Lsn> {
-        let lsn = self.append(record)?;
-        self.committer.wait_durable(lsn)?;
-        Ok(lsn)
+        self.check_record(&record)?;
+        self.committer.append_durable(record.record_type, record.scope, 0, record.payload)
     }
 
     /// Buffers `records` as an atomic group and returns their LSNs (consecutive): after any

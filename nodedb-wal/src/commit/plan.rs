@@ -117,6 +117,8 @@ impl Limits {
 #[derive(Debug)]
 pub struct Reservation {
     pub lsn: Lsn,
+    /// The sequence number of the batch the region belongs to.
+    pub batch: u64,
     pub identity: Identity,
     pub region: Region,
 }
@@ -193,7 +195,7 @@ impl Plan {
             if let Some(region) = active.buf.try_reserve(frame_len) {
                 let lsn = self.next_lsn;
                 self.next_lsn = Lsn(lsn.0 + payload_lens.len() as u64);
-                return Ok(Reservation { lsn, identity: active.target.identity.clone(), region });
+                return Ok(Reservation { lsn, batch: active.seq, identity: active.target.identity.clone(), region });
             }
             // Full (or too small for an oversized record): close it and start another.
             self.seal_active(false);
