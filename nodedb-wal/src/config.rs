@@ -64,6 +64,14 @@ pub struct SegmentedWalConfig {
     /// when 140 KiB batches stopped being zero-filled), and a small batch between large ones
     /// would have its zeros overwritten by the next large one.
     pub zero_fill_bytes: usize,
+    /// How many truncated segment files to keep for reuse as new segments (0: remove them).
+    /// A new segment made from one is written into blocks the file system has already
+    /// allocated, which syncs faster (here about 1.4x the bandwidth of writing fresh blocks,
+    /// for 1 MiB and 4 MiB writes alike), as PostgreSQL recycles its WAL files. The cost is
+    /// disk space: up to this many segments stay allocated after a truncation. The old
+    /// records in a reused file carry another segment's salt, so they never read as records
+    /// of the new segment.
+    pub recycle_segments: usize,
     /// Keys for encryption at rest. With an active key, every new segment is encrypted under it
     /// (AES-256-GCM); older segments are read with whichever key their preamble names.
     pub key_ring: Option<Arc<KeyRing>>,
@@ -96,6 +104,7 @@ impl SegmentedWalConfig {
             alignment: 4096,
             commit_window: None,
             zero_fill_bytes: 1 << 20,
+            recycle_segments: 2,
             key_ring: None,
         }
     }

@@ -71,6 +71,8 @@ pub enum IoOp {
     Remove,
     /// Reading a file's length.
     Stat,
+    /// Renaming a file (a truncated segment kept for reuse, or taken back into use).
+    Rename,
 }
 
 /// What exactly was wrong with bytes that should have been a valid structure.

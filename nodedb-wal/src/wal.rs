@@ -1,7 +1,7 @@
 //! `SegmentedWal`: the façade that opens (recovers) a log directory, appends through the group
 //! committer, replays and truncates.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::commit::{CommitStart, CommitStatsSnapshot, DurableFuture, GroupCommitter, Limits};
@@ -107,6 +107,7 @@ impl<S: Storage> SegmentedWal<S> {
         tracing::info!(records = recovered.info.record_count, last_lsn = %recovered.info.last_lsn, "recovered");
         let newest = recovered.info.segments.last().map_or(SegmentId(0), |s| s.id);
         let manifest = Manifest::open(&storage, &dir, newest)?;
+        let recycled = kept_recycled(&storage, &dir, config.recycle_segments)?;
         let limits = Limits {
             block: config.alignment,
             batch_bytes_max: config.batch_bytes_max,
@@ -124,6 +125,8 @@ impl<S: Storage> SegmentedWal<S> {
             segments: recovered.info.segments.clone(),
             key_ring: config.key_ring.clone(),
             manifest,
+            recycled,
+            recycle_segments: config.recycle_segments,
         };
         let storage = Arc::new(storage);
         let committer = GroupCommitter::start(Arc::clone(&storage), start)?;
@@ -753,10 +756,19 @@ impl<S: Storage> SegmentedWal<S> {
                 }
             };
             let path = segment::path(dir, victim);
-            self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
-            // The file is gone whether or not the directory sync below succeeds: stop listing it.
-            self.committer.shared().segments_lock().retain(|s| s.id != victim);
+            let shared = self.committer.shared();
+            // Kept under another name for reuse as a later segment, or removed.
+            let kept = shared.wants_recycled().then(|| segment::recycled_path(dir, victim));
+            match &kept {
+                Some(to) => self.storage.rename(&path, to).map_err(|e| WalError::io(IoOp::Rename, &path, e))?,
+                None => self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?,
+            }
+            // The segment is gone whether or not the directory sync below succeeds: stop listing it.
+            shared.segments_lock().retain(|s| s.id != victim);
             self.storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+            if let Some(kept) = kept {
+                shared.add_recycled(kept);
+            }
             removed += 1;
         }
         Ok(removed)
@@ -778,6 +790,23 @@ impl<S: Storage> SegmentedWal<S> {
     pub fn close(self) -> Result<()> {
         self.committer.close()
     }
+}
+
+/// Truncated segment files kept for reuse in `dir`, at most `keep` of them; any more (the
+/// setting was lowered) are removed.
+fn kept_recycled<S: Storage>(storage: &S, dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
+    let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| segment::parse_recycled(n)).collect();
+    ids.sort_unstable();
+    let extra = ids.len().saturating_sub(keep);
+    for &id in &ids[..extra] {
+        let path = segment::recycled_path(dir, id);
+        storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+    }
+    if extra > 0 {
+        storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+    }
+    Ok(ids[extra..].iter().map(|&id| segment::recycled_path(dir, id)).collect())
 }
 
 /// Runs recovery on the log `config` names, with every repair opening makes (a torn tail cut

@@ -494,9 +494,9 @@ fn swapped_segments_are_an_identity_mismatch<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     three_segment_log(&disk, &dir);
     let tmp = dir.join("swap");
-    disk.rename(&seg(&dir, 1), &tmp);
-    disk.rename(&seg(&dir, 2), &seg(&dir, 1));
-    disk.rename(&tmp, &seg(&dir, 2));
+    disk.move_file(&seg(&dir, 1), &tmp);
+    disk.move_file(&seg(&dir, 2), &seg(&dir, 1));
+    disk.move_file(&tmp, &seg(&dir, 2));
     let err = open_err(&disk, &dir);
     assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::IdentityMismatch { header_id: SegmentId(2) });
 }
@@ -530,7 +530,7 @@ fn segment_renamed_past_the_end_leaves_a_missing_segment<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     three_segment_log(&disk, &dir);
     let newest = *segment_ids(&disk, &dir).last().unwrap();
-    disk.rename(&seg(&dir, newest), &seg(&dir, newest + 1));
+    disk.move_file(&seg(&dir, newest), &seg(&dir, newest + 1));
     assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing } if missing == SegmentId(newest)));
 }
 

@@ -129,13 +129,57 @@ impl<S: Storage> Flusher<S> {
         Ok(())
     }
 
-    /// Creates the segment file, writes its header block and makes the new entry durable.
+    /// Creates the segment file (or reuses a truncated one), writes its header block and makes
+    /// the new entry durable.
     fn create_segment(&mut self, target: &Target, durable: Lsn) -> Result<(), IoFailure> {
         let _span = tracing::debug_span!("roll", segment = %target.segment, first_lsn = %target.segment_first_lsn).entered();
+        let path = segment::path(&self.shared.dir, target.segment);
+        let block = self.header_block(target, durable);
+        if let Some(file) = self.reuse_recycled(&path, &block)? {
+            self.file = Some((target.segment, file));
+            return Ok(());
+        }
         let shared = &self.shared;
-        let path = segment::path(&shared.dir, target.segment);
         let mode = OpenMode { create: true, write: true, direct: shared.direct };
         let file = shared.storage.open(&path, mode).map_err(|e| (IoOp::Open, e))?;
+        file.write_at(&block, 0).map_err(|e| (IoOp::Write, e))?;
+        shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
+        tracing::debug!(segment = %target.segment, first_lsn = %target.segment_first_lsn, "segment created");
+        self.file = Some((target.segment, file));
+        self.written_to = shared.block as u64;
+        Ok(())
+    }
+
+    /// Makes a kept truncated segment file the segment at `path`, if one is kept and can be
+    /// opened. The new header is durable before the file takes the segment's name, so after a
+    /// crash a file of that name never carries the old segment's header. The old frames behind
+    /// it carry the old segment's salt: recovery and readers take them for the end of the new
+    /// segment's records, never for records of it.
+    fn reuse_recycled(&mut self, path: &std::path::Path, header: &AlignedBuf) -> Result<Option<S::File>, IoFailure> {
+        let shared = Arc::clone(&self.shared);
+        let Some(from) = shared.take_recycled() else { return Ok(None) };
+        let mode = OpenMode { create: false, write: true, direct: shared.direct };
+        let file = match shared.storage.open(&from, mode) {
+            Ok(file) => file,
+            Err(err) => {
+                // Nothing was changed yet: a fresh segment does as well.
+                tracing::warn!(%err, path = %from.display(), "cannot reuse a truncated segment; creating a new one");
+                return Ok(None);
+            }
+        };
+        let len = file.len().map_err(|e| (IoOp::Stat, e))?;
+        file.write_and_sync(header, 0)?;
+        shared.storage.rename(&from, path).map_err(|e| (IoOp::Rename, e))?;
+        shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
+        tracing::debug!(from = %from.display(), to = %path.display(), "segment reused");
+        // Every block of the old file was written: nothing to zero-fill ahead within it.
+        self.written_to = len - len % shared.block as u64;
+        Ok(Some(file))
+    }
+
+    /// The first block of a new segment: preamble and header record.
+    fn header_block(&self, target: &Target, durable: Lsn) -> AlignedBuf {
+        let shared = &self.shared;
         let mut block = AlignedBuf::zeroed(shared.block, shared.block);
         let header = SegmentHeaderPayload {
             segment_id: target.segment,
@@ -145,12 +189,7 @@ impl<S: Storage> Flusher<S> {
             kdf_salt: target.identity.crypt.as_ref().map_or([0; 16], |c| c.kdf_salt),
         };
         write_header_block(&mut block, &super::encode::preamble(&target.identity), &header, durable);
-        file.write_at(&block, 0).map_err(|e| (IoOp::Write, e))?;
-        shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
-        tracing::debug!(segment = %target.segment, first_lsn = %target.segment_first_lsn, "segment created");
-        self.file = Some((target.segment, file));
-        self.written_to = shared.block as u64;
-        Ok(())
+        block
     }
 }
 

@@ -156,6 +156,9 @@ pub(crate) struct Shared<S: Storage> {
     pub durability: Durability,
     key_ring: Option<Arc<KeyRing>>,
     segments: Mutex<Vec<SegmentInfo>>,
+    /// Truncated segment files kept for reuse, and how many may be kept.
+    recycled: Mutex<Vec<PathBuf>>,
+    recycle_segments: usize,
     pub stats: CommitStats,
 }
 
@@ -198,6 +201,22 @@ fn new_identity(key_ring: Option<&KeyRing>, id: crate::types::SegmentId) -> Iden
 impl<S: Storage> Shared<S> {
     pub fn segments_lock(&self) -> MutexGuard<'_, Vec<SegmentInfo>> {
         lock(&self.segments)
+    }
+
+    /// Whether a truncated segment should be kept for reuse rather than removed. Only
+    /// truncation (one at a time) adds files, so the answer holds until it adds one.
+    pub fn wants_recycled(&self) -> bool {
+        lock(&self.recycled).len() < self.recycle_segments
+    }
+
+    /// Offers a truncated segment file, already renamed and its directory synced, for reuse.
+    pub fn add_recycled(&self, path: PathBuf) {
+        lock(&self.recycled).push(path);
+    }
+
+    /// A file to reuse for a new segment, if one is kept.
+    fn take_recycled(&self) -> Option<PathBuf> {
+        lock(&self.recycled).pop()
     }
 
     /// The next batch to write, sealing the active one when a waiter needs it or the log closes.
@@ -321,6 +340,9 @@ pub(crate) struct CommitStart<S: Storage> {
     pub segments: Vec<SegmentInfo>,
     pub key_ring: Option<Arc<KeyRing>>,
     pub manifest: Manifest<S::File>,
+    /// Truncated segment files found at open, to reuse, and how many to keep.
+    pub recycled: Vec<PathBuf>,
+    pub recycle_segments: usize,
 }
 
 /// The group committer: appends from any number of threads, one flusher thread that writes and
@@ -366,6 +388,8 @@ impl<S: Storage> GroupCommitter<S> {
             durability: Durability::new(Lsn(start.next_lsn.0 - 1)),
             key_ring: start.key_ring,
             segments: Mutex::new(start.segments),
+            recycled: Mutex::new(start.recycled),
+            recycle_segments: start.recycle_segments,
             stats: CommitStats::default(),
         });
         let flusher = Flusher::new(Arc::clone(&shared), start.manifest);

@@ -20,14 +20,17 @@ pub struct Claims {
 /// Walks the bytes from `from` to the end of the file. Wherever an intact frame (of `salt`, if
 /// given) starts on a multiple of `step`, follows the chain of frames from it, so that the
 /// padding and end frames the flusher stamps when it writes a batch are read too: under
-/// pipelining, only they vouch for the batch written just before. Elsewhere, moves to the next
-/// multiple of `step`, noting non-zero bytes as debris.
+/// pipelining, only they vouch for the batch written just before. Intact frames of another
+/// salt are an earlier use of a reused segment file: skipped, neither claims nor debris.
+/// Elsewhere, moves to the next multiple of `step`, noting non-zero bytes as debris.
 pub fn scan_claims<F: StorageFile>(reader: &mut ChunkReader<F>, from: u64, step: u64, salt: Option<u32>) -> Result<Claims> {
     let mut claims = Claims::default();
     let mut at = from;
     while at < reader.file_len() {
-        if let Some(header) = intact_frame(reader, at, salt)? {
-            claims.durable = claims.durable.max(Some(header.durable_lsn));
+        if let Some(header) = intact_frame(reader, at)? {
+            if salt.is_none_or(|s| s == header.salt) {
+                claims.durable = claims.durable.max(Some(header.durable_lsn));
+            }
             at += header.frame_len() as u64;
             continue;
         }
@@ -41,9 +44,9 @@ pub fn scan_claims<F: StorageFile>(reader: &mut ChunkReader<F>, from: u64, step:
     Ok(claims)
 }
 
-fn intact_frame<F: StorageFile>(reader: &mut ChunkReader<F>, at: u64, salt: Option<u32>) -> Result<Option<RecordHeader>> {
+fn intact_frame<F: StorageFile>(reader: &mut ChunkReader<F>, at: u64) -> Result<Option<RecordHeader>> {
     let Ok(header) = RecordHeader::decode(reader.get(at, HEADER_LEN)?) else { return Ok(None) };
-    if salt.is_some_and(|s| s != header.salt) || at + header.frame_len() as u64 > reader.file_len() {
+    if at + header.frame_len() as u64 > reader.file_len() {
         return Ok(None);
     }
     Ok(decode_frame(reader.get(at, header.frame_len())?).ok())

@@ -38,11 +38,42 @@ pub fn path(dir: &Path, id: SegmentId) -> PathBuf {
 /// The id in a segment file name, or `None` for any other file.
 #[must_use]
 pub fn parse_name(name: &str) -> Option<SegmentId> {
-    let digits = name.strip_suffix(SUFFIX)?;
+    parse_id(name, SUFFIX)
+}
+
+fn parse_id(name: &str, suffix: &str) -> Option<SegmentId> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok().map(SegmentId)
+}
+
+const RECYCLED_SUFFIX: &str = ".recycled";
+
+/// Where a truncated segment waits to be reused as a later one: its old id with another
+/// suffix, which recovery and readers ignore.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{SegmentId, segment};
+///
+/// let path = segment::recycled_path("/wal".as_ref(), SegmentId(7));
+/// assert!(path.ends_with("00000000000000000007.recycled"));
+/// let name = path.file_name().unwrap().to_str().unwrap();
+/// assert_eq!(segment::parse_name(name), None, "not a segment");
+/// assert_eq!(segment::parse_recycled(name), Some(SegmentId(7)));
+/// ```
+#[must_use]
+pub fn recycled_path(dir: &Path, id: SegmentId) -> PathBuf {
+    dir.join(format!("{:020}{RECYCLED_SUFFIX}", id.0))
+}
+
+/// The old id in the name of a segment file kept for reuse, or `None` for any other file.
+#[must_use]
+pub fn parse_recycled(name: &str) -> Option<SegmentId> {
+    parse_id(name, RECYCLED_SUFFIX)
 }
 
 /// What the log knows about one segment on disk.

@@ -99,9 +99,11 @@ pub enum FaultOp {
     Remove,
     /// `StorageFile::set_len`.
     SetLen,
+    /// `Storage::rename`.
+    Rename,
 }
 
-const OPS: usize = 5;
+const OPS: usize = 6;
 
 impl FaultOp {
     fn index(self) -> usize {
@@ -448,6 +450,11 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.check(FaultOp::Remove)?;
         self.inner.remove(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(FaultOp::Rename)?;
+        self.inner.rename(from, to)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

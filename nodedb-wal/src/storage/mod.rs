@@ -118,7 +118,11 @@ pub trait Storage: Send + Sync + 'static {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
-    /// Makes creations and removals in a directory durable.
+    /// Renames a file within one directory, replacing any file of the new name, atomically:
+    /// after a crash the file has one name or the other (the new one once the directory is
+    /// synced).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes creations, removals and renames in a directory durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 

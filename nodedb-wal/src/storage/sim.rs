@@ -524,6 +524,19 @@ impl Storage for SimStorage {
         entries.volatile.remove(&name).map(drop).ok_or_else(|| io::ErrorKind::NotFound.into())
     }
 
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut disk = self.lock();
+        alive(&disk)?;
+        let ((dir, old), (to_dir, new)) = (split(from), split(to));
+        if dir != to_dir {
+            return Err(io::Error::other("the simulation renames within one directory only"));
+        }
+        let entries = disk.dirs.get_mut(&dir).ok_or(io::ErrorKind::NotFound)?;
+        let ino = entries.volatile.remove(&old).ok_or(io::ErrorKind::NotFound)?;
+        entries.volatile.insert(new, ino);
+        Ok(())
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut disk = self.lock();
         alive(&disk)?;

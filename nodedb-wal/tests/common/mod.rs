@@ -172,7 +172,7 @@ pub trait Disk: Storage + Clone {
     fn names(&self, dir: &Path) -> Vec<String>;
 
     /// Renames a file (replacing any file at `to`).
-    fn rename(&self, from: &Path, to: &Path) {
+    fn move_file(&self, from: &Path, to: &Path) {
         let bytes = self.read(from);
         self.delete(from);
         self.write(to, &bytes);
@@ -203,7 +203,7 @@ impl Disk for FsStorage {
         Storage::list(self, dir).unwrap()
     }
 
-    fn rename(&self, from: &Path, to: &Path) {
+    fn move_file(&self, from: &Path, to: &Path) {
         std::fs::rename(from, to).unwrap();
     }
 }
@@ -351,6 +351,10 @@ impl<S: Storage> Storage for Gated<S> {
 
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         self.inner.remove(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
     }
 
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {

@@ -1,0 +1,183 @@
+//! Truncated segments kept and reused as new ones (`recycle_segments`): a reused file's old
+//! records never read as records of the new segment, whatever moment a crash picks, and the
+//! files really are reused.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+use nodedb_wal::storage::{FaultConfig, Storage};
+use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment};
+
+const TY: RecordType = RecordType::optional(0x100);
+
+fn config(dir: &Path) -> SegmentedWalConfig {
+    let mut c = SegmentedWalConfig::new(dir);
+    c.segment_bytes_target = 64 * 1024;
+    c.batch_bytes_max = 16 * 1024;
+    c.recycle_segments = 2;
+    c
+}
+
+/// A payload that names its generation: a record of an earlier pass over the same LSNs
+/// differs from a record of a later one.
+fn payload(generation: u32, lsn: u64) -> Vec<u8> {
+    let mut bytes = format!("generation {generation} lsn {lsn} ").into_bytes();
+    bytes.resize(900 + (lsn as usize * 37) % 400, (lsn as u8) ^ (generation as u8));
+    bytes
+}
+
+fn recycled_names<S: Storage>(storage: &S, dir: &Path) -> Vec<String> {
+    storage.list(dir).unwrap().into_iter().filter(|n| segment::parse_recycled(n).is_some()).collect()
+}
+
+/// Appends durably until the log has `segments` segments; records each payload in `model`.
+fn fill<S: Storage>(wal: &SegmentedWal<S>, model: &mut BTreeMap<u64, Vec<u8>>, generation: u32, segments: usize) {
+    while wal.segments().len() < segments {
+        let lsn = wal.next_lsn().0;
+        let bytes = payload(generation, lsn);
+        assert_eq!(wal.append_durable(Record::new(TY, &bytes)).unwrap(), Lsn(lsn));
+        model.insert(lsn, bytes);
+    }
+}
+
+/// Every record the reopened log holds is the one appended at its LSN, the LSNs are dense,
+/// and every acknowledged one is there.
+fn check_recovered<S: Storage>(wal: &SegmentedWal<S>, model: &BTreeMap<u64, Vec<u8>>, acked: u64, context: &str) {
+    let info = wal.recovery_info().clone();
+    let mut expected = info.first_lsn.0;
+    for record in wal.read_from(info.first_lsn).unwrap() {
+        let record = record.unwrap_or_else(|e| panic!("{context}: replay failed: {e}"));
+        assert_eq!(record.lsn.0, expected, "{context}: LSNs must be dense");
+        let appended = model.get(&record.lsn.0).unwrap_or_else(|| panic!("{context}: LSN {} was never appended", record.lsn));
+        assert_eq!(&record.payload, appended, "{context}: LSN {} holds another record", record.lsn);
+        expected += 1;
+    }
+    let last = expected - 1;
+    assert!(last >= acked, "{context}: acknowledged LSN {acked} lost; recovered up to {last}");
+}
+
+#[test]
+fn truncated_segments_are_reused_as_new_ones_and_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SegmentedWalConfig { allow_buffered_fallback: true, ..config(dir.path()) };
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 0, 6);
+    let checkpoint = wal.durable_lsn();
+    assert!(wal.truncate_before(checkpoint).unwrap() >= 4);
+    let kept = recycled_names(&FsStorage::new(), dir.path());
+    assert_eq!(kept.len(), 2, "two truncated segments kept, the rest removed: {kept:?}");
+    let inodes: Vec<u64> = kept.iter().map(|n| std::fs::metadata(dir.path().join(n)).unwrap().ino()).collect();
+
+    let before = wal.segments().len();
+    fill(&wal, &mut model, 1, before + 2);
+    assert!(recycled_names(&FsStorage::new(), dir.path()).is_empty(), "both kept files were taken");
+    let newest: Vec<u64> =
+        wal.segments()[before..].iter().map(|s| std::fs::metadata(segment::path(dir.path(), s.id)).unwrap().ino()).collect();
+    for ino in &newest {
+        assert!(inodes.contains(ino), "segment inode {ino} is not one of the kept files {inodes:?}");
+    }
+    let acked = wal.durable_lsn().0;
+    drop(wal);
+    let wal = SegmentedWal::open(config).unwrap();
+    check_recovered(&wal, &model, acked, "after reuse");
+    assert_eq!(wal.recovery_info().torn_tail, None, "old records after the new ones are no torn tail");
+}
+
+#[test]
+fn a_power_cut_at_any_step_of_reusing_a_segment_loses_nothing_and_revives_nothing() {
+    let mut reused = 0;
+    for cut in 0..24 {
+        let sim = SimStorage::new(cut, FaultConfig::default());
+        let storage = FaultyStorage::new(sim.clone());
+        let dir = Path::new("/wal");
+        let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+        let mut model = BTreeMap::new();
+        fill(&wal, &mut model, 0, 5);
+        wal.truncate_before(wal.durable_lsn()).unwrap();
+        assert_eq!(recycled_names(&sim, dir).len(), 2);
+        // Fill the active segment to a record or two before it rolls.
+        while wal.segments().last().unwrap().bytes < 64 * 1024 - 2 * 4096 {
+            let lsn = wal.next_lsn().0;
+            let bytes = payload(0, lsn);
+            model.insert(lsn, bytes.clone());
+            wal.append_durable(Record::new(TY, &bytes)).unwrap();
+        }
+        let mut acked = wal.durable_lsn().0;
+
+        // Cut the power `cut` operations into the next segments: inside the reuse of a kept
+        // file (header write, sync, rename, directory sync) or in the first batches after it.
+        storage.cut_power_after(cut);
+        let segments = wal.segments().len();
+        while wal.segments().len() < segments + 2 {
+            let lsn = wal.next_lsn().0;
+            let bytes = payload(1, lsn);
+            model.insert(lsn, bytes.clone());
+            match wal.append_durable(Record::new(TY, &bytes)) {
+                Ok(_) => acked = lsn,
+                Err(_) => break,
+            }
+        }
+        drop(wal);
+        reused += usize::from(recycled_names(&sim, dir).len() < 2);
+        let restarted = sim.crash(cut + 100);
+        let wal = SegmentedWal::open_with(restarted, config(dir)).unwrap_or_else(|e| panic!("cut {cut}: reopen failed: {e}"));
+        check_recovered(&wal, &model, acked, &format!("cut {cut}"));
+    }
+    assert!(reused >= 10, "the cuts fall during and after the reuse of a kept file ({reused} of 24 after it)");
+}
+
+#[test]
+fn a_failed_rename_while_truncating_is_reported_and_the_log_goes_on() {
+    let sim = SimStorage::new(3, FaultConfig::default());
+    let storage = FaultyStorage::new(sim);
+    let dir = Path::new("/wal");
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 0, 4);
+    storage.fail_once(FaultOp::Rename, 0, EIO);
+    let err = wal.truncate_before(wal.durable_lsn()).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: IoOp::Rename, .. }), "{err}");
+    assert!(wal.truncate_before(wal.durable_lsn()).unwrap() > 0, "a later truncation goes on");
+    let segments = wal.segments().len();
+    fill(&wal, &mut model, 1, segments + 1);
+    assert!(!wal.stats().poisoned);
+}
+
+#[test]
+fn a_failed_rename_while_reusing_poisons_the_log() {
+    let sim = SimStorage::new(4, FaultConfig::default());
+    let storage = FaultyStorage::new(sim);
+    let dir = Path::new("/wal");
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 0, 4);
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    storage.fail_once(FaultOp::Rename, 0, EIO);
+    let err = loop {
+        let lsn = wal.next_lsn().0;
+        if let Err(e) = wal.append_durable(Record::new(TY, &payload(1, lsn))) {
+            break e;
+        }
+    };
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::Rename, .. }), "{err}");
+}
+
+#[test]
+fn opening_with_fewer_kept_segments_removes_the_extra_files() {
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let dir = Path::new("/wal");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    fill(&wal, &mut BTreeMap::new(), 0, 5);
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    drop(wal);
+    assert_eq!(recycled_names(&sim, dir).len(), 2);
+    let none = SegmentedWalConfig { recycle_segments: 0, ..config(dir) };
+    let wal = SegmentedWal::open_with(sim.clone(), none).unwrap();
+    assert!(recycled_names(&sim, dir).is_empty());
+    fill(&wal, &mut BTreeMap::new(), 1, 3);
+    assert_eq!(wal.truncate_before(wal.durable_lsn()).unwrap(), 2);
+    assert!(recycled_names(&sim, dir).is_empty(), "removed, not kept");
+}
