@@ -5,7 +5,8 @@ use std::time::Duration;
 
 /// Usage text printed for `--help` and after a bad argument.
 pub const USAGE: &str = "\
-usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipelined [--every K] [--depth D]]
+usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c]
+               [--pipelined [--every K] [--depth D] [--no-checkpoint]]
                [--dir DIR] [--page-cache-check [--bytes B]]
 
   --threads T         appending threads for nodedb-wal, fsync-per-append, okaywal, sqlite (16)
@@ -22,6 +23,10 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--pipel
                       durable (it waits on the oldest before appending more)
   --every K           records per group in pipelined mode (256)
   --depth D           groups in flight in pipelined mode (4)
+  --no-checkpoint     the pipelined appender never truncates its log. By default it runs as a
+                      database that checkpoints: before timing it writes and truncates three
+                      segments (so truncated files are kept for reuse, the steady state), and
+                      while timed it truncates below what is durable whenever a segment is sealed
   --commit-window-us W  nodedb-wal waits W us after a sync is wanted before sealing a batch,
                       so more appenders join it (SegmentedWalConfig::commit_window; off)
   --dir DIR           where the logs go; a temporary directory is made inside it (.)
@@ -53,6 +58,8 @@ pub struct Args {
     pub every: u64,
     /// Groups not yet durable that the pipelined appender allows.
     pub depth: usize,
+    /// The pipelined appender truncates behind itself, as a checkpointing database would.
+    pub checkpoint: bool,
     /// nodedb-wal's commit window, if any.
     pub commit_window: Option<std::time::Duration>,
     /// Parent of the temporary directory.
@@ -75,6 +82,7 @@ impl Default for Args {
             pipelined: false,
             every: 256,
             depth: 4,
+            checkpoint: true,
             commit_window: None,
             dir: PathBuf::from("."),
             page_cache_check: false,
@@ -98,6 +106,7 @@ impl Args {
                 "--pipelined" => args.pipelined = true,
                 "--every" => args.every = parse_count(&value()?)? as u64,
                 "--depth" => args.depth = parse_count(&value()?)?,
+                "--no-checkpoint" => args.checkpoint = false,
                 "--commit-window-us" => args.commit_window = Some(std::time::Duration::from_micros(parse_count(&value()?)? as u64)),
                 "--dir" => args.dir = PathBuf::from(value()?),
                 "--page-cache-check" => args.page_cache_check = true,

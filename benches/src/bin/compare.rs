@@ -41,6 +41,7 @@ fn run(args: &Args) -> io::Result<()> {
         duration: args.duration,
         every: args.every,
         depth: args.depth,
+        checkpoint: args.checkpoint,
         commit_window: args.commit_window,
         dir: run_dir.path().to_path_buf(),
         device: Device::of(run_dir.path())?,
