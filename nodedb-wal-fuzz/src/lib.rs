@@ -9,6 +9,7 @@ use std::path::Path;
 use nodedb_wal::dwb::scan::scan_ring;
 use nodedb_wal::format::dwb::{DWB_VERSION, FILE_HEADER_LEN, FileHeader, SLOT_HEADER_LEN, SlotHeader, decode_slot, encode_slot};
 use nodedb_wal::format::frame::{HEADER_LEN, RecordHeader, decode_frame, encode_frame};
+use nodedb_wal::format::header_index::HeaderIndex;
 use nodedb_wal::format::manifest::{ManifestSlot, SLOT_LEN, SLOT_SPACING};
 use nodedb_wal::format::meta::{SegmentEndPayload, SegmentHeaderPayload};
 use nodedb_wal::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, TemporalPurgePayload};
@@ -47,8 +48,12 @@ pub fn preamble(data: &[u8]) {
     }
 }
 
-/// The meta payload codecs (and the manifest's slot) never panic and round-trip.
+/// The meta payload codecs (and the manifest's slot and the header index) never panic and
+/// round-trip.
 pub fn segment_meta(data: &[u8]) {
+    if let Some(index) = HeaderIndex::decode(data) {
+        assert_eq!(index.encode(), data);
+    }
     if let Some(slot) = ManifestSlot::decode(data) {
         assert_eq!(&slot.encode()[..], &data[..SLOT_LEN]);
     }
@@ -298,6 +303,23 @@ fn dwb_seeds() -> Vec<Vec<u8>> {
     vec![image, single, header.encode().to_vec()]
 }
 
+/// A header index of two records.
+fn header_index_seed() -> Vec<u8> {
+    let header = |lsn| RecordHeader {
+        lsn: Lsn(lsn),
+        durable_lsn: Lsn(lsn - 1),
+        salt: 7,
+        record_type: nodedb_wal::RecordType::optional(0x100),
+        scope: nodedb_wal::Scope { database: 1, tenant: 2, vshard: 3 },
+        payload_len: 5000,
+        flags: 0,
+    };
+    let mut index = HeaderIndex::new(nodedb_wal::SegmentId(3), 7, Lsn(10));
+    index.push(4096, &header(10));
+    index.push(12288, &header(11));
+    index.encode()
+}
+
 /// Valid inputs for a target, built with the crate's own encoders, from which fuzzing starts.
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
@@ -309,6 +331,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 .to_vec(),
             SegmentEndPayload { records_end: 8192 }.encode().to_vec(),
             ManifestSlot { sequence: 3, newest: nodedb_wal::SegmentId(12) }.encode().to_vec(),
+            header_index_seed(),
         ],
         "payloads" => vec![
             CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(40) }

@@ -12,7 +12,7 @@ use crate::recovery::open_existing;
 use crate::segment::crypt::{cipher_for, open_record_in};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentScan, Step, TailEnd, read_head};
-use crate::segment::{self, SegmentInfo};
+use crate::segment::{self, SegmentInfo, index};
 use crate::storage::{Storage, StorageFile};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
 
@@ -90,6 +90,9 @@ struct Cursor<S: Storage> {
     scan: Option<SegmentScan<S::File>>,
     cipher: Option<SegmentCipher>,
     headers_only: bool,
+    /// A headers-only scan of a sealed segment with a valid header index walks the index (its
+    /// entries and the next one to hand out) instead of the segment.
+    indexed: Option<(Vec<(u64, RecordHeader)>, usize)>,
     /// Plaintext of the last encrypted record, reused from record to record.
     plain: Vec<u8>,
     /// Where the record after the last one handed out starts.
@@ -113,7 +116,18 @@ impl<S: Storage> Cursor<S> {
             return Err(WalError::LsnNotRetained { requested: spec.from, oldest });
         }
         let index = spec.segments.iter().position(|s| s.end_lsn > spec.from).unwrap_or(spec.segments.len());
-        Ok(Cursor { storage, spec, index, scan: None, cipher: None, headers_only, plain: Vec::new(), next: None, prefetch_left: 0 })
+        Ok(Cursor {
+            storage,
+            spec,
+            index,
+            scan: None,
+            cipher: None,
+            headers_only,
+            indexed: None,
+            plain: Vec::new(),
+            next: None,
+            prefetch_left: 0,
+        })
     }
 
     fn open_scan(&mut self) -> Result<bool> {
@@ -140,6 +154,11 @@ impl<S: Storage> Cursor<S> {
             Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,
             Decrypt::Raw => None,
         };
+        if self.headers_only && info.sealed {
+            let lsns = (info.first_lsn, info.end_lsn);
+            let found = index::read_index(&*self.storage, &self.spec.dir, info.id, head.header.salt, lsns);
+            self.indexed = found.map(|index| (index.into_entries(), 0));
+        }
         let mut scan = SegmentScan::new(reader, info.id, &head);
         if let Some(at) = self.spec.resume.take().filter(|at| at.segment == info.id && at.lsn == self.spec.from) {
             scan.seek(at.offset, at.lsn);
@@ -155,6 +174,28 @@ impl<S: Storage> Cursor<S> {
         loop {
             if self.scan.is_none() && !self.open_scan()? {
                 return Ok(None);
+            }
+            if let Some((entries, at)) = self.indexed.as_mut() {
+                let Some(&(offset, header)) = entries.get(*at) else {
+                    self.indexed = None;
+                    self.scan = None;
+                    self.index += 1;
+                    continue;
+                };
+                if header.lsn > self.spec.until {
+                    return Ok(None);
+                }
+                *at += 1;
+                if header.lsn < self.spec.from {
+                    continue;
+                }
+                check_type(&header)?;
+                let segment = self.scan.as_ref().expect("open").id();
+                self.next = Some(Position { segment, offset: offset + header.frame_len() as u64, lsn: header.lsn.next() });
+                if is_unknown_optional(header.record_type) {
+                    continue;
+                }
+                return Ok(Some(Found { segment, offset, header, payload: &[] }));
             }
             let scan = self.scan.as_mut().expect("opened above");
             let segment = scan.id();

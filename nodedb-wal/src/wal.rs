@@ -14,7 +14,7 @@ use crate::manifest::Manifest;
 use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, WalIter};
 use crate::record::{Record, WalRecord};
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
-use crate::segment::{self, SegmentInfo};
+use crate::segment::{self, SegmentInfo, index};
 use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
 use crate::tail::{TAIL_CHUNK, Tail};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
@@ -108,6 +108,7 @@ impl<S: Storage> SegmentedWal<S> {
         let newest = recovered.info.segments.last().map_or(SegmentId(0), |s| s.id);
         let manifest = Manifest::open(&storage, &dir, newest)?;
         let recycled = kept_recycled(&storage, &dir, config.recycle_segments)?;
+        remove_orphan_indexes(&storage, &dir, &recovered.info.segments)?;
         let limits = Limits {
             block: config.alignment,
             batch_bytes_max: config.batch_bytes_max,
@@ -765,6 +766,7 @@ impl<S: Storage> SegmentedWal<S> {
             }
             // The segment is gone whether or not the directory sync below succeeds: stop listing it.
             shared.segments_lock().retain(|s| s.id != victim);
+            index::remove_index(&*self.storage, dir, victim);
             self.storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
             if let Some(kept) = kept {
                 shared.add_recycled(kept);
@@ -790,6 +792,15 @@ impl<S: Storage> SegmentedWal<S> {
     pub fn close(self) -> Result<()> {
         self.committer.close()
     }
+}
+
+/// Removes header indexes whose segment is gone (a crash after a truncation removed the
+/// segment but not yet its index).
+fn remove_orphan_indexes<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo]) -> Result<()> {
+    let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
+    let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !segments.iter().any(|s| s.id == *id));
+    orphans.for_each(|id| index::remove_index(storage, dir, id));
+    Ok(())
 }
 
 /// Truncated segment files kept for reuse in `dir`, at most `keep` of them; any more (the

@@ -13,6 +13,7 @@ use crate::format::layout::{round_up, write_header_block, write_padding, write_s
 use crate::format::meta::SegmentHeaderPayload;
 use crate::manifest::Manifest;
 use crate::segment;
+use crate::segment::index::{IndexBuilder, write_index};
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
 
@@ -29,6 +30,8 @@ pub(crate) struct Flusher<S: Storage> {
     small_streak: u32,
     /// Names the newest segment; only the flusher updates it once the log is open.
     manifest: Manifest<S::File>,
+    /// The headers of the open segment, for its header index.
+    index: IndexBuilder,
 }
 
 /// Zero-fill ahead only after this many small batches in a row. A writer that alternates a
@@ -40,7 +43,8 @@ const SMALL_STREAK_FOR_ZERO_FILL: u32 = 4;
 impl<S: Storage> Flusher<S> {
     pub fn new(shared: Arc<Shared<S>>, manifest: Manifest<S::File>) -> Flusher<S> {
         let zeros = (shared.zero_fill_bytes > 0).then(|| AlignedBuf::zeroed(shared.zero_fill_bytes, shared.block));
-        Flusher { shared, file: None, written_to: 0, zeros, small_streak: SMALL_STREAK_FOR_ZERO_FILL, manifest }
+        let index = IndexBuilder::new(shared.segment_bytes_target);
+        Flusher { shared, file: None, written_to: 0, zeros, small_streak: SMALL_STREAK_FOR_ZERO_FILL, manifest, index }
     }
 
     /// Runs until the log closes or is poisoned.
@@ -90,6 +94,7 @@ impl<S: Storage> Flusher<S> {
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.bytes_written.fetch_add(job.padded as u64, Ordering::Relaxed);
         stats.records.fetch_add(job.end_lsn.0 - job.first_lsn.0, Ordering::Relaxed);
+        self.index.add_batch(&bytes[..job.used], target.offset);
         if target.create {
             // The new segment's first batch is durable: from now on, a log without it has lost
             // acknowledged records. Said before any of them is acknowledged.
@@ -98,6 +103,10 @@ impl<S: Storage> Flusher<S> {
         self.shared.note_segment_progress(job);
         if job.ends_segment {
             self.file = None;
+            // After the acknowledgement: the index only speeds up later headers-only scans.
+            if let Some(index) = self.index.finish() {
+                write_index(&*self.shared.storage, &self.shared.dir, &index);
+            }
         }
         Ok(())
     }
@@ -135,6 +144,7 @@ impl<S: Storage> Flusher<S> {
         let _span = tracing::debug_span!("roll", segment = %target.segment, first_lsn = %target.segment_first_lsn).entered();
         let path = segment::path(&self.shared.dir, target.segment);
         let block = self.header_block(target, durable);
+        self.index.start(target.segment, target.identity.salt, target.segment_first_lsn);
         if let Some(file) = self.reuse_recycled(&path, &block)? {
             self.file = Some((target.segment, file));
             return Ok(());

@@ -5,6 +5,7 @@
 
 pub mod dwb;
 pub mod frame;
+pub mod header_index;
 pub mod layout;
 pub mod manifest;
 pub mod meta;

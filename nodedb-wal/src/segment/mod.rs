@@ -2,6 +2,7 @@
 
 pub mod crypt;
 pub mod evidence;
+pub(crate) mod index;
 pub mod reader;
 pub mod scan;
 
@@ -50,6 +51,29 @@ fn parse_id(name: &str, suffix: &str) -> Option<SegmentId> {
 }
 
 const RECYCLED_SUFFIX: &str = ".recycled";
+const INDEX_SUFFIX: &str = ".hdrs";
+
+/// Where a sealed segment's header index lives (see [`crate::format::header_index`]).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{SegmentId, segment};
+///
+/// let path = segment::index_path("/wal".as_ref(), SegmentId(7));
+/// assert!(path.ends_with("00000000000000000007.hdrs"));
+/// assert_eq!(segment::parse_index(path.file_name().unwrap().to_str().unwrap()), Some(SegmentId(7)));
+/// ```
+#[must_use]
+pub fn index_path(dir: &Path, id: SegmentId) -> PathBuf {
+    dir.join(format!("{:020}{INDEX_SUFFIX}", id.0))
+}
+
+/// The segment id in the name of a header index file, or `None` for any other file.
+#[must_use]
+pub fn parse_index(name: &str) -> Option<SegmentId> {
+    parse_id(name, INDEX_SUFFIX)
+}
 
 /// Where a truncated segment waits to be reused as a later one: its old id with another
 /// suffix, which recovery and readers ignore.

@@ -1,0 +1,208 @@
+//! A sealed segment's header index: every record header of the segment, with its offset, in
+//! one small file beside it (`{id:020}.hdrs`). A headers-only scan ([`crate::LazyWalReader`])
+//! reads it instead of one block per record, which for large records is most of the cost of
+//! the scan (a dependent random read from disk, or a system call from the page cache).
+//!
+//! The index is advisory. The flusher writes it after the segment's last batch is durable,
+//! without a sync; a reader uses it only if it decodes whole (CRC) and names the segment it
+//! sits beside (id, salt, first LSN, record count), and otherwise scans the segment. A payload
+//! read through a handle from the index is still checked against the segment's own frame.
+//!
+//! | offset | size | field |
+//! |---:|---:|---|
+//! | 0 | 4 | magic `NWHX` |
+//! | 4 | 2 | version (1), little-endian |
+//! | 6 | 2 | reserved, zero |
+//! | 8 | 8 | segment id |
+//! | 16 | 4 | the segment's salt |
+//! | 20 | 4 | record count `n` |
+//! | 24 | 8 | first LSN |
+//! | 32 | 56 × `n` | per record: its frame's offset in the segment (8), then its 48-byte header (as in the frame, checksum field zero) |
+//! | 32 + 56 × `n` | 4 | CRC32C of every byte before it |
+
+use crate::format::frame::{HEADER_LEN, RecordHeader};
+
+use crate::types::{Lsn, SegmentId};
+
+const MAGIC: [u8; 4] = *b"NWHX";
+const VERSION: u16 = 1;
+const FIXED_LEN: usize = 32;
+/// Bytes per record in the index.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::HEADER_LEN;
+/// use nodedb_wal::format::header_index::ENTRY_LEN;
+///
+/// assert_eq!(ENTRY_LEN, 8 + HEADER_LEN);
+/// ```
+pub const ENTRY_LEN: usize = 8 + HEADER_LEN;
+
+/// The header index of one sealed segment.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::frame::{HEADER_LEN, RecordHeader};
+/// use nodedb_wal::format::header_index::HeaderIndex;
+/// use nodedb_wal::{Lsn, RecordType, Scope, SegmentId};
+///
+/// let header = |lsn| RecordHeader {
+///     lsn: Lsn(lsn),
+///     durable_lsn: Lsn(lsn - 1),
+///     record_type: RecordType::optional(0x100),
+///     scope: Scope::default(),
+///     flags: 0,
+///     salt: 9,
+///     payload_len: 100,
+/// };
+/// let mut index = HeaderIndex::new(SegmentId(3), 9, Lsn(10));
+/// index.push(4096, &header(10));
+/// index.push(4096 + (HEADER_LEN as u64 + 100), &header(11));
+/// let bytes = index.encode();
+/// assert_eq!(HeaderIndex::decode(&bytes), Some(index.clone()));
+/// assert_eq!(index.entries()[1].1.lsn, Lsn(11));
+///
+/// // Anything torn or altered is no index at all.
+/// let mut torn = bytes.clone();
+/// torn[40] ^= 1;
+/// assert_eq!(HeaderIndex::decode(&torn), None);
+/// assert_eq!(HeaderIndex::decode(&bytes[..bytes.len() - 1]), None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderIndex {
+    /// The segment it indexes.
+    pub segment: SegmentId,
+    /// The segment's salt: every indexed header carries it.
+    pub salt: u32,
+    /// The LSN of the first record.
+    pub first_lsn: Lsn,
+    entries: Vec<(u64, RecordHeader)>,
+}
+
+impl HeaderIndex {
+    /// An empty index of a segment whose first record will be `first_lsn`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::format::header_index::HeaderIndex;
+    /// use nodedb_wal::{Lsn, SegmentId};
+    ///
+    /// let empty = HeaderIndex::new(SegmentId(1), 5, Lsn(1));
+    /// assert!(empty.entries().is_empty());
+    /// assert_eq!(empty.end_lsn(), Lsn(1));
+    /// assert_eq!(HeaderIndex::decode(&empty.encode()), Some(empty));
+    /// ```
+    #[must_use]
+    pub fn new(segment: SegmentId, salt: u32, first_lsn: Lsn) -> HeaderIndex {
+        HeaderIndex { segment, salt, first_lsn, entries: Vec::new() }
+    }
+
+    /// Adds the next record: its frame's offset and its header. See [`HeaderIndex`] for an
+    /// example.
+    pub fn push(&mut self, offset: u64, header: &RecordHeader) {
+        self.entries.push((offset, *header));
+    }
+
+    /// Offset and header of each record, in LSN order. See [`HeaderIndex`] for an example.
+    #[must_use]
+    pub fn entries(&self) -> &[(u64, RecordHeader)] {
+        &self.entries
+    }
+
+    /// Offset and header of each record, taken out of the index.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::format::header_index::HeaderIndex;
+    /// use nodedb_wal::{Lsn, SegmentId};
+    ///
+    /// assert!(HeaderIndex::new(SegmentId(1), 5, Lsn(1)).into_entries().is_empty());
+    /// ```
+    #[must_use]
+    pub fn into_entries(self) -> Vec<(u64, RecordHeader)> {
+        self.entries
+    }
+
+    /// The LSN after the last record. See [`HeaderIndex::new`] for an example.
+    #[must_use]
+    pub fn end_lsn(&self) -> Lsn {
+        Lsn(self.first_lsn.0 + self.entries.len() as u64)
+    }
+
+    /// Bytes [`Self::encode`] produces for `records` records.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::format::header_index::{ENTRY_LEN, HeaderIndex};
+    /// use nodedb_wal::{Lsn, SegmentId};
+    ///
+    /// assert_eq!(HeaderIndex::encoded_len(2) - HeaderIndex::encoded_len(1), ENTRY_LEN);
+    /// assert_eq!(HeaderIndex::new(SegmentId(1), 5, Lsn(1)).encode().len(), HeaderIndex::encoded_len(0));
+    /// ```
+    #[must_use]
+    pub fn encoded_len(records: usize) -> usize {
+        FIXED_LEN + records * ENTRY_LEN + 4
+    }
+
+    /// The file's bytes. See [`HeaderIndex`] for an example.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; Self::encoded_len(self.entries.len())];
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        out[8..16].copy_from_slice(&self.segment.0.to_le_bytes());
+        out[16..20].copy_from_slice(&self.salt.to_le_bytes());
+        let count = u32::try_from(self.entries.len()).expect("a segment holds fewer than 2^32 records");
+        out[20..24].copy_from_slice(&count.to_le_bytes());
+        out[24..32].copy_from_slice(&self.first_lsn.0.to_le_bytes());
+        for (i, (offset, header)) in self.entries.iter().enumerate() {
+            let at = FIXED_LEN + i * ENTRY_LEN;
+            out[at..at + 8].copy_from_slice(&offset.to_le_bytes());
+            header.encode_into(&mut out[at + 8..at + ENTRY_LEN]);
+        }
+        let crc_at = out.len() - 4;
+        let crc = crc32c::crc32c(&out[..crc_at]);
+        out[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The index in `bytes`, or `None` unless it is whole and consistent: right length and
+    /// CRC, every header decodable, of the index's salt, with dense LSNs from `first_lsn`, at
+    /// rising offsets whose frames do not overlap. See [`HeaderIndex`] for an example.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<HeaderIndex> {
+        if bytes.len() < FIXED_LEN + 4 || bytes[0..4] != MAGIC || u16::from_le_bytes([bytes[4], bytes[5]]) != VERSION {
+            return None;
+        }
+        let count = u32::from_le_bytes(bytes[20..24].try_into().ok()?) as usize;
+        if bytes.len() != Self::encoded_len(count) {
+            return None;
+        }
+        let crc_at = bytes.len() - 4;
+        if crc32c::crc32c(&bytes[..crc_at]).to_le_bytes() != bytes[crc_at..] {
+            return None;
+        }
+        let segment = SegmentId(u64::from_le_bytes(bytes[8..16].try_into().ok()?));
+        let salt = u32::from_le_bytes(bytes[16..20].try_into().ok()?);
+        let first_lsn = Lsn(u64::from_le_bytes(bytes[24..32].try_into().ok()?));
+        let mut index = HeaderIndex { segment, salt, first_lsn, entries: Vec::with_capacity(count) };
+        let mut next_free = 0u64;
+        for i in 0..count {
+            let at = FIXED_LEN + i * ENTRY_LEN;
+            let offset = u64::from_le_bytes(bytes[at..at + 8].try_into().ok()?);
+            let header = RecordHeader::decode(&bytes[at + 8..at + ENTRY_LEN]).ok()?;
+            let expected = first_lsn.0.checked_add(i as u64)?;
+            if header.salt != salt || header.lsn != Lsn(expected) || offset < next_free {
+                return None;
+            }
+            next_free = offset.checked_add(header.frame_len() as u64)?;
+            index.entries.push((offset, header));
+        }
+        Some(index)
+    }
+}

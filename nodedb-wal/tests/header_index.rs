@@ -1,0 +1,134 @@
+//! Header indexes beside sealed segments: a headers-only scan reads them instead of the
+//! segments and hands out exactly what a scan of the segments would; an index that is damaged,
+//! stale or missing is ignored; a payload read through it is still checked against the segment.
+
+use std::path::Path;
+
+use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+use nodedb_wal::{Lsn, Record, RecordType, Scope, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment};
+
+const DIR: &str = "/indexed";
+
+fn config() -> SegmentedWalConfig {
+    let mut c = SegmentedWalConfig::new(DIR);
+    c.segment_bytes_target = 1 << 20;
+    c
+}
+
+fn sealed(wal: &SegmentedWal<SimStorage>) -> usize {
+    wal.segments().iter().filter(|s| s.sealed).count()
+}
+
+/// A log of at least five sealed segments (and an open one) of ~20 KiB records of varied types and scopes.
+fn filled(seed: u64) -> (SimStorage, SegmentedWal<SimStorage>) {
+    let sim = SimStorage::new(seed, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+    let mut i = 0u32;
+    while wal.segments().len() < 6 {
+        let ty = RecordType::optional(0x100 + (i % 3) as u16);
+        let scope = Scope { database: i % 2, tenant: i % 5, vshard: i % 7 };
+        let payload = vec![i as u8; 20_000 + (i as usize * 97) % 5_000];
+        wal.append(Record::new(ty, &payload).scoped(scope)).unwrap();
+        i += 1;
+    }
+    wal.sync().unwrap();
+    (sim, wal)
+}
+
+/// Every handle of a headers-only scan, and the bytes the scan read.
+fn scan_headers(sim: &SimStorage, wal: &SegmentedWal<SimStorage>) -> (Vec<String>, u64) {
+    let before = sim.bytes_read();
+    let mut lazy = wal.lazy_reader(wal.segments()[0].first_lsn).unwrap();
+    let mut seen = Vec::new();
+    while let Some(h) = lazy.next_header().unwrap() {
+        seen.push(format!("{:?} {:?} {:?} {} {} {} {}", h.lsn, h.record_type, h.scope, h.flags, h.stored_len, h.segment().0, h.offset()));
+    }
+    (seen, sim.bytes_read() - before)
+}
+
+fn index_names(sim: &SimStorage) -> Vec<String> {
+    sim.list(Path::new(DIR)).unwrap().into_iter().filter(|n| segment::parse_index(n).is_some()).collect()
+}
+
+fn remove_indexes(sim: &SimStorage) {
+    for name in index_names(sim) {
+        sim.remove(&Path::new(DIR).join(name)).unwrap();
+    }
+}
+
+#[test]
+fn a_headers_only_scan_through_the_indexes_sees_exactly_what_a_segment_scan_sees() {
+    let (sim, wal) = filled(1);
+    assert_eq!(index_names(&sim).len(), sealed(&wal), "one index per sealed segment");
+    let (indexed, indexed_bytes) = scan_headers(&sim, &wal);
+    remove_indexes(&sim);
+    let (scanned, scanned_bytes) = scan_headers(&sim, &wal);
+    assert_eq!(indexed, scanned);
+    assert!(indexed.len() > 200);
+    assert!(indexed_bytes * 2 < scanned_bytes, "indexes read {indexed_bytes} bytes; the segments' blocks {scanned_bytes}");
+}
+
+#[test]
+fn a_damaged_or_stale_index_is_ignored() {
+    let (sim, wal) = filled(2);
+    let (expected, _) = scan_headers(&sim, &wal);
+    let dir = Path::new(DIR);
+    let names = index_names(&sim);
+    // One index with a flipped byte, one replaced by another segment's, one cut short.
+    let flip = dir.join(&names[0]);
+    let mut bytes = sim.read_file(&flip).unwrap();
+    bytes[100] ^= 0x40;
+    sim.write_file(&flip, &bytes);
+    let other = sim.read_file(&dir.join(&names[2])).unwrap();
+    sim.write_file(&dir.join(&names[1]), &other);
+    let cut = dir.join(&names[3]);
+    let bytes = sim.read_file(&cut).unwrap();
+    sim.write_file(&cut, &bytes[..bytes.len() / 2]);
+    let (seen, _) = scan_headers(&sim, &wal);
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn a_payload_read_through_an_index_is_checked_against_the_segment() {
+    let (sim, wal) = filled(3);
+    let first = wal.segments()[0].id;
+    let path = segment::path(Path::new(DIR), first);
+    let mut bytes = sim.read_file(&path).unwrap();
+    bytes[4096 + 48 + 10] ^= 1; // a payload byte of the first record
+    sim.write_file(&path, &bytes);
+    let mut lazy = wal.lazy_reader(Lsn::FIRST).unwrap();
+    let handle = lazy.next_header().unwrap().unwrap();
+    assert_eq!(handle.lsn, Lsn(1), "the header comes from the index, which is intact");
+    let err = lazy.payload().unwrap_err();
+    assert!(matches!(err, WalError::Corruption { segment, .. } if segment == first), "{err}");
+}
+
+#[test]
+fn truncation_removes_indexes_and_opening_removes_orphans() {
+    let (sim, wal) = filled(4);
+    let before = sealed(&wal);
+    assert_eq!(wal.truncate_before(wal.segments()[3].first_lsn).unwrap(), 3);
+    assert_eq!(index_names(&sim).len(), before - 3, "the indexes of the segments left");
+    // An index whose segment is gone (a crash between the two removals) is removed at open.
+    let gone = wal.segments()[0].id.0 - 1;
+    let orphan =
+        sim.open(&segment::index_path(Path::new(DIR), nodedb_wal::SegmentId(gone)), OpenMode { create: true, write: true, direct: false });
+    orphan.unwrap().write_at(b"orphan", 0).unwrap();
+    drop(wal);
+    let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+    assert_eq!(index_names(&sim).len(), before - 3, "the orphan went; the segment sealed by recovery has none");
+    let (seen, _) = scan_headers(&sim, &wal);
+    remove_indexes(&sim);
+    assert_eq!(seen, scan_headers(&sim, &wal).0);
+}
+
+#[test]
+fn small_records_get_no_index() {
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+    while wal.segments().len() < 3 {
+        wal.append(Record::new(RecordType::optional(0x100), &[7; 100])).unwrap();
+    }
+    wal.sync().unwrap();
+    assert!(index_names(&sim).is_empty(), "an index of 148-byte frames would cost a third of the segment");
+}
