@@ -58,7 +58,9 @@ for _ in $(seq "$REPEAT"); do
     watched "${compare[@]}" --threads 16 --size 128 --seconds "$SECONDS_PER_SYSTEM"
     watched "${compare[@]}" --threads 64 --size 128 --seconds "$SECONDS_PER_SYSTEM"
     watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM"
+    watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM" --depth 16 --systems nodedb-wal,nodedb-wal-batch
     watched "${compare[@]}" --pipelined --size 4k --seconds "$SECONDS_PER_SYSTEM"
+    watched "${compare[@]}" --pipelined --size 4k --seconds "$SECONDS_PER_SYSTEM" --no-checkpoint
     watched "${compare[@]}" --page-cache-check --bytes 1073741824 --size 4k
     for threads in 1 16 64; do
         watched "${compare[@]}" --threads "$threads" --seconds "$SECONDS_PER_SYSTEM" --systems raw-floor,nodedb-wal-pwrite,nodedb-wal-uring
