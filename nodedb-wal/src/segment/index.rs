@@ -42,7 +42,11 @@ impl IndexBuilder {
                 self.index = None;
                 return;
             };
-            index.push(offset + at as u64, &header);
+            // Only data records carry LSNs a reader hands out (a batch's records region holds
+            // nothing else today; its padding and end frames follow it).
+            if !header.record_type.is_meta() {
+                index.push(offset + at as u64, &header);
+            }
             at += header.frame_len();
         }
         if index.entries().len() > self.max_entries {

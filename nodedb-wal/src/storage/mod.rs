@@ -83,8 +83,9 @@ pub enum Advice {
 /// A file system: a flat set of directories of files.
 ///
 /// Guarantees every implementation gives:
-/// - `create_dir_all`, `remove` and file creation are durable only after `sync_dir` of the
-///   parent directory returns Ok;
+/// - `create_dir_all`, `remove`, `rename` and file creation are durable only after `sync_dir`
+///   of the parent directory returns Ok; a `rename` within a directory is atomic: after a crash
+///   the file has its old name or its new one;
 /// - `lock_dir` fails with `WouldBlock` while another holder keeps the lock.
 ///
 /// # Examples
@@ -100,6 +101,11 @@ pub enum Advice {
 /// assert_eq!(sim.list("/d".as_ref())?, ["a"]);
 /// let _lock = sim.lock_dir("/d".as_ref())?;
 /// assert!(sim.lock_dir("/d".as_ref()).is_err(), "held");
+/// sim.sync_dir("/".as_ref())?; // and /d's own entry
+/// sim.rename("/d/a".as_ref(), "/d/b".as_ref())?;
+/// assert_eq!(sim.list("/d".as_ref())?, ["b"]);
+/// let restarted = sim.crash(2); // before a sync of the directory: the old name survives
+/// assert_eq!(restarted.list("/d".as_ref())?, ["a"]);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub trait Storage: Send + Sync + 'static {
