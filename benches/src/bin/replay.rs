@@ -130,6 +130,8 @@ enum Reader {
     ReadFrom,
     MappedView,
     LazyHeaders,
+    /// `replay_parallel` with two threads (this machine's cores).
+    Parallel,
 }
 
 impl Reader {
@@ -139,6 +141,7 @@ impl Reader {
             Reader::ReadFrom => "read_from",
             Reader::MappedView => "read_mapped-view",
             Reader::LazyHeaders => "lazy-headers",
+            Reader::Parallel => "replay_parallel-2",
         }
     }
 }
@@ -161,6 +164,14 @@ fn read_once(reader: Reader, wal: &SegmentedWal, files: &[(PathBuf, u64)]) -> io
                 records += 1;
                 bytes += std::hint::black_box(view.payload).len() as u64;
             }
+        }
+        Reader::Parallel => {
+            records = wal
+                .replay_parallel(Lsn(1), 2, |record| {
+                    bytes += std::hint::black_box(record.payload).len() as u64;
+                    Ok(())
+                })
+                .map_err(to_io)?;
         }
         Reader::LazyHeaders => {
             let mut lazy = wal.lazy_reader(Lsn(1)).map_err(to_io)?;
@@ -243,14 +254,14 @@ fn run(args: &Args) -> io::Result<()> {
         let (config, files) = fill(&root.path().join(name), args.size, args.bytes, encrypted)?;
         logs.push((name, config, files));
     }
-    let readers = [Reader::Plain, Reader::ReadFrom, Reader::MappedView];
+    let readers = [Reader::Plain, Reader::ReadFrom, Reader::MappedView, Reader::Parallel];
     let rates = measure(&logs, &readers, args, args.size)?;
     let mut summary = Json::default().str("system", "replay-ratios").int("size_bytes", args.size as u64);
     for (name, _, _) in &logs {
         for warm in [false, true] {
             let cache = if warm { "warm" } else { "cold" };
             let plain = rate_of(&rates, (name, Reader::Plain, warm));
-            for reader in [Reader::ReadFrom, Reader::MappedView] {
+            for reader in [Reader::ReadFrom, Reader::MappedView, Reader::Parallel] {
                 let rate = rate_of(&rates, (name, reader, warm));
                 summary = summary.num(&format!("{name}_{cache}_{}_gb_per_sec", reader.name()), rate);
                 summary = summary.num(&format!("{name}_{cache}_{}_vs_plain_read", reader.name()), rate / plain);
