@@ -599,9 +599,10 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// Replays the durable records from `from` on, in LSN order, decoding (checking and
-    /// decrypting) up to `threads` segments at once: each batch of `threads` segments is read
-    /// in parallel, then handed to `apply` in order. Memory: at most `threads` segments'
-    /// records. Stops at the first error, from reading or from `apply`.
+    /// decrypting) up to `threads` segments at once: `apply` takes the records of the oldest
+    /// segment as its decoder streams them, while the decoders of the next segments work
+    /// ahead. Memory: up to ~64 MiB of decoded records per decoder. Stops at the first error,
+    /// from reading or from `apply`.
     ///
     /// # Examples
     ///
@@ -633,28 +634,32 @@ impl<S: Storage> SegmentedWal<S> {
             return Err(WalError::LsnNotRetained { requested: from, oldest: oldest.first_lsn });
         }
         segments.retain(|s| s.end_lsn > from && s.first_lsn <= until);
-        let mut applied = 0;
-        for window in segments.chunks(threads.max(1)) {
-            let decoded: Vec<Result<Vec<WalRecord>>> = std::thread::scope(|s| {
-                let workers: Vec<_> = window
-                    .iter()
-                    .map(|seg| {
-                        let spec =
-                            ReadSpec { segments: vec![*seg], from: from.max(seg.first_lsn), until, ..self.read_spec(from, self.decrypt()) };
-                        let storage = Arc::clone(&self.storage);
-                        s.spawn(move || WalIter::new(storage, spec)?.collect::<Result<Vec<_>>>())
-                    })
-                    .collect();
-                workers.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-            });
-            for records in decoded {
-                for record in records? {
-                    apply(record)?;
-                    applied += 1;
+        std::thread::scope(|scope| {
+            // One decoder per segment, at most `threads` at once, each streaming its records
+            // in chunks through a bounded channel; they are applied in segment order while the
+            // decoders of the segments after it work ahead.
+            let decoder = |seg: &SegmentInfo| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_CHUNKS_AHEAD);
+                let spec = ReadSpec { segments: vec![*seg], from: from.max(seg.first_lsn), until, ..self.read_spec(from, self.decrypt()) };
+                let storage = Arc::clone(&self.storage);
+                scope.spawn(move || decode_segment(storage, spec, &tx));
+                rx
+            };
+            let mut queued = segments.iter();
+            let mut running: std::collections::VecDeque<_> = queued.by_ref().take(threads.max(1)).map(decoder).collect();
+            let mut applied = 0;
+            while let Some(decoded) = running.pop_front() {
+                // Returning early drops the receivers: the decoders' sends fail and they stop.
+                for chunk in decoded {
+                    for record in chunk? {
+                        apply(record)?;
+                        applied += 1;
+                    }
                 }
+                running.extend(queued.next().map(decoder));
             }
-        }
-        Ok(applied)
+            Ok(applied)
+        })
     }
 
     /// Follows the log from `from`, handing out each record once it is durable: see [`Tail`].
@@ -801,6 +806,49 @@ fn remove_orphan_indexes<S: Storage>(storage: &S, dir: &Path, segments: &[Segmen
     let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !segments.iter().any(|s| s.id == *id));
     orphans.for_each(|id| index::remove_index(storage, dir, id));
     Ok(())
+}
+
+/// Chunks of decoded records a parallel replay's decoder may hold before the applier takes
+/// them, and the payload bytes (or records) that make a chunk: memory stays under ~64 MiB per
+/// decoder whatever the record size, and a decoder can work most of a segment ahead.
+const DECODED_CHUNKS_AHEAD: usize = 64;
+const DECODED_CHUNK_BYTES: usize = 1 << 20;
+const DECODED_CHUNK_RECORDS: usize = 4096;
+
+/// Decodes one segment's records for [`SegmentedWal::replay_parallel`] and sends them in
+/// chunks; the first error is sent last. Stops when the receiver is gone.
+fn decode_segment<S: Storage>(storage: Arc<S>, spec: ReadSpec, tx: &std::sync::mpsc::SyncSender<Result<Vec<WalRecord>>>) {
+    let records = match WalIter::new(storage, spec) {
+        Ok(records) => records,
+        Err(err) => {
+            let _ = tx.send(Err(err));
+            return;
+        }
+    };
+    let (mut chunk, mut bytes) = (Vec::new(), 0);
+    for record in records {
+        match record {
+            Ok(record) => {
+                bytes += record.payload.len();
+                chunk.push(record);
+                if (bytes >= DECODED_CHUNK_BYTES || chunk.len() >= DECODED_CHUNK_RECORDS)
+                    && tx.send(Ok(std::mem::take(&mut chunk))).is_err()
+                {
+                    return;
+                }
+                if chunk.is_empty() {
+                    bytes = 0;
+                }
+            }
+            Err(err) => {
+                let _ = tx.send(Ok(chunk)).and_then(|()| tx.send(Err(err)));
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(Ok(chunk));
+    }
 }
 
 /// Truncated segment files kept for reuse in `dir`, at most `keep` of them; any more (the
