@@ -137,3 +137,30 @@ fn parallel_replay_returns_exactly_what_sequential_replay_does_in_lsn_order() {
     wal.truncate_before(Lsn(2000)).unwrap();
     assert!(matches!(wal.replay_parallel(Lsn(1), 2, |_| Ok(())), Err(WalError::LsnNotRetained { .. })));
 }
+
+#[test]
+fn parallel_replay_stops_at_damage_having_applied_exactly_the_records_before_it() {
+    use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment, storage::FaultConfig};
+    let sim = SimStorage::new(9, FaultConfig::default());
+    let mut c = SegmentedWalConfig::new("/parallel-damage");
+    c.segment_bytes_target = 16 * 1024;
+    let wal = SegmentedWal::open_with(sim.clone(), c).unwrap();
+    for i in 0..600u32 {
+        wal.append(Record::new(RecordType::optional(0x100), &i.to_le_bytes().repeat(64))).unwrap();
+    }
+    wal.sync().unwrap();
+    let damaged = wal.segments()[4];
+    let path = segment::path(std::path::Path::new("/parallel-damage"), damaged.id);
+    let mut bytes = sim.read_file(&path).unwrap();
+    bytes[4096 + 100] ^= 1; // the first record's payload
+    sim.write_file(&path, &bytes);
+    for threads in [1, 2, 4] {
+        let mut applied = Vec::new();
+        let err = wal.replay_parallel(Lsn(1), threads, |r| {
+            applied.push(r.lsn.0);
+            Ok(())
+        });
+        assert!(matches!(err, Err(WalError::Corruption { segment, .. }) if segment == damaged.id), "{threads} threads: {err:?}");
+        assert_eq!(applied, (1..damaged.first_lsn.0).collect::<Vec<_>>(), "{threads} threads");
+    }
+}
