@@ -141,20 +141,36 @@ fn a_cold_headers_only_scan_finds_every_header_and_the_payloads_asked_for() {
     wal.close().unwrap();
     let wal = SegmentedWal::open(config).unwrap();
     assert!(wal.segments().len() >= 2, "sealed segments of many records each");
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
-        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-    }
-    let mut lazy = wal.lazy_reader(Lsn(1)).unwrap();
-    let mut seen = 0u64;
-    while let Some(handle) = lazy.next_header().unwrap() {
-        seen += 1;
-        assert_eq!(handle.lsn, Lsn(seen));
-        if seen % 10 == 0 {
-            assert_eq!(lazy.payload().unwrap(), vec![seen as u8; sizes(seen)], "payload of {seen}");
+    // First through the header indexes of the segments the flusher sealed, then (indexes
+    // removed) by scanning every segment, the prefetching path.
+    let index_files = || {
+        let names = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap());
+        names.filter(|n| nodedb_wal::segment::parse_index(n).is_some()).count()
+    };
+    assert!(index_files() >= 1, "the flusher indexed the segments it sealed");
+    for indexed in [true, false] {
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if !indexed && nodedb_wal::segment::parse_index(&name).is_some() {
+                std::fs::remove_file(&path).unwrap();
+                continue;
+            }
+            let file = std::fs::File::open(&path).unwrap();
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
         }
+        let mut lazy = wal.lazy_reader(Lsn(1)).unwrap();
+        let mut seen = 0u64;
+        while let Some(handle) = lazy.next_header().unwrap() {
+            seen += 1;
+            assert_eq!(handle.lsn, Lsn(seen));
+            if seen % 10 == 0 {
+                assert_eq!(lazy.payload().unwrap(), vec![seen as u8; sizes(seen)], "payload of {seen}, indexed: {indexed}");
+            }
+        }
+        assert_eq!(seen, 120, "indexed: {indexed}");
     }
-    assert_eq!(seen, 120);
+    assert_eq!(index_files(), 0);
 }
 
 #[test]
