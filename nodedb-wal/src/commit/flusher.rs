@@ -94,16 +94,16 @@ impl<S: Storage> Flusher<S> {
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.bytes_written.fetch_add(job.padded as u64, Ordering::Relaxed);
         stats.records.fetch_add(job.end_lsn.0 - job.first_lsn.0, Ordering::Relaxed);
-        self.index.add_batch(&bytes[..job.used], target.offset);
         if target.create {
             // The new segment's first batch is durable: from now on, a log without it has lost
             // acknowledged records. Said before any of them is acknowledged.
             self.manifest.record(target.segment)?;
         }
         self.shared.note_segment_progress(job);
+        // After the acknowledgement: the index only speeds up later headers-only scans.
+        self.index.add_batch(&bytes[..job.used], target.offset);
         if job.ends_segment {
             self.file = None;
-            // After the acknowledgement: the index only speeds up later headers-only scans.
             if let Some(index) = self.index.finish() {
                 write_index(&*self.shared.storage, &self.shared.dir, &index);
             }

@@ -10,18 +10,25 @@ use crate::segment;
 use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
 
-/// The headers of the open segment so far, while an index still pays: one stops being kept
-/// once it would pass a thirty-second of the segment's target size (records averaging under
-/// ~1.8 KiB with the defaults), where reading the segment itself costs little more.
+/// The headers of the open segment so far, while an index still pays: an index is worth a
+/// thirty-second of the segment at most (records averaging ~1.8 KiB or more), since for
+/// smaller records reading the segment itself costs little more. One is dropped as soon as
+/// its first [`JUDGED_AFTER`] records average less, so that a log of small records does not
+/// decode headers on the flusher for nothing, and at the latest when it passes that size.
 #[derive(Debug, Default)]
 pub struct IndexBuilder {
     index: Option<HeaderIndex>,
     max_entries: usize,
 }
 
+/// Records after which an index's average record size decides whether it is kept.
+const JUDGED_AFTER: usize = 64;
+/// Segment bytes per index byte below which an index is not worth keeping.
+const BYTES_PER_INDEX_BYTE: usize = 32;
+
 impl IndexBuilder {
     pub fn new(segment_bytes_target: u64) -> IndexBuilder {
-        let budget = usize::try_from(segment_bytes_target / 32).unwrap_or(usize::MAX);
+        let budget = usize::try_from(segment_bytes_target).unwrap_or(usize::MAX) / BYTES_PER_INDEX_BYTE;
         IndexBuilder { index: None, max_entries: budget / ENTRY_LEN }
     }
 
@@ -49,7 +56,10 @@ impl IndexBuilder {
             }
             at += header.frame_len();
         }
-        if index.entries().len() > self.max_entries {
+        let entries = index.entries();
+        let spanned = offset + records.len() as u64 - entries.first().map_or(offset, |e| e.0);
+        let small = entries.len() >= JUDGED_AFTER && spanned < (entries.len() * ENTRY_LEN * BYTES_PER_INDEX_BYTE) as u64;
+        if small || entries.len() > self.max_entries {
             self.index = None;
         }
     }
@@ -99,5 +109,51 @@ pub fn remove_index<S: Storage>(storage: &S, dir: &Path, id: SegmentId) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => tracing::warn!(%err, path = %path.display(), "could not remove a header index"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::frame::encode_frame;
+    use crate::types::{RecordType, Scope};
+
+    /// `count` frames of `payload` bytes each, LSNs from `first`, back to back.
+    fn frames(first: u64, count: u64, payload: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for lsn in first..first + count {
+            let header = RecordHeader {
+                lsn: Lsn(lsn),
+                durable_lsn: Lsn(0),
+                salt: 5,
+                record_type: RecordType::optional(0x100),
+                scope: Scope::default(),
+                payload_len: payload as u32,
+                flags: 0,
+            };
+            let mut frame = vec![0u8; header.frame_len()];
+            encode_frame(&header, &vec![1; payload], &mut frame);
+            out.extend_from_slice(&frame);
+        }
+        out
+    }
+
+    #[test]
+    fn an_index_of_small_records_is_dropped_once_judged_and_one_of_large_records_is_kept() {
+        let mut small = IndexBuilder::new(64 << 20);
+        small.start(SegmentId(1), 5, Lsn(1));
+        let first = frames(1, JUDGED_AFTER as u64 - 1, 100);
+        small.add_batch(&first, 4096);
+        assert!(small.index.is_some(), "not judged before {JUDGED_AFTER} records");
+        small.add_batch(&frames(JUDGED_AFTER as u64, 1, 100), 4096 + first.len() as u64);
+        assert!(small.finish().is_none(), "148-byte frames: dropped");
+
+        let mut large = IndexBuilder::new(64 << 20);
+        large.start(SegmentId(2), 5, Lsn(1));
+        let batch = frames(1, 100, 4000);
+        large.add_batch(&batch, 4096);
+        let index = large.finish().expect("4 KiB records keep their index");
+        assert_eq!(index.entries().len(), 100);
+        assert_eq!(index.entries()[1].0, 4096 + 4048, "each frame's offset");
     }
 }
