@@ -91,8 +91,8 @@ struct Cursor<S: Storage> {
     cipher: Option<SegmentCipher>,
     headers_only: bool,
     /// A headers-only scan of a sealed segment with a valid header index walks the index (its
-    /// entries and the next one to hand out) instead of the segment.
-    indexed: Option<(Vec<(u64, RecordHeader)>, usize)>,
+    /// entries still to hand out) instead of the segment.
+    indexed: Option<std::iter::Peekable<std::vec::IntoIter<(u64, RecordHeader)>>>,
     /// Plaintext of the last encrypted record, reused from record to record.
     plain: Vec<u8>,
     /// Where the record after the last one handed out starts.
@@ -100,6 +100,15 @@ struct Cursor<S: Storage> {
     /// Headers the scan keeps prefetching for, counted down from the last read that waited for
     /// the disk: a log in the page cache needs no prefetching (and its system calls).
     prefetch_left: u64,
+}
+
+/// See [`Cursor::admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admit {
+    Beyond,
+    Below,
+    Skip,
+    Hand,
 }
 
 /// How many records ahead a headers-only scan asks the kernel for the blocks it will need.
@@ -157,7 +166,7 @@ impl<S: Storage> Cursor<S> {
         if self.headers_only && info.sealed {
             let lsns = (info.first_lsn, info.end_lsn);
             let found = index::read_index(&*self.storage, &self.spec.dir, info.id, head.header.salt, lsns);
-            self.indexed = found.map(|index| (index.into_entries(), 0));
+            self.indexed = found.map(|index| index.into_entries().into_iter().peekable());
         }
         let mut scan = SegmentScan::new(reader, info.id, &head);
         if let Some(at) = self.spec.resume.take().filter(|at| at.segment == info.id && at.lsn == self.spec.from) {
@@ -175,27 +184,24 @@ impl<S: Storage> Cursor<S> {
             if self.scan.is_none() && !self.open_scan()? {
                 return Ok(None);
             }
-            if let Some((entries, at)) = self.indexed.as_mut() {
-                let Some(&(offset, header)) = entries.get(*at) else {
+            if let Some(entries) = self.indexed.as_mut() {
+                let Some(&(offset, header)) = entries.peek() else {
                     self.indexed = None;
                     self.scan = None;
                     self.index += 1;
                     continue;
                 };
-                if header.lsn > self.spec.until {
-                    return Ok(None);
-                }
-                *at += 1;
-                if header.lsn < self.spec.from {
-                    continue;
-                }
-                check_type(&header)?;
                 let segment = self.scan.as_ref().expect("open").id();
-                self.next = Some(Position { segment, offset: offset + header.frame_len() as u64, lsn: header.lsn.next() });
-                if is_unknown_optional(header.record_type) {
-                    continue;
+                match self.admit(segment, offset, &header)? {
+                    Admit::Beyond => return Ok(None),
+                    admit => {
+                        self.indexed.as_mut().expect("indexed").next();
+                        if admit == Admit::Hand {
+                            return Ok(Some(Found { segment, offset, header, payload: &[] }));
+                        }
+                    }
                 }
-                return Ok(Some(Found { segment, offset, header, payload: &[] }));
+                continue;
             }
             let scan = self.scan.as_mut().expect("opened above");
             let segment = scan.id();
@@ -206,31 +212,27 @@ impl<S: Storage> Cursor<S> {
                 Step::End { offset, end, .. } => Err((offset, end)),
             };
             match step {
-                Ok((offset, header)) if header.lsn > self.spec.until => {
-                    // Step back before it, so that a reader extended later (a tail) finds it.
-                    self.scan.as_mut().expect("open").seek(offset, header.lsn);
-                    return Ok(None);
-                }
-                Ok((_, header)) if header.lsn < self.spec.from => {}
-                Ok((offset, header)) => {
-                    check_type(&header)?;
-                    self.next = Some(Position { segment, offset: offset + header.frame_len() as u64, lsn: header.lsn.next() });
-                    let skip = is_unknown_optional(header.record_type);
-                    if self.headers_only && skip {
-                        continue;
+                Ok((offset, header)) => match self.admit(segment, offset, &header)? {
+                    Admit::Beyond => {
+                        // Step back before it, so that a reader extended later (a tail) finds it.
+                        self.scan.as_mut().expect("open").seek(offset, header.lsn);
+                        return Ok(None);
                     }
-                    if self.headers_only {
+                    Admit::Below => {}
+                    Admit::Skip if self.headers_only => {}
+                    Admit::Skip => {
+                        // Authenticated even when skipped: the type is part of what is signed.
+                        self.open_stepped(segment, offset, &header)?;
+                    }
+                    Admit::Hand if self.headers_only => {
                         self.prefetch_headers(offset, header.frame_len() as u64);
                         return Ok(Some(Found { segment, offset, header, payload: &[] }));
                     }
-                    if skip {
-                        // Authenticated even when skipped: the type is part of what is signed.
-                        self.open_stepped(segment, offset, &header)?;
-                        continue;
+                    Admit::Hand => {
+                        let payload = self.open_stepped(segment, offset, &header)?;
+                        return Ok(Some(Found { segment, offset, header, payload }));
                     }
-                    let payload = self.open_stepped(segment, offset, &header)?;
-                    return Ok(Some(Found { segment, offset, header, payload }));
-                }
+                },
                 Err((offset, end)) => {
                     let scan = self.scan.as_ref().expect("open");
                     if !matches!(end, TailEnd::Sealed { .. }) {
@@ -246,6 +248,21 @@ impl<S: Storage> Cursor<S> {
                 }
             }
         }
+    }
+
+    /// What to do with the record at `offset` whose header a scan or an index gave: past the
+    /// bound, below the start, a type to skip, or one to hand out. Type checks and the resume
+    /// position are the same whichever gave it.
+    fn admit(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<Admit> {
+        if header.lsn > self.spec.until {
+            return Ok(Admit::Beyond);
+        }
+        if header.lsn < self.spec.from {
+            return Ok(Admit::Below);
+        }
+        check_type(header)?;
+        self.next = Some(Position { segment, offset: offset + header.frame_len() as u64, lsn: header.lsn.next() });
+        Ok(if is_unknown_optional(header.record_type) { Admit::Skip } else { Admit::Hand })
     }
 
     /// Lets a reader that reached its bound go on to a later one, with a fresh listing of the
