@@ -107,8 +107,7 @@ impl<S: Storage> SegmentedWal<S> {
         tracing::info!(records = recovered.info.record_count, last_lsn = %recovered.info.last_lsn, "recovered");
         let newest = recovered.info.segments.last().map_or(SegmentId(0), |s| s.id);
         let manifest = Manifest::open(&storage, &dir, newest)?;
-        let recycled = kept_recycled(&storage, &dir, config.recycle_segments)?;
-        remove_orphan_indexes(&storage, &dir, &recovered.info.segments)?;
+        let recycled = tidy_dir(&storage, &dir, &recovered.info.segments, config.recycle_segments)?;
         let limits = Limits {
             block: config.alignment,
             batch_bytes_max: config.batch_bytes_max,
@@ -799,15 +798,6 @@ impl<S: Storage> SegmentedWal<S> {
     }
 }
 
-/// Removes header indexes whose segment is gone (a crash after a truncation removed the
-/// segment but not yet its index).
-fn remove_orphan_indexes<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo]) -> Result<()> {
-    let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
-    let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !segments.iter().any(|s| s.id == *id));
-    orphans.for_each(|id| index::remove_index(storage, dir, id));
-    Ok(())
-}
-
 /// Chunks of decoded records a parallel replay's decoder may hold before the applier takes
 /// them, and the payload bytes (or records) that make a chunk: memory stays under ~64 MiB per
 /// decoder whatever the record size, and a decoder can work most of a segment ahead.
@@ -831,12 +821,10 @@ fn decode_segment<S: Storage>(storage: Arc<S>, spec: ReadSpec, tx: &std::sync::m
             Ok(record) => {
                 bytes += record.payload.len();
                 chunk.push(record);
-                if (bytes >= DECODED_CHUNK_BYTES || chunk.len() >= DECODED_CHUNK_RECORDS)
-                    && tx.send(Ok(std::mem::take(&mut chunk))).is_err()
-                {
-                    return;
-                }
-                if chunk.is_empty() {
+                if bytes >= DECODED_CHUNK_BYTES || chunk.len() >= DECODED_CHUNK_RECORDS {
+                    if tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
+                        return;
+                    }
                     bytes = 0;
                 }
             }
@@ -851,10 +839,14 @@ fn decode_segment<S: Storage>(storage: Arc<S>, spec: ReadSpec, tx: &std::sync::m
     }
 }
 
-/// Truncated segment files kept for reuse in `dir`, at most `keep` of them; any more (the
-/// setting was lowered) are removed.
-fn kept_recycled<S: Storage>(storage: &S, dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+/// At open, with one listing of `dir`: removes header indexes whose segment is gone (a crash
+/// after a truncation removed the segment but not yet its index), and returns the truncated
+/// segment files kept for reuse, at most `keep` of them; any more (the setting was lowered)
+/// are removed.
+fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep: usize) -> Result<Vec<PathBuf>> {
     let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
+    let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !segments.iter().any(|s| s.id == *id));
+    orphans.for_each(|id| index::remove_index(storage, dir, id));
     let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| segment::parse_recycled(n)).collect();
     ids.sort_unstable();
     let extra = ids.len().saturating_sub(keep);
