@@ -58,6 +58,16 @@ fn check_recovered<S: Storage>(wal: &SegmentedWal<S>, model: &BTreeMap<u64, Vec<
     assert!(last >= acked, "{context}: acknowledged LSN {acked} lost; recovered up to {last}");
 }
 
+/// A log on a simulated disk that faults can be injected into, filled to four segments.
+type Faulty = FaultyStorage<SimStorage>;
+fn faulty_log(seed: u64) -> (Faulty, SegmentedWal<Faulty>, BTreeMap<u64, Vec<u8>>) {
+    let storage = FaultyStorage::new(SimStorage::new(seed, FaultConfig::default()));
+    let wal = SegmentedWal::open_with(storage.clone(), config(Path::new("/wal"))).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 0, 4);
+    (storage, wal, model)
+}
+
 #[test]
 fn truncated_segments_are_reused_as_new_ones_and_read_back_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,12 +141,7 @@ fn a_power_cut_at_any_step_of_reusing_a_segment_loses_nothing_and_revives_nothin
 
 #[test]
 fn a_failed_rename_while_truncating_is_reported_and_the_log_goes_on() {
-    let sim = SimStorage::new(3, FaultConfig::default());
-    let storage = FaultyStorage::new(sim);
-    let dir = Path::new("/wal");
-    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
-    let mut model = BTreeMap::new();
-    fill(&wal, &mut model, 0, 4);
+    let (storage, wal, mut model) = faulty_log(3);
     storage.fail_once(FaultOp::Rename, 0, EIO);
     let err = wal.truncate_before(wal.durable_lsn()).unwrap_err();
     assert!(matches!(err, WalError::Io { op: IoOp::Rename, .. }), "{err}");
@@ -148,12 +153,7 @@ fn a_failed_rename_while_truncating_is_reported_and_the_log_goes_on() {
 
 #[test]
 fn a_failed_rename_while_reusing_poisons_the_log() {
-    let sim = SimStorage::new(4, FaultConfig::default());
-    let storage = FaultyStorage::new(sim);
-    let dir = Path::new("/wal");
-    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
-    let mut model = BTreeMap::new();
-    fill(&wal, &mut model, 0, 4);
+    let (storage, wal, _) = faulty_log(4);
     wal.truncate_before(wal.durable_lsn()).unwrap();
     storage.fail_once(FaultOp::Rename, 0, EIO);
     let err = loop {

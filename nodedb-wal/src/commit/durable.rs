@@ -288,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn a_waiter_that_finds_its_lsn_durable_does_not_sleep() {
+    fn a_waiter_whose_lsn_is_durable_returns_at_once_and_leaves_no_sleeper_counted() {
         let d = Durability::new(Lsn(0));
         d.advance(Lsn(3), 1);
         d.wait(Lsn(2), 1).unwrap();
