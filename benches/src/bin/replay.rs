@@ -25,13 +25,17 @@ use nodedb_wal_benches::systems::payload;
 
 const USAGE: &str = "\
 usage: replay [--dir DIR] [--size S] [--bytes B] [--rounds R] [--lazy-size S] [--lazy-bytes B]
+              [--readers a,b,..] [--logs a,b]
 
   --dir DIR         where the logs go; a temporary directory is made inside it (.)
   --size S          payload bytes per record (1024)
   --bytes B         payload bytes per log (268435456)
   --rounds R        reads of each log by each reader, cold and warm (3)
   --lazy-size S     payload bytes per record of the lazy-scan log (65536)
-  --lazy-bytes B    payload bytes of each lazy-scan log; 0 skips the lazy scans (268435456)";
+  --lazy-bytes B    payload bytes of each lazy-scan log; 0 skips the lazy scans (268435456)
+  --readers LIST    replay readers besides plain-read: read_from, read_mapped-view,
+                    replay_parallel-2 (all); for profiling one
+  --logs LIST       plaintext, encrypted (both)";
 
 struct Args {
     dir: String,
@@ -40,10 +44,21 @@ struct Args {
     rounds: usize,
     lazy_size: usize,
     lazy_bytes: u64,
+    readers: Vec<Reader>,
+    logs: Vec<&'static str>,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut args = Args { dir: ".".into(), size: 1024, bytes: 256 << 20, rounds: 3, lazy_size: 64 << 10, lazy_bytes: 256 << 20 };
+    let mut args = Args {
+        dir: ".".into(),
+        size: 1024,
+        bytes: 256 << 20,
+        rounds: 3,
+        lazy_size: 64 << 10,
+        lazy_bytes: 256 << 20,
+        readers: REPLAY_READERS.to_vec(),
+        logs: LOGS.iter().map(|l| l.0).collect(),
+    };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
         let mut value = || raw.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -55,6 +70,8 @@ fn parse() -> Result<Args, String> {
             "--rounds" => args.rounds = number(value()?)? as usize,
             "--lazy-size" => args.lazy_size = number(value()?)? as usize,
             "--lazy-bytes" => args.lazy_bytes = number(value()?)?,
+            "--readers" => args.readers = pick(&value()?, &REPLAY_READERS.map(|r| (r.name(), r)))?,
+            "--logs" => args.logs = pick(&value()?, &LOGS.map(|l| (l.0, l.0)))?,
             "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -63,6 +80,11 @@ fn parse() -> Result<Args, String> {
         return Err("--size, --lazy-size and --rounds must be positive".into());
     }
     Ok(args)
+}
+
+/// The named items of a comma-separated `list`, in its order.
+fn pick<T: Copy>(list: &str, known: &[(&str, T)]) -> Result<Vec<T>, String> {
+    list.split(',').map(|name| known.iter().find(|k| k.0 == name).map(|k| k.1).ok_or_else(|| format!("unknown: {name}"))).collect()
 }
 
 fn main() -> ExitCode {
@@ -122,6 +144,12 @@ fn plain_read(files: &[(PathBuf, u64)]) -> io::Result<u64> {
     }
     Ok(total)
 }
+
+/// The logs written: name and whether it is encrypted.
+const LOGS: [(&str, bool); 2] = [("plaintext", false), ("encrypted", true)];
+
+/// The replay readers compared with a plain read.
+const REPLAY_READERS: [Reader; 3] = [Reader::ReadFrom, Reader::MappedView, Reader::Parallel];
 
 /// The readers compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,18 +278,18 @@ fn measure(logs: &[Log], readers: &[Reader], args: &Args, size: usize) -> io::Re
 fn run(args: &Args) -> io::Result<()> {
     let root = tempfile::Builder::new().prefix("nodedb-wal-replay-").tempdir_in(&args.dir)?;
     let mut logs = Vec::new();
-    for (name, encrypted) in [("plaintext", false), ("encrypted", true)] {
+    for (name, encrypted) in LOGS.into_iter().filter(|l| args.logs.contains(&l.0)) {
         let (config, files) = fill(&root.path().join(name), args.size, args.bytes, encrypted)?;
         logs.push((name, config, files));
     }
-    let readers = [Reader::Plain, Reader::ReadFrom, Reader::MappedView, Reader::Parallel];
+    let readers: Vec<Reader> = std::iter::once(Reader::Plain).chain(args.readers.iter().copied()).collect();
     let rates = measure(&logs, &readers, args, args.size)?;
     let mut summary = Json::default().str("system", "replay-ratios").int("size_bytes", args.size as u64);
     for (name, _, _) in &logs {
         for warm in [false, true] {
             let cache = if warm { "warm" } else { "cold" };
             let plain = rate_of(&rates, (name, Reader::Plain, warm));
-            for reader in [Reader::ReadFrom, Reader::MappedView, Reader::Parallel] {
+            for &reader in &args.readers {
                 let rate = rate_of(&rates, (name, reader, warm));
                 summary = summary.num(&format!("{name}_{cache}_{}_gb_per_sec", reader.name()), rate);
                 summary = summary.num(&format!("{name}_{cache}_{}_vs_plain_read", reader.name()), rate / plain);
