@@ -377,6 +377,13 @@ pub enum WalError {
         /// The oldest LSN the log still holds.
         oldest: Lsn,
     },
+    /// A reader reached a segment that truncation removed (or reused as a later segment) after
+    /// the reader listed it: the records it needed are no longer retained.
+    #[error("segment {segment} was truncated while a reader still needed it")]
+    SegmentTruncated {
+        /// The segment the reader needed.
+        segment: SegmentId,
+    },
     /// Another `SegmentedWal` (in this or another process) has the directory open.
     #[error("{} is locked by another writer", path.display())]
     Locked {

@@ -146,7 +146,13 @@ impl<S: Storage> Cursor<S> {
         // it: it is read through the cache, with the kernel's read-ahead (an O_DIRECT read at a
         // time waits for the disk each time). The active segment is read as the log writes it.
         let direct = self.spec.direct && !info.sealed;
-        let (file, len) = open_existing(&*self.storage, &path, direct, false)?;
+        let truncated = WalError::SegmentTruncated { segment: info.id };
+        let (file, len) = match open_existing(&*self.storage, &path, direct, false) {
+            Err(WalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Err(truncated),
+            opened => opened?,
+        };
+        // Held while the segment is read: truncation may not reuse the file under this reader.
+        file.hold_shared().map_err(|e| WalError::io(IoOp::Lock, &path, e))?;
         let len = if self.spec.clip_active && !info.sealed { len.min(info.bytes) } else { len };
         // The lazy reader reads a header's blocks only, so that skipped payloads stay on disk.
         let chunk = if self.headers_only { LAZY_WINDOW_BLOCKS * self.spec.align } else { self.spec.chunk };
@@ -159,6 +165,10 @@ impl<S: Storage> Cursor<S> {
         }
         let bad_head = WalError::Corruption { segment: info.id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
         let head = read_head(&mut reader, info.id)?.map_err(|_| bad_head)?;
+        if head.header.segment_id != info.id {
+            // Reused as a later segment between our listing and our hold.
+            return Err(truncated);
+        }
         self.cipher = match &self.spec.decrypt {
             Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,
             Decrypt::Raw => None,

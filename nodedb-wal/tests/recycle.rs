@@ -8,7 +8,7 @@ use std::path::Path;
 
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, Storage};
-use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment};
+use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment};
 
 const TY: RecordType = RecordType::optional(0x100);
 
@@ -180,4 +180,57 @@ fn opening_with_fewer_kept_segments_removes_the_extra_files() {
     fill(&wal, &mut BTreeMap::new(), 1, 3);
     assert_eq!(wal.truncate_before(wal.durable_lsn()).unwrap(), 2);
     assert!(recycled_names(&sim, dir).is_empty(), "removed, not kept");
+}
+
+/// A reader that lags behind truncation: the file it is reading must not be rewritten as a new
+/// segment under it (with a map, that would change bytes it has lent out). Truncation may
+/// still take the segment; the reader finishes it and then learns that the next one is gone.
+#[test]
+fn a_segment_being_read_is_never_reused_under_its_reader() {
+    for mapped in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SegmentedWalConfig { allow_buffered_fallback: true, ..config(dir.path()) };
+        let wal = SegmentedWal::open(config).unwrap();
+        let mut model = BTreeMap::new();
+        fill(&wal, &mut model, 0, 6);
+        let first = wal.segments()[0];
+        let inode = std::fs::metadata(segment::path(dir.path(), first.id)).unwrap().ino();
+        let mut reader = if mapped { wal.read_mapped(Lsn::FIRST) } else { wal.read_from(Lsn::FIRST) }.unwrap();
+        let view = reader.next_view().unwrap().unwrap();
+        assert_eq!(view.payload, model[&1].as_slice());
+
+        assert!(wal.truncate_before(wal.durable_lsn()).unwrap() >= 4);
+        let before = wal.segments().len();
+        fill(&wal, &mut model, 1, before + 2);
+        for s in &wal.segments()[before..] {
+            let reused = std::fs::metadata(segment::path(dir.path(), s.id)).unwrap().ino();
+            assert_ne!(reused, inode, "segment {} reuses the file a reader holds", s.id);
+        }
+
+        for lsn in 2..first.end_lsn.0 {
+            let view = reader.next_view().unwrap().unwrap_or_else(|e| panic!("mapped {mapped}: LSN {lsn}: {e}"));
+            assert_eq!((view.lsn, view.payload), (Lsn(lsn), model[&lsn].as_slice()), "mapped {mapped}");
+        }
+        match reader.next_view() {
+            Some(Err(WalError::SegmentTruncated { segment })) => assert_eq!(segment, SegmentId(first.id.0 + 1), "mapped {mapped}"),
+            other => panic!("mapped {mapped}: expected the next segment to be reported truncated, got {other:?}"),
+        }
+        assert!(reader.next_view().is_none(), "nothing after the error");
+    }
+}
+
+#[test]
+fn a_reader_that_reaches_a_truncated_segment_gets_a_typed_error_not_a_short_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = SegmentedWal::open(SegmentedWalConfig { allow_buffered_fallback: true, ..config(dir.path()) }).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 0, 4);
+    let first = wal.segments()[0].id;
+    // Listed now, opened only at the first read.
+    let mut reader = wal.read_from(Lsn::FIRST).unwrap();
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    match reader.next() {
+        Some(Err(WalError::SegmentTruncated { segment })) => assert_eq!(segment, first),
+        other => panic!("expected segment {first} reported truncated, got {other:?}"),
+    }
 }

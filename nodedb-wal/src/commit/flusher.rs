@@ -177,10 +177,23 @@ impl<S: Storage> Flusher<S> {
                 return Ok(None);
             }
         };
+        // A reader still holding the old segment (it was truncated under a slow reader) would
+        // see its bytes change: remove the file instead (the reader keeps it until it closes).
+        if !file.try_hold_exclusive().unwrap_or(false) {
+            drop(file);
+            tracing::debug!(path = %from.display(), "a reader holds a truncated segment; removing it instead of reusing it");
+            if let Err(err) = shared.storage.remove(&from) {
+                tracing::warn!(%err, path = %from.display(), "cannot remove a truncated segment");
+            }
+            return Ok(None);
+        }
         let len = file.len().map_err(|e| (IoOp::Stat, e))?;
         file.write_and_sync(header, 0)?;
         shared.storage.rename(&from, path).map_err(|e| (IoOp::Rename, e))?;
         shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
+        // Readers that opened the old name before the rename find the new header once they
+        // hold the file, and stop there (see `Cursor::open_scan`).
+        file.release_hold();
         tracing::debug!(from = %from.display(), to = %path.display(), "segment reused");
         // Every block of the old file was written: nothing to zero-fill ahead within it.
         self.written_to = len - len % shared.block as u64;

@@ -516,4 +516,16 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
+
+    fn hold_shared(&self) -> io::Result<()> {
+        self.inner.hold_shared()
+    }
+
+    fn try_hold_exclusive(&self) -> io::Result<bool> {
+        self.inner.try_hold_exclusive()
+    }
+
+    fn release_hold(&self) {
+        self.inner.release_hold();
+    }
 }

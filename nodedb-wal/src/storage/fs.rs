@@ -245,6 +245,27 @@ impl StorageFile for FsFile {
         }
     }
 
+    fn hold_shared(&self) -> io::Result<()> {
+        // flock, not fcntl: its locks belong to the open file, so they conflict between two
+        // opens in one process too, and a map's duplicate of the descriptor keeps them.
+        rustix::fs::flock(&self.fd, FlockOperation::LockShared)?;
+        Ok(())
+    }
+
+    fn try_hold_exclusive(&self) -> io::Result<bool> {
+        match rustix::fs::flock(&self.fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn release_hold(&self) {
+        if let Err(err) = rustix::fs::flock(&self.fd, FlockOperation::Unlock) {
+            tracing::warn!(%err, "cannot release a segment file's lock");
+        }
+    }
+
     fn advise(&self, advice: super::Advice, offset: u64, len: u64) {
         use rustix::fs::Advice as Fadv;
         let advice = match advice {

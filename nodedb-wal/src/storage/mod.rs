@@ -164,6 +164,23 @@ pub trait StorageFile: Send + Sync + 'static {
     fn advise(&self, advice: Advice, offset: u64, len: u64) {
         let _ = (advice, offset, len);
     }
+    /// Takes a shared advisory lock on the file, held while this handle (or a map made from
+    /// it) is open: a reader's claim that the file must not be reused as a new segment under
+    /// it (see [`StorageFile::try_hold_exclusive`]). Waits while the writer holds the file
+    /// exclusively, which is only while it turns a truncated file into a new segment. Works
+    /// across processes. The default does nothing (storage whose files are not shared).
+    fn hold_shared(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Takes the advisory lock exclusively if no reader holds the file; `Ok(false)` where one
+    /// does. The writer takes it before it reuses a truncated segment's file and lets it go
+    /// ([`StorageFile::release_hold`]) once the file carries its new name. The default always
+    /// succeeds.
+    fn try_hold_exclusive(&self) -> io::Result<bool> {
+        Ok(true)
+    }
+    /// Lets go of the lock taken by [`StorageFile::try_hold_exclusive`].
+    fn release_hold(&self) {}
     /// A read-only map of the first `len` bytes of a sealed segment, which no one writes or
     /// shrinks again, for fast sequential reading; `None` where this storage cannot map (the
     /// default), and readers then use [`StorageFile::read_at`]. Only this crate can call it
