@@ -182,6 +182,9 @@ impl<S: Storage> Cursor<S> {
         if let Some(at) = self.spec.resume.take().filter(|at| at.segment == info.id && at.lsn == self.spec.from) {
             scan.seek(at.offset, at.lsn);
         }
+        if mapped {
+            scan.check_ahead();
+        }
         self.scan = Some(if self.headers_only { scan.headers_only() } else { scan });
         self.prefetch_left = 0;
         Ok(true)

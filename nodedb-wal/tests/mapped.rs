@@ -21,15 +21,34 @@ fn open(dir: &std::path::Path, ring: Option<Arc<KeyRing>>) -> SegmentedWal {
     SegmentedWal::open(config).unwrap()
 }
 
+/// Segments large enough that a mapped reader has a helper check frames ahead of it
+/// (`segment::ahead`, from 1 MiB on), and the records that fill three of them.
+const BIG_SEGMENT: u64 = 2 << 20;
+const BIG_RECORDS: u64 = 36_000;
+
+fn open_big(dir: &std::path::Path, ring: Option<Arc<KeyRing>>) -> SegmentedWal {
+    let config = SegmentedWalConfig { key_ring: ring, segment_bytes_target: BIG_SEGMENT, batch_bytes_max: 256 << 10, ..config(dir) };
+    SegmentedWal::open(config).unwrap()
+}
+
 fn mapped_reading_matches_pread_reading(ring: Option<Arc<KeyRing>>) {
+    mapped_reading_matches_pread_reading_in(ring.clone(), open, 400);
+    mapped_reading_matches_pread_reading_in(ring, open_big, BIG_RECORDS);
+}
+
+fn mapped_reading_matches_pread_reading_in(
+    ring: Option<Arc<KeyRing>>,
+    open: fn(&std::path::Path, Option<Arc<KeyRing>>) -> SegmentedWal,
+    records: u64,
+) {
     let dir = tempfile::tempdir().unwrap();
     let wal = open(dir.path(), ring.clone());
-    append_synced(&wal, 1, 400);
+    append_synced(&wal, 1, records);
     assert!(wal.segments().iter().filter(|s| s.sealed).count() >= 3, "several sealed segments are mapped");
 
     let read = |from| -> Vec<WalRecord> { wal.read_from(from).unwrap().collect::<Result<_, _>>().unwrap() };
     let expected = read(Lsn(1));
-    assert_eq!(expected.len(), 400);
+    assert_eq!(expected.len() as u64, records);
     let mapped: Vec<_> = wal.read_mapped(Lsn(1)).unwrap().collect::<Result<_, _>>().unwrap();
     assert_eq!(mapped, expected);
     let from_middle: Vec<_> = wal.read_mapped(Lsn(123)).unwrap().collect::<Result<_, _>>().unwrap();
@@ -48,7 +67,7 @@ fn mapped_reading_matches_pread_reading(ring: Option<Arc<KeyRing>>) {
     let read_only: Vec<_> = view.read_mapped(Lsn(1)).unwrap().collect::<Result<_, _>>().unwrap();
     assert_eq!(read_only, expected);
     if ring.is_none() {
-        assert_records(&expected, 1, 400);
+        assert_records(&expected, 1, records);
     }
 }
 
@@ -64,14 +83,25 @@ fn mapped_reading_returns_exactly_what_pread_reading_returns_encrypted() {
 
 #[test]
 fn a_damaged_byte_in_a_mapped_segment_is_a_corruption_error() {
+    a_damaged_byte_is_a_corruption_error(open, 200, 50);
+}
+
+/// With a helper checking ahead, the damage is still found at the same record, and nothing at
+/// or past it is handed out.
+#[test]
+fn a_damaged_byte_deep_in_a_large_mapped_segment_is_a_corruption_error() {
+    a_damaged_byte_is_a_corruption_error(open_big, BIG_RECORDS, 7_001);
+}
+
+fn a_damaged_byte_is_a_corruption_error(open: fn(&std::path::Path, Option<Arc<KeyRing>>) -> SegmentedWal, records: u64, damaged: u64) {
     let dir = tempfile::tempdir().unwrap();
     let wal = open(dir.path(), None);
-    append_synced(&wal, 1, 200);
+    append_synced(&wal, 1, records);
     wal.close().unwrap();
     // Opened before the damage, so that the reader meets it (opening would report it too).
     let view = ReadOnlyWal::open(dir.path(), None).unwrap();
     let disk = FsStorage::new();
-    let (id, frame) = locate(&disk, dir.path(), 50);
+    let (id, frame) = locate(&disk, dir.path(), damaged);
     let path = seg(dir.path(), id);
     let mut bytes = disk.read(&path);
     bytes[frame.offset as usize + frame.frame_len() as usize - 1] ^= 0x40;
@@ -82,14 +112,14 @@ fn a_damaged_byte_in_a_mapped_segment_is_a_corruption_error() {
     let err = loop {
         match reader.next() {
             Some(Ok(record)) => {
-                assert!(record.lsn < Lsn(50), "nothing at or past the damage is handed out");
+                assert!(record.lsn < Lsn(damaged), "nothing at or past the damage is handed out");
                 delivered += 1;
             }
             Some(Err(err)) => break err,
             None => panic!("the damaged record was not noticed"),
         }
     };
-    assert_eq!(delivered, 49);
+    assert_eq!(delivered, damaged - 1);
     assert!(matches!(err, WalError::Corruption { kind: CorruptionKind::BadFrame, .. }), "{err:?}");
     assert!(reader.next().is_none(), "a reader stops at its first error");
 }

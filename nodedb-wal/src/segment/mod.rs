@@ -1,5 +1,6 @@
 //! Segment files: names, identity, and scanning their frames.
 
+pub mod ahead;
 pub mod crypt;
 pub mod evidence;
 pub(crate) mod index;

@@ -3,10 +3,12 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::error::{IoOp, Result, WalError};
 
 use crate::format::layout::round_up;
+use crate::segment::ahead::{self, CheckAhead};
 use crate::storage::mmap::RELEASE_STEP;
 use crate::storage::{Advice, AlignedBuf, Mapping, StorageFile};
 
@@ -24,7 +26,9 @@ pub struct ChunkReader<F> {
     buf: AlignedBuf,
     start: u64,
     filled: usize,
-    mapped: Option<Mapping>,
+    mapped: Option<Arc<Mapping>>,
+    /// A helper checking the mapped frames ahead of the reader (see [`ahead`]).
+    ahead: Option<CheckAhead>,
     /// Drop what was read from the page cache, a release step behind the reads.
     drop_behind: bool,
     dropped: u64,
@@ -47,6 +51,7 @@ impl<F: StorageFile> ChunkReader<F> {
             start: 0,
             filled: 0,
             mapped: None,
+            ahead: None,
             drop_behind: false,
             dropped: 0,
             watch_misses: false,
@@ -59,10 +64,31 @@ impl<F: StorageFile> ChunkReader<F> {
     /// reads are given back as the reader moves on. Returns whether the file is mapped.
     pub fn map_sealed(&mut self) -> bool {
         match self.file.map_sealed(self.file_len, crate::storage::CrateOnly::new()) {
-            Ok(mapped) => self.mapped = mapped,
+            Ok(mapped) => self.mapped = mapped.map(Arc::new),
             Err(err) => tracing::debug!(%err, path = %self.path.display(), "mmap refused; reading with pread"),
         }
         self.mapped.is_some()
+    }
+
+    /// For a front-to-back read of a mapped file from `from` (a frame boundary), on a machine
+    /// with a core to spare: a helper thread checks the frames' checksums ahead of the reader
+    /// (see [`ahead`]). Only where enough of the file is left to pay for a thread.
+    pub fn check_ahead(&mut self, from: u64) {
+        let spare_core = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        if let Some(map) = self.mapped.as_ref().filter(|_| spare_core && self.file_len.saturating_sub(from) >= ahead::MIN_BYTES) {
+            self.ahead = CheckAhead::spawn(Arc::clone(map), from);
+        }
+    }
+
+    /// Stops the help of [`Self::check_ahead`] (the reader moves off the chain it follows).
+    pub fn stop_checking_ahead(&mut self) {
+        self.ahead = None;
+    }
+
+    /// Whether the frame of `len` bytes at `offset` was checked ahead of the reader.
+    #[inline]
+    pub fn checked_ahead(&mut self, offset: u64, len: usize) -> bool {
+        self.ahead.as_mut().is_some_and(|a| a.covers(offset, len))
     }
 
     /// The file being read.
@@ -103,6 +129,7 @@ impl<F: StorageFile> ChunkReader<F> {
         self.file_len = file_len;
         // Only sealed files are mapped, and they do not grow: a file that does is read instead.
         self.mapped = None;
+        self.ahead = None;
         // The window may hold blocks read while they were still being written: forget it.
         self.filled = 0;
     }
@@ -133,7 +160,7 @@ impl<F: StorageFile> ChunkReader<F> {
     }
 
     fn mapped_get(&mut self, offset: u64, want: usize) -> &[u8] {
-        let map = self.mapped.as_mut().expect("mapped");
+        let map = self.mapped.as_ref().expect("mapped");
         // A reader looks back at most a frame or a block: pages a release step behind can go.
         map.release_below(offset.saturating_sub(RELEASE_STEP));
         let bytes = map.bytes();

@@ -154,6 +154,12 @@ impl<F: StorageFile> SegmentScan<F> {
         }
     }
 
+    /// Has a helper thread check the checksums of the frames ahead (a mapped segment read
+    /// front to back; see [`crate::segment::ahead`]).
+    pub fn check_ahead(&mut self) {
+        self.reader.check_ahead(self.pos);
+    }
+
     /// A scan that checks headers only and hands out empty payloads (see `headers_only`).
     pub fn headers_only(mut self) -> SegmentScan<F> {
         self.headers_only = true;
@@ -250,7 +256,8 @@ impl<F: StorageFile> SegmentScan<F> {
             return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
         }
         let meta = header.record_type.is_meta();
-        if (meta || !self.headers_only) && !checksum_matches(self.reader.get(at, header.frame_len())?, &header) {
+        let checked = self.reader.checked_ahead(at, header.frame_len());
+        if (meta || !self.headers_only) && !checked && !checksum_matches(self.reader.get(at, header.frame_len())?, &header) {
             return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
         }
         if header.salt != self.salt {
@@ -322,6 +329,8 @@ impl<F: StorageFile> SegmentScan<F> {
     /// Moves the scan to a frame boundary it reached before (a reader resuming from a position it
     /// was handed): the frame there must carry `lsn`, or the scan reports damage there.
     pub fn seek(&mut self, offset: u64, lsn: Lsn) {
+        // A helper follows the chain from where it started; a jump leaves it.
+        self.reader.stop_checking_ahead();
         self.pos = offset;
         self.next_lsn = lsn;
         self.done = false;

@@ -21,6 +21,7 @@ use std::io;
 use std::num::NonZeroU64;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
@@ -33,7 +34,9 @@ pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     fd: OwnedFd,
-    released: u64,
+    /// Bytes below this were given back. Only the reader that owns the map moves it; an
+    /// atomic lets a helper that checks ahead share the map (see `segment::ahead`).
+    released: AtomicU64,
 }
 
 // SAFETY: the map is read-only and owned by this value; the pointer is never written through,
@@ -56,7 +59,7 @@ impl Mapping {
         let fd = fd.as_fd().try_clone_to_owned()?;
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         if len == 0 {
-            return Ok(Mapping { ptr: NonNull::dangling(), len: 0, fd, released: 0 });
+            return Ok(Mapping { ptr: NonNull::dangling(), len: 0, fd, released: AtomicU64::new(0) });
         }
         // SAFETY: a fresh shared read-only map chosen by the kernel (null hint) overlaps no Rust
         // object. The bytes stay valid while the map lives because the caller guarantees that
@@ -68,7 +71,7 @@ impl Mapping {
         if let Err(err) = unsafe { rustix::mm::madvise(raw, len, Advice::Sequential) } {
             tracing::debug!(%err, "madvise(MADV_SEQUENTIAL) refused; reading without it");
         }
-        Ok(Mapping { ptr, len, fd, released: 0 })
+        Ok(Mapping { ptr, len, fd, released: AtomicU64::new(0) })
     }
 
     /// Bytes mapped.
@@ -95,20 +98,21 @@ impl Mapping {
     /// are dropped from this process and from the page cache. Reading them again still works
     /// (they fault back in from the disk); it is only slower.
     #[inline]
-    pub fn release_below(&mut self, offset: u64) {
+    pub fn release_below(&self, offset: u64) {
         // Called on every read: the common case is one comparison.
-        if offset < self.released + RELEASE_STEP {
+        if offset < self.released.load(Ordering::Relaxed) + RELEASE_STEP {
             return;
         }
         self.release_steps_below(offset);
     }
 
-    fn release_steps_below(&mut self, offset: u64) {
+    fn release_steps_below(&self, offset: u64) {
         let upto = (offset.min(self.len as u64) / RELEASE_STEP) * RELEASE_STEP;
-        if upto <= self.released {
+        let released = self.released.load(Ordering::Relaxed);
+        if upto <= released {
             return;
         }
-        let (start, len) = (self.released, upto - self.released);
+        let (start, len) = (released, upto - released);
         // SAFETY: `start..start + len` lies inside the map and starts on a page boundary (a
         // multiple of RELEASE_STEP from the page-aligned base). MADV_DONTNEED on a shared file map
         // only drops this process's page table entries; the next access reads the file again,
@@ -121,7 +125,7 @@ impl Mapping {
         if let Err(err) = rustix::fs::fadvise(&self.fd, start, NonZeroU64::new(len), rustix::fs::Advice::DontNeed) {
             tracing::debug!(%err, "posix_fadvise(DONTNEED) refused");
         }
-        self.released = upto;
+        self.released.store(upto, Ordering::Relaxed);
     }
 }
 
@@ -148,12 +152,12 @@ mod tests {
         let mut file = tempfile::tempfile().expect("tempfile");
         let data: Vec<u8> = (0..(3 * RELEASE_STEP as usize + 100)).map(|i| (i % 251) as u8).collect();
         file.write_all(&data).expect("write");
-        let mut map = Mapping::sequential(&file, data.len() as u64).expect("map");
+        let map = Mapping::sequential(&file, data.len() as u64).expect("map");
         assert_eq!(map.bytes(), &data[..]);
         map.release_below(2 * RELEASE_STEP + 17);
         // Released pages fault back in with the same contents.
         assert_eq!(map.bytes(), &data[..]);
-        assert_eq!(map.released, 2 * RELEASE_STEP);
+        assert_eq!(map.released.load(Ordering::Relaxed), 2 * RELEASE_STEP);
     }
 
     /// Resident kilobytes of the map starting at `addr`, from /proc/self/smaps.
@@ -168,7 +172,7 @@ mod tests {
         let mut file = tempfile::tempfile().expect("tempfile");
         let len = 4 * RELEASE_STEP as usize;
         file.write_all(&vec![7u8; len]).expect("write");
-        let mut map = Mapping::sequential(&file, len as u64).expect("map");
+        let map = Mapping::sequential(&file, len as u64).expect("map");
         let sum: u64 = map.bytes().iter().step_by(4096).map(|&b| u64::from(b)).sum();
         assert_eq!(sum, 7 * (len / 4096) as u64);
         let addr = map.bytes().as_ptr() as usize;
