@@ -5,11 +5,15 @@
 //! - `plain-read`: `read(2)` of each segment file's data, 1 MiB at a time (the baseline);
 //! - `read_from`: the owned iterator (pread, O_DIRECT as the log was opened);
 //! - `read_mapped-view`: `read_mapped` lent through `next_view` (no copy of plaintext payloads);
+//! - `replay_parallel-2`: `replay_parallel` with two threads;
+//! - `open`: `SegmentedWal::open`, that is recovery, which checks every segment (its rate is of
+//!   the files' bytes, as the plain read's is; for the others it is of payload bytes);
 //!
 //! each cold (files dropped from the page cache first) and warm (a plain read first pulled them
 //! in, untimed). Then two logs (plaintext, encrypted) of `--lazy-size`-byte records (64 KiB)
-//! are scanned headers-only with `lazy_reader` against full replays of them, cold and warm. Opening a log (recovery) is not
-//! timed. One JSON line per read, then median ratios. A benchmark measures; it never asserts.
+//! are scanned headers-only with `lazy_reader` against full replays of them, cold and warm.
+//! Except for `open`, opening the log is not timed. One JSON line per read, then median
+//! ratios. A benchmark measures; it never asserts.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -33,8 +37,8 @@ usage: replay [--dir DIR] [--size S] [--bytes B] [--rounds R] [--lazy-size S] [-
   --rounds R        reads of each log by each reader, cold and warm (3)
   --lazy-size S     payload bytes per record of the lazy-scan log (65536)
   --lazy-bytes B    payload bytes of each lazy-scan log; 0 skips the lazy scans (268435456)
-  --readers LIST    replay readers besides plain-read: read_from, read_mapped-view,
-                    replay_parallel-2 (all); for profiling one
+  --readers LIST    readers besides plain-read: read_from, read_mapped-view,
+                    replay_parallel-2, open (all); for profiling one
   --logs LIST       plaintext, encrypted (both)";
 
 struct Args {
@@ -149,7 +153,7 @@ fn plain_read(files: &[(PathBuf, u64)]) -> io::Result<u64> {
 const LOGS: [(&str, bool); 2] = [("plaintext", false), ("encrypted", true)];
 
 /// The replay readers compared with a plain read.
-const REPLAY_READERS: [Reader; 3] = [Reader::ReadFrom, Reader::MappedView, Reader::Parallel];
+const REPLAY_READERS: [Reader; 4] = [Reader::ReadFrom, Reader::MappedView, Reader::Parallel, Reader::Open];
 
 /// The readers compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +164,9 @@ enum Reader {
     LazyHeaders,
     /// `replay_parallel` with two threads (this machine's cores).
     Parallel,
+    /// `SegmentedWal::open`: recovery, which checks every segment; its rate is of the files'
+    /// bytes, like the plain read's.
+    Open,
 }
 
 impl Reader {
@@ -170,6 +177,7 @@ impl Reader {
             Reader::MappedView => "read_mapped-view",
             Reader::LazyHeaders => "lazy-headers",
             Reader::Parallel => "replay_parallel-2",
+            Reader::Open => "open",
         }
     }
 }
@@ -201,6 +209,7 @@ fn read_once(reader: Reader, wal: &SegmentedWal, files: &[(PathBuf, u64)]) -> io
                 })
                 .map_err(to_io)?;
         }
+        Reader::Open => unreachable!("timed() times the open itself"),
         Reader::LazyHeaders => {
             let mut lazy = wal.lazy_reader(Lsn(1)).map_err(to_io)?;
             while let Some(handle) = lazy.next_header().map_err(to_io)? {
@@ -214,12 +223,18 @@ fn read_once(reader: Reader, wal: &SegmentedWal, files: &[(PathBuf, u64)]) -> io
 
 /// Opens the log (not timed), sets up the page cache, and times one read with `reader`.
 fn timed(reader: Reader, config: &SegmentedWalConfig, files: &[(PathBuf, u64)], warm: bool) -> io::Result<(u64, u64, f64)> {
-    let wal = SegmentedWal::open(config.clone()).map_err(to_io)?;
+    let opened = (reader != Reader::Open).then(|| SegmentedWal::open(config.clone()).map_err(to_io)).transpose()?;
     drop_cache(&config.dir)?;
     if warm {
         plain_read(files)?;
     }
     let start = Instant::now();
+    let Some(wal) = opened else {
+        let wal = SegmentedWal::open(config.clone()).map_err(to_io)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let records = wal.recovery_info().record_count;
+        return Ok((records, files.iter().map(|f| f.1).sum(), seconds));
+    };
     let (records, bytes) = read_once(reader, &wal, files)?;
     let seconds = start.elapsed().as_secs_f64();
     drop(wal);
