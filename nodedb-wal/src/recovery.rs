@@ -251,8 +251,19 @@ pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, ali
 /// # Ok::<(), nodedb_wal::WalError>(())
 /// ```
 pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) -> Result<RecoveryInfo> {
-    Ok(scan_dir(storage, dir, false, 512, ring, false)?.info)
+    // A writer's truncation can take a listed segment while it is scanned: look again.
+    let mut tries = 0;
+    loop {
+        match scan_dir(storage, dir, false, 512, ring, false) {
+            Err(WalError::SegmentTruncated { .. }) if tries < TRUNCATED_RESCANS => tries += 1,
+            scanned => return Ok(scanned?.info),
+        }
+    }
 }
+
+/// Times a look beside a live writer lists the directory again when truncation took a
+/// segment it listed.
+const TRUNCATED_RESCANS: u32 = 8;
 
 fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>, repair: bool) -> Result<Recovered> {
     // The newest segment a durable batch went to, as the manifest says (logs made before it
@@ -260,7 +271,7 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     // before the manifest names it, so a reader beside a live writer lists what it names.
     let vouched = manifest::read(storage, dir)?.map(|slot| slot.newest);
     let ids = segment_ids(storage, dir)?;
-    let ctx = ScanCtx { storage, dir, direct, align, ring };
+    let ctx = ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair };
     let mut info = RecoveryInfo::default();
     let mut seal = None;
     let mut prev_end: Option<Lsn> = None;
@@ -386,6 +397,9 @@ struct ScanCtx<'a, S> {
     direct: bool,
     align: usize,
     ring: Option<&'a KeyRing>,
+    /// A look beside a live writer (no lock, no repairs): its truncation may take a listed
+    /// segment at any moment.
+    beside_writer: bool,
 }
 
 fn scan_segment<S: Storage>(
@@ -403,7 +417,13 @@ fn scan_segment<S: Storage>(
     // writes them while the directory is locked, and the page cache agrees with the disk
     // for files written with O_DIRECT.
     let direct = ctx.direct && last;
-    let (file, len) = open_existing(ctx.storage, &path, direct, false)?;
+    let truncated = WalError::SegmentTruncated { segment: id };
+    let (file, len) = match open_existing(ctx.storage, &path, direct, false) {
+        Err(WalError::Io { source, .. }) if ctx.beside_writer && source.kind() == std::io::ErrorKind::NotFound => return Err(truncated),
+        opened => opened?,
+    };
+    // Held while scanned, so that the writer cannot reuse the file as a new segment meanwhile.
+    file.hold_shared().map_err(|e| WalError::io(IoOp::Lock, &path, e))?;
     let mut reader = ChunkReader::new(file, path.clone(), len, ctx.align, DEFAULT_CHUNK);
     if !direct {
         reader.read_sequentially();
@@ -412,6 +432,10 @@ fn scan_segment<S: Storage>(
         Ok(head) => head,
         Err(fault) => return head_fault(&mut reader, id, fault, last, prev_end),
     };
+    if head.header.segment_id > id && ctx.beside_writer {
+        // Truncated and reused as a later segment between the listing and the open.
+        return Err(truncated);
+    }
     if head.header.segment_id != id {
         let kind = CorruptionKind::IdentityMismatch { header_id: head.header.segment_id };
         return Err(WalError::Corruption { segment: id, offset: 0, kind });

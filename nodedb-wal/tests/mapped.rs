@@ -257,3 +257,46 @@ fn a_read_only_view_beside_a_rolling_writer_never_reports_a_missing_segment() {
     });
     assert!(wal.segments().len() > 20, "the writer rolled many times");
 }
+
+/// Beside a writer that truncates (and so reuses segment files), a read-only view still opens:
+/// a segment taken while it looks is looked at again, never reported as damage. Its readers
+/// hand out dense records from where the view starts, or stop with `SegmentTruncated` where
+/// truncation overtook them.
+#[test]
+fn a_read_only_view_beside_a_truncating_writer_opens_and_reads_dense_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open(dir.path(), None);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for lsn in 1..=4000 {
+                append(&wal, lsn);
+                if lsn % 50 == 0 {
+                    let durable = wal.sync().unwrap();
+                    wal.truncate_before(Lsn(durable.0.saturating_sub(300))).unwrap();
+                }
+            }
+            wal.sync().unwrap();
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let mut views = 0;
+        while !done.load(std::sync::atomic::Ordering::Acquire) || views == 0 {
+            let view = ReadOnlyWal::open(dir.path(), None).unwrap_or_else(|e| panic!("view {views}: {e}"));
+            let info = view.recovery_info().clone();
+            let mut expected = info.first_lsn;
+            for record in view.read_from(info.first_lsn).unwrap() {
+                match record {
+                    Ok(record) => {
+                        assert_eq!(record.lsn, expected, "view {views}: dense records");
+                        expected = expected.next();
+                    }
+                    Err(WalError::SegmentTruncated { .. }) => break,
+                    Err(e) => panic!("view {views}: {e}"),
+                }
+            }
+            assert!(expected.0 <= info.last_lsn.0 + 1, "view {views}: nothing past what it reported");
+            views += 1;
+        }
+    });
+    assert!(wal.segments()[0].first_lsn > Lsn(3000), "the writer truncated as it went");
+}
