@@ -72,6 +72,11 @@ pub struct SegmentedWalConfig {
     /// records in a reused file carry another segment's salt, so they never read as records
     /// of the new segment.
     pub recycle_segments: usize,
+    /// Whether `read_mapped` readers may start a helper thread per mapped segment (of 1 MiB or
+    /// more, on a machine with more than one CPU) that checks checksums ahead of the reader:
+    /// from the page cache, checksums cost about as much as the rest of a replay. Off, each
+    /// reader checks every frame on its own thread.
+    pub check_ahead: bool,
     /// Keys for encryption at rest. With an active key, every new segment is encrypted under it
     /// (AES-256-GCM); older segments are read with whichever key their preamble names.
     pub key_ring: Option<Arc<KeyRing>>,
@@ -105,6 +110,7 @@ impl SegmentedWalConfig {
             commit_window: None,
             zero_fill_bytes: 1 << 20,
             recycle_segments: 2,
+            check_ahead: true,
             key_ring: None,
         }
     }

@@ -37,6 +37,8 @@ pub(crate) struct ReadSpec {
     pub decrypt: Decrypt,
     /// Map sealed segments instead of reading them (see [`crate::storage::mmap`]).
     pub mapped: bool,
+    /// Let a helper thread check a mapped segment's checksums ahead (see `segment::ahead`).
+    pub check_ahead: bool,
     /// Bytes per read where segments are read, not mapped.
     pub chunk: usize,
     /// Where the record `from` starts, when a reader handed it out before.
@@ -57,6 +59,7 @@ impl ReadSpec {
             until,
             decrypt,
             mapped: false,
+            check_ahead: true,
             chunk: DEFAULT_CHUNK,
             resume: None,
             clip_active: false,
@@ -182,7 +185,7 @@ impl<S: Storage> Cursor<S> {
         if let Some(at) = self.spec.resume.take().filter(|at| at.segment == info.id && at.lsn == self.spec.from) {
             scan.seek(at.offset, at.lsn);
         }
-        if mapped {
+        if mapped && self.spec.check_ahead {
             scan.check_ahead();
         }
         self.scan = Some(if self.headers_only { scan.headers_only() } else { scan });

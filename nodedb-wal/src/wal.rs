@@ -720,6 +720,7 @@ impl<S: Storage> SegmentedWal<S> {
         ReadSpec {
             direct: self.direct,
             align: self.config.alignment,
+            check_ahead: self.config.check_ahead,
             clip_active: true,
             ..ReadSpec::new(self.config.dir.clone(), self.segments(), from, until, decrypt)
         }

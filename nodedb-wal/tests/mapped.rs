@@ -31,9 +31,16 @@ fn open_big(dir: &std::path::Path, ring: Option<Arc<KeyRing>>) -> SegmentedWal {
     SegmentedWal::open(config).unwrap()
 }
 
+/// As `open_big`, with every frame checked by the reader itself.
+fn open_big_unhelped(dir: &std::path::Path, ring: Option<Arc<KeyRing>>) -> SegmentedWal {
+    let config = SegmentedWalConfig { check_ahead: false, key_ring: ring, segment_bytes_target: BIG_SEGMENT, ..config(dir) };
+    SegmentedWal::open(config).unwrap()
+}
+
 fn mapped_reading_matches_pread_reading(ring: Option<Arc<KeyRing>>) {
     mapped_reading_matches_pread_reading_in(ring.clone(), open, 400);
-    mapped_reading_matches_pread_reading_in(ring, open_big, BIG_RECORDS);
+    mapped_reading_matches_pread_reading_in(ring.clone(), open_big, BIG_RECORDS);
+    mapped_reading_matches_pread_reading_in(ring, open_big_unhelped, BIG_RECORDS);
 }
 
 fn mapped_reading_matches_pread_reading_in(

@@ -5,6 +5,8 @@
 //! - `plain-read`: `read(2)` of each segment file's data, 1 MiB at a time (the baseline);
 //! - `read_from`: the owned iterator (pread, O_DIRECT as the log was opened);
 //! - `read_mapped-view`: `read_mapped` lent through `next_view` (no copy of plaintext payloads);
+//! - `read_mapped-view-alone`: the same with `check_ahead` off (no helper thread checking
+//!   checksums ahead of the reader);
 //! - `replay_parallel-2`: `replay_parallel` with two threads;
 //! - `open`: `SegmentedWal::open`, that is recovery, which checks every segment (its rate is of
 //!   the files' bytes, as the plain read's is; for the others it is of payload bytes);
@@ -38,7 +40,7 @@ usage: replay [--dir DIR] [--size S] [--bytes B] [--rounds R] [--lazy-size S] [-
   --lazy-size S     payload bytes per record of the lazy-scan log (65536)
   --lazy-bytes B    payload bytes of each lazy-scan log; 0 skips the lazy scans (268435456)
   --readers LIST    readers besides plain-read: read_from, read_mapped-view,
-                    replay_parallel-2, open (all); for profiling one
+                    read_mapped-view-alone, replay_parallel-2, open (all)
   --logs LIST       plaintext, encrypted (both)";
 
 struct Args {
@@ -153,7 +155,7 @@ fn plain_read(files: &[(PathBuf, u64)]) -> io::Result<u64> {
 const LOGS: [(&str, bool); 2] = [("plaintext", false), ("encrypted", true)];
 
 /// The replay readers compared with a plain read.
-const REPLAY_READERS: [Reader; 4] = [Reader::ReadFrom, Reader::MappedView, Reader::Parallel, Reader::Open];
+const REPLAY_READERS: [Reader; 5] = [Reader::ReadFrom, Reader::MappedView, Reader::MappedAlone, Reader::Parallel, Reader::Open];
 
 /// The readers compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +163,8 @@ enum Reader {
     Plain,
     ReadFrom,
     MappedView,
+    /// `read_mapped` with `check_ahead` off.
+    MappedAlone,
     LazyHeaders,
     /// `replay_parallel` with two threads (this machine's cores).
     Parallel,
@@ -175,6 +179,7 @@ impl Reader {
             Reader::Plain => "plain-read",
             Reader::ReadFrom => "read_from",
             Reader::MappedView => "read_mapped-view",
+            Reader::MappedAlone => "read_mapped-view-alone",
             Reader::LazyHeaders => "lazy-headers",
             Reader::Parallel => "replay_parallel-2",
             Reader::Open => "open",
@@ -193,7 +198,7 @@ fn read_once(reader: Reader, wal: &SegmentedWal, files: &[(PathBuf, u64)]) -> io
                 bytes += record.map_err(to_io)?.payload.len() as u64;
             }
         }
-        Reader::MappedView => {
+        Reader::MappedView | Reader::MappedAlone => {
             let mut iter = wal.read_mapped(Lsn(1)).map_err(to_io)?;
             while let Some(view) = iter.next_view() {
                 let view = view.map_err(to_io)?;
@@ -223,6 +228,7 @@ fn read_once(reader: Reader, wal: &SegmentedWal, files: &[(PathBuf, u64)]) -> io
 
 /// Opens the log (not timed), sets up the page cache, and times one read with `reader`.
 fn timed(reader: Reader, config: &SegmentedWalConfig, files: &[(PathBuf, u64)], warm: bool) -> io::Result<(u64, u64, f64)> {
+    let config = &SegmentedWalConfig { check_ahead: reader != Reader::MappedAlone, ..config.clone() };
     let opened = (reader != Reader::Open).then(|| SegmentedWal::open(config.clone()).map_err(to_io)).transpose()?;
     drop_cache(&config.dir)?;
     if warm {
