@@ -179,9 +179,11 @@ impl<S: Storage> Flusher<S> {
         };
         // A reader still holding the old segment (it was truncated under a slow reader) would
         // see its bytes change: remove the file instead (the reader keeps it until it closes).
-        if !file.try_hold_exclusive().unwrap_or(false) {
+        // Where the file system cannot lock, no reader can be ruled out: remove it too.
+        let free = file.try_hold_exclusive();
+        if !matches!(free, Ok(true)) {
             drop(file);
-            tracing::debug!(path = %from.display(), "a reader holds a truncated segment; removing it instead of reusing it");
+            tracing::debug!(path = %from.display(), ?free, "a truncated segment may be read; removing it instead of reusing it");
             if let Err(err) = shared.storage.remove(&from) {
                 tracing::warn!(%err, path = %from.display(), "cannot remove a truncated segment");
             }

@@ -74,8 +74,9 @@ impl<F: StorageFile> ChunkReader<F> {
     /// with a core to spare: a helper thread checks the frames' checksums ahead of the reader
     /// (see [`ahead`]). Only where enough of the file is left to pay for a thread.
     pub fn check_ahead(&mut self, from: u64) {
-        let spare_core = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-        if let Some(map) = self.mapped.as_ref().filter(|_| spare_core && self.file_len.saturating_sub(from) >= ahead::MIN_BYTES) {
+        let worth_it =
+            || self.file_len.saturating_sub(from) >= ahead::MIN_BYTES && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        if let Some(map) = self.mapped.as_ref().filter(|_| worth_it()) {
             self.ahead = CheckAhead::spawn(Arc::clone(map), from);
         }
     }

@@ -248,8 +248,15 @@ impl StorageFile for FsFile {
     fn hold_shared(&self) -> io::Result<()> {
         // flock, not fcntl: its locks belong to the open file, so they conflict between two
         // opens in one process too, and a map's duplicate of the descriptor keeps them.
-        rustix::fs::flock(&self.fd, FlockOperation::LockShared)?;
-        Ok(())
+        match rustix::fs::flock(&self.fd, FlockOperation::LockShared) {
+            // A file system without flock: read on. The writer cannot lock the file either,
+            // and then removes truncated segments instead of reusing them.
+            Err(rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                tracing::debug!("no flock on this file system; segment files are not held");
+                Ok(())
+            }
+            held => held.map_err(io::Error::from),
+        }
     }
 
     fn try_hold_exclusive(&self) -> io::Result<bool> {
