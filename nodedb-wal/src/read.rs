@@ -168,9 +168,13 @@ impl<S: Storage> Cursor<S> {
         }
         let bad_head = WalError::Corruption { segment: info.id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
         let head = read_head(&mut reader, info.id)?.map_err(|_| bad_head)?;
-        if head.header.segment_id != info.id {
+        if head.header.segment_id > info.id {
             // Reused as a later segment between our listing and our hold.
             return Err(truncated);
+        }
+        if head.header.segment_id != info.id {
+            let kind = CorruptionKind::IdentityMismatch { header_id: head.header.segment_id };
+            return Err(WalError::Corruption { segment: info.id, offset: 0, kind });
         }
         self.cipher = match &self.spec.decrypt {
             Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,
