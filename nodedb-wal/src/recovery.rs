@@ -27,11 +27,13 @@ use std::path::Path;
 use crate::crypto::KeyRing;
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::FLAG_GROUP_CONTINUES;
+use crate::format::header_index::HeaderIndex;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
 use crate::manifest;
 use crate::replay::TombstoneSet;
 use crate::segment::crypt::{cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
+use crate::segment::index::IndexBuilder;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{HeadFault, SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
@@ -200,13 +202,17 @@ pub struct RecoveryInfo {
 }
 
 /// The last segment, not yet sealed: the writer seals it before appending elsewhere.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct PendingSeal {
     pub id: SegmentId,
     pub records_end: u64,
     pub block: u64,
     pub salt: u32,
     pub next_lsn: Lsn,
+    /// Its header index, built as recovery scanned it, where one pays (see `segment::index`):
+    /// the flusher writes one for the segments it seals, this is the same for the segment a
+    /// restart seals, which catch-up readers after the restart are the likeliest to scan.
+    pub index: Option<HeaderIndex>,
 }
 
 /// Recovery's findings plus the repairs the writer must make.
@@ -448,6 +454,11 @@ fn scan_segment<S: Storage>(
     }
     let mut scan = SegmentScan::new(reader, id, &head);
     let mut cipher = None;
+    // Only the owner seals the newest segment, so only it needs that segment's index.
+    let mut index = IndexBuilder::new(len);
+    if last && !ctx.beside_writer {
+        index.start(id, head.header.salt, head.header.first_lsn);
+    }
     // An atomic group still open: where its first frame starts, its first LSN, and what it
     // holds for `collect` (applied only once the group is whole).
     let mut group: Option<(u64, Lsn)> = None;
@@ -455,6 +466,7 @@ fn scan_segment<S: Storage>(
     let (offset, end, claim) = loop {
         match scan.step()? {
             Step::Record { offset, header, payload } => {
+                index.add(offset, &header);
                 let continues = header.flags & FLAG_GROUP_CONTINUES != 0;
                 if continues && group.is_none() {
                     group = Some((offset, header.lsn));
@@ -503,7 +515,8 @@ fn scan_segment<S: Storage>(
                 bytes_discarded: len.saturating_sub(records_end),
                 found: end,
             });
-            let pending = PendingSeal { id, records_end, block: scan.block(), salt: head.header.salt, next_lsn: lost };
+            let index = index.finish_before(records_end);
+            let pending = PendingSeal { id, records_end, block: scan.block(), salt: head.header.salt, next_lsn: lost, index };
             Ok(Outcome::Open(seg, pending, torn))
         }
     }

@@ -93,8 +93,12 @@ impl<S: Storage> SegmentedWal<S> {
         let direct = probe_direct(&storage, &config)?;
         let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
         let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;
-        if let Some(pending) = recovered.seal {
+        if let Some(mut pending) = recovered.seal {
+            let index = pending.index.take();
             let bytes = seal_segment(&storage, &dir, direct, pending)?;
+            if let Some(index) = index {
+                index::write_index(&storage, &dir, &index);
+            }
             let last = recovered.info.segments.last_mut().expect("the pending segment is listed");
             last.sealed = true;
             last.bytes = bytes;

@@ -116,7 +116,7 @@ fn truncation_removes_indexes_and_opening_removes_orphans() {
     orphan.unwrap().write_at(b"orphan", 0).unwrap();
     drop(wal);
     let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
-    assert_eq!(index_names(&sim).len(), before - 3, "the orphan went; the segment sealed by recovery has none");
+    assert_eq!(index_names(&sim).len(), before - 3 + 1, "the orphan went; the segment sealed by recovery has one");
     let (seen, _) = scan_headers(&sim, &wal);
     remove_indexes(&sim);
     assert_eq!(seen, scan_headers(&sim, &wal).0);
@@ -131,4 +131,36 @@ fn small_records_get_no_index() {
     }
     wal.sync().unwrap();
     assert!(index_names(&sim).is_empty(), "an index of 148-byte frames would cost a third of the segment");
+}
+
+/// A restart seals the segment the log was writing; recovery builds its index as it scans it,
+/// cut where recovery cuts the segment: here an atomic group whose last record was torn.
+#[test]
+fn a_segment_sealed_by_a_restart_gets_an_index_of_exactly_the_records_recovery_kept() {
+    for (seed, cut) in [(100, None), (101, Some(10_000usize)), (102, Some(25_000))] {
+        let (sim, wal) = filled(seed);
+        let open = *wal.segments().last().unwrap();
+        let group: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 25_000]).collect();
+        let records: Vec<Record<'_>> = group.iter().map(|p| Record::new(RecordType::optional(0x101), p)).collect();
+        let lsns = wal.append_group(&records).unwrap();
+        wal.sync().unwrap();
+        let end = wal.segments().last().unwrap().bytes as usize;
+        drop(wal);
+        let path = segment::path(Path::new(DIR), open.id);
+        if let Some(cut) = cut {
+            // The group's last frame loses its tail: recovery cuts the whole group.
+            let bytes = sim.read_file(&path).unwrap();
+            sim.write_file(&path, &bytes[..end - cut]);
+        }
+        let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+        let last = wal.recovery_info().last_lsn;
+        assert_eq!(last, if cut.is_some() { Lsn(lsns.start().0 - 1) } else { *lsns.end() }, "seed {seed}");
+        let index = sim.read_file(&segment::index_path(Path::new(DIR), open.id)).expect("the sealed segment has an index");
+        let index = nodedb_wal::format::header_index::HeaderIndex::decode(&index).expect("a whole index");
+        assert_eq!((index.first_lsn, index.end_lsn()), (open.first_lsn, last.next()), "seed {seed}: exactly the records kept");
+        let (indexed, _) = scan_headers(&sim, &wal);
+        remove_indexes(&sim);
+        let (scanned, _) = scan_headers(&sim, &wal);
+        assert_eq!(indexed, scanned, "seed {seed}");
+    }
 }

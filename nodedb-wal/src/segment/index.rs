@@ -56,8 +56,21 @@ impl IndexBuilder {
             }
             at += header.frame_len();
         }
-        let entries = index.entries();
-        let spanned = offset + records.len() as u64 - entries.first().map_or(offset, |e| e.0);
+        self.judge(offset + records.len() as u64);
+    }
+
+    /// Adds one data record whose frame starts at `offset` (recovery, which meets the records
+    /// of the segment it will seal one by one).
+    pub fn add(&mut self, offset: u64, header: &RecordHeader) {
+        let Some(index) = self.index.as_mut() else { return };
+        index.push(offset, header);
+        self.judge(offset + header.frame_len() as u64);
+    }
+
+    /// Drops the index if it no longer pays, its records ending at `end`.
+    fn judge(&mut self, end: u64) {
+        let Some(entries) = self.index.as_ref().map(HeaderIndex::entries) else { return };
+        let spanned = end - entries.first().map_or(end, |e| e.0);
         let small = entries.len() >= JUDGED_AFTER && spanned < (entries.len() * ENTRY_LEN * BYTES_PER_INDEX_BYTE) as u64;
         if small || entries.len() > self.max_entries {
             self.index = None;
@@ -67,6 +80,20 @@ impl IndexBuilder {
     /// The finished index of the segment just sealed, if one was kept.
     pub fn finish(&mut self) -> Option<HeaderIndex> {
         self.index.take()
+    }
+
+    /// The finished index of records whose frames start before `end`: recovery keeps a
+    /// segment's records up to where it cuts it (a torn tail, an atomic group left open).
+    pub fn finish_before(&mut self, end: u64) -> Option<HeaderIndex> {
+        let index = self.index.take()?;
+        if index.entries().last().is_none_or(|e| e.0 < end) {
+            return Some(index);
+        }
+        let mut kept = HeaderIndex::new(index.segment, index.salt, index.first_lsn);
+        for (offset, header) in index.into_entries().into_iter().take_while(|e| e.0 < end) {
+            kept.push(offset, &header);
+        }
+        Some(kept)
     }
 }
 
