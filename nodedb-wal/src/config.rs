@@ -117,6 +117,9 @@ impl SegmentedWalConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |reason| Err(WalError::InvalidConfig { reason });
+        if self.key_ring.as_ref().is_some_and(|ring| ring.refuses_plaintext() && ring.active().is_none()) {
+            return bad("a key ring that refuses plaintext segments needs an active key to write with");
+        }
         if !self.alignment.is_power_of_two() || !(512..=1 << 20).contains(&self.alignment) {
             return bad("alignment must be a power of two from 512 to 1 MiB");
         }

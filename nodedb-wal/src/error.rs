@@ -377,6 +377,13 @@ pub enum WalError {
         /// The oldest LSN the log still holds.
         oldest: Lsn,
     },
+    /// A segment is not encrypted, and the key ring refuses plaintext segments
+    /// (`KeyRing::refuse_plaintext`): it may have been put in place of an encrypted one.
+    #[error("segment {segment} is not encrypted, and the key ring refuses plaintext segments")]
+    PlaintextRefused {
+        /// The segment.
+        segment: SegmentId,
+    },
     /// A reader reached a segment that truncation removed (or reused as a later segment) after
     /// the reader listed it: the records it needed are no longer retained.
     #[error("segment {segment} was truncated while a reader still needed it")]

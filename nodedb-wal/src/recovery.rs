@@ -29,9 +29,10 @@ use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::FLAG_GROUP_CONTINUES;
 use crate::format::header_index::HeaderIndex;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
+use crate::format::preamble::CIPHER_NONE;
 use crate::manifest;
 use crate::replay::TombstoneSet;
-use crate::segment::crypt::{cipher_for, open_record};
+use crate::segment::crypt::{check_plaintext_allowed, cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
 use crate::segment::index::IndexBuilder;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
@@ -451,6 +452,9 @@ fn scan_segment<S: Storage>(
     {
         let kind = CorruptionKind::LsnGap { expected, found: head.header.first_lsn };
         return Err(WalError::Corruption { segment: id, offset: 0, kind });
+    }
+    if head.preamble.cipher == CIPHER_NONE {
+        check_plaintext_allowed(ctx.ring, id)?;
     }
     let mut scan = SegmentScan::new(reader, id, &head);
     let mut cipher = None;

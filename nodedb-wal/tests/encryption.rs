@@ -220,3 +220,51 @@ fn no_key_and_nonce_pair_repeats_across_crashes_truncations_and_a_restored_copy(
     record_nonces(&sim, &mut seen);
     assert!(seen.len() > 300, "the test saw too few records: {}", seen.len());
 }
+
+/// As `two_segments`, with no encryption: a forger's segment 1 holds the same LSNs.
+fn two_plaintext_segments() -> Vec<(PathBuf, Vec<u8>)> {
+    let sim = SimStorage::new(4, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config(None)).unwrap();
+    for i in 0..3 {
+        wal.append_durable(rec(format!("forged {i}").as_bytes())).unwrap();
+    }
+    drop(wal);
+    SegmentedWal::open_with(sim.clone(), config(None)).unwrap().append_durable(rec(b"forged 3")).unwrap();
+    vec![(seg(1), sim.read_file(&seg(1)).unwrap()), (seg(2), sim.read_file(&seg(2)).unwrap())]
+}
+
+#[test]
+fn a_plaintext_segment_put_in_place_of_an_encrypted_one_is_refused_when_the_ring_says_so() {
+    let mut files = two_segments();
+    files[0] = two_plaintext_segments().swap_remove(0);
+    // Without the policy, the forged records read back as the log's own: the gap it closes.
+    let forged = read_all(&disk_with(&files), Some(ring(1, 7))).unwrap();
+    assert_eq!(forged[0], b"forged 0");
+
+    let strict = ring(1, 7);
+    strict.refuse_plaintext();
+    let err = read_all(&disk_with(&files), Some(Arc::clone(&strict))).unwrap_err();
+    assert!(matches!(err, WalError::PlaintextRefused { segment } if segment.0 == 1), "{err}");
+    assert_eq!(read_all(&disk_with(&two_segments()), Some(strict)).unwrap().len(), 4, "an all-encrypted log opens");
+}
+
+#[test]
+fn a_reader_refuses_a_plaintext_segment_swapped_in_after_open() {
+    let sim = disk_with(&two_segments());
+    let strict = ring(1, 7);
+    strict.refuse_plaintext();
+    let wal = SegmentedWal::open_with(sim.clone(), config(Some(strict))).unwrap();
+    let (path, forged) = two_plaintext_segments().swap_remove(0);
+    sim.write_file(&path, &forged);
+    let err = wal.read_from(Lsn(1)).unwrap().next().unwrap().unwrap_err();
+    assert!(matches!(err, WalError::PlaintextRefused { segment } if segment.0 == 1), "{err}");
+}
+
+#[test]
+fn refusing_plaintext_without_an_active_key_is_a_config_error() {
+    let ring = Arc::new(KeyRing::new());
+    ring.refuse_plaintext();
+    let sim = SimStorage::new(1, FaultConfig::default());
+    let err = SegmentedWal::open_with(sim, config(Some(ring))).unwrap_err();
+    assert!(matches!(err, WalError::InvalidConfig { .. }), "{err}");
+}

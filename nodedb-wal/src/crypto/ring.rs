@@ -10,6 +10,7 @@ use crate::error::{Result, WalError};
 struct Inner {
     keys: BTreeMap<u32, Arc<SecureKey>>,
     active: Option<u32>,
+    refuse_plaintext: bool,
 }
 
 /// Keys by id. The active key encrypts every segment created from now on; the others keep
@@ -112,6 +113,31 @@ impl KeyRing {
     /// Ids of every key held.
     pub fn key_ids(&self) -> Vec<u32> {
         self.read().keys.keys().copied().collect()
+    }
+
+    /// From now on, recovery and every reader using this ring refuse a segment that is not
+    /// encrypted (`WalError::PlaintextRefused`). Only records in encrypted segments are
+    /// authenticated: without this, someone who can write the log directory could put a
+    /// plaintext segment of their own records in place of an encrypted one. For logs that
+    /// were encrypted from their first segment (or whose plaintext segments are truncated).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{KeyRing, SecureKey};
+    ///
+    /// let ring = KeyRing::with_active(1, SecureKey::generate());
+    /// assert!(!ring.refuses_plaintext());
+    /// ring.refuse_plaintext();
+    /// assert!(ring.refuses_plaintext());
+    /// ```
+    pub fn refuse_plaintext(&self) {
+        self.write().refuse_plaintext = true;
+    }
+
+    /// Whether [`Self::refuse_plaintext`] was called.
+    pub fn refuses_plaintext(&self) -> bool {
+        self.read().refuse_plaintext
     }
 }
 

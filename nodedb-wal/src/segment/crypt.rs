@@ -10,12 +10,21 @@ use crate::types::SegmentId;
 /// The cipher of an encrypted segment (its key named by the preamble); `None` for plaintext.
 pub fn cipher_for(ring: Option<&KeyRing>, id: SegmentId, head: &SegmentHead) -> Result<Option<SegmentCipher>> {
     if head.preamble.cipher != CIPHER_AES_256_GCM {
+        check_plaintext_allowed(ring, id)?;
         return Ok(None);
     }
     let ring = ring.ok_or(WalError::KeyRingMissing { segment: id })?;
     let key_id = head.preamble.key_id;
     let key = ring.get(key_id).ok_or(WalError::UnknownKeyId { segment: Some(id), key_id })?;
     Ok(Some(SegmentCipher::derive(&key, &head.header.kdf_salt, id, &head.preamble)))
+}
+
+/// Refuses a plaintext segment where the ring says so (see `KeyRing::refuse_plaintext`).
+pub fn check_plaintext_allowed(ring: Option<&KeyRing>, id: SegmentId) -> Result<()> {
+    match ring {
+        Some(ring) if ring.refuses_plaintext() => Err(WalError::PlaintextRefused { segment: id }),
+        _ => Ok(()),
+    }
 }
 
 /// The plaintext of a stored payload. A record's encryption must match its segment's: a flag
