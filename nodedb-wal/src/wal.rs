@@ -11,8 +11,8 @@ use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
 use crate::manifest::Manifest;
-use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, WalIter};
-use crate::record::{Record, WalRecord};
+use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, RecordView, WalIter};
+use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo, index};
 use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
@@ -604,8 +604,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// Replays the durable records from `from` on, in LSN order, decoding (checking and
     /// decrypting) up to `threads` segments at once: `apply` takes the records of the oldest
     /// segment as its decoder streams them, while the decoders of the next segments work
-    /// ahead. Memory: up to ~64 MiB of decoded records per decoder. Stops at the first error,
-    /// from reading or from `apply`.
+    /// ahead. Each record is lent ([`RecordView::to_record`] makes an owned copy): decoders
+    /// copy payloads into chunk buffers the applying thread hands back, so no record costs an
+    /// allocation. Memory: up to ~64 MiB of decoded records per decoder. Stops at the first
+    /// error, from reading or from `apply`.
     ///
     /// # Examples
     ///
@@ -619,14 +621,14 @@ impl<S: Storage> SegmentedWal<S> {
     /// wal.sync()?;
     /// let mut seen = Vec::new();
     /// let applied = wal.replay_parallel(Lsn::FIRST, 2, |r| {
-    ///     seen.push(r.lsn.0);
+    ///     seen.push((r.lsn.0, r.payload[0]));
     ///     Ok(())
     /// })?;
     /// assert_eq!(applied, 10);
-    /// assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "in LSN order");
+    /// assert_eq!(seen, (1..=10).map(|i| (i, i as u8 - 1)).collect::<Vec<_>>(), "in LSN order");
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
-    pub fn replay_parallel(&self, from: Lsn, threads: usize, mut apply: impl FnMut(WalRecord) -> Result<()>) -> Result<u64> {
+    pub fn replay_parallel(&self, from: Lsn, threads: usize, mut apply: impl FnMut(RecordView<'_>) -> Result<()>) -> Result<u64> {
         let until = self.durable_lsn();
         let mut segments = self.segments();
         // The same rule as the sequential reader (each worker below starts inside its segment).
@@ -640,24 +642,29 @@ impl<S: Storage> SegmentedWal<S> {
         std::thread::scope(|scope| {
             // One decoder per segment, at most `threads` at once, each streaming its records
             // in chunks through a bounded channel; they are applied in segment order while the
-            // decoders of the segments after it work ahead.
+            // decoders of the segments after it work ahead. Applied chunks go back to their
+            // decoder for reuse.
             let decoder = |seg: &SegmentInfo| {
                 let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_CHUNKS_AHEAD);
+                let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel(DECODED_CHUNKS_AHEAD);
                 let spec = ReadSpec { segments: vec![*seg], from: from.max(seg.first_lsn), until, ..self.read_spec(from, self.decrypt()) };
                 let storage = Arc::clone(&self.storage);
-                scope.spawn(move || decode_segment(storage, spec, &tx));
-                rx
+                scope.spawn(move || decode_segment(storage, spec, &tx, &spent_rx));
+                (rx, spent_tx)
             };
             let mut queued = segments.iter();
             let mut running: std::collections::VecDeque<_> = queued.by_ref().take(threads.max(1)).map(decoder).collect();
             let mut applied = 0;
-            while let Some(decoded) = running.pop_front() {
+            while let Some((decoded, spent)) = running.pop_front() {
                 // Returning early drops the receivers: the decoders' sends fail and they stop.
                 for chunk in decoded {
-                    for record in chunk? {
+                    let chunk = chunk?;
+                    for record in chunk.records() {
                         apply(record)?;
                         applied += 1;
                     }
+                    // Full (the decoder has buffers enough) or gone: the chunk is dropped.
+                    let _ = spent.try_send(chunk);
                 }
                 running.extend(queued.next().map(decoder));
             }
@@ -810,27 +817,65 @@ const DECODED_CHUNKS_AHEAD: usize = 64;
 const DECODED_CHUNK_BYTES: usize = 1 << 20;
 const DECODED_CHUNK_RECORDS: usize = 4096;
 
+/// Records decoded by a [`SegmentedWal::replay_parallel`] decoder: what a [`RecordView`]
+/// holds besides its payload, and the payloads back to back in one buffer.
+#[derive(Debug, Default)]
+struct DecodedChunk {
+    records: Vec<(Lsn, RecordType, Scope, u16, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
+}
+
+impl DecodedChunk {
+    fn push(&mut self, view: &RecordView<'_>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(view.payload);
+        self.records.push((view.lsn, view.record_type, view.scope, view.flags, start..self.bytes.len()));
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes.len() >= DECODED_CHUNK_BYTES || self.records.len() >= DECODED_CHUNK_RECORDS
+    }
+
+    fn records(&self) -> impl Iterator<Item = RecordView<'_>> {
+        self.records.iter().map(|(lsn, record_type, scope, flags, range)| RecordView {
+            lsn: *lsn,
+            record_type: *record_type,
+            scope: *scope,
+            flags: *flags,
+            payload: &self.bytes[range.clone()],
+        })
+    }
+}
+
 /// Decodes one segment's records for [`SegmentedWal::replay_parallel`] and sends them in
-/// chunks; the first error is sent last. Stops when the receiver is gone.
-fn decode_segment<S: Storage>(storage: Arc<S>, spec: ReadSpec, tx: &std::sync::mpsc::SyncSender<Result<Vec<WalRecord>>>) {
-    let records = match WalIter::new(storage, spec) {
+/// chunks, reusing the chunks the applier hands back; the first error is sent last. Stops
+/// when the receiver is gone.
+fn decode_segment<S: Storage>(
+    storage: Arc<S>,
+    spec: ReadSpec,
+    tx: &std::sync::mpsc::SyncSender<Result<DecodedChunk>>,
+    spent: &std::sync::mpsc::Receiver<DecodedChunk>,
+) {
+    let mut records = match WalIter::new(storage, spec) {
         Ok(records) => records,
         Err(err) => {
             let _ = tx.send(Err(err));
             return;
         }
     };
-    let (mut chunk, mut bytes) = (Vec::new(), 0);
-    for record in records {
+    let fresh = || {
+        let mut chunk = spent.try_recv().unwrap_or_default();
+        chunk.records.clear();
+        chunk.bytes.clear();
+        chunk
+    };
+    let mut chunk = fresh();
+    while let Some(record) = records.next_view() {
         match record {
-            Ok(record) => {
-                bytes += record.payload.len();
-                chunk.push(record);
-                if bytes >= DECODED_CHUNK_BYTES || chunk.len() >= DECODED_CHUNK_RECORDS {
-                    if tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
-                        return;
-                    }
-                    bytes = 0;
+            Ok(view) => {
+                chunk.push(&view);
+                if chunk.is_full() && tx.send(Ok(std::mem::replace(&mut chunk, fresh()))).is_err() {
+                    return;
                 }
             }
             Err(err) => {
@@ -839,7 +884,7 @@ fn decode_segment<S: Storage>(storage: Arc<S>, spec: ReadSpec, tx: &std::sync::m
             }
         }
     }
-    if !chunk.is_empty() {
+    if !chunk.records.is_empty() {
         let _ = tx.send(Ok(chunk));
     }
 }

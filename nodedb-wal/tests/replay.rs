@@ -121,7 +121,7 @@ fn parallel_replay_returns_exactly_what_sequential_replay_does_in_lsn_order() {
         let sequential: Vec<_> = wal.read_from(from).unwrap().collect::<Result<_, _>>().unwrap();
         let mut parallel = Vec::new();
         let n = wal.replay_parallel(from, threads, |r| {
-            parallel.push(r);
+            parallel.push(r.to_record());
             Ok(())
         });
         assert_eq!(n.unwrap(), sequential.len() as u64);
