@@ -4,6 +4,8 @@
 //!
 //! - `plain-read`: `read(2)` of each segment file's data, 1 MiB at a time (the baseline);
 //! - `read_from`: the owned iterator (pread, O_DIRECT as the log was opened);
+//! - `read_from-view`: the same reader lending records through `next_view` (no copy per
+//!   plaintext record);
 //! - `read_mapped-view`: `read_mapped` lent through `next_view` (no copy of plaintext payloads);
 //! - `read_mapped-view-alone`: the same with `check_ahead` off (no helper thread checking
 //!   checksums ahead of the reader);
@@ -39,8 +41,8 @@ usage: replay [--dir DIR] [--size S] [--bytes B] [--rounds R] [--lazy-size S] [-
   --rounds R        reads of each log by each reader, cold and warm (3)
   --lazy-size S     payload bytes per record of the lazy-scan log (65536)
   --lazy-bytes B    payload bytes of each lazy-scan log; 0 skips the lazy scans (268435456)
-  --readers LIST    readers besides plain-read: read_from, read_mapped-view,
-                    read_mapped-view-alone, replay_parallel-2, open (all)
+  --readers LIST    readers besides plain-read: read_from, read_from-view,
+                    read_mapped-view, read_mapped-view-alone, replay_parallel-2, open (all)
   --logs LIST       plaintext, encrypted (both)";
 
 struct Args {
@@ -155,13 +157,16 @@ fn plain_read(files: &[(PathBuf, u64)]) -> io::Result<u64> {
 const LOGS: [(&str, bool); 2] = [("plaintext", false), ("encrypted", true)];
 
 /// The replay readers compared with a plain read.
-const REPLAY_READERS: [Reader; 5] = [Reader::ReadFrom, Reader::MappedView, Reader::MappedAlone, Reader::Parallel, Reader::Open];
+const REPLAY_READERS: [Reader; 6] =
+    [Reader::ReadFrom, Reader::ReadFromView, Reader::MappedView, Reader::MappedAlone, Reader::Parallel, Reader::Open];
 
 /// The readers compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reader {
     Plain,
     ReadFrom,
+    /// `read_from` lent through `next_view`.
+    ReadFromView,
     MappedView,
     /// `read_mapped` with `check_ahead` off.
     MappedAlone,
@@ -178,6 +183,7 @@ impl Reader {
         match self {
             Reader::Plain => "plain-read",
             Reader::ReadFrom => "read_from",
+            Reader::ReadFromView => "read_from-view",
             Reader::MappedView => "read_mapped-view",
             Reader::MappedAlone => "read_mapped-view-alone",
             Reader::LazyHeaders => "lazy-headers",
@@ -198,8 +204,8 @@ fn read_once(reader: Reader, wal: &SegmentedWal, files: &[(PathBuf, u64)]) -> io
                 bytes += record.map_err(to_io)?.payload.len() as u64;
             }
         }
-        Reader::MappedView | Reader::MappedAlone => {
-            let mut iter = wal.read_mapped(Lsn(1)).map_err(to_io)?;
+        Reader::ReadFromView | Reader::MappedView | Reader::MappedAlone => {
+            let mut iter = if reader == Reader::ReadFromView { wal.read_from(Lsn(1)) } else { wal.read_mapped(Lsn(1)) }.map_err(to_io)?;
             while let Some(view) = iter.next_view() {
                 let view = view.map_err(to_io)?;
                 records += 1;
