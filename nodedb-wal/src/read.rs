@@ -8,7 +8,7 @@ use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::RecordHeader;
 use crate::record::WalRecord;
-use crate::recovery::open_existing;
+use crate::recovery::{check_identity, open_held};
 use crate::segment::crypt::{cipher_for, open_record_in};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentScan, Step, TailEnd, read_head};
@@ -149,13 +149,7 @@ impl<S: Storage> Cursor<S> {
         // it: it is read through the cache, with the kernel's read-ahead (an O_DIRECT read at a
         // time waits for the disk each time). The active segment is read as the log writes it.
         let direct = self.spec.direct && !info.sealed;
-        let truncated = WalError::SegmentTruncated { segment: info.id };
-        let (file, len) = match open_existing(&*self.storage, &path, direct, false) {
-            Err(WalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Err(truncated),
-            opened => opened?,
-        };
-        // Held while the segment is read: truncation may not reuse the file under this reader.
-        file.hold_shared().map_err(|e| WalError::io(IoOp::Lock, &path, e))?;
+        let (file, len) = open_held(&*self.storage, &path, info.id, direct, true)?;
         let len = if self.spec.clip_active && !info.sealed { len.min(info.bytes) } else { len };
         // The lazy reader reads a header's blocks only, so that skipped payloads stay on disk.
         let chunk = if self.headers_only { LAZY_WINDOW_BLOCKS * self.spec.align } else { self.spec.chunk };
@@ -168,14 +162,7 @@ impl<S: Storage> Cursor<S> {
         }
         let bad_head = WalError::Corruption { segment: info.id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
         let head = read_head(&mut reader, info.id)?.map_err(|_| bad_head)?;
-        if head.header.segment_id > info.id {
-            // Reused as a later segment between our listing and our hold.
-            return Err(truncated);
-        }
-        if head.header.segment_id != info.id {
-            let kind = CorruptionKind::IdentityMismatch { header_id: head.header.segment_id };
-            return Err(WalError::Corruption { segment: info.id, offset: 0, kind });
-        }
+        check_identity(&head, info.id, true)?;
         self.cipher = match &self.spec.decrypt {
             Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,
             Decrypt::Raw => None,

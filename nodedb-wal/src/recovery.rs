@@ -36,7 +36,7 @@ use crate::segment::crypt::{check_plaintext_allowed, cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
 use crate::segment::index::IndexBuilder;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
-use crate::segment::scan::{HeadFault, SegmentScan, Step, TailEnd, read_head};
+use crate::segment::scan::{HeadFault, SegmentHead, SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, RecordType, SegmentId};
@@ -388,6 +388,41 @@ fn remove_interrupted_roll<S: Storage>(storage: &S, dir: &Path, id: SegmentId, i
     storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))
 }
 
+/// Opens segment `id` at `path` for reading and holds it against reuse
+/// ([`StorageFile::hold_shared`]) while the file is open. Where the log's truncation may have
+/// taken the segment since it was listed (`may_be_truncated`: readers, and looks beside a
+/// writer), a missing file is [`WalError::SegmentTruncated`].
+pub(crate) fn open_held<S: Storage>(
+    storage: &S,
+    path: &Path,
+    id: SegmentId,
+    direct: bool,
+    may_be_truncated: bool,
+) -> Result<(S::File, u64)> {
+    let (file, len) = match open_existing(storage, path, direct, false) {
+        Err(WalError::Io { source, .. }) if may_be_truncated && source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(WalError::SegmentTruncated { segment: id });
+        }
+        opened => opened?,
+    };
+    file.hold_shared().map_err(|e| WalError::io(IoOp::Lock, path, e))?;
+    Ok((file, len))
+}
+
+/// That the header of the file named for segment `id` names it too. Ids only grow, so where
+/// truncation may have reused the file since it was listed, a later id means exactly that
+/// ([`WalError::SegmentTruncated`]); any other id is corruption.
+pub(crate) fn check_identity(head: &SegmentHead, id: SegmentId, may_be_truncated: bool) -> Result<()> {
+    let header_id = head.header.segment_id;
+    if header_id > id && may_be_truncated {
+        return Err(WalError::SegmentTruncated { segment: id });
+    }
+    if header_id != id {
+        return Err(WalError::Corruption { segment: id, offset: 0, kind: CorruptionKind::IdentityMismatch { header_id } });
+    }
+    Ok(())
+}
+
 /// Opens an existing segment, for writing only where it will be written (reading and scanning
 /// need no write access, so tools work on a read-only copy).
 pub(crate) fn open_existing<S: Storage>(storage: &S, path: &Path, direct: bool, write: bool) -> Result<(S::File, u64)> {
@@ -424,13 +459,7 @@ fn scan_segment<S: Storage>(
     // writes them while the directory is locked, and the page cache agrees with the disk
     // for files written with O_DIRECT.
     let direct = ctx.direct && last;
-    let truncated = WalError::SegmentTruncated { segment: id };
-    let (file, len) = match open_existing(ctx.storage, &path, direct, false) {
-        Err(WalError::Io { source, .. }) if ctx.beside_writer && source.kind() == std::io::ErrorKind::NotFound => return Err(truncated),
-        opened => opened?,
-    };
-    // Held while scanned, so that the writer cannot reuse the file as a new segment meanwhile.
-    file.hold_shared().map_err(|e| WalError::io(IoOp::Lock, &path, e))?;
+    let (file, len) = open_held(ctx.storage, &path, id, direct, ctx.beside_writer)?;
     let mut reader = ChunkReader::new(file, path.clone(), len, ctx.align, DEFAULT_CHUNK);
     if !direct {
         reader.read_sequentially();
@@ -439,14 +468,7 @@ fn scan_segment<S: Storage>(
         Ok(head) => head,
         Err(fault) => return head_fault(&mut reader, id, fault, last, prev_end),
     };
-    if head.header.segment_id > id && ctx.beside_writer {
-        // Truncated and reused as a later segment between the listing and the open.
-        return Err(truncated);
-    }
-    if head.header.segment_id != id {
-        let kind = CorruptionKind::IdentityMismatch { header_id: head.header.segment_id };
-        return Err(WalError::Corruption { segment: id, offset: 0, kind });
-    }
+    check_identity(&head, id, ctx.beside_writer)?;
     if let Some(expected) = prev_end
         && head.header.first_lsn != expected
     {
