@@ -454,8 +454,8 @@ fn scan_segment<S: Storage>(
     let path = segment::path(ctx.dir, id);
     // Only the newest segment is read as the log writes it (O_DIRECT). The others are read
     // through the page cache with the kernel's read-ahead, which overlaps the disk with the
-    // checking (an O_DIRECT read at a time waits for the disk each time: opening a 1 GiB log
-    // took twice as long as reading its files), and dropped from the cache behind. Nothing
+    // checking (an O_DIRECT read at a time waits for the disk each time: opening a log was ~4x
+    // slower, BENCHMARKS.md), and dropped from the cache behind. Nothing
     // writes them while the directory is locked, and the page cache agrees with the disk
     // for files written with O_DIRECT.
     let direct = ctx.direct && last;
