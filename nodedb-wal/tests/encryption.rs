@@ -243,7 +243,8 @@ fn a_plaintext_segment_put_in_place_of_an_encrypted_one_is_refused_when_the_ring
 
     let strict = ring(1, 7);
     strict.refuse_plaintext();
-    let err = read_all(&disk_with(&files), Some(Arc::clone(&strict))).unwrap_err();
+    // Refused by recovery, at open, before any reader runs.
+    let err = SegmentedWal::open_with(disk_with(&files), config(Some(Arc::clone(&strict)))).unwrap_err();
     assert!(matches!(err, WalError::PlaintextRefused { segment } if segment.0 == 1), "{err}");
     assert_eq!(read_all(&disk_with(&two_segments()), Some(strict)).unwrap().len(), 4, "an all-encrypted log opens");
 }
