@@ -212,14 +212,8 @@ impl<S: Storage> Cursor<S> {
             }
             let scan = self.scan.as_mut().expect("opened above");
             let segment = scan.id();
-            // Polonius would accept returning the borrow straight from the match; today's
-            // borrow checker needs the step's outcome first.
-            let step = match scan.step()? {
-                Step::Record { offset, header, .. } => Ok((offset, header)),
-                Step::End { offset, end, .. } => Err((offset, end)),
-            };
-            match step {
-                Ok((offset, header)) => match self.admit(segment, offset, &header)? {
+            match scan.step()? {
+                Step::Record { offset, header } => match self.admit(segment, offset, &header)? {
                     Admit::Beyond => {
                         // Step back before it, so that a reader extended later (a tail) finds it.
                         self.scan.as_mut().expect("open").seek(offset, header.lsn);
@@ -240,7 +234,7 @@ impl<S: Storage> Cursor<S> {
                         return Ok(Some(Found { segment, offset, header, payload }));
                     }
                 },
-                Err((offset, end)) => {
+                Step::End { offset, end, .. } => {
                     let scan = self.scan.as_ref().expect("open");
                     if !matches!(end, TailEnd::Sealed { .. }) {
                         if scan.next_lsn() <= self.spec.until {

@@ -491,7 +491,7 @@ fn scan_segment<S: Storage>(
     let mut group_collected: Vec<(Lsn, RecordType, Vec<u8>)> = Vec::new();
     let (offset, end, claim) = loop {
         match scan.step()? {
-            Step::Record { offset, header, payload } => {
+            Step::Record { offset, header } => {
                 index.add(offset, &header);
                 let continues = header.flags & FLAG_GROUP_CONTINUES != 0;
                 if continues && group.is_none() {
@@ -501,6 +501,7 @@ fn scan_segment<S: Storage>(
                     if cipher.is_none() {
                         cipher = Some(cipher_for(ctx.ring, id, &head)?);
                     }
+                    let payload = scan.stepped_payload(offset, &header)?;
                     let plain = open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload)?;
                     group_collected.push((header.lsn, header.record_type, plain));
                 }

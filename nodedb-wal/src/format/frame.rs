@@ -225,6 +225,7 @@ impl RecordHeader {
     /// assert_eq!(RecordHeader::decode(&bytes), Err(FrameError::Reserved));
     /// # Ok::<(), FrameError>(())
     /// ```
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Result<RecordHeader, FrameError> {
         if bytes.len() < HEADER_LEN {
             return Err(FrameError::Truncated);
@@ -253,6 +254,7 @@ impl RecordHeader {
     }
 }
 
+#[inline]
 fn checksum(frame: &[u8], record_type: RecordType) -> u32 {
     let covered = if record_type == RecordType::PADDING { &frame[MAGIC_AT..HEADER_LEN] } else { &frame[MAGIC_AT..] };
     crc32c::crc32c(covered)
@@ -345,6 +347,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<RecordHeader, FrameError> {
 /// # Ok::<(), nodedb_wal::format::frame::FrameError>(())
 /// ```
 #[must_use]
+#[inline]
 pub fn checksum_matches(frame: &[u8], header: &RecordHeader) -> bool {
     frame.len() == header.frame_len() && checksum(frame, header.record_type) == read_le!(u32, frame, CRC_AT)
 }

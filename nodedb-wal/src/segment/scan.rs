@@ -38,15 +38,13 @@ struct RecoverySeal {
 
 /// One step of a scan.
 #[derive(Debug)]
-pub enum Step<'a> {
-    /// A data record and its payload.
+pub enum Step {
+    /// A data record, checked; [`SegmentScan::stepped_payload`] lends its payload.
     Record {
         /// Offset of the frame in the file.
         offset: u64,
         /// Its header.
         header: RecordHeader,
-        /// Its payload.
-        payload: &'a [u8],
     },
     /// The segment ends here.
     End {
@@ -120,6 +118,8 @@ pub struct SegmentScan<F> {
     reader: ChunkReader<F>,
     id: SegmentId,
     salt: u32,
+    /// A power of two (the segment header's decoder refuses any other), so offsets are
+    /// masked, not divided: a division per frame showed in replay profiles.
     block: u64,
     pos: u64,
     next_lsn: Lsn,
@@ -187,7 +187,7 @@ impl<F: StorageFile> SegmentScan<F> {
     }
 
     /// Next data record, or the end. After the end, keeps returning it.
-    pub fn step(&mut self) -> Result<Step<'_>> {
+    pub fn step(&mut self) -> Result<Step> {
         loop {
             let at = self.pos;
             match self.probe(at)? {
@@ -220,11 +220,7 @@ impl<F: StorageFile> SegmentScan<F> {
                     // may be skipped is the reader's decision (it must authenticate it first).
                     self.pos = at + header.frame_len() as u64;
                     self.next_lsn = self.next_lsn.next();
-                    if self.headers_only {
-                        return Ok(Step::Record { offset: at, header, payload: &[] });
-                    }
-                    let payload = self.payload(at, &header)?;
-                    return Ok(Step::Record { offset: at, header, payload });
+                    return Ok(Step::Record { offset: at, header });
                 }
             }
         }
@@ -240,7 +236,7 @@ impl<F: StorageFile> SegmentScan<F> {
         if self.done {
             return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: None });
         }
-        let aligned = at % self.block == 0;
+        let aligned = at & (self.block - 1) == 0;
         let file_len = self.reader.file_len();
         let boundary = |end: TailEnd| Probe::Invalid { end: if aligned { end } else { TailEnd::Damaged }, claim: None };
         if at >= file_len {
@@ -275,7 +271,7 @@ impl<F: StorageFile> SegmentScan<F> {
     /// unaligned offset can be cut this way (the seal sits at the next boundary), so each
     /// boundary is read once.
     fn cut_by_recovery(&mut self, at: u64) -> Result<bool> {
-        if at % self.block == 0 {
+        if at & (self.block - 1) == 0 {
             return Ok(false);
         }
         let boundary = round_up(at, self.block);

@@ -88,6 +88,7 @@ impl Mapping {
 
     /// The mapped bytes.
     #[must_use]
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` points at `len` readable bytes for as long as `self` lives (see
         // `sequential`); for `len == 0` a dangling, aligned pointer makes an empty slice.
