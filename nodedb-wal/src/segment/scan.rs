@@ -119,7 +119,7 @@ pub struct SegmentScan<F> {
     id: SegmentId,
     salt: u32,
     /// A power of two (the segment header's decoder refuses any other), so offsets are
-    /// masked, not divided: a division per frame showed in replay profiles.
+    /// masked, not divided.
     block: u64,
     pos: u64,
     next_lsn: Lsn,
