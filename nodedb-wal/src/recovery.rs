@@ -477,6 +477,10 @@ fn scan_segment<S: Storage>(
     }
     if head.preamble.cipher == CIPHER_NONE {
         check_plaintext_allowed(ctx.ring, id)?;
+    } else if ctx.ring.is_none() && !ctx.beside_writer {
+        // The owner of an encrypted log opened without any key ring would append plaintext
+        // after the encrypted segments. A ring without an active key says that is meant.
+        return Err(WalError::KeyRingMissing { segment: id });
     }
     let mut scan = SegmentScan::new(reader, id, &head);
     let mut cipher = None;

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use nodedb_wal::format::frame::{HEADER_LEN, RecordHeader, decode_frame, seal_frame};
 use nodedb_wal::format::meta::SegmentHeaderPayload;
-use nodedb_wal::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, SegmentPreamble};
+use nodedb_wal::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, SegmentPreamble};
 use nodedb_wal::storage::FaultConfig;
-use nodedb_wal::{KeyRing, Lsn, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+use nodedb_wal::{KeyRing, Lsn, ReadOnlyWal, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
 
 const DIR: &str = "/enc";
 
@@ -268,4 +268,35 @@ fn refusing_plaintext_without_an_active_key_is_a_config_error() {
     let sim = SimStorage::new(1, FaultConfig::default());
     let err = SegmentedWal::open_with(sim, config(Some(ring))).unwrap_err();
     assert!(matches!(err, WalError::InvalidConfig { .. }), "{err}");
+}
+
+#[test]
+fn the_owner_refuses_an_encrypted_log_opened_without_a_key_ring_and_changes_nothing() {
+    let sim = disk_with(&two_segments());
+    let before = [sim.read_file(&seg(1)).unwrap(), sim.read_file(&seg(2)).unwrap()];
+    let err = SegmentedWal::open_with(sim.clone(), config(None)).unwrap_err();
+    // Opening would have appended plaintext segments after the encrypted ones.
+    assert!(matches!(err, WalError::KeyRingMissing { segment } if segment.0 == 1), "{err}");
+    assert_eq!([sim.read_file(&seg(1)).unwrap(), sim.read_file(&seg(2)).unwrap()], before, "the refusal wrote nothing");
+    assert!(sim.read_file(&seg(3)).is_none(), "no segment was created");
+
+    // A tool still looks without a key: finding the end of a log needs none.
+    let view = ReadOnlyWal::open_with(sim.clone(), DIR, None).unwrap();
+    assert_eq!(view.recovery_info().record_count, 4);
+}
+
+#[test]
+fn a_ring_without_an_active_key_opens_an_encrypted_log_and_continues_in_plaintext() {
+    let sim = disk_with(&two_segments());
+    // Old keys still read; no active key says new segments are meant to be plaintext. (An
+    // empty ring is the same choice for keys that are lost.)
+    let reading = KeyRing::new();
+    reading.insert(1, SecureKey::from_bytes(&mut [7; 32])).unwrap();
+    let wal = SegmentedWal::open_with(sim.clone(), config(Some(Arc::new(reading)))).unwrap();
+    let lsn = wal.append_durable(rec(b"after encryption was switched off")).unwrap();
+    let read: Vec<_> = wal.read_from(Lsn(1)).unwrap().map(|r| r.unwrap().payload).collect();
+    assert_eq!((read.len(), read.last().unwrap().as_slice()), (lsn.0 as usize, &b"after encryption was switched off"[..]));
+    drop(wal);
+    let newest = sim.read_file(&seg(3)).unwrap();
+    assert_eq!(SegmentPreamble::decode(&newest).unwrap().cipher, CIPHER_NONE);
 }
