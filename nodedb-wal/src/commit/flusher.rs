@@ -3,8 +3,8 @@
 //! A failed write or sync poisons the log; nothing is ever retried.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use super::Shared;
 use super::plan::{BatchMeta, Sealed, Target};
@@ -47,16 +47,24 @@ impl<S: Storage> Flusher<S> {
         Flusher { shared, file: None, written_to: 0, zeros, small_streak: SMALL_STREAK_FOR_ZERO_FILL, manifest, index }
     }
 
-    /// Runs until the log closes or is poisoned.
-    pub fn run(mut self) {
-        let _guard = PoisonOnPanic(Arc::clone(&self.shared));
-        while let Some(Sealed { buf, meta }) = self.shared.next_job() {
+    /// Writes batches in order for as long as this thread holds the writer: every batch that
+    /// is due (the flusher thread), or up to the one holding `own` (a caller writing its own
+    /// record). A failure poisons the log and wakes everyone; callers learn of it from the
+    /// durable watermark.
+    pub fn write_ready(&mut self, own: Option<Lsn>) {
+        let shared = Arc::clone(&self.shared);
+        let _guard = PoisonOnPanic(&shared);
+        loop {
+            if own.is_some_and(|lsn| shared.durability.lsn() >= lsn) {
+                return;
+            }
+            let Some(Sealed { buf, meta }) = shared.take_job(own) else { return };
             let mut buf = wait_for_regions(buf);
             match self.write_batch(&mut buf, &meta) {
-                Ok(()) => self.shared.finish_batch(buf, meta.oversized),
+                Ok(()) => shared.finish_batch(buf, meta.oversized),
                 Err((op, err)) => {
-                    self.shared.durability.poison(op, &err);
-                    self.shared.wake_all();
+                    shared.durability.poison(op, &err);
+                    shared.wake_all();
                     return;
                 }
             }
@@ -218,11 +226,20 @@ impl<S: Storage> Flusher<S> {
     }
 }
 
-/// If the flusher panics (a broken invariant), nobody would ever wake the waiters: poison the
-/// log instead, so every caller gets an error.
-struct PoisonOnPanic<S: Storage>(Arc<Shared<S>>);
+/// The flusher thread: sleeps until a batch is due, then takes the writer (waiting while a
+/// caller writes its own batch) and writes what is due. Runs until the log closes or is
+/// poisoned.
+pub(crate) fn run<S: Storage>(shared: &Shared<S>, writer: &Mutex<Flusher<S>>) {
+    while shared.wait_for_work() {
+        writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_ready(None);
+    }
+}
 
-impl<S: Storage> Drop for PoisonOnPanic<S> {
+/// If writing panics (a broken invariant), nobody would ever wake the waiters: poison the log
+/// instead, so every caller gets an error.
+struct PoisonOnPanic<'a, S: Storage>(&'a Shared<S>);
+
+impl<S: Storage> Drop for PoisonOnPanic<'_, S> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.0.durability.poison(IoOp::Write, &io::Error::other("the flusher thread panicked"));

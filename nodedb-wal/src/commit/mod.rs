@@ -1,9 +1,10 @@
 //! Group commit: many threads append at once and share each fdatasync.
 //!
 //! An append takes the mutex only to reserve its LSN and its bytes in the current batch buffer;
-//! it encodes and checksums its frame into those bytes after letting go. One flusher thread
-//! writes sealed batches in order and syncs each. While one batch is written, appenders fill the
-//! next buffer. A waiter asks for a sync only when its record is not yet covered.
+//! it encodes and checksums its frame into those bytes after letting go. Batches are written in
+//! order and synced by whoever holds the writer: the flusher thread, or, while the log is
+//! quiet, the waiting caller itself. While one batch is written, appenders fill the next
+//! buffer. A waiter asks for a sync only when its record is not yet covered.
 
 mod durable;
 mod encode;
@@ -12,7 +13,7 @@ mod plan;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -160,10 +161,22 @@ pub(crate) struct Shared<S: Storage> {
     recycled: Mutex<Vec<PathBuf>>,
     recycle_segments: usize,
     pub stats: CommitStats,
+    /// Records in the batch written last: one means nobody shared its sync, and a waiter may
+    /// as well write its own batch (see `GroupCommitter::write_own`).
+    last_batch_records: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The lock if nobody holds it.
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
 /// Fills `buf` from the kernel's CSPRNG.
@@ -219,17 +232,18 @@ impl<S: Storage> Shared<S> {
         lock(&self.recycled).pop()
     }
 
-    /// The next batch to write, sealing the active one when a waiter needs it or the log closes.
-    /// `None` once the log is closed and drained, or poisoned.
-    fn next_job(&self) -> Option<Sealed> {
+    /// Sleeps until there is a batch to write: a sealed one, or an active one a waiter needs
+    /// (after the commit window, if one is set) or the closing log must flush. `false` once
+    /// the log is closed and drained, or poisoned.
+    fn wait_for_work(&self) -> bool {
         let mut plan = lock(&self.plan);
         let mut window_waited = false;
         loop {
             if self.durability.check_poison().is_err() {
-                return None;
+                return false;
             }
-            if let Some(job) = plan.take_sealed() {
-                return Some(job);
+            if !plan.sealed.is_empty() {
+                return true;
             }
             let wanted = plan.active.as_ref().is_some_and(|a| plan.sync_wanted >= a.first_lsn);
             if plan.active_has_records() && (wanted || plan.closing) {
@@ -243,16 +257,43 @@ impl<S: Storage> Shared<S> {
                     plan.flusher_asleep = false;
                     continue;
                 }
-                plan.seal_active(false);
-                continue;
+                return true;
             }
             if plan.closing {
-                return None;
+                return false;
             }
             plan.flusher_asleep = true;
             plan = self.work.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
             plan.flusher_asleep = false;
         }
+    }
+
+    /// The next batch to write, for the holder of the writer: the oldest sealed one, else the
+    /// active one if a waiter needs it, the log closes, or it holds `own` (the holder's own
+    /// issued LSN). `None` when nothing is due or the log is poisoned.
+    fn take_job(&self, own: Option<Lsn>) -> Option<Sealed> {
+        let mut plan = lock(&self.plan);
+        if self.durability.check_poison().is_err() {
+            return None;
+        }
+        if let Some(job) = plan.take_sealed() {
+            return Some(job);
+        }
+        let first = plan.active.as_ref()?.first_lsn;
+        let holds_own = own.is_some_and(|lsn| lsn >= first && lsn < plan.next_lsn);
+        if plan.active_has_records() && (plan.sync_wanted >= first || plan.closing || holds_own) {
+            plan.seal_active(false);
+            return plan.take_sealed();
+        }
+        None
+    }
+
+    /// Whether the log is quiet enough for a waiter to write its own batch: the last batch
+    /// held one record, so no other appender would have shared its sync, and a handoff to the
+    /// flusher thread and back would only add two wake-ups. A commit window asks for waiting,
+    /// so it turns this off.
+    fn quiet(&self) -> bool {
+        self.commit_window.is_none() && self.last_batch_records.load(Ordering::Relaxed) <= 1
     }
 
     /// Wakes the flusher if it sleeps waiting for work. (A notify costs a system call whether
@@ -290,6 +331,7 @@ impl<S: Storage> Shared<S> {
             seg.bytes = target.offset + padded as u64;
             seg.sealed = sealed;
         }
+        self.last_batch_records.store(end_lsn.0 - meta.first_lsn.0, Ordering::Relaxed);
         self.durability.advance(Lsn(end_lsn.0 - 1), meta.seq);
     }
 
@@ -345,14 +387,16 @@ pub(crate) struct CommitStart<S: Storage> {
     pub recycle_segments: usize,
 }
 
-/// The group committer: appends from any number of threads, one flusher thread that writes and
-/// fdatasyncs batches in order.
+/// The group committer: appends from any number of threads; batches written and fdatasynced in
+/// order by the flusher thread (or, on a quiet log, by the waiting caller).
 ///
 /// Callers do not build one: a [`crate::SegmentedWal`] owns it and forwards its appends, waits
 /// and counters here, so the log's methods of the same names (with their examples) are the way
 /// in.
 pub struct GroupCommitter<S: Storage> {
     shared: Arc<Shared<S>>,
+    /// The segment writer: whoever holds it takes batches in order and writes them.
+    writer: Arc<Mutex<Flusher<S>>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -391,13 +435,15 @@ impl<S: Storage> GroupCommitter<S> {
             recycled: Mutex::new(start.recycled),
             recycle_segments: start.recycle_segments,
             stats: CommitStats::default(),
+            last_batch_records: AtomicU64::new(0),
         });
-        let flusher = Flusher::new(Arc::clone(&shared), start.manifest);
+        let writer = Arc::new(Mutex::new(Flusher::new(Arc::clone(&shared), start.manifest)));
+        let (thread_shared, thread_writer) = (Arc::clone(&shared), Arc::clone(&writer));
         let handle = std::thread::Builder::new()
             .name("nodedb-wal-flusher".into())
-            .spawn(move || flusher.run())
+            .spawn(move || flusher::run(&thread_shared, &thread_writer))
             .map_err(|e| WalError::io(crate::error::IoOp::Open, "flusher thread", e))?;
-        Ok(GroupCommitter { shared, flusher: Mutex::new(Some(handle)) })
+        Ok(GroupCommitter { shared, writer, flusher: Mutex::new(Some(handle)) })
     }
 
     /// Buffers a record and returns its LSN; it is not durable until [`Self::wait_durable`].
@@ -409,10 +455,16 @@ impl<S: Storage> GroupCommitter<S> {
     /// Buffers a record and blocks until a successful fdatasync covers it. The reservation
     /// also asks for the sync: one trip through the shared lock instead of two.
     pub fn append_durable(&self, record_type: RecordType, scope: Scope, flags: u16, payload: &[u8]) -> Result<Lsn> {
-        let reservation = self.reserve(&[payload.len()], true)?;
+        // A quiet log's caller may write the batch itself: it does not wake the flusher.
+        let quiet = self.shared.quiet();
+        let reservation = self.reserve(&[payload.len()], !quiet)?;
         let batch = reservation.batch;
         let lsn = self.encode_one(reservation, record_type, scope, flags, payload)?;
-        self.block_until_durable(lsn, batch)?;
+        if quiet {
+            self.write_own(lsn)?;
+        } else {
+            self.block_until_durable(lsn, batch)?;
+        }
         Ok(lsn)
     }
 
@@ -488,6 +540,25 @@ impl<S: Storage> GroupCommitter<S> {
     pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         if self.shared.durability.check(lsn)? {
             return Ok(());
+        }
+        if self.shared.quiet() {
+            return self.write_own(lsn);
+        }
+        let batch = self.shared.request_issued(lsn)?;
+        self.block_until_durable(lsn, batch)
+    }
+
+    /// Makes `lsn` durable on the caller's thread when the writer is free, writing every batch
+    /// up to the one holding it; otherwise (or if that did not cover it) asks the flusher and
+    /// waits. On a quiet log this saves the two wake-ups of a handoff to the flusher thread and
+    /// back, which cost about as much as a fast fdatasync (BENCHMARKS.md).
+    fn write_own(&self, lsn: Lsn) -> Result<()> {
+        if let Some(mut writer) = try_lock(&self.writer) {
+            writer.write_ready(Some(lsn));
+            drop(writer);
+            if self.shared.durability.check(lsn)? {
+                return Ok(());
+            }
         }
         let batch = self.shared.request_issued(lsn)?;
         self.block_until_durable(lsn, batch)
