@@ -29,9 +29,13 @@ pub struct ChunkReader<F> {
     mapped: Option<Arc<Mapping>>,
     /// A helper checking the mapped frames ahead of the reader (see [`ahead`]).
     ahead: Option<CheckAhead>,
-    /// Drop what was read from the page cache, a release step behind the reads.
+    /// Drop what was read from the disk from the page cache, a release step behind the reads.
     drop_behind: bool,
-    dropped: u64,
+    /// Bytes this reader read and has not dropped yet: `[from, to)`.
+    brought: Option<(u64, u64)>,
+    /// Whether the first read found its bytes cached already (decided once, see
+    /// [`Self::read_sequentially`]).
+    found_cached: Option<bool>,
     /// Note reads that had to wait for the disk (see [`Self::take_miss`]).
     watch_misses: bool,
     missed: bool,
@@ -53,7 +57,8 @@ impl<F: StorageFile> ChunkReader<F> {
             mapped: None,
             ahead: None,
             drop_behind: false,
-            dropped: 0,
+            brought: None,
+            found_cached: None,
             watch_misses: false,
             missed: false,
         }
@@ -67,7 +72,20 @@ impl<F: StorageFile> ChunkReader<F> {
             Ok(mapped) => self.mapped = mapped.map(Arc::new),
             Err(err) => tracing::debug!(%err, path = %self.path.display(), "mmap refused; reading with pread"),
         }
+        if let Some(map) = &self.mapped
+            && self.first_block_cached()
+        {
+            // As `read_sequentially` decides for reads: leave a file cached by others cached.
+            map.keep_cached();
+        }
         self.mapped.is_some()
+    }
+
+    /// Whether the file's first block is in the page cache, asked before this reader touches
+    /// it. An error counts as no.
+    fn first_block_cached(&self) -> bool {
+        let mut block = vec![0u8; self.align];
+        matches!(self.file.read_cached_at(&mut block, 0), Ok(Some(_)))
     }
 
     /// For a front-to-back read of a mapped file from `from` (a frame boundary), on a machine
@@ -99,7 +117,12 @@ impl<F: StorageFile> ChunkReader<F> {
 
     /// For a front-to-back read of a file read through the page cache (not O_DIRECT): asks
     /// for generous read-ahead, and drops the bytes read from the page cache as the reader
-    /// moves on, so that a long replay does not evict the database's working set.
+    /// moves on, so that a long replay does not evict the database's working set. A file whose
+    /// first bytes read were in the cache already (a plain read, a backup or another reader
+    /// pulled it in) is left cached: the reader leaves the page cache as it found it, and does
+    /// not pay for evicting pages it did not bring in. The decision is per file, on its first
+    /// read: later reads cannot tell cached pages from pages the reader's own read-ahead
+    /// brought in.
     pub fn read_sequentially(&mut self) {
         self.file.advise(Advice::Sequential, 0, 0);
         self.drop_behind = true;
@@ -182,19 +205,44 @@ impl<F: StorageFile> ChunkReader<F> {
         }
         self.start = start;
         self.filled = 0;
-        if self.watch_misses {
-            if let Some(n) = self.file.read_cached_at(&mut self.buf[..size], start)? {
-                self.filled = n;
-                return Ok(());
+        let first_sequential = self.drop_behind && self.found_cached.is_none();
+        let cached = if self.watch_misses || first_sequential { self.file.read_cached_at(&mut self.buf[..size], start)? } else { None };
+        match cached {
+            Some(n) => self.filled = n,
+            None => {
+                self.missed |= self.watch_misses;
+                self.filled = self.file.read_at(&mut self.buf[..size], start)?;
             }
-            self.missed = true;
         }
-        self.filled = self.file.read_at(&mut self.buf[..size], start)?;
-        if self.drop_behind && start >= self.dropped + 2 * RELEASE_STEP {
-            let upto = start - RELEASE_STEP;
-            self.file.advise(Advice::DontNeed, self.dropped, upto - self.dropped);
-            self.dropped = upto;
+        if first_sequential {
+            self.found_cached = Some(cached.is_some());
+        }
+        if self.drop_behind && self.found_cached == Some(false) {
+            self.drop_behind_reads(start);
         }
         Ok(())
+    }
+
+    /// Notes the chunk just loaded at `start` and drops from the page cache what this reader
+    /// read a release step or more behind it (only what it read: a reader that resumes in the
+    /// middle of a file leaves the bytes before it alone).
+    fn drop_behind_reads(&mut self, start: u64) {
+        let end = start + self.filled as u64;
+        self.brought = match self.brought {
+            // Chunks overlap where a frame crossed the end of the last one.
+            Some((from, to)) if (from..=to).contains(&start) => Some((from, to.max(end))),
+            Some((from, to)) => {
+                self.file.advise(Advice::DontNeed, from, to - from);
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+        if let Some((from, to)) = self.brought {
+            let upto = to.min(start.saturating_sub(RELEASE_STEP));
+            if upto >= from + RELEASE_STEP {
+                self.file.advise(Advice::DontNeed, from, upto - from);
+                self.brought = (upto < to).then_some((upto, to));
+            }
+        }
     }
 }

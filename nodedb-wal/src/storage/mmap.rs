@@ -21,7 +21,7 @@ use std::io;
 use std::num::NonZeroU64;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
@@ -37,6 +37,8 @@ pub struct Mapping {
     /// Bytes below this were given back. Only the reader that owns the map moves it; an
     /// atomic lets a helper that checks ahead share the map (see `segment::ahead`).
     released: AtomicU64,
+    /// Leave released steps in the page cache (the file was cached before the reader came).
+    keep_cached: AtomicBool,
 }
 
 // SAFETY: the map is read-only and owned by this value; the pointer is never written through,
@@ -59,7 +61,7 @@ impl Mapping {
         let fd = fd.as_fd().try_clone_to_owned()?;
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         if len == 0 {
-            return Ok(Mapping { ptr: NonNull::dangling(), len: 0, fd, released: AtomicU64::new(0) });
+            return Ok(Mapping { ptr: NonNull::dangling(), len: 0, fd, released: AtomicU64::new(0), keep_cached: AtomicBool::new(false) });
         }
         // SAFETY: a fresh shared read-only map chosen by the kernel (null hint) overlaps no Rust
         // object. The bytes stay valid while the map lives because the caller guarantees that
@@ -71,7 +73,7 @@ impl Mapping {
         if let Err(err) = unsafe { rustix::mm::madvise(raw, len, Advice::Sequential) } {
             tracing::debug!(%err, "madvise(MADV_SEQUENTIAL) refused; reading without it");
         }
-        Ok(Mapping { ptr, len, fd, released: AtomicU64::new(0) })
+        Ok(Mapping { ptr, len, fd, released: AtomicU64::new(0), keep_cached: AtomicBool::new(false) })
     }
 
     /// Bytes mapped.
@@ -93,6 +95,12 @@ impl Mapping {
         // SAFETY: `ptr` points at `len` readable bytes for as long as `self` lives (see
         // `sequential`); for `len == 0` a dangling, aligned pointer makes an empty slice.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// From now on, released steps leave this process but stay in the page cache: for a file
+    /// that was cached before the reader came, which it should leave as it found it.
+    pub fn keep_cached(&self) {
+        self.keep_cached.store(true, Ordering::Relaxed);
     }
 
     /// Says that the reader is done with the bytes below `offset`: whole release steps below it
@@ -123,7 +131,9 @@ impl Mapping {
         if let Err(err) = advised {
             tracing::debug!(%err, "madvise(MADV_DONTNEED) refused");
         }
-        if let Err(err) = rustix::fs::fadvise(&self.fd, start, NonZeroU64::new(len), rustix::fs::Advice::DontNeed) {
+        if !self.keep_cached.load(Ordering::Relaxed)
+            && let Err(err) = rustix::fs::fadvise(&self.fd, start, NonZeroU64::new(len), rustix::fs::Advice::DontNeed)
+        {
             tracing::debug!(%err, "posix_fadvise(DONTNEED) refused");
         }
         self.released.store(upto, Ordering::Relaxed);

@@ -1,0 +1,76 @@
+//! A replay leaves the page cache as it found it: the segment bytes it had to read from the disk
+//! are dropped behind it (a long replay must not evict the database's working set), and the
+//! bytes that were cached already stay cached (it must not evict what someone else, a backup
+//! or another reader, pulled in). Checked on the real file system with `fincore`.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::Command;
+
+use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig};
+
+const SEGMENT: u64 = 32 << 20;
+
+/// Bytes of `path` in the page cache, or `None` where `fincore` cannot tell.
+fn cached_bytes(path: &Path) -> Option<u64> {
+    let out = Command::new("fincore").args(["--bytes", "--noheadings", "--output", "RES"]).arg(path).output().ok()?;
+    out.status.success().then_some(())?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+fn drop_from_cache(path: &Path) {
+    let file = File::open(path).unwrap();
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+}
+
+#[test]
+fn a_replay_drops_what_it_read_from_disk_and_keeps_what_was_cached() {
+    check_replay(|wal| wal.read_from(Lsn::FIRST).unwrap().map(Result::unwrap).fold(0, |n, _| n + 1));
+}
+
+/// Writes three segments, leaves the first cached and the second not, replays with `replay`
+/// and checks what the page cache holds afterwards.
+fn check_replay(replay: impl Fn(&SegmentedWal) -> usize) {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut config = SegmentedWalConfig::new(tmp.path());
+    config.segment_bytes_target = SEGMENT;
+    config.allow_buffered_fallback = true;
+    let wal = SegmentedWal::open(config).unwrap();
+    let payload = vec![0x5A; 4096];
+    while wal.segments().len() < 3 {
+        let lsn = wal.append(Record::new(RecordType::optional(0x100), &payload)).unwrap();
+        if lsn.0 % 256 == 0 {
+            wal.wait_durable(lsn).unwrap();
+        }
+    }
+    wal.sync().unwrap();
+    let paths: Vec<_> = wal.segments().iter().map(|s| nodedb_wal::segment::path(tmp.path(), s.id)).collect();
+    for path in &paths {
+        drop_from_cache(path);
+    }
+    let (warm, cold) = (&paths[0], &paths[1]);
+    let Some(0) = cached_bytes(cold) else {
+        eprintln!("skipped: no fincore here, or this file system keeps pages it was told to drop");
+        return;
+    };
+    std::fs::read(warm).unwrap();
+    let warm_len = std::fs::metadata(warm).unwrap().len();
+    assert_eq!(cached_bytes(warm), Some(warm_len), "a plain read caches the whole segment");
+
+    let read = replay(&wal);
+    assert!(read > 2 * (SEGMENT as usize / 4096) * 9 / 10, "the replay read every sealed segment: {read} records");
+
+    // The reader drops none of it. (The margin is for the kernel, which may reclaim a few
+    // pages meanwhile: dropping behind would leave only the last steps, a third of it.)
+    let kept = cached_bytes(warm).unwrap();
+    assert!(kept >= warm_len * 9 / 10, "pages cached before the replay stay cached: {kept} of {warm_len} bytes");
+    // Dropped a release step (4 MiB) behind the reads, so the segment's last steps stay (and
+    // what the mapped reader's helper or read-ahead touched past the reader).
+    let left = cached_bytes(cold).unwrap();
+    assert!(left <= SEGMENT * 3 / 4, "the replay dropped what it read from the disk: {left} of {SEGMENT} bytes still cached");
+}
+
+#[test]
+fn a_mapped_replay_also_keeps_what_was_cached_and_drops_what_it_read() {
+    check_replay(|wal| wal.read_mapped(Lsn::FIRST).unwrap().map(Result::unwrap).fold(0, |n, _| n + 1));
+}
