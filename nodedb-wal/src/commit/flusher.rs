@@ -242,7 +242,7 @@ struct PoisonOnPanic<'a, S: Storage>(&'a Shared<S>);
 impl<S: Storage> Drop for PoisonOnPanic<'_, S> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.durability.poison(IoOp::Write, &io::Error::other("the flusher thread panicked"));
+            self.0.durability.poison(IoOp::Write, &io::Error::other("writing a batch panicked"));
             self.0.wake_all();
         }
     }
