@@ -3,7 +3,9 @@
 //! system that refuses O_DIRECT. Each ends in a typed error, a poisoned log where a write or
 //! sync failed (never retried, never reported durable), and no acknowledged record lost: the
 //! directory, reopened on the plain file system, returns every acknowledged record intact.
-//! The tests run in parallel, each on its own directory and its own fault plan.
+//! The tests run in parallel, each on its own directory and its own fault plan. The write and
+//! sync faults run twice: once with the lone appender writing its own batches, once with a
+//! commit window, which leaves all writing to the flusher thread.
 
 use std::path::Path;
 
@@ -60,10 +62,24 @@ struct Faulted {
     acked_after_arm: usize,
 }
 
+/// Runs [`fault_poisons_and_loses_nothing_with`] twice: with one appender the caller writes
+/// its own batches, and with a commit window the flusher thread writes them; the failure must
+/// be handled the same on either thread. Returns the second run's result.
 fn fault_poisons_and_loses_nothing(arm: impl Fn(&FaultyStorage<FsStorage>), op: IoOp) -> Faulted {
+    fault_poisons_and_loses_nothing_with(&arm, op, None);
+    fault_poisons_and_loses_nothing_with(&arm, op, Some(std::time::Duration::from_micros(1)))
+}
+
+fn fault_poisons_and_loses_nothing_with(
+    arm: &impl Fn(&FaultyStorage<FsStorage>),
+    op: IoOp,
+    commit_window: Option<std::time::Duration>,
+) -> Faulted {
     let dir = tempfile::tempdir().unwrap();
     let faulty = FaultyStorage::new(FsStorage::new());
-    let wal = SegmentedWal::open_with(faulty.clone(), config(dir.path())).unwrap();
+    let mut c = config(dir.path());
+    c.commit_window = commit_window;
+    let wal = SegmentedWal::open_with(faulty.clone(), c).unwrap();
     let (mut acked, err) = append_until_error(&wal, 1, 20);
     assert!(err.is_none(), "{err:?}");
     arm(&faulty);
