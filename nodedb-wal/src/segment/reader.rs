@@ -237,6 +237,14 @@ impl<F: StorageFile> ChunkReader<F> {
             }
             None => Some((start, end)),
         };
+        if let Some((from, to)) = self.brought
+            && to >= self.file_len
+        {
+            // The last chunk is in the window: nothing further will be read from the page
+            // cache, so all of it can go now rather than stay behind the reader.
+            self.file.advise(Advice::DontNeed, from, to - from);
+            self.brought = None;
+        }
         if let Some((from, to)) = self.brought {
             let upto = to.min(start.saturating_sub(RELEASE_STEP));
             if upto >= from + RELEASE_STEP {

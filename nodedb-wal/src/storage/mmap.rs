@@ -150,6 +150,15 @@ impl Drop for Mapping {
         if let Err(err) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) } {
             tracing::warn!(%err, "munmap failed");
         }
+        // The steps not yet released (the reader's last ones, and what read-ahead brought past
+        // it) leave the page cache too, now that no page of them is mapped here.
+        let released = self.released.load(Ordering::Relaxed);
+        if !self.keep_cached.load(Ordering::Relaxed) && released < self.len as u64 {
+            let rest = NonZeroU64::new(self.len as u64 - released);
+            if let Err(err) = rustix::fs::fadvise(&self.fd, released, rest, rustix::fs::Advice::DontNeed) {
+                tracing::debug!(%err, "posix_fadvise(DONTNEED) refused");
+            }
+        }
     }
 }
 
