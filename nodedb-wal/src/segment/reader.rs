@@ -33,9 +33,9 @@ pub struct ChunkReader<F> {
     drop_behind: bool,
     /// Bytes this reader read and has not dropped yet: `[from, to)`.
     brought: Option<(u64, u64)>,
-    /// Whether the first read found its bytes cached already (decided once, see
-    /// [`Self::read_sequentially`]).
-    found_cached: Option<bool>,
+    /// Whether the first read has been made: it turns `drop_behind` off if its bytes were
+    /// cached already (see [`Self::read_sequentially`]).
+    first_read: bool,
     /// Note reads that had to wait for the disk (see [`Self::take_miss`]).
     watch_misses: bool,
     missed: bool,
@@ -58,7 +58,7 @@ impl<F: StorageFile> ChunkReader<F> {
             ahead: None,
             drop_behind: false,
             brought: None,
-            found_cached: None,
+            first_read: false,
             watch_misses: false,
             missed: false,
         }
@@ -205,7 +205,8 @@ impl<F: StorageFile> ChunkReader<F> {
         }
         self.start = start;
         self.filled = 0;
-        let first_sequential = self.drop_behind && self.found_cached.is_none();
+        let first_sequential = self.drop_behind && !self.first_read;
+        self.first_read = true;
         let cached = if self.watch_misses || first_sequential { self.file.read_cached_at(&mut self.buf[..size], start)? } else { None };
         match cached {
             Some(n) => self.filled = n,
@@ -214,10 +215,10 @@ impl<F: StorageFile> ChunkReader<F> {
                 self.filled = self.file.read_at(&mut self.buf[..size], start)?;
             }
         }
-        if first_sequential {
-            self.found_cached = Some(cached.is_some());
+        if first_sequential && cached.is_some() {
+            self.drop_behind = false;
         }
-        if self.drop_behind && self.found_cached == Some(false) {
+        if self.drop_behind {
             self.drop_behind_reads(start);
         }
         Ok(())

@@ -131,12 +131,18 @@ impl Mapping {
         if let Err(err) = advised {
             tracing::debug!(%err, "madvise(MADV_DONTNEED) refused");
         }
-        if !self.keep_cached.load(Ordering::Relaxed)
-            && let Err(err) = rustix::fs::fadvise(&self.fd, start, NonZeroU64::new(len), rustix::fs::Advice::DontNeed)
-        {
+        self.drop_from_cache(start, len);
+        self.released.store(upto, Ordering::Relaxed);
+    }
+
+    /// Drops `len` bytes at `start` from the page cache, unless the file is to stay cached.
+    fn drop_from_cache(&self, start: u64, len: u64) {
+        if self.keep_cached.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(err) = rustix::fs::fadvise(&self.fd, start, NonZeroU64::new(len), rustix::fs::Advice::DontNeed) {
             tracing::debug!(%err, "posix_fadvise(DONTNEED) refused");
         }
-        self.released.store(upto, Ordering::Relaxed);
     }
 }
 
@@ -153,11 +159,8 @@ impl Drop for Mapping {
         // The steps not yet released (the reader's last ones, and what read-ahead brought past
         // it) leave the page cache too, now that no page of them is mapped here.
         let released = self.released.load(Ordering::Relaxed);
-        if !self.keep_cached.load(Ordering::Relaxed) && released < self.len as u64 {
-            let rest = NonZeroU64::new(self.len as u64 - released);
-            if let Err(err) = rustix::fs::fadvise(&self.fd, released, rest, rustix::fs::Advice::DontNeed) {
-                tracing::debug!(%err, "posix_fadvise(DONTNEED) refused");
-            }
+        if released < self.len as u64 {
+            self.drop_from_cache(released, self.len as u64 - released);
         }
     }
 }
