@@ -160,6 +160,11 @@ impl<S: Storage> Cursor<S> {
         } else if !mapped && !direct {
             reader.read_sequentially();
         }
+        // A sealed segment, which nothing writes again, may be read and checked ahead.
+        let read_ahead = !self.headers_only && !mapped && !direct && info.sealed && self.spec.check_ahead;
+        if read_ahead {
+            reader.read_ahead();
+        }
         let bad_head = WalError::Corruption { segment: info.id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
         let head = read_head(&mut reader, info.id)?.map_err(|_| bad_head)?;
         check_identity(&head, info.id, true)?;
@@ -178,6 +183,8 @@ impl<S: Storage> Cursor<S> {
         }
         if mapped && self.spec.check_ahead {
             scan.check_ahead();
+        } else if read_ahead {
+            scan.read_ahead();
         }
         self.scan = Some(if self.headers_only { scan.headers_only() } else { scan });
         self.prefetch_left = 0;

@@ -464,6 +464,10 @@ fn scan_segment<S: Storage>(
     if !direct {
         reader.read_sequentially();
     }
+    if !last {
+        // Sealed: nothing writes it, so a helper may read it and check it ahead of the scan.
+        reader.read_ahead();
+    }
     let head = match read_head(&mut reader, id)? {
         Ok(head) => head,
         Err(fault) => return head_fault(&mut reader, id, fault, last, prev_end),
@@ -483,6 +487,9 @@ fn scan_segment<S: Storage>(
         return Err(WalError::KeyRingMissing { segment: id });
     }
     let mut scan = SegmentScan::new(reader, id, &head);
+    if !last {
+        scan.read_ahead();
+    }
     let mut cipher = None;
     // Only the owner seals the newest segment, so only it needs that segment's index.
     let mut index = IndexBuilder::new(len);

@@ -292,6 +292,53 @@ both!(
     bit_flip_in_a_sealed_segment_is_corruption
 );
 
+/// A log whose first segment is sealed at 4 MiB or more: long enough that readers and recovery
+/// hand it to a helper thread that reads and checks it ahead of them (where there is a second
+/// core). Returns the config and the last LSN.
+fn large_sealed_segment_log<D: Disk>(disk: &D, dir: &Path) -> (nodedb_wal::SegmentedWalConfig, u64) {
+    let mut c = config(dir);
+    c.segment_bytes_target = 4 << 20;
+    c.batch_bytes_max = 256 << 10;
+    let wal = SegmentedWal::open_with(disk.clone(), c.clone()).unwrap();
+    let last = 24_000;
+    for from in (1..=last).step_by(1000) {
+        append_synced(&wal, from, from + 999);
+    }
+    wal.close().unwrap();
+    assert!(segment_ids(disk, dir).len() >= 2, "segment 1 is sealed");
+    (c, last)
+}
+
+/// Damage anywhere in a large sealed segment (a payload bit, a header bit, late in it or just
+/// after a read-ahead window's edge) is reported at its frame, as in a small one; and intact,
+/// every record of it reads back.
+fn damage_deep_in_a_large_sealed_segment_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let (c, last) = large_sealed_segment_log(&disk, &dir);
+    let wal = SegmentedWal::open_with(disk.clone(), c.clone()).unwrap();
+    assert_records(&read_all(&wal), 1, last);
+    wal.close().unwrap();
+    let bytes = disk.read(&seg(&dir, 1));
+    let records: Vec<Frame> = frames(&bytes).into_iter().filter(Frame::is_record).collect();
+    let near = |offset: u64| *records.iter().find(|f| f.offset >= offset).expect("a frame there");
+    // In the second half of read-ahead windows (256 KiB), where the helper, checking each
+    // window from its end, is the likelier to meet it; a payload byte or a header byte.
+    let victims = (1..14u64).map(|k| (near(k * (256 << 10) + (150 << 10)), if k % 2 == 0 { HEADER_LEN as u64 + 5 } else { 9 }));
+    for (n, (frame, at)) in victims.enumerate() {
+        let copy = dir.with_file_name(format!("copy-{n}"));
+        copy_dir(&disk, &dir, &copy);
+        flip(&disk, &seg(&copy, 1), frame.offset + at, n as u32);
+        let err = SegmentedWal::open_with(disk.clone(), nodedb_wal::SegmentedWalConfig { dir: copy.clone(), ..c.clone() }).unwrap_err();
+        assert_corruption(&err, 1, frame.offset);
+    }
+}
+
+both!(
+    damage_deep_in_a_large_sealed_segment_is_corruption_fs,
+    damage_deep_in_a_large_sealed_segment_is_corruption_sim,
+    damage_deep_in_a_large_sealed_segment_is_corruption
+);
+
 /// Damage in the last segment followed by batches written after it was synced: the later
 /// batches' frames say the damaged LSN was durable, so this is not a torn tail.
 fn bit_flip_before_acknowledged_batches_is_corruption<D: Place>() {

@@ -4,6 +4,7 @@ pub mod ahead;
 pub mod crypt;
 pub mod evidence;
 pub(crate) mod index;
+pub(crate) mod read_ahead;
 pub mod reader;
 pub mod scan;
 

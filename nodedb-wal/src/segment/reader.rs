@@ -9,8 +9,9 @@ use crate::error::{IoOp, Result, WalError};
 
 use crate::format::layout::round_up;
 use crate::segment::ahead::{self, CheckAhead};
+use crate::segment::read_ahead::{self, ReadAhead, Window};
 use crate::storage::mmap::RELEASE_STEP;
-use crate::storage::{Advice, AlignedBuf, Mapping, StorageFile};
+use crate::storage::{Advice, Mapping, StorageFile};
 
 /// Default bytes read per system call.
 pub const DEFAULT_CHUNK: usize = 1 << 20;
@@ -18,21 +19,24 @@ pub const DEFAULT_CHUNK: usize = 1 << 20;
 /// Reads a file through one reusable aligned window (valid for O_DIRECT files too).
 #[derive(Debug)]
 pub struct ChunkReader<F> {
-    file: F,
+    file: Arc<F>,
     path: PathBuf,
     file_len: u64,
     align: usize,
     chunk: usize,
-    buf: AlignedBuf,
-    start: u64,
-    filled: usize,
+    /// The bytes in hand: read by this reader, or by a helper (which may still be checking
+    /// their frames).
+    window: Arc<Window>,
     mapped: Option<Arc<Mapping>>,
     /// A helper checking the mapped frames ahead of the reader (see [`ahead`]).
     ahead: Option<CheckAhead>,
     /// Drop what was read from the disk from the page cache, a release step behind the reads.
     drop_behind: bool,
-    /// Bytes this reader read and has not dropped yet: `[from, to)`.
-    brought: Option<(u64, u64)>,
+    brought: DropBehind,
+    /// A helper thread reading the chunks ahead (`segment/read_ahead.rs`), and how many more
+    /// times one may be started for this file (each jump off its path stops it).
+    helper: Option<ReadAhead>,
+    helpers_left: u8,
     /// Whether the first read has been made: it turns `drop_behind` off if its bytes were
     /// cached already (see [`Self::read_sequentially`]).
     first_read: bool,
@@ -46,18 +50,18 @@ impl<F: StorageFile> ChunkReader<F> {
     pub fn new(file: F, path: PathBuf, file_len: u64, align: usize, chunk: usize) -> ChunkReader<F> {
         let chunk = round_up(chunk.max(align) as u64, align as u64) as usize;
         ChunkReader {
-            file,
+            file: Arc::new(file),
             path,
             file_len,
             align,
             chunk,
-            buf: AlignedBuf::zeroed(0, align),
-            start: 0,
-            filled: 0,
+            window: Arc::new(Window::empty(0, align)),
             mapped: None,
             ahead: None,
             drop_behind: false,
-            brought: None,
+            brought: DropBehind::default(),
+            helper: None,
+            helpers_left: 0,
             first_read: false,
             watch_misses: false,
             missed: false,
@@ -99,15 +103,26 @@ impl<F: StorageFile> ChunkReader<F> {
         }
     }
 
-    /// Stops the help of [`Self::check_ahead`] (the reader moves off the chain it follows).
+    /// Stops the help of [`Self::check_ahead`] and [`Self::start_read_ahead`] (the reader
+    /// moves off the chain they follow). A later helper only reads.
     pub fn stop_checking_ahead(&mut self) {
         self.ahead = None;
+        self.stop_helper();
+        self.forget_checks();
+    }
+
+    /// Forgets which frames of the window a helper checked (dropping the window: the reader
+    /// reads it again): from here on the reader follows another chain, or none.
+    fn forget_checks(&mut self) {
+        if self.window.has_checks() {
+            self.window = Arc::new(Window::empty(0, self.align));
+        }
     }
 
     /// Whether the frame of `len` bytes at `offset` was checked ahead of the reader.
     #[inline]
     pub fn checked_ahead(&mut self, offset: u64, len: usize) -> bool {
-        self.ahead.as_mut().is_some_and(|a| a.covers(offset, len))
+        self.window.checked(offset, len) || self.ahead.as_mut().is_some_and(|a| a.covers(offset, len))
     }
 
     /// The file being read.
@@ -126,6 +141,26 @@ impl<F: StorageFile> ChunkReader<F> {
     pub fn read_sequentially(&mut self) {
         self.file.advise(Advice::Sequential, 0, 0);
         self.drop_behind = true;
+    }
+
+    /// For a front-to-back read of a sealed file through the page cache (after
+    /// [`Self::read_sequentially`]), on a machine with a core to spare: a helper thread will
+    /// read the chunks ahead of the reader and check their frames' checksums (see
+    /// `segment/read_ahead.rs`), from [`Self::start_read_ahead`] on. Until then the reader
+    /// reads only the blocks it asks for.
+    pub fn read_ahead(&mut self) {
+        self.helpers_left = MAX_HELPERS;
+    }
+
+    /// Starts the helper planned by [`Self::read_ahead`], following the chain of frames that
+    /// starts at `chain` (where the reader's scan is). Only where enough of the file is left
+    /// to pay for a thread.
+    pub fn start_read_ahead(&mut self, chain: u64) {
+        self.start_helper(chain & !(self.align as u64 - 1), Some(chain));
+        if self.helper.is_none() {
+            // Not worth a thread after all: whole chunks from here on.
+            self.helpers_left = 0;
+        }
     }
 
     /// For a reader that skips most bytes (headers only): no read-ahead, so skipped bytes stay
@@ -151,11 +186,14 @@ impl<F: StorageFile> ChunkReader<F> {
     /// Learns that the file has grown (a live log).
     pub fn set_file_len(&mut self, file_len: u64) {
         self.file_len = file_len;
-        // Only sealed files are mapped, and they do not grow: a file that does is read instead.
+        // Only sealed files are mapped or read ahead, and they do not grow: a file that does is
+        // read by the reader alone.
         self.mapped = None;
         self.ahead = None;
+        self.stop_helper();
+        self.helpers_left = 0;
         // The window may hold blocks read while they were still being written: forget it.
-        self.filled = 0;
+        self.window = Arc::new(Window::empty(0, self.align));
     }
 
     /// The file's path, for errors.
@@ -175,12 +213,68 @@ impl<F: StorageFile> ChunkReader<F> {
             return Ok(self.mapped_get(offset, want));
         }
         let end = offset + want as u64;
-        if offset < self.start || end > self.start + self.filled as u64 {
+        if (offset < self.window.start || end > self.window.end()) && !self.take_from_helper(offset, want)? {
             self.load(offset, want).map_err(|e| WalError::io(IoOp::Read, &self.path, e))?;
         }
-        let at = (offset - self.start) as usize;
-        let got = want.min(self.filled.saturating_sub(at));
-        Ok(&self.buf[at..at + got])
+        let bytes = self.window.bytes();
+        let at = (offset - self.window.start) as usize;
+        let got = want.min(bytes.len().saturating_sub(at));
+        Ok(&bytes[at..at + got])
+    }
+
+    /// Moves the window on to the helper's chunks until it holds `want` bytes at `offset`.
+    /// `false` where the helper cannot give them (no helper, a jump back off its path, the end
+    /// of its reads): the helper is stopped and the reader reads them itself.
+    fn take_from_helper(&mut self, offset: u64, want: usize) -> Result<bool> {
+        while let Some(helper) = self.helper.as_mut() {
+            let next = match helper.next() {
+                Some(Ok(next)) => next,
+                Some(Err(err)) => {
+                    self.stop_helper();
+                    return Err(WalError::io(IoOp::Read, &self.path, err));
+                }
+                None => break,
+            };
+            if offset < next.start {
+                break;
+            }
+            let end = next.end();
+            helper.recycle(std::mem::replace(&mut self.window, next));
+            if offset + want as u64 <= end {
+                return Ok(true);
+            }
+        }
+        self.stop_helper();
+        Ok(false)
+    }
+
+    /// Starts a helper reading from `from` (aligned) on, checking the chain of frames from
+    /// `chain` if given, if one is wanted and pays.
+    fn start_helper(&mut self, from: u64, chain: Option<u64>) {
+        let pays = || {
+            self.file_len.saturating_sub(from) >= read_ahead::MIN_BYTES && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+        };
+        if self.helpers_left == 0 || self.helper.is_some() || self.mapped.is_some() || !pays() {
+            return;
+        }
+        self.helpers_left -= 1;
+        let plan = read_ahead::Plan {
+            file: Arc::clone(&self.file),
+            from,
+            chain,
+            file_len: self.file_len,
+            align: self.align,
+            chunk: self.chunk.min(read_ahead::CHUNK),
+            drop_behind: self.drop_behind.then_some(self.brought),
+        };
+        self.helper = ReadAhead::spawn(plan);
+    }
+
+    /// Stops the helper, if one reads, and takes over the drop-behind state it kept.
+    fn stop_helper(&mut self) {
+        if let Some(brought) = self.helper.take().and_then(ReadAhead::stop) {
+            self.brought = brought;
+        }
     }
 
     fn mapped_get(&mut self, offset: u64, want: usize) -> &[u8] {
@@ -199,58 +293,77 @@ impl<F: StorageFile> ChunkReader<F> {
         // A whole chunk, but nothing past the (block-rounded) end: a follower near the end of
         // a live segment reads the few blocks it needs, not a chunk of blank space.
         let to_end = round_up(self.file_len.saturating_sub(start), align) as usize;
-        let size = need.max(self.chunk.min(to_end));
-        if self.buf.len() < size {
-            self.buf = AlignedBuf::zeroed(size, self.align);
-        }
-        self.start = start;
-        self.filled = 0;
+        // Before a planned helper starts, only what is asked for: the helper reads the rest.
+        let size = if self.helpers_left == MAX_HELPERS { need } else { need.max(self.chunk.min(to_end)) };
+        // The window's buffer, unless a helper still holds it (checking) or it is too small.
+        let window = match Arc::get_mut(&mut self.window) {
+            Some(window) if window.buf.len() >= size => window,
+            _ => {
+                self.window = Arc::new(Window::empty(size, self.align));
+                Arc::get_mut(&mut self.window).expect("a new window has one owner")
+            }
+        };
+        window.reset(start);
         let first_sequential = self.drop_behind && !self.first_read;
         self.first_read = true;
-        let cached = if self.watch_misses || first_sequential { self.file.read_cached_at(&mut self.buf[..size], start)? } else { None };
-        match cached {
-            Some(n) => self.filled = n,
+        let cached = if self.watch_misses || first_sequential { self.file.read_cached_at(&mut window.buf[..size], start)? } else { None };
+        window.len = match cached {
+            Some(n) => n,
             None => {
                 self.missed |= self.watch_misses;
-                self.filled = self.file.read_at(&mut self.buf[..size], start)?;
+                self.file.read_at(&mut window.buf[..size], start)?
             }
-        }
+        };
+        let filled = window.len;
         if first_sequential && cached.is_some() {
             self.drop_behind = false;
         }
         if self.drop_behind {
-            self.drop_behind_reads(start);
+            self.brought.note(&*self.file, start, start + filled as u64, self.file_len);
+        }
+        if self.helpers_left < MAX_HELPERS {
+            // A helper was stopped (the reader jumped off its path): a new one, reading only.
+            self.start_helper(start + filled as u64, None);
         }
         Ok(())
     }
+}
 
-    /// Notes the chunk just loaded at `start` and drops from the page cache what this reader
-    /// read a release step or more behind it (only what it read: a reader that resumes in the
-    /// middle of a file leaves the bytes before it alone).
-    fn drop_behind_reads(&mut self, start: u64) {
-        let end = start + self.filled as u64;
-        self.brought = match self.brought {
+/// How many times a reader may start a read-ahead helper for one file: a reader that keeps
+/// jumping off the helper's path (an evidence scan, say) is better off alone.
+const MAX_HELPERS: u8 = 4;
+
+/// What a reader read through the page cache and has not dropped from it yet: `[from, to)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DropBehind(Option<(u64, u64)>);
+
+impl DropBehind {
+    /// Notes the bytes `[start, end)` just read from `file` (of `file_len` bytes) and drops from
+    /// the page cache what was read a release step or more behind them (only what was read: a
+    /// reader that resumes in the middle of a file leaves the bytes before it alone).
+    pub(crate) fn note<F: StorageFile>(&mut self, file: &F, start: u64, end: u64, file_len: u64) {
+        self.0 = match self.0 {
             // Chunks overlap where a frame crossed the end of the last one.
             Some((from, to)) if (from..=to).contains(&start) => Some((from, to.max(end))),
             Some((from, to)) => {
-                self.file.advise(Advice::DontNeed, from, to - from);
+                file.advise(Advice::DontNeed, from, to - from);
                 Some((start, end))
             }
             None => Some((start, end)),
         };
-        if let Some((from, to)) = self.brought
-            && to >= self.file_len
+        if let Some((from, to)) = self.0
+            && to >= file_len
         {
-            // The last chunk is in the window: nothing further will be read from the page
-            // cache, so all of it can go now rather than stay behind the reader.
-            self.file.advise(Advice::DontNeed, from, to - from);
-            self.brought = None;
+            // The last chunk is read: nothing further will be read from the page cache, so all
+            // of it can go now rather than stay behind the reader.
+            file.advise(Advice::DontNeed, from, to - from);
+            self.0 = None;
         }
-        if let Some((from, to)) = self.brought {
+        if let Some((from, to)) = self.0 {
             let upto = to.min(start.saturating_sub(RELEASE_STEP));
             if upto >= from + RELEASE_STEP {
-                self.file.advise(Advice::DontNeed, from, upto - from);
-                self.brought = (upto < to).then_some((upto, to));
+                file.advise(Advice::DontNeed, from, upto - from);
+                self.0 = (upto < to).then_some((upto, to));
             }
         }
     }

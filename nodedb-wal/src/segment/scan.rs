@@ -160,6 +160,13 @@ impl<F: StorageFile> SegmentScan<F> {
         self.reader.check_ahead(self.pos);
     }
 
+    /// Has a helper thread read the segment ahead and check the frames' checksums (a sealed
+    /// segment read front to back through the page cache, after `ChunkReader::read_ahead`;
+    /// see `segment/read_ahead.rs`).
+    pub fn read_ahead(&mut self) {
+        self.reader.start_read_ahead(self.pos);
+    }
+
     /// A scan that checks headers only and hands out empty payloads (see `headers_only`).
     pub fn headers_only(mut self) -> SegmentScan<F> {
         self.headers_only = true;

@@ -1,0 +1,644 @@
+//! Reading a sealed segment ahead of its reader, on another core.
+//!
+//! A replay through `pread` spends its thread on four things besides decoding frames:
+//! waiting for the disk where the kernel's read-ahead has not kept up, copying every byte out
+//! of the page cache, the page cache's own bookkeeping (adding pages, dropping them behind),
+//! and the frames' checksums, which cost about as much as the rest together. A helper thread
+//! reads the next window of the file while the reader works through the current one, and
+//! hands windows over through a queue one deep.
+//!
+//! Each window the helper hands over starts with the end of the one before, from the first
+//! frame that crossed into it (and at least the last [`LOOK_BACK`] bytes): a reader that
+//! moves on from a window in the middle of a frame, or after a look at the next block
+//! boundary, finds the whole frame in the next window without reading it again.
+//!
+//! Checksums are shared. The helper follows the chain of frames from where the reader's scan
+//! starts, each frame's length read from its own header, and once it has handed a window
+//! over it checks the window's frames from the last one back, while the reader checks from
+//! the first one on; each stops where the other has been. The reader follows the same chain
+//! over the same bytes (the very buffer the helper checks), so a frame it reaches inside the
+//! range the helper has checked is one the helper checked, with the same header. How much of
+//! each window the helper may take adapts: less after the reader had to wait for a window,
+//! more after it did not, so that neither waits for the other. A frame that does not check
+//! ends the helper's chain; the reader checks that frame itself and finds what the helper
+//! found.
+//!
+//! Anything out of the ordinary (a jump, a short read, an error) is left to the reader's own
+//! reads: the helper is only ever a faster way to the same bytes.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
+
+use crate::format::frame::{RecordHeader, checksum_matches};
+use crate::format::layout::round_up;
+use crate::segment::reader::DropBehind;
+use crate::storage::{AlignedBuf, StorageFile};
+
+/// Room in front of each window for the end of the window before.
+pub const HEADROOM: usize = 128 << 10;
+
+/// What a window keeps of the one before at least: a scan that has looked at the next block
+/// boundary goes back to the frame that crosses it.
+pub const LOOK_BACK: u64 = (HEADROOM / 2) as u64;
+
+/// Bytes the helper reads at a time: with the headroom, a window fits a core's L2 cache with
+/// room to spare, so that the reader and the helper check and copy from the cache. Windows
+/// of 1 MiB replayed ~20% slower from the page cache (BENCHMARKS.md).
+pub const CHUNK: usize = 256 << 10;
+
+/// The least a segment must hold past the reader's start to be worth a thread.
+pub const MIN_BYTES: u64 = 1 << 20;
+
+/// A window of a file: `len` bytes from `start`, held at `buf[lo..]`. In a window a helper
+/// read, the frames of its chain from `checked_from` up to `chain_end` have matching
+/// checksums; `checked_from` moves down as the helper checks them from the last one back,
+/// while the reader checks from the first one on until they meet.
+#[derive(Debug)]
+pub struct Window {
+    pub buf: AlignedBuf,
+    pub lo: usize,
+    pub start: u64,
+    pub len: usize,
+    chain_end: u64,
+    checked_from: Line,
+    /// The end of the last frame the reader checked itself: the helper stops short of it.
+    reader_at: Line,
+}
+
+/// An atomic on a cache line of its own: one thread writes it, the other reads it, and
+/// neither should pay for the other's writes to its neighbour.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Line(AtomicU64);
+
+/// The helper tells the reader of its checks, and looks where the reader is, every this many
+/// bytes of frames.
+const PUBLISH: u64 = 4 << 10;
+
+impl Window {
+    /// A window of nothing, with a buffer of `capacity` bytes.
+    pub fn empty(capacity: usize, align: usize) -> Window {
+        Window::in_buffer(AlignedBuf::zeroed(capacity, align), 0, 0)
+    }
+
+    /// A window of nothing yet at `start`, to be filled at `buf[lo..]`.
+    fn in_buffer(buf: AlignedBuf, lo: usize, start: u64) -> Window {
+        Window { buf, lo, start, len: 0, chain_end: 0, checked_from: Line(AtomicU64::new(u64::MAX)), reader_at: Line::default() }
+    }
+
+    /// Empties the window (its checks with it) to be refilled at `start`, from `buf[0..]`.
+    pub fn reset(&mut self, start: u64) {
+        (self.lo, self.start, self.len, self.chain_end) = (0, start, 0, 0);
+        *self.checked_from.0.get_mut() = u64::MAX;
+    }
+
+    /// Whether a helper checks frames of this window.
+    pub fn has_checks(&self) -> bool {
+        self.chain_end > 0
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.lo..self.lo + self.len]
+    }
+
+    pub fn end(&self) -> u64 {
+        self.start + self.len as u64
+    }
+
+    /// Whether the frame of `len` bytes at `offset`, a frame boundary on the helper's chain,
+    /// was checked. If not, the reader checks it, and the helper stops before it.
+    #[inline]
+    pub fn checked(&self, offset: u64, len: usize) -> bool {
+        let end = offset + len as u64;
+        if end > self.chain_end {
+            return false;
+        }
+        if offset >= self.checked_from.0.load(Ordering::Acquire) {
+            return true;
+        }
+        self.reader_at.0.store(end, Ordering::Relaxed);
+        false
+    }
+}
+
+/// What the helper needs to read a file front to back.
+#[derive(Debug)]
+pub struct Plan<F> {
+    pub file: Arc<F>,
+    /// Where to start reading (aligned).
+    pub from: u64,
+    /// Where the reader's chain of frames starts (at or after `from`), or `None` to read only.
+    pub chain: Option<u64>,
+    pub file_len: u64,
+    pub align: usize,
+    pub chunk: usize,
+    /// The reader's drop-behind state, handed over while the helper reads (`None`: leave the
+    /// page cache alone).
+    pub drop_behind: Option<DropBehind>,
+}
+
+/// A helper thread reading chunks ahead of a reader; it stops when this is dropped.
+#[derive(Debug)]
+pub struct ReadAhead {
+    filled: Option<Receiver<io::Result<Arc<Window>>>>,
+    /// Set when the reader had to wait for a window: the helper then checks less.
+    starved: Arc<AtomicBool>,
+    empty: SyncSender<AlignedBuf>,
+    thread: Option<JoinHandle<Option<DropBehind>>>,
+    buffer_len: usize,
+}
+
+impl ReadAhead {
+    /// Starts reading `plan.file` from `plan.from`; `None` where no thread can be had (the
+    /// reader reads alone, as without help, and keeps its own drop-behind state).
+    pub fn spawn<F: StorageFile>(plan: Plan<F>) -> Option<ReadAhead> {
+        let (filled_tx, filled_rx) = sync_channel(1);
+        let (empty_tx, empty_rx) = sync_channel(2);
+        let buffer_len = buffer_len(plan.chunk, plan.align);
+        let starved = Arc::new(AtomicBool::new(false));
+        let helper = Helper::new(plan, Arc::clone(&starved));
+        let spawned = std::thread::Builder::new().name("nodedb-wal-read".into()).spawn(move || helper.run(&filled_tx, &empty_rx));
+        match spawned {
+            Ok(thread) => Some(ReadAhead { filled: Some(filled_rx), starved, empty: empty_tx, thread: Some(thread), buffer_len }),
+            Err(err) => {
+                tracing::debug!(%err, "no thread to read ahead; the reader reads alone");
+                None
+            }
+        }
+    }
+
+    /// The next window, waiting for it if need be; `None` once the helper has stopped.
+    pub fn next(&mut self) -> Option<io::Result<Arc<Window>>> {
+        let filled = self.filled.as_ref()?;
+        match filled.try_recv() {
+            Ok(window) => Some(window),
+            Err(TryRecvError::Disconnected) => None,
+            Err(TryRecvError::Empty) => {
+                self.starved.store(true, Ordering::Relaxed);
+                filled.recv().ok()
+            }
+        }
+    }
+
+    /// Gives a window's buffer back for reuse, if nobody else holds the window and the buffer
+    /// is one of the helper's size.
+    pub fn recycle(&self, window: Arc<Window>) {
+        if let Ok(window) = Arc::try_unwrap(window)
+            && window.buf.len() == self.buffer_len
+        {
+            let _ = self.empty.try_send(window.buf);
+        }
+    }
+
+    /// Stops the helper and takes back the drop-behind state, covering what it read.
+    pub fn stop(mut self) -> Option<DropBehind> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Option<DropBehind> {
+        // A helper waiting to hand over a chunk finds nobody to take it, and stops.
+        self.filled = None;
+        let thread = self.thread.take()?;
+        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Joined, not left running: the helper holds the file, and a reader's hold on a
+        // segment must end when the reader does.
+        if !std::thread::panicking() {
+            let _ = self.halt();
+        }
+    }
+}
+
+fn buffer_len(chunk: usize, align: usize) -> usize {
+    round_up((HEADROOM + chunk) as u64, align as u64) as usize
+}
+
+/// The helper thread's state.
+struct Helper<F> {
+    plan: Plan<F>,
+    /// The next frame of the chain, while the chain holds.
+    chain: Option<u64>,
+    /// Where the frames of the current window start, for checking them from the last back.
+    frames: Vec<u64>,
+    /// The share of each window's frames (in 1/`SHARES`) the helper checks at most, and the
+    /// reader's word that it waited for a window (the helper does too much).
+    share: u32,
+    starved: Arc<AtomicBool>,
+}
+
+/// The helper's share of the checking moves in steps of `1/SHARES`.
+const SHARES: u32 = 16;
+
+impl<F: StorageFile> Helper<F> {
+    fn new(plan: Plan<F>, starved: Arc<AtomicBool>) -> Helper<F> {
+        Helper { chain: plan.chain, plan, frames: Vec::new(), share: SHARES / 2, starved }
+    }
+
+    /// Reads window after window until the end of the file, a short read, an error, or the
+    /// reader going away. Returns the drop-behind state for the reader to go on with.
+    fn run(mut self, filled: &SyncSender<io::Result<Arc<Window>>>, empty: &Receiver<AlignedBuf>) -> Option<DropBehind> {
+        let (file_len, align, chunk) = (self.plan.file_len, self.plan.align, self.plan.chunk);
+        let mut at = self.plan.from;
+        let mut window = Window::in_buffer(AlignedBuf::zeroed(buffer_len(chunk, align), align), HEADROOM, at);
+        while at < file_len {
+            let want = round_up(file_len - at, align as u64).min(chunk as u64) as usize;
+            let read_at = window.lo + window.len;
+            let n = match self.plan.file.read_at(&mut window.buf[read_at..read_at + want], at) {
+                Ok(n) => n,
+                Err(err) => {
+                    let _ = filled.send(Err(err));
+                    break;
+                }
+            };
+            if let Some(drop_behind) = self.plan.drop_behind.as_mut() {
+                drop_behind.note(&*self.plan.file, at, at + n as u64, file_len);
+            }
+            window.len += n;
+            at += n as u64;
+            window.chain_end = self.walk(&window);
+            let window_sent = Arc::new(window);
+            if filled.send(Ok(Arc::clone(&window_sent))).is_err() {
+                break;
+            }
+            self.check(&window_sent);
+            if n < want || at >= file_len {
+                break;
+            }
+            window = self.carry(&window_sent, empty.try_recv().ok());
+        }
+        self.plan.drop_behind
+    }
+
+    /// Follows the chain through `window` by headers alone, noting where each whole frame
+    /// starts; returns where the last one ends (the window's start where there is none).
+    fn walk(&mut self, window: &Window) -> u64 {
+        self.frames.clear();
+        let Some(mut at) = self.chain.filter(|&at| at >= window.start) else { return 0 };
+        let bytes = window.bytes();
+        loop {
+            let rel = (at - window.start) as usize;
+            let Some(header) = bytes.get(rel..).and_then(|b| RecordHeader::decode(b).ok()) else {
+                // Not a whole header here: the next window has it, or the chain ends.
+                if window.end() - at >= crate::format::frame::HEADER_LEN as u64 {
+                    self.chain = None;
+                }
+                break;
+            };
+            let end = at + header.frame_len() as u64;
+            if end > self.plan.file_len {
+                // Past the end of the file: the chain ends (the reader finds the damage).
+                self.chain = None;
+                break;
+            }
+            if end > window.end() {
+                break;
+            }
+            self.frames.push(at);
+            at = end;
+        }
+        if self.chain.is_some() {
+            self.chain = Some(at);
+        }
+        if self.frames.is_empty() { 0 } else { at }
+    }
+
+    /// Checks the frames `walk` found, from the last one back, until the reader, checking from
+    /// the first one on, has been there, or a frame does not check (the reader finds it).
+    ///
+    /// The reader checks while it waits for nothing, so the work is best split where neither
+    /// waits for the other: the helper takes a smaller share of each window after the reader
+    /// had to wait for one, and a larger one after it did not.
+    fn check(&mut self, window: &Window) {
+        self.share = if self.starved.swap(false, Ordering::Relaxed) { self.share.saturating_sub(1) } else { (self.share + 1).min(SHARES) };
+        let Some(&first) = self.frames.first() else { return };
+        let stop = window.chain_end - (window.chain_end - first) * u64::from(self.share) / u64::from(SHARES);
+        let (mut end, mut published) = (window.chain_end, window.chain_end);
+        let mut reader_at = window.reader_at.0.load(Ordering::Relaxed);
+        for &at in self.frames.iter().rev() {
+            if published - end >= PUBLISH {
+                window.checked_from.0.store(end, Ordering::Release);
+                published = end;
+                reader_at = window.reader_at.0.load(Ordering::Relaxed);
+            }
+            if end <= stop || reader_at >= end {
+                break;
+            }
+            let rel = (at - window.start) as usize;
+            let frame = &window.bytes()[rel..(end - window.start) as usize];
+            if !RecordHeader::decode(frame).is_ok_and(|header| checksum_matches(frame, &header)) {
+                self.chain = None;
+                break;
+            }
+            end = at;
+        }
+        window.checked_from.0.store(end, Ordering::Release);
+    }
+
+    /// A window for the bytes after `window`, holding its end from the first frame of the chain
+    /// not yet whole in it, and at least its last `LOOK_BACK` bytes (from a block boundary).
+    fn carry(&self, window: &Window, spare: Option<AlignedBuf>) -> Window {
+        let align = self.plan.align as u64;
+        let end = window.end();
+        let mut from = end.saturating_sub(LOOK_BACK);
+        if let Some(at) = self.chain {
+            from = from.min(at);
+        }
+        let from = (from & !(align - 1)).max(window.start);
+        let carry = (end - from) as usize;
+        let standard = buffer_len(self.plan.chunk, self.plan.align);
+        let (mut buf, lo) = if carry <= HEADROOM {
+            (spare.unwrap_or_else(|| AlignedBuf::zeroed(standard, self.plan.align)), HEADROOM - carry)
+        } else {
+            // A frame longer than the headroom crosses: a buffer of its own, with room for it.
+            (AlignedBuf::zeroed(carry + self.plan.chunk, self.plan.align), 0)
+        };
+        let kept = (from - window.start) as usize;
+        buf[lo..lo + carry].copy_from_slice(&window.bytes()[kept..]);
+        let mut next = Window::in_buffer(buf, lo, from);
+        next.len = carry;
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::error::{IoOp, WalError};
+    use crate::format::frame::{HEADER_LEN, encode_frame};
+    use crate::segment::reader::ChunkReader;
+    use crate::types::{Lsn, RecordType, Scope};
+
+    /// A file in memory whose reads fail from `fail_from` on, counting the bytes read (and
+    /// those read by a helper).
+    struct MemFile {
+        bytes: Vec<u8>,
+        fail_from: u64,
+        read: AtomicU64,
+        read_by_helper: AtomicU64,
+    }
+
+    impl StorageFile for MemFile {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            if offset + buf.len() as u64 > self.fail_from {
+                return Err(io::Error::other("bad sector"));
+            }
+            let start = (offset as usize).min(self.bytes.len());
+            let n = buf.len().min(self.bytes.len() - start);
+            buf[..n].copy_from_slice(&self.bytes[start..start + n]);
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            if std::thread::current().name() == Some("nodedb-wal-read") {
+                self.read_by_helper.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(n)
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+            Err(io::ErrorKind::PermissionDenied.into())
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_len(&self, _: u64) -> io::Result<()> {
+            Err(io::ErrorKind::PermissionDenied.into())
+        }
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.bytes.len() as u64)
+        }
+    }
+
+    const CHUNK: usize = 64 << 10;
+    const ALIGN: usize = 4096;
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn reader(bytes: Vec<u8>, fail_from: u64) -> ChunkReader<MemFile> {
+        let len = bytes.len() as u64;
+        let file = MemFile { bytes, fail_from, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) };
+        let mut reader = ChunkReader::new(file, "mem".into(), len, ALIGN, CHUNK);
+        reader.read_ahead();
+        reader.start_read_ahead(0);
+        reader
+    }
+
+    /// Walks `bytes` as a scan would (frames of mixed sizes, a look at the next block
+    /// boundary, back to the frame), with jumps forward and back now and then, and checks
+    /// every get against the bytes.
+    fn walk(bytes: &[u8], reader: &mut ChunkReader<MemFile>, seed: u64) {
+        // Without a chain of frames to follow the helper keeps `LOOK_BACK` of each chunk for
+        // the next, so these stay within it (the frame tests below go beyond it).
+        let sizes = [40usize, 200, 1100, 5000, 30_000, 60_000];
+        let pick = noise(4096, seed);
+        let (mut at, mut i) = (0u64, 0usize);
+        while at < bytes.len() as u64 {
+            let len = sizes[pick[i % pick.len()] as usize % sizes.len()];
+            let boundary = (at / ALIGN as u64 + 1) * ALIGN as u64;
+            for (offset, len) in [(boundary, 48), (at, len)] {
+                if offset >= bytes.len() as u64 {
+                    continue;
+                }
+                let got = reader.get(offset, len).unwrap();
+                let end = (offset as usize + len).min(bytes.len());
+                assert!(got == &bytes[offset as usize..end], "bytes at {offset}+{len}");
+            }
+            at += len as u64;
+            match pick[(i * 7) % pick.len()] {
+                0 => at += 3 * CHUNK as u64,
+                1 => at = at.saturating_sub(2 * CHUNK as u64),
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+
+    #[test]
+    fn a_reader_helped_by_a_read_ahead_thread_gets_the_bytes_it_would_read_alone() {
+        for seed in 1..6 {
+            let bytes = noise(3 << 20 | 12_345, seed);
+            let mut helped = reader(bytes.clone(), u64::MAX);
+            walk(&bytes, &mut helped, seed);
+            let by_helper = helped.file().read_by_helper.load(Ordering::Relaxed);
+            assert!(by_helper > bytes.len() as u64 / 2, "the helper read only {by_helper} bytes");
+        }
+    }
+
+    #[test]
+    fn a_read_error_met_by_the_helper_reaches_the_reader_as_a_read_error() {
+        let bytes = noise(4 << 20, 9);
+        let mut helped = reader(bytes, 2 << 20);
+        let mut at = 0;
+        let err = loop {
+            match helped.get(at, 1000) {
+                Ok(got) => assert_eq!(got.len(), 1000),
+                Err(err) => break err,
+            }
+            at += 1000;
+        };
+        assert!(matches!(err, WalError::Io { op: IoOp::Read, .. }), "{err:?}");
+        assert!(at + 1000 > (2 << 20) - CHUNK as u64, "failed only near the bad bytes, at {at}");
+    }
+
+    #[test]
+    fn the_helper_reads_a_few_chunks_ahead_of_a_reader_that_stops_not_the_whole_file() {
+        let bytes = noise(16 << 20, 3);
+        let mut helped = reader(bytes, u64::MAX);
+        helped.get(0, 100).unwrap();
+        helped.get(CHUNK as u64 + 5, 100).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let read = helped.file().read.load(Ordering::Relaxed);
+        assert!(read <= 6 * CHUNK as u64, "read {read} bytes for a reader two chunks in");
+    }
+
+    /// Frames with payloads of the given sizes, one after another; where each starts.
+    fn frames(sizes: impl Iterator<Item = usize>) -> (Vec<u8>, Vec<u64>) {
+        let (mut bytes, mut starts) = (Vec::new(), Vec::new());
+        for (i, len) in sizes.enumerate() {
+            starts.push(bytes.len() as u64);
+            let lsn = Lsn(i as u64 + 1);
+            let header = RecordHeader {
+                lsn,
+                durable_lsn: Lsn(0),
+                salt: 7,
+                record_type: RecordType::optional(0x100),
+                scope: Scope::default(),
+                payload_len: len as u32,
+                flags: 0,
+            };
+            let mut frame = vec![0; HEADER_LEN + len];
+            let n = encode_frame(&header, &noise(len, lsn.0), &mut frame);
+            bytes.extend_from_slice(&frame[..n]);
+        }
+        (bytes, starts)
+    }
+
+    /// Reads the frames as a scan does (a look at the next block boundary, then the frame);
+    /// checks each frame's bytes and returns which the helper had checked.
+    fn scan(bytes: &[u8], starts: &[u64], reader: &mut ChunkReader<MemFile>) -> Vec<bool> {
+        let mut covered = Vec::new();
+        for (i, &at) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(bytes.len() as u64);
+            let boundary = (at / ALIGN as u64 + 1) * ALIGN as u64;
+            if boundary < bytes.len() as u64 {
+                reader.get(boundary, HEADER_LEN).unwrap();
+            }
+            let len = (end - at) as usize;
+            assert!(reader.get(at, len).unwrap() == &bytes[at as usize..end as usize], "frame {i}");
+            covered.push(reader.checked_ahead(at, len));
+        }
+        covered
+    }
+
+    fn frame_sizes(n: usize, seed: u64) -> impl Iterator<Item = usize> {
+        let sizes = [0usize, 100, 1000, 4000, 20_000, 70_000, 200_000, 3 * CHUNK + 77];
+        noise(n, seed).into_iter().map(move |b| sizes[b as usize % sizes.len()])
+    }
+
+    /// Whether the frame at `at` (of `len` bytes) in `bytes` has a matching checksum.
+    fn intact(bytes: &[u8], at: u64, len: usize) -> bool {
+        let frame = &bytes[at as usize..at as usize + len];
+        RecordHeader::decode(frame).is_ok_and(|h| checksum_matches(frame, &h))
+    }
+
+    /// A reader checks the frames the helper has not (as the scan does), and counts as
+    /// checked only frames that are intact.
+    fn scan_and_check(bytes: &[u8], starts: &[u64], reader: &mut ChunkReader<MemFile>) -> Vec<bool> {
+        let covered = scan(bytes, starts, reader);
+        for (i, &c) in covered.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(bytes.len() as u64);
+            assert!(!c || intact(bytes, starts[i], (end - starts[i]) as usize), "frame {i} counted as checked");
+        }
+        covered
+    }
+
+    #[test]
+    fn the_helper_reads_frames_longer_than_a_chunk_whole_and_counts_only_intact_frames_checked() {
+        let (bytes, starts) = frames(frame_sizes(200, 11));
+        let mut helped = reader(bytes.clone(), u64::MAX);
+        scan_and_check(&bytes, &starts, &mut helped);
+        let by_helper = helped.file().read_by_helper.load(Ordering::Relaxed);
+        assert!(by_helper >= bytes.len() as u64 - CHUNK as u64, "the helper read {by_helper} of {} bytes", bytes.len());
+    }
+
+    #[test]
+    fn a_damaged_frame_never_counts_as_checked() {
+        let (mut bytes, starts) = frames(frame_sizes(300, 12));
+        // A payload byte of a frame with a payload, half-way along.
+        let bad = (150..).find(|&i| starts[i + 1] - starts[i] > HEADER_LEN as u64 + 10).unwrap();
+        bytes[starts[bad] as usize + HEADER_LEN + 5] ^= 0x10;
+        let mut helped = reader(bytes.clone(), u64::MAX);
+        // A scan stops at the damage; this one goes on, so that frames after it are asked about
+        // too. Whichever the helper reached, only intact ones count.
+        let covered = scan_and_check(&bytes, &starts, &mut helped);
+        assert!(!covered[bad]);
+    }
+
+    /// One window of `bytes` from 0, as the helper hands it over before checking it.
+    fn window_of(bytes: &[u8], helper: &mut Helper<MemFile>) -> Window {
+        let mut window = Window::empty(bytes.len(), ALIGN);
+        window.buf[..bytes.len()].copy_from_slice(bytes);
+        window.len = bytes.len();
+        window.chain_end = helper.walk(&window);
+        window
+    }
+
+    fn helper(bytes: &[u8]) -> Helper<MemFile> {
+        let file =
+            Arc::new(MemFile { bytes: bytes.to_vec(), fail_from: u64::MAX, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) });
+        let plan = Plan { file, from: 0, chain: Some(0), file_len: bytes.len() as u64, align: ALIGN, chunk: CHUNK, drop_behind: None };
+        let mut helper = Helper::new(plan, Arc::new(AtomicBool::new(false)));
+        helper.share = SHARES;
+        helper
+    }
+
+    #[test]
+    fn a_helper_alone_checks_every_whole_frame_of_its_window_from_the_last_back() {
+        let (bytes, starts) = frames((0..50).map(|i| 100 + i * 37));
+        let mut helper = helper(&bytes);
+        let window = window_of(&bytes, &mut helper);
+        helper.check(&window);
+        for pair in starts.windows(2) {
+            assert!(window.checked(pair[0], (pair[1] - pair[0]) as usize));
+        }
+        assert_eq!(helper.chain, Some(bytes.len() as u64), "the chain goes on after the window");
+    }
+
+    #[test]
+    fn a_helper_stops_where_the_reader_checked_and_at_a_damaged_frame() {
+        let (mut bytes, starts) = frames((0..50).map(|i| 100 + i * 37));
+        bytes[starts[30] as usize + HEADER_LEN + 3] ^= 1;
+        let mut helper = helper(&bytes);
+        let window = window_of(&bytes, &mut helper);
+        // The reader checked the first ten frames itself.
+        window.reader_at.0.store(starts[10], Ordering::Relaxed);
+        helper.check(&window);
+        assert!(window.checked(starts[31], (starts[32] - starts[31]) as usize), "after the damage, from the back");
+        assert!(!window.checked(starts[30], (starts[31] - starts[30]) as usize), "the damaged frame");
+        assert!(!window.checked(starts[20], (starts[21] - starts[20]) as usize), "before the damage");
+        assert_eq!(helper.chain, None, "the chain ends at the damage");
+
+        let (bytes, starts) = frames((0..50).map(|i| 100 + i * 37));
+        let mut helper = self::helper(&bytes);
+        let window = window_of(&bytes, &mut helper);
+        window.reader_at.0.store(starts[10], Ordering::Relaxed);
+        helper.check(&window);
+        assert!(window.checked(starts[10], (starts[11] - starts[10]) as usize));
+        assert!(!window.checked(starts[9], (starts[10] - starts[9]) as usize), "the reader checked that one");
+    }
+}
