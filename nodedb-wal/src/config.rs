@@ -72,10 +72,12 @@ pub struct SegmentedWalConfig {
     /// records in a reused file carry another segment's salt, so they never read as records
     /// of the new segment.
     pub recycle_segments: usize,
-    /// Whether `read_mapped` readers may start a helper thread per mapped segment (of 1 MiB or
-    /// more, on a machine with more than one CPU) that checks checksums ahead of the reader:
-    /// from the page cache, checksums cost about as much as the rest of a replay. Off, each
-    /// reader checks every frame on its own thread.
+    /// Whether readers may start a helper thread per sealed segment (of 1 MiB or more, on a
+    /// machine with more than one CPU): for `read_mapped`, one that checks checksums ahead of
+    /// the reader; for `read_from` and its views, one that reads the segment ahead and shares
+    /// the checksums with the reader. From the page cache, checksums cost about as much as the
+    /// rest of a replay. Off, each reader reads and checks every frame on its own thread.
+    /// (Recovery at open reads sealed segments with a helper whatever this says.)
     pub check_ahead: bool,
     /// Keys for encryption at rest. With an active key, every new segment is encrypted under it
     /// (AES-256-GCM); older segments are read with whichever key their preamble names.

@@ -647,7 +647,15 @@ impl<S: Storage> SegmentedWal<S> {
             let decoder = |seg: &SegmentInfo| {
                 let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_CHUNKS_AHEAD);
                 let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel(DECODED_CHUNKS_AHEAD);
-                let spec = ReadSpec { segments: vec![*seg], from: from.max(seg.first_lsn), until, ..self.read_spec(from, self.decrypt()) };
+                // The decoders keep the cores busy already: a read-ahead helper per decoder
+                // would only crowd them (warm 1 KiB replay with two threads: 79 -> 126 ms).
+                let spec = ReadSpec {
+                    segments: vec![*seg],
+                    from: from.max(seg.first_lsn),
+                    until,
+                    check_ahead: false,
+                    ..self.read_spec(from, self.decrypt())
+                };
                 let storage = Arc::clone(&self.storage);
                 scope.spawn(move || decode_segment(storage, spec, &tx, &spent_rx));
                 (rx, spent_tx)

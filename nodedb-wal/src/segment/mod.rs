@@ -7,6 +7,7 @@ pub(crate) mod index;
 pub(crate) mod read_ahead;
 pub mod reader;
 pub mod scan;
+pub(crate) mod spare;
 
 use std::path::{Path, PathBuf};
 

@@ -35,7 +35,8 @@ use std::thread::JoinHandle;
 use crate::format::frame::{RecordHeader, checksum_matches};
 use crate::format::layout::round_up;
 use crate::segment::reader::DropBehind;
-use crate::storage::{AlignedBuf, StorageFile};
+use crate::segment::spare::SpareBuf;
+use crate::storage::StorageFile;
 
 /// Room in front of each window for the end of the window before.
 pub const HEADROOM: usize = 128 << 10;
@@ -58,7 +59,7 @@ pub const MIN_BYTES: u64 = 1 << 20;
 /// while the reader checks from the first one on until they meet.
 #[derive(Debug)]
 pub struct Window {
-    pub buf: AlignedBuf,
+    pub buf: SpareBuf,
     pub lo: usize,
     pub start: u64,
     pub len: usize,
@@ -81,11 +82,11 @@ const PUBLISH: u64 = 4 << 10;
 impl Window {
     /// A window of nothing, with a buffer of `capacity` bytes.
     pub fn empty(capacity: usize, align: usize) -> Window {
-        Window::in_buffer(AlignedBuf::zeroed(capacity, align), 0, 0)
+        Window::in_buffer(SpareBuf::get(capacity, align), 0, 0)
     }
 
     /// A window of nothing yet at `start`, to be filled at `buf[lo..]`.
-    fn in_buffer(buf: AlignedBuf, lo: usize, start: u64) -> Window {
+    fn in_buffer(buf: SpareBuf, lo: usize, start: u64) -> Window {
         Window { buf, lo, start, len: 0, chain_end: 0, checked_from: Line(AtomicU64::new(u64::MAX)), reader_at: Line::default() }
     }
 
@@ -146,9 +147,7 @@ pub struct ReadAhead {
     filled: Option<Receiver<io::Result<Arc<Window>>>>,
     /// Set when the reader had to wait for a window: the helper then checks less.
     starved: Arc<AtomicBool>,
-    empty: SyncSender<AlignedBuf>,
     thread: Option<JoinHandle<Option<DropBehind>>>,
-    buffer_len: usize,
 }
 
 impl ReadAhead {
@@ -156,13 +155,11 @@ impl ReadAhead {
     /// reader reads alone, as without help, and keeps its own drop-behind state).
     pub fn spawn<F: StorageFile>(plan: Plan<F>) -> Option<ReadAhead> {
         let (filled_tx, filled_rx) = sync_channel(1);
-        let (empty_tx, empty_rx) = sync_channel(2);
-        let buffer_len = buffer_len(plan.chunk, plan.align);
         let starved = Arc::new(AtomicBool::new(false));
         let helper = Helper::new(plan, Arc::clone(&starved));
-        let spawned = std::thread::Builder::new().name("nodedb-wal-read".into()).spawn(move || helper.run(&filled_tx, &empty_rx));
+        let spawned = std::thread::Builder::new().name("nodedb-wal-read".into()).spawn(move || helper.run(&filled_tx));
         match spawned {
-            Ok(thread) => Some(ReadAhead { filled: Some(filled_rx), starved, empty: empty_tx, thread: Some(thread), buffer_len }),
+            Ok(thread) => Some(ReadAhead { filled: Some(filled_rx), starved, thread: Some(thread) }),
             Err(err) => {
                 tracing::debug!(%err, "no thread to read ahead; the reader reads alone");
                 None
@@ -180,16 +177,6 @@ impl ReadAhead {
                 self.starved.store(true, Ordering::Relaxed);
                 filled.recv().ok()
             }
-        }
-    }
-
-    /// Gives a window's buffer back for reuse, if nobody else holds the window and the buffer
-    /// is one of the helper's size.
-    pub fn recycle(&self, window: Arc<Window>) {
-        if let Ok(window) = Arc::try_unwrap(window)
-            && window.buf.len() == self.buffer_len
-        {
-            let _ = self.empty.try_send(window.buf);
         }
     }
 
@@ -243,10 +230,10 @@ impl<F: StorageFile> Helper<F> {
 
     /// Reads window after window until the end of the file, a short read, an error, or the
     /// reader going away. Returns the drop-behind state for the reader to go on with.
-    fn run(mut self, filled: &SyncSender<io::Result<Arc<Window>>>, empty: &Receiver<AlignedBuf>) -> Option<DropBehind> {
+    fn run(mut self, filled: &SyncSender<io::Result<Arc<Window>>>) -> Option<DropBehind> {
         let (file_len, align, chunk) = (self.plan.file_len, self.plan.align, self.plan.chunk);
         let mut at = self.plan.from;
-        let mut window = Window::in_buffer(AlignedBuf::zeroed(buffer_len(chunk, align), align), HEADROOM, at);
+        let mut window = Window::in_buffer(SpareBuf::get(buffer_len(chunk, align), align), HEADROOM, at);
         while at < file_len {
             let want = round_up(file_len - at, align as u64).min(chunk as u64) as usize;
             let read_at = window.lo + window.len;
@@ -271,7 +258,7 @@ impl<F: StorageFile> Helper<F> {
             if n < want || at >= file_len {
                 break;
             }
-            window = self.carry(&window_sent, empty.try_recv().ok());
+            window = self.carry(&window_sent);
         }
         self.plan.drop_behind
     }
@@ -343,7 +330,7 @@ impl<F: StorageFile> Helper<F> {
 
     /// A window for the bytes after `window`, holding its end from the first frame of the chain
     /// not yet whole in it, and at least its last `LOOK_BACK` bytes (from a block boundary).
-    fn carry(&self, window: &Window, spare: Option<AlignedBuf>) -> Window {
+    fn carry(&self, window: &Window) -> Window {
         let align = self.plan.align as u64;
         let end = window.end();
         let mut from = end.saturating_sub(LOOK_BACK);
@@ -354,10 +341,10 @@ impl<F: StorageFile> Helper<F> {
         let carry = (end - from) as usize;
         let standard = buffer_len(self.plan.chunk, self.plan.align);
         let (mut buf, lo) = if carry <= HEADROOM {
-            (spare.unwrap_or_else(|| AlignedBuf::zeroed(standard, self.plan.align)), HEADROOM - carry)
+            (SpareBuf::get(standard, self.plan.align), HEADROOM - carry)
         } else {
             // A frame longer than the headroom crosses: a buffer of its own, with room for it.
-            (AlignedBuf::zeroed(carry + self.plan.chunk, self.plan.align), 0)
+            (SpareBuf::get(carry + self.plan.chunk, self.plan.align), 0)
         };
         let kept = (from - window.start) as usize;
         buf[lo..lo + carry].copy_from_slice(&window.bytes()[kept..]);

@@ -239,7 +239,7 @@ impl<F: StorageFile> ChunkReader<F> {
                 break;
             }
             let end = next.end();
-            helper.recycle(std::mem::replace(&mut self.window, next));
+            self.window = next;
             if offset + want as u64 <= end {
                 return Ok(true);
             }
