@@ -309,9 +309,9 @@ fn large_sealed_segment_log<D: Disk>(disk: &D, dir: &Path) -> (nodedb_wal::Segme
     (c, last)
 }
 
-/// Damage anywhere in a large sealed segment (a payload bit, a header bit, late in it or just
-/// after a read-ahead window's edge) is reported at its frame, as in a small one; and intact,
-/// every record of it reads back.
+/// Damage anywhere in a large sealed segment (a payload bit or a header bit in any of its
+/// read-ahead windows, or the file cut short in a frame) is reported at its frame, as in a
+/// small one; and intact, every record of it reads back.
 fn damage_deep_in_a_large_sealed_segment_is_corruption<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     let (c, last) = large_sealed_segment_log(&disk, &dir);
@@ -331,6 +331,13 @@ fn damage_deep_in_a_large_sealed_segment_is_corruption<D: Place>() {
         let err = SegmentedWal::open_with(disk.clone(), nodedb_wal::SegmentedWalConfig { dir: copy.clone(), ..c.clone() }).unwrap_err();
         assert_corruption(&err, 1, frame.offset);
     }
+    // Cut short inside a frame, past the first windows: reported at that frame.
+    let cut = near(3 << 20);
+    let copy = dir.with_file_name("copy-cut");
+    copy_dir(&disk, &dir, &copy);
+    disk.edit(&seg(&copy, 1), |b| b.truncate(cut.offset as usize + 30));
+    let err = SegmentedWal::open_with(disk.clone(), nodedb_wal::SegmentedWalConfig { dir: copy, ..c }).unwrap_err();
+    assert_corruption(&err, 1, cut.offset);
 }
 
 both!(
