@@ -7,10 +7,11 @@
 //! reads the next window of the file while the reader works through the current one, and
 //! hands windows over through a queue one deep.
 //!
-//! Each window the helper hands over starts with the end of the one before, from the first
-//! frame that crossed into it (and at least the last [`LOOK_BACK`] bytes): a reader that
-//! moves on from a window in the middle of a frame, or after a look at the next block
-//! boundary, finds the whole frame in the next window without reading it again.
+//! Each window the helper hands over starts with the end of the one before, from the frame
+//! the reader can be on when it moves on: the one that crosses into the next window, or one
+//! that starts in the last block, after the scan's look at the next block boundary. So the
+//! reader finds its frame whole in the next window without reading it again. (A helper that
+//! follows no chain keeps the last [`LOOK_BACK`] bytes instead.)
 //!
 //! Checksums are shared. The helper follows the chain of frames from where the reader's scan
 //! starts, each frame's length read from its own header, and once it has handed a window
@@ -41,8 +42,9 @@ use crate::storage::StorageFile;
 /// Room in front of each window for the end of the window before.
 pub const HEADROOM: usize = 128 << 10;
 
-/// What a window keeps of the one before at least: a scan that has looked at the next block
-/// boundary goes back to the frame that crosses it.
+/// What a window keeps of the one before where the helper follows no chain of frames (it
+/// cannot tell where the reader's frame starts): a scan that has looked at the next block
+/// boundary goes back to the frame it was on.
 pub const LOOK_BACK: u64 = (HEADROOM / 2) as u64;
 
 /// Bytes the helper reads at a time: with the headroom, a window fits a core's L2 cache with
@@ -329,14 +331,21 @@ impl<F: StorageFile> Helper<F> {
     }
 
     /// A window for the bytes after `window`, holding its end from the first frame of the chain
-    /// not yet whole in it, and at least its last `LOOK_BACK` bytes (from a block boundary).
+    /// not yet whole in it or from the first that starts in its last block (see the module
+    /// documentation), from a block boundary.
     fn carry(&self, window: &Window) -> Window {
         let align = self.plan.align as u64;
         let end = window.end();
-        let mut from = end.saturating_sub(LOOK_BACK);
-        if let Some(at) = self.chain {
-            from = from.min(at);
-        }
+        let from = match self.chain {
+            // The reader moves on from a window inside the frame that crosses its end (the
+            // chain's next), or from a frame that starts in its last block, after a look at the
+            // next block boundary: the next window keeps from the earlier of the two.
+            Some(at) => {
+                let last_block = self.frames.partition_point(|&f| f < end.saturating_sub(align));
+                self.frames.get(last_block).map_or(at, |&f| f.min(at))
+            }
+            None => end.saturating_sub(LOOK_BACK),
+        };
         let from = (from & !(align - 1)).max(window.start);
         let carry = (end - from) as usize;
         let standard = buffer_len(self.plan.chunk, self.plan.align);
