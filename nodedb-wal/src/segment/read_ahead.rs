@@ -188,7 +188,7 @@ impl ReadAhead {
     }
 
     fn halt(&mut self) -> Option<DropBehind> {
-        // A helper waiting to hand over a chunk finds nobody to take it, and stops.
+        // A helper waiting to hand over a window finds nobody to take it, and stops.
         self.filled = None;
         let thread = self.thread.take()?;
         thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
