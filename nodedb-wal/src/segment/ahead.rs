@@ -183,29 +183,12 @@ fn frame_header(bytes: &[u8], at: u64) -> Option<RecordHeader> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::frame::{HEADER_LEN, encode_frame};
-    use crate::types::{Lsn, RecordType, Scope};
+    use crate::format::frame::HEADER_LEN;
 
-    /// A file of `n` frames of `len`-byte payloads; the offsets where each frame starts.
+    /// A file of `n` frames of `len`-byte payloads; the offsets where each frame starts, and
+    /// where the last one ends.
     fn frames(n: u64, len: usize) -> (tempfile::NamedTempFile, Vec<u64>) {
-        let mut bytes = Vec::new();
-        let mut starts = Vec::new();
-        for lsn in 1..=n {
-            starts.push(bytes.len() as u64);
-            let header = RecordHeader {
-                lsn: Lsn(lsn),
-                durable_lsn: Lsn(0),
-                salt: 7,
-                record_type: RecordType::optional(0x100),
-                scope: Scope::default(),
-                payload_len: len as u32,
-                flags: 0,
-            };
-            let mut frame = vec![0; HEADER_LEN + len];
-            let payload = vec![lsn as u8; len];
-            let n = encode_frame(&header, &payload, &mut frame);
-            bytes.extend_from_slice(&frame[..n]);
-        }
+        let (bytes, mut starts) = crate::segment::test_frames::chain((1..=n).map(|lsn| vec![lsn as u8; len]));
         starts.push(bytes.len() as u64);
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), &bytes).unwrap();

@@ -139,6 +139,34 @@ impl SegmentInfo {
     }
 }
 
+/// Chains of frames for the helpers' tests.
+#[cfg(test)]
+pub(crate) mod test_frames {
+    use crate::format::frame::{HEADER_LEN, RecordHeader, encode_frame};
+    use crate::types::{Lsn, RecordType, Scope};
+
+    /// Frames carrying `payloads` one after another (LSNs from 1), and where each starts.
+    pub fn chain(payloads: impl IntoIterator<Item = Vec<u8>>) -> (Vec<u8>, Vec<u64>) {
+        let (mut bytes, mut starts) = (Vec::new(), Vec::new());
+        for (i, payload) in payloads.into_iter().enumerate() {
+            starts.push(bytes.len() as u64);
+            let header = RecordHeader {
+                lsn: Lsn(i as u64 + 1),
+                durable_lsn: Lsn(0),
+                salt: 7,
+                record_type: RecordType::optional(0x100),
+                scope: Scope::default(),
+                payload_len: payload.len() as u32,
+                flags: 0,
+            };
+            let mut frame = vec![0; HEADER_LEN + payload.len()];
+            let n = encode_frame(&header, &payload, &mut frame);
+            bytes.extend_from_slice(&frame[..n]);
+        }
+        (bytes, starts)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -369,9 +369,8 @@ mod tests {
 
     use super::*;
     use crate::error::{IoOp, WalError};
-    use crate::format::frame::{HEADER_LEN, encode_frame};
+    use crate::format::frame::HEADER_LEN;
     use crate::segment::reader::ChunkReader;
-    use crate::types::{Lsn, RecordType, Scope};
 
     /// A file in memory whose reads fail from `fail_from` on, counting the bytes read (and
     /// those read by a helper).
@@ -504,24 +503,7 @@ mod tests {
 
     /// Frames with payloads of the given sizes, one after another; where each starts.
     fn frames(sizes: impl Iterator<Item = usize>) -> (Vec<u8>, Vec<u64>) {
-        let (mut bytes, mut starts) = (Vec::new(), Vec::new());
-        for (i, len) in sizes.enumerate() {
-            starts.push(bytes.len() as u64);
-            let lsn = Lsn(i as u64 + 1);
-            let header = RecordHeader {
-                lsn,
-                durable_lsn: Lsn(0),
-                salt: 7,
-                record_type: RecordType::optional(0x100),
-                scope: Scope::default(),
-                payload_len: len as u32,
-                flags: 0,
-            };
-            let mut frame = vec![0; HEADER_LEN + len];
-            let n = encode_frame(&header, &noise(len, lsn.0), &mut frame);
-            bytes.extend_from_slice(&frame[..n]);
-        }
-        (bytes, starts)
+        crate::segment::test_frames::chain(sizes.enumerate().map(|(i, len)| noise(len, i as u64 + 1)))
     }
 
     /// Reads the frames as a scan does (a look at the next block boundary, then the frame);
