@@ -20,7 +20,7 @@
 //! over the same bytes (the very buffer the helper checks), so a frame it reaches inside the
 //! range the helper has checked is one the helper checked, with the same header. How much of
 //! each window the helper may take adapts: less after the reader had to wait for a window,
-//! more after it did not, so that neither waits for the other. A frame that does not check
+//! more after it did not, which keeps both busy. A frame that does not check
 //! ends the helper's chain; the reader checks that frame itself and finds what the helper
 //! found.
 //!
@@ -47,9 +47,9 @@ pub const HEADROOM: usize = 128 << 10;
 /// boundary goes back to the frame it was on.
 pub const LOOK_BACK: u64 = (HEADROOM / 2) as u64;
 
-/// Bytes the helper reads at a time: with the headroom, a window fits a core's L2 cache with
-/// room to spare, so that the reader and the helper check and copy from the cache. Windows
-/// of 1 MiB replayed ~20% slower from the page cache (BENCHMARKS.md).
+/// Bytes the helper reads at a time. Windows of 1 MiB replayed ~20% slower from the page
+/// cache (BENCHMARKS.md), presumably because a 256 KiB window with its headroom fits a core's
+/// L2 cache and a 1 MiB one does not; 128 KiB was no faster.
 pub const CHUNK: usize = 256 << 10;
 
 /// The least a segment must hold past the reader's start to be worth a thread.

@@ -5,8 +5,9 @@
 //! faults and zeroing each time, and giving them back can cost more where freed memory goes
 //! back to a hypervisor (this machine's VM reports free pages to its host): in the replay
 //! benchmark, a warm plain read measured right after a recovery that had freed its buffers
-//! ran at a fifth of its usual speed in two rounds of three; with the pool, the same runs
-//! were back to the usual speed (BENCHMARKS.md). So buffers up to `MAX_LEN` go back to a
+//! ran at a fifth of its usual speed in two rounds of three; with the pool, those rounds were
+//! back to the usual speed (the first round after a log is written still is not, for a
+//! reason not found yet; BENCHMARKS.md). So buffers up to `MAX_LEN` go back to a
 //! small shared pool when dropped, and new ones come from it first. The pool holds at most
 //! `MAX_KEPT` buffers (8 MiB) for the life of the process.
 
