@@ -22,7 +22,30 @@ const MAX_KEPT: usize = 8;
 /// The largest buffer kept: a reader's chunk.
 const MAX_LEN: usize = 1 << 20;
 
-static SPARE: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+static SPARE: Pool = Pool(Mutex::new(Vec::new()));
+
+/// The kept buffers.
+#[derive(Debug)]
+struct Pool(Mutex<Vec<AlignedBuf>>);
+
+impl Pool {
+    /// A kept buffer of exactly `size` bytes and `align`, if there is one.
+    fn take(&self, size: usize, align: usize) -> Option<AlignedBuf> {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.iter().position(|b| b.len() == size && b.align() == align).map(|at| kept.swap_remove(at))
+    }
+
+    /// Keeps `buf` if it is small enough and the pool is not full.
+    fn keep(&self, buf: AlignedBuf) {
+        if buf.len() > MAX_LEN {
+            return;
+        }
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < MAX_KEPT {
+            kept.push(buf);
+        }
+    }
+}
 
 /// An aligned buffer that goes back to the pool when dropped. Its bytes are whatever its last
 /// user left there: readers track how much of it they filled.
@@ -34,11 +57,7 @@ impl SpareBuf {
     /// the pool if one of that size and alignment is kept.
     pub fn get(len: usize, align: usize) -> SpareBuf {
         let size = len.div_ceil(align).max(1) * align;
-        let kept = {
-            let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-            spare.iter().position(|b| b.len() == size && b.align() == align).map(|at| spare.swap_remove(at))
-        };
-        SpareBuf(Some(kept.unwrap_or_else(|| AlignedBuf::zeroed(size, align))))
+        SpareBuf(Some(SPARE.take(size, align).unwrap_or_else(|| AlignedBuf::zeroed(size, align))))
     }
 }
 
@@ -58,10 +77,8 @@ impl DerefMut for SpareBuf {
 
 impl Drop for SpareBuf {
     fn drop(&mut self) {
-        let Some(buf) = self.0.take().filter(|b| b.len() <= MAX_LEN) else { return };
-        let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.len() < MAX_KEPT {
-            spare.push(buf);
+        if let Some(buf) = self.0.take() {
+            SPARE.keep(buf);
         }
     }
 }
@@ -70,32 +87,43 @@ impl Drop for SpareBuf {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_dropped_buffer_is_handed_out_again_for_the_same_size_only() {
-        // A fresh buffer is zeroed, and the allocator may well hand out the same address again:
-        // only the marker left in it shows that a buffer came back from the pool.
-        let marker: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 13) as u8 | 1).collect();
-        let mut first = SpareBuf::get(5000, 4096);
-        assert_eq!(first.len(), 8192);
-        first.copy_from_slice(&marker);
-        drop(first);
-        let other = SpareBuf::get(4096, 4096);
-        assert!(other[..] != marker[..4096], "another size never gets it");
-        // Other tests share the pool: look for the buffer among a few taken at once.
-        let taken: Vec<SpareBuf> = (0..MAX_KEPT + 1).map(|_| SpareBuf::get(8192, 4096)).collect();
-        assert!(taken.iter().any(|b| b[..] == marker[..]), "the kept buffer comes back");
-        assert!(taken.iter().all(|b| b.len() == 8192 && b.as_ptr() as usize % 4096 == 0));
+    // The shared pool is shared with every other test running at once: these use a pool of
+    // their own.
+    fn pool() -> Pool {
+        Pool(Mutex::new(Vec::new()))
     }
 
     #[test]
-    fn buffers_larger_than_a_chunk_are_not_kept() {
-        let big = SpareBuf::get(MAX_LEN * 2, 4096);
-        let at = big.as_ptr() as usize;
-        drop(big);
-        let again = SpareBuf::get(MAX_LEN * 2, 4096);
-        // A fresh allocation may land at the same address; what matters is that the pool holds
-        // no buffer of that size.
-        drop(again);
-        assert!(SPARE.lock().unwrap().iter().all(|b| b.len() <= MAX_LEN), "{at:#x}");
+    fn a_kept_buffer_is_handed_out_again_for_its_size_and_alignment_only() {
+        let pool = pool();
+        let buf = AlignedBuf::zeroed(8192, 4096);
+        let at = buf.as_ptr() as usize;
+        pool.keep(buf);
+        assert!(pool.take(4096, 4096).is_none(), "another size");
+        assert!(pool.take(8192, 512).is_none(), "another alignment");
+        assert_eq!(pool.take(8192, 4096).map(|b| b.as_ptr() as usize), Some(at));
+        assert!(pool.take(8192, 4096).is_none(), "handed out once");
+    }
+
+    #[test]
+    fn the_pool_keeps_neither_large_buffers_nor_more_than_its_limit() {
+        let pool = pool();
+        pool.keep(AlignedBuf::zeroed(MAX_LEN * 2, 4096));
+        assert!(pool.take(MAX_LEN * 2, 4096).is_none());
+        for _ in 0..MAX_KEPT + 3 {
+            pool.keep(AlignedBuf::zeroed(4096, 4096));
+        }
+        let mut taken = 0;
+        while pool.take(4096, 4096).is_some() {
+            taken += 1;
+        }
+        assert_eq!(taken, MAX_KEPT);
+    }
+
+    #[test]
+    fn a_spare_buffer_has_the_size_and_alignment_asked_for() {
+        let buf = SpareBuf::get(5000, 4096);
+        assert_eq!(buf.len(), 8192);
+        assert_eq!(buf.as_ptr() as usize % 4096, 0);
     }
 }
