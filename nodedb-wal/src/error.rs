@@ -313,6 +313,15 @@ pub enum WalError {
         /// The id that should exist.
         missing: SegmentId,
     },
+    /// The log's `MANIFEST` has no intact slot. It is created whole (written and synced, then
+    /// renamed into place) and updated one slot at a time, so no crash leaves it so: the file
+    /// was damaged, and the log cannot tell whether its newest segments are all there. Removing
+    /// the file opens the log with the segments present, unchecked for lost newest ones.
+    #[error("{} is damaged (no intact slot); remove it to open the log with the segments present, unchecked for lost newest ones", path.display())]
+    ManifestDamaged {
+        /// The manifest file.
+        path: PathBuf,
+    },
     /// The segment was written by a format version this build does not read.
     #[error("segment {segment} has format version {version}, this build reads up to {supported}")]
     UnsupportedVersion {
@@ -542,7 +551,7 @@ impl WalError {
     /// ```
     #[must_use]
     pub fn is_corruption(&self) -> bool {
-        matches!(self, WalError::Corruption { .. })
+        matches!(self, WalError::Corruption { .. } | WalError::ManifestDamaged { .. })
     }
 
     pub(crate) fn io(op: IoOp, path: impl Into<PathBuf>, source: io::Error) -> WalError {

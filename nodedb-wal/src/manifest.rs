@@ -5,17 +5,20 @@
 //! Updated by the flusher once per new segment, after that segment's first batch is durable and
 //! before that batch is acknowledged; written at open when it is missing or behind (a log made
 //! before the manifest existed, or a crash between a segment's first batch and the update).
+//! It is created whole under a temporary name and renamed into place, so a `MANIFEST` without
+//! an intact slot is damage ([`WalError::ManifestDamaged`]), never a crash's doing.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoOp, Result, WalError};
-use crate::format::manifest::{MANIFEST_FILE, MANIFEST_LEN, ManifestSlot, SLOT_LEN};
+use crate::format::manifest::{MANIFEST_FILE, MANIFEST_LEN, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN};
 use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::SegmentId;
 
-/// What the manifest of `dir` says, or `None` where there is none (or no intact slot: a
-/// manifest whose creation was cut short, which vouches for nothing).
+/// What the manifest of `dir` says, or `None` where there is none (a log made before the
+/// manifest existed). A manifest without an intact slot is an error: it is created whole and
+/// updated one slot at a time (see [`create`]), so no crash leaves it so.
 pub(crate) fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<ManifestSlot>> {
     let path = dir.join(MANIFEST_FILE);
     let file = match storage.open(&path, OpenMode { create: false, write: false, direct: false }) {
@@ -25,7 +28,29 @@ pub(crate) fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Manifes
     };
     let mut bytes = vec![0u8; MANIFEST_LEN];
     let n = file.read_at(&mut bytes, 0).map_err(|e| WalError::io(IoOp::Read, &path, e))?;
-    Ok(ManifestSlot::current(&bytes[..n]))
+    match ManifestSlot::current(&bytes[..n]) {
+        Some(slot) => Ok(Some(slot)),
+        None => Err(WalError::ManifestDamaged { path }),
+    }
+}
+
+/// Creates the manifest of `dir` naming `newest`: its first slot is written and synced under a
+/// temporary name, which is then renamed to `MANIFEST` and the directory synced. So `MANIFEST`
+/// never exists without an intact slot, neither after a crash nor for a reader beside the
+/// writer, and one without is known to be damaged. Returns the open file and what it says.
+fn create<S: Storage>(storage: &S, dir: &Path, newest: SegmentId) -> Result<(S::File, ManifestSlot)> {
+    let temp = dir.join(MANIFEST_TEMP_FILE);
+    let file =
+        storage.open(&temp, OpenMode { create: true, write: true, direct: false }).map_err(|e| WalError::io(IoOp::Open, &temp, e))?;
+    // Emptied first: one left by a creation that a crash cut short vouches for nothing.
+    file.set_len(0).map_err(|e| WalError::io(IoOp::SetLen, &temp, e))?;
+    let first = ManifestSlot { sequence: 1, newest };
+    file.write_at(&first.encode(), ManifestSlot::offset_of(first.sequence)).map_err(|e| WalError::io(IoOp::Write, &temp, e))?;
+    file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &temp, e))?;
+    let path = dir.join(MANIFEST_FILE);
+    storage.rename(&temp, &path).map_err(|e| WalError::io(IoOp::Rename, &temp, e))?;
+    storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+    Ok((file, first))
 }
 
 /// The open manifest of a log being written.
@@ -40,17 +65,16 @@ impl<F: StorageFile> Manifest<F> {
     /// Opens (or creates) the manifest of `dir` and brings it up to `newest`, the newest segment
     /// recovery found.
     pub fn open<S: Storage<File = F>>(storage: &S, dir: &Path, newest: SegmentId) -> Result<Manifest<F>> {
-        let found = read(storage, dir)?;
         let path = dir.join(MANIFEST_FILE);
+        let Some(current) = read(storage, dir)? else {
+            let (file, current) = create(storage, dir, newest)?;
+            return Ok(Manifest { file, path, current });
+        };
         let file =
-            storage.open(&path, OpenMode { create: true, write: true, direct: false }).map_err(|e| WalError::io(IoOp::Open, &path, e))?;
-        let current = found.unwrap_or(ManifestSlot { sequence: 0, newest: SegmentId(0) });
+            storage.open(&path, OpenMode { create: false, write: true, direct: false }).map_err(|e| WalError::io(IoOp::Open, &path, e))?;
         let mut manifest = Manifest { file, path, current };
-        if found.is_none() || current.newest < newest {
+        if current.newest < newest {
             manifest.record(newest).map_err(|(op, e)| WalError::io(op, &manifest.path, e))?;
-        }
-        if found.is_none() {
-            storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
         }
         Ok(manifest)
     }

@@ -19,6 +19,7 @@ use common::{
     segment_ids, write_log,
 };
 use nodedb_wal::format::frame::HEADER_LEN;
+use nodedb_wal::format::manifest::{MANIFEST_FILE, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SLOT_SPACING};
 use nodedb_wal::format::preamble::PREAMBLE_SIZE;
 use nodedb_wal::recovery::TornTail;
 use nodedb_wal::segment::scan::TailEnd;
@@ -543,6 +544,71 @@ both!(
     a_blank_head_on_a_vouched_segment_is_corruption_sim,
     a_blank_head_on_a_segment_the_manifest_vouches_for_is_corruption
 );
+
+/// `MANIFEST` is created whole and updated one slot at a time, so losing one slot is what a
+/// torn update leaves (the other one answers), while losing both is damage: reported, and the
+/// log left as it is until the file is removed.
+fn a_manifest_without_an_intact_slot_is_refused_until_removed<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = three_segment_log(&disk, &dir);
+    let manifest = dir.join(MANIFEST_FILE);
+    let intact = disk.read(&manifest);
+    let slot_bit = |slot: usize| (slot * SLOT_SPACING + 17) as u64;
+
+    flip(&disk, &manifest, slot_bit(0), 3);
+    assert_intact(&disk, &dir, last);
+    disk.write(&manifest, &intact);
+    flip(&disk, &manifest, slot_bit(1), 3);
+    assert_intact(&disk, &dir, last);
+
+    let segments = disk.names(&dir);
+    type Damage = fn(&mut Vec<u8>);
+    let damaged: [(&str, Damage); 3] = [
+        ("both slots flipped", |b| [0, 1].iter().for_each(|&s| b[s * SLOT_SPACING + 17] ^= 8)),
+        ("emptied", |b| b.clear()),
+        ("cut inside its first slot", |b| b.truncate(SLOT_LEN / 2)),
+    ];
+    for (how, damage) in damaged {
+        disk.write(&manifest, &intact);
+        disk.edit(&manifest, damage);
+        match open_err(&disk, &dir) {
+            WalError::ManifestDamaged { path } => assert_eq!(path, manifest, "{how}"),
+            other => panic!("{how}: expected ManifestDamaged, got {other:?}"),
+        }
+        assert_eq!(disk.names(&dir), segments, "{how}: nothing was changed");
+    }
+
+    disk.delete(&manifest);
+    assert_intact(&disk, &dir, last);
+    let newest = *segment_ids(&disk, &dir).last().unwrap();
+    disk.delete(&seg(&dir, newest));
+    let err = open_err(&disk, &dir);
+    assert!(matches!(err, WalError::MissingSegment { missing } if missing == SegmentId(newest)), "the new manifest vouches again: {err:?}");
+}
+
+both!(
+    a_manifest_without_an_intact_slot_is_refused_until_removed_fs,
+    a_manifest_without_an_intact_slot_is_refused_until_removed_sim,
+    a_manifest_without_an_intact_slot_is_refused_until_removed
+);
+
+/// A manifest is written under a temporary name and renamed into place; one left behind by a
+/// creation a crash cut short is replaced, and never taken for the manifest.
+fn a_half_created_manifest_is_written_again<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = three_segment_log(&disk, &dir);
+    let manifest = dir.join(MANIFEST_FILE);
+    assert!(!disk.names(&dir).contains(&MANIFEST_TEMP_FILE.to_string()), "no temporary file stays after a creation");
+    disk.delete(&manifest);
+    disk.write(&dir.join(MANIFEST_TEMP_FILE), &[0xAB; SLOT_LEN / 2]);
+    assert_intact(&disk, &dir, last);
+    let names = disk.names(&dir);
+    assert!(names.contains(&MANIFEST_FILE.to_string()) && !names.contains(&MANIFEST_TEMP_FILE.to_string()), "{names:?}");
+    let newest = *segment_ids(&disk, &dir).last().unwrap();
+    assert_eq!(ManifestSlot::current(&disk.read(&manifest)).map(|s| s.newest), Some(SegmentId(newest)));
+}
+
+both!(a_half_created_manifest_is_written_again_fs, a_half_created_manifest_is_written_again_sim, a_half_created_manifest_is_written_again);
 
 fn swapped_segments_are_an_identity_mismatch<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();

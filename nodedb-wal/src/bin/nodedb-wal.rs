@@ -42,6 +42,7 @@ impl From<WalError> for Exit {
             // as a wrong key before it gets here.
             WalError::Corruption { .. }
             | WalError::MissingSegment { .. }
+            | WalError::ManifestDamaged { .. }
             | WalError::UnsupportedVersion { .. }
             | WalError::UnsupportedCipher { .. }
             | WalError::UnknownRequiredType { .. }

@@ -36,6 +36,9 @@ use crate::types::SegmentId;
 /// # Ok::<(), nodedb_wal::WalError>(())
 /// ```
 pub const MANIFEST_FILE: &str = "MANIFEST";
+
+/// The name a new manifest is written under before it is renamed to [`MANIFEST_FILE`].
+pub const MANIFEST_TEMP_FILE: &str = "MANIFEST.new";
 /// Bytes of a slot.
 ///
 /// # Examples
