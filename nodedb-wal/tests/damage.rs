@@ -23,6 +23,7 @@ use nodedb_wal::format::manifest::{MANIFEST_FILE, MANIFEST_TEMP_FILE, ManifestSl
 use nodedb_wal::format::preamble::PREAMBLE_SIZE;
 use nodedb_wal::recovery::TornTail;
 use nodedb_wal::segment::scan::TailEnd;
+use nodedb_wal::storage::faulty::FaultyStorage;
 use nodedb_wal::storage::{FaultConfig, SECTOR};
 use nodedb_wal::{CorruptionKind, FsStorage, Lsn, SegmentId, SegmentedWal, SimStorage, WalError};
 
@@ -609,6 +610,35 @@ fn a_half_created_manifest_is_written_again<D: Place>() {
 }
 
 both!(a_half_created_manifest_is_written_again_fs, a_half_created_manifest_is_written_again_sim, a_half_created_manifest_is_written_again);
+
+/// The power cut at every step of an open that creates the manifest (a log that has none, as
+/// one made before it existed) leaves a log that opens with every record, never a manifest
+/// refused as damaged; and the manifest the open after that writes vouches for the newest
+/// segment.
+#[test]
+fn a_power_cut_while_the_manifest_is_created_leaves_a_log_that_opens() {
+    let dir = Path::new("/wal");
+    let mut opened_whole = false;
+    for budget in 0..64 {
+        let sim = SimStorage::new(budget, FaultConfig::default());
+        let last = three_segment_log(&sim, dir);
+        sim.delete(&dir.join(MANIFEST_FILE));
+        let faulty = FaultyStorage::new(sim.clone());
+        faulty.cut_power_after(budget);
+        let first = SegmentedWal::open_with(faulty, config(dir));
+        opened_whole |= first.is_ok();
+        drop(first);
+        let after = sim.crash(budget * 31 + 7);
+        assert_intact(&after, dir, last);
+        let newest = *segment_ids(&after, dir).last().unwrap();
+        let manifest = ManifestSlot::current(&after.read(&dir.join(MANIFEST_FILE)));
+        assert_eq!(manifest.map(|m| m.newest), Some(SegmentId(newest)), "budget {budget}");
+        if opened_whole {
+            return;
+        }
+    }
+    panic!("no open finished within the budgets tried");
+}
 
 fn swapped_segments_are_an_identity_mismatch<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
