@@ -17,6 +17,7 @@ pub mod dwb;
 mod error;
 pub mod format;
 mod manifest;
+mod parallel;
 mod read;
 mod readonly;
 mod record;
