@@ -3,7 +3,8 @@
 //! Every file keeps a volatile image (what reads see) and a durable image (what survives a
 //! crash). `sync_data` copies the dirty sectors of one into the other. [`SimStorage::crash`]
 //! returns the disk a restart would find: the durable bytes plus a seeded random subset of the
-//! unsynced 512-byte sectors (a multi-sector write lands torn, in any order). Of each
+//! unsynced 512-byte sectors (a multi-sector write lands torn, in any order); a file grown by
+//! unsynced writes may keep its new length with zeros or stale bytes where they did not land. Of each
 //! directory it keeps the entries a `sync_dir` made durable or, as often, the entries of some
 //! moment since: file systems write directories back on their own schedule, so a name can
 //! outlive a crash before its file's data was synced. Faults come from a seeded PRNG.
@@ -121,6 +122,9 @@ struct Inode {
     volatile: Vec<u8>,
     durable: Vec<u8>,
     dirty: BTreeSet<usize>,
+    /// Dirty sectors that only `set_len` made (a hole, never written since): a crash never
+    /// fills them with stale bytes.
+    holes: BTreeSet<usize>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -440,6 +444,7 @@ impl SimStorage {
         inode.volatile = bytes.to_vec();
         inode.durable = bytes.to_vec();
         inode.dirty.clear();
+        inode.holes.clear();
     }
 }
 
@@ -449,15 +454,28 @@ fn dir_survives(dirs: &BTreeMap<PathBuf, Dir>, path: &Path) -> bool {
 }
 
 /// What a crash leaves of one file: the durable image plus a random subset of dirty sectors.
+/// Where unsynced writes had made the file longer, the new length may have been written back
+/// without all the data (half the time): written sectors that did not land then read as zeros,
+/// or as whatever an earlier file left in those blocks (stale bytes, modelled as random ones).
+/// Space the file never wrote stays a hole of zeros.
 fn survivor(inode: &Inode, rng: &mut SimRng) -> Inode {
+    let durable_len = inode.durable.len();
     let mut bytes = inode.durable.clone();
+    let grown = inode.volatile.len() > durable_len && rng.below(2) == 0;
+    if grown {
+        bytes.resize(inode.volatile.len(), 0);
+    }
+    let stale = grown && rng.below(2) == 0;
     for &sector in &inode.dirty {
-        if rng.below(2) == 0 {
-            continue;
-        }
         let start = sector * SECTOR;
         let end = (start + SECTOR).min(inode.volatile.len());
         if start >= end {
+            continue;
+        }
+        if rng.below(2) == 0 {
+            if stale && start >= durable_len && !inode.holes.contains(&sector) {
+                bytes[start..end].iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+            }
             continue;
         }
         if bytes.len() < end {
@@ -465,7 +483,7 @@ fn survivor(inode: &Inode, rng: &mut SimRng) -> Inode {
         }
         bytes[start..end].copy_from_slice(&inode.volatile[start..end]);
     }
-    Inode { volatile: bytes.clone(), durable: bytes, dirty: BTreeSet::new() }
+    Inode { volatile: bytes.clone(), durable: bytes, ..Inode::default() }
 }
 
 fn split(path: &Path) -> (PathBuf, String) {
@@ -655,6 +673,7 @@ impl StorageFile for SimFile {
         }
         inode.volatile[start..start + landed].copy_from_slice(&buf[..landed]);
         let sectors = start / SECTOR..(start + landed).div_ceil(SECTOR);
+        inode.holes.retain(|s| !sectors.contains(s));
         inode.dirty.extend(sectors);
         failure.map_or(Ok(()), Err)
     }
@@ -669,10 +688,12 @@ impl StorageFile for SimFile {
             // Like Linux after a writeback error: the unsynced data is gone for good.
             inode.volatile = inode.durable.clone();
             inode.dirty.clear();
+            inode.holes.clear();
             return Err(eio());
         }
         let len = inode.volatile.len();
         inode.durable.resize(len, 0);
+        inode.holes.clear();
         for sector in std::mem::take(&mut inode.dirty) {
             let start = sector * SECTOR;
             let end = (start + SECTOR).min(len);
@@ -690,9 +711,12 @@ impl StorageFile for SimFile {
         let old = inode.volatile.len();
         inode.volatile.resize(len, 0);
         if len > old {
+            // The sector the old end falls in holds data already; the ones after are a hole.
+            inode.holes.extend(old.div_ceil(SECTOR)..len.div_ceil(SECTOR));
             inode.dirty.extend(old / SECTOR..len.div_ceil(SECTOR));
         } else {
             inode.dirty.retain(|&s| s * SECTOR < len);
+            inode.holes.retain(|&s| s * SECTOR < len);
             // A shrink is metadata: it becomes durable with the next sync of this file.
             inode.dirty.insert(len / SECTOR);
         }
@@ -753,6 +777,38 @@ mod tests {
             assert_eq!(after.crash(seed + 1).list(dir).unwrap(), names, "seed {seed}");
         }
         assert!(kept > 0 && lost > 0, "an unsynced entry both survived and vanished: {kept} / {lost}");
+    }
+
+    #[test]
+    fn a_crash_may_keep_a_grown_length_with_zeros_or_stale_bytes_where_writes_did_not_land() {
+        let (mut short, mut zeros, mut stale) = (0, 0, 0);
+        for seed in 0..200 {
+            let sim = SimStorage::new(1, FaultConfig::default());
+            let dir = Path::new("/d");
+            sim.create_dir_all(dir).unwrap();
+            sim.sync_dir(Path::new("/")).unwrap();
+            let f = sim.open(&dir.join("a"), mode()).unwrap();
+            f.write_at(&[7u8; SECTOR], 0).unwrap();
+            f.sync_data().unwrap();
+            sim.sync_dir(dir).unwrap();
+            f.set_len(4 * SECTOR as u64).unwrap(); // a hole, never written
+            f.write_at(&[9u8; 2 * SECTOR], 4 * SECTOR as u64).unwrap();
+            let after = sim.crash(seed).read_file(&dir.join("a")).unwrap();
+            assert_eq!(&after[..SECTOR], &[7u8; SECTOR][..], "seed {seed}: synced bytes are kept");
+            if after.len() == SECTOR {
+                short += 1;
+                continue;
+            }
+            assert!(after[SECTOR..(4 * SECTOR).min(after.len())].iter().all(|&b| b == 0), "seed {seed}: a hole reads as zeros");
+            for sector in after.get(4 * SECTOR..).unwrap_or_default().chunks(SECTOR) {
+                if sector.iter().all(|&b| b == 0) {
+                    zeros += 1;
+                } else if sector.iter().any(|&b| b != 9) {
+                    stale += 1;
+                }
+            }
+        }
+        assert!(short > 0 && zeros > 0 && stale > 0, "old length {short}, lost sectors as zeros {zeros}, as stale bytes {stale}");
     }
 
     #[test]
