@@ -4,10 +4,10 @@
 //! crash). `sync_data` copies the dirty sectors of one into the other. [`SimStorage::crash`]
 //! returns the disk a restart would find: the durable bytes plus a seeded random subset of the
 //! unsynced 512-byte sectors (a multi-sector write lands torn, in any order); a file grown by
-//! unsynced writes may keep its new length with zeros or stale bytes where they did not land. Of each
-//! directory it keeps the entries a `sync_dir` made durable or, as often, the entries of some
-//! moment since: file systems write directories back on their own schedule, so a name can
-//! outlive a crash before its file's data was synced. Faults come from a seeded PRNG.
+//! unsynced writes may keep its new length, with zeros or stale bytes where they did not land.
+//! Of each directory it keeps the entries a `sync_dir` made durable or, as often, the entries
+//! of some moment since: file systems write directories back on their own schedule, so a name
+//! can outlive a crash before its file's data was synced. Faults come from a seeded PRNG.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
