@@ -116,3 +116,20 @@ fn a_missing_directory_and_a_directory_that_is_not_a_log_have_their_own_status()
     assert_eq!(status(&out), 5, "{}", text(&out));
     assert_eq!(status(&tool(&["frobnicate"])), 3);
 }
+
+#[test]
+fn a_damaged_manifest_is_reported_as_corruption_and_names_the_way_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(tmp.path(), None);
+    let d = tmp.path().to_str().unwrap();
+    let manifest = tmp.path().join("MANIFEST");
+    std::fs::write(&manifest, [0xA5u8; 1024]).unwrap();
+    for command in ["verify", "inspect"] {
+        let out = tool(&[command, d]);
+        assert_eq!(status(&out), 2, "{command}: {}", text(&out));
+        assert!(text(&out).contains("MANIFEST is damaged") && text(&out).contains("remove it"), "{command}: {}", text(&out));
+    }
+    std::fs::remove_file(&manifest).unwrap();
+    let out = tool(&["verify", d]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+}
