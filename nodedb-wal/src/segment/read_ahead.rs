@@ -5,7 +5,8 @@
 //! of the page cache, the page cache's own bookkeeping (adding pages, dropping them behind),
 //! and the frames' checksums, which cost about as much as the rest together. A helper thread
 //! reads the next window of the file while the reader works through the current one, and
-//! hands windows over through a queue one deep.
+//! hands windows over through a queue one deep; each side spins a little before it sleeps on
+//! that queue (see [`SPIN_FOR`]).
 //!
 //! Each window the helper hands over starts with the end of the one before, from the frame
 //! the reader can be on when it moves on: the one that crosses into the next window, or one
@@ -30,8 +31,9 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::format::frame::{RecordHeader, checksum_matches};
 use crate::format::layout::round_up;
@@ -149,6 +151,8 @@ pub struct ReadAhead {
     filled: Option<Receiver<io::Result<Arc<Window>>>>,
     /// Set when the reader had to wait for a window: the helper then checks less.
     starved: Arc<AtomicBool>,
+    /// How long to spin for a window before sleeping.
+    patience: Patience,
     thread: Option<JoinHandle<Option<DropBehind>>>,
 }
 
@@ -161,7 +165,7 @@ impl ReadAhead {
         let helper = Helper::new(plan, Arc::clone(&starved));
         let spawned = std::thread::Builder::new().name("nodedb-wal-read".into()).spawn(move || helper.run(&filled_tx));
         match spawned {
-            Ok(thread) => Some(ReadAhead { filled: Some(filled_rx), starved, thread: Some(thread) }),
+            Ok(thread) => Some(ReadAhead { filled: Some(filled_rx), starved, patience: Patience::new(), thread: Some(thread) }),
             Err(err) => {
                 tracing::debug!(%err, "no thread to read ahead; the reader reads alone");
                 None
@@ -172,14 +176,16 @@ impl ReadAhead {
     /// The next window, waiting for it if need be; `None` once the helper has stopped.
     pub fn next(&mut self) -> Option<io::Result<Arc<Window>>> {
         let filled = self.filled.as_ref()?;
-        match filled.try_recv() {
-            Ok(window) => Some(window),
-            Err(TryRecvError::Disconnected) => None,
+        let starved = &self.starved;
+        let attempt = || match filled.try_recv() {
+            Ok(window) => Some(Some(window)),
+            Err(TryRecvError::Disconnected) => Some(None),
             Err(TryRecvError::Empty) => {
-                self.starved.store(true, Ordering::Relaxed);
-                filled.recv().ok()
+                starved.store(true, Ordering::Relaxed);
+                None
             }
-        }
+        };
+        self.patience.spin(attempt).unwrap_or_else(|| filled.recv().ok())
     }
 
     /// Stops the helper and takes back the drop-behind state, covering what it read.
@@ -205,6 +211,67 @@ impl Drop for ReadAhead {
     }
 }
 
+/// The longest one side of the hand-over spins for the other before it sleeps. A window
+/// takes tens of microseconds to read or to scan, so a wait is usually shorter than that;
+/// and a thread put to sleep costs both cores a wake-up, which in a virtual machine means the
+/// sleeping vCPU halts and must be woken by an interrupt through the host (BENCHMARKS.md).
+/// The helper runs only where there is a core to spare, so the spinning core is one that
+/// would otherwise idle.
+const SPIN_FOR: Duration = Duration::from_micros(50);
+
+/// How long one side spins before it sleeps, learnt from its last waits: spinning that ends
+/// in a sleep anyway (a reader waiting for the disk, a helper far ahead of a slow consumer)
+/// is halved away; spinning that pays, or no wait at all, earns it back.
+#[derive(Debug)]
+struct Patience {
+    budget: Duration,
+}
+
+impl Patience {
+    fn new() -> Patience {
+        Patience { budget: SPIN_FOR }
+    }
+
+    /// Calls `attempt` until it gives a value, spinning between calls for at most the budget;
+    /// `None` once the budget is spent: the caller then sleeps until the other side wakes it.
+    fn spin<T>(&mut self, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+        if let Some(got) = attempt() {
+            self.budget = (self.budget * 2).clamp(Duration::from_micros(1), SPIN_FOR);
+            return Some(got);
+        }
+        let since = Instant::now();
+        while since.elapsed() < self.budget {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            if let Some(got) = attempt() {
+                self.budget = (self.budget * 2).min(SPIN_FOR);
+                return Some(got);
+            }
+        }
+        self.budget /= 2;
+        None
+    }
+}
+
+/// Hands a window to the reader, spinning a while (see [`Patience`]) before it sleeps on a
+/// full queue; `false` once the reader has gone.
+fn hand_over(filled: &SyncSender<io::Result<Arc<Window>>>, window: io::Result<Arc<Window>>, patience: &mut Patience) -> bool {
+    let mut window = Some(window);
+    let attempt = || match filled.try_send(window.take().expect("a window to hand over")) {
+        Ok(()) => Some(true),
+        Err(TrySendError::Disconnected(_)) => Some(false),
+        Err(TrySendError::Full(back)) => {
+            window = Some(back);
+            None
+        }
+    };
+    match patience.spin(attempt) {
+        Some(sent) => sent,
+        None => filled.send(window.expect("a window to hand over")).is_ok(),
+    }
+}
+
 fn buffer_len(chunk: usize, align: usize) -> usize {
     round_up((HEADROOM + chunk) as u64, align as u64) as usize
 }
@@ -220,6 +287,8 @@ struct Helper<F> {
     /// reader's word that it waited for a window (the helper does too much).
     share: u32,
     starved: Arc<AtomicBool>,
+    /// How long to spin for room in the queue before sleeping.
+    patience: Patience,
 }
 
 /// The helper's share of the checking moves in steps of `1/SHARES`.
@@ -227,7 +296,7 @@ const SHARES: u32 = 16;
 
 impl<F: StorageFile> Helper<F> {
     fn new(plan: Plan<F>, starved: Arc<AtomicBool>) -> Helper<F> {
-        Helper { chain: plan.chain, plan, frames: Vec::new(), share: SHARES / 2, starved }
+        Helper { chain: plan.chain, plan, frames: Vec::new(), share: SHARES / 2, starved, patience: Patience::new() }
     }
 
     /// Reads window after window until the end of the file, a short read, an error, or the
@@ -253,7 +322,7 @@ impl<F: StorageFile> Helper<F> {
             at += n as u64;
             window.chain_end = self.walk(&window);
             let window_sent = Arc::new(window);
-            if filled.send(Ok(Arc::clone(&window_sent))).is_err() {
+            if !hand_over(filled, Ok(Arc::clone(&window_sent)), &mut self.patience) {
                 break;
             }
             self.check(&window_sent);
@@ -618,5 +687,30 @@ mod tests {
         helper.check(&window);
         assert!(window.checked(starts[10], (starts[11] - starts[10]) as usize));
         assert!(!window.checked(starts[9], (starts[10] - starts[9]) as usize), "the reader checked that one");
+    }
+
+    #[test]
+    fn spinning_that_ends_in_sleeps_is_given_up_and_waits_that_pay_earn_it_back() {
+        let mut patience = Patience::new();
+        assert_eq!(patience.spin(|| None::<()>), None);
+        assert_eq!(patience.budget, SPIN_FOR / 2, "a spin that ended in a sleep halves the next");
+        while patience.budget > Duration::ZERO {
+            assert_eq!(patience.spin(|| None::<()>), None);
+        }
+        let mut attempts = 0;
+        assert_eq!(
+            patience.spin(|| {
+                attempts += 1;
+                None::<()>
+            }),
+            None
+        );
+        assert_eq!(attempts, 1, "with no budget left: one try, then sleep at once");
+        assert_eq!(patience.spin(|| Some(7)), Some(7));
+        assert_eq!(patience.budget, Duration::from_micros(1), "no wait at all earns spinning back");
+        for _ in 0..10 {
+            patience.spin(|| Some(()));
+        }
+        assert_eq!(patience.budget, SPIN_FOR, "and it grows back to the cap, no further");
     }
 }
