@@ -308,10 +308,14 @@ pub enum WalError {
     },
     /// A segment file is missing: one between the oldest and the newest, or newest ones that
     /// the log's manifest says held durable records.
-    #[error("segment {missing} is missing from the log directory")]
+    #[error("segment {missing} is missing from the log directory{}", after_hole(*next_present))]
     MissingSegment {
         /// The id that should exist.
         missing: SegmentId,
+        /// The next segment there past the hole; `None` where the missing ones are the newest
+        /// (the manifest names them). A far-off next one may be a stray file named like a
+        /// segment rather than a sign of lost ones: the message names it.
+        next_present: Option<SegmentId>,
     },
     /// The log's `MANIFEST` has no intact slot. It is created whole (written and synced, then
     /// renamed into place) and updated one slot at a time, so no crash leaves it so: the file
@@ -547,7 +551,7 @@ impl WalError {
     /// let damaged = WalError::Corruption { segment: SegmentId(3), offset: 8192, kind: CorruptionKind::UnsealedSegment };
     /// assert!(damaged.is_corruption());
     /// assert!(!WalError::Closed.is_corruption());
-    /// assert!(!WalError::MissingSegment { missing: SegmentId(2) }.is_corruption(), "a lost file is not damaged bytes");
+    /// assert!(!WalError::MissingSegment { missing: SegmentId(2), next_present: None }.is_corruption(), "a lost file is not damaged bytes");
     /// ```
     #[must_use]
     pub fn is_corruption(&self) -> bool {
@@ -556,5 +560,13 @@ impl WalError {
 
     pub(crate) fn io(op: IoOp, path: impl Into<PathBuf>, source: io::Error) -> WalError {
         WalError::Io { op, path: path.into(), source }
+    }
+}
+
+/// The end of a `MissingSegment` message: what is there past the hole.
+fn after_hole(next_present: Option<SegmentId>) -> String {
+    match next_present {
+        Some(next) => format!(" (the next one there is {}, a file of this log or a stray one)", crate::segment::file_name(next)),
+        None => " (the manifest names it: acknowledged records were in it)".to_string(),
     }
 }

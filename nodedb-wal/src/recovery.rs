@@ -320,7 +320,7 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     {
         // Acknowledged records lived in segments that are gone: say so rather than recover
         // to an older end.
-        return Err(WalError::MissingSegment { missing: SegmentId(newest + 1) });
+        return Err(WalError::MissingSegment { missing: SegmentId(newest + 1), next_present: None });
     }
     let next_lsn = prev_end.unwrap_or(Lsn::FIRST);
     info.first_lsn = info.segments.first().map_or(next_lsn, |s| s.first_lsn);
@@ -363,7 +363,7 @@ fn segment_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
     ids.sort_unstable();
     for pair in ids.windows(2) {
         if pair[1].0 != pair[0].0 + 1 {
-            return Err(WalError::MissingSegment { missing: SegmentId(pair[0].0 + 1) });
+            return Err(WalError::MissingSegment { missing: SegmentId(pair[0].0 + 1), next_present: Some(pair[1]) });
         }
     }
     Ok(ids)

@@ -22,6 +22,7 @@ use nodedb_wal::format::frame::HEADER_LEN;
 use nodedb_wal::format::manifest::{MANIFEST_FILE, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SLOT_SPACING};
 use nodedb_wal::format::preamble::PREAMBLE_SIZE;
 use nodedb_wal::recovery::TornTail;
+use nodedb_wal::segment;
 use nodedb_wal::segment::scan::TailEnd;
 use nodedb_wal::storage::faulty::FaultyStorage;
 use nodedb_wal::storage::{FaultConfig, SECTOR};
@@ -497,7 +498,7 @@ fn removed_middle_segment_is_reported_missing<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     three_segment_log(&disk, &dir);
     disk.delete(&seg(&dir, 2));
-    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing: SegmentId(2) }));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing: SegmentId(2), .. }));
 }
 
 both!(
@@ -514,13 +515,13 @@ fn removed_newest_segments_are_reported_missing<D: Place>() {
     let ids = segment_ids(&disk, &dir);
     let newest = *ids.last().unwrap();
     disk.delete(&seg(&dir, newest));
-    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing } if missing == SegmentId(newest)));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing, .. } if missing == SegmentId(newest)));
     disk.delete(&seg(&dir, newest - 1));
-    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing } if missing == SegmentId(newest - 1)));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing, .. } if missing == SegmentId(newest - 1)));
     for id in &ids[..ids.len() - 2] {
         disk.delete(&seg(&dir, *id));
     }
-    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing: SegmentId(1) }), "every segment removed");
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing: SegmentId(1), .. }), "every segment removed");
 }
 
 both!(
@@ -588,7 +589,10 @@ fn a_manifest_without_an_intact_slot_is_refused_until_removed<D: Place>() {
     let newest = *segment_ids(&disk, &dir).last().unwrap();
     disk.delete(&seg(&dir, newest));
     let err = open_err(&disk, &dir);
-    assert!(matches!(err, WalError::MissingSegment { missing } if missing == SegmentId(newest)), "the new manifest vouches again: {err:?}");
+    assert!(
+        matches!(err, WalError::MissingSegment { missing, .. } if missing == SegmentId(newest)),
+        "the new manifest vouches again: {err:?}"
+    );
 }
 
 both!(
@@ -685,13 +689,38 @@ fn segment_renamed_past_the_end_leaves_a_missing_segment<D: Place>() {
     three_segment_log(&disk, &dir);
     let newest = *segment_ids(&disk, &dir).last().unwrap();
     disk.move_file(&seg(&dir, newest), &seg(&dir, newest + 1));
-    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing } if missing == SegmentId(newest)));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing, .. } if missing == SegmentId(newest)));
 }
 
 both!(
     segment_renamed_past_the_end_leaves_a_missing_segment_fs,
     segment_renamed_past_the_end_leaves_a_missing_segment_sim,
     segment_renamed_past_the_end_leaves_a_missing_segment
+);
+
+/// A stray file named like a far-off segment leaves a hole before it: the error names the file,
+/// so that the operator can tell a stray from lost segments, and the log's files stay as they
+/// were.
+fn a_stray_file_named_like_a_far_off_segment_is_named_in_the_error<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    three_segment_log(&disk, &dir);
+    let newest = *segment_ids(&disk, &dir).last().unwrap();
+    let before: Vec<_> = segment_ids(&disk, &dir).iter().map(|&id| disk.read(&seg(&dir, id))).collect();
+    disk.write(&seg(&dir, 99), b"hi");
+    let err = open_err(&disk, &dir);
+    assert!(
+        matches!(err, WalError::MissingSegment { missing, next_present: Some(SegmentId(99)) } if missing == SegmentId(newest + 1)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&segment::file_name(SegmentId(99))), "{err}");
+    let after: Vec<_> = segment_ids(&disk, &dir).iter().filter(|&&id| id != 99).map(|&id| disk.read(&seg(&dir, id))).collect();
+    assert_eq!(before, after, "a refused open changes no segment");
+}
+
+both!(
+    a_stray_file_named_like_a_far_off_segment_is_named_in_the_error_fs,
+    a_stray_file_named_like_a_far_off_segment_is_named_in_the_error_sim,
+    a_stray_file_named_like_a_far_off_segment_is_named_in_the_error
 );
 
 /// A copy of an old segment under the next id (a botched restore) is not read as new records.

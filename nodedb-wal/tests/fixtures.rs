@@ -216,7 +216,7 @@ fn check_variant(root: &Path, name: &str) {
         }
         "missing-segment" => {
             assert_eq!(ids, vec![1, 3]);
-            assert!(matches!(open(&dir).map(|_| ()).unwrap_err(), WalError::MissingSegment { missing: SegmentId(2) }));
+            assert!(matches!(open(&dir).map(|_| ()).unwrap_err(), WalError::MissingSegment { missing: SegmentId(2), .. }));
         }
         "sealed-after-cut" => {
             // Recovery's end frame names where the records end; the debris before it stays.
