@@ -10,7 +10,8 @@
 //!
 //! Each window the helper hands over starts with the end of the one before, from the frame
 //! the reader can be on when it moves on: the one that crosses into the next window, or one
-//! that starts in the last block, after the scan's look at the next block boundary. So the
+//! whose scan looks at a block boundary past the window's end (for a seal; blocks of the
+//! segment, which a reader may read in smaller units). So the
 //! reader finds its frame whole in the next window without reading it again. (A helper that
 //! follows no chain keeps the last [`LOOK_BACK`] bytes instead.)
 //!
@@ -35,7 +36,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::format::frame::{RecordHeader, checksum_matches};
+use crate::format::frame::{HEADER_LEN, RecordHeader, checksum_matches};
 use crate::format::layout::round_up;
 use crate::segment::reader::DropBehind;
 use crate::segment::spare::SpareBuf;
@@ -137,6 +138,9 @@ pub struct Plan<F> {
     pub from: u64,
     /// Where the reader's chain of frames starts (at or after `from`), or `None` to read only.
     pub chain: Option<u64>,
+    /// The scan following the chain looks for a seal at the next boundary of this many bytes
+    /// (a power of two, at least `align`) after an unaligned frame: see `Helper::carry`.
+    pub block: u64,
     pub file_len: u64,
     pub align: usize,
     pub chunk: usize,
@@ -407,11 +411,15 @@ impl<F: StorageFile> Helper<F> {
         let end = window.end();
         let from = match self.chain {
             // The reader moves on from a window inside the frame that crosses its end (the
-            // chain's next), or from a frame that starts in its last block, after a look at the
-            // next block boundary: the next window keeps from the earlier of the two.
+            // chain's next), or from a frame whose look at the next block boundary (a header
+            // there) reaches past the end: the next window keeps from the earlier of the two.
+            // The scan's blocks, not this reader's alignment: a read-only look reads in 512-byte
+            // units a log whose blocks are 4 KiB, and a carry of one unit lost the frame the
+            // reader was on, which stopped the helper at the first window's end.
             Some(at) => {
-                let last_block = self.frames.partition_point(|&f| f < end.saturating_sub(align));
-                self.frames.get(last_block).map_or(at, |&f| f.min(at))
+                let looks_past = end.saturating_sub(self.plan.block + HEADER_LEN as u64);
+                let first = self.frames.partition_point(|&f| f < looks_past);
+                self.frames.get(first).map_or(at, |&f| f.min(at))
             }
             None => end.saturating_sub(LOOK_BACK),
         };
@@ -438,7 +446,6 @@ mod tests {
 
     use super::*;
     use crate::error::{IoOp, WalError};
-    use crate::format::frame::HEADER_LEN;
     use crate::segment::reader::ChunkReader;
 
     /// A file in memory whose reads fail from `fail_from` on, counting the bytes read (and
@@ -494,11 +501,16 @@ mod tests {
     }
 
     fn reader(bytes: Vec<u8>, fail_from: u64) -> ChunkReader<MemFile> {
+        reader_aligned(bytes, fail_from, ALIGN)
+    }
+
+    /// A reader reading in units of `align` bytes, helped for a scan of `ALIGN`-byte blocks.
+    fn reader_aligned(bytes: Vec<u8>, fail_from: u64, align: usize) -> ChunkReader<MemFile> {
         let len = bytes.len() as u64;
         let file = MemFile { bytes, fail_from, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) };
-        let mut reader = ChunkReader::new(file, "mem".into(), len, ALIGN, CHUNK);
+        let mut reader = ChunkReader::new(file, "mem".into(), len, align, CHUNK);
         reader.read_ahead();
-        reader.start_read_ahead(0);
+        reader.start_read_ahead(0, ALIGN as u64);
         reader
     }
 
@@ -623,6 +635,19 @@ mod tests {
         assert!(by_helper >= bytes.len() as u64 - CHUNK as u64, "the helper read {by_helper} of {} bytes", bytes.len());
     }
 
+    // Found by tracing a read-only open: its reader reads in 512-byte units a log of 4 KiB
+    // blocks, each window kept one unit of the one before, and the scan's look at the next
+    // 4 KiB boundary moved it on before it was done with its frame: the helper was stopped
+    // at the first window's end and the reader read the segment alone.
+    #[test]
+    fn a_reader_aligned_finer_than_the_scans_blocks_keeps_its_helper_to_the_end() {
+        let (bytes, starts) = frames(std::iter::repeat_n(1024, 4000));
+        let mut helped = reader_aligned(bytes.clone(), u64::MAX, 512);
+        scan_and_check(&bytes, &starts, &mut helped);
+        let by_helper = helped.file().read_by_helper.load(Ordering::Relaxed);
+        assert!(by_helper >= bytes.len() as u64 - CHUNK as u64, "the helper read {by_helper} of {} bytes", bytes.len());
+    }
+
     #[test]
     fn a_damaged_frame_never_counts_as_checked() {
         let (mut bytes, starts) = frames(frame_sizes(300, 12));
@@ -648,7 +673,16 @@ mod tests {
     fn helper(bytes: &[u8]) -> Helper<MemFile> {
         let file =
             Arc::new(MemFile { bytes: bytes.to_vec(), fail_from: u64::MAX, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) });
-        let plan = Plan { file, from: 0, chain: Some(0), file_len: bytes.len() as u64, align: ALIGN, chunk: CHUNK, drop_behind: None };
+        let plan = Plan {
+            file,
+            from: 0,
+            chain: Some(0),
+            block: ALIGN as u64,
+            file_len: bytes.len() as u64,
+            align: ALIGN,
+            chunk: CHUNK,
+            drop_behind: None,
+        };
         let mut helper = Helper::new(plan, Arc::new(AtomicBool::new(false)));
         helper.share = SHARES;
         helper

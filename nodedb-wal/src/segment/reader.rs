@@ -37,6 +37,8 @@ pub struct ChunkReader<F> {
     /// times one may be started for this file (each jump off its path stops it).
     helper: Option<ReadAhead>,
     helpers_left: u8,
+    /// The block size of the scan the helper's chain serves (see [`Self::start_read_ahead`]).
+    scan_block: u64,
     /// Whether the first read has been made: it turns `drop_behind` off if its bytes were
     /// cached already (see [`Self::read_sequentially`]).
     first_read: bool,
@@ -62,6 +64,7 @@ impl<F: StorageFile> ChunkReader<F> {
             brought: DropBehind::default(),
             helper: None,
             helpers_left: 0,
+            scan_block: 0,
             first_read: false,
             watch_misses: false,
             missed: false,
@@ -153,9 +156,11 @@ impl<F: StorageFile> ChunkReader<F> {
     }
 
     /// Starts the helper planned by [`Self::read_ahead`], following the chain of frames that
-    /// starts at `chain` (where the reader's scan is). Only where enough of the file is left
-    /// to pay for a thread.
-    pub fn start_read_ahead(&mut self, chain: u64) {
+    /// starts at `chain` (where the reader's scan is), whose scan looks for a seal at the next
+    /// boundary of `block` bytes after an unaligned frame. Only where enough of the file is
+    /// left to pay for a thread.
+    pub fn start_read_ahead(&mut self, chain: u64, block: u64) {
+        self.scan_block = block;
         self.start_helper(chain & !(self.align as u64 - 1), Some(chain));
         if self.helper.is_none() {
             // Not worth a thread after all: whole chunks from here on.
@@ -262,6 +267,7 @@ impl<F: StorageFile> ChunkReader<F> {
             file: Arc::clone(&self.file),
             from,
             chain,
+            block: self.scan_block.max(self.align as u64),
             file_len: self.file_len,
             align: self.align,
             chunk: self.chunk.min(read_ahead::CHUNK),

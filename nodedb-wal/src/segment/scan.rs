@@ -164,7 +164,7 @@ impl<F: StorageFile> SegmentScan<F> {
     /// segment read front to back through the page cache, after `ChunkReader::read_ahead`;
     /// see `segment/read_ahead.rs`).
     pub fn read_ahead(&mut self) {
-        self.reader.start_read_ahead(self.pos);
+        self.reader.start_read_ahead(self.pos, self.block);
     }
 
     /// A scan that checks headers only and hands out empty payloads (see `headers_only`).
