@@ -99,8 +99,7 @@ impl<F: StorageFile> ChunkReader<F> {
     /// with a core to spare: a helper thread checks the frames' checksums ahead of the reader
     /// (see [`ahead`]). Only where enough of the file is left to pay for a thread.
     pub fn check_ahead(&mut self, from: u64) {
-        let worth_it =
-            || self.file_len.saturating_sub(from) >= ahead::MIN_BYTES && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        let worth_it = || self.file_len.saturating_sub(from) >= ahead::MIN_BYTES && spare_core();
         if let Some(map) = self.mapped.as_ref().filter(|_| worth_it()) {
             self.ahead = CheckAhead::spawn(Arc::clone(map), from);
         }
@@ -256,9 +255,7 @@ impl<F: StorageFile> ChunkReader<F> {
     /// Starts a helper reading from `from` (aligned) on, checking the chain of frames from
     /// `chain` if given, if one is wanted and pays.
     fn start_helper(&mut self, from: u64, chain: Option<u64>) {
-        let pays = || {
-            self.file_len.saturating_sub(from) >= read_ahead::MIN_BYTES && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
-        };
+        let pays = || self.file_len.saturating_sub(from) >= read_ahead::MIN_BYTES && spare_core();
         if self.helpers_left == 0 || self.helper.is_some() || self.mapped.is_some() || !pays() {
             return;
         }
@@ -333,6 +330,13 @@ impl<F: StorageFile> ChunkReader<F> {
         }
         Ok(())
     }
+}
+
+/// Whether this process may run on more than one core, so that a helper thread does not take
+/// the reader's. Asked once: the answer reads cgroup files, and a reader asks per segment.
+fn spare_core() -> bool {
+    static SPARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SPARE.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
 /// How many times a reader may start a read-ahead helper for one file: a reader that keeps
