@@ -37,7 +37,8 @@ pub struct ChunkReader<F> {
     /// times one may be started for this file (each jump off its path stops it).
     helper: Option<ReadAhead>,
     helpers_left: u8,
-    /// The block size of the scan the helper's chain serves (see [`Self::start_read_ahead`]).
+    /// The block size of the segment whose frames a scan reads through this reader (see
+    /// [`Self::serve_scan`]); 0 where none does.
     scan_block: u64,
     /// Whether the first read has been made: it turns `drop_behind` off if its bytes were
     /// cached already (see [`Self::read_sequentially`]).
@@ -154,12 +155,24 @@ impl<F: StorageFile> ChunkReader<F> {
         self.helpers_left = MAX_HELPERS;
     }
 
-    /// Starts the helper planned by [`Self::read_ahead`], following the chain of frames that
-    /// starts at `chain` (where the reader's scan is), whose scan looks for a seal at the next
-    /// boundary of `block` bytes after an unaligned frame. Only where enough of the file is
-    /// left to pay for a thread.
-    pub fn start_read_ahead(&mut self, chain: u64, block: u64) {
+    /// Tells the reader that a scan of a segment of `block`-byte blocks reads through it. After
+    /// an unaligned frame's header such a scan looks at the next block boundary (for a
+    /// recovery's seal) before it reads the frame: a window that the look moved on keeps the
+    /// block before it, so that the frame is not read again.
+    pub fn serve_scan(&mut self, block: u64) {
         self.scan_block = block;
+    }
+
+    /// How far before a look just past the window the reader may come back to: the scan's
+    /// block (see [`Self::serve_scan`]), at least one unit of alignment.
+    fn look_back(&self) -> u64 {
+        self.scan_block.max(self.align as u64)
+    }
+
+    /// Starts the helper planned by [`Self::read_ahead`], following the chain of frames that
+    /// starts at `chain` (where the reader's scan is). Only where enough of the file is left
+    /// to pay for a thread.
+    pub fn start_read_ahead(&mut self, chain: u64) {
         self.start_helper(chain & !(self.align as u64 - 1), Some(chain));
         if self.helper.is_none() {
             // Not worth a thread after all: whole chunks from here on.
@@ -264,7 +277,7 @@ impl<F: StorageFile> ChunkReader<F> {
             file: Arc::clone(&self.file),
             from,
             chain,
-            block: self.scan_block.max(self.align as u64),
+            block: self.look_back(),
             file_len: self.file_len,
             align: self.align,
             chunk: self.chunk.min(read_ahead::CHUNK),
@@ -291,7 +304,14 @@ impl<F: StorageFile> ChunkReader<F> {
 
     fn load(&mut self, offset: u64, want: usize) -> io::Result<()> {
         let align = self.align as u64;
-        let start = offset & !(align - 1);
+        let mut start = offset & !(align - 1);
+        let end = self.window.end();
+        if self.window.len > 0 && (end..end + self.look_back()).contains(&offset) {
+            // Just past the window: a scan's look at the next block boundary, which comes back
+            // to the frame it is on (a block before at most), or a frame crossing the end.
+            // Reading that block again costs less than reading the whole chunk twice.
+            start = (offset - self.look_back()).max(self.window.start) & !(align - 1);
+        }
         let need = round_up(offset + want as u64 - start, align) as usize;
         // A whole chunk, but nothing past the (block-rounded) end: a follower near the end of
         // a live segment reads the few blocks it needs, not a chunk of blank space.

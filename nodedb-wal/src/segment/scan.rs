@@ -140,7 +140,8 @@ enum Probe {
 
 impl<F: StorageFile> SegmentScan<F> {
     /// A scan of the body of a segment whose head is `head`.
-    pub fn new(reader: ChunkReader<F>, id: SegmentId, head: &SegmentHead) -> SegmentScan<F> {
+    pub fn new(mut reader: ChunkReader<F>, id: SegmentId, head: &SegmentHead) -> SegmentScan<F> {
+        reader.serve_scan(u64::from(head.header.block_len));
         SegmentScan {
             reader,
             id,
@@ -164,7 +165,7 @@ impl<F: StorageFile> SegmentScan<F> {
     /// segment read front to back through the page cache, after `ChunkReader::read_ahead`;
     /// see `segment/read_ahead.rs`).
     pub fn read_ahead(&mut self) {
-        self.reader.start_read_ahead(self.pos, self.block);
+        self.reader.start_read_ahead(self.pos);
     }
 
     /// A scan that checks headers only and hands out empty payloads (see `headers_only`).
