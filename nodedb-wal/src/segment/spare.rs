@@ -2,14 +2,15 @@
 //!
 //! A replay opens segment after segment, and each reader (and its read-ahead helper) needs a
 //! few buffers of the same sizes. Asking the system for them anew every time costs page
-//! faults and zeroing each time, and giving them back can cost more where freed memory goes
-//! back to a hypervisor (this machine's VM reports free pages to its host): in the replay
-//! benchmark, a warm plain read measured right after a recovery that had freed its buffers
-//! ran at a fifth of its usual speed in two rounds of three; with the pool, those rounds were
-//! back to the usual speed (the first round after a log is written still is not, for a
-//! reason not found yet; BENCHMARKS.md). So buffers up to `MAX_LEN` go back to a
-//! small shared pool when dropped, and new ones come from it first. The pool holds at most
-//! `MAX_KEPT` buffers (8 MiB) for the life of the process.
+//! faults and zeroing each time (and, in a VM that reports free pages to its host, the host's
+//! work to back them again). So buffers up to `MAX_LEN` go back to a small shared pool when
+//! dropped, and new ones come from it first. The pool holds at most `MAX_KEPT` buffers
+//! (8 MiB) for the life of the process.
+//!
+//! (The pool was first credited with curing slow warm plain reads in the replay benchmark
+//! after a recovery. Those turned out to be the benchmark's own buffer, 16 bytes past a page,
+//! into which this CPU's kernel copies ~4x slower; whether the pool was kept changed where
+//! glibc put that buffer. BENCHMARKS.md.)
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, PoisonError};
