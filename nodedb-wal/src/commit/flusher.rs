@@ -113,7 +113,7 @@ impl<S: Storage> Flusher<S> {
         if job.ends_segment {
             self.file = None;
             if let Some(index) = self.index.finish() {
-                write_index(&*self.shared.storage, &self.shared.dir, &index);
+                write_index(&*self.shared.storage, &self.shared.dir, &index, self.shared.direct, self.shared.block);
             }
         }
         Ok(())
