@@ -457,6 +457,18 @@ mod tests {
         read_by_helper: AtomicU64,
     }
 
+    impl MemFile {
+        /// `bytes` in memory, whose reads fail from `fail_from` on.
+        fn new(bytes: &[u8], fail_from: u64) -> MemFile {
+            MemFile { bytes: bytes.to_vec(), fail_from, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) }
+        }
+
+        /// A reader of the file, reading `chunk` bytes at a time in units of `align`.
+        fn reader(bytes: &[u8], align: usize, chunk: usize) -> ChunkReader<MemFile> {
+            ChunkReader::new(MemFile::new(bytes, u64::MAX), "mem".into(), bytes.len() as u64, align, chunk)
+        }
+    }
+
     impl StorageFile for MemFile {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
             if offset + buf.len() as u64 > self.fail_from {
@@ -507,8 +519,7 @@ mod tests {
     /// A reader reading in units of `align` bytes, helped for a scan of `ALIGN`-byte blocks.
     fn reader_aligned(bytes: Vec<u8>, fail_from: u64, align: usize) -> ChunkReader<MemFile> {
         let len = bytes.len() as u64;
-        let file = MemFile { bytes, fail_from, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) };
-        let mut reader = ChunkReader::new(file, "mem".into(), len, align, CHUNK);
+        let mut reader = ChunkReader::new(MemFile::new(&bytes, fail_from), "mem".into(), len, align, CHUNK);
         reader.read_ahead();
         reader.serve_scan(ALIGN as u64);
         reader.start_read_ahead(0);
@@ -630,8 +641,13 @@ mod tests {
     #[test]
     fn the_helper_reads_frames_longer_than_a_chunk_whole_and_counts_only_intact_frames_checked() {
         let (bytes, starts) = frames(frame_sizes(200, 11));
-        let mut helped = reader(bytes.clone(), u64::MAX);
-        scan_and_check(&bytes, &starts, &mut helped);
+        assert_helper_read_to_the_end(&bytes, &starts, reader(bytes.clone(), u64::MAX));
+    }
+
+    /// Scans the frames (checking them) with `helped` and asserts that its helper read all but
+    /// the first chunk of the file: it was never stopped for good.
+    fn assert_helper_read_to_the_end(bytes: &[u8], starts: &[u64], mut helped: ChunkReader<MemFile>) {
+        scan_and_check(bytes, starts, &mut helped);
         let by_helper = helped.file().read_by_helper.load(Ordering::Relaxed);
         assert!(by_helper >= bytes.len() as u64 - CHUNK as u64, "the helper read {by_helper} of {} bytes", bytes.len());
     }
@@ -643,10 +659,7 @@ mod tests {
     #[test]
     fn a_reader_aligned_finer_than_the_scans_blocks_keeps_its_helper_to_the_end() {
         let (bytes, starts) = frames(std::iter::repeat_n(1024, 4000));
-        let mut helped = reader_aligned(bytes.clone(), u64::MAX, 512);
-        scan_and_check(&bytes, &starts, &mut helped);
-        let by_helper = helped.file().read_by_helper.load(Ordering::Relaxed);
-        assert!(by_helper >= bytes.len() as u64 - CHUNK as u64, "the helper read {by_helper} of {} bytes", bytes.len());
+        assert_helper_read_to_the_end(&bytes, &starts, reader_aligned(bytes.clone(), u64::MAX, 512));
     }
 
     // Found by tracing an open: the newest segment, read alone with O_DIRECT, was read almost
@@ -656,8 +669,7 @@ mod tests {
     fn a_scan_read_without_a_helper_reads_each_byte_about_once() {
         let (bytes, starts) = frames(std::iter::repeat_n(1024, 4000));
         let len = bytes.len() as u64;
-        let file = MemFile { bytes: bytes.clone(), fail_from: u64::MAX, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) };
-        let mut alone = ChunkReader::new(file, "mem".into(), len, ALIGN, CHUNK);
+        let mut alone = MemFile::reader(&bytes, ALIGN, CHUNK);
         alone.serve_scan(ALIGN as u64);
         scan(&bytes, &starts, &mut alone);
         let read = alone.file().read.load(Ordering::Relaxed);
@@ -670,8 +682,7 @@ mod tests {
     /// look at the next block boundary; returns the bytes it read.
     fn scan_headers_only(bytes: &[u8], starts: &[u64]) -> u64 {
         let len = bytes.len() as u64;
-        let file = MemFile { bytes: bytes.to_vec(), fail_from: u64::MAX, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) };
-        let mut lazy = ChunkReader::new(file, "mem".into(), len, ALIGN, 2 * ALIGN);
+        let mut lazy = MemFile::reader(bytes, ALIGN, 2 * ALIGN);
         lazy.read_randomly();
         lazy.serve_scan(ALIGN as u64);
         for &at in starts {
@@ -727,10 +738,8 @@ mod tests {
     }
 
     fn helper(bytes: &[u8]) -> Helper<MemFile> {
-        let file =
-            Arc::new(MemFile { bytes: bytes.to_vec(), fail_from: u64::MAX, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) });
         let plan = Plan {
-            file,
+            file: Arc::new(MemFile::new(bytes, u64::MAX)),
             from: 0,
             chain: Some(0),
             block: ALIGN as u64,
