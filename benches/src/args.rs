@@ -5,8 +5,8 @@ use std::time::Duration;
 
 /// Usage text printed for `--help` and after a bad argument.
 pub const USAGE: &str = "\
-usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c]
-               [--pipelined [--every K] [--depth D] [--no-checkpoint]]
+usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--no-checkpoint]
+               [--pipelined [--every K] [--depth D]]
                [--dir DIR] [--page-cache-check [--bytes B]]
 
   --threads T         appending threads for nodedb-wal, fsync-per-append, okaywal, sqlite (16)
@@ -23,10 +23,13 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c]
                       durable (it waits on the oldest before appending more)
   --every K           records per group in pipelined mode (256)
   --depth D           groups in flight in pipelined mode (4)
-  --no-checkpoint     the pipelined appender never truncates its log. By default it runs as a
-                      database that checkpoints: before timing it writes and truncates three
-                      segments (so truncated files are kept for reuse, the steady state), and
-                      while timed it truncates below what is durable whenever a segment is sealed
+  --no-checkpoint     nodedb-wal never truncates its log, which grows into blocks never written
+                      before. By default it runs as a database that checkpoints, the state
+                      okaywal's defaults keep it in (a checkpoint every 768 KiB, files reused):
+                      before timing it writes and truncates three segments and goes on into one
+                      that reuses a truncated file, and while timed it truncates below what is
+                      durable whenever a segment is sealed (a checkpointer thread beside the
+                      appenders; the pipelined appender does it itself)
   --commit-window-us W  nodedb-wal waits W us after a sync is wanted before sealing a batch,
                       so more appenders join it (SegmentedWalConfig::commit_window; off)
   --dir DIR           where the logs go; a temporary directory is made inside it (.)
@@ -58,7 +61,7 @@ pub struct Args {
     pub every: u64,
     /// Groups not yet durable that the pipelined appender allows.
     pub depth: usize,
-    /// The pipelined appender truncates behind itself, as a checkpointing database would.
+    /// nodedb-wal truncates behind its appenders, as a checkpointing database would.
     pub checkpoint: bool,
     /// nodedb-wal's commit window, if any.
     pub commit_window: Option<std::time::Duration>,

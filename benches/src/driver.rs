@@ -22,8 +22,8 @@ pub struct Params {
     pub every: u64,
     /// Groups of `every` records not yet durable that the pipelined appender allows.
     pub depth: usize,
-    /// The pipelined appender truncates behind itself (after a warm-up that leaves truncated
-    /// segment files to reuse), as a checkpointing database would.
+    /// nodedb-wal truncates behind its appenders (after a warm-up that leaves it appending into
+    /// a reused segment file, with more kept for reuse), as a checkpointing database would.
     pub checkpoint: bool,
     /// The run's temporary directory; each system makes its own directory inside.
     pub dir: PathBuf,

@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nodedb_wal::{FsStorage, IoBackend, KeyRing, Lsn, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, WalError};
 
@@ -61,12 +63,17 @@ pub fn group_commit_backend(params: &Params, backend: IoBackend) -> io::Result<R
 fn group_commit_on(params: &Params, storage: FsStorage, name: &str, key_ring: Option<Arc<KeyRing>>) -> io::Result<Report> {
     let (wal, _dir) = open_fresh_on(params, storage, key_ring)?;
     let payload = payload(params.size);
+    if params.checkpoint {
+        warm_up(&wal, &payload)?;
+    }
     let (wal_ref, payload) = (&wal, &payload);
     let before = wal.stats();
-    let timed = run_for(params.threads, params.duration, params.device, move |_| {
-        Ok(move || {
-            wal_ref.append_durable(Record::new(BENCH_TYPE, payload)).map_err(to_io)?;
-            Ok(1)
+    let timed = with_checkpointer(&wal, params.checkpoint, || {
+        run_for(params.threads, params.duration, params.device, move |_| {
+            Ok(move || {
+                wal_ref.append_durable(Record::new(BENCH_TYPE, payload)).map_err(to_io)?;
+                Ok(1)
+            })
         })
     })?;
     let stats = wal.stats().since(&before);
@@ -79,7 +86,11 @@ fn group_commit_on(params: &Params, storage: FsStorage, name: &str, key_ring: Op
         fsyncs: Some(stats.fsyncs),
         wal_bytes: Some(stats.bytes_written),
         latency_of: "one append_durable call",
-        note: "append_durable from every thread; group commit",
+        note: if params.checkpoint {
+            "append_durable from every thread; group commit; truncated behind by a checkpointer, files reused"
+        } else {
+            "append_durable from every thread; group commit; never truncated (--no-checkpoint)"
+        },
     })
 }
 
@@ -89,15 +100,20 @@ fn group_commit_on(params: &Params, storage: FsStorage, name: &str, key_ring: Op
 pub fn fsync_per_append(params: &Params) -> io::Result<Report> {
     let (wal, _dir) = open_fresh(params)?;
     let payload = payload(params.size);
+    if params.checkpoint {
+        warm_up(&wal, &payload)?;
+    }
     let one_at_a_time = Mutex::new(());
     let (wal_ref, payload, one_at_a_time) = (&wal, &payload, &one_at_a_time);
     let before = wal.stats();
-    let timed = run_for(params.threads, params.duration, params.device, move |_| {
-        Ok(move || {
-            let _turn = one_at_a_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let lsn = wal_ref.append(Record::new(BENCH_TYPE, payload)).map_err(to_io)?;
-            wal_ref.wait_durable(lsn).map_err(to_io)?;
-            Ok(1)
+    let timed = with_checkpointer(&wal, params.checkpoint, || {
+        run_for(params.threads, params.duration, params.device, move |_| {
+            Ok(move || {
+                let _turn = one_at_a_time.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let lsn = wal_ref.append(Record::new(BENCH_TYPE, payload)).map_err(to_io)?;
+                wal_ref.wait_durable(lsn).map_err(to_io)?;
+                Ok(1)
+            })
         })
     })?;
     let stats = wal.stats().since(&before);
@@ -110,7 +126,11 @@ pub fn fsync_per_append(params: &Params) -> io::Result<Report> {
         fsyncs: Some(stats.fsyncs),
         wal_bytes: Some(stats.bytes_written),
         latency_of: "one append + wait_durable, including the wait for the global mutex",
-        note: "nodedb-wal with a global mutex around append+wait_durable: one fdatasync per record",
+        note: if params.checkpoint {
+            "nodedb-wal with a global mutex around append+wait_durable: one fdatasync per record; checkpointing"
+        } else {
+            "nodedb-wal with a global mutex around append+wait_durable: one fdatasync per record; never truncated"
+        },
     })
 }
 
@@ -123,16 +143,54 @@ pub fn append_many(wal: &SegmentedWal, payload: &[u8], count: u64) -> io::Result
     Ok(last)
 }
 
-/// Untimed: writes three segments' worth and truncates them, so that the log starts timing
-/// in a checkpointing database's steady state, with truncated segment files kept for reuse.
+/// Untimed: writes three segments' worth and truncates them (their files are kept for reuse),
+/// then goes on into the next segment, which reuses one of them, and truncates again. The log
+/// then starts timing as a checkpointing database keeps it: appending into a reused file, with
+/// truncated files waiting for the next segments. (Stopping after the first truncation left the
+/// timed run in the fresh remainder of the fourth segment.)
 fn warm_up(wal: &SegmentedWal, payload: &[u8]) -> io::Result<()> {
-    while wal.segments().len() < 4 {
-        let last = append_many(wal, payload, 256)?;
-        wal.request_sync(last).map_err(to_io)?;
+    let fill_until = |done: &dyn Fn(&SegmentedWal) -> bool| -> io::Result<()> {
+        while !done(wal) {
+            let last = append_many(wal, payload, 256)?;
+            wal.request_sync(last).map_err(to_io)?;
+        }
+        let durable = wal.sync().map_err(to_io)?;
+        wal.truncate_before(durable.next()).map_err(to_io)?;
+        Ok(())
+    };
+    fill_until(&|wal| wal.segments().len() >= 4)?;
+    let newest = |wal: &SegmentedWal| wal.segments().last().map(|s| s.id);
+    let before = newest(wal);
+    fill_until(&|wal| newest(wal) != before)
+}
+
+/// Runs `body` with a checkpointer beside it when `on`, as a database runs one: every few
+/// milliseconds it truncates the log below what is durable once a segment is sealed, so that
+/// truncated segment files are kept and reused. okaywal's side checkpoints as it goes too (its
+/// defaults start a checkpoint every 768 KiB and reuse the checkpointed 1 MiB files), so both
+/// logs are compared in the state a long-running database keeps them in.
+fn with_checkpointer<R>(wal: &SegmentedWal, on: bool, body: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+    if !on {
+        return body();
     }
-    let durable = wal.sync().map_err(to_io)?;
-    wal.truncate_before(durable.next()).map_err(to_io)?;
-    Ok(())
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let checkpointer = scope.spawn(|| -> io::Result<()> {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                if wal.segments().len() > 1 {
+                    wal.truncate_before(wal.durable_lsn().next()).map_err(to_io)?;
+                }
+            }
+            Ok(())
+        });
+        let result = body();
+        stop.store(true, Ordering::Relaxed);
+        let checkpointed = checkpointer.join().expect("the checkpointer thread panicked");
+        let output = result?;
+        checkpointed?;
+        Ok(output)
+    })
 }
 
 /// One thread appends groups of `every` records without waiting (one `append` each, or one
