@@ -60,7 +60,8 @@ impl FsStorage {
     }
 
     /// io_uring where the kernel allows it (and the `io-uring` feature is on): the write and the
-    /// fdatasync as linked entries of one system call. Where io_uring is refused (ENOSYS,
+    /// fdatasync as linked entries of one system call, through a ring the file sets up at its
+    /// first durable write. Where io_uring is refused (ENOSYS,
     /// EPERM under seccomp, `kernel.io_uring_disabled`), pwrite + fdatasync; the choice is
     /// logged and reported by [`FsStorage::backend`].
     #[must_use]
@@ -135,7 +136,7 @@ impl Storage for FsStorage {
             flags |= OFlags::DIRECT;
         }
         let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644))?;
-        FsFile::new(fd, self.backend)
+        Ok(FsFile::new(fd, self.backend))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -157,23 +158,42 @@ impl Storage for FsStorage {
 #[derive(Debug)]
 pub struct FsFile {
     fd: OwnedFd,
+    /// Whether durable writes go through io_uring.
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
-    ring: Option<std::sync::Mutex<super::uring::Ring>>,
+    uring: bool,
+    /// The file's ring, set up by its first durable write: most files (readers, indexes) never
+    /// make one, and a ring costs a descriptor and locked memory.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    ring: std::sync::OnceLock<Option<std::sync::Mutex<super::uring::Ring>>>,
 }
 
 impl FsFile {
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
-    fn new(fd: OwnedFd, backend: IoBackend) -> io::Result<FsFile> {
-        let ring = match backend {
-            IoBackend::IoUring => Some(std::sync::Mutex::new(super::uring::Ring::new()?)),
-            IoBackend::Pwrite => None,
-        };
-        Ok(FsFile { fd, ring })
+    fn new(fd: OwnedFd, backend: IoBackend) -> FsFile {
+        FsFile { fd, uring: backend == IoBackend::IoUring, ring: std::sync::OnceLock::new() }
     }
 
     #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
-    fn new(fd: OwnedFd, _backend: IoBackend) -> io::Result<FsFile> {
-        Ok(FsFile { fd })
+    fn new(fd: OwnedFd, _backend: IoBackend) -> FsFile {
+        FsFile { fd }
+    }
+
+    /// The file's ring, if it writes through io_uring and one could be set up. Where the kernel
+    /// refuses a ring for this file (out of locked memory on an older kernel, say), the file
+    /// writes with pwrite + fdatasync: nothing was written yet, so nothing is retried.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    fn ring(&self) -> Option<&std::sync::Mutex<super::uring::Ring>> {
+        if !self.uring {
+            return None;
+        }
+        let ring = self.ring.get_or_init(|| match super::uring::Ring::new() {
+            Ok(ring) => Some(std::sync::Mutex::new(ring)),
+            Err(err) => {
+                tracing::warn!(%err, "cannot set up an io_uring for a file; it writes with pwrite + fdatasync");
+                None
+            }
+        });
+        ring.as_ref()
     }
 }
 
@@ -216,7 +236,7 @@ impl StorageFile for FsFile {
 
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
-        match &self.ring {
+        match self.ring() {
             Some(ring) => ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_and_sync(&self.fd, buf, offset),
             None => {
                 self.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;

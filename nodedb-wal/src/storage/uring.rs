@@ -46,6 +46,13 @@ impl Ring {
 
     /// Writes all of `buf` at `offset`, then fdatasyncs, as linked entries. Short writes are
     /// completed; every completion's result is checked. A failed sync is returned, not retried.
+    ///
+    /// Not one `RWF_DSYNC` write instead, though that was ~1.2x faster at 16 threads: callers
+    /// rely on the sync covering everything written to the file before (a new segment's
+    /// header, zero-fill ahead), and `RWF_DSYNC` promises only the bytes of its own write. On a
+    /// buffered file it syncs just that range (the file-system shutdown test lost a segment
+    /// header that way), and on a device with FUA a pure overwrite may be forced to media
+    /// alone, leaving earlier writes in the device's cache.
     pub fn write_and_sync(&mut self, fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> Result<(), (IoOp, io::Error)> {
         loop {
             let (written, sync) = self.submit_pair(fd, buf, offset).map_err(|e| (IoOp::Write, e))?;
@@ -120,4 +127,43 @@ impl Ring {
 
 fn libc_eintr() -> i32 {
     rustix::io::Errno::INTR.raw_os_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use super::*;
+
+    fn open(path: &std::path::Path, write: bool) -> OwnedFd {
+        let file = std::fs::OpenOptions::new().read(true).write(write).create(write).truncate(false).open(path).unwrap();
+        OwnedFd::from(file)
+    }
+
+    #[test]
+    fn a_durable_write_lands_at_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let fd = open(&path, true);
+        let Ok(mut ring) = Ring::new() else { return }; // io_uring refused here: nothing to test
+        ring.write_and_sync(&fd, b"hello", 3).unwrap();
+        ring.write_and_sync(&fd, b"abc", 0).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abchello");
+    }
+
+    #[test]
+    fn a_failed_write_is_returned_as_a_write_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        drop(open(&path, true));
+        let read_only = open(&path, false);
+        let Ok(mut ring) = Ring::new() else { return };
+        let (op, err) = ring.write_and_sync(&read_only, b"x", 0).unwrap_err();
+        assert_eq!(op, IoOp::Write);
+        assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::BADF.raw_os_error()));
+        // The ring is still usable afterwards: the failure came back in a completion.
+        let fd = open(&path, true);
+        ring.write_and_sync(&fd, b"y", 0).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"y");
+    }
 }
