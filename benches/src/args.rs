@@ -17,7 +17,8 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--no-ch
                       (also: nodedb-wal-encrypted; nodedb-wal-pwrite, nodedb-wal-uring: each
                       I/O backend)
                       (with --pipelined: raw-bandwidth,nodedb-wal,nodedb-wal-batch: the
-                      same appender, each group appended with one append_batch call)
+                      same appender, each group appended with one append_batch call;
+                      also nodedb-wal-pwrite, nodedb-wal-uring: the appender on each backend)
   --pipelined         nodedb-wal runs one thread that appends groups of K records without
                       waiting, asks for a sync after each, and keeps at most D groups not yet
                       durable (it waits on the oldest before appending more)

@@ -16,6 +16,8 @@ pub fn run(name: &str, params: &Params, pipelined: bool) -> io::Result<Report> {
     match name {
         "nodedb-wal" if pipelined => nodedb::pipelined(params, false),
         "nodedb-wal-batch" if pipelined => nodedb::pipelined(params, true),
+        "nodedb-wal-pwrite" if pipelined => nodedb::pipelined_backend(params, nodedb_wal::IoBackend::Pwrite),
+        "nodedb-wal-uring" if pipelined => nodedb::pipelined_backend(params, nodedb_wal::IoBackend::IoUring),
         "nodedb-wal-batch" => Err(io::Error::new(io::ErrorKind::InvalidInput, "nodedb-wal-batch runs with --pipelined only")),
         "nodedb-wal" => nodedb::group_commit(params),
         "nodedb-wal-encrypted" => nodedb::group_commit_encrypted(params),

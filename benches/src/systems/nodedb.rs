@@ -48,16 +48,23 @@ pub fn group_commit_encrypted(params: &Params) -> io::Result<Report> {
     group_commit_on(params, FsStorage::new(), "nodedb-wal-encrypted", Some(ring))
 }
 
-/// [`group_commit`] on a named I/O backend: `nodedb-wal-pwrite` or `nodedb-wal-uring`.
-pub fn group_commit_backend(params: &Params, backend: IoBackend) -> io::Result<Report> {
+/// Storage on `backend` and the backend's name, or an error where the kernel refuses io_uring.
+fn backend_storage(backend: IoBackend) -> io::Result<(FsStorage, &'static str)> {
     let (storage, name) = match backend {
-        IoBackend::IoUring => (FsStorage::io_uring(), "nodedb-wal-uring"),
-        IoBackend::Pwrite => (FsStorage::pwrite_only(), "nodedb-wal-pwrite"),
+        IoBackend::IoUring => (FsStorage::io_uring(), "uring"),
+        IoBackend::Pwrite => (FsStorage::pwrite_only(), "pwrite"),
     };
     if storage.backend() != backend {
-        return Err(io::Error::other(format!("{name}: the kernel refused io_uring")));
+        return Err(io::Error::other("the kernel refused io_uring"));
     }
-    group_commit_on(params, storage, name, None)
+    Ok((storage, name))
+}
+
+/// [`group_commit`] on a named I/O backend: `nodedb-wal-pwrite` or `nodedb-wal-uring`.
+pub fn group_commit_backend(params: &Params, backend: IoBackend) -> io::Result<Report> {
+    let (storage, name) = backend_storage(backend)?;
+    let system = format!("nodedb-wal-{name}");
+    group_commit_on(params, storage, &system, None)
 }
 
 fn group_commit_on(params: &Params, storage: FsStorage, name: &str, key_ring: Option<Arc<KeyRing>>) -> io::Result<Report> {
@@ -199,7 +206,19 @@ fn with_checkpointer<R>(wal: &SegmentedWal, on: bool, body: impl FnOnce() -> io:
 /// sync ran while the later groups were appended. Only records whose `wait_durable` returned
 /// are counted.
 pub fn pipelined(params: &Params, batched: bool) -> io::Result<Report> {
-    let (wal, _dir) = open_fresh(params)?;
+    let system = if batched { "nodedb-wal-pipelined-batch" } else { "nodedb-wal-pipelined" };
+    pipelined_on(params, batched, FsStorage::new(), system.into())
+}
+
+/// [`pipelined`] (one `append` per record) on a named I/O backend:
+/// `nodedb-wal-pipelined-pwrite` or `nodedb-wal-pipelined-uring`.
+pub fn pipelined_backend(params: &Params, backend: IoBackend) -> io::Result<Report> {
+    let (storage, name) = backend_storage(backend)?;
+    pipelined_on(params, false, storage, format!("nodedb-wal-pipelined-{name}"))
+}
+
+fn pipelined_on(params: &Params, batched: bool, storage: FsStorage, system: String) -> io::Result<Report> {
+    let (wal, _dir) = open_fresh_on(params, storage, None)?;
     let payload = payload(params.size);
     let (wal_ref, payload, every, depth) = (&wal, &payload, params.every, params.depth.max(1));
     let checkpoint = params.checkpoint;
@@ -228,7 +247,7 @@ pub fn pipelined(params: &Params, batched: bool) -> io::Result<Report> {
     let stats = wal.stats().since(&before);
     wal.close().map_err(to_io)?;
     Ok(Report {
-        system: if batched { "nodedb-wal-pipelined-batch" } else { "nodedb-wal-pipelined" }.into(),
+        system,
         threads: 1,
         size_bytes: params.size,
         timed,
