@@ -71,7 +71,8 @@ impl FsStorage {
         FsStorage { backend }
     }
 
-    /// The backend files opened by this storage use.
+    /// The backend files opened by this storage use. (On io_uring, a file whose own ring cannot
+    /// be set up at its first durable write uses pwrite + fdatasync instead, with a warning.)
     #[must_use]
     pub fn backend(&self) -> IoBackend {
         self.backend
