@@ -159,11 +159,9 @@ impl Storage for FsStorage {
 #[derive(Debug)]
 pub struct FsFile {
     fd: OwnedFd,
-    /// Whether durable writes go through io_uring.
-    #[cfg(all(target_os = "linux", feature = "io-uring"))]
-    uring: bool,
     /// The file's ring, set up by its first durable write: most files (readers, indexes) never
-    /// make one, and a ring costs a descriptor and locked memory.
+    /// make one, and a ring costs a descriptor and locked memory. On the pwrite backend it is
+    /// set, to none, from the start.
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     ring: std::sync::OnceLock<Option<std::sync::Mutex<super::uring::Ring>>>,
 }
@@ -171,7 +169,11 @@ pub struct FsFile {
 impl FsFile {
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     fn new(fd: OwnedFd, backend: IoBackend) -> FsFile {
-        FsFile { fd, uring: backend == IoBackend::IoUring, ring: std::sync::OnceLock::new() }
+        let ring = match backend {
+            IoBackend::IoUring => std::sync::OnceLock::new(),
+            IoBackend::Pwrite => std::sync::OnceLock::from(None),
+        };
+        FsFile { fd, ring }
     }
 
     #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
@@ -184,9 +186,6 @@ impl FsFile {
     /// writes with pwrite + fdatasync: nothing was written yet, so nothing is retried.
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     fn ring(&self) -> Option<&std::sync::Mutex<super::uring::Ring>> {
-        if !self.uring {
-            return None;
-        }
         let ring = self.ring.get_or_init(|| match super::uring::Ring::new() {
             Ok(ring) => Some(std::sync::Mutex::new(ring)),
             Err(err) => {
