@@ -384,6 +384,12 @@ fn spare_core() -> bool {
 /// jumping off the helper's path (an evidence scan, say) is better off alone.
 const MAX_HELPERS: u8 = 4;
 
+/// The largest folio the page cache puts a file's bytes in (a huge page on x86-64); folios sit
+/// at multiples of their size. Larger reads bring larger folios: found when the read-ahead
+/// windows grew from 256 KiB to 896 KiB and a replay left a third of a segment it had read
+/// from the disk in the page cache, one folio at each place it had stopped dropping.
+const LARGEST_FOLIO: u64 = 2 << 20;
+
 /// What a reader read through the page cache and has not dropped from it yet: `[from, to)`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct DropBehind(Option<(u64, u64)>);
@@ -411,7 +417,9 @@ impl DropBehind {
             self.0 = None;
         }
         if let Some((from, to)) = self.0 {
-            let upto = to.min(start.saturating_sub(RELEASE_STEP));
+            // Dropped up to a boundary no page-cache folio crosses: the kernel drops only whole
+            // folios, and one across the boundary would be outside both this drop and the next.
+            let upto = to.min(start.saturating_sub(RELEASE_STEP)) & !(LARGEST_FOLIO - 1);
             if upto >= from + RELEASE_STEP {
                 file.advise(Advice::DontNeed, from, upto - from);
                 self.0 = (upto < to).then_some((upto, to));
