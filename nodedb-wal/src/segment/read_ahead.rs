@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::format::frame::{HEADER_LEN, RecordHeader, checksum_matches};
 use crate::format::layout::round_up;
 use crate::segment::reader::DropBehind;
-use crate::segment::spare::SpareBuf;
+use crate::segment::spare::{self, SpareBuf};
 use crate::storage::StorageFile;
 
 /// Room in front of each window for the end of the window before.
@@ -50,10 +50,13 @@ pub const HEADROOM: usize = 128 << 10;
 /// boundary goes back to the frame it was on.
 pub const LOOK_BACK: u64 = (HEADROOM / 2) as u64;
 
-/// Bytes the helper reads at a time. Windows of 1 MiB replayed ~20% slower from the page
-/// cache (BENCHMARKS.md), presumably because a 256 KiB window with its headroom fits a core's
-/// L2 cache and a 1 MiB one does not; 128 KiB was no faster.
-pub const CHUNK: usize = 256 << 10;
+/// Bytes the helper reads at a time: as many as fit, with the headroom, in the largest buffer
+/// the spare pool keeps (1 MiB). Larger reads copy out of the page cache faster per byte: a
+/// warm 1 KiB replay took 29-30 ms with 896 KiB windows, 31-32 with 640, 35 with 384 and 39
+/// with 256 (views, alternated builds, BENCHMARKS.md). A window one byte larger would not go
+/// back to the pool and would cost fresh, zeroed pages every time: that, not the size, is what
+/// once made 1 MiB windows look ~20% slower than 256 KiB ones.
+pub const CHUNK: usize = spare::MAX_LEN - HEADROOM;
 
 /// The least a segment must hold past the reader's start to be worth a thread.
 pub const MIN_BYTES: u64 = 1 << 20;

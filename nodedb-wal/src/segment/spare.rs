@@ -20,8 +20,8 @@ use crate::storage::AlignedBuf;
 /// Buffers kept at most (a few readers' worth).
 const MAX_KEPT: usize = 8;
 
-/// The largest buffer kept: a reader's chunk.
-const MAX_LEN: usize = 1 << 20;
+/// The largest buffer kept: a reader's chunk, or a read-ahead window with its headroom.
+pub(crate) const MAX_LEN: usize = 1 << 20;
 
 static SPARE: Pool = Pool(Mutex::new(Vec::new()));
 
