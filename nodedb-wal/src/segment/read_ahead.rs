@@ -53,9 +53,9 @@ pub const LOOK_BACK: u64 = (HEADROOM / 2) as u64;
 /// Bytes the helper reads at a time: as many as fit, with the headroom, in the largest buffer
 /// the spare pool keeps (1 MiB). Larger reads copy out of the page cache faster per byte: a
 /// warm 1 KiB replay took 29-30 ms with 896 KiB windows, 31-32 with 640, 35 with 384 and 39
-/// with 256 (views, alternated builds, BENCHMARKS.md). A window one byte larger would not go
-/// back to the pool and would cost fresh, zeroed pages every time: that, not the size, is what
-/// once made 1 MiB windows look ~20% slower than 256 KiB ones.
+/// with 256 (views, one build per size, BENCHMARKS.md). A window one byte larger would not go
+/// back to the pool and would cost fresh, zeroed pages every time. 1 MiB windows, which once
+/// measured ~20% slower than 256 KiB ones, needed 1.125 MiB with their headroom then too.
 pub const CHUNK: usize = spare::MAX_LEN - HEADROOM;
 
 /// The least a segment must hold past the reader's start to be worth a thread.
