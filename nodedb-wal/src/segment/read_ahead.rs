@@ -449,7 +449,7 @@ mod tests {
 
     use super::*;
     use crate::error::{IoOp, WalError};
-    use crate::segment::reader::ChunkReader;
+    use crate::segment::reader::{ChunkReader, LARGEST_FOLIO};
 
     /// A file in memory whose reads fail from `fail_from` on, counting the bytes read (and
     /// those read by a helper).
@@ -458,12 +458,20 @@ mod tests {
         fail_from: u64,
         read: AtomicU64,
         read_by_helper: AtomicU64,
+        /// The ranges the file was told to drop from the page cache.
+        dropped: std::sync::Mutex<Vec<(u64, u64)>>,
     }
 
     impl MemFile {
         /// `bytes` in memory, whose reads fail from `fail_from` on.
         fn new(bytes: &[u8], fail_from: u64) -> MemFile {
-            MemFile { bytes: bytes.to_vec(), fail_from, read: AtomicU64::new(0), read_by_helper: AtomicU64::new(0) }
+            MemFile {
+                bytes: bytes.to_vec(),
+                fail_from,
+                read: AtomicU64::new(0),
+                read_by_helper: AtomicU64::new(0),
+                dropped: Default::default(),
+            }
         }
 
         /// A reader of the file, reading `chunk` bytes at a time in units of `align`.
@@ -497,6 +505,11 @@ mod tests {
         }
         fn len(&self) -> io::Result<u64> {
             Ok(self.bytes.len() as u64)
+        }
+        fn advise(&self, advice: crate::storage::Advice, offset: u64, len: u64) {
+            if matches!(advice, crate::storage::Advice::DontNeed) {
+                self.dropped.lock().unwrap().push((offset, offset + len));
+            }
         }
     }
 
@@ -814,5 +827,30 @@ mod tests {
             patience.spin(|| Some(()));
         }
         assert_eq!(patience.budget, SPIN_FOR, "and it grows back to the cap, no further");
+    }
+
+    #[test]
+    fn drop_behind_covers_every_byte_read_once_in_steps_that_end_where_no_folio_crosses() {
+        let file = MemFile::new(&[], u64::MAX);
+        let len = 32 << 20;
+        let mut behind = DropBehind::default();
+        // Reads of the helper's size, whose ends fall inside 2 MiB folios.
+        let mut at = 0;
+        while at < len {
+            let end = (at + super::CHUNK as u64).min(len);
+            behind.note(&file, at, end, len);
+            at = end;
+        }
+        let ranges = file.dropped.into_inner().unwrap();
+        assert!(ranges.len() > 2, "dropped in steps behind the reads: {ranges:?}");
+        let mut covered = 0;
+        for (i, &(from, to)) in ranges.iter().enumerate() {
+            assert_eq!(from, covered, "no gap and no byte twice: {ranges:?}");
+            if i + 1 < ranges.len() {
+                assert_eq!(to % LARGEST_FOLIO, 0, "step {i} ends inside a folio: {ranges:?}");
+            }
+            covered = to;
+        }
+        assert_eq!(covered, len, "all of it by the end of the file");
     }
 }

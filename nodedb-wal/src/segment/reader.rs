@@ -388,7 +388,7 @@ const MAX_HELPERS: u8 = 4;
 /// at multiples of their size. Larger reads bring larger folios: found when the read-ahead
 /// windows grew from 256 KiB to 896 KiB and a replay left a third of a segment it had read
 /// from the disk in the page cache, one folio at each place it had stopped dropping.
-const LARGEST_FOLIO: u64 = 2 << 20;
+pub(crate) const LARGEST_FOLIO: u64 = 2 << 20;
 
 /// What a reader read through the page cache and has not dropped from it yet: `[from, to)`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -425,66 +425,5 @@ impl DropBehind {
                 self.0 = (upto < to).then_some((upto, to));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-
-    /// A file of `len` bytes that only notes the ranges it is told to drop.
-    struct Dropped {
-        len: u64,
-        ranges: Mutex<Vec<(u64, u64)>>,
-    }
-
-    impl StorageFile for Dropped {
-        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<usize> {
-            Ok(0)
-        }
-        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-            Err(io::ErrorKind::PermissionDenied.into())
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            Ok(())
-        }
-        fn set_len(&self, _: u64) -> io::Result<()> {
-            Err(io::ErrorKind::PermissionDenied.into())
-        }
-        fn len(&self) -> io::Result<u64> {
-            Ok(self.len)
-        }
-        fn advise(&self, advice: Advice, offset: u64, len: u64) {
-            if matches!(advice, Advice::DontNeed) {
-                self.ranges.lock().unwrap().push((offset, offset + len));
-            }
-        }
-    }
-
-    #[test]
-    fn drop_behind_covers_every_byte_read_once_in_steps_that_end_where_no_folio_crosses() {
-        let file = Dropped { len: 32 << 20, ranges: Mutex::new(Vec::new()) };
-        let mut behind = DropBehind::default();
-        // Reads of the read-ahead helper's size, whose ends fall inside 2 MiB folios.
-        let step = read_ahead::CHUNK as u64;
-        let mut at = 0;
-        while at < file.len {
-            let end = (at + step).min(file.len);
-            behind.note(&file, at, end, file.len);
-            at = end;
-        }
-        let ranges = file.ranges.into_inner().unwrap();
-        assert!(ranges.len() > 2, "dropped in steps behind the reads: {ranges:?}");
-        let mut covered = 0;
-        for (i, &(from, to)) in ranges.iter().enumerate() {
-            assert_eq!(from, covered, "no gap and no byte twice: {ranges:?}");
-            if i + 1 < ranges.len() {
-                assert_eq!(to % LARGEST_FOLIO, 0, "step {i} ends inside a folio: {ranges:?}");
-            }
-            covered = to;
-        }
-        assert_eq!(covered, file.len, "all of it by the end of the file");
     }
 }
