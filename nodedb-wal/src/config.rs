@@ -134,7 +134,7 @@ impl SegmentedWalConfig {
         if self.segment_bytes_target < 4 * self.alignment as u64 {
             return bad("segment_bytes_target must hold at least four blocks");
         }
-        if self.zero_fill_bytes % self.alignment != 0 {
+        if !self.zero_fill_bytes.is_multiple_of(self.alignment) {
             return bad("zero_fill_bytes must be a multiple of the alignment");
         }
         if self.payload_bytes_max == 0 || self.payload_bytes_max > (u32::MAX as usize) / 2 {

@@ -46,7 +46,7 @@ fn fixture_config(dir: &Path) -> SegmentedWalConfig {
 
 /// The payload of LSN `lsn`: text of varying length, and now and then nothing at all.
 fn fixture_payload(lsn: u64) -> Vec<u8> {
-    if lsn % 17 == 0 {
+    if lsn.is_multiple_of(17) {
         return Vec::new();
     }
     let text = format!("nodedb-wal v1 fixture, record {lsn}; ");

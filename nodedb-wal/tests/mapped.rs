@@ -202,7 +202,7 @@ fn a_cold_headers_only_scan_finds_every_header_and_the_payloads_asked_for() {
         while let Some(handle) = lazy.next_header().unwrap() {
             seen += 1;
             assert_eq!(handle.lsn, Lsn(seen));
-            if seen % 10 == 0 {
+            if seen.is_multiple_of(10) {
                 assert_eq!(lazy.payload().unwrap(), vec![seen as u8; sizes(seen)], "payload of {seen}, indexed: {indexed}");
             }
         }

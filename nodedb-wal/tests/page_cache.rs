@@ -41,7 +41,7 @@ fn check_replay(may_stay: u64, replay: impl Fn(&SegmentedWal) -> usize) {
     let payload = vec![0x5A; 4096];
     while wal.segments().len() < 3 {
         let lsn = wal.append(Record::new(RecordType::optional(0x100), &payload)).unwrap();
-        if lsn.0 % 256 == 0 {
+        if lsn.0.is_multiple_of(256) {
             wal.wait_durable(lsn).unwrap();
         }
     }

@@ -34,7 +34,7 @@ fn main() {
             let dir = crate_dir.join("artifacts").join(&name);
             std::fs::create_dir_all(&dir).expect("artifacts dir");
             std::fs::write(dir.join(format!("crash-{runs}")), &input).expect("write artifact");
-        } else if pool.len() < 4096 && state % 64 == 0 {
+        } else if pool.len() < 4096 && state.is_multiple_of(64) {
             pool.push(input);
         }
     }

@@ -141,10 +141,10 @@ impl DwbConfig {
         if !self.block_len.is_power_of_two() || !(512..=1 << 20).contains(&self.block_len) {
             return bad("dwb block_len must be a power of two from 512 to 1 MiB");
         }
-        if self.batch_bytes_max % self.block_len != 0 || self.batch_bytes_max == 0 {
+        if !self.batch_bytes_max.is_multiple_of(self.block_len) || self.batch_bytes_max == 0 {
             return bad("dwb batch_bytes_max must be a non-zero multiple of block_len");
         }
-        if self.ring_bytes % self.block_len as u64 != 0 || self.ring_bytes < self.batch_bytes_max as u64 {
+        if !self.ring_bytes.is_multiple_of(self.block_len as u64) || self.ring_bytes < self.batch_bytes_max as u64 {
             return bad("dwb ring_bytes must be a multiple of block_len and hold at least one batch");
         }
         if self.ring_bytes > 1 << 30 {

@@ -334,10 +334,10 @@ impl<S: Storage> DoubleWriteBuffer<S> {
             self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
             self.storage.sync_dir(&dir).map_err(|e| WalError::io(IoOp::SyncDir, &dir, e))?;
             inner.buffer = Buffer::Absent;
-        } else if !ring.formatted() {
-            if let Err((op, err)) = ring.format(false) {
-                self.degrade(inner, op, &err);
-            }
+        } else if !ring.formatted()
+            && let Err((op, err)) = ring.format(false)
+        {
+            self.degrade(inner, op, &err);
         }
         if let Buffer::Ready(ring) = &mut inner.buffer {
             ring.resume_after(newest_end);

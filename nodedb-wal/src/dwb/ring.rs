@@ -176,7 +176,7 @@ impl<F: StorageFile> Ring<F> {
 
     /// Writes one batch (a multiple of the block length) and syncs it. Returns its offset.
     pub(super) fn write_batch(&mut self, batch: &[u8]) -> Result<u64, (IoOp, io::Error)> {
-        assert!(batch.len() % self.block_len == 0 && batch.len() as u64 <= self.ring_bytes, "batch of {} bytes", batch.len());
+        assert!(batch.len().is_multiple_of(self.block_len) && batch.len() as u64 <= self.ring_bytes, "batch of {} bytes", batch.len());
         let len = batch.len() as u64;
         let pos = if self.write_pos + len <= self.ring_end() { self.write_pos } else { self.ring_start() };
         let result = self.file.write_and_sync(batch, pos);

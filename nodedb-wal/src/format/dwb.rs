@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use super::crc::crc32c;
 use super::read_le;
 
 /// Bytes of the file header (at offset 0; the rest of block 0 is zero).
@@ -132,7 +133,7 @@ const PAGE_NO_AT: usize = PAGE_LEN_AT + 4;
 const EPOCH_AT: usize = PAGE_NO_AT + 8;
 const RESERVED2_AT: usize = EPOCH_AT + 4;
 const _: () = assert!(RESERVED2_AT + 4 == SLOT_HEADER_LEN);
-const _: () = assert!(SLOT_HEADER_LEN % SLOT_ALIGN == 0);
+const _: () = assert!(SLOT_HEADER_LEN.is_multiple_of(SLOT_ALIGN));
 
 /// Identifies a page file (a B-tree, columnar or vector-index file) across restarts. The
 /// caller chooses the numbers and maps them to paths; the buffer stores only the number.
@@ -211,7 +212,7 @@ impl FileHeader {
         out[FH_VERSION_AT..FH_RESERVED_AT].copy_from_slice(&self.version.to_le_bytes());
         out[FH_BLOCK_AT..FH_RING_AT].copy_from_slice(&self.block_len.to_le_bytes());
         out[FH_RING_AT..FH_RESERVED2_AT].copy_from_slice(&self.ring_bytes.to_le_bytes());
-        let crc = crc32c::crc32c(&out[FH_MAGIC_AT..]);
+        let crc = crc32c(&out[FH_MAGIC_AT..]);
         out[FH_CRC_AT..FH_MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -226,7 +227,7 @@ impl FileHeader {
         if bytes[FH_MAGIC_AT..FH_VERSION_AT] != FILE_MAGIC {
             return Err(FileHeaderError::BadMagic);
         }
-        if crc32c::crc32c(&bytes[FH_MAGIC_AT..]) != read_le!(u32, bytes, FH_CRC_AT) {
+        if crc32c(&bytes[FH_MAGIC_AT..]) != read_le!(u32, bytes, FH_CRC_AT) {
             return Err(FileHeaderError::Checksum);
         }
         let header = FileHeader {
@@ -244,7 +245,10 @@ impl FileHeader {
     /// Block size a power of two in `512..=1 MiB`; ring a non-zero multiple of it.
     fn geometry_ok(&self) -> bool {
         let block = self.block_len;
-        block.is_power_of_two() && (512..=1 << 20).contains(&block) && self.ring_bytes > 0 && self.ring_bytes % u64::from(block) == 0
+        block.is_power_of_two()
+            && (512..=1 << 20).contains(&block)
+            && self.ring_bytes > 0
+            && self.ring_bytes.is_multiple_of(u64::from(block))
     }
 }
 
@@ -429,7 +433,7 @@ pub fn encode_slot(header: &SlotHeader, image: &[u8], out: &mut [u8]) -> usize {
     header.encode_into(out);
     out[SLOT_HEADER_LEN..end].copy_from_slice(image);
     out[end..len].fill(0);
-    let crc = crc32c::crc32c(&out[MAGIC_AT..end]);
+    let crc = crc32c(&out[MAGIC_AT..end]);
     out[CRC_AT..MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
     len
 }
@@ -457,7 +461,7 @@ pub fn decode_slot(bytes: &[u8]) -> Result<SlotHeader, SlotError> {
     if bytes.len() < end {
         return Err(SlotError::Truncated);
     }
-    if crc32c::crc32c(&bytes[MAGIC_AT..end]) != read_le!(u32, bytes, CRC_AT) {
+    if crc32c(&bytes[MAGIC_AT..end]) != read_le!(u32, bytes, CRC_AT) {
         return Err(SlotError::Checksum);
     }
     Ok(header)

@@ -3,6 +3,7 @@
 //! The CRC32C in the first four bytes covers the rest of the header and the payload (for
 //! padding frames, the header only: their payload is filler that nothing reads).
 
+use super::crc::crc32c;
 use super::read_le;
 use crate::types::{Lsn, RecordType, Scope};
 
@@ -48,7 +49,7 @@ const VSHARD_AT: usize = TENANT_AT + 4;
 const FLAGS_AT: usize = VSHARD_AT + 4;
 const RESERVED_AT: usize = FLAGS_AT + 2;
 const _: () = assert!(RESERVED_AT + 2 == HEADER_LEN);
-const _: () = assert!(HEADER_LEN % 8 == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(8));
 
 /// Header flag: the payload is AES-256-GCM ciphertext followed by its tag.
 ///
@@ -257,7 +258,7 @@ impl RecordHeader {
 #[inline]
 fn checksum(frame: &[u8], record_type: RecordType) -> u32 {
     let covered = if record_type == RecordType::PADDING { &frame[MAGIC_AT..HEADER_LEN] } else { &frame[MAGIC_AT..] };
-    crc32c::crc32c(covered)
+    crc32c(covered)
 }
 
 /// Writes the checksum of a frame whose header and payload are already in `frame`

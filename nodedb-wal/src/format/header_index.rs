@@ -20,6 +20,7 @@
 //! | 32 | 56 × `n` | per record: its frame's offset in the segment (8), then its 48-byte header (as in the frame, checksum field zero) |
 //! | 32 + 56 × `n` | 4 | CRC32C of every byte before it |
 
+use crate::format::crc::crc32c;
 use crate::format::frame::{HEADER_LEN, RecordHeader};
 
 use crate::types::{Lsn, SegmentId};
@@ -166,7 +167,7 @@ impl HeaderIndex {
             header.encode_into(&mut out[at + 8..at + ENTRY_LEN]);
         }
         let crc_at = out.len() - 4;
-        let crc = crc32c::crc32c(&out[..crc_at]);
+        let crc = crc32c(&out[..crc_at]);
         out[crc_at..].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -184,7 +185,7 @@ impl HeaderIndex {
             return None;
         }
         let crc_at = bytes.len() - 4;
-        if crc32c::crc32c(&bytes[..crc_at]).to_le_bytes() != bytes[crc_at..] {
+        if crc32c(&bytes[..crc_at]).to_le_bytes() != bytes[crc_at..] {
             return None;
         }
         let segment = SegmentId(u64::from_le_bytes(bytes[8..16].try_into().ok()?));

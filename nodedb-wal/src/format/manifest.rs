@@ -15,6 +15,7 @@
 //! | 24 | 4 | CRC32C of bytes 0..24, little-endian |
 //! | 28 | 4 | reserved, zero |
 
+use super::crc::crc32c;
 use crate::types::SegmentId;
 
 /// The manifest's file name in the log directory.
@@ -119,7 +120,7 @@ impl ManifestSlot {
         out[4..6].copy_from_slice(&VERSION.to_le_bytes());
         out[8..16].copy_from_slice(&self.sequence.to_le_bytes());
         out[16..24].copy_from_slice(&self.newest.0.to_le_bytes());
-        let crc = crc32c::crc32c(&out[..24]);
+        let crc = crc32c(&out[..24]);
         out[24..28].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -147,7 +148,7 @@ impl ManifestSlot {
             && bytes[4..6] == VERSION.to_le_bytes()
             && bytes[6..8] == [0, 0]
             && bytes[28..32] == [0; 4]
-            && crc32c::crc32c(&bytes[..24]) == crc;
+            && crc32c(&bytes[..24]) == crc;
         intact.then(|| ManifestSlot { sequence: u64_at(8), newest: SegmentId(u64_at(16)) })
     }
 

@@ -3,6 +3,7 @@
 //!
 //! All integers are little-endian. The byte tables live in `docs/FORMAT.md`.
 
+pub mod crc;
 pub mod dwb;
 pub mod frame;
 pub mod header_index;

@@ -628,7 +628,7 @@ impl SimFile {
 
     fn check_alignment(&self, addr: usize, len: usize, offset: u64) -> io::Result<()> {
         let a = self.align;
-        if addr % a != 0 || len % a != 0 || offset % a as u64 != 0 {
+        if !addr.is_multiple_of(a) || !len.is_multiple_of(a) || !offset.is_multiple_of(a as u64) {
             return Err(errno(rustix::io::Errno::INVAL));
         }
         Ok(())

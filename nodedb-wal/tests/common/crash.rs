@@ -70,7 +70,7 @@ fn key_ring(active: bool) -> std::sync::Arc<KeyRing> {
 impl Mode {
     /// The mode of round `round`.
     pub fn of_round(round: u32) -> Mode {
-        Mode { uring: round % 2 == 0, direct: round % 4 < 2, encrypted: round % 8 >= 4 }
+        Mode { uring: round.is_multiple_of(2), direct: round % 4 < 2, encrypted: round % 8 >= 4 }
     }
 
     fn encode(self) -> String {
@@ -123,7 +123,7 @@ impl Origin {
     /// than a batch buffer holds) of a stream seeded by it.
     pub fn payload(self) -> Vec<u8> {
         let h = self.hash();
-        let body = if h % 256 == 0 { 16 * 1024 + (h >> 8) % (24 * 1024) } else { (h >> 8) % 600 } as usize;
+        let body = if h.is_multiple_of(256) { 16 * 1024 + (h >> 8) % (24 * 1024) } else { (h >> 8) % 600 } as usize;
         let mut bytes = Vec::with_capacity(ORIGIN_LEN + body + 8);
         bytes.extend_from_slice(&self.round.to_le_bytes());
         bytes.extend_from_slice(&self.thread.to_le_bytes());
