@@ -330,6 +330,7 @@ impl<S: Storage> Cursor<S> {
     }
 
     /// The readable payload of the record the scan handed out last.
+    #[inline]
     fn open_stepped(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
         let Cursor { scan, cipher, plain, spec, .. } = self;
         let stored = scan.as_mut().expect("open").stepped_payload(offset, header)?;
@@ -338,6 +339,7 @@ impl<S: Storage> Cursor<S> {
 }
 
 /// A stored payload made readable: decrypted and authenticated, unless raw.
+#[inline]
 fn open_payload<'a>(
     decrypt: &Decrypt,
     cipher: Option<&SegmentCipher>,

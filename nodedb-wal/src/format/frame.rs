@@ -233,7 +233,7 @@ impl RecordHeader {
         }
         let bytes = &bytes[..HEADER_LEN];
         if read_le!(u16, bytes, MAGIC_AT) != RECORD_MAGIC {
-            return Err(if bytes.iter().all(|&b| b == 0) { FrameError::Blank } else { FrameError::BadMagic });
+            return Err(no_magic(bytes));
         }
         let flags = read_le!(u16, bytes, FLAGS_AT);
         if flags & !KNOWN_FLAGS != 0 || read_le!(u16, bytes, RESERVED_AT) != 0 {
@@ -253,6 +253,15 @@ impl RecordHeader {
             flags,
         })
     }
+}
+
+/// Why a header without its magic does not decode: blank (never written) or something else.
+/// Out of line, so that [`RecordHeader::decode`] stays small enough to inline into the scan,
+/// where its result then stays in registers.
+#[cold]
+#[inline(never)]
+fn no_magic(header: &[u8]) -> FrameError {
+    if header.iter().all(|&b| b == 0) { FrameError::Blank } else { FrameError::BadMagic }
 }
 
 #[inline]

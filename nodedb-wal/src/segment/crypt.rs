@@ -36,6 +36,7 @@ pub fn open_record(cipher: Option<&SegmentCipher>, segment: SegmentId, header: &
 
 /// Like [`open_record`] without allocating: a plaintext payload is `stored` itself, an
 /// encrypted one is decrypted into `scratch` (reused from record to record).
+#[inline]
 pub fn open_record_in<'a>(
     cipher: Option<&SegmentCipher>,
     segment: SegmentId,
@@ -43,11 +44,27 @@ pub fn open_record_in<'a>(
     stored: &'a [u8],
     scratch: &'a mut Vec<u8>,
 ) -> Result<&'a [u8]> {
+    let encrypted = header.flags & FLAG_ENCRYPTED != 0;
+    match cipher {
+        // The plaintext case, once per record of a plaintext replay: kept small to inline.
+        None if !encrypted => Ok(stored),
+        None => Err(WalError::AuthenticationFailed { segment, lsn: header.lsn }),
+        Some(cipher) => decrypt_record_in(cipher, segment, header, stored, scratch),
+    }
+}
+
+/// [`open_record_in`] for a segment with a cipher: every record must be encrypted, and
+/// authenticates or is an error. Out of line: AES-GCM dwarfs a call.
+#[inline(never)]
+fn decrypt_record_in<'a>(
+    cipher: &SegmentCipher,
+    segment: SegmentId,
+    header: &RecordHeader,
+    stored: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
     let failed = || WalError::AuthenticationFailed { segment, lsn: header.lsn };
     let encrypted = header.flags & FLAG_ENCRYPTED != 0;
-    let Some(cipher) = cipher else {
-        return if encrypted { Err(failed()) } else { Ok(stored) };
-    };
     if !encrypted || stored.len() < TAG_LEN {
         return Err(failed());
     }

@@ -109,10 +109,12 @@ impl Window {
         self.chain_end > 0
     }
 
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         &self.buf[self.lo..self.lo + self.len]
     }
 
+    #[inline]
     pub fn end(&self) -> u64 {
         self.start + self.len as u64
     }

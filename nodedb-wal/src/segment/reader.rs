@@ -228,8 +228,20 @@ impl<F: StorageFile> ChunkReader<F> {
     }
 
     /// Up to `len` bytes at `offset`: fewer only where the file ends.
+    #[inline]
     pub fn get(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
         let want = (self.file_len.saturating_sub(offset)).min(len as u64) as usize;
+        // Most gets fall in the window in hand: that path stays small enough to inline.
+        if self.mapped.is_none() && offset >= self.window.start && offset + want as u64 <= self.window.end() {
+            let at = (offset - self.window.start) as usize;
+            return Ok(&self.window.bytes()[at..at + want]);
+        }
+        self.get_elsewhere(offset, want)
+    }
+
+    /// [`Self::get`] of `want` bytes outside the window in hand, or from a map.
+    #[inline(never)]
+    fn get_elsewhere(&mut self, offset: u64, want: usize) -> Result<&[u8]> {
         if self.mapped.is_some() {
             return Ok(self.mapped_get(offset, want));
         }

@@ -234,6 +234,7 @@ impl<F: StorageFile> SegmentScan<F> {
         }
     }
 
+    #[inline]
     fn payload(&mut self, at: u64, header: &RecordHeader) -> Result<&[u8]> {
         let bytes = self.reader.get(at, header.frame_len())?;
         Ok(&bytes[HEADER_LEN..])
@@ -324,6 +325,7 @@ impl<F: StorageFile> SegmentScan<F> {
 
     /// The payload of the record [`Self::step`] handed out last, at `offset`: `step` checked its
     /// checksum already, so it is not checked twice.
+    #[inline]
     pub fn stepped_payload(&mut self, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
         debug_assert!(!self.headers_only, "a headers-only scan checked no payload");
         debug_assert_eq!(offset + header.frame_len() as u64, self.pos, "not the record step handed out last");

@@ -65,12 +65,14 @@ impl SpareBuf {
 impl Deref for SpareBuf {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.0.as_deref().expect("held until dropped")
     }
 }
 
 impl DerefMut for SpareBuf {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         self.0.as_deref_mut().expect("held until dropped")
     }
