@@ -138,6 +138,8 @@ pub struct Plan {
     pub active: Option<Active>,
     pub sealed: VecDeque<Sealed>,
     pub free: Vec<BatchBuf>,
+    /// One-off buffers of oversized batches kept for reuse (see [`Self::recycle`]).
+    pub spare_oversized: Vec<BatchBuf>,
     /// Pooled buffers currently active, sealed or being written.
     pub buffers_out: usize,
     pub segment: SegmentPlan,
@@ -162,6 +164,7 @@ impl Plan {
             active: None,
             sealed: VecDeque::new(),
             free: Vec::new(),
+            spare_oversized: Vec::new(),
             buffers_out: 0,
             segment,
             sync_wanted: Lsn::ZERO,
@@ -214,7 +217,7 @@ impl Plan {
     fn activate(&mut self, frame_len: usize) -> Result<(), Wait> {
         let oversized = frame_len > self.limits.batch_bytes_max;
         let buf = if oversized {
-            BatchBuf::new(frame_len, self.limits.block, self.limits.slack())
+            self.oversized_buffer(frame_len)
         } else if let Some(buf) = self.free.pop() {
             self.buffers_out += 1;
             buf
@@ -290,9 +293,30 @@ impl Plan {
         self.active.as_ref().is_some_and(|a| a.first_lsn < self.next_lsn)
     }
 
-    /// Takes back a written buffer.
+    /// A one-off buffer for an oversized batch of `frame_len` bytes: a kept one that is large
+    /// enough, else a new one.
+    fn oversized_buffer(&mut self, frame_len: usize) -> BatchBuf {
+        let slack = self.limits.slack();
+        if let Some(i) = self.spare_oversized.iter().position(|buf| buf.capacity() >= frame_len + slack) {
+            let mut buf = self.spare_oversized.swap_remove(i);
+            if buf.reset_to(frame_len, slack) {
+                return buf;
+            }
+        }
+        BatchBuf::new(frame_len, self.limits.block, slack)
+    }
+
+    /// Takes back a written buffer. The pool keeps its own. One-off buffers of oversized
+    /// batches are kept too, up to as many bytes as the pool's own buffers hold: an ingest
+    /// loop appending groups larger than a batch otherwise paid for a fresh, zeroed buffer
+    /// (page faults and all) for every group, and ran at ~0.5 of the same records appended
+    /// one by one (`compare --pipelined --size 4k`, BENCHMARKS.md).
     pub fn recycle(&mut self, mut buf: BatchBuf, oversized: bool) {
         if oversized {
+            let kept: usize = self.spare_oversized.iter().map(BatchBuf::capacity).sum();
+            if kept + buf.capacity() <= self.limits.batch_buffers * self.limits.batch_bytes_max {
+                self.spare_oversized.push(buf);
+            }
             return;
         }
         buf.reset();
@@ -378,6 +402,44 @@ mod tests {
         p.seal_active(false);
         assert!(p.sealed[0].meta.oversized);
         assert_eq!(p.buffers_out, 0);
+    }
+
+    /// Reserves one oversized record of `payload` bytes, seals its batch, and returns the
+    /// sealed batch's buffer (as the flusher would, once written) and its address.
+    fn oversized_batch(p: &mut Plan, payload: usize) -> (BatchBuf, usize) {
+        let r = p.reserve(&[payload], &mut salt()).unwrap();
+        drop(r);
+        p.seal_active(false);
+        let sealed = p.take_sealed().unwrap();
+        assert!(sealed.meta.oversized);
+        let mut buf = Arc::try_unwrap(sealed.buf).unwrap();
+        let at = buf.bytes_mut().as_ptr() as usize;
+        (buf, at)
+    }
+
+    #[test]
+    fn oversized_buffers_are_reused_when_they_fit_and_kept_only_up_to_the_pools_bytes() {
+        let mut p = plan(1 << 30);
+        p.limits.batch_buffers = 8;
+        let pool_bytes = p.limits.batch_buffers * p.limits.batch_bytes_max;
+        let (buf, first) = oversized_batch(&mut p, 20 * 1024);
+        p.recycle(buf, true);
+        // A smaller oversized batch reuses the kept buffer, limited to its own length.
+        let (buf, second) = oversized_batch(&mut p, 18 * 1024);
+        assert_eq!(second, first, "the kept buffer");
+        assert_eq!(buf.limit(), HEADER_LEN + 18 * 1024, "no room for records the batch does not hold");
+        p.recycle(buf, true);
+        // A larger one needs a new buffer; both are kept while they fit the pool's bytes.
+        let (buf, third) = oversized_batch(&mut p, 24 * 1024);
+        assert_ne!(third, first);
+        p.recycle(buf, true);
+        assert_eq!(p.spare_oversized.len(), 2);
+        let kept: usize = p.spare_oversized.iter().map(BatchBuf::capacity).sum();
+        assert!(kept <= pool_bytes, "{kept} bytes kept");
+        // One that would take the kept bytes past the pool's is dropped.
+        let big = BatchBuf::new(pool_bytes, 4096, p.limits.slack());
+        p.recycle(big, true);
+        assert_eq!(p.spare_oversized.len(), 2);
     }
 
     #[test]

@@ -160,6 +160,30 @@ impl BatchBuf {
     pub fn reset(&mut self) {
         *self.cursor.get_mut() = 0;
     }
+
+    /// Makes the buffer reusable, as [`Self::reset`], for `limit` reservable bytes with `slack`
+    /// more behind them (as [`Self::new`] takes them). `false`, and nothing changed, where
+    /// they do not fit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::BatchBuf;
+    ///
+    /// let mut buf = BatchBuf::new(8192, 512, 1024);
+    /// assert!(buf.reset_to(5000, 1024));
+    /// assert_eq!(buf.limit(), 5000);
+    /// assert!(buf.reset_to(8192, 1024), "as much as it was made for");
+    /// assert!(!buf.reset_to(8193, 1024), "more than it holds");
+    /// ```
+    pub fn reset_to(&mut self, limit: usize, slack: usize) -> bool {
+        if limit.saturating_add(slack) > self.mem.len() {
+            return false;
+        }
+        self.limit = limit;
+        self.reset();
+        true
+    }
 }
 
 impl fmt::Debug for BatchBuf {
