@@ -297,13 +297,10 @@ impl Plan {
     /// enough, else a new one.
     fn oversized_buffer(&mut self, frame_len: usize) -> BatchBuf {
         let slack = self.limits.slack();
-        if let Some(i) = self.spare_oversized.iter().position(|buf| buf.capacity() >= frame_len + slack) {
-            let mut buf = self.spare_oversized.swap_remove(i);
-            if buf.reset_to(frame_len, slack) {
-                return buf;
-            }
+        match self.spare_oversized.iter_mut().position(|buf| buf.reset_to(frame_len, slack)) {
+            Some(fits) => self.spare_oversized.swap_remove(fits),
+            None => BatchBuf::new(frame_len, self.limits.block, slack),
         }
-        BatchBuf::new(frame_len, self.limits.block, slack)
     }
 
     /// Takes back a written buffer. The pool keeps its own. One-off buffers of oversized

@@ -245,8 +245,8 @@ impl<F: StorageFile> ChunkReader<F> {
         if self.mapped.is_some() {
             return Ok(self.mapped_get(offset, want));
         }
-        let end = offset + want as u64;
-        if (offset < self.window.start || end > self.window.end()) && !self.take_from_helper(offset, want)? {
+        // Not in the window in hand (`get` answered those): the helper's next, or a read.
+        if !self.take_from_helper(offset, want)? {
             self.load(offset, want).map_err(|e| WalError::io(IoOp::Read, &self.path, e))?;
         }
         let bytes = self.window.bytes();
