@@ -1,8 +1,9 @@
 //! Encoding one record frame (header, payload copy, CRC32C) at 128 B, 1 KiB and 4 KiB, beside
 //! its two parts measured alone: the CRC32C of the frame and the payload copy. An append does
 //! this work outside the log's mutex, so it bounds what one appending thread can do. The
-//! `crc32c` crate's checksum of the same frame runs beside the library's (`crc-fast`), as the
-//! baseline for the library's choice on the machine at hand.
+//! `crc32c` crate's checksum of the same frame runs beside the library's (`crc-fast` where the
+//! CPU has AVX-512 with VPCLMULQDQ), as the baseline for the library's choice on the machine at
+//! hand.
 
 use std::hint::black_box;
 

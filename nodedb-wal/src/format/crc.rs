@@ -5,7 +5,8 @@
 //!   `crc-fast` crate's folding: on this project's Zen 4 machine it checked 1 KiB frames in
 //!   43 ns against 63 and 4 KiB in 96 ns against 192 (`cargo bench --bench encode`).
 //! - Elsewhere, the `crc32c` crate's loop of `crc32` instructions (or its table): an earlier
-//!   machine without that measured `crc-fast` slower from ~300 bytes on (BENCHMARKS.md).
+//!   machine, its CPU not recorded, measured `crc-fast` slower from ~300 bytes on
+//!   (BENCHMARKS.md). Drawing the line at the wide multiplies is an assumption.
 
 /// The CRC32C of `bytes` (initial value and final xor `0xFFFF_FFFF`, reflected).
 #[inline]
