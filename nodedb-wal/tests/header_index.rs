@@ -103,6 +103,32 @@ fn a_payload_read_through_an_index_is_checked_against_the_segment() {
     assert!(matches!(err, WalError::Corruption { segment, .. } if segment == first), "{err}");
 }
 
+/// A segment cut short under an open log (by hand, or by a restart of its owner cutting a torn
+/// tail while a read-only tool reads): the index promises frames the file no longer holds.
+#[test]
+fn a_payload_past_the_end_of_a_segment_cut_after_it_was_indexed_is_corruption_not_a_panic() {
+    for cut in [512, 2048, 4096, 4096 + 30_000] {
+        let (sim, wal) = filled(6);
+        let victim = wal.segments()[1];
+        let path = segment::path(Path::new(DIR), victim.id);
+        let bytes = sim.read_file(&path).unwrap();
+        sim.write_file(&path, &bytes[..cut]);
+        let mut lazy = wal.lazy_reader(victim.first_lsn).unwrap();
+        let mut whole = 0;
+        let err = loop {
+            let handle = lazy.next_header().unwrap().expect("the index still lists every record of the segment");
+            assert_eq!(handle.segment(), victim.id, "cut at {cut}: the segment's records cannot all be whole");
+            match lazy.payload() {
+                Ok(payload) => assert_eq!(payload.len(), handle.stored_len as usize),
+                Err(err) => break err,
+            }
+            whole += 1;
+        };
+        assert!(matches!(err, WalError::Corruption { segment, .. } if segment == victim.id), "cut at {cut}: {err}");
+        assert_eq!(whole, usize::from(cut > 4096 + 25_000), "cut at {cut}: only records wholly before the cut are read");
+    }
+}
+
 #[test]
 fn truncation_removes_indexes_and_opening_removes_orphans() {
     let (sim, wal) = filled(4);

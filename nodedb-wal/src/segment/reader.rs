@@ -249,9 +249,11 @@ impl<F: StorageFile> ChunkReader<F> {
         if !self.take_from_helper(offset, want)? {
             self.load(offset, want).map_err(|e| WalError::io(IoOp::Read, &self.path, e))?;
         }
+        // A file cut shorter since it was listed reads short, perhaps ending before `offset`:
+        // the caller gets fewer bytes (none), as at any end of the file.
         let bytes = self.window.bytes();
-        let at = (offset - self.window.start) as usize;
-        let got = want.min(bytes.len().saturating_sub(at));
+        let at = usize::try_from(offset - self.window.start).unwrap_or(usize::MAX).min(bytes.len());
+        let got = want.min(bytes.len() - at);
         Ok(&bytes[at..at + got])
     }
 
