@@ -166,7 +166,7 @@ impl<S: Storage> Cursor<S> {
             reader.read_ahead();
         }
         let bad_head = WalError::Corruption { segment: info.id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
-        let head = read_head(&mut reader, info.id)?.map_err(|_| bad_head)?;
+        let head = read_head(&mut reader, info.id)?.ok_or(bad_head)?;
         check_identity(&head, info.id, true)?;
         self.cipher = match &self.spec.decrypt {
             Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,

@@ -36,7 +36,7 @@ use crate::segment::crypt::{check_plaintext_allowed, cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
 use crate::segment::index::IndexBuilder;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
-use crate::segment::scan::{HeadFault, SegmentHead, SegmentScan, Step, TailEnd, read_head};
+use crate::segment::scan::{SegmentHead, SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
 use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, RecordType, SegmentId};
@@ -468,9 +468,8 @@ fn scan_segment<S: Storage>(
         // Sealed: nothing writes it, so a helper may read it and check it ahead of the scan.
         reader.read_ahead();
     }
-    let head = match read_head(&mut reader, id)? {
-        Ok(head) => head,
-        Err(fault) => return head_fault(&mut reader, id, fault, last, prev_end),
+    let Some(head) = read_head(&mut reader, id)? else {
+        return head_fault(&mut reader, id, last, prev_end);
     };
     check_identity(&head, id, ctx.beside_writer)?;
     if let Some(expected) = prev_end
@@ -597,21 +596,18 @@ fn corruption_kind(last: bool, end: TailEnd, evidence: Evidence, lost: Lsn, clai
 
 /// A segment whose first block is not a valid head: the remains of an interrupted roll, unless
 /// some intact frame in it claims that one of its records was durable.
-fn head_fault<F: StorageFile>(
-    reader: &mut ChunkReader<F>,
-    id: SegmentId,
-    fault: HeadFault,
-    last: bool,
-    prev_end: Option<Lsn>,
-) -> Result<Outcome> {
+fn head_fault<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId, last: bool, prev_end: Option<Lsn>) -> Result<Outcome> {
     let corrupt = WalError::Corruption { segment: id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
     if !last {
         return Err(corrupt);
     }
     let threshold = prev_end.unwrap_or(Lsn::FIRST);
     // Without a valid head the salt and block size are unknown: look at every sector.
+    // Zeros and damage alike: the segment's first batch and its head are made durable by one
+    // fdatasync, so an intact frame claiming one of its records durable means the head was
+    // durable once, and is now lost (a zeroed head included).
     let claims = scan_claims(reader, 0, 512, None)?;
-    if fault == HeadFault::Damaged && claims.durable.is_some_and(|d| d >= threshold) {
+    if claims.durable.is_some_and(|d| d >= threshold) {
         return Err(corrupt);
     }
     Ok(Outcome::InterruptedRoll)

@@ -467,6 +467,31 @@ both!(
     damaged_head_of_the_newest_segment_with_acknowledged_batches_is_corruption
 );
 
+/// As above with the head zeroed, and no manifest to vouch for the segment (a log made before
+/// manifests existed): the batches after it still claim durable records, so this is damage,
+/// not a roll a crash cut short, and the segment stays. Found by an adversarial review: a
+/// zeroed head was taken for an interrupted roll and the segment removed.
+fn zeroed_head_of_the_newest_segment_with_acknowledged_batches_is_corruption_without_a_manifest<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = write_log(&disk, &dir, &[10; 5]);
+    for zeroed in [PREAMBLE_SIZE + HEADER_LEN, BLOCK as usize] {
+        let copy = dir.with_file_name(format!("copy-{zeroed}"));
+        copy_dir(&disk, &dir, &copy);
+        disk.delete(&copy.join(MANIFEST_FILE));
+        disk.edit(&seg(&copy, 1), |b| b[..zeroed].fill(0));
+        let err = open_err(&disk, &copy);
+        assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::BadSegmentHeader, "{zeroed} bytes zeroed");
+        assert_eq!(segment_ids(&disk, &copy), vec![1], "the damaged segment stays for inspection");
+    }
+    assert_intact(&disk, &dir, last);
+}
+
+both!(
+    zeroed_head_of_the_newest_segment_is_corruption_without_a_manifest_fs,
+    zeroed_head_of_the_newest_segment_is_corruption_without_a_manifest_sim,
+    zeroed_head_of_the_newest_segment_with_acknowledged_batches_is_corruption_without_a_manifest
+);
+
 // ---------------------------------------------------------------------------------------------
 // Missing, truncated, renamed and half-created segments
 // ---------------------------------------------------------------------------------------------

@@ -71,45 +71,37 @@ pub struct SegmentHead {
     pub body_start: u64,
 }
 
-/// Why a segment's first block is not a valid head.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeadFault {
-    /// The file is shorter than a preamble and header frame, or zeros: nothing was written.
-    Empty,
-    /// Something is there but it is not a valid head.
-    Damaged,
-}
-
-/// Reads and checks the preamble and header frame. Version and cipher problems are errors;
-/// damage is a [`HeadFault`] so that recovery can tell an interrupted roll from corruption.
-pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> Result<Result<SegmentHead, HeadFault>> {
+/// Reads and checks the preamble and header frame. Version and cipher problems are errors; a
+/// first block that is no valid head (too short, zeros, or damaged) is `None`, for recovery to
+/// tell an interrupted roll from corruption by what the rest of the file holds.
+pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> Result<Option<SegmentHead>> {
     let bytes = reader.get(0, PREAMBLE_SIZE + HEADER_LEN + 64)?;
     if bytes.len() < PREAMBLE_SIZE || bytes.iter().all(|&b| b == 0) {
-        return Ok(Err(HeadFault::Empty));
+        return Ok(None);
     }
-    let Ok(preamble) = SegmentPreamble::decode(bytes) else { return Ok(Err(HeadFault::Damaged)) };
+    let Ok(preamble) = SegmentPreamble::decode(bytes) else { return Ok(None) };
     if preamble.magic != WAL_PREAMBLE_MAGIC {
-        return Ok(Err(HeadFault::Damaged));
+        return Ok(None);
     }
     if preamble.version > PREAMBLE_VERSION || preamble.version == 0 {
         return Err(WalError::UnsupportedVersion { segment: id, version: preamble.version, supported: PREAMBLE_VERSION });
     }
     match preamble.cipher {
         // No checksum covers the preamble: a plaintext segment's key fields must be zero.
-        CIPHER_NONE if preamble.key_id != 0 || preamble.nonce_epoch != 0 => return Ok(Err(HeadFault::Damaged)),
+        CIPHER_NONE if preamble.key_id != 0 || preamble.nonce_epoch != 0 => return Ok(None),
         // An encrypted segment's preamble is bound into every record's authentication.
         CIPHER_NONE | CIPHER_AES_256_GCM => {}
         cipher => return Err(WalError::UnsupportedCipher { segment: id, cipher }),
     }
     let frame = reader.get(PREAMBLE_SIZE as u64, PREAMBLE_SIZE + HEADER_LEN + 64)?;
-    let Ok(h) = decode_frame(frame) else { return Ok(Err(HeadFault::Damaged)) };
+    let Ok(h) = decode_frame(frame) else { return Ok(None) };
     let payload = &frame[HEADER_LEN..h.frame_len()];
-    let Some(header) = SegmentHeaderPayload::decode(payload) else { return Ok(Err(HeadFault::Damaged)) };
+    let Some(header) = SegmentHeaderPayload::decode(payload) else { return Ok(None) };
     if h.record_type != RecordType::SEGMENT_HEADER || h.salt != header.salt || h.lsn != header.first_lsn {
-        return Ok(Err(HeadFault::Damaged));
+        return Ok(None);
     }
     let body_start = (PREAMBLE_SIZE + h.frame_len()) as u64;
-    Ok(Ok(SegmentHead { preamble, header, durable_claim: h.durable_lsn, body_start }))
+    Ok(Some(SegmentHead { preamble, header, durable_claim: h.durable_lsn, body_start }))
 }
 
 /// Walks the frames of one segment in order.
