@@ -294,6 +294,12 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
                 prev_end = Some(seg.end_lsn);
                 info.segments.push(seg);
             }
+            Outcome::Open(seg, _, torn) if seg.end_lsn == seg.first_lsn && vouched.is_some_and(|v| id <= v) => {
+                // The manifest names a segment once its first batch is durable: one left with
+                // no record lost acknowledged ones (its first batch damaged, or the file cut).
+                let offset = torn.map_or(seg.bytes, |t| t.offset);
+                return Err(WalError::Corruption { segment: id, offset, kind: CorruptionKind::BadFrame });
+            }
             Outcome::Open(seg, pending, torn) => {
                 prev_end = Some(seg.end_lsn);
                 info.segments.push(seg);

@@ -572,6 +572,36 @@ both!(
     a_blank_head_on_a_segment_the_manifest_vouches_for_is_corruption
 );
 
+/// The manifest names a segment once its first batch is durable. A newest segment that
+/// recovery would leave without a record (its only batch damaged from its first record on, or
+/// the file cut after its head) lost acknowledged records: corruption, not a torn tail. Found
+/// by an adversarial review: the batch was cut without a word. (Damage further into that
+/// batch, leaving some of its records, is the blind spot DURABILITY.md names: it reads as a
+/// torn last batch.)
+fn a_vouched_newest_segment_left_without_records_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = write_log(&disk, &dir, &[10]);
+    let frame = record_frame(&disk.read(&seg(&dir, 1)), 1);
+    let damage: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 2] = [
+        ("a payload byte flipped", Box::new(move |b: &mut Vec<u8>| b[frame.offset as usize + HEADER_LEN + 2] ^= 0x10)),
+        ("cut after the head", Box::new(|b: &mut Vec<u8>| b.truncate(BLOCK as usize))),
+    ];
+    for (what, edit) in damage {
+        let copy = dir.with_file_name(format!("copy-{}", what.len()));
+        copy_dir(&disk, &dir, &copy);
+        disk.edit(&seg(&copy, 1), |b| edit(b));
+        let err = open_err(&disk, &copy);
+        assert_eq!(assert_corruption(&err, 1, BLOCK), CorruptionKind::BadFrame, "{what}");
+    }
+    assert_intact(&disk, &dir, last);
+}
+
+both!(
+    a_vouched_newest_segment_left_without_records_is_corruption_fs,
+    a_vouched_newest_segment_left_without_records_is_corruption_sim,
+    a_vouched_newest_segment_left_without_records_is_corruption
+);
+
 /// `MANIFEST` is created whole and updated one slot at a time, so losing one slot is what a
 /// torn update leaves (the other one answers), while losing both is damage: reported, and the
 /// log left as it is until the file is removed.
