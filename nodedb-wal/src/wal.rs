@@ -98,7 +98,7 @@ impl<S: Storage> SegmentedWal<S> {
             let index = pending.index.take();
             let bytes = seal_segment(&storage, &dir, direct, pending)?;
             if let Some(index) = index {
-                index::write_index(&storage, &dir, &index, direct, config.alignment);
+                index::write_index(&storage, &dir, &index, direct, config.alignment, &mut index::IndexScratch::default());
             }
             let last = recovered.info.segments.last_mut().expect("the pending segment is listed");
             last.sealed = true;

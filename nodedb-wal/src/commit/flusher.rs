@@ -13,7 +13,7 @@ use crate::format::layout::{round_up, write_header_block, write_padding, write_s
 use crate::format::meta::SegmentHeaderPayload;
 use crate::manifest::Manifest;
 use crate::segment;
-use crate::segment::index::{IndexBuilder, write_index};
+use crate::segment::index::{IndexBuilder, IndexScratch, write_index};
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
 
@@ -32,6 +32,7 @@ pub(crate) struct Flusher<S: Storage> {
     manifest: Manifest<S::File>,
     /// The headers of the open segment, for its header index.
     index: IndexBuilder,
+    index_scratch: IndexScratch,
 }
 
 /// Zero-fill ahead only after this many small batches in a row. A writer that alternates a
@@ -44,7 +45,16 @@ impl<S: Storage> Flusher<S> {
     pub fn new(shared: Arc<Shared<S>>, manifest: Manifest<S::File>) -> Flusher<S> {
         let zeros = (shared.zero_fill_bytes > 0).then(|| AlignedBuf::zeroed(shared.zero_fill_bytes, shared.block));
         let index = IndexBuilder::new(shared.segment_bytes_target);
-        Flusher { shared, file: None, written_to: 0, zeros, small_streak: SMALL_STREAK_FOR_ZERO_FILL, manifest, index }
+        Flusher {
+            shared,
+            file: None,
+            written_to: 0,
+            zeros,
+            small_streak: SMALL_STREAK_FOR_ZERO_FILL,
+            manifest,
+            index,
+            index_scratch: IndexScratch::default(),
+        }
     }
 
     /// Writes batches in order for as long as this thread holds the writer: every batch that
@@ -113,7 +123,9 @@ impl<S: Storage> Flusher<S> {
         if job.ends_segment {
             self.file = None;
             if let Some(index) = self.index.finish() {
-                write_index(&*self.shared.storage, &self.shared.dir, &index, self.shared.direct, self.shared.block);
+                let shared = &self.shared;
+                write_index(&*shared.storage, &shared.dir, &index, shared.direct, shared.block, &mut self.index_scratch);
+                self.index.reuse(index);
             }
         }
         Ok(())

@@ -101,6 +101,25 @@ impl HeaderIndex {
         HeaderIndex { segment, salt, first_lsn, entries: Vec::new() }
     }
 
+    /// Empties the index for another segment, keeping the memory of its entries: a writer
+    /// that indexes one segment after another does not grow a fresh list (and fault in its
+    /// pages) each time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::format::header_index::HeaderIndex;
+    /// use nodedb_wal::{Lsn, SegmentId};
+    ///
+    /// let mut index = HeaderIndex::new(SegmentId(1), 5, Lsn(1));
+    /// index.reset(SegmentId(2), 6, Lsn(40));
+    /// assert_eq!(index, HeaderIndex::new(SegmentId(2), 6, Lsn(40)));
+    /// ```
+    pub fn reset(&mut self, segment: SegmentId, salt: u32, first_lsn: Lsn) {
+        self.entries.clear();
+        (self.segment, self.salt, self.first_lsn) = (segment, salt, first_lsn);
+    }
+
     /// Adds the next record: its frame's offset and its header. See [`HeaderIndex`] for an
     /// example.
     pub fn push(&mut self, offset: u64, header: &RecordHeader) {
@@ -154,6 +173,31 @@ impl HeaderIndex {
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![0u8; Self::encoded_len(self.entries.len())];
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Writes the file's bytes into `out`, which must be [`Self::encoded_len`] long: for a
+    /// writer that reuses one buffer (an index of a full segment is about a megabyte).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::format::header_index::HeaderIndex;
+    /// use nodedb_wal::{Lsn, SegmentId};
+    ///
+    /// let index = HeaderIndex::new(SegmentId(1), 5, Lsn(1));
+    /// let mut reused = vec![0xAA; HeaderIndex::encoded_len(0)];
+    /// index.encode_into(&mut reused);
+    /// assert_eq!(reused, index.encode());
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `out` is not exactly [`Self::encoded_len`] bytes long.
+    pub fn encode_into(&self, out: &mut [u8]) {
+        assert_eq!(out.len(), Self::encoded_len(self.entries.len()), "an index is encoded into a buffer of its exact length");
+        out[..FIXED_LEN].fill(0);
         out[0..4].copy_from_slice(&MAGIC);
         out[4..6].copy_from_slice(&VERSION.to_le_bytes());
         out[8..16].copy_from_slice(&self.segment.0.to_le_bytes());
@@ -169,7 +213,6 @@ impl HeaderIndex {
         let crc_at = out.len() - 4;
         let crc = crc32c(&out[..crc_at]);
         out[crc_at..].copy_from_slice(&crc.to_le_bytes());
-        out
     }
 
     /// The index in `bytes`, or `None` unless it is whole and consistent: right length and
