@@ -581,18 +581,16 @@ both!(
 fn a_vouched_newest_segment_left_without_records_is_corruption<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     let last = write_log(&disk, &dir, &[10]);
-    let frame = record_frame(&disk.read(&seg(&dir, 1)), 1);
-    let damage: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 2] = [
-        ("a payload byte flipped", Box::new(move |b: &mut Vec<u8>| b[frame.offset as usize + HEADER_LEN + 2] ^= 0x10)),
-        ("cut after the head", Box::new(|b: &mut Vec<u8>| b.truncate(BLOCK as usize))),
-    ];
-    for (what, edit) in damage {
+    let first_payload_byte = record_frame(&disk.read(&seg(&dir, 1)), 1).offset as usize + HEADER_LEN;
+    let damaged_copy = |what: &str, edit: &dyn Fn(&mut Vec<u8>)| {
         let copy = dir.with_file_name(format!("copy-{}", what.len()));
         copy_dir(&disk, &dir, &copy);
-        disk.edit(&seg(&copy, 1), |b| edit(b));
+        disk.edit(&seg(&copy, 1), edit);
         let err = open_err(&disk, &copy);
         assert_eq!(assert_corruption(&err, 1, BLOCK), CorruptionKind::BadFrame, "{what}");
-    }
+    };
+    damaged_copy("a payload byte flipped", &|b| b[first_payload_byte + 2] ^= 0x10);
+    damaged_copy("cut after the head", &|b| b.truncate(BLOCK as usize));
     assert_intact(&disk, &dir, last);
 }
 
