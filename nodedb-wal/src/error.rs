@@ -453,6 +453,17 @@ pub enum WalError {
         /// The record.
         lsn: Lsn,
     },
+    /// The ring's key under a segment's key id does not authenticate the segment's first
+    /// record, checked for every segment when a log opens: most likely a wrong key under the
+    /// right id (or that record was altered). The open is refused before anything is written,
+    /// so that no segment is added that no single ring could read with the ones before it.
+    #[error("key {key_id} of the key ring does not authenticate segment {segment}: most likely the wrong key for that id")]
+    WrongKey {
+        /// The segment whose first record failed authentication.
+        segment: SegmentId,
+        /// The key id its preamble names.
+        key_id: u32,
+    },
     /// An encrypted record was met but the log has no key ring.
     #[error("segment {segment} is encrypted but no key ring was given")]
     KeyRingMissing {

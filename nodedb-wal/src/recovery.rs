@@ -29,7 +29,7 @@ use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::FLAG_GROUP_CONTINUES;
 use crate::format::header_index::HeaderIndex;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
-use crate::format::preamble::CIPHER_NONE;
+use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE};
 use crate::manifest;
 use crate::replay::TombstoneSet;
 use crate::segment::crypt::{check_plaintext_allowed, cipher_for, open_record};
@@ -496,6 +496,11 @@ fn scan_segment<S: Storage>(
         scan.read_ahead();
     }
     let mut cipher = None;
+    // A ring holding this segment's key id must hold its key: one record authenticated per
+    // segment catches a wrong key under the right id now, before an owner appends records that
+    // no single ring could read back alongside the old ones. (A ring without the id is
+    // checked when a record of the segment is read.)
+    let mut check_key = head.preamble.cipher == CIPHER_AES_256_GCM && ctx.ring.is_some_and(|r| r.get(head.preamble.key_id).is_some());
     // Only the owner seals the newest segment, so only it needs that segment's index.
     let mut index = IndexBuilder::new(len);
     if last && !ctx.beside_writer {
@@ -513,13 +518,22 @@ fn scan_segment<S: Storage>(
                 if continues && group.is_none() {
                     group = Some((offset, header.lsn));
                 }
-                if is_collected(header.record_type) {
+                let collected = is_collected(header.record_type);
+                let first_checked = std::mem::take(&mut check_key);
+                if collected || first_checked {
                     if cipher.is_none() {
                         cipher = Some(cipher_for(ctx.ring, id, &head)?);
                     }
                     let payload = scan.stepped_payload(offset, &header)?;
-                    let plain = open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload)?;
-                    group_collected.push((header.lsn, header.record_type, plain));
+                    let plain = open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload).map_err(|err| match err {
+                        WalError::AuthenticationFailed { .. } if first_checked => {
+                            WalError::WrongKey { segment: id, key_id: head.preamble.key_id }
+                        }
+                        err => err,
+                    })?;
+                    if collected {
+                        group_collected.push((header.lsn, header.record_type, plain));
+                    }
                 }
                 if !continues {
                     group = None;

@@ -79,9 +79,24 @@ fn a_wrong_key_a_missing_key_and_a_missing_ring_are_typed_errors() {
     let wal = SegmentedWal::open_with(sim.clone(), config(Some(ring(1, 7)))).unwrap();
     wal.append_durable(rec(b"hello")).unwrap();
     drop(wal);
-    assert!(matches!(read_all(&sim, Some(ring(1, 8))), Err(WalError::AuthenticationFailed { lsn: Lsn(1), .. })));
+    assert!(matches!(read_all(&sim, Some(ring(1, 8))), Err(WalError::WrongKey { key_id: 1, .. })));
     assert!(matches!(read_all(&sim, Some(ring(2, 7))), Err(WalError::UnknownKeyId { key_id: 1, segment: Some(_) })));
     assert!(matches!(read_all(&sim, None), Err(WalError::KeyRingMissing { .. })));
+}
+
+/// Found by an adversarial review: the owner opened with a wrong key under the right id and
+/// appended under it, after which no single ring could read both the old records and the new.
+#[test]
+fn a_wrong_key_under_the_right_id_is_refused_at_open_before_anything_is_appended() {
+    let sim = disk_with(&two_segments());
+    let before = [sim.read_file(&seg(1)).unwrap(), sim.read_file(&seg(2)).unwrap()];
+    let err = SegmentedWal::open_with(sim.clone(), config(Some(ring(1, 8)))).unwrap_err();
+    assert!(matches!(err, WalError::WrongKey { segment, key_id: 1 } if segment.0 == 1), "{err}");
+    assert_eq!([sim.read_file(&seg(1)).unwrap(), sim.read_file(&seg(2)).unwrap()], before, "the refusal wrote nothing");
+    assert!(sim.read_file(&seg(3)).is_none(), "no segment was created");
+    // A read-only look with the wrong key is refused the same way; with the right key both open.
+    assert!(matches!(ReadOnlyWal::open_with(sim.clone(), DIR, Some(ring(1, 8))), Err(WalError::WrongKey { .. })));
+    assert_eq!(read_all(&sim, Some(ring(1, 7))).unwrap().len(), 4);
 }
 
 /// A fresh simulated disk holding exactly these files, durably.

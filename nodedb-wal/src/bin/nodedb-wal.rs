@@ -48,7 +48,7 @@ impl From<WalError> for Exit {
             | WalError::UnknownRequiredType { .. }
             | WalError::MalformedPayload { .. }
             | WalError::AuthenticationFailed { .. } => 2,
-            WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::KeyFile { .. } => 4,
+            WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::WrongKey { .. } | WalError::KeyFile { .. } => 4,
             _ => 3,
         };
         Exit(code, err.to_string())
