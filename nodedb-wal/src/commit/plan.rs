@@ -111,6 +111,12 @@ impl Limits {
     pub fn slack(&self) -> usize {
         2 * self.block + END_FRAME_LEN
     }
+
+    /// Bytes the pool's own buffers hold: also what oversized batches may hold in flight, and
+    /// keep for reuse.
+    pub fn pool_bytes(&self) -> usize {
+        self.batch_buffers * self.batch_bytes_max
+    }
 }
 
 /// What an append got.
@@ -142,6 +148,8 @@ pub struct Plan {
     pub spare_oversized: Vec<BatchBuf>,
     /// Pooled buffers currently active, sealed or being written.
     pub buffers_out: usize,
+    /// Bytes of the one-off buffers of oversized batches active, sealed or being written.
+    pub oversized_out: usize,
     pub segment: SegmentPlan,
     /// The highest LSN a waiter wants durable.
     pub sync_wanted: Lsn,
@@ -166,6 +174,7 @@ impl Plan {
             free: Vec::new(),
             spare_oversized: Vec::new(),
             buffers_out: 0,
+            oversized_out: 0,
             segment,
             sync_wanted: Lsn::ZERO,
             closing: false,
@@ -217,7 +226,15 @@ impl Plan {
     fn activate(&mut self, frame_len: usize) -> Result<(), Wait> {
         let oversized = frame_len > self.limits.batch_bytes_max;
         let buf = if oversized {
-            self.oversized_buffer(frame_len)
+            // As many bytes in flight as the pool holds, unless none are: appenders of large
+            // records wait for the disk as others do, instead of queueing buffers without end
+            // (found by review: 100 appends of 4 MiB on a slow disk queued ~360 MiB).
+            if self.oversized_out > 0 && self.oversized_out + frame_len > self.limits.pool_bytes() {
+                return Err(Wait::ForBuffer);
+            }
+            let buf = self.oversized_buffer(frame_len);
+            self.oversized_out += buf.capacity();
+            buf
         } else if let Some(buf) = self.free.pop() {
             self.buffers_out += 1;
             buf
@@ -310,8 +327,9 @@ impl Plan {
     /// one by one (`compare --pipelined --size 4k`, BENCHMARKS.md).
     pub fn recycle(&mut self, mut buf: BatchBuf, oversized: bool) {
         if oversized {
+            self.oversized_out -= buf.capacity();
             let kept: usize = self.spare_oversized.iter().map(BatchBuf::capacity).sum();
-            if kept + buf.capacity() <= self.limits.batch_buffers * self.limits.batch_bytes_max {
+            if kept + buf.capacity() <= self.limits.pool_bytes() {
                 self.spare_oversized.push(buf);
             }
             return;
@@ -434,9 +452,40 @@ mod tests {
         let kept: usize = p.spare_oversized.iter().map(BatchBuf::capacity).sum();
         assert!(kept <= pool_bytes, "{kept} bytes kept");
         // One that would take the kept bytes past the pool's is dropped.
-        let big = BatchBuf::new(pool_bytes, 4096, p.limits.slack());
+        let (big, _) = oversized_batch(&mut p, pool_bytes);
         p.recycle(big, true);
         assert_eq!(p.spare_oversized.len(), 2);
+        assert_eq!(p.oversized_out, 0);
+    }
+
+    #[test]
+    fn oversized_batches_hold_at_most_the_pools_bytes_in_flight_but_one_always_goes() {
+        let mut p = plan(1 << 30);
+        p.limits.batch_buffers = 8;
+        let pool_bytes = p.limits.pool_bytes();
+        let large = pool_bytes * 2 / 5;
+        assert!(large > p.limits.batch_bytes_max);
+        // A record larger than the whole budget still gets a batch when none is in flight.
+        let (huge, _) = oversized_batch(&mut p, 2 * pool_bytes);
+        assert!(matches!(p.reserve(&[20 * 1024], &mut salt()), Err(Wait::ForBuffer)), "waits while the huge one is out");
+        p.recycle(huge, true);
+        // Below the budget several go at once; the one that would pass it waits for the disk.
+        let (first, _) = oversized_batch(&mut p, large);
+        let (second, _) = oversized_batch(&mut p, large);
+        assert!(matches!(p.reserve(&[large], &mut salt()), Err(Wait::ForBuffer)));
+        assert!(p.active.is_none(), "the waiter left nothing active that the flusher would not write");
+        p.recycle(first, true);
+        let (third, _) = oversized_batch(&mut p, large);
+        // Small records are not held back by large ones in flight: they use the pool.
+        let small = p.reserve(&[100], &mut salt()).unwrap();
+        drop(small);
+        p.seal_active(false);
+        let pooled = p.take_sealed().unwrap();
+        assert!(!pooled.meta.oversized);
+        for buf in [second, third] {
+            p.recycle(buf, true);
+        }
+        assert_eq!(p.oversized_out, 0);
     }
 
     #[test]
