@@ -26,7 +26,7 @@ use std::path::Path;
 
 use crate::crypto::KeyRing;
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
-use crate::format::frame::FLAG_GROUP_CONTINUES;
+use crate::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader};
 use crate::format::header_index::HeaderIndex;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
 use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE};
@@ -551,12 +551,16 @@ fn scan_segment<S: Storage>(
     let first_lsn = head.header.first_lsn;
     // A group the tail left open is cut whole: the log ends where it began.
     let (records_end, lost) = group.unwrap_or((offset, scan.next_lsn()));
-    let (evidence, best_claim) = match (last, end) {
+    let (end, evidence, best_claim) = match (last, end) {
         (true, e) if !matches!(e, TailEnd::Sealed { .. }) => {
             let claims = scan.claims_from(offset)?;
-            (evidence(claims, claim, lost), claims.durable.max(claim))
+            if earlier_use_only(&mut scan, offset, head.header.salt, claims, claim)? {
+                (if e == TailEnd::Damaged { TailEnd::Stale } else { e }, Evidence::None, None)
+            } else {
+                (e, evidence(claims, claim, lost), claims.durable.max(claim))
+            }
         }
-        _ => (Evidence::None, None),
+        _ => (end, Evidence::None, None),
     };
     let mut seg = SegmentInfo { id, first_lsn, end_lsn: lost, bytes: records_end, sealed: false };
     match decide(last, end, evidence) {
@@ -592,6 +596,21 @@ fn collect(info: &mut RecoveryInfo, lsn: Lsn, record_type: RecordType, payload: 
         info.temporal_purges.push((lsn, TemporalPurgePayload::decode(payload).map_err(malformed)?));
     }
     Ok(())
+}
+
+/// Whether everything after the records, which end at `offset`, is the earlier use of a reused
+/// segment file: the records end cleanly at a block boundary, no frame of this segment (`salt`)
+/// starts there or anywhere after, and intact frames of another salt follow. An earlier use's
+/// batches span blocks, so a block boundary of the new segment can fall inside one of its
+/// frames, whose tail reads as neither zeros nor a frame: that is no torn write of this
+/// segment, whose next batch would start at the boundary with a header of this segment. (A
+/// write torn some other way is cut at the same place either way; only the report differs.)
+fn earlier_use_only<F: StorageFile>(scan: &mut SegmentScan<F>, offset: u64, salt: u32, claims: Claims, claim: Option<Lsn>) -> Result<bool> {
+    if !claims.foreign || claims.durable.is_some() || claim.is_some() || !offset.is_multiple_of(scan.block()) {
+        return Ok(false);
+    }
+    let head = scan.reader_mut().get(offset, HEADER_LEN)?;
+    Ok(!RecordHeader::decode(head).is_ok_and(|h| h.salt == salt))
 }
 
 fn evidence(claims: Claims, claim_at_end: Option<Lsn>, lost: Lsn) -> Evidence {

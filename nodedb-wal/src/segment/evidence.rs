@@ -15,6 +15,9 @@ pub struct Claims {
     pub durable: Option<Lsn>,
     /// Whether any byte that is not part of an intact frame is non-zero.
     pub debris: bool,
+    /// Whether an intact frame of another salt than the one asked for was found: the file had
+    /// an earlier use as another segment.
+    pub foreign: bool,
 }
 
 /// Walks the bytes from `from` to the end of the file. Wherever an intact frame (of `salt`, if
@@ -30,6 +33,8 @@ pub fn scan_claims<F: StorageFile>(reader: &mut ChunkReader<F>, from: u64, step:
         if let Some(header) = intact_frame(reader, at)? {
             if salt.is_none_or(|s| s == header.salt) {
                 claims.durable = claims.durable.max(Some(header.durable_lsn));
+            } else {
+                claims.foreign = true;
             }
             at += header.frame_len() as u64;
             continue;
