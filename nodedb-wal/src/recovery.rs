@@ -234,7 +234,7 @@ enum Outcome {
 /// Reads every segment of `dir` and decides what the log holds. Changes nothing on disk except
 /// removing a segment left by an interrupted roll.
 pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>) -> Result<Recovered> {
-    scan_dir(storage, dir, direct, align, ring, true)
+    scan_dir(storage, dir, direct, align, ring, Scan::Repair)
 }
 
 /// What recovery would find in `dir`, changing nothing on disk (an interrupted roll is
@@ -261,24 +261,39 @@ pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) 
     // A writer's truncation can take a listed segment while it is scanned: look again.
     let mut tries = 0;
     loop {
-        match scan_dir(storage, dir, false, 512, ring, false) {
-            Err(WalError::SegmentTruncated { .. }) if tries < TRUNCATED_RESCANS => tries += 1,
+        // The last look takes a header naming a later segment for what it then surely is:
+        // the wrong file under that name (swapped or copied segments), not a race with reuse.
+        let scan = if tries < TRUNCATED_RESCANS { Scan::Look } else { Scan::LastLook };
+        match scan_dir(storage, dir, false, 512, ring, scan) {
+            Err(WalError::SegmentTruncated { .. }) if scan == Scan::Look => tries += 1,
             scanned => return Ok(scanned?.info),
         }
     }
+}
+
+/// How a scan of the directory reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scan {
+    /// The owner, holding the lock: repairs (removes an interrupted roll).
+    Repair,
+    /// A look beside a live writer, whose truncation and reuse may change listed segments.
+    Look,
+    /// The last of the looks [`inspect_dir`] retries.
+    LastLook,
 }
 
 /// Times a look beside a live writer lists the directory again when truncation took a
 /// segment it listed.
 const TRUNCATED_RESCANS: u32 = 8;
 
-fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>, repair: bool) -> Result<Recovered> {
+fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>, scan: Scan) -> Result<Recovered> {
+    let repair = scan == Scan::Repair;
     // The newest segment a durable batch went to, as the manifest says (logs made before it
     // existed have none: nothing to check). Read before the listing: a segment is created
     // before the manifest names it, so a reader beside a live writer lists what it names.
     let vouched = manifest::read(storage, dir)?.map(|slot| slot.newest);
     let ids = segment_ids(storage, dir)?;
-    let ctx = ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair };
+    let ctx = ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair, reuse_races: scan == Scan::Look };
     let mut info = RecoveryInfo::default();
     let mut seal = None;
     let mut prev_end: Option<Lsn> = None;
@@ -448,6 +463,9 @@ struct ScanCtx<'a, S> {
     /// A look beside a live writer (no lock, no repairs): its truncation may take a listed
     /// segment at any moment.
     beside_writer: bool,
+    /// Whether a segment's header naming a later segment may be the writer's reuse of the file
+    /// since it was listed ([`WalError::SegmentTruncated`], look again) rather than damage.
+    reuse_races: bool,
 }
 
 fn scan_segment<S: Storage>(
@@ -477,7 +495,7 @@ fn scan_segment<S: Storage>(
     let Some(head) = read_head(&mut reader, id)? else {
         return head_fault(&mut reader, id, last, prev_end);
     };
-    check_identity(&head, id, ctx.beside_writer)?;
+    check_identity(&head, id, ctx.reuse_races)?;
     if let Some(expected) = prev_end
         && head.header.first_lsn != expected
     {

@@ -710,6 +710,11 @@ fn swapped_segments_are_an_identity_mismatch<D: Place>() {
     disk.move_file(&tmp, &seg(&dir, 2));
     let err = open_err(&disk, &dir);
     assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::IdentityMismatch { header_id: SegmentId(2) });
+    // A look without the lock (a tool beside a possible writer) first takes a header naming a
+    // later segment for the writer reusing the file, and looks again; once its looks are
+    // used up it reports the damage, not a truncation. Found by an adversarial review.
+    let err = nodedb_wal::recovery::inspect_dir(&disk, &dir, None).unwrap_err();
+    assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::IdentityMismatch { header_id: SegmentId(2) });
 }
 
 both!(
