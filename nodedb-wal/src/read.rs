@@ -600,10 +600,10 @@ impl<S: Storage> LazyWalReader<S> {
 
     /// The next record's header, or `None` at the end. Skips this crate's unknown optional types.
     pub fn next_header(&mut self) -> Result<Option<RecordHandle>> {
-        let Some(Found { segment, offset, header, .. }) = self.cursor.next()? else {
-            self.current = None;
-            return Ok(None);
-        };
+        // No current record until the cursor gives one: after an error (the next segment
+        // truncated away, say) the last handle's segment may be closed already.
+        self.current = None;
+        let Some(Found { segment, offset, header, .. }) = self.cursor.next()? else { return Ok(None) };
         let handle = RecordHandle {
             lsn: header.lsn,
             record_type: header.record_type,

@@ -164,3 +164,23 @@ fn parallel_replay_stops_at_damage_having_applied_exactly_the_records_before_it(
         assert_eq!(applied, (1..damaged.first_lsn.0).collect::<Vec<_>>(), "{threads} threads");
     }
 }
+
+/// Found by an adversarial review: after `next_header` failed on the way into the next segment
+/// (truncated away under the reader), `payload` for the handle before panicked on the closed
+/// segment. The failed call leaves no current record.
+#[test]
+fn a_payload_asked_for_after_next_header_failed_is_a_typed_error_not_a_panic() {
+    let mut c = config(None);
+    (c.segment_bytes_target, c.batch_bytes_max) = (32 * 1024, 8 * 1024);
+    let wal = SegmentedWal::open_with(SimStorage::new(5, FaultConfig::default()), c).unwrap();
+    while wal.segments().len() < 4 {
+        wal.append_durable(Record::new(RecordType::optional(0x100), &[7; 3000])).unwrap();
+    }
+    let segments = wal.segments();
+    let mut lazy = wal.lazy_reader(segments[0].first_lsn).unwrap();
+    while lazy.next_header().unwrap().expect("segment 1's records").lsn.next() < segments[0].end_lsn {}
+    assert_eq!(lazy.payload().unwrap(), vec![7; 3000], "the last record of the first segment");
+    assert_eq!(wal.truncate_before(segments[2].first_lsn).unwrap(), 2);
+    assert!(matches!(lazy.next_header(), Err(WalError::SegmentTruncated { .. })));
+    assert!(matches!(lazy.payload(), Err(WalError::InvalidConfig { .. })));
+}
