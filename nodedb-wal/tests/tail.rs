@@ -117,3 +117,27 @@ fn a_tail_keeps_delivering_while_segments_behind_it_are_truncated() {
     });
     assert!(wal.segments().first().unwrap().first_lsn > Lsn(N / 2), "segments behind the tail were truncated");
 }
+
+/// Found by an adversarial review: a tail far behind read up to 1024 records into memory
+/// whatever their size (800 MiB for a log of 4 MiB records). What one refill reads is bounded
+/// by bytes too.
+#[test]
+fn a_tail_far_behind_a_log_of_large_records_reads_a_few_of_them_at_a_time() {
+    let sim = SimStorage::new(4, FaultConfig::default());
+    let mut c = config(Path::new("/t"));
+    (c.segment_bytes_target, c.batch_bytes_max) = (64 << 20, 1 << 20);
+    let wal = SegmentedWal::open_with(sim.clone(), c).unwrap();
+    const RECORDS: u64 = 48;
+    for i in 0..RECORDS {
+        wal.append(Record::new(TY, &vec![i as u8; 1 << 20])).unwrap();
+    }
+    wal.sync().unwrap();
+    let before = sim.bytes_read();
+    let mut tail = wal.tail(Lsn::FIRST);
+    assert_eq!(tail.next_timeout(Duration::from_secs(10)).unwrap().unwrap().payload, vec![0u8; 1 << 20]);
+    let read = sim.bytes_read() - before;
+    assert!(read < 16 << 20, "one delivery read {read} bytes of a {} MiB log", RECORDS);
+    for i in 1..RECORDS {
+        assert_eq!(tail.next_timeout(Duration::from_secs(10)).unwrap().unwrap().payload[0], i as u8);
+    }
+}
