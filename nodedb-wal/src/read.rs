@@ -121,12 +121,20 @@ const PREFETCH_RECORDS: u64 = 16;
 /// where the scan looks for a recovery's seal; a prefetch asks for one more, for drift.
 const LAZY_WINDOW_BLOCKS: usize = 2;
 
+/// That a read from `from` finds its records: from below `oldest` (the first LSN the log still
+/// holds) it is `LsnNotRetained`, unless nothing up to `until` (durable) was ever there. LSN 0
+/// is never issued: a read from it reads from the first, as a tail does.
+pub(crate) fn check_retained(from: Lsn, oldest: Lsn, until: Lsn) -> Result<()> {
+    if from.max(Lsn::FIRST) < oldest && from <= until {
+        return Err(WalError::LsnNotRetained { requested: from, oldest });
+    }
+    Ok(())
+}
+
 impl<S: Storage> Cursor<S> {
     fn new(storage: Arc<S>, spec: ReadSpec, headers_only: bool) -> Result<Cursor<S>> {
         let oldest = spec.segments.first().map_or(spec.until.next(), |s| s.first_lsn);
-        if spec.from < oldest && spec.from <= spec.until {
-            return Err(WalError::LsnNotRetained { requested: spec.from, oldest });
-        }
+        check_retained(spec.from, oldest, spec.until)?;
         let index = spec.segments.iter().position(|s| s.end_lsn > spec.from).unwrap_or(spec.segments.len());
         Ok(Cursor {
             storage,

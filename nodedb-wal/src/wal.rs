@@ -633,11 +633,8 @@ impl<S: Storage> SegmentedWal<S> {
         let until = self.durable_lsn();
         let mut segments = self.segments();
         // The same rule as the sequential reader (each worker below starts inside its segment).
-        if let Some(oldest) = segments.first()
-            && from < oldest.first_lsn
-            && from <= until
-        {
-            return Err(WalError::LsnNotRetained { requested: from, oldest: oldest.first_lsn });
+        if let Some(oldest) = segments.first() {
+            crate::read::check_retained(from, oldest.first_lsn, until)?;
         }
         segments.retain(|s| s.end_lsn > from && s.first_lsn <= until);
         std::thread::scope(|scope| {

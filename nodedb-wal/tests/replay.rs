@@ -184,3 +184,32 @@ fn a_payload_asked_for_after_next_header_failed_is_a_typed_error_not_a_panic() {
     assert!(matches!(lazy.next_header(), Err(WalError::SegmentTruncated { .. })));
     assert!(matches!(lazy.payload(), Err(WalError::InvalidConfig { .. })));
 }
+
+/// LSN 0 is never issued; every reader takes it for "from the first", as the tail always did
+/// (found by an adversarial review: the others called it not retained, even on an empty log).
+#[test]
+fn every_reader_reads_from_lsn_zero_as_from_the_first() {
+    let wal = SegmentedWal::open_with(SimStorage::new(6, FaultConfig::default()), config(None)).unwrap();
+    assert_eq!(wal.read_from(Lsn::ZERO).unwrap().count(), 0, "an empty log");
+    for i in 0..40u8 {
+        wal.append(Record::new(RecordType::optional(0x100), &[i; 700])).unwrap();
+    }
+    wal.sync().unwrap();
+    let lsns = |records: Vec<Lsn>| (records.len(), records.first().copied());
+    let owned: Vec<Lsn> = wal.read_from(Lsn::ZERO).unwrap().map(|r| r.unwrap().lsn).collect();
+    let mapped: Vec<Lsn> = wal.read_mapped(Lsn::ZERO).unwrap().map(|r| r.unwrap().lsn).collect();
+    let mut lazy = wal.lazy_reader(Lsn::ZERO).unwrap();
+    let mut headers = Vec::new();
+    while let Some(h) = lazy.next_header().unwrap() {
+        headers.push(h.lsn);
+    }
+    let mut parallel = Vec::new();
+    wal.replay_parallel(Lsn::ZERO, 2, |r| {
+        parallel.push(r.lsn);
+        Ok(())
+    })
+    .unwrap();
+    for read in [owned, mapped, headers, parallel] {
+        assert_eq!(lsns(read), (40, Some(Lsn(1))));
+    }
+}
