@@ -133,3 +133,20 @@ fn a_damaged_manifest_is_reported_as_corruption_and_names_the_way_out() {
     let out = tool(&["verify", d]);
     assert_eq!(status(&out), 0, "{}", text(&out));
 }
+
+/// Found by an adversarial review: a path that is not UTF-8 panicked (status 101), and bench
+/// sizes and thread counts beyond reason aborted the process. A log in a directory whose name
+/// is not UTF-8 is a log like any other.
+#[test]
+fn odd_paths_and_out_of_range_bench_options_get_a_status_not_a_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join(std::ffi::OsStr::from_bytes(b"log-\xff\xfe"));
+    write_log(&log, None);
+    let out = Command::new(env!("CARGO_BIN_EXE_nodedb-wal")).arg("verify").arg(&log).output().unwrap();
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    for args in [&["bench", "--size", "1099511627776"][..], &["bench", "--threads", "100000"], &["bench", "--threads", "0"]] {
+        let out = tool(args);
+        assert_eq!(status(&out), 3, "{args:?}: {}", text(&out));
+    }
+}

@@ -59,7 +59,7 @@ type Outcome = Result<u8, Exit>;
 
 #[derive(Default)]
 struct Args {
-    positional: Vec<String>,
+    positional: Vec<std::ffi::OsString>,
     key_file: Option<PathBuf>,
     key_id: u32,
     from: Option<u64>,
@@ -79,18 +79,25 @@ fn number<T: TryFrom<u64>>(flag: &str, value: Option<String>) -> Result<T, Exit>
     parsed.ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| Exit(3, format!("{flag}: {value:?} is not a valid number")))
 }
 
-fn parse(raw: impl Iterator<Item = String>) -> Result<Args, Exit> {
+/// An option's value as text; one that is not UTF-8 becomes text that `number` refuses.
+fn text(value: Option<std::ffi::OsString>) -> Option<String> {
+    value.map(|v| v.to_string_lossy().into_owned())
+}
+
+/// Parses the arguments after the command. Paths may be any bytes (`OsString`); options and
+/// numbers must be UTF-8.
+fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
     let mut args = Args { key_id: 1, threads: 16, seconds: 3, size: 128, ..Args::default() };
     let mut raw = raw.peekable();
     while let Some(arg) = raw.next() {
-        match arg.as_str() {
+        match arg.to_str().unwrap_or("") {
             "--key-file" => args.key_file = Some(raw.next().ok_or_else(|| Exit(3, "--key-file needs a path".into()))?.into()),
-            "--key-id" => args.key_id = number("--key-id", raw.next())?,
-            "--from" => args.from = Some(number("--from", raw.next())?),
-            "--type" => args.record_type = Some(number("--type", raw.next())?),
-            "--threads" => args.threads = number("--threads", raw.next())?,
-            "--seconds" => args.seconds = number("--seconds", raw.next())?,
-            "--size" => args.size = number("--size", raw.next())?,
+            "--key-id" => args.key_id = number("--key-id", text(raw.next()))?,
+            "--from" => args.from = Some(number("--from", text(raw.next()))?),
+            "--type" => args.record_type = Some(number("--type", text(raw.next()))?),
+            "--threads" => args.threads = number("--threads", text(raw.next()))?,
+            "--seconds" => args.seconds = number("--seconds", text(raw.next()))?,
+            "--size" => args.size = number("--size", text(raw.next()))?,
             "--json" => args.json = true,
             flag if flag.starts_with("--") => return Err(Exit(3, format!("unknown option {flag}"))),
             _ => args.positional.push(arg),
@@ -100,8 +107,8 @@ fn parse(raw: impl Iterator<Item = String>) -> Result<Args, Exit> {
 }
 
 fn main() -> ExitCode {
-    let mut raw = std::env::args().skip(1);
-    let command = raw.next().unwrap_or_default();
+    let mut raw = std::env::args_os().skip(1);
+    let command = raw.next().unwrap_or_default().to_string_lossy().into_owned();
     let result = parse(raw).and_then(|args| match command.as_str() {
         "inspect" => inspect(&args),
         "dump" => dump(&args),
@@ -289,7 +296,18 @@ fn verify(args: &Args) -> Outcome {
     })
 }
 
+/// More appending threads than this is a typo, not a benchmark (and spawning them could fail).
+const BENCH_THREADS_MAX: usize = 4096;
+
 fn bench(args: &Args) -> Outcome {
+    if !(1..=BENCH_THREADS_MAX).contains(&args.threads) {
+        return Err(Exit(3, format!("--threads must be from 1 to {BENCH_THREADS_MAX}")));
+    }
+    // Refused before the payload is allocated: the log would refuse it anyway.
+    let payload_max = SegmentedWalConfig::new("").payload_bytes_max;
+    if args.size > payload_max {
+        return Err(Exit(3, format!("--size must be at most {payload_max} bytes, the log's largest record")));
+    }
     let (dir, _tmp) = match args.positional.first() {
         Some(d) => (PathBuf::from(d), None),
         None => {
