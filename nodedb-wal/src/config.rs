@@ -37,7 +37,7 @@ pub struct SegmentedWalConfig {
     pub dir: PathBuf,
     /// A segment rolls over once appending another batch would take it past this size.
     pub segment_bytes_target: u64,
-    /// Bytes of records one batch (one write + fdatasync) holds at most.
+    /// Bytes of records one batch (one write + fdatasync) holds at most (at most 1 GiB).
     pub batch_bytes_max: usize,
     /// Batch buffers: while one is written, appenders fill the others.
     pub batch_buffers: usize,
@@ -52,9 +52,10 @@ pub struct SegmentedWalConfig {
     /// Block size: batches start and end on its multiples. A power of two from 512 to 1 MiB.
     pub alignment: usize,
     /// Like PostgreSQL's `commit_delay`: before a sync, wait this long for more appends to join
-    /// the batch. Off by default.
+    /// the batch. Off by default; at most one second.
     pub commit_window: Option<Duration>,
-    /// Zero-fill this many bytes ahead of the writer in the active segment (0: off). An
+    /// Zero-fill this many bytes ahead of the writer in the active segment (0: off; at most
+    /// 1 GiB). An
     /// fdatasync after a write into blocks the file system has never seen must also persist
     /// their allocation; into already-written blocks it syncs only data, which on ext4 here is
     /// about twice as fast. Only a run of small batches (under a sixteenth of this size: 64 KiB
@@ -83,6 +84,11 @@ pub struct SegmentedWalConfig {
     /// (AES-256-GCM); older segments are read with whichever key their preamble names.
     pub key_ring: Option<Arc<KeyRing>>,
 }
+
+/// The largest batch buffer and zero-fill buffer a config may ask for.
+const BUFFER_BYTES_MAX: usize = 1 << 30;
+/// The longest commit window: a sync waits it out, so anything longer reads as a hang.
+const COMMIT_WINDOW_MAX: Duration = Duration::from_secs(1);
 
 impl SegmentedWalConfig {
     /// Defaults for a log in `dir`: 64 MiB segments, 1 MiB batches, O_DIRECT, 4 KiB blocks.
@@ -128,6 +134,14 @@ impl SegmentedWalConfig {
         if self.batch_bytes_max < self.alignment {
             return bad("batch_bytes_max must be at least one block");
         }
+        // Buffers of these sizes are allocated at open; beyond these bounds a value is a mistake
+        // (the allocation would fail or overflow, found by an adversarial review).
+        if self.batch_bytes_max > BUFFER_BYTES_MAX || self.zero_fill_bytes > BUFFER_BYTES_MAX {
+            return bad("batch_bytes_max and zero_fill_bytes must be at most 1 GiB");
+        }
+        if self.commit_window.is_some_and(|w| w > COMMIT_WINDOW_MAX) {
+            return bad("commit_window must be at most one second (every sync waits it out)");
+        }
         if self.batch_buffers < 2 {
             return bad("batch_buffers must be at least 2 so appenders never wait for a sync to buffer");
         }
@@ -141,5 +155,26 @@ impl SegmentedWalConfig {
             return bad("payload_bytes_max must be between 1 byte and 2 GiB");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by an adversarial review: a huge batch or zero-fill size panicked at open (the
+    /// buffer's layout overflowed), and an endless commit window made the first sync hang.
+    #[test]
+    fn sizes_and_windows_beyond_reason_are_refused_as_invalid_config() {
+        let refused = |change: &dyn Fn(&mut SegmentedWalConfig)| {
+            let mut config = SegmentedWalConfig::new("/wal");
+            change(&mut config);
+            matches!(config.validate(), Err(WalError::InvalidConfig { .. }))
+        };
+        assert!(refused(&|c| c.batch_bytes_max = usize::MAX / 2));
+        assert!(refused(&|c| c.zero_fill_bytes = usize::MAX & !4095));
+        assert!(refused(&|c| c.commit_window = Some(Duration::MAX)));
+        assert!(!refused(&|c| (c.batch_bytes_max, c.zero_fill_bytes) = (1 << 30, 1 << 30)), "the bound itself is fine");
+        assert!(!refused(&|c| c.commit_window = Some(Duration::from_secs(1))));
     }
 }
