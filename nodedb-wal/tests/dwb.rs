@@ -390,6 +390,11 @@ fn every_page_is_checked_before_anything_is_written() {
     assert!(matches!(err, WalError::DwbUnknownFile { file: FileId(9) }), "{err}");
     let err = dwb.write_pages(&[(F1, 0, &good), (F2, 0, &good[..100])]).unwrap_err();
     assert!(matches!(err, WalError::DwbPageLen { len: 100, expected: PAGE, .. }), "{err}");
+    // A page past the largest file offset could never be written in place; once its image
+    // was durable, every recovery would fail on it (found by an adversarial review).
+    let past_off_t = (i64::MAX as u64) / PAGE as u64;
+    let err = dwb.write_pages(&[(F1, 0, &good), (F1, past_off_t, &good)]).unwrap_err();
+    assert!(matches!(err, WalError::InvalidConfig { .. }), "{err}");
     assert_eq!(dwb.stats().batches, 0);
     assert_eq!(versions(&sim)[slot_of(F1, 0)], Some(1));
     let err = dwb.register_file(F1, "/elsewhere", PAGE).unwrap_err();

@@ -68,7 +68,13 @@ impl<F: StorageFile> Targets<F> {
         if len != expected {
             return Err(WalError::DwbPageLen { file: id, page_no, len, expected });
         }
-        page_no.checked_mul(expected as u64).ok_or(WalError::InvalidConfig { reason: "dwb page number overflows its file's offsets" })
+        // A page must end within a file offset (`off_t`, signed 64 bits): one beyond could
+        // never be written in place, and after its image was made durable every recovery
+        // would try again and fail (found by an adversarial review).
+        page_no
+            .checked_mul(expected as u64)
+            .filter(|&offset| offset.checked_add(expected as u64).is_some_and(|end| end <= i64::MAX as u64))
+            .ok_or(WalError::InvalidConfig { reason: "dwb page number puts the page past the largest file offset" })
     }
 
     /// Checks every page of a write and opens its files, before anything is written.
