@@ -451,14 +451,20 @@ fn damaged_head_of_the_newest_segment_with_acknowledged_batches_is_corruption<D:
     let last = write_log(&disk, &dir, &[10; 5]);
     assert_eq!(segment_ids(&disk, &dir), vec![1]);
     for at in (0..4).chain((PREAMBLE_SIZE as u64..(PREAMBLE_SIZE + HEADER_LEN + 40) as u64).step_by(3)) {
-        let copy = dir.with_file_name(format!("copy-{at}"));
-        copy_dir(&disk, &dir, &copy);
-        flip(&disk, &seg(&copy, 1), at, at as u32);
-        let err = open_err(&disk, &copy);
-        assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::BadSegmentHeader, "byte {at}");
-        assert_eq!(segment_ids(&disk, &copy), vec![1], "the damaged segment stays for inspection");
+        assert_head_damage_is_kept(&disk, &dir, &format!("byte {at}"), |copy| flip(&disk, &seg(copy, 1), at, at as u32));
     }
     assert_intact(&disk, &dir, last);
+}
+
+/// Damages a copy of a one-segment log with `damage` (given the copy's directory) and asserts
+/// that opening it reports the head of segment 1 as corrupt and leaves the segment in place.
+fn assert_head_damage_is_kept<D: Place>(disk: &D, dir: &Path, what: &str, damage: impl FnOnce(&Path)) {
+    let copy = dir.with_file_name(format!("copy-{}", what.replace(' ', "-")));
+    copy_dir(disk, dir, &copy);
+    damage(&copy);
+    let err = open_err(disk, &copy);
+    assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::BadSegmentHeader, "{what}");
+    assert_eq!(segment_ids(disk, &copy), vec![1], "{what}: the damaged segment stays for inspection");
 }
 
 both!(
@@ -475,13 +481,10 @@ fn zeroed_head_of_the_newest_segment_with_acknowledged_batches_is_corruption_wit
     let (disk, dir, _tmp) = D::fresh();
     let last = write_log(&disk, &dir, &[10; 5]);
     for zeroed in [PREAMBLE_SIZE + HEADER_LEN, BLOCK as usize] {
-        let copy = dir.with_file_name(format!("copy-{zeroed}"));
-        copy_dir(&disk, &dir, &copy);
-        disk.delete(&copy.join(MANIFEST_FILE));
-        disk.edit(&seg(&copy, 1), |b| b[..zeroed].fill(0));
-        let err = open_err(&disk, &copy);
-        assert_eq!(assert_corruption(&err, 1, 0), CorruptionKind::BadSegmentHeader, "{zeroed} bytes zeroed");
-        assert_eq!(segment_ids(&disk, &copy), vec![1], "the damaged segment stays for inspection");
+        assert_head_damage_is_kept(&disk, &dir, &format!("{zeroed} bytes zeroed"), |copy| {
+            disk.delete(&copy.join(MANIFEST_FILE));
+            disk.edit(&seg(copy, 1), |b| b[..zeroed].fill(0));
+        });
     }
     assert_intact(&disk, &dir, last);
 }
