@@ -198,15 +198,18 @@ pub fn dwb_slot(data: &[u8]) {
         assert_eq!(&out[..end], &data[..end], "a decoded slot must re-encode to its own bytes");
         assert_eq!(decode_slot(&out), Ok(header));
     }
-    if let Ok(h) = FileHeader::decode(data) {
+    let header = FileHeader::decode(data);
+    if let Ok(h) = header {
         assert_eq!(&h.encode()[..], &data[..FILE_HEADER_LEN]);
     }
-    let scan = scan_ring(data);
+    let salt = header.map_or(0, |h| h.salt);
+    let scan = scan_ring(data, salt);
     for batch in &scan.batches {
         assert!(batch.end <= data.len());
         assert_eq!(batch.slots.len() as u64, u64::from(batch.slots[0].header.batch_slots));
         for (index, slot) in (0u64..).zip(&batch.slots) {
             assert_eq!(decode_slot(&data[slot.offset..]), Ok(slot.header));
+            assert_eq!(slot.header.salt, salt, "only slots of the file's salt make batches");
             assert_eq!(slot.header.seq, slot.header.batch_seq + index);
             assert!(slot.header.seq <= scan.seq_max && slot.image_range().end <= data.len());
         }
@@ -282,7 +285,7 @@ fn dwb_recover_image(data: &[u8]) {
 /// slots for file 1 (page 2 at version 5, page 0 at version 3), and page 1 twice in another.
 fn dwb_seeds() -> Vec<Vec<u8>> {
     let mut image = vec![0u8; 512 + 8192];
-    let header = FileHeader { version: DWB_VERSION, block_len: 512, ring_bytes: 8192 };
+    let header = FileHeader { version: DWB_VERSION, block_len: 512, ring_bytes: 8192, salt: 0x5EED };
     image[..FILE_HEADER_LEN].copy_from_slice(&header.encode());
     let mut put = |at: usize, batch_seq: u64, pages: &[(u64, u64)]| {
         let mut pos = at;
@@ -295,6 +298,7 @@ fn dwb_seeds() -> Vec<Vec<u8>> {
                 page_len: DWB_PAGE as u32,
                 page_no,
                 epoch: 7,
+                salt: header.salt,
             };
             pos += encode_slot(&slot, &dwb_page(page_no, version), &mut image[pos..]);
         }

@@ -539,6 +539,17 @@ pub enum WalError {
         /// The sequence of the rejected image.
         seq: u64,
     },
+    /// The double-write buffer's file header is damaged while its ring holds batches whose
+    /// slots carry a salt: without the header's salt they cannot be told from slots spelled
+    /// out inside page images. Nothing was written. Removing the buffer file gives up the
+    /// repair of pages a crash tore; restoring its header block from a copy brings it back.
+    #[error("double-write buffer {} has a damaged file header and {salted_batches} batch start(s) that need its salt; nothing was written", path.display())]
+    DwbHeaderDamaged {
+        /// The buffer file.
+        path: PathBuf,
+        /// Intact first slots found with a salt.
+        salted_batches: usize,
+    },
     /// The buffer file was written by a format version this build does not read.
     #[error("double-write buffer {} has format version {version}, this build reads up to {supported}", path.display())]
     DwbUnsupportedVersion {
@@ -566,7 +577,7 @@ impl WalError {
     /// ```
     #[must_use]
     pub fn is_corruption(&self) -> bool {
-        matches!(self, WalError::Corruption { .. } | WalError::ManifestDamaged { .. })
+        matches!(self, WalError::Corruption { .. } | WalError::ManifestDamaged { .. } | WalError::DwbHeaderDamaged { .. })
     }
 
     pub(crate) fn io(op: IoOp, path: impl Into<PathBuf>, source: io::Error) -> WalError {

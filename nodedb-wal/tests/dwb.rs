@@ -189,7 +189,8 @@ fn a_repaired_page_survives_a_second_crash_and_a_wrap_around_of_the_ring() {
     }
     drop(dwb);
     let image = after.read_file(&dwb_path()).unwrap();
-    let scan = scan_ring(&image);
+    let salt = nodedb_wal::format::dwb::FileHeader::decode(&image).unwrap().salt;
+    let scan = scan_ring(&image, salt);
     assert!(scan.batches.iter().flat_map(|b| &b.slots).all(|s| s.header.file != F1), "the repair's image was overwritten");
     let last = after.crash(6);
     let (_, report) = open(last.clone(), config(DwbMode::Buffered));
@@ -523,28 +524,139 @@ fn a_crash_while_the_buffer_file_is_created_leaves_a_usable_buffer() {
 }
 
 #[test]
-fn a_buffer_file_with_a_torn_header_is_scanned_and_reformatted() {
+fn a_damaged_header_over_salted_batches_refuses_recovery_and_writes_nothing() {
     let sim = disk(20);
     let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
     dwb.write_pages(&borrow(&pages_at(&[(F1, 2)], 2))).unwrap();
     drop(dwb);
-    let mut image = sim.read_file(&dwb_path()).unwrap();
+    let intact = sim.read_file(&dwb_path()).unwrap();
+    let mut image = intact.clone();
     image[..32].fill(0x5A);
     sim.write_file(&dwb_path(), &image);
     tear(&sim, F1, 2);
+    let before = versions(&sim);
+    let dwb = DoubleWriteBuffer::open_with(sim.clone(), config(DwbMode::Buffered)).unwrap();
+    dwb.register_file(F1, file_path(F1), PAGE).unwrap();
+    let err = dwb.recover(check).unwrap_err();
+    assert!(matches!(err, WalError::DwbHeaderDamaged { salted_batches: 1, .. }) && err.is_corruption(), "{err}");
+    assert!(matches!(dwb.write_pages(&borrow(&pages_at(&[(F1, 3)], 2))), Err(WalError::DwbNotRecovered { .. })));
+    drop(dwb);
+    assert_eq!(versions(&sim), before, "nothing was written");
+    assert_eq!(sim.read_file(&dwb_path()).unwrap(), image, "the buffer file was left as found");
+    // The header block put back from a copy: the batch is checked and applied again.
+    sim.write_file(&dwb_path(), &intact);
+    let (_, report) = open(sim.clone(), config(DwbMode::Buffered));
+    assert_eq!(report.pages_restored, vec![(F1, 2)]);
+}
+
+#[test]
+fn a_damaged_header_over_a_ring_without_batches_is_rewritten() {
+    let sim = disk(21);
+    drop(open(sim.clone(), config(DwbMode::Buffered)));
+    let mut image = sim.read_file(&dwb_path()).unwrap();
+    image[..32].fill(0x5A);
+    sim.write_file(&dwb_path(), &image);
     let (dwb, report) = open(sim.clone(), config(DwbMode::Buffered));
-    assert_eq!(report.pages_restored, vec![(F1, 2)], "the scan needs no header");
+    assert_eq!(report.batches, 0);
     dwb.write_pages(&borrow(&pages_at(&[(F2, 2)], 2))).unwrap();
     drop(dwb);
     assert_eq!(&sim.read_file(&dwb_path()).unwrap()[4..8], b"NDWB", "the header was rewritten");
     let (_, report) = open(sim.clone(), config(DwbMode::Buffered));
-    assert_eq!(report.batches, 2);
+    assert_eq!(report.batches, 1);
     // An empty file, as a crash right after its creation leaves it.
     sim.write_file(&dwb_path(), &[]);
     let (dwb, report) = open(sim.clone(), config(DwbMode::Buffered));
     assert_eq!(report.batches, 0);
     dwb.write_pages(&borrow(&pages_at(&[(F2, 3)], 2))).unwrap();
     assert_eq!(sim.read_file(&dwb_path()).unwrap().len(), 4096 + 128 * 1024);
+}
+
+/// Creates a file holding `bytes`, durably.
+fn create_file(sim: &SimStorage, path: &Path, bytes: &[u8]) {
+    let f = sim.open(path, OpenMode { create: true, write: true, direct: false }).unwrap();
+    f.write_at(bytes, 0).unwrap();
+    f.sync_data().unwrap();
+    sim.sync_dir(Path::new(DIR)).unwrap();
+}
+
+/// A page file of 512-byte pages, the target of a slot spelled out inside a 4 KiB page image.
+const SMALL: FileId = FileId(3);
+
+/// Writes a page of `F1` whose image spells out, 512 bytes into the ring after the batch's
+/// start, a whole slot of `salt` that names page 0 of `SMALL` at version 99; then overwrites
+/// the first 512 bytes of the batch, as a later batch that wraps the ring would. Returns what
+/// recovery then reports and page 0 of `SMALL` afterwards.
+fn recover_over_a_spelled_out_slot(salt_of: impl Fn(&[u8]) -> u32) -> (nodedb_wal::DwbRecovery, Vec<u8>) {
+    use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, SlotHeader, encode_slot};
+    let sim = disk(22);
+    let small_path = Path::new(DIR).join("pages-3");
+    let small_page = |version: u64| {
+        let mut bytes = vec![0x11u8; 512];
+        bytes[4..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[4..]);
+        bytes[..4].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    };
+    create_file(&sim, &small_path, &small_page(1));
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    let salt = salt_of(&sim.read_file(&dwb_path()).unwrap());
+    let forged = SlotHeader { file: SMALL, seq: 1 << 40, batch_seq: 1 << 40, batch_slots: 1, page_len: 512, page_no: 0, epoch: 1, salt };
+    let mut vehicle = page(F1, 5, 2);
+    encode_slot(&forged, &small_page(99), &mut vehicle[512 - SLOT_HEADER_LEN..]);
+    dwb.write_pages(&[(F1, 5, &vehicle)]).unwrap();
+    drop(dwb);
+    let mut image = sim.read_file(&dwb_path()).unwrap();
+    image[4096..4096 + 512].fill(0);
+    sim.write_file(&dwb_path(), &image);
+    let dwb = DoubleWriteBuffer::open_with(sim.clone(), config(DwbMode::Buffered)).unwrap();
+    for file in FILES {
+        dwb.register_file(file, file_path(file), PAGE).unwrap();
+    }
+    dwb.register_file(SMALL, &small_path, 512).unwrap();
+    let report = dwb.recover(check).unwrap();
+    (report, sim.read_file(&small_path).unwrap())
+}
+
+#[test]
+fn a_slot_spelled_out_inside_a_page_image_is_never_applied() {
+    let (report, page) = recover_over_a_spelled_out_slot(|_| 1);
+    assert_eq!((report.batches, report.pages_restored.len()), (0, 0), "{report:?}");
+    assert_eq!(u64::from_le_bytes(page[4..12].try_into().unwrap()), 1, "the page was left alone");
+    // Without a salt (a version 1 slot) it is no batch of this file either.
+    let (report, _) = recover_over_a_spelled_out_slot(|_| 0);
+    assert_eq!(report.batches, 0, "{report:?}");
+    // What the salt guards against: the same slot with the file's own salt is taken for a batch.
+    let (report, page) = recover_over_a_spelled_out_slot(|file| u32::from_le_bytes(file[24..28].try_into().unwrap()));
+    assert_eq!(report.pages_restored, vec![(SMALL, 0)], "{report:?}");
+    assert_eq!(u64::from_le_bytes(page[4..12].try_into().unwrap()), 99);
+}
+
+#[test]
+fn a_version_1_buffer_is_recovered_then_rewritten_with_a_salt() {
+    use nodedb_wal::format::dwb::{FileHeader, SlotHeader, encode_slot};
+    let sim = disk(23);
+    // A version 1 file as an earlier build left it: one applied batch of page (1, 4) at version 2.
+    let cfg = config(DwbMode::Buffered);
+    let mut image = vec![0u8; cfg.block_len + cfg.ring_bytes as usize];
+    let header = FileHeader { version: 1, block_len: cfg.block_len as u32, ring_bytes: cfg.ring_bytes, salt: 0 };
+    image[..32].copy_from_slice(&header.encode());
+    let slot = SlotHeader { file: F1, seq: 7, batch_seq: 7, batch_slots: 1, page_len: PAGE as u32, page_no: 4, epoch: 3, salt: 0 };
+    encode_slot(&slot, &page(F1, 4, 2), &mut image[cfg.block_len..]);
+    create_file(&sim, &dwb_path(), &image);
+    tear(&sim, F1, 4);
+    let (dwb, report) = open(sim.clone(), cfg.clone());
+    assert_eq!(report.pages_restored, vec![(F1, 4)]);
+    let rewritten = FileHeader::decode(&sim.read_file(&dwb_path()).unwrap()).unwrap();
+    assert_eq!(rewritten.version, 2);
+    assert_ne!(rewritten.salt, 0);
+    // New batches carry the salt; the version 1 batch no longer counts as one of this file's.
+    dwb.write_pages(&borrow(&pages_at(&[(F2, 1)], 2))).unwrap();
+    drop(dwb);
+    let scan = scan_ring(&sim.read_file(&dwb_path()).unwrap(), rewritten.salt);
+    assert_eq!((scan.batches.len(), scan.other_salt, scan.seq_max), (1, 1, 8), "numbered on from the old slots");
+    tear(&sim, F2, 1);
+    let (_, report) = open(sim.clone(), cfg);
+    assert_eq!((report.batches, report.pages_restored.clone()), (1, vec![(F2, 1)]), "{report:?}");
 }
 
 #[test]

@@ -21,14 +21,15 @@ pub(super) fn batch_prefix(pages: &[PageWrite<'_>], batch_bytes_max: usize) -> u
     pages.len()
 }
 
-/// Encodes `pages` as one batch whose first slot has sequence `batch_seq`, padded with zeros
-/// to a multiple of `block_len`. Returns the padded length. `out` must be large enough.
-pub(super) fn encode_batch(pages: &[PageWrite<'_>], batch_seq: u64, epoch: u32, block_len: usize, out: &mut [u8]) -> usize {
+/// Encodes `pages` as one batch whose first slot has sequence `batch_seq`, its slots stamped
+/// with this life's `epoch` and the file's `salt`, padded with zeros to a multiple of
+/// `block_len`. Returns the padded length. `out` must be large enough.
+pub(super) fn encode_batch(pages: &[PageWrite<'_>], batch_seq: u64, (epoch, salt): (u32, u32), block_len: usize, out: &mut [u8]) -> usize {
     let batch_slots = u32::try_from(pages.len()).expect("a batch holds fewer than 2^32 pages");
     let mut at = 0;
     for (index, &(file, page_no, bytes)) in (0u64..).zip(pages) {
         let page_len = u32::try_from(bytes.len()).expect("registration bounds page lengths");
-        let header = SlotHeader { file, seq: batch_seq + index, batch_seq, batch_slots, page_len, page_no, epoch };
+        let header = SlotHeader { file, seq: batch_seq + index, batch_seq, batch_slots, page_len, page_no, epoch, salt };
         at += encode_slot(&header, bytes, &mut out[at..]);
     }
     let padded = at.next_multiple_of(block_len);
@@ -57,9 +58,9 @@ mod tests {
         let b = [2u8; 100];
         let pages: Vec<PageWrite<'_>> = vec![(FileId(1), 5, &a), (FileId(2), 9, &b), (FileId(1), 5, &a)];
         let mut out = vec![0xEEu8; 16384];
-        let len = encode_batch(&pages, 40, 3, 4096, &mut out);
+        let len = encode_batch(&pages, 40, (3, 0x5EED), 4096, &mut out);
         assert_eq!(len, 12288, "8464 bytes of slots, padded to three blocks");
-        let scan = scan_ring(&out[..len]);
+        let scan = scan_ring(&out[..len], 0x5EED);
         assert_eq!(scan.batches.len(), 1);
         let seqs: Vec<u64> = scan.batches[0].slots.iter().map(|s| s.header.seq).collect();
         assert_eq!(seqs, [40, 41, 42]);

@@ -157,7 +157,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         let inner = Inner {
             buffer,
             targets: Targets::new(),
-            epoch: random_epoch(),
+            epoch: random_u32(),
             next_seq: 1,
             needs_recovery,
             unapplied: false,
@@ -306,7 +306,12 @@ impl<S: Storage> DoubleWriteBuffer<S> {
             Buffer::Ready(ring) => ring,
         };
         let (image, len) = ring.read_all().map_err(|e| WalError::io(IoOp::Read, &self.config.path, e))?;
-        let scan = scan::scan_ring(&image[..len]);
+        let scan = scan::scan_ring(&image[..len], ring.scan_salt());
+        if ring.header_damaged() && scan.other_salt > 0 {
+            // Batches whose salt is lost with the header: applying them could write a slot
+            // spelled out in a page image; ignoring them could leave a torn page torn.
+            return Err(WalError::DwbHeaderDamaged { path: self.config.path.clone(), salted_batches: scan.other_salt });
+        }
         let report = match recover::repair(&self.storage, &mut inner.targets, &image[..len], &scan, &validator) {
             Ok(report) => report,
             // After a failed write or sync the page files' state is unknown: no retry. A file
@@ -420,8 +425,10 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         let batch_seq = inner.next_seq;
         // Sequences are never reused, even by a batch that fails.
         inner.next_seq += pages.len() as u64;
-        let len = batch::encode_batch(pages, batch_seq, inner.epoch, block_len, scratch);
         let Buffer::Ready(ring) = &mut inner.buffer else { unreachable!("checked by the caller") };
+        // Recovery formats an existing file before the first batch; a new one is formatted.
+        debug_assert!(ring.formatted(), "a batch is written before the file header carries its salt");
+        let len = batch::encode_batch(pages, batch_seq, (inner.epoch, ring.salt()), block_len, scratch);
         ring.write_batch(&scratch[..len])?;
         inner.unapplied = true;
         Counters::add(&self.counters.batches, 1);
@@ -483,8 +490,9 @@ impl<F> Inner<F> {
     }
 }
 
-/// A random epoch for this life's slots; the clock stands in if the kernel has no randomness.
-fn random_epoch() -> u32 {
+/// A random number for this life's epoch or a file's salt; the clock stands in if the kernel
+/// has no randomness.
+fn random_u32() -> u32 {
     let mut raw = [0u8; 4];
     match rustix::rand::getrandom(&mut raw, rustix::rand::GetRandomFlags::empty()) {
         Ok(4) => u32::from_le_bytes(raw),

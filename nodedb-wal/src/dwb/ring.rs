@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::config::{DwbConfig, DwbMode};
 use super::stats::count_buffer_bytes;
 use crate::error::{IoOp, Result, WalError};
-use crate::format::dwb::{DWB_VERSION, FILE_HEADER_LEN, FileHeader, FileHeaderError};
+use crate::format::dwb::{DWB_VERSION, DWB_VERSION_UNSALTED, FILE_HEADER_LEN, FileHeader, FileHeaderError};
 use crate::storage::{AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
 
 /// Zeros are written in chunks of this many bytes when the file is created.
@@ -29,9 +29,24 @@ pub(super) struct Ring<F> {
     ring_bytes: u64,
     /// Where the next batch goes (a file offset inside the ring).
     write_pos: u64,
-    /// Whether the file's header and length already match the geometry; if not, recovery
-    /// rewrites them once every image in the file has been applied.
-    formatted: bool,
+    /// What the file header said at open, until recovery rewrites it.
+    found: Found,
+    /// The salt of the current format: the header's, or drawn for the header recovery writes.
+    salt: u32,
+}
+
+/// What the file's header is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// Version 2 with this build's geometry: nothing to rewrite.
+    Current,
+    /// Version 2 of another geometry (or file length): its salt is kept.
+    OtherGeometry,
+    /// Version 1: its slots carry no salt. Rewritten as version 2 under a new salt.
+    Unsalted,
+    /// Missing, torn or damaged. Slots of version 1 need no header; slots with a salt cannot
+    /// be checked without it.
+    Damaged,
 }
 
 /// What opening the buffer file found.
@@ -65,19 +80,29 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
     if let Err(e) = file.read_at(&mut block, 0) {
         return Ok(Opened::Failed(IoOp::Read, e));
     }
-    let formatted = match FileHeader::decode(&block) {
-        Ok(h) if h.version != DWB_VERSION => {
+    let (found, salt) = match FileHeader::decode(&block) {
+        Ok(h) if h.version > DWB_VERSION => {
             return Err(WalError::DwbUnsupportedVersion { path: path.clone(), version: h.version, supported: DWB_VERSION });
         }
+        Ok(h) if h.version == DWB_VERSION_UNSALTED => (Found::Unsalted, new_salt()),
         Ok(h) => {
             let len = file.len().unwrap_or(0);
-            h.block_len as usize == config.block_len && h.ring_bytes == config.ring_bytes && len == config.block_len as u64 + h.ring_bytes
+            let same = h.block_len as usize == config.block_len
+                && h.ring_bytes == config.ring_bytes
+                && len == config.block_len as u64 + h.ring_bytes;
+            (if same { Found::Current } else { Found::OtherGeometry }, h.salt)
         }
-        // A header torn while the file was created, or damaged: the scan does not need it.
-        Err(FileHeaderError::Truncated | FileHeaderError::BadMagic | FileHeaderError::Checksum | FileHeaderError::BadGeometry) => false,
+        // A header torn while the file was created (before any batch), or damaged.
+        Err(FileHeaderError::Truncated | FileHeaderError::BadMagic | FileHeaderError::Checksum | FileHeaderError::BadGeometry) => {
+            (Found::Damaged, new_salt())
+        }
     };
-    let ring = Ring::new(file, config, formatted);
-    Ok(Opened::Existing(ring))
+    Ok(Opened::Existing(Ring::new(file, config, found, salt)))
+}
+
+/// A new file's salt: random and never 0 (which marks a slot of version 1).
+fn new_salt() -> u32 {
+    super::random_u32().max(1)
 }
 
 /// Creates and formats the file: header block, the whole ring zeroed (so that no later batch
@@ -94,7 +119,7 @@ fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>
         Err(e) if mode.direct && is_direct_io_refusal(&e) => return Err(WalError::DirectIoUnsupported { path: path.clone() }),
         Err(e) => return Ok(Opened::Failed(IoOp::Open, e)),
     };
-    let mut ring = Ring::new(file, config, false);
+    let mut ring = Ring::new(file, config, Found::Damaged, new_salt());
     if let Err((op, e)) = ring.format(true) {
         return Ok(Opened::Failed(op, e));
     }
@@ -105,9 +130,9 @@ fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>
 }
 
 impl<F: StorageFile> Ring<F> {
-    fn new(file: F, config: &DwbConfig, formatted: bool) -> Ring<F> {
+    fn new(file: F, config: &DwbConfig, found: Found, salt: u32) -> Ring<F> {
         let block_len = config.block_len;
-        Ring { file, path: config.path.clone(), block_len, ring_bytes: config.ring_bytes, write_pos: block_len as u64, formatted }
+        Ring { file, path: config.path.clone(), block_len, ring_bytes: config.ring_bytes, write_pos: block_len as u64, found, salt }
     }
 
     /// The buffer file's path.
@@ -123,12 +148,12 @@ impl<F: StorageFile> Ring<F> {
         self.ring_start() + self.ring_bytes
     }
 
-    /// Writes the header block for the configured geometry and sets the file's length, zeroing
-    /// the ring first when `zero_ring` (a new file), then syncs. The header fits in one sector,
-    /// which the media write whole or not at all; a header torn anyway is only rewritten.
+    /// Writes the header block for the configured geometry and the salt and sets the file's
+    /// length, zeroing the ring first when `zero_ring` (a new file), then syncs. The header fits
+    /// in one sector, which the media write whole or not at all.
     pub(super) fn format(&mut self, zero_ring: bool) -> Result<(), (IoOp, io::Error)> {
         let mut block = AlignedBuf::zeroed(self.block_len, self.block_len);
-        let header = FileHeader { version: DWB_VERSION, block_len: self.block_len as u32, ring_bytes: self.ring_bytes };
+        let header = FileHeader { version: DWB_VERSION, block_len: self.block_len as u32, ring_bytes: self.ring_bytes, salt: self.salt };
         block[..FILE_HEADER_LEN].copy_from_slice(&header.encode());
         if zero_ring {
             let zeros = AlignedBuf::zeroed(ZERO_CHUNK.min(self.ring_bytes as usize), self.block_len);
@@ -142,13 +167,33 @@ impl<F: StorageFile> Ring<F> {
         self.write(&block, 0).map_err(|e| (IoOp::Write, e))?;
         self.file.set_len(self.ring_end()).map_err(|e| (IoOp::SetLen, e))?;
         self.file.sync_data().map_err(|e| (IoOp::SyncData, e))?;
-        self.formatted = true;
+        self.found = Found::Current;
         Ok(())
     }
 
-    /// Whether recovery must rewrite the header (a torn creation, or a new geometry).
+    /// Whether recovery must rewrite the header (a torn creation, a new geometry, version 1).
     pub(super) fn formatted(&self) -> bool {
-        self.formatted
+        self.found == Found::Current
+    }
+
+    /// The salt the slots recovery may apply carry: the header's, or none in a file of version
+    /// 1 or with a damaged header (where only slots of version 1 can be checked).
+    pub(super) fn scan_salt(&self) -> u32 {
+        match self.found {
+            Found::Current | Found::OtherGeometry => self.salt,
+            Found::Unsalted | Found::Damaged => 0,
+        }
+    }
+
+    /// Whether the header was unreadable at open: slots with a salt found then cannot be told
+    /// from slots spelled out inside page images.
+    pub(super) fn header_damaged(&self) -> bool {
+        self.found == Found::Damaged
+    }
+
+    /// The salt new batches carry. Only valid once the file is [`Self::formatted`].
+    pub(super) fn salt(&self) -> u32 {
+        self.salt
     }
 
     fn write(&self, bytes: &[u8], at: u64) -> io::Result<()> {

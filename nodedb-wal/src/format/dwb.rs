@@ -1,10 +1,12 @@
 //! The double-write buffer file: a 32-byte file header in block 0, then a ring of batches,
-//! each a run of packed slots (a 48-byte slot header followed by one page image).
+//! each a run of packed slots (a 56-byte slot header followed by one page image).
 //!
 //! Every slot checksums its header and its image with CRC32C and names the batch it belongs
 //! to (`epoch`, `batch_seq`, `batch_slots`), so recovery can tell a batch whose buffer write
-//! completed from one a crash tore, without a separate commit record. The byte tables are in
-//! `docs/FORMAT.md`.
+//! completed from one a crash tore, without a separate commit record. Since version 2 every
+//! slot also carries its file's random salt, which the file header holds: page images are the
+//! engine's users' bytes, and a slot they spell out inside one cannot know the salt. The byte
+//! tables are in `docs/FORMAT.md`.
 
 use std::fmt;
 
@@ -18,7 +20,7 @@ use super::read_le;
 /// ```
 /// use nodedb_wal::format::dwb::{DWB_VERSION, FILE_HEADER_LEN, FileHeader};
 ///
-/// let header = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20 };
+/// let header = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20, salt: 0x5EED };
 /// assert_eq!(header.encode().len(), FILE_HEADER_LEN);
 /// ```
 pub const FILE_HEADER_LEN: usize = 32;
@@ -29,11 +31,12 @@ pub const FILE_HEADER_LEN: usize = 32;
 /// ```
 /// use nodedb_wal::format::dwb::{DWB_VERSION, FILE_MAGIC, FileHeader};
 ///
-/// let bytes = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20 }.encode();
+/// let bytes = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20, salt: 0x5EED }.encode();
 /// assert_eq!(bytes[4..8], FILE_MAGIC, "after the checksum");
 /// ```
 pub const FILE_MAGIC: [u8; 4] = *b"NDWB";
-/// The current format version of the file and its slots.
+/// The format version of the file and its slots that this build writes. It reads version 1
+/// too ([`DWB_VERSION_UNSALTED`]).
 ///
 /// # Examples
 ///
@@ -41,11 +44,26 @@ pub const FILE_MAGIC: [u8; 4] = *b"NDWB";
 /// use nodedb_wal::format::dwb::{DWB_VERSION, FileHeader};
 ///
 /// // Decoding returns the version found; refusing a newer one is the reader's call.
-/// let newer = FileHeader { version: DWB_VERSION + 1, block_len: 4096, ring_bytes: 4 << 20 };
+/// let newer = FileHeader { version: DWB_VERSION + 1, block_len: 4096, ring_bytes: 4 << 20, salt: 1 };
 /// assert_eq!(FileHeader::decode(&newer.encode())?.version, DWB_VERSION + 1);
 /// # Ok::<(), nodedb_wal::format::dwb::FileHeaderError>(())
 /// ```
-pub const DWB_VERSION: u16 = 1;
+pub const DWB_VERSION: u16 = 2;
+/// Version 1 of the file and its slots: no salt (the field is zero). Still read, never written.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::format::dwb::{DWB_VERSION_UNSALTED, SlotHeader, encode_slot};
+///
+/// // A slot without a salt is a version 1 slot.
+/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 8, page_no: 0, epoch: 1, salt: 0 };
+/// let mut out = [0u8; 64];
+/// encode_slot(&header, &[0; 8], &mut out);
+/// assert_eq!(u16::from_le_bytes([out[8], out[9]]), DWB_VERSION_UNSALTED);
+/// ```
+pub const DWB_VERSION_UNSALTED: u16 = 1;
 
 const FH_CRC_AT: usize = 0;
 const FH_MAGIC_AT: usize = FH_CRC_AT + 4;
@@ -53,8 +71,9 @@ const FH_VERSION_AT: usize = FH_MAGIC_AT + 4;
 const FH_RESERVED_AT: usize = FH_VERSION_AT + 2;
 const FH_BLOCK_AT: usize = FH_RESERVED_AT + 2;
 const FH_RING_AT: usize = FH_BLOCK_AT + 4;
-const FH_RESERVED2_AT: usize = FH_RING_AT + 8;
-const _: () = assert!(FH_RESERVED2_AT + 8 == FILE_HEADER_LEN);
+const FH_SALT_AT: usize = FH_RING_AT + 8;
+const FH_RESERVED2_AT: usize = FH_SALT_AT + 4;
+const _: () = assert!(FH_RESERVED2_AT + 4 == FILE_HEADER_LEN);
 
 /// Bytes of a slot header; the page image follows it.
 ///
@@ -74,7 +93,7 @@ pub const SLOT_HEADER_LEN: usize = 56;
 /// use nodedb_wal::FileId;
 /// use nodedb_wal::format::dwb::{SLOT_MAGIC, SlotHeader, encode_slot};
 ///
-/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 8, page_no: 0, epoch: 1 };
+/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 8, page_no: 0, epoch: 1, salt: 9 };
 /// let mut out = [0u8; 64];
 /// encode_slot(&header, &[0; 8], &mut out);
 /// assert_eq!(out[4..8], SLOT_MAGIC, "after the checksum");
@@ -131,8 +150,8 @@ const BATCH_SLOTS_AT: usize = BATCH_SEQ_AT + 8;
 const PAGE_LEN_AT: usize = BATCH_SLOTS_AT + 4;
 const PAGE_NO_AT: usize = PAGE_LEN_AT + 4;
 const EPOCH_AT: usize = PAGE_NO_AT + 8;
-const RESERVED2_AT: usize = EPOCH_AT + 4;
-const _: () = assert!(RESERVED2_AT + 4 == SLOT_HEADER_LEN);
+const SALT_AT: usize = EPOCH_AT + 4;
+const _: () = assert!(SALT_AT + 4 == SLOT_HEADER_LEN);
 const _: () = assert!(SLOT_HEADER_LEN.is_multiple_of(SLOT_ALIGN));
 
 /// Identifies a page file (a B-tree, columnar or vector-index file) across restarts. The
@@ -156,14 +175,14 @@ impl fmt::Display for FileId {
     }
 }
 
-/// The decoded file header: the geometry of the ring.
+/// The decoded file header: the geometry of the ring, and the salt its slots carry.
 ///
 /// # Examples
 ///
 /// ```
 /// use nodedb_wal::format::dwb::{DWB_VERSION, FileHeader, FileHeaderError};
 ///
-/// let header = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20 };
+/// let header = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20, salt: 0x5EED };
 /// let mut bytes = header.encode();
 /// assert_eq!(FileHeader::decode(&bytes), Ok(header));
 /// bytes[12] ^= 1; // the block length
@@ -177,6 +196,9 @@ pub struct FileHeader {
     pub block_len: u32,
     /// Bytes of the ring, which starts right after the header block.
     pub ring_bytes: u64,
+    /// Random and non-zero, drawn when the file is formatted (version 2); every slot of the
+    /// file carries it. 0 in version 1, which had no salt.
+    pub salt: u32,
 }
 
 /// Why bytes are not a file header.
@@ -188,8 +210,10 @@ pub struct FileHeader {
 ///
 /// assert_eq!(FileHeader::decode(&[0u8; 8]), Err(FileHeaderError::Truncated));
 /// assert_eq!(FileHeader::decode(&[0u8; 4096]), Err(FileHeaderError::BadMagic), "zeros are no header");
-/// let odd = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 5000 };
+/// let odd = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 5000, salt: 1 };
 /// assert_eq!(FileHeader::decode(&odd.encode()), Err(FileHeaderError::BadGeometry));
+/// let unsalted = FileHeader { salt: 0, ..odd };
+/// assert_eq!(FileHeader::decode(&unsalted.encode()), Err(FileHeaderError::BadGeometry), "version 2 has a salt");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileHeaderError {
@@ -199,7 +223,8 @@ pub enum FileHeaderError {
     BadMagic,
     /// The checksum does not match.
     Checksum,
-    /// Reserved bytes are not zero, or the geometry is impossible.
+    /// Reserved bytes are not zero, the salt does not fit the version, or the geometry is
+    /// impossible.
     BadGeometry,
 }
 
@@ -211,14 +236,16 @@ impl FileHeader {
         out[FH_MAGIC_AT..FH_VERSION_AT].copy_from_slice(&FILE_MAGIC);
         out[FH_VERSION_AT..FH_RESERVED_AT].copy_from_slice(&self.version.to_le_bytes());
         out[FH_BLOCK_AT..FH_RING_AT].copy_from_slice(&self.block_len.to_le_bytes());
-        out[FH_RING_AT..FH_RESERVED2_AT].copy_from_slice(&self.ring_bytes.to_le_bytes());
+        out[FH_RING_AT..FH_SALT_AT].copy_from_slice(&self.ring_bytes.to_le_bytes());
+        out[FH_SALT_AT..FH_RESERVED2_AT].copy_from_slice(&self.salt.to_le_bytes());
         let crc = crc32c(&out[FH_MAGIC_AT..]);
         out[FH_CRC_AT..FH_MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
         out
     }
 
     /// Decodes the first [`FILE_HEADER_LEN`] bytes. The version is returned as found: whether
-    /// this build reads it is the caller's decision. See [`FileHeader`] for an example.
+    /// this build reads it is the caller's decision (the fields past the geometry of a version
+    /// newer than this build's are not checked). See [`FileHeader`] for an example.
     pub fn decode(bytes: &[u8]) -> Result<FileHeader, FileHeaderError> {
         if bytes.len() < FILE_HEADER_LEN {
             return Err(FileHeaderError::Truncated);
@@ -234,9 +261,12 @@ impl FileHeader {
             version: read_le!(u16, bytes, FH_VERSION_AT),
             block_len: read_le!(u32, bytes, FH_BLOCK_AT),
             ring_bytes: read_le!(u64, bytes, FH_RING_AT),
+            salt: read_le!(u32, bytes, FH_SALT_AT),
         };
-        let reserved_zero = read_le!(u16, bytes, FH_RESERVED_AT) == 0 && read_le!(u64, bytes, FH_RESERVED2_AT) == 0;
-        if !reserved_zero || !header.geometry_ok() {
+        let reserved_zero = read_le!(u16, bytes, FH_RESERVED_AT) == 0 && read_le!(u32, bytes, FH_RESERVED2_AT) == 0;
+        let salt_ok = salt_fits(header.version, header.salt);
+        let known = header.version <= DWB_VERSION;
+        if (known && (!reserved_zero || !salt_ok)) || !header.geometry_ok() {
             return Err(FileHeaderError::BadGeometry);
         }
         Ok(header)
@@ -252,6 +282,12 @@ impl FileHeader {
     }
 }
 
+/// Whether `salt` is what a file or slot of `version` carries: none (0) in version 1, a
+/// non-zero one since version 2.
+const fn salt_fits(version: u16, salt: u32) -> bool {
+    (version == DWB_VERSION_UNSALTED) == (salt == 0)
+}
+
 /// A decoded slot header.
 ///
 /// # Examples
@@ -261,7 +297,7 @@ impl FileHeader {
 /// use nodedb_wal::format::dwb::SlotHeader;
 ///
 /// // The third slot of a batch of four that starts at sequence 10.
-/// let header = SlotHeader { file: FileId(1), seq: 12, batch_seq: 10, batch_slots: 4, page_len: 4096, page_no: 77, epoch: 5 };
+/// let header = SlotHeader { file: FileId(1), seq: 12, batch_seq: 10, batch_slots: 4, page_len: 4096, page_no: 77, epoch: 5, salt: 0x5EED };
 /// assert_eq!(header.index(), 2);
 /// assert_eq!(header.slot_len(), 56 + 4096);
 /// ```
@@ -283,6 +319,10 @@ pub struct SlotHeader {
     /// Random, drawn each time the buffer is opened: slots of a batch torn in an earlier life
     /// never chain with a new batch written over them, even where sequences repeat.
     pub epoch: u32,
+    /// The salt of the file the slot was written for (its header's); 0 in a version 1 slot.
+    /// The version is the salt's: a slot with a salt is encoded as version 2, one without as
+    /// version 1.
+    pub salt: u32,
 }
 
 /// Why bytes are not a valid slot.
@@ -294,7 +334,7 @@ pub struct SlotHeader {
 /// use nodedb_wal::format::dwb::{SlotError, SlotHeader, decode_slot, encode_slot};
 ///
 /// assert_eq!(decode_slot(&[0u8; 4096]), Err(SlotError::Blank), "never-written space");
-/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 100, page_no: 0, epoch: 1 };
+/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 100, page_no: 0, epoch: 1, salt: 0x5EED };
 /// let mut out = [0u8; 256];
 /// let len = encode_slot(&header, &[3; 100], &mut out);
 /// assert_eq!(decode_slot(&out[..len - 50]), Err(SlotError::Truncated));
@@ -311,7 +351,8 @@ pub enum SlotError {
     Blank,
     /// The magic is wrong (and the header is not all zeros).
     BadMagic,
-    /// A version this build does not write, reserved bits set, or impossible fields.
+    /// A version this build does not read, reserved bits set, a salt that does not fit the
+    /// version, or impossible fields.
     BadHeader,
     /// The checksum does not match.
     Checksum,
@@ -339,7 +380,7 @@ impl SlotHeader {
     /// use nodedb_wal::FileId;
     /// use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, SlotError, SlotHeader, decode_slot, encode_slot};
     ///
-    /// let header = SlotHeader { file: FileId(2), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 64, page_no: 9, epoch: 3 };
+    /// let header = SlotHeader { file: FileId(2), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 64, page_no: 9, epoch: 3, salt: 0x5EED };
     /// let mut out = [0u8; 128];
     /// encode_slot(&header, &[1; 64], &mut out);
     /// out[SLOT_HEADER_LEN] ^= 1; // damage the image only
@@ -354,8 +395,9 @@ impl SlotHeader {
         if bytes[MAGIC_AT..VERSION_AT] != SLOT_MAGIC {
             return Err(if bytes.iter().all(|&b| b == 0) { SlotError::Blank } else { SlotError::BadMagic });
         }
-        let reserved_zero = read_le!(u16, bytes, RESERVED_AT) == 0 && read_le!(u32, bytes, RESERVED2_AT) == 0;
-        if read_le!(u16, bytes, VERSION_AT) != DWB_VERSION || !reserved_zero {
+        let version = read_le!(u16, bytes, VERSION_AT);
+        let salt = read_le!(u32, bytes, SALT_AT);
+        if read_le!(u16, bytes, RESERVED_AT) != 0 || version > DWB_VERSION || !salt_fits(version, salt) {
             return Err(SlotError::BadHeader);
         }
         let header = SlotHeader {
@@ -366,6 +408,7 @@ impl SlotHeader {
             page_len: read_le!(u32, bytes, PAGE_LEN_AT),
             page_no: read_le!(u64, bytes, PAGE_NO_AT),
             epoch: read_le!(u32, bytes, EPOCH_AT),
+            salt,
         };
         let in_batch = header.seq >= header.batch_seq && header.seq - header.batch_seq < u64::from(header.batch_slots);
         let page_ok = header.page_len > 0 && header.page_len as usize <= PAGE_BYTES_MAX;
@@ -379,7 +422,8 @@ impl SlotHeader {
         let out = &mut out[..SLOT_HEADER_LEN];
         out[CRC_AT..MAGIC_AT].fill(0);
         out[MAGIC_AT..VERSION_AT].copy_from_slice(&SLOT_MAGIC);
-        out[VERSION_AT..RESERVED_AT].copy_from_slice(&DWB_VERSION.to_le_bytes());
+        let version = if self.salt == 0 { DWB_VERSION_UNSALTED } else { DWB_VERSION };
+        out[VERSION_AT..RESERVED_AT].copy_from_slice(&version.to_le_bytes());
         out[RESERVED_AT..FILE_AT].fill(0);
         out[FILE_AT..SEQ_AT].copy_from_slice(&self.file.0.to_le_bytes());
         out[SEQ_AT..BATCH_SEQ_AT].copy_from_slice(&self.seq.to_le_bytes());
@@ -387,8 +431,8 @@ impl SlotHeader {
         out[BATCH_SLOTS_AT..PAGE_LEN_AT].copy_from_slice(&self.batch_slots.to_le_bytes());
         out[PAGE_LEN_AT..PAGE_NO_AT].copy_from_slice(&self.page_len.to_le_bytes());
         out[PAGE_NO_AT..EPOCH_AT].copy_from_slice(&self.page_no.to_le_bytes());
-        out[EPOCH_AT..RESERVED2_AT].copy_from_slice(&self.epoch.to_le_bytes());
-        out[RESERVED2_AT..SLOT_HEADER_LEN].fill(0);
+        out[EPOCH_AT..SALT_AT].copy_from_slice(&self.epoch.to_le_bytes());
+        out[SALT_AT..SLOT_HEADER_LEN].copy_from_slice(&self.salt.to_le_bytes());
     }
 }
 
@@ -418,7 +462,7 @@ pub const fn slot_len(page_len: usize) -> usize {
 /// use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, SlotHeader, decode_slot, encode_slot};
 ///
 /// let image = [0xA5u8; 13];
-/// let header = SlotHeader { file: FileId(1), seq: 4, batch_seq: 4, batch_slots: 1, page_len: 13, page_no: 2, epoch: 9 };
+/// let header = SlotHeader { file: FileId(1), seq: 4, batch_seq: 4, batch_slots: 1, page_len: 13, page_no: 2, epoch: 9, salt: 0x5EED };
 /// let mut out = [0xFFu8; 128];
 /// let len = encode_slot(&header, &image, &mut out);
 /// assert_eq!(len, 72);
@@ -447,7 +491,7 @@ pub fn encode_slot(header: &SlotHeader, image: &[u8], out: &mut [u8]) -> usize {
 /// use nodedb_wal::FileId;
 /// use nodedb_wal::format::dwb::{SLOT_HEADER_LEN, SlotHeader, decode_slot, encode_slot};
 ///
-/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 5, page_no: 0, epoch: 1 };
+/// let header = SlotHeader { file: FileId(1), seq: 1, batch_seq: 1, batch_slots: 1, page_len: 5, page_no: 0, epoch: 1, salt: 0x5EED };
 /// let mut ring = [0u8; 512];
 /// encode_slot(&header, b"page!", &mut ring);
 /// let found = decode_slot(&ring)?;
@@ -472,7 +516,7 @@ mod tests {
     use super::*;
 
     fn header(page_len: u32) -> SlotHeader {
-        SlotHeader { file: FileId(3), seq: 12, batch_seq: 10, batch_slots: 4, page_len, page_no: 77, epoch: 0xE90C }
+        SlotHeader { file: FileId(3), seq: 12, batch_seq: 10, batch_slots: 4, page_len, page_no: 77, epoch: 0xE90C, salt: 0x5EED }
     }
 
     #[test]
@@ -521,12 +565,44 @@ mod tests {
 
     #[test]
     fn file_header_round_trips_and_rejects_impossible_geometry() {
-        let h = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 1 << 22 };
+        let h = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 1 << 22, salt: 0x5EED };
         assert_eq!(FileHeader::decode(&h.encode()), Ok(h));
         let odd = FileHeader { ring_bytes: 5000, ..h };
         assert_eq!(FileHeader::decode(&odd.encode()), Err(FileHeaderError::BadGeometry));
         let mut flipped = h.encode();
         flipped[20] ^= 1;
         assert_eq!(FileHeader::decode(&flipped), Err(FileHeaderError::Checksum));
+    }
+
+    #[test]
+    fn the_salt_decides_the_version_and_each_version_holds_only_its_own_kind_of_salt() {
+        let mut buf = [0u8; 128];
+        let unsalted = SlotHeader { salt: 0, ..header(8) };
+        let len = encode_slot(&unsalted, &[1; 8], &mut buf);
+        assert_eq!(read_le!(u16, buf, VERSION_AT), DWB_VERSION_UNSALTED);
+        assert_eq!(decode_slot(&buf[..len]), Ok(unsalted), "version 1 slots still read");
+        // A version 1 slot whose salt field (reserved then) is set, and a version 2 slot
+        // without a salt, are neither: both re-checksummed so only the rule rejects them.
+        for (version, salt) in [(DWB_VERSION_UNSALTED, 7u32), (DWB_VERSION, 0)] {
+            encode_slot(&header(8), &[1; 8], &mut buf);
+            buf[VERSION_AT..RESERVED_AT].copy_from_slice(&version.to_le_bytes());
+            buf[SALT_AT..SLOT_HEADER_LEN].copy_from_slice(&salt.to_le_bytes());
+            let crc = crc32c(&buf[MAGIC_AT..SLOT_HEADER_LEN + 8]);
+            buf[..4].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode_slot(&buf[..len]), Err(SlotError::BadHeader), "version {version}, salt {salt}");
+        }
+        let v1 = FileHeader { version: DWB_VERSION_UNSALTED, block_len: 512, ring_bytes: 8192, salt: 0 };
+        assert_eq!(FileHeader::decode(&v1.encode()), Ok(v1));
+        assert_eq!(FileHeader::decode(&FileHeader { salt: 3, ..v1 }.encode()), Err(FileHeaderError::BadGeometry));
+    }
+
+    #[test]
+    fn a_newer_version_is_returned_as_found_whatever_its_later_fields_hold() {
+        let newer = FileHeader { version: DWB_VERSION + 1, block_len: 4096, ring_bytes: 1 << 22, salt: 0 };
+        let mut bytes = newer.encode();
+        bytes[FH_RESERVED2_AT] = 1;
+        let crc = crc32c(&bytes[FH_MAGIC_AT..]);
+        bytes[..4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(FileHeader::decode(&bytes).map(|h| h.version), Ok(DWB_VERSION + 1), "the reader refuses it by its version");
     }
 }
