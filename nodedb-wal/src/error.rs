@@ -547,7 +547,7 @@ pub enum WalError {
     DwbHeaderDamaged {
         /// The buffer file.
         path: PathBuf,
-        /// Intact first slots found with a salt.
+        /// Intact slots with a salt found where a batch may start (on 512-byte boundaries).
         salted_batches: usize,
     },
     /// The buffer file was written by a format version this build does not read.

@@ -626,9 +626,42 @@ fn a_slot_spelled_out_inside_a_page_image_is_never_applied() {
     let (report, _) = recover_over_a_spelled_out_slot(|_| 0);
     assert_eq!(report.batches, 0, "{report:?}");
     // What the salt guards against: the same slot with the file's own salt is taken for a batch.
-    let (report, page) = recover_over_a_spelled_out_slot(|file| u32::from_le_bytes(file[24..28].try_into().unwrap()));
+    let (report, page) = recover_over_a_spelled_out_slot(|file| nodedb_wal::format::dwb::FileHeader::decode(file).unwrap().salt);
     assert_eq!(report.pages_restored, vec![(SMALL, 0)], "{report:?}");
     assert_eq!(u64::from_le_bytes(page[4..12].try_into().unwrap()), 99);
+}
+
+#[test]
+fn a_buffer_of_a_newer_version_is_refused_whatever_its_geometry() {
+    use nodedb_wal::format::dwb::FileHeader;
+    for (block_len, ring_bytes) in [(4096, 128 * 1024), (2 << 20, 4 << 20), (3, 5)] {
+        let sim = disk(24);
+        let cfg = config(DwbMode::Buffered);
+        let mut image = vec![0u8; cfg.block_len + cfg.ring_bytes as usize];
+        image[..40].copy_from_slice(&FileHeader { version: 3, block_len, ring_bytes, salt: 77 }.encode());
+        create_file(&sim, &dwb_path(), &image);
+        let err = DoubleWriteBuffer::open_with(sim.clone(), cfg).unwrap_err();
+        assert!(matches!(err, WalError::DwbUnsupportedVersion { version: 3, supported: 2, .. }), "{err}");
+        assert_eq!(sim.read_file(&dwb_path()).unwrap(), image, "left as found");
+    }
+}
+
+#[test]
+fn a_version_1_slot_numbered_near_the_end_of_sequences_is_no_batch() {
+    use nodedb_wal::format::dwb::{FileHeader, SlotHeader, encode_slot};
+    let sim = disk(25);
+    let cfg = config(DwbMode::Buffered);
+    let mut image = vec![0u8; cfg.block_len + cfg.ring_bytes as usize];
+    let header = FileHeader { version: 1, block_len: cfg.block_len as u32, ring_bytes: cfg.ring_bytes, salt: 0 };
+    image[..32].copy_from_slice(&header.encode()[..32]);
+    let slot =
+        SlotHeader { file: F1, seq: u64::MAX, batch_seq: u64::MAX, batch_slots: 1, page_len: PAGE as u32, page_no: 0, epoch: 1, salt: 0 };
+    encode_slot(&slot, &page(F1, 0, 9), &mut image[cfg.block_len..]);
+    create_file(&sim, &dwb_path(), &image);
+    let (dwb, report) = open(sim.clone(), cfg);
+    assert_eq!(report.batches, 0);
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 1)], 2))).unwrap();
+    assert_eq!(versions(&sim)[slot_of(F1, 0)], Some(1));
 }
 
 #[test]
@@ -639,7 +672,7 @@ fn a_version_1_buffer_is_recovered_then_rewritten_with_a_salt() {
     let cfg = config(DwbMode::Buffered);
     let mut image = vec![0u8; cfg.block_len + cfg.ring_bytes as usize];
     let header = FileHeader { version: 1, block_len: cfg.block_len as u32, ring_bytes: cfg.ring_bytes, salt: 0 };
-    image[..32].copy_from_slice(&header.encode());
+    image[..32].copy_from_slice(&header.encode()[..32]);
     let slot = SlotHeader { file: F1, seq: 7, batch_seq: 7, batch_slots: 1, page_len: PAGE as u32, page_no: 4, epoch: 3, salt: 0 };
     encode_slot(&slot, &page(F1, 4, 2), &mut image[cfg.block_len..]);
     create_file(&sim, &dwb_path(), &image);

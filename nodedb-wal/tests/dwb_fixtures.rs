@@ -62,9 +62,12 @@ fn check_bytes(image: &[u8], version: u64) {
     assert_eq!(&image[4..8], b"NDWB", "file magic");
     assert_eq!((le(image, 8, 2), le(image, 12, 4), le(image, 16, 8)), (version, 512, 16 * 1024), "version, block, ring");
     assert_eq!(le(image, 0, 4), u64::from(crc32c::crc32c(&image[4..32])), "header checksum");
-    let salt = le(image, 24, 4);
-    assert_eq!(salt == 0, version == 1, "a salt from version 2 on");
-    assert_eq!(le(image, 28, 4), 0, "reserved");
+    assert_eq!(le(image, 24, 8), 0, "reserved");
+    let salt = le(image, 32, 4);
+    assert_eq!(salt == 0, version == 1, "a salt from version 2 on, after version 1's 32 bytes");
+    if version > 1 {
+        assert_eq!(le(image, 36, 4), u64::from(crc32c::crc32c(&image[..36])), "the salt's checksum");
+    }
     let slot = &image[512..];
     assert_eq!(&slot[4..8], b"NDWS", "slot magic");
     assert_eq!(le(slot, 8, 2), version, "slot version");

@@ -13,7 +13,12 @@ use std::fmt;
 use super::crc::crc32c;
 use super::read_le;
 
-/// Bytes of the file header (at offset 0; the rest of block 0 is zero).
+/// Bytes of the file header (at offset 0; the rest of block 0 is zero): the 32 bytes of
+/// version 1, then the salt and a checksum of all before it.
+///
+/// The salt lies past version 1's 32 bytes, which stay as they were (their reserved bytes
+/// zero), so that a build of version 1 reads the header, finds version 2 and refuses the file
+/// (`DwbUnsupportedVersion`) rather than take it for a damaged header and format it again.
 ///
 /// # Examples
 ///
@@ -22,8 +27,11 @@ use super::read_le;
 ///
 /// let header = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20, salt: 0x5EED };
 /// assert_eq!(header.encode().len(), FILE_HEADER_LEN);
+/// assert_eq!(header.encode()[24..32], [0; 8], "version 1's reserved bytes stay zero");
 /// ```
-pub const FILE_HEADER_LEN: usize = 32;
+pub const FILE_HEADER_LEN: usize = 40;
+/// Bytes of a version 1 file header.
+const FILE_HEADER_V1_LEN: usize = 32;
 /// Magic of a double-write buffer file: `NDWB`.
 ///
 /// # Examples
@@ -71,9 +79,10 @@ const FH_VERSION_AT: usize = FH_MAGIC_AT + 4;
 const FH_RESERVED_AT: usize = FH_VERSION_AT + 2;
 const FH_BLOCK_AT: usize = FH_RESERVED_AT + 2;
 const FH_RING_AT: usize = FH_BLOCK_AT + 4;
-const FH_SALT_AT: usize = FH_RING_AT + 8;
-const FH_RESERVED2_AT: usize = FH_SALT_AT + 4;
-const _: () = assert!(FH_RESERVED2_AT + 4 == FILE_HEADER_LEN);
+const FH_RESERVED2_AT: usize = FH_RING_AT + 8;
+const FH_SALT_AT: usize = FH_RESERVED2_AT + 8;
+const FH_SALT_CRC_AT: usize = FH_SALT_AT + 4;
+const _: () = assert!(FH_SALT_AT == FILE_HEADER_V1_LEN && FH_SALT_CRC_AT + 4 == FILE_HEADER_LEN);
 
 /// Bytes of a slot header; the page image follows it.
 ///
@@ -212,7 +221,7 @@ pub struct FileHeader {
 /// assert_eq!(FileHeader::decode(&[0u8; 4096]), Err(FileHeaderError::BadMagic), "zeros are no header");
 /// let odd = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 5000, salt: 1 };
 /// assert_eq!(FileHeader::decode(&odd.encode()), Err(FileHeaderError::BadGeometry));
-/// let unsalted = FileHeader { salt: 0, ..odd };
+/// let unsalted = FileHeader { ring_bytes: 8192, salt: 0, ..odd };
 /// assert_eq!(FileHeader::decode(&unsalted.encode()), Err(FileHeaderError::BadGeometry), "version 2 has a salt");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,44 +238,60 @@ pub enum FileHeaderError {
 }
 
 impl FileHeader {
-    /// Encodes into exactly [`FILE_HEADER_LEN`] bytes. See [`FileHeader`] for an example.
+    /// Encodes into exactly [`FILE_HEADER_LEN`] bytes (a header of version 1 into its 32, the
+    /// rest zero). See [`FileHeader`] for an example.
     #[must_use]
     pub fn encode(&self) -> [u8; FILE_HEADER_LEN] {
         let mut out = [0u8; FILE_HEADER_LEN];
         out[FH_MAGIC_AT..FH_VERSION_AT].copy_from_slice(&FILE_MAGIC);
         out[FH_VERSION_AT..FH_RESERVED_AT].copy_from_slice(&self.version.to_le_bytes());
         out[FH_BLOCK_AT..FH_RING_AT].copy_from_slice(&self.block_len.to_le_bytes());
-        out[FH_RING_AT..FH_SALT_AT].copy_from_slice(&self.ring_bytes.to_le_bytes());
-        out[FH_SALT_AT..FH_RESERVED2_AT].copy_from_slice(&self.salt.to_le_bytes());
-        let crc = crc32c(&out[FH_MAGIC_AT..]);
+        out[FH_RING_AT..FH_RESERVED2_AT].copy_from_slice(&self.ring_bytes.to_le_bytes());
+        let crc = crc32c(&out[FH_MAGIC_AT..FILE_HEADER_V1_LEN]);
         out[FH_CRC_AT..FH_MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
+        if self.version != DWB_VERSION_UNSALTED {
+            out[FH_SALT_AT..FH_SALT_CRC_AT].copy_from_slice(&self.salt.to_le_bytes());
+            let crc = crc32c(&out[..FH_SALT_CRC_AT]);
+            out[FH_SALT_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        }
         out
     }
 
-    /// Decodes the first [`FILE_HEADER_LEN`] bytes. The version is returned as found: whether
-    /// this build reads it is the caller's decision (the fields past the geometry of a version
-    /// newer than this build's are not checked). See [`FileHeader`] for an example.
+    /// Decodes a header from the front of `bytes`. The version is checked first, and one newer
+    /// than this build's is returned as found, nothing after the version checked (`salt` 0):
+    /// refusing it is the caller's decision, and no field a later version may have changed can
+    /// make it look damaged. See [`FileHeader`] for an example.
     pub fn decode(bytes: &[u8]) -> Result<FileHeader, FileHeaderError> {
-        if bytes.len() < FILE_HEADER_LEN {
+        if bytes.len() < FILE_HEADER_V1_LEN {
             return Err(FileHeaderError::Truncated);
         }
-        let bytes = &bytes[..FILE_HEADER_LEN];
         if bytes[FH_MAGIC_AT..FH_VERSION_AT] != FILE_MAGIC {
             return Err(FileHeaderError::BadMagic);
         }
-        if crc32c(&bytes[FH_MAGIC_AT..]) != read_le!(u32, bytes, FH_CRC_AT) {
+        if crc32c(&bytes[FH_MAGIC_AT..FILE_HEADER_V1_LEN]) != read_le!(u32, bytes, FH_CRC_AT) {
             return Err(FileHeaderError::Checksum);
         }
-        let header = FileHeader {
-            version: read_le!(u16, bytes, FH_VERSION_AT),
-            block_len: read_le!(u32, bytes, FH_BLOCK_AT),
-            ring_bytes: read_le!(u64, bytes, FH_RING_AT),
-            salt: read_le!(u32, bytes, FH_SALT_AT),
-        };
-        let reserved_zero = read_le!(u16, bytes, FH_RESERVED_AT) == 0 && read_le!(u32, bytes, FH_RESERVED2_AT) == 0;
-        let salt_ok = salt_fits(header.version, header.salt);
-        let known = header.version <= DWB_VERSION;
-        if (known && (!reserved_zero || !salt_ok)) || !header.geometry_ok() {
+        let version = read_le!(u16, bytes, FH_VERSION_AT);
+        let mut header =
+            FileHeader { version, block_len: read_le!(u32, bytes, FH_BLOCK_AT), ring_bytes: read_le!(u64, bytes, FH_RING_AT), salt: 0 };
+        if version > DWB_VERSION {
+            return Ok(header);
+        }
+        let reserved_zero = read_le!(u16, bytes, FH_RESERVED_AT) == 0 && read_le!(u64, bytes, FH_RESERVED2_AT) == 0;
+        if version == 0 || !reserved_zero || !header.geometry_ok() {
+            return Err(FileHeaderError::BadGeometry);
+        }
+        if version == DWB_VERSION_UNSALTED {
+            return Ok(header);
+        }
+        if bytes.len() < FILE_HEADER_LEN {
+            return Err(FileHeaderError::Truncated);
+        }
+        if crc32c(&bytes[..FH_SALT_CRC_AT]) != read_le!(u32, bytes, FH_SALT_CRC_AT) {
+            return Err(FileHeaderError::Checksum);
+        }
+        header.salt = read_le!(u32, bytes, FH_SALT_AT);
+        if header.salt == 0 {
             return Err(FileHeaderError::BadGeometry);
         }
         Ok(header)
@@ -281,6 +306,26 @@ impl FileHeader {
             && self.ring_bytes.is_multiple_of(u64::from(block))
     }
 }
+
+/// Sequences lie below this: a batch's `batch_seq + batch_slots` is at most it. New sequences
+/// are numbered above the highest found, so a slot with a sequence near `u64::MAX` (damage
+/// that checks, or bytes spelled out in a page image of a version 1 file) would make them
+/// wrap; 2^62 slots are more than any buffer writes (146,000 years at a million a second).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::FileId;
+/// use nodedb_wal::format::dwb::{SEQ_END, SlotError, SlotHeader, decode_slot, encode_slot};
+///
+/// let last = SlotHeader { file: FileId(1), seq: SEQ_END - 1, batch_seq: SEQ_END - 1, batch_slots: 1, page_len: 8, page_no: 0, epoch: 1, salt: 9 };
+/// let mut out = [0u8; 64];
+/// encode_slot(&last, &[0; 8], &mut out);
+/// assert_eq!(decode_slot(&out), Ok(last));
+/// encode_slot(&SlotHeader { seq: SEQ_END, batch_seq: SEQ_END, ..last }, &[0; 8], &mut out);
+/// assert_eq!(decode_slot(&out), Err(SlotError::BadHeader));
+/// ```
+pub const SEQ_END: u64 = 1 << 62;
 
 /// Whether `salt` is what a file or slot of `version` carries: none (0) in version 1, a
 /// non-zero one since version 2.
@@ -305,8 +350,9 @@ const fn salt_fits(version: u16, salt: u32) -> bool {
 pub struct SlotHeader {
     /// The page's file.
     pub file: FileId,
-    /// The slot's sequence number: unique and increasing across the buffer's whole life.
-    /// When a page appears in several slots, the highest sequence is its newest image.
+    /// The slot's sequence number: unique and increasing among the slots of the file's salt,
+    /// below [`SEQ_END`]. When a page appears in several slots, the highest sequence is its
+    /// newest image.
     pub seq: u64,
     /// Sequence of the first slot of the batch this slot belongs to.
     pub batch_seq: u64,
@@ -397,7 +443,8 @@ impl SlotHeader {
         }
         let version = read_le!(u16, bytes, VERSION_AT);
         let salt = read_le!(u32, bytes, SALT_AT);
-        if read_le!(u16, bytes, RESERVED_AT) != 0 || version > DWB_VERSION || !salt_fits(version, salt) {
+        let known = version == DWB_VERSION_UNSALTED || version == DWB_VERSION;
+        if read_le!(u16, bytes, RESERVED_AT) != 0 || !known || !salt_fits(version, salt) {
             return Err(SlotError::BadHeader);
         }
         let header = SlotHeader {
@@ -410,7 +457,8 @@ impl SlotHeader {
             epoch: read_le!(u32, bytes, EPOCH_AT),
             salt,
         };
-        let in_batch = header.seq >= header.batch_seq && header.seq - header.batch_seq < u64::from(header.batch_slots);
+        let in_range = header.batch_seq.checked_add(u64::from(header.batch_slots)).is_some_and(|end| end <= SEQ_END);
+        let in_batch = in_range && header.seq >= header.batch_seq && header.seq - header.batch_seq < u64::from(header.batch_slots);
         let page_ok = header.page_len > 0 && header.page_len as usize <= PAGE_BYTES_MAX;
         if !in_batch || !page_ok {
             return Err(SlotError::BadHeader);
@@ -591,9 +639,58 @@ mod tests {
             buf[..4].copy_from_slice(&crc.to_le_bytes());
             assert_eq!(decode_slot(&buf[..len]), Err(SlotError::BadHeader), "version {version}, salt {salt}");
         }
+        for version in [0, 3] {
+            encode_slot(&header(8), &[1; 8], &mut buf);
+            buf[VERSION_AT..RESERVED_AT].copy_from_slice(&u16::to_le_bytes(version));
+            let crc = crc32c(&buf[MAGIC_AT..SLOT_HEADER_LEN + 8]);
+            buf[..4].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode_slot(&buf[..len]), Err(SlotError::BadHeader), "version {version}");
+        }
         let v1 = FileHeader { version: DWB_VERSION_UNSALTED, block_len: 512, ring_bytes: 8192, salt: 0 };
         assert_eq!(FileHeader::decode(&v1.encode()), Ok(v1));
-        assert_eq!(FileHeader::decode(&FileHeader { salt: 3, ..v1 }.encode()), Err(FileHeaderError::BadGeometry));
+        assert_eq!(FileHeader::decode(&v1.encode()[..FILE_HEADER_V1_LEN]), Ok(v1), "32 bytes were all of it");
+        let v2 = FileHeader { version: DWB_VERSION, salt: 3, ..v1 };
+        assert_eq!(FileHeader::decode(&v2.encode()), Ok(v2));
+        assert_eq!(FileHeader::decode(&v2.encode()[..FILE_HEADER_V1_LEN]), Err(FileHeaderError::Truncated));
+        let mut flipped = v2.encode();
+        flipped[FH_SALT_AT] ^= 1;
+        assert_eq!(FileHeader::decode(&flipped), Err(FileHeaderError::Checksum), "the salt has a checksum of its own");
+        let mut zero = v1.encode();
+        zero[FH_VERSION_AT] = 0;
+        let crc = crc32c(&zero[FH_MAGIC_AT..FILE_HEADER_V1_LEN]);
+        zero[..4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(FileHeader::decode(&zero), Err(FileHeaderError::BadGeometry), "no version 0");
+    }
+
+    #[test]
+    fn a_version_1_reader_of_a_version_2_header_finds_version_2_and_nothing_damaged() {
+        // What a build of version 1 checked: magic, checksum of bytes 4..32, reserved bytes
+        // 10..12 and 24..32 zero, the geometry; then it refused any version but its own.
+        let bytes = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 1 << 22, salt: u32::MAX }.encode();
+        assert_eq!(&bytes[FH_MAGIC_AT..FH_VERSION_AT], b"NDWB");
+        assert_eq!(crc32c(&bytes[4..32]), read_le!(u32, bytes, 0));
+        assert_eq!((read_le!(u16, bytes, 10), read_le!(u64, bytes, 24)), (0, 0));
+        assert_eq!(read_le!(u16, bytes, 8), 2);
+    }
+
+    #[test]
+    fn a_batch_whose_sequences_would_pass_the_end_is_rejected() {
+        let mut buf = [0u8; 128];
+        let near = SlotHeader { seq: SEQ_END - 2, batch_seq: SEQ_END - 2, batch_slots: 2, ..header(8) };
+        encode_slot(&near, &[1; 8], &mut buf);
+        assert_eq!(decode_slot(&buf), Ok(near));
+        for bad in
+            [SlotHeader { batch_slots: 3, ..near }, SlotHeader { seq: u64::MAX - 1, batch_seq: u64::MAX - 1, batch_slots: 4, ..near }]
+        {
+            encode_slot(&bad, &[1; 8], &mut buf);
+            assert_eq!(decode_slot(&buf), Err(SlotError::BadHeader), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_newer_version_with_geometry_this_build_rejects_is_still_returned_as_found() {
+        let newer = FileHeader { version: DWB_VERSION + 1, block_len: 2 << 20, ring_bytes: 4 << 20, salt: 0 };
+        assert_eq!(FileHeader::decode(&newer.encode()).map(|h| h.version), Ok(DWB_VERSION + 1));
     }
 
     #[test]
@@ -601,7 +698,7 @@ mod tests {
         let newer = FileHeader { version: DWB_VERSION + 1, block_len: 4096, ring_bytes: 1 << 22, salt: 0 };
         let mut bytes = newer.encode();
         bytes[FH_RESERVED2_AT] = 1;
-        let crc = crc32c(&bytes[FH_MAGIC_AT..]);
+        let crc = crc32c(&bytes[FH_MAGIC_AT..FILE_HEADER_V1_LEN]);
         bytes[..4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(FileHeader::decode(&bytes).map(|h| h.version), Ok(DWB_VERSION + 1), "the reader refuses it by its version");
     }
