@@ -488,8 +488,11 @@ fn scan_segment<S: Storage>(
     if !direct {
         reader.read_sequentially();
     }
-    if !last {
-        // Sealed: nothing writes it, so a helper may read it and check it ahead of the scan.
+    // Nothing writes it while the scan runs (sealed, or the owner holds the directory lock),
+    // so a helper may read it and check it ahead of the scan: for the newest segment with
+    // O_DIRECT, which overlaps the disk's reads with the checking.
+    let helped = !(last && ctx.beside_writer);
+    if helped {
         reader.read_ahead();
     }
     let Some(head) = read_head(&mut reader, id)? else {
@@ -510,7 +513,7 @@ fn scan_segment<S: Storage>(
         return Err(WalError::KeyRingMissing { segment: id });
     }
     let mut scan = SegmentScan::new(reader, id, &head);
-    if !last {
+    if helped {
         scan.read_ahead();
     }
     let mut cipher = None;

@@ -349,6 +349,62 @@ both!(
     damage_deep_in_a_large_sealed_segment_is_corruption
 );
 
+/// A log whose only segment holds 4 MiB or more and is still the one being written: long
+/// enough that recovery, holding the directory lock, hands it to a helper thread that reads
+/// it (O_DIRECT where the log was written so) and checks it ahead of the scan. Returns the
+/// config and the last LSN.
+fn large_newest_segment_log<D: Disk>(disk: &D, dir: &Path) -> (nodedb_wal::SegmentedWalConfig, u64) {
+    let mut c = config(dir);
+    c.segment_bytes_target = 64 << 20;
+    c.batch_bytes_max = 256 << 10;
+    let wal = SegmentedWal::open_with(disk.clone(), c.clone()).unwrap();
+    let last = 24_000;
+    for from in (1..=last).step_by(1000) {
+        append_synced(&wal, from, from + 999);
+    }
+    wal.close().unwrap();
+    assert_eq!(segment_ids(disk, dir), vec![1], "one segment, never sealed");
+    (c, last)
+}
+
+/// In the newest segment, read with a helper: damage deep in it, before acknowledged batches,
+/// is corruption at its frame; a tear in its last batch is cut at the same record as in a
+/// small segment; intact, every record comes back.
+fn damage_in_a_large_newest_segment_is_judged_as_in_a_small_one<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let (c, last) = large_newest_segment_log(&disk, &dir);
+    let at = |copy: &Path| nodedb_wal::SegmentedWalConfig { dir: copy.to_path_buf(), ..c.clone() };
+    let bytes = disk.read(&seg(&dir, 1));
+    let records: Vec<Frame> = frames(&bytes).into_iter().filter(Frame::is_record).collect();
+    let near = |offset: u64| *records.iter().find(|f| f.offset >= offset).expect("a frame there");
+    for (n, k) in [3u64, 6, 11].into_iter().enumerate() {
+        let frame = near(k * (256 << 10) + (150 << 10));
+        let copy = dir.with_file_name(format!("copy-{n}"));
+        copy_dir(&disk, &dir, &copy);
+        flip(&disk, &seg(&copy, 1), frame.offset + HEADER_LEN as u64 + 5, n as u32);
+        let err = SegmentedWal::open_with(disk.clone(), at(&copy)).unwrap_err();
+        assert_corruption(&err, 1, frame.offset);
+    }
+    let victim = *records.iter().rev().nth(300).expect("a frame of the last batch");
+    let copy = dir.with_file_name("copy-torn");
+    copy_dir(&disk, &dir, &copy);
+    disk.edit(&seg(&copy, 1), |b| b.truncate(victim.offset as usize + HEADER_LEN + 7));
+    let wal = SegmentedWal::open_with(disk.clone(), at(&copy)).unwrap();
+    let cut = victim.header.lsn.0;
+    assert_eq!(wal.recovery_info().torn_tail.map(|t| t.offset), Some(victim.offset));
+    assert_records(&read_all(&wal), 1, cut - 1);
+    drop(wal);
+    let wal = SegmentedWal::open_with(disk.clone(), c).unwrap();
+    assert_eq!(wal.recovery_info().torn_tail, None);
+    assert_records(&read_all(&wal), 1, last);
+}
+
+both!(
+    damage_in_a_large_newest_segment_is_judged_as_in_a_small_one_fs,
+    damage_in_a_large_newest_segment_is_judged_as_in_a_small_one_sim,
+    damage_in_a_large_newest_segment_is_judged_as_in_a_small_one
+);
+
 /// Damage in the last segment followed by batches written after it was synced: the later
 /// batches' frames say the damaged LSN was durable, so this is not a torn tail.
 fn bit_flip_before_acknowledged_batches_is_corruption<D: Place>() {
