@@ -121,9 +121,12 @@ impl<S: Storage> WalWriter<S> {
     /// ```
     pub fn create_with(storage: S, dir: &Path, id: SegmentId, first_lsn: Lsn, config: WalWriterConfig) -> Result<WalWriter<S>> {
         let block = config.alignment;
-        if !block.is_power_of_two() || block < 512 || config.batch_bytes < 4 * block || first_lsn == Lsn::ZERO {
+        // LSNs count up by one and never wrap: a first LSN in the top half of the range leaves
+        // no room that a log could be said to need, and would wrap near its end.
+        let lsn_ok = first_lsn != Lsn::ZERO && first_lsn.0 < 1 << 63;
+        if !block.is_power_of_two() || block < 512 || config.batch_bytes < 4 * block || !lsn_ok {
             return Err(WalError::InvalidConfig {
-                reason: "WalWriter needs a power-of-two alignment of at least 512, batch_bytes of at least four blocks and a first LSN above 0",
+                reason: "WalWriter needs a power-of-two alignment of at least 512, batch_bytes of at least four blocks and a first LSN in 1..2^63",
             });
         }
         let path = segment::path(dir, id);

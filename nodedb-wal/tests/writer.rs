@@ -118,3 +118,17 @@ fn an_existing_segment_file_is_never_overwritten() {
     let err = WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap_err();
     assert!(matches!(&err, WalError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists), "{err}");
 }
+
+#[test]
+fn a_first_lsn_of_zero_or_in_the_top_half_of_the_range_is_refused_before_any_file_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    for first in [Lsn(0), Lsn(1 << 63), Lsn(u64::MAX)] {
+        let err = WalWriter::create(dir.path(), SegmentId(1), first).unwrap_err();
+        assert!(matches!(err, WalError::InvalidConfig { .. }), "{first}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let top = Lsn((1 << 63) - 1);
+    let mut writer = WalWriter::create(dir.path(), SegmentId(1), top).unwrap();
+    assert_eq!(writer.append(Record::new(TY, b"last")).unwrap(), top);
+    writer.finish().unwrap();
+}
