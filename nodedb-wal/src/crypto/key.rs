@@ -8,7 +8,7 @@ use std::path::Path;
 use zeroize::Zeroize;
 
 use crate::error::{KeyFileProblem, Result, WalError};
-use crate::storage::memlock;
+use crate::storage::memlock::SecretPage;
 
 /// Bytes in a key.
 ///
@@ -34,8 +34,8 @@ pub const KEY_LEN: usize = 32;
 /// assert_eq!(format!("{key:?}"), "SecureKey(<redacted>)");
 /// ```
 pub struct SecureKey {
-    bytes: Box<[u8; KEY_LEN]>,
-    locked: bool,
+    /// A page of its own, so that dropping another key never unlocks this one.
+    page: SecretPage,
 }
 
 impl SecureKey {
@@ -52,17 +52,13 @@ impl SecureKey {
     /// # drop(key);
     /// ```
     pub fn from_bytes(bytes: &mut [u8; KEY_LEN]) -> SecureKey {
-        let mut boxed = Box::new([0u8; KEY_LEN]);
-        boxed.copy_from_slice(bytes);
+        let mut page = SecretPage::new(KEY_LEN);
+        page.bytes_mut().copy_from_slice(bytes);
         bytes.zeroize();
-        let locked = match memlock::lock(&boxed[..]) {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::warn!(%err, "could not mlock key memory; the key may be swapped out");
-                false
-            }
-        };
-        SecureKey { bytes: boxed, locked }
+        if !page.is_locked() {
+            tracing::warn!("could not mlock key memory (RLIMIT_MEMLOCK); the key may be swapped out");
+        }
+        SecureKey { page }
     }
 
     /// A fresh random key (from the kernel's CSPRNG).
@@ -135,7 +131,7 @@ impl SecureKey {
 
     /// The key bytes, for the cipher layer only.
     pub(crate) fn expose(&self) -> &[u8; KEY_LEN] {
-        &self.bytes
+        self.page.bytes().try_into().expect("a key's page holds KEY_LEN bytes")
     }
 
     /// Whether the key's memory is locked against swapping.
@@ -151,16 +147,7 @@ impl SecureKey {
     /// }
     /// ```
     pub fn is_locked(&self) -> bool {
-        self.locked
-    }
-}
-
-impl Drop for SecureKey {
-    fn drop(&mut self) {
-        self.bytes.zeroize();
-        if self.locked {
-            let _ = memlock::unlock(&self.bytes[..]);
-        }
+        self.page.is_locked()
     }
 }
 
@@ -186,6 +173,21 @@ mod tests {
     fn debug_output_never_shows_the_key() {
         let key = SecureKey::from_bytes(&mut [0xAB; 32]);
         assert_eq!(format!("{key:?}"), "SecureKey(<redacted>)");
+    }
+
+    #[test]
+    fn every_key_has_pages_of_its_own_so_dropping_one_never_unlocks_another() {
+        // mlock counts pages, not allocations: two keys on one page shared one lock, and the
+        // first dropped unlocked the other (found by a review).
+        let page = rustix::param::page_size();
+        let keys: Vec<SecureKey> = (0..8u8).map(|i| SecureKey::from_bytes(&mut [i; 32])).collect();
+        let mut pages: Vec<usize> = keys.iter().map(|k| k.expose().as_ptr() as usize).collect();
+        assert!(pages.iter().all(|&at| at % page == 0), "each key starts a page");
+        pages.sort_unstable();
+        pages.dedup();
+        assert_eq!(pages.len(), keys.len(), "no two keys share a page");
+        let kept: Vec<SecureKey> = keys.into_iter().filter(|k| k.expose()[0] % 2 == 0).collect();
+        assert!(kept.iter().zip([0u8, 2, 4, 6]).all(|(k, i)| k.expose() == &[i; 32]), "the others' drops left these whole");
     }
 
     #[test]

@@ -32,3 +32,87 @@ pub fn unlock(buf: &[u8]) -> io::Result<()> {
     unsafe { rustix::mm::munlock(buf.as_ptr().cast_mut().cast(), buf.len()) }?;
     Ok(())
 }
+
+/// A page of its own for a secret: a page-aligned allocation of whole pages, locked into RAM
+/// where the limit allows, left out of core dumps, zeroed and unlocked on drop.
+///
+/// Locks count per page, not per allocation: `munlock` of one small heap allocation unlocks
+/// every other secret sharing its page. A secret on pages of its own is unlocked only with
+/// itself.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::memlock::SecretPage;
+///
+/// let mut page = SecretPage::new(32);
+/// page.bytes_mut().copy_from_slice(&[7u8; 32]);
+/// assert_eq!(page.bytes(), &[7u8; 32]);
+/// let other = SecretPage::new(32);
+/// assert_ne!(page.bytes().as_ptr() as usize / 4096, other.bytes().as_ptr() as usize / 4096, "a page each");
+/// ```
+#[derive(Debug)]
+pub struct SecretPage {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+    len: usize,
+    locked: bool,
+}
+
+// SAFETY: the allocation is owned by this value alone; access follows Rust's borrow rules
+// through `bytes` and `bytes_mut`.
+unsafe impl Send for SecretPage {}
+// SAFETY: as for `Send`; shared references only read.
+unsafe impl Sync for SecretPage {}
+
+impl SecretPage {
+    /// A zeroed secret of `len` bytes, on whole pages of its own. Fails only as `Box::new`
+    /// does, when memory is exhausted.
+    #[must_use]
+    pub fn new(len: usize) -> SecretPage {
+        let page = rustix::param::page_size();
+        let layout = std::alloc::Layout::from_size_align(len.max(1).div_ceil(page) * page, page).expect("a page size is a power of two");
+        // SAFETY: the layout's size is not zero.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
+        // SAFETY: the range is the allocation just made, page-aligned and of whole pages; both
+        // calls only change how the kernel treats those pages. A failure leaves the secret
+        // usable, only less protected.
+        let locked = unsafe { rustix::mm::mlock(raw.cast(), layout.size()) }.is_ok();
+        // SAFETY: as above.
+        let _ = unsafe { rustix::mm::madvise(raw.cast(), layout.size(), rustix::mm::Advice::LinuxDontDump) };
+        SecretPage { ptr, layout, len, locked }
+    }
+
+    /// Whether the pages are locked into RAM (`RLIMIT_MEMLOCK` allowed it).
+    #[must_use]
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// The secret's bytes.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes of a live allocation this value owns, zero-initialised at first.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The secret's bytes, to fill.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SecretPage {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self.bytes_mut());
+        let raw = self.ptr.as_ptr();
+        if self.locked {
+            // SAFETY: the pages `new` locked; only this value's, so no other secret is unlocked.
+            let _ = unsafe { rustix::mm::munlock(raw.cast(), self.layout.size()) };
+        }
+        // SAFETY: allocated in `new` with this layout, freed once; no reference outlives `self`.
+        unsafe { std::alloc::dealloc(raw, self.layout) };
+    }
+}
