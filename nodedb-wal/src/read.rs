@@ -221,6 +221,7 @@ impl<S: Storage> Cursor<S> {
                         if admit == Admit::Hand {
                             return Ok(Some(Found { segment, offset, header, payload: &[] }));
                         }
+                        self.authenticate_skipped(segment, offset, &header)?;
                     }
                 }
                 continue;
@@ -235,7 +236,7 @@ impl<S: Storage> Cursor<S> {
                         return Ok(None);
                     }
                     Admit::Below => {}
-                    Admit::Skip if self.headers_only => {}
+                    Admit::Skip if self.headers_only => self.authenticate_skipped(segment, offset, &header)?,
                     Admit::Skip => {
                         // Authenticated even when skipped: the type is part of what is signed.
                         self.open_stepped(segment, offset, &header)?;
@@ -339,6 +340,20 @@ impl<S: Storage> Cursor<S> {
 
     /// The readable payload of the record the scan handed out last.
     #[inline]
+    /// A headers-only reader skips a record of an unknown optional type without handing it
+    /// out, but in an encrypted segment it first reads and authenticates it, as a full reader
+    /// does: the type is signed, and a record retyped by someone without the key must not
+    /// vanish unnoticed. Such records are rare (a newer build's types), so their payloads
+    /// cost little.
+    fn authenticate_skipped(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<()> {
+        if self.cipher.is_none() || matches!(self.spec.decrypt, Decrypt::Raw) {
+            return Ok(());
+        }
+        let Cursor { scan, cipher, plain, spec, .. } = self;
+        let stored = scan.as_mut().expect("open").frame_at(offset, header)?;
+        open_payload(&spec.decrypt, cipher.as_ref(), segment, header, stored, plain).map(drop)
+    }
+
     fn open_stepped(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
         let Cursor { scan, cipher, plain, spec, .. } = self;
         let stored = scan.as_mut().expect("open").stepped_payload(offset, header)?;

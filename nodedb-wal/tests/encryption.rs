@@ -315,3 +315,33 @@ fn a_ring_without_an_active_key_opens_an_encrypted_log_and_continues_in_plaintex
     let newest = sim.read_file(&seg(3)).unwrap();
     assert_eq!(SegmentPreamble::decode(&newest).unwrap().cipher, CIPHER_NONE);
 }
+
+/// `two_segments` with the second record of segment 1 retyped to an unknown optional type of
+/// this crate's range, its CRC recomputed as an attacker without the key can.
+fn retyped_second_record() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = two_segments();
+    let bytes = &mut files[0].1;
+    let (at, h) = frames(bytes).into_iter().filter(|(_, h)| !h.record_type.is_meta()).nth(1).expect("a second record");
+    let unknown = RecordType::optional(0x0011);
+    bytes[at + 6..at + 8].copy_from_slice(&unknown.0.to_le_bytes());
+    seal_frame(&mut bytes[at..at + h.frame_len()], unknown);
+    files
+}
+
+#[test]
+fn a_record_retyped_to_an_unknown_optional_type_is_refused_by_the_lazy_reader_too() {
+    let disk = disk_with(&retyped_second_record());
+    let view = ReadOnlyWal::open_with(disk, Path::new(DIR), Some(ring(1, 7))).unwrap();
+    assert!(view.read_from(Lsn(1)).unwrap().any(|r| matches!(r, Err(WalError::AuthenticationFailed { .. }))));
+    let mut lazy = view.lazy_reader(Lsn(1)).unwrap();
+    let mut seen = Vec::new();
+    let err = loop {
+        match lazy.next_header() {
+            Ok(Some(h)) => seen.push(h.lsn),
+            Ok(None) => panic!("the retyped record was skipped unnoticed after {seen:?}"),
+            Err(err) => break err,
+        }
+    };
+    assert!(matches!(err, WalError::AuthenticationFailed { .. }), "{err}");
+    assert_eq!(seen, [Lsn(1)]);
+}
