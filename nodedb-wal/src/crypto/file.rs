@@ -21,7 +21,7 @@ use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use hkdf::Hkdf;
 use sha2::Sha256;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::cipher::TAG_LEN;
 use super::key::{KEY_LEN, SecureKey};
@@ -161,7 +161,8 @@ pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
     let cipher = FileCipher::new(&key, header, epoch);
     output.write_all(&header).map_err(write_err)?;
     let mut written = ENGINE_HEADER_LEN as u64;
-    let mut chunk = vec![0u8; ENGINE_CHUNK_LEN as usize];
+    // Zeroed when dropped, on error paths too: it held plaintext.
+    let mut chunk = Zeroizing::new(vec![0u8; ENGINE_CHUNK_LEN as usize]);
     for index in 0u64.. {
         let len = read_full(input, &mut chunk).map_err(read_err)?;
         // Only the last chunk is short (possibly empty): that marks the end.
@@ -177,7 +178,6 @@ pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
             break;
         }
     }
-    chunk.zeroize();
     Ok(written)
 }
 
@@ -231,7 +231,7 @@ pub fn decrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
     let key = ring.get(preamble.key_id).ok_or(WalError::UnknownKeyId { segment: None, key_id: preamble.key_id })?;
     let cipher = FileCipher::new(&key, header, preamble.nonce_epoch);
     let full = chunk_len as usize + TAG_LEN;
-    let mut chunk = vec![0u8; full];
+    let mut chunk = Zeroizing::new(vec![0u8; full]);
     let mut plaintext = 0u64;
     for index in 0u64.. {
         let got = read_full(input, &mut chunk).map_err(read_err)?;
@@ -252,7 +252,6 @@ pub fn decrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
             break;
         }
     }
-    chunk.zeroize();
     Ok(plaintext)
 }
 

@@ -104,10 +104,16 @@ impl SecureKey {
     pub fn load(path: &Path) -> Result<SecureKey> {
         let bad = |problem| WalError::KeyFile { path: path.to_path_buf(), problem };
         let io = |e: std::io::Error| bad(KeyFileProblem::Io(e.kind()));
-        let meta = std::fs::symlink_metadata(path).map_err(io)?;
-        if meta.file_type().is_symlink() {
-            return Err(bad(KeyFileProblem::Symlink));
-        }
+        // The checks are made on the file opened, not on the path before opening it: no other
+        // file can be put in its place between the two. O_NOFOLLOW refuses a link (ELOOP);
+        // O_NONBLOCK keeps a FIFO in its place from blocking the open.
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        let mut file = match std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => return Err(bad(KeyFileProblem::Symlink)),
+            Err(e) => return Err(io(e)),
+        };
+        let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             return Err(bad(KeyFileProblem::NotAFile));
         }
@@ -121,9 +127,6 @@ impl SecureKey {
         if meta.len() != KEY_LEN as u64 {
             return Err(bad(KeyFileProblem::Length { len: meta.len() }));
         }
-        // O_NOFOLLOW closes the window between the check above and the open.
-        let mut file =
-            std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path).map_err(io)?;
         let mut bytes = [0u8; KEY_LEN];
         std::io::Read::read_exact(&mut file, &mut bytes).map_err(io)?;
         Ok(SecureKey::from_bytes(&mut bytes))
@@ -224,5 +227,16 @@ mod tests {
         } else {
             eprintln!("SKIPPED: the key file owner check needs root to chown");
         }
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_in_place_of_the_key_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        let err = SecureKey::load(&fifo).unwrap_err();
+        assert!(matches!(err, WalError::KeyFile { problem: KeyFileProblem::NotAFile, .. }), "{err}");
+        let err = SecureKey::load(dir.path()).unwrap_err();
+        assert!(matches!(err, WalError::KeyFile { problem: KeyFileProblem::NotAFile, .. }), "{err}");
     }
 }
