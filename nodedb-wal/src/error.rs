@@ -454,8 +454,9 @@ pub enum WalError {
         lsn: Lsn,
     },
     /// The ring's key under a segment's key id does not authenticate the segment's first
-    /// record, checked for every segment when a log opens: most likely a wrong key under the
-    /// right id (or that record was altered). The open is refused before anything is written,
+    /// record, checked for every segment when a log opens, nor the record after it: most likely
+    /// a wrong key under the right id (or, in a segment of one record, that record altered;
+    /// where the next record authenticates, the first was altered: `AuthenticationFailed`). The open is refused before anything is written,
     /// so that no segment is added that no single ring could read with the ones before it.
     #[error("key {key_id} of the key ring does not authenticate segment {segment}: most likely the wrong key for that id")]
     WrongKey {

@@ -522,6 +522,8 @@ fn scan_segment<S: Storage>(
     // no single ring could read back alongside the old ones. (A ring without the id is
     // checked when a record of the segment is read.)
     let mut check_key = head.preamble.cipher == CIPHER_AES_256_GCM && ctx.ring.is_some_and(|r| r.get(head.preamble.key_id).is_some());
+    let wrong_key = || WalError::WrongKey { segment: id, key_id: head.preamble.key_id };
+    let mut suspect: Option<WalError> = None;
     // Only the owner seals the newest segment, so only it needs that segment's index.
     let mut index = IndexBuilder::new(len);
     if last && !ctx.beside_writer {
@@ -540,20 +542,25 @@ fn scan_segment<S: Storage>(
                     group = Some((offset, header.lsn));
                 }
                 let collected = is_collected(header.record_type);
-                let first_checked = std::mem::take(&mut check_key);
-                if collected || first_checked {
+                let key_check = std::mem::take(&mut check_key);
+                if collected || key_check {
                     if cipher.is_none() {
                         cipher = Some(cipher_for(ctx.ring, id, &head)?);
                     }
                     let payload = scan.stepped_payload(offset, &header)?;
-                    let plain = open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload).map_err(|err| match err {
-                        WalError::AuthenticationFailed { .. } if first_checked => {
-                            WalError::WrongKey { segment: id, key_id: head.preamble.key_id }
+                    match open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload) {
+                        // The key is right after all: the record that did not authenticate was altered.
+                        Ok(_) if suspect.is_some() => return Err(suspect.take().expect("checked")),
+                        Ok(plain) if collected => group_collected.push((header.lsn, header.record_type, plain)),
+                        Ok(_) => {}
+                        // The first record does not authenticate: the wrong key, or that record
+                        // altered. Whether the next one does tells the two apart.
+                        Err(err @ WalError::AuthenticationFailed { .. }) if key_check && suspect.is_none() => {
+                            suspect = Some(err);
+                            check_key = true;
                         }
-                        err => err,
-                    })?;
-                    if collected {
-                        group_collected.push((header.lsn, header.record_type, plain));
+                        Err(WalError::AuthenticationFailed { .. }) if key_check => return Err(wrong_key()),
+                        Err(err) => return Err(err),
                     }
                 }
                 if !continues {
@@ -566,6 +573,10 @@ fn scan_segment<S: Storage>(
             Step::End { offset, end, claim } => break (offset, end, claim),
         }
     };
+    if suspect.is_some() {
+        // No record after the one that did not authenticate: most likely the key.
+        return Err(wrong_key());
+    }
     if group.is_some() && matches!(end, TailEnd::Sealed { .. }) {
         return Err(scan.corruption(offset, CorruptionKind::IncompleteGroup));
     }

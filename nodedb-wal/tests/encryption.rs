@@ -345,3 +345,23 @@ fn a_record_retyped_to_an_unknown_optional_type_is_refused_by_the_lazy_reader_to
     assert!(matches!(err, WalError::AuthenticationFailed { .. }), "{err}");
     assert_eq!(seen, [Lsn(1)]);
 }
+
+#[test]
+fn an_altered_first_record_is_told_from_a_wrong_key_by_the_record_after_it() {
+    // Segment 1 holds three records: its first one altered, the second still authenticates
+    // under the ring's key, so the key is right and the record is what changed.
+    let mut files = two_segments();
+    let (at, h) = frames(&files[0].1).into_iter().find(|(_, h)| !h.record_type.is_meta()).expect("a first record");
+    files[0].1[at + HEADER_LEN] ^= 0x01;
+    seal_frame(&mut files[0].1[at..at + h.frame_len()], h.record_type);
+    let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
+    assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(1) } if segment.0 == 1), "{err}");
+    assert!(matches!(ReadOnlyWal::open_with(disk_with(&files), DIR, Some(ring(1, 7))), Err(WalError::AuthenticationFailed { .. })));
+    // Segment 2 holds one record: altered, nothing tells it from a wrong key.
+    let mut files = two_segments();
+    let (at, h) = frames(&files[1].1).into_iter().find(|(_, h)| !h.record_type.is_meta()).expect("a record");
+    files[1].1[at + HEADER_LEN] ^= 0x01;
+    seal_frame(&mut files[1].1[at..at + h.frame_len()], h.record_type);
+    let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
+    assert!(matches!(err, WalError::WrongKey { segment, .. } if segment.0 == 2), "{err}");
+}
