@@ -673,6 +673,7 @@ fn head_fault<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId, last: 
         return Err(corrupt);
     }
     let threshold = prev_end.unwrap_or(Lsn::FIRST);
+    reader.read_alone();
     // Without a valid head the salt and block size are unknown: look at every sector.
     // Zeros and damage alike: the segment's first batch and its head are made durable by one
     // fdatasync, so an intact frame claiming one of its records durable means the head was

@@ -3,8 +3,9 @@
 //!
 //! Each round starts a child process (this test binary, re-executed to run only
 //! `crash_child_process`) that opens the log and appends from eight threads with group commit,
-//! acknowledging every record whose `wait_durable` returned Ok. After 1 to 50 ms the parent
-//! sends SIGKILL: most rounds while the threads append, one in eight counted from the child's
+//! acknowledging every record whose `wait_durable` returned Ok. After 1 to 50 ms (50 to 500 ms
+//! in the rounds with 16 MiB segments, half of every sixteen, so that recovery reads a newest
+//! segment past a megabyte with its read-ahead helper) the parent sends SIGKILL: most rounds while the threads append, one in eight counted from the child's
 //! start, so that some kills land in start-up or in the child's own recovery. The parent then
 //! reopens the log and checks that every acknowledged record is there, intact, at its LSN; that
 //! LSNs are dense; that every record the log returned in earlier rounds is still there,
@@ -41,14 +42,15 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
     let dir = scratch.path().join("wal");
     let mut model = Model::default();
     let mut killed_before_open = 0;
+    let (mut largest_newest, mut newest_past_a_megabyte) = (0, 0);
     for round in 0..rounds {
-        let mode = Mode::of_round(round);
+        let mode = Mode::of_long_round(round);
         let mut child = ChildRun::spawn(CHILD_ENTRY, &dir, round, mode, scratch.path());
         let from_start = rng.below(8) == 0;
         if !from_start {
             child.wait_open();
         }
-        std::thread::sleep(rng.kill_delay());
+        std::thread::sleep(rng.kill_delay_for(mode));
         let acks = child.kill();
         assert!(
             acks.exited_by_itself.is_none() && acks.errors.is_empty(),
@@ -60,8 +62,12 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
         killed_before_open += u32::from(acks.opened_at.is_none());
         preserving_on_failure(&dir, &format!("kill-round-{round}"), || {
             // Recovery runs in the next round's mode, never in the one the killed child wrote with.
-            let wal = Mode::of_round(round + 1).open(&dir).unwrap_or_else(|e| panic!("round {round} ({mode:?}): reopening failed: {e}"));
+            let wal =
+                Mode::of_long_round(round + 1).open(&dir).unwrap_or_else(|e| panic!("round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
+            let newest = wal.recovery_info().segments.last().map_or(0, |s| s.bytes);
+            largest_newest = largest_newest.max(newest);
+            newest_past_a_megabyte += u32::from(newest > 1 << 20);
             model.append_as_parent(&wal, round);
             model.truncate(&wal);
             wal.close().expect("close");
@@ -69,7 +75,8 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
     }
     eprintln!(
         "process_kill: {rounds} rounds ({killed_before_open} killed before opening the log), {} records acknowledged, {} more \
-         recovered unacknowledged, {} torn tails cut, log ends at LSN {}",
+         recovered unacknowledged, {} torn tails cut, log ends at LSN {}; the newest segment was past a megabyte at \
+         {newest_past_a_megabyte} recoveries (the largest {largest_newest} bytes)",
         model.acked_total,
         model.unacked_total,
         model.torn_tails,

@@ -204,6 +204,14 @@ impl<F: StorageFile> ChunkReader<F> {
         }
     }
 
+    /// Gives up a helper planned by [`Self::read_ahead`] and not started: the reader reads whole
+    /// chunks itself. For a scan that follows no chain of frames (a look for claims after a
+    /// damaged head), which would otherwise read only the blocks it asks for, each twice.
+    pub fn read_alone(&mut self) {
+        self.stop_helper();
+        self.helpers_left = 0;
+    }
+
     /// Learns that the file has grown (a live log).
     pub fn set_file_len(&mut self, file_len: u64) {
         self.file_len = file_len;

@@ -52,7 +52,13 @@ pub struct Mode {
     /// New segments are encrypted (the key stays in the ring either way, so that segments of
     /// earlier encrypted rounds stay readable).
     pub encrypted: bool,
+    /// Segments of 16 MiB instead of 128 KiB: a round that runs long enough leaves a newest
+    /// segment past a megabyte, which recovery reads with a read-ahead helper.
+    pub large_segments: bool,
 }
+
+/// The segment size of a [`Mode`] with `large_segments`.
+const LARGE_SEGMENT_BYTES: u64 = 16 << 20;
 
 /// The key id of the crash tests' one key.
 const KEY_ID: u32 = 7;
@@ -70,25 +76,35 @@ fn key_ring(active: bool) -> std::sync::Arc<KeyRing> {
 impl Mode {
     /// The mode of round `round`.
     pub fn of_round(round: u32) -> Mode {
-        Mode { uring: round.is_multiple_of(2), direct: round % 4 < 2, encrypted: round % 8 >= 4 }
+        Mode { uring: round.is_multiple_of(2), direct: round % 4 < 2, encrypted: round % 8 >= 4, large_segments: false }
+    }
+
+    /// The mode of round `round` of a test whose rounds may run long: half of every sixteen
+    /// with large segments.
+    pub fn of_long_round(round: u32) -> Mode {
+        Mode { large_segments: round % 16 >= 8, ..Mode::of_round(round) }
     }
 
     fn encode(self) -> String {
         let backend = if self.uring { "uring" } else { "pwrite" };
         let io = if self.direct { "direct" } else { "buffered" };
-        format!("{backend}-{io}-{}", if self.encrypted { "aes" } else { "plain" })
+        let size = if self.large_segments { "large" } else { "small" };
+        format!("{backend}-{io}-{}-{size}", if self.encrypted { "aes" } else { "plain" })
     }
 
     fn decode(s: &str) -> Mode {
         let parts: Vec<&str> = s.split('-').collect();
-        let [backend, io, cipher] = parts[..] else { panic!("bad mode {s:?}") };
-        Mode { uring: backend == "uring", direct: io == "direct", encrypted: cipher == "aes" }
+        let [backend, io, cipher, size] = parts[..] else { panic!("bad mode {s:?}") };
+        Mode { uring: backend == "uring", direct: io == "direct", encrypted: cipher == "aes", large_segments: size == "large" }
     }
 
     /// Opens the log in `dir` this way.
     pub fn open(self, dir: &Path) -> Result<SegmentedWal, WalError> {
         let storage = if self.uring { FsStorage::io_uring() } else { FsStorage::pwrite_only() };
         let mut config = config(dir, self.direct);
+        if self.large_segments {
+            config.segment_bytes_target = LARGE_SEGMENT_BYTES;
+        }
         config.key_ring = Some(key_ring(self.encrypted));
         SegmentedWal::open_with(storage, config)
     }
@@ -222,6 +238,12 @@ impl Rng {
     /// A pause of 1 to 50 ms.
     pub fn kill_delay(&mut self) -> Duration {
         Duration::from_micros(1000 + self.below(49_000))
+    }
+
+    /// A pause of 1 to 50 ms, or of 50 to 500 ms for a round with large segments: long enough
+    /// for the newest segment to pass a megabyte.
+    pub fn kill_delay_for(&mut self, mode: Mode) -> Duration {
+        if mode.large_segments { Duration::from_micros(50_000 + self.below(450_000)) } else { self.kill_delay() }
     }
 }
 
