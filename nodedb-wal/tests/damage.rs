@@ -295,12 +295,11 @@ both!(
     bit_flip_in_a_sealed_segment_is_corruption
 );
 
-/// A log whose first segment is sealed at 4 MiB or more: long enough that readers and recovery
-/// hand it to a helper thread that reads and checks it ahead of them (where there is a second
-/// core). Returns the config and the last LSN.
-fn large_sealed_segment_log<D: Disk>(disk: &D, dir: &Path) -> (nodedb_wal::SegmentedWalConfig, u64) {
+/// A log of 24,000 records in batches of 1,000, written with segments of `segment_bytes`.
+/// Returns the config and the last LSN.
+fn large_log<D: Disk>(disk: &D, dir: &Path, segment_bytes: u64) -> (nodedb_wal::SegmentedWalConfig, u64) {
     let mut c = config(dir);
-    c.segment_bytes_target = 4 << 20;
+    c.segment_bytes_target = segment_bytes;
     c.batch_bytes_max = 256 << 10;
     let wal = SegmentedWal::open_with(disk.clone(), c.clone()).unwrap();
     let last = 24_000;
@@ -308,8 +307,16 @@ fn large_sealed_segment_log<D: Disk>(disk: &D, dir: &Path) -> (nodedb_wal::Segme
         append_synced(&wal, from, from + 999);
     }
     wal.close().unwrap();
-    assert!(segment_ids(disk, dir).len() >= 2, "segment 1 is sealed");
     (c, last)
+}
+
+/// A log whose first segment is sealed at 4 MiB or more: long enough that readers and recovery
+/// hand it to a helper thread that reads and checks it ahead of them (where there is a second
+/// core). Returns the config and the last LSN.
+fn large_sealed_segment_log<D: Disk>(disk: &D, dir: &Path) -> (nodedb_wal::SegmentedWalConfig, u64) {
+    let log = large_log(disk, dir, 4 << 20);
+    assert!(segment_ids(disk, dir).len() >= 2, "segment 1 is sealed");
+    log
 }
 
 /// Damage anywhere in a large sealed segment (a payload bit or a header bit in any of its
@@ -354,17 +361,9 @@ both!(
 /// it (O_DIRECT where the log was written so) and checks it ahead of the scan. Returns the
 /// config and the last LSN.
 fn large_newest_segment_log<D: Disk>(disk: &D, dir: &Path) -> (nodedb_wal::SegmentedWalConfig, u64) {
-    let mut c = config(dir);
-    c.segment_bytes_target = 64 << 20;
-    c.batch_bytes_max = 256 << 10;
-    let wal = SegmentedWal::open_with(disk.clone(), c.clone()).unwrap();
-    let last = 24_000;
-    for from in (1..=last).step_by(1000) {
-        append_synced(&wal, from, from + 999);
-    }
-    wal.close().unwrap();
+    let log = large_log(disk, dir, 64 << 20);
     assert_eq!(segment_ids(disk, dir), vec![1], "one segment, never sealed");
-    (c, last)
+    log
 }
 
 /// In the newest segment, read with a helper: damage deep in it, before acknowledged batches,

@@ -646,18 +646,25 @@ fn a_buffer_of_a_newer_version_is_refused_whatever_its_geometry() {
     }
 }
 
+/// Creates the buffer file as a build of version 1 left it: its header and one slot, at the
+/// ring's start, holding `image`.
+fn create_version_1_file(sim: &SimStorage, cfg: &nodedb_wal::DwbConfig, slot: &nodedb_wal::format::dwb::SlotHeader, image: &[u8]) {
+    use nodedb_wal::format::dwb::{FileHeader, encode_slot};
+    let mut file = vec![0u8; cfg.block_len + cfg.ring_bytes as usize];
+    let header = FileHeader { version: 1, block_len: cfg.block_len as u32, ring_bytes: cfg.ring_bytes, salt: 0 };
+    file[..32].copy_from_slice(&header.encode()[..32]);
+    encode_slot(slot, image, &mut file[cfg.block_len..]);
+    create_file(sim, &dwb_path(), &file);
+}
+
 #[test]
 fn a_version_1_slot_numbered_near_the_end_of_sequences_is_no_batch() {
-    use nodedb_wal::format::dwb::{FileHeader, SlotHeader, encode_slot};
+    use nodedb_wal::format::dwb::SlotHeader;
     let sim = disk(25);
     let cfg = config(DwbMode::Buffered);
-    let mut image = vec![0u8; cfg.block_len + cfg.ring_bytes as usize];
-    let header = FileHeader { version: 1, block_len: cfg.block_len as u32, ring_bytes: cfg.ring_bytes, salt: 0 };
-    image[..32].copy_from_slice(&header.encode()[..32]);
     let slot =
         SlotHeader { file: F1, seq: u64::MAX, batch_seq: u64::MAX, batch_slots: 1, page_len: PAGE as u32, page_no: 0, epoch: 1, salt: 0 };
-    encode_slot(&slot, &page(F1, 0, 9), &mut image[cfg.block_len..]);
-    create_file(&sim, &dwb_path(), &image);
+    create_version_1_file(&sim, &cfg, &slot, &page(F1, 0, 9));
     let (dwb, report) = open(sim.clone(), cfg);
     assert_eq!(report.batches, 0);
     dwb.write_pages(&borrow(&pages_at(&[(F1, 1)], 2))).unwrap();
@@ -666,16 +673,12 @@ fn a_version_1_slot_numbered_near_the_end_of_sequences_is_no_batch() {
 
 #[test]
 fn a_version_1_buffer_is_recovered_then_rewritten_with_a_salt() {
-    use nodedb_wal::format::dwb::{FileHeader, SlotHeader, encode_slot};
+    use nodedb_wal::format::dwb::{FileHeader, SlotHeader};
     let sim = disk(23);
     // A version 1 file as an earlier build left it: one applied batch of page (1, 4) at version 2.
     let cfg = config(DwbMode::Buffered);
-    let mut image = vec![0u8; cfg.block_len + cfg.ring_bytes as usize];
-    let header = FileHeader { version: 1, block_len: cfg.block_len as u32, ring_bytes: cfg.ring_bytes, salt: 0 };
-    image[..32].copy_from_slice(&header.encode()[..32]);
     let slot = SlotHeader { file: F1, seq: 7, batch_seq: 7, batch_slots: 1, page_len: PAGE as u32, page_no: 4, epoch: 3, salt: 0 };
-    encode_slot(&slot, &page(F1, 4, 2), &mut image[cfg.block_len..]);
-    create_file(&sim, &dwb_path(), &image);
+    create_version_1_file(&sim, &cfg, &slot, &page(F1, 4, 2));
     tear(&sim, F1, 4);
     let (dwb, report) = open(sim.clone(), cfg.clone());
     assert_eq!(report.pages_restored, vec![(F1, 4)]);
