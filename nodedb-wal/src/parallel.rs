@@ -89,3 +89,83 @@ pub(crate) fn decode_segment<S: Storage>(
         let _ = tx.send(Ok(chunk));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The decoders themselves, with as many as each case asks for: `replay_parallel` runs them
+    //! only where the cores allow (on two cores it reads in sequence), and they must be right
+    //! on every machine.
+
+    use std::path::Path;
+
+    use crate::error::WalError;
+    use crate::read::RecordView;
+    use crate::record::Record;
+    use crate::storage::{FaultConfig, SimStorage};
+    use crate::types::{Lsn, RecordType};
+    use crate::wal::SegmentedWal;
+    use crate::{SegmentedWalConfig, segment};
+
+    fn log(dir: &str, sim: &SimStorage, records: u32, payload: impl Fn(u32) -> Vec<u8>) -> SegmentedWal<SimStorage> {
+        let mut c = SegmentedWalConfig::new(dir);
+        c.segment_bytes_target = 16 * 1024;
+        c.batch_bytes_max = 4 * 1024;
+        let wal = SegmentedWal::open_with(sim.clone(), c).unwrap();
+        for i in 0..records {
+            wal.append(Record::new(RecordType::optional(0x100), &payload(i))).unwrap();
+        }
+        wal.sync().unwrap();
+        wal
+    }
+
+    #[test]
+    fn decoders_return_exactly_what_sequential_replay_does_in_lsn_order() {
+        let sim = SimStorage::new(4, FaultConfig::default());
+        let wal = log("/decoders", &sim, 3000, |i| i.to_le_bytes().repeat(1 + (i % 50) as usize));
+        assert!(wal.segments().len() > 10);
+        let decoded = |from, decoders| {
+            let mut records = Vec::new();
+            let push = |r: RecordView<'_>| {
+                records.push(r.to_record());
+                Ok(())
+            };
+            let n = wal.replay_decoded(from, decoders, push).unwrap();
+            assert_eq!(n, records.len() as u64, "the count returned");
+            records
+        };
+        for (from, decoders) in [(Lsn(1), 1), (Lsn(1), 3), (Lsn(1234), 4), (Lsn(3000), 2), (Lsn(3001), 2), (Lsn::ZERO, 2)] {
+            let sequential: Vec<_> = wal.read_from(from).unwrap().collect::<Result<_, _>>().unwrap();
+            assert_eq!(decoded(from, decoders), sequential, "from {from} with {decoders} decoders");
+        }
+        let mut seen = 0;
+        let err = wal.replay_decoded(Lsn(1), 3, |_| {
+            seen += 1;
+            if seen == 10 { Err(WalError::Closed) } else { Ok(()) }
+        });
+        assert!(matches!(err, Err(WalError::Closed)) && seen == 10, "the callback's error stops the replay");
+        wal.truncate_before(Lsn(2000)).unwrap();
+        assert!(matches!(wal.replay_decoded(Lsn(1), 2, |_| Ok(())), Err(WalError::LsnNotRetained { .. })));
+    }
+
+    #[test]
+    fn decoders_stop_at_damage_having_applied_exactly_the_records_before_it() {
+        let sim = SimStorage::new(9, FaultConfig::default());
+        let wal = log("/decoders-damage", &sim, 600, |i| i.to_le_bytes().repeat(64));
+        let damaged = wal.segments()[4];
+        let path = segment::path(Path::new("/decoders-damage"), damaged.id);
+        let mut bytes = sim.read_file(&path).unwrap();
+        bytes[4096 + 100] ^= 1; // the first record's payload
+        sim.write_file(&path, &bytes);
+        let before_damage: Vec<u64> = (1..damaged.first_lsn.0).collect();
+        for decoders in [1, 2, 4] {
+            let mut applied = Vec::new();
+            let note = |r: RecordView<'_>| {
+                applied.push(r.lsn.0);
+                Ok(())
+            };
+            let outcome = wal.replay_decoded(Lsn(1), decoders, note);
+            let Err(WalError::Corruption { segment, .. }) = outcome else { panic!("{decoders} decoders: {outcome:?}") };
+            assert_eq!((segment, &applied), (damaged.id, &before_damage), "{decoders} decoders");
+        }
+    }
+}

@@ -396,10 +396,16 @@ impl<F: StorageFile> ChunkReader<F> {
 }
 
 /// Whether this process may run on more than one core, so that a helper thread does not take
-/// the reader's. Asked once: the answer reads cgroup files, and a reader asks per segment.
+/// the reader's.
 fn spare_core() -> bool {
-    static SPARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SPARE.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+    usable_cores() > 1
+}
+
+/// The cores this process may run on (1 where that cannot be told). Asked once: the answer
+/// reads cgroup files, and a reader asks per segment.
+pub(crate) fn usable_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 /// How many times a reader may start a read-ahead helper for one file: a reader that keeps
