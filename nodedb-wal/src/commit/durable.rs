@@ -121,7 +121,14 @@ impl Durability {
             *wakers = waiting;
             ready.into_iter().map(|(_, w)| w).collect()
         };
-        ready.into_iter().for_each(Waker::wake);
+        for waker in ready {
+            // A waker is the caller's (its executor's) code, run on the thread that made the
+            // batch durable: one that panics must neither leave the others unwoken (their tasks
+            // would hang) nor unwind that thread (which poisoned a durable batch as failed).
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake())).is_err() {
+                tracing::error!("a task's waker panicked when woken; the other tasks were woken");
+            }
+        }
     }
 
     /// Blocks until `lsn`, held by batch `seq`, is durable or the log is poisoned.
@@ -285,6 +292,36 @@ mod tests {
         assert!(later.recv_timeout(Duration::from_millis(50)).is_err(), "LSN 9 is not durable yet");
         d.advance(Lsn(9), 33);
         later.recv().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_waker_that_panics_neither_unwinds_the_syncing_thread_nor_leaves_other_tasks_unwoken() {
+        // Found by a review: the panic unwound the flusher (which poisoned a durable batch as
+        // a failed write), and the tasks after it, already off the list, were never woken.
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+        struct Panics;
+        impl Wake for Panics {
+            fn wake(self: Arc<Self>) {
+                panic!("an executor's bug");
+            }
+        }
+        /// A task's waker, counting into a count its tasks share.
+        struct Counts(Arc<AtomicUsize>);
+        impl Wake for Counts {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let d = Durability::new(Lsn(0));
+        let woken = Arc::new(AtomicUsize::new(0));
+        let task = || Waker::from(Arc::new(Counts(Arc::clone(&woken))));
+        d.register(Lsn(1), &task());
+        d.register(Lsn(1), &Waker::from(Arc::new(Panics)));
+        d.register(Lsn(1), &task());
+        d.advance(Lsn(1), 1);
+        assert_eq!(woken.load(Ordering::SeqCst), 2, "both other tasks woken");
+        assert!(d.check(Lsn(1)).unwrap(), "durable, not poisoned");
     }
 
     #[test]

@@ -47,7 +47,8 @@ impl AlignedBuf {
     #[must_use]
     pub fn zeroed(len: usize, align: usize) -> AlignedBuf {
         assert!(align.is_power_of_two(), "alignment {align} is not a power of two");
-        let size = len.div_ceil(align).max(1) * align;
+        // Checked in release builds too: a wrapped size would allocate less than `len`.
+        let size = len.div_ceil(align).max(1).checked_mul(align).expect("buffer size overflows");
         let layout = Layout::from_size_align(size, align).expect("buffer size overflows");
         // SAFETY: the layout has a non-zero size (at least one `align` unit).
         let raw = unsafe { alloc_zeroed(layout) };
@@ -98,6 +99,12 @@ impl fmt::Debug for AlignedBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn a_size_that_would_wrap_panics_instead_of_allocating_less() {
+        let _ = AlignedBuf::zeroed(usize::MAX, 4096);
+    }
 
     #[test]
     fn buffer_is_aligned_zeroed_and_rounded_up() {

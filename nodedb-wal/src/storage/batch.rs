@@ -52,7 +52,11 @@ impl BatchBuf {
     /// See [`BatchBuf`] for an example.
     #[must_use]
     pub fn new(limit: usize, align: usize, slack: usize) -> BatchBuf {
-        BatchBuf { mem: AlignedBuf::zeroed(limit + slack, align), limit, cursor: AtomicUsize::new(0) }
+        // Checked in release builds too: regions are handed out up to `limit`, which must lie
+        // inside the allocation and below the cursor's sealed bit.
+        assert!(limit < SEALED, "batch limit {limit} too large");
+        let size = limit.checked_add(slack).expect("batch size overflows");
+        BatchBuf { mem: AlignedBuf::zeroed(size, align), limit, cursor: AtomicUsize::new(0) }
     }
 
     /// Reserves `len` bytes; `None` if the buffer is sealed or they do not fit.
@@ -74,7 +78,7 @@ impl BatchBuf {
     pub fn try_reserve(self: &Arc<Self>, len: usize) -> Option<Region> {
         let mut cur = self.cursor.load(Ordering::Acquire);
         loop {
-            if cur & SEALED != 0 || cur + len > self.limit {
+            if cur & SEALED != 0 || cur.checked_add(len).is_none_or(|end| end > self.limit) {
                 return None;
             }
             match self.cursor.compare_exchange_weak(cur, cur + len, Ordering::AcqRel, Ordering::Acquire) {
@@ -242,6 +246,23 @@ impl fmt::Debug for Region {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reservation_whose_end_would_wrap_is_refused_not_granted_over_the_first() {
+        // Unchecked in release builds, `cur + len` wrapped: the huge region was granted and
+        // the next one overlapped the first (found by a review).
+        let buf = Arc::new(BatchBuf::new(4096, 64, 0));
+        let first = buf.try_reserve(100).unwrap();
+        assert!(buf.try_reserve(usize::MAX - 50).is_none());
+        assert_eq!(buf.try_reserve(10).unwrap().start(), 100, "after the first");
+        drop(first);
+    }
+
+    #[test]
+    #[should_panic(expected = "too large")]
+    fn a_limit_that_would_wrap_the_allocation_panics_before_allocating() {
+        let _ = BatchBuf::new(usize::MAX, 64, 1);
+    }
 
     #[test]
     fn regions_are_disjoint_and_sealing_stops_reservations() {

@@ -71,7 +71,8 @@ impl SecretPage {
     #[must_use]
     pub fn new(len: usize) -> SecretPage {
         let page = rustix::param::page_size();
-        let layout = std::alloc::Layout::from_size_align(len.max(1).div_ceil(page) * page, page).expect("a page size is a power of two");
+        let size = len.max(1).div_ceil(page).checked_mul(page).expect("secret size overflows");
+        let layout = std::alloc::Layout::from_size_align(size, page).expect("a page size is a power of two");
         // SAFETY: the layout's size is not zero.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let Some(ptr) = std::ptr::NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };

@@ -87,10 +87,16 @@ impl Ring {
         let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(SYNC);
         // SAFETY: `buf` outlives both operations: we return only after both completions arrive,
         // or after marking the ring broken when the kernel took none of them (see below).
-        unsafe {
+        let pushed = unsafe {
             let mut sq = self.ring.submission();
-            sq.push(&write).map_err(|_| io::Error::other("io_uring queue full"))?;
-            sq.push(&sync).map_err(|_| io::Error::other("io_uring queue full"))?;
+            sq.push(&write).is_ok() && sq.push(&sync).is_ok()
+        };
+        if !pushed {
+            // The write may sit queued without its sync: a later submit would run it against a
+            // buffer that is gone. The queue holds twice what one call pushes, so this is not
+            // expected; if it happens, the ring is never submitted again.
+            self.broken = true;
+            return Err(io::Error::other("io_uring queue full"));
         }
         let mut results = (None, None);
         let mut want = 2;
