@@ -338,8 +338,6 @@ impl<S: Storage> Cursor<S> {
         }
     }
 
-    /// The readable payload of the record the scan handed out last.
-    #[inline]
     /// A headers-only reader skips a record of an unknown optional type without handing it
     /// out, but in an encrypted segment it first reads and authenticates it, as a full reader
     /// does: the type is signed, and a record retyped by someone without the key must not
@@ -349,11 +347,19 @@ impl<S: Storage> Cursor<S> {
         if self.cipher.is_none() || matches!(self.spec.decrypt, Decrypt::Raw) {
             return Ok(());
         }
-        let Cursor { scan, cipher, plain, spec, .. } = self;
-        let stored = scan.as_mut().expect("open").frame_at(offset, header)?;
-        open_payload(&spec.decrypt, cipher.as_ref(), segment, header, stored, plain).map(drop)
+        self.open_at(segment, offset, header).map(drop)
     }
 
+    /// The readable payload of the record at `offset` of the open segment, read where it lies
+    /// (a headers-only scan has not read it).
+    fn open_at(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
+        let Cursor { scan, cipher, plain, spec, .. } = self;
+        let stored = scan.as_mut().expect("the record's segment is open").frame_at(offset, header)?;
+        open_payload(&spec.decrypt, cipher.as_ref(), segment, header, stored, plain)
+    }
+
+    /// The readable payload of the record the scan handed out last.
+    #[inline]
     fn open_stepped(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
         let Cursor { scan, cipher, plain, spec, .. } = self;
         let stored = scan.as_mut().expect("open").stepped_payload(offset, header)?;
@@ -644,8 +650,6 @@ impl<S: Storage> LazyWalReader<S> {
     /// Reads, checks and decrypts the payload of the record [`Self::next_header`] returned last.
     pub fn payload(&mut self) -> Result<Vec<u8>> {
         let handle = self.current.ok_or(WalError::InvalidConfig { reason: "payload() needs a record from next_header()" })?;
-        let Cursor { scan, cipher, plain, spec, .. } = &mut self.cursor;
-        let stored = scan.as_mut().expect("the handle's segment is open").frame_at(handle.offset, &handle.header)?;
-        open_payload(&spec.decrypt, cipher.as_ref(), handle.segment, &handle.header, stored, plain).map(<[u8]>::to_vec)
+        self.cursor.open_at(handle.segment, handle.offset, &handle.header).map(<[u8]>::to_vec)
     }
 }
