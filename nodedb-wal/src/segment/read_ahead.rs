@@ -319,8 +319,7 @@ impl<F: StorageFile> Helper<F> {
         let mut at = self.plan.from;
         let mut window = Window::in_buffer(SpareBuf::get(buffer_len(chunk, align), align), HEADROOM, at);
         while at < file_len {
-            let frame_rest = self.chain_frame_end.map_or(0, |end| end.saturating_sub(at));
-            let want = round_up(file_len - at, align as u64).min(round_up(frame_rest, align as u64).max(chunk as u64)) as usize;
+            let want = round_up(file_len - at, align as u64).min(self.next_read(at) as u64) as usize;
             let read_at = window.lo + window.len;
             let n = match self.plan.file.read_at(&mut window.buf[read_at..read_at + want], at) {
                 Ok(n) => n,
@@ -346,6 +345,13 @@ impl<F: StorageFile> Helper<F> {
             window = self.carry(&window_sent);
         }
         self.plan.drop_behind
+    }
+
+    /// Bytes the read at `at` asks for (before the end of the file cuts it): a chunk, or the
+    /// rest of the frame that crosses `at` where that is longer.
+    fn next_read(&self, at: u64) -> usize {
+        let frame_rest = self.chain_frame_end.map_or(0, |end| round_up(end.saturating_sub(at), self.plan.align as u64));
+        (frame_rest as usize).max(self.plan.chunk)
     }
 
     /// Follows the chain through `window` by headers alone, noting where each whole frame
@@ -438,9 +444,7 @@ impl<F: StorageFile> Helper<F> {
         let from = (from & !(align - 1)).max(window.start);
         let carry = (end - from) as usize;
         let standard = buffer_len(self.plan.chunk, self.plan.align);
-        // The next read: a chunk, or the rest of the frame that crosses the end if longer.
-        let frame_rest = self.chain_frame_end.map_or(0, |frame_end| round_up(frame_end - end, align));
-        let next_read = (frame_rest as usize).max(self.plan.chunk);
+        let next_read = self.next_read(end);
         let (mut buf, lo) = if carry <= HEADROOM && next_read == self.plan.chunk {
             (SpareBuf::get(standard, self.plan.align), HEADROOM - carry)
         } else {

@@ -76,13 +76,19 @@ impl SecretPage {
         // SAFETY: the layout's size is not zero.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let Some(ptr) = std::ptr::NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
-        // SAFETY: the range is the allocation just made, page-aligned and of whole pages; both
-        // calls only change how the kernel treats those pages. A failure leaves the secret
-        // usable, only less protected.
-        let locked = unsafe { rustix::mm::mlock(raw.cast(), layout.size()) }.is_ok();
-        // SAFETY: as above.
+        let mut page = SecretPage { ptr, layout, len, locked: false };
+        // Locking and advice only change how the kernel treats the pages; a failure leaves the
+        // secret usable, only less protected.
+        page.locked = lock(page.pages()).is_ok();
+        // SAFETY: the range is the allocation just made, page-aligned and of whole pages.
         let _ = unsafe { rustix::mm::madvise(raw.cast(), layout.size(), rustix::mm::Advice::LinuxDontDump) };
-        SecretPage { ptr, layout, len, locked }
+        page
+    }
+
+    /// The whole pages the secret lives on.
+    fn pages(&self) -> &[u8] {
+        // SAFETY: the allocation `new` made with this layout, zero-initialised, owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
     }
 
     /// Whether the pages are locked into RAM (`RLIMIT_MEMLOCK` allowed it).
@@ -108,12 +114,11 @@ impl SecretPage {
 impl Drop for SecretPage {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(self.bytes_mut());
-        let raw = self.ptr.as_ptr();
         if self.locked {
-            // SAFETY: the pages `new` locked; only this value's, so no other secret is unlocked.
-            let _ = unsafe { rustix::mm::munlock(raw.cast(), self.layout.size()) };
+            // Only this value's pages: no other secret is unlocked.
+            let _ = unlock(self.pages());
         }
         // SAFETY: allocated in `new` with this layout, freed once; no reference outlives `self`.
-        unsafe { std::alloc::dealloc(raw, self.layout) };
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }
