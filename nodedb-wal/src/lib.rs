@@ -48,7 +48,7 @@ pub use read::{LazyWalReader, RecordHandle, RecordView, WalIter};
 pub use readonly::ReadOnlyWal;
 pub use record::{Record, WalRecord};
 pub use recovery::RecoveryInfo;
-pub use replay::{TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};
+pub use replay::{TemporalPurge, TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};
 pub use segment::SegmentInfo;
 pub use storage::{FsStorage, IoBackend, SimStorage};
 pub use tail::Tail;

@@ -31,7 +31,7 @@ use crate::format::header_index::HeaderIndex;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
 use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE};
 use crate::manifest;
-use crate::replay::TombstoneSet;
+use crate::replay::{TemporalPurge, TombstoneSet};
 use crate::segment::crypt::{check_plaintext_allowed, cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
 use crate::segment::index::IndexBuilder;
@@ -199,7 +199,7 @@ pub struct RecoveryInfo {
     /// Collections dropped in the recovered records, gathered in the same pass.
     pub tombstones: TombstoneSet,
     /// Temporal purges in the recovered records, in LSN order, for the engines to apply.
-    pub temporal_purges: Vec<(Lsn, TemporalPurgePayload)>,
+    pub temporal_purges: Vec<TemporalPurge>,
 }
 
 /// The last segment, not yet sealed: the writer seals it before appending elsewhere.
@@ -532,7 +532,7 @@ fn scan_segment<S: Storage>(
     // An atomic group still open: where its first frame starts, its first LSN, and what it
     // holds for `collect` (applied only once the group is whole).
     let mut group: Option<(u64, Lsn)> = None;
-    let mut group_collected: Vec<(Lsn, RecordType, Vec<u8>)> = Vec::new();
+    let mut group_collected: Vec<(RecordHeader, Vec<u8>)> = Vec::new();
     let (offset, end, claim) = loop {
         match scan.step()? {
             Step::Record { offset, header } => {
@@ -551,7 +551,7 @@ fn scan_segment<S: Storage>(
                     match open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload) {
                         // The key is right after all: the record that did not authenticate was altered.
                         Ok(_) if suspect.is_some() => return Err(suspect.take().expect("checked")),
-                        Ok(plain) if collected => group_collected.push((header.lsn, header.record_type, plain)),
+                        Ok(plain) if collected => group_collected.push((header, plain)),
                         Ok(_) => {}
                         // The first record does not authenticate: the wrong key, or that record
                         // altered. Whether the next one does tells the two apart.
@@ -565,8 +565,8 @@ fn scan_segment<S: Storage>(
                 }
                 if !continues {
                     group = None;
-                    for (lsn, record_type, plain) in group_collected.drain(..) {
-                        collect(info, lsn, record_type, &plain)?;
+                    for (header, plain) in group_collected.drain(..) {
+                        collect(info, &header, &plain)?;
                     }
                 }
             }
@@ -620,12 +620,13 @@ fn is_collected(record_type: RecordType) -> bool {
     record_type == RecordType::COLLECTION_TOMBSTONE || record_type == RecordType::TEMPORAL_PURGE
 }
 
-fn collect(info: &mut RecoveryInfo, lsn: Lsn, record_type: RecordType, payload: &[u8]) -> Result<()> {
-    let malformed = |problem| WalError::MalformedPayload { lsn, record_type, problem };
-    if record_type == RecordType::COLLECTION_TOMBSTONE {
+fn collect(info: &mut RecoveryInfo, header: &RecordHeader, payload: &[u8]) -> Result<()> {
+    let malformed = |problem| WalError::MalformedPayload { lsn: header.lsn, record_type: header.record_type, problem };
+    if header.record_type == RecordType::COLLECTION_TOMBSTONE {
         info.tombstones.insert(&CollectionTombstonePayload::decode(payload).map_err(malformed)?);
     } else {
-        info.temporal_purges.push((lsn, TemporalPurgePayload::decode(payload).map_err(malformed)?));
+        let purge = TemporalPurgePayload::decode(payload).map_err(malformed)?;
+        info.temporal_purges.push(TemporalPurge { lsn: header.lsn, scope: header.scope, purge });
     }
     Ok(())
 }

@@ -6,9 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use crate::error::{Result, WalError};
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
 use crate::record::WalRecord;
-use crate::types::{Lsn, RecordType};
+use crate::types::{Lsn, RecordType, Scope};
 
 /// Dropped collections and the LSN below which their records are dead.
+///
+/// Collection names compare byte for byte: no case folding or Unicode normalization, so the
+/// engines must spell a name the same way in the tombstone and in their records.
 ///
 /// # Examples
 ///
@@ -95,12 +98,29 @@ pub fn extract_tombstones<'a>(records: impl IntoIterator<Item = &'a WalRecord>) 
     Ok(set)
 }
 
+/// A temporal purge found in the log, for its engine to apply at recovery.
+///
+/// The scope is the one the purge was appended with: two tenants may each purge a collection
+/// of the same name, and only the scope tells their purges apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemporalPurge {
+    /// The purge record's LSN.
+    pub lsn: Lsn,
+    /// The database, tenant and vshard it was appended under.
+    pub scope: Scope,
+    /// What was purged.
+    pub purge: TemporalPurgePayload,
+}
+
 /// The temporal purges among records, in LSN order, for the engines to apply at recovery.
-pub fn extract_temporal_purges<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<Vec<(Lsn, TemporalPurgePayload)>> {
+pub fn extract_temporal_purges<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<Vec<TemporalPurge>> {
     records
         .into_iter()
         .filter(|r| r.record_type == RecordType::TEMPORAL_PURGE)
-        .map(|r| TemporalPurgePayload::decode(&r.payload).map(|p| (r.lsn, p)).map_err(|e| malformed(r, e)))
+        .map(|r| {
+            let purge = TemporalPurgePayload::decode(&r.payload).map_err(|e| malformed(r, e))?;
+            Ok(TemporalPurge { lsn: r.lsn, scope: r.scope, purge })
+        })
         .collect()
 }
 
@@ -122,7 +142,6 @@ fn malformed(r: &WalRecord, problem: PayloadError) -> WalError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Scope;
 
     fn record(lsn: u64, record_type: RecordType, payload: Vec<u8>) -> WalRecord {
         WalRecord { lsn: Lsn(lsn), record_type, scope: Scope::default(), flags: 0, payload }

@@ -278,6 +278,13 @@ impl<S: Storage> SegmentedWal<S> {
 
     /// Records that a collection was dropped; replay drops its records below `purge_lsn`.
     ///
+    /// `purge_lsn` may be at most the tombstone's own LSN (any LSN up to [`Self::next_lsn`] at
+    /// the call): a drop that reached past its own record would name records written after it,
+    /// which would come back to life once truncation removed the tombstone's segment. A later
+    /// `purge_lsn` is [`WalError::LsnNotIssued`] and uses no LSN. Like every record, the
+    /// tombstone goes with its segment at [`Self::truncate_before`]: truncate only below a
+    /// checkpoint at which the engines have applied the drop.
+    ///
     /// # Examples
     ///
     /// ```
@@ -296,6 +303,11 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn append_tombstone(&self, tombstone: &CollectionTombstonePayload) -> Result<Lsn> {
+        // LSNs only grow, so an LSN at most `next` now is at most the one the tombstone gets.
+        let next = self.next_lsn();
+        if tombstone.purge_lsn > next {
+            return Err(WalError::LsnNotIssued { lsn: tombstone.purge_lsn, next });
+        }
         let payload = tombstone.encode().map_err(|problem| self.malformed(RecordType::COLLECTION_TOMBSTONE, problem))?;
         let scope = Scope { database: tombstone.database, tenant: tombstone.tenant, vshard: 0 };
         self.append_system(RecordType::COLLECTION_TOMBSTONE, scope, &payload)
@@ -309,12 +321,13 @@ impl<S: Storage> SegmentedWal<S> {
     /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
     /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
     /// # let ty = RecordType::optional(0x100);
-    /// use nodedb_wal::{Scope, TemporalPurgeEngine, TemporalPurgePayload};
+    /// use nodedb_wal::{Scope, TemporalPurge, TemporalPurgeEngine, TemporalPurgePayload};
     /// let purge = TemporalPurgePayload { engine: TemporalPurgeEngine::Timeseries, collection: "cpu".into(), cutoff_unix_ms: 1_700_000_000_000, purged_count: 42 };
-    /// let lsn = wal.append_temporal_purge(&purge, Scope::default())?;
+    /// let scope = Scope { database: 1, tenant: 2, vshard: 0 };
+    /// let lsn = wal.append_temporal_purge(&purge, scope)?;
     /// wal.wait_durable(lsn)?;
     /// let purges = nodedb_wal::extract_temporal_purges(&wal.read_from(Lsn::FIRST)?.collect::<Result<Vec<_>, _>>()?)?;
-    /// assert_eq!(purges, vec![(lsn, purge)]);
+    /// assert_eq!(purges, vec![TemporalPurge { lsn, scope, purge }]);
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn append_temporal_purge(&self, purge: &TemporalPurgePayload, scope: Scope) -> Result<Lsn> {
@@ -769,6 +782,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// Removes whole segments whose records all lie below `checkpoint`, oldest first, each
     /// removal made durable before the next. The newest segment is always kept: it carries the
     /// log's position across restarts. Returns how many segments were removed.
+    ///
+    /// Tombstones and temporal purges in the removed segments are gone too, so a later
+    /// recovery no longer reports them: pass a checkpoint at which the engines have applied
+    /// every drop and purge below it.
     ///
     /// # Examples
     ///

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use nodedb_wal::storage::FaultConfig;
 use nodedb_wal::{
     CollectionTombstonePayload, KeyRing, Lsn, Record, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage,
-    TemporalPurgeEngine, TemporalPurgePayload, WalError,
+    TemporalPurge, TemporalPurgeEngine, TemporalPurgePayload, WalError,
 };
 
 fn config(ring: Option<Arc<KeyRing>>) -> SegmentedWalConfig {
@@ -46,7 +46,7 @@ fn tombstones_and_purges_are_gathered_by_recovery(ring: Option<Arc<KeyRing>>) {
     let info = wal.recovery_info();
     assert!(info.segments.len() > 1, "the records span segments");
     assert_eq!(info.tombstones.purge_lsn(1, 2, "orders"), Some(drop_at));
-    assert_eq!(info.temporal_purges, vec![(purge_lsn, purge)]);
+    assert_eq!(info.temporal_purges, vec![TemporalPurge { lsn: purge_lsn, scope, purge }]);
     let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().map(Result::unwrap).collect();
     let orders: Vec<_> = records.iter().filter(|r| r.payload.starts_with(b"orders:")).collect();
     assert_eq!(orders.len(), 2);
@@ -63,6 +63,43 @@ fn tombstones_and_purges_are_gathered_by_recovery_plaintext() {
 fn tombstones_and_purges_are_gathered_by_recovery_encrypted() {
     let ring = Arc::new(KeyRing::with_active(3, SecureKey::from_bytes(&mut [5; 32])));
     tombstones_and_purges_are_gathered_by_recovery(Some(ring));
+}
+
+#[test]
+fn two_tenants_purging_a_collection_of_the_same_name_are_told_apart_at_recovery() {
+    let sim = SimStorage::new(4, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config(None)).unwrap();
+    let purge = |cutoff_unix_ms| TemporalPurgePayload {
+        engine: TemporalPurgeEngine::Document,
+        collection: "sessions".into(),
+        cutoff_unix_ms,
+        purged_count: 1,
+    };
+    let a = Scope { database: 1, tenant: 10, vshard: 3 };
+    let b = Scope { database: 1, tenant: 20, vshard: 4 };
+    let lsn_a = wal.append_temporal_purge(&purge(100), a).unwrap();
+    let lsn_b = wal.append_temporal_purge(&purge(200), b).unwrap();
+    wal.close().unwrap();
+
+    let wal = SegmentedWal::open_with(sim, config(None)).unwrap();
+    let expected =
+        vec![TemporalPurge { lsn: lsn_a, scope: a, purge: purge(100) }, TemporalPurge { lsn: lsn_b, scope: b, purge: purge(200) }];
+    assert_eq!(wal.recovery_info().temporal_purges, expected);
+    let records: Vec<_> = wal.read_from(Lsn::FIRST).unwrap().map(Result::unwrap).collect();
+    assert_eq!(nodedb_wal::extract_temporal_purges(&records).unwrap(), expected, "replay agrees with recovery");
+}
+
+#[test]
+fn a_tombstone_reaching_past_its_own_lsn_is_refused_and_uses_no_lsn() {
+    let wal = SegmentedWal::open_with(SimStorage::new(5, FaultConfig::default()), config(None)).unwrap();
+    wal.append(Record::new(RecordType::optional(0x100), b"row")).unwrap();
+    let next = wal.next_lsn();
+    let ahead = CollectionTombstonePayload { database: 1, tenant: 1, collection: "t".into(), purge_lsn: Lsn(next.0 + 1) };
+    let err = wal.append_tombstone(&ahead).unwrap_err();
+    assert!(matches!(err, WalError::LsnNotIssued { lsn, next: n } if lsn == ahead.purge_lsn && n == next), "{err}");
+    assert_eq!(wal.next_lsn(), next);
+    let at_itself = CollectionTombstonePayload { purge_lsn: next, ..ahead };
+    assert_eq!(wal.append_tombstone(&at_itself).unwrap(), next, "up to its own LSN is allowed");
 }
 
 #[test]

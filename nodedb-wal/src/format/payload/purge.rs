@@ -107,7 +107,7 @@ impl TemporalPurgePayload {
     /// ```
     /// use nodedb_wal::storage::FaultConfig;
     /// use nodedb_wal::{PayloadError, TemporalPurgeEngine, TemporalPurgePayload};
-    /// use nodedb_wal::{Scope, SegmentedWal, SegmentedWalConfig, SimStorage};
+    /// use nodedb_wal::{Scope, SegmentedWal, SegmentedWalConfig, SimStorage, TemporalPurge};
     ///
     /// let mut purge =
     ///     TemporalPurgePayload { engine: TemporalPurgeEngine::Document, collection: "x".repeat(300), cutoff_unix_ms: 0, purged_count: 1 };
@@ -117,10 +117,11 @@ impl TemporalPurgePayload {
     /// let sim = SimStorage::new(1, FaultConfig::default());
     /// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
     /// purge.collection = "sessions".into();
-    /// let lsn = wal.append_temporal_purge(&purge, Scope::default())?;
+    /// let scope = Scope { database: 1, tenant: 7, vshard: 0 };
+    /// let lsn = wal.append_temporal_purge(&purge, scope)?;
     /// wal.close()?;
     /// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
-    /// assert_eq!(wal.recovery_info().temporal_purges, [(lsn, purge)]);
+    /// assert_eq!(wal.recovery_info().temporal_purges, [TemporalPurge { lsn, scope, purge }]);
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn encode(&self) -> Result<Vec<u8>, PayloadError> {
