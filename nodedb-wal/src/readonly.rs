@@ -1,6 +1,11 @@
 //! [`ReadOnlyWal`]: a log opened for reading only, by tools and by processes that do not own
 //! it. It takes no lock and writes nothing: it reports what recovery would find (without its
 //! repairs) and reads the records recovery would return.
+//!
+//! Beside a running writer it reads what has been written, which can include the batch whose
+//! fdatasync has not yet returned: a crash could still take those records back. A process that
+//! must see only durable records reads through the writer (`SegmentedWal::read_from`, the live
+//! tail), which stops at the durable LSN.
 
 use std::path::PathBuf;
 use std::sync::Arc;
