@@ -190,6 +190,11 @@ pub trait SyncRequester: Send + Sync {
 /// Resolves once a successful fdatasync covers the LSN. Works under any executor: the flusher
 /// thread wakes the task.
 ///
+/// The task's `Waker` is called on the thread that made the batch durable, while it holds the
+/// log's writer: as the `Waker` contract expects, waking must only schedule the task. A waker
+/// that polls the task inline and blocks there (in `wait_durable`, say) would hold up every
+/// later batch, its own included: a deadlock.
+///
 /// # Examples
 ///
 /// ```
