@@ -57,9 +57,10 @@ watched() {
 for _ in $(seq "$REPEAT"); do
     watched "${compare[@]}" --threads 16 --size 128 --seconds "$SECONDS_PER_SYSTEM"
     watched "${compare[@]}" --threads 64 --size 128 --seconds "$SECONDS_PER_SYSTEM"
-    # The same logs never truncated, growing into blocks never written before, and large records both ways.
+    # nodedb-wal's log never truncated (okaywal runs as ever), growing into blocks never written
+    # before; large records both ways, okaywal also with files as large as nodedb-wal's segments.
     watched "${compare[@]}" --threads 16 --size 128 --seconds "$SECONDS_PER_SYSTEM" --no-checkpoint --systems raw-floor,okaywal,nodedb-wal
-    watched "${compare[@]}" --threads 16 --size 64k --seconds "$SECONDS_PER_SYSTEM" --systems raw-bandwidth,okaywal,nodedb-wal
+    watched "${compare[@]}" --threads 16 --size 64k --seconds "$SECONDS_PER_SYSTEM" --systems raw-bandwidth,okaywal,okaywal-64m,nodedb-wal
     watched "${compare[@]}" --threads 16 --size 64k --seconds "$SECONDS_PER_SYSTEM" --no-checkpoint --systems nodedb-wal
     watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM"
     watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM" --depth 16 --systems nodedb-wal,nodedb-wal-batch

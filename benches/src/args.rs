@@ -15,7 +15,7 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--no-ch
   --systems LIST      comma-separated, run in this order; default
                       raw-floor,raw-bandwidth,okaywal,sqlite,fsync-per-append,nodedb-wal
                       (also: nodedb-wal-encrypted; nodedb-wal-pwrite, nodedb-wal-uring: each
-                      I/O backend)
+                      I/O backend; okaywal-64m: okaywal with 64 MiB files)
                       (with --pipelined: raw-bandwidth,nodedb-wal,nodedb-wal-batch: the
                       same appender, each group appended with one append_batch call;
                       also nodedb-wal-pwrite, nodedb-wal-uring: the appender on each backend)
@@ -42,8 +42,9 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--no-ch
 pub const ALL_SYSTEMS: [&str; 6] = ["raw-floor", "raw-bandwidth", "okaywal", "sqlite", "fsync-per-append", "nodedb-wal"];
 
 /// Systems run only when named: nodedb-wal with encryption, and on each I/O backend
-/// (`nodedb-wal` uses the default backend).
-pub const EXTRA_SYSTEMS: [&str; 4] = ["nodedb-wal-encrypted", "nodedb-wal-pwrite", "nodedb-wal-uring", "nodedb-wal-batch"];
+/// (`nodedb-wal` uses the default backend); okaywal with files as large as nodedb-wal's
+/// segments (for large records, where its 1 MiB default files roll many times a second).
+pub const EXTRA_SYSTEMS: [&str; 5] = ["nodedb-wal-encrypted", "nodedb-wal-pwrite", "nodedb-wal-uring", "nodedb-wal-batch", "okaywal-64m"];
 
 /// Parsed arguments.
 #[derive(Clone, Debug)]

@@ -25,7 +25,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// Seconds the timed loop ran.
+    /// Seconds up to the deadline: the time the counted records were done in.
     #[must_use]
     pub fn seconds(&self) -> f64 {
         self.timed.elapsed.as_secs_f64()
@@ -49,8 +49,9 @@ impl Report {
         self.timed.latency.quantile_us(q)
     }
 
+    /// A counter read over the whole run, late calls included, per record of the whole run.
     fn per_record(&self, total: Option<u64>) -> Option<f64> {
-        Some(total? as f64 / self.timed.records as f64)
+        Some(total? as f64 / self.timed.records_all as f64)
     }
 
     /// The JSON line.
@@ -70,9 +71,11 @@ impl Report {
             .opt_num("p99_us", self.latency_us(0.99))
             .opt_num("p999_us", self.latency_us(0.999))
             .opt_num("max_us", self.timed.latency.max_us())
+            .int("late_calls", self.timed.late_calls)
+            .num("overrun_seconds", self.timed.overrun.as_secs_f64())
             .opt_int("fsyncs", self.fsyncs)
             .opt_int("device_flushes", io.device_flushes)
-            .opt_num("records_per_fsync", fsyncs.map(|f| self.timed.records as f64 / f as f64))
+            .opt_num("records_per_fsync", fsyncs.map(|f| self.timed.records_all as f64 / f as f64))
             .opt_num("disk_bytes_per_record", self.per_record(Some(io.process_write_bytes)))
             .opt_num("wal_bytes_per_record", self.per_record(self.wal_bytes))
             .opt_num("device_bytes_per_record", self.per_record(io.device_write_bytes))

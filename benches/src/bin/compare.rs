@@ -106,7 +106,7 @@ fn ratios(reports: &[Report], args: &Args) -> Option<Json> {
     if let Some(encrypted) = find("nodedb-wal-encrypted") {
         line = line.num("encrypted_vs_plaintext", encrypted.records_per_sec() / wal.records_per_sec());
     }
-    for other in ["okaywal", "sqlite", "fsync-per-append"] {
+    for other in ["okaywal", "okaywal-64m", "sqlite", "fsync-per-append"] {
         if let Some(o) = find(other) {
             line = line.num(&format!("vs_{}", other.replace('-', "_")), wal.records_per_sec() / o.records_per_sec());
         }

@@ -26,7 +26,8 @@ pub fn run(name: &str, params: &Params, pipelined: bool) -> io::Result<Report> {
         "fsync-per-append" => nodedb::fsync_per_append(params),
         "raw-floor" => raw::floor(params),
         "raw-bandwidth" => raw::bandwidth(params),
-        "okaywal" => okaywal::run(params),
+        "okaywal" => okaywal::run(params, okaywal::Files::Default),
+        "okaywal-64m" => okaywal::run(params, okaywal::Files::Large),
         "sqlite" => sqlite::run(params),
         other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown system {other}"))),
     }

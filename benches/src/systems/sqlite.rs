@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::driver::{Params, run_for};
+use crate::driver::{Params, WARM_UP, run_for};
 use crate::report::Report;
 use crate::systems::payload;
 
@@ -41,13 +41,15 @@ pub fn run(params: &Params) -> io::Result<Report> {
     create(&path).map_err(to_io)?;
     let payload = payload(params.size);
     let (path, payload) = (&path, &payload);
-    let timed = run_for(params.threads, params.duration, params.device, move |_| {
+    let make = move |_| {
         let conn = connect(path).map_err(to_io)?;
         Ok(move || {
             conn.prepare_cached("INSERT INTO log (payload) VALUES (?1)").and_then(|mut s| s.execute([payload])).map_err(to_io)?;
             Ok(1)
         })
-    })?;
+    };
+    run_for(params.threads, WARM_UP, params.device, make)?;
+    let timed = run_for(params.threads, params.duration, params.device, make)?;
     Ok(Report {
         system: "sqlite".into(),
         threads: params.threads,
@@ -56,6 +58,6 @@ pub fn run(params: &Params) -> io::Result<Report> {
         fsyncs: None,
         wal_bytes: None,
         latency_of: "one INSERT in its own transaction",
-        note: "rusqlite bundled, journal_mode=WAL, synchronous=FULL, connection per thread, busy_timeout 30 s",
+        note: "rusqlite bundled, journal_mode=WAL, synchronous=FULL, connection per thread, busy_timeout 30 s, 1 s untimed warm-up",
     })
 }
