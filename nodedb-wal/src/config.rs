@@ -39,7 +39,8 @@ pub struct SegmentedWalConfig {
     pub segment_bytes_target: u64,
     /// Bytes of records one batch (one write + fdatasync) holds at most (at most 1 GiB).
     pub batch_bytes_max: usize,
-    /// Batch buffers: while one is written, appenders fill the others.
+    /// Batch buffers: while one is written, appenders fill the others. With `batch_bytes_max`,
+    /// at most 64 GiB in all (buffers are allocated as they are needed).
     pub batch_buffers: usize,
     /// Largest payload `append` accepts. Larger payloads than `batch_bytes_max` get a batch of
     /// their own.
@@ -87,6 +88,9 @@ pub struct SegmentedWalConfig {
 
 /// The largest batch buffer and zero-fill buffer a config may ask for.
 const BUFFER_BYTES_MAX: usize = 1 << 30;
+/// The most `batch_buffers` × `batch_bytes_max` may come to: the pool and what oversized
+/// batches may hold in flight are sized by it.
+const POOL_BYTES_MAX: u64 = 64 << 30;
 /// The longest commit window: a sync waits it out, so anything longer reads as a hang.
 const COMMIT_WINDOW_MAX: Duration = Duration::from_secs(1);
 
@@ -145,6 +149,9 @@ impl SegmentedWalConfig {
         if self.batch_buffers < 2 {
             return bad("batch_buffers must be at least 2 so appenders never wait for a sync to buffer");
         }
+        if (self.batch_buffers as u64).checked_mul(self.batch_bytes_max as u64).is_none_or(|pool| pool > POOL_BYTES_MAX) {
+            return bad("batch_buffers times batch_bytes_max must be at most 64 GiB");
+        }
         if self.segment_bytes_target < 4 * self.alignment as u64 {
             return bad("segment_bytes_target must hold at least four blocks");
         }
@@ -162,8 +169,9 @@ impl SegmentedWalConfig {
 mod tests {
     use super::*;
 
-    /// Found by an adversarial review: a huge batch or zero-fill size panicked at open (the
-    /// buffer's layout overflowed), and an endless commit window made the first sync hang.
+    /// Found by adversarial reviews: a huge batch or zero-fill size panicked at open (the
+    /// buffer's layout overflowed), an endless commit window made the first sync hang, and a
+    /// huge number of batch buffers overflowed the pool's size at the first oversized batch.
     #[test]
     fn sizes_and_windows_beyond_reason_are_refused_as_invalid_config() {
         let refused = |change: &dyn Fn(&mut SegmentedWalConfig)| {
@@ -174,6 +182,7 @@ mod tests {
         assert!(refused(&|c| c.batch_bytes_max = usize::MAX / 2));
         assert!(refused(&|c| c.zero_fill_bytes = usize::MAX & !4095));
         assert!(refused(&|c| c.commit_window = Some(Duration::MAX)));
+        assert!(refused(&|c| c.batch_buffers = usize::MAX), "the pool's size would overflow");
         assert!(!refused(&|c| (c.batch_bytes_max, c.zero_fill_bytes) = (1 << 30, 1 << 30)), "the bound itself is fine");
         assert!(!refused(&|c| c.commit_window = Some(Duration::from_secs(1))));
     }
