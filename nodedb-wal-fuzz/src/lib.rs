@@ -25,7 +25,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("record", record),
     ("preamble", preamble),
     ("segment_meta", segment_meta),
-    ("payloads", payloads),
+    ("tombstone", tombstone),
+    ("temporal_purge", temporal_purge),
+    ("calvin_applied", calvin_applied),
     ("recover_image", recover_image),
     ("ops", ops),
     ("dwb_slot", dwb_slot),
@@ -68,16 +70,23 @@ pub fn segment_meta(data: &[u8]) {
     }
 }
 
-/// The payload codecs of the records recovery applies (collection tombstone, temporal purge,
-/// Calvin applied) never panic, and what decodes re-encodes to exactly its input: the decoders
-/// refuse trailing bytes, so each payload has one encoding.
-pub fn payloads(data: &[u8]) {
+/// The collection tombstone's payload codec never panics, and what decodes re-encodes to
+/// exactly its input: the decoder refuses trailing bytes, so a payload has one encoding.
+pub fn tombstone(data: &[u8]) {
     if let Ok(t) = CollectionTombstonePayload::decode(data) {
         assert_eq!(t.encode().expect("a decoded tombstone encodes"), data);
     }
+}
+
+/// The same for the temporal purge's payload codec.
+pub fn temporal_purge(data: &[u8]) {
     if let Ok(p) = TemporalPurgePayload::decode(data) {
         assert_eq!(p.encode().expect("a decoded purge encodes"), data);
     }
+}
+
+/// The same for the Calvin-applied payload codec.
+pub fn calvin_applied(data: &[u8]) {
     if let Ok(c) = CalvinAppliedPayload::decode(data) {
         assert_eq!(&c.encode()[..], data);
     }
@@ -341,10 +350,12 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             ManifestSlot { sequence: 3, newest: nodedb_wal::SegmentId(12) }.encode().to_vec(),
             header_index_seed(),
         ],
-        "payloads" => vec![
+        "tombstone" => vec![
             CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(40) }
                 .encode()
                 .expect("short name"),
+        ],
+        "temporal_purge" => vec![
             TemporalPurgePayload {
                 engine: nodedb_wal::format::payload::TemporalPurgeEngine::Timeseries,
                 collection: "cpu".into(),
@@ -353,8 +364,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             }
             .encode()
             .expect("short name"),
-            CalvinAppliedPayload { epoch: 9, position: 3, vshard: 2 }.encode().to_vec(),
         ],
+        "calvin_applied" => vec![CalvinAppliedPayload { epoch: 9, position: 3, vshard: 2 }.encode().to_vec()],
         "recover_image" => image_seeds(),
         // Appends, syncs, a truncation, crashes (one after a failed sync), more appends.
         "ops" => vec![vec![1, 2, 3, 4, 9, 16, 5, 6, 7, 0x81, 17, 4, 135, 2, 12, 7]],
