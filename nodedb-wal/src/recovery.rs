@@ -258,7 +258,8 @@ pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, ali
 /// # Ok::<(), nodedb_wal::WalError>(())
 /// ```
 pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) -> Result<RecoveryInfo> {
-    // A writer's truncation can take a listed segment while it is scanned: look again.
+    // A writer's truncation can take a segment while the directory is listed or the segment
+    // scanned: look again.
     let mut tries = 0;
     loop {
         // The last look takes a header naming a later segment for what it then surely is:
@@ -266,6 +267,10 @@ pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) 
         let scan = if tries < TRUNCATED_RESCANS { Scan::Look } else { Scan::LastLook };
         match scan_dir(storage, dir, false, 512, ring, scan) {
             Err(WalError::SegmentTruncated { .. }) if scan == Scan::Look => tries += 1,
+            // A directory is not listed in one atomic step: a segment truncation removed while
+            // the listing was read can leave a hole between two listed ones. A hole that is
+            // really there is still one at the last look.
+            Err(WalError::MissingSegment { next_present: Some(_), .. }) if scan == Scan::Look => tries += 1,
             scanned => return Ok(scanned?.info),
         }
     }
@@ -283,7 +288,7 @@ enum Scan {
 }
 
 /// Times a look beside a live writer lists the directory again when truncation took a
-/// segment it listed.
+/// segment it listed, or one from the middle of the listing.
 const TRUNCATED_RESCANS: u32 = 8;
 
 fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>, scan: Scan) -> Result<Recovered> {
