@@ -578,6 +578,21 @@ fn truncated_sealed_segment_is_corruption<D: Place>() {
 
 both!(truncated_sealed_segment_is_corruption_fs, truncated_sealed_segment_is_corruption_sim, truncated_sealed_segment_is_corruption);
 
+// Found by an adversarial review: recovery listed regular files only, so an oldest segment
+// moved to another disk and linked back was taken for a truncated one, and its records
+// silently left the log.
+#[test]
+fn a_segment_linked_in_from_elsewhere_is_read_not_taken_for_truncated() {
+    let (disk, dir, tmp) = FsStorage::fresh();
+    let last = three_segment_log(&disk, &dir);
+    let moved = tmp.as_ref().unwrap().path().join("elsewhere");
+    std::fs::rename(seg(&dir, 1), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, seg(&dir, 1)).unwrap();
+    assert_intact(&disk, &dir, last);
+    std::fs::remove_file(&moved).unwrap();
+    assert!(matches!(open_err(&disk, &dir), WalError::Io { .. }), "a dangling link is an error, not a truncation");
+}
+
 fn removed_middle_segment_is_reported_missing<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     three_segment_log(&disk, &dir);

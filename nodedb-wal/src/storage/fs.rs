@@ -120,8 +120,15 @@ impl Storage for FsStorage {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
-                names.extend(entry.file_name().to_str().map(str::to_owned));
+            // Symlinks too: a segment moved elsewhere and linked back must not be skipped as
+            // if truncated (a link to no segment fails when it is opened, with a typed error).
+            match entry.file_type() {
+                Ok(kind) if kind.is_file() || kind.is_symlink() => names.extend(entry.file_name().to_str().map(str::to_owned)),
+                Ok(_) => {}
+                // Removed since it was listed: file systems that do not say an entry's type
+                // in the listing make this a `stat`, which a truncation can race.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
             }
         }
         Ok(names)
