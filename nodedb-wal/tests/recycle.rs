@@ -226,6 +226,38 @@ fn opening_with_fewer_kept_segments_removes_the_extra_files() {
 /// A reader that lags behind truncation: the file it is reading must not be rewritten as a new
 /// segment under it (with a map, that would change bytes it has lent out). Truncation may
 /// still take the segment; the reader finishes it and then learns that the next one is gone.
+// Found by an adversarial review: a truncated file was rewritten in place as a new segment
+// even where another name shares it (a backup made with hard links, `cp -al`), which changed
+// the backup's copy of the segment under it.
+#[test]
+fn a_segment_file_hard_linked_elsewhere_is_never_rewritten_as_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("wal");
+    let config = SegmentedWalConfig { allow_buffered_fallback: true, ..config(&log) };
+    let wal = SegmentedWal::open(config).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 0, 6);
+    let backup = dir.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    let mut saved = Vec::new();
+    // The sealed ones: the newest is still being written, under both names alike.
+    let segments = wal.segments();
+    for s in &segments[..segments.len() - 1] {
+        let name = segment::path(&log, s.id);
+        let link = backup.join(name.file_name().unwrap());
+        std::fs::hard_link(&name, &link).unwrap();
+        saved.push((link, std::fs::read(&name).unwrap()));
+    }
+
+    assert!(wal.truncate_before(wal.durable_lsn()).unwrap() >= 4);
+    let before = wal.segments().len();
+    fill(&wal, &mut model, 1, before + 2);
+    for (link, bytes) in &saved {
+        assert!(std::fs::read(link).unwrap() == *bytes, "{} changed under the backup", link.display());
+    }
+    assert!(recycled_names(&FsStorage::new(), &log).is_empty(), "the shared files were removed, not kept");
+}
+
 #[test]
 fn a_segment_being_read_is_never_reused_under_its_reader() {
     for mapped in [false, true] {

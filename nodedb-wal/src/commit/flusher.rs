@@ -199,11 +199,14 @@ impl<S: Storage> Flusher<S> {
         };
         // A reader still holding the old segment (it was truncated under a slow reader) would
         // see its bytes change: remove the file instead (the reader keeps it until it closes).
-        // Where the file system cannot lock, no reader can be ruled out: remove it too.
+        // Where the file system cannot lock, no reader can be ruled out: remove it too. So with
+        // a file that has another name (a hard-linked backup): rewriting it would change the
+        // backup; removing this name leaves the backup whole.
         let free = file.try_hold_exclusive();
-        if !matches!(free, Ok(true)) {
+        let linked = file.has_other_links();
+        if !matches!(free, Ok(true)) || !matches!(linked, Ok(false)) {
             drop(file);
-            tracing::debug!(path = %from.display(), ?free, "a truncated segment may be read; removing it instead of reusing it");
+            tracing::debug!(path = %from.display(), ?free, ?linked, "a truncated segment may be read or has other names; removing it instead of reusing it");
             if let Err(err) = shared.storage.remove(&from) {
                 tracing::warn!(%err, path = %from.display(), "cannot remove a truncated segment");
             }

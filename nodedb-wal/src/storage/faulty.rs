@@ -525,6 +525,10 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
         self.inner.try_hold_exclusive()
     }
 
+    fn has_other_links(&self) -> io::Result<bool> {
+        self.inner.has_other_links()
+    }
+
     fn release_hold(&self) {
         self.inner.release_hold();
     }

@@ -286,6 +286,10 @@ impl StorageFile for FsFile {
         }
     }
 
+    fn has_other_links(&self) -> io::Result<bool> {
+        Ok(rustix::fs::fstat(&self.fd)?.st_nlink > 1)
+    }
+
     fn try_hold_exclusive(&self) -> io::Result<bool> {
         match rustix::fs::flock(&self.fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(true),

@@ -181,6 +181,13 @@ pub trait StorageFile: Send + Sync + 'static {
     }
     /// Lets go of the lock taken by [`StorageFile::try_hold_exclusive`].
     fn release_hold(&self) {}
+    /// Whether the file has names besides the one it was opened by (hard links, such as a
+    /// backup made with `cp -al`): such a file must not be rewritten in place as a new
+    /// segment, or the other names would change with it. The default says no (storage
+    /// without links).
+    fn has_other_links(&self) -> io::Result<bool> {
+        Ok(false)
+    }
     /// A read-only map of the first `len` bytes of a sealed segment, which no one writes or
     /// shrinks again, for fast sequential reading; `None` where this storage cannot map (the
     /// default), and readers then use [`StorageFile::read_at`]. Only this crate can call it
