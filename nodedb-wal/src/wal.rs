@@ -96,6 +96,10 @@ impl<S: Storage> SegmentedWal<S> {
         let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;
         if let Some(mut pending) = recovered.seal {
             let index = pending.index.take();
+            // A segment written with smaller blocks than this open's (a log moved to a disk
+            // with larger sectors, or first written through the page cache) is sealed through
+            // the page cache: its block boundary may be no offset O_DIRECT accepts here.
+            let direct = direct && pending.block >= config.alignment as u64;
             let bytes = seal_segment(&storage, &dir, direct, pending)?;
             if let Some(index) = index {
                 index::write_index(&storage, &dir, &index, direct, config.alignment, &mut index::IndexScratch::default());

@@ -301,3 +301,27 @@ fn a_batch_gets_consecutive_lsns_and_reads_back_as_separate_records() {
     }
     assert_eq!(wal.recovery_info().last_lsn, Lsn(302), "a refused batch used no LSN");
 }
+
+// Found by an adversarial review: a log written in 512-byte blocks through the page cache,
+// reopened with O_DIRECT on a disk of 4 KiB sectors, failed to open (EINVAL) because its
+// newest segment's seal went at a 512-byte boundary through O_DIRECT.
+#[test]
+fn a_log_written_in_smaller_blocks_reopens_with_larger_direct_blocks() {
+    let sim = SimStorage::new(11, FaultConfig::default());
+    let dir = std::path::Path::new("/small-blocks");
+    let mut small = SegmentedWalConfig::new(dir);
+    (small.direct_io, small.alignment) = (false, 512);
+    let wal = SegmentedWal::open_with(sim.clone(), small).unwrap();
+    let mut last = Lsn::ZERO;
+    for i in 0..7u8 {
+        last = wal.append_durable(Record::new(RecordType::optional(0x100), &[i; 700])).unwrap();
+    }
+    drop(wal);
+    let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new(dir)).unwrap();
+    assert_eq!(wal.recovery_info().last_lsn, last);
+    let next = wal.append_durable(Record::new(RecordType::optional(0x100), b"after")).unwrap();
+    drop(wal);
+    let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new(dir)).unwrap();
+    let lsns: Vec<u64> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().lsn.0).collect();
+    assert_eq!(lsns, (1..=next.0).collect::<Vec<_>>());
+}
