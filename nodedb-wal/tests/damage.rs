@@ -809,13 +809,7 @@ impl<S: Storage> Storage for HoleyListing<S> {
     type File = S::File;
     type Lock = S::Lock;
 
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-
-    fn lock_dir(&self, dir: &Path) -> std::io::Result<S::Lock> {
-        self.inner.lock_dir(dir)
-    }
+    pass_through_dir_ops!();
 
     fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
         let mut names = self.inner.list(dir)?;
@@ -827,18 +821,6 @@ impl<S: Storage> Storage for HoleyListing<S> {
 
     fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<S::File> {
         self.inner.open(path, mode)
-    }
-
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.remove(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(dir)
     }
 }
 

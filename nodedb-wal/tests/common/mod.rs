@@ -329,17 +329,38 @@ pub struct GatedFile<F> {
     gate: Arc<Gate>,
 }
 
+/// The directory operations of a storage that wraps another in `self.inner` and changes only
+/// its files or its listing: they go straight through.
+#[macro_export]
+macro_rules! pass_through_dir_ops {
+    () => {
+        fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            self.inner.create_dir_all(dir)
+        }
+
+        fn lock_dir(&self, dir: &std::path::Path) -> std::io::Result<Self::Lock> {
+            self.inner.lock_dir(dir)
+        }
+
+        fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+            self.inner.remove(path)
+        }
+
+        fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            self.inner.rename(from, to)
+        }
+
+        fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            self.inner.sync_dir(dir)
+        }
+    };
+}
+
 impl<S: Storage> Storage for Gated<S> {
     type File = GatedFile<S::File>;
     type Lock = S::Lock;
 
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-
-    fn lock_dir(&self, dir: &Path) -> std::io::Result<S::Lock> {
-        self.inner.lock_dir(dir)
-    }
+    pass_through_dir_ops!();
 
     fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
         self.inner.list(dir)
@@ -347,18 +368,6 @@ impl<S: Storage> Storage for Gated<S> {
 
     fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Self::File> {
         Ok(GatedFile { inner: self.inner.open(path, mode)?, gate: Arc::clone(&self.gate) })
-    }
-
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        self.inner.remove(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(dir)
     }
 }
 
