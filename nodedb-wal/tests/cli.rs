@@ -105,6 +105,33 @@ fn verify_reports_a_wrong_key_and_a_missing_key() {
     assert_eq!(status(&out), 4, "no key at all: {}", text(&out));
 }
 
+// Found by a review of the format documentation: bench took --key-file and wrote plaintext
+// without a word, and every command ignored options it does not take.
+#[test]
+fn bench_with_a_key_writes_an_encrypted_log_and_a_command_refuses_options_it_ignores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (k, log) = (key.to_str().unwrap(), tmp.path().join("log"));
+    let d = log.to_str().unwrap();
+    let out = tool(&["bench", d, "--threads", "2", "--seconds", "1", "--size", "64", "--key-file", k, "--key-id", "5"]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    let wal = nodedb_wal::ReadOnlyWal::open(&log, None).unwrap();
+    let segment = wal.recovery_info().segments.last().unwrap().id;
+    let preamble = std::fs::read(log.join(format!("{:020}.wal", segment.0))).unwrap();
+    let preamble = nodedb_wal::SegmentPreamble::decode(&preamble).unwrap();
+    assert_eq!((preamble.cipher, preamble.key_id), (nodedb_wal::CIPHER_AES_256_GCM, 5));
+    assert_eq!(status(&tool(&["verify", d, "--key-file", k, "--key-id", "5"])), 0);
+    assert_eq!(status(&tool(&["verify", d])), 4, "encrypted: no key, no reading");
+
+    for args in [&["verify", d, "--threads", "4"][..], &["inspect", d, "--json"], &["bench", d, "--from", "3"]] {
+        let out = tool(args);
+        assert_eq!(status(&out), 3, "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("does not take"), "{args:?}: {}", text(&out));
+    }
+}
+
 #[test]
 fn a_missing_directory_and_a_directory_that_is_not_a_log_have_their_own_status() {
     let tmp = tempfile::tempdir().unwrap();

@@ -25,7 +25,8 @@ usage: nodedb-wal <command> [arguments]
                          0 clean, 1 torn tail (recovery will cut it), 2 corrupt
   bench [DIR] [--threads T] [--seconds S] [--size B]
                          durable appends from T threads (16) for S seconds (3) of B bytes (128);
-                         with DIR the log stays there for inspect and verify
+                         with DIR the log stays there for inspect and verify; with --key-file
+                         the new segments are encrypted under that key
 
   --key-file F [--key-id N]   the key for encrypted segments (key id N, default 1)
 
@@ -59,6 +60,8 @@ type Outcome = Result<u8, Exit>;
 
 #[derive(Default)]
 struct Args {
+    /// The options given, as spelled, for the check that the command takes them.
+    given: Vec<&'static str>,
     positional: Vec<std::ffi::OsString>,
     key_file: Option<PathBuf>,
     key_id: u32,
@@ -90,6 +93,9 @@ fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
     let mut args = Args { key_id: 1, threads: 16, seconds: 3, size: 128, ..Args::default() };
     let mut raw = raw.peekable();
     while let Some(arg) = raw.next() {
+        if let Some(&flag) = OPTIONS.iter().find(|&&o| arg.to_str() == Some(o)) {
+            args.given.push(flag);
+        }
         match arg.to_str().unwrap_or("") {
             "--key-file" => args.key_file = Some(raw.next().ok_or_else(|| Exit(3, "--key-file needs a path".into()))?.into()),
             "--key-id" => args.key_id = number("--key-id", text(raw.next()))?,
@@ -106,10 +112,30 @@ fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
     Ok(args)
 }
 
+/// Every option, and the ones each command takes: an option a command would ignore is refused
+/// (a key given to a command that writes nothing encrypted would otherwise mislead).
+const OPTIONS: [&str; 8] = ["--key-file", "--key-id", "--from", "--type", "--threads", "--seconds", "--size", "--json"];
+
+fn takes(command: &str) -> &'static [&'static str] {
+    match command {
+        "inspect" | "verify" => &["--key-file", "--key-id"],
+        "dump" => &["--key-file", "--key-id", "--from", "--type", "--json"],
+        "bench" => &["--key-file", "--key-id", "--threads", "--seconds", "--size"],
+        _ => &[],
+    }
+}
+
+fn check_options(command: &str, args: Args) -> Result<Args, Exit> {
+    match args.given.iter().find(|o| !takes(command).contains(o)) {
+        Some(o) if !takes(command).is_empty() => Err(Exit(3, format!("{command} does not take {o}"))),
+        _ => Ok(args),
+    }
+}
+
 fn main() -> ExitCode {
     let mut raw = std::env::args_os().skip(1);
     let command = raw.next().unwrap_or_default().to_string_lossy().into_owned();
-    let result = parse(raw).and_then(|args| match command.as_str() {
+    let result = parse(raw).and_then(|args| check_options(&command, args)).and_then(|args| match command.as_str() {
         "inspect" => inspect(&args),
         "dump" => dump(&args),
         "verify" => verify(&args),
@@ -144,9 +170,14 @@ fn log_dir(args: &Args) -> Result<PathBuf, Exit> {
     Ok(dir)
 }
 
-fn key_ring(args: &Args) -> Result<Option<Arc<KeyRing>>, Exit> {
+/// A ring holding the key given with `--key-file` under `--key-id`, if one was given: to read
+/// with, or (`active`) to encrypt new segments under.
+fn key_ring(args: &Args, active: bool) -> Result<Option<Arc<KeyRing>>, Exit> {
     let Some(path) = &args.key_file else { return Ok(None) };
     let key = SecureKey::load(path).map_err(|e| Exit(4, e.to_string()))?;
+    if active {
+        return Ok(Some(Arc::new(KeyRing::with_active(args.key_id, key))));
+    }
     let ring = KeyRing::new();
     ring.insert(args.key_id, key).map_err(Exit::from)?;
     Ok(Some(Arc::new(ring)))
@@ -154,7 +185,7 @@ fn key_ring(args: &Args) -> Result<Option<Arc<KeyRing>>, Exit> {
 
 fn open(args: &Args) -> Result<(PathBuf, ReadOnlyWal), Exit> {
     let dir = log_dir(args)?;
-    let wal = ReadOnlyWal::open(&dir, key_ring(args)?)?;
+    let wal = ReadOnlyWal::open(&dir, key_ring(args, false)?)?;
     Ok((dir, wal))
 }
 
@@ -318,6 +349,7 @@ fn bench(args: &Args) -> Outcome {
     let mut config = SegmentedWalConfig::new(&dir);
     // A temporary directory may sit on a file system that refuses O_DIRECT (older tmpfs).
     config.allow_buffered_fallback = true;
+    config.key_ring = key_ring(args, true)?;
     let wal = SegmentedWal::open(config)?;
     if !wal.direct_io() {
         eprintln!("bench: {} refuses O_DIRECT; writing through the page cache", dir.display());
@@ -328,7 +360,8 @@ fn bench(args: &Args) -> Outcome {
     let done = AtomicU64::new(0);
     let before = wal.stats();
     let started = Instant::now();
-    eprintln!("bench: {} threads, {} s, {}-byte records into {}", args.threads, args.seconds, args.size, dir.display());
+    let encrypted = if args.key_file.is_some() { format!(", encrypted under key {}", args.key_id) } else { String::new() };
+    eprintln!("bench: {} threads, {} s, {}-byte records into {}{encrypted}", args.threads, args.seconds, args.size, dir.display());
     let mut latencies: Vec<u32> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..args.threads)
             .map(|_| {
