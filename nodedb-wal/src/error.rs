@@ -490,6 +490,16 @@ pub enum WalError {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// The log was closed (or dropped) on its own flusher thread, by a task's `Waker`, which
+    /// cannot wait for the flusher: it still writes and syncs every record appended, but the
+    /// close could not confirm it.
+    #[error("closed on the flusher thread with records up to {appended} appended and {durable} durable; they are still being written")]
+    CloseUnconfirmed {
+        /// The durable LSN when the close returned.
+        durable: Lsn,
+        /// The last LSN appended.
+        appended: Lsn,
+    },
     /// `append_group` or `append_batch` was given no records.
     #[error("a group or batch of records needs at least one record")]
     EmptyGroup,

@@ -46,7 +46,6 @@ pub struct SegmentedWal<S: Storage = FsStorage> {
     recovery: RecoveryInfo,
     committer: GroupCommitter<S>,
     truncation: Mutex<()>,
-    _lock: S::Lock,
 }
 
 impl<S: Storage> std::fmt::Debug for SegmentedWal<S> {
@@ -136,10 +135,11 @@ impl<S: Storage> SegmentedWal<S> {
             manifest,
             recycled,
             recycle_segments: config.recycle_segments,
+            dir_lock: lock,
         };
         let storage = Arc::new(storage);
         let committer = GroupCommitter::start(Arc::clone(&storage), start)?;
-        Ok(SegmentedWal { storage, config, direct, recovery: recovered.info, committer, truncation: Mutex::new(()), _lock: lock })
+        Ok(SegmentedWal { storage, config, direct, recovery: recovered.info, committer, truncation: Mutex::new(()) })
     }
 
     /// What recovery found when the log was opened.

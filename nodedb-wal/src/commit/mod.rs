@@ -164,6 +164,10 @@ pub(crate) struct Shared<S: Storage> {
     /// Records in the batch written last: one means nobody shared its sync, and a waiter may
     /// as well write its own batch (see `GroupCommitter::write_own`).
     last_batch_records: AtomicU64,
+    /// The directory's lock, released when the last of the committer and the flusher thread
+    /// lets go of this: a log dropped on the flusher thread itself (by a task's waker owning
+    /// the last handle) keeps its directory locked until the flusher has written what it holds.
+    _dir_lock: S::Lock,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -385,6 +389,8 @@ pub(crate) struct CommitStart<S: Storage> {
     /// Truncated segment files found at open, to reuse, and how many to keep.
     pub recycled: Vec<PathBuf>,
     pub recycle_segments: usize,
+    /// The directory's lock: held for as long as the flusher may still write.
+    pub dir_lock: S::Lock,
 }
 
 /// The group committer: appends from any number of threads; batches written and fdatasynced in
@@ -436,6 +442,7 @@ impl<S: Storage> GroupCommitter<S> {
             recycle_segments: start.recycle_segments,
             stats: CommitStats::default(),
             last_batch_records: AtomicU64::new(0),
+            _dir_lock: start.dir_lock,
         });
         let writer = Arc::new(Mutex::new(Flusher::new(Arc::clone(&shared), start.manifest)));
         let (thread_shared, thread_writer) = (Arc::clone(&shared), Arc::clone(&writer));
@@ -647,10 +654,24 @@ impl<S: Storage> GroupCommitter<S> {
 
     /// Writes and syncs everything appended, then stops the flusher. Later appends fail with
     /// [`WalError::Closed`].
+    ///
+    /// On the flusher thread itself (a task's waker, which runs there, dropping or closing the
+    /// log) it cannot wait for the flusher: the flusher still writes and syncs everything
+    /// appended before it stops, but `close` can only confirm what is durable already, and is
+    /// [`WalError::CloseUnconfirmed`] otherwise.
     pub fn close(&self) -> Result<()> {
-        lock(&self.shared.plan).closing = true;
+        let appended = {
+            let mut plan = lock(&self.shared.plan);
+            plan.closing = true;
+            Lsn(plan.next_lsn.0 - 1)
+        };
         self.shared.wake_all();
         if let Some(handle) = lock(&self.flusher).take() {
+            if handle.thread().id() == std::thread::current().id() {
+                self.shared.durability.check_poison()?;
+                let durable = self.shared.durability.lsn();
+                return if durable >= appended { Ok(()) } else { Err(WalError::CloseUnconfirmed { durable, appended }) };
+            }
             let _ = handle.join();
         }
         self.shared.durability.check_poison()
