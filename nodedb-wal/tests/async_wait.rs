@@ -5,6 +5,7 @@
 mod common;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -14,10 +15,11 @@ use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SimStorage, WalError};
 
 type Log = SegmentedWal<Gated<SimStorage>>;
 
-/// A task whose executor is gone: waking it drops it, and with it the log it owned. It shuts
-/// the gate first, so that the flusher's next batch is held between its write and its sync,
-/// and says when it is done.
+/// A task whose executor is gone: waking it drops it, and with it the wait it was running and
+/// the log it owned. It shuts the gate first, so that the flusher's next batch is held between
+/// its write and its sync, and says when it is done.
 struct Orphan {
+    wait: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
     log: Mutex<Option<Arc<Log>>>,
     gate: Arc<Gate>,
     /// Close the log (its last handle) instead of dropping it; the outcome is sent.
@@ -28,6 +30,7 @@ struct Orphan {
 impl Wake for Orphan {
     fn wake(self: Arc<Self>) {
         self.gate.shut();
+        drop(self.wait.lock().unwrap().take());
         let log = self.log.lock().unwrap().take().expect("woken once");
         let closed = self.close.then(|| Arc::into_inner(log).expect("the last handle").close());
         let _ = self.done.lock().unwrap().send(closed);
@@ -50,13 +53,20 @@ fn dropped_on_the_flusher(close: bool) -> Option<Result<(), WalError>> {
     // Written but not yet synced: the next record waits for the next batch.
     let second = wal.append(Record::new(ty, b"second")).unwrap();
     let (done, woken) = mpsc::channel();
-    let task = Arc::new(Orphan { log: Mutex::new(Some(Arc::clone(&wal))), gate: Arc::clone(&gated.gate), close, done: Mutex::new(done) });
-    {
-        let mut wait = std::pin::pin!(wal.durable(first).unwrap());
-        let waker = Waker::from(Arc::clone(&task));
-        assert!(wait.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
-    }
-    drop((task, wal));
+    let owned = Arc::clone(&wal);
+    let wait: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move { owned.durable(first).unwrap().await.unwrap() });
+    let task = Arc::new(Orphan {
+        wait: Mutex::new(Some(wait)),
+        log: Mutex::new(Some(Arc::clone(&wal))),
+        gate: Arc::clone(&gated.gate),
+        close,
+        done: Mutex::new(done),
+    });
+    let waker = Waker::from(Arc::clone(&task));
+    let polled = task.wait.lock().unwrap().as_mut().expect("not yet woken").as_mut().poll(&mut Context::from_waker(&waker));
+    assert!(polled.is_pending());
+    // The executor is gone: only the registered waker keeps the task, and the task the log.
+    drop((waker, task, wal));
     // Let the first batch's sync through: its waker drops the log on the flusher thread, which
     // goes on to write the second batch and is held before syncing it.
     gated.gate.open();

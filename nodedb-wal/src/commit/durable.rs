@@ -177,6 +177,22 @@ impl Durability {
             None => wakers.push((lsn, waker.clone())),
         }
     }
+
+    /// Takes back a registration that will not be needed (its future resolved or was
+    /// dropped), so that the waker, and whatever its task owns, is not kept until a sync that
+    /// may never come (after poison, none does).
+    pub fn unregister(&self, lsn: Lsn, waker: &Waker) {
+        let mut wakers = lock(&self.wakers);
+        if let Some(at) = wakers.iter().position(|(l, w)| *l == lsn && w.will_wake(waker)) {
+            wakers.swap_remove(at);
+        }
+    }
+
+    /// Task registrations held.
+    #[cfg(test)]
+    fn registered(&self) -> usize {
+        lock(&self.wakers).len()
+    }
 }
 
 /// Something that can ask the flusher to make an LSN durable.
@@ -233,9 +249,44 @@ pub trait SyncRequester: Send + Sync {
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct DurableFuture<'a> {
-    pub(crate) requester: &'a dyn SyncRequester,
-    pub(crate) lsn: Lsn,
-    pub(crate) requested: bool,
+    requester: &'a dyn SyncRequester,
+    lsn: Lsn,
+    requested: bool,
+    /// The waker registered last, taken back when the future resolves or is dropped.
+    registered: Option<Waker>,
+}
+
+impl<'a> DurableFuture<'a> {
+    pub(crate) fn new(requester: &'a dyn SyncRequester, lsn: Lsn) -> DurableFuture<'a> {
+        DurableFuture { requester, lsn, requested: false, registered: None }
+    }
+
+    fn register(&mut self, waker: &Waker) {
+        if !self.registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.unregister();
+            self.registered = Some(waker.clone());
+        }
+        // Listed again even with the same waker: a sync may have taken the listing to wake it.
+        self.requester.durability().register(self.lsn, waker);
+    }
+
+    fn unregister(&mut self) {
+        if let Some(waker) = self.registered.take() {
+            self.requester.durability().unregister(self.lsn, &waker);
+        }
+    }
+
+    /// Resolved: nothing will wake this future again.
+    fn ready(&mut self, result: Result<()>) -> Poll<Result<()>> {
+        self.unregister();
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for DurableFuture<'_> {
+    fn drop(&mut self) {
+        self.unregister();
+    }
 }
 
 impl std::fmt::Debug for DurableFuture<'_> {
@@ -248,19 +299,23 @@ impl Future for DurableFuture<'_> {
     type Output = Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let durability = self.requester.durability();
-        if durability.check(self.lsn)? {
-            return Poll::Ready(Ok(()));
+        let this = &mut *self;
+        match this.requester.durability().check(this.lsn) {
+            Ok(true) => return this.ready(Ok(())),
+            Err(err) => return this.ready(Err(err)),
+            Ok(false) => {}
         }
-        durability.register(self.lsn, cx.waker());
-        if !self.requested {
-            self.requester.request_sync(self.lsn);
-            self.requested = true;
+        this.register(cx.waker());
+        if !this.requested {
+            this.requester.request_sync(this.lsn);
+            this.requested = true;
         }
-        // The flusher may have advanced between the first check and the registration.
-        match durability.check(self.lsn)? {
-            true => Poll::Ready(Ok(())),
-            false => Poll::Pending,
+        // The flusher may have advanced (or the log been poisoned) between the first check
+        // and the registration.
+        match this.requester.durability().check(this.lsn) {
+            Ok(true) => this.ready(Ok(())),
+            Err(err) => this.ready(Err(err)),
+            Ok(false) => Poll::Pending,
         }
     }
 }
@@ -348,6 +403,51 @@ mod tests {
         for rx in waiters {
             assert!(matches!(rx.recv().unwrap(), Err(WalError::Poisoned { op: IoOp::SyncData, .. })));
         }
+    }
+
+    /// A requester over a bare watermark, for futures without a log.
+    struct Bare(Durability);
+
+    impl SyncRequester for Bare {
+        fn request_sync(&self, _lsn: Lsn) {}
+        fn durability(&self) -> &Durability {
+            &self.0
+        }
+    }
+
+    /// A waker of its own task: no two compare as waking the same one.
+    fn noop_waker() -> Waker {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        Waker::from(Arc::new(Noop))
+    }
+
+    fn poll(future: &mut DurableFuture<'_>, waker: &Waker) -> Poll<Result<()>> {
+        Pin::new(future).poll(&mut Context::from_waker(waker))
+    }
+
+    // Found by a review: a registration outlived its future (dropped, or resolved by the
+    // check after registering, or polled again with another waker), keeping the waker and
+    // whatever its task owns until a sync that, after poison, never comes.
+    #[test]
+    fn a_future_keeps_at_most_one_registration_and_none_once_resolved_or_dropped() {
+        let bare = Bare(Durability::new(Lsn(0)));
+        let mut future = DurableFuture::new(&bare, Lsn(2));
+        for _ in 0..5 {
+            assert!(poll(&mut future, &noop_waker()).is_pending());
+            assert_eq!(bare.0.registered(), 1, "a new waker replaces the last one");
+        }
+        drop(future);
+        assert_eq!(bare.0.registered(), 0, "dropped while pending");
+
+        let mut future = DurableFuture::new(&bare, Lsn(2));
+        assert!(poll(&mut future, &noop_waker()).is_pending());
+        bare.0.poison(IoOp::Write, &io::Error::other("disk gone"));
+        assert!(matches!(poll(&mut future, &noop_waker()), Poll::Ready(Err(WalError::Poisoned { .. }))));
+        assert_eq!(bare.0.registered(), 0, "nothing listed after poison");
+        drop(future);
     }
 
     #[test]

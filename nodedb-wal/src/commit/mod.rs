@@ -595,7 +595,7 @@ impl<S: Storage> GroupCommitter<S> {
     /// A future that resolves once a successful fdatasync covers `lsn`; works under any executor.
     pub fn durable(&self, lsn: Lsn) -> Result<DurableFuture<'_>> {
         self.check_issued(lsn)?;
-        Ok(DurableFuture { requester: &*self.shared, lsn, requested: false })
+        Ok(DurableFuture::new(&*self.shared, lsn))
     }
 
     fn check_issued(&self, lsn: Lsn) -> Result<()> {
