@@ -843,7 +843,9 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// Writes and syncs everything appended, then stops. Dropping the log does the same but can
-    /// only log a failure.
+    /// only log a failure. Called on the log's flusher thread (from a task's waker), it cannot
+    /// wait for that thread: the flusher still writes everything, and this returns
+    /// [`WalError::CloseUnconfirmed`] if some of it was not durable yet.
     ///
     /// # Examples
     ///
