@@ -365,3 +365,54 @@ fn an_altered_first_record_is_told_from_a_wrong_key_by_the_record_after_it() {
     let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
     assert!(matches!(err, WalError::WrongKey { segment, .. } if segment.0 == 2), "{err}");
 }
+
+// Found by an adversarial review: a segment's salt and keys were chosen when the log opened
+// (or when the segment before it rolled), not when the segment was created, so a key made
+// active after the open did not reach the first segment written after it: records appended
+// after turning encryption on went to disk in plaintext, and rotating right after the open
+// wrote the next segment under the key being retired.
+#[test]
+fn a_key_made_active_after_open_encrypts_the_next_segment_created() {
+    let sim = SimStorage::new(21, FaultConfig::default());
+    let ring = Arc::new(KeyRing::new());
+    let wal = SegmentedWal::open_with(sim.clone(), config(Some(Arc::clone(&ring)))).unwrap();
+    ring.insert(1, SecureKey::from_bytes(&mut [1; 32])).unwrap();
+    ring.set_active(1).unwrap();
+    ring.refuse_plaintext();
+    wal.append_durable(rec(b"top secret row")).unwrap();
+    let file = sim.read_file(&seg(1)).unwrap();
+    assert_eq!(SegmentPreamble::decode(&file).unwrap().key_id, 1);
+    assert!(!file.windows(14).any(|w| w == b"top secret row"), "no plaintext on disk");
+
+    ring.insert(2, SecureKey::from_bytes(&mut [2; 32])).unwrap();
+    ring.set_active(2).unwrap();
+    drop(wal);
+    let wal = SegmentedWal::open_with(sim.clone(), config(Some(Arc::clone(&ring)))).unwrap();
+    ring.insert(3, SecureKey::from_bytes(&mut [3; 32])).unwrap();
+    ring.set_active(3).unwrap();
+    wal.append_durable(rec(b"after rotation")).unwrap();
+    let newest = wal.segments().last().unwrap().id;
+    let file = sim.read_file(&seg(newest.0)).unwrap();
+    assert_eq!(SegmentPreamble::decode(&file).unwrap().key_id, 3, "rotated right after the open");
+    drop(wal);
+    let wal = SegmentedWal::open_with(sim, config(Some(ring))).unwrap();
+    let payloads: Vec<Vec<u8>> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().payload).collect();
+    assert_eq!(payloads, [b"top secret row".to_vec(), b"after rotation".to_vec()]);
+}
+
+/// A ring told to refuse plaintext after the log opened, with no key to write with, makes the
+/// append that needs a new segment fail, instead of writing a segment its own readers refuse.
+#[test]
+fn refusing_plaintext_after_open_without_an_active_key_fails_the_append_and_writes_nothing() {
+    let sim = SimStorage::new(22, FaultConfig::default());
+    let ring = Arc::new(KeyRing::new());
+    let wal = SegmentedWal::open_with(sim.clone(), config(Some(Arc::clone(&ring)))).unwrap();
+    ring.refuse_plaintext();
+    let err = wal.append(rec(b"nowhere to go")).unwrap_err();
+    assert!(matches!(err, WalError::InvalidConfig { .. }), "{err}");
+    assert_eq!(wal.next_lsn(), Lsn::FIRST, "no LSN used");
+    assert!(sim.read_file(&seg(1)).is_none(), "no segment written");
+    ring.insert(1, SecureKey::from_bytes(&mut [1; 32])).unwrap();
+    ring.set_active(1).unwrap();
+    assert_eq!(wal.append_durable(rec(b"now encrypted")).unwrap(), Lsn::FIRST);
+}

@@ -202,9 +202,15 @@ fn random_salt() -> u32 {
 }
 
 /// Salt and keys for a new segment: encrypted under the ring's active key, if there is one.
-fn new_identity(key_ring: Option<&KeyRing>, id: crate::types::SegmentId) -> Identity {
+/// `None` where the ring refuses plaintext segments and has no active key (`refuse_plaintext`
+/// called after the log opened; the config check at open refuses that state).
+fn new_identity(key_ring: Option<&KeyRing>, id: crate::types::SegmentId) -> Option<Identity> {
+    let active = key_ring.and_then(KeyRing::active);
+    if active.is_none() && key_ring.is_some_and(KeyRing::refuses_plaintext) {
+        return None;
+    }
     let salt = random_salt();
-    let crypt = key_ring.and_then(KeyRing::active).map(|(key_id, key)| {
+    let crypt = active.map(|(key_id, key)| {
         let mut kdf_salt = [0u8; 16];
         fill_random(&mut kdf_salt);
         let epoch = random_salt();
@@ -212,7 +218,7 @@ fn new_identity(key_ring: Option<&KeyRing>, id: crate::types::SegmentId) -> Iden
         let cipher = Arc::new(SegmentCipher::derive(&key, &kdf_salt, id, &preamble));
         Crypt { key_id, epoch, kdf_salt, cipher }
     });
-    Identity { salt, crypt }
+    Some(Identity { salt, crypt })
 }
 
 impl<S: Storage> Shared<S> {
@@ -419,7 +425,7 @@ impl<S: Storage> GroupCommitter<S> {
         debug_assert!(start.segments.iter().all(|s| s.sealed));
         let segment = SegmentPlan {
             id: start.next_segment,
-            identity: new_identity(start.key_ring.as_deref(), start.next_segment),
+            identity: None,
             first_lsn: start.next_lsn,
             offset: start.limits.block as u64,
             started: false,
@@ -525,6 +531,11 @@ impl<S: Storage> GroupCommitter<S> {
             }
             match plan.reserve(payload_lens, &mut |id| new_identity(key_ring, id)) {
                 Ok(r) => break r,
+                Err(Wait::NoIdentity) => {
+                    return Err(WalError::InvalidConfig {
+                        reason: "the key ring refuses plaintext segments but has no active key to write with",
+                    });
+                }
                 Err(Wait::ForBuffer) => {
                     self.shared.notify_flusher(&plan);
                     plan.space_waiters += 1;

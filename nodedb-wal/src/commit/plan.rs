@@ -89,7 +89,9 @@ pub struct BatchMeta {
 #[derive(Clone, Debug)]
 pub struct SegmentPlan {
     pub id: SegmentId,
-    pub identity: Identity,
+    /// Salt and keys, chosen when the segment's first batch is planned, not before: a key the
+    /// ring made active after the log opened (or after the last roll) is the one it gets.
+    pub identity: Option<Identity>,
     pub first_lsn: Lsn,
     /// Where the next batch starts.
     pub offset: u64,
@@ -134,6 +136,9 @@ pub struct Reservation {
 pub enum Wait {
     /// Every buffer is full or being written: wait for the flusher to free one.
     ForBuffer,
+    /// No identity can be chosen for the segment the append needs (the key ring refuses
+    /// plaintext segments and has no active key): do not wait, fail.
+    NoIdentity,
 }
 
 /// The shared state behind the group committer's mutex.
@@ -187,21 +192,28 @@ impl Plan {
 
     /// Reserves consecutive LSNs and one contiguous region for frames carrying `payload_lens`
     /// bytes (one record, or an atomic group), all in the same batch, sealing and rolling as
-    /// needed. The region holds the frames in order. `new_identity` is called when a roll
-    /// needs a new segment's salt and keys.
-    pub fn reserve(&mut self, payload_lens: &[usize], new_identity: &mut dyn FnMut(SegmentId) -> Identity) -> Result<Reservation, Wait> {
+    /// needed. The region holds the frames in order. `new_identity` is called when a segment's
+    /// first batch needs the segment's salt and keys.
+    pub fn reserve(
+        &mut self,
+        payload_lens: &[usize],
+        new_identity: &mut dyn FnMut(SegmentId) -> Option<Identity>,
+    ) -> Result<Reservation, Wait> {
         let total = |identity: &Identity| payload_lens.iter().map(|&len| identity.frame_len(len)).sum::<usize>();
         loop {
             if self.active.is_none() {
-                self.activate(total(&self.segment.identity))?;
+                if self.segment.identity.is_none() {
+                    self.segment.identity = Some(new_identity(self.segment.id).ok_or(Wait::NoIdentity)?);
+                }
+                let frame_len = total(self.segment.identity.as_ref().expect("chosen above"));
+                self.activate(frame_len)?;
             }
             let active = self.active.as_ref().expect("activated above");
             let frame_len = total(&active.target.identity);
             let used = active.buf.used();
             if self.must_roll(active, used, frame_len) {
                 self.seal_active(true);
-                let next = SegmentId(self.segment.id.0 + 1);
-                self.roll(new_identity(next));
+                self.roll();
                 continue;
             }
             if let Some(region) = active.buf.try_reserve(frame_len) {
@@ -246,7 +258,7 @@ impl Plan {
         };
         let target = Target {
             segment: self.segment.id,
-            identity: self.segment.identity.clone(),
+            identity: self.segment.identity.clone().expect("chosen by reserve before activating"),
             segment_first_lsn: self.segment.first_lsn,
             offset: self.segment.offset,
             create: !self.segment.started,
@@ -279,10 +291,10 @@ impl Plan {
         self.sealed.push_back(Sealed { buf: active.buf, meta });
     }
 
-    fn roll(&mut self, identity: Identity) {
+    fn roll(&mut self) {
         self.segment = SegmentPlan {
             id: SegmentId(self.segment.id.0 + 1),
-            identity,
+            identity: None,
             first_lsn: self.next_lsn,
             offset: self.limits.block as u64,
             started: false,
@@ -346,16 +358,15 @@ mod tests {
 
     fn plan(target: u64) -> Plan {
         let limits = Limits { block: 4096, batch_bytes_max: 16 * 1024, batch_buffers: 2, segment_bytes_target: target };
-        let segment =
-            SegmentPlan { id: SegmentId(1), identity: Identity { salt: 1, crypt: None }, first_lsn: Lsn(1), offset: 4096, started: false };
+        let segment = SegmentPlan { id: SegmentId(1), identity: None, first_lsn: Lsn(1), offset: 4096, started: false };
         Plan::new(limits, Lsn(1), segment)
     }
 
-    fn salt() -> impl FnMut(SegmentId) -> Identity {
+    fn salt() -> impl FnMut(SegmentId) -> Option<Identity> {
         let mut n = 100;
         move |_| {
             n += 1;
-            Identity { salt: n, crypt: None }
+            Some(Identity { salt: n, crypt: None })
         }
     }
 
@@ -378,6 +389,7 @@ mod tests {
             match p.reserve(&[8 * 1024 - HEADER_LEN], &mut s) {
                 Ok(r) => held.push(r),
                 Err(Wait::ForBuffer) => break,
+                Err(Wait::NoIdentity) => unreachable!("every segment gets a salt here"),
             }
         }
         assert_eq!(held.len(), 4, "two buffers of two records each");
