@@ -87,7 +87,7 @@ pub struct SegmentedWalConfig {
 }
 
 /// The largest batch buffer and zero-fill buffer a config may ask for.
-const BUFFER_BYTES_MAX: usize = 1 << 30;
+pub(crate) const BUFFER_BYTES_MAX: usize = 1 << 30;
 /// The most `batch_buffers` × `batch_bytes_max` may come to: the pool and what oversized
 /// batches may hold in flight are sized by it.
 const POOL_BYTES_MAX: u64 = 64 << 30;
@@ -132,7 +132,7 @@ impl SegmentedWalConfig {
         if self.key_ring.as_ref().is_some_and(|ring| ring.refuses_plaintext() && ring.active().is_none()) {
             return bad("a key ring that refuses plaintext segments needs an active key to write with");
         }
-        if !self.alignment.is_power_of_two() || !(512..=1 << 20).contains(&self.alignment) {
+        if !crate::format::meta::is_block_len(self.alignment as u64) {
             return bad("alignment must be a power of two from 512 to 1 MiB");
         }
         if self.batch_bytes_max < self.alignment {

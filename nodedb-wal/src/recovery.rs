@@ -353,7 +353,15 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     info.record_count = info.segments.iter().map(SegmentInfo::record_count).sum();
     info.last_lsn = Lsn(next_lsn.0 - 1);
     // Counted from what remains: an interrupted roll's id is reused, leaving no hole.
-    let next_segment = SegmentId(info.segments.last().map_or(1, |s| s.id.0 + 1));
+    // No writer of this crate makes a segment with the last id (nothing could follow it).
+    let next_segment = match info.segments.last() {
+        None => SegmentId(1),
+        Some(s) => SegmentId(s.id.0.checked_add(1).ok_or(WalError::Corruption {
+            segment: s.id,
+            offset: 0,
+            kind: CorruptionKind::BadSegmentHeader,
+        })?),
+    };
     Ok(Recovered { info, seal, next_lsn, next_segment })
 }
 

@@ -10,10 +10,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::config::BUFFER_BYTES_MAX;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::{HEADER_LEN, RecordHeader, encode_frame};
 use crate::format::layout::{END_FRAME_LEN, padded_len, write_header_block, write_padding, write_segment_end};
-use crate::format::meta::SegmentHeaderPayload;
+use crate::format::meta::{SegmentHeaderPayload, is_block_len};
 use crate::format::preamble::SegmentPreamble;
 use crate::record::Record;
 use crate::segment::{self, SegmentInfo};
@@ -44,9 +45,10 @@ use crate::types::{Lsn, SegmentId};
 pub struct WalWriterConfig {
     /// Write with O_DIRECT (the file system must take it).
     pub direct_io: bool,
-    /// Block size: a power of two, at least 512; 4096 matches [`crate::SegmentedWalConfig`].
+    /// Block size: a power of two from 512 bytes to 1 MiB; 4096 matches
+    /// [`crate::SegmentedWalConfig`].
     pub alignment: usize,
-    /// Bytes buffered before a batch is written (without a sync).
+    /// Bytes buffered before a batch is written (without a sync): four blocks to 1 GiB.
     pub batch_bytes: usize,
 }
 
@@ -124,11 +126,16 @@ impl<S: Storage> WalWriter<S> {
         // LSNs count up by one and never wrap: a first LSN in the top half of the range leaves
         // no room that a log could be said to need, and would wrap near its end.
         let lsn_ok = first_lsn != Lsn::ZERO && first_lsn.0 < 1 << 63;
-        if !block.is_power_of_two() || block < 512 || config.batch_bytes < 4 * block || !lsn_ok {
+        // The same bounds as the log's own config: a block length readers accept, a batch
+        // buffer that can be allocated, and an id a later segment can follow.
+        let batch_ok = (block.saturating_mul(4)..=BUFFER_BYTES_MAX).contains(&config.batch_bytes);
+        if !is_block_len(block as u64) || !batch_ok || !lsn_ok || id.0 == u64::MAX {
             return Err(WalError::InvalidConfig {
-                reason: "WalWriter needs a power-of-two alignment of at least 512, batch_bytes of at least four blocks and a first LSN in 1..2^63",
+                reason: "WalWriter needs a power-of-two alignment from 512 to 1 MiB, batch_bytes from four blocks to 1 GiB, a first LSN in 1..2^63 and a segment id below u64::MAX",
             });
         }
+        // Allocated before the file exists: nothing is left behind if it cannot be.
+        let buf = AlignedBuf::zeroed(config.batch_bytes, block);
         let path = segment::path(dir, id);
         let file = storage
             .open(&path, OpenMode { create: true, write: true, direct: config.direct_io })
@@ -151,7 +158,6 @@ impl<S: Storage> WalWriter<S> {
         write_header_block(&mut head, &SegmentPreamble::plaintext_wal(), &header, durable_lsn);
         file.write_and_sync(&head, 0).map_err(|(op, e)| WalError::io(op, &path, e))?;
         storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
-        let buf = AlignedBuf::zeroed(config.batch_bytes, block);
         Ok(WalWriter {
             file,
             path,

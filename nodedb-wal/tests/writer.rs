@@ -132,3 +132,53 @@ fn a_first_lsn_of_zero_or_in_the_top_half_of_the_range_is_refused_before_any_fil
     assert_eq!(writer.append(Record::new(TY, b"last")).unwrap(), top);
     writer.finish().unwrap();
 }
+
+// Found by an adversarial review: WalWriter took blocks over 1 MiB, which the segment header's
+// decoder refuses, so opening the finished segment removed it as an interrupted roll; an id of
+// u64::MAX overflowed the next segment's id at open; a huge batch size panicked at allocation
+// after the file was made, leaving it behind.
+#[test]
+fn settings_a_log_could_not_open_or_allocate_are_refused_before_any_file_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = [
+        (SegmentId(1), WalWriterConfig { alignment: 2 << 20, batch_bytes: 8 << 20, ..WalWriterConfig::default() }),
+        (SegmentId(1), WalWriterConfig { alignment: 256, ..WalWriterConfig::default() }),
+        (SegmentId(1), WalWriterConfig { batch_bytes: usize::MAX / 2, ..WalWriterConfig::default() }),
+        (SegmentId(1), WalWriterConfig { alignment: 1 << 62, ..WalWriterConfig::default() }),
+        (SegmentId(u64::MAX), WalWriterConfig::default()),
+    ];
+    for (id, c) in refused {
+        let err = WalWriter::create_with(nodedb_wal::FsStorage::new(), dir.path(), id, Lsn(1), c).unwrap_err();
+        assert!(matches!(err, WalError::InvalidConfig { .. }), "{c:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let largest = WalWriterConfig { alignment: 1 << 20, batch_bytes: 4 << 20, ..WalWriterConfig::default() };
+    let mut writer = WalWriter::create_with(nodedb_wal::FsStorage::new(), dir.path(), SegmentId(1), Lsn(1), largest).unwrap();
+    writer.append(Record::new(TY, b"in 1 MiB blocks")).unwrap();
+    writer.finish().unwrap();
+    let wal = SegmentedWal::open(config(dir.path())).unwrap();
+    assert_eq!(wal.recovery_info().record_count, 1);
+}
+
+/// A segment whose header frame is whole and checksummed but names a block size this build
+/// refuses was written completely, so it is damage, never an interrupted roll: open reports
+/// it and removes nothing.
+#[test]
+fn a_checksummed_header_this_build_refuses_is_corruption_and_the_file_stays() {
+    use nodedb_wal::format::frame::{HEADER_LEN, seal_frame};
+    use nodedb_wal::format::meta::SEGMENT_HEADER_PAYLOAD_LEN;
+    use nodedb_wal::format::preamble::PREAMBLE_SIZE;
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap();
+    writer.append(Record::new(TY, b"kept")).unwrap();
+    writer.finish().unwrap();
+    let path = dir.path().join("00000000000000000001.wal");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let frame = &mut bytes[PREAMBLE_SIZE..PREAMBLE_SIZE + HEADER_LEN + SEGMENT_HEADER_PAYLOAD_LEN];
+    frame[HEADER_LEN + 20..HEADER_LEN + 24].copy_from_slice(&(2u32 << 20).to_le_bytes());
+    seal_frame(frame, RecordType::SEGMENT_HEADER);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = SegmentedWal::open(config(dir.path())).unwrap_err();
+    assert!(matches!(err, WalError::Corruption { kind: nodedb_wal::CorruptionKind::BadSegmentHeader, .. }), "{err}");
+    assert!(path.exists(), "nothing removed");
+}

@@ -138,7 +138,7 @@ impl DwbConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |reason| Err(WalError::InvalidConfig { reason });
-        if !self.block_len.is_power_of_two() || !(512..=1 << 20).contains(&self.block_len) {
+        if !crate::format::meta::is_block_len(self.block_len as u64) {
             return bad("dwb block_len must be a power of two from 512 to 1 MiB");
         }
         if !self.batch_bytes_max.is_multiple_of(self.block_len) || self.batch_bytes_max == 0 {

@@ -15,6 +15,23 @@ use crate::types::{Lsn, SegmentId};
 /// assert_eq!(header.encode().len(), SEGMENT_HEADER_PAYLOAD_LEN);
 /// ```
 pub const SEGMENT_HEADER_PAYLOAD_LEN: usize = 40;
+
+/// Whether `len` is a block length the format allows: a power of two from 512 bytes to 1 MiB.
+/// Writers are held to it as readers are, so a reader never meets a segment a writer of this
+/// crate made and it cannot read.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::meta::is_block_len;
+///
+/// assert!(is_block_len(512) && is_block_len(4096) && is_block_len(1 << 20));
+/// assert!(!is_block_len(256) && !is_block_len(3000) && !is_block_len(2 << 20));
+/// ```
+#[must_use]
+pub const fn is_block_len(len: u64) -> bool {
+    len.is_power_of_two() && len >= 512 && len <= 1 << 20
+}
 /// Bytes in a [`SegmentEndPayload`].
 ///
 /// # Examples
@@ -77,7 +94,7 @@ impl SegmentHeaderPayload {
             return None;
         }
         let block_len = read_le!(u32, bytes, 20);
-        if !block_len.is_power_of_two() || !(512..=1 << 20).contains(&block_len) {
+        if !is_block_len(u64::from(block_len)) {
             return None;
         }
         let mut kdf_salt = [0u8; 16];

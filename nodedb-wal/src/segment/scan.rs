@@ -95,11 +95,17 @@ pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> 
     }
     let frame = reader.get(PREAMBLE_SIZE as u64, PREAMBLE_SIZE + HEADER_LEN + 64)?;
     let Ok(h) = decode_frame(frame) else { return Ok(None) };
-    let payload = &frame[HEADER_LEN..h.frame_len()];
-    let Some(header) = SegmentHeaderPayload::decode(payload) else { return Ok(None) };
-    if h.record_type != RecordType::SEGMENT_HEADER || h.salt != header.salt || h.lsn != header.first_lsn {
+    if h.record_type != RecordType::SEGMENT_HEADER {
         return Ok(None);
     }
+    // A whole, checksummed header frame was written completely: no crash leaves one that this
+    // build cannot take, so it is damage (or a writer's mistake), never an interrupted roll to
+    // remove.
+    let payload = &frame[HEADER_LEN..h.frame_len()];
+    let header = SegmentHeaderPayload::decode(payload).filter(|p| h.salt == p.salt && h.lsn == p.first_lsn);
+    let Some(header) = header else {
+        return Err(WalError::Corruption { segment: id, offset: PREAMBLE_SIZE as u64, kind: CorruptionKind::BadSegmentHeader });
+    };
     let body_start = (PREAMBLE_SIZE + h.frame_len()) as u64;
     Ok(Some(SegmentHead { preamble, header, durable_claim: h.durable_lsn, body_start }))
 }
