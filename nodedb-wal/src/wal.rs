@@ -481,6 +481,34 @@ impl<S: Storage> SegmentedWal<S> {
         self.committer.durable_lsn()
     }
 
+    /// The oldest LSN the log still holds (the first record of its oldest segment; equal to
+    /// [`Self::next_lsn`] while it holds none): where a replay of everything starts once
+    /// [`Self::truncate_before`] has removed segments, since reading from below it is
+    /// [`WalError::LsnNotRetained`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let ty = RecordType::optional(0x100);
+    /// let mut config = SegmentedWalConfig::new("/small");
+    /// config.segment_bytes_target = 64 * 1024;
+    /// let wal = SegmentedWal::open_with(SimStorage::new(2, FaultConfig::default()), config)?;
+    /// assert_eq!(wal.oldest_lsn(), Lsn::FIRST);
+    /// for _ in 0..200 {
+    ///     wal.append(Record::new(ty, &[7; 1000]))?;
+    /// }
+    /// wal.truncate_before(wal.sync()?)?;
+    /// assert!(wal.oldest_lsn() > Lsn::FIRST);
+    /// assert!(matches!(wal.read_from(Lsn::FIRST), Err(nodedb_wal::WalError::LsnNotRetained { .. })));
+    /// let all = wal.read_from(wal.oldest_lsn())?.count();
+    /// assert_eq!(all as u64, wal.next_lsn().0 - wal.oldest_lsn().0);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn oldest_lsn(&self) -> Lsn {
+        self.segments().first().map_or_else(|| self.next_lsn(), |s| s.first_lsn)
+    }
+
     /// The LSN the next append gets.
     ///
     /// # Examples
@@ -789,7 +817,9 @@ impl<S: Storage> SegmentedWal<S> {
     ///
     /// Tombstones and temporal purges in the removed segments are gone too, so a later
     /// recovery no longer reports them: pass a checkpoint at which the engines have applied
-    /// every drop and purge below it.
+    /// every drop and purge below it. A checkpoint past [`Self::next_lsn`] names records never
+    /// appended (another log's LSN, a byte offset): it is [`WalError::LsnNotIssued`] and
+    /// nothing is removed.
     ///
     /// # Examples
     ///
@@ -810,6 +840,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn truncate_before(&self, checkpoint: Lsn) -> Result<usize> {
+        let next = self.next_lsn();
+        if checkpoint > next {
+            return Err(WalError::LsnNotIssued { lsn: checkpoint, next });
+        }
         let _one_at_a_time = self.truncation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let _span = tracing::info_span!("truncate", checkpoint = %checkpoint).entered();
         let dir = &self.config.dir;

@@ -307,3 +307,19 @@ fn a_reader_that_reaches_a_truncated_segment_gets_a_typed_error_not_a_short_answ
         other => panic!("expected segment {first} reported truncated, got {other:?}"),
     }
 }
+
+// Found by a usability review: a checkpoint past every LSN the log handed out (another log's
+// LSN, a byte offset) removed every segment but the newest without a word.
+#[test]
+fn a_checkpoint_past_the_next_lsn_is_refused_and_removes_nothing() {
+    let (_storage, wal, model) = faulty_log(31);
+    let segments = wal.segments().len();
+    let next = wal.next_lsn();
+    let err = wal.truncate_before(Lsn(next.0 + 1)).unwrap_err();
+    assert!(matches!(err, WalError::LsnNotIssued { lsn, next: n } if lsn == Lsn(next.0 + 1) && n == next), "{err}");
+    assert_eq!(wal.segments().len(), segments);
+    assert_eq!(wal.oldest_lsn(), Lsn::FIRST);
+    assert!(wal.truncate_before(next).unwrap() > 0, "up to the next LSN is a checkpoint");
+    assert_eq!(wal.read_from(wal.oldest_lsn()).unwrap().count() as u64, next.0 - wal.oldest_lsn().0);
+    assert!(model.len() as u64 >= next.0 - 1);
+}
