@@ -503,6 +503,13 @@ pub enum WalError {
     /// `append_group` or `append_batch` was given no records.
     #[error("a group or batch of records needs at least one record")]
     EmptyGroup,
+    /// The caller's own function failed (`replay_parallel`'s `apply`, say) and the log
+    /// stopped there; its error is the source, to be taken back with `downcast`.
+    #[error("the caller's function failed: {source}")]
+    Caller {
+        /// The caller's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The double-write buffer's file could not be opened or written, and its policy is to
     /// refuse page writes while degraded. Nothing of the refused write reached its pages.
     #[error("the double-write buffer {} is degraded by a failed {op:?} ({kind}); page writes are refused", path.display())]
@@ -574,6 +581,33 @@ pub enum WalError {
 }
 
 impl WalError {
+    /// Wraps the caller's own error, for a function the log calls (`replay_parallel`'s
+    /// `apply`) to stop it with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # wal.append_durable(Record::new(RecordType::optional(0x100), b"row"))?;
+    /// #[derive(Debug)]
+    /// struct EngineFull;
+    /// impl std::fmt::Display for EngineFull {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("the engine is full")
+    ///     }
+    /// }
+    /// impl std::error::Error for EngineFull {}
+    ///
+    /// let err = wal.replay_parallel(Lsn::FIRST, 2, |_| Err(WalError::caller(EngineFull))).unwrap_err();
+    /// let WalError::Caller { source } = err else { panic!("{err}") };
+    /// assert!(source.downcast_ref::<EngineFull>().is_some());
+    /// # Ok::<(), WalError>(())
+    /// ```
+    pub fn caller(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> WalError {
+        WalError::Caller { source: err.into() }
+    }
+
     /// Whether this error reports damaged data (as opposed to I/O failure or misuse).
     ///
     /// # Examples

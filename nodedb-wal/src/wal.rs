@@ -653,7 +653,8 @@ impl<S: Storage> SegmentedWal<S> {
     /// ahead. Each record is lent ([`RecordView::to_record`] makes an owned copy): decoders
     /// copy payloads into chunk buffers the applying thread hands back, so no record costs an
     /// allocation. Memory: up to ~64 MiB of decoded records per decoder. Stops at the first
-    /// error, from reading or from `apply`.
+    /// error, from reading or from `apply`, which wraps an engine's own error with
+    /// [`WalError::caller`] (it comes back as [`WalError::Caller`], to downcast).
     ///
     /// `threads` is a bound. `apply` runs on the calling thread. A log without a key ring
     /// (plaintext) where fewer than two cores are left beside it is read in sequence instead
