@@ -503,6 +503,9 @@ pub enum WalError {
     /// `append_group` or `append_batch` was given no records.
     #[error("a group or batch of records needs at least one record")]
     EmptyGroup,
+    /// `LazyWalReader::payload` was called with no record from `next_header` to read.
+    #[error("payload() needs a record from next_header() first")]
+    NoCurrentRecord,
     /// The caller's own function failed (`replay_parallel`'s `apply`, say) and the log
     /// stopped there; its error is the source, to be taken back with `downcast`.
     #[error("the caller's function failed: {source}")]

@@ -649,7 +649,7 @@ impl<S: Storage> LazyWalReader<S> {
 
     /// Reads, checks and decrypts the payload of the record [`Self::next_header`] returned last.
     pub fn payload(&mut self) -> Result<Vec<u8>> {
-        let handle = self.current.ok_or(WalError::InvalidConfig { reason: "payload() needs a record from next_header()" })?;
+        let handle = self.current.ok_or(WalError::NoCurrentRecord)?;
         self.cursor.open_at(handle.segment, handle.offset, &handle.header).map(<[u8]>::to_vec)
     }
 }
