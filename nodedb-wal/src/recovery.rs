@@ -200,6 +200,11 @@ pub struct RecoveryInfo {
     pub tombstones: TombstoneSet,
     /// Temporal purges in the recovered records, in LSN order, for the engines to apply.
     pub temporal_purges: Vec<TemporalPurge>,
+    /// Tombstone and temporal-purge records a read-only look ([`inspect_dir`],
+    /// `ReadOnlyWal`) did not gather because it has no key for their segment; always 0 when
+    /// the owner opens a log, which needs every key. A tool that only lists segments and
+    /// health needs no key; one that reads `tombstones` or `temporal_purges` needs this at 0.
+    pub ungathered: u64,
 }
 
 /// The last segment, not yet sealed: the writer seals it before appending elsewhere.
@@ -554,7 +559,12 @@ fn scan_segment<S: Storage>(
                 if continues && group.is_none() {
                     group = Some((offset, header.lsn));
                 }
-                let collected = is_collected(header.record_type);
+                let mut collected = is_collected(header.record_type);
+                if collected && ctx.beside_writer && !can_decrypt(ctx.ring, &head) {
+                    // A look without this segment's key can still check and list it.
+                    info.ungathered += 1;
+                    collected = false;
+                }
                 let key_check = std::mem::take(&mut check_key);
                 if collected || key_check {
                     if cipher.is_none() {
@@ -626,6 +636,11 @@ fn scan_segment<S: Storage>(
             Ok(Outcome::Open(seg, pending, torn))
         }
     }
+}
+
+/// Whether a record of this segment can be read with `ring`: plaintext, or its key is there.
+fn can_decrypt(ring: Option<&KeyRing>, head: &SegmentHead) -> bool {
+    head.preamble.cipher != CIPHER_AES_256_GCM || ring.is_some_and(|r| r.get(head.preamble.key_id).is_some())
 }
 
 /// Record types whose payloads recovery gathers for the engines in its one pass.

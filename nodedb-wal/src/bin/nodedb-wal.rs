@@ -28,7 +28,9 @@ usage: nodedb-wal <command> [arguments]
                          with DIR the log stays there for inspect and verify; with --key-file
                          the new segments are encrypted under that key
 
-  --key-file F [--key-id N]   the key for encrypted segments (key id N, default 1)
+  --key-file F [--key-id N]   a key for encrypted segments (key id N, default 1); repeat the
+                              pair for a log written under several keys (bench encrypts under
+                              the last)
 
 exit status: 0 ok, 1 torn tail, 2 corrupt or unreadable log, 3 bad usage, missing directory or
 I/O error, 4 key missing or wrong, 5 not a nodedb-wal directory";
@@ -63,8 +65,9 @@ struct Args {
     /// The options given, as spelled, for the check that the command takes them.
     given: Vec<&'static str>,
     positional: Vec<std::ffi::OsString>,
-    key_file: Option<PathBuf>,
-    key_id: u32,
+    /// Key files in the order given, each with the id from the `--key-id` after it (1 by
+    /// default).
+    keys: Vec<(PathBuf, u32)>,
     from: Option<u64>,
     record_type: Option<u16>,
     json: bool,
@@ -90,15 +93,18 @@ fn text(value: Option<std::ffi::OsString>) -> Option<String> {
 /// Parses the arguments after the command. Paths may be any bytes (`OsString`); options and
 /// numbers must be UTF-8.
 fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
-    let mut args = Args { key_id: 1, threads: 16, seconds: 3, size: 128, ..Args::default() };
+    let mut args = Args { threads: 16, seconds: 3, size: 128, ..Args::default() };
     let mut raw = raw.peekable();
     while let Some(arg) = raw.next() {
         if let Some(&flag) = OPTIONS.iter().find(|&&o| arg.to_str() == Some(o)) {
             args.given.push(flag);
         }
         match arg.to_str().unwrap_or("") {
-            "--key-file" => args.key_file = Some(raw.next().ok_or_else(|| Exit(3, "--key-file needs a path".into()))?.into()),
-            "--key-id" => args.key_id = number("--key-id", text(raw.next()))?,
+            "--key-file" => args.keys.push((raw.next().ok_or_else(|| Exit(3, "--key-file needs a path".into()))?.into(), 1)),
+            "--key-id" => {
+                let id = number("--key-id", text(raw.next()))?;
+                args.keys.last_mut().ok_or_else(|| Exit(3, "--key-id goes after the --key-file it names".into()))?.1 = id;
+            }
             "--from" => args.from = Some(number("--from", text(raw.next()))?),
             "--type" => args.record_type = Some(number("--type", text(raw.next()))?),
             "--threads" => args.threads = number("--threads", text(raw.next()))?,
@@ -170,16 +176,18 @@ fn log_dir(args: &Args) -> Result<PathBuf, Exit> {
     Ok(dir)
 }
 
-/// A ring holding the key given with `--key-file` under `--key-id`, if one was given: to read
-/// with, or (`active`) to encrypt new segments under.
+/// A ring holding the keys given with `--key-file` under their `--key-id`s, if any were
+/// given: to read with, and (`active`) the last one to encrypt new segments under.
 fn key_ring(args: &Args, active: bool) -> Result<Option<Arc<KeyRing>>, Exit> {
-    let Some(path) = &args.key_file else { return Ok(None) };
-    let key = SecureKey::load(path).map_err(|e| Exit(4, e.to_string()))?;
-    if active {
-        return Ok(Some(Arc::new(KeyRing::with_active(args.key_id, key))));
-    }
+    let Some(&(_, last)) = args.keys.last() else { return Ok(None) };
     let ring = KeyRing::new();
-    ring.insert(args.key_id, key).map_err(Exit::from)?;
+    for (path, id) in &args.keys {
+        let key = SecureKey::load(path).map_err(|e| Exit(4, e.to_string()))?;
+        ring.insert(*id, key).map_err(|e| Exit(3, format!("--key-id {id}: {e}")))?;
+    }
+    if active {
+        ring.set_active(last).map_err(Exit::from)?;
+    }
     Ok(Some(Arc::new(ring)))
 }
 
@@ -225,6 +233,9 @@ fn inspect(args: &Args) -> Outcome {
     println!("records {} (LSN {} to {})", info.record_count, info.first_lsn, info.last_lsn);
     if let Some(id) = info.removed_interrupted_roll {
         println!("segment {id} is left by an interrupted roll; opening the log removes it");
+    }
+    if info.ungathered > 0 {
+        println!("{} tombstone or purge record(s) in encrypted segments not read (no key given for them)", info.ungathered);
     }
     Ok(match &info.torn_tail {
         Some(torn) => {
@@ -360,7 +371,7 @@ fn bench(args: &Args) -> Outcome {
     let done = AtomicU64::new(0);
     let before = wal.stats();
     let started = Instant::now();
-    let encrypted = if args.key_file.is_some() { format!(", encrypted under key {}", args.key_id) } else { String::new() };
+    let encrypted = args.keys.last().map_or(String::new(), |(_, id)| format!(", encrypted under key {id}"));
     eprintln!("bench: {} threads, {} s, {}-byte records into {}{encrypted}", args.threads, args.seconds, args.size, dir.display());
     let mut latencies: Vec<u32> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..args.threads)
