@@ -258,6 +258,21 @@ pub enum KeyFileProblem {
     Io(io::ErrorKind),
 }
 
+impl std::fmt::Display for KeyFileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyFileProblem::Symlink => f.write_str("it is a symbolic link; name the key file itself"),
+            KeyFileProblem::NotAFile => f.write_str("it is not a regular file"),
+            KeyFileProblem::Permissions { mode } => {
+                write!(f, "its mode is {:o}; group and others must have no access (chmod 600)", mode & 0o7777)
+            }
+            KeyFileProblem::Owner { uid, expected } => write!(f, "it belongs to user {uid}, not to this process's user {expected}"),
+            KeyFileProblem::Length { len } => write!(f, "it holds {len} bytes; a key file holds exactly 32"),
+            KeyFileProblem::Io(kind) => write!(f, "it could not be read ({kind})"),
+        }
+    }
+}
+
 /// Every error `nodedb-wal` returns.
 ///
 /// Match on the variant to tell damaged data ([`WalError::is_corruption`]) from I/O failure
@@ -417,7 +432,7 @@ pub enum WalError {
         reason: &'static str,
     },
     /// A key file is unsafe or unreadable; the key was not loaded.
-    #[error("key file {} refused: {problem:?}", path.display())]
+    #[error("key file {} refused: {problem}", path.display())]
     KeyFile {
         /// The key file.
         path: PathBuf,
@@ -431,7 +446,7 @@ pub enum WalError {
         problem: EngineFileProblem,
     },
     /// A segment (or a request) names a key id the key ring does not hold.
-    #[error("key id {key_id} is not in the key ring (segment {segment:?})")]
+    #[error("key id {key_id} is not in the key ring{}", needed_by(*segment))]
     UnknownKeyId {
         /// The segment that needs it, if any.
         segment: Option<SegmentId>,
@@ -634,6 +649,10 @@ impl WalError {
 }
 
 /// The end of a `MissingSegment` message: what is there past the hole.
+fn needed_by(segment: Option<SegmentId>) -> String {
+    segment.map_or_else(String::new, |s| format!("; segment {s} is encrypted under it"))
+}
+
 fn after_hole(next_present: Option<SegmentId>) -> String {
     match next_present {
         Some(next) => format!(" (the next one there is {}, a file of this log or a stray one)", crate::segment::file_name(next)),

@@ -213,6 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = SecureKey::load(&key_file(dir.path(), 0o640, 32)).unwrap_err();
         assert!(matches!(err, WalError::KeyFile { problem: KeyFileProblem::Permissions { mode: 0o640 }, .. }), "{err}");
+        assert!(err.to_string().contains("its mode is 640; group and others must have no access (chmod 600)"), "{err}");
         let err = SecureKey::load(&key_file(dir.path(), 0o600, 31)).unwrap_err();
         assert!(matches!(err, WalError::KeyFile { problem: KeyFileProblem::Length { len: 31 }, .. }), "{err}");
         let link = dir.path().join("link");
