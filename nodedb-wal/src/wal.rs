@@ -227,8 +227,10 @@ impl<S: Storage> SegmentedWal<S> {
     }
 
     /// Buffers `records` as an atomic group and returns their LSNs (consecutive): after any
-    /// crash, recovery returns all of them or none. The group travels in one batch, so it must
-    /// fit in one write; wait on the last LSN to make all of it durable.
+    /// crash, recovery returns all of them or none. The group travels in one batch (one write
+    /// and one fdatasync): a group larger than `batch_bytes_max` gets a batch of its own, as a
+    /// large record does, and each record is bounded by `payload_bytes_max` only. Wait on the
+    /// last LSN to make all of it durable.
     ///
     /// # Examples
     ///
