@@ -36,7 +36,11 @@ pub struct Durability {
     epoch: AtomicU32,
     /// Threads sleeping (or about to) on `epoch`: the flusher skips the wake call when none is.
     sleepers: AtomicU32,
-    wakers: Mutex<Vec<(Lsn, Waker)>>,
+    /// Tasks to wake: (LSN, registration, waker). A registration is one future's, so two
+    /// futures of one task on one LSN hold one each, and dropping one leaves the other's.
+    wakers: Mutex<Vec<(Lsn, u64, Waker)>>,
+    /// The next registration's number.
+    registrations: AtomicU64,
 }
 
 /// The futex bit of batch `seq`. Batches 32 apart share a bit; a thread woken for the other
@@ -117,9 +121,9 @@ impl Durability {
             if wakers.is_empty() {
                 return;
             }
-            let (ready, waiting): (Vec<_>, Vec<_>) = wakers.drain(..).partition(|(lsn, _)| which(*lsn));
+            let (ready, waiting): (Vec<_>, Vec<_>) = wakers.drain(..).partition(|(lsn, ..)| which(*lsn));
             *wakers = waiting;
-            ready.into_iter().map(|(_, w)| w).collect()
+            ready.into_iter().map(|(.., w)| w).collect()
         };
         for waker in ready {
             // A waker is the caller's (its executor's) code, run on the thread that made the
@@ -169,21 +173,28 @@ impl Durability {
         result
     }
 
-    /// Registers a task to wake once `lsn` is durable (or the log is poisoned).
-    pub fn register(&self, lsn: Lsn, waker: &Waker) {
+    /// A number for a future to register under, its own for as long as it lives.
+    pub fn registration(&self) -> u64 {
+        self.registrations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers (or, polled again, updates) registration `id`'s task to wake once `lsn` is
+    /// durable (or the log is poisoned).
+    pub fn register(&self, lsn: Lsn, id: u64, waker: &Waker) {
         let mut wakers = lock(&self.wakers);
-        match wakers.iter_mut().find(|(l, w)| *l == lsn && w.will_wake(waker)) {
-            Some(_) => {}
-            None => wakers.push((lsn, waker.clone())),
+        match wakers.iter_mut().find(|(_, r, _)| *r == id) {
+            Some((_, _, w)) if w.will_wake(waker) => {}
+            Some(entry) => *entry = (lsn, id, waker.clone()),
+            None => wakers.push((lsn, id, waker.clone())),
         }
     }
 
-    /// Takes back a registration that will not be needed (its future resolved or was
+    /// Takes back registration `id`, which will not be needed (its future resolved or was
     /// dropped), so that the waker, and whatever its task owns, is not kept until a sync that
     /// may never come (after poison, none does).
-    pub fn unregister(&self, lsn: Lsn, waker: &Waker) {
+    pub fn unregister(&self, id: u64) {
         let mut wakers = lock(&self.wakers);
-        if let Some(at) = wakers.iter().position(|(l, w)| *l == lsn && w.will_wake(waker)) {
+        if let Some(at) = wakers.iter().position(|(_, r, _)| *r == id) {
             wakers.swap_remove(at);
         }
     }
@@ -252,27 +263,25 @@ pub struct DurableFuture<'a> {
     requester: &'a dyn SyncRequester,
     lsn: Lsn,
     requested: bool,
-    /// The waker registered last, taken back when the future resolves or is dropped.
-    registered: Option<Waker>,
+    /// This future's registration, taken back when it resolves or is dropped.
+    registration: Option<u64>,
 }
 
 impl<'a> DurableFuture<'a> {
     pub(crate) fn new(requester: &'a dyn SyncRequester, lsn: Lsn) -> DurableFuture<'a> {
-        DurableFuture { requester, lsn, requested: false, registered: None }
+        DurableFuture { requester, lsn, requested: false, registration: None }
     }
 
     fn register(&mut self, waker: &Waker) {
-        if !self.registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            self.unregister();
-            self.registered = Some(waker.clone());
-        }
-        // Listed again even with the same waker: a sync may have taken the listing to wake it.
-        self.requester.durability().register(self.lsn, waker);
+        let durability = self.requester.durability();
+        let id = *self.registration.get_or_insert_with(|| durability.registration());
+        // Listed again even if listed before: a sync may have taken the listing to wake it.
+        durability.register(self.lsn, id, waker);
     }
 
     fn unregister(&mut self) {
-        if let Some(waker) = self.registered.take() {
-            self.requester.durability().unregister(self.lsn, &waker);
+        if let Some(id) = self.registration.take() {
+            self.requester.durability().unregister(id);
         }
     }
 
@@ -378,9 +387,9 @@ mod tests {
         let d = Durability::new(Lsn(0));
         let woken = Arc::new(AtomicUsize::new(0));
         let task = || Waker::from(Arc::new(Counts(Arc::clone(&woken))));
-        d.register(Lsn(1), &task());
-        d.register(Lsn(1), &Waker::from(Arc::new(Panics)));
-        d.register(Lsn(1), &task());
+        d.register(Lsn(1), d.registration(), &task());
+        d.register(Lsn(1), d.registration(), &Waker::from(Arc::new(Panics)));
+        d.register(Lsn(1), d.registration(), &task());
         d.advance(Lsn(1), 1);
         assert_eq!(woken.load(Ordering::SeqCst), 2, "both other tasks woken");
         assert!(d.check(Lsn(1)).unwrap(), "durable, not poisoned");
@@ -448,6 +457,31 @@ mod tests {
         assert!(matches!(poll(&mut future, &noop_waker()), Poll::Ready(Err(WalError::Poisoned { .. }))));
         assert_eq!(bare.0.registered(), 0, "nothing listed after poison");
         drop(future);
+    }
+
+    // Found by a review: registrations were one per (LSN, task), so when one of a task's two
+    // futures on an LSN was dropped (a cancelled select branch) it took the other's listing
+    // with it, and the other was never woken.
+    #[test]
+    fn dropping_one_of_a_tasks_two_waits_on_an_lsn_leaves_the_other_woken() {
+        use std::sync::atomic::AtomicUsize;
+        struct Counts(AtomicUsize);
+        impl std::task::Wake for Counts {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let bare = Bare(Durability::new(Lsn(0)));
+        let task = Arc::new(Counts(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&task));
+        let (mut kept, mut cancelled) = (DurableFuture::new(&bare, Lsn(2)), DurableFuture::new(&bare, Lsn(2)));
+        assert!(poll(&mut kept, &waker).is_pending());
+        assert!(poll(&mut cancelled, &waker).is_pending());
+        drop(cancelled);
+        assert_eq!(bare.0.registered(), 1, "the kept future's listing stays");
+        bare.0.advance(Lsn(2), 1);
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task was woken");
+        assert!(matches!(poll(&mut kept, &waker), Poll::Ready(Ok(()))));
     }
 
     #[test]
