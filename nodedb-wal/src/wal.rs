@@ -483,8 +483,8 @@ impl<S: Storage> SegmentedWal<S> {
         self.committer.durable_lsn()
     }
 
-    /// The oldest LSN the log still holds (the first record of its oldest segment; equal to
-    /// [`Self::next_lsn`] while it holds none): where a replay of everything starts once
+    /// The oldest LSN the log still holds (the first record of its oldest segment, or of the
+    /// one being written): where a replay of everything starts once
     /// [`Self::truncate_before`] has removed segments, since reading from below it is
     /// [`WalError::LsnNotRetained`].
     ///
@@ -497,6 +497,8 @@ impl<S: Storage> SegmentedWal<S> {
     /// config.segment_bytes_target = 64 * 1024;
     /// let wal = SegmentedWal::open_with(SimStorage::new(2, FaultConfig::default()), config)?;
     /// assert_eq!(wal.oldest_lsn(), Lsn::FIRST);
+    /// wal.append(Record::new(ty, b"not yet durable"))?;
+    /// assert_eq!(wal.oldest_lsn(), Lsn::FIRST, "where a replay after the sync starts");
     /// for _ in 0..200 {
     ///     wal.append(Record::new(ty, &[7; 1000]))?;
     /// }
@@ -508,7 +510,9 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn oldest_lsn(&self) -> Lsn {
-        self.segments().first().map_or_else(|| self.next_lsn(), |s| s.first_lsn)
+        // A segment is listed once its first batch is durable, and truncation keeps the
+        // newest: with none listed yet, the log starts where it started at the open.
+        self.segments().first().map_or(self.recovery.first_lsn, |s| s.first_lsn)
     }
 
     /// The LSN the next append gets.
