@@ -258,6 +258,38 @@ fn a_segment_file_hard_linked_elsewhere_is_never_rewritten_as_a_new_segment() {
     assert!(recycled_names(&FsStorage::new(), &log).is_empty(), "the shared files were removed, not kept");
 }
 
+// Found by a review: a segment moved elsewhere and linked back was renamed (the link) for
+// reuse at truncation, and reusing it rewrote the file outside the log as a new live segment.
+#[test]
+fn a_segment_file_linked_in_from_elsewhere_is_never_rewritten_as_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("wal");
+    let config = SegmentedWalConfig { allow_buffered_fallback: true, ..config(&log) };
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 0, 6);
+    drop(wal);
+    let archive = dir.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let mut moved = Vec::new();
+    for id in 1..=2u64 {
+        let name = segment::path(&log, SegmentId(id));
+        let target = archive.join(name.file_name().unwrap());
+        std::fs::rename(&name, &target).unwrap();
+        std::os::unix::fs::symlink(&target, &name).unwrap();
+        moved.push((target.clone(), std::fs::read(&target).unwrap()));
+    }
+    let wal = SegmentedWal::open(config).unwrap();
+    assert!(wal.truncate_before(wal.durable_lsn()).unwrap() >= 4);
+    let before = wal.segments().len();
+    fill(&wal, &mut model, 1, before + 3);
+    for (target, bytes) in &moved {
+        assert!(std::fs::read(target).unwrap() == *bytes, "{} changed outside the log", target.display());
+    }
+    let links: Vec<_> = std::fs::read_dir(&log).unwrap().filter_map(Result::ok).filter(|e| e.file_type().unwrap().is_symlink()).collect();
+    assert!(links.is_empty(), "no segment lives through a link now: {links:?}");
+}
+
 #[test]
 fn a_segment_being_read_is_never_reused_under_its_reader() {
     for mapped in [false, true] {

@@ -144,7 +144,8 @@ impl Storage for FsStorage {
             flags |= OFlags::DIRECT;
         }
         let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644))?;
-        Ok(FsFile::new(fd, self.backend))
+        let via_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        Ok(FsFile::new(fd, via_link, self.backend))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -166,6 +167,8 @@ impl Storage for FsStorage {
 #[derive(Debug)]
 pub struct FsFile {
     fd: OwnedFd,
+    /// Opened through a symbolic link: the file lives under another name too.
+    via_link: bool,
     /// The file's ring, set up by its first durable write: most files (readers, indexes) never
     /// make one, and a ring costs a descriptor and locked memory. On the pwrite backend it is
     /// set, to none, from the start.
@@ -175,17 +178,17 @@ pub struct FsFile {
 
 impl FsFile {
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
-    fn new(fd: OwnedFd, backend: IoBackend) -> FsFile {
+    fn new(fd: OwnedFd, via_link: bool, backend: IoBackend) -> FsFile {
         let ring = match backend {
             IoBackend::IoUring => std::sync::OnceLock::new(),
             IoBackend::Pwrite => std::sync::OnceLock::from(None),
         };
-        FsFile { fd, ring }
+        FsFile { fd, via_link, ring }
     }
 
     #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
-    fn new(fd: OwnedFd, _backend: IoBackend) -> FsFile {
-        FsFile { fd }
+    fn new(fd: OwnedFd, via_link: bool, _backend: IoBackend) -> FsFile {
+        FsFile { fd, via_link }
     }
 
     /// The file's ring, if it writes through io_uring and one could be set up. Where the kernel
@@ -287,7 +290,7 @@ impl StorageFile for FsFile {
     }
 
     fn has_other_links(&self) -> io::Result<bool> {
-        Ok(rustix::fs::fstat(&self.fd)?.st_nlink > 1)
+        Ok(self.via_link || rustix::fs::fstat(&self.fd)?.st_nlink > 1)
     }
 
     fn try_hold_exclusive(&self) -> io::Result<bool> {

@@ -182,9 +182,9 @@ pub trait StorageFile: Send + Sync + 'static {
     /// Lets go of the lock taken by [`StorageFile::try_hold_exclusive`].
     fn release_hold(&self) {}
     /// Whether the file has names besides the one it was opened by (hard links, such as a
-    /// backup made with `cp -al`): such a file must not be rewritten in place as a new
-    /// segment, or the other names would change with it. The default says no (storage
-    /// without links).
+    /// backup made with `cp -al`, or a symbolic link it was opened through): such a file must
+    /// not be rewritten in place as a new segment, or the other names would change with it.
+    /// The default says no (storage without links).
     fn has_other_links(&self) -> io::Result<bool> {
         Ok(false)
     }
