@@ -416,3 +416,34 @@ fn refusing_plaintext_after_open_without_an_active_key_fails_the_append_and_writ
     ring.set_active(1).unwrap();
     assert_eq!(wal.append_durable(rec(b"now encrypted")).unwrap(), Lsn::FIRST);
 }
+
+// Found by a review of the fix above: a key made active while a segment was being written
+// still reached only the next segment, so a record appended right after turning encryption on
+// (or after a rotation) went into the open segment in plaintext (or under the old key). A
+// change to the ring now ends the segment at the next append.
+#[test]
+fn the_first_append_after_a_key_change_goes_into_a_segment_under_the_new_key() {
+    let sim = SimStorage::new(23, FaultConfig::default());
+    let ring = Arc::new(KeyRing::new());
+    let wal = SegmentedWal::open_with(sim.clone(), config(Some(Arc::clone(&ring)))).unwrap();
+    wal.append_durable(rec(b"before encryption")).unwrap();
+    ring.insert(1, SecureKey::from_bytes(&mut [1; 32])).unwrap();
+    ring.set_active(1).unwrap();
+    let secret = wal.append_durable(rec(b"top secret row")).unwrap();
+    ring.insert(2, SecureKey::from_bytes(&mut [2; 32])).unwrap();
+    ring.set_active(2).unwrap();
+    let rotated = wal.append_durable(rec(b"after rotation")).unwrap();
+    let key_of = |lsn: Lsn| {
+        let segment = wal.segments().into_iter().find(|s| s.first_lsn <= lsn && lsn < s.end_lsn).expect("listed").id;
+        SegmentPreamble::decode(&sim.read_file(&seg(segment.0)).unwrap()).unwrap().key_id
+    };
+    assert_eq!((key_of(Lsn(1)), key_of(secret), key_of(rotated)), (0, 1, 2));
+    for id in 1..=3 {
+        let file = sim.read_file(&seg(id)).unwrap();
+        assert!(!file.windows(14).any(|w| w == b"top secret row"), "segment {id} holds the secret in plaintext");
+    }
+    drop(wal);
+    let wal = SegmentedWal::open_with(sim, config(Some(ring))).unwrap();
+    let payloads: Vec<Vec<u8>> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().payload).collect();
+    assert_eq!(payloads, [b"before encryption".to_vec(), b"top secret row".to_vec(), b"after rotation".to_vec()]);
+}

@@ -201,6 +201,28 @@ fn random_salt() -> u32 {
     u32::from_le_bytes(raw)
 }
 
+/// The log's key ring (if any) as the plan sees it.
+struct RingKeys<'a>(Option<&'a KeyRing>);
+
+impl plan::Keys for RingKeys<'_> {
+    fn generation(&self) -> u64 {
+        self.0.map_or(0, KeyRing::generation)
+    }
+
+    fn new_identity(&mut self, id: crate::types::SegmentId) -> Option<Identity> {
+        new_identity(self.0, id)
+    }
+
+    fn still_fits(&self, identity: &Identity) -> bool {
+        let Some(ring) = self.0 else { return true };
+        match (&identity.crypt, ring.active()) {
+            (Some(crypt), Some((active, _))) => crypt.key_id == active,
+            (None, Some(_)) => false,
+            (crypt, None) => crypt.is_some() || !ring.refuses_plaintext(),
+        }
+    }
+}
+
 /// Salt and keys for a new segment: encrypted under the ring's active key, if there is one.
 /// `None` where the ring refuses plaintext segments and has no active key (`refuse_plaintext`
 /// called after the log opened; the config check at open refuses that state).
@@ -426,6 +448,7 @@ impl<S: Storage> GroupCommitter<S> {
         let segment = SegmentPlan {
             id: start.next_segment,
             identity: None,
+            generation: start.key_ring.as_deref().map_or(0, KeyRing::generation),
             first_lsn: start.next_lsn,
             offset: start.limits.block as u64,
             started: false,
@@ -529,9 +552,11 @@ impl<S: Storage> GroupCommitter<S> {
             if plan.closing {
                 return Err(WalError::Closed);
             }
-            match plan.reserve(payload_lens, &mut |id| new_identity(key_ring, id)) {
+            match plan.reserve(payload_lens, &mut RingKeys(key_ring)) {
                 Ok(r) => break r,
                 Err(Wait::NoIdentity) => {
+                    // A batch sealed on the way (a roll) still goes to the disk.
+                    self.shared.notify_flusher(&plan);
                     return Err(WalError::InvalidConfig {
                         reason: "the key ring refuses plaintext segments but has no active key to write with",
                     });

@@ -92,6 +92,8 @@ pub struct SegmentPlan {
     /// Salt and keys, chosen when the segment's first batch is planned, not before: a key the
     /// ring made active after the log opened (or after the last roll) is the one it gets.
     pub identity: Option<Identity>,
+    /// The key ring's generation when `identity` was last found to be what the ring wants.
+    pub generation: u64,
     pub first_lsn: Lsn,
     /// Where the next batch starts.
     pub offset: u64,
@@ -139,6 +141,32 @@ pub enum Wait {
     /// No identity can be chosen for the segment the append needs (the key ring refuses
     /// plaintext segments and has no active key): do not wait, fail.
     NoIdentity,
+}
+
+/// Where a plan gets a segment's salt and keys, and learns that the key ring changed.
+pub trait Keys {
+    /// Counts changes to the ring (0 without one): the plan asks [`Keys::still_fits`] only
+    /// after a change.
+    fn generation(&self) -> u64;
+    /// Salt and keys for segment `id`; `None` where none can be chosen.
+    fn new_identity(&mut self, id: SegmentId) -> Option<Identity>;
+    /// Whether new records may still go into a segment of `identity`.
+    fn still_fits(&self, identity: &Identity) -> bool;
+}
+
+/// Without a ring: an identity from the function, which never changes its mind.
+impl<F: FnMut(SegmentId) -> Option<Identity>> Keys for F {
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    fn new_identity(&mut self, id: SegmentId) -> Option<Identity> {
+        self(id)
+    }
+
+    fn still_fits(&self, _identity: &Identity) -> bool {
+        true
+    }
 }
 
 /// The shared state behind the group committer's mutex.
@@ -192,18 +220,31 @@ impl Plan {
 
     /// Reserves consecutive LSNs and one contiguous region for frames carrying `payload_lens`
     /// bytes (one record, or an atomic group), all in the same batch, sealing and rolling as
-    /// needed. The region holds the frames in order. `new_identity` is called when a segment's
-    /// first batch needs the segment's salt and keys.
-    pub fn reserve(
-        &mut self,
-        payload_lens: &[usize],
-        new_identity: &mut dyn FnMut(SegmentId) -> Option<Identity>,
-    ) -> Result<Reservation, Wait> {
+    /// needed. The region holds the frames in order. `keys` gives a segment's salt and keys
+    /// when its first batch needs them, and says when a change to the key ring ends a segment.
+    pub fn reserve(&mut self, payload_lens: &[usize], keys: &mut dyn Keys) -> Result<Reservation, Wait> {
         let total = |identity: &Identity| payload_lens.iter().map(|&len| identity.frame_len(len)).sum::<usize>();
+        let generation = keys.generation();
         loop {
+            if self.segment.generation != generation {
+                // The ring changed (a new active key, plaintext refused): a segment whose
+                // identity it no longer wants ends here, and records go on in a new one.
+                let fits = self.segment.identity.as_ref().is_none_or(|identity| keys.still_fits(identity));
+                if !fits && !self.segment.started {
+                    self.segment.identity = None;
+                } else if !fits {
+                    if self.active.is_none() {
+                        self.activate(0)?;
+                    }
+                    self.seal_active(true);
+                    self.roll();
+                    continue;
+                }
+                self.segment.generation = generation;
+            }
             if self.active.is_none() {
                 if self.segment.identity.is_none() {
-                    self.segment.identity = Some(new_identity(self.segment.id).ok_or(Wait::NoIdentity)?);
+                    self.segment.identity = Some(keys.new_identity(self.segment.id).ok_or(Wait::NoIdentity)?);
                 }
                 let frame_len = total(self.segment.identity.as_ref().expect("chosen above"));
                 self.activate(frame_len)?;
@@ -295,6 +336,7 @@ impl Plan {
         self.segment = SegmentPlan {
             id: SegmentId(self.segment.id.0 + 1),
             identity: None,
+            generation: self.segment.generation,
             first_lsn: self.next_lsn,
             offset: self.limits.block as u64,
             started: false,
@@ -358,7 +400,7 @@ mod tests {
 
     fn plan(target: u64) -> Plan {
         let limits = Limits { block: 4096, batch_bytes_max: 16 * 1024, batch_buffers: 2, segment_bytes_target: target };
-        let segment = SegmentPlan { id: SegmentId(1), identity: None, first_lsn: Lsn(1), offset: 4096, started: false };
+        let segment = SegmentPlan { id: SegmentId(1), identity: None, generation: 0, first_lsn: Lsn(1), offset: 4096, started: false };
         Plan::new(limits, Lsn(1), segment)
     }
 

@@ -1,6 +1,7 @@
 //! `KeyRing`: the keys a log may encrypt and decrypt with, by key id.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::key::SecureKey;
@@ -42,6 +43,9 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct KeyRing {
     inner: RwLock<Inner>,
+    /// Counts changes to what a new segment gets (the active key, refusing plaintext), so
+    /// that the log looks at the ring again only after one.
+    generation: AtomicU64,
 }
 
 impl KeyRing {
@@ -88,14 +92,15 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Makes `key_id` the key for segments created from now on (rotation takes effect at the
-    /// next segment roll).
+    /// Makes `key_id` the key for segments created from now on. A log using the ring ends its
+    /// segment at its next append and goes on in a new one under this key.
     pub fn set_active(&self, key_id: u32) -> Result<()> {
         let mut inner = self.write();
         if !inner.keys.contains_key(&key_id) {
             return Err(WalError::UnknownKeyId { segment: None, key_id });
         }
         inner.active = Some(key_id);
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -133,6 +138,12 @@ impl KeyRing {
     /// ```
     pub fn refuse_plaintext(&self) {
         self.write().refuse_plaintext = true;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes so far to the active key or to refusing plaintext.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether [`Self::refuse_plaintext`] was called.
