@@ -3,7 +3,8 @@
 //! A directory of segment files, each opening with a 16-byte preamble; records framed with a
 //! CRC32C, dense LSNs, O_DIRECT block-aligned writes (pwrite + fdatasync by default, io_uring on request), and a group committer
 //! so that many concurrent appends share one fdatasync. Recovery returns every acknowledged
-//! record and nothing else, cuts torn tails and reports real corruption as an error.
+//! record and nothing that was never appended, cuts torn tails and reports real corruption as
+//! an error.
 //!
 //! Beside the log, [`DoubleWriteBuffer`] protects the storage engines' in-place page writes
 //! from torn pages: page images go to a side file first, with one fdatasync per batch.

@@ -1,7 +1,7 @@
 //! Encryption at rest: what is written is ciphertext, what is read back is the plaintext, and
 //! any change to an encrypted record, its header or its segment's preamble is an error, never
-//! garbage, even when the attacker recomputes the CRC. Keys rotate at segment rolls while old
-//! keys keep decrypting old segments, and no (key, nonce) pair is ever used for two different
+//! garbage, even when the attacker recomputes the CRC. A key change ends the open segment at
+//! the next append while old keys keep decrypting old segments, and no (key, nonce) pair is ever used for two different
 //! records: not across restarts that rewind the LSN, truncations, or a restored old copy.
 
 use std::collections::HashMap;
