@@ -148,6 +148,9 @@ fn a_failing_directory_fsync_fails_truncation_and_loses_nothing() {
         assert!(dir.path().join(format!("{:020}.wal", seg.id.0)).exists(), "segment {} is listed but gone", seg.id);
     }
     wal.truncate_before(Lsn(250)).expect("a later truncation goes on");
+    assert!(!wal.stats().poisoned, "a failed truncation does not poison");
+    let after = wal.append_durable(Record::new(RecordType::optional(0x100), b"after the failed truncation")).unwrap();
+    assert_eq!(after, acked.last().map_or(Lsn(1), |l| l.next()));
     drop(wal);
     // Records below the checkpoint may be gone (that is what truncation asked for); the rest
     // must all be there.

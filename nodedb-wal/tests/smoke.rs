@@ -325,3 +325,18 @@ fn a_log_written_in_smaller_blocks_reopens_with_larger_direct_blocks() {
     let lsns: Vec<u64> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().lsn.0).collect();
     assert_eq!(lsns, (1..=next.0).collect::<Vec<_>>());
 }
+
+/// Every waiting call refuses an LSN the log never handed out, at once, instead of waiting for
+/// a record that may never come.
+#[test]
+fn every_waiting_call_refuses_an_lsn_never_handed_out() {
+    let wal = SegmentedWal::open_with(SimStorage::new(12, FaultConfig::default()), config(std::path::Path::new("/unissued"))).unwrap();
+    let last = wal.append(Record::new(RecordType::optional(0x100), b"only")).unwrap();
+    let beyond = last.next();
+    let unissued = |r: Result<(), nodedb_wal::WalError>| matches!(r, Err(nodedb_wal::WalError::LsnNotIssued { lsn, .. }) if lsn == beyond);
+    assert!(unissued(wal.wait_durable(beyond)));
+    assert!(unissued(wal.request_sync(beyond)));
+    assert!(unissued(wal.durable(beyond).map(drop)));
+    wal.wait_durable(last).unwrap();
+    wal.wait_durable(Lsn::ZERO).unwrap();
+}
