@@ -680,8 +680,6 @@ mod tests {
         assert_helper_read_to_the_end(&bytes, &starts, reader(bytes.clone(), u64::MAX));
     }
 
-    /// Scans the frames (checking them) with `helped` and asserts that its helper read all but
-    /// the first chunk of the file: it was never stopped for good.
     #[test]
     fn a_frame_many_chunks_long_is_read_by_the_helper_in_one_read_not_one_per_chunk() {
         // Read a chunk at a time, each window carried the frame's bytes so far into a new,
@@ -696,6 +694,8 @@ mod tests {
         assert!(helped.file().read_by_helper.load(Ordering::Relaxed) >= bytes.len() as u64 - CHUNK as u64);
     }
 
+    /// Scans the frames (checking them) with `helped` and asserts that its helper read all but
+    /// the first chunk of the file: it was never stopped for good.
     fn assert_helper_read_to_the_end(bytes: &[u8], starts: &[u64], mut helped: ChunkReader<MemFile>) {
         scan_and_check(bytes, starts, &mut helped);
         let by_helper = helped.file().read_by_helper.load(Ordering::Relaxed);
