@@ -285,10 +285,16 @@ impl<'a> DurableFuture<'a> {
         }
     }
 
-    /// Resolved: nothing will wake this future again.
-    fn ready(&mut self, result: Result<()>) -> Poll<Result<()>> {
+    /// `Ready` (and no longer registered) if the LSN is durable or never will be.
+    fn settled(&mut self) -> Option<Poll<Result<()>>> {
+        let result = match self.requester.durability().check(self.lsn) {
+            Ok(false) => return None,
+            Ok(true) => Ok(()),
+            Err(err) => Err(err),
+        };
+        // Nothing will wake this future again.
         self.unregister();
-        Poll::Ready(result)
+        Some(Poll::Ready(result))
     }
 }
 
@@ -309,10 +315,8 @@ impl Future for DurableFuture<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = &mut *self;
-        match this.requester.durability().check(this.lsn) {
-            Ok(true) => return this.ready(Ok(())),
-            Err(err) => return this.ready(Err(err)),
-            Ok(false) => {}
+        if let Some(ready) = this.settled() {
+            return ready;
         }
         this.register(cx.waker());
         if !this.requested {
@@ -321,11 +325,7 @@ impl Future for DurableFuture<'_> {
         }
         // The flusher may have advanced (or the log been poisoned) between the first check
         // and the registration.
-        match this.requester.durability().check(this.lsn) {
-            Ok(true) => this.ready(Ok(())),
-            Err(err) => this.ready(Err(err)),
-            Ok(false) => Poll::Pending,
-        }
+        this.settled().unwrap_or(Poll::Pending)
     }
 }
 
@@ -365,33 +365,39 @@ mod tests {
         later.recv().unwrap().unwrap();
     }
 
+    /// A task that counts its wake-ups.
+    #[derive(Default)]
+    struct Counts(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counts {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Counts {
+        fn woken(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
     #[test]
     fn a_waker_that_panics_neither_unwinds_the_syncing_thread_nor_leaves_other_tasks_unwoken() {
         // Found by a review: the panic unwound the flusher (which poisoned a durable batch as
         // a failed write), and the tasks after it, already off the list, were never woken.
-        use std::sync::atomic::AtomicUsize;
-        use std::task::Wake;
         struct Panics;
-        impl Wake for Panics {
+        impl std::task::Wake for Panics {
             fn wake(self: Arc<Self>) {
                 panic!("an executor's bug");
             }
         }
-        /// A task's waker, counting into a count its tasks share.
-        struct Counts(Arc<AtomicUsize>);
-        impl Wake for Counts {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let d = Durability::new(Lsn(0));
-        let woken = Arc::new(AtomicUsize::new(0));
-        let task = || Waker::from(Arc::new(Counts(Arc::clone(&woken))));
-        d.register(Lsn(1), d.registration(), &task());
+        let (first, last) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+        d.register(Lsn(1), d.registration(), &Waker::from(Arc::clone(&first)));
         d.register(Lsn(1), d.registration(), &Waker::from(Arc::new(Panics)));
-        d.register(Lsn(1), d.registration(), &task());
+        d.register(Lsn(1), d.registration(), &Waker::from(Arc::clone(&last)));
         d.advance(Lsn(1), 1);
-        assert_eq!(woken.load(Ordering::SeqCst), 2, "both other tasks woken");
+        assert_eq!((first.woken(), last.woken()), (1, 1), "both other tasks woken");
         assert!(d.check(Lsn(1)).unwrap(), "durable, not poisoned");
     }
 
@@ -464,15 +470,8 @@ mod tests {
     // with it, and the other was never woken.
     #[test]
     fn dropping_one_of_a_tasks_two_waits_on_an_lsn_leaves_the_other_woken() {
-        use std::sync::atomic::AtomicUsize;
-        struct Counts(AtomicUsize);
-        impl std::task::Wake for Counts {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let bare = Bare(Durability::new(Lsn(0)));
-        let task = Arc::new(Counts(AtomicUsize::new(0)));
+        let task = Arc::new(Counts::default());
         let waker = Waker::from(Arc::clone(&task));
         let (mut kept, mut cancelled) = (DurableFuture::new(&bare, Lsn(2)), DurableFuture::new(&bare, Lsn(2)));
         assert!(poll(&mut kept, &waker).is_pending());
@@ -480,7 +479,7 @@ mod tests {
         drop(cancelled);
         assert_eq!(bare.0.registered(), 1, "the kept future's listing stays");
         bare.0.advance(Lsn(2), 1);
-        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task was woken");
+        assert_eq!(task.woken(), 1, "the task was woken");
         assert!(matches!(poll(&mut kept, &waker), Poll::Ready(Ok(()))));
     }
 
