@@ -310,10 +310,7 @@ impl<S: Storage> SegmentedWal<S> {
     /// ```
     pub fn append_tombstone(&self, tombstone: &CollectionTombstonePayload) -> Result<Lsn> {
         // LSNs only grow, so an LSN at most `next` now is at most the one the tombstone gets.
-        let next = self.next_lsn();
-        if tombstone.purge_lsn > next {
-            return Err(WalError::LsnNotIssued { lsn: tombstone.purge_lsn, next });
-        }
+        self.check_reached(tombstone.purge_lsn)?;
         let payload = tombstone.encode().map_err(|problem| self.malformed(RecordType::COLLECTION_TOMBSTONE, problem))?;
         let scope = Scope { database: tombstone.database, tenant: tombstone.tenant, vshard: 0 };
         self.append_system(RecordType::COLLECTION_TOMBSTONE, scope, &payload)
@@ -362,6 +359,15 @@ impl<S: Storage> SegmentedWal<S> {
 
     fn append_system(&self, record_type: RecordType, scope: Scope, payload: &[u8]) -> Result<Lsn> {
         self.committer.append(record_type, scope, 0, payload)
+    }
+
+    /// Refuses a bound (a purge LSN, a checkpoint) past the next LSN: no record reached it.
+    fn check_reached(&self, bound: Lsn) -> Result<()> {
+        let next = self.next_lsn();
+        if bound > next {
+            return Err(WalError::LsnNotIssued { lsn: bound, next });
+        }
+        Ok(())
     }
 
     fn malformed(&self, record_type: RecordType, problem: PayloadError) -> WalError {
@@ -847,10 +853,7 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn truncate_before(&self, checkpoint: Lsn) -> Result<usize> {
-        let next = self.next_lsn();
-        if checkpoint > next {
-            return Err(WalError::LsnNotIssued { lsn: checkpoint, next });
-        }
+        self.check_reached(checkpoint)?;
         let _one_at_a_time = self.truncation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let _span = tracing::info_span!("truncate", checkpoint = %checkpoint).entered();
         let dir = &self.config.dir;

@@ -230,15 +230,17 @@ impl Plan {
                 // The ring changed (a new active key, plaintext refused): a segment whose
                 // identity it no longer wants ends here, and records go on in a new one.
                 let fits = self.segment.identity.as_ref().is_none_or(|identity| keys.still_fits(identity));
-                if !fits && !self.segment.started {
-                    self.segment.identity = None;
-                } else if !fits {
+                if !fits && self.segment.started {
                     if self.active.is_none() {
                         self.activate(0)?;
                     }
                     self.seal_active(true);
                     self.roll();
                     continue;
+                }
+                if !fits {
+                    // Chosen but not yet written: choose again.
+                    self.segment.identity = None;
                 }
                 self.segment.generation = generation;
             }
