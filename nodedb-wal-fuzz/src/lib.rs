@@ -191,7 +191,7 @@ fn replay_all(sim: &SimStorage, config: SegmentedWalConfig) -> Option<Vec<(Lsn, 
     // open (`KeyRingMissing`): a log that opens holds only segments its readers can read.
     let wal = SegmentedWal::open_with(sim.clone(), config).ok()?;
     let from = wal.recovery_info().first_lsn;
-    let records = wal.read_from(from).expect("replay of a recovered log starts").map(|r| r.map(|r| (r.lsn, r.payload)));
+    let records = wal.read_from(from).expect("replay of a recovered log starts").map(|r| r.map(|r| (r.lsn, r.payload.into_vec())));
     Some(records.collect::<Result<_, WalError>>().unwrap_or_else(|err| panic!("replay of a recovered log succeeds: {err:?}")))
 }
 

@@ -19,6 +19,7 @@ mod error;
 pub mod format;
 mod manifest;
 mod parallel;
+mod payload;
 mod read;
 mod readonly;
 mod record;
@@ -45,6 +46,7 @@ pub use format::payload::{
 pub use format::preamble::{
     CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, PREAMBLE_VERSION, SEG_PREAMBLE_MAGIC, SegmentPreamble, WAL_PREAMBLE_MAGIC,
 };
+pub use payload::Payload;
 pub use read::{LazyWalReader, RecordHandle, RecordView, WalIter};
 pub use readonly::ReadOnlyWal;
 pub use record::{Record, WalRecord};

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::RecordHeader;
+use crate::payload::Payload;
 use crate::record::WalRecord;
 use crate::recovery::{check_identity, open_held};
 use crate::segment::crypt::{cipher_for, open_record_in};
+use crate::segment::read_ahead::Window;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo, index};
@@ -83,6 +85,11 @@ struct Found<'a> {
     offset: u64,
     header: RecordHeader,
     payload: &'a [u8],
+    /// The read buffer `payload` may lie in, where an owned record's payload is to share it
+    /// (see [`Payload`]).
+    window: Option<Arc<Window>>,
+    /// Whether `payload` is the cursor's decryption buffer.
+    decrypted: bool,
 }
 
 /// Walks the records `from..=until` segment by segment, one open segment at a time.
@@ -103,6 +110,11 @@ struct Cursor<S: Storage> {
     /// Headers the scan keeps prefetching for, counted down from the last read that waited for
     /// the disk: a log in the page cache needs no prefetching (and its system calls).
     prefetch_left: u64,
+    /// Whether the record asked for is to be owned (an iterator's item) rather than lent.
+    owned: bool,
+    /// Owned records' payloads share the read buffer rather than copy it: on until the caller
+    /// is found keeping a buffer's payloads after the reader moved past it.
+    share: bool,
 }
 
 /// See [`Cursor::admit`].
@@ -147,6 +159,8 @@ impl<S: Storage> Cursor<S> {
             plain: Vec::new(),
             next: None,
             prefetch_left: 0,
+            owned: false,
+            share: true,
         })
     }
 
@@ -219,7 +233,7 @@ impl<S: Storage> Cursor<S> {
                     admit => {
                         self.indexed.as_mut().expect("indexed").next();
                         if admit == Admit::Hand {
-                            return Ok(Some(Found { segment, offset, header, payload: &[] }));
+                            return Ok(Some(Found { segment, offset, header, payload: &[], window: None, decrypted: false }));
                         }
                         self.authenticate_skipped(segment, offset, &header)?;
                     }
@@ -243,11 +257,13 @@ impl<S: Storage> Cursor<S> {
                     }
                     Admit::Hand if self.headers_only => {
                         self.prefetch_headers(offset, header.frame_len() as u64);
-                        return Ok(Some(Found { segment, offset, header, payload: &[] }));
+                        return Ok(Some(Found { segment, offset, header, payload: &[], window: None, decrypted: false }));
                     }
                     Admit::Hand => {
+                        let decrypted = self.decrypts();
+                        let window = if decrypted { None } else { self.window_to_share() };
                         let payload = self.open_stepped(segment, offset, &header)?;
-                        return Ok(Some(Found { segment, offset, header, payload }));
+                        return Ok(Some(Found { segment, offset, header, payload, window, decrypted }));
                     }
                 },
                 Step::End { offset, end, .. } => {
@@ -265,6 +281,28 @@ impl<S: Storage> Cursor<S> {
                 }
             }
         }
+    }
+
+    /// Whether the open segment's payloads are handed out decrypted (in `plain`).
+    #[inline]
+    fn decrypts(&self) -> bool {
+        self.cipher.is_some() && matches!(self.spec.decrypt, Decrypt::With(_))
+    }
+
+    /// The read buffer in hand, where an owned record's payload may share it: one handed out as
+    /// stored, read rather than mapped, while the caller lets go of payloads in time.
+    #[inline]
+    fn window_to_share(&mut self) -> Option<Arc<Window>> {
+        if !(self.owned && self.share) {
+            return None;
+        }
+        let reader = self.scan.as_ref().expect("open").reader();
+        if reader.kept_windows() {
+            // The caller keeps payloads: copies from now on, so that it pins no more buffers.
+            self.share = false;
+            return None;
+        }
+        reader.window()
     }
 
     /// What to do with the record at `offset` whose header a scan or an index gave: past the
@@ -431,15 +469,22 @@ impl RecordView<'_> {
     /// An owned copy.
     #[must_use]
     pub fn to_record(&self) -> WalRecord {
-        WalRecord { lsn: self.lsn, record_type: self.record_type, scope: self.scope, flags: self.flags, payload: self.payload.to_vec() }
+        WalRecord {
+            lsn: self.lsn,
+            record_type: self.record_type,
+            scope: self.scope,
+            flags: self.flags,
+            payload: Payload::from(self.payload),
+        }
     }
 }
 
 /// Iterates the records of a log in LSN order, from a starting LSN up to a bound that was
 /// durable when the iterator was made. Holds one segment's read window at a time.
 ///
-/// As an [`Iterator`] it hands out owned records; [`WalIter::next_view`] lends them instead,
-/// which saves a copy per record where a replay only looks at each payload once.
+/// As an [`Iterator`] it hands out owned records, whose plaintext payloads share the read
+/// buffer while the caller lets go of them in time (see [`Payload`]); [`WalIter::next_view`]
+/// lends them instead, which saves even that where a replay only looks at each payload once.
 ///
 /// # Examples
 ///
@@ -493,17 +538,26 @@ impl<S: Storage> WalIter<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn next_view(&mut self) -> Option<Result<RecordView<'_>>> {
+        let found = self.next_found(false)?;
+        Some(found.map(|found| RecordView {
+            lsn: found.header.lsn,
+            record_type: found.header.record_type,
+            scope: found.header.scope,
+            flags: found.header.flags,
+            payload: found.payload,
+        }))
+    }
+
+    /// The next record, with the buffer its payload may share where it is to be `owned`; `None`
+    /// at the end and after an error.
+    #[inline]
+    fn next_found(&mut self, owned: bool) -> Option<Result<Found<'_>>> {
         if self.done {
             return None;
         }
+        self.cursor.owned = owned;
         match self.cursor.next() {
-            Ok(Some(found)) => Some(Ok(RecordView {
-                lsn: found.header.lsn,
-                record_type: found.header.record_type,
-                scope: found.header.scope,
-                flags: found.header.flags,
-                payload: found.payload,
-            })),
+            Ok(Some(found)) => Some(Ok(found)),
             Ok(None) => {
                 self.done = true;
                 None
@@ -536,8 +590,32 @@ impl<S: Storage> Iterator for WalIter<S> {
     type Item = Result<WalRecord>;
 
     fn next(&mut self) -> Option<Result<WalRecord>> {
-        self.next_view().map(|view| view.map(|v| v.to_record()))
+        let found = match self.next_found(true)? {
+            Ok(found) => found,
+            Err(err) => return Some(Err(err)),
+        };
+        let header = found.header;
+        let payload = match found.window.and_then(|window| share(window, found.payload)) {
+            Some(shared) => shared,
+            // The plaintext is the record's own: the next record's goes into a new buffer.
+            None if found.decrypted => Payload::from(std::mem::take(&mut self.cursor.plain)),
+            None => Payload::from(found.payload),
+        };
+        Some(Ok(WalRecord { lsn: header.lsn, record_type: header.record_type, scope: header.scope, flags: header.flags, payload }))
     }
+}
+
+/// `payload` as a part of `window`'s buffer, if it lies there (not where it was decrypted,
+/// say, or read anew into another buffer).
+#[inline]
+fn share(window: Arc<Window>, payload: &[u8]) -> Option<Payload> {
+    let buf = window.buf.as_ptr_range();
+    let (start, end) = (payload.as_ptr(), payload.as_ptr().wrapping_add(payload.len()));
+    if start < buf.start || end > buf.end {
+        return None;
+    }
+    let at = start.addr() - buf.start.addr();
+    Some(Payload::shared(window, at, payload.len()))
 }
 
 /// A record's header, handed out by [`LazyWalReader`] before its payload is read.

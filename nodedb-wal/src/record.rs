@@ -1,5 +1,6 @@
 //! Records as callers hand them in and as readers hand them out.
 
+use crate::payload::Payload;
 use crate::types::{Lsn, RecordType, Scope};
 
 /// A record to append. It borrows its payload: nothing is copied until the log encodes it.
@@ -71,6 +72,6 @@ pub struct WalRecord {
     pub scope: Scope,
     /// Header flags.
     pub flags: u16,
-    /// The payload.
-    pub payload: Vec<u8>,
+    /// The payload (see [`Payload`] for when it shares a read buffer).
+    pub payload: Payload,
 }

@@ -70,7 +70,7 @@ impl TombstoneSet {
     /// let mut set = TombstoneSet::new();
     /// set.insert(&CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(50) });
     /// let scope = Scope { database: 1, tenant: 2, vshard: 0 };
-    /// let old = WalRecord { lsn: Lsn(10), record_type: RecordType::optional(0x100), scope, flags: 0, payload: vec![] };
+    /// let old = WalRecord { lsn: Lsn(10), record_type: RecordType::optional(0x100), scope, flags: 0, payload: Vec::new().into() };
     /// assert!(!set.is_live(&old, "orders"));
     /// assert!(set.is_live(&old, "customers"));
     /// ```
@@ -144,7 +144,7 @@ mod tests {
     use super::*;
 
     fn record(lsn: u64, record_type: RecordType, payload: Vec<u8>) -> WalRecord {
-        WalRecord { lsn: Lsn(lsn), record_type, scope: Scope::default(), flags: 0, payload }
+        WalRecord { lsn: Lsn(lsn), record_type, scope: Scope::default(), flags: 0, payload: payload.into() }
     }
 
     #[test]

@@ -586,7 +586,7 @@ impl<S: Storage> SegmentedWal<S> {
     ///     wal.append(Record::new(ty, &[i]))?;
     /// }
     /// wal.sync()?;
-    /// let payloads: Vec<Vec<u8>> = wal.read_from(Lsn(2))?.map(|r| r.map(|r| r.payload)).collect::<Result<_, _>>()?;
+    /// let payloads: Vec<Vec<u8>> = wal.read_from(Lsn(2))?.map(|r| r.map(|r| r.payload.into_vec())).collect::<Result<_, _>>()?;
     /// assert_eq!(payloads, [[1], [2]]);
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```

@@ -88,7 +88,7 @@ fn dropped_on_the_flusher(close: bool) -> Option<Result<(), WalError>> {
     let third = reopened.append_durable(Record::new(ty, b"third")).unwrap();
     reopened.close().unwrap();
     let wal = SegmentedWal::open_with(sim, config(&dir)).unwrap();
-    let payloads: Vec<(Lsn, Vec<u8>)> = read_all(&wal).into_iter().map(|r| (r.lsn, r.payload)).collect();
+    let payloads: Vec<(Lsn, Vec<u8>)> = read_all(&wal).into_iter().map(|r| (r.lsn, r.payload.into_vec())).collect();
     assert_eq!(payloads, [(first, b"first".to_vec()), (second, b"second".to_vec()), (third, b"third".to_vec())]);
     closed
 }

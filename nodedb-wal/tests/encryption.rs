@@ -43,7 +43,7 @@ fn payload(i: u32) -> Vec<u8> {
 fn read_all(sim: &SimStorage, ring: Option<Arc<KeyRing>>) -> Result<Vec<Vec<u8>>, WalError> {
     let wal = SegmentedWal::open_with(sim.clone(), config(ring))?;
     let from = wal.recovery_info().first_lsn;
-    wal.read_from(from)?.map(|r| r.map(|r| r.payload)).collect()
+    wal.read_from(from)?.map(|r| r.map(|r| r.payload.into_vec())).collect()
 }
 
 /// Every valid frame of a segment file: (offset, header).
@@ -396,7 +396,7 @@ fn a_key_made_active_after_open_encrypts_the_next_segment_created() {
     assert_eq!(SegmentPreamble::decode(&file).unwrap().key_id, 3, "rotated right after the open");
     drop(wal);
     let wal = SegmentedWal::open_with(sim, config(Some(ring))).unwrap();
-    let payloads: Vec<Vec<u8>> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().payload).collect();
+    let payloads: Vec<Vec<u8>> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().payload.into_vec()).collect();
     assert_eq!(payloads, [b"top secret row".to_vec(), b"after rotation".to_vec()]);
 }
 
@@ -444,6 +444,6 @@ fn the_first_append_after_a_key_change_goes_into_a_segment_under_the_new_key() {
     }
     drop(wal);
     let wal = SegmentedWal::open_with(sim, config(Some(ring))).unwrap();
-    let payloads: Vec<Vec<u8>> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().payload).collect();
+    let payloads: Vec<Vec<u8>> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().payload.into_vec()).collect();
     assert_eq!(payloads, [b"before encryption".to_vec(), b"top secret row".to_vec(), b"after rotation".to_vec()]);
 }

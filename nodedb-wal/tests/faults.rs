@@ -163,7 +163,7 @@ fn a_failing_directory_fsync_fails_truncation_and_loses_nothing() {
         SegmentedWal::open_with(FsStorage::new(), config(dir.path())).unwrap().read_from(first).unwrap().collect::<Result<_, _>>().unwrap();
     for lsn in kept {
         let record = &records[(lsn.0 - first.0) as usize];
-        assert_eq!((record.lsn, &record.payload), (lsn, &payload(lsn.0)));
+        assert_eq!((record.lsn, &record.payload), (lsn, &payload(lsn.0).into()));
     }
 }
 

@@ -144,7 +144,7 @@ fn check<S: Storage>(wal: &SegmentedWal<S>, known: &BTreeMap<u64, Vec<u8>>, acke
     let records: Vec<_> = wal.read_from(info.first_lsn).unwrap().collect::<Result<_, _>>().unwrap();
     let mut members: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for r in &records {
-        assert_eq!(known.get(&r.lsn.0), Some(&r.payload), "seed {seed} round {round}: LSN {} is not what was appended", r.lsn);
+        assert_eq!(known.get(&r.lsn.0), Some(&r.payload.to_vec()), "seed {seed} round {round}: LSN {} is not what was appended", r.lsn);
         let (group, _, size) = parse(&r.payload);
         let entry = members.entry(group).or_insert((0, size));
         entry.0 += 1;

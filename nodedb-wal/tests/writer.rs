@@ -45,7 +45,7 @@ fn a_finished_segment_opens_as_a_log_with_exactly_its_records() {
     let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().collect::<Result<_, _>>().unwrap();
     assert_eq!(records.len(), 1000);
     for (i, r) in (1..).zip(&records) {
-        assert_eq!((r.lsn, &r.payload, r.scope.vshard), (Lsn(i), &payload(i), (i % 7) as u32));
+        assert_eq!((r.lsn, &r.payload, r.scope.vshard), (Lsn(i), &payload(i).into(), (i % 7) as u32));
     }
     assert_eq!(wal.append_durable(Record::new(TY, b"next")).unwrap(), Lsn(1001), "the log goes on after it");
 }
@@ -92,7 +92,7 @@ fn a_crash_before_finish_keeps_every_synced_record() {
         assert!(last >= Lsn(200), "seed {seed}: synced records lost, log ends at {last}");
         let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().collect::<Result<_, _>>().unwrap();
         for (i, r) in (1..).zip(&records) {
-            assert_eq!((r.lsn, &r.payload), (Lsn(i), &payload(i)), "seed {seed}");
+            assert_eq!((r.lsn, &r.payload), (Lsn(i), &payload(i).into()), "seed {seed}");
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct ChunkReader<F> {
     /// grown while its reads follow one another (see `Self::random_chunk_for`).
     random_chunk: usize,
     missed: bool,
+    /// Whether a window was still held by someone else (payloads shared with a caller) when
+    /// the reader moved past it.
+    kept: bool,
 }
 
 impl<F: StorageFile> ChunkReader<F> {
@@ -73,6 +76,7 @@ impl<F: StorageFile> ChunkReader<F> {
             watch_misses: false,
             random_chunk: chunk,
             missed: false,
+            kept: false,
         }
     }
 
@@ -235,6 +239,26 @@ impl<F: StorageFile> ChunkReader<F> {
         self.file_len
     }
 
+    /// The window in hand, for payloads to share its buffer; `None` where the file is mapped.
+    #[inline]
+    pub fn window(&self) -> Option<Arc<Window>> {
+        self.mapped.is_none().then(|| Arc::clone(&self.window))
+    }
+
+    /// Whether a window the reader moved past was still held (by payloads shared from it).
+    #[inline]
+    pub fn kept_windows(&self) -> bool {
+        self.kept
+    }
+
+    /// Moves to window `next`, noting whether the one left is still held elsewhere. Neither a
+    /// helper (it lets go of a window before it hands over the next) nor this reader keeps
+    /// one, so another holder is a caller's payload.
+    fn move_to(&mut self, next: Arc<Window>) {
+        self.kept |= Arc::strong_count(&self.window) > 1;
+        self.window = next;
+    }
+
     /// Up to `len` bytes at `offset`: fewer only where the file ends.
     #[inline]
     pub fn get(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
@@ -282,7 +306,7 @@ impl<F: StorageFile> ChunkReader<F> {
                 break;
             }
             let end = next.end();
-            self.window = next;
+            self.move_to(next);
             if offset + want as u64 <= end {
                 return Ok(true);
             }
@@ -365,7 +389,7 @@ impl<F: StorageFile> ChunkReader<F> {
         let window = match Arc::get_mut(&mut self.window) {
             Some(window) if window.buf.len() >= size => window,
             _ => {
-                self.window = Arc::new(Window::empty(size, self.align));
+                self.move_to(Arc::new(Window::empty(size, self.align)));
                 Arc::get_mut(&mut self.window).expect("a new window has one owner")
             }
         };

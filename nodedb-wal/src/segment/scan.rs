@@ -182,6 +182,12 @@ impl<F: StorageFile> SegmentScan<F> {
         self.id
     }
 
+    /// The underlying reader.
+    #[inline]
+    pub fn reader(&self) -> &ChunkReader<F> {
+        &self.reader
+    }
+
     /// The underlying reader (to learn of growth of a live segment).
     pub fn reader_mut(&mut self) -> &mut ChunkReader<F> {
         &mut self.reader

@@ -68,7 +68,7 @@ impl CollectionTombstonePayload {
     /// wal.wait_durable(lsn)?;
     /// let record = wal.read_from(lsn)?.next().expect("the tombstone")?;
     /// assert_eq!(record.record_type, RecordType::COLLECTION_TOMBSTONE);
-    /// assert_eq!(Ok(record.payload), tombstone.encode());
+    /// assert_eq!(Ok(record.payload.into_vec()), tombstone.encode());
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn encode(&self) -> Result<Vec<u8>, PayloadError> {
