@@ -651,7 +651,7 @@ fn is_collected(record_type: RecordType) -> bool {
 fn collect(info: &mut RecoveryInfo, header: &RecordHeader, payload: &[u8]) -> Result<()> {
     let malformed = |problem| WalError::MalformedPayload { lsn: header.lsn, record_type: header.record_type, problem };
     if header.record_type == RecordType::COLLECTION_TOMBSTONE {
-        info.tombstones.insert(&CollectionTombstonePayload::decode(payload).map_err(malformed)?);
+        info.tombstones.insert_found(&CollectionTombstonePayload::decode(payload).map_err(malformed)?, header.lsn);
     } else {
         let purge = TemporalPurgePayload::decode(payload).map_err(malformed)?;
         info.temporal_purges.push(TemporalPurge { lsn: header.lsn, scope: header.scope, purge });

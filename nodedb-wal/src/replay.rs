@@ -49,6 +49,18 @@ impl TombstoneSet {
         }
     }
 
+    /// Adds the tombstone found in the log at `lsn`. A tombstone drops what was written before
+    /// it, never after: a purge LSN past its own (which `append_tombstone` refuses, and an older
+    /// build did not) is read as its own LSN, so that records appended after the drop, of a
+    /// collection made again, are not hidden.
+    pub(crate) fn insert_found(&mut self, t: &CollectionTombstonePayload, lsn: Lsn) {
+        if t.purge_lsn <= lsn {
+            return self.insert(t);
+        }
+        tracing::warn!(%lsn, purge_lsn = %t.purge_lsn, collection = %t.collection, "a tombstone's purge LSN is past its own; using its own");
+        self.insert(&CollectionTombstonePayload { purge_lsn: lsn, ..t.clone() });
+    }
+
     /// The purge LSN of a dropped collection. Does not allocate.
     pub fn purge_lsn(&self, database: u32, tenant: u32, collection: &str) -> Option<Lsn> {
         self.by_tenant.get(&(database, tenant))?.get(collection).copied()
@@ -93,7 +105,7 @@ impl TombstoneSet {
 pub fn extract_tombstones<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<TombstoneSet> {
     let mut set = TombstoneSet::new();
     for r in records.into_iter().filter(|r| r.record_type == RecordType::COLLECTION_TOMBSTONE) {
-        set.insert(&CollectionTombstonePayload::decode(&r.payload).map_err(|e| malformed(r, e))?);
+        set.insert_found(&CollectionTombstonePayload::decode(&r.payload).map_err(|e| malformed(r, e))?, r.lsn);
     }
     Ok(set)
 }

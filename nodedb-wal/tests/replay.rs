@@ -2,6 +2,8 @@
 //! and the temporal purges, gathered in recovery's one pass, encrypted or not, and the replay
 //! filter that drops a dropped collection's older records.
 
+mod common;
+
 use std::sync::Arc;
 
 use nodedb_wal::storage::FaultConfig;
@@ -249,4 +251,43 @@ fn every_reader_reads_from_lsn_zero_as_from_the_first() {
     for read in [owned, mapped, headers, parallel] {
         assert_eq!(lsns(read), (40, Some(Lsn(1))));
     }
+}
+
+/// A tombstone on disk whose purge LSN is past its own LSN (as an older build could append) is
+/// read as dropping what came before it only: records appended after it, to a collection made
+/// again, stay live, at recovery and in replay.
+#[test]
+fn a_tombstone_on_disk_reaching_past_its_own_lsn_drops_only_what_came_before_it() {
+    use common::{Disk, locate, seg};
+    use nodedb_wal::format::frame::encode_frame;
+
+    let sim = SimStorage::new(6, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config(None)).unwrap();
+    let scope = Scope { database: 1, tenant: 2, vshard: 0 };
+    let row = |body: &'static [u8]| Record::new(RecordType::optional(0x100), body).scoped(scope);
+    let before = wal.append(row(b"orders:before")).unwrap();
+    let at = wal.next_lsn();
+    let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: at };
+    assert_eq!(wal.append_tombstone(&tombstone).unwrap(), at);
+    let after = wal.append(row(b"orders:after")).unwrap();
+    wal.close().unwrap();
+
+    // Rewrite the tombstone's payload to reach past the record after it, with a valid checksum.
+    let dir = std::path::Path::new("/replay");
+    let (id, frame) = locate(&sim, dir, at.0);
+    let mut bytes = sim.read(&seg(dir, id));
+    let reaching = CollectionTombstonePayload { purge_lsn: Lsn(after.0 + 5), ..tombstone };
+    encode_frame(&frame.header, &reaching.encode().unwrap(), &mut bytes[frame.offset as usize..]);
+    sim.write(&seg(dir, id), &bytes);
+
+    let wal = SegmentedWal::open_with(sim, config(None)).unwrap();
+    let set = &wal.recovery_info().tombstones;
+    assert_eq!(set.purge_lsn(1, 2, "orders"), Some(at), "read as its own LSN");
+    let records: Vec<_> = wal.read_from(Lsn::FIRST).unwrap().map(Result::unwrap).collect();
+    assert_eq!(records[1].payload, reaching.encode().unwrap(), "the rewritten tombstone is what is read");
+    let replayed = nodedb_wal::extract_tombstones(&records).unwrap();
+    assert_eq!(&replayed, set, "replay agrees with recovery");
+    let live = |lsn: Lsn| records.iter().find(|r| r.lsn == lsn).is_some_and(|r| set.is_live(r, "orders"));
+    assert!(!live(before), "LSN {before} predates the drop");
+    assert!(live(after), "LSN {after} was appended after the drop");
 }
