@@ -195,7 +195,8 @@ pub(crate) fn fill_random(buf: &mut [u8]) {
     }
 }
 
-fn random_salt() -> u32 {
+/// A random number (a segment's salt, a buffer's epoch).
+pub(crate) fn random_u32() -> u32 {
     let mut raw = [0u8; 4];
     fill_random(&mut raw);
     u32::from_le_bytes(raw)
@@ -231,11 +232,11 @@ fn new_identity(key_ring: Option<&KeyRing>, id: crate::types::SegmentId) -> Opti
     if active.is_none() && key_ring.is_some_and(KeyRing::refuses_plaintext) {
         return None;
     }
-    let salt = random_salt();
+    let salt = random_u32();
     let crypt = active.map(|(key_id, key)| {
         let mut kdf_salt = [0u8; 16];
         fill_random(&mut kdf_salt);
-        let epoch = random_salt();
+        let epoch = random_u32();
         let preamble = encode::encrypted_preamble(key_id, epoch);
         let cipher = Arc::new(SegmentCipher::derive(&key, &kdf_salt, id, &preamble));
         Crypt { key_id, epoch, kdf_salt, cipher }

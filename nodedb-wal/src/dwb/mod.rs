@@ -157,7 +157,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         let inner = Inner {
             buffer,
             targets: Targets::new(),
-            epoch: random_u32(),
+            epoch: crate::commit::random_u32(),
             next_seq: 1,
             needs_recovery,
             unapplied: false,
@@ -487,15 +487,5 @@ impl<F> Inner<F> {
     fn poisoned_by(&mut self, op: IoOp, path: PathBuf, source: io::Error) -> WalError {
         self.poisoned.get_or_insert((op, source.kind()));
         WalError::Io { op, path, source }
-    }
-}
-
-/// A random number for this life's epoch or a file's salt; the clock stands in if the kernel
-/// has no randomness.
-fn random_u32() -> u32 {
-    let mut raw = [0u8; 4];
-    match rustix::rand::getrandom(&mut raw, rustix::rand::GetRandomFlags::empty()) {
-        Ok(4) => u32::from_le_bytes(raw),
-        _ => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32),
     }
 }
