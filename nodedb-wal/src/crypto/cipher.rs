@@ -16,6 +16,7 @@ use zeroize::Zeroize;
 use super::key::{KEY_LEN, SecureKey};
 use crate::format::frame::HEADER_LEN;
 use crate::format::preamble::{PREAMBLE_SIZE, SegmentPreamble};
+use crate::storage::memlock::SecretBox;
 use crate::types::{Lsn, SegmentId};
 
 /// Bytes of the authentication tag that follows each encrypted payload.
@@ -68,7 +69,8 @@ const AAD_LEN: usize = PREAMBLE_SIZE + HEADER_LEN - 4;
 /// # Ok::<(), AuthFailed>(())
 /// ```
 pub struct SegmentCipher {
-    aead: Aes256Gcm,
+    /// The expanded key schedule: as much a secret as the key.
+    aead: SecretBox<Aes256Gcm>,
     preamble: [u8; PREAMBLE_SIZE],
     epoch: u32,
 }
@@ -94,7 +96,7 @@ impl SegmentCipher {
         info[INFO.len()..].copy_from_slice(&segment.0.to_le_bytes());
         let mut okm = [0u8; KEY_LEN];
         Hkdf::<Sha256>::new(Some(kdf_salt), master.expose()).expand(&info, &mut okm).expect("32 bytes is a valid HKDF-SHA256 length");
-        let aead = Aes256Gcm::new_from_slice(&okm).expect("32-byte key");
+        let aead = SecretBox::new(Aes256Gcm::new_from_slice(&okm).expect("32-byte key"));
         okm.zeroize();
         SegmentCipher { aead, preamble: preamble.encode(), epoch: preamble.nonce_epoch }
     }

@@ -28,6 +28,7 @@ use super::key::{KEY_LEN, SecureKey};
 use super::ring::KeyRing;
 use crate::error::{EngineFileProblem, IoOp, Result, WalError};
 use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, PREAMBLE_VERSION, SEG_PREAMBLE_MAGIC, SegmentPreamble};
+use crate::storage::memlock::SecretBox;
 
 /// Bytes of an engine file's header: preamble, salt, chunk length, reserved.
 ///
@@ -76,7 +77,8 @@ fn problem(problem: EngineFileProblem) -> WalError {
 
 /// One file's cipher: its derived key, nonce epoch and header.
 struct FileCipher {
-    aead: Aes256Gcm,
+    /// The expanded key schedule: as much a secret as the key.
+    aead: SecretBox<Aes256Gcm>,
     epoch: u32,
     header: [u8; ENGINE_HEADER_LEN],
 }
@@ -86,7 +88,7 @@ impl FileCipher {
         let salt = &header[PREAMBLE_SIZE..PREAMBLE_SIZE + 16];
         let mut okm = [0u8; KEY_LEN];
         Hkdf::<Sha256>::new(Some(salt), master.expose()).expand(INFO, &mut okm).expect("32 bytes is a valid HKDF-SHA256 length");
-        let aead = Aes256Gcm::new_from_slice(&okm).expect("32-byte key");
+        let aead = SecretBox::new(Aes256Gcm::new_from_slice(&okm).expect("32-byte key"));
         okm.zeroize();
         FileCipher { aead, epoch, header }
     }

@@ -122,3 +122,123 @@ impl Drop for SecretPage {
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }
+
+/// A value on pages of its own, as a [`SecretPage`] holds bytes: for secrets that are not bytes,
+/// such as a cipher's expanded key schedule. Dropped in place, then its bytes are zeroed, its
+/// pages unlocked and freed.
+///
+/// The value passes through the stack on its way in, as any Rust value made by a constructor
+/// does; only its home is protected.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::storage::memlock::SecretBox;
+///
+/// let schedule = SecretBox::new([0x42u32; 60]);
+/// assert_eq!(schedule[59], 0x42);
+/// assert_eq!(&*schedule as *const _ as usize % 4096, 0, "at the start of a page of its own");
+/// ```
+pub struct SecretBox<T> {
+    value: std::ptr::NonNull<T>,
+    page: SecretPage,
+    _owns: std::marker::PhantomData<T>,
+}
+
+// SAFETY: the box owns its value, as `Box<T>` does.
+unsafe impl<T: Send> Send for SecretBox<T> {}
+// SAFETY: shared references hand out only `&T`, as `Box<T>` does.
+unsafe impl<T: Sync> Sync for SecretBox<T> {}
+
+impl<T> SecretBox<T> {
+    /// Moves `value` onto pages of its own.
+    ///
+    /// # Panics
+    ///
+    /// If `T` must be aligned more strictly than a page.
+    pub fn new(value: T) -> SecretBox<T> {
+        assert!(std::mem::align_of::<T>() <= rustix::param::page_size(), "aligned beyond a page");
+        let page = SecretPage::new(std::mem::size_of::<T>());
+        let ptr = page.ptr.cast::<T>();
+        // SAFETY: the page is a live, zeroed allocation of at least `size_of::<T>()` bytes, aligned
+        // to a page and so to `T`, owned by `page` and holding nothing else.
+        unsafe { ptr.as_ptr().write(value) };
+        SecretBox { value: ptr, page, _owns: std::marker::PhantomData }
+    }
+
+    /// Whether the pages are locked into RAM (`RLIMIT_MEMLOCK` allowed it).
+    #[must_use]
+    pub fn is_locked(&self) -> bool {
+        self.page.is_locked()
+    }
+}
+
+impl<T> std::ops::Deref for SecretBox<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: `new` wrote a `T` there; it lives until `drop` and is only lent out shared here.
+        unsafe { self.value.as_ref() }
+    }
+}
+
+impl<T> Drop for SecretBox<T> {
+    fn drop(&mut self) {
+        let at = self.value.as_ptr();
+        // SAFETY: the value `new` wrote, dropped once; nothing refers to it past this point. Then
+        // its bytes (padding included) are written, not read, as zeros, through the raw pointer.
+        unsafe {
+            std::ptr::drop_in_place(at);
+            zeroize::zeroize_flat_type(at.cast::<std::mem::MaybeUninit<T>>());
+        }
+        // `page` then zeroes, unlocks and frees the pages.
+    }
+}
+
+impl<T> std::fmt::Debug for SecretBox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretBox").field("locked", &self.is_locked()).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Counted(Arc<AtomicUsize>, [u8; 100]);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_boxed_secret_is_dropped_once_in_place_and_lives_on_a_page_of_its_own() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let boxed = SecretBox::new(Counted(Arc::clone(&drops), [9; 100]));
+        let other = SecretBox::new(Counted(Arc::clone(&drops), [1; 100]));
+        let page = rustix::param::page_size();
+        assert_eq!(&*boxed as *const Counted as usize % page, 0);
+        assert_ne!(&*boxed as *const Counted as usize / page, &*other as *const Counted as usize / page);
+        assert_eq!(boxed.1, [9; 100]);
+        drop(boxed);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(other.1, [1; 100], "unlocking one box leaves the other's value alone");
+        drop(other);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_boxed_secret_is_locked_where_the_limit_allows() {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
+        let boxed = SecretBox::new([7u64; 64]);
+        if limit.current.is_none_or(|bytes| bytes >= 1 << 20) {
+            assert!(boxed.is_locked(), "RLIMIT_MEMLOCK {:?} allows a page", limit.current);
+        }
+    }
+}
