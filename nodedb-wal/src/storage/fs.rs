@@ -143,8 +143,14 @@ impl Storage for FsStorage {
         if mode.direct {
             flags |= OFlags::DIRECT;
         }
-        let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644))?;
-        let via_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        // Whether the name is a symbolic link is asked of the open itself, not of a second
+        // look that a rename in between could answer for another file: `O_NOFOLLOW` refuses a
+        // link with ELOOP, and only then is the link followed.
+        let mode_bits = Mode::from_raw_mode(0o644);
+        let (fd, via_link) = match rustix::fs::open(path, flags | OFlags::NOFOLLOW, mode_bits) {
+            Err(rustix::io::Errno::LOOP) => (rustix::fs::open(path, flags, mode_bits)?, true),
+            opened => (opened?, false),
+        };
         Ok(FsFile::new(fd, via_link, self.backend))
     }
 
