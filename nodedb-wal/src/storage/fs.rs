@@ -95,6 +95,20 @@ fn probe_backend() -> IoBackend {
     IoBackend::Pwrite
 }
 
+/// Refuses a FIFO, socket or character device opened where a file of the log (or a page file)
+/// is expected: reading one can wait forever or never end. Regular files, block devices and
+/// directories (whose reads fail with EISDIR) pass.
+fn refuse_special_file(fd: &OwnedFd) -> io::Result<()> {
+    let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode);
+    let name = match kind {
+        rustix::fs::FileType::Fifo => "a FIFO",
+        rustix::fs::FileType::Socket => "a socket",
+        rustix::fs::FileType::CharacterDevice => "a character device",
+        _ => return Ok(()),
+    };
+    Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file but {name}")))
+}
+
 /// A lock on a directory: an flock on its `LOCK` file, released when dropped.
 #[derive(Debug)]
 pub struct DirLock {
@@ -145,12 +159,17 @@ impl Storage for FsStorage {
         }
         // Whether the name is a symbolic link is asked of the open itself, not of a second
         // look that a rename in between could answer for another file: `O_NOFOLLOW` refuses a
-        // link with ELOOP, and only then is the link followed.
-        let mode_bits = Mode::from_raw_mode(0o644);
-        let (fd, via_link) = match rustix::fs::open(path, flags | OFlags::NOFOLLOW, mode_bits) {
-            Err(rustix::io::Errno::LOOP) => (rustix::fs::open(path, flags, mode_bits)?, true),
+        // link with ELOOP, and only then is the link followed. Non-blocking for the open alone:
+        // a FIFO (or a link to one) under a file's name would otherwise block it until some
+        // process opens the FIFO for writing, maybe never.
+        let (flags_once, mode_bits) = (flags | OFlags::NONBLOCK, Mode::from_raw_mode(0o644));
+        let (fd, via_link) = match rustix::fs::open(path, flags_once | OFlags::NOFOLLOW, mode_bits) {
+            Err(rustix::io::Errno::LOOP) => (rustix::fs::open(path, flags_once, mode_bits)?, true),
             opened => (opened?, false),
         };
+        refuse_special_file(&fd)?;
+        // Cleared again: io_uring hands EAGAIN back for a file opened non-blocking.
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
         Ok(FsFile::new(fd, via_link, self.backend))
     }
 
