@@ -909,7 +909,7 @@ impl<S: Storage> SegmentedWal<S> {
 /// At open, with one listing of `dir`: removes header indexes whose segment is gone (a crash
 /// after a truncation removed the segment but not yet its index), and returns the truncated
 /// segment files kept for reuse, at most `keep` of them; any more (the setting was lowered)
-/// are removed.
+/// are removed (one that cannot be is left there, unused).
 fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep: usize) -> Result<Vec<PathBuf>> {
     let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
     let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !segments.iter().any(|s| s.id == *id));
@@ -919,7 +919,11 @@ fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep:
     let extra = ids.len().saturating_sub(keep);
     for &id in &ids[..extra] {
         let path = segment::recycled_path(dir, id);
-        storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+        // A spare holds no record of the log: one that cannot be removed (a permission, an
+        // immutable flag) stays, unused, rather than keep the log from opening.
+        if let Err(err) = storage.remove(&path) {
+            tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment kept for reuse; leaving it");
+        }
     }
     if extra > 0 {
         storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;

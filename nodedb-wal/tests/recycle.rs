@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+use nodedb_wal::storage::faulty::{EACCES, EIO, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, Storage};
 use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment};
 
@@ -354,4 +354,25 @@ fn a_checkpoint_past_the_next_lsn_is_refused_and_removes_nothing() {
     assert!(wal.truncate_before(next).unwrap() > 0, "up to the next LSN is a checkpoint");
     assert_eq!(wal.read_from(wal.oldest_lsn()).unwrap().count() as u64, next.0 - wal.oldest_lsn().0);
     assert!(model.len() as u64 >= next.0 - 1);
+}
+
+// Found by an adversarial review (on ext4, a `chattr +i` spare): a kept truncated segment that
+// cannot be removed, when the open keeps fewer than there are, failed `open` itself, although
+// such a file holds no record of the log. It stays now, unused, and the log opens.
+#[test]
+fn a_spare_segment_file_that_cannot_be_removed_does_not_keep_the_log_from_opening() {
+    let (storage, wal, model) = faulty_log(41);
+    let acked = wal.durable_lsn().0;
+    assert_eq!(wal.truncate_before(wal.durable_lsn()).unwrap(), 3);
+    wal.close().unwrap();
+    let dir = Path::new("/wal");
+    assert_eq!(recycled_names(&storage, dir).len(), 2);
+
+    storage.fail_once(FaultOp::Remove, 0, EACCES);
+    let wal = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig { recycle_segments: 0, ..config(dir) }).unwrap();
+    check_recovered(&wal, &model, acked, "spare not removable");
+    assert_eq!(recycled_names(&storage, dir).len(), 1, "the spare that could be removed is gone, the other stays");
+    let lsn = wal.append_durable(Record::new(TY, &payload(1, acked + 1))).unwrap();
+    assert_eq!(lsn, Lsn(acked + 1));
+    wal.close().unwrap();
 }
