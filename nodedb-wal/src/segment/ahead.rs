@@ -201,25 +201,22 @@ mod tests {
         Arc::new(Mapping::sequential(&f, len).unwrap())
     }
 
-    /// Waits (bounded) until the helper has checked up to `want` or stopped short of it.
-    fn settle(ahead: &CheckAhead) -> u64 {
-        let mut last = u64::MAX;
-        for _ in 0..2000 {
-            let now = ahead.progress.checked().1;
-            if now == last {
-                return now;
-            }
-            last = now;
+    /// Where the helper's checks end once it has reached `want` (waiting up to 20 s for it: a
+    /// busy machine may start the thread late), and then had time to go past it if it would.
+    fn settle(ahead: &CheckAhead, want: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while ahead.progress.checked().1 < want && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        last
+        std::thread::sleep(Duration::from_millis(50));
+        ahead.progress.checked().1
     }
 
     #[test]
     fn the_helper_covers_every_frame_of_a_whole_chain() {
         let (file, starts) = frames(500, 300);
         let mut ahead = CheckAhead::spawn(map(&file), 0).unwrap();
-        assert_eq!(settle(&ahead), *starts.last().unwrap());
+        assert_eq!(settle(&ahead, *starts.last().unwrap()), *starts.last().unwrap());
         for pair in starts.windows(2) {
             assert!(ahead.covers(pair[0], (pair[1] - pair[0]) as usize));
         }
@@ -232,7 +229,7 @@ mod tests {
         bytes[starts[200] as usize + HEADER_LEN + 5] ^= 0x40;
         std::fs::write(file.path(), &bytes).unwrap();
         let mut ahead = CheckAhead::spawn(map(&file), 0).unwrap();
-        assert_eq!(settle(&ahead), starts[200], "checked up to the damaged frame, not into it");
+        assert_eq!(settle(&ahead, starts[200]), starts[200], "checked up to the damaged frame, not into it");
         assert!(ahead.covers(starts[199], (starts[200] - starts[199]) as usize));
         assert!(!ahead.covers(starts[200], (starts[201] - starts[200]) as usize));
     }
