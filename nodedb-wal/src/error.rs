@@ -374,12 +374,15 @@ pub enum WalError {
         path: PathBuf,
     },
     /// An earlier write or fsync failed; the log accepts nothing more until it is reopened.
-    #[error("the log is poisoned by an earlier failed {op:?} ({kind}); reopen it to recover")]
+    #[error("the log is poisoned by an earlier failed {op:?} ({}); reopen it to recover", describe(*kind, *os_error))]
     Poisoned {
         /// The step that failed first.
         op: IoOp,
         /// The operating system's error kind.
         kind: io::ErrorKind,
+        /// The operating system's error number, where there was one (`EIO` has no kind of its
+        /// own, so the number is what tells it).
+        os_error: Option<i32>,
     },
     /// A payload exceeds the configured maximum. Nothing was appended and no LSN was used.
     #[error("payload of {len} bytes exceeds the maximum of {max}")]
@@ -657,5 +660,29 @@ fn after_hole(next_present: Option<SegmentId>) -> String {
     match next_present {
         Some(next) => format!(" (the next one there is {}, a file of this log or a stray one)", crate::segment::file_name(next)),
         None => " (the manifest names it: acknowledged records were in it)".to_string(),
+    }
+}
+
+/// An error kind in words, with the system's message for its number where there is one.
+fn describe(kind: io::ErrorKind, os_error: Option<i32>) -> String {
+    os_error.map_or_else(|| kind.to_string(), |code| io::Error::from_raw_os_error(code).to_string())
+}
+
+/// The first failure that ended a log, a writer or a double-write buffer: every later call gets
+/// it back as [`WalError::Poisoned`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Poison {
+    op: IoOp,
+    kind: io::ErrorKind,
+    os_error: Option<i32>,
+}
+
+impl Poison {
+    pub(crate) fn of(op: IoOp, err: &io::Error) -> Poison {
+        Poison { op, kind: err.kind(), os_error: err.raw_os_error() }
+    }
+
+    pub(crate) fn error(self) -> WalError {
+        WalError::Poisoned { op: self.op, kind: self.kind, os_error: self.os_error }
     }
 }

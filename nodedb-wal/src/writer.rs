@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::BUFFER_BYTES_MAX;
-use crate::error::{IoOp, Result, WalError};
+use crate::error::{IoOp, Poison, Result, WalError};
 use crate::format::frame::{HEADER_LEN, RecordHeader, encode_frame};
 use crate::format::layout::{END_FRAME_LEN, padded_len, write_header_block, write_padding, write_segment_end};
 use crate::format::meta::{SegmentHeaderPayload, is_block_len};
@@ -88,7 +88,7 @@ pub struct WalWriter<S: Storage = FsStorage> {
     used: usize,
     /// Where the next batch goes.
     offset: u64,
-    poisoned: Option<(IoOp, io::ErrorKind)>,
+    poisoned: Option<Poison>,
 }
 
 impl WalWriter<FsStorage> {
@@ -176,7 +176,7 @@ impl<S: Storage> WalWriter<S> {
 
     fn check(&self) -> Result<()> {
         match self.poisoned {
-            Some((op, kind)) => Err(WalError::Poisoned { op, kind }),
+            Some(poison) => Err(poison.error()),
             None => Ok(()),
         }
     }
@@ -251,7 +251,7 @@ impl<S: Storage> WalWriter<S> {
         let padded = padded_len(used, self.block);
         write_padding(&mut self.buf[..padded], used, self.next_lsn, self.durable_lsn, self.salt);
         if let Err(e) = self.file.write_at(&self.buf[..padded], self.offset) {
-            self.poisoned = Some((IoOp::Write, e.kind()));
+            self.poisoned = Some(Poison::of(IoOp::Write, &e));
             return Err(WalError::io(IoOp::Write, &self.path, e));
         }
         self.offset += padded as u64;
@@ -292,7 +292,7 @@ impl<S: Storage> WalWriter<S> {
 
     fn sync_file(&mut self) -> Result<Lsn> {
         if let Err(e) = self.file.sync_data() {
-            self.poisoned = Some((IoOp::SyncData, e.kind()));
+            self.poisoned = Some(Poison::of(IoOp::SyncData, &e));
             return Err(WalError::io(IoOp::SyncData, &self.path, e));
         }
         self.durable_lsn = Lsn(self.next_lsn.0 - 1);

@@ -107,7 +107,7 @@ fn eio_on_a_write_poisons_the_log_and_loses_no_acknowledged_record() {
 fn enospc_on_a_write_poisons_the_log_as_storage_full() {
     let Faulted { err, acked_after_arm, .. } = fault_poisons_and_loses_nothing(|f| f.fail_once(FaultOp::Write, 0, ENOSPC), IoOp::Write);
     assert_eq!(acked_after_arm, 0);
-    assert!(matches!(err, WalError::Poisoned { op: IoOp::Write, kind: std::io::ErrorKind::StorageFull }), "{err}");
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::Write, kind: std::io::ErrorKind::StorageFull, .. }), "{err}");
 }
 
 #[test]

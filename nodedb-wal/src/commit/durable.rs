@@ -10,15 +10,8 @@ use std::task::{Context, Poll, Waker};
 
 use rustix::thread::futex;
 
-use crate::error::{IoOp, Result, WalError};
+use crate::error::{IoOp, Poison, Result};
 use crate::types::Lsn;
-
-/// The first failure that poisoned the log.
-#[derive(Clone, Copy, Debug)]
-pub struct PoisonCause {
-    pub op: IoOp,
-    pub kind: io::ErrorKind,
-}
 
 /// The highest LSN a successful fdatasync covered, or the poison that ended the log.
 ///
@@ -30,7 +23,7 @@ pub struct PoisonCause {
 pub struct Durability {
     lsn: AtomicU64,
     poisoned: AtomicBool,
-    cause: OnceLock<PoisonCause>,
+    cause: OnceLock<Poison>,
     /// Changed by every advance and by poison, before the wake-up: a thread that read the old
     /// value and then missed the new watermark finds the word changed and does not sleep.
     epoch: AtomicU32,
@@ -80,7 +73,7 @@ impl Durability {
     pub fn check_poison(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
             let cause = self.cause.get().copied().expect("cause is set before the flag");
-            return Err(WalError::Poisoned { op: cause.op, kind: cause.kind });
+            return Err(cause.error());
         }
         Ok(())
     }
@@ -95,7 +88,7 @@ impl Durability {
 
     /// Ends the log: nothing more becomes durable. The first cause wins.
     pub fn poison(&self, op: IoOp, err: &io::Error) {
-        let _ = self.cause.set(PoisonCause { op, kind: err.kind() });
+        let _ = self.cause.set(Poison::of(op, err));
         self.poisoned.store(true, Ordering::SeqCst);
         tracing::error!(?op, %err, "nodedb-wal poisoned: no further append will be acknowledged");
         self.wake_threads(NonZeroU32::MAX);
@@ -332,6 +325,7 @@ impl Future for DurableFuture<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::WalError;
     use std::sync::Arc;
     use std::sync::mpsc;
     use std::time::Duration;
@@ -418,6 +412,17 @@ mod tests {
         for rx in waiters {
             assert!(matches!(rx.recv().unwrap(), Err(WalError::Poisoned { op: IoOp::SyncData, .. })));
         }
+    }
+
+    #[test]
+    fn the_poison_names_the_system_error_even_where_it_has_no_kind_of_its_own() {
+        let d = Durability::new(Lsn(0));
+        d.poison(IoOp::SyncData, &io::Error::from_raw_os_error(5)); // EIO: `ErrorKind::Uncategorized`
+        d.poison(IoOp::Write, &io::Error::from_raw_os_error(28)); // later: ignored
+        let err = d.check(Lsn(1)).unwrap_err();
+        assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, os_error: Some(5), .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("SyncData") && text.contains(&io::Error::from_raw_os_error(5).to_string()), "{text}");
     }
 
     /// A requester over a bare watermark, for futures without a log.

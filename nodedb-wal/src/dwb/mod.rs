@@ -35,7 +35,7 @@ pub use crate::format::dwb::FileId;
 use self::ring::{Opened, Ring};
 use self::stats::Counters;
 use self::targets::Targets;
-use crate::error::{IoOp, Result, WalError};
+use crate::error::{IoOp, Poison, Result, WalError};
 use crate::storage::{AlignedBuf, FsStorage, Storage, StorageFile};
 
 /// Torn-page protection for in-place page writes. All methods take `&self`; page writes are
@@ -90,7 +90,7 @@ struct Inner<F> {
     /// A batch is durable in the ring but its pages are not yet durable in place.
     unapplied: bool,
     /// A page write or sync failed; nothing more is written until reopen.
-    poisoned: Option<(IoOp, io::ErrorKind)>,
+    poisoned: Option<Poison>,
     /// The encode buffer, kept between batches.
     scratch: Option<AlignedBuf>,
 }
@@ -478,14 +478,14 @@ impl<S: Storage> DoubleWriteBuffer<S> {
 impl<F> Inner<F> {
     fn usable(&self) -> Result<()> {
         match self.poisoned {
-            Some((op, kind)) => Err(WalError::Poisoned { op, kind }),
+            Some(poison) => Err(poison.error()),
             None => Ok(()),
         }
     }
 
     /// Records the first failure and returns it as an I/O error.
     fn poisoned_by(&mut self, op: IoOp, path: PathBuf, source: io::Error) -> WalError {
-        self.poisoned.get_or_insert((op, source.kind()));
+        self.poisoned.get_or_insert(Poison::of(op, &source));
         WalError::Io { op, path, source }
     }
 }

@@ -43,7 +43,7 @@ pub const EIO: i32 = 5;
 /// let wal = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig::new("/wal"))?;
 /// storage.fail_from(FaultOp::Write, 0, ENOSPC); // the disk is full from now on
 /// let err = wal.append_durable(Record::new(RecordType::optional(0x100), b"no room")).unwrap_err();
-/// assert!(matches!(err, WalError::Poisoned { op: IoOp::Write, kind: ErrorKind::StorageFull }), "{err}");
+/// assert!(matches!(err, WalError::Poisoned { op: IoOp::Write, kind: ErrorKind::StorageFull, .. }), "{err}");
 /// # Ok::<(), WalError>(())
 /// ```
 pub const ENOSPC: i32 = 28;
