@@ -392,7 +392,14 @@ impl<S: Storage> Cursor<S> {
     /// (a headers-only scan has not read it).
     fn open_at(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
         let Cursor { scan, cipher, plain, spec, .. } = self;
-        let stored = scan.as_mut().expect("the record's segment is open").frame_at(offset, header)?;
+        // A frame whose header no longer matches the header index's entry: in an encrypted
+        // segment the header is authenticated, so a changed one is reported as such.
+        let altered = |found: &RecordHeader, stored: &[u8]| {
+            let checked = cipher.is_some() && matches!(spec.decrypt, Decrypt::With(_));
+            let fails = checked && open_payload(&spec.decrypt, cipher.as_ref(), segment, found, stored, &mut Vec::new()).is_err();
+            fails.then_some(WalError::AuthenticationFailed { segment, lsn: found.lsn })
+        };
+        let stored = scan.as_mut().expect("the record's segment is open").frame_at(offset, header, altered)?;
         open_payload(&spec.decrypt, cipher.as_ref(), segment, header, stored, plain)
     }
 

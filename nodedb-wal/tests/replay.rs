@@ -4,12 +4,14 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 
+use nodedb_wal::format::frame::seal_frame;
 use nodedb_wal::storage::FaultConfig;
 use nodedb_wal::{
-    CollectionTombstonePayload, KeyRing, Lsn, Record, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage,
-    TemporalPurge, TemporalPurgeEngine, TemporalPurgePayload, WalError,
+    CollectionTombstonePayload, KeyRing, Lsn, Record, RecordType, Scope, SecureKey, SegmentId, SegmentedWal, SegmentedWalConfig,
+    SimStorage, TemporalPurge, TemporalPurgeEngine, TemporalPurgePayload, WalError,
 };
 
 fn config(ring: Option<Arc<KeyRing>>) -> SegmentedWalConfig {
@@ -65,6 +67,100 @@ fn tombstones_and_purges_are_gathered_by_recovery_plaintext() {
 fn tombstones_and_purges_are_gathered_by_recovery_encrypted() {
     let ring = Arc::new(KeyRing::with_active(3, SecureKey::from_bytes(&mut [5; 32])));
     tombstones_and_purges_are_gathered_by_recovery(Some(ring));
+}
+
+/// A log whose sealed segment 1 holds a record, a tombstone of collection "orders" of
+/// (database 1, tenant 2) and a record after it; segment 2 holds one more. Returns the
+/// tombstone's LSN.
+fn log_with_a_tombstone(sim: &SimStorage, ring: Option<Arc<KeyRing>>) -> Lsn {
+    let rec = |body| Record::new(RecordType::optional(0x100), body).scoped(Scope { database: 1, tenant: 2, vshard: 0 });
+    let wal = SegmentedWal::open_with(sim.clone(), config(ring.clone())).unwrap();
+    wal.append(rec(b"orders:old")).unwrap();
+    let at = wal.next_lsn();
+    let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: at };
+    assert_eq!(wal.append_tombstone(&tombstone).unwrap(), at);
+    wal.append(rec(b"orders:new")).unwrap();
+    wal.close().unwrap();
+    // The reopen seals segment 1 and writes on in segment 2.
+    let wal = SegmentedWal::open_with(sim.clone(), config(ring)).unwrap();
+    wal.append_durable(rec(b"later")).unwrap();
+    wal.close().unwrap();
+    at
+}
+
+/// Changes the type of record `lsn` in segment 1 and recomputes its frame's CRC, as someone who
+/// can write the log's files (but holds no key) can.
+fn retype(sim: &SimStorage, lsn: Lsn, to: RecordType) {
+    let path = nodedb_wal::segment::path(Path::new("/replay"), SegmentId(1));
+    let mut bytes = sim.read_file(&path).unwrap();
+    let frame = common::record_frame(&bytes, lsn.0);
+    let (at, len) = (frame.offset as usize, frame.frame_len() as usize);
+    bytes[at + 6..at + 8].copy_from_slice(&to.0.to_le_bytes());
+    seal_frame(&mut bytes[at..at + len], to);
+    sim.write_file(&path, &bytes);
+}
+
+/// Recovery gathers tombstones by their record type, so one retyped to an ordinary type (or
+/// to `CALVIN_APPLIED`, the tombstone's type with the required bit cleared: one flipped bit)
+/// is not applied at open. In a plaintext log it reads back as a record of its new type; in an
+/// encrypted one the type is part of the authenticated data, so reading it fails
+/// authentication, by the owned reader and by the lazy reader's payload alike.
+fn a_tombstone_retyped_on_disk_is_never_applied_at_open(ring: Option<Arc<KeyRing>>) {
+    let sim = SimStorage::new(8, FaultConfig::default());
+    let at = log_with_a_tombstone(&sim, ring.clone());
+    let wal = SegmentedWal::open_with(sim, config(ring.clone())).unwrap();
+    assert_eq!(wal.recovery_info().tombstones.purge_lsn(1, 2, "orders"), Some(at), "untouched, the tombstone is applied");
+    drop(wal);
+
+    let one_bit = RecordType(RecordType::COLLECTION_TOMBSTONE.0 & !RecordType::REQUIRED_BIT);
+    assert_eq!(one_bit, RecordType::CALVIN_APPLIED);
+    for to in [RecordType::optional(0x100), one_bit] {
+        let sim = SimStorage::new(8, FaultConfig::default());
+        let at = log_with_a_tombstone(&sim, ring.clone());
+        retype(&sim, at, to);
+        let wal = SegmentedWal::open_with(sim, config(ring.clone())).unwrap();
+        let info = wal.recovery_info();
+        assert_eq!(info.tombstones.purge_lsn(1, 2, "orders"), None, "retyped to {to:?}, the tombstone was applied");
+        assert_eq!(info.record_count, 4, "retyped to {to:?}");
+        let read = wal.read_from(at).unwrap().next().unwrap();
+        if ring.is_none() {
+            assert_eq!(read.unwrap().record_type, to, "a plaintext record reads back with its new type");
+            continue;
+        }
+        let failed = |err: &WalError| matches!(err, WalError::AuthenticationFailed { segment: SegmentId(1), lsn } if *lsn == at);
+        let err = read.unwrap_err();
+        assert!(failed(&err), "retyped to {to:?}: {err}");
+        // Segment 1 is sealed with a header index, whose entry is the record as written: the
+        // lazy reader hands that out, and the payload is read from the altered frame.
+        let mut lazy = wal.lazy_reader(at).unwrap();
+        let header = lazy.next_header().unwrap().expect("the retyped record is handed out, not skipped");
+        assert_eq!(header.lsn, at);
+        let err = lazy.payload().unwrap_err();
+        assert!(failed(&err), "lazy reader, retyped to {to:?}: {err}");
+    }
+}
+
+#[test]
+fn a_tombstone_retyped_on_disk_is_never_applied_at_open_plaintext() {
+    a_tombstone_retyped_on_disk_is_never_applied_at_open(None);
+}
+
+#[test]
+fn a_tombstone_retyped_on_disk_is_never_applied_at_open_encrypted() {
+    a_tombstone_retyped_on_disk_is_never_applied_at_open(Some(Arc::new(KeyRing::with_active(3, SecureKey::from_bytes(&mut [5; 32])))));
+}
+
+/// The other way round: recovery decrypts a tombstone to apply it, so an encrypted record
+/// retyped as a tombstone fails authentication at open instead of dropping a collection.
+#[test]
+fn an_encrypted_record_retyped_as_a_tombstone_fails_authentication_at_open() {
+    let ring = Arc::new(KeyRing::with_active(3, SecureKey::from_bytes(&mut [5; 32])));
+    let sim = SimStorage::new(8, FaultConfig::default());
+    let at = log_with_a_tombstone(&sim, Some(Arc::clone(&ring)));
+    let after = at.next();
+    retype(&sim, after, RecordType::COLLECTION_TOMBSTONE);
+    let err = SegmentedWal::open_with(sim, config(Some(ring))).unwrap_err();
+    assert!(matches!(err, WalError::AuthenticationFailed { segment: SegmentId(1), lsn } if lsn == after), "{err}");
 }
 
 #[test]

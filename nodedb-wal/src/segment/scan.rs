@@ -357,12 +357,22 @@ impl<F: StorageFile> SegmentScan<F> {
         self.seek(self.pos, self.next_lsn);
     }
 
-    /// The checked frame at `offset` (a record handed out earlier) and its payload.
-    pub fn frame_at(&mut self, offset: u64, expected: &RecordHeader) -> Result<&[u8]> {
+    /// The checked frame at `offset` (a record handed out earlier) and its payload. Where a
+    /// valid frame of the same LSN and length lies there with another header (the record was
+    /// handed out from a header index, and its frame's header was changed since), `altered`
+    /// may name the error: a reader of an encrypted segment authenticates it.
+    pub fn frame_at(
+        &mut self,
+        offset: u64,
+        expected: &RecordHeader,
+        altered: impl FnOnce(&RecordHeader, &[u8]) -> Option<WalError>,
+    ) -> Result<&[u8]> {
+        let damaged = WalError::Corruption { segment: self.id, offset, kind: CorruptionKind::BadFrame };
         let frame = self.reader.get(offset, expected.frame_len())?;
         match decode_frame(frame) {
             Ok(h) if h == *expected => Ok(&frame[HEADER_LEN..]),
-            _ => Err(WalError::Corruption { segment: self.id, offset, kind: CorruptionKind::BadFrame }),
+            Ok(h) if h.lsn == expected.lsn => Err(altered(&h, &frame[HEADER_LEN..]).unwrap_or(damaged)),
+            _ => Err(damaged),
         }
     }
 
