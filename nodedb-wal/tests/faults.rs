@@ -5,11 +5,17 @@
 //! directory, reopened on the plain file system, returns every acknowledged record intact.
 //! The tests run in parallel, each on its own directory and its own fault plan. The write and
 //! sync faults run twice: once with the lone appender writing its own batches, once with a
-//! commit window, which leaves all writing to the flusher thread.
+//! commit window, which leaves all writing to the flusher thread. Where a fault must hit one
+//! kind of write (a zero-fill ahead, a batch) or a write must be followed after it fails,
+//! `Watched` logs every write and fails (or panics in) the one it is told to.
 
+use std::io;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use nodedb_wal::format::crc::crc32c;
 use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
+use nodedb_wal::storage::{Advice, CrateOnly, Mapping, OpenMode, Storage, StorageFile};
 use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, WalError};
 
 const TY: RecordType = RecordType::optional(0x100);
@@ -27,7 +33,7 @@ fn payload(i: u64) -> Vec<u8> {
 }
 
 /// Appends durably until the first error; returns the acknowledged LSNs and that error.
-fn append_until_error(wal: &SegmentedWal<FaultyStorage<FsStorage>>, from: u64, max: u64) -> (Vec<Lsn>, Option<WalError>) {
+fn append_until_error<S: Storage>(wal: &SegmentedWal<S>, from: u64, max: u64) -> (Vec<Lsn>, Option<WalError>) {
     let mut acked = Vec::new();
     for i in from..from + max {
         match wal.append_durable(Record::new(TY, &payload(i))) {
@@ -52,12 +58,28 @@ fn assert_acknowledged_records_survive(dir: &Path, acked: &[Lsn]) {
     assert!(next.0 > acked.last().map_or(0, |l| l.0));
 }
 
-/// Opens a faulty log, acknowledges some records, arms `arm`, appends until the first error,
-/// checks that the error names `op` and that the log stays poisoned, then checks the disk.
-/// What the faulty run left: the wrapper, the first error, and how many appends were
+/// A storage on the real file system whose faults a test arms: the library's `FaultyStorage`,
+/// or [`Watched`].
+trait Injecting: Storage + Clone {
+    fn on_fs() -> Self;
+    /// Faults injected so far.
+    fn injected(&self) -> u64;
+}
+
+impl Injecting for FaultyStorage<FsStorage> {
+    fn on_fs() -> Self {
+        FaultyStorage::new(FsStorage::new())
+    }
+
+    fn injected(&self) -> u64 {
+        FaultyStorage::injected(self)
+    }
+}
+
+/// What a faulty run left: the wrapper, the first error, and how many appends were
 /// acknowledged after the fault was armed.
-struct Faulted {
-    faulty: FaultyStorage<FsStorage>,
+struct Faulted<S> {
+    faulty: S,
     err: WalError,
     acked_after_arm: usize,
 }
@@ -65,18 +87,29 @@ struct Faulted {
 /// Runs [`fault_poisons_and_loses_nothing_with`] twice: with one appender the caller writes
 /// its own batches, and with a commit window the flusher thread writes them; the failure must
 /// be handled the same on either thread. Returns the second run's result.
-fn fault_poisons_and_loses_nothing(arm: impl Fn(&FaultyStorage<FsStorage>), op: IoOp) -> Faulted {
-    fault_poisons_and_loses_nothing_with(&arm, op, None);
-    fault_poisons_and_loses_nothing_with(&arm, op, Some(std::time::Duration::from_micros(1)))
+fn fault_poisons_and_loses_nothing(arm: impl Fn(&FaultyStorage<FsStorage>), op: IoOp) -> Faulted<FaultyStorage<FsStorage>> {
+    let [_, flusher] = fault_poisons_and_loses_nothing_on_both(&arm, op);
+    flusher
 }
 
-fn fault_poisons_and_loses_nothing_with(
-    arm: &impl Fn(&FaultyStorage<FsStorage>),
+/// [`fault_poisons_and_loses_nothing_with`] on either thread, as above; both runs' results.
+fn fault_poisons_and_loses_nothing_on_both<S: Injecting>(arm: &impl Fn(&S), op: IoOp) -> [Faulted<S>; 2] {
+    [
+        fault_poisons_and_loses_nothing_with(arm, op, None),
+        fault_poisons_and_loses_nothing_with(arm, op, Some(std::time::Duration::from_micros(1))),
+    ]
+}
+
+/// Opens a faulty log, acknowledges some records, arms `arm`, appends until the first error,
+/// checks that the error names `op`, that the log stays poisoned and that no LSN after the
+/// acknowledged ones is reported durable, then checks the disk.
+fn fault_poisons_and_loses_nothing_with<S: Injecting>(
+    arm: &impl Fn(&S),
     op: IoOp,
     commit_window: Option<std::time::Duration>,
-) -> Faulted {
+) -> Faulted<S> {
     let dir = tempfile::tempdir().unwrap();
-    let faulty = FaultyStorage::new(FsStorage::new());
+    let faulty = S::on_fs();
     let mut c = config(dir.path());
     c.commit_window = commit_window;
     let wal = SegmentedWal::open_with(faulty.clone(), c).unwrap();
@@ -91,7 +124,15 @@ fn fault_poisons_and_loses_nothing_with(
     assert!(matches!(err, WalError::Poisoned { op: o, .. } if o == op), "{err}");
     let again = wal.append(Record::new(TY, b"x")).unwrap_err();
     assert!(matches!(again, WalError::Poisoned { op: o, .. } if o == op), "later calls stay poisoned: {again}");
-    assert!(wal.durable_lsn() <= *acked.last().unwrap(), "nothing after the fault is reported durable");
+    let last_acked = *acked.last().unwrap();
+    assert!(wal.durable_lsn() <= last_acked, "nothing after the fault is reported durable");
+    // The failed append took an LSN (its wait failed): no wait for it, or any after it, succeeds.
+    let unacked: Vec<Lsn> = (last_acked.0 + 1..wal.next_lsn().0).map(Lsn).collect();
+    assert!(!unacked.is_empty());
+    for lsn in unacked {
+        let err = wal.wait_durable(lsn).unwrap_err();
+        assert!(matches!(err, WalError::Poisoned { op: o, .. } if o == op), "a wait for {lsn}: {err}");
+    }
     assert!(wal.stats().poisoned, "the metrics show the poisoned state");
     drop(wal);
     assert_acknowledged_records_survive(dir.path(), &acked);
@@ -200,4 +241,308 @@ fn faults_belong_to_one_instance_and_leave_a_log_beside_it_alone() {
             }
         });
     });
+}
+
+/// One write a log made, as [`Watched`] saw it.
+#[derive(Clone, Debug)]
+struct WriteCall {
+    file: String,
+    offset: u64,
+    len: usize,
+    crc: u32,
+    zeros: bool,
+    /// Made with `write_and_sync` (a batch, or a reused segment's header block), not `write_at`.
+    with_sync: bool,
+    failed: bool,
+}
+
+impl WriteCall {
+    fn overlaps(&self, other: &WriteCall) -> bool {
+        self.file == other.file && self.offset < other.offset + other.len as u64 && other.offset < self.offset + self.len as u64
+    }
+}
+
+/// A zero-fill ahead of the writer: zeros put with `write_at` past a segment's header block.
+fn is_zero_fill(call: &WriteCall) -> bool {
+    call.file.ends_with(".wal") && !call.with_sync && call.offset > 0 && call.zeros
+}
+
+/// A batch: written and synced in one step, past a segment's header block.
+fn is_batch(call: &WriteCall) -> bool {
+    call.file.ends_with(".wal") && call.with_sync && call.offset > 0
+}
+
+/// What an armed write does instead of writing.
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    Fail(i32),
+    Panic,
+}
+
+/// Which writes a fault may hit.
+type Pick = fn(&WriteCall) -> bool;
+
+#[derive(Debug, Default)]
+struct WatchState {
+    log: Vec<WriteCall>,
+    armed: Option<(Pick, Act)>,
+    injected: u64,
+}
+
+/// A storage that logs every write of its files, and makes the first write that the armed
+/// predicate picks fail or panic (a bug in a storage implementation), once. Clones share the
+/// log and the plan.
+#[derive(Clone, Debug)]
+struct Watched<S> {
+    inner: S,
+    state: Arc<Mutex<WatchState>>,
+}
+
+impl<S> Watched<S> {
+    fn lock(&self) -> MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn arm(&self, pick: Pick, act: Act) {
+        self.lock().armed = Some((pick, act));
+    }
+
+    fn log(&self) -> Vec<WriteCall> {
+        self.lock().log.clone()
+    }
+}
+
+impl Injecting for Watched<FsStorage> {
+    fn on_fs() -> Self {
+        Watched { inner: FsStorage::new(), state: Arc::default() }
+    }
+
+    fn injected(&self) -> u64 {
+        self.lock().injected
+    }
+}
+
+/// A file of [`Watched`].
+#[derive(Debug)]
+struct WatchedFile<F> {
+    inner: F,
+    file: String,
+    state: Arc<Mutex<WatchState>>,
+}
+
+impl<F> WatchedFile<F> {
+    /// Logs the write; the errno to fail it with if the armed fault picks it.
+    fn watch(&self, buf: &[u8], offset: u64, with_sync: bool) -> Option<i32> {
+        let mut call = WriteCall {
+            file: self.file.clone(),
+            offset,
+            len: buf.len(),
+            crc: crc32c(buf),
+            zeros: buf.iter().all(|&b| b == 0),
+            with_sync,
+            failed: false,
+        };
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let act = match state.armed {
+            Some((pick, act)) if pick(&call) => {
+                state.armed = None;
+                state.injected += 1;
+                call.failed = true;
+                Some(act)
+            }
+            _ => None,
+        };
+        state.log.push(call);
+        drop(state);
+        match act {
+            None => None,
+            Some(Act::Fail(errno)) => Some(errno),
+            Some(Act::Panic) => panic!("a storage implementation's bug, injected by the test"),
+        }
+    }
+}
+
+impl<S: Storage> Storage for Watched<S> {
+    type File = WatchedFile<S::File>;
+    type Lock = S::Lock;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<S::Lock> {
+        self.inner.lock_dir(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File> {
+        let file = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        Ok(WatchedFile { inner: self.inner.open(path, mode)?, file, state: Arc::clone(&self.state) })
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+impl<F: StorageFile> StorageFile for WatchedFile<F> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self.watch(buf, offset, false) {
+            None => self.inner.write_at(buf, offset),
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+
+    fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
+        match self.watch(buf, offset, true) {
+            None => self.inner.write_and_sync(buf, offset),
+            Some(errno) => Err((IoOp::Write, io::Error::from_raw_os_error(errno))),
+        }
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        self.inner.read_cached_at(buf, offset)
+    }
+
+    fn advise(&self, advice: Advice, offset: u64, len: u64) {
+        self.inner.advise(advice, offset, len);
+    }
+
+    fn hold_shared(&self) -> io::Result<()> {
+        self.inner.hold_shared()
+    }
+
+    fn try_hold_exclusive(&self) -> io::Result<bool> {
+        self.inner.try_hold_exclusive()
+    }
+
+    fn release_hold(&self) {
+        self.inner.release_hold();
+    }
+
+    fn has_other_links(&self) -> io::Result<bool> {
+        self.inner.has_other_links()
+    }
+
+    fn map_sealed(&self, len: u64, token: CrateOnly) -> io::Result<Option<Mapping>> {
+        self.inner.map_sealed(len, token)
+    }
+}
+
+/// The one write the armed fault hit, and every write after it.
+fn failed_and_after(watched: &Watched<FsStorage>) -> (WriteCall, Vec<WriteCall>) {
+    let log = watched.log();
+    let at = log.iter().position(|c| c.failed).expect("the armed fault hit a write");
+    assert!(!log[at + 1..].iter().any(|c| c.failed), "one fault was armed");
+    (log[at].clone(), log[at + 1..].to_vec())
+}
+
+#[test]
+fn eio_on_a_zero_fill_ahead_poisons_the_log_and_loses_no_acknowledged_record() {
+    // Every batch here is small, so the first batch of each new segment zero-fills the segment
+    // ahead of it; the fault hits the next segment's.
+    let arm = |w: &Watched<FsStorage>| w.arm(is_zero_fill, Act::Fail(EIO));
+    for run in fault_poisons_and_loses_nothing_on_both(&arm, IoOp::Write) {
+        let (failed, after) = failed_and_after(&run.faulty);
+        assert!(is_zero_fill(&failed), "{failed:?}");
+        // The batch the zeros went ahead of was never written.
+        assert!(!after.iter().any(|c| c.file == failed.file), "{failed:?} then {after:?}");
+    }
+}
+
+#[test]
+fn a_failed_batch_write_poisons_and_the_same_bytes_are_never_written_again() {
+    let arm = |w: &Watched<FsStorage>| w.arm(is_batch, Act::Fail(EIO));
+    for run in fault_poisons_and_loses_nothing_on_both(&arm, IoOp::Write) {
+        let (failed, after) = failed_and_after(&run.faulty);
+        assert!(is_batch(&failed), "{failed:?}");
+        // Not to the same place, and not anywhere else either (the log wrote nothing more to
+        // its segments after the failure).
+        for later in &after {
+            assert!(!later.overlaps(&failed), "{failed:?} was written over again: {later:?}");
+            assert!(!(later.crc == failed.crc && later.len == failed.len), "{failed:?} was written again: {later:?}");
+        }
+        assert!(!after.iter().any(|c| c.file.ends_with(".wal")), "a poisoned log wrote to a segment: {after:?}");
+    }
+}
+
+/// What a panic while writing a batch poisons the log with.
+fn poisoned<T>(result: &Result<T, WalError>) -> bool {
+    matches!(result, Err(WalError::Poisoned { op: IoOp::Write, kind: io::ErrorKind::Other }))
+}
+
+/// Runs `call` on the log from another thread and gives back what it returned, `Err` if it
+/// panicked, or `None` if it had not returned after 20 s: a caller left waiting for good.
+fn on_another_thread<S: Storage, T: Send + 'static>(
+    wal: &Arc<SegmentedWal<S>>,
+    call: impl FnOnce(&SegmentedWal<S>) -> T + Send + 'static,
+) -> Option<std::thread::Result<T>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wal = Arc::clone(wal);
+    std::thread::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&wal)));
+        // Let go of the log first: the caller may be about to close it and reopen the directory.
+        drop(wal);
+        let _ = tx.send(outcome);
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20)).ok()
+}
+
+// A panic while a batch is written is reachable through the public `Storage` trait: an
+// implementation with a bug (here, `Watched` panicking) or a broken invariant in the writer.
+#[test]
+fn a_panic_while_a_batch_is_written_poisons_the_log_and_loses_no_acknowledged_record() {
+    for commit_window in [None, Some(std::time::Duration::from_micros(1))] {
+        let dir = tempfile::tempdir().unwrap();
+        let watched = Watched::on_fs();
+        let mut c = config(dir.path());
+        c.commit_window = commit_window;
+        let wal = Arc::new(SegmentedWal::open_with(watched.clone(), c).unwrap());
+        let (acked, err) = append_until_error(&wal, 1, 20);
+        assert!(err.is_none(), "{err:?}");
+        watched.arm(is_batch, Act::Panic);
+        let outcome = on_another_thread(&wal, |wal| wal.append_durable(Record::new(TY, &payload(21))));
+        match outcome.expect("the append whose batch panicked returned") {
+            // A lone caller writes its own batch: the storage's panic unwinds through it.
+            Err(_) => assert!(commit_window.is_none(), "the flusher thread's panic reached a caller"),
+            Ok(result) => assert!(poisoned(&result), "{commit_window:?}: {result:?}"),
+        }
+        assert_eq!(watched.injected(), 1);
+        let (failed, _) = failed_and_after(&watched);
+        assert!(is_batch(&failed));
+        let waited = on_another_thread(&wal, |wal| wal.wait_durable(Lsn(21))).expect("a wait for the lost record returned");
+        assert!(poisoned(&waited.unwrap()), "the record of the batch is never reported durable");
+        assert!(poisoned(&wal.append(Record::new(TY, b"x"))), "later calls stay poisoned");
+        assert_eq!(wal.durable_lsn(), *acked.last().unwrap());
+        assert!(wal.stats().poisoned);
+        drop(wal);
+        assert_acknowledged_records_survive(dir.path(), &acked);
+    }
 }
