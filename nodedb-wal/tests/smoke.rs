@@ -1,6 +1,6 @@
 //! Basic behaviour on both storages: what is appended and synced is read back after reopening.
 
-use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, storage::FaultConfig};
 
 fn config(dir: &std::path::Path) -> SegmentedWalConfig {
     let mut c = SegmentedWalConfig::new(dir);
@@ -45,6 +45,42 @@ fn appended_records_are_read_back_after_reopen_fs() {
 #[test]
 fn appended_records_are_read_back_after_reopen_sim() {
     appended_records_are_read_back_after_reopen(SimStorage::new(1, FaultConfig::default()), std::path::Path::new("/wal"));
+}
+
+/// One writer per directory: while a log is open, a second open of its directory is `Locked`
+/// (the real `flock` on `LOCK`, from the same process too), a read-only look beside it is
+/// allowed and sees its acknowledged records, and closing or dropping the log lets the next
+/// writer in.
+fn one_writer_holds_the_directory_until_it_is_closed_or_dropped<S: nodedb_wal::storage::Storage + Clone>(
+    storage: S,
+    dir: &std::path::Path,
+) {
+    let open = || SegmentedWal::open_with(storage.clone(), config(dir));
+    let locked = |result: Result<SegmentedWal<S>, WalError>| matches!(result, Err(WalError::Locked { path }) if path == dir);
+    let first = open().unwrap();
+    let lsn = first.append_durable(Record::new(RecordType::optional(0x100), b"first")).unwrap();
+    assert!(locked(open()), "a second writer beside the first");
+    let view = ReadOnlyWal::open_with(storage.clone(), dir, None).expect("a read-only look takes no lock");
+    assert_eq!(view.recovery_info().last_lsn, lsn);
+    first.close().unwrap();
+    let second = open().expect("closing the log let go of the directory");
+    assert!(locked(open()), "held again by the second writer");
+    drop(second);
+    let third = open().expect("dropping the log let go of the directory");
+    assert_eq!(third.recovery_info().last_lsn, lsn);
+    drop(view);
+}
+
+#[test]
+fn one_writer_holds_the_directory_until_it_is_closed_or_dropped_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    one_writer_holds_the_directory_until_it_is_closed_or_dropped(nodedb_wal::FsStorage::new(), dir.path());
+}
+
+#[test]
+fn one_writer_holds_the_directory_until_it_is_closed_or_dropped_sim() {
+    let sim = SimStorage::new(2, FaultConfig::default());
+    one_writer_holds_the_directory_until_it_is_closed_or_dropped(sim, std::path::Path::new("/wal"));
 }
 
 #[test]
