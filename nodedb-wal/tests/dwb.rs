@@ -15,7 +15,7 @@ use std::path::Path;
 
 use dwb_support::*;
 use nodedb_wal::dwb::scan::scan_ring;
-use nodedb_wal::storage::faulty::FaultyStorage as Faulty;
+use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage as Faulty};
 use nodedb_wal::storage::{OpenMode, SimRng, Storage, StorageFile};
 use nodedb_wal::{DegradedPolicy, DoubleWriteBuffer, DwbMode, FileId, IoOp, PageCheck, SimStorage, WalError, wal_dwb_bytes_written_total};
 
@@ -469,6 +469,50 @@ fn a_failed_page_sync_poisons_and_reopening_repairs() {
     open(after.clone(), config(DwbMode::Buffered));
     assert_eq!(versions(&after)[slot_of(F1, 0)], Some(2));
     assert_eq!(versions(&after)[slot_of(F2, 0)], Some(2));
+}
+
+#[test]
+fn a_failed_buffer_write_degrades_and_leaves_the_pages_untouched() {
+    let sim = disk(17);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    let (before, writes) = (versions(&sim), faulty.calls(FaultOp::Write));
+    faulty.fail_once(FaultOp::Write, 0, EIO);
+    let err = dwb.write_pages(&borrow(&pages_at(&[(F1, 0), (F2, 0)], 2))).unwrap_err();
+    assert!(matches!(err, WalError::DwbDegraded { op: IoOp::Write, .. }), "{err}");
+    assert_eq!(dwb.degraded_cause().map(|(op, _)| op), Some(IoOp::Write));
+    assert_eq!(faulty.calls(FaultOp::Write), writes + 1, "nothing was written after the buffer's write failed");
+    assert_eq!(versions(&sim), before);
+    drop(dwb);
+    // Nor does a crash and recovery change a page: no batch of that write is in the buffer.
+    let after = sim.crash(4);
+    let (_, report) = open(after.clone(), config(DwbMode::Buffered));
+    assert!(report.pages_restored.is_empty(), "{report:?}");
+    assert_eq!(versions(&after), before);
+}
+
+#[test]
+fn a_failed_in_place_write_poisons_and_reopening_repairs_the_page_from_the_buffer() {
+    let sim = disk(16);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    let batch = pages_at(&[(F1, 0), (F2, 0)], 2);
+    // The buffer's write (and sync) go through; the first in-place write fails.
+    faulty.fail_once(FaultOp::Write, 1, EIO);
+    let err = dwb.write_pages(&borrow(&batch)).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: IoOp::Write, .. }), "{err}");
+    assert_eq!(faulty.injected(), 1);
+    assert!(!dwb.is_degraded(), "the buffer holds the batch");
+    let err = dwb.write_pages(&borrow(&batch)).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::Write, .. }), "{err}");
+    assert_eq!([versions(&sim)[slot_of(F1, 0)], versions(&sim)[slot_of(F2, 0)]], [Some(1), Some(1)]);
+    // The failed write may have landed in part.
+    tear(&sim, F1, 0);
+    drop(dwb);
+    let after = sim.crash(3);
+    let (_, report) = open(after.clone(), config(DwbMode::Buffered));
+    assert!(report.pages_restored.contains(&(F1, 0)) && report.pages_restored.contains(&(F2, 0)), "{report:?}");
+    assert_eq!([versions(&after)[slot_of(F1, 0)], versions(&after)[slot_of(F2, 0)]], [Some(2), Some(2)]);
 }
 
 #[test]
