@@ -495,7 +495,7 @@ fn a_failed_batch_write_poisons_and_the_same_bytes_are_never_written_again() {
 
 /// What a panic while writing a batch poisons the log with.
 fn poisoned<T>(result: &Result<T, WalError>) -> bool {
-    matches!(result, Err(WalError::Poisoned { op: IoOp::Write, kind: io::ErrorKind::Other }))
+    matches!(result, Err(WalError::Poisoned { op: IoOp::Write, kind: io::ErrorKind::Other, .. }))
 }
 
 /// Runs `call` on the log from another thread and gives back what it returned, `Err` if it
