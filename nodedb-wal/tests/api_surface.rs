@@ -3,8 +3,8 @@
 
 use nodedb_wal::{
     CIPHER_AES_256_GCM, CalvinAppliedPayload, CollectionTombstonePayload, DoubleWriteBuffer, DwbMode, FsStorage, GroupCommitter,
-    LazyWalReader, Lsn, MAX_COLLECTION_NAME_LEN, PREAMBLE_SIZE, PREAMBLE_VERSION, Record, RecordHeader, RecordType, RecoveryInfo, Result,
-    SEG_PREAMBLE_MAGIC, Scope, SecureKey, SegmentId, SegmentPreamble, SegmentedWal, SegmentedWalConfig, TemporalPurgeEngine,
+    LazyWalReader, Lsn, MAX_COLLECTION_NAME_LEN, PREAMBLE_SIZE, PREAMBLE_VERSION, Payload, Record, RecordHeader, RecordType, RecoveryInfo,
+    Result, SEG_PREAMBLE_MAGIC, Scope, SecureKey, SegmentId, SegmentPreamble, SegmentedWal, SegmentedWalConfig, TemporalPurgeEngine,
     TemporalPurgePayload, TombstoneSet, WAL_PREAMBLE_MAGIC, WalError, WalRecord, WalWriter, decrypt_engine_file, encrypt_engine_file,
     extract_tombstones, last_calvin_applied, recover, wal_dwb_bytes_written_total,
 };
@@ -16,7 +16,16 @@ struct Types<'a> {
     lazy: Option<LazyWalReader<FsStorage>>,
     dwb: Option<DoubleWriteBuffer>,
     header: Option<RecordHeader>,
+    payload: Option<Payload>,
 }
+
+/// Records and their payloads go to other threads: a replay hands them to appliers.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<WalRecord>();
+    send_sync::<Payload>();
+    send_sync::<SegmentedWal<FsStorage>>();
+};
 
 fn program(dir: &std::path::Path) -> Result<RecoveryInfo> {
     // The preamble constants.
