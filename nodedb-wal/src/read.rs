@@ -391,11 +391,11 @@ impl<S: Storage> Cursor<S> {
     /// The readable payload of the record at `offset` of the open segment, read where it lies
     /// (a headers-only scan has not read it).
     fn open_at(&mut self, segment: SegmentId, offset: u64, header: &RecordHeader) -> Result<&[u8]> {
+        let checked = self.decrypts();
         let Cursor { scan, cipher, plain, spec, .. } = self;
         // A frame whose header no longer matches the header index's entry: in an encrypted
         // segment the header is authenticated, so a changed one is reported as such.
         let altered = |found: &RecordHeader, stored: &[u8]| {
-            let checked = cipher.is_some() && matches!(spec.decrypt, Decrypt::With(_));
             let fails = checked && open_payload(&spec.decrypt, cipher.as_ref(), segment, found, stored, &mut Vec::new()).is_err();
             fails.then_some(WalError::AuthenticationFailed { segment, lsn: found.lsn })
         };
