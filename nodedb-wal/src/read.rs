@@ -223,7 +223,7 @@ impl<S: Storage> Cursor<S> {
             if let Some(entries) = self.indexed.as_mut() {
                 let Some(&(offset, header)) = entries.peek() else {
                     self.indexed = None;
-                    self.scan = None;
+                    self.close_scan();
                     self.index += 1;
                     continue;
                 };
@@ -276,10 +276,22 @@ impl<S: Storage> Cursor<S> {
                         // handed out. Stay here: an extended reader goes on from this point.
                         return Ok(None);
                     }
-                    self.scan = None;
+                    self.close_scan();
                     self.index += 1;
                 }
             }
+        }
+    }
+
+    /// Closes the open segment. A read buffer of it still held then (by payloads the caller
+    /// kept) stops the sharing, as a buffer left behind within a segment does: a caller keeping
+    /// a record of each segment would otherwise pin every segment's buffer.
+    fn close_scan(&mut self) {
+        if let Some(mut scan) = self.scan.take()
+            && self.share
+            && scan.reader_mut().let_go()
+        {
+            self.share = false;
         }
     }
 

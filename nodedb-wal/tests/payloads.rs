@@ -141,3 +141,43 @@ fn mapped_payloads_are_copies() {
     let mapped = wal.read_mapped(Lsn::FIRST).unwrap().take_while(|r| r.as_ref().map_or(true, |r| r.lsn < sealed_end));
     assert_eq!(stream(mapped), 0, "a map is given back as the reader moves on");
 }
+
+/// Keeps one record of each segment, in a log of segments smaller than a read buffer: each
+/// segment is read into one buffer, so the reader never moves past a buffer within a segment,
+/// only from one segment's to the next's. That move too must find the buffer still held:
+/// otherwise every kept record pins a buffer of its own (a whole segment's worth of bytes).
+///
+/// Found by an adversarial review: the reader looked for held buffers only within a segment, and
+/// a caller keeping one record per 64 KiB segment pinned every segment's buffer.
+fn a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers<S: Storage>(storage: S, dir: &Path) {
+    let wal = SegmentedWal::open_with(storage, SegmentedWalConfig { segment_bytes_target: 64 << 10, ..config(dir, None) }).unwrap();
+    append_synced(&wal, 1, 4_000);
+    let firsts: Vec<u64> = wal.segments().iter().map(|s| s.first_lsn.0).collect();
+    assert!(firsts.len() > 10, "{} segments", firsts.len());
+    let mut kept = Vec::new();
+    for (record, lsn) in wal.read_from(Lsn::FIRST).unwrap().zip(1..) {
+        let record = record.unwrap();
+        assert_record(&record, lsn);
+        if firsts.contains(&lsn) {
+            kept.push(record);
+        }
+    }
+    assert_eq!(kept.len(), firsts.len());
+    for record in &kept {
+        assert_record(record, record.lsn.0);
+    }
+    let shared = kept.iter().filter(|r| r.payload.is_shared()).count();
+    assert!(shared >= 1, "the first segment's payloads are shared");
+    assert!(shared <= 2, "{shared} of {} kept records each pin a read buffer", kept.len());
+}
+
+#[test]
+fn a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers(FsStorage::new(), dir.path());
+}
+
+#[test]
+fn a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers_simulated() {
+    a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers(SimStorage::new(6, FaultConfig::default()), Path::new("/p"));
+}

@@ -251,6 +251,16 @@ impl<F: StorageFile> ChunkReader<F> {
         self.kept
     }
 
+    /// Stops the helpers and tells whether a window this reader moved past, or the one in hand,
+    /// is still held by someone else (payloads shared with a caller): for a reader that is done
+    /// with the file, which a window it leaves this way counts against as any other. The helper
+    /// is stopped first: it may still be checking the last window it handed over.
+    pub fn let_go(&mut self) -> bool {
+        self.ahead = None;
+        self.stop_helper();
+        self.kept || Arc::strong_count(&self.window) > 1
+    }
+
     /// Moves to window `next`, noting whether the one left is still held elsewhere. Neither a
     /// helper (it lets go of a window before it hands over the next) nor this reader keeps
     /// one, so another holder is a caller's payload.
