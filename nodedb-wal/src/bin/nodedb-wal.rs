@@ -198,8 +198,12 @@ fn open(args: &Args) -> Result<(PathBuf, ReadOnlyWal), Exit> {
 }
 
 fn preamble_of(path: &Path) -> Option<SegmentPreamble> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut bytes = [0u8; PREAMBLE_SIZE];
-    let mut file = std::fs::File::open(path).ok()?;
+    // Non-blocking, as the log's own opens: a segment swapped for a FIFO since the log opened
+    // must not hang the listing (a FIFO then reads nothing, and no preamble is shown).
+    let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(nonblock).open(path).ok()?;
     std::io::Read::read_exact(&mut file, &mut bytes).ok()?;
     SegmentPreamble::decode(&bytes).ok()
 }
