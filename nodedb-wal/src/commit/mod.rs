@@ -183,16 +183,28 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
-/// Fills `buf` from the kernel's CSPRNG.
+/// Fills `buf` from the kernel's CSPRNG: `getrandom(2)`, or `/dev/urandom` where a sandbox
+/// refuses the system call (as the standard library does). Panics only if neither answers:
+/// salts and nonce epochs must not repeat, and nothing else would keep them apart.
 pub(crate) fn fill_random(buf: &mut [u8]) {
     let mut filled = 0;
     while filled < buf.len() {
         match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
             Ok(n) => filled += n,
             Err(rustix::io::Errno::INTR) => {}
-            Err(e) => panic!("getrandom failed: {e}"),
+            Err(e) => {
+                if let Err(fallback) = fill_from_urandom(&mut buf[filled..]) {
+                    panic!("no randomness: getrandom failed ({e}), and /dev/urandom too ({fallback})");
+                }
+                return;
+            }
         }
     }
+}
+
+/// [`fill_random`]'s way round a refused `getrandom(2)`.
+fn fill_from_urandom(buf: &mut [u8]) -> std::io::Result<()> {
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, buf)
 }
 
 /// A random number (a segment's salt, a buffer's epoch).
@@ -720,5 +732,18 @@ impl<S: Storage> Drop for GroupCommitter<S> {
         if let Err(err) = self.close() {
             tracing::warn!(%err, "closing the log on drop failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_for_a_refused_getrandom_fills_every_byte() {
+        // 64 bytes still all zero after a fill: odds of 2^-512.
+        let mut buf = [0u8; 64];
+        fill_from_urandom(&mut buf).unwrap();
+        assert_ne!(buf, [0u8; 64]);
     }
 }
