@@ -740,7 +740,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_fallback_for_a_refused_getrandom_fills_every_byte() {
+    fn the_fallback_for_a_refused_getrandom_reads_random_bytes() {
         // 64 bytes still all zero after a fill: odds of 2^-512.
         let mut buf = [0u8; 64];
         fill_from_urandom(&mut buf).unwrap();
