@@ -181,3 +181,36 @@ fn a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers_rea
 fn a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers_simulated() {
     a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers(SimStorage::new(6, FaultConfig::default()), Path::new("/p"));
 }
+
+/// Records longer than a read (1 MiB) among small ones, at offsets no block lines up with: a
+/// replay that lets go of each still shares every payload, the long ones read whole into
+/// buffers of their own.
+fn records_longer_than_a_read_are_shared_too<S: Storage>(storage: S, dir: &Path) {
+    let wal = SegmentedWal::open_with(storage, config(dir, None)).unwrap();
+    let body = |i: u32| -> Vec<u8> {
+        let len = if i % 3 == 0 { 1_300_000 + i as usize * 4_099 } else { 100 + i as usize };
+        (0..len).map(|k| (k as u32).wrapping_mul(2_654_435_761).wrapping_add(i) as u8).collect()
+    };
+    for i in 0..24 {
+        wal.append(nodedb_wal::Record::new(nodedb_wal::RecordType::optional(0x100), &body(i))).unwrap();
+    }
+    wal.sync().unwrap();
+    let mut shared = 0;
+    for (record, i) in wal.read_from(Lsn::FIRST).unwrap().zip(0..) {
+        let record = record.unwrap();
+        assert!(record.payload == body(i), "record {i}");
+        shared += u32::from(record.payload.is_shared());
+    }
+    assert_eq!(shared, 24);
+}
+
+#[test]
+fn records_longer_than_a_read_are_shared_too_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    records_longer_than_a_read_are_shared_too(FsStorage::new(), dir.path());
+}
+
+#[test]
+fn records_longer_than_a_read_are_shared_too_simulated() {
+    records_longer_than_a_read_are_shared_too(SimStorage::new(6, FaultConfig::default()), Path::new("/p"));
+}
