@@ -188,7 +188,7 @@ fn a_caller_that_keeps_one_record_per_small_segment_pins_at_most_two_buffers_sim
 fn records_longer_than_a_read_are_shared_too<S: Storage>(storage: S, dir: &Path) {
     let wal = SegmentedWal::open_with(storage, config(dir, None)).unwrap();
     let body = |i: u32| -> Vec<u8> {
-        let len = if i % 3 == 0 { 1_300_000 + i as usize * 4_099 } else { 100 + i as usize };
+        let len = if i.is_multiple_of(3) { 1_300_000 + i as usize * 4_099 } else { 100 + i as usize };
         (0..len).map(|k| (k as u32).wrapping_mul(2_654_435_761).wrapping_add(i) as u8).collect()
     };
     for i in 0..24 {
