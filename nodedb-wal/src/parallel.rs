@@ -3,6 +3,8 @@
 //! back for reuse.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use crate::error::Result;
 use crate::read::{ReadSpec, RecordView, WalIter};
@@ -12,10 +14,15 @@ use crate::types::{Lsn, RecordType, Scope};
 use crate::wal::SegmentedWal;
 
 /// Chunks of decoded records a parallel replay's decoder may hold before the applier takes
-/// them, and the payload bytes (or records) that make a chunk: memory stays under ~64 MiB per
-/// decoder whatever the record size, and a decoder can work most of a segment ahead.
+/// them, and the payload bytes (or records) that make a chunk, so that a decoder can work most
+/// of a segment ahead.
 pub(crate) const DECODED_CHUNKS_AHEAD: usize = 64;
 const DECODED_CHUNK_BYTES: usize = 1 << 20;
+/// Payload bytes a decoder may have sent that the applier has not applied yet: ~64 MiB per
+/// decoder whatever the record size. The chunk count alone does not bound them, since a record
+/// larger than a chunk makes a chunk of its own (64 of 64 MiB records were 4 GiB). One chunk
+/// always goes, however large, or a record larger than this could never be applied.
+pub(crate) const DECODED_BYTES_AHEAD: usize = DECODED_CHUNKS_AHEAD * DECODED_CHUNK_BYTES;
 const DECODED_CHUNK_RECORDS: usize = 4096;
 
 /// Records decoded by a [`SegmentedWal::replay_parallel`] decoder: what a [`RecordView`]
@@ -48,14 +55,51 @@ impl DecodedChunk {
     }
 }
 
+/// The bytes of a decoder's chunks sent and not yet applied (see [`DECODED_BYTES_AHEAD`]).
+#[derive(Debug, Default)]
+pub(crate) struct Ahead(AtomicUsize);
+
+impl Ahead {
+    /// The applier applied `chunk`: its bytes no longer count, and it goes back to its decoder
+    /// (emptied of a large record's buffer first, which reuse would otherwise keep). Always
+    /// handed back unless the queue is full: a decoder waiting for room wakes on it.
+    pub(crate) fn applied(&self, mut chunk: DecodedChunk, spent: &SyncSender<DecodedChunk>) {
+        self.0.fetch_sub(chunk.bytes.len(), Ordering::AcqRel);
+        if chunk.bytes.capacity() > 2 * DECODED_CHUNK_BYTES {
+            chunk.bytes = Vec::new();
+        }
+        // Full (the decoder has buffers enough, and so does not wait) or gone: dropped.
+        let _ = spent.try_send(chunk);
+    }
+
+    /// Sends `chunk` once it fits the bytes ahead (or nothing is ahead); `false` once the
+    /// applier is gone. Waits on the spent chunks: each applied one comes back there (or the
+    /// queue is full, and the wait does not block).
+    fn send(&self, chunk: DecodedChunk, tx: &SyncSender<Result<DecodedChunk>>, spent: &Receiver<DecodedChunk>) -> bool {
+        let len = chunk.bytes.len();
+        loop {
+            let ahead = self.0.load(Ordering::Acquire);
+            if ahead == 0 || ahead + len <= DECODED_BYTES_AHEAD {
+                break;
+            }
+            if spent.recv().is_err() {
+                return false;
+            }
+        }
+        self.0.fetch_add(len, Ordering::AcqRel);
+        tx.send(Ok(chunk)).is_ok()
+    }
+}
+
 /// Decodes one segment's records for [`SegmentedWal::replay_parallel`] and sends them in
-/// chunks, reusing the chunks the applier hands back; the first error is sent last. Stops
-/// when the receiver is gone.
+/// chunks, at most [`DECODED_BYTES_AHEAD`] of them ahead of the applier, reusing the chunks
+/// the applier hands back; the first error is sent last. Stops when the receiver is gone.
 pub(crate) fn decode_segment<S: Storage>(
     storage: Arc<S>,
     spec: ReadSpec,
-    tx: &std::sync::mpsc::SyncSender<Result<DecodedChunk>>,
-    spent: &std::sync::mpsc::Receiver<DecodedChunk>,
+    tx: &SyncSender<Result<DecodedChunk>>,
+    spent: &Receiver<DecodedChunk>,
+    ahead: &Ahead,
 ) {
     let mut records = match WalIter::new(storage, spec) {
         Ok(records) => records,
@@ -75,18 +119,20 @@ pub(crate) fn decode_segment<S: Storage>(
         match record {
             Ok(view) => {
                 chunk.push(&view);
-                if chunk.is_full() && tx.send(Ok(std::mem::replace(&mut chunk, fresh()))).is_err() {
+                if chunk.is_full() && !ahead.send(std::mem::replace(&mut chunk, fresh()), tx, spent) {
                     return;
                 }
             }
             Err(err) => {
-                let _ = tx.send(Ok(chunk)).and_then(|()| tx.send(Err(err)));
+                if ahead.send(chunk, tx, spent) {
+                    let _ = tx.send(Err(err));
+                }
                 return;
             }
         }
     }
     if !chunk.records.is_empty() {
-        let _ = tx.send(Ok(chunk));
+        ahead.send(chunk, tx, spent);
     }
 }
 
@@ -98,6 +144,7 @@ mod tests {
 
     use std::path::Path;
 
+    use super::*;
     use crate::error::WalError;
     use crate::read::RecordView;
     use crate::record::Record;
@@ -167,5 +214,42 @@ mod tests {
             let Err(WalError::Corruption { segment, .. }) = outcome else { panic!("{decoders} decoders: {outcome:?}") };
             assert_eq!((segment, &applied), (damaged.id, &before_damage), "{decoders} decoders");
         }
+    }
+
+    // Found by a review: a chunk is "full" at 1 MiB, but a record larger than that makes a
+    // chunk of its own, and the channel held 64 chunks whatever their size: with 64 MiB
+    // records (the payload maximum) one decoder could hold 4 GiB ahead of the applier.
+    #[test]
+    fn a_decoder_holds_a_bounded_number_of_bytes_ahead_of_the_applier_whatever_the_record_size() {
+        let sim = SimStorage::new(5, FaultConfig::default());
+        let mut c = SegmentedWalConfig::new("/decoders-large");
+        c.segment_bytes_target = 1 << 30;
+        let wal = SegmentedWal::open_with(sim.clone(), c).unwrap();
+        let record = vec![7u8; 2 << 20];
+        for _ in 0..40 {
+            wal.append(Record::new(RecordType::optional(0x100), &record)).unwrap();
+        }
+        wal.sync().unwrap();
+        let seg = wal.segments()[0];
+        assert_eq!(wal.segments().len(), 1);
+        let decrypt = crate::read::Decrypt::With(None);
+        let spec = crate::read::ReadSpec::new("/decoders-large".into(), vec![seg], Lsn(1), wal.durable_lsn(), decrypt);
+        let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_CHUNKS_AHEAD);
+        // An applier that applies nothing (it hands no chunk back) counts what it was sent.
+        let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<DecodedChunk>(DECODED_CHUNKS_AHEAD);
+        drop(spent_tx);
+        let storage = std::sync::Arc::new(sim.clone());
+        let decoder = std::thread::spawn(move || decode_segment(storage, spec, &tx, &spent_rx, &Ahead::default()));
+        let held: usize = rx.iter().map(|chunk| chunk.unwrap().bytes.len()).sum();
+        decoder.join().unwrap();
+        assert!(held <= DECODED_BYTES_AHEAD + record.len(), "{} MiB decoded ahead of the applier", held >> 20);
+        // An applier that applies them all gets them all, waiting decoders and all.
+        let mut applied = 0;
+        let count = |r: RecordView<'_>| {
+            applied += usize::from(r.payload == record.as_slice());
+            Ok(())
+        };
+        assert_eq!(wal.replay_decoded(Lsn(1), 2, count).unwrap(), 40);
+        assert_eq!(applied, 40);
     }
 }

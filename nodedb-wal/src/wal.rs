@@ -11,7 +11,7 @@ use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
 use crate::manifest::Manifest;
-use crate::parallel::{DECODED_CHUNKS_AHEAD, decode_segment};
+use crate::parallel::{Ahead, DECODED_CHUNKS_AHEAD, decode_segment};
 use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, RecordView, WalIter};
 use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
@@ -736,13 +736,15 @@ impl<S: Storage> SegmentedWal<S> {
                     ..self.read_spec(from, self.decrypt())
                 };
                 let storage = Arc::clone(&self.storage);
-                scope.spawn(move || decode_segment(storage, spec, &tx, &spent_rx));
-                (rx, spent_tx)
+                let ahead = Arc::new(Ahead::default());
+                let decoder_ahead = Arc::clone(&ahead);
+                scope.spawn(move || decode_segment(storage, spec, &tx, &spent_rx, &decoder_ahead));
+                (rx, spent_tx, ahead)
             };
             let mut queued = segments.iter();
             let mut running: std::collections::VecDeque<_> = queued.by_ref().take(decoders.max(1)).map(decoder).collect();
             let mut applied = 0;
-            while let Some((decoded, spent)) = running.pop_front() {
+            while let Some((decoded, spent, ahead)) = running.pop_front() {
                 // Returning early drops the receivers: the decoders' sends fail and they stop.
                 for chunk in decoded {
                     let chunk = chunk?;
@@ -750,8 +752,7 @@ impl<S: Storage> SegmentedWal<S> {
                         apply(record)?;
                         applied += 1;
                     }
-                    // Full (the decoder has buffers enough) or gone: the chunk is dropped.
-                    let _ = spent.try_send(chunk);
+                    ahead.applied(chunk, &spent);
                 }
                 running.extend(queued.next().map(decoder));
             }
