@@ -589,6 +589,26 @@ impl<S: Storage> WalIter<S> {
         }
     }
 
+    /// Lets go of buffers a large record made larger than a read needs: the decryption buffer,
+    /// and the open segment's read window. For a reader kept between uses (a tail's), which
+    /// would otherwise hold them as long as it lives (a quiet log never rolls its segment).
+    pub(crate) fn trim(&mut self) {
+        if self.cursor.plain.capacity() > DEFAULT_CHUNK {
+            self.cursor.plain = Vec::new();
+        }
+        if let Some(scan) = self.cursor.scan.as_mut() {
+            scan.reader_mut().trim();
+        }
+    }
+
+    /// Bytes of the buffers the reader holds between records (its read window, its
+    /// decryption buffer).
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> usize {
+        let window = self.cursor.scan.as_ref().map_or(0, |scan| scan.reader().held_bytes());
+        window + self.cursor.plain.capacity()
+    }
+
     /// Where the record after the last one handed out starts.
     pub(crate) fn resume_point(&self) -> Option<Position> {
         self.cursor.next

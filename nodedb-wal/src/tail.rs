@@ -95,9 +95,48 @@ impl<'a, S: Storage> Tail<'a, S> {
                 bytes += record.payload.len();
                 self.ready.push_back(record);
             }
+            // Kept until the next refill, which may be far off: not with a large record's buffers.
+            reader.trim();
         }
         let Some(record) = self.ready.pop_front() else { return Ok(None) };
         self.cursor = record.lsn.next();
         Ok(Some(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::SegmentedWalConfig;
+    use crate::crypto::{KeyRing, SecureKey};
+    use crate::record::Record;
+    use crate::storage::{FaultConfig, SimStorage};
+    use crate::types::RecordType;
+
+    // Found by a review: a tail keeps its reader from one refill to the next for as long as it
+    // follows the log, and one large record left that reader holding a buffer of its size (the
+    // live segment's read window, or the decryption buffer) until the segment rolled, which on
+    // a quiet log is never.
+    #[test]
+    fn a_tail_holds_no_large_buffer_between_refills_after_a_large_record() {
+        for encrypted in [false, true] {
+            let mut config = SegmentedWalConfig::new("/tail-large");
+            if encrypted {
+                config.key_ring = Some(Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [9; 32]))));
+            }
+            let wal = SegmentedWal::open_with(SimStorage::new(3, FaultConfig::default()), config).unwrap();
+            let ty = RecordType::optional(0x100);
+            let mut tail = wal.tail(Lsn::FIRST);
+            for len in [16 << 20, 10] {
+                wal.append_durable(Record::new(ty, &vec![5; len])).unwrap();
+                let record = tail.next_timeout(Duration::from_secs(60)).unwrap().expect("durable");
+                assert_eq!(record.payload.len(), len);
+                drop(record);
+                let held = tail.reader.as_ref().map_or(0, WalIter::held_bytes);
+                assert!(held <= 2 << 20, "encrypted {encrypted}: {} KiB held after a record of {len} bytes", held >> 10);
+            }
+        }
     }
 }

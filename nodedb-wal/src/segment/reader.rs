@@ -10,6 +10,7 @@ use crate::error::{IoOp, Result, WalError};
 use crate::format::layout::round_up;
 use crate::segment::ahead::{self, CheckAhead};
 use crate::segment::read_ahead::{self, ReadAhead, Window};
+use crate::segment::spare;
 use crate::storage::mmap::RELEASE_STEP;
 use crate::storage::{Advice, Mapping, StorageFile};
 
@@ -243,6 +244,21 @@ impl<F: StorageFile> ChunkReader<F> {
     #[inline]
     pub fn window(&self) -> Option<Arc<Window>> {
         self.mapped.is_none().then(|| Arc::clone(&self.window))
+    }
+
+    /// Lets go of a window's buffer larger than a read-ahead window (one a large frame made), for
+    /// a reader kept between uses (a tail's): its bytes are read again if they are wanted. One
+    /// still shared with a caller's payloads is the caller's to drop.
+    pub fn trim(&mut self) {
+        if self.window.buf.len() > spare::MAX_LEN && Arc::strong_count(&self.window) == 1 {
+            self.window = Arc::new(Window::empty(0, self.align));
+        }
+    }
+
+    /// Bytes of the window's buffer.
+    #[cfg(test)]
+    pub fn held_bytes(&self) -> usize {
+        self.window.buf.len()
     }
 
     /// Whether a window the reader moved past was still held (by payloads shared from it).
