@@ -1,5 +1,6 @@
 //! The durable watermark and everyone waiting on it: blocked threads and async tasks.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::num::NonZeroU32;
@@ -29,11 +30,54 @@ pub struct Durability {
     epoch: AtomicU32,
     /// Threads sleeping (or about to) on `epoch`: the flusher skips the wake call when none is.
     sleepers: AtomicU32,
-    /// Tasks to wake: (LSN, registration, waker). A registration is one future's, so two
-    /// futures of one task on one LSN hold one each, and dropping one leaves the other's.
-    wakers: Mutex<Vec<(Lsn, u64, Waker)>>,
+    /// Tasks to wake (see [`Wakers`]).
+    wakers: Mutex<Wakers>,
     /// The next registration's number.
     registrations: AtomicU64,
+}
+
+/// Tasks waiting for LSNs, by registration. A registration is one future's, so two futures of
+/// one task on one LSN hold one each, and dropping one leaves the other's. Ordered by LSN, so
+/// that a sync takes the tasks it covers without looking at the others: with thousands of
+/// futures pending, a list scanned at every sync and every poll cost each sync its length.
+#[derive(Debug, Default)]
+struct Wakers {
+    by_lsn: BTreeMap<(Lsn, u64), Waker>,
+    lsn_of: HashMap<u64, Lsn>,
+}
+
+impl Wakers {
+    /// Takes every registration up to `lsn` (all of them for `None`).
+    fn take_up_to(&mut self, lsn: Option<Lsn>) -> Vec<Waker> {
+        let waiting = match lsn {
+            Some(lsn) if lsn.0 < u64::MAX => self.by_lsn.split_off(&(Lsn(lsn.0 + 1), 0)),
+            _ => BTreeMap::new(),
+        };
+        let ready = std::mem::replace(&mut self.by_lsn, waiting);
+        ready
+            .into_iter()
+            .map(|((_, id), waker)| {
+                self.lsn_of.remove(&id);
+                waker
+            })
+            .collect()
+    }
+
+    fn insert(&mut self, lsn: Lsn, id: u64, waker: &Waker) {
+        if let Some(old) = self.lsn_of.insert(id, lsn) {
+            if old == lsn && self.by_lsn.get(&(lsn, id)).is_some_and(|w| w.will_wake(waker)) {
+                return;
+            }
+            self.by_lsn.remove(&(old, id));
+        }
+        self.by_lsn.insert((lsn, id), waker.clone());
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(lsn) = self.lsn_of.remove(&id) {
+            self.by_lsn.remove(&(lsn, id));
+        }
+    }
 }
 
 /// The futex bit of batch `seq`. Batches 32 apart share a bit; a thread woken for the other
@@ -83,7 +127,7 @@ impl Durability {
     pub fn advance(&self, lsn: Lsn, seq: u64) {
         self.lsn.fetch_max(lsn.0, Ordering::SeqCst);
         self.wake_threads(batch_bit(seq));
-        self.wake_tasks(|waiting| waiting <= lsn);
+        self.wake_tasks(Some(lsn));
     }
 
     /// Ends the log: nothing more becomes durable. The first cause wins.
@@ -92,7 +136,7 @@ impl Durability {
         self.poisoned.store(true, Ordering::SeqCst);
         tracing::error!(?op, %err, "nodedb-wal poisoned: no further append will be acknowledged");
         self.wake_threads(NonZeroU32::MAX);
-        self.wake_tasks(|_| true);
+        self.wake_tasks(None);
     }
 
     /// Wakes the threads sleeping with any of `bits` (followers sleep with all bits).
@@ -107,16 +151,15 @@ impl Durability {
         }
     }
 
-    /// Wakes the tasks whose LSN `which` accepts; each is taken off the list first.
-    fn wake_tasks(&self, which: impl Fn(Lsn) -> bool) {
+    /// Wakes the tasks waiting up to `lsn` (all of them for `None`); each is taken off the list
+    /// first.
+    fn wake_tasks(&self, lsn: Option<Lsn>) {
         let ready: Vec<Waker> = {
             let mut wakers = lock(&self.wakers);
-            if wakers.is_empty() {
+            if wakers.by_lsn.is_empty() {
                 return;
             }
-            let (ready, waiting): (Vec<_>, Vec<_>) = wakers.drain(..).partition(|(lsn, ..)| which(*lsn));
-            *wakers = waiting;
-            ready.into_iter().map(|(.., w)| w).collect()
+            wakers.take_up_to(lsn)
         };
         for waker in ready {
             // A waker is the caller's (its executor's) code, run on the thread that made the
@@ -174,28 +217,22 @@ impl Durability {
     /// Registers (or, polled again, updates) registration `id`'s task to wake once `lsn` is
     /// durable (or the log is poisoned).
     pub fn register(&self, lsn: Lsn, id: u64, waker: &Waker) {
-        let mut wakers = lock(&self.wakers);
-        match wakers.iter_mut().find(|(_, r, _)| *r == id) {
-            Some((_, _, w)) if w.will_wake(waker) => {}
-            Some(entry) => *entry = (lsn, id, waker.clone()),
-            None => wakers.push((lsn, id, waker.clone())),
-        }
+        lock(&self.wakers).insert(lsn, id, waker);
     }
 
     /// Takes back registration `id`, which will not be needed (its future resolved or was
     /// dropped), so that the waker, and whatever its task owns, is not kept until a sync that
     /// may never come (after poison, none does).
     pub fn unregister(&self, id: u64) {
-        let mut wakers = lock(&self.wakers);
-        if let Some(at) = wakers.iter().position(|(_, r, _)| *r == id) {
-            wakers.swap_remove(at);
-        }
+        lock(&self.wakers).remove(id);
     }
 
     /// Task registrations held.
     #[cfg(test)]
     fn registered(&self) -> usize {
-        lock(&self.wakers).len()
+        let wakers = lock(&self.wakers);
+        assert_eq!(wakers.by_lsn.len(), wakers.lsn_of.len(), "the two maps agree");
+        wakers.by_lsn.len()
     }
 }
 
@@ -373,6 +410,33 @@ mod tests {
         fn woken(&self) -> usize {
             self.0.load(Ordering::SeqCst)
         }
+    }
+
+    #[test]
+    fn a_sync_wakes_exactly_the_tasks_it_covers_once_and_a_moved_or_taken_back_registration_goes_with_it() {
+        let d = Durability::new(Lsn(0));
+        // 1000 tasks on LSNs 1..=1000, registered out of order.
+        let tasks: Vec<Arc<Counts>> = (0..1000).map(|_| Arc::new(Counts::default())).collect();
+        let ids: Vec<u64> = (0..1000).map(|_| d.registration()).collect();
+        for k in (0..1000).map(|i| (i * 7919) % 1000) {
+            d.register(Lsn(k as u64 + 1), ids[k], &Waker::from(Arc::clone(&tasks[k])));
+        }
+        // Polled again: task 0 now waits for LSN 900; task 999 is dropped; task 1 re-polled.
+        d.register(Lsn(900), ids[0], &Waker::from(Arc::clone(&tasks[0])));
+        d.unregister(ids[999]);
+        d.register(Lsn(2), ids[1], &Waker::from(Arc::clone(&tasks[1])));
+        assert_eq!(d.registered(), 999);
+        d.advance(Lsn(500), 1);
+        let woken = |k: usize| tasks[k].woken();
+        assert_eq!(woken(0), 0, "moved to 900");
+        assert!((1..500).all(|k| woken(k) == 1), "every task up to 500 woken once");
+        assert!((500..1000).all(|k| woken(k) == 0), "none past 500");
+        assert_eq!(d.registered(), 500, "499 taken off the list, 500 still waiting");
+        d.advance(Lsn(900), 2);
+        assert_eq!((woken(0), woken(899), woken(900)), (1, 1, 0));
+        d.poison(IoOp::SyncData, &io::Error::from_raw_os_error(5));
+        assert!((0..999).all(|k| woken(k) == 1), "poison wakes the rest, once");
+        assert_eq!((woken(999), d.registered()), (0, 0));
     }
 
     #[test]
