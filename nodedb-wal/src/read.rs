@@ -505,6 +505,10 @@ impl RecordView<'_> {
 /// buffer while the caller lets go of them in time (see [`Payload`]); [`WalIter::next_view`]
 /// lends them instead, which saves even that where a replay only looks at each payload once.
 ///
+/// In a sealed segment, where a core is free, a reader has a helper thread reading ahead of it
+/// and holds up to about 3 MiB of read buffers; both go when it leaves the segment or is
+/// dropped. A reader put aside mid-segment keeps them, so drop readers no longer used.
+///
 /// # Examples
 ///
 /// ```
