@@ -144,7 +144,7 @@ impl<S: Storage> WalWriter<S> {
             return Err(WalError::io(IoOp::Open, &path, io::Error::from(io::ErrorKind::AlreadyExists)));
         }
         let mut salt = [0u8; 4];
-        crate::commit::fill_random(&mut salt);
+        crate::crypto::random::fill_random(&mut salt);
         let salt = u32::from_le_bytes(salt);
         let header = SegmentHeaderPayload {
             segment_id: id,

@@ -23,7 +23,7 @@ use flusher::Flusher;
 use plan::{BatchMeta, Crypt, Identity, Plan, Sealed, Wait};
 pub(crate) use plan::{Limits, SegmentPlan};
 
-use crate::crypto::{KeyRing, SegmentCipher};
+use crate::crypto::{KeyRing, SegmentCipher, random};
 use crate::error::{Result, WalError};
 use crate::manifest::Manifest;
 use crate::segment::SegmentInfo;
@@ -183,37 +183,6 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
-/// Fills `buf` from the kernel's CSPRNG: `getrandom(2)`, or `/dev/urandom` where a sandbox
-/// refuses the system call (as the standard library does). Panics only if neither answers:
-/// salts and nonce epochs must not repeat, and nothing else would keep them apart.
-pub(crate) fn fill_random(buf: &mut [u8]) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => filled += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                if let Err(fallback) = fill_from_urandom(&mut buf[filled..]) {
-                    panic!("no randomness: getrandom failed ({e}), and /dev/urandom too ({fallback})");
-                }
-                return;
-            }
-        }
-    }
-}
-
-/// [`fill_random`]'s way round a refused `getrandom(2)`.
-fn fill_from_urandom(buf: &mut [u8]) -> std::io::Result<()> {
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, buf)
-}
-
-/// A random number (a segment's salt, a buffer's epoch).
-pub(crate) fn random_u32() -> u32 {
-    let mut raw = [0u8; 4];
-    fill_random(&mut raw);
-    u32::from_le_bytes(raw)
-}
-
 /// The log's key ring (if any) as the plan sees it.
 struct RingKeys<'a>(Option<&'a KeyRing>);
 
@@ -244,11 +213,11 @@ fn new_identity(key_ring: Option<&KeyRing>, id: crate::types::SegmentId) -> Opti
     if active.is_none() && key_ring.is_some_and(KeyRing::refuses_plaintext) {
         return None;
     }
-    let salt = random_u32();
+    let salt = random::random_u32();
     let crypt = active.map(|(key_id, key)| {
         let mut kdf_salt = [0u8; 16];
-        fill_random(&mut kdf_salt);
-        let epoch = random_u32();
+        random::fill_random(&mut kdf_salt);
+        let epoch = random::random_u32();
         let preamble = encode::encrypted_preamble(key_id, epoch);
         let cipher = Arc::new(SegmentCipher::derive(&key, &kdf_salt, id, &preamble));
         Crypt { key_id, epoch, kdf_salt, cipher }
@@ -732,18 +701,5 @@ impl<S: Storage> Drop for GroupCommitter<S> {
         if let Err(err) = self.close() {
             tracing::warn!(%err, "closing the log on drop failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_fallback_for_a_refused_getrandom_reads_random_bytes() {
-        // 64 bytes still all zero after a fill: odds of 2^-512.
-        let mut buf = [0u8; 64];
-        fill_from_urandom(&mut buf).unwrap();
-        assert_ne!(buf, [0u8; 64]);
     }
 }

@@ -152,7 +152,7 @@ fn write_err(e: io::Error) -> WalError {
 pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut impl Write) -> Result<u64> {
     let (key_id, key) = ring.active().ok_or_else(|| problem(EngineFileProblem::NoActiveKey))?;
     let mut random = [0u8; 20];
-    crate::commit::fill_random(&mut random);
+    crate::crypto::random::fill_random(&mut random);
     let epoch = u32::from_le_bytes(random[16..].try_into().expect("4 bytes"));
     let preamble =
         SegmentPreamble { magic: SEG_PREAMBLE_MAGIC, version: PREAMBLE_VERSION, cipher: CIPHER_AES_256_GCM, key_id, nonce_epoch: epoch };

@@ -73,7 +73,7 @@ impl SecureKey {
     /// ```
     pub fn generate() -> SecureKey {
         let mut bytes = [0u8; KEY_LEN];
-        crate::commit::fill_random(&mut bytes);
+        crate::crypto::random::fill_random(&mut bytes);
         SecureKey::from_bytes(&mut bytes)
     }
 

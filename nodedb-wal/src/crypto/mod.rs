@@ -4,6 +4,7 @@
 mod cipher;
 mod file;
 mod key;
+pub(crate) mod random;
 mod ring;
 
 pub use cipher::{AuthFailed, SegmentCipher, TAG_LEN};

@@ -157,7 +157,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         let inner = Inner {
             buffer,
             targets: Targets::new(),
-            epoch: crate::commit::random_u32(),
+            epoch: crate::crypto::random::random_u32(),
             next_seq: 1,
             needs_recovery,
             unapplied: false,

@@ -102,7 +102,7 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
 
 /// A new file's salt: random and never 0 (which marks a slot of version 1).
 fn new_salt() -> u32 {
-    crate::commit::random_u32().max(1)
+    crate::crypto::random::random_u32().max(1)
 }
 
 /// Creates and formats the file: header block, the whole ring zeroed (so that no later batch
