@@ -168,8 +168,10 @@ impl Storage for FsStorage {
             opened => (opened?, false),
         };
         refuse_special_file(&fd)?;
-        // Cleared again: io_uring hands EAGAIN back for a file opened non-blocking.
-        rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
+        // Cleared again: io_uring hands EAGAIN back for a file opened non-blocking. The status
+        // flags are the ones just asked for (`F_SETFL` ignores the access and creation ones),
+        // so no `F_GETFL` is needed to learn them.
+        rustix::fs::fcntl_setfl(&fd, flags)?;
         Ok(FsFile::new(fd, via_link, self.backend))
     }
 
