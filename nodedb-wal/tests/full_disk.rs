@@ -1,6 +1,7 @@
 //! A full disk: the append path fails with a typed error (`WalError::Io` or `Poisoned`, with
 //! kind `StorageFull`), the log then accepts nothing more, opening it while the disk is still
-//! full either fails with a typed error or recovers intact, and once space is freed every
+//! full either fails with a typed error or recovers intact, a read-only open reads every
+//! acknowledged record off the full disk, and once space is freed every
 //! record acknowledged before the failure is recovered and appends continue.
 //!
 //! On real files the disk is a 2 MiB tmpfs (the test prints why and skips where it may not
@@ -14,7 +15,7 @@ use std::path::Path;
 
 use common::{Tmpfs, append_synced, assert_records, config, payload, read_all, record_type, scope};
 use nodedb_wal::storage::{FaultConfig, Storage};
-use nodedb_wal::{FsStorage, Lsn, Record, SegmentedWal, SimStorage, WalError};
+use nodedb_wal::{FsStorage, Lsn, ReadOnlyWal, Record, SegmentedWal, SimStorage, WalError};
 
 #[track_caller]
 fn assert_storage_full(err: &WalError) {
@@ -74,13 +75,21 @@ fn full_disk_keeps_acknowledged_records<S: Storage + Clone>(storage: S, dir: &Pa
     assert_eq!(wal.durable_lsn().0, acked, "nothing becomes durable after the failure");
     assert!(matches!(wal.close(), Err(WalError::Poisoned { .. })));
 
-    // Still full: opening either fails with a typed error or recovers everything acknowledged.
+    // Still full: opening either fails with a typed error or recovers everything acknowledged
+    // (opening seals the newest segment and starts one, which takes a block or two).
     match SegmentedWal::open_with(storage.clone(), config(dir)) {
         Ok(wal) => {
             check_recovered(&wal, acked);
         }
         Err(err) => assert_storage_full(&err),
     }
+    // A read-only open writes nothing, so it reads every acknowledged record off the full disk.
+    let read_only = ReadOnlyWal::open_with(storage.clone(), dir, None).unwrap();
+    let last = read_only.recovery_info().last_lsn.0;
+    assert!(last >= acked, "acknowledged LSN {acked} unread; read-only recovery reached {last}");
+    let records = read_only.read_from(Lsn(1)).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    assert_records(&records, 1, last);
+    drop(read_only);
 
     free();
     let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
