@@ -508,6 +508,16 @@ pub enum WalError {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// The log has no segment id left for a new segment: its newest segment has the last id
+    /// but one, and the last is never made (recovery could not follow it with another, so a
+    /// log ending there would not open). Only a log whose first segment was given an id near
+    /// `u64::MAX` (a [`crate::WalWriter`] segment) gets here; the append used no LSN, and the
+    /// log stays readable. Copy its records into a log with lower ids to go on.
+    #[error("segment ids are used up: segment {newest} is the last this log can make")]
+    SegmentIdsExhausted {
+        /// The newest segment id the log may use.
+        newest: SegmentId,
+    },
     /// The log was closed (or dropped) on its own flusher thread, by a task's `Waker`, which
     /// cannot wait for the flusher: it still writes and syncs every record appended, but the
     /// close could not confirm it.

@@ -28,7 +28,7 @@ use crate::error::{Result, WalError};
 use crate::manifest::Manifest;
 use crate::segment::SegmentInfo;
 use crate::storage::{BatchBuf, Storage};
-use crate::types::{Lsn, RecordType, Scope};
+use crate::types::{Lsn, RecordType, Scope, SegmentId};
 
 /// Counters of the write path, cheap enough to leave on.
 #[derive(Debug, Default)]
@@ -542,6 +542,10 @@ impl<S: Storage> GroupCommitter<S> {
                     return Err(WalError::InvalidConfig {
                         reason: "the key ring refuses plaintext segments but has no active key to write with",
                     });
+                }
+                Err(Wait::NoSegmentId) => {
+                    self.shared.notify_flusher(&plan);
+                    return Err(WalError::SegmentIdsExhausted { newest: SegmentId(plan::LAST_ID.0 - 1) });
                 }
                 Err(Wait::ForBuffer) => {
                     self.shared.notify_flusher(&plan);

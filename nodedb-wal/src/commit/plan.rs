@@ -133,6 +133,9 @@ pub struct Reservation {
     pub region: Region,
 }
 
+/// The last segment id: never made, since recovery could not follow it with another.
+pub const LAST_ID: SegmentId = SegmentId(u64::MAX);
+
 /// Why a reservation could not be made right now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wait {
@@ -141,6 +144,9 @@ pub enum Wait {
     /// No identity can be chosen for the segment the append needs (the key ring refuses
     /// plaintext segments and has no active key): do not wait, fail.
     NoIdentity,
+    /// The segment the append needs would have the last id, which is never made (recovery
+    /// refuses a newest segment nothing could follow): do not wait, fail.
+    NoSegmentId,
 }
 
 /// Where a plan gets a segment's salt and keys, and learns that the key ring changed.
@@ -245,6 +251,9 @@ impl Plan {
                 self.segment.generation = generation;
             }
             if self.active.is_none() {
+                if !self.segment.started && self.segment.id == LAST_ID {
+                    return Err(Wait::NoSegmentId);
+                }
                 if self.segment.identity.is_none() {
                     self.segment.identity = Some(keys.new_identity(self.segment.id).ok_or(Wait::NoIdentity)?);
                 }
@@ -335,8 +344,10 @@ impl Plan {
     }
 
     fn roll(&mut self) {
+        // Only a started segment rolls, and the one with the last id is never started.
+        let id = self.segment.id.0.checked_add(1).expect("a segment with the last id never rolls");
         self.segment = SegmentPlan {
-            id: SegmentId(self.segment.id.0 + 1),
+            id: SegmentId(id),
             identity: None,
             generation: self.segment.generation,
             first_lsn: self.next_lsn,
@@ -433,7 +444,7 @@ mod tests {
             match p.reserve(&[8 * 1024 - HEADER_LEN], &mut s) {
                 Ok(r) => held.push(r),
                 Err(Wait::ForBuffer) => break,
-                Err(Wait::NoIdentity) => unreachable!("every segment gets a salt here"),
+                Err(wait) => unreachable!("every segment gets a salt and an id here: {wait:?}"),
             }
         }
         assert_eq!(held.len(), 4, "two buffers of two records each");
