@@ -183,9 +183,14 @@ fn a_log_directory_created_by_open_survives_a_crash() {
 /// Bytes the log wrote for `rounds` rounds of `per_round` records of `payload` bytes, each
 /// round followed by a sync, with 64 KiB batches and 256 KiB of zero-fill ahead.
 fn bytes_written_by(rounds: usize, per_round: usize, payload: usize) -> (u64, u64) {
+    bytes_written_with_target(64 << 20, rounds, per_round, payload)
+}
+
+/// [`bytes_written_by`] with segments of `segment_bytes_target`.
+fn bytes_written_with_target(segment_bytes_target: u64, rounds: usize, per_round: usize, payload: usize) -> (u64, u64) {
     let sim = SimStorage::new(9, FaultConfig::default());
     let mut c = SegmentedWalConfig::new("/zf");
-    c.segment_bytes_target = 64 << 20;
+    c.segment_bytes_target = segment_bytes_target;
     c.batch_bytes_max = 64 * 1024;
     c.zero_fill_bytes = 256 * 1024;
     let wal = SegmentedWal::open_with(sim, c).unwrap();
@@ -205,6 +210,19 @@ fn a_run_of_small_batches_is_zero_filled_ahead() {
     let (bytes, batches) = bytes_written_by(12, 1, 100);
     assert_eq!(batches, 12);
     assert!(bytes >= 12 * 4096 + 256 * 1024, "{bytes} bytes: no zero-fill after a run of small batches");
+}
+
+// Found by an adversarial review: a segment target within a block of `u64::MAX` (a log that
+// never rolls, which the config accepts) overflowed where the zero-fill rounds it up to a
+// block: a debug build panicked in the appending thread and poisoned the log at the first run
+// of small batches, and a release build silently wrote no zeros ahead.
+#[test]
+fn a_log_whose_segments_never_roll_is_zero_filled_ahead() {
+    for target in [u64::MAX, u64::MAX - 4095, u64::MAX - 4096] {
+        let (bytes, batches) = bytes_written_with_target(target, 12, 1, 100);
+        assert_eq!(batches, 12);
+        assert!(bytes >= 12 * 4096 + 256 * 1024, "target {target}: {bytes} bytes, no zero-fill after a run of small batches");
+    }
 }
 
 // Found by the pipelined 4 KiB benchmark: a small remainder between full batches was followed

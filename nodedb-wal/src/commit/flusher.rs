@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::Shared;
 use super::plan::{BatchMeta, Sealed, Target};
 use crate::error::IoOp;
-use crate::format::layout::{round_up, write_header_block, write_padding, write_segment_end};
+use crate::format::layout::{write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
 use crate::manifest::Manifest;
 use crate::segment;
@@ -145,8 +145,10 @@ impl<S: Storage> Flusher<S> {
         if batch_end <= self.written_to || self.small_streak < SMALL_STREAK_FOR_ZERO_FILL {
             return Ok(());
         }
-        // A segment rolls near its target size: zeros beyond it would never be used.
-        let limit = round_up(self.shared.segment_bytes_target, self.shared.block as u64);
+        // A segment rolls near its target size: zeros beyond it would never be used. A target
+        // within a block of `u64::MAX` (a log that never rolls) has no block boundary above it.
+        let target = self.shared.segment_bytes_target;
+        let limit = target.checked_next_multiple_of(self.shared.block as u64).unwrap_or(target);
         let len = (limit.saturating_sub(batch_end)).min(zeros.len() as u64) as usize;
         if len == 0 {
             return Ok(());
