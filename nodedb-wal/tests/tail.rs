@@ -141,3 +141,20 @@ fn a_tail_far_behind_a_log_of_large_records_reads_a_few_of_them_at_a_time() {
         assert_eq!(tail.next_timeout(Duration::from_secs(10)).unwrap().unwrap().payload[0], i as u8);
     }
 }
+
+/// Found by an adversarial review: a follower that waits without end, `Duration::MAX` (or
+/// any timeout that runs past what an `Instant` can hold), panicked before waiting, where the
+/// deadline was computed. Such a wait has no deadline: it returns once a record is durable.
+#[test]
+fn a_tail_may_wait_for_the_next_record_without_a_deadline() {
+    let wal = SegmentedWal::open_with(SimStorage::new(5, FaultConfig::default()), config(Path::new("/forever"))).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            wal.append_durable(Record::new(TY, b"later")).unwrap();
+        });
+        let mut tail = wal.tail(Lsn::FIRST);
+        let record = tail.next_timeout(Duration::MAX).unwrap().expect("no deadline: waits until a record is durable");
+        assert_eq!((record.lsn, &record.payload[..]), (Lsn(1), &b"later"[..]));
+    });
+}

@@ -180,7 +180,9 @@ impl Durability {
     /// once `lsn` is durable, `Ok(false)` at the timeout. Asks for no sync: for followers of
     /// the log, not writers. Woken by every sync.
     pub fn wait_timeout(&self, lsn: Lsn, timeout: std::time::Duration) -> Result<bool> {
-        self.sleep_until(lsn, NonZeroU32::MAX, Some(std::time::Instant::now() + timeout))
+        // A timeout past what an `Instant` can hold (`Duration::MAX`: wait without end) has no
+        // deadline.
+        self.sleep_until(lsn, NonZeroU32::MAX, std::time::Instant::now().checked_add(timeout))
     }
 
     /// Sleeps on `epoch` with `bits` until `lsn` is durable (`Ok(true)`), the log is
