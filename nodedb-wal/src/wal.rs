@@ -878,7 +878,17 @@ impl<S: Storage> SegmentedWal<S> {
             // The segment is gone whether or not the directory sync below succeeds: stop listing it.
             shared.segments_lock().retain(|s| s.id != victim);
             index::remove_index(&*self.storage, dir, victim);
-            self.storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+            if let Err(e) = self.storage.sync_dir(dir) {
+                // A kept file whose new name may not be durable is not reused (its new header
+                // could land under the old name), nor left unused on the disk until the next
+                // open, a segment's space per failed truncation: removed, as without reuse.
+                if let Some(kept) = &kept
+                    && let Err(err) = self.storage.remove(kept)
+                {
+                    tracing::warn!(%err, path = %kept.display(), "cannot remove a truncated segment not kept for reuse");
+                }
+                return Err(WalError::io(IoOp::SyncDir, dir, e));
+            }
             if let Some(kept) = kept {
                 shared.add_recycled(kept);
             }

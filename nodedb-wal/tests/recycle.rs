@@ -376,3 +376,26 @@ fn a_spare_segment_file_that_cannot_be_removed_does_not_keep_the_log_from_openin
     assert_eq!(lsn, Lsn(acked + 1));
     wal.close().unwrap();
 }
+
+/// Found by an adversarial review: a truncation whose directory fsync failed after it renamed
+/// a segment for reuse returned the error and left the renamed file out of the pool (rightly:
+/// its new name may not be durable, so its new header could land under the old one) but on
+/// the disk, where nothing reused or removed it until the next open. A long-running log whose
+/// directory fsyncs kept failing kept a whole segment per failed truncation, far past
+/// `recycle_segments`. Such a file is removed instead, as without reuse.
+#[test]
+fn truncations_whose_directory_sync_fails_keep_no_more_files_than_recycle_segments() {
+    let (storage, wal, mut model) = faulty_log(6);
+    for round in 0..20 {
+        fill(&wal, &mut model, 0, 4);
+        storage.fail_once(FaultOp::SyncDir, 0, EIO);
+        let err = wal.truncate_before(wal.durable_lsn()).unwrap_err();
+        assert!(matches!(err, WalError::Io { op: IoOp::SyncDir, .. }), "round {round}: {err}");
+        let kept = recycled_names(&storage, Path::new("/wal"));
+        assert!(kept.len() <= 2, "round {round}: {} truncated files kept: {kept:?}", kept.len());
+    }
+    assert!(!wal.stats().poisoned, "a failed truncation does not poison");
+    // Truncation goes on, and reuse still works once directory fsyncs do.
+    assert!(wal.truncate_before(wal.durable_lsn()).unwrap() > 0);
+    assert_eq!(recycled_names(&storage, Path::new("/wal")).len(), 2);
+}
