@@ -113,6 +113,11 @@ impl CommitStatsSnapshot {
 
     /// The counters accumulated since `earlier` (the maximum and the poisoned flag are kept).
     ///
+    /// Counters start again from zero when the log is opened again (the way out of poisoning),
+    /// so a snapshot taken before a reopen may be larger than one taken after it. Where any
+    /// counter went down, they restarted: the result is then everything counted since the
+    /// restart, `self` itself, as a metrics system reads a counter reset.
+    ///
     /// # Examples
     ///
     /// ```
@@ -123,9 +128,16 @@ impl CommitStatsSnapshot {
     /// let delta = now.since(&earlier);
     /// assert_eq!((delta.records, delta.fsyncs), (60, 2));
     /// assert_eq!(delta.sync_nanos_max, 700, "the newer snapshot's maximum, not a difference");
+    ///
+    /// // After a reopen the counters restarted: the delta is what the new log counted.
+    /// let reopened = CommitStatsSnapshot { records: 30, fsyncs: 3, ..CommitStatsSnapshot::default() };
+    /// assert_eq!(reopened.since(&now), reopened);
     /// ```
     #[must_use]
     pub fn since(&self, earlier: &CommitStatsSnapshot) -> CommitStatsSnapshot {
+        if self.restarted_after(earlier) {
+            return *self;
+        }
         CommitStatsSnapshot {
             fsyncs: self.fsyncs - earlier.fsyncs,
             batches: self.batches - earlier.batches,
@@ -137,6 +149,17 @@ impl CommitStatsSnapshot {
             wait_nanos: self.wait_nanos - earlier.wait_nanos,
             poisoned: self.poisoned,
         }
+    }
+
+    /// Whether any counter is below `earlier`'s: they cannot go down within one open log.
+    fn restarted_after(&self, earlier: &CommitStatsSnapshot) -> bool {
+        self.fsyncs < earlier.fsyncs
+            || self.batches < earlier.batches
+            || self.records < earlier.records
+            || self.bytes_written < earlier.bytes_written
+            || self.sync_nanos < earlier.sync_nanos
+            || self.waits < earlier.waits
+            || self.wait_nanos < earlier.wait_nanos
     }
 }
 
