@@ -485,7 +485,10 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.check(FaultOp::SyncData)?;
+        if let Err(e) = self.check(FaultOp::SyncData) {
+            self.inner.sync_failed();
+            return Err(e);
+        }
         self.inner.sync_data()
     }
 
@@ -517,6 +520,10 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
         self.inner.len()
     }
 
+    fn advise(&self, advice: crate::storage::Advice, offset: u64, len: u64) {
+        self.inner.advise(advice, offset, len);
+    }
+
     fn hold_shared(&self) -> io::Result<()> {
         self.inner.hold_shared()
     }
@@ -531,5 +538,9 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
 
     fn release_hold(&self) {
         self.inner.release_hold();
+    }
+
+    fn sync_failed(&self) {
+        self.inner.sync_failed();
     }
 }

@@ -22,7 +22,7 @@ pub use aligned::AlignedBuf;
 pub use batch::{BatchBuf, Region};
 pub use fs::{FsStorage, IoBackend};
 pub use mmap::Mapping;
-pub use sim::{FaultConfig, SECTOR, SimRng, SimStorage};
+pub use sim::{FaultConfig, SECTOR, SimRng, SimStorage, SyncFailure};
 
 /// How to open a file.
 ///
@@ -181,6 +181,11 @@ pub trait StorageFile: Send + Sync + 'static {
     }
     /// Lets go of the lock taken by [`StorageFile::try_hold_exclusive`].
     fn release_hold(&self) {}
+    /// Tells storage that a wrapper failed a `sync_data` of this file without passing it on
+    /// ([`faulty::FaultyStorage`]), so that a simulation can leave the unsynced writes as a
+    /// failed writeback would ([`SyncFailure`]) instead of pending for the next sync. Real
+    /// storage decides that by itself; the default does nothing.
+    fn sync_failed(&self) {}
     /// Whether the file has names besides the one it was opened by (hard links, such as a
     /// backup made with `cp -al`, or a symbolic link it was opened through): such a file must
     /// not be rewritten in place as a new segment, or the other names would change with it.

@@ -8,6 +8,8 @@
 //! Of each directory it keeps the entries a `sync_dir` made durable or, as often, the entries
 //! of some moment since: file systems write directories back on their own schedule, so a name
 //! can outlive a crash before its file's data was synced. Faults come from a seeded PRNG.
+//! What a failed fdatasync leaves is [`SyncFailure`]: by default the unsynced writes vanish;
+//! [`SyncFailure::KeepsCleanPages`] does what Linux does instead.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
@@ -74,6 +76,49 @@ pub struct FaultConfig {
     pub sync_dir_fail_ppm: u32,
 }
 
+/// What a failed `sync_data` does to the writes it did not make durable.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SimStorage;
+/// use nodedb_wal::storage::{Advice, FaultConfig, SyncFailure};
+/// # use std::path::Path;
+/// # use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
+///
+/// let sim = SimStorage::new(1, FaultConfig::default());
+/// sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+/// # sim.create_dir_all(Path::new("/d"))?;
+/// # sim.sync_dir(Path::new("/"))?;
+/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// # sim.sync_dir(Path::new("/d"))?;
+/// file.write_at(&[7u8; 4096], 0)?;
+/// sim.fail_next_sync();
+/// assert!(file.sync_data().is_err());
+/// file.sync_data()?; // succeeds, and writes nothing: the pages are clean
+/// let mut buf = [0u8; 4096];
+/// file.read_at(&mut buf, 0)?;
+/// assert_eq!(buf, [7u8; 4096], "the page cache still holds the failed writes");
+/// file.advise(Advice::DontNeed, 0, 0); // evicted: reads now go to the disk
+/// file.read_at(&mut buf, 0)?;
+/// assert!(buf.chunks(512).all(|s| s == [0u8; 512] || s == [7u8; 512]), "each sector as the failed writeback left it");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncFailure {
+    /// The unsynced writes are gone at once: reads see the durable bytes and length again, and
+    /// nothing of them survives a crash. The simulation's first model, kept as the default so
+    /// that recorded seeds replay as they did.
+    #[default]
+    DropsUnsynced,
+    /// What Linux does after a writeback error: the writeback stopped part way, so each unsynced
+    /// sector either reached the disk or did not; those that did not stay in the page cache
+    /// marked clean, with their new bytes. Buffered reads keep returning those bytes, no later
+    /// sync writes them (it succeeds), and O_DIRECT reads, a crash and an eviction
+    /// (`Advice::DontNeed`) all see the disk's older bytes. The file keeps its length.
+    KeepsCleanPages,
+}
+
 /// A small, fast, seeded PRNG (SplitMix64); good enough to drive simulations.
 ///
 /// # Examples
@@ -125,6 +170,70 @@ struct Inode {
     /// Dirty sectors that only `set_len` made (a hole, never written since): a crash never
     /// fills them with stale bytes.
     holes: BTreeSet<usize>,
+    /// Sectors a failed sync left in the page cache, clean but never written
+    /// ([`SyncFailure::KeepsCleanPages`]): `volatile` holds what buffered reads see, `durable`
+    /// what the disk holds.
+    unwritten_clean: BTreeSet<usize>,
+}
+
+impl Inode {
+    /// Copies one sector of `volatile` to the disk image, extending it as needed.
+    fn persist(&mut self, sector: usize) {
+        let start = sector * SECTOR;
+        let end = (start + SECTOR).min(self.volatile.len());
+        if start >= end {
+            return;
+        }
+        if self.durable.len() < end {
+            self.durable.resize(end, 0);
+        }
+        self.durable[start..end].copy_from_slice(&self.volatile[start..end]);
+    }
+
+    /// The disk's bytes of `sector` in `buf`, for the part of it that `buf` covers (`buf`
+    /// starts at byte `at` of the file); zeros past the disk image's end.
+    fn overlay_disk(&self, sector: usize, buf: &mut [u8], at: usize) {
+        let (start, end) = ((sector * SECTOR).max(at), (sector * SECTOR + SECTOR).min(at + buf.len()));
+        for i in start..end {
+            buf[i - at] = self.durable.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    /// What a failed sync does under `policy`.
+    fn fail_writeback(&mut self, policy: SyncFailure, rng: &mut SimRng) {
+        match policy {
+            SyncFailure::DropsUnsynced => {
+                self.volatile = self.durable.clone();
+                self.dirty.clear();
+                self.unwritten_clean.clear();
+            }
+            SyncFailure::KeepsCleanPages => {
+                for sector in std::mem::take(&mut self.dirty) {
+                    if rng.below(2) == 0 {
+                        self.persist(sector);
+                    } else {
+                        self.unwritten_clean.insert(sector);
+                    }
+                }
+            }
+        }
+        self.holes.clear();
+    }
+
+    /// Evicts clean pages: sectors a failed sync left unwritten read as the disk has them.
+    fn evict_clean(&mut self, from: usize, to: usize) {
+        let evicted: Vec<usize> = self.unwritten_clean.iter().copied().filter(|&s| s * SECTOR < to && s * SECTOR + SECTOR > from).collect();
+        for sector in evicted {
+            self.unwritten_clean.remove(&sector);
+            let start = sector * SECTOR;
+            let end = (start + SECTOR).min(self.volatile.len());
+            if start < end {
+                let mut disk = vec![0u8; end - start];
+                self.overlay_disk(sector, &mut disk, start);
+                self.volatile[start..end].copy_from_slice(&disk);
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -172,6 +281,7 @@ struct Disk {
     dirs: BTreeMap<PathBuf, Dir>,
     locks: HashSet<PathBuf>,
     fail_next_sync: bool,
+    sync_failure: SyncFailure,
     syncs: u64,
     bytes_read: u64,
 }
@@ -232,6 +342,7 @@ impl SimStorage {
             dirs: BTreeMap::from([(PathBuf::from("/"), Dir { entry_durable: true, ..Dir::default() })]),
             locks: HashSet::new(),
             fail_next_sync: false,
+            sync_failure: SyncFailure::default(),
             syncs: 0,
             bytes_read: 0,
         };
@@ -292,6 +403,12 @@ impl SimStorage {
     /// ```
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
+    }
+
+    /// Chooses what a failed sync leaves, on this disk and the disks its crashes return. See
+    /// [`SyncFailure`] for an example.
+    pub fn set_sync_failure(&self, policy: SyncFailure) {
+        self.lock().sync_failure = policy;
     }
 
     /// Successful and failed `sync_data` calls so far.
@@ -382,6 +499,7 @@ impl SimStorage {
             dirs,
             locks: HashSet::new(),
             fail_next_sync: false,
+            sync_failure: disk.sync_failure,
             syncs: 0,
             bytes_read: 0,
         };
@@ -445,6 +563,7 @@ impl SimStorage {
         inode.durable = bytes.to_vec();
         inode.dirty.clear();
         inode.holes.clear();
+        inode.unwritten_clean.clear();
     }
 }
 
@@ -626,6 +745,12 @@ impl SimFile {
         Ok(disk)
     }
 
+    fn fail_writeback(&self, disk: &mut Disk) {
+        let policy = disk.sync_failure;
+        let Disk { inodes, rng, .. } = disk;
+        inodes.get_mut(&self.ino).expect("open inode exists").fail_writeback(policy, rng);
+    }
+
     fn check_alignment(&self, addr: usize, len: usize, offset: u64) -> io::Result<()> {
         let a = self.align;
         if !addr.is_multiple_of(a) || !len.is_multiple_of(a) || !offset.is_multiple_of(a as u64) {
@@ -639,10 +764,18 @@ impl StorageFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.check_alignment(buf.as_ptr() as usize, buf.len(), offset)?;
         let mut disk = self.lock()?;
-        let data = &disk.inodes[&self.ino].volatile;
+        let inode = &disk.inodes[&self.ino];
+        let data = &inode.volatile;
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
         let n = (data.len() - start).min(buf.len());
         buf[..n].copy_from_slice(&data[start..start + n]);
+        if self.align > 1 {
+            // O_DIRECT reads the disk, not the clean pages a failed sync left in the cache.
+            let sectors = start / SECTOR..(start + n).div_ceil(SECTOR);
+            for &sector in inode.unwritten_clean.range(sectors) {
+                inode.overlay_disk(sector, &mut buf[..n], start);
+            }
+        }
         disk.bytes_read += n as u64;
         Ok(n)
     }
@@ -674,6 +807,7 @@ impl StorageFile for SimFile {
         inode.volatile[start..start + landed].copy_from_slice(&buf[..landed]);
         let sectors = start / SECTOR..(start + landed).div_ceil(SECTOR);
         inode.holes.retain(|s| !sectors.contains(s));
+        inode.unwritten_clean.retain(|s| !sectors.contains(s));
         inode.dirty.extend(sectors);
         failure.map_or(Ok(()), Err)
     }
@@ -683,14 +817,12 @@ impl StorageFile for SimFile {
         disk.syncs += 1;
         let rate = disk.faults.sync_fail_ppm;
         let fail = std::mem::take(&mut disk.fail_next_sync) || disk.rng.chance_ppm(rate);
-        let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
         if fail {
-            // Like Linux after a writeback error: the unsynced data is gone for good.
-            inode.volatile = inode.durable.clone();
-            inode.dirty.clear();
-            inode.holes.clear();
+            // Never retried by the kernel: the unsynced data is gone or stranded (SyncFailure).
+            self.fail_writeback(&mut disk);
             return Err(eio());
         }
+        let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
         let len = inode.volatile.len();
         inode.durable.resize(len, 0);
         inode.holes.clear();
@@ -717,6 +849,7 @@ impl StorageFile for SimFile {
         } else {
             inode.dirty.retain(|&s| s * SECTOR < len);
             inode.holes.retain(|&s| s * SECTOR < len);
+            inode.unwritten_clean.retain(|&s| s * SECTOR < len);
             // A shrink is metadata: it becomes durable with the next sync of this file.
             inode.dirty.insert(len / SECTOR);
         }
@@ -726,6 +859,25 @@ impl StorageFile for SimFile {
     fn len(&self) -> io::Result<u64> {
         let disk = self.lock()?;
         Ok(disk.inodes[&self.ino].volatile.len() as u64)
+    }
+
+    fn advise(&self, advice: super::Advice, offset: u64, len: u64) {
+        if advice != super::Advice::DontNeed {
+            return;
+        }
+        let Ok(mut disk) = self.lock() else { return };
+        let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        let to = if len == 0 { usize::MAX } else { from.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)) };
+        disk.inodes.get_mut(&self.ino).expect("open inode exists").evict_clean(from, to);
+    }
+
+    fn sync_failed(&self) {
+        let Ok(mut disk) = self.lock() else { return };
+        // Only the Linux model changes what an injected failure leaves: under the first one
+        // a wrapper's failed sync left the writes pending, and old tests rely on that.
+        if disk.sync_failure == SyncFailure::KeepsCleanPages {
+            self.fail_writeback(&mut disk);
+        }
     }
 }
 
@@ -821,6 +973,83 @@ mod tests {
         sim.fail_next_sync();
         assert!(f.sync_data().is_err());
         assert_eq!(f.len().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failed_sync_under_the_linux_model_strands_clean_pages_no_later_sync_writes() {
+        let (mut landed, mut stranded) = (0, 0);
+        for seed in 0..32 {
+            let sim = SimStorage::new(seed, FaultConfig::default());
+            sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+            let dir = Path::new("/d");
+            sim.create_dir_all(dir).unwrap();
+            sim.sync_dir(Path::new("/")).unwrap();
+            let f = sim.open(&dir.join("a"), mode()).unwrap();
+            sim.sync_dir(dir).unwrap();
+            f.write_at(&[1u8; 8 * SECTOR], 0).unwrap();
+            f.sync_data().unwrap();
+            f.write_at(&[2u8; 8 * SECTOR], 0).unwrap();
+            sim.fail_next_sync();
+            assert!(f.sync_data().is_err());
+            f.sync_data().expect("a second sync succeeds: nothing is dirty");
+            let mut cached = vec![0u8; 8 * SECTOR];
+            f.read_at(&mut cached, 0).unwrap();
+            assert_eq!(cached, [2u8; 8 * SECTOR], "seed {seed}: buffered reads see the stranded bytes");
+            let direct = sim.open(&dir.join("a"), OpenMode { direct: true, ..mode() }).unwrap();
+            let mut disk = crate::storage::AlignedBuf::zeroed(8 * SECTOR, 4096);
+            direct.read_at(&mut disk, 0).unwrap();
+            let after = sim.crash(seed).read_file(&dir.join("a")).unwrap();
+            assert_eq!(after, &disk[..], "seed {seed}: O_DIRECT reads what a crash keeps");
+            for sector in after.chunks(SECTOR) {
+                assert!(sector == [1u8; SECTOR] || sector == [2u8; SECTOR], "seed {seed}: whole sectors, old or new");
+                if sector[0] == 2 { landed += 1 } else { stranded += 1 }
+            }
+        }
+        assert!(landed > 0 && stranded > 0, "some sectors reached the disk before the error, some not: {landed} / {stranded}");
+    }
+
+    #[test]
+    fn evicting_stranded_pages_shows_the_disk_and_a_new_write_makes_them_durable() {
+        let sim = SimStorage::new(5, FaultConfig::default());
+        sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+        let dir = Path::new("/d");
+        sim.create_dir_all(dir).unwrap();
+        sim.sync_dir(Path::new("/")).unwrap();
+        let f = sim.open(&dir.join("a"), mode()).unwrap();
+        sim.sync_dir(dir).unwrap();
+        f.write_at(&[2u8; 16 * SECTOR], 0).unwrap();
+        sim.fail_next_sync();
+        assert!(f.sync_data().is_err());
+        assert_eq!(f.len().unwrap(), 16 * SECTOR as u64, "the file keeps its length");
+        // Rewritten, the first half is dirty again and the next sync writes it.
+        f.write_at(&[3u8; 8 * SECTOR], 0).unwrap();
+        f.sync_data().unwrap();
+        f.advise(crate::storage::Advice::DontNeed, 0, 0);
+        let mut now = vec![0u8; 16 * SECTOR];
+        f.read_at(&mut now, 0).unwrap();
+        let after = sim.crash(1).read_file(&dir.join("a")).unwrap();
+        assert_eq!(&after[..8 * SECTOR], &[3u8; 8 * SECTOR][..]);
+        assert_eq!(&now[..after.len()], &after[..], "after eviction a buffered read sees the disk");
+        assert!(now[after.len()..].iter().all(|&b| b == 0), "past the disk's end: zeros");
+        assert!(now[8 * SECTOR..].chunks(SECTOR).any(|s| s == [0u8; SECTOR]), "some stranded sector never reached the disk");
+    }
+
+    #[test]
+    fn an_injected_sync_failure_strands_the_writes_under_the_linux_model() {
+        let sim = SimStorage::new(9, FaultConfig::default());
+        sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+        let faulty = crate::storage::faulty::FaultyStorage::new(sim.clone());
+        let dir = Path::new("/d");
+        faulty.create_dir_all(dir).unwrap();
+        faulty.sync_dir(Path::new("/")).unwrap();
+        let f = faulty.open(&dir.join("a"), mode()).unwrap();
+        faulty.sync_dir(dir).unwrap();
+        f.write_at(&[2u8; 16 * SECTOR], 0).unwrap();
+        faulty.fail_once(crate::storage::faulty::FaultOp::SyncData, 0, crate::storage::faulty::EIO);
+        assert!(f.sync_data().is_err());
+        f.sync_data().unwrap();
+        let after = sim.crash(1).read_file(&dir.join("a")).unwrap();
+        assert!(after.len() < 16 * SECTOR || after.chunks(SECTOR).any(|s| s == [0u8; SECTOR]), "the later sync did not write them all");
     }
 
     #[test]
