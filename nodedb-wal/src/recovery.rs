@@ -38,7 +38,7 @@ use crate::segment::index::IndexBuilder;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentHead, SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
-use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::storage::{Advice, OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, RecordType, SegmentId};
 
 /// What the bytes after the first bad position say about it.
@@ -502,6 +502,16 @@ fn scan_segment<S: Storage>(
     // for files written with O_DIRECT.
     let direct = ctx.direct && last;
     let (file, len) = open_held(ctx.storage, &path, id, direct, ctx.beside_writer)?;
+    if last && !direct && !ctx.beside_writer {
+        // After a failed fdatasync (this process's, or an earlier one's under the same kernel)
+        // Linux keeps the pages it could not write in the page cache, marked clean. Read from
+        // there, they would pass for records, and the fdatasync that follows recovery would not
+        // write them: records reported durable, then lost with a sealed segment torn at the
+        // next power cut. Dropping the clean pages first makes the scan read the disk (dirty
+        // pages stay: a killed process's batch, which the sync after recovery writes).
+        // O_DIRECT reads the disk anyway. Only the newest segment can hold such pages.
+        file.advise(Advice::DontNeed, 0, 0);
+    }
     let mut reader = ChunkReader::new(file, path.clone(), len, ctx.align, DEFAULT_CHUNK);
     if !direct {
         reader.read_sequentially();

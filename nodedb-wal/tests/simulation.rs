@@ -329,3 +329,41 @@ fn a_cut_inside_a_block_stands_after_the_seal_extends_the_file() {
     let payloads: Vec<_> = wal.read_from(Lsn(1)).unwrap().map(|r| r.unwrap().payload).collect();
     assert_eq!(payloads, vec![b"after".to_vec()]);
 }
+
+/// Recovery right after a failed fdatasync, in the same kernel (the process reopened the
+/// poisoned log, or was restarted by a supervisor): Linux kept the failed batch's pages in the
+/// page cache marked clean, so a buffered read returns the records and a later fdatasync
+/// writes nothing. Recovery must not report those records durable from the cache.
+fn reopen_after_a_failed_sync_reports_only_what_is_on_disk(direct_io: bool) {
+    for seed in 0..16 {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        sim.set_sync_failure(nodedb_wal::storage::SyncFailure::KeepsCleanPages);
+        let config = || SegmentedWalConfig { direct_io, ..config() };
+        let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+        wal.append_durable(record(b"durable")).unwrap();
+        let stranded = wal.append(record(&[7u8; 3000])).unwrap();
+        sim.fail_next_sync();
+        assert!(wal.wait_durable(stranded).is_err());
+        drop(wal);
+        // Reopened without a power cut: what recovery returns, it reports durable.
+        let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+        let reported = wal.durable_lsn();
+        wal.append_durable(record(b"after the reopen")).unwrap();
+        drop(wal);
+        let after = sim.crash(seed);
+        let wal = SegmentedWal::open_with(after, config()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().map(|r| r.unwrap_or_else(|e| panic!("seed {seed}: {e}"))).collect();
+        assert!(records.len() as u64 >= reported.0, "seed {seed}: {reported} was reported durable; {} survived", records.len());
+        assert_eq!(records.last().unwrap().payload, b"after the reopen", "seed {seed}");
+    }
+}
+
+#[test]
+fn a_buffered_log_reopened_after_a_failed_sync_reports_only_what_is_on_disk() {
+    reopen_after_a_failed_sync_reports_only_what_is_on_disk(false);
+}
+
+#[test]
+fn a_direct_log_reopened_after_a_failed_sync_reports_only_what_is_on_disk() {
+    reopen_after_a_failed_sync_reports_only_what_is_on_disk(true);
+}

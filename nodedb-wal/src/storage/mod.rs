@@ -76,7 +76,9 @@ pub enum Advice {
     Random,
     /// These bytes will be read soon: start reading them now.
     WillNeed,
-    /// These bytes are done with: drop them from the page cache.
+    /// These bytes are done with: drop them from the page cache. Clean pages go (dirty ones are
+    /// only started on their way to the disk), so a read after it sees the disk where a failed
+    /// sync had left pages it never wrote; recovery relies on that.
     DontNeed,
 }
 
