@@ -16,7 +16,7 @@ use std::path::Path;
 use dwb_support::*;
 use nodedb_wal::dwb::scan::scan_ring;
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage as Faulty};
-use nodedb_wal::storage::{OpenMode, SimRng, Storage, StorageFile};
+use nodedb_wal::storage::{OpenMode, SimRng, Storage, StorageFile, SyncFailure};
 use nodedb_wal::{DegradedPolicy, DoubleWriteBuffer, DwbMode, FileId, IoOp, PageCheck, SimStorage, WalError, wal_dwb_bytes_written_total};
 
 const F1: FileId = FILES[0];
@@ -469,6 +469,36 @@ fn a_failed_page_sync_poisons_and_reopening_repairs() {
     open(after.clone(), config(DwbMode::Buffered));
     assert_eq!(versions(&after)[slot_of(F1, 0)], Some(2));
     assert_eq!(versions(&after)[slot_of(F2, 0)], Some(2));
+}
+
+// After a failed fdatasync Linux keeps the pages it could not write in the page cache, marked
+// clean: read back they look written, and the next fdatasync writes nothing. A buffer reopened
+// without a power cut (the engine reopening it, or a restarted process under the same kernel)
+// must repair such pages from their images, not keep what the cache shows.
+#[test]
+fn a_page_whose_sync_failed_is_repaired_by_a_reopen_without_a_power_cut() {
+    for seed in 0..16 {
+        let sim = disk(seed);
+        sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+        let faulty = Faulty::new(sim.clone());
+        let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+        let batch = pages_at(&[(F1, 0), (F1, 1), (F2, 0)], 2);
+        // The buffer's sync goes through; the first page file's sync fails.
+        faulty.fail_once(FaultOp::SyncData, 1, EIO);
+        dwb.write_pages(&borrow(&batch)).unwrap_err();
+        drop(dwb);
+        let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+        // Enough batches of other pages to wrap the 128 KiB ring over the batch's images.
+        let others: Vec<(FileId, u64)> = (1..PAGES).map(|n| (F2, n)).collect();
+        for version in 3..15 {
+            dwb.write_pages(&borrow(&pages_at(&others, version))).unwrap();
+        }
+        drop(dwb);
+        let after = sim.crash(seed);
+        open(after.clone(), config(DwbMode::Buffered));
+        let got = versions(&after);
+        assert_eq!([got[slot_of(F1, 0)], got[slot_of(F1, 1)], got[slot_of(F2, 0)]], [Some(2); 3], "seed {seed}: {got:?}");
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use super::scan::{FoundSlot, RingScan};
 use super::targets::Targets;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::dwb::FileId;
-use crate::storage::{Storage, StorageFile};
+use crate::storage::{Advice, Storage, StorageFile};
 
 /// The caller's verdict on a page's bytes.
 ///
@@ -222,6 +222,11 @@ fn repair_page<S: Storage>(
     let offset = targets.offset(file, page_no, bytes.len())?;
     let path = targets.path(file);
     let handle = targets.file(storage, file)?;
+    // A failed fdatasync of the page file (before a reopen under the same kernel) leaves the
+    // pages it could not write in the page cache, clean: read from there, a page looks written
+    // though the disk holds an old or torn one, and no sync would fix that once its image is
+    // overwritten. Dropping clean pages makes the read below see the disk.
+    handle.advise(Advice::DontNeed, offset, bytes.len() as u64);
     let mut here = vec![0u8; bytes.len()];
     let n = handle.read_at(&mut here, offset).map_err(|e| WalError::io(IoOp::Read, &path, e))?;
     // A page that ends past the end of its file was never fully written.
