@@ -105,6 +105,7 @@ fn groups_are_all_or_nothing_across_random_crashes() {
         let mut rng = SimRng::new(seed);
         let mut sim = SimStorage::new(seed, FaultConfig::default());
         sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+        sim.set_intermediate_writes(true);
         // Its own generator, so that the rounds' appends stay what they were for each seed.
         let mut restarts = SimRng::new(seed ^ 0x7265_7374_6172_7473);
         // Odd seeds write through the page cache, where a failed sync's pages stay readable.

@@ -166,6 +166,7 @@ fn run_seed(seed: u64) {
     let mut rng = SimRng::new(seed);
     let mut sim = SimStorage::new(rng.next_u64(), FaultConfig::default());
     sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+    sim.set_intermediate_writes(true);
     // Its own generator, so that each seed's rounds stay what they were.
     let mut restarts = SimRng::new(seed ^ 0x7265_7374_6172_7473);
     let mut model = Model::default();

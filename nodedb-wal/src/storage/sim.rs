@@ -174,6 +174,10 @@ struct Inode {
     /// ([`SyncFailure::KeepsCleanPages`]): `volatile` holds what buffered reads see, `durable`
     /// what the disk holds.
     unwritten_clean: BTreeSet<usize>,
+    /// Earlier contents of dirty sectors that were written again before a sync, oldest first
+    /// (only with [`SimStorage::set_intermediate_writes`]): writeback may have taken any of
+    /// them to the disk in between.
+    earlier: BTreeMap<usize, Vec<Vec<u8>>>,
 }
 
 impl Inode {
@@ -218,6 +222,24 @@ impl Inode {
             }
         }
         self.holes.clear();
+        self.earlier.clear();
+    }
+
+    /// Keeps the contents of dirty sectors that a write of `len` bytes at `start` replaces.
+    fn note_overwrites(&mut self, start: usize, len: usize) {
+        /// Versions kept per sector: enough to pick from, bounded for long runs.
+        const VERSIONS_MAX: usize = 8;
+        for sector in start / SECTOR..(start + len).div_ceil(SECTOR) {
+            let (from, to) = (sector * SECTOR, (sector * SECTOR + SECTOR).min(self.volatile.len()));
+            if !self.dirty.contains(&sector) || from >= to {
+                continue;
+            }
+            let versions = self.earlier.entry(sector).or_default();
+            if versions.len() == VERSIONS_MAX {
+                versions.remove(0);
+            }
+            versions.push(self.volatile[from..to].to_vec());
+        }
     }
 
     /// Evicts clean pages: sectors a failed sync left unwritten read as the disk has them.
@@ -282,6 +304,7 @@ struct Disk {
     locks: HashSet<PathBuf>,
     fail_next_sync: bool,
     sync_failure: SyncFailure,
+    intermediate_writes: bool,
     syncs: u64,
     bytes_read: u64,
 }
@@ -343,6 +366,7 @@ impl SimStorage {
             locks: HashSet::new(),
             fail_next_sync: false,
             sync_failure: SyncFailure::default(),
+            intermediate_writes: false,
             syncs: 0,
             bytes_read: 0,
         };
@@ -403,6 +427,39 @@ impl SimStorage {
     /// ```
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
+    }
+
+    /// Whether a sector written more than once between syncs may be found after a crash holding
+    /// any of those writes, not only the first (durable) or the last: the kernel or the device
+    /// may write it back between the writes. Off by default, so that recorded seeds replay; it
+    /// carries over to the disks crashes return.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SimStorage;
+    /// use nodedb_wal::storage::FaultConfig;
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
+    /// let found = |intermediate: bool| {
+    ///     (0..64).any(|seed| {
+    ///         let sim = SimStorage::new(1, FaultConfig::default());
+    ///         sim.set_intermediate_writes(intermediate);
+    /// #       sim.create_dir_all(Path::new("/d")).unwrap();
+    /// #       sim.sync_dir(Path::new("/")).unwrap();
+    /// #       let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false }).unwrap();
+    /// #       sim.sync_dir(Path::new("/d")).unwrap();
+    ///         file.write_at(&[1u8; 512], 0).unwrap();
+    ///         file.sync_data().unwrap();
+    ///         file.write_at(&[2u8; 512], 0).unwrap();
+    ///         file.write_at(&[3u8; 512], 0).unwrap();
+    ///         sim.crash(seed).read_file(Path::new("/d/f")).unwrap() == [2u8; 512]
+    ///     })
+    /// };
+    /// assert!(found(true) && !found(false), "the middle write survives some crashes only when modelled");
+    /// ```
+    pub fn set_intermediate_writes(&self, on: bool) {
+        self.lock().intermediate_writes = on;
     }
 
     /// Chooses what a failed sync leaves, on this disk and the disks its crashes return. See
@@ -500,6 +557,7 @@ impl SimStorage {
             locks: HashSet::new(),
             fail_next_sync: false,
             sync_failure: disk.sync_failure,
+            intermediate_writes: disk.intermediate_writes,
             syncs: 0,
             bytes_read: 0,
         };
@@ -564,6 +622,7 @@ impl SimStorage {
         inode.dirty.clear();
         inode.holes.clear();
         inode.unwritten_clean.clear();
+        inode.earlier.clear();
     }
 }
 
@@ -601,6 +660,14 @@ fn survivor(inode: &Inode, rng: &mut SimRng) -> Inode {
             bytes.resize(end, 0);
         }
         bytes[start..end].copy_from_slice(&inode.volatile[start..end]);
+        // Written back in between: an earlier write of the sector may be the one on disk.
+        if let Some(versions) = inode.earlier.get(&sector) {
+            let pick = rng.below(versions.len() as u64 + 1) as usize;
+            if let Some(version) = versions.get(pick) {
+                let n = version.len().min(end - start);
+                bytes[start..start + n].copy_from_slice(&version[..n]);
+            }
+        }
     }
     Inode { volatile: bytes.clone(), durable: bytes, ..Inode::default() }
 }
@@ -800,7 +867,11 @@ impl StorageFile for SimFile {
             None => buf.len(),
         };
         let start = usize::try_from(offset).expect("offset fits in memory");
+        let intermediate = disk.intermediate_writes;
         let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
+        if intermediate {
+            inode.note_overwrites(start, landed);
+        }
         if inode.volatile.len() < start + landed {
             inode.volatile.resize(start + landed, 0);
         }
@@ -823,6 +894,7 @@ impl StorageFile for SimFile {
             return Err(eio());
         }
         let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
+        inode.earlier.clear();
         let len = inode.volatile.len();
         inode.durable.resize(len, 0);
         inode.holes.clear();
@@ -850,6 +922,7 @@ impl StorageFile for SimFile {
             inode.dirty.retain(|&s| s * SECTOR < len);
             inode.holes.retain(|&s| s * SECTOR < len);
             inode.unwritten_clean.retain(|&s| s * SECTOR < len);
+            inode.earlier.retain(|&s, _| s * SECTOR < len);
             // A shrink is metadata: it becomes durable with the next sync of this file.
             inode.dirty.insert(len / SECTOR);
         }

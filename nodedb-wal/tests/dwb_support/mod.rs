@@ -76,6 +76,7 @@ pub fn disk(seed: u64) -> SimStorage {
     let sim = SimStorage::new(seed, FaultConfig::default());
     // A failed sync strands its pages in the cache, as on Linux.
     sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+    sim.set_intermediate_writes(true);
     sim.create_dir_all(Path::new(DIR)).unwrap();
     // Make the new directories' own entries durable, as an engine creating them would.
     for dir in Path::new(DIR).ancestors().skip(1) {
