@@ -919,8 +919,8 @@ impl<S: Storage> SegmentedWal<S> {
 
 /// At open, with one listing of `dir`: removes header indexes whose segment is gone (a crash
 /// after a truncation removed the segment but not yet its index), and returns the truncated
-/// segment files kept for reuse, at most `keep` of them; any more (the setting was lowered)
-/// are removed (one that cannot be is left there, unused).
+/// segment files kept for reuse, at most `keep` of them, with their names made durable; any
+/// more (the setting was lowered) are removed (one that cannot be is left there, unused).
 fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep: usize) -> Result<Vec<PathBuf>> {
     let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
     let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !segments.iter().any(|s| s.id == *id));
@@ -936,7 +936,11 @@ fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep:
             tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment kept for reuse; leaving it");
         }
     }
-    if extra > 0 {
+    // Also whenever a file is kept: its rename to `.recycled` may not be durable (the
+    // truncation's directory fsync failed, or its process died first), and once the flusher
+    // writes a new segment's header into it, a power cut could bring back the old segment's
+    // name on that header.
+    if !ids.is_empty() {
         storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
     }
     Ok(ids[extra..].iter().map(|&id| segment::recycled_path(dir, id)).collect())

@@ -399,3 +399,42 @@ fn truncations_whose_directory_sync_fails_keep_no_more_files_than_recycle_segmen
     assert!(wal.truncate_before(wal.durable_lsn()).unwrap() > 0);
     assert_eq!(recycled_names(&storage, Path::new("/wal")).len(), 2);
 }
+
+// Found by simulation, seed = 1360 (with reopens after a failure): a truncation whose
+// directory fsync failed (and whose removal of the file then failed too) left `{id}.recycled`
+// named only in the cache. The next open (same
+// kernel) handed the file out for reuse; the new segment's header was written and synced into
+// it, and a power cut before the rename to the new name was synced brought back the old
+// name, `{id}.wal`, on a file whose header named the new segment: IdentityMismatch, and a
+// log that no longer opened.
+#[test]
+fn a_kept_file_whose_rename_was_never_synced_is_not_rewritten_under_its_old_name() {
+    let dir = Path::new("/unsynced-keep");
+    for seed in 0..16 {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        let mut model = BTreeMap::new();
+        let faulty = FaultyStorage::new(sim.clone());
+        let wal = SegmentedWal::open_with(faulty.clone(), config(dir)).unwrap();
+        fill(&wal, &mut model, 0, 3);
+        let checkpoint = wal.segments()[1].first_lsn;
+        // The rename's directory fsync fails, and so does the removal that then gives the
+        // file up (`truncations_whose_directory_sync_fails_keep_no_more_files_than_recycle_segments`).
+        faulty.fail_once(FaultOp::SyncDir, 0, EIO);
+        faulty.fail_from(FaultOp::Remove, 0, EIO);
+        assert!(wal.truncate_before(checkpoint).is_err(), "the rename's directory fsync failed");
+        drop(wal);
+        assert!(!recycled_names(&sim, dir).is_empty(), "seed {seed}: the kept file is still listed");
+        // Reopened under the same kernel: the listing shows the kept file.
+        let faulty = FaultyStorage::new(sim.clone());
+        let wal = SegmentedWal::open_with(faulty.clone(), config(dir)).unwrap();
+        let acked = wal.durable_lsn().0;
+        // The roll that reuses the kept file: its header is written and synced, and the
+        // directory fsync after its rename fails (the power is about to go).
+        faulty.fail_from(FaultOp::SyncDir, 0, EIO);
+        while wal.append_durable(Record::new(TY, &payload(1, wal.next_lsn().0))).is_ok() {}
+        drop(wal);
+        let after = sim.crash(seed);
+        let wal = SegmentedWal::open_with(after, config(dir)).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        check_recovered(&wal, &model, acked, &format!("seed {seed}"));
+    }
+}
