@@ -113,6 +113,11 @@ impl<S: Storage> SegmentedWal<S> {
             tracing::warn!(segment = %torn.segment, offset = torn.offset, bytes = torn.bytes_discarded, "cut a torn tail");
         }
         tracing::info!(records = recovered.info.record_count, last_lsn = %recovered.info.last_lsn, "recovered");
+        // Recovery read a listing that may not be durable (a roll or a truncation whose
+        // directory fsync failed, or whose process died first, under the same kernel): the
+        // segments it returns, the one the manifest is about to name, and the kept files the
+        // flusher will write new headers into must keep their names through a power cut.
+        storage.sync_dir(&dir).map_err(|e| WalError::io(IoOp::SyncDir, &dir, e))?;
         let newest = recovered.info.segments.last().map_or(SegmentId(0), |s| s.id);
         let manifest = Manifest::open(&storage, &dir, newest)?;
         let recycled = tidy_dir(&storage, &dir, &recovered.info.segments, config.recycle_segments)?;
@@ -919,8 +924,9 @@ impl<S: Storage> SegmentedWal<S> {
 
 /// At open, with one listing of `dir`: removes header indexes whose segment is gone (a crash
 /// after a truncation removed the segment but not yet its index), and returns the truncated
-/// segment files kept for reuse, at most `keep` of them, with their names made durable; any
-/// more (the setting was lowered) are removed (one that cannot be is left there, unused).
+/// segment files kept for reuse, at most `keep` of them (their names are durable: the open
+/// synced the directory first); any more (the setting was lowered) are removed (one that
+/// cannot be is left there, unused).
 fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep: usize) -> Result<Vec<PathBuf>> {
     let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
     let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !segments.iter().any(|s| s.id == *id));
@@ -936,11 +942,7 @@ fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep:
             tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment kept for reuse; leaving it");
         }
     }
-    // Also whenever a file is kept: its rename to `.recycled` may not be durable (the
-    // truncation's directory fsync failed, or its process died first), and once the flusher
-    // writes a new segment's header into it, a power cut could bring back the old segment's
-    // name on that header.
-    if !ids.is_empty() {
+    if extra > 0 {
         storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
     }
     Ok(ids[extra..].iter().map(|&id| segment::recycled_path(dir, id)).collect())
