@@ -68,9 +68,8 @@ impl<S: Storage> Flusher<S> {
             if own.is_some_and(|lsn| shared.durability.lsn() >= lsn) {
                 return;
             }
-            let Some(Sealed { buf, meta }) = shared.take_job(own) else { return };
-            let mut buf = wait_for_regions(buf);
-            match self.write_batch(&mut buf, &meta) {
+            let Some(Sealed { mut buf, meta }) = shared.take_job(own) else { return };
+            match self.write_batch(wait_for_regions(&mut buf), &meta) {
                 Ok(()) => shared.finish_batch(buf, meta.oversized),
                 Err((op, err)) => {
                     shared.durability.poison(op, &err);
@@ -265,15 +264,13 @@ impl<S: Storage> Drop for PoisonOnPanic<'_, S> {
     }
 }
 
-/// Waits until every appender that reserved bytes in the batch has finished writing them.
-/// Appenders only encode into memory, so this is short; yield rather than sleep.
-fn wait_for_regions(mut buf: Arc<BatchBuf>) -> BatchBuf {
+/// Waits until every appender that reserved bytes in the batch has finished writing them (the
+/// buffer stays in its `Arc`, to go back to the pool in it). Appenders only encode into
+/// memory, so this is short; yield rather than sleep.
+fn wait_for_regions(buf: &mut Arc<BatchBuf>) -> &mut BatchBuf {
     let mut spins = 0u32;
-    loop {
-        match Arc::try_unwrap(buf) {
-            Ok(b) => return b,
-            Err(back) => buf = back,
-        }
+    // `Arc::get_mut` acquires what each appender released when it dropped its region.
+    while Arc::get_mut(buf).is_none() {
         spins += 1;
         if spins < 64 {
             std::hint::spin_loop();
@@ -281,4 +278,5 @@ fn wait_for_regions(mut buf: Arc<BatchBuf>) -> BatchBuf {
             std::thread::yield_now();
         }
     }
+    Arc::get_mut(buf).expect("no region left")
 }

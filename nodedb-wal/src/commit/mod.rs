@@ -343,7 +343,7 @@ impl<S: Storage> Shared<S> {
     }
 
     /// A batch is durable: advance the watermark and return its buffer to the pool.
-    fn finish_batch(&self, buf: BatchBuf, oversized: bool) {
+    fn finish_batch(&self, buf: Arc<BatchBuf>, oversized: bool) {
         let mut plan = lock(&self.plan);
         plan.recycle(buf, oversized);
         if plan.space_waiters > 0 {

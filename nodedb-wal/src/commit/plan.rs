@@ -182,9 +182,11 @@ pub struct Plan {
     pub next_lsn: Lsn,
     pub active: Option<Active>,
     pub sealed: VecDeque<Sealed>,
-    pub free: Vec<BatchBuf>,
+    /// Pooled buffers ready for a batch. Kept in their `Arc`s, which appenders' regions share
+    /// while a batch fills: a batch costs no allocation.
+    pub free: Vec<Arc<BatchBuf>>,
     /// One-off buffers of oversized batches kept for reuse (see [`Self::recycle`]).
-    pub spare_oversized: Vec<BatchBuf>,
+    pub spare_oversized: Vec<Arc<BatchBuf>>,
     /// Pooled buffers currently active, sealed or being written.
     pub buffers_out: usize,
     /// Bytes of the one-off buffers of oversized batches active, sealed or being written.
@@ -304,7 +306,7 @@ impl Plan {
             buf
         } else if self.buffers_out < self.limits.batch_buffers {
             self.buffers_out += 1;
-            BatchBuf::new(self.limits.batch_bytes_max, self.limits.block, self.limits.slack())
+            Arc::new(BatchBuf::new(self.limits.batch_bytes_max, self.limits.block, self.limits.slack()))
         } else {
             return Err(Wait::ForBuffer);
         };
@@ -317,7 +319,7 @@ impl Plan {
         };
         self.segment.started = true;
         self.batches_started += 1;
-        self.active = Some(Active { buf: Arc::new(buf), first_lsn: self.next_lsn, seq: self.batches_started, target });
+        self.active = Some(Active { buf, first_lsn: self.next_lsn, seq: self.batches_started, target });
         Ok(())
     }
 
@@ -379,11 +381,12 @@ impl Plan {
 
     /// A one-off buffer for an oversized batch of `frame_len` bytes: a kept one that is large
     /// enough, else a new one.
-    fn oversized_buffer(&mut self, frame_len: usize) -> BatchBuf {
+    fn oversized_buffer(&mut self, frame_len: usize) -> Arc<BatchBuf> {
         let slack = self.limits.slack();
-        match self.spare_oversized.iter_mut().position(|buf| buf.reset_to(frame_len, slack)) {
+        let fits = |buf: &mut Arc<BatchBuf>| sole(buf).reset_to(frame_len, slack);
+        match self.spare_oversized.iter_mut().position(fits) {
             Some(fits) => self.spare_oversized.swap_remove(fits),
-            None => BatchBuf::new(frame_len, self.limits.block, slack),
+            None => Arc::new(BatchBuf::new(frame_len, self.limits.block, slack)),
         }
     }
 
@@ -392,19 +395,24 @@ impl Plan {
     /// loop appending groups larger than a batch otherwise paid for a fresh, zeroed buffer
     /// (page faults and all) for every group, and ran at ~0.5 of the same records appended
     /// one by one (`compare --pipelined --size 4k`, BENCHMARKS.md).
-    pub fn recycle(&mut self, mut buf: BatchBuf, oversized: bool) {
+    pub fn recycle(&mut self, mut buf: Arc<BatchBuf>, oversized: bool) {
         if oversized {
             self.oversized_out -= buf.capacity();
-            let kept: usize = self.spare_oversized.iter().map(BatchBuf::capacity).sum();
+            let kept: usize = self.spare_oversized.iter().map(|buf| buf.capacity()).sum();
             if kept + buf.capacity() <= self.limits.pool_bytes() {
                 self.spare_oversized.push(buf);
             }
             return;
         }
-        buf.reset();
+        sole(&mut buf).reset();
         self.buffers_out -= 1;
         self.free.push(buf);
     }
+}
+
+/// A buffer back from the flusher (or kept), which no region shares any more.
+fn sole(buf: &mut Arc<BatchBuf>) -> &mut BatchBuf {
+    Arc::get_mut(buf).expect("a written or kept buffer has no regions left")
 }
 
 #[cfg(test)]
@@ -465,7 +473,7 @@ mod tests {
                     ended.push((m.target.segment, m.end_lsn, m.target.offset + m.padded as u64));
                 }
                 let oversized = m.oversized;
-                p.recycle(Arc::try_unwrap(b.buf).unwrap(), oversized);
+                p.recycle(b.buf, oversized);
             }
         }
         // Three one-block batches fit after the header block; the fourth rolls.
@@ -488,14 +496,14 @@ mod tests {
 
     /// Reserves one oversized record of `payload` bytes, seals its batch, and returns the
     /// sealed batch's buffer (as the flusher would, once written) and its address.
-    fn oversized_batch(p: &mut Plan, payload: usize) -> (BatchBuf, usize) {
+    fn oversized_batch(p: &mut Plan, payload: usize) -> (Arc<BatchBuf>, usize) {
         let r = p.reserve(&[payload], &mut salt()).unwrap();
         drop(r);
         p.seal_active(false);
         let sealed = p.take_sealed().unwrap();
         assert!(sealed.meta.oversized);
-        let mut buf = Arc::try_unwrap(sealed.buf).unwrap();
-        let at = buf.bytes_mut().as_ptr() as usize;
+        let mut buf = sealed.buf;
+        let at = sole(&mut buf).bytes_mut().as_ptr() as usize;
         (buf, at)
     }
 
@@ -516,7 +524,7 @@ mod tests {
         assert_ne!(third, first);
         p.recycle(buf, true);
         assert_eq!(p.spare_oversized.len(), 2);
-        let kept: usize = p.spare_oversized.iter().map(BatchBuf::capacity).sum();
+        let kept: usize = p.spare_oversized.iter().map(|buf| buf.capacity()).sum();
         assert!(kept <= pool_bytes, "{kept} bytes kept");
         // One that would take the kept bytes past the pool's is dropped.
         let (big, _) = oversized_batch(&mut p, pool_bytes);
