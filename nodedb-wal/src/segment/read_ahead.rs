@@ -478,6 +478,8 @@ mod tests {
         reads_by_helper: AtomicU64,
         /// The ranges the file was told to drop from the page cache.
         dropped: std::sync::Mutex<Vec<(u64, u64)>>,
+        /// The ranges the file was told would be needed.
+        prefetched: std::sync::Mutex<Vec<(u64, u64)>>,
     }
 
     impl MemFile {
@@ -490,6 +492,7 @@ mod tests {
                 read_by_helper: AtomicU64::new(0),
                 reads_by_helper: AtomicU64::new(0),
                 dropped: Default::default(),
+                prefetched: Default::default(),
             }
         }
 
@@ -527,8 +530,10 @@ mod tests {
             Ok(self.bytes.len() as u64)
         }
         fn advise(&self, advice: crate::storage::Advice, offset: u64, len: u64) {
-            if matches!(advice, crate::storage::Advice::DontNeed) {
-                self.dropped.lock().unwrap().push((offset, offset + len));
+            match advice {
+                crate::storage::Advice::DontNeed => self.dropped.lock().unwrap().push((offset, offset + len)),
+                crate::storage::Advice::WillNeed => self.prefetched.lock().unwrap().push((offset, offset + len)),
+                _ => {}
             }
         }
     }
@@ -590,6 +595,44 @@ mod tests {
             }
             i += 1;
         }
+    }
+
+    /// A headers-only scan asks for the blocks of the next headers at every header. With
+    /// records of a block or less those were the same blocks again and again, or blocks the
+    /// scan had read already: a prefetch asks only for bytes neither in hand nor asked for.
+    #[test]
+    fn prefetches_ask_for_no_byte_twice_and_none_in_hand() {
+        let bytes = noise(1 << 20, 11);
+        let mut reader = MemFile::reader(&bytes, ALIGN, 2 * ALIGN);
+        reader.read_randomly();
+        reader.get(0, 100).unwrap();
+        let in_hand = 2 * ALIGN as u64;
+        // As `Cursor::prefetch_headers` asks for 1 KiB records: 16 headers ahead, three blocks
+        // from each guess, at every header.
+        let (frame, window) = (1024u64, 3 * ALIGN as u64);
+        let mut asked_for = 0;
+        for at in (0..256).map(|i| i * frame) {
+            for k in 1..=16 {
+                let guess = at + k * frame;
+                reader.prefetch(guess - guess % ALIGN as u64, window);
+                asked_for += 1;
+            }
+        }
+        let last = 255 * frame + 16 * frame;
+        let wanted_end = last - last % ALIGN as u64 + window;
+        let asked = reader.file().prefetched.lock().unwrap().clone();
+        assert!(asked.len() * 16 <= asked_for, "{} calls for {asked_for} requests", asked.len());
+        // Back to back from the end of the window in hand to the end of the last request.
+        let mut expect_from = in_hand;
+        for &(start, end) in &asked {
+            assert_eq!(start, expect_from, "{asked:?}");
+            assert!(end > start);
+            expect_from = end;
+        }
+        assert_eq!(expect_from, wanted_end);
+        // A request away from what was asked for is asked for whole.
+        reader.prefetch(900 << 10, window);
+        assert_eq!(reader.file().prefetched.lock().unwrap().last(), Some(&(900 << 10, (900 << 10) + window)));
     }
 
     #[test]
