@@ -282,8 +282,7 @@ impl<S: Storage> SegmentedWal<S> {
         for record in records {
             self.check_record(record)?;
         }
-        let frames: Vec<(RecordType, Scope, &[u8])> = records.iter().map(|r| (r.record_type, r.scope, r.payload)).collect();
-        let first = if grouped { self.committer.append_group(&frames)? } else { self.committer.append_batch(&frames)? };
+        let first = if grouped { self.committer.append_group(records)? } else { self.committer.append_batch(records)? };
         Ok(first..=Lsn(first.0 + records.len() as u64 - 1))
     }
 

@@ -1,5 +1,6 @@
 //! The append path allocates nothing per record or per batch once the log is warm: batch
-//! buffers go back to the pool in the `Arc`s appenders' regions share. Counted by a global allocator in this test
+//! buffers go back to the pool in the `Arc`s appenders' regions share, and an appended group
+//! or batch of records needs no list of its own. Counted by a global allocator in this test
 //! binary (one test, so that no other test allocates meanwhile), on every thread: appenders,
 //! the flusher, and a caller writing its own batch.
 
@@ -61,6 +62,7 @@ fn warm_appends_allocate_nothing_per_record_or_batch() {
     config.allow_buffered_fallback = true;
     let wal = SegmentedWal::open(config).unwrap();
     let payload = [7u8; 128];
+    let records = [Record::new(TY, &payload); 4];
 
     // Buffered appends, made durable every 256 by the flusher thread.
     let pipelined = || {
@@ -75,6 +77,19 @@ fn warm_appends_allocate_nothing_per_record_or_batch() {
     };
     pipelined();
     assert_eq!(allocations_in(pipelined), 0, "append + wait_durable");
+
+    // Groups and batches of four records.
+    let groups = || {
+        for i in 0..APPENDS / 4 {
+            let lsns = if i % 2 == 0 { wal.append_group(&records) } else { wal.append_batch(&records) }.unwrap();
+            if i % 64 == 63 {
+                wal.wait_durable(*lsns.end()).unwrap();
+            }
+        }
+        wal.sync().unwrap();
+    };
+    groups();
+    assert_eq!(allocations_in(groups), 0, "append_group and append_batch");
 
     // One record per batch: the caller writes its own batch. The flusher's header index of
     // the segment (one entry per record here, since each record fills a block) grows by

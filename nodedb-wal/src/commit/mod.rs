@@ -20,12 +20,13 @@ use std::time::Duration;
 pub use durable::DurableFuture;
 use durable::{Durability, SyncRequester};
 use flusher::Flusher;
-use plan::{BatchMeta, Crypt, Identity, Plan, Sealed, Wait};
+use plan::{BatchMeta, Crypt, Frames, Identity, Plan, Sealed, Wait};
 pub(crate) use plan::{Limits, SegmentPlan};
 
 use crate::crypto::{KeyRing, SegmentCipher, random};
 use crate::error::{Result, WalError};
 use crate::manifest::Manifest;
+use crate::record::Record;
 use crate::segment::SegmentInfo;
 use crate::storage::{BatchBuf, Storage};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
@@ -489,7 +490,7 @@ impl<S: Storage> GroupCommitter<S> {
 
     /// Buffers a record and returns its LSN; it is not durable until [`Self::wait_durable`].
     pub fn append(&self, record_type: RecordType, scope: Scope, flags: u16, payload: &[u8]) -> Result<Lsn> {
-        let reservation = self.reserve(&[payload.len()], false)?;
+        let reservation = self.reserve(Frames::one(payload.len()), false)?;
         self.encode_one(reservation, record_type, scope, flags, payload)
     }
 
@@ -498,7 +499,7 @@ impl<S: Storage> GroupCommitter<S> {
     pub fn append_durable(&self, record_type: RecordType, scope: Scope, flags: u16, payload: &[u8]) -> Result<Lsn> {
         // A quiet log's caller may write the batch itself: it does not wake the flusher.
         let quiet = self.shared.quiet();
-        let reservation = self.reserve(&[payload.len()], !quiet)?;
+        let reservation = self.reserve(Frames::one(payload.len()), !quiet)?;
         let batch = reservation.batch;
         let lsn = self.encode_one(reservation, record_type, scope, flags, payload)?;
         if quiet {
@@ -518,24 +519,24 @@ impl<S: Storage> GroupCommitter<S> {
 
     /// Buffers records as an atomic group: consecutive LSNs, one contiguous region of one
     /// batch, every frame but the last flagged "group continues". Returns the first LSN.
-    pub fn append_group(&self, records: &[(RecordType, Scope, &[u8])]) -> Result<Lsn> {
+    pub fn append_group(&self, records: &[Record<'_>]) -> Result<Lsn> {
         self.append_frames(records, true)
     }
 
     /// Buffers records with one reservation (consecutive LSNs, one region), each its own
     /// record: no group flags, so recovery may keep any prefix of them. Returns the first LSN.
-    pub fn append_batch(&self, records: &[(RecordType, Scope, &[u8])]) -> Result<Lsn> {
+    pub fn append_batch(&self, records: &[Record<'_>]) -> Result<Lsn> {
         self.append_frames(records, false)
     }
 
-    fn append_frames(&self, records: &[(RecordType, Scope, &[u8])], grouped: bool) -> Result<Lsn> {
-        let lens: Vec<usize> = records.iter().map(|r| r.2.len()).collect();
-        let reservation = self.reserve(&lens, false)?;
+    fn append_frames(&self, records: &[Record<'_>], grouped: bool) -> Result<Lsn> {
+        let frames = Frames { records: records.len(), payload_bytes: records.iter().map(|r| r.payload.len()).sum() };
+        let reservation = self.reserve(frames, false)?;
         let mut region = reservation.region;
         let bytes = region.bytes();
         let durable_lsn = self.shared.durability.lsn();
         let mut at = 0;
-        for (i, &(record_type, scope, payload)) in records.iter().enumerate() {
+        for (i, &Record { record_type, scope, payload }) in records.iter().enumerate() {
             let len = reservation.identity.frame_len(payload.len());
             let flags = if grouped && i + 1 < records.len() { crate::format::frame::FLAG_GROUP_CONTINUES } else { 0 };
             let lsn = Lsn(reservation.lsn.0 + i as u64);
@@ -546,10 +547,9 @@ impl<S: Storage> GroupCommitter<S> {
         Ok(reservation.lsn)
     }
 
-    /// The shared critical section of every append: LSNs and one region for frames carrying
-    /// `payload_lens`, waiting for a free buffer if need be, then waking the flusher if a
-    /// batch was sealed.
-    fn reserve(&self, payload_lens: &[usize], want_sync: bool) -> Result<plan::Reservation> {
+    /// The shared critical section of every append: LSNs and one region for `frames`, waiting
+    /// for a free buffer if need be, then waking the flusher if a batch was sealed.
+    fn reserve(&self, frames: Frames, want_sync: bool) -> Result<plan::Reservation> {
         let key_ring = self.shared.key_ring.as_deref();
         let mut plan = lock(&self.shared.plan);
         let reservation = loop {
@@ -557,7 +557,7 @@ impl<S: Storage> GroupCommitter<S> {
             if plan.closing {
                 return Err(WalError::Closed);
             }
-            match plan.reserve(payload_lens, &mut RingKeys(key_ring)) {
+            match plan.reserve(frames, &mut RingKeys(key_ring)) {
                 Ok(r) => break r,
                 Err(Wait::NoIdentity) => {
                     // A batch sealed on the way (a roll) still goes to the disk.
@@ -578,7 +578,7 @@ impl<S: Storage> GroupCommitter<S> {
                 }
             }
         };
-        let last = Lsn(reservation.lsn.0 + payload_lens.len() as u64 - 1);
+        let last = Lsn(reservation.lsn.0 + frames.records as u64 - 1);
         if want_sync && plan.sync_wanted < last {
             plan.sync_wanted = last;
         }

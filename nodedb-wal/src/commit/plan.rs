@@ -123,6 +123,22 @@ impl Limits {
     }
 }
 
+/// What a reservation is for: `records` frames (consecutive LSNs) whose payloads take
+/// `payload_bytes` in all. A frame's length is its payload's plus a fixed overhead, so that
+/// is all the plan needs to know of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frames {
+    pub records: usize,
+    pub payload_bytes: usize,
+}
+
+impl Frames {
+    /// One record of `payload_len` bytes.
+    pub fn one(payload_len: usize) -> Frames {
+        Frames { records: 1, payload_bytes: payload_len }
+    }
+}
+
 /// What an append got.
 #[derive(Debug)]
 pub struct Reservation {
@@ -226,12 +242,11 @@ impl Plan {
         }
     }
 
-    /// Reserves consecutive LSNs and one contiguous region for frames carrying `payload_lens`
-    /// bytes (one record, or an atomic group), all in the same batch, sealing and rolling as
-    /// needed. The region holds the frames in order. `keys` gives a segment's salt and keys
+    /// Reserves consecutive LSNs and one contiguous region for `frames` (one record, a batch of
+    /// them or an atomic group), all in the same batch, sealing and rolling as needed. The region holds the frames in order. `keys` gives a segment's salt and keys
     /// when its first batch needs them, and says when a change to the key ring ends a segment.
-    pub fn reserve(&mut self, payload_lens: &[usize], keys: &mut dyn Keys) -> Result<Reservation, Wait> {
-        let total = |identity: &Identity| payload_lens.iter().map(|&len| identity.frame_len(len)).sum::<usize>();
+    pub fn reserve(&mut self, frames: Frames, keys: &mut dyn Keys) -> Result<Reservation, Wait> {
+        let total = |identity: &Identity| frames.records * identity.frame_len(0) + frames.payload_bytes;
         let generation = keys.generation();
         loop {
             if self.segment.generation != generation {
@@ -272,7 +287,7 @@ impl Plan {
             }
             if let Some(region) = active.buf.try_reserve(frame_len) {
                 let lsn = self.next_lsn;
-                self.next_lsn = Lsn(lsn.0 + payload_lens.len() as u64);
+                self.next_lsn = Lsn(lsn.0 + frames.records as u64);
                 return Ok(Reservation { lsn, batch: active.seq, identity: active.target.identity.clone(), region });
             }
             // Full (or too small for an oversized record): close it and start another.
@@ -437,8 +452,8 @@ mod tests {
     fn lsns_are_dense_and_follow_buffer_order() {
         let mut p = plan(1 << 30);
         let mut s = salt();
-        let a = p.reserve(&[100 - HEADER_LEN], &mut s).unwrap();
-        let b = p.reserve(&[100 - HEADER_LEN], &mut s).unwrap();
+        let a = p.reserve(Frames::one(100 - HEADER_LEN), &mut s).unwrap();
+        let b = p.reserve(Frames::one(100 - HEADER_LEN), &mut s).unwrap();
         assert_eq!((a.lsn, b.lsn), (Lsn(1), Lsn(2)));
         assert!(a.region.start() < b.region.start());
     }
@@ -449,7 +464,7 @@ mod tests {
         let mut s = salt();
         let mut held = Vec::new();
         for _ in 0..32 {
-            match p.reserve(&[8 * 1024 - HEADER_LEN], &mut s) {
+            match p.reserve(Frames::one(8 * 1024 - HEADER_LEN), &mut s) {
                 Ok(r) => held.push(r),
                 Err(Wait::ForBuffer) => break,
                 Err(wait) => unreachable!("every segment gets a salt and an id here: {wait:?}"),
@@ -465,7 +480,7 @@ mod tests {
         let mut s = salt();
         let mut ended = Vec::new();
         for _ in 0..6 {
-            drop(p.reserve(&[3000 - HEADER_LEN], &mut s).unwrap());
+            drop(p.reserve(Frames::one(3000 - HEADER_LEN), &mut s).unwrap());
             p.seal_active(false);
             while let Some(b) = p.sealed.pop_front() {
                 let m = b.meta.clone();
@@ -486,7 +501,7 @@ mod tests {
     fn an_oversized_record_gets_its_own_batch() {
         let mut p = plan(1 << 30);
         let mut s = salt();
-        let r = p.reserve(&[100 * 1024 - HEADER_LEN], &mut s).unwrap();
+        let r = p.reserve(Frames::one(100 * 1024 - HEADER_LEN), &mut s).unwrap();
         assert_eq!(r.lsn, Lsn(1));
         drop(r);
         p.seal_active(false);
@@ -497,7 +512,7 @@ mod tests {
     /// Reserves one oversized record of `payload` bytes, seals its batch, and returns the
     /// sealed batch's buffer (as the flusher would, once written) and its address.
     fn oversized_batch(p: &mut Plan, payload: usize) -> (Arc<BatchBuf>, usize) {
-        let r = p.reserve(&[payload], &mut salt()).unwrap();
+        let r = p.reserve(Frames::one(payload), &mut salt()).unwrap();
         drop(r);
         p.seal_active(false);
         let sealed = p.take_sealed().unwrap();
@@ -542,17 +557,17 @@ mod tests {
         assert!(large > p.limits.batch_bytes_max);
         // A record larger than the whole budget still gets a batch when none is in flight.
         let (huge, _) = oversized_batch(&mut p, 2 * pool_bytes);
-        assert!(matches!(p.reserve(&[20 * 1024], &mut salt()), Err(Wait::ForBuffer)), "waits while the huge one is out");
+        assert!(matches!(p.reserve(Frames::one(20 * 1024), &mut salt()), Err(Wait::ForBuffer)), "waits while the huge one is out");
         p.recycle(huge, true);
         // Below the budget several go at once; the one that would pass it waits for the disk.
         let (first, _) = oversized_batch(&mut p, large);
         let (second, _) = oversized_batch(&mut p, large);
-        assert!(matches!(p.reserve(&[large], &mut salt()), Err(Wait::ForBuffer)));
+        assert!(matches!(p.reserve(Frames::one(large), &mut salt()), Err(Wait::ForBuffer)));
         assert!(p.active.is_none(), "the waiter left nothing active that the flusher would not write");
         p.recycle(first, true);
         let (third, _) = oversized_batch(&mut p, large);
         // Small records are not held back by large ones in flight: they use the pool.
-        let small = p.reserve(&[100], &mut salt()).unwrap();
+        let small = p.reserve(Frames::one(100), &mut salt()).unwrap();
         drop(small);
         p.seal_active(false);
         let pooled = p.take_sealed().unwrap();
@@ -568,11 +583,11 @@ mod tests {
         let mut p = plan(1 << 30);
         p.limits.batch_buffers = 3;
         let mut s = salt();
-        let first = p.reserve(&[100], &mut s).unwrap().lsn;
+        let first = p.reserve(Frames::one(100), &mut s).unwrap().lsn;
         p.seal_active(false);
-        let second = p.reserve(&[100], &mut s).unwrap().lsn;
+        let second = p.reserve(Frames::one(100), &mut s).unwrap().lsn;
         p.seal_active(false);
-        let third = p.reserve(&[100], &mut s).unwrap().lsn;
+        let third = p.reserve(Frames::one(100), &mut s).unwrap().lsn;
         assert_eq!([p.batch_of(first), p.batch_of(second), p.batch_of(third)], [1, 2, 3], "sealed, sealed, active");
         let taken = p.take_sealed().unwrap();
         assert_eq!(taken.meta.seq, 1);
