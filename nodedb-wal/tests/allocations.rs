@@ -102,4 +102,18 @@ fn warm_appends_allocate_nothing_per_record_or_batch() {
     durable();
     let counted = allocations_in(durable);
     assert!(counted <= 4, "append_durable: {counted} allocations for {APPENDS} records");
+
+    // A tail refilled at every record: each refill allocates the record it hands out (owned)
+    // and a listing of the segments, and reads into the buffer its reader already has.
+    let mut tail = wal.tail(wal.next_lsn());
+    let mut follow = || {
+        for _ in 0..APPENDS {
+            let lsn = wal.append_durable(Record::new(TY, &payload)).unwrap();
+            let record = tail.next_timeout(std::time::Duration::from_secs(60)).unwrap().expect("durable");
+            assert_eq!(record.lsn, lsn);
+        }
+    };
+    follow();
+    let counted = allocations_in(&mut follow);
+    assert!(counted <= 2 * APPENDS as u64, "tail: {counted} allocations for {APPENDS} refills of one record");
 }

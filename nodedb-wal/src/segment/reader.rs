@@ -245,8 +245,12 @@ impl<F: StorageFile> ChunkReader<F> {
         self.ahead = None;
         self.stop_helper();
         self.helpers_left = 0;
-        // The window may hold blocks read while they were still being written: forget it.
-        self.window = Arc::new(Window::empty(0, self.align));
+        // The window may hold blocks read while they were still being written: forget them. Its
+        // buffer is kept where nobody else holds it, for the next read (a tail's next refill).
+        match Arc::get_mut(&mut self.window) {
+            Some(window) => window.reset(0),
+            None => self.window = Arc::new(Window::empty(0, self.align)),
+        }
     }
 
     /// The file's path, for errors.
