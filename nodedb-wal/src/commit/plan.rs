@@ -243,8 +243,9 @@ impl Plan {
     }
 
     /// Reserves consecutive LSNs and one contiguous region for `frames` (one record, a batch of
-    /// them or an atomic group), all in the same batch, sealing and rolling as needed. The region holds the frames in order. `keys` gives a segment's salt and keys
-    /// when its first batch needs them, and says when a change to the key ring ends a segment.
+    /// them or an atomic group), all in the same batch, sealing and rolling as needed. The
+    /// region holds the frames in order. `keys` gives a segment's salt and keys when its first
+    /// batch needs them, and says when a change to the key ring ends a segment.
     pub fn reserve(&mut self, frames: Frames, keys: &mut dyn Keys) -> Result<Reservation, Wait> {
         let total = |identity: &Identity| frames.records * identity.frame_len(0) + frames.payload_bytes;
         let generation = keys.generation();
