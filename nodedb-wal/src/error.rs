@@ -518,6 +518,14 @@ pub enum WalError {
         /// The newest segment id the log may use.
         newest: SegmentId,
     },
+    /// The append would take LSNs at or past [`Lsn::LIMIT`] (2^63). Only a log that started
+    /// near it (a [`crate::WalWriter`] segment with a huge first LSN) gets here; the append
+    /// used no LSN, and the log stays readable.
+    #[error("LSNs are used up: the next would be {next}, and every LSN stays below 2^63")]
+    LsnsExhausted {
+        /// The next LSN the log would have handed out.
+        next: Lsn,
+    },
     /// The log was closed (or dropped) on its own flusher thread, by a task's `Waker`, which
     /// cannot wait for the flusher: it still writes and syncs every record appended, but the
     /// close could not confirm it.

@@ -23,6 +23,10 @@ impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
     /// The first LSN a fresh log hands out.
     pub const FIRST: Lsn = Lsn(1);
+    /// Every record's LSN is below this (2^63), and a segment's first LSN at most this: a log
+    /// refuses the append that would reach it, and recovery refuses a segment header past it,
+    /// so LSN arithmetic never wraps. No real log gets near: 2^63 appends take millennia.
+    pub const LIMIT: Lsn = Lsn(1 << 63);
 
     /// The LSN after this one.
     ///

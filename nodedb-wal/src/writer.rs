@@ -125,7 +125,7 @@ impl<S: Storage> WalWriter<S> {
         let block = config.alignment;
         // LSNs count up by one and never wrap: a first LSN in the top half of the range leaves
         // no room that a log could be said to need, and would wrap near its end.
-        let lsn_ok = first_lsn != Lsn::ZERO && first_lsn.0 < 1 << 63;
+        let lsn_ok = first_lsn != Lsn::ZERO && first_lsn < Lsn::LIMIT;
         // The same bounds as the log's own config: a block length readers accept, a batch
         // buffer that can be allocated, and an id a later segment can follow.
         let batch_ok = (block.saturating_mul(4)..=BUFFER_BYTES_MAX).contains(&config.batch_bytes);
@@ -211,6 +211,9 @@ impl<S: Storage> WalWriter<S> {
         self.check()?;
         if record.record_type.is_reserved() {
             return Err(WalError::ReservedRecordType { record_type: record.record_type });
+        }
+        if self.next_lsn >= Lsn::LIMIT {
+            return Err(WalError::LsnsExhausted { next: self.next_lsn });
         }
         let frame_len = HEADER_LEN + record.payload.len();
         let payload_len = u32::try_from(record.payload.len())

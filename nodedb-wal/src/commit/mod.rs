@@ -570,6 +570,7 @@ impl<S: Storage> GroupCommitter<S> {
                     self.shared.notify_flusher(&plan);
                     return Err(WalError::SegmentIdsExhausted { newest: SegmentId(plan::LAST_ID.0 - 1) });
                 }
+                Err(Wait::NoLsn) => return Err(WalError::LsnsExhausted { next: plan.next_lsn }),
                 Err(Wait::ForBuffer) => {
                     self.shared.notify_flusher(&plan);
                     plan.space_waiters += 1;

@@ -163,6 +163,8 @@ pub enum Wait {
     /// The segment the append needs would have the last id, which is never made (recovery
     /// refuses a newest segment nothing could follow): do not wait, fail.
     NoSegmentId,
+    /// The records would take LSNs at or past [`Lsn::LIMIT`]: do not wait, fail.
+    NoLsn,
 }
 
 /// Where a plan gets a segment's salt and keys, and learns that the key ring changed.
@@ -248,6 +250,10 @@ impl Plan {
     /// batch needs them, and says when a change to the key ring ends a segment.
     pub fn reserve(&mut self, frames: Frames, keys: &mut dyn Keys) -> Result<Reservation, Wait> {
         let total = |identity: &Identity| frames.records * identity.frame_len(0) + frames.payload_bytes;
+        let end = u64::try_from(frames.records).ok().and_then(|n| self.next_lsn.0.checked_add(n));
+        if end.is_none_or(|end| end > Lsn::LIMIT.0) {
+            return Err(Wait::NoLsn);
+        }
         let generation = keys.generation();
         loop {
             if self.segment.generation != generation {

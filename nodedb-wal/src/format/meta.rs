@@ -86,8 +86,9 @@ impl SegmentHeaderPayload {
         out
     }
 
-    /// Decodes; `None` if the length is wrong or the block size is not a power of two in
-    /// `512..=1 MiB`. See [`SegmentHeaderPayload`] for an example.
+    /// Decodes; `None` if the length is wrong, the block size is not a power of two in
+    /// `512..=1 MiB`, or the first LSN is outside `1..=Lsn::LIMIT`. See
+    /// [`SegmentHeaderPayload`] for an example.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<SegmentHeaderPayload> {
         if bytes.len() != SEGMENT_HEADER_PAYLOAD_LEN {
@@ -95,6 +96,9 @@ impl SegmentHeaderPayload {
         }
         let block_len = read_le!(u32, bytes, 20);
         if !is_block_len(u64::from(block_len)) {
+            return None;
+        }
+        if !(Lsn::FIRST.0..=Lsn::LIMIT.0).contains(&read_le!(u64, bytes, 8)) {
             return None;
         }
         let mut kdf_salt = [0u8; 16];
@@ -160,6 +164,19 @@ mod tests {
         let h = SegmentHeaderPayload { segment_id: SegmentId(9), first_lsn: Lsn(1000), salt: 77, block_len: 4096, kdf_salt: [3; 16] };
         assert_eq!(SegmentHeaderPayload::decode(&h.encode()), Some(h));
         assert_eq!(SegmentHeaderPayload::decode(&h.encode()[..39]), None);
+    }
+
+    #[test]
+    fn a_segment_header_whose_first_lsn_is_zero_or_past_the_limit_is_refused() {
+        let at =
+            |lsn: u64| SegmentHeaderPayload { segment_id: SegmentId(9), first_lsn: Lsn(lsn), salt: 77, block_len: 4096, kdf_salt: [0; 16] };
+        for lsn in [1, 1000, Lsn::LIMIT.0 - 1, Lsn::LIMIT.0] {
+            assert_eq!(SegmentHeaderPayload::decode(&at(lsn).encode()), Some(at(lsn)), "first LSN {lsn}");
+        }
+        // A checksummed header past the limit would let LSN arithmetic wrap; zero is no LSN.
+        for lsn in [0, Lsn::LIMIT.0 + 1, u64::MAX - 1, u64::MAX] {
+            assert_eq!(SegmentHeaderPayload::decode(&at(lsn).encode()), None, "first LSN {lsn}");
+        }
     }
 
     #[test]
