@@ -962,6 +962,23 @@ mod tests {
         OpenMode { create: true, write: true, direct: false }
     }
 
+    /// `storage` (a simulated disk under the Linux sync-failure model, or a wrapper of it) with
+    /// a durable directory `/d` and a durable empty file `/d/a` in it, opened for buffered writes.
+    fn durable_empty_file<S: Storage>(storage: &S) -> S::File {
+        let dir = Path::new("/d");
+        storage.create_dir_all(dir).unwrap();
+        storage.sync_dir(Path::new("/")).unwrap();
+        let f = storage.open(&dir.join("a"), mode()).unwrap();
+        storage.sync_dir(dir).unwrap();
+        f
+    }
+
+    fn linux_sim(seed: u64) -> SimStorage {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+        sim
+    }
+
     #[test]
     fn synced_data_survives_a_crash_and_unsynced_entries_may_or_may_not() {
         let (mut kept, mut lost) = (0, 0);
@@ -1052,13 +1069,9 @@ mod tests {
     fn a_failed_sync_under_the_linux_model_strands_clean_pages_no_later_sync_writes() {
         let (mut landed, mut stranded) = (0, 0);
         for seed in 0..32 {
-            let sim = SimStorage::new(seed, FaultConfig::default());
-            sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+            let sim = linux_sim(seed);
             let dir = Path::new("/d");
-            sim.create_dir_all(dir).unwrap();
-            sim.sync_dir(Path::new("/")).unwrap();
-            let f = sim.open(&dir.join("a"), mode()).unwrap();
-            sim.sync_dir(dir).unwrap();
+            let f = durable_empty_file(&sim);
             f.write_at(&[1u8; 8 * SECTOR], 0).unwrap();
             f.sync_data().unwrap();
             f.write_at(&[2u8; 8 * SECTOR], 0).unwrap();
@@ -1083,13 +1096,9 @@ mod tests {
 
     #[test]
     fn evicting_stranded_pages_shows_the_disk_and_a_new_write_makes_them_durable() {
-        let sim = SimStorage::new(5, FaultConfig::default());
-        sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+        let sim = linux_sim(5);
         let dir = Path::new("/d");
-        sim.create_dir_all(dir).unwrap();
-        sim.sync_dir(Path::new("/")).unwrap();
-        let f = sim.open(&dir.join("a"), mode()).unwrap();
-        sim.sync_dir(dir).unwrap();
+        let f = durable_empty_file(&sim);
         f.write_at(&[2u8; 16 * SECTOR], 0).unwrap();
         sim.fail_next_sync();
         assert!(f.sync_data().is_err());
@@ -1109,14 +1118,10 @@ mod tests {
 
     #[test]
     fn an_injected_sync_failure_strands_the_writes_under_the_linux_model() {
-        let sim = SimStorage::new(9, FaultConfig::default());
-        sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+        let sim = linux_sim(9);
         let faulty = crate::storage::faulty::FaultyStorage::new(sim.clone());
         let dir = Path::new("/d");
-        faulty.create_dir_all(dir).unwrap();
-        faulty.sync_dir(Path::new("/")).unwrap();
-        let f = faulty.open(&dir.join("a"), mode()).unwrap();
-        faulty.sync_dir(dir).unwrap();
+        let f = durable_empty_file(&faulty);
         f.write_at(&[2u8; 16 * SECTOR], 0).unwrap();
         faulty.fail_once(crate::storage::faulty::FaultOp::SyncData, 0, crate::storage::faulty::EIO);
         assert!(f.sync_data().is_err());
