@@ -574,6 +574,41 @@ fn switching_to_off_applies_the_old_buffer_then_removes_it() {
     assert_eq!(versions(&after)[slot_of(F1, 6)], Some(3));
 }
 
+/// Found by a review: in mode `Off`, a failed directory fsync after recovery removed the
+/// buffer file left the buffer needing recovery, and every later `recover` failed on the
+/// removal (the file was gone: `NotFound`), so pages could not be written until a reopen.
+/// Recovery is idempotent, and so is the removal now: calling `recover` again finishes it.
+#[test]
+fn switching_to_off_finishes_when_recover_is_called_again_after_a_failed_directory_sync() {
+    let sim = disk(18);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    faulty.cut_power_after(2 + 1);
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 6), (F2, 6)], 2))).unwrap_err();
+    drop(dwb);
+    let after = sim.crash(3);
+    tear(&after, F1, 6);
+
+    let faulty = Faulty::new(after.clone());
+    let dwb = DoubleWriteBuffer::open_with(faulty.clone(), config(DwbMode::Off)).unwrap();
+    for file in FILES {
+        dwb.register_file(file, file_path(file), PAGE).unwrap();
+    }
+    faulty.fail_once(FaultOp::SyncDir, 0, EIO);
+    let err = dwb.recover(check).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: IoOp::SyncDir, .. }), "{err}");
+    let report = dwb.recover(check).expect("recovery runs again and finishes");
+    assert!(report.pages_restored.is_empty(), "the first run restored them: {report:?}");
+    assert_eq!(versions(&after)[slot_of(F1, 6)], Some(2));
+    assert!(after.read_file(&dwb_path()).is_none(), "the buffer file is gone");
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 6)], 3))).unwrap();
+    // The removal's directory entry is durable: a power cut brings no old buffer back.
+    drop(dwb);
+    let again = after.crash(4);
+    assert!(again.read_file(&dwb_path()).is_none(), "the removal is durable");
+    assert_eq!(versions(&again)[slot_of(F1, 6)], Some(3));
+}
+
 #[test]
 fn a_crash_while_the_buffer_file_is_created_leaves_a_usable_buffer() {
     // Creation: the directory's two levels synced in their parents, then zero-fill writes (the

@@ -336,7 +336,13 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         if self.config.mode == DwbMode::Off {
             let path = ring.path().to_path_buf();
             let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-            self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+            // Gone already: an earlier call removed it and then failed to sync the directory.
+            // Recovery runs again whole (it is idempotent), and so does the removal.
+            match self.storage.remove(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(WalError::io(IoOp::Remove, &path, e)),
+            }
             self.storage.sync_dir(&dir).map_err(|e| WalError::io(IoOp::SyncDir, &dir, e))?;
             inner.buffer = Buffer::Absent;
         } else if !ring.formatted()
