@@ -191,7 +191,9 @@ pub(super) fn repair<S: Storage>(
             continue;
         }
         let bytes = &image[slot.image_range()];
-        checked.insert(file);
+        if checked.insert(file) {
+            drop_clean_pages(storage, targets, file)?;
+        }
         report.pages_checked += 1;
         let buffered = validator(file, bytes);
         match repair_page(storage, targets, file, page_no, bytes, buffered, validator)? {
@@ -209,6 +211,19 @@ pub(super) fn repair<S: Storage>(
     Ok(report)
 }
 
+/// Drops the clean pages of `file` from the page cache, before recovery reads any of its pages
+/// in place. A failed fdatasync of the page file (before a reopen under the same kernel) leaves
+/// the pages it could not write in the page cache, clean: read from there, a page looks written
+/// though the disk holds an old or torn one, and no sync would fix that once its image is
+/// overwritten. The whole file, not each page's bytes: Linux drops only the cache pages (the
+/// folios, which can be many KiB) that lie wholly inside the range it is given, so a range of
+/// one page of the file drops nothing where that page is smaller than a folio or not aligned
+/// to one. Dirty pages stay (they are not stranded: the sync after recovery writes them).
+fn drop_clean_pages<S: Storage>(storage: &S, targets: &mut Targets<S::File>, file: FileId) -> Result<()> {
+    targets.file(storage, file)?.advise(Advice::DontNeed, 0, 0);
+    Ok(())
+}
+
 /// Reads one page in place, decides, and writes the image back if the table says so.
 fn repair_page<S: Storage>(
     storage: &S,
@@ -222,11 +237,6 @@ fn repair_page<S: Storage>(
     let offset = targets.offset(file, page_no, bytes.len())?;
     let path = targets.path(file);
     let handle = targets.file(storage, file)?;
-    // A failed fdatasync of the page file (before a reopen under the same kernel) leaves the
-    // pages it could not write in the page cache, clean: read from there, a page looks written
-    // though the disk holds an old or torn one, and no sync would fix that once its image is
-    // overwritten. Dropping clean pages makes the read below see the disk.
-    handle.advise(Advice::DontNeed, offset, bytes.len() as u64);
     let mut here = vec![0u8; bytes.len()];
     let n = handle.read_at(&mut here, offset).map_err(|e| WalError::io(IoOp::Read, &path, e))?;
     // A page that ends past the end of its file was never fully written.

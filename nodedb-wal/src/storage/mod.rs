@@ -78,7 +78,9 @@ pub enum Advice {
     WillNeed,
     /// These bytes are done with: drop them from the page cache. Clean pages go (dirty ones are
     /// only started on their way to the disk), so a read after it sees the disk where a failed
-    /// sync had left pages it never wrote; recovery relies on that.
+    /// sync had left pages it never wrote; recovery relies on that. Only cache pages (folios)
+    /// wholly inside the range go: a range that ends inside one keeps it, unless it ends at
+    /// the end of the file (a `len` of 0 is to the end of the file).
     DontNeed,
 }
 

@@ -939,9 +939,9 @@ impl StorageFile for SimFile {
             return;
         }
         let Ok(mut disk) = self.lock() else { return };
-        let from = usize::try_from(offset).unwrap_or(usize::MAX);
-        let to = if len == 0 { usize::MAX } else { from.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)) };
-        disk.inodes.get_mut(&self.ino).expect("open inode exists").evict_clean(from, to);
+        let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
+        let (from, to) = whole_cache_pages(offset, len, inode.volatile.len());
+        inode.evict_clean(from, to);
     }
 
     fn sync_failed(&self) {
@@ -952,6 +952,24 @@ impl StorageFile for SimFile {
             self.fail_writeback(&mut disk);
         }
     }
+}
+
+/// Bytes of a page of the simulated page cache: what `Advice::DontNeed` drops whole or not at all.
+const CACHE_PAGE: usize = 4096;
+
+/// The part of `len` bytes at `offset` (to the end of the file where `len` is 0) that Linux's
+/// `POSIX_FADV_DONTNEED` drops from a file of `file_len` bytes: whole pages only. A page the
+/// range covers in part is kept, at either end, unless the range ends exactly at the end of
+/// the file (`generic_fadvise`: "first and last FULL page"). Large folios make real pages
+/// larger still; the simulation keeps to 4 KiB.
+fn whole_cache_pages(offset: u64, len: u64, file_len: usize) -> (usize, usize) {
+    let from = usize::try_from(offset).unwrap_or(usize::MAX).checked_next_multiple_of(CACHE_PAGE).unwrap_or(usize::MAX);
+    if len == 0 {
+        return (from, usize::MAX);
+    }
+    let end = usize::try_from(offset.saturating_add(len)).unwrap_or(usize::MAX);
+    let to = if end == file_len || end == usize::MAX { end } else { end - end % CACHE_PAGE };
+    (from, to)
 }
 
 #[cfg(test)]
@@ -1114,6 +1132,43 @@ mod tests {
         assert_eq!(&now[..after.len()], &after[..], "after eviction a buffered read sees the disk");
         assert!(now[after.len()..].iter().all(|&b| b == 0), "past the disk's end: zeros");
         assert!(now[8 * SECTOR..].chunks(SECTOR).any(|s| s == [0u8; SECTOR]), "some stranded sector never reached the disk");
+    }
+
+    #[test]
+    fn dont_need_drops_only_whole_cache_pages_like_linux() {
+        const LEN: usize = 2 * CACHE_PAGE + 1024;
+        let sim = SimStorage::new(5, FaultConfig::default());
+        sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+        let dir = Path::new("/d");
+        sim.create_dir_all(dir).unwrap();
+        sim.sync_dir(Path::new("/")).unwrap();
+        let f = sim.open(&dir.join("a"), mode()).unwrap();
+        sim.sync_dir(dir).unwrap();
+        f.write_at(&[2u8; LEN], 0).unwrap();
+        sim.fail_next_sync();
+        assert!(f.sync_data().is_err());
+        // O_DIRECT reads the disk.
+        let direct = sim.open(&dir.join("a"), OpenMode { direct: true, ..mode() }).unwrap();
+        let mut disk = crate::storage::AlignedBuf::zeroed(3 * CACHE_PAGE, 4096);
+        direct.read_at(&mut disk, 0).unwrap();
+        assert!(disk[..LEN].chunks(CACHE_PAGE).all(|page| page.contains(&0)), "some sector of each page stranded");
+        let read = |f: &SimFile| {
+            let mut buf = vec![0u8; LEN];
+            f.read_at(&mut buf, 0).unwrap();
+            buf
+        };
+        // Part of a page at either end is kept; a page wholly inside goes.
+        f.advise(crate::storage::Advice::DontNeed, 1024, (2 * CACHE_PAGE - 512) as u64);
+        let now = read(&f);
+        assert!(now[..CACHE_PAGE].iter().all(|&b| b == 2), "the first page, in part in the range, stays");
+        assert!(now[CACHE_PAGE..2 * CACHE_PAGE] == disk[CACHE_PAGE..2 * CACHE_PAGE], "the second page went");
+        assert!(now[2 * CACHE_PAGE..].iter().all(|&b| b == 2), "the last page, in part in the range, stays");
+        // A range ending past the end of the file, inside its last page, keeps that page; one
+        // ending at the end of the file takes it.
+        f.advise(crate::storage::Advice::DontNeed, (2 * CACHE_PAGE) as u64, 2048);
+        assert!(read(&f)[2 * CACHE_PAGE..].iter().all(|&b| b == 2), "kept");
+        f.advise(crate::storage::Advice::DontNeed, (2 * CACHE_PAGE) as u64, 1024);
+        assert!(read(&f)[2 * CACHE_PAGE..] == disk[2 * CACHE_PAGE..LEN], "dropped");
     }
 
     #[test]
