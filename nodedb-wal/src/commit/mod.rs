@@ -117,7 +117,9 @@ impl CommitStatsSnapshot {
     /// Counters start again from zero when the log is opened again (the way out of poisoning),
     /// so a snapshot taken before a reopen may be larger than one taken after it. Where any
     /// counter went down, they restarted: the result is then everything counted since the
-    /// restart, `self` itself, as a metrics system reads a counter reset.
+    /// restart, `self` itself, as a metrics system reads a counter reset. A reopened log that has
+    /// already counted past every counter of the older snapshot cannot be told from the same
+    /// log: take a fresh snapshot after each open for exact deltas.
     ///
     /// # Examples
     ///
