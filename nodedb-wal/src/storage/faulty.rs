@@ -536,6 +536,10 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
         self.inner.has_other_links()
     }
 
+    fn direct_io_alignment(&self) -> Option<crate::storage::DioAlign> {
+        self.inner.direct_io_alignment()
+    }
+
     fn release_hold(&self) {
         self.inner.release_hold();
     }

@@ -5,6 +5,7 @@
 
 mod aligned;
 mod batch;
+mod dio;
 pub mod faulty;
 mod fs;
 pub mod memlock;
@@ -20,6 +21,7 @@ use crate::error::IoOp;
 
 pub use aligned::AlignedBuf;
 pub use batch::{BatchBuf, Region};
+pub use dio::{DioAlign, DirectIoPlan, plan_direct_io};
 pub use fs::{FsStorage, IoBackend};
 pub use mmap::Mapping;
 pub use sim::{FaultConfig, SECTOR, SimRng, SimStorage, SyncFailure};
@@ -205,6 +207,13 @@ pub trait StorageFile: Send + Sync + 'static {
     fn map_sealed(&self, len: u64, token: CrateOnly) -> io::Result<Option<Mapping>> {
         let _ = (len, token);
         Ok(None)
+    }
+    /// What O_DIRECT I/O on this file must be aligned to, where the kernel says
+    /// (`statx` with `STATX_DIOALIGN`, Linux 6.1 on); `None` where it does not, or where
+    /// storage cannot tell (the default). Asked once per open of a log, a double-write buffer
+    /// or a [`crate::WalWriter`] file, before anything is written (see [`plan_direct_io`]).
+    fn direct_io_alignment(&self) -> Option<DioAlign> {
+        None
     }
 }
 
