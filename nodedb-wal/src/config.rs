@@ -48,9 +48,15 @@ pub struct SegmentedWalConfig {
     /// Write with O_DIRECT (the default), bypassing the page cache.
     pub direct_io: bool,
     /// Where the file system refuses O_DIRECT, fall back to buffered I/O instead of failing
-    /// with [`WalError::DirectIoUnsupported`].
+    /// with [`WalError::DirectIoUnsupported`]; likewise where it takes O_DIRECT only in blocks
+    /// coarser than `alignment`, instead of failing with [`WalError::DirectIoAlignment`]. The
+    /// fallback is logged as a warning, and [`crate::SegmentedWal::direct_io`] reports it.
     pub allow_buffered_fallback: bool,
     /// Block size: batches start and end on its multiples. A power of two from 512 to 1 MiB.
+    /// With O_DIRECT it must also be a multiple of what the file system takes: where the kernel
+    /// reports that (Linux 6.1 on), a finer block is refused at open with
+    /// [`WalError::DirectIoAlignment`] (4096 on a disk with 4096-byte logical sectors); where it
+    /// does not, the first write would fail and poison the log.
     pub alignment: usize,
     /// Like PostgreSQL's `commit_delay`: before a sync, wait this long for more appends to join
     /// the batch. Off by default; at most one second.

@@ -373,6 +373,22 @@ pub enum WalError {
         /// The file that could not be opened.
         path: PathBuf,
     },
+    /// The file system takes O_DIRECT I/O only in blocks coarser than the configured ones (a
+    /// disk with 4096-byte logical sectors under 512-byte blocks, say), as the kernel reports
+    /// it (`statx`, Linux 6.1 on). Refused when the file is opened, before anything is
+    /// written: every O_DIRECT write would fail with `EINVAL`.
+    #[error(
+        "{} takes O_DIRECT I/O only in blocks of {required} bytes, and blocks of {configured} are configured; configure {required} or more, or write through the page cache",
+        path.display()
+    )]
+    DirectIoAlignment {
+        /// The file whose alignment the kernel reported.
+        path: PathBuf,
+        /// The block length configured (the log's `alignment`, the buffer's `block_len`).
+        configured: usize,
+        /// The alignment O_DIRECT needs there.
+        required: usize,
+    },
     /// An earlier write or fsync failed; the log accepts nothing more until it is reopened.
     #[error("the log is poisoned by an earlier failed {op:?} ({}); reopen it to recover", describe(*kind, *os_error))]
     Poisoned {

@@ -16,7 +16,9 @@ use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, RecordView, WalIte
 use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo, index};
-use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
+use crate::storage::{
+    AlignedBuf, DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, plan_direct_io,
+};
 use crate::tail::{TAIL_CHUNK, Tail};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
 use std::ops::RangeInclusive;
@@ -971,8 +973,11 @@ pub fn recover(config: SegmentedWalConfig) -> Result<RecoveryInfo> {
     Ok(info)
 }
 
-/// Whether this directory's file system takes O_DIRECT, and whether the config lets us go on
-/// without it.
+/// Whether this directory's file system takes O_DIRECT in this config's blocks, and whether the
+/// config lets us go on without it. Decided before recovery reads or writes anything: blocks
+/// finer than the kernel says O_DIRECT takes there used to open fine and then poison the log
+/// at its first write (`EINVAL`), and make recovery of an existing log fail with a bare I/O
+/// error.
 fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<bool> {
     if !config.direct_io {
         return Ok(false);
@@ -980,7 +985,19 @@ fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<
     let probe = config.dir.join("LOCK");
     let mode = OpenMode { create: true, write: false, direct: true };
     match storage.open(&probe, mode) {
-        Ok(_) => Ok(true),
+        // The open takes O_DIRECT on any block device; whether this config's blocks are coarse
+        // enough for it is a separate question, asked of the same file (regular, in the log's
+        // directory, so on the file system the segments live on).
+        Ok(file) => match plan_direct_io(config.alignment, file.direct_io_alignment(), config.allow_buffered_fallback) {
+            DirectIoPlan::Direct => Ok(true),
+            DirectIoPlan::Buffered { required } => {
+                tracing::warn!(dir = %config.dir.display(), alignment = config.alignment, required, "O_DIRECT needs coarser blocks here; using buffered I/O");
+                Ok(false)
+            }
+            DirectIoPlan::Refuse { required } => {
+                Err(WalError::DirectIoAlignment { path: config.dir.clone(), configured: config.alignment, required })
+            }
+        },
         Err(e) if is_direct_io_refusal(&e) && config.allow_buffered_fallback => {
             tracing::warn!(dir = %config.dir.display(), "O_DIRECT refused; using buffered I/O");
             Ok(false)

@@ -509,7 +509,7 @@ impl FsKind {
         }
     }
 
-    /// The mkfs program and its arguments before the image path.
+    /// The mkfs program and its arguments before the device path.
     fn mkfs(self) -> (&'static str, &'static [&'static str]) {
         match self {
             FsKind::Ext4 => ("mkfs.ext4", &["-q", "-F", "-b", "4096"]),
@@ -541,6 +541,13 @@ impl LoopFs {
     /// Makes, attaches and mounts a file system of `kind`, or explains why it cannot (not root,
     /// no mkfs, no loop device, mount refused).
     pub fn create(kind: FsKind) -> Result<LoopFs, String> {
+        LoopFs::create_with_sectors(kind, 512)
+    }
+
+    /// Like [`LoopFs::create`] on a loop device whose logical sectors are `sector` bytes
+    /// (`losetup --sector-size`): 4096 makes a disk like a 4Kn drive, which refuses O_DIRECT
+    /// I/O in finer units. The file system is made on the device, so that mkfs sees its sectors.
+    pub fn create_with_sectors(kind: FsKind, sector: u32) -> Result<LoopFs, String> {
         if !is_root() {
             return Err("not running as root".into());
         }
@@ -554,12 +561,13 @@ impl LoopFs {
             .map_err(|e| format!("temporary directory: {e}"))?;
         let image = dir.path().join("fs.img");
         std::fs::File::create(&image).and_then(|f| f.set_len(kind.image_bytes())).map_err(|e| format!("image file: {e}"))?;
-        let mut mkfs_args = args.to_vec();
-        mkfs_args.push(path_str(&image));
-        run(mkfs, &mkfs_args)?;
-        let device = run_stdout("losetup", &["-f", "--show", path_str(&image)])?;
+        let sector = sector.to_string();
+        let device = run_stdout("losetup", &["-f", "--show", "--sector-size", &sector, path_str(&image)])?;
         // From here on, dropping the guard detaches the device.
         let mut fs = LoopFs { kind, device, mounted: false, dir };
+        let mut mkfs_args = args.to_vec();
+        mkfs_args.push(&fs.device);
+        run(mkfs, &mkfs_args)?;
         std::fs::create_dir(fs.path()).map_err(|e| format!("mount point: {e}"))?;
         fs.mount()?;
         Ok(fs)
