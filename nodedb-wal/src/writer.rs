@@ -18,7 +18,7 @@ use crate::format::meta::{SegmentHeaderPayload, is_block_len};
 use crate::format::preamble::SegmentPreamble;
 use crate::record::Record;
 use crate::segment::{self, SegmentInfo};
-use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile};
+use crate::storage::{AlignedBuf, DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, plan_direct_io};
 use crate::types::{Lsn, SegmentId};
 
 /// How a [`WalWriter`] writes.
@@ -43,7 +43,9 @@ use crate::types::{Lsn, SegmentId};
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct WalWriterConfig {
-    /// Write with O_DIRECT (the file system must take it).
+    /// Write with O_DIRECT (the file system must take it, in blocks of `alignment`: where the
+    /// kernel reports a coarser alignment, `create_with` refuses with
+    /// [`WalError::DirectIoAlignment`] and leaves no file).
     pub direct_io: bool,
     /// Block size: a power of two from 512 bytes to 1 MiB; 4096 matches
     /// [`crate::SegmentedWalConfig`].
@@ -142,6 +144,20 @@ impl<S: Storage> WalWriter<S> {
             .map_err(|e| WalError::io(IoOp::Open, &path, e))?;
         if file.len().map_err(|e| WalError::io(IoOp::Stat, &path, e))? != 0 {
             return Err(WalError::io(IoOp::Open, &path, io::Error::from(io::ErrorKind::AlreadyExists)));
+        }
+        if config.direct_io
+            && let DirectIoPlan::Refuse { required } | DirectIoPlan::Buffered { required } =
+                plan_direct_io(block, file.direct_io_alignment(), false)
+        {
+            // Every write would fail with EINVAL (a disk with 4096-byte sectors under 512-byte
+            // blocks), and the header's first: refused before it, and the empty file goes
+            // rather than lie in the log's directory as the trace of an interrupted roll. Its
+            // creation was never synced, so neither is its removal.
+            drop(file);
+            if let Err(err) = storage.remove(&path) {
+                tracing::warn!(path = %path.display(), %err, "cannot remove the empty segment file of a refused WalWriter");
+            }
+            return Err(WalError::DirectIoAlignment { path, configured: block, required });
         }
         let mut salt = [0u8; 4];
         crate::crypto::random::fill_random(&mut salt);

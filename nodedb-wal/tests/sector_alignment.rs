@@ -190,3 +190,24 @@ fn a_log_of_finer_blocks_opens_and_reads_at_the_disks_alignment_ext4() {
 fn a_log_of_finer_blocks_opens_and_reads_at_the_disks_alignment_xfs() {
     on_4kn_disk(FsKind::Xfs, a_log_of_finer_blocks_opens_and_reads_at_the_disks_alignment);
 }
+
+fn a_wal_writer_with_finer_blocks_is_refused_and_leaves_no_file(root: &Path) {
+    for block in FINER {
+        let dir = root.join(format!("writer-{block}"));
+        std::fs::create_dir(&dir).unwrap();
+        let wc = WalWriterConfig { direct_io: true, alignment: block, batch_bytes: 64 << 10 };
+        let err = WalWriter::create_with(FsStorage::new(), &dir, SegmentId(1), Lsn(1), wc).expect_err("finer blocks");
+        assert_alignment_refused(&err, block);
+        assert!(names(&dir).is_empty(), "blocks of {block}: no empty segment file left: {:?}", names(&dir));
+    }
+}
+
+#[test]
+fn a_wal_writer_with_finer_blocks_is_refused_and_leaves_no_file_ext4() {
+    on_4kn_disk(FsKind::Ext4, a_wal_writer_with_finer_blocks_is_refused_and_leaves_no_file);
+}
+
+#[test]
+fn a_wal_writer_with_finer_blocks_is_refused_and_leaves_no_file_xfs() {
+    on_4kn_disk(FsKind::Xfs, a_wal_writer_with_finer_blocks_is_refused_and_leaves_no_file);
+}
