@@ -22,7 +22,10 @@ use std::sync::Mutex;
 
 use common::{FsKind, LoopFs, assert_records, config, payload, read_all, record_type, scope};
 use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
-use nodedb_wal::{FsStorage, Lsn, ReadOnlyWal, Record, SegmentId, SegmentedWal, WalError, WalWriter, WalWriterConfig};
+use nodedb_wal::{
+    DoubleWriteBuffer, DwbConfig, DwbMode, FileId, FsStorage, Lsn, PageCheck, ReadOnlyWal, Record, SegmentId, SegmentedWal, WalError,
+    WalWriter, WalWriterConfig,
+};
 
 /// The logical sector of the test disk.
 const SECTOR: usize = 4096;
@@ -210,4 +213,45 @@ fn a_wal_writer_with_finer_blocks_is_refused_and_leaves_no_file_ext4() {
 #[test]
 fn a_wal_writer_with_finer_blocks_is_refused_and_leaves_no_file_xfs() {
     on_4kn_disk(FsKind::Xfs, a_wal_writer_with_finer_blocks_is_refused_and_leaves_no_file);
+}
+
+fn dwb_config(path: &Path, mode: DwbMode, block_len: usize) -> DwbConfig {
+    let mut c = DwbConfig::new(path);
+    (c.mode, c.block_len, c.ring_bytes, c.batch_bytes_max) = (mode, block_len, 256 << 10, 64 << 10);
+    c
+}
+
+/// A new buffer file and one that a buffered buffer of 512-byte blocks left, holding a batch.
+fn a_direct_double_write_buffer_with_finer_blocks_is_refused_at_open(root: &Path) {
+    let pages = root.join("pages");
+    std::fs::write(&pages, vec![0u8; 8192]).unwrap();
+    for block in FINER {
+        let path = root.join(format!("dwb-{block}"));
+        let err = DoubleWriteBuffer::open(dwb_config(&path, DwbMode::Direct, block)).expect_err("a new buffer of finer blocks");
+        assert_alignment_refused(&err, block);
+        assert!(!path.exists(), "blocks of {block}: no buffer file left");
+    }
+    let path = root.join("dwb");
+    let buffered = DoubleWriteBuffer::open(dwb_config(&path, DwbMode::Buffered, 512)).unwrap();
+    buffered.register_file(FileId(1), &pages, 1024).unwrap();
+    buffered.recover(|_, _| PageCheck::Intact { version: 0 }).unwrap();
+    buffered.write_pages(&[(FileId(1), 0, &[7u8; 1024])]).unwrap();
+    drop(buffered);
+    let before = std::fs::read(&path).unwrap();
+    let err = DoubleWriteBuffer::open(dwb_config(&path, DwbMode::Direct, 512)).expect_err("an existing buffer of finer blocks");
+    assert_alignment_refused(&err, 512);
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the buffer file is untouched");
+    let again = DoubleWriteBuffer::open(dwb_config(&path, DwbMode::Buffered, 512)).expect("buffered, it opens as before");
+    again.register_file(FileId(1), &pages, 1024).unwrap();
+    again.recover(|_, _| PageCheck::Intact { version: 0 }).unwrap();
+}
+
+#[test]
+fn a_direct_double_write_buffer_with_finer_blocks_is_refused_at_open_ext4() {
+    on_4kn_disk(FsKind::Ext4, a_direct_double_write_buffer_with_finer_blocks_is_refused_at_open);
+}
+
+#[test]
+fn a_direct_double_write_buffer_with_finer_blocks_is_refused_at_open_xfs() {
+    on_4kn_disk(FsKind::Xfs, a_direct_double_write_buffer_with_finer_blocks_is_refused_at_open);
 }

@@ -106,7 +106,8 @@ pub struct DwbConfig {
     /// `write_pages` call with more is split into several batches.
     pub batch_bytes_max: usize,
     /// Block size: the header block's length and the unit batches are padded to. O_DIRECT needs
-    /// the device's logical block size or a multiple.
+    /// the device's logical block size or a multiple: in `Direct` mode, where the kernel
+    /// reports a coarser alignment, open refuses with [`WalError::DirectIoAlignment`].
     pub block_len: usize,
     /// What page writes do while the buffer is degraded.
     pub on_degraded: DegradedPolicy,

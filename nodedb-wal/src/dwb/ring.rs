@@ -12,7 +12,7 @@ use super::config::{DwbConfig, DwbMode};
 use super::stats::count_buffer_bytes;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::dwb::{DWB_VERSION, DWB_VERSION_UNSALTED, FILE_HEADER_LEN, FileHeader, FileHeaderError};
-use crate::storage::{AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal};
+use crate::storage::{AlignedBuf, DirectIoPlan, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, plan_direct_io};
 
 /// Zeros are written in chunks of this many bytes when the file is created.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -76,6 +76,9 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
         Err(e) if direct && is_direct_io_refusal(&e) => return Err(WalError::DirectIoUnsupported { path: path.clone() }),
         Err(e) => return Ok(Opened::Failed(IoOp::Open, e)),
     };
+    if direct {
+        refuse_finer_blocks(&file, config)?;
+    }
     let mut block = AlignedBuf::zeroed(config.block_len, config.block_len);
     if let Err(e) = file.read_at(&mut block, 0) {
         return Ok(Opened::Failed(IoOp::Read, e));
@@ -100,6 +103,20 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
     Ok(Opened::Existing(Ring::new(file, config, found, salt)))
 }
 
+/// Refuses a `Direct` buffer whose blocks are finer than the file system takes O_DIRECT I/O in
+/// (a disk with 4096-byte sectors under 512-byte blocks), where the kernel says so. Every read
+/// and write of the file would fail with EINVAL: before this check the buffer opened degraded
+/// by a failed write and refused every page, or failed its recovery read. There is no
+/// buffered fallback here: `Buffered` is a mode the caller chooses.
+fn refuse_finer_blocks<F: StorageFile>(file: &F, config: &DwbConfig) -> Result<()> {
+    match plan_direct_io(config.block_len, file.direct_io_alignment(), false) {
+        DirectIoPlan::Direct => Ok(()),
+        DirectIoPlan::Refuse { required } | DirectIoPlan::Buffered { required } => {
+            Err(WalError::DirectIoAlignment { path: config.path.clone(), configured: config.block_len, required })
+        }
+    }
+}
+
 /// A new file's salt: random and never 0 (which marks a slot of version 1).
 fn new_salt() -> u32 {
     crate::crypto::random::random_u32().max(1)
@@ -119,6 +136,17 @@ fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>
         Err(e) if mode.direct && is_direct_io_refusal(&e) => return Err(WalError::DirectIoUnsupported { path: path.clone() }),
         Err(e) => return Ok(Opened::Failed(IoOp::Open, e)),
     };
+    if mode.direct
+        && let Err(refused) = refuse_finer_blocks(&file, config)
+    {
+        // Created empty a moment ago and never synced: it goes, so that nothing is left
+        // behind, as when O_DIRECT is refused at the open.
+        drop(file);
+        if let Err(err) = storage.remove(path) {
+            tracing::warn!(path = %path.display(), %err, "cannot remove the empty file of a refused double-write buffer");
+        }
+        return Err(refused);
+    }
     let mut ring = Ring::new(file, config, Found::Damaged, new_salt());
     if let Err((op, e)) = ring.format(true) {
         return Ok(Opened::Failed(op, e));
