@@ -169,16 +169,23 @@ fn a_crash_at_every_step_of_recovery_is_recovered_again() {
     }
 }
 
-#[test]
-fn a_repaired_page_survives_a_second_crash_and_a_wrap_around_of_the_ring() {
-    let sim = disk(11);
+/// A disk whose power was cut three storage operations into a batch writing `pages` at version
+/// 2 (their images durable in the buffer, the in-place writes not), crashed with `crash_seed`,
+/// and `torn` then torn in place: recovery must restore what the buffer holds.
+fn torn_after_a_power_cut_in_place(sim: SimStorage, pages: &[(FileId, u64)], crash_seed: u64, torn: (FileId, u64)) -> SimStorage {
     let faulty = Faulty::new(sim.clone());
     let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
     faulty.cut_power_after(2 + 1);
-    dwb.write_pages(&borrow(&pages_at(&[(F1, 2), (F2, 4)], 2))).unwrap_err();
+    dwb.write_pages(&borrow(&pages_at(pages, 2))).unwrap_err();
     drop(dwb);
-    let after = sim.crash(5);
-    tear(&after, F1, 2);
+    let after = sim.crash(crash_seed);
+    tear(&after, torn.0, torn.1);
+    after
+}
+
+#[test]
+fn a_repaired_page_survives_a_second_crash_and_a_wrap_around_of_the_ring() {
+    let after = torn_after_a_power_cut_in_place(disk(11), &[(F1, 2), (F2, 4)], 5, (F1, 2));
     let (dwb, report) = open(after.clone(), config(DwbMode::Buffered));
     assert!(report.pages_restored.contains(&(F1, 2)), "{report:?}");
     assert_eq!(versions(&after)[slot_of(F1, 2)], Some(2));
@@ -599,14 +606,7 @@ fn off_mode_writes_in_place_unprotected_without_a_buffer_file() {
 
 #[test]
 fn switching_to_off_applies_the_old_buffer_then_removes_it() {
-    let sim = disk(17);
-    let faulty = Faulty::new(sim.clone());
-    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
-    faulty.cut_power_after(2 + 1);
-    dwb.write_pages(&borrow(&pages_at(&[(F1, 6), (F2, 6)], 2))).unwrap_err();
-    drop(dwb);
-    let after = sim.crash(3);
-    tear(&after, F1, 6);
+    let after = torn_after_a_power_cut_in_place(disk(17), &[(F1, 6), (F2, 6)], 3, (F1, 6));
     let (dwb, report) = open(after.clone(), config(DwbMode::Off));
     assert_eq!(report.pages_restored, vec![(F1, 6), (F2, 6)]);
     assert!(after.read_file(&dwb_path()).is_none(), "the buffer file is gone");
@@ -620,14 +620,7 @@ fn switching_to_off_applies_the_old_buffer_then_removes_it() {
 /// Recovery is idempotent, and so is the removal now: calling `recover` again finishes it.
 #[test]
 fn switching_to_off_finishes_when_recover_is_called_again_after_a_failed_directory_sync() {
-    let sim = disk(18);
-    let faulty = Faulty::new(sim.clone());
-    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
-    faulty.cut_power_after(2 + 1);
-    dwb.write_pages(&borrow(&pages_at(&[(F1, 6), (F2, 6)], 2))).unwrap_err();
-    drop(dwb);
-    let after = sim.crash(3);
-    tear(&after, F1, 6);
+    let after = torn_after_a_power_cut_in_place(disk(18), &[(F1, 6), (F2, 6)], 3, (F1, 6));
 
     let faulty = Faulty::new(after.clone());
     let dwb = DoubleWriteBuffer::open_with(faulty.clone(), config(DwbMode::Off)).unwrap();
