@@ -3,34 +3,56 @@
 //! or batch of records needs no list of its own. Counted by a global allocator in this test
 //! binary (one test, so that no other test allocates meanwhile), on every thread: appenders,
 //! the flusher, and a caller writing its own batch.
+//!
+//! The pool makes its buffers as they are first needed, and how many a run of appends needs
+//! at once depends on how far the flusher lags: on a busy machine a measured run could need a
+//! buffer its warm-up never did, and counted that buffer (flaky under CPU load). So the test
+//! first fills the pool on purpose: with the flusher held at a gate, no buffer comes back, and
+//! appends take new ones until all `batch_buffers` exist. A warm log is one with a full pool.
+
+mod common;
+
+use common::Gated;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig};
+use nodedb_wal::{FsStorage, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig};
 
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Allocations of at least a batch's bytes: the pool's buffers.
+static BATCH_SIZED: AtomicU64 = AtomicU64::new(0);
+
+/// The log's `batch_bytes_max`: a pool buffer holds at least this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+
+fn count(size: usize) {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    if size >= BATCH_BYTES {
+        BATCH_SIZED.fetch_add(1, Ordering::SeqCst);
+    }
+}
 
 #[expect(unsafe_code, reason = "a global allocator is an unsafe trait; this one forwards to the system's")]
 // SAFETY: every call is forwarded unchanged to the system allocator; counting touches no memory
 // of the caller's.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count(layout.size());
         // SAFETY: the caller's contract for `alloc` is the system allocator's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count(layout.size());
         // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count(new_size);
         // SAFETY: `ptr` and `layout` come from this allocator, which is the system's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -60,9 +82,25 @@ fn warm_appends_allocate_nothing_per_record_or_batch() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = SegmentedWalConfig::new(dir.path());
     config.allow_buffered_fallback = true;
-    let wal = SegmentedWal::open(config).unwrap();
+    config.batch_bytes_max = BATCH_BYTES;
+    let pool = config.batch_buffers as u64;
+    let gated = Gated::new(FsStorage::new());
+    let wal = SegmentedWal::open_with(gated.clone(), config).unwrap();
     let payload = [7u8; 128];
     let records = [Record::new(TY, &payload); 4];
+
+    // Fill the pool. The flusher takes the first full batch and stops at the gate before its
+    // sync, so it returns no buffer: every later batch needs a new one, and the append that
+    // makes the last one returns (only the one after it would wait for a buffer).
+    let before = BATCH_SIZED.load(Ordering::SeqCst);
+    gated.gate.shut();
+    let mut last = Lsn::ZERO;
+    while BATCH_SIZED.load(Ordering::SeqCst) - before < pool {
+        last = wal.append(Record::new(TY, &payload)).unwrap();
+    }
+    gated.gate.open();
+    wal.wait_durable(last).unwrap();
+    assert_eq!(BATCH_SIZED.load(Ordering::SeqCst) - before, pool, "the pool holds `batch_buffers` buffers");
 
     // Buffered appends, made durable every 256 by the flusher thread.
     let pipelined = || {
