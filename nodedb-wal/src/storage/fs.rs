@@ -112,7 +112,25 @@ fn refuse_special_file(fd: &OwnedFd) -> io::Result<()> {
 /// A lock on a directory: an flock on its `LOCK` file, released when dropped.
 #[derive(Debug)]
 pub struct DirLock {
-    _fd: OwnedFd,
+    fd: OwnedFd,
+    /// The process that took the lock.
+    pid: rustix::process::Pid,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Unlock before the descriptor closes. An flock belongs to the open file, and a child
+        // process that another thread is starting holds a copy of every descriptor from its
+        // fork to its exec (close-on-exec or not): closing ours alone left the directory
+        // locked until that child exec'd, and a reopen right after a close failed with
+        // `Locked`. Only the process that locked unlocks: a child forked without exec that
+        // drops its copy of the log must not release its parent's lock.
+        if rustix::process::getpid() == self.pid
+            && let Err(err) = rustix::fs::flock(&self.fd, FlockOperation::Unlock)
+        {
+            tracing::warn!(%err, "cannot release a log directory's lock");
+        }
+    }
 }
 
 impl Storage for FsStorage {
@@ -127,7 +145,7 @@ impl Storage for FsStorage {
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
         let fd = rustix::fs::open(dir.join("LOCK"), flags, Mode::from_raw_mode(0o644))?;
         rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)?;
-        Ok(DirLock { _fd: fd })
+        Ok(DirLock { fd, pid: rustix::process::getpid() })
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -360,5 +378,27 @@ impl StorageFile for FsFile {
             return None;
         }
         Some(super::DioAlign { offset: stat.stx_dio_offset_align, memory: stat.stx_dio_mem_align })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Found by running the suite under load: a test reopening a log it had just closed got
+    // `Locked` while another test of the binary was starting a process. A child holds a copy of
+    // every descriptor between its fork and its exec, and a flock belongs to the open file, not
+    // to one descriptor: closing ours left the directory locked until the child exec'd. The
+    // copy is made here with `dup`, which shares the open file the same way.
+    #[test]
+    fn a_dropped_lock_is_released_even_where_a_copy_of_its_descriptor_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsStorage::new();
+        let lock = storage.lock_dir(dir.path()).unwrap();
+        let forked_copy = rustix::io::dup(&lock.fd).unwrap();
+        assert!(storage.lock_dir(dir.path()).is_err(), "held");
+        drop(lock);
+        let again = storage.lock_dir(dir.path()).expect("released when dropped, whoever else holds the open file");
+        drop((again, forked_copy));
     }
 }
