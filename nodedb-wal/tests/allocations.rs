@@ -9,15 +9,103 @@
 //! buffer its warm-up never did, and counted that buffer (flaky under CPU load). So the test
 //! first fills the pool on purpose: with the flusher held at a gate, no buffer comes back, and
 //! appends take new ones until all `batch_buffers` exist. A warm log is one with a full pool.
+//! The gate is the only change to the real file system's storage: every other call goes
+//! straight through, batches included (io_uring where the kernel has it).
 
 mod common;
 
-use common::Gated;
-
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nodedb_wal::{FsStorage, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig};
+use common::Gate;
+use nodedb_wal::storage::{Advice, CrateOnly, Mapping, OpenMode, Storage, StorageFile};
+use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig};
+
+/// The real file system, with a [`Gate`] each batch passes before it is written.
+#[derive(Clone, Debug)]
+struct Held {
+    inner: FsStorage,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug)]
+struct HeldFile {
+    inner: <FsStorage as Storage>::File,
+    gate: Arc<Gate>,
+}
+
+impl Storage for Held {
+    type File = HeldFile;
+    type Lock = <FsStorage as Storage>::Lock;
+
+    pass_through_dir_ops!();
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<HeldFile> {
+        Ok(HeldFile { inner: self.inner.open(path, mode)?, gate: Arc::clone(&self.gate) })
+    }
+}
+
+impl StorageFile for HeldFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+
+    fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
+        self.gate.pass();
+        self.inner.write_and_sync(buf, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
+        self.inner.read_cached_at(buf, offset)
+    }
+
+    fn advise(&self, advice: Advice, offset: u64, len: u64) {
+        self.inner.advise(advice, offset, len);
+    }
+
+    fn hold_shared(&self) -> io::Result<()> {
+        self.inner.hold_shared()
+    }
+
+    fn try_hold_exclusive(&self) -> io::Result<bool> {
+        self.inner.try_hold_exclusive()
+    }
+
+    fn release_hold(&self) {
+        self.inner.release_hold();
+    }
+
+    fn has_other_links(&self) -> io::Result<bool> {
+        self.inner.has_other_links()
+    }
+
+    fn map_sealed(&self, len: u64, token: CrateOnly) -> io::Result<Option<Mapping>> {
+        self.inner.map_sealed(len, token)
+    }
+}
 
 struct Counting;
 
@@ -84,21 +172,21 @@ fn warm_appends_allocate_nothing_per_record_or_batch() {
     config.allow_buffered_fallback = true;
     config.batch_bytes_max = BATCH_BYTES;
     let pool = config.batch_buffers as u64;
-    let gated = Gated::new(FsStorage::new());
-    let wal = SegmentedWal::open_with(gated.clone(), config).unwrap();
+    let held = Held { inner: FsStorage::new(), gate: Arc::default() };
+    let wal = SegmentedWal::open_with(held.clone(), config).unwrap();
     let payload = [7u8; 128];
     let records = [Record::new(TY, &payload); 4];
 
-    // Fill the pool. The flusher takes the first full batch and stops at the gate before its
-    // sync, so it returns no buffer: every later batch needs a new one, and the append that
+    // Fill the pool. The flusher takes the first full batch and stops at the gate before
+    // writing it, so it returns no buffer: every later batch needs a new one, and the append that
     // makes the last one returns (only the one after it would wait for a buffer).
     let before = BATCH_SIZED.load(Ordering::SeqCst);
-    gated.gate.shut();
+    held.gate.shut();
     let mut last = Lsn::ZERO;
     while BATCH_SIZED.load(Ordering::SeqCst) - before < pool {
         last = wal.append(Record::new(TY, &payload)).unwrap();
     }
-    gated.gate.open();
+    held.gate.open();
     wal.wait_durable(last).unwrap();
     assert_eq!(BATCH_SIZED.load(Ordering::SeqCst) - before, pool, "the pool holds `batch_buffers` buffers");
 

@@ -295,7 +295,8 @@ impl Gate {
         }
     }
 
-    fn pass(&self) {
+    /// Holds the calling thread here while the gate is shut (counted as held).
+    pub fn pass(&self) {
         let mut s = self.lock();
         s.held += 1;
         self.changed.notify_all();
