@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::Gate;
-use nodedb_wal::storage::{Advice, CrateOnly, Mapping, OpenMode, Storage, StorageFile};
+use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
 use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig};
 
 /// The real file system, with a [`Gate`] each batch passes before it is written.
@@ -53,9 +53,7 @@ impl Storage for Held {
 }
 
 impl StorageFile for HeldFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
+    pass_through_file_ops_but_writes!();
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.inner.write_at(buf, offset)
@@ -68,42 +66,6 @@ impl StorageFile for HeldFile {
     fn write_and_sync(&self, buf: &[u8], offset: u64) -> Result<(), (IoOp, io::Error)> {
         self.gate.pass();
         self.inner.write_and_sync(buf, offset)
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-
-    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
-        self.inner.read_cached_at(buf, offset)
-    }
-
-    fn advise(&self, advice: Advice, offset: u64, len: u64) {
-        self.inner.advise(advice, offset, len);
-    }
-
-    fn hold_shared(&self) -> io::Result<()> {
-        self.inner.hold_shared()
-    }
-
-    fn try_hold_exclusive(&self) -> io::Result<bool> {
-        self.inner.try_hold_exclusive()
-    }
-
-    fn release_hold(&self) {
-        self.inner.release_hold();
-    }
-
-    fn has_other_links(&self) -> io::Result<bool> {
-        self.inner.has_other_links()
-    }
-
-    fn map_sealed(&self, len: u64, token: CrateOnly) -> io::Result<Option<Mapping>> {
-        self.inner.map_sealed(len, token)
     }
 }
 

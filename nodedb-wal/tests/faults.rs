@@ -9,13 +9,15 @@
 //! kind of write (a zero-fill ahead, a batch) or a write must be followed after it fails,
 //! `Watched` logs every write and fails (or panics in) the one it is told to.
 
+mod common;
+
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nodedb_wal::format::crc::crc32c;
 use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
-use nodedb_wal::storage::{Advice, CrateOnly, Mapping, OpenMode, Storage, StorageFile};
+use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
 use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, WalError};
 
 const TY: RecordType = RecordType::optional(0x100);
@@ -366,13 +368,7 @@ impl<S: Storage> Storage for Watched<S> {
     type File = WatchedFile<S::File>;
     type Lock = S::Lock;
 
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-
-    fn lock_dir(&self, dir: &Path) -> io::Result<S::Lock> {
-        self.inner.lock_dir(dir)
-    }
+    pass_through_dir_ops!();
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.inner.list(dir)
@@ -382,24 +378,10 @@ impl<S: Storage> Storage for Watched<S> {
         let file = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         Ok(WatchedFile { inner: self.inner.open(path, mode)?, file, state: Arc::clone(&self.state) })
     }
-
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
 }
 
 impl<F: StorageFile> StorageFile for WatchedFile<F> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
+    pass_through_file_ops_but_writes!();
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match self.watch(buf, offset, false) {
@@ -417,42 +399,6 @@ impl<F: StorageFile> StorageFile for WatchedFile<F> {
             None => self.inner.write_and_sync(buf, offset),
             Some(errno) => Err((IoOp::Write, io::Error::from_raw_os_error(errno))),
         }
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-
-    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<Option<usize>> {
-        self.inner.read_cached_at(buf, offset)
-    }
-
-    fn advise(&self, advice: Advice, offset: u64, len: u64) {
-        self.inner.advise(advice, offset, len);
-    }
-
-    fn hold_shared(&self) -> io::Result<()> {
-        self.inner.hold_shared()
-    }
-
-    fn try_hold_exclusive(&self) -> io::Result<bool> {
-        self.inner.try_hold_exclusive()
-    }
-
-    fn release_hold(&self) {
-        self.inner.release_hold();
-    }
-
-    fn has_other_links(&self) -> io::Result<bool> {
-        self.inner.has_other_links()
-    }
-
-    fn map_sealed(&self, len: u64, token: CrateOnly) -> io::Result<Option<Mapping>> {
-        self.inner.map_sealed(len, token)
     }
 }
 

@@ -357,6 +357,64 @@ macro_rules! pass_through_dir_ops {
     };
 }
 
+/// Every `StorageFile` method of a file that wraps another in `self.inner` and changes only
+/// how it writes (`write_at`, `sync_data`, `write_and_sync`): the rest go straight through,
+/// the trait's optional methods included, so that a wrapper of the real file system keeps its
+/// page-cache reads, advice, holds, links, maps and O_DIRECT alignment (a method added to the
+/// trait later is added here once, not forgotten in each wrapper).
+#[macro_export]
+macro_rules! pass_through_file_ops_but_writes {
+    () => {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            self.inner.read_at(buf, offset)
+        }
+
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+
+        fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<Option<usize>> {
+            self.inner.read_cached_at(buf, offset)
+        }
+
+        fn advise(&self, advice: nodedb_wal::storage::Advice, offset: u64, len: u64) {
+            self.inner.advise(advice, offset, len);
+        }
+
+        fn hold_shared(&self) -> std::io::Result<()> {
+            self.inner.hold_shared()
+        }
+
+        fn try_hold_exclusive(&self) -> std::io::Result<bool> {
+            self.inner.try_hold_exclusive()
+        }
+
+        fn release_hold(&self) {
+            self.inner.release_hold();
+        }
+
+        fn sync_failed(&self) {
+            self.inner.sync_failed();
+        }
+
+        fn has_other_links(&self) -> std::io::Result<bool> {
+            self.inner.has_other_links()
+        }
+
+        fn map_sealed(&self, len: u64, token: nodedb_wal::storage::CrateOnly) -> std::io::Result<Option<nodedb_wal::storage::Mapping>> {
+            self.inner.map_sealed(len, token)
+        }
+
+        fn direct_io_alignment(&self) -> Option<nodedb_wal::storage::DioAlign> {
+            self.inner.direct_io_alignment()
+        }
+    };
+}
+
 impl<S: Storage> Storage for Gated<S> {
     type File = GatedFile<S::File>;
     type Lock = S::Lock;
