@@ -18,7 +18,7 @@ use crate::format::meta::{SegmentHeaderPayload, is_block_len};
 use crate::format::preamble::SegmentPreamble;
 use crate::record::Record;
 use crate::segment::{self, SegmentInfo};
-use crate::storage::{AlignedBuf, DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, plan_direct_io};
+use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, too_fine};
 use crate::types::{Lsn, SegmentId};
 
 /// How a [`WalWriter`] writes.
@@ -146,8 +146,7 @@ impl<S: Storage> WalWriter<S> {
             return Err(WalError::io(IoOp::Open, &path, io::Error::from(io::ErrorKind::AlreadyExists)));
         }
         if config.direct_io
-            && let DirectIoPlan::Refuse { required } | DirectIoPlan::Buffered { required } =
-                plan_direct_io(block, file.direct_io_alignment(), false)
+            && let Some(required) = too_fine(block, file.direct_io_alignment())
         {
             // Every write would fail with EINVAL (a disk with 4096-byte sectors under 512-byte
             // blocks), and the header's first: refused before it, and the empty file goes

@@ -12,7 +12,7 @@ use super::config::{DwbConfig, DwbMode};
 use super::stats::count_buffer_bytes;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::dwb::{DWB_VERSION, DWB_VERSION_UNSALTED, FILE_HEADER_LEN, FileHeader, FileHeaderError};
-use crate::storage::{AlignedBuf, DirectIoPlan, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, plan_direct_io};
+use crate::storage::{AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, too_fine};
 
 /// Zeros are written in chunks of this many bytes when the file is created.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -109,11 +109,9 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
 /// by a failed write and refused every page, or failed its recovery read. There is no
 /// buffered fallback here: `Buffered` is a mode the caller chooses.
 fn refuse_finer_blocks<F: StorageFile>(file: &F, config: &DwbConfig) -> Result<()> {
-    match plan_direct_io(config.block_len, file.direct_io_alignment(), false) {
-        DirectIoPlan::Direct => Ok(()),
-        DirectIoPlan::Refuse { required } | DirectIoPlan::Buffered { required } => {
-            Err(WalError::DirectIoAlignment { path: config.path.clone(), configured: config.block_len, required })
-        }
+    match too_fine(config.block_len, file.direct_io_alignment()) {
+        None => Ok(()),
+        Some(required) => Err(WalError::DirectIoAlignment { path: config.path.clone(), configured: config.block_len, required }),
     }
 }
 

@@ -80,12 +80,17 @@ pub enum DirectIoPlan {
 /// ```
 #[must_use]
 pub fn plan_direct_io(block: usize, reported: Option<DioAlign>, allow_buffered: bool) -> DirectIoPlan {
-    match reported.and_then(DioAlign::required) {
+    match too_fine(block, reported) {
         None => DirectIoPlan::Direct,
-        Some(required) if block.is_multiple_of(required) => DirectIoPlan::Direct,
         Some(required) if allow_buffered => DirectIoPlan::Buffered { required },
         Some(required) => DirectIoPlan::Refuse { required },
     }
+}
+
+/// The alignment O_DIRECT needs here, where blocks of `block` bytes do not meet it (`None`:
+/// they do, or the kernel did not say): what a writer without a buffered fallback refuses.
+pub(crate) fn too_fine(block: usize, reported: Option<DioAlign>) -> Option<usize> {
+    reported.and_then(DioAlign::required).filter(|&required| !block.is_multiple_of(required))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::error::IoOp;
 
 pub use aligned::AlignedBuf;
 pub use batch::{BatchBuf, Region};
+pub(crate) use dio::too_fine;
 pub use dio::{DioAlign, DirectIoPlan, plan_direct_io};
 pub use fs::{FsStorage, IoBackend};
 pub use mmap::Mapping;
