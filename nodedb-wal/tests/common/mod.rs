@@ -431,9 +431,7 @@ impl<S: Storage> Storage for Gated<S> {
 }
 
 impl<F: StorageFile> StorageFile for GatedFile<F> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
+    pass_through_file_ops_but_writes!();
 
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         self.inner.write_at(buf, offset)
@@ -447,14 +445,6 @@ impl<F: StorageFile> StorageFile for GatedFile<F> {
         self.inner.write_at(buf, offset).map_err(|e| (IoOp::Write, e))?;
         self.gate.pass();
         self.inner.sync_data().map_err(|e| (IoOp::SyncData, e))
-    }
-
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
     }
 }
 
