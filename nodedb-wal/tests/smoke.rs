@@ -320,7 +320,8 @@ fn the_metrics_count_batches_syncs_and_waits() {
     // A roll decided after the last batch was sealed closes the old segment with a batch of
     // its own (the end frame, no records): at most one per segment beyond one per record.
     let rolls = wal.segments().len() as u64;
-    assert!(m.batches >= 1 && m.batches <= 200 + rolls && m.fsyncs == m.batches, "{m:?}, {rolls} segments");
+    // Batches that queued up behind a sync share the next one.
+    assert!(m.batches >= 1 && m.batches <= 200 + rolls && m.fsyncs >= 1 && m.fsyncs <= m.batches, "{m:?}, {rolls} segments");
     assert!(m.records_per_batch() >= 200.0 / (200 + rolls) as f64, "{m:?}");
     assert!(m.bytes_written >= 200 * (40 + 48));
     assert!(m.sync_nanos > 0 && m.sync_nanos_max > 0 && m.sync_nanos_max <= m.sync_nanos, "{m:?}");

@@ -33,6 +33,8 @@ pub(crate) struct Flusher<S: Storage> {
     /// The headers of the open segment, for its header index.
     index: IndexBuilder,
     index_scratch: IndexScratch,
+    /// The batches being written with one sync, kept to reuse its room.
+    run: Vec<Sealed>,
 }
 
 /// Zero-fill ahead only after this many small batches in a row. A writer that alternates a
@@ -54,6 +56,7 @@ impl<S: Storage> Flusher<S> {
             manifest,
             index,
             index_scratch: IndexScratch::default(),
+            run: Vec::new(),
         }
     }
 
@@ -64,61 +67,81 @@ impl<S: Storage> Flusher<S> {
     pub fn write_ready(&mut self, own: Option<Lsn>) {
         let shared = Arc::clone(&self.shared);
         let _guard = PoisonOnPanic(&shared);
+        let mut run = std::mem::take(&mut self.run);
         loop {
             if own.is_some_and(|lsn| shared.durability.lsn() >= lsn) {
-                return;
+                break;
             }
-            let Some(Sealed { mut buf, meta }) = shared.take_job(own) else { return };
-            match self.write_batch(wait_for_regions(&mut buf), &meta) {
-                Ok(()) => shared.finish_batch(buf, meta.oversized),
-                Err((op, err)) => {
-                    shared.durability.poison(op, &err);
-                    shared.wake_all();
-                    return;
-                }
+            shared.take_jobs(own, &mut run);
+            if run.is_empty() {
+                break;
             }
+            if let Err((op, err)) = self.write_run(&mut run) {
+                run.clear();
+                shared.durability.poison(op, &err);
+                shared.wake_all();
+                break;
+            }
+            shared.finish_batches(&mut run);
         }
+        self.run = run;
     }
 
-    fn write_batch(&mut self, buf: &mut BatchBuf, job: &BatchMeta) -> Result<(), IoFailure> {
+    /// Writes a run of batches that continue each other, with one fdatasync after the last,
+    /// then acknowledges them in order.
+    fn write_run(&mut self, run: &mut [Sealed]) -> Result<(), IoFailure> {
         let durable = self.shared.durability.lsn();
-        let target = &job.target;
-        let salt = target.identity.salt;
-        let bytes = &mut buf.bytes_mut()[..job.padded];
-        let mut used = job.used;
-        if job.ends_segment {
-            let records_end = target.offset + used as u64;
-            used += write_segment_end(bytes, used, records_end, job.end_lsn, durable, salt);
+        for Sealed { buf, meta } in run.iter_mut() {
+            close_batch(wait_for_regions(buf), meta, durable);
         }
-        write_padding(bytes, used, job.end_lsn, durable, salt);
-        if target.create {
-            self.create_segment(target, durable)?;
+        let first = run[0].meta.target.clone();
+        let last = &run[run.len() - 1].meta;
+        let run_end = last.target.offset + last.padded as u64;
+        if first.create {
+            self.create_segment(&first, durable)?;
         }
-        let batch_end = target.offset + job.padded as u64;
-        self.zero_fill_ahead(batch_end, job.padded)?;
-        let (id, file) = self.file.as_ref().expect("a batch always has an open segment");
-        assert_eq!(*id, target.segment, "batch planned for another segment than the open one");
-        let span = tracing::trace_span!("sync", segment = %target.segment, offset = target.offset, bytes = job.padded).entered();
+        self.zero_fill_ahead(run_end, (run_end - first.offset) as usize)?;
+        let span = tracing::trace_span!("sync", segment = %first.segment, offset = first.offset, batches = run.len()).entered();
         let started = std::time::Instant::now();
-        file.write_and_sync(bytes, target.offset)?;
+        let (id, file) = self.file.as_ref().expect("a batch always has an open segment");
+        let count = run.len();
+        for (i, Sealed { buf, meta }) in run.iter_mut().enumerate() {
+            assert_eq!(*id, meta.target.segment, "batch planned for another segment than the open one");
+            let bytes = &written(buf)[..meta.padded];
+            if i + 1 == count {
+                file.write_and_sync(bytes, meta.target.offset)?;
+            } else {
+                file.write_at(bytes, meta.target.offset).map_err(|e| (IoOp::Write, e))?;
+            }
+        }
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(span);
-        self.written_to = self.written_to.max(batch_end);
+        self.written_to = self.written_to.max(run_end);
         let stats = &self.shared.stats;
         stats.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
         stats.sync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if first.create {
+            // The new segment's first batch is durable: from now on, a log without it has lost
+            // acknowledged records. Said before any of them is acknowledged.
+            self.manifest.record(first.segment)?;
+        }
+        for Sealed { buf, meta } in run.iter_mut() {
+            self.acknowledge(&written(buf)[..meta.used], meta);
+        }
+        Ok(())
+    }
+
+    /// A written batch is durable: counts it, advances the watermark, and adds its headers to
+    /// the segment's index, writing the index out when the batch sealed the segment.
+    fn acknowledge(&mut self, records: &[u8], job: &BatchMeta) {
+        let stats = &self.shared.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.bytes_written.fetch_add(job.padded as u64, Ordering::Relaxed);
         stats.records.fetch_add(job.end_lsn.0 - job.first_lsn.0, Ordering::Relaxed);
-        if target.create {
-            // The new segment's first batch is durable: from now on, a log without it has lost
-            // acknowledged records. Said before any of them is acknowledged.
-            self.manifest.record(target.segment)?;
-        }
         self.shared.note_segment_progress(job);
         // After the acknowledgement: the index only speeds up later headers-only scans.
-        self.index.add_batch(&bytes[..job.used], target.offset);
+        self.index.add_batch(records, job.target.offset);
         if job.ends_segment {
             self.file = None;
             if let Some(index) = self.index.finish() {
@@ -127,7 +150,6 @@ impl<S: Storage> Flusher<S> {
                 self.index.reuse(index);
             }
         }
-        Ok(())
     }
 
     /// Writes zeros past the end of a small batch, when the batches before it were small too,
@@ -249,6 +271,24 @@ pub(crate) fn run<S: Storage>(shared: &Shared<S>, writer: &Mutex<Flusher<S>>) {
     while shared.wait_for_work() {
         writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_ready(None);
     }
+}
+
+/// Closes a sealed batch's bytes: padding to its block, and the end frame first when it
+/// seals its segment.
+fn close_batch(buf: &mut BatchBuf, job: &BatchMeta, durable: Lsn) {
+    let salt = job.target.identity.salt;
+    let bytes = &mut buf.bytes_mut()[..job.padded];
+    let mut used = job.used;
+    if job.ends_segment {
+        let records_end = job.target.offset + used as u64;
+        used += write_segment_end(bytes, used, records_end, job.end_lsn, durable, salt);
+    }
+    write_padding(bytes, used, job.end_lsn, durable, salt);
+}
+
+/// The bytes of a batch whose regions are all closed (see [`wait_for_regions`]).
+fn written(buf: &mut Arc<BatchBuf>) -> &mut [u8] {
+    Arc::get_mut(buf).expect("no region left").bytes_mut()
 }
 
 /// If writing panics (a broken invariant), nobody would ever wake the waiters: poison the log

@@ -28,7 +28,7 @@ use crate::error::{Result, WalError};
 use crate::manifest::Manifest;
 use crate::record::Record;
 use crate::segment::SegmentInfo;
-use crate::storage::{BatchBuf, Storage};
+use crate::storage::Storage;
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
 
 /// Counters of the write path, cheap enough to leave on.
@@ -36,7 +36,8 @@ use crate::types::{Lsn, RecordType, Scope, SegmentId};
 pub struct CommitStats {
     /// fdatasync calls that succeeded.
     pub fsyncs: AtomicU64,
-    /// Batches written.
+    /// Batches written. Batches that queued up behind a sync share the next one, so there may
+    /// be more batches than fsyncs.
     pub batches: AtomicU64,
     /// Records written.
     pub records: AtomicU64,
@@ -76,7 +77,7 @@ pub struct CommitStats {
 pub struct CommitStatsSnapshot {
     /// fdatasync calls that succeeded.
     pub fsyncs: u64,
-    /// Batches written.
+    /// Batches written (queued batches share a sync: at least `fsyncs`).
     pub batches: u64,
     /// Records written.
     pub records: u64,
@@ -84,7 +85,8 @@ pub struct CommitStatsSnapshot {
     pub bytes_written: u64,
     /// Nanoseconds spent writing and fdatasyncing batches (the commit latency's disk part).
     pub sync_nanos: u64,
-    /// The longest single batch write + fdatasync, in nanoseconds.
+    /// The longest single write + fdatasync (of a batch, or of batches queued behind a sync),
+    /// in nanoseconds.
     pub sync_nanos_max: u64,
     /// `wait_durable` calls that had to block (the group-commit wait).
     pub waits: u64,
@@ -308,24 +310,25 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    /// The next batch to write, for the holder of the writer: the oldest sealed one, else the
-    /// active one if a waiter needs it, the log closes, or it holds `own` (the holder's own
-    /// issued LSN). `None` when nothing is due or the log is poisoned.
-    fn take_job(&self, own: Option<Lsn>) -> Option<Sealed> {
+    /// The next batches to write with one sync, for the holder of the writer: the oldest
+    /// sealed ones that continue each other (see [`Plan::take_sealed_run`]), and the active one
+    /// after them if a waiter needs it, the log closes, or it holds `own` (the holder's own
+    /// issued LSN). Leaves `run` empty when nothing is due or the log is poisoned.
+    fn take_jobs(&self, own: Option<Lsn>, run: &mut Vec<Sealed>) {
         let mut plan = lock(&self.plan);
         if self.durability.check_poison().is_err() {
-            return None;
+            return;
         }
-        if let Some(job) = plan.take_sealed() {
-            return Some(job);
+        plan.take_sealed_run(run);
+        if !plan.sealed.is_empty() {
+            return;
         }
-        let first = plan.active.as_ref()?.first_lsn;
+        let Some(first) = plan.active.as_ref().map(|a| a.first_lsn) else { return };
         let holds_own = own.is_some_and(|lsn| lsn >= first && lsn < plan.next_lsn);
         if plan.active_has_records() && (plan.sync_wanted >= first || plan.closing || holds_own) {
             plan.seal_active(false);
-            return plan.take_sealed();
+            plan.take_sealed_run(run);
         }
-        None
     }
 
     /// Whether the log is quiet enough for a waiter to write its own batch: the last batch
@@ -345,10 +348,12 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    /// A batch is durable: advance the watermark and return its buffer to the pool.
-    fn finish_batch(&self, buf: Arc<BatchBuf>, oversized: bool) {
+    /// The batches of a run are durable: return their buffers to the pool.
+    fn finish_batches(&self, run: &mut Vec<Sealed>) {
         let mut plan = lock(&self.plan);
-        plan.recycle(buf, oversized);
+        for Sealed { buf, meta } in run.drain(..) {
+            plan.recycle(buf, meta.oversized);
+        }
         if plan.space_waiters > 0 {
             self.space.notify_all();
         }

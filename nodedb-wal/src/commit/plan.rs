@@ -388,6 +388,22 @@ impl Plan {
         Some(job)
     }
 
+    /// Moves the sealed batches the flusher can write with one sync into `run`, oldest first:
+    /// the oldest sealed batch and each next one that goes on where it ends, in the same
+    /// segment. A batch that creates a segment only starts a run; one that seals a segment
+    /// ends it. Batches queue up only when the disk is slower than the appenders (records as
+    /// large as a batch, or an ingest stream), and then one sync covers them all instead of
+    /// one each.
+    pub fn take_sealed_run(&mut self, run: &mut Vec<Sealed>) {
+        while let Some(next) = self.sealed.front() {
+            if run.last().is_some_and(|prev| !continues(&prev.meta, &next.meta)) {
+                break;
+            }
+            let job = self.take_sealed().expect("the front was just seen");
+            run.push(job);
+        }
+    }
+
     /// The sequence number of the batch holding `lsn`, an issued LSN not yet known durable:
     /// the active batch, a sealed one, or else the one the flusher took.
     pub fn batch_of(&self, lsn: Lsn) -> u64 {
@@ -430,6 +446,14 @@ impl Plan {
         self.buffers_out -= 1;
         self.free.push(buf);
     }
+}
+
+/// Whether batch `next` goes on where `prev` ends, in the same open segment.
+fn continues(prev: &BatchMeta, next: &BatchMeta) -> bool {
+    !prev.ends_segment
+        && !next.target.create
+        && next.target.segment == prev.target.segment
+        && next.target.offset == prev.target.offset + prev.padded as u64
 }
 
 /// A buffer back from the flusher (or kept), which no region shares any more.
@@ -583,6 +607,32 @@ mod tests {
             p.recycle(buf, true);
         }
         assert_eq!(p.oversized_out, 0);
+    }
+
+    #[test]
+    fn a_run_takes_queued_batches_of_one_segment_and_stops_where_a_segment_ends() {
+        // Three blocks' worth of target: the header block, then two one-block batches fit;
+        // the third record rolls, which seals the segment with an empty batch.
+        let mut p = plan(3 * 4096);
+        p.limits.batch_buffers = 8;
+        let mut s = salt();
+        for _ in 0..4 {
+            drop(p.reserve(Frames::one(3000 - HEADER_LEN), &mut s).unwrap());
+            p.seal_active(false);
+        }
+        let mut run = Vec::new();
+        p.take_sealed_run(&mut run);
+        let seen: Vec<_> = run.iter().map(|b| (b.meta.target.segment, b.meta.target.create, b.meta.ends_segment)).collect();
+        let first_segment = vec![(SegmentId(1), true, false), (SegmentId(1), false, false), (SegmentId(1), false, true)];
+        assert_eq!(seen, first_segment, "up to the segment's end");
+        assert_eq!(p.taken_seq, 3, "waiters of the run wait for its last batch");
+        run.clear();
+        p.take_sealed_run(&mut run);
+        let seen: Vec<_> = run.iter().map(|b| (b.meta.target.segment, b.meta.target.create)).collect();
+        assert_eq!(seen, vec![(SegmentId(2), true), (SegmentId(2), false)], "a new segment starts the next run");
+        run.clear();
+        p.take_sealed_run(&mut run);
+        assert!(run.is_empty());
     }
 
     #[test]
