@@ -43,7 +43,10 @@ pub struct SegmentedWalConfig {
     /// at most 64 GiB in all (buffers are allocated as they are needed).
     pub batch_buffers: usize,
     /// Largest payload `append` accepts. Larger payloads than `batch_bytes_max` get a batch of
-    /// their own.
+    /// their own, in a buffer of its own: such buffers hold at most four times the pool's
+    /// bytes (`batch_buffers` × `batch_bytes_max`) in flight and kept for reuse, beyond one
+    /// that is larger still. A log whose records are often larger than that goes faster with a
+    /// larger `batch_bytes_max`.
     pub payload_bytes_max: usize,
     /// Write with O_DIRECT (the default), bypassing the page cache.
     pub direct_io: bool,
@@ -94,8 +97,8 @@ pub struct SegmentedWalConfig {
 
 /// The largest batch buffer and zero-fill buffer a config may ask for.
 pub(crate) const BUFFER_BYTES_MAX: usize = 1 << 30;
-/// The most `batch_buffers` × `batch_bytes_max` may come to: the pool and what oversized
-/// batches may hold in flight are sized by it.
+/// The most `batch_buffers` × `batch_bytes_max` may come to: the pool, and what oversized
+/// batches may hold in flight (four times the pool), are sized by it.
 const POOL_BYTES_MAX: u64 = 64 << 30;
 /// The longest commit window: a sync waits it out, so anything longer reads as a hang.
 const COMMIT_WINDOW_MAX: Duration = Duration::from_secs(1);

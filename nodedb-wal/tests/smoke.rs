@@ -1,5 +1,8 @@
 //! Basic behaviour on both storages: what is appended and synced is read back after reopening.
 
+mod common;
+
+use common::Gated;
 use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, storage::FaultConfig};
 
 fn config(dir: &std::path::Path) -> SegmentedWalConfig {
@@ -130,6 +133,39 @@ fn records_buffered_before_a_wait_share_one_fdatasync() {
     wal.wait_durable(last).unwrap();
     assert_eq!(sim.sync_count() - syncs_before, 1, "one fdatasync covers all 100 records");
     assert_eq!(wal.stats().fsyncs, 2);
+}
+
+#[test]
+fn records_larger_than_a_batch_queued_behind_a_sync_share_the_next_one() {
+    let gated = Gated::new(SimStorage::new(9, FaultConfig::default()));
+    let mut c = config(std::path::Path::new("/wal"));
+    c.segment_bytes_target = 1 << 20;
+    let wal = std::sync::Arc::new(SegmentedWal::open_with(gated.clone(), c).unwrap());
+    let ty = RecordType::optional(0x100);
+    gated.gate.shut();
+    let first = wal.append(Record::new(ty, b"first")).unwrap();
+    wal.request_sync(first).unwrap();
+    gated.gate.wait_held();
+    // While that batch is held before its sync, three records of 20 KiB (a batch holds 16)
+    // each fill a batch of their own and queue up. They fit in flight together (four times
+    // the pool's 64 KiB), so none of these appends waits for the disk.
+    let before = wal.stats();
+    let (appended, done) = std::sync::mpsc::channel();
+    let appender = std::sync::Arc::clone(&wal);
+    std::thread::spawn(move || {
+        let lsns: Vec<Lsn> = (0..3u8).map(|i| appender.append(Record::new(ty, &[i; 20 * 1024])).unwrap()).collect();
+        appender.request_sync(lsns[2]).unwrap();
+        appended.send(lsns).unwrap();
+    });
+    let lsns = done.recv_timeout(std::time::Duration::from_secs(20)).expect("appended without waiting for the held sync");
+    gated.gate.open();
+    wal.wait_durable(lsns[2]).unwrap();
+    let delta = wal.stats().since(&before);
+    assert_eq!((delta.batches, delta.records), (4, 4), "the held batch and one per large record");
+    assert_eq!(delta.fsyncs, 2, "the held batch's sync, then one for the three queued batches");
+    let records = common::read_all(&wal);
+    assert_eq!(records.len(), 4);
+    assert!(records[1..].iter().enumerate().all(|(i, r)| r.payload == [i as u8; 20 * 1024]));
 }
 
 #[test]

@@ -101,6 +101,14 @@ pub struct SegmentPlan {
     pub started: bool,
 }
 
+/// How many times the pool's bytes records larger than a batch may hold, in flight and kept.
+/// With only the pool's bytes, records of a few MiB went one at a time: each waited for the
+/// one before it to be written and synced before it could even be encoded, and none were kept
+/// (a 4 MiB record's buffer is larger than the 4 MiB pool), so each paid for a fresh zeroed
+/// buffer. 16 threads of 4 MiB records ran at 0.3-0.7x okaywal; with four times the pool, and
+/// the flusher writing queued batches under one sync, 1.0-1.4x (BENCHMARKS.md).
+const OVERSIZED_POOLS: usize = 4;
+
 /// Fixed parameters of the plan.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -116,10 +124,15 @@ impl Limits {
         2 * self.block + END_FRAME_LEN
     }
 
-    /// Bytes the pool's own buffers hold: also what oversized batches may hold in flight, and
-    /// keep for reuse.
+    /// Bytes the pool's own buffers hold.
     pub fn pool_bytes(&self) -> usize {
         self.batch_buffers * self.batch_bytes_max
+    }
+
+    /// Bytes the one-off buffers of oversized batches may hold in flight, and keep for reuse:
+    /// [`OVERSIZED_POOLS`] times the pool's.
+    pub fn oversized_bytes(&self) -> usize {
+        OVERSIZED_POOLS * self.pool_bytes()
     }
 }
 
@@ -314,10 +327,10 @@ impl Plan {
     fn activate(&mut self, frame_len: usize) -> Result<(), Wait> {
         let oversized = frame_len > self.limits.batch_bytes_max;
         let buf = if oversized {
-            // As many bytes in flight as the pool holds, unless none are: appenders of large
+            // A bounded number of bytes in flight, unless none are: appenders of large
             // records wait for the disk as others do, instead of queueing buffers without end
             // (found by review: 100 appends of 4 MiB on a slow disk queued ~360 MiB).
-            if self.oversized_out > 0 && self.oversized_out + frame_len > self.limits.pool_bytes() {
+            if self.oversized_out > 0 && self.oversized_out + frame_len > self.limits.oversized_bytes() {
                 return Err(Wait::ForBuffer);
             }
             let buf = self.oversized_buffer(frame_len);
@@ -429,7 +442,7 @@ impl Plan {
     }
 
     /// Takes back a written buffer. The pool keeps its own. One-off buffers of oversized
-    /// batches are kept too, up to as many bytes as the pool's own buffers hold: an ingest
+    /// batches are kept too, up to [`Limits::oversized_bytes`]: an ingest
     /// loop appending groups larger than a batch otherwise paid for a fresh, zeroed buffer
     /// (page faults and all) for every group, and ran at ~0.5 of the same records appended
     /// one by one (`compare --pipelined --size 4k`, BENCHMARKS.md).
@@ -437,7 +450,7 @@ impl Plan {
         if oversized {
             self.oversized_out -= buf.capacity();
             let kept: usize = self.spare_oversized.iter().map(|buf| buf.capacity()).sum();
-            if kept + buf.capacity() <= self.limits.pool_bytes() {
+            if kept + buf.capacity() <= self.limits.oversized_bytes() {
                 self.spare_oversized.push(buf);
             }
             return;
@@ -554,10 +567,10 @@ mod tests {
     }
 
     #[test]
-    fn oversized_buffers_are_reused_when_they_fit_and_kept_only_up_to_the_pools_bytes() {
+    fn oversized_buffers_are_reused_when_they_fit_and_kept_only_up_to_their_budget() {
         let mut p = plan(1 << 30);
-        p.limits.batch_buffers = 8;
-        let pool_bytes = p.limits.batch_buffers * p.limits.batch_bytes_max;
+        p.limits.batch_buffers = 2;
+        let budget = p.limits.oversized_bytes();
         let (buf, first) = oversized_batch(&mut p, 20 * 1024);
         p.recycle(buf, true);
         // A smaller oversized batch reuses the kept buffer, limited to its own length.
@@ -565,29 +578,29 @@ mod tests {
         assert_eq!(second, first, "the kept buffer");
         assert_eq!(buf.limit(), HEADER_LEN + 18 * 1024, "no room for records the batch does not hold");
         p.recycle(buf, true);
-        // A larger one needs a new buffer; both are kept while they fit the pool's bytes.
+        // A larger one needs a new buffer; both are kept while they fit the budget.
         let (buf, third) = oversized_batch(&mut p, 24 * 1024);
         assert_ne!(third, first);
         p.recycle(buf, true);
         assert_eq!(p.spare_oversized.len(), 2);
         let kept: usize = p.spare_oversized.iter().map(|buf| buf.capacity()).sum();
-        assert!(kept <= pool_bytes, "{kept} bytes kept");
-        // One that would take the kept bytes past the pool's is dropped.
-        let (big, _) = oversized_batch(&mut p, pool_bytes);
+        assert!(kept <= budget, "{kept} bytes kept");
+        // One that would take the kept bytes past the budget is dropped.
+        let (big, _) = oversized_batch(&mut p, budget - kept);
         p.recycle(big, true);
         assert_eq!(p.spare_oversized.len(), 2);
         assert_eq!(p.oversized_out, 0);
     }
 
     #[test]
-    fn oversized_batches_hold_at_most_the_pools_bytes_in_flight_but_one_always_goes() {
+    fn oversized_batches_hold_at_most_their_budget_in_flight_but_one_always_goes() {
         let mut p = plan(1 << 30);
-        p.limits.batch_buffers = 8;
-        let pool_bytes = p.limits.pool_bytes();
-        let large = pool_bytes * 2 / 5;
+        p.limits.batch_buffers = 2;
+        let budget = p.limits.oversized_bytes();
+        let large = budget * 2 / 5;
         assert!(large > p.limits.batch_bytes_max);
         // A record larger than the whole budget still gets a batch when none is in flight.
-        let (huge, _) = oversized_batch(&mut p, 2 * pool_bytes);
+        let (huge, _) = oversized_batch(&mut p, 2 * budget);
         assert!(matches!(p.reserve(Frames::one(20 * 1024), &mut salt()), Err(Wait::ForBuffer)), "waits while the huge one is out");
         p.recycle(huge, true);
         // Below the budget several go at once; the one that would pass it waits for the disk.
