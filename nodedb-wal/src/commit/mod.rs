@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use durable::DurableFuture;
 use durable::{Durability, SyncRequester};
 use flusher::Flusher;
-use plan::{BatchMeta, Crypt, Frames, Identity, Plan, Sealed, Wait};
+use plan::{BatchMeta, Crypt, Frames, Identity, Plan, Sealed, Turn, Wait};
 pub(crate) use plan::{Limits, SegmentPlan};
 
 use crate::crypto::{KeyRing, SegmentCipher, random};
@@ -559,25 +559,28 @@ impl<S: Storage> GroupCommitter<S> {
     fn reserve(&self, frames: Frames, want_sync: bool) -> Result<plan::Reservation> {
         let key_ring = self.shared.key_ring.as_deref();
         let mut plan = lock(&self.shared.plan);
-        let reservation = loop {
-            self.shared.durability.check_poison()?;
-            if plan.closing {
-                return Err(WalError::Closed);
+        let mut turn = Turn::default();
+        let reserved = loop {
+            if let Err(err) = self.shared.durability.check_poison() {
+                break Err(err);
             }
-            match plan.reserve(frames, &mut RingKeys(key_ring)) {
-                Ok(r) => break r,
+            if plan.closing {
+                break Err(WalError::Closed);
+            }
+            match plan.reserve_in_turn(frames, &mut RingKeys(key_ring), &mut turn) {
+                Ok(r) => break Ok(r),
                 Err(Wait::NoIdentity) => {
                     // A batch sealed on the way (a roll) still goes to the disk.
                     self.shared.notify_flusher(&plan);
-                    return Err(WalError::InvalidConfig {
+                    break Err(WalError::InvalidConfig {
                         reason: "the key ring refuses plaintext segments but has no active key to write with",
                     });
                 }
                 Err(Wait::NoSegmentId) => {
                     self.shared.notify_flusher(&plan);
-                    return Err(WalError::SegmentIdsExhausted { newest: SegmentId(plan::LAST_ID.0 - 1) });
+                    break Err(WalError::SegmentIdsExhausted { newest: SegmentId(plan::LAST_ID.0 - 1) });
                 }
-                Err(Wait::NoLsn) => return Err(WalError::LsnsExhausted { next: plan.next_lsn }),
+                Err(Wait::NoLsn) => break Err(WalError::LsnsExhausted { next: plan.next_lsn }),
                 Err(Wait::ForBuffer) => {
                     self.shared.notify_flusher(&plan);
                     plan.space_waiters += 1;
@@ -586,6 +589,14 @@ impl<S: Storage> GroupCommitter<S> {
                 }
             }
         };
+        if turn.is_queued() {
+            // Whether it went or gave up, the next in line may go now.
+            plan.oversized_turns.leave(&mut turn);
+            if plan.oversized_turns.any() && plan.space_waiters > 0 {
+                self.shared.space.notify_all();
+            }
+        }
+        let reservation = reserved?;
         let last = Lsn(reservation.lsn.0 + frames.records as u64 - 1);
         if want_sync && plan.sync_wanted < last {
             plan.sync_wanted = last;
