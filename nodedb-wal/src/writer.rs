@@ -6,6 +6,14 @@
 //! boundaries (padding frames fill the gap), each block written once; [`WalWriter::sync`]
 //! makes everything appended durable; [`WalWriter::finish`] seals the file with an end frame.
 //! A failed write or sync poisons the writer.
+//!
+//! A segment may only follow a sealed one. A [`crate::SegmentedWal`] leaves its newest segment
+//! open when it closes (the next open seals it), so before adding a segment to a log it wrote,
+//! open and close the log without appending ([`crate::recover`] does just that). Otherwise the
+//! next open refuses the log with [`crate::CorruptionKind::UnsealedSegment`] for the open
+//! segment; nothing is lost, and once the added segment is taken away the log opens again.
+//! The writer takes no lock: it must not add a segment while a log has the directory open,
+//! whose next segment would be written over it.
 
 use std::io;
 use std::path::{Path, PathBuf};

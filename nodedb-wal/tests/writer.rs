@@ -73,6 +73,42 @@ fn a_writer_can_continue_a_log_in_its_next_segment() {
     assert_eq!(records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
 }
 
+/// A log leaves its newest segment open at close (the next open seals it), and recovery refuses
+/// an open segment followed by another. So a writer's segment added right after a log was
+/// written and closed makes the log refuse to open, naming the open segment, with nothing
+/// lost: removing the added segment, opening and closing the log, then writing it again works.
+#[test]
+fn a_segment_added_after_a_logs_open_newest_segment_is_refused_until_the_log_is_opened_first() {
+    use nodedb_wal::storage::Storage;
+    let sim = SimStorage::new(8, FaultConfig::default());
+    let dir = Path::new("/log");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    for i in 1..=10 {
+        wal.append(Record::new(TY, &payload(i))).unwrap();
+    }
+    let last = wal.sync().unwrap();
+    wal.close().unwrap();
+    let write_next = |sim: &SimStorage| {
+        let mut writer = WalWriter::create_with(sim.clone(), dir, SegmentId(2), last.next(), small()).unwrap();
+        for i in 11..=20 {
+            writer.append(Record::new(TY, &payload(i))).unwrap();
+        }
+        writer.finish().unwrap();
+    };
+    write_next(&sim);
+    let first = sim.read_file(&dir.join("00000000000000000001.wal")).unwrap();
+    let err = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap_err();
+    assert!(matches!(err, WalError::Corruption { segment: SegmentId(1), kind: nodedb_wal::CorruptionKind::UnsealedSegment, .. }), "{err}");
+    assert_eq!(sim.read_file(&dir.join("00000000000000000001.wal")).unwrap(), first, "the refused open changes nothing");
+    // The way out: take the added segment away, let the log seal its newest segment, add it again.
+    sim.remove(&dir.join("00000000000000000002.wal")).unwrap();
+    SegmentedWal::open_with(sim.clone(), config(dir)).unwrap().close().unwrap();
+    write_next(&sim);
+    let wal = SegmentedWal::open_with(sim, config(dir)).unwrap();
+    let records: Vec<_> = wal.read_from(Lsn(1)).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+}
+
 #[test]
 fn a_crash_before_finish_keeps_every_synced_record() {
     let dir = Path::new("/w");
