@@ -377,6 +377,39 @@ fn images_of_unregistered_files_are_reported_and_left_alone() {
     assert_eq!(versions(&sim)[slot_of(F2, 1)], None);
 }
 
+/// A page file registered with another page length than its images in the buffer (the engine
+/// changed the file's page size between opens, or registers it wrongly) cannot have them
+/// applied: recovery refuses with `DwbPageLen` and writes none of them into the file, since it
+/// cannot tell the two apart. The images stay until the ring wraps over them, so the
+/// way on is the old registration, or a new `FileId` for the file with its new pages (the old
+/// id's images are then those of an unregistered file).
+#[test]
+fn a_file_registered_with_another_page_length_than_its_images_is_refused_and_left_as_it_was() {
+    let sim = disk(18);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 1), (F2, 3)], 2))).unwrap();
+    drop(dwb);
+    tear(&sim, F2, 3);
+    let before = sim.read_file(&file_path(F1)).unwrap();
+    let register = |f1: FileId, f1_page: usize| {
+        let dwb = DoubleWriteBuffer::open_with(sim.clone(), config(DwbMode::Buffered)).unwrap();
+        dwb.register_file(f1, file_path(F1), f1_page).unwrap();
+        dwb.register_file(F2, file_path(F2), PAGE).unwrap();
+        dwb
+    };
+    let dwb = register(F1, 2 * PAGE);
+    let err = dwb.recover(check).unwrap_err();
+    assert!(matches!(err, WalError::DwbPageLen { file: F1, page_no: 1, len: PAGE, expected } if expected == 2 * PAGE), "{err}");
+    assert!(matches!(dwb.write_pages(&[(F2, 0, &page(F2, 0, 3))]), Err(WalError::DwbNotRecovered { .. })));
+    drop(dwb);
+    assert!(sim.read_file(&file_path(F1)).unwrap() == before, "no image of the old length is written into the file");
+    // Under a new id the file's old images are an unregistered file's; the others apply.
+    let dwb = register(FileId(3), 2 * PAGE);
+    let report = dwb.recover(check).unwrap();
+    assert_eq!((report.unregistered_files, report.pages_restored), (vec![F1], vec![(F2, 3)]));
+    dwb.write_pages(&[(FileId(3), 0, &[5u8; 2 * PAGE])]).unwrap();
+}
+
 #[test]
 fn writes_wait_for_recovery_of_an_existing_buffer() {
     let sim = disk(9);

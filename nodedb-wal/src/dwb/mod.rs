@@ -175,6 +175,12 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// `n * page_len`. The file must exist when pages are written or recovered: the buffer never
     /// creates files. Register every file that may have pages in the buffer before recovery.
     ///
+    /// The page length is part of the id: images stay in the buffer until the ring wraps over
+    /// them, and recovery refuses ([`WalError::DwbPageLen`]) a file registered with another
+    /// length than its images, since it cannot tell a changed page size from a wrong
+    /// registration. A file whose page size changes gets a new id (the old id's images are then
+    /// an unregistered file's, left alone).
+    ///
     /// # Examples
     ///
     /// ```
