@@ -91,7 +91,13 @@ impl<'a, S: Storage> Tail<'a, S> {
             let mut bytes = 0;
             while self.ready.len() < READ_AHEAD && bytes < READ_AHEAD_BYTES {
                 let Some(record) = reader.next_view() else { break };
-                let record = record?.to_record();
+                let record = match record {
+                    Ok(view) => view.to_record(),
+                    // The records before an error go first: a subscriber stops at the error.
+                    // The next refill starts a reader after them, which meets it again.
+                    Err(_) if !self.ready.is_empty() => break,
+                    Err(err) => return Err(err),
+                };
                 bytes += record.payload.len();
                 self.ready.push_back(record);
             }

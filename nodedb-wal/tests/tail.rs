@@ -158,3 +158,39 @@ fn a_tail_may_wait_for_the_next_record_without_a_deadline() {
         assert_eq!((record.lsn, &record.payload[..]), (Lsn(1), &b"later"[..]));
     });
 }
+
+// Found by the `readers` fuzz target: a refill that met damage returned the error at once and
+// kept the intact records it had read before it, so a subscriber that stops at an error (as
+// it should at corruption) never saw records that precede the damage, up to a refill's worth.
+#[test]
+fn a_tail_delivers_every_record_before_damage_ahead_of_the_error() {
+    let dir = Path::new("/damaged");
+    let sim = SimStorage::new(6, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    for i in 0..200u32 {
+        wal.append(Record::new(TY, &i.to_le_bytes().repeat(50))).unwrap();
+    }
+    wal.sync().unwrap();
+    // Bit rot after the log was opened, in the last record of the second segment.
+    let damaged = wal.segments()[1];
+    let before = damaged.end_lsn.0 - 1;
+    let path = nodedb_wal::segment::path(dir, damaged.id);
+    let mut bytes = sim.read_file(&path).unwrap();
+    let last_record = wal.lazy_reader(Lsn(before)).unwrap().next_header().unwrap().unwrap().offset() as usize;
+    bytes[last_record + 60] ^= 1;
+    sim.write_file(&path, &bytes);
+    let mut tail = wal.tail(Lsn::FIRST);
+    let mut delivered = 0;
+    let err = loop {
+        match tail.next_timeout(Duration::ZERO) {
+            Ok(Some(record)) => {
+                delivered += 1;
+                assert_eq!(record.lsn, Lsn(delivered));
+            }
+            Ok(None) => panic!("the damage went unnoticed"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(delivered, before - 1, "every record before the damaged one comes before the error");
+    assert!(matches!(err, WalError::Corruption { segment, .. } if segment == damaged.id), "{err:?}");
+}
