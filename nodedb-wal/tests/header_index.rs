@@ -190,3 +190,43 @@ fn a_segment_sealed_by_a_restart_gets_an_index_of_exactly_the_records_recovery_k
         assert_eq!(indexed, scanned, "seed {seed}");
     }
 }
+
+// Found by the `header_index` fuzz target, which recomputes the CRC of what it mutates: the
+// decoder took nonzero bytes where FORMAT.md says zero (the reserved field, and each entry's
+// checksum field), so a decoded index did not re-encode to its file, and LSNs past
+// `Lsn::LIMIT`, whose `end_lsn` overflowed.
+#[test]
+fn an_index_decodes_only_from_its_one_encoding_with_lsns_below_the_limit() {
+    use nodedb_wal::format::crc::crc32c;
+    use nodedb_wal::format::frame::RecordHeader;
+    use nodedb_wal::format::header_index::HeaderIndex;
+    let index = |first: u64| {
+        let header = RecordHeader {
+            lsn: Lsn(first),
+            durable_lsn: Lsn(0),
+            salt: 7,
+            record_type: RecordType::optional(0x100),
+            scope: Scope::default(),
+            payload_len: 10,
+            flags: 0,
+        };
+        let mut index = HeaderIndex::new(nodedb_wal::SegmentId(1), 7, Lsn(first));
+        index.push(4096, &header);
+        index.encode()
+    };
+    let resealed = |mut bytes: Vec<u8>| {
+        let at = bytes.len() - 4;
+        let crc = crc32c(&bytes[..at]);
+        bytes[at..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    };
+    assert!(HeaderIndex::decode(&index(Lsn::LIMIT.0 - 1)).is_some(), "the last LSN there is");
+    for (what, at) in [("reserved", 6), ("an entry's checksum field", 32 + 8)] {
+        let mut bytes = index(5);
+        bytes[at] = 1;
+        assert_eq!(HeaderIndex::decode(&resealed(bytes)), None, "{what} not zero");
+    }
+    for first in [Lsn::LIMIT.0, u64::MAX] {
+        assert_eq!(HeaderIndex::decode(&index(first)), None, "an LSN from {first}");
+    }
+}

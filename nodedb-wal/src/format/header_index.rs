@@ -216,11 +216,13 @@ impl HeaderIndex {
     }
 
     /// The index in `bytes`, or `None` unless it is whole and consistent: right length and
-    /// CRC, every header decodable, of the index's salt, with dense LSNs from `first_lsn`, at
-    /// rising offsets whose frames do not overlap. See [`HeaderIndex`] for an example.
+    /// CRC, reserved and checksum fields zero, every header decodable, of the index's salt,
+    /// with dense LSNs from `first_lsn` below [`Lsn::LIMIT`], at rising offsets whose frames
+    /// do not overlap. See [`HeaderIndex`] for an example.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<HeaderIndex> {
-        if bytes.len() < FIXED_LEN + 4 || bytes[0..4] != MAGIC || u16::from_le_bytes([bytes[4], bytes[5]]) != VERSION {
+        let fixed = bytes.get(..FIXED_LEN + 4)?;
+        if fixed[0..4] != MAGIC || u16::from_le_bytes([fixed[4], fixed[5]]) != VERSION || fixed[6..8] != [0, 0] {
             return None;
         }
         let count = u32::from_le_bytes(bytes[20..24].try_into().ok()?) as usize;
@@ -234,14 +236,20 @@ impl HeaderIndex {
         let segment = SegmentId(u64::from_le_bytes(bytes[8..16].try_into().ok()?));
         let salt = u32::from_le_bytes(bytes[16..20].try_into().ok()?);
         let first_lsn = Lsn(u64::from_le_bytes(bytes[24..32].try_into().ok()?));
+        // Every record's LSN is below the limit, so the LSN after the last is at most it.
+        if first_lsn.0.checked_add(count as u64).is_none_or(|end| end > Lsn::LIMIT.0) {
+            return None;
+        }
         let mut index = HeaderIndex { segment, salt, first_lsn, entries: Vec::with_capacity(count) };
         let mut next_free = 0u64;
         for i in 0..count {
             let at = FIXED_LEN + i * ENTRY_LEN;
             let offset = u64::from_le_bytes(bytes[at..at + 8].try_into().ok()?);
-            let header = RecordHeader::decode(&bytes[at + 8..at + ENTRY_LEN]).ok()?;
-            let expected = first_lsn.0.checked_add(i as u64)?;
-            if header.salt != salt || header.lsn != Lsn(expected) || offset < next_free {
+            let entry = &bytes[at + 8..at + ENTRY_LEN];
+            let header = RecordHeader::decode(entry).ok()?;
+            // Checksum field zero: an index has one encoding, which decoding gives back.
+            let expected = first_lsn.0 + i as u64;
+            if entry[..4] != [0; 4] || header.salt != salt || header.lsn != Lsn(expected) || offset < next_free {
                 return None;
             }
             next_free = offset.checked_add(header.frame_len() as u64)?;
