@@ -4,18 +4,24 @@
 //!
 //! Each body states its property with `assert!`: a panic is a finding.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+mod logs;
+mod readers;
 
 use nodedb_wal::dwb::scan::scan_ring;
+use nodedb_wal::format::crc::crc32c;
 use nodedb_wal::format::dwb::{DWB_VERSION, FILE_HEADER_LEN, FileHeader, SLOT_HEADER_LEN, SlotHeader, decode_slot, encode_slot};
 use nodedb_wal::format::frame::{HEADER_LEN, RecordHeader, decode_frame, encode_frame};
 use nodedb_wal::format::header_index::HeaderIndex;
-use nodedb_wal::format::manifest::{ManifestSlot, SLOT_LEN, SLOT_SPACING};
+use nodedb_wal::format::manifest::{MANIFEST_FILE, MANIFEST_LEN, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SLOT_SPACING};
 use nodedb_wal::format::meta::{SegmentEndPayload, SegmentHeaderPayload};
 use nodedb_wal::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, TemporalPurgePayload};
 use nodedb_wal::format::preamble::SegmentPreamble;
 use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
-use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, Lsn, PageCheck, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+use nodedb_wal::{
+    DoubleWriteBuffer, DwbConfig, FileId, FsStorage, Lsn, PageCheck, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment,
+};
 
 /// A target body: panics on a finding.
 pub type Target = fn(&[u8]);
@@ -31,6 +37,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("recover_image", recover_image),
     ("ops", ops),
     ("dwb_slot", dwb_slot),
+    ("header_index", header_index),
+    ("manifest", manifest),
+    ("side_files", side_files),
+    ("readers", readers),
 ];
 
 /// Record frame decoding never panics, and whatever decodes re-encodes to the same bytes.
@@ -50,24 +60,57 @@ pub fn preamble(data: &[u8]) {
     }
 }
 
-/// The meta payload codecs (and the manifest's slot and the header index) never panic and
-/// round-trip.
+/// The meta payload codecs never panic and round-trip.
 pub fn segment_meta(data: &[u8]) {
-    if let Some(index) = HeaderIndex::decode(data) {
-        assert_eq!(index.encode(), data);
-    }
-    if let Some(slot) = ManifestSlot::decode(data) {
-        assert_eq!(&slot.encode()[..], &data[..SLOT_LEN]);
-    }
-    if let Some(current) = ManifestSlot::current(data) {
-        assert!([0, SLOT_SPACING].iter().any(|&at| data.get(at..).and_then(ManifestSlot::decode) == Some(current)));
-    }
     if let Some(h) = SegmentHeaderPayload::decode(data) {
         assert_eq!(&h.encode()[..], data);
     }
     if let Some(e) = SegmentEndPayload::decode(data) {
         assert_eq!(&e.encode()[..], data);
     }
+}
+
+/// The header index decoder never panics; what it accepts re-encodes to its input and is what
+/// FORMAT.md says a reader may use: headers of the index's salt, dense LSNs from its first
+/// (all below `Lsn::LIMIT`, as every record's), at rising offsets whose frames do not overlap.
+/// Input: a flag byte (bit 0: recompute the CRC, so that the fields behind it are reached),
+/// then the file.
+pub fn header_index(data: &[u8]) {
+    let Some((&flags, bytes)) = data.split_first() else { return };
+    let mut bytes = bytes.to_vec();
+    if flags & 1 != 0 {
+        reseal(".hdrs", &mut bytes);
+    }
+    let Some(index) = HeaderIndex::decode(&bytes) else { return };
+    assert_eq!(index.encode(), bytes, "a decoded index re-encodes to its own bytes");
+    let count = index.entries().len() as u64;
+    assert!(index.first_lsn.0.checked_add(count).is_some_and(|end| end <= Lsn::LIMIT.0), "LSNs past the limit");
+    assert_eq!(index.end_lsn(), Lsn(index.first_lsn.0 + count));
+    let mut next_free = 0;
+    for ((offset, header), lsn) in index.entries().iter().zip(index.first_lsn.0..) {
+        assert_eq!((header.lsn, header.salt), (Lsn(lsn), index.salt));
+        assert!(*offset >= next_free, "overlapping frames");
+        next_free = offset + header.frame_len() as u64;
+    }
+}
+
+/// The manifest's slot decoder never panics and round-trips; a file's current slot is its
+/// intact slot with the higher sequence. Input: a flag byte (bit 0: recompute both slots'
+/// CRCs), then the file.
+pub fn manifest(data: &[u8]) {
+    let Some((&flags, bytes)) = data.split_first() else { return };
+    let mut bytes = bytes.to_vec();
+    if flags & 1 != 0 {
+        reseal(MANIFEST_FILE, &mut bytes);
+    }
+    let slots = [0, SLOT_SPACING].map(|at| bytes.get(at..).and_then(ManifestSlot::decode));
+    for (slot, at) in slots.iter().zip([0, SLOT_SPACING]) {
+        if let Some(slot) = slot {
+            assert_eq!(&slot.encode()[..], &bytes[at..at + SLOT_LEN], "a decoded slot re-encodes to its own bytes");
+        }
+    }
+    let newer = slots.iter().flatten().max_by_key(|slot| slot.sequence).copied();
+    assert_eq!(ManifestSlot::current(&bytes).map(|s| s.sequence), newer.map(|s| s.sequence));
 }
 
 /// The collection tombstone's payload codec never panics, and what decodes re-encodes to
@@ -347,9 +390,9 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 .encode()
                 .to_vec(),
             SegmentEndPayload { records_end: 8192 }.encode().to_vec(),
-            ManifestSlot { sequence: 3, newest: nodedb_wal::SegmentId(12) }.encode().to_vec(),
-            header_index_seed(),
         ],
+        "header_index" => vec![[&[0][..], &header_index_seed()].concat(), [&[1][..], &header_index_seed()].concat()],
+        "manifest" => manifest_seeds(),
         "tombstone" => vec![
             CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(40) }
                 .encode()
@@ -370,6 +413,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         // Appends, syncs, a truncation, crashes (one after a failed sync), more appends.
         "ops" => vec![vec![1, 2, 3, 4, 9, 16, 5, 6, 7, 0x81, 17, 4, 135, 2, 12, 7]],
         "dwb_slot" => dwb_seeds(),
+        "side_files" => side_file_seeds(),
+        "readers" => reader_seeds(),
         _ => Vec::new(),
     }
 }
@@ -393,6 +438,52 @@ fn record_seeds() -> Vec<Vec<u8>> {
             out
         })
         .collect()
+}
+
+/// Manifests as the log writes them: created (one slot), and updated (two), checksums kept or
+/// recomputed.
+fn manifest_seeds() -> Vec<Vec<u8>> {
+    let mut file = vec![0u8; 544];
+    let mut seeds = Vec::new();
+    for sequence in 1..=2 {
+        let at = ManifestSlot::offset_of(sequence) as usize;
+        file[at..at + SLOT_LEN].copy_from_slice(&ManifestSlot { sequence, newest: nodedb_wal::SegmentId(sequence + 3) }.encode());
+        seeds.extend([[&[0][..], &file].concat(), [&[1][..], &file].concat()]);
+    }
+    seeds
+}
+
+/// Each variant's side files unchanged (a zero difference), resealed and removed.
+fn side_file_seeds() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    for variant in 0..logs::VARIANTS {
+        let base = logs::base(variant);
+        for which in 0..=u8::try_from(base.newest.0 + 2).expect("a few segments") {
+            let name = side_file_name(&base, which);
+            let Some((_, bytes)) = base.files.iter().find(|(n, _)| *n == name) else { continue };
+            for flags in [0, 1, 2, 0x14] {
+                seeds.push([&[variant, which, flags][..], &vec![0; bytes.len()]].concat());
+            }
+        }
+    }
+    seeds
+}
+
+/// Each variant undamaged, read from the start and from a record, on the simulated disk and
+/// on real files; and a few damaged ones (a flipped payload byte, a cut newest segment, a
+/// removed segment).
+fn reader_seeds() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    for variant in 0..logs::VARIANTS {
+        seeds.push(vec![variant, 0]);
+        seeds.push(vec![variant | 0x80, 7]);
+        seeds.push(vec![variant, 3, 0, 2, 0x00, 0x80, 4]);
+        seeds.push(vec![variant, 0, 2, 0xFF, 0x00, 0xC0, 0]);
+        seeds.push(vec![variant | 0x80, 0, 4, 3, 0, 0, 0]);
+        seeds.push(vec![variant | 0x40, 0, 0, 3, 0x00, 0x40, 1]);
+        seeds.push(vec![variant | 0xC0, 9, 3, 1, 0x00, 0x80, 9]);
+    }
+    seeds
 }
 
 /// Segment files written by the log itself: one clean, one still open (not sealed).
@@ -419,6 +510,133 @@ fn image_seeds() -> Vec<Vec<u8>> {
         }
     }
     images
+}
+
+/// A log's side file (`MANIFEST`, `MANIFEST.new`, or a segment's header index) replaced by
+/// the input, its checksums recomputed or not, or removed. Side files are hints: the log opens
+/// with every record, and every reader returns every record, unless `MANIFEST` says what
+/// FORMAT.md makes an error (no intact slot: `ManifestDamaged`; a newest segment that is not
+/// there: `MissingSegment`, or corruption where the segment it names lost its first batch).
+///
+/// Input: the log's variant, which side file, flags (bit 0: recompute its checksums; bit 1:
+/// remove it; the rest: where reads start), then the file's new bytes as a difference from its
+/// bytes in the log (XOR, and the new length). A log's salts are random, drawn anew in every
+/// process; as a difference, an input means the same change to whatever salt the file holds.
+pub fn side_files(data: &[u8]) {
+    let [variant, which, flags, delta @ ..] = data else { return };
+    let base = logs::base(*variant);
+    let name = side_file_name(&base, *which);
+    let before = base.files.iter().find(|(n, _)| *n == name).map_or(&[][..], |(_, bytes)| bytes);
+    let mut content: Vec<u8> = delta.iter().enumerate().map(|(i, d)| d ^ before.get(i).copied().unwrap_or(0)).collect();
+    if flags & 1 != 0 {
+        reseal(&name, &mut content);
+    }
+    let mut files: Vec<(String, Vec<u8>)> = base.files.iter().filter(|(n, _)| *n != name).cloned().collect();
+    if flags & 2 == 0 {
+        files.push((name.clone(), content.clone()));
+    }
+    let manifest = (name == MANIFEST_FILE && flags & 2 == 0).then(|| ManifestSlot::current(&content[..content.len().min(MANIFEST_LEN)]));
+    let rules = readers::Rules { complete: true, unchecked_headers: flags & 1 != 0 && name.ends_with(".hdrs"), damaged_after_open: false };
+    let sim = logs::sim_with(&files);
+    let opened = readers::open_and_read_all(&sim, Path::new(logs::DIR), &base, base.from(flags >> 2), rules);
+    // The owner and a read-only look decide alike.
+    for outcome in [opened.look, opened.owner] {
+        match (manifest, outcome) {
+            (Some(None), outcome) => {
+                assert!(matches!(outcome, Err(WalError::ManifestDamaged { .. })), "a manifest without an intact slot: {outcome:?}")
+            }
+            (Some(Some(slot)), Err(err)) if slot.newest > base.newest => {
+                assert!(
+                    matches!(err, WalError::MissingSegment { .. } | WalError::Corruption { .. }),
+                    "a manifest naming a later segment: {err:?}"
+                )
+            }
+            (_, outcome) => {
+                let info = outcome.unwrap_or_else(|err| panic!("a log whose side file {name} changed must open: {err:?}"));
+                assert_eq!((info.first_lsn, info.last_lsn), base.lsns, "every record, whatever {name} holds");
+            }
+        }
+    }
+}
+
+/// The side file an input byte names: `MANIFEST`, `MANIFEST.new`, or the header index of a
+/// segment (one of the log's, or the one after its newest).
+fn side_file_name(base: &logs::BaseLog, which: u8) -> String {
+    match which {
+        0 => MANIFEST_FILE.into(),
+        1 => MANIFEST_TEMP_FILE.into(),
+        n => {
+            let id = 1 + u64::from(n - 2) % (base.newest.0 + 1);
+            segment::index_path(Path::new(""), nodedb_wal::SegmentId(id)).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// Recomputes the checksums a side file carries, so that the readers see what its fields say.
+fn reseal(name: &str, bytes: &mut [u8]) {
+    if name.ends_with(".hdrs") {
+        if let Some(at) = bytes.len().checked_sub(4) {
+            let crc = crc32c(&bytes[..at]);
+            bytes[at..].copy_from_slice(&crc.to_le_bytes());
+        }
+        return;
+    }
+    for at in [0, SLOT_SPACING] {
+        if let Some(slot) = bytes.get_mut(at..at + SLOT_LEN) {
+            let crc = crc32c(&slot[..24]);
+            slot[24..28].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+}
+
+/// A valid multi-segment log (see `logs`: plaintext or encrypted; closed, left open, crashed
+/// with appends in flight, or reopened and truncated with files reused; small segments or
+/// large ones that readers read with helper threads), damaged as the input says, before it is
+/// opened or after, then opened every way the crate offers and read with every reader: none
+/// panics, each returns records or a typed error, every record returned is one that was
+/// written, they agree as far as each went, and one that ends without an error has every
+/// record recovery found.
+///
+/// Input: the log's variant (bit 6: damage after opening; bit 7: on real files, where mapped
+/// readers really map), where reads start, then the damage (see `logs::damage`).
+pub fn readers(data: &[u8]) {
+    let [variant, from, ops @ ..] = data else { return };
+    let base = logs::base(*variant);
+    let from = base.from(*from);
+    let (after_open, real) = (variant & 0x40 != 0, variant & 0x80 != 0);
+    let mut files = base.files.clone();
+    if !after_open {
+        logs::damage(&mut files, ops);
+    }
+    let rules = readers::Rules { complete: false, unchecked_headers: false, damaged_after_open: false };
+    match (real, after_open) {
+        (false, false) => drop(readers::open_and_read_all(&logs::sim_with(&files), Path::new(logs::DIR), &base, from, rules)),
+        (false, true) => readers::damage_after_open(&logs::sim_with(&files), Path::new(logs::DIR), &base, from, ops),
+        (true, false) => drop(readers::open_and_read_all(&FsStorage::new(), &RealDir::with(&files).0, &base, from, rules)),
+        (true, true) => readers::damage_after_open(&FsStorage::new(), &RealDir::with(&files).0, &base, from, ops),
+    }
+}
+
+/// A temporary directory holding a log's files, removed when dropped.
+struct RealDir(PathBuf);
+
+impl RealDir {
+    fn with(files: &[(String, Vec<u8>)]) -> RealDir {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("nodedb-wal-fuzz-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).expect("a log file");
+        }
+        RealDir(dir)
+    }
+}
+
+impl Drop for RealDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A small deterministic mutator for seeds: flips, overwrites, truncation, duplication.

@@ -1,6 +1,7 @@
 //! A mutational fuzzer that runs on the stable toolchain: starts from a target's seeds and its
 //! checked-in corpus (`nodedb-wal-fuzz/corpus/<target>/`), mutates, runs the target body, and
-//! saves every input that panics under `nodedb-wal-fuzz/artifacts/<target>/`. Usage: `cargo run --release -p nodedb-wal-fuzz --bin fuzz -- TARGET SECONDS`.
+//! saves every input that panics under `nodedb-wal-fuzz/artifacts/<target>/`. Usage: `cargo run --release -p nodedb-wal-fuzz --bin fuzz -- TARGET SECONDS`;
+//! `-- TARGET FILE` runs the target once on a saved input, with its panic message.
 
 use std::time::{Duration, Instant};
 
@@ -9,11 +10,17 @@ use nodedb_wal_fuzz::{TARGETS, mutate, seeds};
 fn main() {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "record".into());
-    let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let second = args.next();
     let Some(&(_, target)) = TARGETS.iter().find(|(n, _)| *n == name) else {
         eprintln!("unknown target {name}; targets: {:?}", TARGETS.iter().map(|t| t.0).collect::<Vec<_>>());
         std::process::exit(2);
     };
+    if let Some(input) = second.as_deref().and_then(|s| std::fs::read(s).ok()) {
+        target(&input);
+        println!("{name}: no crash on {}", second.unwrap_or_default());
+        return;
+    }
+    let seconds: u64 = second.and_then(|s| s.parse().ok()).unwrap_or(10);
     std::panic::set_hook(Box::new(|_| {}));
     let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut pool = seeds(&name);
