@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Result, WalError};
 use crate::read::WalIter;
 use crate::record::WalRecord;
 use crate::storage::Storage;
@@ -52,11 +52,13 @@ pub struct Tail<'a, S: Storage> {
     ready: VecDeque<WalRecord>,
     /// The reader of the last refill, kept for the next.
     reader: Option<WalIter<S>>,
+    /// The error a refill met after reading records, returned once they are delivered.
+    failed: Option<WalError>,
 }
 
 impl<'a, S: Storage> Tail<'a, S> {
     pub(crate) fn new(wal: &'a SegmentedWal<S>, from: Lsn) -> Tail<'a, S> {
-        Tail { wal, cursor: from, ready: VecDeque::new(), reader: None }
+        Tail { wal, cursor: from, ready: VecDeque::new(), reader: None, failed: None }
     }
 
     /// The LSN of the next record this tail will deliver: store it with the subscriber's state
@@ -69,6 +71,11 @@ impl<'a, S: Storage> Tail<'a, S> {
     /// The next durable record, waiting up to `timeout` for one; `Ok(None)` at the timeout.
     /// A cursor below the oldest retained segment (truncated away) is `LsnNotRetained`.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<WalRecord>> {
+        if self.ready.is_empty()
+            && let Some(err) = self.failed.take()
+        {
+            return Err(err);
+        }
         if self.ready.is_empty() {
             let wanted = self.cursor.max(Lsn::FIRST);
             if !self.wal.committer().await_durable(wanted, timeout)? {
@@ -94,8 +101,10 @@ impl<'a, S: Storage> Tail<'a, S> {
                 let record = match record {
                     Ok(view) => view.to_record(),
                     // The records before an error go first: a subscriber stops at the error.
-                    // The next refill starts a reader after them, which meets it again.
-                    Err(_) if !self.ready.is_empty() => break,
+                    Err(err) if !self.ready.is_empty() => {
+                        self.failed = Some(err);
+                        break;
+                    }
                     Err(err) => return Err(err),
                 };
                 bytes += record.payload.len();

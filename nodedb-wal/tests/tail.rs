@@ -162,35 +162,41 @@ fn a_tail_may_wait_for_the_next_record_without_a_deadline() {
 // Found by the `readers` fuzz target: a refill that met damage returned the error at once and
 // kept the intact records it had read before it, so a subscriber that stops at an error (as
 // it should at corruption) never saw records that precede the damage, up to a refill's worth.
+// Damage to a segment's end frame is met after its last record: a reader started after that
+// record, on the next segment, would not meet it again.
 #[test]
 fn a_tail_delivers_every_record_before_damage_ahead_of_the_error() {
-    let dir = Path::new("/damaged");
-    let sim = SimStorage::new(6, FaultConfig::default());
-    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
-    for i in 0..200u32 {
-        wal.append(Record::new(TY, &i.to_le_bytes().repeat(50))).unwrap();
-    }
-    wal.sync().unwrap();
-    // Bit rot after the log was opened, in the last record of the second segment.
-    let damaged = wal.segments()[1];
-    let before = damaged.end_lsn.0 - 1;
-    let path = nodedb_wal::segment::path(dir, damaged.id);
-    let mut bytes = sim.read_file(&path).unwrap();
-    let last_record = wal.lazy_reader(Lsn(before)).unwrap().next_header().unwrap().unwrap().offset() as usize;
-    bytes[last_record + 60] ^= 1;
-    sim.write_file(&path, &bytes);
-    let mut tail = wal.tail(Lsn::FIRST);
-    let mut delivered = 0;
-    let err = loop {
-        match tail.next_timeout(Duration::ZERO) {
-            Ok(Some(record)) => {
-                delivered += 1;
-                assert_eq!(record.lsn, Lsn(delivered));
-            }
-            Ok(None) => panic!("the damage went unnoticed"),
-            Err(err) => break err,
+    for damage_end_frame in [false, true] {
+        let dir = Path::new("/damaged");
+        let sim = SimStorage::new(6, FaultConfig::default());
+        let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+        for i in 0..200u32 {
+            wal.append(Record::new(TY, &i.to_le_bytes().repeat(50))).unwrap();
         }
-    };
-    assert_eq!(delivered, before - 1, "every record before the damaged one comes before the error");
-    assert!(matches!(err, WalError::Corruption { segment, .. } if segment == damaged.id), "{err:?}");
+        wal.sync().unwrap();
+        // Bit rot after the log was opened: in the last record of the second segment, or in
+        // the end frame after it.
+        let damaged = wal.segments()[1];
+        let last = wal.lazy_reader(Lsn(damaged.end_lsn.0 - 1)).unwrap().next_header().unwrap().unwrap();
+        let at = last.offset() as usize + if damage_end_frame { 48 + last.stored_len as usize + 4 } else { 60 };
+        let path = nodedb_wal::segment::path(dir, damaged.id);
+        let mut bytes = sim.read_file(&path).unwrap();
+        bytes[at] ^= 1;
+        sim.write_file(&path, &bytes);
+        let mut tail = wal.tail(Lsn::FIRST);
+        let mut delivered = 0;
+        let err = loop {
+            match tail.next_timeout(Duration::ZERO) {
+                Ok(Some(record)) => {
+                    delivered += 1;
+                    assert_eq!(record.lsn, Lsn(delivered));
+                }
+                Ok(None) => panic!("the damage went unnoticed"),
+                Err(err) => break err,
+            }
+        };
+        let intact = if damage_end_frame { last.lsn.0 } else { last.lsn.0 - 1 };
+        assert_eq!(delivered, intact, "every record before the damage comes before the error");
+        assert!(matches!(err, WalError::Corruption { segment, .. } if segment == damaged.id), "{err:?}");
+    }
 }
