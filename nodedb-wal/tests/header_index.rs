@@ -230,3 +230,31 @@ fn an_index_decodes_only_from_its_one_encoding_with_lsns_below_the_limit() {
         assert_eq!(HeaderIndex::decode(&index(first)), None, "an LSN from {first}");
     }
 }
+
+// Found by the `readers` fuzz target, in a build with overflow checks: a read-only look (which
+// reads in 4 KiB units) at a log of 512-byte blocks, whose sealed segment was cut inside its
+// first block after the look opened. The payload of the first record, at 512, lies past the
+// cut, and the read of it looked a unit back from 512: the subtraction overflowed (a panic
+// with overflow checks; otherwise a read at an offset near 2^64).
+#[test]
+fn a_payload_past_a_cut_inside_the_first_block_is_corruption_not_an_overflow() {
+    let sim = SimStorage::new(7, FaultConfig::default());
+    let mut c = config();
+    (c.alignment, c.direct_io, c.segment_bytes_target) = (512, false, 64 * 1024);
+    let wal = SegmentedWal::open_with(sim.clone(), c).unwrap();
+    while wal.segments().len() < 3 {
+        wal.append(Record::new(RecordType::optional(0x100), &[3; 9000])).unwrap();
+    }
+    wal.sync().unwrap();
+    let victim = wal.segments()[0];
+    assert!(!index_names(&sim).is_empty(), "the sealed segments have header indexes");
+    let look = nodedb_wal::ReadOnlyWal::open_with(sim.clone(), DIR, None).unwrap();
+    let path = segment::path(Path::new(DIR), victim.id);
+    let bytes = sim.read_file(&path).unwrap();
+    sim.write_file(&path, &bytes[..200]);
+    let mut lazy = look.lazy_reader(Lsn::FIRST).unwrap();
+    let handle = lazy.next_header().unwrap().expect("from the index");
+    assert_eq!(handle.offset(), 512);
+    let err = lazy.payload().unwrap_err();
+    assert!(matches!(err, WalError::Corruption { segment, .. } if segment == victim.id), "{err}");
+}

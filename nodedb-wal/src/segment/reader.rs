@@ -426,7 +426,8 @@ impl<F: StorageFile> ChunkReader<F> {
             // Just past the window: a scan's look at the next block boundary, which comes back
             // to the frame it is on (a block before at most), or a frame crossing the end.
             // Reading that block again costs less than reading the whole chunk twice.
-            start = (offset - self.look_back()).max(self.window.start) & !(align - 1);
+            // (Saturating: a window cut short by the file's end can end inside the first unit.)
+            start = offset.saturating_sub(self.look_back()).max(self.window.start) & !(align - 1);
         }
         let need = round_up(offset + want as u64 - start, align) as usize;
         // A whole chunk, but nothing past the (block-rounded) end: a follower near the end of
