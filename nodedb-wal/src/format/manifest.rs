@@ -10,13 +10,16 @@
 //! | 0 | 4 | magic `NWMF` |
 //! | 4 | 2 | version (1), little-endian |
 //! | 6 | 2 | reserved, zero |
-//! | 8 | 8 | sequence, little-endian (higher wins) |
+//! | 8 | 8 | sequence, little-endian, in `1..2^63` (higher wins) |
 //! | 16 | 8 | newest segment id, little-endian |
 //! | 24 | 4 | CRC32C of bytes 0..24, little-endian |
 //! | 28 | 4 | reserved, zero |
 
 use super::crc::crc32c;
 use crate::types::SegmentId;
+
+/// Sequences are below this: no log makes 2^63 segments.
+const SEQUENCE_LIMIT: u64 = 1 << 63;
 
 /// The manifest's file name in the log directory.
 ///
@@ -149,7 +152,10 @@ impl ManifestSlot {
             && bytes[6..8] == [0, 0]
             && bytes[28..32] == [0; 4]
             && crc32c(&bytes[..24]) == crc;
-        intact.then(|| ManifestSlot { sequence: u64_at(8), newest: SegmentId(u64_at(16)) })
+        // One update per segment made: a sequence of 0 or from 2^63 on was never written, and
+        // the next update's `sequence + 1` must not wrap (a forged slot of `u64::MAX` did).
+        let sequence = u64_at(8);
+        (intact && (1..SEQUENCE_LIMIT).contains(&sequence)).then(|| ManifestSlot { sequence, newest: SegmentId(u64_at(16)) })
     }
 
     /// The current slot of a manifest file's bytes: the intact one with the higher sequence.
@@ -197,6 +203,16 @@ mod tests {
         }
         assert_eq!(ManifestSlot::decode(&[0; SLOT_LEN]), None);
         assert_eq!(ManifestSlot::decode(&bytes[..SLOT_LEN - 1]), None);
+    }
+
+    #[test]
+    fn a_slot_with_a_sequence_never_written_is_refused_so_the_next_cannot_wrap() {
+        for sequence in [0, SEQUENCE_LIMIT, u64::MAX] {
+            let forged = ManifestSlot { sequence, newest: SegmentId(9) };
+            assert_eq!(ManifestSlot::decode(&forged.encode()), None, "sequence {sequence}");
+        }
+        let last = ManifestSlot { sequence: SEQUENCE_LIMIT - 1, newest: SegmentId(9) };
+        assert_eq!(ManifestSlot::decode(&last.encode()), Some(last));
     }
 
     #[test]
