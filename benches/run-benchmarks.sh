@@ -62,6 +62,9 @@ for _ in $(seq "$REPEAT"); do
     watched "${compare[@]}" --threads 16 --size 128 --seconds "$SECONDS_PER_SYSTEM" --no-checkpoint --systems raw-floor,okaywal,nodedb-wal
     watched "${compare[@]}" --threads 16 --size 64k --seconds "$SECONDS_PER_SYSTEM" --systems raw-bandwidth,okaywal,okaywal-64m,nodedb-wal
     watched "${compare[@]}" --threads 16 --size 64k --seconds "$SECONDS_PER_SYSTEM" --no-checkpoint --systems nodedb-wal
+    # Records larger than a batch (1 MiB by default), each in a one-off buffer; and one thread.
+    watched "${compare[@]}" --threads 16 --size 4m --seconds "$SECONDS_PER_SYSTEM" --systems raw-bandwidth,okaywal,nodedb-wal
+    watched "${compare[@]}" --threads 1 --size 128 --seconds "$SECONDS_PER_SYSTEM" --systems raw-floor,okaywal,nodedb-wal
     watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM"
     watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM" --depth 16 --systems nodedb-wal,nodedb-wal-batch
     watched "${compare[@]}" --pipelined --size 4k --seconds "$SECONDS_PER_SYSTEM"
