@@ -211,7 +211,7 @@ pub fn recover_image(data: &[u8]) {
     };
     for (i, part) in parts.iter().enumerate() {
         let path = dir.join(format!("{:020}.wal", i + 1));
-        let file = sim.open(&path, OpenMode { create: true, write: true, direct: false }).expect("sim open");
+        let file = sim.open(&path, OpenMode { create: true, write: true, direct: false, create_new: false }).expect("sim open");
         file.write_at(part, 0).expect("sim write");
         file.sync_data().expect("sim sync");
     }
@@ -311,7 +311,7 @@ fn dwb_recover_image(data: &[u8]) {
     let dir = Path::new("/fuzz");
     sim.create_dir_all(dir).expect("sim dir");
     let write = |name: &str, bytes: &[u8]| {
-        let file = sim.open(&dir.join(name), OpenMode { create: true, write: true, direct: false }).expect("sim open");
+        let file = sim.open(&dir.join(name), OpenMode { create: true, write: true, direct: false, create_new: false }).expect("sim open");
         file.write_at(bytes, 0).expect("sim write");
         file.sync_data().expect("sim sync");
     };

@@ -21,7 +21,7 @@ use crate::types::SegmentId;
 /// updated one slot at a time (see [`create`]), so no crash leaves it so.
 pub(crate) fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<ManifestSlot>> {
     let path = dir.join(MANIFEST_FILE);
-    let file = match storage.open(&path, OpenMode { create: false, write: false, direct: false }) {
+    let file = match storage.open(&path, OpenMode { create: false, write: false, direct: false, create_new: false }) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(WalError::io(IoOp::Open, &path, e)),
@@ -40,8 +40,9 @@ pub(crate) fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Manifes
 /// writer, and one without is known to be damaged. Returns the open file and what it says.
 fn create<S: Storage>(storage: &S, dir: &Path, newest: SegmentId) -> Result<(S::File, ManifestSlot)> {
     let temp = dir.join(MANIFEST_TEMP_FILE);
-    let file =
-        storage.open(&temp, OpenMode { create: true, write: true, direct: false }).map_err(|e| WalError::io(IoOp::Open, &temp, e))?;
+    let file = storage
+        .open(&temp, OpenMode { create: true, write: true, direct: false, create_new: false })
+        .map_err(|e| WalError::io(IoOp::Open, &temp, e))?;
     // Emptied first: one left by a creation that a crash cut short vouches for nothing.
     file.set_len(0).map_err(|e| WalError::io(IoOp::SetLen, &temp, e))?;
     let first = ManifestSlot { sequence: 1, newest };
@@ -70,8 +71,9 @@ impl<F: StorageFile> Manifest<F> {
             let (file, current) = create(storage, dir, newest)?;
             return Ok(Manifest { file, path, current });
         };
-        let file =
-            storage.open(&path, OpenMode { create: false, write: true, direct: false }).map_err(|e| WalError::io(IoOp::Open, &path, e))?;
+        let file = storage
+            .open(&path, OpenMode { create: false, write: true, direct: false, create_new: false })
+            .map_err(|e| WalError::io(IoOp::Open, &path, e))?;
         let mut manifest = Manifest { file, path, current };
         if current.newest < newest {
             manifest.record(newest).map_err(|(op, e)| WalError::io(op, &manifest.path, e))?;

@@ -465,7 +465,7 @@ pub(crate) fn check_identity(head: &SegmentHead, id: SegmentId, may_be_truncated
 /// Opens an existing segment, for writing only where it will be written (reading and scanning
 /// need no write access, so tools work on a read-only copy).
 pub(crate) fn open_existing<S: Storage>(storage: &S, path: &Path, direct: bool, write: bool) -> Result<(S::File, u64)> {
-    let mode = OpenMode { create: false, write, direct };
+    let mode = OpenMode { create: false, write, direct, create_new: false };
     let file = storage.open(path, mode).map_err(|e| WalError::io(IoOp::Open, path, e))?;
     let len = file.len().map_err(|e| WalError::io(IoOp::Stat, path, e))?;
     Ok((file, len))

@@ -983,7 +983,7 @@ fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<
         return Ok(false);
     }
     let probe = config.dir.join("LOCK");
-    let mode = OpenMode { create: true, write: false, direct: true };
+    let mode = OpenMode { create: true, write: false, direct: true, create_new: false };
     match storage.open(&probe, mode) {
         // The open takes O_DIRECT on any block device; whether this config's blocks are coarse
         // enough for it is a separate question, asked of the same file (regular, in the log's

@@ -148,7 +148,7 @@ impl<S: Storage> WalWriter<S> {
         let buf = AlignedBuf::zeroed(config.batch_bytes, block);
         let path = segment::path(dir, id);
         let file = storage
-            .open(&path, OpenMode { create: true, write: true, direct: config.direct_io })
+            .open(&path, OpenMode { create: true, write: true, direct: config.direct_io, create_new: false })
             .map_err(|e| WalError::io(IoOp::Open, &path, e))?;
         if file.len().map_err(|e| WalError::io(IoOp::Stat, &path, e))? != 0 {
             return Err(WalError::io(IoOp::Open, &path, io::Error::from(io::ErrorKind::AlreadyExists)));

@@ -168,7 +168,7 @@ impl Disk for SimStorage {
     fn snapshot(&self, dir: &Path) -> BTreeMap<String, Vec<u8>> {
         use nodedb_wal::storage::{Advice, OpenMode, StorageFile};
         let names = self.list(dir).unwrap_or_default();
-        let mode = OpenMode { create: false, write: false, direct: false };
+        let mode = OpenMode { create: false, write: false, direct: false, create_new: false };
         for name in &names {
             self.open(&dir.join(name), mode).unwrap().advise(Advice::DontNeed, 0, 0);
         }
@@ -562,7 +562,7 @@ fn a_log_reopened_under_drifting_configs_returns_every_acknowledged_record_4kn()
         // Blocks finer than the disk's are refused at open only where the kernel says what
         // O_DIRECT needs; elsewhere they would fail at the first write, as documented.
         let probe = fs.path().join("probe");
-        let mode = nodedb_wal::storage::OpenMode { create: true, write: false, direct: true };
+        let mode = nodedb_wal::storage::OpenMode { create: true, write: false, direct: true, create_new: false };
         let file = FsStorage::new().open(&probe, mode).expect("O_DIRECT open");
         if nodedb_wal::storage::StorageFile::direct_io_alignment(&file).and_then(|a| a.required()).is_none() {
             eprintln!("SKIPPED: the kernel does not report O_DIRECT alignment on {} (statx STATX_DIOALIGN needs Linux 6.1)", kind.name());

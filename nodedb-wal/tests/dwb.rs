@@ -42,7 +42,7 @@ fn tear(sim: &SimStorage, file: FileId, page_no: u64) {
 
 /// Writes one page in place, durably, behind the buffer's back.
 fn write_in_place(sim: &SimStorage, file: FileId, page_no: u64, version: u64) {
-    let f = sim.open(&file_path(file), OpenMode { create: false, write: true, direct: false }).unwrap();
+    let f = sim.open(&file_path(file), OpenMode { create: false, write: true, direct: false, create_new: false }).unwrap();
     f.write_at(&page(file, page_no, version), page_no * PAGE as u64).unwrap();
     f.sync_data().unwrap();
 }
@@ -354,7 +354,7 @@ fn a_page_file_that_cannot_be_opened_fails_recovery_without_poisoning_it() {
     let err = dwb.recover(check).unwrap_err();
     assert!(matches!(&err, WalError::Io { op: IoOp::Open, .. }), "{err}");
     // The operator puts the file back; recovery runs again on the same buffer.
-    let f = sim.open(&file_path(F2), OpenMode { create: true, write: true, direct: false }).unwrap();
+    let f = sim.open(&file_path(F2), OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
     f.write_at(&saved, 0).unwrap();
     f.sync_data().unwrap();
     tear(&sim, F2, 1);
@@ -748,7 +748,7 @@ fn a_damaged_header_over_a_ring_without_batches_is_rewritten() {
 
 /// Creates a file holding `bytes`, durably.
 fn create_file(sim: &SimStorage, path: &Path, bytes: &[u8]) {
-    let f = sim.open(path, OpenMode { create: true, write: true, direct: false }).unwrap();
+    let f = sim.open(path, OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
     f.write_at(bytes, 0).unwrap();
     f.sync_data().unwrap();
     sim.sync_dir(Path::new(DIR)).unwrap();

@@ -105,7 +105,7 @@ fn disk_with(files: &[(PathBuf, Vec<u8>)]) -> SimStorage {
     let sim = SimStorage::new(9, FaultConfig::default());
     sim.create_dir_all(Path::new(DIR)).unwrap();
     for (path, bytes) in files {
-        let f = sim.open(path, OpenMode { create: true, write: true, direct: false }).unwrap();
+        let f = sim.open(path, OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
         f.write_at(bytes, 0).unwrap();
         f.sync_data().unwrap();
     }

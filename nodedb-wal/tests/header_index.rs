@@ -137,8 +137,10 @@ fn truncation_removes_indexes_and_opening_removes_orphans() {
     assert_eq!(index_names(&sim).len(), before - 3, "the indexes of the segments left");
     // An index whose segment is gone (a crash between the two removals) is removed at open.
     let gone = wal.segments()[0].id.0 - 1;
-    let orphan =
-        sim.open(&segment::index_path(Path::new(DIR), nodedb_wal::SegmentId(gone)), OpenMode { create: true, write: true, direct: false });
+    let orphan = sim.open(
+        &segment::index_path(Path::new(DIR), nodedb_wal::SegmentId(gone)),
+        OpenMode { create: true, write: true, direct: false, create_new: false },
+    );
     orphan.unwrap().write_at(b"orphan", 0).unwrap();
     drop(wal);
     let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();

@@ -218,7 +218,7 @@ fn a_read_from_the_page_cache_only_returns_the_bytes_a_plain_read_does() {
     let path = dir.path().join("f");
     let bytes: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(&path, &bytes).unwrap();
-    let file = FsStorage::new().open(&path, OpenMode { create: false, write: false, direct: false }).unwrap();
+    let file = FsStorage::new().open(&path, OpenMode { create: false, write: false, direct: false, create_new: false }).unwrap();
     let mut plain = vec![0u8; 8192];
     assert_eq!(file.read_at(&mut plain, 4096).unwrap(), 8192);
     let mut cached = vec![0u8; 8192];

@@ -46,7 +46,8 @@ fn on_4kn_disk(kind: FsKind, body: impl FnOnce(&Path)) {
         }
     };
     let probe = fs.path().join("probe");
-    let file = FsStorage::new().open(&probe, OpenMode { create: true, write: false, direct: true }).expect("O_DIRECT open");
+    let file =
+        FsStorage::new().open(&probe, OpenMode { create: true, write: false, direct: true, create_new: false }).expect("O_DIRECT open");
     match file.direct_io_alignment().and_then(|a| a.required()) {
         Some(required) => assert_eq!(required, SECTOR, "the kernel's O_DIRECT alignment on a 4Kn {} disk", kind.name()),
         None => {

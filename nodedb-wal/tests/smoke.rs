@@ -308,7 +308,7 @@ fn records_recovered_from_an_unsynced_sealed_segment_are_synced_before_the_log_r
         let mut durable = bytes.clone();
         durable[cut..].fill(0);
         sim.write_file(&path, &durable);
-        let file = sim.open(&path, OpenMode { create: false, write: true, direct: false }).unwrap();
+        let file = sim.open(&path, OpenMode { create: false, write: true, direct: false, create_new: false }).unwrap();
         file.write_at(&bytes[cut..], cut as u64).unwrap();
         drop(file);
         let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();

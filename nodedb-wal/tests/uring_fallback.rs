@@ -42,7 +42,8 @@ fn a_file_without_a_ring_of_its_own_writes_with_pwrite() {
     let written = {
         // Room for the file's own descriptor and nothing more.
         let _limit = FdLimit::set(lowest_free_fd() + 1);
-        let file = storage.open(&path, OpenMode { create: true, write: true, direct: false }).expect("the open needs no ring");
+        let file =
+            storage.open(&path, OpenMode { create: true, write: true, direct: false, create_new: false }).expect("the open needs no ring");
         let no_more = std::fs::File::open("/dev/null").expect_err("the limit leaves no descriptor for a ring");
         assert_eq!(no_more.raw_os_error(), Some(rustix::io::Errno::MFILE.raw_os_error()), "{no_more}");
         file.write_and_sync(b"durable", 0)

@@ -200,7 +200,7 @@ fn run_variant(args: &Args, variant: Variant, dir: &Path, device: Device) -> io:
             Some(dwb)
         }
     };
-    let file = storage.open(&target, OpenMode { create: false, write: true, direct: false })?;
+    let file = storage.open(&target, OpenMode { create: false, write: true, direct: false, create_new: false })?;
     let dwb_before = wal_dwb_bytes_written_total();
     let before = Counters::read(device);
     let mut batch_us = Vec::new();
@@ -250,7 +250,7 @@ fn run_variant(args: &Args, variant: Variant, dir: &Path, device: Device) -> io:
 /// blocks and no fdatasync pays for block allocation.
 fn preallocate(path: &Path, bytes: u64) -> io::Result<()> {
     let chunk = vec![0u8; 1 << 20];
-    let file = FsStorage::pwrite_only().open(path, OpenMode { create: true, write: true, direct: false })?;
+    let file = FsStorage::pwrite_only().open(path, OpenMode { create: true, write: true, direct: false, create_new: false })?;
     let mut at = 0;
     while at < bytes {
         let len = chunk.len().min((bytes - at) as usize);

@@ -193,7 +193,7 @@ impl<S: Storage> Flusher<S> {
             return Ok(());
         }
         let shared = &self.shared;
-        let mode = OpenMode { create: true, write: true, direct: shared.direct };
+        let mode = OpenMode { create: true, write: true, direct: shared.direct, create_new: false };
         let file = shared.storage.open(&path, mode).map_err(|e| (IoOp::Open, e))?;
         file.write_at(&block, 0).map_err(|e| (IoOp::Write, e))?;
         shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
@@ -211,7 +211,7 @@ impl<S: Storage> Flusher<S> {
     fn reuse_recycled(&mut self, path: &std::path::Path, header: &AlignedBuf) -> Result<Option<S::File>, IoFailure> {
         let shared = Arc::clone(&self.shared);
         let Some(from) = shared.take_recycled() else { return Ok(None) };
-        let mode = OpenMode { create: false, write: true, direct: shared.direct };
+        let mode = OpenMode { create: false, write: true, direct: shared.direct, create_new: false };
         let file = match shared.storage.open(&from, mode) {
             Ok(file) => file,
             Err(err) => {

@@ -18,7 +18,7 @@ use crate::format::dwb::{PAGE_BYTES_MAX, slot_len};
 /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 /// # let sim = SimStorage::new(1, FaultConfig::default());
 /// # sim.create_dir_all(Path::new("/db"))?;
-/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(4096)?;
+/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(4096)?;
 ///
 /// let mut config = DwbConfig::new("/db/dwb");
 /// config.mode = DwbMode::Off;
@@ -55,7 +55,7 @@ pub enum DwbMode {
 ///
 /// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
 /// # storage.create_dir_all(Path::new("/db"))?;
-/// # storage.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(4096)?;
+/// # storage.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(4096)?;
 /// storage.refuse_open(Path::new("/db/dwb"));
 /// let mut config = DwbConfig::new("/db/dwb");
 /// assert_eq!(config.on_degraded, DegradedPolicy::FailWrites);

@@ -129,7 +129,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/db"))?;
-    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
     ///
     /// let dwb = DoubleWriteBuffer::open_with(sim.clone(), DwbConfig::new("/db/dwb"))?;
     /// assert_eq!((dwb.mode(), dwb.path()), (DwbMode::Buffered, Path::new("/db/dwb")));
@@ -189,7 +189,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/db"))?;
-    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
     ///
     /// let dwb = DoubleWriteBuffer::open_with(sim, DwbConfig::new("/db/dwb"))?;
     /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
@@ -233,7 +233,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     ///
     /// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
     /// # storage.create_dir_all(Path::new("/db"))?;
-    /// # storage.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(4096)?;
+    /// # storage.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(4096)?;
     /// storage.refuse_open(Path::new("/db/dwb"));
     /// let dwb = DoubleWriteBuffer::open_with(storage, DwbConfig::new("/db/dwb"))?;
     /// assert!(dwb.is_degraded(), "opening succeeds, but without its file");
@@ -276,7 +276,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/db"))?;
-    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
     ///
     /// // A toy page format: whole when every byte equals the first, which is its version.
     /// let check = |_: FileId, page: &[u8]| {
@@ -381,7 +381,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/db"))?;
-    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
     /// let config = DwbConfig::new("/db/dwb");
     /// drop(DoubleWriteBuffer::open_with(sim.clone(), config.clone())?); // creates the file
     ///

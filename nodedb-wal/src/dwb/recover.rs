@@ -118,7 +118,7 @@ pub fn decide(in_place: PageCheck, image: PageCheck) -> PageAction {
 /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 /// # let sim = SimStorage::new(1, FaultConfig::default());
 /// # sim.create_dir_all(Path::new("/db"))?;
-/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
 ///
 /// let config = DwbConfig::new("/db/dwb");
 /// let dwb = DoubleWriteBuffer::open_with(sim.clone(), config.clone())?;

@@ -68,7 +68,7 @@ pub(super) enum Opened<F> {
 pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>> {
     let path = &config.path;
     let direct = config.mode == DwbMode::Direct;
-    let existing = OpenMode { create: false, write: config.mode != DwbMode::Off, direct };
+    let existing = OpenMode { create: false, write: config.mode != DwbMode::Off, direct, create_new: false };
     let file = match storage.open(path, existing) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound && config.mode == DwbMode::Off => return Ok(Opened::Absent),
@@ -128,7 +128,7 @@ fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>
     if let Err((op, e)) = create_dir_durably(storage, dir) {
         return Ok(Opened::Failed(op, e));
     }
-    let mode = OpenMode { create: true, write: true, direct: config.mode == DwbMode::Direct };
+    let mode = OpenMode { create: true, write: true, direct: config.mode == DwbMode::Direct, create_new: false };
     let file = match storage.open(path, mode) {
         Ok(file) => file,
         Err(e) if mode.direct && is_direct_io_refusal(&e) => return Err(WalError::DirectIoUnsupported { path: path.clone() }),

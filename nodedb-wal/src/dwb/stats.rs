@@ -20,7 +20,7 @@ static BYTES_WRITTEN_TOTAL: AtomicU64 = AtomicU64::new(0);
 /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 /// # let sim = SimStorage::new(1, FaultConfig::default());
 /// # sim.create_dir_all(Path::new("/db"))?;
-/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
 ///
 /// let before = wal_dwb_bytes_written_total();
 /// let dwb = DoubleWriteBuffer::open_with(sim, DwbConfig::new("/db/dwb"))?;
@@ -52,7 +52,7 @@ pub(super) fn count_buffer_bytes(bytes: u64) {
 /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 /// # let sim = SimStorage::new(1, FaultConfig::default());
 /// # sim.create_dir_all(Path::new("/db"))?;
-/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false })?.set_len(2 * 4096)?;
+/// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
 ///
 /// let dwb = DoubleWriteBuffer::open_with(sim, DwbConfig::new("/db/dwb"))?;
 /// assert_eq!(dwb.stats(), DwbStats::default());

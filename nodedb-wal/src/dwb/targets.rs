@@ -90,7 +90,7 @@ impl<F: StorageFile> Targets<F> {
     pub(super) fn file<S: Storage<File = F>>(&mut self, storage: &S, id: FileId) -> Result<&F> {
         let target = self.map.get_mut(&id).ok_or(WalError::DwbUnknownFile { file: id })?;
         if target.file.is_none() {
-            let mode = OpenMode { create: false, write: true, direct: false };
+            let mode = OpenMode { create: false, write: true, direct: false, create_new: false };
             let file = storage.open(&target.path, mode).map_err(|e| WalError::io(IoOp::Open, &target.path, e))?;
             target.file = Some(file);
         }

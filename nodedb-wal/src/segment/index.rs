@@ -139,7 +139,7 @@ pub fn write_index<S: Storage>(storage: &S, dir: &Path, index: &HeaderIndex, dir
     let buf = scratch.at_least(padded, block);
     index.encode_into(&mut buf[..len]);
     buf[len..padded].fill(0);
-    let written = storage.open(&path, OpenMode { create: true, write: true, direct }).and_then(|file| {
+    let written = storage.open(&path, OpenMode { create: true, write: true, direct, create_new: false }).and_then(|file| {
         file.set_len(0)?;
         file.write_at(&buf[..padded], 0)?;
         if direct { file.set_len(len as u64) } else { Ok(()) }
@@ -153,7 +153,7 @@ pub fn write_index<S: Storage>(storage: &S, dir: &Path, index: &HeaderIndex, dir
 /// with this `salt` and LSN range. Anything else, an I/O error included, means no index.
 pub fn read_index<S: Storage>(storage: &S, dir: &Path, id: SegmentId, salt: u32, lsns: (Lsn, Lsn)) -> Option<HeaderIndex> {
     let path = segment::index_path(dir, id);
-    let file = storage.open(&path, OpenMode { create: false, write: false, direct: false }).ok()?;
+    let file = storage.open(&path, OpenMode { create: false, write: false, direct: false, create_new: false }).ok()?;
     let len = usize::try_from(file.len().ok()?).ok()?;
     // Page-aligned: a large `Vec` starts 16 bytes past a page, and on some CPUs (AMD Zen 3)
     // the kernel's copy into such a buffer runs ~4x slower (BENCHMARKS.md).

@@ -20,7 +20,7 @@ use crate::error::IoOp;
 /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
 /// # storage.create_dir_all(Path::new("/d"))?;
-/// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
 ///
 /// storage.fail_once(FaultOp::Write, 0, EIO);
 /// let err = file.write_at(b"data", 0).unwrap_err();
@@ -99,7 +99,7 @@ pub enum FaultOp {
     Remove,
     /// `StorageFile::set_len`.
     SetLen,
-    /// `Storage::rename`.
+    /// `Storage::rename` and `Storage::rename_no_replace`.
     Rename,
 }
 
@@ -231,7 +231,7 @@ impl<S> FaultyStorage<S> {
     /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
     /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
     /// # storage.create_dir_all(Path::new("/d"))?;
-    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     ///
     /// storage.fail_once(FaultOp::SyncData, 1, EIO);
     /// file.sync_data()?; // one more succeeds
@@ -255,7 +255,7 @@ impl<S> FaultyStorage<S> {
     /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
     /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
     /// # storage.create_dir_all(Path::new("/d"))?;
-    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     ///
     /// storage.fail_from(FaultOp::SetLen, 0, EIO);
     /// assert!(file.set_len(4096).is_err());
@@ -279,7 +279,7 @@ impl<S> FaultyStorage<S> {
     /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
     /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
     /// # storage.create_dir_all(Path::new("/d"))?;
-    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     ///
     /// storage.fail_write_partially(0, EIO);
     /// assert!(file.write_at(&[7u8; 8192], 0).is_err());
@@ -304,7 +304,7 @@ impl<S> FaultyStorage<S> {
     /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
     /// # let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
     /// # storage.create_dir_all(Path::new("/d"))?;
-    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     ///
     /// storage.cut_power_after(2);
     /// file.write_at(b"first", 0)?;
@@ -340,7 +340,7 @@ impl<S> FaultyStorage<S> {
     /// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
     /// storage.create_dir_all(Path::new("/d"))?;
     /// storage.refuse_open(Path::new("/d/secret"));
-    /// let mode = OpenMode { create: true, write: true, direct: false };
+    /// let mode = OpenMode { create: true, write: true, direct: false, create_new: false };
     /// assert_eq!(storage.open(Path::new("/d/secret"), mode).unwrap_err().kind(), ErrorKind::PermissionDenied);
     /// assert!(storage.open(Path::new("/d/other"), mode).is_ok());
     /// # Ok::<(), std::io::Error>(())
@@ -402,7 +402,7 @@ impl<S> FaultyStorage<S> {
 ///
 /// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
 /// storage.create_dir_all(Path::new("/d"))?;
-/// let file: FaultyFile<_> = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// let file: FaultyFile<_> = storage.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
 /// file.write_at(b"abc", 0)?;
 /// assert_eq!(file.len()?, 3);
 /// # Ok::<(), std::io::Error>(())
@@ -455,6 +455,11 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.check(FaultOp::Rename)?;
         self.inner.rename(from, to)
+    }
+
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(FaultOp::Rename)?;
+        self.inner.rename_no_replace(from, to)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -169,7 +169,11 @@ impl Storage for FsStorage {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<FsFile> {
         let mut flags = OFlags::CLOEXEC;
         flags |= if mode.write { OFlags::RDWR } else { OFlags::RDONLY };
-        if mode.create {
+        if mode.create_new {
+            // With O_EXCL the kernel refuses any entry under the name, a symbolic link too
+            // (EEXIST, never ELOOP): the retry through a link below is never reached.
+            flags |= OFlags::CREATE | OFlags::EXCL;
+        } else if mode.create {
             flags |= OFlags::CREATE;
         }
         if mode.direct {
@@ -199,6 +203,19 @@ impl Storage for FsStorage {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
+    }
+
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags};
+        match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            // Kernels before 3.15 lack renameat2 (ENOSYS); a file system without the flag
+            // refuses it (EINVAL). Nothing was renamed either way.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "this file system cannot rename without replacing (RENAME_NOREPLACE)"))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -400,5 +417,48 @@ mod tests {
         drop(lock);
         let again = storage.lock_dir(dir.path()).expect("released when dropped, whoever else holds the open file");
         drop((again, forked_copy));
+    }
+
+    fn new_file() -> OpenMode {
+        OpenMode { create: true, write: true, direct: false, create_new: true }
+    }
+
+    #[test]
+    fn a_new_file_never_takes_over_a_name_in_use_not_even_a_link_that_leads_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsStorage::new();
+        let taken = dir.path().join("taken");
+        std::fs::write(&taken, b"someone else's").unwrap();
+        let err = storage.open(&taken, new_file()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
+        // A plain create follows a link and makes its target; a new file does not.
+        let (link, target) = (dir.path().join("link"), dir.path().join("target"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = storage.open(&link, new_file()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert!(!target.exists(), "nothing made through the link");
+        let file = storage.open(&dir.path().join("free"), new_file()).unwrap();
+        file.write_at(b"mine", 0).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("free")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn a_rename_without_replacing_leaves_a_file_of_the_new_name_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsStorage::new();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        std::fs::write(&from, b"kept").unwrap();
+        std::fs::write(&to, b"someone else's").unwrap();
+        let err = storage.rename_no_replace(&from, &to).unwrap_err();
+        // A file system without RENAME_NOREPLACE (this test's temporary directory may be on
+        // one) refuses the same way: nothing renamed.
+        assert!(matches!(err.kind(), io::ErrorKind::AlreadyExists | io::ErrorKind::Unsupported), "{err}");
+        assert_eq!((std::fs::read(&from).unwrap(), std::fs::read(&to).unwrap()), (b"kept".to_vec(), b"someone else's".to_vec()));
+        std::fs::remove_file(&to).unwrap();
+        match storage.rename_no_replace(&from, &to) {
+            Ok(()) => assert_eq!(std::fs::read(&to).unwrap(), b"kept"),
+            Err(err) => assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}"),
+        }
     }
 }

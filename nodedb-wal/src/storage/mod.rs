@@ -37,7 +37,7 @@ pub use sim::{FaultConfig, SECTOR, SimRng, SimStorage, SyncFailure};
 ///
 /// let sim = SimStorage::new(1, FaultConfig::default());
 /// sim.create_dir_all("/d".as_ref())?;
-/// let file = sim.open("/d/f".as_ref(), OpenMode { create: true, write: true, direct: false })?;
+/// let file = sim.open("/d/f".as_ref(), OpenMode { create: true, write: true, direct: false, create_new: false })?;
 /// file.write_at(b"hello", 0)?;
 /// file.sync_data()?;
 /// let mut buf = [0u8; 5];
@@ -55,6 +55,11 @@ pub struct OpenMode {
     /// Bypass the page cache (O_DIRECT). Offsets, lengths and buffer addresses must then be
     /// multiples of the alignment; a file system that refuses it returns `EINVAL` at open.
     pub direct: bool,
+    /// Create the file, failing with `AlreadyExists` where its name is taken by anything (a
+    /// file, a directory, a symbolic link, even one that leads nowhere): `O_CREAT | O_EXCL`.
+    /// The check and the creation are one step, so a file someone else makes at the same
+    /// moment is never opened as if it were new. `create` does not matter then.
+    pub create_new: bool,
 }
 
 /// Proof that the caller is this crate: [`StorageFile::map_sealed`] takes one, and only this
@@ -93,6 +98,8 @@ pub enum Advice {
 /// - `create_dir_all`, `remove`, `rename` and file creation are durable only after `sync_dir`
 ///   of the parent directory returns Ok; a `rename` within a directory is atomic: after a crash
 ///   the file has its old name or its new one;
+/// - `open` with [`OpenMode::create_new`] and `rename_no_replace` never take over or replace a
+///   file that has the name already;
 /// - `lock_dir` fails with `WouldBlock` while another holder keeps the lock.
 ///
 /// # Examples
@@ -103,9 +110,11 @@ pub enum Advice {
 ///
 /// let sim = SimStorage::new(1, FaultConfig::default());
 /// sim.create_dir_all("/d".as_ref())?;
-/// drop(sim.open("/d/a".as_ref(), OpenMode { create: true, write: true, direct: false })?);
+/// drop(sim.open("/d/a".as_ref(), OpenMode { create: true, write: true, direct: false, create_new: false })?);
 /// sim.sync_dir("/d".as_ref())?; // the new entry is durable only now
 /// assert_eq!(sim.list("/d".as_ref())?, ["a"]);
+/// let new = OpenMode { create: true, write: true, direct: false, create_new: true };
+/// assert_eq!(sim.open("/d/a".as_ref(), new).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
 /// let _lock = sim.lock_dir("/d".as_ref())?;
 /// assert!(sim.lock_dir("/d".as_ref()).is_err(), "held");
 /// sim.sync_dir("/".as_ref())?; // and /d's own entry
@@ -113,6 +122,10 @@ pub enum Advice {
 /// assert_eq!(sim.list("/d".as_ref())?, ["b"]);
 /// let restarted = sim.crash(2); // before a sync of the directory: the old name survives
 /// assert_eq!(restarted.list("/d".as_ref())?, ["a"]);
+/// drop(restarted.open("/d/b".as_ref(), new)?);
+/// let refused = restarted.rename_no_replace("/d/b".as_ref(), "/d/a".as_ref());
+/// assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists, "a is never replaced");
+/// assert_eq!(restarted.list("/d".as_ref())?, ["a", "b"]);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub trait Storage: Send + Sync + 'static {
@@ -135,6 +148,13 @@ pub trait Storage: Send + Sync + 'static {
     /// after a crash the file has one name or the other (the new one once the directory is
     /// synced).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames a file within one directory as [`Storage::rename`] does, but never over
+    /// another: where anything has the new name already, fails with `AlreadyExists` and
+    /// changes nothing. The check and the rename are one step (`renameat2` with
+    /// `RENAME_NOREPLACE`). Where the file system cannot do that, fails with `Unsupported`
+    /// and changes nothing: a check followed by a plain rename could still replace a file
+    /// made in between.
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creations, removals and renames in a directory durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }

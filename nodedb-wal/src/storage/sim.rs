@@ -30,7 +30,7 @@ use super::{OpenMode, Storage, StorageFile};
 /// # let sim = SimStorage::new(1, FaultConfig::default());
 /// # sim.create_dir_all(Path::new("/d"))?;
 /// # sim.sync_dir(Path::new("/"))?;
-/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
 /// # sim.sync_dir(Path::new("/d"))?;
 ///
 /// file.write_at(&[1u8; 4 * SECTOR], 0)?;
@@ -58,7 +58,7 @@ pub const SECTOR: usize = 512;
 /// // A disk where every sync fails.
 /// let sim = SimStorage::new(1, FaultConfig { sync_fail_ppm: 1_000_000, ..FaultConfig::default() });
 /// # sim.create_dir_all(Path::new("/d"))?;
-/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
 /// file.write_at(b"doomed", 0)?;
 /// assert!(file.sync_data().is_err());
 /// assert_eq!(file.len()?, 0, "a failed sync drops what it did not make durable");
@@ -90,7 +90,7 @@ pub struct FaultConfig {
 /// sim.set_sync_failure(SyncFailure::KeepsCleanPages);
 /// # sim.create_dir_all(Path::new("/d"))?;
 /// # sim.sync_dir(Path::new("/"))?;
-/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+/// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
 /// # sim.sync_dir(Path::new("/d"))?;
 /// file.write_at(&[7u8; 4096], 0)?;
 /// sim.fail_next_sync();
@@ -320,7 +320,7 @@ struct Disk {
 /// use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 ///
 /// let sim = SimStorage::new(7, FaultConfig::default());
-/// let mode = OpenMode { create: true, write: true, direct: false };
+/// let mode = OpenMode { create: true, write: true, direct: false, create_new: false };
 /// sim.create_dir_all(Path::new("/d"))?;
 /// sim.sync_dir(Path::new("/"))?;
 /// let kept = sim.open(Path::new("/d/kept"), mode)?;
@@ -389,7 +389,7 @@ impl SimStorage {
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/d"))?;
     /// # sim.sync_dir(Path::new("/"))?;
-    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     /// # sim.sync_dir(Path::new("/d"))?;
     ///
     /// file.write_at(b"fine", 0)?;
@@ -414,7 +414,7 @@ impl SimStorage {
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/d"))?;
     /// # sim.sync_dir(Path::new("/"))?;
-    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     /// # sim.sync_dir(Path::new("/d"))?;
     ///
     /// file.write_at(b"abc", 0)?;
@@ -447,7 +447,7 @@ impl SimStorage {
     ///         sim.set_intermediate_writes(intermediate);
     /// #       sim.create_dir_all(Path::new("/d")).unwrap();
     /// #       sim.sync_dir(Path::new("/")).unwrap();
-    /// #       let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false }).unwrap();
+    /// #       let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
     /// #       sim.sync_dir(Path::new("/d")).unwrap();
     ///         file.write_at(&[1u8; 512], 0).unwrap();
     ///         file.sync_data().unwrap();
@@ -499,7 +499,7 @@ impl SimStorage {
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/d"))?;
     /// # sim.sync_dir(Path::new("/"))?;
-    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     /// # sim.sync_dir(Path::new("/d"))?;
     ///
     /// file.write_at(&[1u8; 100], 0)?;
@@ -576,7 +576,7 @@ impl SimStorage {
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/d"))?;
     /// # sim.sync_dir(Path::new("/"))?;
-    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     /// # sim.sync_dir(Path::new("/d"))?;
     ///
     /// file.write_at(b"not yet durable", 0)?;
@@ -603,7 +603,7 @@ impl SimStorage {
     /// # let sim = SimStorage::new(1, FaultConfig::default());
     /// # sim.create_dir_all(Path::new("/d"))?;
     /// # sim.sync_dir(Path::new("/"))?;
-    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false })?;
+    /// # let file = sim.open(Path::new("/d/f"), OpenMode { create: true, write: true, direct: false, create_new: false })?;
     /// # sim.sync_dir(Path::new("/d"))?;
     ///
     /// file.write_at(b"abcd", 0)?;
@@ -623,6 +623,29 @@ impl SimStorage {
         inode.holes.clear();
         inode.unwritten_clean.clear();
         inode.earlier.clear();
+    }
+}
+
+impl SimStorage {
+    /// A rename within one directory; over an existing name only where `replace` says so.
+    fn rename_in_dir(&self, from: &Path, to: &Path, replace: bool) -> io::Result<()> {
+        let mut disk = self.lock();
+        alive(&disk)?;
+        let ((dir, old), (to_dir, new)) = (split(from), split(to));
+        if dir != to_dir {
+            return Err(io::Error::other("the simulation renames within one directory only"));
+        }
+        let entries = disk.dirs.get_mut(&dir).ok_or(io::ErrorKind::NotFound)?;
+        if !entries.volatile.contains_key(&old) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        if !replace && entries.volatile.contains_key(&new) {
+            return Err(errno(rustix::io::Errno::EXIST));
+        }
+        let ino = entries.volatile.remove(&old).expect("looked up above");
+        entries.volatile.insert(new, ino);
+        entries.changed();
+        Ok(())
     }
 }
 
@@ -735,8 +758,9 @@ impl Storage for SimStorage {
         let mut disk = self.lock();
         alive(&disk)?;
         let ino = match lookup(&disk, path) {
+            Some(_) if mode.create_new => return Err(errno(rustix::io::Errno::EXIST)),
             Some(ino) => ino,
-            None if mode.create => {
+            None if mode.create || mode.create_new => {
                 let (dir, name) = split(path);
                 let ino = disk.next_ino;
                 let entries = disk.dirs.get_mut(&dir).ok_or(io::ErrorKind::NotFound)?;
@@ -763,17 +787,11 @@ impl Storage for SimStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut disk = self.lock();
-        alive(&disk)?;
-        let ((dir, old), (to_dir, new)) = (split(from), split(to));
-        if dir != to_dir {
-            return Err(io::Error::other("the simulation renames within one directory only"));
-        }
-        let entries = disk.dirs.get_mut(&dir).ok_or(io::ErrorKind::NotFound)?;
-        let ino = entries.volatile.remove(&old).ok_or(io::ErrorKind::NotFound)?;
-        entries.volatile.insert(new, ino);
-        entries.changed();
-        Ok(())
+        self.rename_in_dir(from, to, true)
+    }
+
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename_in_dir(from, to, false)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -977,7 +995,7 @@ mod tests {
     use super::*;
 
     fn mode() -> OpenMode {
-        OpenMode { create: true, write: true, direct: false }
+        OpenMode { create: true, write: true, direct: false, create_new: false }
     }
 
     /// `storage` (a simulated disk under the Linux sync-failure model, or a wrapper of it) with
@@ -1183,6 +1201,29 @@ mod tests {
         f.sync_data().unwrap();
         let after = sim.crash(1).read_file(&dir.join("a")).unwrap();
         assert!(after.len() < 16 * SECTOR || after.chunks(SECTOR).any(|s| s == [0u8; SECTOR]), "the later sync did not write them all");
+    }
+
+    #[test]
+    fn a_new_file_and_a_rename_without_replacing_never_take_a_name_in_use() {
+        let sim = SimStorage::new(1, FaultConfig::default());
+        let dir = Path::new("/d");
+        let taken = durable_empty_file(&sim);
+        taken.write_at(b"someone else's", 0).unwrap();
+        let new = OpenMode { create_new: true, ..mode() };
+        let err = sim.open(&dir.join("a"), new).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        let fresh = sim.open(&dir.join("b"), new).unwrap();
+        fresh.write_at(b"mine", 0).unwrap();
+        let err = sim.rename_no_replace(&dir.join("b"), &dir.join("a")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(sim.read_file(&dir.join("a")).unwrap(), b"someone else's");
+        assert_eq!(sim.read_file(&dir.join("b")).unwrap(), b"mine");
+        let err = sim.rename_no_replace(&dir.join("gone"), &dir.join("c")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        sim.rename_no_replace(&dir.join("b"), &dir.join("c")).unwrap();
+        assert_eq!(sim.list(dir).unwrap(), ["a", "c"]);
+        sim.rename(&dir.join("c"), &dir.join("a")).unwrap();
+        assert_eq!(sim.read_file(&dir.join("a")).unwrap(), b"mine", "a plain rename still replaces");
     }
 
     #[test]

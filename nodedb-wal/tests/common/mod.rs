@@ -214,7 +214,7 @@ impl Disk for SimStorage {
     }
 
     fn write(&self, path: &Path, bytes: &[u8]) {
-        drop(Storage::open(self, path, OpenMode { create: true, write: true, direct: false }).unwrap());
+        drop(Storage::open(self, path, OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap());
         self.write_file(path, bytes);
         self.sync_dir(path.parent().unwrap()).unwrap();
     }
@@ -349,6 +349,10 @@ macro_rules! pass_through_dir_ops {
 
         fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
             self.inner.rename(from, to)
+        }
+
+        fn rename_no_replace(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            self.inner.rename_no_replace(from, to)
         }
 
         fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {

@@ -83,7 +83,7 @@ pub fn disk(seed: u64) -> SimStorage {
         sim.sync_dir(dir).unwrap();
     }
     for file in FILES {
-        let f = sim.open(&file_path(file), OpenMode { create: true, write: true, direct: false }).unwrap();
+        let f = sim.open(&file_path(file), OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
         for n in 0..PAGES {
             f.write_at(&page(file, n, 1), n * PAGE as u64).unwrap();
         }
