@@ -1,7 +1,7 @@
 //! The crate's one error type.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::format::dwb::FileId;
 use crate::types::{Lsn, RecordType, SegmentId};
@@ -390,7 +390,13 @@ pub enum WalError {
         required: usize,
     },
     /// An earlier write or fsync failed; the log accepts nothing more until it is reopened.
-    #[error("the log is poisoned by an earlier failed {op:?} ({}); reopen it to recover", describe(*kind, *os_error))]
+    ///
+    /// One cause is not a failure of the disk: a file the log did not make found under the
+    /// name of its next segment (`op` is `Open` or `Rename`, `kind` is `AlreadyExists`, and
+    /// `path` names it). The log never writes over such a file, and cannot go on without that
+    /// segment; the file is left as it was. Move it away before reopening: opening takes a
+    /// newest file with no valid head for a roll a crash interrupted, and removes it.
+    #[error("{}", poisoned(*op, *kind, *os_error, path.as_deref()))]
     Poisoned {
         /// The step that failed first.
         op: IoOp,
@@ -399,6 +405,9 @@ pub enum WalError {
         /// The operating system's error number, where there was one (`EIO` has no kind of its
         /// own, so the number is what tells it).
         os_error: Option<i32>,
+        /// The segment file the step was making, where it failed while the log made a new
+        /// segment; `None` otherwise.
+        path: Option<PathBuf>,
     },
     /// A payload exceeds the configured maximum. Nothing was appended and no LSN was used.
     #[error("payload of {len} bytes exceeds the maximum of {max}")]
@@ -697,6 +706,20 @@ fn after_hole(next_present: Option<SegmentId>) -> String {
     }
 }
 
+/// The message of [`WalError::Poisoned`].
+fn poisoned(op: IoOp, kind: io::ErrorKind, os_error: Option<i32>, path: Option<&Path>) -> String {
+    match path {
+        Some(path) if kind == io::ErrorKind::AlreadyExists && matches!(op, IoOp::Open | IoOp::Rename) => format!(
+            "the log is poisoned: {} is in the way of its next segment, a file the log did not make and left as it was; move it away, then reopen the log",
+            path.display()
+        ),
+        _ => {
+            let of = path.map_or_else(String::new, |p| format!(" of {}", p.display()));
+            format!("the log is poisoned by an earlier failed {op:?}{of} ({}); reopen it to recover", describe(kind, os_error))
+        }
+    }
+}
+
 /// An error kind in words, with the system's message for its number where there is one.
 fn describe(kind: io::ErrorKind, os_error: Option<i32>) -> String {
     os_error.map_or_else(|| kind.to_string(), |code| io::Error::from_raw_os_error(code).to_string())
@@ -704,19 +727,25 @@ fn describe(kind: io::ErrorKind, os_error: Option<i32>) -> String {
 
 /// The first failure that ended a log, a writer or a double-write buffer: every later call gets
 /// it back as [`WalError::Poisoned`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Poison {
     op: IoOp,
     kind: io::ErrorKind,
     os_error: Option<i32>,
+    path: Option<PathBuf>,
 }
 
 impl Poison {
     pub(crate) fn of(op: IoOp, err: &io::Error) -> Poison {
-        Poison { op, kind: err.kind(), os_error: err.raw_os_error() }
+        Poison { op, kind: err.kind(), os_error: err.raw_os_error(), path: None }
     }
 
-    pub(crate) fn error(self) -> WalError {
-        WalError::Poisoned { op: self.op, kind: self.kind, os_error: self.os_error }
+    /// A failure of a step on the file at `path`, which the error names.
+    pub(crate) fn at(op: IoOp, path: &Path, err: &io::Error) -> Poison {
+        Poison { path: Some(path.to_path_buf()), ..Poison::of(op, err) }
+    }
+
+    pub(crate) fn error(&self) -> WalError {
+        WalError::Poisoned { op: self.op, kind: self.kind, os_error: self.os_error, path: self.path.clone() }
     }
 }

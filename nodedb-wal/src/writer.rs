@@ -198,7 +198,7 @@ impl<S: Storage> WalWriter<S> {
     }
 
     fn check(&self) -> Result<()> {
-        match self.poisoned {
+        match &self.poisoned {
             Some(poison) => Err(poison.error()),
             None => Ok(()),
         }

@@ -116,7 +116,7 @@ impl Durability {
     /// The poison error, if the log is poisoned.
     pub fn check_poison(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
-            let cause = self.cause.get().copied().expect("cause is set before the flag");
+            let cause = self.cause.get().expect("cause is set before the flag");
             return Err(cause.error());
         }
         Ok(())
@@ -132,9 +132,18 @@ impl Durability {
 
     /// Ends the log: nothing more becomes durable. The first cause wins.
     pub fn poison(&self, op: IoOp, err: &io::Error) {
-        let _ = self.cause.set(Poison::of(op, err));
+        self.poison_with(Poison::of(op, err), err);
+    }
+
+    /// [`Self::poison`] by a failed step on the file at `path`, which the error names.
+    pub fn poison_at(&self, op: IoOp, path: &std::path::Path, err: &io::Error) {
+        self.poison_with(Poison::at(op, path, err), err);
+    }
+
+    fn poison_with(&self, cause: Poison, err: &io::Error) {
+        let _ = self.cause.set(cause.clone());
         self.poisoned.store(true, Ordering::SeqCst);
-        tracing::error!(?op, %err, "nodedb-wal poisoned: no further append will be acknowledged");
+        tracing::error!(%err, cause = %cause.error(), "nodedb-wal poisoned: no further append will be acknowledged");
         self.wake_threads(NonZeroU32::MAX);
         self.wake_tasks(None);
     }

@@ -3,6 +3,7 @@
 //! A failed write or sync poisons the log; nothing is ever retried.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +18,19 @@ use crate::segment::index::{IndexBuilder, IndexScratch, write_index};
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
 
-type IoFailure = (IoOp, io::Error);
+/// A failed step: the system call, its error, and the segment file being made where the
+/// failure came while the log made a new segment (the error names it).
+struct IoFailure {
+    op: IoOp,
+    err: io::Error,
+    segment: Option<PathBuf>,
+}
+
+impl From<(IoOp, io::Error)> for IoFailure {
+    fn from((op, err): (IoOp, io::Error)) -> IoFailure {
+        IoFailure { op, err, segment: None }
+    }
+}
 
 /// The flusher's own state: the open segment file and how far it is zero-filled.
 pub(crate) struct Flusher<S: Storage> {
@@ -35,6 +48,8 @@ pub(crate) struct Flusher<S: Storage> {
     index_scratch: IndexScratch,
     /// The batches being written with one sync, kept to reuse its room.
     run: Vec<Sealed>,
+    /// The file system refused a rename that never replaces: kept files are not reused.
+    cannot_rename_no_replace: bool,
 }
 
 /// Zero-fill ahead only after this many small batches in a row. A writer that alternates a
@@ -57,6 +72,7 @@ impl<S: Storage> Flusher<S> {
             index,
             index_scratch: IndexScratch::default(),
             run: Vec::new(),
+            cannot_rename_no_replace: false,
         }
     }
 
@@ -76,9 +92,12 @@ impl<S: Storage> Flusher<S> {
             if run.is_empty() {
                 break;
             }
-            if let Err((op, err)) = self.write_run(&mut run) {
+            if let Err(IoFailure { op, err, segment }) = self.write_run(&mut run) {
                 run.clear();
-                shared.durability.poison(op, &err);
+                match segment {
+                    Some(path) => shared.durability.poison_at(op, &path, &err),
+                    None => shared.durability.poison(op, &err),
+                }
                 shared.wake_all();
                 break;
             }
@@ -98,7 +117,8 @@ impl<S: Storage> Flusher<S> {
         let last = &run[run.len() - 1].meta;
         let run_end = last.target.offset + last.padded as u64;
         if first.create {
-            self.create_segment(&first, durable)?;
+            let path = segment::path(&self.shared.dir, first.segment);
+            self.create_segment(&path, &first, durable).map_err(|failure| IoFailure { segment: Some(path), ..failure })?;
         }
         self.zero_fill_ahead(run_end, (run_end - first.offset) as usize)?;
         let span = tracing::trace_span!("sync", segment = %first.segment, offset = first.offset, batches = run.len()).entered();
@@ -181,20 +201,25 @@ impl<S: Storage> Flusher<S> {
         Ok(())
     }
 
-    /// Creates the segment file (or reuses a truncated one), writes its header block and makes
-    /// the new entry durable.
-    fn create_segment(&mut self, target: &Target, durable: Lsn) -> Result<(), IoFailure> {
+    /// Creates the segment file at `path` (or reuses a truncated one), writes its header block
+    /// and makes the new entry durable.
+    ///
+    /// Never over a file that has the name already. Recovery removes an interrupted roll's
+    /// file before the log opens, and the next segment's id is past every segment it listed,
+    /// so no file of this log can be there: one that is was put there by someone else. The log
+    /// cannot go on without this segment, and poisons itself with an error naming the file;
+    /// the file is left as it was.
+    fn create_segment(&mut self, path: &Path, target: &Target, durable: Lsn) -> Result<(), IoFailure> {
         let _span = tracing::debug_span!("roll", segment = %target.segment, first_lsn = %target.segment_first_lsn).entered();
-        let path = segment::path(&self.shared.dir, target.segment);
         let block = self.header_block(target, durable);
         self.index.start(target.segment, target.identity.salt, target.segment_first_lsn);
-        if let Some(file) = self.reuse_recycled(&path, &block)? {
+        if let Some(file) = self.reuse_recycled(path, &block)? {
             self.file = Some((target.segment, file));
             return Ok(());
         }
         let shared = &self.shared;
-        let mode = OpenMode { create: true, write: true, direct: shared.direct, create_new: false };
-        let file = shared.storage.open(&path, mode).map_err(|e| (IoOp::Open, e))?;
+        let mode = OpenMode { create: true, write: true, direct: shared.direct, create_new: true };
+        let file = shared.storage.open(path, mode).map_err(|e| (IoOp::Open, e))?;
         file.write_at(&block, 0).map_err(|e| (IoOp::Write, e))?;
         shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
         tracing::debug!(segment = %target.segment, first_lsn = %target.segment_first_lsn, "segment created");
@@ -208,9 +233,13 @@ impl<S: Storage> Flusher<S> {
     /// crash a file of that name never carries the old segment's header. The old frames behind
     /// it carry the old segment's salt: recovery and readers take them for the end of the new
     /// segment's records, never for records of it.
-    fn reuse_recycled(&mut self, path: &std::path::Path, header: &AlignedBuf) -> Result<Option<S::File>, IoFailure> {
+    fn reuse_recycled(&mut self, path: &Path, header: &AlignedBuf) -> Result<Option<S::File>, IoFailure> {
         let shared = Arc::clone(&self.shared);
         let Some(from) = shared.take_recycled() else { return Ok(None) };
+        if self.cannot_rename_no_replace {
+            remove_kept(&*shared.storage, &from);
+            return Ok(None);
+        }
         let mode = OpenMode { create: false, write: true, direct: shared.direct, create_new: false };
         let file = match shared.storage.open(&from, mode) {
             Ok(file) => file,
@@ -230,14 +259,28 @@ impl<S: Storage> Flusher<S> {
         if !matches!(free, Ok(true)) || !matches!(linked, Ok(false)) {
             drop(file);
             tracing::debug!(path = %from.display(), ?free, ?linked, "a truncated segment may be read or has other names; removing it instead of reusing it");
-            if let Err(err) = shared.storage.remove(&from) {
-                tracing::warn!(%err, path = %from.display(), "cannot remove a truncated segment");
-            }
+            remove_kept(&*shared.storage, &from);
             return Ok(None);
         }
         let len = file.len().map_err(|e| (IoOp::Stat, e))?;
         file.write_and_sync(header, 0)?;
-        shared.storage.rename(&from, path).map_err(|e| (IoOp::Rename, e))?;
+        // Never over a file of the segment's name (see `create_segment`).
+        match shared.storage.rename_no_replace(&from, path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::Unsupported => {
+                // This file system cannot rename without replacing (NFS, say), and a check
+                // before a plain rename could still replace a file made in between: kept
+                // files are removed from now on, and segments created fresh. The new header
+                // under the kept name is nothing recovery reads.
+                tracing::info!(%err, "kept segment files cannot be renamed safely here; they are removed instead of reused");
+                self.cannot_rename_no_replace = true;
+                file.release_hold();
+                drop(file);
+                remove_kept(&*shared.storage, &from);
+                return Ok(None);
+            }
+            Err(err) => return Err((IoOp::Rename, err).into()),
+        }
         shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
         // Readers that opened the old name before the rename find the new header once they
         // hold the file, and stop there (see `Cursor::open_scan`).
@@ -261,6 +304,14 @@ impl<S: Storage> Flusher<S> {
         };
         write_header_block(&mut block, &super::encode::preamble(&target.identity), &header, durable);
         block
+    }
+}
+
+/// Removes a truncated segment file kept for reuse that will not be reused; one that cannot
+/// be removed is left (it holds no record of the log, and recovery ignores it).
+fn remove_kept<S: Storage>(storage: &S, path: &Path) {
+    if let Err(err) = storage.remove(path) {
+        tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment");
     }
 }
 

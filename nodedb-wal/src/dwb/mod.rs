@@ -489,7 +489,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
 
 impl<F> Inner<F> {
     fn usable(&self) -> Result<()> {
-        match self.poisoned {
+        match &self.poisoned {
             Some(poison) => Err(poison.error()),
             None => Ok(()),
         }
