@@ -447,10 +447,19 @@ pub enum WalError {
         /// The segment the reader needed.
         segment: SegmentId,
     },
-    /// Another `SegmentedWal` (in this or another process) has the directory open.
+    /// Another `SegmentedWal` or [`crate::WalWriter`] (in this or another process) has the
+    /// directory open.
     #[error("{} is locked by another writer", path.display())]
     Locked {
         /// The log directory.
+        path: PathBuf,
+    },
+    /// A [`crate::WalWriter`] was asked for a segment whose file exists already (a segment, an
+    /// empty file, a symbolic link): it only ever makes a new file, and leaves this one as it
+    /// was.
+    #[error("{} exists already; a WalWriter only makes a new segment file and left this one as it was", path.display())]
+    SegmentFileExists {
+        /// The file.
         path: PathBuf,
     },
     /// A configuration value is out of range.

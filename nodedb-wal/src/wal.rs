@@ -17,7 +17,8 @@ use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo, index};
 use crate::storage::{
-    AlignedBuf, DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, plan_direct_io,
+    AlignedBuf, DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, lock_log_dir,
+    plan_direct_io,
 };
 use crate::tail::{TAIL_CHUNK, Tail};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
@@ -88,10 +89,7 @@ impl<S: Storage> SegmentedWal<S> {
         config.validate()?;
         let dir = config.dir.clone();
         create_dir_durably(&storage, &dir).map_err(|(op, e)| WalError::io(op, &dir, e))?;
-        let lock = storage.lock_dir(&dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => WalError::Locked { path: dir.clone() },
-            _ => WalError::io(IoOp::Lock, &dir, e),
-        })?;
+        let lock = lock_log_dir(&storage, &dir)?;
         let direct = probe_direct(&storage, &config)?;
         let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
         let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;

@@ -12,10 +12,13 @@
 //! open and close the log without appending ([`crate::recover`] does just that). Otherwise the
 //! next open refuses the log with [`crate::CorruptionKind::UnsealedSegment`] for the open
 //! segment; nothing is lost, and once the added segment is taken away the log opens again.
-//! The writer takes no lock: it must not add a segment while a log has the directory open,
-//! whose next segment would be written over it.
+//!
+//! The writer holds the directory's lock, the one a [`crate::SegmentedWal`] holds, from
+//! [`WalWriter::create_with`] until it is finished or dropped: it cannot add a segment while a
+//! log has the directory open, nor a log open while it writes ([`WalError::Locked`] either
+//! way). It only ever makes a new file: a segment id whose file exists (a segment, an empty
+//! file, a symbolic link) is [`WalError::SegmentFileExists`], and the file is left as it was.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::BUFFER_BYTES_MAX;
@@ -26,7 +29,7 @@ use crate::format::meta::{SegmentHeaderPayload, is_block_len};
 use crate::format::preamble::SegmentPreamble;
 use crate::record::Record;
 use crate::segment::{self, SegmentInfo};
-use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, too_fine};
+use crate::storage::{AlignedBuf, FsStorage, OpenMode, Storage, StorageFile, lock_log_dir, too_fine};
 use crate::types::{Lsn, SegmentId};
 
 /// How a [`WalWriter`] writes.
@@ -99,6 +102,8 @@ pub struct WalWriter<S: Storage = FsStorage> {
     /// Where the next batch goes.
     offset: u64,
     poisoned: Option<Poison>,
+    /// The directory's lock, held for the writer's life.
+    _dir_lock: S::Lock,
 }
 
 impl WalWriter<FsStorage> {
@@ -110,8 +115,11 @@ impl WalWriter<FsStorage> {
 }
 
 impl<S: Storage> WalWriter<S> {
-    /// Creates segment `id` in `dir` on `storage`: writes and syncs its header block and makes
-    /// its directory entry durable. An existing file of that name is an error.
+    /// Creates segment `id` in `dir` on `storage`: takes the directory's lock (held until the
+    /// writer is finished or dropped), writes and syncs the new file's header block and makes
+    /// its directory entry durable. A directory a log or another writer holds is
+    /// [`WalError::Locked`]; an existing file of that name is [`WalError::SegmentFileExists`],
+    /// and the file is left as it was.
     ///
     /// # Examples
     ///
@@ -127,8 +135,11 @@ impl<S: Storage> WalWriter<S> {
     /// assert_eq!(writer.path(), Path::new("/log/00000000000000000005.wal"));
     /// assert_eq!(writer.next_lsn(), Lsn(1000));
     ///
+    /// let beside = WalWriter::create_with(sim.clone(), Path::new("/log"), SegmentId(6), Lsn(1000), config);
+    /// assert!(matches!(beside, Err(WalError::Locked { .. })), "one writer per directory");
+    /// drop(writer);
     /// let again = WalWriter::create_with(sim, Path::new("/log"), SegmentId(5), Lsn(1000), config);
-    /// assert!(matches!(again, Err(WalError::Io { .. })), "never overwrites a segment");
+    /// assert!(matches!(again, Err(WalError::SegmentFileExists { .. })), "never writes over a file");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create_with(storage: S, dir: &Path, id: SegmentId, first_lsn: Lsn, config: WalWriterConfig) -> Result<WalWriter<S>> {
@@ -146,20 +157,25 @@ impl<S: Storage> WalWriter<S> {
         }
         // Allocated before the file exists: nothing is left behind if it cannot be.
         let buf = AlignedBuf::zeroed(config.batch_bytes, block);
+        // Held before the file is made: a log with the directory open would make its next
+        // segment over it, or have made one that this file would be made over.
+        let dir_lock = lock_log_dir(&storage, dir)?;
         let path = segment::path(dir, id);
-        let file = storage
-            .open(&path, OpenMode { create: true, write: true, direct: config.direct_io, create_new: false })
-            .map_err(|e| WalError::io(IoOp::Open, &path, e))?;
-        if file.len().map_err(|e| WalError::io(IoOp::Stat, &path, e))? != 0 {
-            return Err(WalError::io(IoOp::Open, &path, io::Error::from(io::ErrorKind::AlreadyExists)));
-        }
+        let mode = OpenMode { create: true, write: true, direct: config.direct_io, create_new: true };
+        let file = storage.open(&path, mode).map_err(|e| match e.kind() {
+            // Whatever it is (a segment, an empty file, a link), it is not this writer's to
+            // write over: the check and the creation are one step.
+            std::io::ErrorKind::AlreadyExists => WalError::SegmentFileExists { path: path.clone() },
+            _ => WalError::io(IoOp::Open, &path, e),
+        })?;
         if config.direct_io
             && let Some(required) = too_fine(block, file.direct_io_alignment())
         {
             // Every write would fail with EINVAL (a disk with 4096-byte sectors under 512-byte
-            // blocks), and the header's first: refused before it, and the empty file goes
-            // rather than lie in the log's directory as the trace of an interrupted roll. Its
-            // creation was never synced, so neither is its removal.
+            // blocks), and the header's first: refused before it, and the empty file (made
+            // just now by this writer) goes rather than lie in the log's directory as the
+            // trace of an interrupted roll. Its creation was never synced, so neither is its
+            // removal.
             drop(file);
             if let Err(err) = storage.remove(&path) {
                 tracing::warn!(path = %path.display(), %err, "cannot remove the empty segment file of a refused WalWriter");
@@ -194,6 +210,7 @@ impl<S: Storage> WalWriter<S> {
             used: 0,
             offset: block as u64,
             poisoned: None,
+            _dir_lock: dir_lock,
         })
     }
 

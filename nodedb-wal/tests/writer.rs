@@ -152,7 +152,69 @@ fn an_existing_segment_file_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap().finish().unwrap();
     let err = WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap_err();
-    assert!(matches!(&err, WalError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists), "{err}");
+    assert!(matches!(&err, WalError::SegmentFileExists { path } if *path == dir.path().join("00000000000000000001.wal")), "{err}");
+}
+
+// Found by a review: the writer opened its file with O_CREAT and refused only a file with
+// bytes in it (as an I/O error), so it took over an empty file someone else had made, and
+// through a symbolic link that led nowhere it made the link's target.
+#[test]
+fn a_segment_id_whose_file_exists_in_any_form_is_refused_with_a_typed_error_and_the_file_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("00000000000000000001.wal");
+    std::fs::write(&path, b"").unwrap();
+    let err = WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap_err();
+    assert!(matches!(&err, WalError::SegmentFileExists { path: p } if *p == path), "an empty file: {err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "left empty");
+    std::fs::remove_file(&path).unwrap();
+    let target = dir.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let err = WalWriter::create(dir.path(), SegmentId(1), Lsn(1)).unwrap_err();
+    assert!(matches!(&err, WalError::SegmentFileExists { .. }), "a link that leads nowhere: {err}");
+    assert!(!target.exists(), "nothing made through the link");
+    assert!(err.to_string().contains("00000000000000000001.wal"), "{err}");
+}
+
+/// A writer used to take no lock: a segment it added while a log had the directory open was
+/// written over by the log's next roll (the id the log would make next is the one a writer
+/// adds), and a log opened while a writer wrote took its unfinished segment for its newest.
+fn a_wal_writer_and_a_log_never_hold_one_directory_at_once<S: nodedb_wal::storage::Storage + Clone>(storage: S, dir: &Path) {
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+    let last = wal.append_durable(Record::new(TY, b"in the log")).unwrap();
+    let Err(err) = WalWriter::create_with(storage.clone(), dir, SegmentId(2), last.next(), small()) else {
+        panic!("a writer made beside an open log")
+    };
+    assert!(matches!(&err, WalError::Locked { path } if path == dir), "a writer beside an open log: {err}");
+    assert!(!segment_names(&storage, dir).contains(&"00000000000000000002.wal".to_string()), "nothing made");
+    wal.close().unwrap();
+    // An open and a close without appends seal the log's newest segment, which a segment may
+    // then follow (see the module documentation).
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+    let next = SegmentId(wal.segments().last().unwrap().id.0 + 1);
+    wal.close().unwrap();
+    let mut writer = WalWriter::create_with(storage.clone(), dir, next, last.next(), small()).unwrap();
+    writer.append(Record::new(TY, b"from the writer")).unwrap();
+    let err = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap_err();
+    assert!(matches!(&err, WalError::Locked { .. }), "a log beside a writer: {err}");
+    writer.finish().unwrap();
+    let wal = SegmentedWal::open_with(storage, config(dir)).unwrap();
+    let payloads: Vec<Vec<u8>> = wal.read_from(Lsn(1)).unwrap().map(|r| r.unwrap().payload.to_vec()).collect();
+    assert_eq!(payloads, [b"in the log".to_vec(), b"from the writer".to_vec()]);
+}
+
+fn segment_names<S: nodedb_wal::storage::Storage>(storage: &S, dir: &Path) -> Vec<String> {
+    storage.list(dir).unwrap().into_iter().filter(|n| n.ends_with(".wal")).collect()
+}
+
+#[test]
+fn a_wal_writer_and_a_log_never_hold_one_directory_at_once_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    a_wal_writer_and_a_log_never_hold_one_directory_at_once(nodedb_wal::FsStorage::new(), dir.path());
+}
+
+#[test]
+fn a_wal_writer_and_a_log_never_hold_one_directory_at_once_sim() {
+    a_wal_writer_and_a_log_never_hold_one_directory_at_once(SimStorage::new(9, FaultConfig::default()), Path::new("/log"));
 }
 
 #[test]

@@ -206,9 +206,10 @@ impl<S: Storage> Flusher<S> {
     ///
     /// Never over a file that has the name already. Recovery removes an interrupted roll's
     /// file before the log opens, and the next segment's id is past every segment it listed,
-    /// so no file of this log can be there: one that is was put there by someone else. The log
-    /// cannot go on without this segment, and poisons itself with an error naming the file;
-    /// the file is left as it was.
+    /// so no file of this log can be there: one that is was put there by someone else (not a
+    /// `WalWriter`, which holds the directory's lock as the log does). The log cannot go on
+    /// without this segment, and poisons itself with an error naming the file; the file is
+    /// left as it was.
     fn create_segment(&mut self, path: &Path, target: &Target, durable: Lsn) -> Result<(), IoFailure> {
         let _span = tracing::debug_span!("roll", segment = %target.segment, first_lsn = %target.segment_first_lsn).entered();
         let block = self.header_block(target, durable);

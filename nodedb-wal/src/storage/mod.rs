@@ -238,6 +238,15 @@ pub trait StorageFile: Send + Sync + 'static {
     }
 }
 
+/// Takes the lock of a log directory for one writer of it (a [`crate::SegmentedWal`] or a
+/// [`crate::WalWriter`]): held by another, it is [`crate::WalError::Locked`].
+pub(crate) fn lock_log_dir<S: Storage>(storage: &S, dir: &Path) -> crate::error::Result<S::Lock> {
+    storage.lock_dir(dir).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => crate::error::WalError::Locked { path: dir.to_path_buf() },
+        _ => crate::error::WalError::Io { op: IoOp::Lock, path: dir.to_path_buf(), source: e },
+    })
+}
+
 /// Whether an open error means "this file system refuses O_DIRECT".
 ///
 /// # Examples
