@@ -65,6 +65,40 @@ fn bench_leaves_a_log_that_inspect_dump_and_verify_read() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count() as u64, records);
 }
 
+/// Every file of `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name(), std::fs::read(e.path()).unwrap())).collect();
+    files.sort();
+    files
+}
+
+// Found by a review: `bench DIR` opened whatever log DIR held and appended its benchmark
+// records to it, for good.
+#[test]
+fn bench_refuses_a_directory_that_holds_anything_and_leaves_it_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    write_log(&log, None);
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"not a log").unwrap();
+    for dir in [&log, &other] {
+        let before = snapshot(dir);
+        let out = tool(&["bench", dir.to_str().unwrap(), "--threads", "1", "--seconds", "1"]);
+        assert_eq!(status(&out), 3, "{}", text(&out));
+        assert!(text(&out).contains("is not empty"), "{}", text(&out));
+        assert_eq!(snapshot(dir), before, "{}: left as it was", dir.display());
+    }
+    assert_eq!(ReadOnlyWal::open(&log, None).unwrap().recovery_info().record_count, 10);
+    // An empty directory is a new log's.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = tool(&["bench", empty.to_str().unwrap(), "--threads", "1", "--seconds", "1"]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    assert!(ReadOnlyWal::open(&empty, None).unwrap().recovery_info().record_count > 0);
+}
+
 #[test]
 fn verify_tells_a_torn_tail_from_corruption() {
     let tmp = tempfile::tempdir().unwrap();

@@ -25,8 +25,8 @@ usage: nodedb-wal <command> [arguments]
                          0 clean, 1 torn tail (recovery will cut it), 2 corrupt
   bench [DIR] [--threads T] [--seconds S] [--size B]
                          durable appends from T threads (16) for S seconds (3) of B bytes (128);
-                         with DIR the log stays there for inspect and verify; with --key-file
-                         the new segments are encrypted under that key
+                         with DIR (new or empty) the log stays there for inspect and verify;
+                         with --key-file the new segments are encrypted under that key
 
   --key-file F [--key-id N]   a key for encrypted segments (key id N, default 1); repeat the
                               pair for a log written under several keys (bench encrypts under
@@ -355,7 +355,7 @@ fn bench(args: &Args) -> Outcome {
         return Err(Exit(3, format!("--size must be at most {payload_max} bytes, the log's largest record")));
     }
     let (dir, _tmp) = match args.positional.first() {
-        Some(d) => (PathBuf::from(d), None),
+        Some(d) => (new_log_dir(PathBuf::from(d))?, None),
         None => {
             let tmp = tempfile_dir().map_err(|e| Exit(3, format!("temporary directory: {e}")))?;
             (tmp.0.clone(), Some(tmp))
@@ -423,6 +423,26 @@ fn bench(args: &Args) -> Outcome {
         println!("the log stays in {}: try `nodedb-wal inspect {0}` and `nodedb-wal verify {0}`", dir.display());
     }
     Ok(0)
+}
+
+/// The directory `bench` writes its log in: one that does not exist yet (the log makes it) or
+/// is empty. Anything in it is refused before the log is opened: the benchmark's records
+/// appended to an existing log would be there for good, and opening one seals its newest
+/// segment.
+fn new_log_dir(dir: PathBuf) -> Result<PathBuf, Exit> {
+    let first = std::fs::read_dir(&dir).map(|mut entries| entries.next());
+    match first {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir),
+        Err(e) => Err(Exit(3, format!("{}: {e}", dir.display()))),
+        Ok(None) => Ok(dir),
+        Ok(Some(_)) => Err(Exit(
+            3,
+            format!(
+                "{} is not empty: bench writes its records into a new log, never into files already there; give a directory that does not exist yet or is empty",
+                dir.display()
+            ),
+        )),
+    }
 }
 
 /// A temporary directory removed on drop (the library's tests use `tempfile`; the tool does
