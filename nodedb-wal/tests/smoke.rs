@@ -431,3 +431,69 @@ fn every_waiting_call_refuses_an_lsn_never_handed_out() {
     wal.wait_durable(last).unwrap();
     wal.wait_durable(Lsn::ZERO).unwrap();
 }
+
+/// What ends segment `id`: `Some(true)` for an end frame that is a batch of its own (on a block
+/// boundary, naming its own offset), `Some(false)` for one after records of its batch, `None`
+/// for no end frame.
+fn how_segment_ends(sim: &SimStorage, dir: &std::path::Path, id: u64) -> Option<bool> {
+    let bytes = sim.read_file(&common::seg(dir, id)).expect("segment exists");
+    let frames = common::frames(&bytes);
+    let end = frames.iter().position(|f| f.header.record_type == RecordType::SEGMENT_END)?;
+    let at = frames[end].offset;
+    let payload = at as usize + nodedb_wal::format::frame::HEADER_LEN;
+    let records_end = u64::from_le_bytes(bytes[payload..payload + 8].try_into().unwrap());
+    assert_eq!(records_end, at, "segment {id}: the writer's end frame names its own offset");
+    let before = frames[end - 1].header.record_type;
+    Some(at.is_multiple_of(4096) && (before == RecordType::PADDING || before == RecordType::SEGMENT_HEADER))
+}
+
+/// FORMAT.md, "SEGMENT_END payload": an end frame is a batch of its own where a segment ends
+/// with no batch open (a roll whose record would have opened one, a key-ring change,
+/// `WalWriter::finish` after a sync); closing a log writes none, and the next open seals the
+/// newest segment.
+#[test]
+fn an_end_frame_is_a_batch_of_its_own_only_where_a_segment_ends_with_no_batch_open_and_closing_writes_none() {
+    use nodedb_wal::storage::Storage;
+    use nodedb_wal::{KeyRing, SecureKey, SegmentId, WalWriter, WalWriterConfig};
+    let sim = SimStorage::new(2, FaultConfig::default());
+    let dir = std::path::Path::new("/ends");
+    let ring = std::sync::Arc::new(KeyRing::with_active(1, SecureKey::generate()));
+    let ty = RecordType::optional(0x100);
+    let open = || SegmentedWal::open_with(sim.clone(), SegmentedWalConfig { key_ring: Some(ring.clone()), ..config(dir) }).unwrap();
+    let wal = open();
+    // Every durable append syncs its own batch: the one that does not fit finds none open.
+    while wal.segments().len() < 2 {
+        wal.append_durable(Record::new(ty, &[7; 1500])).unwrap();
+    }
+    assert_eq!(how_segment_ends(&sim, dir, 1), Some(true), "a roll");
+    ring.insert(2, SecureKey::generate()).unwrap();
+    ring.set_active(2).unwrap();
+    wal.append_durable(Record::new(ty, b"under key 2")).unwrap();
+    assert_eq!(how_segment_ends(&sim, dir, 2), Some(true), "a key-ring change");
+    drop(wal);
+
+    // Records appended without a wait share the batch the end frame closes: a batch buffer as
+    // large as the segment is still open when the segment fills. 60 records of 1.5 KiB roll
+    // once.
+    let dir = std::path::Path::new("/batched");
+    let batched = || SegmentedWal::open_with(sim.clone(), SegmentedWalConfig { batch_bytes_max: 64 * 1024, ..config(dir) }).unwrap();
+    let wal = batched();
+    for _ in 0..60 {
+        wal.append(Record::new(ty, &[8; 1500])).unwrap();
+    }
+    wal.sync().unwrap();
+    assert_eq!(wal.segments().len(), 2);
+    assert_eq!(how_segment_ends(&sim, dir, 1), Some(false), "a roll with a batch open");
+    wal.close().unwrap();
+    assert_eq!(how_segment_ends(&sim, dir, 2), None, "closing writes no end frame");
+    drop(batched());
+    assert_eq!(how_segment_ends(&sim, dir, 2), Some(true), "the next open seals the newest segment");
+
+    let dir = std::path::Path::new("/writer");
+    sim.create_dir_all(dir).unwrap();
+    let mut writer = WalWriter::create_with(sim.clone(), dir, SegmentId(1), Lsn(1), WalWriterConfig::default()).unwrap();
+    writer.append(Record::new(ty, b"synced")).unwrap();
+    writer.sync().unwrap();
+    writer.finish().unwrap();
+    assert_eq!(how_segment_ends(&sim, dir, 1), Some(true), "WalWriter::finish after a sync");
+}
