@@ -263,6 +263,57 @@ fn crash_during_a_batch_keeps_acknowledged_records_and_cuts_the_rest() {
     assert!(torn_seen > 10, "most crashes tear the batch ({torn_seen} of 48 did)");
 }
 
+/// Batches that queued up behind a sync are written one after another and made durable by one
+/// fdatasync after the last. A crash before it may keep a later batch of such a run and lose an
+/// earlier one. The later batch's frames carry the watermark from before the run, so they do not
+/// vouch for the lost batch: recovery cuts it as a torn tail and keeps every acknowledged record,
+/// never reporting damage before durable records.
+#[test]
+fn a_crash_that_keeps_a_later_batch_of_a_shared_sync_but_not_an_earlier_one_cuts_a_torn_tail() {
+    let dir = Path::new("/sim/wal");
+    let mut c = config(dir);
+    c.segment_bytes_target = 1 << 20;
+    let sim = SimStorage::new(3, FaultConfig::default());
+    let gated = Gated::new(sim.clone());
+    let wal = SegmentedWal::open_with(gated.clone(), c.clone()).unwrap();
+    append_synced(&wal, 1, 10);
+    gated.gate.shut();
+    common::append(&wal, 11);
+    wal.request_sync(Lsn(11)).unwrap();
+    gated.gate.wait_held();
+    // Three records larger than a batch queue up as three batches behind the held sync.
+    let ty = nodedb_wal::RecordType::optional(0x100);
+    for lsn in 12..=14u8 {
+        assert_eq!(wal.append(nodedb_wal::Record::new(ty, &[lsn; 20 * 1024])).unwrap(), Lsn(u64::from(lsn)));
+    }
+    wal.request_sync(Lsn(14)).unwrap();
+    gated.gate.release_held();
+    wal.wait_durable(Lsn(11)).unwrap();
+    gated.gate.wait_held();
+    let path = seg(dir, 1);
+    let written = sim.read(&path);
+    let images = [sim.crash(1), sim.crash(2)];
+    gated.gate.open();
+    assert!(wal.wait_durable(Lsn(14)).is_err(), "the crashed disk never syncs the run");
+    drop(wal);
+
+    let (first, second) = (record_frame(&written, 12), record_frame(&written, 13));
+    let later: Vec<Frame> = frames(&written).into_iter().filter(|f| f.offset >= second.offset).collect();
+    assert!(later.len() >= 4, "the later batches were written behind the first: {later:?}");
+    assert!(later.iter().all(|f| f.header.durable_lsn <= Lsn(11)), "no frame of the run claims more than was durable before it");
+    let tears = [("lost whole", first.offset..second.offset), ("torn after its first sector", first.offset + SECTOR as u64..second.offset)];
+    for (image, (what, tear)) in images.into_iter().zip(tears) {
+        let mut bytes = written.clone();
+        bytes[tear.start as usize..tear.end as usize].fill(0);
+        image.write(&path, &bytes);
+        let wal = SegmentedWal::open_with(image, c.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let torn = wal.recovery_info().torn_tail.unwrap_or_else(|| panic!("{what}: no torn tail"));
+        assert_eq!((torn.segment, torn.offset), (SegmentId(1), first.offset), "{what}");
+        assert_records(&read_all(&wal), 1, 11);
+        assert_eq!(wal.next_lsn(), Lsn(12), "{what}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Damage before acknowledged records
 // ---------------------------------------------------------------------------------------------

@@ -269,6 +269,8 @@ pub struct Gate {
 struct GateState {
     shut: bool,
     held: usize,
+    /// Counts [`Gate::release_held`] calls: a batch held since before the last one goes on.
+    releases: u64,
 }
 
 impl Gate {
@@ -287,6 +289,12 @@ impl Gate {
         self.changed.notify_all();
     }
 
+    /// Lets the batches held now go on to their syncs and keeps the gate shut for later ones.
+    pub fn release_held(&self) {
+        self.lock().releases += 1;
+        self.changed.notify_all();
+    }
+
     /// Waits until a batch is held at the gate.
     pub fn wait_held(&self) {
         let mut s = self.lock();
@@ -298,9 +306,10 @@ impl Gate {
     /// Holds the calling thread here while the gate is shut (counted as held).
     pub fn pass(&self) {
         let mut s = self.lock();
+        let arrived = s.releases;
         s.held += 1;
         self.changed.notify_all();
-        while s.shut {
+        while s.shut && s.releases == arrived {
             s = self.changed.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         s.held -= 1;
