@@ -364,6 +364,26 @@ fn the_metrics_count_batches_syncs_and_waits() {
     assert!(m.waits <= 200 && !m.poisoned, "{m:?}");
 }
 
+// Found by review: the batches of a write were counted only as each was acknowledged, after
+// the MANIFEST named a new segment, while its fdatasync was counted before. A failed MANIFEST
+// write (which poisons the log) then left a synced batch uncounted: more fsyncs than batches,
+// which the counters' docs rule out.
+#[test]
+fn a_batch_made_durable_is_counted_with_its_fsync_even_when_the_manifest_write_after_it_fails() {
+    use nodedb_wal::IoOp;
+    use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+    let storage = FaultyStorage::new(SimStorage::new(5, FaultConfig::default()));
+    let wal = SegmentedWal::open_with(storage.clone(), config(std::path::Path::new("/wal"))).unwrap();
+    // The first batch creates the first segment: its own fdatasync succeeds, then the MANIFEST's
+    // (naming the segment) fails.
+    storage.fail_once(FaultOp::SyncData, 1, EIO);
+    let err = wal.append_durable(Record::new(RecordType::optional(0x100), b"synced, never acknowledged")).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, .. }), "{err}");
+    let m = wal.stats();
+    assert_eq!((m.fsyncs, m.batches, m.records), (1, 1, 1), "{m:?}");
+    assert!(m.bytes_written >= 4096 && m.poisoned, "{m:?}");
+}
+
 #[test]
 fn a_batch_gets_consecutive_lsns_and_reads_back_as_separate_records() {
     let sim = SimStorage::new(8, FaultConfig::default());

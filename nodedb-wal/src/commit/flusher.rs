@@ -116,6 +116,7 @@ impl<S: Storage> Flusher<S> {
         let first = run[0].meta.target.clone();
         let last = &run[run.len() - 1].meta;
         let run_end = last.target.offset + last.padded as u64;
+        let record_count = last.end_lsn.0 - run[0].meta.first_lsn.0;
         if first.create {
             let path = segment::path(&self.shared.dir, first.segment);
             self.create_segment(&path, &first, durable).map_err(|failure| IoFailure { segment: Some(path), ..failure })?;
@@ -140,6 +141,11 @@ impl<S: Storage> Flusher<S> {
         let stats = &self.shared.stats;
         stats.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
         stats.sync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
+        // Counted with their sync: they are written and durable, even if the MANIFEST write
+        // below fails and nobody is told.
+        stats.batches.fetch_add(count as u64, Ordering::Relaxed);
+        stats.records.fetch_add(record_count, Ordering::Relaxed);
+        stats.bytes_written.fetch_add(run_end - first.offset, Ordering::Relaxed);
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         if first.create {
             // The new segment's first batch is durable: from now on, a log without it has lost
@@ -152,13 +158,9 @@ impl<S: Storage> Flusher<S> {
         Ok(())
     }
 
-    /// A written batch is durable: counts it, advances the watermark, and adds its headers to
-    /// the segment's index, writing the index out when the batch sealed the segment.
+    /// A written batch is durable: advances the watermark, and adds its headers to the
+    /// segment's index, writing the index out when the batch sealed the segment.
     fn acknowledge(&mut self, records: &[u8], job: &BatchMeta) {
-        let stats = &self.shared.stats;
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.bytes_written.fetch_add(job.padded as u64, Ordering::Relaxed);
-        stats.records.fetch_add(job.end_lsn.0 - job.first_lsn.0, Ordering::Relaxed);
         self.shared.note_segment_progress(job);
         // After the acknowledgement: the index only speeds up later headers-only scans.
         self.index.add_batch(records, job.target.offset);
