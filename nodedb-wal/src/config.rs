@@ -37,16 +37,17 @@ pub struct SegmentedWalConfig {
     pub dir: PathBuf,
     /// A segment rolls over once appending another batch would take it past this size.
     pub segment_bytes_target: u64,
-    /// Bytes of records one batch (one write + fdatasync) holds at most (at most 1 GiB).
+    /// Bytes of records one batch (one write; batches queued behind a sync share the next
+    /// fdatasync) holds at most (at most 1 GiB).
     pub batch_bytes_max: usize,
     /// Batch buffers: while one is written, appenders fill the others. With `batch_bytes_max`,
     /// at most 64 GiB in all (buffers are allocated as they are needed).
     pub batch_buffers: usize,
     /// Largest payload `append` accepts. Larger payloads than `batch_bytes_max` get a batch of
     /// their own, in a buffer of its own: such buffers hold at most four times the pool's
-    /// bytes (`batch_buffers` × `batch_bytes_max`) in flight and kept for reuse, beyond one
-    /// that is larger still. A log whose records are often larger than that goes faster with a
-    /// larger `batch_bytes_max`.
+    /// bytes (`batch_buffers` × `batch_bytes_max`) in flight (or one that is larger still),
+    /// and as many again kept for reuse. A log whose records are often larger than a batch
+    /// goes faster with a larger `batch_bytes_max`.
     pub payload_bytes_max: usize,
     /// Write with O_DIRECT (the default), bypassing the page cache.
     pub direct_io: bool,

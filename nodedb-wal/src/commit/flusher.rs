@@ -1,5 +1,6 @@
 //! The flusher thread: takes sealed batches in order, closes them with padding (and an end
-//! frame when they seal a segment), creates segments, and writes + fdatasyncs each batch.
+//! frame when they seal a segment), creates segments, and writes the batches queued in one
+//! segment one after another with one fdatasync after the last.
 //! A failed write or sync poisons the log; nothing is ever retried.
 
 use std::io;
@@ -174,10 +175,10 @@ impl<S: Storage> Flusher<S> {
         }
     }
 
-    /// Writes zeros past the end of a small batch, when the batches before it were small too,
-    /// so that later small batches land in blocks the file system has already allocated. The
-    /// batch's fdatasync makes them durable too. Only ever writes past everything written so
-    /// far: never a block holding records.
+    /// Writes zeros past the end of a small write (a batch, or a run of them), when the writes
+    /// before it were small too, so that later small batches land in blocks the file system has
+    /// already allocated. The run's fdatasync makes them durable too. Only ever writes past
+    /// everything written so far: never a block holding records.
     fn zero_fill_ahead(&mut self, batch_end: u64, batch_len: usize) -> Result<(), IoFailure> {
         let Some(zeros) = &self.zeros else { return Ok(()) };
         if batch_len >= zeros.len() / 16 {

@@ -189,8 +189,9 @@ pub(crate) struct Shared<S: Storage> {
     recycled: Mutex<Vec<PathBuf>>,
     recycle_segments: usize,
     pub stats: CommitStats,
-    /// Records in the batch written last: one means nobody shared its sync, and a waiter may
-    /// as well write its own batch (see `GroupCommitter::write_own`).
+    /// Records in the batch written last: one means nobody shared its sync (or only the
+    /// one-record batches of records larger than a batch, queued behind the one before), and a
+    /// waiter may as well write its own batch (see `GroupCommitter::write_own`).
     last_batch_records: AtomicU64,
     /// The directory's lock, released when the last of the committer and the flusher thread
     /// lets go of this: a log dropped on the flusher thread itself (by a task's waker owning

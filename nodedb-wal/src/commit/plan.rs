@@ -101,7 +101,8 @@ pub struct SegmentPlan {
     pub started: bool,
 }
 
-/// How many times the pool's bytes records larger than a batch may hold, in flight and kept.
+/// How many times the pool's bytes records larger than a batch may hold in flight, and again
+/// keep for reuse.
 /// With only the pool's bytes, records of a few MiB went one at a time: each waited for the
 /// one before it to be written and synced before it could even be encoded, and none were kept
 /// (a 4 MiB record's buffer is larger than the 4 MiB pool), so each paid for a fresh zeroed
@@ -461,7 +462,6 @@ impl Plan {
         };
     }
 
-    /// Whether the active batch holds records.
     /// Hands the oldest sealed batch to the flusher.
     pub fn take_sealed(&mut self) -> Option<Sealed> {
         let job = self.sealed.pop_front()?;
@@ -486,7 +486,8 @@ impl Plan {
     }
 
     /// The sequence number of the batch holding `lsn`, an issued LSN not yet known durable:
-    /// the active batch, a sealed one, or else the one the flusher took.
+    /// the active batch, a sealed one, or else the last one the flusher took. That one ends the
+    /// run being written, which holds `lsn`, and is acknowledged after every other batch of it.
     pub fn batch_of(&self, lsn: Lsn) -> u64 {
         if let Some(active) = self.active.as_ref().filter(|a| lsn >= a.first_lsn) {
             return active.seq;
@@ -494,6 +495,7 @@ impl Plan {
         self.sealed.iter().rev().find(|s| lsn >= s.meta.first_lsn).map_or(self.taken_seq, |s| s.meta.seq)
     }
 
+    /// Whether the active batch holds records.
     pub fn active_has_records(&self) -> bool {
         self.active.as_ref().is_some_and(|a| a.first_lsn < self.next_lsn)
     }
