@@ -168,6 +168,41 @@ fn records_larger_than_a_batch_queued_behind_a_sync_share_the_next_one() {
     assert!(records[1..].iter().enumerate().all(|(i, r)| r.payload == [i as u8; 20 * 1024]));
 }
 
+/// A run of batches is one unit to its waiters: a write that fails after the first batch of the
+/// run is down poisons the log, and no batch of the run is acknowledged, the first included
+/// (it was written, but nothing synced it).
+#[test]
+fn a_write_failing_inside_a_run_of_batches_acknowledges_none_of_them() {
+    use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+    let sim = SimStorage::new(11, FaultConfig::default());
+    let faulty = FaultyStorage::new(sim.clone());
+    let gated = Gated::new(faulty.clone());
+    let mut c = config(std::path::Path::new("/wal"));
+    c.segment_bytes_target = 1 << 20;
+    let wal = SegmentedWal::open_with(gated.clone(), c).unwrap();
+    let ty = RecordType::optional(0x100);
+    // The segment and its MANIFEST entry exist before the run, so its writes are the batches'.
+    wal.append_durable(Record::new(ty, b"opens the segment")).unwrap();
+    gated.gate.shut();
+    let first = wal.append(Record::new(ty, b"first")).unwrap();
+    wal.request_sync(first).unwrap();
+    gated.gate.wait_held();
+    let lsns: Vec<Lsn> = (0..3u8).map(|i| wal.append(Record::new(ty, &[i; 20 * 1024])).unwrap()).collect();
+    wal.request_sync(lsns[2]).unwrap();
+    // The run's first batch is written, its second write fails.
+    faulty.fail_once(FaultOp::Write, 1, EIO);
+    gated.gate.open();
+    wal.wait_durable(first).unwrap();
+    for lsn in &lsns {
+        assert!(matches!(wal.wait_durable(*lsn), Err(WalError::Poisoned { .. })), "{lsn:?}");
+    }
+    assert_eq!(wal.durable_lsn(), first);
+    assert_eq!(faulty.injected(), 1);
+    let written = sim.read_file(&common::seg(std::path::Path::new("/wal"), 1)).unwrap();
+    let frame = common::record_frame(&written, lsns[0].0);
+    assert!(frame.header.durable_lsn < first, "the run's first batch was written, without a claim on it");
+}
+
 #[test]
 fn an_unknown_required_type_stops_a_reader_and_an_unknown_optional_one_is_skipped() {
     use nodedb_wal::format::frame::{decode_frame, seal_frame};
