@@ -214,7 +214,7 @@ pub fn sim_with(files: &[(String, Vec<u8>)]) -> SimStorage {
     let dir = Path::new(DIR);
     sim.create_dir_all(dir).expect("sim dir");
     for (name, bytes) in files {
-        let file = sim.open(&dir.join(name), OpenMode { create: true, write: true, direct: false }).expect("sim open");
+        let file = sim.open(&dir.join(name), OpenMode { create: true, create_new: false, write: true, direct: false }).expect("sim open");
         file.write_at(bytes, 0).expect("sim write");
         file.sync_data().expect("sim sync");
     }
@@ -229,7 +229,9 @@ pub fn damage_in_place<S: Storage>(storage: &S, dir: &Path, ops: &[u8]) {
     let before: Vec<(String, Vec<u8>)> = names
         .into_iter()
         .map(|name| {
-            let file = storage.open(&dir.join(&name), OpenMode { create: false, write: false, direct: false }).expect("a log file");
+            let file = storage
+                .open(&dir.join(&name), OpenMode { create: false, create_new: false, write: false, direct: false })
+                .expect("a log file");
             let mut bytes = vec![0; usize::try_from(file.len().expect("its length")).expect("fits")];
             let read = file.read_at(&mut bytes, 0).expect("its bytes");
             bytes.truncate(read);
@@ -243,7 +245,8 @@ pub fn damage_in_place<S: Storage>(storage: &S, dir: &Path, ops: &[u8]) {
         match after.iter().find(|(n, _)| n == name) {
             None => storage.remove(&path).expect("remove"),
             Some((_, new)) if new != bytes => {
-                let file = storage.open(&path, OpenMode { create: false, write: true, direct: false }).expect("a log file");
+                let file =
+                    storage.open(&path, OpenMode { create: false, create_new: false, write: true, direct: false }).expect("a log file");
                 file.set_len(0).and_then(|()| file.write_at(new, 0)).and_then(|()| file.sync_data()).expect("rewritten");
             }
             Some(_) => {}
