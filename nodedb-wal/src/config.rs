@@ -45,8 +45,8 @@ pub struct SegmentedWalConfig {
     pub batch_buffers: usize,
     /// Largest payload `append` accepts. Larger payloads than `batch_bytes_max` get a batch of
     /// their own, in a buffer of its own: such buffers hold at most four times the pool's
-    /// bytes (`batch_buffers` × `batch_bytes_max`) in flight (or one that is larger still),
-    /// and as many again kept for reuse. A log whose records are often larger than a batch
+    /// bytes (`batch_buffers` × `batch_bytes_max`) in all, in flight and kept for reuse (or
+    /// one that is larger still, alone in flight). A log whose records are often larger than a batch
     /// goes faster with a larger `batch_bytes_max`.
     pub payload_bytes_max: usize,
     /// Write with O_DIRECT (the default), bypassing the page cache.

@@ -101,8 +101,8 @@ pub struct SegmentPlan {
     pub started: bool,
 }
 
-/// How many times the pool's bytes records larger than a batch may hold in flight, and again
-/// keep for reuse.
+/// How many times the pool's bytes the one-off buffers of records larger than a batch may
+/// hold in all, in flight and kept for reuse (or one larger than that, alone in flight).
 /// With only the pool's bytes, records of a few MiB went one at a time: each waited for the
 /// one before it to be written and synced before it could even be encoded, and none were kept
 /// (a 4 MiB record's buffer is larger than the 4 MiB pool), so each paid for a fresh zeroed
@@ -179,8 +179,8 @@ impl Limits {
         self.batch_buffers * self.batch_bytes_max
     }
 
-    /// Bytes the one-off buffers of oversized batches may hold in flight, and keep for reuse:
-    /// [`OVERSIZED_POOLS`] times the pool's.
+    /// Bytes the one-off buffers of oversized batches may hold in all, in flight and kept for
+    /// reuse: [`OVERSIZED_POOLS`] times the pool's.
     pub fn oversized_bytes(&self) -> usize {
         OVERSIZED_POOLS * self.pool_bytes()
     }
@@ -501,26 +501,32 @@ impl Plan {
     }
 
     /// A one-off buffer for an oversized batch of `frame_len` bytes: a kept one that is large
-    /// enough, else a new one.
+    /// enough, else a new one, for which kept ones too small are let go as far as the budget
+    /// needs.
     fn oversized_buffer(&mut self, frame_len: usize) -> Arc<BatchBuf> {
         let slack = self.limits.slack();
         let fits = |buf: &mut Arc<BatchBuf>| sole(buf).reset_to(frame_len, slack);
-        match self.spare_oversized.iter_mut().position(fits) {
-            Some(fits) => self.spare_oversized.swap_remove(fits),
-            None => Arc::new(BatchBuf::new(frame_len, self.limits.block, slack)),
+        if let Some(fits) = self.spare_oversized.iter_mut().position(fits) {
+            return self.spare_oversized.swap_remove(fits);
         }
+        let needed = self.oversized_out + frame_len + slack;
+        while self.spare_oversized_bytes() + needed > self.limits.oversized_bytes() && self.spare_oversized.pop().is_some() {}
+        Arc::new(BatchBuf::new(frame_len, self.limits.block, slack))
+    }
+
+    fn spare_oversized_bytes(&self) -> usize {
+        self.spare_oversized.iter().map(|buf| buf.capacity()).sum()
     }
 
     /// Takes back a written buffer. The pool keeps its own. One-off buffers of oversized
-    /// batches are kept too, up to [`Limits::oversized_bytes`]: an ingest
+    /// batches are kept too, while they and those in flight fit [`Limits::oversized_bytes`]: an ingest
     /// loop appending groups larger than a batch otherwise paid for a fresh, zeroed buffer
     /// (page faults and all) for every group, and ran at ~0.5 of the same records appended
     /// one by one (`compare --pipelined --size 4k`, BENCHMARKS.md).
     pub fn recycle(&mut self, mut buf: Arc<BatchBuf>, oversized: bool) {
         if oversized {
             self.oversized_out -= buf.capacity();
-            let kept: usize = self.spare_oversized.iter().map(|buf| buf.capacity()).sum();
-            if kept + buf.capacity() <= self.limits.oversized_bytes() {
+            if self.spare_oversized_bytes() + self.oversized_out + buf.capacity() <= self.limits.oversized_bytes() {
                 self.spare_oversized.push(buf);
             }
             return;
@@ -716,6 +722,29 @@ mod tests {
         run.clear();
         p.take_sealed_run(&mut run);
         assert!(run.is_empty());
+    }
+
+    #[test]
+    fn oversized_buffers_in_flight_and_kept_stay_within_one_budget() {
+        let mut p = plan(1 << 30);
+        let budget = p.limits.oversized_bytes();
+        let held = |p: &Plan| p.oversized_out + p.spare_oversized.iter().map(|buf| buf.capacity()).sum::<usize>();
+        // Kept buffers of small records, then larger records that none of them fits.
+        let small: Vec<_> = (0..3).map(|_| oversized_batch(&mut p, budget / 5).0).collect();
+        for buf in small {
+            p.recycle(buf, true);
+        }
+        assert_eq!(p.spare_oversized.len(), 3);
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            out.push(oversized_batch(&mut p, budget * 2 / 5).0);
+            assert!(held(&p) <= budget, "{} bytes held against {budget}", held(&p));
+        }
+        assert!(p.spare_oversized.len() < 3, "small kept buffers let go for the large ones");
+        for buf in out {
+            p.recycle(buf, true);
+            assert!(held(&p) <= budget, "{} bytes held against {budget}", held(&p));
+        }
     }
 
     #[test]
