@@ -487,7 +487,7 @@ fn random_dwb_config(rng: &mut SimRng) -> nodedb_wal::DwbConfig {
 /// acknowledged version, or the version of the batch the cut interrupted.
 #[test]
 fn a_double_write_buffer_reopened_with_another_geometry_or_mode_keeps_every_page_old_or_new() {
-    use dwb_support::{FILES, PAGES, Pages, borrow, check, disk, open, page, slot_of, versions};
+    use dwb_support::{FILES, PAGES, Pages, borrow, check, disk, open, page, slot_of, versions, versions_after_crash};
     use nodedb_wal::storage::faulty::FaultyStorage;
     use nodedb_wal::{DwbMode, PageCheck};
     for seed in seeds() {
@@ -530,18 +530,7 @@ fn a_double_write_buffer_reopened_with_another_geometry_or_mode_keeps_every_page
             config = random_dwb_config(&mut rng);
             faulty = FaultyStorage::new(after.clone());
             (dwb, _) = open(faulty.clone(), config.clone());
-            let got = versions(&after);
-            for (i, version) in got.iter().enumerate() {
-                let written = batch
-                    .iter()
-                    .any(|(f, n, b)| slot_of(*f, *n) == i && check(*f, b) == PageCheck::Intact { version: version.unwrap_or(0) });
-                assert!(
-                    *version == acked[i] || (result.is_err() && written),
-                    "seed {seed} step {step} ({config:?}): page {i} is {version:?}, acknowledged {:?}",
-                    acked[i]
-                );
-            }
-            acked = got;
+            acked = versions_after_crash(&after, &acked, &batch, result.is_err(), &format!("seed {seed} step {step} ({config:?})"));
             sim = after;
         }
     }

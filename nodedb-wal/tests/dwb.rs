@@ -246,18 +246,7 @@ fn random_batches_and_crashes_over_a_wrapping_ring_keep_every_page_old_or_new() 
             let after = sim.crash(rng.next_u64());
             faulty = Faulty::new(after.clone());
             (dwb, _) = open(faulty.clone(), config(mode));
-            let got = versions(&after);
-            for (i, version) in got.iter().enumerate() {
-                let written = batch
-                    .iter()
-                    .any(|(f, n, b)| slot_of(*f, *n) == i && check(*f, b) == PageCheck::Intact { version: version.unwrap_or(0) });
-                assert!(
-                    *version == acked[i] || (result.is_err() && written),
-                    "seed {seed} step {step}: page {i} is {version:?}, acknowledged {:?}",
-                    acked[i]
-                );
-            }
-            acked = got;
+            acked = versions_after_crash(&after, &acked, &batch, result.is_err(), &format!("seed {seed} step {step}"));
             sim = after;
         }
     }

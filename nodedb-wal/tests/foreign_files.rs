@@ -5,6 +5,8 @@
 //! the file, the file is left as it was, and every acknowledged record is still there once the
 //! file is moved away and the log reopened.
 
+mod common;
+
 use std::io;
 use std::path::Path;
 
@@ -197,13 +199,7 @@ impl<S: Storage> Storage for FailTheRoll<S> {
     type File = <nodedb_wal::storage::faulty::FaultyStorage<S> as Storage>::File;
     type Lock = S::Lock;
 
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-
-    fn lock_dir(&self, dir: &Path) -> io::Result<S::Lock> {
-        self.inner.lock_dir(dir)
-    }
+    pass_through_dir_ops!();
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.inner.list(dir)
@@ -217,22 +213,6 @@ impl<S: Storage> Storage for FailTheRoll<S> {
             self.inner.fail_once(step, 0, nodedb_wal::storage::faulty::EIO);
         }
         Ok(file)
-    }
-
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-
-    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename_no_replace(from, to)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.inner.sync_dir(dir)
     }
 }
 

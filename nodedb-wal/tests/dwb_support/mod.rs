@@ -119,3 +119,15 @@ pub type Pages = Vec<(FileId, u64, Vec<u8>)>;
 pub fn borrow(pages: &Pages) -> Vec<PageWrite<'_>> {
     pages.iter().map(|(f, n, b)| (*f, *n, &b[..])).collect()
 }
+
+/// The pages' versions after a crash, each checked against what was acknowledged: the
+/// acknowledged version, or, where the batch failed, the version the batch wrote.
+pub fn versions_after_crash(after: &SimStorage, acked: &[Option<u64>], batch: &Pages, failed: bool, context: &str) -> Vec<Option<u64>> {
+    let got = versions(after);
+    for (i, version) in got.iter().enumerate() {
+        let written =
+            batch.iter().any(|(f, n, b)| slot_of(*f, *n) == i && check(*f, b) == PageCheck::Intact { version: version.unwrap_or(0) });
+        assert!(*version == acked[i] || (failed && written), "{context}: page {i} is {version:?}, acknowledged {:?}", acked[i]);
+    }
+    got
+}
