@@ -487,9 +487,9 @@ fn random_dwb_config(rng: &mut SimRng) -> nodedb_wal::DwbConfig {
 /// acknowledged version, or the version of the batch the cut interrupted.
 #[test]
 fn a_double_write_buffer_reopened_with_another_geometry_or_mode_keeps_every_page_old_or_new() {
-    use dwb_support::{FILES, PAGES, Pages, borrow, check, disk, open, page, slot_of, versions, versions_after_crash};
+    use dwb_support::{borrow, disk, note_acknowledged, open, random_batch, versions, versions_after_crash};
+    use nodedb_wal::DwbMode;
     use nodedb_wal::storage::faulty::FaultyStorage;
-    use nodedb_wal::{DwbMode, PageCheck};
     for seed in seeds() {
         let mut rng = SimRng::new(seed);
         let mut sim = disk(seed);
@@ -500,12 +500,7 @@ fn a_double_write_buffer_reopened_with_another_geometry_or_mode_keeps_every_page
         let mut next_version = 2;
         for step in 0..30 {
             let count = 1 + rng.below(12) as usize;
-            let mut batch = Pages::new();
-            for _ in 0..count {
-                let (f, n) = (FILES[rng.below(2) as usize], rng.below(PAGES));
-                batch.push((f, n, page(f, n, next_version)));
-                next_version += 1;
-            }
+            let batch = random_batch(&mut rng, count, &mut next_version);
             // Off writes pages in place unprotected: a cut there may tear them, as promised.
             let cut = config.mode != DwbMode::Off && rng.below(3) == 0;
             if cut {
@@ -514,10 +509,7 @@ fn a_double_write_buffer_reopened_with_another_geometry_or_mode_keeps_every_page
             let result = dwb.write_pages(&borrow(&batch));
             faulty.restore_power();
             if result.is_ok() {
-                for (f, n, bytes) in &batch {
-                    let PageCheck::Intact { version } = check(*f, bytes) else { unreachable!() };
-                    acked[slot_of(*f, *n)] = Some(version);
-                }
+                note_acknowledged(&mut acked, &batch);
             }
             if !cut {
                 result.as_ref().unwrap();

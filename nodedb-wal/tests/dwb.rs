@@ -220,12 +220,7 @@ fn random_batches_and_crashes_over_a_wrapping_ring_keep_every_page_old_or_new() 
         let mut next_version = 2;
         for step in 0..40 {
             let count = 1 + rng.below(22) as usize;
-            let mut batch = Pages::new();
-            for _ in 0..count {
-                let (f, n) = (FILES[rng.below(2) as usize], rng.below(PAGES));
-                batch.push((f, n, page(f, n, next_version)));
-                next_version += 1;
-            }
+            let batch = random_batch(&mut rng, count, &mut next_version);
             let cut = rng.below(3) == 0;
             if cut {
                 faulty.cut_power_after(rng.below(2 * count as u64 + 8));
@@ -233,10 +228,7 @@ fn random_batches_and_crashes_over_a_wrapping_ring_keep_every_page_old_or_new() 
             let result = dwb.write_pages(&borrow(&batch));
             faulty.restore_power();
             if result.is_ok() {
-                for (f, n, bytes) in &batch {
-                    let PageCheck::Intact { version } = check(*f, bytes) else { unreachable!() };
-                    acked[slot_of(*f, *n)] = Some(version);
-                }
+                note_acknowledged(&mut acked, &batch);
             }
             if !cut {
                 result.unwrap();

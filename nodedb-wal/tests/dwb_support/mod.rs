@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use nodedb_wal::dwb::PageWrite;
-use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile, SyncFailure};
+use nodedb_wal::storage::{FaultConfig, OpenMode, SimRng, Storage, StorageFile, SyncFailure};
 use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, FileId, PageCheck, SimStorage};
 
 /// Bytes of every test page.
@@ -130,4 +130,23 @@ pub fn versions_after_crash(after: &SimStorage, acked: &[Option<u64>], batch: &P
         assert!(*version == acked[i] || (failed && written), "{context}: page {i} is {version:?}, acknowledged {:?}", acked[i]);
     }
     got
+}
+
+/// `count` pages at random, each a new version counted from `next_version`.
+pub fn random_batch(rng: &mut SimRng, count: usize, next_version: &mut u64) -> Pages {
+    (0..count)
+        .map(|_| {
+            let (f, n) = (FILES[rng.below(2) as usize], rng.below(PAGES));
+            *next_version += 1;
+            (f, n, page(f, n, *next_version - 1))
+        })
+        .collect()
+}
+
+/// Records the versions of a batch the buffer acknowledged.
+pub fn note_acknowledged(acked: &mut [Option<u64>], batch: &Pages) {
+    for (f, n, bytes) in batch {
+        let PageCheck::Intact { version } = check(*f, bytes) else { unreachable!("a page this test made") };
+        acked[slot_of(*f, *n)] = Some(version);
+    }
 }
