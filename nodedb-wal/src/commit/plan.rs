@@ -107,7 +107,8 @@ pub struct SegmentPlan {
 /// one before it to be written and synced before it could even be encoded, and none were kept
 /// (a 4 MiB record's buffer is larger than the 4 MiB pool), so each paid for a fresh zeroed
 /// buffer. 16 threads of 4 MiB records ran at 0.3-0.7x okaywal; with four times the pool, and
-/// the flusher writing queued batches under one sync, 1.0-1.4x (BENCHMARKS.md).
+/// the flusher writing queued batches under one sync, about 1.0x (1.04x in the full run of
+/// BENCHMARKS.md).
 const OVERSIZED_POOLS: usize = 4;
 
 /// An appender's place among those waiting for room, once it was refused: kept across its
@@ -538,11 +539,15 @@ impl Plan {
 }
 
 /// Whether batch `next` goes on where `prev` ends, in the same open segment.
+/// Batches are sealed in order and each starts where the one before ended, so within one
+/// segment they always continue each other: only a segment's end or start breaks a run.
 fn continues(prev: &BatchMeta, next: &BatchMeta) -> bool {
-    !prev.ends_segment
-        && !next.target.create
-        && next.target.segment == prev.target.segment
-        && next.target.offset == prev.target.offset + prev.padded as u64
+    let goes_on = !prev.ends_segment && !next.target.create;
+    debug_assert!(
+        !goes_on || (next.target.segment == prev.target.segment && next.target.offset == prev.target.offset + prev.padded as u64),
+        "batches of one segment sealed out of order"
+    );
+    goes_on
 }
 
 /// A buffer back from the flusher (or kept), which no region shares any more.
