@@ -3,9 +3,27 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::ffi::c_void;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+
+use rustix::mm::{MapFlags, ProtFlags};
+
+/// From this size up, a buffer is a mapping of its own, in transparent huge pages where the
+/// kernel gives them. From the heap, a large buffer cost a page fault per 4 KiB page and a
+/// `memset` over pages the kernel had just zeroed: a 16 MiB record's one-off buffer took
+/// ~10 ms of CPU (most of the 16 ms the record cost, `perf` in BENCHMARKS.md).
+const MAPPED_FROM: usize = 2 << 20;
+
+/// The smallest page size of the platforms the crate runs on: every mapping starts and ends
+/// on a multiple of it.
+const MIN_PAGE: usize = 4096;
+
+/// The bytes a mapped buffer of `layout` maps: its size in whole pages.
+fn mapped_len(layout: Layout) -> usize {
+    layout.size().next_multiple_of(MIN_PAGE)
+}
 
 /// A zero-initialised byte buffer whose address and length are multiples of `align`.
 ///
@@ -25,6 +43,8 @@ use std::ptr::NonNull;
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     layout: Layout,
+    /// A mapping of its own (see [`MAPPED_FROM`]), not a heap allocation.
+    mapped: bool,
 }
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Box<[u8]>.
@@ -50,10 +70,49 @@ impl AlignedBuf {
         // Checked in release builds too: a wrapped size would allocate less than `len`.
         let size = len.div_ceil(align).max(1).checked_mul(align).expect("buffer size overflows");
         let layout = Layout::from_size_align(size, align).expect("buffer size overflows");
+        if size >= MAPPED_FROM
+            && let Some(buf) = AlignedBuf::mapped(layout)
+        {
+            return buf;
+        }
         // SAFETY: the layout has a non-zero size (at least one `align` unit).
         let raw = unsafe { alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
-        AlignedBuf { ptr, layout }
+        AlignedBuf { ptr, layout, mapped: false }
+    }
+
+    /// A private anonymous mapping of `layout.size()` bytes aligned to `layout.align()`, which
+    /// the kernel fills with zeros as they are first touched; `None` if it cannot be made (the
+    /// heap then serves).
+    fn mapped(layout: Layout) -> Option<AlignedBuf> {
+        let (len, align) = (mapped_len(layout), layout.align());
+        // Over-asked by up to `align` where that is finer than any page, then trimmed to an
+        // aligned start: the kernel aligns a mapping to its page size only.
+        let slack = if align > MIN_PAGE { align } else { 0 };
+        let total = len.checked_add(slack)?;
+        let prot = ProtFlags::READ | ProtFlags::WRITE;
+        // SAFETY: a new mapping at an address the kernel chooses: it overlaps nothing else.
+        let raw = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), total, prot, MapFlags::PRIVATE) }.ok()?;
+        let head = (raw as usize).next_multiple_of(align) - raw as usize;
+        let tail = total - head - len;
+        // SAFETY: the ranges before the aligned start and after its `len` bytes lie inside the
+        // mapping just made, and page aligned (`raw`, `len` and `align` where it is not 0 are
+        // multiples of MIN_PAGE); nothing refers to them.
+        unsafe {
+            let start = raw.cast::<u8>();
+            for (at, n) in [(start, head), (start.add(head + len), tail)] {
+                if n > 0 {
+                    let _ = rustix::mm::munmap(at.cast::<c_void>(), n);
+                }
+            }
+        }
+        // SAFETY: `head` bytes into the mapping, so in it and not null.
+        let ptr = NonNull::new(unsafe { raw.cast::<u8>().add(head) })?;
+        // Advice only: where the kernel gives no huge pages, the buffer has small ones.
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on the mapping just made, which nothing else uses yet.
+        let _ = unsafe { rustix::mm::madvise(ptr.as_ptr().cast::<c_void>(), len, rustix::mm::Advice::LinuxHugepage) };
+        Some(AlignedBuf { ptr, layout, mapped: true })
     }
 
     /// The buffer's alignment. See [`AlignedBuf`] for an example.
@@ -85,6 +144,14 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: ptr is the start of a mapping of exactly `mapped_len` bytes made by
+            // `mapped`, unmapped once; no slice of it outlives `self`.
+            if let Err(err) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast::<c_void>(), mapped_len(self.layout)) } {
+                tracing::warn!(%err, "munmap of a buffer failed; its memory stays mapped");
+            }
+            return;
+        }
         // SAFETY: ptr was allocated with exactly this layout and is freed once.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
     }
@@ -104,6 +171,20 @@ mod tests {
     #[should_panic(expected = "overflows")]
     fn a_size_that_would_wrap_panics_instead_of_allocating_less() {
         let _ = AlignedBuf::zeroed(usize::MAX, 4096);
+    }
+
+    #[test]
+    fn a_large_buffer_is_mapped_aligned_and_zeroed_like_a_small_one() {
+        for align in [512, 4096, 1 << 20] {
+            let mut b = AlignedBuf::zeroed(MAPPED_FROM + 1, align);
+            assert!(b.mapped, "from the threshold up");
+            assert_eq!(b.as_ptr() as usize % align, 0);
+            assert_eq!(b.len(), (MAPPED_FROM + 1).next_multiple_of(align));
+            assert!(b.iter().all(|&x| x == 0));
+            b.fill(7);
+            assert!(b.iter().all(|&x| x == 7), "writable to its last byte");
+        }
+        assert!(!AlignedBuf::zeroed(MAPPED_FROM - 4096, 4096).mapped);
     }
 
     #[test]
