@@ -351,13 +351,16 @@ impl<S: Storage> Shared<S> {
 
     /// The batches of a run are durable: return their buffers to the pool.
     fn finish_batches(&self, run: &mut Vec<Sealed>) {
+        let mut let_go = Vec::new();
         let mut plan = lock(&self.plan);
         for Sealed { buf, meta } in run.drain(..) {
-            plan.recycle(buf, meta.oversized);
+            let_go.extend(plan.recycle(buf, meta.oversized));
         }
         if plan.space_waiters > 0 {
             self.space.notify_all();
         }
+        drop(plan);
+        drop(let_go);
     }
 
     /// Records what a written batch added to its segment and advances the durable watermark.

@@ -523,18 +523,23 @@ impl Plan {
     /// batches are kept too, while they and those in flight fit [`Limits::oversized_bytes`]: an ingest
     /// loop appending groups larger than a batch otherwise paid for a fresh, zeroed buffer
     /// (page faults and all) for every group, and ran at ~0.5 of the same records appended
-    /// one by one (`compare --pipelined --size 4k`, BENCHMARKS.md).
-    pub fn recycle(&mut self, mut buf: Arc<BatchBuf>, oversized: bool) {
+    /// one by one (`compare --pipelined --size 4k`, BENCHMARKS.md). Returns a buffer it lets
+    /// go, for the caller to drop once it has let go of the lock (unmapping a large buffer
+    /// in small pages takes a millisecond or more).
+    #[must_use = "a buffer let go is to be dropped after the lock is"]
+    pub fn recycle(&mut self, mut buf: Arc<BatchBuf>, oversized: bool) -> Option<Arc<BatchBuf>> {
         if oversized {
             self.oversized_out -= buf.capacity();
             if self.spare_oversized_bytes() + self.oversized_out + buf.capacity() <= self.limits.oversized_bytes() {
                 self.spare_oversized.push(buf);
+                return None;
             }
-            return;
+            return Some(buf);
         }
         sole(&mut buf).reset();
         self.buffers_out -= 1;
         self.free.push(buf);
+        None
     }
 }
 
@@ -613,7 +618,7 @@ mod tests {
                     ended.push((m.target.segment, m.end_lsn, m.target.offset + m.padded as u64));
                 }
                 let oversized = m.oversized;
-                p.recycle(b.buf, oversized);
+                let _ = p.recycle(b.buf, oversized);
             }
         }
         // Three one-block batches fit after the header block; the fourth rolls.
@@ -653,22 +658,22 @@ mod tests {
         p.limits.batch_buffers = 2;
         let budget = p.limits.oversized_bytes();
         let (buf, first) = oversized_batch(&mut p, 20 * 1024);
-        p.recycle(buf, true);
+        let _ = p.recycle(buf, true);
         // A smaller oversized batch reuses the kept buffer, limited to its own length.
         let (buf, second) = oversized_batch(&mut p, 18 * 1024);
         assert_eq!(second, first, "the kept buffer");
         assert_eq!(buf.limit(), HEADER_LEN + 18 * 1024, "no room for records the batch does not hold");
-        p.recycle(buf, true);
+        let _ = p.recycle(buf, true);
         // A larger one needs a new buffer; both are kept while they fit the budget.
         let (buf, third) = oversized_batch(&mut p, 24 * 1024);
         assert_ne!(third, first);
-        p.recycle(buf, true);
+        let _ = p.recycle(buf, true);
         assert_eq!(p.spare_oversized.len(), 2);
         let kept: usize = p.spare_oversized.iter().map(|buf| buf.capacity()).sum();
         assert!(kept <= budget, "{kept} bytes kept");
         // One that would take the kept bytes past the budget is dropped.
         let (big, _) = oversized_batch(&mut p, budget - kept);
-        p.recycle(big, true);
+        let _ = p.recycle(big, true);
         assert_eq!(p.spare_oversized.len(), 2);
         assert_eq!(p.oversized_out, 0);
     }
@@ -683,13 +688,13 @@ mod tests {
         // A record larger than the whole budget still gets a batch when none is in flight.
         let (huge, _) = oversized_batch(&mut p, 2 * budget);
         assert!(matches!(p.reserve(Frames::one(20 * 1024), &mut salt()), Err(Wait::ForBuffer)), "waits while the huge one is out");
-        p.recycle(huge, true);
+        let _ = p.recycle(huge, true);
         // Below the budget several go at once; the one that would pass it waits for the disk.
         let (first, _) = oversized_batch(&mut p, large);
         let (second, _) = oversized_batch(&mut p, large);
         assert!(matches!(p.reserve(Frames::one(large), &mut salt()), Err(Wait::ForBuffer)));
         assert!(p.active.is_none(), "the waiter left nothing active that the flusher would not write");
-        p.recycle(first, true);
+        let _ = p.recycle(first, true);
         let (third, _) = oversized_batch(&mut p, large);
         // Small records are not held back by large ones in flight: they use the pool.
         let small = p.reserve(Frames::one(100), &mut salt()).unwrap();
@@ -698,7 +703,7 @@ mod tests {
         let pooled = p.take_sealed().unwrap();
         assert!(!pooled.meta.oversized);
         for buf in [second, third] {
-            p.recycle(buf, true);
+            let _ = p.recycle(buf, true);
         }
         assert_eq!(p.oversized_out, 0);
     }
@@ -737,7 +742,7 @@ mod tests {
         // Kept buffers of small records, then larger records that none of them fits.
         let small: Vec<_> = (0..3).map(|_| oversized_batch(&mut p, budget / 5).0).collect();
         for buf in small {
-            p.recycle(buf, true);
+            let _ = p.recycle(buf, true);
         }
         assert_eq!(p.spare_oversized.len(), 3);
         let mut out = Vec::new();
@@ -747,7 +752,7 @@ mod tests {
         }
         assert!(p.spare_oversized.len() < 3, "small kept buffers let go for the large ones");
         for buf in out {
-            p.recycle(buf, true);
+            let _ = p.recycle(buf, true);
             assert!(held(&p) <= budget, "{} bytes held against {budget}", held(&p));
         }
     }
@@ -770,11 +775,11 @@ mod tests {
             Err(other) => panic!("{other:?}"),
         };
         assert!(!try_in(&mut p, &mut a) && !try_in(&mut p, &mut b), "no room for either");
-        p.recycle(first, true);
+        let _ = p.recycle(first, true);
         assert!(!try_in(&mut p, &mut b), "room for one, and it is a's");
         assert!(!try_in(&mut p, &mut late), "nor for one who asks later");
         assert!(try_in(&mut p, &mut a));
-        p.recycle(second, true);
+        let _ = p.recycle(second, true);
         assert!(!try_in(&mut p, &mut late), "b asked first");
         assert!(try_in(&mut p, &mut b));
         p.oversized_turns.leave(&mut late);
