@@ -1,4 +1,4 @@
-//! Heap buffers aligned for O_DIRECT.
+//! Buffers aligned for O_DIRECT: from the heap, or mappings of their own when large.
 
 #![allow(unsafe_code)]
 
@@ -16,13 +16,9 @@ use rustix::mm::{MapFlags, ProtFlags};
 /// ~10 ms of CPU (most of the 16 ms the record cost, `perf` in BENCHMARKS.md).
 const MAPPED_FROM: usize = 2 << 20;
 
-/// The smallest page size of the platforms the crate runs on: every mapping starts and ends
-/// on a multiple of it.
-const MIN_PAGE: usize = 4096;
-
 /// The bytes a mapped buffer of `layout` maps: its size in whole pages.
 fn mapped_len(layout: Layout) -> usize {
-    layout.size().next_multiple_of(MIN_PAGE)
+    layout.size().next_multiple_of(rustix::param::page_size())
 }
 
 /// A zero-initialised byte buffer whose address and length are multiples of `align`.
@@ -86,9 +82,9 @@ impl AlignedBuf {
     /// heap then serves).
     fn mapped(layout: Layout) -> Option<AlignedBuf> {
         let (len, align) = (mapped_len(layout), layout.align());
-        // Over-asked by up to `align` where that is finer than any page, then trimmed to an
-        // aligned start: the kernel aligns a mapping to its page size only.
-        let slack = if align > MIN_PAGE { align } else { 0 };
+        // Where `align` is coarser than a page, over-asked by `align` and trimmed to an aligned
+        // start: the kernel aligns a mapping to its page size only.
+        let slack = if align > rustix::param::page_size() { align } else { 0 };
         let total = len.checked_add(slack)?;
         let prot = ProtFlags::READ | ProtFlags::WRITE;
         // SAFETY: a new mapping at an address the kernel chooses: it overlaps nothing else.
@@ -96,8 +92,8 @@ impl AlignedBuf {
         let head = (raw as usize).next_multiple_of(align) - raw as usize;
         let tail = total - head - len;
         // SAFETY: the ranges before the aligned start and after its `len` bytes lie inside the
-        // mapping just made, and page aligned (`raw`, `len` and `align` where it is not 0 are
-        // multiples of MIN_PAGE); nothing refers to them.
+        // mapping just made, and page aligned (`raw` and `len` are multiples of the page size,
+        // and so is `align` where `slack` is not 0); nothing refers to them.
         unsafe {
             let start = raw.cast::<u8>();
             for (at, n) in [(start, head), (start.add(head + len), tail)] {
