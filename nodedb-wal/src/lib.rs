@@ -8,8 +8,94 @@
 //!
 //! Beside the log, [`DoubleWriteBuffer`] protects the storage engines' in-place page writes
 //! from torn pages: page images go to a side file first, with one fdatasync per batch.
+//!
+//! # A database's use of the log
+//!
+//! Open the log at start-up (recovery runs first), replay what the engines have not applied,
+//! then append; once the engines have made a checkpoint durable, drop the log below it.
+//!
+//! ```
+//! use nodedb_wal::{CollectionTombstonePayload, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig};
+//!
+//! // The application's own record type: 0x0100..=0x7FFF may be skipped by older readers.
+//! const PUT: RecordType = RecordType::optional(0x100);
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut config = SegmentedWalConfig::new(dir.path().join("wal"));
+//! config.allow_buffered_fallback = true; // a temporary directory may refuse O_DIRECT
+//!
+//! // Write. `append` only buffers; a record is acknowledged once a sync covers it.
+//! let wal = SegmentedWal::open(config.clone())?;
+//! wal.append_durable(Record::new(PUT, b"orders/1"))?;
+//! let lsns = wal.append_batch(&[Record::new(PUT, b"orders/2"), Record::new(PUT, b"orders/3")])?;
+//! wal.wait_durable(*lsns.end())?; // one fdatasync for both
+//! let drop_at = wal.next_lsn();
+//! wal.append_tombstone(&CollectionTombstonePayload { database: 0, tenant: 0, collection: "orders".into(), purge_lsn: drop_at })?;
+//! wal.append_durable(Record::new(PUT, b"orders/1 again"))?;
+//! drop(wal); // a crash: nothing acknowledged is lost
+//!
+//! // Restart. Recovery has cut any torn tail and gathered the tombstones in its scan.
+//! let wal = SegmentedWal::open(config)?;
+//! let info = wal.recovery_info();
+//! let engine_applied = Lsn::ZERO; // what the engines' own files already hold
+//! let mut replayed = Vec::new();
+//! for record in wal.read_from(engine_applied.next().max(wal.oldest_lsn()))? {
+//!     let record = record?;
+//!     if record.record_type == PUT && info.tombstones.is_live(&record, "orders") {
+//!         replayed.push(record.payload.into_vec());
+//!     }
+//! }
+//! assert_eq!(replayed, [b"orders/1 again".to_vec()], "the rows before the drop stay dropped");
+//!
+//! // Checkpoint: the engines hold everything below `checkpoint` in their own files.
+//! let checkpoint = wal.sync()?;
+//! wal.truncate_before(checkpoint)?; // whole segments only; the newest is always kept
+//! wal.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Where things are
+//!
+//! - **Writing**: [`SegmentedWal`] (`Send + Sync`; share it in an `Arc`) with
+//!   [`append`](SegmentedWal::append), [`append_durable`](SegmentedWal::append_durable),
+//!   [`append_group`](SegmentedWal::append_group) (all or nothing after a crash),
+//!   [`append_batch`](SegmentedWal::append_batch) (many records, one reservation);
+//!   waiting with [`wait_durable`](SegmentedWal::wait_durable), the
+//!   [`durable`](SegmentedWal::durable) future, [`request_sync`](SegmentedWal::request_sync)
+//!   or [`sync`](SegmentedWal::sync). Settings: [`SegmentedWalConfig`].
+//! - **Reading**: [`read_from`](SegmentedWal::read_from) ([`WalIter`], whose
+//!   [`next_view`](WalIter::next_view) lends records without a copy),
+//!   [`read_mapped`](SegmentedWal::read_mapped) for a long catch-up,
+//!   [`lazy_reader`](SegmentedWal::lazy_reader) for headers first ([`LazyWalReader`]),
+//!   [`replay_parallel`](SegmentedWal::replay_parallel), and [`tail`](SegmentedWal::tail) to
+//!   follow the live log ([`Tail`]). [`ReadOnlyWal`] reads a log without owning it (tools, or
+//!   beside the writer); the `nodedb-wal` binary is such a tool.
+//! - **Retention**: [`truncate_before`](SegmentedWal::truncate_before) and
+//!   [`oldest_lsn`](SegmentedWal::oldest_lsn).
+//! - **Records the engines share**: [`append_tombstone`](SegmentedWal::append_tombstone),
+//!   [`append_temporal_purge`](SegmentedWal::append_temporal_purge) and
+//!   [`append_calvin_applied`](SegmentedWal::append_calvin_applied); at open, recovery hands
+//!   the first two back in [`RecoveryInfo`].
+//! - **Encryption at rest**: [`SegmentedWalConfig::key_ring`] with a [`KeyRing`] of
+//!   [`SecureKey`]s; [`encrypt_engine_file`] for the engines' own files.
+//! - **Segments made elsewhere** (an import): [`WalWriter`].
+//! - **Torn pages of in-place writes**: [`DoubleWriteBuffer`].
+//! - **Tests**: [`SimStorage`] (a simulated disk that crashes on request) and
+//!   [`storage::faulty::FaultyStorage`] (injected I/O errors), through
+//!   [`SegmentedWal::open_with`].
+//! - **Errors**: one type, [`WalError`]. [`WalError::Poisoned`] means a write or fdatasync
+//!   failed: nothing more is accepted, and reopening the log recovers what the disk holds.
+//!
+//! The repository's `docs/` holds the byte layout (`FORMAT.md`), what each call promises and
+//! the test behind each promise (`DURABILITY.md`), and the reasons behind the design
+//! (`DESIGN.md`).
 
 #![warn(missing_docs)]
+
+/// The README's code, compiled with the doctests so that it stays right.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 
 mod commit;
 mod config;
