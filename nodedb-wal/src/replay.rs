@@ -102,6 +102,10 @@ impl TombstoneSet {
 }
 
 /// Builds the tombstone set from records in one pass; a malformed tombstone is an error.
+///
+/// At open, recovery has already done this for the whole log: [`crate::RecoveryInfo::tombstones`].
+/// This is for records held in memory anyway (a batch shipped to a replica, say); collecting a
+/// whole log to call it holds every record at once.
 pub fn extract_tombstones<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<TombstoneSet> {
     let mut set = TombstoneSet::new();
     for r in records.into_iter().filter(|r| r.record_type == RecordType::COLLECTION_TOMBSTONE) {
@@ -125,6 +129,9 @@ pub struct TemporalPurge {
 }
 
 /// The temporal purges among records, in LSN order, for the engines to apply at recovery.
+///
+/// At open, recovery has already done this for the whole log:
+/// [`crate::RecoveryInfo::temporal_purges`].
 pub fn extract_temporal_purges<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<Vec<TemporalPurge>> {
     records
         .into_iter()

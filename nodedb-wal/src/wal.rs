@@ -299,17 +299,24 @@ impl<S: Storage> SegmentedWal<S> {
     ///
     /// ```
     /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
-    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
     /// # let ty = RecordType::optional(0x100);
     /// use nodedb_wal::CollectionTombstonePayload;
-    /// let keep = wal.append(Record::new(ty, b"a row"))?;
+    /// let dropped = wal.append(Record::new(ty, b"a row"))?;
     /// let drop_at = wal.next_lsn();
     /// let tombstone = CollectionTombstonePayload { database: 0, tenant: 0, collection: "orders".into(), purge_lsn: drop_at };
     /// wal.append_tombstone(&tombstone)?;
     /// wal.sync()?;
-    /// // Recovery gathers tombstones in its scan; replay filters with them.
-    /// let set = nodedb_wal::extract_tombstones(&wal.read_from(Lsn::FIRST)?.collect::<Result<Vec<_>, _>>()?)?;
-    /// assert!(set.is_dropped(0, 0, "orders", keep));
+    /// drop(wal);
+    ///
+    /// // At the next open, recovery has gathered the tombstones in its scan: replay filters
+    /// // with them, without reading the log twice.
+    /// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
+    /// let tombstones = &wal.recovery_info().tombstones;
+    /// let row = wal.read_from(Lsn::FIRST)?.next().expect("the row")?;
+    /// assert_eq!(row.lsn, dropped);
+    /// assert!(!tombstones.is_live(&row, "orders"));
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn append_tombstone(&self, tombstone: &CollectionTombstonePayload) -> Result<Lsn> {
@@ -326,15 +333,17 @@ impl<S: Storage> SegmentedWal<S> {
     ///
     /// ```
     /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
-    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
     /// # let ty = RecordType::optional(0x100);
     /// use nodedb_wal::{Scope, TemporalPurge, TemporalPurgeEngine, TemporalPurgePayload};
     /// let purge = TemporalPurgePayload { engine: TemporalPurgeEngine::Timeseries, collection: "cpu".into(), cutoff_unix_ms: 1_700_000_000_000, purged_count: 42 };
     /// let scope = Scope { database: 1, tenant: 2, vshard: 0 };
     /// let lsn = wal.append_temporal_purge(&purge, scope)?;
-    /// wal.wait_durable(lsn)?;
-    /// let purges = nodedb_wal::extract_temporal_purges(&wal.read_from(Lsn::FIRST)?.collect::<Result<Vec<_>, _>>()?)?;
-    /// assert_eq!(purges, vec![TemporalPurge { lsn, scope, purge }]);
+    /// wal.close()?;
+    /// // At the next open, recovery hands the purges to the engines, in LSN order.
+    /// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
+    /// assert_eq!(wal.recovery_info().temporal_purges, vec![TemporalPurge { lsn, scope, purge }]);
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn append_temporal_purge(&self, purge: &TemporalPurgePayload, scope: Scope) -> Result<Lsn> {
