@@ -107,6 +107,10 @@ pub enum IoOp {
 /// let err = nodedb_wal::recovery::inspect_dir(&sim, dir, None).unwrap_err();
 /// assert!(err.is_corruption());
 /// assert!(matches!(err, WalError::Corruption { segment: SegmentId(1), offset: 4096, kind: CorruptionKind::BadFrame }), "{err}");
+/// assert_eq!(
+///     err.to_string(),
+///     "corruption in segment 1 at offset 4096: a record frame fails its checksum or structure checks where intact records must be; nothing was cut or repaired"
+/// );
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +155,28 @@ pub enum CorruptionKind {
     BadPayload,
     /// A sealed segment ends inside an atomic group (a group never spans a seal).
     IncompleteGroup,
+}
+
+impl std::fmt::Display for CorruptionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorruptionKind::BadPreambleMagic => f.write_str("the file does not open with a WAL segment's preamble"),
+            CorruptionKind::BadSegmentHeader => f.write_str("the segment's header frame is damaged, and the segment holds records"),
+            CorruptionKind::BadFrame => f.write_str("a record frame fails its checksum or structure checks where intact records must be"),
+            CorruptionKind::LsnOutOfOrder { expected, found } => write!(f, "a record carries LSN {found} where {expected} was next"),
+            CorruptionKind::UnsealedSegment => f.write_str("a segment that is not the newest does not end with its end frame"),
+            CorruptionKind::DamageBeforeDurableRecords { lost_from, durable_claimed } => write!(
+                f,
+                "damaged bytes from LSN {lost_from} on are followed by intact records that say LSNs up to {durable_claimed} were durable; cutting there would lose acknowledged records"
+            ),
+            CorruptionKind::LsnGap { expected, found } => {
+                write!(f, "the segment starts at LSN {found}, and the one before it ends where {expected} would be next")
+            }
+            CorruptionKind::IdentityMismatch { header_id } => write!(f, "the file's header names segment {header_id}"),
+            CorruptionKind::BadPayload => f.write_str("a payload does not decode"),
+            CorruptionKind::IncompleteGroup => f.write_str("a sealed segment ends inside an atomic group"),
+        }
+    }
 }
 
 /// Why an engine segment file could not be encrypted or decrypted.
@@ -206,6 +232,22 @@ pub enum EngineFileProblem {
         /// The chunk's index.
         chunk: u64,
     },
+}
+
+impl std::fmt::Display for EngineFileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineFileProblem::NoActiveKey => f.write_str("encrypting needs an active key in the key ring"),
+            EngineFileProblem::NotAnEngineFile => f.write_str("the bytes do not open with an engine file preamble (NSEG)"),
+            EngineFileProblem::UnsupportedVersion { version } => write!(f, "format version {version} is not one this build reads"),
+            EngineFileProblem::UnsupportedCipher { cipher } => write!(f, "cipher {cipher} is unknown to this build"),
+            EngineFileProblem::BadHeader => f.write_str("the header's chunk length or reserved bytes are invalid"),
+            EngineFileProblem::Truncated => f.write_str("the file ends before its header or its last chunk"),
+            EngineFileProblem::AuthenticationFailed { chunk } => {
+                write!(f, "chunk {chunk} failed authentication (wrong key, or the file was altered, reordered or cut)")
+            }
+        }
+    }
 }
 
 /// Why a key file was refused.
@@ -290,7 +332,7 @@ impl std::fmt::Display for KeyFileProblem {
 /// let err = wal.append(Record::new(RecordType::optional(0x100), b"too long")).unwrap_err();
 /// assert!(matches!(err, WalError::PayloadTooLarge { len: 8, max: 4 }));
 /// assert!(!err.is_corruption(), "misuse, not damage");
-/// assert_eq!(err.to_string(), "payload of 8 bytes exceeds the maximum of 4");
+/// assert_eq!(err.to_string(), "payload of 8 bytes exceeds the maximum of 4 (`payload_bytes_max` in the config)");
 ///
 /// // The crate's own record types cannot be appended as application records.
 /// let err = wal.append(Record::new(RecordType::PADDING, b"")).unwrap_err();
@@ -312,7 +354,7 @@ pub enum WalError {
         source: io::Error,
     },
     /// Bytes that must be intact are not. Nothing was cut or repaired.
-    #[error("corruption in segment {segment} at offset {offset}: {kind:?}")]
+    #[error("corruption in segment {segment} at offset {offset}: {kind}; nothing was cut or repaired")]
     Corruption {
         /// The segment file.
         segment: SegmentId,
@@ -410,7 +452,7 @@ pub enum WalError {
         path: Option<PathBuf>,
     },
     /// A payload exceeds the configured maximum. Nothing was appended and no LSN was used.
-    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    #[error("payload of {len} bytes exceeds the maximum of {max} (`payload_bytes_max` in the config)")]
     PayloadTooLarge {
         /// The payload's length.
         len: usize,
@@ -449,7 +491,7 @@ pub enum WalError {
     },
     /// Another `SegmentedWal` or [`crate::WalWriter`] (in this or another process) has the
     /// directory open.
-    #[error("{} is locked by another writer", path.display())]
+    #[error("{} is locked by another writer (a SegmentedWal or WalWriter, in this process or another); close it first, or read beside it with ReadOnlyWal", path.display())]
     Locked {
         /// The log directory.
         path: PathBuf,
@@ -477,7 +519,7 @@ pub enum WalError {
         problem: KeyFileProblem,
     },
     /// An engine segment file could not be encrypted or decrypted.
-    #[error("engine segment file: {problem:?}")]
+    #[error("engine segment file: {problem}")]
     EngineFile {
         /// What is wrong.
         problem: EngineFileProblem,
@@ -518,7 +560,7 @@ pub enum WalError {
         key_id: u32,
     },
     /// An encrypted record was met but the log has no key ring.
-    #[error("segment {segment} is encrypted but no key ring was given")]
+    #[error("segment {segment} is encrypted but no key ring was given; give one that holds the key its preamble names")]
     KeyRingMissing {
         /// The segment.
         segment: SegmentId,
