@@ -54,9 +54,17 @@ impl From<WalError> for Exit {
             WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::WrongKey { .. } | WalError::KeyFile { .. } => 4,
             _ => 3,
         };
-        Exit(code, err.to_string())
+        let hint = match &err {
+            WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::WrongKey { .. } => KEY_HINT,
+            _ => "",
+        };
+        Exit(code, format!("{err}{hint}"))
     }
 }
+
+/// What to do about a missing or wrong key, in the tool's terms rather than the library's.
+const KEY_HINT: &str =
+    "\n(give each segment's key with --key-file F --key-id N; `nodedb-wal inspect DIR` lists the key id of every segment)";
 
 type Outcome = Result<u8, Exit>;
 
@@ -314,7 +322,9 @@ fn verify(args: &Args) -> Outcome {
             Err(WalError::AuthenticationFailed { lsn, segment }) if first_of(segment) == Some(lsn) => {
                 return Err(Exit(
                     4,
-                    format!("record {lsn} in segment {segment} failed authentication, the first of its segment: most likely the wrong key"),
+                    format!(
+                        "record {lsn} in segment {segment} failed authentication, the first of its segment: most likely the wrong key{KEY_HINT}"
+                    ),
                 ));
             }
             other => other?,
