@@ -33,7 +33,8 @@ use crate::error::{Result, WalError};
 /// ```
 #[derive(Clone, Debug)]
 pub struct SegmentedWalConfig {
-    /// The log directory (created if missing).
+    /// The log directory, created if missing. So a mistyped path opens a new, empty log: a
+    /// database that expects its log to be there checks that the directory exists first.
     pub dir: PathBuf,
     /// A segment rolls over once appending another batch would take it past this size.
     pub segment_bytes_target: u64,

@@ -42,7 +42,10 @@ pub struct ReadOnlyWal<S: Storage = FsStorage> {
 }
 
 impl ReadOnlyWal<FsStorage> {
-    /// Opens the log in `dir` for reading; `key_ring` decrypts encrypted segments.
+    /// Opens the log in `dir` for reading; `key_ring` decrypts encrypted segments. A missing
+    /// `dir` is [`crate::WalError::Io`], but a directory that holds no log opens as an empty
+    /// one: a tool that must tell the two apart looks for segment files (the `nodedb-wal` tool
+    /// refuses a directory with neither a segment nor `LOCK`).
     pub fn open(dir: impl Into<PathBuf>, key_ring: Option<Arc<KeyRing>>) -> Result<ReadOnlyWal<FsStorage>> {
         ReadOnlyWal::open_with(FsStorage::new(), dir, key_ring)
     }

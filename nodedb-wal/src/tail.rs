@@ -69,7 +69,9 @@ impl<'a, S: Storage> Tail<'a, S> {
     }
 
     /// The next durable record, waiting up to `timeout` for one; `Ok(None)` at the timeout.
-    /// A cursor below the oldest retained segment (truncated away) is `LsnNotRetained`.
+    /// A cursor below the oldest retained segment (truncated away) is `LsnNotRetained`. A
+    /// cursor past the log's next LSN (one stored for another log, say) is no error: it waits
+    /// until the log gets there.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<WalRecord>> {
         if self.ready.is_empty()
             && let Some(err) = self.failed.take()

@@ -144,13 +144,14 @@ impl RecordType {
     /// Optional: it only speeds up finding where to resume.
     pub const CALVIN_APPLIED: RecordType = RecordType(0x0010);
 
-    /// An application type that older readers may skip.
+    /// An application type that older readers may skip. The high bit of `code` is cleared:
+    /// `optional(0x8120)` is `0x0120`.
     #[must_use]
     pub const fn optional(code: u16) -> RecordType {
         RecordType(code & !Self::REQUIRED_BIT)
     }
 
-    /// An application type that every reader must understand.
+    /// An application type that every reader must understand (`code` with the high bit set).
     #[must_use]
     pub const fn required(code: u16) -> RecordType {
         RecordType(code | Self::REQUIRED_BIT)

@@ -589,6 +589,12 @@ impl<S: Storage> SegmentedWal<S> {
 
     /// Reads the durable records from `from` on, in LSN order, decrypting encrypted ones.
     ///
+    /// The reader ends at the durable LSN of the moment it was made; records made durable later
+    /// need a new reader, or a [`Self::tail`]. From below [`Self::oldest_lsn`] it is
+    /// [`WalError::LsnNotRetained`]. From past the last durable record it reads nothing and is
+    /// no error, even from an LSN never issued (unlike [`Self::truncate_before`]): where a
+    /// stored position may come from another log, compare it with [`Self::next_lsn`] first.
+    ///
     /// # Examples
     ///
     /// ```
@@ -599,8 +605,11 @@ impl<S: Storage> SegmentedWal<S> {
     ///     wal.append(Record::new(ty, &[i]))?;
     /// }
     /// wal.sync()?;
-    /// let payloads: Vec<Vec<u8>> = wal.read_from(Lsn(2))?.map(|r| r.map(|r| r.payload.into_vec())).collect::<Result<_, _>>()?;
+    /// let mut reader = wal.read_from(Lsn(2))?;
+    /// wal.append_durable(Record::new(ty, &[3]))?; // after the reader was made
+    /// let payloads: Vec<Vec<u8>> = reader.by_ref().map(|r| r.map(|r| r.payload.into_vec())).collect::<Result<_, _>>()?;
     /// assert_eq!(payloads, [[1], [2]]);
+    /// assert_eq!(wal.read_from(Lsn(1000))?.count(), 0, "never issued, yet no error");
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn read_from(&self, from: Lsn) -> Result<WalIter<S>> {
