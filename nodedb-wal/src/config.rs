@@ -98,6 +98,10 @@ pub struct SegmentedWalConfig {
     pub check_ahead: bool,
     /// Keys for encryption at rest. With an active key, every new segment is encrypted under it
     /// (AES-256-GCM); older segments are read with whichever key their preamble names.
+    ///
+    /// A key only inserted ([`KeyRing::insert`]) encrypts nothing: without an active key
+    /// ([`KeyRing::with_active`], [`KeyRing::set_active`]) the log writes plaintext, and says
+    /// nothing. [`KeyRing::refuse_plaintext`] makes that a refused open instead.
     pub key_ring: Option<Arc<KeyRing>>,
 }
 

@@ -924,6 +924,11 @@ impl<S: Storage> SegmentedWal<S> {
     /// wait for that thread: the flusher still writes everything, and this returns
     /// [`WalError::CloseUnconfirmed`] if some of it was not durable yet.
     ///
+    /// `close` takes the log by value. Shared in an `Arc`, the holder of the last handle gets it
+    /// with `Arc::into_inner` (which gives `None`, and lets go of the handle, while other
+    /// handles remain); a holder that cannot know it is the last calls [`Self::sync`] before
+    /// letting go, so that a failure comes back as an error and not only as a log line.
+    ///
     /// # Examples
     ///
     /// ```
@@ -932,6 +937,13 @@ impl<S: Storage> SegmentedWal<S> {
     /// # let ty = RecordType::optional(0x100);
     /// wal.append(Record::new(ty, b"last words"))?;
     /// wal.close()?; // written and synced
+    ///
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// let shared = std::sync::Arc::new(wal);
+    /// let writer = std::sync::Arc::clone(&shared);
+    /// std::thread::spawn(move || writer.append(Record::new(ty, b"from a thread"))).join().unwrap()?;
+    /// let wal = std::sync::Arc::into_inner(shared).expect("the thread's handle is gone");
+    /// wal.close()?;
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn close(self) -> Result<()> {
