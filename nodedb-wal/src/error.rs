@@ -410,7 +410,7 @@ pub enum WalError {
         record_type: RecordType,
     },
     /// The file system refused O_DIRECT and the configuration does not allow buffered I/O.
-    #[error("{} does not support O_DIRECT; allow buffered I/O in the config to use it anyway", path.display())]
+    #[error("{} does not support O_DIRECT; to write through the page cache there, set allow_buffered_fallback (a log) or DwbMode::Buffered (a double-write buffer)", path.display())]
     DirectIoUnsupported {
         /// The file that could not be opened.
         path: PathBuf,

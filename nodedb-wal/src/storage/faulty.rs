@@ -363,6 +363,7 @@ impl<S> FaultyStorage<S> {
     /// let mut config = SegmentedWalConfig::new("/wal");
     /// let err = SegmentedWal::open_with(storage.clone(), config.clone()).unwrap_err();
     /// assert!(matches!(err, WalError::DirectIoUnsupported { .. }), "{err}");
+    /// assert!(err.to_string().contains("set allow_buffered_fallback"), "the message names the way out: {err}");
     ///
     /// config.allow_buffered_fallback = true;
     /// let wal = SegmentedWal::open_with(storage, config)?;
