@@ -252,3 +252,19 @@ fn odd_paths_and_out_of_range_bench_options_get_a_status_not_a_crash() {
         assert_eq!(status(&out), 3, "{args:?}: {}", text(&out));
     }
 }
+
+// Found by a documentation review: a second directory was ignored, so `verify A B` exited 0
+// with B never read, which reads as both logs checked.
+#[test]
+fn a_second_directory_is_refused_rather_than_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, other) = (tmp.path().join("log"), tmp.path().join("other"));
+    write_log(&log, None);
+    let (d, o) = (log.to_str().unwrap(), other.to_str().unwrap());
+    for command in ["inspect", "dump", "verify", "bench"] {
+        let out = tool(&[command, d, o]);
+        assert_eq!(status(&out), 3, "{command}: {}", text(&out));
+        assert!(text(&out).contains("one too many"), "{command}: {}", text(&out));
+    }
+    assert!(!other.exists(), "nothing was made for the extra argument");
+}

@@ -142,6 +142,11 @@ fn takes(command: &str) -> &'static [&'static str] {
 fn check_options(command: &str, args: Args) -> Result<Args, Exit> {
     match args.given.iter().find(|o| !takes(command).contains(o)) {
         Some(o) if !takes(command).is_empty() => Err(Exit(3, format!("{command} does not take {o}"))),
+        // A second directory would be ignored, and `verify A B` exiting 0 would read as B checked.
+        _ if !takes(command).is_empty() && args.positional.len() > 1 => {
+            let extra = PathBuf::from(&args.positional[1]);
+            Err(Exit(3, format!("{command} takes one directory; {} is one too many", extra.display())))
+        }
         _ => Ok(args),
     }
 }
