@@ -164,7 +164,9 @@ impl std::fmt::Display for CorruptionKind {
             CorruptionKind::BadSegmentHeader => f.write_str("the segment's header frame is damaged, and the segment holds records"),
             CorruptionKind::BadFrame => f.write_str("a record frame fails its checksum or structure checks where intact records must be"),
             CorruptionKind::LsnOutOfOrder { expected, found } => write!(f, "a record carries LSN {found} where {expected} was next"),
-            CorruptionKind::UnsealedSegment => f.write_str("a segment that is not the newest does not end with its end frame"),
+            CorruptionKind::UnsealedSegment => f.write_str(
+                "a segment that is not the newest does not end with its end frame (if a WalWriter added the segments after it to a log not reopened first, taking those away opens the log again)",
+            ),
             CorruptionKind::DamageBeforeDurableRecords { lost_from, durable_claimed } => write!(
                 f,
                 "damaged bytes from LSN {lost_from} on are followed by intact records that say LSNs up to {durable_claimed} were durable; cutting there would lose acknowledged records"

@@ -117,7 +117,8 @@ impl WalWriter<FsStorage> {
 impl<S: Storage> WalWriter<S> {
     /// Creates segment `id` in `dir` on `storage`: takes the directory's lock (held until the
     /// writer is finished or dropped), writes and syncs the new file's header block and makes
-    /// its directory entry durable. A directory a log or another writer holds is
+    /// its directory entry durable. `dir` must exist: unlike a log, the writer does not make it
+    /// (a missing one fails the lock, [`IoOp::Lock`]). A directory a log or another writer holds is
     /// [`WalError::Locked`]; an existing file of that name is [`WalError::SegmentFileExists`],
     /// and the file is left as it was.
     ///
