@@ -140,4 +140,32 @@ impl<S: Storage> ReadOnlyWal<S> {
     pub fn lazy_reader(&self, from: Lsn) -> Result<LazyWalReader<S>> {
         LazyWalReader::new(Arc::clone(&self.storage), self.spec(from, Decrypt::With(self.key_ring.clone())))
     }
+
+    /// Like [`Self::lazy_reader`], with payloads as stored (ciphertext then tag, as
+    /// [`Self::read_from_raw`]). Record headers are stored in the clear, so a listing of an
+    /// encrypted log needs no key this way; [`Self::lazy_reader`] refuses a segment whose key
+    /// it lacks even where no payload is read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use nodedb_wal::{KeyRing, Lsn, ReadOnlyWal, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, storage::FaultConfig};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// let mut config = SegmentedWalConfig::new("/wal");
+    /// config.key_ring = Some(Arc::new(KeyRing::with_active(1, SecureKey::generate())));
+    /// let wal = SegmentedWal::open_with(sim.clone(), config)?;
+    /// wal.append_durable(Record::new(RecordType::optional(0x100), b"secret"))?;
+    ///
+    /// let view = ReadOnlyWal::open_with(sim.clone(), "/wal", None)?; // no key
+    /// assert!(matches!(view.lazy_reader(Lsn::FIRST)?.next_header(), Err(WalError::KeyRingMissing { .. })));
+    /// let mut listing = view.lazy_reader_raw(Lsn::FIRST)?;
+    /// let header = listing.next_header()?.expect("one record");
+    /// assert_eq!((header.lsn, header.stored_len), (Lsn(1), 6 + 16), "the payload and its tag");
+    /// assert_ne!(listing.payload()?, b"secret", "stored encrypted");
+    /// # Ok::<(), WalError>(())
+    /// ```
+    pub fn lazy_reader_raw(&self, from: Lsn) -> Result<LazyWalReader<S>> {
+        LazyWalReader::new(Arc::clone(&self.storage), self.spec(from, Decrypt::Raw))
+    }
 }

@@ -272,7 +272,9 @@ fn inspect(args: &Args) -> Outcome {
 fn dump(args: &Args) -> Outcome {
     let (_, wal) = open(args)?;
     let from = args.from.map_or(wal.recovery_info().first_lsn, Lsn);
-    let mut reader = wal.lazy_reader(from)?;
+    // Headers are stored in the clear, so without a key the listing reads the log as stored;
+    // with keys given it reads through them, as the other commands do.
+    let mut reader = if args.keys.is_empty() { wal.lazy_reader_raw(from)? } else { wal.lazy_reader(from)? };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     while let Some(h) = reader.next_header()? {
