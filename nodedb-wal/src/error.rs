@@ -44,6 +44,13 @@ pub type Result<T, E = WalError> = std::result::Result<T, E>;
 /// // The fsync is never retried: every later call fails the same way.
 /// let err = wal.append(Record::new(RecordType::optional(0x100), b"refused")).unwrap_err();
 /// assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, .. }), "{err}");
+///
+/// // The poisoned log holds its directory until it is dropped; then an open recovers it.
+/// let again = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig::new("/wal"));
+/// assert!(matches!(again, Err(WalError::Locked { .. })));
+/// drop(wal);
+/// let wal = SegmentedWal::open_with(storage, SegmentedWalConfig::new("/wal"))?;
+/// wal.append_durable(Record::new(RecordType::optional(0x100), b"accepted again"))?;
 /// # Ok::<(), WalError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -434,6 +441,9 @@ pub enum WalError {
         required: usize,
     },
     /// An earlier write or fsync failed; the log accepts nothing more until it is reopened.
+    /// A [`crate::WalWriter`] and a [`crate::DoubleWriteBuffer`] are poisoned the same way. The
+    /// poisoned log keeps its directory's lock: drop it (every clone of an `Arc`) before opening
+    /// it again, or the open is [`WalError::Locked`].
     ///
     /// One cause is not a failure of the disk: a file the log did not make found under the
     /// name of its next segment (`op` is `Open` or `Rename`, `kind` is `AlreadyExists`, and
@@ -768,7 +778,11 @@ fn poisoned(op: IoOp, kind: io::ErrorKind, os_error: Option<i32>, path: Option<&
         ),
         _ => {
             let of = path.map_or_else(String::new, |p| format!(" of {}", p.display()));
-            format!("the log is poisoned by an earlier failed {op:?}{of} ({}); reopen it to recover", describe(kind, os_error))
+            // The same error ends a log, a WalWriter and a double-write buffer: the words fit all.
+            format!(
+                "poisoned by an earlier failed {op:?}{of} ({}): nothing more is accepted; drop every handle and open it again to recover what the disk holds",
+                describe(kind, os_error)
+            )
         }
     }
 }
