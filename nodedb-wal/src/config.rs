@@ -114,7 +114,9 @@ const POOL_BYTES_MAX: u64 = 64 << 30;
 const COMMIT_WINDOW_MAX: Duration = Duration::from_secs(1);
 
 impl SegmentedWalConfig {
-    /// Defaults for a log in `dir`: 64 MiB segments, 1 MiB batches, O_DIRECT, 4 KiB blocks.
+    /// Defaults for a log in `dir`: 64 MiB segments, 1 MiB batches in 4 buffers, payloads up to
+    /// 64 MiB, O_DIRECT, 4 KiB blocks, 1 MiB of zero-fill ahead, 2 truncated segments kept for
+    /// reuse, read-ahead helpers on, no commit window, no encryption.
     ///
     /// # Examples
     ///
@@ -127,6 +129,9 @@ impl SegmentedWalConfig {
     /// assert_eq!(config.alignment, 4096);
     /// assert!(config.direct_io && !config.allow_buffered_fallback);
     /// assert!(config.commit_window.is_none() && config.key_ring.is_none());
+    /// assert_eq!((config.batch_buffers, config.payload_bytes_max), (4, 64 << 20));
+    /// assert_eq!((config.zero_fill_bytes, config.recycle_segments), (1 << 20, 2));
+    /// assert!(config.check_ahead);
     /// ```
     pub fn new(dir: impl Into<PathBuf>) -> SegmentedWalConfig {
         SegmentedWalConfig {
