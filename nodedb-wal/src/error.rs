@@ -577,8 +577,11 @@ pub enum WalError {
         /// The segment.
         segment: SegmentId,
     },
-    /// A record of a type this crate defines has a payload that does not decode.
-    #[error("record {lsn} of type {record_type:#06x} has a malformed payload: {problem:?}", record_type = .record_type.0)]
+    /// A record of a type this crate defines has a payload that does not decode. Also the
+    /// refusal of an `append_tombstone` or `append_temporal_purge` whose payload would not
+    /// (a collection name over [`crate::MAX_COLLECTION_NAME_LEN`] bytes): `lsn` is then the
+    /// one the record would have had, and no LSN was used.
+    #[error("record {lsn} of type {record_type:#06x} has a malformed payload: {problem}", record_type = .record_type.0)]
     MalformedPayload {
         /// The record.
         lsn: Lsn,

@@ -293,7 +293,9 @@ impl<S: Storage> SegmentedWal<S> {
     /// which would come back to life once truncation removed the tombstone's segment. A later
     /// `purge_lsn` is [`WalError::LsnNotIssued`] and uses no LSN. Like every record, the
     /// tombstone goes with its segment at [`Self::truncate_before`]: truncate only below a
-    /// checkpoint at which the engines have applied the drop.
+    /// checkpoint at which the engines have applied the drop. A collection name over
+    /// [`crate::MAX_COLLECTION_NAME_LEN`] bytes is [`WalError::MalformedPayload`], and uses no
+    /// LSN either.
     ///
     /// # Examples
     ///
@@ -327,7 +329,8 @@ impl<S: Storage> SegmentedWal<S> {
         self.append_system(RecordType::COLLECTION_TOMBSTONE, scope, &payload)
     }
 
-    /// Records that an engine purged data older than a cutoff.
+    /// Records that an engine purged data older than a cutoff. A collection name over
+    /// [`crate::MAX_COLLECTION_NAME_LEN`] bytes is [`WalError::MalformedPayload`] and uses no LSN.
     ///
     /// # Examples
     ///
@@ -339,6 +342,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// use nodedb_wal::{Scope, TemporalPurge, TemporalPurgeEngine, TemporalPurgePayload};
     /// let purge = TemporalPurgePayload { engine: TemporalPurgeEngine::Timeseries, collection: "cpu".into(), cutoff_unix_ms: 1_700_000_000_000, purged_count: 42 };
     /// let scope = Scope { database: 1, tenant: 2, vshard: 0 };
+    /// let too_long = TemporalPurgePayload { collection: "c".repeat(256), ..purge.clone() };
+    /// let err = wal.append_temporal_purge(&too_long, scope).unwrap_err();
+    /// assert!(matches!(err, nodedb_wal::WalError::MalformedPayload { .. }), "{err}");
+    /// assert_eq!(wal.next_lsn(), Lsn::FIRST, "no LSN used");
     /// let lsn = wal.append_temporal_purge(&purge, scope)?;
     /// wal.close()?;
     /// // At the next open, recovery hands the purges to the engines, in LSN order.

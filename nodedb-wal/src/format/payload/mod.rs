@@ -49,6 +49,23 @@ pub enum PayloadError {
     Reserved,
 }
 
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayloadError::Truncated => f.write_str("it is shorter than its layout"),
+            PayloadError::TrailingBytes => f.write_str("it is longer than its layout"),
+            PayloadError::NameTooLong { len } => {
+                write!(f, "its collection name is {len} bytes, and at most {MAX_COLLECTION_NAME_LEN} are allowed")
+            }
+            PayloadError::NameNotUtf8 => f.write_str("its collection name is not UTF-8"),
+            PayloadError::UnknownEngine { code } => write!(f, "engine code {code} is unknown to this build"),
+            PayloadError::Reserved => f.write_str("a reserved byte is not zero"),
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
 /// Reads a length-prefixed UTF-8 name: `u16` length, then the bytes.
 fn decode_name(bytes: &[u8]) -> Result<(&str, &[u8]), PayloadError> {
     let len = usize::from(u16::from_le_bytes(bytes.get(..2).ok_or(PayloadError::Truncated)?.try_into().expect("2 bytes")));
