@@ -37,9 +37,11 @@
 //! // Restart. Recovery has cut any torn tail and gathered the tombstones in its scan.
 //! let wal = SegmentedWal::open(config)?;
 //! let info = wal.recovery_info();
-//! let engine_applied = Lsn::ZERO; // what the engines' own files already hold
+//! // The engines' files hold everything up to here. The log was truncated only below such a
+//! // point, so reading on from it never meets `LsnNotRetained` unless records were lost.
+//! let engine_applied = Lsn::ZERO;
 //! let mut replayed = Vec::new();
-//! for record in wal.read_from(engine_applied.next().max(wal.oldest_lsn()))? {
+//! for record in wal.read_from(engine_applied.next())? {
 //!     let record = record?;
 //!     if record.record_type == PUT && info.tombstones.is_live(&record, "orders") {
 //!         replayed.push(record.payload.into_vec());
