@@ -32,7 +32,7 @@
 //! let drop_at = wal.next_lsn();
 //! wal.append_tombstone(&CollectionTombstonePayload { database: 0, tenant: 0, collection: "orders".into(), purge_lsn: drop_at })?;
 //! wal.append_durable(Record::new(PUT, b"orders/1 again"))?;
-//! drop(wal); // a crash: nothing acknowledged is lost
+//! drop(wal); // or a crash: recovery brings back every acknowledged record
 //!
 //! // Restart. Recovery has cut any torn tail and gathered the tombstones in its scan.
 //! let wal = SegmentedWal::open(config)?;
@@ -86,7 +86,8 @@
 //!   [`storage::faulty::FaultyStorage`] (injected I/O errors), through
 //!   [`SegmentedWal::open_with`].
 //! - **Errors**: one type, [`WalError`]. [`WalError::Poisoned`] means a write or fdatasync
-//!   failed: nothing more is accepted, and reopening the log recovers what the disk holds.
+//!   failed: nothing more is accepted, and opening the log again (once every handle is
+//!   dropped) recovers what the disk holds.
 //!
 //! The repository's `docs/` holds the byte layout (`FORMAT.md`), what each call promises and
 //! the test behind each promise (`DURABILITY.md`), and the reasons behind the design
