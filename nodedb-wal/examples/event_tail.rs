@@ -1,6 +1,10 @@
 //! Event-plane tailing: a subscriber follows the log as it grows, sees each record only once it
 //! is durable (never one a crash could take back), and reads payloads only for the record types
 //! it subscribes to, skipping the rest without reading them.
+//!
+//! A subscriber that takes every record whole uses `SegmentedWal::tail` instead: its
+//! `next_timeout` waits for the next durable record without polling. This one polls the
+//! durable LSN because it reads headers first, which the tail does not.
 
 use std::sync::Arc;
 use std::time::Duration;
