@@ -783,7 +783,7 @@ fn poisoned(op: IoOp, kind: io::ErrorKind, os_error: Option<i32>, path: Option<&
             let of = path.map_or_else(String::new, |p| format!(" of {}", p.display()));
             // The same error ends a log, a WalWriter and a double-write buffer: the words fit all.
             format!(
-                "poisoned by an earlier failed {op:?}{of} ({}): nothing more is accepted; drop every handle and open it again to recover what the disk holds",
+                "poisoned by an earlier failed {op:?}{of} ({}): nothing more is accepted; drop every handle, then open the log (or the double-write buffer) again to recover what the disk holds",
                 describe(kind, os_error)
             )
         }
