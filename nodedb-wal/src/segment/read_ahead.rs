@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::format::frame::{HEADER_LEN, RecordHeader, checksum_matches};
 use crate::format::layout::round_up;
 use crate::segment::reader::DropBehind;
-use crate::segment::spare::{self, SpareBuf};
+use crate::segment::spare::{self, LargeSpares, SpareBuf};
 use crate::storage::StorageFile;
 
 /// Room in front of each window for the end of the window before.
@@ -302,6 +302,8 @@ struct Helper<F> {
     starved: Arc<AtomicBool>,
     /// How long to spin for room in the queue before sleeping.
     patience: Patience,
+    /// Buffers of windows larger than a chunk, kept for the next such window.
+    large: Arc<LargeSpares>,
 }
 
 /// The helper's share of the checking moves in steps of `1/SHARES`.
@@ -309,7 +311,16 @@ const SHARES: u32 = 16;
 
 impl<F: StorageFile> Helper<F> {
     fn new(plan: Plan<F>, starved: Arc<AtomicBool>) -> Helper<F> {
-        Helper { chain: plan.chain, chain_frame_end: None, plan, frames: Vec::new(), share: SHARES / 2, starved, patience: Patience::new() }
+        Helper {
+            chain: plan.chain,
+            chain_frame_end: None,
+            plan,
+            frames: Vec::new(),
+            share: SHARES / 2,
+            starved,
+            patience: Patience::new(),
+            large: Arc::default(),
+        }
     }
 
     /// Reads window after window until the end of the file, a short read, an error, or the
@@ -449,8 +460,8 @@ impl<F: StorageFile> Helper<F> {
             (SpareBuf::get(standard, self.plan.align), HEADROOM - carry)
         } else {
             // A frame longer than the headroom or the chunk crosses: a buffer of its own, with
-            // room for all of it.
-            (SpareBuf::get(carry + next_read, self.plan.align), 0)
+            // room for all of it (kept for the next such frame once the reader is done with it).
+            (SpareBuf::get_in(carry + next_read, self.plan.align, &self.large), 0)
         };
         let kept = (from - window.start) as usize;
         buf[lo..lo + carry].copy_from_slice(&window.bytes()[kept..]);

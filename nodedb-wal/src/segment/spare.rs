@@ -7,13 +7,19 @@
 //! dropped, and new ones come from it first. The pool holds at most `MAX_KEPT` buffers
 //! (8 MiB) for the life of the process.
 //!
+//! Larger buffers (a read-ahead window holding a frame longer than a chunk) are kept only for
+//! the reading of one segment, in that reading's [`LargeSpares`]: a replay of 4 MiB records
+//! took a fresh buffer per record, and its page faults, and ran at 0.15-0.2 of a plain read
+//! warm; reusing them, 0.4-0.65 (BENCHMARKS.md). They go when the reading's helper and
+//! windows do, so the process keeps none.
+//!
 //! (The pool was first credited with curing slow warm plain reads in the replay benchmark
 //! after a recovery. Those turned out to be the benchmark's own buffer, 16 bytes past a page,
 //! into which this CPU's kernel copies ~4x slower; whether the pool was kept changed where
 //! glibc put that buffer. BENCHMARKS.md.)
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::storage::AlignedBuf;
 
@@ -48,17 +54,62 @@ impl Pool {
     }
 }
 
-/// An aligned buffer that goes back to the pool when dropped. Its bytes are whatever its last
-/// user left there: readers track how much of it they filled.
+/// Buffers larger than [`MAX_LEN`] kept for one reading of one segment (see the module
+/// documentation): at most `LARGE_KEPT`, the largest ones.
+#[derive(Debug, Default)]
+pub struct LargeSpares(Mutex<Vec<AlignedBuf>>);
+
+/// Large buffers one reading keeps at most: a window the helper fills while the reader is in
+/// another (the windows queued between them hold their own).
+const LARGE_KEPT: usize = 2;
+
+impl LargeSpares {
+    /// A kept buffer of at least `size` bytes aligned to at least `align`, if there is one.
+    fn take(&self, size: usize, align: usize) -> Option<AlignedBuf> {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.iter().position(|b| b.len() >= size && b.align() >= align).map(|at| kept.swap_remove(at))
+    }
+
+    /// Keeps `buf`, in place of the smallest kept one if `LARGE_KEPT` are.
+    fn keep(&self, buf: AlignedBuf) {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < LARGE_KEPT {
+            kept.push(buf);
+        } else if let Some(smallest) = kept.iter_mut().min_by_key(|b| b.len()).filter(|b| b.len() < buf.len()) {
+            *smallest = buf;
+        }
+    }
+}
+
+/// An aligned buffer that goes back where it came from when dropped: the shared pool, or the
+/// [`LargeSpares`] of a reading. Its bytes are whatever its last user left there: readers
+/// track how much of it they filled.
 #[derive(Debug)]
-pub struct SpareBuf(Option<AlignedBuf>);
+pub struct SpareBuf {
+    buf: Option<AlignedBuf>,
+    /// The bytes asked for (rounded up): a large kept buffer may hold more.
+    len: usize,
+    home: Option<Arc<LargeSpares>>,
+}
 
 impl SpareBuf {
     /// A buffer of `len` bytes (rounded up to `align`, as [`AlignedBuf::zeroed`] does), from
     /// the pool if one of that size and alignment is kept.
     pub fn get(len: usize, align: usize) -> SpareBuf {
         let size = len.div_ceil(align).max(1) * align;
-        SpareBuf(Some(SPARE.take(size, align).unwrap_or_else(|| AlignedBuf::zeroed(size, align))))
+        let buf = SPARE.take(size, align).unwrap_or_else(|| AlignedBuf::zeroed(size, align));
+        SpareBuf { buf: Some(buf), len: size, home: None }
+    }
+
+    /// Like [`Self::get`], but one larger than [`MAX_LEN`] comes from `home` where it keeps one
+    /// large enough, and goes back there.
+    pub fn get_in(len: usize, align: usize, home: &Arc<LargeSpares>) -> SpareBuf {
+        let size = len.div_ceil(align).max(1) * align;
+        if size <= MAX_LEN {
+            return SpareBuf::get(len, align);
+        }
+        let buf = home.take(size, align).unwrap_or_else(|| AlignedBuf::zeroed(size, align));
+        SpareBuf { buf: Some(buf), len: size, home: Some(Arc::clone(home)) }
     }
 }
 
@@ -67,21 +118,24 @@ impl Deref for SpareBuf {
 
     #[inline]
     fn deref(&self) -> &[u8] {
-        self.0.as_deref().expect("held until dropped")
+        &self.buf.as_deref().expect("held until dropped")[..self.len]
     }
 }
 
 impl DerefMut for SpareBuf {
     #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.0.as_deref_mut().expect("held until dropped")
+        &mut self.buf.as_deref_mut().expect("held until dropped")[..self.len]
     }
 }
 
 impl Drop for SpareBuf {
     fn drop(&mut self) {
-        if let Some(buf) = self.0.take() {
-            SPARE.keep(buf);
+        if let Some(buf) = self.buf.take() {
+            match &self.home {
+                Some(home) => home.keep(buf),
+                None => SPARE.keep(buf),
+            }
         }
     }
 }
@@ -121,6 +175,33 @@ mod tests {
             taken += 1;
         }
         assert_eq!(taken, MAX_KEPT);
+    }
+
+    #[test]
+    fn a_large_buffer_goes_back_to_its_reading_and_is_handed_out_for_any_size_it_holds() {
+        let home = Arc::new(LargeSpares::default());
+        let first = SpareBuf::get_in(3 * MAX_LEN, 4096, &home);
+        let at = first.as_ptr() as usize;
+        drop(first);
+        let smaller = SpareBuf::get_in(2 * MAX_LEN + 1, 512, &home);
+        assert_eq!(smaller.as_ptr() as usize, at, "the kept buffer");
+        assert_eq!(smaller.len(), 2 * MAX_LEN + 512, "only the bytes asked for");
+        let larger = SpareBuf::get_in(4 * MAX_LEN, 4096, &home);
+        assert_ne!(larger.as_ptr() as usize, at, "too small for it");
+        assert!((SpareBuf::get_in(MAX_LEN * 2, 1 << 20, &home).as_ptr() as usize).is_multiple_of(1 << 20), "never less aligned");
+        drop((smaller, larger));
+        assert!(SpareBuf::get_in(MAX_LEN, 4096, &home).home.is_none(), "small ones use the shared pool");
+    }
+
+    #[test]
+    fn a_reading_keeps_at_most_its_largest_few_large_buffers() {
+        let home = LargeSpares::default();
+        for n in 2..=5 {
+            home.keep(AlignedBuf::zeroed(n * MAX_LEN, 4096));
+        }
+        let kept: Vec<usize> = home.0.lock().unwrap().iter().map(|b| b.len() / MAX_LEN).collect();
+        assert_eq!(kept.len(), LARGE_KEPT);
+        assert!(kept.contains(&5) && kept.contains(&4), "{kept:?}");
     }
 
     #[test]
