@@ -303,7 +303,12 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// ```
     pub fn recover(&self, validator: impl Fn(FileId, &[u8]) -> PageCheck) -> Result<DwbRecovery> {
         let mut guard = self.lock();
-        let inner = &mut *guard;
+        let recovered = self.recover_locked(&mut guard, &validator);
+        guard.targets.close();
+        recovered
+    }
+
+    fn recover_locked(&self, inner: &mut Inner<S::File>, validator: &dyn Fn(FileId, &[u8]) -> PageCheck) -> Result<DwbRecovery> {
         inner.usable()?;
         let ring = match &mut inner.buffer {
             Buffer::Degraded { op, kind } => return Err(self.degraded_error(*op, *kind)),
@@ -318,7 +323,7 @@ impl<S: Storage> DoubleWriteBuffer<S> {
             // spelled out in a page image; ignoring them could leave a torn page torn.
             return Err(WalError::DwbHeaderDamaged { path: self.config.path.clone(), salted_batches: scan.other_salt });
         }
-        let report = match recover::repair(&self.storage, &mut inner.targets, &image[..len], &scan, &validator) {
+        let report = match recover::repair(&self.storage, &mut inner.targets, &image[..len], &scan, validator) {
             Ok(report) => report,
             // After a failed write or sync the page files' state is unknown: no retry. A file
             // that cannot be opened or read can be fixed and recovery run again.
@@ -398,7 +403,12 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// ```
     pub fn write_pages(&self, pages: &[PageWrite<'_>]) -> Result<()> {
         let mut guard = self.lock();
-        let inner = &mut *guard;
+        let written = self.write_pages_locked(&mut guard, pages);
+        guard.targets.close();
+        written
+    }
+
+    fn write_pages_locked(&self, inner: &mut Inner<S::File>, pages: &[PageWrite<'_>]) -> Result<()> {
         inner.usable()?;
         if inner.needs_recovery {
             return Err(WalError::DwbNotRecovered { path: self.config.path.clone() });
