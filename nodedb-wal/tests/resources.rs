@@ -1,10 +1,15 @@
 //! Resources the crate takes are given back: every file descriptor it opens is closed once the
-//! value that took it is dropped or the call that needed it returned. A database keeps its log
-//! and its double-write buffer open for months; anything left behind per call adds up.
-//! Descriptors are counted through `/proc/self/fd`, only those under the test's own directory.
+//! value that took it is dropped or the call that needed it returned, and a helper thread
+//! sleeps while it has nothing to do. A database keeps its log and its double-write buffer
+//! open for months; anything left behind per call adds up. Descriptors are counted through
+//! `/proc/self/fd` (only those under the test's own directory), threads and their wake-ups
+//! through `/proc/self/task` (by the names the crate gives them).
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig};
 
 /// The tests of this file count what the whole process holds: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -54,4 +59,54 @@ fn the_double_write_buffer_holds_no_page_file_open_between_calls() {
     dwb.register_file(FileId(100), &path, 4096).unwrap();
     dwb.recover(|_, page| if page[0] == 1 { PageCheck::Intact { version: 1 } } else { PageCheck::Torn }).unwrap();
     assert_eq!(fds_under(dir.path()), held, "descriptors of page files recovery read");
+}
+
+/// The wake-ups so far (voluntary context switches) of each thread of this process whose
+/// name starts with `name` (a thread's name is cut to 15 bytes).
+fn wake_ups(name: &str) -> Vec<u64> {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap().filter_map(|e| Some(e.ok()?.path()));
+    let named = tasks.filter(|task| std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.starts_with(name)));
+    let switches = |status: String| status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")?.trim().parse().ok());
+    named.filter_map(|task| switches(std::fs::read_to_string(task.join("status")).ok()?)).collect()
+}
+
+// Found by review: the helper that checks a mapped segment ahead of its reader, once as far
+// ahead as it may go, looked again every 200 µs for as long as the reader lived. A reader kept
+// idle (a slow subscriber's tail between refills, a paused replay) cost thousands of wake-ups
+// a second.
+#[test]
+fn a_mapped_readers_helper_sleeps_while_its_reader_is_idle() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) < 2 {
+        println!("SKIPPED: one core, so readers start no helper");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SegmentedWalConfig::new(dir.path());
+    config.segment_bytes_target = 16 << 20;
+    config.direct_io = false;
+    let wal = SegmentedWal::open(config).unwrap();
+    let payload = vec![7u8; 4000];
+    let records: Vec<Record<'_>> = (0..64).map(|_| Record::new(RecordType::optional(0x100), &payload)).collect();
+    while wal.segments().len() < 2 {
+        wal.append_batch(&records).unwrap();
+        wal.sync().unwrap();
+    }
+    let mut reader = wal.read_mapped(Lsn::FIRST).unwrap();
+    reader.next().unwrap().unwrap();
+    // The helper checks as far ahead of the idle reader as it may (8 MiB), then waits.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = wake_ups("nodedb-wal-chec");
+    assert_eq!(before.len(), 1, "one helper for the mapped segment");
+    std::thread::sleep(Duration::from_millis(200));
+    let after = wake_ups("nodedb-wal-chec");
+    assert!(after[0] - before[0] <= 2, "{} wake-ups of the helper of an idle reader", after[0] - before[0]);
+    // Read on past where it waits, and let go: it goes on, then ends.
+    assert_eq!(reader.by_ref().take(3000).filter(Result::is_ok).count(), 3000);
+    drop(reader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !wake_ups("nodedb-wal-chec").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the helper outlived its reader");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

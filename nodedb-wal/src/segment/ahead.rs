@@ -14,7 +14,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use crate::format::frame::{RecordHeader, checksum_matches};
 use crate::storage::Mapping;
@@ -73,6 +72,9 @@ pub struct CheckAhead {
     /// Where the reader next tells the helper its place while the helper is ahead, so that
     /// the helper's lead is measured from a recent place (see `LEAD`).
     next_report: u64,
+    /// The helper, to wake when it waits for the reader (see `LEAD`) and the reader moved on
+    /// or went away.
+    helper: std::thread::Thread,
 }
 
 impl CheckAhead {
@@ -83,7 +85,9 @@ impl CheckAhead {
         let shared = Arc::clone(&progress);
         let spawned = std::thread::Builder::new().name("nodedb-wal-check".into()).spawn(move || check_chain(&map, start, &shared));
         match spawned {
-            Ok(_) => Some(CheckAhead { progress, known: (start, start), next_ask: 0, next_report: 0 }),
+            Ok(handle) => {
+                Some(CheckAhead { progress, known: (start, start), next_ask: 0, next_report: 0, helper: handle.thread().clone() })
+            }
             Err(err) => {
                 tracing::debug!(%err, "no thread to check ahead; the reader checks alone");
                 None
@@ -99,6 +103,7 @@ impl CheckAhead {
         if at >= self.known.0 && end <= self.known.1 {
             if at >= self.next_report {
                 self.progress.reader_at.store(at, Ordering::Relaxed);
+                self.helper.unpark();
                 self.next_report = at + REPORT_EVERY;
             }
             return true;
@@ -107,6 +112,7 @@ impl CheckAhead {
             return false;
         }
         self.progress.reader_at.store(at, Ordering::Relaxed);
+        self.helper.unpark();
         self.known = self.progress.checked();
         let covered = at >= self.known.0 && end <= self.known.1;
         if !covered {
@@ -119,6 +125,7 @@ impl CheckAhead {
 impl Drop for CheckAhead {
     fn drop(&mut self) {
         self.progress.stop.store(true, Ordering::Relaxed);
+        self.helper.unpark();
     }
 }
 
@@ -142,7 +149,10 @@ fn check_chain(map: &Mapping, start: u64, progress: &Progress) {
         } else if at - reader > LEAD {
             progress.publish((from, at));
             published = at;
-            std::thread::park_timeout(Duration::from_micros(200));
+            // Until the reader reports a new place or goes away. It used to look again every
+            // 200 µs: a reader kept idle (a slow subscriber's tail, a paused replay) cost
+            // thousands of wake-ups a second for as long as it lived.
+            std::thread::park();
             continue;
         }
         let Some(end) = check_frame(bytes, at) else { break };
@@ -182,6 +192,8 @@ fn frame_header(bytes: &[u8], at: u64) -> Option<RecordHeader> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::format::frame::HEADER_LEN;
 
@@ -246,7 +258,7 @@ mod tests {
         let (from, checked) = progress.checked();
         assert_eq!(checked, *starts.last().unwrap());
         assert!(from >= reader + JUMP && starts.contains(&from), "a frame boundary past the jump: {from}");
-        let mut ahead = CheckAhead { progress, known: (0, 0), next_ask: 0, next_report: 0 };
+        let mut ahead = CheckAhead { progress, known: (0, 0), next_ask: 0, next_report: 0, helper: std::thread::current() };
         assert!(!ahead.covers(starts[1000], (starts[1001] - starts[1000]) as usize), "skipped, not checked");
         assert!(ahead.covers(from, 348));
     }
