@@ -438,3 +438,22 @@ fn a_kept_file_whose_rename_was_never_synced_is_not_rewritten_under_its_old_name
         check_recovered(&wal, &model, acked, &format!("seed {seed}"));
     }
 }
+
+// Found by review: a kept file that could not be opened for reuse was taken off the list of
+// kept files but left on the disk, a whole segment's space per roll that met one, until the
+// next open.
+#[test]
+fn a_kept_file_that_cannot_be_opened_for_reuse_is_removed_not_left_behind() {
+    let (storage, wal, mut model) = faulty_log(7);
+    let dir = Path::new("/wal");
+    for round in 0..5 {
+        wal.truncate_before(wal.durable_lsn()).unwrap();
+        // The next roll takes the newest kept file, which cannot be opened.
+        let newest = recycled_names(&storage, dir).iter().filter_map(|n| segment::parse_recycled(n)).max().expect("a kept file");
+        storage.refuse_open(&segment::recycled_path(dir, newest));
+        fill(&wal, &mut model, 0, 4);
+        let kept = recycled_names(&storage, dir);
+        assert!(kept.len() <= 2, "round {round}: {} truncated files on the disk: {kept:?}", kept.len());
+    }
+    assert!(!wal.stats().poisoned);
+}

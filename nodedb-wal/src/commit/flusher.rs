@@ -248,8 +248,13 @@ impl<S: Storage> Flusher<S> {
         let file = match shared.storage.open(&from, mode) {
             Ok(file) => file,
             Err(err) => {
-                // Nothing was changed yet: a fresh segment does as well.
-                tracing::warn!(%err, path = %from.display(), "cannot reuse a truncated segment; creating a new one");
+                // Nothing was changed yet: a fresh segment does as well. The file is off the
+                // list of kept files, so removed: left there, it held a segment's space until
+                // the next open, and truncation kept another in its place.
+                tracing::warn!(%err, path = %from.display(), "cannot reuse a truncated segment; removing it and creating a new one");
+                if err.kind() != io::ErrorKind::NotFound {
+                    remove_kept(&*shared.storage, &from);
+                }
                 return Ok(None);
             }
         };
