@@ -889,17 +889,19 @@ impl<S: Storage> SegmentedWal<S> {
         let dir = &self.config.dir;
         let mut removed = 0;
         loop {
-            let victim = {
+            let (victim, bytes) = {
                 let segments = self.committer.shared().segments_lock();
                 match segments.as_slice() {
-                    [first, _, ..] if first.sealed && first.end_lsn <= checkpoint => first.id,
+                    [first, _, ..] if first.sealed && first.end_lsn <= checkpoint => (first.id, first.bytes),
                     _ => break,
                 }
             };
             let path = segment::path(dir, victim);
             let shared = self.committer.shared();
-            // Kept under another name for reuse as a later segment, or removed.
-            let kept = shared.wants_recycled().then(|| segment::recycled_path(dir, victim));
+            // Kept under another name for reuse as a later segment, or removed. Not one larger
+            // than a segment (a record or group larger than the target): reused, it would keep
+            // that size for good, its space never freed by any checkpoint.
+            let kept = (shared.wants_recycled() && bytes <= shared.segment_bytes_max()).then(|| segment::recycled_path(dir, victim));
             match &kept {
                 Some(to) => self.storage.rename(&path, to).map_err(|e| WalError::io(IoOp::Rename, &path, e))?,
                 None => self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?,

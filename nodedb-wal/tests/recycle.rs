@@ -457,3 +457,40 @@ fn a_kept_file_that_cannot_be_opened_for_reuse_is_removed_not_left_behind() {
     }
     assert!(!wal.stats().poisoned);
 }
+
+// Found by review: a segment holding a record or group larger than a segment is a file that
+// large, and once truncated it was kept whole and reused as a later segment, again and again
+// where each checkpoint truncates what a roll sealed: its space outlived every checkpoint.
+#[test]
+fn truncation_frees_the_space_of_a_segment_larger_than_the_target_even_when_its_file_is_reused() {
+    let sim = SimStorage::new(8, FaultConfig::default());
+    let dir = Path::new("/wal");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    // A group of 2 MiB, 32 times the segment target.
+    let big = vec![3u8; 64 * 1024];
+    let group: Vec<Record<'_>> = (0..32).map(|_| Record::new(TY, &big)).collect();
+    wal.wait_durable(*wal.append_group(&group).unwrap().end()).unwrap();
+    let bytes_on_disk =
+        || -> u64 { sim.list(dir).unwrap().iter().map(|n| sim.read_file(&dir.join(n)).map_or(0, |f| f.len() as u64)).sum() };
+    let mut model = BTreeMap::new();
+    for round in 0..8 {
+        // Each roll's sealed segment is below the next checkpoint.
+        fill(&wal, &mut model, round, 2);
+        wal.truncate_before(wal.durable_lsn()).unwrap();
+        let on_disk = bytes_on_disk();
+        assert!(on_disk < 1 << 20, "round {round}: {} KiB on the disk for one 64 KiB segment and two kept", on_disk >> 10);
+    }
+    // Files kept while the target was larger are not reused at a smaller one.
+    let dir = Path::new("/wal-large");
+    let large = SegmentedWalConfig { segment_bytes_target: 1 << 20, ..config(dir) };
+    let wal = SegmentedWal::open_with(sim.clone(), large).unwrap();
+    fill(&wal, &mut model, 8, 3);
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    drop(wal);
+    let bytes_on_disk =
+        || -> u64 { sim.list(dir).unwrap().iter().map(|n| sim.read_file(&dir.join(n)).map_or(0, |f| f.len() as u64)).sum() };
+    assert!(bytes_on_disk() > 2 << 20, "two 1 MiB segments kept");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    fill(&wal, &mut model, 9, 3);
+    assert!(bytes_on_disk() < 1 << 20, "{} KiB on the disk after two rolls at a smaller target", bytes_on_disk() >> 10);
+}

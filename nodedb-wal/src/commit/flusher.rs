@@ -272,6 +272,14 @@ impl<S: Storage> Flusher<S> {
             return Ok(None);
         }
         let len = file.len().map_err(|e| (IoOp::Stat, e))?;
+        if len > shared.segment_bytes_max() {
+            // Kept with a larger target (or before truncation kept only files of a segment's
+            // size): reused, it would keep its size for good.
+            file.release_hold();
+            drop(file);
+            remove_kept(&*shared.storage, &from);
+            return Ok(None);
+        }
         file.write_and_sync(header, 0)?;
         // Never over a file of the segment's name (see `create_segment`).
         match shared.storage.rename_no_replace(&from, path) {

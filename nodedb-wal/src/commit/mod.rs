@@ -259,6 +259,13 @@ impl<S: Storage> Shared<S> {
         lock(&self.segments)
     }
 
+    /// The most bytes a segment holds unless a single record or group larger than the target
+    /// makes it larger: the target in whole blocks, and the block a restart's seal may add.
+    pub fn segment_bytes_max(&self) -> u64 {
+        let block = self.block as u64;
+        self.segment_bytes_target.div_ceil(block).saturating_mul(block).saturating_add(block)
+    }
+
     /// Whether a truncated segment should be kept for reuse rather than removed. Only
     /// truncation (one at a time) adds files, so the answer holds until it adds one.
     pub fn wants_recycled(&self) -> bool {
