@@ -110,3 +110,114 @@ fn a_mapped_readers_helper_sleeps_while_its_reader_is_idle() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Threads of this process the crate started (by the names it gives them). A thread names
+/// itself once it runs, and a helper ends just after its reader lets go: see [`settles`].
+fn wal_threads() -> usize {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap().filter_map(|e| Some(e.ok()?.path()));
+    tasks.filter(|task| std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.starts_with("nodedb-wal"))).count()
+}
+
+/// Whether `f` holds within a few seconds.
+fn settles(f: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+#[test]
+fn readers_tails_replays_and_failed_or_poisoned_opens_give_back_descriptors_and_threads() {
+    use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+    use nodedb_wal::{FsStorage, ReadOnlyWal, WalError, segment};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SegmentedWalConfig::new(dir.path());
+    config.segment_bytes_target = 4 << 20;
+    config.allow_buffered_fallback = true;
+    // Sealed segments of 4 MiB: large enough for every helper thread a reader may start.
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    let payload = vec![7u8; 4000];
+    let records: Vec<Record<'_>> = (0..64).map(|_| Record::new(RecordType::optional(0x100), &payload)).collect();
+    while wal.segments().len() < 4 {
+        wal.append_batch(&records).unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    let (fds, threads) = (fds_under(dir.path()), 1);
+    let given_back = |what: &str| {
+        let holds = || fds_under(dir.path()) == fds && wal_threads() == threads;
+        assert!(settles(holds), "{what}: {} descriptors, {} threads", fds_under(dir.path()), wal_threads());
+    };
+    given_back("the open log");
+    for from in [Lsn(1), Lsn(1500)] {
+        let mut reader = wal.read_from(from).unwrap();
+        reader.by_ref().take(10).for_each(|r| drop(r.unwrap()));
+        drop(reader);
+        given_back("read_from");
+        let mut reader = wal.read_mapped(from).unwrap();
+        reader.by_ref().take(10).for_each(|r| drop(r.unwrap()));
+        drop(reader);
+        given_back("read_mapped");
+        let mut lazy = wal.lazy_reader(from).unwrap();
+        (0..10).for_each(|_| assert!(lazy.next_header().unwrap().is_some()));
+        drop(lazy);
+        given_back("lazy_reader");
+        let mut tail = wal.tail(from);
+        (0..10).for_each(|_| drop(tail.next_timeout(Duration::from_secs(5)).unwrap().unwrap()));
+        drop(tail);
+        given_back("tail");
+        let mut applied = 0;
+        let stop = |_: nodedb_wal::RecordView<'_>| {
+            applied += 1;
+            if applied < 500 { Ok(()) } else { Err(WalError::EmptyGroup) }
+        };
+        assert!(wal.replay_parallel(from, 4, stop).is_err());
+        given_back("replay_parallel stopped by apply");
+        let look = ReadOnlyWal::open(dir.path(), None).unwrap();
+        look.read_mapped(from).unwrap().take(10).for_each(|r| drop(r.unwrap()));
+        drop(look);
+        given_back("a read-only look");
+    }
+    // A second open beside the first, then the log poisoned by a failed sync and dropped.
+    assert!(matches!(SegmentedWal::open(config.clone()), Err(WalError::Locked { .. })));
+    given_back("a refused open");
+    let newest = wal.segments().last().unwrap().id;
+    drop(wal);
+    let (fds, threads) = (0, 0);
+    let given_back = |what: &str| {
+        let holds = || fds_under(dir.path()) == fds && wal_threads() == threads;
+        assert!(settles(holds), "{what}: {} descriptors, {} threads", fds_under(dir.path()), wal_threads());
+    };
+    given_back("the closed log");
+    let faulty = FaultyStorage::new(FsStorage::new());
+    let wal = SegmentedWal::open_with(faulty.clone(), config.clone()).unwrap();
+    faulty.fail_from(FaultOp::SyncData, 0, EIO);
+    assert!(wal.append_durable(Record::new(RecordType::optional(0x100), b"x")).is_err());
+    drop(wal);
+    given_back("a poisoned log");
+    // Opens that fail half-way: at the seal, the manifest, the directory syncs.
+    for op in [FaultOp::Write, FaultOp::SyncData, FaultOp::SetLen, FaultOp::SyncDir] {
+        for after in 0..3 {
+            let faulty = FaultyStorage::new(FsStorage::new());
+            faulty.fail_once(op, after, EIO);
+            drop(SegmentedWal::open_with(faulty, config.clone()));
+            given_back(&format!("an open whose {op:?} failed after {after}"));
+        }
+    }
+    // Damage in a sealed segment: the open and a look refuse it.
+    let path = segment::path(dir.path(), newest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(SegmentedWal::open(config).is_err());
+    given_back("an open that found damage");
+    assert!(ReadOnlyWal::open(dir.path(), None).is_err());
+    given_back("a look that found damage");
+}
