@@ -118,6 +118,13 @@ impl Drop for SecretPage {
             // Only this value's pages: no other secret is unlocked.
             let _ = unlock(self.pages());
         }
+        // The pages go back to the heap as they came, so that the kernel merges them with their
+        // neighbours again: left out of dumps, each freed secret's pages stayed a mapping of
+        // their own, and a process that makes secrets for months (a cipher per segment per
+        // reader) ran towards `vm.max_map_count`, past which no memory can be mapped.
+        // SAFETY: advice on the allocation this value owns; it changes only what a core dump
+        // holds, never the contents.
+        let _ = unsafe { rustix::mm::madvise(self.ptr.as_ptr().cast(), self.layout.size(), rustix::mm::Advice::LinuxDoDump) };
         // SAFETY: allocated in `new` with this layout, freed once; no reference outlives `self`.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
