@@ -15,7 +15,8 @@ use crate::types::{Lsn, SegmentId};
 /// thirty-second of the segment at most (records averaging ~1.8 KiB or more), since for
 /// smaller records reading the segment itself costs little more. One is dropped as soon as
 /// its first [`JUDGED_AFTER`] records average less, so that a log of small records does not
-/// decode headers on the flusher for nothing, and at the latest when it passes that size.
+/// decode headers on the flusher for nothing, and at the latest when it passes that size (or
+/// [`INDEX_BYTES_MAX`]).
 #[derive(Debug, Default)]
 pub struct IndexBuilder {
     index: Option<HeaderIndex>,
@@ -29,9 +30,14 @@ const JUDGED_AFTER: usize = 64;
 /// Segment bytes per index byte below which an index is not worth keeping.
 const BYTES_PER_INDEX_BYTE: usize = 32;
 
+/// The largest index kept, whatever the segment target: the flusher holds it in memory until
+/// its segment is sealed (and a segment that never rolls, a target of `u64::MAX`, never is),
+/// and a reader reads it whole. A thirty-second of a 1 GiB segment.
+const INDEX_BYTES_MAX: usize = 32 << 20;
+
 impl IndexBuilder {
     pub fn new(segment_bytes_target: u64) -> IndexBuilder {
-        let budget = usize::try_from(segment_bytes_target).unwrap_or(usize::MAX) / BYTES_PER_INDEX_BYTE;
+        let budget = (usize::try_from(segment_bytes_target).unwrap_or(usize::MAX) / BYTES_PER_INDEX_BYTE).min(INDEX_BYTES_MAX);
         IndexBuilder { index: None, spare: None, max_entries: budget / ENTRY_LEN }
     }
 
@@ -226,6 +232,23 @@ mod tests {
         let index = large.finish().expect("4 KiB records keep their index");
         assert_eq!(index.entries().len(), 100);
         assert_eq!(index.entries()[1].0, 4096 + 4048, "each frame's offset");
+    }
+
+    // Found by review: the budget was a thirty-second of the segment target alone, and a log
+    // that never rolls (a target of `u64::MAX`, which the flusher's zero-fill allows for) kept
+    // every header of records of ~2 KiB or more in the flusher's memory, growing without end:
+    // its index is only written when the segment is sealed.
+    #[test]
+    fn the_index_of_a_segment_that_never_rolls_stays_within_a_fixed_budget() {
+        let mut builder = IndexBuilder::new(u64::MAX);
+        builder.start(SegmentId(1), 5, Lsn(1));
+        let batch = frames(1, 256, 4000);
+        let mut offset = 4096;
+        for _ in 0..=INDEX_BYTES_MAX / ENTRY_LEN / 256 {
+            builder.add_batch(&batch, offset);
+            offset += batch.len() as u64;
+        }
+        assert!(builder.finish().is_none(), "an index past {} MiB is dropped", INDEX_BYTES_MAX >> 20);
     }
 
     /// A large segment's index, then a small one, through one builder and one scratch buffer,
