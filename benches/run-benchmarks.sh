@@ -64,6 +64,7 @@ for _ in $(seq "$REPEAT"); do
     watched "${compare[@]}" --threads 16 --size 64k --seconds "$SECONDS_PER_SYSTEM" --no-checkpoint --systems nodedb-wal
     # Records larger than a batch (1 MiB by default), each in a one-off buffer; and one thread.
     watched "${compare[@]}" --threads 16 --size 4m --seconds "$SECONDS_PER_SYSTEM" --systems raw-bandwidth,okaywal,nodedb-wal
+    watched "${compare[@]}" --threads 16 --size 16m --seconds "$SECONDS_PER_SYSTEM" --systems okaywal,nodedb-wal
     watched "${compare[@]}" --threads 1 --size 128 --seconds "$SECONDS_PER_SYSTEM" --systems raw-floor,okaywal,nodedb-wal
     watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM"
     watched "${compare[@]}" --pipelined --size 128 --seconds "$SECONDS_PER_SYSTEM" --depth 16 --systems nodedb-wal,nodedb-wal-batch
@@ -77,6 +78,8 @@ for _ in $(seq "$REPEAT"); do
         watched "${compare[@]}" --threads 16 --size "$size" --seconds "$SECONDS_PER_SYSTEM" --systems nodedb-wal,nodedb-wal-encrypted
     done
     watched "${replay[@]}" --size 1024
+    # Records longer than a read-ahead chunk: the windows that carry them.
+    watched "${replay[@]}" --size 4194304 --bytes 536870912 --rounds 2 --lazy-bytes 0 --logs plaintext
     watched "${tail[@]}"
     watched "${dwb[@]}"
     watched cargo run --quiet --release -p nodedb-wal-benches --bin engine_crypt -- 256 5
