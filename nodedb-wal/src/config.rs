@@ -84,10 +84,11 @@ pub struct SegmentedWalConfig {
     /// disk space: up to this many segments stay allocated after a truncation. The old
     /// records in a reused file carry another segment's salt, so they never read as records
     /// of the new segment. A reused file keeps its length (past the new segment's end frame
-    /// lie the old bytes), and goes round again at the next truncation: after
-    /// `segment_bytes_target` is lowered, files kept from before stay as large as they were,
-    /// until an open with this at 0 removes every kept file (an open with a lower value
-    /// removes the oldest kept files beyond it).
+    /// lie the old bytes), and goes round again at the next truncation; so a file larger than
+    /// a segment (one record or group larger than the target made it, or it was kept before
+    /// `segment_bytes_target` was lowered) is never kept or reused, but removed. An open with
+    /// this at 0 removes every kept file (one with a lower value, the oldest kept files beyond
+    /// it).
     pub recycle_segments: usize,
     /// Whether readers may start a helper thread per sealed segment (of 1 MiB or more, on a
     /// machine with more than one CPU): for `read_mapped`, one that checks checksums ahead of
