@@ -767,11 +767,16 @@ impl<S: Storage> SegmentedWal<S> {
                 let storage = Arc::clone(&self.storage);
                 let ahead = Arc::new(Ahead::default());
                 let decoder_ahead = Arc::clone(&ahead);
-                scope.spawn(move || decode_segment(storage, spec, &tx, &spent_rx, &decoder_ahead));
-                (rx, spent_tx, ahead)
+                // A thread the system refuses is an error, not a panic in the caller's replay
+                // (the decoders already running stop as their receivers go).
+                std::thread::Builder::new()
+                    .name("nodedb-wal-decode".into())
+                    .spawn_scoped(scope, move || decode_segment(storage, spec, &tx, &spent_rx, &decoder_ahead))
+                    .map_err(|e| WalError::io(crate::error::IoOp::Open, "replay decoder thread", e))?;
+                Ok::<_, WalError>((rx, spent_tx, ahead))
             };
             let mut queued = segments.iter();
-            let mut running: std::collections::VecDeque<_> = queued.by_ref().take(decoders.max(1)).map(decoder).collect();
+            let mut running = queued.by_ref().take(decoders.max(1)).map(decoder).collect::<Result<std::collections::VecDeque<_>>>()?;
             let mut applied = 0;
             while let Some((decoded, spent, ahead)) = running.pop_front() {
                 // Returning early drops the receivers: the decoders' sends fail and they stop.
@@ -783,7 +788,9 @@ impl<S: Storage> SegmentedWal<S> {
                     }
                     ahead.applied(chunk, &spent);
                 }
-                running.extend(queued.next().map(decoder));
+                if let Some(seg) = queued.next() {
+                    running.push_back(decoder(seg)?);
+                }
             }
             Ok(applied)
         })
