@@ -355,6 +355,8 @@ impl<F: StorageFile> Helper<F> {
             }
             window = self.carry(&window_sent);
         }
+        // No window is made from here on: buffers given back are not wanted again.
+        self.large.close();
         self.plan.drop_behind
     }
 
@@ -746,6 +748,35 @@ mod tests {
         let reads = helped.file().reads_by_helper.load(Ordering::Relaxed);
         assert!(reads <= 4, "the helper made {reads} reads of a {}-byte file", bytes.len());
         assert!(helped.file().read_by_helper.load(Ordering::Relaxed) >= bytes.len() as u64 - CHUNK as u64);
+    }
+
+    // Found by review: each reading keeps the buffers of its large windows for the next one,
+    // and a window a caller kept past the reading (a payload shared with it) kept the reading's
+    // kept buffers too, up to twice its own memory more, for as long as the caller held it.
+    #[test]
+    fn a_large_window_kept_after_its_reading_pins_no_other_buffer() {
+        let (bytes, _) = frames([3 << 20, 3 << 20, 3 << 20, 3 << 20, 100].into_iter());
+        let plan = Plan {
+            file: Arc::new(MemFile::new(&bytes, u64::MAX)),
+            from: 0,
+            chain: Some(0),
+            block: ALIGN as u64,
+            file_len: bytes.len() as u64,
+            align: ALIGN,
+            chunk: CHUNK,
+            drop_behind: None,
+        };
+        let mut ahead = ReadAhead::spawn(plan).expect("a thread");
+        let mut kept = None;
+        while let Some(window) = ahead.next() {
+            let window = window.unwrap();
+            if window.buf.len() > spare::MAX_LEN {
+                kept = Some(window);
+            }
+        }
+        let _ = ahead.stop();
+        let kept = kept.expect("a window larger than the pool's");
+        assert_eq!(kept.buf.home_kept(), 0, "buffers kept for a reading that is over");
     }
 
     /// Scans the frames (checking them) with `helped` and asserts that its helper read all but

@@ -10,8 +10,8 @@
 //! Larger buffers (a read-ahead window holding a frame longer than a chunk) are kept only for
 //! the reading of one segment, in that reading's [`LargeSpares`]: a replay of 4 MiB records
 //! took a fresh buffer per record, and its page faults, and ran at 0.15-0.2 of a plain read
-//! warm; reusing them, 0.4-0.65 (BENCHMARKS.md). They go when the reading's helper and
-//! windows do, so the process keeps none.
+//! warm; reusing them, 0.4-0.65 (BENCHMARKS.md). They go when the reading's helper is done
+//! (a window a caller still holds then pins only its own), so the process keeps none.
 //!
 //! (The pool was first credited with curing slow warm plain reads in the replay benchmark
 //! after a recovery. Those turned out to be the benchmark's own buffer, 16 bytes past a page,
@@ -57,7 +57,15 @@ impl Pool {
 /// Buffers larger than [`MAX_LEN`] kept for one reading of one segment (see the module
 /// documentation): at most `LARGE_KEPT`, the largest ones.
 #[derive(Debug, Default)]
-pub struct LargeSpares(Mutex<Vec<AlignedBuf>>);
+pub struct LargeSpares(Mutex<Large>);
+
+/// The kept buffers, and whether the reading still makes large windows.
+#[derive(Debug, Default)]
+struct Large {
+    kept: Vec<AlignedBuf>,
+    /// The helper is done: nothing takes a kept buffer again.
+    closed: bool,
+}
 
 /// Large buffers one reading keeps at most: a window the helper fills while the reader is in
 /// another (the windows queued between them hold their own).
@@ -66,18 +74,39 @@ const LARGE_KEPT: usize = 2;
 impl LargeSpares {
     /// A kept buffer of at least `size` bytes aligned to at least `align`, if there is one.
     fn take(&self, size: usize, align: usize) -> Option<AlignedBuf> {
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut large = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = &mut large.kept;
         kept.iter().position(|b| b.len() >= size && b.align() >= align).map(|at| kept.swap_remove(at))
     }
 
-    /// Keeps `buf`, in place of the smallest kept one if `LARGE_KEPT` are.
-    fn keep(&self, buf: AlignedBuf) {
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Keeps `buf`, in place of the smallest kept one if `LARGE_KEPT` are; returns the buffer
+    /// let go, to be dropped (unmapped) after the lock. Once closed, keeps nothing.
+    fn keep(&self, buf: AlignedBuf) -> Option<AlignedBuf> {
+        let mut large = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if large.closed {
+            return Some(buf);
+        }
+        let kept = &mut large.kept;
         if kept.len() < LARGE_KEPT {
             kept.push(buf);
-        } else if let Some(smallest) = kept.iter_mut().min_by_key(|b| b.len()).filter(|b| b.len() < buf.len()) {
-            *smallest = buf;
+            return None;
         }
+        match kept.iter_mut().min_by_key(|b| b.len()).filter(|b| b.len() < buf.len()) {
+            Some(smallest) => Some(std::mem::replace(smallest, buf)),
+            None => Some(buf),
+        }
+    }
+
+    /// The reading's helper is done, and with it every take: lets go of the kept buffers, and
+    /// of those given back later. A window a caller keeps past the reading (a payload shared
+    /// with it) then pins only its own buffer, not the reading's kept ones as well.
+    pub fn close(&self) {
+        let let_go = {
+            let mut large = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            large.closed = true;
+            std::mem::take(&mut large.kept)
+        };
+        drop(let_go);
     }
 }
 
@@ -111,6 +140,12 @@ impl SpareBuf {
         let buf = home.take(size, align).unwrap_or_else(|| AlignedBuf::zeroed(size, align));
         SpareBuf { buf: Some(buf), len: size, home: Some(Arc::clone(home)) }
     }
+
+    /// How many buffers the reading this one came from keeps (0 for the shared pool's).
+    #[cfg(test)]
+    pub fn home_kept(&self) -> usize {
+        self.home.as_ref().map_or(0, |home| home.0.lock().unwrap().kept.len())
+    }
 }
 
 impl Deref for SpareBuf {
@@ -133,7 +168,7 @@ impl Drop for SpareBuf {
     fn drop(&mut self) {
         if let Some(buf) = self.buf.take() {
             match &self.home {
-                Some(home) => home.keep(buf),
+                Some(home) => drop(home.keep(buf)),
                 None => SPARE.keep(buf),
             }
         }
@@ -197,9 +232,9 @@ mod tests {
     fn a_reading_keeps_at_most_its_largest_few_large_buffers() {
         let home = LargeSpares::default();
         for n in 2..=5 {
-            home.keep(AlignedBuf::zeroed(n * MAX_LEN, 4096));
+            drop(home.keep(AlignedBuf::zeroed(n * MAX_LEN, 4096)));
         }
-        let kept: Vec<usize> = home.0.lock().unwrap().iter().map(|b| b.len() / MAX_LEN).collect();
+        let kept: Vec<usize> = home.0.lock().unwrap().kept.iter().map(|b| b.len() / MAX_LEN).collect();
         assert_eq!(kept.len(), LARGE_KEPT);
         assert!(kept.contains(&5) && kept.contains(&4), "{kept:?}");
     }
