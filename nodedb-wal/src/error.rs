@@ -125,7 +125,9 @@ pub enum IoOp {
 pub enum CorruptionKind {
     /// The segment preamble's magic is not a WAL segment's.
     BadPreambleMagic,
-    /// The segment's header frame is missing or damaged although the segment holds data.
+    /// The segment's header frame is missing or damaged although the segment holds data; or
+    /// the newest segment's file carries the last id (`u64::MAX`), which no writer of this
+    /// crate makes, since no segment could follow it.
     BadSegmentHeader,
     /// A record frame failed its checksum or structure checks where intact data must be.
     BadFrame,
@@ -168,7 +170,9 @@ impl std::fmt::Display for CorruptionKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CorruptionKind::BadPreambleMagic => f.write_str("the file does not open with a WAL segment's preamble"),
-            CorruptionKind::BadSegmentHeader => f.write_str("the segment's header frame is damaged, and the segment holds records"),
+            CorruptionKind::BadSegmentHeader => f.write_str(
+                "the segment's header frame is damaged although the segment holds records, or the segment has an id no log of this crate makes (the last one)",
+            ),
             CorruptionKind::BadFrame => f.write_str("a record frame fails its checksum or structure checks where intact records must be"),
             CorruptionKind::LsnOutOfOrder { expected, found } => write!(f, "a record carries LSN {found} where {expected} was next"),
             CorruptionKind::UnsealedSegment => f.write_str(
