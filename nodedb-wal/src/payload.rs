@@ -11,8 +11,8 @@ use crate::segment::read_ahead::Window;
 /// A record's bytes, handed out in a [`crate::WalRecord`]. Reads as a `[u8]` (it derefs to one)
 /// and compares with byte strings, slices and vectors.
 ///
-/// A plaintext payload read from a segment file shares the reader's read buffer (up to 1 MiB)
-/// instead of being copied out of it: a replay that applies each record and drops it pays no
+/// A plaintext payload read from a segment file shares the reader's read buffer (1 MiB, or
+/// as long as the record where a record is longer) instead of being copied out of it: a replay that applies each record and drops it pays no
 /// copy and no allocation per record. The buffer lives as long as any payload in it. A reader
 /// whose caller keeps payloads past the buffer they came from (it finds the buffer still held
 /// when it moves on, or leaves a segment) copies every payload after that, so keeping records
