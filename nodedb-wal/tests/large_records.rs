@@ -1,10 +1,9 @@
-//! Records much larger than a batch (1 to 20 MiB, mixed with small ones), end to end: written
-//! from one-off (mapped) buffers one by one, in groups and in batches, read back whole by
-//! every reader (owned records kept past their window while others are dropped, views, maps,
-//! headers then payloads, parallel replay, a read-only look, a tail following the writes),
-//! with and without encryption, with segments larger than a record and smaller than one.
-
-mod common;
+//! Records much larger than a batch (1 to 20 MiB, mixed with small ones), end to end. They
+//! are written from one-off (mapped) buffers one by one, in groups and in batches, by threads
+//! together and by a `WalWriter`, and read back whole by every reader (owned records kept past
+//! their window while others are dropped, views, maps, headers then payloads, parallel replay,
+//! read-only looks, tails), with and without encryption, in segments larger than a record and
+//! smaller than one; after truncations that keep files for reuse, and after power cuts.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -130,6 +129,12 @@ fn check_readers_from<S: Storage>(wal: &SegmentedWal<S>, first: Lsn, expected: &
     assert_eq!(n, count, "read_from");
     for record in &kept {
         assert_payload("a kept payload, after the reading", record.lsn, &record.payload, expected);
+    }
+    drop(kept);
+    // Only large records kept, each from a window of its own: the reader goes on past them.
+    let kept: Vec<WalRecord> = wal.read_from(first).unwrap().map(Result::unwrap).filter(|r| r.payload.len() > 2 << 20).collect();
+    for record in &kept {
+        assert_payload("a large payload kept, after the reading", record.lsn, &record.payload, expected);
     }
     drop(kept);
 
@@ -269,20 +274,28 @@ fn a_tail_follows_records_larger_than_a_segment_as_they_are_appended() {
     tail_follows(SMALL_SEGMENT);
 }
 
-/// Appends large and small records on one thread (every third durably) while the power is
-/// cut at some point, then reopens: every acknowledged record comes back whole, in order, and
-/// nothing else but whole records appended after them.
+/// Truncates a log of 1 MiB records (keeping segment files for reuse), then appends large
+/// and small records on one thread (every third durably) while the power is cut at some
+/// point, and reopens: every acknowledged record comes back whole, in order, and nothing else
+/// but whole records appended after them, although new segments were written over old ones.
 fn acknowledged_large_records_survive_a_power_cut(seed: u64, segment_bytes_target: u64) {
     let dir = Path::new("/wal");
     let sim = SimStorage::new(seed, FaultConfig::default());
     sim.set_intermediate_writes(true);
-    let all: Vec<Vec<u8>> = SIZES.iter().enumerate().map(|(i, &len)| payload(i, len)).collect();
     let keyed = seed.is_multiple_of(2);
     let wal = SegmentedWal::open_with(sim.clone(), config(dir, segment_bytes_target, keyed)).unwrap();
-    let acked = AtomicUsize::new(0);
+    let mut all: Vec<Vec<u8>> = (0..12).map(|i| payload(500 + i, (1 << 20) + i)).collect();
+    for p in &all {
+        wal.append(Record::new(TY, p)).unwrap();
+    }
+    wal.sync().unwrap();
+    wal.truncate_before(Lsn(all.len() as u64 + 1)).unwrap();
+    let before = all.len();
+    all.extend(SIZES.iter().enumerate().map(|(i, &len)| payload(i, len)));
+    let acked = AtomicUsize::new(before);
     let after = std::thread::scope(|s| {
         s.spawn(|| {
-            for (i, p) in all.iter().enumerate() {
+            for (i, p) in all.iter().enumerate().skip(before) {
                 let record = Record::new(TY, p);
                 let done = if i % 3 == 2 { wal.append_durable(record) } else { wal.append(record) };
                 if done.is_err() {
@@ -301,7 +314,7 @@ fn acknowledged_large_records_survive_a_power_cut(seed: u64, segment_bytes_targe
     let wal = SegmentedWal::open_with(after, config(dir, segment_bytes_target, keyed)).unwrap();
     let recovered = wal.recovery_info().last_lsn.0 as usize;
     assert!(recovered >= acked, "seed {seed}: {recovered} recovered, {acked} acknowledged");
-    check_readers(&wal, &all[..recovered]);
+    check_readers_from(&wal, wal.oldest_lsn(), &all[..recovered]);
 }
 
 #[test]
@@ -402,4 +415,30 @@ fn concurrent_appends_of_large_records_beyond_the_one_off_budget_are_all_read_ba
     wal.close().unwrap();
     let wal = SegmentedWal::open(config(dir.path(), SMALL_SEGMENT * 2, false)).unwrap();
     check_readers(&wal, &expected);
+}
+
+/// A tail whose consumer truncates the log behind each record it takes (segments of one large
+/// record, kept files reused) still returns every record whole, in order.
+#[test]
+fn a_tail_whose_consumer_truncates_behind_it_returns_every_large_record_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), SMALL_SEGMENT, false);
+    c.recycle_segments = 3;
+    let wal = SegmentedWal::open(c).unwrap();
+    let expected: Vec<Vec<u8>> = SIZES.iter().chain(SIZES.iter().rev()).enumerate().map(|(i, &len)| payload(i, len)).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for p in &expected {
+                wal.append_durable(Record::new(TY, p)).unwrap();
+            }
+        });
+        let mut tail = wal.tail(Lsn(1));
+        for lsn in 1..=expected.len() as u64 {
+            let record = tail.next_timeout(Duration::from_secs(20)).unwrap().expect("a record within the timeout");
+            assert_eq!(record.lsn, Lsn(lsn));
+            assert_payload("tail", record.lsn, &record.payload, &expected);
+            wal.truncate_before(Lsn(lsn + 1)).unwrap();
+        }
+    });
+    assert!(wal.oldest_lsn().0 > 1, "the consumer's truncations took segments");
 }
