@@ -442,3 +442,27 @@ fn a_tail_whose_consumer_truncates_behind_it_returns_every_large_record_whole() 
     });
     assert!(wal.oldest_lsn().0 > 1, "the consumer's truncations took segments");
 }
+
+/// A record of exactly `payload_bytes_max` (64 MiB by default), encrypted, so that its frame is
+/// larger than a default segment, is written, recovered and read back whole, between small ones.
+#[test]
+fn a_record_of_the_largest_payload_encrypted_is_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = SegmentedWalConfig::new(dir.path()).payload_bytes_max;
+    let expected = vec![payload(1, 10), payload(2, max), payload(3, 10)];
+    {
+        let wal = SegmentedWal::open(config(dir.path(), SEGMENT, true)).unwrap();
+        for p in &expected {
+            wal.append(Record::new(TY, p)).unwrap();
+        }
+        wal.sync().unwrap();
+        wal.close().unwrap();
+    }
+    let wal = SegmentedWal::open(config(dir.path(), SEGMENT, true)).unwrap();
+    assert_eq!(wal.recovery_info().last_lsn, Lsn(3), "recovery at open");
+    let records: Vec<WalRecord> = wal.read_from(Lsn(1)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(records.len(), 3);
+    for record in &records {
+        assert_payload("read_from", record.lsn, &record.payload, &expected);
+    }
+}
