@@ -249,9 +249,15 @@ fn tail_follows(segment_bytes_target: u64) {
     let dir = tempfile::tempdir().unwrap();
     let wal = SegmentedWal::open(config(dir.path(), segment_bytes_target, false)).unwrap();
     let expected: Vec<Vec<u8>> = SIZES.iter().enumerate().map(|(i, &len)| payload(i, len)).collect();
+    append_and_tail(&wal, &expected, false);
+}
+
+/// Appends `expected` on one thread while a tail from LSN 1 checks each record as it comes,
+/// truncating the log behind each one if `truncate`.
+fn append_and_tail(wal: &SegmentedWal, expected: &[Vec<u8>], truncate: bool) {
     std::thread::scope(|s| {
         s.spawn(|| {
-            for p in &expected {
+            for p in expected {
                 wal.append_durable(Record::new(TY, p)).unwrap();
             }
         });
@@ -259,7 +265,10 @@ fn tail_follows(segment_bytes_target: u64) {
         for lsn in 1..=expected.len() as u64 {
             let record = tail.next_timeout(Duration::from_secs(20)).unwrap().expect("a record within the timeout");
             assert_eq!(record.lsn, Lsn(lsn));
-            assert_payload("tail", record.lsn, &record.payload, &expected);
+            assert_payload("tail", record.lsn, &record.payload, expected);
+            if truncate {
+                wal.truncate_before(Lsn(lsn + 1)).unwrap();
+            }
         }
     });
 }
@@ -426,20 +435,7 @@ fn a_tail_whose_consumer_truncates_behind_it_returns_every_large_record_whole() 
     c.recycle_segments = 3;
     let wal = SegmentedWal::open(c).unwrap();
     let expected: Vec<Vec<u8>> = SIZES.iter().chain(SIZES.iter().rev()).enumerate().map(|(i, &len)| payload(i, len)).collect();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for p in &expected {
-                wal.append_durable(Record::new(TY, p)).unwrap();
-            }
-        });
-        let mut tail = wal.tail(Lsn(1));
-        for lsn in 1..=expected.len() as u64 {
-            let record = tail.next_timeout(Duration::from_secs(20)).unwrap().expect("a record within the timeout");
-            assert_eq!(record.lsn, Lsn(lsn));
-            assert_payload("tail", record.lsn, &record.payload, &expected);
-            wal.truncate_before(Lsn(lsn + 1)).unwrap();
-        }
-    });
+    append_and_tail(&wal, &expected, true);
     assert!(wal.oldest_lsn().0 > 1, "the consumer's truncations took segments");
 }
 

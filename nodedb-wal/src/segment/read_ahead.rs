@@ -756,17 +756,7 @@ mod tests {
     #[test]
     fn a_large_window_kept_after_its_reading_pins_no_other_buffer() {
         let (bytes, _) = frames([3 << 20, 3 << 20, 3 << 20, 3 << 20, 100].into_iter());
-        let plan = Plan {
-            file: Arc::new(MemFile::new(&bytes, u64::MAX)),
-            from: 0,
-            chain: Some(0),
-            block: ALIGN as u64,
-            file_len: bytes.len() as u64,
-            align: ALIGN,
-            chunk: CHUNK,
-            drop_behind: None,
-        };
-        let mut ahead = ReadAhead::spawn(plan).expect("a thread");
+        let mut ahead = ReadAhead::spawn(plan(&bytes)).expect("a thread");
         let mut kept = None;
         while let Some(window) = ahead.next() {
             let window = window.unwrap();
@@ -889,8 +879,9 @@ mod tests {
         window
     }
 
-    fn helper(bytes: &[u8]) -> Helper<MemFile> {
-        let plan = Plan {
+    /// A helper's plan for reading `bytes` from the start, following its chain of frames.
+    fn plan(bytes: &[u8]) -> Plan<MemFile> {
+        Plan {
             file: Arc::new(MemFile::new(bytes, u64::MAX)),
             from: 0,
             chain: Some(0),
@@ -899,8 +890,11 @@ mod tests {
             align: ALIGN,
             chunk: CHUNK,
             drop_behind: None,
-        };
-        let mut helper = Helper::new(plan, Arc::new(AtomicBool::new(false)));
+        }
+    }
+
+    fn helper(bytes: &[u8]) -> Helper<MemFile> {
+        let mut helper = Helper::new(plan(bytes), Arc::new(AtomicBool::new(false)));
         helper.share = SHARES;
         helper
     }
