@@ -263,20 +263,15 @@ impl<S: Storage> Flusher<S> {
         // Where the file system cannot lock, no reader can be ruled out: remove it too. So with
         // a file that has another name (a hard-linked backup): rewriting it would change the
         // backup; removing this name leaves the backup whole.
+        // A file larger than a segment (kept with a larger target, or before truncation kept
+        // only files of a segment's size) would keep its size for good: removed too.
         let free = file.try_hold_exclusive();
         let linked = file.has_other_links();
-        if !matches!(free, Ok(true)) || !matches!(linked, Ok(false)) {
-            drop(file);
-            tracing::debug!(path = %from.display(), ?free, ?linked, "a truncated segment may be read or has other names; removing it instead of reusing it");
-            remove_kept(&*shared.storage, &from);
-            return Ok(None);
-        }
         let len = file.len().map_err(|e| (IoOp::Stat, e))?;
-        if len > shared.segment_bytes_max() {
-            // Kept with a larger target (or before truncation kept only files of a segment's
-            // size): reused, it would keep its size for good.
-            file.release_hold();
+        let too_large = len > shared.segment_bytes_max();
+        if !matches!(free, Ok(true)) || !matches!(linked, Ok(false)) || too_large {
             drop(file);
+            tracing::debug!(path = %from.display(), ?free, ?linked, too_large, "a truncated segment may be read, has other names or is too large; removing it instead of reusing it");
             remove_kept(&*shared.storage, &from);
             return Ok(None);
         }
