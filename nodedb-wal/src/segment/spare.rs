@@ -110,6 +110,11 @@ impl LargeSpares {
     }
 }
 
+/// `len` in whole units of `align`, at least one: the length [`AlignedBuf::zeroed`] gives.
+fn rounded(len: usize, align: usize) -> usize {
+    len.div_ceil(align).max(1) * align
+}
+
 /// An aligned buffer that goes back where it came from when dropped: the shared pool, or the
 /// [`LargeSpares`] of a reading. Its bytes are whatever its last user left there: readers
 /// track how much of it they filled.
@@ -125,7 +130,7 @@ impl SpareBuf {
     /// A buffer of `len` bytes (rounded up to `align`, as [`AlignedBuf::zeroed`] does), from
     /// the pool if one of that size and alignment is kept.
     pub fn get(len: usize, align: usize) -> SpareBuf {
-        let size = len.div_ceil(align).max(1) * align;
+        let size = rounded(len, align);
         let buf = SPARE.take(size, align).unwrap_or_else(|| AlignedBuf::zeroed(size, align));
         SpareBuf { buf: Some(buf), len: size, home: None }
     }
@@ -133,7 +138,7 @@ impl SpareBuf {
     /// Like [`Self::get`], but one larger than [`MAX_LEN`] comes from `home` where it keeps one
     /// large enough, and goes back there.
     pub fn get_in(len: usize, align: usize, home: &Arc<LargeSpares>) -> SpareBuf {
-        let size = len.div_ceil(align).max(1) * align;
+        let size = rounded(len, align);
         if size <= MAX_LEN {
             return SpareBuf::get(len, align);
         }
@@ -223,8 +228,13 @@ mod tests {
         assert_eq!(smaller.len(), 2 * MAX_LEN + 512, "only the bytes asked for");
         let larger = SpareBuf::get_in(4 * MAX_LEN, 4096, &home);
         assert_ne!(larger.as_ptr() as usize, at, "too small for it");
-        assert!((SpareBuf::get_in(MAX_LEN * 2, 1 << 20, &home).as_ptr() as usize).is_multiple_of(1 << 20), "never less aligned");
-        drop((smaller, larger));
+        // The kept buffer was made for 4 KiB alignment: not handed out for a coarser one, even
+        // where its address happens to be aligned.
+        drop(smaller);
+        let coarse = SpareBuf::get_in(MAX_LEN * 2, 1 << 20, &home);
+        assert_ne!(coarse.as_ptr() as usize, at, "a buffer made for a finer alignment");
+        assert!((coarse.as_ptr() as usize).is_multiple_of(1 << 20), "never less aligned");
+        drop((coarse, larger));
         assert!(SpareBuf::get_in(MAX_LEN, 4096, &home).home.is_none(), "small ones use the shared pool");
     }
 
