@@ -9,8 +9,8 @@
 //!
 //! Larger buffers (a read-ahead window holding a frame longer than a chunk) are kept only for
 //! the reading of one segment, in that reading's [`LargeSpares`]: a replay of 4 MiB records
-//! took a fresh buffer per record, and its page faults, and ran at 0.15-0.2 of a plain read
-//! warm; reusing them, 0.4-0.65 (BENCHMARKS.md). They go when the reading's helper is done
+//! took a fresh buffer per record, and its page faults, and ran at 0.1-0.2 of a plain read
+//! warm; reusing them, 0.3-0.47 (BENCHMARKS.md). They go when the reading's helper is done
 //! (a window a caller still holds then pins only its own), so the process keeps none.
 //!
 //! (The pool was first credited with curing slow warm plain reads in the replay benchmark

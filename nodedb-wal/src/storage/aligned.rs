@@ -13,7 +13,7 @@ use rustix::mm::{MapFlags, ProtFlags};
 /// From this size up, a buffer is a mapping of its own, in transparent huge pages where the
 /// kernel gives them. From the heap, a large buffer cost a page fault per 4 KiB page and a
 /// `memset` over pages the kernel had just zeroed: a 16 MiB record's one-off buffer took
-/// ~10 ms of CPU (most of the 16 ms the record cost, `perf` in BENCHMARKS.md).
+/// ~9 ms of CPU (58% of the 16 ms the record cost, `perf` in BENCHMARKS.md).
 const MAPPED_FROM: usize = 2 << 20;
 
 /// The bytes a mapped buffer of `layout` maps: its size in whole pages.
