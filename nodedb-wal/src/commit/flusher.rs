@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::Shared;
+use super::{PoisonOnPanic, Shared};
 use super::plan::{BatchMeta, Sealed, Target};
 use crate::error::IoOp;
 use crate::format::layout::{write_header_block, write_padding, write_segment_end};
@@ -83,7 +83,7 @@ impl<S: Storage> Flusher<S> {
     /// durable watermark.
     pub fn write_ready(&mut self, own: Option<Lsn>) {
         let shared = Arc::clone(&self.shared);
-        let _guard = PoisonOnPanic(&shared);
+        let _guard = PoisonOnPanic { shared: &shared, what: "writing a batch panicked" };
         let mut run = std::mem::take(&mut self.run);
         loop {
             if own.is_some_and(|lsn| shared.durability.lsn() >= lsn) {
@@ -352,19 +352,6 @@ fn close_batch(buf: &mut BatchBuf, job: &BatchMeta, durable: Lsn) {
 /// The bytes of a batch whose regions are all closed (see [`wait_for_regions`]).
 fn written(buf: &mut Arc<BatchBuf>) -> &mut [u8] {
     Arc::get_mut(buf).expect("no region left").bytes_mut()
-}
-
-/// If writing panics (a broken invariant), nobody would ever wake the waiters: poison the log
-/// instead, so every caller gets an error.
-struct PoisonOnPanic<'a, S: Storage>(&'a Shared<S>);
-
-impl<S: Storage> Drop for PoisonOnPanic<'_, S> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.durability.poison(IoOp::Write, &io::Error::other("writing a batch panicked"));
-            self.0.wake_all();
-        }
-    }
 }
 
 /// Waits until every appender that reserved bytes in the batch has finished writing them (the

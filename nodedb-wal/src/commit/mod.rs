@@ -24,7 +24,7 @@ use plan::{BatchMeta, Crypt, Frames, Identity, Plan, Sealed, Turn, Wait};
 pub(crate) use plan::{Limits, SegmentPlan};
 
 use crate::crypto::{KeyRing, SegmentCipher, random};
-use crate::error::{Result, WalError};
+use crate::error::{IoOp, Result, WalError};
 use crate::manifest::Manifest;
 use crate::record::Record;
 use crate::segment::SegmentInfo;
@@ -399,6 +399,25 @@ impl<S: Storage> Shared<S> {
     }
 }
 
+/// If a thread panics inside the log's shared state (a broken invariant, or no randomness for a
+/// new segment's salt), that state may be half changed and nobody may be left to wake the
+/// waiters or let a queued large record go: poison the log instead, so that every caller gets
+/// an error rather than a hang. Declared before any lock it guards, so that the lock is let go
+/// first.
+pub(crate) struct PoisonOnPanic<'a, S: Storage> {
+    pub shared: &'a Shared<S>,
+    pub what: &'static str,
+}
+
+impl<S: Storage> Drop for PoisonOnPanic<'_, S> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.durability.poison(IoOp::Write, &std::io::Error::other(self.what));
+            self.shared.wake_all();
+        }
+    }
+}
+
 impl<S: Storage> Shared<S> {
     /// Asks the flusher for a sync covering `lsn`, which must have been issued, and returns the
     /// sequence number of the batch holding it. One lock.
@@ -569,6 +588,7 @@ impl<S: Storage> GroupCommitter<S> {
     /// for a free buffer if need be, then waking the flusher if a batch was sealed.
     fn reserve(&self, frames: Frames, want_sync: bool) -> Result<plan::Reservation> {
         let key_ring = self.shared.key_ring.as_deref();
+        let _poison_on_panic = PoisonOnPanic { shared: &self.shared, what: "an append panicked while reserving its place" };
         let mut plan = lock(&self.shared.plan);
         let mut turn = Turn::default();
         let reserved = loop {
@@ -758,5 +778,43 @@ impl<S: Storage> Drop for GroupCommitter<S> {
         if let Err(err) = self.close() {
             tracing::warn!(%err, "closing the log on drop failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::crypto::random::tests::NO_RANDOMNESS;
+    use crate::storage::FaultConfig;
+    use crate::{IoOp, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+
+    #[test]
+    fn a_panic_while_reserving_poisons_the_log_and_keeps_what_was_acknowledged() {
+        let storage = SimStorage::new(7, FaultConfig::default());
+        let mut config = SegmentedWalConfig::new("/wal");
+        config.segment_bytes_target = 4 * 4096;
+        let ty = RecordType::optional(0x100);
+        let wal = SegmentedWal::open_with(storage.clone(), config.clone()).unwrap();
+        let acknowledged = wal.append_durable(Record::new(ty, b"before")).unwrap();
+
+        // Only a new segment draws randomness (its salt): the append that rolls panics.
+        NO_RANDOMNESS.set(true);
+        let mut panicked = false;
+        for _ in 0..64 {
+            if std::panic::catch_unwind(|| wal.append(Record::new(ty, &[7; 1000]))).is_err() {
+                panicked = true;
+                break;
+            }
+        }
+        NO_RANDOMNESS.set(false);
+        assert!(panicked, "no append rolled the segment");
+
+        let refused = wal.append(Record::new(ty, b"after")).unwrap_err();
+        assert!(matches!(refused, WalError::Poisoned { op: IoOp::Write, .. }), "{refused}");
+        assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })), "nothing is said durable after it");
+        drop(wal);
+
+        let reopened = SegmentedWal::open_with(storage, config).unwrap();
+        let first = reopened.read_from(crate::Lsn(1)).unwrap().next().unwrap().unwrap();
+        assert_eq!((first.lsn, &first.payload[..]), (acknowledged, &b"before"[..]));
     }
 }

@@ -5,6 +5,10 @@
 /// refuses the system call (as the standard library does). Panics only if neither answers:
 /// salts and nonce epochs must not repeat, and nothing else would keep them apart.
 pub(crate) fn fill_random(buf: &mut [u8]) {
+    #[cfg(test)]
+    if tests::NO_RANDOMNESS.get() {
+        panic!("no randomness (a test's)");
+    }
     let mut filled = 0;
     while filled < buf.len() {
         match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
@@ -33,8 +37,14 @@ pub(crate) fn random_u32() -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// Makes [`fill_random`] panic on this thread, as it does where the system has no
+        /// randomness to give.
+        pub(crate) static NO_RANDOMNESS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     #[test]
     fn the_fallback_for_a_refused_getrandom_reads_random_bytes() {
