@@ -69,6 +69,12 @@ impl SegmentedWal<FsStorage> {
     }
 }
 
+/// The decoders of a [`SegmentedWal::replay_parallel`] asked for `threads`: at least one, at
+/// most one per core.
+fn decoders_for(threads: usize) -> usize {
+    threads.min(crate::segment::reader::usable_cores()).max(1)
+}
+
 impl<S: Storage> SegmentedWal<S> {
     /// Opens (or creates) the log on the given storage.
     ///
@@ -697,7 +703,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// error, from reading or from `apply`, which wraps an engine's own error with
     /// [`WalError::caller`] (it comes back as [`WalError::Caller`], to downcast).
     ///
-    /// `threads` is a bound. `apply` runs on the calling thread. A log without a key ring
+    /// `threads` is a bound, and so are the cores: decoding is work for a core, and each
+    /// decoder may hold ~64 MiB, so more decoders than cores would only take memory (a caller's
+    /// 1,000 on a log of 1,000 segments would have been 1,000 threads and up to 64 GB). `apply`
+    /// runs on the calling thread. A log without a key ring
     /// (plaintext) where fewer than two cores are left beside it is read in sequence instead
     /// (the calling thread checks the records while a read-ahead helper reads ahead): checking
     /// is bound by memory traffic, and the decoders' copy costs more than they save there. On
@@ -735,7 +744,7 @@ impl<S: Storage> SegmentedWal<S> {
             }
             return Ok(applied);
         }
-        self.replay_decoded(from, threads, apply)
+        self.replay_decoded(from, decoders_for(threads), apply)
     }
 
     /// [`Self::replay_parallel`] with exactly `decoders` decoders (at least one).
@@ -1089,3 +1098,16 @@ const _: () = {
     send_sync::<SegmentedWal<FsStorage>>();
     send_sync::<SegmentedWal<crate::storage::SimStorage>>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::decoders_for;
+    use crate::segment::reader::usable_cores;
+
+    #[test]
+    fn a_parallel_replay_runs_at_most_one_decoder_per_core_and_at_least_one() {
+        assert_eq!(decoders_for(1_000), usable_cores());
+        assert_eq!(decoders_for(0), 1);
+        assert_eq!(decoders_for(1), 1);
+    }
+}
