@@ -28,6 +28,7 @@ pub use tombstone::{CollectionTombstonePayload, MAX_COLLECTION_NAME_LEN};
 /// # Ok::<(), PayloadError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PayloadError {
     /// Fewer bytes than the layout needs.
     Truncated,
