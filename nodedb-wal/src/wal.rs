@@ -983,7 +983,9 @@ impl<S: Storage> SegmentedWal<S> {
 /// cannot be is left there, unused).
 fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep: usize) -> Result<Vec<PathBuf>> {
     let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
-    let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !segments.iter().any(|s| s.id == *id));
+    // A set, not a scan of the list per index file: a log of many segments opens in linear time.
+    let live: std::collections::HashSet<SegmentId> = segments.iter().map(|s| s.id).collect();
+    let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !live.contains(id));
     orphans.for_each(|id| index::remove_index(storage, dir, id));
     let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| segment::parse_recycled(n)).collect();
     ids.sort_unstable();
