@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::{PoisonOnPanic, Shared};
 use super::plan::{BatchMeta, Sealed, Target};
+use super::{PoisonOnPanic, Shared};
 use crate::error::IoOp;
 use crate::format::layout::{write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
