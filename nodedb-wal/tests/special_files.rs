@@ -1,7 +1,8 @@
 //! A FIFO where the log expects one of its files (a `MANIFEST` replaced by one, a segment name
 //! linked to one) is a typed `WalError::Io` at open, for the writer and for a read-only look
 //! alike, never a hang: opening a FIFO for reading waits until some process opens it for
-//! writing, which may be never.
+//! writing, which may be never. So is a FIFO or a directory under the oldest segment's name,
+//! never a log that silently starts at the next segment.
 //!
 //! Found by an adversarial review: `SegmentedWal::open` and `ReadOnlyWal::open` (and so the
 //! `nodedb-wal` tool) blocked forever in `open(2)` on such a file. Each open here runs on a
@@ -35,7 +36,7 @@ fn open_error<T: Send + 'static>(what: &str, open: impl FnOnce() -> nodedb_wal::
     });
     match rx.recv_timeout(DEADLINE) {
         Ok(Some(err)) => err,
-        Ok(None) => panic!("{what}: opened a log with a FIFO in place of one of its files"),
+        Ok(None) => panic!("{what}: opened a log with a FIFO or a directory in place of one of its files"),
         Err(_) => panic!("{what}: still blocked after {DEADLINE:?}"),
     }
 }
@@ -104,4 +105,49 @@ fn a_segment_name_linked_to_a_fifo_is_an_open_error_not_a_hang() {
     let wal = SegmentedWal::open(config(&dir)).unwrap();
     assert_records(&read_all(&wal), 1, last);
     wal.close().unwrap();
+}
+
+/// Name and bytes of every regular file in `dir`.
+fn regular_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    files.into_iter().map(|p| (std::fs::read(&p).unwrap(), p)).map(|(b, p)| (p, b)).collect()
+}
+
+/// The oldest segment's file replaced by `replace`: both opens must fail on that name. Left out
+/// of the listing, the log would start at the next segment and the oldest acknowledged records
+/// would be gone without a word (a missing oldest segment looks like a truncated one).
+fn oldest_segment_replaced_is_an_open_error(replace: impl FnOnce(&Path)) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let last = write_log(&FsStorage::new(), &dir, &[40; 8]);
+    assert!(common::seg(&dir, 2).exists(), "the log spans several segments");
+    let oldest = common::seg(&dir, 1);
+    let taken = tmp.path().join("segment.taken");
+    std::fs::rename(&oldest, &taken).unwrap();
+    replace(&oldest);
+
+    let before = regular_files(&dir);
+    both_opens_fail_on(&dir, &oldest);
+    assert_eq!(regular_files(&dir), before, "a failed open changes nothing");
+
+    if oldest.is_dir() {
+        std::fs::remove_dir(&oldest).unwrap();
+    } else {
+        std::fs::remove_file(&oldest).unwrap();
+    }
+    std::fs::rename(&taken, &oldest).unwrap();
+    let wal = SegmentedWal::open(config(&dir)).unwrap();
+    assert_records(&read_all(&wal), 1, last);
+    wal.close().unwrap();
+}
+
+#[test]
+fn a_directory_in_place_of_the_oldest_segment_is_an_open_error_not_a_shorter_log() {
+    oldest_segment_replaced_is_an_open_error(|path| std::fs::create_dir(path).unwrap());
+}
+
+#[test]
+fn a_fifo_in_place_of_the_oldest_segment_is_an_open_error_not_a_shorter_log() {
+    oldest_segment_replaced_is_an_open_error(make_fifo);
 }

@@ -95,15 +95,17 @@ fn probe_backend() -> IoBackend {
     IoBackend::Pwrite
 }
 
-/// Refuses a FIFO, socket or character device opened where a file of the log (or a page file)
-/// is expected: reading one can wait forever or never end. Regular files, block devices and
-/// directories (whose reads fail with EISDIR) pass.
+/// Refuses a FIFO, socket, character device or directory opened where a file of the log (or a
+/// page file) is expected: reading the first three can wait forever or never end, and a
+/// directory opens for reading only to fail each read with EISDIR. Regular files and block
+/// devices pass.
 fn refuse_special_file(fd: &OwnedFd) -> io::Result<()> {
     let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode);
     let name = match kind {
         rustix::fs::FileType::Fifo => "a FIFO",
         rustix::fs::FileType::Socket => "a socket",
         rustix::fs::FileType::CharacterDevice => "a character device",
+        rustix::fs::FileType::Directory => "a directory",
         _ => return Ok(()),
     };
     Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file but {name}")))
@@ -149,19 +151,13 @@ impl Storage for FsStorage {
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        // Every entry, whatever its type: a directory or FIFO under a segment's name left out
+        // would read as a segment gone, and the oldest one gone reads as truncated, so its
+        // acknowledged records would vanish without a word. Listed, it fails when opened, and a
+        // symlink is read through (a segment moved elsewhere and linked back).
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            // Symlinks too: a segment moved elsewhere and linked back must not be skipped as
-            // if truncated (a link to no segment fails when it is opened, with a typed error).
-            match entry.file_type() {
-                Ok(kind) if kind.is_file() || kind.is_symlink() => names.extend(entry.file_name().to_str().map(str::to_owned)),
-                Ok(_) => {}
-                // Removed since it was listed: file systems that do not say an entry's type
-                // in the listing make this a `stat`, which a truncation can race.
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err),
-            }
+            names.extend(entry?.file_name().to_str().map(str::to_owned));
         }
         Ok(names)
     }

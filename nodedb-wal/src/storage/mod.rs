@@ -138,7 +138,8 @@ pub trait Storage: Send + Sync + 'static {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on a directory (advisory, for writers of this crate).
     fn lock_dir(&self, dir: &Path) -> io::Result<Self::Lock>;
-    /// Names of the regular files in a directory.
+    /// Names of the entries of a directory, whatever their type: a name the log uses that is
+    /// not a regular file must fail when opened, not be taken for a file that is not there.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens (or creates) a file.
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File>;
