@@ -4,16 +4,18 @@
 //! acknowledged record off the full disk, and once space is freed every
 //! record acknowledged before the failure is recovered and appends continue.
 //!
-//! On real files the disk is a 2 MiB tmpfs (the test prints why and skips where it may not
-//! mount one); on the simulated storage every write starts failing with ENOSPC, after landing a
-//! random prefix of its sectors.
+//! On real files the disk is a 2 MiB tmpfs, which takes no O_DIRECT (so the log writes through
+//! the page cache), and an ext4 file system on a loop device, nearly filled by a preallocated
+//! file, where the log writes with O_DIRECT, zero-fills ahead and rolls as in production (each
+//! test prints why and skips where it may not mount its file system); on the simulated storage
+//! every write starts failing with ENOSPC, after landing a random prefix of its sectors.
 
 mod common;
 
 use std::io::ErrorKind;
 use std::path::Path;
 
-use common::{Tmpfs, append_synced, assert_records, config, payload, read_all, record_type, scope};
+use common::{FsKind, LoopFs, Tmpfs, append_synced, assert_records, config, payload, read_all, record_type, scope};
 use nodedb_wal::storage::{FaultConfig, Storage};
 use nodedb_wal::{FsStorage, Lsn, ReadOnlyWal, Record, SegmentedWal, SimStorage, WalError};
 
@@ -115,6 +117,38 @@ fn full_disk_fails_appends_with_a_typed_error_and_keeps_acknowledged_records_fs(
     std::fs::write(&ballast, vec![0xAB; 256 * 1024]).unwrap();
     let dir = mount.path().join("wal");
     full_disk_keeps_acknowledged_records(FsStorage::new(), &dir, |_| {}, || std::fs::remove_file(&ballast).unwrap());
+}
+
+#[test]
+fn full_disk_fails_appends_with_a_typed_error_and_keeps_acknowledged_records_ext4() {
+    let fs = match LoopFs::create(FsKind::Ext4) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot make and mount an ext4 file system on a loop device ({e})");
+            return;
+        }
+    };
+    let mount = fs.path();
+    // The disk is filled to the last block with files of 64 KiB (metadata takes blocks too,
+    // so no exact size can be computed); then 512 KiB of them are removed to make room for the
+    // log, and 256 KiB more are removed once the log has filled that. Free blocks, not
+    // available ones: the test runs as root, which may use the blocks ext4 reserves.
+    let stat = rustix::fs::statvfs(&mount).unwrap();
+    let allocate = |path: &Path, len: u64| {
+        let file = std::fs::File::create(path).unwrap();
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len)
+    };
+    allocate(&mount.join("filler"), stat.f_bfree * stat.f_frsize - (8 << 20)).unwrap();
+    let mut chunks = Vec::new();
+    while allocate(&mount.join(format!("chunk-{}", chunks.len())), 64 * 1024).is_ok() {
+        chunks.push(mount.join(format!("chunk-{}", chunks.len())));
+    }
+    rustix::fs::sync();
+    assert!(chunks.len() > 12, "the disk filled with {} chunks", chunks.len());
+    chunks.drain(..8).for_each(|c| std::fs::remove_file(c).unwrap());
+    let ballast: Vec<_> = chunks.drain(..4).collect();
+    let dir = mount.join("wal");
+    full_disk_keeps_acknowledged_records(FsStorage::new(), &dir, |_| {}, || ballast.iter().for_each(|b| std::fs::remove_file(b).unwrap()));
 }
 
 #[test]
