@@ -151,3 +151,23 @@ fn a_directory_in_place_of_the_oldest_segment_is_an_open_error_not_a_shorter_log
 fn a_fifo_in_place_of_the_oldest_segment_is_an_open_error_not_a_shorter_log() {
     oldest_segment_replaced_is_an_open_error(make_fifo);
 }
+
+/// The newest segment is opened with O_DIRECT, which the kernel refuses on a directory with
+/// EINVAL: the error must say a directory is there, not read as a file system refusing
+/// O_DIRECT.
+#[test]
+fn a_directory_in_place_of_the_newest_segment_is_named_as_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    write_log(&FsStorage::new(), &dir, &[40; 8]);
+    let newest = (1..).map(|id| common::seg(&dir, id)).take_while(|p| p.exists()).last().expect("a segment");
+    std::fs::remove_file(&newest).unwrap();
+    std::fs::create_dir(&newest).unwrap();
+    let before = regular_files(&dir);
+    let err = SegmentedWal::open(config(&dir)).unwrap_err();
+    assert_open_error_on(&err, &newest);
+    let WalError::Io { source, .. } = &err else { unreachable!() };
+    assert_eq!(source.raw_os_error(), None, "{err}");
+    assert!(source.to_string().contains("directory"), "{err}");
+    assert_eq!(regular_files(&dir), before, "a failed open changes nothing");
+}

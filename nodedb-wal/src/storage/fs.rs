@@ -179,8 +179,10 @@ impl Storage for FsStorage {
         // look that a rename in between could answer for another file: `O_NOFOLLOW` refuses a
         // link with ELOOP, and only then is the link followed. Non-blocking for the open alone:
         // a FIFO (or a link to one) under a file's name would otherwise block it until some
-        // process opens the FIFO for writing, maybe never.
-        let (flags_once, mode_bits) = (flags | OFlags::NONBLOCK, Mode::from_raw_mode(0o644));
+        // process opens the FIFO for writing, maybe never. O_DIRECT too is set only after the
+        // file's type is checked: the kernel refuses it on a directory with EINVAL, which would
+        // read as a file system that takes no O_DIRECT, not as a directory under a file's name.
+        let (flags_once, mode_bits) = ((flags - OFlags::DIRECT) | OFlags::NONBLOCK, Mode::from_raw_mode(0o644));
         let (fd, via_link) = match rustix::fs::open(path, flags_once | OFlags::NOFOLLOW, mode_bits) {
             Err(rustix::io::Errno::LOOP) => (rustix::fs::open(path, flags_once, mode_bits)?, true),
             opened => (opened?, false),
@@ -188,7 +190,8 @@ impl Storage for FsStorage {
         refuse_special_file(&fd)?;
         // Cleared again: io_uring hands EAGAIN back for a file opened non-blocking. The status
         // flags are the ones just asked for (`F_SETFL` ignores the access and creation ones),
-        // so no `F_GETFL` is needed to learn them.
+        // so no `F_GETFL` is needed to learn them. O_DIRECT is set here: `F_SETFL` refuses it
+        // with EINVAL exactly where `open` would (a file system without direct I/O).
         rustix::fs::fcntl_setfl(&fd, flags)?;
         Ok(FsFile::new(fd, via_link, self.backend))
     }
