@@ -63,19 +63,34 @@ pub(crate) struct Manifest<F> {
 }
 
 impl<F: StorageFile> Manifest<F> {
-    /// Opens (or creates) the manifest of `dir` and brings it up to `newest`, the newest segment
-    /// recovery found.
-    pub fn open<S: Storage<File = F>>(storage: &S, dir: &Path, newest: SegmentId) -> Result<Manifest<F>> {
+    /// Opens the manifest of `dir` for writing, where there is one, and changes nothing. Done
+    /// before recovery writes anything (the seal of the newest segment, its index): a manifest
+    /// the log may not write (its permissions, an immutable flag) then fails the open before
+    /// anything on disk has changed, not after.
+    pub fn open_existing<S: Storage<File = F>>(storage: &S, dir: &Path) -> Result<Option<Manifest<F>>> {
         let path = dir.join(MANIFEST_FILE);
-        let Some(current) = read(storage, dir)? else {
-            let (file, current) = create(storage, dir, newest)?;
-            return Ok(Manifest { file, path, current });
-        };
+        let Some(current) = read(storage, dir)? else { return Ok(None) };
         let file = storage
             .open(&path, OpenMode { create: false, write: true, direct: false, create_new: false })
             .map_err(|e| WalError::io(IoOp::Open, &path, e))?;
-        let mut manifest = Manifest { file, path, current };
-        if current.newest < newest {
+        Ok(Some(Manifest { file, path, current }))
+    }
+
+    /// Brings the manifest [`Self::open_existing`] opened up to `newest`, the newest segment
+    /// recovery found, or creates one naming it where there was none. Called once that
+    /// segment's records are durable: the manifest must never name a segment a power cut could
+    /// still take.
+    pub fn bring_up_to<S: Storage<File = F>>(
+        opened: Option<Manifest<F>>,
+        storage: &S,
+        dir: &Path,
+        newest: SegmentId,
+    ) -> Result<Manifest<F>> {
+        let Some(mut manifest) = opened else {
+            let (file, current) = create(storage, dir, newest)?;
+            return Ok(Manifest { file, path: dir.join(MANIFEST_FILE), current });
+        };
+        if manifest.current.newest < newest {
             manifest.record(newest).map_err(|(op, e)| WalError::io(op, &manifest.path, e))?;
         }
         Ok(manifest)

@@ -99,6 +99,7 @@ impl<S: Storage> SegmentedWal<S> {
         let direct = probe_direct(&storage, &config)?;
         let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
         let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;
+        let manifest = Manifest::open_existing(&storage, &dir)?;
         if let Some(mut pending) = recovered.seal {
             let index = pending.index.take();
             // A segment written with smaller blocks than this open's (a log moved to a disk
@@ -125,7 +126,7 @@ impl<S: Storage> SegmentedWal<S> {
         // flusher will write new headers into must keep their names through a power cut.
         storage.sync_dir(&dir).map_err(|e| WalError::io(IoOp::SyncDir, &dir, e))?;
         let newest = recovered.info.segments.last().map_or(SegmentId(0), |s| s.id);
-        let manifest = Manifest::open(&storage, &dir, newest)?;
+        let manifest = Manifest::bring_up_to(manifest, &storage, &dir, newest)?;
         let recycled = tidy_dir(&storage, &dir, &recovered.info.segments, config.recycle_segments)?;
         let limits = Limits {
             block: config.alignment,

@@ -1,0 +1,87 @@
+//! A log file the log may not write (here `chattr +i`, which stops root too; a permission does
+//! the same to other users) fails the open with a typed `WalError::Io` naming it, before the
+//! open has written anything: the newest segment is not sealed, no header index appears. Once
+//! the file is writable again the log opens with every record.
+//!
+//! Found by an adversarial review: with `MANIFEST` immutable, the open sealed the newest
+//! segment and wrote its index, and only then failed to open the manifest for writing.
+//!
+//! Needs root and a file system that takes the immutable flag (ext4, XFS, tmpfs); elsewhere
+//! the test prints `SKIPPED:` and why.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_records, config, read_all, write_log};
+use nodedb_wal::format::crc::crc32c;
+use nodedb_wal::{FsStorage, IoOp, ReadOnlyWal, SegmentedWal, WalError};
+
+/// Every file's name, length and checksum.
+fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u32)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
+        .map(|(name, bytes)| (name, (bytes.len(), crc32c(&bytes))))
+        .collect()
+}
+
+/// The immutable flag on a file, taken off again when dropped (else the temporary directory
+/// could not be removed).
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Result<Immutable, String> {
+        let out = Command::new("chattr").arg("+i").arg(path).output().map_err(|e| format!("chattr: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("chattr +i: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_immutable_manifest_fails_the_open_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    // Closed, the log leaves its newest segment unsealed: the next open seals it.
+    let last = write_log(&FsStorage::new(), &dir, &[40; 8]);
+    let manifest = dir.join("MANIFEST");
+    let flag = match Immutable::set(&manifest) {
+        Ok(flag) => flag,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot make a file immutable ({e})");
+            return;
+        }
+    };
+    let before = snapshot(&dir);
+
+    let err = SegmentedWal::open(config(&dir)).unwrap_err();
+    match &err {
+        WalError::Io { op: IoOp::Open, path, source } => {
+            assert_eq!(path, &manifest, "{err}");
+            assert_eq!(source.kind(), ErrorKind::PermissionDenied, "{err}");
+        }
+        _ => panic!("expected an Open error on the manifest, got {err:?}"),
+    }
+    assert_eq!(snapshot(&dir), before, "a failed open changes nothing");
+    // Reading needs no write access.
+    let view = ReadOnlyWal::open(&dir, None).unwrap();
+    assert_eq!(view.recovery_info().last_lsn.0, last);
+    drop(view);
+
+    drop(flag);
+    let wal = SegmentedWal::open(config(&dir)).unwrap();
+    assert_records(&read_all(&wal), 1, last);
+    wal.close().unwrap();
+}
