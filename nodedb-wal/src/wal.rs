@@ -494,6 +494,9 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn sync(&self) -> Result<Lsn> {
+        // A poisoned log answers every sync with the poison, even when every LSN it issued
+        // was durable before the failure: a caller must not read an Ok as a log that goes on.
+        self.committer.check_poison()?;
         let last = Lsn(self.committer.next_lsn().0 - 1);
         self.committer.wait_durable(last)?;
         Ok(last)

@@ -816,4 +816,41 @@ mod tests {
         let first = reopened.read_from(crate::Lsn(1)).unwrap().next().unwrap().unwrap();
         assert_eq!((first.lsn, &first.payload[..]), (acknowledged, &b"before"[..]));
     }
+
+    // Found by an adversarial review: `sync` on a poisoned log returned Ok when every LSN
+    // issued was durable already, against "every later `sync` gets `Poisoned`"
+    // (DURABILITY.md), and the test above failed about one run in four, when the flusher had
+    // synced the appends before the one that panicked.
+    #[test]
+    fn sync_on_a_poisoned_log_is_poisoned_even_with_nothing_left_to_sync() {
+        let storage = SimStorage::new(7, FaultConfig::default());
+        let mut config = SegmentedWalConfig::new("/wal");
+        config.segment_bytes_target = 4 * 4096;
+        let ty = RecordType::optional(0x100);
+        let wal = SegmentedWal::open_with(storage, config).unwrap();
+        wal.append_durable(Record::new(ty, b"before")).unwrap();
+
+        // Each append is synced before the next: when the append that rolls panics, every LSN
+        // issued is durable.
+        NO_RANDOMNESS.set(true);
+        let mut panicked = false;
+        for _ in 0..64 {
+            match std::panic::catch_unwind(|| wal.append(Record::new(ty, &[7; 1000]))) {
+                Err(_) => {
+                    panicked = true;
+                    break;
+                }
+                Ok(appended) => {
+                    appended.unwrap();
+                    wal.sync().unwrap();
+                }
+            }
+        }
+        NO_RANDOMNESS.set(false);
+        assert!(panicked, "no append rolled the segment");
+        assert_eq!(wal.durable_lsn().0, wal.next_lsn().0 - 1, "nothing is left to sync");
+
+        let err = wal.sync().unwrap_err();
+        assert!(matches!(err, WalError::Poisoned { .. }), "{err}");
+    }
 }
