@@ -484,3 +484,57 @@ fn tampered_ciphertext_in_a_sealed_segment_opens_and_every_read_of_it_fails_auth
     let err = lazy.payload().unwrap_err();
     assert!(tampered(&err), "{err}");
 }
+
+// Found by a review: a truncated segment kept for reuse (`recycle_segments`) keeps its old
+// bytes behind the new header, and the new segment overwrites them only as far as it grows.
+// A plaintext segment reused for an encrypted one left the old records in the clear inside
+// the encrypted log, for as long as the file lived: switching encryption on and truncating
+// the plaintext segments did not take their records off the disk's live files.
+#[test]
+fn a_truncated_plaintext_segment_is_never_reused_for_an_encrypted_one() {
+    use nodedb_wal::storage::Storage;
+    let sim = SimStorage::new(8, FaultConfig::default());
+    let keys = Arc::new(KeyRing::new());
+    let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig { recycle_segments: 2, ..config(Some(Arc::clone(&keys))) }).unwrap();
+    for i in 0.. {
+        if wal.segments().len() == 5 {
+            break;
+        }
+        wal.append_durable(rec(format!("plaintext record {i} ").repeat(40).as_bytes())).unwrap();
+    }
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    let kept = sim.list(Path::new(DIR)).unwrap().into_iter().filter(|n| n.ends_with(".recycled")).count();
+    assert_eq!(kept, 2, "truncation kept files for reuse");
+    keys.insert(1, SecureKey::from_bytes(&mut [7; 32])).unwrap();
+    keys.set_active(1).unwrap();
+    for i in 0..3 {
+        wal.append_durable(rec(&payload(i))).unwrap();
+    }
+    for name in sim.list(Path::new(DIR)).unwrap() {
+        let bytes = sim.read_file(&Path::new(DIR).join(&name)).unwrap();
+        if SegmentPreamble::decode(&bytes).is_ok_and(|p| p.cipher == CIPHER_AES_256_GCM) {
+            assert!(!bytes.windows(16).any(|w| w == b"plaintext record"), "{name} is encrypted but holds plaintext records");
+        }
+    }
+    // Files that held encrypted segments are still reused for encrypted ones.
+    let kept = || sim.list(Path::new(DIR)).unwrap().into_iter().filter(|n| n.ends_with(".recycled")).count();
+    // Past the plaintext files still kept: each is taken (and removed) by a new segment.
+    for _ in 0..3 {
+        while wal.segments().len() < 4 {
+            wal.append_durable(rec(&payload(3))).unwrap();
+        }
+        wal.truncate_before(wal.durable_lsn()).unwrap();
+    }
+    assert_eq!(kept(), 2);
+    for name in sim.list(Path::new(DIR)).unwrap().into_iter().filter(|n| n.ends_with(".recycled")) {
+        let preamble = SegmentPreamble::decode(&sim.read_file(&Path::new(DIR).join(&name)).unwrap()).unwrap();
+        assert_eq!(preamble.cipher, CIPHER_AES_256_GCM, "{name} was an encrypted segment");
+    }
+    let newest = wal.segments().last().unwrap().id;
+    while wal.segments().last().unwrap().id == newest {
+        wal.append_durable(rec(&payload(3))).unwrap();
+    }
+    assert_eq!(kept(), 1, "an encrypted segment's file was reused");
+    drop(wal);
+    assert_eq!(read_all(&sim, Some(keys)).unwrap().last(), Some(&payload(3)));
+}

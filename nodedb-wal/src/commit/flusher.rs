@@ -13,6 +13,7 @@ use super::{PoisonOnPanic, Shared};
 use crate::error::IoOp;
 use crate::format::layout::{write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
+use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, SegmentPreamble, WAL_PREAMBLE_MAGIC};
 use crate::manifest::Manifest;
 use crate::segment;
 use crate::segment::index::{IndexBuilder, IndexScratch, write_index};
@@ -217,7 +218,7 @@ impl<S: Storage> Flusher<S> {
         let _span = tracing::debug_span!("roll", segment = %target.segment, first_lsn = %target.segment_first_lsn).entered();
         let block = self.header_block(target, durable);
         self.index.start(target.segment, target.identity.salt, target.segment_first_lsn);
-        if let Some(file) = self.reuse_recycled(path, &block)? {
+        if let Some(file) = self.reuse_recycled(path, &block, target.identity.crypt.is_some())? {
             self.file = Some((target.segment, file));
             return Ok(());
         }
@@ -236,8 +237,9 @@ impl<S: Storage> Flusher<S> {
     /// opened. The new header is durable before the file takes the segment's name, so after a
     /// crash a file of that name never carries the old segment's header. The old frames behind
     /// it carry the old segment's salt: recovery and readers take them for the end of the new
-    /// segment's records, never for records of it.
-    fn reuse_recycled(&mut self, path: &Path, header: &AlignedBuf) -> Result<Option<S::File>, IoFailure> {
+    /// segment's records, never for records of it. They stay on disk until overwritten, so an
+    /// `encrypted` segment never reuses a file that held plaintext records.
+    fn reuse_recycled(&mut self, path: &Path, header: &AlignedBuf, encrypted: bool) -> Result<Option<S::File>, IoFailure> {
         let shared = Arc::clone(&self.shared);
         let Some(from) = shared.take_recycled() else { return Ok(None) };
         if self.cannot_rename_no_replace {
@@ -269,9 +271,12 @@ impl<S: Storage> Flusher<S> {
         let linked = file.has_other_links();
         let len = file.len().map_err(|e| (IoOp::Stat, e))?;
         let too_large = len > shared.segment_bytes_max();
-        if !matches!(free, Ok(true)) || !matches!(linked, Ok(false)) || too_large {
+        // The old records would stay in the clear inside an encrypted segment for as long as
+        // the file lives, even after the plaintext segments were truncated.
+        let plaintext = encrypted && !was_encrypted(&file, shared.block);
+        if !matches!(free, Ok(true)) || !matches!(linked, Ok(false)) || too_large || plaintext {
             drop(file);
-            tracing::debug!(path = %from.display(), ?free, ?linked, too_large, "a truncated segment may be read, has other names or is too large; removing it instead of reusing it");
+            tracing::debug!(path = %from.display(), ?free, ?linked, too_large, plaintext, "a truncated segment may be read, has other names, is too large or held plaintext for an encrypted segment; removing it instead of reusing it");
             remove_kept(&*shared.storage, &from);
             return Ok(None);
         }
@@ -317,6 +322,16 @@ impl<S: Storage> Flusher<S> {
         write_header_block(&mut block, &super::encode::preamble(&target.identity), &header, durable);
         block
     }
+}
+
+/// Whether a kept segment file was an encrypted segment, as its preamble says. A preamble
+/// that cannot be read or decoded says no: the file is then not reused for an encrypted one.
+fn was_encrypted<F: StorageFile>(file: &F, block: usize) -> bool {
+    // A whole aligned block: the file may be open with O_DIRECT.
+    let mut first = AlignedBuf::zeroed(block, block);
+    let read = file.read_at(&mut first, 0);
+    read.is_ok_and(|n| n >= PREAMBLE_SIZE)
+        && SegmentPreamble::decode(&first).is_ok_and(|p| p.magic == WAL_PREAMBLE_MAGIC && p.cipher == CIPHER_AES_256_GCM)
 }
 
 /// Removes a truncated segment file kept for reuse that will not be reused; one that cannot
