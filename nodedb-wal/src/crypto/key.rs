@@ -55,6 +55,11 @@ impl SecureKey {
         let mut page = SecretPage::new(KEY_LEN);
         page.bytes_mut().copy_from_slice(bytes);
         bytes.zeroize();
+        SecureKey::from_page(page)
+    }
+
+    /// A key already in its page, which is locked if the limit allowed it.
+    fn from_page(page: SecretPage) -> SecureKey {
         if !page.is_locked() {
             tracing::warn!("could not mlock key memory (RLIMIT_MEMLOCK); the key may be swapped out");
         }
@@ -127,9 +132,11 @@ impl SecureKey {
         if meta.len() != KEY_LEN as u64 {
             return Err(bad(KeyFileProblem::Length { len: meta.len() }));
         }
-        let mut bytes = [0u8; KEY_LEN];
-        std::io::Read::read_exact(&mut file, &mut bytes).map_err(io)?;
-        Ok(SecureKey::from_bytes(&mut bytes))
+        // Read straight into the key's locked page: a buffer on the stack would be one more copy,
+        // and one left unwiped where the read fails part way.
+        let mut page = SecretPage::new(KEY_LEN);
+        std::io::Read::read_exact(&mut file, page.bytes_mut()).map_err(io)?;
+        Ok(SecureKey::from_page(page))
     }
 
     /// The key bytes, for the cipher layer only.
