@@ -787,34 +787,49 @@ mod tests {
     use crate::storage::FaultConfig;
     use crate::{IoOp, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
 
+    const TY: RecordType = RecordType::optional(0x100);
+
+    /// A log of 16 KiB segments on `storage`, holding one durable record, "before".
+    fn small_segments(storage: &SimStorage) -> (SegmentedWal<SimStorage>, SegmentedWalConfig) {
+        let mut config = SegmentedWalConfig::new("/wal");
+        config.segment_bytes_target = 4 * 4096;
+        let wal = SegmentedWal::open_with(storage.clone(), config.clone()).unwrap();
+        wal.append_durable(Record::new(TY, b"before")).unwrap();
+        (wal, config)
+    }
+
+    /// Appends until the append that rolls the segment panics, as it does without randomness:
+    /// only a new segment draws some (its salt). With `sync_each`, every append before it is
+    /// made durable first.
+    fn append_until_the_roll_panics(wal: &SegmentedWal<SimStorage>, sync_each: bool) {
+        NO_RANDOMNESS.set(true);
+        let panicked = (0..64).any(|_| match std::panic::catch_unwind(|| wal.append(Record::new(TY, &[7; 1000]))) {
+            Err(_) => true,
+            Ok(appended) => {
+                appended.unwrap();
+                if sync_each {
+                    wal.sync().unwrap();
+                }
+                false
+            }
+        });
+        NO_RANDOMNESS.set(false);
+        assert!(panicked, "no append rolled the segment");
+    }
+
     #[test]
     fn a_panic_while_reserving_poisons_the_log_and_keeps_what_was_acknowledged() {
         let storage = SimStorage::new(7, FaultConfig::default());
-        let mut config = SegmentedWalConfig::new("/wal");
-        config.segment_bytes_target = 4 * 4096;
-        let ty = RecordType::optional(0x100);
-        let wal = SegmentedWal::open_with(storage.clone(), config.clone()).unwrap();
-        let acknowledged = wal.append_durable(Record::new(ty, b"before")).unwrap();
+        let (wal, config) = small_segments(&storage);
+        append_until_the_roll_panics(&wal, false);
 
-        // Only a new segment draws randomness (its salt): the append that rolls panics.
-        NO_RANDOMNESS.set(true);
-        let mut panicked = false;
-        for _ in 0..64 {
-            if std::panic::catch_unwind(|| wal.append(Record::new(ty, &[7; 1000]))).is_err() {
-                panicked = true;
-                break;
-            }
-        }
-        NO_RANDOMNESS.set(false);
-        assert!(panicked, "no append rolled the segment");
-
-        let refused = wal.append(Record::new(ty, b"after")).unwrap_err();
+        let refused = wal.append(Record::new(TY, b"after")).unwrap_err();
         assert!(matches!(refused, WalError::Poisoned { op: IoOp::Write, .. }), "{refused}");
         drop(wal);
 
         let reopened = SegmentedWal::open_with(storage, config).unwrap();
         let first = reopened.read_from(crate::Lsn(1)).unwrap().next().unwrap().unwrap();
-        assert_eq!((first.lsn, &first.payload[..]), (acknowledged, &b"before"[..]));
+        assert_eq!((first.lsn, &first.payload[..]), (crate::Lsn(1), &b"before"[..]));
     }
 
     // Found by an adversarial review: `sync` on a poisoned log returned Ok when every LSN
@@ -823,31 +838,8 @@ mod tests {
     // synced the appends before the one that panicked.
     #[test]
     fn sync_on_a_poisoned_log_is_poisoned_even_with_nothing_left_to_sync() {
-        let storage = SimStorage::new(7, FaultConfig::default());
-        let mut config = SegmentedWalConfig::new("/wal");
-        config.segment_bytes_target = 4 * 4096;
-        let ty = RecordType::optional(0x100);
-        let wal = SegmentedWal::open_with(storage, config).unwrap();
-        wal.append_durable(Record::new(ty, b"before")).unwrap();
-
-        // Each append is synced before the next: when the append that rolls panics, every LSN
-        // issued is durable.
-        NO_RANDOMNESS.set(true);
-        let mut panicked = false;
-        for _ in 0..64 {
-            match std::panic::catch_unwind(|| wal.append(Record::new(ty, &[7; 1000]))) {
-                Err(_) => {
-                    panicked = true;
-                    break;
-                }
-                Ok(appended) => {
-                    appended.unwrap();
-                    wal.sync().unwrap();
-                }
-            }
-        }
-        NO_RANDOMNESS.set(false);
-        assert!(panicked, "no append rolled the segment");
+        let (wal, _) = small_segments(&SimStorage::new(7, FaultConfig::default()));
+        append_until_the_roll_panics(&wal, true);
         assert_eq!(wal.durable_lsn().0, wal.next_lsn().0 - 1, "nothing is left to sync");
 
         let err = wal.sync().unwrap_err();
