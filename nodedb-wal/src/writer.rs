@@ -114,6 +114,17 @@ impl WalWriter<FsStorage> {
     }
 }
 
+/// Removes the segment file a [`WalWriter`] made a moment ago and gives up on: it holds no
+/// record, so it goes rather than lie in the log's directory as the trace of an interrupted
+/// roll (or be refused as someone else's file by the next writer of the id). Its creation was
+/// never synced, so neither is its removal.
+fn remove_made_file<S: Storage>(storage: &S, file: S::File, path: &Path) {
+    drop(file);
+    if let Err(err) = storage.remove(path) {
+        tracing::warn!(path = %path.display(), %err, "cannot remove the segment file of a WalWriter that failed to start");
+    }
+}
+
 impl<S: Storage> WalWriter<S> {
     /// Creates segment `id` in `dir` on `storage`: takes the directory's lock (held until the
     /// writer is finished or dropped), writes and syncs the new file's header block and makes
@@ -173,14 +184,8 @@ impl<S: Storage> WalWriter<S> {
             && let Some(required) = too_fine(block, file.direct_io_alignment())
         {
             // Every write would fail with EINVAL (a disk with 4096-byte sectors under 512-byte
-            // blocks), and the header's first: refused before it, and the empty file (made
-            // just now by this writer) goes rather than lie in the log's directory as the
-            // trace of an interrupted roll. Its creation was never synced, so neither is its
-            // removal.
-            drop(file);
-            if let Err(err) = storage.remove(&path) {
-                tracing::warn!(path = %path.display(), %err, "cannot remove the empty segment file of a refused WalWriter");
-            }
+            // blocks), and the header's first: refused before it.
+            remove_made_file(&storage, file, &path);
             return Err(WalError::DirectIoAlignment { path, configured: block, required });
         }
         let mut salt = [0u8; 4];
@@ -196,7 +201,12 @@ impl<S: Storage> WalWriter<S> {
         let durable_lsn = Lsn(first_lsn.0 - 1);
         let mut head = AlignedBuf::zeroed(block, block);
         write_header_block(&mut head, &SegmentPreamble::plaintext_wal(), &header, durable_lsn);
-        file.write_and_sync(&head, 0).map_err(|(op, e)| WalError::io(op, &path, e))?;
+        if let Err((op, e)) = file.write_and_sync(&head, 0) {
+            // A full disk, say: the file holds no record, and left behind it would refuse this
+            // same call, once the disk has room, as a file this writer never writes over.
+            remove_made_file(&storage, file, &path);
+            return Err(WalError::io(op, &path, e));
+        }
         storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
         Ok(WalWriter {
             file,

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use nodedb_wal::storage::FaultConfig;
-use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
 use nodedb_wal::{
     Lsn, Record, RecordType, Scope, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, WalWriter, WalWriterConfig,
 };
@@ -145,6 +145,26 @@ fn a_failed_sync_poisons_the_writer() {
     let again = writer.append(Record::new(TY, b"b")).unwrap_err();
     assert!(matches!(again, WalError::Poisoned { .. }), "{again}");
     assert!(matches!(writer.sync().unwrap_err(), WalError::Poisoned { .. }), "never retried");
+}
+
+// Found by a review on a full ext4 disk: a writer whose header write or sync failed left the
+// file it had just made, so the same call once the disk had room was refused with
+// `SegmentFileExists` ("left this one as it was"), naming a file no one else had made.
+#[test]
+fn a_writer_that_cannot_write_its_header_leaves_no_file_and_the_same_call_succeeds_later() {
+    for (op, errno) in [(FaultOp::Write, ENOSPC), (FaultOp::SyncData, EIO)] {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = FaultyStorage::new(nodedb_wal::FsStorage::new());
+        faulty.fail_once(op, 0, errno);
+        let err = WalWriter::create_with(faulty.clone(), dir.path(), SegmentId(1), Lsn(1), small()).unwrap_err();
+        assert!(matches!(err, WalError::Io { .. }), "{op:?}: {err}");
+        assert!(!dir.path().join("00000000000000000001.wal").exists(), "{op:?}: the failed writer's file is gone");
+        let mut writer = WalWriter::create_with(faulty, dir.path(), SegmentId(1), Lsn(1), small()).unwrap();
+        writer.append(Record::new(TY, b"after the failure")).unwrap();
+        writer.finish().unwrap();
+        let wal = SegmentedWal::open(config(dir.path())).unwrap();
+        assert_eq!(wal.recovery_info().last_lsn, Lsn(1), "{op:?}");
+    }
 }
 
 #[test]
