@@ -17,8 +17,8 @@ use crate::record::Record;
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo, index};
 use crate::storage::{
-    AlignedBuf, DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, lock_log_dir,
-    plan_direct_io,
+    AlignedBuf, DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, is_out_of_space,
+    lock_log_dir, plan_direct_io,
 };
 use crate::tail::{TAIL_CHUNK, Tail};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
@@ -921,11 +921,14 @@ impl<S: Storage> SegmentedWal<S> {
             // Kept under another name for reuse as a later segment, or removed. Not one larger
             // than a segment (a record or group larger than the target): reused, it would keep
             // that size for good, its space never freed by any checkpoint.
-            let kept = (shared.wants_recycled() && bytes <= shared.segment_bytes_max()).then(|| segment::recycled_path(dir, victim));
-            match &kept {
-                Some(to) => self.storage.rename(&path, to).map_err(|e| WalError::io(IoOp::Rename, &path, e))?,
-                None => self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?,
-            }
+            let keep = (shared.wants_recycled() && bytes <= shared.segment_bytes_max()).then(|| segment::recycled_path(dir, victim));
+            let kept = match keep {
+                Some(to) => self.keep_or_remove(&path, to)?,
+                None => {
+                    self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+                    None
+                }
+            };
             // The segment is gone whether or not the directory sync below succeeds: stop listing it.
             shared.segments_lock().retain(|s| s.id != victim);
             index::remove_index(&*self.storage, dir, victim);
@@ -946,6 +949,22 @@ impl<S: Storage> SegmentedWal<S> {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Renames a truncated segment to `to` to keep it for reuse, and returns `to`; or, where the
+    /// disk has no room for the new name (a file system may need a new directory block for it,
+    /// XFS does), removes it and returns `None`: a full disk is where truncation must free
+    /// space, and removing a file always can.
+    fn keep_or_remove(&self, path: &Path, to: PathBuf) -> Result<Option<PathBuf>> {
+        match self.storage.rename(path, &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(err) if is_out_of_space(&err) => {
+                tracing::warn!(%err, path = %path.display(), "no room to keep a truncated segment for reuse; removing it");
+                self.storage.remove(path).map_err(|e| WalError::io(IoOp::Remove, path, e))?;
+                Ok(None)
+            }
+            Err(err) => Err(WalError::io(IoOp::Rename, path, err)),
+        }
     }
 
     /// Writes and syncs everything appended, then stops. Dropping the log does the same but can

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use nodedb_wal::storage::faulty::{EACCES, EIO, FaultOp, FaultyStorage};
+use nodedb_wal::storage::faulty::{EACCES, EIO, ENOSPC, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, Storage};
 use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment};
 
@@ -190,6 +190,32 @@ fn a_failed_rename_while_truncating_is_reported_and_the_log_goes_on() {
     let segments = wal.segments().len();
     fill(&wal, &mut model, 1, segments + 1);
     assert!(!wal.stats().poisoned);
+}
+
+// Found on a full XFS disk: keeping a truncated segment renames it, and the new name may need
+// a directory block the full disk does not have (ENOSPC). The truncation failed and freed
+// nothing, though removing the file (which a full disk allows) frees its space: the reason to
+// truncate there.
+#[test]
+fn a_truncation_that_cannot_keep_a_segment_on_a_full_disk_removes_it() {
+    let (storage, wal, mut model) = faulty_log(6);
+    let oldest = wal.segments()[0].id;
+    let victims = wal.segments().len() - 1;
+    storage.fail_once(FaultOp::Rename, 0, ENOSPC);
+    assert_eq!(wal.truncate_before(wal.durable_lsn()).unwrap(), victims, "every sealed segment below the checkpoint goes");
+    let names = storage.list(Path::new("/wal")).unwrap();
+    assert!(!names.contains(&segment::file_name(oldest)), "removed: {names:?}");
+    let kept = recycled_names(&storage, Path::new("/wal"));
+    let oldest_kept = segment::recycled_path(Path::new("/wal"), oldest);
+    assert!(!kept.iter().any(|n| oldest_kept.ends_with(n)), "not kept: {kept:?}");
+    assert_eq!(kept.len(), 2, "the later ones are kept as usual: {kept:?}");
+    let acked = wal.durable_lsn().0;
+    let segments = wal.segments().len();
+    fill(&wal, &mut model, 1, segments + 3);
+    assert!(!wal.stats().poisoned);
+    drop(wal);
+    let wal = SegmentedWal::open_with(storage, config(Path::new("/wal"))).unwrap();
+    check_recovered(&wal, &model, acked, "after the truncation");
 }
 
 #[test]

@@ -263,6 +263,12 @@ pub fn is_direct_io_refusal(err: &io::Error) -> bool {
     err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
 
+/// Whether an error means "no room": the disk is full (`ENOSPC`) or the user's quota is used up
+/// (`EDQUOT`).
+pub(crate) fn is_out_of_space(err: &io::Error) -> bool {
+    matches!(err.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
+
 /// Creates `dir` and makes its entry, and every ancestor's, durable: a new directory's entry
 /// survives a power cut only once its parent is synced. Levels that already existed are
 /// synced too, because an earlier open may have created them and died before syncing; where
