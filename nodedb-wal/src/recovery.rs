@@ -439,13 +439,24 @@ pub(crate) fn open_held<S: Storage>(
     may_be_truncated: bool,
 ) -> Result<(S::File, u64)> {
     let (file, len) = match open_existing(storage, path, direct, false) {
-        Err(WalError::Io { source, .. }) if may_be_truncated && source.kind() == std::io::ErrorKind::NotFound => {
+        Err(WalError::Io { source, .. })
+            if may_be_truncated && source.kind() == std::io::ErrorKind::NotFound && !still_listed(storage, path) =>
+        {
             return Err(WalError::SegmentTruncated { segment: id });
         }
         opened => opened?,
     };
     file.hold_shared().map_err(|e| WalError::io(IoOp::Lock, path, e))?;
     Ok((file, len))
+}
+
+/// Whether `path`'s name is still in its directory. Truncation takes a segment's name away; a
+/// name that is still there but opens to nothing (a symbolic link whose target is gone) was
+/// not truncated, and its open error, which names it, is the answer. Where the directory
+/// cannot be listed, the name counts as gone.
+fn still_listed<S: Storage>(storage: &S, path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return false };
+    storage.list(dir).is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
 /// That the header of the file named for segment `id` names it too. Ids only grow, so where

@@ -644,6 +644,33 @@ fn a_segment_linked_in_from_elsewhere_is_read_not_taken_for_truncated() {
     assert!(matches!(open_err(&disk, &dir), WalError::Io { .. }), "a dangling link is an error, not a truncation");
 }
 
+// Found by a review: a look beside the writer (`ReadOnlyWal`, the tool) took a segment name
+// that opens to nothing (a link whose target is gone) for a segment the writer's truncation
+// had just taken, listed and scanned the whole log nine times over, and then reported
+// `SegmentTruncated` ("truncated while a reader still needed it"): the wrong file problem, and
+// the tool printed its usage text after it. The name is still there, so nothing truncated it.
+#[test]
+fn a_dangling_link_under_a_segment_name_is_an_open_error_naming_it_for_a_look_and_a_reader_too() {
+    let (disk, dir, tmp) = FsStorage::fresh();
+    let last = three_segment_log(&disk, &dir);
+    let wal = SegmentedWal::open_with(disk.clone(), config(&dir)).unwrap();
+    let moved = tmp.as_ref().unwrap().path().join("elsewhere");
+    std::fs::rename(seg(&dir, 2), &moved).unwrap();
+    std::os::unix::fs::symlink(tmp.as_ref().unwrap().path().join("gone"), seg(&dir, 2)).unwrap();
+    let named = |err: WalError| match err {
+        WalError::Io { source, path, .. } if source.kind() == std::io::ErrorKind::NotFound && path == seg(&dir, 2) => {}
+        other => panic!("expected the open of {} to fail, got {other:?}", seg(&dir, 2).display()),
+    };
+    named(nodedb_wal::ReadOnlyWal::open(&dir, None).unwrap_err());
+    named(nodedb_wal::recovery::inspect_dir(&disk, &dir, None).unwrap_err());
+    let reader = wal.read_from(Lsn(1)).unwrap().find_map(Result::err).expect("the reader stops at segment 2");
+    named(reader);
+    std::fs::remove_file(seg(&dir, 2)).unwrap();
+    std::fs::rename(&moved, seg(&dir, 2)).unwrap();
+    drop(wal);
+    assert_intact(&disk, &dir, last);
+}
+
 fn removed_middle_segment_is_reported_missing<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     three_segment_log(&disk, &dir);
