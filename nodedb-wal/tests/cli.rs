@@ -282,3 +282,27 @@ fn dump_lists_an_encrypted_log_without_a_key() {
     assert_eq!(lines.len(), 10, "{lines:?}");
     assert!(lines[9].starts_with("{\"lsn\":10,") && lines[9].contains("\"stored_len\":316"), "300 bytes and the tag: {}", lines[9]);
 }
+
+// Found by a review: the tool printed its usage text after every error of exit status 3 whose
+// message held no colon, and a log's own errors are among those (an LSN no longer retained, a
+// segment truncated under the reader): the command was right, yet the answer read as though it
+// had been mistyped. Usage text follows usage errors only.
+#[test]
+fn a_logs_own_error_is_reported_without_the_usage_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let mut config = SegmentedWalConfig::new(&dir);
+    config.segment_bytes_target = 64 * 1024;
+    let wal = SegmentedWal::open(config).unwrap();
+    for _ in 0..400 {
+        wal.append(Record::new(RecordType::optional(0x100), &[7; 1000])).unwrap();
+    }
+    wal.truncate_before(wal.sync().unwrap()).unwrap();
+    wal.close().unwrap();
+    let out = tool(&["dump", dir.to_str().unwrap(), "--from", "1"]);
+    assert_eq!(status(&out), 3, "{}", text(&out));
+    assert!(text(&out).contains("no longer retained"), "{}", text(&out));
+    assert!(!text(&out).contains("usage:"), "{}", text(&out));
+    let out = tool(&["dump", dir.to_str().unwrap(), "--from"]);
+    assert!(text(&out).contains("usage:"), "a usage error still shows it: {}", text(&out));
+}

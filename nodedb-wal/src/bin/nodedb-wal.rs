@@ -35,8 +35,25 @@ usage: nodedb-wal <command> [arguments]
 exit status: 0 ok, 1 torn tail, 2 corrupt or unreadable log, 3 bad usage, missing directory or
 I/O error, 4 key missing or wrong, 5 not a nodedb-wal directory";
 
-/// Why the tool stops: an exit status and a message.
-struct Exit(u8, String);
+/// Why the tool stops: an exit status, a message, and whether the usage text follows it.
+struct Exit {
+    code: u8,
+    message: String,
+    /// A mistyped command (an unknown option, a missing value), which the usage text helps
+    /// with; never a log's own error, whatever its status.
+    show_usage: bool,
+}
+
+impl Exit {
+    fn new(code: u8, message: impl Into<String>) -> Exit {
+        Exit { code, message: message.into(), show_usage: false }
+    }
+
+    /// Bad usage: status 3, and the usage text after the message.
+    fn usage(message: impl Into<String>) -> Exit {
+        Exit { code: 3, message: message.into(), show_usage: true }
+    }
+}
 
 impl From<WalError> for Exit {
     fn from(err: WalError) -> Exit {
@@ -58,7 +75,7 @@ impl From<WalError> for Exit {
             WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::WrongKey { .. } => KEY_HINT,
             _ => "",
         };
-        Exit(code, format!("{err}{hint}"))
+        Exit::new(code, format!("{err}{hint}"))
     }
 }
 
@@ -85,12 +102,12 @@ struct Args {
 }
 
 fn number<T: TryFrom<u64>>(flag: &str, value: Option<String>) -> Result<T, Exit> {
-    let value = value.ok_or_else(|| Exit(3, format!("{flag} needs a value")))?;
+    let value = value.ok_or_else(|| Exit::usage(format!("{flag} needs a value")))?;
     let parsed = match value.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => value.parse(),
     };
-    parsed.ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| Exit(3, format!("{flag}: {value:?} is not a valid number")))
+    parsed.ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| Exit::usage(format!("{flag}: {value:?} is not a valid number")))
 }
 
 /// An option's value as text; one that is not UTF-8 becomes text that `number` refuses.
@@ -108,10 +125,10 @@ fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
             args.given.push(flag);
         }
         match arg.to_str().unwrap_or("") {
-            "--key-file" => args.keys.push((raw.next().ok_or_else(|| Exit(3, "--key-file needs a path".into()))?.into(), 1)),
+            "--key-file" => args.keys.push((raw.next().ok_or_else(|| Exit::usage("--key-file needs a path"))?.into(), 1)),
             "--key-id" => {
                 let id = number("--key-id", text(raw.next()))?;
-                args.keys.last_mut().ok_or_else(|| Exit(3, "--key-id goes after the --key-file it names".into()))?.1 = id;
+                args.keys.last_mut().ok_or_else(|| Exit::usage("--key-id goes after the --key-file it names"))?.1 = id;
             }
             "--from" => args.from = Some(number("--from", text(raw.next()))?),
             "--type" => args.record_type = Some(number("--type", text(raw.next()))?),
@@ -119,7 +136,7 @@ fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
             "--seconds" => args.seconds = number("--seconds", text(raw.next()))?,
             "--size" => args.size = number("--size", text(raw.next()))?,
             "--json" => args.json = true,
-            flag if flag.starts_with("--") => return Err(Exit(3, format!("unknown option {flag}"))),
+            flag if flag.starts_with("--") => return Err(Exit::usage(format!("unknown option {flag}"))),
             _ => args.positional.push(arg),
         }
     }
@@ -141,11 +158,11 @@ fn takes(command: &str) -> &'static [&'static str] {
 
 fn check_options(command: &str, args: Args) -> Result<Args, Exit> {
     match args.given.iter().find(|o| !takes(command).contains(o)) {
-        Some(o) if !takes(command).is_empty() => Err(Exit(3, format!("{command} does not take {o}"))),
+        Some(o) if !takes(command).is_empty() => Err(Exit::usage(format!("{command} does not take {o}"))),
         // A second directory would be ignored, and `verify A B` exiting 0 would read as B checked.
         _ if !takes(command).is_empty() && args.positional.len() > 1 => {
             let extra = PathBuf::from(&args.positional[1]);
-            Err(Exit(3, format!("{command} takes one directory; {} is one too many", extra.display())))
+            Err(Exit::usage(format!("{command} takes one directory; {} is one too many", extra.display())))
         }
         _ => Ok(args),
     }
@@ -163,14 +180,14 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             Ok(0)
         }
-        "" => Err(Exit(3, "no command".into())),
-        other => Err(Exit(3, format!("unknown command {other:?}"))),
+        "" => Err(Exit::usage("no command")),
+        other => Err(Exit::usage(format!("unknown command {other:?}"))),
     });
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(Exit(code, message)) => {
+        Err(Exit { code, message, show_usage }) => {
             eprintln!("nodedb-wal: {message}");
-            if code == 3 && !message.contains(':') {
+            if show_usage {
                 eprintln!("\n{USAGE}");
             }
             ExitCode::from(code)
@@ -180,11 +197,11 @@ fn main() -> ExitCode {
 
 /// The log directory argument, which must exist and look like a log.
 fn log_dir(args: &Args) -> Result<PathBuf, Exit> {
-    let dir = PathBuf::from(args.positional.first().ok_or_else(|| Exit(3, "which directory?".into()))?);
-    let entries = std::fs::read_dir(&dir).map_err(|e| Exit(3, format!("{}: {e}", dir.display())))?;
+    let dir = PathBuf::from(args.positional.first().ok_or_else(|| Exit::usage("which directory?"))?);
+    let entries = std::fs::read_dir(&dir).map_err(|e| Exit::new(3, format!("{}: {e}", dir.display())))?;
     let names: Vec<String> = entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
     if !names.iter().any(|n| n.ends_with(".wal") || n == "LOCK") {
-        return Err(Exit(5, format!("{} is not a nodedb-wal directory (no segment files, no LOCK)", dir.display())));
+        return Err(Exit::new(5, format!("{} is not a nodedb-wal directory (no segment files, no LOCK)", dir.display())));
     }
     Ok(dir)
 }
@@ -195,8 +212,8 @@ fn key_ring(args: &Args, active: bool) -> Result<Option<Arc<KeyRing>>, Exit> {
     let Some(&(_, last)) = args.keys.last() else { return Ok(None) };
     let ring = KeyRing::new();
     for (path, id) in &args.keys {
-        let key = SecureKey::load(path).map_err(|e| Exit(4, e.to_string()))?;
-        ring.insert(*id, key).map_err(|e| Exit(3, format!("--key-id {id}: {e}")))?;
+        let key = SecureKey::load(path).map_err(|e| Exit::new(4, e.to_string()))?;
+        ring.insert(*id, key).map_err(|e| Exit::usage(format!("--key-id {id}: {e}")))?;
     }
     if active {
         ring.set_active(last).map_err(Exit::from)?;
@@ -327,7 +344,7 @@ fn verify(args: &Args) -> Outcome {
     for record in wal.read_from(info.first_lsn)? {
         let record = match record {
             Err(WalError::AuthenticationFailed { lsn, segment }) if first_of(segment) == Some(lsn) => {
-                return Err(Exit(
+                return Err(Exit::new(
                     4,
                     format!(
                         "record {lsn} in segment {segment} failed authentication, the first of its segment: most likely the wrong key{KEY_HINT}"
@@ -364,17 +381,17 @@ const BENCH_THREADS_MAX: usize = 4096;
 
 fn bench(args: &Args) -> Outcome {
     if !(1..=BENCH_THREADS_MAX).contains(&args.threads) {
-        return Err(Exit(3, format!("--threads must be from 1 to {BENCH_THREADS_MAX}")));
+        return Err(Exit::usage(format!("--threads must be from 1 to {BENCH_THREADS_MAX}")));
     }
     // Refused before the payload is allocated: the log would refuse it anyway.
     let payload_max = SegmentedWalConfig::new("").payload_bytes_max;
     if args.size > payload_max {
-        return Err(Exit(3, format!("--size must be at most {payload_max} bytes, the log's largest record")));
+        return Err(Exit::usage(format!("--size must be at most {payload_max} bytes, the log's largest record")));
     }
     let (dir, _tmp) = match args.positional.first() {
         Some(d) => (new_log_dir(PathBuf::from(d))?, None),
         None => {
-            let tmp = tempfile_dir().map_err(|e| Exit(3, format!("temporary directory: {e}")))?;
+            let tmp = tempfile_dir().map_err(|e| Exit::new(3, format!("temporary directory: {e}")))?;
             (tmp.0.clone(), Some(tmp))
         }
     };
@@ -450,9 +467,9 @@ fn new_log_dir(dir: PathBuf) -> Result<PathBuf, Exit> {
     let first = std::fs::read_dir(&dir).map(|mut entries| entries.next());
     match first {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir),
-        Err(e) => Err(Exit(3, format!("{}: {e}", dir.display()))),
+        Err(e) => Err(Exit::new(3, format!("{}: {e}", dir.display()))),
         Ok(None) => Ok(dir),
-        Ok(Some(_)) => Err(Exit(
+        Ok(Some(_)) => Err(Exit::new(
             3,
             format!(
                 "{} is not empty: bench writes its records into a new log, never into files already there; give a directory that does not exist yet or is empty",
