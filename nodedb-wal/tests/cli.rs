@@ -306,3 +306,27 @@ fn a_logs_own_error_is_reported_without_the_usage_text() {
     let out = tool(&["dump", dir.to_str().unwrap(), "--from"]);
     assert!(text(&out).contains("usage:"), "a usage error still shows it: {}", text(&out));
 }
+
+// Found by a review: `nodedb-wal inspect DIR | head` panicked ("failed printing to stdout:
+// Broken pipe", a backtrace, status 101) once `head` had its lines; only `dump` took a reader
+// that went away in its stride. The status still says what the log is, whoever reads the text.
+#[test]
+fn a_reader_that_goes_away_ends_no_command_in_a_panic_and_the_status_still_tells_the_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(tmp.path(), None);
+    let d = tmp.path().to_str().unwrap();
+    let closed_stdout = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_nodedb-wal")).args(args).stdout(writer).output().unwrap();
+        assert!(!text(&out).contains("panicked"), "{args:?}: {}", text(&out));
+        status(&out)
+    };
+    for command in ["inspect", "verify", "dump"] {
+        assert_eq!(closed_stdout(&[command, d]), 0, "{command}");
+    }
+    let (path, at) = frame_of(tmp.path(), 10);
+    flip(&path, at + 100);
+    assert_eq!(closed_stdout(&["verify", d]), 1, "a torn tail");
+    assert_eq!(closed_stdout(&["inspect", d]), 1, "a torn tail");
+}

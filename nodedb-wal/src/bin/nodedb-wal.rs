@@ -35,6 +35,15 @@ usage: nodedb-wal <command> [arguments]
 exit status: 0 ok, 1 torn tail, 2 corrupt or unreadable log, 3 bad usage, missing directory or
 I/O error, 4 key missing or wrong, 5 not a nodedb-wal directory";
 
+/// `println!` that does not panic when nobody reads standard output any more (a pipe into
+/// `head`, a closed descriptor): the rest of the text goes nowhere, and the command still ends
+/// with the status that tells what it found.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Why the tool stops: an exit status, a message, and whether the usage text follows it.
 struct Exit {
     code: u8,
@@ -177,7 +186,7 @@ fn main() -> ExitCode {
         "verify" => verify(&args),
         "bench" => bench(&args),
         "help" | "--help" | "-h" => {
-            println!("{USAGE}");
+            out!("{USAGE}");
             Ok(0)
         }
         "" => Err(Exit::usage("no command")),
@@ -241,9 +250,16 @@ fn preamble_of(path: &Path) -> Option<SegmentPreamble> {
 fn inspect(args: &Args) -> Outcome {
     let (dir, wal) = open(args)?;
     let info = wal.recovery_info();
-    println!(
+    out!(
         "{:>20}  {:>12}  {:>12}  {:>10}  {:>12}  {:>6}  {:>7}  {:>6}",
-        "segment", "first lsn", "end lsn", "records", "bytes", "sealed", "version", "key"
+        "segment",
+        "first lsn",
+        "end lsn",
+        "records",
+        "bytes",
+        "sealed",
+        "version",
+        "key"
     );
     for seg in &info.segments {
         let preamble = preamble_of(&dir.join(format!("{:020}.wal", seg.id.0)));
@@ -252,7 +268,7 @@ fn inspect(args: &Args) -> Outcome {
             Some(p) => (p.version.to_string(), "-".into()),
             None => ("?".into(), "?".into()),
         };
-        println!(
+        out!(
             "{:>20}  {:>12}  {:>12}  {:>10}  {:>12}  {:>6}  {:>7}  {:>6}",
             seg.id.0,
             seg.first_lsn.0,
@@ -264,23 +280,25 @@ fn inspect(args: &Args) -> Outcome {
             key
         );
     }
-    println!("records {} (LSN {} to {})", info.record_count, info.first_lsn, info.last_lsn);
+    out!("records {} (LSN {} to {})", info.record_count, info.first_lsn, info.last_lsn);
     if let Some(id) = info.removed_interrupted_roll {
-        println!("segment {id} is left by an interrupted roll; opening the log removes it");
+        out!("segment {id} is left by an interrupted roll; opening the log removes it");
     }
     if info.ungathered > 0 {
-        println!("{} tombstone or purge record(s) in encrypted segments not read (no key given for them)", info.ungathered);
+        out!("{} tombstone or purge record(s) in encrypted segments not read (no key given for them)", info.ungathered);
     }
     Ok(match &info.torn_tail {
         Some(torn) => {
-            println!(
+            out!(
                 "health: torn tail in segment {} at offset {} ({} bytes); opening the log cuts it",
-                torn.segment, torn.offset, torn.bytes_discarded
+                torn.segment,
+                torn.offset,
+                torn.bytes_discarded
             );
             1
         }
         None => {
-            println!("health: clean");
+            out!("health: clean");
             0
         }
     })
@@ -363,14 +381,16 @@ fn verify(args: &Args) -> Outcome {
     eprintln!("\rverify: 100.0%  {records} records, {bytes} payload bytes, every checksum and tag checked");
     Ok(match info.torn_tail {
         Some(torn) => {
-            println!(
+            out!(
                 "torn tail: segment {} offset {} ({} bytes never acknowledged); opening the log cuts it",
-                torn.segment, torn.offset, torn.bytes_discarded
+                torn.segment,
+                torn.offset,
+                torn.bytes_discarded
             );
             1
         }
         None => {
-            println!("clean: {records} records, LSN {} to {}", info.first_lsn, info.last_lsn);
+            out!("clean: {records} records, LSN {} to {}", info.first_lsn, info.last_lsn);
             0
         }
     })
@@ -442,19 +462,19 @@ fn bench(args: &Args) -> Outcome {
     latencies.sort_unstable();
     let q = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
     let n = latencies.len() as f64;
-    println!("{:<28} {:>14}", "durable records", latencies.len());
-    println!("{:<28} {:>14.0}", "records/s", n / elapsed);
-    println!("{:<28} {:>14.2}", "payload MB/s", n * args.size as f64 / elapsed / 1e6);
-    println!("{:<28} {:>14}", "append_durable p50 us", q(0.50));
-    println!("{:<28} {:>14}", "append_durable p99 us", q(0.99));
-    println!("{:<28} {:>14}", "append_durable p99.9 us", q(0.999));
-    println!("{:<28} {:>14}", "fdatasyncs", m.fsyncs);
-    println!("{:<28} {:>14.1}", "records per batch", m.records_per_batch());
-    println!("{:<28} {:>14.1}", "write+sync mean us", m.sync_nanos as f64 / m.fsyncs.max(1) as f64 / 1e3);
-    println!("{:<28} {:>14.1}", "write+sync max us", m.sync_nanos_max as f64 / 1e3);
-    println!("{:<28} {:>14}", "first LSN written", start_lsn.0);
+    out!("{:<28} {:>14}", "durable records", latencies.len());
+    out!("{:<28} {:>14.0}", "records/s", n / elapsed);
+    out!("{:<28} {:>14.2}", "payload MB/s", n * args.size as f64 / elapsed / 1e6);
+    out!("{:<28} {:>14}", "append_durable p50 us", q(0.50));
+    out!("{:<28} {:>14}", "append_durable p99 us", q(0.99));
+    out!("{:<28} {:>14}", "append_durable p99.9 us", q(0.999));
+    out!("{:<28} {:>14}", "fdatasyncs", m.fsyncs);
+    out!("{:<28} {:>14.1}", "records per batch", m.records_per_batch());
+    out!("{:<28} {:>14.1}", "write+sync mean us", m.sync_nanos as f64 / m.fsyncs.max(1) as f64 / 1e3);
+    out!("{:<28} {:>14.1}", "write+sync max us", m.sync_nanos_max as f64 / 1e3);
+    out!("{:<28} {:>14}", "first LSN written", start_lsn.0);
     if _tmp.is_none() {
-        println!("the log stays in {}: try `nodedb-wal inspect {0}` and `nodedb-wal verify {0}`", dir.display());
+        out!("the log stays in {}: try `nodedb-wal inspect {0}` and `nodedb-wal verify {0}`", dir.display());
     }
     Ok(0)
 }
