@@ -11,14 +11,14 @@ use crate::segment::read_ahead::Window;
 /// A record's bytes, handed out in a [`crate::WalRecord`]. Reads as a `[u8]` (it derefs to one)
 /// and compares with byte strings, slices and vectors.
 ///
-/// A plaintext payload read from a segment file shares the reader's read buffer (1 MiB, or
-/// as long as the record where a record is longer) instead of being copied out of it: a replay that applies each record and drops it pays no
-/// copy and no allocation per record. The buffer lives as long as any payload in it. A reader
-/// whose caller keeps payloads past the buffer they came from (it finds the buffer still held
-/// when it moves on, or leaves a segment) copies every payload after that, so keeping records
-/// pins at most about two buffers per reader. An iterator adapter that holds a record back
-/// (`peekable`, say) counts as keeping one. To keep one record for long without its buffer,
-/// [`Payload::into_vec`] it.
+/// A plaintext payload read from a segment file shares the reader's read buffer (1 MiB, or as
+/// long as the record where a record is longer) instead of being copied out of it: a replay
+/// that applies each record and drops it pays no copy and no allocation per record. The buffer
+/// lives as long as any payload in it. A reader whose caller keeps payloads past the buffer
+/// they came from (it finds the buffer still held when it moves on, or leaves a segment)
+/// copies every payload after that, so keeping records pins at most about two buffers per
+/// reader. An iterator adapter that holds a record back (`peekable`, say) counts as keeping
+/// one. To keep one record for long without its buffer, [`Payload::into_vec`] it.
 ///
 /// # Examples
 ///
