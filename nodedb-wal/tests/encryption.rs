@@ -538,3 +538,112 @@ fn a_truncated_plaintext_segment_is_never_reused_for_an_encrypted_one() {
     drop(wal);
     assert_eq!(read_all(&sim, Some(keys)).unwrap().last(), Some(&payload(3)));
 }
+
+/// A plaintext log of five segments, the older ones truncated and two kept for reuse; returns
+/// the kept files' paths. Every record says "plaintext record".
+fn plaintext_log_with_kept_files(sim: &SimStorage, keys: &Arc<KeyRing>) -> Vec<PathBuf> {
+    use nodedb_wal::storage::Storage;
+    let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig { recycle_segments: 2, ..config(Some(Arc::clone(keys))) }).unwrap();
+    for i in 0.. {
+        if wal.segments().len() == 5 {
+            break;
+        }
+        wal.append_durable(rec(format!("plaintext record {i} ").repeat(40).as_bytes())).unwrap();
+    }
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    drop(wal);
+    let kept: Vec<PathBuf> =
+        sim.list(Path::new(DIR)).unwrap().into_iter().filter(|n| n.ends_with(".recycled")).map(|n| Path::new(DIR).join(n)).collect();
+    assert_eq!(kept.len(), 2, "truncation kept files for reuse");
+    kept
+}
+
+/// A file whose name ends with `suffix` that opens with an encrypted preamble and holds
+/// `marker` in the clear.
+fn encrypted_file_holding(sim: &SimStorage, suffix: &str, marker: &[u8]) -> Option<String> {
+    use nodedb_wal::storage::Storage;
+    sim.list(Path::new(DIR)).unwrap().into_iter().filter(|name| name.ends_with(suffix)).find(|name| {
+        let bytes = sim.read_file(&Path::new(DIR).join(name)).unwrap();
+        SegmentPreamble::decode(&bytes).is_ok_and(|p| p.cipher == CIPHER_AES_256_GCM) && bytes.windows(marker.len()).any(|w| w == marker)
+    })
+}
+
+// A reuse writes the new segment's header into the kept file, then renames it to the
+// segment's name. A crash in between leaves the kept file with an encrypted segment's header
+// in front of a plaintext segment's records: judged by its preamble alone, it was reused for
+// the next encrypted segment, and the plaintext stayed inside the encrypted log.
+#[test]
+fn a_plaintext_file_left_by_an_interrupted_reuse_is_never_reused_for_an_encrypted_segment() {
+    use nodedb_wal::format::layout::write_header_block;
+    use nodedb_wal::{Lsn, SegmentId};
+    let sim = SimStorage::new(11, FaultConfig::default());
+    let keys = Arc::new(KeyRing::new());
+    let kept = plaintext_log_with_kept_files(&sim, &keys);
+    keys.insert(1, SecureKey::from_bytes(&mut [7; 32])).unwrap();
+    keys.set_active(1).unwrap();
+    // What the interrupted reuse left: the header block of the next (encrypted) segment, as
+    // the flusher writes it, over the first block of each kept file.
+    for path in &kept {
+        let mut bytes = sim.read_file(path).unwrap();
+        let preamble = SegmentPreamble { cipher: CIPHER_AES_256_GCM, key_id: 1, nonce_epoch: 9, ..SegmentPreamble::plaintext_wal() };
+        let header = SegmentHeaderPayload { segment_id: SegmentId(6), first_lsn: Lsn(1000), salt: 5, block_len: 4096, kdf_salt: [3; 16] };
+        write_header_block(&mut bytes[..4096], &preamble, &header, Lsn(999));
+        sim.write_file(path, &bytes);
+    }
+    assert!(encrypted_file_holding(&sim, ".recycled", b"plaintext record").is_some(), "the crash's leftovers look encrypted");
+
+    let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig { recycle_segments: 2, ..config(Some(Arc::clone(&keys))) }).unwrap();
+    // The first appends after an open go to a new segment, which takes a kept file.
+    for i in 0..3 {
+        wal.append_durable(rec(&payload(i))).unwrap();
+    }
+    assert_eq!(kept.iter().filter(|path| sim.read_file(path).is_none()).count(), 1, "the new segment took a kept file");
+    assert_eq!(encrypted_file_holding(&sim, ".wal", b"plaintext record"), None, "an encrypted segment holds plaintext records");
+    drop(wal);
+    assert_eq!(read_all(&sim, Some(keys)).unwrap().last(), Some(&payload(2)));
+}
+
+// Rotation retires a key so that what it protected stops growing. A kept file encrypted under
+// the retired key, reused for a segment under the new one, kept its old records behind the new
+// header: readable to whoever holds the retired key, for as long as the file lives.
+#[test]
+fn a_file_encrypted_under_a_retired_key_is_not_reused_after_rotation() {
+    use nodedb_wal::storage::Storage;
+    let sim = SimStorage::new(12, FaultConfig::default());
+    let keys = Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [7; 32])));
+    let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig { recycle_segments: 2, ..config(Some(Arc::clone(&keys))) }).unwrap();
+    while wal.segments().len() < 5 {
+        wal.append_durable(rec(&payload(4))).unwrap();
+    }
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    let kept: Vec<PathBuf> =
+        sim.list(Path::new(DIR)).unwrap().into_iter().filter(|n| n.ends_with(".recycled")).map(|n| Path::new(DIR).join(n)).collect();
+    assert_eq!(kept.len(), 2);
+    // The last 64 bytes of each kept file's records: ciphertext under key 1, and beyond where a
+    // new segment's first few records reach.
+    let old_ciphertext: Vec<Vec<u8>> = kept
+        .iter()
+        .map(|path| {
+            let bytes = sim.read_file(path).unwrap();
+            let (at, h) = *frames(&bytes).iter().rfind(|(_, h)| !h.record_type.is_meta()).unwrap();
+            bytes[at + HEADER_LEN..at + h.frame_len()][..64].to_vec()
+        })
+        .collect();
+    keys.insert(2, SecureKey::from_bytes(&mut [8; 32])).unwrap();
+    keys.set_active(2).unwrap();
+    let newest = wal.segments().last().unwrap().id;
+    while wal.segments().last().unwrap().id.0 < newest.0 + 2 {
+        wal.append_durable(rec(&payload(5))).unwrap();
+    }
+    for name in sim.list(Path::new(DIR)).unwrap() {
+        let bytes = sim.read_file(&Path::new(DIR).join(&name)).unwrap();
+        if SegmentPreamble::decode(&bytes).is_ok_and(|p| p.key_id == 2) {
+            let kept_old = old_ciphertext.iter().any(|old| bytes.windows(old.len()).any(|w| w == old.as_slice()));
+            assert!(!kept_old, "{name}, a segment under key 2, still holds records encrypted under the retired key 1");
+        }
+    }
+    drop(wal);
+    let rotated = Arc::new(KeyRing::with_active(2, SecureKey::from_bytes(&mut [8; 32])));
+    rotated.insert(1, SecureKey::from_bytes(&mut [7; 32])).unwrap();
+    assert_eq!(read_all(&sim, Some(rotated)).unwrap().last(), Some(&payload(5)));
+}

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use super::plan::{BatchMeta, Sealed, Target};
 use super::{PoisonOnPanic, Shared};
 use crate::error::IoOp;
+use crate::format::frame::{HEADER_LEN, decode_frame};
 use crate::format::layout::{write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
 use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, SegmentPreamble, WAL_PREAMBLE_MAGIC};
@@ -18,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::segment;
 use crate::segment::index::{IndexBuilder, IndexScratch, write_index};
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
-use crate::types::{Lsn, SegmentId};
+use crate::types::{Lsn, RecordType, SegmentId};
 
 /// A failed step: the system call, its error, and the segment file being made where the
 /// failure came while the log made a new segment (the error names it).
@@ -218,7 +219,8 @@ impl<S: Storage> Flusher<S> {
         let _span = tracing::debug_span!("roll", segment = %target.segment, first_lsn = %target.segment_first_lsn).entered();
         let block = self.header_block(target, durable);
         self.index.start(target.segment, target.identity.salt, target.segment_first_lsn);
-        if let Some(file) = self.reuse_recycled(path, &block, target.identity.crypt.is_some())? {
+        let key_id = target.identity.crypt.as_ref().map(|c| c.key_id);
+        if let Some(file) = self.reuse_recycled(path, &block, key_id)? {
             self.file = Some((target.segment, file));
             return Ok(());
         }
@@ -237,9 +239,10 @@ impl<S: Storage> Flusher<S> {
     /// opened. The new header is durable before the file takes the segment's name, so after a
     /// crash a file of that name never carries the old segment's header. The old frames behind
     /// it carry the old segment's salt: recovery and readers take them for the end of the new
-    /// segment's records, never for records of it. They stay on disk until overwritten, so an
-    /// `encrypted` segment never reuses a file that held plaintext records.
-    fn reuse_recycled(&mut self, path: &Path, header: &AlignedBuf, encrypted: bool) -> Result<Option<S::File>, IoFailure> {
+    /// segment's records, never for records of it. They stay on disk until overwritten, so a
+    /// segment encrypted under `key_id` reuses only a file encrypted under that key (see
+    /// [`fits_for_reuse`]).
+    fn reuse_recycled(&mut self, path: &Path, header: &AlignedBuf, key_id: Option<u32>) -> Result<Option<S::File>, IoFailure> {
         let shared = Arc::clone(&self.shared);
         let Some(from) = shared.take_recycled() else { return Ok(None) };
         if self.cannot_rename_no_replace {
@@ -271,12 +274,11 @@ impl<S: Storage> Flusher<S> {
         let linked = file.has_other_links();
         let len = file.len().map_err(|e| (IoOp::Stat, e))?;
         let too_large = len > shared.segment_bytes_max();
-        // The old records would stay in the clear inside an encrypted segment for as long as
-        // the file lives, even after the plaintext segments were truncated.
-        let plaintext = encrypted && !was_encrypted(&file, shared.block);
-        if !matches!(free, Ok(true)) || !matches!(linked, Ok(false)) || too_large || plaintext {
+        let kept = from.file_name().and_then(|n| n.to_str()).and_then(segment::parse_recycled);
+        let unfit = !kept.is_some_and(|kept| first_block_fits(&file, shared.block, kept, key_id));
+        if !matches!(free, Ok(true)) || !matches!(linked, Ok(false)) || too_large || unfit {
             drop(file);
-            tracing::debug!(path = %from.display(), ?free, ?linked, too_large, plaintext, "a truncated segment may be read, has other names, is too large or held plaintext for an encrypted segment; removing it instead of reusing it");
+            tracing::debug!(path = %from.display(), ?free, ?linked, too_large, unfit, "a truncated segment may be read, has other names, is too large or does not fit the new segment; removing it instead of reusing it");
             remove_kept(&*shared.storage, &from);
             return Ok(None);
         }
@@ -324,14 +326,33 @@ impl<S: Storage> Flusher<S> {
     }
 }
 
-/// Whether a kept segment file was an encrypted segment, as its preamble says. A preamble
-/// that cannot be read or decoded says no: the file is then not reused for an encrypted one.
-fn was_encrypted<F: StorageFile>(file: &F, block: usize) -> bool {
+/// Whether the kept file's first block lets it become the new segment (see [`fits_for_reuse`]);
+/// a block that cannot be read says no.
+fn first_block_fits<F: StorageFile>(file: &F, block: usize, kept: SegmentId, key_id: Option<u32>) -> bool {
     // A whole aligned block: the file may be open with O_DIRECT.
     let mut first = AlignedBuf::zeroed(block, block);
     let read = file.read_at(&mut first, 0);
-    read.is_ok_and(|n| n >= PREAMBLE_SIZE)
-        && SegmentPreamble::decode(&first).is_ok_and(|p| p.magic == WAL_PREAMBLE_MAGIC && p.cipher == CIPHER_AES_256_GCM)
+    read.is_ok_and(|n| n >= PREAMBLE_SIZE) && fits_for_reuse(&first, kept, key_id)
+}
+
+/// Whether a kept file whose first block is `first`, kept as segment `kept`, may become a new
+/// segment encrypted under `key_id` (`None`: plaintext). Its old frames stay behind the new
+/// header until overwritten, so:
+/// - it must still be the segment it was kept as (a valid header naming `kept`). A crash after
+///   a reuse wrote the new segment's header, but before the rename, leaves a file whose header
+///   names the new segment while its frames are the old one's: its preamble no longer says what
+///   they are (a plaintext segment's records behind an encrypted preamble), so it is not reused;
+/// - for an encrypted segment, it must have been encrypted under the same key: plaintext records
+///   would stay in the clear inside the encrypted log, and records under a retired key readable
+///   to whoever still holds that key, for as long as the file lives.
+fn fits_for_reuse(first: &[u8], kept: SegmentId, key_id: Option<u32>) -> bool {
+    let Ok(preamble) = SegmentPreamble::decode(first) else { return false };
+    let Some(frame) = first.get(PREAMBLE_SIZE..) else { return false };
+    let Ok(h) = decode_frame(frame) else { return false };
+    let header =
+        (h.record_type == RecordType::SEGMENT_HEADER).then(|| SegmentHeaderPayload::decode(&frame[HEADER_LEN..h.frame_len()])).flatten();
+    let same_segment = preamble.magic == WAL_PREAMBLE_MAGIC && header.is_some_and(|p| p.segment_id == kept);
+    same_segment && key_id.is_none_or(|key| preamble.cipher == CIPHER_AES_256_GCM && preamble.key_id == key)
 }
 
 /// Removes a truncated segment file kept for reuse that will not be reused; one that cannot
@@ -384,4 +405,48 @@ fn wait_for_regions(buf: &mut Arc<BatchBuf>) -> &mut BatchBuf {
         }
     }
     Arc::get_mut(buf).expect("no region left")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first block of segment `id`, plaintext or encrypted under `key_id`.
+    fn first_block(id: u64, key_id: Option<u32>) -> Vec<u8> {
+        let preamble = match key_id {
+            Some(key_id) => SegmentPreamble { cipher: CIPHER_AES_256_GCM, key_id, nonce_epoch: 3, ..SegmentPreamble::plaintext_wal() },
+            None => SegmentPreamble::plaintext_wal(),
+        };
+        let header = SegmentHeaderPayload { segment_id: SegmentId(id), first_lsn: Lsn(40), salt: 6, block_len: 4096, kdf_salt: [1; 16] };
+        let mut block = vec![0; 4096];
+        write_header_block(&mut block, &preamble, &header, Lsn(39));
+        block
+    }
+
+    #[test]
+    fn a_kept_file_fits_a_plaintext_segment_whatever_it_held_while_its_header_names_it() {
+        assert!(fits_for_reuse(&first_block(7, None), SegmentId(7), None));
+        assert!(fits_for_reuse(&first_block(7, Some(2)), SegmentId(7), None));
+        assert!(!fits_for_reuse(&first_block(9, None), SegmentId(7), None), "a header written by an interrupted reuse");
+    }
+
+    #[test]
+    fn a_kept_file_fits_an_encrypted_segment_only_if_encrypted_under_the_same_key() {
+        assert!(fits_for_reuse(&first_block(7, Some(2)), SegmentId(7), Some(2)));
+        assert!(!fits_for_reuse(&first_block(7, Some(1)), SegmentId(7), Some(2)), "a retired key");
+        assert!(!fits_for_reuse(&first_block(7, None), SegmentId(7), Some(2)), "plaintext");
+        assert!(!fits_for_reuse(&first_block(9, Some(2)), SegmentId(7), Some(2)), "a header written by an interrupted reuse");
+    }
+
+    #[test]
+    fn a_kept_file_whose_first_block_is_damaged_or_foreign_fits_nothing() {
+        let mut damaged = first_block(7, None);
+        damaged[PREAMBLE_SIZE + 30] ^= 1; // inside the header frame: its CRC fails
+        assert!(!fits_for_reuse(&damaged, SegmentId(7), None));
+        assert!(!fits_for_reuse(&[0; 4096], SegmentId(7), None));
+        assert!(!fits_for_reuse(&first_block(7, None)[..PREAMBLE_SIZE + 8], SegmentId(7), None), "cut short");
+        let mut foreign = first_block(7, None);
+        foreign[..4].copy_from_slice(b"NSEG"); // an engine file's magic
+        assert!(!fits_for_reuse(&foreign, SegmentId(7), None));
+    }
 }
