@@ -232,6 +232,25 @@ fn a_failed_rename_while_reusing_poisons_the_log() {
     assert!(matches!(err, WalError::Poisoned { op: IoOp::Rename, .. }), "{err}");
 }
 
+// Found by a review on XFS: the rename that gives a kept file the new segment's name can need
+// a directory block, and on a full disk it failed with ENOSPC and poisoned the log, though
+// removing the kept file frees a whole segment's space for a fresh one.
+#[test]
+fn a_reuse_with_no_room_for_the_new_name_removes_the_kept_file_and_the_log_goes_on() {
+    let (storage, wal, mut model) = faulty_log(7);
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    assert_eq!(recycled_names(&storage, Path::new("/wal")).len(), 2);
+    storage.fail_once(FaultOp::Rename, 0, ENOSPC);
+    let segments = wal.segments().len();
+    fill(&wal, &mut model, 1, segments + 1);
+    assert!(!wal.stats().poisoned);
+    assert_eq!(recycled_names(&storage, Path::new("/wal")).len(), 1, "the kept file whose rename failed was removed, the other kept");
+    let acked = wal.durable_lsn().0;
+    drop(wal);
+    let wal = SegmentedWal::open_with(storage, config(Path::new("/wal"))).unwrap();
+    check_recovered(&wal, &model, acked, "after the failed rename");
+}
+
 #[test]
 fn opening_with_fewer_kept_segments_removes_the_extra_files() {
     let sim = SimStorage::new(5, FaultConfig::default());

@@ -18,7 +18,7 @@ use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, SegmentPreamble
 use crate::manifest::Manifest;
 use crate::segment;
 use crate::segment::index::{IndexBuilder, IndexScratch, write_index};
-use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile};
+use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile, is_out_of_space};
 use crate::types::{Lsn, RecordType, SegmentId};
 
 /// A failed step: the system call, its error, and the segment file being made where the
@@ -293,6 +293,18 @@ impl<S: Storage> Flusher<S> {
                 // under the kept name is nothing recovery reads.
                 tracing::info!(%err, "kept segment files cannot be renamed safely here; they are removed instead of reused");
                 self.cannot_rename_no_replace = true;
+                file.release_hold();
+                drop(file);
+                remove_kept(&*shared.storage, &from);
+                return Ok(None);
+            }
+            Err(err) if is_out_of_space(&err) => {
+                // No room for the new name (a file system may need a directory block for it,
+                // XFS does). Removing the kept file frees a segment's space, where a fresh
+                // segment may fit; if none does, creating it poisons the log as before. A file
+                // left under the kept name (its removal failed) now names the new segment in
+                // its header and is never reused (see `fits_for_reuse`).
+                tracing::warn!(%err, path = %from.display(), "no room to rename a truncated segment for reuse; removing it and creating a new one");
                 file.release_hold();
                 drop(file);
                 remove_kept(&*shared.storage, &from);
