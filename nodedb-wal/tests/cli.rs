@@ -330,3 +330,41 @@ fn a_reader_that_goes_away_ends_no_command_in_a_panic_and_the_status_still_tells
     assert_eq!(closed_stdout(&["verify", d]), 1, "a torn tail");
     assert_eq!(closed_stdout(&["inspect", d]), 1, "a torn tail");
 }
+
+// Found by a review: diagnostics went out through `eprintln!`, which panics when standard
+// error cannot be written (a pipe whose reader is gone, as when a supervisor's log collector
+// died), so every command that reports progress or an error ended in status 101 instead of the
+// status that tells the log's health. A closed descriptor (`2>&-`) is checked too.
+#[test]
+fn an_unwritable_standard_error_ends_no_command_in_a_panic_and_the_status_still_tells_the_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    write_log(&log, None);
+    let d = log.to_str().unwrap();
+    let broken_stderr = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_nodedb-wal")).args(args).stderr(writer).output().unwrap();
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("panicked"), "{args:?}");
+        status(&out)
+    };
+    // A shell's `2>&-`: standard error closed outright.
+    let closed_stderr = |args: &[&str]| {
+        let script = "exec \"$0\" \"$@\" 2>&-";
+        let out = Command::new("sh").arg("-c").arg(script).arg(env!("CARGO_BIN_EXE_nodedb-wal")).args(args).output().unwrap();
+        status(&out)
+    };
+    for run in [&broken_stderr as &dyn Fn(&[&str]) -> i32, &closed_stderr] {
+        assert_eq!(run(&["verify", d]), 0, "verify reports its progress on standard error");
+        assert_eq!(run(&["inspect", d]), 0);
+        assert_eq!(run(&["inspect", tmp.path().join("missing").to_str().unwrap()]), 3, "an error message");
+        assert_eq!(run(&["dump", d, "--from"]), 3, "a usage error, with the usage text");
+        assert_eq!(run(&["bench", "--threads", "1", "--seconds", "1", "--size", "64"]), 0, "bench's progress bar");
+    }
+    let (path, at) = frame_of(&log, 10);
+    flip(&path, at + 100);
+    assert_eq!(broken_stderr(&["verify", d]), 1, "a torn tail");
+    let (path, at) = frame_of(&log, 1);
+    flip(&path, at + 100);
+    assert_eq!(broken_stderr(&["verify", d]), 2, "corruption, reported on standard error");
+}

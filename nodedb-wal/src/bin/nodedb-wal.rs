@@ -44,6 +44,22 @@ macro_rules! out {
     }};
 }
 
+/// `eprintln!` that does not panic when standard error cannot be written (a closed pipe, a
+/// full disk behind a redirection): a diagnostic that nobody can read is dropped, and the exit
+/// status still tells what the command found.
+macro_rules! diag {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that does not panic, as `diag!`: for progress lines, which the next one overwrites.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Why the tool stops: an exit status, a message, and whether the usage text follows it.
 struct Exit {
     code: u8,
@@ -195,9 +211,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Exit { code, message, show_usage }) => {
-            eprintln!("nodedb-wal: {message}");
+            diag!("nodedb-wal: {message}");
             if show_usage {
-                eprintln!("\n{USAGE}");
+                diag!("\n{USAGE}");
             }
             ExitCode::from(code)
         }
@@ -374,11 +390,11 @@ fn verify(args: &Args) -> Outcome {
         records += 1;
         bytes += record.payload.len() as u64;
         if last_report.elapsed() >= Duration::from_millis(500) {
-            eprint!("\rverify: {:>5.1}%  {records} records", records as f64 * 100.0 / total as f64);
+            note!("\rverify: {:>5.1}%  {records} records", records as f64 * 100.0 / total as f64);
             last_report = Instant::now();
         }
     }
-    eprintln!("\rverify: 100.0%  {records} records, {bytes} payload bytes, every checksum and tag checked");
+    diag!("\rverify: 100.0%  {records} records, {bytes} payload bytes, every checksum and tag checked");
     Ok(match info.torn_tail {
         Some(torn) => {
             out!(
@@ -421,7 +437,7 @@ fn bench(args: &Args) -> Outcome {
     config.key_ring = key_ring(args, true)?;
     let wal = SegmentedWal::open(config)?;
     if !wal.direct_io() {
-        eprintln!("bench: {} refuses O_DIRECT; writing through the page cache", dir.display());
+        diag!("bench: {} refuses O_DIRECT; writing through the page cache", dir.display());
     }
     let start_lsn = wal.next_lsn();
     let payload = vec![0x5Au8; args.size];
@@ -430,7 +446,7 @@ fn bench(args: &Args) -> Outcome {
     let before = wal.stats();
     let started = Instant::now();
     let encrypted = args.keys.last().map_or(String::new(), |(_, id)| format!(", encrypted under key {id}"));
-    eprintln!("bench: {} threads, {} s, {}-byte records into {}{encrypted}", args.threads, args.seconds, args.size, dir.display());
+    diag!("bench: {} threads, {} s, {}-byte records into {}{encrypted}", args.threads, args.seconds, args.size, dir.display());
     let mut latencies: Vec<u32> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..args.threads)
             .map(|_| {
@@ -450,10 +466,10 @@ fn bench(args: &Args) -> Outcome {
             std::thread::sleep(Duration::from_secs(1));
             let n = done.load(Ordering::Relaxed);
             let bar = "#".repeat((second * 30 / args.seconds.max(1)) as usize);
-            eprint!("\r[{bar:<30}] {second:>3}/{} s  {n} durable records", args.seconds);
+            note!("\r[{bar:<30}] {second:>3}/{} s  {n} durable records", args.seconds);
         }
         stop.store(true, Ordering::Relaxed);
-        eprintln!();
+        diag!();
         workers.into_iter().map(|w| w.join().expect("bench thread")).collect::<Result<Vec<_>, _>>().map(|v| v.concat())
     })?;
     let elapsed = started.elapsed().as_secs_f64();
