@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use nodedb_wal::storage::Storage;
 use nodedb_wal::{
     KeyRing, Lsn, PREAMBLE_SIZE, ReadOnlyWal, Record, RecordType, SecureKey, SegmentPreamble, SegmentedWal, SegmentedWalConfig, WalError,
 };
@@ -441,37 +442,24 @@ fn bench(args: &Args) -> Outcome {
     }
     let start_lsn = wal.next_lsn();
     let payload = vec![0x5Au8; args.size];
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
     let before = wal.stats();
     let started = Instant::now();
     let encrypted = args.keys.last().map_or(String::new(), |(_, id)| format!(", encrypted under key {id}"));
     diag!("bench: {} threads, {} s, {}-byte records into {}{encrypted}", args.threads, args.seconds, args.size, dir.display());
-    let mut latencies: Vec<u32> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..args.threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut lat = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        wal.append_durable(Record::new(RecordType::optional(0x100), &payload))?;
-                        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok::<_, WalError>(lat)
-                })
-            })
-            .collect();
-        for second in 1..=args.seconds {
-            std::thread::sleep(Duration::from_secs(1));
-            let n = done.load(Ordering::Relaxed);
-            let bar = "#".repeat((second * 30 / args.seconds.max(1)) as usize);
-            note!("\r[{bar:<30}] {second:>3}/{} s  {n} durable records", args.seconds);
+    let latencies = drive(&wal, args.threads, args.seconds, &payload, |second, stop, done| {
+        // Wakes early once an append failed, so that the error ends the run at once.
+        let until = Instant::now() + Duration::from_secs(1);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)));
         }
-        stop.store(true, Ordering::Relaxed);
-        diag!();
-        workers.into_iter().map(|w| w.join().expect("bench thread")).collect::<Result<Vec<_>, _>>().map(|v| v.concat())
-    })?;
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let bar = "#".repeat((second * 30 / args.seconds.max(1)) as usize);
+        note!("\r[{bar:<30}] {second:>3}/{} s  {} durable records", args.seconds, done.load(Ordering::Relaxed));
+    });
+    diag!();
+    let mut latencies = latencies?;
     let elapsed = started.elapsed().as_secs_f64();
     let m = wal.stats().since(&before);
     wal.close()?;
@@ -493,6 +481,50 @@ fn bench(args: &Args) -> Outcome {
         out!("the log stays in {}: try `nodedb-wal inspect {0}` and `nodedb-wal verify {0}`", dir.display());
     }
     Ok(0)
+}
+
+/// The benchmark's appends: `threads` threads append `payload` durably, one record after the
+/// other, while `wait_a_second` is called `seconds` times (the tool sleeps a second in it and
+/// shows the progress; it gets the flag that stops the threads, set once an append fails, and
+/// the count of durable records). Returns every append's latency in microseconds, or the first
+/// error: a failed append ends the run at once, as does a poisoned log (a write or fsync
+/// failed, and no append can succeed any more) before its appender has returned.
+fn drive<S: Storage>(
+    wal: &SegmentedWal<S>,
+    threads: usize,
+    seconds: u64,
+    payload: &[u8],
+    mut wait_a_second: impl FnMut(u64, &AtomicBool, &AtomicU64),
+) -> Result<Vec<u32>, WalError> {
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut lat = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        if let Err(err) = wal.append_durable(Record::new(RecordType::optional(0x100), payload)) {
+                            stop.store(true, Ordering::Relaxed);
+                            return Err(err);
+                        }
+                        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        for second in 1..=seconds {
+            if stop.load(Ordering::Relaxed) || wal.stats().poisoned {
+                break;
+            }
+            wait_a_second(second, &stop, &done);
+        }
+        stop.store(true, Ordering::Relaxed);
+        workers.into_iter().map(|w| w.join().expect("bench thread")).collect::<Result<Vec<_>, _>>().map(|v| v.concat())
+    })
 }
 
 /// The directory `bench` writes its log in: one that does not exist yet (the log makes it) or
@@ -531,4 +563,36 @@ fn tempfile_dir() -> std::io::Result<TempDir> {
     let dir = base.join(format!("nodedb-wal-bench-{}-{nanos}", std::process::id()));
     std::fs::create_dir(&dir)?;
     Ok(TempDir(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use nodedb_wal::storage::FaultConfig;
+    use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+    use nodedb_wal::{IoOp, SimStorage};
+
+    use super::*;
+
+    // Found by a review: once a write or fsync failed, bench's appenders ended, yet the run
+    // went on sleeping through every second asked for and only then reported the error.
+    #[test]
+    fn bench_stops_at_the_first_failed_fsync_and_returns_its_error() {
+        let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+        let wal = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig::new("/wal")).unwrap();
+        storage.fail_once(FaultOp::SyncData, 0, EIO);
+        let (mut seconds, mut seconds_after_poison) = (0, 0);
+        let result = drive(&wal, 4, 1000, &[0x5A; 64], |_, _, _| {
+            seconds += 1;
+            if wal.stats().poisoned {
+                seconds_after_poison += 1;
+            }
+            // Stands for a second in which the first fsync fails.
+            while !wal.stats().poisoned {
+                std::thread::yield_now();
+            }
+        });
+        assert!(matches!(result, Err(WalError::Poisoned { op: IoOp::SyncData, .. })), "{result:?}");
+        assert_eq!(seconds_after_poison, 0, "a second waited out after the log was poisoned (of {seconds})");
+        assert!(seconds <= 1);
+    }
 }
