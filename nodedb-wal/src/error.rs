@@ -463,8 +463,9 @@ pub enum WalError {
         /// The operating system's error number, where there was one (`EIO` has no kind of its
         /// own, so the number is what tells it).
         os_error: Option<i32>,
-        /// The segment file the step was making, where it failed while the log made a new
-        /// segment; `None` otherwise.
+        /// The file the step was on: the segment being made, written or synced, the log's
+        /// directory for a directory sync, the `MANIFEST`; `None` where the step had none
+        /// (a panic while a batch was written) or the poisoned writer does not say.
         path: Option<PathBuf>,
     },
     /// A payload exceeds the configured maximum. Nothing was appended and no LSN was used.

@@ -96,6 +96,11 @@ impl<F: StorageFile> Manifest<F> {
         Ok(manifest)
     }
 
+    /// The manifest file, for the error that names it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Makes `newest` the manifest's durable answer: the slot the previous update did not use,
     /// written and synced. A failure is returned as the failing step; the caller poisons.
     pub fn record(&mut self, newest: SegmentId) -> std::result::Result<(), (IoOp, io::Error)> {

@@ -492,3 +492,37 @@ fn a_panic_while_a_batch_is_written_poisons_the_log_and_loses_no_acknowledged_re
         assert_acknowledged_records_survive(dir.path(), &acked);
     }
 }
+
+// Found by a review: a failed write or fdatasync of a batch poisoned the log with `path: None`
+// (only the steps of making a new segment named a file), so the error left the operator to
+// guess which file the disk refused; a failed directory sync at a roll named the new segment
+// rather than the directory. Deterministic: the simulated storage, one fault armed.
+#[test]
+fn a_failed_write_fsync_or_directory_sync_names_its_file_in_the_poisoned_error() {
+    use nodedb_wal::SimStorage;
+    use nodedb_wal::storage::FaultConfig;
+    let dir = Path::new("/wal");
+    for (fault, op) in [(FaultOp::Write, IoOp::Write), (FaultOp::SyncData, IoOp::SyncData), (FaultOp::SyncDir, IoOp::SyncDir)] {
+        for commit_window in [None, Some(std::time::Duration::from_micros(1))] {
+            let faulty = FaultyStorage::new(SimStorage::new(7, FaultConfig::default()));
+            let mut c = config(dir);
+            c.commit_window = commit_window;
+            let wal = SegmentedWal::open_with(faulty.clone(), c).unwrap();
+            let (_, err) = append_until_error(&wal, 1, 5);
+            assert!(err.is_none(), "{err:?}");
+            let segment = wal.segments().last().unwrap().id;
+            faulty.fail_once(fault, 0, EIO);
+            // A write or fsync fails with the next batch; the directory is synced at the next
+            // roll only (segments of 64 KiB).
+            let (_, err) = append_until_error(&wal, 6, 500);
+            let err = err.expect("the armed fault hit an append");
+            let expected = match op {
+                IoOp::SyncDir => dir.to_path_buf(),
+                _ => dir.join(format!("{:020}.wal", segment.0)),
+            };
+            let what = format!("{op:?}, commit window {commit_window:?}: {err:?}");
+            assert!(matches!(&err, WalError::Poisoned { op: o, path: Some(p), .. } if *o == op && *p == expected), "{what}");
+            assert!(err.to_string().contains(&format!(" of {}", expected.display())), "{err}");
+        }
+    }
+}

@@ -252,10 +252,10 @@ fn a_roll_that_failed_at_any_step_leaves_nothing_in_the_way_of_the_reopened_log<
         };
         let context = format!("round {round} ({step:?}, reuse {reuse})");
         match &err {
-            // The first batch's sync comes after the segment is made; every other step is part
-            // of making it, and the error names the segment.
-            WalError::Poisoned { op: IoOp::SyncData, path: None, .. } if step == FaultOp::SyncData && !reuse => {}
-            WalError::Poisoned { path: Some(path), .. } if *path == segment::path(&dir, next) => {}
+            // A directory sync names the directory; every other step (the first batch's sync
+            // included) names the segment.
+            WalError::Poisoned { op: IoOp::SyncDir, path: Some(path), .. } if step == FaultOp::SyncDir && *path == dir => {}
+            WalError::Poisoned { path: Some(path), .. } if step != FaultOp::SyncDir && *path == segment::path(&dir, next) => {}
             other => panic!("{context}: not the roll's failure: {other:?}"),
         }
         assert!(wal.segments().iter().all(|s| s.id < next), "{context}: segment {next} listed although its roll failed");

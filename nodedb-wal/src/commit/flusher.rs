@@ -21,18 +21,35 @@ use crate::segment::index::{IndexBuilder, IndexScratch, write_index};
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile, is_out_of_space};
 use crate::types::{Lsn, RecordType, SegmentId};
 
-/// A failed step: the system call, its error, and the segment file being made where the
-/// failure came while the log made a new segment (the error names it).
+/// A failed step: the system call, its error, and the file it was on (the error names it).
 struct IoFailure {
     op: IoOp,
     err: io::Error,
-    segment: Option<PathBuf>,
+    path: Option<PathBuf>,
+}
+
+impl IoFailure {
+    /// The failure, on `path` unless the failed step already named its own file (a directory
+    /// sync names the directory while the log makes a segment).
+    fn on(self, path: impl FnOnce() -> PathBuf) -> IoFailure {
+        IoFailure { path: self.path.or_else(|| Some(path())), ..self }
+    }
 }
 
 impl From<(IoOp, io::Error)> for IoFailure {
     fn from((op, err): (IoOp, io::Error)) -> IoFailure {
-        IoFailure { op, err, segment: None }
+        IoFailure { op, err, path: None }
     }
+}
+
+/// A failed step on the file at `path`.
+fn failed_on(path: &Path) -> impl FnOnce((IoOp, io::Error)) -> IoFailure {
+    move |failure| IoFailure::from(failure).on(|| path.to_path_buf())
+}
+
+/// A failure of `op` on the file at `path`.
+fn failed_on_op(op: IoOp, path: &Path) -> impl FnOnce(io::Error) -> IoFailure {
+    move |err| failed_on(path)((op, err))
 }
 
 /// The flusher's own state: the open segment file and how far it is zero-filled.
@@ -95,9 +112,9 @@ impl<S: Storage> Flusher<S> {
             if run.is_empty() {
                 break;
             }
-            if let Err(IoFailure { op, err, segment }) = self.write_run(&mut run) {
+            if let Err(IoFailure { op, err, path }) = self.write_run(&mut run) {
                 run.clear();
-                match segment {
+                match path {
                     Some(path) => shared.durability.poison_at(op, &path, &err),
                     None => shared.durability.poison(op, &err),
                 }
@@ -120,11 +137,15 @@ impl<S: Storage> Flusher<S> {
         let last = &run[run.len() - 1].meta;
         let run_end = last.target.offset + last.padded as u64;
         let record_count = last.end_lsn.0 - run[0].meta.first_lsn.0;
+        // The segment's path for the error that names it, built only on a failure: every
+        // batch goes this way.
+        let shared = Arc::clone(&self.shared);
+        let segment_path = || segment::path(&shared.dir, first.segment);
         if first.create {
-            let path = segment::path(&self.shared.dir, first.segment);
-            self.create_segment(&path, &first, durable).map_err(|failure| IoFailure { segment: Some(path), ..failure })?;
+            let path = segment_path();
+            self.create_segment(&path, &first, durable).map_err(|failure| failure.on(|| path))?;
         }
-        self.zero_fill_ahead(run_end, (run_end - first.offset) as usize)?;
+        self.zero_fill_ahead(run_end, (run_end - first.offset) as usize).map_err(|failure| failure.on(segment_path))?;
         let span = tracing::trace_span!("sync", segment = %first.segment, offset = first.offset, batches = run.len()).entered();
         let started = std::time::Instant::now();
         let (id, file) = self.file.as_ref().expect("a batch always has an open segment");
@@ -132,11 +153,12 @@ impl<S: Storage> Flusher<S> {
         for (i, Sealed { buf, meta }) in run.iter_mut().enumerate() {
             assert_eq!(*id, meta.target.segment, "batch planned for another segment than the open one");
             let bytes = &written(buf)[..meta.padded];
-            if i + 1 == count {
-                file.write_and_sync(bytes, meta.target.offset)?;
+            let result = if i + 1 == count {
+                file.write_and_sync(bytes, meta.target.offset)
             } else {
-                file.write_at(bytes, meta.target.offset).map_err(|e| (IoOp::Write, e))?;
-            }
+                file.write_at(bytes, meta.target.offset).map_err(|e| (IoOp::Write, e))
+            };
+            result.map_err(|failure| IoFailure::from(failure).on(segment_path))?;
         }
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(span);
@@ -153,7 +175,8 @@ impl<S: Storage> Flusher<S> {
         if first.create {
             // The new segment's first batch is durable: from now on, a log without it has lost
             // acknowledged records. Said before any of them is acknowledged.
-            self.manifest.record(first.segment)?;
+            let manifest = &mut self.manifest;
+            manifest.record(first.segment).map_err(failed_on(manifest.path()))?;
         }
         for Sealed { buf, meta } in run.iter_mut() {
             self.acknowledge(&written(buf)[..meta.used], meta);
@@ -228,7 +251,7 @@ impl<S: Storage> Flusher<S> {
         let mode = OpenMode { create: true, write: true, direct: shared.direct, create_new: true };
         let file = shared.storage.open(path, mode).map_err(|e| (IoOp::Open, e))?;
         file.write_at(&block, 0).map_err(|e| (IoOp::Write, e))?;
-        shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
+        shared.storage.sync_dir(&shared.dir).map_err(failed_on_op(IoOp::SyncDir, &shared.dir))?;
         tracing::debug!(segment = %target.segment, first_lsn = %target.segment_first_lsn, "segment created");
         self.file = Some((target.segment, file));
         self.written_to = shared.block as u64;
@@ -312,7 +335,7 @@ impl<S: Storage> Flusher<S> {
             }
             Err(err) => return Err((IoOp::Rename, err).into()),
         }
-        shared.storage.sync_dir(&shared.dir).map_err(|e| (IoOp::SyncDir, e))?;
+        shared.storage.sync_dir(&shared.dir).map_err(failed_on_op(IoOp::SyncDir, &shared.dir))?;
         // Readers that opened the old name before the rename find the new header once they
         // hold the file, and stop there (see `Cursor::open_scan`).
         file.release_hold();
