@@ -125,9 +125,11 @@ pub enum IoOp {
 pub enum CorruptionKind {
     /// The segment preamble's magic is not a WAL segment's.
     BadPreambleMagic,
-    /// The segment's header frame is missing or damaged although the segment holds data; or
-    /// the newest segment's file carries the last id (`u64::MAX`), which no writer of this
-    /// crate makes, since no segment could follow it.
+    /// The segment has no valid header frame (its file is empty or too short, or zeroed or
+    /// damaged at its start) where it cannot be the remains of an interrupted roll: newer
+    /// segments follow it, a batch of it was durable, or a whole header frame is there that
+    /// does not decode. Or the newest segment's file carries the last id (`u64::MAX`), which
+    /// no writer of this crate makes, since no segment could follow it.
     BadSegmentHeader,
     /// A record frame failed its checksum or structure checks where intact data must be.
     BadFrame,
@@ -171,7 +173,7 @@ impl std::fmt::Display for CorruptionKind {
         match self {
             CorruptionKind::BadPreambleMagic => f.write_str("the file does not open with a WAL segment's preamble"),
             CorruptionKind::BadSegmentHeader => f.write_str(
-                "the segment's header frame is damaged although the segment holds records, or the segment has an id no log of this crate makes (the last one)",
+                "the segment has no valid header frame (the file is empty or too short, or zeroed or damaged at its start) and is not the remains of an interrupted roll, or the segment has an id no log of this crate makes (the last one)",
             ),
             CorruptionKind::BadFrame => f.write_str("a record frame fails its checksum or structure checks where intact records must be"),
             CorruptionKind::LsnOutOfOrder { expected, found } => write!(f, "a record carries LSN {found} where {expected} was next"),

@@ -629,6 +629,28 @@ fn truncated_sealed_segment_is_corruption<D: Place>() {
 
 both!(truncated_sealed_segment_is_corruption_fs, truncated_sealed_segment_is_corruption_sim, truncated_sealed_segment_is_corruption);
 
+// Found by a review: an empty segment between others was reported as "the segment's header
+// frame is damaged although the segment holds records"; an empty file holds neither.
+fn an_empty_middle_segment_is_reported_without_a_claim_that_it_holds_records<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = three_segment_log(&disk, &dir);
+    let copy = dir.with_file_name("copy-empty");
+    copy_dir(&disk, &dir, &copy);
+    disk.edit(&seg(&copy, 2), Vec::clear);
+    let err = open_err(&disk, &copy);
+    assert_eq!(assert_corruption(&err, 2, 0), CorruptionKind::BadSegmentHeader);
+    let message = err.to_string();
+    assert!(message.contains("segment 2 at offset 0: the segment has no valid header frame (the file is empty or too short"), "{message}");
+    assert!(!message.contains("holds records"), "{message}");
+    assert_intact(&disk, &dir, last);
+}
+
+both!(
+    an_empty_middle_segment_is_reported_without_a_claim_that_it_holds_records_fs,
+    an_empty_middle_segment_is_reported_without_a_claim_that_it_holds_records_sim,
+    an_empty_middle_segment_is_reported_without_a_claim_that_it_holds_records
+);
+
 // Found by an adversarial review: recovery listed regular files only, so an oldest segment
 // moved to another disk and linked back was taken for a truncated one, and its records
 // silently left the log.
