@@ -1,0 +1,255 @@
+//! `nodedb-wal`: look at, check and exercise a log from the command line.
+//!
+//! Built only from the library's public API and the standard library, so it adds nothing to the
+//! dependency tree of the library's users. `inspect`, `dump` and `verify` open the log read-only
+//! (no lock, no repair), so they are safe beside a running writer and on a copy.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use nodedb_wal::{KeyRing, ReadOnlyWal, SecureKey, WalError};
+
+const USAGE: &str = "\
+usage: nodedb-wal <command> [arguments]
+
+  inspect DIR            segments (LSN ranges, sizes, format version, cipher, key id) and health
+  dump DIR [--from LSN] [--type T] [--json]
+                         records with their segment and offset (T: a record type, hex or decimal)
+  verify DIR             read and check every record (checksums, decryption); exit status:
+                         0 clean, 1 torn tail (recovery will cut it), 2 corrupt
+  bench [DIR] [--threads T] [--seconds S] [--size B]
+                         durable appends from T threads (16) for S seconds (3) of B bytes (128);
+                         with DIR (new or empty) the log stays there for inspect and verify;
+                         with --key-file the new segments are encrypted under that key
+
+  --key-file F [--key-id N]   a key for encrypted segments (key id N, default 1); repeat the
+                              pair for a log written under several keys (bench encrypts under
+                              the last)
+
+exit status: 0 ok, 1 torn tail, 2 corrupt or unreadable log, 3 bad usage, missing directory or
+I/O error, 4 key missing or wrong, 5 not a nodedb-wal directory";
+
+/// `println!` that does not panic when nobody reads standard output any more (a pipe into
+/// `head`, a closed descriptor): the rest of the text goes nowhere, and the command still ends
+/// with the status that tells what it found.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that does not panic when standard error cannot be written (a closed pipe, a
+/// full disk behind a redirection): a diagnostic that nobody can read is dropped, and the exit
+/// status still tells what the command found.
+macro_rules! diag {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that does not panic, as `diag!`: for progress lines, which the next one overwrites.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+mod bench;
+mod look;
+
+use bench::bench;
+use look::{dump, inspect, verify};
+
+/// Why the tool stops: an exit status, a message, and whether the usage text follows it.
+struct Exit {
+    code: u8,
+    message: String,
+    /// A mistyped command (an unknown option, a missing value), which the usage text helps
+    /// with; never a log's own error, whatever its status.
+    show_usage: bool,
+}
+
+impl Exit {
+    fn new(code: u8, message: impl Into<String>) -> Exit {
+        Exit { code, message: message.into(), show_usage: false }
+    }
+
+    /// Bad usage: status 3, and the usage text after the message.
+    fn usage(message: impl Into<String>) -> Exit {
+        Exit { code: 3, message: message.into(), show_usage: true }
+    }
+}
+
+impl From<WalError> for Exit {
+    fn from(err: WalError) -> Exit {
+        let code = match &err {
+            // Damage: `verify` reports an authentication failure at a segment's first record
+            // as a wrong key before it gets here.
+            WalError::Corruption { .. }
+            | WalError::MissingSegment { .. }
+            | WalError::ManifestDamaged { .. }
+            | WalError::UnsupportedVersion { .. }
+            | WalError::UnsupportedCipher { .. }
+            | WalError::UnknownRequiredType { .. }
+            | WalError::MalformedPayload { .. }
+            | WalError::AuthenticationFailed { .. } => 2,
+            WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::WrongKey { .. } | WalError::KeyFile { .. } => 4,
+            _ => 3,
+        };
+        let hint = match &err {
+            WalError::KeyRingMissing { .. } | WalError::UnknownKeyId { .. } | WalError::WrongKey { .. } => KEY_HINT,
+            _ => "",
+        };
+        Exit::new(code, format!("{err}{hint}"))
+    }
+}
+
+/// What to do about a missing or wrong key, in the tool's terms rather than the library's.
+const KEY_HINT: &str =
+    "\n(give each segment's key with --key-file F --key-id N; `nodedb-wal inspect DIR` lists the key id of every segment)";
+
+type Outcome = Result<u8, Exit>;
+
+#[derive(Default)]
+struct Args {
+    /// The options given, as spelled, for the check that the command takes them.
+    given: Vec<&'static str>,
+    positional: Vec<std::ffi::OsString>,
+    /// Key files in the order given, each with the id from the `--key-id` after it (1 by
+    /// default).
+    keys: Vec<(PathBuf, u32)>,
+    from: Option<u64>,
+    record_type: Option<u16>,
+    json: bool,
+    threads: usize,
+    seconds: u64,
+    size: usize,
+}
+
+fn number<T: TryFrom<u64>>(flag: &str, value: Option<String>) -> Result<T, Exit> {
+    let value = value.ok_or_else(|| Exit::usage(format!("{flag} needs a value")))?;
+    let parsed = match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => value.parse(),
+    };
+    parsed.ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| Exit::usage(format!("{flag}: {value:?} is not a valid number")))
+}
+
+/// An option's value as text; one that is not UTF-8 becomes text that `number` refuses.
+fn text(value: Option<std::ffi::OsString>) -> Option<String> {
+    value.map(|v| v.to_string_lossy().into_owned())
+}
+
+/// Parses the arguments after the command. Paths may be any bytes (`OsString`); options and
+/// numbers must be UTF-8.
+fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
+    let mut args = Args { threads: 16, seconds: 3, size: 128, ..Args::default() };
+    let mut raw = raw.peekable();
+    while let Some(arg) = raw.next() {
+        if let Some(&flag) = OPTIONS.iter().find(|&&o| arg.to_str() == Some(o)) {
+            args.given.push(flag);
+        }
+        match arg.to_str().unwrap_or("") {
+            "--key-file" => args.keys.push((raw.next().ok_or_else(|| Exit::usage("--key-file needs a path"))?.into(), 1)),
+            "--key-id" => {
+                let id = number("--key-id", text(raw.next()))?;
+                args.keys.last_mut().ok_or_else(|| Exit::usage("--key-id goes after the --key-file it names"))?.1 = id;
+            }
+            "--from" => args.from = Some(number("--from", text(raw.next()))?),
+            "--type" => args.record_type = Some(number("--type", text(raw.next()))?),
+            "--threads" => args.threads = number("--threads", text(raw.next()))?,
+            "--seconds" => args.seconds = number("--seconds", text(raw.next()))?,
+            "--size" => args.size = number("--size", text(raw.next()))?,
+            "--json" => args.json = true,
+            flag if flag.starts_with("--") => return Err(Exit::usage(format!("unknown option {flag}"))),
+            _ => args.positional.push(arg),
+        }
+    }
+    Ok(args)
+}
+
+/// Every option, and the ones each command takes: an option a command would ignore is refused
+/// (a key given to a command that writes nothing encrypted would otherwise mislead).
+const OPTIONS: [&str; 8] = ["--key-file", "--key-id", "--from", "--type", "--threads", "--seconds", "--size", "--json"];
+
+fn takes(command: &str) -> &'static [&'static str] {
+    match command {
+        "inspect" | "verify" => &["--key-file", "--key-id"],
+        "dump" => &["--key-file", "--key-id", "--from", "--type", "--json"],
+        "bench" => &["--key-file", "--key-id", "--threads", "--seconds", "--size"],
+        _ => &[],
+    }
+}
+
+fn check_options(command: &str, args: Args) -> Result<Args, Exit> {
+    match args.given.iter().find(|o| !takes(command).contains(o)) {
+        Some(o) if !takes(command).is_empty() => Err(Exit::usage(format!("{command} does not take {o}"))),
+        // A second directory would be ignored, and `verify A B` exiting 0 would read as B checked.
+        _ if !takes(command).is_empty() && args.positional.len() > 1 => {
+            let extra = PathBuf::from(&args.positional[1]);
+            Err(Exit::usage(format!("{command} takes one directory; {} is one too many", extra.display())))
+        }
+        _ => Ok(args),
+    }
+}
+
+fn main() -> ExitCode {
+    let mut raw = std::env::args_os().skip(1);
+    let command = raw.next().unwrap_or_default().to_string_lossy().into_owned();
+    let result = parse(raw).and_then(|args| check_options(&command, args)).and_then(|args| match command.as_str() {
+        "inspect" => inspect(&args),
+        "dump" => dump(&args),
+        "verify" => verify(&args),
+        "bench" => bench(&args),
+        "help" | "--help" | "-h" => {
+            out!("{USAGE}");
+            Ok(0)
+        }
+        "" => Err(Exit::usage("no command")),
+        other => Err(Exit::usage(format!("unknown command {other:?}"))),
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Exit { code, message, show_usage }) => {
+            diag!("nodedb-wal: {message}");
+            if show_usage {
+                diag!("\n{USAGE}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The log directory argument, which must exist and look like a log.
+fn log_dir(args: &Args) -> Result<PathBuf, Exit> {
+    let dir = PathBuf::from(args.positional.first().ok_or_else(|| Exit::usage("which directory?"))?);
+    let entries = std::fs::read_dir(&dir).map_err(|e| Exit::new(3, format!("{}: {e}", dir.display())))?;
+    let names: Vec<String> = entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
+    if !names.iter().any(|n| n.ends_with(".wal") || n == "LOCK") {
+        return Err(Exit::new(5, format!("{} is not a nodedb-wal directory (no segment files, no LOCK)", dir.display())));
+    }
+    Ok(dir)
+}
+
+/// A ring holding the keys given with `--key-file` under their `--key-id`s, if any were
+/// given: to read with, and (`active`) the last one to encrypt new segments under.
+fn key_ring(args: &Args, active: bool) -> Result<Option<Arc<KeyRing>>, Exit> {
+    let Some(&(_, last)) = args.keys.last() else { return Ok(None) };
+    let ring = KeyRing::new();
+    for (path, id) in &args.keys {
+        let key = SecureKey::load(path).map_err(|e| Exit::new(4, e.to_string()))?;
+        ring.insert(*id, key).map_err(|e| Exit::usage(format!("--key-id {id}: {e}")))?;
+    }
+    if active {
+        ring.set_active(last).map_err(Exit::from)?;
+    }
+    Ok(Some(Arc::new(ring)))
+}
+
+fn open(args: &Args) -> Result<(PathBuf, ReadOnlyWal), Exit> {
+    let dir = log_dir(args)?;
+    let wal = ReadOnlyWal::open(&dir, key_ring(args, false)?)?;
+    Ok((dir, wal))
+}
