@@ -305,7 +305,7 @@ impl<S: Storage> WalWriter<S> {
         let padded = padded_len(used, self.block);
         write_padding(&mut self.buf[..padded], used, self.next_lsn, self.durable_lsn, self.salt);
         if let Err(e) = self.file.write_at(&self.buf[..padded], self.offset) {
-            self.poisoned = Some(Poison::of(IoOp::Write, &e));
+            self.poisoned = Some(Poison::at(IoOp::Write, &self.path, &e));
             return Err(WalError::io(IoOp::Write, &self.path, e));
         }
         self.offset += padded as u64;
@@ -346,7 +346,7 @@ impl<S: Storage> WalWriter<S> {
 
     fn sync_file(&mut self) -> Result<Lsn> {
         if let Err(e) = self.file.sync_data() {
-            self.poisoned = Some(Poison::of(IoOp::SyncData, &e));
+            self.poisoned = Some(Poison::at(IoOp::SyncData, &self.path, &e));
             return Err(WalError::io(IoOp::SyncData, &self.path, e));
         }
         self.durable_lsn = Lsn(self.next_lsn.0 - 1);

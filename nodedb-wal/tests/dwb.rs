@@ -594,8 +594,12 @@ fn a_failed_in_place_write_poisons_and_reopening_repairs_the_page_from_the_buffe
     assert!(matches!(err, WalError::Io { op: IoOp::Write, .. }), "{err}");
     assert_eq!(faulty.injected(), 1);
     assert!(!dwb.is_degraded(), "the buffer holds the batch");
+    let failed_on = match &err {
+        WalError::Io { path, .. } => path.clone(),
+        other => panic!("{other}"),
+    };
     let err = dwb.write_pages(&borrow(&batch)).unwrap_err();
-    assert!(matches!(err, WalError::Poisoned { op: IoOp::Write, .. }), "{err}");
+    assert!(matches!(&err, WalError::Poisoned { op: IoOp::Write, path: Some(p), .. } if *p == failed_on), "names the page file: {err}");
     assert_eq!([versions(&sim)[slot_of(F1, 0)], versions(&sim)[slot_of(F2, 0)]], [Some(1), Some(1)]);
     // The failed write may have landed in part.
     tear(&sim, F1, 0);

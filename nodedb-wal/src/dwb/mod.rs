@@ -507,7 +507,7 @@ impl<F> Inner<F> {
 
     /// Records the first failure and returns it as an I/O error.
     fn poisoned_by(&mut self, op: IoOp, path: PathBuf, source: io::Error) -> WalError {
-        self.poisoned.get_or_insert(Poison::of(op, &source));
+        self.poisoned.get_or_insert(Poison::at(op, &path, &source));
         WalError::Io { op, path, source }
     }
 }
