@@ -26,10 +26,10 @@ use std::path::Path;
 
 use crate::crypto::KeyRing;
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
-use crate::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader};
+use crate::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader, decode_frame};
 use crate::format::header_index::HeaderIndex;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
-use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE};
+use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, WAL_PREAMBLE_MAGIC};
 use crate::manifest;
 use crate::replay::{TemporalPurge, TombstoneSet};
 use crate::segment::crypt::{check_plaintext_allowed, cipher_for, open_record};
@@ -38,7 +38,7 @@ use crate::segment::index::IndexBuilder;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::scan::{SegmentHead, SegmentScan, Step, TailEnd, read_head};
 use crate::segment::{self, SegmentInfo};
-use crate::storage::{Advice, OpenMode, Storage, StorageFile};
+use crate::storage::{Advice, OpenMode, SECTOR, Storage, StorageFile};
 use crate::types::{Lsn, RecordType, SegmentId};
 
 /// What the bytes after the first bad position say about it.
@@ -716,7 +716,8 @@ fn corruption_kind(last: bool, end: TailEnd, evidence: Evidence, lost: Lsn, clai
 }
 
 /// A segment whose first block is not a valid head: the remains of an interrupted roll, unless
-/// some intact frame in it claims that one of its records was durable.
+/// some intact frame in it claims that one of its records was durable, or its first sector
+/// was written as a head and more follows it.
 fn head_fault<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId, last: bool, prev_end: Option<Lsn>) -> Result<Outcome> {
     let corrupt = WalError::Corruption { segment: id, offset: 0, kind: CorruptionKind::BadSegmentHeader };
     if !last {
@@ -724,15 +725,41 @@ fn head_fault<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId, last: 
     }
     let threshold = prev_end.unwrap_or(Lsn::FIRST);
     reader.read_alone();
-    // Without a valid head the salt and block size are unknown: look at every sector.
+    // Without a valid head the salt and block size are unknown: look at every sector after
+    // the first (no frame starts in it but the head's own).
     // Zeros and damage alike: the segment's first batch and its head are made durable by one
     // fdatasync, so an intact frame claiming one of its records durable means the head was
     // durable once, and is now lost (a zeroed head included).
-    let claims = scan_claims(reader, 0, 512, None)?;
+    let claims = scan_claims(reader, SECTOR as u64, SECTOR as u64, None)?;
     if claims.durable.is_some_and(|d| d >= threshold) {
         return Err(corrupt);
     }
+    // The claims cannot vouch for a segment whose only batch was acknowledged: its frames
+    // claim no more than the segments before it. What tells such a segment from a roll is
+    // the head's sector (see `head_sector_written`). A head that was written and no longer
+    // reads, with anything after it, was changed on the medium (the preamble, which no
+    // checksum covers, or the header frame): removing the file could lose acknowledged
+    // records. A file with nothing but zeros after its first sector holds no record, and
+    // removing it loses nothing.
+    let holds_more = claims.durable.is_some() || claims.debris;
+    if holds_more && head_sector_written(reader.get(0, SECTOR)?) {
+        return Err(corrupt);
+    }
     Ok(Outcome::InterruptedRoll)
+}
+
+/// Whether the first sector of a segment whose head does not read was written as a head: it
+/// opens with the WAL magic, or holds an intact header frame after the preamble. The
+/// preamble, the header frame and the padding frame's header all lie in that sector, which a
+/// crash writes whole or not at all (FORMAT.md, "Assumptions about the media"), and a reused
+/// file has its new head durable before it takes the segment's name. So a roll a crash cut
+/// short leaves there zeros, whatever the file held before, or a prefix of a head in a file
+/// that ends inside the sector; never a head with one field changed. One byte changed
+/// leaves either the magic or the header frame's checksum intact. (Bytes a file system
+/// shows in a crashed roll's never-written sector match neither but by a 1 in 2^32 chance.)
+fn head_sector_written(sector: &[u8]) -> bool {
+    let header_frame = sector.get(PREAMBLE_SIZE..).map(decode_frame);
+    sector.starts_with(&WAL_PREAMBLE_MAGIC) || header_frame.is_some_and(|h| h.is_ok_and(|h| h.record_type == RecordType::SEGMENT_HEADER))
 }
 
 #[cfg(test)]

@@ -602,6 +602,32 @@ both!(
     zeroed_head_of_the_newest_segment_with_acknowledged_batches_is_corruption_without_a_manifest
 );
 
+/// A newest segment whose only batch was acknowledged, in a log without a manifest: none of
+/// its frames claims more than the segments before it did, so only its head's sector tells it
+/// from a roll a crash cut short. A byte flipped in the preamble (which no checksum covers)
+/// or in the header frame made recovery take it for an interrupted roll and remove it, its
+/// acknowledged records with it. Found by an adversarial review; `first_block.rs` sweeps
+/// every byte of the first block.
+fn damaged_head_of_a_newest_segment_with_one_acknowledged_batch_is_corruption_without_a_manifest<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = write_log(&disk, &dir, &[10]);
+    // The magic, the key id and the nonce epoch (a plaintext segment's are zero), a byte of
+    // the header frame.
+    for (at, xor) in [(0, 0x01), (8, 0x80), (12, 0xFF), (PREAMBLE_SIZE + 20, 0x01)] {
+        assert_head_damage_is_kept(&disk, &dir, &format!("byte {at} xor {xor}"), |copy| {
+            disk.delete(&copy.join(MANIFEST_FILE));
+            disk.edit(&seg(copy, 1), |b| b[at] ^= xor);
+        });
+    }
+    assert_intact(&disk, &dir, last);
+}
+
+both!(
+    damaged_head_of_a_newest_segment_with_one_acknowledged_batch_is_corruption_without_a_manifest_fs,
+    damaged_head_of_a_newest_segment_with_one_acknowledged_batch_is_corruption_without_a_manifest_sim,
+    damaged_head_of_a_newest_segment_with_one_acknowledged_batch_is_corruption_without_a_manifest
+);
+
 // ---------------------------------------------------------------------------------------------
 // Missing, truncated, renamed and half-created segments
 // ---------------------------------------------------------------------------------------------
