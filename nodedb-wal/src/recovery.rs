@@ -621,6 +621,16 @@ fn scan_segment<S: Storage>(
         // No record after the one that did not authenticate: most likely the key.
         return Err(wrong_key());
     }
+    if last && !matches!(end, TailEnd::Sealed { .. }) && offset < scan.block() && len >= scan.block() {
+        // The chain ends in the first block, at the padding frame after the header frame:
+        // its header lies in the head's sector, which a crash writes whole or not at all
+        // (see `head_fault`), and the frame needs no byte past it to be valid once the file
+        // reaches the block's end. So the sector was changed after it was written, and a cut
+        // here would drop the segment's records without a word when no later frame vouches
+        // for them (its only batch). A file that ends inside its first block (a header
+        // block a crash cut short) holds no record: that is still cut.
+        return Err(scan.corruption(offset, CorruptionKind::BadFrame));
+    }
     if group.is_some() && matches!(end, TailEnd::Sealed { .. }) {
         return Err(scan.corruption(offset, CorruptionKind::IncompleteGroup));
     }

@@ -628,6 +628,34 @@ both!(
     damaged_head_of_a_newest_segment_with_one_acknowledged_batch_is_corruption_without_a_manifest
 );
 
+/// As above with the padding frame after the header frame damaged: its header lies in the
+/// head's sector too, which a crash writes whole or not at all, yet recovery cut the segment
+/// there as a torn tail and dropped its only, acknowledged batch. Found by the sweep in
+/// `first_block.rs`.
+fn damaged_padding_frame_in_the_first_block_is_corruption_without_a_manifest<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = write_log(&disk, &dir, &[10]);
+    let padding = PREAMBLE_SIZE + HEADER_LEN + 40;
+    for at in [padding, padding + 6, padding + HEADER_LEN - 1] {
+        let copy = dir.with_file_name(format!("copy-padding-{at}"));
+        copy_dir(&disk, &dir, &copy);
+        disk.delete(&copy.join(MANIFEST_FILE));
+        disk.edit(&seg(&copy, 1), |b| b[at] ^= 0x80);
+        let damaged = disk.read(&seg(&copy, 1));
+        let err = open_err(&disk, &copy);
+        assert_eq!(assert_corruption(&err, 1, padding as u64), CorruptionKind::BadFrame, "byte {at}");
+        assert_eq!(segment_ids(&disk, &copy), vec![1], "byte {at}");
+        assert!(disk.read(&seg(&copy, 1)) == damaged, "byte {at}: the segment is left as it was");
+    }
+    assert_intact(&disk, &dir, last);
+}
+
+both!(
+    damaged_padding_frame_in_the_first_block_is_corruption_without_a_manifest_fs,
+    damaged_padding_frame_in_the_first_block_is_corruption_without_a_manifest_sim,
+    damaged_padding_frame_in_the_first_block_is_corruption_without_a_manifest
+);
+
 // ---------------------------------------------------------------------------------------------
 // Missing, truncated, renamed and half-created segments
 // ---------------------------------------------------------------------------------------------
