@@ -763,10 +763,10 @@ fn head_fault<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId, last: 
 /// preamble, the header frame and the padding frame's header all lie in that sector, which a
 /// crash writes whole or not at all (FORMAT.md, "Assumptions about the media"), and a reused
 /// file has its new head durable before it takes the segment's name. So a roll a crash cut
-/// short leaves there zeros, whatever the file held before, or a prefix of a head in a file
-/// that ends inside the sector; never a head with one field changed. One byte changed
-/// leaves either the magic or the header frame's checksum intact. (Bytes a file system
-/// shows in a crashed roll's never-written sector match neither but by a 1 in 2^32 chance.)
+/// short leaves there zeros or stale bytes the file system never overwrote (which match
+/// neither test but by a 1 in 2^32 chance), or a prefix of a head in a file that ends inside
+/// the sector; never a whole head with a byte changed, which leaves either the magic or the
+/// header frame's checksum intact.
 fn head_sector_written(sector: &[u8]) -> bool {
     let header_frame = sector.get(PREAMBLE_SIZE..).map(decode_frame);
     sector.starts_with(&WAL_PREAMBLE_MAGIC) || header_frame.is_some_and(|h| h.is_ok_and(|h| h.record_type == RecordType::SEGMENT_HEADER))
