@@ -705,6 +705,16 @@ pub enum WalError {
         /// Intact slots with a salt found where a batch may start (on 512-byte boundaries).
         salted_batches: usize,
     },
+    /// The file at the buffer's path is not a double-write buffer: no buffer header (not even
+    /// its magic), no slot of one, and bytes that are not all zero, as a file made by something
+    /// else is. A buffer whose creation a crash interrupted holds zeros only. Nothing was
+    /// written, and the file is neither reformatted nor (in mode `Off`) removed: move it away,
+    /// or point the buffer elsewhere.
+    #[error("{} is not a double-write buffer file; it was left as found", path.display())]
+    DwbForeignFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// The buffer file was written by a format version this build does not read.
     #[error("double-write buffer {} has format version {version}, this build reads up to {supported}", path.display())]
     DwbUnsupportedVersion {

@@ -36,6 +36,7 @@ use self::ring::{Opened, Ring};
 use self::stats::Counters;
 use self::targets::Targets;
 use crate::error::{IoOp, Poison, Result, WalError};
+use crate::format::dwb::{FILE_MAGIC, FILE_MAGIC_RANGE};
 use crate::storage::{AlignedBuf, FsStorage, Storage, StorageFile};
 
 /// Torn-page protection for in-place page writes. All methods take `&self`; page writes are
@@ -323,6 +324,10 @@ impl<S: Storage> DoubleWriteBuffer<S> {
             // spelled out in a page image; ignoring them could leave a torn page torn.
             return Err(WalError::DwbHeaderDamaged { path: self.config.path.clone(), salted_batches: scan.other_salt });
         }
+        if ring.header_damaged() && made_elsewhere(&image[..len], &scan) {
+            // Reformatting it (or removing it, in mode `Off`) would destroy someone's file.
+            return Err(WalError::DwbForeignFile { path: self.config.path.clone() });
+        }
         let report = match recover::repair(&self.storage, &mut inner.targets, &image[..len], &scan, validator) {
             Ok(report) => report,
             // After a failed write or sync the page files' state is unknown: no retry. A file
@@ -495,6 +500,18 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     fn degraded_error(&self, op: IoOp, kind: io::ErrorKind) -> WalError {
         WalError::DwbDegraded { path: self.config.path.clone(), op, kind }
     }
+}
+
+/// Whether a file whose header did not decode is no buffer at all: no magic where the header
+/// keeps it, no slot of any batch, and bytes that are not all zero. A crash while the buffer
+/// file is made leaves zeros and at most a whole header (it is one sector, written after the
+/// zeros), and media damage to a buffer's header leaves its magic or its slots; a file made
+/// by something else (the path mistyped, or shared) leaves neither, and must not be
+/// reformatted or removed.
+fn made_elsewhere(image: &[u8], scan: &scan::RingScan) -> bool {
+    let magic = image.get(FILE_MAGIC_RANGE) == Some(&FILE_MAGIC[..]);
+    let slots = !scan.batches.is_empty() || scan.incomplete_batches > 0 || scan.other_salt > 0 || scan.seq_max > 0;
+    !magic && !slots && image.iter().any(|&b| b != 0)
 }
 
 impl<F> Inner<F> {

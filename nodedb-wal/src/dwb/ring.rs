@@ -120,16 +120,24 @@ fn new_salt() -> u32 {
     crate::crypto::random::random_u32().max(1)
 }
 
-/// Creates and formats the file: header block, the whole ring zeroed (so that no later batch
-/// sync has to allocate blocks), fdatasync, directory fsync.
+/// Creates and formats the file: under a name of its own first ([`creating_path`]), the whole
+/// ring zeroed (so that no later batch sync has to allocate blocks), header block, fdatasync;
+/// then renamed to the buffer's path, never over a file there, and the directory fsynced.
+///
+/// A crash while the file is formatted in place leaves whatever its new blocks held before
+/// (stale bytes, on some file systems) where the zeros did not land: such a file cannot be told
+/// from someone else's file at the buffer's path, which recovery must never write over or
+/// remove. Made under its own name, the buffer's path names a whole buffer or nothing.
 fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>> {
     let path = &config.path;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let Err((op, e)) = create_dir_durably(storage, dir) {
         return Ok(Opened::Failed(op, e));
     }
+    let creating = creating_path(path);
+    // A file of that name is one a crash left while formatting it: it is formatted again whole.
     let mode = OpenMode { create: true, write: true, direct: config.mode == DwbMode::Direct, create_new: false };
-    let file = match storage.open(path, mode) {
+    let file = match storage.open(&creating, mode) {
         Ok(file) => file,
         Err(e) if mode.direct && is_direct_io_refusal(&e) => return Err(WalError::DirectIoUnsupported { path: path.clone() }),
         Err(e) => return Ok(Opened::Failed(IoOp::Open, e)),
@@ -140,8 +148,8 @@ fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>
         // Created empty a moment ago and never synced: it goes, so that nothing is left
         // behind, as when O_DIRECT is refused at the open.
         drop(file);
-        if let Err(err) = storage.remove(path) {
-            tracing::warn!(path = %path.display(), %err, "cannot remove the empty file of a refused double-write buffer");
+        if let Err(err) = storage.remove(&creating) {
+            tracing::warn!(path = %creating.display(), %err, "cannot remove the empty file of a refused double-write buffer");
         }
         return Err(refused);
     }
@@ -149,10 +157,25 @@ fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>
     if let Err((op, e)) = ring.format(true) {
         return Ok(Opened::Failed(op, e));
     }
+    let renamed = match storage.rename_no_replace(&creating, path) {
+        // Where the file system cannot refuse to replace, the path was free a moment ago.
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => storage.rename(&creating, path),
+        other => other,
+    };
+    if let Err(e) = renamed {
+        return Ok(Opened::Failed(IoOp::Rename, e));
+    }
     if let Err(e) = storage.sync_dir(dir) {
         return Ok(Opened::Failed(IoOp::SyncDir, e));
     }
     Ok(Opened::Fresh(ring))
+}
+
+/// The name a new buffer file is formatted under before it is renamed to `path`.
+fn creating_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".creating");
+    path.with_file_name(name)
 }
 
 impl<F: StorageFile> Ring<F> {

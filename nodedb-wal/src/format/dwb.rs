@@ -43,6 +43,17 @@ const FILE_HEADER_V1_LEN: usize = 32;
 /// assert_eq!(bytes[4..8], FILE_MAGIC, "after the checksum");
 /// ```
 pub const FILE_MAGIC: [u8; 4] = *b"NDWB";
+/// Where the file header keeps [`FILE_MAGIC`]: after its checksum.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::format::dwb::{DWB_VERSION, FILE_MAGIC, FILE_MAGIC_RANGE, FileHeader};
+///
+/// let bytes = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 4 << 20, salt: 0x5EED }.encode();
+/// assert_eq!(bytes[FILE_MAGIC_RANGE], FILE_MAGIC);
+/// ```
+pub const FILE_MAGIC_RANGE: std::ops::Range<usize> = FH_MAGIC_AT..FH_VERSION_AT;
 /// The format version of the file and its slots that this build writes. It reads version 1
 /// too ([`DWB_VERSION_UNSALTED`]).
 ///
