@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nodedb_wal::storage::faulty::FaultyStorage as Faulty;
 use nodedb_wal::storage::{FaultConfig, OpenMode, SimRng, Storage, StorageFile, SyncFailure};
 use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, FileId, PageCheck, SimStorage, WalError};
 
@@ -67,6 +68,10 @@ fn versions(sim: &SimStorage) -> Vec<Option<u64>> {
         }
     }
     out
+}
+
+fn slot_of(file: FileId, page_no: u64) -> usize {
+    FILES.iter().position(|&f| f == file).unwrap() * PAGES as usize + page_no as usize
 }
 
 fn disk(seed: u64) -> SimStorage {
@@ -258,4 +263,228 @@ fn a_file_that_is_not_a_buffer_is_neither_written_over_nor_removed() {
     create_file(&sim, &dwb_path(), &[0u8; 1000]);
     let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
     write(&dwb, &pages_at(&[(F1, 1)], 2)).unwrap();
+}
+
+/// How the buffer is reopened for a recovery that does more than apply images.
+#[derive(Clone, Copy, Debug)]
+enum Reopen {
+    /// The file is of version 1: recovery rewrites its header with a salt.
+    FromVersion1,
+    /// Larger blocks and ring: recovery rewrites the header over the old ring's first bytes.
+    LargerGeometry,
+    /// A smaller ring: recovery rewrites the header and cuts the file.
+    SmallerRing,
+    /// Mode `Off`: recovery removes the file.
+    Off,
+}
+
+impl Reopen {
+    fn config(self) -> DwbConfig {
+        let mut c = config(DwbMode::Buffered);
+        match self {
+            Reopen::FromVersion1 => {}
+            Reopen::LargerGeometry => (c.block_len, c.ring_bytes, c.batch_bytes_max) = (4096, 16384, 8192),
+            Reopen::SmallerRing => (c.ring_bytes, c.batch_bytes_max) = (2048, 1024),
+            Reopen::Off => c.mode = DwbMode::Off,
+        }
+        c
+    }
+}
+
+/// The pages of the batch the recovery crash tests leave for recovery, at version 2.
+const PENDING: [(FileId, u64); 3] = [(F1, 0), (F1, 1), (F2, 7)];
+
+/// A disk whose buffer (of version 1, or made with [`config`]) holds one batch of [`PENDING`]
+/// whose in-place writes did not land: (1, 0) torn, the others still at version 1.
+fn disk_for_reopen(seed: u64, reopen: Reopen) -> SimStorage {
+    use nodedb_wal::format::dwb::{FileHeader, SlotHeader, encode_slot};
+    let sim = disk(seed);
+    let pending = pages_at(&PENDING, 2);
+    if let Reopen::FromVersion1 = reopen {
+        let c = config(DwbMode::Buffered);
+        let mut file = vec![0u8; c.block_len + c.ring_bytes as usize];
+        let header = FileHeader { version: 1, block_len: c.block_len as u32, ring_bytes: c.ring_bytes, salt: 0 };
+        file[..32].copy_from_slice(&header.encode()[..32]);
+        let mut at = c.block_len + 1024;
+        for (index, (f, n, bytes)) in (0u64..).zip(&pending) {
+            let slot = SlotHeader {
+                file: *f,
+                seq: 40 + index,
+                batch_seq: 40,
+                batch_slots: 3,
+                page_len: PAGE as u32,
+                page_no: *n,
+                epoch: 9,
+                salt: 0,
+            };
+            at += encode_slot(&slot, bytes, &mut file[at..]);
+        }
+        create_file(&sim, &dwb_path(), &file);
+    } else {
+        let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+        write(&dwb, &pages_at(&[(F2, 0)], 2)).unwrap();
+        write(&dwb, &pending).unwrap();
+        drop(dwb);
+        for (f, n) in [(F1, 1), (F2, 7)] {
+            put(&sim, f, n, &page(f, n, 1));
+        }
+    }
+    let mut torn = page(F1, 0, 2);
+    torn[200..].fill(0xEE);
+    put(&sim, F1, 0, &torn);
+    sim
+}
+
+fn recovery_that_rewrites_the_buffer_is_recovered_again_after_a_crash_at_any_step(reopen: Reopen) {
+    let mut expected = versions(&disk_for_reopen(0, reopen));
+    for (f, n) in PENDING {
+        expected[slot_of(f, n)] = Some(2);
+    }
+    let mut interrupted = 0;
+    for budget in 0..=10 {
+        for seed in 0..seeds() {
+            let first = disk_for_reopen(seed, reopen);
+            let faulty = Faulty::new(first.clone());
+            let dwb = opened(faulty.clone(), reopen.config());
+            faulty.cut_power_after(budget);
+            let result = dwb.recover(check);
+            interrupted += usize::from(result.is_err());
+            drop(dwb);
+            let second = first.crash(seed * 31 + budget);
+            let context = format!("{reopen:?}, recovery cut after {budget} steps ({result:?}), seed {seed}");
+            let (dwb, report) = open(second.clone(), reopen.config());
+            assert_eq!(versions(&second), expected, "{context}: {report:?}");
+            // The buffer works on: a new batch is applied after another crash tears it in place.
+            write(&dwb, &pages_at(&[(F2, 3)], 5)).unwrap();
+            drop(dwb);
+            let mut torn = page(F2, 3, 5);
+            torn[100..].fill(0);
+            put(&second, F2, 3, &torn);
+            let (_, report) = open(second.clone(), reopen.config());
+            let mut then = expected.clone();
+            then[slot_of(F2, 3)] = Some(5);
+            let restored = if matches!(reopen, Reopen::Off) { None } else { Some(5) };
+            then[slot_of(F2, 3)] = restored;
+            assert_eq!(versions(&second), then, "{context}, then a torn page: {report:?}");
+        }
+    }
+    assert!(interrupted > 0, "some budgets cut the recovery");
+}
+
+#[test]
+fn a_crash_at_any_step_of_recovery_that_upgrades_a_version_1_buffer_is_recovered_again() {
+    recovery_that_rewrites_the_buffer_is_recovered_again_after_a_crash_at_any_step(Reopen::FromVersion1);
+}
+
+#[test]
+fn a_crash_at_any_step_of_recovery_into_larger_blocks_and_ring_is_recovered_again() {
+    recovery_that_rewrites_the_buffer_is_recovered_again_after_a_crash_at_any_step(Reopen::LargerGeometry);
+}
+
+#[test]
+fn a_crash_at_any_step_of_recovery_into_a_smaller_ring_is_recovered_again() {
+    recovery_that_rewrites_the_buffer_is_recovered_again_after_a_crash_at_any_step(Reopen::SmallerRing);
+}
+
+#[test]
+fn a_crash_at_any_step_of_recovery_that_removes_the_buffer_in_mode_off_is_recovered_again() {
+    recovery_that_rewrites_the_buffer_is_recovered_again_after_a_crash_at_any_step(Reopen::Off);
+}
+
+/// Seeded: four threads write batches of their own pages (each batch one new version) into one
+/// buffer while the power is cut at a random step; after the crash every page holds its last
+/// acknowledged version or that of a failed batch, and each failed batch is all old or all new.
+#[test]
+fn writers_on_several_threads_get_batches_that_are_each_all_old_or_all_new() {
+    const THREADS: u64 = 4;
+    for seed in 0..seeds() * 4 {
+        let mut rng = SimRng::new(seed);
+        let sim = disk(seed);
+        let faulty = Faulty::new(sim.clone());
+        let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+        faulty.cut_power_after(rng.below(160));
+        let plans: Vec<u64> = (0..THREADS).map(|_| rng.next_u64()).collect();
+        // Per thread: (acknowledged batches, failed batches), each as (version, pages).
+        type Outcome = (Vec<(u64, Pages)>, Vec<(u64, Pages)>);
+        let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .zip(&plans)
+                .map(|(t, &plan)| {
+                    let dwb = &dwb;
+                    scope.spawn(move || {
+                        let mut rng = SimRng::new(plan);
+                        // Thread t owns pages 2t and 2t + 1 of both files.
+                        let own: Vec<(FileId, u64)> = FILES.iter().flat_map(|&f| [(f, 2 * t), (f, 2 * t + 1)]).collect();
+                        let mut outcome: Outcome = (Vec::new(), Vec::new());
+                        for i in 0..12u64 {
+                            let version = 2 + i;
+                            // At most three pages: one batch, so the call is all or nothing.
+                            let chosen: Vec<(FileId, u64)> = own.iter().copied().filter(|_| rng.below(2) == 0).take(3).collect();
+                            let batch = pages_at(if chosen.is_empty() { &own[..1] } else { &chosen }, version);
+                            match write(dwb, &batch) {
+                                Ok(()) => outcome.0.push((version, batch)),
+                                Err(_) => outcome.1.push((version, batch)),
+                            }
+                        }
+                        outcome
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        drop(dwb);
+        let after = sim.crash(seed);
+        let (_, report) = open(after.clone(), config(DwbMode::Buffered));
+        let got = versions(&after);
+        let context = format!("seed {seed}: {got:?}, {report:?}");
+        let mut acked = vec![Some(1); got.len()];
+        for (ok, _) in &outcomes {
+            for (version, batch) in ok {
+                batch.iter().for_each(|(f, n, _)| acked[slot_of(*f, *n)] = Some(*version));
+            }
+        }
+        for (_, failed) in &outcomes {
+            for (version, batch) in failed {
+                let landed = batch.iter().filter(|(f, n, _)| got[slot_of(*f, *n)] == Some(*version)).count();
+                assert!(landed == 0 || landed == batch.len(), "{context}: failed batch {version} is in part new");
+            }
+        }
+        for (i, now) in got.iter().enumerate() {
+            let failed_here =
+                outcomes.iter().flat_map(|o| &o.1).any(|(v, b)| *now == Some(*v) && b.iter().any(|(f, n, _)| slot_of(*f, *n) == i));
+            assert!(*now == acked[i] || failed_here, "{context}: page {i} is {now:?}, acknowledged {:?}", acked[i]);
+        }
+    }
+}
+
+/// A call split into three batches whose second batch's page sync fails: the call fails, the
+/// buffer is poisoned (no retried sync reports the pages durable), only the first batch
+/// counts as written, and a reopen brings the second batch's pages to their new images.
+#[test]
+fn a_failed_page_sync_in_the_middle_of_a_split_call_fails_it_and_every_call_after() {
+    use nodedb_wal::storage::faulty::{EIO, FaultOp};
+    let sim = disk(9);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    let list: Vec<(FileId, u64)> = (0..PAGES).map(|n| (F1, n)).chain([(F2, 0)]).collect();
+    // Per batch: the buffer's write and sync, three page writes, one page sync (file 1 only).
+    let syncs_per_batch = 2;
+    faulty.fail_once(FaultOp::SyncData, syncs_per_batch + 1, EIO);
+    let err = write(&dwb, &pages_at(&list, 2)).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: nodedb_wal::IoOp::SyncData, .. }), "{err}");
+    assert_eq!(dwb.stats().protected_pages, 3, "only the first batch was acknowledged");
+    let syncs = faulty.calls(FaultOp::SyncData);
+    for _ in 0..2 {
+        assert!(matches!(write(&dwb, &pages_at(&[(F2, 1)], 3)), Err(WalError::Poisoned { .. })));
+        assert!(matches!(dwb.recover(check), Err(WalError::Poisoned { .. })));
+    }
+    assert_eq!(faulty.calls(FaultOp::SyncData), syncs, "nothing is synced again after the failure");
+    drop(dwb);
+    // Reopened under the same kernel: recovery reads the disk, not the pages the failed sync left.
+    let (_, report) = open(sim.clone(), config(DwbMode::Buffered));
+    let got = versions(&sim);
+    let context = format!("{got:?}, {report:?}");
+    for (i, &(f, n)) in list.iter().enumerate() {
+        assert_eq!(got[slot_of(f, n)], Some(if i < 6 { 2 } else { 1 }), "{context}: page {f}/{n}");
+    }
 }
