@@ -568,3 +568,30 @@ fn version_of(file: FileId, bytes: &[u8]) -> u64 {
         PageCheck::Torn => unreachable!("a page this test made"),
     }
 }
+
+/// A file registered with another page length than its images in the buffer: recovery
+/// refuses it before anything is written (not after restoring other files' pages) and before
+/// the caller's validator is handed a page of a length it never registered.
+#[test]
+fn a_wrong_page_length_is_refused_before_any_page_is_written_or_validated() {
+    let sim = disk(12);
+    let dwb = DoubleWriteBuffer::open_with(sim.clone(), config(DwbMode::Buffered)).unwrap();
+    dwb.register_file(F1, file_path(F1), PAGE).unwrap();
+    dwb.register_file(F2, file_path(F2), 2 * PAGE).unwrap();
+    dwb.recover(check).unwrap();
+    let double = [page(F2, 0, 2), page(F2, 0, 2)].concat();
+    dwb.write_pages(&[(F1, 3, &page(F1, 3, 2)), (F2, 0, &double)]).unwrap();
+    drop(dwb);
+    // Page (1, 3)'s in-place write never landed: recovery would restore it.
+    put(&sim, F1, 3, &page(F1, 3, 1));
+    let before = versions(&sim);
+    let dwb = opened(sim.clone(), config(DwbMode::Buffered));
+    let strict = |file: FileId, bytes: &[u8]| {
+        assert_eq!(bytes.len(), PAGE, "the validator is handed only pages of the registered length");
+        check(file, bytes)
+    };
+    let err = dwb.recover(strict).unwrap_err();
+    assert!(matches!(err, WalError::DwbPageLen { file: F2, page_no: 0, len: 1024, expected: PAGE }), "{err}");
+    drop(dwb);
+    assert_eq!(versions(&sim), before, "nothing was written");
+}

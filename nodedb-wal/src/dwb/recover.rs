@@ -173,8 +173,9 @@ fn newest_images(scan: &RingScan) -> BTreeMap<(FileId, u64), FoundSlot> {
 }
 
 /// Checks and repairs every page that has an image in `scan` (found in `image`), then syncs
-/// the files it checked. Errors other than [`WalError::Io`] leave every file as it was or
-/// holding valid images only.
+/// the files it checked. An image whose length or page number its registration refuses fails
+/// it before anything is written; other errors than [`WalError::Io`] leave every file as it
+/// was or holding valid images only.
 pub(super) fn repair<S: Storage>(
     storage: &S,
     targets: &mut Targets<S::File>,
@@ -185,7 +186,16 @@ pub(super) fn repair<S: Storage>(
     let mut report = DwbRecovery { batches: scan.batches.len(), incomplete_batches: scan.incomplete_batches, ..DwbRecovery::default() };
     let mut checked = BTreeSet::new();
     let mut unregistered = BTreeSet::new();
-    for ((file, page_no), slot) in newest_images(scan) {
+    let newest = newest_images(scan);
+    // Every image against its file's registration first: a file registered with another page
+    // length (or a page past the largest offset) is refused before any page is written, and
+    // the validator is only ever handed pages of the length the caller registered.
+    for (&(file, page_no), slot) in &newest {
+        if targets.page_len(file).is_some() {
+            targets.offset(file, page_no, slot.header.page_len as usize)?;
+        }
+    }
+    for ((file, page_no), slot) in newest {
         if targets.page_len(file).is_none() {
             unregistered.insert(file);
             continue;
