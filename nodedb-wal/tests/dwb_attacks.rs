@@ -595,3 +595,38 @@ fn a_wrong_page_length_is_refused_before_any_page_is_written_or_validated() {
     drop(dwb);
     assert_eq!(versions(&sim), before, "nothing was written");
 }
+
+/// A full disk under the in-place writes, then under the recovery that repairs them: each
+/// step fails with a typed error and poisons, nothing acknowledged is lost, and a recovery
+/// once there is room brings the batch's pages to their new images.
+#[test]
+fn a_full_disk_under_in_place_writes_and_under_their_repair_loses_nothing() {
+    use nodedb_wal::storage::faulty::{ENOSPC, FaultOp};
+    let sim = disk(13);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), config(DwbMode::Buffered));
+    write(&dwb, &pages_at(&[(F2, 2)], 2)).unwrap();
+    // The batch's buffer write passes; its second page's in-place write finds no room.
+    faulty.fail_once(FaultOp::Write, 2, ENOSPC);
+    let err = write(&dwb, &pages_at(&[(F1, 4), (F1, 5), (F2, 6)], 3)).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: nodedb_wal::IoOp::Write, ref source, .. } if source.raw_os_error() == Some(ENOSPC)), "{err}");
+    assert!(matches!(write(&dwb, &pages_at(&[(F2, 2)], 4)), Err(WalError::Poisoned { .. })));
+    drop(dwb);
+    // Reopened while the disk is still full: the repair fails the same way and poisons.
+    let after = sim.crash(13);
+    let faulty = Faulty::new(after.clone());
+    faulty.fail_from(FaultOp::Write, 0, ENOSPC);
+    let dwb = opened(faulty.clone(), config(DwbMode::Buffered));
+    let err = dwb.recover(check).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: nodedb_wal::IoOp::Write, .. }), "{err}");
+    assert!(matches!(dwb.recover(check), Err(WalError::Poisoned { .. })));
+    drop(dwb);
+    // Room again, after another crash.
+    let last = after.crash(14);
+    let (_, report) = open(last.clone(), config(DwbMode::Buffered));
+    let got = versions(&last);
+    assert_eq!(got[slot_of(F2, 2)], Some(2), "{report:?}");
+    for (f, n) in [(F1, 4), (F1, 5), (F2, 6)] {
+        assert_eq!(got[slot_of(f, n)], Some(3), "page {f}/{n}: {report:?}");
+    }
+}
