@@ -637,3 +637,53 @@ fn a_full_disk_under_in_place_writes_and_under_their_repair_loses_nothing() {
         assert_eq!(got[slot_of(f, n)], Some(3), "page {f}/{n}: {report:?}");
     }
 }
+
+/// A version 1 file holding a slot numbered just below the end of sequences (as a page image
+/// of a version 1 file can spell out): new batches are numbered on from it, and a batch whose
+/// sequences would pass the end could never be read back. The buffer must refuse to write
+/// such a batch rather than acknowledge pages it cannot repair.
+#[test]
+fn a_batch_is_never_numbered_past_the_end_of_sequences() {
+    use nodedb_wal::format::dwb::{FileHeader, SEQ_END, SlotHeader, encode_slot};
+    let sim = disk(16);
+    let c = config(DwbMode::Buffered);
+    let mut file = vec![0u8; c.block_len + c.ring_bytes as usize];
+    let header = FileHeader { version: 1, block_len: c.block_len as u32, ring_bytes: c.ring_bytes, salt: 0 };
+    file[..32].copy_from_slice(&header.encode()[..32]);
+    let seq = SEQ_END - 2;
+    let slot = SlotHeader { file: F1, seq, batch_seq: seq, batch_slots: 1, page_len: PAGE as u32, page_no: 6, epoch: 1, salt: 0 };
+    encode_slot(&slot, &page(F1, 6, 1), &mut file[c.block_len..]);
+    create_file(&sim, &dwb_path(), &file);
+    let faulty = Faulty::new(sim.clone());
+    let (dwb, _) = open(faulty.clone(), c.clone());
+    // The batch is durable in the buffer, one page lands in place, then the power goes.
+    faulty.cut_power_after(2 + 1);
+    let batch = pages_at(&[(F1, 0), (F1, 1), (F1, 2)], 2);
+    let result = write(&dwb, &batch);
+    drop(dwb);
+    let after = sim.crash(16);
+    let (_, report) = open(after.clone(), c);
+    let got: Vec<Option<u64>> = batch.iter().map(|(f, n, _)| versions(&after)[slot_of(*f, *n)]).collect();
+    assert!(got == [Some(1); 3] || got == [Some(2); 3], "a batch is all old or all new: {got:?} ({result:?}, {report:?})");
+}
+
+/// Wherever a batch's sequences would pass the end (here a slot forged with the file's own
+/// salt, which the buffer never hands out), the batch is refused, the buffer degrades, and no
+/// page is written: its slots would not decode, so its pages could not be repaired.
+#[test]
+fn a_batch_whose_sequences_would_pass_the_end_is_refused_and_writes_no_page() {
+    use nodedb_wal::format::dwb::{FileHeader, SEQ_END, SlotHeader, encode_slot};
+    let sim = disk(17);
+    drop(open(sim.clone(), config(DwbMode::Buffered)));
+    let mut file = sim.read_file(&dwb_path()).unwrap();
+    let salt = FileHeader::decode(&file).unwrap().salt;
+    let seq = SEQ_END - 2;
+    let slot = SlotHeader { file: F1, seq, batch_seq: seq, batch_slots: 1, page_len: PAGE as u32, page_no: 6, epoch: 1, salt };
+    encode_slot(&slot, &page(F1, 6, 1), &mut file[512..]);
+    sim.write_file(&dwb_path(), &file);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    let before = versions(&sim);
+    let err = write(&dwb, &pages_at(&[(F1, 0), (F1, 1)], 2)).unwrap_err();
+    assert!(matches!(err, WalError::DwbDegraded { op: nodedb_wal::IoOp::Write, .. }), "{err}");
+    assert_eq!(versions(&sim), before, "no page was written");
+}

@@ -36,7 +36,7 @@ use self::ring::{Opened, Ring};
 use self::stats::Counters;
 use self::targets::Targets;
 use crate::error::{IoOp, Poison, Result, WalError};
-use crate::format::dwb::{FILE_MAGIC, FILE_MAGIC_RANGE};
+use crate::format::dwb::{FILE_MAGIC, FILE_MAGIC_RANGE, SEQ_END};
 use crate::storage::{AlignedBuf, FsStorage, Storage, StorageFile};
 
 /// Torn-page protection for in-place page writes. All methods take `&self`; page writes are
@@ -336,8 +336,11 @@ impl<S: Storage> DoubleWriteBuffer<S> {
             Err(other) => return Err(other),
         };
         Counters::add(&self.counters.pages_restored, report.pages_restored.len() as u64);
-        // Every image is applied and durable in place: the ring may be reused.
-        inner.next_seq = scan.seq_max + 1;
+        // Every image is applied and durable in place: the ring may be reused. New slots are
+        // numbered above every slot that can still count; where the header is rewritten under
+        // a new salt, none can, and numbering on from slots of version 1 would carry a number a
+        // page image spelled out (up to the end of sequences) into the new salt's slots.
+        inner.next_seq = if ring.salt_changes() { 1 } else { scan.seq_max + 1 };
         if !report.pages_restored.is_empty() {
             tracing::warn!(pages = report.pages_restored.len(), "double-write buffer restored torn or stale pages");
         }
@@ -450,6 +453,11 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         let block_len = self.config.block_len;
         let scratch = inner.scratch.get_or_insert_with(|| AlignedBuf::zeroed(self.config.batch_bytes_max, block_len));
         let batch_seq = inner.next_seq;
+        // A slot numbered past the end of sequences does not decode: its batch could never be
+        // applied, and its pages would be acknowledged unprotected.
+        if batch_seq + pages.len() as u64 > SEQ_END {
+            return Err((IoOp::Write, io::Error::other("double-write buffer sequences are used up")));
+        }
         // Sequences are never reused, even by a batch that fails.
         inner.next_seq += pages.len() as u64;
         let Buffer::Ready(ring) = &mut inner.buffer else { unreachable!("checked by the caller") };

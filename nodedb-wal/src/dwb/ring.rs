@@ -240,6 +240,12 @@ impl<F: StorageFile> Ring<F> {
         self.found == Found::Damaged
     }
 
+    /// Whether recovery rewrites the header under a new salt (a version 1 file, a damaged
+    /// header): no slot found now counts once it has.
+    pub(super) fn salt_changes(&self) -> bool {
+        matches!(self.found, Found::Unsalted | Found::Damaged)
+    }
+
     /// The salt new batches carry. Only valid once the file is [`Self::formatted`].
     pub(super) fn salt(&self) -> u32 {
         self.salt
