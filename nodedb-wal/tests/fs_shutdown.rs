@@ -13,7 +13,9 @@
 //! record returned in earlier rounds is still there; that every other record is an intact one
 //! this round's child appended; and that the log takes appends again. The child met only I/O
 //! errors or poisoning. Rounds cycle through io_uring and pwrite, O_DIRECT and buffered I/O,
-//! plaintext and encrypted segments.
+//! plaintext and encrypted segments; one in three is a feature round (as in `process_kill.rs`:
+//! `append_durable`, `append_batch`, tombstones and purges, truncation and reuse of kept files
+//! during the round, key rotation, 32 KiB segments).
 //!
 //! Needs root, loop devices, mkfs.ext4 and mkfs.xfs; where any is missing the test prints
 //! `SKIPPED:` and why. `NODEDB_WAL_FS_ROUNDS` sets the rounds per file system (default 25 in
@@ -82,6 +84,7 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
     let mut model = Model::default();
     for round in 0..rounds {
         let mode = Mode::of_round(round);
+        model.note_kept_files(&dir);
         let mut child = ChildRun::spawn(CHILD_ENTRY, &dir, round, mode, scratch.path());
         child.wait_open();
         std::thread::sleep(rng.kill_delay());
@@ -99,14 +102,16 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
             let wal =
                 Mode::of_round(round + 1).open(&dir).unwrap_or_else(|e| panic!("{name} round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
+            model.count_reused_files(&dir);
             model.append_as_parent(&wal, round);
             model.truncate(&wal);
             wal.close().expect("close");
         });
     }
     eprintln!(
-        "fs_shutdown {name}: {rounds} rounds, {} records acknowledged, {} more recovered unacknowledged, {} torn tails cut",
-        model.acked_total, model.unacked_total, model.torn_tails
+        "fs_shutdown {name}: {rounds} rounds, {} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} \
+         tombstones and purges recovered, {} records truncated and {} kept files reused by the children",
+        model.acked_total, model.unacked_total, model.torn_tails, model.system_total, model.truncated_by_child, model.reused_by_child
     );
 }
 

@@ -12,7 +12,12 @@
 //! unchanged; that every other record is an intact one this round's child really appended; and
 //! that the log takes new appends. The next round's child appends to the same, recovered log.
 //! The rounds cycle through io_uring and pwrite, O_DIRECT and buffered I/O, plaintext and
-//! encrypted segments.
+//! encrypted segments. One round in three is a feature round (`common/crash.rs`): 32 KiB
+//! segments, `append_durable`, `append_batch`, tombstones and temporal purges, a thread
+//! truncating behind the durable LSN so that rolls reuse kept files, and key rotation in
+//! encrypted rounds; the parent then also checks that the oldest record moved no further than
+//! the child's highest checkpoint, and that recovery's tombstones and purges are exactly those
+//! of the records it returns.
 //!
 //! `NODEDB_WAL_KILL_ROUNDS` sets the number of rounds (default 200 in release builds, 40 in
 //! debug builds); `NODEDB_WAL_CRASH_SEED` repeats a kill schedule.
@@ -45,6 +50,7 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
     let (mut largest_newest, mut newest_past_a_megabyte) = (0, 0);
     for round in 0..rounds {
         let mode = Mode::of_long_round(round);
+        model.note_kept_files(&dir);
         let mut child = ChildRun::spawn(CHILD_ENTRY, &dir, round, mode, scratch.path());
         let from_start = rng.below(8) == 0;
         if !from_start {
@@ -65,6 +71,7 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
             let wal =
                 Mode::of_long_round(round + 1).open(&dir).unwrap_or_else(|e| panic!("round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
+            model.count_reused_files(&dir);
             let newest = wal.recovery_info().segments.last().map_or(0, |s| s.bytes);
             largest_newest = largest_newest.max(newest);
             newest_past_a_megabyte += u32::from(newest > 1 << 20);
@@ -75,11 +82,15 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
     }
     eprintln!(
         "process_kill: {rounds} rounds ({killed_before_open} killed before opening the log), {} records acknowledged, {} more \
-         recovered unacknowledged, {} torn tails cut, log ends at LSN {}; the newest segment was past a megabyte at \
+         recovered unacknowledged, {} torn tails cut, {} tombstones and purges recovered, {} records truncated and {} kept files reused \
+         by the children, log ends at LSN {}; the newest segment was past a megabyte at \
          {newest_past_a_megabyte} recoveries (the largest {largest_newest} bytes)",
         model.acked_total,
         model.unacked_total,
         model.torn_tails,
+        model.system_total,
+        model.truncated_by_child,
+        model.reused_by_child,
         model.last()
     );
 }

@@ -12,6 +12,13 @@
 //! Threads 5, 6 and 7 append each pipeline of records as one atomic group; the model checks
 //! that recovery returns their records in whole groups only.
 //!
+//! Rounds with [`Mode::features`] (one in three) use the rest of the append and truncation
+//! surface while the crash can land: 32 KiB segments (a roll every few dozen records, into
+//! files that truncation kept for reuse), thread 0 `append_durable`, threads 2 and 3
+//! `append_batch`, thread 1 a tombstone or temporal purge now and then, one more thread
+//! truncating behind the durable LSN (each checkpoint written as a `TRUNC` line before the
+//! call), and, in encrypted rounds, one more rotating the active key every few milliseconds.
+//!
 //! A payload names its origin (round, thread, sequence number) in its first 16 bytes; the rest
 //! of it, its length, type and scope are a function of that origin, so one bit out of place or a
 //! record that was never appended shows.
@@ -22,7 +29,10 @@ pub mod model;
 use std::path::Path;
 use std::time::Duration;
 
-use nodedb_wal::{FsStorage, KeyRing, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig, WalError, WalRecord};
+use nodedb_wal::{
+    CollectionTombstonePayload, FsStorage, KeyRing, Lsn, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig,
+    TemporalPurgeEngine, TemporalPurgePayload, WalError, WalRecord,
+};
 
 /// Appending threads in the child.
 pub const THREADS: u32 = 8;
@@ -55,20 +65,31 @@ pub struct Mode {
     /// Segments of 16 MiB instead of 128 KiB: a round that runs long enough leaves a newest
     /// segment past a megabyte, which recovery reads with a read-ahead helper.
     pub large_segments: bool,
+    /// The child also uses `append_durable`, `append_batch`, tombstones and temporal purges,
+    /// truncates while it appends, and rotates the key in encrypted rounds; segments are of
+    /// 32 KiB (unless large).
+    pub features: bool,
 }
+
+/// The segment size of a [`Mode`] with `features` (and not `large_segments`): many rolls, and
+/// kept files reused often.
+const FEATURE_SEGMENT_BYTES: u64 = 32 * 1024;
 
 /// The segment size of a [`Mode`] with `large_segments`.
 const LARGE_SEGMENT_BYTES: u64 = 16 << 20;
 
-/// The key id of the crash tests' one key.
-const KEY_ID: u32 = 7;
+/// The ids of the crash tests' keys: the first is active in encrypted rounds, and feature
+/// rounds rotate through all of them. Every ring holds all, so every segment stays readable.
+pub const KEY_IDS: [u32; 3] = [7, 8, 9];
 
-/// A ring holding the crash tests' key, active (new segments encrypted) or not.
+/// A ring holding the crash tests' keys, the first active (new segments encrypted) or none.
 fn key_ring(active: bool) -> std::sync::Arc<KeyRing> {
     let ring = KeyRing::new();
-    ring.insert(KEY_ID, SecureKey::from_bytes(&mut [0x5A; 32])).expect("a new ring takes a key");
+    for id in KEY_IDS {
+        ring.insert(id, SecureKey::from_bytes(&mut [id as u8 ^ 0x5A; 32])).expect("a new ring takes a key");
+    }
     if active {
-        ring.set_active(KEY_ID).expect("the key is in the ring");
+        ring.set_active(KEY_IDS[0]).expect("the key is in the ring");
     }
     std::sync::Arc::new(ring)
 }
@@ -76,7 +97,13 @@ fn key_ring(active: bool) -> std::sync::Arc<KeyRing> {
 impl Mode {
     /// The mode of round `round`.
     pub fn of_round(round: u32) -> Mode {
-        Mode { uring: round.is_multiple_of(2), direct: round % 4 < 2, encrypted: round % 8 >= 4, large_segments: false }
+        Mode {
+            uring: round.is_multiple_of(2),
+            direct: round % 4 < 2,
+            encrypted: round % 8 >= 4,
+            large_segments: false,
+            features: round % 3 == 2,
+        }
     }
 
     /// The mode of round `round` of a test whose rounds may run long: half of every sixteen
@@ -89,24 +116,39 @@ impl Mode {
         let backend = if self.uring { "uring" } else { "pwrite" };
         let io = if self.direct { "direct" } else { "buffered" };
         let size = if self.large_segments { "large" } else { "small" };
-        format!("{backend}-{io}-{}-{size}", if self.encrypted { "aes" } else { "plain" })
+        let features = if self.features { "features" } else { "basic" };
+        format!("{backend}-{io}-{}-{size}-{features}", if self.encrypted { "aes" } else { "plain" })
     }
 
     fn decode(s: &str) -> Mode {
         let parts: Vec<&str> = s.split('-').collect();
-        let [backend, io, cipher, size] = parts[..] else { panic!("bad mode {s:?}") };
-        Mode { uring: backend == "uring", direct: io == "direct", encrypted: cipher == "aes", large_segments: size == "large" }
+        let [backend, io, cipher, size, features] = parts[..] else { panic!("bad mode {s:?}") };
+        Mode {
+            uring: backend == "uring",
+            direct: io == "direct",
+            encrypted: cipher == "aes",
+            large_segments: size == "large",
+            features: features == "features",
+        }
     }
 
     /// Opens the log in `dir` this way.
     pub fn open(self, dir: &Path) -> Result<SegmentedWal, WalError> {
+        self.open_keyed(dir).map(|(wal, _)| wal)
+    }
+
+    /// Opens the log in `dir` this way, and returns the key ring it uses (to rotate keys).
+    pub fn open_keyed(self, dir: &Path) -> Result<(SegmentedWal, std::sync::Arc<KeyRing>), WalError> {
         let storage = if self.uring { FsStorage::io_uring() } else { FsStorage::pwrite_only() };
         let mut config = config(dir, self.direct);
         if self.large_segments {
             config.segment_bytes_target = LARGE_SEGMENT_BYTES;
+        } else if self.features {
+            config.segment_bytes_target = FEATURE_SEGMENT_BYTES;
         }
-        config.key_ring = Some(key_ring(self.encrypted));
-        SegmentedWal::open_with(storage, config)
+        let ring = key_ring(self.encrypted);
+        config.key_ring = Some(std::sync::Arc::clone(&ring));
+        Ok((SegmentedWal::open_with(storage, config)?, ring))
     }
 }
 
@@ -166,8 +208,56 @@ impl Origin {
         Scope { database: self.round, tenant: self.thread, vshard: (h >> 20) as u32 % 1024 }
     }
 
+    /// What the child appends for this origin in a feature round: `None` for an application
+    /// record, else the system record (thread [`SYSTEM_THREAD`], one sequence number in eight).
+    pub fn system(self) -> Option<System> {
+        let h = self.hash();
+        if self.thread != SYSTEM_THREAD || !h.is_multiple_of(8) {
+            return None;
+        }
+        let collection = format!("c-{}-{}-{}", self.round, self.thread, self.seq);
+        Some(if (h >> 3).is_multiple_of(2) {
+            System::Tombstone { database: self.round, tenant: self.thread, collection }
+        } else {
+            let engine = if (h >> 4).is_multiple_of(2) { TemporalPurgeEngine::Timeseries } else { TemporalPurgeEngine::Document };
+            let purge = TemporalPurgePayload { engine, collection, cutoff_unix_ms: (h >> 20) as i64, purged_count: h >> 40 };
+            System::Purge { purge, scope: self.scope() }
+        })
+    }
+
+    /// The origin a collection name written by [`Origin::system`] names.
+    fn of_collection(name: &str) -> Option<Origin> {
+        let mut parts = name.strip_prefix("c-")?.split('-');
+        let origin = Origin { round: parts.next()?.parse().ok()?, thread: parts.next()?.parse().ok()?, seq: parts.next()?.parse().ok()? };
+        (parts.next().is_none() && origin.system().is_some()).then_some(origin)
+    }
+
+    /// Decodes a tombstone's or temporal purge's origin and checks it against what that origin
+    /// appends (a tombstone's purge LSN is the next LSN when it was appended: at most its own).
+    fn of_system(record: &WalRecord) -> Result<Origin, String> {
+        let lsn = record.lsn;
+        let (origin, matches) = if record.record_type == RecordType::COLLECTION_TOMBSTONE {
+            let t = CollectionTombstonePayload::decode(&record.payload).map_err(|e| format!("LSN {lsn}: tombstone: {e}"))?;
+            let origin = Origin::of_collection(&t.collection).ok_or_else(|| format!("LSN {lsn}: tombstone of {t:?} names no origin"))?;
+            let expected = origin.system().map(|s| s.tombstone(t.purge_lsn));
+            let scope = Scope { database: t.database, tenant: t.tenant, vshard: 0 };
+            (origin, expected.as_ref() == Some(&Some(t)) && record.scope == scope && record.lsn >= expected_purge(record))
+        } else {
+            let p = TemporalPurgePayload::decode(&record.payload).map_err(|e| format!("LSN {lsn}: temporal purge: {e}"))?;
+            let origin = Origin::of_collection(&p.collection).ok_or_else(|| format!("LSN {lsn}: purge of {p:?} names no origin"))?;
+            (origin, origin.system() == Some(System::Purge { purge: p, scope: record.scope }))
+        };
+        if !matches {
+            return Err(format!("LSN {lsn}: the {:?} record of {origin:?} is not the one it appended: {record:?}", record.record_type));
+        }
+        Ok(origin)
+    }
+
     /// Decodes a record's origin and checks every byte of it against what that origin appends.
     pub fn of(record: &WalRecord) -> Result<Origin, String> {
+        if record.record_type == RecordType::COLLECTION_TOMBSTONE || record.record_type == RecordType::TEMPORAL_PURGE {
+            return Origin::of_system(record);
+        }
         let p = &record.payload;
         if p.len() < ORIGIN_LEN {
             return Err(format!("LSN {}: payload of {} bytes is too short to name its origin", record.lsn, p.len()));
@@ -199,6 +289,35 @@ impl Origin {
             ));
         }
         Ok(origin)
+    }
+}
+
+/// The purge LSN of a tombstone record, which must not be past the record's own LSN.
+fn expected_purge(record: &WalRecord) -> Lsn {
+    CollectionTombstonePayload::decode(&record.payload).map_or(Lsn(u64::MAX), |t| t.purge_lsn)
+}
+
+/// The child thread that appends tombstones and temporal purges in feature rounds.
+pub const SYSTEM_THREAD: u32 = 1;
+
+/// A system record the child appends in feature rounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum System {
+    /// A collection tombstone (its purge LSN is the next LSN at the call).
+    Tombstone { database: u32, tenant: u32, collection: String },
+    /// A temporal purge and the scope it is appended under.
+    Purge { purge: TemporalPurgePayload, scope: Scope },
+}
+
+impl System {
+    /// The tombstone payload with this purge LSN, if this is a tombstone.
+    pub fn tombstone(&self, purge_lsn: Lsn) -> Option<CollectionTombstonePayload> {
+        match self {
+            System::Tombstone { database, tenant, collection } => {
+                Some(CollectionTombstonePayload { database: *database, tenant: *tenant, collection: collection.clone(), purge_lsn })
+            }
+            System::Purge { .. } => None,
+        }
     }
 }
 

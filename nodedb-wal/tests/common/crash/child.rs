@@ -6,17 +6,25 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nodedb_wal::{Lsn, Record, SegmentedWal, WalError};
+use nodedb_wal::{KeyRing, Lsn, Record, SegmentedWal, WalError};
 
-use super::{Mode, Origin, THREADS, appends_groups, pipeline_depth};
+use super::{KEY_IDS, Mode, Origin, System, THREADS, appends_groups, pipeline_depth};
+
+/// The `thread` the truncating and key-rotating threads of feature rounds report errors as.
+const TRUNCATOR: u32 = 100;
+const ROTATOR: u32 = 101;
+/// Records the truncating thread keeps below the durable LSN.
+const TRUNCATE_KEEP_RECORDS: u64 = 300;
 
 /// How long the parent waits for a child to open the log before calling it hung.
 const OPEN_DEADLINE: Duration = Duration::from_secs(120);
 
 const ENV_DIR: &str = "NODEDB_WAL_CRASH_CHILD";
-const ENV_ACKS: &str = "NODEDB_WAL_CRASH_ACKS";
+/// The acknowledgement file of any crash child.
+pub const ENV_ACKS: &str = "NODEDB_WAL_CRASH_ACKS";
 const ENV_ROUND: &str = "NODEDB_WAL_CRASH_ROUND";
 const ENV_MODE: &str = "NODEDB_WAL_CRASH_MODE";
 
@@ -47,8 +55,8 @@ impl ChildSpec {
 /// is durable until the process is killed or every thread has met an error.
 pub fn run_child(spec: &ChildSpec) {
     let acks = File::options().create(true).append(true).open(&spec.acks).expect("open the acknowledgement file");
-    let wal = match spec.mode.open(&spec.dir) {
-        Ok(wal) => wal,
+    let (wal, ring) = match spec.mode.open_keyed(&spec.dir) {
+        Ok(opened) => opened,
         Err(e) => {
             // Past the test harness's output capture, which `exit` would drop.
             let _ = writeln!(std::io::stderr(), "child: opening the log failed: {e}");
@@ -57,10 +65,22 @@ pub fn run_child(spec: &ChildSpec) {
     };
     write_lines(&acks, &format!("OPEN {}\n", wal.next_lsn()));
     std::thread::spawn(exit_with_parent);
+    // The appenders still running: the truncating and rotating threads stop with the last.
+    let appending = AtomicU32::new(THREADS);
     std::thread::scope(|s| {
         for thread in 0..THREADS {
-            let (wal, acks) = (&wal, &acks);
-            s.spawn(move || append_until_error(wal, acks, spec.round, thread));
+            let (wal, acks, appending) = (&wal, &acks, &appending);
+            s.spawn(move || {
+                append_until_error(wal, acks, spec.round, thread, spec.mode.features);
+                appending.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        if spec.mode.features {
+            let (wal, acks, ring, appending) = (&wal, &acks, &ring, &appending);
+            s.spawn(move || truncate_until_error(wal, acks, appending));
+            if spec.mode.encrypted {
+                s.spawn(move || rotate_keys(ring, appending));
+            }
         }
     });
     let _ = wal.close();
@@ -68,7 +88,7 @@ pub fn run_child(spec: &ChildSpec) {
 }
 
 /// Ends the child once its parent is gone (a parent killed mid-test cannot kill it).
-fn exit_with_parent() {
+pub fn exit_with_parent() {
     let parent = std::os::unix::process::parent_id();
     while std::os::unix::process::parent_id() == parent {
         std::thread::sleep(Duration::from_millis(100));
@@ -76,18 +96,76 @@ fn exit_with_parent() {
     std::process::exit(4);
 }
 
-fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32) {
+/// Truncates behind the durable LSN every millisecond or so, while the appenders roll into
+/// kept files: a crash can land inside a truncation or a reuse (header write, rename, directory
+/// sync). Each checkpoint is written down before the call, so the parent knows how far the
+/// oldest record may have moved.
+fn truncate_until_error(wal: &SegmentedWal, acks: &File, appending: &AtomicU32) {
+    while appending.load(Ordering::Acquire) > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+        let checkpoint = wal.durable_lsn().0.saturating_sub(TRUNCATE_KEEP_RECORDS);
+        if checkpoint == 0 {
+            continue;
+        }
+        write_lines(acks, &format!("TRUNC {checkpoint}\n"));
+        if let Err(e) = wal.truncate_before(Lsn(checkpoint)) {
+            return report_error(acks, TRUNCATOR, &e);
+        }
+    }
+}
+
+/// Rotates the active key every few milliseconds: each rotation ends the open segment at the
+/// next append. The parent's ring holds every key, so it never needs to know which was active.
+fn rotate_keys(ring: &KeyRing, appending: &AtomicU32) {
+    for id in KEY_IDS.iter().cycle().skip(1) {
+        std::thread::sleep(Duration::from_millis(3));
+        if appending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if let Err(e) = ring.set_active(*id) {
+            let _ = writeln!(std::io::stderr(), "child: thread {ROTATOR} could not rotate to key {id}: {e}");
+            std::process::exit(5);
+        }
+    }
+}
+
+/// Appends the system record `system` of a feature round.
+fn append_system(wal: &SegmentedWal, system: &System) -> Result<Lsn, WalError> {
+    match system {
+        System::Tombstone { .. } => {
+            let tombstone = system.tombstone(wal.next_lsn()).expect("a tombstone");
+            wal.append_tombstone(&tombstone)
+        }
+        System::Purge { purge, scope } => wal.append_temporal_purge(purge, *scope),
+    }
+}
+
+fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32, features: bool) {
     let depth = pipeline_depth(thread);
+    // In feature rounds thread 0 appends with `append_durable` and threads 2 and 3 each
+    // pipeline with `append_batch`.
+    let (durable_each, batches) = (features && thread == 0, features && (thread == 2 || thread == 3));
     let mut seq = 0;
     loop {
         let mut lines = String::new();
         let mut last = Lsn::ZERO;
-        if appends_groups(thread) {
+        if durable_each {
+            let origin = Origin { round, thread, seq };
+            let payload = origin.payload();
+            match wal.append_durable(Record::new(origin.record_type(), &payload).scoped(origin.scope())) {
+                Ok(lsn) => write_lines(acks, &format!("ACK {lsn} {thread} {seq}\n")),
+                Err(e) => return report_error(acks, thread, &e),
+            }
+            seq += 1;
+            continue;
+        }
+        if appends_groups(thread) || batches {
             let origins: Vec<Origin> = (seq..seq + depth).map(|seq| Origin { round, thread, seq }).collect();
             let payloads: Vec<Vec<u8>> = origins.iter().map(|o| o.payload()).collect();
             let records: Vec<Record<'_>> =
                 origins.iter().zip(&payloads).map(|(o, p)| Record::new(o.record_type(), p).scoped(o.scope())).collect();
-            match wal.append_group(&records) {
+            let appended = if batches { wal.append_batch(&records) } else { wal.append_group(&records) };
+            match appended {
                 Ok(lsns) => {
                     for (lsn, o) in (lsns.start().0..).zip(&origins) {
                         writeln!(lines, "ACK {lsn} {thread} {}", o.seq).expect("write to a String");
@@ -97,10 +175,14 @@ fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32) 
                 Err(e) => return report_error(acks, thread, &e),
             }
         }
-        for seq in (seq..seq + depth).filter(|_| !appends_groups(thread)) {
+        for seq in (seq..seq + depth).filter(|_| !appends_groups(thread) && !batches) {
             let origin = Origin { round, thread, seq };
             let payload = origin.payload();
-            match wal.append(Record::new(origin.record_type(), &payload).scoped(origin.scope())) {
+            let appended = match origin.system().filter(|_| features) {
+                Some(system) => append_system(wal, &system),
+                None => wal.append(Record::new(origin.record_type(), &payload).scoped(origin.scope())),
+            };
+            match appended {
                 Ok(lsn) => {
                     writeln!(lines, "ACK {lsn} {thread} {seq}").expect("write to a String");
                     last = lsn;
@@ -156,6 +238,8 @@ pub struct Acks {
     pub opened_at: Option<Lsn>,
     /// Acknowledged records.
     pub acked: Vec<Ack>,
+    /// The highest checkpoint the child passed to `truncate_before`, if any.
+    pub truncated_to: Option<Lsn>,
     /// Errors the child's threads met: (kind, message).
     pub errors: Vec<(String, String)>,
     /// How the child ended, if it exited before it was killed.
@@ -168,15 +252,20 @@ impl ChildRun {
     /// Starts a child that runs `entry` (a test of the current test binary) for `round` on the
     /// log in `dir`, with its acknowledgement and stderr files in `scratch`.
     pub fn spawn(entry: &str, dir: &Path, round: u32, mode: Mode, scratch: &Path) -> ChildRun {
+        let dir = dir.to_str().expect("test paths are UTF-8").to_owned();
+        ChildRun::spawn_with_env(entry, round, scratch, &[(ENV_DIR, dir), (ENV_ROUND, round.to_string()), (ENV_MODE, mode.encode())])
+    }
+
+    /// Starts a child that runs `entry` with `env` set, and [`ENV_ACKS`] naming its
+    /// acknowledgement file in `scratch`; it must write a line starting `OPEN ` once ready.
+    pub fn spawn_with_env(entry: &str, round: u32, scratch: &Path, env: &[(&str, String)]) -> ChildRun {
         let acks = scratch.join(format!("acks-{round}"));
         let stderr = scratch.join(format!("stderr-{round}"));
         let exe = std::env::current_exe().expect("the test binary's path");
         let child = Command::new(exe)
             .args([entry, "--exact", "--test-threads=1", "-q"])
-            .env(ENV_DIR, dir)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(ENV_ACKS, &acks)
-            .env(ENV_ROUND, round.to_string())
-            .env(ENV_MODE, mode.encode())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("create the child's stderr file"))
@@ -206,18 +295,28 @@ impl ChildRun {
 
     /// Sends SIGKILL (unless the child has exited), reaps it and reads what it acknowledged.
     pub fn kill(&mut self) -> Acks {
+        let (exited_by_itself, text, stderr) = self.kill_raw();
+        let mut acks = parse_acks(text.as_bytes());
+        acks.exited_by_itself = exited_by_itself;
+        acks.stderr = stderr;
+        acks
+    }
+
+    /// Sends SIGKILL (unless the child has exited) and reaps it; returns how it ended if it
+    /// exited by itself, its acknowledgement file's complete lines, and its stderr.
+    pub fn kill_raw(&mut self) -> (Option<ExitStatus>, String, String) {
         let exited_by_itself = self.child.try_wait().expect("poll the child");
         if exited_by_itself.is_none() {
             self.child.kill().expect("SIGKILL the child");
         }
         self.child.wait().expect("reap the child");
-        let text = std::fs::read(&self.acks).unwrap_or_default();
-        let mut acks = parse_acks(&text);
-        acks.exited_by_itself = exited_by_itself;
-        acks.stderr = self.stderr_text();
+        let text = String::from_utf8_lossy(&std::fs::read(&self.acks).unwrap_or_default()).into_owned();
+        // A last line without its newline was cut by the kill.
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]).to_owned();
+        let stderr = self.stderr_text();
         let _ = std::fs::remove_file(&self.acks);
         let _ = std::fs::remove_file(&self.stderr);
-        acks
+        (exited_by_itself, complete, stderr)
     }
 
     fn stderr_text(&self) -> String {
@@ -250,6 +349,10 @@ fn parse_acks(text: &[u8]) -> Acks {
                 let thread = u32::try_from(number(words.next())).expect("thread");
                 let seq = number(words.next());
                 acks.acked.push(Ack { lsn, thread, seq });
+            }
+            Some("TRUNC") => {
+                let checkpoint = Lsn(number(words.next()));
+                acks.truncated_to = Some(acks.truncated_to.map_or(checkpoint, |t| t.max(checkpoint)));
             }
             Some("ERR") => {
                 let _thread = words.next();

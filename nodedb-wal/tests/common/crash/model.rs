@@ -1,8 +1,10 @@
 //! What the log must hold after each crash, and the checks that it does.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-use nodedb_wal::{Lsn, Record, SegmentedWal, WalRecord};
+use nodedb_wal::{Lsn, Record, SegmentedWal, WalRecord, extract_temporal_purges, extract_tombstones};
 
 use super::child::Acks;
 use super::{Origin, PARENT_THREAD, THREADS, appends_groups, pipeline_depth};
@@ -27,11 +29,32 @@ pub struct Model {
     pub unacked_total: u64,
     /// Recoveries that cut a torn tail.
     pub torn_tails: u64,
+    /// Tombstones and temporal purges recovered, over all rounds (a record counts again at
+    /// each recovery that returns it).
+    pub system_total: u64,
+    /// Records the children's own truncations removed.
+    pub truncated_by_child: u64,
+    /// Kept files (`.recycled`) in the directory before the current round, by inode.
+    kept_inodes: Vec<u64>,
+    /// Segments found after a crash in a file that was kept before its round: reuses the
+    /// children made.
+    pub reused_by_child: u64,
 }
 
 impl Default for Model {
     fn default() -> Model {
-        Model { records: BTreeMap::new(), first: 1, last: 0, acked_total: 0, unacked_total: 0, torn_tails: 0 }
+        Model {
+            records: BTreeMap::new(),
+            first: 1,
+            last: 0,
+            acked_total: 0,
+            unacked_total: 0,
+            torn_tails: 0,
+            system_total: 0,
+            truncated_by_child: 0,
+            kept_inodes: Vec::new(),
+            reused_by_child: 0,
+        }
     }
 }
 
@@ -46,22 +69,36 @@ impl Model {
     pub fn check_recovery(&mut self, wal: &SegmentedWal, round: u32, acks: &Acks) {
         let info = wal.recovery_info();
         self.torn_tails += u64::from(info.torn_tail.is_some());
-        assert_eq!(info.first_lsn.0, self.first, "recovery must keep every segment truncation left: {info:?}");
+        // A child that truncated may have moved the oldest record up to its highest checkpoint
+        // (truncation removes only segments wholly below it), never further.
+        let first_max = acks.truncated_to.map_or(self.first, |t| t.0.max(self.first));
+        assert!(
+            (self.first..=first_max).contains(&info.first_lsn.0),
+            "recovery must keep every segment truncation left: the oldest LSN is {}, expected {}..={first_max}: {info:?}",
+            info.first_lsn,
+            self.first
+        );
         if let Some(opened) = acks.opened_at {
             assert_eq!(opened.0, self.last + 1, "the child's recovery after the parent's clean close saw everything");
         }
+        let first = info.first_lsn.0;
         let records: Vec<WalRecord> = wal
             .read_from(info.first_lsn)
             .unwrap_or_else(|e| panic!("read_from({}) failed: {e}", info.first_lsn))
             .collect::<Result<_, _>>()
             .unwrap_or_else(|e| panic!("replay failed after recovery: {e} ({info:?})"));
-        let lsns_dense = records.iter().enumerate().all(|(i, r)| r.lsn.0 == self.first + i as u64);
-        assert!(lsns_dense, "LSNs are dense from {}: {:?}", self.first, records.iter().map(|r| r.lsn.0).collect::<Vec<_>>());
-        let last = self.first + records.len() as u64 - 1;
+        let lsns_dense = records.iter().enumerate().all(|(i, r)| r.lsn.0 == first + i as u64);
+        assert!(lsns_dense, "LSNs are dense from {first}: {:?}", records.iter().map(|r| r.lsn.0).collect::<Vec<_>>());
+        let last = first + records.len() as u64 - 1;
         assert_eq!(info.last_lsn.0, last, "recovery_info().last_lsn matches the replay");
         assert_eq!(info.record_count, records.len() as u64, "recovery_info().record_count matches the replay");
         assert_eq!(wal.next_lsn().0, last + 1, "the next LSN follows the last recovered one");
         assert!(last >= self.last, "records the log returned before are gone: it held up to {}, now up to {last}", self.last);
+        // What recovery gathered for the engines is exactly what the records it kept say.
+        let tombstones = extract_tombstones(&records).expect("tombstones decode");
+        assert_eq!(info.tombstones, tombstones, "recovery's tombstones are those of the records it returns");
+        let purges = extract_temporal_purges(&records).expect("temporal purges decode");
+        assert_eq!(info.temporal_purges, purges, "recovery's temporal purges are those of the records it returns");
 
         let mut origins = Vec::with_capacity(records.len());
         for r in &records {
@@ -71,32 +108,41 @@ impl Model {
             }
             origins.push(origin);
         }
-        let new = &origins[(self.last + 1 - self.first) as usize..];
-        self.check_new_records(round, self.last + 1, new, acks);
+        self.system_total += records.iter().filter(|r| r.record_type.is_reserved()).count() as u64;
+        let from = (self.last + 1).max(first);
+        let new = &origins[(from - first) as usize..];
+        self.check_new_records(round, from, from > self.last + 1, new, acks);
+        self.records = self.records.split_off(&first);
         for (i, origin) in new.iter().enumerate() {
-            self.records.insert(self.last + 1 + i as u64, *origin);
+            self.records.insert(from + i as u64, *origin);
         }
         self.acked_total += acks.acked.len() as u64;
-        self.unacked_total += new.len() as u64 - acks.acked.len() as u64;
+        let acked_kept = acks.acked.iter().filter(|a| a.lsn.0 >= from).count() as u64;
+        self.unacked_total += new.len() as u64 - acked_kept;
+        self.truncated_by_child += first - self.first;
+        self.first = first;
         self.last = last;
     }
 
     /// The records a child added (from LSN `from` on): each from this round, each thread's
-    /// sequence numbers 0, 1, 2, ... in LSN order, every acknowledged one among them, and no
+    /// sequence numbers consecutive in LSN order (from 0 unless the child truncated away its
+    /// first records: `cut`), every acknowledged one at or above `from` among them, and no
     /// thread further than its acknowledgements plus one pipeline of appends it had not yet
     /// seen acknowledged.
-    fn check_new_records(&self, round: u32, from: u64, new: &[Origin], acks: &Acks) {
+    fn check_new_records(&self, round: u32, from: u64, cut: bool, new: &[Origin], acks: &Acks) {
         let mut next_seq: HashMap<u32, u64> = HashMap::new();
+        let mut counts: HashMap<u32, u64> = HashMap::new();
         for (i, origin) in new.iter().enumerate() {
             let lsn = from + i as u64;
             assert_eq!(origin.round, round, "LSN {lsn}: {origin:?} was not appended in round {round}");
             assert!(origin.thread < THREADS, "LSN {lsn}: {origin:?} names no child thread");
-            let expected = next_seq.entry(origin.thread).or_insert(0);
+            let expected = next_seq.entry(origin.thread).or_insert(if cut { origin.seq } else { 0 });
             assert_eq!(origin.seq, *expected, "LSN {lsn}: thread {} skipped or repeated a record", origin.thread);
             *expected += 1;
+            *counts.entry(origin.thread).or_insert(0) += 1;
         }
         let mut acked_per_thread: HashMap<u32, u64> = HashMap::new();
-        for ack in &acks.acked {
+        for ack in acks.acked.iter().filter(|a| a.lsn.0 >= from || !cut) {
             let at = ack.lsn.0.checked_sub(from).map(|i| i as usize).and_then(|i| new.get(i));
             let Some(found) = at else {
                 panic!("round {round}: acknowledged {ack:?} is lost; the log ends at LSN {}", from + new.len() as u64 - 1);
@@ -104,7 +150,7 @@ impl Model {
             assert_eq!((found.thread, found.seq), (ack.thread, ack.seq), "acknowledged LSN {} holds another record", ack.lsn);
             *acked_per_thread.entry(ack.thread).or_insert(0) += 1;
         }
-        for (thread, count) in next_seq {
+        for (thread, count) in counts {
             let acked = acked_per_thread.get(&thread).copied().unwrap_or(0);
             let depth = pipeline_depth(thread);
             if appends_groups(thread) {
@@ -119,6 +165,17 @@ impl Model {
                 "round {round}: thread {thread} has {count} records but only {acked} acknowledged; it never appended more than {depth} ahead"
             );
         }
+    }
+
+    /// Notes the kept files in `dir` before a child runs, to count how many it reused.
+    pub fn note_kept_files(&mut self, dir: &Path) {
+        self.kept_inodes = inodes(dir, |name| name.ends_with(".recycled"));
+    }
+
+    /// Counts the segments in `dir` that are files kept before the round.
+    pub fn count_reused_files(&mut self, dir: &Path) {
+        let segments = inodes(dir, |name| nodedb_wal::segment::parse_name(name).is_some());
+        self.reused_by_child += segments.iter().filter(|i| self.kept_inodes.contains(i)).count() as u64;
     }
 
     /// Appends a few records from the parent: the recovered log accepts appends at the next
@@ -144,4 +201,15 @@ impl Model {
         self.first = first;
         self.records = self.records.split_off(&first);
     }
+}
+
+/// The inodes of the files in `dir` whose names `wanted` takes (none if `dir` is missing).
+fn inodes(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(&wanted))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.ino())
+        .collect()
 }
