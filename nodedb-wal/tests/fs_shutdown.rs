@@ -17,6 +17,11 @@
 //! `append_durable`, `append_batch`, tombstones and purges, truncation and reuse of kept files
 //! during the round, key rotation, 32 KiB segments).
 //!
+//! The double-write buffer gets the same treatment: a child writes batches of pages through it
+//! into a page file on the same file system until the shutdown; after the remount, recovery
+//! with the engine's validator leaves every page whole, old or new, the batch in flight whole
+//! or absent, and every acknowledged page write new.
+//!
 //! Needs root, loop devices, mkfs.ext4 and mkfs.xfs; where any is missing the test prints
 //! `SKIPPED:` and why. `NODEDB_WAL_FS_ROUNDS` sets the rounds per file system (default 25 in
 //! release builds, 5 in debug builds).
@@ -28,7 +33,7 @@ use std::sync::Mutex;
 
 use common::crash::child::{ChildRun, ChildSpec, run_child};
 use common::crash::model::Model;
-use common::crash::{Mode, Rng, preserving_on_failure, rounds_from_env, scratch_dir};
+use common::crash::{Mode, Rng, dwb, preserving_on_failure, rounds_from_env, scratch_dir};
 use common::{FsKind, LoopFs};
 use rustix::fs::{Mode as FileMode, OFlags};
 use rustix::ioctl::{Opcode, Setter, opcode};
@@ -54,13 +59,14 @@ fn shut_down(mount: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Not a test on its own: the entry point of the child process the shutdown tests start.
-/// Without the child's environment it returns at once.
+/// Not a test on its own: the entry point of the child processes the shutdown tests start (a
+/// log's or a double-write buffer's). Without a child's environment it returns at once.
 #[test]
 fn crash_child_process() {
     if let Some(spec) = ChildSpec::from_env() {
         run_child(&spec);
     }
+    dwb::run_child_from_env();
 }
 
 /// The file systems take turns: a child started for one would hold, until its `exec`, copies of
@@ -113,6 +119,58 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
          tombstones and purges recovered, {} records truncated and {} kept files reused by the children",
         model.acked_total, model.unacked_total, model.torn_tails, model.system_total, model.truncated_by_child, model.reused_by_child
     );
+}
+
+/// The double-write buffer on a real file system: its file and the page file on one mount, a
+/// child writing batches of pages, the file system shut down under it. After the remount,
+/// recovery leaves every page whole, at the version its last acknowledged write left or at the
+/// one of the write in flight (the whole batch or none of it), and takes writes again. Rounds
+/// alternate buffered and O_DIRECT buffers (recovery in the other mode).
+fn acknowledged_pages_survive_a_shutdown(kind: FsKind) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut fs = match LoopFs::create(kind) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot make and mount an {} file system on a loop device ({e})", kind.name());
+            return;
+        }
+    };
+    let name = kind.name();
+    let rounds = rounds_from_env("NODEDB_WAL_FS_ROUNDS", 25, 5);
+    let mut rng = Rng::from_env(&format!("fs_shutdown dwb {name}"));
+    let scratch = scratch_dir();
+    let dir = fs.path().join("db");
+    dwb::create_pages(&dir).unwrap_or_else(|e| panic!("{name}: making the page file: {e}"));
+    let mut model = dwb::PageModel::default();
+    for round in 0..rounds {
+        let direct = round % 2 == 0;
+        let env = dwb::child_env(&dir, direct, rng.below(u64::MAX));
+        let mut child = ChildRun::spawn_with_env(CHILD_ENTRY, round, scratch.path(), &env);
+        child.wait_open();
+        std::thread::sleep(rng.kill_delay());
+        shut_down(&fs.path()).unwrap_or_else(|e| panic!("FS_IOC_SHUTDOWN on {name}: {e}"));
+        let (exited, acks, stderr) = child.kill_raw();
+        if let Some(status) = exited {
+            assert!(status.success(), "{name} round {round}: the child failed after the shutdown ({status}); stderr:\n{stderr}");
+        }
+        fs.remount().unwrap_or_else(|e| panic!("{name} round {round}: remounting after the shutdown failed: {e}"));
+        preserving_on_failure(&dir, &format!("dwb-{name}-round-{round}"), || model.check_recovery(&dir, !direct, round, &acks));
+    }
+    eprintln!(
+        "fs_shutdown dwb {name}: {rounds} rounds, {} page writes acknowledged, writes in flight landed whole {} times and not at \
+         all {} times, {} pages restored from the buffer",
+        model.acked_pages, model.in_flight_landed, model.in_flight_lost, model.restored
+    );
+}
+
+#[test]
+fn acknowledged_pages_survive_a_file_system_shutdown_ext4() {
+    acknowledged_pages_survive_a_shutdown(FsKind::Ext4);
+}
+
+#[test]
+fn acknowledged_pages_survive_a_file_system_shutdown_xfs() {
+    acknowledged_pages_survive_a_shutdown(FsKind::Xfs);
 }
 
 #[test]

@@ -24,6 +24,7 @@
 //! record that was never appended shows.
 
 pub mod child;
+pub mod dwb;
 pub mod model;
 
 use std::path::Path;
