@@ -116,7 +116,7 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
     }
     eprintln!(
         "fs_shutdown {name}: {rounds} rounds, {} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} \
-         tombstones and purges recovered, {} records truncated and {} kept files reused by the children",
+         tombstones, purges and Calvin positions recovered, {} records truncated and {} kept files reused by the children",
         model.acked_total, model.unacked_total, model.torn_tails, model.system_total, model.truncated_by_child, model.reused_by_child
     );
 }

@@ -13,9 +13,9 @@
 //! that the log takes new appends. The next round's child appends to the same, recovered log.
 //! The rounds cycle through io_uring and pwrite, O_DIRECT and buffered I/O, plaintext and
 //! encrypted segments. One round in three is a feature round (`common/crash.rs`): 32 KiB
-//! segments, `append_durable`, `append_batch`, tombstones and temporal purges, a thread
-//! truncating behind the durable LSN so that rolls reuse kept files, and key rotation in
-//! encrypted rounds; the parent then also checks that the oldest record moved no further than
+//! segments, `append_durable`, `append_batch`, tombstones, temporal purges and Calvin positions,
+//! a thread truncating behind the durable LSN so that rolls reuse kept files, and key rotation
+//! in encrypted rounds; the parent then also checks that the oldest record moved no further than
 //! the child's highest checkpoint, and that recovery's tombstones and purges are exactly those
 //! of the records it returns.
 //!
@@ -82,7 +82,7 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
     }
     eprintln!(
         "process_kill: {rounds} rounds ({killed_before_open} killed before opening the log), {} records acknowledged, {} more \
-         recovered unacknowledged, {} torn tails cut, {} tombstones and purges recovered, {} records truncated and {} kept files reused \
+         recovered unacknowledged, {} torn tails cut, {} tombstones, purges and Calvin positions recovered, {} records truncated and {} kept files reused \
          by the children, log ends at LSN {}; the newest segment was past a megabyte at \
          {newest_past_a_megabyte} recoveries (the largest {largest_newest} bytes)",
         model.acked_total,

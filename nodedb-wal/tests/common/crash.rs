@@ -14,10 +14,11 @@
 //!
 //! Rounds with [`Mode::features`] (one in three) use the rest of the append and truncation
 //! surface while the crash can land: 32 KiB segments (a roll every few dozen records, into
-//! files that truncation kept for reuse), thread 0 `append_durable`, threads 2 and 3
-//! `append_batch`, thread 1 a tombstone or temporal purge now and then, one more thread
-//! truncating behind the durable LSN (each checkpoint written as a `TRUNC` line before the
-//! call), and, in encrypted rounds, one more rotating the active key every few milliseconds.
+//! files that truncation kept for reuse) and a commit window of 200 µs; thread 0 appends with
+//! `append_durable`, threads 2 and 3 with `append_batch`, thread 1 a tombstone, temporal purge
+//! or Calvin position now and then; one more thread truncates behind the durable LSN (each
+//! checkpoint written as a `TRUNC` line before the call), and, in encrypted rounds, one more
+//! rotates the active key every few milliseconds.
 //!
 //! A payload names its origin (round, thread, sequence number) in its first 16 bytes; the rest
 //! of it, its length, type and scope are a function of that origin, so one bit out of place or a
@@ -31,8 +32,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use nodedb_wal::{
-    CollectionTombstonePayload, FsStorage, KeyRing, Lsn, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig,
-    TemporalPurgeEngine, TemporalPurgePayload, WalError, WalRecord,
+    CalvinAppliedPayload, CollectionTombstonePayload, FsStorage, KeyRing, Lsn, RecordType, Scope, SecureKey, SegmentedWal,
+    SegmentedWalConfig, TemporalPurgeEngine, TemporalPurgePayload, WalError, WalRecord,
 };
 
 /// Appending threads in the child.
@@ -147,6 +148,10 @@ impl Mode {
         } else if self.features {
             config.segment_bytes_target = FEATURE_SEGMENT_BYTES;
         }
+        if self.features {
+            // Syncs wait a little for more appends to join their batch.
+            config.commit_window = Some(std::time::Duration::from_micros(200));
+        }
         let ring = key_ring(self.encrypted);
         config.key_ring = Some(std::sync::Arc::clone(&ring));
         Ok((SegmentedWal::open_with(storage, config)?, ring))
@@ -217,12 +222,22 @@ impl Origin {
             return None;
         }
         let collection = format!("c-{}-{}-{}", self.round, self.thread, self.seq);
-        Some(if (h >> 3).is_multiple_of(2) {
-            System::Tombstone { database: self.round, tenant: self.thread, collection }
-        } else {
-            let engine = if (h >> 4).is_multiple_of(2) { TemporalPurgeEngine::Timeseries } else { TemporalPurgeEngine::Document };
-            let purge = TemporalPurgePayload { engine, collection, cutoff_unix_ms: (h >> 20) as i64, purged_count: h >> 40 };
-            System::Purge { purge, scope: self.scope() }
+        Some(match (h >> 3) % 3 {
+            0 => System::Tombstone { database: self.round, tenant: self.thread, collection },
+            1 => {
+                // The origin in the epoch and position, as a collection name does elsewhere.
+                let applied = CalvinAppliedPayload {
+                    epoch: (u64::from(self.round) << 32) | u64::from(self.thread),
+                    position: self.seq as u32,
+                    vshard: (h >> 24) as u32 % 1024,
+                };
+                System::Calvin { applied, scope: self.scope() }
+            }
+            _ => {
+                let engine = if (h >> 4).is_multiple_of(2) { TemporalPurgeEngine::Timeseries } else { TemporalPurgeEngine::Document };
+                let purge = TemporalPurgePayload { engine, collection, cutoff_unix_ms: (h >> 20) as i64, purged_count: h >> 40 };
+                System::Purge { purge, scope: self.scope() }
+            }
         })
     }
 
@@ -237,7 +252,11 @@ impl Origin {
     /// appends (a tombstone's purge LSN is the next LSN when it was appended: at most its own).
     fn of_system(record: &WalRecord) -> Result<Origin, String> {
         let lsn = record.lsn;
-        let (origin, matches) = if record.record_type == RecordType::COLLECTION_TOMBSTONE {
+        let (origin, matches) = if record.record_type == RecordType::CALVIN_APPLIED {
+            let applied = CalvinAppliedPayload::decode(&record.payload).map_err(|e| format!("LSN {lsn}: Calvin position: {e}"))?;
+            let origin = Origin { round: (applied.epoch >> 32) as u32, thread: applied.epoch as u32, seq: u64::from(applied.position) };
+            (origin, origin.system() == Some(System::Calvin { applied, scope: record.scope }))
+        } else if record.record_type == RecordType::COLLECTION_TOMBSTONE {
             let t = CollectionTombstonePayload::decode(&record.payload).map_err(|e| format!("LSN {lsn}: tombstone: {e}"))?;
             let origin = Origin::of_collection(&t.collection).ok_or_else(|| format!("LSN {lsn}: tombstone of {t:?} names no origin"))?;
             let expected = origin.system().map(|s| s.tombstone(t.purge_lsn));
@@ -256,7 +275,7 @@ impl Origin {
 
     /// Decodes a record's origin and checks every byte of it against what that origin appends.
     pub fn of(record: &WalRecord) -> Result<Origin, String> {
-        if record.record_type == RecordType::COLLECTION_TOMBSTONE || record.record_type == RecordType::TEMPORAL_PURGE {
+        if [RecordType::COLLECTION_TOMBSTONE, RecordType::TEMPORAL_PURGE, RecordType::CALVIN_APPLIED].contains(&record.record_type) {
             return Origin::of_system(record);
         }
         let p = &record.payload;
@@ -308,6 +327,8 @@ pub enum System {
     Tombstone { database: u32, tenant: u32, collection: String },
     /// A temporal purge and the scope it is appended under.
     Purge { purge: TemporalPurgePayload, scope: Scope },
+    /// A Calvin position and the scope it is appended under.
+    Calvin { applied: CalvinAppliedPayload, scope: Scope },
 }
 
 impl System {
@@ -317,7 +338,7 @@ impl System {
             System::Tombstone { database, tenant, collection } => {
                 Some(CollectionTombstonePayload { database: *database, tenant: *tenant, collection: collection.clone(), purge_lsn })
             }
-            System::Purge { .. } => None,
+            System::Purge { .. } | System::Calvin { .. } => None,
         }
     }
 }

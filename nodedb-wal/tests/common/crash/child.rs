@@ -16,7 +16,8 @@ use super::{KEY_IDS, Mode, Origin, System, THREADS, appends_groups, pipeline_dep
 /// The `thread` the truncating and key-rotating threads of feature rounds report errors as.
 const TRUNCATOR: u32 = 100;
 const ROTATOR: u32 = 101;
-/// Records the truncating thread keeps below the durable LSN.
+/// Records the truncating thread keeps below the durable LSN at most: it cycles from this
+/// down to none (a checkpoint at the durable LSN itself, which removes every sealed segment).
 const TRUNCATE_KEEP_RECORDS: u64 = 300;
 
 /// How long the parent waits for a child to open the log before calling it hung.
@@ -101,9 +102,11 @@ pub fn exit_with_parent() {
 /// sync). Each checkpoint is written down before the call, so the parent knows how far the
 /// oldest record may have moved.
 fn truncate_until_error(wal: &SegmentedWal, acks: &File, appending: &AtomicU32) {
+    let mut keep = TRUNCATE_KEEP_RECORDS;
     while appending.load(Ordering::Acquire) > 0 {
         std::thread::sleep(Duration::from_millis(1));
-        let checkpoint = wal.durable_lsn().0.saturating_sub(TRUNCATE_KEEP_RECORDS);
+        keep = if keep == 0 { TRUNCATE_KEEP_RECORDS } else { keep - 60 };
+        let checkpoint = wal.durable_lsn().0.saturating_sub(keep);
         if checkpoint == 0 {
             continue;
         }
@@ -137,6 +140,7 @@ fn append_system(wal: &SegmentedWal, system: &System) -> Result<Lsn, WalError> {
             wal.append_tombstone(&tombstone)
         }
         System::Purge { purge, scope } => wal.append_temporal_purge(purge, *scope),
+        System::Calvin { applied, scope } => wal.append_calvin_applied(applied, *scope),
     }
 }
 

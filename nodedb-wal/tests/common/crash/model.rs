@@ -29,8 +29,8 @@ pub struct Model {
     pub unacked_total: u64,
     /// Recoveries that cut a torn tail.
     pub torn_tails: u64,
-    /// Tombstones and temporal purges recovered, over all rounds (a record counts again at
-    /// each recovery that returns it).
+    /// Tombstones, temporal purges and Calvin positions recovered, over all rounds (a record
+    /// counts again at each recovery that returns it).
     pub system_total: u64,
     /// Records the children's own truncations removed.
     pub truncated_by_child: u64,
