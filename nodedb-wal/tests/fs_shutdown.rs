@@ -31,7 +31,7 @@ mod common;
 use std::path::Path;
 use std::sync::Mutex;
 
-use common::crash::child::{ChildRun, ChildSpec, run_child};
+use common::crash::child::{ChildRun, ChildSpec, EXIT_OPEN_FAILED, run_child};
 use common::crash::model::Model;
 use common::crash::{Mode, Rng, dwb, preserving_on_failure, rounds_from_env, scratch_dir};
 use common::{FsKind, LoopFs};
@@ -88,16 +88,30 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
     let scratch = scratch_dir();
     let dir = fs.path().join("wal");
     let mut model = Model::default();
+    let mut shut_before_open = 0;
     for round in 0..rounds {
         let mode = Mode::of_round(round);
         model.note_kept_files(&dir);
         let mut child = ChildRun::spawn(CHILD_ENTRY, &dir, round, mode, scratch.path());
-        child.wait_open();
-        std::thread::sleep(rng.kill_delay());
+        // One round in eight counts from the child's start, so that some shutdowns land in its
+        // recovery (cutting torn tails, sealing, removing or reusing files).
+        let from_start = rng.below(8) == 0;
+        if from_start {
+            std::thread::sleep(rng.start_delay());
+        } else {
+            child.wait_open();
+            std::thread::sleep(rng.kill_delay());
+        }
         shut_down(&fs.path()).unwrap_or_else(|e| panic!("FS_IOC_SHUTDOWN on {name}: {e}"));
         let acks = child.kill();
+        shut_before_open += u32::from(acks.opened_at.is_none());
         if let Some(status) = acks.exited_by_itself {
-            assert!(status.success(), "{name} round {round}: the child failed after the shutdown ({status}); stderr:\n{}", acks.stderr);
+            let open_failed = acks.opened_at.is_none() && status.code() == Some(EXIT_OPEN_FAILED);
+            assert!(
+                status.success() || open_failed,
+                "{name} round {round}: the child failed after the shutdown ({status}); stderr:\n{}",
+                acks.stderr
+            );
         }
         for (kind, message) in &acks.errors {
             assert!(kind == "io" || kind == "poisoned", "{name} round {round}: the shutdown caused a {kind} error: {message}");
@@ -115,7 +129,7 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
         });
     }
     eprintln!(
-        "fs_shutdown {name}: {rounds} rounds, {} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} \
+        "fs_shutdown {name}: {rounds} rounds ({shut_before_open} shut down before the log was open), {} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} \
          tombstones, purges and Calvin positions recovered, {} records truncated and {} kept files reused by the children",
         model.acked_total, model.unacked_total, model.torn_tails, model.system_total, model.truncated_by_child, model.reused_by_child
     );
@@ -142,22 +156,35 @@ fn acknowledged_pages_survive_a_shutdown(kind: FsKind) {
     let dir = fs.path().join("db");
     dwb::create_pages(&dir).unwrap_or_else(|e| panic!("{name}: making the page file: {e}"));
     let mut model = dwb::PageModel::default();
+    let mut shut_before_open = 0;
     for round in 0..rounds {
         let direct = round % 2 == 0;
         let env = dwb::child_env(&dir, direct, rng.below(u64::MAX));
         let mut child = ChildRun::spawn_with_env(CHILD_ENTRY, round, scratch.path(), &env);
-        child.wait_open();
-        std::thread::sleep(rng.kill_delay());
+        // One round in eight counts from the child's start: some shutdowns land in its recovery.
+        let from_start = rng.below(8) == 0;
+        if from_start {
+            std::thread::sleep(rng.start_delay());
+        } else {
+            child.wait_open();
+            std::thread::sleep(rng.kill_delay());
+        }
         shut_down(&fs.path()).unwrap_or_else(|e| panic!("FS_IOC_SHUTDOWN on {name}: {e}"));
         let (exited, acks, stderr) = child.kill_raw();
+        let opened = acks.starts_with("OPEN ");
+        shut_before_open += u32::from(!opened);
         if let Some(status) = exited {
-            assert!(status.success(), "{name} round {round}: the child failed after the shutdown ({status}); stderr:\n{stderr}");
+            let open_failed = !opened && status.code() == Some(EXIT_OPEN_FAILED);
+            assert!(
+                status.success() || open_failed,
+                "{name} round {round}: the child failed after the shutdown ({status}); stderr:\n{stderr}"
+            );
         }
         fs.remount().unwrap_or_else(|e| panic!("{name} round {round}: remounting after the shutdown failed: {e}"));
         preserving_on_failure(&dir, &format!("dwb-{name}-round-{round}"), || model.check_recovery(&dir, !direct, round, &acks));
     }
     eprintln!(
-        "fs_shutdown dwb {name}: {rounds} rounds, {} page writes acknowledged, writes in flight landed whole {} times and not at \
+        "fs_shutdown dwb {name}: {rounds} rounds ({shut_before_open} shut down before the buffer was open), {} page writes acknowledged, writes in flight landed whole {} times and not at \
          all {} times, {} pages restored from the buffer",
         model.acked_pages, model.in_flight_landed, model.in_flight_lost, model.restored
     );

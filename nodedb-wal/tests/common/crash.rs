@@ -381,6 +381,12 @@ impl Rng {
         Duration::from_micros(1000 + self.below(49_000))
     }
 
+    /// A pause of up to 15 ms from a child's start: it lands in the child's start-up or its
+    /// recovery as often as after them.
+    pub fn start_delay(&mut self) -> Duration {
+        Duration::from_micros(self.below(15_000))
+    }
+
     /// A pause of 1 to 50 ms, or of 50 to 500 ms for a round with large segments: long enough
     /// for the newest segment to pass a megabyte.
     pub fn kill_delay_for(&mut self, mode: Mode) -> Duration {

@@ -16,6 +16,10 @@ use super::{KEY_IDS, Mode, Origin, System, THREADS, appends_groups, pipeline_dep
 /// The `thread` the truncating and key-rotating threads of feature rounds report errors as.
 const TRUNCATOR: u32 = 100;
 const ROTATOR: u32 = 101;
+/// The `thread` an error opening the log is reported as.
+const OPENER: u32 = 102;
+/// The exit status of a child that could not open its log or buffer.
+pub const EXIT_OPEN_FAILED: i32 = 3;
 /// Records the truncating thread keeps below the durable LSN at most: it cycles from this
 /// down to none (a checkpoint at the durable LSN itself, which removes every sealed segment).
 const TRUNCATE_KEEP_RECORDS: u64 = 300;
@@ -59,9 +63,10 @@ pub fn run_child(spec: &ChildSpec) {
     let (wal, ring) = match spec.mode.open_keyed(&spec.dir) {
         Ok(opened) => opened,
         Err(e) => {
+            report_error(&acks, OPENER, &e);
             // Past the test harness's output capture, which `exit` would drop.
             let _ = writeln!(std::io::stderr(), "child: opening the log failed: {e}");
-            std::process::exit(3);
+            std::process::exit(EXIT_OPEN_FAILED);
         }
     };
     write_lines(&acks, &format!("OPEN {}\n", wal.next_lsn()));

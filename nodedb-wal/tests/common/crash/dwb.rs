@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, FileId, PageCheck, WalError};
 
-use super::child::{ENV_ACKS, exit_with_parent};
+use super::child::{ENV_ACKS, EXIT_OPEN_FAILED, exit_with_parent};
 use super::{Rng, mix};
 
 /// Bytes of a page.
@@ -119,8 +119,9 @@ pub fn run_child_from_env() -> bool {
     let dwb = match open(&dir, direct) {
         Ok(dwb) => dwb,
         Err(e) => {
+            write_line(&acks, &format!("ERR {} {}\n", error_kind(&e), e.to_string().replace('\n', " ")));
             let _ = writeln!(std::io::stderr(), "child: opening the buffer failed: {e}");
-            std::process::exit(3);
+            std::process::exit(EXIT_OPEN_FAILED);
         }
     };
     let mut versions = read_versions(&dir);
@@ -141,11 +142,7 @@ pub fn run_child_from_env() -> bool {
         }
         write_line(&acks, &(line + "\n"));
         if let Err(e) = dwb.write_pages(&writes) {
-            // A failed write or sync of the buffer file degrades it (its policy then refuses
-            // page writes); one of a page file poisons it: both are I/O failures.
-            let kind =
-                if matches!(e, WalError::Io { .. } | WalError::Poisoned { .. } | WalError::DwbDegraded { .. }) { "io" } else { "other" };
-            write_line(&acks, &format!("ERR {kind} {}\n", e.to_string().replace('\n', " ")));
+            write_line(&acks, &format!("ERR {} {}\n", error_kind(&e), e.to_string().replace('\n', " ")));
             return true;
         }
         write_line(&acks, "A\n");
@@ -153,6 +150,12 @@ pub fn run_child_from_env() -> bool {
             versions[p as usize] = v;
         }
     }
+}
+
+/// "io" for the errors an I/O failure causes: a failed write or sync of the buffer file
+/// degrades it (its policy then refuses page writes), one of a page file poisons it.
+fn error_kind(e: &WalError) -> &'static str {
+    if matches!(e, WalError::Io { .. } | WalError::Poisoned { .. } | WalError::DwbDegraded { .. }) { "io" } else { "other" }
 }
 
 fn write_line(mut file: &File, line: &str) {
