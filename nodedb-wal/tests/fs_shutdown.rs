@@ -33,7 +33,7 @@ use std::sync::Mutex;
 
 use common::crash::child::{ChildRun, ChildSpec, EXIT_OPEN_FAILED, run_child};
 use common::crash::model::Model;
-use common::crash::{Mode, Rng, dwb, preserving_on_failure, rounds_from_env, scratch_dir};
+use common::crash::{Mode, Rng, dwb, preserving_on_failure, read_only_look, rounds_from_env, scratch_dir};
 use common::{FsKind, LoopFs};
 use rustix::fs::{Mode as FileMode, OFlags};
 use rustix::ioctl::{Opcode, Setter, opcode};
@@ -117,11 +117,13 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
             assert!(kind == "io" || kind == "poisoned", "{name} round {round}: the shutdown caused a {kind} error: {message}");
         }
         fs.remount().unwrap_or_else(|e| panic!("{name} round {round}: remounting after the shutdown failed: {e}"));
+        let look = read_only_look(&dir);
         preserving_on_failure(&dir, &format!("{name}-round-{round}"), || {
             // Recovery runs in the next round's mode, never in the one the child wrote with.
             let wal =
                 Mode::of_round(round + 1).open(&dir).unwrap_or_else(|e| panic!("{name} round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
+            model.check_read_only_look(round, look);
             model.count_reused_files(&dir);
             model.append_as_parent(&wal, round);
             model.truncate(&wal);

@@ -26,7 +26,7 @@ mod common;
 
 use common::crash::child::{ChildRun, ChildSpec, run_child};
 use common::crash::model::Model;
-use common::crash::{Mode, Rng, preserving_on_failure, rounds_from_env, scratch_dir};
+use common::crash::{Mode, Rng, preserving_on_failure, read_only_look, rounds_from_env, scratch_dir};
 
 const CHILD_ENTRY: &str = "crash_child_process";
 
@@ -66,11 +66,13 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
             acks.stderr
         );
         killed_before_open += u32::from(acks.opened_at.is_none());
+        let look = read_only_look(&dir);
         preserving_on_failure(&dir, &format!("kill-round-{round}"), || {
             // Recovery runs in the next round's mode, never in the one the killed child wrote with.
             let wal =
                 Mode::of_long_round(round + 1).open(&dir).unwrap_or_else(|e| panic!("round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
+            model.check_read_only_look(round, look);
             model.count_reused_files(&dir);
             let newest = wal.recovery_info().segments.last().map_or(0, |s| s.bytes);
             largest_newest = largest_newest.max(newest);

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nodedb_wal::{
-    CalvinAppliedPayload, CollectionTombstonePayload, FsStorage, KeyRing, Lsn, RecordType, Scope, SecureKey, SegmentedWal,
+    CalvinAppliedPayload, CollectionTombstonePayload, FsStorage, KeyRing, Lsn, ReadOnlyWal, RecordType, Scope, SecureKey, SegmentedWal,
     SegmentedWalConfig, TemporalPurgeEngine, TemporalPurgePayload, WalError, WalRecord,
 };
 
@@ -156,6 +156,18 @@ impl Mode {
         config.key_ring = Some(std::sync::Arc::clone(&ring));
         Ok((SegmentedWal::open_with(storage, config)?, ring))
     }
+}
+
+/// What a read-only look at the log in `dir` returns (every record from the oldest), taken
+/// after a crash and before the owner's recovery repairs anything; with every key. A directory
+/// that is not there (a first child stopped before its creation was durable) holds nothing.
+pub fn read_only_look(dir: &Path) -> Result<Vec<WalRecord>, WalError> {
+    if !dir.try_exists().expect("look for the log directory") {
+        return Ok(Vec::new());
+    }
+    let look = ReadOnlyWal::open(dir, Some(key_ring(false)))?;
+    let first = look.recovery_info().first_lsn;
+    look.read_from(first)?.collect()
 }
 
 /// Who appended a record.

@@ -34,6 +34,8 @@ pub struct Model {
     pub system_total: u64,
     /// Records the children's own truncations removed.
     pub truncated_by_child: u64,
+    /// The records the last recovery returned.
+    recovered: Vec<WalRecord>,
     /// Kept files (`.recycled`) in the directory before the current round, by inode.
     kept_inodes: Vec<u64>,
     /// Segments found after a crash in a file that was kept before its round: reuses the
@@ -52,6 +54,7 @@ impl Default for Model {
             torn_tails: 0,
             system_total: 0,
             truncated_by_child: 0,
+            recovered: Vec::new(),
             kept_inodes: Vec::new(),
             reused_by_child: 0,
         }
@@ -87,6 +90,13 @@ impl Model {
             .unwrap_or_else(|e| panic!("read_from({}) failed: {e}", info.first_lsn))
             .collect::<Result<_, _>>()
             .unwrap_or_else(|e| panic!("replay failed after recovery: {e} ({info:?})"));
+        // The mapped reader returns the same records (it reads reused files' stale bytes past
+        // a segment's end through maps, not preads).
+        let mapped: Vec<WalRecord> = wal
+            .read_mapped(info.first_lsn)
+            .and_then(|records| records.collect())
+            .unwrap_or_else(|e| panic!("round {round}: read_mapped after recovery failed: {e} ({info:?})"));
+        assert!(mapped == records, "round {round}: read_mapped returns other records than read_from");
         let lsns_dense = records.iter().enumerate().all(|(i, r)| r.lsn.0 == first + i as u64);
         assert!(lsns_dense, "LSNs are dense from {first}: {:?}", records.iter().map(|r| r.lsn.0).collect::<Vec<_>>());
         let last = first + records.len() as u64 - 1;
@@ -108,6 +118,7 @@ impl Model {
             }
             origins.push(origin);
         }
+        self.recovered = records.clone();
         self.system_total += records.iter().filter(|r| r.record_type.is_reserved()).count() as u64;
         let from = (self.last + 1).max(first);
         let new = &origins[(from - first) as usize..];
@@ -165,6 +176,19 @@ impl Model {
                 "round {round}: thread {thread} has {count} records but only {acked} acknowledged; it never appended more than {depth} ahead"
             );
         }
+    }
+
+    /// Checks that a read-only look taken after the crash, before the owner's recovery,
+    /// returned exactly the records that recovery then returned.
+    pub fn check_read_only_look(&self, round: u32, look: Result<Vec<WalRecord>, nodedb_wal::WalError>) {
+        let look = look.unwrap_or_else(|e| panic!("round {round}: a read-only look after the crash failed: {e}"));
+        let lsns = |r: &[WalRecord]| (r.first().map(|f| f.lsn.0), r.last().map(|l| l.lsn.0));
+        assert!(
+            look == self.recovered,
+            "round {round}: the read-only look returned LSNs {:?}, recovery {:?}, or other bytes",
+            lsns(&look),
+            lsns(&self.recovered)
+        );
     }
 
     /// Notes the kept files in `dir` before a child runs, to count how many it reused.
