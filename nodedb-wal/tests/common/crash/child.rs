@@ -271,13 +271,17 @@ impl ChildRun {
         let acks = scratch.join(format!("acks-{round}"));
         let stderr = scratch.join(format!("stderr-{round}"));
         let exe = std::env::current_exe().expect("the test binary's path");
+        let output = File::create(&stderr).expect("create the child's stderr file");
+        // The test harness reports a panic in the child, with its message, on stdout: keep it
+        // beside stderr.
+        let stdout = output.try_clone().expect("share the child's stderr file");
         let child = Command::new(exe)
             .args([entry, "--exact", "--test-threads=1", "-q"])
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(ENV_ACKS, &acks)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).expect("create the child's stderr file"))
+            .stdout(stdout)
+            .stderr(output)
             .spawn()
             .expect("start the child");
         ChildRun { child, acks, stderr }

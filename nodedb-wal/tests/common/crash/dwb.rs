@@ -91,6 +91,11 @@ pub fn create_pages(dir: &Path) -> std::io::Result<()> {
 /// The versions in the page file; panics on a page that is torn or misplaced.
 fn read_versions(dir: &Path) -> Vec<u64> {
     let bytes = std::fs::read(pages_path(dir)).expect("read the page file");
+    versions_of(&bytes)
+}
+
+/// The versions in the page file's bytes; panics on a page that is torn or misplaced.
+fn versions_of(bytes: &[u8]) -> Vec<u64> {
     assert_eq!(bytes.len(), PAGES as usize * PAGE_LEN, "the page file keeps its length");
     (0..PAGES)
         .map(|page| {
@@ -124,7 +129,14 @@ pub fn run_child_from_env() -> bool {
             std::process::exit(EXIT_OPEN_FAILED);
         }
     };
-    let mut versions = read_versions(&dir);
+    // The file system may be shut down already (a round that counts from the child's start).
+    let mut versions = match std::fs::read(pages_path(&dir)) {
+        Ok(bytes) => versions_of(&bytes),
+        Err(e) => {
+            write_line(&acks, &format!("ERR io reading the page file: {e}\n"));
+            std::process::exit(EXIT_OPEN_FAILED);
+        }
+    };
     write_line(&acks, "OPEN dwb\n");
     std::thread::spawn(exit_with_parent);
     loop {
