@@ -302,6 +302,11 @@ struct Disk {
     next_ino: u64,
     dirs: BTreeMap<PathBuf, Dir>,
     locks: HashSet<PathBuf>,
+    /// Segment holds by inode: for each handle that holds one, whether exclusively. Modelled
+    /// on `flock`, whose locks belong to an open file and go with it, so that a simulated
+    /// reader keeps the writer from reusing a file under it as a real one does.
+    holds: HashMap<u64, HashMap<u64, bool>>,
+    next_handle: u64,
     fail_next_sync: bool,
     sync_failure: SyncFailure,
     intermediate_writes: bool,
@@ -364,6 +369,8 @@ impl SimStorage {
             next_ino: 1,
             dirs: BTreeMap::from([(PathBuf::from("/"), Dir { entry_durable: true, ..Dir::default() })]),
             locks: HashSet::new(),
+            holds: HashMap::new(),
+            next_handle: 1,
             fail_next_sync: false,
             sync_failure: SyncFailure::default(),
             intermediate_writes: false,
@@ -555,6 +562,8 @@ impl SimStorage {
             next_ino: disk.next_ino,
             dirs,
             locks: HashSet::new(),
+            holds: HashMap::new(),
+            next_handle: disk.next_handle,
             fail_next_sync: false,
             sync_failure: disk.sync_failure,
             intermediate_writes: disk.intermediate_writes,
@@ -773,7 +782,9 @@ impl Storage for SimStorage {
             None => return Err(io::ErrorKind::NotFound.into()),
         };
         let align = if mode.direct { self.direct_align } else { 1 };
-        Ok(SimFile { disk: Arc::clone(&self.disk), ino, align, writable: mode.write })
+        let handle = disk.next_handle;
+        disk.next_handle += 1;
+        Ok(SimFile { disk: Arc::clone(&self.disk), ino, handle, align, writable: mode.write })
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -818,12 +829,32 @@ impl Storage for SimStorage {
 pub struct SimFile {
     disk: Arc<Mutex<Disk>>,
     ino: u64,
+    /// This open's own number: the owner of its hold (see `Disk::holds`).
+    handle: u64,
     /// Required alignment of offsets, lengths and addresses (1 unless opened O_DIRECT).
     align: usize,
     writable: bool,
 }
 
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        self.release_hold();
+    }
+}
+
 impl SimFile {
+    /// Takes this handle's hold on its inode, shared or exclusive, if no other handle's hold
+    /// conflicts; whether it did.
+    fn try_hold(&self, exclusive: bool) -> bool {
+        let mut disk = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let holders = disk.holds.entry(self.ino).or_default();
+        let conflicts = holders.iter().any(|(&handle, &other_exclusive)| handle != self.handle && (exclusive || other_exclusive));
+        if !conflicts {
+            holders.insert(self.handle, exclusive);
+        }
+        !conflicts
+    }
+
     fn lock(&self) -> io::Result<MutexGuard<'_, Disk>> {
         let disk = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         alive(&disk)?;
@@ -960,6 +991,29 @@ impl StorageFile for SimFile {
         let inode = disk.inodes.get_mut(&self.ino).expect("open inode exists");
         let (from, to) = whole_cache_pages(offset, len, inode.volatile.len());
         inode.evict_clean(from, to);
+    }
+
+    fn hold_shared(&self) -> io::Result<()> {
+        // As `flock`: waits while another handle holds the file exclusively (the writer, only
+        // while it turns a truncated file into a new segment).
+        while !self.try_hold(false) {
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+
+    fn try_hold_exclusive(&self) -> io::Result<bool> {
+        Ok(self.try_hold(true))
+    }
+
+    fn release_hold(&self) {
+        let mut disk = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(holders) = disk.holds.get_mut(&self.ino) {
+            holders.remove(&self.handle);
+            if holders.is_empty() {
+                disk.holds.remove(&self.ino);
+            }
+        }
     }
 
     fn sync_failed(&self) {
