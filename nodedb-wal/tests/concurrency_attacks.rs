@@ -488,6 +488,10 @@ fn readers_beside_rolls_and_truncation<S: Storage>(
         for round in 0..rounds(4) {
             let mut c = config("/readers");
             c.recycle_segments = recycle_segments;
+            // Odd rounds encrypted: replay then runs decoder threads whatever the cores.
+            if round % 2 == 1 {
+                c.key_ring = encrypted("/readers").key_ring;
+            }
             let wal = open(round, c);
             const N: u64 = 3000;
             let done = AtomicBool::new(false);
@@ -506,7 +510,7 @@ fn readers_beside_rolls_and_truncation<S: Storage>(
                     wal.sync().unwrap();
                     done.store(true, Ordering::SeqCst);
                 });
-                for r in 0..3u64 {
+                for r in 0..4u64 {
                     let (wal, done, read) = (&wal, &done, &read);
                     s.spawn(move || {
                         let mut rng = 31 + r + round;
@@ -531,6 +535,21 @@ fn readers_beside_rolls_and_truncation<S: Storage>(
                                     Err(WalError::LsnNotRetained { .. }) => 0,
                                     Err(err) => panic!("lazy_reader({from}): {err}"),
                                 },
+                                2 => {
+                                    // With a key ring: decoder threads, each opening its
+                                    // segment when its turn comes.
+                                    let mut records = Vec::new();
+                                    let replayed = wal.replay_parallel(from, 4, |r| {
+                                        records.push(Ok((r.lsn, r.payload.to_vec())));
+                                        if records.len() < 500 { Ok(()) } else { Err(WalError::Closed) }
+                                    });
+                                    if let Err(err) = replayed
+                                        && !matches!(err, WalError::Closed)
+                                    {
+                                        records.push(Err(err));
+                                    }
+                                    check_run("replay", from, records.into_iter(), usize::MAX)
+                                }
                                 _ => {
                                     let mut tail = wal.tail(from);
                                     let records = std::iter::from_fn(|| match tail.next_timeout(Duration::from_millis(20)) {
@@ -601,7 +620,16 @@ fn encrypted(dir: &str) -> SegmentedWalConfig {
 #[test]
 fn a_panic_in_a_replay_callback_a_tail_loop_or_a_reader_loop_leaves_the_log_usable() {
     watchdog("panics in callers", || {
-        let wal = SegmentedWal::open_with(SimStorage::new(9, FaultConfig::default()), encrypted("/panics")).unwrap();
+        // Plaintext: a replay reads in sequence on few cores (with a read-ahead helper).
+        for config in [config("/panics"), encrypted("/panics")] {
+            panics_in_callers(config);
+        }
+    });
+}
+
+fn panics_in_callers(config: SegmentedWalConfig) {
+    {
+        let wal = SegmentedWal::open_with(SimStorage::new(9, FaultConfig::default()), config).unwrap();
         for i in 1..=3000u64 {
             wal.append(Record::new(TY, &payload_of(i))).unwrap();
         }
@@ -650,5 +678,28 @@ fn a_panic_in_a_replay_callback_a_tail_loop_or_a_reader_loop_leaves_the_log_usab
         let records = std::iter::from_fn(|| tail.next_timeout(Duration::from_millis(50)).transpose());
         assert_eq!(check_run("tail", Lsn(2990), records.map(|r| r.map(|r| (r.lsn, r.payload.into_vec()))), usize::MAX), 12);
         wal.close().unwrap();
+    }
+}
+
+/// A tail waiting without end for a record that never becomes durable, because the fdatasync
+/// that would cover it fails, is released with the poison error.
+#[test]
+fn a_tail_waiting_without_end_is_released_by_poison() {
+    watchdog("tail and poison", || {
+        let faulty = FaultyStorage::new(SimStorage::new(12, FaultConfig::default()));
+        let wal = SegmentedWal::open_with(faulty.clone(), config("/tail-poison")).unwrap();
+        let first = wal.append_durable(Record::new(TY, b"durable")).unwrap();
+        std::thread::scope(|s| {
+            let follower = s.spawn(|| {
+                let mut tail = wal.tail(first);
+                let delivered = tail.next_timeout(Duration::MAX).unwrap().map(|r| r.lsn);
+                (delivered, tail.next_timeout(Duration::MAX))
+            });
+            faulty.fail_once(FaultOp::SyncData, 0, EIO);
+            assert!(poisoned(&wal.append_durable(Record::new(TY, b"never durable"))));
+            let (delivered, then) = follower.join().unwrap();
+            assert_eq!(delivered, Some(first), "the durable record is delivered first");
+            assert!(poisoned(&then), "{then:?}");
+        });
     });
 }
