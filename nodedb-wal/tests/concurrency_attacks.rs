@@ -371,7 +371,10 @@ fn a_failed_step_under_eight_appenders_and_truncation_releases_everyone_and_lose
                     s.spawn(move || {
                         // Bounded: a fault that hits truncation leaves the log going.
                         for i in 0..1500 {
-                            let payload = format!("t{t} r{i} {}", "x".repeat((i % 300) as usize)).into_bytes();
+                            // Threads 6 and 7 now and then append records larger than a batch,
+                            // which queue for their own buffers in turn.
+                            let len = if t >= 6 && i % 4 == 0 { 9000 + (i % 3) as usize * 5000 } else { (i % 300) as usize };
+                            let payload = format!("t{t} r{i} {}", "x".repeat(len)).into_bytes();
                             let result = match (t + i) % 3 {
                                 0 => wal.append_durable(Record::new(TY, &payload)),
                                 1 => wal.append(Record::new(TY, &payload)).and_then(|lsn| wal.wait_durable(lsn).map(|()| lsn)),
