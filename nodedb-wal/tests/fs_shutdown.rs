@@ -73,15 +73,28 @@ fn crash_child_process() {
 /// every descriptor the other has open (its log's directory lock, files on its mount).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// A fresh file system of `kind` on a loop device, mounted; `None`, with the reason printed,
+/// where this machine cannot make one.
+fn mount_or_skip(kind: FsKind) -> Option<LoopFs> {
+    LoopFs::create(kind).map_err(|e| eprintln!("SKIPPED: cannot make and mount an {} file system on a loop device ({e})", kind.name())).ok()
+}
+
+/// Shuts `fs` down under the running child. One round in eight counts from the child's start,
+/// so that some shutdowns land in its start-up or recovery (cutting torn tails, sealing,
+/// removing or reusing files); the others come once it has opened.
+fn shut_down_under(child: &mut ChildRun, fs: &LoopFs, rng: &mut Rng, name: &str) {
+    if rng.below(8) == 0 {
+        std::thread::sleep(rng.start_delay());
+    } else {
+        child.wait_open();
+        std::thread::sleep(rng.kill_delay());
+    }
+    shut_down(&fs.path()).unwrap_or_else(|e| panic!("FS_IOC_SHUTDOWN on {name}: {e}"));
+}
+
 fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut fs = match LoopFs::create(kind) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot make and mount an {} file system on a loop device ({e})", kind.name());
-            return;
-        }
-    };
+    let Some(mut fs) = mount_or_skip(kind) else { return };
     let name = kind.name();
     let rounds = rounds_from_env("NODEDB_WAL_FS_ROUNDS", 25, 5);
     let mut rng = Rng::from_env(&format!("fs_shutdown {name}"));
@@ -93,16 +106,7 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
         let mode = Mode::of_round(round);
         model.note_kept_files(&dir);
         let mut child = ChildRun::spawn(CHILD_ENTRY, &dir, round, mode, scratch.path());
-        // One round in eight counts from the child's start, so that some shutdowns land in its
-        // recovery (cutting torn tails, sealing, removing or reusing files).
-        let from_start = rng.below(8) == 0;
-        if from_start {
-            std::thread::sleep(rng.start_delay());
-        } else {
-            child.wait_open();
-            std::thread::sleep(rng.kill_delay());
-        }
-        shut_down(&fs.path()).unwrap_or_else(|e| panic!("FS_IOC_SHUTDOWN on {name}: {e}"));
+        shut_down_under(&mut child, &fs, &mut rng, name);
         let acks = child.kill();
         shut_before_open += u32::from(acks.opened_at.is_none());
         if let Some(status) = acks.exited_by_itself {
@@ -144,13 +148,7 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
 /// alternate buffered and O_DIRECT buffers (recovery in the other mode).
 fn acknowledged_pages_survive_a_shutdown(kind: FsKind) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut fs = match LoopFs::create(kind) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot make and mount an {} file system on a loop device ({e})", kind.name());
-            return;
-        }
-    };
+    let Some(mut fs) = mount_or_skip(kind) else { return };
     let name = kind.name();
     let rounds = rounds_from_env("NODEDB_WAL_FS_ROUNDS", 25, 5);
     let mut rng = Rng::from_env(&format!("fs_shutdown dwb {name}"));
@@ -163,15 +161,7 @@ fn acknowledged_pages_survive_a_shutdown(kind: FsKind) {
         let direct = round % 2 == 0;
         let env = dwb::child_env(&dir, direct, rng.below(u64::MAX));
         let mut child = ChildRun::spawn_with_env(CHILD_ENTRY, round, scratch.path(), &env);
-        // One round in eight counts from the child's start: some shutdowns land in its recovery.
-        let from_start = rng.below(8) == 0;
-        if from_start {
-            std::thread::sleep(rng.start_delay());
-        } else {
-            child.wait_open();
-            std::thread::sleep(rng.kill_delay());
-        }
-        shut_down(&fs.path()).unwrap_or_else(|e| panic!("FS_IOC_SHUTDOWN on {name}: {e}"));
+        shut_down_under(&mut child, &fs, &mut rng, name);
         let (exited, acks, stderr) = child.kill_raw();
         let opened = acks.starts_with("OPEN ");
         shut_before_open += u32::from(!opened);
