@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex};
 use super::plan::{BatchMeta, Sealed, Target};
 use super::{PoisonOnPanic, Shared};
 use crate::error::IoOp;
-use crate::format::frame::{HEADER_LEN, decode_frame};
 use crate::format::layout::{write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
-use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, SegmentPreamble, WAL_PREAMBLE_MAGIC};
+use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE};
 use crate::manifest::Manifest;
 use crate::segment;
 use crate::segment::index::{IndexBuilder, IndexScratch, write_index};
+use crate::segment::scan::decode_head;
 use crate::storage::{AlignedBuf, BatchBuf, OpenMode, Storage, StorageFile, is_out_of_space};
-use crate::types::{Lsn, RecordType, SegmentId};
+use crate::types::{Lsn, SegmentId};
 
 /// A failed step: the system call, its error, and the file it was on (the error names it).
 struct IoFailure {
@@ -381,13 +381,9 @@ fn first_block_fits<F: StorageFile>(file: &F, block: usize, kept: SegmentId, key
 ///   would stay in the clear inside the encrypted log, and records under a retired key readable
 ///   to whoever still holds that key, for as long as the file lives.
 fn fits_for_reuse(first: &[u8], kept: SegmentId, key_id: Option<u32>) -> bool {
-    let Ok(preamble) = SegmentPreamble::decode(first) else { return false };
-    let Some(frame) = first.get(PREAMBLE_SIZE..) else { return false };
-    let Ok(h) = decode_frame(frame) else { return false };
-    let header =
-        (h.record_type == RecordType::SEGMENT_HEADER).then(|| SegmentHeaderPayload::decode(&frame[HEADER_LEN..h.frame_len()])).flatten();
-    let same_segment = preamble.magic == WAL_PREAMBLE_MAGIC && header.is_some_and(|p| p.segment_id == kept);
-    same_segment && key_id.is_none_or(|key| preamble.cipher == CIPHER_AES_256_GCM && preamble.key_id == key)
+    let Ok(Some(head)) = decode_head(first, kept) else { return false };
+    let p = head.preamble;
+    head.header.segment_id == kept && key_id.is_none_or(|key| p.cipher == CIPHER_AES_256_GCM && p.key_id == key)
 }
 
 /// Removes a truncated segment file kept for reuse that will not be reused; one that cannot
@@ -445,6 +441,7 @@ fn wait_for_regions(buf: &mut Arc<BatchBuf>) -> &mut BatchBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::preamble::SegmentPreamble;
 
     /// The first block of segment `id`, plaintext or encrypted under `key_id`.
     fn first_block(id: u64, key_id: Option<u32>) -> Vec<u8> {

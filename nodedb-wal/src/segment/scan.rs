@@ -75,7 +75,16 @@ pub struct SegmentHead {
 /// first block that is no valid head (too short, zeros, or damaged) is `None`, for recovery to
 /// tell an interrupted roll from corruption by what the rest of the file holds.
 pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> Result<Option<SegmentHead>> {
-    let bytes = reader.get(0, PREAMBLE_SIZE + HEADER_LEN + 64)?;
+    decode_head(reader.get(0, HEAD_BYTES)?, id)
+}
+
+/// The bytes from a segment's start that [`read_head`] reads: the preamble and the header
+/// frame, whose 40-byte payload leaves room to spare for a frame that claims a longer one.
+const HEAD_BYTES: usize = PREAMBLE_SIZE + HEADER_LEN + 80;
+
+/// [`read_head`] of bytes already read from the segment's start (at least [`HEAD_BYTES`] of
+/// them where the file has them): a pure decoder, for a caller that holds the first block.
+pub(crate) fn decode_head(bytes: &[u8], id: SegmentId) -> Result<Option<SegmentHead>> {
     if bytes.len() < PREAMBLE_SIZE || bytes.iter().all(|&b| b == 0) {
         return Ok(None);
     }
@@ -93,7 +102,7 @@ pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> 
         CIPHER_NONE | CIPHER_AES_256_GCM => {}
         cipher => return Err(WalError::UnsupportedCipher { segment: id, cipher }),
     }
-    let frame = reader.get(PREAMBLE_SIZE as u64, PREAMBLE_SIZE + HEADER_LEN + 64)?;
+    let frame = &bytes[PREAMBLE_SIZE..];
     let Ok(h) = decode_frame(frame) else { return Ok(None) };
     if h.record_type != RecordType::SEGMENT_HEADER {
         return Ok(None);
