@@ -47,6 +47,12 @@ fn failed_on(path: &Path) -> impl FnOnce((IoOp, io::Error)) -> IoFailure {
     move |failure| IoFailure::from(failure).on(|| path.to_path_buf())
 }
 
+/// A failure on segment `id` of the log in `dir`, naming it. Its path is built only on a
+/// failure: every batch's write and sync pass through here.
+fn on_segment(dir: &Path, id: SegmentId) -> impl FnOnce(IoFailure) -> IoFailure + '_ {
+    move |failure| failure.on(|| segment::path(dir, id))
+}
+
 /// A failure of `op` on the file at `path`.
 fn failed_on_op(op: IoOp, path: &Path) -> impl FnOnce(io::Error) -> IoFailure {
     move |err| failed_on(path)((op, err))
@@ -137,15 +143,11 @@ impl<S: Storage> Flusher<S> {
         let last = &run[run.len() - 1].meta;
         let run_end = last.target.offset + last.padded as u64;
         let record_count = last.end_lsn.0 - run[0].meta.first_lsn.0;
-        // The segment's path for the error that names it, built only on a failure: every
-        // batch goes this way.
-        let shared = Arc::clone(&self.shared);
-        let segment_path = || segment::path(&shared.dir, first.segment);
         if first.create {
-            let path = segment_path();
+            let path = segment::path(&self.shared.dir, first.segment);
             self.create_segment(&path, &first, durable).map_err(|failure| failure.on(|| path))?;
         }
-        self.zero_fill_ahead(run_end, (run_end - first.offset) as usize).map_err(|failure| failure.on(segment_path))?;
+        self.zero_fill_ahead(run_end, (run_end - first.offset) as usize).map_err(on_segment(&self.shared.dir, first.segment))?;
         let span = tracing::trace_span!("sync", segment = %first.segment, offset = first.offset, batches = run.len()).entered();
         let started = std::time::Instant::now();
         let (id, file) = self.file.as_ref().expect("a batch always has an open segment");
@@ -158,7 +160,7 @@ impl<S: Storage> Flusher<S> {
             } else {
                 file.write_at(bytes, meta.target.offset).map_err(|e| (IoOp::Write, e))
             };
-            result.map_err(|failure| IoFailure::from(failure).on(segment_path))?;
+            result.map_err(IoFailure::from).map_err(on_segment(&self.shared.dir, first.segment))?;
         }
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(span);
