@@ -9,10 +9,12 @@
 //! get batches that are each all old or all new. `NODEDB_WAL_DWB_SEEDS` sets how many crash
 //! seeds each step runs (8 here).
 
+mod dwb_support;
+
 use std::path::{Path, PathBuf};
 
 use nodedb_wal::storage::faulty::FaultyStorage as Faulty;
-use nodedb_wal::storage::{FaultConfig, OpenMode, SimRng, Storage, StorageFile, SyncFailure};
+use nodedb_wal::storage::{OpenMode, SimRng, Storage, StorageFile};
 use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, FileId, PageCheck, SimStorage, WalError};
 
 const PAGE: usize = 512;
@@ -31,7 +33,7 @@ fn dwb_path() -> PathBuf {
 }
 
 fn file_path(file: FileId) -> PathBuf {
-    Path::new(DIR).join(format!("pages-{}", file.0))
+    dwb_support::page_file_in(Path::new(DIR), file)
 }
 
 /// A self-checking page: CRC32C of the rest, then version, page number and file.
@@ -75,22 +77,7 @@ fn slot_of(file: FileId, page_no: u64) -> usize {
 }
 
 fn disk(seed: u64) -> SimStorage {
-    let sim = SimStorage::new(seed, FaultConfig::default());
-    sim.set_sync_failure(SyncFailure::KeepsCleanPages);
-    sim.set_intermediate_writes(true);
-    sim.create_dir_all(Path::new(DIR)).unwrap();
-    for dir in Path::new(DIR).ancestors().skip(1) {
-        sim.sync_dir(dir).unwrap();
-    }
-    for file in FILES {
-        let f = sim.open(&file_path(file), OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
-        for n in 0..PAGES {
-            f.write_at(&page(file, n, 1), n * PAGE as u64).unwrap();
-        }
-        f.sync_data().unwrap();
-    }
-    sim.sync_dir(Path::new(DIR)).unwrap();
-    sim
+    dwb_support::disk_with_pages(seed, Path::new(DIR), &FILES, PAGES, page)
 }
 
 /// A 4 KiB ring of 2 KiB batches (three 512-byte pages each) in 512-byte blocks.

@@ -25,7 +25,7 @@ pub fn dwb_path() -> PathBuf {
 
 /// A page file.
 pub fn file_path(file: FileId) -> PathBuf {
-    Path::new(DIR).join(format!("pages-{}", file.0))
+    page_file_in(Path::new(DIR), file)
 }
 
 /// Page `page_no` of `file` at `version`: a CRC32C of the rest, the version, the identity and
@@ -71,25 +71,37 @@ pub fn slot_of(file: FileId, page_no: u64) -> usize {
     FILES.iter().position(|&f| f == file).unwrap() * PAGES as usize + page_no as usize
 }
 
+/// The page file of `file` in `dir`.
+pub fn page_file_in(dir: &Path, file: FileId) -> PathBuf {
+    dir.join(format!("pages-{}", file.0))
+}
+
 /// A fresh simulated disk with every page file holding version 1 of each page, durably.
 pub fn disk(seed: u64) -> SimStorage {
+    disk_with_pages(seed, Path::new(DIR), &FILES, PAGES, page)
+}
+
+/// A fresh simulated disk with a page file in `dir` ([`page_file_in`]) for each of `files`, each holding
+/// version 1 of `pages` pages as `page` makes them, durably: for tests of other page sizes.
+pub fn disk_with_pages(seed: u64, dir: &Path, files: &[FileId], pages: u64, page: impl Fn(FileId, u64, u64) -> Vec<u8>) -> SimStorage {
     let sim = SimStorage::new(seed, FaultConfig::default());
     // A failed sync strands its pages in the cache, as on Linux.
     sim.set_sync_failure(SyncFailure::KeepsCleanPages);
     sim.set_intermediate_writes(true);
-    sim.create_dir_all(Path::new(DIR)).unwrap();
+    sim.create_dir_all(dir).unwrap();
     // Make the new directories' own entries durable, as an engine creating them would.
-    for dir in Path::new(DIR).ancestors().skip(1) {
-        sim.sync_dir(dir).unwrap();
+    for level in dir.ancestors().skip(1) {
+        sim.sync_dir(level).unwrap();
     }
-    for file in FILES {
-        let f = sim.open(&file_path(file), OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
-        for n in 0..PAGES {
-            f.write_at(&page(file, n, 1), n * PAGE as u64).unwrap();
+    for &file in files {
+        let f = sim.open(&page_file_in(dir, file), OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
+        for n in 0..pages {
+            let bytes = page(file, n, 1);
+            f.write_at(&bytes, n * bytes.len() as u64).unwrap();
         }
         f.sync_data().unwrap();
     }
-    sim.sync_dir(Path::new(DIR)).unwrap();
+    sim.sync_dir(dir).unwrap();
     sim
 }
 
