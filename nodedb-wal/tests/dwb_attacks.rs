@@ -36,15 +36,9 @@ fn file_path(file: FileId) -> PathBuf {
     dwb_support::page_file_in(Path::new(DIR), file)
 }
 
-/// A self-checking page: CRC32C of the rest, then version, page number and file.
+/// A self-checking page of this file's size (see `dwb_support::page`).
 fn page(file: FileId, page_no: u64, version: u64) -> Vec<u8> {
-    let mut bytes: Vec<u8> = (0..PAGE).map(|i| (i as u64 ^ page_no.wrapping_mul(37) ^ version.wrapping_mul(101)) as u8).collect();
-    bytes[4..12].copy_from_slice(&version.to_le_bytes());
-    bytes[12..20].copy_from_slice(&page_no.to_le_bytes());
-    bytes[20..24].copy_from_slice(&file.0.to_le_bytes());
-    let crc = crc32c::crc32c(&bytes[4..]);
-    bytes[..4].copy_from_slice(&crc.to_le_bytes());
-    bytes
+    dwb_support::page_of_len(PAGE, file, page_no, version)
 }
 
 /// The engine's validator; a page that names another page or file is no valid page there.

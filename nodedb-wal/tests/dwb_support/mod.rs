@@ -31,8 +31,13 @@ pub fn file_path(file: FileId) -> PathBuf {
 /// Page `page_no` of `file` at `version`: a CRC32C of the rest, the version, the identity and
 /// filler that differs for every (file, page, version).
 pub fn page(file: FileId, page_no: u64, version: u64) -> Vec<u8> {
+    page_of_len(PAGE, file, page_no, version)
+}
+
+/// [`page`] for pages of `len` bytes.
+pub fn page_of_len(len: usize, file: FileId, page_no: u64, version: u64) -> Vec<u8> {
     let mut bytes: Vec<u8> =
-        (0..PAGE).map(|i| (i as u64 ^ page_no.wrapping_mul(31) ^ version.wrapping_mul(131) ^ u64::from(file.0)) as u8).collect();
+        (0..len).map(|i| (i as u64 ^ page_no.wrapping_mul(31) ^ version.wrapping_mul(131) ^ u64::from(file.0)) as u8).collect();
     bytes[4..12].copy_from_slice(&version.to_le_bytes());
     bytes[12..20].copy_from_slice(&page_no.to_le_bytes());
     bytes[20..24].copy_from_slice(&file.0.to_le_bytes());
