@@ -632,12 +632,13 @@ fn switching_to_off_applies_the_old_buffer_then_removes_it() {
     assert_eq!(versions(&after)[slot_of(F1, 6)], Some(3));
 }
 
-/// Found by a review: in mode `Off`, a failed directory fsync after recovery removed the
-/// buffer file left the buffer needing recovery, and every later `recover` failed on the
-/// removal (the file was gone: `NotFound`), so pages could not be written until a reopen.
-/// Recovery is idempotent, and so is the removal now: calling `recover` again finishes it.
+/// Found by a review: in mode `Off`, a failed directory fsync after recovery removed the buffer
+/// file was followed, at the next `recover`, by a second fsync of the directory, whose success
+/// was taken for the removal being durable. After a failed fsync that is unknown: the buffer is
+/// poisoned, syncs nothing more and refuses every call; a reopen finds no file and goes on
+/// unprotected, as mode `Off` does.
 #[test]
-fn switching_to_off_finishes_when_recover_is_called_again_after_a_failed_directory_sync() {
+fn a_failed_directory_sync_after_removing_the_buffer_in_off_mode_poisons_and_is_never_retried() {
     let after = torn_after_a_power_cut_in_place(disk(18), &[(F1, 6), (F2, 6)], 3, (F1, 6));
 
     let faulty = Faulty::new(after.clone());
@@ -647,17 +648,20 @@ fn switching_to_off_finishes_when_recover_is_called_again_after_a_failed_directo
     }
     faulty.fail_once(FaultOp::SyncDir, 0, EIO);
     let err = dwb.recover(check).unwrap_err();
-    assert!(matches!(err, WalError::Io { op: IoOp::SyncDir, .. }), "{err}");
-    let report = dwb.recover(check).expect("recovery runs again and finishes");
-    assert!(report.pages_restored.is_empty(), "the first run restored them: {report:?}");
-    assert_eq!(versions(&after)[slot_of(F1, 6)], Some(2));
-    assert!(after.read_file(&dwb_path()).is_none(), "the buffer file is gone");
-    dwb.write_pages(&borrow(&pages_at(&[(F1, 6)], 3))).unwrap();
-    // The removal's directory entry is durable: a power cut brings no old buffer back.
+    assert!(matches!(&err, WalError::Io { op: IoOp::SyncDir, path, .. } if path == Path::new(DIR)), "{err}");
+    let dir_syncs = faulty.calls(FaultOp::SyncDir);
+    let err = dwb.recover(check).unwrap_err();
+    assert!(matches!(&err, WalError::Poisoned { op: IoOp::SyncDir, path: Some(p), .. } if p == Path::new(DIR)), "{err}");
+    let err = dwb.write_pages(&borrow(&pages_at(&[(F1, 6)], 3))).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncDir, .. }), "{err}");
+    assert_eq!(faulty.calls(FaultOp::SyncDir), dir_syncs, "the failed directory sync is never retried");
+    assert_eq!(versions(&after)[slot_of(F1, 6)], Some(2), "the pages were restored and synced before the removal");
     drop(dwb);
-    let again = after.crash(4);
-    assert!(again.read_file(&dwb_path()).is_none(), "the removal is durable");
-    assert_eq!(versions(&again)[slot_of(F1, 6)], Some(3));
+
+    let (dwb, report) = open(after.clone(), config(DwbMode::Off));
+    assert_eq!(report.batches, 0, "the reopened buffer finds no file");
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 6)], 3))).unwrap();
+    assert_eq!(versions(&after)[slot_of(F1, 6)], Some(3));
 }
 
 #[test]

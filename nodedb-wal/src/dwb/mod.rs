@@ -355,14 +355,18 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         if self.config.mode == DwbMode::Off {
             let path = ring.path().to_path_buf();
             let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-            // Gone already: an earlier call removed it and then failed to sync the directory.
-            // Recovery runs again whole (it is idempotent), and so does the removal.
             match self.storage.remove(&path) {
                 Ok(()) => {}
+                // Removed by someone else: its removal is made durable below all the same.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(WalError::io(IoOp::Remove, &path, e)),
             }
-            self.storage.sync_dir(&dir).map_err(|e| WalError::io(IoOp::SyncDir, &dir, e))?;
+            // After a failed directory fsync whether the removal is durable is unknown, and a
+            // second fsync may succeed without making it so: the buffer is poisoned, never
+            // synced again and never reports the removal done.
+            if let Err(e) = self.storage.sync_dir(&dir) {
+                return Err(inner.poisoned_by(IoOp::SyncDir, dir, e));
+            }
             inner.buffer = Buffer::Absent;
         } else if !ring.formatted()
             && let Err((op, err)) = ring.format(false)
