@@ -865,6 +865,39 @@ fn a_version_1_buffer_is_recovered_then_rewritten_with_a_salt() {
     assert_eq!((report.batches, report.pages_restored.clone()), (1, vec![(F2, 1)]), "{report:?}");
 }
 
+/// Found by a review: recovery rewrites a version 1 header under a salt; when that fdatasync
+/// failed, Linux kept the new header in the page cache, clean, and a reopen under the same
+/// kernel read it, took the file for formatted and wrote batches under a salt the header on
+/// disk never had. After a power cut the old header came back, the batches did not count, and
+/// a page torn in place stayed torn. The buffer file's clean cached pages are now dropped
+/// before its header is read, so the reopen sees the disk's header and rewrites it again.
+#[test]
+fn a_header_rewrite_whose_sync_failed_is_read_from_the_disk_by_a_reopen_and_written_again() {
+    use nodedb_wal::format::dwb::FileHeader;
+    let cfg = config(DwbMode::Buffered);
+    for seed in 0..seeds() {
+        let sim = disk(seed);
+        // A version 1 file as an earlier build left it, without a batch.
+        let mut file = vec![0u8; cfg.block_len + cfg.ring_bytes as usize];
+        let header = FileHeader { version: 1, block_len: cfg.block_len as u32, ring_bytes: cfg.ring_bytes, salt: 0 };
+        file[..32].copy_from_slice(&header.encode()[..32]);
+        create_file(&sim, &dwb_path(), &file);
+        let dwb = DoubleWriteBuffer::open_with(sim.clone(), cfg.clone()).unwrap();
+        sim.fail_next_sync(); // the header rewrite's, the only sync of a recovery with no image
+        dwb.recover(check).unwrap();
+        assert!(matches!(dwb.degraded_cause(), Some((IoOp::SyncData, _))), "seed {seed}");
+        drop(dwb);
+        // Reopened without a power cut, then a power cut tears the in-place write of a batch.
+        let (dwb, _) = open(sim.clone(), cfg.clone());
+        dwb.write_pages(&borrow(&pages_at(&[(F1, 5)], 2))).unwrap();
+        drop(dwb);
+        tear(&sim, F1, 5);
+        let after = sim.crash(seed);
+        let (_, report) = open(after.clone(), cfg.clone());
+        assert_eq!(versions(&after)[slot_of(F1, 5)], Some(2), "seed {seed}: the torn page is restored from its batch: {report:?}");
+    }
+}
+
 #[test]
 fn each_page_is_written_once_into_the_buffer_with_one_extra_sync_per_batch() {
     let sim = disk(18);

@@ -12,7 +12,7 @@ use super::config::{DwbConfig, DwbMode};
 use super::stats::count_buffer_bytes;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::dwb::{DWB_VERSION, DWB_VERSION_UNSALTED, FILE_HEADER_LEN, FileHeader, FileHeaderError};
-use crate::storage::{AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, too_fine};
+use crate::storage::{Advice, AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, too_fine};
 
 /// Zeros are written in chunks of this many bytes when the file is created.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -79,6 +79,11 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
     if direct {
         refuse_finer_blocks(&file, config)?;
     }
+    // After a failed fdatasync (a header rewrite, a batch) Linux keeps the bytes it could not
+    // write in the page cache, clean: read from there, a header that never reached the disk
+    // would pass for formatted and later batches would carry a salt the disk's header lacks.
+    // Dirty pages (a killed process's writes) stay, and are synced with the next batch.
+    file.advise(Advice::DontNeed, 0, 0);
     let mut block = AlignedBuf::zeroed(config.block_len, config.block_len);
     if let Err(e) = file.read_at(&mut block, 0) {
         return Ok(Opened::Failed(IoOp::Read, e));
