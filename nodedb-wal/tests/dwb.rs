@@ -898,6 +898,35 @@ fn a_header_rewrite_whose_sync_failed_is_read_from_the_disk_by_a_reopen_and_writ
     }
 }
 
+/// Found by a review: when the directory fsync after a new buffer file's rename failed, the
+/// buffer degraded, but a reopen found the file under its name and wrote batches into it
+/// without the name ever having been made durable. A power cut could undo the rename: the
+/// batches were then in `<path>.creating`, which the next open formats again, and a page torn
+/// in place stayed torn. Recovery of an existing file now syncs its directory before any batch
+/// is written into it, as the log's open does for its segments.
+#[test]
+fn a_buffer_whose_creation_failed_to_sync_its_directory_has_its_name_made_durable_by_a_reopen() {
+    let cfg = config(DwbMode::Buffered);
+    for seed in 0..seeds() {
+        let sim = disk(seed);
+        let faulty = Faulty::new(sim.clone());
+        // The directory's two levels are synced in their parents first; the third is the
+        // directory itself, after the rename.
+        faulty.fail_once(FaultOp::SyncDir, 2, EIO);
+        let dwb = DoubleWriteBuffer::open_with(faulty, cfg.clone()).unwrap();
+        assert!(matches!(dwb.degraded_cause(), Some((IoOp::SyncDir, _))), "seed {seed}");
+        drop(dwb);
+        // Reopened without a power cut, then a power cut tears the in-place write of a batch.
+        let (dwb, _) = open(sim.clone(), cfg.clone());
+        dwb.write_pages(&borrow(&pages_at(&[(F1, 5)], 2))).unwrap();
+        drop(dwb);
+        tear(&sim, F1, 5);
+        let after = sim.crash(seed);
+        let (_, report) = open(after.clone(), cfg.clone());
+        assert_eq!(versions(&after)[slot_of(F1, 5)], Some(2), "seed {seed}: the torn page is restored from its batch: {report:?}");
+    }
+}
+
 #[test]
 fn each_page_is_written_once_into_the_buffer_with_one_extra_sync_per_batch() {
     let sim = disk(18);

@@ -348,13 +348,13 @@ impl<S: Storage> DoubleWriteBuffer<S> {
         Ok(report)
     }
 
-    /// After a successful repair: removes the file in mode `Off`, else rewrites its header if
-    /// needed and resumes writing after the newest batch.
+    /// After a successful repair: removes the file in mode `Off`, else makes its name durable,
+    /// rewrites its header if needed and resumes writing after the newest batch.
     fn finish_recovery(&self, inner: &mut Inner<S::File>, newest_end: Option<u64>) -> Result<()> {
         let Buffer::Ready(ring) = &mut inner.buffer else { unreachable!("recovery runs on an open buffer") };
+        let path = ring.path().to_path_buf();
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         if self.config.mode == DwbMode::Off {
-            let path = ring.path().to_path_buf();
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
             match self.storage.remove(&path) {
                 Ok(()) => {}
                 // Removed by someone else: its removal is made durable below all the same.
@@ -368,6 +368,11 @@ impl<S: Storage> DoubleWriteBuffer<S> {
                 return Err(inner.poisoned_by(IoOp::SyncDir, dir, e));
             }
             inner.buffer = Buffer::Absent;
+        } else if let Err(e) = self.storage.sync_dir(&dir) {
+            // The file's name may not be durable yet (the directory fsync of its creation
+            // failed, or its process died first, under this kernel): batches written into it
+            // could be lost with its name, the next open formatting them away.
+            self.degrade(inner, IoOp::SyncDir, &e);
         } else if !ring.formatted()
             && let Err((op, err)) = ring.format(false)
         {
