@@ -1026,3 +1026,24 @@ fn a_buffer_path_that_is_a_directory_degrades_on_real_files() {
     assert_eq!(std::fs::read(tmp.path().join("pages")).unwrap(), vec![0u8; PAGE * 4]);
     assert!(Path::new(&tmp.path().join("dwb")).is_dir());
 }
+
+/// Found by a review: a ring grown between opens (a larger `ring_bytes`, or a file a crash left
+/// short) was only claimed by `set_len`, leaving a hole that the first batch to reach it had to
+/// allocate: on a full disk that batch failed, degrading the buffer in the middle of page
+/// writes rather than at the recovery that grew it. Now recovery writes the new space, so a
+/// full disk fails it there, and no hole is left (allocated blocks cover the whole file).
+#[test]
+fn growing_the_ring_allocates_its_new_space_at_recovery_on_real_files() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut cfg = nodedb_wal::DwbConfig::new(tmp.path().join("dwb"));
+    (cfg.ring_bytes, cfg.batch_bytes_max) = (64 * 1024, 64 * 1024);
+    drop(DoubleWriteBuffer::open(cfg.clone()).unwrap());
+    cfg.ring_bytes = 1 << 20;
+    let dwb = DoubleWriteBuffer::open(cfg.clone()).unwrap();
+    dwb.recover(check).unwrap();
+    assert!(!dwb.is_degraded());
+    let meta = std::fs::metadata(&cfg.path).unwrap();
+    assert_eq!(meta.len(), cfg.block_len as u64 + cfg.ring_bytes);
+    assert!(meta.blocks() * 512 >= meta.len(), "{} of {} bytes allocated: the grown ring is a hole", meta.blocks() * 512, meta.len());
+}

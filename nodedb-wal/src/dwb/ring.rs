@@ -203,25 +203,37 @@ impl<F: StorageFile> Ring<F> {
     }
 
     /// Writes the header block for the configured geometry and the salt and sets the file's
-    /// length, zeroing the ring first when `zero_ring` (a new file), then syncs. The header fits
-    /// in one sector, which the media write whole or not at all.
-    pub(super) fn format(&mut self, zero_ring: bool) -> Result<(), (IoOp, io::Error)> {
+    /// length, zeroing first the whole ring of a `fresh` file, or the part of the ring past an
+    /// existing file's end, then syncs. The header fits in one sector, which the media write
+    /// whole or not at all.
+    ///
+    /// Ring space is written, not only claimed by the file's length: a hole there is allocated
+    /// by the first batch to reach it, and on a full disk that batch, not this format, would
+    /// fail, degrading the buffer in the middle of page writes instead of at its recovery.
+    pub(super) fn format(&mut self, fresh: bool) -> Result<(), (IoOp, io::Error)> {
         let mut block = AlignedBuf::zeroed(self.block_len, self.block_len);
         let header = FileHeader { version: DWB_VERSION, block_len: self.block_len as u32, ring_bytes: self.ring_bytes, salt: self.salt };
         block[..FILE_HEADER_LEN].copy_from_slice(&header.encode());
-        if zero_ring {
-            let zeros = AlignedBuf::zeroed(ZERO_CHUNK.min(self.ring_bytes as usize), self.block_len);
-            let mut at = self.ring_start();
-            while at < self.ring_end() {
-                let len = zeros.len().min((self.ring_end() - at) as usize);
-                self.write(&zeros[..len], at).map_err(|e| (IoOp::Write, e))?;
-                at += len as u64;
-            }
-        }
+        let old_end = if fresh { self.ring_start() } else { self.file.len().map_err(|e| (IoOp::Stat, e))?.max(self.ring_start()) };
+        // From the block holding the old end (a file of another geometry may end inside one),
+        // whole blocks as O_DIRECT needs. Recovery has applied every image: none is needed.
+        self.zero_from(old_end - old_end % self.block_len as u64)?;
         self.write(&block, 0).map_err(|e| (IoOp::Write, e))?;
         self.file.set_len(self.ring_end()).map_err(|e| (IoOp::SetLen, e))?;
         self.file.sync_data().map_err(|e| (IoOp::SyncData, e))?;
         self.found = Found::Current;
+        Ok(())
+    }
+
+    /// Writes zeros from `from` (a block boundary) to the ring's end.
+    fn zero_from(&self, from: u64) -> Result<(), (IoOp, io::Error)> {
+        let zeros = AlignedBuf::zeroed(ZERO_CHUNK.min(self.ring_bytes as usize), self.block_len);
+        let mut at = from;
+        while at < self.ring_end() {
+            let len = zeros.len().min((self.ring_end() - at) as usize);
+            self.write(&zeros[..len], at).map_err(|e| (IoOp::Write, e))?;
+            at += len as u64;
+        }
         Ok(())
     }
 
