@@ -927,6 +927,61 @@ fn a_buffer_whose_creation_failed_to_sync_its_directory_has_its_name_made_durabl
     }
 }
 
+/// Found by a review: registrations were kept for the buffer's life, so an engine creating and
+/// dropping files grew the table without bound. `forget_file` drops one, after unmaking every
+/// batch holding an image of the file: a new file registered under the same id then never gets
+/// an image of the old one, neither now nor from a recovery after a power cut.
+#[test]
+fn a_forgotten_files_images_are_never_written_into_a_new_file_registered_under_its_id() {
+    let sim = disk(30);
+    let (dwb, _) = open(sim.clone(), config(DwbMode::Buffered));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 3), (F2, 3)], 2))).unwrap();
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 4)], 3))).unwrap();
+    // The engine drops file 1 and makes a new one under its id, its pages at version 1.
+    dwb.forget_file(F1).unwrap();
+    let new_path = Path::new(DIR).join("pages-new");
+    let new_pages: Vec<u8> = (0..PAGES).flat_map(|n| page(F1, n, 1)).collect();
+    create_file(&sim, &new_path, &new_pages);
+    dwb.register_file(F1, &new_path, PAGE).unwrap();
+    drop(dwb);
+    let after = sim.crash(30);
+    let dwb = DoubleWriteBuffer::open_with(after.clone(), config(DwbMode::Buffered)).unwrap();
+    dwb.register_file(F1, &new_path, PAGE).unwrap();
+    dwb.register_file(F2, file_path(F2), PAGE).unwrap();
+    let report = dwb.recover(check).unwrap();
+    assert!(report.pages_restored.is_empty(), "{report:?}");
+    assert_eq!(after.read_file(&new_path).unwrap(), new_pages, "no image of the forgotten file landed in the new one");
+    assert_eq!(versions(&after)[slot_of(F2, 3)], Some(2), "the other file's page was durable in place");
+}
+
+#[test]
+fn forgetting_a_file_is_refused_before_recovery_and_a_failed_sync_degrades_and_keeps_it() {
+    let sim = disk(31);
+    drop(open(sim.clone(), config(DwbMode::Buffered)));
+    let faulty = Faulty::new(sim.clone());
+    let dwb = DoubleWriteBuffer::open_with(faulty.clone(), config(DwbMode::Buffered)).unwrap();
+    for file in FILES {
+        dwb.register_file(file, file_path(file), PAGE).unwrap();
+    }
+    assert!(matches!(dwb.forget_file(F1), Err(WalError::DwbNotRecovered { .. })));
+    dwb.recover(check).unwrap();
+    assert!(matches!(dwb.forget_file(FileId(9)), Err(WalError::DwbUnknownFile { file: FileId(9) })));
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 3)], 2))).unwrap();
+    faulty.fail_once(FaultOp::SyncData, 0, EIO);
+    let err = dwb.forget_file(F1).unwrap_err();
+    assert!(matches!(err, WalError::DwbDegraded { op: IoOp::SyncData, .. }), "{err}");
+    let syncs = faulty.calls(FaultOp::SyncData);
+    // Still registered: a page write names the degraded buffer, not an unknown file.
+    let err = dwb.write_pages(&borrow(&pages_at(&[(F1, 3)], 3))).unwrap_err();
+    assert!(matches!(err, WalError::DwbDegraded { op: IoOp::SyncData, .. }), "{err}");
+    assert!(matches!(dwb.forget_file(F1), Err(WalError::DwbDegraded { .. })));
+    assert_eq!(faulty.calls(FaultOp::SyncData), syncs, "the failed sync is never retried");
+    // Without a buffer file (mode `Off`) there is nothing to unmake.
+    let (off, _) = open(sim.clone(), config(DwbMode::Off));
+    off.forget_file(F2).unwrap();
+    assert!(matches!(off.forget_file(F2), Err(WalError::DwbUnknownFile { .. })));
+}
+
 #[test]
 fn each_page_is_written_once_into_the_buffer_with_one_extra_sync_per_batch() {
     let sim = disk(18);

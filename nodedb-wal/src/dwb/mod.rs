@@ -180,7 +180,8 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// them, and recovery refuses ([`WalError::DwbPageLen`]) a file registered with another
     /// length than its images, since it cannot tell a changed page size from a wrong
     /// registration. A file whose page size changes gets a new id (the old id's images are then
-    /// an unregistered file's, left alone).
+    /// an unregistered file's, left alone). A file the engine removes is dropped with
+    /// [`Self::forget_file`], after which its id may name another file.
     ///
     /// # Examples
     ///
@@ -209,6 +210,64 @@ impl<S: Storage> DoubleWriteBuffer<S> {
             return Err(WalError::InvalidConfig { reason: "dwb page length must be 1 byte to 1 MiB and fit in one batch" });
         }
         self.lock().targets.register(file, path.into(), page_len)
+    }
+
+    /// Drops the registration of `file`, for an engine that removed it: registrations are
+    /// otherwise kept for the buffer's life. Its id may then be registered again, for any file.
+    ///
+    /// Before that, every batch in the buffer holding an image of `file` (under the file's salt,
+    /// or of version 1) is unmade, durably: its first slot is zeroed and the file synced, so
+    /// that no recovery, after a crash or a restart, can write an image of the forgotten file
+    /// into a new one registered under its id. Unmaking a batch is safe because every batch's
+    /// pages are durable in place by the time any call returns; the other pages of those
+    /// batches merely lose images nobody needs. The ring is read whole to find them (4 MiB by
+    /// default). Refused before recovery ([`WalError::DwbNotRecovered`]), while degraded
+    /// ([`WalError::DwbDegraded`]: the file cannot be searched), for an unknown id; a failed
+    /// write or sync of the buffer degrades it and keeps the registration.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, PageCheck, SimStorage, WalError};
+    /// # use std::path::Path;
+    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # sim.create_dir_all(Path::new("/db"))?;
+    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(4096)?;
+    ///
+    /// let dwb = DoubleWriteBuffer::open_with(sim, DwbConfig::new("/db/dwb"))?;
+    /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
+    /// dwb.recover(|_, _| PageCheck::Intact { version: 0 })?;
+    /// dwb.write_pages(&[(FileId(1), 0, &[1u8; 4096])])?;
+    /// dwb.forget_file(FileId(1))?; // the engine dropped the file
+    /// let err = dwb.write_pages(&[(FileId(1), 0, &[2u8; 4096])]).unwrap_err();
+    /// assert!(matches!(err, WalError::DwbUnknownFile { file: FileId(1) }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forget_file(&self, file: FileId) -> Result<()> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.usable()?;
+        if inner.needs_recovery {
+            return Err(WalError::DwbNotRecovered { path: self.config.path.clone() });
+        }
+        if !inner.targets.contains(file) {
+            return Err(WalError::DwbUnknownFile { file });
+        }
+        let ring = match &mut inner.buffer {
+            Buffer::Degraded { op, kind } => return Err(self.degraded_error(*op, *kind)),
+            Buffer::Absent => return inner.targets.forget(file),
+            Buffer::Ready(ring) => ring,
+        };
+        let (mut image, len) = ring.read_all().map_err(|e| WalError::io(IoOp::Read, &self.config.path, e))?;
+        let starts = batches_of(file, &image[..len], ring.salt());
+        if !starts.is_empty()
+            && let Err((op, err)) = ring.unmake_batches(&mut image[..len], &starts)
+        {
+            self.degrade(inner, op, &err);
+            return Err(self.degraded_error(op, err.kind()));
+        }
+        inner.targets.forget(file)
     }
 
     /// The configured mode. See [`Self::open_with`] for an example.
@@ -517,6 +576,20 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     fn degraded_error(&self, op: IoOp, kind: io::ErrorKind) -> WalError {
         WalError::DwbDegraded { path: self.config.path.clone(), op, kind }
     }
+}
+
+/// Where each complete batch holding an image of `file` starts: of the file's `salt`, and of
+/// version 1 (slots without a salt), which a recovery applies should the header be damaged.
+fn batches_of(file: FileId, image: &[u8], salt: u32) -> Vec<usize> {
+    let mut starts: Vec<usize> = [salt, 0]
+        .iter()
+        .flat_map(|&salt| scan::scan_ring(image, salt).batches)
+        .filter(|batch| batch.slots.iter().any(|slot| slot.header.file == file))
+        .map(|batch| batch.offset)
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    starts
 }
 
 /// Whether a file whose header did not decode is no buffer at all: no magic where the header

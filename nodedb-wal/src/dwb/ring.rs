@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::config::{DwbConfig, DwbMode};
 use super::stats::count_buffer_bytes;
 use crate::error::{IoOp, Result, WalError};
-use crate::format::dwb::{DWB_VERSION, DWB_VERSION_UNSALTED, FILE_HEADER_LEN, FileHeader, FileHeaderError};
+use crate::format::dwb::{DWB_VERSION, DWB_VERSION_UNSALTED, FILE_HEADER_LEN, FileHeader, FileHeaderError, SLOT_HEADER_LEN};
 use crate::storage::{Advice, AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, too_fine};
 
 /// Zeros are written in chunks of this many bytes when the file is created.
@@ -235,6 +235,18 @@ impl<F: StorageFile> Ring<F> {
             at += len as u64;
         }
         Ok(())
+    }
+
+    /// Zeros the first slot header of each batch starting at `starts` (file offsets in `image`,
+    /// the file as [`Self::read_all`] read it), rewriting the whole block around it from
+    /// `image`, then syncs. Such a batch no longer decodes: none of its slots is a batch start.
+    pub(super) fn unmake_batches(&self, image: &mut [u8], starts: &[usize]) -> Result<(), (IoOp, io::Error)> {
+        for &start in starts {
+            image[start..start + SLOT_HEADER_LEN].fill(0);
+            let block = start - start % self.block_len;
+            self.write(&image[block..block + self.block_len], block as u64).map_err(|e| (IoOp::Write, e))?;
+        }
+        self.file.sync_data().map_err(|e| (IoOp::SyncData, e))
     }
 
     /// Whether recovery must rewrite the header (a torn creation, a new geometry, version 1).

@@ -73,6 +73,16 @@ impl<F: StorageFile> Targets<F> {
         }
     }
 
+    /// Drops a registration (its handle is closed at the end of the call, if open).
+    pub(super) fn forget(&mut self, id: FileId) -> Result<()> {
+        self.map.remove(&id).map(drop).ok_or(WalError::DwbUnknownFile { file: id })
+    }
+
+    /// Whether `id` is registered.
+    pub(super) fn contains(&self, id: FileId) -> bool {
+        self.map.contains_key(&id)
+    }
+
     /// The page length of a registered file.
     pub(super) fn page_len(&self, id: FileId) -> Option<usize> {
         self.map.get(&id).map(|t| t.page_len)
