@@ -688,6 +688,28 @@ fn a_crash_while_the_buffer_file_is_created_leaves_a_usable_buffer() {
     }
 }
 
+/// Found by a review: a `<path>.creating` left by a crash while the buffer file was made was
+/// formatted again by the other modes, but in mode `Off`, which never makes one, it stayed for
+/// good, holding up to a ring's space. Mode `Off` now removes it, durably.
+#[test]
+fn off_mode_removes_a_buffer_file_a_crash_left_half_made() {
+    let creating = Path::new(DIR).join("dwb.creating");
+    for budget in [4, 6] {
+        let after = disk(budget);
+        let faulty = Faulty::new(after.clone());
+        // The process dies in the middle of the creation: after the zeros, or the header.
+        faulty.cut_power_after(budget);
+        drop(DoubleWriteBuffer::open_with(faulty, config(DwbMode::Buffered)).unwrap());
+        assert!(after.read_file(&creating).is_some(), "budget {budget}: the creation left it");
+        let (dwb, report) = open(after.clone(), config(DwbMode::Off));
+        assert_eq!(report.batches, 0);
+        dwb.write_pages(&borrow(&pages_at(&[(F1, 0)], 2))).unwrap();
+        assert!(after.read_file(&creating).is_none(), "budget {budget}: removed");
+        assert!(after.crash(budget).read_file(&creating).is_none(), "budget {budget}: durably");
+        assert!(after.read_file(&dwb_path()).is_none());
+    }
+}
+
 #[test]
 fn a_damaged_header_over_salted_batches_refuses_recovery_and_writes_nothing() {
     let sim = disk(20);

@@ -71,7 +71,10 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
     let existing = OpenMode { create: false, write: config.mode != DwbMode::Off, direct, create_new: false };
     let file = match storage.open(path, existing) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && config.mode == DwbMode::Off => return Ok(Opened::Absent),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && config.mode == DwbMode::Off => {
+            remove_leftover(storage, path);
+            return Ok(Opened::Absent);
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return create(storage, config),
         Err(e) if direct && is_direct_io_refusal(&e) => return Err(WalError::DirectIoUnsupported { path: path.clone() }),
         Err(e) => return Ok(Opened::Failed(IoOp::Open, e)),
@@ -174,6 +177,27 @@ fn create<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened<S::File>
         return Ok(Opened::Failed(IoOp::SyncDir, e));
     }
     Ok(Opened::Fresh(ring))
+}
+
+/// In mode `Off`, removes the `<path>.creating` a crash left while a buffer file was made: no
+/// batch in it counts (batches go only into a file under its own name, made durable), the
+/// other modes would format it again whole (the name is what makes it ours, as for them), and
+/// this one never uses it, so it would hold up to a ring's space for good. Best effort, and
+/// never reported: a failure leaves it, or its removal not durable, for the next open.
+fn remove_leftover<S: Storage>(storage: &S, path: &Path) {
+    let creating = creating_path(path);
+    match storage.remove(&creating) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(err) => {
+            tracing::warn!(path = %creating.display(), %err, "cannot remove a double-write buffer file left half made");
+            return;
+        }
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Err(err) = storage.sync_dir(dir) {
+        tracing::warn!(dir = %dir.display(), %err, "the removal of a double-write buffer file left half made may not be durable");
+    }
 }
 
 /// The name a new buffer file is formatted under before it is renamed to `path`.
