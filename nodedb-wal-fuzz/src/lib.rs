@@ -14,7 +14,9 @@ use nodedb_wal::format::crc::crc32c;
 use nodedb_wal::format::dwb::{DWB_VERSION, FILE_HEADER_LEN, FileHeader, SLOT_HEADER_LEN, SlotHeader, decode_slot, encode_slot};
 use nodedb_wal::format::frame::{HEADER_LEN, RecordHeader, decode_frame, encode_frame};
 use nodedb_wal::format::header_index::HeaderIndex;
-use nodedb_wal::format::manifest::{MANIFEST_FILE, MANIFEST_LEN, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SLOT_SPACING};
+use nodedb_wal::format::manifest::{
+    FLOOR_FILE, FLOOR_TEMP_FILE, MANIFEST_FILE, MANIFEST_LEN, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SLOT_SPACING, SlotKind,
+};
 use nodedb_wal::format::meta::{SegmentEndPayload, SegmentHeaderPayload};
 use nodedb_wal::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, TemporalPurgePayload};
 use nodedb_wal::format::preamble::SegmentPreamble;
@@ -111,6 +113,14 @@ pub fn manifest(data: &[u8]) {
     }
     let newer = slots.iter().flatten().max_by_key(|slot| slot.sequence).copied();
     assert_eq!(ManifestSlot::current(&bytes).map(|s| s.sequence), newer.map(|s| s.sequence));
+    // The same bytes read as a `FLOOR` slot: the same codec, another magic, so no slot is both.
+    for at in [0, SLOT_SPACING] {
+        let Some(bytes) = bytes.get(at..) else { continue };
+        if let Some(floor) = ManifestSlot::decode_as(bytes, SlotKind::Floor) {
+            assert_eq!(&floor.encode_as(SlotKind::Floor)[..], &bytes[..SLOT_LEN], "a decoded floor slot re-encodes to its own bytes");
+            assert_eq!(ManifestSlot::decode(bytes), None, "a floor slot is no manifest slot");
+        }
+    }
 }
 
 /// The collection tombstone's payload codec never panics, and what decodes re-encodes to
@@ -450,6 +460,10 @@ fn manifest_seeds() -> Vec<Vec<u8>> {
         file[at..at + SLOT_LEN].copy_from_slice(&ManifestSlot { sequence, newest: nodedb_wal::SegmentId(sequence + 3) }.encode());
         seeds.extend([[&[0][..], &file].concat(), [&[1][..], &file].concat()]);
     }
+    let mut floor = vec![0u8; 544];
+    let at = ManifestSlot::offset_of(1) as usize;
+    floor[at..at + SLOT_LEN].copy_from_slice(&ManifestSlot { sequence: 1, newest: nodedb_wal::SegmentId(2) }.encode_as(SlotKind::Floor));
+    seeds.push([&[0][..], &floor].concat());
     seeds
 }
 
@@ -458,7 +472,7 @@ fn side_file_seeds() -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
     for variant in 0..logs::VARIANTS {
         let base = logs::base(variant);
-        for which in 0..=u8::try_from(base.newest.0 + 2).expect("a few segments") {
+        for which in (0..=u8::try_from(base.newest.0 + 2).expect("a few segments")).chain([254, 255]) {
             let name = side_file_name(&base, which);
             let Some((_, bytes)) = base.files.iter().find(|(n, _)| *n == name) else { continue };
             for flags in [0, 1, 2, 0x14] {
@@ -535,12 +549,18 @@ pub fn side_files(data: &[u8]) {
     if flags & 2 == 0 {
         files.push((name.clone(), content.clone()));
     }
-    let manifest = (name == MANIFEST_FILE && flags & 2 == 0).then(|| ManifestSlot::current(&content[..content.len().min(MANIFEST_LEN)]));
+    let slots = &content[..content.len().min(MANIFEST_LEN)];
+    let manifest = (name == MANIFEST_FILE && flags & 2 == 0).then(|| ManifestSlot::current(slots));
+    let floor = (name == FLOOR_FILE && flags & 2 == 0).then(|| ManifestSlot::current_as(slots, SlotKind::Floor));
     let rules = readers::Rules { complete: true, unchecked_headers: flags & 1 != 0 && name.ends_with(".hdrs"), damaged_after_open: false };
     let sim = logs::sim_with(&files);
     let opened = readers::open_and_read_all(&sim, Path::new(logs::DIR), &base, base.from(flags >> 2), rules);
     // The owner and a read-only look decide alike.
     for outcome in [opened.look, opened.owner] {
+        if let Some(floor) = floor {
+            check_floor(&base, floor, outcome);
+            continue;
+        }
         match (manifest, outcome) {
             (Some(None), outcome) => {
                 assert!(matches!(outcome, Err(WalError::ManifestDamaged { .. })), "a manifest without an intact slot: {outcome:?}")
@@ -559,12 +579,36 @@ pub fn side_files(data: &[u8]) {
     }
 }
 
-/// The side file an input byte names: `MANIFEST`, `MANIFEST.new`, or the header index of a
-/// segment (one of the log's, or the one after its newest).
+/// What opening a log whose `FLOOR` holds `floor` gives (`None`: no intact slot): all of it
+/// where the floor is none yet (0) or its oldest segment; where it names a later one of its
+/// segments, the records from there on (those below it are what a truncation cut short left);
+/// a floor outside its segments says segments are missing.
+fn check_floor(base: &logs::BaseLog, floor: Option<ManifestSlot>, outcome: Result<nodedb_wal::RecoveryInfo, WalError>) {
+    let oldest = base.files.iter().filter_map(|(n, _)| segment::parse_name(n)).min().expect("a log has segments");
+    match floor.map(|slot| slot.newest) {
+        None => assert!(matches!(outcome, Err(WalError::FloorDamaged { .. })), "a floor without an intact slot: {outcome:?}"),
+        Some(f) if f.0 == 0 || f == oldest => {
+            let info = outcome.unwrap_or_else(|err| panic!("a floor at the log's oldest segment: {err:?}"));
+            assert_eq!((info.first_lsn, info.last_lsn), base.lsns, "every record");
+        }
+        Some(f) if f < oldest || f > base.newest => {
+            assert!(matches!(outcome, Err(WalError::MissingSegment { .. })), "a floor outside the log's segments: {outcome:?}")
+        }
+        Some(_) => {
+            let info = outcome.unwrap_or_else(|err| panic!("a floor inside the log: {err:?}"));
+            assert!(info.first_lsn > base.lsns.0 && info.last_lsn == base.lsns.1, "the records from the floor on: {info:?}");
+        }
+    }
+}
+
+/// The side file an input byte names: `MANIFEST`, `MANIFEST.new`, `FLOOR` (254), `FLOOR.new`
+/// (255), or the header index of a segment (one of the log's, or the one after its newest).
 fn side_file_name(base: &logs::BaseLog, which: u8) -> String {
     match which {
         0 => MANIFEST_FILE.into(),
         1 => MANIFEST_TEMP_FILE.into(),
+        254 => FLOOR_FILE.into(),
+        255 => FLOOR_TEMP_FILE.into(),
         n => {
             let id = 1 + u64::from(n - 2) % (base.newest.0 + 1);
             segment::index_path(Path::new(""), nodedb_wal::SegmentId(id)).to_string_lossy().into_owned()

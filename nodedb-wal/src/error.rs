@@ -398,6 +398,15 @@ pub enum WalError {
         /// The manifest file.
         path: PathBuf,
     },
+    /// The log's `FLOOR` (its truncation floor) has no intact slot. Like the manifest, it is
+    /// created whole and updated one slot at a time, so no crash leaves it so: the file was
+    /// damaged, and the log cannot tell whether its oldest segments are all there. Removing
+    /// the file opens the log with the segments present, unchecked for lost oldest ones.
+    #[error("{} is damaged (no intact slot); remove it to open the log with the segments present, unchecked for lost oldest ones", path.display())]
+    FloorDamaged {
+        /// The floor file.
+        path: PathBuf,
+    },
     /// The segment was written by a format version this build does not read.
     #[error("segment {segment} has format version {version}, this build reads up to {supported}")]
     UnsupportedVersion {
@@ -769,7 +778,13 @@ impl WalError {
     /// ```
     #[must_use]
     pub fn is_corruption(&self) -> bool {
-        matches!(self, WalError::Corruption { .. } | WalError::ManifestDamaged { .. } | WalError::DwbHeaderDamaged { .. })
+        matches!(
+            self,
+            WalError::Corruption { .. }
+                | WalError::ManifestDamaged { .. }
+                | WalError::FloorDamaged { .. }
+                | WalError::DwbHeaderDamaged { .. }
+        )
     }
 
     pub(crate) fn io(op: IoOp, path: impl Into<PathBuf>, source: io::Error) -> WalError {

@@ -7,12 +7,21 @@
 //! before the manifest existed, or a crash between a segment's first batch and the update).
 //! It is created whole under a temporary name and renamed into place, so a `MANIFEST` without
 //! an intact slot is damage ([`WalError::ManifestDamaged`]), never a crash's doing.
+//!
+//! The log's `FLOOR` is the same two-slot file at the other end of the log: the oldest
+//! segment still needed, recorded by truncation before it removes (or keeps for reuse) any
+//! segment below it, so that recovery can tell a log truncated there from one whose oldest
+//! segments were removed by someone else ([`WalError::FloorDamaged`] where it has no slot).
+//! A file of its own, not a field of `MANIFEST`: the flusher writes the manifest on the append
+//! path, truncation writes the floor on its own thread, and neither waits for the other.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoOp, Result, WalError};
-use crate::format::manifest::{MANIFEST_FILE, MANIFEST_LEN, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN};
+use crate::format::manifest::{
+    FLOOR_FILE, FLOOR_TEMP_FILE, MANIFEST_FILE, MANIFEST_LEN, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SlotKind,
+};
 use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::SegmentId;
 
@@ -20,7 +29,33 @@ use crate::types::SegmentId;
 /// manifest existed). A manifest without an intact slot is an error: it is created whole and
 /// updated one slot at a time (see [`create`]), so no crash leaves it so.
 pub(crate) fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<ManifestSlot>> {
-    let path = dir.join(MANIFEST_FILE);
+    read_kind(storage, dir, SlotKind::Manifest)
+}
+
+/// The truncation floor `FLOOR` in `dir` records, or `None` where there is none (no
+/// truncation has removed a segment since it existed). Like [`read`], a file without an
+/// intact slot is an error.
+pub(crate) fn read_floor<S: Storage>(storage: &S, dir: &Path) -> Result<Option<SegmentId>> {
+    Ok(read_kind(storage, dir, SlotKind::Floor)?.map(|slot| slot.newest))
+}
+
+/// The final and the temporary name of a file of `kind`.
+fn names(kind: SlotKind) -> (&'static str, &'static str) {
+    match kind {
+        SlotKind::Manifest => (MANIFEST_FILE, MANIFEST_TEMP_FILE),
+        SlotKind::Floor => (FLOOR_FILE, FLOOR_TEMP_FILE),
+    }
+}
+
+fn damaged(kind: SlotKind, path: PathBuf) -> WalError {
+    match kind {
+        SlotKind::Manifest => WalError::ManifestDamaged { path },
+        SlotKind::Floor => WalError::FloorDamaged { path },
+    }
+}
+
+fn read_kind<S: Storage>(storage: &S, dir: &Path, kind: SlotKind) -> Result<Option<ManifestSlot>> {
+    let path = dir.join(names(kind).0);
     let file = match storage.open(&path, OpenMode { create: false, write: false, direct: false, create_new: false }) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -28,9 +63,9 @@ pub(crate) fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Manifes
     };
     let mut bytes = vec![0u8; MANIFEST_LEN];
     let n = file.read_at(&mut bytes, 0).map_err(|e| WalError::io(IoOp::Read, &path, e))?;
-    match ManifestSlot::current(&bytes[..n]) {
+    match ManifestSlot::current_as(&bytes[..n], kind) {
         Some(slot) => Ok(Some(slot)),
-        None => Err(WalError::ManifestDamaged { path }),
+        None => Err(damaged(kind, path)),
     }
 }
 
@@ -38,17 +73,18 @@ pub(crate) fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Manifes
 /// temporary name, which is then renamed to `MANIFEST` and the directory synced. So `MANIFEST`
 /// never exists without an intact slot, neither after a crash nor for a reader beside the
 /// writer, and one without is known to be damaged. Returns the open file and what it says.
-fn create<S: Storage>(storage: &S, dir: &Path, newest: SegmentId) -> Result<(S::File, ManifestSlot)> {
-    let temp = dir.join(MANIFEST_TEMP_FILE);
+fn create<S: Storage>(storage: &S, dir: &Path, kind: SlotKind, newest: SegmentId) -> Result<(S::File, ManifestSlot)> {
+    let (name, temp) = names(kind);
+    let temp = dir.join(temp);
     let file = storage
         .open(&temp, OpenMode { create: true, write: true, direct: false, create_new: false })
         .map_err(|e| WalError::io(IoOp::Open, &temp, e))?;
     // Emptied first: one left by a creation that a crash cut short vouches for nothing.
     file.set_len(0).map_err(|e| WalError::io(IoOp::SetLen, &temp, e))?;
     let first = ManifestSlot { sequence: 1, newest };
-    file.write_at(&first.encode(), ManifestSlot::offset_of(first.sequence)).map_err(|e| WalError::io(IoOp::Write, &temp, e))?;
+    file.write_at(&first.encode_as(kind), ManifestSlot::offset_of(first.sequence)).map_err(|e| WalError::io(IoOp::Write, &temp, e))?;
     file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &temp, e))?;
-    let path = dir.join(MANIFEST_FILE);
+    let path = dir.join(name);
     storage.rename(&temp, &path).map_err(|e| WalError::io(IoOp::Rename, &temp, e))?;
     storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
     Ok((file, first))
@@ -59,6 +95,7 @@ fn create<S: Storage>(storage: &S, dir: &Path, newest: SegmentId) -> Result<(S::
 pub(crate) struct Manifest<F> {
     file: F,
     path: PathBuf,
+    kind: SlotKind,
     current: ManifestSlot,
 }
 
@@ -68,12 +105,17 @@ impl<F: StorageFile> Manifest<F> {
     /// the log may not write (its permissions, an immutable flag) then fails the open before
     /// anything on disk has changed, not after.
     pub fn open_existing<S: Storage<File = F>>(storage: &S, dir: &Path) -> Result<Option<Manifest<F>>> {
-        let path = dir.join(MANIFEST_FILE);
-        let Some(current) = read(storage, dir)? else { return Ok(None) };
+        Manifest::open_kind(storage, dir, SlotKind::Manifest)
+    }
+
+    /// Opens the file of `kind` in `dir` for writing, where there is one, and changes nothing.
+    pub fn open_kind<S: Storage<File = F>>(storage: &S, dir: &Path, kind: SlotKind) -> Result<Option<Manifest<F>>> {
+        let path = dir.join(names(kind).0);
+        let Some(current) = read_kind(storage, dir, kind)? else { return Ok(None) };
         let file = storage
             .open(&path, OpenMode { create: false, write: true, direct: false, create_new: false })
             .map_err(|e| WalError::io(IoOp::Open, &path, e))?;
-        Ok(Some(Manifest { file, path, current }))
+        Ok(Some(Manifest { file, path, kind, current }))
     }
 
     /// Brings the manifest [`Self::open_existing`] opened up to `newest`, the newest segment
@@ -87,8 +129,8 @@ impl<F: StorageFile> Manifest<F> {
         newest: SegmentId,
     ) -> Result<Manifest<F>> {
         let Some(mut manifest) = opened else {
-            let (file, current) = create(storage, dir, newest)?;
-            return Ok(Manifest { file, path: dir.join(MANIFEST_FILE), current });
+            let (file, current) = create(storage, dir, SlotKind::Manifest, newest)?;
+            return Ok(Manifest { file, path: dir.join(MANIFEST_FILE), kind: SlotKind::Manifest, current });
         };
         if manifest.current.newest < newest {
             manifest.record(newest).map_err(|(op, e)| WalError::io(op, &manifest.path, e))?;
@@ -105,10 +147,69 @@ impl<F: StorageFile> Manifest<F> {
     /// written and synced. A failure is returned as the failing step; the caller poisons.
     pub fn record(&mut self, newest: SegmentId) -> std::result::Result<(), (IoOp, io::Error)> {
         let next = ManifestSlot { sequence: self.current.sequence + 1, newest };
-        let bytes: [u8; SLOT_LEN] = next.encode();
+        let bytes: [u8; SLOT_LEN] = next.encode_as(self.kind);
         self.file.write_at(&bytes, ManifestSlot::offset_of(next.sequence)).map_err(|e| (IoOp::Write, e))?;
         self.file.sync_data().map_err(|e| (IoOp::SyncData, e))?;
         self.current = next;
         Ok(())
+    }
+
+    /// The segment id of the current slot (as read or written by this process).
+    pub fn current(&self) -> SegmentId {
+        self.current.newest
+    }
+}
+
+/// The log's `FLOOR`, as its owner keeps it between truncations.
+#[derive(Debug)]
+pub(crate) struct Floor<F> {
+    file: Option<Manifest<F>>,
+    /// A sync of the file failed: it is never written again (the log is poisoned). A failed
+    /// sync is not retried, and an update after one would go to the slot of the last durable
+    /// update, which a torn write could then take too.
+    broken: bool,
+}
+
+impl<F: StorageFile> Floor<F> {
+    /// Opens `FLOOR` in `dir` for writing where there is one; changes nothing.
+    pub fn open<S: Storage<File = F>>(storage: &S, dir: &Path) -> Result<Floor<F>> {
+        Ok(Floor { file: Manifest::open_kind(storage, dir, SlotKind::Floor)?, broken: false })
+    }
+
+    /// Whether a failed sync of the file poisoned the log.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Writes the floor the file says once more, as the next update, and syncs it: the open
+    /// does so before it removes segments below it. What it read may be only in the page cache
+    /// (a truncation whose sync failed, reopened under the same kernel, where the failed pages
+    /// can be left clean, so that a sync alone would write nothing); removing those segments
+    /// on its word would leave a durable floor below the oldest segment after a power cut.
+    /// The update goes to the other slot, one sector apart, so a crash keeps one of the two.
+    pub fn rewrite(&mut self) -> Result<()> {
+        let Some(file) = &mut self.file else { return Ok(()) };
+        file.record(file.current()).map_err(|(op, e)| WalError::io(op, &file.path, e))
+    }
+
+    /// Makes `floor` the durable truncation floor, unless one at or above it already is: an
+    /// update of the file's older slot, or the file's creation where there is none. One
+    /// fdatasync (creation: one more, and a directory sync). An `Err` from a sync marks the
+    /// file broken; the caller poisons the log.
+    pub fn advance<S: Storage<File = F>>(&mut self, storage: &S, dir: &Path, floor: SegmentId) -> Result<()> {
+        assert!(!self.broken, "a floor whose sync failed is never written again");
+        if self.file.as_ref().is_some_and(|f| f.current() >= floor) {
+            return Ok(());
+        }
+        let result = match &mut self.file {
+            Some(file) => file.record(floor).map_err(|(op, e)| WalError::io(op, &file.path, e)),
+            None => create(storage, dir, SlotKind::Floor, floor).map(|(file, current)| {
+                self.file = Some(Manifest { file, path: dir.join(FLOOR_FILE), kind: SlotKind::Floor, current });
+            }),
+        };
+        if let Err(WalError::Io { op: IoOp::SyncData | IoOp::SyncDir, .. }) = &result {
+            self.broken = true;
+        }
+        result
     }
 }

@@ -228,6 +228,9 @@ pub(crate) struct Recovered {
     pub seal: Option<PendingSeal>,
     pub next_lsn: Lsn,
     pub next_segment: SegmentId,
+    /// Segments below the truncation floor, which a truncation cut short by a crash did not
+    /// remove yet; not scanned, for the owner to remove.
+    pub below_floor: Vec<SegmentId>,
 }
 
 enum Outcome {
@@ -302,7 +305,11 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     // existed have none: nothing to check). Read before the listing: a segment is created
     // before the manifest names it, so a reader beside a live writer lists what it names.
     let vouched = manifest::read(storage, dir)?.map(|slot| slot.newest);
-    let ids = segment_ids(storage, dir)?;
+    let listed = listed_ids(storage, dir)?;
+    // Read after the listing: truncation records the floor before it removes anything below
+    // it, so every segment a listing misses to truncation lies below a floor read after it.
+    let floor = manifest::read_floor(storage, dir)?;
+    let (below_floor, ids) = split_at_floor(listed, floor)?;
     let ctx = ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair, reuse_races: scan == Scan::Look };
     let mut info = RecoveryInfo::default();
     let mut seal = None;
@@ -367,7 +374,22 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
             kind: CorruptionKind::BadSegmentHeader,
         })?),
     };
-    Ok(Recovered { info, seal, next_lsn, next_segment })
+    Ok(Recovered { info, seal, next_lsn, next_segment, below_floor })
+}
+
+/// Splits the listed segment ids at the truncation floor `FLOOR` records: those below it,
+/// which a truncation that a crash cut short left for the next open to remove, and those the
+/// log holds, which must start at the floor (no hole either). The oldest present above the
+/// floor means segments the log still needed were removed, not truncated: an error, with
+/// nothing changed. No floor (a log no truncation has cut since `FLOOR` existed): no check.
+fn split_at_floor(listed: Vec<SegmentId>, floor: Option<SegmentId>) -> Result<(Vec<SegmentId>, Vec<SegmentId>)> {
+    let floor = floor.unwrap_or(SegmentId(0));
+    let (below, ids): (Vec<SegmentId>, Vec<SegmentId>) = listed.into_iter().partition(|&id| id < floor);
+    if floor.0 > 0 && ids.first() != Some(&floor) {
+        return Err(WalError::MissingSegment { missing: floor, next_present: ids.first().copied() });
+    }
+    check_contiguous(&ids)?;
+    Ok((below, ids))
 }
 
 /// Scans of the newest segment a read-only look retries before it reports corruption.
@@ -395,17 +417,22 @@ fn scan_live_segment<S: Storage>(ctx: &ScanCtx<'_, S>, id: SegmentId, prev_end: 
     }
 }
 
-/// Segment ids in the directory, oldest first; a hole in the sequence is an error.
-fn segment_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
+/// Segment ids in the directory, oldest first.
+fn listed_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
     let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
     let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| segment::parse_name(n)).collect();
     ids.sort_unstable();
+    Ok(ids)
+}
+
+/// A hole in the sequence of segment ids is an error.
+fn check_contiguous(ids: &[SegmentId]) -> Result<()> {
     for pair in ids.windows(2) {
         if pair[1].0 != pair[0].0 + 1 {
             return Err(WalError::MissingSegment { missing: SegmentId(pair[0].0 + 1), next_present: Some(pair[1]) });
         }
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// An empty newest segment is an interrupted roll only if the one before it is sealed.

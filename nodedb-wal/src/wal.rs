@@ -10,7 +10,7 @@ use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
-use crate::manifest::Manifest;
+use crate::manifest::{Floor, Manifest};
 use crate::parallel::{Ahead, DECODED_CHUNKS_AHEAD, decode_segment};
 use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, RecordView, WalIter};
 use crate::record::Record;
@@ -48,7 +48,8 @@ pub struct SegmentedWal<S: Storage = FsStorage> {
     direct: bool,
     recovery: RecoveryInfo,
     committer: GroupCommitter<S>,
-    truncation: Mutex<()>,
+    /// The truncation floor, held by one truncation at a time.
+    truncation: Mutex<Floor<S::File>>,
 }
 
 impl<S: Storage> std::fmt::Debug for SegmentedWal<S> {
@@ -100,6 +101,7 @@ impl<S: Storage> SegmentedWal<S> {
         let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
         let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;
         let manifest = Manifest::open_existing(&storage, &dir)?;
+        let mut floor = Floor::open(&storage, &dir)?;
         if let Some(mut pending) = recovered.seal {
             let index = pending.index.take();
             // A segment written with smaller blocks than this open's (a log moved to a disk
@@ -124,9 +126,19 @@ impl<S: Storage> SegmentedWal<S> {
         // directory fsync failed, or whose process died first, under the same kernel): the
         // segments it returns, the one the manifest is about to name, and the kept files the
         // flusher will write new headers into must keep their names through a power cut.
+        // (That sync also makes durable the removal of segments a truncation left below the
+        // floor: none is read again either way.)
+        if !recovered.below_floor.is_empty() {
+            floor.rewrite()?;
+            remove_below_floor(&storage, &dir, &recovered.below_floor)?;
+        }
         storage.sync_dir(&dir).map_err(|e| WalError::io(IoOp::SyncDir, &dir, e))?;
         let newest = recovered.info.segments.last().map_or(SegmentId(0), |s| s.id);
         let manifest = Manifest::bring_up_to(manifest, &storage, &dir, newest)?;
+        // A log without `FLOOR` (new, or written before it existed) gets one at its first
+        // open, naming its oldest segment: from then on truncation only updates a slot in
+        // place, one fdatasync, and a removed oldest segment is told from a truncated one.
+        floor.advance(&storage, &dir, recovered.info.segments.first().map_or(SegmentId(0), |s| s.id))?;
         let recycled = tidy_dir(&storage, &dir, &recovered.info.segments, config.recycle_segments)?;
         let limits = Limits {
             block: config.alignment,
@@ -151,7 +163,7 @@ impl<S: Storage> SegmentedWal<S> {
         };
         let storage = Arc::new(storage);
         let committer = GroupCommitter::start(Arc::clone(&storage), start)?;
-        Ok(SegmentedWal { storage, config, direct, recovery: recovered.info, committer, truncation: Mutex::new(()) })
+        Ok(SegmentedWal { storage, config, direct, recovery: recovered.info, committer, truncation: Mutex::new(floor) })
     }
 
     /// What recovery found when the log was opened.
@@ -904,15 +916,17 @@ impl<S: Storage> SegmentedWal<S> {
     /// ```
     pub fn truncate_before(&self, checkpoint: Lsn) -> Result<usize> {
         self.check_reached(checkpoint)?;
-        let _one_at_a_time = self.truncation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut floor = self.truncation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let _span = tracing::info_span!("truncate", checkpoint = %checkpoint).entered();
         let dir = &self.config.dir;
+        let Some(target) = self.floor_for(checkpoint) else { return Ok(0) };
+        self.record_floor(&mut floor, target)?;
         let mut removed = 0;
         loop {
             let (victim, bytes) = {
                 let segments = self.committer.shared().segments_lock();
                 match segments.as_slice() {
-                    [first, _, ..] if first.sealed && first.end_lsn <= checkpoint => (first.id, first.bytes),
+                    [first, ..] if first.id < target => (first.id, first.bytes),
                     _ => break,
                 }
             };
@@ -949,6 +963,34 @@ impl<S: Storage> SegmentedWal<S> {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// The oldest segment a truncation at `checkpoint` keeps, where it removes any: the first
+    /// that is not sealed, holds a record at or above `checkpoint`, or is the newest. Segments
+    /// are only added at the newest end meanwhile, so the ones below stay removable.
+    fn floor_for(&self, checkpoint: Lsn) -> Option<SegmentId> {
+        let segments = self.committer.shared().segments_lock();
+        let older = &segments[..segments.len().saturating_sub(1)];
+        let removable = older.iter().take_while(|s| s.sealed && s.end_lsn <= checkpoint).count();
+        (removable > 0).then(|| segments[removable].id)
+    }
+
+    /// Makes `target` the durable truncation floor before any segment below it goes: a crash
+    /// then leaves segments below the floor, which the next open removes, and never a log
+    /// whose oldest segments are gone with nothing to tell it from lost ones. A failed sync
+    /// poisons the log (it is never retried) and truncates nothing.
+    fn record_floor(&self, floor: &mut Floor<S::File>, target: SegmentId) -> Result<()> {
+        let durability = &self.committer.shared().durability;
+        if floor.is_broken() {
+            return Err(durability.check_poison().expect_err("a failed sync of the floor poisoned the log"));
+        }
+        let result = floor.advance(&*self.storage, &self.config.dir, target);
+        if let Err(WalError::Io { op, path, source }) = &result
+            && floor.is_broken()
+        {
+            durability.poison_at(*op, path, source);
+        }
+        result
     }
 
     /// Renames a truncated segment to `to` to keep it for reuse, and returns `to`; or, where the
@@ -997,6 +1039,17 @@ impl<S: Storage> SegmentedWal<S> {
     pub fn close(self) -> Result<()> {
         self.committer.close()
     }
+}
+
+/// Removes segments a truncation left below the floor when a crash cut it short, oldest
+/// first. The caller syncs the directory.
+fn remove_below_floor<S: Storage>(storage: &S, dir: &Path, ids: &[SegmentId]) -> Result<()> {
+    for &id in ids {
+        let path = segment::path(dir, id);
+        tracing::warn!(segment = %id, "removing a segment below the truncation floor, left by an interrupted truncation");
+        storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+    }
+    Ok(())
 }
 
 /// At open, with one listing of `dir`: removes header indexes whose segment is gone (a crash

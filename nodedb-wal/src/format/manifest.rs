@@ -14,6 +14,9 @@
 //! | 16 | 8 | newest segment id, little-endian |
 //! | 24 | 4 | CRC32C of bytes 0..24, little-endian |
 //! | 28 | 4 | reserved, zero |
+//!
+//! The log's `FLOOR` (its truncation floor, the oldest segment it still needs) is the same
+//! file with magic `NWFL` and the floor in the segment id field ([`SlotKind::Floor`]).
 
 use super::crc::crc32c;
 use crate::types::SegmentId;
@@ -43,6 +46,12 @@ pub const MANIFEST_FILE: &str = "MANIFEST";
 
 /// The name a new manifest is written under before it is renamed to [`MANIFEST_FILE`].
 pub const MANIFEST_TEMP_FILE: &str = "MANIFEST.new";
+/// The file naming the log's truncation floor: the oldest segment it still needs. Same two
+/// slots as [`MANIFEST_FILE`], told apart by their magic ([`SlotKind::Floor`]); its slot's
+/// segment id is the floor. Written by truncation before it removes anything below it.
+pub const FLOOR_FILE: &str = "FLOOR";
+/// The name a new floor file is written under before it is renamed to [`FLOOR_FILE`].
+pub const FLOOR_TEMP_FILE: &str = "FLOOR.new";
 /// Bytes of a slot.
 ///
 /// # Examples
@@ -78,8 +87,38 @@ pub const SLOT_SPACING: usize = 512;
 /// ```
 pub const MANIFEST_LEN: usize = 2 * SLOT_SPACING;
 
-const MAGIC: [u8; 4] = *b"NWMF";
 const VERSION: u16 = 1;
+
+/// Which file a slot belongs to. Both use the one layout; the magic tells them apart, so a
+/// file copied over the other is not read as it.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::SegmentId;
+/// use nodedb_wal::format::manifest::{ManifestSlot, SlotKind};
+///
+/// let floor = ManifestSlot { sequence: 3, newest: SegmentId(12) };
+/// let bytes = floor.encode_as(SlotKind::Floor);
+/// assert_eq!(ManifestSlot::decode_as(&bytes, SlotKind::Floor), Some(floor));
+/// assert_eq!(ManifestSlot::decode(&bytes), None, "not a manifest slot");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// `MANIFEST`: the segment id is the newest segment whose first batch was durable.
+    Manifest,
+    /// `FLOOR`: the segment id is the oldest segment the log still needs.
+    Floor,
+}
+
+impl SlotKind {
+    const fn magic(self) -> [u8; 4] {
+        match self {
+            SlotKind::Manifest => *b"NWMF",
+            SlotKind::Floor => *b"NWFL",
+        }
+    }
+}
 
 /// One slot's contents.
 ///
@@ -110,7 +149,8 @@ const VERSION: u16 = 1;
 pub struct ManifestSlot {
     /// Updates are numbered; the valid slot with the higher number is current.
     pub sequence: u64,
-    /// The newest segment whose first batch was durable when the slot was written.
+    /// The newest segment whose first batch was durable when the slot was written; in a
+    /// [`SlotKind::Floor`] slot, the oldest segment the log still needs.
     pub newest: SegmentId,
 }
 
@@ -118,8 +158,14 @@ impl ManifestSlot {
     /// The slot's bytes. See [`ManifestSlot`] for an example.
     #[must_use]
     pub fn encode(&self) -> [u8; SLOT_LEN] {
+        self.encode_as(SlotKind::Manifest)
+    }
+
+    /// The slot's bytes in a file of `kind`. See [`SlotKind`] for an example.
+    #[must_use]
+    pub fn encode_as(&self, kind: SlotKind) -> [u8; SLOT_LEN] {
         let mut out = [0u8; SLOT_LEN];
-        out[0..4].copy_from_slice(&MAGIC);
+        out[0..4].copy_from_slice(&kind.magic());
         out[4..6].copy_from_slice(&VERSION.to_le_bytes());
         out[8..16].copy_from_slice(&self.sequence.to_le_bytes());
         out[16..24].copy_from_slice(&self.newest.0.to_le_bytes());
@@ -144,10 +190,16 @@ impl ManifestSlot {
     /// ```
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<ManifestSlot> {
+        ManifestSlot::decode_as(bytes, SlotKind::Manifest)
+    }
+
+    /// A slot of a file of `kind`, or `None` for anything else. See [`SlotKind`].
+    #[must_use]
+    pub fn decode_as(bytes: &[u8], kind: SlotKind) -> Option<ManifestSlot> {
         let bytes = bytes.get(..SLOT_LEN)?;
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         let crc = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes"));
-        let intact = bytes[0..4] == MAGIC
+        let intact = bytes[0..4] == kind.magic()
             && bytes[4..6] == VERSION.to_le_bytes()
             && bytes[6..8] == [0, 0]
             && bytes[28..32] == [0; 4]
@@ -162,7 +214,13 @@ impl ManifestSlot {
     /// See [`ManifestSlot`] for an example.
     #[must_use]
     pub fn current(file: &[u8]) -> Option<ManifestSlot> {
-        let slot = |at: usize| file.get(at..).and_then(ManifestSlot::decode);
+        ManifestSlot::current_as(file, SlotKind::Manifest)
+    }
+
+    /// The current slot of a file of `kind`.
+    #[must_use]
+    pub fn current_as(file: &[u8], kind: SlotKind) -> Option<ManifestSlot> {
+        let slot = |at: usize| file.get(at..).and_then(|b| ManifestSlot::decode_as(b, kind));
         match (slot(0), slot(SLOT_SPACING)) {
             (Some(a), Some(b)) => Some(if b.sequence > a.sequence { b } else { a }),
             (a, b) => a.or(b),

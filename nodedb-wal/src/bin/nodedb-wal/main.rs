@@ -90,6 +90,7 @@ impl From<WalError> for Exit {
             WalError::Corruption { .. }
             | WalError::MissingSegment { .. }
             | WalError::ManifestDamaged { .. }
+            | WalError::FloorDamaged { .. }
             | WalError::UnsupportedVersion { .. }
             | WalError::UnsupportedCipher { .. }
             | WalError::UnknownRequiredType { .. }

@@ -1,0 +1,275 @@
+//! The truncation floor (`FLOOR`): a log whose oldest segments were removed by anything but
+//! truncation is refused with `MissingSegment`, every file left as found, while a power cut at
+//! any step of a truncation leaves a log that opens with every record from the checkpoint on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use nodedb_wal::format::manifest::FLOOR_FILE;
+use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+use nodedb_wal::{
+    FsStorage, IoOp, Lsn, ReadOnlyWal, Record, RecordType, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment,
+};
+
+const TY: RecordType = RecordType::optional(0x100);
+
+fn config(dir: &Path, recycle: usize) -> SegmentedWalConfig {
+    let mut c = SegmentedWalConfig::new(dir);
+    c.segment_bytes_target = 64 * 1024;
+    c.batch_bytes_max = 16 * 1024;
+    c.recycle_segments = recycle;
+    c.allow_buffered_fallback = true;
+    c
+}
+
+fn payload(lsn: u64) -> Vec<u8> {
+    let mut bytes = format!("lsn {lsn} ").into_bytes();
+    bytes.resize(900 + (lsn as usize * 37) % 400, lsn as u8);
+    bytes
+}
+
+/// Appends durably until the log has `segments` segments; records each payload in `model`.
+fn fill<S: Storage>(wal: &SegmentedWal<S>, model: &mut BTreeMap<u64, Vec<u8>>, segments: usize) {
+    while wal.segments().len() < segments {
+        let lsn = wal.next_lsn().0;
+        assert_eq!(wal.append_durable(Record::new(TY, &payload(lsn))).unwrap(), Lsn(lsn));
+        model.insert(lsn, payload(lsn));
+    }
+}
+
+/// Every file of `dir` with its bytes.
+fn snapshot<S: Storage>(storage: &S, dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let read = OpenMode { create: false, write: false, direct: false, create_new: false };
+    let mut files = BTreeMap::new();
+    for name in storage.list(dir).unwrap() {
+        let file = storage.open(&dir.join(&name), read).unwrap();
+        let mut bytes = vec![0u8; file.len().unwrap() as usize];
+        let n = file.read_at(&mut bytes, 0).unwrap();
+        bytes.truncate(n);
+        files.insert(name, bytes);
+    }
+    files
+}
+
+/// Every record the log holds is the one appended at its LSN, the LSNs are dense from
+/// `from` or earlier, and they reach `acked`.
+fn check_holds<S: Storage>(wal: &SegmentedWal<S>, model: &BTreeMap<u64, Vec<u8>>, from: u64, acked: u64, context: &str) {
+    let first = wal.recovery_info().first_lsn.0;
+    assert!(first <= from, "{context}: records from {from} on were kept, the log starts at {first}");
+    let mut expected = first;
+    for record in wal.read_from(Lsn(first)).unwrap() {
+        let record = record.unwrap_or_else(|e| panic!("{context}: replay failed: {e}"));
+        assert_eq!(record.lsn.0, expected, "{context}: LSNs must be dense");
+        let appended = model.get(&record.lsn.0).unwrap_or_else(|| panic!("{context}: LSN {} was never appended", record.lsn));
+        assert_eq!(&record.payload, appended, "{context}: LSN {}", record.lsn);
+        expected += 1;
+    }
+    assert!(expected > acked, "{context}: acknowledged LSN {acked} lost; recovered up to {}", expected - 1);
+}
+
+/// A log of six segments truncated twice (the floor recorded, moved, and segments removed or
+/// kept for reuse), then closed. Returns the floor and what was appended.
+fn truncated_log<S: Storage + Clone>(storage: &S, dir: &Path, recycle: usize) -> (SegmentId, BTreeMap<u64, Vec<u8>>) {
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir, recycle)).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 6);
+    assert_eq!(wal.truncate_before(wal.segments()[1].first_lsn).unwrap(), 1);
+    assert_eq!(wal.truncate_before(wal.segments()[2].first_lsn).unwrap(), 2);
+    let floor = wal.segments()[0].id;
+    assert_eq!(floor, SegmentId(4));
+    fill(&wal, &mut model, 5);
+    wal.close().unwrap();
+    (floor, model)
+}
+
+fn the_oldest_segments_removed_after_truncations_are_refused_with_every_file_left<S: Storage + Clone>(storage: S, base: &Path) {
+    for recycle in [0, 2] {
+        for gone in 1..=2u64 {
+            let dir = base.join(format!("r{recycle}-g{gone}"));
+            let (floor, _) = truncated_log(&storage, &dir, recycle);
+            for id in floor.0..floor.0 + gone {
+                storage.remove(&segment::path(&dir, SegmentId(id))).unwrap();
+            }
+            let before = snapshot(&storage, &dir);
+            let expected = |err: &WalError| matches!(err, WalError::MissingSegment { missing, next_present: Some(next) } if *missing == floor && next.0 == floor.0 + gone);
+            let err = SegmentedWal::open_with(storage.clone(), config(&dir, recycle)).unwrap_err();
+            assert!(expected(&err), "recycle {recycle}, {gone} removed: the owner's open says {err}");
+            let err = ReadOnlyWal::open_with(storage.clone(), &dir, None).err().expect("refused");
+            assert!(expected(&err), "recycle {recycle}, {gone} removed: a read-only look says {err}");
+            assert_eq!(snapshot(&storage, &dir), before, "recycle {recycle}, {gone} removed: every file as found");
+        }
+    }
+}
+
+#[test]
+fn the_oldest_segments_removed_after_truncations_are_refused_with_every_file_left_sim() {
+    let sim = SimStorage::new(7, FaultConfig::default());
+    the_oldest_segments_removed_after_truncations_are_refused_with_every_file_left(sim, Path::new("/floor"));
+}
+
+#[test]
+fn the_oldest_segments_removed_after_truncations_are_refused_with_every_file_left_fs() {
+    let tmp = tempfile::tempdir().unwrap();
+    the_oldest_segments_removed_after_truncations_are_refused_with_every_file_left(FsStorage::new(), tmp.path());
+}
+
+#[test]
+fn the_tool_reports_the_oldest_segment_removed_as_damage_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let (floor, _) = truncated_log(&FsStorage::new(), &dir, 2);
+    std::fs::remove_file(segment::path(&dir, floor)).unwrap();
+    let before = snapshot(&FsStorage::new(), &dir);
+    for command in ["inspect", "verify"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodedb-wal")).args([command, dir.to_str().unwrap()]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{command}: {text}");
+        assert!(text.contains(&format!("segment {floor} is missing")), "{command}: {text}");
+    }
+    assert_eq!(snapshot(&FsStorage::new(), &dir), before);
+}
+
+#[test]
+fn a_power_cut_at_any_step_of_a_truncation_keeps_every_record_from_the_checkpoint() {
+    let dir = Path::new("/cut");
+    for recycle in [0, 2] {
+        let mut cut_inside = 0;
+        for cut in 0..16 {
+            let sim = SimStorage::new(cut, FaultConfig::default());
+            let storage = FaultyStorage::new(sim.clone());
+            let wal = SegmentedWal::open_with(storage.clone(), config(dir, recycle)).unwrap();
+            let mut model = BTreeMap::new();
+            fill(&wal, &mut model, 7);
+            // A floor to move: a new log has none before its first truncation.
+            assert_eq!(wal.truncate_before(wal.segments()[1].first_lsn).unwrap(), 1);
+            let checkpoint = wal.segments()[4].first_lsn;
+            let acked = wal.durable_lsn().0;
+            storage.cut_power_after(cut);
+            cut_inside += usize::from(wal.truncate_before(checkpoint).is_err());
+            drop(wal);
+            let context = format!("recycle {recycle}, cut {cut}");
+            let restarted = sim.crash(cut + 100);
+            let look = ReadOnlyWal::open_with(restarted.clone(), dir, None).unwrap_or_else(|e| panic!("{context}: look failed: {e}"));
+            assert!(look.recovery_info().first_lsn <= checkpoint, "{context}");
+            let wal = SegmentedWal::open_with(restarted.clone(), config(dir, recycle))
+                .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
+            check_holds(&wal, &model, checkpoint.0, acked, &context);
+            // Whatever the cut left below the floor is gone now, and the log goes on.
+            let oldest = wal.segments()[0].id;
+            assert!(restarted.list(dir).unwrap().iter().filter_map(|n| segment::parse_name(n)).all(|id| id >= oldest), "{context}");
+            wal.truncate_before(checkpoint).unwrap();
+            assert_eq!(wal.oldest_lsn(), checkpoint, "{context}");
+        }
+        assert!(cut_inside >= 4, "recycle {recycle}: the cuts fall inside the truncation ({cut_inside} of 16)");
+    }
+}
+
+#[test]
+fn a_segment_left_below_the_floor_is_ignored_by_a_look_and_removed_by_the_owner() {
+    let sim = SimStorage::new(3, FaultConfig::default());
+    let dir = Path::new("/left");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 4);
+    let oldest = segment::path(dir, SegmentId(1));
+    let bytes = sim.read_file(&oldest).unwrap();
+    let checkpoint = wal.segments()[1].first_lsn;
+    assert_eq!(wal.truncate_before(checkpoint).unwrap(), 1);
+    wal.close().unwrap();
+    // As a crash between recording the floor and the removal leaves it.
+    let create = OpenMode { create: true, write: true, direct: false, create_new: true };
+    sim.open(&oldest, create).unwrap().write_at(&bytes, 0).unwrap();
+    let look = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap();
+    assert_eq!(look.recovery_info().first_lsn, checkpoint);
+    assert!(sim.read_file(&oldest).is_some(), "a look changes nothing");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap();
+    assert_eq!(wal.recovery_info().first_lsn, checkpoint);
+    assert!(sim.read_file(&oldest).is_none(), "removed by the owner's open");
+}
+
+#[test]
+fn a_failed_sync_of_the_floor_poisons_the_log_and_removes_nothing() {
+    let storage = FaultyStorage::new(SimStorage::new(5, FaultConfig::default()));
+    let dir = Path::new("/poison");
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir, 2)).unwrap();
+    fill(&wal, &mut BTreeMap::new(), 4);
+    let before = storage.list(dir).unwrap();
+    storage.fail_once(FaultOp::SyncData, 0, EIO);
+    let err = wal.truncate_before(wal.durable_lsn()).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: IoOp::SyncData, ref path, .. } if path.ends_with(FLOOR_FILE)), "{err}");
+    assert!(wal.stats().poisoned);
+    assert_eq!(storage.list(dir).unwrap(), before, "nothing removed");
+    let err = wal.truncate_before(wal.durable_lsn()).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { .. }), "the floor is never written again: {err}");
+}
+
+#[test]
+fn a_damaged_floor_is_refused_and_left_as_found() {
+    let sim = SimStorage::new(9, FaultConfig::default());
+    let dir = Path::new("/damaged");
+    truncated_log(&sim, dir, 2);
+    let path = dir.join(FLOOR_FILE);
+    let mut bytes = sim.read_file(&path).unwrap();
+    for at in [20, 512 + 20] {
+        bytes[at] ^= 0x10;
+    }
+    sim.write_file(&path, &bytes);
+    let before = snapshot(&sim, dir);
+    let err = SegmentedWal::open_with(sim.clone(), config(dir, 2)).unwrap_err();
+    assert!(matches!(err, WalError::FloorDamaged { ref path } if path.ends_with(FLOOR_FILE)), "{err}");
+    assert!(err.is_corruption());
+    let err = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap_err();
+    assert!(matches!(err, WalError::FloorDamaged { .. }), "{err}");
+    assert_eq!(snapshot(&sim, dir), before);
+}
+
+#[test]
+fn a_log_without_a_floor_opens_as_before_and_gets_one_naming_its_oldest_segment() {
+    let sim = SimStorage::new(11, FaultConfig::default());
+    let dir = Path::new("/old");
+    let (floor, model) = truncated_log(&sim, dir, 0);
+    // As a log written before `FLOOR` existed: nothing tells a truncation from a removal.
+    sim.remove(&dir.join(FLOOR_FILE)).unwrap();
+    sim.remove(&segment::path(dir, floor)).unwrap();
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap();
+    let oldest = wal.segments()[0].first_lsn.0;
+    check_holds(&wal, &model, oldest, *model.keys().last().unwrap(), "no floor");
+    wal.close().unwrap();
+    // From this open on, the log knows its low end.
+    sim.remove(&segment::path(dir, SegmentId(floor.0 + 1))).unwrap();
+    let err = SegmentedWal::open_with(sim, config(dir, 0)).unwrap_err();
+    assert!(matches!(err, WalError::MissingSegment { missing, .. } if missing.0 == floor.0 + 1), "{err}");
+}
+
+/// Found by the crash simulation (seed 58 of `simulation.rs`): a truncation whose `FLOOR` sync
+/// failed left the new floor in the page cache only; the log reopened under the same kernel
+/// read it there, took the segments below it for a crash's leftovers and removed them, durably.
+/// After the power cut `FLOOR` named the old floor, and the log no longer opened
+/// (`MissingSegment`). The open now makes the floor durable again before it removes any.
+#[test]
+fn a_floor_whose_sync_failed_is_made_durable_before_a_reopen_removes_segments_below_it() {
+    let dir = Path::new("/unsynced");
+    for seed in 0..8 {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        sim.set_sync_failure(nodedb_wal::storage::SyncFailure::KeepsCleanPages);
+        let storage = FaultyStorage::new(sim.clone());
+        let wal = SegmentedWal::open_with(storage.clone(), config(dir, 2)).unwrap();
+        let mut model = BTreeMap::new();
+        fill(&wal, &mut model, 6);
+        assert_eq!(wal.truncate_before(wal.segments()[1].first_lsn).unwrap(), 1);
+        let checkpoint = wal.segments()[3].first_lsn;
+        let acked = wal.durable_lsn().0;
+        storage.fail_once(FaultOp::SyncData, 0, EIO);
+        assert!(wal.truncate_before(checkpoint).is_err());
+        drop(wal);
+        // Reopened under the same kernel, before the power cut.
+        let wal = SegmentedWal::open_with(sim.clone(), config(dir, 2)).unwrap();
+        check_holds(&wal, &model, checkpoint.0, acked, "reopened");
+        drop(wal);
+        let restarted = sim.crash(seed + 50);
+        let wal = SegmentedWal::open_with(restarted, config(dir, 2)).unwrap_or_else(|e| panic!("seed {seed}: after the cut: {e}"));
+        check_holds(&wal, &model, checkpoint.0, acked, "after the cut");
+    }
+}
