@@ -22,9 +22,16 @@
 //! with the engine's validator leaves every page whole, old or new, the batch in flight whole
 //! or absent, and every acknowledged page write new.
 //!
+//! The same rounds run with a `WalWriter` in the child instead of the log, with records of 2 to
+//! 9 MiB among small ones (each whole or absent after the remount), and with the double-write
+//! buffer written by four threads at once, each on pages of its own (every thread's write in
+//! flight whole or absent, every acknowledged one new).
+//!
 //! Needs root, loop devices, mkfs.ext4 and mkfs.xfs; where any is missing the test prints
 //! `SKIPPED:` and why. `NODEDB_WAL_FS_ROUNDS` sets the rounds per file system (default 25 in
-//! release builds, 5 in debug builds).
+//! release builds, 5 in debug builds); `NODEDB_WAL_WRITER_FS_ROUNDS` (10, 3),
+//! `NODEDB_WAL_LARGE_FS_ROUNDS` (6, 2) and `NODEDB_WAL_DWB_THREADS_FS_ROUNDS` (25, 5) those of
+//! the `WalWriter`, large-record and threaded buffer rounds.
 
 mod common;
 
@@ -32,7 +39,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use common::crash::child::{ChildRun, ChildSpec, EXIT_OPEN_FAILED, run_child};
-use common::crash::model::Model;
+use common::crash::model::{KEEP_LARGE_RECORDS, Model};
 use common::crash::{Mode, Rng, dwb, preserving_on_failure, read_only_look, rounds_from_env, scratch_dir};
 use common::{FsKind, LoopFs};
 use rustix::fs::{Mode as FileMode, OFlags};
@@ -92,18 +99,28 @@ fn shut_down_under(child: &mut ChildRun, fs: &LoopFs, rng: &mut Rng, name: &str)
     shut_down(&fs.path()).unwrap_or_else(|e| panic!("FS_IOC_SHUTDOWN on {name}: {e}"));
 }
 
-fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
+/// The rounds of a log's child (`rounds` of them, round `r` in `mode_of(r)`) on a file system of
+/// `kind`, each recovery checked against `model`.
+fn acknowledged_records_survive_a_shutdown(kind: FsKind, rounds: u32, mut model: Model, mode_of: impl Fn(u32) -> Mode) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(mut fs) = mount_or_skip(kind) else { return };
-    let name = kind.name();
-    let rounds = rounds_from_env("NODEDB_WAL_FS_ROUNDS", 25, 5);
+    let mode_name = |m: Mode| {
+        if m.writer {
+            " writer"
+        } else if m.large_records {
+            " large"
+        } else {
+            ""
+        }
+    };
+    let name = format!("{}{}", kind.name(), mode_name(mode_of(0)));
+    let name = name.as_str();
     let mut rng = Rng::from_env(&format!("fs_shutdown {name}"));
     let scratch = scratch_dir();
     let dir = fs.path().join("wal");
-    let mut model = Model::default();
     let mut shut_before_open = 0;
     for round in 0..rounds {
-        let mode = Mode::of_round(round);
+        let mode = mode_of(round);
         model.note_kept_files(&dir);
         let mut child = ChildRun::spawn(CHILD_ENTRY, &dir, round, mode, scratch.path());
         shut_down_under(&mut child, &fs, &mut rng, name);
@@ -124,8 +141,7 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
         let look = read_only_look(&dir);
         preserving_on_failure(&dir, &format!("{name}-round-{round}"), || {
             // Recovery runs in the next round's mode, never in the one the child wrote with.
-            let wal =
-                Mode::of_round(round + 1).open(&dir).unwrap_or_else(|e| panic!("{name} round {round} ({mode:?}): reopening failed: {e}"));
+            let wal = mode_of(round + 1).open(&dir).unwrap_or_else(|e| panic!("{name} round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
             model.check_read_only_look(round, look);
             model.count_reused_files(&dir);
@@ -146,11 +162,12 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind) {
 /// recovery leaves every page whole, at the version its last acknowledged write left or at the
 /// one of the write in flight (the whole batch or none of it), and takes writes again. Rounds
 /// alternate buffered and O_DIRECT buffers (recovery in the other mode).
-fn acknowledged_pages_survive_a_shutdown(kind: FsKind) {
+/// `threads` write at once, each its own pages, and each has a write in flight at the shutdown.
+fn acknowledged_pages_survive_a_shutdown(kind: FsKind, threads: u32, rounds: u32) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(mut fs) = mount_or_skip(kind) else { return };
-    let name = kind.name();
-    let rounds = rounds_from_env("NODEDB_WAL_FS_ROUNDS", 25, 5);
+    let name = format!("{} x{threads}", kind.name());
+    let name = name.as_str();
     let mut rng = Rng::from_env(&format!("fs_shutdown dwb {name}"));
     let scratch = scratch_dir();
     let dir = fs.path().join("db");
@@ -159,7 +176,7 @@ fn acknowledged_pages_survive_a_shutdown(kind: FsKind) {
     let mut shut_before_open = 0;
     for round in 0..rounds {
         let direct = round % 2 == 0;
-        let env = dwb::child_env(&dir, direct, rng.below(u64::MAX));
+        let env = dwb::child_env(&dir, direct, threads, rng.below(u64::MAX));
         let mut child = ChildRun::spawn_with_env(CHILD_ENTRY, round, scratch.path(), &env);
         shut_down_under(&mut child, &fs, &mut rng, name);
         let (exited, acks, stderr) = child.kill_raw();
@@ -182,22 +199,76 @@ fn acknowledged_pages_survive_a_shutdown(kind: FsKind) {
     );
 }
 
+fn fs_rounds() -> u32 {
+    rounds_from_env("NODEDB_WAL_FS_ROUNDS", 25, 5)
+}
+
+fn writer_mode(round: u32) -> Mode {
+    Mode { writer: true, ..Mode::of_round(round) }
+}
+
+fn large_mode(round: u32) -> Mode {
+    Mode { large_records: true, ..Mode::of_round(round) }
+}
+
+fn writer_rounds() -> u32 {
+    rounds_from_env("NODEDB_WAL_WRITER_FS_ROUNDS", 10, 3)
+}
+
+fn large_rounds() -> u32 {
+    rounds_from_env("NODEDB_WAL_LARGE_FS_ROUNDS", 6, 2)
+}
+
+fn dwb_threads_rounds() -> u32 {
+    rounds_from_env("NODEDB_WAL_DWB_THREADS_FS_ROUNDS", 25, 5)
+}
+
 #[test]
 fn acknowledged_pages_survive_a_file_system_shutdown_ext4() {
-    acknowledged_pages_survive_a_shutdown(FsKind::Ext4);
+    acknowledged_pages_survive_a_shutdown(FsKind::Ext4, 1, fs_rounds());
 }
 
 #[test]
 fn acknowledged_pages_survive_a_file_system_shutdown_xfs() {
-    acknowledged_pages_survive_a_shutdown(FsKind::Xfs);
+    acknowledged_pages_survive_a_shutdown(FsKind::Xfs, 1, fs_rounds());
+}
+
+#[test]
+fn pages_of_four_writing_threads_survive_a_file_system_shutdown_ext4() {
+    acknowledged_pages_survive_a_shutdown(FsKind::Ext4, 4, dwb_threads_rounds());
+}
+
+#[test]
+fn pages_of_four_writing_threads_survive_a_file_system_shutdown_xfs() {
+    acknowledged_pages_survive_a_shutdown(FsKind::Xfs, 4, dwb_threads_rounds());
 }
 
 #[test]
 fn acknowledged_records_survive_a_file_system_shutdown_ext4() {
-    acknowledged_records_survive_a_shutdown(FsKind::Ext4);
+    acknowledged_records_survive_a_shutdown(FsKind::Ext4, fs_rounds(), Model::default(), Mode::of_round);
 }
 
 #[test]
 fn acknowledged_records_survive_a_file_system_shutdown_xfs() {
-    acknowledged_records_survive_a_shutdown(FsKind::Xfs);
+    acknowledged_records_survive_a_shutdown(FsKind::Xfs, fs_rounds(), Model::default(), Mode::of_round);
+}
+
+#[test]
+fn acknowledged_wal_writer_records_survive_a_file_system_shutdown_ext4() {
+    acknowledged_records_survive_a_shutdown(FsKind::Ext4, writer_rounds(), Model::default(), writer_mode);
+}
+
+#[test]
+fn acknowledged_wal_writer_records_survive_a_file_system_shutdown_xfs() {
+    acknowledged_records_survive_a_shutdown(FsKind::Xfs, writer_rounds(), Model::default(), writer_mode);
+}
+
+#[test]
+fn records_of_several_mib_survive_a_file_system_shutdown_whole_or_not_at_all_ext4() {
+    acknowledged_records_survive_a_shutdown(FsKind::Ext4, large_rounds(), Model::keeping(KEEP_LARGE_RECORDS), large_mode);
+}
+
+#[test]
+fn records_of_several_mib_survive_a_file_system_shutdown_whole_or_not_at_all_xfs() {
+    acknowledged_records_survive_a_shutdown(FsKind::Xfs, large_rounds(), Model::keeping(KEEP_LARGE_RECORDS), large_mode);
 }

@@ -19,13 +19,21 @@
 //! the child's highest checkpoint, and that recovery's tombstones and purges are exactly those
 //! of the records it returns.
 //!
+//! Two more tests run the same rounds on the rest of the write surface. In the first the child
+//! writes with a `WalWriter` instead of the log (one thread, a sync every four records, a new
+//! segment after `finish` whenever one passes the round's size); in the second some threads
+//! append records of 2 to 9 MiB, larger than a batch of 1 MiB, among small ones, plaintext and
+//! encrypted: recovery returns each whole or not at all, and every acknowledged one.
+//!
 //! `NODEDB_WAL_KILL_ROUNDS` sets the number of rounds (default 200 in release builds, 40 in
-//! debug builds); `NODEDB_WAL_CRASH_SEED` repeats a kill schedule.
+//! debug builds), `NODEDB_WAL_WRITER_KILL_ROUNDS` those of the `WalWriter` (12, 4) and
+//! `NODEDB_WAL_LARGE_KILL_ROUNDS` those with large records (4, 2); `NODEDB_WAL_CRASH_SEED`
+//! repeats a kill schedule.
 
 mod common;
 
 use common::crash::child::{ChildRun, ChildSpec, run_child};
-use common::crash::model::Model;
+use common::crash::model::{KEEP_LARGE_RECORDS, Model};
 use common::crash::{Mode, Rng, preserving_on_failure, read_only_look, rounds_from_env, scratch_dir};
 
 const CHILD_ENTRY: &str = "crash_child_process";
@@ -42,14 +50,32 @@ fn crash_child_process() {
 #[test]
 fn acknowledged_records_survive_sigkill_at_random_moments() {
     let rounds = rounds_from_env("NODEDB_WAL_KILL_ROUNDS", 200, 40);
-    let mut rng = Rng::from_env("process_kill");
+    kill_rounds("process_kill", rounds, Model::default(), Mode::of_long_round);
+}
+
+#[test]
+fn acknowledged_wal_writer_records_survive_sigkill_at_random_moments() {
+    let rounds = rounds_from_env("NODEDB_WAL_WRITER_KILL_ROUNDS", 12, 4);
+    kill_rounds("process_kill writer", rounds, Model::default(), |round| Mode { writer: true, ..Mode::of_long_round(round) });
+}
+
+#[test]
+fn records_of_several_mib_survive_sigkill_whole_or_not_at_all() {
+    let rounds = rounds_from_env("NODEDB_WAL_LARGE_KILL_ROUNDS", 4, 2);
+    let large = |round| Mode { large_records: true, ..Mode::of_long_round(round) };
+    kill_rounds("process_kill large", rounds, Model::keeping(KEEP_LARGE_RECORDS), large);
+}
+
+/// Runs `rounds` kill rounds named `test`, round `r`'s child in `mode_of(r)`, checking each
+/// recovery against `model`.
+fn kill_rounds(test: &str, rounds: u32, mut model: Model, mode_of: impl Fn(u32) -> Mode) {
+    let mut rng = Rng::from_env(test);
     let scratch = scratch_dir();
     let dir = scratch.path().join("wal");
-    let mut model = Model::default();
     let mut killed_before_open = 0;
     let (mut largest_newest, mut newest_past_a_megabyte) = (0, 0);
     for round in 0..rounds {
-        let mode = Mode::of_long_round(round);
+        let mode = mode_of(round);
         model.note_kept_files(&dir);
         let mut child = ChildRun::spawn(CHILD_ENTRY, &dir, round, mode, scratch.path());
         let from_start = rng.below(8) == 0;
@@ -69,8 +95,7 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
         let look = read_only_look(&dir);
         preserving_on_failure(&dir, &format!("kill-round-{round}"), || {
             // Recovery runs in the next round's mode, never in the one the killed child wrote with.
-            let wal =
-                Mode::of_long_round(round + 1).open(&dir).unwrap_or_else(|e| panic!("round {round} ({mode:?}): reopening failed: {e}"));
+            let wal = mode_of(round + 1).open(&dir).unwrap_or_else(|e| panic!("round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
             model.check_read_only_look(round, look);
             model.count_reused_files(&dir);
@@ -83,7 +108,7 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
         });
     }
     eprintln!(
-        "process_kill: {rounds} rounds ({killed_before_open} killed before opening the log), {} records acknowledged, {} more \
+        "{test}: {rounds} rounds ({killed_before_open} killed before opening the log), {} records acknowledged, {} more \
          recovered unacknowledged, {} torn tails cut, {} tombstones, purges and Calvin positions recovered, {} records truncated and {} kept files reused \
          by the children, log ends at LSN {}; the newest segment was past a megabyte at \
          {newest_past_a_megabyte} recoveries (the largest {largest_newest} bytes)",

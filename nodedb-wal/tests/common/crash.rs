@@ -20,6 +20,11 @@
 //! checkpoint written as a `TRUNC` line before the call), and, in encrypted rounds, one more
 //! rotates the active key every few milliseconds.
 //!
+//! Rounds with [`Mode::large_records`] number their threads from [`LARGE_THREAD_BASE`], and
+//! one record in four of threads 0, 3, 4 and 7 there is of 2 to 9 MiB, larger than a batch:
+//! recovery must return such a record whole or not at all. Rounds with [`Mode::writer`] run a
+//! [`nodedb_wal::WalWriter`] in the child instead of the log (`child::run_writer_child`).
+//!
 //! A payload names its origin (round, thread, sequence number) in its first 16 bytes; the rest
 //! of it, its length, type and scope are a function of that origin, so one bit out of place or a
 //! record that was never appended shows.
@@ -27,6 +32,7 @@
 pub mod child;
 pub mod dwb;
 pub mod model;
+pub mod writer;
 
 use std::path::Path;
 use std::time::Duration;
@@ -40,6 +46,20 @@ use nodedb_wal::{
 pub const THREADS: u32 = 8;
 /// The `thread` of the records the parent appends between rounds.
 pub const PARENT_THREAD: u32 = u32::MAX;
+/// The first thread number of rounds with [`Mode::large_records`]: the thread number alone says
+/// how large a record's payload is, so the parent checks it without knowing the round's mode.
+pub const LARGE_THREAD_BASE: u32 = 64;
+
+/// What a child thread does (its pipeline, groups, batches): the same in rounds with and
+/// without large records.
+pub fn role(thread: u32) -> u32 {
+    thread % LARGE_THREAD_BASE
+}
+
+/// Whether `thread` appends records of 2 to 9 MiB (one in four of its records).
+fn appends_large(thread: u32) -> bool {
+    thread != PARENT_THREAD && thread >= LARGE_THREAD_BASE && [0, 3, 4, 7].contains(&role(thread))
+}
 
 /// The configuration of every crash test log: small segments so that rounds roll them often,
 /// small batches so that big payloads take the one-off buffer path.
@@ -71,6 +91,12 @@ pub struct Mode {
     /// truncates while it appends, and rotates the key in encrypted rounds; segments are of
     /// 32 KiB (unless large).
     pub features: bool,
+    /// Threads number from [`LARGE_THREAD_BASE`], and some append records of 2 to 9 MiB, in
+    /// batches of 1 MiB (the default).
+    pub large_records: bool,
+    /// The child writes with a [`nodedb_wal::WalWriter`] (plaintext, one thread) instead of
+    /// opening the log; the parent still recovers it as a log.
+    pub writer: bool,
 }
 
 /// The segment size of a [`Mode`] with `features` (and not `large_segments`): many rolls, and
@@ -105,6 +131,8 @@ impl Mode {
             encrypted: round % 8 >= 4,
             large_segments: false,
             features: round % 3 == 2,
+            large_records: false,
+            writer: false,
         }
     }
 
@@ -119,18 +147,33 @@ impl Mode {
         let io = if self.direct { "direct" } else { "buffered" };
         let size = if self.large_segments { "large" } else { "small" };
         let features = if self.features { "features" } else { "basic" };
-        format!("{backend}-{io}-{}-{size}-{features}", if self.encrypted { "aes" } else { "plain" })
+        let records = if self.large_records { "mib" } else { "kib" };
+        let writer = if self.writer { "writer" } else { "log" };
+        format!("{backend}-{io}-{}-{size}-{features}-{records}-{writer}", if self.encrypted { "aes" } else { "plain" })
     }
 
     fn decode(s: &str) -> Mode {
         let parts: Vec<&str> = s.split('-').collect();
-        let [backend, io, cipher, size, features] = parts[..] else { panic!("bad mode {s:?}") };
+        let [backend, io, cipher, size, features, records, writer] = parts[..] else { panic!("bad mode {s:?}") };
         Mode {
             uring: backend == "uring",
             direct: io == "direct",
             encrypted: cipher == "aes",
             large_segments: size == "large",
             features: features == "features",
+            large_records: records == "mib",
+            writer: writer == "writer",
+        }
+    }
+
+    /// The segment size a round of this mode rolls at.
+    pub fn segment_bytes(self) -> u64 {
+        if self.large_segments {
+            LARGE_SEGMENT_BYTES
+        } else if self.features {
+            FEATURE_SEGMENT_BYTES
+        } else {
+            config(Path::new(""), false).segment_bytes_target
         }
     }
 
@@ -143,10 +186,9 @@ impl Mode {
     pub fn open_keyed(self, dir: &Path) -> Result<(SegmentedWal, std::sync::Arc<KeyRing>), WalError> {
         let storage = if self.uring { FsStorage::io_uring() } else { FsStorage::pwrite_only() };
         let mut config = config(dir, self.direct);
-        if self.large_segments {
-            config.segment_bytes_target = LARGE_SEGMENT_BYTES;
-        } else if self.features {
-            config.segment_bytes_target = FEATURE_SEGMENT_BYTES;
+        config.segment_bytes_target = self.segment_bytes();
+        if self.large_records {
+            config.batch_bytes_max = SegmentedWalConfig::new(dir).batch_bytes_max;
         }
         if self.features {
             // Syncs wait a little for more appends to join their batch.
@@ -196,10 +238,17 @@ impl Origin {
     }
 
     /// The payload: the origin, then 0 to 599 bytes (one record in 256: 16 to 40 KiB, more
-    /// than a batch buffer holds) of a stream seeded by it.
+    /// than a batch buffer holds; one in four of a thread that [`appends_large`]: 2 to 9 MiB)
+    /// of a stream seeded by it.
     pub fn payload(self) -> Vec<u8> {
         let h = self.hash();
-        let body = if h.is_multiple_of(256) { 16 * 1024 + (h >> 8) % (24 * 1024) } else { (h >> 8) % 600 } as usize;
+        let body = if appends_large(self.thread) && h.is_multiple_of(4) {
+            (2 << 20) + (h >> 8) % (7 << 20)
+        } else if h.is_multiple_of(256) {
+            16 * 1024 + (h >> 8) % (24 * 1024)
+        } else {
+            (h >> 8) % 600
+        } as usize;
         let mut bytes = Vec::with_capacity(ORIGIN_LEN + body + 8);
         bytes.extend_from_slice(&self.round.to_le_bytes());
         bytes.extend_from_slice(&self.thread.to_le_bytes());
@@ -230,7 +279,7 @@ impl Origin {
     /// record, else the system record (thread [`SYSTEM_THREAD`], one sequence number in eight).
     pub fn system(self) -> Option<System> {
         let h = self.hash();
-        if self.thread != SYSTEM_THREAD || !h.is_multiple_of(8) {
+        if self.thread == PARENT_THREAD || role(self.thread) != SYSTEM_THREAD || !h.is_multiple_of(8) {
             return None;
         }
         let collection = format!("c-{}-{}-{}", self.round, self.thread, self.seq);
@@ -358,13 +407,13 @@ impl System {
 /// How many records a child thread appends before it waits for the last of them: thread 0
 /// appends one at a time, the others keep up to four in flight.
 pub fn pipeline_depth(thread: u32) -> u64 {
-    1 + u64::from(thread % 4)
+    1 + u64::from(role(thread) % 4)
 }
 
 /// Whether a child thread appends each pipeline of records as one atomic group (threads 5, 6
 /// and 7); recovery must then return whole groups only.
 pub fn appends_groups(thread: u32) -> bool {
-    thread >= 4 && pipeline_depth(thread) > 1
+    thread != PARENT_THREAD && role(thread) >= 4 && pipeline_depth(thread) > 1
 }
 
 /// A small deterministic generator (splitmix64) for kill moments.
@@ -399,10 +448,11 @@ impl Rng {
         Duration::from_micros(self.below(15_000))
     }
 
-    /// A pause of 1 to 50 ms, or of 50 to 500 ms for a round with large segments: long enough
-    /// for the newest segment to pass a megabyte.
+    /// A pause of 1 to 50 ms, or of 50 to 500 ms for a round with large segments or large
+    /// records: long enough for the newest segment to pass a megabyte, or for records of
+    /// several MiB to be acknowledged.
     pub fn kill_delay_for(&mut self, mode: Mode) -> Duration {
-        if mode.large_segments { Duration::from_micros(50_000 + self.below(450_000)) } else { self.kill_delay() }
+        if mode.large_segments || mode.large_records { Duration::from_micros(50_000 + self.below(450_000)) } else { self.kill_delay() }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nodedb_wal::{KeyRing, Lsn, Record, SegmentedWal, WalError};
 
-use super::{KEY_IDS, Mode, Origin, System, THREADS, appends_groups, pipeline_depth};
+use super::{KEY_IDS, LARGE_THREAD_BASE, Mode, Origin, System, THREADS, appends_groups, pipeline_depth, role};
 
 /// The `thread` the truncating and key-rotating threads of feature rounds report errors as.
 const TRUNCATOR: u32 = 100;
@@ -36,10 +36,10 @@ const ENV_MODE: &str = "NODEDB_WAL_CRASH_MODE";
 /// What the parent asked the child to do.
 #[derive(Debug)]
 pub struct ChildSpec {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     acks: PathBuf,
-    round: u32,
-    mode: Mode,
+    pub(super) round: u32,
+    pub(super) mode: Mode,
 }
 
 impl ChildSpec {
@@ -60,21 +60,17 @@ impl ChildSpec {
 /// is durable until the process is killed or every thread has met an error.
 pub fn run_child(spec: &ChildSpec) {
     let acks = File::options().create(true).append(true).open(&spec.acks).expect("open the acknowledgement file");
-    let (wal, ring) = match spec.mode.open_keyed(&spec.dir) {
-        Ok(opened) => opened,
-        Err(e) => {
-            report_error(&acks, OPENER, &e);
-            // Past the test harness's output capture, which `exit` would drop.
-            let _ = writeln!(std::io::stderr(), "child: opening the log failed: {e}");
-            std::process::exit(EXIT_OPEN_FAILED);
-        }
-    };
+    if spec.mode.writer {
+        return super::writer::run_writer_child(spec, &acks);
+    }
+    let (wal, ring) = spec.mode.open_keyed(&spec.dir).unwrap_or_else(|e| exit_open_failed(&acks, &e));
     write_lines(&acks, &format!("OPEN {}\n", wal.next_lsn()));
     std::thread::spawn(exit_with_parent);
     // The appenders still running: the truncating and rotating threads stop with the last.
     let appending = AtomicU32::new(THREADS);
     std::thread::scope(|s| {
-        for thread in 0..THREADS {
+        let base = if spec.mode.large_records { LARGE_THREAD_BASE } else { 0 };
+        for thread in (0..THREADS).map(|t| t + base) {
             let (wal, acks, appending) = (&wal, &acks, &appending);
             s.spawn(move || {
                 append_until_error(wal, acks, spec.round, thread, spec.mode.features);
@@ -91,6 +87,14 @@ pub fn run_child(spec: &ChildSpec) {
     });
     let _ = wal.close();
     write_lines(&acks, "DONE\n");
+}
+
+/// Reports an error opening the log and exits with [`EXIT_OPEN_FAILED`].
+pub(super) fn exit_open_failed(acks: &File, e: &WalError) -> ! {
+    report_error(acks, OPENER, e);
+    // Past the test harness's output capture, which `exit` would drop.
+    let _ = writeln!(std::io::stderr(), "child: opening the log failed: {e}");
+    std::process::exit(EXIT_OPEN_FAILED);
 }
 
 /// Ends the child once its parent is gone (a parent killed mid-test cannot kill it).
@@ -153,7 +157,7 @@ fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32, 
     let depth = pipeline_depth(thread);
     // In feature rounds thread 0 appends with `append_durable` and threads 2 and 3 each
     // pipeline with `append_batch`.
-    let (durable_each, batches) = (features && thread == 0, features && (thread == 2 || thread == 3));
+    let (durable_each, batches) = (features && role(thread) == 0, features && (role(thread) == 2 || role(thread) == 3));
     let mut seq = 0;
     loop {
         let mut lines = String::new();
@@ -207,7 +211,7 @@ fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32, 
     }
 }
 
-fn report_error(acks: &File, thread: u32, err: &WalError) {
+pub(super) fn report_error(acks: &File, thread: u32, err: &WalError) {
     let kind = match err {
         WalError::Io { .. } => "io",
         WalError::Poisoned { .. } => "poisoned",
@@ -217,7 +221,7 @@ fn report_error(acks: &File, thread: u32, err: &WalError) {
 }
 
 /// One `write` (the file is in append mode), so lines of different threads never interleave.
-fn write_lines(mut file: &File, lines: &str) {
+pub(super) fn write_lines(mut file: &File, lines: &str) {
     file.write_all(lines.as_bytes()).expect("write the acknowledgement file");
 }
 

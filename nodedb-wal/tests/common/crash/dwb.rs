@@ -1,13 +1,14 @@
 //! The double-write buffer's crash child and what the parent checks after it.
 //!
 //! The child opens a buffer and one page file beside it, recovers, and then writes batches of
-//! one to eight distinct pages, each page a new version of itself, one `write_pages` call at a
-//! time: before each call it writes a `W page:version ...` line, after it returned Ok an `A`
-//! line. A page's image is a function of its number and version, so a torn page, a page at the
-//! wrong place or a version never written shows. After the crash, [`PageModel::check_recovery`]
-//! recovers the buffer with a validator and asserts that every page is whole and either the
-//! version the last acknowledged write left or the one the write in flight carried, and that
-//! the write in flight landed whole or not at all.
+//! one to eight distinct pages, each page a new version of itself, from one or more threads at
+//! once, each thread on pages of its own (page `p` is thread `p % threads`'s) and one
+//! `write_pages` call at a time: before each call the thread writes a `W thread page:version ...`
+//! line, after it returned Ok an `A thread` line. A page's image is a function of its number and
+//! version, so a torn page, a page at the wrong place or a version never written shows. After
+//! the crash, [`PageModel::check_recovery`] recovers the buffer with a validator and asserts that
+//! every page is whole and either the version the last acknowledged write left or the one its
+//! thread's write in flight carried, and that each write in flight landed whole or not at all.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,6 +34,7 @@ const BATCH_PAGES_MAX: u64 = 8;
 const ENV_DIR: &str = "NODEDB_WAL_DWB_CHILD";
 const ENV_DIRECT: &str = "NODEDB_WAL_DWB_DIRECT";
 const ENV_SEED: &str = "NODEDB_WAL_DWB_SEED";
+const ENV_THREADS: &str = "NODEDB_WAL_DWB_THREADS";
 
 /// The image of page `page` at `version`: both in its first 16 bytes, then a stream seeded
 /// by them.
@@ -110,8 +112,13 @@ fn versions_of(bytes: &[u8]) -> Vec<u64> {
 }
 
 /// The environment a DWB child runs with.
-pub fn child_env(dir: &Path, direct: bool, seed: u64) -> Vec<(&'static str, String)> {
-    vec![(ENV_DIR, dir.to_str().expect("test paths are UTF-8").to_owned()), (ENV_DIRECT, direct.to_string()), (ENV_SEED, seed.to_string())]
+pub fn child_env(dir: &Path, direct: bool, threads: u32, seed: u64) -> Vec<(&'static str, String)> {
+    vec![
+        (ENV_DIR, dir.to_str().expect("test paths are UTF-8").to_owned()),
+        (ENV_DIRECT, direct.to_string()),
+        (ENV_THREADS, threads.to_string()),
+        (ENV_SEED, seed.to_string()),
+    ]
 }
 
 /// The child: runs when its environment is set, and returns `false` when it is not.
@@ -119,7 +126,8 @@ pub fn run_child_from_env() -> bool {
     let Some(dir) = std::env::var_os(ENV_DIR).map(PathBuf::from) else { return false };
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
     let direct = var(ENV_DIRECT) == "true";
-    let mut rng = Rng(var(ENV_SEED).parse().expect("seed"));
+    let threads: u64 = var(ENV_THREADS).parse().expect("threads");
+    let seed: u64 = var(ENV_SEED).parse().expect("seed");
     let acks = File::options().create(true).append(true).open(var(ENV_ACKS)).expect("open the acknowledgement file");
     let dwb = match open(&dir, direct) {
         Ok(dwb) => dwb,
@@ -130,7 +138,7 @@ pub fn run_child_from_env() -> bool {
         }
     };
     // The file system may be shut down already (a round that counts from the child's start).
-    let mut versions = match std::fs::read(pages_path(&dir)) {
+    let versions = match std::fs::read(pages_path(&dir)) {
         Ok(bytes) => versions_of(&bytes),
         Err(e) => {
             write_line(&acks, &format!("ERR io reading the page file: {e}\n"));
@@ -139,25 +147,36 @@ pub fn run_child_from_env() -> bool {
     };
     write_line(&acks, "OPEN dwb\n");
     std::thread::spawn(exit_with_parent);
+    std::thread::scope(|s| {
+        for thread in 0..threads {
+            let pages: Vec<u64> = (0..PAGES).filter(|p| p % threads == thread).collect();
+            let (dwb, acks, versions) = (&dwb, &acks, versions.clone());
+            s.spawn(move || write_until_error(dwb, acks, thread, &pages, versions, Rng(seed ^ mix(thread))));
+        }
+    });
+    true
+}
+
+/// Writes batches of `pages` (this thread's) until a write fails.
+fn write_until_error(dwb: &DoubleWriteBuffer, acks: &File, thread: u64, pages: &[u64], mut versions: Vec<u64>, mut rng: Rng) {
     loop {
-        let count = 1 + rng.below(BATCH_PAGES_MAX);
+        let count = 1 + rng.below(BATCH_PAGES_MAX.min(pages.len() as u64));
         let mut batch: BTreeMap<u64, u64> = BTreeMap::new();
         while (batch.len() as u64) < count {
-            let page = rng.below(PAGES);
+            let page = pages[rng.below(pages.len() as u64) as usize];
             batch.insert(page, versions[page as usize] + 1);
         }
         let images: Vec<Vec<u8>> = batch.iter().map(|(&p, &v)| page_image(p, v)).collect();
         let writes: Vec<(FileId, u64, &[u8])> = batch.keys().zip(&images).map(|(&p, image)| (FILE, p, image.as_slice())).collect();
-        let mut line = String::from("W");
+        let mut line = format!("W {thread}");
         for (p, v) in &batch {
             write!(line, " {p}:{v}").expect("write to a String");
         }
-        write_line(&acks, &(line + "\n"));
+        write_line(acks, &(line + "\n"));
         if let Err(e) = dwb.write_pages(&writes) {
-            write_line(&acks, &format!("ERR {} {}\n", error_kind(&e), e.to_string().replace('\n', " ")));
-            return true;
+            return write_line(acks, &format!("ERR {} {}\n", error_kind(&e), e.to_string().replace('\n', " ")));
         }
-        write_line(&acks, "A\n");
+        write_line(acks, &format!("A {thread}\n"));
         for (p, v) in batch {
             versions[p as usize] = v;
         }
@@ -198,23 +217,28 @@ impl PageModel {
     /// Applies the child's acknowledged writes in `acks` (its complete lines), recovers the
     /// buffer in `dir` and checks every page; then writes one more batch through it.
     pub fn check_recovery(&mut self, dir: &Path, direct: bool, round: u32, acks: &str) {
-        let mut in_flight: Option<BTreeMap<u64, u64>> = None;
+        // Each thread's write in flight, by thread.
+        let mut in_flight: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
+        let thread_of = |word: Option<&str>| -> u64 {
+            word.and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("round {round}: a W or A line without its thread"))
+        };
         for line in acks.lines() {
             let mut words = line.split(' ');
             match words.next() {
                 Some("OPEN") => {}
                 Some("W") => {
-                    assert!(in_flight.is_none(), "round {round}: two writes in flight");
+                    let thread = thread_of(words.next());
                     let batch = words
                         .map(|w| {
                             let (p, v) = w.split_once(':').unwrap_or_else(|| panic!("bad word {w:?}"));
                             (p.parse().expect("page"), v.parse().expect("version"))
                         })
                         .collect();
-                    in_flight = Some(batch);
+                    assert!(in_flight.insert(thread, batch).is_none(), "round {round}: thread {thread} had two writes in flight");
                 }
                 Some("A") => {
-                    let batch = in_flight.take().unwrap_or_else(|| panic!("round {round}: an acknowledgement without a write"));
+                    let thread = thread_of(words.next());
+                    let batch = in_flight.remove(&thread).unwrap_or_else(|| panic!("round {round}: an acknowledgement without a write"));
                     for (p, v) in batch {
                         assert_eq!(v, self.versions[p as usize] + 1, "round {round}: the child wrote page {p} out of order");
                         self.versions[p as usize] = v;
@@ -227,24 +251,22 @@ impl PageModel {
         }
         let dwb = open(dir, direct).unwrap_or_else(|e| panic!("round {round}: recovering the buffer failed: {e}"));
         let found = read_versions(dir);
-        let mut landed = None;
+        // Whether each thread's write in flight landed, by thread.
+        let mut landed: BTreeMap<u64, bool> = BTreeMap::new();
         for (page, (&now, &before)) in found.iter().zip(&self.versions).enumerate() {
-            let written = in_flight.as_ref().and_then(|b| b.get(&(page as u64)).copied());
-            match written {
-                Some(v) if now == v => assert_ne!(landed.replace(true), Some(false), "round {round}: a batch landed in part"),
-                Some(_) => assert_ne!(landed.replace(false), Some(true), "round {round}: a batch landed in part"),
-                None => {}
+            let written = in_flight.iter().find_map(|(&t, b)| b.get(&(page as u64)).map(|&v| (t, v)));
+            if let Some((thread, version)) = written {
+                let whole = *landed.entry(thread).or_insert(now == version);
+                assert_eq!(whole, now == version, "round {round}: thread {thread}'s batch landed in part");
             }
+            let written = written.map(|(_, v)| v);
             assert!(
                 now == before || written == Some(now),
                 "round {round}: page {page} is at version {now}: neither the acknowledged {before} nor the one in flight {written:?}"
             );
         }
-        match landed {
-            Some(true) => self.in_flight_landed += 1,
-            Some(false) => self.in_flight_lost += 1,
-            None => {}
-        }
+        self.in_flight_landed += landed.values().filter(|&&whole| whole).count() as u64;
+        self.in_flight_lost += landed.values().filter(|&&whole| !whole).count() as u64;
         self.versions = found;
         self.restored += dwb.stats().pages_restored;
         // The recovered buffer takes writes again.

@@ -7,13 +7,15 @@ use std::path::Path;
 use nodedb_wal::{Lsn, Record, SegmentedWal, WalRecord, extract_temporal_purges, extract_tombstones};
 
 use super::child::Acks;
-use super::{Origin, PARENT_THREAD, THREADS, appends_groups, pipeline_depth};
+use super::{Origin, PARENT_THREAD, THREADS, appends_groups, pipeline_depth, role};
 
 /// Records the parent appends after each recovery.
 const PARENT_RECORDS: u64 = 5;
 /// Records kept below the newest when the parent truncates, so that recovery always walks
 /// several sealed segments but the log stays small over hundreds of rounds.
 const KEEP_RECORDS: u64 = 3000;
+/// Records kept in rounds with records of several MiB: a few hundred MiB at most.
+pub const KEEP_LARGE_RECORDS: u64 = 100;
 
 /// Everything the log has returned since the test began, which it must keep returning.
 #[derive(Debug)]
@@ -41,6 +43,8 @@ pub struct Model {
     /// Segments found after a crash in a file that was kept before its round: reuses the
     /// children made.
     pub reused_by_child: u64,
+    /// Records kept below the newest when the parent truncates.
+    keep_records: u64,
 }
 
 impl Default for Model {
@@ -57,11 +61,17 @@ impl Default for Model {
             recovered: Vec::new(),
             kept_inodes: Vec::new(),
             reused_by_child: 0,
+            keep_records: KEEP_RECORDS,
         }
     }
 }
 
 impl Model {
+    /// A model whose truncations keep `records` below the newest (instead of 3000).
+    pub fn keeping(records: u64) -> Model {
+        Model { keep_records: records, ..Model::default() }
+    }
+
     /// The last LSN the log holds.
     pub fn last(&self) -> u64 {
         self.last
@@ -146,7 +156,7 @@ impl Model {
         for (i, origin) in new.iter().enumerate() {
             let lsn = from + i as u64;
             assert_eq!(origin.round, round, "LSN {lsn}: {origin:?} was not appended in round {round}");
-            assert!(origin.thread < THREADS, "LSN {lsn}: {origin:?} names no child thread");
+            assert!(role(origin.thread) < THREADS, "LSN {lsn}: {origin:?} names no child thread");
             let expected = next_seq.entry(origin.thread).or_insert(if cut { origin.seq } else { 0 });
             assert_eq!(origin.seq, *expected, "LSN {lsn}: thread {} skipped or repeated a record", origin.thread);
             *expected += 1;
@@ -218,7 +228,7 @@ impl Model {
 
     /// Removes old segments so that hundreds of rounds keep the log small.
     pub fn truncate(&mut self, wal: &SegmentedWal) {
-        let checkpoint = self.last.saturating_sub(KEEP_RECORDS);
+        let checkpoint = self.last.saturating_sub(self.keep_records);
         wal.truncate_before(Lsn(checkpoint)).expect("truncate");
         let first = wal.segments().first().map_or(self.last + 1, |s| s.first_lsn.0);
         assert!(first <= checkpoint.max(self.first), "truncation removed records at or above the checkpoint {checkpoint}");
