@@ -6,8 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
+mod engine;
 mod logs;
 mod readers;
+
+pub use engine::{engine_file, key_file};
 
 use nodedb_wal::dwb::scan::scan_ring;
 use nodedb_wal::format::crc::crc32c;
@@ -43,7 +46,35 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("manifest", manifest),
     ("side_files", side_files),
     ("readers", readers),
+    ("engine_file", engine_file),
+    ("key_file", key_file),
+    ("names", names),
 ];
+
+type ParseName = fn(&str) -> Option<nodedb_wal::SegmentId>;
+type NameOf = fn(nodedb_wal::SegmentId) -> PathBuf;
+
+/// The parsers of the names in a log directory (segments, header indexes, kept files) take
+/// exactly the names the crate makes: a name parses to an id only if it is that id's name, and
+/// every id's name parses back to it. Input: a name; its first eight bytes are also an id.
+pub fn names(data: &[u8]) {
+    let dir = Path::new("/wal");
+    let made: [(ParseName, NameOf); 3] = [
+        (segment::parse_name, |id| segment::path(Path::new("/wal"), id)),
+        (segment::parse_index, |id| segment::index_path(Path::new("/wal"), id)),
+        (segment::parse_recycled, |id| segment::recycled_path(Path::new("/wal"), id)),
+    ];
+    let id = nodedb_wal::SegmentId(u64::from_le_bytes(std::array::from_fn(|i| data.get(i).copied().unwrap_or(0))));
+    for (parse, path) in made {
+        let own = path(id);
+        assert_eq!(own.parent(), Some(dir));
+        assert_eq!(parse(own.file_name().and_then(|n| n.to_str()).expect("a UTF-8 name")), Some(id), "{own:?}");
+        if let Some(parsed) = std::str::from_utf8(data).ok().and_then(parse) {
+            assert_eq!(path(parsed).file_name().and_then(|n| n.to_str()), std::str::from_utf8(data).ok(), "one name per id");
+        }
+    }
+    assert_eq!(segment::file_name(id), segment::path(dir, id).file_name().and_then(|n| n.to_str()).expect("UTF-8"));
+}
 
 /// Record frame decoding never panics, and whatever decodes re-encodes to the same bytes.
 pub fn record(data: &[u8]) {
@@ -425,6 +456,15 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "dwb_slot" => dwb_seeds(),
         "side_files" => side_file_seeds(),
         "readers" => reader_seeds(),
+        "engine_file" => engine::engine_file_seeds(),
+        "key_file" => vec![vec![0x42; 32], vec![7; 31], Vec::new()],
+        "names" => vec![
+            segment::file_name(nodedb_wal::SegmentId(42)).into_bytes(),
+            b"00000000000000000007.hdrs".to_vec(),
+            b"18446744073709551615.recycled".to_vec(),
+            b"18446744073709551616.wal".to_vec(),
+            u64::MAX.to_le_bytes().to_vec(),
+        ],
         _ => Vec::new(),
     }
 }
@@ -662,7 +702,7 @@ pub fn readers(data: &[u8]) {
 }
 
 /// A temporary directory holding a log's files, removed when dropped.
-struct RealDir(PathBuf);
+struct RealDir(pub(crate) PathBuf);
 
 impl RealDir {
     fn with(files: &[(String, Vec<u8>)]) -> RealDir {

@@ -1,7 +1,8 @@
 //! A mutational fuzzer that runs on the stable toolchain: starts from a target's seeds and its
 //! checked-in corpus (`nodedb-wal-fuzz/corpus/<target>/`), mutates, runs the target body, and
 //! saves every input that panics under `nodedb-wal-fuzz/artifacts/<target>/`. Usage: `cargo run --release -p nodedb-wal-fuzz --bin fuzz -- TARGET SECONDS`;
-//! `-- TARGET FILE` runs the target once on a saved input, with its panic message.
+//! `-- TARGET FILE` runs the target once on a saved input, with its panic message;
+//! `-- TARGET --write-seeds DIR` writes the target's built-in seeds into DIR.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,16 @@ fn main() {
         eprintln!("unknown target {name}; targets: {:?}", TARGETS.iter().map(|t| t.0).collect::<Vec<_>>());
         std::process::exit(2);
     };
+    // Seeds a coverage-guided fuzzer's corpus (cargo-fuzz's `fuzz/corpus/<target>/`) with the
+    // built-in seeds, which are made by the crate's encoders and differ in every process.
+    if second.as_deref() == Some("--write-seeds") {
+        let dir = std::path::PathBuf::from(args.next().expect("--write-seeds DIR"));
+        std::fs::create_dir_all(&dir).expect("seed dir");
+        for (i, seed) in seeds(&name).iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), seed).expect("write seed");
+        }
+        return;
+    }
     if let Some(input) = second.as_deref().and_then(|s| std::fs::read(s).ok()) {
         target(&input);
         println!("{name}: no crash on {}", second.unwrap_or_default());

@@ -254,3 +254,48 @@ fn open(args: &Args) -> Result<(PathBuf, ReadOnlyWal), Exit> {
     let wal = ReadOnlyWal::open(&dir, key_ring(args, false)?)?;
     Ok((dir, wal))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    use super::*;
+
+    /// Argument lists drawn from the options, numbers at and past each type's bounds, malformed
+    /// hex, empty and non-UTF-8 words, and paths.
+    fn argument_lists() -> impl Iterator<Item = Vec<OsString>> {
+        let words: Vec<OsString> = OPTIONS
+            .iter()
+            .map(|o| OsString::from(*o))
+            .chain(
+                ["0", "1", "0x", "0x10", "0xg", "-1", "+7", "65535", "65536", "4294967296", "18446744073709551615", "18446744073709551616"]
+                    .map(OsString::from),
+            )
+            .chain(["", "--", "-", "--keyfile", "/tmp/none", "dir"].map(OsString::from))
+            .chain([OsString::from_vec(vec![0xFF, 0xFE]), OsString::from_vec(b"--from\xFF".to_vec())])
+            .collect();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        (0..20_000).map(move |_| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let len = (state >> 60) as usize % 7;
+            (0..len).map(|i| words[((state >> (i * 8)) as usize) % words.len()].clone()).collect()
+        })
+    }
+
+    #[test]
+    fn any_argument_list_parses_or_is_a_usage_error_never_a_panic() {
+        for list in argument_lists() {
+            for command in ["inspect", "dump", "verify", "bench", "other"] {
+                match parse(list.clone().into_iter()).and_then(|args| check_options(command, args)) {
+                    Ok(args) => {
+                        let keys = list.iter().filter(|a| a.to_str() == Some("--key-file")).count();
+                        // A `--key-file` can be another's path, never a key of its own.
+                        assert!(args.keys.len() <= keys, "{list:?}: a key for every --key-file at most");
+                    }
+                    Err(exit) => assert!(exit.code == 3 && exit.show_usage, "{list:?}: {}", exit.message),
+                }
+            }
+        }
+    }
+}
