@@ -22,7 +22,7 @@ use crate::error::{IoOp, Result, WalError};
 use crate::format::manifest::{
     FLOOR_FILE, FLOOR_TEMP_FILE, MANIFEST_FILE, MANIFEST_LEN, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SlotKind,
 };
-use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::storage::{OpenMode, Storage, StorageFile, is_out_of_space};
 use crate::types::SegmentId;
 
 /// What the manifest of `dir` says, or `None` where there is none (a log made before the
@@ -207,8 +207,17 @@ impl<F: StorageFile> Floor<F> {
                 self.file = Some(Manifest { file, path: dir.join(FLOOR_FILE), kind: SlotKind::Floor, current });
             }),
         };
-        if let Err(WalError::Io { op: IoOp::SyncData | IoOp::SyncDir, .. }) = &result {
-            self.broken = true;
+        match &result {
+            Err(WalError::Io { op: IoOp::SyncData | IoOp::SyncDir, .. }) => self.broken = true,
+            // No room for a new `FLOOR` (its temporary file, its bytes or its name): the log goes
+            // on without one, as a log written before it existed, unchecked at its low end. A full
+            // disk is when an open and a truncation, which frees space, matter most; a check
+            // must not stop them. An update of an existing file allocates nothing.
+            Err(WalError::Io { source, path, .. }) if self.file.is_none() && is_out_of_space(source) => {
+                tracing::warn!(path = %path.display(), err = %source, "no room to create FLOOR: the log's low end goes unchecked until it can be");
+                return Ok(());
+            }
+            _ => {}
         }
         result
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use nodedb_wal::format::manifest::FLOOR_FILE;
-use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 use nodedb_wal::{
     FsStorage, IoOp, Lsn, ReadOnlyWal, Record, RecordType, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment,
@@ -272,4 +272,26 @@ fn a_floor_whose_sync_failed_is_made_durable_before_a_reopen_removes_segments_be
         let wal = SegmentedWal::open_with(restarted, config(dir, 2)).unwrap_or_else(|e| panic!("seed {seed}: after the cut: {e}"));
         check_holds(&wal, &model, checkpoint.0, acked, "after the cut");
     }
+}
+
+/// A log written before `FLOOR` existed, opened where the file system has no room for a new name
+/// (XFS may need a directory block for one): the check is new and optional, so having no room to
+/// create its file must stop neither the open nor a truncation, which is how a database frees
+/// space. The log goes on unchecked at its low end until it has room.
+#[test]
+fn no_room_to_create_the_floor_stops_neither_the_open_nor_a_truncation_of_a_log_without_one() {
+    let storage = FaultyStorage::new(SimStorage::new(13, FaultConfig::default()));
+    let dir = Path::new("/full");
+    let (_, model) = truncated_log(&storage, dir, 0);
+    storage.remove(&dir.join(FLOOR_FILE)).unwrap();
+    storage.fail_from(FaultOp::Rename, 0, ENOSPC);
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir, 0)).unwrap();
+    let last = *model.keys().last().unwrap();
+    check_holds(&wal, &model, wal.segments()[0].first_lsn.0, last, "opened on a full disk");
+    let checkpoint = wal.segments()[2].first_lsn;
+    assert_eq!(wal.truncate_before(checkpoint).unwrap(), 2, "truncation frees space on a full disk");
+    assert!(!storage.list(dir).unwrap().iter().any(|n| n == FLOOR_FILE), "no FLOOR could be made");
+    let lsns: Vec<u64> = wal.read_from(checkpoint).unwrap().map(|r| r.unwrap().lsn.0).collect();
+    assert_eq!(lsns, (checkpoint.0..=last).collect::<Vec<_>>(), "every record from the checkpoint on");
+    assert!(!wal.stats().poisoned, "no room for an optional file is no failed sync");
 }
