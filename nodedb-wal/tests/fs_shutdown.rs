@@ -88,15 +88,18 @@ fn mount_or_skip(kind: FsKind) -> Option<LoopFs> {
 
 /// Shuts `fs` down under the running child. One round in eight counts from the child's start,
 /// so that some shutdowns land in its start-up or recovery (cutting torn tails, sealing,
-/// removing or reusing files); the others come once it has opened.
-fn shut_down_under(child: &mut ChildRun, fs: &LoopFs, rng: &mut Rng, name: &str) {
+/// removing or reusing files); the others come once it has opened. Returns how many bytes of
+/// acknowledgements the child had written when the shutdown began.
+fn shut_down_under(child: &mut ChildRun, fs: &LoopFs, rng: &mut Rng, name: &str) -> u64 {
     if rng.below(8) == 0 {
         std::thread::sleep(rng.start_delay());
     } else {
         child.wait_open();
         std::thread::sleep(rng.kill_delay());
     }
+    let before = child.acks_written();
     shut_down(&fs.path()).unwrap_or_else(|e| panic!("FS_IOC_SHUTDOWN on {name}: {e}"));
+    before
 }
 
 /// The rounds of a log's child (`rounds` of them, round `r` in `mode_of(r)`) on a file system of
@@ -123,8 +126,8 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind, rounds: u32, mut model:
         let mode = mode_of(round);
         model.note_kept_files(&dir);
         let mut child = ChildRun::spawn(CHILD_ENTRY, &dir, round, mode, scratch.path());
-        shut_down_under(&mut child, &fs, &mut rng, name);
-        let acks = child.kill();
+        let before = shut_down_under(&mut child, &fs, &mut rng, name);
+        let acks = child.kill_after_shutdown(before);
         shut_before_open += u32::from(acks.opened_at.is_none());
         if let Some(status) = acks.exited_by_itself {
             let open_failed = acks.opened_at.is_none() && status.code() == Some(EXIT_OPEN_FAILED);
@@ -152,8 +155,16 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind, rounds: u32, mut model:
     }
     eprintln!(
         "fs_shutdown {name}: {rounds} rounds ({shut_before_open} shut down before the log was open), {} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} \
-         tombstones, purges and Calvin positions recovered, {} records truncated and {} kept files reused by the children",
-        model.acked_total, model.unacked_total, model.torn_tails, model.system_total, model.truncated_by_child, model.reused_by_child
+         tombstones, purges and Calvin positions recovered, {} records truncated and {} kept files reused by the children; {} more acknowledged after the \
+         shutdown began, {} of them lost",
+        model.acked_total,
+        model.unacked_total,
+        model.torn_tails,
+        model.system_total,
+        model.truncated_by_child,
+        model.reused_by_child,
+        model.acked_late,
+        model.acked_late_lost
     );
 }
 

@@ -251,6 +251,10 @@ pub struct Acks {
     pub opened_at: Option<Lsn>,
     /// Acknowledged records.
     pub acked: Vec<Ack>,
+    /// Records acknowledged after a file-system shutdown began (see
+    /// [`ChildRun::kill_after_shutdown`]): each may be lost, but where it is there it is the
+    /// record acknowledged.
+    pub acked_late: Vec<Ack>,
     /// The highest checkpoint the child passed to `truncate_before`, if any.
     pub truncated_to: Option<Lsn>,
     /// Errors the child's threads met: (kind, message).
@@ -308,6 +312,29 @@ impl ChildRun {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// How many bytes of acknowledgements the child has written so far.
+    pub fn acks_written(&self) -> u64 {
+        std::fs::metadata(&self.acks).map_or(0, |m| m.len())
+    }
+
+    /// [`Self::kill`] after a file-system shutdown that began when the child had written
+    /// `before` bytes of acknowledgements: only the records acknowledged in those bytes must
+    /// survive. A power cut is instantaneous and no sync in flight at it ever returns, but
+    /// `FS_IOC_SHUTDOWN` takes time, and an fdatasync racing it on ext4 can return success
+    /// while the journal commit it waited for is aborted (seen: a file's growth lost behind an
+    /// acknowledgement written after the shutdown began). Everything else (truncations, errors,
+    /// the open) is read whole: it may have taken effect before the shutdown did.
+    pub fn kill_after_shutdown(&mut self, before: u64) -> Acks {
+        let (exited_by_itself, text, stderr) = self.kill_raw();
+        let mut acks = parse_acks(text.as_bytes());
+        let prefix = &text.as_bytes()[..text.len().min(before as usize)];
+        let in_time = parse_acks(prefix).acked.len();
+        acks.acked_late = acks.acked.split_off(in_time);
+        acks.exited_by_itself = exited_by_itself;
+        acks.stderr = stderr;
+        acks
     }
 
     /// Sends SIGKILL (unless the child has exited), reaps it and reads what it acknowledged.

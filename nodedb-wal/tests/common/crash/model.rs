@@ -45,6 +45,10 @@ pub struct Model {
     pub reused_by_child: u64,
     /// Records kept below the newest when the parent truncates.
     keep_records: u64,
+    /// Records acknowledged after a file-system shutdown began (`Acks::acked_late`), and how
+    /// many of them were not recovered, over all rounds.
+    pub acked_late: u64,
+    pub acked_late_lost: u64,
 }
 
 impl Default for Model {
@@ -62,6 +66,8 @@ impl Default for Model {
             kept_inodes: Vec::new(),
             reused_by_child: 0,
             keep_records: KEEP_RECORDS,
+            acked_late: 0,
+            acked_late_lost: 0,
         }
     }
 }
@@ -138,6 +144,8 @@ impl Model {
             self.records.insert(from + i as u64, *origin);
         }
         self.acked_total += acks.acked.len() as u64;
+        self.acked_late += acks.acked_late.len() as u64;
+        self.acked_late_lost += acks.acked_late.iter().filter(|a| a.lsn.0 > last).count() as u64;
         let acked_kept = acks.acked.iter().filter(|a| a.lsn.0 >= from).count() as u64;
         self.unacked_total += new.len() as u64 - acked_kept;
         self.truncated_by_child += first - self.first;
@@ -169,6 +177,14 @@ impl Model {
                 panic!("round {round}: acknowledged {ack:?} is lost; the log ends at LSN {}", from + new.len() as u64 - 1);
             };
             assert_eq!((found.thread, found.seq), (ack.thread, ack.seq), "acknowledged LSN {} holds another record", ack.lsn);
+            *acked_per_thread.entry(ack.thread).or_insert(0) += 1;
+        }
+        for ack in &acks.acked_late {
+            let at = ack.lsn.0.checked_sub(from).map(|i| i as usize).and_then(|i| new.get(i));
+            if let Some(found) = at {
+                assert_eq!((found.thread, found.seq), (ack.thread, ack.seq), "acknowledged LSN {} holds another record", ack.lsn);
+            }
+            // Counted either way: the thread saw it acknowledged, so its next appends may be there.
             *acked_per_thread.entry(ack.thread).or_insert(0) += 1;
         }
         for (thread, count) in counts {
