@@ -256,8 +256,19 @@ fn put(rng: &mut SimRng) -> (RecordType, Vec<u8>) {
 /// as soon as it has an LSN, and of its acknowledgement only once the wait returned Ok.
 fn write_step(db: &TinyDb, keys: &KeyRing, model: &Mutex<Model>, rng: &mut SimRng) -> Result<(), WalError> {
     let wal = &db.wal;
-    let note = |lsn: Lsn, rec: (RecordType, Vec<u8>)| {
-        model.lock().unwrap().appended.insert(lsn.0, rec);
+    // Another thread's sync may make a record durable, and a checkpoint read it, before its
+    // append returns: the model holds it as pending until then, and a reader resolves it.
+    let pend = |records: &[(RecordType, Vec<u8>)]| model.lock().unwrap().pending.extend_from_slice(records);
+    let note = |first: Lsn, records: Vec<(RecordType, Vec<u8>)>| {
+        let mut m = model.lock().unwrap();
+        for (i, record) in records.into_iter().enumerate() {
+            let lsn = first.0 + i as u64;
+            if !m.appended.contains_key(&lsn) {
+                let at = m.pending.iter().position(|r| *r == record).expect("pending");
+                m.pending.swap_remove(at);
+                m.appended.insert(lsn, record);
+            }
+        }
     };
     let ack = |lsn: Lsn| {
         let mut m = model.lock().unwrap();
@@ -266,8 +277,9 @@ fn write_step(db: &TinyDb, keys: &KeyRing, model: &Mutex<Model>, rng: &mut SimRn
     match rng.below(20) {
         0..=7 => {
             let (ty, p) = put(rng);
+            pend(&[(ty, p.clone())]);
             let lsn = wal.append(Record::new(ty, &p).scoped(SCOPE))?;
-            note(lsn, (ty, p));
+            note(lsn, vec![(ty, p)]);
             if rng.below(2) == 0 {
                 block_on(wal.durable(lsn)?)?;
             } else {
@@ -276,31 +288,21 @@ fn write_step(db: &TinyDb, keys: &KeyRing, model: &Mutex<Model>, rng: &mut SimRn
             ack(lsn);
         }
         8..=11 => {
-            // append_durable cannot tell the model its LSN before the wait; it learns it after.
             let (ty, p) = put(rng);
-            model.lock().unwrap().pending.push((ty, p.clone()));
+            pend(&[(ty, p.clone())]);
             let lsn = wal.append_durable(Record::new(ty, &p).scoped(SCOPE))?;
-            let mut m = model.lock().unwrap();
-            if !m.appended.contains_key(&lsn.0) {
-                let at = m.pending.iter().position(|(pty, pp)| *pty == ty && *pp == p).expect("pending");
-                m.pending.swap_remove(at);
-                m.appended.insert(lsn.0, (ty, p));
-            }
-            m.acked = m.acked.max(lsn.0);
+            note(lsn, vec![(ty, p)]);
+            ack(lsn);
         }
         12..=15 => {
             let ops: Vec<_> = (0..1 + rng.below(6)).map(|_| put(rng)).collect();
             let records: Vec<_> = ops.iter().map(|(ty, p)| Record::new(*ty, p).scoped(SCOPE)).collect();
             let grouped = rng.below(2) == 0;
+            pend(&ops);
             let lsns = if grouped { wal.append_group(&records)? } else { wal.append_batch(&records)? };
-            {
-                let mut m = model.lock().unwrap();
-                for (i, op) in ops.into_iter().enumerate() {
-                    m.appended.insert(lsns.start().0 + i as u64, op);
-                }
-                if grouped {
-                    m.groups.push((lsns.start().0, lsns.end().0));
-                }
+            note(*lsns.start(), ops.clone());
+            if grouped {
+                model.lock().unwrap().groups.push((lsns.start().0, lsns.end().0));
             }
             wal.wait_durable(*lsns.end())?;
             ack(*lsns.end());
@@ -313,8 +315,10 @@ fn write_step(db: &TinyDb, keys: &KeyRing, model: &Mutex<Model>, rng: &mut SimRn
                 collection: name(c),
                 purge_lsn: wal.next_lsn(),
             };
+            let record = (RecordType::COLLECTION_TOMBSTONE, t.encode().unwrap());
+            pend(std::slice::from_ref(&record));
             let lsn = wal.append_tombstone(&t)?;
-            note(lsn, (RecordType::COLLECTION_TOMBSTONE, t.encode().unwrap()));
+            note(lsn, vec![record]);
             wal.wait_durable(lsn)?;
             ack(lsn);
         }
@@ -326,8 +330,10 @@ fn write_step(db: &TinyDb, keys: &KeyRing, model: &Mutex<Model>, rng: &mut SimRn
                 cutoff_unix_ms: rng.below(500) as i64,
                 purged_count: 0,
             };
+            let record = (RecordType::TEMPORAL_PURGE, p.encode().unwrap());
+            pend(std::slice::from_ref(&record));
             let lsn = wal.append_temporal_purge(&p, SCOPE)?;
-            note(lsn, (RecordType::TEMPORAL_PURGE, p.encode().unwrap()));
+            note(lsn, vec![record]);
             wal.wait_durable(lsn)?;
             ack(lsn);
         }
@@ -454,7 +460,9 @@ fn reopen_and_check(seed: u64, sim: &SimStorage, ring: &Arc<KeyRing>, model: &mu
 }
 
 /// A single-threaded round: its schedule, and where the power is cut, depend on the seed only.
-fn single_round(db: &TinyDb, sim: &SimStorage, ring: &Arc<KeyRing>, model: &mut Model, rng: &mut SimRng) {
+/// Returns whether a step failed (an injected fault, or a cut inside a checkpoint).
+fn single_round(db: &TinyDb, sim: &SimStorage, ring: &Arc<KeyRing>, model: &mut Model, rng: &mut SimRng) -> bool {
+    let mut failed = false;
     let shared = Mutex::new(std::mem::take(model));
     let stages = [Stage::Written, Stage::Synced, Stage::Renamed, Stage::DirSynced, Stage::Truncated];
     for _ in 0..rng.below(80) {
@@ -469,10 +477,12 @@ fn single_round(db: &TinyDb, sim: &SimStorage, ring: &Arc<KeyRing>, model: &mut 
             write_step(db, ring, &shared, rng)
         };
         if outcome.is_err() {
+            failed = true;
             break;
         }
     }
     *model = shared.into_inner().unwrap();
+    failed
 }
 
 /// Writers, a checkpointer and a follower run while the power is cut at a random moment.
@@ -550,7 +560,15 @@ fn run_seed(seed: u64) {
         if rng.below(3) == 0 {
             sim = concurrent_round(seed, Arc::new(db), &sim, &ring, &mut model, &mut rng);
         } else {
-            single_round(&db, &sim, &ring, &mut model, &mut rng);
+            if single_round(&db, &sim, &ring, &mut model, &mut rng) && rng.below(2) == 0 {
+                // The store reopens after a failure under the same kernel, before the power
+                // cut: what that recovery returns, the cut must keep.
+                drop(db);
+                sim.set_faults(FaultConfig::default());
+                db = reopen_and_check(seed, &sim, &ring, &mut model);
+                sim.set_faults(faults);
+                single_round(&db, &sim, &ring, &mut model, &mut rng);
+            }
             let after = sim.crash(rng.next_u64());
             drop(db);
             sim = after;
