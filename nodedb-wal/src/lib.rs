@@ -48,6 +48,10 @@
 //!     }
 //! }
 //! assert_eq!(replayed, [b"orders/1 again".to_vec()], "the rows before the drop stay dropped");
+//! // A drop the engines' files do not hold yet (its tombstone at or past what they applied)
+//! // must reach those files too: their rows of "orders" below the purge LSN go. The purge LSN
+//! // alone cannot tell (it may lie below the engines' checkpoint); the drop's own LSN can.
+//! assert!(info.tombstones.dropped_at(0, 0, "orders") > Some(engine_applied));
 //!
 //! // Checkpoint: the engines hold everything below `checkpoint` in their own files.
 //! let checkpoint = wal.sync()?;
@@ -77,7 +81,8 @@
 //! - **Records the engines share**: [`append_tombstone`](SegmentedWal::append_tombstone),
 //!   [`append_temporal_purge`](SegmentedWal::append_temporal_purge) and
 //!   [`append_calvin_applied`](SegmentedWal::append_calvin_applied); at open, recovery hands
-//!   the first two back in [`RecoveryInfo`].
+//!   the first two back in [`RecoveryInfo`]. They go with their segments at truncation, so the
+//!   engines keep drops and purges in their own checkpoints ([`TombstoneSet::dropped_at`]).
 //! - **Encryption at rest**: [`SegmentedWalConfig::key_ring`] with a [`KeyRing`] of
 //!   [`SecureKey`]s; [`encrypt_engine_file`] for the engines' own files.
 //! - **Segments made elsewhere** (an import): [`WalWriter`].

@@ -29,7 +29,15 @@ use crate::types::{Lsn, RecordType, Scope};
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TombstoneSet {
-    by_tenant: HashMap<(u32, u32), HashMap<Box<str>, Lsn>>,
+    by_tenant: HashMap<(u32, u32), HashMap<Box<str>, Dropped>>,
+}
+
+/// One dropped collection: the purge LSN, and the LSN of its last tombstone record where it
+/// came from the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dropped {
+    purge_lsn: Lsn,
+    at: Option<Lsn>,
 }
 
 impl TombstoneSet {
@@ -38,13 +46,21 @@ impl TombstoneSet {
         TombstoneSet::default()
     }
 
-    /// Adds a tombstone; a later drop of the same collection raises its purge LSN.
+    /// Adds a tombstone; a later drop of the same collection raises its purge LSN. It was not
+    /// read from a log, so it tells no [`Self::dropped_at`] of its own.
     pub fn insert(&mut self, t: &CollectionTombstonePayload) {
+        self.add(t, None);
+    }
+
+    fn add(&mut self, t: &CollectionTombstonePayload, at: Option<Lsn>) {
         let names = self.by_tenant.entry((t.database, t.tenant)).or_default();
         match names.get_mut(t.collection.as_str()) {
-            Some(lsn) => *lsn = (*lsn).max(t.purge_lsn),
+            Some(dropped) => {
+                dropped.purge_lsn = dropped.purge_lsn.max(t.purge_lsn);
+                dropped.at = dropped.at.max(at);
+            }
             None => {
-                names.insert(t.collection.clone().into_boxed_str(), t.purge_lsn);
+                names.insert(t.collection.clone().into_boxed_str(), Dropped { purge_lsn: t.purge_lsn, at });
             }
         }
     }
@@ -55,15 +71,49 @@ impl TombstoneSet {
     /// collection made again, are not hidden.
     pub(crate) fn insert_found(&mut self, t: &CollectionTombstonePayload, lsn: Lsn) {
         if t.purge_lsn <= lsn {
-            return self.insert(t);
+            return self.add(t, Some(lsn));
         }
         tracing::warn!(%lsn, purge_lsn = %t.purge_lsn, collection = %t.collection, "a tombstone's purge LSN is past its own; using its own");
-        self.insert(&CollectionTombstonePayload { purge_lsn: lsn, ..t.clone() });
+        self.add(&CollectionTombstonePayload { purge_lsn: lsn, ..t.clone() }, Some(lsn));
     }
 
     /// The purge LSN of a dropped collection. Does not allocate.
     pub fn purge_lsn(&self, database: u32, tenant: u32, collection: &str) -> Option<Lsn> {
-        self.by_tenant.get(&(database, tenant))?.get(collection).copied()
+        Some(self.by_tenant.get(&(database, tenant))?.get(collection)?.purge_lsn)
+    }
+
+    /// The LSN of the collection's last tombstone record found in the log (`None` if it was not
+    /// dropped, or only by [`Self::insert`]). Does not allocate.
+    ///
+    /// A purge LSN is often below its tombstone's own LSN (taken from `next_lsn` while other
+    /// writers went on), and an engine's checkpoint may fall between the two. At open, a drop
+    /// with `dropped_at` below the checkpoint is already in the engine's files (a collection
+    /// made again after it keeps its rows there); one at or above it must still be applied to
+    /// them, to the rows written below its purge LSN. An engine that keeps each row's LSN needs
+    /// neither: it drops the rows below the purge LSN, which holds either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{CollectionTombstonePayload, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+    /// # use nodedb_wal::storage::FaultConfig;
+    /// let sim = SimStorage::new(1, FaultConfig::default());
+    /// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// let purge_lsn = wal.next_lsn();
+    /// wal.append(Record::new(RecordType::optional(0x100), b"another writer's record"))?;
+    /// let checkpoint = wal.next_lsn(); // the engine checkpoints here
+    /// let at = wal.append_tombstone(&CollectionTombstonePayload { database: 0, tenant: 0, collection: "orders".into(), purge_lsn })?;
+    /// wal.close()?;
+    ///
+    /// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
+    /// let set = &wal.recovery_info().tombstones;
+    /// assert!(set.purge_lsn(0, 0, "orders") < Some(checkpoint), "the purge LSN alone says: already applied");
+    /// assert_eq!(set.dropped_at(0, 0, "orders"), Some(at));
+    /// assert!(Some(checkpoint) <= set.dropped_at(0, 0, "orders"), "but the checkpoint does not hold the drop");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn dropped_at(&self, database: u32, tenant: u32, collection: &str) -> Option<Lsn> {
+        self.by_tenant.get(&(database, tenant))?.get(collection)?.at
     }
 
     /// Whether a record of this collection at `lsn` was dropped with it. Does not allocate.

@@ -387,3 +387,40 @@ fn a_tombstone_on_disk_reaching_past_its_own_lsn_drops_only_what_came_before_it(
     assert!(!live(before), "LSN {before} predates the drop");
     assert!(live(after), "LSN {after} was appended after the drop");
 }
+
+// Found by the tiny database of `tiny_db.rs`: a drop's purge LSN is often below the
+// tombstone's own LSN (taken from `next_lsn`, while other writers append before the
+// tombstone lands), and a checkpoint can fall between the two. At open an engine must then tell
+// a drop its checkpoint already holds (re-applying it would remove a re-created collection's
+// checkpointed rows) from one it must still apply to its files; with only the purge LSN, both
+// look the same. The tombstone's own LSN tells them apart.
+#[test]
+fn recovery_tells_the_lsn_of_each_collections_last_drop() {
+    let sim = SimStorage::new(4, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config(None)).unwrap();
+    let ty = RecordType::optional(0x100);
+    let tombstone =
+        |collection: &str, purge_lsn| CollectionTombstonePayload { database: 1, tenant: 2, collection: collection.into(), purge_lsn };
+    // Dropped, then other records, then the tombstone: a checkpoint at `between` holds the
+    // rows below the purge LSN but not the drop.
+    let purge = wal.next_lsn();
+    wal.append(Record::new(ty, b"another collection's row")).unwrap();
+    let between = wal.next_lsn();
+    wal.append(Record::new(ty, b"another collection's row")).unwrap();
+    let orders = wal.append_tombstone(&tombstone("orders", purge)).unwrap();
+    let first = wal.append_tombstone(&tombstone("users", Lsn(1))).unwrap();
+    let again = wal.append_tombstone(&tombstone("users", first)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+
+    let wal = SegmentedWal::open_with(sim, config(None)).unwrap();
+    let set = &wal.recovery_info().tombstones;
+    assert_eq!(set.purge_lsn(1, 2, "orders"), Some(purge));
+    assert!(purge < between, "by its purge LSN alone, a checkpoint at {between} would hold the drop");
+    assert_eq!(set.dropped_at(1, 2, "orders"), Some(orders), "the drop's own LSN, past the checkpoint");
+    assert_eq!(set.dropped_at(1, 2, "users"), Some(again), "the last drop of the collection");
+    assert_eq!(set.dropped_at(1, 3, "orders"), None, "another tenant's collection was not dropped");
+    let mut inserted = nodedb_wal::TombstoneSet::new();
+    inserted.insert(&tombstone("orders", purge));
+    assert_eq!(inserted.dropped_at(1, 2, "orders"), None, "not read from a log");
+}
