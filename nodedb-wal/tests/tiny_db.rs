@@ -143,17 +143,30 @@ struct TinyDb {
 
 impl TinyDb {
     /// Opens the store: snapshot, then the log from the snapshot's LSN.
-    fn open(sim: &SimStorage, config: SegmentedWalConfig) -> Result<(TinyDb, State), WalError> {
+    fn open(sim: &SimStorage, config: SegmentedWalConfig, parallel: bool) -> Result<(TinyDb, State), WalError> {
         let wal = SegmentedWal::open_with(sim.clone(), config)?;
         let (next, snapshot) = match sim.read_file(Path::new(SNAPSHOT)) {
             Some(bytes) => decode_snapshot(&bytes),
             None => (1, State::new()),
         };
         let mut state = snapshot.clone();
-        for (expected, r) in (next..).zip(wal.read_from(Lsn(next))?) {
-            let r = r?;
-            assert_eq!(r.lsn.0, expected, "replay is dense from the snapshot's LSN");
-            apply(&mut state, r.lsn.0, r.record_type, &r.payload);
+        let mut expected = next;
+        let mut replay = |lsn: Lsn, record_type, payload: &[u8]| {
+            assert_eq!(lsn.0, expected, "replay is dense from the snapshot's LSN");
+            apply(&mut state, lsn.0, record_type, payload);
+            expected += 1;
+        };
+        // Half the stores replay with parallel decoders, half with a plain streaming read.
+        if parallel {
+            wal.replay_parallel(Lsn(next), 2, |r| {
+                replay(r.lsn, r.record_type, r.payload);
+                Ok(())
+            })?;
+        } else {
+            for r in wal.read_from(Lsn(next))? {
+                let r = r?;
+                replay(r.lsn, r.record_type, &r.payload);
+            }
         }
         // The snapshot stays at its LSN until the next checkpoint rolls it forward.
         Ok((TinyDb { wal, snapshot: Mutex::new((next, snapshot)) }, state))
@@ -165,7 +178,8 @@ impl TinyDb {
     fn checkpoint(&self, sim: &SimStorage, stop: Option<Stage>, observe: &dyn Fn(u64, RecordType, &[u8])) -> Result<(), WalError> {
         let mut guard = self.snapshot.lock().unwrap();
         let (mut next, mut state) = guard.clone();
-        for r in self.wal.read_from(Lsn(next))? {
+        // Checkpoints catch up through memory maps of sealed segments.
+        for r in self.wal.read_mapped(Lsn(next))? {
             let r = r?;
             observe(r.lsn.0, r.record_type, &r.payload);
             apply(&mut state, r.lsn.0, r.record_type, &r.payload);
@@ -393,17 +407,25 @@ fn key_ring(seed: u64) -> Arc<KeyRing> {
     Arc::new(ring)
 }
 
-fn config(ring: &Arc<KeyRing>) -> SegmentedWalConfig {
+/// The store's log settings; `variant` (from the seed) varies how it writes: through the page
+/// cache or not, with kept segment files or none, with a commit window, with segments large
+/// enough for header indexes.
+fn config(ring: &Arc<KeyRing>, variant: u64) -> SegmentedWalConfig {
     let mut c = SegmentedWalConfig::new(DIR);
-    c.segment_bytes_target = 24 * 1024;
+    c.segment_bytes_target = if variant % 7 == 3 { 96 * 1024 } else { 24 * 1024 };
     c.batch_bytes_max = 8 * 1024;
     c.key_ring = Some(Arc::clone(ring));
+    c.direct_io = variant % 3 != 2;
+    c.recycle_segments = (variant / 3 % 3) as usize;
+    if variant % 5 == 4 {
+        c.commit_window = Some(Duration::from_micros(200));
+    }
     c
 }
 
 /// Reopens the store and checks it against the model; trims the model to what survived.
 fn reopen_and_check(seed: u64, sim: &SimStorage, ring: &Arc<KeyRing>, model: &mut Model) -> TinyDb {
-    let (db, state) = TinyDb::open(sim, config(ring)).unwrap_or_else(|e| panic!("seed {seed}: open: {e}"));
+    let (db, state) = TinyDb::open(sim, config(ring, seed), seed % 4 < 2).unwrap_or_else(|e| panic!("seed {seed}: open: {e}"));
     let info = db.wal.recovery_info().clone();
     let last = info.last_lsn.0.max(db.wal.next_lsn().0 - 1);
     for r in db.wal.read_from(info.first_lsn).unwrap() {
@@ -521,6 +543,9 @@ fn concurrent_round(seed: u64, db: Arc<TinyDb>, sim: &SimStorage, ring: &Arc<Key
         w.join().unwrap();
     }
     let (seen, err) = follower.join().unwrap();
+    if std::env::var("NODEDB_WAL_SIM_TRACE").is_ok() {
+        eprintln!("seed {seed}: the follower delivered {} records from {from}, then {err:?}", seen.len());
+    }
     check_follower(seed, from, &seen, &err, &shared);
     drop(db);
     *model = std::mem::take(&mut *shared.lock().unwrap());
@@ -602,7 +627,7 @@ fn a_follower_overtaken_by_truncation_delivers_densely_or_stops_at_a_typed_error
         for stop_at in [0u64, 1, 7, 30, 61, 90] {
             for checkpoint in [1u64, 20, 45, 70, 100, 140] {
                 let ring = key_ring(encrypted as u64);
-                let wal = SegmentedWal::open_with(SimStorage::new(stop_at ^ checkpoint, FaultConfig::default()), config(&ring)).unwrap();
+                let wal = SegmentedWal::open_with(SimStorage::new(stop_at ^ checkpoint, FaultConfig::default()), config(&ring, 0)).unwrap();
                 let mut next = 1u64;
                 let mut append = |wal: &SegmentedWal<SimStorage>, n: u64| {
                     for _ in 0..n {
