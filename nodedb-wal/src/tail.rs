@@ -9,6 +9,7 @@
 //! read a few blocks at a time.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Result, WalError};
@@ -47,7 +48,7 @@ pub(crate) const TAIL_CHUNK: usize = 64 << 10;
 /// ```
 #[derive(Debug)]
 pub struct Tail<'a, S: Storage> {
-    wal: &'a SegmentedWal<S>,
+    wal: Followed<'a, S>,
     cursor: Lsn,
     ready: VecDeque<WalRecord>,
     /// The reader of the last refill, kept for the next.
@@ -56,11 +57,42 @@ pub struct Tail<'a, S: Storage> {
     failed: Option<WalError>,
 }
 
+/// The log a tail follows: borrowed, or held through an `Arc` so that the tail, with its kept
+/// reader, can live in a subscriber's own struct beside the handle it shares.
+#[derive(Debug)]
+enum Followed<'a, S: Storage> {
+    Borrowed(&'a SegmentedWal<S>),
+    Shared(Arc<SegmentedWal<S>>),
+}
+
+impl<S: Storage> std::ops::Deref for Followed<'_, S> {
+    type Target = SegmentedWal<S>;
+
+    fn deref(&self) -> &SegmentedWal<S> {
+        match self {
+            Followed::Borrowed(wal) => wal,
+            Followed::Shared(wal) => wal,
+        }
+    }
+}
+
 impl<'a, S: Storage> Tail<'a, S> {
     pub(crate) fn new(wal: &'a SegmentedWal<S>, from: Lsn) -> Tail<'a, S> {
-        Tail { wal, cursor: from, ready: VecDeque::new(), reader: None, failed: None }
+        Tail::following(Followed::Borrowed(wal), from)
     }
 
+    fn following(wal: Followed<'a, S>, from: Lsn) -> Tail<'a, S> {
+        Tail { wal, cursor: from, ready: VecDeque::new(), reader: None, failed: None }
+    }
+}
+
+impl<S: Storage + 'static> Tail<'static, S> {
+    pub(crate) fn shared(wal: Arc<SegmentedWal<S>>, from: Lsn) -> Tail<'static, S> {
+        Tail::following(Followed::Shared(wal), from)
+    }
+}
+
+impl<S: Storage> Tail<'_, S> {
     /// The LSN of the next record this tail will deliver: store it with the subscriber's state
     /// and pass it to [`SegmentedWal::tail`] to resume.
     #[must_use]
@@ -123,8 +155,6 @@ impl<'a, S: Storage> Tail<'a, S> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::config::SegmentedWalConfig;
     use crate::crypto::{KeyRing, SecureKey};

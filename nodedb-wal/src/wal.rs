@@ -843,6 +843,34 @@ impl<S: Storage> SegmentedWal<S> {
         Tail::new(self, from)
     }
 
+    /// [`Self::tail`] holding the log through an `Arc` instead of a borrow: a tail that can be
+    /// kept in a subscriber's own struct, or moved to its thread, for as long as it follows.
+    /// It keeps the log open (the directory locked) until it is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, Tail, storage::FaultConfig};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// # let ty = RecordType::optional(0x100);
+    /// struct Subscriber {
+    ///     tail: Tail<'static, SimStorage>,
+    /// }
+    /// let wal = Arc::new(SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?);
+    /// let mut subscriber = Subscriber { tail: Arc::clone(&wal).tail_shared(Lsn::FIRST) };
+    /// let follower = std::thread::spawn(move || subscriber.tail.next_timeout(Duration::from_secs(5)));
+    /// let lsn = wal.append_durable(Record::new(ty, b"event"))?;
+    /// assert_eq!(follower.join().unwrap()?.map(|r| r.lsn), Some(lsn));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn tail_shared(self: Arc<Self>, from: Lsn) -> Tail<'static, S>
+    where
+        S: 'static,
+    {
+        Tail::shared(self, from)
+    }
+
     pub(crate) fn committer(&self) -> &GroupCommitter<S> {
         &self.committer
     }

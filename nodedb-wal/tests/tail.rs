@@ -200,3 +200,35 @@ fn a_tail_delivers_every_record_before_damage_ahead_of_the_error() {
         assert!(matches!(err, WalError::Corruption { segment, .. } if segment == damaged.id), "{err:?}");
     }
 }
+
+/// A tail holding the log through an `Arc` lives in the subscriber's own thread, follows every
+/// record there, and keeps the log open (its directory locked) after every other handle is gone,
+/// until it is dropped.
+#[test]
+fn a_shared_tail_follows_on_its_own_thread_and_keeps_the_log_open_until_dropped() {
+    let sim = SimStorage::new(3, FaultConfig::default());
+    let dir = Path::new("/shared");
+    let wal = std::sync::Arc::new(SegmentedWal::open_with(sim.clone(), config(dir)).unwrap());
+    let mut tail = std::sync::Arc::clone(&wal).tail_shared(Lsn::FIRST);
+    const N: u64 = 500;
+    let follower = std::thread::spawn(move || {
+        let mut lsns = Vec::new();
+        while lsns.len() < N as usize {
+            if let Some(record) = tail.next_timeout(Duration::from_secs(10)).unwrap() {
+                lsns.push(record.lsn.0);
+            }
+        }
+        (lsns, tail)
+    });
+    for i in 1..=N {
+        wal.append_durable(Record::new(TY, &i.to_le_bytes())).unwrap();
+    }
+    let (lsns, tail) = follower.join().unwrap();
+    assert_eq!(lsns, (1..=N).collect::<Vec<_>>());
+    drop(wal);
+    let err = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap_err();
+    assert!(matches!(err, WalError::Locked { .. }), "the tail keeps the log open: {err}");
+    drop(tail);
+    let wal = SegmentedWal::open_with(sim, config(dir)).unwrap();
+    assert_eq!(wal.recovery_info().last_lsn, Lsn(N));
+}
