@@ -140,6 +140,24 @@ impl TombstoneSet {
         !self.is_dropped(record.scope.database, record.scope.tenant, collection, record.lsn)
     }
 
+    /// Every dropped collection as (database, tenant, collection, purge LSN), in no particular
+    /// order: an engine applies the drops recovery found without knowing the names beforehand.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{CollectionTombstonePayload, Lsn, TombstoneSet};
+    /// let mut set = TombstoneSet::new();
+    /// set.insert(&CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(40) });
+    /// let drops: Vec<_> = set.iter().collect();
+    /// assert_eq!(drops, [(1, 2, "orders", Lsn(40))]);
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u32, &str, Lsn)> + '_ {
+        self.by_tenant
+            .iter()
+            .flat_map(|(&(database, tenant), names)| names.iter().map(move |(name, d)| (database, tenant, &**name, d.purge_lsn)))
+    }
+
     /// Dropped collections held.
     pub fn len(&self) -> usize {
         self.by_tenant.values().map(HashMap::len).sum()
