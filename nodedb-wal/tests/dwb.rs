@@ -17,7 +17,9 @@ use dwb_support::*;
 use nodedb_wal::dwb::scan::scan_ring;
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage as Faulty};
 use nodedb_wal::storage::{OpenMode, SimRng, Storage, StorageFile, SyncFailure};
-use nodedb_wal::{DegradedPolicy, DoubleWriteBuffer, DwbMode, FileId, IoOp, PageCheck, SimStorage, WalError, wal_dwb_bytes_written_total};
+use nodedb_wal::{
+    DegradedPolicy, DoubleWriteBuffer, DwbConfig, DwbMode, FileId, IoOp, PageCheck, SimStorage, WalError, wal_dwb_bytes_written_total,
+};
 
 const F1: FileId = FILES[0];
 const F2: FileId = FILES[1];
@@ -909,15 +911,20 @@ fn a_header_rewrite_whose_sync_failed_is_read_from_the_disk_by_a_reopen_and_writ
         dwb.recover(check).unwrap();
         assert!(matches!(dwb.degraded_cause(), Some((IoOp::SyncData, _))), "seed {seed}");
         drop(dwb);
-        // Reopened without a power cut, then a power cut tears the in-place write of a batch.
-        let (dwb, _) = open(sim.clone(), cfg.clone());
-        dwb.write_pages(&borrow(&pages_at(&[(F1, 5)], 2))).unwrap();
-        drop(dwb);
-        tear(&sim, F1, 5);
-        let after = sim.crash(seed);
-        let (_, report) = open(after.clone(), cfg.clone());
-        assert_eq!(versions(&after)[slot_of(F1, 5)], Some(2), "seed {seed}: the torn page is restored from its batch: {report:?}");
+        a_batch_after_a_reopen_protects_its_page(&sim, &cfg, seed);
     }
+}
+
+/// Reopens the buffer on `sim` without a power cut and writes a batch; a power cut then tears
+/// the batch's in-place write, and recovery must restore the page from the batch.
+fn a_batch_after_a_reopen_protects_its_page(sim: &SimStorage, cfg: &DwbConfig, seed: u64) {
+    let (dwb, _) = open(sim.clone(), cfg.clone());
+    dwb.write_pages(&borrow(&pages_at(&[(F1, 5)], 2))).unwrap();
+    drop(dwb);
+    tear(sim, F1, 5);
+    let after = sim.crash(seed);
+    let (_, report) = open(after.clone(), cfg.clone());
+    assert_eq!(versions(&after)[slot_of(F1, 5)], Some(2), "seed {seed}: the torn page is restored from its batch: {report:?}");
 }
 
 /// Found by a review: when the directory fsync after a new buffer file's rename failed, the
@@ -938,14 +945,7 @@ fn a_buffer_whose_creation_failed_to_sync_its_directory_has_its_name_made_durabl
         let dwb = DoubleWriteBuffer::open_with(faulty, cfg.clone()).unwrap();
         assert!(matches!(dwb.degraded_cause(), Some((IoOp::SyncDir, _))), "seed {seed}");
         drop(dwb);
-        // Reopened without a power cut, then a power cut tears the in-place write of a batch.
-        let (dwb, _) = open(sim.clone(), cfg.clone());
-        dwb.write_pages(&borrow(&pages_at(&[(F1, 5)], 2))).unwrap();
-        drop(dwb);
-        tear(&sim, F1, 5);
-        let after = sim.crash(seed);
-        let (_, report) = open(after.clone(), cfg.clone());
-        assert_eq!(versions(&after)[slot_of(F1, 5)], Some(2), "seed {seed}: the torn page is restored from its batch: {report:?}");
+        a_batch_after_a_reopen_protects_its_page(&sim, &cfg, seed);
     }
 }
 

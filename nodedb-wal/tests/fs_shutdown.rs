@@ -154,15 +154,9 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind, rounds: u32, mut model:
         });
     }
     eprintln!(
-        "fs_shutdown {name}: {rounds} rounds ({shut_before_open} shut down before the log was open), {} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} \
-         tombstones, purges and Calvin positions recovered, {} records truncated and {} kept files reused by the children; {} more acknowledged after the \
-         shutdown began, {} of them lost",
-        model.acked_total,
-        model.unacked_total,
-        model.torn_tails,
-        model.system_total,
-        model.truncated_by_child,
-        model.reused_by_child,
+        "fs_shutdown {name}: {rounds} rounds ({shut_before_open} shut down before the log was open), {}; {} more acknowledged after the shutdown began, {} \
+         of them lost",
+        model.summary(),
         model.acked_late,
         model.acked_late_lost
     );

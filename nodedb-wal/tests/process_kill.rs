@@ -108,16 +108,9 @@ fn kill_rounds(test: &str, rounds: u32, mut model: Model, mode_of: impl Fn(u32) 
         });
     }
     eprintln!(
-        "{test}: {rounds} rounds ({killed_before_open} killed before opening the log), {} records acknowledged, {} more \
-         recovered unacknowledged, {} torn tails cut, {} tombstones, purges and Calvin positions recovered, {} records truncated and {} kept files reused \
-         by the children, log ends at LSN {}; the newest segment was past a megabyte at \
-         {newest_past_a_megabyte} recoveries (the largest {largest_newest} bytes)",
-        model.acked_total,
-        model.unacked_total,
-        model.torn_tails,
-        model.system_total,
-        model.truncated_by_child,
-        model.reused_by_child,
+        "{test}: {rounds} rounds ({killed_before_open} killed before opening the log), {}, log ends at LSN {}; the newest segment was past a megabyte \
+         at {newest_past_a_megabyte} recoveries (the largest {largest_newest} bytes)",
+        model.summary(),
         model.last()
     );
 }

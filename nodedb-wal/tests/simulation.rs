@@ -9,9 +9,13 @@
 //! release); `NODEDB_WAL_SIM_SEED` runs one. A failing seed is printed; the single-threaded
 //! schedule of a seed is deterministic, so it becomes a plain regression test below.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+use common::block_on;
 
 use nodedb_wal::storage::{FaultConfig, SimRng, Storage as _, SyncFailure};
 use nodedb_wal::{Lsn, Record, RecordType, Scope, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
@@ -268,26 +272,6 @@ fn the_durable_future_resolves_under_a_minimal_executor() {
     let lsn = wal.append(record(b"async")).unwrap();
     block_on(wal.durable(lsn).unwrap()).unwrap();
     assert!(wal.durable_lsn() >= lsn);
-}
-
-/// A tiny executor: parks the thread until the waker unparks it.
-fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(v) => return v,
-            Poll::Pending => std::thread::park(),
-        }
-    }
 }
 
 fn segment_path(id: u64) -> std::path::PathBuf {

@@ -24,14 +24,15 @@
 //! `NODEDB_WAL_SIM_SEEDS` sets how many seeds run (default 300 in debug builds, 3000 in release);
 //! `NODEDB_WAL_SIM_SEED` runs one.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
+
+use common::block_on;
 
 use nodedb_wal::storage::{FaultConfig, OpenMode, SimRng, Storage, StorageFile, SyncFailure};
 use nodedb_wal::{
@@ -235,24 +236,6 @@ impl Model {
         let at = at.unwrap_or_else(|| panic!("LSN {lsn} was never appended"));
         let record = self.pending.swap_remove(at);
         self.appended.insert(lsn, record);
-    }
-}
-
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
     }
 }
 

@@ -73,6 +73,15 @@ impl Default for Model {
 }
 
 impl Model {
+    /// What the rounds so far did, for a test's summary line.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} tombstones, purges and Calvin positions recovered, {} \
+             records truncated and {} kept files reused by the children",
+            self.acked_total, self.unacked_total, self.torn_tails, self.system_total, self.truncated_by_child, self.reused_by_child
+        )
+    }
+
     /// A model whose truncations keep `records` below the newest (instead of 3000).
     pub fn keeping(records: u64) -> Model {
         Model { keep_records: records, ..Model::default() }
