@@ -309,7 +309,7 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     // Read after the listing: truncation records the floor before it removes anything below
     // it, so every segment a listing misses to truncation lies below a floor read after it.
     let floor = manifest::read_floor(storage, dir)?;
-    let (below_floor, ids) = split_at_floor(listed, floor)?;
+    let (below_floor, ids) = split_at_floor(listed, floor, vouched)?;
     let ctx = ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair, reuse_races: scan == Scan::Look };
     let mut info = RecoveryInfo::default();
     let mut seal = None;
@@ -382,8 +382,16 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
 /// log holds, which must start at the floor (no hole either). The oldest present above the
 /// floor means segments the log still needed were removed, not truncated: an error, with
 /// nothing changed. No floor (a log no truncation has cut since `FLOOR` existed): no check.
-fn split_at_floor(listed: Vec<SegmentId>, floor: Option<SegmentId>) -> Result<(Vec<SegmentId>, Vec<SegmentId>)> {
-    let floor = floor.unwrap_or(SegmentId(0));
+/// Nor where the manifest (`vouched`) names no segment (0): a new log whose floor names the
+/// segment its first batch will create, and which holds nothing of its own until one is
+/// durable (no segment, or segments a `WalWriter` imported, of any ids).
+fn split_at_floor(
+    listed: Vec<SegmentId>,
+    floor: Option<SegmentId>,
+    vouched: Option<SegmentId>,
+) -> Result<(Vec<SegmentId>, Vec<SegmentId>)> {
+    // Every floor a truncation records is a listed segment, which the manifest named first.
+    let floor = floor.filter(|_| vouched != Some(SegmentId(0))).unwrap_or(SegmentId(0));
     let (below, ids): (Vec<SegmentId>, Vec<SegmentId>) = listed.into_iter().partition(|&id| id < floor);
     if floor.0 > 0 && ids.first() != Some(&floor) {
         return Err(WalError::MissingSegment { missing: floor, next_present: ids.first().copied() });

@@ -102,6 +102,9 @@ impl<S: Storage> SegmentedWal<S> {
         let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;
         let manifest = Manifest::open_existing(&storage, &dir)?;
         let mut floor = Floor::open(&storage, &dir)?;
+        // A new log never written: the manifest names no segment, and the floor (unchecked by
+        // recovery) names the segment the first batch was to create.
+        let never_written = manifest.as_ref().is_some_and(|m| m.current() == SegmentId(0));
         if let Some(mut pending) = recovered.seal {
             let index = pending.index.take();
             // A segment written with smaller blocks than this open's (a log moved to a disk
@@ -138,7 +141,13 @@ impl<S: Storage> SegmentedWal<S> {
         // A log without `FLOOR` (new, or written before it existed) gets one at its first
         // open, naming its oldest segment: from then on truncation only updates a slot in
         // place, one fdatasync, and a removed oldest segment is told from a truncated one.
-        floor.advance(&storage, &dir, recovered.info.segments.first().map_or(SegmentId(0), |s| s.id))?;
+        // A log without segments (a new one) names the one its first batch will create: a
+        // floor of 0 would leave the first segments unchecked until the next open.
+        let oldest = recovered.info.segments.first().map_or(recovered.next_segment, |s| s.id);
+        if never_written {
+            floor.lower_to(oldest)?;
+        }
+        floor.advance(&storage, &dir, oldest)?;
         let recycled = tidy_dir(&storage, &dir, &recovered.info.segments, config.recycle_segments)?;
         let limits = Limits {
             block: config.alignment,

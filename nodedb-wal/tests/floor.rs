@@ -295,3 +295,92 @@ fn no_room_to_create_the_floor_stops_neither_the_open_nor_a_truncation_of_a_log_
     assert_eq!(lsns, (checkpoint.0..=last).collect::<Vec<_>>(), "every record from the checkpoint on");
     assert!(!wal.stats().poisoned, "no room for an optional file is no failed sync");
 }
+
+/// A log made by this version knows its low end from its first open, not only from its second:
+/// the floor of a new log names the segment its first batch will create. (`FLOOR` named segment
+/// 0 until the next open or truncation, so the first segments of a log that had never been
+/// reopened could be removed and the log opened from the next one, records lost without a word.)
+fn the_first_segment_of_a_never_reopened_log_removed_is_refused<S: Storage + Clone>(storage: S, dir: &Path) {
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir, 0)).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 3);
+    let first = wal.segments()[0].id;
+    wal.close().unwrap();
+    storage.remove(&segment::path(dir, first)).unwrap();
+    let before = snapshot(&storage, dir);
+    let err = ReadOnlyWal::open_with(storage.clone(), dir, None).err().expect("a look refuses it");
+    assert!(matches!(err, WalError::MissingSegment { missing, .. } if missing == first), "a look says {err}");
+    let err = SegmentedWal::open_with(storage.clone(), config(dir, 0)).unwrap_err();
+    assert!(matches!(err, WalError::MissingSegment { missing, .. } if missing == first), "the owner says {err}");
+    assert_eq!(snapshot(&storage, dir), before, "every file as found");
+}
+
+#[test]
+fn the_first_segment_of_a_never_reopened_log_removed_is_refused_sim() {
+    the_first_segment_of_a_never_reopened_log_removed_is_refused(SimStorage::new(13, FaultConfig::default()), Path::new("/new"));
+}
+
+#[test]
+fn the_first_segment_of_a_never_reopened_log_removed_is_refused_fs() {
+    let tmp = tempfile::tempdir().unwrap();
+    the_first_segment_of_a_never_reopened_log_removed_is_refused(FsStorage::new(), &tmp.path().join("new"));
+}
+
+/// A new log reopened before anything was appended (no segment, a floor naming the first one
+/// to come, a manifest naming none) opens empty; one that is empty because all its segments
+/// were removed is refused.
+#[test]
+fn an_empty_new_log_reopens_and_one_whose_every_segment_was_removed_is_refused() {
+    let sim = SimStorage::new(17, FaultConfig::default());
+    let dir = Path::new("/empty");
+    for _ in 0..2 {
+        let wal = SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap();
+        assert_eq!(wal.recovery_info().record_count, 0);
+        wal.close().unwrap();
+    }
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap();
+    fill(&wal, &mut BTreeMap::new(), 2);
+    let ids: Vec<SegmentId> = wal.segments().iter().map(|s| s.id).collect();
+    wal.close().unwrap();
+    for id in ids {
+        sim.remove(&segment::path(dir, id)).unwrap();
+    }
+    let err = SegmentedWal::open_with(sim, config(dir, 0)).unwrap_err();
+    assert!(matches!(err, WalError::MissingSegment { .. }), "{err}");
+}
+
+/// Segments a `WalWriter` adds to a new log that was opened once but never written (its floor
+/// names the segment its first batch would have created) open as the log, whatever their ids.
+#[test]
+fn segments_imported_into_a_new_log_never_written_open_whatever_their_ids() {
+    let sim = SimStorage::new(19, FaultConfig::default());
+    let dir = Path::new("/import");
+    SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap().close().unwrap();
+    let mut writer =
+        nodedb_wal::WalWriter::create_with(sim.clone(), dir, SegmentId(5), Lsn(1), nodedb_wal::WalWriterConfig::default()).unwrap();
+    writer.append(Record::new(TY, b"imported")).unwrap();
+    writer.finish().unwrap();
+    let wal = SegmentedWal::open_with(sim, config(dir, 0)).unwrap();
+    assert_eq!((wal.recovery_info().record_count, wal.segments()[0].id), (1, SegmentId(5)));
+}
+
+/// A segment imported below a new log's floor (id 0, under a floor naming segment 1) is the
+/// log's oldest: the open brings the floor down to it, so no later open (once the log has
+/// written segments of its own) takes it for a truncation's leftovers and removes it.
+#[test]
+fn a_segment_imported_below_a_new_logs_floor_is_kept_by_every_later_open() {
+    let sim = SimStorage::new(23, FaultConfig::default());
+    let dir = Path::new("/import0");
+    SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap().close().unwrap();
+    let mut writer =
+        nodedb_wal::WalWriter::create_with(sim.clone(), dir, SegmentId(0), Lsn(1), nodedb_wal::WalWriterConfig::default()).unwrap();
+    writer.append(Record::new(TY, &payload(1))).unwrap();
+    writer.finish().unwrap();
+    let mut model = BTreeMap::from([(1, payload(1))]);
+    for round in 0..3 {
+        let wal = SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap();
+        check_holds(&wal, &model, 1, *model.keys().last().unwrap(), &format!("round {round}"));
+        fill(&wal, &mut model, wal.segments().len() + 1);
+        wal.close().unwrap();
+    }
+}
