@@ -181,16 +181,10 @@ impl<F: StorageFile> Floor<F> {
         self.broken
     }
 
-    /// Writes the floor the file says once more, as the next update, and syncs it: the open
-    /// does so before it removes segments below it. What it read may be only in the page cache
-    /// (a truncation whose sync failed, reopened under the same kernel, where the failed pages
-    /// can be left clean, so that a sync alone would write nothing); removing those segments
-    /// on its word would leave a durable floor below the oldest segment after a power cut.
-    /// The update goes to the other slot, one sector apart, so a crash keeps one of the two.
     /// Brings the floor down to `floor`. Only for a new log the open found never written (the
-    /// manifest names no segment) holding segments below it, which a
-    /// `WalWriter` imported: left above them, the floor would have a later open take them for
-    /// a truncation's leftovers and remove them.
+    /// manifest names no segment) holding segments below it, which a `WalWriter` imported:
+    /// left above them, the floor would have a later open take them for a truncation's
+    /// leftovers and remove them.
     pub fn lower_to(&mut self, floor: SegmentId) -> Result<()> {
         let Some(file) = &mut self.file else { return Ok(()) };
         if file.current() <= floor {
@@ -199,6 +193,12 @@ impl<F: StorageFile> Floor<F> {
         file.record(floor).map_err(|(op, e)| WalError::io(op, &file.path, e))
     }
 
+    /// Writes the floor the file says once more, as the next update, and syncs it: the open
+    /// does so before it removes segments below it. What it read may be only in the page cache
+    /// (a truncation whose sync failed, reopened under the same kernel, where the failed pages
+    /// can be left clean, so that a sync alone would write nothing); removing those segments
+    /// on its word would leave a durable floor below the oldest segment after a power cut.
+    /// The update goes to the other slot, one sector apart, so a crash keeps one of the two.
     pub fn rewrite(&mut self) -> Result<()> {
         let Some(file) = &mut self.file else { return Ok(()) };
         file.record(file.current()).map_err(|(op, e)| WalError::io(op, &file.path, e))
