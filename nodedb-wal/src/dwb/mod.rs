@@ -225,6 +225,12 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// ([`WalError::DwbDegraded`]: the file cannot be searched), for an unknown id; a failed
     /// write or sync of the buffer degrades it and keeps the registration.
     ///
+    /// The order for an engine dropping a page file: `forget_file` first, and only once it has
+    /// returned `Ok`, remove the file and reuse its id. A crash or an error before that may
+    /// leave batches with its images in the buffer, which a later recovery applies to whatever
+    /// file is then registered under the id: do not register another file under it until a
+    /// `forget_file` of it has returned `Ok`.
+    ///
     /// # Examples
     ///
     /// ```
