@@ -146,7 +146,7 @@ fn acknowledged_records_survive_a_shutdown(kind: FsKind, rounds: u32, mut model:
             // Recovery runs in the next round's mode, never in the one the child wrote with.
             let wal = mode_of(round + 1).open(&dir).unwrap_or_else(|e| panic!("{name} round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
-            model.check_read_only_look(round, look);
+            model.check_read_only_look(round, look, &acks);
             model.count_reused_files(&dir);
             model.append_as_parent(&wal, round);
             model.truncate(&wal);

@@ -97,7 +97,7 @@ fn kill_rounds(test: &str, rounds: u32, mut model: Model, mode_of: impl Fn(u32) 
             // Recovery runs in the next round's mode, never in the one the killed child wrote with.
             let wal = mode_of(round + 1).open(&dir).unwrap_or_else(|e| panic!("round {round} ({mode:?}): reopening failed: {e}"));
             model.check_recovery(&wal, round, &acks);
-            model.check_read_only_look(round, look);
+            model.check_read_only_look(round, look, &acks);
             model.count_reused_files(&dir);
             let newest = wal.recovery_info().segments.last().map_or(0, |s| s.bytes);
             largest_newest = largest_newest.max(newest);
