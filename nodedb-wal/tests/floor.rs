@@ -349,17 +349,22 @@ fn an_empty_new_log_reopens_and_one_whose_every_segment_was_removed_is_refused()
     assert!(matches!(err, WalError::MissingSegment { .. }), "{err}");
 }
 
+/// A new log opened and closed once without a record, then one segment `id` holding `payload`
+/// at LSN 1 written into its directory by a `WalWriter` (an import).
+fn new_log_with_import(sim: &SimStorage, dir: &Path, id: SegmentId, payload: &[u8]) {
+    SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap().close().unwrap();
+    let mut writer = nodedb_wal::WalWriter::create_with(sim.clone(), dir, id, Lsn(1), nodedb_wal::WalWriterConfig::default()).unwrap();
+    writer.append(Record::new(TY, payload)).unwrap();
+    writer.finish().unwrap();
+}
+
 /// Segments a `WalWriter` adds to a new log that was opened once but never written (its floor
 /// names the segment its first batch would have created) open as the log, whatever their ids.
 #[test]
 fn segments_imported_into_a_new_log_never_written_open_whatever_their_ids() {
     let sim = SimStorage::new(19, FaultConfig::default());
     let dir = Path::new("/import");
-    SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap().close().unwrap();
-    let mut writer =
-        nodedb_wal::WalWriter::create_with(sim.clone(), dir, SegmentId(5), Lsn(1), nodedb_wal::WalWriterConfig::default()).unwrap();
-    writer.append(Record::new(TY, b"imported")).unwrap();
-    writer.finish().unwrap();
+    new_log_with_import(&sim, dir, SegmentId(5), b"imported");
     let wal = SegmentedWal::open_with(sim, config(dir, 0)).unwrap();
     assert_eq!((wal.recovery_info().record_count, wal.segments()[0].id), (1, SegmentId(5)));
 }
@@ -371,11 +376,7 @@ fn segments_imported_into_a_new_log_never_written_open_whatever_their_ids() {
 fn a_segment_imported_below_a_new_logs_floor_is_kept_by_every_later_open() {
     let sim = SimStorage::new(23, FaultConfig::default());
     let dir = Path::new("/import0");
-    SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap().close().unwrap();
-    let mut writer =
-        nodedb_wal::WalWriter::create_with(sim.clone(), dir, SegmentId(0), Lsn(1), nodedb_wal::WalWriterConfig::default()).unwrap();
-    writer.append(Record::new(TY, &payload(1))).unwrap();
-    writer.finish().unwrap();
+    new_log_with_import(&sim, dir, SegmentId(0), &payload(1));
     let mut model = BTreeMap::from([(1, payload(1))]);
     for round in 0..3 {
         let wal = SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap();
