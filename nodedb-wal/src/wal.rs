@@ -932,9 +932,9 @@ impl<S: Storage> SegmentedWal<S> {
     /// every drop and purge below it, to their own files, and replay from that checkpoint.
     /// Recovery still reports drops and purges in kept segments below the checkpoint (a segment
     /// goes only whole): [`crate::TombstoneSet::dropped_at`] and [`crate::TemporalPurge::lsn`]
-    /// tell those from the ones the engines' files do not hold yet. A checkpoint past [`Self::next_lsn`] names records never
-    /// appended (another log's LSN, a byte offset): it is [`WalError::LsnNotIssued`] and
-    /// nothing is removed.
+    /// tell those from the ones the engines' files do not hold yet. A checkpoint past
+    /// [`Self::next_lsn`] names records never appended (another log's LSN, a byte offset): it
+    /// is [`WalError::LsnNotIssued`] and nothing is removed.
     ///
     /// # Examples
     ///
