@@ -32,6 +32,22 @@ fn write_log(dir: &Path, ring: Option<Arc<KeyRing>>) {
     wal.close().unwrap();
 }
 
+/// A log of six segments of 64 KiB whose oldest three were truncated, so that `FLOOR` was
+/// updated once after its creation. Returns the floor and the newest segment.
+fn truncated_log(dir: &Path) -> (u64, u64) {
+    let mut config = SegmentedWalConfig::new(dir);
+    config.segment_bytes_target = 64 * 1024;
+    let wal = SegmentedWal::open(config).unwrap();
+    while wal.segments().len() < 6 {
+        wal.append(Record::new(RecordType::optional(0x100), &[7; 1000])).unwrap();
+    }
+    wal.sync().unwrap();
+    wal.truncate_before(wal.segments()[3].first_lsn).unwrap();
+    let (floor, newest) = (wal.segments()[0].id.0, wal.segments().last().unwrap().id.0);
+    wal.close().unwrap();
+    (floor, newest)
+}
+
 /// Segment file and offset of record `lsn`'s frame.
 fn frame_of(dir: &Path, lsn: u64) -> (std::path::PathBuf, u64) {
     let wal = ReadOnlyWal::open(dir, None).unwrap();
@@ -291,14 +307,7 @@ fn dump_lists_an_encrypted_log_without_a_key() {
 fn a_logs_own_error_is_reported_without_the_usage_text() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
-    let mut config = SegmentedWalConfig::new(&dir);
-    config.segment_bytes_target = 64 * 1024;
-    let wal = SegmentedWal::open(config).unwrap();
-    for _ in 0..400 {
-        wal.append(Record::new(RecordType::optional(0x100), &[7; 1000])).unwrap();
-    }
-    wal.truncate_before(wal.sync().unwrap()).unwrap();
-    wal.close().unwrap();
+    truncated_log(&dir);
     let out = tool(&["dump", dir.to_str().unwrap(), "--from", "1"]);
     assert_eq!(status(&out), 3, "{}", text(&out));
     assert!(text(&out).contains("no longer retained"), "{}", text(&out));
@@ -367,4 +376,78 @@ fn an_unwritable_standard_error_ends_no_command_in_a_panic_and_the_status_still_
     let (path, at) = frame_of(&log, 1);
     flip(&path, at + 100);
     assert_eq!(broken_stderr(&["verify", d]), 2, "corruption, reported on standard error");
+}
+
+// Found by an operator's review: `inspect` showed neither `FLOOR` nor `MANIFEST`, the two files
+// that bound the log and are behind its `MissingSegment` refusals, so nothing in the tool told
+// what they said, or that an older log had no `FLOOR`.
+#[test]
+fn inspect_shows_both_slots_of_manifest_and_floor_and_an_absent_floor_and_changes_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let (floor, newest) = truncated_log(&dir);
+    let d = dir.to_str().unwrap();
+    let before = snapshot(&dir);
+    let out = tool(&["inspect", d]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    // FLOOR was created naming segment 1 (update 1, slot 1) and moved by one truncation
+    // (update 2, slot 0).
+    let expected = format!("FLOOR     oldest segment needed {floor}: slot 0 (sequence 2); slot 1 intact (sequence 1, segment 1)");
+    assert!(text(&out).contains(&expected), "{}", text(&out));
+    assert!(text(&out).contains(&format!("MANIFEST  newest durable segment {newest}: slot ")), "{}", text(&out));
+    assert_eq!(snapshot(&dir), before, "a look changes no file");
+
+    // The other slot damaged: still current, the damage shown.
+    let floor_file = dir.join("FLOOR");
+    flip(&floor_file, 512 + 20);
+    let out = tool(&["inspect", d]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains(&format!("oldest segment needed {floor}: slot 0 (sequence 2); slot 1 not intact")), "{}", text(&out));
+
+    // A log written before FLOOR existed.
+    std::fs::remove_file(&floor_file).unwrap();
+    let before = snapshot(&dir);
+    let out = tool(&["inspect", d]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("FLOOR     absent"), "{}", text(&out));
+    assert_eq!(snapshot(&dir), before, "a look creates no FLOOR");
+}
+
+// Found by an operator's review: a `MissingSegment` refusal read the same whether `FLOOR`, the
+// `MANIFEST` or a hole between two segments was behind it, and only the first has a way out
+// that the operator takes (removing `FLOOR` after a truncation by an older build).
+#[test]
+fn a_missing_segment_refusal_names_the_file_behind_it_and_inspect_still_shows_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let (floor, newest) = truncated_log(&dir);
+    let d = dir.to_str().unwrap();
+    let segment = |id: u64| dir.join(format!("{id:020}.wal"));
+    let moved = tmp.path().join("moved");
+
+    std::fs::rename(segment(floor), &moved).unwrap();
+    let before = snapshot(&dir);
+    for command in ["verify", "inspect"] {
+        let out = tool(&[command, d]);
+        assert_eq!(status(&out), 2, "{command}: {}", text(&out));
+        assert!(
+            text(&out).contains(&format!("FLOOR names segment {floor} as the oldest the log still needs")),
+            "{command}: {}",
+            text(&out)
+        );
+    }
+    assert!(text(&tool(&["inspect", d])).contains(&format!("FLOOR     oldest segment needed {floor}")), "shown though the log is refused");
+    assert_eq!(snapshot(&dir), before, "a refused look changes no file");
+    std::fs::rename(&moved, segment(floor)).unwrap();
+
+    std::fs::rename(segment(newest), &moved).unwrap();
+    let out = tool(&["verify", d]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains(&format!("MANIFEST names segment {newest} as the newest")), "{}", text(&out));
+    std::fs::rename(&moved, segment(newest)).unwrap();
+
+    std::fs::rename(segment(floor + 1), &moved).unwrap();
+    let out = tool(&["verify", d]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains(&format!("a hole: segments {floor} and {} are there", floor + 2)), "{}", text(&out));
 }

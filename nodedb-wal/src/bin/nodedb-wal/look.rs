@@ -5,9 +5,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nodedb_wal::format::manifest::SlotKind;
 use nodedb_wal::{Lsn, PREAMBLE_SIZE, SegmentPreamble, WalError};
 
-use super::{Args, Exit, KEY_HINT, Outcome, open};
+use super::side::SideFile;
+use super::{Args, Exit, KEY_HINT, Outcome, log_dir, open, open_at};
 
 fn preamble_of(path: &Path) -> Option<SegmentPreamble> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -20,8 +22,17 @@ fn preamble_of(path: &Path) -> Option<SegmentPreamble> {
     SegmentPreamble::decode(&bytes).ok()
 }
 
+/// The lines of `MANIFEST` and `FLOOR`, for `inspect`.
+fn side_files(dir: &Path) {
+    for kind in [SlotKind::Manifest, SlotKind::Floor] {
+        out!("{}", SideFile::read(dir, kind).line());
+    }
+}
+
 pub(super) fn inspect(args: &Args) -> Outcome {
-    let (dir, wal) = open(args)?;
+    let dir = log_dir(args)?;
+    // Shown when the log is refused too: those files are behind most refusals of a whole log.
+    let wal = open_at(&dir, args).inspect_err(|_| side_files(&dir))?;
     let info = wal.recovery_info();
     out!(
         "{:>20}  {:>12}  {:>12}  {:>10}  {:>12}  {:>6}  {:>7}  {:>6}",
@@ -53,6 +64,7 @@ pub(super) fn inspect(args: &Args) -> Outcome {
             key
         );
     }
+    side_files(&dir);
     out!("records {} (LSN {} to {})", info.record_count, info.first_lsn, info.last_lsn);
     if let Some(id) = info.removed_interrupted_roll {
         out!("segment {id} is left by an interrupted roll; opening the log removes it");

@@ -5,7 +5,7 @@
 //! (no lock, no repair), so they are safe beside a running writer and on a copy.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,7 +14,8 @@ use nodedb_wal::{KeyRing, ReadOnlyWal, SecureKey, WalError};
 const USAGE: &str = "\
 usage: nodedb-wal <command> [arguments]
 
-  inspect DIR            segments (LSN ranges, sizes, format version, cipher, key id) and health
+  inspect DIR            segments (LSN ranges, sizes, format version, cipher, key id), what
+                         MANIFEST and FLOOR say (both slots of each), and health
   dump DIR [--from LSN] [--type T] [--json]
                          records with their segment and offset (T: a record type, hex or decimal)
   verify DIR             read and check every record (checksums, decryption); exit status:
@@ -58,6 +59,7 @@ macro_rules! note {
 
 mod bench;
 mod look;
+mod side;
 
 use bench::bench;
 use look::{dump, inspect, verify};
@@ -251,8 +253,21 @@ fn key_ring(args: &Args, active: bool) -> Result<Option<Arc<KeyRing>>, Exit> {
 
 fn open(args: &Args) -> Result<(PathBuf, ReadOnlyWal), Exit> {
     let dir = log_dir(args)?;
-    let wal = ReadOnlyWal::open(&dir, key_ring(args, false)?)?;
+    let wal = open_at(&dir, args)?;
     Ok((dir, wal))
+}
+
+/// The log in `dir`, read-only; a refusal that one of the log's side files is behind says
+/// which file and what it names.
+fn open_at(dir: &Path, args: &Args) -> Result<ReadOnlyWal, Exit> {
+    ReadOnlyWal::open(dir, key_ring(args, false)?).map_err(|err| {
+        let source = side::refusal_source(&err, dir);
+        let mut exit = Exit::from(err);
+        if let Some(source) = source {
+            exit.message = format!("{}\n({source})", exit.message);
+        }
+        exit
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,177 @@
+//! What the log's two side files say, slot by slot: `MANIFEST` (the newest segment whose first
+//! batch was durable) and `FLOOR` (the oldest segment the log still needs). They bound the log
+//! at either end, and a `MissingSegment` refusal comes from one of them or from a hole between
+//! two segments; an operator needs to see which, and what each slot holds.
+//!
+//! Read with plain read-only opens and decoded with the public slot codec: never through the
+//! log's own open, which creates or rewrites these files.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use nodedb_wal::WalError;
+use nodedb_wal::format::manifest::{FLOOR_FILE, MANIFEST_FILE, MANIFEST_LEN, ManifestSlot, SLOT_LEN, SLOT_SPACING, SlotKind};
+
+/// One of the two slots of a side file.
+enum Slot {
+    Intact(ManifestSlot),
+    /// All zeros: never written (slot 0 until the file's second update).
+    Empty,
+    /// Bytes that are not an intact slot: a torn update, or damage.
+    NotIntact,
+    /// The file ends before the slot does.
+    CutOff,
+}
+
+impl Slot {
+    fn describe(&self, index: usize) -> String {
+        match self {
+            Slot::Intact(slot) => format!("slot {index} intact (sequence {}, segment {})", slot.sequence, slot.newest),
+            Slot::Empty => format!("slot {index} empty"),
+            Slot::NotIntact => format!("slot {index} not intact (a torn update or damage)"),
+            Slot::CutOff => format!("slot {index} past the end of the file"),
+        }
+    }
+}
+
+/// What one side file holds.
+enum State {
+    Absent,
+    Unreadable(String),
+    Read([Slot; 2]),
+}
+
+/// `MANIFEST` or `FLOOR` of a log directory, as found.
+pub(super) struct SideFile {
+    kind: SlotKind,
+    state: State,
+}
+
+impl SideFile {
+    /// Reads the file of `kind` in `dir`; changes nothing.
+    pub(super) fn read(dir: &Path, kind: SlotKind) -> SideFile {
+        let path = dir.join(name(kind));
+        let state = match read_prefix(&path) {
+            Ok(None) => State::Absent,
+            Ok(Some(bytes)) => State::Read([0, 1].map(|index| slot_at(&bytes, index * SLOT_SPACING, kind))),
+            Err(e) => State::Unreadable(e.to_string()),
+        };
+        SideFile { kind, state }
+    }
+
+    /// The current slot (the intact one with the higher sequence), with its index.
+    fn current(&self) -> Option<(usize, ManifestSlot)> {
+        let State::Read(slots) = &self.state else { return None };
+        let intact = |index: usize| match &slots[index] {
+            Slot::Intact(slot) => Some((index, *slot)),
+            _ => None,
+        };
+        match (intact(0), intact(1)) {
+            (Some(a), Some(b)) => Some(if b.1.sequence > a.1.sequence { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The segment id the current slot names, if there is one.
+    pub(super) fn segment(&self) -> Option<u64> {
+        self.current().map(|(_, slot)| slot.newest.0)
+    }
+
+    /// One line for `inspect`: the file's name, what it says and both its slots.
+    pub(super) fn line(&self) -> String {
+        let name = name(self.kind);
+        let what = match self.kind {
+            SlotKind::Manifest => "newest durable segment",
+            SlotKind::Floor => "oldest segment needed",
+        };
+        let mut line = format!("{name:<8}  ");
+        match (&self.state, self.current()) {
+            (State::Absent, _) => line.push_str(match self.kind {
+                SlotKind::Manifest => "absent: a log written before MANIFEST existed; the next open writes one",
+                SlotKind::Floor => "absent: a log no build with FLOOR has opened yet; its oldest segments are not checked until one does",
+            }),
+            (State::Unreadable(e), _) => {
+                let _ = write!(line, "unreadable: {e}");
+            }
+            (State::Read(slots), Some((index, slot))) => {
+                let none = if slot.newest.0 == 0 { " (none yet)" } else { "" };
+                let _ = write!(
+                    line,
+                    "{what} {}{none}: slot {index} (sequence {}); {}",
+                    slot.newest,
+                    slot.sequence,
+                    slots[1 - index].describe(1 - index)
+                );
+            }
+            (State::Read(slots), None) => {
+                let _ = write!(
+                    line,
+                    "damaged, no intact slot: {}, {}; the log is refused until it is removed",
+                    slots[0].describe(0),
+                    slots[1].describe(1)
+                );
+            }
+        }
+        line
+    }
+}
+
+fn name(kind: SlotKind) -> &'static str {
+    match kind {
+        SlotKind::Manifest => MANIFEST_FILE,
+        SlotKind::Floor => FLOOR_FILE,
+    }
+}
+
+/// The file's first `MANIFEST_LEN` bytes, or `None` where it does not exist.
+fn read_prefix(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, as the log's own opens: a FIFO under the name must not hang the look.
+    let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(nonblock).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::with_capacity(MANIFEST_LEN);
+    file.take(MANIFEST_LEN as u64).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+fn slot_at(bytes: &[u8], at: usize, kind: SlotKind) -> Slot {
+    let Some(slot) = bytes.get(at..at + SLOT_LEN) else { return Slot::CutOff };
+    match ManifestSlot::decode_as(slot, kind) {
+        Some(slot) => Slot::Intact(slot),
+        None if slot.iter().all(|&b| b == 0) => Slot::Empty,
+        None => Slot::NotIntact,
+    }
+}
+
+/// Which file a `MissingSegment` refusal of the log in `dir` came from, in words; `None` for
+/// any other error. Read after the refusal, so a writer beside the look may have moved the
+/// files since: the words say what the files say now.
+pub(super) fn refusal_source(err: &WalError, dir: &Path) -> Option<String> {
+    let WalError::MissingSegment { missing, next_present } = err else { return None };
+    let floor = SideFile::read(dir, SlotKind::Floor).segment();
+    let vouched = SideFile::read(dir, SlotKind::Manifest).segment();
+    // The floor is not checked while the manifest names no segment (a new log); a hole lies
+    // above the oldest segment present, so never at the floor.
+    if floor == Some(missing.0) && vouched != Some(0) {
+        return Some(format!(
+            "FLOOR names segment {missing} as the oldest the log still needs (truncation removed only those below it), and it is not there; \
+             if a build older than FLOOR truncated this log, removing FLOOR opens it with the segments present, unchecked at its low end"
+        ));
+    }
+    Some(match (next_present, vouched) {
+        (Some(next), _) => format!("a hole: segments {} and {next} are there, and the ones between are not", missing.0.saturating_sub(1)),
+        (None, Some(vouched)) => {
+            let there = match missing.0.saturating_sub(1) {
+                0 => "no segment is there".to_string(),
+                newest => format!("the newest there is {newest}"),
+            };
+            format!("MANIFEST names segment {vouched} as the newest whose records were durable, and {there}")
+        }
+        (None, None) => return None,
+    })
+}
