@@ -242,7 +242,10 @@ pub enum EngineFileProblem {
     BadHeader,
     /// The file ends before its header or its last chunk.
     Truncated,
-    /// A chunk failed authentication: wrong key, or the file was altered, reordered or cut.
+    /// A chunk failed authentication. At chunk 0 this is a wrong key or a corrupt first chunk
+    /// (or header), which no reader can tell apart: the header names the key's id, and nothing
+    /// in it checks the key under that id. At a later chunk the key is right (chunk 0
+    /// authenticated under it): the file was altered, reordered or cut there.
     AuthenticationFailed {
         /// The chunk's index.
         chunk: u64,
@@ -258,8 +261,11 @@ impl std::fmt::Display for EngineFileProblem {
             EngineFileProblem::UnsupportedCipher { cipher } => write!(f, "cipher {cipher} is unknown to this build"),
             EngineFileProblem::BadHeader => f.write_str("the header's chunk length or reserved bytes are invalid"),
             EngineFileProblem::Truncated => f.write_str("the file ends before its header or its last chunk"),
+            EngineFileProblem::AuthenticationFailed { chunk: 0 } => f.write_str(
+                "chunk 0 failed authentication: wrong key or corrupt first chunk (the header names the key's id and nothing that checks the key, so the two look the same; a damaged header too)",
+            ),
             EngineFileProblem::AuthenticationFailed { chunk } => {
-                write!(f, "chunk {chunk} failed authentication (wrong key, or the file was altered, reordered or cut)")
+                write!(f, "chunk {chunk} failed authentication: the file was altered, reordered or cut there (chunk 0 authenticated, so the key is right)")
             }
         }
     }

@@ -60,6 +60,27 @@ fn a_wrong_key_or_a_missing_key_is_a_typed_error() {
     assert!(matches!(err, WalError::EngineFile { problem: EngineFileProblem::NoActiveKey }), "{err}");
 }
 
+// Found by an operator's review: a wrong key and a damaged first chunk are the same
+// `AuthenticationFailed { chunk: 0 }`, and the header holds the key's id, not anything that
+// tells the key itself, so no reader can tell them apart; the message must say both. Past
+// chunk 0 the key is known right (chunk 0 authenticated under it), and the message blamed it too.
+#[test]
+fn a_first_chunk_failure_says_wrong_key_or_corrupt_first_chunk_and_a_later_one_blames_the_file() {
+    let ring = KeyRing::with_active(1, key(1));
+    let file = encrypt(&ring, &plain(2 * CHUNK + 10));
+    let wrong_key = decrypt(&KeyRing::with_active(1, key(9)), &file).unwrap_err().to_string();
+    let mut first = file.clone();
+    first[HEADER + 10] ^= 1;
+    let first = decrypt(&ring, &first).unwrap_err().to_string();
+    assert_eq!(wrong_key, first, "one error for both, so one message");
+    assert!(first.contains("wrong key or corrupt first chunk"), "{first}");
+    let mut second = file.clone();
+    second[HEADER + CHUNK + TAG + 10] ^= 1;
+    let second = decrypt(&ring, &second).unwrap_err();
+    assert!(matches!(second, WalError::EngineFile { problem: EngineFileProblem::AuthenticationFailed { chunk: 1 } }), "{second}");
+    assert!(!second.to_string().contains("wrong key"), "chunk 0 authenticated under the key: {second}");
+}
+
 #[test]
 fn a_file_cut_anywhere_is_an_error() {
     let ring = KeyRing::with_active(1, key(1));
