@@ -384,15 +384,18 @@ pub enum WalError {
         /// What was wrong.
         kind: CorruptionKind,
     },
-    /// A segment file is missing: one between the oldest and the newest, or newest ones that
-    /// the log's manifest says held durable records.
+    /// A segment file is missing: one between the oldest and the newest, newest ones that
+    /// the log's `MANIFEST` says held durable records, or the oldest one the log's `FLOOR`
+    /// says it still needs (truncation removes only segments below it). The fields do not say
+    /// which file is behind it; `nodedb-wal inspect` and `verify` do.
     #[error("segment {missing} is missing from the log directory{}", after_hole(*next_present))]
     MissingSegment {
         /// The id that should exist.
         missing: SegmentId,
         /// The next segment there past the hole; `None` where the missing ones are the newest
-        /// (the manifest names them). A far-off next one may be a stray file named like a
-        /// segment rather than a sign of lost ones: the message names it.
+        /// (the manifest names them, or `FLOOR` names `missing` and no segment from it on is
+        /// left). A far-off next one may be a stray file named like a segment rather than a
+        /// sign of lost ones: the message names it.
         next_present: Option<SegmentId>,
     },
     /// The log's `MANIFEST` has no intact slot. It is created whole (written and synced, then
@@ -414,7 +417,9 @@ pub enum WalError {
         path: PathBuf,
     },
     /// The segment was written by a format version this build does not read.
-    #[error("segment {segment} has format version {version}, this build reads up to {supported}")]
+    #[error(
+        "segment {segment} has format version {version}, this build reads up to {supported}: a newer build wrote it (open the log with that build), or its preamble, which no checksum covers, is damaged"
+    )]
     UnsupportedVersion {
         /// The segment file.
         segment: SegmentId,
@@ -423,8 +428,11 @@ pub enum WalError {
         /// The newest version this build reads.
         supported: u16,
     },
-    /// The segment uses a cipher this build does not know, or needs a key it was not given.
-    #[error("segment {segment} uses cipher {cipher}, which this log cannot read")]
+    /// The segment's preamble names a cipher this build does not know (a missing key is
+    /// [`WalError::KeyRingMissing`] or [`WalError::UnknownKeyId`]).
+    #[error(
+        "segment {segment} uses cipher {cipher}, which this build does not know: a newer build wrote it (open the log with that build), or its preamble, which no checksum covers, is damaged"
+    )]
     UnsupportedCipher {
         /// The segment file.
         segment: SegmentId,
@@ -432,7 +440,10 @@ pub enum WalError {
         cipher: u8,
     },
     /// A record of a type this build does not know carries the "required" bit.
-    #[error("record {lsn} has required type {record_type:#06x} that this build does not know", record_type = .record_type.0)]
+    #[error(
+        "record {lsn} has required type {record_type:#06x} that this build does not know and may not skip: a newer build of nodedb-wal wrote it; read the log with that build",
+        record_type = .record_type.0
+    )]
     UnknownRequiredType {
         /// The record.
         lsn: Lsn,
@@ -518,7 +529,7 @@ pub enum WalError {
     },
     /// A reader reached a segment that truncation removed (or reused as a later segment) after
     /// the reader listed it: the records it needed are no longer retained.
-    #[error("segment {segment} was truncated while a reader still needed it")]
+    #[error("segment {segment} was truncated while a reader still needed it; read again from the oldest LSN the log still holds")]
     SegmentTruncated {
         /// The segment the reader needed.
         segment: SegmentId,
@@ -626,7 +637,9 @@ pub enum WalError {
     /// log ending there would not open). Only a log whose first segment was given an id near
     /// `u64::MAX` (a [`crate::WalWriter`] segment) gets here; the append used no LSN, and the
     /// log stays readable. Copy its records into a log with lower ids to go on.
-    #[error("segment ids are used up: segment {newest} is the last this log can make")]
+    #[error(
+        "segment ids are used up: segment {newest} is the last this log can make; copy its records into a log with lower segment ids to go on"
+    )]
     SegmentIdsExhausted {
         /// The newest segment id the log may use.
         newest: SegmentId,
@@ -634,7 +647,9 @@ pub enum WalError {
     /// The append would take LSNs at or past [`Lsn::LIMIT`] (2^63). Only a log that started
     /// near it (a [`crate::WalWriter`] segment with a huge first LSN) gets here; the append
     /// used no LSN, and the log stays readable.
-    #[error("LSNs are used up: the next would be {next}, and every LSN stays below 2^63")]
+    #[error(
+        "LSNs are used up: the next would be {next}, and every LSN stays below 2^63; copy the records into a log that starts lower to go on"
+    )]
     LsnsExhausted {
         /// The next LSN the log would have handed out.
         next: Lsn,
@@ -664,7 +679,7 @@ pub enum WalError {
     },
     /// The double-write buffer's file could not be opened or written, and its policy is to
     /// refuse page writes while degraded. Nothing of the refused write reached its pages.
-    #[error("the double-write buffer {} is degraded by a failed {op:?} ({kind}); page writes are refused", path.display())]
+    #[error("the double-write buffer {} is degraded by a failed {op:?} ({kind}); page writes are refused until the cause is fixed and the buffer reopened", path.display())]
     DwbDegraded {
         /// The buffer file.
         path: PathBuf,
@@ -674,7 +689,7 @@ pub enum WalError {
         kind: io::ErrorKind,
     },
     /// A page write or recovery needs a file that was never registered with the buffer.
-    #[error("page file {file} is not registered with the double-write buffer")]
+    #[error("page file {file} is not registered with the double-write buffer; register it with register_file first")]
     DwbUnknownFile {
         /// The file.
         file: FileId,
@@ -700,7 +715,7 @@ pub enum WalError {
     },
     /// A page is torn in place and its newest buffered image is rejected by the caller's
     /// validator, so it cannot be repaired. Nothing was written to it.
-    #[error("page {page_no} of file {file} is torn and its buffered image (sequence {seq}) is not a valid page")]
+    #[error("page {page_no} of file {file} is torn and its buffered image (sequence {seq}) is not a valid page; nothing was written to it")]
     DwbUnrepairable {
         /// The file.
         file: FileId,
@@ -713,7 +728,10 @@ pub enum WalError {
     /// slots carry a salt: without the header's salt they cannot be told from slots spelled
     /// out inside page images. Nothing was written. Removing the buffer file gives up the
     /// repair of pages a crash tore; restoring its header block from a copy brings it back.
-    #[error("double-write buffer {} has a damaged file header and {salted_batches} batch start(s) that need its salt; nothing was written", path.display())]
+    #[error(
+        "double-write buffer {} has a damaged file header and {salted_batches} batch start(s) that need its salt; nothing was written. Restoring its header block from a copy brings it back; removing the file gives up the repair of pages a crash tore",
+        path.display()
+    )]
     DwbHeaderDamaged {
         /// The buffer file.
         path: PathBuf,
@@ -725,7 +743,7 @@ pub enum WalError {
     /// else is. A buffer whose creation a crash interrupted holds zeros only. Nothing was
     /// written, and the file is neither reformatted nor (in mode `Off`) removed: move it away,
     /// or point the buffer elsewhere.
-    #[error("{} is not a double-write buffer file; it was left as found", path.display())]
+    #[error("{} is not a double-write buffer file; it was left as found: move it away, or point the buffer elsewhere", path.display())]
     DwbForeignFile {
         /// The file.
         path: PathBuf,
@@ -798,15 +816,21 @@ impl WalError {
     }
 }
 
-/// The end of a `MissingSegment` message: what is there past the hole.
+/// The end of an `UnknownKeyId` message: the segment that needs the key, if any.
 fn needed_by(segment: Option<SegmentId>) -> String {
     segment.map_or_else(String::new, |s| format!("; segment {s} is encrypted under it"))
 }
 
+/// The end of a `MissingSegment` message: what is there past the hole.
 fn after_hole(next_present: Option<SegmentId>) -> String {
     match next_present {
-        Some(next) => format!(" (the next one there is {}, a file of this log or a stray one)", crate::segment::file_name(next)),
-        None => " (the manifest names it: acknowledged records were in it)".to_string(),
+        Some(next) => format!(
+            " (the next one there is {}, a file of this log or a stray one; the segment before the hole, or the log's FLOOR, says the log needs it)",
+            crate::segment::file_name(next)
+        ),
+        None => {
+            " (no segment from it on is there, and the log's MANIFEST or FLOOR names it as holding records the log still needs)".to_string()
+        }
     }
 }
 

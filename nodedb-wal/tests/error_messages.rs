@@ -1,0 +1,50 @@
+//! An operator reads an error's message, not its variant: each one names what the log knows
+//! (the file, the segment, the LSN) and, where there is something to do, says what. Found by
+//! an operator's review of every `WalError` message; each assertion here failed before its
+//! message was reworded.
+
+use std::path::PathBuf;
+
+use nodedb_wal::{FileId, Lsn, RecordType, SegmentId, WalError};
+
+#[track_caller]
+fn says(err: &WalError, words: &[&str]) {
+    let message = err.to_string();
+    for w in words {
+        assert!(message.contains(w), "{err:?} should say {w:?}: {message}");
+    }
+}
+
+// A refusal by FLOOR was worded as though the manifest had named the segment, and one with a
+// segment past the hole did not mention that FLOOR can be behind it at all.
+#[test]
+fn a_missing_segment_names_every_file_that_can_be_behind_it() {
+    let newest = WalError::MissingSegment { missing: SegmentId(7), next_present: None };
+    says(&newest, &["segment 7 is missing", "MANIFEST or FLOOR"]);
+    let hole = WalError::MissingSegment { missing: SegmentId(4), next_present: Some(SegmentId(5)) };
+    says(&hole, &["segment 4 is missing", "00000000000000000005.wal", "FLOOR"]);
+}
+
+#[test]
+fn a_segment_from_a_newer_build_or_with_a_damaged_preamble_says_both() {
+    // No checksum covers the preamble: a flipped bit reads as a version or cipher of the future.
+    says(&WalError::UnsupportedVersion { segment: SegmentId(3), version: 9, supported: 1 }, &["segment 3", "newer build", "damaged"]);
+    says(&WalError::UnsupportedCipher { segment: SegmentId(3), cipher: 7 }, &["segment 3", "cipher 7", "newer build", "damaged"]);
+    says(&WalError::UnknownRequiredType { lsn: Lsn(12), record_type: RecordType::required(0x80F0) }, &["record 12", "newer build"]);
+}
+
+#[test]
+fn errors_with_a_way_out_say_what_it_is() {
+    says(&WalError::SegmentTruncated { segment: SegmentId(2) }, &["segment 2", "oldest"]);
+    says(&WalError::SegmentIdsExhausted { newest: SegmentId(u64::MAX - 1) }, &["copy"]);
+    says(&WalError::LsnsExhausted { next: Lsn::LIMIT }, &["copy"]);
+    let path = PathBuf::from("/db/dwb");
+    says(
+        &WalError::DwbDegraded { path: path.clone(), op: nodedb_wal::IoOp::Open, kind: std::io::ErrorKind::PermissionDenied },
+        &["/db/dwb", "reopen"],
+    );
+    says(&WalError::DwbHeaderDamaged { path: path.clone(), salted_batches: 3 }, &["/db/dwb", "removing", "copy"]);
+    says(&WalError::DwbForeignFile { path }, &["/db/dwb", "move it away"]);
+    says(&WalError::DwbUnknownFile { file: FileId(4) }, &["file 4", "register_file"]);
+    says(&WalError::DwbUnrepairable { file: FileId(4), page_no: 9, seq: 30 }, &["page 9", "nothing was written"]);
+}
