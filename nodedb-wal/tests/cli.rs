@@ -451,3 +451,35 @@ fn a_missing_segment_refusal_names_the_file_behind_it_and_inspect_still_shows_bo
     assert_eq!(status(&out), 2, "{}", text(&out));
     assert!(text(&out).contains(&format!("a hole: segments {floor} and {} are there", floor + 2)), "{}", text(&out));
 }
+
+// Found by an operator's review: a log whose segments and LOCK were all gone (a restore or copy
+// that took only the side files) was "not a nodedb-wal directory" (status 5), which reads as a
+// mistyped path and hides the loss; its MANIFEST and FLOOR name what is missing. A file named
+// MANIFEST that is not a log's still leaves a directory foreign.
+#[test]
+fn a_log_with_every_segment_and_its_lock_gone_is_missing_segments_not_a_foreign_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    write_log(&log, None);
+    for entry in std::fs::read_dir(&log).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wal") || path.ends_with("LOCK") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let d = log.to_str().unwrap();
+    for command in ["verify", "inspect"] {
+        let out = tool(&[command, d]);
+        assert_eq!(status(&out), 2, "{command}: {}", text(&out));
+        assert!(text(&out).contains("segment 1 is missing") && text(&out).contains("FLOOR names segment 1"), "{command}: {}", text(&out));
+    }
+    std::fs::remove_file(log.join("FLOOR")).unwrap();
+    let out = tool(&["verify", d]);
+    assert!(text(&out).contains("MANIFEST names segment 1 as the newest") && text(&out).contains("no segment is there"), "{}", text(&out));
+
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("MANIFEST"), b"another program's manifest").unwrap();
+    let out = tool(&["verify", foreign.to_str().unwrap()]);
+    assert_eq!(status(&out), 5, "{}", text(&out));
+}

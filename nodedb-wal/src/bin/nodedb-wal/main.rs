@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use nodedb_wal::format::manifest::SlotKind;
 use nodedb_wal::{KeyRing, ReadOnlyWal, SecureKey, WalError};
 
 const USAGE: &str = "\
@@ -230,8 +231,14 @@ fn log_dir(args: &Args) -> Result<PathBuf, Exit> {
     let dir = PathBuf::from(args.positional.first().ok_or_else(|| Exit::usage("which directory?"))?);
     let entries = std::fs::read_dir(&dir).map_err(|e| Exit::new(3, format!("{}: {e}", dir.display())))?;
     let names: Vec<String> = entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
-    if !names.iter().any(|n| n.ends_with(".wal") || n == "LOCK") {
-        return Err(Exit::new(5, format!("{} is not a nodedb-wal directory (no segment files, no LOCK)", dir.display())));
+    // A MANIFEST or FLOOR with an intact slot (its magic) marks a log whose segments and LOCK
+    // are gone: that loss is the log's to report, not a mistyped path.
+    let side_file = || [SlotKind::Manifest, SlotKind::Floor].into_iter().any(|kind| side::SideFile::read(&dir, kind).segment().is_some());
+    if !names.iter().any(|n| n.ends_with(".wal") || n == "LOCK") && !side_file() {
+        return Err(Exit::new(
+            5,
+            format!("{} is not a nodedb-wal directory (no segment files, no LOCK, no MANIFEST or FLOOR)", dir.display()),
+        ));
     }
     Ok(dir)
 }
