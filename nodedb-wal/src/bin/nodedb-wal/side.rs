@@ -38,7 +38,8 @@ impl Slot {
 enum State {
     Absent,
     Unreadable(String),
-    Read([Slot; 2]),
+    /// Both slots, and the bytes they were read from.
+    Read([Slot; 2], Vec<u8>),
 }
 
 /// `MANIFEST` or `FLOOR` of a log directory, as found.
@@ -53,23 +54,18 @@ impl SideFile {
         let path = dir.join(name(kind));
         let state = match read_prefix(&path) {
             Ok(None) => State::Absent,
-            Ok(Some(bytes)) => State::Read([0, 1].map(|index| slot_at(&bytes, index * SLOT_SPACING, kind))),
+            Ok(Some(bytes)) => State::Read([0, 1].map(|index| slot_at(&bytes, index * SLOT_SPACING, kind)), bytes),
             Err(e) => State::Unreadable(e.to_string()),
         };
         SideFile { kind, state }
     }
 
-    /// The current slot (the intact one with the higher sequence), with its index.
+    /// The current slot, as the log reads it, with its index.
     fn current(&self) -> Option<(usize, ManifestSlot)> {
-        let State::Read(slots) = &self.state else { return None };
-        let intact = |index: usize| match &slots[index] {
-            Slot::Intact(slot) => Some((index, *slot)),
-            _ => None,
-        };
-        match (intact(0), intact(1)) {
-            (Some(a), Some(b)) => Some(if b.1.sequence > a.1.sequence { b } else { a }),
-            (a, b) => a.or(b),
-        }
+        let State::Read(slots, bytes) = &self.state else { return None };
+        let current = ManifestSlot::current_as(bytes, self.kind)?;
+        let index = slots.iter().position(|slot| matches!(slot, Slot::Intact(s) if *s == current))?;
+        Some((index, current))
     }
 
     /// The segment id the current slot names, if there is one.
@@ -93,7 +89,7 @@ impl SideFile {
             (State::Unreadable(e), _) => {
                 let _ = write!(line, "unreadable: {e}");
             }
-            (State::Read(slots), Some((index, slot))) => {
+            (State::Read(slots, _), Some((index, slot))) => {
                 let none = if slot.newest.0 == 0 { " (none yet)" } else { "" };
                 let _ = write!(
                     line,
@@ -103,7 +99,7 @@ impl SideFile {
                     slots[1 - index].describe(1 - index)
                 );
             }
-            (State::Read(slots), None) => {
+            (State::Read(slots, _), None) => {
                 let _ = write!(
                     line,
                     "damaged, no intact slot: {}, {}; the log is refused until it is removed",
