@@ -6,6 +6,11 @@
 //! Found by an adversarial review: with `MANIFEST` immutable, the open sealed the newest
 //! segment and wrote its index, and only then failed to open the manifest for writing.
 //!
+//! The same holds for the directory: a writer must create a new segment at its first append,
+//! so a directory that takes no new entries fails the open. Found by a black-box review: with
+//! the directory immutable (or read-only to a user), the open succeeded, sealed the newest
+//! segment, and the first append poisoned the log on the rename of a kept segment file.
+//!
 //! Needs root and a file system that takes the immutable flag (ext4, XFS, tmpfs); elsewhere
 //! the test prints `SKIPPED:` and why.
 
@@ -76,6 +81,39 @@ fn an_immutable_manifest_fails_the_open_before_anything_is_written() {
     }
     assert_eq!(snapshot(&dir), before, "a failed open changes nothing");
     // Reading needs no write access.
+    let view = ReadOnlyWal::open(&dir, None).unwrap();
+    assert_eq!(view.recovery_info().last_lsn.0, last);
+    drop(view);
+
+    drop(flag);
+    let wal = SegmentedWal::open(config(&dir)).unwrap();
+    assert_records(&read_all(&wal), 1, last);
+    wal.close().unwrap();
+}
+
+#[test]
+fn an_immutable_directory_fails_the_open_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let last = write_log(&FsStorage::new(), &dir, &[40; 8]);
+    let flag = match Immutable::set(&dir) {
+        Ok(flag) => flag,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot make a directory immutable ({e})");
+            return;
+        }
+    };
+    let before = snapshot(&dir);
+
+    let err = SegmentedWal::open(config(&dir)).unwrap_err();
+    match &err {
+        WalError::Io { op: IoOp::Lock, path, source } => {
+            assert_eq!(path, &dir, "{err}");
+            assert_eq!(source.kind(), ErrorKind::PermissionDenied, "{err}");
+        }
+        _ => panic!("expected a Lock error naming the directory, got {err:?}"),
+    }
+    assert_eq!(snapshot(&dir), before, "a failed open changes nothing");
     let view = ReadOnlyWal::open(&dir, None).unwrap();
     assert_eq!(view.recovery_info().last_lsn.0, last);
     drop(view);

@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{FlockOperation, Mode, OFlags};
+use rustix::fs::{Access, AtFlags, CWD, FlockOperation, Mode, OFlags};
 
 use super::{OpenMode, Storage, StorageFile};
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
@@ -147,6 +147,11 @@ impl Storage for FsStorage {
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
         let fd = rustix::fs::open(dir.join("LOCK"), flags, Mode::from_raw_mode(0o644))?;
         rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)?;
+        // A writer creates a segment at its first append: where the directory takes no new
+        // entries (immutable, read-only to this user) it could never append, and an open that
+        // succeeded would first have sealed the newest segment. Asked with the effective ids,
+        // as the kernel will judge the creation.
+        rustix::fs::accessat(CWD, dir, Access::WRITE_OK, AtFlags::EACCESS)?;
         Ok(DirLock { fd, pid: rustix::process::getpid() })
     }
 

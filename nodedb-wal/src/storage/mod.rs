@@ -136,7 +136,9 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Creates a directory and its parents.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    /// Takes an exclusive lock on a directory (advisory, for writers of this crate).
+    /// Takes an exclusive lock on a directory (advisory, for writers of this crate). Fails
+    /// where the directory takes no new entries: a writer that could never create a segment
+    /// must not open.
     fn lock_dir(&self, dir: &Path) -> io::Result<Self::Lock>;
     /// Names of the entries of a directory, whatever their type: a name the log uses that is
     /// not a regular file must fail when opened, not be taken for a file that is not there.
