@@ -55,17 +55,20 @@ impl Drop for Immutable {
     }
 }
 
-#[test]
-fn an_immutable_manifest_fails_the_open_before_anything_is_written() {
+/// Makes `target` (a file of the log in `dir`, or `dir` itself) immutable under a log whose
+/// newest segment is unsealed (a closed log leaves it so: the next open seals it), and checks
+/// that the writer's open fails with `expected_op` on `target`, having changed nothing; that a
+/// read-only look still sees every record; and that the log opens whole once `target` is
+/// writable again.
+fn open_fails_before_anything_is_written(target: impl FnOnce(&Path) -> PathBuf, expected_op: IoOp) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
-    // Closed, the log leaves its newest segment unsealed: the next open seals it.
     let last = write_log(&FsStorage::new(), &dir, &[40; 8]);
-    let manifest = dir.join("MANIFEST");
-    let flag = match Immutable::set(&manifest) {
+    let target = target(&dir);
+    let flag = match Immutable::set(&target) {
         Ok(flag) => flag,
         Err(e) => {
-            eprintln!("SKIPPED: cannot make a file immutable ({e})");
+            eprintln!("SKIPPED: cannot make {} immutable ({e})", target.display());
             return;
         }
     };
@@ -73,11 +76,11 @@ fn an_immutable_manifest_fails_the_open_before_anything_is_written() {
 
     let err = SegmentedWal::open(config(&dir)).unwrap_err();
     match &err {
-        WalError::Io { op: IoOp::Open, path, source } => {
-            assert_eq!(path, &manifest, "{err}");
+        WalError::Io { op, path, source } if *op == expected_op => {
+            assert_eq!(path, &target, "{err}");
             assert_eq!(source.kind(), ErrorKind::PermissionDenied, "{err}");
         }
-        _ => panic!("expected an Open error on the manifest, got {err:?}"),
+        _ => panic!("expected a {expected_op:?} error on {}, got {err:?}", target.display()),
     }
     assert_eq!(snapshot(&dir), before, "a failed open changes nothing");
     // Reading needs no write access.
@@ -92,34 +95,11 @@ fn an_immutable_manifest_fails_the_open_before_anything_is_written() {
 }
 
 #[test]
+fn an_immutable_manifest_fails_the_open_before_anything_is_written() {
+    open_fails_before_anything_is_written(|dir| dir.join("MANIFEST"), IoOp::Open);
+}
+
+#[test]
 fn an_immutable_directory_fails_the_open_before_anything_is_written() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("wal");
-    let last = write_log(&FsStorage::new(), &dir, &[40; 8]);
-    let flag = match Immutable::set(&dir) {
-        Ok(flag) => flag,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot make a directory immutable ({e})");
-            return;
-        }
-    };
-    let before = snapshot(&dir);
-
-    let err = SegmentedWal::open(config(&dir)).unwrap_err();
-    match &err {
-        WalError::Io { op: IoOp::Lock, path, source } => {
-            assert_eq!(path, &dir, "{err}");
-            assert_eq!(source.kind(), ErrorKind::PermissionDenied, "{err}");
-        }
-        _ => panic!("expected a Lock error naming the directory, got {err:?}"),
-    }
-    assert_eq!(snapshot(&dir), before, "a failed open changes nothing");
-    let view = ReadOnlyWal::open(&dir, None).unwrap();
-    assert_eq!(view.recovery_info().last_lsn.0, last);
-    drop(view);
-
-    drop(flag);
-    let wal = SegmentedWal::open(config(&dir)).unwrap();
-    assert_records(&read_all(&wal), 1, last);
-    wal.close().unwrap();
+    open_fails_before_anything_is_written(Path::to_path_buf, IoOp::Lock);
 }
