@@ -143,7 +143,7 @@ pub use format::preamble::{
 pub use payload::Payload;
 pub use read::{LazyWalReader, RecordHandle, RecordView, WalIter};
 pub use readonly::ReadOnlyWal;
-pub use record::{Record, WalRecord};
+pub use record::{GroupEntry, Record, WalRecord};
 pub use recovery::RecoveryInfo;
 pub use replay::{TemporalPurge, TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};
 pub use segment::SegmentInfo;

@@ -1,5 +1,6 @@
 //! Records as callers hand them in and as readers hand them out.
 
+use crate::format::payload::{CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
 use crate::payload::Payload;
 use crate::types::{Lsn, RecordType, Scope};
 
@@ -74,4 +75,68 @@ pub struct WalRecord {
     pub flags: u16,
     /// The payload (see [`Payload`] for when it shares a read buffer).
     pub payload: Payload,
+}
+
+/// One member of an atomic group ([`crate::SegmentedWal::append_group_entries`]): a record of
+/// the caller's own type, or a collection tombstone or temporal purge, so that a drop or a
+/// purge goes to the log all-or-nothing with the caller's records that go with it (its catalog
+/// entry, say). The crate's other reserved types cannot be written this way either.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{CollectionTombstonePayload, GroupEntry, Lsn, Record, RecordType, Scope};
+///
+/// let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(7) };
+/// let entries = [GroupEntry::from(Record::new(RecordType::optional(0x100), b"catalog: drop orders")), GroupEntry::Tombstone(&tombstone)];
+/// assert_eq!(entries[1].record_type(), RecordType::COLLECTION_TOMBSTONE);
+/// assert_eq!(entries[1].scope(), Scope { database: 1, tenant: 2, vshard: 0 }, "a tombstone's scope is its database and tenant");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupEntry<'a> {
+    /// A record of the caller's own type (a reserved type is refused, as by `append`).
+    Record(Record<'a>),
+    /// A dropped collection, as [`crate::SegmentedWal::append_tombstone`] logs it.
+    Tombstone(&'a CollectionTombstonePayload),
+    /// A temporal purge in a scope, as [`crate::SegmentedWal::append_temporal_purge`] logs it.
+    TemporalPurge(&'a TemporalPurgePayload, Scope),
+}
+
+impl GroupEntry<'_> {
+    /// The type of the record this entry becomes.
+    #[must_use]
+    pub fn record_type(&self) -> RecordType {
+        match self {
+            GroupEntry::Record(record) => record.record_type,
+            GroupEntry::Tombstone(_) => RecordType::COLLECTION_TOMBSTONE,
+            GroupEntry::TemporalPurge(..) => RecordType::TEMPORAL_PURGE,
+        }
+    }
+
+    /// The scope of the record this entry becomes (a tombstone's is its database and tenant,
+    /// vshard 0, as `append_tombstone` writes it).
+    #[must_use]
+    pub fn scope(&self) -> Scope {
+        match self {
+            GroupEntry::Record(record) => record.scope,
+            GroupEntry::Tombstone(t) => Scope { database: t.database, tenant: t.tenant, vshard: 0 },
+            GroupEntry::TemporalPurge(_, scope) => *scope,
+        }
+    }
+
+    /// The encoded payload of a tombstone or purge; `None` for a record, which is logged as
+    /// handed in.
+    pub(crate) fn encode_system(&self) -> Option<Result<Vec<u8>, PayloadError>> {
+        match self {
+            GroupEntry::Record(_) => None,
+            GroupEntry::Tombstone(t) => Some(t.encode()),
+            GroupEntry::TemporalPurge(p, _) => Some(p.encode()),
+        }
+    }
+}
+
+impl<'a> From<Record<'a>> for GroupEntry<'a> {
+    fn from(record: Record<'a>) -> GroupEntry<'a> {
+        GroupEntry::Record(record)
+    }
 }

@@ -9,11 +9,11 @@ use crate::config::SegmentedWalConfig;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{round_up, write_padding, write_segment_end};
-use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, TemporalPurgePayload};
+use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, TemporalPurgePayload};
 use crate::manifest::{Floor, Manifest};
 use crate::parallel::{Ahead, DECODED_CHUNKS_AHEAD, decode_segment};
 use crate::read::{Decrypt, LazyWalReader, Position, ReadSpec, RecordView, WalIter};
-use crate::record::Record;
+use crate::record::{GroupEntry, Record};
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo, index};
 use crate::storage::{
@@ -22,6 +22,7 @@ use crate::storage::{
 };
 use crate::tail::{TAIL_CHUNK, Tail};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
+use std::borrow::Cow;
 use std::ops::RangeInclusive;
 
 /// A segmented write-ahead log, shared by any number of threads (`&self` appends).
@@ -265,6 +266,11 @@ impl<S: Storage> SegmentedWal<S> {
     /// large record does, and each record is bounded by `payload_bytes_max` only. Wait on the
     /// last LSN to make all of it durable.
     ///
+    /// Every record is checked before any LSN is taken: one refused (a reserved type, a payload
+    /// over `payload_bytes_max`) fails the group, which then uses no LSN and writes nothing.
+    /// To drop a collection or log a purge in the same group as the records that go with it,
+    /// see [`Self::append_group_entries`].
+    ///
     /// # Examples
     ///
     /// ```
@@ -314,6 +320,82 @@ impl<S: Storage> SegmentedWal<S> {
         Ok(first..=Lsn(first.0 + records.len() as u64 - 1))
     }
 
+    /// Like [`Self::append_group`], with collection tombstones and temporal purges among the
+    /// records: a database drops a collection, or records a purge, all-or-nothing with its own
+    /// records that go with it (the catalog entry), so that no crash leaves one without the
+    /// other. Recovery gathers a tombstone or purge of a group into
+    /// [`RecoveryInfo::tombstones`] and [`RecoveryInfo::temporal_purges`] only where the whole
+    /// group survived.
+    ///
+    /// Each entry is checked as its single-record call checks it ([`Self::append`],
+    /// [`Self::append_tombstone`], [`Self::append_temporal_purge`]), all of them before any
+    /// LSN is taken: one bad entry fails the whole group, which uses no LSN and writes nothing.
+    /// A tombstone's `purge_lsn` may be at most [`Self::next_lsn`] at the call (so at most the
+    /// group's first LSN); a later one is [`WalError::LsnNotIssued`]. A malformed tombstone or
+    /// purge is [`WalError::MalformedPayload`], naming the LSN the entry would have had.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let sim = SimStorage::new(1, FaultConfig::default());
+    /// # let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// use nodedb_wal::{CollectionTombstonePayload, GroupEntry, WalError};
+    /// const CATALOG: RecordType = RecordType::required(0x100);
+    /// let row = wal.append(Record::new(RecordType::optional(0x101), b"a row of orders"))?;
+    ///
+    /// // The catalog forgets the collection and the log drops its records, in one group.
+    /// let dropped = CollectionTombstonePayload { database: 0, tenant: 0, collection: "orders".into(), purge_lsn: wal.next_lsn() };
+    /// let lsns = wal.append_group_entries(&[Record::new(CATALOG, b"drop orders").into(), GroupEntry::Tombstone(&dropped)])?;
+    /// wal.wait_durable(*lsns.end())?;
+    ///
+    /// // A bad entry fails the group before anything is appended.
+    /// let too_late = CollectionTombstonePayload { purge_lsn: Lsn(1000), ..dropped.clone() };
+    /// let refused = wal.append_group_entries(&[Record::new(CATALOG, b"drop orders").into(), GroupEntry::Tombstone(&too_late)]);
+    /// assert!(matches!(refused, Err(WalError::LsnNotIssued { .. })));
+    /// assert_eq!(wal.next_lsn(), lsns.end().next(), "no LSN used");
+    /// drop(wal);
+    ///
+    /// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
+    /// let tombstones = &wal.recovery_info().tombstones;
+    /// assert!(tombstones.is_dropped(0, 0, "orders", row));
+    /// assert_eq!(tombstones.dropped_at(0, 0, "orders"), Some(*lsns.end()));
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn append_group_entries(&self, entries: &[GroupEntry<'_>]) -> Result<RangeInclusive<Lsn>> {
+        if entries.is_empty() {
+            return Err(WalError::EmptyGroup);
+        }
+        let next = self.next_lsn();
+        let payloads: Vec<Cow<'_, [u8]>> =
+            entries.iter().enumerate().map(|(i, entry)| self.check_entry(entry, Lsn(next.0 + i as u64))).collect::<Result<_>>()?;
+        let records: Vec<Record<'_>> = entries
+            .iter()
+            .zip(&payloads)
+            .map(|(entry, payload)| Record { record_type: entry.record_type(), scope: entry.scope(), payload })
+            .collect();
+        let first = self.committer.append_group(&records)?;
+        Ok(first..=Lsn(first.0 + records.len() as u64 - 1))
+    }
+
+    /// Checks an entry as its single-record call does, and returns the payload to log: a
+    /// record's own, or the tombstone's or purge's encoding. `lsn` is the LSN an error names,
+    /// the one the entry would get if it were appended now.
+    fn check_entry<'a>(&self, entry: &GroupEntry<'a>, lsn: Lsn) -> Result<Cow<'a, [u8]>> {
+        match *entry {
+            GroupEntry::Record(record) => {
+                self.check_record(&record)?;
+                return Ok(Cow::Borrowed(record.payload));
+            }
+            // LSNs only grow, so an LSN at most `next` now is at most the one the tombstone gets.
+            GroupEntry::Tombstone(tombstone) => self.check_reached(tombstone.purge_lsn)?,
+            GroupEntry::TemporalPurge(..) => {}
+        }
+        let encoded = entry.encode_system().expect("a tombstone or a purge");
+        let malformed = |problem| WalError::MalformedPayload { lsn, record_type: entry.record_type(), problem };
+        Ok(Cow::Owned(encoded.map_err(malformed)?))
+    }
+
     /// Records that a collection was dropped; replay drops its records below `purge_lsn`.
     ///
     /// `purge_lsn` may be at most the tombstone's own LSN (any LSN up to [`Self::next_lsn`] at
@@ -350,11 +432,7 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn append_tombstone(&self, tombstone: &CollectionTombstonePayload) -> Result<Lsn> {
-        // LSNs only grow, so an LSN at most `next` now is at most the one the tombstone gets.
-        self.check_reached(tombstone.purge_lsn)?;
-        let payload = tombstone.encode().map_err(|problem| self.malformed(RecordType::COLLECTION_TOMBSTONE, problem))?;
-        let scope = Scope { database: tombstone.database, tenant: tombstone.tenant, vshard: 0 };
-        self.append_system(RecordType::COLLECTION_TOMBSTONE, scope, &payload)
+        self.append_entry(&GroupEntry::Tombstone(tombstone))
     }
 
     /// Records that an engine purged data older than a cutoff. A collection name over
@@ -382,8 +460,7 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn append_temporal_purge(&self, purge: &TemporalPurgePayload, scope: Scope) -> Result<Lsn> {
-        let payload = purge.encode().map_err(|problem| self.malformed(RecordType::TEMPORAL_PURGE, problem))?;
-        self.append_system(RecordType::TEMPORAL_PURGE, scope, &payload)
+        self.append_entry(&GroupEntry::TemporalPurge(purge, scope))
     }
 
     /// Records that a deterministic scheduler applied a transaction.
@@ -418,8 +495,10 @@ impl<S: Storage> SegmentedWal<S> {
         Ok(())
     }
 
-    fn malformed(&self, record_type: RecordType, problem: PayloadError) -> WalError {
-        WalError::MalformedPayload { lsn: self.next_lsn(), record_type, problem }
+    /// Appends a tombstone or a purge on its own, checked as a group checks it.
+    fn append_entry(&self, entry: &GroupEntry<'_>) -> Result<Lsn> {
+        let payload = self.check_entry(entry, self.next_lsn())?;
+        self.append_system(entry.record_type(), entry.scope(), &payload)
     }
 
     fn check_record(&self, record: &Record<'_>) -> Result<()> {
