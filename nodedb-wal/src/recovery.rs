@@ -604,9 +604,11 @@ fn scan_segment<S: Storage>(
         index.start(id, head.header.salt, head.header.first_lsn);
     }
     // An atomic group still open: where its first frame starts, its first LSN, and what it
-    // holds for `collect` (applied only once the group is whole).
+    // holds for `collect`, and the records of those types it cannot read (applied, and
+    // counted, only once the group is whole: a tail cut inside the group takes them away).
     let mut group: Option<(u64, Lsn)> = None;
     let mut group_collected: Vec<(RecordHeader, Vec<u8>)> = Vec::new();
+    let mut group_ungathered = 0;
     let (offset, end, claim) = loop {
         match scan.step()? {
             Step::Record { offset, header } => {
@@ -618,7 +620,7 @@ fn scan_segment<S: Storage>(
                 let mut collected = is_collected(header.record_type);
                 if collected && ctx.beside_writer && !can_decrypt(ctx.ring, &head) {
                     // A look without this segment's key can still check and list it.
-                    info.ungathered += 1;
+                    group_ungathered += 1;
                     collected = false;
                 }
                 let key_check = std::mem::take(&mut check_key);
@@ -644,6 +646,7 @@ fn scan_segment<S: Storage>(
                 }
                 if !continues {
                     group = None;
+                    info.ungathered += std::mem::take(&mut group_ungathered);
                     for (header, plain) in group_collected.drain(..) {
                         collect(info, &header, &plain)?;
                     }

@@ -3,10 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, SimRng, Storage, SyncFailure};
-use nodedb_wal::{Lsn, ReadOnlyWal, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+use nodedb_wal::{
+    CollectionTombstonePayload, GroupEntry, KeyRing, Lsn, ReadOnlyWal, Record, RecordType, Scope, SecureKey, SegmentedWal,
+    SegmentedWalConfig, SimStorage, TemporalPurgeEngine, TemporalPurgePayload, WalError,
+};
 
 const TY: RecordType = RecordType::optional(0x300);
 
@@ -91,6 +95,61 @@ fn a_group_whose_last_member_is_torn_is_cut_whole() {
             assert_eq!(wal.append(Record::new(TY, b"next")).unwrap(), group_first, "the LSNs of the cut group are issued again");
         }
     }
+}
+
+/// Damages the payload of the frame at `lsn` in place, as a torn write would; returns where
+/// the frame of `first` starts.
+fn tear_frame(sim: &SimStorage, dir: &Path, lsn: Lsn, first: Lsn) -> u64 {
+    let view = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap();
+    let last = view.lazy_reader_raw(lsn).unwrap().next_header().unwrap().unwrap();
+    let first_offset = view.lazy_reader_raw(first).unwrap().next_header().unwrap().unwrap().offset();
+    let path = dir.join(format!("{:020}.wal", last.segment().0));
+    let mut bytes = sim.read_file(&path).unwrap();
+    bytes[(last.offset() + 48 + 700) as usize] ^= 0xFF;
+    sim.write_file(&path, &bytes);
+    first_offset
+}
+
+// A drop or purge in a group is gathered only with the whole group: a look at a log whose group
+// was torn after its tombstone and purge must count neither, not even as records it could not
+// read for want of a key (`ungathered`, which a tool takes for drops it missed).
+#[test]
+fn a_torn_groups_tombstone_and_purge_are_neither_gathered_nor_counted() {
+    let dir = Path::new("/torn-drop");
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let ring = Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [7; 32])));
+    let config = SegmentedWalConfig { key_ring: Some(Arc::clone(&ring)), ..config(dir) };
+    let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(1) };
+    let purge =
+        TemporalPurgePayload { engine: TemporalPurgeEngine::Timeseries, collection: "cpu".into(), cutoff_unix_ms: 5, purged_count: 1 };
+    let big = member(1, 3, 4, 1500);
+    let lsns = {
+        let wal = SegmentedWal::open_with(sim.clone(), config.clone()).unwrap();
+        wal.append_durable(Record::new(TY, b"before")).unwrap();
+        let entries = [
+            GroupEntry::from(Record::new(TY, b"catalog")),
+            GroupEntry::Tombstone(&tombstone),
+            GroupEntry::TemporalPurge(&purge, Scope::default()),
+            GroupEntry::from(Record::new(TY, &big)),
+        ];
+        let lsns = wal.append_group_entries(&entries).unwrap();
+        wal.wait_durable(*lsns.end()).unwrap();
+        lsns
+    };
+    let whole = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap();
+    assert_eq!(whole.recovery_info().ungathered, 2, "the whole group's drop and purge, unread without the key");
+    let first_offset = tear_frame(&sim, dir, *lsns.end(), *lsns.start());
+
+    let blind = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap();
+    assert_eq!(blind.recovery_info().last_lsn, Lsn(1));
+    assert_eq!(blind.recovery_info().ungathered, 0, "records of a cut group are not in the log");
+    let keyed = ReadOnlyWal::open_with(sim.clone(), dir, Some(Arc::clone(&ring))).unwrap();
+    let wal = SegmentedWal::open_with(sim.clone(), config).unwrap();
+    for info in [keyed.recovery_info(), wal.recovery_info()] {
+        assert_eq!(info.last_lsn, Lsn(1));
+        assert!(info.tombstones.is_empty() && info.temporal_purges.is_empty(), "{info:?}");
+    }
+    assert_eq!(wal.recovery_info().torn_tail.unwrap().offset, first_offset);
 }
 
 /// Random singles and groups, syncs and crashes with torn sectors (the last batch of each round
