@@ -81,7 +81,9 @@
 //! - **Records the engines share**: [`append_tombstone`](SegmentedWal::append_tombstone),
 //!   [`append_temporal_purge`](SegmentedWal::append_temporal_purge) and
 //!   [`append_calvin_applied`](SegmentedWal::append_calvin_applied); at open, recovery hands
-//!   the first two back in [`RecoveryInfo`]. They go with their segments at truncation, so the
+//!   the first two back in [`RecoveryInfo`]. A drop or purge goes all-or-nothing with the
+//!   database's own records (its catalog entry) through
+//!   [`append_group_entries`](SegmentedWal::append_group_entries) ([`GroupEntry`]). They go with their segments at truncation, so the
 //!   engines keep drops and purges in their own checkpoints ([`TombstoneSet::dropped_at`]).
 //! - **Encryption at rest**: [`SegmentedWalConfig::key_ring`] with a [`KeyRing`] of
 //!   [`SecureKey`]s; [`encrypt_engine_file`] for the engines' own files.

@@ -1,39 +1,27 @@
 //! Atomic groups: records appended with `append_group` are all recovered or none, whatever a
-//! crash tears, and a group that was acknowledged is always whole.
+//! crash tears, and a group that was acknowledged is always whole. A collection drop or temporal
+//! purge in a group is gathered by recovery only where the whole group survived.
 
-use std::collections::BTreeMap;
+mod groups_support;
+
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use groups_support::{Member, Model, TY, member, random_group, rejected_group};
 
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, SimRng, Storage, SyncFailure};
 use nodedb_wal::{
-    CollectionTombstonePayload, GroupEntry, KeyRing, Lsn, ReadOnlyWal, Record, RecordType, Scope, SecureKey, SegmentedWal,
-    SegmentedWalConfig, SimStorage, TemporalPurgeEngine, TemporalPurgePayload, WalError,
+    CollectionTombstonePayload, GroupEntry, KeyRing, Lsn, ReadOnlyWal, Record, RecoveryInfo, Scope, SecureKey, SegmentedWal,
+    SegmentedWalConfig, SimStorage, TemporalPurgeEngine, TemporalPurgePayload, WalError, WalRecord,
 };
-
-const TY: RecordType = RecordType::optional(0x300);
 
 fn config(dir: &Path) -> SegmentedWalConfig {
     let mut c = SegmentedWalConfig::new(dir);
     c.segment_bytes_target = 128 * 1024;
     c.batch_bytes_max = 16 * 1024;
     c
-}
-
-/// A member's payload names its group, its index and the group's size.
-fn member(group: u64, index: u64, size: u64, len: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(24 + len);
-    for v in [group, index, size] {
-        p.extend_from_slice(&v.to_le_bytes());
-    }
-    p.extend((0..len).map(|i| (group as usize * 31 + index as usize * 7 + i) as u8));
-    p
-}
-
-fn parse(p: &[u8]) -> (u64, u64, u64) {
-    let at = |i: usize| u64::from_le_bytes(p[i * 8..i * 8 + 8].try_into().unwrap());
-    (at(0), at(1), at(2))
 }
 
 #[test]
@@ -152,84 +140,186 @@ fn a_torn_groups_tombstone_and_purge_are_neither_gathered_nor_counted() {
     assert_eq!(wal.recovery_info().torn_tail.unwrap().offset, first_offset);
 }
 
-/// Random singles and groups, syncs and crashes with torn sectors (the last batch of each round
-/// written but its sync failed, half the time followed by a reopen under the same kernel before
-/// the crash): after every crash, each group is there whole or not at all, and every
-/// acknowledged record is there.
+/// Whatever member of a group is bad (a tombstone's purge LSN past the next LSN, a name too
+/// long, a reserved type), and wherever it stands in the group, the group is refused whole:
+/// no LSN used, nothing written, nothing recovered, no drop or purge gathered.
+#[test]
+fn a_refused_group_appends_nothing() {
+    for seed in 0..200 {
+        let dir = Path::new("/refused");
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        let mut rng = SimRng::new(seed);
+        let mut model = Model::default();
+        let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+        let size = 1 + rng.below(5);
+        let good = random_group(&mut rng, 1, size, wal.next_lsn());
+        let entries: Vec<GroupEntry<'_>> = good.iter().map(Member::entry).collect();
+        let lsns = wal.append_group_entries(&entries).unwrap();
+        model.appended(*lsns.start(), 1, &good);
+        wal.sync().unwrap();
+        let before = wal.stats();
+        for _ in 0..4 {
+            let bad = rejected_group(&mut rng, wal.next_lsn());
+            let entries: Vec<GroupEntry<'_>> = bad.iter().map(Member::entry).collect();
+            assert!(wal.append_group_entries(&entries).is_err(), "seed {seed}: {bad:?}");
+            assert_eq!(wal.next_lsn(), lsns.end().next(), "seed {seed}: a refused group used an LSN");
+        }
+        wal.sync().unwrap();
+        let after = wal.stats().since(&before);
+        assert_eq!((after.records, after.bytes_written), (0, 0), "seed {seed}: a refused group was written");
+        drop(wal);
+        let wal = SegmentedWal::open_with(sim, config(dir)).unwrap();
+        let records: Vec<WalRecord> = wal.read_from(Lsn::FIRST).unwrap().collect::<Result<_, _>>().unwrap();
+        model.check(wal.recovery_info(), &records, &format!("seed {seed}"));
+        assert_eq!(wal.recovery_info().last_lsn, *lsns.end(), "seed {seed}");
+    }
+}
+
+/// Random singles and groups, some holding drops and purges, syncs and crashes with torn
+/// sectors (the last batch of each round written but its sync failed, half the time followed by
+/// a reopen under the same kernel before the crash): after every crash, each group is there
+/// whole or not at all, every acknowledged record is there, recovery's tombstones and purges
+/// are exactly those of the records that survived, every reader returns those records, and a
+/// read-only look before the owner's open finds the same. A group with one bad member is
+/// refused whole, using no LSN.
 #[test]
 fn groups_are_all_or_nothing_across_random_crashes() {
     let seeds: u64 = std::env::var("NODEDB_WAL_GROUP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     for seed in 0..seeds {
-        let dir = Path::new("/random");
-        let mut rng = SimRng::new(seed);
-        let mut sim = SimStorage::new(seed, FaultConfig::default());
-        sim.set_sync_failure(SyncFailure::KeepsCleanPages);
-        sim.set_intermediate_writes(true);
-        // Its own generator, so that the rounds' appends stay what they were for each seed.
-        let mut restarts = SimRng::new(seed ^ 0x7265_7374_6172_7473);
-        // Odd seeds write through the page cache, where a failed sync's pages stay readable.
-        let config = |dir: &Path| SegmentedWalConfig { direct_io: seed % 2 == 0, ..config(dir) };
-        // LSN -> payload for every record the log ever returned, and the acknowledged end.
-        let mut known: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        let mut acked = 0u64;
-        let mut next_group = 1u64;
-        for round in 0..4 {
-            let faulty = FaultyStorage::new(sim.clone());
-            let wal = SegmentedWal::open_with(faulty.clone(), config(dir)).unwrap();
-            check(&wal, &known, acked, seed, round);
-            let last = wal.recovery_info().last_lsn.0;
-            known.retain(|&lsn, _| lsn <= last);
-            for _ in 0..rng.below(60) + 5 {
-                let size = if rng.below(3) == 0 { 1 } else { rng.below(8) + 1 };
-                let group = next_group;
-                next_group += 1;
-                let payloads: Vec<Vec<u8>> = (0..size).map(|i| member(group, i, size, rng.below(3000) as usize)).collect();
-                let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(TY, p)).collect();
-                let lsns = wal.append_group(&records).unwrap();
-                for (lsn, p) in (lsns.start().0..).zip(payloads) {
-                    known.insert(lsn, p);
-                }
-                if rng.below(4) == 0 {
-                    wal.wait_durable(*lsns.end()).unwrap();
-                    acked = acked.max(lsns.end().0);
-                }
-            }
-            // The last batch is written but its fdatasync fails, so the crash keeps a random
-            // subset of its sectors: groups in it are torn anywhere.
-            faulty.fail_once(FaultOp::SyncData, 0, EIO);
-            let _ = wal.sync();
-            if restarts.below(2) == 0 {
-                // Reopened under the same kernel before the power cut: Linux kept the failed
-                // batch's pages in the cache, clean. What this recovery returns it reports
-                // durable, so the crash below must keep it, groups whole.
-                drop(wal);
-                let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
-                check(&wal, &known, acked, seed, round);
-                acked = wal.durable_lsn().0;
-                known.retain(|&lsn, _| lsn <= acked);
-                let after = sim.crash(rng.next_u64());
-                drop(wal);
-                sim = after;
-                continue;
-            }
-            sim = sim.crash(rng.next_u64());
-            drop(wal);
-        }
+        crash_rounds(seed);
     }
 }
 
-fn check<S: Storage>(wal: &SegmentedWal<S>, known: &BTreeMap<u64, Vec<u8>>, acked: u64, seed: u64, round: u32) {
+fn crash_rounds(seed: u64) {
+    let dir = Path::new("/random");
+    let mut rng = SimRng::new(seed);
+    let mut sim = SimStorage::new(seed, FaultConfig::default());
+    sim.set_sync_failure(SyncFailure::KeepsCleanPages);
+    sim.set_intermediate_writes(true);
+    // Its own generator, so that the rounds' appends stay what they were for each seed.
+    let mut restarts = SimRng::new(seed ^ 0x7265_7374_6172_7473);
+    // Every third seed encrypts: a look without the key must count its drops and purges as
+    // not gathered, those of whole groups only.
+    let ring = seed.is_multiple_of(3).then(|| Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [seed as u8; 32]))));
+    // Odd seeds write through the page cache, where a failed sync's pages stay readable.
+    let config = |dir: &Path| SegmentedWalConfig { direct_io: seed.is_multiple_of(2), key_ring: ring.clone(), ..config(dir) };
+    let mut model = Model::default();
+    let mut next_group = 1u64;
+    for round in 0..4 {
+        let at = format!("seed {seed} round {round}");
+        // After a crash nothing is cached: a look must find what the owner's recovery finds.
+        let looked = (round > 0).then(|| look(&sim, dir, ring.as_ref(), &model, &at));
+        let faulty = FaultyStorage::new(sim.clone());
+        let wal = SegmentedWal::open_with(faulty.clone(), config(dir)).unwrap();
+        check(&wal, &model, &at);
+        let info = wal.recovery_info();
+        if let Some(looked) = looked {
+            assert_eq!(
+                (looked.last_lsn, &looked.tombstones, &looked.temporal_purges),
+                (info.last_lsn, &info.tombstones, &info.temporal_purges),
+                "{at}"
+            );
+        }
+        model.keep_up_to(info.last_lsn);
+        for _ in 0..rng.below(60) + 5 {
+            append_one(&wal, &mut rng, &mut model, &mut next_group);
+        }
+        // The last batch is written but its fdatasync fails, so the crash keeps a random
+        // subset of its sectors: groups in it are torn anywhere.
+        faulty.fail_once(FaultOp::SyncData, 0, EIO);
+        let _ = wal.sync();
+        if restarts.below(2) == 0 {
+            // Reopened under the same kernel before the power cut: Linux kept the failed
+            // batch's pages in the cache, clean. What this recovery returns it reports
+            // durable, so the crash below must keep it, groups whole.
+            drop(wal);
+            let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+            check(&wal, &model, &format!("{at}, reopened"));
+            model.acked = wal.durable_lsn().0;
+            model.keep_up_to(wal.durable_lsn());
+            let after = sim.crash(rng.next_u64());
+            drop(wal);
+            sim = after;
+            continue;
+        }
+        sim = sim.crash(rng.next_u64());
+        drop(wal);
+    }
+}
+
+/// Appends one random group (now and then through `append_group`, when it holds only records),
+/// or tries a group with a bad member, which must fail whole.
+fn append_one<S: Storage>(wal: &SegmentedWal<S>, rng: &mut SimRng, model: &mut Model, next_group: &mut u64) {
+    let next = wal.next_lsn();
+    if rng.below(10) == 0 {
+        let members = rejected_group(rng, next);
+        let entries: Vec<GroupEntry<'_>> = members.iter().map(Member::entry).collect();
+        let err = wal.append_group_entries(&entries).expect_err("a group with a bad member");
+        assert!(
+            matches!(err, WalError::LsnNotIssued { .. } | WalError::MalformedPayload { .. } | WalError::ReservedRecordType { .. }),
+            "{err}"
+        );
+        assert_eq!(wal.next_lsn(), next, "a refused group uses no LSN");
+        return;
+    }
+    let size = if rng.below(3) == 0 { 1 } else { rng.below(8) + 1 };
+    let group = *next_group;
+    *next_group += 1;
+    let members = random_group(rng, group, size, next);
+    let entries: Vec<GroupEntry<'_>> = members.iter().map(Member::entry).collect();
+    let records: Option<Vec<Record<'_>>> = entries.iter().map(|e| if let GroupEntry::Record(r) = e { Some(*r) } else { None }).collect();
+    let lsns = match records {
+        Some(records) if rng.below(2) == 0 => wal.append_group(&records).unwrap(),
+        _ => wal.append_group_entries(&entries).unwrap(),
+    };
+    model.appended(*lsns.start(), group, &members);
+    if rng.below(4) == 0 {
+        wal.wait_durable(*lsns.end()).unwrap();
+        model.acked = model.acked.max(lsns.end().0);
+    }
+}
+
+/// That the owner's recovery matches the model, and every reader returns the same records.
+fn check<S: Storage>(wal: &SegmentedWal<S>, model: &Model, at: &str) {
     let info = wal.recovery_info();
-    assert!(info.last_lsn.0 >= acked, "seed {seed} round {round}: acknowledged {acked}, log ends at {}", info.last_lsn);
-    let records: Vec<_> = wal.read_from(info.first_lsn).unwrap().collect::<Result<_, _>>().unwrap();
-    let mut members: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for r in &records {
-        assert_eq!(known.get(&r.lsn.0), Some(&r.payload.to_vec()), "seed {seed} round {round}: LSN {} is not what was appended", r.lsn);
-        let (group, _, size) = parse(&r.payload);
-        let entry = members.entry(group).or_insert((0, size));
-        entry.0 += 1;
+    let first = info.first_lsn;
+    let records: Vec<WalRecord> = wal.read_from(first).unwrap().collect::<Result<_, _>>().unwrap();
+    model.check(info, &records, at);
+    let lsns: Vec<Lsn> = records.iter().map(|r| r.lsn).collect();
+    let mapped: Vec<Lsn> = wal.read_mapped(first).unwrap().map(|r| r.unwrap().lsn).collect();
+    let mut parallel = Vec::new();
+    wal.replay_parallel(first, 2, |r| {
+        parallel.push(r.lsn);
+        Ok(())
+    })
+    .unwrap();
+    let mut lazy = wal.lazy_reader(first).unwrap();
+    let mut headers = Vec::new();
+    while let Some(h) = lazy.next_header().unwrap() {
+        headers.push(h.lsn);
     }
-    for (group, (seen, size)) in members {
-        assert_eq!(seen, size, "seed {seed} round {round}: group {group} recovered {seen} of {size} members");
+    let mut tail = wal.tail(first);
+    let mut tailed = Vec::new();
+    for _ in 0..=records.len() {
+        match tail.next_timeout(Duration::ZERO).unwrap() {
+            Some(r) => tailed.push(r.lsn),
+            None => break,
+        }
     }
+    for (reader, got) in [("read_mapped", mapped), ("replay_parallel", parallel), ("lazy_reader", headers), ("tail", tailed)] {
+        assert_eq!(got, lsns, "{at}: {reader} returns other records than read_from");
+    }
+}
+
+/// A read-only look: what it finds matches the model; without the key (an encrypted log),
+/// it counts each drop and purge of the surviving records as not gathered, and no other.
+fn look(sim: &SimStorage, dir: &Path, ring: Option<&Arc<KeyRing>>, model: &Model, at: &str) -> RecoveryInfo {
+    let view = ReadOnlyWal::open_with(sim.clone(), dir, ring.cloned()).unwrap();
+    let records: Vec<WalRecord> = view.read_from(view.recovery_info().first_lsn).unwrap().collect::<Result<_, _>>().unwrap();
+    model.check(view.recovery_info(), &records, &format!("{at}, look"));
+    if ring.is_some() {
+        let blind = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap();
+        assert_eq!(blind.recovery_info().ungathered, model.gathered_count(&records), "{at}: a look without the key");
+    }
+    view.recovery_info().clone()
 }
