@@ -3,7 +3,8 @@
 //!
 //! The store appends puts and deletes (one at a time with `append_durable`, or `append` and the
 //! `durable(lsn)` future, or `append_batch`, or all-or-nothing `append_group`), drops whole
-//! collections with tombstones, purges old rows with temporal purges, rotates the encryption
+//! collections with tombstones (half of them in one group with the catalog's record of the drop,
+//! `append_group_entries`), purges old rows with temporal purges, rotates the encryption
 //! key, and checkpoints: it rolls its last snapshot forward over the durable log, writes the
 //! result to a file with the LSN it covers (written, synced, renamed, directory synced), and
 //! only then truncates the log below that LSN. At open it loads the snapshot and replays the log
@@ -36,8 +37,8 @@ use common::block_on;
 
 use nodedb_wal::storage::{FaultConfig, OpenMode, SimRng, Storage, StorageFile, SyncFailure};
 use nodedb_wal::{
-    CollectionTombstonePayload, KeyRing, Lsn, Record, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage,
-    TemporalPurgeEngine, TemporalPurgePayload, WalError, extract_temporal_purges, extract_tombstones,
+    CollectionTombstonePayload, GroupEntry, KeyRing, Lsn, Record, RecordType, Scope, SecureKey, SegmentedWal, SegmentedWalConfig,
+    SimStorage, TemporalPurgeEngine, TemporalPurgePayload, WalError, extract_temporal_purges, extract_tombstones,
 };
 
 const DIR: &str = "/db/wal";
@@ -46,6 +47,8 @@ const SNAPSHOT: &str = "/db/snapshot";
 const SNAPSHOT_NEW: &str = "/db/snapshot.new";
 const PUT: RecordType = RecordType::optional(0x100);
 const DEL: RecordType = RecordType::optional(0x101);
+/// The catalog's record of a dropped collection, logged in one group with the drop's tombstone.
+const CATALOG: RecordType = RecordType::required(0x102);
 const COLLECTIONS: u8 = 4;
 const SCOPE: Scope = Scope { database: 1, tenant: 2, vshard: 0 };
 
@@ -87,6 +90,9 @@ fn apply(state: &mut State, lsn: u64, record_type: RecordType, payload: &[u8]) {
         } else {
             state.remove(&(collection, key));
         }
+    } else if record_type == CATALOG {
+        // The catalog's own entry, as a row the drop that comes with it cannot reach.
+        state.insert((payload[0], u16::MAX), Row { lsn, ts: 0, value: b"dropped".to_vec() });
     } else if record_type == RecordType::COLLECTION_TOMBSTONE {
         let t = CollectionTombstonePayload::decode(payload).unwrap();
         state.retain(|&(c, _), row| !(name(c) == t.collection && row.lsn < t.purge_lsn.0));
@@ -312,12 +318,32 @@ fn write_step(db: &TinyDb, keys: &KeyRing, model: &Mutex<Model>, rng: &mut SimRn
                 collection: name(c),
                 purge_lsn: wal.next_lsn(),
             };
-            let record = (RecordType::COLLECTION_TOMBSTONE, t.encode().unwrap());
-            pend(std::slice::from_ref(&record));
-            let lsn = wal.append_tombstone(&t)?;
-            note(lsn, vec![record]);
-            wal.wait_durable(lsn)?;
-            ack(lsn);
+            let tombstone = (RecordType::COLLECTION_TOMBSTONE, t.encode().unwrap());
+            if rng.below(2) == 0 {
+                pend(std::slice::from_ref(&tombstone));
+                let lsn = wal.append_tombstone(&t)?;
+                note(lsn, vec![tombstone]);
+                wal.wait_durable(lsn)?;
+                ack(lsn);
+                return Ok(());
+            }
+            // The catalog forgets the collection (and the schema it held, which makes the group
+            // span sectors a crash may tear) in the same group as the drop, in either order.
+            let mut schema = vec![c];
+            schema.extend((0..rng.below(6000)).map(|_| rng.next_u64() as u8));
+            let catalog = (CATALOG, schema);
+            let mut ops = vec![catalog.clone(), tombstone];
+            let mut entries = [Record::new(CATALOG, &catalog.1).scoped(SCOPE).into(), GroupEntry::Tombstone(&t)];
+            if rng.below(2) == 0 {
+                ops.reverse();
+                entries.reverse();
+            }
+            pend(&ops);
+            let lsns = wal.append_group_entries(&entries)?;
+            note(*lsns.start(), ops);
+            model.lock().unwrap().groups.push((lsns.start().0, lsns.end().0));
+            wal.wait_durable(*lsns.end())?;
+            ack(*lsns.end());
         }
         17 => {
             let c = rng.below(COLLECTIONS as u64) as u8;
