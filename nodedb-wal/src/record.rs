@@ -93,6 +93,7 @@ pub struct WalRecord {
 /// assert_eq!(entries[1].scope(), Scope { database: 1, tenant: 2, vshard: 0 }, "a tombstone's scope is its database and tenant");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GroupEntry<'a> {
     /// A record of the caller's own type (a reserved type is refused, as by `append`).
     Record(Record<'a>),

@@ -3,10 +3,10 @@
 
 use nodedb_wal::{
     CIPHER_AES_256_GCM, CalvinAppliedPayload, CollectionTombstonePayload, DoubleWriteBuffer, DwbMode, FsStorage, GroupCommitter,
-    LazyWalReader, Lsn, MAX_COLLECTION_NAME_LEN, PREAMBLE_SIZE, PREAMBLE_VERSION, Payload, Record, RecordHeader, RecordType, RecoveryInfo,
-    Result, SEG_PREAMBLE_MAGIC, Scope, SecureKey, SegmentId, SegmentPreamble, SegmentedWal, SegmentedWalConfig, TemporalPurgeEngine,
-    TemporalPurgePayload, TombstoneSet, WAL_PREAMBLE_MAGIC, WalError, WalRecord, WalWriter, decrypt_engine_file, encrypt_engine_file,
-    extract_tombstones, last_calvin_applied, recover, wal_dwb_bytes_written_total,
+    GroupEntry, LazyWalReader, Lsn, MAX_COLLECTION_NAME_LEN, PREAMBLE_SIZE, PREAMBLE_VERSION, Payload, Record, RecordHeader, RecordType,
+    RecoveryInfo, Result, SEG_PREAMBLE_MAGIC, Scope, SecureKey, SegmentId, SegmentPreamble, SegmentedWal, SegmentedWalConfig,
+    TemporalPurgeEngine, TemporalPurgePayload, TombstoneSet, WAL_PREAMBLE_MAGIC, WalError, WalRecord, WalWriter, decrypt_engine_file,
+    encrypt_engine_file, extract_tombstones, last_calvin_applied, recover, wal_dwb_bytes_written_total,
 };
 
 /// Names that are types only: the program must be able to spell them.
@@ -46,6 +46,10 @@ fn program(dir: &std::path::Path) -> Result<RecoveryInfo> {
         TemporalPurgePayload { engine: TemporalPurgeEngine::Timeseries, collection: "cpu".into(), cutoff_unix_ms: 0, purged_count: 3 };
     wal.append_temporal_purge(&purge, Scope::default())?;
     wal.append_calvin_applied(&CalvinAppliedPayload { epoch: 7, position: 2, vshard: 5 }, Scope::default())?;
+    // A drop and a purge all-or-nothing with the records that go with them.
+    let catalog = Record::new(RecordType::required(0x100), b"drop orders");
+    let entries = [GroupEntry::from(catalog), GroupEntry::Tombstone(&tombstone), GroupEntry::TemporalPurge(&purge, Scope::default())];
+    assert_eq!(wal.append_group_entries(&entries)?, Lsn(5)..=Lsn(7));
     wal.sync()?;
     let records: Vec<WalRecord> = wal.read_from(Lsn(1))?.collect::<Result<_>>()?;
     let set: TombstoneSet = extract_tombstones(&records)?;
@@ -76,5 +80,5 @@ fn program(dir: &std::path::Path) -> Result<RecoveryInfo> {
 fn a_program_written_against_the_published_names_runs() {
     let dir = tempfile::tempdir().unwrap();
     let info = program(dir.path()).unwrap_or_else(|e: WalError| panic!("{e}"));
-    assert_eq!(info.last_lsn, Lsn(4));
+    assert_eq!(info.last_lsn, Lsn(7));
 }
