@@ -10,7 +10,10 @@
 //! that its thread really appended.
 //!
 //! Threads 5, 6 and 7 append each pipeline of records as one atomic group; the model checks
-//! that recovery returns their records in whole groups only.
+//! that recovery returns their records in whole groups only, each at consecutive LSNs. In
+//! feature rounds one group in four ends with a collection tombstone or temporal purge
+//! (`append_group_entries`): recovery must gather that drop exactly when it returns the group,
+//! and never the drop of a group it does not return.
 //!
 //! Rounds with [`Mode::features`] (one in three) use the rest of the append and truncation
 //! surface while the crash can land: 32 KiB segments (a roll every few dozen records, into
@@ -30,6 +33,7 @@
 //! record that was never appended shows.
 
 pub mod child;
+pub mod drops;
 pub mod dwb;
 pub mod model;
 pub mod writer;
@@ -276,14 +280,19 @@ impl Origin {
     }
 
     /// What the child appends for this origin in a feature round: `None` for an application
-    /// record, else the system record (thread [`SYSTEM_THREAD`], one sequence number in eight).
+    /// record, else the system record: on thread [`SYSTEM_THREAD`], one sequence number in
+    /// eight, appended alone; on a thread that [`appends_groups`], the last member of one group
+    /// in four, a tombstone or purge in the group (`append_group_entries`).
     pub fn system(self) -> Option<System> {
         let h = self.hash();
-        if self.thread == PARENT_THREAD || role(self.thread) != SYSTEM_THREAD || !h.is_multiple_of(8) {
+        let alone = role(self.thread) == SYSTEM_THREAD && h.is_multiple_of(8);
+        if self.thread == PARENT_THREAD || !(alone || self.ends_group_with_drop()) {
             return None;
         }
-        let collection = format!("c-{}-{}-{}", self.round, self.thread, self.seq);
-        Some(match (h >> 3) % 3 {
+        let collection = self.collection();
+        // No Calvin position in a group: `GroupEntry` cannot carry one.
+        let kind = if alone { (h >> 3) % 3 } else { (h >> 3) % 2 * 2 };
+        Some(match kind {
             0 => System::Tombstone { database: self.round, tenant: self.thread, collection },
             1 => {
                 // The origin in the epoch and position, as a collection name does elsewhere.
@@ -300,6 +309,18 @@ impl Origin {
                 System::Purge { purge, scope: self.scope() }
             }
         })
+    }
+
+    /// Whether this is the last member of a group that ends with a tombstone or purge in
+    /// feature rounds (one group in four of a thread that [`appends_groups`]).
+    pub fn ends_group_with_drop(self) -> bool {
+        let depth = pipeline_depth(self.thread);
+        appends_groups(self.thread) && self.seq % depth == depth - 1 && mix(self.hash()).is_multiple_of(4)
+    }
+
+    /// The collection the tombstone or purge of this origin names.
+    pub fn collection(self) -> String {
+        format!("c-{}-{}-{}", self.round, self.thread, self.seq)
     }
 
     /// The origin a collection name written by [`Origin::system`] names.

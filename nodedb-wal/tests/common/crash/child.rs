@@ -4,12 +4,13 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nodedb_wal::{KeyRing, Lsn, Record, SegmentedWal, WalError};
+use nodedb_wal::{GroupEntry, KeyRing, Lsn, Record, SegmentedWal, WalError};
 
 use super::{KEY_IDS, LARGE_THREAD_BASE, Mode, Origin, System, THREADS, appends_groups, pipeline_depth, role};
 
@@ -153,6 +154,19 @@ fn append_system(wal: &SegmentedWal, system: &System) -> Result<Lsn, WalError> {
     }
 }
 
+/// Appends `records` and the tombstone or purge `drop` as one group (`append_group_entries`);
+/// a tombstone's purge LSN is the next LSN at the call, as for one appended alone.
+fn append_group_ending_with(wal: &SegmentedWal, records: &[Record<'_>], drop: &System) -> Result<RangeInclusive<Lsn>, WalError> {
+    let tombstone = drop.tombstone(wal.next_lsn());
+    let last = match (drop, &tombstone) {
+        (_, Some(tombstone)) => GroupEntry::Tombstone(tombstone),
+        (System::Purge { purge, scope }, None) => GroupEntry::TemporalPurge(purge, *scope),
+        (System::Calvin { .. } | System::Tombstone { .. }, None) => unreachable!("a group ends with a tombstone or purge only"),
+    };
+    let entries: Vec<GroupEntry<'_>> = records.iter().map(|r| GroupEntry::Record(*r)).chain([last]).collect();
+    wal.append_group_entries(&entries)
+}
+
 fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32, features: bool) {
     let depth = pipeline_depth(thread);
     // In feature rounds thread 0 appends with `append_durable` and threads 2 and 3 each
@@ -177,7 +191,13 @@ fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32, 
             let payloads: Vec<Vec<u8>> = origins.iter().map(|o| o.payload()).collect();
             let records: Vec<Record<'_>> =
                 origins.iter().zip(&payloads).map(|(o, p)| Record::new(o.record_type(), p).scoped(o.scope())).collect();
-            let appended = if batches { wal.append_batch(&records) } else { wal.append_group(&records) };
+            let appended = if batches {
+                wal.append_batch(&records)
+            } else if let Some(drop) = origins.last().and_then(|o| o.system()).filter(|_| features) {
+                append_group_ending_with(wal, &records[..records.len() - 1], &drop)
+            } else {
+                wal.append_group(&records)
+            };
             match appended {
                 Ok(lsns) => {
                     for (lsn, o) in (lsns.start().0..).zip(&origins) {

@@ -36,6 +36,9 @@ pub struct Model {
     pub system_total: u64,
     /// Records the children's own truncations removed.
     pub truncated_by_child: u64,
+    /// Tombstones and purges recovered at the end of a child's group, over all rounds (each
+    /// counted in the round that added it).
+    pub group_drops_total: u64,
     /// The records the last recovery returned.
     recovered: Vec<WalRecord>,
     /// Kept files (`.recycled`) in the directory before the current round, by inode.
@@ -62,6 +65,7 @@ impl Default for Model {
             torn_tails: 0,
             system_total: 0,
             truncated_by_child: 0,
+            group_drops_total: 0,
             recovered: Vec::new(),
             kept_inodes: Vec::new(),
             reused_by_child: 0,
@@ -76,9 +80,15 @@ impl Model {
     /// What the rounds so far did, for a test's summary line.
     pub fn summary(&self) -> String {
         format!(
-            "{} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} tombstones, purges and Calvin positions recovered, {} \
-             records truncated and {} kept files reused by the children",
-            self.acked_total, self.unacked_total, self.torn_tails, self.system_total, self.truncated_by_child, self.reused_by_child
+            "{} records acknowledged, {} more recovered unacknowledged, {} torn tails cut, {} tombstones, purges and Calvin positions recovered ({} new ones \
+             ending groups), {} records truncated and {} kept files reused by the children",
+            self.acked_total,
+            self.unacked_total,
+            self.torn_tails,
+            self.system_total,
+            self.group_drops_total,
+            self.truncated_by_child,
+            self.reused_by_child
         )
     }
 
@@ -148,6 +158,8 @@ impl Model {
         let from = (self.last + 1).max(first);
         let new = &origins[(from - first) as usize..];
         self.check_new_records(round, from, from > self.last + 1, new, acks);
+        let new_records = &records[(from - first) as usize..];
+        self.group_drops_total += super::drops::check_drops(info, round, new_records, new);
         self.records = self.records.split_off(&first);
         for (i, origin) in new.iter().enumerate() {
             self.records.insert(from + i as u64, *origin);
@@ -176,6 +188,12 @@ impl Model {
             assert!(role(origin.thread) < THREADS, "LSN {lsn}: {origin:?} names no child thread");
             let expected = next_seq.entry(origin.thread).or_insert(if cut { origin.seq } else { 0 });
             assert_eq!(origin.seq, *expected, "LSN {lsn}: thread {} skipped or repeated a record", origin.thread);
+            // A group takes consecutive LSNs, and neither a tail cut nor a truncation splits it.
+            let depth = pipeline_depth(origin.thread);
+            if appends_groups(origin.thread) && origin.seq % depth != 0 {
+                let previous = Origin { seq: origin.seq - 1, ..*origin };
+                assert!(i > 0 && new[i - 1] == previous, "round {round}: LSN {lsn}: {origin:?} does not follow the rest of its group");
+            }
             *expected += 1;
             *counts.entry(origin.thread).or_insert(0) += 1;
         }
