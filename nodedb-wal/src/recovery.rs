@@ -276,9 +276,11 @@ pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) 
         match scan_dir(storage, dir, false, 512, ring, scan) {
             Err(WalError::SegmentTruncated { .. }) if scan == Scan::Look => tries += 1,
             // A directory is not listed in one atomic step: a segment truncation removed while
-            // the listing was read can leave a hole between two listed ones. A hole that is
-            // really there is still one at the last look.
-            Err(WalError::MissingSegment { next_present: Some(_), .. }) if scan == Scan::Look => tries += 1,
+            // the listing was read can leave a hole between two listed ones. And `FLOOR` is
+            // read after the listing: a writer that rolled and truncated every listed segment
+            // meanwhile leaves a floor above all of them. A segment that is really missing is
+            // still missing at the last look.
+            Err(WalError::MissingSegment { .. }) if scan == Scan::Look => tries += 1,
             scanned => return Ok(scanned?.info),
         }
     }
@@ -307,7 +309,8 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     let vouched = manifest::read(storage, dir)?.map(|slot| slot.newest);
     let listed = listed_ids(storage, dir)?;
     // Read after the listing: truncation records the floor before it removes anything below
-    // it, so every segment a listing misses to truncation lies below a floor read after it.
+    // it, so every segment a listing misses to truncation lies below a floor read after it
+    // (which beside a live writer may lie above every listed one: `inspect_dir` looks again).
     let floor = manifest::read_floor(storage, dir)?;
     let (below_floor, ids) = split_at_floor(listed, floor, vouched)?;
     let ctx = ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair, reuse_races: scan == Scan::Look };

@@ -2,15 +2,19 @@
 //! the `pread` reader returns, plaintext and encrypted; a damaged byte in a mapped segment is a
 //! typed error; a live tail that catches up through maps still delivers every record once, in
 //! order, across rolls; a cold headers-only scan (which prefetches by guessing) finds every
-//! header.
+//! header; a read-only view beside a writer that rolls and truncates opens and reads what the
+//! writer holds.
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Disk, append, append_synced, assert_records, config, locate, payload, seg};
-use nodedb_wal::{CorruptionKind, FsStorage, KeyRing, Lsn, ReadOnlyWal, SecureKey, SegmentedWal, SegmentedWalConfig, WalError, WalRecord};
+use nodedb_wal::storage::{FaultConfig, OpenMode, Storage};
+use nodedb_wal::{
+    CorruptionKind, FsStorage, KeyRing, Lsn, ReadOnlyWal, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, WalRecord,
+};
 
 fn ring() -> Arc<KeyRing> {
     Arc::new(KeyRing::with_active(4, SecureKey::from_bytes(&mut [9; 32])))
@@ -306,4 +310,65 @@ fn a_read_only_view_beside_a_truncating_writer_opens_and_reads_dense_records() {
         assert!(expected.0 <= info.last_lsn.0 + 1, "view {views}: nothing past what it reported");
     });
     assert!(wal.segments()[0].first_lsn > Lsn(3000), "the writer truncated as it went");
+}
+
+/// What [`AfterListing`] runs once.
+type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
+/// A storage whose next listing of a directory runs `hook` once, after the names are read:
+/// the moment a read-only look has listed the segments and not yet read `FLOOR`.
+#[derive(Clone)]
+struct AfterListing {
+    inner: SimStorage,
+    hook: Hook,
+}
+
+impl Storage for AfterListing {
+    type File = <SimStorage as Storage>::File;
+    type Lock = <SimStorage as Storage>::Lock;
+
+    pass_through_dir_ops!();
+
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        let names = self.inner.list(dir)?;
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &std::path::Path, mode: OpenMode) -> std::io::Result<Self::File> {
+        self.inner.open(path, mode)
+    }
+}
+
+// Found by the every-reader race in tests/concurrency_attacks.rs: a look listed the segments,
+// the writer rolled and truncated every segment the listing held, and the floor the look read
+// next named a segment newer than all of them. The look reported that segment missing, with
+// "acknowledged records were in it", about a log that had lost nothing.
+#[test]
+fn a_read_only_view_whose_listing_a_roll_and_a_truncation_overtake_looks_again() {
+    let sim = SimStorage::new(21, FaultConfig::default());
+    let dir = std::path::Path::new("/overtaken");
+    let wal = Arc::new(SegmentedWal::open_with(sim.clone(), config(dir)).unwrap());
+    append_synced(&*wal, 1, 1000);
+    let listed = wal.segments();
+    assert!(listed.len() > 3);
+    let writer = Arc::clone(&wal);
+    let roll_and_truncate = move || {
+        let mut lsn = 1000;
+        while writer.segments().last().unwrap().id <= listed.last().unwrap().id {
+            lsn += 1;
+            append_synced(&*writer, lsn, lsn);
+        }
+        writer.truncate_before(writer.durable_lsn()).unwrap();
+        assert!(writer.segments()[0].id > listed.last().unwrap().id, "every listed segment truncated");
+    };
+    let storage = AfterListing { inner: sim, hook: Arc::new(Mutex::new(Some(Box::new(roll_and_truncate)))) };
+    let view = ReadOnlyWal::open_with(storage, dir, None).unwrap_or_else(|e| panic!("a look overtaken by the writer: {e}"));
+    let info = view.recovery_info().clone();
+    assert_eq!((info.first_lsn, info.last_lsn), (wal.oldest_lsn(), wal.durable_lsn()), "what the writer holds now");
+    let records = view.read_from(info.first_lsn).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    assert_records(&records, info.first_lsn.0, info.last_lsn.0);
 }
