@@ -385,6 +385,39 @@ fn a_reader_that_reaches_a_truncated_segment_gets_a_typed_error_not_a_short_answ
     }
 }
 
+/// Every kind of reader, the read-only look's too, made before a truncation (files kept for
+/// reuse, then reused) that it then reaches: its first answer is `SegmentTruncated` naming the
+/// oldest listed segment, never a record of a reused file's new life nor a short, clean end.
+#[test]
+fn every_reader_made_before_a_truncation_reports_the_segment_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = SegmentedWal::open(SegmentedWalConfig { allow_buffered_fallback: true, ..config(dir.path()) }).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 0, 5);
+    let first = wal.segments()[0].id;
+    let look = nodedb_wal::ReadOnlyWal::open(dir.path(), None).unwrap();
+    let lost = |what: &str, answer: Option<Result<Lsn, WalError>>| match answer {
+        Some(Err(WalError::SegmentTruncated { segment })) => assert_eq!(segment, first, "{what}"),
+        other => panic!("{what}: expected segment {first} reported truncated, got {other:?}"),
+    };
+    let mut read_from = wal.read_from(Lsn::FIRST).unwrap();
+    let mut mapped = wal.read_mapped(Lsn::FIRST).unwrap();
+    let mut lazy = wal.lazy_reader(Lsn::FIRST).unwrap();
+    let mut look_mapped = look.read_mapped(Lsn::FIRST).unwrap();
+    let mut look_lazy = look.lazy_reader(Lsn::FIRST).unwrap();
+    assert!(wal.truncate_before(wal.durable_lsn()).unwrap() >= 4);
+    // The kept files become new segments, with records of a new generation at new LSNs.
+    let before = wal.segments().len();
+    fill(&wal, &mut model, 1, before + 3);
+
+    lost("read_from", read_from.next().map(|r| r.map(|r| r.lsn)));
+    lost("read_mapped", mapped.next().map(|r| r.map(|r| r.lsn)));
+    lost("lazy_reader", lazy.next_header().transpose().map(|r| r.map(|h| h.lsn)));
+    lost("look read_mapped", look_mapped.next().map(|r| r.map(|r| r.lsn)));
+    lost("look lazy_reader", look_lazy.next_header().transpose().map(|r| r.map(|h| h.lsn)));
+    lost("look read_from", look.read_from(Lsn::FIRST).unwrap().next().map(|r| r.map(|r| r.lsn)));
+}
+
 // Found by a usability review: a checkpoint past every LSN the log handed out (another log's
 // LSN, a byte offset) removed every segment but the newest without a word.
 #[test]

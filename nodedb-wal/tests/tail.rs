@@ -1,10 +1,14 @@
 //! A tail follows a live log: every record in order, each delivered only once it is durable,
-//! across segment rolls, resumable from its cursor; a cursor that truncation passed is an error.
+//! across segment rolls, resumable from its cursor; a cursor that truncation passed is an error;
+//! a poisoned log's tail delivers what is durable, then the poison.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nodedb_wal::storage::FaultConfig;
+use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
 use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
 
 const TY: RecordType = RecordType::optional(0x400);
@@ -86,7 +90,6 @@ fn a_tail_whose_cursor_was_truncated_away_is_an_error() {
 
 #[test]
 fn a_tail_keeps_delivering_while_segments_behind_it_are_truncated() {
-    use std::sync::atomic::{AtomicU64, Ordering};
     let wal = SegmentedWal::open_with(SimStorage::new(4, FaultConfig::default()), config(Path::new("/follow"))).unwrap();
     const N: u64 = 4000;
     let consumed = AtomicU64::new(1);
@@ -231,4 +234,75 @@ fn a_shared_tail_follows_on_its_own_thread_and_keeps_the_log_open_until_dropped(
     drop(tail);
     let wal = SegmentedWal::open_with(sim, config(dir)).unwrap();
     assert_eq!(wal.recovery_info().last_lsn, Lsn(N));
+}
+
+/// The payload of LSN `lsn` in [`a_tail_behind_a_poisoned_log_delivers_every_durable_record_then_the_poison`].
+fn named(lsn: u64) -> Vec<u8> {
+    lsn.to_le_bytes().repeat(1 + (lsn % 5) as usize)
+}
+
+/// Appends until the log is poisoned: syncs every 30 records and truncates at what the tail
+/// consumed every 90, with files kept for reuse. Poisons the log with a failed sync itself if
+/// the armed fault has not hit by `last`.
+fn append_until_poisoned(
+    wal: &SegmentedWal<FaultyStorage<SimStorage>>,
+    faulty: &FaultyStorage<SimStorage>,
+    consumed: &AtomicU64,
+    last: u64,
+) {
+    for i in 1..=last {
+        if wal.append(Record::new(TY, &named(i))).is_err() {
+            return;
+        }
+        if i % 30 == 0 {
+            if wal.sync().is_err() {
+                return;
+            }
+            if i % 90 == 0 {
+                // A failed rename while truncating is reported and the log goes on; a
+                // failure that poisons it stops the next append.
+                let _ = wal.truncate_before(Lsn(consumed.load(Ordering::Acquire)));
+            }
+        }
+    }
+    faulty.fail_once(FaultOp::SyncData, 0, EIO);
+    assert!(wal.append_durable(Record::new(TY, &named(last + 1))).is_err());
+}
+
+/// A tail on its own thread, behind a log that a failed step poisons (an fdatasync, a write, a
+/// directory sync or a rename, at points spread over rolls, truncations and reuse): it
+/// delivers every durable record from its cursor on, in order, each the one appended, then the
+/// poison error, and the error again at the next call; never a record past the durable LSN.
+#[test]
+fn a_tail_behind_a_poisoned_log_delivers_every_durable_record_then_the_poison() {
+    for round in 0..32u64 {
+        let faulty = FaultyStorage::new(SimStorage::new(40 + round, FaultConfig::default()));
+        let config = SegmentedWalConfig { recycle_segments: 2, ..config(Path::new("/poisoned")) };
+        let wal = Arc::new(SegmentedWal::open_with(faulty.clone(), config).unwrap());
+        let op = [FaultOp::SyncData, FaultOp::Write, FaultOp::SyncDir, FaultOp::Rename][(round % 4) as usize];
+        faulty.fail_once(op, round * 2, EIO);
+        let consumed = Arc::new(AtomicU64::new(1));
+        let mut tail = Arc::clone(&wal).tail_shared(Lsn::FIRST);
+        let follower = {
+            let consumed = Arc::clone(&consumed);
+            std::thread::spawn(move || {
+                loop {
+                    match tail.next_timeout(Duration::from_secs(60)) {
+                        Ok(Some(record)) => {
+                            assert_eq!(record.lsn, Lsn(consumed.load(Ordering::Acquire)), "in order, no gap");
+                            assert_eq!(record.payload, named(record.lsn.0), "the record appended at {}", record.lsn);
+                            consumed.store(tail.cursor().0, Ordering::Release);
+                        }
+                        Ok(None) => panic!("a tail behind a poisoned log waited out its timeout"),
+                        Err(err) => return (err, tail.next_timeout(Duration::from_secs(60)).map(|r| r.map(|r| r.lsn))),
+                    }
+                }
+            })
+        };
+        append_until_poisoned(&wal, &faulty, &consumed, 3000);
+        let (err, again) = follower.join().unwrap();
+        assert!(matches!(err, WalError::Poisoned { .. }), "round {round} ({op:?}): {err}");
+        assert!(matches!(again, Err(WalError::Poisoned { .. })), "round {round}: {again:?}");
+        assert_eq!(consumed.load(Ordering::Acquire), wal.durable_lsn().0 + 1, "round {round} ({op:?}): every durable record, nothing past");
+    }
 }
