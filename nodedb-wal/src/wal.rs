@@ -757,7 +757,11 @@ impl<S: Storage> SegmentedWal<S> {
     /// the process nor evicts the database's working set. The active segment is read as usual.
     ///
     /// The map's price: a disk read error in a mapped segment stops the process (`SIGBUS`)
-    /// instead of coming back as [`WalError::Io`]. Where storage cannot map (the simulation),
+    /// instead of coming back as [`WalError::Io`]. So does a mapped file cut short by someone
+    /// else (a program or a hand truncating segment files): the log itself never shortens or
+    /// rewrites a file a reader has open, mapped or not (truncation unlinks it or, kept for
+    /// reuse, rewrites it only once no reader holds it; recovery cuts only the segment a
+    /// crash left open, which no reader maps). Where storage cannot map (the simulation),
     /// this is [`Self::read_from`].
     ///
     /// # Examples
