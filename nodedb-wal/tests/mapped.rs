@@ -372,3 +372,70 @@ fn a_read_only_view_whose_listing_a_roll_and_a_truncation_overtake_looks_again()
     let records = view.read_from(info.first_lsn).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     assert_records(&records, info.first_lsn.0, info.last_lsn.0);
 }
+
+/// Reads `reader` on from `next`: records in order, each the one appended, until its end or a
+/// `SegmentTruncated`; returns the LSN after the last record.
+fn read_on(what: &str, reader: impl Iterator<Item = Result<WalRecord, WalError>>, mut next: u64) -> u64 {
+    for record in reader {
+        match record {
+            Ok(record) => {
+                assert_eq!(record.lsn, Lsn(next), "{what}: in order, no gap");
+                assert_eq!(record.payload, payload(next), "{what}: the record appended at {next}");
+                next += 1;
+            }
+            Err(WalError::SegmentTruncated { .. }) => break,
+            Err(err) => panic!("{what} at {next}: {err}"),
+        }
+    }
+    next
+}
+
+/// Readers that outlive their log handle, across a reopen (whose recovery seals the segment
+/// the old handle was writing and cuts its file to the seal), a truncation of every old
+/// segment and the reuse of their files: a mapped reader inside a sealed segment, and readers
+/// inside the segment that was open, read on without a fault (a map of a file cut short would
+/// be a `SIGBUS`): whole records to where they were bounded, or `SegmentTruncated`.
+#[test]
+fn readers_outliving_their_log_across_a_reopen_truncation_and_reuse_read_on_without_a_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || SegmentedWalConfig { recycle_segments: 2, ..config(dir.path()) };
+    let wal = SegmentedWal::open(config()).unwrap();
+    append_synced(&wal, 1, 1490);
+    // Small synced batches, until the open segment holds three (a batch takes a block): the
+    // writer zero-fills ahead of them, so that the open segment's file reaches its target
+    // size, past its records, and recovery's seal cuts it.
+    let mut last = 1490;
+    while last < 1500 || last + 1 - wal.segments().last().unwrap().first_lsn.0 != 3 {
+        last += 1;
+        append_synced(&wal, last, last);
+    }
+    let segments = wal.segments();
+    assert!(segments.len() > 4);
+    let (sealed, open) = (segments[segments.len() - 2], segments[segments.len() - 1]);
+    assert!(sealed.sealed && !open.sealed);
+    let mut readers = Vec::new();
+    for (what, segment, mapped) in [("mapped, sealed", sealed, true), ("mapped, open", open, true), ("pread, open", open, false)] {
+        let from = segment.first_lsn.0;
+        let mut reader = if mapped { wal.read_mapped(Lsn(from)) } else { wal.read_from(Lsn(from)) }.unwrap();
+        assert_eq!(read_on(what, reader.by_ref().take(2), from), from + 2);
+        readers.push((what, reader, from + 2));
+    }
+    let open_path = nodedb_wal::segment::path(dir.path(), open.id);
+    let open_len = std::fs::metadata(&open_path).unwrap().len();
+    drop(wal);
+
+    let wal = SegmentedWal::open(config()).unwrap();
+    assert!(wal.segments().iter().any(|s| s.id == open.id && s.sealed), "recovery sealed the segment that was open");
+    assert!(std::fs::metadata(&open_path).unwrap().len() < open_len, "and cut its file short");
+    assert!(wal.truncate_before(wal.durable_lsn()).unwrap() >= segments.len() - 1);
+    let before = wal.segments().len();
+    let mut lsn = last;
+    while wal.segments().len() < before + 4 {
+        lsn += 1;
+        append_synced(&wal, lsn, lsn);
+    }
+    for (what, reader, next) in readers {
+        // Each holds the segment that was open, or reaches it before the truncation took it.
+        assert_eq!(read_on(what, reader, next), last + 1, "{what}: to its bound, nothing of the reopened log");
+    }
+}
