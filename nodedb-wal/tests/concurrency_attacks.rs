@@ -482,6 +482,22 @@ fn check_run(what: &str, from: Lsn, records: impl Iterator<Item = Result<(Lsn, V
     n
 }
 
+/// The first `max` records a parallel replay from `from` with `threads` decoders applies, and
+/// the error that stopped it before them, if any.
+fn replay_some<S: Storage>(wal: &SegmentedWal<S>, from: Lsn, threads: usize, max: usize) -> Vec<Result<(Lsn, Vec<u8>), WalError>> {
+    let mut records = Vec::new();
+    let replayed = wal.replay_parallel(from, threads, |r| {
+        records.push(Ok((r.lsn, r.payload.to_vec())));
+        if records.len() < max { Ok(()) } else { Err(WalError::Closed) }
+    });
+    if let Err(err) = replayed
+        && !matches!(err, WalError::Closed)
+    {
+        records.push(Err(err));
+    }
+    records
+}
+
 /// `read_from`, the lazy reader and a tail run while one writer rolls segments every few
 /// batches and truncates behind itself (keeping files for reuse): each hands out records in
 /// order, dense, each the one appended at its LSN, or stops with a typed error; none hangs.
@@ -543,17 +559,7 @@ fn readers_beside_rolls_and_truncation<S: Storage>(
                                 2 => {
                                     // With a key ring: decoder threads, each opening its
                                     // segment when its turn comes.
-                                    let mut records = Vec::new();
-                                    let replayed = wal.replay_parallel(from, 4, |r| {
-                                        records.push(Ok((r.lsn, r.payload.to_vec())));
-                                        if records.len() < 500 { Ok(()) } else { Err(WalError::Closed) }
-                                    });
-                                    if let Err(err) = replayed
-                                        && !matches!(err, WalError::Closed)
-                                    {
-                                        records.push(Err(err));
-                                    }
-                                    check_run("replay", from, records.into_iter(), usize::MAX)
+                                    check_run("replay", from, replay_some(wal, from, 4, 500).into_iter(), usize::MAX)
                                 }
                                 _ => {
                                     let mut tail = wal.tail(from);
@@ -801,17 +807,8 @@ fn read_once<S: Storage + 'static>(wal: &Arc<SegmentedWal<S>>, kind: u64, rng: &
             wal.lazy_reader(from).map_or_else(|e| made("lazy_reader", e), |lazy| check_indexed("headers", from, lazy_records(lazy, 0), 400))
         }
         4 => {
-            let mut records = Vec::new();
-            let replayed = wal.replay_parallel(from, 3, |r| {
-                records.push(Ok((r.lsn, Some(r.payload.to_vec()))));
-                if records.len() < 300 { Ok(()) } else { Err(WalError::Closed) }
-            });
-            if let Err(err) = replayed
-                && !matches!(err, WalError::Closed)
-            {
-                records.push(Err(err));
-            }
-            check_indexed("replay", from, records.into_iter(), usize::MAX)
+            let records = replay_some(wal, from, 3, 300).into_iter().map(|r| r.map(|(lsn, payload)| (lsn, Some(payload))));
+            check_indexed("replay", from, records, usize::MAX)
         }
         _ => {
             // A tail on its own thread, holding the log through its `Arc`.
