@@ -880,7 +880,9 @@ fn every_reader_beside_rolls_rotation_and_reuse<S: Storage + Clone + 'static>(
                     s.spawn(move || {
                         let mut rng = 77 + r * 13 + round;
                         let mut kind = r;
-                        while !done.load(Ordering::SeqCst) {
+                        // Until the writer is done and something was read: on the simulated
+                        // disk the writer can finish before any reader was scheduled.
+                        while !done.load(Ordering::SeqCst) || read.load(Ordering::Relaxed) == 0 {
                             let n = if kind % 7 == 6 {
                                 look_once(wal, dir, ring.clone(), &mut rng)
                             } else {
