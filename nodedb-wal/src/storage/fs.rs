@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::fs::{Access, AtFlags, CWD, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
 
 use super::{OpenMode, Storage, StorageFile};
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
@@ -149,9 +150,8 @@ impl Storage for FsStorage {
         rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)?;
         // A writer creates a segment at its first append: where the directory takes no new
         // entries (immutable, read-only to this user) it could never append, and an open that
-        // succeeded would first have sealed the newest segment. Asked with the effective ids,
-        // as the kernel will judge the creation.
-        rustix::fs::accessat(CWD, dir, Access::WRITE_OK, AtFlags::EACCESS)?;
+        // succeeded would first have sealed the newest segment.
+        takes_new_entries(dir)?;
         Ok(DirLock { fd, pid: rustix::process::getpid() })
     }
 
@@ -400,6 +400,29 @@ impl StorageFile for FsFile {
         }
         Some(super::DioAlign { offset: stat.stx_dio_offset_align, memory: stat.stx_dio_mem_align })
     }
+}
+
+/// Whether this process may create entries in `dir`: asked with the effective ids and
+/// capabilities (`faccessat2` with `AT_EACCESS`), as the kernel will judge the creation.
+///
+/// A seccomp filter older than `faccessat2` (Docker's default profile before 20.10, older
+/// systemd sandboxes) answers it with `EPERM` rather than `ENOSYS`, which rustix falls back on
+/// by itself; that `EPERM` would refuse every open. Plain `faccessat`, which such filters
+/// allow, asks with the real ids, the same ones unless the process is set-id; an immutable
+/// directory is `EPERM` there too. (It leaves out capabilities of a process whose real user
+/// is not root: in such a sandbox, a user who may write the directory only by a capability
+/// is refused.)
+fn takes_new_entries(dir: &Path) -> io::Result<()> {
+    match rustix::fs::accessat(CWD, dir, Access::WRITE_OK, AtFlags::EACCESS) {
+        Err(Errno::PERM) if same_ids() => Ok(rustix::fs::accessat(CWD, dir, Access::WRITE_OK, AtFlags::empty())?),
+        answer => Ok(answer?),
+    }
+}
+
+/// Whether the real and effective user and group ids are the same (not a set-id process).
+fn same_ids() -> bool {
+    use rustix::process::{getegid, geteuid, getgid, getuid};
+    getuid() == geteuid() && getgid() == getegid()
 }
 
 #[cfg(test)]
