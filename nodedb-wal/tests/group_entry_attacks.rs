@@ -4,11 +4,12 @@
 //! crash; refused groups on a real, encrypted log (not a byte written, the log not poisoned);
 //! and a keyless look beside a live writer, which counts only whole groups' drops and purges.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use nodedb_wal::format::crc::crc32c;
+use common::snapshot;
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, SyncFailure};
 use nodedb_wal::{
@@ -125,16 +126,6 @@ fn a_group_of_only_drops_larger_than_a_batch_is_gathered_whole_or_not_at_all_aft
 
 /// Whether an error is the one a refused group must give.
 type Expected = fn(&WalError) -> bool;
-
-/// Every file of `dir` with its length and checksum.
-fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u32)> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
-        .map(|(name, bytes)| (name, (bytes.len(), crc32c(&bytes))))
-        .collect()
-}
 
 // On a real, encrypted log: groups refused for each reason (a late purge LSN, a long name, a
 // reserved type, an oversized record, an oversized group member among drops) change no byte of

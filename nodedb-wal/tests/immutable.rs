@@ -16,24 +16,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_records, config, read_all, write_log};
-use nodedb_wal::format::crc::crc32c;
+use common::{assert_records, config, read_all, snapshot, write_log};
 use nodedb_wal::{FsStorage, IoOp, ReadOnlyWal, SegmentedWal, WalError};
-
-/// Every file's name, length and checksum.
-fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u32)> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
-        .map(|(name, bytes)| (name, (bytes.len(), crc32c(&bytes))))
-        .collect()
-}
 
 /// The immutable flag on a file, taken off again when dropped (else the temporary directory
 /// could not be removed).

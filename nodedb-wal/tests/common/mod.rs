@@ -5,10 +5,12 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset of these helpers")]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use nodedb_wal::format::crc::crc32c;
 use nodedb_wal::format::frame::{RecordHeader, decode_frame};
 use nodedb_wal::format::preamble::PREAMBLE_SIZE;
 use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
@@ -724,4 +726,15 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         }
         std::thread::park();
     }
+}
+
+/// Every file of `dir` with its length and checksum: what an open that fails, or a group that
+/// is refused, must leave as it was.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u32)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
+        .map(|(name, bytes)| (name, (bytes.len(), crc32c(&bytes))))
+        .collect()
 }
