@@ -210,3 +210,48 @@ fn a_keyless_look_beside_a_live_writer_counts_the_drops_and_purges_of_durable_gr
     }
     wal.close().unwrap();
 }
+
+// Looks taken while a writer keeps appending groups of a record, a drop and a purge (each of
+// a name of its own) catch the log at any point of a group's write: each finds whole groups
+// only, and a keyless one counts exactly two records it could not gather per group.
+#[test]
+fn looks_racing_a_writer_of_groups_see_whole_groups_and_count_their_drops_and_purges_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let key = ring(11);
+    let wal = SegmentedWal::open(config(&dir, Some(Arc::clone(&key)))).unwrap();
+    const GROUPS: u64 = 300;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let padding = vec![5u8; 3000];
+            for g in 0..GROUPS {
+                let dropped = drop_of(&format!("c{g}"), Lsn(1));
+                let purge = purge_of(&format!("p{g}"));
+                let entries = [
+                    GroupEntry::from(Record::new(TY, &padding)),
+                    GroupEntry::Tombstone(&dropped),
+                    GroupEntry::TemporalPurge(&purge, Scope::default()),
+                ];
+                let lsns = wal.append_group_entries(&entries).unwrap();
+                if g % 4 == 0 {
+                    wal.wait_durable(*lsns.end()).unwrap();
+                }
+            }
+            wal.sync().unwrap();
+        });
+        let mut seen = 0;
+        while seen < GROUPS {
+            let blind = ReadOnlyWal::open(&dir, None).unwrap();
+            let info = blind.recovery_info();
+            assert_eq!(info.last_lsn.0 % 3, 0, "a look ends inside a group: {:?}", info.last_lsn);
+            assert_eq!(info.ungathered, 2 * (info.last_lsn.0 / 3), "at {:?}", info.last_lsn);
+            let keyed = ReadOnlyWal::open(&dir, Some(Arc::clone(&key))).unwrap();
+            let info = keyed.recovery_info();
+            let groups = info.last_lsn.0 / 3;
+            assert_eq!(info.last_lsn.0 % 3, 0, "a keyed look ends inside a group: {:?}", info.last_lsn);
+            assert_eq!((info.tombstones.len() as u64, info.temporal_purges.len() as u64), (groups, groups), "at {:?}", info.last_lsn);
+            seen = groups;
+        }
+    });
+    wal.close().unwrap();
+}
