@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::commit::{CommitStart, CommitStatsSnapshot, DurableFuture, GroupCommitter, Limits};
+use crate::commit::{CommitStart, CommitStatsSnapshot, DurableFuture, GroupCommitter, Limits, seal_block};
 use crate::config::SegmentedWalConfig;
 use crate::error::{IoOp, Result, WalError};
-use crate::format::frame::HEADER_LEN;
-use crate::format::layout::{round_up, write_padding, write_segment_end};
+use crate::format::layout::round_up;
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, TemporalPurgePayload};
 use crate::manifest::{Floor, Manifest};
 use crate::parallel::{Ahead, DECODED_CHUNKS_AHEAD, decode_segment};
@@ -17,8 +16,8 @@ use crate::record::{GroupEntry, Record};
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, SegmentInfo, index};
 use crate::storage::{
-    AlignedBuf, DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, is_out_of_space,
-    lock_log_dir, plan_direct_io,
+    DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, is_out_of_space, lock_log_dir,
+    plan_direct_io,
 };
 use crate::tail::{TAIL_CHUNK, Tail};
 use crate::types::{Lsn, RecordType, Scope, SegmentId};
@@ -1132,8 +1131,11 @@ impl<S: Storage> SegmentedWal<S> {
         }
     }
 
-    /// Writes and syncs everything appended, then stops. Dropping the log does the same but can
-    /// only log a failure. Called on the log's flusher thread (from a task's waker), it cannot
+    /// Writes and syncs everything appended, seals the newest segment with an end frame that
+    /// vouches for its last batch (so that damage there is corruption at the next open, not a
+    /// torn tail cut without a word), then stops. Dropping the log does the same but can only
+    /// log a failure. A failed seal poisons the log and is returned; every acknowledged record
+    /// stays, and the next open seals the segment. Called on the log's flusher thread (from a task's waker), it cannot
     /// wait for that thread: the flusher still writes everything, and this returns
     /// [`WalError::CloseUnconfirmed`] if some of it was not durable yet.
     ///
@@ -1279,13 +1281,8 @@ fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: Se
 fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: PendingSeal) -> Result<u64> {
     let path = segment::path(dir, p.id);
     let (file, _) = open_existing(storage, &path, direct, true)?;
-    let block = p.block as usize;
     let at = round_up(p.records_end, p.block);
-    let mut buf = AlignedBuf::zeroed(block, block);
-    let durable = Lsn(p.next_lsn.0 - 1);
-    let used = write_segment_end(&mut buf, 0, p.records_end, p.next_lsn, durable, p.salt);
-    debug_assert!(block - used >= HEADER_LEN);
-    write_padding(&mut buf, used, p.next_lsn, durable, p.salt);
+    let buf = seal_block(p.block as usize, p.records_end, p.next_lsn, p.salt);
     file.write_and_sync(&buf, at).map_err(|(op, e)| WalError::io(op, &path, e))?;
     let len = at + p.block;
     file.set_len(len).map_err(|e| WalError::io(IoOp::SetLen, &path, e))?;

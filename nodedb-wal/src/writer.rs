@@ -7,10 +7,11 @@
 //! makes everything appended durable; [`WalWriter::finish`] seals the file with an end frame.
 //! A failed write or sync poisons the writer.
 //!
-//! A segment may only follow a sealed one. A [`crate::SegmentedWal`] leaves its newest segment
-//! open when it closes (the next open seals it), so before adding a segment to a log it wrote,
-//! open and close the log without appending ([`crate::recover`] does just that). Otherwise the
-//! next open refuses the log with [`crate::CorruptionKind::UnsealedSegment`] for the open
+//! A segment may only follow a sealed one. A [`crate::SegmentedWal`] seals its newest segment
+//! when it closes; one that crashed, or whose close failed, leaves it open (the next open seals
+//! it), so before adding a segment to a log that was not closed, open and close the log without
+//! appending ([`crate::recover`] does just that, and it does no harm after a clean close).
+//! Otherwise the next open refuses the log with [`crate::CorruptionKind::UnsealedSegment`] for the open
 //! segment; nothing is lost, and once the added segment is taken away the log opens again.
 //!
 //! The writer holds the directory's lock, the one a [`crate::SegmentedWal`] holds, from

@@ -415,8 +415,9 @@ fn run_seed<S: Disk>(mut storage: S, dir: &Path, seed: u64, rounds: u32, crash: 
             0 => wal.close().unwrap(),
             1 => drop(wal),
             2 => {
-                // The log leaves its newest segment open at close; a segment may follow only
-                // a sealed one, which an open (and close) without appends makes it.
+                // A segment may follow only a sealed one; a close seals the newest. An open and
+                // close without appends (harmless after a clean close) learns where the next
+                // segment starts.
                 wal.close().unwrap();
                 let wal = SegmentedWal::open_with(storage.clone(), config.clone()).unwrap();
                 let (next_id, next_lsn) = (wal.segments().last().map_or(1, |s| s.id.0 + 1), wal.next_lsn());

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::{
     BLOCK, Disk, Frame, Gated, Place, append_synced, assert_records, config, copy_dir, frames, locate, read_all, record_frame, seg,
-    segment_ids, write_log,
+    segment_ids, unseal, write_log,
 };
 use nodedb_wal::format::frame::HEADER_LEN;
 use nodedb_wal::format::manifest::{MANIFEST_FILE, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SLOT_SPACING};
@@ -103,6 +103,7 @@ fn torn_tail_is_cut_to_last_valid_record<D: Place>(tear: Tear) {
     let (disk, dir, _tmp) = D::fresh();
     // Three small acknowledged batches, then a last batch of 30 records over two blocks.
     let last = write_log(&disk, &dir, &[10, 10, 10, 30]);
+    unseal(&disk, &dir);
     assert_eq!(segment_ids(&disk, &dir), vec![1], "everything in one segment");
     let path = seg(&dir, 1);
     let before = disk.read(&path);
@@ -192,6 +193,7 @@ both!(
 fn torn_first_record_of_a_batch_is_cut_on_the_block_boundary<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     write_log(&disk, &dir, &[10, 10]);
+    unseal(&disk, &dir);
     let path = seg(&dir, 1);
     let before = disk.read(&path);
     let first = record_frame(&before, 11);
@@ -476,7 +478,9 @@ fn bit_flip_before_acknowledged_batches_is_corruption<D: Place>() {
             kind => panic!("LSN {victim}: {kind:?}"),
         }
     }
-    // The same flip in the last batch is a torn tail: nothing after it says it was durable.
+    // The same flip in the last batch is a torn tail once the close's seal is gone (a power cut
+    // before it): nothing after it says it was durable.
+    unseal(&disk, &dir);
     let frame = record_frame(&disk.read(&seg(&dir, 1)), 45);
     flip(&disk, &seg(&dir, 1), frame.offset + HEADER_LEN as u64 + 1, 4);
     let wal = open(&disk, &dir).unwrap();
@@ -809,6 +813,9 @@ both!(
 fn a_vouched_newest_segment_left_without_records_is_corruption<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     let last = write_log(&disk, &dir, &[10]);
+    // The batch as a power cut before the close's seal leaves it (with the seal, damage in it
+    // is `DamageBeforeDurableRecords`, tests/close_seal.rs).
+    unseal(&disk, &dir);
     let first_payload_byte = record_frame(&disk.read(&seg(&dir, 1)), 1).offset as usize + HEADER_LEN;
     let damaged_copy = |what: &str, edit: &dyn Fn(&mut Vec<u8>)| {
         let copy = dir.with_file_name(format!("copy-{}", what.len()));

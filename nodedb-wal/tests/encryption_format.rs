@@ -177,7 +177,10 @@ fn a_wrong_key_is_refused_before_recovery_cuts_a_torn_tail_and_the_right_key_the
     for i in 0..3u8 {
         wal.append_durable(Record::new(RecordType::optional(0x100), &[i; 300])).unwrap();
     }
+    // A power cut, not a close (which seals the segment after its last batch).
+    let crashed = sim.crash(5);
     drop(wal);
+    let sim = crashed;
     // Half a batch that never finished: a block of debris after the last synced one.
     let mut bytes = sim.read_file(&seg(1)).unwrap();
     let end = bytes.len() - bytes.iter().rev().take_while(|&&b| b == 0).count();

@@ -20,7 +20,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_records, config, read_all, snapshot, write_log};
+use common::{assert_records, config, read_all, snapshot, unseal, write_log};
 use nodedb_wal::{FsStorage, IoOp, ReadOnlyWal, SegmentedWal, WalError};
 
 /// The immutable flag on a file, taken off again when dropped (else the temporary directory
@@ -44,7 +44,7 @@ impl Drop for Immutable {
 }
 
 /// Makes `target` (a file of the log in `dir`, or `dir` itself) immutable under a log whose
-/// newest segment is unsealed (a closed log leaves it so: the next open seals it), and checks
+/// newest segment is unsealed (as a power cut leaves it: the next open seals it), and checks
 /// that the writer's open fails with `expected_op` on `target`, having changed nothing; that a
 /// read-only look still sees every record; and that the log opens whole once `target` is
 /// writable again.
@@ -52,6 +52,7 @@ fn open_fails_before_anything_is_written(target: impl FnOnce(&Path) -> PathBuf, 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
     let last = write_log(&FsStorage::new(), &dir, &[40; 8]);
+    unseal(&FsStorage::new(), &dir);
     let target = target(&dir);
     let flag = match Immutable::set(&target) {
         Ok(flag) => flag,

@@ -504,10 +504,9 @@ fn how_segment_ends(sim: &SimStorage, dir: &std::path::Path, id: u64) -> Option<
 
 /// FORMAT.md, "SEGMENT_END payload": an end frame is a batch of its own where a segment ends
 /// with no batch open (a roll whose record would have opened one, a key-ring change,
-/// `WalWriter::finish` after a sync); closing a log writes none, and the next open seals the
-/// newest segment.
+/// `WalWriter::finish` after a sync, and a log's close, after its last batch is durable).
 #[test]
-fn an_end_frame_is_a_batch_of_its_own_only_where_a_segment_ends_with_no_batch_open_and_closing_writes_none() {
+fn an_end_frame_is_a_batch_of_its_own_only_where_a_segment_ends_with_no_batch_open_closing_included() {
     use nodedb_wal::storage::Storage;
     use nodedb_wal::{KeyRing, SecureKey, SegmentId, WalWriter, WalWriterConfig};
     let sim = SimStorage::new(2, FaultConfig::default());
@@ -540,9 +539,10 @@ fn an_end_frame_is_a_batch_of_its_own_only_where_a_segment_ends_with_no_batch_op
     assert_eq!(wal.segments().len(), 2);
     assert_eq!(how_segment_ends(&sim, dir, 1), Some(false), "a roll with a batch open");
     wal.close().unwrap();
-    assert_eq!(how_segment_ends(&sim, dir, 2), None, "closing writes no end frame");
+    assert_eq!(how_segment_ends(&sim, dir, 2), Some(true), "closing seals the newest segment");
+    let sealed = sim.read_file(&dir.join("00000000000000000002.wal"));
     drop(batched());
-    assert_eq!(how_segment_ends(&sim, dir, 2), Some(true), "the next open seals the newest segment");
+    assert_eq!(sim.read_file(&dir.join("00000000000000000002.wal")), sealed, "the next open finds nothing to seal");
 
     let dir = std::path::Path::new("/writer");
     sim.create_dir_all(dir).unwrap();

@@ -76,6 +76,19 @@ pub(crate) struct Flusher<S: Storage> {
     run: Vec<Sealed>,
     /// The file system refused a rename that never replaces: kept files are not reused.
     cannot_rename_no_replace: bool,
+    /// Where the open segment's last durable batch ends, and what follows it: what sealing it
+    /// at close needs.
+    open_end: Option<OpenEnd>,
+}
+
+/// The end of the open segment's written batches.
+#[derive(Clone, Copy, Debug)]
+struct OpenEnd {
+    /// The block boundary after the last batch.
+    at: u64,
+    /// The LSN after its last record.
+    next_lsn: Lsn,
+    salt: u32,
 }
 
 /// Zero-fill ahead only after this many small batches in a row. A writer that alternates a
@@ -99,6 +112,7 @@ impl<S: Storage> Flusher<S> {
             index_scratch: IndexScratch::default(),
             run: Vec::new(),
             cannot_rename_no_replace: false,
+            open_end: None,
         }
     }
 
@@ -192,14 +206,47 @@ impl<S: Storage> Flusher<S> {
         self.shared.note_segment_progress(job);
         // After the acknowledgement: the index only speeds up later headers-only scans.
         self.index.add_batch(records, job.target.offset);
+        let at = job.target.offset + job.padded as u64;
+        self.open_end = (!job.ends_segment).then_some(OpenEnd { at, next_lsn: job.end_lsn, salt: job.target.identity.salt });
         if job.ends_segment {
-            self.file = None;
-            if let Some(index) = self.index.finish() {
-                let shared = &self.shared;
-                write_index(&*shared.storage, &shared.dir, &index, shared.direct, shared.block, &mut self.index_scratch);
-                self.index.reuse(index);
-            }
+            self.segment_sealed();
         }
+    }
+
+    /// The open segment's end frame is durable: no batch goes to it again, and its header
+    /// index is written.
+    fn segment_sealed(&mut self) {
+        self.file = None;
+        self.open_end = None;
+        if let Some(index) = self.index.finish() {
+            let shared = &self.shared;
+            write_index(&*shared.storage, &shared.dir, &index, shared.direct, shared.block, &mut self.index_scratch);
+            self.index.reuse(index);
+        }
+    }
+
+    /// At close, once every batch is durable: seals the open segment with an end frame in the
+    /// block after its last batch, which claims that batch durable, and syncs it. Without it
+    /// the next open would take damage in the last batch for a torn write and cut it: no
+    /// later frame would say its records were acknowledged. The last batch is synced before,
+    /// so the claim is true whenever the block is read back. A poisoned log seals nothing; a
+    /// failed write or sync poisons it (the next open seals or cuts, as after a crash).
+    pub fn seal_at_close(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let _guard = PoisonOnPanic { shared: &shared, what: "sealing the segment at close panicked" };
+        if shared.durability.check_poison().is_err() {
+            return;
+        }
+        let (Some(end), Some((id, file))) = (self.open_end, self.file.as_ref()) else { return };
+        let id = *id;
+        let bytes = end.at + shared.block as u64;
+        if let Err((op, err)) = seal_file(file, shared.block, end, self.written_to > bytes) {
+            shared.durability.poison_at(op, &segment::path(&shared.dir, id), &err);
+            shared.wake_all();
+            return;
+        }
+        shared.note_sealed(id, bytes);
+        self.segment_sealed();
     }
 
     /// Writes zeros past the end of a small write (a batch, or a run of them), when the writes
@@ -400,9 +447,35 @@ fn remove_kept<S: Storage>(storage: &S, path: &Path) {
 /// caller writes its own batch) and writes what is due. Runs until the log closes or is
 /// poisoned.
 pub(crate) fn run<S: Storage>(shared: &Shared<S>, writer: &Mutex<Flusher<S>>) {
+    let lock = || writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     while shared.wait_for_work() {
-        writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_ready(None);
+        lock().write_ready(None);
     }
+    // Closed and drained (or poisoned, which `seal_at_close` checks): no batch follows.
+    lock().seal_at_close();
+}
+
+/// Writes and syncs the block that seals a segment at `end`, then, if zeros were written past
+/// it (`zero_filled`), cuts the file after it, as a seal at open does: a sealed segment never
+/// grows again, and the zeros would only take space until it is truncated.
+fn seal_file<F: StorageFile>(file: &F, block: usize, end: OpenEnd, zero_filled: bool) -> Result<(), (IoOp, io::Error)> {
+    file.write_and_sync(&seal_block(block, end.at, end.next_lsn, end.salt), end.at)?;
+    if zero_filled {
+        file.set_len(end.at + block as u64).map_err(|e| (IoOp::SetLen, e))?;
+        file.sync_data().map_err(|e| (IoOp::SyncData, e))?;
+    }
+    Ok(())
+}
+
+/// One block that seals a segment whose records end at `records_end` (the block goes at the
+/// first boundary at or after it): an end frame claiming every record before `next_lsn`
+/// durable, then padding.
+pub(crate) fn seal_block(block: usize, records_end: u64, next_lsn: Lsn, salt: u32) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed(block, block);
+    let durable = Lsn(next_lsn.0 - 1);
+    let used = write_segment_end(&mut buf, 0, records_end, next_lsn, durable, salt);
+    write_padding(&mut buf, used, next_lsn, durable, salt);
+    buf
 }
 
 /// Closes a sealed batch's bytes: padding to its block, and the end frame first when it

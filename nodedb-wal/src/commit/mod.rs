@@ -20,6 +20,7 @@ use std::time::Duration;
 pub use durable::DurableFuture;
 use durable::{Durability, SyncRequester};
 use flusher::Flusher;
+pub(crate) use flusher::seal_block;
 use plan::{BatchMeta, Crypt, Frames, Identity, Plan, Sealed, Turn, Wait};
 pub(crate) use plan::{Limits, SegmentPlan};
 
@@ -391,6 +392,14 @@ impl<S: Storage> Shared<S> {
         self.durability.advance(Lsn(end_lsn.0 - 1), meta.seq);
     }
 
+    /// Records that the newest segment was sealed at close, `bytes` long.
+    fn note_sealed(&self, id: crate::types::SegmentId, bytes: u64) {
+        let mut segments = self.segments_lock();
+        let seg = segments.last_mut().expect("the sealed segment is listed");
+        assert_eq!(seg.id, id, "sealed an unlisted segment");
+        (seg.sealed, seg.bytes) = (true, bytes);
+    }
+
     /// Wakes every appender and the flusher (after poisoning or closing).
     fn wake_all(&self) {
         let _plan = lock(&self.plan);
@@ -747,8 +756,8 @@ impl<S: Storage> GroupCommitter<S> {
         }
     }
 
-    /// Writes and syncs everything appended, then stops the flusher. Later appends fail with
-    /// [`WalError::Closed`].
+    /// Writes and syncs everything appended, then stops the flusher, which seals the open
+    /// segment as it goes. Later appends fail with [`WalError::Closed`].
     ///
     /// On the flusher thread itself (a task's waker, which runs there, dropping or closing the
     /// log) it cannot wait for the flusher: the flusher still writes and syncs everything

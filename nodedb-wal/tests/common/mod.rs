@@ -161,6 +161,19 @@ pub fn segment_ids<D: Disk>(disk: &D, dir: &Path) -> Vec<u64> {
     ids
 }
 
+/// Takes away the block a clean close sealed the newest segment with (and all after it): the
+/// segment as a power cut right after its last batch's fdatasync leaves it, for tests of a
+/// torn last batch. (A closed log's last batch is vouched for by that seal: damage in it is
+/// corruption, not a torn tail.)
+pub fn unseal<D: Disk>(disk: &D, dir: &Path) {
+    let newest = *segment_ids(disk, dir).last().expect("a segment");
+    let path = seg(dir, newest);
+    let bytes = disk.read(&path);
+    let end = frames(&bytes).into_iter().find(|f| f.header.record_type == RecordType::SEGMENT_END);
+    let end = end.expect("a closed log's newest segment is sealed");
+    disk.edit(&path, |b| b.truncate(end.offset as usize));
+}
+
 /// Byte-level access to files, the way media damage or an operator would change them.
 /// Every change is durable at once.
 pub trait Disk: Storage + Clone {
