@@ -21,7 +21,8 @@ pub const DIR: &str = "/log";
 pub enum Ending {
     /// Closed: every segment sealed.
     Closed,
-    /// Dropped with its newest segment open.
+    /// A power cut once every append was acknowledged: the newest segment open (no close
+    /// sealed it), its last batch whole.
     Open,
     /// A power cut with appends in flight: the newest segment may end in a torn batch.
     Crashed,
