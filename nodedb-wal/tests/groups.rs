@@ -14,7 +14,7 @@ use nodedb_wal::format::frame::decode_frame;
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, SimRng, Storage, SyncFailure};
 use nodedb_wal::{
-    CollectionTombstonePayload, GroupEntry, KeyRing, Lsn, ReadOnlyWal, Record, RecoveryInfo, Scope, SecureKey, SegmentedWal,
+    CollectionTombstonePayload, GroupEntry, KeyRing, Lsn, ReadOnlyWal, Record, RecordType, RecoveryInfo, Scope, SecureKey, SegmentedWal,
     SegmentedWalConfig, SimStorage, TemporalPurgeEngine, TemporalPurgePayload, WalError, WalRecord,
 };
 
