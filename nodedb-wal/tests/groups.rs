@@ -61,21 +61,7 @@ fn a_group_whose_last_member_is_torn_is_cut_whole() {
         wal.wait_durable(*lsns.end()).unwrap();
         *lsns.start()
     };
-    // Find the group's last frame and damage its payload, as a torn write would.
-    let view = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap();
-    let mut reader = view.lazy_reader(Lsn(group_first.0 + 3)).unwrap();
-    let last = reader.next_header().unwrap().unwrap();
-    let first_offset = view.lazy_reader(group_first).unwrap().next_header().unwrap().unwrap().offset();
-    let path = dir.join(format!("{:020}.wal", last.segment().0));
-    let mut bytes = sim.read_file(&path).unwrap();
-    bytes[(last.offset() + 48 + 700) as usize] ^= 0xFF;
-    // A torn write happens before the close's seal: take it away, or it vouches for the group.
-    let seal = (last.offset() as usize / 512 * 512..bytes.len())
-        .step_by(512)
-        .find(|&at| decode_frame(&bytes[at..]).is_ok_and(|h| h.record_type == RecordType::SEGMENT_END))
-        .expect("the close sealed the segment");
-    bytes.truncate(seal);
-    sim.write_file(&path, &bytes);
+    let first_offset = tear_frame(&sim, dir, Lsn(group_first.0 + 3), group_first);
 
     for round in 0..2 {
         let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
@@ -93,7 +79,8 @@ fn a_group_whose_last_member_is_torn_is_cut_whole() {
 }
 
 /// Damages the payload of the frame at `lsn` in place, as a torn write would; returns where
-/// the frame of `first` starts.
+/// the frame of `first` starts. A torn write happens before the close's seal, so the seal is
+/// taken away too: it would vouch for the damaged batch.
 fn tear_frame(sim: &SimStorage, dir: &Path, lsn: Lsn, first: Lsn) -> u64 {
     let view = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap();
     let last = view.lazy_reader_raw(lsn).unwrap().next_header().unwrap().unwrap();
@@ -101,6 +88,11 @@ fn tear_frame(sim: &SimStorage, dir: &Path, lsn: Lsn, first: Lsn) -> u64 {
     let path = dir.join(format!("{:020}.wal", last.segment().0));
     let mut bytes = sim.read_file(&path).unwrap();
     bytes[(last.offset() + 48 + 700) as usize] ^= 0xFF;
+    let seal = (last.offset() as usize / 512 * 512..bytes.len())
+        .step_by(512)
+        .find(|&at| decode_frame(&bytes[at..]).is_ok_and(|h| h.record_type == RecordType::SEGMENT_END))
+        .expect("the close sealed the segment");
+    bytes.truncate(seal);
     sim.write_file(&path, &bytes);
     first_offset
 }
