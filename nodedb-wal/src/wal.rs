@@ -1135,9 +1135,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// vouches for its last batch (so that damage there is corruption at the next open, not a
     /// torn tail cut without a word), then stops. Dropping the log does the same but can only
     /// log a failure. A failed seal poisons the log and is returned; every acknowledged record
-    /// stays, and the next open seals the segment. Called on the log's flusher thread (from a task's waker), it cannot
-    /// wait for that thread: the flusher still writes everything, and this returns
-    /// [`WalError::CloseUnconfirmed`] if some of it was not durable yet.
+    /// stays, and the next open seals the segment. Called on the log's flusher thread (from a
+    /// task's waker), it cannot wait for that thread: the flusher still writes (and seals)
+    /// everything, and this returns [`WalError::CloseUnconfirmed`] if some of it was not
+    /// durable yet.
     ///
     /// `close` takes the log by value. Shared in an `Arc`, the holder of the last handle gets it
     /// with `Arc::into_inner` (which gives `None`, and lets go of the handle, while other
