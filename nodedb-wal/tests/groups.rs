@@ -2,6 +2,7 @@
 //! crash tears, and a group that was acknowledged is always whole. A collection drop or temporal
 //! purge in a group is gathered by recovery only where the whole group survived.
 
+mod common;
 mod groups_support;
 
 use std::path::Path;
@@ -10,11 +11,10 @@ use std::time::Duration;
 
 use groups_support::{Member, Model, TY, member, random_group, rejected_group};
 
-use nodedb_wal::format::frame::decode_frame;
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, SimRng, Storage, SyncFailure};
 use nodedb_wal::{
-    CollectionTombstonePayload, GroupEntry, KeyRing, Lsn, ReadOnlyWal, Record, RecordType, RecoveryInfo, Scope, SecureKey, SegmentedWal,
+    CollectionTombstonePayload, GroupEntry, KeyRing, Lsn, ReadOnlyWal, Record, RecoveryInfo, Scope, SecureKey, SegmentedWal,
     SegmentedWalConfig, SimStorage, TemporalPurgeEngine, TemporalPurgePayload, WalError, WalRecord,
 };
 
@@ -86,13 +86,9 @@ fn tear_frame(sim: &SimStorage, dir: &Path, lsn: Lsn, first: Lsn) -> u64 {
     let last = view.lazy_reader_raw(lsn).unwrap().next_header().unwrap().unwrap();
     let first_offset = view.lazy_reader_raw(first).unwrap().next_header().unwrap().unwrap().offset();
     let path = dir.join(format!("{:020}.wal", last.segment().0));
+    common::unseal(sim, dir);
     let mut bytes = sim.read_file(&path).unwrap();
     bytes[(last.offset() + 48 + 700) as usize] ^= 0xFF;
-    let seal = (last.offset() as usize / 512 * 512..bytes.len())
-        .step_by(512)
-        .find(|&at| decode_frame(&bytes[at..]).is_ok_and(|h| h.record_type == RecordType::SEGMENT_END))
-        .expect("the close sealed the segment");
-    bytes.truncate(seal);
     sim.write_file(&path, &bytes);
     first_offset
 }
