@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::commit::{CommitStart, CommitStatsSnapshot, DurableFuture, GroupCommitter, Limits, seal_block};
+use crate::commit::{CommitStart, CommitStatsSnapshot, DurableFuture, GroupCommitter, Limits, seal_file};
 use crate::config::SegmentedWalConfig;
 use crate::error::{IoOp, Result, WalError};
-use crate::format::layout::round_up;
 use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, TemporalPurgePayload};
 use crate::manifest::{Floor, Manifest};
 use crate::parallel::{Ahead, DECODED_CHUNKS_AHEAD, decode_segment};
@@ -1282,13 +1281,7 @@ fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: Se
 fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: PendingSeal) -> Result<u64> {
     let path = segment::path(dir, p.id);
     let (file, _) = open_existing(storage, &path, direct, true)?;
-    let at = round_up(p.records_end, p.block);
-    let buf = seal_block(p.block as usize, p.records_end, p.next_lsn, p.salt);
-    file.write_and_sync(&buf, at).map_err(|(op, e)| WalError::io(op, &path, e))?;
-    let len = at + p.block;
-    file.set_len(len).map_err(|e| WalError::io(IoOp::SetLen, &path, e))?;
-    file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &path, e))?;
-    Ok(len)
+    seal_file(&file, p.block as usize, p.records_end, p.next_lsn, p.salt, true).map_err(|(op, e)| WalError::io(op, &path, e))
 }
 
 /// `SegmentedWal` is shared between threads by reference.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use super::plan::{BatchMeta, Sealed, Target};
 use super::{PoisonOnPanic, Shared};
 use crate::error::IoOp;
-use crate::format::layout::{write_header_block, write_padding, write_segment_end};
+use crate::format::layout::{round_up, write_header_block, write_padding, write_segment_end};
 use crate::format::meta::SegmentHeaderPayload;
 use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE};
 use crate::manifest::Manifest;
@@ -239,12 +239,15 @@ impl<S: Storage> Flusher<S> {
         }
         let (Some(end), Some((id, file))) = (self.open_end, self.file.as_ref()) else { return };
         let id = *id;
-        let bytes = end.at + shared.block as u64;
-        if let Err((op, err)) = seal_file(file, shared.block, end, self.written_to > bytes) {
-            shared.durability.poison_at(op, &segment::path(&shared.dir, id), &err);
-            shared.wake_all();
-            return;
-        }
+        let cut = self.written_to > end.at + shared.block as u64;
+        let bytes = match seal_file(file, shared.block, end.at, end.next_lsn, end.salt, cut) {
+            Ok(bytes) => bytes,
+            Err((op, err)) => {
+                shared.durability.poison_at(op, &segment::path(&shared.dir, id), &err);
+                shared.wake_all();
+                return;
+            }
+        };
         shared.note_sealed(id, bytes);
         self.segment_sealed();
     }
@@ -455,22 +458,33 @@ pub(crate) fn run<S: Storage>(shared: &Shared<S>, writer: &Mutex<Flusher<S>>) {
     lock().seal_at_close();
 }
 
-/// Writes and syncs the block that seals a segment at `end`, then, if zeros were written past
-/// it (`zero_filled`), cuts the file after it, as a seal at open does: a sealed segment never
-/// grows again, and the zeros would only take space until it is truncated.
-fn seal_file<F: StorageFile>(file: &F, block: usize, end: OpenEnd, zero_filled: bool) -> Result<(), (IoOp, io::Error)> {
-    file.write_and_sync(&seal_block(block, end.at, end.next_lsn, end.salt), end.at)?;
-    if zero_filled {
-        file.set_len(end.at + block as u64).map_err(|e| (IoOp::SetLen, e))?;
+/// Writes and syncs the block that seals a segment whose records end at `records_end` (at the
+/// first block boundary at or after it), and returns the segment's length, which ends with that
+/// block. With `cut`, the file is then shortened after the block and synced: where zeros (or a
+/// crash's leftovers, at open) lie past it, a sealed segment never grows again, and they would
+/// only take space until it is truncated. Both the close's seal and the open's use it.
+pub(crate) fn seal_file<F: StorageFile>(
+    file: &F,
+    block: usize,
+    records_end: u64,
+    next_lsn: Lsn,
+    salt: u32,
+    cut: bool,
+) -> Result<u64, (IoOp, io::Error)> {
+    let at = round_up(records_end, block as u64);
+    file.write_and_sync(&seal_block(block, records_end, next_lsn, salt), at)?;
+    let len = at + block as u64;
+    if cut {
+        file.set_len(len).map_err(|e| (IoOp::SetLen, e))?;
         file.sync_data().map_err(|e| (IoOp::SyncData, e))?;
     }
-    Ok(())
+    Ok(len)
 }
 
 /// One block that seals a segment whose records end at `records_end` (the block goes at the
 /// first boundary at or after it): an end frame claiming every record before `next_lsn`
 /// durable, then padding.
-pub(crate) fn seal_block(block: usize, records_end: u64, next_lsn: Lsn, salt: u32) -> AlignedBuf {
+fn seal_block(block: usize, records_end: u64, next_lsn: Lsn, salt: u32) -> AlignedBuf {
     let mut buf = AlignedBuf::zeroed(block, block);
     let durable = Lsn(next_lsn.0 - 1);
     let used = write_segment_end(&mut buf, 0, records_end, next_lsn, durable, salt);

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use durable::DurableFuture;
 use durable::{Durability, SyncRequester};
 use flusher::Flusher;
-pub(crate) use flusher::seal_block;
+pub(crate) use flusher::seal_file;
 use plan::{BatchMeta, Crypt, Frames, Identity, Plan, Sealed, Turn, Wait};
 pub(crate) use plan::{Limits, SegmentPlan};
 
