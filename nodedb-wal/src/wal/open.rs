@@ -1,0 +1,205 @@
+//! Opening a log: the direct-I/O probe, recovery, and the repairs recovery asks for (sealing a
+//! torn segment, syncing the newest) before the group committer starts.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::SegmentedWal;
+use super::truncate::{remove_below_floor, tidy_dir};
+use crate::commit::{CommitStart, GroupCommitter, Limits, seal_file};
+use crate::config::SegmentedWalConfig;
+use crate::error::{IoOp, Result, WalError};
+use crate::manifest::{Floor, Manifest};
+use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
+use crate::segment::{self, index};
+use crate::storage::{
+    DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, lock_log_dir, plan_direct_io,
+};
+use crate::types::SegmentId;
+
+impl SegmentedWal<FsStorage> {
+    /// Opens (or creates) the log in `config.dir` on the real file system, recovering whatever
+    /// a crash left there. See the type's example.
+    pub fn open(config: SegmentedWalConfig) -> Result<SegmentedWal<FsStorage>> {
+        SegmentedWal::open_with(FsStorage::new(), config)
+    }
+}
+
+impl<S: Storage> SegmentedWal<S> {
+    /// Opens (or creates) the log on the given storage.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    ///
+    /// // The deterministic simulation: the same code paths as the real file system.
+    /// let sim = SimStorage::new(7, FaultConfig::default());
+    /// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/db/wal"))?;
+    /// wal.append_durable(Record::new(RecordType::optional(0x100), b"x"))?;
+    /// drop(wal);
+    /// assert_eq!(SegmentedWal::open_with(sim, SegmentedWalConfig::new("/db/wal"))?.recovery_info().record_count, 1);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn open_with(storage: S, config: SegmentedWalConfig) -> Result<SegmentedWal<S>> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        create_dir_durably(&storage, &dir).map_err(|(op, e)| WalError::io(op, &dir, e))?;
+        let lock = lock_log_dir(&storage, &dir)?;
+        let direct = probe_direct(&storage, &config)?;
+        let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
+        let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;
+        let manifest = Manifest::open_existing(&storage, &dir)?;
+        let mut floor = Floor::open(&storage, &dir)?;
+        // A new log never written: the manifest names no segment, and the floor (unchecked by
+        // recovery) names the segment the first batch was to create.
+        let never_written = manifest.as_ref().is_some_and(|m| m.current() == SegmentId(0));
+        if let Some(mut pending) = recovered.seal {
+            let index = pending.index.take();
+            // A segment written with smaller blocks than this open's (a log moved to a disk
+            // with larger sectors, or first written through the page cache) is sealed through
+            // the page cache: its block boundary may be no offset O_DIRECT accepts here.
+            let direct = direct && pending.block >= config.alignment as u64;
+            let bytes = seal_segment(&storage, &dir, direct, pending)?;
+            if let Some(index) = index {
+                index::write_index(&storage, &dir, &index, direct, config.alignment, &mut index::IndexScratch::default());
+            }
+            let last = recovered.info.segments.last_mut().expect("the pending segment is listed");
+            last.sealed = true;
+            last.bytes = bytes;
+        } else if let Some(last) = recovered.info.segments.last() {
+            sync_newest_segment(&storage, &dir, direct, last.id)?;
+        }
+        if let Some(torn) = recovered.info.torn_tail {
+            tracing::warn!(segment = %torn.segment, offset = torn.offset, bytes = torn.bytes_discarded, "cut a torn tail");
+        }
+        tracing::info!(records = recovered.info.record_count, last_lsn = %recovered.info.last_lsn, "recovered");
+        // Recovery read a listing that may not be durable (a roll or a truncation whose
+        // directory fsync failed, or whose process died first, under the same kernel): the
+        // segments it returns, the one the manifest is about to name, and the kept files the
+        // flusher will write new headers into must keep their names through a power cut.
+        // (That sync also makes durable the removal of segments a truncation left below the
+        // floor: none is read again either way.)
+        if !recovered.below_floor.is_empty() {
+            floor.rewrite()?;
+            remove_below_floor(&storage, &dir, &recovered.below_floor)?;
+        }
+        storage.sync_dir(&dir).map_err(|e| WalError::io(IoOp::SyncDir, &dir, e))?;
+        let newest = recovered.info.segments.last().map_or(SegmentId(0), |s| s.id);
+        let manifest = Manifest::bring_up_to(manifest, &storage, &dir, newest)?;
+        // A log without `FLOOR` (new, or written before it existed) gets one at its first
+        // open, naming its oldest segment: from then on truncation only updates a slot in
+        // place, one fdatasync, and a removed oldest segment is told from a truncated one.
+        // A log without segments (a new one) names the one its first batch will create: a
+        // floor of 0 would leave the first segments unchecked until the next open.
+        let oldest = recovered.info.segments.first().map_or(recovered.next_segment, |s| s.id);
+        if never_written {
+            floor.lower_to(oldest)?;
+        }
+        floor.advance(&storage, &dir, oldest)?;
+        let recycled = tidy_dir(&storage, &dir, &recovered.info.segments, config.recycle_segments)?;
+        let limits = Limits {
+            block: config.alignment,
+            batch_bytes_max: config.batch_bytes_max,
+            batch_buffers: config.batch_buffers,
+            segment_bytes_target: config.segment_bytes_target,
+        };
+        let start = CommitStart {
+            dir,
+            direct,
+            limits,
+            commit_window: config.commit_window,
+            zero_fill_bytes: config.zero_fill_bytes,
+            next_lsn: recovered.next_lsn,
+            next_segment: recovered.next_segment,
+            segments: recovered.info.segments.clone(),
+            key_ring: config.key_ring.clone(),
+            manifest,
+            recycled,
+            recycle_segments: config.recycle_segments,
+            dir_lock: lock,
+        };
+        let storage = Arc::new(storage);
+        let committer = GroupCommitter::start(Arc::clone(&storage), start)?;
+        Ok(SegmentedWal { storage, config, direct, recovery: recovered.info, committer, truncation: Mutex::new(floor) })
+    }
+}
+
+/// Runs recovery on the log `config` names, with every repair opening makes (a torn tail cut
+/// and sealed, an interrupted roll removed, the newest segment synced), and returns what it
+/// found, leaving the log closed. The same as opening and closing it, for a tool or a start-up
+/// step that only needs the [`RecoveryInfo`].
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let config = SegmentedWalConfig { allow_buffered_fallback: true, ..SegmentedWalConfig::new(dir.path()) };
+/// SegmentedWal::open(config.clone())?.append_durable(Record::new(RecordType::optional(0x100), b"x"))?;
+/// let info = nodedb_wal::recover(config)?;
+/// assert_eq!(info.record_count, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn recover(config: SegmentedWalConfig) -> Result<RecoveryInfo> {
+    let wal = SegmentedWal::open(config)?;
+    let info = wal.recovery_info().clone();
+    wal.close()?;
+    Ok(info)
+}
+
+/// Whether this directory's file system takes O_DIRECT in this config's blocks, and whether the
+/// config lets us go on without it. Decided before recovery reads or writes anything: blocks
+/// finer than the kernel says O_DIRECT takes there used to open fine and then poison the log
+/// at its first write (`EINVAL`), and make recovery of an existing log fail with a bare I/O
+/// error.
+fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<bool> {
+    if !config.direct_io {
+        return Ok(false);
+    }
+    let probe = config.dir.join("LOCK");
+    let mode = OpenMode { create: true, write: false, direct: true, create_new: false };
+    match storage.open(&probe, mode) {
+        // The open takes O_DIRECT on any block device; whether this config's blocks are coarse
+        // enough for it is a separate question, asked of the same file (regular, in the log's
+        // directory, so on the file system the segments live on).
+        Ok(file) => match plan_direct_io(config.alignment, file.direct_io_alignment(), config.allow_buffered_fallback) {
+            DirectIoPlan::Direct => Ok(true),
+            DirectIoPlan::Buffered { required } => {
+                tracing::warn!(dir = %config.dir.display(), alignment = config.alignment, required, "O_DIRECT needs coarser blocks here; using buffered I/O");
+                Ok(false)
+            }
+            DirectIoPlan::Refuse { required } => {
+                Err(WalError::DirectIoAlignment { path: config.dir.clone(), configured: config.alignment, required })
+            }
+        },
+        Err(e) if is_direct_io_refusal(&e) && config.allow_buffered_fallback => {
+            tracing::warn!(dir = %config.dir.display(), "O_DIRECT refused; using buffered I/O");
+            Ok(false)
+        }
+        Err(e) if is_direct_io_refusal(&e) => Err(WalError::DirectIoUnsupported { path: config.dir.clone() }),
+        Err(e) => Err(WalError::io(IoOp::Open, probe, e)),
+    }
+}
+
+/// Syncs the newest segment, already sealed, before the log reports its records durable. A
+/// process killed between a batch's write and its fdatasync leaves the batch where recovery
+/// reads it (the page cache, the device's cache) but not yet durable; recovery returns its
+/// records and the durable watermark starts after them, so they must be synced first, or a
+/// power cut could take records the log already returned and leave a sealed segment torn.
+/// Only the newest segment can hold such a batch: a segment is synced before the next exists.
+fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: SegmentId) -> Result<()> {
+    let path = segment::path(dir, id);
+    let (file, _) = open_existing(storage, &path, direct, true)?;
+    file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &path, e))
+}
+
+/// Seals the last segment after recovery: an end frame on the first block boundary at or after
+/// its records' end, synced, then the file cut to that block. Blocks that hold recovered records
+/// are never written. Returns the segment's new length.
+fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: PendingSeal) -> Result<u64> {
+    let path = segment::path(dir, p.id);
+    let (file, _) = open_existing(storage, &path, direct, true)?;
+    seal_file(&file, p.block as usize, p.records_end, p.next_lsn, p.salt, true).map_err(|(op, e)| WalError::io(op, &path, e))
+}

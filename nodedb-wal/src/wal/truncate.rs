@@ -1,0 +1,178 @@
+//! Truncation: whole segments below a checkpoint go, the floor made durable first; and, at the
+//! next open, what a truncation left behind (segments below the floor, spare files, indexes).
+
+use std::path::{Path, PathBuf};
+
+use super::SegmentedWal;
+use crate::error::{IoOp, Result, WalError};
+use crate::manifest::Floor;
+use crate::segment::{self, SegmentInfo, index};
+use crate::storage::{Storage, is_out_of_space};
+use crate::types::{Lsn, SegmentId};
+
+impl<S: Storage> SegmentedWal<S> {
+    /// Removes whole segments whose records all lie below `checkpoint`, oldest first, each
+    /// removal made durable before the next. The newest segment is always kept: it carries the
+    /// log's position across restarts. Returns how many segments were removed.
+    ///
+    /// Tombstones and temporal purges in the removed segments are gone too, so a later
+    /// recovery no longer reports them: pass a checkpoint at which the engines have applied
+    /// every drop and purge below it, to their own files, and replay from that checkpoint.
+    /// Recovery still reports drops and purges in kept segments below the checkpoint (a segment
+    /// goes only whole): [`crate::TombstoneSet::dropped_at`] and [`crate::TemporalPurge::lsn`]
+    /// tell those from the ones the engines' files do not hold yet. A checkpoint past
+    /// [`Self::next_lsn`] names records never appended (another log's LSN, a byte offset): it
+    /// is [`WalError::LsnNotIssued`] and nothing is removed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// # let mut config = SegmentedWalConfig::new("/small");
+    /// # config.segment_bytes_target = 64 * 1024;
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(2, FaultConfig::default()), config)?;
+    /// for _ in 0..200 {
+    ///     wal.append(Record::new(ty, &[7; 1000]))?;
+    /// }
+    /// let checkpoint = wal.sync()?;
+    /// let removed = wal.truncate_before(checkpoint)?;
+    /// assert!(removed > 0);
+    /// assert_eq!(wal.segments().len(), 1, "the newest segment is always kept");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn truncate_before(&self, checkpoint: Lsn) -> Result<usize> {
+        self.check_reached(checkpoint)?;
+        let mut floor = self.truncation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _span = tracing::info_span!("truncate", checkpoint = %checkpoint).entered();
+        let dir = &self.config.dir;
+        let Some(target) = self.floor_for(checkpoint) else { return Ok(0) };
+        self.record_floor(&mut floor, target)?;
+        let mut removed = 0;
+        loop {
+            let (victim, bytes) = {
+                let segments = self.committer.shared().segments_lock();
+                match segments.as_slice() {
+                    [first, ..] if first.id < target => (first.id, first.bytes),
+                    _ => break,
+                }
+            };
+            let path = segment::path(dir, victim);
+            let shared = self.committer.shared();
+            // Kept under another name for reuse as a later segment, or removed. Not one larger
+            // than a segment (a record or group larger than the target): reused, it would keep
+            // that size for good, its space never freed by any checkpoint.
+            let keep = (shared.wants_recycled() && bytes <= shared.segment_bytes_max()).then(|| segment::recycled_path(dir, victim));
+            let kept = match keep {
+                Some(to) => self.keep_or_remove(&path, to)?,
+                None => {
+                    self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+                    None
+                }
+            };
+            // The segment is gone whether or not the directory sync below succeeds: stop listing it.
+            shared.segments_lock().retain(|s| s.id != victim);
+            index::remove_index(&*self.storage, dir, victim);
+            if let Err(e) = self.storage.sync_dir(dir) {
+                // A kept file whose new name may not be durable is not reused (its new header
+                // could land under the old name), nor left unused on the disk until the next
+                // open, a segment's space per failed truncation: removed, as without reuse.
+                if let Some(kept) = &kept
+                    && let Err(err) = self.storage.remove(kept)
+                {
+                    tracing::warn!(%err, path = %kept.display(), "cannot remove a truncated segment not kept for reuse");
+                }
+                return Err(WalError::io(IoOp::SyncDir, dir, e));
+            }
+            if let Some(kept) = kept {
+                shared.add_recycled(kept);
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// The oldest segment a truncation at `checkpoint` keeps, where it removes any: the first
+    /// that is not sealed, holds a record at or above `checkpoint`, or is the newest. Segments
+    /// are only added at the newest end meanwhile, so the ones below stay removable.
+    fn floor_for(&self, checkpoint: Lsn) -> Option<SegmentId> {
+        let segments = self.committer.shared().segments_lock();
+        let older = &segments[..segments.len().saturating_sub(1)];
+        let removable = older.iter().take_while(|s| s.sealed && s.end_lsn <= checkpoint).count();
+        (removable > 0).then(|| segments[removable].id)
+    }
+
+    /// Makes `target` the durable truncation floor before any segment below it goes: a crash
+    /// then leaves segments below the floor, which the next open removes, and never a log
+    /// whose oldest segments are gone with nothing to tell it from lost ones. A failed sync
+    /// poisons the log (it is never retried) and truncates nothing.
+    fn record_floor(&self, floor: &mut Floor<S::File>, target: SegmentId) -> Result<()> {
+        let durability = &self.committer.shared().durability;
+        if floor.is_broken() {
+            return Err(durability.check_poison().expect_err("a failed sync of the floor poisoned the log"));
+        }
+        let result = floor.advance(&*self.storage, &self.config.dir, target);
+        if let Err(WalError::Io { op, path, source }) = &result
+            && floor.is_broken()
+        {
+            durability.poison_at(*op, path, source);
+        }
+        result
+    }
+
+    /// Renames a truncated segment to `to` to keep it for reuse, and returns `to`; or, where the
+    /// disk has no room for the new name (a file system may need a new directory block for it,
+    /// XFS does), removes it and returns `None`: a full disk is where truncation must free
+    /// space, and removing a file always can.
+    fn keep_or_remove(&self, path: &Path, to: PathBuf) -> Result<Option<PathBuf>> {
+        match self.storage.rename(path, &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(err) if is_out_of_space(&err) => {
+                tracing::warn!(%err, path = %path.display(), "no room to keep a truncated segment for reuse; removing it");
+                self.storage.remove(path).map_err(|e| WalError::io(IoOp::Remove, path, e))?;
+                Ok(None)
+            }
+            Err(err) => Err(WalError::io(IoOp::Rename, path, err)),
+        }
+    }
+}
+
+/// Removes segments a truncation left below the floor when a crash cut it short, oldest
+/// first. The caller syncs the directory.
+pub(super) fn remove_below_floor<S: Storage>(storage: &S, dir: &Path, ids: &[SegmentId]) -> Result<()> {
+    for &id in ids {
+        let path = segment::path(dir, id);
+        tracing::warn!(segment = %id, "removing a segment below the truncation floor, left by an interrupted truncation");
+        storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+    }
+    Ok(())
+}
+
+/// At open, with one listing of `dir`: removes header indexes whose segment is gone (a crash
+/// after a truncation removed the segment but not yet its index), and returns the truncated
+/// segment files kept for reuse, at most `keep` of them (their names are durable: the open
+/// synced the directory first); any more (the setting was lowered) are removed (one that
+/// cannot be is left there, unused).
+pub(super) fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo], keep: usize) -> Result<Vec<PathBuf>> {
+    let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
+    // A set, not a scan of the list per index file: a log of many segments opens in linear time.
+    let live: std::collections::HashSet<SegmentId> = segments.iter().map(|s| s.id).collect();
+    let orphans = names.iter().filter_map(|n| segment::parse_index(n)).filter(|id| !live.contains(id));
+    orphans.for_each(|id| index::remove_index(storage, dir, id));
+    let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| segment::parse_recycled(n)).collect();
+    ids.sort_unstable();
+    let extra = ids.len().saturating_sub(keep);
+    for &id in &ids[..extra] {
+        let path = segment::recycled_path(dir, id);
+        // A spare holds no record of the log: one that cannot be removed (a permission, an
+        // immutable flag) stays, unused, rather than keep the log from opening.
+        if let Err(err) = storage.remove(&path) {
+            tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment kept for reuse; leaving it");
+        }
+    }
+    if extra > 0 {
+        storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+    }
+    Ok(ids[extra..].iter().map(|&id| segment::recycled_path(dir, id)).collect())
+}
