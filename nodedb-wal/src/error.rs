@@ -341,6 +341,22 @@ impl std::fmt::Display for KeyFileProblem {
 /// Match on the variant to tell damaged data ([`WalError::is_corruption`]) from I/O failure
 /// and from misuse; `Display` gives a sentence for logs.
 ///
+/// # What a database does with each error
+///
+/// | error | what the database does |
+/// |---|---|
+/// | [`Poisoned`](WalError::Poisoned) | stops writing, drops every handle and opens the log again. A write the log did not acknowledge before it failed is in doubt, not lost: its record may be back after the open (the second example). Answer it "outcome unknown", never "failed", and let replay tell |
+/// | [`Corruption`](WalError::Corruption), [`ManifestDamaged`](WalError::ManifestDamaged), [`FloorDamaged`](WalError::FloorDamaged) ([`is_corruption`](WalError::is_corruption)) | does not start on this log: acknowledged records are damaged, or the log cannot tell whether some are missing. Nothing was cut or repaired, and [`crate::ReadOnlyWal`] refuses the same log, so this crate reads nothing past the damage. Keep a copy of the directory, locate the damage with `nodedb-wal verify DIR` and `nodedb-wal inspect DIR`, and restore from a backup or a replica. The two side files' messages say what removing them costs |
+/// | [`MissingSegment`](WalError::MissingSegment) | a segment file the log needs is not in the directory (removed by hand, a partial copy or restore): put it back. `nodedb-wal inspect DIR` says whether `FLOOR`, `MANIFEST` or a hole between segments asks for it |
+/// | [`KeyRingMissing`](WalError::KeyRingMissing), [`WrongKey`](WalError::WrongKey), [`KeyFile`](WalError::KeyFile), [`UnknownKeyId`](WalError::UnknownKeyId) | a configuration error: give a ring with each segment's key (`nodedb-wal inspect DIR` lists their ids). An open refused for it wrote nothing. A ring that lacks an old segment's key opens (unless the segment holds a tombstone or purge, which recovery reads); reading that segment is `UnknownKeyId` |
+/// | [`AuthenticationFailed`](WalError::AuthenticationFailed) | the key is right (open checked it), so the record or its segment was altered: as corruption |
+/// | [`Locked`](WalError::Locked) | another writer has the directory: a second instance of the database, which must not start |
+/// | [`LsnNotRetained`](WalError::LsnNotRetained) | the log no longer holds records from where replay was asked to start: truncation went past the engines' checkpoint, or the directory belongs to other engine files |
+/// | [`SegmentTruncated`](WalError::SegmentTruncated) | a reader met a truncation: read again from [`crate::SegmentedWal::oldest_lsn`] |
+/// | [`Io`](WalError::Io) | at open: fix the cause it names (permissions, a full disk, a path that is not a directory) and open again. From `truncate_before`: no record is at risk and the log goes on; truncate again later |
+/// | [`UnsupportedVersion`](WalError::UnsupportedVersion), [`UnsupportedCipher`](WalError::UnsupportedCipher), [`UnknownRequiredType`](WalError::UnknownRequiredType) | a newer build wrote the log: run that build |
+/// | [`PayloadTooLarge`](WalError::PayloadTooLarge), [`ReservedRecordType`](WalError::ReservedRecordType), [`EmptyGroup`](WalError::EmptyGroup), [`LsnNotIssued`](WalError::LsnNotIssued), [`MalformedPayload`](WalError::MalformedPayload) from an append, [`InvalidConfig`](WalError::InvalidConfig) | a bug in the caller: nothing was appended and no LSN used; the log goes on |
+///
 /// # Examples
 ///
 /// ```
@@ -359,6 +375,29 @@ impl std::fmt::Display for KeyFileProblem {
 /// let err = wal.append(Record::new(RecordType::PADDING, b"")).unwrap_err();
 /// assert!(matches!(err, WalError::ReservedRecordType { .. }));
 /// # Ok::<(), WalError>(())
+/// ```
+///
+/// A write whose fdatasync failed is in doubt: here its bytes reached the file before the
+/// sync failed, and the next open returns the record that `append_durable` refused.
+///
+/// ```
+/// use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+/// use nodedb_wal::{FsStorage, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, WalError};
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut config = SegmentedWalConfig::new(dir.path());
+/// config.allow_buffered_fallback = true; // a temporary directory may refuse O_DIRECT
+/// let storage = FaultyStorage::new(FsStorage::new());
+/// let wal = SegmentedWal::open_with(storage.clone(), config.clone())?;
+/// storage.fail_once(FaultOp::SyncData, 0, EIO);
+/// let err = wal.append_durable(Record::new(RecordType::optional(0x100), b"in doubt")).unwrap_err();
+/// assert!(matches!(err, WalError::Poisoned { .. }), "{err}");
+/// drop(wal);
+///
+/// let wal = SegmentedWal::open(config)?;
+/// let back: Vec<_> = wal.read_from(Lsn::FIRST)?.collect::<Result<_, _>>()?;
+/// assert_eq!(back[0].payload, b"in doubt", "refused, and yet on the disk");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
