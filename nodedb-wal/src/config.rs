@@ -103,6 +103,38 @@ pub struct SegmentedWalConfig {
     /// A key only inserted ([`KeyRing::insert`]) encrypts nothing: without an active key
     /// ([`KeyRing::with_active`], [`KeyRing::set_active`]) the log writes plaintext, and says
     /// nothing. [`KeyRing::refuse_plaintext`] makes that a refused open instead.
+    ///
+    /// A wrong key under a segment's key id is refused at open ([`WalError::WrongKey`]), but a
+    /// ring that lacks an older segment's key id opens the log (a replay from a checkpoint may
+    /// not need old segments), unless that segment holds a tombstone or purge, which recovery
+    /// reads. Reading the segment is then [`WalError::UnknownKeyId`]:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::{KeyRing, Lsn, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+    ///
+    /// let sim = SimStorage::new(1, FaultConfig::default());
+    /// let key_2 = || SecureKey::from_bytes(&mut [2; 32]); // from a key file, in production
+    /// let ring = Arc::new(KeyRing::with_active(1, SecureKey::generate()));
+    /// let mut config = SegmentedWalConfig::new("/wal");
+    /// config.key_ring = Some(Arc::clone(&ring));
+    /// let wal = SegmentedWal::open_with(sim.clone(), config.clone())?;
+    /// wal.append_durable(Record::new(RecordType::optional(0x100), b"under key 1"))?;
+    /// ring.insert(2, key_2())?;
+    /// ring.set_active(2)?; // the next append starts a segment under key 2
+    /// let newer = wal.append_durable(Record::new(RecordType::optional(0x100), b"under key 2"))?;
+    /// wal.close()?;
+    ///
+    /// // Key 1 lost: the log opens, and only its segment is out of reach.
+    /// config.key_ring = Some(Arc::new(KeyRing::with_active(2, key_2())));
+    /// let wal = SegmentedWal::open_with(sim, config)?;
+    /// assert_eq!(wal.read_from(newer)?.next().expect("a record")?.payload, b"under key 2");
+    /// let err = wal.read_from(Lsn::FIRST)?.next().expect("a record").unwrap_err();
+    /// assert!(matches!(err, WalError::UnknownKeyId { key_id: 1, .. }), "{err}");
+    /// # Ok::<(), WalError>(())
+    /// ```
     pub key_ring: Option<Arc<KeyRing>>,
 }
 

@@ -85,6 +85,11 @@ impl SecureKey {
     /// Loads a key file: exactly 32 raw bytes, a regular file (not a symlink) owned by this
     /// process's user and readable or writable by no one else.
     ///
+    /// This crate never writes key files. One can be made from the shell, readable by its
+    /// owner from the start (a `chmod` after the write would leave a moment in which it is
+    /// not): `(umask 077 && head -c 32 /dev/urandom > wal.key)`. A lost key leaves its segments
+    /// unreadable: back the key file up, apart from the log's own backups.
+    ///
     /// # Examples
     ///
     /// ```
