@@ -493,3 +493,28 @@ fn a_log_with_every_segment_and_its_lock_gone_is_missing_segments_not_a_foreign_
     let out = tool(&["verify", foreign.to_str().unwrap()]);
     assert_eq!(status(&out), 5, "{}", text(&out));
 }
+
+// Found by a new user's first hour: `inspect` on a log it refuses (corruption in a sealed
+// segment) showed only MANIFEST and FLOOR, not the segments the README says it lists, which
+// are what an operator locating the damage or a lost file looks at first.
+#[test]
+fn inspect_lists_the_segment_files_of_a_log_it_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (floor, newest) = truncated_log(tmp.path());
+    let d = tmp.path().to_str().unwrap();
+    let (path, at) = frame_of(tmp.path(), {
+        let wal = ReadOnlyWal::open(tmp.path(), None).unwrap();
+        wal.recovery_info().segments[0].first_lsn.0
+    });
+    flip(&path, at + 40);
+    let before = snapshot(tmp.path());
+    let out = tool(&["inspect", d]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+    for id in floor..=newest {
+        let len = std::fs::metadata(tmp.path().join(format!("{id:020}.wal"))).unwrap().len();
+        let row = format!("{:020}.wal  {len:>12}", id);
+        assert!(text(&out).contains(&row), "{row:?} missing from:\n{}", text(&out));
+    }
+    assert!(text(&out).contains("FLOOR     oldest segment needed"), "{}", text(&out));
+    assert_eq!(snapshot(tmp.path()), before, "a refused look changes no file");
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nodedb_wal::format::manifest::SlotKind;
-use nodedb_wal::{Lsn, PREAMBLE_SIZE, SegmentPreamble, WalError};
+use nodedb_wal::{Lsn, PREAMBLE_SIZE, SegmentId, SegmentPreamble, WalError};
 
 use super::side::SideFile;
 use super::{Args, Exit, KEY_HINT, Outcome, log_dir, open, open_at};
@@ -22,6 +22,38 @@ fn preamble_of(path: &Path) -> Option<SegmentPreamble> {
     SegmentPreamble::decode(&bytes).ok()
 }
 
+/// The format version and key id a segment file's preamble names, as `inspect` shows them.
+fn version_and_key(path: &Path) -> (String, String) {
+    match preamble_of(path) {
+        Some(p) if p.cipher != 0 => (p.version.to_string(), p.key_id.to_string()),
+        Some(p) => (p.version.to_string(), "-".into()),
+        None => ("?".into(), "?".into()),
+    }
+}
+
+/// The segment files of a log `inspect` could not open, as found: without recovery their LSN
+/// ranges are unknown, but which files are there, their lengths and keys are what an operator
+/// locating damage or a lost file looks at first. Nothing where the directory holds none.
+fn segment_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut found: Vec<(SegmentId, std::path::PathBuf)> = entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            Some((nodedb_wal::segment::parse_name(entry.file_name().to_str()?)?, entry.path()))
+        })
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    found.sort_unstable();
+    out!("{:>24}  {:>12}  {:>7}  {:>6}", "segment file", "file bytes", "version", "key");
+    for (id, path) in found {
+        let len = std::fs::symlink_metadata(&path).map_or_else(|_| "?".into(), |meta| meta.len().to_string());
+        let (version, key) = version_and_key(&path);
+        out!("{:>24}  {len:>12}  {version:>7}  {key:>6}", nodedb_wal::segment::file_name(id));
+    }
+}
+
 /// The lines of `MANIFEST` and `FLOOR`, for `inspect`.
 fn side_files(dir: &Path) {
     for kind in [SlotKind::Manifest, SlotKind::Floor] {
@@ -31,8 +63,12 @@ fn side_files(dir: &Path) {
 
 pub(super) fn inspect(args: &Args) -> Outcome {
     let dir = log_dir(args)?;
-    // Shown when the log is refused too: those files are behind most refusals of a whole log.
-    let wal = open_at(&dir, args).inspect_err(|_| side_files(&dir))?;
+    // Shown when the log is refused too: those files are behind most refusals of a whole log,
+    // and the segment files as found locate what it refused.
+    let wal = open_at(&dir, args).inspect_err(|_| {
+        segment_files(&dir);
+        side_files(&dir);
+    })?;
     let info = wal.recovery_info();
     out!(
         "{:>20}  {:>12}  {:>12}  {:>10}  {:>12}  {:>6}  {:>7}  {:>6}",
@@ -46,12 +82,7 @@ pub(super) fn inspect(args: &Args) -> Outcome {
         "key"
     );
     for seg in &info.segments {
-        let preamble = preamble_of(&dir.join(format!("{:020}.wal", seg.id.0)));
-        let (version, key) = match preamble {
-            Some(p) if p.cipher != 0 => (p.version.to_string(), p.key_id.to_string()),
-            Some(p) => (p.version.to_string(), "-".into()),
-            None => ("?".into(), "?".into()),
-        };
+        let (version, key) = version_and_key(&dir.join(format!("{:020}.wal", seg.id.0)));
         out!(
             "{:>20}  {:>12}  {:>12}  {:>10}  {:>12}  {:>6}  {:>7}  {:>6}",
             seg.id.0,

@@ -16,7 +16,8 @@ const USAGE: &str = "\
 usage: nodedb-wal <command> [arguments]
 
   inspect DIR            segments (LSN ranges, sizes, format version, cipher, key id), what
-                         MANIFEST and FLOOR say (both slots of each), and health
+                         MANIFEST and FLOOR say (both slots of each), and health; for a log
+                         it refuses, the segment files found
   dump DIR [--from LSN] [--type T] [--json]
                          records with their segment and offset (T: a record type, hex or decimal)
   verify DIR             read and check every record (checksums, decryption); exit status:
