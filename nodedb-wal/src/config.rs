@@ -130,6 +130,7 @@ pub struct SegmentedWalConfig {
     /// // Key 1 lost: the log opens, and only its segment is out of reach.
     /// config.key_ring = Some(Arc::new(KeyRing::with_active(2, key_2())));
     /// let wal = SegmentedWal::open_with(sim, config)?;
+    /// assert_eq!(wal.recovery_info().ungathered, 0, "no tombstone or purge was out of reach");
     /// assert_eq!(wal.read_from(newer)?.next().expect("a record")?.payload, b"under key 2");
     /// let err = wal.read_from(Lsn::FIRST)?.next().expect("a record").unwrap_err();
     /// assert!(matches!(err, WalError::UnknownKeyId { key_id: 1, .. }), "{err}");

@@ -202,7 +202,8 @@ pub struct RecoveryInfo {
     pub temporal_purges: Vec<TemporalPurge>,
     /// Tombstone and temporal-purge records a read-only look ([`inspect_dir`],
     /// `ReadOnlyWal`) did not gather because it has no key for their segment; always 0 when
-    /// the owner opens a log, which needs every key. A tool that only lists segments and
+    /// the owner opens a log, which is refused without the key of every segment holding such
+    /// a record (it opens without the key of a segment that holds none). A tool that only lists segments and
     /// health needs no key; one that reads `tombstones` or `temporal_purges` needs this at 0.
     pub ungathered: u64,
 }
