@@ -92,9 +92,10 @@
 //! - **Tests**: [`SimStorage`] (a simulated disk that crashes on request) and
 //!   [`storage::faulty::FaultyStorage`] (injected I/O errors), through
 //!   [`SegmentedWal::open_with`].
-//! - **Errors**: one type, [`WalError`]. [`WalError::Poisoned`] means a write or fdatasync
-//!   failed: nothing more is accepted, and opening the log again (once every handle is
-//!   dropped) recovers what the disk holds.
+//! - **Errors**: one type, [`WalError`], whose docs say what a database does with each.
+//!   [`WalError::Poisoned`] means a write or fdatasync failed: nothing more is accepted, and
+//!   opening the log again (once every handle is dropped) recovers what the disk holds, which
+//!   may include records whose appends got the error.
 //!
 //! The repository's `docs/` holds the byte layout (`FORMAT.md`), what each call promises and
 //! the test behind each promise (`DURABILITY.md`), and the reasons behind the design
