@@ -100,6 +100,12 @@ pub struct Scope {
 /// (required). Applications use the rest: `0x0100..=0x7FFF` for types an older reader may
 /// skip, `0x8100..=0xFFFF` for types it must not.
 ///
+/// For its own ranges the log's readers apply the bit: an unknown required type stops them
+/// ([`crate::WalError::UnknownRequiredType`]) and an unknown optional one is skipped. An
+/// application's records are all handed out, whatever their bit: only the application knows
+/// which of its types a build understands, so its replay stops at an unknown required one
+/// itself (the second example).
+///
 /// # Examples
 ///
 /// ```
@@ -120,6 +126,32 @@ pub struct Scope {
 /// assert!(!RecordType::TEMPORAL_PURGE.is_meta());
 /// assert!(RecordType::CALVIN_APPLIED.is_known_reserved() && !RecordType::CALVIN_APPLIED.is_required());
 /// assert!(RecordType(0x8050).is_reserved() && !RecordType(0x8050).is_known_reserved());
+/// ```
+///
+/// An application's replay, written by a build that knows one type:
+///
+/// ```
+/// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+/// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+/// const PUT: RecordType = RecordType::optional(0x100);
+/// wal.append(Record::new(PUT, b"row"))?;
+/// wal.append(Record::new(RecordType::optional(0x101), b"a later build's hint"))?;
+/// wal.append(Record::new(RecordType::required(0x102), b"a later build's schema change"))?;
+/// wal.sync()?;
+/// let mut applied = Vec::new();
+/// for record in wal.read_from(Lsn::FIRST)? {
+///     let record = record?; // the log hands out all three
+///     match record.record_type {
+///         PUT => applied.push(record.lsn),
+///         unknown if unknown.is_required() => {
+///             assert_eq!(record.lsn, Lsn(3), "stop: this build cannot apply what follows");
+///             break;
+///         }
+///         _ => {} // skipped: an older build may
+///     }
+/// }
+/// assert_eq!(applied, [Lsn(1)]);
+/// # Ok::<(), nodedb_wal::WalError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RecordType(pub u16);
