@@ -356,6 +356,9 @@ impl std::fmt::Display for KeyFileProblem {
 /// | [`Io`](WalError::Io) | at open: fix the cause it names (permissions, a full disk, a path that is not a directory) and open again. From `truncate_before`: no record is at risk and the log goes on; truncate again later |
 /// | [`UnsupportedVersion`](WalError::UnsupportedVersion), [`UnsupportedCipher`](WalError::UnsupportedCipher), [`UnknownRequiredType`](WalError::UnknownRequiredType) | a newer build wrote the log: run that build |
 /// | [`PayloadTooLarge`](WalError::PayloadTooLarge), [`ReservedRecordType`](WalError::ReservedRecordType), [`EmptyGroup`](WalError::EmptyGroup), [`LsnNotIssued`](WalError::LsnNotIssued), [`MalformedPayload`](WalError::MalformedPayload) from an append, [`InvalidConfig`](WalError::InvalidConfig) | a bug in the caller: nothing was appended and no LSN used; the log goes on |
+/// | [`DwbDegraded`](WalError::DwbDegraded) | the double-write buffer's file failed: nothing of the refused page write reached its pages. Fix the cause it names and open the buffer again (or accept torn pages with [`crate::DegradedPolicy::WriteUnprotected`]) |
+/// | [`DwbUnrepairable`](WalError::DwbUnrepairable), [`DwbHeaderDamaged`](WalError::DwbHeaderDamaged) | a page file or the buffer is damaged beyond what the buffer repairs: as corruption, for that engine's files |
+/// | [`DwbUnknownFile`](WalError::DwbUnknownFile), [`DwbPageLen`](WalError::DwbPageLen), [`DwbNotRecovered`](WalError::DwbNotRecovered) | a bug in the caller (register every page file, then `recover`, then write): nothing was written |
 ///
 /// # Examples
 ///
