@@ -39,8 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // from the cursor it stored with its own state.
     let (mut cursor, mut orders, mut skipped) = (Lsn::FIRST, 0u32, 0u32);
     while cursor.0 <= u64::from(EVENTS) {
-        if wal.durable_lsn() < cursor {
-            std::thread::sleep(Duration::from_millis(1));
+        // Sleep until the next record is durable (no polling); wake now and then anyway, as
+        // a subscriber that also watches for shutdown would.
+        if !wal.watch_durable(cursor, Duration::from_millis(100))? {
             continue;
         }
         // Readers stop at the durable LSN, so nothing a crash could undo is delivered.

@@ -135,6 +135,12 @@ fn fault_poisons_and_loses_nothing_with<S: Injecting>(
         let err = wal.wait_durable(lsn).unwrap_err();
         assert!(matches!(err, WalError::Poisoned { op: o, .. } if o == op), "a wait for {lsn}: {err}");
     }
+    // A watcher (no sync asked) learns of the poison too, for an LSN never issued as well: it
+    // is not left to sleep out its timeout, nor told "not yet" as if more could come.
+    for lsn in [last_acked.next(), wal.next_lsn()] {
+        let watched = wal.watch_durable(lsn, std::time::Duration::from_secs(10));
+        assert!(matches!(watched, Err(WalError::Poisoned { op: o, .. }) if o == op), "a watch for {lsn}: {watched:?}");
+    }
     assert!(wal.stats().poisoned, "the metrics show the poisoned state");
     drop(wal);
     assert_acknowledged_records_survive(dir.path(), &acked);

@@ -47,6 +47,25 @@ fn a_tail_delivers_every_record_in_order_and_only_once_durable() {
 }
 
 #[test]
+fn a_watch_for_an_lsn_not_yet_issued_wakes_once_another_thread_makes_it_durable() {
+    let wal = SegmentedWal::open_with(SimStorage::new(2, FaultConfig::default()), config(Path::new("/watch"))).unwrap();
+    const N: u64 = 200;
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            // Each watch starts before its LSN exists; nothing but the appender's syncs wakes it.
+            for i in 1..=N {
+                assert!(wal.watch_durable(Lsn(i), Duration::MAX).unwrap(), "a watch without end returns only once durable");
+                assert!(wal.durable_lsn() >= Lsn(i));
+            }
+        });
+        for i in 1..=N {
+            wal.append_durable(Record::new(TY, &i.to_le_bytes())).unwrap();
+        }
+        watcher.join().unwrap();
+    });
+}
+
+#[test]
 fn a_tail_resumes_from_its_cursor_and_times_out_when_caught_up() {
     let dir = Path::new("/resume");
     let sim = SimStorage::new(2, FaultConfig::default());

@@ -34,6 +34,10 @@ impl<S: Storage> SegmentedWal<S> {
 
     /// Appends and waits until the record is durable.
     ///
+    /// On an error after the record was buffered (the log poisoned by a failed write or sync,
+    /// [`WalError::Poisoned`]), the record is in doubt, not lost: it may have reached the disk,
+    /// and the next open may return it. A database answers such a write "outcome unknown".
+    ///
     /// # Examples
     ///
     /// ```

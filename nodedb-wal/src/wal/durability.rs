@@ -4,11 +4,17 @@
 use super::SegmentedWal;
 use crate::commit::DurableFuture;
 use crate::error::Result;
+#[cfg(doc)]
+use crate::error::WalError;
 use crate::storage::Storage;
 use crate::types::Lsn;
 
 impl<S: Storage> SegmentedWal<S> {
     /// Blocks until a successful fdatasync covers `lsn`.
+    ///
+    /// A [`WalError::Poisoned`] (or the write or sync error that poisoned the log) leaves the
+    /// records it did not cover in doubt, not lost: some may have reached the disk, and the
+    /// next open may return them. A database answers such a write "outcome unknown".
     ///
     /// # Examples
     ///
@@ -50,7 +56,8 @@ impl<S: Storage> SegmentedWal<S> {
         self.committer.request_sync(lsn)
     }
 
-    /// A future that resolves once `lsn` is durable, under any executor.
+    /// A future that resolves once `lsn` is durable, under any executor
+    /// (`examples/ingest.rs` drives it with a small executor that sleeps until woken).
     ///
     /// # Examples
     ///
@@ -73,6 +80,30 @@ impl<S: Storage> SegmentedWal<S> {
     /// ```
     pub fn durable(&self, lsn: Lsn) -> Result<DurableFuture<'_>> {
         self.committer.durable(lsn)
+    }
+
+    /// Waits up to `timeout` until `lsn` is durable, without asking for a sync: for a reader
+    /// that follows the log (an event-plane subscriber over [`Self::lazy_reader`]) and wants
+    /// to sleep until there is more to read rather than poll [`Self::durable_lsn`]. `lsn` need
+    /// not be issued yet. `Ok(true)` once it is durable, `Ok(false)` at the timeout
+    /// (`Duration::MAX` waits without end), and the poison error if the log is poisoned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// # let ty = RecordType::optional(0x100);
+    /// use std::time::Duration;
+    ///
+    /// let next = wal.next_lsn();
+    /// assert!(!wal.watch_durable(next, Duration::from_millis(1))?, "nothing appended yet");
+    /// wal.append_durable(Record::new(ty, b"event"))?;
+    /// assert!(wal.watch_durable(next, Duration::from_millis(1))?);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn watch_durable(&self, lsn: Lsn, timeout: std::time::Duration) -> Result<bool> {
+        self.committer.await_durable(lsn, timeout)
     }
 
     /// Makes everything appended so far durable.
