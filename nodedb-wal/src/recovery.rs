@@ -41,6 +41,8 @@ use crate::segment::{self, SegmentInfo};
 use crate::storage::{Advice, OpenMode, SECTOR, Storage, StorageFile};
 use crate::types::{Lsn, RecordType, SegmentId};
 
+mod live;
+
 /// What the bytes after the first bad position say about it.
 ///
 /// # Examples
@@ -321,7 +323,7 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     for (index, &id) in ids.iter().enumerate() {
         let last = index + 1 == ids.len();
         let outcome = if last && !repair {
-            scan_live_segment(&ctx, id, prev_end, &mut info)?
+            live::scan_live_segment(&ctx, id, prev_end, &mut info)?
         } else {
             scan_segment(&ctx, id, last, prev_end, &mut info)?
         };
@@ -402,31 +404,6 @@ fn split_at_floor(
     }
     check_contiguous(&ids)?;
     Ok((below, ids))
-}
-
-/// Scans of the newest segment a read-only look retries before it reports corruption.
-const LIVE_SCAN_RETRIES: u32 = 3;
-
-/// The newest segment, seen without the directory lock: a writer may be appending to it, and
-/// a read can catch a batch half-written (blocks of it old, later ones new, whose frames claim
-/// the earlier ones durable). That reads as damage before acknowledged records; real damage
-/// stays when read again, a write in flight does not. Each try scans into a copy of `info`, so
-/// the tombstones and purges of a discarded try are not counted twice.
-fn scan_live_segment<S: Storage>(ctx: &ScanCtx<'_, S>, id: SegmentId, prev_end: Option<Lsn>, info: &mut RecoveryInfo) -> Result<Outcome> {
-    let mut tries = 0;
-    loop {
-        let mut trial = info.clone();
-        match scan_segment(ctx, id, true, prev_end, &mut trial) {
-            Err(WalError::Corruption { .. }) if tries < LIVE_SCAN_RETRIES => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            outcome => {
-                *info = trial;
-                return outcome;
-            }
-        }
-    }
 }
 
 /// Segment ids in the directory, oldest first.

@@ -1,0 +1,89 @@
+//! The newest segment, as a read-only look sees it beside a live writer.
+//!
+//! The look reads the segment window by window while the writer appends to it. A window read
+//! before the writer's batch landed there holds zeros where the batch now is, and a later
+//! window, read after that batch was synced and more written, holds frames that claim it
+//! durable: together, damage before acknowledged records (`DamageBeforeDurableRecords`), on a
+//! healthy log. A busy writer can do that to every scan, each time further on; a slow disk or
+//! a loaded CPU stretches how long each write takes. So a look scans again, pausing 1, 2, 4 ...
+//! up to 128 ms between scans, until a scan is clean or its deadline (one second) passes.
+//!
+//! It stops early only when the damage is stable: two scans in a row report the same error at
+//! the same offset, in a file of the same length, with the same bytes around it. A writer in
+//! flight cannot look like that. A frame that claims a record durable was written after that
+//! record's batch was written and synced, and the writer never writes a block holding
+//! acknowledged records again, so the bytes where the record should be were final when the
+//! first scan saw the claim: if the second scan, which read them after that, still finds them
+//! bad, they are bad. A race shows up as a change instead (the damage moves on, or its bytes
+//! change). So real damage costs two scans and a pause of 1 ms; a look that a writer overtakes
+//! on every scan gives up after about a second (and the scan running then), reporting what the
+//! last scan found.
+
+use std::time::{Duration, Instant};
+
+use super::{Outcome, RecoveryInfo, ScanCtx, scan_segment};
+use crate::error::{CorruptionKind, Result, WalError};
+use crate::segment;
+use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::types::{Lsn, SegmentId};
+
+/// How long a look goes on scanning the newest segment while what it finds wrong keeps changing.
+const DEADLINE: Duration = Duration::from_secs(1);
+/// The first pause between two scans; each next one is twice as long, up to [`PAUSE_MAX`].
+const PAUSE_FIRST: Duration = Duration::from_millis(1);
+const PAUSE_MAX: Duration = Duration::from_millis(128);
+/// Bytes read around a damaged offset, from the block holding it on: enough for the frame
+/// header there and the block after it.
+const AROUND: u64 = 8192;
+
+/// What one scan found wrong, and the file as it was right after.
+#[derive(Debug, PartialEq, Eq)]
+struct Sighting {
+    offset: u64,
+    kind: CorruptionKind,
+    file_len: u64,
+    around: Vec<u8>,
+}
+
+/// Scans the newest segment `id` beside a possibly live writer; see the module docs. Each try
+/// scans into a copy of `info`, so the tombstones and purges of a discarded try are not counted
+/// twice.
+pub(super) fn scan_live_segment<S: Storage>(
+    ctx: &ScanCtx<'_, S>,
+    id: SegmentId,
+    prev_end: Option<Lsn>,
+    info: &mut RecoveryInfo,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let mut pause = PAUSE_FIRST;
+    let mut last: Option<Sighting> = None;
+    loop {
+        let mut trial = info.clone();
+        let outcome = scan_segment(ctx, id, true, prev_end, &mut trial);
+        let Err(WalError::Corruption { offset, kind, .. }) = outcome else {
+            *info = trial;
+            return outcome;
+        };
+        let seen = sight(ctx, id, offset, kind);
+        let waited = started.elapsed();
+        if (seen.is_some() && seen == last) || waited >= DEADLINE {
+            return outcome;
+        }
+        last = seen;
+        std::thread::sleep(pause.min(DEADLINE - waited));
+        pause = (pause * 2).min(PAUSE_MAX);
+    }
+}
+
+/// The file of segment `id` around `offset` now, or `None` where it cannot be read (truncation
+/// took it: the next scan says so).
+fn sight<S: Storage>(ctx: &ScanCtx<'_, S>, id: SegmentId, offset: u64, kind: CorruptionKind) -> Option<Sighting> {
+    let path = segment::path(ctx.dir, id);
+    let file = ctx.storage.open(&path, OpenMode { create: false, write: false, direct: false, create_new: false }).ok()?;
+    let file_len = file.len().ok()?;
+    let from = offset - offset % 4096;
+    let mut around = vec![0u8; AROUND.min(file_len.saturating_sub(from)) as usize];
+    let n = file.read_at(&mut around, from).ok()?;
+    around.truncate(n);
+    Some(Sighting { offset, kind, file_len, around })
+}
