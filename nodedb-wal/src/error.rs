@@ -336,6 +336,34 @@ impl std::fmt::Display for KeyFileProblem {
     }
 }
 
+/// What says a missing segment should be there ([`WalError::MissingSegment`]).
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::{MissingBecause, SegmentId, WalError};
+///
+/// let err = WalError::MissingSegment { missing: SegmentId(4), next_present: None, why: MissingBecause::Floor };
+/// assert!(err.to_string().contains("FLOOR names segment 4 as the oldest the log still needs"));
+/// let err = WalError::MissingSegment { missing: SegmentId(4), next_present: None, why: MissingBecause::Manifest { named: SegmentId(5) } };
+/// assert!(err.to_string().contains("MANIFEST names segment 5 as the newest"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingBecause {
+    /// Segments are there on both sides of it: a hole between the oldest and the newest.
+    Hole,
+    /// The log's `FLOOR` names it as the oldest segment the log still needs (truncation
+    /// removes only segments below it).
+    Floor,
+    /// The log's `MANIFEST` names `named` as the newest segment whose first batch was durable,
+    /// and no segment from the missing one on is there.
+    Manifest {
+        /// The segment `MANIFEST` names.
+        named: SegmentId,
+    },
+}
+
 /// Every error `nodedb-wal` returns.
 ///
 /// Match on the variant to tell damaged data ([`WalError::is_corruption`]) from I/O failure
@@ -428,9 +456,8 @@ pub enum WalError {
     },
     /// A segment file is missing: one between the oldest and the newest, newest ones that
     /// the log's `MANIFEST` says held durable records, or the oldest one the log's `FLOOR`
-    /// says it still needs (truncation removes only segments below it). The fields do not say
-    /// which file is behind it; `nodedb-wal inspect` and `verify` do.
-    #[error("segment {missing} is missing from the log directory{}", after_hole(*next_present))]
+    /// says it still needs (truncation removes only segments below it). `why` says which.
+    #[error("segment {missing} is missing from the log directory: {}", missing_why(*missing, *next_present, *why))]
     MissingSegment {
         /// The id that should exist.
         missing: SegmentId,
@@ -439,6 +466,8 @@ pub enum WalError {
         /// left). A far-off next one may be a stray file named like a segment rather than a
         /// sign of lost ones: the message names it.
         next_present: Option<SegmentId>,
+        /// What says the log needs it.
+        why: MissingBecause,
     },
     /// The log's `MANIFEST` has no intact slot. It is created whole (written and synced, then
     /// renamed into place) and updated one slot at a time, so no crash leaves it so: the file
@@ -840,7 +869,8 @@ impl WalError {
     /// let damaged = WalError::Corruption { segment: SegmentId(3), offset: 8192, kind: CorruptionKind::UnsealedSegment };
     /// assert!(damaged.is_corruption());
     /// assert!(!WalError::Closed.is_corruption());
-    /// assert!(!WalError::MissingSegment { missing: SegmentId(2), next_present: None }.is_corruption(), "a lost file is not damaged bytes");
+    /// let lost = WalError::MissingSegment { missing: SegmentId(2), next_present: None, why: nodedb_wal::MissingBecause::Floor };
+    /// assert!(!lost.is_corruption(), "a lost file is not damaged bytes");
     /// ```
     #[must_use]
     pub fn is_corruption(&self) -> bool {
@@ -863,15 +893,31 @@ fn needed_by(segment: Option<SegmentId>) -> String {
     segment.map_or_else(String::new, |s| format!("; segment {s} is encrypted under it"))
 }
 
-/// The end of a `MissingSegment` message: what is there past the hole.
-fn after_hole(next_present: Option<SegmentId>) -> String {
-    match next_present {
-        Some(next) => format!(
-            " (the next one there is {}, a file of this log or a stray one; the segment before the hole, or the log's FLOOR, says the log needs it)",
+/// The end of a `MissingSegment` message: what says the segment should be there, and what is.
+fn missing_why(missing: SegmentId, next_present: Option<SegmentId>, why: MissingBecause) -> String {
+    let before = missing.0.saturating_sub(1);
+    match (why, next_present) {
+        (MissingBecause::Hole, Some(next)) => format!(
+            "a hole: segments {before} and {next} are there, and the ones between are not (the next one there is {}, a file of this log or a stray one)",
             crate::segment::file_name(next)
         ),
-        None => {
-            " (no segment from it on is there, and the log's MANIFEST or FLOOR names it as holding records the log still needs)".to_string()
+        (MissingBecause::Hole, None) => format!("a hole after segment {before}"),
+        (MissingBecause::Floor, next) => {
+            let there = next.map_or_else(
+                || "no segment from it on is there".to_string(),
+                |n| format!("the oldest one there is {}", crate::segment::file_name(n)),
+            );
+            format!(
+                "FLOOR names segment {missing} as the oldest the log still needs (truncation removed only those below it), and {there}; \
+                 if a build older than FLOOR truncated this log, removing FLOOR opens it with the segments present, unchecked at its low end"
+            )
+        }
+        (MissingBecause::Manifest { named }, _) => {
+            let there = match before {
+                0 => "no segment is there".to_string(),
+                newest => format!("the newest there is {newest}"),
+            };
+            format!("MANIFEST names segment {named} as the newest whose records were durable, and {there}")
         }
     }
 }

@@ -135,7 +135,7 @@ pub use crypto::{KeyRing, SecureKey, decrypt_engine_file, encrypt_engine_file};
 pub use dwb::{
     DegradedPolicy, DoubleWriteBuffer, DwbConfig, DwbMode, DwbRecovery, DwbStats, FileId, PageCheck, wal_dwb_bytes_written_total,
 };
-pub use error::{CorruptionKind, EngineFileProblem, IoOp, KeyFileProblem, Result, WalError};
+pub use error::{CorruptionKind, EngineFileProblem, IoOp, KeyFileProblem, MissingBecause, Result, WalError};
 pub use format::frame::RecordHeader;
 pub use format::payload::{
     CalvinAppliedPayload, CollectionTombstonePayload, MAX_COLLECTION_NAME_LEN, PayloadError, TemporalPurgeEngine, TemporalPurgePayload,

@@ -25,7 +25,7 @@
 use std::path::Path;
 
 use crate::crypto::KeyRing;
-use crate::error::{CorruptionKind, IoOp, Result, WalError};
+use crate::error::{CorruptionKind, IoOp, MissingBecause, Result, WalError};
 use crate::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader, decode_frame};
 use crate::format::header_index::HeaderIndex;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
@@ -364,7 +364,8 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     {
         // Acknowledged records lived in segments that are gone: say so rather than recover
         // to an older end.
-        return Err(WalError::MissingSegment { missing: SegmentId(newest + 1), next_present: None });
+        let why = MissingBecause::Manifest { named: vouched };
+        return Err(WalError::MissingSegment { missing: SegmentId(newest + 1), next_present: None, why });
     }
     let next_lsn = prev_end.unwrap_or(Lsn::FIRST);
     info.first_lsn = info.segments.first().map_or(next_lsn, |s| s.first_lsn);
@@ -400,7 +401,7 @@ fn split_at_floor(
     let floor = floor.filter(|_| vouched != Some(SegmentId(0))).unwrap_or(SegmentId(0));
     let (below, ids): (Vec<SegmentId>, Vec<SegmentId>) = listed.into_iter().partition(|&id| id < floor);
     if floor.0 > 0 && ids.first() != Some(&floor) {
-        return Err(WalError::MissingSegment { missing: floor, next_present: ids.first().copied() });
+        return Err(WalError::MissingSegment { missing: floor, next_present: ids.first().copied(), why: MissingBecause::Floor });
     }
     check_contiguous(&ids)?;
     Ok((below, ids))
@@ -418,7 +419,8 @@ fn listed_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
 fn check_contiguous(ids: &[SegmentId]) -> Result<()> {
     for pair in ids.windows(2) {
         if pair[1].0 != pair[0].0 + 1 {
-            return Err(WalError::MissingSegment { missing: SegmentId(pair[0].0 + 1), next_present: Some(pair[1]) });
+            let missing = SegmentId(pair[0].0 + 1);
+            return Err(WalError::MissingSegment { missing, next_present: Some(pair[1]), why: MissingBecause::Hole });
         }
     }
     Ok(())

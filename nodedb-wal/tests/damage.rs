@@ -27,7 +27,7 @@ use nodedb_wal::segment;
 use nodedb_wal::segment::scan::TailEnd;
 use nodedb_wal::storage::faulty::FaultyStorage;
 use nodedb_wal::storage::{FaultConfig, OpenMode, SECTOR, Storage};
-use nodedb_wal::{CorruptionKind, FsStorage, Lsn, SegmentId, SegmentedWal, SimStorage, WalError};
+use nodedb_wal::{CorruptionKind, FsStorage, Lsn, MissingBecause, SegmentId, SegmentedWal, SimStorage, WalError};
 
 /// Runs a generic test body on real files (`_fs`) and on the simulated storage (`_sim`).
 macro_rules! both {
@@ -755,7 +755,7 @@ fn removed_middle_segment_is_reported_missing<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     three_segment_log(&disk, &dir);
     disk.delete(&seg(&dir, 2));
-    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing: SegmentId(2), .. }));
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing: SegmentId(2), why: MissingBecause::Hole, .. }));
 }
 
 both!(
@@ -772,7 +772,8 @@ fn removed_newest_segments_are_reported_missing<D: Place>() {
     let ids = segment_ids(&disk, &dir);
     let newest = *ids.last().unwrap();
     disk.delete(&seg(&dir, newest));
-    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing, .. } if missing == SegmentId(newest)));
+    let named = MissingBecause::Manifest { named: SegmentId(newest) };
+    assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing, why, .. } if missing == SegmentId(newest) && why == named));
     disk.delete(&seg(&dir, newest - 1));
     assert!(matches!(open_err(&disk, &dir), WalError::MissingSegment { missing, .. } if missing == SegmentId(newest - 1)));
     for id in &ids[..ids.len() - 2] {
@@ -1050,7 +1051,7 @@ fn a_stray_file_named_like_a_far_off_segment_is_named_in_the_error<D: Place>() {
     disk.write(&seg(&dir, 99), b"hi");
     let err = open_err(&disk, &dir);
     assert!(
-        matches!(err, WalError::MissingSegment { missing, next_present: Some(SegmentId(99)) } if missing == SegmentId(newest + 1)),
+        matches!(err, WalError::MissingSegment { missing, next_present: Some(SegmentId(99)), why: MissingBecause::Hole } if missing == SegmentId(newest + 1)),
         "{err:?}"
     );
     assert!(err.to_string().contains(&segment::file_name(SegmentId(99))), "{err}");

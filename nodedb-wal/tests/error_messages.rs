@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use nodedb_wal::{FileId, Lsn, RecordType, SegmentId, WalError};
+use nodedb_wal::{FileId, Lsn, MissingBecause, RecordType, SegmentId, WalError};
 
 #[track_caller]
 fn says(err: &WalError, words: &[&str]) {
@@ -16,13 +16,20 @@ fn says(err: &WalError, words: &[&str]) {
 }
 
 // A refusal by FLOOR was worded as though the manifest had named the segment, and one with a
-// segment past the hole did not mention that FLOOR can be behind it at all.
+// segment past the hole did not mention that FLOOR can be behind it at all. Then only the tool
+// worked out which file was behind the refusal; now the error says it (`why`), for every user.
 #[test]
-fn a_missing_segment_names_every_file_that_can_be_behind_it() {
-    let newest = WalError::MissingSegment { missing: SegmentId(7), next_present: None };
-    says(&newest, &["segment 7 is missing", "MANIFEST or FLOOR"]);
-    let hole = WalError::MissingSegment { missing: SegmentId(4), next_present: Some(SegmentId(5)) };
-    says(&hole, &["segment 4 is missing", "00000000000000000005.wal", "FLOOR"]);
+fn a_missing_segment_names_the_file_behind_it() {
+    let manifest =
+        WalError::MissingSegment { missing: SegmentId(7), next_present: None, why: MissingBecause::Manifest { named: SegmentId(8) } };
+    says(&manifest, &["segment 7 is missing", "MANIFEST names segment 8 as the newest", "the newest there is 6"]);
+    let empty =
+        WalError::MissingSegment { missing: SegmentId(1), next_present: None, why: MissingBecause::Manifest { named: SegmentId(1) } };
+    says(&empty, &["MANIFEST names segment 1", "no segment is there"]);
+    let floor = WalError::MissingSegment { missing: SegmentId(4), next_present: Some(SegmentId(6)), why: MissingBecause::Floor };
+    says(&floor, &["FLOOR names segment 4 as the oldest the log still needs", "00000000000000000006.wal", "removing FLOOR"]);
+    let hole = WalError::MissingSegment { missing: SegmentId(4), next_present: Some(SegmentId(5)), why: MissingBecause::Hole };
+    says(&hole, &["segment 4 is missing", "a hole: segments 3 and 5 are there", "00000000000000000005.wal"]);
 }
 
 #[test]

@@ -10,7 +10,8 @@ use nodedb_wal::format::manifest::FLOOR_FILE;
 use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 use nodedb_wal::{
-    FsStorage, IoOp, Lsn, ReadOnlyWal, Record, RecordType, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError, segment,
+    FsStorage, IoOp, Lsn, MissingBecause, ReadOnlyWal, Record, RecordType, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage,
+    WalError, segment,
 };
 
 const TY: RecordType = RecordType::optional(0x100);
@@ -93,7 +94,7 @@ fn the_oldest_segments_removed_after_truncations_are_refused_with_every_file_lef
                 storage.remove(&segment::path(&dir, SegmentId(id))).unwrap();
             }
             let before = snapshot(&storage, &dir);
-            let expected = |err: &WalError| matches!(err, WalError::MissingSegment { missing, next_present: Some(next) } if *missing == floor && next.0 == floor.0 + gone);
+            let expected = |err: &WalError| matches!(err, WalError::MissingSegment { missing, next_present: Some(next), why: MissingBecause::Floor } if *missing == floor && next.0 == floor.0 + gone);
             let err = SegmentedWal::open_with(storage.clone(), config(&dir, recycle)).unwrap_err();
             assert!(expected(&err), "recycle {recycle}, {gone} removed: the owner's open says {err}");
             let err = ReadOnlyWal::open_with(storage.clone(), &dir, None).err().expect("refused");

@@ -265,17 +265,10 @@ fn open(args: &Args) -> Result<(PathBuf, ReadOnlyWal), Exit> {
     Ok((dir, wal))
 }
 
-/// The log in `dir`, read-only; a refusal that one of the log's side files is behind says
-/// which file and what it names.
+/// The log in `dir`, read-only. A `MissingSegment` refusal says itself which side file (or a
+/// hole) is behind it.
 fn open_at(dir: &Path, args: &Args) -> Result<ReadOnlyWal, Exit> {
-    ReadOnlyWal::open(dir, key_ring(args, false)?).map_err(|err| {
-        let source = side::refusal_source(&err, dir);
-        let mut exit = Exit::from(err);
-        if let Some(source) = source {
-            exit.message = format!("{}\n({source})", exit.message);
-        }
-        exit
-    })
+    ReadOnlyWal::open(dir, key_ring(args, false)?).map_err(Exit::from)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What the log's two side files say, slot by slot: `MANIFEST` (the newest segment whose first
 //! batch was durable) and `FLOOR` (the oldest segment the log still needs). They bound the log
 //! at either end, and a `MissingSegment` refusal comes from one of them or from a hole between
-//! two segments; an operator needs to see which, and what each slot holds.
+//! two segments (the error says which, `why`); an operator needs to see what each slot holds.
 //!
 //! Read with plain read-only opens and decoded with the public slot codec: never through the
 //! log's own open, which creates or rewrites these files.
@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use nodedb_wal::WalError;
 use nodedb_wal::format::manifest::{FLOOR_FILE, MANIFEST_FILE, MANIFEST_LEN, ManifestSlot, SLOT_LEN, SLOT_SPACING, SlotKind};
 
 /// One of the two slots of a side file.
@@ -142,32 +141,4 @@ fn slot_at(bytes: &[u8], at: usize, kind: SlotKind) -> Slot {
         None if slot.iter().all(|&b| b == 0) => Slot::Empty,
         None => Slot::NotIntact,
     }
-}
-
-/// Which file a `MissingSegment` refusal of the log in `dir` came from, in words; `None` for
-/// any other error. Read after the refusal, so a writer beside the look may have moved the
-/// files since: the words say what the files say now.
-pub(super) fn refusal_source(err: &WalError, dir: &Path) -> Option<String> {
-    let WalError::MissingSegment { missing, next_present } = err else { return None };
-    let floor = SideFile::read(dir, SlotKind::Floor).segment();
-    let vouched = SideFile::read(dir, SlotKind::Manifest).segment();
-    // The floor is not checked while the manifest names no segment (a new log); a hole lies
-    // above the oldest segment present, so never at the floor.
-    if floor == Some(missing.0) && vouched != Some(0) {
-        return Some(format!(
-            "FLOOR names segment {missing} as the oldest the log still needs (truncation removed only those below it), and it is not there; \
-             if a build older than FLOOR truncated this log, removing FLOOR opens it with the segments present, unchecked at its low end"
-        ));
-    }
-    Some(match (next_present, vouched) {
-        (Some(next), _) => format!("a hole: segments {} and {next} are there, and the ones between are not", missing.0.saturating_sub(1)),
-        (None, Some(vouched)) => {
-            let there = match missing.0.saturating_sub(1) {
-                0 => "no segment is there".to_string(),
-                newest => format!("the newest there is {newest}"),
-            };
-            format!("MANIFEST names segment {vouched} as the newest whose records were durable, and {there}")
-        }
-        (None, None) => return None,
-    })
 }
