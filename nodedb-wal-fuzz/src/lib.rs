@@ -598,7 +598,7 @@ pub fn side_files(data: &[u8]) {
     // The owner and a read-only look decide alike.
     for outcome in [opened.look, opened.owner] {
         if let Some(floor) = floor {
-            check_floor(&base, floor, outcome);
+            check_floor(&base, floor, ManifestSlot::other_damaged_as(slots, SlotKind::Floor), outcome);
             continue;
         }
         match (manifest, outcome) {
@@ -622,14 +622,26 @@ pub fn side_files(data: &[u8]) {
 /// What opening a log whose `FLOOR` holds `floor` gives (`None`: no intact slot): all of it
 /// where the floor is none yet (0) or its oldest segment; where it names a later one of its
 /// segments, the records from there on (those below it are what a truncation cut short left);
-/// a floor outside its segments says segments are missing.
-fn check_floor(base: &logs::BaseLog, floor: Option<ManifestSlot>, outcome: Result<nodedb_wal::RecoveryInfo, WalError>) {
+/// a floor outside its segments says segments are missing, or, where the file's other slot is
+/// damaged (it may have held a later floor), says that.
+fn check_floor(
+    base: &logs::BaseLog,
+    floor: Option<ManifestSlot>,
+    other_damaged: bool,
+    outcome: Result<nodedb_wal::RecoveryInfo, WalError>,
+) {
     let oldest = base.files.iter().filter_map(|(n, _)| segment::parse_name(n)).min().expect("a log has segments");
     match floor.map(|slot| slot.newest) {
         None => assert!(matches!(outcome, Err(WalError::FloorDamaged { .. })), "a floor without an intact slot: {outcome:?}"),
         Some(f) if f.0 == 0 || f == oldest => {
             let info = outcome.unwrap_or_else(|err| panic!("a floor at the log's oldest segment: {err:?}"));
             assert_eq!((info.first_lsn, info.last_lsn), base.lsns, "every record");
+        }
+        Some(f) if (f < oldest || f > base.newest) && other_damaged => {
+            assert!(
+                matches!(outcome, Err(WalError::FloorSlotDamaged { floor, .. }) if floor == f),
+                "a floor outside the log's segments, the other slot damaged: {outcome:?}"
+            )
         }
         Some(f) if f < oldest || f > base.newest => {
             assert!(matches!(outcome, Err(WalError::MissingSegment { .. })), "a floor outside the log's segments: {outcome:?}")

@@ -469,6 +469,25 @@ pub enum WalError {
         /// What says the log needs it.
         why: MissingBecause,
     },
+    /// The log's `FLOOR` has one intact slot and one damaged, and the segment the intact slot
+    /// names as the oldest the log still needs is not there. Most likely the damaged slot held
+    /// a later floor, which a truncation made durable before it removed the segments below it,
+    /// and nothing is lost; but a log whose segments were removed by other means, with its
+    /// newer slot torn, looks the same, so the log is refused. Where the segments below
+    /// `oldest_present` were truncated on purpose (a checkpoint covers them), removing `FLOOR`
+    /// opens the log with the segments present, unchecked at its low end, and the owner's next
+    /// open writes a new `FLOOR`.
+    #[error("{}", floor_slot_damaged(path, *floor, *oldest_present, *contiguous))]
+    FloorSlotDamaged {
+        /// The floor file.
+        path: PathBuf,
+        /// The oldest segment the intact slot says the log still needs.
+        floor: SegmentId,
+        /// The oldest segment there (above the floor), if any.
+        oldest_present: Option<SegmentId>,
+        /// Whether the segments from `oldest_present` on are all there (no hole between them).
+        contiguous: bool,
+    },
     /// The log's `MANIFEST` has no intact slot. It is created whole (written and synced, then
     /// renamed into place) and updated one slot at a time, so no crash leaves it so: the file
     /// was damaged, and the log cannot tell whether its newest segments are all there. Removing
@@ -879,6 +898,7 @@ impl WalError {
             WalError::Corruption { .. }
                 | WalError::ManifestDamaged { .. }
                 | WalError::FloorDamaged { .. }
+                | WalError::FloorSlotDamaged { .. }
                 | WalError::DwbHeaderDamaged { .. }
         )
     }
@@ -920,6 +940,24 @@ fn missing_why(missing: SegmentId, next_present: Option<SegmentId>, why: Missing
             format!("MANIFEST names segment {named} as the newest whose records were durable, and {there}")
         }
     }
+}
+
+/// The message of [`WalError::FloorSlotDamaged`].
+fn floor_slot_damaged(path: &Path, floor: SegmentId, oldest_present: Option<SegmentId>, contiguous: bool) -> String {
+    let there = match (oldest_present, contiguous) {
+        (None, _) => "no segment from it on is there".to_string(),
+        (Some(oldest), true) => format!("the oldest segment there is {oldest}, and every one from it on is there"),
+        (Some(oldest), false) => format!("the oldest segment there is {oldest}, and some above it are missing too"),
+    };
+    format!(
+        "{} has a damaged slot; its intact slot names segment {floor} as the oldest the log still needs, but {there}. \
+         Most likely the damaged slot held a later floor and the segments below it were truncated, losing nothing, \
+         but segments removed by other means look the same, so the log is refused. \
+         If a checkpoint covers every segment below the oldest one there (truncated on purpose), remove {}: \
+         the log then opens with the segments present, unchecked at its low end, and its owner writes a new one",
+        path.display(),
+        path.display()
+    )
 }
 
 /// The message of [`WalError::Poisoned`].

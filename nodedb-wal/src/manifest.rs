@@ -35,8 +35,16 @@ pub(crate) fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Manifes
 /// The truncation floor `FLOOR` in `dir` records, or `None` where there is none (no
 /// truncation has removed a segment since it existed). Like [`read`], a file without an
 /// intact slot is an error.
-pub(crate) fn read_floor<S: Storage>(storage: &S, dir: &Path) -> Result<Option<SegmentId>> {
-    Ok(read_kind(storage, dir, SlotKind::Floor)?.map(|slot| slot.newest))
+pub(crate) fn read_floor<S: Storage>(storage: &S, dir: &Path) -> Result<Option<FloorSeen>> {
+    Ok(read_slots(storage, dir, SlotKind::Floor)?.map(|(slot, other_damaged)| FloorSeen { floor: slot.newest, other_damaged }))
+}
+
+/// What `FLOOR` says, and whether its other slot is damaged: then the slot read may be the
+/// older one, and a later floor the damaged one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FloorSeen {
+    pub floor: SegmentId,
+    pub other_damaged: bool,
 }
 
 /// The final and the temporary name of a file of `kind`.
@@ -55,6 +63,11 @@ fn damaged(kind: SlotKind, path: PathBuf) -> WalError {
 }
 
 fn read_kind<S: Storage>(storage: &S, dir: &Path, kind: SlotKind) -> Result<Option<ManifestSlot>> {
+    Ok(read_slots(storage, dir, kind)?.map(|(slot, _)| slot))
+}
+
+/// The current slot of the file of `kind` in `dir`, and whether the other slot is damaged.
+fn read_slots<S: Storage>(storage: &S, dir: &Path, kind: SlotKind) -> Result<Option<(ManifestSlot, bool)>> {
     let path = dir.join(names(kind).0);
     let file = match storage.open(&path, OpenMode { create: false, write: false, direct: false, create_new: false }) {
         Ok(file) => file,
@@ -63,10 +76,15 @@ fn read_kind<S: Storage>(storage: &S, dir: &Path, kind: SlotKind) -> Result<Opti
     };
     let mut bytes = vec![0u8; MANIFEST_LEN];
     let n = file.read_at(&mut bytes, 0).map_err(|e| WalError::io(IoOp::Read, &path, e))?;
-    match ManifestSlot::current_as(&bytes[..n], kind) {
-        Some(slot) => Ok(Some(slot)),
-        None => Err(damaged(kind, path)),
+    let Some(slot) = ManifestSlot::current_as(&bytes[..n], kind) else { return Err(damaged(kind, path)) };
+    // Each slot is written within one sector, which a crash writes whole (FORMAT.md,
+    // "Assumptions about the media"): a damaged one is damage, or an update a reader beside
+    // the writer caught in flight.
+    let other_damaged = ManifestSlot::other_damaged_as(&bytes[..n], kind);
+    if other_damaged {
+        tracing::warn!(path = %path.display(), current = %slot.newest, "one slot is damaged: the intact one may be the older");
     }
+    Ok(Some((slot, other_damaged)))
 }
 
 /// Creates the manifest of `dir` naming `newest`: its first slot is written and synced under a

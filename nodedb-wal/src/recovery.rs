@@ -28,9 +28,10 @@ use crate::crypto::KeyRing;
 use crate::error::{CorruptionKind, IoOp, MissingBecause, Result, WalError};
 use crate::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader, decode_frame};
 use crate::format::header_index::HeaderIndex;
+use crate::format::manifest::FLOOR_FILE;
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
 use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, WAL_PREAMBLE_MAGIC};
-use crate::manifest;
+use crate::manifest::{self, FloorSeen};
 use crate::replay::{TemporalPurge, TombstoneSet};
 use crate::segment::crypt::{check_plaintext_allowed, cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
@@ -284,6 +285,8 @@ pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) 
             // meanwhile leaves a floor above all of them. A segment that is really missing is
             // still missing at the last look.
             Err(WalError::MissingSegment { .. }) if scan == Scan::Look => tries += 1,
+            // The slot of `FLOOR` a truncation is writing reads as damaged until the write is done.
+            Err(WalError::FloorSlotDamaged { .. }) if scan == Scan::Look => tries += 1,
             scanned => return Ok(scanned?.info),
         }
     }
@@ -315,7 +318,7 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
     // it, so every segment a listing misses to truncation lies below a floor read after it
     // (which beside a live writer may lie above every listed one: `inspect_dir` looks again).
     let floor = manifest::read_floor(storage, dir)?;
-    let (below_floor, ids) = split_at_floor(listed, floor, vouched)?;
+    let (below_floor, ids) = split_at_floor(dir, listed, floor, vouched)?;
     let ctx = ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair, reuse_races: scan == Scan::Look };
     let mut info = RecoveryInfo::default();
     let mut seal = None;
@@ -388,20 +391,34 @@ fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, rin
 /// which a truncation that a crash cut short left for the next open to remove, and those the
 /// log holds, which must start at the floor (no hole either). The oldest present above the
 /// floor means segments the log still needed were removed, not truncated: an error, with
-/// nothing changed. No floor (a log no truncation has cut since `FLOOR` existed): no check.
-/// Nor where the manifest (`vouched`) names no segment (0): a new log whose floor names the
-/// segment its first batch will create, and which holds nothing of its own until one is
-/// durable (no segment, or segments a `WalWriter` imported, of any ids).
+/// nothing changed; [`WalError::FloorSlotDamaged`] where the floor's other slot is damaged (it
+/// may have held a later floor). No floor (a log no truncation has cut since `FLOOR`
+/// existed): no check. Nor where the manifest (`vouched`) names no segment (0): a new log
+/// whose floor names the segment its first batch will create, and which holds nothing of its
+/// own until one is durable (no segment, or segments a `WalWriter` imported, of any ids).
 fn split_at_floor(
+    dir: &Path,
     listed: Vec<SegmentId>,
-    floor: Option<SegmentId>,
+    floor: Option<FloorSeen>,
     vouched: Option<SegmentId>,
 ) -> Result<(Vec<SegmentId>, Vec<SegmentId>)> {
     // Every floor a truncation records is a listed segment, which the manifest named first.
-    let floor = floor.filter(|_| vouched != Some(SegmentId(0))).unwrap_or(SegmentId(0));
-    let (below, ids): (Vec<SegmentId>, Vec<SegmentId>) = listed.into_iter().partition(|&id| id < floor);
-    if floor.0 > 0 && ids.first() != Some(&floor) {
-        return Err(WalError::MissingSegment { missing: floor, next_present: ids.first().copied(), why: MissingBecause::Floor });
+    let floor = floor.filter(|_| vouched != Some(SegmentId(0)));
+    let at = floor.map_or(SegmentId(0), |f| f.floor);
+    let (below, ids): (Vec<SegmentId>, Vec<SegmentId>) = listed.into_iter().partition(|&id| id < at);
+    match floor {
+        Some(seen) if ids.first() != Some(&seen.floor) && seen.other_damaged => {
+            return Err(WalError::FloorSlotDamaged {
+                path: dir.join(FLOOR_FILE),
+                floor: seen.floor,
+                oldest_present: ids.first().copied(),
+                contiguous: check_contiguous(&ids).is_ok(),
+            });
+        }
+        Some(seen) if ids.first() != Some(&seen.floor) => {
+            return Err(WalError::MissingSegment { missing: seen.floor, next_present: ids.first().copied(), why: MissingBecause::Floor });
+        }
+        _ => {}
     }
     check_contiguous(&ids)?;
     Ok((below, ids))

@@ -32,6 +32,25 @@ fn a_missing_segment_names_the_file_behind_it() {
     says(&hole, &["segment 4 is missing", "a hole: segments 3 and 5 are there", "00000000000000000005.wal"]);
 }
 
+// A FLOOR whose newer slot was damaged fell back to the older one, and the log was refused as
+// `MissingSegment`, "acknowledged records" and all, though most likely nothing was lost.
+#[test]
+fn a_floor_with_a_damaged_slot_says_what_is_known_and_the_way_out() {
+    let path = PathBuf::from("/db/wal/FLOOR");
+    let err = WalError::FloorSlotDamaged { path, floor: SegmentId(3), oldest_present: Some(SegmentId(5)), contiguous: true };
+    says(
+        &err,
+        &[
+            "/db/wal/FLOOR has a damaged slot",
+            "names segment 3",
+            "the oldest segment there is 5",
+            "every one from it on",
+            "remove /db/wal/FLOOR",
+        ],
+    );
+    assert!(err.is_corruption());
+}
+
 #[test]
 fn a_segment_from_a_newer_build_or_with_a_damaged_preamble_says_both() {
     // No checksum covers the preamble: a flipped bit reads as a version or cipher of the future.

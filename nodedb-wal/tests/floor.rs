@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use nodedb_wal::format::manifest::FLOOR_FILE;
+use nodedb_wal::format::manifest::{FLOOR_FILE, ManifestSlot, SLOT_SPACING, SlotKind};
 use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 use nodedb_wal::{
@@ -224,6 +224,87 @@ fn a_damaged_floor_is_refused_and_left_as_found() {
     let err = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap_err();
     assert!(matches!(err, WalError::FloorDamaged { .. }), "{err}");
     assert_eq!(snapshot(&sim, dir), before);
+}
+
+/// Flips a byte of the slot of `FLOOR` in `dir` that holds sequence `newer` or not (the
+/// other); returns the floor the remaining intact slot names.
+fn damage_floor_slot(read: impl Fn(&Path) -> Vec<u8>, write: impl Fn(&Path, &[u8]), dir: &Path, newer: bool) -> SegmentId {
+    let path = dir.join(FLOOR_FILE);
+    let mut bytes = read(&path);
+    let slots = [0, SLOT_SPACING].map(|at| ManifestSlot::decode_as(&bytes[at..], SlotKind::Floor).expect("both slots intact"));
+    let newest = usize::from(slots[1].sequence > slots[0].sequence);
+    let hit = if newer { newest } else { 1 - newest };
+    bytes[hit * SLOT_SPACING + 20] ^= 0x10;
+    write(&path, &bytes);
+    slots[1 - hit].newest
+}
+
+// Found by review: with the slot of `FLOOR` that the last truncation wrote damaged, the log
+// read the older slot, whose segments that truncation had removed, and refused the log as
+// `MissingSegment`, "acknowledged records" and all, where most likely nothing was lost. It is
+// still refused (a log whose segments were removed by other means looks the same), saying
+// what is known and what to do; doing that opens the log with every record it held.
+#[test]
+fn a_floor_whose_newer_slot_is_damaged_is_refused_saying_so_and_opens_once_removed() {
+    let sim = SimStorage::new(12, FaultConfig::default());
+    let dir = Path::new("/slot");
+    let (floor, model) = truncated_log(&sim, dir, 2);
+    let first = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap().recovery_info().first_lsn.0;
+    let older = damage_floor_slot(|p| sim.read_file(p).unwrap(), |p, b| sim.write_file(p, b), dir, true);
+    assert!(older < floor);
+    let before = snapshot(&sim, dir);
+    let expected = |err: &WalError| matches!(err, WalError::FloorSlotDamaged { floor: f, oldest_present: Some(o), contiguous: true, .. } if *f == older && *o == floor);
+    let err = SegmentedWal::open_with(sim.clone(), config(dir, 2)).unwrap_err();
+    assert!(expected(&err) && err.is_corruption(), "the owner says {err}");
+    let err = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap_err();
+    assert!(expected(&err), "a look says {err}");
+    assert_eq!(snapshot(&sim, dir), before, "a refusal changes no file");
+
+    // The way out the error names: every segment below the oldest there was truncated on purpose.
+    sim.remove(&dir.join(FLOOR_FILE)).unwrap();
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir, 2)).unwrap();
+    check_holds(&wal, &model, first, *model.keys().last().unwrap(), "FLOOR removed");
+    wal.close().unwrap();
+    let written = sim.read_file(&dir.join(FLOOR_FILE)).expect("the owner wrote a new FLOOR");
+    assert_eq!(ManifestSlot::current_as(&written, SlotKind::Floor).map(|s| s.newest), Some(floor));
+    assert_eq!(ReadOnlyWal::open_with(sim, dir, None).unwrap().recovery_info().first_lsn.0, first);
+}
+
+/// A damaged older slot of `FLOOR` changes nothing: the newer one names a segment that is
+/// there, and the next truncation writes over the damaged one.
+#[test]
+fn a_floor_whose_older_slot_is_damaged_opens_and_is_mended_by_the_next_truncation() {
+    let sim = SimStorage::new(13, FaultConfig::default());
+    let dir = Path::new("/older");
+    let (floor, model) = truncated_log(&sim, dir, 2);
+    assert_eq!(damage_floor_slot(|p| sim.read_file(p).unwrap(), |p, b| sim.write_file(p, b), dir, false), floor);
+    let look = ReadOnlyWal::open_with(sim.clone(), dir, None).unwrap();
+    assert_eq!(look.recovery_info().segments[0].id, floor);
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir, 2)).unwrap();
+    check_holds(&wal, &model, look.recovery_info().first_lsn.0, *model.keys().last().unwrap(), "older slot damaged");
+    wal.truncate_before(wal.segments()[1].first_lsn).unwrap();
+    wal.close().unwrap();
+    let bytes = sim.read_file(&dir.join(FLOOR_FILE)).unwrap();
+    assert!(
+        [0, SLOT_SPACING].iter().all(|&at| ManifestSlot::decode_as(&bytes[at..], SlotKind::Floor).is_some()),
+        "both slots intact again"
+    );
+}
+
+#[test]
+fn the_tool_reports_a_floor_with_a_damaged_slot_as_damage_and_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    truncated_log(&FsStorage::new(), &dir, 2);
+    damage_floor_slot(|p| std::fs::read(p).unwrap(), |p, b| std::fs::write(p, b).unwrap(), &dir, true);
+    let before = snapshot(&FsStorage::new(), &dir);
+    for command in ["inspect", "verify"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodedb-wal")).args([command, dir.to_str().unwrap()]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{command}: {text}");
+        assert!(text.contains("FLOOR has a damaged slot") && text.contains("remove"), "{command}: {text}");
+    }
+    assert_eq!(snapshot(&FsStorage::new(), &dir), before);
 }
 
 #[test]

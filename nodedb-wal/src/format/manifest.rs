@@ -227,6 +227,33 @@ impl ManifestSlot {
         }
     }
 
+    /// Whether the slot of a file of `kind` that does not hold its current slot is damaged:
+    /// neither intact nor the zeros of the slot a file updated once has not used yet (its
+    /// current slot's sequence is 1). Then the current slot may be the older of the two, and
+    /// the damaged one a later update. `false` where no slot is intact.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::SegmentId;
+    /// use nodedb_wal::format::manifest::{MANIFEST_LEN, ManifestSlot, SLOT_LEN, SLOT_SPACING, SlotKind};
+    ///
+    /// let mut file = vec![0u8; MANIFEST_LEN];
+    /// let first = ManifestSlot { sequence: 1, newest: SegmentId(3) };
+    /// file[SLOT_SPACING..SLOT_SPACING + SLOT_LEN].copy_from_slice(&first.encode_as(SlotKind::Floor));
+    /// assert!(!ManifestSlot::other_damaged_as(&file, SlotKind::Floor), "the first slot not used yet");
+    /// file[5] = 1; // the second update, torn or damaged
+    /// assert!(ManifestSlot::other_damaged_as(&file, SlotKind::Floor));
+    /// ```
+    #[must_use]
+    pub fn other_damaged_as(file: &[u8], kind: SlotKind) -> bool {
+        let slot = |at: usize| file.get(at..).and_then(|b| ManifestSlot::decode_as(b, kind));
+        let Some(current) = ManifestSlot::current_as(file, kind) else { return false };
+        let other_at = if slot(0) == Some(current) { SLOT_SPACING } else { 0 };
+        let Some(other) = file.get(other_at..other_at + SLOT_LEN) else { return true };
+        slot(other_at).is_none() && !(current.sequence == 1 && other.iter().all(|&b| b == 0))
+    }
+
     /// Where the update numbered `sequence` is written: updates alternate between the two
     /// slots, so each one leaves the previous intact.
     ///

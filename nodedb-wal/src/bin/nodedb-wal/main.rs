@@ -95,6 +95,7 @@ impl From<WalError> for Exit {
             | WalError::MissingSegment { .. }
             | WalError::ManifestDamaged { .. }
             | WalError::FloorDamaged { .. }
+            | WalError::FloorSlotDamaged { .. }
             | WalError::UnsupportedVersion { .. }
             | WalError::UnsupportedCipher { .. }
             | WalError::UnknownRequiredType { .. }
