@@ -218,7 +218,15 @@ impl std::fmt::Display for CorruptionKind {
 /// let mut tampered = file.clone();
 /// *tampered.last_mut().expect("a tag") ^= 1; // one flipped bit in the only chunk's tag
 /// let found = problem(decrypt_engine_file(&ring, &mut &tampered[..], &mut Vec::new()));
-/// assert_eq!(found, Some(EngineFileProblem::AuthenticationFailed { chunk: 0 }));
+/// assert_eq!(found, Some(EngineFileProblem::FirstChunkDamaged), "the key check value matched: damage");
+/// // Another key under the file's key id, and a damaged key check value (header bytes 36..40).
+/// let wrong = KeyRing::with_active(1, SecureKey::generate());
+/// let found = problem(decrypt_engine_file(&wrong, &mut &file[..], &mut Vec::new()));
+/// assert_eq!(found, Some(EngineFileProblem::WrongKey { key_id: 1 }));
+/// let mut tampered = file.clone();
+/// tampered[37] ^= 1;
+/// let found = problem(decrypt_engine_file(&ring, &mut &tampered[..], &mut Vec::new()));
+/// assert_eq!(found, Some(EngineFileProblem::KeyCheckDamaged));
 /// # Ok::<(), WalError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,18 +246,38 @@ pub enum EngineFileProblem {
         /// The file's cipher id.
         cipher: u8,
     },
-    /// The header's chunk length or reserved bytes are invalid.
+    /// The header's chunk length, or a version 1 header's reserved bytes, are invalid.
     BadHeader,
     /// The file ends before its header or its last chunk.
     Truncated,
-    /// A chunk failed authentication. At chunk 0 this is a wrong key or a corrupt first chunk
-    /// (or header), which no reader can tell apart: the header names the key's id, and nothing
-    /// in it checks the key under that id. At a later chunk the key is right (chunk 0
-    /// authenticated under it): the file was altered, reordered or cut there.
+    /// A chunk failed authentication. At a later chunk than 0 the key is right (chunk 0
+    /// authenticated under it): the file was altered, reordered or cut there. At chunk 0, only
+    /// in a version 1 file, this is a wrong key or a corrupt first chunk (or header), which no
+    /// reader can tell apart: a version 1 header names the key's id and holds nothing that
+    /// checks the key under that id. Version 2 reports [`WrongKey`](Self::WrongKey),
+    /// [`KeyCheckDamaged`](Self::KeyCheckDamaged) or
+    /// [`FirstChunkDamaged`](Self::FirstChunkDamaged) there instead.
     AuthenticationFailed {
         /// The chunk's index.
         chunk: u64,
     },
+    /// The ring's key under the file's key id is not the key the file was written with: the
+    /// header's key check value (version 2) does not match it, and chunk 0 does not
+    /// authenticate under it either. A damaged salt (16 header bytes) reads the same, as no
+    /// key then opens the file; so does a file whose check value is damaged and that is cut
+    /// or damaged again in chunk 0. Reported before [`Truncated`](Self::Truncated): with the
+    /// right key, a cut file reports the cut.
+    WrongKey {
+        /// The key id the file names.
+        key_id: u32,
+    },
+    /// The header's key check value is damaged, the key being right: chunk 0 authenticates
+    /// under the header with the value that key gives. Nothing is decrypted.
+    KeyCheckDamaged,
+    /// Chunk 0 of a version 2 file failed authentication although the header's key check value
+    /// matches the key: the key is right, and the header (outside its salt and key id) or
+    /// chunk 0 was altered, or the file was cut inside chunk 0.
+    FirstChunkDamaged,
 }
 
 impl std::fmt::Display for EngineFileProblem {
@@ -259,7 +287,7 @@ impl std::fmt::Display for EngineFileProblem {
             EngineFileProblem::NotAnEngineFile => f.write_str("the bytes do not open with an engine file preamble (NSEG)"),
             EngineFileProblem::UnsupportedVersion { version } => write!(f, "format version {version} is not one this build reads"),
             EngineFileProblem::UnsupportedCipher { cipher } => write!(f, "cipher {cipher} is unknown to this build"),
-            EngineFileProblem::BadHeader => f.write_str("the header's chunk length or reserved bytes are invalid"),
+            EngineFileProblem::BadHeader => f.write_str("the header's chunk length (or a version 1 header's reserved bytes) is invalid"),
             EngineFileProblem::Truncated => f.write_str("the file ends before its header or its last chunk"),
             EngineFileProblem::AuthenticationFailed { chunk: 0 } => f.write_str(
                 "chunk 0 failed authentication: wrong key or corrupt first chunk (the header names the key's id and nothing that checks the key, so the two look the same; a damaged header too)",
@@ -267,6 +295,16 @@ impl std::fmt::Display for EngineFileProblem {
             EngineFileProblem::AuthenticationFailed { chunk } => {
                 write!(f, "chunk {chunk} failed authentication: the file was altered, reordered or cut there (chunk 0 authenticated, so the key is right)")
             }
+            EngineFileProblem::WrongKey { key_id } => write!(
+                f,
+                "the key ring's key {key_id} is not the key this file was written with (the header's key check value does not match it and chunk 0 does not authenticate under it): supply the key that was key {key_id} when the file was written (a damaged salt in the header reads the same: no key opens such a file)"
+            ),
+            EngineFileProblem::KeyCheckDamaged => f.write_str(
+                "the header's key check value is damaged: the key is right (chunk 0 authenticates under it) but the file's header is not as written; nothing was decrypted",
+            ),
+            EngineFileProblem::FirstChunkDamaged => f.write_str(
+                "chunk 0 failed authentication: the header or chunk 0 was altered, or the file was cut inside chunk 0 (the header's key check value matches, so the key is right)",
+            ),
         }
     }
 }

@@ -17,8 +17,8 @@ use hkdf::Hkdf;
 use nodedb_wal::format::frame::{FLAG_ENCRYPTED, FLAG_GROUP_CONTINUES, HEADER_LEN};
 use nodedb_wal::storage::FaultConfig;
 use nodedb_wal::{
-    CIPHER_AES_256_GCM, KeyRing, Lsn, Record, RecordHeader, RecordType, Scope, SecureKey, SegmentId, SegmentPreamble, SegmentedWal,
-    SegmentedWalConfig, SimStorage, WalError, decrypt_engine_file,
+    CIPHER_AES_256_GCM, EngineFileProblem, KeyRing, Lsn, Record, RecordHeader, RecordType, Scope, SecureKey, SegmentId, SegmentPreamble,
+    SegmentedWal, SegmentedWalConfig, SimStorage, WalError, decrypt_engine_file,
 };
 use sha2::Sha256;
 
@@ -155,18 +155,28 @@ fn a_segment_record_is_sealed_as_an_outside_implementation_of_the_format_seals_i
 
 // Engine files of 40 and 32 plaintext bytes in chunks of 16 (a short last chunk, and an empty
 // one after an exact multiple), ring key 0..32 under id 3, salt 0x10..0x20, epoch 0x0A0B0C0D:
-// written by the same Python implementation of FORMAT.md.
+// written by the same Python implementation of FORMAT.md. Version 1 (key check bytes zero):
 const ENGINE_40: &str = "4e53454701000100030000000d0c0b0a101112131415161718191a1b1c1d1e1f10000000000000003accd08e34e38db7be85b7a7fe4b4b68ffeb7962460bf64e669b34b7f709e0f33c2cfa0259be48e2563155e24aeed6256f5ea7c9cbe0569edda493356ae9f5cbaa76501c6db6fe5734f49a92a19b0acb3ee9f8f08d26241e";
 const ENGINE_32: &str = "4e53454701000100030000000d0c0b0a101112131415161718191a1b1c1d1e1f10000000000000003accd08e34e38db7be85b7a7fe4b4b68ffeb7962460bf64e669b34b7f709e0f33c2cfa0259be48e2563155e24aeed6256f5ea7c9cbe0569edda493356ae9f5cb252336ee2c34f18405f209b820c1e4b7";
+
+// Version 2, the same inputs: the key check value (header bytes 36..40) is `ff85a310`, the first
+// 4 bytes of HKDF-SHA256 with info "nodedb-wal engine file v2 key check".
+const ENGINE_40_V2: &str = "4e53454702000100030000000d0c0b0a101112131415161718191a1b1c1d1e1f10000000ff85a3103accd08e34e38db7be85b7a7fe4b4b688d756ded1775346e6e78ec68b69490ae3c2cfa0259be48e2563155e24aeed6251dc0b3469a9e94bed5474bea2b748596aa76501c6db6fe57466a8e1df0e5c8eb360a202fccbb5443";
+const ENGINE_32_V2: &str = "4e53454702000100030000000d0c0b0a101112131415161718191a1b1c1d1e1f10000000ff85a3103accd08e34e38db7be85b7a7fe4b4b688d756ded1775346e6e78ec68b69490ae3c2cfa0259be48e2563155e24aeed6251dc0b3469a9e94bed5474bea2b748596940b4deb1309152a35363825c526527e";
 
 #[test]
 fn engine_files_written_by_an_outside_implementation_of_the_format_decrypt() {
     let keys = KeyRing::with_active(3, SecureKey::from_bytes(&mut std::array::from_fn(|i| i as u8)));
-    for (file, len) in [(ENGINE_40, 40), (ENGINE_32, 32)] {
+    let wrong = KeyRing::with_active(3, SecureKey::from_bytes(&mut [7; 32]));
+    for (file, len, version) in [(ENGINE_40, 40, 1), (ENGINE_32, 32, 1), (ENGINE_40_V2, 40, 2), (ENGINE_32_V2, 32, 2)] {
         let expected: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let mut plain = Vec::new();
         decrypt_engine_file(&keys, &mut &unhex(file)[..], &mut plain).unwrap();
-        assert_eq!(plain, expected, "{len} bytes");
+        assert_eq!(plain, expected, "{len} bytes, version {version}");
+        let err = decrypt_engine_file(&wrong, &mut &unhex(file)[..], &mut Vec::new()).unwrap_err();
+        let expected =
+            if version == 1 { EngineFileProblem::AuthenticationFailed { chunk: 0 } } else { EngineFileProblem::WrongKey { key_id: 3 } };
+        assert!(matches!(err, WalError::EngineFile { problem } if problem == expected), "version {version}: {err}");
     }
 }
 

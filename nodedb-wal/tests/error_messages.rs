@@ -74,3 +74,23 @@ fn errors_with_a_way_out_say_what_it_is() {
     says(&WalError::DwbUnknownFile { file: FileId(4) }, &["file 4", "register_file"]);
     says(&WalError::DwbUnrepairable { file: FileId(4), page_no: 9, seq: 30 }, &["page 9", "nothing was written"]);
 }
+
+// An operator handed the wrong key file read "wrong key or corrupt first chunk" and could not
+// tell whether the file was lost. A version 2 engine file's key check value tells the two apart:
+// the wrong key says so and what to supply, damage says the key is right, and only a version 1
+// file keeps the words that name both.
+#[test]
+fn an_engine_file_names_a_wrong_key_apart_from_damage() {
+    use nodedb_wal::EngineFileProblem;
+    let engine = |problem| WalError::EngineFile { problem };
+    says(&engine(EngineFileProblem::WrongKey { key_id: 4 }), &["key 4 is not the key this file was written with", "supply the key"]);
+    says(&engine(EngineFileProblem::KeyCheckDamaged), &["key check value is damaged", "the key is right"]);
+    says(&engine(EngineFileProblem::FirstChunkDamaged), &["chunk 0 was altered", "the key is right"]);
+    says(&engine(EngineFileProblem::AuthenticationFailed { chunk: 0 }), &["wrong key or corrupt first chunk"]);
+    for damage in
+        [EngineFileProblem::KeyCheckDamaged, EngineFileProblem::FirstChunkDamaged, EngineFileProblem::AuthenticationFailed { chunk: 2 }]
+    {
+        let message = engine(damage).to_string();
+        assert!(!message.contains("wrong key"), "damage does not blame the key: {message}");
+    }
+}

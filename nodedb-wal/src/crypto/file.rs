@@ -3,14 +3,19 @@
 //! memory whole.
 //!
 //! A file is a 40-byte header (the 16-byte preamble under [`SEG_PREAMBLE_MAGIC`], a random
-//! 16-byte HKDF salt, the chunk length, 4 reserved bytes) and then chunks, each the AES-256-GCM
-//! ciphertext of up to `chunk_len` plaintext bytes followed by its 16-byte tag. Every chunk but
-//! the last holds exactly `chunk_len` bytes; the last holds fewer (possibly none), so the end of
-//! the file is authenticated too. The key is HKDF-SHA256 of the ring key with the file's salt,
-//! so every file has its own key; the nonce is the preamble's random epoch and the chunk index,
-//! unique within the file. The associated data is the whole header and a final-chunk flag: a
-//! swapped preamble or salt, reordered, dropped or appended chunks, and a flipped byte all fail.
-//! The bytes are in docs/FORMAT.md ("Engine segment files").
+//! 16-byte HKDF salt, the chunk length, a 4-byte key check value) and then chunks, each the
+//! AES-256-GCM ciphertext of up to `chunk_len` plaintext bytes followed by its 16-byte tag. Every
+//! chunk but the last holds exactly `chunk_len` bytes; the last holds fewer (possibly none), so
+//! the end of the file is authenticated too. The key is HKDF-SHA256 of the ring key with the
+//! file's salt, so every file has its own key; the nonce is the preamble's random epoch and the
+//! chunk index, unique within the file. The associated data is the whole header and a
+//! final-chunk flag: a swapped preamble or salt, reordered, dropped or appended chunks, and a
+//! flipped byte all fail. The bytes are in docs/FORMAT.md ("Engine segment files").
+//!
+//! The key check value (version 2; version 1 left the bytes zero) is a second output of the same
+//! HKDF, under its own info string: a wrong key under the right id is told from damage before
+//! any chunk is read, and chunk 0 then tells a damaged check value from a wrong key (see
+//! [`KeyCheck`]).
 //!
 //! Decryption writes each chunk's plaintext once that chunk is authenticated; on an error the
 //! output holds a prefix that the caller must discard.
@@ -27,10 +32,16 @@ use super::cipher::TAG_LEN;
 use super::key::{KEY_LEN, SecureKey};
 use super::ring::KeyRing;
 use crate::error::{EngineFileProblem, IoOp, Result, WalError};
-use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, PREAMBLE_VERSION, SEG_PREAMBLE_MAGIC, SegmentPreamble};
+use crate::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, SEG_PREAMBLE_MAGIC, SegmentPreamble};
 use crate::storage::memlock::SecretBox;
 
-/// Bytes of an engine file's header: preamble, salt, chunk length, reserved.
+const SALT_AT: usize = PREAMBLE_SIZE;
+const SALT_LEN: usize = 16;
+const CHUNK_LEN_AT: usize = SALT_AT + SALT_LEN;
+const KEY_CHECK_AT: usize = CHUNK_LEN_AT + 4;
+const KEY_CHECK_LEN: usize = 4;
+
+/// Bytes of an engine file's header: preamble, salt, chunk length, key check value.
 ///
 /// # Examples
 ///
@@ -46,7 +57,24 @@ use crate::storage::memlock::SecretBox;
 /// assert_eq!(&file[..4], b"NSEG");
 /// # Ok::<(), nodedb_wal::WalError>(())
 /// ```
-pub const ENGINE_HEADER_LEN: usize = PREAMBLE_SIZE + 16 + 4 + 4;
+pub const ENGINE_HEADER_LEN: usize = KEY_CHECK_AT + KEY_CHECK_LEN;
+const _: () = assert!(ENGINE_HEADER_LEN == 40);
+/// The engine file version this build writes (in the preamble's version field). Version 2
+/// holds a key check value where version 1 reserved four zero bytes; both are read.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::crypto::ENGINE_FILE_VERSION;
+/// use nodedb_wal::{KeyRing, SecureKey, SegmentPreamble, encrypt_engine_file};
+///
+/// let ring = KeyRing::with_active(1, SecureKey::generate());
+/// let mut file = Vec::new();
+/// encrypt_engine_file(&ring, &mut &b"column"[..], &mut file)?;
+/// assert_eq!(SegmentPreamble::decode(&file).map(|p| p.version), Ok(ENGINE_FILE_VERSION));
+/// # Ok::<(), nodedb_wal::WalError>(())
+/// ```
+pub const ENGINE_FILE_VERSION: u16 = 2;
 /// Plaintext bytes per chunk of the files [`encrypt_engine_file`] writes.
 ///
 /// # Examples
@@ -66,7 +94,13 @@ pub const ENGINE_HEADER_LEN: usize = PREAMBLE_SIZE + 16 + 4 + 4;
 pub const ENGINE_CHUNK_LEN: u32 = 64 * 1024;
 /// The largest chunk length a reader accepts (a bound on the memory a header can demand).
 const CHUNK_LEN_MAX: u32 = 16 << 20;
+/// The file key's HKDF info, in both versions: version 2 changed the header only.
 const INFO: &[u8] = b"nodedb-wal engine file v1";
+/// The key check value's HKDF info. Another info string under the same extracted key gives an
+/// output independent of the file key (HKDF-Expand is a PRF of its info), so publishing four
+/// bytes of it says nothing about the key that encrypts the chunks, and no AES-GCM key or nonce
+/// the chunks use is touched.
+const KEY_CHECK_INFO: &[u8] = b"nodedb-wal engine file v2 key check";
 
 /// The pseudo-path I/O errors of a stream are reported under.
 const STREAM: &str = "<engine file stream>";
@@ -80,17 +114,25 @@ struct FileCipher {
     /// The expanded key schedule: as much a secret as the key.
     aead: SecretBox<Aes256Gcm>,
     epoch: u32,
+    /// The header as the key would have written it: from version 2 on, its key check bytes are
+    /// the value this key gives, whatever the file holds (see [`KeyCheck`]).
     header: [u8; ENGINE_HEADER_LEN],
+    key_check: [u8; KEY_CHECK_LEN],
 }
 
 impl FileCipher {
-    fn new(master: &SecureKey, header: [u8; ENGINE_HEADER_LEN], epoch: u32) -> FileCipher {
-        let salt = &header[PREAMBLE_SIZE..PREAMBLE_SIZE + 16];
+    fn new(master: &SecureKey, mut header: [u8; ENGINE_HEADER_LEN], version: u16, epoch: u32) -> FileCipher {
+        let hkdf = Hkdf::<Sha256>::new(Some(&header[SALT_AT..CHUNK_LEN_AT]), master.expose());
         let mut okm = [0u8; KEY_LEN];
-        Hkdf::<Sha256>::new(Some(salt), master.expose()).expand(INFO, &mut okm).expect("32 bytes is a valid HKDF-SHA256 length");
+        hkdf.expand(INFO, &mut okm).expect("32 bytes is a valid HKDF-SHA256 length");
         let aead = SecretBox::new(Aes256Gcm::new_from_slice(&okm).expect("32-byte key"));
         okm.zeroize();
-        FileCipher { aead, epoch, header }
+        let mut key_check = [0u8; KEY_CHECK_LEN];
+        hkdf.expand(KEY_CHECK_INFO, &mut key_check).expect("4 bytes is a valid HKDF-SHA256 length");
+        if version >= 2 {
+            header[KEY_CHECK_AT..].copy_from_slice(&key_check);
+        }
+        FileCipher { aead, epoch, header, key_check }
     }
 
     fn nonce(&self, chunk: u64) -> Nonce<aes_gcm::aead::consts::U12> {
@@ -105,6 +147,46 @@ impl FileCipher {
         aad[..ENGINE_HEADER_LEN].copy_from_slice(&self.header);
         aad[ENGINE_HEADER_LEN] = u8::from(last);
         aad
+    }
+}
+
+/// What a file's key check value says of the ring's key, and so what a failed chunk means.
+///
+/// A damaged check value cannot be caught by trying chunk 0 under the header as read: the
+/// header is the associated data of every chunk, so with changed check bytes chunk 0 fails
+/// under the right key too. The cipher therefore authenticates under the header with the
+/// value its own key gives. Under the right key that is the header as written, so chunk 0
+/// authenticates if only the check bytes changed; under a wrong key it fails. Either way
+/// nothing is written out: a file whose check bytes are damaged is refused, not repaired.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyCheck {
+    /// Version 1: no check value; a failure at chunk 0 is a wrong key or damage.
+    Absent,
+    /// The value matches: the key is right (a wrong one passes 1 time in 2^32, and then chunk
+    /// 0 fails as damage), so every failure is damage.
+    Matched,
+    /// The value differs: the key is wrong, unless chunk 0 authenticates.
+    Mismatched,
+}
+
+impl KeyCheck {
+    fn of(version: u16, header: &[u8; ENGINE_HEADER_LEN], cipher: &FileCipher) -> KeyCheck {
+        match (version, header[KEY_CHECK_AT..] == cipher.key_check) {
+            (1, _) => KeyCheck::Absent,
+            (_, true) => KeyCheck::Matched,
+            (_, false) => KeyCheck::Mismatched,
+        }
+    }
+
+    /// What it means that chunk `chunk` is missing, cut or fails authentication. A mismatched
+    /// value comes first: the right key then reports the damage.
+    fn failure(self, chunk: u64, key_id: u32, truncated: bool) -> EngineFileProblem {
+        match (self, chunk, truncated) {
+            (KeyCheck::Mismatched, ..) => EngineFileProblem::WrongKey { key_id },
+            (_, _, true) => EngineFileProblem::Truncated,
+            (KeyCheck::Matched, 0, false) => EngineFileProblem::FirstChunkDamaged,
+            (_, chunk, false) => EngineFileProblem::AuthenticationFailed { chunk },
+        }
     }
 }
 
@@ -155,13 +237,14 @@ pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
     crate::crypto::random::fill_random(&mut random);
     let epoch = u32::from_le_bytes(random[16..].try_into().expect("4 bytes"));
     let preamble =
-        SegmentPreamble { magic: SEG_PREAMBLE_MAGIC, version: PREAMBLE_VERSION, cipher: CIPHER_AES_256_GCM, key_id, nonce_epoch: epoch };
+        SegmentPreamble { magic: SEG_PREAMBLE_MAGIC, version: ENGINE_FILE_VERSION, cipher: CIPHER_AES_256_GCM, key_id, nonce_epoch: epoch };
     let mut header = [0u8; ENGINE_HEADER_LEN];
     header[..PREAMBLE_SIZE].copy_from_slice(&preamble.encode());
-    header[PREAMBLE_SIZE..PREAMBLE_SIZE + 16].copy_from_slice(&random[..16]);
-    header[PREAMBLE_SIZE + 16..PREAMBLE_SIZE + 20].copy_from_slice(&ENGINE_CHUNK_LEN.to_le_bytes());
-    let cipher = FileCipher::new(&key, header, epoch);
-    output.write_all(&header).map_err(write_err)?;
+    header[SALT_AT..CHUNK_LEN_AT].copy_from_slice(&random[..16]);
+    header[CHUNK_LEN_AT..KEY_CHECK_AT].copy_from_slice(&ENGINE_CHUNK_LEN.to_le_bytes());
+    // The cipher fills in the key check value.
+    let cipher = FileCipher::new(&key, header, ENGINE_FILE_VERSION, epoch);
+    output.write_all(&cipher.header).map_err(write_err)?;
     let mut written = ENGINE_HEADER_LEN as u64;
     // Zeroed when dropped, on error paths too: it held plaintext.
     let mut chunk = Zeroizing::new(vec![0u8; ENGINE_CHUNK_LEN as usize]);
@@ -183,6 +266,31 @@ pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
     Ok(written)
 }
 
+/// Reads and checks the header: an engine file of a version and cipher this build reads, with a
+/// sane chunk length and (version 1) zero reserved bytes.
+fn read_header(input: &mut impl Read) -> Result<([u8; ENGINE_HEADER_LEN], SegmentPreamble, u32)> {
+    let mut header = [0u8; ENGINE_HEADER_LEN];
+    if read_full(input, &mut header).map_err(read_err)? < ENGINE_HEADER_LEN {
+        return Err(problem(EngineFileProblem::Truncated));
+    }
+    let preamble = SegmentPreamble::decode(&header).map_err(|_| problem(EngineFileProblem::NotAnEngineFile))?;
+    if preamble.magic != SEG_PREAMBLE_MAGIC {
+        return Err(problem(EngineFileProblem::NotAnEngineFile));
+    }
+    if !(1..=ENGINE_FILE_VERSION).contains(&preamble.version) {
+        return Err(problem(EngineFileProblem::UnsupportedVersion { version: preamble.version }));
+    }
+    if preamble.cipher != CIPHER_AES_256_GCM {
+        return Err(problem(EngineFileProblem::UnsupportedCipher { cipher: preamble.cipher }));
+    }
+    let chunk_len = u32::from_le_bytes(header[CHUNK_LEN_AT..KEY_CHECK_AT].try_into().expect("4 bytes"));
+    let reserved_set = preamble.version == 1 && header[KEY_CHECK_AT..].iter().any(|&b| b != 0);
+    if chunk_len == 0 || chunk_len > CHUNK_LEN_MAX || reserved_set {
+        return Err(problem(EngineFileProblem::BadHeader));
+    }
+    Ok((header, preamble, chunk_len))
+}
+
 /// Decrypts an engine file from `input` into `output`, with whichever key of the ring its
 /// preamble names. Returns the plaintext bytes. On an error, `output` holds a prefix of the
 /// plaintext (each chunk written only once authenticated) that must be discarded.
@@ -190,10 +298,10 @@ pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
 /// # Examples
 ///
 /// A file stays readable after the ring's active key rotates, for as long as the ring holds
-/// the key it was written under:
+/// the key it was written under; another key under that id is refused as the wrong key:
 ///
 /// ```
-/// use nodedb_wal::{KeyRing, SecureKey, WalError, decrypt_engine_file, encrypt_engine_file};
+/// use nodedb_wal::{EngineFileProblem, KeyRing, SecureKey, WalError, decrypt_engine_file, encrypt_engine_file};
 ///
 /// let ring = KeyRing::with_active(1, SecureKey::generate());
 /// let mut file = Vec::new();
@@ -208,30 +316,17 @@ pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
 /// let other = KeyRing::with_active(2, SecureKey::generate());
 /// let err = decrypt_engine_file(&other, &mut &file[..], &mut Vec::new()).unwrap_err();
 /// assert!(matches!(err, WalError::UnknownKeyId { key_id: 1, .. }), "{err}");
+/// let wrong = KeyRing::with_active(1, SecureKey::generate());
+/// let err = decrypt_engine_file(&wrong, &mut &file[..], &mut Vec::new()).unwrap_err();
+/// assert!(matches!(err, WalError::EngineFile { problem: EngineFileProblem::WrongKey { key_id: 1 } }), "{err}");
 /// # Ok::<(), WalError>(())
 /// ```
 pub fn decrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut impl Write) -> Result<u64> {
-    let mut header = [0u8; ENGINE_HEADER_LEN];
-    if read_full(input, &mut header).map_err(read_err)? < ENGINE_HEADER_LEN {
-        return Err(problem(EngineFileProblem::Truncated));
-    }
-    let preamble = SegmentPreamble::decode(&header).map_err(|_| problem(EngineFileProblem::NotAnEngineFile))?;
-    if preamble.magic != SEG_PREAMBLE_MAGIC {
-        return Err(problem(EngineFileProblem::NotAnEngineFile));
-    }
-    if preamble.version != PREAMBLE_VERSION {
-        return Err(problem(EngineFileProblem::UnsupportedVersion { version: preamble.version }));
-    }
-    if preamble.cipher != CIPHER_AES_256_GCM {
-        return Err(problem(EngineFileProblem::UnsupportedCipher { cipher: preamble.cipher }));
-    }
-    let chunk_len = u32::from_le_bytes(header[PREAMBLE_SIZE + 16..PREAMBLE_SIZE + 20].try_into().expect("4 bytes"));
-    let reserved = &header[PREAMBLE_SIZE + 20..];
-    if chunk_len == 0 || chunk_len > CHUNK_LEN_MAX || reserved.iter().any(|&b| b != 0) {
-        return Err(problem(EngineFileProblem::BadHeader));
-    }
-    let key = ring.get(preamble.key_id).ok_or(WalError::UnknownKeyId { segment: None, key_id: preamble.key_id })?;
-    let cipher = FileCipher::new(&key, header, preamble.nonce_epoch);
+    let (header, preamble, chunk_len) = read_header(input)?;
+    let key_id = preamble.key_id;
+    let key = ring.get(key_id).ok_or(WalError::UnknownKeyId { segment: None, key_id })?;
+    let cipher = FileCipher::new(&key, header, preamble.version, preamble.nonce_epoch);
+    let check = KeyCheck::of(preamble.version, &header, &cipher);
     let full = chunk_len as usize + TAG_LEN;
     let mut chunk = Zeroizing::new(vec![0u8; full]);
     let mut plaintext = 0u64;
@@ -239,7 +334,7 @@ pub fn decrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
         let got = read_full(input, &mut chunk).map_err(read_err)?;
         if got < TAG_LEN {
             // The last chunk is missing or cut inside its tag.
-            return Err(problem(EngineFileProblem::Truncated));
+            return Err(problem(check.failure(index, key_id, true)));
         }
         let last = got < full;
         let (body, tag) = chunk[..got].split_at_mut(got - TAG_LEN);
@@ -247,7 +342,12 @@ pub fn decrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut i
         cipher
             .aead
             .decrypt_inout_detached(&cipher.nonce(index), &cipher.aad(last), body.into(), &tag)
-            .map_err(|_| problem(EngineFileProblem::AuthenticationFailed { chunk: index }))?;
+            .map_err(|_| problem(check.failure(index, key_id, false)))?;
+        if check == KeyCheck::Mismatched {
+            // Chunk 0 authenticated under the key's own check value: the key is right, and the
+            // file's check bytes are not what was written.
+            return Err(problem(EngineFileProblem::KeyCheckDamaged));
+        }
         output.write_all(body).map_err(write_err)?;
         plaintext += body.len() as u64;
         if last {

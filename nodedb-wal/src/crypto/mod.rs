@@ -8,6 +8,6 @@ pub(crate) mod random;
 mod ring;
 
 pub use cipher::{AuthFailed, SegmentCipher, TAG_LEN};
-pub use file::{ENGINE_CHUNK_LEN, ENGINE_HEADER_LEN, decrypt_engine_file, encrypt_engine_file};
+pub use file::{ENGINE_CHUNK_LEN, ENGINE_FILE_VERSION, ENGINE_HEADER_LEN, decrypt_engine_file, encrypt_engine_file};
 pub use key::{KEY_LEN, SecureKey};
 pub use ring::KeyRing;
