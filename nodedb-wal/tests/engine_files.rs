@@ -5,8 +5,11 @@
 //! and damage to the check value itself from a wrong key. Version 1 files, which have no check
 //! value, are read from golden fixtures in `engine_fixtures.rs`.
 
+mod engine_support;
+
 use std::io::{self, Read, Write};
 
+use engine_support::{decrypt, problem};
 use nodedb_wal::{EngineFileProblem, KeyRing, PREAMBLE_SIZE, SecureKey, WalError, decrypt_engine_file, encrypt_engine_file};
 
 const CHUNK: usize = nodedb_wal::crypto::ENGINE_CHUNK_LEN as usize;
@@ -25,18 +28,6 @@ fn encrypt(ring: &KeyRing, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     encrypt_engine_file(ring, &mut &bytes[..], &mut out).unwrap();
     out
-}
-
-fn decrypt(ring: &KeyRing, file: &[u8]) -> Result<Vec<u8>, WalError> {
-    let mut out = Vec::new();
-    decrypt_engine_file(ring, &mut &file[..], &mut out).map(|_| out)
-}
-
-fn problem(result: Result<Vec<u8>, WalError>) -> EngineFileProblem {
-    match result {
-        Err(WalError::EngineFile { problem }) => problem,
-        other => panic!("expected an engine file error, got {other:?}"),
-    }
 }
 
 /// The problem decrypting `file` under `ring` reports, after checking that no plaintext was

@@ -11,10 +11,13 @@
 //! 1's generator was this file's `generate` before version 2 (the key check value); it writes no
 //! longer, and its files are read exactly as that build wrote them.
 
+mod engine_support;
+
 use std::path::{Path, PathBuf};
 
+use engine_support::{decrypt, problem};
 use nodedb_wal::crypto::{ENGINE_CHUNK_LEN, ENGINE_FILE_VERSION, ENGINE_HEADER_LEN, TAG_LEN};
-use nodedb_wal::{EngineFileProblem, KeyRing, SecureKey, WalError, decrypt_engine_file, encrypt_engine_file};
+use nodedb_wal::{EngineFileProblem, KeyRing, SecureKey, encrypt_engine_file};
 
 const CHUNK: usize = ENGINE_CHUNK_LEN as usize;
 const KEY_ID: u32 = 5;
@@ -49,18 +52,6 @@ fn generate(dir: &Path) {
         let mut file = Vec::new();
         encrypt_engine_file(&fixture_ring(), &mut &fixture_plain(len)[..], &mut file).unwrap();
         std::fs::write(dir.join(name), file).unwrap();
-    }
-}
-
-fn decrypt(ring: &KeyRing, file: &[u8]) -> Result<Vec<u8>, WalError> {
-    let mut out = Vec::new();
-    decrypt_engine_file(ring, &mut &file[..], &mut out).map(|_| out)
-}
-
-fn problem(result: Result<Vec<u8>, WalError>) -> EngineFileProblem {
-    match result {
-        Err(WalError::EngineFile { problem }) => problem,
-        other => panic!("expected an engine file error, got {other:?}"),
     }
 }
 
