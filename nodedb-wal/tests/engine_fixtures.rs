@@ -96,7 +96,8 @@ fn engine_v1_fixtures_decrypt_to_exactly_their_plaintext_and_keep_their_errors()
             EngineFileProblem::AuthenticationFailed { chunk: last_chunk(&file) },
             "{name}"
         );
-        // A version 1 file is not read as version 2: its reserved bytes must stay zero.
+        // Version 1's reserved bytes must stay zero: a version 2 header whose version reads 1
+        // is refused rather than read without its key check.
         assert_eq!(problem(decrypt(&fixture_ring(), &flipped(&file, ENGINE_HEADER_LEN - 2))), EngineFileProblem::BadHeader, "{name}");
     }
 }
