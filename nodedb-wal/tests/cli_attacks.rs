@@ -199,3 +199,39 @@ fn a_relative_path_and_a_symlinked_directory_take_a_writer() {
     }
     assert!(real.join("LOCK").exists(), "the log went through the link");
 }
+
+// Found by review: on a log it refuses, `inspect` listed a segment file that is a symbolic
+// link (a segment moved to another disk) with the length of the link, not of the segment it
+// names, beside the version and key read from that segment. Odd files under segment names
+// must neither hang the listing nor stop it, and a link to nothing has no length to show.
+#[test]
+fn inspect_of_a_refused_log_lists_linked_segments_by_their_target_and_odd_ones_without_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    write_log(&log);
+    let name = |id: u64| format!("{id:020}.wal");
+    let segment = log.join(name(1));
+    // A sealed segment's length stays; damage a byte of its first record's payload.
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    let moved = tmp.path().join("elsewhere");
+    std::fs::write(&moved, &bytes).unwrap();
+    std::fs::remove_file(&segment).unwrap();
+    std::os::unix::fs::symlink(&moved, &segment).unwrap();
+    let mut held = Vec::new();
+    for (id, odd) in (2..).zip(ODD) {
+        held.push(replace(&log.join(name(id)), odd));
+    }
+    let dangling = log.join(name(2 + ODD.len() as u64));
+    std::os::unix::fs::symlink(tmp.path().join("gone"), &dangling).unwrap();
+    let before = snapshot(&log);
+    let (status, text) = run(&[], &["inspect", log.to_str().unwrap()], tmp.path());
+    assert_eq!(status, 2, "{text}");
+    assert!(text.contains(&format!("{}  {:>12}", name(1), bytes.len())), "the linked segment's own length:\n{text}");
+    for (id, odd) in (2..).zip(ODD) {
+        assert!(text.contains(&name(id)), "the {odd} is listed:\n{text}");
+    }
+    assert!(text.contains(&format!("{}  {:>12}", dangling.file_name().unwrap().to_str().unwrap(), "?")), "{text}");
+    assert_eq!(snapshot(&log), before, "a refused look changes no file");
+}

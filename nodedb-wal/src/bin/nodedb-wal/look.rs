@@ -48,7 +48,9 @@ fn segment_files(dir: &Path) {
     found.sort_unstable();
     out!("{:>24}  {:>12}  {:>7}  {:>6}", "segment file", "file bytes", "version", "key");
     for (id, path) in found {
-        let len = std::fs::symlink_metadata(&path).map_or_else(|_| "?".into(), |meta| meta.len().to_string());
+        // Through a symbolic link, as the log opens it: the segment's length, not the link's
+        // (a link to nothing has none).
+        let len = std::fs::metadata(&path).map_or_else(|_| "?".into(), |meta| meta.len().to_string());
         let (version, key) = version_and_key(&path);
         out!("{:>24}  {len:>12}  {version:>7}  {key:>6}", nodedb_wal::segment::file_name(id));
     }
