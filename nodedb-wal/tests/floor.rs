@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use nodedb_wal::format::manifest::{FLOOR_FILE, ManifestSlot, SLOT_SPACING, SlotKind};
+use nodedb_wal::format::manifest::{FLOOR_FILE, MANIFEST_LEN, ManifestSlot, SLOT_LEN, SLOT_SPACING, SlotKind};
 use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 use nodedb_wal::{
@@ -465,5 +465,38 @@ fn a_segment_imported_below_a_new_logs_floor_is_kept_by_every_later_open() {
         check_holds(&wal, &model, 1, *model.keys().last().unwrap(), &format!("round {round}"));
         fill(&wal, &mut model, wal.segments().len() + 1);
         wal.close().unwrap();
+    }
+}
+
+/// Which states of `FLOOR`'s two slots count as "the other slot is damaged" (then a floor that
+/// does not match the segments is `FloorSlotDamaged`, not `MissingSegment`): a slot that is
+/// neither intact nor the zeros of a slot never used (beside a current slot of sequence 1). A
+/// zeroed slot beside a later sequence once held an update; a slot of the other kind or a file
+/// cut short is no intact `FLOOR` slot either; without any intact slot the file is damaged as
+/// a whole (`FloorDamaged`), not one slot of it.
+#[test]
+fn only_a_slot_neither_intact_nor_never_used_counts_as_the_other_slot_damaged() {
+    let slot = |sequence, kind| ManifestSlot { sequence, newest: SegmentId(7) }.encode_as(kind);
+    let file = |slots: [Option<[u8; SLOT_LEN]>; 2]| {
+        let mut bytes = vec![0u8; MANIFEST_LEN];
+        for (at, s) in [0, SLOT_SPACING].into_iter().zip(slots) {
+            if let Some(s) = s {
+                bytes[at..at + SLOT_LEN].copy_from_slice(&s);
+            }
+        }
+        bytes
+    };
+    let floor = SlotKind::Floor;
+    let cases: [(&str, Vec<u8>, bool); 7] = [
+        ("first update, other unused", file([None, Some(slot(1, floor))]), false),
+        ("two intact", file([Some(slot(2, floor)), Some(slot(1, floor))]), false),
+        ("two intact, later in slot 1", file([Some(slot(2, floor)), Some(slot(3, floor))]), false),
+        ("a used slot zeroed", file([Some(slot(2, floor)), None]), true),
+        ("the other slot a MANIFEST's", file([Some(slot(2, floor)), Some(slot(3, SlotKind::Manifest))]), true),
+        ("cut short after slot 0", file([Some(slot(2, floor)), None])[..SLOT_SPACING].to_vec(), true),
+        ("no intact slot", file([None, None]), false),
+    ];
+    for (what, bytes, damaged) in cases {
+        assert_eq!(ManifestSlot::other_damaged_as(&bytes, floor), damaged, "{what}");
     }
 }

@@ -192,6 +192,44 @@ fn damage_in_the_newest_segment_is_reported_after_two_scans() {
     drop(wal);
 }
 
+/// Real damage beside a writer that goes on appending after it: each scan sees more records
+/// claim the damaged one durable, so no two sightings are the same and the early stop never
+/// comes. The damage is still reported, at the deadline, where it is; a writer's progress
+/// never turns it into a clean scan or a shorter log. (How many scans it takes depends on how
+/// fast the writer is, so only the verdict is checked.)
+#[test]
+fn damage_in_the_newest_segment_is_reported_while_the_writer_goes_on_appending_after_it() {
+    let sim = SimStorage::new(9, FaultConfig::default());
+    let dir = Path::new("/damaged-busy");
+    let (wal, racing) = racing_log(&sim, dir, 0);
+    let path = racing.race.segment.clone();
+    let mut bytes = sim.read_file(&path).unwrap();
+    let at = 10 * BLOCK + 100;
+    bytes[at as usize] ^= 0x40;
+    sim.write_file(&path, &bytes);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (wal, stop) = (Arc::clone(&wal), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let lsn = wal.next_lsn().0;
+                append_synced(&*wal, lsn, lsn);
+            }
+        })
+    };
+    let _stop = StopOnDrop(Arc::clone(&stop));
+    let looked = ReadOnlyWal::open_with(racing.clone(), dir, None).map(|view| view.recovery_info().clone());
+    drop(_stop);
+    writer.join().unwrap();
+    match looked {
+        Err(WalError::Corruption { offset, kind: CorruptionKind::DamageBeforeDurableRecords { .. }, .. }) => {
+            assert_eq!(offset - offset % BLOCK, at - at % BLOCK, "the damaged block");
+        }
+        other => panic!("real damage beside a busy writer: {other:?}"),
+    }
+    assert!(racing.race.scans.load(Ordering::SeqCst) >= 2, "it looked again before it reported");
+}
+
 /// The payload of LSN `lsn`: 300 bytes to 4 MiB, in bytes that depend on the LSN.
 fn large_payload(lsn: u64) -> Vec<u8> {
     const SIZES: [usize; 6] = [1 << 20, (4 << 20) - 7, 300, (2 << 20) + 1, 17_000, (3 << 20) + 4095];

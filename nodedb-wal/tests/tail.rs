@@ -65,6 +65,54 @@ fn a_watch_for_an_lsn_not_yet_issued_wakes_once_another_thread_makes_it_durable(
     });
 }
 
+/// The edges of a watch's arguments: a zero timeout answers at once (either way), LSN 0 and
+/// a durable LSN are durable, and an LSN that can never be issued (`u64::MAX`) times out
+/// rather than being refused or waiting past its timeout.
+#[test]
+fn a_watch_with_a_zero_timeout_or_an_unreachable_lsn_answers_without_sleeping_past_its_timeout() {
+    let wal = SegmentedWal::open_with(SimStorage::new(3, FaultConfig::default()), config(Path::new("/edges"))).unwrap();
+    assert!(!wal.watch_durable(Lsn(1), Duration::ZERO).unwrap(), "nothing appended yet");
+    assert!(wal.watch_durable(Lsn(0), Duration::ZERO).unwrap(), "LSN 0 precedes every record");
+    wal.append_durable(Record::new(TY, b"one")).unwrap();
+    assert!(wal.watch_durable(Lsn(1), Duration::ZERO).unwrap());
+    assert!(wal.watch_durable(Lsn(1), Duration::MAX).unwrap(), "durable already: no wait at all");
+    assert!(!wal.watch_durable(Lsn(u64::MAX), Duration::from_millis(5)).unwrap());
+    assert!(!wal.watch_durable(Lsn(2), Duration::from_millis(5)).unwrap(), "the next LSN, not issued");
+}
+
+/// Many threads watching LSNs the log will never reach, without end or with a timeout no
+/// `Instant` can hold, all wake with the poison once a sync fails: none is left asleep.
+#[test]
+fn many_watchers_without_end_all_wake_with_the_poison() {
+    let faulty = FaultyStorage::new(SimStorage::new(4, FaultConfig::default()));
+    let wal = SegmentedWal::open_with(faulty.clone(), config(Path::new("/watchers"))).unwrap();
+    wal.append_durable(Record::new(TY, b"durable")).unwrap();
+    let lsns = [Lsn(2), Lsn(3), Lsn(1000), Lsn(u64::MAX)];
+    let timeouts = [Duration::MAX, Duration::from_secs(u64::MAX / 2), Duration::from_secs(3600)];
+    let ready = std::sync::Barrier::new(lsns.len() * timeouts.len() + 1);
+    std::thread::scope(|s| {
+        let watchers: Vec<_> = lsns
+            .iter()
+            .flat_map(|&lsn| timeouts.iter().map(move |&timeout| (lsn, timeout)))
+            .map(|(lsn, timeout)| {
+                let (wal, ready) = (&wal, &ready);
+                s.spawn(move || {
+                    ready.wait();
+                    (lsn, wal.watch_durable(lsn, timeout))
+                })
+            })
+            .collect();
+        ready.wait();
+        faulty.fail_once(FaultOp::SyncData, 0, EIO);
+        assert!(wal.append_durable(Record::new(TY, b"lost")).is_err(), "the failed sync poisons");
+        for watcher in watchers {
+            let (lsn, watched) = watcher.join().unwrap();
+            assert!(matches!(watched, Err(WalError::Poisoned { .. })), "a watch for {lsn}: {watched:?}");
+        }
+    });
+    assert!(wal.watch_durable(Lsn(1), Duration::MAX).unwrap(), "what was durable before the poison still is");
+}
+
 #[test]
 fn a_tail_resumes_from_its_cursor_and_times_out_when_caught_up() {
     let dir = Path::new("/resume");
