@@ -171,19 +171,25 @@ fn a_look_that_a_writer_overtakes_on_every_scan_gives_up_at_its_deadline() {
     assert!(scans > 4, "it looked again and again, not {scans} times");
 }
 
+/// A [`racing_log`] in `dir` that never races, with a byte of its tenth record's block
+/// flipped (the records after it claim it durable); returns where.
+fn damaged_log(seed: u64, dir: &Path) -> (Arc<SegmentedWal<SimStorage>>, Racing, u64) {
+    let sim = SimStorage::new(seed, FaultConfig::default());
+    let (wal, racing) = racing_log(&sim, dir, 0);
+    let path = racing.race.segment.clone();
+    let mut bytes = sim.read_file(&path).unwrap();
+    let at = 10 * BLOCK + 100;
+    bytes[at as usize] ^= 0x40;
+    sim.write_file(&path, &bytes);
+    (wal, racing, at)
+}
+
 /// Real damage in the newest segment reads the same on every scan: the look reports it after
 /// two, not after its deadline.
 #[test]
 fn damage_in_the_newest_segment_is_reported_after_two_scans() {
-    let sim = SimStorage::new(8, FaultConfig::default());
     let dir = Path::new("/damaged");
-    let (wal, racing) = racing_log(&sim, dir, 0);
-    let path = racing.race.segment.clone();
-    let mut bytes = sim.read_file(&path).unwrap();
-    // A byte of the tenth record's block: the records after it claim it durable.
-    let at = 10 * BLOCK as usize + 100;
-    bytes[at] ^= 0x40;
-    sim.write_file(&path, &bytes);
+    let (wal, racing, _) = damaged_log(8, dir);
     match ReadOnlyWal::open_with(racing.clone(), dir, None) {
         Err(WalError::Corruption { kind: CorruptionKind::DamageBeforeDurableRecords { .. }, .. }) => {}
         other => panic!("real damage: {:?}", other.map(|view| view.recovery_info().clone())),
@@ -199,24 +205,10 @@ fn damage_in_the_newest_segment_is_reported_after_two_scans() {
 /// fast the writer is, so only the verdict is checked.)
 #[test]
 fn damage_in_the_newest_segment_is_reported_while_the_writer_goes_on_appending_after_it() {
-    let sim = SimStorage::new(9, FaultConfig::default());
     let dir = Path::new("/damaged-busy");
-    let (wal, racing) = racing_log(&sim, dir, 0);
-    let path = racing.race.segment.clone();
-    let mut bytes = sim.read_file(&path).unwrap();
-    let at = 10 * BLOCK + 100;
-    bytes[at as usize] ^= 0x40;
-    sim.write_file(&path, &bytes);
+    let (wal, racing, at) = damaged_log(9, dir);
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (wal, stop) = (Arc::clone(&wal), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let lsn = wal.next_lsn().0;
-                append_synced(&*wal, lsn, lsn);
-            }
-        })
-    };
+    let writer = write_until_stopped(&wal, &stop, |wal, lsn| append_synced(wal, lsn, lsn));
     let _stop = StopOnDrop(Arc::clone(&stop));
     let looked = ReadOnlyWal::open_with(racing.clone(), dir, None).map(|view| view.recovery_info().clone());
     drop(_stop);
@@ -258,22 +250,16 @@ fn looks_beside_a_writer_of_large_records_never_find_a_healthy_log_corrupt() {
         SegmentedWalConfig { segment_bytes_target: 16 << 20, allow_buffered_fallback: true, ..SegmentedWalConfig::new(dir.path()) };
     let wal = Arc::new(SegmentedWal::open(config).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (wal, stop) = (Arc::clone(&wal), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let lsn = wal.next_lsn().0;
-                let payload = large_payload(lsn);
-                assert_eq!(wal.append(Record::new(RecordType::optional(0x100), &payload)).unwrap(), Lsn(lsn));
-                if lsn % 3 == 0 {
-                    wal.sync().unwrap();
-                }
-                if lsn % 24 == 0 {
-                    wal.truncate_before(Lsn(lsn - 12)).unwrap();
-                }
-            }
-        })
-    };
+    let writer = write_until_stopped(&wal, &stop, |wal, lsn| {
+        let payload = large_payload(lsn);
+        assert_eq!(wal.append(Record::new(RecordType::optional(0x100), &payload)).unwrap(), Lsn(lsn));
+        if lsn % 3 == 0 {
+            wal.sync().unwrap();
+        }
+        if lsn % 24 == 0 {
+            wal.truncate_before(Lsn(lsn - 12)).unwrap();
+        }
+    });
     // The writer stops however the looks end, a failed assertion included.
     let _stop = StopOnDrop(Arc::clone(&stop));
     let mut seen = 0;
@@ -326,17 +312,12 @@ fn verify_overtaken_by_a_writers_truncation_goes_on_and_says_what_it_did_not_che
     }
     wal.sync().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (wal, stop) = (Arc::clone(&wal), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let lsn = wal.append_durable(Record::new(RecordType::optional(0x100), &[7u8; 8 << 10])).unwrap();
-                if lsn.0 % 4 == 0 {
-                    wal.truncate_before(Lsn(lsn.0 - 40)).unwrap();
-                }
-            }
-        })
-    };
+    let writer = write_until_stopped(&wal, &stop, |wal, _| {
+        let lsn = wal.append_durable(Record::new(RecordType::optional(0x100), &[7u8; 8 << 10])).unwrap();
+        if lsn.0 % 4 == 0 {
+            wal.truncate_before(Lsn(lsn.0 - 40)).unwrap();
+        }
+    });
     let _stop = StopOnDrop(Arc::clone(&stop));
     let mut overtaken = 0;
     for round in 0..live_look_rounds() * 2 {
@@ -348,6 +329,20 @@ fn verify_overtaken_by_a_writers_truncation_goes_on_and_says_what_it_did_not_che
     eprintln!("verify was overtaken by truncation and went on in {overtaken} rounds");
     drop(_stop);
     writer.join().unwrap();
+}
+
+/// A thread that runs `step` with the log and its next LSN until `stop` is raised.
+fn write_until_stopped<S: Storage>(
+    wal: &Arc<SegmentedWal<S>>,
+    stop: &Arc<AtomicBool>,
+    step: impl Fn(&SegmentedWal<S>, u64) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let (wal, stop) = (Arc::clone(wal), Arc::clone(stop));
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            step(&wal, wal.next_lsn().0);
+        }
+    })
 }
 
 /// Raises its flag when dropped.
