@@ -86,7 +86,8 @@ impl<S: Storage> SegmentedWal<S> {
     /// that follows the log (an event-plane subscriber over [`Self::lazy_reader`]) and wants
     /// to sleep until there is more to read rather than poll [`Self::durable_lsn`]. `lsn` need
     /// not be issued yet. `Ok(true)` once it is durable, `Ok(false)` at the timeout
-    /// (`Duration::MAX` waits without end), and the poison error if the log is poisoned.
+    /// (`Duration::MAX` waits without end), and the poison error if the log is poisoned before
+    /// `lsn` is durable (an LSN made durable before the failure still answers `Ok(true)`).
     ///
     /// # Examples
     ///
