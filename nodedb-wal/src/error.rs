@@ -246,7 +246,9 @@ pub enum EngineFileProblem {
         /// The file's cipher id.
         cipher: u8,
     },
-    /// The header's chunk length, or a version 1 header's reserved bytes, are invalid.
+    /// The header's chunk length is invalid, a version 1 header's reserved bytes are not
+    /// zero, or a version 2 header's key check value is (which no writer writes: most likely a
+    /// version 1 header whose version field was damaged).
     BadHeader,
     /// The file ends before its header or its last chunk.
     Truncated,
@@ -287,7 +289,9 @@ impl std::fmt::Display for EngineFileProblem {
             EngineFileProblem::NotAnEngineFile => f.write_str("the bytes do not open with an engine file preamble (NSEG)"),
             EngineFileProblem::UnsupportedVersion { version } => write!(f, "format version {version} is not one this build reads"),
             EngineFileProblem::UnsupportedCipher { cipher } => write!(f, "cipher {cipher} is unknown to this build"),
-            EngineFileProblem::BadHeader => f.write_str("the header's chunk length (or a version 1 header's reserved bytes) is invalid"),
+            EngineFileProblem::BadHeader => {
+                f.write_str("the header is damaged: its chunk length, or the key check bytes for its version (zero in version 1, never zero in 2), are invalid")
+            }
             EngineFileProblem::Truncated => f.write_str("the file ends before its header or its last chunk"),
             EngineFileProblem::AuthenticationFailed { chunk: 0 } => f.write_str(
                 "chunk 0 failed authentication: wrong key or corrupt first chunk (the header names the key's id and nothing that checks the key, so the two look the same; a damaged header too)",

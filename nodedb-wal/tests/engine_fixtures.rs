@@ -125,3 +125,20 @@ fn engine_fixtures_match_their_generator() {
     generate(tmp.path());
     check_fixture(tmp.path(), ENGINE_FILE_VERSION);
 }
+
+/// A version 1 file whose version field reads 2 (two flipped bits) holds zeros where version 2
+/// keeps its key check value, which no writer writes there: a damaged header, not the wrong
+/// key, which would send the operator looking for another key file for a file the right key
+/// reads. (Found by review: it was `WrongKey`.)
+#[test]
+fn a_version_1_file_relabelled_2_is_reported_as_damage_not_as_the_wrong_key() {
+    for (name, file) in check_fixture(&fixture_dir(1), 1) {
+        let mut relabelled = file.clone();
+        relabelled[4..6].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(
+            problem(decrypt(&fixture_ring(), &relabelled)),
+            EngineFileProblem::BadHeader,
+            "{name}: the right key, a damaged version field"
+        );
+    }
+}

@@ -233,17 +233,28 @@ fn write_err(e: io::Error) -> WalError {
 /// ```
 pub fn encrypt_engine_file(ring: &KeyRing, input: &mut impl Read, output: &mut impl Write) -> Result<u64> {
     let (key_id, key) = ring.active().ok_or_else(|| problem(EngineFileProblem::NoActiveKey))?;
-    let mut random = [0u8; 20];
-    crate::crypto::random::fill_random(&mut random);
-    let epoch = u32::from_le_bytes(random[16..].try_into().expect("4 bytes"));
-    let preamble =
-        SegmentPreamble { magic: SEG_PREAMBLE_MAGIC, version: ENGINE_FILE_VERSION, cipher: CIPHER_AES_256_GCM, key_id, nonce_epoch: epoch };
-    let mut header = [0u8; ENGINE_HEADER_LEN];
-    header[..PREAMBLE_SIZE].copy_from_slice(&preamble.encode());
-    header[SALT_AT..CHUNK_LEN_AT].copy_from_slice(&random[..16]);
-    header[CHUNK_LEN_AT..KEY_CHECK_AT].copy_from_slice(&ENGINE_CHUNK_LEN.to_le_bytes());
-    // The cipher fills in the key check value.
-    let cipher = FileCipher::new(&key, header, ENGINE_FILE_VERSION, epoch);
+    let cipher = loop {
+        let mut random = [0u8; 20];
+        crate::crypto::random::fill_random(&mut random);
+        let epoch = u32::from_le_bytes(random[16..].try_into().expect("4 bytes"));
+        let preamble = SegmentPreamble {
+            magic: SEG_PREAMBLE_MAGIC,
+            version: ENGINE_FILE_VERSION,
+            cipher: CIPHER_AES_256_GCM,
+            key_id,
+            nonce_epoch: epoch,
+        };
+        let mut header = [0u8; ENGINE_HEADER_LEN];
+        header[..PREAMBLE_SIZE].copy_from_slice(&preamble.encode());
+        header[SALT_AT..CHUNK_LEN_AT].copy_from_slice(&random[..16]);
+        header[CHUNK_LEN_AT..KEY_CHECK_AT].copy_from_slice(&ENGINE_CHUNK_LEN.to_le_bytes());
+        // The cipher fills in the key check value. Zeros there mean a damaged header (a
+        // version 1 header relabelled), so a salt giving zeros (1 in 2^32) is drawn again.
+        let cipher = FileCipher::new(&key, header, ENGINE_FILE_VERSION, epoch);
+        if cipher.key_check != [0; KEY_CHECK_LEN] {
+            break cipher;
+        }
+    };
     output.write_all(&cipher.header).map_err(write_err)?;
     let mut written = ENGINE_HEADER_LEN as u64;
     // Zeroed when dropped, on error paths too: it held plaintext.
@@ -284,8 +295,12 @@ fn read_header(input: &mut impl Read) -> Result<([u8; ENGINE_HEADER_LEN], Segmen
         return Err(problem(EngineFileProblem::UnsupportedCipher { cipher: preamble.cipher }));
     }
     let chunk_len = u32::from_le_bytes(header[CHUNK_LEN_AT..KEY_CHECK_AT].try_into().expect("4 bytes"));
-    let reserved_set = preamble.version == 1 && header[KEY_CHECK_AT..].iter().any(|&b| b != 0);
-    if chunk_len == 0 || chunk_len > CHUNK_LEN_MAX || reserved_set {
+    // Version 1 reserved these bytes as zeros; version 2 never writes zeros there, so zeros
+    // under version 2 are a version 1 header whose version field was damaged, not a key check
+    // to blame the key for.
+    let key_check_zero = header[KEY_CHECK_AT..] == [0; KEY_CHECK_LEN];
+    let check_misplaced = if preamble.version == 1 { !key_check_zero } else { key_check_zero };
+    if chunk_len == 0 || chunk_len > CHUNK_LEN_MAX || check_misplaced {
         return Err(problem(EngineFileProblem::BadHeader));
     }
     Ok((header, preamble, chunk_len))
