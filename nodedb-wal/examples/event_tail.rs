@@ -48,10 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut reader = wal.lazy_reader(cursor)?;
         while let Some(handle) = reader.next_header()? {
             if handle.record_type == ORDER {
-                let payload = reader.payload()?;
+                // Lent from the reader's buffer: no copy, no allocation per record.
+                let payload = reader.payload_view()?;
                 orders += 1;
                 if orders % 250 == 0 {
-                    println!("lsn {}: {}", handle.lsn, String::from_utf8_lossy(&payload));
+                    println!("lsn {}: {}", handle.lsn, String::from_utf8_lossy(payload));
                 }
             } else {
                 skipped += 1;

@@ -770,7 +770,33 @@ impl<S: Storage> LazyWalReader<S> {
 
     /// Reads, checks and decrypts the payload of the record [`Self::next_header`] returned last.
     pub fn payload(&mut self) -> Result<Vec<u8>> {
+        self.payload_view().map(<[u8]>::to_vec)
+    }
+
+    /// Like [`Self::payload`], lending the payload from the reader's own buffer instead of
+    /// copying it out: no allocation per record. The borrow ends at the next call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, storage::FaultConfig};
+    /// # let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// let (order, metric) = (RecordType::optional(0x200), RecordType::optional(0x300));
+    /// wal.append(Record::new(metric, b"cpu 0.5"))?;
+    /// wal.append_durable(Record::new(order, b"order 17"))?;
+    /// let mut reader = wal.lazy_reader(Lsn::FIRST)?;
+    /// let mut orders = 0;
+    /// while let Some(header) = reader.next_header()? {
+    ///     if header.record_type == order {
+    ///         assert_eq!(reader.payload_view()?, b"order 17");
+    ///         orders += 1;
+    ///     }
+    /// }
+    /// assert_eq!(orders, 1);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn payload_view(&mut self) -> Result<&[u8]> {
         let handle = self.current.ok_or(WalError::NoCurrentRecord)?;
-        self.cursor.open_at(handle.segment, handle.offset, &handle.header).map(<[u8]>::to_vec)
+        self.cursor.open_at(handle.segment, handle.offset, &handle.header)
     }
 }

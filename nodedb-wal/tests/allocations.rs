@@ -213,4 +213,22 @@ fn warm_appends_allocate_nothing_per_record_or_batch() {
     follow();
     let counted = allocations_in(&mut follow);
     assert!(counted <= 2 * APPENDS as u64, "tail: {counted} allocations for {APPENDS} refills of one record");
+
+    // A headers-first reader lending every payload (`payload_view`) allocates per reader and
+    // per segment, never per record; `payload` copies each one out.
+    let from = Lsn(wal.next_lsn().0 - APPENDS as u64);
+    let lend = |lent: bool| {
+        let mut reader = wal.lazy_reader(from).unwrap();
+        let mut read = 0;
+        while reader.next_header().unwrap().is_some() {
+            let len = if lent { reader.payload_view().unwrap().len() } else { reader.payload().unwrap().len() };
+            assert_eq!(len, payload.len());
+            read += 1;
+        }
+        assert_eq!(read, APPENDS);
+    };
+    let lent = allocations_in(|| lend(true));
+    assert!(lent <= ONE_OFFS * 4, "payload_view: {lent} allocations for {APPENDS} payloads");
+    let copied = allocations_in(|| lend(false));
+    assert!(copied >= APPENDS as u64, "payload copies each one out: {copied} allocations");
 }
