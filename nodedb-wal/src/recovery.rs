@@ -278,15 +278,18 @@ pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) 
         // the wrong file under that name (swapped or copied segments), not a race with reuse.
         let scan = if tries < TRUNCATED_RESCANS { Scan::Look } else { Scan::LastLook };
         match scan_dir(storage, dir, false, 512, ring, scan) {
-            Err(WalError::SegmentTruncated { .. }) if scan == Scan::Look => tries += 1,
-            // A directory is not listed in one atomic step: a segment truncation removed while
-            // the listing was read can leave a hole between two listed ones. And `FLOOR` is
-            // read after the listing: a writer that rolled and truncated every listed segment
-            // meanwhile leaves a floor above all of them. A segment that is really missing is
-            // still missing at the last look.
-            Err(WalError::MissingSegment { .. }) if scan == Scan::Look => tries += 1,
-            // The slot of `FLOOR` a truncation is writing reads as damaged until the write is done.
-            Err(WalError::FloorSlotDamaged { .. }) if scan == Scan::Look => tries += 1,
+            // A segment scanned may be truncated under the look. A directory is not listed in
+            // one atomic step: a segment truncation removed while the listing was read can
+            // leave a hole between two listed ones. And `FLOOR` is read after the listing: a
+            // writer that rolled and truncated every listed segment meanwhile leaves a floor
+            // above all of them, and the slot of `FLOOR` a truncation is writing reads as
+            // damaged until the write is done. A segment that is really missing, or a slot
+            // really damaged, is still so at the last look.
+            Err(WalError::SegmentTruncated { .. } | WalError::MissingSegment { .. } | WalError::FloorSlotDamaged { .. })
+                if scan == Scan::Look =>
+            {
+                tries += 1;
+            }
             scanned => return Ok(scanned?.info),
         }
     }

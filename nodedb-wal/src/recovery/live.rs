@@ -21,10 +21,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Outcome, RecoveryInfo, ScanCtx, scan_segment};
+use super::{Outcome, RecoveryInfo, ScanCtx, open_existing, scan_segment};
 use crate::error::{CorruptionKind, Result, WalError};
 use crate::segment;
-use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::storage::{Storage, StorageFile};
 use crate::types::{Lsn, SegmentId};
 
 /// How long a look goes on scanning the newest segment while what it finds wrong keeps changing.
@@ -78,9 +78,7 @@ pub(super) fn scan_live_segment<S: Storage>(
 /// The file of segment `id` around `offset` now, or `None` where it cannot be read (truncation
 /// took it: the next scan says so).
 fn sight<S: Storage>(ctx: &ScanCtx<'_, S>, id: SegmentId, offset: u64, kind: CorruptionKind) -> Option<Sighting> {
-    let path = segment::path(ctx.dir, id);
-    let file = ctx.storage.open(&path, OpenMode { create: false, write: false, direct: false, create_new: false }).ok()?;
-    let file_len = file.len().ok()?;
+    let (file, file_len) = open_existing(ctx.storage, &segment::path(ctx.dir, id), false, false).ok()?;
     let from = offset - offset % 4096;
     let mut around = vec![0u8; AROUND.min(file_len.saturating_sub(from)) as usize];
     let n = file.read_at(&mut around, from).ok()?;

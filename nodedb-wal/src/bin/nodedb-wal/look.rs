@@ -84,7 +84,7 @@ pub(super) fn inspect(args: &Args) -> Outcome {
         "key"
     );
     for seg in &info.segments {
-        let (version, key) = version_and_key(&dir.join(format!("{:020}.wal", seg.id.0)));
+        let (version, key) = version_and_key(&nodedb_wal::segment::path(&dir, seg.id));
         out!(
             "{:>20}  {:>12}  {:>12}  {:>10}  {:>12}  {:>6}  {:>7}  {:>6}",
             seg.id.0,
@@ -171,7 +171,7 @@ pub(super) fn dump(args: &Args) -> Outcome {
 /// Looks `verify` takes at most: the first, and one more each time a writer's truncation
 /// overtakes its pass. A pass starts in the oldest segment, the next one a truncation takes,
 /// so beside a writer that truncates every few records several looks are usual (up to 5 in
-/// 100 passes of `live_look.rs`' test, on an idle machine). A writer that truncates faster than
+/// 100 passes of `live_look.rs`' test, measured once while another build shared the CPU). A writer that truncates faster than
 /// the pass reads, 64 times over, ends it with the truncation error (status 3).
 const VERIFY_LOOKS_MAX: u32 = 64;
 
