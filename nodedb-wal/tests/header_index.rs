@@ -161,20 +161,37 @@ fn small_records_get_no_index() {
     assert!(index_names(&sim).is_empty(), "an index of 148-byte frames would cost a third of the segment");
 }
 
+/// Syncs records into the newest segment until it holds at least one record and has room for
+/// `bytes` more, so what follows lands after records of its own segment. How full `filled`
+/// leaves the newest segment depends on how far its appends ran ahead of the flusher; a group
+/// that rolled the log would start its segment, and a segment the manifest names once its
+/// first batch is durable, cut back to no record, is corruption (see `damage.rs`), not a torn
+/// tail.
+fn make_room_after_records(wal: &SegmentedWal<SimStorage>, bytes: u64) {
+    let target = config().segment_bytes_target;
+    loop {
+        let newest = *wal.segments().last().unwrap();
+        if newest.end_lsn > newest.first_lsn && newest.bytes + bytes < target {
+            return;
+        }
+        wal.append(Record::new(RecordType::optional(0x102), &[9; 20_000])).unwrap();
+        wal.sync().unwrap();
+    }
+}
+
 /// A restart seals the segment the log was writing; recovery builds its index as it scans it,
 /// cut where recovery cuts the segment: here an atomic group whose last record was torn.
 #[test]
 fn a_segment_sealed_by_a_restart_gets_an_index_of_exactly_the_records_recovery_kept() {
     for (seed, cut) in [(100, None), (101, Some(10_000usize)), (102, Some(25_000))] {
         let (sim, wal) = filled(seed);
+        make_room_after_records(&wal, 120_000);
         let group: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 25_000]).collect();
         let records: Vec<Record<'_>> = group.iter().map(|p| Record::new(RecordType::optional(0x101), p)).collect();
         let lsns = wal.append_group(&records).unwrap();
         wal.sync().unwrap();
-        // Taken after the group: how full `filled` left the newest segment depends on how far
-        // the appends ran ahead of the flusher, so the group may have rolled the log. A group
-        // never spans segments: the newest one holds it whole.
         let open = *wal.segments().last().unwrap();
+        assert!(open.first_lsn < *lsns.start(), "seed {seed}: records before the group share its segment");
         let end = open.bytes as usize;
         drop(wal);
         let path = segment::path(Path::new(DIR), open.id);
