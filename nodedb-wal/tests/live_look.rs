@@ -11,6 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use common::{BLOCK, append_synced, assert_records, config, seg};
 use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
@@ -29,6 +30,8 @@ struct Race {
     end: Box<dyn Fn() -> u64 + Send + Sync>,
     /// Has the writer write and sync batches until its records reach past the offset given.
     advance: Box<dyn Fn(u64) + Send + Sync>,
+    /// How much longer each race takes, as on a loaded machine or a slow disk.
+    stall: Duration,
     /// Scans still to race.
     left: AtomicUsize,
     /// Scans of the segment: reads of it from its start.
@@ -82,6 +85,7 @@ impl StorageFile for RacingFile {
             let races = offset > *end && self.covered.load(Ordering::SeqCst) > *end && !self.raced.swap(true, Ordering::SeqCst);
             if races && race.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
                 (race.advance)(offset + 2 * BLOCK);
+                std::thread::sleep(race.stall);
             }
         }
         let n = self.inner.read_at(buf, offset)?;
@@ -115,8 +119,9 @@ impl StorageFile for RacingFile {
 }
 
 /// A log of one segment on `sim`, its records ending a few blocks into it, and a storage on
-/// which a look's scans of that segment race the writer `races` times.
-fn racing_log(sim: &SimStorage, dir: &Path, races: usize) -> (Arc<SegmentedWal<SimStorage>>, Racing) {
+/// which a look's scans of that segment race the writer `races` times, each race taking
+/// `stall` longer.
+fn racing_log(sim: &SimStorage, dir: &Path, races: usize, stall: Duration) -> (Arc<SegmentedWal<SimStorage>>, Racing) {
     let wal = Arc::new(SegmentedWal::open_with(sim.clone(), live_config(dir)).unwrap());
     for lsn in 1..=40 {
         append_synced(&*wal, lsn, lsn);
@@ -132,6 +137,7 @@ fn racing_log(sim: &SimStorage, dir: &Path, races: usize) -> (Arc<SegmentedWal<S
                 append_synced(&*writes, lsn, lsn + 3);
             }
         }),
+        stall,
         left: AtomicUsize::new(races),
         scans: AtomicUsize::new(0),
     };
@@ -145,7 +151,7 @@ fn racing_log(sim: &SimStorage, dir: &Path, races: usize) -> (Arc<SegmentedWal<S
 fn a_look_whose_every_scan_a_busy_writer_overtakes_opens_once_the_writer_lets_one_finish() {
     let sim = SimStorage::new(5, FaultConfig::default());
     let dir = Path::new("/busy");
-    let (wal, racing) = racing_log(&sim, dir, 6);
+    let (wal, racing) = racing_log(&sim, dir, 6, Duration::ZERO);
     let view = ReadOnlyWal::open_with(racing.clone(), dir, None).unwrap_or_else(|e| panic!("a false alarm: {e}"));
     assert_eq!(racing.race.left.load(Ordering::SeqCst), 0, "every race ran");
     assert_eq!(racing.race.scans.load(Ordering::SeqCst), 7, "a scan per race, and a clean one");
@@ -155,27 +161,46 @@ fn a_look_whose_every_scan_a_busy_writer_overtakes_opens_once_the_writer_lets_on
     assert_records(&records, 1, info.last_lsn.0);
 }
 
+/// On a loaded machine or a slow disk one scan, raced, can take longer than the look's deadline
+/// (one second): the look must still scan again before it reports what the race left, and
+/// open once a scan is not overtaken. The race here stalls past the deadline, as the six races
+/// above did under CPU load.
+// Seen failing before the fix, which let the deadline end a look after any number of scans:
+// this test on every run (a false alarm after one scan), and the test above under two busy
+// loops and eight test threads in 9 runs of 15 (the deadline passed after three to five of
+// its six races).
+#[test]
+fn a_look_whose_scan_outlasts_its_deadline_scans_again_before_it_reports() {
+    let sim = SimStorage::new(7, FaultConfig::default());
+    let dir = Path::new("/slow");
+    let (wal, racing) = racing_log(&sim, dir, 1, Duration::from_millis(1100));
+    let view = ReadOnlyWal::open_with(racing.clone(), dir, None).unwrap_or_else(|e| panic!("a false alarm: {e}"));
+    assert_eq!(racing.race.scans.load(Ordering::SeqCst), 2, "the raced scan, and a clean one");
+    let info = view.recovery_info().clone();
+    assert_eq!((info.first_lsn, info.last_lsn, info.torn_tail), (Lsn(1), wal.durable_lsn(), None), "what the writer holds");
+}
+
 /// A writer that overtakes every scan: each is a different sighting, so the look goes on
-/// until its deadline, then reports what the last scan found (each race reads as damage before
-/// acknowledged records), bounded in time.
+/// until its deadline and eight scans, then reports what the last scan found (each race reads
+/// as damage before acknowledged records), bounded in time.
 #[test]
 fn a_look_that_a_writer_overtakes_on_every_scan_gives_up_at_its_deadline() {
     let sim = SimStorage::new(6, FaultConfig::default());
     let dir = Path::new("/overtaken");
-    let (_wal, racing) = racing_log(&sim, dir, usize::MAX);
+    let (_wal, racing) = racing_log(&sim, dir, usize::MAX, Duration::ZERO);
     match ReadOnlyWal::open_with(racing.clone(), dir, None) {
         Err(WalError::Corruption { kind: CorruptionKind::DamageBeforeDurableRecords { .. }, .. }) => {}
         other => panic!("a look overtaken on every scan: {:?}", other.map(|view| view.recovery_info().clone())),
     }
     let scans = racing.race.scans.load(Ordering::SeqCst);
-    assert!(scans > 4, "it looked again and again, not {scans} times");
+    assert!(scans >= 8, "it looked again and again, not {scans} times");
 }
 
 /// A [`racing_log`] in `dir` that never races, with a byte of its tenth record's block
 /// flipped (the records after it claim it durable); returns where.
 fn damaged_log(seed: u64, dir: &Path) -> (Arc<SegmentedWal<SimStorage>>, Racing, u64) {
     let sim = SimStorage::new(seed, FaultConfig::default());
-    let (wal, racing) = racing_log(&sim, dir, 0);
+    let (wal, racing) = racing_log(&sim, dir, 0, Duration::ZERO);
     let path = racing.race.segment.clone();
     let mut bytes = sim.read_file(&path).unwrap();
     let at = 10 * BLOCK + 100;

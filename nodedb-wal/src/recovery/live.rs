@@ -6,7 +6,10 @@
 //! durable: together, damage before acknowledged records (`DamageBeforeDurableRecords`), on a
 //! healthy log. A busy writer can do that to every scan, each time further on; a slow disk or
 //! a loaded CPU stretches how long each write takes. So a look scans again, pausing 1, 2, 4 ...
-//! up to 128 ms between scans, until a scan is clean or its deadline (one second) passes.
+//! up to 128 ms between scans, until a scan is clean or its deadline (one second) passes, and
+//! gives up at the deadline only after eight scans: the same load that stretches the writer's
+//! writes stretches the look's scans, and one scan of a large segment on a busy machine can
+//! outlast the deadline, which alone would report the first race it met as damage.
 //!
 //! It stops early only when the damage is stable: two scans in a row report the same error at
 //! the same offset, in a file of the same length, with the same bytes around it. A writer in
@@ -16,8 +19,8 @@
 //! first scan saw the claim: if the second scan, which read them after that, still finds them
 //! bad, they are bad. A race shows up as a change instead (the damage moves on, or its bytes
 //! change). So real damage costs two scans and a pause of 1 ms; a look that a writer overtakes
-//! on every scan gives up after about a second (and the scan running then), reporting what the
-//! last scan found.
+//! on every scan gives up after about a second (and the scan running then) or eight scans,
+//! whichever comes later, reporting what the last scan found.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,9 @@ use crate::types::{Lsn, SegmentId};
 
 /// How long a look goes on scanning the newest segment while what it finds wrong keeps changing.
 const DEADLINE: Duration = Duration::from_secs(1);
+/// Scans a look makes before its deadline may end it: its verdict on a healthy log must not
+/// depend on how fast the machine runs it. Eight scans pause 127 ms in all.
+const MIN_SCANS: u32 = 8;
 /// The first pause between two scans; each next one is twice as long, up to [`PAUSE_MAX`].
 const PAUSE_FIRST: Duration = Duration::from_millis(1);
 const PAUSE_MAX: Duration = Duration::from_millis(128);
@@ -57,7 +63,9 @@ pub(super) fn scan_live_segment<S: Storage>(
     let started = Instant::now();
     let mut pause = PAUSE_FIRST;
     let mut last: Option<Sighting> = None;
+    let mut scans = 0u32;
     loop {
+        scans += 1;
         let mut trial = info.clone();
         let outcome = scan_segment(ctx, id, true, prev_end, &mut trial);
         let Err(WalError::Corruption { offset, kind, .. }) = outcome else {
@@ -66,11 +74,13 @@ pub(super) fn scan_live_segment<S: Storage>(
         };
         let seen = sight(ctx, id, offset, kind);
         let waited = started.elapsed();
-        if (seen.is_some() && seen == last) || waited >= DEADLINE {
+        if (seen.is_some() && seen == last) || (waited >= DEADLINE && scans >= MIN_SCANS) {
             return outcome;
         }
         last = seen;
-        std::thread::sleep(pause.min(DEADLINE - waited));
+        // Short of the deadline, the pause ends at it; past it (too few scans yet), it is whole.
+        let left = DEADLINE.saturating_sub(waited);
+        std::thread::sleep(if left.is_zero() { pause } else { pause.min(left) });
         pause = (pause * 2).min(PAUSE_MAX);
     }
 }
