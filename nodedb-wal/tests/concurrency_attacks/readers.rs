@@ -27,6 +27,7 @@ fn readers_beside_rolls_and_truncation<S: Storage>(
             const N: u64 = 3000;
             let done = AtomicBool::new(false);
             let read = AtomicU64::new(0);
+            let running = AtomicU64::new(READERS);
             std::thread::scope(|s| {
                 s.spawn(|| {
                     for i in 1..=N {
@@ -37,13 +38,24 @@ fn readers_beside_rolls_and_truncation<S: Storage>(
                                 wal.truncate_before(Lsn(durable.0.saturating_sub(300).max(1))).unwrap();
                             }
                         }
+                        // Half way, the writer lets the readers catch up before it goes on:
+                        // on a busy machine it could otherwise finish before any reader ran,
+                        // and the readers would have raced nothing (seen once under load,
+                        // "the readers read something", one run of two with one test thread).
+                        // (A reader gone before `done` panicked: its panic is the failure.)
+                        if i == N / 2 {
+                            while read.load(Ordering::SeqCst) == 0 && running.load(Ordering::SeqCst) == READERS {
+                                std::thread::yield_now();
+                            }
+                        }
                     }
                     wal.sync().unwrap();
                     done.store(true, Ordering::SeqCst);
                 });
-                for r in 0..4u64 {
-                    let (wal, done, read) = (&wal, &done, &read);
+                for r in 0..READERS {
+                    let (wal, done, read, running) = (&wal, &done, &read, &running);
                     s.spawn(move || {
+                        let _running = Running(running);
                         let mut rng = 31 + r + round;
                         while !done.load(Ordering::SeqCst) {
                             let (oldest, durable) = (wal.oldest_lsn().0, wal.durable_lsn().0);
@@ -81,12 +93,12 @@ fn readers_beside_rolls_and_truncation<S: Storage>(
                                     check_run("tail", from, records, 2000)
                                 }
                             };
-                            read.fetch_add(n as u64, Ordering::Relaxed);
+                            read.fetch_add(n as u64, Ordering::SeqCst);
                         }
                     });
                 }
             });
-            assert!(read.load(Ordering::Relaxed) > 0, "the readers read something");
+            assert!(read.load(Ordering::SeqCst) > 0, "the readers read something");
             // A tail from where the log now starts follows it to the end.
             let oldest = wal.oldest_lsn();
             let mut tail = wal.tail(oldest);
@@ -96,6 +108,18 @@ fn readers_beside_rolls_and_truncation<S: Storage>(
             assert_eq!(oldest.0 + n as u64, N + 1, "round {round}");
         }
     });
+}
+
+/// Reader threads: `read_from`, the lazy reader, a parallel replay and a tail.
+const READERS: u64 = 4;
+
+/// Counts a reader thread down when it ends, by a panic too.
+struct Running<'a>(&'a AtomicU64);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[test]
