@@ -61,6 +61,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     writer.join().expect("writer thread")?;
-    println!("delivered {orders} orders, skipped {skipped} metrics without reading their payloads");
+    // The cursor is the next LSN to read, so the last one seen is the one before it.
+    let last_seen = cursor.prev().expect("the cursor starts at Lsn::FIRST and only moves on");
+    println!("delivered {orders} orders, skipped {skipped} metrics without reading their payloads, up to LSN {last_seen}");
     Ok(())
 }

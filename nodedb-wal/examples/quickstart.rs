@@ -59,6 +59,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let replayed = wal.read_from(Lsn::FIRST)?.count();
     println!("replayed {replayed} records; next LSN is {}", wal.next_lsn());
+    // The LSN before the next one is the last recovered record (`Lsn::ZERO` in an empty log).
+    assert_eq!(wal.next_lsn().prev(), Some(info.last_lsn));
     assert_eq!(replayed as u64, u64::from(THREADS * RECORDS_PER_THREAD));
     Ok(())
 }

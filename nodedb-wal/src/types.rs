@@ -11,6 +11,7 @@ use std::fmt;
 ///
 /// assert_eq!(Lsn::ZERO.next(), Lsn::FIRST);
 /// assert_eq!(Lsn::FIRST.next(), Lsn(2));
+/// assert_eq!(Lsn(2).prev(), Some(Lsn::FIRST));
 /// assert!(Lsn::ZERO < Lsn::FIRST, "LSNs order like their numbers");
 /// assert_eq!(Lsn::default(), Lsn::ZERO);
 /// assert_eq!(Lsn(42).to_string(), "42");
@@ -41,6 +42,29 @@ impl Lsn {
     #[must_use]
     pub const fn next(self) -> Lsn {
         Lsn(self.0 + 1)
+    }
+
+    /// The LSN before this one, or `None` for [`Lsn::ZERO`], which has none. The LSN before
+    /// [`Lsn::FIRST`] is [`Lsn::ZERO`], as the log itself uses it: the last LSN handed out
+    /// before `next_lsn` is `next_lsn.prev()`, and that is `ZERO` ("none") in a new log.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::Lsn;
+    ///
+    /// assert_eq!(Lsn(3).prev(), Some(Lsn(2)));
+    /// assert_eq!(Lsn::FIRST.prev(), Some(Lsn::ZERO), "no record before the first");
+    /// assert_eq!(Lsn::ZERO.prev(), None);
+    /// // The inverse of `next`.
+    /// assert_eq!(Lsn(41).next().prev(), Some(Lsn(41)));
+    /// ```
+    #[must_use]
+    pub const fn prev(self) -> Option<Lsn> {
+        match self.0.checked_sub(1) {
+            Some(n) => Some(Lsn(n)),
+            None => None,
+        }
     }
 }
 

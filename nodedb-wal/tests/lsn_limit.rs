@@ -35,8 +35,8 @@ fn a_log_whose_lsns_run_out_refuses_appends_and_keeps_every_acknowledged_record(
         }
     };
     assert!(matches!(refused, WalError::LsnsExhausted { next } if next == Lsn::LIMIT), "{refused}");
-    assert_eq!(acked.first(), Some(&Lsn(first.0 + 1)));
-    assert_eq!(acked.last(), Some(&Lsn(Lsn::LIMIT.0 - 1)), "every LSN below the limit was used");
+    assert_eq!(acked.first(), Some(&first.next()));
+    assert_eq!(acked.last(), Lsn::LIMIT.prev().as_ref(), "every LSN below the limit was used");
     // A batch or group that would cross the limit is refused whole.
     let two = [Record::new(TY, b"a"), Record::new(TY, b"b")];
     assert!(matches!(wal.append_batch(&two), Err(WalError::LsnsExhausted { .. })));

@@ -411,8 +411,8 @@ fn a_checkpoint_past_the_next_lsn_is_refused_and_removes_nothing() {
     let (_storage, wal, model) = faulty_log(31);
     let segments = wal.segments().len();
     let next = wal.next_lsn();
-    let err = wal.truncate_before(Lsn(next.0 + 1)).unwrap_err();
-    assert!(matches!(err, WalError::LsnNotIssued { lsn, next: n } if lsn == Lsn(next.0 + 1) && n == next), "{err}");
+    let err = wal.truncate_before(next.next()).unwrap_err();
+    assert!(matches!(err, WalError::LsnNotIssued { lsn, next: n } if lsn == next.next() && n == next), "{err}");
     assert_eq!(wal.segments().len(), segments);
     assert_eq!(wal.oldest_lsn(), Lsn::FIRST);
     assert!(wal.truncate_before(next).unwrap() > 0, "up to the next LSN is a checkpoint");

@@ -192,7 +192,7 @@ fn a_tombstone_reaching_past_its_own_lsn_is_refused_and_uses_no_lsn() {
     let wal = SegmentedWal::open_with(SimStorage::new(5, FaultConfig::default()), config(None)).unwrap();
     wal.append(Record::new(RecordType::optional(0x100), b"row")).unwrap();
     let next = wal.next_lsn();
-    let ahead = CollectionTombstonePayload { database: 1, tenant: 1, collection: "t".into(), purge_lsn: Lsn(next.0 + 1) };
+    let ahead = CollectionTombstonePayload { database: 1, tenant: 1, collection: "t".into(), purge_lsn: next.next() };
     let err = wal.append_tombstone(&ahead).unwrap_err();
     assert!(matches!(err, WalError::LsnNotIssued { lsn, next: n } if lsn == ahead.purge_lsn && n == next), "{err}");
     assert_eq!(wal.next_lsn(), next);

@@ -49,7 +49,7 @@ fn a_log_whose_segment_ids_run_out_refuses_appends_and_keeps_every_acknowledged_
     assert_eq!(ids.last(), Some(&SegmentId(u64::MAX - 1)), "the last id is never made: {ids:?}");
     assert!(ids.iter().all(|id| id.0 >= first.0), "ids wrapped: {ids:?}");
     // A refused append used no LSN, and the log still syncs what it holds.
-    assert_eq!(wal.next_lsn(), Lsn(acked.last().unwrap().0.0 + 1));
+    assert_eq!(wal.next_lsn(), acked.last().unwrap().0.next());
     wal.sync().unwrap();
     drop(wal);
 

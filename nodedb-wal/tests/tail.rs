@@ -247,7 +247,7 @@ fn a_tail_delivers_every_record_before_damage_ahead_of_the_error() {
         // Bit rot after the log was opened: in the last record of the second segment, or in
         // the end frame after it.
         let damaged = wal.segments()[1];
-        let last = wal.lazy_reader(Lsn(damaged.end_lsn.0 - 1)).unwrap().next_header().unwrap().unwrap();
+        let last = wal.lazy_reader(damaged.end_lsn.prev().unwrap()).unwrap().next_header().unwrap().unwrap();
         let at = last.offset() as usize + if damage_end_frame { 48 + last.stored_len as usize + 4 } else { 60 };
         let path = nodedb_wal::segment::path(dir, damaged.id);
         let mut bytes = sim.read_file(&path).unwrap();

@@ -89,7 +89,7 @@ fn durable_futures_from_many_executors_all_complete_and_leave_no_waker_behind() 
                             while wal.next_lsn() == Lsn::FIRST {
                                 std::thread::yield_now();
                             }
-                            let top = Lsn(wal.next_lsn().0 - 1);
+                            let top = wal.next_lsn().prev().expect("next_lsn is never ZERO");
                             let task = unpark_here();
                             let mut futures: Vec<DurableFuture<'_>> =
                                 (0..64).map(|k| wal.durable(Lsn(top.0.saturating_sub(k % 3).max(1))).unwrap()).collect();
@@ -164,7 +164,7 @@ fn waits_for_unissued_lsns_are_typed_errors_and_timeouts_of_any_size_end() {
                 wal.wait_durable(*lsns.end()).unwrap();
             }
             let next = wal.next_lsn();
-            for lsn in [next, Lsn(next.0 + 1), Lsn(u64::MAX)] {
+            for lsn in [next, next.next(), Lsn(u64::MAX)] {
                 assert!(not_issued(&wal.wait_durable(lsn)), "busy {busy}: wait_durable({lsn})");
                 assert!(not_issued(&wal.request_sync(lsn)), "busy {busy}: request_sync({lsn})");
                 assert!(matches!(wal.durable(lsn), Err(WalError::LsnNotIssued { .. })), "busy {busy}: durable({lsn})");
