@@ -177,8 +177,27 @@ pub struct Scope {
 /// assert_eq!(applied, [Lsn(1)]);
 /// # Ok::<(), nodedb_wal::WalError>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RecordType(pub u16);
+
+/// In hex, as types are written, with the required bit spelled out:
+/// `RecordType(0x8120, required)`.
+///
+/// # Examples
+///
+/// ```
+/// use nodedb_wal::RecordType;
+///
+/// assert_eq!(format!("{:?}", RecordType::optional(0x101)), "RecordType(0x0101, optional)");
+/// assert_eq!(format!("{:?}", RecordType::required(0x101)), "RecordType(0x8101, required)");
+/// assert_eq!(format!("{:?}", RecordType::SEGMENT_END), "RecordType(0x8003, required)");
+/// ```
+impl fmt::Debug for RecordType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bit = if self.is_required() { "required" } else { "optional" };
+        write!(f, "RecordType({:#06x}, {bit})", self.0)
+    }
+}
 
 impl RecordType {
     /// The bit that marks a type a reader must understand.
