@@ -53,7 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The wrong key under id 1: refused at open, and the log is left as it was.
     let wrong = KeyRing::new();
     wrong.insert(1, SecureKey::load(&key_file(keys.path(), "wrong.key", 0x33)?)?)?;
-    wrong.insert(2, SecureKey::load(&second)?)?;
+    // The right key 2, shared with the first ring rather than loaded (copied) again.
+    wrong.insert(2, ring.get(2).ok_or("key 2 was inserted above")?)?;
     wrong.set_active(2)?;
     config.key_ring = Some(Arc::new(wrong));
     match SegmentedWal::open(config.clone()) {

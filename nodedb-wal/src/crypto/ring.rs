@@ -54,7 +54,7 @@ impl KeyRing {
         KeyRing::default()
     }
 
-    /// A ring holding one key, active.
+    /// A ring holding one key (owned or shared, as [`Self::insert`] takes it), active.
     ///
     /// # Examples
     ///
@@ -67,7 +67,7 @@ impl KeyRing {
     /// config.key_ring = Some(Arc::new(KeyRing::with_active(7, SecureKey::generate())));
     /// assert_eq!(config.key_ring.as_ref().and_then(|ring| ring.active()).map(|(id, _)| id), Some(7));
     /// ```
-    pub fn with_active(key_id: u32, key: SecureKey) -> KeyRing {
+    pub fn with_active(key_id: u32, key: impl Into<Arc<SecureKey>>) -> KeyRing {
         let ring = KeyRing::new();
         ring.insert(key_id, key).expect("an empty ring takes any id");
         ring.set_active(key_id).expect("just inserted");
@@ -82,13 +82,34 @@ impl KeyRing {
         self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds a key. An id already in the ring is refused: segments may already name it.
-    pub fn insert(&self, key_id: u32, key: SecureKey) -> Result<()> {
+    /// Adds a key, owned (`SecureKey`) or shared (`Arc<SecureKey>`). An id already in the ring
+    /// is refused: segments may already name it.
+    ///
+    /// A shared key is held, not copied: two logs, or a log and the engine files beside it,
+    /// can use one key through rings of their own without its bytes being read out into
+    /// another buffer (a copy is one more place to wipe). The key stays on its one locked page,
+    /// and is wiped when the last ring or caller holding it drops it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use nodedb_wal::{KeyRing, SecureKey};
+    ///
+    /// let key = Arc::new(SecureKey::generate());
+    /// let (log, engine) = (KeyRing::new(), KeyRing::new());
+    /// log.insert(1, Arc::clone(&key))?;
+    /// engine.insert(1, key)?;
+    /// assert!(Arc::ptr_eq(&log.get(1).unwrap(), &engine.get(1).unwrap()), "one key, not two copies");
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn insert(&self, key_id: u32, key: impl Into<Arc<SecureKey>>) -> Result<()> {
         let mut inner = self.write();
         if inner.keys.contains_key(&key_id) {
             return Err(WalError::KeyIdInUse { key_id });
         }
-        inner.keys.insert(key_id, Arc::new(key));
+        inner.keys.insert(key_id, key.into());
         Ok(())
     }
 
@@ -165,5 +186,23 @@ mod tests {
         assert!(ring.get(1).is_some(), "the old key still decrypts old segments");
         assert!(matches!(ring.set_active(3), Err(WalError::UnknownKeyId { key_id: 3, .. })));
         assert!(matches!(ring.insert(1, SecureKey::from_bytes(&mut [9; 32])), Err(WalError::KeyIdInUse { key_id: 1 })));
+    }
+
+    #[test]
+    fn a_shared_key_is_held_not_copied_and_dropped_with_its_last_holder() {
+        let key = Arc::new(SecureKey::from_bytes(&mut [5; 32]));
+        let page = key.expose().as_ptr();
+        let weak = Arc::downgrade(&key);
+        let first = KeyRing::with_active(1, Arc::clone(&key));
+        let second = KeyRing::new();
+        second.insert(7, key).unwrap();
+        for held in [first.get(1).unwrap(), second.get(7).unwrap()] {
+            assert_eq!(held.expose().as_ptr(), page, "the bytes stay on the key's one page");
+        }
+        drop(first);
+        assert_eq!(second.get(7).unwrap().expose(), &[5; 32], "the other ring's key outlives the first ring");
+        drop(second);
+        // The last holder gone, `SecureKey` was dropped, which zeroizes and unlocks its page.
+        assert!(weak.upgrade().is_none(), "nothing keeps the key alive");
     }
 }
