@@ -145,6 +145,61 @@ fn verify_tells_a_torn_tail_from_corruption() {
     assert_eq!(status(&out), 2, "{}", text(&out));
 }
 
+/// The two counts in a torn-tail line: the bytes never acknowledged and the zeros after them.
+fn torn_counts(line: &str) -> (u64, u64) {
+    const ZEROS: &str = " bytes of zeros: space the log reserved ahead of its writer, never written with records)";
+    let words = line.split_once(" (").map(|(_, rest)| rest).unwrap_or_else(|| panic!("no count in {line:?}"));
+    let number = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{s:?} in {line:?}"));
+    match words.split_once(" bytes never acknowledged") {
+        Some((debris, rest)) => match rest.strip_prefix(", then ") {
+            Some(zeros) => (number(debris), number(zeros.split_once(ZEROS).expect("the zeros named").0)),
+            None => (number(debris), 0),
+        },
+        None => (0, number(words.split_once(ZEROS).expect("the zeros named").0)),
+    }
+}
+
+/// The torn-tail lines of `verify` and `inspect` on the log in `dir`, both with status 1.
+fn torn_lines(dir: &Path) -> [String; 2] {
+    ["verify", "inspect"].map(|command| {
+        let out = tool(&[command, dir.to_str().unwrap()]);
+        assert_eq!(status(&out), 1, "{command}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout.lines().find(|l| l.contains("torn tail")).unwrap_or_else(|| panic!("{command}: {stdout}")).to_owned()
+    })
+}
+
+// Found by a usability review: the zeros the log writes ahead of its writer (a megabyte by
+// default) were all "bytes never acknowledged", which read as a megabyte of lost writes.
+#[test]
+fn a_torn_tail_tells_the_debris_never_acknowledged_from_the_zeros_reserved_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(tmp.path(), None);
+    let (path, at) = frame_of(tmp.path(), 10);
+    tear_last_record(tmp.path());
+    let torn = ReadOnlyWal::open(tmp.path(), None).unwrap().recovery_info().torn_tail.unwrap();
+    assert_eq!(torn.offset, at);
+    let bytes = std::fs::read(&path).unwrap();
+    let block_end = (at / 4096 + 1) * 4096;
+    assert!(bytes[block_end as usize..].iter().all(|&b| b == 0), "past the torn record's block: the seal's, and zero-fill");
+    for line in torn_lines(tmp.path()) {
+        let (debris, zeros) = torn_counts(&line);
+        assert_eq!(debris + zeros, torn.bytes_discarded, "{line}");
+        assert!(debris > 0 && debris <= block_end - at, "the torn record's own block at most: {line}");
+        assert!(zeros >= bytes.len() as u64 - block_end, "{line}");
+    }
+
+    // Debris to the end of the file keeps the wording it had.
+    let mut bytes = bytes[..block_end as usize].to_vec();
+    bytes.extend_from_slice(&[0xAB; 4096]);
+    std::fs::write(&path, &bytes).unwrap();
+    let torn = ReadOnlyWal::open(tmp.path(), None).unwrap().recovery_info().torn_tail.unwrap();
+    for line in torn_lines(tmp.path()) {
+        assert_eq!(torn_counts(&line), (torn.bytes_discarded, 0), "{line}");
+        assert!(line.contains(&format!("({} bytes never acknowledged)", torn.bytes_discarded)), "{line}");
+    }
+}
+
 #[test]
 fn verify_reports_a_wrong_key_and_a_missing_key() {
     let tmp = tempfile::tempdir().unwrap();

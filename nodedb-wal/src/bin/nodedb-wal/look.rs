@@ -108,10 +108,10 @@ pub(super) fn inspect(args: &Args) -> Outcome {
     Ok(match &info.torn_tail {
         Some(torn) => {
             out!(
-                "health: torn tail in segment {} at offset {} ({} bytes); opening the log cuts it",
+                "health: torn tail in segment {} at offset {} ({}); opening the log cuts it",
                 torn.segment,
                 torn.offset,
-                torn.bytes_discarded
+                super::torn::describe(&dir, torn)
             );
             1
         }
@@ -262,10 +262,10 @@ pub(super) fn verify(args: &Args) -> Outcome {
     Ok(match info.torn_tail {
         Some(torn) => {
             out!(
-                "torn tail: segment {} offset {} ({} bytes never acknowledged); opening the log cuts it",
+                "torn tail: segment {} offset {} ({}); opening the log cuts it",
                 torn.segment,
                 torn.offset,
-                torn.bytes_discarded
+                super::torn::describe(&dir, &torn)
             );
             1
         }

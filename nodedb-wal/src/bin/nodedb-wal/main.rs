@@ -62,6 +62,7 @@ macro_rules! note {
 mod bench;
 mod look;
 mod side;
+mod torn;
 
 use bench::bench;
 use look::{dump, inspect, verify};
