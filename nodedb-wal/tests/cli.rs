@@ -205,17 +205,11 @@ fn verify_reports_a_wrong_key_and_a_missing_key() {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("log");
     write_log(&log, Some(Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [7; 32])))));
-    let key_file = |name: &str, byte: u8| {
-        let path = tmp.path().join(name);
-        std::fs::write(&path, [byte; 32]).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    };
-    let (right, wrong) = (key_file("right", 7), key_file("wrong", 8));
+    let (right, wrong) = (key_file(tmp.path(), "right", 7), key_file(tmp.path(), "wrong", 8));
     let d = log.to_str().unwrap();
-    let out = tool(&["verify", d, "--key-file", right.to_str().unwrap()]);
+    let out = tool(&["verify", d, "--key-file", &right]);
     assert_eq!(status(&out), 0, "{}", text(&out));
-    let out = tool(&["verify", d, "--key-file", wrong.to_str().unwrap()]);
+    let out = tool(&["verify", d, "--key-file", &wrong]);
     assert_eq!(status(&out), 4, "{}", text(&out));
     assert!(text(&out).contains("wrong key"), "{}", text(&out));
     let out = tool(&["verify", d]);
@@ -266,13 +260,7 @@ fn a_log_written_across_a_rotation_is_checked_with_every_key_and_listed_with_non
     let tombstone = nodedb_wal::CollectionTombstonePayload { database: 1, tenant: 1, collection: "gone".into(), purge_lsn: Lsn(3) };
     wal.append_tombstone(&tombstone).unwrap();
     wal.close().unwrap();
-    let key_file = |name: &str, byte: u8| {
-        let path = tmp.path().join(name);
-        std::fs::write(&path, [byte; 32]).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let (one, two) = (key_file("one", 7), key_file("two", 8));
+    let (one, two) = (key_file(tmp.path(), "one", 7), key_file(tmp.path(), "two", 8));
     let d = log.to_str().unwrap();
     let out = tool(&["verify", d, "--key-file", &one, "--key-id", "1", "--key-file", &two, "--key-id", "2"]);
     assert_eq!(status(&out), 0, "{}", text(&out));
@@ -364,6 +352,71 @@ fn dump_lists_an_encrypted_log_without_a_key() {
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 10, "{lines:?}");
     assert!(lines[9].starts_with("{\"lsn\":10,") && lines[9].contains("\"stored_len\":316"), "300 bytes and the tag: {}", lines[9]);
+}
+
+/// The lines of `dump` with `args` on the log in `dir`, which exits 0.
+fn dump_lines(dir: &Path, args: &[&str]) -> Vec<String> {
+    let out = tool(&[&["dump", dir.to_str().unwrap()][..], args].concat());
+    assert_eq!(status(&out), 0, "{args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// A key file of 32 bytes `byte`, private to its owner, as the tool takes it.
+fn key_file(dir: &Path, name: &str, byte: u8) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, [byte; 32]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+// Asked for by a usability review: dump showed where each record is but not what it holds.
+#[test]
+fn dump_shows_each_payloads_length_and_a_preview_or_every_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(tmp.path(), None);
+    // Record n holds 300 bytes of n - 1: a preview of 64 bytes in four lines, 236 left out.
+    let lines = dump_lines(tmp.path(), &["--payloads", "--from", "3"]);
+    assert_eq!(lines.len(), 8 * (1 + 1 + 4 + 1), "{lines:#?}");
+    assert!(lines[0].starts_with("lsn          3  "), "{}", lines[0]);
+    assert_eq!(lines[1], "    payload 300 bytes");
+    let sixteen = vec!["02"; 16].join(" ");
+    assert_eq!(lines[2], format!("    00000000  {sixteen}  |................|"));
+    assert!(lines[5].starts_with("    00000030  02 02"), "{}", lines[5]);
+    assert_eq!(lines[6], "    ... 236 more bytes (--full-payloads shows them)");
+
+    let full = dump_lines(tmp.path(), &["--full-payloads", "--type", "0x100"]);
+    assert_eq!(full.len(), 10 * (1 + 1 + 300usize.div_ceil(16)), "every byte of every record");
+    assert!(full.iter().all(|l| !l.contains("more bytes")));
+    assert!(full[20].starts_with("    00000120  00 00 00 00 00 00 00 00 00 00 00 00  "), "the last 12 bytes: {}", full[20]);
+
+    let json = dump_lines(tmp.path(), &["--json", "--payloads"]);
+    assert!(json[9].starts_with("{\"lsn\":10,"), "{}", json[9]);
+    assert!(
+        json[9].ends_with(&format!(",\"payload_len\":300,\"payload_hex\":\"{}\",\"payload_complete\":false}}", "09".repeat(64))),
+        "{}",
+        json[9]
+    );
+    let json = dump_lines(tmp.path(), &["--json", "--full-payloads"]);
+    assert!(json[0].contains(&format!("\"payload_hex\":\"{}\",\"payload_complete\":true}}", "00".repeat(300))), "{}", json[0]);
+    // Without the option, the listing is as it was: headers only.
+    assert_eq!(dump_lines(tmp.path(), &[]).len(), 10);
+}
+
+#[test]
+fn dump_decrypts_payloads_with_the_key_file_and_refuses_without_the_right_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    write_log(&log, Some(Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [7; 32])))));
+    let (right, wrong) = (key_file(tmp.path(), "right", 7), key_file(tmp.path(), "wrong", 8));
+    let lines = dump_lines(&log, &["--payloads", "--key-file", &right]);
+    assert_eq!(lines[1], "    payload 300 bytes", "the plaintext's length, not the stored 316");
+    assert!(lines[2].starts_with("    00000000  00 00 00"), "decrypted: {}", lines[2]);
+    let d = log.to_str().unwrap();
+    for args in [&["dump", d, "--payloads"][..], &["dump", d, "--full-payloads", "--key-file", &wrong]] {
+        let out = tool(args);
+        assert_eq!(status(&out), 4, "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("--key-file"), "the hint: {}", text(&out));
+    }
 }
 
 // Found by a review: the tool printed its usage text after every error of exit status 3 whose

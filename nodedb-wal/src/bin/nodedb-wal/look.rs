@@ -1,4 +1,4 @@
-//! `inspect`, `dump` and `verify`: a log opened read-only (no lock, no repair), safe beside a
+//! `inspect` and `verify`: a log opened read-only (no lock, no repair), safe beside a
 //! running writer and on a copy.
 
 use std::io::Write;
@@ -122,52 +122,6 @@ pub(super) fn inspect(args: &Args) -> Outcome {
     })
 }
 
-pub(super) fn dump(args: &Args) -> Outcome {
-    let (_, wal) = open(args)?;
-    let from = args.from.map_or(wal.recovery_info().first_lsn, Lsn);
-    // Headers are stored in the clear, so without a key the listing reads the log as stored;
-    // with keys given it reads through them, as the other commands do.
-    let mut reader = if args.keys.is_empty() { wal.lazy_reader_raw(from)? } else { wal.lazy_reader(from)? };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    while let Some(h) = reader.next_header()? {
-        if args.record_type.is_some_and(|t| t != h.record_type.0) {
-            continue;
-        }
-        let line = if args.json {
-            format!(
-                "{{\"lsn\":{},\"segment\":{},\"offset\":{},\"type\":{},\"required\":{},\"database\":{},\"tenant\":{},\"vshard\":{},\"flags\":{},\"stored_len\":{}}}",
-                h.lsn.0,
-                h.segment().0,
-                h.offset(),
-                h.record_type.0,
-                h.record_type.is_required(),
-                h.scope.database,
-                h.scope.tenant,
-                h.scope.vshard,
-                h.flags,
-                h.stored_len
-            )
-        } else {
-            format!(
-                "lsn {:>10}  segment {:>6}  offset {:>10}  type {:#06x}  db {} tenant {} vshard {}  {} bytes",
-                h.lsn.0,
-                h.segment().0,
-                h.offset(),
-                h.record_type.0,
-                h.scope.database,
-                h.scope.tenant,
-                h.scope.vshard,
-                h.stored_len
-            )
-        };
-        if writeln!(out, "{line}").is_err() {
-            return Ok(0); // the reader went away (a pipe into head)
-        }
-    }
-    Ok(0)
-}
-
 /// Looks `verify` takes at most: the first, and one more each time a writer's truncation
 /// overtakes its pass. A pass starts in the oldest segment, the next one a truncation takes,
 /// so beside a writer that truncates every few records several looks are usual (up to 5 in
@@ -178,6 +132,21 @@ const VERIFY_LOOKS_MAX: u32 = 64;
 /// The first LSN of segment `id` in the look `info`.
 fn first_of(info: &RecoveryInfo, id: SegmentId) -> Option<Lsn> {
     info.segments.iter().find(|s| s.id == id).map(|s| s.first_lsn)
+}
+
+/// The exit for `err`, reading the look `info`: a segment whose very first record fails
+/// authentication was most likely written under another key (status 4); a failure further in
+/// is damage, as is any other error.
+pub(super) fn wrong_key_at_first_record(info: &RecoveryInfo, err: WalError) -> Exit {
+    match err {
+        WalError::AuthenticationFailed { lsn, segment } if first_of(info, segment) == Some(lsn) => Exit::new(
+            4,
+            format!(
+                "record {lsn} in segment {segment} failed authentication, the first of its segment: most likely the wrong key{KEY_HINT}"
+            ),
+        ),
+        err => err.into(),
+    }
 }
 
 /// Where `verify`'s pass stands: the look it reads, the next LSN to check, and the records a
@@ -229,16 +198,7 @@ pub(super) fn verify(args: &Args) -> Outcome {
         for record in reader {
             let record = match record {
                 Ok(record) => record,
-                Err(WalError::AuthenticationFailed { lsn, segment }) if first_of(&pass.info, segment) == Some(lsn) => {
-                    // A segment whose very first record fails authentication was most likely
-                    // written under another key; a failure further in is damage.
-                    return Err(Exit::new(
-                        4,
-                        format!(
-                            "record {lsn} in segment {segment} failed authentication, the first of its segment: most likely the wrong key{KEY_HINT}"
-                        ),
-                    ));
-                }
+                Err(err @ WalError::AuthenticationFailed { .. }) => return Err(wrong_key_at_first_record(&pass.info, err)),
                 Err(err) => {
                     pass.look_again(&dir, args, err)?;
                     continue 'pass;

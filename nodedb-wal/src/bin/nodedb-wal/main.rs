@@ -18,8 +18,10 @@ usage: nodedb-wal <command> [arguments]
   inspect DIR            segments (LSN ranges, sizes, format version, cipher, key id), what
                          MANIFEST and FLOOR say (both slots of each), and health; for a log
                          it refuses, the segment files found
-  dump DIR [--from LSN] [--type T] [--json]
-                         records with their segment and offset (T: a record type, hex or decimal)
+  dump DIR [--from LSN] [--type T] [--json] [--payloads | --full-payloads]
+                         records with their segment and offset (T: a record type, hex or decimal);
+                         --payloads adds each payload's length and its first 64 bytes in hex and
+                         ASCII, --full-payloads every byte (decrypted through --key-file)
   verify DIR             read and check every record (checksums, decryption); exit status:
                          0 clean, 1 torn tail (recovery will cut it), 2 corrupt
   bench [DIR] [--threads T] [--seconds S] [--size B]
@@ -60,12 +62,14 @@ macro_rules! note {
 }
 
 mod bench;
+mod dump;
 mod look;
 mod side;
 mod torn;
 
 use bench::bench;
-use look::{dump, inspect, verify};
+use dump::dump;
+use look::{inspect, verify};
 
 /// Why the tool stops: an exit status, a message, and whether the usage text follows it.
 struct Exit {
@@ -130,6 +134,10 @@ struct Args {
     from: Option<u64>,
     record_type: Option<u16>,
     json: bool,
+    /// `--payloads`: each payload's length and first bytes.
+    payloads: bool,
+    /// `--full-payloads`: every byte of each payload.
+    full_payloads: bool,
     threads: usize,
     seconds: u64,
     size: usize,
@@ -170,6 +178,8 @@ fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
             "--seconds" => args.seconds = number("--seconds", text(raw.next()))?,
             "--size" => args.size = number("--size", text(raw.next()))?,
             "--json" => args.json = true,
+            "--payloads" => args.payloads = true,
+            "--full-payloads" => args.full_payloads = true,
             flag if flag.starts_with("--") => return Err(Exit::usage(format!("unknown option {flag}"))),
             _ => args.positional.push(arg),
         }
@@ -179,12 +189,13 @@ fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
 
 /// Every option, and the ones each command takes: an option a command would ignore is refused
 /// (a key given to a command that writes nothing encrypted would otherwise mislead).
-const OPTIONS: [&str; 8] = ["--key-file", "--key-id", "--from", "--type", "--threads", "--seconds", "--size", "--json"];
+const OPTIONS: [&str; 10] =
+    ["--key-file", "--key-id", "--from", "--type", "--threads", "--seconds", "--size", "--json", "--payloads", "--full-payloads"];
 
 fn takes(command: &str) -> &'static [&'static str] {
     match command {
         "inspect" | "verify" => &["--key-file", "--key-id"],
-        "dump" => &["--key-file", "--key-id", "--from", "--type", "--json"],
+        "dump" => &["--key-file", "--key-id", "--from", "--type", "--json", "--payloads", "--full-payloads"],
         "bench" => &["--key-file", "--key-id", "--threads", "--seconds", "--size"],
         _ => &[],
     }
