@@ -681,6 +681,14 @@ pub enum WalError {
         /// The file.
         path: PathBuf,
     },
+    /// A salvage ([`crate::salvage`]) was given a destination that holds something already:
+    /// it only writes a new log into a directory that is missing or empty, and left this one
+    /// as it was.
+    #[error("{} is not empty; a salvage writes its new log only into a missing or empty directory, and left this one as it was", path.display())]
+    SalvageDestinationNotEmpty {
+        /// The destination directory.
+        path: PathBuf,
+    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {reason}")]
     InvalidConfig {

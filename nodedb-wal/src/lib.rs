@@ -122,6 +122,7 @@ mod readonly;
 mod record;
 pub mod recovery;
 mod replay;
+pub mod salvage;
 pub mod segment;
 pub mod storage;
 mod tail;

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::BUFFER_BYTES_MAX;
 use crate::error::{IoOp, Poison, Result, WalError};
-use crate::format::frame::{HEADER_LEN, RecordHeader, encode_frame};
+use crate::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader, encode_frame};
 use crate::format::layout::{END_FRAME_LEN, padded_len, write_header_block, write_padding, write_segment_end};
 use crate::format::meta::{SegmentHeaderPayload, is_block_len};
 use crate::format::preamble::SegmentPreamble;
@@ -264,6 +264,20 @@ impl<S: Storage> WalWriter<S> {
         if record.record_type.is_reserved() {
             return Err(WalError::ReservedRecordType { record_type: record.record_type });
         }
+        self.append_frame(record, 0)
+    }
+
+    /// [`Self::append`] of a record a log held already, as it was: any data type (the crate's
+    /// tombstones and purges too) and the group flag of its frame, for a salvage that copies a
+    /// log (`crate::salvage`). The copy is plaintext: `flags` may only carry
+    /// [`FLAG_GROUP_CONTINUES`].
+    pub(crate) fn append_copied(&mut self, record: Record<'_>, flags: u16) -> Result<Lsn> {
+        self.check()?;
+        assert!(!record.record_type.is_meta() && flags & !FLAG_GROUP_CONTINUES == 0, "a data record, plaintext");
+        self.append_frame(record, flags)
+    }
+
+    fn append_frame(&mut self, record: Record<'_>, flags: u16) -> Result<Lsn> {
         if self.next_lsn >= Lsn::LIMIT {
             return Err(WalError::LsnsExhausted { next: self.next_lsn });
         }
@@ -285,7 +299,7 @@ impl<S: Storage> WalWriter<S> {
             record_type: record.record_type,
             scope: record.scope,
             payload_len,
-            flags: 0,
+            flags,
         };
         encode_frame(&header, record.payload, &mut self.buf[self.used..self.used + frame_len]);
         self.used += frame_len;

@@ -1,0 +1,91 @@
+//! What lies past the salvage's stop: a resync scan for intact frames in the rest of the
+//! stopped segment and in every later one, so an operator knows what the cut costs.
+
+use std::ops::RangeInclusive;
+
+use super::walk::{Source, Stop};
+use crate::error::Result;
+use crate::format::frame::{HEADER_LEN, RecordHeader, decode_frame};
+use crate::recovery::open_held;
+use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
+use crate::segment::scan::read_head;
+use crate::segment::{self};
+use crate::storage::{Storage, StorageFile};
+use crate::types::{Lsn, SegmentId};
+
+/// Intact records found after the salvage's stop, which the new log does not hold.
+///
+/// A frame counts where its checksum holds and, in a segment whose head reads, it carries that
+/// segment's salt (a reused file's earlier frames do not belong to the log). Found by trying
+/// every byte offset, since frames inside a batch start anywhere; each record is counted once,
+/// with its LSN as its frame says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IntactAfter {
+    /// Data records found (padding, segment headers and end frames are not counted).
+    pub records: u64,
+    /// Their LSNs, as runs of consecutive LSNs in the order found.
+    pub lsn_ranges: Vec<RangeInclusive<Lsn>>,
+}
+
+impl IntactAfter {
+    fn add(&mut self, lsn: Lsn) {
+        self.records += 1;
+        match self.lsn_ranges.last_mut() {
+            Some(run) if run.end().0.checked_add(1) == Some(lsn.0) => *run = *run.start()..=lsn,
+            _ => self.lsn_ranges.push(lsn..=lsn),
+        }
+    }
+}
+
+/// Scans from `stop` to the end of its segment, then every later segment of `ids`.
+pub(super) fn intact_after<S: Storage>(src: &Source<'_, S>, ids: &[SegmentId], stop: &Stop) -> Result<IntactAfter> {
+    let mut found = IntactAfter::default();
+    if let Some(offset) = stop.offset {
+        let mut reader = open(src, stop.segment)?;
+        resync(&mut reader, offset, stop.salt, &mut found)?;
+    }
+    for &id in ids.iter().filter(|&&id| id > stop.segment) {
+        let mut reader = open(src, id)?;
+        let (from, salt) = match read_head(&mut reader, id) {
+            Ok(Some(head)) => (head.body_start, Some(head.header.salt)),
+            _ => (0, None),
+        };
+        resync(&mut reader, from, salt, &mut found)?;
+    }
+    Ok(found)
+}
+
+fn open<S: Storage>(src: &Source<'_, S>, id: SegmentId) -> Result<ChunkReader<S::File>> {
+    let path = segment::path(src.dir, id);
+    let (file, len) = open_held(src.storage, &path, id, false, false)?;
+    let mut reader = ChunkReader::new(file, path, len, 512, DEFAULT_CHUNK);
+    reader.read_sequentially();
+    Ok(reader)
+}
+
+/// Every intact frame from `from` on (of `salt`, where known): after one, the scan goes on past
+/// it; elsewhere, one byte on.
+fn resync<F: StorageFile>(reader: &mut ChunkReader<F>, from: u64, salt: Option<u32>, found: &mut IntactAfter) -> Result<()> {
+    let len = reader.file_len();
+    let mut at = from;
+    while at + HEADER_LEN as u64 <= len {
+        match intact_frame(reader, at, len)? {
+            Some(header) if salt.is_none_or(|s| s == header.salt) => {
+                if !header.record_type.is_meta() {
+                    found.add(header.lsn);
+                }
+                at += header.frame_len() as u64;
+            }
+            _ => at += 1,
+        }
+    }
+    Ok(())
+}
+
+fn intact_frame<F: StorageFile>(reader: &mut ChunkReader<F>, at: u64, len: u64) -> Result<Option<RecordHeader>> {
+    let Ok(header) = RecordHeader::decode(reader.get(at, HEADER_LEN)?) else { return Ok(None) };
+    if at + header.frame_len() as u64 > len {
+        return Ok(None);
+    }
+    Ok(decode_frame(reader.get(at, header.frame_len())?).ok())
+}
