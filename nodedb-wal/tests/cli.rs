@@ -337,6 +337,9 @@ fn a_second_directory_is_refused_rather_than_ignored() {
         assert_eq!(status(&out), 3, "{command}: {}", text(&out));
         assert!(text(&out).contains("one too many"), "{command}: {}", text(&out));
     }
+    let out = tool(&["salvage", d, o, o]);
+    assert_eq!(status(&out), 3, "salvage: {}", text(&out));
+    assert!(text(&out).contains("takes two directories"), "{}", text(&out));
     assert!(!other.exists(), "nothing was made for the extra argument");
 }
 
@@ -625,4 +628,41 @@ fn inspect_lists_the_segment_files_of_a_log_it_refuses() {
     }
     assert!(text(&out).contains("FLOOR     oldest segment needed"), "{}", text(&out));
     assert_eq!(snapshot(tmp.path()), before, "a refused look changes no file");
+}
+
+/// `salvage`: 0 for a whole copy, 1 for a copy that left out a torn tail, 2 where it stopped at
+/// damage (saying what lies past it), 3 for a destination that holds anything, 4 for a wrong
+/// key; the copy is a log that `verify` finds clean.
+#[test]
+fn salvage_exit_status_tells_a_whole_copy_a_torn_tail_damage_and_a_wrong_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+    let (log, torn) = (tmp.path().join("log"), tmp.path().join("torn"));
+    write_log(&log, None);
+    write_log(&torn, None);
+    tear_last_record(&torn);
+    let out = tool(&["salvage", &path("log"), &path("whole")]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("10 records, LSN 1 to 10") && text(&out).contains("no damage"), "{}", text(&out));
+    let out = tool(&["salvage", &path("log"), &path("whole")]);
+    assert_eq!(status(&out), 3, "the destination holds a log now: {}", text(&out));
+    let out = tool(&["salvage", &path("torn"), &path("untorn")]);
+    assert_eq!(status(&out), 1, "{}", text(&out));
+    let (file, at) = frame_of(&log, 4);
+    flip(&file, at + 100);
+    let out = tool(&["salvage", &path("log"), &path("cut")]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("3 records, LSN 1 to 3"), "{}", text(&out));
+    assert!(text(&out).contains("past the damage, not copied: 6 intact records, LSN 5 to 10"), "{}", text(&out));
+    for copy in ["whole", "untorn", "cut"] {
+        let out = tool(&["verify", &path(copy)]);
+        assert_eq!(status(&out), 0, "{copy}: {}", text(&out));
+    }
+    write_log(&tmp.path().join("enc"), Some(Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [7; 32])))));
+    std::fs::write(tmp.path().join("wrong"), [8; 32]).unwrap();
+    std::fs::set_permissions(tmp.path().join("wrong"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = tool(&["salvage", &path("enc"), &path("enc-copy"), "--key-file", &path("wrong")]);
+    assert_eq!(status(&out), 4, "{}", text(&out));
+    let out = tool(&["salvage", &path("enc"), &path("enc-copy2")]);
+    assert_eq!(status(&out), 4, "no key at all: {}", text(&out));
 }

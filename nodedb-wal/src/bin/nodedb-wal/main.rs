@@ -2,7 +2,8 @@
 //!
 //! Built only from the library's public API and the standard library, so it adds nothing to the
 //! dependency tree of the library's users. `inspect`, `dump` and `verify` open the log read-only
-//! (no lock, no repair), so they are safe beside a running writer and on a copy.
+//! (no lock, no repair), so they are safe beside a running writer and on a copy; `salvage`
+//! reads it the same way and writes only its new directory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ usage: nodedb-wal <command> [arguments]
                          ASCII, --full-payloads every byte (decrypted through --key-file)
   verify DIR             read and check every record (checksums, decryption); exit status:
                          0 clean, 1 torn tail (recovery will cut it), 2 corrupt
+  salvage DIR NEW_DIR    copy the log's intact prefix (every record up to the first damage)
+                         into a new log in NEW_DIR (missing or empty; plaintext), and say what
+                         lies past the damage; exit status: 0 copied whole, 1 copied whole but
+                         a torn tail, 2 stopped at damage, 4 stopped at a wrong key
   bench [DIR] [--threads T] [--seconds S] [--size B]
                          durable appends from T threads (16) for S seconds (3) of B bytes (128);
                          with DIR (new or empty) the log stays there for inspect and verify;
@@ -64,12 +69,14 @@ macro_rules! note {
 mod bench;
 mod dump;
 mod look;
+mod salvage;
 mod side;
 mod torn;
 
 use bench::bench;
 use dump::dump;
 use look::{inspect, verify};
+use salvage::salvage_log;
 
 /// Why the tool stops: an exit status, a message, and whether the usage text follows it.
 struct Exit {
@@ -194,20 +201,29 @@ const OPTIONS: [&str; 10] =
 
 fn takes(command: &str) -> &'static [&'static str] {
     match command {
-        "inspect" | "verify" => &["--key-file", "--key-id"],
+        "inspect" | "verify" | "salvage" => &["--key-file", "--key-id"],
         "dump" => &["--key-file", "--key-id", "--from", "--type", "--json", "--payloads", "--full-payloads"],
         "bench" => &["--key-file", "--key-id", "--threads", "--seconds", "--size"],
         _ => &[],
     }
 }
 
+/// How many directories a command takes, and in words.
+fn directories(command: &str) -> usize {
+    if command == "salvage" { 2 } else { 1 }
+}
+
+fn directories_in_words(command: &str) -> &'static str {
+    if directories(command) == 2 { "two directories" } else { "one directory" }
+}
+
 fn check_options(command: &str, args: Args) -> Result<Args, Exit> {
     match args.given.iter().find(|o| !takes(command).contains(o)) {
         Some(o) if !takes(command).is_empty() => Err(Exit::usage(format!("{command} does not take {o}"))),
-        // A second directory would be ignored, and `verify A B` exiting 0 would read as B checked.
-        _ if !takes(command).is_empty() && args.positional.len() > 1 => {
-            let extra = PathBuf::from(&args.positional[1]);
-            Err(Exit::usage(format!("{command} takes one directory; {} is one too many", extra.display())))
+        // A further directory would be ignored, and `verify A B` exiting 0 would read as B checked.
+        _ if !takes(command).is_empty() && args.positional.len() > directories(command) => {
+            let extra = PathBuf::from(&args.positional[directories(command)]);
+            Err(Exit::usage(format!("{command} takes {}; {} is one too many", directories_in_words(command), extra.display())))
         }
         _ => Ok(args),
     }
@@ -220,6 +236,7 @@ fn main() -> ExitCode {
         "inspect" => inspect(&args),
         "dump" => dump(&args),
         "verify" => verify(&args),
+        "salvage" => salvage_log(&args),
         "bench" => bench(&args),
         "help" | "--help" | "-h" => {
             out!("{USAGE}");
@@ -315,7 +332,7 @@ mod tests {
     #[test]
     fn any_argument_list_parses_or_is_a_usage_error_never_a_panic() {
         for list in argument_lists() {
-            for command in ["inspect", "dump", "verify", "bench", "other"] {
+            for command in ["inspect", "dump", "verify", "salvage", "bench", "other"] {
                 match parse(list.clone().into_iter()).and_then(|args| check_options(command, args)) {
                     Ok(args) => {
                         let keys = list.iter().filter(|a| a.to_str() == Some("--key-file")).count();
