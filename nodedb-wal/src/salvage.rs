@@ -29,8 +29,12 @@
 //!   it copies.
 //! - **A salvage cut short** (a crash, a kill, an error) leaves a new directory that does not
 //!   open: its `MANIFEST` names a segment no log holds ([`PENDING`], refused as
-//!   `MissingSegment`) until the last step, once every copied record is durable, names the
-//!   real newest one. Remove the directory and salvage again.
+//!   `MissingSegment`, or as `Corruption` of a segment left without records) until the last
+//!   step, once every copied record is durable, names the real newest one. Before that
+//!   `MANIFEST` exists the directory holds no segment, and opens as a new, empty log. An error
+//!   of the last step itself leaves the outcome in doubt, as a failed sync does an append's:
+//!   the copy may be complete, and open. Never does it open with part of the copy, or a record
+//!   the source did not hold. Remove the directory and salvage again.
 //! - **Keys**: an encrypted segment whose key the ring lacks is [`WalError::KeyRingMissing`] or
 //!   [`WalError::UnknownKeyId`] before anything is written; a key that does not authenticate
 //!   the segment's records (a wrong key) is damage ([`WalError::WrongKey`]) where the copy stops.
@@ -108,8 +112,9 @@ pub struct SalvageReport {
 /// Where the damage a salvage stopped at lies, and what it is.
 #[derive(Debug)]
 pub struct Damage {
-    /// The segment.
-    pub segment: SegmentId,
+    /// The segment; `None` for damage of the directory's side files (`MANIFEST`, `FLOOR`),
+    /// which stops nothing: every segment present was copied.
+    pub segment: Option<SegmentId>,
     /// Where in it the first byte not copied is; `None` for a missing segment.
     pub offset: Option<u64>,
     /// What is wrong there, as recovery or a reader reports it: [`WalError::Corruption`] (with
@@ -196,16 +201,16 @@ fn is_damage(err: &WalError) -> bool {
 /// segment), recovery's decision: a clean end, a torn tail it would cut, or damage.
 fn judge(stop: Option<Stop>, verdict: Result<RecoveryInfo>) -> (Option<Damage>, Option<TornTail>) {
     if let Some(Stop { segment, offset, error: Some(error), .. }) = stop {
-        return (Some(Damage { segment, offset, error }), None);
+        return (Some(Damage { segment: Some(segment), offset, error }), None);
     }
     match verdict {
         Ok(info) => (None, info.torn_tail),
         Err(error) => {
             let (segment, offset) = match (&error, &stop) {
-                (WalError::Corruption { segment, offset, .. }, _) => (*segment, Some(*offset)),
-                (WalError::MissingSegment { missing, .. }, _) => (*missing, None),
-                (_, Some(stop)) => (stop.segment, stop.offset),
-                (_, None) => (SegmentId(0), None),
+                (WalError::Corruption { segment, offset, .. }, _) => (Some(*segment), Some(*offset)),
+                (WalError::MissingSegment { missing, .. }, _) => (Some(*missing), None),
+                (_, Some(stop)) => (Some(stop.segment), stop.offset),
+                (_, None) => (None, None),
             };
             (Some(Damage { segment, offset, error }), None)
         }

@@ -89,7 +89,7 @@ fn assert_cut(report: &SalvageReport, kept: u64, segment: u64, offset: Option<u6
     assert_eq!(report.records, (kept > 0).then(|| lsns(1..=kept)), "kept");
     assert_eq!(report.next_lsn, Lsn(kept + 1));
     let damage = report.damage.as_ref().expect("damage reported");
-    assert_eq!((damage.segment, damage.offset), (SegmentId(segment), offset), "{:?}", damage.error);
+    assert_eq!((damage.segment, damage.offset), (Some(SegmentId(segment)), offset), "{:?}", damage.error);
     let expected: Vec<RangeInclusive<Lsn>> = past.iter().cloned().map(lsns).collect();
     assert_eq!(report.past_the_stop.lsn_ranges, expected, "past the damage");
     assert_eq!(report.past_the_stop.records, past.iter().map(|r| r.end() - r.start() + 1).sum::<u64>());
@@ -404,4 +404,81 @@ fn a_salvage_cut_short_at_any_step_never_opens_with_a_wrong_record() {
         }
     }
     assert!(refused > 10 && empty > 0 && whole > 0, "refused {refused}, empty {empty}, whole {whole}");
+}
+
+/// A log that was not closed, its last batch torn: no damage, and the copy holds what
+/// recovery returns; the torn batch's intact records (never acknowledged) are named.
+fn a_torn_tail_is_left_out_as_recovery_cuts_it<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = write_log(&disk, &dir, &[10; 5]);
+    common::unseal(&disk, &dir);
+    let (id, frame) = locate(&disk, &dir, 45);
+    flip(&disk, &seg(&dir, id), frame.offset + HEADER_LEN as u64 + 1);
+    let (report, records) = salvaged(&disk, &dir, None);
+    assert!(report.damage.is_none(), "{:?}", report.damage);
+    assert_eq!(report.torn_tail.map(|t| (t.segment, t.offset)), Some((SegmentId(id), frame.offset)));
+    assert_eq!(report.past_the_stop.lsn_ranges, [lsns(46..=last)]);
+    assert_records(&records, 1, 44);
+}
+
+both!(
+    a_torn_tail_is_left_out_as_recovery_cuts_it_fs,
+    a_torn_tail_is_left_out_as_recovery_cuts_it_sim,
+    a_torn_tail_is_left_out_as_recovery_cuts_it
+);
+
+/// After a truncation the copy starts at the oldest record the log holds, in segments of the
+/// same ids, and leaves out segments below `FLOOR` that a crash kept from being removed.
+fn a_truncated_log_is_copied_from_its_oldest_record<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = source_log(&disk, &dir);
+    let leftover = disk.read(&seg(&dir, 1));
+    let wal = SegmentedWal::open_with(disk.clone(), config(&dir)).unwrap();
+    let oldest = wal.segments()[2].first_lsn;
+    wal.truncate_before(oldest).unwrap();
+    let kept_ids: Vec<u64> = wal.segments().iter().map(|s| s.id.0).collect();
+    wal.close().unwrap();
+    assert_eq!(kept_ids[0], 3);
+    // Segment 1 back, as a truncation cut short leaves it.
+    disk.write(&seg(&dir, 1), &leftover);
+    let (report, records) = salvaged(&disk, &dir, None);
+    assert!(report.damage.is_none(), "{:?}", report.damage);
+    assert_eq!(report.segments.iter().map(|s| s.id.0).collect::<Vec<_>>(), kept_ids);
+    assert_records(&records, oldest.0, last);
+}
+
+both!(
+    a_truncated_log_is_copied_from_its_oldest_record_fs,
+    a_truncated_log_is_copied_from_its_oldest_record_sim,
+    a_truncated_log_is_copied_from_its_oldest_record
+);
+
+/// A failed write or sync at any step of a salvage is returned as the error, and the new
+/// directory, read with no crash in between, does not open, or opens empty (before its
+/// `MANIFEST` exists) or whole (a failure of the last step, naming the newest segment in
+/// `MANIFEST`, whose bytes may have landed): never short of what the salvage would have copied.
+#[test]
+fn a_salvage_whose_write_or_sync_fails_leaves_a_directory_that_does_not_open() {
+    let mut failures = 0;
+    for op in [FaultOp::Write, FaultOp::SyncData, FaultOp::SyncDir, FaultOp::Rename] {
+        for after in 0.. {
+            let (sim, dir, _tmp) = SimStorage::fresh();
+            let last = source_log(&sim, &dir);
+            let storage = FaultyStorage::new(sim.clone());
+            storage.fail_once(op, after, nodedb_wal::storage::faulty::EIO);
+            let dest = dir.with_file_name("saved");
+            if salvage_with(&storage, &dir, &dest, None).is_ok() {
+                assert_eq!(storage.injected(), 0, "{op:?} {after}: a failure the salvage did not see");
+                break;
+            }
+            failures += 1;
+            match SegmentedWal::open_with(sim.clone(), config(&dest)) {
+                Err(err) => assert!(matches!(err, WalError::MissingSegment { .. } | WalError::Corruption { .. }), "{op:?} {after}: {err}"),
+                // The last step's failure leaves the outcome in doubt, as a failed sync does
+                // an append's: the copy may be complete (never short of it).
+                Ok(wal) => assert!([0, last].contains(&wal.recovery_info().record_count), "{op:?} {after}"),
+            }
+        }
+    }
+    assert!(failures > 20, "{failures}");
 }

@@ -45,8 +45,12 @@ pub(super) fn salvage_log(args: &Args) -> Outcome {
             }
         });
     };
-    let at = damage.offset.map_or_else(|| "missing".to_owned(), |offset| format!("offset {offset}"));
-    out!("stopped at damage in segment {} ({at}): {}", damage.segment, damage.error);
+    let at = match (damage.segment, damage.offset) {
+        (Some(segment), Some(offset)) => format!("in segment {segment} at offset {offset}"),
+        (Some(segment), None) => format!("at segment {segment}, which is missing"),
+        (None, _) => "beside the segments (every segment present was copied)".to_owned(),
+    };
+    out!("stopped at damage {at}: {}", damage.error);
     out!("past the damage, not copied: {found}");
     Ok(match damage.error {
         WalError::WrongKey { .. } => {
