@@ -88,6 +88,8 @@
 //! - **Encryption at rest**: [`SegmentedWalConfig::key_ring`] with a [`KeyRing`] of
 //!   [`SecureKey`]s; [`encrypt_engine_file`] for the engines' own files.
 //! - **Segments made elsewhere** (an import): [`WalWriter`].
+//! - **A damaged log with no replica**: [`salvage`] copies its records up to the damage into a
+//!   new log, and reports what lies past it.
 //! - **Torn pages of in-place writes**: [`DoubleWriteBuffer`].
 //! - **Tests**: [`SimStorage`] (a simulated disk that crashes on request) and
 //!   [`storage::faulty::FaultyStorage`] (injected I/O errors), through
