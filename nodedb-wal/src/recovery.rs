@@ -428,7 +428,7 @@ fn split_at_floor(
 }
 
 /// Segment ids in the directory, oldest first.
-fn listed_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
+pub(crate) fn listed_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
     let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
     let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| segment::parse_name(n)).collect();
     ids.sort_unstable();

@@ -81,10 +81,10 @@ pub use copy::PENDING;
 pub use past::IntactAfter;
 
 use crate::crypto::KeyRing;
-use crate::error::{IoOp, Result, WalError};
+use crate::error::{Result, WalError};
 use crate::manifest;
 use crate::recovery::{self, RecoveryInfo, TornTail};
-use crate::segment::{self, SegmentInfo};
+use crate::segment::SegmentInfo;
 use crate::storage::{FsStorage, Storage};
 use crate::types::{Lsn, SegmentId};
 use walk::{Source, Stop};
@@ -221,9 +221,7 @@ fn judge(stop: Option<Stop>, verdict: Result<RecoveryInfo>) -> (Option<Damage>, 
 /// truncation a crash cut short, which the log no longer holds. A floor above every segment,
 /// or one that does not read, is no reason to copy nothing: then every segment counts.
 fn source_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
-    let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
-    let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| segment::parse_name(n)).collect();
-    ids.sort_unstable();
+    let mut ids = recovery::listed_ids(storage, dir)?;
     let floor = match manifest::read_floor(storage, dir) {
         Ok(floor) => floor.map(|f| f.floor),
         Err(WalError::FloorDamaged { .. }) => None,
