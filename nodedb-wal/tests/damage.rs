@@ -477,6 +477,9 @@ fn bit_flip_before_acknowledged_batches_is_corruption<D: Place>() {
             }
             kind => panic!("LSN {victim}: {kind:?}"),
         }
+        // A look beside a writer finds the same, its check past the page cache included.
+        let looked = nodedb_wal::recovery::inspect_dir(&disk, &copy, None).expect_err("a look at a damaged log");
+        assert_eq!(looked.to_string(), err.to_string(), "LSN {victim}");
     }
     // The same flip in the last batch is a torn tail once the close's seal is gone (a power cut
     // before it): nothing after it says it was durable.
