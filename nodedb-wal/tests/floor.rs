@@ -382,18 +382,26 @@ fn no_room_to_create_the_floor_stops_neither_the_open_nor_a_truncation_of_a_log_
 /// the floor of a new log names the segment its first batch will create. (`FLOOR` named segment
 /// 0 until the next open or truncation, so the first segments of a log that had never been
 /// reopened could be removed and the log opened from the next one, records lost without a word.)
+/// Its `FLOOR` holds one slot, of sequence 1, beside the zeros of the slot the next update
+/// takes: the same bytes as a first truncation's floor there zeroed by damage, but nothing
+/// shows damage, so this is `MissingSegment`, not `FloorSlotDamaged` (whose "most likely
+/// nothing is lost, remove `FLOOR`" only a damaged slot backs).
 fn the_first_segment_of_a_never_reopened_log_removed_is_refused<S: Storage + Clone>(storage: S, dir: &Path) {
     let wal = SegmentedWal::open_with(storage.clone(), config(dir, 0)).unwrap();
     let mut model = BTreeMap::new();
     fill(&wal, &mut model, 3);
     let first = wal.segments()[0].id;
     wal.close().unwrap();
+    let floor = snapshot(&storage, dir).remove(FLOOR_FILE).expect("a FLOOR");
+    assert_eq!(ManifestSlot::current_as(&floor, SlotKind::Floor).map(|s| (s.sequence, s.newest)), Some((1, first)));
+    assert!(floor[..SLOT_LEN].iter().all(|&b| b == 0) && !ManifestSlot::other_damaged_as(&floor, SlotKind::Floor));
     storage.remove(&segment::path(dir, first)).unwrap();
     let before = snapshot(&storage, dir);
+    let missing = |err: &WalError| matches!(err, WalError::MissingSegment { missing, why: MissingBecause::Floor, .. } if *missing == first);
     let err = ReadOnlyWal::open_with(storage.clone(), dir, None).err().expect("a look refuses it");
-    assert!(matches!(err, WalError::MissingSegment { missing, .. } if missing == first), "a look says {err}");
+    assert!(missing(&err), "a look says {err}");
     let err = SegmentedWal::open_with(storage.clone(), config(dir, 0)).unwrap_err();
-    assert!(matches!(err, WalError::MissingSegment { missing, .. } if missing == first), "the owner says {err}");
+    assert!(missing(&err), "the owner says {err}");
     assert_eq!(snapshot(&storage, dir), before, "every file as found");
 }
 
