@@ -84,29 +84,7 @@ impl StorageFile for StaleFile {
         Ok(n)
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.inner.sync_data()
-    }
-
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-
-    fn hold_shared(&self) -> std::io::Result<()> {
-        self.inner.hold_shared()
-    }
-
-    fn release_hold(&self) {
-        self.inner.release_hold();
-    }
+    pass_through_file_ops_but_reads!();
 }
 
 /// A log of one segment in `dir` holding LSNs 1 to 40, each synced on its own, and a storage

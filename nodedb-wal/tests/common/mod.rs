@@ -385,6 +385,68 @@ macro_rules! pass_through_dir_ops {
     };
 }
 
+/// The `StorageFile` methods that neither read nor write a wrapped file's bytes (advice, holds,
+/// links, sync failures), passed to `self.inner`: shared by the two pass-through macros below.
+#[macro_export]
+macro_rules! pass_through_file_hints_and_holds {
+    () => {
+        fn advise(&self, advice: nodedb_wal::storage::Advice, offset: u64, len: u64) {
+            self.inner.advise(advice, offset, len);
+        }
+
+        fn hold_shared(&self) -> std::io::Result<()> {
+            self.inner.hold_shared()
+        }
+
+        fn try_hold_exclusive(&self) -> std::io::Result<bool> {
+            self.inner.try_hold_exclusive()
+        }
+
+        fn release_hold(&self) {
+            self.inner.release_hold();
+        }
+
+        fn sync_failed(&self) {
+            self.inner.sync_failed();
+        }
+
+        fn has_other_links(&self) -> std::io::Result<bool> {
+            self.inner.has_other_links()
+        }
+    };
+}
+
+/// The `StorageFile` methods of a file that wraps another in `self.inner` and changes how it
+/// reads (`read_at`, its own): the rest go straight through, except the reads that would pass
+/// by `read_at` (`read_cached_at`, `map_sealed`), left at the trait's defaults (no cache, no
+/// map), so that every byte read comes through the wrapper.
+#[macro_export]
+macro_rules! pass_through_file_ops_but_reads {
+    () => {
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.inner.write_at(buf, offset)
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.inner.sync_data()
+        }
+
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+
+        pass_through_file_hints_and_holds!();
+
+        fn direct_io_alignment(&self) -> Option<nodedb_wal::storage::DioAlign> {
+            self.inner.direct_io_alignment()
+        }
+    };
+}
+
 /// Every `StorageFile` method of a file that wraps another in `self.inner` and changes only
 /// how it writes (`write_at`, `sync_data`, `write_and_sync`): the rest go straight through,
 /// the trait's optional methods included, so that a wrapper of the real file system keeps its
@@ -409,29 +471,7 @@ macro_rules! pass_through_file_ops_but_writes {
             self.inner.read_cached_at(buf, offset)
         }
 
-        fn advise(&self, advice: nodedb_wal::storage::Advice, offset: u64, len: u64) {
-            self.inner.advise(advice, offset, len);
-        }
-
-        fn hold_shared(&self) -> std::io::Result<()> {
-            self.inner.hold_shared()
-        }
-
-        fn try_hold_exclusive(&self) -> std::io::Result<bool> {
-            self.inner.try_hold_exclusive()
-        }
-
-        fn release_hold(&self) {
-            self.inner.release_hold();
-        }
-
-        fn sync_failed(&self) {
-            self.inner.sync_failed();
-        }
-
-        fn has_other_links(&self) -> std::io::Result<bool> {
-            self.inner.has_other_links()
-        }
+        pass_through_file_hints_and_holds!();
 
         fn map_sealed(&self, len: u64, token: nodedb_wal::storage::CrateOnly) -> std::io::Result<Option<nodedb_wal::storage::Mapping>> {
             self.inner.map_sealed(len, token)
