@@ -24,21 +24,6 @@ use nodedb_wal::{
     WalWriterConfig,
 };
 
-/// Runs a generic test body on real files (`_fs`) and on the simulated storage (`_sim`).
-macro_rules! both {
-    ($fs:ident, $sim:ident, $body:ident) => {
-        #[test]
-        fn $fs() {
-            $body::<FsStorage>();
-        }
-
-        #[test]
-        fn $sim() {
-            $body::<SimStorage>();
-        }
-    };
-}
-
 /// Every file of `dir` with its bytes, sorted by name.
 fn snapshot<D: Disk>(disk: &D, dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut names = disk.names(dir);

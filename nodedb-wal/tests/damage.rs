@@ -29,21 +29,6 @@ use nodedb_wal::storage::faulty::FaultyStorage;
 use nodedb_wal::storage::{FaultConfig, OpenMode, SECTOR, Storage};
 use nodedb_wal::{CorruptionKind, FsStorage, Lsn, MissingBecause, SegmentId, SegmentedWal, SimStorage, WalError};
 
-/// Runs a generic test body on real files (`_fs`) and on the simulated storage (`_sim`).
-macro_rules! both {
-    ($fs:ident, $sim:ident, $body:ident $(, $arg:expr)*) => {
-        #[test]
-        fn $fs() {
-            $body::<FsStorage>($($arg),*);
-        }
-
-        #[test]
-        fn $sim() {
-            $body::<SimStorage>($($arg),*);
-        }
-    };
-}
-
 fn open<D: Disk>(disk: &D, dir: &Path) -> Result<SegmentedWal<D>, WalError> {
     SegmentedWal::open_with(disk.clone(), config(dir))
 }

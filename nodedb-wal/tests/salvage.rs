@@ -28,21 +28,6 @@ use nodedb_wal::{
     SegmentedWal, SimStorage, WalError, WalRecord,
 };
 
-/// Runs a generic test body on real files (`_fs`) and on the simulated storage (`_sim`).
-macro_rules! both {
-    ($fs:ident, $sim:ident, $body:ident) => {
-        #[test]
-        fn $fs() {
-            $body::<FsStorage>();
-        }
-
-        #[test]
-        fn $sim() {
-            $body::<SimStorage>();
-        }
-    };
-}
-
 /// Twenty synced batches of ten records over several segments of 32 KiB, closed.
 fn source_log<D: Disk>(disk: &D, dir: &Path) -> u64 {
     let last = write_log(disk, dir, &[10; 20]);

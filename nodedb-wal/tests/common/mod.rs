@@ -354,6 +354,23 @@ pub struct GatedFile<F> {
     gate: Arc<Gate>,
 }
 
+/// Runs a generic test body on real files (`_fs`) and on the simulated storage (`_sim`), with
+/// the arguments given after it; the test file imports `FsStorage` and `SimStorage`.
+#[macro_export]
+macro_rules! both {
+    ($fs:ident, $sim:ident, $body:ident $(, $arg:expr)*) => {
+        #[test]
+        fn $fs() {
+            $body::<FsStorage>($($arg),*);
+        }
+
+        #[test]
+        fn $sim() {
+            $body::<SimStorage>($($arg),*);
+        }
+    };
+}
+
 /// The directory operations of a storage that wraps another in `self.inner` and changes only
 /// its files or its listing: they go straight through.
 #[macro_export]
