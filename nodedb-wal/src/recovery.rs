@@ -272,11 +272,11 @@ pub(crate) fn recover_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, ali
 pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) -> Result<RecoveryInfo> {
     // A writer's truncation can take a segment while the directory is listed or the segment
     // scanned: look again.
-    let mut tries = 0;
+    let mut overtaken = Overtaken::default();
     loop {
         // The last look takes a header naming a later segment for what it then surely is:
         // the wrong file under that name (swapped or copied segments), not a race with reuse.
-        let scan = if tries < TRUNCATED_RESCANS { Scan::Look } else { Scan::LastLook };
+        let scan = if overtaken.gives_up() { Scan::LastLook } else { Scan::Look };
         match scan_dir(storage, dir, false, 512, ring, scan) {
             // A segment scanned may be truncated under the look. A directory is not listed in
             // one atomic step: a segment truncation removed while the listing was read can
@@ -288,10 +288,55 @@ pub fn inspect_dir<S: Storage>(storage: &S, dir: &Path, ring: Option<&KeyRing>) 
             Err(WalError::SegmentTruncated { .. } | WalError::MissingSegment { .. } | WalError::FloorSlotDamaged { .. })
                 if scan == Scan::Look =>
             {
-                tries += 1;
+                overtaken.rescan(&listed_ids(storage, dir)?);
             }
             scanned => return Ok(scanned?.info),
         }
+    }
+}
+
+/// Rescans that found the log where the one before did (its oldest segment the same), of
+/// which a look makes at most [`TRUNCATED_RESCANS`]: a hole in a listing or a `FLOOR` slot
+/// being written is soon over, while a segment really missing stays so.
+const TRUNCATED_RESCANS: u32 = 8;
+
+/// Times a look lets the writer replace every segment it listed (each rescan finding its
+/// oldest segment past the newest of an earlier listing) before it gives up. A count of
+/// rescans would make a look's verdict depend on the machine's speed: a reader starved of
+/// the CPU beside a fast writer is overtaken again and again, each time by the writer
+/// having moved on. Only a writer that truncates its whole log this many times over while
+/// one scan reads it wins, and the look then ends with the truncation error.
+const TRUNCATED_LAPS: u32 = 8;
+
+/// How a look's rescans found the log moving on under it.
+#[derive(Debug, Default)]
+struct Overtaken {
+    /// The oldest and newest segments of the last rescan's listing, once there is one.
+    last: Option<(Option<SegmentId>, Option<SegmentId>)>,
+    /// The newest segment of the listing that began the current lap.
+    lap_end: Option<SegmentId>,
+    stale: u32,
+    laps: u32,
+}
+
+impl Overtaken {
+    /// Counts a rescan whose listing is `ids`.
+    fn rescan(&mut self, ids: &[SegmentId]) {
+        let (oldest, newest) = (ids.first().copied(), ids.last().copied());
+        match self.last {
+            Some((last_oldest, _)) if last_oldest == oldest => self.stale += 1,
+            Some(_) if oldest > self.lap_end => {
+                self.laps += 1;
+                self.lap_end = newest;
+            }
+            Some(_) => {}
+            None => self.lap_end = newest,
+        }
+        self.last = Some((oldest, newest));
+    }
+
+    fn gives_up(&self) -> bool {
+        self.stale >= TRUNCATED_RESCANS || self.laps >= TRUNCATED_LAPS
     }
 }
 
@@ -305,10 +350,6 @@ enum Scan {
     /// The last of the looks [`inspect_dir`] retries.
     LastLook,
 }
-
-/// Times a look beside a live writer lists the directory again when truncation took a
-/// segment it listed, or one from the middle of the listing.
-const TRUNCATED_RESCANS: u32 = 8;
 
 fn scan_dir<S: Storage>(storage: &S, dir: &Path, direct: bool, align: usize, ring: Option<&KeyRing>, scan: Scan) -> Result<Recovered> {
     let repair = scan == Scan::Repair;
