@@ -3,11 +3,11 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use nodedb_wal::format::manifest::SlotKind;
-use nodedb_wal::{Lsn, PREAMBLE_SIZE, ReadOnlyWal, RecoveryInfo, SegmentId, SegmentPreamble, WalError};
+use nodedb_wal::{Lsn, PREAMBLE_SIZE, RecoveryInfo, SegmentId, SegmentPreamble, WalError};
 
+use super::pass::Pass;
 use super::side::SideFile;
 use super::{Args, Exit, KEY_HINT, Outcome, log_dir, open, open_at};
 
@@ -122,13 +122,6 @@ pub(super) fn inspect(args: &Args) -> Outcome {
     })
 }
 
-/// Looks `verify` takes at most: the first, and one more each time a writer's truncation
-/// overtakes its pass. A pass starts in the oldest segment, the next one a truncation takes,
-/// so beside a writer that truncates every few records several looks are usual (up to 5 in
-/// 100 passes of `live_look.rs`' test, measured once while another build shared the CPU). A writer that truncates faster than
-/// the pass reads, 64 times over, ends it with the truncation error (status 3).
-const VERIFY_LOOKS_MAX: u32 = 64;
-
 /// The first LSN of segment `id` in the look `info`.
 fn first_of(info: &RecoveryInfo, id: SegmentId) -> Option<Lsn> {
     info.segments.iter().find(|s| s.id == id).map(|s| s.first_lsn)
@@ -149,71 +142,11 @@ pub(super) fn wrong_key_at_first_record(info: &RecoveryInfo, err: WalError) -> E
     }
 }
 
-/// Where `verify`'s pass stands: the look it reads, the next LSN to check, and the records a
-/// writer's truncation took before the pass reached them (below the writer's checkpoint, so
-/// nothing anyone will read again).
-struct Pass {
-    wal: ReadOnlyWal,
-    info: RecoveryInfo,
-    next: Lsn,
-    skipped: Option<(Lsn, Lsn)>,
-    looks: u32,
-}
-
-impl Pass {
-    /// After `err` from the pass: where it is a truncation that overtook the pass (and looks
-    /// are left), looks again and goes on from where the log now starts if that is further on.
-    /// Any other error ends the pass.
-    fn look_again(&mut self, dir: &Path, args: &Args, err: WalError) -> Result<(), Exit> {
-        if !matches!(err, WalError::SegmentTruncated { .. }) || self.looks >= VERIFY_LOOKS_MAX {
-            return Err(err.into());
-        }
-        self.wal = open_at(dir, args)?;
-        self.info = self.wal.recovery_info().clone();
-        self.looks += 1;
-        if self.info.first_lsn > self.next {
-            let first = self.skipped.map_or(self.next, |(first, _)| first);
-            self.skipped = Some((first, Lsn(self.info.first_lsn.0 - 1)));
-            self.next = self.info.first_lsn;
-        }
-        Ok(())
-    }
-}
-
 pub(super) fn verify(args: &Args) -> Outcome {
     let (dir, wal) = open(args)?;
-    let info = wal.recovery_info().clone();
-    let (start, total) = (info.first_lsn, info.record_count.max(1));
-    let mut pass = Pass { wal, next: info.first_lsn, info, skipped: None, looks: 1 };
-    let (mut records, mut bytes) = (0u64, 0u64);
-    let mut last_report = Instant::now();
-    'pass: loop {
-        let reader = match pass.wal.read_from(pass.next) {
-            Ok(reader) => reader,
-            Err(err) => {
-                pass.look_again(&dir, args, err)?;
-                continue 'pass;
-            }
-        };
-        for record in reader {
-            let record = match record {
-                Ok(record) => record,
-                Err(err @ WalError::AuthenticationFailed { .. }) => return Err(wrong_key_at_first_record(&pass.info, err)),
-                Err(err) => {
-                    pass.look_again(&dir, args, err)?;
-                    continue 'pass;
-                }
-            };
-            pass.next = record.lsn.next();
-            records += 1;
-            bytes += record.payload.len() as u64;
-            if last_report.elapsed() >= Duration::from_millis(500) {
-                note!("\rverify: {:>5.1}%  {records} records", records as f64 * 100.0 / total as f64);
-                last_report = Instant::now();
-            }
-        }
-        break;
-    }
+    let start = wal.recovery_info().first_lsn;
+    let pass = Pass::run(wal, || open_at(&dir, args))?;
+    let (records, bytes) = (pass.records, pass.bytes);
     diag!("\rverify: 100.0%  {records} records, {bytes} payload bytes, every checksum and tag checked");
     if let Some((first, last)) = pass.skipped {
         out!("LSN {first} to {last} were truncated by the log's writer before verify reached them; they were not checked");

@@ -69,6 +69,7 @@ macro_rules! note {
 mod bench;
 mod dump;
 mod look;
+mod pass;
 mod salvage;
 mod side;
 mod torn;
