@@ -308,6 +308,11 @@ const TRUNCATED_RESCANS: u32 = 8;
 /// one scan reads it wins, and the look then ends with the truncation error.
 const TRUNCATED_LAPS: u32 = 8;
 
+/// Rescans a look makes at most, however the listings move: a listing whose oldest segment
+/// goes back and forth (files put back by hand, say) neither repeats nor completes a lap, and
+/// would otherwise keep the look going for ever.
+const RESCANS_MAX: u32 = 1024;
+
 /// How a look's rescans found the log moving on under it.
 #[derive(Debug, Default)]
 struct Overtaken {
@@ -317,12 +322,14 @@ struct Overtaken {
     lap_end: Option<SegmentId>,
     stale: u32,
     laps: u32,
+    rescans: u32,
 }
 
 impl Overtaken {
     /// Counts a rescan whose listing is `ids`.
     fn rescan(&mut self, ids: &[SegmentId]) {
         let (oldest, newest) = (ids.first().copied(), ids.last().copied());
+        self.rescans += 1;
         match self.last {
             Some((last_oldest, _)) if last_oldest == oldest => self.stale += 1,
             Some(_) if oldest > self.lap_end => {
@@ -336,7 +343,7 @@ impl Overtaken {
     }
 
     fn gives_up(&self) -> bool {
-        self.stale >= TRUNCATED_RESCANS || self.laps >= TRUNCATED_LAPS
+        self.stale >= TRUNCATED_RESCANS || self.laps >= TRUNCATED_LAPS || self.rescans >= RESCANS_MAX
     }
 }
 
@@ -857,6 +864,33 @@ fn head_sector_written(sector: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rescans a look makes until it gives up, given the listing each rescan finds.
+    fn rescans_until_given_up(listing: impl Fn(u32) -> Vec<SegmentId>) -> u32 {
+        let mut overtaken = Overtaken::default();
+        let mut rescans = 0;
+        while !overtaken.gives_up() && rescans <= 2 * RESCANS_MAX {
+            rescans += 1;
+            overtaken.rescan(&listing(rescans));
+        }
+        rescans
+    }
+
+    #[test]
+    fn a_look_whose_listings_go_back_and_forth_gives_up_in_bounded_rescans() {
+        // The oldest segment alternates: no two listings in a row agree, and none passes the
+        // first listing's newest, so neither the stale count nor the laps ever end the look.
+        let rescans =
+            rescans_until_given_up(|n| if n % 2 == 0 { vec![SegmentId(3), SegmentId(9)] } else { vec![SegmentId(4), SegmentId(9)] });
+        assert_eq!(rescans, RESCANS_MAX);
+    }
+
+    #[test]
+    fn a_look_gives_up_on_a_listing_that_stays_or_a_writer_that_laps_it() {
+        assert_eq!(rescans_until_given_up(|_| vec![SegmentId(5), SegmentId(6)]), TRUNCATED_RESCANS + 1, "the first rescan sets the mark");
+        let lapped = rescans_until_given_up(|n| vec![SegmentId(u64::from(n) * 10), SegmentId(u64::from(n) * 10 + 5)]);
+        assert_eq!(lapped, TRUNCATED_LAPS + 1, "each listing starts past the newest of the one before");
+    }
 
     #[test]
     fn every_tail_state_maps_to_exactly_one_action() {
