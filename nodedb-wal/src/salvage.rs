@@ -24,8 +24,9 @@
 //!   directory, which needs the care the keys had. Opening it with a key ring encrypts the
 //!   segments written from then on; a ring that refuses plaintext refuses it.
 //! - **The destination** must be missing or empty (a `LOCK` alone counts as empty), and not
-//!   inside the source: anything else is [`WalError::SalvageDestinationNotEmpty`] or
-//!   [`WalError::InvalidConfig`], with nothing written. Each new segment has the id of the one
+//!   inside the source ([`salvage`] resolves symbolic links and `..` as the file system does;
+//!   [`salvage_with`] resolves `..` as names): anything else is
+//!   [`WalError::SalvageDestinationNotEmpty`] or [`WalError::InvalidConfig`], with nothing written. Each new segment has the id of the one
 //!   it copies.
 //! - **A salvage cut short** (a crash, a kill, an error) leaves a new directory that does not
 //!   open: its `MANIFEST` names a segment no log holds ([`PENDING`], refused as
@@ -72,6 +73,7 @@
 
 mod copy;
 mod past;
+mod place;
 mod walk;
 
 use std::ops::RangeInclusive;
@@ -105,7 +107,7 @@ pub struct SalvageReport {
     pub torn_tail: Option<TornTail>,
     /// The members of an atomic group the stop cut, read intact but dropped with the group.
     pub group_dropped: Option<RangeInclusive<Lsn>>,
-    /// Intact records found past the stop, not copied.
+    /// Intact records found past the stop, not copied (from [`SalvageReport::next_lsn`] on).
     pub past_the_stop: IntactAfter,
 }
 
@@ -123,7 +125,8 @@ pub struct Damage {
     pub error: WalError,
 }
 
-/// [`salvage_with`] on the real file system.
+/// [`salvage_with`] on the real file system, a destination inside the source refused as the file
+/// system resolves both (symbolic links, `..`, a relative path).
 ///
 /// # Examples
 ///
@@ -140,6 +143,8 @@ pub struct Damage {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn salvage(source: &Path, dest: &Path, ring: Option<&KeyRing>) -> Result<SalvageReport> {
+    // Symbolic links and `..` as the file system resolves them, which only it knows.
+    place::check_outside(&place::resolved(source), &place::resolved(dest))?;
     salvage_with(&FsStorage::new(), source, dest, ring)
 }
 
@@ -150,9 +155,7 @@ pub fn salvage(source: &Path, dest: &Path, ring: Option<&KeyRing>) -> Result<Sal
 /// and [`WalError::Io`] (a permission problem, a full disk), naming the step and the file. Damage is
 /// not an error: it is where the copy stops, in the report.
 pub fn salvage_with<S: Storage + Clone>(storage: &S, source: &Path, dest: &Path, ring: Option<&KeyRing>) -> Result<SalvageReport> {
-    if dest.starts_with(source) {
-        return Err(WalError::InvalidConfig { reason: "a salvage's destination must lie outside the log it copies" });
-    }
+    place::check_outside(&place::lexical(source), &place::lexical(dest))?;
     let src = Source { storage, dir: source, ring };
     let ids = source_ids(storage, source)?;
     walk::check_keys(&src, &ids)?;
@@ -164,12 +167,12 @@ pub fn salvage_with<S: Storage + Clone>(storage: &S, source: &Path, dest: &Path,
     let mut copier = copy::Copier::create(storage, dest)?;
     let stop = walk::walk(&src, &ids, &mut copier)?;
     let copied = copier.finish()?;
+    let next_lsn = copied.segments.last().map_or(Lsn::FIRST, |s| s.end_lsn);
     let past_the_stop = match &stop {
-        Some(stop) => past::intact_after(&src, &ids, stop)?,
+        Some(stop) => past::intact_after(&src, &ids, stop, next_lsn)?,
         None => IntactAfter::default(),
     };
     let (damage, torn_tail) = judge(stop, verdict);
-    let next_lsn = copied.segments.last().map_or(Lsn::FIRST, |s| s.end_lsn);
     let first = copied.segments.first().map_or(next_lsn, |s| s.first_lsn);
     let records = (next_lsn > first).then(|| first..=Lsn(next_lsn.0 - 1));
     Ok(SalvageReport {
@@ -207,6 +210,8 @@ fn judge(stop: Option<Stop>, verdict: Result<RecoveryInfo>) -> (Option<Damage>, 
         Ok(info) => (None, info.torn_tail),
         Err(error) => {
             let (segment, offset) = match (&error, &stop) {
+                // A side file stops nothing: every segment present was copied.
+                (WalError::ManifestDamaged { .. } | WalError::FloorDamaged { .. } | WalError::FloorSlotDamaged { .. }, _) => (None, None),
                 (WalError::Corruption { segment, offset, .. }, _) => (Some(*segment), Some(*offset)),
                 (WalError::MissingSegment { missing, .. }, _) => (Some(*missing), None),
                 (_, Some(stop)) => (Some(stop.segment), stop.offset),

@@ -18,7 +18,7 @@ use crate::types::{Lsn, SegmentId};
 /// A frame counts where its checksum holds and, in a segment whose head reads, it carries that
 /// segment's salt (a reused file's earlier frames do not belong to the log). Found by trying
 /// every byte offset, since frames inside a batch start anywhere; each record is counted once,
-/// with its LSN as its frame says.
+/// with its LSN as its frame says, from the copy's next LSN on (lower ones the copy holds).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IntactAfter {
     /// Data records found (padding, segment headers and end frames are not counted).
@@ -37,12 +37,14 @@ impl IntactAfter {
     }
 }
 
-/// Scans from `stop` to the end of its segment, then every later segment of `ids`.
-pub(super) fn intact_after<S: Storage>(src: &Source<'_, S>, ids: &[SegmentId], stop: &Stop) -> Result<IntactAfter> {
+/// Scans from `stop` to the end of its segment, then every later segment of `ids`, counting
+/// records from `next_lsn` (the copy's next) on: a frame of a lower LSN past the stop (a
+/// segment file that is a copy of an older one) is one the copy holds, or one below the log.
+pub(super) fn intact_after<S: Storage>(src: &Source<'_, S>, ids: &[SegmentId], stop: &Stop, next_lsn: Lsn) -> Result<IntactAfter> {
     let mut found = IntactAfter::default();
     if let Some(offset) = stop.offset {
         let mut reader = open(src, stop.segment)?;
-        resync(&mut reader, offset, stop.salt, &mut found)?;
+        resync(&mut reader, offset, stop.salt, next_lsn, &mut found)?;
     }
     for &id in ids.iter().filter(|&&id| id > stop.segment) {
         let mut reader = open(src, id)?;
@@ -50,7 +52,7 @@ pub(super) fn intact_after<S: Storage>(src: &Source<'_, S>, ids: &[SegmentId], s
             Ok(Some(head)) => (head.body_start, Some(head.header.salt)),
             _ => (0, None),
         };
-        resync(&mut reader, from, salt, &mut found)?;
+        resync(&mut reader, from, salt, next_lsn, &mut found)?;
     }
     Ok(found)
 }
@@ -63,15 +65,15 @@ fn open<S: Storage>(src: &Source<'_, S>, id: SegmentId) -> Result<ChunkReader<S:
     Ok(reader)
 }
 
-/// Every intact frame from `from` on (of `salt`, where known): after one, the scan goes on past
-/// it; elsewhere, one byte on.
-fn resync<F: StorageFile>(reader: &mut ChunkReader<F>, from: u64, salt: Option<u32>, found: &mut IntactAfter) -> Result<()> {
+/// Every intact frame from `from` on (of `salt`, where known), a record counted from LSN
+/// `next_lsn` on: after one, the scan goes on past it; elsewhere, one byte on.
+fn resync<F: StorageFile>(reader: &mut ChunkReader<F>, from: u64, salt: Option<u32>, next_lsn: Lsn, found: &mut IntactAfter) -> Result<()> {
     let len = reader.file_len();
     let mut at = from;
     while at + HEADER_LEN as u64 <= len {
         match intact_frame(reader, at, len)? {
             Some(header) if salt.is_none_or(|s| s == header.salt) => {
-                if !header.record_type.is_meta() {
+                if !header.record_type.is_meta() && header.lsn >= next_lsn {
                     found.add(header.lsn);
                 }
                 at += header.frame_len() as u64;

@@ -1,0 +1,220 @@
+//! Salvage edges beside `tests/salvage.rs`: destinations named through `..` or a symlink, a
+//! segment file that is a copy of another, tombstones on both sides of the damage (against a
+//! log written independently with only the records before it), an empty log and a torn first
+//! record, side-file damage after an unclean shutdown, and a salvaged log appended to,
+//! reopened and salvaged again.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Disk, append_synced, assert_records, config, copy_dir, locate, read_all, seg, segment_ids, unseal, write_log};
+use nodedb_wal::format::frame::HEADER_LEN;
+use nodedb_wal::salvage::{SalvageReport, salvage, salvage_with};
+use nodedb_wal::storage::{FaultConfig, Storage};
+use nodedb_wal::{CollectionTombstonePayload, FsStorage, Lsn, SegmentId, SegmentedWal, SimStorage, WalError};
+
+fn flip<D: Disk>(disk: &D, path: &Path, at: u64) {
+    disk.edit(path, |b| b[at as usize] ^= 0x10);
+}
+
+/// Salvages `dir` into `dest` on `disk`, and opens the new log's records.
+fn salvaged<D: Disk>(disk: &D, dir: &Path, dest: &Path) -> (SalvageReport, Vec<nodedb_wal::WalRecord>) {
+    let report = salvage_with(disk, dir, dest, None).unwrap();
+    let wal = SegmentedWal::open_with(disk.clone(), config(dest)).unwrap();
+    assert_eq!(wal.next_lsn(), report.next_lsn);
+    let records = read_all(&wal);
+    wal.close().unwrap();
+    (report, records)
+}
+
+/// A closed log on real files in a fresh temporary directory, and its path.
+fn real_log() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    write_log(&FsStorage::new(), &dir, &[10; 3]);
+    (tmp, dir)
+}
+
+#[test]
+fn a_destination_inside_the_source_named_through_dotdot_is_refused_and_nothing_is_made_there() {
+    let (tmp, dir) = real_log();
+    std::fs::create_dir(tmp.path().join("other")).unwrap();
+    let dest = tmp.path().join("other").join("..").join("wal").join("saved");
+    let result = salvage(&dir, &dest, None);
+    assert!(!dir.join("saved").exists(), "the source is only read");
+    assert!(matches!(result, Err(WalError::InvalidConfig { .. })), "{result:?}");
+}
+
+#[test]
+fn a_destination_inside_the_source_through_a_symlink_is_refused_and_nothing_is_made_there() {
+    let (tmp, dir) = real_log();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let result = salvage(&dir, &link.join("saved"), None);
+    assert!(!dir.join("saved").exists(), "the source is only read");
+    assert!(matches!(result, Err(WalError::InvalidConfig { .. })), "{result:?}");
+    // The source named through the link, the destination beside it: taken.
+    let report = salvage(&link, &tmp.path().join("saved"), None).unwrap();
+    assert_eq!(report.records, Some(Lsn(1)..=Lsn(30)));
+}
+
+#[test]
+fn a_destination_beside_the_source_named_through_dotdot_is_taken() {
+    let (tmp, dir) = real_log();
+    let report = salvage(&dir, &dir.join("..").join("saved"), None).unwrap();
+    assert_eq!(report.records, Some(Lsn(1)..=Lsn(30)));
+    assert!(tmp.path().join("saved").is_dir());
+}
+
+#[test]
+fn a_destination_that_is_a_file_is_a_typed_error_and_the_file_is_left_alone() {
+    let (tmp, dir) = real_log();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"mine").unwrap();
+    let err = salvage(&dir, &file, None).unwrap_err();
+    assert!(matches!(err, WalError::Io { .. } | WalError::SalvageDestinationNotEmpty { .. }), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+}
+
+/// A segment file replaced by a copy of an older one: the copy stops there, and the records
+/// past the stop it reports are only ones the new log does not hold.
+#[test]
+fn a_segment_file_that_is_a_copy_of_an_older_one_stops_the_copy_and_is_not_counted_past_it() {
+    let sim = SimStorage::new(3, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    let last = write_log(&sim, dir, &[10; 20]);
+    let ids = segment_ids(&sim, dir);
+    assert!(ids.len() >= 3, "{ids:?}");
+    let victim = ids[ids.len() - 2];
+    let first_lost = locate_first(&sim, dir, victim);
+    let newest_first = locate_first(&sim, dir, *ids.last().unwrap());
+    sim.write(&seg(dir, victim), &sim.read(&seg(dir, 1)));
+    let (report, records) = salvaged(&sim, dir, Path::new("/sim/saved"));
+    assert_records(&records, 1, first_lost - 1);
+    let damage = report.damage.as_ref().expect("damage");
+    assert_eq!((damage.segment, damage.offset), (Some(SegmentId(victim)), Some(0)), "{:?}", damage.error);
+    let past: Vec<_> = report.past_the_stop.lsn_ranges.iter().map(|r| r.start().0..=r.end().0).collect();
+    assert_eq!(past, [newest_first..=last], "only what the copy does not hold");
+}
+
+/// The first LSN in segment `id`.
+fn locate_first<D: Disk>(disk: &D, dir: &Path, id: u64) -> u64 {
+    (1..).find(|&lsn| locate(disk, dir, lsn).0 == id).unwrap()
+}
+
+/// Records 1..=10, a tombstone (11), 12..=20, a tombstone (21), 22..=30 up to `upto`, each
+/// synced; closed.
+fn log_with_tombstones(sim: &SimStorage, dir: &Path, upto: u64) {
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    for (from, to) in [(1, 10), (12, 20), (22, 30)] {
+        if from > upto {
+            break;
+        }
+        append_synced(&wal, from, to.min(upto));
+        if to < upto {
+            let purge = CollectionTombstonePayload { database: 1, tenant: 7, collection: format!("c{to}"), purge_lsn: Lsn(to) };
+            assert_eq!(wal.append_tombstone(&purge).unwrap(), Lsn(to + 1));
+            wal.sync().unwrap();
+        }
+    }
+    wal.close().unwrap();
+}
+
+#[test]
+fn the_salvaged_log_gathers_exactly_the_tombstones_before_the_damage() {
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    log_with_tombstones(&sim, dir, 30);
+    for victim in [5, 15, 25] {
+        let copy = Path::new("/sim").join(format!("t{victim}"));
+        copy_dir(&sim, dir, &copy);
+        let (id, frame) = locate(&sim, &copy, victim);
+        flip(&sim, &seg(&copy, id), frame.offset + HEADER_LEN as u64 + 1);
+        let dest = copy.with_file_name(format!("t{victim}-saved"));
+        let (report, _) = salvaged(&sim, &copy, &dest);
+        assert_eq!(report.next_lsn, Lsn(victim));
+        let expected_dir = copy.with_file_name(format!("t{victim}-expected"));
+        log_with_tombstones(&sim, &expected_dir, victim - 1);
+        let expected = SegmentedWal::open_with(sim.clone(), config(&expected_dir)).unwrap();
+        let saved = SegmentedWal::open_with(sim.clone(), config(&dest)).unwrap();
+        assert_eq!(saved.recovery_info().tombstones, expected.recovery_info().tombstones, "damage at {victim}");
+        assert_eq!(read_all(&saved), read_all(&expected), "damage at {victim}");
+    }
+}
+
+#[test]
+fn an_empty_log_salvages_into_an_empty_log_that_hands_out_lsn_1() {
+    let sim = SimStorage::new(1, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    SegmentedWal::open_with(sim.clone(), config(dir)).unwrap().close().unwrap();
+    let (report, records) = salvaged(&sim, dir, Path::new("/sim/saved"));
+    assert!(records.is_empty() && report.records.is_none() && report.damage.is_none(), "{report:?}");
+    assert_eq!(report.next_lsn, Lsn(1));
+    // A directory with no file at all: the same.
+    sim.create_dir_all(Path::new("/sim/bare")).unwrap();
+    let (report, records) = salvaged(&sim, Path::new("/sim/bare"), Path::new("/sim/bare-saved"));
+    assert!(records.is_empty() && report.records.is_none(), "{report:?}");
+    // A source that does not exist is an error, and makes nothing.
+    let err = salvage_with(&sim, Path::new("/sim/none"), Path::new("/sim/none-saved"), None).unwrap_err();
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+}
+
+#[test]
+fn a_log_whose_first_record_is_damaged_salvages_into_an_empty_log() {
+    for closed in [true, false] {
+        let sim = SimStorage::new(2, FaultConfig::default());
+        let dir = Path::new("/sim/wal");
+        write_log(&sim, dir, &[10]);
+        if !closed {
+            unseal(&sim, dir);
+        }
+        let (id, frame) = locate(&sim, dir, 1);
+        flip(&sim, &seg(dir, id), frame.offset + HEADER_LEN as u64 + 1);
+        let refused = SegmentedWal::open_with(sim.clone(), config(dir)).is_err();
+        let (report, records) = salvaged(&sim, dir, Path::new("/sim/saved"));
+        assert!(records.is_empty() && report.records.is_none(), "{report:?}");
+        assert_eq!(report.next_lsn, Lsn(1));
+        assert_eq!(report.past_the_stop.lsn_ranges, [Lsn(2)..=Lsn(10)], "closed {closed}");
+        assert_eq!(report.damage.is_some(), refused, "damage where recovery refuses the log: {report:?}");
+        assert_eq!(report.torn_tail.is_some(), !refused, "a torn tail where recovery cuts it: {report:?}");
+    }
+}
+
+/// A damaged `MANIFEST` beside segments a power cut left unsealed: every segment is copied,
+/// and the report places the damage beside the segments, as its docs say.
+#[test]
+fn damaged_side_files_after_an_unclean_shutdown_are_reported_beside_the_segments() {
+    let sim = SimStorage::new(4, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    let last = write_log(&sim, dir, &[10; 5]);
+    unseal(&sim, dir);
+    let manifest = dir.join("MANIFEST");
+    sim.edit(&manifest, |b| b.iter_mut().for_each(|x| *x ^= 0x55));
+    let err = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    let (report, records) = salvaged(&sim, dir, Path::new("/sim/saved"));
+    assert_records(&records, 1, last);
+    let damage = report.damage.as_ref().expect("damage");
+    assert_eq!((damage.segment, damage.offset), (None, None), "{:?}", damage.error);
+}
+
+#[test]
+fn a_salvaged_log_takes_appends_reopens_and_salvages_again_into_the_same_records() {
+    let sim = SimStorage::new(6, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    write_log(&sim, dir, &[10; 20]);
+    let (id, frame) = locate(&sim, dir, 123);
+    flip(&sim, &seg(dir, id), frame.offset + HEADER_LEN as u64 + 1);
+    let (first, records) = salvaged(&sim, dir, Path::new("/sim/saved"));
+    assert_records(&records, 1, 122);
+    let (again, twice) = salvaged(&sim, Path::new("/sim/saved"), Path::new("/sim/saved2"));
+    assert_eq!(twice, records, "a salvage of the salvage holds the same records");
+    assert_eq!((&again.records, again.next_lsn, again.damage.is_none()), (&first.records, first.next_lsn, true), "{again:?}");
+    assert_eq!(again.segments.iter().map(|s| s.id).collect::<Vec<_>>(), first.segments.iter().map(|s| s.id).collect::<Vec<_>>());
+    let wal = SegmentedWal::open_with(sim.clone(), config(Path::new("/sim/saved"))).unwrap();
+    append_synced(&wal, 123, 160);
+    wal.close().unwrap();
+    let wal = SegmentedWal::open_with(sim.clone(), config(Path::new("/sim/saved"))).unwrap();
+    assert_records(&read_all(&wal), 1, 160);
+}
