@@ -1,7 +1,8 @@
 //! Salvage edges beside `tests/salvage.rs`: destinations named through `..` or a symlink, a
 //! segment file that is a copy of another, tombstones on both sides of the damage (against a
 //! log written independently with only the records before it), an empty log and a torn first
-//! record, side-file damage after an unclean shutdown, and a salvaged log appended to,
+//! record, side-file damage after an unclean shutdown, a wrong key for a middle rotation,
+//! records larger than the copy buffer, and a salvaged log appended to,
 //! reopened and salvaged again.
 
 mod common;
@@ -217,4 +218,71 @@ fn a_salvaged_log_takes_appends_reopens_and_salvages_again_into_the_same_records
     wal.close().unwrap();
     let wal = SegmentedWal::open_with(sim.clone(), config(Path::new("/sim/saved"))).unwrap();
     assert_records(&read_all(&wal), 1, 160);
+}
+
+/// The key id in segment `id`'s preamble (0: plaintext).
+fn key_of(sim: &SimStorage, dir: &Path, id: u64) -> u32 {
+    nodedb_wal::format::preamble::SegmentPreamble::decode(&sim.read(&seg(dir, id))).map_or(0, |p| p.key_id)
+}
+
+/// A log rotated from key 1 to 2 to 3; the ring given holds a wrong key 2: the copy stops at
+/// the first segment under key 2 (`WrongKey`), with every record under key 1 before it.
+#[test]
+fn a_wrong_key_for_a_middle_rotation_keeps_the_segments_before_it() {
+    let sim = SimStorage::new(8, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    let key = |b: u8| nodedb_wal::SecureKey::from_bytes(&mut [b; 32]);
+    let ring = std::sync::Arc::new(nodedb_wal::KeyRing::with_active(1, key(1)));
+    let mut c = config(dir);
+    c.key_ring = Some(ring.clone());
+    let wal = SegmentedWal::open_with(sim.clone(), c).unwrap();
+    for (key_id, from) in [(1, 1), (2, 101), (3, 201)] {
+        if key_id > 1 {
+            ring.insert(key_id, key(key_id as u8)).unwrap();
+            ring.set_active(key_id).unwrap();
+        }
+        for at in (from..from + 100).step_by(10) {
+            append_synced(&wal, at, at + 9);
+        }
+    }
+    wal.close().unwrap();
+    let ids = segment_ids(&sim, dir);
+    let first_of_2 = *ids.iter().find(|&&id| key_of(&sim, dir, id) == 2).expect("a segment under key 2");
+    assert!(key_of(&sim, dir, *ids.last().unwrap()) == 3 && key_of(&sim, dir, 1) == 1);
+    let kept = locate_first(&sim, dir, first_of_2) - 1;
+    let wrong = nodedb_wal::KeyRing::with_active(1, key(1));
+    wrong.insert(2, key(99)).unwrap();
+    wrong.insert(3, key(3)).unwrap();
+    let dest = Path::new("/sim/saved");
+    let report = salvage_with(&sim, dir, dest, Some(&wrong)).unwrap();
+    let damage = report.damage.as_ref().expect("damage");
+    assert!(matches!(damage.error, WalError::WrongKey { key_id: 2, .. }), "{:?}", damage.error);
+    assert_eq!(damage.segment, Some(SegmentId(first_of_2)));
+    assert_eq!(report.records, Some(Lsn(1)..=Lsn(kept)));
+    assert_eq!(report.past_the_stop.lsn_ranges, [Lsn(kept + 1)..=Lsn(300)], "wrong-key frames are intact frames");
+    let saved = SegmentedWal::open_with(sim.clone(), config(dest)).unwrap();
+    assert_records(&read_all(&saved), 1, kept);
+}
+
+/// Records larger than the copy's write buffer (1 MiB) and than a segment, and one of the
+/// largest payload a log takes, copied whole and byte for byte.
+#[test]
+fn records_larger_than_the_copy_buffer_and_a_segment_are_copied_whole() {
+    let sim = SimStorage::new(9, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    let mut c = config(dir);
+    c.payload_bytes_max = 3 << 20;
+    let sizes = [10usize, 1 << 20, 3 << 20, 7, (1 << 20) + 13];
+    let payloads: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| (0..n).map(|j| (j * 7 + i) as u8).collect()).collect();
+    let wal = SegmentedWal::open_with(sim.clone(), c.clone()).unwrap();
+    for p in &payloads {
+        wal.append_durable(nodedb_wal::Record::new(nodedb_wal::RecordType::optional(0x100), p)).unwrap();
+    }
+    wal.close().unwrap();
+    let dest = Path::new("/sim/saved");
+    let report = salvage_with(&sim, dir, dest, None).unwrap();
+    assert!(report.damage.is_none(), "{report:?}");
+    let saved = SegmentedWal::open_with(sim.clone(), config(dest)).unwrap();
+    let got: Vec<Vec<u8>> = read_all(&saved).into_iter().map(|r| r.payload.to_vec()).collect();
+    assert_eq!(got, payloads);
 }
