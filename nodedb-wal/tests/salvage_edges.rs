@@ -2,8 +2,8 @@
 //! segment file that is a copy of another, tombstones on both sides of the damage (against a
 //! log written independently with only the records before it), an empty log and a torn first
 //! record, side-file damage after an unclean shutdown, a wrong key for a middle rotation,
-//! records larger than the copy buffer, and a salvaged log appended to,
-//! reopened and salvaged again.
+//! records larger than the copy buffer, a sealed segment ending inside a group, and a salvaged
+//! log appended to, reopened and salvaged again.
 
 mod common;
 
@@ -285,4 +285,33 @@ fn records_larger_than_the_copy_buffer_and_a_segment_are_copied_whole() {
     let saved = SegmentedWal::open_with(sim.clone(), config(dest)).unwrap();
     let got: Vec<Vec<u8>> = read_all(&saved).into_iter().map(|r| r.payload.to_vec()).collect();
     assert_eq!(got, payloads);
+}
+
+/// A sealed segment whose last records say their group goes on (no writer leaves one: a group
+/// never spans segments): the copy stops at its end frame, the cut group dropped whole.
+#[test]
+fn a_sealed_segment_ending_inside_a_group_drops_the_group_and_stops_there() {
+    use nodedb_wal::format::frame::{FLAG_GROUP_CONTINUES, RecordHeader, seal_frame};
+    let sim = SimStorage::new(11, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    let last = write_log(&sim, dir, &[10; 20]);
+    let first_of_2 = locate_first(&sim, dir, 2);
+    let (tail, before) = (first_of_2 - 1, first_of_2 - 2);
+    sim.edit(&seg(dir, 1), |bytes| {
+        for lsn in [before, tail] {
+            let frame = common::record_frame(bytes, lsn);
+            let at = frame.offset as usize;
+            let span = &mut bytes[at..at + frame.frame_len() as usize];
+            let header = RecordHeader { flags: frame.header.flags | FLAG_GROUP_CONTINUES, ..frame.header };
+            header.encode_into(&mut span[..HEADER_LEN]);
+            seal_frame(span, frame.header.record_type);
+        }
+    });
+    let (report, records) = salvaged(&sim, dir, Path::new("/sim/saved"));
+    assert_records(&records, 1, before - 1);
+    assert_eq!(report.group_dropped, Some(Lsn(before)..=Lsn(tail)));
+    let damage = report.damage.as_ref().expect("damage");
+    assert!(matches!(damage.error, WalError::Corruption { kind: nodedb_wal::CorruptionKind::IncompleteGroup, .. }), "{:?}", damage.error);
+    assert_eq!(damage.segment, Some(SegmentId(1)));
+    assert_eq!(report.past_the_stop.lsn_ranges, [Lsn(first_of_2)..=Lsn(last)]);
 }
