@@ -109,6 +109,11 @@ pub struct SalvageReport {
     pub group_dropped: Option<RangeInclusive<Lsn>>,
     /// Intact records found past the stop, not copied (from [`SalvageReport::next_lsn`] on).
     pub past_the_stop: IntactAfter,
+    /// Why `FLOOR` did not read, where it did not: then the copy starts at the oldest segment
+    /// present, which may be one a truncation cut short left behind. A hole after such
+    /// segments reads as a missing segment, and the copy holds only LSNs the log had given
+    /// up; move the segments below the hole aside and salvage again if that is what they are.
+    pub floor_damage: Option<WalError>,
 }
 
 /// Where the damage a salvage stopped at lies, and what it is.
@@ -157,7 +162,7 @@ pub fn salvage(source: &Path, dest: &Path, ring: Option<&KeyRing>) -> Result<Sal
 pub fn salvage_with<S: Storage + Clone>(storage: &S, source: &Path, dest: &Path, ring: Option<&KeyRing>) -> Result<SalvageReport> {
     place::check_outside(&place::lexical(source), &place::lexical(dest))?;
     let src = Source { storage, dir: source, ring };
-    let ids = source_ids(storage, source)?;
+    let (ids, floor_damage) = source_ids(storage, source)?;
     walk::check_keys(&src, &ids)?;
     // Recovery's own verdict on the log, for where the walk's chain just ends.
     let verdict = match recovery::inspect_dir(storage, source, ring) {
@@ -183,6 +188,7 @@ pub fn salvage_with<S: Storage + Clone>(storage: &S, source: &Path, dest: &Path,
         torn_tail,
         group_dropped: copied.group_dropped,
         past_the_stop,
+        floor_damage,
     })
 }
 
@@ -225,11 +231,11 @@ fn judge(stop: Option<Stop>, verdict: Result<RecoveryInfo>) -> (Option<Damage>, 
 /// The source's segments, oldest first, from its truncation floor on: those below it are a
 /// truncation a crash cut short, which the log no longer holds. A floor above every segment,
 /// or one that does not read, is no reason to copy nothing: then every segment counts.
-fn source_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
+fn source_ids<S: Storage>(storage: &S, dir: &Path) -> Result<(Vec<SegmentId>, Option<WalError>)> {
     let mut ids = recovery::listed_ids(storage, dir)?;
-    let floor = match manifest::read_floor(storage, dir) {
-        Ok(floor) => floor.map(|f| f.floor),
-        Err(WalError::FloorDamaged { .. }) => None,
+    let (floor, floor_damage) = match manifest::read_floor(storage, dir) {
+        Ok(floor) => (floor.map(|f| f.floor), None),
+        Err(err @ WalError::FloorDamaged { .. }) => (None, Some(err)),
         Err(err) => return Err(err),
     };
     if let Some(floor) = floor
@@ -237,5 +243,5 @@ fn source_ids<S: Storage>(storage: &S, dir: &Path) -> Result<Vec<SegmentId>> {
     {
         ids.retain(|&id| id >= floor);
     }
-    Ok(ids)
+    Ok((ids, floor_damage))
 }

@@ -88,7 +88,10 @@ fn healthy_log_is_copied_whole_and_the_source_is_unchanged<D: Place>() {
     let (disk, dir, _tmp) = D::fresh();
     let last = source_log(&disk, &dir);
     let (report, records) = salvaged(&disk, &dir, None);
-    assert!(report.damage.is_none() && report.torn_tail.is_none() && report.group_dropped.is_none(), "{report:?}");
+    assert!(
+        report.damage.is_none() && report.torn_tail.is_none() && report.group_dropped.is_none() && report.floor_damage.is_none(),
+        "{report:?}"
+    );
     assert_eq!(report.past_the_stop.records, 0);
     assert_eq!(report.records, Some(lsns(1..=last)));
     let ids: Vec<u64> = report.segments.iter().map(|s| s.id.0).collect();
@@ -431,6 +434,33 @@ fn a_truncated_log_is_copied_from_its_oldest_record<D: Place>() {
     assert_eq!(report.segments.iter().map(|s| s.id.0).collect::<Vec<_>>(), kept_ids);
     assert_records(&records, oldest.0, last);
 }
+
+/// As above with `FLOOR` damaged as well: the salvage cannot tell the leftover segment from
+/// the log's oldest, so it copies from it, stops at the hole after it, and says that `FLOOR`
+/// did not read (the one hint that the hole may be a truncation's).
+fn a_damaged_floor_beside_a_truncations_leftover_is_named_in_the_report<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = source_log(&disk, &dir);
+    let leftover = disk.read(&seg(&dir, 1));
+    let wal = SegmentedWal::open_with(disk.clone(), config(&dir)).unwrap();
+    wal.truncate_before(wal.segments()[2].first_lsn).unwrap();
+    wal.close().unwrap();
+    disk.write(&seg(&dir, 1), &leftover);
+    let floor = dir.join("FLOOR");
+    let damaged: Vec<u8> = disk.read(&floor).iter().map(|b| b ^ 0x55).collect();
+    disk.write(&floor, &damaged);
+    let (report, _) = salvaged(&disk, &dir, None);
+    assert!(matches!(report.floor_damage, Some(WalError::FloorDamaged { .. })), "{:?}", report.floor_damage);
+    let damage = report.damage.as_ref().expect("the hole after the leftover");
+    assert!(matches!(damage.error, WalError::MissingSegment { missing: SegmentId(2), .. }), "{:?}", damage.error);
+    assert_eq!(report.past_the_stop.lsn_ranges.last().map(|r| *r.end()), Some(Lsn(last)), "the live log counted past the stop");
+}
+
+both!(
+    a_damaged_floor_beside_a_truncations_leftover_is_named_in_the_report_fs,
+    a_damaged_floor_beside_a_truncations_leftover_is_named_in_the_report_sim,
+    a_damaged_floor_beside_a_truncations_leftover_is_named_in_the_report
+);
 
 both!(
     a_truncated_log_is_copied_from_its_oldest_record_fs,

@@ -21,6 +21,11 @@ pub(super) fn salvage_log(args: &Args) -> Outcome {
     if ring.is_some() {
         out!("the new log is plaintext: its records are no longer encrypted; keep it as safe as the keys");
     }
+    if let Some(err) = &report.floor_damage {
+        out!(
+            "FLOOR did not read ({err}): the copy starts at the oldest segment present; if segments below a hole are ones a cut-short truncation left behind, move them aside and salvage again"
+        );
+    }
     if let Some(group) = &report.group_dropped {
         out!("dropped with their atomic group, which the damage cut: {}", lsns(group));
     }
