@@ -179,7 +179,7 @@ pub fn salvage_with<S: Storage + Clone>(storage: &S, source: &Path, dest: &Path,
     };
     let (damage, torn_tail) = judge(stop, verdict);
     let first = copied.segments.first().map_or(next_lsn, |s| s.first_lsn);
-    let records = (next_lsn > first).then(|| first..=Lsn(next_lsn.0 - 1));
+    let records = next_lsn.prev().filter(|&last| last >= first).map(|last| first..=last);
     Ok(SalvageReport {
         records,
         next_lsn,

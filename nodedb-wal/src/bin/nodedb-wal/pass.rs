@@ -91,7 +91,7 @@ impl<S: Storage> Pass<S> {
         self.info = self.wal.recovery_info().clone();
         if self.info.first_lsn > self.next {
             let first = self.skipped.map_or(self.next, |(first, _)| first);
-            self.skipped = Some((first, Lsn(self.info.first_lsn.0 - 1)));
+            self.skipped = Some((first, self.info.first_lsn.prev().expect("past `next`, so above LSN 0")));
             self.next = self.info.first_lsn;
         }
         Ok(())
