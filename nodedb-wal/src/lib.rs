@@ -53,9 +53,11 @@
 //! // alone cannot tell (it may lie below the engines' checkpoint); the drop's own LSN can.
 //! assert!(info.tombstones.dropped_at(0, 0, "orders") > Some(engine_applied));
 //!
-//! // Checkpoint: the engines hold everything below `checkpoint` in their own files.
-//! let checkpoint = wal.sync()?;
-//! wal.truncate_before(checkpoint)?; // whole segments only; the newest is always kept
+//! // Checkpoint: the engines' files now hold every record up to `applied`. They store it
+//! // with themselves; the next open replays from `applied.next()`, so the log below that
+//! // LSN can go (`truncate_before` keeps every record at or above the LSN it is given).
+//! let applied = wal.sync()?;
+//! wal.truncate_before(applied.next())?; // whole segments only; the newest is always kept
 //! wal.close()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -15,6 +15,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// removal made durable before the next. The newest segment is always kept: it carries the
     /// log's position across restarts. Returns how many segments were removed.
     ///
+    /// `checkpoint` is exclusive: the first LSN the engines' own files do not hold (the one
+    /// after the last record they applied), which is also where the next open replays from
+    /// with [`Self::read_from`]. The record at `checkpoint` is kept.
+    ///
     /// Tombstones and temporal purges in the removed segments are gone too, so a later
     /// recovery no longer reports them: pass a checkpoint at which the engines have applied
     /// every drop and purge below it, to their own files, and replay from that checkpoint.
@@ -36,10 +40,15 @@ impl<S: Storage> SegmentedWal<S> {
     /// for _ in 0..200 {
     ///     wal.append(Record::new(ty, &[7; 1000]))?;
     /// }
-    /// let checkpoint = wal.sync()?;
+    /// // The engines' files now hold every record up to `applied`: the log below the next
+    /// // LSN can go, and a restart replays from there.
+    /// let applied = wal.sync()?;
+    /// let checkpoint = applied.next();
     /// let removed = wal.truncate_before(checkpoint)?;
     /// assert!(removed > 0);
     /// assert_eq!(wal.segments().len(), 1, "the newest segment is always kept");
+    /// assert!(wal.oldest_lsn() <= checkpoint, "a replay from the checkpoint finds its records");
+    /// assert_eq!(wal.read_from(checkpoint)?.count(), 0, "nothing was appended after it");
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn truncate_before(&self, checkpoint: Lsn) -> Result<usize> {
