@@ -83,7 +83,8 @@
 //! - **Records the engines share**: [`append_tombstone`](SegmentedWal::append_tombstone),
 //!   [`append_temporal_purge`](SegmentedWal::append_temporal_purge) and
 //!   [`append_calvin_applied`](SegmentedWal::append_calvin_applied); at open, recovery hands
-//!   the first two back in [`RecoveryInfo`]. A drop or purge goes all-or-nothing with the
+//!   the first two back in [`RecoveryInfo`]; a replay that applies them in LSN order, as it
+//!   meets them, decodes each with [`WalRecord::tombstone`] and [`WalRecord::temporal_purge`]. A drop or purge goes all-or-nothing with the
 //!   database's own records (its catalog entry) through
 //!   [`append_group_entries`](SegmentedWal::append_group_entries) ([`GroupEntry`]). They go with their segments at truncation, so the
 //!   engines keep drops and purges in their own checkpoints ([`TombstoneSet::dropped_at`]).
@@ -129,6 +130,7 @@ mod replay;
 pub mod salvage;
 pub mod segment;
 pub mod storage;
+mod system;
 mod tail;
 mod types;
 mod wal;

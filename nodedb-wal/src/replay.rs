@@ -176,8 +176,10 @@ impl TombstoneSet {
 /// whole log to call it holds every record at once.
 pub fn extract_tombstones<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<TombstoneSet> {
     let mut set = TombstoneSet::new();
-    for r in records.into_iter().filter(|r| r.record_type == RecordType::COLLECTION_TOMBSTONE) {
-        set.insert_found(&CollectionTombstonePayload::decode(&r.payload).map_err(|e| malformed(r, e))?, r.lsn);
+    for r in records {
+        if let Some(tombstone) = r.tombstone()? {
+            set.insert_found(&tombstone, r.lsn);
+        }
     }
     Ok(set)
 }
@@ -201,14 +203,7 @@ pub struct TemporalPurge {
 /// At open, recovery has already done this for the whole log:
 /// [`crate::RecoveryInfo::temporal_purges`].
 pub fn extract_temporal_purges<'a>(records: impl IntoIterator<Item = &'a WalRecord>) -> Result<Vec<TemporalPurge>> {
-    records
-        .into_iter()
-        .filter(|r| r.record_type == RecordType::TEMPORAL_PURGE)
-        .map(|r| {
-            let purge = TemporalPurgePayload::decode(&r.payload).map_err(|e| malformed(r, e))?;
-            Ok(TemporalPurge { lsn: r.lsn, scope: r.scope, purge })
-        })
-        .collect()
+    records.into_iter().filter_map(|r| r.temporal_purge().transpose()).collect()
 }
 
 /// The last applied (epoch, position) per vshard, in one pass over records.

@@ -55,6 +55,9 @@ fn program(dir: &std::path::Path) -> Result<RecoveryInfo> {
     let set: TombstoneSet = extract_tombstones(&records)?;
     assert_eq!(set.purge_lsn(1, 2, "orders"), Some(Lsn(1)));
     assert_eq!(last_calvin_applied(&records)?.get(&5), Some(&(7, 2)));
+    // One record at a time, as an in-order replay decodes them.
+    assert_eq!(records[1].tombstone()?, Some(tombstone.clone()));
+    assert_eq!(records[2].temporal_purge()?.map(|p| p.purge), Some(purge.clone()));
     let mut lazy = wal.lazy_reader(Lsn(1))?;
     assert!(lazy.next_header()?.is_some());
     drop(lazy);
