@@ -89,7 +89,8 @@
 //!   [`append_group_entries`](SegmentedWal::append_group_entries) ([`GroupEntry`]). They go with their segments at truncation, so the
 //!   engines keep drops and purges in their own checkpoints ([`TombstoneSet::dropped_at`]).
 //! - **Encryption at rest**: [`SegmentedWalConfig::key_ring`] with a [`KeyRing`] of
-//!   [`SecureKey`]s; [`encrypt_engine_file`] for the engines' own files.
+//!   [`SecureKey`]s; [`segment_key_ids`](SegmentedWal::segment_key_ids) tells which keys the
+//!   log still needs after a rotation; [`encrypt_engine_file`] for the engines' own files.
 //! - **Segments made elsewhere** (an import): [`WalWriter`].
 //! - **A damaged log with no replica**: [`salvage`] copies its records up to the damage into a
 //!   new log, and reports what lies past it.

@@ -647,3 +647,47 @@ fn a_file_encrypted_under_a_retired_key_is_not_reused_after_rotation() {
     rotated.insert(1, SecureKey::from_bytes(&mut [7; 32])).unwrap();
     assert_eq!(read_all(&sim, Some(rotated)).unwrap().last(), Some(&payload(5)));
 }
+
+/// `segment_key_ids` names the key of each segment the log holds (`None` for plaintext) as its
+/// preamble does, and forgets the segments a truncation removed: what tells an operator when a
+/// rotated-out key is no longer needed to open and read the log.
+#[test]
+fn segment_key_ids_name_each_retained_segments_key_and_drop_truncated_ones() {
+    let sim = SimStorage::new(23, FaultConfig::default());
+    let ring = Arc::new(KeyRing::new());
+    let wal = SegmentedWal::open_with(sim.clone(), config(Some(Arc::clone(&ring)))).unwrap();
+    for (i, key) in (0..180).zip([None, Some(1), Some(2)].into_iter().flat_map(|k| [k; 60])) {
+        if i % 60 == 0
+            && let Some(key) = key
+        {
+            ring.insert(key, SecureKey::from_bytes(&mut [key as u8; 32])).unwrap();
+            ring.set_active(key).unwrap();
+        }
+        wal.append_durable(rec(&payload(i))).unwrap();
+    }
+    let from_preambles: Vec<_> = wal
+        .segments()
+        .iter()
+        .map(|s| {
+            let preamble = SegmentPreamble::decode(&sim.read_file(&seg(s.id.0)).unwrap()).unwrap();
+            (s.id, (preamble.cipher == CIPHER_AES_256_GCM).then_some(preamble.key_id))
+        })
+        .collect();
+    let keys = wal.segment_key_ids().unwrap();
+    assert_eq!(keys, from_preambles);
+    for key in [None, Some(1), Some(2)] {
+        assert!(keys.iter().any(|&(_, k)| k == key), "{key:?} names a segment: {keys:?}");
+    }
+
+    wal.truncate_before(wal.sync().unwrap().next()).unwrap();
+    let newest = wal.segments().last().unwrap().id;
+    assert_eq!(wal.segment_key_ids().unwrap(), [(newest, Some(2))], "only the newest segment is kept");
+    drop(wal);
+    // Key 2 alone now opens and reads the log: keys 1 and the plaintext era are retired.
+    let only_2 = KeyRing::new();
+    only_2.insert(2, ring.get(2).unwrap()).unwrap();
+    only_2.set_active(2).unwrap();
+    let wal = SegmentedWal::open_with(sim, config(Some(Arc::new(only_2)))).unwrap();
+    let kept = wal.read_from(wal.oldest_lsn()).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    assert!(!kept.is_empty() && kept.iter().all(|r| r.lsn.0 > 120), "the newest segment holds records under key 2");
+}

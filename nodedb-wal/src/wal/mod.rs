@@ -3,10 +3,12 @@
 //!
 //! One file per concern, each with its own `impl` block: `open` (recovery wiring), `append`
 //! (appends and their checks), `durability` (waits, syncs, close), `read` (readers and tails),
-//! `replay` (parallel replay), `truncate` (truncation and what it leaves for the next open).
+//! `replay` (parallel replay), `truncate` (truncation and what it leaves for the next open), `keys`
+//! (which keys the segments are encrypted under).
 
 mod append;
 mod durability;
+mod keys;
 mod open;
 mod read;
 mod replay;
