@@ -95,9 +95,10 @@
 //! - **A damaged log with no replica**: [`salvage`] copies its records up to the damage into a
 //!   new log, and reports what lies past it.
 //! - **Torn pages of in-place writes**: [`DoubleWriteBuffer`].
-//! - **Tests**: [`SimStorage`] (a simulated disk that crashes on request) and
-//!   [`storage::faulty::FaultyStorage`] (injected I/O errors), through
-//!   [`SegmentedWal::open_with`].
+//! - **Tests**: [`SimStorage`] (a simulated disk that crashes on request, with faults from a
+//!   [`FaultConfig`]) and [`storage::faulty::FaultyStorage`] (injected I/O errors), through
+//!   [`SegmentedWal::open_with`]. An engine that runs on either names the log
+//!   `SegmentedWal<S>` with `S:` [`Storage`].
 //! - **Errors**: one type, [`WalError`], whose docs say what a database does with each.
 //!   [`WalError::Poisoned`] means a write or fdatasync failed: nothing more is accepted, and
 //!   opening the log again (once every handle is dropped) recovers what the disk holds, which
@@ -158,7 +159,7 @@ pub use record::{GroupEntry, Record, WalRecord};
 pub use recovery::RecoveryInfo;
 pub use replay::{TemporalPurge, TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};
 pub use segment::SegmentInfo;
-pub use storage::{FsStorage, IoBackend, SimStorage};
+pub use storage::{FaultConfig, FsStorage, IoBackend, SimStorage, Storage};
 pub use tail::Tail;
 pub use types::{Lsn, RecordType, Scope, SegmentId};
 pub use wal::{SegmentedWal, recover};

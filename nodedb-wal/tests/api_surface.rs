@@ -2,11 +2,12 @@
 //! expects at the crate root. If a name moves or changes shape, this stops compiling.
 
 use nodedb_wal::{
-    CIPHER_AES_256_GCM, CalvinAppliedPayload, CollectionTombstonePayload, DoubleWriteBuffer, DwbMode, FsStorage, GroupCommitter,
-    GroupEntry, LazyWalReader, Lsn, MAX_COLLECTION_NAME_LEN, PREAMBLE_SIZE, PREAMBLE_VERSION, Payload, Record, RecordHeader, RecordType,
-    RecoveryInfo, Result, SEG_PREAMBLE_MAGIC, Scope, SecureKey, SegmentId, SegmentPreamble, SegmentedWal, SegmentedWalConfig,
-    TemporalPurgeEngine, TemporalPurgePayload, TombstoneSet, WAL_PREAMBLE_MAGIC, WalError, WalRecord, WalWriter, decrypt_engine_file,
-    encrypt_engine_file, extract_tombstones, last_calvin_applied, recover, wal_dwb_bytes_written_total,
+    CIPHER_AES_256_GCM, CalvinAppliedPayload, CollectionTombstonePayload, DoubleWriteBuffer, DwbMode, FaultConfig, FsStorage,
+    GroupCommitter, GroupEntry, LazyWalReader, Lsn, MAX_COLLECTION_NAME_LEN, PREAMBLE_SIZE, PREAMBLE_VERSION, Payload, Record,
+    RecordHeader, RecordType, RecoveryInfo, Result, SEG_PREAMBLE_MAGIC, Scope, SecureKey, SegmentId, SegmentPreamble, SegmentedWal,
+    SegmentedWalConfig, SimStorage, Storage, TemporalPurgeEngine, TemporalPurgePayload, TombstoneSet, WAL_PREAMBLE_MAGIC, WalError,
+    WalRecord, WalWriter, decrypt_engine_file, encrypt_engine_file, extract_tombstones, last_calvin_applied, recover,
+    wal_dwb_bytes_written_total,
 };
 
 /// Names that are types only: the program must be able to spell them.
@@ -77,6 +78,19 @@ fn program(dir: &std::path::Path) -> Result<RecoveryInfo> {
     let _ = (wal_dwb_bytes_written_total(), DwbMode::Buffered);
 
     recover(SegmentedWalConfig::new(dir))
+}
+
+/// An engine generic over the storage the log runs on, named from the crate root: the real
+/// file system in production, the simulated disk in its tests.
+fn records_held<S: Storage>(wal: &SegmentedWal<S>) -> u64 {
+    wal.next_lsn().0 - wal.oldest_lsn().0
+}
+
+#[test]
+fn an_engine_generic_over_the_storage_names_it_from_the_crate_root() {
+    let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal")).unwrap();
+    wal.append_durable(nodedb_wal::Record::new(RecordType::optional(0x100), b"row")).unwrap();
+    assert_eq!(records_held(&wal), 1);
 }
 
 #[test]
