@@ -170,3 +170,83 @@ fn full_disk_fails_appends_with_a_typed_error_and_keeps_acknowledged_records_sim
         );
     }
 }
+
+/// Fills the disk under a log (`before_batch` may fill it), truncates the poisoned log below
+/// the last acknowledged record's successor (a checkpoint covering everything acknowledged)
+/// once `before_truncation` ran, drops it and opens it on `reopen_on`. Returns the last
+/// acknowledged LSN, the segments removed and the open's result.
+fn truncate_poisoned_and_reopen<S: Storage>(
+    storage: S,
+    dir: &Path,
+    before_batch: impl FnMut(u64),
+    before_truncation: impl FnOnce(),
+    reopen_on: impl FnOnce() -> S,
+) -> (u64, usize, nodedb_wal::Result<SegmentedWal<S>>) {
+    let wal = SegmentedWal::open_with(storage, config(dir)).unwrap();
+    let (_, err) = fill(&wal, 25, before_batch);
+    assert_storage_full(&err);
+    let acked = wal.durable_lsn().0;
+    before_truncation();
+    // The truncation still runs on the poisoned log: it writes only `FLOOR`, in place, and
+    // removes (or renames) files.
+    let removed = wal.truncate_before(Lsn(acked + 1)).unwrap();
+    drop(wal);
+    (acked, removed, SegmentedWal::open_with(reopen_on(), config(dir)))
+}
+
+/// What the reopened log holds: every acknowledged record from the checkpoint on, intact.
+fn assert_kept_from_checkpoint<S: Storage>(wal: &SegmentedWal<S>, acked: u64) {
+    assert!(wal.recovery_info().last_lsn.0 >= acked, "acknowledged LSN {acked} lost");
+    assert!(wal.oldest_lsn().0 <= acked + 1, "a record from the checkpoint on was truncated");
+    let kept = read_all(wal);
+    assert_records(&kept, wal.oldest_lsn().0, wal.recovery_info().last_lsn.0);
+}
+
+#[test]
+fn truncating_a_log_poisoned_by_a_full_disk_frees_the_room_its_reopen_needs_fs() {
+    let mount = match Tmpfs::mount("2m") {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs to fill ({e})");
+            return;
+        }
+    };
+    let dir = mount.path().join("wal");
+    let free_blocks = || rustix::fs::statvfs(mount.path()).unwrap().f_bfree;
+    let full = std::cell::Cell::new(0);
+    let (acked, removed, reopened) =
+        truncate_poisoned_and_reopen(FsStorage::new(), &dir, |_| {}, || full.set(free_blocks()), FsStorage::new);
+    assert!(removed > 0, "the segments below the checkpoint go");
+    assert!(free_blocks() > full.get(), "their room is given back");
+    // Nothing else was freed: the room the open takes came from the truncation.
+    let wal = reopened.unwrap_or_else(|e| panic!("the open after the truncation: {e}"));
+    assert_kept_from_checkpoint(&wal, acked);
+    let next = wal.next_lsn().0;
+    append_synced(&wal, next, next + 10);
+}
+
+#[test]
+fn truncating_a_log_poisoned_by_a_full_disk_keeps_every_record_from_the_checkpoint_across_a_crash_sim() {
+    for seed in 0..16 {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        let full = FaultConfig { write_enospc_ppm: 1_000_000, ..FaultConfig::default() };
+        let (filling, freed, crashed) = (sim.clone(), sim.clone(), sim.clone());
+        let fill_after = 14 + seed % 7; // past a few segments, so that some are sealed
+        // The simulated disk fails every write once full, even a rewrite in place (of `FLOOR`),
+        // which a real one has room for (the `_fs` test): here the room comes back before the
+        // truncation, and the open runs on what a crash right after it leaves.
+        let (acked, removed, reopened) = truncate_poisoned_and_reopen(
+            sim,
+            Path::new("/sim/wal"),
+            move |batch| {
+                if batch == fill_after {
+                    filling.set_faults(full);
+                }
+            },
+            move || freed.set_faults(FaultConfig::default()),
+            move || crashed.crash(seed),
+        );
+        assert!(removed > 0, "seed {seed}: the segments below the checkpoint go");
+        assert_kept_from_checkpoint(&reopened.unwrap_or_else(|e| panic!("seed {seed}: {e}")), acked);
+    }
+}
