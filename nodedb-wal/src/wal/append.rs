@@ -203,6 +203,12 @@ impl<S: Storage> SegmentedWal<S> {
     /// [`crate::MAX_COLLECTION_NAME_LEN`] bytes is [`WalError::MalformedPayload`], and uses no
     /// LSN either.
     ///
+    /// The drop reaches only the records below `purge_lsn`. Where other threads append rows of
+    /// the collection meanwhile, those that take an LSN between the caller's read of
+    /// [`Self::next_lsn`] and the tombstone's own LSN survive it: a database that must drop
+    /// them too keeps writers of the collection out (its own lock) from that read until the
+    /// tombstone is appended, as `examples/kv_engine.rs` does.
+    ///
     /// # Examples
     ///
     /// ```
