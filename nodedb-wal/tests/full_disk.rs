@@ -103,15 +103,14 @@ fn full_disk_keeps_acknowledged_records<S: Storage + Clone>(storage: S, dir: &Pa
     assert_records(&read_all(&wal), 1, last + 10);
 }
 
+/// A 2 MiB tmpfs to fill, or `None` (with the reason printed) where it may not be mounted.
+fn small_tmpfs() -> Option<Tmpfs> {
+    Tmpfs::mount("2m").map_err(|e| eprintln!("SKIPPED: cannot mount a tmpfs to fill ({e})")).ok()
+}
+
 #[test]
 fn full_disk_fails_appends_with_a_typed_error_and_keeps_acknowledged_records_fs() {
-    let mount = match Tmpfs::mount("2m") {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs to fill ({e})");
-            return;
-        }
-    };
+    let Some(mount) = small_tmpfs() else { return };
     // Room that freeing gives back, so that the log can be opened and written again.
     let ballast = mount.path().join("ballast");
     std::fs::write(&ballast, vec![0xAB; 256 * 1024]).unwrap();
@@ -151,23 +150,25 @@ fn full_disk_fails_appends_with_a_typed_error_and_keeps_acknowledged_records_ext
     full_disk_keeps_acknowledged_records(FsStorage::new(), &dir, |_| {}, || ballast.iter().for_each(|b| std::fs::remove_file(b).unwrap()));
 }
 
+/// The simulated disk fills before batch `batch_full` (every write fails with ENOSPC from
+/// then on); the second closure gives its room back.
+fn full_at_batch(sim: &SimStorage, batch_full: u64) -> (impl FnMut(u64) + use<>, impl FnOnce() + use<>) {
+    let (filling, freeing) = (sim.clone(), sim.clone());
+    let full = FaultConfig { write_enospc_ppm: 1_000_000, ..FaultConfig::default() };
+    let fill = move |batch| {
+        if batch == batch_full {
+            filling.set_faults(full);
+        }
+    };
+    (fill, move || freeing.set_faults(FaultConfig::default()))
+}
+
 #[test]
 fn full_disk_fails_appends_with_a_typed_error_and_keeps_acknowledged_records_sim() {
     for seed in 0..16 {
         let sim = SimStorage::new(seed, FaultConfig::default());
-        let full = FaultConfig { write_enospc_ppm: 1_000_000, ..FaultConfig::default() };
-        let fill_after = 3 + seed % 7;
-        let (s1, s2) = (sim.clone(), sim.clone());
-        full_disk_keeps_acknowledged_records(
-            sim,
-            Path::new("/sim/wal"),
-            move |batch| {
-                if batch == fill_after {
-                    s1.set_faults(full);
-                }
-            },
-            move || s2.set_faults(FaultConfig::default()),
-        );
+        let (fill, free) = full_at_batch(&sim, 3 + seed % 7);
+        full_disk_keeps_acknowledged_records(sim, Path::new("/sim/wal"), fill, free);
     }
 }
 
@@ -204,13 +205,7 @@ fn assert_kept_from_checkpoint<S: Storage>(wal: &SegmentedWal<S>, acked: u64) {
 
 #[test]
 fn truncating_a_log_poisoned_by_a_full_disk_frees_the_room_its_reopen_needs_fs() {
-    let mount = match Tmpfs::mount("2m") {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs to fill ({e})");
-            return;
-        }
-    };
+    let Some(mount) = small_tmpfs() else { return };
     let dir = mount.path().join("wal");
     let free_blocks = || rustix::fs::statvfs(mount.path()).unwrap().f_bfree;
     let full = std::cell::Cell::new(0);
@@ -229,23 +224,13 @@ fn truncating_a_log_poisoned_by_a_full_disk_frees_the_room_its_reopen_needs_fs()
 fn truncating_a_log_poisoned_by_a_full_disk_keeps_every_record_from_the_checkpoint_across_a_crash_sim() {
     for seed in 0..16 {
         let sim = SimStorage::new(seed, FaultConfig::default());
-        let full = FaultConfig { write_enospc_ppm: 1_000_000, ..FaultConfig::default() };
-        let (filling, freed, crashed) = (sim.clone(), sim.clone(), sim.clone());
-        let fill_after = 14 + seed % 7; // past a few segments, so that some are sealed
+        // Full past a few segments, so that some are sealed.
+        let (fill, free) = full_at_batch(&sim, 14 + seed % 7);
+        let crashed = sim.clone();
         // The simulated disk fails every write once full, even a rewrite in place (of `FLOOR`),
         // which a real one has room for (the `_fs` test): here the room comes back before the
         // truncation, and the open runs on what a crash right after it leaves.
-        let (acked, removed, reopened) = truncate_poisoned_and_reopen(
-            sim,
-            Path::new("/sim/wal"),
-            move |batch| {
-                if batch == fill_after {
-                    filling.set_faults(full);
-                }
-            },
-            move || freed.set_faults(FaultConfig::default()),
-            move || crashed.crash(seed),
-        );
+        let (acked, removed, reopened) = truncate_poisoned_and_reopen(sim, Path::new("/sim/wal"), fill, free, move || crashed.crash(seed));
         assert!(removed > 0, "seed {seed}: the segments below the checkpoint go");
         assert_kept_from_checkpoint(&reopened.unwrap_or_else(|e| panic!("seed {seed}: {e}")), acked);
     }
