@@ -290,6 +290,76 @@ mod tests {
         assert_eq!(ManifestSlot::decode(&bytes[..SLOT_LEN - 1]), None);
     }
 
+    /// Written out by hand from the tables in `docs/FORMAT.md`: the two files differ only in
+    /// their magic, so a `FLOOR` copied over `MANIFEST` (or the reverse) is not read as it.
+    #[test]
+    fn slot_bytes_follow_the_format_table_and_the_magic_tells_the_files_apart() {
+        let slot = ManifestSlot { sequence: 7, newest: SegmentId(42) };
+        for (kind, other, magic) in [(SlotKind::Manifest, SlotKind::Floor, b"NWMF"), (SlotKind::Floor, SlotKind::Manifest, b"NWFL")] {
+            let bytes = slot.encode_as(kind);
+            assert_eq!(&bytes[0..4], magic, "{kind:?}");
+            assert_eq!(bytes[4..8], [1, 0, 0, 0], "version 1, then reserved zeros");
+            assert_eq!(bytes[8..16], [7, 0, 0, 0, 0, 0, 0, 0], "sequence");
+            assert_eq!(bytes[16..24], [42, 0, 0, 0, 0, 0, 0, 0], "segment id");
+            assert_eq!(bytes[24..28], crc32c(&bytes[..24]).to_le_bytes(), "checksum of bytes 0..24");
+            assert_eq!(bytes[28..32], [0; 4], "reserved");
+            assert_eq!(ManifestSlot::decode_as(&bytes, kind), Some(slot));
+            assert_eq!(ManifestSlot::decode_as(&bytes, other), None, "a {kind:?} slot read as {other:?}");
+        }
+    }
+
+    /// A file of `len` bytes of `fill`, with `slots` (sequence, kind) written where their
+    /// sequence puts them.
+    fn file_with(len: usize, fill: u8, slots: &[(u64, SlotKind)]) -> Vec<u8> {
+        let mut file = vec![fill; len];
+        for &(sequence, kind) in slots {
+            let at = ManifestSlot::offset_of(sequence) as usize;
+            file[at..at + SLOT_LEN].copy_from_slice(&ManifestSlot { sequence, newest: SegmentId(sequence + 10) }.encode_as(kind));
+        }
+        file
+    }
+
+    /// Each update must leave the one before it intact, however many came before.
+    #[test]
+    fn updates_alternate_between_the_two_slots() {
+        for sequence in 1..1000 {
+            let (at, next) = (ManifestSlot::offset_of(sequence), ManifestSlot::offset_of(sequence + 1));
+            assert!([0, SLOT_SPACING as u64].contains(&at), "update {sequence} at {at}");
+            assert_ne!(at, next, "updates {sequence} and {}", sequence + 1);
+        }
+    }
+
+    #[test]
+    fn the_higher_sequence_is_current_in_either_position() {
+        for (older, newer) in [(1, 2), (2, 3)] {
+            let file = file_with(MANIFEST_LEN, 0, &[(older, SlotKind::Manifest), (newer, SlotKind::Manifest)]);
+            assert_eq!(ManifestSlot::current(&file).map(|slot| slot.sequence), Some(newer), "update {newer} after {older}");
+        }
+    }
+
+    /// Every state the slot beside the current one can be in, for a current slot in either
+    /// position: only the zeros of a slot a once-updated file has not used yet, and an intact
+    /// slot, are not damage.
+    #[test]
+    fn the_other_slot_counts_as_damaged_unless_intact_or_not_used_yet() {
+        use SlotKind::{Floor, Manifest};
+        let cases: [(&str, Vec<u8>, bool); 10] = [
+            ("first update, other slot zeros", file_with(MANIFEST_LEN, 0, &[(1, Floor)]), false),
+            ("first update, other slot not zeros", file_with(MANIFEST_LEN, 7, &[(1, Floor)]), true),
+            ("second update, other slot zeros", file_with(MANIFEST_LEN, 0, &[(2, Floor)]), true),
+            ("second update, older slot intact", file_with(MANIFEST_LEN, 0, &[(1, Floor), (2, Floor)]), false),
+            ("third update, older slot intact", file_with(MANIFEST_LEN, 0, &[(2, Floor), (3, Floor)]), false),
+            ("third update, older slot zeros", file_with(MANIFEST_LEN, 0, &[(3, Floor)]), true),
+            ("older slot of the other kind", file_with(MANIFEST_LEN, 0, &[(1, Manifest), (2, Floor)]), true),
+            ("file cut inside the second slot", file_with(SLOT_SPACING + SLOT_LEN - 1, 0, &[(2, Floor)]), true),
+            ("file cut before the second slot", file_with(SLOT_LEN, 0, &[(2, Floor)]), true),
+            ("no intact slot", file_with(MANIFEST_LEN, 7, &[]), false),
+        ];
+        for (what, file, damaged) in cases {
+            assert_eq!(ManifestSlot::other_damaged_as(&file, Floor), damaged, "{what}");
+        }
+    }
+
     #[test]
     fn a_slot_with_a_sequence_never_written_is_refused_so_the_next_cannot_wrap() {
         for sequence in [0, SEQUENCE_LIMIT, u64::MAX] {
