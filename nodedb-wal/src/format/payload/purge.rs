@@ -180,4 +180,52 @@ mod tests {
         assert_eq!(TemporalPurgePayload::decode(&bad), Err(PayloadError::UnknownEngine { code: 99 }));
         assert_eq!(TemporalPurgePayload::decode(&bytes[..5]), Err(PayloadError::Truncated));
     }
+
+    /// The codes are the table in `docs/FORMAT.md`: a code moved to another engine would hand
+    /// a purge to the wrong engine after an upgrade.
+    #[test]
+    fn every_engine_has_its_code_from_the_format_table_and_no_other_code_decodes() {
+        use TemporalPurgeEngine::*;
+        let table = [(Timeseries, 1), (Document, 2), (Graph, 3), (Vector, 4), (KeyValue, 5), (Columnar, 6)];
+        for (engine, code) in table {
+            assert_eq!(engine.code(), code, "{engine:?}");
+            assert_eq!(TemporalPurgeEngine::from_code(code), Ok(engine), "code {code}");
+        }
+        for code in (0..=u8::MAX).filter(|code| !(1..=6).contains(code)) {
+            assert_eq!(TemporalPurgeEngine::from_code(code), Err(PayloadError::UnknownEngine { code }));
+        }
+    }
+
+    /// Written out by hand from the table in `docs/FORMAT.md`.
+    #[test]
+    fn purge_bytes_follow_the_format_table() {
+        let p =
+            TemporalPurgePayload { engine: TemporalPurgeEngine::Graph, collection: "ab".into(), cutoff_unix_ms: -2, purged_count: 0x0102 };
+        #[rustfmt::skip]
+        let expected = [
+            3, 0, // engine, reserved
+            0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, // cutoff -2
+            0x02, 0x01, 0, 0, 0, 0, 0, 0, // purged count
+            2, 0, // name length
+            b'a', b'b',
+        ];
+        assert_eq!(p.encode().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_purge_refuses_a_reserved_byte_trailing_bytes_and_every_cut() {
+        let bytes =
+            TemporalPurgePayload { engine: TemporalPurgeEngine::Vector, collection: "v".into(), cutoff_unix_ms: 1, purged_count: 2 }
+                .encode()
+                .unwrap();
+        for len in 0..bytes.len() {
+            assert_eq!(TemporalPurgePayload::decode(&bytes[..len]), Err(PayloadError::Truncated), "{len} bytes");
+        }
+        let mut reserved = bytes.clone();
+        reserved[1] = 1;
+        assert_eq!(TemporalPurgePayload::decode(&reserved), Err(PayloadError::Reserved));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(TemporalPurgePayload::decode(&longer), Err(PayloadError::TrailingBytes));
+    }
 }
