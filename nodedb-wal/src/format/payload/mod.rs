@@ -90,3 +90,24 @@ fn encode_name(name: &str, out: &mut Vec<u8>) -> Result<(), PayloadError> {
 fn take<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], PayloadError> {
     bytes.get(at..at + N).ok_or(PayloadError::Truncated).map(|b| b.try_into().expect("N bytes"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message ends `MalformedPayload`'s, which is what an operator reads of it.
+    #[test]
+    fn every_payload_error_says_what_is_wrong() {
+        let cases = [
+            (PayloadError::Truncated, "it is shorter than its layout"),
+            (PayloadError::TrailingBytes, "it is longer than its layout"),
+            (PayloadError::NameTooLong { len: 300 }, "its collection name is 300 bytes, and at most 255 are allowed"),
+            (PayloadError::NameNotUtf8, "its collection name is not UTF-8"),
+            (PayloadError::UnknownEngine { code: 9 }, "engine code 9 is unknown to this build"),
+            (PayloadError::Reserved, "a reserved byte is not zero"),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
+    }
+}

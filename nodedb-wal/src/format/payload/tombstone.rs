@@ -122,4 +122,42 @@ mod tests {
         let too_long = CollectionTombstonePayload { collection: "x".repeat(256), ..CollectionTombstonePayload::decode(&bytes).unwrap() };
         assert_eq!(too_long.encode(), Err(PayloadError::NameTooLong { len: 256 }));
     }
+
+    /// Written out by hand from the table in `docs/FORMAT.md`.
+    #[test]
+    fn tombstone_bytes_follow_the_format_table() {
+        let t = CollectionTombstonePayload { database: 1, tenant: 2, collection: "ab".into(), purge_lsn: Lsn(0x0102) };
+        #[rustfmt::skip]
+        let expected = [
+            1, 0, 0, 0, // database
+            2, 0, 0, 0, // tenant
+            0x02, 0x01, 0, 0, 0, 0, 0, 0, // purge_lsn
+            2, 0, // name length
+            b'a', b'b',
+        ];
+        assert_eq!(t.encode().unwrap(), expected);
+    }
+
+    /// The limit is the same on both sides: what a writer may encode, a reader takes, and a
+    /// longer name on disk is refused as such, not read as a shorter one.
+    #[test]
+    fn a_name_of_the_longest_length_decodes_and_one_byte_more_is_refused() {
+        let longest = CollectionTombstonePayload { database: 1, tenant: 2, collection: "n".repeat(255), purge_lsn: Lsn(3) };
+        let mut bytes = longest.encode().unwrap();
+        assert_eq!(CollectionTombstonePayload::decode(&bytes), Ok(longest));
+        bytes.push(b'n');
+        bytes[16..18].copy_from_slice(&256u16.to_le_bytes());
+        assert_eq!(CollectionTombstonePayload::decode(&bytes), Err(PayloadError::NameTooLong { len: 256 }));
+    }
+
+    #[test]
+    fn every_cut_of_a_tombstone_is_truncated_and_a_bad_name_is_not_utf8() {
+        let bytes = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(9) }.encode().unwrap();
+        for len in 0..bytes.len() {
+            assert_eq!(CollectionTombstonePayload::decode(&bytes[..len]), Err(PayloadError::Truncated), "{len} bytes");
+        }
+        let mut bad = bytes.clone();
+        bad[18] = 0xFF;
+        assert_eq!(CollectionTombstonePayload::decode(&bad), Err(PayloadError::NameNotUtf8));
+    }
 }
