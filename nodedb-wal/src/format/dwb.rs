@@ -713,4 +713,54 @@ mod tests {
         bytes[..4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(FileHeader::decode(&bytes).map(|h| h.version), Ok(DWB_VERSION + 1), "the reader refuses it by its version");
     }
+
+    /// A reader may read the header alone to learn how long the image is.
+    #[test]
+    fn a_slot_header_decodes_from_exactly_its_own_bytes_and_not_one_fewer() {
+        let mut buf = [0u8; 128];
+        encode_slot(&header(40), &[7; 40], &mut buf);
+        assert_eq!(SlotHeader::decode(&buf[..SLOT_HEADER_LEN]), Ok(header(40)));
+        for len in 0..SLOT_HEADER_LEN {
+            assert_eq!(SlotHeader::decode(&buf[..len]), Err(SlotError::Truncated), "{len} bytes");
+        }
+    }
+
+    /// An empty page and one past the largest are refused on their own, each with its
+    /// checksum right: neither is an image this build writes.
+    #[test]
+    fn a_slot_of_an_empty_page_or_one_past_the_largest_is_rejected() {
+        let mut buf = vec![0u8; slot_len(PAGE_BYTES_MAX + 1)];
+        for page_len in [0, PAGE_BYTES_MAX + 1] {
+            let len = encode_slot(&header(page_len as u32), &vec![5; page_len], &mut buf);
+            assert_eq!(decode_slot(&buf[..len]), Err(SlotError::BadHeader), "page of {page_len} bytes");
+        }
+        let len = encode_slot(&header(PAGE_BYTES_MAX as u32), &vec![5; PAGE_BYTES_MAX], &mut buf);
+        assert_eq!(decode_slot(&buf[..len]), Ok(header(PAGE_BYTES_MAX as u32)));
+    }
+
+    #[test]
+    fn a_file_header_with_an_empty_ring_is_refused() {
+        let empty = FileHeader { version: DWB_VERSION, block_len: 4096, ring_bytes: 0, salt: 9 };
+        assert_eq!(FileHeader::decode(&empty.encode()), Err(FileHeaderError::BadGeometry));
+        let one_block = FileHeader { ring_bytes: 4096, ..empty };
+        assert_eq!(FileHeader::decode(&one_block.encode()), Ok(one_block));
+    }
+
+    /// Both reserved fields are checked on their own: a header of this version with either
+    /// one set is not one this build wrote, even where both checksums are right.
+    #[test]
+    fn either_reserved_field_of_a_file_header_is_refused_under_valid_checksums() {
+        for version in [DWB_VERSION_UNSALTED, DWB_VERSION] {
+            let header = FileHeader { version, block_len: 4096, ring_bytes: 1 << 22, salt: if version == DWB_VERSION { 9 } else { 0 } };
+            for at in (FH_RESERVED_AT..FH_BLOCK_AT).chain(FH_RESERVED2_AT..FH_SALT_AT) {
+                let mut bytes = header.encode();
+                bytes[at] = 1;
+                let crc = crc32c(&bytes[FH_MAGIC_AT..FILE_HEADER_V1_LEN]);
+                bytes[FH_CRC_AT..FH_MAGIC_AT].copy_from_slice(&crc.to_le_bytes());
+                let crc = crc32c(&bytes[..FH_SALT_CRC_AT]);
+                bytes[FH_SALT_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+                assert_eq!(FileHeader::decode(&bytes), Err(FileHeaderError::BadGeometry), "version {version}, byte {at}");
+            }
+        }
+    }
 }
