@@ -1121,3 +1121,34 @@ both!(
     interrupted_roll_is_removed,
     Leftover::HalfHeader
 );
+
+/// Bytes past the zeros after the last record of the newest segment that are neither zeros
+/// nor a frame (a later batch whose write a power cut stopped half-way) are reported as a torn tail cut there, not
+/// passed over as a clean end: `RecoveryInfo` says what recovery threw away.
+#[test]
+fn debris_after_the_last_record_is_reported_as_a_torn_tail() {
+    let sim = SimStorage::new(33, FaultConfig::default());
+    let dir = Path::new("/wal");
+    let wal = SegmentedWal::open_with(sim.clone(), nodedb_wal::SegmentedWalConfig::new(dir)).unwrap();
+    for i in 0..3u8 {
+        wal.append_durable(nodedb_wal::Record::new(nodedb_wal::RecordType::optional(0x100), &[i + 1; 300])).unwrap();
+    }
+    let crashed = sim.crash(5);
+    drop(wal);
+    let path = dir.join(format!("{:020}.wal", 1));
+    let mut bytes = crashed.read_file(&path).unwrap();
+    let end = bytes.len() - bytes.iter().rev().take_while(|&&b| b == 0).count();
+    // A block of zeros first, so that the scan stops at a clean end and only the look past
+    // it finds the debris.
+    let at = end.next_multiple_of(4096);
+    bytes.resize(at + 4096, 0);
+    bytes.extend_from_slice(&[0xAB; 4096]);
+    crashed.write_file(&path, &bytes);
+
+    let wal = SegmentedWal::open_with(crashed, nodedb_wal::SegmentedWalConfig::new(dir)).unwrap();
+    let torn = wal.recovery_info().torn_tail.expect("the debris is reported as a torn tail");
+    assert_eq!(torn.segment, SegmentId(1));
+    assert_eq!((torn.offset, torn.bytes_discarded), (at as u64, 8192), "{torn:?}");
+    let payloads: Vec<Vec<u8>> = wal.read_from(Lsn::FIRST).unwrap().map(|r| r.unwrap().payload.into_vec()).collect();
+    assert_eq!(payloads, (1..4u8).map(|i| vec![i; 300]).collect::<Vec<_>>());
+}
