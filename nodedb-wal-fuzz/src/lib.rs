@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 mod engine;
 mod logs;
 mod readers;
+mod salvage;
 
 pub use engine::{engine_file, key_file};
+pub use salvage::salvage;
 
 use nodedb_wal::dwb::scan::scan_ring;
 use nodedb_wal::format::crc::crc32c;
@@ -49,6 +51,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("engine_file", engine_file),
     ("key_file", key_file),
     ("names", names),
+    ("salvage", salvage),
 ];
 
 type ParseName = fn(&str) -> Option<nodedb_wal::SegmentId>;
@@ -457,6 +460,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "side_files" => side_file_seeds(),
         "readers" => reader_seeds(),
         "engine_file" => engine::engine_file_seeds(),
+        "salvage" => salvage::seeds(),
         "key_file" => vec![vec![0x42; 32], vec![7; 31], Vec::new()],
         "names" => vec![
             segment::file_name(nodedb_wal::SegmentId(42)).into_bytes(),
