@@ -37,7 +37,8 @@ pub const HEADER_LEN: usize = 48;
 pub const RECORD_MAGIC: u16 = 0x574E;
 
 const CRC_AT: usize = 0;
-const MAGIC_AT: usize = CRC_AT + 4;
+/// Where the magic lies in a frame: a scan for frames looks for it there.
+pub const MAGIC_AT: usize = CRC_AT + 4;
 const TYPE_AT: usize = MAGIC_AT + 2;
 const LSN_AT: usize = TYPE_AT + 2;
 const DURABLE_AT: usize = LSN_AT + 8;
@@ -266,8 +267,22 @@ fn no_magic(header: &[u8]) -> FrameError {
 
 #[inline]
 fn checksum(frame: &[u8], record_type: RecordType) -> u32 {
-    let covered = if record_type == RecordType::PADDING { &frame[MAGIC_AT..HEADER_LEN] } else { &frame[MAGIC_AT..] };
-    crc32c(covered)
+    crc32c(&frame[checksummed(record_type, frame.len())])
+}
+
+/// The bytes of a frame of `frame_len` bytes its checksum covers: from the magic on, to the
+/// end of the header for a `PADDING` frame, else to the end of the payload.
+#[must_use]
+#[inline]
+pub fn checksummed(record_type: RecordType, frame_len: usize) -> std::ops::Range<usize> {
+    MAGIC_AT..if record_type == RecordType::PADDING { HEADER_LEN } else { frame_len }
+}
+
+/// The checksum a frame's header carries.
+#[must_use]
+#[inline]
+pub fn stored_checksum(header: &[u8; HEADER_LEN]) -> u32 {
+    read_le!(u32, header, CRC_AT)
 }
 
 /// Writes the checksum of a frame whose header and payload are already in `frame`
