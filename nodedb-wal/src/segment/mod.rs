@@ -6,6 +6,7 @@ pub mod evidence;
 pub(crate) mod index;
 pub(crate) mod read_ahead;
 pub mod reader;
+pub(crate) mod running;
 pub mod scan;
 pub(crate) mod spare;
 

@@ -3,20 +3,15 @@
 //! that does not grow with the length it claims: a file of headers each claiming a frame to
 //! its end once cost the square of its length (3 s for a 1.5 MiB segment).
 
-use std::cell::Cell;
 use std::path::Path;
 
 use super::{IntactAfter, resync};
 use crate::format::frame::{HEADER_LEN, RecordHeader, decode_frame, encode_frame};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
+use crate::segment::running::CHECKSUMMED;
 use crate::storage::{FaultConfig, OpenMode, SimStorage, Storage, StorageFile};
 use crate::types::{Lsn, RecordType, Scope};
 use crate::{Record, SegmentedWal, SegmentedWalConfig};
-
-thread_local! {
-    /// Bytes the resync has run a checksum over on this thread.
-    pub(super) static CHECKSUMMED: Cell<u64> = const { Cell::new(0) };
-}
 
 fn reader_over(bytes: &[u8]) -> ChunkReader<<SimStorage as Storage>::File> {
     let sim = SimStorage::new(1, FaultConfig::default());
