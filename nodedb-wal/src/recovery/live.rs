@@ -35,7 +35,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Outcome, RecoveryInfo, ScanCtx, open_existing, scan_segment};
+use super::scan::{ScanCtx, scan_segment};
+use super::{Outcome, RecoveryInfo, open_existing};
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::segment;
 use crate::storage::{AlignedBuf, Storage, StorageFile};
