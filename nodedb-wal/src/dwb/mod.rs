@@ -11,14 +11,19 @@
 //!
 //! The buffer shares only `storage` and `format` with the rest of the crate. The design is in
 //! `docs/DESIGN.md` ("Double-write buffer"), the bytes in `docs/FORMAT.md`.
+//!
+//! This file opens the buffer and keeps its registry of page files; what it does at a restart
+//! before it accepts pages is in `restart`, and page writes are in `write`.
 
 mod batch;
 mod config;
 mod recover;
+mod restart;
 mod ring;
 pub mod scan;
 mod stats;
 mod targets;
+mod write;
 
 use std::fmt;
 use std::io;
@@ -36,8 +41,7 @@ use self::ring::{Opened, Ring};
 use self::stats::Counters;
 use self::targets::Targets;
 use crate::error::{IoOp, Poison, Result, WalError};
-use crate::format::dwb::{FILE_MAGIC, FILE_MAGIC_RANGE, SEQ_END};
-use crate::storage::{AlignedBuf, FsStorage, Storage, StorageFile};
+use crate::storage::{AlignedBuf, FsStorage, Storage};
 
 /// Torn-page protection for in-place page writes. All methods take `&self`; page writes are
 /// serialised (one batch at a time). A fuller example is `examples/page_store.rs`.
@@ -326,262 +330,6 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     pub fn stats(&self) -> DwbStats {
         self.counters.snapshot()
     }
-
-    /// Checks every page that has an image in the buffer with `validator` and restores torn
-    /// and stale ones from their newest image (the rules are in [`decide`]), then syncs every
-    /// page file it checked. Only after it returns Ok are new pages accepted, if the buffer file
-    /// existed at open. In mode `Off` the file is removed afterwards.
-    ///
-    /// # Examples
-    ///
-    /// A page torn in place is put back from its buffered image:
-    ///
-    /// ```
-    /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, PageCheck, SimStorage};
-    /// # use std::path::Path;
-    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
-    /// # let sim = SimStorage::new(1, FaultConfig::default());
-    /// # sim.create_dir_all(Path::new("/db"))?;
-    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
-    ///
-    /// // A toy page format: whole when every byte equals the first, which is its version.
-    /// let check = |_: FileId, page: &[u8]| {
-    ///     if page.iter().all(|&b| b == page[0]) { PageCheck::Intact { version: u64::from(page[0]) } } else { PageCheck::Torn }
-    /// };
-    /// let dwb = DoubleWriteBuffer::open_with(sim.clone(), DwbConfig::new("/db/dwb"))?;
-    /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
-    /// dwb.recover(check)?;
-    /// dwb.write_pages(&[(FileId(1), 0, &[7u8; 4096])])?;
-    /// drop(dwb);
-    ///
-    /// // Tear page 0 as a crash in the middle of its in-place write would.
-    /// let pages = Path::new("/db/pages");
-    /// let mut bytes = sim.read_file(pages).expect("page file");
-    /// bytes[2048..4096].fill(0xEE);
-    /// sim.write_file(pages, &bytes);
-    ///
-    /// let dwb = DoubleWriteBuffer::open_with(sim.clone(), DwbConfig::new("/db/dwb"))?;
-    /// dwb.register_file(FileId(1), pages, 4096)?;
-    /// let report = dwb.recover(check)?;
-    /// assert_eq!(report.pages_restored, [(FileId(1), 0)]);
-    /// assert_eq!(sim.read_file(pages).expect("page file")[..4096], [7u8; 4096]);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn recover(&self, validator: impl Fn(FileId, &[u8]) -> PageCheck) -> Result<DwbRecovery> {
-        let mut guard = self.lock();
-        let recovered = self.recover_locked(&mut guard, &validator);
-        guard.targets.close();
-        recovered
-    }
-
-    fn recover_locked(&self, inner: &mut Inner<S::File>, validator: &dyn Fn(FileId, &[u8]) -> PageCheck) -> Result<DwbRecovery> {
-        inner.usable()?;
-        let ring = match &mut inner.buffer {
-            Buffer::Degraded { op, kind } => return Err(self.degraded_error(*op, *kind)),
-            Buffer::Absent => return Ok(DwbRecovery::default()),
-            Buffer::Ready(_) if !inner.needs_recovery => return Ok(DwbRecovery::default()),
-            Buffer::Ready(ring) => ring,
-        };
-        let (image, len) = ring.read_all().map_err(|e| WalError::io(IoOp::Read, &self.config.path, e))?;
-        let scan = scan::scan_ring(&image[..len], ring.scan_salt());
-        if ring.header_damaged() && scan.other_salt > 0 {
-            // Batches whose salt is lost with the header: applying them could write a slot
-            // spelled out in a page image; ignoring them could leave a torn page torn.
-            return Err(WalError::DwbHeaderDamaged { path: self.config.path.clone(), salted_batches: scan.other_salt });
-        }
-        if ring.header_damaged() && made_elsewhere(&image[..len], &scan) {
-            // Reformatting it (or removing it, in mode `Off`) would destroy someone's file.
-            return Err(WalError::DwbForeignFile { path: self.config.path.clone() });
-        }
-        let report = match recover::repair(&self.storage, &mut inner.targets, &image[..len], &scan, validator) {
-            Ok(report) => report,
-            // After a failed write or sync the page files' state is unknown: no retry. A file
-            // that cannot be opened or read can be fixed and recovery run again.
-            Err(WalError::Io { op: op @ (IoOp::Write | IoOp::SyncData), path, source }) => return Err(inner.poisoned_by(op, path, source)),
-            Err(other) => return Err(other),
-        };
-        Counters::add(&self.counters.pages_restored, report.pages_restored.len() as u64);
-        // Every image is applied and durable in place: the ring may be reused. New slots are
-        // numbered above every slot that can still count; where the header is rewritten under
-        // a new salt, none can, and numbering on from slots of version 1 would carry a number a
-        // page image spelled out (up to the end of sequences) into the new salt's slots.
-        inner.next_seq = if ring.salt_changes() { 1 } else { scan.seq_max + 1 };
-        if !report.pages_restored.is_empty() {
-            tracing::warn!(pages = report.pages_restored.len(), "double-write buffer restored torn or stale pages");
-        }
-        self.finish_recovery(inner, scan.newest().map(|b| b.end as u64))?;
-        Ok(report)
-    }
-
-    /// After a successful repair: removes the file in mode `Off`, else makes its name durable,
-    /// rewrites its header if needed and resumes writing after the newest batch.
-    fn finish_recovery(&self, inner: &mut Inner<S::File>, newest_end: Option<u64>) -> Result<()> {
-        let Buffer::Ready(ring) = &mut inner.buffer else { unreachable!("recovery runs on an open buffer") };
-        let path = ring.path().to_path_buf();
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        if self.config.mode == DwbMode::Off {
-            match self.storage.remove(&path) {
-                Ok(()) => {}
-                // Removed by someone else: its removal is made durable below all the same.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(WalError::io(IoOp::Remove, &path, e)),
-            }
-            // After a failed directory fsync whether the removal is durable is unknown, and a
-            // second fsync may succeed without making it so: the buffer is poisoned, never
-            // synced again and never reports the removal done.
-            if let Err(e) = self.storage.sync_dir(&dir) {
-                return Err(inner.poisoned_by(IoOp::SyncDir, dir, e));
-            }
-            inner.buffer = Buffer::Absent;
-        } else if let Err(e) = self.storage.sync_dir(&dir) {
-            // The file's name may not be durable yet (the directory fsync of its creation
-            // failed, or its process died first, under this kernel): batches written into it
-            // could be lost with its name, the next open formatting them away.
-            self.degrade(inner, IoOp::SyncDir, &e);
-        } else if !ring.formatted()
-            && let Err((op, err)) = ring.format(false)
-        {
-            self.degrade(inner, op, &err);
-        }
-        if let Buffer::Ready(ring) = &mut inner.buffer {
-            ring.resume_after(newest_end);
-        }
-        inner.needs_recovery = false;
-        Ok(())
-    }
-
-    /// Writes pages: through the buffer in batches (each one write and one fdatasync of the
-    /// buffer, then the pages in place and one fdatasync per page file), or in place only in
-    /// mode `Off` or while degraded with [`DegradedPolicy::WriteUnprotected`].
-    ///
-    /// Returns Ok once every page is durable in place. Each batch is all-or-nothing across a
-    /// crash (after recovery); a call too large for one batch is split, and is not. Every page
-    /// is checked (registered file, page length) before anything is written. A failed in-place
-    /// write or sync poisons the buffer: later calls fail with [`WalError::Poisoned`] and the
-    /// buffer must be reopened, whose recovery repairs what the failure left.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, PageCheck, SimStorage, WalError};
-    /// # use std::path::Path;
-    /// # use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
-    /// # let sim = SimStorage::new(1, FaultConfig::default());
-    /// # sim.create_dir_all(Path::new("/db"))?;
-    /// # sim.open(Path::new("/db/pages"), OpenMode { create: true, write: true, direct: false, create_new: false })?.set_len(2 * 4096)?;
-    /// let config = DwbConfig::new("/db/dwb");
-    /// drop(DoubleWriteBuffer::open_with(sim.clone(), config.clone())?); // creates the file
-    ///
-    /// // The file existed at this open: its images must be applied before new pages land.
-    /// let dwb = DoubleWriteBuffer::open_with(sim, config)?;
-    /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
-    /// let page = [3u8; 4096];
-    /// let err = dwb.write_pages(&[(FileId(1), 1, &page)]).unwrap_err();
-    /// assert!(matches!(err, WalError::DwbNotRecovered { .. }), "{err}");
-    /// dwb.recover(|_, page| PageCheck::Intact { version: u64::from(page[0]) })?;
-    /// dwb.write_pages(&[(FileId(1), 1, &page)])?;
-    /// assert_eq!(dwb.stats().protected_pages, 1);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn write_pages(&self, pages: &[PageWrite<'_>]) -> Result<()> {
-        let mut guard = self.lock();
-        let written = self.write_pages_locked(&mut guard, pages);
-        guard.targets.close();
-        written
-    }
-
-    fn write_pages_locked(&self, inner: &mut Inner<S::File>, pages: &[PageWrite<'_>]) -> Result<()> {
-        inner.usable()?;
-        if inner.needs_recovery {
-            return Err(WalError::DwbNotRecovered { path: self.config.path.clone() });
-        }
-        inner.targets.prepare(&self.storage, pages)?;
-        let mut rest = pages;
-        while !rest.is_empty() {
-            let (batch, tail) = rest.split_at(batch::batch_prefix(rest, self.config.batch_bytes_max));
-            self.write_one_batch(inner, batch)?;
-            rest = tail;
-        }
-        Ok(())
-    }
-
-    fn write_one_batch(&self, inner: &mut Inner<S::File>, pages: &[PageWrite<'_>]) -> Result<()> {
-        if self.config.mode != DwbMode::Off && matches!(inner.buffer, Buffer::Ready(_)) {
-            match self.buffer_batch(inner, pages) {
-                Ok(()) => return self.write_in_place(inner, pages, true),
-                Err((op, err)) => self.degrade(inner, op, &err),
-            }
-        }
-        match (self.config.mode, &inner.buffer, self.config.on_degraded) {
-            (DwbMode::Off, _, _) | (_, _, DegradedPolicy::WriteUnprotected) => self.write_in_place(inner, pages, false),
-            (_, Buffer::Degraded { op, kind }, DegradedPolicy::FailWrites) => Err(self.degraded_error(*op, *kind)),
-            (_, _, DegradedPolicy::FailWrites) => unreachable!("a buffer that is not degraded took the batch above"),
-        }
-    }
-
-    /// Encodes the batch and makes it durable in the ring.
-    fn buffer_batch(&self, inner: &mut Inner<S::File>, pages: &[PageWrite<'_>]) -> Result<(), (IoOp, io::Error)> {
-        // The ring space this batch may overwrite must hold no image whose page is not yet
-        // durable in place: batches are serialised and a failure poisons, so none is left.
-        assert!(!inner.unapplied, "a batch is written while the previous one is not applied");
-        let block_len = self.config.block_len;
-        let scratch = inner.scratch.get_or_insert_with(|| AlignedBuf::zeroed(self.config.batch_bytes_max, block_len));
-        let batch_seq = inner.next_seq;
-        // A slot numbered past the end of sequences does not decode: its batch could never be
-        // applied, and its pages would be acknowledged unprotected.
-        if batch_seq + pages.len() as u64 > SEQ_END {
-            return Err((IoOp::Write, io::Error::other("double-write buffer sequences are used up")));
-        }
-        // Sequences are never reused, even by a batch that fails.
-        inner.next_seq += pages.len() as u64;
-        let Buffer::Ready(ring) = &mut inner.buffer else { unreachable!("checked by the caller") };
-        // Recovery formats an existing file before the first batch; a new one is formatted.
-        debug_assert!(ring.formatted(), "a batch is written before the file header carries its salt");
-        let len = batch::encode_batch(pages, batch_seq, (inner.epoch, ring.salt()), block_len, scratch);
-        ring.write_batch(&scratch[..len])?;
-        inner.unapplied = true;
-        Counters::add(&self.counters.batches, 1);
-        Counters::add(&self.counters.buffer_bytes, len as u64);
-        Ok(())
-    }
-
-    /// Writes the pages in place and syncs each page file once. Failures poison.
-    fn write_in_place(&self, inner: &mut Inner<S::File>, pages: &[PageWrite<'_>], protected: bool) -> Result<()> {
-        let mut files: Vec<FileId> = Vec::new();
-        let mut bytes_total = 0;
-        for &(file, page_no, bytes) in pages {
-            let offset = inner.targets.offset(file, page_no, bytes.len())?;
-            let handle = inner.targets.file(&self.storage, file)?;
-            if let Err(e) = handle.write_at(bytes, offset) {
-                return Err(inner.poisoned_by(IoOp::Write, inner.targets.path(file), e));
-            }
-            bytes_total += bytes.len() as u64;
-            if !files.contains(&file) {
-                files.push(file);
-            }
-        }
-        for file in files {
-            if let Err(e) = inner.targets.file(&self.storage, file)?.sync_data() {
-                return Err(inner.poisoned_by(IoOp::SyncData, inner.targets.path(file), e));
-            }
-            Counters::add(&self.counters.target_syncs, 1);
-        }
-        inner.unapplied = false;
-        Counters::add(&self.counters.in_place_bytes, bytes_total);
-        let pages_counter = if protected { &self.counters.protected_pages } else { &self.counters.unprotected_pages };
-        Counters::add(pages_counter, pages.len() as u64);
-        Ok(())
-    }
-
-    fn degrade(&self, inner: &mut Inner<S::File>, op: IoOp, err: &io::Error) {
-        tracing::warn!(path = %self.config.path.display(), ?op, %err, policy = ?self.config.on_degraded, "double-write buffer degraded");
-        self.counters.set_degraded(op, err.kind());
-        inner.buffer = Buffer::Degraded { op, kind: err.kind() };
-    }
-
-    fn degraded_error(&self, op: IoOp, kind: io::ErrorKind) -> WalError {
-        WalError::DwbDegraded { path: self.config.path.clone(), op, kind }
-    }
 }
 
 /// Where each complete batch holding an image of `file` starts: of the file's `salt`, and of
@@ -596,18 +344,6 @@ fn batches_of(file: FileId, image: &[u8], salt: u32) -> Vec<usize> {
     starts.sort_unstable();
     starts.dedup();
     starts
-}
-
-/// Whether a file whose header did not decode is no buffer at all: no magic where the header
-/// keeps it, no slot of any batch, and bytes that are not all zero. A crash while the buffer
-/// file is made leaves zeros and at most a whole header (it is one sector, written after the
-/// zeros), and media damage to a buffer's header leaves its magic or its slots; a file made
-/// by something else (the path mistyped, or shared) leaves neither, and must not be
-/// reformatted or removed.
-fn made_elsewhere(image: &[u8], scan: &scan::RingScan) -> bool {
-    let magic = image.get(FILE_MAGIC_RANGE) == Some(&FILE_MAGIC[..]);
-    let slots = !scan.batches.is_empty() || scan.incomplete_batches > 0 || scan.other_salt > 0 || scan.seq_max > 0;
-    !magic && !slots && image.iter().any(|&b| b != 0)
 }
 
 impl<F> Inner<F> {
