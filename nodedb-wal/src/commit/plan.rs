@@ -1,261 +1,25 @@
 //! The group committer's shared state: which LSN and which bytes of which batch each append
 //! gets, and where each batch will land on disk. Everything here runs under one mutex and does
 //! no I/O; the flusher carries the plan out.
+//!
+//! The [`Plan`] and its moves are here; what it hands out is described in `batch` (batches
+//! and segments), `request` (what an append asks for and gets) and `turns` (the queue of
+//! appenders refused room).
+
+mod batch;
+mod request;
+mod turns;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::crypto::{SegmentCipher, TAG_LEN};
-use crate::format::frame::HEADER_LEN;
 use crate::format::layout::{END_FRAME_LEN, padded_len};
-use crate::storage::{BatchBuf, Region};
+use crate::storage::BatchBuf;
 use crate::types::{Lsn, SegmentId};
 
-/// What a segment's frames are sealed with, chosen when the segment is planned.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    /// The segment's salt, carried by every frame in it.
-    pub salt: u32,
-    /// Key material, when the segment is encrypted.
-    pub crypt: Option<Crypt>,
-}
-
-/// The encryption of one segment.
-#[derive(Clone, Debug)]
-pub struct Crypt {
-    pub key_id: u32,
-    pub epoch: u32,
-    pub kdf_salt: [u8; 16],
-    pub cipher: Arc<SegmentCipher>,
-}
-
-impl Identity {
-    /// Bytes a frame of `payload_len` takes in this segment.
-    pub fn frame_len(&self, payload_len: usize) -> usize {
-        HEADER_LEN + payload_len + if self.crypt.is_some() { TAG_LEN } else { 0 }
-    }
-}
-
-/// Where a batch lands.
-#[derive(Clone, Debug)]
-pub struct Target {
-    /// The segment.
-    pub segment: SegmentId,
-    /// Its salt and keys.
-    pub identity: Identity,
-    /// The segment's first LSN.
-    pub segment_first_lsn: Lsn,
-    /// Offset of the batch inside the segment file.
-    pub offset: u64,
-    /// The flusher must create the segment (and write its header block) first.
-    pub create: bool,
-}
-
-/// A batch being filled by appenders.
-#[derive(Debug)]
-pub struct Active {
-    pub buf: Arc<BatchBuf>,
-    pub first_lsn: Lsn,
-    pub seq: u64,
-    pub target: Target,
-}
-
-/// A batch no appender can join any more, waiting for the flusher.
-#[derive(Debug)]
-pub struct Sealed {
-    pub buf: Arc<BatchBuf>,
-    pub meta: BatchMeta,
-}
-
-/// What the flusher needs to know about a sealed batch.
-#[derive(Clone, Debug)]
-pub struct BatchMeta {
-    /// The batch's sequence number: waiters sleep on it.
-    pub seq: u64,
-    /// First LSN in the batch and the LSN after its last record (equal when it holds none).
-    pub first_lsn: Lsn,
-    pub end_lsn: Lsn,
-    /// Bytes of records, and the batch's length once padded (and sealed, if `ends_segment`).
-    pub used: usize,
-    pub padded: usize,
-    pub target: Target,
-    /// The batch closes its segment with an end frame.
-    pub ends_segment: bool,
-    /// A one-off buffer for an oversized record: not returned to the pool.
-    pub oversized: bool,
-}
-
-/// The segment new batches go to.
-#[derive(Clone, Debug)]
-pub struct SegmentPlan {
-    pub id: SegmentId,
-    /// Salt and keys, chosen when the segment's first batch is planned, not before: a key the
-    /// ring made active after the log opened (or after the last roll) is the one it gets.
-    pub identity: Option<Identity>,
-    /// The key ring's generation when `identity` was last found to be what the ring wants.
-    pub generation: u64,
-    pub first_lsn: Lsn,
-    /// Where the next batch starts.
-    pub offset: u64,
-    /// Whether some batch already creates this segment.
-    pub started: bool,
-}
-
-/// How many times the pool's bytes the one-off buffers of records larger than a batch may
-/// hold in all, in flight and kept for reuse (or one larger than that, alone in flight).
-/// With only the pool's bytes, records of a few MiB went one at a time: each waited for the
-/// one before it to be written and synced before it could even be encoded, and none were kept
-/// (a 4 MiB record's buffer is larger than the 4 MiB pool), so each paid for a fresh zeroed
-/// buffer. 16 threads of 4 MiB records ran at 0.3-0.7x okaywal; with four times the pool, and
-/// the flusher writing queued batches under one sync, about 1.0x (1.04x in the full run of
-/// BENCHMARKS.md).
-const OVERSIZED_POOLS: usize = 4;
-
-/// An appender's place among those waiting for room, once it was refused: kept across its
-/// tries, so that one refused first goes first. Each refused appender waited on every free
-/// buffer with all the others and the ones just acknowledged, and the same one could lose
-/// again and again: at 16 threads of 4 MiB records, p99 was ~4x the mean wait.
-#[derive(Debug, Default)]
-pub struct Turn(Option<u64>);
-
-impl Turn {
-    /// Whether it was refused and waits in the queue.
-    pub fn is_queued(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
-/// The queue of [`Turn`]s.
-#[derive(Debug, Default)]
-pub struct Turns {
-    waiting: VecDeque<u64>,
-    next: u64,
-}
-
-impl Turns {
-    /// Whether `turn` may go now: nobody waits, or it is the first of those who do.
-    fn is_turn(&self, turn: &Turn) -> bool {
-        self.waiting.front().is_none_or(|first| turn.0 == Some(*first))
-    }
-
-    /// Queues `turn` if it is not queued yet.
-    fn join(&mut self, turn: &mut Turn) {
-        if turn.0.is_none() {
-            turn.0 = Some(self.next);
-            self.waiting.push_back(self.next);
-            self.next += 1;
-        }
-    }
-
-    /// Takes `turn` out of the queue (it went, or gave up waiting).
-    pub fn leave(&mut self, turn: &mut Turn) {
-        if let Some(ticket) = turn.0.take() {
-            self.waiting.retain(|t| *t != ticket);
-        }
-    }
-
-    /// Whether anyone waits.
-    pub fn any(&self) -> bool {
-        !self.waiting.is_empty()
-    }
-}
-
-/// Fixed parameters of the plan.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub block: usize,
-    pub batch_bytes_max: usize,
-    pub batch_buffers: usize,
-    pub segment_bytes_target: u64,
-}
-
-impl Limits {
-    /// Extra room past `batch_bytes_max` for the padding and end frames.
-    pub fn slack(&self) -> usize {
-        2 * self.block + END_FRAME_LEN
-    }
-
-    /// Bytes the pool's own buffers hold.
-    pub fn pool_bytes(&self) -> usize {
-        self.batch_buffers * self.batch_bytes_max
-    }
-
-    /// Bytes the one-off buffers of oversized batches may hold in all, in flight and kept for
-    /// reuse: [`OVERSIZED_POOLS`] times the pool's.
-    pub fn oversized_bytes(&self) -> usize {
-        OVERSIZED_POOLS * self.pool_bytes()
-    }
-}
-
-/// What a reservation is for: `records` frames (consecutive LSNs) whose payloads take
-/// `payload_bytes` in all. A frame's length is its payload's plus a fixed overhead, so that
-/// is all the plan needs to know of them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Frames {
-    pub records: usize,
-    pub payload_bytes: usize,
-}
-
-impl Frames {
-    /// One record of `payload_len` bytes.
-    pub fn one(payload_len: usize) -> Frames {
-        Frames { records: 1, payload_bytes: payload_len }
-    }
-}
-
-/// What an append got.
-#[derive(Debug)]
-pub struct Reservation {
-    pub lsn: Lsn,
-    /// The sequence number of the batch the region belongs to.
-    pub batch: u64,
-    pub identity: Identity,
-    pub region: Region,
-}
-
-/// The last segment id: never made, since recovery could not follow it with another.
-pub const LAST_ID: SegmentId = SegmentId(u64::MAX);
-
-/// Why a reservation could not be made right now.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// Every buffer is full or being written: wait for the flusher to free one.
-    ForBuffer,
-    /// No identity can be chosen for the segment the append needs (the key ring refuses
-    /// plaintext segments and has no active key): do not wait, fail.
-    NoIdentity,
-    /// The segment the append needs would have the last id, which is never made (recovery
-    /// refuses a newest segment nothing could follow): do not wait, fail.
-    NoSegmentId,
-    /// The records would take LSNs at or past [`Lsn::LIMIT`]: do not wait, fail.
-    NoLsn,
-}
-
-/// Where a plan gets a segment's salt and keys, and learns that the key ring changed.
-pub trait Keys {
-    /// Counts changes to the ring (0 without one): the plan asks [`Keys::still_fits`] only
-    /// after a change.
-    fn generation(&self) -> u64;
-    /// Salt and keys for segment `id`; `None` where none can be chosen.
-    fn new_identity(&mut self, id: SegmentId) -> Option<Identity>;
-    /// Whether new records may still go into a segment of `identity`.
-    fn still_fits(&self, identity: &Identity) -> bool;
-}
-
-/// Without a ring: an identity from the function, which never changes its mind.
-impl<F: FnMut(SegmentId) -> Option<Identity>> Keys for F {
-    fn generation(&self) -> u64 {
-        0
-    }
-
-    fn new_identity(&mut self, id: SegmentId) -> Option<Identity> {
-        self(id)
-    }
-
-    fn still_fits(&self, _identity: &Identity) -> bool {
-        true
-    }
-}
+pub use self::batch::{Active, BatchMeta, Crypt, Identity, Sealed, SegmentPlan, Target};
+pub use self::request::{Frames, Keys, LAST_ID, Limits, Reservation, Wait};
+pub use self::turns::{Turn, Turns};
 
 /// The shared state behind the group committer's mutex.
 #[derive(Debug)]
@@ -563,6 +327,7 @@ fn sole(buf: &mut Arc<BatchBuf>) -> &mut BatchBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::frame::HEADER_LEN;
 
     fn plan(target: u64) -> Plan {
         let limits = Limits { block: 4096, batch_bytes_max: 16 * 1024, batch_buffers: 2, segment_bytes_target: target };
