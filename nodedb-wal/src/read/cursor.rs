@@ -29,7 +29,7 @@ pub(super) struct Found<'a> {
     pub(super) header: RecordHeader,
     pub(super) payload: &'a [u8],
     /// The read buffer `payload` may lie in, where an owned record's payload is to share it
-    /// (see [`Payload`]).
+    /// (see [`Payload`](crate::Payload)).
     pub(super) window: Option<Arc<Window>>,
     /// Whether `payload` is the cursor's decryption buffer.
     pub(super) decrypted: bool,

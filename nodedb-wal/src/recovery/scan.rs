@@ -1,5 +1,5 @@
 //! The scan of one segment: its head, every record frame up to the first position that is not
-//! the next valid record, and the facts about what follows, which [`decide`](super::decide)
+//! the next valid record, and the facts about what follows, which [`decide`](super::decide())
 //! turns into an action.
 //!
 //! In the same pass it gathers the tombstones and temporal purges for the engines, checks the

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::{Disk, SECTOR, SyncFailure, alive, eio, errno};
 use crate::storage::StorageFile;
 
-/// A file of [`SimStorage`].
+/// A file of [`SimStorage`](super::SimStorage).
 #[derive(Debug)]
 pub struct SimFile {
     pub(super) disk: Arc<Mutex<Disk>>,

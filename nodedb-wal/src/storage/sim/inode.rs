@@ -21,8 +21,9 @@ pub(super) struct Inode {
     /// what the disk holds.
     pub(super) unwritten_clean: BTreeSet<usize>,
     /// Earlier contents of dirty sectors that were written again before a sync, oldest first
-    /// (only with [`SimStorage::set_intermediate_writes`]): writeback may have taken any of
-    /// them to the disk in between.
+    /// (only with
+    /// [`SimStorage::set_intermediate_writes`](super::SimStorage::set_intermediate_writes)):
+    /// writeback may have taken any of them to the disk in between.
     pub(super) earlier: BTreeMap<usize, Vec<Vec<u8>>>,
 }
 
