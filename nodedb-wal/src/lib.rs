@@ -84,10 +84,11 @@
 //!   [`append_temporal_purge`](SegmentedWal::append_temporal_purge) and
 //!   [`append_calvin_applied`](SegmentedWal::append_calvin_applied); at open, recovery hands
 //!   the first two back in [`RecoveryInfo`]; a replay that applies them in LSN order, as it
-//!   meets them, decodes each with [`WalRecord::tombstone`] and [`WalRecord::temporal_purge`]. A drop or purge goes all-or-nothing with the
-//!   database's own records (its catalog entry) through
-//!   [`append_group_entries`](SegmentedWal::append_group_entries) ([`GroupEntry`]). They go with their segments at truncation, so the
-//!   engines keep drops and purges in their own checkpoints ([`TombstoneSet::dropped_at`]).
+//!   meets them, decodes each with [`WalRecord::tombstone`] and [`WalRecord::temporal_purge`].
+//!   A drop or purge goes all-or-nothing with the database's own records (its catalog entry)
+//!   through [`append_group_entries`](SegmentedWal::append_group_entries) ([`GroupEntry`]).
+//!   They go with their segments at truncation, so the engines keep drops and purges in their
+//!   own checkpoints ([`TombstoneSet::dropped_at`]).
 //! - **Encryption at rest**: [`SegmentedWalConfig::key_ring`] with a [`KeyRing`] of
 //!   [`SecureKey`]s; [`segment_key_ids`](SegmentedWal::segment_key_ids) tells which keys the
 //!   log still needs after a rotation; [`encrypt_engine_file`] for the engines' own files.
