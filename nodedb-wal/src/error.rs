@@ -51,6 +51,7 @@ pub type Result<T, E = WalError> = std::result::Result<T, E>;
 /// | [`Corruption`](WalError::Corruption), [`ManifestDamaged`](WalError::ManifestDamaged), [`FloorDamaged`](WalError::FloorDamaged) ([`is_corruption`](WalError::is_corruption)) | does not start on this log: acknowledged records are damaged, or the log cannot tell whether some are missing. Nothing was cut or repaired, and [`crate::ReadOnlyWal`] refuses the same log, so this crate reads nothing past the damage. Keep a copy of the directory, locate the damage with `nodedb-wal verify DIR` and `nodedb-wal inspect DIR`, and restore from a backup or a replica. Where neither exists (or the replica is behind), [`crate::salvage`] (`nodedb-wal salvage DIR NEW_DIR`) copies every record before the damage into a new log that opens; the cost is every record from the damage on, which its report counts (intact records past it, with their LSNs), and the new log hands those LSNs out again, so engines that applied them hold data the log no longer has. The two side files' messages say what removing them costs |
 /// | [`MissingSegment`](WalError::MissingSegment) | a segment file the log needs is not in the directory (removed by hand, a partial copy or restore): put it back. `nodedb-wal inspect DIR` says whether `FLOOR`, `MANIFEST` or a hole between segments asks for it |
 /// | [`KeyRingMissing`](WalError::KeyRingMissing), [`WrongKey`](WalError::WrongKey), [`KeyFile`](WalError::KeyFile), [`UnknownKeyId`](WalError::UnknownKeyId) | a configuration error: give a ring with each segment's key (`nodedb-wal inspect DIR` lists their ids). An open refused for it wrote nothing. A ring that lacks an old segment's key opens (unless the segment holds a tombstone or purge, which recovery reads); reading that segment is `UnknownKeyId` |
+/// | [`KeyIdInUse`](WalError::KeyIdInUse), [`KeyRetired`](WalError::KeyRetired), [`KeyActive`](WalError::KeyActive), [`KeyStillNeeded`](WalError::KeyStillNeeded) | a key ring change refused, nothing changed: a new key needs a new id, the active key stays until another is active, and a key retires only once truncation has removed its last segment |
 /// | [`AuthenticationFailed`](WalError::AuthenticationFailed) | the key is right (open checked it), so the record or its segment was altered: as corruption |
 /// | [`Locked`](WalError::Locked) | another writer has the directory: a second instance of the database, which must not start |
 /// | [`LsnNotRetained`](WalError::LsnNotRetained) | the log no longer holds records from where replay was asked to start: truncation went past the engines' checkpoint, or the directory belongs to other engine files |
@@ -354,6 +355,28 @@ pub enum WalError {
     KeyIdInUse {
         /// The key id.
         key_id: u32,
+    },
+    /// The key id was retired from the key ring ([`crate::KeyRing::retire`]): segments, a
+    /// salvage copy or a replica may still name it, so it never takes another key.
+    #[error("key id {key_id} was retired from the key ring and is never used again; give the new key another id")]
+    KeyRetired {
+        /// The key id.
+        key_id: u32,
+    },
+    /// The key ring's active key cannot be retired: new segments are encrypted under it.
+    #[error("key id {key_id} is the key ring's active key; make another key active (or none) before retiring it")]
+    KeyActive {
+        /// The key id.
+        key_id: u32,
+    },
+    /// [`crate::SegmentedWal::retire_key`] was refused: a segment the log still holds is
+    /// encrypted under the key. Nothing changed.
+    #[error("key id {key_id} still encrypts segment {segment}; truncate the log past that segment before retiring the key")]
+    KeyStillNeeded {
+        /// The key id.
+        key_id: u32,
+        /// The oldest segment the log holds under it.
+        segment: SegmentId,
     },
     /// A record failed authentication: a wrong key, or the record, its header or its segment
     /// were altered. No plaintext is returned.

@@ -91,7 +91,8 @@
 //!   own checkpoints ([`TombstoneSet::dropped_at`]).
 //! - **Encryption at rest**: [`SegmentedWalConfig::key_ring`] with a [`KeyRing`] of
 //!   [`SecureKey`]s; [`segment_key_ids`](SegmentedWal::segment_key_ids) tells which keys the
-//!   log still needs after a rotation; [`encrypt_engine_file`] for the engines' own files.
+//!   log still needs after a rotation, and [`retire_key`](SegmentedWal::retire_key) lets one
+//!   go once none does; [`encrypt_engine_file`] for the engines' own files.
 //! - **Segments made elsewhere** (an import): [`WalWriter`].
 //! - **A damaged log with no replica**: [`salvage`] copies its records up to the damage into a
 //!   new log, and reports what lies past it.

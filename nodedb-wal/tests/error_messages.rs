@@ -73,6 +73,9 @@ fn errors_with_a_way_out_say_what_it_is() {
     says(&WalError::DwbForeignFile { path }, &["/db/dwb", "move it away"]);
     says(&WalError::DwbUnknownFile { file: FileId(4) }, &["file 4", "register_file"]);
     says(&WalError::DwbUnrepairable { file: FileId(4), page_no: 9, seq: 30 }, &["page 9", "nothing was written"]);
+    says(&WalError::KeyStillNeeded { key_id: 3, segment: SegmentId(12) }, &["key id 3", "segment 12", "truncate"]);
+    says(&WalError::KeyActive { key_id: 3 }, &["key id 3", "make another key active"]);
+    says(&WalError::KeyRetired { key_id: 3 }, &["key id 3", "another id"]);
 }
 
 // An operator handed the wrong key file read "wrong key or corrupt first chunk" and could not
