@@ -532,3 +532,34 @@ fn a_failed_write_fsync_or_directory_sync_names_its_file_in_the_poisoned_error()
         }
     }
 }
+
+// A disk that comes back (`heal`) does not make an open log's failed fdatasync good: the log
+// stays poisoned and syncs nothing more, and once dropped it opens again through the same
+// storage with every acknowledged record.
+#[test]
+fn a_healed_disk_leaves_the_open_log_poisoned_and_reopens_through_the_same_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FaultyStorage::new(FsStorage::new());
+    let wal = SegmentedWal::open_with(faulty.clone(), config(dir.path())).unwrap();
+    let (acked, err) = append_until_error(&wal, 1, 20);
+    assert!(err.is_none(), "{err:?}");
+    faulty.fail_from(FaultOp::SyncData, 0, EIO);
+    let err = wal.append_durable(Record::new(TY, &payload(21))).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, .. }), "{err}");
+
+    faulty.heal();
+    let syncs = faulty.calls(FaultOp::SyncData);
+    let err = wal.append_durable(Record::new(TY, b"after the heal")).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, .. }), "a healed disk does not unpoison: {err}");
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned { op: IoOp::SyncData, .. })));
+    drop(wal);
+    assert_eq!(faulty.calls(FaultOp::SyncData), syncs, "no fdatasync was tried again, not even at the drop");
+
+    let wal = SegmentedWal::open_with(faulty.clone(), config(dir.path())).expect("the healed storage opens the log");
+    let records: Vec<_> = wal.read_from(Lsn::FIRST).unwrap().collect::<Result<_, _>>().unwrap();
+    for lsn in &acked {
+        assert_eq!(records[(lsn.0 - 1) as usize].payload, payload(lsn.0), "acknowledged {lsn}");
+    }
+    wal.append_durable(Record::new(TY, b"after the reopen")).expect("the reopened log takes appends");
+    assert_eq!(faulty.injected(), 1, "one fault, before the heal");
+}

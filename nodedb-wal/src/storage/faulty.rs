@@ -329,6 +329,45 @@ impl<S> FaultyStorage<S> {
         self.state().power = None;
     }
 
+    /// The disk came back: every fault armed and not yet spent ([`Self::fail_once`],
+    /// [`Self::fail_from`], [`Self::fail_write_partially`]) is disarmed, and a cut power is
+    /// restored. What models the file system rather than a failing disk stays
+    /// ([`Self::refuse_open`], [`Self::refuse_direct_io`]), as do the counts.
+    ///
+    /// A log the fault poisoned stays poisoned: it never retries a failed fdatasync, whose
+    /// success after a failure would not say that the earlier writes reached the disk. Drop it
+    /// and open the log again through the same storage; recovery reads what the disk holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+    /// use nodedb_wal::{Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+    ///
+    /// let storage = FaultyStorage::new(SimStorage::new(1, FaultConfig::default()));
+    /// let wal = SegmentedWal::open_with(storage.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// let ty = RecordType::optional(0x100);
+    /// wal.append_durable(Record::new(ty, b"kept"))?;
+    /// storage.fail_from(FaultOp::SyncData, 0, EIO); // the disk fails every sync
+    /// assert!(wal.append_durable(Record::new(ty, b"in doubt")).is_err());
+    ///
+    /// storage.heal();
+    /// let err = wal.append_durable(Record::new(ty, b"refused")).unwrap_err();
+    /// assert!(matches!(err, WalError::Poisoned { .. }), "the open log stays poisoned");
+    /// drop(wal);
+    ///
+    /// let wal = SegmentedWal::open_with(storage, SegmentedWalConfig::new("/wal"))?;
+    /// wal.append_durable(Record::new(ty, b"after"))?;
+    /// assert_eq!(wal.read_from(wal.oldest_lsn())?.next().expect("a record")?.payload, b"kept");
+    /// # Ok::<(), WalError>(())
+    /// ```
+    pub fn heal(&self) {
+        let mut state = self.state();
+        state.rules.clear();
+        state.power = None;
+    }
+
     /// Opening `path` fails with `EACCES`.
     ///
     /// # Examples
