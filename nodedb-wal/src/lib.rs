@@ -88,7 +88,8 @@
 //!   A drop or purge goes all-or-nothing with the database's own records (its catalog entry)
 //!   through [`append_group_entries`](SegmentedWal::append_group_entries) ([`GroupEntry`]).
 //!   They go with their segments at truncation, so the engines keep drops and purges in their
-//!   own checkpoints ([`TombstoneSet::dropped_at`]).
+//!   own checkpoints ([`TombstoneSet::dropped_at`], or [`TombstoneSet::drops`] for every drop
+//!   with its own LSN).
 //! - **Encryption at rest**: [`SegmentedWalConfig::key_ring`] with a [`KeyRing`] of
 //!   [`SecureKey`]s; [`segment_key_ids`](SegmentedWal::segment_key_ids) tells which keys the
 //!   log still needs after a rotation, and [`retire_key`](SegmentedWal::retire_key) lets one
@@ -159,7 +160,7 @@ pub use read::{LazyWalReader, RecordHandle, RecordView, WalIter};
 pub use readonly::ReadOnlyWal;
 pub use record::{GroupEntry, Record, WalRecord};
 pub use recovery::RecoveryInfo;
-pub use replay::{TemporalPurge, TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};
+pub use replay::{DroppedCollection, TemporalPurge, TombstoneSet, extract_temporal_purges, extract_tombstones, last_calvin_applied};
 pub use segment::SegmentInfo;
 pub use storage::{FaultConfig, FsStorage, IoBackend, SimStorage, Storage};
 pub use tail::Tail;

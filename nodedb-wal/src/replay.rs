@@ -32,6 +32,23 @@ pub struct TombstoneSet {
     by_tenant: HashMap<(u32, u32), HashMap<Box<str>, Dropped>>,
 }
 
+/// One dropped collection of a [`TombstoneSet`], as [`TombstoneSet::drops`] hands it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DroppedCollection<'a> {
+    /// The collection's database.
+    pub database: u32,
+    /// The collection's tenant.
+    pub tenant: u32,
+    /// The collection's name.
+    pub collection: &'a str,
+    /// Its records below this LSN are dropped ([`TombstoneSet::purge_lsn`]).
+    pub purge_lsn: Lsn,
+    /// The LSN of its last tombstone record found in the log; `None` where it came only from
+    /// [`TombstoneSet::insert`] ([`TombstoneSet::dropped_at`]).
+    pub dropped_at: Option<Lsn>,
+}
+
 /// One dropped collection: the purge LSN, and the LSN of its last tombstone record where it
 /// came from the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +159,7 @@ impl TombstoneSet {
 
     /// Every dropped collection as (database, tenant, collection, purge LSN), in no particular
     /// order: an engine applies the drops recovery found without knowing the names beforehand.
+    /// [`Self::drops`] also gives each drop's own LSN.
     ///
     /// # Examples
     ///
@@ -153,9 +171,45 @@ impl TombstoneSet {
     /// assert_eq!(drops, [(1, 2, "orders", Lsn(40))]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (u32, u32, &str, Lsn)> + '_ {
-        self.by_tenant
-            .iter()
-            .flat_map(|(&(database, tenant), names)| names.iter().map(move |(name, d)| (database, tenant, &**name, d.purge_lsn)))
+        self.drops().map(|d| (d.database, d.tenant, d.collection, d.purge_lsn))
+    }
+
+    /// Every dropped collection, in no particular order, with its purge LSN and the LSN of its
+    /// last tombstone record ([`Self::dropped_at`]): an engine that meets a drop it did not
+    /// know of at open tells from the drop's own LSN whether its checkpoint holds it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::{CollectionTombstonePayload, Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+    ///
+    /// let sim = SimStorage::new(1, FaultConfig::default());
+    /// let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
+    /// let purge_lsn = wal.next_lsn();
+    /// wal.append(Record::new(RecordType::optional(0x100), b"another writer's row"))?;
+    /// let checkpoint = wal.next_lsn(); // what the engine's files hold: every LSN below
+    /// let at = wal.append_tombstone(&CollectionTombstonePayload { database: 0, tenant: 0, collection: "orders".into(), purge_lsn })?;
+    /// wal.close()?;
+    ///
+    /// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
+    /// for drop in wal.recovery_info().tombstones.drops() {
+    ///     assert_eq!((drop.database, drop.tenant, drop.collection, drop.purge_lsn), (0, 0, "orders", purge_lsn));
+    ///     assert_eq!(drop.dropped_at, Some(at));
+    ///     assert!(drop.dropped_at >= Some(checkpoint), "the engine's files do not hold this drop yet");
+    /// }
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn drops(&self) -> impl Iterator<Item = DroppedCollection<'_>> + '_ {
+        self.by_tenant.iter().flat_map(|(&(database, tenant), names)| {
+            names.iter().map(move |(name, d)| DroppedCollection {
+                database,
+                tenant,
+                collection: name,
+                purge_lsn: d.purge_lsn,
+                dropped_at: d.at,
+            })
+        })
     }
 
     /// Dropped collections held.

@@ -2,8 +2,8 @@
 //! expects at the crate root. If a name moves or changes shape, this stops compiling.
 
 use nodedb_wal::{
-    CIPHER_AES_256_GCM, CalvinAppliedPayload, CollectionTombstonePayload, DoubleWriteBuffer, DwbMode, FaultConfig, FsStorage,
-    GroupCommitter, GroupEntry, LazyWalReader, Lsn, MAX_COLLECTION_NAME_LEN, PREAMBLE_SIZE, PREAMBLE_VERSION, Payload, Record,
+    CIPHER_AES_256_GCM, CalvinAppliedPayload, CollectionTombstonePayload, DoubleWriteBuffer, DroppedCollection, DwbMode, FaultConfig,
+    FsStorage, GroupCommitter, GroupEntry, LazyWalReader, Lsn, MAX_COLLECTION_NAME_LEN, PREAMBLE_SIZE, PREAMBLE_VERSION, Payload, Record,
     RecordHeader, RecordType, RecoveryInfo, Result, SEG_PREAMBLE_MAGIC, Scope, SecureKey, SegmentId, SegmentPreamble, SegmentedWal,
     SegmentedWalConfig, SimStorage, Storage, TemporalPurgeEngine, TemporalPurgePayload, TombstoneSet, WAL_PREAMBLE_MAGIC, WalError,
     WalRecord, WalWriter, decrypt_engine_file, encrypt_engine_file, extract_tombstones, last_calvin_applied, recover,
@@ -18,6 +18,7 @@ struct Types<'a> {
     dwb: Option<DoubleWriteBuffer>,
     header: Option<RecordHeader>,
     payload: Option<Payload>,
+    drop: Option<DroppedCollection<'a>>,
 }
 
 /// Records and their payloads go to other threads: a replay hands them to appliers.

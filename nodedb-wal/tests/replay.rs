@@ -424,3 +424,36 @@ fn recovery_tells_the_lsn_of_each_collections_last_drop() {
     inserted.insert(&tombstone("orders", purge));
     assert_eq!(inserted.dropped_at(1, 2, "orders"), None, "not read from a log");
 }
+
+// `iter` hands out the purge LSN only, so an engine that learns of drops by walking the set
+// (not knowing the names) could not tell a drop its checkpoint holds from one it must apply.
+#[test]
+fn walking_the_drops_gives_each_its_purge_lsn_and_its_tombstones_own_lsn() {
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let wal = SegmentedWal::open_with(sim.clone(), config(None)).unwrap();
+    let tombstone =
+        |collection: &str, purge_lsn| CollectionTombstonePayload { database: 1, tenant: 2, collection: collection.into(), purge_lsn };
+    let purge = wal.next_lsn();
+    wal.append(Record::new(RecordType::optional(0x100), b"a row")).unwrap();
+    let orders = wal.append_tombstone(&tombstone("orders", purge)).unwrap();
+    let users = wal.append_tombstone(&tombstone("users", Lsn(1))).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+
+    let wal = SegmentedWal::open_with(sim, config(None)).unwrap();
+    let mut set = wal.recovery_info().tombstones.clone();
+    set.insert(&tombstone("carts", Lsn(2)));
+    let mut drops: Vec<_> = set.drops().map(|d| (d.database, d.tenant, d.collection.to_owned(), d.purge_lsn, d.dropped_at)).collect();
+    drops.sort();
+    let expected = [
+        (1, 2, "carts".to_owned(), Lsn(2), None),
+        (1, 2, "orders".to_owned(), purge, Some(orders)),
+        (1, 2, "users".to_owned(), Lsn(1), Some(users)),
+    ];
+    assert_eq!(drops, expected);
+    for d in set.drops() {
+        assert_eq!(set.dropped_at(d.database, d.tenant, d.collection), d.dropped_at);
+        assert_eq!(set.purge_lsn(d.database, d.tenant, d.collection), Some(d.purge_lsn));
+    }
+    assert_eq!(set.iter().count(), set.drops().count());
+}
