@@ -1,6 +1,7 @@
 //! Identity newtypes shared by every layer.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 /// Log sequence number. Data records get dense LSNs starting at 1; `Lsn::ZERO` means "none".
 ///
@@ -65,6 +66,33 @@ impl Lsn {
             Some(n) => Some(Lsn(n)),
             None => None,
         }
+    }
+
+    /// Each LSN of `lsns`, in order (from either end): the LSNs an
+    /// [`append_batch`](crate::SegmentedWal::append_batch) or
+    /// [`append_group`](crate::SegmentedWal::append_group) returned, which a
+    /// `RangeInclusive<Lsn>` cannot hand out itself (stepping a range of a newtype needs the
+    /// unstable `Step` trait). The range is only read: it stays usable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage};
+    ///
+    /// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
+    /// let rows = ["a", "b", "c"];
+    /// let records: Vec<_> = rows.iter().map(|r| Record::new(RecordType::optional(0x100), r.as_bytes())).collect();
+    /// let lsns = wal.append_batch(&records)?;
+    /// // The memtable learns each row's LSN.
+    /// let placed: Vec<(Lsn, &str)> = Lsn::range(&lsns).zip(rows).collect();
+    /// assert_eq!(placed, [(Lsn(1), "a"), (Lsn(2), "b"), (Lsn(3), "c")]);
+    /// assert_eq!(Lsn::range(&lsns).rev().next(), Some(*lsns.end()));
+    /// wal.wait_durable(*lsns.end())?;
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn range(lsns: &RangeInclusive<Lsn>) -> impl DoubleEndedIterator<Item = Lsn> + Clone + use<> {
+        (lsns.start().0..=lsns.end().0).map(Lsn)
     }
 }
 
@@ -254,5 +282,22 @@ impl RecordType {
     #[must_use]
     pub const fn is_known_reserved(self) -> bool {
         matches!(self.0, 0x8001..=0x8003 | 0x8010 | 0x8011 | 0x0010)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_lsn_range_yields_each_lsn_once_from_either_end() {
+        let lsns = Lsn(5)..=Lsn(8);
+        assert_eq!(Lsn::range(&lsns).collect::<Vec<_>>(), [Lsn(5), Lsn(6), Lsn(7), Lsn(8)]);
+        assert_eq!(Lsn::range(&lsns).rev().collect::<Vec<_>>(), [Lsn(8), Lsn(7), Lsn(6), Lsn(5)]);
+        assert_eq!(Lsn::range(&(Lsn(3)..=Lsn(3))).collect::<Vec<_>>(), [Lsn(3)], "a batch of one record");
+        let last = Lsn(Lsn::LIMIT.0 - 1);
+        assert_eq!(Lsn::range(&(Lsn(last.0 - 1)..=last)).count(), 2, "no overflow at the last LSN");
+        assert_eq!(Lsn::range(&(Lsn(4)..=Lsn(3))).count(), 0, "an empty range yields nothing");
+        assert_eq!(lsns, Lsn(5)..=Lsn(8), "the range is only read");
     }
 }

@@ -62,7 +62,7 @@ impl<S: Storage> SegmentedWal<S> {
     /// Every record is checked before any LSN is taken: one refused (a reserved type, a payload
     /// over `payload_bytes_max`) fails the group, which then uses no LSN and writes nothing.
     /// To drop a collection or log a purge in the same group as the records that go with it,
-    /// see [`Self::append_group_entries`].
+    /// see [`Self::append_group_entries`]. [`Lsn::range`] walks the LSNs returned.
     ///
     /// # Examples
     ///
@@ -83,7 +83,7 @@ impl<S: Storage> SegmentedWal<S> {
     /// way to append many records at once (one lock round instead of one per record). Unlike
     /// [`Self::append_group`] they are not atomic: a crash before their sync may keep any prefix
     /// of them. Like a group they travel in one batch (a batch larger than the buffers gets a
-    /// buffer of its own).
+    /// buffer of its own). [`Lsn::range`] walks the LSNs returned, one per record.
     ///
     /// # Examples
     ///

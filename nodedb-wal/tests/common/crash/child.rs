@@ -200,7 +200,7 @@ fn append_until_error(wal: &SegmentedWal, acks: &File, round: u32, thread: u32, 
             };
             match appended {
                 Ok(lsns) => {
-                    for (lsn, o) in (lsns.start().0..).zip(&origins) {
+                    for (lsn, o) in Lsn::range(&lsns).zip(&origins) {
                         writeln!(lines, "ACK {lsn} {thread} {}", o.seq).expect("write to a String");
                     }
                     last = *lsns.end();
