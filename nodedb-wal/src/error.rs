@@ -119,8 +119,12 @@ pub enum WalError {
         #[source]
         source: io::Error,
     },
-    /// Bytes that must be intact are not. Nothing was cut or repaired.
-    #[error("corruption in segment {segment} at offset {offset}: {kind}; nothing was cut or repaired")]
+    /// Bytes that must be intact are not. Nothing was cut or repaired. The message names the
+    /// way out: a replica or backup, else [`crate::salvage`] (`nodedb-wal salvage`), whose copy
+    /// `nodedb-wal verify` checks.
+    #[error(
+        "corruption in segment {segment} at offset {offset}: {kind}; nothing was cut or repaired. Restore the log from a replica or backup, or copy the records before the damage into a new log with `nodedb-wal salvage DIR NEW_DIR` (`salvage::salvage`); `nodedb-wal verify DIR` checks the copy"
+    )]
     Corruption {
         /// The segment file.
         segment: SegmentId,

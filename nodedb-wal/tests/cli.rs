@@ -654,6 +654,8 @@ fn salvage_exit_status_tells_a_whole_copy_a_torn_tail_damage_and_a_wrong_key() {
     assert_eq!(status(&out), 2, "{}", text(&out));
     assert!(text(&out).contains("3 records, LSN 1 to 3"), "{}", text(&out));
     assert!(text(&out).contains("past the damage, not copied: 6 intact records, LSN 5 to 10"), "{}", text(&out));
+    assert!(text(&out).contains("stopped at damage in segment 1 at offset"), "{}", text(&out));
+    assert!(!text(&out).contains("with `nodedb-wal salvage"), "the salvage does not advise itself: {}", text(&out));
     for copy in ["whole", "untorn", "cut"] {
         let out = tool(&["verify", &path(copy)]);
         assert_eq!(status(&out), 0, "{copy}: {}", text(&out));

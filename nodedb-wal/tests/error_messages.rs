@@ -59,6 +59,26 @@ fn a_segment_from_a_newer_build_or_with_a_damaged_preamble_says_both() {
     says(&WalError::UnknownRequiredType { lsn: Lsn(12), record_type: RecordType::required(0x80F0) }, &["record 12", "newer build"]);
 }
 
+// A database that refused to start on `Corruption` logged "nothing was cut or repaired" and no
+// more: the way out (a replica or backup, else the salvage, then a check of the copy) was in
+// the rustdoc only. The message names the tools, as the side files' messages name theirs.
+#[test]
+fn corruption_names_the_salvage_and_the_check_of_its_copy() {
+    use nodedb_wal::CorruptionKind;
+    let err = WalError::Corruption { segment: SegmentId(3), offset: 8192, kind: CorruptionKind::BadFrame };
+    says(
+        &err,
+        &[
+            "segment 3 at offset 8192",
+            "nothing was cut or repaired",
+            "replica or backup",
+            "nodedb-wal salvage DIR NEW_DIR",
+            "salvage::salvage",
+            "nodedb-wal verify DIR",
+        ],
+    );
+}
+
 #[test]
 fn errors_with_a_way_out_say_what_it_is() {
     says(&WalError::SegmentTruncated { segment: SegmentId(2) }, &["segment 2", "oldest"]);

@@ -55,7 +55,11 @@ pub(super) fn salvage_log(args: &Args) -> Outcome {
         (Some(segment), None) => format!("at segment {segment}, which is missing"),
         (None, _) => "beside the segments (every segment present was copied)".to_owned(),
     };
-    out!("stopped at damage {at}: {}", damage.error);
+    match &damage.error {
+        // The place is said already, and the error's advice is to run this very salvage.
+        WalError::Corruption { kind, .. } => out!("stopped at damage {at}: {kind}"),
+        error => out!("stopped at damage {at}: {error}"),
+    }
     out!("past the damage, not copied: {found}");
     Ok(match damage.error {
         WalError::WrongKey { .. } => {
