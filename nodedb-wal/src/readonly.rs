@@ -14,8 +14,9 @@ use crate::crypto::KeyRing;
 use crate::error::Result;
 use crate::read::{Decrypt, LazyWalReader, ReadSpec, WalIter};
 use crate::recovery::{RecoveryInfo, inspect_dir};
+use crate::segment::crypt;
 use crate::storage::{FsStorage, Storage};
-use crate::types::Lsn;
+use crate::types::{Lsn, SegmentId};
 
 /// A log opened for reading only. See the module documentation.
 ///
@@ -75,6 +76,34 @@ impl<S: Storage> ReadOnlyWal<S> {
     /// What recovery would find (a torn tail it would cut is reported, not cut).
     pub fn recovery_info(&self) -> &RecoveryInfo {
         &self.info
+    }
+
+    /// The key id each segment of the look is encrypted under, oldest first; `None` for a
+    /// plaintext segment: which keys reading the log needs, with no key given (as
+    /// [`crate::SegmentedWal::segment_key_ids`] tells the owner). The segments are those
+    /// [`RecoveryInfo::segments`] lists; one a writer's truncation removed since is left out.
+    /// Each call reads the first bytes of every segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use nodedb_wal::storage::FaultConfig;
+    /// use nodedb_wal::{KeyRing, ReadOnlyWal, Record, RecordType, SecureKey, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage};
+    ///
+    /// let sim = SimStorage::new(1, FaultConfig::default());
+    /// let mut config = SegmentedWalConfig::new("/wal");
+    /// config.key_ring = Some(Arc::new(KeyRing::with_active(4, SecureKey::generate())));
+    /// let wal = SegmentedWal::open_with(sim.clone(), config)?;
+    /// wal.append_durable(Record::new(RecordType::optional(0x100), b"secret"))?;
+    ///
+    /// let view = ReadOnlyWal::open_with(sim, "/wal", None)?; // no key needed to ask
+    /// assert_eq!(view.segment_key_ids()?, [(SegmentId(1), Some(4))]);
+    /// # Ok::<(), nodedb_wal::WalError>(())
+    /// ```
+    pub fn segment_key_ids(&self) -> Result<Vec<(SegmentId, Option<u32>)>> {
+        crypt::key_ids(&*self.storage, &self.dir, &self.info.segments)
     }
 
     fn spec(&self, from: Lsn, decrypt: Decrypt) -> ReadSpec {

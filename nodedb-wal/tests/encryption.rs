@@ -175,6 +175,30 @@ fn rotation_takes_effect_at_the_next_roll_and_old_keys_keep_decrypting() {
     assert!(matches!(read_all(&sim, Some(only_new)), Err(WalError::UnknownKeyId { key_id: 1, .. })));
 }
 
+// A tool (or a process beside the owner) asks which keys the log needs, holding none of them,
+// and hears what the owner would say; a segment a truncation removed after the look is left out.
+#[test]
+fn a_read_only_look_tells_each_segments_key_without_any_key() {
+    let sim = SimStorage::new(6, FaultConfig::default());
+    let keys = Arc::new(KeyRing::new());
+    let wal = SegmentedWal::open_with(sim.clone(), config(Some(Arc::clone(&keys)))).unwrap();
+    wal.append_durable(rec(b"plaintext, before any key")).unwrap();
+    for (id, byte) in [(1, 7), (2, 8)] {
+        keys.insert(id, SecureKey::from_bytes(&mut [byte; 32])).unwrap();
+        keys.set_active(id).unwrap();
+        wal.append_durable(rec(b"under the new key")).unwrap();
+    }
+    let owner = wal.segment_key_ids().unwrap();
+    let expected: Vec<_> =
+        [None, Some(1), Some(2)].into_iter().enumerate().map(|(i, k)| (nodedb_wal::SegmentId(i as u64 + 1), k)).collect();
+    assert_eq!(owner, expected);
+    let look = ReadOnlyWal::open_with(sim.clone(), DIR, None).unwrap();
+    assert_eq!(look.segment_key_ids().unwrap(), owner);
+
+    wal.truncate_before(wal.sync().unwrap()).unwrap();
+    assert_eq!(look.segment_key_ids().unwrap(), &owner[2..], "truncated since the look: left out, not an error");
+}
+
 /// Records every (segment key, nonce) pair on a disk with the bytes it sealed.
 fn record_nonces(sim: &SimStorage, seen: &mut HashMap<([u8; 16], u64, u32, u64), Vec<u8>>) {
     use nodedb_wal::storage::Storage;

@@ -1,11 +1,55 @@
-//! The keys and plaintext of a segment's records, for readers and recovery alike.
+//! The keys and plaintext of a segment's records, for readers and recovery alike, and which key
+//! each listed segment is under.
 
-use super::scan::SegmentHead;
+use std::io::ErrorKind;
+use std::path::Path;
+
+use super::SegmentInfo;
+use super::scan::{self, SegmentHead};
 use crate::crypto::{KeyRing, SegmentCipher, TAG_LEN};
-use crate::error::{Result, WalError};
+use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::{FLAG_ENCRYPTED, HEADER_LEN, RecordHeader};
 use crate::format::preamble::CIPHER_AES_256_GCM;
+use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::SegmentId;
+
+/// The key id each of `segments` is encrypted under (`None` for plaintext), from its preamble,
+/// in their order. A segment gone since it was listed (truncated, or kept and already reused as
+/// a later one) is left out.
+pub(crate) fn key_ids<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentInfo]) -> Result<Vec<(SegmentId, Option<u32>)>> {
+    let mut keys = Vec::new();
+    for info in segments {
+        if let Some(key) = key_id(storage, dir, info.id)? {
+            keys.push((info.id, key));
+        }
+    }
+    Ok(keys)
+}
+
+/// The key id a segment's preamble names (`Some(None)` for plaintext), or `None` where the
+/// segment is gone: removed by a truncation, or kept and already reused as a later one.
+fn key_id<S: Storage>(storage: &S, dir: &Path, id: SegmentId) -> Result<Option<Option<u32>>> {
+    let path = super::path(dir, id);
+    let mode = OpenMode { create: false, write: false, direct: false, create_new: false };
+    let file = match storage.open(&path, mode) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(WalError::io(IoOp::Open, &path, e)),
+    };
+    let mut first = vec![0u8; scan::HEAD_BYTES];
+    let len = file.read_at(&mut first, 0).map_err(|e| WalError::io(IoOp::Read, &path, e))?;
+    // The log wrote (or recovery checked) this head: one that no longer decodes was damaged
+    // since, and one naming another segment is a kept file reused after it was truncated.
+    let head = scan::decode_head(&first[..len], id)?.ok_or(WalError::Corruption {
+        segment: id,
+        offset: 0,
+        kind: CorruptionKind::BadSegmentHeader,
+    })?;
+    if head.header.segment_id != id {
+        return Ok(None);
+    }
+    Ok(Some((head.preamble.cipher == CIPHER_AES_256_GCM).then_some(head.preamble.key_id)))
+}
 
 /// The cipher of an encrypted segment (its key named by the preamble); `None` for plaintext.
 pub fn cipher_for(ring: Option<&KeyRing>, id: SegmentId, head: &SegmentHead) -> Result<Option<SegmentCipher>> {

@@ -80,7 +80,7 @@ pub fn read_head<F: StorageFile>(reader: &mut ChunkReader<F>, id: SegmentId) -> 
 
 /// The bytes from a segment's start that [`read_head`] reads: the preamble and the header
 /// frame, whose 40-byte payload leaves room to spare for a frame that claims a longer one.
-const HEAD_BYTES: usize = PREAMBLE_SIZE + HEADER_LEN + 80;
+pub(crate) const HEAD_BYTES: usize = PREAMBLE_SIZE + HEADER_LEN + 80;
 
 /// [`read_head`] of bytes already read from the segment's start (at least [`HEAD_BYTES`] of
 /// them where the file has them): a pure decoder, for a caller that holds the first block.

@@ -1,13 +1,10 @@
 //! Which keys the log's segments are encrypted under: what a key rotation must keep in the
 //! ring, and retiring a key once no segment needs it.
 
-use std::io::ErrorKind;
-
 use super::SegmentedWal;
-use crate::error::{CorruptionKind, IoOp, Result, WalError};
-use crate::format::preamble::CIPHER_AES_256_GCM;
-use crate::segment::{self, scan};
-use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::error::{Result, WalError};
+use crate::segment::crypt;
+use crate::storage::Storage;
 use crate::types::SegmentId;
 
 impl<S: Storage> SegmentedWal<S> {
@@ -48,13 +45,7 @@ impl<S: Storage> SegmentedWal<S> {
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn segment_key_ids(&self) -> Result<Vec<(SegmentId, Option<u32>)>> {
-        let mut keys = Vec::new();
-        for info in self.segments() {
-            if let Some(key) = self.segment_key_id(info.id)? {
-                keys.push((info.id, key));
-            }
-        }
-        Ok(keys)
+        crypt::key_ids(&*self.storage, &self.config.dir, &self.segments())
     }
 
     /// Retires `key_id` from the log's key ring ([`crate::KeyRing::retire`]: the key is let
@@ -123,30 +114,5 @@ impl<S: Storage> SegmentedWal<S> {
                 return Ok(());
             }
         }
-    }
-
-    /// The key id a segment's preamble names (`Some(None)` for plaintext), or `None` where the
-    /// segment is gone: removed by a truncation, or kept and already reused as a later one.
-    fn segment_key_id(&self, id: SegmentId) -> Result<Option<Option<u32>>> {
-        let path = segment::path(&self.config.dir, id);
-        let mode = OpenMode { create: false, write: false, direct: false, create_new: false };
-        let file = match self.storage.open(&path, mode) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(WalError::io(IoOp::Open, &path, e)),
-        };
-        let mut first = vec![0u8; self.config.alignment];
-        let len = file.read_at(&mut first, 0).map_err(|e| WalError::io(IoOp::Read, &path, e))?;
-        // The log wrote (or recovery checked) this head: one that no longer decodes was damaged
-        // since, and one naming another segment is a kept file reused after it was truncated.
-        let head = scan::decode_head(&first[..len], id)?.ok_or(WalError::Corruption {
-            segment: id,
-            offset: 0,
-            kind: CorruptionKind::BadSegmentHeader,
-        })?;
-        if head.header.segment_id != id {
-            return Ok(None);
-        }
-        Ok(Some((head.preamble.cipher == CIPHER_AES_256_GCM).then_some(head.preamble.key_id)))
     }
 }
