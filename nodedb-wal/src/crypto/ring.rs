@@ -28,9 +28,9 @@ impl Inner {
 }
 
 /// Keys by id. The active key encrypts every segment created from now on; the others keep
-/// decrypting older segments. Keys are never removed by the log: a segment names its key id in
-/// its preamble and is unreadable without it. The caller retires a key once no segment needs it
-/// ([`crate::SegmentedWal::retire_key`]); its id is then never taken again.
+/// decrypting older segments. The log never removes a key on its own: a segment names its key
+/// id in its preamble and is unreadable without it. The caller retires a key once no segment
+/// needs it ([`crate::SegmentedWal::retire_key`]); its id is then never taken again.
 ///
 /// # Examples
 ///
