@@ -1,7 +1,7 @@
 //! Encryption at rest with key rotation: segments written before a rotation stay readable under
 //! the old key, later segments use the new one, and the preamble of each names its key. Keys
 //! come from key files, as in production; a wrong or missing key is refused at open, before
-//! anything is written.
+//! anything is written. Once truncation has removed the old key's last segment, it retires.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -68,9 +68,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // No key ring at all: refused too, so that a forgotten ring never appends plaintext.
     config.key_ring = None;
-    match SegmentedWal::open(config) {
+    match SegmentedWal::open(config.clone()) {
         Err(err @ WalError::KeyRingMissing { .. }) => println!("no key ring: {err}"),
         other => return Err(format!("expected KeyRingMissing, got {other:?}").into()),
     }
+
+    // Retire key 1 once a checkpoint covers its segments and truncation has removed them: the
+    // ring lets the key go, and id 1 never takes another key (old copies may still name it).
+    config.key_ring = Some(Arc::clone(&ring));
+    let wal = SegmentedWal::open(config)?;
+    match wal.retire_key(1) {
+        Err(err @ WalError::KeyStillNeeded { .. }) => println!("not yet: {err}"),
+        other => return Err(format!("expected KeyStillNeeded, got {other:?}").into()),
+    }
+    wal.truncate_before(wal.sync()?.next())?;
+    wal.retire_key(1)?;
+    println!("key 1 retired; the ring holds keys {:?}, retired {:?}", ring.key_ids(), ring.retired_key_ids());
+    assert!(matches!(ring.insert(1, SecureKey::load(&first)?), Err(WalError::KeyRetired { key_id: 1 })));
+    wal.close()?;
     Ok(())
 }
