@@ -11,7 +11,7 @@ use std::path::Path;
 use super::decide::{Evidence, TailAction, corruption_kind, decide, evidence};
 use super::open::{check_identity, open_held};
 use super::{Outcome, PendingSeal, RecoveryInfo, TornTail};
-use crate::crypto::KeyRing;
+use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{CorruptionKind, Result, WalError};
 use crate::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader, decode_frame};
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
@@ -99,74 +99,33 @@ pub(super) fn scan_segment<S: Storage>(
     if helped {
         scan.read_ahead();
     }
-    let mut cipher = None;
-    // A ring holding this segment's key id must hold its key: one record authenticated per
-    // segment catches a wrong key under the right id now, before an owner appends records that
-    // no single ring could read back alongside the old ones. (A ring without the id is
-    // checked when a record of the segment is read.)
-    let mut check_key = head.preamble.cipher == CIPHER_AES_256_GCM && ctx.ring.is_some_and(|r| r.get(head.preamble.key_id).is_some());
-    let wrong_key = || WalError::WrongKey { segment: id, key_id: head.preamble.key_id };
-    let mut suspect: Option<WalError> = None;
     // Only the owner seals the newest segment, so only it needs that segment's index.
     let mut index = IndexBuilder::new(len);
     if last && !ctx.beside_writer {
         index.start(id, head.header.salt, head.header.first_lsn);
     }
-    // An atomic group still open: where its first frame starts, its first LSN, and what it
-    // holds for `collect`, and the records of those types it cannot read (applied, and
-    // counted, only once the group is whole: a tail cut inside the group takes them away).
-    let mut group: Option<(u64, Lsn)> = None;
-    let mut group_collected: Vec<(RecordHeader, Vec<u8>)> = Vec::new();
-    let mut group_ungathered = 0;
+    let mut pass = RecordPass {
+        id,
+        head: &head,
+        ring: ctx.ring,
+        beside_writer: ctx.beside_writer,
+        cipher: None,
+        check_key: head.preamble.cipher == CIPHER_AES_256_GCM && ctx.ring.is_some_and(|r| r.get(head.preamble.key_id).is_some()),
+        suspect: None,
+        index,
+        group: None,
+        group_collected: Vec::new(),
+        group_ungathered: 0,
+    };
     let (offset, end, claim) = loop {
         match scan.step()? {
-            Step::Record { offset, header } => {
-                index.add(offset, &header);
-                let continues = header.flags & FLAG_GROUP_CONTINUES != 0;
-                if continues && group.is_none() {
-                    group = Some((offset, header.lsn));
-                }
-                let mut collected = is_collected(header.record_type);
-                if collected && ctx.beside_writer && !can_decrypt(ctx.ring, &head) {
-                    // A look without this segment's key can still check and list it.
-                    group_ungathered += 1;
-                    collected = false;
-                }
-                let key_check = std::mem::take(&mut check_key);
-                if collected || key_check {
-                    if cipher.is_none() {
-                        cipher = Some(cipher_for(ctx.ring, id, &head)?);
-                    }
-                    let payload = scan.stepped_payload(offset, &header)?;
-                    match open_record(cipher.as_ref().and_then(Option::as_ref), id, &header, payload) {
-                        // The key is right after all: the record that did not authenticate was altered.
-                        Ok(_) if suspect.is_some() => return Err(suspect.take().expect("checked")),
-                        Ok(plain) if collected => group_collected.push((header, plain)),
-                        Ok(_) => {}
-                        // The first record does not authenticate: the wrong key, or that record
-                        // altered. Whether the next one does tells the two apart.
-                        Err(err @ WalError::AuthenticationFailed { .. }) if key_check && suspect.is_none() => {
-                            suspect = Some(err);
-                            check_key = true;
-                        }
-                        Err(WalError::AuthenticationFailed { .. }) if key_check => return Err(wrong_key()),
-                        Err(err) => return Err(err),
-                    }
-                }
-                if !continues {
-                    group = None;
-                    info.ungathered += std::mem::take(&mut group_ungathered);
-                    for (header, plain) in group_collected.drain(..) {
-                        collect(info, &header, &plain)?;
-                    }
-                }
-            }
+            Step::Record { offset, header } => pass.record(&mut scan, offset, header, info)?,
             Step::End { offset, end, claim } => break (offset, end, claim),
         }
     };
-    if suspect.is_some() {
+    if pass.suspect.is_some() {
         // No record after the one that did not authenticate: most likely the key.
-        return Err(wrong_key());
+        return Err(pass.wrong_key());
     }
     if last && !matches!(end, TailEnd::Sealed { .. }) && offset < scan.block() && len >= scan.block() {
         // The chain ends in the first block, at the padding frame after the header frame:
@@ -178,12 +137,12 @@ pub(super) fn scan_segment<S: Storage>(
         // block a crash cut short) holds no record: that is still cut.
         return Err(scan.corruption(offset, CorruptionKind::BadFrame));
     }
-    if group.is_some() && matches!(end, TailEnd::Sealed { .. }) {
+    if pass.group.is_some() && matches!(end, TailEnd::Sealed { .. }) {
         return Err(scan.corruption(offset, CorruptionKind::IncompleteGroup));
     }
     let first_lsn = head.header.first_lsn;
     // A group the tail left open is cut whole: the log ends where it began.
-    let (records_end, lost) = group.unwrap_or((offset, scan.next_lsn()));
+    let (records_end, lost) = pass.group.unwrap_or((offset, scan.next_lsn()));
     let (end, evidence, best_claim) = match (last, end) {
         (true, e) if !matches!(e, TailEnd::Sealed { .. }) => {
             let claims = scan.claims_from(offset)?;
@@ -209,10 +168,109 @@ pub(super) fn scan_segment<S: Storage>(
                 bytes_discarded: len.saturating_sub(records_end),
                 found: end,
             });
-            let index = index.finish_before(records_end);
+            let index = pass.index.finish_before(records_end);
             let pending = PendingSeal { id, records_end, block: scan.block(), salt: head.header.salt, next_lsn: lost, index };
             Ok(Outcome::Open(seg, pending, torn))
         }
+    }
+}
+
+/// What the record loop of [`scan_segment`] carries from one record to the next: the check of
+/// the segment's key, the header index, and the atomic group still open.
+struct RecordPass<'a> {
+    id: SegmentId,
+    head: &'a SegmentHead,
+    ring: Option<&'a KeyRing>,
+    /// A look beside a live writer: see [`ScanCtx::beside_writer`].
+    beside_writer: bool,
+    /// The segment's cipher (`None` inside for plaintext), made at the first record opened.
+    cipher: Option<Option<SegmentCipher>>,
+    /// A ring holding this segment's key id must hold its key: one record authenticated per
+    /// segment catches a wrong key under the right id now, before an owner appends records that
+    /// no single ring could read back alongside the old ones. (A ring without the id is
+    /// checked when a record of the segment is read.)
+    check_key: bool,
+    /// The first record opened did not authenticate: the wrong key, or that record altered.
+    suspect: Option<WalError>,
+    index: IndexBuilder,
+    /// An atomic group still open: where its first frame starts, its first LSN, and what it
+    /// holds for `collect`, and the records of those types it cannot read (applied, and
+    /// counted, only once the group is whole: a tail cut inside the group takes them away).
+    group: Option<(u64, Lsn)>,
+    group_collected: Vec<(RecordHeader, Vec<u8>)>,
+    group_ungathered: u64,
+}
+
+impl RecordPass<'_> {
+    /// One record of the chain: indexed, opened where its payload is gathered or the key is
+    /// still to be checked, and its group's gatherings applied once the group is whole.
+    fn record<F: StorageFile>(
+        &mut self,
+        scan: &mut SegmentScan<F>,
+        offset: u64,
+        header: RecordHeader,
+        info: &mut RecoveryInfo,
+    ) -> Result<()> {
+        self.index.add(offset, &header);
+        let continues = header.flags & FLAG_GROUP_CONTINUES != 0;
+        if continues && self.group.is_none() {
+            self.group = Some((offset, header.lsn));
+        }
+        let mut collected = is_collected(header.record_type);
+        if collected && self.beside_writer && !can_decrypt(self.ring, self.head) {
+            // A look without this segment's key can still check and list it.
+            self.group_ungathered += 1;
+            collected = false;
+        }
+        let key_check = std::mem::take(&mut self.check_key);
+        if collected || key_check {
+            self.open(scan, offset, header, collected, key_check)?;
+        }
+        if !continues {
+            self.group = None;
+            info.ungathered += std::mem::take(&mut self.group_ungathered);
+            for (header, plain) in self.group_collected.drain(..) {
+                collect(info, &header, &plain)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypts and authenticates a record's payload, to gather it (`collected`) or to check
+    /// the segment's key with it (`key_check`).
+    fn open<F: StorageFile>(
+        &mut self,
+        scan: &mut SegmentScan<F>,
+        offset: u64,
+        header: RecordHeader,
+        collected: bool,
+        key_check: bool,
+    ) -> Result<()> {
+        if self.cipher.is_none() {
+            self.cipher = Some(cipher_for(self.ring, self.id, self.head)?);
+        }
+        let payload = scan.stepped_payload(offset, &header)?;
+        match open_record(self.cipher.as_ref().and_then(Option::as_ref), self.id, &header, payload) {
+            // The key is right after all: the record that did not authenticate was altered.
+            Ok(_) if self.suspect.is_some() => return Err(self.suspect.take().expect("checked")),
+            Ok(plain) if collected => self.group_collected.push((header, plain)),
+            Ok(_) => {}
+            // The first record does not authenticate: the wrong key, or that record
+            // altered. Whether the next one does tells the two apart.
+            Err(err @ WalError::AuthenticationFailed { .. }) if key_check && self.suspect.is_none() => {
+                self.suspect = Some(err);
+                self.check_key = true;
+            }
+            Err(WalError::AuthenticationFailed { .. }) if key_check => return Err(self.wrong_key()),
+            Err(err) => return Err(err),
+        }
+        Ok(())
+    }
+
+    /// The error for a key ring whose key under this segment's key id is not the one its
+    /// records were sealed with.
+    fn wrong_key(&self) -> WalError {
+        WalError::WrongKey { segment: self.id, key_id: self.head.preamble.key_id }
     }
 }
 
