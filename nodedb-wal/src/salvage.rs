@@ -51,14 +51,14 @@
 //!
 //! let sim = SimStorage::new(1, FaultConfig::default());
 //! let wal = SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal"))?;
-//! for payload in [&b"a"[..], b"b", b"c"] {
+//! for payload in [&b"first row"[..], b"second row", b"third row"] {
 //!     wal.append_durable(Record::new(RecordType::optional(0x100), payload))?;
 //! }
 //! wal.close()?;
 //! // A flipped byte in the last record's payload: the log is refused.
 //! let path = nodedb_wal::segment::path(Path::new("/wal"), nodedb_wal::SegmentId(1));
 //! let mut bytes = sim.read_file(&path).expect("segment");
-//! let at = bytes.windows(1).rposition(|w| w == b"c").expect("the payload");
+//! let at = bytes.windows(9).rposition(|w| w == b"third row").expect("the payload");
 //! bytes[at] ^= 1;
 //! sim.write_file(&path, &bytes);
 //! assert!(SegmentedWal::open_with(sim.clone(), SegmentedWalConfig::new("/wal")).is_err());
