@@ -36,6 +36,9 @@ fn key_id<S: Storage>(storage: &S, dir: &Path, id: SegmentId) -> Result<Option<O
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(WalError::io(IoOp::Open, &path, e)),
     };
+    // Held as every reader holds a segment: the writer then cannot turn this file into a new
+    // segment (rewriting its head) while it is read, which could read as a damaged head.
+    file.hold_shared().map_err(|e| WalError::io(IoOp::Lock, &path, e))?;
     let mut first = vec![0u8; scan::HEAD_BYTES];
     let len = file.read_at(&mut first, 0).map_err(|e| WalError::io(IoOp::Read, &path, e))?;
     // The log wrote (or recovery checked) this head: one that no longer decodes was damaged
