@@ -193,11 +193,11 @@ impl TombstoneSet {
     /// wal.close()?;
     ///
     /// let wal = SegmentedWal::open_with(sim, SegmentedWalConfig::new("/wal"))?;
-    /// for drop in wal.recovery_info().tombstones.drops() {
-    ///     assert_eq!((drop.database, drop.tenant, drop.collection, drop.purge_lsn), (0, 0, "orders", purge_lsn));
-    ///     assert_eq!(drop.dropped_at, Some(at));
-    ///     assert!(drop.dropped_at >= Some(checkpoint), "the engine's files do not hold this drop yet");
-    /// }
+    /// let drops: Vec<_> = wal.recovery_info().tombstones.drops().collect();
+    /// let [drop] = drops[..] else { panic!("one drop, found {drops:?}") };
+    /// assert_eq!((drop.database, drop.tenant, drop.collection, drop.purge_lsn), (0, 0, "orders", purge_lsn));
+    /// assert_eq!(drop.dropped_at, Some(at));
+    /// assert!(drop.dropped_at >= Some(checkpoint), "the engine's files do not hold this drop yet");
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn drops(&self) -> impl Iterator<Item = DroppedCollection<'_>> + '_ {
