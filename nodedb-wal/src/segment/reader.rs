@@ -259,6 +259,11 @@ impl<F: StorageFile> ChunkReader<F> {
         &self.path
     }
 
+    /// What the reader's reads are aligned to (offsets and lengths), a power of two.
+    pub fn align(&self) -> usize {
+        self.align
+    }
+
     /// Bytes in the file.
     pub fn file_len(&self) -> u64 {
         self.file_len

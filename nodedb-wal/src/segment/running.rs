@@ -2,14 +2,21 @@
 //! a candidate frame then costs a bounded number of bytes whatever length it claims, where
 //! reading and checksumming each candidate in full costs the square of the file's length on a
 //! file of headers each claiming a frame to its end.
+//!
+//! Two kinds, for two scans. [`Running`] keeps one every 64 bytes, taken in one pass and read
+//! at any offset: for the salvage's resync, which tries every offset holding a frame's magic
+//! in files it opens without `O_DIRECT`. [`AlignedSums`] keeps one every sector, taken only as
+//! far as the frames checked reach and read with aligned reads: for recovery's look past
+//! damage, on block boundaries, in a newest segment it reads with `O_DIRECT`.
 
 use std::ops::Range;
 
 use crate::error::{IoOp, Result, WalError};
 use crate::format::crc::{crc32c_append, crc32c_of_suffix};
 use crate::format::frame::{HEADER_LEN, RecordHeader, checksummed, stored_checksum};
+use crate::format::layout::round_up;
 use crate::segment::reader::ChunkReader;
-use crate::storage::StorageFile;
+use crate::storage::{AlignedBuf, SECTOR, StorageFile};
 
 /// Bytes between two of the running checksums kept.
 const STRIDE: u64 = 64;
@@ -92,6 +99,134 @@ impl Running {
         let (Some(start), Some(end)) = (self.to(reader, range.start)?, self.to(reader, range.end)?) else { return Ok(None) };
         Ok(Some(crc32c_of_suffix(end, start, range.end - range.start)))
     }
+}
+
+/// Bytes [`AlignedSums`] reads at a time.
+const SUMS_CHUNK: usize = 1 << 20;
+
+/// The CRC32C of a file's bytes from `origin` to every sector after it, taken with aligned
+/// reads only, so that a file open with `O_DIRECT` can be scanned this way (recovery reads the
+/// newest segment so; [`Running`] reads at any offset). The sums are taken as far as the
+/// frames checked reach, no further: a look past damage that finds only zeros, or short
+/// frames, reads nothing more for them.
+///
+/// The file may change while it is read (a read-only look beside a live writer). So a range's
+/// checksum comes from the sums and the sectors holding its two ends read again, and each of
+/// those must read as when it was summed: where one does not, or the range reaches past what
+/// could be read, [`Self::of`] has no answer, and the caller checks the frame in full, as the
+/// file reads now.
+pub(crate) struct AlignedSums {
+    origin: u64,
+    /// What a read's offset and length are aligned to: the reader's alignment, a sector at
+    /// least.
+    unit: u64,
+    /// `sums[k]`: the CRC32C of the bytes from `origin` to `origin + k * SECTOR`, or to `end`
+    /// for the last one.
+    sums: Vec<u32>,
+    /// Where the bytes summed end.
+    end: u64,
+    /// Whether the file is summed to its end (or read short): nothing more to read.
+    done: bool,
+    chunk: Option<AlignedBuf>,
+    /// The unit last read for a range's end, and the bytes read of it: the ranges a crafted
+    /// file claims end in one place, more often than not.
+    end_unit: Option<(u64, usize, AlignedBuf)>,
+}
+
+/// Bytes between two of the sums [`AlignedSums`] keeps.
+const SUM_STRIDE: u64 = SECTOR as u64;
+
+impl AlignedSums {
+    /// Sums from the unit holding `from` on, none taken yet.
+    pub fn new<F: StorageFile>(reader: &ChunkReader<F>, from: u64) -> AlignedSums {
+        let unit = (reader.align() as u64).max(SUM_STRIDE);
+        let origin = from & !(unit - 1);
+        AlignedSums { origin, unit, sums: vec![0], end: origin, done: false, chunk: None, end_unit: None }
+    }
+
+    /// Takes the sums up to `upto` at least, where the file (as long as the reader has it)
+    /// holds that much; returns whether it did.
+    pub fn reach<F: StorageFile>(&mut self, reader: &ChunkReader<F>, upto: u64) -> Result<bool> {
+        let (unit, file_len) = (self.unit, reader.file_len());
+        let chunk = self.chunk.get_or_insert_with(|| AlignedBuf::zeroed(SUMS_CHUNK, unit as usize));
+        while !self.done && self.end < upto {
+            let want = round_up(file_len.saturating_sub(self.end), unit).min(chunk.len() as u64) as usize;
+            let read = read_at(reader, &mut chunk[..want], self.end)?;
+            // Bytes past the length the reader has are not the file's to it (a live writer's).
+            let got = read.min(usize::try_from(file_len - self.end).unwrap_or(usize::MAX));
+            let mut crc = *self.sums.last().expect("the sum at the origin");
+            for piece in chunk[..got].chunks(SUM_STRIDE as usize) {
+                crc = crc32c_append(crc, piece);
+                self.sums.push(crc);
+            }
+            count_checksummed(got);
+            self.end += got as u64;
+            // Short of what was asked: the file's end (it may be shorter than listed).
+            self.done = got < want || self.end >= file_len;
+        }
+        Ok(self.end >= upto)
+    }
+
+    /// The CRC32C of the bytes in `range`, which [`Self::reach`] must have summed; `None`
+    /// where a sector holding one of its ends reads otherwise than when it was summed.
+    pub fn of<F: StorageFile>(&mut self, reader: &mut ChunkReader<F>, range: Range<u64>) -> Result<Option<u32>> {
+        debug_assert!(self.origin <= range.start && range.end <= self.end, "{range:?} is not summed");
+        // The start's sector is where the scan is: the reader holds it.
+        let start = match self.sector_before(range.start) {
+            Some((k, base, len)) => within(&self.sums[k..], reader.get(base, len)?, len, range.start - base),
+            None => Some(0),
+        };
+        let end = match self.sector_before(range.end) {
+            Some((k, base, len)) => {
+                let unit_base = base & !(self.unit - 1);
+                let bytes = read_unit(&mut self.end_unit, self.unit, reader, unit_base)?;
+                let bytes = bytes.get((base - unit_base) as usize..).unwrap_or_default();
+                within(&self.sums[k..], bytes, len, range.end - base)
+            }
+            None => Some(0),
+        };
+        Ok(start.zip(end).map(|(start, end)| crc32c_of_suffix(end, start, range.end - range.start)))
+    }
+
+    /// The sector holding the byte before `at`: its index, where it starts, and how many of
+    /// its bytes are summed. `None` at the origin.
+    fn sector_before(&self, at: u64) -> Option<(usize, u64, usize)> {
+        let k = at.checked_sub(self.origin + 1)? / SUM_STRIDE;
+        let base = self.origin + k * SUM_STRIDE;
+        Some((k as usize, base, SUM_STRIDE.min(self.end - base) as usize))
+    }
+}
+
+/// The bytes of the unit of `unit` bytes at `base`, read from the file into `slot` unless it
+/// holds them already: a range's end lies anywhere ahead of the scan, and moving the reader's
+/// window there and back would read a chunk each time.
+fn read_unit<'a, F: StorageFile>(
+    slot: &'a mut Option<(u64, usize, AlignedBuf)>,
+    unit: u64,
+    reader: &ChunkReader<F>,
+    base: u64,
+) -> Result<&'a [u8]> {
+    if !matches!(slot, Some((at, ..)) if *at == base) {
+        let mut buf = match slot.take() {
+            Some((.., buf)) => buf,
+            None => AlignedBuf::zeroed(unit as usize, unit as usize),
+        };
+        let read = read_at(reader, &mut buf, base)?;
+        *slot = Some((base, read, buf));
+    }
+    let (_, read, buf) = slot.as_ref().expect("read above");
+    Ok(&buf[..*read])
+}
+
+/// The CRC32C from the sums' origin to `upto` bytes into a sector, given `sums` from the one
+/// before the sector on and `bytes` of the sector as read now, whose first `len` were summed:
+/// `None` where they are not the bytes summed.
+fn within(sums: &[u32], bytes: &[u8], len: usize, upto: u64) -> Option<u32> {
+    let bytes = bytes.get(..len)?;
+    count_checksummed(len);
+    let (head, tail) = bytes.split_at(upto as usize);
+    let sum = crc32c_append(sums[0], head);
+    (crc32c_append(sum, tail) == sums[1]).then_some(sum)
 }
 
 fn read_at<F: StorageFile>(reader: &ChunkReader<F>, buf: &mut [u8], at: u64) -> Result<usize> {
