@@ -15,7 +15,7 @@ use crate::format::layout::round_up;
 use crate::format::preamble::PREAMBLE_SIZE;
 use crate::segment::reader::ChunkReader;
 use crate::segment::running::CHECKSUMMED;
-use crate::storage::{FaultConfig, SECTOR, SimStorage, Storage, StorageFile};
+use crate::storage::{FaultConfig, SECTOR, SimRng, SimStorage, Storage, StorageFile};
 use crate::types::{Lsn, RecordType, Scope};
 use crate::{CorruptionKind, ReadOnlyWal, Record, SegmentedWal, SegmentedWalConfig, WalError};
 
@@ -177,34 +177,29 @@ fn written_segments(block: usize) -> Vec<(Vec<u8>, u32)> {
     names.iter().map(segment).map(|b| (b.clone(), RecordHeader::decode(&b[16..]).expect("header frame").salt)).collect()
 }
 
-/// A small deterministic generator for damage.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-    *state >> 33
-}
-
 /// `bytes` with a few random changes: bit flips, zeroed runs, a cut, copied runs, and headers
 /// claiming frames to the end or past it.
 fn damaged(bytes: &[u8], seed: u64) -> Vec<u8> {
     let mut out = bytes.to_vec();
-    let mut state = seed;
-    for _ in 0..1 + next(&mut state) % 6 {
-        let at = next(&mut state) as usize % out.len();
-        match next(&mut state) % 6 {
-            0 => out[at] ^= 1 << (next(&mut state) % 8),
-            1 => out[at..].iter_mut().take(1 + next(&mut state) as usize % 9000).for_each(|b| *b = 0),
+    let mut rng = SimRng::new(seed);
+    for _ in 0..1 + rng.below(6) {
+        let at = rng.below(out.len() as u64) as usize;
+        let sector = at & !(SECTOR - 1);
+        match rng.below(6) {
+            0 => out[at] ^= 1 << rng.below(8),
+            1 => out[at..].iter_mut().take(1 + rng.below(9000) as usize).for_each(|b| *b = 0),
             2 => out.truncate(at.max(HEADER_LEN)),
             3 => {
-                let from = next(&mut state) as usize % out.len();
+                let from = rng.below(out.len() as u64) as usize;
                 let run: Vec<u8> = out[from..].iter().take(6000).copied().collect();
                 put(&mut out, at, &run);
             }
-            4 if out.len() - (at & !511) >= HEADER_LEN => {
-                let at = at & !511;
-                let len = (out.len() - at).saturating_sub(HEADER_LEN) + next(&mut state) as usize % 3 * 100;
-                header(5, 7, RecordType::optional(0x100), len.saturating_sub(100)).encode_into(&mut out[at..]);
+            4 if out.len() - sector >= HEADER_LEN => {
+                // A claim 100 bytes short of the end, to it, or 100 bytes past it.
+                let len = (out.len() - sector - HEADER_LEN + rng.below(3) as usize * 100).saturating_sub(100);
+                header(5, 7, RecordType::optional(0x100), len).encode_into(&mut out[sector..]);
             }
-            _ => out[at] = next(&mut state) as u8,
+            _ => out[at] = rng.next_u64() as u8,
         }
     }
     out
@@ -217,7 +212,7 @@ fn the_look_finds_what_checking_every_frame_in_full_finds_on_damaged_segments() 
         let segments = written_segments(block);
         assert!(segments.len() >= 3, "a log of several segments");
         for (k, (bytes, salt)) in segments.iter().enumerate() {
-            for seed in 0..12u64 {
+            for seed in 0..30u64 {
                 let bytes = if seed == 0 { bytes.clone() } else { damaged(bytes, seed * 31 + k as u64 + block as u64) };
                 let view = VIEWS[(seed as usize + k) % VIEWS.len()];
                 for from in [512, 777, 4096, bytes.len() as u64 / 3] {
