@@ -400,3 +400,5 @@ fn opening_a_segment_with_a_lost_head_and_headers_each_claiming_a_frame_to_its_e
         assert!(matches!(err, WalError::Corruption { kind: CorruptionKind::BadSegmentHeader, .. }), "{err}");
     }
 }
+
+mod attacks;
