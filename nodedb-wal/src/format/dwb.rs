@@ -763,4 +763,11 @@ mod tests {
             }
         }
     }
+
+    /// Error messages name a page file by its bare number ("page file 3 is not registered").
+    #[test]
+    fn a_file_id_displays_as_its_bare_number() {
+        assert_eq!(FileId(3).to_string(), "3");
+        assert_eq!(FileId(u32::MAX).to_string(), u32::MAX.to_string());
+    }
 }
