@@ -258,3 +258,172 @@ impl HeaderIndex {
         Some(index)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{RecordType, Scope};
+
+    fn header(lsn: u64, salt: u32, payload_len: u32) -> RecordHeader {
+        RecordHeader {
+            lsn: Lsn(lsn),
+            durable_lsn: Lsn(lsn - 1),
+            salt,
+            record_type: RecordType::optional(0x100),
+            scope: Scope { database: 1, tenant: 2, vshard: 3 },
+            payload_len,
+            flags: 0,
+        }
+    }
+
+    /// Three records of 100-byte payloads from LSN 10, packed one after another from 4096.
+    fn three() -> HeaderIndex {
+        let mut index = HeaderIndex::new(SegmentId(3), 9, Lsn(10));
+        for i in 0..3 {
+            index.push(4096 + i * (HEADER_LEN as u64 + 100), &header(10 + i, 9, 100));
+        }
+        index
+    }
+
+    /// The CRC recomputed over altered bytes, so that only the rule under test can refuse them.
+    fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+        let at = bytes.len() - 4;
+        let crc = crc32c(&bytes[..at]);
+        bytes[at..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    fn le(bytes: &[u8], at: usize, len: usize) -> u64 {
+        bytes[at..at + len].iter().rev().fold(0, |acc, &b| acc << 8 | u64::from(b))
+    }
+
+    #[test]
+    fn every_field_lies_where_the_format_table_puts_it() {
+        let index = three();
+        let bytes = index.encode();
+        assert_eq!(bytes.len(), HeaderIndex::encoded_len(3));
+        assert_eq!(bytes.len(), 32 + 3 * 56 + 4);
+        assert_eq!(&bytes[0..4], b"NWHX");
+        assert_eq!((le(&bytes, 4, 2), le(&bytes, 6, 2)), (1, 0), "version, reserved");
+        assert_eq!((le(&bytes, 8, 8), le(&bytes, 16, 4), le(&bytes, 20, 4), le(&bytes, 24, 8)), (3, 9, 3, 10));
+        for (i, (offset, header)) in index.entries().iter().enumerate() {
+            let at = 32 + i * 56;
+            assert_eq!(le(&bytes, at, 8), *offset);
+            let mut expected = [0u8; HEADER_LEN];
+            header.encode_into(&mut expected);
+            assert_eq!(bytes[at + 8..at + 56], expected, "entry {i}: the frame's header, checksum field zero");
+        }
+        let crc_at = bytes.len() - 4;
+        assert_eq!(le(&bytes, crc_at, 4), u64::from(crc32c(&bytes[..crc_at])));
+        assert_eq!(HeaderIndex::decode(&bytes), Some(index));
+    }
+
+    #[test]
+    fn the_end_lsn_is_the_one_after_the_last_record() {
+        assert_eq!(three().end_lsn(), Lsn(13));
+        assert_eq!(HeaderIndex::new(SegmentId(1), 1, Lsn(7)).end_lsn(), Lsn(7));
+    }
+
+    #[test]
+    fn entries_are_handed_out_in_the_order_pushed_and_a_reset_drops_them() {
+        let mut index = three();
+        let offsets: Vec<u64> = index.entries().iter().map(|(offset, _)| *offset).collect();
+        assert_eq!(offsets, [4096, 4096 + 148, 4096 + 2 * 148]);
+        assert_eq!(index.clone().into_entries(), index.entries());
+        index.reset(SegmentId(4), 8, Lsn(40));
+        assert_eq!(index, HeaderIndex::new(SegmentId(4), 8, Lsn(40)));
+    }
+
+    #[test]
+    fn encoding_into_a_used_buffer_gives_the_same_bytes() {
+        let index = three();
+        let mut reused = vec![0xAA; HeaderIndex::encoded_len(3)];
+        index.encode_into(&mut reused);
+        assert_eq!(reused, index.encode());
+    }
+
+    #[test]
+    fn a_fixed_field_off_the_format_is_no_index_even_under_a_valid_crc() {
+        let bytes = three().encode();
+        for (what, at, value) in [("magic", 0, b'X'), ("version", 4, 2), ("version", 4, 0), ("reserved", 6, 1), ("reserved", 7, 1)] {
+            let mut altered = bytes.clone();
+            altered[at] = value;
+            assert_eq!(HeaderIndex::decode(&resealed(altered)), None, "{what} byte {at} = {value}");
+        }
+        for count in [2u32, 4, u32::MAX] {
+            let mut altered = bytes.clone();
+            altered[20..24].copy_from_slice(&count.to_le_bytes());
+            assert_eq!(HeaderIndex::decode(&resealed(altered)), None, "a count of {count} for 3 entries");
+        }
+    }
+
+    #[test]
+    fn a_torn_or_extended_index_is_no_index() {
+        let bytes = three().encode();
+        assert_eq!(HeaderIndex::decode(&bytes[..bytes.len() - 1]), None);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(HeaderIndex::decode(&resealed(longer)), None);
+        let empty = HeaderIndex::new(SegmentId(1), 1, Lsn(1)).encode();
+        assert_eq!(HeaderIndex::decode(&empty[..FIXED_LEN + 3]), None, "shorter than an empty index");
+        assert_eq!(HeaderIndex::decode(&[]), None);
+        let mut flipped = bytes;
+        flipped[FIXED_LEN] ^= 1;
+        assert_eq!(HeaderIndex::decode(&flipped), None, "the CRC covers the entries");
+    }
+
+    #[test]
+    fn an_entry_of_another_salt_or_out_of_lsn_order_is_no_index() {
+        let entries = [(9, 10), (8, 11), (9, 12)];
+        let mut other_salt = HeaderIndex::new(SegmentId(3), 9, Lsn(10));
+        for (i, (salt, lsn)) in entries.into_iter().enumerate() {
+            other_salt.push(4096 + i as u64 * 148, &header(lsn, salt, 100));
+        }
+        assert_eq!(HeaderIndex::decode(&other_salt.encode()), None, "salt");
+        for lsns in [[10, 12, 13], [10, 11, 11], [11, 12, 13], [9, 10, 11]] {
+            let mut index = HeaderIndex::new(SegmentId(3), 9, Lsn(10));
+            for (i, lsn) in lsns.into_iter().enumerate() {
+                index.push(4096 + i as u64 * 148, &header(lsn, 9, 100));
+            }
+            assert_eq!(HeaderIndex::decode(&index.encode()), None, "LSNs {lsns:?} from 10");
+        }
+    }
+
+    /// A frame may start where the one before it ends, and not a byte sooner; the first may
+    /// start anywhere (a segment's first record is past its header block).
+    #[test]
+    fn frames_lie_at_rising_offsets_that_do_not_overlap() {
+        let at = |offsets: [u64; 2]| {
+            let mut index = HeaderIndex::new(SegmentId(3), 9, Lsn(10));
+            index.push(offsets[0], &header(10, 9, 100));
+            index.push(offsets[1], &header(11, 9, 100));
+            HeaderIndex::decode(&index.encode())
+        };
+        let frame = HEADER_LEN as u64 + 100;
+        assert!(at([0, frame]).is_some(), "back to back from 0");
+        assert!(at([4096, 4096 + frame]).is_some());
+        assert!(at([4096, 8192]).is_some(), "a gap (padding) between them");
+        assert_eq!(at([4096, 4096 + frame - 1]), None, "overlapping by a byte");
+        assert_eq!(at([4096, 4096]), None);
+        assert_eq!(at([4096, 0]), None, "falling");
+        assert_eq!(at([u64::MAX - 10, u64::MAX]), None, "a frame past the end of any file");
+    }
+
+    /// The LSN after the last record must not pass [`Lsn::LIMIT`], so `end_lsn` cannot wrap.
+    #[test]
+    fn the_last_lsn_of_an_index_lies_below_the_limit() {
+        let limit = Lsn::LIMIT.0;
+        let index = |first: u64, count: u64| {
+            let mut index = HeaderIndex::new(SegmentId(3), 9, Lsn(first));
+            for i in 0..count {
+                index.push(4096 + i * 148, &header(first + i, 9, 100));
+            }
+            index.encode()
+        };
+        assert!(HeaderIndex::decode(&index(limit - 2, 2)).is_some());
+        assert_eq!(HeaderIndex::decode(&index(limit - 1, 2)), None);
+        assert!(HeaderIndex::decode(&index(limit, 0)).is_some(), "an empty index ends where it starts");
+        assert_eq!(HeaderIndex::decode(&index(limit + 1, 0)), None);
+        assert_eq!(HeaderIndex::decode(&index(u64::MAX, 0)), None);
+    }
+}
