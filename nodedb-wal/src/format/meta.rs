@@ -187,4 +187,58 @@ mod tests {
         bad[15] = 1;
         assert_eq!(SegmentEndPayload::decode(&bad), None);
     }
+
+    #[test]
+    fn block_lengths_are_exactly_the_powers_of_two_from_512_bytes_to_1_mib() {
+        for shift in 0..64 {
+            assert_eq!(is_block_len(1 << shift), (9..=20).contains(&shift), "2^{shift}");
+        }
+        for len in [0, 3, 513, 3000, 4095, 4097, (1 << 20) - 1, (1 << 20) + 512, u64::MAX] {
+            assert!(!is_block_len(len), "{len}");
+        }
+    }
+
+    #[test]
+    fn a_segment_header_with_a_block_length_off_the_format_is_refused() {
+        let with = |block_len| SegmentHeaderPayload { segment_id: SegmentId(9), first_lsn: Lsn(1), salt: 77, block_len, kdf_salt: [0; 16] };
+        for block_len in [512, 4096, 1 << 20] {
+            assert_eq!(SegmentHeaderPayload::decode(&with(block_len).encode()), Some(with(block_len)), "{block_len}");
+        }
+        for block_len in [0, 256, 1000, 2 << 20] {
+            assert_eq!(SegmentHeaderPayload::decode(&with(block_len).encode()), None, "{block_len}");
+        }
+    }
+
+    #[test]
+    fn segment_header_fields_lie_where_the_format_table_puts_them() {
+        let h = SegmentHeaderPayload {
+            segment_id: SegmentId(0x0102_0304_0506_0708),
+            first_lsn: Lsn(0x1112_1314),
+            salt: 0x2122_2324,
+            block_len: 4096,
+            kdf_salt: [0x31; 16],
+        };
+        let bytes = h.encode();
+        assert_eq!(bytes[0..8], 0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(bytes[8..16], 0x1112_1314u64.to_le_bytes());
+        assert_eq!(bytes[16..20], 0x2122_2324u32.to_le_bytes());
+        assert_eq!(bytes[20..24], 4096u32.to_le_bytes());
+        assert_eq!(bytes[24..40], [0x31; 16]);
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(SegmentHeaderPayload::decode(&longer), None);
+    }
+
+    /// Any other length is refused, not read past its end.
+    #[test]
+    fn a_segment_end_of_any_other_length_is_refused() {
+        let bytes = SegmentEndPayload { records_end: 8192 }.encode();
+        assert_eq!(bytes[0..8], 8192u64.to_le_bytes());
+        for len in [0, 8, 15] {
+            assert_eq!(SegmentEndPayload::decode(&bytes[..len]), None, "{len} bytes");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(SegmentEndPayload::decode(&longer), None, "17 bytes");
+    }
 }
