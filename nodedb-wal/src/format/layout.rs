@@ -167,6 +167,7 @@ pub fn write_header_block(buf: &mut [u8], preamble: &SegmentPreamble, header: &S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::frame::decode_frame;
 
     #[test]
     fn padded_len_always_leaves_room_for_a_padding_frame() {
@@ -176,5 +177,70 @@ mod tests {
             assert!(p == used || p - used >= HEADER_LEN, "used {used} padded {p}");
             assert!(p - used < 4096 + HEADER_LEN);
         }
+    }
+
+    #[test]
+    fn round_up_gives_the_first_multiple_of_the_block_at_or_after_n() {
+        for block in [512u64, 4096, 1 << 20] {
+            for n in [0, 1, block - 1, block, block + 1, 3 * block - 1, 3 * block] {
+                let up = round_up(n, block);
+                assert!(up.is_multiple_of(block) && up >= n && up - n < block, "round_up({n}, {block}) = {up}");
+            }
+        }
+        assert_eq!((round_up(1, 4096), round_up(4097, 4096), round_up(8192, 4096)), (4096, 8192, 8192));
+    }
+
+    /// The padding frame takes the batch exactly to its padded length, and zeroes what it covers.
+    #[test]
+    fn padding_is_one_frame_from_the_last_record_to_the_batch_end() {
+        for used in [0, 100, 4096 - HEADER_LEN, 4090, 4096 + 1] {
+            let mut batch = vec![0xEEu8; padded_len(used, 4096)];
+            write_padding(&mut batch, used, Lsn(5), Lsn(4), 7);
+            if batch.len() == used {
+                continue;
+            }
+            assert!(batch[..used].iter().all(|&b| b == 0xEE), "used {used}: the records stay as they were");
+            let padding = decode_frame(&batch[used..]).expect("a padding frame");
+            assert_eq!(padding, meta_header(RecordType::PADDING, Lsn(5), Lsn(4), 7, batch.len() - used - HEADER_LEN));
+            assert!(batch[used + HEADER_LEN..].iter().all(|&b| b == 0), "used {used}: the padding is zeros");
+        }
+    }
+
+    #[test]
+    fn a_batch_already_on_its_boundary_gets_no_padding() {
+        let mut batch = vec![0xEEu8; 4096];
+        write_padding(&mut batch, 4096, Lsn(5), Lsn(4), 7);
+        assert!(batch.iter().all(|&b| b == 0xEE));
+    }
+
+    #[test]
+    fn a_segment_end_frame_is_as_long_as_its_header_and_payload() {
+        assert_eq!(END_FRAME_LEN, HEADER_LEN + 16);
+        let mut buf = [0u8; 512];
+        assert_eq!(write_segment_end(&mut buf, 64, 8192, Lsn(10), Lsn(9), 7), END_FRAME_LEN);
+        let end = decode_frame(&buf[64..]).expect("an end frame");
+        assert_eq!(end, meta_header(RecordType::SEGMENT_END, Lsn(10), Lsn(9), 7, 16));
+        assert_eq!(SegmentEndPayload::decode(&buf[64 + HEADER_LEN..64 + END_FRAME_LEN]), Some(SegmentEndPayload { records_end: 8192 }));
+    }
+
+    /// Block 0 is the preamble, the header frame right after it, then padding to the block's end.
+    #[test]
+    fn the_header_block_is_preamble_header_frame_and_padding_to_its_end() {
+        let header = SegmentHeaderPayload {
+            segment_id: crate::types::SegmentId(3),
+            first_lsn: Lsn(100),
+            salt: 9,
+            block_len: 512,
+            kdf_salt: [0; 16],
+        };
+        let mut block = vec![0xFFu8; 512];
+        write_header_block(&mut block, &SegmentPreamble::plaintext_wal(), &header, Lsn(99));
+        assert_eq!(SegmentPreamble::decode(&block), Ok(SegmentPreamble::plaintext_wal()));
+        let frame = decode_frame(&block[PREAMBLE_SIZE..]).expect("the header frame");
+        assert_eq!(frame, meta_header(RecordType::SEGMENT_HEADER, Lsn(100), Lsn(99), 9, 40));
+        let used = PREAMBLE_SIZE + frame.frame_len();
+        assert_eq!(SegmentHeaderPayload::decode(&block[PREAMBLE_SIZE + HEADER_LEN..used]), Some(header));
+        let padding = decode_frame(&block[used..]).expect("padding after the header frame");
+        assert_eq!((padding.record_type, used + padding.frame_len()), (RecordType::PADDING, 512));
     }
 }
