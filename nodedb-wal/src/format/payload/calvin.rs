@@ -105,4 +105,24 @@ mod tests {
         assert_eq!(CalvinAppliedPayload::decode(&c.encode()), Ok(c));
         assert_eq!(CalvinAppliedPayload::decode(&c.encode()[..15]), Err(PayloadError::Truncated));
     }
+
+    #[test]
+    fn calvin_applied_fields_lie_where_the_format_table_puts_them() {
+        let bytes = CalvinAppliedPayload { epoch: 0x0102_0304_0506_0708, position: 0x1112_1314, vshard: 0x2122_2324 }.encode();
+        assert_eq!(bytes[0..8], 0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(bytes[8..12], 0x1112_1314u32.to_le_bytes());
+        assert_eq!(bytes[12..16], 0x2122_2324u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_calvin_payload_of_any_other_length_is_refused() {
+        let bytes = CalvinAppliedPayload { epoch: 1, position: 2, vshard: 3 }.encode().to_vec();
+        for len in [0, 8, 12, 15] {
+            assert_eq!(CalvinAppliedPayload::decode(&bytes[..len]), Err(PayloadError::Truncated), "{len} bytes");
+        }
+        for extra in [1, 16] {
+            let longer = [&bytes[..], &vec![0; extra]].concat();
+            assert_eq!(CalvinAppliedPayload::decode(&longer), Err(PayloadError::TrailingBytes), "{extra} bytes more");
+        }
+    }
 }
