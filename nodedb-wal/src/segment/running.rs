@@ -245,3 +245,62 @@ pub(crate) fn count_checksummed(_bytes: usize) {
     #[cfg(test)]
     CHECKSUMMED.set(CHECKSUMMED.get() + _bytes as u64);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::format::frame::encode_frame;
+    use crate::segment::reader::DEFAULT_CHUNK;
+    use crate::storage::{FaultConfig, OpenMode, SimStorage, Storage};
+    use crate::types::{Lsn, RecordType, Scope};
+
+    /// A reader over a file of `len` zero bytes but for a frame of 100 payload bytes at `at`.
+    fn file_with_frame(len: usize, at: usize) -> (ChunkReader<<SimStorage as Storage>::File>, RecordHeader) {
+        let header = RecordHeader {
+            lsn: Lsn(5),
+            durable_lsn: Lsn(4),
+            salt: 7,
+            record_type: RecordType::optional(0x100),
+            scope: Scope::default(),
+            payload_len: 100,
+            flags: 0,
+        };
+        let mut bytes = vec![0u8; len];
+        encode_frame(&header, &[9; 100], &mut bytes[at..]);
+        let (sim, path) = (SimStorage::new(1, FaultConfig::default()), Path::new("/running/seg"));
+        sim.create_dir_all(Path::new("/running")).expect("dir");
+        let file = sim.open(path, OpenMode { create: true, create_new: false, write: true, direct: false }).expect("open");
+        file.write_at(&bytes, 0).expect("write");
+        (ChunkReader::new(file, path.to_path_buf(), len as u64, 512, DEFAULT_CHUNK), header)
+    }
+
+    #[test]
+    fn a_frame_ending_exactly_where_the_bytes_read_end_is_intact() {
+        let (mut reader, header) = file_with_frame(512 + 148, 512);
+        let running = Running::over(&reader, 0, 512 + 148).expect("read");
+        assert_eq!(running.intact_frame(&mut reader, 512, Some(7)).expect("read"), Some(header));
+    }
+
+    /// From an origin past 0, the pass still stops at the length it was given, not past it.
+    #[test]
+    fn nothing_past_the_length_asked_for_is_read_or_found() {
+        let (mut reader, _) = file_with_frame(8192, 4096);
+        let running = Running::over(&reader, 512, 4096).expect("read");
+        assert_eq!(running.end, 4096);
+        assert_eq!(running.intact_frame(&mut reader, 4096, None).expect("read"), None);
+    }
+
+    /// A file may be shorter than listed; the pass ends where its bytes do (a multiple of the
+    /// stride here, so only the short read itself says the file ended).
+    #[test]
+    fn a_file_shorter_than_listed_ends_the_pass_where_its_bytes_end() {
+        let (reader, _) = file_with_frame(4096, 512);
+        let before = CHECKSUMMED.get();
+        let running = Running::over(&reader, 0, 1 << 20).expect("read");
+        assert_eq!(CHECKSUMMED.get() - before, 4096, "every byte read is counted, once");
+        assert_eq!(running.end, 4096);
+        assert_eq!(running.sums.len(), 4096 / STRIDE as usize + 1);
+    }
+}
