@@ -10,7 +10,7 @@ use crate::error::{Result, WalError};
 #[derive(Debug, Default)]
 struct Inner {
     keys: BTreeMap<u32, Arc<SecureKey>>,
-    /// Ids let go by [`KeyRing::retire`]: never taken again.
+    /// Ids let go by [`KeyRing::retire`]: never taken again by this ring.
     retired: BTreeSet<u32>,
     active: Option<u32>,
     refuse_plaintext: bool,
@@ -30,7 +30,8 @@ impl Inner {
 /// Keys by id. The active key encrypts every segment created from now on; the others keep
 /// decrypting older segments. The log never removes a key on its own: a segment names its key
 /// id in its preamble and is unreadable without it. The caller retires a key once no segment
-/// needs it ([`crate::SegmentedWal::retire_key`]); its id is then never taken again.
+/// needs it ([`crate::SegmentedWal::retire_key`]); the ring then refuses its id for as long as
+/// it lives ([`Self::retire`] says how to keep it refused across restarts).
 ///
 /// # Examples
 ///
