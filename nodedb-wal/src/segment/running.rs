@@ -303,4 +303,44 @@ mod tests {
         assert_eq!(running.end, 4096);
         assert_eq!(running.sums.len(), 4096 / STRIDE as usize + 1);
     }
+
+    /// A reader over `bytes` that has the file as `listed` bytes long.
+    fn reader_over(bytes: &[u8], listed: u64) -> ChunkReader<<SimStorage as Storage>::File> {
+        let (sim, path) = (SimStorage::new(1, FaultConfig::default()), Path::new("/running/seg"));
+        sim.create_dir_all(Path::new("/running")).expect("dir");
+        let file = sim.open(path, OpenMode { create: true, create_new: false, write: true, direct: false }).expect("open");
+        file.write_at(bytes, 0).expect("write");
+        ChunkReader::new(file, path.to_path_buf(), listed, 512, DEFAULT_CHUNK)
+    }
+
+    /// A look past damage that checks only frames near its start reads no further for them:
+    /// the sums are taken a chunk at a time, up to the first chunk reaching the point asked for.
+    #[test]
+    fn the_sums_stop_at_the_first_chunk_reaching_the_point_asked_for() {
+        let len = 3 * SUMS_CHUNK as u64;
+        let reader = reader_over(&vec![0; len as usize], len);
+        let mut sums = AlignedSums::new(&reader, 0);
+        let before = CHECKSUMMED.get();
+        assert!(sums.reach(&reader, SUMS_CHUNK as u64).expect("read"));
+        assert_eq!(sums.end, SUMS_CHUNK as u64, "one chunk reaches the point asked for");
+        assert_eq!(CHECKSUMMED.get() - before, SUMS_CHUNK as u64);
+        assert!(sums.reach(&reader, SUMS_CHUNK as u64 + 1).expect("read"));
+        assert_eq!(sums.end, 2 * SUMS_CHUNK as u64);
+        assert!(!sums.done);
+    }
+
+    /// Bytes past the length the reader has (a live writer's, in a read-only look) are not
+    /// summed, from any origin: a frame may not reach into them.
+    #[test]
+    fn the_sums_stop_at_the_length_the_reader_has_not_at_the_bytes_past_it() {
+        let reader = reader_over(&[1; 8192], 1000);
+        for from in [0, 512, 777] {
+            let mut sums = AlignedSums::new(&reader, from);
+            let before = CHECKSUMMED.get();
+            assert!(sums.reach(&reader, 1000).expect("read"));
+            assert_eq!((sums.end, sums.done), (1000, true), "from {from}");
+            assert_eq!(CHECKSUMMED.get() - before, 1000 - sums.origin, "from {from}");
+            assert!(!sums.reach(&reader, 1001).expect("read"), "from {from}");
+        }
+    }
 }
