@@ -331,6 +331,28 @@ fn a_look_checks_headers_each_claiming_a_frame_to_the_end_at_a_cost_linear_in_th
     }
 }
 
+/// Frames no longer than a step cost what their bytes do: each is checked in full, once, and
+/// no running checksums are taken for them (those would read and sum up to a chunk more).
+#[test]
+fn frames_no_longer_than_a_step_are_checked_in_full_without_running_checksums() {
+    let step = 4096;
+    let mut bytes = Vec::new();
+    for lsn in 10..74 {
+        let len = if lsn % 2 == 0 { step - HEADER_LEN } else { 100 };
+        let f = frame(lsn, 7, RecordType::optional(0x100), len, lsn as u8);
+        bytes.extend_from_slice(&f);
+        bytes.resize(round_up(bytes.len() as u64, step as u64) as usize, 0);
+    }
+    let frames: u64 = (10..74).map(|lsn| if lsn % 2 == 0 { step } else { HEADER_LEN + 100 } as u64).sum();
+    for view in VIEWS.into_iter().filter(|v| v.listed_delta == 0) {
+        let mut reader = reader(Image::new(&bytes, view.align), bytes.len(), view);
+        CHECKSUMMED.set(0);
+        let claims = scan_claims(&mut reader, 0, step as u64, Some(7)).expect("scan");
+        assert_eq!(claims, Claims { durable: Some(Lsn(72)), debris: false, foreign: false }, "{view:?}");
+        assert_eq!(CHECKSUMMED.get(), frames, "each frame once, in full ({view:?})");
+    }
+}
+
 /// Length of the crafted segments opened below.
 const SEGMENT_LEN: usize = 2 << 20;
 
