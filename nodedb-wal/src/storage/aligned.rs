@@ -117,6 +117,16 @@ impl AlignedBuf {
         self.layout.align()
     }
 
+    /// The buffer's length in bytes, read from its layout rather than through a slice of the
+    /// whole buffer (as `[u8]::len` would, by `Deref`): a batch buffer's length is asked while
+    /// appenders write into its regions, and a shared slice over bytes another thread is
+    /// writing is a data race (Miri found it, docs/TESTING.md).
+    #[must_use]
+    #[expect(clippy::len_without_is_empty, reason = "never empty: `zeroed` makes at least one block")]
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
     /// Raw pointer to the first byte, for the batch buffer's disjoint regions.
     pub(super) fn as_mut_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()

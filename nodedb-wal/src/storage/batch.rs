@@ -291,4 +291,36 @@ mod tests {
         drop(region);
         assert!(Arc::get_mut(&mut buf).is_some());
     }
+
+    /// The commit path's whole life of a batch, on threads: regions reserved under the plan's
+    /// lock are filled by their appenders while the plan seals the buffer and checks its
+    /// capacity (`Plan::seal_active`), and the flusher takes the buffer once the last region
+    /// is dropped. Under Miri this checks that no access to the whole buffer overlaps an
+    /// appender's writes, and that dropping a region orders its bytes before the flusher's
+    /// read (`cargo +nightly miri test`, docs/TESTING.md).
+    #[test]
+    fn appenders_on_threads_fill_disjoint_regions_while_the_buffer_is_sealed_and_the_flusher_reads_them_all() {
+        const REGIONS: usize = 4;
+        const REGION_LEN: usize = 24;
+        let mut buf = Arc::new(BatchBuf::new(REGIONS * REGION_LEN, 64, 64));
+        let regions: Vec<Region> = (0..REGIONS).map(|_| buf.try_reserve(REGION_LEN).unwrap()).collect();
+        let appenders: Vec<_> = regions
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut region)| std::thread::spawn(move || region.bytes().fill(index as u8 + 1)))
+            .collect();
+        assert_eq!(buf.seal(), REGIONS * REGION_LEN);
+        assert!(buf.capacity() >= REGIONS * REGION_LEN, "sealing checks the padded batch fits");
+        // The flusher's wait: no join, only the last region's drop orders the appenders' bytes.
+        while Arc::get_mut(&mut buf).is_none() {
+            std::thread::yield_now();
+        }
+        let whole = Arc::get_mut(&mut buf).unwrap().bytes_mut();
+        for (index, bytes) in whole[..REGIONS * REGION_LEN].chunks(REGION_LEN).enumerate() {
+            assert!(bytes.iter().all(|&b| b == index as u8 + 1), "region {index}: {bytes:?}");
+        }
+        for appender in appenders {
+            appender.join().unwrap();
+        }
+    }
 }
