@@ -33,6 +33,12 @@ pub fn unlock(buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether secrets' pages are locked and kept out of core dumps. Miri runs neither `mlock` nor
+/// `madvise`; both change only how the kernel treats the pages, never what they hold, so under
+/// Miri secrets live on plain pages and Miri still checks how their memory is made, written,
+/// zeroed and freed (docs/TESTING.md, "Miri and the sanitizers").
+const KERNEL_TREATMENT: bool = !cfg!(miri);
+
 /// A page of its own for a secret: a page-aligned allocation of whole pages, locked into RAM
 /// where the limit allows, left out of core dumps, zeroed and unlocked on drop.
 ///
@@ -79,9 +85,11 @@ impl SecretPage {
         let mut page = SecretPage { ptr, layout, len, locked: false };
         // Locking and advice only change how the kernel treats the pages; a failure leaves the
         // secret usable, only less protected.
-        page.locked = lock(page.pages()).is_ok();
-        // SAFETY: the range is the allocation just made, page-aligned and of whole pages.
-        let _ = unsafe { rustix::mm::madvise(raw.cast(), layout.size(), rustix::mm::Advice::LinuxDontDump) };
+        if KERNEL_TREATMENT {
+            page.locked = lock(page.pages()).is_ok();
+            // SAFETY: the range is the allocation just made, page-aligned and of whole pages.
+            let _ = unsafe { rustix::mm::madvise(raw.cast(), layout.size(), rustix::mm::Advice::LinuxDontDump) };
+        }
         page
     }
 
@@ -122,9 +130,11 @@ impl Drop for SecretPage {
         // neighbours again: left out of dumps, each freed secret's pages stayed a mapping of
         // their own, and a process that makes secrets for months (a cipher per segment per
         // reader) ran towards `vm.max_map_count`, past which no memory can be mapped.
-        // SAFETY: advice on the allocation this value owns; it changes only what a core dump
-        // holds, never the contents.
-        let _ = unsafe { rustix::mm::madvise(self.ptr.as_ptr().cast(), self.layout.size(), rustix::mm::Advice::LinuxDoDump) };
+        if KERNEL_TREATMENT {
+            // SAFETY: advice on the allocation this value owns; it changes only what a core dump
+            // holds, never the contents.
+            let _ = unsafe { rustix::mm::madvise(self.ptr.as_ptr().cast(), self.layout.size(), rustix::mm::Advice::LinuxDoDump) };
+        }
         // SAFETY: allocated in `new` with this layout, freed once; no reference outlives `self`.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
@@ -241,6 +251,8 @@ mod tests {
     }
 
     #[test]
+    // Miri runs no `getrlimit` or `mlock` (see `KERNEL_TREATMENT`); every other build runs this.
+    #[cfg_attr(miri, ignore)]
     fn a_boxed_secret_is_locked_where_the_limit_allows() {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
         let boxed = SecretBox::new([7u64; 64]);
