@@ -29,7 +29,7 @@ pub struct Claims {
 /// Elsewhere, moves to the next multiple of `step`, noting non-zero bytes as debris.
 ///
 /// What each candidate frame costs is bounded whatever length it claims (see
-/// [`intact_frame`]): a file of headers each claiming a frame to its end once cost the square
+/// `intact_frame`): a file of headers each claiming a frame to its end once cost the square
 /// of its length (6.4 s to open a crafted 12 MiB segment).
 pub fn scan_claims<F: StorageFile>(reader: &mut ChunkReader<F>, from: u64, step: u64, salt: Option<u32>) -> Result<Claims> {
     let mut claims = Claims::default();
