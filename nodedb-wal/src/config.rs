@@ -45,9 +45,13 @@ pub struct SegmentedWalConfig {
     /// at most 64 GiB in all (buffers are allocated as they are needed).
     pub batch_buffers: usize,
     /// Largest payload `append` accepts. Larger payloads than `batch_bytes_max` get a batch of
-    /// their own, in a buffer of its own: such buffers hold at most four times the pool's
-    /// bytes (`batch_buffers` × `batch_bytes_max`) in all, in flight and kept for reuse (or
-    /// one that is larger still, alone in flight). A log whose records are often larger than a batch
+    /// their own, in a buffer of its own. Such buffers hold at most four times the pool's
+    /// bytes (`batch_buffers` × `batch_bytes_max`, 16 MiB by default) in all, in flight and
+    /// kept for reuse. While records larger than a third of that come, they may hold three
+    /// buffers of the largest of them instead, so up to about three times this limit (192 MiB
+    /// by default); one to two seconds after the last such record, the buffers beyond the
+    /// four pools are let go. A group or batch larger than one record of this limit goes alone,
+    /// with no other such buffer in flight. A log whose records are often larger than a batch
     /// goes faster with a larger `batch_bytes_max`.
     pub payload_bytes_max: usize,
     /// Write with O_DIRECT (the default), bypassing the page cache.

@@ -440,4 +440,39 @@ mod tests {
         let err = wal.sync().unwrap_err();
         assert!(matches!(err, WalError::Poisoned { .. }), "{err}");
     }
+
+    /// Bytes held by the one-off buffers of `wal`'s large records, in flight and kept.
+    fn one_off_bytes_held(wal: &SegmentedWal<SimStorage>) -> usize {
+        let plan = super::lock(&wal.committer().shared().plan);
+        plan.oversized_out + plan.spare_oversized.iter().map(|buf| buf.capacity()).sum::<usize>()
+    }
+
+    // The budget of one-off buffers grows while records larger than it come, so that several
+    // go at once and their buffers are kept for the next; it must not pin them for the life of
+    // the log. The deadline only stops a test that would otherwise wait for ever: the buffers
+    // go a second or two after the last large record.
+    #[test]
+    fn buffers_kept_for_a_burst_of_huge_records_are_let_go_once_they_stop_even_on_an_idle_log() {
+        let mut config = SegmentedWalConfig::new("/wal");
+        (config.batch_bytes_max, config.batch_buffers) = (64 << 10, 2);
+        let fixed = 4 * 2 * (64 << 10);
+        let wal = SegmentedWal::open_with(SimStorage::new(5, FaultConfig::default()), config).unwrap();
+        let huge = vec![7; fixed];
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..4 {
+                        wal.append_durable(Record::new(TY, &huge)).unwrap();
+                    }
+                });
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while one_off_bytes_held(&wal) > fixed {
+            assert!(std::time::Instant::now() < deadline, "{} bytes still held", one_off_bytes_held(&wal));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let lsn = wal.append_durable(Record::new(TY, &huge)).unwrap();
+        assert_eq!(lsn.0, 17, "the log goes on taking them");
+    }
 }

@@ -3,21 +3,25 @@
 //! no I/O; the flusher carries the plan out.
 //!
 //! The [`Plan`] and its moves are here; what it hands out is described in `batch` (batches
-//! and segments), `request` (what an append asks for and gets) and `turns` (the queue of
-//! appenders refused room).
+//! and segments), `request` (what an append asks for and gets), `turns` (the queue of
+//! appenders refused room) and `large` (the budget of one-off buffers grown for records
+//! larger than it).
 
 mod batch;
+mod large;
 mod request;
 mod turns;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::format::layout::{END_FRAME_LEN, padded_len};
 use crate::storage::BatchBuf;
 use crate::types::{Lsn, SegmentId};
 
 pub use self::batch::{Active, BatchMeta, Crypt, Identity, Sealed, SegmentPlan, Target};
+use self::large::{LARGE_FRAMES_HELD, LargeFrames, Look};
 pub use self::request::{Frames, Keys, LAST_ID, Limits, Reservation, Wait};
 pub use self::turns::{Turn, Turns};
 
@@ -51,6 +55,8 @@ pub struct Plan {
     pub space_waiters: usize,
     /// Appenders of oversized records refused room in flight, in the order they asked.
     pub oversized_turns: Turns,
+    /// The largest recent frame beyond the fixed budget of one-off buffers, which grows it.
+    large: LargeFrames,
 }
 
 impl Plan {
@@ -72,6 +78,7 @@ impl Plan {
             flusher_asleep: false,
             space_waiters: 0,
             oversized_turns: Turns::default(),
+            large: LargeFrames::default(),
         }
     }
 
@@ -162,7 +169,8 @@ impl Plan {
             // records wait for the disk as others do, instead of queueing buffers without end
             // (found by review: 100 appends of 4 MiB on a slow disk queued ~360 MiB). They go
             // in the order they first asked.
-            let room = self.oversized_out == 0 || self.oversized_out + frame_len <= self.limits.oversized_bytes();
+            self.note_large(frame_len);
+            let room = self.oversized_out == 0 || self.oversized_out + self.limits.buffer_bytes(frame_len) <= self.oversized_budget();
             if !room || !self.oversized_turns.is_turn(turn) {
                 self.oversized_turns.join(turn);
                 return Err(Wait::ForBuffer);
@@ -274,9 +282,64 @@ impl Plan {
         if let Some(fits) = self.spare_oversized.iter_mut().position(fits) {
             return self.spare_oversized.swap_remove(fits);
         }
-        let needed = self.oversized_out + frame_len + slack;
-        while self.spare_oversized_bytes() + needed > self.limits.oversized_bytes() && self.spare_oversized.pop().is_some() {}
+        let needed = self.oversized_out + self.limits.buffer_bytes(frame_len);
+        while self.spare_oversized_bytes() + needed > self.oversized_budget() && self.spare_oversized.pop().is_some() {}
         Arc::new(BatchBuf::new(frame_len, self.limits.block, slack))
+    }
+
+    /// Bytes one-off buffers may hold now, in flight and kept: the fixed budget, grown while
+    /// records larger than it come (see `large.rs`).
+    pub fn oversized_budget(&self) -> usize {
+        self.large.budget(self.limits.oversized_bytes())
+    }
+
+    /// Grows the budget for a frame of `frame_len` bytes if [`LARGE_FRAMES_HELD`] of its
+    /// buffers would not fit the fixed one, unless it is larger than any one record
+    /// ([`Limits::large_frame_max`]).
+    fn note_large(&mut self, frame_len: usize) {
+        if frame_len > self.limits.large_frame_max() {
+            return;
+        }
+        let bytes = self.limits.buffer_bytes(frame_len);
+        if LARGE_FRAMES_HELD.saturating_mul(bytes) > self.limits.oversized_bytes() {
+            self.large.note(bytes);
+        }
+    }
+
+    /// Whether the budget grown for large frames is still needed (`now` reads the clock, only
+    /// while it is grown). Once it shrinks, the kept buffers that no longer fit it go into
+    /// `let_go`, for the caller to drop once it has let go of the lock. Returns when the next
+    /// look is due, if one is: the flusher sleeps no longer than that, so that an idle log
+    /// lets them go too.
+    pub fn look_at_large(&mut self, now: impl FnOnce() -> Instant, let_go: &mut Vec<Arc<BatchBuf>>) -> Option<Duration> {
+        if !self.large.grown() {
+            return None;
+        }
+        match self.large.look(now()) {
+            Look::Idle => None,
+            Look::Again(after) => Some(after),
+            Look::Shrunk => {
+                self.trim_spare(let_go);
+                None
+            }
+        }
+    }
+
+    /// Moves into `let_go` the kept buffers that no longer fit the budget beside those in
+    /// flight.
+    fn trim_spare(&mut self, let_go: &mut Vec<Arc<BatchBuf>>) {
+        let budget = self.oversized_budget();
+        let mut held = self.oversized_out;
+        let mut i = 0;
+        while i < self.spare_oversized.len() {
+            let bytes = self.spare_oversized[i].capacity();
+            if held + bytes <= budget {
+                held += bytes;
+                i += 1;
+            } else {
+                let_go.push(self.spare_oversized.swap_remove(i));
+            }
+        }
     }
 
     fn spare_oversized_bytes(&self) -> usize {
@@ -284,7 +347,7 @@ impl Plan {
     }
 
     /// Takes back a written buffer. The pool keeps its own. One-off buffers of oversized
-    /// batches are kept too, while they and those in flight fit [`Limits::oversized_bytes`]: an ingest
+    /// batches are kept too, while they and those in flight fit [`Self::oversized_budget`]: an ingest
     /// loop appending groups larger than a batch otherwise paid for a fresh, zeroed buffer
     /// (page faults and all) for every group, and ran at ~0.5 of the same records appended
     /// one by one (`compare --pipelined --size 4k`, BENCHMARKS.md). Returns a buffer it lets
@@ -294,7 +357,7 @@ impl Plan {
     pub fn recycle(&mut self, mut buf: Arc<BatchBuf>, oversized: bool) -> Option<Arc<BatchBuf>> {
         if oversized {
             self.oversized_out -= buf.capacity();
-            if self.spare_oversized_bytes() + self.oversized_out + buf.capacity() <= self.limits.oversized_bytes() {
+            if self.spare_oversized_bytes() + self.oversized_out + buf.capacity() <= self.oversized_budget() {
                 self.spare_oversized.push(buf);
                 return None;
             }
@@ -326,11 +389,18 @@ fn sole(buf: &mut Arc<BatchBuf>) -> &mut BatchBuf {
 
 #[cfg(test)]
 mod tests {
+    use super::large::LET_GO_AFTER;
     use super::*;
     use crate::format::frame::HEADER_LEN;
 
     fn plan(target: u64) -> Plan {
-        let limits = Limits { block: 4096, batch_bytes_max: 16 * 1024, batch_buffers: 2, segment_bytes_target: target };
+        let limits = Limits {
+            block: 4096,
+            batch_bytes_max: 16 * 1024,
+            batch_buffers: 2,
+            segment_bytes_target: target,
+            payload_bytes_max: 32 * 1024,
+        };
         let segment = SegmentPlan { id: SegmentId(1), identity: None, generation: 0, first_lsn: Lsn(1), offset: 4096, started: false };
         Plan::new(limits, Lsn(1), segment)
     }
@@ -566,5 +636,136 @@ mod tests {
         assert_eq!(taken.meta.seq, 1);
         assert_eq!(p.batch_of(first), 1, "the batch being written");
         assert_eq!((p.batch_of(second), p.batch_of(third)), (2, 3));
+    }
+
+    /// A plan whose one-off buffers have a fixed budget of 128 KiB and whose records may be
+    /// up to 1 MiB: records of more than a third of the budget grow it.
+    fn plan_of_large_records() -> Plan {
+        let mut p = plan(1 << 30);
+        p.limits.payload_bytes_max = 1 << 20;
+        p
+    }
+
+    /// Bytes the one-off buffers hold, in flight and kept.
+    fn held(p: &Plan) -> usize {
+        p.oversized_out + p.spare_oversized_bytes()
+    }
+
+    #[test]
+    fn records_larger_than_the_fixed_budget_go_three_at_a_time_and_their_buffers_are_kept() {
+        let mut p = plan_of_large_records();
+        let fixed = p.limits.oversized_bytes();
+        let large = fixed * 3 / 4;
+        let written: Vec<_> = (0..3).map(|_| oversized_batch(&mut p, large)).collect();
+        assert!(matches!(p.reserve(Frames::one(large), &mut salt()), Err(Wait::ForBuffer)), "a fourth waits");
+        let kept_at: Vec<usize> = written.iter().map(|(_, at)| *at).collect();
+        for (buf, _) in written {
+            assert!(p.recycle(buf, true).is_none(), "kept");
+        }
+        let budget = p.oversized_budget();
+        assert!(budget > fixed && held(&p) <= budget, "{} bytes held against {budget}", held(&p));
+        for _ in 0..3 {
+            let (_, at) = oversized_batch(&mut p, large);
+            assert!(kept_at.contains(&at), "a kept buffer, not a fresh one");
+        }
+        assert!(p.spare_oversized.is_empty());
+    }
+
+    #[test]
+    fn buffers_kept_for_large_records_are_let_go_after_a_period_without_one() {
+        let mut p = plan_of_large_records();
+        let fixed = p.limits.oversized_bytes();
+        let (small, _) = oversized_batch(&mut p, 20 * 1024);
+        assert!(p.recycle(small, true).is_none());
+        for _ in 0..3 {
+            let (large, _) = oversized_batch(&mut p, fixed);
+            assert!(p.recycle(large, true).is_none());
+        }
+        assert!(held(&p) > fixed);
+
+        let start = Instant::now();
+        let at = |periods: u32| move || start + LET_GO_AFTER * periods;
+        let mut let_go = Vec::new();
+        assert_eq!(p.look_at_large(at(0), &mut let_go), Some(LET_GO_AFTER), "the first period starts");
+        assert_eq!(p.look_at_large(at(1), &mut let_go), Some(LET_GO_AFTER), "large records came in the first");
+        let (again, _) = oversized_batch(&mut p, fixed);
+        assert!(p.recycle(again, true).is_none());
+        assert_eq!(p.look_at_large(at(2), &mut let_go), Some(LET_GO_AFTER), "and in the second");
+        assert!(let_go.is_empty());
+        assert_eq!(p.look_at_large(at(3), &mut let_go), None, "none in the third");
+        assert_eq!(let_go.len(), 1, "the kept large buffer");
+        assert_eq!(p.spare_oversized.len(), 1, "the small one fits the fixed budget and stays");
+        assert_eq!(p.oversized_budget(), fixed);
+
+        // One in flight when the budget shrinks goes once it is written.
+        let (out, _) = oversized_batch(&mut p, fixed);
+        assert_eq!(p.look_at_large(at(4), &mut let_go), Some(LET_GO_AFTER));
+        assert_eq!(p.look_at_large(at(5), &mut let_go), Some(LET_GO_AFTER));
+        assert_eq!(p.look_at_large(at(6), &mut let_go), None);
+        assert!(p.recycle(out, true).is_some(), "not kept");
+        assert!(held(&p) <= fixed);
+    }
+
+    #[test]
+    fn a_group_larger_than_any_one_record_goes_alone_and_grows_no_budget() {
+        let mut p = plan_of_large_records();
+        let fixed = p.limits.oversized_bytes();
+        let group = Frames { records: 4, payload_bytes: 4 * p.limits.payload_bytes_max };
+        drop(p.reserve(group, &mut salt()).unwrap());
+        p.seal_active(false);
+        let alone = p.take_sealed().unwrap();
+        assert_eq!(p.oversized_budget(), fixed);
+        assert!(matches!(p.reserve(Frames::one(fixed), &mut salt()), Err(Wait::ForBuffer)), "nothing large goes beside it");
+        assert!(p.recycle(alone.buf, true).is_some(), "nor is it kept");
+    }
+
+    /// Random reservations of records small and large (and groups larger than any record),
+    /// written in order by a flusher that lags, and looks at a clock that runs on: the one-off
+    /// buffers never hold more than the documented bound, and an appender refused room always
+    /// has something in flight to wait for.
+    #[test]
+    fn one_off_buffers_never_hold_more_than_three_of_the_largest_record_or_one_frame_alone() {
+        let mut p = plan_of_large_records();
+        let bound = p.limits.oversized_bytes().max(3 * p.limits.buffer_bytes(p.limits.large_frame_max()));
+        let sizes = [100, 20 << 10, 50 << 10, 100 << 10, 300 << 10, 1 << 20, 3 << 20];
+        let mut x = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut in_flight = VecDeque::new();
+        let mut now = Instant::now();
+        let mut let_go = Vec::new();
+        for _ in 0..5000 {
+            match next(4) {
+                0 | 1 => {
+                    let size = sizes[next(sizes.len() as u64) as usize];
+                    let frames = Frames { records: 1 + usize::from(size > 1 << 20), payload_bytes: size };
+                    match p.reserve(frames, &mut salt()) {
+                        Ok(r) => drop(r),
+                        Err(Wait::ForBuffer) => assert!(!in_flight.is_empty() || !p.sealed.is_empty(), "refused with nothing to wait for"),
+                        Err(other) => panic!("{other:?}"),
+                    }
+                    p.seal_active(false);
+                    while let Some(sealed) = p.take_sealed() {
+                        in_flight.push_back((sealed.buf, sealed.meta.oversized));
+                    }
+                }
+                2 => {
+                    if let Some((buf, oversized)) = in_flight.pop_front() {
+                        let_go.extend(p.recycle(buf, oversized));
+                    }
+                }
+                _ => {
+                    now += LET_GO_AFTER * u32::try_from(next(3)).unwrap() / 2;
+                    let _ = p.look_at_large(|| now, &mut let_go);
+                }
+            }
+            let alone = p.spare_oversized.is_empty() && in_flight.iter().filter(|(_, oversized)| *oversized).count() == 1;
+            assert!(held(&p) <= bound || alone, "{} bytes held against {bound}", held(&p));
+            let_go.clear();
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::durable::{Durability, SyncRequester};
 use super::plan::{BatchMeta, Plan, Sealed};
@@ -118,8 +118,20 @@ impl<S: Storage> Shared<S> {
             if plan.closing {
                 return false;
             }
+            // Buffers kept for large records are let go on time even while the log is idle.
+            let mut let_go = Vec::new();
+            let look_again = plan.look_at_large(Instant::now, &mut let_go);
+            if !let_go.is_empty() {
+                drop(plan);
+                drop(let_go);
+                plan = lock(&self.plan);
+                continue;
+            }
             plan.flusher_asleep = true;
-            plan = self.work.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
+            plan = match look_again {
+                Some(after) => self.work.wait_timeout(plan, after).unwrap_or_else(std::sync::PoisonError::into_inner).0,
+                None => self.work.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner),
+            };
             plan.flusher_asleep = false;
         }
     }
@@ -169,6 +181,8 @@ impl<S: Storage> Shared<S> {
         for Sealed { buf, meta } in run.drain(..) {
             let_go.extend(plan.recycle(buf, meta.oversized));
         }
+        // On a busy log, where the flusher seldom sleeps.
+        let _ = plan.look_at_large(Instant::now, &mut let_go);
         if plan.space_waiters > 0 {
             self.space.notify_all();
         }

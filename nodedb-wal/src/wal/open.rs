@@ -103,6 +103,7 @@ impl<S: Storage> SegmentedWal<S> {
             batch_bytes_max: config.batch_bytes_max,
             batch_buffers: config.batch_buffers,
             segment_bytes_target: config.segment_bytes_target,
+            payload_bytes_max: config.payload_bytes_max,
         };
         let start = CommitStart {
             dir,

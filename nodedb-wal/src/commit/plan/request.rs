@@ -3,12 +3,15 @@
 //! new segment's salt and keys ([`Keys`]).
 
 use super::batch::Identity;
+use crate::crypto::TAG_LEN;
+use crate::format::frame::HEADER_LEN;
 use crate::format::layout::END_FRAME_LEN;
 use crate::storage::Region;
 use crate::types::{Lsn, SegmentId};
 
 /// How many times the pool's bytes the one-off buffers of records larger than a batch may
-/// hold in all, in flight and kept for reuse (or one larger than that, alone in flight).
+/// hold in all, in flight and kept for reuse: the fixed budget (see `large.rs` for records
+/// larger than it, and for one larger than the whole budget, alone in flight).
 /// With only the pool's bytes, records of a few MiB went one at a time: each waited for the
 /// one before it to be written and synced before it could even be encoded, and none were kept
 /// (a 4 MiB record's buffer is larger than the 4 MiB pool), so each paid for a fresh zeroed
@@ -24,6 +27,9 @@ pub struct Limits {
     pub batch_bytes_max: usize,
     pub batch_buffers: usize,
     pub segment_bytes_target: u64,
+    /// The largest payload one record may have: frames up to its frame's length may grow the
+    /// budget of one-off buffers (see [`Self::large_frame_max`]).
+    pub payload_bytes_max: usize,
 }
 
 impl Limits {
@@ -32,15 +38,29 @@ impl Limits {
         2 * self.block + END_FRAME_LEN
     }
 
+    /// Bytes the buffer of a batch of `frame_len` bytes of records takes, slack included.
+    pub fn buffer_bytes(&self, frame_len: usize) -> usize {
+        frame_len.saturating_add(self.slack()).next_multiple_of(self.block)
+    }
+
     /// Bytes the pool's own buffers hold.
     pub fn pool_bytes(&self) -> usize {
         self.batch_buffers * self.batch_bytes_max
     }
 
     /// Bytes the one-off buffers of oversized batches may hold in all, in flight and kept for
-    /// reuse: [`OVERSIZED_POOLS`] times the pool's.
+    /// reuse, unless larger records grow it for a while (`large.rs`): [`OVERSIZED_POOLS`]
+    /// times the pool's.
     pub fn oversized_bytes(&self) -> usize {
         OVERSIZED_POOLS * self.pool_bytes()
+    }
+
+    /// The largest frame that may grow the budget of one-off buffers: one record of
+    /// `payload_bytes_max`, encrypted. Groups and batches larger than that go alone, as any
+    /// frame does when nothing is in flight, so that the memory held stays bounded by the
+    /// configured record size and not by what one call appends.
+    pub fn large_frame_max(&self) -> usize {
+        HEADER_LEN.saturating_add(self.payload_bytes_max).saturating_add(TAG_LEN)
     }
 }
 
