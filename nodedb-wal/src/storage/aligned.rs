@@ -49,6 +49,14 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
+    /// The bytes [`Self::zeroed`] allocates for `len` bytes aligned to `align` (at least one
+    /// `align` unit, a whole number of them); `None` where that overflows. The commit path
+    /// budgets one-off buffers by it before it makes them.
+    #[must_use]
+    pub fn size_for(len: usize, align: usize) -> Option<usize> {
+        len.div_ceil(align).max(1).checked_mul(align)
+    }
+
     /// Allocates `len` zeroed bytes (rounded up to `align`) aligned to `align`, a power of two.
     /// Panics if `align` is not a power of two.
     ///
@@ -64,7 +72,7 @@ impl AlignedBuf {
     pub fn zeroed(len: usize, align: usize) -> AlignedBuf {
         assert!(align.is_power_of_two(), "alignment {align} is not a power of two");
         // Checked in release builds too: a wrapped size would allocate less than `len`.
-        let size = len.div_ceil(align).max(1).checked_mul(align).expect("buffer size overflows");
+        let size = AlignedBuf::size_for(len, align).expect("buffer size overflows");
         let layout = Layout::from_size_align(size, align).expect("buffer size overflows");
         // Miri runs no `madvise` and cannot trim a mapping: there the heap serves every size, as
         // it does wherever a mapping fails.

@@ -59,6 +59,13 @@ impl BatchBuf {
         BatchBuf { mem: AlignedBuf::zeroed(size, align), limit, cursor: AtomicUsize::new(0) }
     }
 
+    /// The [`Self::capacity`] a buffer made by [`Self::new`] with these arguments has; `None`
+    /// where it overflows.
+    #[must_use]
+    pub fn capacity_for(limit: usize, align: usize, slack: usize) -> Option<usize> {
+        AlignedBuf::size_for(limit.checked_add(slack)?, align)
+    }
+
     /// Reserves `len` bytes; `None` if the buffer is sealed or they do not fit.
     ///
     /// # Examples
@@ -246,6 +253,18 @@ impl fmt::Debug for Region {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_for_is_the_capacity_new_makes() {
+        for (limit, align, slack) in [(0, 512, 0), (1, 512, 100), (4096, 4096, 8200), (1 << 20, 4096, 8200), (3 << 20, 512, 1)] {
+            assert_eq!(
+                BatchBuf::capacity_for(limit, align, slack),
+                Some(BatchBuf::new(limit, align, slack).capacity()),
+                "{limit} {align} {slack}"
+            );
+        }
+        assert_eq!(BatchBuf::capacity_for(usize::MAX, 512, 1), None);
+    }
 
     #[test]
     fn a_reservation_whose_end_would_wrap_is_refused_not_granted_over_the_first() {

@@ -6,7 +6,7 @@ use super::batch::Identity;
 use crate::crypto::TAG_LEN;
 use crate::format::frame::HEADER_LEN;
 use crate::format::layout::END_FRAME_LEN;
-use crate::storage::Region;
+use crate::storage::{BatchBuf, Region};
 use crate::types::{Lsn, SegmentId};
 
 /// How many times the pool's bytes the one-off buffers of records larger than a batch may
@@ -40,7 +40,7 @@ impl Limits {
 
     /// Bytes the buffer of a batch of `frame_len` bytes of records takes, slack included.
     pub fn buffer_bytes(&self, frame_len: usize) -> usize {
-        frame_len.saturating_add(self.slack()).next_multiple_of(self.block)
+        BatchBuf::capacity_for(frame_len, self.block, self.slack()).unwrap_or(usize::MAX)
     }
 
     /// Bytes the pool's own buffers hold.
