@@ -273,14 +273,22 @@ impl Plan {
         self.active.as_ref().is_some_and(|a| a.first_lsn < self.next_lsn)
     }
 
-    /// A one-off buffer for an oversized batch of `frame_len` bytes: a kept one that is large
-    /// enough, else a new one, for which kept ones too small are let go as far as the budget
-    /// needs.
+    /// A one-off buffer for an oversized batch of `frame_len` bytes: the smallest kept one
+    /// that is large enough, else a new one, for which kept ones too small are let go as far
+    /// as the budget needs. Smallest, not first: a small oversized batch taking a kept 16 MiB
+    /// buffer would leave the next large record to allocate a fresh one.
     fn oversized_buffer(&mut self, frame_len: usize) -> Arc<BatchBuf> {
         let slack = self.limits.slack();
-        let fits = |buf: &mut Arc<BatchBuf>| sole(buf).reset_to(frame_len, slack);
-        if let Some(fits) = self.spare_oversized.iter_mut().position(fits) {
-            return self.spare_oversized.swap_remove(fits);
+        let wanted = frame_len.saturating_add(slack);
+        let best = (self.spare_oversized.iter().enumerate())
+            .filter(|(_, buf)| buf.capacity() >= wanted)
+            .min_by_key(|(_, buf)| buf.capacity())
+            .map(|(i, _)| i);
+        if let Some(best) = best {
+            let mut buf = self.spare_oversized.swap_remove(best);
+            let fits = sole(&mut buf).reset_to(frame_len, slack);
+            debug_assert!(fits, "chosen because it holds the frame");
+            return buf;
         }
         let needed = self.oversized_out + self.limits.buffer_bytes(frame_len);
         while self.spare_oversized_bytes() + needed > self.oversized_budget() && self.spare_oversized.pop().is_some() {}
@@ -511,6 +519,20 @@ mod tests {
         let _ = p.recycle(big, true);
         assert_eq!(p.spare_oversized.len(), 2);
         assert_eq!(p.oversized_out, 0);
+    }
+
+    #[test]
+    fn an_oversized_batch_takes_the_smallest_kept_buffer_that_holds_it() {
+        let mut p = plan(1 << 30);
+        p.limits.batch_buffers = 2;
+        let (large, at_large) = oversized_batch(&mut p, 40 * 1024);
+        let (small, at_small) = oversized_batch(&mut p, 20 * 1024);
+        assert!(p.recycle(large, true).is_none() && p.recycle(small, true).is_none(), "both kept");
+        let (buf, at) = oversized_batch(&mut p, 18 * 1024);
+        assert_eq!(at, at_small, "the 20 KiB buffer, not the first kept (40 KiB) one");
+        let _ = p.recycle(buf, true);
+        let (_, at) = oversized_batch(&mut p, 30 * 1024);
+        assert_eq!(at, at_large, "the large one is still there for a batch only it holds");
     }
 
     #[test]
