@@ -34,7 +34,7 @@ pub use self::decide::{Evidence, TailAction, decide};
 pub(crate) use self::dir::recover_dir;
 pub(crate) use self::ids::listed_ids;
 pub use self::look::inspect_dir;
-pub(crate) use self::open::{check_identity, open_existing, open_held};
+pub(crate) use self::open::{check_identity, key_gone_with_segment, open_existing, open_held};
 use crate::format::header_index::HeaderIndex;
 use crate::replay::{TemporalPurge, TombstoneSet};
 use crate::segment::SegmentInfo;

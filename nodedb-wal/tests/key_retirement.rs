@@ -2,14 +2,21 @@
 //! the log holds is encrypted under it, including a segment whose first record is appended but
 //! not yet durable (and so not yet listed), and with appends and rolls running beside it; the
 //! id is never taken again; and a segment under a retired key found at a later open is the
-//! typed missing-key error, never garbage.
+//! typed missing-key error, never garbage; a reader that truncation overtakes between opening
+//! a segment and finding its key is told of the truncation, not of a missing key.
 
+#[macro_use]
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use nodedb_wal::storage::FaultConfig;
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
-use nodedb_wal::{KeyRing, Lsn, Record, RecordType, SecureKey, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
+use nodedb_wal::storage::{FaultConfig, OpenMode, Storage};
+use nodedb_wal::{
+    KeyRing, Lsn, ReadOnlyWal, Record, RecordType, SecureKey, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError,
+};
 
 fn key(byte: u8) -> SecureKey {
     SecureKey::from_bytes(&mut [byte; 32])
@@ -153,4 +160,56 @@ fn a_segment_under_a_retired_key_is_unknown_key_id_at_the_next_open() {
     assert!(matches!(err, WalError::UnknownKeyId { segment: Some(SegmentId(1)), key_id: 1 }), "{err}");
     let second = wal.read_from(Lsn(2)).unwrap().next().unwrap().unwrap();
     assert_eq!(second.payload, b"under key 2");
+}
+
+/// A storage on which a reader's first open of segment 1, once armed, is overtaken right after
+/// the file opens: the writer truncates the segment away and retires its key, before the
+/// reader has looked the key up.
+#[derive(Clone)]
+struct RetiredUnderfoot {
+    inner: SimStorage,
+    wal: Arc<SegmentedWal<SimStorage>>,
+    armed: Arc<AtomicBool>,
+}
+
+impl Storage for RetiredUnderfoot {
+    type File = <SimStorage as Storage>::File;
+    type Lock = <SimStorage as Storage>::Lock;
+
+    pass_through_dir_ops!();
+
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Self::File> {
+        let file = self.inner.open(path, mode)?;
+        let first_segment = nodedb_wal::segment::parse_name(path.file_name().and_then(|n| n.to_str()).unwrap_or("")) == Some(SegmentId(1));
+        if first_segment && !mode.write && self.armed.swap(false, Ordering::SeqCst) {
+            self.wal.truncate_before(self.wal.sync().unwrap().next()).unwrap();
+            self.wal.retire_key(1).unwrap();
+        }
+        Ok(file)
+    }
+}
+
+// Seen failing before the fix: the reader's error was `UnknownKeyId { key_id: 1 }`, which
+// reads as a lost key, though the key was retired only because its records were truncated.
+#[test]
+fn a_reader_overtaken_by_truncation_and_the_key_s_retirement_is_told_of_the_truncation() {
+    let ring = Arc::new(KeyRing::with_active(1, key(1)));
+    let sim = SimStorage::new(9, FaultConfig::default());
+    let wal = Arc::new(SegmentedWal::open_with(sim.clone(), config(&ring)).unwrap());
+    wal.append_durable(rec(b"under key 1")).unwrap();
+    rotate(&ring, 2);
+    wal.append_durable(rec(b"under key 2")).unwrap();
+    let storage = RetiredUnderfoot { inner: sim, wal: Arc::clone(&wal), armed: Arc::new(AtomicBool::new(false)) };
+    let view = ReadOnlyWal::open_with(storage.clone(), "/keys", Some(Arc::clone(&ring))).unwrap();
+    let mut reader = view.read_from(Lsn::FIRST).unwrap();
+    storage.armed.store(true, Ordering::SeqCst);
+    let err = reader.next().unwrap().unwrap_err();
+    assert!(ring.get(1).is_none(), "the race ran: key 1 is retired");
+    assert!(matches!(err, WalError::SegmentTruncated { segment: SegmentId(1) }), "{err}");
+    let again: Vec<_> = view.read_from(wal.oldest_lsn()).unwrap().map(|r| r.unwrap().payload.into_vec()).collect();
+    assert_eq!(again, [b"under key 2".to_vec()], "reading again from the oldest LSN works");
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::crypto::SegmentCipher;
 use crate::error::{CorruptionKind, IoOp, Result, WalError};
 use crate::format::frame::RecordHeader;
-use crate::recovery::{check_identity, open_held};
+use crate::recovery::{check_identity, key_gone_with_segment, open_held};
 use crate::segment::crypt::{cipher_for, open_record_in};
 use crate::segment::read_ahead::Window;
 use crate::segment::reader::ChunkReader;
@@ -124,7 +124,8 @@ impl<S: Storage> Cursor<S> {
         let head = read_head(&mut reader, info.id)?.ok_or(bad_head)?;
         check_identity(&head, info.id, true)?;
         self.cipher = match &self.spec.decrypt {
-            Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)?,
+            Decrypt::With(ring) => cipher_for(ring.as_deref(), info.id, &head)
+                .map_err(|e| key_gone_with_segment(e, &*self.storage, &segment::path(&self.spec.dir, info.id), info.id, true))?,
             Decrypt::Raw => None,
         };
         if self.headers_only && info.sealed {

@@ -32,6 +32,23 @@ pub(crate) fn open_held<S: Storage>(
     Ok((file, len))
 }
 
+/// `err` as a reader beside the writer should see it. A key the ring no longer holds, for a
+/// segment whose name is gone since the reader opened it, is the truncation's doing:
+/// `retire_key` lets a key go once no listed segment names it, so this is
+/// [`WalError::SegmentTruncated`] (read again from the oldest LSN), not a lost key.
+pub(crate) fn key_gone_with_segment<S: Storage>(
+    err: WalError,
+    storage: &S,
+    path: &Path,
+    id: SegmentId,
+    may_be_truncated: bool,
+) -> WalError {
+    match err {
+        WalError::UnknownKeyId { .. } if may_be_truncated && !still_listed(storage, path) => WalError::SegmentTruncated { segment: id },
+        err => err,
+    }
+}
+
 /// Whether `path`'s name is still in its directory. Truncation takes a segment's name away; a
 /// name that is still there but opens to nothing (a symbolic link whose target is gone) was
 /// not truncated, and its open error, which names it, is the answer. Where the directory
@@ -62,4 +79,34 @@ pub(crate) fn open_existing<S: Storage>(storage: &S, path: &Path, direct: bool, 
     let file = storage.open(path, mode).map_err(|e| WalError::io(IoOp::Open, path, e))?;
     let len = file.len().map_err(|e| WalError::io(IoOp::Stat, path, e))?;
     Ok((file, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FaultConfig, SimStorage};
+
+    fn unknown_key() -> WalError {
+        WalError::UnknownKeyId { segment: Some(SegmentId(1)), key_id: 1 }
+    }
+
+    // The reader's side of this is `tests/key_retirement.rs`; a look beside the writer meets
+    // it only if the key goes between two lookups microseconds apart, so it is checked here.
+    #[test]
+    fn a_missing_key_is_the_truncation_only_where_it_may_be_and_the_segment_s_name_is_gone() {
+        let sim = SimStorage::new(1, FaultConfig::default());
+        sim.create_dir_all(Path::new("/wal")).unwrap();
+        let path = &crate::segment::path(Path::new("/wal"), SegmentId(1));
+        let gone = key_gone_with_segment(unknown_key(), &sim, path, SegmentId(1), true);
+        assert!(matches!(gone, WalError::SegmentTruncated { segment: SegmentId(1) }), "{gone}");
+        let owner = key_gone_with_segment(unknown_key(), &sim, path, SegmentId(1), false);
+        assert!(matches!(owner, WalError::UnknownKeyId { .. }), "the owner's log is not truncated under it: {owner}");
+        let mode = OpenMode { create: true, write: true, direct: false, create_new: false };
+        drop(sim.open(path, mode).unwrap());
+        let listed = key_gone_with_segment(unknown_key(), &sim, path, SegmentId(1), true);
+        assert!(matches!(listed, WalError::UnknownKeyId { .. }), "a listed segment's key is missing: {listed}");
+        let other =
+            key_gone_with_segment(WalError::KeyRingMissing { segment: SegmentId(1) }, &sim, Path::new("/wal/x"), SegmentId(1), true);
+        assert!(matches!(other, WalError::KeyRingMissing { .. }), "{other}");
+    }
 }

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use super::decide::{Evidence, TailAction, corruption_kind, decide, evidence};
-use super::open::{check_identity, open_held};
+use super::open::{check_identity, key_gone_with_segment, open_held};
 use super::{Outcome, PendingSeal, RecoveryInfo, TornTail};
 use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{CorruptionKind, Result, WalError};
@@ -119,7 +119,8 @@ pub(super) fn scan_segment<S: Storage>(
     };
     let (offset, end, claim) = loop {
         match scan.step()? {
-            Step::Record { offset, header } => pass.record(&mut scan, offset, header, info)?,
+            Step::Record { offset, header } => (pass.record(&mut scan, offset, header, info))
+                .map_err(|e| key_gone_with_segment(e, ctx.storage, &path, id, ctx.beside_writer))?,
             Step::End { offset, end, claim } => break (offset, end, claim),
         }
     };

@@ -66,8 +66,9 @@ impl<S: Storage> SegmentedWal<S> {
     /// key is gone, what still names it is [`WalError::UnknownKeyId`]. So is a segment under
     /// the key found at a later open (a copy put back, a backup restored): the log opens
     /// unless recovery must read that segment's tombstones, and reading the segment is
-    /// refused. A reader still reading a segment truncation removed may also meet it there
-    /// instead of [`WalError::SegmentTruncated`]. Retired ids live as long as the ring: one
+    /// refused. A reader that truncation overtakes (the segment removed and its key retired
+    /// between opening the file and looking the key up) is told
+    /// [`WalError::SegmentTruncated`], as for any truncation under it. Retired ids live as long as the ring: one
     /// built again at start-up must retire them again to keep refusing them.
     ///
     /// # Examples
