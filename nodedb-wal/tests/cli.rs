@@ -228,6 +228,9 @@ fn bench_with_a_key_writes_an_encrypted_log_and_a_command_refuses_options_it_ign
     let d = log.to_str().unwrap();
     let out = tool(&["bench", d, "--threads", "2", "--seconds", "1", "--size", "64", "--key-file", k, "--key-id", "5"]);
     assert_eq!(status(&out), 0, "{}", text(&out));
+    // Found by a new user's walk-through: the hint named `verify DIR` alone, which exits 4 here.
+    let hint = format!("`nodedb-wal verify {d} --key-file {k} --key-id 5`");
+    assert!(text(&out).contains(&hint), "the hint gives the key: {}", text(&out));
     let wal = nodedb_wal::ReadOnlyWal::open(&log, None).unwrap();
     let segment = wal.recovery_info().segments.last().unwrap().id;
     let preamble = std::fs::read(log.join(format!("{:020}.wal", segment.0))).unwrap();

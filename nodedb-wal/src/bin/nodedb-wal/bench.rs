@@ -75,7 +75,9 @@ pub(super) fn bench(args: &Args) -> Outcome {
     out!("{:<28} {:>14.1}", "write+sync max us", m.sync_nanos_max as f64 / 1e3);
     out!("{:<28} {:>14}", "first LSN written", start_lsn.0);
     if _tmp.is_none() {
-        out!("the log stays in {}: try `nodedb-wal inspect {0}` and `nodedb-wal verify {0}`", dir.display());
+        // The new log holds only segments under the last key: verify needs that one.
+        let key = args.keys.last().map_or(String::new(), |(path, id)| format!(" --key-file {} --key-id {id}", path.display()));
+        out!("the log stays in {}: try `nodedb-wal inspect {0}` and `nodedb-wal verify {0}{key}`", dir.display());
     }
     Ok(0)
 }
