@@ -36,7 +36,9 @@ pub struct SegmentedWalConfig {
     /// The log directory, created if missing. So a mistyped path opens a new, empty log: a
     /// database that expects its log to be there checks that the directory exists first.
     pub dir: PathBuf,
-    /// A segment rolls over once appending another batch would take it past this size.
+    /// A segment rolls over once appending another batch would take it past this size. Its
+    /// file may be one block (`alignment`) larger: the end frame that seals it can take a
+    /// block of its own.
     pub segment_bytes_target: u64,
     /// Bytes of records one batch (one write; batches queued behind a sync share the next
     /// fdatasync) holds at most (at most 1 GiB).
@@ -62,6 +64,10 @@ pub struct SegmentedWalConfig {
     /// fallback is logged as a warning, and [`crate::SegmentedWal::direct_io`] reports it.
     pub allow_buffered_fallback: bool,
     /// Block size: batches start and end on its multiples. A power of two from 512 to 1 MiB.
+    /// So a batch takes at least a block on disk: one thread's `append_durable` calls, with no
+    /// other appends to share their syncs, take a block per record (100 records of 10 bytes:
+    /// 101 blocks with the segment's header). Concurrent appends share blocks as they share
+    /// syncs; so do `append` calls waited on together.
     /// With O_DIRECT it must also be a multiple of what the file system takes: where the kernel
     /// reports that (Linux 6.1 on), a finer block is refused at open with
     /// [`WalError::DirectIoAlignment`] (4096 on a disk with 4096-byte logical sectors); where it
