@@ -38,15 +38,15 @@ pub struct SegmentedWalConfig {
     pub dir: PathBuf,
     /// A segment rolls over once appending another batch would take it past this size. Its
     /// file may be one block (`alignment`) larger: the end frame that seals it can take a
-    /// block of its own.
+    /// block of its own. At least four blocks.
     pub segment_bytes_target: u64,
     /// Bytes of records one batch (one write; batches queued behind a sync share the next
-    /// fdatasync) holds at most (at most 1 GiB).
+    /// fdatasync) holds at most: from one block to 1 GiB.
     pub batch_bytes_max: usize,
-    /// Batch buffers: while one is written, appenders fill the others. With `batch_bytes_max`,
-    /// at most 64 GiB in all (buffers are allocated as they are needed).
+    /// Batch buffers: while one is written, appenders fill the others. At least 2; with
+    /// `batch_bytes_max`, at most 64 GiB in all (buffers are allocated as they are needed).
     pub batch_buffers: usize,
-    /// Largest payload `append` accepts. Larger payloads than `batch_bytes_max` get a batch of
+    /// Largest payload `append` accepts, from 1 byte to 2 GiB - 1. Larger payloads than `batch_bytes_max` get a batch of
     /// their own, in a buffer of its own. Such buffers hold at most four times the pool's
     /// bytes (`batch_buffers` × `batch_bytes_max`, 16 MiB by default) in all, in flight and
     /// kept for reuse. While records larger than a third of that come, they may hold three
@@ -76,9 +76,8 @@ pub struct SegmentedWalConfig {
     /// Like PostgreSQL's `commit_delay`: before a sync, wait this long for more appends to join
     /// the batch. Off by default; at most one second.
     pub commit_window: Option<Duration>,
-    /// Zero-fill this many bytes ahead of the writer in the active segment (0: off; at most
-    /// 1 GiB). An
-    /// fdatasync after a write into blocks the file system has never seen must also persist
+    /// Zero-fill this many bytes ahead of the writer in the active segment (0: off; a multiple
+    /// of `alignment`, at most 1 GiB). An fdatasync after a write into blocks the file system has never seen must also persist
     /// their allocation; into already-written blocks it syncs only data, which on ext4 here is
     /// about twice as fast. Only a run of small batches (under a sixteenth of this size: 64 KiB
     /// by default) is followed by a zero-fill. The zeros cost as many bytes as the batches

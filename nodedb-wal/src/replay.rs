@@ -140,6 +140,8 @@ impl TombstoneSet {
 
     /// Whether a replayed record, belonging to `collection` (which only the engine can tell),
     /// survives the tombstones: its database and tenant come from its scope. Does not allocate.
+    /// A lent [`crate::RecordView`] (from `next_view` or `replay_parallel`) asks
+    /// [`Self::is_dropped`] with its scope and LSN instead.
     ///
     /// # Examples
     ///
