@@ -97,7 +97,9 @@
 //! - **Segments made elsewhere** (an import): [`WalWriter`].
 //! - **A damaged log with no replica**: [`salvage`] copies its records up to the damage into a
 //!   new log, and reports what lies past it.
-//! - **Torn pages of in-place writes**: [`DoubleWriteBuffer`].
+//! - **Torn pages of in-place writes**: [`DoubleWriteBuffer`]. At start-up, its
+//!   [`recover`](DoubleWriteBuffer::recover) puts torn pages back: run it before the engines
+//!   apply the log's replay to those pages.
 //! - **Tests**: [`SimStorage`] (a simulated disk that crashes on request, with faults from a
 //!   [`FaultConfig`]) and [`storage::faulty::FaultyStorage`] (injected I/O errors), through
 //!   [`SegmentedWal::open_with`]. An engine that runs on either names the log
