@@ -671,3 +671,19 @@ fn salvage_exit_status_tells_a_whole_copy_a_torn_tail_damage_and_a_wrong_key() {
     let out = tool(&["salvage", &path("enc"), &path("enc-copy2")]);
     assert_eq!(status(&out), 4, "no key at all: {}", text(&out));
 }
+
+// Found by a new user's walk-through: a log opened and closed with no record in it was
+// reported as "records 0 (LSN 1 to 0)" and "clean: 0 records, LSN 1 to 0", a range that ends
+// before it starts.
+#[test]
+fn a_log_without_records_is_reported_without_an_lsn_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    SegmentedWal::open(SegmentedWalConfig::new(tmp.path())).unwrap().close().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    for (command, says) in [("inspect", "records 0\n"), ("verify", "clean: 0 records\n")] {
+        let out = tool(&[command, d]);
+        assert_eq!(status(&out), 0, "{command}: {}", text(&out));
+        assert!(text(&out).contains(says), "{command}: {}", text(&out));
+        assert!(!text(&out).contains("LSN 1 to 0"), "{command}: {}", text(&out));
+    }
+}

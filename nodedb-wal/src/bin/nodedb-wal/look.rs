@@ -98,7 +98,10 @@ pub(super) fn inspect(args: &Args) -> Outcome {
         );
     }
     side_files(&dir);
-    out!("records {} (LSN {} to {})", info.record_count, info.first_lsn, info.last_lsn);
+    match lsn_range(info.record_count, info.first_lsn, info.last_lsn) {
+        Some(range) => out!("records {} ({range})", info.record_count),
+        None => out!("records 0"),
+    }
     if let Some(id) = info.removed_interrupted_roll {
         out!("segment {id} is left by an interrupted roll; opening the log removes it");
     }
@@ -123,6 +126,12 @@ pub(super) fn inspect(args: &Args) -> Outcome {
 }
 
 /// The first LSN of segment `id` in the look `info`.
+/// "LSN first to last", or `None` for a log without records, whose first LSN (the next one
+/// it will hand out) is past its last.
+fn lsn_range(records: u64, first: Lsn, last: Lsn) -> Option<String> {
+    (records > 0).then(|| format!("LSN {first} to {last}"))
+}
+
 fn first_of(info: &RecoveryInfo, id: SegmentId) -> Option<Lsn> {
     info.segments.iter().find(|s| s.id == id).map(|s| s.first_lsn)
 }
@@ -163,7 +172,10 @@ pub(super) fn verify(args: &Args) -> Outcome {
             1
         }
         None => {
-            out!("clean: {records} records, LSN {start} to {}", info.last_lsn);
+            match lsn_range(records, start, info.last_lsn) {
+                Some(range) => out!("clean: {records} records, {range}"),
+                None => out!("clean: 0 records"),
+            }
             0
         }
     })
