@@ -9,9 +9,10 @@
 //! acknowledged may come back or not; either is right.
 //!
 //! A killed process leaves what it wrote in the page cache, so recovery here seldom finds a
-//! torn tail; a power cut leaves those, and the crash simulation and `tests/process_kill.rs`
-//! cover them (docs/TESTING.md). `nodedb-wal verify DIR` checks a log from the shell: run this
-//! example with `KEEP_DIR=/a/new/dir` to keep the log there and look at it.
+//! torn tail; a power cut leaves those, which the crash simulation covers, and
+//! `tests/process_kill.rs` repeats this kill for hundreds of rounds (docs/TESTING.md).
+//! `nodedb-wal verify DIR` checks a log from the shell: run this example with
+//! `KEEP_DIR=/a/new/dir` to keep the log there and look at it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
