@@ -125,13 +125,13 @@ pub(super) fn inspect(args: &Args) -> Outcome {
     })
 }
 
-/// The first LSN of segment `id` in the look `info`.
 /// "LSN first to last", or `None` for a log without records, whose first LSN (the next one
 /// it will hand out) is past its last.
 fn lsn_range(records: u64, first: Lsn, last: Lsn) -> Option<String> {
     (records > 0).then(|| format!("LSN {first} to {last}"))
 }
 
+/// The first LSN of segment `id` in the look `info`.
 fn first_of(info: &RecoveryInfo, id: SegmentId) -> Option<Lsn> {
     info.segments.iter().find(|s| s.id == id).map(|s| s.first_lsn)
 }
