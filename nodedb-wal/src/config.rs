@@ -33,9 +33,14 @@ use crate::error::{Result, WalError};
 /// ```
 #[derive(Clone, Debug)]
 pub struct SegmentedWalConfig {
-    /// The log directory, created if missing. So a mistyped path opens a new, empty log: a
-    /// database that expects its log to be there checks that the directory exists first.
+    /// The log directory, created if missing unless `create_if_missing` is off.
     pub dir: PathBuf,
+    /// Whether an open that finds no log in `dir` (no directory, or one holding neither
+    /// `MANIFEST` nor a segment) makes a new one (the default) or refuses with
+    /// [`WalError::LogMissing`], creating nothing. A database restarting on its existing log
+    /// turns it off: a mistyped path, a volume not mounted or a directory emptied by hand
+    /// would otherwise open as a new, empty log and go on without its records.
+    pub create_if_missing: bool,
     /// A segment rolls over once appending another batch would take it past this size. Its
     /// file may be one block (`alignment`) larger: the end frame that seals it can take a
     /// block of its own. At least four blocks.
@@ -174,11 +179,12 @@ impl SegmentedWalConfig {
     /// assert!(config.commit_window.is_none() && config.key_ring.is_none());
     /// assert_eq!((config.batch_buffers, config.payload_bytes_max), (4, 64 << 20));
     /// assert_eq!((config.zero_fill_bytes, config.recycle_segments), (1 << 20, 2));
-    /// assert!(config.check_ahead);
+    /// assert!(config.check_ahead && config.create_if_missing);
     /// ```
     pub fn new(dir: impl Into<PathBuf>) -> SegmentedWalConfig {
         SegmentedWalConfig {
             dir: dir.into(),
+            create_if_missing: true,
             segment_bytes_target: 64 << 20,
             batch_bytes_max: 1 << 20,
             batch_buffers: 4,

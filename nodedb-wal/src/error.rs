@@ -53,6 +53,7 @@ pub type Result<T, E = WalError> = std::result::Result<T, E>;
 /// | [`KeyRingMissing`](WalError::KeyRingMissing), [`WrongKey`](WalError::WrongKey), [`KeyFile`](WalError::KeyFile), [`UnknownKeyId`](WalError::UnknownKeyId) | a configuration error: give a ring with each segment's key (`nodedb-wal inspect DIR` lists their ids). An open refused for it wrote nothing. A ring that lacks an old segment's key opens (unless the segment holds a tombstone or purge, which recovery reads); reading that segment is `UnknownKeyId` |
 /// | [`KeyIdInUse`](WalError::KeyIdInUse), [`KeyRetired`](WalError::KeyRetired), [`KeyActive`](WalError::KeyActive), [`KeyStillNeeded`](WalError::KeyStillNeeded) | a key ring change refused, nothing changed: a new key needs a new id, the active key stays until another is active, and a key retires only once truncation has removed its last segment |
 /// | [`AuthenticationFailed`](WalError::AuthenticationFailed) | the key is right (open checked it), so the record or its segment was altered: as corruption |
+/// | [`LogMissing`](WalError::LogMissing) | the log is not where the database expects it (`create_if_missing` off): do not start, find the log. Nothing was created |
 /// | [`Locked`](WalError::Locked) | another writer has the directory: a second instance of the database, which must not start |
 /// | [`LsnNotRetained`](WalError::LsnNotRetained) | the log no longer holds records from where replay was asked to start: truncation went past the engines' checkpoint, or the directory belongs to other engine files |
 /// | [`SegmentTruncated`](WalError::SegmentTruncated) | a reader met a truncation: read again from [`crate::SegmentedWal::oldest_lsn`] |
@@ -302,6 +303,13 @@ pub enum WalError {
     SegmentTruncated {
         /// The segment the reader needed.
         segment: SegmentId,
+    },
+    /// An open with [`crate::SegmentedWalConfig::create_if_missing`] off found no log: the
+    /// directory is missing, or holds neither `MANIFEST` nor a segment. Nothing was created.
+    #[error("no log in {}: no MANIFEST and no segment there, and create_if_missing is off; check the path (a volume not mounted?) or restore the log", path.display())]
+    LogMissing {
+        /// The log directory.
+        path: PathBuf,
     },
     /// Another `SegmentedWal` or [`crate::WalWriter`] (in this or another process) has the
     /// directory open.

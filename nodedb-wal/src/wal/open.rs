@@ -9,6 +9,7 @@ use super::truncate::{remove_below_floor, tidy_dir};
 use crate::commit::{CommitStart, GroupCommitter, Limits, seal_file};
 use crate::config::SegmentedWalConfig;
 use crate::error::{IoOp, Result, WalError};
+use crate::format::manifest::MANIFEST_FILE;
 use crate::manifest::{Floor, Manifest};
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, index};
@@ -44,6 +45,9 @@ impl<S: Storage> SegmentedWal<S> {
     pub fn open_with(storage: S, config: SegmentedWalConfig) -> Result<SegmentedWal<S>> {
         config.validate()?;
         let dir = config.dir.clone();
+        if !config.create_if_missing {
+            require_log(&storage, &dir)?;
+        }
         create_dir_durably(&storage, &dir).map_err(|(op, e)| WalError::io(op, &dir, e))?;
         let lock = lock_log_dir(&storage, &dir)?;
         let direct = probe_direct(&storage, &config)?;
@@ -155,6 +159,21 @@ pub fn recover(config: SegmentedWalConfig) -> Result<RecoveryInfo> {
 /// finer than the kernel says O_DIRECT takes there used to open fine and then poison the log
 /// at its first write (`EINVAL`), and make recovery of an existing log fail with a bare I/O
 /// error.
+/// That `dir` holds a log: its `MANIFEST` (every log this crate makes writes one at its first
+/// open) or a segment (older logs had no manifest). A lock file or a side file alone is not a
+/// log: a directory emptied by hand keeps those.
+fn require_log<S: Storage>(storage: &S, dir: &Path) -> Result<()> {
+    let names = match storage.list(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        listed => listed.map_err(|e| WalError::io(IoOp::ListDir, dir, e))?,
+    };
+    let is_log_file = |name: &String| name == MANIFEST_FILE || segment::parse_name(name).is_some();
+    if names.iter().any(is_log_file) {
+        return Ok(());
+    }
+    Err(WalError::LogMissing { path: dir.to_path_buf() })
+}
+
 fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<bool> {
     if !config.direct_io {
         return Ok(false);
