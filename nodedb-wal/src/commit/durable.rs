@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
@@ -22,8 +22,10 @@ use crate::types::Lsn;
 /// waiter, and threads whose records are in the next batch sleep on.
 #[derive(Debug, Default)]
 pub struct Durability {
+    /// The watermark, with [`POISONED`] set once the log is poisoned: one word, so that a sync
+    /// finishing on the flusher while another thread poisons the log (a truncation's failed
+    /// sync of `FLOOR`) either raised the watermark before the poison or never does.
     lsn: AtomicU64,
-    poisoned: AtomicBool,
     cause: OnceLock<Poison>,
     /// Changed by every advance and by poison, before the wake-up: a thread that read the old
     /// value and then missed the new watermark finds the word changed and does not sleep.
@@ -35,6 +37,11 @@ pub struct Durability {
     /// The next registration's number.
     registrations: AtomicU64,
 }
+
+/// The bit of [`Durability::lsn`] that says the log is poisoned: LSNs stay below
+/// [`Lsn::LIMIT`], so it is never part of a watermark.
+const POISONED: u64 = Lsn::LIMIT.0;
+const _: () = assert!(POISONED.is_power_of_two());
 
 /// Tasks waiting for LSNs, by registration. A registration is one future's, so two futures of
 /// one task on one LSN hold one each, and dropping one leaves the other's. Ordered by LSN, so
@@ -101,7 +108,7 @@ impl Durability {
 
     /// The durable watermark.
     pub fn lsn(&self) -> Lsn {
-        Lsn(self.lsn.load(Ordering::Acquire))
+        Lsn(self.lsn.load(Ordering::Acquire) & !POISONED)
     }
 
     /// `Ok(true)` if `lsn` is durable, `Ok(false)` if not yet, the poison error if it never will be.
@@ -115,7 +122,7 @@ impl Durability {
 
     /// The poison error, if the log is poisoned.
     pub fn check_poison(&self) -> Result<()> {
-        if self.poisoned.load(Ordering::Acquire) {
+        if self.lsn.load(Ordering::Acquire) & POISONED != 0 {
             let cause = self.cause.get().expect("cause is set before the flag");
             return Err(cause.error());
         }
@@ -123,9 +130,11 @@ impl Durability {
     }
 
     /// Called by the flusher after a successful sync of batch `seq` that covered everything
-    /// up to `lsn`.
+    /// up to `lsn`. After the poison it raises nothing: the log has said it acknowledges no
+    /// more, and the batch's records are in doubt like any other not yet acknowledged.
     pub fn advance(&self, lsn: Lsn, seq: u64) {
-        self.lsn.fetch_max(lsn.0, Ordering::SeqCst);
+        let raise = |word: u64| (word & POISONED == 0).then_some(word.max(lsn.0));
+        let _ = self.lsn.fetch_update(Ordering::SeqCst, Ordering::SeqCst, raise);
         self.wake_threads(batch_bit(seq));
         self.wake_tasks(Some(lsn));
     }
@@ -142,7 +151,7 @@ impl Durability {
 
     fn poison_with(&self, cause: Poison, err: &io::Error) {
         let _ = self.cause.set(cause.clone());
-        self.poisoned.store(true, Ordering::SeqCst);
+        self.lsn.fetch_or(POISONED, Ordering::SeqCst);
         tracing::error!(%err, cause = %cause.error(), "nodedb-wal poisoned: no further append will be acknowledged");
         self.wake_threads(NonZeroU32::MAX);
         self.wake_tasks(None);
@@ -476,6 +485,19 @@ mod tests {
         d.advance(Lsn(3), 1);
         d.wait(Lsn(2), 1).unwrap();
         assert_eq!(d.sleepers.load(Ordering::SeqCst), 0);
+    }
+
+    // Found by tests/everything.rs: a truncation's failed sync of `FLOOR` poisons the log on
+    // the caller's thread while the flusher's sync of a batch is in flight; that sync's
+    // success raised the watermark after the poison, acknowledging the batch.
+    #[test]
+    fn a_sync_that_succeeds_after_the_poison_raises_nothing() {
+        let d = Durability::new(Lsn(3));
+        d.poison(IoOp::SyncDir, &io::Error::from_raw_os_error(5));
+        d.advance(Lsn(5), 1);
+        assert_eq!(d.lsn(), Lsn(3));
+        assert!(d.check(Lsn(3)).unwrap(), "what was durable before the poison stays so");
+        assert!(matches!(d.check(Lsn(4)), Err(WalError::Poisoned { .. })));
     }
 
     #[test]
