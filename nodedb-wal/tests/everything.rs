@@ -10,8 +10,10 @@
 //! page writes through a double-write buffer on the same disk; I/O faults (failed fdatasyncs,
 //! EIO, ENOSPC, failed directory fsyncs). One life in four runs all of it from several threads
 //! at once and cuts the power while they run; the others cut it after their last operation,
-//! and half of those that failed reopen the log under the same kernel first. The database
-//! keeps its key ring across restarts as a real one would: every key it has not retired.
+//! and half of those that failed reopen the log under the same kernel first. One restart in
+//! four opens the log and the buffer under heavier faults first (recovery's own writes fail),
+//! and half the time cuts the power again right after. The database keeps its key ring across
+//! restarts as a real one would: every key it has not retired.
 //!
 //! After every reopen, against the model: every acknowledged record is there with its bytes,
 //! type and scope, through `read_from`, `read_mapped` (reads, on the simulation), the lazy
@@ -140,6 +142,7 @@ struct Tally {
     drops_gathered: AtomicU64,
     purges_gathered: AtomicU64,
     shared_lives: AtomicU64,
+    failed_opens: AtomicU64,
 }
 
 static TALLY: Tally = Tally {
@@ -150,6 +153,7 @@ static TALLY: Tally = Tally {
     drops_gathered: AtomicU64::new(0),
     purges_gathered: AtomicU64::new(0),
     shared_lives: AtomicU64::new(0),
+    failed_opens: AtomicU64::new(0),
 };
 
 fn count(counter: &AtomicU64, n: u64) {
@@ -464,13 +468,51 @@ fn reopen<'a>(sim: &SimStorage, db: &'a Db, rng: &mut SimRng, after_cut: bool, a
             info.torn_tail.map(|t| t.offset)
         );
     }
-    let mut model = lock(&db.model);
-    model.keep_up_to(info.last_lsn);
-    model.acked = info.last_lsn.0;
-    drop(model);
+    note_recovered(db, info.last_lsn);
     let (dwb, _) = dwb_support::open(sim.clone(), dwb_support::config(db.setup.dwb));
     check_pages(sim, &mut lock(&db.pages), at);
     Life { db, wal, dwb, ring, poisoned: Mutex::new(None), shared: AtomicBool::new(false) }
+}
+
+/// What recovery returned it reports durable: the model forgets the rest (their LSNs are
+/// issued again) and holds the next power cut to all of it.
+fn note_recovered(db: &Db, last: Lsn) {
+    let mut model = lock(&db.model);
+    model.keep_up_to(last);
+    model.acked = last.0;
+}
+
+/// A restart that meets faults too: recovery's own writes (a torn tail's seal, `FLOOR`,
+/// `MANIFEST`, the buffer's repairs) fail at random, and half the time the power is cut right
+/// after. An open may fail only with an I/O error; what one that succeeded returned must
+/// match the model, and it is durable from then on.
+fn open_under_faults(sim: SimStorage, db: &Db, rng: &mut SimRng, at: &str) -> SimStorage {
+    let ring = db.setup.keys.map(|_| lock(&db.keys).ring());
+    sim.set_faults(FaultConfig { sync_fail_ppm: 100_000, write_eio_ppm: 30_000, write_enospc_ppm: 30_000, sync_dir_fail_ppm: 100_000 });
+    let opened = SegmentedWal::open_with(sim.clone(), config(db.setup, ring));
+    let buffer = DoubleWriteBuffer::open_with(sim.clone(), dwb_support::config(db.setup.dwb)).and_then(|dwb| {
+        for file in FILES {
+            dwb.register_file(file, dwb_support::file_path(file), dwb_support::PAGE)?;
+        }
+        dwb.recover(dwb_support::check).map(|_| dwb)
+    });
+    let io = |e: &WalError| matches!(e, WalError::Io { .. } | WalError::Poisoned { .. } | WalError::DwbDegraded { .. });
+    match &opened {
+        Ok(wal) => {
+            check_log(wal, db, rng, &format!("{at}, opened under faults"));
+            note_recovered(db, wal.recovery_info().last_lsn);
+        }
+        Err(e) => {
+            assert!(io(e), "{at}: an open under faults failed with {e:?}");
+            count(&TALLY.failed_opens, 1);
+        }
+    }
+    if let Err(e) = &buffer {
+        assert!(io(e), "{at}: the buffer's recovery under faults failed with {e:?}");
+    }
+    let after = if rng.below(2) == 0 { sim.crash(rng.next_u64()) } else { sim };
+    drop((opened, buffer));
+    after
 }
 
 /// Checks the recovered log against the model with every reader; returns its records.
@@ -630,6 +672,9 @@ fn run_seed(seed: u64) {
         };
         drop(life);
         sim = after;
+        if restarts.below(4) == 0 {
+            sim = open_under_faults(sim, &db, &mut restarts, &at);
+        }
         life = reopen(&sim, &db, &mut rng, true, &at);
         let m = plain(&mut rng);
         let lsn = life.wal.append_durable(record_of(&m)).unwrap_or_else(|e| panic!("{at}: append after recovery: {e}"));
@@ -660,6 +705,7 @@ fn every_feature_at_once_survives_random_crashes() {
             &TALLY.drops_gathered,
             &TALLY.purges_gathered,
             &TALLY.shared_lives,
+            &TALLY.failed_opens,
         ];
         assert!(reached.iter().all(|c| c.load(Ordering::Relaxed) > 0), "the run missed an interaction: {TALLY:?}");
     }
