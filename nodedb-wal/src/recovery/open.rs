@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use crate::error::{CorruptionKind, IoOp, Result, WalError};
+use crate::error::{CorruptionKind, IoOp, MissingBecause, Result, WalError};
+use crate::manifest;
+use crate::segment;
 use crate::segment::scan::SegmentHead;
 use crate::storage::{OpenMode, Storage, StorageFile};
 use crate::types::SegmentId;
@@ -12,7 +14,8 @@ use crate::types::SegmentId;
 /// Opens segment `id` at `path` for reading and holds it against reuse
 /// ([`StorageFile::hold_shared`]) while the file is open. Where the log's truncation may have
 /// taken the segment since it was listed (`may_be_truncated`: readers, and looks beside a
-/// writer), a missing file is [`WalError::SegmentTruncated`].
+/// writer), a missing file is [`WalError::SegmentTruncated`], unless `FLOOR` says truncation
+/// did not take it ([`gone`]).
 pub(crate) fn open_held<S: Storage>(
     storage: &S,
     path: &Path,
@@ -24,7 +27,7 @@ pub(crate) fn open_held<S: Storage>(
         Err(WalError::Io { source, .. })
             if may_be_truncated && source.kind() == std::io::ErrorKind::NotFound && !still_listed(storage, path) =>
         {
-            return Err(WalError::SegmentTruncated { segment: id });
+            return Err(gone(storage, path, id));
         }
         opened => opened?,
     };
@@ -56,6 +59,30 @@ pub(crate) fn key_gone_with_segment<S: Storage>(
 fn still_listed<S: Storage>(storage: &S, path: &Path) -> bool {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return false };
     storage.list(dir).is_ok_and(|names| names.iter().any(|n| n == name))
+}
+
+/// The error for segment `id`, listed and now gone. Truncation makes a floor above a segment
+/// durable before it takes the file away, so a `FLOOR` that still names `id` or a segment below
+/// it as the oldest the log needs says the log did not take it: the file was removed or renamed
+/// by other means, and [`WalError::SegmentTruncated`]'s advice, to read again from the oldest
+/// LSN, would meet the same hole forever. Without a floor to go by (no `FLOOR`, one that does
+/// not read, or one whose other slot is damaged and may have held a later floor), it counts as
+/// truncated, as before `FLOOR` existed.
+fn gone<S: Storage>(storage: &S, path: &Path, id: SegmentId) -> WalError {
+    let Some(dir) = path.parent() else { return WalError::SegmentTruncated { segment: id } };
+    match manifest::read_floor(storage, dir) {
+        Ok(Some(seen)) if !seen.other_damaged && seen.floor <= id => {
+            let why = if seen.floor == id { MissingBecause::Floor } else { MissingBecause::Hole };
+            WalError::MissingSegment { missing: id, next_present: next_listed(storage, dir, id), why }
+        }
+        _ => WalError::SegmentTruncated { segment: id },
+    }
+}
+
+/// The lowest segment id above `id` with a file in `dir`, for the message of a hole.
+fn next_listed<S: Storage>(storage: &S, dir: &Path, id: SegmentId) -> Option<SegmentId> {
+    let names = storage.list(dir).ok()?;
+    names.iter().filter_map(|n| segment::parse_name(n)).filter(|&n| n > id).min()
 }
 
 /// That the header of the file named for segment `id` names it too. Ids only grow, so where
