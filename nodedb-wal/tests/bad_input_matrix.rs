@@ -197,7 +197,10 @@ fn listing(dir: &Path) -> Vec<(String, String)> {
 }
 
 /// Every regular file of `dir` with its bytes' checksum, plus the other entries by kind.
-fn state(dir: &Path) -> (Vec<(String, String)>, Vec<(String, (usize, u32))>) {
+/// A directory's entries by kind, and its regular files by length and checksum.
+type State = (Vec<(String, String)>, Vec<(String, (usize, u32))>);
+
+fn state(dir: &Path) -> State {
     let files = snapshot_files(dir);
     (listing(dir), files)
 }
