@@ -14,9 +14,10 @@ mod common;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::{assert_records, config, read_all, seg, snapshot, write_log};
-use nodedb_wal::{FsStorage, Lsn, ReadOnlyWal, SegmentedWal, WalError};
+use nodedb_wal::{FsStorage, Lsn, ReadOnlyWal, SegmentedWal, WalError, WalRecord};
 
 /// What every entry point must give.
 #[derive(Clone, Copy, Debug)]
@@ -344,5 +345,101 @@ fn put_back(dir: &Path, scratch: &Path) {
 fn every_bad_input_gives_every_entry_point_the_same_typed_error_and_changes_nothing() {
     for row in rows() {
         run_row(&row);
+    }
+}
+
+/// What a reader of a log opened before the input went bad gives: the side files are read
+/// only at open, so a damaged `MANIFEST` or `FLOOR` changes nothing for it; every other input
+/// gives the error an open gives.
+fn live_expect(expect: Expect) -> Expect {
+    match expect {
+        Expect::Manifest | Expect::Floor | Expect::OpenFails("MANIFEST" | "FLOOR") => Expect::Whole,
+        other => other,
+    }
+}
+
+/// Records read (checked dense and right from LSN 1), then the reader's end: the count, or
+/// the error.
+fn drained(records: &[WalRecord], end: Option<WalError>) -> Result<usize, WalError> {
+    if let Some(last) = records.last() {
+        assert_records(records, 1, last.lsn.0);
+    }
+    end.map_or(Ok(records.len()), Err)
+}
+
+fn drain(it: nodedb_wal::Result<impl Iterator<Item = nodedb_wal::Result<WalRecord>>>) -> Result<usize, WalError> {
+    let mut records = Vec::new();
+    for r in it? {
+        match r {
+            Ok(r) => records.push(r),
+            Err(e) => return drained(&records, Some(e)),
+        }
+    }
+    drained(&records, None)
+}
+
+fn lazy<S: nodedb_wal::Storage>(reader: nodedb_wal::Result<nodedb_wal::LazyWalReader<S>>) -> Result<usize, WalError> {
+    let mut reader = reader?;
+    let mut n = 0;
+    while reader.next_header()?.is_some() {
+        reader.payload()?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Every reader of the owner and of a look opened before the input went bad.
+fn live_reads(wal: &SegmentedWal<FsStorage>, view: &ReadOnlyWal<FsStorage>) -> Vec<(&'static str, Result<usize, WalError>)> {
+    let mut tail = wal.tail(Lsn::FIRST);
+    let mut tailed = Vec::new();
+    let tail_end = loop {
+        match tail.next_timeout(Duration::ZERO) {
+            Ok(Some(r)) => tailed.push(r),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let mut replayed = 0;
+    let replay = wal.replay_parallel(Lsn::FIRST, 2, |_| {
+        replayed += 1;
+        Ok(())
+    });
+    vec![
+        ("read_from", drain(wal.read_from(Lsn::FIRST))),
+        ("read_mapped", drain(wal.read_mapped(Lsn::FIRST))),
+        ("lazy_reader", lazy(wal.lazy_reader(Lsn::FIRST))),
+        ("tail", drained(&tailed, tail_end)),
+        ("replay_parallel", replay.map(|n| n as usize)),
+        ("look read_from", drain(view.read_from(Lsn::FIRST))),
+        ("look read_mapped", drain(view.read_mapped(Lsn::FIRST))),
+        ("look lazy_reader", lazy(view.lazy_reader(Lsn::FIRST))),
+    ]
+}
+
+fn run_live_row(row: &Row) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let last = write_log(&FsStorage::new(), &dir, &[40; 8]);
+    let wal = SegmentedWal::open(config(&dir)).unwrap();
+    let view = ReadOnlyWal::open(&dir, None).unwrap();
+    (row.make)(&dir, &scratch);
+    let before = state(&dir);
+    let live = Row { name: row.name, make: row.make, expect: live_expect(row.expect) };
+    for (reader, result) in live_reads(&wal, &view) {
+        check(reader, &live, &dir, result, last);
+    }
+    assert_eq!(state(&dir), before, "{}: readers change nothing", row.name);
+    put_back(&dir, &scratch);
+    for (reader, result) in live_reads(&wal, &view) {
+        assert_eq!(result.unwrap_or_else(|e| panic!("{}: {reader} once put back: {e}", row.name)) as u64, last, "{}: {reader}", row.name);
+    }
+}
+
+#[test]
+fn every_bad_input_under_open_readers_gives_each_the_same_typed_error_after_the_records_before_it() {
+    for row in rows() {
+        run_live_row(&row);
     }
 }
