@@ -123,8 +123,11 @@ fn a_log_directory_its_user_may_not_write_refuses_the_owner_and_changes_nothing(
     }
     let tmp = tempfile::tempdir().unwrap();
     let (dir, last) = log_readable_by_all(tmp.path());
-    // The lock file writable by all: the open gets past the lock to the directory itself.
-    std::fs::set_permissions(dir.join("LOCK"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Every file writable by all: only the directory, which takes no new entries from this
+    // user, stands in the way of a writer, which must make a segment at its first append.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        std::fs::set_permissions(entry.unwrap().path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     let before = snapshot(&dir);
 
     let (look, owner) = opens_as_nobody(&dir);
