@@ -443,3 +443,35 @@ fn every_bad_input_under_open_readers_gives_each_the_same_typed_error_after_the_
         run_live_row(&row);
     }
 }
+
+/// The log directory a file, or missing: a look and every tool command refuse it with a typed
+/// I/O error naming the path (the tool with status 3), and the file is left as it was; the
+/// owner refuses a file in its place, and makes a new log where nothing is (its documented
+/// open of a new log).
+#[test]
+fn a_log_directory_that_is_a_file_or_missing_is_a_typed_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("wal");
+    std::fs::write(&file, b"not a log").unwrap();
+    let missing = tmp.path().join("missing");
+    for (path, kind) in [(&file, std::io::ErrorKind::NotADirectory), (&missing, std::io::ErrorKind::NotFound)] {
+        match ReadOnlyWal::open(path, None) {
+            Err(WalError::Io { path: named, source, .. }) => {
+                assert!(named.starts_with(path), "{} names {}", path.display(), named.display());
+                assert_eq!(source.kind(), kind, "{source}");
+            }
+            other => panic!("a look at {}: expected Io, got {:?}", path.display(), other.map(|v| v.recovery_info().clone())),
+        }
+        for command in ["inspect", "verify", "dump"] {
+            let (status, stderr) = tool(command, path);
+            assert_eq!(status, 3, "{command} {}: {stderr}", path.display());
+            assert!(stderr.contains(path.to_str().unwrap()), "{command}: {stderr}");
+        }
+    }
+    match SegmentedWal::open(config(&file)) {
+        Err(WalError::Io { op: nodedb_wal::IoOp::CreateDir, path, .. }) => assert_eq!(path, file),
+        other => panic!("the owner on a file: expected Io CreateDir, got {:?}", other.map(|w| w.next_lsn())),
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a log", "the file is left as it was");
+    assert!(!missing.exists(), "the look and the tool make nothing");
+}
