@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use super::SegmentedWal;
 use crate::error::{IoOp, Result, WalError};
 use crate::manifest::Floor;
+use crate::recovery::open_existing;
+use crate::segment::scan::{HEAD_BYTES, decode_head};
 use crate::segment::{self, SegmentInfo, index};
-use crate::storage::{Storage, is_out_of_space};
+use crate::storage::{Storage, StorageFile, is_out_of_space};
 use crate::types::{Lsn, SegmentId};
 
 impl<S: Storage> SegmentedWal<S> {
@@ -148,14 +150,35 @@ impl<S: Storage> SegmentedWal<S> {
 }
 
 /// Removes segments a truncation left below the floor when a crash cut it short, oldest
-/// first. The caller syncs the directory.
+/// first. The caller syncs the directory. A file there whose head does not name its segment
+/// is no segment of this log (another program's file, a directory), so it is left as found.
 pub(super) fn remove_below_floor<S: Storage>(storage: &S, dir: &Path, ids: &[SegmentId]) -> Result<()> {
     for &id in ids {
         let path = segment::path(dir, id);
+        if !holds_own_head(storage, &path, id) {
+            tracing::warn!(path = %path.display(), "leaving a file named like a segment below the truncation floor: it is no segment of this log");
+            continue;
+        }
         tracing::warn!(segment = %id, "removing a segment below the truncation floor, left by an interrupted truncation");
         storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
     }
     Ok(())
+}
+
+/// Whether the file at `path` begins with a segment head naming `id`, as every segment a
+/// truncation can leave behind does (truncation takes only sealed segments). Read through the
+/// page cache, and nothing else read: the file may be anything.
+fn holds_own_head<S: Storage>(storage: &S, path: &Path, id: SegmentId) -> bool {
+    let Ok((file, _)) = open_existing(storage, path, false, false) else { return false };
+    let mut bytes = [0; HEAD_BYTES];
+    let mut len = 0;
+    while len < bytes.len() {
+        match file.read_at(&mut bytes[len..], len as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    matches!(decode_head(&bytes[..len], id), Ok(Some(head)) if head.header.segment_id == id)
 }
 
 /// At open, with one listing of `dir`: removes header indexes whose segment is gone (a crash
