@@ -137,3 +137,36 @@ fn a_segment_the_log_truncated_is_still_truncated_for_a_reader_that_listed_it() 
     let err = reader.find_map(Result::err).expect("the reader meets the truncation");
     assert!(matches!(err, WalError::SegmentTruncated { segment: SegmentId(2) }), "{err:?} (segment 2 began at {second_segment})");
 }
+
+/// A truncation that reaches a segment removed by hand takes it as removed and goes on: the
+/// floor above it is durable first, so nothing is lost, where an error at that file (`Remove`
+/// or `Rename`, `NotFound`) stopped every later truncation too until a reopen, and the disk
+/// filled with the segments above it. With and without kept files for reuse.
+fn truncation_goes_past_a_segment_removed_by_hand(recycle: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let last = write_log(&FsStorage::new(), &dir, &[40; 8]);
+    let mut cfg = config(&dir);
+    cfg.recycle_segments = recycle;
+    let wal = SegmentedWal::open(cfg.clone()).unwrap();
+    std::fs::remove_file(seg(&dir, 2)).unwrap();
+    let checkpoint = wal.segments()[3].first_lsn;
+    assert_eq!(wal.truncate_before(checkpoint).unwrap(), 3, "segments 1 to 3 are gone");
+    assert_eq!(wal.oldest_lsn(), checkpoint);
+    let segments: Vec<u64> = wal.segments().iter().map(|s| s.id.0).collect();
+    assert_eq!(segments, [4]);
+    assert_records(&drain(wal.read_from(checkpoint).unwrap()).0, checkpoint.0, last);
+    wal.close().unwrap();
+    let wal = SegmentedWal::open(cfg).unwrap();
+    assert_records(&drain(wal.read_from(checkpoint).unwrap()).0, checkpoint.0, last);
+}
+
+#[test]
+fn truncation_goes_past_a_segment_removed_by_hand_with_kept_files() {
+    truncation_goes_past_a_segment_removed_by_hand(2);
+}
+
+#[test]
+fn truncation_goes_past_a_segment_removed_by_hand_without_kept_files() {
+    truncation_goes_past_a_segment_removed_by_hand(0);
+}

@@ -78,7 +78,7 @@ impl<S: Storage> SegmentedWal<S> {
             let kept = match keep {
                 Some(to) => self.keep_or_remove(&path, to)?,
                 None => {
-                    self.storage.remove(&path).map_err(|e| WalError::io(IoOp::Remove, &path, e))?;
+                    remove_truncated(&*self.storage, &path)?;
                     None
                 }
             };
@@ -141,11 +141,28 @@ impl<S: Storage> SegmentedWal<S> {
             Ok(()) => Ok(Some(to)),
             Err(err) if is_out_of_space(&err) => {
                 tracing::warn!(%err, path = %path.display(), "no room to keep a truncated segment for reuse; removing it");
-                self.storage.remove(path).map_err(|e| WalError::io(IoOp::Remove, path, e))?;
+                remove_truncated(&*self.storage, path)?;
+                Ok(None)
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), "a truncated segment was removed by other means before the truncation");
                 Ok(None)
             }
             Err(err) => Err(WalError::io(IoOp::Rename, path, err)),
         }
+    }
+}
+
+/// Removes a segment truncation takes. One already gone (removed by hand) is what the removal
+/// would have made of it: the floor above it is durable, so the log no longer needs it, and an
+/// error there would stop this truncation and every later one at the same file.
+fn remove_truncated<S: Storage>(storage: &S, path: &Path) -> Result<()> {
+    match storage.remove(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "a truncated segment was removed by other means before the truncation");
+            Ok(())
+        }
+        removed => removed.map_err(|e| WalError::io(IoOp::Remove, path, e)),
     }
 }
 
