@@ -38,7 +38,8 @@ pub(crate) fn open_held<S: Storage>(
 /// `err` as a reader beside the writer should see it. A key the ring no longer holds, for a
 /// segment whose name is gone since the reader opened it, is the truncation's doing:
 /// `retire_key` lets a key go once no listed segment names it, so this is
-/// [`WalError::SegmentTruncated`] (read again from the oldest LSN), not a lost key.
+/// [`WalError::SegmentTruncated`] (read again from the oldest LSN), not a lost key (or, where
+/// `FLOOR` says truncation did not take it, [`WalError::MissingSegment`]: see [`gone`]).
 pub(crate) fn key_gone_with_segment<S: Storage>(
     err: WalError,
     storage: &S,
@@ -47,7 +48,7 @@ pub(crate) fn key_gone_with_segment<S: Storage>(
     may_be_truncated: bool,
 ) -> WalError {
     match err {
-        WalError::UnknownKeyId { .. } if may_be_truncated && !still_listed(storage, path) => WalError::SegmentTruncated { segment: id },
+        WalError::UnknownKeyId { .. } if may_be_truncated && !still_listed(storage, path) => gone(storage, path, id),
         err => err,
     }
 }
