@@ -10,8 +10,6 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use crate::error::IoOp;
 
-const WRITE: u64 = 1;
-const SYNC: u64 = 2;
 const ECANCELED: i32 = 125;
 
 /// One small ring per file; the flusher is its only user.
@@ -20,6 +18,9 @@ pub struct Ring {
     /// Set when `io_uring_enter` failed: entries may still sit in the queue, so the ring is
     /// never entered again (they would then refer to a buffer that is gone).
     broken: bool,
+    /// Numbers each submitted pair, so that a completion from anything but the pair in flight
+    /// is told apart from it: the write of pair `n` is tagged `2n`, its sync `2n + 1`.
+    pairs: u64,
 }
 
 impl fmt::Debug for Ring {
@@ -41,7 +42,7 @@ impl Ring {
     }
 
     pub fn new() -> io::Result<Ring> {
-        Ok(Ring { ring: IoUring::new(4)?, broken: false })
+        Ok(Ring { ring: IoUring::new(4)?, broken: false, pairs: 0 })
     }
 
     /// Writes all of `buf` at `offset`, then fdatasyncs, as linked entries. Short writes are
@@ -83,8 +84,10 @@ impl Ring {
         }
         let len = u32::try_from(buf.len()).map_err(|_| io::Error::other("write larger than 4 GiB"))?;
         let fd = types::Fd(fd.as_raw_fd());
-        let write = opcode::Write::new(fd, buf.as_ptr(), len).offset(offset).build().flags(squeue::Flags::IO_LINK).user_data(WRITE);
-        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(SYNC);
+        self.pairs += 1;
+        let (write_tag, sync_tag) = (self.pairs * 2, self.pairs * 2 + 1);
+        let write = opcode::Write::new(fd, buf.as_ptr(), len).offset(offset).build().flags(squeue::Flags::IO_LINK).user_data(write_tag);
+        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(sync_tag);
         // SAFETY: `buf` outlives both operations: we return only after both completions arrive,
         // or after marking the ring broken when the kernel took none of them (see below).
         let pushed = unsafe {
@@ -99,6 +102,7 @@ impl Ring {
             return Err(io::Error::other("io_uring queue full"));
         }
         let mut results = (None, None);
+        let mut unknown = None;
         let mut want = 2;
         let mut submitted = false;
         while want > 0 {
@@ -119,13 +123,26 @@ impl Ring {
                 }
             }
             for cqe in self.ring.completion() {
+                // Only this pair's completions count. Any other (never expected: every call
+                // drains its own pair) must not end the wait: returning, or panicking, while
+                // the write is in flight would free `buf` under the kernel.
                 match cqe.user_data() {
-                    WRITE => results.0 = Some(cqe.result()),
-                    SYNC => results.1 = Some(cqe.result()),
-                    other => unreachable!("unknown io_uring completion {other}"),
+                    tag if tag == write_tag && results.0.is_none() => results.0 = Some(cqe.result()),
+                    tag if tag == sync_tag && results.1.is_none() => results.1 = Some(cqe.result()),
+                    tag => {
+                        unknown = unknown.or(Some(tag));
+                        continue;
+                    }
                 }
                 want -= 1;
             }
+        }
+        if let Some(tag) = unknown {
+            // Both operations are done, so failing is safe now; the ring's state is not
+            // understood, so it is never entered again.
+            self.broken = true;
+            tracing::error!(tag, "unexpected io_uring completion; the ring is retired");
+            return Err(io::Error::other(format!("unexpected io_uring completion (tag {tag})")));
         }
         Ok((results.0.expect("write completion"), results.1.expect("sync completion")))
     }
@@ -160,6 +177,43 @@ mod tests {
         ring.write_and_sync(&fd, b"hello", 3).unwrap();
         ring.write_and_sync(&fd, b"abc", 0).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"abchello");
+    }
+
+    /// Leaves a completion on `ring` that belongs to no pair: a NOP submitted and never reaped.
+    fn leave_a_stray_completion(ring: &mut Ring) {
+        let nop = opcode::Nop::new().build().user_data(u64::MAX);
+        // SAFETY: a NOP refers to no memory.
+        unsafe { ring.ring.submission().push(&nop) }.unwrap();
+        ring.ring.submit_and_wait(1).unwrap();
+    }
+
+    /// How many completions the kernel has posted to `ring` (`CqTail` in the ring's fdinfo).
+    fn completions_posted(ring: &Ring) -> u32 {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", ring.ring.as_raw_fd())).unwrap();
+        let tail = info.lines().find_map(|line| line.strip_prefix("CqTail:")).expect("CqTail in an io_uring's fdinfo");
+        tail.trim().parse().unwrap()
+    }
+
+    // Before, a completion the ring did not expect hit `unreachable!`, which unwinds while the
+    // pair's write may still be in flight: its buffer could be freed under the kernel.
+    #[test]
+    fn a_stray_completion_fails_the_call_only_once_its_write_and_sync_are_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let fd = open(&path, true);
+        let Some(mut ring) = ring_or_skip() else { return };
+        leave_a_stray_completion(&mut ring);
+        let (op, err) = ring.write_and_sync(&fd, b"hello", 0).unwrap_err();
+        assert_eq!(op, IoOp::Write);
+        assert!(err.to_string().contains("unexpected io_uring completion"), "{err}");
+        // The pair finished before the call returned: the kernel had posted its write's and
+        // its sync's completions after the stray one, and the write landed.
+        assert_eq!(completions_posted(&ring), 3);
+        assert!(ring.ring.completion().is_empty());
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        // A ring in a state nobody understands is not used again.
+        assert!(ring.write_and_sync(&fd, b"x", 0).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
     }
 
     #[test]
