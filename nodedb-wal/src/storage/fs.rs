@@ -48,10 +48,12 @@ impl Default for FsStorage {
 }
 
 impl FsStorage {
-    /// The default backend: pwrite + fdatasync. With one flusher issuing one write and one
-    /// sync at a time, io_uring gains nothing to batch, and the kernel runs its fdatasync in a
-    /// worker thread, a hand-off per commit: measured slower here at 1 and 64 threads, even at
-    /// 16 (docs/BENCHMARKS.md, "I/O backend"). [`FsStorage::io_uring`] chooses io_uring.
+    /// The default backend: pwrite + fdatasync. With one write and one sync in flight at a
+    /// time, io_uring has nothing to batch and costs three hand-offs between threads per commit
+    /// that a blocking pwrite and fdatasync do not (the direct-I/O completion worker, the
+    /// submitter's task work, the io-wq worker that runs every io_uring fsync): measured slower
+    /// at 1, 16 and 64 threads, whatever the ring's setup flags (docs/DESIGN.md, "Why pwrite is
+    /// the default backend"). [`FsStorage::io_uring`] chooses io_uring.
     #[must_use]
     pub fn new() -> FsStorage {
         FsStorage::pwrite_only()

@@ -12,7 +12,11 @@ use crate::error::IoOp;
 
 const ECANCELED: i32 = 125;
 
-/// One small ring per file; the flusher is its only user.
+/// One small ring per file, set up at its first durable write (for a segment, its header), so
+/// one per segment. Whichever thread holds the log's writer uses it, under the file's mutex:
+/// the flusher, or on a quiet log the waiting caller. So no `SINGLE_ISSUER` or
+/// `DEFER_TASKRUN`, which tie a ring to one thread; they, `COOP_TASKRUN` and a registered file
+/// were measured and none was faster (docs/DESIGN.md, "Why pwrite is the default backend").
 pub struct Ring {
     ring: IoUring,
     /// Set when `io_uring_enter` failed: entries may still sit in the queue, so the ring is
