@@ -7,10 +7,12 @@
 //! Needs root and a file system that takes the immutable flag (ext4, XFS, tmpfs); elsewhere
 //! the test prints `SKIPPED:` and why.
 
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::io::ErrorKind;
+use std::path::Path;
+
+use common::Immutable;
 use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, IoOp, PageCheck, WalError};
 
 const PAGE: usize = 4096;
@@ -25,28 +27,6 @@ fn page(v: u8) -> Vec<u8> {
 /// Whole when every byte equals the first, which is its version.
 fn check(_: FileId, bytes: &[u8]) -> PageCheck {
     if bytes.iter().all(|&b| b == bytes[0]) { PageCheck::Intact { version: u64::from(bytes[0]) } } else { PageCheck::Torn }
-}
-
-/// The immutable flag on a file, taken off again when dropped.
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(path: &Path) -> Result<Immutable, String> {
-        if !rustix::process::geteuid().is_root() {
-            return Err("not root".into());
-        }
-        let out = Command::new("chattr").arg("+i").arg(path).output().map_err(|e| format!("chattr: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("chattr +i: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(Immutable(path.to_path_buf()))
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
 }
 
 fn open(config: &DwbConfig, pages: &Path) -> DoubleWriteBuffer {

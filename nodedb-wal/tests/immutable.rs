@@ -18,30 +18,9 @@ mod common;
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{assert_records, config, read_all, snapshot, unseal, write_log};
+use common::{Immutable, assert_records, config, read_all, snapshot, unseal, write_log};
 use nodedb_wal::{FsStorage, IoOp, ReadOnlyWal, SegmentedWal, WalError};
-
-/// The immutable flag on a file, taken off again when dropped (else the temporary directory
-/// could not be removed).
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(path: &Path) -> Result<Immutable, String> {
-        let out = Command::new("chattr").arg("+i").arg(path).output().map_err(|e| format!("chattr: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("chattr +i: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(Immutable(path.to_path_buf()))
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}
 
 /// Makes `target` (a file of the log in `dir`, or `dir` itself) immutable under a log whose
 /// newest segment is unsealed (as a power cut leaves it: the next open seals it), and checks

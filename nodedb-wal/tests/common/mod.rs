@@ -808,3 +808,27 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u32)> {
         .map(|(name, bytes)| (name, (bytes.len(), crc32c(&bytes))))
         .collect()
 }
+
+/// The immutable flag on a file (`chattr +i`, root only), taken off again when dropped (else
+/// the temporary directory could not be removed).
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    /// Sets the flag, or says why it could not (not root, no `chattr`, a file system without it).
+    pub fn set(path: &Path) -> Result<Immutable, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("not root".into());
+        }
+        let out = Command::new("chattr").arg("+i").arg(path).output().map_err(|e| format!("chattr: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("chattr +i: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
