@@ -469,7 +469,10 @@ fn a_log_directory_that_is_a_file_or_missing_is_a_typed_error_naming_it() {
         }
     }
     match SegmentedWal::open(config(&file)) {
-        Err(WalError::Io { op: nodedb_wal::IoOp::CreateDir, path, .. }) => assert_eq!(path, file),
+        Err(WalError::Io { op: nodedb_wal::IoOp::CreateDir, path, source }) => {
+            assert_eq!(path, file);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotADirectory, "said as the look says it, not \"File exists\": {source}");
+        }
         other => panic!("the owner on a file: expected Io CreateDir, got {:?}", other.map(|w| w.next_lsn())),
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"not a log", "the file is left as it was");

@@ -292,7 +292,7 @@ pub fn create_dir_durably<S: Storage>(storage: &S, dir: &Path) -> Result<(), (Io
     let levels: Vec<&Path> = dir.ancestors().filter(|p| !p.as_os_str().is_empty()).collect();
     let missing: Vec<&Path> =
         levels.iter().copied().take_while(|p| storage.list(p).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)).collect();
-    storage.create_dir_all(dir).map_err(|e| (IoOp::CreateDir, e))?;
+    storage.create_dir_all(dir).map_err(|e| (IoOp::CreateDir, not_a_directory(e)))?;
     for level in levels.iter().rev() {
         // The root has no entry to sync; a relative path's top level lives in ".".
         let Some(parent) = level.parent() else { continue };
@@ -305,4 +305,13 @@ pub fn create_dir_durably<S: Storage>(storage: &S, dir: &Path) -> Result<(), (Io
         }
     }
     Ok(())
+}
+
+/// `create_dir_all` says "File exists" where the path (or a parent) is a file: it is there, but
+/// no directory, which is what the caller needs to hear (and what a look at it says).
+fn not_a_directory(err: io::Error) -> io::Error {
+    match err.kind() {
+        io::ErrorKind::AlreadyExists => io::Error::from_raw_os_error(rustix::io::Errno::NOTDIR.raw_os_error()),
+        _ => err,
+    }
 }
