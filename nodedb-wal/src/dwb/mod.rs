@@ -179,6 +179,9 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// Maps `file` to a page file whose pages are all `page_len` bytes; page `n` lives at byte
     /// `n * page_len`. The file must exist when pages are written or recovered: the buffer never
     /// creates files. Register every file that may have pages in the buffer before recovery.
+    /// Any page length from 1 byte to 1 MiB is taken, aligned or not, if its image (the page
+    /// and its slot header, rounded up to a block) fits `batch_bytes_max`; anything else is
+    /// [`WalError::InvalidConfig`].
     ///
     /// The page length is part of the id: images stay in the buffer until the ring wraps over
     /// them, and recovery refuses ([`WalError::DwbPageLen`]) a file registered with another
@@ -201,6 +204,8 @@ impl<S: Storage> DoubleWriteBuffer<S> {
     /// dwb.register_file(FileId(1), "/db/pages", 4096)?;
     /// dwb.register_file(FileId(1), "/db/pages", 4096)?; // the same again: a no-op
     /// assert!(dwb.register_file(FileId(1), "/db/pages", 8192).is_err(), "another page length");
+    /// let err = dwb.register_file(FileId(3), "/db/pages", 0).unwrap_err();
+    /// assert!(matches!(err, WalError::InvalidConfig { .. }), "no page of 0 bytes");
     ///
     /// // Pages are checked against their registration before anything is written.
     /// let err = dwb.write_pages(&[(FileId(2), 0, &[0u8; 4096])]).unwrap_err();
