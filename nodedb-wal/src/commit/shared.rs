@@ -219,8 +219,10 @@ impl<S: Storage> Shared<S> {
         (seg.sealed, seg.bytes) = (true, bytes);
     }
 
-    /// Wakes every appender and the flusher (after poisoning or closing).
-    pub(super) fn wake_all(&self) {
+    /// Wakes every appender and the flusher (after poisoning or closing). Whoever poisons the
+    /// log calls it, the truncation too: an appender waiting for a free buffer is woken only
+    /// here once the flusher stops taking batches.
+    pub(crate) fn wake_all(&self) {
         let _plan = lock(&self.plan);
         self.space.notify_all();
         self.work.notify_all();

@@ -119,7 +119,8 @@ impl<S: Storage> SegmentedWal<S> {
     /// whose oldest segments are gone with nothing to tell it from lost ones. A failed sync
     /// poisons the log (it is never retried) and truncates nothing.
     fn record_floor(&self, floor: &mut Floor<S::File>, target: SegmentId) -> Result<()> {
-        let durability = &self.committer.shared().durability;
+        let shared = self.committer.shared();
+        let durability = &shared.durability;
         if floor.is_broken() {
             return Err(durability.check_poison().expect_err("a failed sync of the floor poisoned the log"));
         }
@@ -128,6 +129,9 @@ impl<S: Storage> SegmentedWal<S> {
             && floor.is_broken()
         {
             durability.poison_at(*op, path, source);
+            // The flusher takes no batch once the log is poisoned, so no buffer comes free:
+            // an appender waiting for one hung (a 20,000-seed run of tests/everything.rs).
+            shared.wake_all();
         }
         result
     }
