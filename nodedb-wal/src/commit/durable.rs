@@ -139,13 +139,15 @@ impl Durability {
         self.wake_tasks(Some(lsn));
     }
 
-    /// Ends the log: nothing more becomes durable. The first cause wins.
-    pub fn poison(&self, op: IoOp, err: &io::Error) {
+    /// Ends the log: nothing more becomes durable. The first cause wins. Outside this module
+    /// the log is poisoned through `Shared::poison`, which also wakes appenders waiting for a
+    /// buffer.
+    pub(super) fn poison(&self, op: IoOp, err: &io::Error) {
         self.poison_with(Poison::of(op, err), err);
     }
 
     /// [`Self::poison`] by a failed step on the file at `path`, which the error names.
-    pub fn poison_at(&self, op: IoOp, path: &std::path::Path, err: &io::Error) {
+    pub(super) fn poison_at(&self, op: IoOp, path: &std::path::Path, err: &io::Error) {
         self.poison_with(Poison::at(op, path, err), err);
     }
 

@@ -134,11 +134,7 @@ impl<S: Storage> Flusher<S> {
             }
             if let Err(IoFailure { op, err, path }) = self.write_run(&mut run) {
                 run.clear();
-                match path {
-                    Some(path) => shared.durability.poison_at(op, &path, &err),
-                    None => shared.durability.poison(op, &err),
-                }
-                shared.wake_all();
+                shared.poison(op, path.as_deref(), &err);
                 break;
             }
             shared.finish_batches(&mut run);
@@ -243,8 +239,7 @@ impl<S: Storage> Flusher<S> {
         let bytes = match seal_file(file, shared.block, end.at, end.next_lsn, end.salt, cut) {
             Ok(bytes) => bytes,
             Err((op, err)) => {
-                shared.durability.poison_at(op, &segment::path(&shared.dir, id), &err);
-                shared.wake_all();
+                shared.poison(op, Some(&segment::path(&shared.dir, id)), &err);
                 return;
             }
         };

@@ -120,18 +120,14 @@ impl<S: Storage> SegmentedWal<S> {
     /// poisons the log (it is never retried) and truncates nothing.
     fn record_floor(&self, floor: &mut Floor<S::File>, target: SegmentId) -> Result<()> {
         let shared = self.committer.shared();
-        let durability = &shared.durability;
         if floor.is_broken() {
-            return Err(durability.check_poison().expect_err("a failed sync of the floor poisoned the log"));
+            return Err(shared.durability.check_poison().expect_err("a failed sync of the floor poisoned the log"));
         }
         let result = floor.advance(&*self.storage, &self.config.dir, target);
         if let Err(WalError::Io { op, path, source }) = &result
             && floor.is_broken()
         {
-            durability.poison_at(*op, path, source);
-            // The flusher takes no batch once the log is poisoned, so no buffer comes free:
-            // an appender waiting for one hung (a 20,000-seed run of tests/everything.rs).
-            shared.wake_all();
+            shared.poison(*op, Some(path), source);
         }
         result
     }
