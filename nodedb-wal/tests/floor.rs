@@ -2,9 +2,15 @@
 //! truncation is refused with `MissingSegment`, every file left as found, while a power cut at
 //! any step of a truncation leaves a log that opens with every record from the checkpoint on.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::Gated;
 
 use nodedb_wal::format::manifest::{FLOOR_FILE, MANIFEST_LEN, ManifestSlot, SLOT_LEN, SLOT_SPACING, SlotKind};
 use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
@@ -204,6 +210,50 @@ fn a_failed_sync_of_the_floor_poisons_the_log_and_removes_nothing() {
     assert_eq!(storage.list(dir).unwrap(), before, "nothing removed");
     let err = wal.truncate_before(wal.durable_lsn()).unwrap_err();
     assert!(matches!(err, WalError::Poisoned { .. }), "the floor is never written again: {err}");
+}
+
+// Found by a 20,000-seed run of tests/everything.rs, which hung: once the log is poisoned the
+// flusher takes no batch, so no buffer comes free, and the truncation that poisoned it woke
+// nobody. An appender waiting for a buffer slept for good.
+#[test]
+fn an_appender_waiting_for_a_buffer_learns_of_the_poison_a_failed_sync_of_the_floor_set() {
+    let faulty = FaultyStorage::new(SimStorage::new(6, FaultConfig::default()));
+    let gated = Gated::new(faulty.clone());
+    let mut cfg = config(Path::new("/stall"), 0);
+    cfg.batch_buffers = 2;
+    let wal = SegmentedWal::open_with(gated.clone(), cfg).unwrap();
+    fill(&wal, &mut BTreeMap::new(), 3);
+    let checkpoint = wal.durable_lsn();
+    gated.gate.shut();
+    let held = wal.append(Record::new(TY, b"held")).unwrap();
+    wal.request_sync(held).unwrap();
+    gated.gate.wait_held();
+    // One buffer is held between its write and its sync; the appender fills the other and
+    // then waits for one to come free.
+    let (tx, appender) = mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let refused = loop {
+                if let Err(err) = wal.append(Record::new(TY, &[1; 1000])) {
+                    break err;
+                }
+            };
+            tx.send(refused).unwrap();
+        });
+        while wal.stats().buffer_waits == 0 {
+            std::thread::yield_now();
+        }
+        faulty.fail_once(FaultOp::SyncData, 0, EIO);
+        let truncated = wal.truncate_before(checkpoint);
+        // Waits for the appender with the gate still shut: nothing but the poison's wake-up can
+        // free it. The bound only turns a hang into a failure.
+        let refused = appender.recv_timeout(Duration::from_secs(60));
+        gated.gate.open();
+        assert!(matches!(truncated, Err(WalError::Io { op: IoOp::SyncData, .. })), "{truncated:?}");
+        assert!(matches!(refused, Ok(WalError::Poisoned { .. })), "the waiting appender was not told: {refused:?}");
+    });
+    assert_eq!(wal.stats().buffer_waits, 1, "one append waited for a buffer, counted once");
+    assert!(matches!(wal.wait_durable(held), Err(WalError::Poisoned { .. })), "nothing acknowledged after the poison");
 }
 
 #[test]

@@ -186,6 +186,7 @@ impl<S: Storage> GroupCommitter<S> {
         let _poison_on_panic = PoisonOnPanic { shared: &self.shared, what: "an append panicked while reserving its place" };
         let mut plan = lock(&self.shared.plan);
         let mut turn = Turn::default();
+        let mut waited = false;
         let reserved = loop {
             if let Err(err) = self.shared.durability.check_poison() {
                 break Err(err);
@@ -209,6 +210,11 @@ impl<S: Storage> GroupCommitter<S> {
                 Err(Wait::NoLsn) => break Err(WalError::LsnsExhausted { next: plan.next_lsn }),
                 Err(Wait::ForBuffer) => {
                     self.shared.notify_flusher(&plan);
+                    if !std::mem::replace(&mut waited, true) {
+                        // Counted under the plan lock: who reads it knows this append either
+                        // holds the lock or sleeps, so a wake-up under the lock reaches it.
+                        self.shared.stats.buffer_waits.fetch_add(1, Ordering::Relaxed);
+                    }
                     plan.space_waiters += 1;
                     plan = self.shared.space.wait(plan).unwrap_or_else(std::sync::PoisonError::into_inner);
                     plan.space_waiters -= 1;
@@ -338,6 +344,7 @@ impl<S: Storage> GroupCommitter<S> {
             sync_nanos_max: s.sync_nanos_max.load(Ordering::Relaxed),
             waits: s.waits.load(Ordering::Relaxed),
             wait_nanos: s.wait_nanos.load(Ordering::Relaxed),
+            buffer_waits: s.buffer_waits.load(Ordering::Relaxed),
             poisoned: self.shared.durability.check_poison().is_err(),
         }
     }

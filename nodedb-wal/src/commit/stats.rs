@@ -25,6 +25,8 @@ pub struct CommitStats {
     pub waits: AtomicU64,
     /// See `waits`.
     pub wait_nanos: AtomicU64,
+    /// Appends that found every buffer full and waited for the writer to free one.
+    pub buffer_waits: AtomicU64,
 }
 
 /// A snapshot of the write path's counters: plain numbers for a metrics exporter.
@@ -66,6 +68,10 @@ pub struct CommitStatsSnapshot {
     pub waits: u64,
     /// Nanoseconds those calls blocked in total.
     pub wait_nanos: u64,
+    /// Appends that found every buffer full and waited for the writer to free one: the disk
+    /// falls behind the appenders, or the buffers are too small for the load (PostgreSQL counts
+    /// the same as `wal_buffers_full`).
+    pub buffer_waits: u64,
     /// Whether a failed write or sync poisoned the log.
     pub poisoned: bool,
 }
@@ -126,6 +132,7 @@ impl CommitStatsSnapshot {
             sync_nanos_max: self.sync_nanos_max,
             waits: self.waits - earlier.waits,
             wait_nanos: self.wait_nanos - earlier.wait_nanos,
+            buffer_waits: self.buffer_waits - earlier.buffer_waits,
             poisoned: self.poisoned,
         }
     }
@@ -139,5 +146,6 @@ impl CommitStatsSnapshot {
             || self.sync_nanos < earlier.sync_nanos
             || self.waits < earlier.waits
             || self.wait_nanos < earlier.wait_nanos
+            || self.buffer_waits < earlier.buffer_waits
     }
 }
