@@ -71,7 +71,7 @@ pub(super) fn bench(args: &Args) -> Outcome {
     out!("{:<28} {:>14}", "append_durable p99.9 us", q(0.999));
     out!("{:<28} {:>14}", "fdatasyncs", m.fsyncs);
     out!("{:<28} {:>14.1}", "records per batch", m.records_per_batch());
-    out!("{:<28} {:>14}", "appends that waited buffer", m.buffer_waits);
+    out!("{:<28} {:>14}", "appends that waited for room", m.buffer_waits);
     out!("{:<28} {:>14.1}", "write+sync mean us", m.sync_nanos as f64 / m.fsyncs.max(1) as f64 / 1e3);
     out!("{:<28} {:>14.1}", "write+sync max us", m.sync_nanos_max as f64 / 1e3);
     out!("{:<28} {:>14}", "first LSN written", start_lsn.0);
