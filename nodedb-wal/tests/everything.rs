@@ -683,6 +683,38 @@ fn run_seed(seed: u64) {
     }
 }
 
+/// Ends the process if one seed runs for minutes (they take milliseconds): a hung life would
+/// otherwise stall the run with no word of which seed hung. Not a timing check: the bound only
+/// turns a hang into a failure that names its seed.
+struct Watchdog {
+    seed: Arc<Mutex<(u64, std::time::Instant)>>,
+}
+
+impl Watchdog {
+    const HUNG: std::time::Duration = std::time::Duration::from_secs(300);
+
+    fn start() -> Watchdog {
+        let seed = Arc::new(Mutex::new((0, std::time::Instant::now())));
+        let watched = Arc::downgrade(&seed);
+        std::thread::spawn(move || {
+            while let Some(seed) = watched.upgrade() {
+                let (at, since) = *seed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                drop(seed);
+                if since.elapsed() > Self::HUNG {
+                    eprintln!("seed {at} hung; reproduce with NODEDB_WAL_EVERYTHING_SEED={at} (threads may not replay it)");
+                    std::process::exit(101);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+        Watchdog { seed }
+    }
+
+    fn enter(&self, seed: u64) {
+        *self.seed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (seed, std::time::Instant::now());
+    }
+}
+
 #[test]
 fn every_feature_at_once_survives_random_crashes() {
     if let Ok(one) = std::env::var("NODEDB_WAL_EVERYTHING_SEED") {
@@ -690,7 +722,9 @@ fn every_feature_at_once_survives_random_crashes() {
     }
     let default = if cfg!(debug_assertions) { 200 } else { 2000 };
     let seeds: u64 = std::env::var("NODEDB_WAL_EVERYTHING_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let watchdog = Watchdog::start();
     for seed in 0..seeds {
+        watchdog.enter(seed);
         if std::panic::catch_unwind(|| run_seed(seed)).is_err() {
             panic!("the simulation failed; reproduce with NODEDB_WAL_EVERYTHING_SEED={seed}");
         }
