@@ -3,7 +3,8 @@
 //! not yet durable (and so not yet listed), and with appends and rolls running beside it; the
 //! id is never taken again; and a segment under a retired key found at a later open is the
 //! typed missing-key error, never garbage; a reader that truncation overtakes between opening
-//! a segment and finding its key is told of the truncation, not of a missing key.
+//! a segment and finding its key is told of the truncation, not of a missing key, and a look
+//! so overtaken looks again.
 
 #[macro_use]
 mod common;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
-use nodedb_wal::storage::{FaultConfig, OpenMode, Storage};
+use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
 use nodedb_wal::{
     KeyRing, Lsn, ReadOnlyWal, Record, RecordType, SecureKey, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalError,
 };
@@ -168,18 +169,37 @@ fn a_segment_under_a_retired_key_is_unknown_key_id_at_the_next_open() {
     assert_eq!(second.payload, b"under key 2");
 }
 
-/// A storage on which a reader's first open of segment 1, once armed, is overtaken right after
-/// the file opens: the writer truncates the segment away and retires its key, before the
-/// reader has looked the key up.
+/// A storage on which a reader of segment 1, once armed, is overtaken by the writer when it
+/// first reads the file at `past` or further: `overtake` truncates the segment away and retires
+/// its key, after the reader opened the file and before it has looked the key up.
 #[derive(Clone)]
 struct RetiredUnderfoot {
     inner: SimStorage,
-    wal: Arc<SegmentedWal<SimStorage>>,
+    overtake: Arc<dyn Fn() + Send + Sync>,
+    past: u64,
     armed: Arc<AtomicBool>,
 }
 
+impl RetiredUnderfoot {
+    /// Truncates segment 1 away under `wal` and retires key 1.
+    fn truncating(sim: SimStorage, wal: &Arc<SegmentedWal<SimStorage>>, past: u64) -> RetiredUnderfoot {
+        let wal = Arc::clone(wal);
+        let overtake = Arc::new(move || {
+            wal.truncate_before(wal.sync().unwrap().next()).unwrap();
+            wal.retire_key(1).unwrap();
+        });
+        RetiredUnderfoot { inner: sim, overtake, past, armed: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+struct UnderfootFile {
+    inner: <SimStorage as Storage>::File,
+    /// Set for a read-only open of segment 1.
+    storage: Option<RetiredUnderfoot>,
+}
+
 impl Storage for RetiredUnderfoot {
-    type File = <SimStorage as Storage>::File;
+    type File = UnderfootFile;
     type Lock = <SimStorage as Storage>::Lock;
 
     pass_through_dir_ops!();
@@ -189,14 +209,24 @@ impl Storage for RetiredUnderfoot {
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Self::File> {
-        let file = self.inner.open(path, mode)?;
+        let inner = self.inner.open(path, mode)?;
         let first_segment = nodedb_wal::segment::parse_name(path.file_name().and_then(|n| n.to_str()).unwrap_or("")) == Some(SegmentId(1));
-        if first_segment && !mode.write && self.armed.swap(false, Ordering::SeqCst) {
-            self.wal.truncate_before(self.wal.sync().unwrap().next()).unwrap();
-            self.wal.retire_key(1).unwrap();
-        }
-        Ok(file)
+        Ok(UnderfootFile { inner, storage: (first_segment && !mode.write).then(|| self.clone()) })
     }
+}
+
+impl StorageFile for UnderfootFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if let Some(storage) = &self.storage
+            && offset >= storage.past
+            && storage.armed.swap(false, Ordering::SeqCst)
+        {
+            (storage.overtake)();
+        }
+        self.inner.read_at(buf, offset)
+    }
+
+    pass_through_file_ops_but_reads!();
 }
 
 // Seen failing before the fix: the reader's error was `UnknownKeyId { key_id: 1 }`, which
@@ -209,7 +239,7 @@ fn a_reader_overtaken_by_truncation_and_the_key_s_retirement_is_told_of_the_trun
     wal.append_durable(rec(b"under key 1")).unwrap();
     rotate(&ring, 2);
     wal.append_durable(rec(b"under key 2")).unwrap();
-    let storage = RetiredUnderfoot { inner: sim, wal: Arc::clone(&wal), armed: Arc::new(AtomicBool::new(false)) };
+    let storage = RetiredUnderfoot::truncating(sim, &wal, 0);
     let view = ReadOnlyWal::open_with(storage.clone(), "/keys", Some(Arc::clone(&ring))).unwrap();
     let mut reader = view.read_from(Lsn::FIRST).unwrap();
     storage.armed.store(true, Ordering::SeqCst);
@@ -218,4 +248,30 @@ fn a_reader_overtaken_by_truncation_and_the_key_s_retirement_is_told_of_the_trun
     assert!(matches!(err, WalError::SegmentTruncated { segment: SegmentId(1) }), "{err}");
     let again: Vec<_> = view.read_from(wal.oldest_lsn()).unwrap().map(|r| r.unwrap().payload.into_vec()).collect();
     assert_eq!(again, [b"under key 2".to_vec()], "reading again from the oldest LSN works");
+}
+
+// The look beside a writer meets the same race inside one segment: it checks that the ring
+// holds the newest segment's key before the scan and opens the first record with it after.
+// Here the writer rolls to a new key, truncates and retires the old key while the look reads
+// the rest of the first record (a large one) after the segment's head. A truncation overtaking
+// a look makes it look again, so the look opens on what the writer holds now, where a missing
+// key would have failed it.
+#[test]
+fn a_look_overtaken_inside_a_segment_by_truncation_and_the_key_s_retirement_looks_again() {
+    let ring = Arc::new(KeyRing::with_active(1, key(1)));
+    let sim = SimStorage::new(11, FaultConfig::default());
+    let wal = Arc::new(SegmentedWal::open_with(sim.clone(), config(&ring)).unwrap());
+    wal.append_durable(rec(&vec![1; 3 << 20])).unwrap();
+    let mut storage = RetiredUnderfoot::truncating(sim, &wal, 1);
+    let (writer, keys, truncating) = (Arc::clone(&wal), Arc::clone(&ring), Arc::clone(&storage.overtake));
+    storage.overtake = Arc::new(move || {
+        rotate(&keys, 2);
+        writer.append_durable(rec(b"under key 2")).unwrap();
+        truncating();
+    });
+    storage.armed.store(true, Ordering::SeqCst);
+    let view = ReadOnlyWal::open_with(storage, "/keys", Some(Arc::clone(&ring))).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ring.get(1).is_none(), "the race ran: key 1 is retired");
+    let seen: Vec<_> = view.read_from(view.recovery_info().first_lsn).unwrap().map(|r| r.unwrap().payload.into_vec()).collect();
+    assert_eq!(seen, [b"under key 2".to_vec()], "the look holds what the writer holds now");
 }
