@@ -7,7 +7,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use nodedb_wal::{KeyRing, Lsn, ReadOnlyWal, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig};
+use nodedb_wal::{
+    CalvinAppliedPayload, CollectionTombstonePayload, KeyRing, Lsn, ReadOnlyWal, Record, RecordType, Scope, SecureKey, SegmentedWal,
+    SegmentedWalConfig, TemporalPurgeEngine, TemporalPurgePayload,
+};
 
 fn tool(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nodedb-wal")).args(args).output().expect("the tool runs")
@@ -423,6 +426,175 @@ fn dump_decrypts_payloads_with_the_key_file_and_refuses_without_the_right_key() 
         assert_eq!(status(&out), 4, "{args:?}: {}", text(&out));
         assert!(text(&out).contains("--key-file"), "the hint: {}", text(&out));
     }
+}
+
+/// A collection name with what JSON and a terminal must not take bare: quotes, a backslash, a
+/// newline, a tab, an escape sequence and a bell, and letters outside ASCII.
+const ODD_NAME: &str = "say \"hi\"\\ \n\t\u{1b}[31m\u{7} zoë 注文";
+
+/// A row of an application's type, then one record of each of the log's own types.
+fn own_types_log(dir: &Path, ring: Option<Arc<KeyRing>>) {
+    let mut config = SegmentedWalConfig::new(dir);
+    config.key_ring = ring;
+    let wal = SegmentedWal::open(config).unwrap();
+    let scope = Scope { database: 1, tenant: 2, vshard: 3 };
+    wal.append(Record::new(RecordType::optional(0x100), b"a row").scoped(scope)).unwrap();
+    let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: ODD_NAME.into(), purge_lsn: Lsn(1) };
+    wal.append_tombstone(&tombstone).unwrap();
+    let purge = TemporalPurgePayload {
+        engine: TemporalPurgeEngine::KeyValue,
+        collection: "sessions\\\"".into(),
+        cutoff_unix_ms: 1_700_000_000_123,
+        purged_count: 42,
+    };
+    wal.append_temporal_purge(&purge, scope).unwrap();
+    wal.append_calvin_applied(&CalvinAppliedPayload { epoch: 1 << 40, position: 7, vshard: 3 }, scope).unwrap();
+    wal.sync().unwrap();
+    wal.close().unwrap();
+}
+
+/// Each line of `dump --json` with `args`, parsed: a line that is not JSON fails the test.
+fn dump_json(dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let lines = dump_lines(dir, &[&["--json"][..], args].concat());
+    lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+/// `dump` of `own_types_log` with `keys`: each own type named, and with the payloads each one's
+/// fields, in text and in JSON, the names exactly as appended.
+fn dump_names_and_decodes_the_logs_own_types(log: &Path, keys: &[&str]) {
+    let headers = dump_lines(log, keys);
+    assert_eq!(headers.len(), 4, "{headers:#?}");
+    assert!(headers[0].contains("  type 0x0100  db 1 tenant 2 vshard 3  "), "no name for an application's type: {}", headers[0]);
+    assert!(headers[1].contains("  type 0x8010 collection-tombstone  db 1 tenant 2 vshard 0  "), "{}", headers[1]);
+    assert!(headers[2].contains("  type 0x8011 temporal-purge  db 1 "), "{}", headers[2]);
+    assert!(headers[3].contains("  type 0x0010 calvin-applied  db 1 "), "{}", headers[3]);
+
+    let lines = dump_lines(log, &[keys, &["--payloads"]].concat());
+    let after = |lsn: &str| &lines[lines.iter().position(|l| l.starts_with(&format!("lsn {lsn:>10}  "))).expect("listed") + 1];
+    assert_eq!(after("1"), "    payload 5 bytes", "an application's payload is not decoded");
+    assert_eq!(
+        after("2"),
+        r#"    database 1  tenant 2  collection "say \"hi\"\\ \n\t\u{1b}[31m\u{7} zoë 注文"  purge lsn 1"#,
+        "the name quoted and escaped, on one line"
+    );
+    assert_eq!(
+        after("3"),
+        r#"    engine key-value  collection "sessions\\\""  cutoff 1700000000123 ms (2023-11-14 22:13:20.123 UTC)  purged 42"#
+    );
+    assert_eq!(after("4"), "    epoch 1099511627776  position 7  vshard 3");
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}') && !l.contains('\u{7}')), "no control character reaches the terminal");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("    payload ")).count(), 4, "the hex preview is still there: {lines:#?}");
+
+    let json = dump_json(log, &[keys, &["--payloads"]].concat());
+    assert_eq!(json.len(), 4);
+    assert_eq!(json[0]["type_name"], serde_json::Value::Null);
+    assert!(json[0].get("decoded").is_none() && json[0].get("decode_error").is_none(), "{}", json[0]);
+    assert_eq!(
+        (&json[1]["type_name"], &json[1]["required"], &json[1]["type"]),
+        (&"collection-tombstone".into(), &true.into(), &0x8010.into())
+    );
+    let tombstone = &json[1]["decoded"];
+    assert_eq!(tombstone["collection"], ODD_NAME, "the name reads back exactly: {}", json[1]);
+    assert_eq!((&tombstone["database"], &tombstone["tenant"], &tombstone["purge_lsn"]), (&1.into(), &2.into(), &1.into()));
+    let purge = &json[2]["decoded"];
+    assert_eq!(json[2]["type_name"], "temporal-purge");
+    assert_eq!((&purge["engine"], &purge["engine_code"], &purge["collection"]), (&"key-value".into(), &5.into(), &"sessions\\\"".into()));
+    assert_eq!((&purge["cutoff_unix_ms"], &purge["purged_count"]), (&1_700_000_000_123u64.into(), &42.into()));
+    let calvin = &json[3]["decoded"];
+    assert_eq!((&json[3]["type_name"], &json[3]["required"]), (&"calvin-applied".into(), &false.into()));
+    assert_eq!((&calvin["epoch"], &calvin["position"], &calvin["vshard"]), (&(1u64 << 40).into(), &7.into(), &3.into()));
+    assert!(json[3]["payload_hex"].as_str().is_some_and(|hex| hex.len() == 32), "the hex preview too: {}", json[3]);
+
+    // Without the payloads, JSON names the types and decodes nothing.
+    let headers = dump_json(log, keys);
+    assert_eq!(headers[1]["type_name"], "collection-tombstone");
+    assert!(headers.iter().all(|h| h.get("decoded").is_none() && h.get("payload_len").is_none()));
+}
+
+// Asked for by a usability review: dump showed the log's own records by their hex type and
+// bytes only, so an operator could not tell which collection a tombstone dropped.
+#[test]
+fn dump_names_the_logs_own_types_and_decodes_their_payloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    own_types_log(tmp.path(), None);
+    dump_names_and_decodes_the_logs_own_types(tmp.path(), &[]);
+}
+
+#[test]
+fn dump_decodes_the_logs_own_types_in_an_encrypted_log_through_the_key_and_names_them_without_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    own_types_log(&log, Some(Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [7; 32])))));
+    let key = key_file(tmp.path(), "key", 7);
+    dump_names_and_decodes_the_logs_own_types(&log, &["--key-file", &key]);
+    let headers = dump_lines(&log, &[]);
+    assert!(headers[1].contains("  type 0x8010 collection-tombstone  db 1 "), "headers need no key: {}", headers[1]);
+}
+
+#[test]
+fn dump_type_takes_the_name_of_each_of_the_logs_own_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    own_types_log(tmp.path(), None);
+    for (name, number, lsn) in [("collection-tombstone", "0x8010", 2), ("temporal-purge", "32785", 3), ("calvin-applied", "0x10", 4)] {
+        let named = dump_json(tmp.path(), &["--type", name]);
+        assert_eq!(named, dump_json(tmp.path(), &["--type", number]), "{name}");
+        assert_eq!(named.len(), 1, "{name}: {named:?}");
+        assert_eq!((&named[0]["lsn"], &named[0]["type_name"]), (&lsn.into(), &name.into()));
+    }
+    let d = tmp.path().to_str().unwrap();
+    let out = tool(&["dump", d, "--type", "tombstone"]);
+    assert_eq!(status(&out), 3, "{}", text(&out));
+    assert!(text(&out).contains("collection-tombstone, temporal-purge, calvin-applied"), "the names it takes: {}", text(&out));
+}
+
+/// A WalWriter's segment (it writes no header index, so readers take each header from its
+/// frame) of three rows, the second of them 15 bytes; that row's frame then retyped to
+/// `to`, with its checksum made right again, as someone who can write the log's files can.
+/// No API appends a malformed payload of the log's own types: `WalWriter::append` refuses
+/// them (`ReservedRecordType`), and the log's appends encode the payloads themselves.
+fn log_with_a_row_retyped_to(dir: &Path, to: RecordType) {
+    use nodedb_wal::format::frame::encode_frame;
+    use nodedb_wal::{RecordHeader, SegmentId, WalWriter};
+
+    let mut writer = WalWriter::create(dir, SegmentId(1), Lsn(1)).unwrap();
+    for payload in [&b"before"[..], &[0xAB; 15], b"after"] {
+        writer.append(Record::new(RecordType::optional(0x100), payload)).unwrap();
+    }
+    writer.finish().unwrap();
+    let (path, at) = frame_of(dir, 2);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = at as usize;
+    let header = RecordHeader { record_type: to, ..RecordHeader::decode(&bytes[at..]).unwrap() };
+    encode_frame(&header, &[0xAB; 15], &mut bytes[at..]);
+    std::fs::write(&path, bytes).unwrap();
+}
+
+// A payload of the log's own type that does not decode is shown with the decoder's reason, and
+// the listing goes on: dump shows, verify judges. Of the log's own types only a calvin-applied
+// record can be malformed in a log that opens: recovery decodes every tombstone and purge and
+// refuses a log with one that does not decode, which dump then reports as such.
+#[test]
+fn dump_notes_a_payload_of_the_logs_own_type_that_does_not_decode_and_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    log_with_a_row_retyped_to(tmp.path(), RecordType::CALVIN_APPLIED);
+    let lines = dump_lines(tmp.path(), &["--payloads"]);
+    let at = lines.iter().position(|l| l.starts_with("lsn          2  ")).expect("listed");
+    assert!(lines[at].contains("  type 0x0010 calvin-applied  "), "{}", lines[at]);
+    assert_eq!(lines[at + 1], "    not a valid calvin-applied payload: it is shorter than its layout");
+    assert_eq!(lines[at + 2], "    payload 15 bytes", "then its bytes");
+    assert!(lines.iter().any(|l| l.starts_with("lsn          3  ")), "the listing goes on: {lines:#?}");
+
+    let json = dump_json(tmp.path(), &["--payloads"]);
+    assert_eq!(json.len(), 3, "{json:?}");
+    assert_eq!(json[1]["decode_error"], "it is shorter than its layout");
+    assert!(json[1].get("decoded").is_none());
+    assert_eq!(json[1]["payload_hex"], "ab".repeat(15));
+
+    let tmp = tempfile::tempdir().unwrap();
+    log_with_a_row_retyped_to(tmp.path(), RecordType::COLLECTION_TOMBSTONE);
+    let out = tool(&["dump", tmp.path().to_str().unwrap()]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("record 2 of type 0x8010 has a malformed payload"), "{}", text(&out));
 }
 
 // Found by a review: the tool printed its usage text after every error of exit status 3 whose

@@ -1,13 +1,15 @@
 //! `dump`: one line per record (header fields, in text or JSON), and with `--payloads` what
 //! each payload holds: its length and a preview of its first bytes in hex and printable ASCII
 //! (`--full-payloads`: every byte). Payloads are read through the keys given, as `verify`
-//! reads them; headers alone need none.
+//! reads them; headers alone need none. Records of the log's own types are named, and with
+//! the payloads their fields are shown decoded (`decode.rs`).
 
 use std::fmt::Write as _;
 use std::io::Write;
 
-use nodedb_wal::{Lsn, RecordHandle};
+use nodedb_wal::{Lsn, PayloadError, RecordHandle};
 
+use super::decode::{self, Decoded};
 use super::look::wrong_key_at_first_record;
 use super::{Args, Outcome, open};
 
@@ -34,7 +36,8 @@ pub(super) fn dump(args: &Args) -> Outcome {
         let shown = match payloads {
             true => {
                 let payload = reader.payload_view().map_err(|err| wrong_key_at_first_record(&info, err))?;
-                Some((payload.len(), shown_bytes(payload, args.full_payloads)))
+                let decoded = decode::decode(h.record_type, payload);
+                Some(Shown { len: payload.len(), bytes: shown_bytes(payload, args.full_payloads), decoded })
             }
             false => None,
         };
@@ -46,14 +49,23 @@ pub(super) fn dump(args: &Args) -> Outcome {
     Ok(0)
 }
 
+/// What a listing shows of a payload: its length, the bytes shown, and for a type of the log's
+/// own, its fields decoded (or why they do not decode).
+struct Shown<'a> {
+    len: usize,
+    bytes: &'a [u8],
+    decoded: Option<Result<Decoded, PayloadError>>,
+}
+
 /// The bytes of `payload` a listing shows: a preview, or all of them when `full`.
 fn shown_bytes(payload: &[u8], full: bool) -> &[u8] {
     if full { payload } else { &payload[..payload.len().min(PREVIEW_BYTES)] }
 }
 
-fn json_line(h: &RecordHandle, payload: Option<(usize, &[u8])>) -> String {
+fn json_line(h: &RecordHandle, payload: Option<Shown<'_>>) -> String {
+    let type_name = decode::type_name(h.record_type).map_or_else(|| "null".to_owned(), decode::json_string);
     let mut line = format!(
-        "{{\"lsn\":{},\"segment\":{},\"offset\":{},\"type\":{},\"required\":{},\"database\":{},\"tenant\":{},\"vshard\":{},\"flags\":{},\"stored_len\":{}",
+        "{{\"lsn\":{},\"segment\":{},\"offset\":{},\"type\":{},\"type_name\":{type_name},\"required\":{},\"database\":{},\"tenant\":{},\"vshard\":{},\"flags\":{},\"stored_len\":{}",
         h.lsn.0,
         h.segment().0,
         h.offset(),
@@ -65,17 +77,22 @@ fn json_line(h: &RecordHandle, payload: Option<(usize, &[u8])>) -> String {
         h.flags,
         h.stored_len
     );
-    if let Some((len, shown)) = payload {
-        let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
-        let _ = write!(line, ",\"payload_len\":{len},\"payload_hex\":\"{hex}\",\"payload_complete\":{}", shown.len() == len);
+    if let Some(shown) = payload {
+        let hex: String = shown.bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let (len, complete) = (shown.len, shown.bytes.len() == shown.len);
+        let _ = write!(line, ",\"payload_len\":{len},\"payload_hex\":\"{hex}\",\"payload_complete\":{complete}");
+        if let Some(decoded) = &shown.decoded {
+            line.push_str(&decode::json_members(decoded));
+        }
     }
     line.push('}');
     line
 }
 
-fn text_lines(h: &RecordHandle, payload: Option<(usize, &[u8])>) -> String {
+fn text_lines(h: &RecordHandle, payload: Option<Shown<'_>>) -> String {
+    let name = decode::type_name(h.record_type).map_or_else(String::new, |name| format!(" {name}"));
     let mut text = format!(
-        "lsn {:>10}  segment {:>6}  offset {:>10}  type {:#06x}  db {} tenant {} vshard {}  {} bytes",
+        "lsn {:>10}  segment {:>6}  offset {:>10}  type {:#06x}{name}  db {} tenant {} vshard {}  {} bytes",
         h.lsn.0,
         h.segment().0,
         h.offset(),
@@ -85,9 +102,13 @@ fn text_lines(h: &RecordHandle, payload: Option<(usize, &[u8])>) -> String {
         h.scope.vshard,
         h.stored_len
     );
-    if let Some((len, shown)) = payload {
+    if let Some(shown) = payload {
+        if let Some(decoded) = &shown.decoded {
+            text.push('\n');
+            text.push_str(&decode::text_line(decoded, h.record_type));
+        }
         text.push('\n');
-        text.push_str(&payload_lines(len, shown));
+        text.push_str(&payload_lines(shown.len, shown.bytes));
     }
     text
 }

@@ -20,9 +20,12 @@ usage: nodedb-wal <command> [arguments]
                          MANIFEST and FLOOR say (both slots of each), and health; for a log
                          it refuses, the segment files found
   dump DIR [--from LSN] [--type T] [--json] [--payloads | --full-payloads]
-                         records with their segment and offset (T: a record type, hex or decimal);
-                         --payloads adds each payload's length and its first 64 bytes in hex and
-                         ASCII, --full-payloads every byte (decrypted through --key-file)
+                         records with their segment and offset, and the name of each type the
+                         log defines (collection-tombstone, temporal-purge, calvin-applied);
+                         T: a record type, hex, decimal or one of those names; --payloads adds
+                         each payload's length and its first 64 bytes in hex and ASCII,
+                         --full-payloads every byte (decrypted through --key-file), and for the
+                         log's own types their fields decoded, or why they do not decode
   verify DIR             read and check every record (checksums, decryption); exit status:
                          0 clean, 1 torn tail (recovery will cut it), 2 corrupt
   salvage DIR NEW_DIR    copy the log's intact prefix (every record up to the first damage)
@@ -67,6 +70,7 @@ macro_rules! note {
 }
 
 mod bench;
+mod decode;
 mod dump;
 mod look;
 mod pass;
@@ -160,6 +164,18 @@ fn number<T: TryFrom<u64>>(flag: &str, value: Option<String>) -> Result<T, Exit>
     parsed.ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| Exit::usage(format!("{flag}: {value:?} is not a valid number")))
 }
 
+/// `--type`'s value: a number, or the name of one of the log's own types.
+fn record_type(value: Option<String>) -> Result<u16, Exit> {
+    if let Some(named) = value.as_deref().and_then(decode::type_by_name) {
+        return Ok(named.0);
+    }
+    let given = value.is_some();
+    number("--type", value).map_err(|exit| match given {
+        true => Exit::usage(format!("{}, nor the name of one of the log's own types ({})", exit.message, decode::type_names())),
+        false => exit,
+    })
+}
+
 /// An option's value as text; one that is not UTF-8 becomes text that `number` refuses.
 fn text(value: Option<std::ffi::OsString>) -> Option<String> {
     value.map(|v| v.to_string_lossy().into_owned())
@@ -181,7 +197,7 @@ fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
                 args.keys.last_mut().ok_or_else(|| Exit::usage("--key-id goes after the --key-file it names"))?.1 = id;
             }
             "--from" => args.from = Some(number("--from", text(raw.next()))?),
-            "--type" => args.record_type = Some(number("--type", text(raw.next()))?),
+            "--type" => args.record_type = Some(record_type(text(raw.next()))?),
             "--threads" => args.threads = number("--threads", text(raw.next()))?,
             "--seconds" => args.seconds = number("--seconds", text(raw.next()))?,
             "--size" => args.size = number("--size", text(raw.next()))?,
@@ -310,7 +326,7 @@ mod tests {
     use super::*;
 
     /// Argument lists drawn from the options, numbers at and past each type's bounds, malformed
-    /// hex, empty and non-UTF-8 words, and paths.
+    /// hex, empty and non-UTF-8 words, paths, and a record type's name.
     fn argument_lists() -> impl Iterator<Item = Vec<OsString>> {
         let words: Vec<OsString> = OPTIONS
             .iter()
@@ -319,7 +335,7 @@ mod tests {
                 ["0", "1", "0x", "0x10", "0xg", "-1", "+7", "65535", "65536", "4294967296", "18446744073709551615", "18446744073709551616"]
                     .map(OsString::from),
             )
-            .chain(["", "--", "-", "--keyfile", "/tmp/none", "dir"].map(OsString::from))
+            .chain(["", "--", "-", "--keyfile", "/tmp/none", "dir", "calvin-applied"].map(OsString::from))
             .chain([OsString::from_vec(vec![0xFF, 0xFE]), OsString::from_vec(b"--from\xFF".to_vec())])
             .collect();
         let mut state = 0x2545_F491_4F6C_DD1Du64;
