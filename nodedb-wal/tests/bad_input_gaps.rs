@@ -11,18 +11,27 @@
 //!   full disk in its message, leaves the source byte for byte as it was and leaves no copy
 //!   that opens with part of the log; once there is room, it copies every record. Needs root
 //!   to mount (`SKIPPED:` otherwise).
+//! - **The double-write buffer's file a symbolic link, its directory missing or a file**: a link
+//!   to a buffer elsewhere is used as the file it names (pages recovered through it, batches
+//!   written into its target); a link to nothing is refused in every mode (the buffer degrades
+//!   naming the path, `recover` is `DwbDegraded`, nothing is made under the link or at its
+//!   target) until its target is back, when a reopen recovers the torn page through it; a
+//!   missing directory is made with the buffer; a file where the directory should be degrades
+//!   the buffer naming the path, and no page is written or lost.
 
 mod common;
 
 use std::ffi::OsStr;
 use std::io::ErrorKind;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::{Tmpfs, assert_records, config, frames, payload, read_all, seg, segment_ids, snapshot, write_log};
-use nodedb_wal::{FsStorage, IoOp, Lsn, ReadOnlyWal, SegmentedWal, WalError, WalRecord};
+use nodedb_wal::{
+    DoubleWriteBuffer, DwbConfig, DwbMode, FileId, FsStorage, IoOp, Lsn, PageCheck, ReadOnlyWal, SegmentedWal, WalError, WalRecord,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Readers under a permission change.
@@ -276,4 +285,189 @@ fn the_tool_reads_a_log_on_a_full_disk_and_a_salvage_into_it_fails_leaving_the_s
 #[test]
 fn a_salvage_that_runs_out_of_room_half_way_fails_leaving_the_source_as_it_was() {
     tool_on_a_full_disk(96 * 1024);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The double-write buffer's file a symbolic link, its directory missing or a file.
+
+const PAGE: usize = 4096;
+const PAGES: usize = 8;
+const FILE: FileId = FileId(1);
+
+/// A page of version `v`: every byte is `v`.
+fn page(v: u8) -> Vec<u8> {
+    vec![v; PAGE]
+}
+
+/// Whole when every byte equals the first, which is its version.
+fn check(_: FileId, bytes: &[u8]) -> PageCheck {
+    if bytes.iter().all(|&b| b == bytes[0]) { PageCheck::Intact { version: u64::from(bytes[0]) } } else { PageCheck::Torn }
+}
+
+fn dwb_config(path: &Path, mode: DwbMode) -> DwbConfig {
+    let mut config = DwbConfig::new(path);
+    (config.mode, config.ring_bytes, config.batch_bytes_max) = (mode, 256 * 1024, 64 * 1024);
+    config
+}
+
+fn open_dwb(config: &DwbConfig, pages: &Path) -> DoubleWriteBuffer {
+    let dwb = DoubleWriteBuffer::open(config.clone()).unwrap();
+    dwb.register_file(FILE, pages, PAGE).unwrap();
+    dwb
+}
+
+/// A page file and a buffer at `buffer` that holds page 2 at version 5, torn in place as a crash
+/// in its in-place write leaves it. Returns the page file's path and its torn bytes.
+fn torn_page_in(tmp: &Path, buffer: &Path) -> (PathBuf, Vec<u8>) {
+    let pages = tmp.join("pages");
+    std::fs::write(&pages, vec![0u8; PAGE * PAGES]).unwrap();
+    let dwb = open_dwb(&dwb_config(buffer, DwbMode::Buffered), &pages);
+    dwb.recover(check).unwrap();
+    dwb.write_pages(&[(FILE, 2, &page(5)), (FILE, 3, &page(5))]).unwrap();
+    drop(dwb);
+    let mut bytes = std::fs::read(&pages).unwrap();
+    bytes[2 * PAGE + PAGE / 2..3 * PAGE].fill(0xAB);
+    std::fs::write(&pages, &bytes).unwrap();
+    (pages, bytes)
+}
+
+#[track_caller]
+fn assert_page(pages: &Path, n: usize, v: u8) {
+    assert_eq!(&std::fs::read(pages).unwrap()[n * PAGE..(n + 1) * PAGE], &page(v)[..], "page {n}");
+}
+
+#[test]
+fn a_buffer_file_linked_to_a_buffer_elsewhere_is_used_as_the_file_it_names() {
+    for mode in [DwbMode::Buffered, DwbMode::Direct, DwbMode::Off] {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let (link, target) = (tmp.path().join("dwb"), elsewhere.join("dwb"));
+        let (pages, _) = torn_page_in(tmp.path(), &link);
+        std::fs::rename(&link, &target).unwrap();
+        symlink(&target, &link).unwrap();
+
+        let config = dwb_config(&link, mode);
+        let dwb = match DoubleWriteBuffer::open(config.clone()) {
+            Err(WalError::DirectIoUnsupported { .. }) => {
+                eprintln!("{mode:?} skipped: {} refuses O_DIRECT", tmp.path().display());
+                continue;
+            }
+            opened => opened.unwrap(),
+        };
+        dwb.register_file(FILE, &pages, PAGE).unwrap();
+        assert!(!dwb.is_degraded(), "{mode:?}: {dwb:?}");
+        let report = dwb.recover(check).unwrap();
+        assert_eq!(report.pages_restored, [(FILE, 2)], "{mode:?}: the torn page is restored from the image through the link");
+        assert_page(&pages, 2, 5);
+        assert_page(&pages, 3, 5);
+        if mode == DwbMode::Off {
+            // Recovered, the buffer goes: the name the buffer was opened by, so no later open
+            // of this path finds its images; the file it named is someone else's to remove.
+            assert!(std::fs::symlink_metadata(&link).is_err(), "Off: the link is removed");
+            continue;
+        }
+        dwb.write_pages(&[(FILE, 2, &page(6))]).unwrap();
+        drop(dwb);
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "{mode:?}: the link is left a link");
+        assert!(std::fs::symlink_metadata(&target).unwrap().is_file(), "{mode:?}: batches went into its target");
+
+        // A second crash tears the page again: the image written through the link repairs it.
+        let mut bytes = std::fs::read(&pages).unwrap();
+        bytes[2 * PAGE..2 * PAGE + PAGE / 2].fill(0xCD);
+        std::fs::write(&pages, &bytes).unwrap();
+        let dwb = open_dwb(&config, &pages);
+        assert_eq!(dwb.recover(check).unwrap().pages_restored, [(FILE, 2)], "{mode:?}");
+        assert_page(&pages, 2, 6);
+    }
+}
+
+/// The buffer degraded at open by `op` failing with `kind` on `path`: `recover` says so with a
+/// typed error naming it, and a page write is refused, or in mode `Off` (which protects
+/// nothing) written in place and counted as unprotected.
+#[track_caller]
+fn assert_degraded_naming(dwb: &DoubleWriteBuffer, path: &Path, op: IoOp, kind: ErrorKind) {
+    assert_eq!(dwb.degraded_cause(), Some((op, kind)), "{dwb:?}");
+    match dwb.recover(check) {
+        Err(WalError::DwbDegraded { path: named, op: got_op, kind: got_kind }) => {
+            assert_eq!((named.as_path(), got_op, got_kind), (path, op, kind));
+        }
+        other => panic!("recover: expected DwbDegraded naming {}, got {other:?}", path.display()),
+    }
+    match (dwb.mode(), dwb.write_pages(&[(FILE, 4, &page(9))])) {
+        (DwbMode::Off, Ok(())) => assert_eq!(dwb.stats().unprotected_pages, 1),
+        (DwbMode::Buffered | DwbMode::Direct, Err(WalError::DwbDegraded { path: named, .. })) => assert_eq!(named, path),
+        (mode, other) => panic!("{mode:?}: a page write gave {other:?}"),
+    }
+}
+
+/// The page file as it was, but for page 4 in mode `Off` (written unprotected).
+fn unchanged_but_unprotected(mode: DwbMode, mut bytes: Vec<u8>) -> Vec<u8> {
+    if mode == DwbMode::Off {
+        bytes[4 * PAGE..5 * PAGE].copy_from_slice(&page(9));
+    }
+    bytes
+}
+
+#[test]
+fn a_buffer_file_linked_to_nothing_is_refused_naming_it_until_its_target_is_back() {
+    for mode in [DwbMode::Off, DwbMode::Buffered] {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let (link, target) = (tmp.path().join("dwb"), tmp.path().join("away"));
+        let (pages, torn) = torn_page_in(tmp.path(), &link);
+        // Where the link leads is gone for now (a volume not mounted): its images with it.
+        std::fs::rename(&link, &target).unwrap();
+        symlink(&target, &link).unwrap();
+        let aside = tmp.path().join("aside");
+        std::fs::rename(&target, &aside).unwrap();
+        let names = std::fs::read_dir(tmp.path()).unwrap().count();
+
+        let config = dwb_config(&link, mode);
+        let dwb = open_dwb(&config, &pages);
+        assert_degraded_naming(&dwb, &link, IoOp::Open, ErrorKind::NotFound);
+        drop(dwb);
+        assert_eq!(std::fs::read(&pages).unwrap(), unchanged_but_unprotected(mode, torn.clone()), "{mode:?}: no page restored");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "{mode:?}: the link is left as found");
+        assert!(!target.exists(), "{mode:?}: nothing made where it leads");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), names, "{mode:?}: nothing made beside it");
+
+        std::fs::rename(&aside, &target).unwrap();
+        let dwb = open_dwb(&config, &pages);
+        assert_eq!(dwb.recover(check).unwrap().pages_restored, [(FILE, 2)], "{mode:?}: the target back, its image repairs the page");
+        assert_page(&pages, 2, 5);
+    }
+}
+
+#[test]
+fn a_missing_buffer_directory_is_made_with_the_buffer() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let pages = tmp.path().join("pages");
+    std::fs::write(&pages, vec![0u8; PAGE * PAGES]).unwrap();
+    let path = tmp.path().join("not").join("yet").join("dwb");
+    let dwb = open_dwb(&dwb_config(&path, DwbMode::Buffered), &pages);
+    assert!(!dwb.is_degraded(), "{dwb:?}");
+    dwb.recover(check).unwrap();
+    dwb.write_pages(&[(FILE, 1, &page(3))]).unwrap();
+    assert_page(&pages, 1, 3);
+    assert!(std::fs::metadata(&path).unwrap().is_file());
+}
+
+#[test]
+fn a_file_where_the_buffer_directory_should_be_degrades_the_buffer_naming_it() {
+    for mode in [DwbMode::Buffered, DwbMode::Direct, DwbMode::Off] {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let pages = tmp.path().join("pages");
+        std::fs::write(&pages, vec![0u8; PAGE * PAGES]).unwrap();
+        let not_a_dir = tmp.path().join("dir");
+        std::fs::write(&not_a_dir, b"a file").unwrap();
+        let path = not_a_dir.join("dwb");
+        let dwb = open_dwb(&dwb_config(&path, mode), &pages);
+        assert_degraded_naming(&dwb, &path, IoOp::Open, ErrorKind::NotADirectory);
+        assert_eq!(
+            std::fs::read(&pages).unwrap(),
+            unchanged_but_unprotected(mode, vec![0u8; PAGE * PAGES]),
+            "{mode:?}: no other page written"
+        );
+        assert_eq!(std::fs::read(&not_a_dir).unwrap(), b"a file", "{mode:?}: the file is left as it was");
+    }
 }
