@@ -12,7 +12,7 @@ use super::config::{DwbConfig, DwbMode};
 use super::stats::count_buffer_bytes;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::dwb::{DWB_VERSION, DWB_VERSION_UNSALTED, FILE_HEADER_LEN, FileHeader, FileHeaderError, SLOT_HEADER_LEN};
-use crate::storage::{Advice, AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, too_fine};
+use crate::storage::{Advice, AlignedBuf, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, is_listed, too_fine};
 
 /// Zeros are written in chunks of this many bytes when the file is created.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -71,7 +71,14 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
     let existing = OpenMode { create: false, write: config.mode != DwbMode::Off, direct, create_new: false };
     let file = match storage.open(path, existing) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && listed(storage, path) => return Ok(Opened::Failed(IoOp::Open, e)),
+        // A name that is listed but opens to nothing is a symbolic link to nothing: the buffer
+        // it names, images and all, is out of reach (a volume not mounted, a file moved away).
+        // A new buffer made beside it could never take the name (its rename is refused,
+        // leaving a formatted `<path>.creating`), and mode `Off` would read it as no buffer at
+        // all, so that `recover` returned Ok and left torn a page whose image is there.
+        // Failing the open degrades the buffer instead and `recover` says why; once the link
+        // leads somewhere again a reopen recovers through it, as through a link to a file.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && is_listed(storage, path) => return Ok(Opened::Failed(IoOp::Open, e)),
         Err(e) if e.kind() == io::ErrorKind::NotFound && config.mode == DwbMode::Off => {
             remove_leftover(storage, path);
             return Ok(Opened::Absent);
@@ -110,19 +117,6 @@ pub(super) fn open<S: Storage>(storage: &S, config: &DwbConfig) -> Result<Opened
         }
     };
     Ok(Opened::Existing(Ring::new(file, config, found, salt)))
-}
-
-/// Whether `path`'s name is in its directory although opening it found nothing: a symbolic
-/// link to nothing. The buffer it names, images and all, is somewhere out of reach (a volume
-/// not mounted, a file moved away): a new buffer made beside it could never take the name
-/// (its rename is refused, leaving a formatted `<path>.creating`), and mode `Off` would read
-/// it as no buffer at all, so that `recover` returned Ok and left torn a page whose image is
-/// there. Failing the open degrades the buffer instead, `recover` says why, and once the link
-/// leads somewhere again a reopen recovers through it, as through a link to a file.
-fn listed<S: Storage>(storage: &S, path: &Path) -> bool {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
-    storage.list(dir).is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
 /// Refuses a `Direct` buffer whose blocks are finer than the file system takes O_DIRECT I/O in

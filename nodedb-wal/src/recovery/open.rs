@@ -8,7 +8,7 @@ use crate::error::{CorruptionKind, IoOp, MissingBecause, Result, WalError};
 use crate::manifest;
 use crate::segment;
 use crate::segment::scan::SegmentHead;
-use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::storage::{OpenMode, Storage, StorageFile, is_listed};
 use crate::types::SegmentId;
 
 /// Opens segment `id` at `path` for reading and holds it against reuse
@@ -25,7 +25,7 @@ pub(crate) fn open_held<S: Storage>(
 ) -> Result<(S::File, u64)> {
     let (file, len) = match open_existing(storage, path, direct, false) {
         Err(WalError::Io { source, .. })
-            if may_be_truncated && source.kind() == std::io::ErrorKind::NotFound && !still_listed(storage, path) =>
+            if may_be_truncated && source.kind() == std::io::ErrorKind::NotFound && !is_listed(storage, path) =>
         {
             return Err(gone(storage, path, id));
         }
@@ -48,18 +48,9 @@ pub(crate) fn key_gone_with_segment<S: Storage>(
     may_be_truncated: bool,
 ) -> WalError {
     match err {
-        WalError::UnknownKeyId { .. } if may_be_truncated && !still_listed(storage, path) => gone(storage, path, id),
+        WalError::UnknownKeyId { .. } if may_be_truncated && !is_listed(storage, path) => gone(storage, path, id),
         err => err,
     }
-}
-
-/// Whether `path`'s name is still in its directory. Truncation takes a segment's name away; a
-/// name that is still there but opens to nothing (a symbolic link whose target is gone) was
-/// not truncated, and its open error, which names it, is the answer. Where the directory
-/// cannot be listed, the name counts as gone.
-fn still_listed<S: Storage>(storage: &S, path: &Path) -> bool {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return false };
-    storage.list(dir).is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
 /// The error for segment `id`, listed and now gone. Truncation makes a floor above a segment

@@ -307,6 +307,15 @@ pub fn create_dir_durably<S: Storage>(storage: &S, dir: &Path) -> Result<(), (Io
     Ok(())
 }
 
+/// Whether `path`'s name is in its directory's listing, where opening it may have found
+/// nothing: a name that is listed but opens to nothing is a symbolic link to nothing, not a
+/// missing file. Where the directory cannot be listed, the name counts as not listed.
+pub(crate) fn is_listed<S: Storage>(storage: &S, path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    storage.list(dir).is_ok_and(|names| names.iter().any(|n| n == name))
+}
+
 /// `create_dir_all` says "File exists" where the path (or a parent) is a file: it is there, but
 /// no directory, which is what the caller needs to hear (and what a look at it says).
 fn not_a_directory(err: io::Error) -> io::Error {
