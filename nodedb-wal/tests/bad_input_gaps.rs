@@ -24,31 +24,24 @@ mod common;
 use std::ffi::OsStr;
 use std::io::ErrorKind;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Tmpfs, assert_records, config, frames, payload, read_all, seg, segment_ids, snapshot, write_log};
-use nodedb_wal::{
-    DoubleWriteBuffer, DwbConfig, DwbMode, FileId, FsStorage, IoOp, Lsn, PageCheck, ReadOnlyWal, SegmentedWal, WalError, WalRecord,
+use common::{
+    Tmpfs, assert_records, can_change_user, child_test_as_nobody, config, frames, open_dwb, payload, read_all, seg, segment_ids, snapshot,
+    torn_page_in, uniform_check as check, uniform_page as page, write_log,
 };
+use nodedb_wal::{DoubleWriteBuffer, DwbConfig, DwbMode, FileId, FsStorage, IoOp, Lsn, ReadOnlyWal, SegmentedWal, WalError, WalRecord};
 
 // ---------------------------------------------------------------------------------------------
 // Readers under a permission change.
 
 /// The variable that makes this binary's child test run, naming a directory `nobody` owns.
 const CHILD_HOME: &str = "NODEDB_WAL_GAPS_CHILD_HOME";
-const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
 /// What the child prints once every check passed, so that a child that ran no test (filtered
 /// out, say) cannot pass for one that did.
 const CHILD_DONE: &str = "child: every reader checked";
-
-fn can_change_user() -> Result<(), String> {
-    if !rustix::process::geteuid().is_root() {
-        return Err("not root".into());
-    }
-    Command::new("setpriv").arg("--version").output().map(|_| ()).map_err(|e| format!("setpriv: {e}"))
-}
 
 fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -192,13 +185,7 @@ fn a_segment_made_unreadable_under_open_readers_gives_each_the_records_before_it
     let home = tmp.path().join("home");
     std::fs::create_dir(&home).unwrap();
     std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
-    let out = Command::new(NOBODY[0])
-        .args(&NOBODY[1..])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "child_readers_meet_a_segment_made_unreadable", "--nocapture", "--test-threads=1"])
-        .env(CHILD_HOME, &home)
-        .output()
-        .unwrap();
+    let out = child_test_as_nobody("child_readers_meet_a_segment_made_unreadable", CHILD_HOME, &home);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && stdout.contains(CHILD_DONE), "the child as nobody:\n{stdout}\n{stderr}");
 }
@@ -294,41 +281,10 @@ const PAGE: usize = 4096;
 const PAGES: usize = 8;
 const FILE: FileId = FileId(1);
 
-/// A page of version `v`: every byte is `v`.
-fn page(v: u8) -> Vec<u8> {
-    vec![v; PAGE]
-}
-
-/// Whole when every byte equals the first, which is its version.
-fn check(_: FileId, bytes: &[u8]) -> PageCheck {
-    if bytes.iter().all(|&b| b == bytes[0]) { PageCheck::Intact { version: u64::from(bytes[0]) } } else { PageCheck::Torn }
-}
-
 fn dwb_config(path: &Path, mode: DwbMode) -> DwbConfig {
     let mut config = DwbConfig::new(path);
     (config.mode, config.ring_bytes, config.batch_bytes_max) = (mode, 256 * 1024, 64 * 1024);
     config
-}
-
-fn open_dwb(config: &DwbConfig, pages: &Path) -> DoubleWriteBuffer {
-    let dwb = DoubleWriteBuffer::open(config.clone()).unwrap();
-    dwb.register_file(FILE, pages, PAGE).unwrap();
-    dwb
-}
-
-/// A page file and a buffer at `buffer` that holds page 2 at version 5, torn in place as a crash
-/// in its in-place write leaves it. Returns the page file's path and its torn bytes.
-fn torn_page_in(tmp: &Path, buffer: &Path) -> (PathBuf, Vec<u8>) {
-    let pages = tmp.join("pages");
-    std::fs::write(&pages, vec![0u8; PAGE * PAGES]).unwrap();
-    let dwb = open_dwb(&dwb_config(buffer, DwbMode::Buffered), &pages);
-    dwb.recover(check).unwrap();
-    dwb.write_pages(&[(FILE, 2, &page(5)), (FILE, 3, &page(5))]).unwrap();
-    drop(dwb);
-    let mut bytes = std::fs::read(&pages).unwrap();
-    bytes[2 * PAGE + PAGE / 2..3 * PAGE].fill(0xAB);
-    std::fs::write(&pages, &bytes).unwrap();
-    (pages, bytes)
 }
 
 #[track_caller]
@@ -343,7 +299,7 @@ fn a_buffer_file_linked_to_a_buffer_elsewhere_is_used_as_the_file_it_names() {
         let elsewhere = tmp.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         let (link, target) = (tmp.path().join("dwb"), elsewhere.join("dwb"));
-        let (pages, _) = torn_page_in(tmp.path(), &link);
+        let (pages, _) = torn_page_in(tmp.path(), &dwb_config(&link, DwbMode::Buffered));
         std::fs::rename(&link, &target).unwrap();
         symlink(&target, &link).unwrap();
 
@@ -414,7 +370,7 @@ fn a_buffer_file_linked_to_nothing_is_refused_naming_it_until_its_target_is_back
     for mode in [DwbMode::Off, DwbMode::Buffered] {
         let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let (link, target) = (tmp.path().join("dwb"), tmp.path().join("away"));
-        let (pages, torn) = torn_page_in(tmp.path(), &link);
+        let (pages, torn) = torn_page_in(tmp.path(), &dwb_config(&link, DwbMode::Buffered));
         // Where the link leads is gone for now (a volume not mounted): its images with it.
         std::fs::rename(&link, &target).unwrap();
         symlink(&target, &link).unwrap();

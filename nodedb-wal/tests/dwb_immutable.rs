@@ -10,45 +10,19 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::path::Path;
 
-use common::Immutable;
-use nodedb_wal::{DoubleWriteBuffer, DwbConfig, FileId, IoOp, PageCheck, WalError};
+use common::{Immutable, open_dwb, torn_page_in, uniform_check as check, uniform_page as page};
+use nodedb_wal::{DwbConfig, FileId, IoOp, WalError};
 
 const PAGE: usize = 4096;
-const PAGES: u64 = 8;
 const FILE: FileId = FileId(1);
-
-/// A page of version `v`: every byte is `v`.
-fn page(v: u8) -> Vec<u8> {
-    vec![v; PAGE]
-}
-
-/// Whole when every byte equals the first, which is its version.
-fn check(_: FileId, bytes: &[u8]) -> PageCheck {
-    if bytes.iter().all(|&b| b == bytes[0]) { PageCheck::Intact { version: u64::from(bytes[0]) } } else { PageCheck::Torn }
-}
-
-fn open(config: &DwbConfig, pages: &Path) -> DoubleWriteBuffer {
-    let dwb = DoubleWriteBuffer::open(config.clone()).unwrap();
-    dwb.register_file(FILE, pages, PAGE).unwrap();
-    dwb
-}
 
 #[test]
 fn an_immutable_buffer_file_refuses_recovery_with_a_typed_error_and_repairs_once_writable() {
     let tmp = tempfile::tempdir().unwrap();
-    let pages = tmp.path().join("pages");
-    std::fs::write(&pages, vec![0u8; PAGE * PAGES as usize]).unwrap();
     let config = DwbConfig::new(tmp.path().join("dwb"));
-    let dwb = open(&config, &pages);
-    dwb.recover(check).unwrap();
-    dwb.write_pages(&[(FILE, 2, &page(5)), (FILE, 3, &page(5))]).unwrap();
-    drop(dwb);
     // A crash tore page 2 in place: its second half is from another write.
-    let mut bytes = std::fs::read(&pages).unwrap();
-    bytes[2 * PAGE + PAGE / 2..3 * PAGE].fill(0xAB);
-    std::fs::write(&pages, &bytes).unwrap();
+    let (pages, bytes) = torn_page_in(tmp.path(), &config);
     let buffer_before = std::fs::read(&config.path).unwrap();
 
     let flag = match Immutable::set(&config.path) {
@@ -58,7 +32,7 @@ fn an_immutable_buffer_file_refuses_recovery_with_a_typed_error_and_repairs_once
             return;
         }
     };
-    let dwb = open(&config, &pages);
+    let dwb = open_dwb(&config, &pages);
     assert!(dwb.is_degraded(), "{dwb:?}");
     match dwb.recover(check) {
         Err(WalError::DwbDegraded { path, op, kind }) => {
@@ -74,7 +48,7 @@ fn an_immutable_buffer_file_refuses_recovery_with_a_typed_error_and_repairs_once
     assert_eq!(std::fs::read(&config.path).unwrap(), buffer_before, "the buffer is as it was");
 
     drop(flag);
-    let dwb = open(&config, &pages);
+    let dwb = open_dwb(&config, &pages);
     let report = dwb.recover(check).unwrap();
     assert_eq!(report.pages_restored, [(FILE, 2)], "{report:?}");
     let repaired = std::fs::read(&pages).unwrap();

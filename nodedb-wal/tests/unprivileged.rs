@@ -13,20 +13,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{assert_records, config, read_all, seg, snapshot, write_log};
+use common::{NOBODY, assert_records, can_change_user, child_test_as_nobody, config, read_all, seg, snapshot, write_log};
 use nodedb_wal::{FsStorage, ReadOnlyWal, SegmentedWal, WalError};
 
 /// The variable that makes this binary's child test run, naming the log directory.
 const CHILD_DIR: &str = "NODEDB_WAL_UNPRIVILEGED_DIR";
-
-const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
-
-fn can_change_user() -> Result<(), String> {
-    if !rustix::process::geteuid().is_root() {
-        return Err("not root".into());
-    }
-    Command::new("setpriv").arg("--version").output().map(|_| ()).map_err(|e| format!("setpriv: {e}"))
-}
 
 /// One line for an open's outcome: `Io <op> <kind> <path>`, or the error's debug form.
 fn outcome<T>(result: nodedb_wal::Result<T>) -> String {
@@ -48,14 +39,7 @@ fn child_opens_the_log() {
 
 /// The child's two lines, run as `nobody` on `dir`.
 fn opens_as_nobody(dir: &Path) -> (String, String) {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(NOBODY[0])
-        .args(&NOBODY[1..])
-        .arg(exe)
-        .args(["--exact", "child_opens_the_log", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR, dir)
-        .output()
-        .unwrap();
+    let out = child_test_as_nobody("child_opens_the_log", CHILD_DIR, dir);
     let text = String::from_utf8_lossy(&out.stdout);
     let line = |tag: &str| {
         text.lines().find_map(|l| l.split_once(tag).map(|(_, rest)| rest)).unwrap_or_else(|| panic!("no {tag} line in {text}")).to_string()

@@ -14,7 +14,10 @@ use nodedb_wal::format::crc::crc32c;
 use nodedb_wal::format::frame::{RecordHeader, decode_frame};
 use nodedb_wal::format::preamble::PREAMBLE_SIZE;
 use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
-use nodedb_wal::{FsStorage, IoOp, Lsn, Record, RecordType, Scope, SegmentId, SegmentedWal, SegmentedWalConfig, SimStorage, WalRecord};
+use nodedb_wal::{
+    DoubleWriteBuffer, DwbConfig, FileId, FsStorage, IoOp, Lsn, PageCheck, Record, RecordType, Scope, SegmentId, SegmentedWal,
+    SegmentedWalConfig, SimStorage, WalRecord,
+};
 
 /// Block size of every test log.
 pub const BLOCK: u64 = 4096;
@@ -831,4 +834,64 @@ impl Drop for Immutable {
     fn drop(&mut self) {
         let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
     }
+}
+
+/// A 4096-byte double-write-buffer test page of version `v`: every byte is `v`.
+pub fn uniform_page(v: u8) -> Vec<u8> {
+    vec![v; 4096]
+}
+
+/// The page validator for [`uniform_page`]s: whole when every byte equals the first, which is
+/// its version.
+pub fn uniform_check(_: FileId, bytes: &[u8]) -> PageCheck {
+    if bytes.iter().all(|&b| b == bytes[0]) { PageCheck::Intact { version: u64::from(bytes[0]) } } else { PageCheck::Torn }
+}
+
+/// A double-write buffer on real files with `config`, page file 1 (of [`uniform_page`]s)
+/// registered at `pages`.
+pub fn open_dwb(config: &DwbConfig, pages: &Path) -> DoubleWriteBuffer {
+    let dwb = DoubleWriteBuffer::open(config.clone()).unwrap();
+    dwb.register_file(FileId(1), pages, 4096).unwrap();
+    dwb
+}
+
+/// A page file of eight pages in `tmp` and a buffer with `config` that holds page 2 at
+/// version 5, torn in place as a crash in its in-place write leaves it. Returns the page
+/// file's path and its torn bytes.
+pub fn torn_page_in(tmp: &Path, config: &DwbConfig) -> (PathBuf, Vec<u8>) {
+    const PAGE: usize = 4096;
+    let pages = tmp.join("pages");
+    std::fs::write(&pages, vec![0u8; PAGE * 8]).unwrap();
+    let dwb = open_dwb(config, &pages);
+    dwb.recover(uniform_check).unwrap();
+    dwb.write_pages(&[(FileId(1), 2, &uniform_page(5)), (FileId(1), 3, &uniform_page(5))]).unwrap();
+    drop(dwb);
+    let mut bytes = std::fs::read(&pages).unwrap();
+    bytes[2 * PAGE + PAGE / 2..3 * PAGE].fill(0xAB);
+    std::fs::write(&pages, &bytes).unwrap();
+    (pages, bytes)
+}
+
+/// The command prefix that runs a program as `nobody` (uid and gid 65534, no groups).
+pub const NOBODY: [&str; 4] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// Why a test cannot run a child as `nobody` ([`NOBODY`]), if it cannot: it needs root and
+/// `setpriv` (util-linux).
+pub fn can_change_user() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    Command::new("setpriv").arg("--version").output().map(|_| ()).map_err(|e| format!("setpriv: {e}"))
+}
+
+/// Runs the test `name` of this test binary alone, as `nobody`, with `var` set to `value`
+/// (the child test does its work only where `var` is set).
+pub fn child_test_as_nobody(name: &str, var: &str, value: &Path) -> std::process::Output {
+    Command::new(NOBODY[0])
+        .args(&NOBODY[1..])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(var, value)
+        .output()
+        .unwrap()
 }
