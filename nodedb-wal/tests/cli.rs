@@ -570,7 +570,7 @@ fn log_with_a_row_retyped_to(dir: &Path, to: RecordType) {
 }
 
 // A payload of the log's own type that does not decode is shown with the decoder's reason, and
-// the listing goes on: dump shows, verify judges. Of the log's own types only a calvin-applied
+// the listing goes on: dump shows, verify judges (status 2, below). Of the log's own types only a calvin-applied
 // record can be malformed in a log that opens: recovery decodes every tombstone and purge and
 // refuses a log with one that does not decode, which dump then reports as such.
 #[test]
@@ -589,6 +589,10 @@ fn dump_notes_a_payload_of_the_logs_own_type_that_does_not_decode_and_goes_on() 
     assert_eq!(json[1]["decode_error"], "it is shorter than its layout");
     assert!(json[1].get("decoded").is_none());
     assert_eq!(json[1]["payload_hex"], "ab".repeat(15));
+    // verify called this log clean, while `last_calvin_applied` refuses it.
+    let out = tool(&["verify", tmp.path().to_str().unwrap()]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("record 2 of type 0x0010 has a malformed payload"), "{}", text(&out));
 
     let tmp = tempfile::tempdir().unwrap();
     log_with_a_row_retyped_to(tmp.path(), RecordType::COLLECTION_TOMBSTONE);

@@ -26,7 +26,8 @@ usage: nodedb-wal <command> [arguments]
                          each payload's length and its first 64 bytes in hex and ASCII,
                          --full-payloads every byte (decrypted through --key-file), and for the
                          log's own types their fields decoded, or why they do not decode
-  verify DIR             read and check every record (checksums, decryption); exit status:
+  verify DIR             read and check every record (checksums, decryption, the payloads of
+                         the log's own types); exit status:
                          0 clean, 1 torn tail (recovery will cut it), 2 corrupt
   salvage DIR NEW_DIR    copy the log's intact prefix (every record up to the first damage)
                          into a new log in NEW_DIR (missing or empty; plaintext), and say what

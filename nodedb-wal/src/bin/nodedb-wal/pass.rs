@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nodedb_wal::storage::Storage;
 use nodedb_wal::{Lsn, ReadOnlyWal, RecoveryInfo, WalError};
 
-use super::Exit;
+use super::{Exit, decode};
 use super::look::wrong_key_at_first_record;
 
 /// Looks in a row in which the pass checked no record of the log as it was when the pass
@@ -62,6 +62,12 @@ impl<S: Storage> Pass<S> {
                         continue 'pass;
                     }
                 };
+                // A payload of the log's own types that does not decode is damage to the
+                // log as the library reads it (`last_calvin_applied` refuses it): recovery
+                // decodes only tombstones and purges, so verify checks the rest here.
+                if let Some(Err(problem)) = decode::decode(record.record_type, &record.payload) {
+                    return Err(WalError::MalformedPayload { lsn: record.lsn, record_type: record.record_type, problem }.into());
+                }
                 pass.next = record.lsn.next();
                 pass.checked_since_look |= record.lsn <= pass.end;
                 pass.records += 1;
