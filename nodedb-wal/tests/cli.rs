@@ -593,6 +593,14 @@ fn dump_notes_a_payload_of_the_logs_own_type_that_does_not_decode_and_goes_on() 
     let out = tool(&["verify", tmp.path().to_str().unwrap()]);
     assert_eq!(status(&out), 2, "{}", text(&out));
     assert!(text(&out).contains("record 2 of type 0x0010 has a malformed payload"), "{}", text(&out));
+    // salvage stops there, as at damage, so that its copy verifies clean.
+    let copies = tempfile::tempdir().unwrap();
+    let copy = copies.path().join("copy");
+    let out = tool(&["salvage", tmp.path().to_str().unwrap(), copy.to_str().unwrap()]);
+    assert_eq!(status(&out), 2, "stopped at damage: {}", text(&out));
+    let out = tool(&["verify", copy.to_str().unwrap()]);
+    assert_eq!(status(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("clean: 1 records"), "only the record before: {}", text(&out));
 
     let tmp = tempfile::tempdir().unwrap();
     log_with_a_row_retyped_to(tmp.path(), RecordType::COLLECTION_TOMBSTONE);

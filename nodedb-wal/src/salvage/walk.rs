@@ -8,7 +8,7 @@ use super::copy::Copier;
 use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{CorruptionKind, MissingBecause, Result, WalError};
 use crate::format::frame::RecordHeader;
-use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
+use crate::format::payload::{CalvinAppliedPayload, CollectionTombstonePayload, TemporalPurgePayload};
 use crate::recovery::{check_identity, open_held};
 use crate::segment::crypt::{cipher_for, open_record};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
@@ -172,14 +172,16 @@ fn next_fails<F: crate::storage::StorageFile>(scan: &mut SegmentScan<F>, cipher:
     }
 }
 
-/// A tombstone's or purge's payload must decode: the new log's recovery reads it, and would
-/// refuse the copy.
+/// A payload of the log's own types must decode: the new log's recovery reads tombstones and
+/// purges, and would refuse the copy; `last_calvin_applied` reads calvin records, and `verify`
+/// calls the copy damaged.
 fn checked(header: &RecordHeader, plain: Vec<u8>) -> Result<Vec<u8>> {
     let malformed = |problem| WalError::MalformedPayload { lsn: header.lsn, record_type: header.record_type, problem };
-    if header.record_type == RecordType::COLLECTION_TOMBSTONE {
-        CollectionTombstonePayload::decode(&plain).map_err(malformed)?;
-    } else if header.record_type == RecordType::TEMPORAL_PURGE {
-        TemporalPurgePayload::decode(&plain).map_err(malformed)?;
+    match header.record_type {
+        RecordType::COLLECTION_TOMBSTONE => drop(CollectionTombstonePayload::decode(&plain).map_err(malformed)?),
+        RecordType::TEMPORAL_PURGE => drop(TemporalPurgePayload::decode(&plain).map_err(malformed)?),
+        RecordType::CALVIN_APPLIED => drop(CalvinAppliedPayload::decode(&plain).map_err(malformed)?),
+        _ => {}
     }
     Ok(plain)
 }
