@@ -285,7 +285,11 @@ impl<F: StorageFile> SegmentScan<F> {
         if header.salt != self.salt {
             return Ok(boundary(TailEnd::Stale));
         }
-        if header.lsn != self.next_lsn {
+        // Every record's LSN is below the limit (FORMAT.md); a meta frame carries the next LSN,
+        // which may be the limit itself. A record there continues no chain this crate writes,
+        // and taken for one it would start the log with a watermark of 2^63, which is the
+        // durable word's poison bit.
+        if header.lsn != self.next_lsn || (!meta && header.lsn >= Lsn::LIMIT) {
             return Ok(Probe::Invalid { end: TailEnd::Damaged, claim: Some(header.durable_lsn) });
         }
         Ok(Probe::Valid(header))
