@@ -186,12 +186,20 @@ pub(crate) struct Floor<F> {
     /// sync is not retried, and an update after one would go to the slot of the last durable
     /// update, which a torn write could then take too.
     broken: bool,
+    /// One slot did not read when the file was opened: a power cut tore an update of it.
+    damaged_slot: bool,
 }
 
 impl<F: StorageFile> Floor<F> {
     /// Opens `FLOOR` in `dir` for writing where there is one; changes nothing.
     pub fn open<S: Storage<File = F>>(storage: &S, dir: &Path) -> Result<Floor<F>> {
-        Ok(Floor { file: Manifest::open_kind(storage, dir, SlotKind::Floor)?, broken: false })
+        let damaged_slot = read_floor(storage, dir)?.is_some_and(|seen| seen.other_damaged);
+        Ok(Floor { file: Manifest::open_kind(storage, dir, SlotKind::Floor)?, broken: false, damaged_slot })
+    }
+
+    /// Whether one slot did not read when the file was opened. [`Self::rewrite`] mends it.
+    pub fn has_damaged_slot(&self) -> bool {
+        self.damaged_slot
     }
 
     /// Whether a failed sync of the file poisoned the log.
@@ -212,14 +220,16 @@ impl<F: StorageFile> Floor<F> {
     }
 
     /// Writes the floor the file says once more, as the next update, and syncs it: the open
-    /// does so before it removes segments below it. What it read may be only in the page cache
+    /// does so before it removes segments below it, and over a damaged slot. What it read may be only in the page cache
     /// (a truncation whose sync failed, reopened under the same kernel, where the failed pages
     /// can be left clean, so that a sync alone would write nothing); removing those segments
     /// on its word would leave a durable floor below the oldest segment after a power cut.
     /// The update goes to the other slot, one sector apart, so a crash keeps one of the two.
     pub fn rewrite(&mut self) -> Result<()> {
         let Some(file) = &mut self.file else { return Ok(()) };
-        file.record(file.current()).map_err(|(op, e)| WalError::io(op, &file.path, e))
+        file.record(file.current()).map_err(|(op, e)| WalError::io(op, &file.path, e))?;
+        self.damaged_slot = false;
+        Ok(())
     }
 
     /// Makes `floor` the durable truncation floor, unless one at or above it already is: an

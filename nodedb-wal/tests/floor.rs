@@ -321,7 +321,7 @@ fn a_floor_whose_newer_slot_is_damaged_is_refused_saying_so_and_opens_once_remov
 }
 
 /// A damaged older slot of `FLOOR` changes nothing: the newer one names a segment that is
-/// there, and the next truncation writes over the damaged one.
+/// there, and the open (or else the next truncation) writes over the damaged one.
 #[test]
 fn a_floor_whose_older_slot_is_damaged_opens_and_is_mended_by_the_next_truncation() {
     let sim = SimStorage::new(13, FaultConfig::default());
@@ -557,4 +557,26 @@ fn only_a_slot_neither_intact_nor_never_used_counts_as_the_other_slot_damaged() 
     for (what, bytes, damaged) in cases {
         assert_eq!(ManifestSlot::other_damaged_as(&bytes, floor), damaged, "{what}");
     }
+}
+
+// Found by an adversarial review: with the older slot of `FLOOR` damaged (a power cut tore a
+// truncation's update of it, before it removed anything), the owner opened and left the slot
+// so until its next truncation. A reader cannot tell a segment truncation took from one
+// removed by hand while a slot is damaged (it may have held a later floor), so meanwhile a
+// segment removed by hand was `SegmentTruncated` for every reader, whose advice (read again
+// from the oldest LSN) met the same missing file for ever. The open now writes the slot over.
+#[test]
+fn a_floor_slot_a_power_cut_tore_is_mended_at_open_so_a_segment_removed_by_hand_is_missing_for_readers() {
+    let sim = SimStorage::new(14, FaultConfig::default());
+    let dir = Path::new("/torn");
+    let (floor, _) = truncated_log(&sim, dir, 2);
+    assert_eq!(damage_floor_slot(|p| sim.read_file(p).unwrap(), |p, b| sim.write_file(p, b), dir, false), floor);
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir, 2)).unwrap();
+    let bytes = sim.read_file(&dir.join(FLOOR_FILE)).unwrap();
+    let slots = [0, SLOT_SPACING].map(|at| ManifestSlot::decode_as(&bytes[at..], SlotKind::Floor).map(|s| s.newest));
+    assert_eq!(slots, [Some(floor); 2], "both slots intact, naming the floor");
+
+    sim.remove(&segment::path(dir, floor)).unwrap();
+    let err = wal.read_from(wal.oldest_lsn()).unwrap().find_map(Result::err).expect("the oldest segment is gone");
+    assert!(matches!(err, WalError::MissingSegment { missing, why: MissingBecause::Floor, .. } if missing == floor), "{err}");
 }
