@@ -29,7 +29,9 @@ fn a_missing_segment_names_the_file_behind_it() {
     let floor = WalError::MissingSegment { missing: SegmentId(4), next_present: Some(SegmentId(6)), why: MissingBecause::Floor };
     says(&floor, &["FLOOR names segment 4 as the oldest the log still needs", "00000000000000000006.wal", "removing FLOOR"]);
     let hole = WalError::MissingSegment { missing: SegmentId(4), next_present: Some(SegmentId(5)), why: MissingBecause::Hole };
-    says(&hole, &["segment 4 is missing", "a hole: segments 3 and 5 are there", "00000000000000000005.wal"]);
+    says(&hole, &["segment 4 is missing", "a hole: segment 5 is there", "00000000000000000005.wal", "segment 4 before it is not"]);
+    // A reader that found segment 4 gone knows nothing of segment 3: the message claims nothing of it.
+    assert!(!hole.to_string().contains("segment 3") && !hole.to_string().contains("segments 3"), "{hole}");
 }
 
 // A FLOOR whose newer slot was damaged fell back to the older one, and the log was refused as

@@ -135,7 +135,8 @@ impl std::fmt::Display for CorruptionKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MissingBecause {
-    /// Segments are there on both sides of it: a hole between the oldest and the newest.
+    /// A later segment is there (and, where an open found it, an earlier one too): a hole,
+    /// which truncation never leaves.
     Hole,
     /// The log's `FLOOR` names it as the oldest segment the log still needs (truncation
     /// removes only segments below it).

@@ -18,11 +18,13 @@ pub(super) fn needed_by(segment: Option<SegmentId>) -> String {
 pub(super) fn missing_why(missing: SegmentId, next_present: Option<SegmentId>, why: MissingBecause) -> String {
     let before = missing.0.saturating_sub(1);
     match (why, next_present) {
+        // Only what is known: a reader that finds its segment gone knows nothing of the one
+        // before it, which may be gone too.
         (MissingBecause::Hole, Some(next)) => format!(
-            "a hole: segments {before} and {next} are there, and the ones between are not (the next one there is {}, a file of this log or a stray one)",
+            "a hole: segment {next} is there ({}, a file of this log or a stray one), and segment {missing} before it is not",
             crate::segment::file_name(next)
         ),
-        (MissingBecause::Hole, None) => format!("a hole after segment {before}"),
+        (MissingBecause::Hole, None) => format!("a hole: segment {missing} is not there, and truncation did not take it"),
         (MissingBecause::Floor, next) => {
             let there = next.map_or_else(
                 || "no segment from it on is there".to_string(),

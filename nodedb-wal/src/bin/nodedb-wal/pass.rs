@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use nodedb_wal::storage::Storage;
 use nodedb_wal::{Lsn, ReadOnlyWal, RecoveryInfo, WalError};
 
-use super::{Exit, decode};
 use super::look::wrong_key_at_first_record;
+use super::{Exit, decode};
 
 /// Looks in a row in which the pass checked no record of the log as it was when the pass
 /// began, of which a pass takes at most this many before it ends with the truncation error
