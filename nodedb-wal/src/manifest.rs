@@ -108,6 +108,10 @@ fn create<S: Storage>(storage: &S, dir: &Path, kind: SlotKind, newest: SegmentId
     Ok((file, first))
 }
 
+/// A sequence from which the owner's open creates the file anew: half the range a reader
+/// takes (`1..2^63`), so that the sequence of an open file never runs out.
+const SEQUENCE_RESTART_FROM: u64 = 1 << 62;
+
 /// The open manifest of a log being written.
 #[derive(Debug)]
 pub(crate) struct Manifest<F> {
@@ -146,14 +150,31 @@ impl<F: StorageFile> Manifest<F> {
         dir: &Path,
         newest: SegmentId,
     ) -> Result<Manifest<F>> {
-        let Some(mut manifest) = opened else {
+        let Some(manifest) = opened else {
             let (file, current) = create(storage, dir, SlotKind::Manifest, newest)?;
             return Ok(Manifest { file, path: dir.join(MANIFEST_FILE), kind: SlotKind::Manifest, current });
         };
+        let mut manifest = manifest.restarted_if_exhausted(storage, dir)?;
         if manifest.current.newest < newest {
             manifest.record(newest).map_err(|(op, e)| WalError::io(op, &manifest.path, e))?;
         }
         Ok(manifest)
+    }
+
+    /// This file, created anew (sequence 1, naming the same segment) where its sequence leaves
+    /// too little room for the updates to come: every update takes the next sequence, and one
+    /// from 2^63 on reads as a damaged slot (FORMAT.md), so a file a few updates short of it
+    /// would have its next update unread and the one after overwrite the last intact slot. No
+    /// log makes 2^62 updates; a sequence that high was crafted (its checksum recomputed). The
+    /// creation is the rename of a whole file, so a crash leaves the old file or the new one,
+    /// both naming the same segment.
+    fn restarted_if_exhausted<S: Storage<File = F>>(self, storage: &S, dir: &Path) -> Result<Manifest<F>> {
+        if self.current.sequence < SEQUENCE_RESTART_FROM {
+            return Ok(self);
+        }
+        tracing::warn!(path = %self.path.display(), sequence = self.current.sequence, "sequence near its limit: the file is created anew");
+        let (file, current) = create(storage, dir, self.kind, self.current.newest)?;
+        Ok(Manifest { file, path: self.path, kind: self.kind, current })
     }
 
     /// The manifest file, for the error that names it.
@@ -195,6 +216,20 @@ impl<F: StorageFile> Floor<F> {
     pub fn open<S: Storage<File = F>>(storage: &S, dir: &Path) -> Result<Floor<F>> {
         let damaged_slot = read_floor(storage, dir)?.is_some_and(|seen| seen.other_damaged);
         Ok(Floor { file: Manifest::open_kind(storage, dir, SlotKind::Floor)?, broken: false, damaged_slot })
+    }
+
+    /// Creates the file anew where its sequence is too near its limit for the updates to come
+    /// (see [`Manifest::restarted_if_exhausted`]); the owner's open calls it before it writes
+    /// the file. The new file holds one slot: a damaged one is gone with the old file.
+    pub fn restart_if_exhausted<S: Storage<File = F>>(&mut self, storage: &S, dir: &Path) -> Result<()> {
+        let Some(file) = self.file.take() else { return Ok(()) };
+        let before = file.current.sequence;
+        let file = file.restarted_if_exhausted(storage, dir)?;
+        if file.current.sequence != before {
+            self.damaged_slot = false;
+        }
+        self.file = Some(file);
+        Ok(())
     }
 
     /// Whether one slot did not read when the file was opened. [`Self::rewrite`] mends it.

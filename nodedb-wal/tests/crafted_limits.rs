@@ -1,0 +1,78 @@
+//! Values on disk that pass their checksum but sit at the limit the code assumes: someone who
+//! can write the log's files can recompute every CRC32C, so a checksum says nothing about
+//! intent. Each test crafts one such value with a valid checksum and checks that the log meets
+//! it with a typed error or as the format says, never a panic, an abort or a huge allocation.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Disk, config};
+use nodedb_wal::format::manifest::{FLOOR_FILE, MANIFEST_FILE, MANIFEST_LEN, ManifestSlot, SlotKind};
+use nodedb_wal::storage::FaultConfig;
+use nodedb_wal::{Record, RecordType, SegmentId, SegmentedWal, SimStorage};
+
+const TY: RecordType = RecordType::optional(0x400);
+
+/// A log of `records` records of 1 KiB, over several small segments, closed.
+fn written_log<D: Disk>(disk: &D, dir: &Path, records: u64) {
+    let wal = SegmentedWal::open_with(disk.clone(), config(dir)).unwrap();
+    for i in 0..records {
+        wal.append_durable(Record::new(TY, &[i as u8; 1024])).unwrap();
+    }
+    wal.close().unwrap();
+}
+
+/// A two-slot file of `kind` whose only slot has the highest sequence a reader takes (2^63 - 1)
+/// and names `id`: intact as the format has it, but with no sequence after it that reads.
+fn last_sequence_file(kind: SlotKind, id: SegmentId) -> Vec<u8> {
+    let slot = ManifestSlot { sequence: (1 << 63) - 1, newest: id };
+    let mut bytes = vec![0u8; MANIFEST_LEN];
+    let at = ManifestSlot::offset_of(slot.sequence) as usize;
+    let encoded = slot.encode_as(kind);
+    bytes[at..at + encoded.len()].copy_from_slice(&encoded);
+    bytes
+}
+
+fn current(bytes: &[u8], kind: SlotKind) -> ManifestSlot {
+    ManifestSlot::current_as(bytes, kind).expect("an intact slot")
+}
+
+// A FLOOR whose slot carries the last sequence a reader takes: the next truncation wrote its
+// floor as sequence 2^63, which reads as a damaged slot, and removed the segments below it;
+// the next open then took the older slot for current and refused the log (FloorSlotDamaged).
+#[test]
+fn a_floor_at_the_last_sequence_is_still_advanced_readably_by_a_truncation() {
+    let sim = SimStorage::new(1, FaultConfig::default());
+    let dir = Path::new("/floor");
+    written_log(&sim, dir, 60);
+    sim.write(&dir.join(FLOOR_FILE), &last_sequence_file(SlotKind::Floor, SegmentId(1)));
+
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    let oldest_kept = wal.segments()[2];
+    assert!(wal.truncate_before(oldest_kept.first_lsn).unwrap() >= 2);
+    wal.close().unwrap();
+    assert_eq!(current(&sim.read(&dir.join(FLOOR_FILE)), SlotKind::Floor).newest, oldest_kept.id);
+
+    let wal = SegmentedWal::open_with(sim, config(dir)).expect("a truncated log opens");
+    assert_eq!(wal.oldest_lsn(), oldest_kept.first_lsn);
+    assert_eq!(wal.read_from(oldest_kept.first_lsn).unwrap().count() as u64, 60 - oldest_kept.first_lsn.0 + 1);
+}
+
+// The same for MANIFEST: every later update was written as sequence 2^63, which no reader
+// takes, so the manifest stayed on the segment it named and stopped vouching for newer ones.
+#[test]
+fn a_manifest_at_the_last_sequence_still_follows_the_newest_segment() {
+    let sim = SimStorage::new(2, FaultConfig::default());
+    let dir = Path::new("/manifest");
+    written_log(&sim, dir, 10);
+    let newest = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap().segments().last().unwrap().id;
+    sim.write(&dir.join(MANIFEST_FILE), &last_sequence_file(SlotKind::Manifest, newest));
+
+    written_log(&sim, dir, 60);
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    let now_newest = wal.segments().last().unwrap().id;
+    drop(wal);
+    assert!(now_newest > newest);
+    assert_eq!(current(&sim.read(&dir.join(MANIFEST_FILE)), SlotKind::Manifest).newest, now_newest);
+}
