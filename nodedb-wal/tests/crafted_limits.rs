@@ -10,7 +10,7 @@ use std::path::Path;
 use common::{Disk, config};
 use nodedb_wal::format::manifest::{FLOOR_FILE, MANIFEST_FILE, MANIFEST_LEN, ManifestSlot, SlotKind};
 use nodedb_wal::storage::FaultConfig;
-use nodedb_wal::{Record, RecordType, SegmentId, SegmentedWal, SimStorage};
+use nodedb_wal::{Lsn, Record, RecordType, SegmentId, SegmentedWal, SimStorage};
 
 const TY: RecordType = RecordType::optional(0x400);
 
@@ -75,4 +75,27 @@ fn a_manifest_at_the_last_sequence_still_follows_the_newest_segment() {
     drop(wal);
     assert!(now_newest > newest);
     assert_eq!(current(&sim.read(&dir.join(MANIFEST_FILE)), SlotKind::Manifest).newest, now_newest);
+}
+
+// A header index is read whole into memory before it is checked: a file far longer than any
+// index of its segment (sparse, so it costs the disk nothing) asked for a terabyte.
+#[test]
+fn a_header_index_far_longer_than_its_segment_allows_is_not_read_into_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let disk = nodedb_wal::FsStorage::default();
+    written_log(&disk, dir, 60);
+    let index = nodedb_wal::segment::index_path(dir, SegmentId(1));
+    let file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&index).unwrap();
+    file.set_len(1 << 40).unwrap();
+    drop(file);
+
+    let wal = SegmentedWal::open_with(disk, config(dir)).unwrap();
+    let mut reader = wal.lazy_reader(Lsn::FIRST).unwrap();
+    let mut count = 0;
+    while let Some(handle) = reader.next_header().unwrap() {
+        count += 1;
+        assert_eq!(handle.lsn, Lsn(count));
+    }
+    assert_eq!(count, 60);
 }

@@ -161,6 +161,13 @@ pub fn read_index<S: Storage>(storage: &S, dir: &Path, id: SegmentId, salt: u32,
     let path = segment::index_path(dir, id);
     let file = storage.open(&path, OpenMode { create: false, write: false, direct: false, create_new: false }).ok()?;
     let len = usize::try_from(file.len().ok()?).ok()?;
+    // The segment's LSN range fixes the one length its index can have: a file of any other is
+    // refused before it is read, so that a long one (a sparse terabyte costs the disk nothing)
+    // is not read into memory whole only for its checksum to refuse it.
+    let records = usize::try_from(lsns.1.0.checked_sub(lsns.0.0)?).ok().filter(|&n| u32::try_from(n).is_ok())?;
+    if len != HeaderIndex::encoded_len(records) {
+        return None;
+    }
     // Page-aligned: a large `Vec` starts 16 bytes past a page, and on some CPUs (AMD Zen 3)
     // the kernel's copy into such a buffer runs ~4x slower (BENCHMARKS.md).
     let mut buf = AlignedBuf::zeroed(len.max(1), PAGE);
