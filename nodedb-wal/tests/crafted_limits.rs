@@ -8,9 +8,10 @@ mod common;
 use std::path::Path;
 
 use common::{Disk, config};
+use nodedb_wal::format::header_index::HeaderIndex;
 use nodedb_wal::format::manifest::{FLOOR_FILE, MANIFEST_FILE, MANIFEST_LEN, ManifestSlot, SlotKind};
 use nodedb_wal::storage::FaultConfig;
-use nodedb_wal::{Lsn, Record, RecordType, SegmentId, SegmentedWal, SimStorage};
+use nodedb_wal::{Lsn, Record, RecordHeader, RecordType, SegmentId, SegmentedWal, SimStorage};
 
 const TY: RecordType = RecordType::optional(0x400);
 
@@ -98,4 +99,43 @@ fn a_header_index_far_longer_than_its_segment_allows_is_not_read_into_memory() {
         assert_eq!(handle.lsn, Lsn(count));
     }
     assert_eq!(count, 60);
+}
+
+/// Rewrites the header index of segment `id` with `change` applied to each entry, under a
+/// recomputed checksum.
+fn recrafted_index<D: Disk>(disk: &D, dir: &Path, id: SegmentId, change: impl Fn(usize, &mut RecordHeader)) {
+    let path = nodedb_wal::segment::index_path(dir, id);
+    let index = HeaderIndex::decode(&disk.read(&path)).expect("segment 2 has an index");
+    let mut crafted = HeaderIndex::new(index.segment, index.salt, index.first_lsn);
+    for (i, (offset, header)) in index.entries().iter().enumerate() {
+        let mut header = *header;
+        change(i, &mut header);
+        crafted.push(*offset, &header);
+    }
+    disk.write(&path, &crafted.encode());
+}
+
+// A header index is checked for its length, checksum, salt and dense LSNs, and then trusted
+// for headers; but one whose entry carried a meta type (an end frame's, here) was taken, and
+// the lazy reader handed that entry out as a data record, which no reader is ever handed.
+#[test]
+fn a_header_index_entry_of_a_meta_type_is_no_record_and_the_index_is_passed_over() {
+    let sim = SimStorage::new(3, FaultConfig::default());
+    let dir = Path::new("/index");
+    written_log(&sim, dir, 40);
+    recrafted_index(&sim, dir, SegmentId(2), |i, h| {
+        if i == 2 {
+            h.record_type = RecordType::SEGMENT_END;
+        }
+    });
+
+    let wal = SegmentedWal::open_with(sim, config(dir)).unwrap();
+    let mut reader = wal.lazy_reader(Lsn::FIRST).unwrap();
+    let mut lsn = 0;
+    while let Some(handle) = reader.next_header().unwrap() {
+        lsn += 1;
+        assert_eq!((handle.lsn, handle.record_type), (Lsn(lsn), TY), "as written");
+        assert_eq!(reader.payload().unwrap(), [(lsn - 1) as u8; 1024]);
+    }
+    assert_eq!(lsn, 40);
 }
