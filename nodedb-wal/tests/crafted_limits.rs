@@ -7,11 +7,16 @@ mod common;
 
 use std::path::Path;
 
-use common::{Disk, config};
+use common::{Disk, config, seg};
+use nodedb_wal::format::frame::{HEADER_LEN, decode_frame, encode_frame};
 use nodedb_wal::format::header_index::HeaderIndex;
 use nodedb_wal::format::manifest::{FLOOR_FILE, MANIFEST_FILE, MANIFEST_LEN, ManifestSlot, SlotKind};
-use nodedb_wal::storage::FaultConfig;
-use nodedb_wal::{Lsn, Record, RecordHeader, RecordType, SegmentId, SegmentedWal, SimStorage};
+use nodedb_wal::format::meta::SegmentHeaderPayload;
+use nodedb_wal::format::preamble::PREAMBLE_SIZE;
+use nodedb_wal::storage::{FaultConfig, Storage};
+use nodedb_wal::{
+    CorruptionKind, Lsn, Record, RecordHeader, RecordType, SegmentId, SegmentedWal, SimStorage, WalError, WalWriter, WalWriterConfig,
+};
 
 const TY: RecordType = RecordType::optional(0x400);
 
@@ -138,4 +143,34 @@ fn a_header_index_entry_of_a_meta_type_is_no_record_and_the_index_is_passed_over
         assert_eq!(reader.payload().unwrap(), [(lsn - 1) as u8; 1024]);
     }
     assert_eq!(lsn, 40);
+}
+
+// A segment with the last id (its name and its checksummed header both say `u64::MAX`), which
+// no writer of this crate makes and recovery refuses: salvage set out to copy it, the copy's
+// `WalWriter` refused the id, and salvage failed with `InvalidConfig` (the tool's status 3, bad
+// usage) instead of stopping at the damage (status 2).
+#[test]
+fn salvage_stops_at_a_segment_with_the_last_id_as_at_damage() {
+    let sim = SimStorage::new(4, FaultConfig::default());
+    let dir = Path::new("/last-id");
+    sim.create_dir_all(dir).unwrap();
+    let below = SegmentId(u64::MAX - 1);
+    let mut writer = WalWriter::create_with(sim.clone(), dir, below, Lsn::FIRST, WalWriterConfig::default()).unwrap();
+    writer.append(Record::new(TY, b"in a segment of the last id")).unwrap();
+    writer.finish().unwrap();
+    let mut bytes = sim.read(&seg(dir, below.0));
+    let header = decode_frame(&bytes[PREAMBLE_SIZE..]).unwrap();
+    let at = PREAMBLE_SIZE + HEADER_LEN;
+    let mut payload = SegmentHeaderPayload::decode(&bytes[at..PREAMBLE_SIZE + header.frame_len()]).unwrap();
+    payload.segment_id = SegmentId(u64::MAX);
+    encode_frame(&header, &payload.encode(), &mut bytes[PREAMBLE_SIZE..]);
+    sim.delete(&seg(dir, below.0));
+    sim.write(&seg(dir, u64::MAX), &bytes);
+
+    let report = nodedb_wal::salvage::salvage_with(&sim, dir, Path::new("/copy"), None).expect("a report, not an error");
+    assert_eq!(report.records, None, "nothing is copied");
+    let damage = report.damage.expect("the segment is damage");
+    assert_eq!((damage.segment, damage.offset), (Some(SegmentId(u64::MAX)), Some(0)));
+    assert!(matches!(damage.error, WalError::Corruption { kind: CorruptionKind::BadSegmentHeader, .. }), "{}", damage.error);
+    assert_eq!(report.past_the_stop.records, 1, "the record left behind is reported");
 }

@@ -93,6 +93,11 @@ fn head_of<F: crate::storage::StorageFile>(
     if let Err(err) = check_identity(&head, id, false) {
         return stopped(id, 0, Some(err), None).map(Err);
     }
+    // No writer of this crate makes a segment with the last id, since none could follow it:
+    // recovery refuses one as a bad header, and the copy could not make it either.
+    if id.0 == u64::MAX {
+        return stopped(id, 0, corrupt(id, 0, CorruptionKind::BadSegmentHeader), Some(head.header.salt)).map(Err);
+    }
     if let Some(expected) = prev_end
         && head.header.first_lsn != expected
     {
