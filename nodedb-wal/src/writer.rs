@@ -161,14 +161,16 @@ impl<S: Storage> WalWriter<S> {
     pub fn create_with(storage: S, dir: &Path, id: SegmentId, first_lsn: Lsn, config: WalWriterConfig) -> Result<WalWriter<S>> {
         let block = config.alignment;
         // LSNs count up by one and never wrap: a first LSN in the top half of the range leaves
-        // no room that a log could be said to need, and would wrap near its end.
-        let lsn_ok = first_lsn != Lsn::ZERO && first_lsn < Lsn::LIMIT;
+        // no room that a log could be said to need, and would wrap near its end. The limit
+        // itself is a first LSN the format takes (a segment that holds no record, whose every
+        // append is `LsnsExhausted`), and salvage copies such a segment with a writer.
+        let lsn_ok = first_lsn != Lsn::ZERO && first_lsn <= Lsn::LIMIT;
         // The same bounds as the log's own config: a block length readers accept, a batch
         // buffer that can be allocated, and an id a later segment can follow.
         let batch_ok = (block.saturating_mul(4)..=BUFFER_BYTES_MAX).contains(&config.batch_bytes);
         if !is_block_len(block as u64) || !batch_ok || !lsn_ok || id.0 == u64::MAX {
             return Err(WalError::InvalidConfig {
-                reason: "WalWriter needs a power-of-two alignment from 512 to 1 MiB, batch_bytes from four blocks to 1 GiB, a first LSN in 1..2^63 and a segment id below u64::MAX",
+                reason: "WalWriter needs a power-of-two alignment from 512 to 1 MiB, batch_bytes from four blocks to 1 GiB, a first LSN in 1..=2^63 and a segment id below u64::MAX",
             });
         }
         // Allocated before the file exists: nothing is left behind if it cannot be.

@@ -174,3 +174,32 @@ fn salvage_stops_at_a_segment_with_the_last_id_as_at_damage() {
     assert!(matches!(damage.error, WalError::Corruption { kind: CorruptionKind::BadSegmentHeader, .. }), "{}", damage.error);
     assert_eq!(report.past_the_stop.records, 1, "the record left behind is reported");
 }
+
+// A sealed segment whose header starts at the limit (2^63), holding no record: recovery takes
+// it (a first LSN may be the limit itself), but salvage's copy could not begin a segment there.
+#[test]
+fn salvage_copies_a_log_whose_last_segment_starts_at_the_limit() {
+    use nodedb_wal::format::layout::{write_header_block, write_segment_end};
+    use nodedb_wal::format::preamble::SegmentPreamble;
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let dir = Path::new("/at-limit");
+    sim.create_dir_all(dir).unwrap();
+    let last = Lsn(Lsn::LIMIT.0 - 1);
+    let mut writer = WalWriter::create_with(sim.clone(), dir, SegmentId(1), last, WalWriterConfig::default()).unwrap();
+    writer.append(Record::new(TY, b"the last LSN there is")).unwrap();
+    writer.finish().unwrap();
+    let mut bytes = vec![0u8; 8192];
+    let header = SegmentHeaderPayload { segment_id: SegmentId(2), first_lsn: Lsn::LIMIT, salt: 7, block_len: 4096, kdf_salt: [0; 16] };
+    write_header_block(&mut bytes[..4096], &SegmentPreamble::plaintext_wal(), &header, last);
+    write_segment_end(&mut bytes, 4096, 4096, Lsn::LIMIT, last, 7);
+    sim.write(&seg(dir, 2), &bytes);
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).expect("recovery takes it");
+    assert_eq!(wal.next_lsn(), Lsn::LIMIT);
+    drop(wal);
+
+    let report = nodedb_wal::salvage::salvage_with(&sim, dir, Path::new("/copy"), None).expect("a report, not an error");
+    assert!(report.damage.is_none(), "{:?}", report.damage);
+    assert_eq!((report.records, report.next_lsn), (Some(last..=last), Lsn::LIMIT));
+    let copy = SegmentedWal::open_with(sim, config(Path::new("/copy"))).unwrap();
+    assert_eq!(copy.next_lsn(), Lsn::LIMIT);
+}

@@ -253,10 +253,12 @@ fn a_wal_writer_and_a_log_never_hold_one_directory_at_once_sim() {
     a_wal_writer_and_a_log_never_hold_one_directory_at_once(SimStorage::new(9, FaultConfig::default()), Path::new("/log"));
 }
 
+/// The limit itself (2^63) is a first LSN the format takes, for a segment that holds no
+/// record: salvage copies such a segment with a writer.
 #[test]
-fn a_first_lsn_of_zero_or_in_the_top_half_of_the_range_is_refused_before_any_file_is_made() {
+fn a_first_lsn_of_zero_or_past_the_limit_is_refused_before_any_file_is_made() {
     let dir = tempfile::tempdir().unwrap();
-    for first in [Lsn(0), Lsn(1 << 63), Lsn(u64::MAX)] {
+    for first in [Lsn(0), Lsn((1 << 63) + 1), Lsn(u64::MAX)] {
         let err = WalWriter::create(dir.path(), SegmentId(1), first).unwrap_err();
         assert!(matches!(err, WalError::InvalidConfig { .. }), "{first}: {err}");
     }
@@ -265,6 +267,11 @@ fn a_first_lsn_of_zero_or_in_the_top_half_of_the_range_is_refused_before_any_fil
     let mut writer = WalWriter::create(dir.path(), SegmentId(1), top).unwrap();
     assert_eq!(writer.append(Record::new(TY, b"last")).unwrap(), top);
     writer.finish().unwrap();
+    let mut writer = WalWriter::create(dir.path(), SegmentId(2), Lsn::LIMIT).unwrap();
+    assert!(matches!(writer.append(Record::new(TY, b"none")), Err(WalError::LsnsExhausted { next }) if next == Lsn::LIMIT));
+    writer.finish().unwrap();
+    let wal = SegmentedWal::open(config(dir.path())).unwrap();
+    assert_eq!((wal.recovery_info().record_count, wal.next_lsn()), (1, Lsn::LIMIT));
 }
 
 // Found by an adversarial review: WalWriter took blocks over 1 MiB, which the segment header's
