@@ -402,7 +402,8 @@ pub enum WalError {
     /// The ring's key under a segment's key id does not authenticate the segment's first
     /// record, checked for every segment when a log opens, nor the record after it: most likely
     /// a wrong key under the right id (or, in a segment of one record, that record altered;
-    /// where the next record authenticates, the first was altered: `AuthenticationFailed`). The open is refused before anything is written,
+    /// where the next record authenticates, or a record of an earlier segment under the same
+    /// key id did, the segment was altered: `AuthenticationFailed`). The open is refused before anything is written,
     /// so that no segment is added that no single ring could read with the ones before it.
     #[error("key {key_id} of the key ring does not authenticate segment {segment}: most likely the wrong key for that id")]
     WrongKey {

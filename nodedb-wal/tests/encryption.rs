@@ -381,13 +381,50 @@ fn an_altered_first_record_is_told_from_a_wrong_key_by_the_record_after_it() {
     let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
     assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(1) } if segment.0 == 1), "{err}");
     assert!(matches!(ReadOnlyWal::open_with(disk_with(&files), DIR, Some(ring(1, 7))), Err(WalError::AuthenticationFailed { .. })));
-    // Segment 2 holds one record: altered, nothing tells it from a wrong key.
+    // Segment 2 holds one record: altered, nothing in segment 2 tells it from a wrong key, but
+    // segment 1, under the same key id, authenticated: the key is right (see the test below).
     let mut files = two_segments();
     let (at, h) = frames(&files[1].1).into_iter().find(|(_, h)| !h.record_type.is_meta()).expect("a record");
     files[1].1[at + HEADER_LEN] ^= 0x01;
     seal_frame(&mut files[1].1[at..at + h.frame_len()], h.record_type);
     let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
+    assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(4) } if segment.0 == 2), "{err}");
+    // Alone in the log, the same segment cannot be told from one under another key.
+    let err = SegmentedWal::open_with(disk_with(&files[1..]), config(Some(ring(1, 7)))).unwrap_err();
     assert!(matches!(err, WalError::WrongKey { segment, .. } if segment.0 == 2), "{err}");
+}
+
+// Found by an adversarial review: a segment whose first record (its only one), preamble epoch
+// or key-derivation salt was altered by someone who holds no key was reported as a wrong key
+// (`WrongKey`; the tool's status 4, "supply the right key") although an earlier segment under
+// the same key id had just authenticated under that key: an operator holding the right key was
+// sent looking for another, and damage went unreported as damage.
+#[test]
+fn a_segment_altered_after_one_under_the_same_key_authenticated_is_damage_not_a_wrong_key() {
+    let alter_epoch = |bytes: &mut Vec<u8>| {
+        let mut preamble = SegmentPreamble::decode(bytes).unwrap();
+        preamble.nonce_epoch ^= 1;
+        bytes[..PREAMBLE_SIZE].copy_from_slice(&preamble.encode());
+    };
+    let alter_kdf_salt = |bytes: &mut Vec<u8>| {
+        let head = decode_frame(&bytes[PREAMBLE_SIZE..]).unwrap();
+        let payload = PREAMBLE_SIZE + HEADER_LEN;
+        let mut header = SegmentHeaderPayload::decode(&bytes[payload..PREAMBLE_SIZE + head.frame_len()]).unwrap();
+        header.kdf_salt[0] ^= 1;
+        bytes[payload..payload + header.encode().len()].copy_from_slice(&header.encode());
+        seal_frame(&mut bytes[PREAMBLE_SIZE..PREAMBLE_SIZE + head.frame_len()], head.record_type);
+    };
+    for (what, alter) in [("nonce epoch", &alter_epoch as &dyn Fn(&mut Vec<u8>)), ("key-derivation salt", &alter_kdf_salt)] {
+        let mut files = two_segments();
+        alter(&mut files[1].1);
+        let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
+        assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(4) } if segment.0 == 2), "{what}: {err}");
+        let err = ReadOnlyWal::open_with(disk_with(&files), DIR, Some(ring(1, 7))).unwrap_err();
+        assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(4) } if segment.0 == 2), "{what}: {err}");
+        // A ring whose key 1 is another key: segment 1 fails first, and that is a wrong key.
+        let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 8)))).unwrap_err();
+        assert!(matches!(err, WalError::WrongKey { segment, key_id: 1 } if segment.0 == 1), "{what}: {err}");
+    }
 }
 
 // Found by an adversarial review: a segment's salt and keys were chosen when the log opened

@@ -53,7 +53,9 @@ pub(super) fn scan_dir<S: Storage>(
     // (which beside a live writer may lie above every listed one: `inspect_dir` looks again).
     let floor = manifest::read_floor(storage, dir)?;
     let (below_floor, ids) = split_at_floor(dir, listed, floor, vouched)?;
-    let ctx = ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair, reuse_races: scan == Scan::Look };
+    let proven_keys = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let ctx =
+        ScanCtx { storage, dir, direct, align, ring, beside_writer: !repair, reuse_races: scan == Scan::Look, proven_keys: &proven_keys };
     let mut info = RecoveryInfo::default();
     let mut seal = None;
     let mut prev_end: Option<Lsn> = None;

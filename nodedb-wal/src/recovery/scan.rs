@@ -6,6 +6,8 @@
 //! key of an encrypted segment, and builds the header index of the segment the owner will
 //! seal.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::decide::{Evidence, TailAction, corruption_kind, decide, evidence};
@@ -39,6 +41,10 @@ pub(super) struct ScanCtx<'a, S> {
     /// Whether a segment's header naming a later segment may be the writer's reuse of the file
     /// since it was listed ([`WalError::SegmentTruncated`], look again) rather than damage.
     pub(super) reuse_races: bool,
+    /// Key ids under which a record of an earlier segment authenticated: the ring's key under
+    /// such an id is the one the log was written with, so a later segment under it whose first
+    /// record fails was altered, not written under another key.
+    pub(super) proven_keys: &'a RefCell<BTreeSet<u32>>,
 }
 
 pub(super) fn scan_segment<S: Storage>(
@@ -108,6 +114,7 @@ pub(super) fn scan_segment<S: Storage>(
         id,
         head: &head,
         ring: ctx.ring,
+        proven_keys: ctx.proven_keys,
         beside_writer: ctx.beside_writer,
         cipher: None,
         check_key: head.preamble.cipher == CIPHER_AES_256_GCM && ctx.ring.is_some_and(|r| r.get(head.preamble.key_id).is_some()),
@@ -125,7 +132,8 @@ pub(super) fn scan_segment<S: Storage>(
         }
     };
     if pass.suspect.is_some() {
-        // No record after the one that did not authenticate: most likely the key.
+        // No record after the one that did not authenticate: the key, unless an earlier
+        // segment under its id proved it right.
         return Err(pass.wrong_key());
     }
     if last && !matches!(end, TailEnd::Sealed { .. }) && offset < scan.block() && len >= scan.block() {
@@ -182,6 +190,8 @@ struct RecordPass<'a> {
     id: SegmentId,
     head: &'a SegmentHead,
     ring: Option<&'a KeyRing>,
+    /// See [`ScanCtx::proven_keys`].
+    proven_keys: &'a RefCell<BTreeSet<u32>>,
     /// A look beside a live writer: see [`ScanCtx::beside_writer`].
     beside_writer: bool,
     /// The segment's cipher (`None` inside for plaintext), made at the first record opened.
@@ -251,7 +261,12 @@ impl RecordPass<'_> {
             self.cipher = Some(cipher_for(self.ring, self.id, self.head)?);
         }
         let payload = scan.stepped_payload(offset, &header)?;
-        match open_record(self.cipher.as_ref().and_then(Option::as_ref), self.id, &header, payload) {
+        let cipher = self.cipher.as_ref().and_then(Option::as_ref);
+        let opened = open_record(cipher, self.id, &header, payload);
+        if opened.is_ok() && cipher.is_some() {
+            self.proven_keys.borrow_mut().insert(self.head.preamble.key_id);
+        }
+        match opened {
             // The key is right after all: the record that did not authenticate was altered.
             Ok(_) if self.suspect.is_some() => return Err(self.suspect.take().expect("checked")),
             Ok(plain) if collected => self.group_collected.push((header, plain)),
@@ -268,10 +283,17 @@ impl RecordPass<'_> {
         Ok(())
     }
 
-    /// The error for a key ring whose key under this segment's key id is not the one its
-    /// records were sealed with.
-    fn wrong_key(&self) -> WalError {
-        WalError::WrongKey { segment: self.id, key_id: self.head.preamble.key_id }
+    /// The error for a segment whose first record, and the one after it if any, do not
+    /// authenticate: the ring's key under the segment's key id is not the one its records were
+    /// sealed with; or, where a record of an earlier segment under that id authenticated, the
+    /// key is right and the segment was altered (its first record, or what derives its key and
+    /// nonces: the preamble's epoch, the header's salt), reported at its first record.
+    fn wrong_key(&mut self) -> WalError {
+        let key_id = self.head.preamble.key_id;
+        match self.suspect.take() {
+            Some(altered) if self.proven_keys.borrow().contains(&key_id) => altered,
+            _ => WalError::WrongKey { segment: self.id, key_id },
+        }
     }
 }
 
