@@ -219,6 +219,30 @@ fn verify_reports_a_wrong_key_and_a_missing_key() {
     assert_eq!(status(&out), 4, "no key at all: {}", text(&out));
 }
 
+// Found by an adversarial review: a segment altered after one under the same key had
+// authenticated (here its preamble's nonce epoch) was reported as a wrong key, status 4, to an
+// operator holding the right key; it is damage, status 2.
+#[test]
+fn verify_reports_a_segment_altered_after_its_key_proved_right_as_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let ring = || Arc::new(KeyRing::with_active(1, SecureKey::from_bytes(&mut [7; 32])));
+    write_log(&log, Some(ring()));
+    let mut config = SegmentedWalConfig::new(&log);
+    config.key_ring = Some(ring());
+    let wal = SegmentedWal::open(config).unwrap();
+    wal.append_durable(Record::new(RecordType::optional(0x100), b"in segment 2")).unwrap();
+    wal.close().unwrap();
+    let right = key_file(tmp.path(), "right", 7);
+    let d = log.to_str().unwrap();
+    assert_eq!(status(&tool(&["verify", d, "--key-file", &right])), 0);
+    // The nonce epoch is the preamble's last four bytes.
+    flip(&log.join(format!("{:020}.wal", 2)), 12);
+    let out = tool(&["verify", d, "--key-file", &right]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("failed authentication"), "{}", text(&out));
+}
+
 // Found by a review of the format documentation: bench took --key-file and wrote plaintext
 // without a word, and every command ignored options it does not take.
 #[test]
