@@ -299,6 +299,30 @@ fn a_wrong_key_keeps_the_plaintext_records_before_it() {
     assert_records(&records, 1, 10);
 }
 
+// Found by an adversarial review: a segment altered after one under the same key had
+// authenticated (its preamble's nonce epoch changed) was reported as a wrong key, with the
+// tool's status 4, to an operator holding the right key: it is damage.
+#[test]
+fn a_segment_altered_after_its_key_proved_right_is_damage_not_a_wrong_key() {
+    let (sim, dir, _tmp) = SimStorage::fresh();
+    half_encrypted_log(&sim, &dir);
+    // A segment more under the same key (the close sealed the one before).
+    let mut c = config(&dir);
+    c.key_ring = Some(ring(7));
+    let wal = SegmentedWal::open_with(sim.clone(), c).unwrap();
+    append_synced(&wal, 61, 70);
+    wal.close().unwrap();
+    let newest = *segment_ids(&sim, &dir).last().unwrap();
+    let first = *segment_lsns(&sim, &dir, newest).start();
+    assert!(first > 11, "an earlier segment under the key: {first}");
+    // The nonce epoch is the preamble's last four bytes.
+    flip(&sim, &seg(&dir, newest), PREAMBLE_SIZE as u64 - 1);
+    let (report, records) = salvaged(&sim, &dir, Some(&ring(7)));
+    let error = &report.damage.as_ref().unwrap().error;
+    assert!(matches!(error, WalError::AuthenticationFailed { lsn, .. } if lsn.0 == first), "{error:?}");
+    assert_records(&records, 1, first - 1);
+}
+
 #[test]
 fn a_missing_key_is_refused_before_anything_is_written() {
     let (sim, dir, _tmp) = SimStorage::fresh();

@@ -2,6 +2,7 @@
 //! scan, decryption) read every record in LSN order, and the walk stops at the first position
 //! that is not the next intact record.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::copy::Copier;
@@ -42,6 +43,8 @@ pub(super) struct Stop {
 /// was read to its end frame.
 pub(super) fn walk<S: Storage + Clone>(src: &Source<'_, S>, ids: &[SegmentId], copier: &mut Copier<'_, S>) -> Result<Option<Stop>> {
     let mut prev: Option<(SegmentId, Lsn)> = None;
+    // Key ids under which a record of a segment walked so far authenticated (see `walk_segment`).
+    let mut proven_keys = BTreeSet::new();
     for (index, &id) in ids.iter().enumerate() {
         if let Some((prev_id, _)) = prev
             && id.0 != prev_id.0 + 1
@@ -51,7 +54,7 @@ pub(super) fn walk<S: Storage + Clone>(src: &Source<'_, S>, ids: &[SegmentId], c
             return Ok(Some(Stop { segment: missing, offset: None, error: Some(error), salt: None }));
         }
         let last = index + 1 == ids.len();
-        match walk_segment(src, id, last, prev.map(|p| p.1), copier)? {
+        match walk_segment(src, id, last, prev.map(|p| p.1), copier, &mut proven_keys)? {
             Walked::Sealed(end) => prev = Some((id, end)),
             Walked::Stopped(stop) => return Ok(Some(stop)),
         }
@@ -113,6 +116,7 @@ fn walk_segment<S: Storage + Clone>(
     last: bool,
     prev_end: Option<Lsn>,
     copier: &mut Copier<'_, S>,
+    proven_keys: &mut BTreeSet<u32>,
 ) -> Result<Walked> {
     let path = segment::path(src.dir, id);
     let (file, len) = open_held(src.storage, &path, id, false, false)?;
@@ -136,12 +140,20 @@ fn walk_segment<S: Storage + Clone>(
                     Ok(plain) => {
                         copier.record(&header, plain)?;
                         opened += 1;
+                        if cipher.is_some() {
+                            proven_keys.insert(head.preamble.key_id);
+                        }
                     }
                     Err(err @ WalError::AuthenticationFailed { .. }) => {
                         // As recovery tells them apart: a segment whose first two records do
-                        // not authenticate is under another key; one that fails alone was altered.
-                        let wrong_key = opened == 0 && cipher.is_some() && next_fails(&mut scan, cipher.as_ref(), id)?;
+                        // not authenticate is under another key, unless a record of an earlier
+                        // segment authenticated under its key id; one that fails alone was
+                        // altered.
                         let key_id = head.preamble.key_id;
+                        let wrong_key = opened == 0
+                            && cipher.is_some()
+                            && !proven_keys.contains(&key_id)
+                            && next_fails(&mut scan, cipher.as_ref(), id)?;
                         let err = if wrong_key { WalError::WrongKey { segment: id, key_id } } else { err };
                         return stopped(id, offset, Some(err), salt);
                     }
