@@ -134,7 +134,7 @@ pub(super) fn scan_segment<S: Storage>(
     if pass.suspect.is_some() {
         // No record after the one that did not authenticate: the key, unless an earlier
         // segment under its id proved it right.
-        return Err(pass.wrong_key());
+        return Err(pass.key_check_failed());
     }
     if last && !matches!(end, TailEnd::Sealed { .. }) && offset < scan.block() && len >= scan.block() {
         // The chain ends in the first block, at the padding frame after the header frame:
@@ -277,7 +277,7 @@ impl RecordPass<'_> {
                 self.suspect = Some(err);
                 self.check_key = true;
             }
-            Err(WalError::AuthenticationFailed { .. }) if key_check => return Err(self.wrong_key()),
+            Err(WalError::AuthenticationFailed { .. }) if key_check => return Err(self.key_check_failed()),
             Err(err) => return Err(err),
         }
         Ok(())
@@ -288,7 +288,7 @@ impl RecordPass<'_> {
     /// sealed with; or, where a record of an earlier segment under that id authenticated, the
     /// key is right and the segment was altered (its first record, or what derives its key and
     /// nonces: the preamble's epoch, the header's salt), reported at its first record.
-    fn wrong_key(&mut self) -> WalError {
+    fn key_check_failed(&mut self) -> WalError {
         let key_id = self.head.preamble.key_id;
         match self.suspect.take() {
             Some(altered) if self.proven_keys.borrow().contains(&key_id) => altered,
