@@ -4,10 +4,13 @@
 //! the next append while old keys keep decrypting old segments, and no (key, nonce) pair is ever used for two different
 //! records: not across restarts that rewind the LSN, truncations, or a restored old copy.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::disk_with;
 use nodedb_wal::format::frame::{HEADER_LEN, RecordHeader, decode_frame, seal_frame};
 use nodedb_wal::format::meta::SegmentHeaderPayload;
 use nodedb_wal::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, SegmentPreamble};
@@ -88,7 +91,7 @@ fn a_wrong_key_a_missing_key_and_a_missing_ring_are_typed_errors() {
 /// appended under it, after which no single ring could read both the old records and the new.
 #[test]
 fn a_wrong_key_under_the_right_id_is_refused_at_open_before_anything_is_appended() {
-    let sim = disk_with(&two_segments());
+    let sim = disk_with(9, Path::new(DIR), &two_segments());
     let before = [sim.read_file(&seg(1)).unwrap(), sim.read_file(&seg(2)).unwrap()];
     let err = SegmentedWal::open_with(sim.clone(), config(Some(ring(1, 8)))).unwrap_err();
     assert!(matches!(err, WalError::WrongKey { segment, key_id: 1 } if segment.0 == 1), "{err}");
@@ -97,20 +100,6 @@ fn a_wrong_key_under_the_right_id_is_refused_at_open_before_anything_is_appended
     // A read-only look with the wrong key is refused the same way; with the right key both open.
     assert!(matches!(ReadOnlyWal::open_with(sim.clone(), DIR, Some(ring(1, 8))), Err(WalError::WrongKey { .. })));
     assert_eq!(read_all(&sim, Some(ring(1, 7))).unwrap().len(), 4);
-}
-
-/// A fresh simulated disk holding exactly these files, durably.
-fn disk_with(files: &[(PathBuf, Vec<u8>)]) -> SimStorage {
-    use nodedb_wal::storage::{OpenMode, Storage, StorageFile};
-    let sim = SimStorage::new(9, FaultConfig::default());
-    sim.create_dir_all(Path::new(DIR)).unwrap();
-    for (path, bytes) in files {
-        let f = sim.open(path, OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
-        f.write_at(bytes, 0).unwrap();
-        f.sync_data().unwrap();
-    }
-    sim.sync_dir(Path::new(DIR)).unwrap();
-    sim
 }
 
 /// Segment 1 sealed with three encrypted records, segment 2 after it with one more.
@@ -131,7 +120,7 @@ fn two_segments() -> Vec<(PathBuf, Vec<u8>)> {
 fn a_change_of_any_byte_of_an_encrypted_record_its_header_or_the_preamble_is_detected() {
     let files = two_segments();
     let expected: Vec<_> = (0..4).map(payload).collect();
-    assert_eq!(read_all(&disk_with(&files), Some(ring(1, 7))).unwrap(), expected);
+    assert_eq!(read_all(&disk_with(9, Path::new(DIR), &files), Some(ring(1, 7))).unwrap(), expected);
     let original = &files[0].1;
     let data_frames: Vec<_> = frames(original).into_iter().filter(|(_, h)| !h.record_type.is_meta()).collect();
     assert_eq!(data_frames.len(), 3);
@@ -145,7 +134,7 @@ fn a_change_of_any_byte_of_an_encrypted_record_its_header_or_the_preamble_is_det
             seal_frame(&mut bytes[*start..start + h.frame_len()], h.record_type);
         }
         let tampered = [(seg(1), bytes), files[1].clone()];
-        let result = read_all(&disk_with(&tampered), Some(ring(1, 7)));
+        let result = read_all(&disk_with(9, Path::new(DIR), &tampered), Some(ring(1, 7)));
         assert!(result.is_err(), "a flip of byte {at} went unnoticed: {:?}", result.map(|r| r.len()));
     }
 }
@@ -253,7 +242,7 @@ fn no_key_and_nonce_pair_repeats_across_crashes_truncations_and_a_restored_copy(
         drop(wal);
         if life == 8 {
             // Restore the copy taken at life 4 and write on from it: its LSNs are reused too.
-            sim = disk_with(saved.as_ref().unwrap());
+            sim = disk_with(9, Path::new(DIR), saved.as_ref().unwrap());
         }
     }
     record_nonces(&sim, &mut seen);
@@ -277,20 +266,20 @@ fn a_plaintext_segment_put_in_place_of_an_encrypted_one_is_refused_when_the_ring
     let mut files = two_segments();
     files[0] = two_plaintext_segments().swap_remove(0);
     // Without the policy, the forged records read back as the log's own: the gap it closes.
-    let forged = read_all(&disk_with(&files), Some(ring(1, 7))).unwrap();
+    let forged = read_all(&disk_with(9, Path::new(DIR), &files), Some(ring(1, 7))).unwrap();
     assert_eq!(forged[0], b"forged 0");
 
     let strict = ring(1, 7);
     strict.refuse_plaintext();
     // Refused by recovery, at open, before any reader runs.
-    let err = SegmentedWal::open_with(disk_with(&files), config(Some(Arc::clone(&strict)))).unwrap_err();
+    let err = SegmentedWal::open_with(disk_with(9, Path::new(DIR), &files), config(Some(Arc::clone(&strict)))).unwrap_err();
     assert!(matches!(err, WalError::PlaintextRefused { segment } if segment.0 == 1), "{err}");
-    assert_eq!(read_all(&disk_with(&two_segments()), Some(strict)).unwrap().len(), 4, "an all-encrypted log opens");
+    assert_eq!(read_all(&disk_with(9, Path::new(DIR), &two_segments()), Some(strict)).unwrap().len(), 4, "an all-encrypted log opens");
 }
 
 #[test]
 fn a_reader_refuses_a_plaintext_segment_swapped_in_after_open() {
-    let sim = disk_with(&two_segments());
+    let sim = disk_with(9, Path::new(DIR), &two_segments());
     let strict = ring(1, 7);
     strict.refuse_plaintext();
     let wal = SegmentedWal::open_with(sim.clone(), config(Some(strict))).unwrap();
@@ -311,7 +300,7 @@ fn refusing_plaintext_without_an_active_key_is_a_config_error() {
 
 #[test]
 fn the_owner_refuses_an_encrypted_log_opened_without_a_key_ring_and_changes_nothing() {
-    let sim = disk_with(&two_segments());
+    let sim = disk_with(9, Path::new(DIR), &two_segments());
     let before = [sim.read_file(&seg(1)).unwrap(), sim.read_file(&seg(2)).unwrap()];
     let err = SegmentedWal::open_with(sim.clone(), config(None)).unwrap_err();
     // Opening would have appended plaintext segments after the encrypted ones.
@@ -326,7 +315,7 @@ fn the_owner_refuses_an_encrypted_log_opened_without_a_key_ring_and_changes_noth
 
 #[test]
 fn a_ring_without_an_active_key_opens_an_encrypted_log_and_continues_in_plaintext() {
-    let sim = disk_with(&two_segments());
+    let sim = disk_with(9, Path::new(DIR), &two_segments());
     // Old keys still read; no active key says new segments are meant to be plaintext. (An
     // empty ring is the same choice for keys that are lost.)
     let reading = KeyRing::new();
@@ -354,7 +343,7 @@ fn retyped_second_record() -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn a_record_retyped_to_an_unknown_optional_type_is_refused_by_the_lazy_reader_too() {
-    let disk = disk_with(&retyped_second_record());
+    let disk = disk_with(9, Path::new(DIR), &retyped_second_record());
     let view = ReadOnlyWal::open_with(disk, Path::new(DIR), Some(ring(1, 7))).unwrap();
     assert!(view.read_from(Lsn(1)).unwrap().any(|r| matches!(r, Err(WalError::AuthenticationFailed { .. }))));
     let mut lazy = view.lazy_reader(Lsn(1)).unwrap();
@@ -378,19 +367,22 @@ fn an_altered_first_record_is_told_from_a_wrong_key_by_the_record_after_it() {
     let (at, h) = frames(&files[0].1).into_iter().find(|(_, h)| !h.record_type.is_meta()).expect("a first record");
     files[0].1[at + HEADER_LEN] ^= 0x01;
     seal_frame(&mut files[0].1[at..at + h.frame_len()], h.record_type);
-    let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
+    let err = SegmentedWal::open_with(disk_with(9, Path::new(DIR), &files), config(Some(ring(1, 7)))).unwrap_err();
     assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(1) } if segment.0 == 1), "{err}");
-    assert!(matches!(ReadOnlyWal::open_with(disk_with(&files), DIR, Some(ring(1, 7))), Err(WalError::AuthenticationFailed { .. })));
+    assert!(matches!(
+        ReadOnlyWal::open_with(disk_with(9, Path::new(DIR), &files), DIR, Some(ring(1, 7))),
+        Err(WalError::AuthenticationFailed { .. })
+    ));
     // Segment 2 holds one record: altered, nothing in segment 2 tells it from a wrong key, but
     // segment 1, under the same key id, authenticated: the key is right (see the test below).
     let mut files = two_segments();
     let (at, h) = frames(&files[1].1).into_iter().find(|(_, h)| !h.record_type.is_meta()).expect("a record");
     files[1].1[at + HEADER_LEN] ^= 0x01;
     seal_frame(&mut files[1].1[at..at + h.frame_len()], h.record_type);
-    let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
+    let err = SegmentedWal::open_with(disk_with(9, Path::new(DIR), &files), config(Some(ring(1, 7)))).unwrap_err();
     assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(4) } if segment.0 == 2), "{err}");
     // Alone in the log, the same segment cannot be told from one under another key.
-    let err = SegmentedWal::open_with(disk_with(&files[1..]), config(Some(ring(1, 7)))).unwrap_err();
+    let err = SegmentedWal::open_with(disk_with(9, Path::new(DIR), &files[1..]), config(Some(ring(1, 7)))).unwrap_err();
     assert!(matches!(err, WalError::WrongKey { segment, .. } if segment.0 == 2), "{err}");
 }
 
@@ -417,12 +409,12 @@ fn a_segment_altered_after_one_under_the_same_key_authenticated_is_damage_not_a_
     for (what, alter) in [("nonce epoch", &alter_epoch as &dyn Fn(&mut Vec<u8>)), ("key-derivation salt", &alter_kdf_salt)] {
         let mut files = two_segments();
         alter(&mut files[1].1);
-        let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 7)))).unwrap_err();
+        let err = SegmentedWal::open_with(disk_with(9, Path::new(DIR), &files), config(Some(ring(1, 7)))).unwrap_err();
         assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(4) } if segment.0 == 2), "{what}: {err}");
-        let err = ReadOnlyWal::open_with(disk_with(&files), DIR, Some(ring(1, 7))).unwrap_err();
+        let err = ReadOnlyWal::open_with(disk_with(9, Path::new(DIR), &files), DIR, Some(ring(1, 7))).unwrap_err();
         assert!(matches!(err, WalError::AuthenticationFailed { segment, lsn: Lsn(4) } if segment.0 == 2), "{what}: {err}");
         // A ring whose key 1 is another key: segment 1 fails first, and that is a wrong key.
-        let err = SegmentedWal::open_with(disk_with(&files), config(Some(ring(1, 8)))).unwrap_err();
+        let err = SegmentedWal::open_with(disk_with(9, Path::new(DIR), &files), config(Some(ring(1, 8)))).unwrap_err();
         assert!(matches!(err, WalError::WrongKey { segment, key_id: 1 } if segment.0 == 1), "{what}: {err}");
     }
 }
@@ -523,7 +515,7 @@ fn tampered_second_ciphertext() -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn tampered_ciphertext_in_a_sealed_segment_opens_and_every_read_of_it_fails_authentication() {
-    let sim = disk_with(&tampered_second_ciphertext());
+    let sim = disk_with(9, Path::new(DIR), &tampered_second_ciphertext());
     // Recovery authenticates only each segment's first record (and tombstones and purges),
     // so the log opens with all its records counted (DESIGN.md, "Encryption at rest").
     let wal = SegmentedWal::open_with(sim, config(Some(ring(1, 7)))).unwrap();

@@ -5,13 +5,16 @@
 //! stops there with an error. So is a segment whose preamble names another key id the ring
 //! holds, or another nonce epoch: never garbage. Both in a sealed segment and in the newest one.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::disk_with;
 use nodedb_wal::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader, decode_frame, seal_frame};
 use nodedb_wal::format::preamble::{PREAMBLE_SIZE, SegmentPreamble};
-use nodedb_wal::storage::{FaultConfig, OpenMode, Storage, StorageFile};
+use nodedb_wal::storage::FaultConfig;
 use nodedb_wal::{KeyRing, Lsn, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
 
 const DIR: &str = "/bound";
@@ -57,18 +60,6 @@ fn log() -> Vec<(PathBuf, Vec<u8>)> {
     let crashed = sim.crash(1);
     drop(wal);
     vec![(seg(1), crashed.read_file(&seg(1)).unwrap()), (seg(2), crashed.read_file(&seg(2)).unwrap())]
-}
-
-fn disk_with(files: &[(PathBuf, Vec<u8>)]) -> SimStorage {
-    let sim = SimStorage::new(9, FaultConfig::default());
-    sim.create_dir_all(Path::new(DIR)).unwrap();
-    for (path, bytes) in files {
-        let f = sim.open(path, OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
-        f.write_at(bytes, 0).unwrap();
-        f.sync_data().unwrap();
-    }
-    sim.sync_dir(Path::new(DIR)).unwrap();
-    sim
 }
 
 /// The offset and header of the record at `lsn` in a segment's bytes.
@@ -191,7 +182,7 @@ fn assert_stopped_before(sim: &SimStorage, lsn: u64, context: &str) {
 
 #[test]
 fn an_untouched_log_reads_whole_in_every_reader() {
-    for (reader, lsns, failed) in readers(&disk_with(&log())) {
+    for (reader, lsns, failed) in readers(&disk_with(9, Path::new(DIR), &log())) {
         assert_eq!((lsns, failed), ((1..=6).collect(), false), "{reader}");
     }
 }
@@ -207,7 +198,7 @@ fn a_header_field_changed_with_its_crc_recomputed_stops_every_reader_at_that_rec
             change(&mut header);
             header.encode_into(&mut bytes[at..at + HEADER_LEN]);
             seal_frame(&mut bytes[at..at + header.frame_len()], header.record_type);
-            assert_stopped_before(&disk_with(&tampered), lsn, &format!("record {lsn}, {field}"));
+            assert_stopped_before(&disk_with(9, Path::new(DIR), &tampered), lsn, &format!("record {lsn}, {field}"));
         }
     }
 }
@@ -223,7 +214,7 @@ fn a_preamble_naming_another_key_id_or_epoch_reads_as_an_error_never_garbage() {
             change(&mut preamble);
             bytes[..PREAMBLE_SIZE].copy_from_slice(&preamble.encode());
             let first = if file == 0 { 1 } else { 4 };
-            assert_stopped_before(&disk_with(&tampered), first, &format!("segment {}, {field}", file + 1));
+            assert_stopped_before(&disk_with(9, Path::new(DIR), &tampered), first, &format!("segment {}, {field}", file + 1));
         }
     }
 }

@@ -10,15 +10,18 @@
 //! overwritten, and checks that a (key id, salt, segment id, epoch, LSN) seen twice always
 //! sealed the same bytes.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::disk_with;
 use nodedb_wal::format::frame::{HEADER_LEN, decode_frame};
 use nodedb_wal::format::meta::SegmentHeaderPayload;
 use nodedb_wal::format::preamble::{CIPHER_AES_256_GCM, PREAMBLE_SIZE, SegmentPreamble};
 use nodedb_wal::storage::faulty::{EIO, ENOSPC, FaultOp, FaultyStorage};
-use nodedb_wal::storage::{FaultConfig, OpenMode, SimRng, Storage, StorageFile};
+use nodedb_wal::storage::{FaultConfig, SimRng, Storage};
 use nodedb_wal::{KeyRing, Lsn, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, SimStorage};
 
 const DIR: &str = "/nonces";
@@ -100,19 +103,6 @@ fn copy_of(sim: &SimStorage) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// A fresh disk holding exactly these files, durably: the copy restored.
-fn restored(files: &[(PathBuf, Vec<u8>)], seed: u64) -> SimStorage {
-    let sim = SimStorage::new(seed, FaultConfig::default());
-    sim.create_dir_all(Path::new(DIR)).unwrap();
-    for (path, bytes) in files {
-        let f = sim.open(path, OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
-        f.write_at(bytes, 0).unwrap();
-        f.sync_data().unwrap();
-    }
-    sim.sync_dir(Path::new(DIR)).unwrap();
-    sim
-}
-
 /// Arms one fault for the rest of a life: a power cut some operations on, or one failing
 /// write, sync, directory sync or rename (a roll that fails half way poisons the log).
 fn arm_fault(storage: &FaultyStorage<SimStorage>, rng: &mut SimRng) {
@@ -182,7 +172,7 @@ fn no_key_and_nonce_pair_is_reused_across_power_cuts_failed_rolls_reused_files_a
             // The operator restores the copy and the database writes on from it: its LSNs and
             // segment ids are issued again.
             let (files, keys) = backup.take().unwrap();
-            sim = restored(&files, u64::from(life));
+            sim = disk_with(u64::from(life), Path::new(DIR), &files);
             // The ring keeps every key made since: an id once used is never given another key.
             newest = newest.max(keys);
         }

@@ -895,3 +895,17 @@ pub fn child_test_as_nobody(name: &str, var: &str, value: &Path) -> std::process
         .output()
         .unwrap()
 }
+
+/// A fresh simulated disk (seeded with `seed`) holding exactly these files in `dir`, durably:
+/// a log's files as saved, altered or restored.
+pub fn disk_with(seed: u64, dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> SimStorage {
+    let sim = SimStorage::new(seed, nodedb_wal::storage::FaultConfig::default());
+    sim.create_dir_all(dir).unwrap();
+    for (path, bytes) in files {
+        let f = sim.open(path, OpenMode { create: true, write: true, direct: false, create_new: false }).unwrap();
+        f.write_at(bytes, 0).unwrap();
+        f.sync_data().unwrap();
+    }
+    sim.sync_dir(dir).unwrap();
+    sim
+}
