@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Result, WalError};
 use crate::read::WalIter;
@@ -105,51 +105,77 @@ impl<S: Storage> Tail<'_, S> {
     /// cursor past the log's next LSN (one stored for another log, say) is no error: it waits
     /// until the log gets there.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<WalRecord>> {
-        if self.ready.is_empty()
-            && let Some(err) = self.failed.take()
-        {
-            return Err(err);
-        }
-        if self.ready.is_empty() {
+        // `Duration::MAX` (wait without end) has no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        while self.ready.is_empty() {
+            if let Some(err) = self.failed.take() {
+                return Err(err);
+            }
             let wanted = self.cursor.max(Lsn::FIRST);
-            if !self.wal.committer().await_durable(wanted, timeout)? {
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            if !self.wal.committer().await_durable(wanted, left)? {
                 return Ok(None);
             }
-            // What is durable from the cursor on (readers stop at the durable LSN), at most a
-            // bounded batch at a time however far behind the follower is.
-            // The reader of the last refill goes on where it stopped, its segment still open; a
-            // new one (after an error, or once truncation took its segment) starts at the
-            // position the old one reached, not at its segment's start.
-            let mut old = self.reader.take();
-            let kept = match old.as_mut() {
-                Some(reader) => self.wal.extend_reader(reader)?,
-                None => false,
-            };
-            let reader = match old {
-                Some(reader) if kept => self.reader.insert(reader),
-                old => self.reader.insert(self.wal.tail_reader(wanted, old.and_then(|r| r.resume_point()))?),
-            };
-            let mut bytes = 0;
-            while self.ready.len() < READ_AHEAD && bytes < READ_AHEAD_BYTES {
-                let Some(record) = reader.next_view() else { break };
-                let record = match record {
-                    Ok(view) => view.to_record(),
-                    // The records before an error go first: a subscriber stops at the error.
-                    Err(err) if !self.ready.is_empty() => {
-                        self.failed = Some(err);
-                        break;
-                    }
-                    Err(err) => return Err(err),
-                };
-                bytes += record.payload.len();
-                self.ready.push_back(record);
+            self.refill(wanted)?;
+            // A refill that delivers nothing read only records a reader skips (a newer build's
+            // optional types): the cursor moves past them and the tail waits again, or it
+            // would find its cursor durable at every call and spin. One that did not even
+            // move the cursor has nothing to wait for: it answers as at the timeout.
+            if self.ready.is_empty() && !self.skip_to_reader() {
+                return Ok(None);
             }
-            // Kept until the next refill, which may be far off: not with a large record's buffers.
-            reader.trim();
         }
         let Some(record) = self.ready.pop_front() else { return Ok(None) };
         self.cursor = record.lsn.next();
         Ok(Some(record))
+    }
+
+    /// Reads what is durable from `wanted` (the cursor) on into `ready`.
+    fn refill(&mut self, wanted: Lsn) -> Result<()> {
+        // What is durable from the cursor on (readers stop at the durable LSN), at most a
+        // bounded batch at a time however far behind the follower is.
+        // The reader of the last refill goes on where it stopped, its segment still open; a
+        // new one (after an error, or once truncation took its segment) starts at the
+        // position the old one reached, not at its segment's start.
+        let mut old = self.reader.take();
+        let kept = match old.as_mut() {
+            Some(reader) => self.wal.extend_reader(reader)?,
+            None => false,
+        };
+        let reader = match old {
+            Some(reader) if kept => self.reader.insert(reader),
+            old => self.reader.insert(self.wal.tail_reader(wanted, old.and_then(|r| r.resume_point()))?),
+        };
+        let mut bytes = 0;
+        while self.ready.len() < READ_AHEAD && bytes < READ_AHEAD_BYTES {
+            let Some(record) = reader.next_view() else { break };
+            let record = match record {
+                Ok(view) => view.to_record(),
+                // The records before an error go first: a subscriber stops at the error.
+                Err(err) if !self.ready.is_empty() => {
+                    self.failed = Some(err);
+                    break;
+                }
+                Err(err) => return Err(err),
+            };
+            bytes += record.payload.len();
+            self.ready.push_back(record);
+        }
+        // Kept until the next refill, which may be far off: not with a large record's buffers.
+        reader.trim();
+        Ok(())
+    }
+
+    /// Moves the cursor to where the kept reader stands, if that is past it (the reader passed
+    /// records it skips); whether it moved.
+    fn skip_to_reader(&mut self) -> bool {
+        match self.reader.as_ref().and_then(WalIter::resume_point) {
+            Some(at) if at.lsn > self.cursor => {
+                self.cursor = at.lsn;
+                true
+            }
+            _ => false,
+        }
     }
 }
 

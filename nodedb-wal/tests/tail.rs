@@ -373,3 +373,46 @@ fn a_tail_behind_a_poisoned_log_delivers_every_durable_record_then_the_poison() 
         assert_eq!(consumed.load(Ordering::Acquire), wal.durable_lsn().0 + 1, "round {round} ({op:?}): every durable record, nothing past");
     }
 }
+
+/// A log whose records `retyped` (LSNs) were written by a newer build, with an optional type in
+/// this crate's range that readers skip; the others are `TY`, their payload their LSN.
+fn log_with_skipped_records(sim: &SimStorage, dir: &Path, records: u64, retyped: &[u64]) {
+    use nodedb_wal::format::frame::{decode_frame, seal_frame};
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    for lsn in 1..=records {
+        wal.append_durable(Record::new(TY, &lsn.to_le_bytes())).unwrap();
+    }
+    drop(wal);
+    let path = dir.join(format!("{:020}.wal", 1));
+    let mut bytes = sim.read_file(&path).unwrap();
+    let mut at = 16;
+    while let Ok(h) = decode_frame(&bytes[at..]) {
+        if !h.record_type.is_meta() && retyped.contains(&h.lsn.0) {
+            let newer = RecordType::optional(0x0050);
+            bytes[at + 6..at + 8].copy_from_slice(&newer.0.to_le_bytes());
+            seal_frame(&mut bytes[at..at + h.frame_len()], newer);
+        }
+        at += h.frame_len();
+    }
+    sim.write_file(&path, &bytes);
+}
+
+// Found by a review: the records a reader skips (a newer build's optional types) never moved
+// the tail's cursor, so a tail caught up behind them found its cursor durable at every call,
+// read nothing, and returned at once: it spun instead of waiting, whatever its timeout, and
+// its cursor named a record it would never deliver.
+#[test]
+fn a_tail_caught_up_behind_skipped_records_moves_its_cursor_past_them_and_waits() {
+    let dir = Path::new("/skipped");
+    let sim = SimStorage::new(6, FaultConfig::default());
+    log_with_skipped_records(&sim, dir, 3, &[2, 3]);
+    let wal = Arc::new(SegmentedWal::open_with(sim, config(dir)).unwrap());
+    let mut tail = Arc::clone(&wal).tail_shared(Lsn::FIRST);
+    assert_eq!(tail.next_timeout(Duration::from_secs(60)).unwrap().map(|r| r.lsn), Some(Lsn(1)));
+    assert!(tail.next_timeout(Duration::ZERO).unwrap().is_none(), "nothing more to deliver");
+    assert_eq!(tail.cursor(), Lsn(4), "past the skipped records: the next one it can deliver");
+    // Caught up, the tail waits for the next durable record instead of answering at once.
+    let follower = std::thread::spawn(move || tail.next_timeout(Duration::MAX).map(|r| r.map(|r| r.lsn)));
+    let next = wal.append_durable(Record::new(TY, b"next")).unwrap();
+    assert_eq!(follower.join().unwrap().unwrap(), Some(next));
+}
