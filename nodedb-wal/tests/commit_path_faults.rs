@@ -327,5 +327,7 @@ fn a_failure_under_concurrent_appenders_loses_no_acknowledged_record_and_hangs_n
             }
         }
         threaded_run(after, false, true, move |s| s.fail_write_partially(after, ENOSPC), &format!("partial write after {after}"));
+        // A disk that stays full: every write fails from then on, truncation and close too.
+        threaded_run(after, false, false, move |s| s.fail_from(FaultOp::Write, after, ENOSPC), &format!("full from write {after}"));
     }
 }
