@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nodedb_wal::storage::FaultConfig;
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+use nodedb_wal::storage::{FaultConfig, Storage};
 use nodedb_wal::{Lsn, Record, RecordType, SegmentedWal, SegmentedWalConfig, SimStorage, WalError};
 
 const TY: RecordType = RecordType::optional(0x400);
@@ -415,4 +415,30 @@ fn a_tail_caught_up_behind_skipped_records_moves_its_cursor_past_them_and_waits(
     let follower = std::thread::spawn(move || tail.next_timeout(Duration::MAX).map(|r| r.map(|r| r.lsn)));
     let next = wal.append_durable(Record::new(TY, b"next")).unwrap();
     assert_eq!(follower.join().unwrap().unwrap(), Some(next));
+}
+
+// The same for a subscriber of its own over a lazy reader or `read_from` (the pattern
+// `watch_durable` documents): the last record's LSN plus one names a skipped record, which
+// `watch_durable` then finds durable at every call. `next_lsn` is past it.
+#[test]
+fn readers_tell_a_subscriber_the_lsn_past_the_records_they_skip() {
+    let dir = Path::new("/skipped-readers");
+    let sim = SimStorage::new(7, FaultConfig::default());
+    log_with_skipped_records(&sim, dir, 3, &[2, 3]);
+    // The lazy reader would take the headers from the sealed segment's index, written before
+    // the records were retyped: without it, it reads them from the segment.
+    let _ = sim.remove(&dir.join(format!("{:020}.hdrs", 1)));
+    let wal = SegmentedWal::open_with(sim, config(dir)).unwrap();
+    let mut lazy = wal.lazy_reader(Lsn::FIRST).unwrap();
+    assert_eq!(lazy.next_lsn(), None, "nothing read yet");
+    assert_eq!(lazy.next_header().unwrap().map(|h| h.lsn), Some(Lsn(1)));
+    assert_eq!(lazy.next_lsn(), Some(Lsn(2)));
+    assert!(lazy.next_header().unwrap().is_none());
+    assert_eq!(lazy.next_lsn(), Some(Lsn(4)), "past the two records it skipped");
+    let mut iter = wal.read_from(Lsn::FIRST).unwrap();
+    assert_eq!(iter.next().map(|r| r.unwrap().lsn), Some(Lsn(1)));
+    assert!(iter.next().is_none());
+    assert_eq!(iter.next_lsn(), Some(Lsn(4)));
+    // A subscriber waiting from there waits for a record to come, not for the skipped ones.
+    assert!(!wal.watch_durable(Lsn(4), Duration::ZERO).unwrap(), "nothing durable at LSN 4 yet");
 }

@@ -175,7 +175,16 @@ impl<S: Storage> WalIter<S> {
         window + self.cursor.plain.capacity()
     }
 
-    /// Where the record after the last one handed out starts.
+    /// The LSN this reader goes on from: the one after the last record it handed out or
+    /// passed over (records of this crate's optional types that this build does not know,
+    /// written by a newer one, which readers skip). A subscriber that keeps this as its cursor,
+    /// rather than the last record's LSN plus one, does not find skipped records durable again
+    /// at every wait, and so does not spin on them. `None` until the reader has read a record.
+    pub fn next_lsn(&self) -> Option<Lsn> {
+        self.cursor.next.map(|at| at.lsn)
+    }
+
+    /// Where the record after the last one handed out or passed over starts.
     pub(crate) fn resume_point(&self) -> Option<Position> {
         self.cursor.next
     }

@@ -98,6 +98,15 @@ impl<S: Storage> LazyWalReader<S> {
         Ok(LazyWalReader { cursor: Cursor::new(storage, spec, true)?, current: None })
     }
 
+    /// The LSN this reader goes on from: the one after the last record it handed out or
+    /// passed over (records of this crate's optional types that this build does not know,
+    /// written by a newer one, which readers skip). A subscriber that keeps this as its cursor,
+    /// rather than the last record's LSN plus one, does not find skipped records durable again
+    /// at every wait, and so does not spin on them. `None` until the reader has read a record.
+    pub fn next_lsn(&self) -> Option<Lsn> {
+        self.cursor.next.map(|at| at.lsn)
+    }
+
     /// The next record's header, or `None` at the end. Skips this crate's unknown optional types.
     pub fn next_header(&mut self) -> Result<Option<RecordHandle>> {
         // No current record until the cursor gives one: after an error (the next segment

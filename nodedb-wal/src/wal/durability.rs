@@ -88,6 +88,9 @@ impl<S: Storage> SegmentedWal<S> {
     /// not be issued yet. `Ok(true)` once it is durable, `Ok(false)` at the timeout
     /// (`Duration::MAX` waits without end), and the poison error if the log is poisoned before
     /// `lsn` is durable (an LSN made durable before the failure still answers `Ok(true)`).
+    /// Such a subscriber waits for its reader's [`LazyWalReader::next_lsn`](crate::LazyWalReader::next_lsn)
+    /// once the reader has read all there is, not for the last record's LSN plus one: records
+    /// readers skip (a newer build's optional types) would be durable at every wait.
     ///
     /// # Examples
     ///
