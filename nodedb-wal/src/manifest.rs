@@ -132,12 +132,17 @@ impl<F: StorageFile> Manifest<F> {
 
     /// Opens the file of `kind` in `dir` for writing, where there is one, and changes nothing.
     pub fn open_kind<S: Storage<File = F>>(storage: &S, dir: &Path, kind: SlotKind) -> Result<Option<Manifest<F>>> {
+        Ok(Manifest::open_slots(storage, dir, kind)?.map(|(manifest, _)| manifest))
+    }
+
+    /// [`Self::open_kind`], and whether the file's other slot is damaged, from one read.
+    fn open_slots<S: Storage<File = F>>(storage: &S, dir: &Path, kind: SlotKind) -> Result<Option<(Manifest<F>, bool)>> {
         let path = dir.join(names(kind).0);
-        let Some(current) = read_kind(storage, dir, kind)? else { return Ok(None) };
+        let Some((current, other_damaged)) = read_slots(storage, dir, kind)? else { return Ok(None) };
         let file = storage
             .open(&path, OpenMode { create: false, write: true, direct: false, create_new: false })
             .map_err(|e| WalError::io(IoOp::Open, &path, e))?;
-        Ok(Some(Manifest { file, path, kind, current }))
+        Ok(Some((Manifest { file, path, kind, current }, other_damaged)))
     }
 
     /// Brings the manifest [`Self::open_existing`] opened up to `newest`, the newest segment
@@ -214,8 +219,11 @@ pub(crate) struct Floor<F> {
 impl<F: StorageFile> Floor<F> {
     /// Opens `FLOOR` in `dir` for writing where there is one; changes nothing.
     pub fn open<S: Storage<File = F>>(storage: &S, dir: &Path) -> Result<Floor<F>> {
-        let damaged_slot = read_floor(storage, dir)?.is_some_and(|seen| seen.other_damaged);
-        Ok(Floor { file: Manifest::open_kind(storage, dir, SlotKind::Floor)?, broken: false, damaged_slot })
+        let (file, damaged_slot) = match Manifest::open_slots(storage, dir, SlotKind::Floor)? {
+            Some((file, other_damaged)) => (Some(file), other_damaged),
+            None => (None, false),
+        };
+        Ok(Floor { file, broken: false, damaged_slot })
     }
 
     /// Creates the file anew where its sequence is too near its limit for the updates to come

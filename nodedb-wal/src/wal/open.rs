@@ -84,10 +84,10 @@ impl<S: Storage> SegmentedWal<S> {
         // flusher will write new headers into must keep their names through a power cut.
         // (That sync also makes durable the removal of segments a truncation left below the
         // floor: none is read again either way.)
+        floor.restart_if_exhausted(&storage, &dir)?;
         // A slot of `FLOOR` a power cut tore is written over now rather than at the next
         // truncation: while one is damaged, a reader cannot tell a segment removed by hand from
         // a truncated one, and takes it for truncated, for ever if nobody truncates.
-        floor.restart_if_exhausted(&storage, &dir)?;
         if !recovered.below_floor.is_empty() || floor.has_damaged_slot() {
             floor.rewrite()?;
             remove_below_floor(&storage, &dir, &recovered.below_floor)?;
