@@ -216,7 +216,8 @@ impl HeaderIndex {
     }
 
     /// The index in `bytes`, or `None` unless it is whole and consistent: right length and
-    /// CRC, reserved and checksum fields zero, every header decodable, of the index's salt,
+    /// CRC, reserved and checksum fields zero, every header decodable, of a data type (meta
+    /// frames are never indexed, and a reader would hand one out as a record), of the index's salt,
     /// with dense LSNs from `first_lsn` below [`Lsn::LIMIT`], at rising offsets whose frames
     /// do not overlap. See [`HeaderIndex`] for an example.
     #[must_use]
@@ -249,7 +250,8 @@ impl HeaderIndex {
             let header = RecordHeader::decode(entry).ok()?;
             // Checksum field zero: an index has one encoding, which decoding gives back.
             let expected = first_lsn.0 + i as u64;
-            if entry[..4] != [0; 4] || header.salt != salt || header.lsn != Lsn(expected) || offset < next_free {
+            let meta = header.record_type.is_meta();
+            if entry[..4] != [0; 4] || meta || header.salt != salt || header.lsn != Lsn(expected) || offset < next_free {
                 return None;
             }
             next_free = offset.checked_add(header.frame_len() as u64)?;

@@ -180,10 +180,7 @@ pub fn read_index<S: Storage>(storage: &S, dir: &Path, id: SegmentId, salt: u32,
         }
     }
     let index = HeaderIndex::decode(bytes)?;
-    // Meta frames are not indexed (FORMAT.md): an entry of a meta type describes no record of
-    // the segment, and a reader would hand it out as a data record, which readers never see.
-    let meta = index.entries().iter().any(|(_, header)| header.record_type.is_meta());
-    (!meta && index.segment == id && index.salt == salt && index.first_lsn == lsns.0 && index.end_lsn() == lsns.1).then_some(index)
+    (index.segment == id && index.salt == salt && index.first_lsn == lsns.0 && index.end_lsn() == lsns.1).then_some(index)
 }
 
 /// A page of memory: the alignment of the buffer an index is read into.
