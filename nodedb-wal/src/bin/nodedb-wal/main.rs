@@ -154,6 +154,8 @@ struct Args {
     threads: usize,
     seconds: u64,
     size: usize,
+    /// `--help` or `-h` after the command: the usage, and nothing done.
+    help: bool,
 }
 
 fn number<T: TryFrom<u64>>(flag: &str, value: Option<String>) -> Result<T, Exit> {
@@ -205,7 +207,10 @@ fn parse(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Args, Exit> {
             "--json" => args.json = true,
             "--payloads" => args.payloads = true,
             "--full-payloads" => args.full_payloads = true,
-            flag if flag.starts_with("--") => return Err(Exit::usage(format!("unknown option {flag}"))),
+            "--help" | "-h" => args.help = true,
+            // Any other dash is a mistyped option: taken for a directory, `bench -t 4` would
+            // write a log into `./-t` (a directory of that name is `./-t`).
+            flag if flag.starts_with('-') && flag != "-" => return Err(Exit::usage(format!("unknown option {flag}"))),
             _ => args.positional.push(arg),
         }
     }
@@ -250,18 +255,10 @@ fn check_options(command: &str, args: Args) -> Result<Args, Exit> {
 fn main() -> ExitCode {
     let mut raw = std::env::args_os().skip(1);
     let command = raw.next().unwrap_or_default().to_string_lossy().into_owned();
-    let result = parse(raw).and_then(|args| check_options(&command, args)).and_then(|args| match command.as_str() {
-        "inspect" => inspect(&args),
-        "dump" => dump(&args),
-        "verify" => verify(&args),
-        "salvage" => salvage_log(&args),
-        "bench" => bench(&args),
-        "help" | "--help" | "-h" => {
-            out!("{USAGE}");
-            Ok(0)
-        }
-        "" => Err(Exit::usage("no command")),
-        other => Err(Exit::usage(format!("unknown command {other:?}"))),
+    let result = parse(raw).and_then(|args| match args.help {
+        // Asked for help: whatever else is on the line, nothing runs.
+        true if COMMANDS.contains(&command.as_str()) => help(),
+        _ => check_options(&command, args).and_then(|args| run(&command, &args)),
     });
     match result {
         Ok(code) => ExitCode::from(code),
@@ -275,10 +272,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The commands, each of which takes `--help` after it.
+const COMMANDS: [&str; 5] = ["inspect", "dump", "verify", "salvage", "bench"];
+
+fn run(command: &str, args: &Args) -> Outcome {
+    match command {
+        "inspect" => inspect(args),
+        "dump" => dump(args),
+        "verify" => verify(args),
+        "salvage" => salvage_log(args),
+        "bench" => bench(args),
+        "help" | "--help" | "-h" => help(),
+        "" => Err(Exit::usage("no command")),
+        other => Err(Exit::usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn help() -> Outcome {
+    out!("{USAGE}");
+    Ok(0)
+}
+
 /// The log directory argument, which must exist and look like a log.
 fn log_dir(args: &Args) -> Result<PathBuf, Exit> {
     let dir = PathBuf::from(args.positional.first().ok_or_else(|| Exit::usage("which directory?"))?);
-    let entries = std::fs::read_dir(&dir).map_err(|e| Exit::new(3, format!("{}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| Exit::new(3, not_a_dir(&dir, &e)))?;
     let names: Vec<String> = entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
     // A MANIFEST or FLOOR with an intact slot (its magic) marks a log whose segments and LOCK
     // are gone: that loss is the log's to report, not a mistyped path.
@@ -290,6 +308,20 @@ fn log_dir(args: &Args) -> Result<PathBuf, Exit> {
         ));
     }
     Ok(dir)
+}
+
+/// Why `dir` cannot be listed. A file gets "give the log's directory", and one named as a
+/// log's file (a segment, say) the directory holding it.
+fn not_a_dir(dir: &std::path::Path, err: &std::io::Error) -> String {
+    if !dir.is_file() {
+        return format!("{}: {err}", dir.display());
+    }
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let in_a_log = name.ends_with(".wal") || name.ends_with(".hdrs") || ["MANIFEST", "FLOOR", "LOCK"].contains(&name);
+    match dir.parent().filter(|parent| in_a_log && !parent.as_os_str().is_empty()) {
+        Some(parent) => format!("{} is a file of a log: give the log's directory, {}", dir.display(), parent.display()),
+        None => format!("{} is a file, not a directory: give the log's directory", dir.display()),
+    }
 }
 
 /// A ring holding the keys given with `--key-file` under their `--key-id`s, if any were
