@@ -209,7 +209,7 @@ impl SegmentedWalConfig {
             return bad("alignment must be a power of two from 512 to 1 MiB");
         }
         if self.batch_bytes_max < self.alignment {
-            return bad("batch_bytes_max must be at least one block");
+            return bad("batch_bytes_max must be at least alignment (one block; 4096 bytes by default)");
         }
         // Buffers of these sizes are allocated at open; beyond these bounds a value is a mistake
         // (the allocation would fail or overflow, found by an adversarial review).
@@ -226,7 +226,7 @@ impl SegmentedWalConfig {
             return bad("batch_buffers times batch_bytes_max must be at most 64 GiB");
         }
         if self.segment_bytes_target < 4 * self.alignment as u64 {
-            return bad("segment_bytes_target must hold at least four blocks");
+            return bad("segment_bytes_target must be at least four times alignment (four blocks; 16 KiB by default)");
         }
         if !self.zero_fill_bytes.is_multiple_of(self.alignment) {
             return bad("zero_fill_bytes must be a multiple of the alignment");

@@ -45,21 +45,38 @@ pub type Result<T, E = WalError> = std::result::Result<T, E>;
 ///
 /// # What a database does with each error
 ///
+/// In short: only [`Poisoned`](WalError::Poisoned) stops the log (every later call on that
+/// handle returns it; drop the log and open it again), as [`DwbDegraded`](WalError::DwbDegraded)
+/// stops a double-write buffer's page writes until it is reopened; every other error leaves
+/// the log as it was. The key errors (the row of `KeyRingMissing`, and
+/// [`PlaintextRefused`](WalError::PlaintextRefused)) mean "give the right key ring". Worth a
+/// retry once the cause named is gone: `Io` at open or from `truncate_before`, `Locked` once
+/// the other writer has closed, `SegmentTruncated` (from the oldest LSN), the O_DIRECT
+/// refusals after a change of config. The rest are damage (as corruption), a newer build's
+/// log, or a bug in the caller, and a retry as it is gets the same answer.
+///
 /// | error | what the database does |
 /// |---|---|
 /// | [`Poisoned`](WalError::Poisoned) | stops writing, drops every handle and opens the log again. A write the log did not acknowledge before it failed is in doubt, not lost: its record may be back after the open (the second example). Answer it "outcome unknown", never "failed", and let replay tell. A full disk (`kind` `StorageFull`) may refuse that open too, with `Io`, until there is room: [`truncate_before`](crate::SegmentedWal::truncate_before) still runs on the poisoned log, so truncating below the engines' checkpoint before dropping it frees the segments the checkpoint covers |
-/// | [`Corruption`](WalError::Corruption), [`ManifestDamaged`](WalError::ManifestDamaged), [`FloorDamaged`](WalError::FloorDamaged) ([`is_corruption`](WalError::is_corruption)) | does not start on this log: acknowledged records are damaged, or the log cannot tell whether some are missing. Nothing was cut or repaired, and [`crate::ReadOnlyWal`] refuses the same log, so this crate reads nothing past the damage. Keep a copy of the directory, locate the damage with `nodedb-wal verify DIR` and `nodedb-wal inspect DIR`, and restore from a backup or a replica. Where neither exists (or the replica is behind), [`crate::salvage`] (`nodedb-wal salvage DIR NEW_DIR`) copies every record before the damage into a new log that opens; the cost is every record from the damage on, which its report counts (intact records past it, with their LSNs), and the new log hands those LSNs out again, so engines that applied them hold data the log no longer has. The two side files' messages say what removing them costs |
+/// | [`Corruption`](WalError::Corruption), [`ManifestDamaged`](WalError::ManifestDamaged), [`FloorDamaged`](WalError::FloorDamaged), [`FloorSlotDamaged`](WalError::FloorSlotDamaged) ([`is_corruption`](WalError::is_corruption)) | does not start on this log: acknowledged records are damaged, or the log cannot tell whether some are missing. Nothing was cut or repaired, and [`crate::ReadOnlyWal`] refuses the same log, so this crate reads nothing past the damage. Keep a copy of the directory, locate the damage with `nodedb-wal verify DIR` and `nodedb-wal inspect DIR`, and restore from a backup or a replica. Where neither exists (or the replica is behind), [`crate::salvage`] (`nodedb-wal salvage DIR NEW_DIR`) copies every record before the damage into a new log that opens; the cost is every record from the damage on, which its report counts (intact records past it, with their LSNs), and the new log hands those LSNs out again, so engines that applied them hold data the log no longer has. The two side files' messages say what removing them costs |
 /// | [`MissingSegment`](WalError::MissingSegment) | a segment file the log needs is not in the directory (removed by hand, a partial copy or restore): put it back. `nodedb-wal inspect DIR` says whether `FLOOR`, `MANIFEST` or a hole between segments asks for it |
 /// | [`KeyRingMissing`](WalError::KeyRingMissing), [`WrongKey`](WalError::WrongKey), [`KeyFile`](WalError::KeyFile), [`UnknownKeyId`](WalError::UnknownKeyId) | a configuration error: give a ring with each segment's key (`nodedb-wal inspect DIR` lists their ids). An open refused for it wrote nothing. A ring that lacks an old segment's key opens (unless the segment holds a tombstone or purge, which recovery reads); reading that segment is `UnknownKeyId` |
+/// | [`PlaintextRefused`](WalError::PlaintextRefused) | the ring refuses plaintext and a segment is plaintext: written before encryption was turned on (drop `refuse_plaintext` until a truncation has removed it), or put in place of an encrypted one, which is tampering: as corruption |
 /// | [`KeyIdInUse`](WalError::KeyIdInUse), [`KeyRetired`](WalError::KeyRetired), [`KeyActive`](WalError::KeyActive), [`KeyStillNeeded`](WalError::KeyStillNeeded) | a key ring change refused, nothing changed: a new key needs a new id, the active key stays until another is active, and a key retires only once truncation has removed its last segment |
 /// | [`AuthenticationFailed`](WalError::AuthenticationFailed) | the key is right (open checked it), so the record or its segment was altered: as corruption |
 /// | [`LogMissing`](WalError::LogMissing) | the log is not where the database expects it (`create_if_missing` off): do not start, find the log. Nothing was created |
+/// | [`DirectIoUnsupported`](WalError::DirectIoUnsupported), [`DirectIoAlignment`](WalError::DirectIoAlignment) | the file system does not take O_DIRECT as configured: set `allow_buffered_fallback` (or the block size the message names) and open again. Nothing was written |
 /// | [`Locked`](WalError::Locked) | another writer has the directory: a second instance of the database, which must not start |
 /// | [`LsnNotRetained`](WalError::LsnNotRetained) | the log no longer holds records from where replay was asked to start: truncation went past the engines' checkpoint, or the directory belongs to other engine files |
 /// | [`SegmentTruncated`](WalError::SegmentTruncated) | a reader met a truncation: read again from [`crate::SegmentedWal::oldest_lsn`] |
 /// | [`Io`](WalError::Io) | at open: fix the cause it names (permissions, a full disk, a path that is not a directory) and open again. From `truncate_before`: no record is at risk and the log goes on; truncate again later |
-/// | [`UnsupportedVersion`](WalError::UnsupportedVersion), [`UnsupportedCipher`](WalError::UnsupportedCipher), [`UnknownRequiredType`](WalError::UnknownRequiredType) | a newer build wrote the log: run that build |
+/// | [`UnsupportedVersion`](WalError::UnsupportedVersion), [`UnsupportedCipher`](WalError::UnsupportedCipher), [`UnknownRequiredType`](WalError::UnknownRequiredType), [`DwbUnsupportedVersion`](WalError::DwbUnsupportedVersion) | a newer build wrote the log (or the buffer): run that build |
+/// | [`SegmentIdsExhausted`](WalError::SegmentIdsExhausted), [`LsnsExhausted`](WalError::LsnsExhausted) | only a log started near the end of the ids or LSNs (a [`crate::WalWriter`] segment) gets here: the append used no LSN and the log stays readable; copy its records into a log that starts lower |
 /// | [`PayloadTooLarge`](WalError::PayloadTooLarge), [`ReservedRecordType`](WalError::ReservedRecordType), [`EmptyGroup`](WalError::EmptyGroup), [`LsnNotIssued`](WalError::LsnNotIssued), [`MalformedPayload`](WalError::MalformedPayload) from an append, [`InvalidConfig`](WalError::InvalidConfig) | a bug in the caller: nothing was appended and no LSN used; the log goes on |
+/// | [`Closed`](WalError::Closed), [`NoCurrentRecord`](WalError::NoCurrentRecord), [`CloseUnconfirmed`](WalError::CloseUnconfirmed) | a bug in the caller: a call after `close`; `payload()` before `next_header()`; a close from a task's `Waker` on the flusher thread (the records appended are still written and synced, but close from a thread of the database's own) |
+/// | [`SegmentFileExists`](WalError::SegmentFileExists), [`SalvageDestinationNotEmpty`](WalError::SalvageDestinationNotEmpty), [`DwbForeignFile`](WalError::DwbForeignFile) | the path given holds something else, left as it was: give another path, or move that away |
+/// | [`EngineFile`](WalError::EngineFile) | an engine file ([`crate::encrypt_engine_file`]) did not encrypt or decrypt: its `problem` says which of a missing or wrong key (give the right ring), a newer build's file, or damage (as corruption, for that engine's files) |
+/// | [`Caller`](WalError::Caller) | the caller's own error, given back as its source ([`WalError::caller`]) |
 /// | [`DwbDegraded`](WalError::DwbDegraded) | the double-write buffer's file failed: nothing of the refused page write reached its pages. Fix the cause it names and open the buffer again (or accept torn pages with [`crate::DegradedPolicy::WriteUnprotected`]) |
 /// | [`DwbUnrepairable`](WalError::DwbUnrepairable), [`DwbHeaderDamaged`](WalError::DwbHeaderDamaged) | a page file or the buffer is damaged beyond what the buffer repairs: as corruption, for that engine's files |
 /// | [`DwbUnknownFile`](WalError::DwbUnknownFile), [`DwbPageLen`](WalError::DwbPageLen), [`DwbNotRecovered`](WalError::DwbNotRecovered) | a bug in the caller (register every page file, then `recover`, then write): nothing was written |
@@ -432,7 +449,10 @@ pub enum WalError {
         problem: crate::format::payload::PayloadError,
     },
     /// Record types `0x0000..=0x00FF` and `0x8000..=0x80FF` belong to this crate.
-    #[error("record type {record_type:#06x} is reserved for nodedb-wal itself", record_type = .record_type.0)]
+    #[error(
+        "record type {record_type:#06x} is reserved for nodedb-wal itself; an application's types are RecordType::optional or RecordType::required of a code from 0x0100 to 0x7FFF",
+        record_type = .record_type.0
+    )]
     ReservedRecordType {
         /// The type asked for.
         record_type: RecordType,
