@@ -40,6 +40,10 @@
 //! // The engines' files hold everything up to here. The log was truncated only below such a
 //! // point, so reading on from it never meets `LsnNotRetained` unless records were lost.
 //! let engine_applied = Lsn::ZERO;
+//! // Reading from past the log's end is no error and reads nothing, so engines ahead of the
+//! // log (the log restored from an older backup, or another database's log) would replay
+//! // nothing and go on: check first.
+//! assert!(engine_applied < wal.next_lsn(), "the engines hold records this log does not");
 //! let mut replayed = Vec::new();
 //! for record in wal.read_from(engine_applied.next())? {
 //!     let record = record?;
