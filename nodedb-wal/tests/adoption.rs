@@ -368,6 +368,7 @@ fn the_tool_names_what_is_wrong_with_a_log_it_cannot_read_and_exits_with_the_lis
         (vec!["verify".into(), s(&log), "--key-file".into(), s(&wrong)], 4, "wrong key".into()),
         (vec!["verify".into(), s(&log), "--key-file".into(), s(&short)], 4, "exactly 32".into()),
         (vec!["dump".into(), s(&log), "--payloads".into()], 4, "--key-file".into()),
+        (vec!["dump".into(), s(&log), "--from".into(), "99".into()], 0, "no record from LSN 99 on: the log's last record is LSN 1".into()),
     ];
     for (args, status, says) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -46,7 +46,18 @@ pub(super) fn dump(args: &Args) -> Outcome {
             return Ok(0); // the reader went away (a pipe into head)
         }
     }
+    // Past the end the listing is empty, as reading is there; a mistyped `--from` gets a word.
+    if args.from.is_some() && from > info.last_lsn {
+        diag!("nodedb-wal: no record from LSN {from} on: {}", last_record(info.last_lsn));
+    }
     Ok(0)
+}
+
+fn last_record(last: Lsn) -> String {
+    match last {
+        Lsn::ZERO => "the log holds no record".to_owned(),
+        last => format!("the log's last record is LSN {last}"),
+    }
 }
 
 /// What a listing shows of a payload: its length, the bytes shown, and for a type of the log's
