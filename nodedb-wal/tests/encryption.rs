@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::disk_with;
+use common::warnings::warnings_during;
 use nodedb_wal::format::frame::{HEADER_LEN, RecordHeader, decode_frame, seal_frame};
 use nodedb_wal::format::meta::SegmentHeaderPayload;
 use nodedb_wal::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, SegmentPreamble};
@@ -320,7 +321,9 @@ fn a_ring_without_an_active_key_opens_an_encrypted_log_and_continues_in_plaintex
     // empty ring is the same choice for keys that are lost.)
     let reading = KeyRing::new();
     reading.insert(1, SecureKey::from_bytes(&mut [7; 32])).unwrap();
-    let wal = SegmentedWal::open_with(sim.clone(), config(Some(Arc::new(reading)))).unwrap();
+    let (wal, warnings) = warnings_during(|| SegmentedWal::open_with(sim.clone(), config(Some(Arc::new(reading)))).unwrap());
+    // Meant or a mistake (a ring built without `set_active`), the operator hears of it.
+    assert!(warnings.iter().any(|w| w.contains("no active key") && w.contains("plaintext")), "{warnings:?}");
     let lsn = wal.append_durable(rec(b"after encryption was switched off")).unwrap();
     let read: Vec<_> = wal.read_from(Lsn(1)).unwrap().map(|r| r.unwrap().payload).collect();
     assert_eq!((read.len(), read.last().unwrap().as_slice()), (lsn.0 as usize, &b"after encryption was switched off"[..]));

@@ -100,6 +100,10 @@ pub(super) fn scan_segment<S: Storage>(
         // The owner of an encrypted log opened without any key ring would append plaintext
         // after the encrypted segments. A ring without an active key says that is meant.
         return Err(WalError::KeyRingMissing { segment: id });
+    } else if last && !ctx.beside_writer && ctx.ring.is_some_and(|ring| ring.active().is_none()) {
+        // Meant (turning encryption off), or a ring built without `set_active` by mistake:
+        // either way the operator should hear of it before plaintext follows ciphertext.
+        tracing::warn!(segment = %id, "the newest segment is encrypted but the key ring has no active key: segments created from now on are plaintext");
     }
     let mut scan = SegmentScan::new(reader, id, &head);
     if helped {

@@ -627,6 +627,7 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 pub mod crash;
+pub mod warnings;
 
 /// A file system type that [`LoopFs`] can make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
