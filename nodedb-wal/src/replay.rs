@@ -82,16 +82,10 @@ impl TombstoneSet {
         }
     }
 
-    /// Adds the tombstone found in the log at `lsn`. A tombstone drops what was written before
-    /// it, never after: a purge LSN past its own (which `append_tombstone` refuses, and an older
-    /// build did not) is read as its own LSN, so that records appended after the drop, of a
-    /// collection made again, are not hidden.
+    /// Adds the tombstone found in the log at `lsn`, as [`tombstone_found`] read it.
     pub(crate) fn insert_found(&mut self, t: &CollectionTombstonePayload, lsn: Lsn) {
-        if t.purge_lsn <= lsn {
-            return self.add(t, Some(lsn));
-        }
-        tracing::warn!(%lsn, purge_lsn = %t.purge_lsn, collection = %t.collection, "a tombstone's purge LSN is past its own; using its own");
-        self.add(&CollectionTombstonePayload { purge_lsn: lsn, ..t.clone() }, Some(lsn));
+        debug_assert!(t.purge_lsn <= lsn, "read through tombstone_found");
+        self.add(t, Some(lsn));
     }
 
     /// The purge LSN of a dropped collection. Does not allocate.
@@ -223,6 +217,21 @@ impl TombstoneSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The tombstone whose payload the log holds at `lsn`, as every reader of the log reads it. A
+/// tombstone drops what was written before it, never after: a purge LSN past its own (which
+/// `append_tombstone` refuses, and an older build did not) is read as its own LSN, so that
+/// records appended after the drop, of a collection made again, are not hidden. Recovery's
+/// set, [`extract_tombstones`] and a replay that applies each drop as it meets it
+/// ([`WalRecord::tombstone`]) all read it here, so they drop the same records.
+pub(crate) fn tombstone_found(payload: &[u8], lsn: Lsn) -> std::result::Result<CollectionTombstonePayload, PayloadError> {
+    let mut t = CollectionTombstonePayload::decode(payload)?;
+    if t.purge_lsn > lsn {
+        tracing::warn!(%lsn, purge_lsn = %t.purge_lsn, collection = %t.collection, "a tombstone's purge LSN is past its own; using its own");
+        t.purge_lsn = lsn;
+    }
+    Ok(t)
 }
 
 /// Builds the tombstone set from records in one pass; a malformed tombstone is an error.

@@ -6,7 +6,7 @@ use crate::error::{Result, WalError};
 use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
 use crate::read::RecordView;
 use crate::record::WalRecord;
-use crate::replay::TemporalPurge;
+use crate::replay::{TemporalPurge, tombstone_found};
 use crate::types::{Lsn, RecordType, Scope};
 
 impl WalRecord {
@@ -14,7 +14,8 @@ impl WalRecord {
     ///
     /// A replay from a checkpoint meets the drops logged after it among the engines' records;
     /// applied as they come, each drops what was written below its purge LSN and nothing
-    /// written after it. A tombstone that does not decode is [`WalError::MalformedPayload`], as
+    /// written after it: a purge LSN past the record's own LSN (an older build could append
+    /// one) is handed out as its own LSN, as recovery's [`crate::TombstoneSet`] reads it. A tombstone that does not decode is [`WalError::MalformedPayload`], as
     /// is one read by [`crate::SegmentedWal::read_from_raw`] from an encrypted segment (its
     /// payload is still ciphertext).
     ///
@@ -134,7 +135,7 @@ fn tombstone(lsn: Lsn, record_type: RecordType, payload: &[u8]) -> Result<Option
     if record_type != RecordType::COLLECTION_TOMBSTONE {
         return Ok(None);
     }
-    let decoded = CollectionTombstonePayload::decode(payload);
+    let decoded = tombstone_found(payload, lsn);
     decoded.map(Some).map_err(|problem| WalError::MalformedPayload { lsn, record_type, problem })
 }
 

@@ -349,15 +349,14 @@ fn every_reader_reads_from_lsn_zero_as_from_the_first() {
     }
 }
 
-/// A tombstone on disk whose purge LSN is past its own LSN (as an older build could append) is
-/// read as dropping what came before it only: records appended after it, to a collection made
-/// again, stay live, at recovery and in replay.
-#[test]
-fn a_tombstone_on_disk_reaching_past_its_own_lsn_drops_only_what_came_before_it() {
+/// A sealed log holding a row of "orders" (database 1, tenant 2), a tombstone of "orders", and
+/// a row appended after it, whose tombstone was rewritten on disk (with a valid checksum) to
+/// reach five LSNs past the row after it, as an older build could append it. Returns the
+/// row's LSN before, the tombstone's and the row's after, and the rewritten payload.
+fn log_with_a_tombstone_reaching_past_itself(sim: &SimStorage) -> (Lsn, Lsn, Lsn, CollectionTombstonePayload) {
     use common::{Disk, locate, seg};
     use nodedb_wal::format::frame::encode_frame;
 
-    let sim = SimStorage::new(6, FaultConfig::default());
     let wal = SegmentedWal::open_with(sim.clone(), config(None)).unwrap();
     let scope = Scope { database: 1, tenant: 2, vshard: 0 };
     let row = |body: &'static [u8]| Record::new(RecordType::optional(0x100), body).scoped(scope);
@@ -368,13 +367,22 @@ fn a_tombstone_on_disk_reaching_past_its_own_lsn_drops_only_what_came_before_it(
     let after = wal.append(row(b"orders:after")).unwrap();
     wal.close().unwrap();
 
-    // Rewrite the tombstone's payload to reach past the record after it, with a valid checksum.
     let dir = std::path::Path::new("/replay");
-    let (id, frame) = locate(&sim, dir, at.0);
+    let (id, frame) = locate(sim, dir, at.0);
     let mut bytes = sim.read(&seg(dir, id));
     let reaching = CollectionTombstonePayload { purge_lsn: Lsn(after.0 + 5), ..tombstone };
     encode_frame(&frame.header, &reaching.encode().unwrap(), &mut bytes[frame.offset as usize..]);
     sim.write(&seg(dir, id), &bytes);
+    (before, at, after, reaching)
+}
+
+/// A tombstone on disk whose purge LSN is past its own LSN (as an older build could append) is
+/// read as dropping what came before it only: records appended after it, to a collection made
+/// again, stay live, at recovery and in replay.
+#[test]
+fn a_tombstone_on_disk_reaching_past_its_own_lsn_drops_only_what_came_before_it() {
+    let sim = SimStorage::new(6, FaultConfig::default());
+    let (before, at, after, reaching) = log_with_a_tombstone_reaching_past_itself(&sim);
 
     let wal = SegmentedWal::open_with(sim, config(None)).unwrap();
     let set = &wal.recovery_info().tombstones;
@@ -386,6 +394,56 @@ fn a_tombstone_on_disk_reaching_past_its_own_lsn_drops_only_what_came_before_it(
     let live = |lsn: Lsn| records.iter().find(|r| r.lsn == lsn).is_some_and(|r| set.is_live(r, "orders"));
     assert!(!live(before), "LSN {before} predates the drop");
     assert!(live(after), "LSN {after} was appended after the drop");
+}
+
+// A replay that applies each drop as it meets it (`WalRecord::tombstone`, `RecordView::tombstone`,
+// as their docs and the `kv_engine` example do) was handed the purge LSN as stored: past the
+// tombstone's own LSN, it dropped the row appended after the drop, which recovery's set and
+// `extract_tombstones` keep. Every reader's decoded tombstone must read it as its own LSN.
+#[test]
+fn a_tombstone_reaching_past_its_own_lsn_decodes_as_its_own_lsn_from_every_reader() {
+    let sim = SimStorage::new(7, FaultConfig::default());
+    let (before, at, after, reaching) = log_with_a_tombstone_reaching_past_itself(&sim);
+    let read_as = CollectionTombstonePayload { purge_lsn: at, ..reaching };
+
+    let wal = SegmentedWal::open_with(sim.clone(), config(None)).unwrap();
+    // The replay of `WalRecord::tombstone`'s example: rows by LSN, each drop applied in order.
+    let mut rows = Vec::new();
+    for record in wal.read_from(Lsn::FIRST).unwrap() {
+        let record = record.unwrap();
+        if let Some(drop) = record.tombstone().unwrap() {
+            assert_eq!(drop, read_as, "owned record");
+            rows.retain(|lsn| *lsn >= drop.purge_lsn);
+        } else if record.payload.starts_with(b"orders:") {
+            rows.push(record.lsn);
+        }
+    }
+    assert_eq!(rows, [after], "LSN {before} was dropped, LSN {after} came after the drop");
+
+    let mut views = wal.read_from(Lsn::FIRST).unwrap();
+    let mut mapped = wal.read_mapped(Lsn::FIRST).unwrap();
+    for reader in [&mut views, &mut mapped] {
+        let mut found = Vec::new();
+        while let Some(view) = reader.next_view() {
+            found.extend(view.unwrap().tombstone().unwrap());
+        }
+        assert_eq!(found, std::slice::from_ref(&read_as), "lent record");
+    }
+    let mut found = Vec::new();
+    wal.replay_parallel(Lsn::FIRST, 2, |view| {
+        found.extend(view.tombstone()?);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(found, std::slice::from_ref(&read_as), "parallel replay");
+    let mut tail = wal.tail(at);
+    let tailed = tail.next_timeout(std::time::Duration::ZERO).unwrap().expect("durable");
+    assert_eq!(tailed.tombstone().unwrap(), Some(read_as.clone()), "a tail");
+    drop(wal);
+
+    let look = nodedb_wal::ReadOnlyWal::open_with(sim, "/replay", None).unwrap();
+    let found: Vec<_> = look.read_from(Lsn::FIRST).unwrap().filter_map(|r| r.unwrap().tombstone().unwrap()).collect();
+    assert_eq!(found, [read_as], "a read-only look");
 }
 
 // Found by the tiny database of `tiny_db.rs`: a drop's purge LSN is often below the

@@ -16,9 +16,9 @@ use super::{Outcome, PendingSeal, RecoveryInfo, TornTail};
 use crate::crypto::{KeyRing, SegmentCipher};
 use crate::error::{CorruptionKind, Result, WalError};
 use crate::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, RecordHeader, decode_frame};
-use crate::format::payload::{CollectionTombstonePayload, TemporalPurgePayload};
+use crate::format::payload::TemporalPurgePayload;
 use crate::format::preamble::{CIPHER_AES_256_GCM, CIPHER_NONE, PREAMBLE_SIZE, WAL_PREAMBLE_MAGIC};
-use crate::replay::TemporalPurge;
+use crate::replay::{TemporalPurge, tombstone_found};
 use crate::segment::crypt::{check_plaintext_allowed, cipher_for, open_record};
 use crate::segment::evidence::{Claims, scan_claims};
 use crate::segment::index::IndexBuilder;
@@ -314,7 +314,7 @@ fn is_collected(record_type: RecordType) -> bool {
 fn collect(info: &mut RecoveryInfo, header: &RecordHeader, payload: &[u8]) -> Result<()> {
     let malformed = |problem| WalError::MalformedPayload { lsn: header.lsn, record_type: header.record_type, problem };
     if header.record_type == RecordType::COLLECTION_TOMBSTONE {
-        info.tombstones.insert_found(&CollectionTombstonePayload::decode(payload).map_err(malformed)?, header.lsn);
+        info.tombstones.insert_found(&tombstone_found(payload, header.lsn).map_err(malformed)?, header.lsn);
     } else {
         let purge = TemporalPurgePayload::decode(payload).map_err(malformed)?;
         info.temporal_purges.push(TemporalPurge { lsn: header.lsn, scope: header.scope, purge });
