@@ -19,6 +19,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// no error, even from an LSN never issued (unlike [`Self::truncate_before`]): where a
     /// stored position may come from another log, compare it with [`Self::next_lsn`] first.
     ///
+    /// It hands out the records of dropped collections and purged data too, as every reader
+    /// does: the engines leave them out ([`crate::TombstoneSet::is_live`] with
+    /// [`crate::RecoveryInfo::tombstones`], or [`crate::WalRecord::tombstone`] applied in order).
+    ///
     /// [`WalError::LsnNotRetained`]: crate::WalError::LsnNotRetained
     ///
     /// # Examples
