@@ -520,6 +520,7 @@ fn dump_names_and_decodes_the_logs_own_types(log: &Path, keys: &[&str]) {
     let tombstone = &json[1]["decoded"];
     assert_eq!(tombstone["collection"], ODD_NAME, "the name reads back exactly: {}", json[1]);
     assert_eq!((&tombstone["database"], &tombstone["tenant"], &tombstone["purge_lsn"]), (&1.into(), &2.into(), &1.into()));
+    assert_eq!(tombstone["applied_purge_lsn"], 1, "at most the tombstone's own LSN, the purge LSN as stored");
     let purge = &json[2]["decoded"];
     assert_eq!(json[2]["type_name"], "temporal-purge");
     assert_eq!((&purge["engine"], &purge["engine_code"], &purge["collection"]), (&"key-value".into(), &5.into(), &"sessions\\\"".into()));
@@ -894,4 +895,35 @@ fn a_log_without_records_is_reported_without_an_lsn_range() {
         assert!(text(&out).contains(says), "{command}: {}", text(&out));
         assert!(!text(&out).contains("LSN 1 to 0"), "{command}: {}", text(&out));
     }
+}
+
+// `dump` showed a tombstone's purge LSN as stored, also where it reaches past the tombstone's
+// own LSN (as an older build could append it), with nothing to say that the library reads it as
+// that own LSN: an operator read a drop of the rows appended after it that recovery and every
+// replay leave alive.
+#[test]
+fn dump_says_how_a_tombstone_reaching_past_its_own_lsn_is_read() {
+    use nodedb_wal::format::frame::{decode_frame, encode_frame};
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("wal");
+    let wal = SegmentedWal::open(SegmentedWalConfig::new(&log)).unwrap();
+    wal.append(Record::new(RecordType::optional(0x100), b"orders:before")).unwrap();
+    let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn: Lsn(2) };
+    assert_eq!(wal.append_tombstone(&tombstone).unwrap(), Lsn(2));
+    wal.append(Record::new(RecordType::optional(0x100), b"orders:after")).unwrap();
+    wal.close().unwrap();
+    let (path, offset) = frame_of(&log, 2);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = decode_frame(&bytes[offset as usize..]).unwrap();
+    let reaching = CollectionTombstonePayload { purge_lsn: Lsn(8), ..tombstone };
+    encode_frame(&header, &reaching.encode().unwrap(), &mut bytes[offset as usize..]);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let lines = dump_lines(&log, &["--payloads"]);
+    let at = lines.iter().position(|l| l.starts_with(&format!("lsn {:>10}  ", 2))).expect("listed");
+    assert_eq!(lines[at + 1], r#"    database 1  tenant 2  collection "orders"  purge lsn 8 (past the tombstone's own LSN: read as 2)"#);
+    let json = dump_json(&log, &["--payloads"]);
+    let decoded = &json[1]["decoded"];
+    assert_eq!((&decoded["purge_lsn"], &decoded["applied_purge_lsn"]), (&8.into(), &2.into()), "{}", json[1]);
+    assert_eq!(status(&tool(&["verify", log.to_str().unwrap()])), 0, "an older build's tombstone is no damage");
 }

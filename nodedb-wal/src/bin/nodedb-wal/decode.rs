@@ -4,7 +4,9 @@
 
 use std::fmt::Write as _;
 
-use nodedb_wal::{CalvinAppliedPayload, CollectionTombstonePayload, PayloadError, RecordType, TemporalPurgeEngine, TemporalPurgePayload};
+use nodedb_wal::{
+    CalvinAppliedPayload, CollectionTombstonePayload, Lsn, PayloadError, RecordType, TemporalPurgeEngine, TemporalPurgePayload,
+};
 
 /// The data record types the log defines, with the names the tool shows and takes for them.
 /// The frames that structure a segment (padding, segment header and end) carry no LSN, so no
@@ -33,16 +35,17 @@ pub(super) fn type_names() -> String {
 /// A payload of one of the log's own types, decoded.
 #[derive(Debug)]
 pub(super) enum Decoded {
-    Tombstone(CollectionTombstonePayload),
+    /// With the tombstone's own LSN: the library reads a purge LSN past it as that LSN.
+    Tombstone(CollectionTombstonePayload, Lsn),
     Purge(TemporalPurgePayload),
     Calvin(CalvinAppliedPayload),
 }
 
-/// The payload of a record of `record_type` decoded, or why it does not decode; `None` for a
-/// type the log does not define, whose payload only the application can read.
-pub(super) fn decode(record_type: RecordType, payload: &[u8]) -> Option<Result<Decoded, PayloadError>> {
+/// The payload of record `lsn` of `record_type` decoded, or why it does not decode; `None` for
+/// a type the log does not define, whose payload only the application can read.
+pub(super) fn decode(lsn: Lsn, record_type: RecordType, payload: &[u8]) -> Option<Result<Decoded, PayloadError>> {
     Some(match record_type {
-        RecordType::COLLECTION_TOMBSTONE => CollectionTombstonePayload::decode(payload).map(Decoded::Tombstone),
+        RecordType::COLLECTION_TOMBSTONE => CollectionTombstonePayload::decode(payload).map(|t| Decoded::Tombstone(t, lsn)),
         RecordType::TEMPORAL_PURGE => TemporalPurgePayload::decode(payload).map(Decoded::Purge),
         RecordType::CALVIN_APPLIED => CalvinAppliedPayload::decode(payload).map(Decoded::Calvin),
         _ => return None,
@@ -68,8 +71,9 @@ fn engine_name(engine: TemporalPurgeEngine) -> String {
 /// a terminal escape sequence.
 pub(super) fn text_line(decoded: &Result<Decoded, PayloadError>, record_type: RecordType) -> String {
     match decoded {
-        Ok(Decoded::Tombstone(t)) => {
-            format!("    database {}  tenant {}  collection {:?}  purge lsn {}", t.database, t.tenant, t.collection, t.purge_lsn)
+        Ok(Decoded::Tombstone(t, lsn)) => {
+            let read_as = if t.purge_lsn > *lsn { format!(" (past the tombstone's own LSN: read as {lsn})") } else { String::new() };
+            format!("    database {}  tenant {}  collection {:?}  purge lsn {}{read_as}", t.database, t.tenant, t.collection, t.purge_lsn)
         }
         Ok(Decoded::Purge(p)) => format!(
             "    engine {}  collection {:?}  cutoff {} ms ({})  purged {}",
@@ -91,12 +95,13 @@ pub(super) fn text_line(decoded: &Result<Decoded, PayloadError>, record_type: Re
 /// `"decode_error":"…"` with the decoder's reason.
 pub(super) fn json_members(decoded: &Result<Decoded, PayloadError>) -> String {
     let object = match decoded {
-        Ok(Decoded::Tombstone(t)) => format!(
-            "{{\"database\":{},\"tenant\":{},\"collection\":{},\"purge_lsn\":{}}}",
+        Ok(Decoded::Tombstone(t, lsn)) => format!(
+            "{{\"database\":{},\"tenant\":{},\"collection\":{},\"purge_lsn\":{},\"applied_purge_lsn\":{}}}",
             t.database,
             t.tenant,
             json_string(&t.collection),
-            t.purge_lsn.0
+            t.purge_lsn.0,
+            t.purge_lsn.min(*lsn).0
         ),
         Ok(Decoded::Purge(p)) => format!(
             "{{\"engine\":{},\"engine_code\":{},\"collection\":{},\"cutoff_unix_ms\":{},\"purged_count\":{}}}",

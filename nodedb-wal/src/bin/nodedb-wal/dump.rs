@@ -36,7 +36,7 @@ pub(super) fn dump(args: &Args) -> Outcome {
         let shown = match payloads {
             true => {
                 let payload = reader.payload_view().map_err(|err| wrong_key_at_first_record(&info, err))?;
-                let decoded = decode::decode(h.record_type, payload);
+                let decoded = decode::decode(h.lsn, h.record_type, payload);
                 Some(Shown { len: payload.len(), bytes: shown_bytes(payload, args.full_payloads), decoded })
             }
             false => None,

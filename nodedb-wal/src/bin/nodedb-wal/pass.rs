@@ -65,7 +65,7 @@ impl<S: Storage> Pass<S> {
                 // A payload of the log's own types that does not decode is damage to the
                 // log as the library reads it (`last_calvin_applied` refuses it): recovery
                 // decodes only tombstones and purges, so verify checks the rest here.
-                if let Some(Err(problem)) = decode::decode(record.record_type, &record.payload) {
+                if let Some(Err(problem)) = decode::decode(record.lsn, record.record_type, &record.payload) {
                     return Err(WalError::MalformedPayload { lsn: record.lsn, record_type: record.record_type, problem }.into());
                 }
                 pass.next = record.lsn.next();
