@@ -88,7 +88,7 @@ use crate::manifest;
 use crate::recovery::{self, RecoveryInfo, TornTail};
 use crate::segment::SegmentInfo;
 use crate::storage::{FsStorage, Storage};
-use crate::types::{Lsn, SegmentId};
+use crate::types::{Lsn, RecordType, SegmentId};
 use walk::{Source, Stop};
 
 /// What a salvage kept, and what it did not.
@@ -107,6 +107,9 @@ pub struct SalvageReport {
     pub torn_tail: Option<TornTail>,
     /// The members of an atomic group the stop cut, read intact but dropped with the group.
     pub group_dropped: Option<RangeInclusive<Lsn>>,
+    /// The collection tombstones and temporal purges among [`SalvageReport::group_dropped`]
+    /// (LSN and type), which the new log does not hold: as [`IntactAfter::drops_and_purges`].
+    pub group_drops_and_purges: Vec<(Lsn, RecordType)>,
     /// Intact records found past the stop, not copied (from [`SalvageReport::next_lsn`] on).
     pub past_the_stop: IntactAfter,
     /// Why `FLOOR` did not read, where it did not: then the copy starts at the oldest segment
@@ -187,6 +190,7 @@ pub fn salvage_with<S: Storage + Clone>(storage: &S, source: &Path, dest: &Path,
         damage,
         torn_tail,
         group_dropped: copied.group_dropped,
+        group_drops_and_purges: copied.group_drops_and_purges,
         past_the_stop,
         floor_damage,
     })

@@ -927,3 +927,27 @@ fn dump_says_how_a_tombstone_reaching_past_its_own_lsn_is_read() {
     assert_eq!((&decoded["purge_lsn"], &decoded["applied_purge_lsn"]), (&8.into(), &2.into()), "{}", json[1]);
     assert_eq!(status(&tool(&["verify", log.to_str().unwrap()])), 0, "an older build's tombstone is no damage");
 }
+
+/// `salvage` names the drops and purges it leaves out past the damage: the copy's recovery no
+/// longer reports them, so the engines must make them good themselves.
+#[test]
+fn salvage_names_the_drops_and_purges_past_the_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let wal = SegmentedWal::open(SegmentedWalConfig::new(&log)).unwrap();
+    for i in 0..3u8 {
+        wal.append_durable(Record::new(RecordType::optional(0x100), &[i; 300])).unwrap();
+    }
+    let tombstone = CollectionTombstonePayload { database: 1, tenant: 2, collection: "gone".into(), purge_lsn: Lsn(3) };
+    assert_eq!(wal.append_tombstone(&tombstone).unwrap(), Lsn(4));
+    let purge = TemporalPurgePayload { engine: TemporalPurgeEngine::Graph, collection: "g".into(), cutoff_unix_ms: 0, purged_count: 1 };
+    assert_eq!(wal.append_temporal_purge(&purge, Scope::default()).unwrap(), Lsn(5));
+    wal.close().unwrap();
+    let (file, at) = frame_of(&log, 2);
+    flip(&file, at + 100);
+    let out = tool(&["salvage", log.to_str().unwrap(), tmp.path().join("cut").to_str().unwrap()]);
+    assert_eq!(status(&out), 2, "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("past the damage, not copied: 3 intact records, LSN 3 to 5; among them drops and purges"), "{said}");
+    assert!(said.contains("collection-tombstone at LSN 4, temporal-purge at LSN 5"), "{said}");
+}

@@ -13,7 +13,10 @@ use common::{Disk, append_synced, assert_records, config, copy_dir, locate, read
 use nodedb_wal::format::frame::HEADER_LEN;
 use nodedb_wal::salvage::{SalvageReport, salvage, salvage_with};
 use nodedb_wal::storage::{FaultConfig, Storage};
-use nodedb_wal::{CollectionTombstonePayload, FsStorage, Lsn, SegmentId, SegmentedWal, SimStorage, WalError};
+use nodedb_wal::{
+    CollectionTombstonePayload, FsStorage, GroupEntry, Lsn, Record, RecordType, Scope, SegmentId, SegmentedWal, SimStorage,
+    TemporalPurgeEngine, TemporalPurgePayload, WalError,
+};
 
 fn flip<D: Disk>(disk: &D, path: &Path, at: u64) {
     disk.edit(path, |b| b[at as usize] ^= 0x10);
@@ -141,7 +144,55 @@ fn the_salvaged_log_gathers_exactly_the_tombstones_before_the_damage() {
         let saved = SegmentedWal::open_with(sim.clone(), config(&dest)).unwrap();
         assert_eq!(saved.recovery_info().tombstones, expected.recovery_info().tombstones, "damage at {victim}");
         assert_eq!(read_all(&saved), read_all(&expected), "damage at {victim}");
+        // The drops past the damage, which the copy's recovery no longer reports, are named.
+        let lost: Vec<_> =
+            [11, 21].into_iter().filter(|&lsn| lsn > victim).map(|lsn| (Lsn(lsn), RecordType::COLLECTION_TOMBSTONE)).collect();
+        assert_eq!(report.past_the_stop.drops_and_purges, lost, "damage at {victim}");
+        assert!(report.group_drops_and_purges.is_empty());
     }
+}
+
+// A salvage left out drops and purges (past the damage, or in the atomic group it cut) and
+// reported only their LSNs among the other records: nothing told the operator that the copy's
+// recovery would no longer report a collection drop, whose rows then come back in every engine
+// whose files did not hold the drop yet.
+#[test]
+fn a_salvage_names_the_drops_and_purges_it_leaves_out_in_a_cut_group_and_past_the_damage() {
+    let sim = SimStorage::new(12, FaultConfig::default());
+    let dir = Path::new("/sim/wal");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir)).unwrap();
+    let ty = RecordType::optional(0x100);
+    let scope = Scope { database: 1, tenant: 7, vshard: 0 };
+    wal.append_durable(Record::new(ty, b"a row").scoped(scope)).unwrap();
+    let drop = |collection: &str| CollectionTombstonePayload { database: 1, tenant: 7, collection: collection.into(), purge_lsn: Lsn(1) };
+    let purge = TemporalPurgePayload { engine: TemporalPurgeEngine::Document, collection: "c".into(), cutoff_unix_ms: 5, purged_count: 1 };
+    let (gone, dropped_later) = (drop("gone"), drop("later"));
+    let entries = [
+        GroupEntry::from(Record::new(ty, b"catalog: drop gone").scoped(scope)),
+        GroupEntry::Tombstone(&gone),
+        GroupEntry::TemporalPurge(&purge, scope),
+        GroupEntry::from(Record::new(ty, b"the group's last member").scoped(scope)),
+    ];
+    let group = wal.append_group_entries(&entries).unwrap();
+    wal.sync().unwrap();
+    let later = wal.append_tombstone(&dropped_later).unwrap();
+    let later_purge = wal.append_temporal_purge(&purge, scope).unwrap();
+    wal.append_durable(Record::new(ty, b"a row after").scoped(scope)).unwrap();
+    wal.close().unwrap();
+    // Damage to the group's last member: the walk stops there and drops the group whole.
+    let (id, frame) = locate(&sim, dir, group.end().0);
+    flip(&sim, &seg(dir, id), frame.offset + HEADER_LEN as u64 + 1);
+
+    let (report, records) = salvaged(&sim, dir, Path::new("/sim/saved"));
+    assert_eq!(records.iter().map(|r| r.payload.to_vec()).collect::<Vec<_>>(), [b"a row".to_vec()], "only the row before the group");
+    let first = group.start().0;
+    assert_eq!(report.group_dropped, Some(Lsn(first)..=Lsn(first + 2)), "the members read intact");
+    let in_group = [(Lsn(first + 1), RecordType::COLLECTION_TOMBSTONE), (Lsn(first + 2), RecordType::TEMPORAL_PURGE)];
+    assert_eq!(report.group_drops_and_purges, in_group);
+    let past = [(later, RecordType::COLLECTION_TOMBSTONE), (later_purge, RecordType::TEMPORAL_PURGE)];
+    assert_eq!(report.past_the_stop.drops_and_purges, past);
+    let saved = SegmentedWal::open_with(sim.clone(), config(Path::new("/sim/saved"))).unwrap();
+    assert!(saved.recovery_info().tombstones.is_empty() && saved.recovery_info().temporal_purges.is_empty(), "the copy holds none");
 }
 
 #[test]

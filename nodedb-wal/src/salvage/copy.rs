@@ -11,6 +11,7 @@
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use super::past::is_drop_or_purge;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::{FLAG_GROUP_CONTINUES, RecordHeader};
 use crate::format::manifest::MANIFEST_FILE;
@@ -18,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::record::Record;
 use crate::segment::SegmentInfo;
 use crate::storage::{Storage, create_dir_durably, lock_log_dir};
-use crate::types::{Lsn, SegmentId};
+use crate::types::{Lsn, RecordType, SegmentId};
 use crate::writer::{WalWriter, WalWriterConfig};
 
 /// The segment the new log's `MANIFEST` names while the salvage runs (see the module docs).
@@ -33,6 +34,8 @@ pub(super) struct Copied {
     pub segments: Vec<SegmentInfo>,
     /// The members of a group the stop cut, dropped whole.
     pub group_dropped: Option<RangeInclusive<Lsn>>,
+    /// The tombstones and purges among them.
+    pub group_drops_and_purges: Vec<(Lsn, RecordType)>,
 }
 
 /// The new log being written.
@@ -116,6 +119,8 @@ impl<'a, S: Storage + Clone> Copier<'a, S> {
     pub fn finish(mut self) -> Result<Copied> {
         let group = std::mem::take(&mut self.group);
         let group_dropped = group.first().zip(group.last()).map(|(first, last)| first.0.lsn..=last.0.lsn);
+        let group_drops_and_purges =
+            group.iter().filter(|(h, _)| is_drop_or_purge(h.record_type)).map(|(h, _)| (h.lsn, h.record_type)).collect();
         self.end_segment()?;
         // No segment: nothing to vouch for (0, as a log that never wrote one).
         let newest = self.segments.last().map_or(SegmentId(0), |s| s.id);
@@ -123,7 +128,7 @@ impl<'a, S: Storage + Clone> Copier<'a, S> {
         for _ in 0..2 {
             self.manifest.record(newest).map_err(|(op, e)| WalError::io(op, &path, e))?;
         }
-        Ok(Copied { segments: self.segments, group_dropped })
+        Ok(Copied { segments: self.segments, group_dropped, group_drops_and_purges })
     }
 }
 

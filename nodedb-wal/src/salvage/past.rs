@@ -5,14 +5,14 @@ use std::ops::RangeInclusive;
 
 use super::walk::{Source, Stop};
 use crate::error::Result;
-use crate::format::frame::{HEADER_LEN, MAGIC_AT, RECORD_MAGIC};
+use crate::format::frame::{HEADER_LEN, MAGIC_AT, RECORD_MAGIC, RecordHeader};
 use crate::recovery::open_held;
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::running::{Running, SCAN_CHUNK};
 use crate::segment::scan::read_head;
 use crate::segment::{self};
 use crate::storage::{Storage, StorageFile};
-use crate::types::{Lsn, SegmentId};
+use crate::types::{Lsn, RecordType, SegmentId};
 
 /// Intact records found after the salvage's stop, which the new log does not hold.
 ///
@@ -26,16 +26,30 @@ pub struct IntactAfter {
     pub records: u64,
     /// Their LSNs, as runs of consecutive LSNs in the order found.
     pub lsn_ranges: Vec<RangeInclusive<Lsn>>,
+    /// The collection tombstones and temporal purges among them (LSN and type, in the order
+    /// found): drops and purges the new log does not hold, so its recovery does not report
+    /// them, and an engine whose files do not hold them yet must make them good itself, or a
+    /// dropped collection's rows come back.
+    pub drops_and_purges: Vec<(Lsn, RecordType)>,
 }
 
 impl IntactAfter {
-    fn add(&mut self, lsn: Lsn) {
+    fn add(&mut self, header: &RecordHeader) {
+        let lsn = header.lsn;
+        if is_drop_or_purge(header.record_type) {
+            self.drops_and_purges.push((lsn, header.record_type));
+        }
         self.records += 1;
         match self.lsn_ranges.last_mut() {
             Some(run) if run.end().0.checked_add(1) == Some(lsn.0) => *run = *run.start()..=lsn,
             _ => self.lsn_ranges.push(lsn..=lsn),
         }
     }
+}
+
+/// Whether records of this type are ones recovery gathers for the engines (drops and purges).
+pub(super) fn is_drop_or_purge(record_type: RecordType) -> bool {
+    record_type == RecordType::COLLECTION_TOMBSTONE || record_type == RecordType::TEMPORAL_PURGE
 }
 
 /// Scans from `stop` to the end of its segment, then every later segment of `ids`, counting
@@ -81,7 +95,7 @@ fn resync<F: StorageFile>(reader: &mut ChunkReader<F>, from: u64, salt: Option<u
         match running.intact_frame(reader, at, salt)? {
             Some(header) => {
                 if !header.record_type.is_meta() && header.lsn >= next_lsn {
-                    found.add(header.lsn);
+                    found.add(&header);
                 }
                 at = next_candidate(reader, at + header.frame_len() as u64, len)?;
             }

@@ -6,7 +6,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use nodedb_wal::salvage::{SalvageReport, salvage};
-use nodedb_wal::{Lsn, WalError};
+use nodedb_wal::{Lsn, RecordType, WalError};
 
 use super::{Args, Exit, KEY_HINT, Outcome, key_ring, log_dir};
 
@@ -27,12 +27,16 @@ pub(super) fn salvage_log(args: &Args) -> Outcome {
         );
     }
     if let Some(group) = &report.group_dropped {
-        out!("dropped with their atomic group, which the damage cut: {}", lsns(group));
+        out!("dropped with their atomic group, which the damage cut: {}{}", lsns(group), drops(&report.group_drops_and_purges));
     }
     let past = &report.past_the_stop;
     let found = match past.records {
         0 => "nothing".to_owned(),
-        n => format!("{n} intact records, {}", past.lsn_ranges.iter().map(lsns).collect::<Vec<_>>().join(", ")),
+        n => format!(
+            "{n} intact records, {}{}",
+            past.lsn_ranges.iter().map(lsns).collect::<Vec<_>>().join(", "),
+            drops(&past.drops_and_purges)
+        ),
     };
     let Some(damage) = &report.damage else {
         return Ok(match report.torn_tail {
@@ -76,6 +80,20 @@ fn kept(report: &SalvageReport) -> String {
         Some(range) => format!("{} records, {}; the new log hands out LSN {next} next", range.end().0 - range.start().0 + 1, lsns(range)),
         None => format!("no record; the new log hands out LSN {next} next"),
     }
+}
+
+/// The collection drops and purges among records left out, which the engines must make good
+/// themselves where their files do not hold them yet: the new log's recovery cannot report them.
+fn drops(found: &[(Lsn, RecordType)]) -> String {
+    if found.is_empty() {
+        return String::new();
+    }
+    let each =
+        |(lsn, record_type): &(Lsn, RecordType)| format!("{} at LSN {lsn}", super::decode::type_name(*record_type).unwrap_or("a record"));
+    let listed = found.iter().map(each).collect::<Vec<_>>().join(", ");
+    format!(
+        "; among them drops and purges the new log does not hold, which the engines must apply themselves where their files do not hold them yet: {listed}"
+    )
 }
 
 fn lsns(range: &RangeInclusive<Lsn>) -> String {

@@ -31,7 +31,7 @@ fn bytewise(bytes: &[u8], from: u64, salt: Option<u32>, next_lsn: Lsn) -> Intact
         match decode_frame(&bytes[at..]) {
             Ok(header) if salt.is_none_or(|s| s == header.salt) => {
                 if !header.record_type.is_meta() && header.lsn >= next_lsn {
-                    found.add(header.lsn);
+                    found.add(&header);
                 }
                 at += header.frame_len();
             }
