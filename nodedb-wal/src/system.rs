@@ -29,24 +29,33 @@ impl WalRecord {
     ///
     /// const PUT: RecordType = RecordType::optional(0x100);
     /// let scope = Scope { database: 1, tenant: 2, vshard: 0 };
+    /// let other_tenant = Scope { tenant: 3, ..scope };
     /// let wal = SegmentedWal::open_with(SimStorage::new(1, FaultConfig::default()), SegmentedWalConfig::new("/wal"))?;
     /// wal.append(Record::new(PUT, b"orders/1").scoped(scope))?;
+    /// wal.append(Record::new(PUT, b"orders/1").scoped(other_tenant))?;
+    /// wal.append(Record::new(PUT, b"users/1").scoped(scope))?;
     /// let purge_lsn = wal.next_lsn();
     /// wal.append_tombstone(&CollectionTombstonePayload { database: 1, tenant: 2, collection: "orders".into(), purge_lsn })?;
     /// wal.append(Record::new(PUT, b"orders/2").scoped(scope))?;
     /// wal.sync()?;
     ///
-    /// // An engine's replay: rows by LSN, and each drop applied where the log has it.
+    /// // An engine's replay: rows by LSN, and each drop applied where the log has it, to the
+    /// // rows of its collection in its database and tenant only.
     /// let mut rows = BTreeMap::new();
     /// for record in wal.read_from(Lsn::FIRST)? {
     ///     let record = record?;
     ///     if record.record_type == PUT {
-    ///         rows.insert(record.lsn, record.payload.into_vec());
+    ///         let row = String::from_utf8(record.payload.into_vec()).expect("text");
+    ///         rows.insert(record.lsn, (record.scope, row));
     ///     } else if let Some(drop) = record.tombstone()? {
-    ///         rows.retain(|lsn, _| *lsn >= drop.purge_lsn);
+    ///         rows.retain(|lsn, (s, row)| {
+    ///             let of_it = (s.database, s.tenant) == (drop.database, drop.tenant) && row.split('/').next() == Some(&drop.collection);
+    ///             !of_it || *lsn >= drop.purge_lsn
+    ///         });
     ///     }
     /// }
-    /// assert_eq!(rows.into_values().collect::<Vec<_>>(), [b"orders/2".to_vec()]);
+    /// let kept: Vec<_> = rows.into_values().map(|(s, row)| (s.tenant, row)).collect();
+    /// assert_eq!(kept, [(3, "orders/1".to_owned()), (2, "users/1".to_owned()), (2, "orders/2".to_owned())]);
     /// # Ok::<(), nodedb_wal::WalError>(())
     /// ```
     pub fn tombstone(&self) -> Result<Option<CollectionTombstonePayload>> {
