@@ -48,7 +48,10 @@ pub struct CollectionTombstonePayload {
     pub tenant: u32,
     /// The dropped collection.
     pub collection: String,
-    /// Records of the collection with a lower LSN are dropped with it.
+    /// Records of the collection with a lower LSN are dropped with it. At most the tombstone's
+    /// own LSN: one past it (an older build could write it) is read as that LSN, as
+    /// [`crate::WalRecord::tombstone`] and recovery read it; [`Self::decode`] alone, which
+    /// does not know the record's LSN, hands out the stored value.
     pub purge_lsn: Lsn,
 }
 
