@@ -594,3 +594,95 @@ fn records_of_several_mib_are_written_from_mapped_buffers_and_read_back_sim() {
         std::path::Path::new("/wal"),
     );
 }
+
+/// What each reader hands out from `from` on: the LSNs, then the error it stops at, if any.
+type Read = (Vec<Lsn>, Option<String>);
+
+fn read_until_error(records: impl Iterator<Item = nodedb_wal::Result<Lsn>>) -> Read {
+    let mut lsns = Vec::new();
+    for record in records {
+        match record {
+            Ok(lsn) => lsns.push(lsn),
+            Err(err) => return (lsns, Some(format!("{err:?}"))),
+        }
+    }
+    (lsns, None)
+}
+
+fn read_lazy<S: nodedb_wal::storage::Storage>(mut lazy: nodedb_wal::LazyWalReader<S>) -> Read {
+    read_until_error(std::iter::from_fn(|| lazy.next_header().transpose().map(|h| h.map(|h| h.lsn))))
+}
+
+fn read_views<S: nodedb_wal::storage::Storage>(mut reader: nodedb_wal::WalIter<S>) -> Read {
+    read_until_error(std::iter::from_fn(|| reader.next_view().map(|v| v.map(|v| v.lsn))))
+}
+
+/// Every reader of a log (owned, lent, mapped, headers first, parallel, a tail, a read-only
+/// look, and the log a salvage makes of it) skips a record of an unknown optional type of the
+/// crate's range and stops at one of an unknown required type, with the same typed error
+/// naming its LSN and type, after the same records; from past it, none stops.
+#[test]
+fn every_reader_skips_an_unknown_optional_type_and_stops_at_an_unknown_required_one_alike() {
+    use common::{Disk, locate, seg};
+    use nodedb_wal::FsStorage;
+    use nodedb_wal::format::frame::seal_frame;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let wal = SegmentedWal::open(common::config(&dir)).unwrap();
+    for i in 0..100u8 {
+        wal.append(Record::new(RecordType::optional(0x100), &[i; 500])).unwrap();
+    }
+    wal.close().unwrap();
+    // A newer build's types: LSN 10 optional, LSN 60 required, in this crate's ranges.
+    let disk = FsStorage::new();
+    let (skipped, stopper) = ((10, RecordType(0x0050)), (60, RecordType(0x8050)));
+    for (lsn, to) in [skipped, stopper] {
+        let (id, frame) = locate(&disk, &dir, lsn);
+        disk.edit(&seg(&dir, id), |bytes| {
+            let span = &mut bytes[frame.offset as usize..(frame.offset + frame.frame_len()) as usize];
+            span[6..8].copy_from_slice(&to.0.to_le_bytes());
+            seal_frame(span, to);
+        });
+    }
+    assert!(locate(&disk, &dir, 10).0 < locate(&disk, &dir, 60).0, "the two lie in different segments");
+    // Header indexes hold the headers as written: without them every reader reads the frames.
+    for name in disk.names(&dir).into_iter().filter(|n| n.ends_with(".hdrs")) {
+        disk.delete(&dir.join(name));
+    }
+    let error = format!("{:?}", WalError::UnknownRequiredType { lsn: Lsn(60), record_type: RecordType(0x8050) });
+    let expected: Read = ((1..60).filter(|&l| l != 10).map(Lsn).collect(), Some(error));
+    let past: Read = ((61..=100).map(Lsn).collect(), None);
+
+    let wal = SegmentedWal::open(common::config(&dir)).unwrap();
+    for from in [Lsn(1), Lsn(61)] {
+        let want = if from == Lsn(1) { &expected } else { &past };
+        let owned = |r: nodedb_wal::Result<nodedb_wal::WalRecord>| r.map(|r| r.lsn);
+        assert_eq!(&read_until_error(wal.read_from(from).unwrap().map(owned)), want, "read_from {from}");
+        assert_eq!(&read_views(wal.read_from(from).unwrap()), want, "next_view {from}");
+        assert_eq!(&read_until_error(wal.read_mapped(from).unwrap().map(owned)), want, "read_mapped {from}");
+        assert_eq!(&read_lazy(wal.lazy_reader(from).unwrap()), want, "lazy_reader {from}");
+        let mut applied = Vec::new();
+        let replayed = wal.replay_parallel(from, 4, |view| {
+            applied.push(view.lsn);
+            Ok(())
+        });
+        assert_eq!(&(applied, replayed.err().map(|e| format!("{e:?}"))), want, "replay_parallel {from}");
+        let mut tail = wal.tail(from);
+        let tailed = read_until_error(std::iter::from_fn(|| tail.next_timeout(std::time::Duration::ZERO).transpose().map(owned)));
+        assert_eq!(&tailed, want, "tail {from}");
+    }
+    let look = ReadOnlyWal::open(&dir, None).unwrap();
+    let owned = |r: nodedb_wal::Result<nodedb_wal::WalRecord>| r.map(|r| r.lsn);
+    assert_eq!(read_until_error(look.read_from(Lsn(1)).unwrap().map(owned)), expected, "a read-only look");
+    assert_eq!(read_until_error(look.read_mapped(Lsn(1)).unwrap().map(owned)), expected, "a read-only look, mapped");
+    assert_eq!(read_lazy(look.lazy_reader(Lsn(1)).unwrap()), expected, "a read-only look, headers first");
+    wal.close().unwrap();
+
+    // A salvage copies both records as they are: its log reads the same.
+    let saved = tmp.path().join("saved");
+    let report = nodedb_wal::salvage::salvage(&dir, &saved, None).unwrap();
+    assert!(report.damage.is_none(), "{report:?}");
+    let copy = SegmentedWal::open(common::config(&saved)).unwrap();
+    assert_eq!(read_until_error(copy.read_from(Lsn(1)).unwrap().map(owned)), expected, "the salvaged log");
+}
