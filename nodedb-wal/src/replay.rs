@@ -263,7 +263,8 @@ pub struct TemporalPurge {
     pub purge: TemporalPurgePayload,
 }
 
-/// The temporal purges among records, in LSN order, for the engines to apply at recovery.
+/// The temporal purges among records, in the order given (LSN order for records as a reader
+/// hands them out), for the engines to apply at recovery.
 ///
 /// At open, recovery has already done this for the whole log:
 /// [`crate::RecoveryInfo::temporal_purges`].
