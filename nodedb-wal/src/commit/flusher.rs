@@ -291,9 +291,19 @@ pub(crate) fn run<S: Storage>(shared: &Shared<S>, writer: &Mutex<Flusher<S>>) {
 
 /// Writes and syncs the block that seals a segment whose records end at `records_end` (at the
 /// first block boundary at or after it), and returns the segment's length, which ends with that
-/// block. With `cut`, the file is then shortened after the block and synced: where zeros (or a
-/// crash's leftovers, at open) lie past it, a sealed segment never grows again, and they would
-/// only take space until it is truncated. Both the close's seal and the open's use it.
+/// block. With `cut`, a file longer than that is first shortened to end with that block: where
+/// zeros (or a crash's leftovers, at open) lie past it, a sealed segment never grows again, and
+/// they would only take space until it is truncated. Both the close's seal and the open's use it.
+///
+/// The cut comes before the seal, and the seal's sync makes both durable: once a reader can see
+/// the end frame (a look beside the writer, in this process or another), the file has its final
+/// length, so a map it makes of a sealed segment never reaches past the file's end. Cut after
+/// the seal, a look between the two mapped the zeros the cut then took away, and touching them
+/// (the checking helper walks on past the end frame) was a `SIGBUS`. A crash between the cut
+/// and the seal leaves the segment unsealed with every byte before the seal's block as it was,
+/// as a crash before the close does. The cut only shortens: a file that ends before the seal's
+/// block is extended by the seal's own write, never by zeros that could complete a frame a
+/// crash cut short while no seal yet says where the records end (see `SegmentScan`).
 pub(crate) fn seal_file<F: StorageFile>(
     file: &F,
     block: usize,
@@ -303,12 +313,11 @@ pub(crate) fn seal_file<F: StorageFile>(
     cut: bool,
 ) -> Result<u64, (IoOp, io::Error)> {
     let at = round_up(records_end, block as u64);
-    file.write_and_sync(&seal_block(block, records_end, next_lsn, salt), at)?;
     let len = at + block as u64;
-    if cut {
+    if cut && file.len().map_err(|e| (IoOp::Stat, e))? > len {
         file.set_len(len).map_err(|e| (IoOp::SetLen, e))?;
-        file.sync_data().map_err(|e| (IoOp::SyncData, e))?;
     }
+    file.write_and_sync(&seal_block(block, records_end, next_lsn, salt), at)?;
     Ok(len)
 }
 

@@ -10,7 +10,9 @@
 //! sealed segments only, which are never written again. Truncation unlinks them, which leaves
 //! a mapping intact, or keeps a file to reuse as a later segment; every reader holds a shared
 //! lock on the file it reads (`StorageFile::hold_shared`), and the writer reuses a file only
-//! when it can lock it exclusively, so never one that is mapped. The price of a map is that a disk read error is a `SIGBUS` instead of an
+//! when it can lock it exclusively, so never one that is mapped. A segment's file is cut to its
+//! final length before its end frame is written (`commit::seal_file`), so a segment seen sealed
+//! never shrinks. The price of a map is that a disk read error is a `SIGBUS` instead of an
 //! `EIO`; readers that need every error typed use the `pread` path, the default.
 
 #![allow(unsafe_code)]
