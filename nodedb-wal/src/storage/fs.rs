@@ -67,9 +67,9 @@ impl FsStorage {
 
     /// io_uring where the kernel allows it (and the `io-uring` feature is on): the write and the
     /// fdatasync as linked entries of one system call, through a ring the file sets up at its
-    /// first durable write. Where io_uring is refused (ENOSYS,
-    /// EPERM under seccomp, `kernel.io_uring_disabled`), pwrite + fdatasync; the choice is
-    /// logged and reported by [`FsStorage::backend`].
+    /// first durable write. Where io_uring is refused (ENOSYS, EPERM under seccomp,
+    /// `kernel.io_uring_disabled`) or has no write operation (before Linux 5.6), pwrite +
+    /// fdatasync; the choice is logged and reported by [`FsStorage::backend`].
     #[must_use]
     pub fn io_uring() -> FsStorage {
         let backend = probe_backend();
