@@ -219,9 +219,10 @@ fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: Se
     file.sync_data().map_err(|e| WalError::io(IoOp::SyncData, &path, e))
 }
 
-/// Seals the last segment after recovery: an end frame on the first block boundary at or after
-/// its records' end, synced, then the file cut to that block. Blocks that hold recovered records
-/// are never written. Returns the segment's new length.
+/// Seals the last segment after recovery: the file cut to end one block past the first block
+/// boundary at or after its records' end, then an end frame on that boundary, synced (see
+/// `seal_file` for the order). Blocks that hold recovered records are never written. Returns
+/// the segment's new length.
 fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: PendingSeal) -> Result<u64> {
     let path = segment::path(dir, p.id);
     let (file, _) = open_existing(storage, &path, direct, true)?;
