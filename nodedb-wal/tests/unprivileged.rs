@@ -3,7 +3,9 @@
 //! a typed `WalError::Io` naming that file with `PermissionDenied`, for the owner's open, a
 //! read-only look and every command of the tool (status 3), never corruption, a shorter log or
 //! a panic; a log directory the user may not write refuses the owner's open the same way. None
-//! of them changes a byte, and once the mode is put back every record is there.
+//! of them changes a byte, and once the mode is put back every record is there. A user who may
+//! lock no memory (`RLIMIT_MEMLOCK` 0, which root's `CAP_IPC_LOCK` would bypass) still gets
+//! keys, ciphers and io_uring: keys say they are not locked, and an encrypted log works.
 //!
 //! Needs root and `setpriv` (util-linux); elsewhere the test prints `SKIPPED:` and why.
 
@@ -14,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{NOBODY, assert_records, can_change_user, child_test_as_nobody, config, read_all, seg, snapshot, write_log};
-use nodedb_wal::{FsStorage, ReadOnlyWal, SegmentedWal, WalError};
+use nodedb_wal::{FsStorage, KeyRing, ReadOnlyWal, SecureKey, SegmentedWal, SegmentedWalConfig, WalError};
 
 /// The variable that makes this binary's child test run, naming the log directory.
 const CHILD_DIR: &str = "NODEDB_WAL_UNPRIVILEGED_DIR";
@@ -122,4 +124,43 @@ fn a_log_directory_its_user_may_not_write_refuses_the_owner_and_changes_nothing(
 
     let wal = SegmentedWal::open(config(&dir)).unwrap();
     assert_records(&read_all(&wal), 1, last);
+}
+
+/// The variable that makes the child test below run, naming the directory of its log.
+const NO_MEMLOCK_DIR: &str = "NODEDB_WAL_NO_MEMLOCK_DIR";
+
+/// Runs in the child, as `nobody`, with no memory it may lock: makes a key, writes an encrypted
+/// log on the io_uring backend with it, reopens the log and prints what it found.
+#[test]
+fn child_writes_an_encrypted_log_without_locked_memory() {
+    let Ok(dir) = std::env::var(NO_MEMLOCK_DIR) else { return };
+    let none = rustix::process::Rlimit { current: Some(0), maximum: Some(0) };
+    rustix::process::setrlimit(rustix::process::Resource::Memlock, none).expect("lowering a limit is always allowed");
+    let key = SecureKey::generate();
+    println!("key locked: {}", key.is_locked());
+    let ring = std::sync::Arc::new(KeyRing::with_active(1, key));
+    let config = SegmentedWalConfig { key_ring: Some(ring), ..config(Path::new(&dir)) };
+    let storage = FsStorage::io_uring();
+    let wal = SegmentedWal::open_with(storage.clone(), config.clone()).expect("open");
+    common::append_synced(&wal, 1, 60);
+    wal.close().expect("close");
+    let wal = SegmentedWal::open_with(storage, config).expect("reopen");
+    let records = read_all(&wal);
+    let intact = records.iter().enumerate().all(|(i, r)| r.lsn.0 == i as u64 + 1 && r.payload == common::payload(r.lsn.0));
+    println!("records: {} intact: {intact}", records.len());
+}
+
+#[test]
+fn without_lockable_memory_keys_say_so_and_an_encrypted_log_still_works() {
+    if let Err(why) = can_change_user() {
+        eprintln!("SKIPPED: cannot run a child as another user ({why})");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = child_test_as_nobody("child_writes_an_encrypted_log_without_locked_memory", NO_MEMLOCK_DIR, &tmp.path().join("wal"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("key locked: false"), "RLIMIT_MEMLOCK 0 locks nothing: {stdout}");
+    assert!(stdout.contains("records: 60 intact: true"), "{stdout}");
 }
