@@ -99,7 +99,10 @@ fn apply(rows: &mut Rows, record: &WalRecord) -> nodedb_wal::Result<()> {
     } else if let Some(drop) = record.tombstone()? {
         drop_rows(rows, &drop.collection, drop.purge_lsn);
     } else if let Some(purge) = record.temporal_purge()? {
-        purge_rows(rows, &purge.purge.collection, purge.purge.cutoff_unix_ms as u64);
+        // A cutoff before 1970 has no version older than it: a cast would wrap it into a
+        // far-future cutoff and purge every version but the newest.
+        let cutoff = u64::try_from(purge.purge.cutoff_unix_ms).unwrap_or(0);
+        purge_rows(rows, &purge.purge.collection, cutoff);
     }
     Ok(())
 }
