@@ -35,6 +35,7 @@ pub(crate) use self::dir::recover_dir;
 pub(crate) use self::ids::listed_ids;
 pub use self::look::inspect_dir;
 pub(crate) use self::open::{check_identity, key_gone_with_segment, open_existing, open_held};
+pub(crate) use self::scan::is_collected;
 use crate::format::header_index::HeaderIndex;
 use crate::replay::{TemporalPurge, TombstoneSet};
 use crate::segment::SegmentInfo;

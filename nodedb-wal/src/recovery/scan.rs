@@ -306,8 +306,9 @@ fn can_decrypt(ring: Option<&KeyRing>, head: &SegmentHead) -> bool {
     head.preamble.cipher != CIPHER_AES_256_GCM || ring.is_some_and(|r| r.get(head.preamble.key_id).is_some())
 }
 
-/// Record types whose payloads recovery gathers for the engines in its one pass.
-fn is_collected(record_type: RecordType) -> bool {
+/// Record types whose payloads recovery gathers for the engines in its one pass (drops and
+/// purges); salvage names those it leaves out.
+pub(crate) fn is_collected(record_type: RecordType) -> bool {
     record_type == RecordType::COLLECTION_TOMBSTONE || record_type == RecordType::TEMPORAL_PURGE
 }
 

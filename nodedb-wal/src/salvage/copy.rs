@@ -11,12 +11,12 @@
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use super::past::is_drop_or_purge;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::frame::{FLAG_GROUP_CONTINUES, RecordHeader};
 use crate::format::manifest::MANIFEST_FILE;
 use crate::manifest::Manifest;
 use crate::record::Record;
+use crate::recovery::is_collected;
 use crate::segment::SegmentInfo;
 use crate::storage::{Storage, create_dir_durably, lock_log_dir};
 use crate::types::{Lsn, RecordType, SegmentId};
@@ -120,7 +120,7 @@ impl<'a, S: Storage + Clone> Copier<'a, S> {
         let group = std::mem::take(&mut self.group);
         let group_dropped = group.first().zip(group.last()).map(|(first, last)| first.0.lsn..=last.0.lsn);
         let group_drops_and_purges =
-            group.iter().filter(|(h, _)| is_drop_or_purge(h.record_type)).map(|(h, _)| (h.lsn, h.record_type)).collect();
+            group.iter().filter(|(h, _)| is_collected(h.record_type)).map(|(h, _)| (h.lsn, h.record_type)).collect();
         self.end_segment()?;
         // No segment: nothing to vouch for (0, as a log that never wrote one).
         let newest = self.segments.last().map_or(SegmentId(0), |s| s.id);

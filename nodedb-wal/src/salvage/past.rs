@@ -6,7 +6,7 @@ use std::ops::RangeInclusive;
 use super::walk::{Source, Stop};
 use crate::error::Result;
 use crate::format::frame::{HEADER_LEN, MAGIC_AT, RECORD_MAGIC, RecordHeader};
-use crate::recovery::open_held;
+use crate::recovery::{is_collected, open_held};
 use crate::segment::reader::{ChunkReader, DEFAULT_CHUNK};
 use crate::segment::running::{Running, SCAN_CHUNK};
 use crate::segment::scan::read_head;
@@ -36,7 +36,7 @@ pub struct IntactAfter {
 impl IntactAfter {
     fn add(&mut self, header: &RecordHeader) {
         let lsn = header.lsn;
-        if is_drop_or_purge(header.record_type) {
+        if is_collected(header.record_type) {
             self.drops_and_purges.push((lsn, header.record_type));
         }
         self.records += 1;
@@ -45,11 +45,6 @@ impl IntactAfter {
             _ => self.lsn_ranges.push(lsn..=lsn),
         }
     }
-}
-
-/// Whether records of this type are ones recovery gathers for the engines (drops and purges).
-pub(super) fn is_drop_or_purge(record_type: RecordType) -> bool {
-    record_type == RecordType::COLLECTION_TOMBSTONE || record_type == RecordType::TEMPORAL_PURGE
 }
 
 /// Scans from `stop` to the end of its segment, then every later segment of `ids`, counting
