@@ -235,3 +235,33 @@ fn truncating_a_log_poisoned_by_a_full_disk_keeps_every_record_from_the_checkpoi
         assert_kept_from_checkpoint(&reopened.unwrap_or_else(|e| panic!("seed {seed}: {e}")), acked);
     }
 }
+
+/// Found by an adversarial review of the segment life cycle: truncation keeps up to
+/// `recycle_segments` (2 by default) of the segments it takes, renamed for reuse, and a rename
+/// frees nothing. On a log with few, large segments every segment a truncation of the poisoned
+/// log took was kept: the disk stayed as full as before, and the open that was to use their
+/// room failed with `StorageFull` again, for good (nothing but removing the kept files by hand
+/// freed it). A truncation of a poisoned log removes what it takes, and the files kept before.
+#[test]
+fn truncating_a_poisoned_log_frees_room_even_where_it_would_keep_segments_for_reuse() {
+    let Some(mount) = small_tmpfs() else { return };
+    let dir = mount.path().join("wal");
+    let free_blocks = || rustix::fs::statvfs(mount.path()).unwrap().f_bfree;
+    let mut c = config(&dir);
+    // Three segments or so fill the disk: a truncation takes one or two, fewer than it keeps.
+    c.segment_bytes_target = 640 * 1024;
+    c.recycle_segments = 2;
+    let wal = SegmentedWal::open_with(FsStorage::new(), c.clone()).unwrap();
+    let (_, err) = fill(&wal, 25, |_| {});
+    assert_storage_full(&err);
+    let acked = wal.durable_lsn().0;
+    let full = free_blocks();
+    let removed = wal.truncate_before(Lsn(acked + 1)).unwrap();
+    assert!(removed > 0, "the segments below the checkpoint go");
+    assert!(free_blocks() > full, "their room is given back ({removed} segments taken, {} free blocks before and after)", full);
+    drop(wal);
+    let wal = SegmentedWal::open_with(FsStorage::new(), c).unwrap_or_else(|e| panic!("the open after the truncation: {e}"));
+    assert_kept_from_checkpoint(&wal, acked);
+    let next = wal.next_lsn().0;
+    append_synced(&wal, next, next + 10);
+}

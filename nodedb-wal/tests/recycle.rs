@@ -251,6 +251,56 @@ fn a_reuse_with_no_room_for_the_new_name_removes_the_kept_file_and_the_log_goes_
     check_recovered(&wal, &model, acked, "after the failed rename");
 }
 
+// Found by an adversarial review of the segment life cycle: a truncation of a log a full disk
+// poisoned is how the application frees the room its reopen needs (the open seals the newest
+// segment), but it kept what it took, renamed, and left the files kept before: a log of few,
+// large segments freed nothing, and every open failed on the full disk (`full_disk.rs`).
+#[test]
+fn a_truncation_of_a_poisoned_log_keeps_nothing_for_reuse_and_removes_what_was_kept() {
+    let (storage, wal, mut model) = faulty_log(8);
+    let dir = Path::new("/wal");
+    wal.truncate_before(wal.durable_lsn()).unwrap();
+    assert_eq!(recycled_names(&storage, dir).len(), 2, "kept while the log is healthy");
+    storage.fail_once(FaultOp::SyncData, 0, ENOSPC);
+    let segments = wal.segments().len();
+    let err = loop {
+        let lsn = wal.next_lsn().0;
+        let bytes = payload(1, lsn);
+        model.insert(lsn, bytes.clone());
+        if let Err(err) = wal.append_durable(Record::new(TY, &bytes)) {
+            break err;
+        }
+    };
+    assert!(matches!(err, WalError::Poisoned { .. }), "{err}");
+    assert_eq!(wal.segments().len(), segments, "the failed sync was the first batch after the truncation");
+    assert_eq!(wal.truncate_before(wal.durable_lsn()).unwrap(), 0, "nothing more to take");
+    assert_eq!(recycled_names(&storage, dir), Vec::<String>::new(), "the files kept before the failure are removed");
+
+    // Fill more segments on a reopened log, poison it again, and truncate: nothing is kept.
+    let acked = wal.durable_lsn().0;
+    drop(wal);
+    let wal = SegmentedWal::open_with(storage.clone(), config(dir)).unwrap();
+    check_recovered(&wal, &model, acked, "after the first poisoning");
+    let segments = wal.segments().len();
+    fill(&wal, &mut model, 2, segments + 3);
+    storage.fail_once(FaultOp::SyncData, 0, ENOSPC);
+    loop {
+        let lsn = wal.next_lsn().0;
+        let bytes = payload(3, lsn);
+        model.insert(lsn, bytes.clone());
+        if wal.append_durable(Record::new(TY, &bytes)).is_err() {
+            break;
+        }
+    }
+    let victims = wal.segments().len() - 1;
+    assert_eq!(wal.truncate_before(wal.durable_lsn().next()).unwrap(), victims);
+    assert_eq!(recycled_names(&storage, dir), Vec::<String>::new(), "removed, not kept");
+    let acked = wal.durable_lsn().0;
+    drop(wal);
+    let wal = SegmentedWal::open_with(storage, config(dir)).unwrap();
+    check_recovered(&wal, &model, acked, "after the second poisoning");
+}
+
 #[test]
 fn opening_with_fewer_kept_segments_removes_the_extra_files() {
     let sim = SimStorage::new(5, FaultConfig::default());

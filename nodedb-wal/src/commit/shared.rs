@@ -88,6 +88,12 @@ impl<S: Storage> Shared<S> {
         lock(&self.recycled).pop()
     }
 
+    /// Every file kept for reuse, taken off the list (a poisoned log's truncation removes them:
+    /// see `SegmentedWal::truncate_before`).
+    pub fn take_all_recycled(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *lock(&self.recycled))
+    }
+
     /// Sleeps until there is a batch to write: a sealed one, or an active one a waiter needs
     /// (after the commit window, if one is set) or the closing log must flush. `false` once
     /// the log is closed and drained, or poisoned.

@@ -58,6 +58,9 @@ impl<S: Storage> SegmentedWal<S> {
         let mut floor = self.truncation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let _span = tracing::info_span!("truncate", checkpoint = %checkpoint).entered();
         let dir = &self.config.dir;
+        if self.committer.shared().durability.check_poison().is_err() {
+            self.remove_kept_files();
+        }
         let Some(target) = self.floor_for(checkpoint) else { return Ok(0) };
         self.record_floor(&mut floor, target)?;
         let mut removed = 0;
@@ -73,8 +76,12 @@ impl<S: Storage> SegmentedWal<S> {
             let shared = self.committer.shared();
             // Kept under another name for reuse as a later segment, or removed. Not one larger
             // than a segment (a record or group larger than the target): reused, it would keep
-            // that size for good, its space never freed by any checkpoint.
-            let keep = (shared.wants_recycled() && bytes <= shared.segment_bytes_max()).then(|| segment::recycled_path(dir, victim));
+            // that size for good, its space never freed by any checkpoint. Nor on a poisoned
+            // log, which writes nothing more before it is reopened, and whose reopen may need
+            // the room (a full disk): a kept file would hold it.
+            let healthy = shared.durability.check_poison().is_ok();
+            let keep =
+                (healthy && shared.wants_recycled() && bytes <= shared.segment_bytes_max()).then(|| segment::recycled_path(dir, victim));
             let kept = match keep {
                 Some(to) => self.keep_or_remove(&path, to)?,
                 None => {
@@ -130,6 +137,21 @@ impl<S: Storage> SegmentedWal<S> {
             shared.poison(*op, Some(path), source);
         }
         result
+    }
+
+    /// Removes the files kept for reuse, on a poisoned log: it reuses none before it is
+    /// reopened, and the open needs room to write (it seals the newest segment), which on a
+    /// full disk they would hold, truncation having been the way to free it. Not synced: a
+    /// removal a power cut undoes leaves a kept file, as before. One that cannot be removed
+    /// is left, unused.
+    fn remove_kept_files(&self) {
+        for kept in self.committer.shared().take_all_recycled() {
+            if let Err(err) = self.storage.remove(&kept)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%err, path = %kept.display(), "cannot remove a truncated segment kept for reuse");
+            }
+        }
     }
 
     /// Renames a truncated segment to `to` to keep it for reuse, and returns `to`; or, where the
