@@ -265,3 +265,44 @@ fn truncating_a_poisoned_log_frees_room_even_where_it_would_keep_segments_for_re
     let next = wal.next_lsn().0;
     append_synced(&wal, next, next + 10);
 }
+
+/// Found by an adversarial review of the segment life cycle: files a truncation kept for reuse
+/// hold a segment's room each, and a log that filled the disk with them kept (the process died
+/// before it could truncate) could not be opened: the open's seal of the newest segment found no
+/// room, and nothing but removing the kept files by hand freed it. They hold no record: the
+/// open removes them when it finds no room, and opens.
+#[test]
+fn a_log_that_filled_the_disk_opens_by_removing_the_files_it_kept_for_reuse() {
+    let Some(mount) = small_tmpfs() else { return };
+    let dir = mount.path().join("wal");
+    let mut c = config(&dir);
+    c.segment_bytes_target = 320 * 1024;
+    c.recycle_segments = 2;
+    let wal = SegmentedWal::open_with(FsStorage::new(), c.clone()).unwrap();
+    let mut next = 1;
+    while wal.segments().len() < 4 {
+        append_synced(&wal, next, next + 24);
+        next += 25;
+    }
+    assert_eq!(wal.truncate_before(wal.segments()[2].first_lsn).unwrap(), 2);
+    let kept =
+        || std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".recycled")).count();
+    assert_eq!(kept(), 2);
+    // The rest of the disk is taken by another program's file.
+    let ballast = mount.path().join("ballast");
+    let mut file = std::fs::File::create(&ballast).unwrap();
+    while std::io::Write::write_all(&mut file, &[0xAB; 4096]).is_ok() {}
+    drop(file);
+    let (_, err) = fill(&wal, 25, |_| {});
+    assert_storage_full(&err);
+    assert_eq!(kept(), 2, "the segment being written filled the disk before a roll took a kept file");
+    let acked = wal.durable_lsn().0;
+    drop(wal);
+    let wal = SegmentedWal::open_with(FsStorage::new(), c).unwrap_or_else(|e| panic!("the open of a log holding kept files: {e}"));
+    assert!(wal.recovery_info().last_lsn.0 >= acked);
+    assert_records(&read_all(&wal), wal.oldest_lsn().0, wal.recovery_info().last_lsn.0);
+    assert_eq!(kept(), 0, "their room went to the open");
+    // And to the segment the next append makes.
+    let next = wal.next_lsn().0;
+    append_synced(&wal, next, next + 10);
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::SegmentedWal;
-use super::truncate::{remove_below_floor, tidy_dir};
+use super::truncate::{remove_below_floor, remove_kept_for_room, tidy_dir};
 use crate::commit::{CommitStart, GroupCommitter, Limits, seal_file};
 use crate::config::SegmentedWalConfig;
 use crate::error::{IoOp, Result, WalError};
@@ -14,7 +14,8 @@ use crate::manifest::{Floor, Manifest};
 use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, index};
 use crate::storage::{
-    DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, lock_log_dir, plan_direct_io,
+    DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, is_out_of_space, lock_log_dir,
+    plan_direct_io,
 };
 use crate::types::SegmentId;
 
@@ -64,7 +65,7 @@ impl<S: Storage> SegmentedWal<S> {
             // with larger sectors, or first written through the page cache) is sealed through
             // the page cache: its block boundary may be no offset O_DIRECT accepts here.
             let direct = direct && pending.block >= config.alignment as u64;
-            let bytes = seal_segment(&storage, &dir, direct, pending)?;
+            let bytes = seal_segment(&storage, &dir, direct, &pending)?;
             if let Some(index) = index {
                 index::write_index(&storage, &dir, &index, direct, config.alignment, &mut index::IndexScratch::default());
             }
@@ -223,8 +224,17 @@ fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: Se
 /// boundary at or after its records' end, then an end frame on that boundary, synced (see
 /// `seal_file` for the order). Blocks that hold recovered records are never written. Returns
 /// the segment's new length.
-fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: PendingSeal) -> Result<u64> {
+///
+/// Where the disk has no room for that block, truncated segment files kept for reuse hold a
+/// segment's room each and no record: they are removed and the block written again (a write
+/// that failed, never a sync).
+fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: &PendingSeal) -> Result<u64> {
     let path = segment::path(dir, p.id);
     let (file, _) = open_existing(storage, &path, direct, true)?;
-    seal_file(&file, p.block as usize, p.records_end, p.next_lsn, p.salt, true).map_err(|(op, e)| WalError::io(op, &path, e))
+    let seal = || seal_file(&file, p.block as usize, p.records_end, p.next_lsn, p.salt, true);
+    match seal() {
+        Err((IoOp::Write, e)) if is_out_of_space(&e) && remove_kept_for_room(storage, dir)? => seal(),
+        sealed => sealed,
+    }
+    .map_err(|(op, e)| WalError::io(op, &path, e))
 }

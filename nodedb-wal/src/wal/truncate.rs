@@ -220,6 +220,27 @@ fn holds_own_head<S: Storage>(storage: &S, path: &Path, id: SegmentId) -> bool {
     matches!(decode_head(&bytes[..len], id), Ok(Some(head)) if head.header.segment_id == id)
 }
 
+/// At open, where the disk has no room for what the open must write: removes every truncated
+/// segment file kept for reuse (they hold no record), syncs the directory, and says whether
+/// it removed any, so that the write may be tried again. Left there, they held the room of a
+/// log that filled its disk, and every open failed until someone removed them by hand.
+pub(super) fn remove_kept_for_room<S: Storage>(storage: &S, dir: &Path) -> Result<bool> {
+    let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
+    let mut removed = false;
+    for id in names.iter().filter_map(|n| segment::parse_recycled(n)) {
+        let path = segment::recycled_path(dir, id);
+        match storage.remove(&path) {
+            Ok(()) => removed = true,
+            Err(err) => tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment kept for reuse"),
+        }
+    }
+    if removed {
+        tracing::warn!(dir = %dir.display(), "no room to open the log: removed the truncated segments kept for reuse");
+        storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
+    }
+    Ok(removed)
+}
+
 /// At open, with one listing of `dir`: removes header indexes whose segment is gone (a crash
 /// after a truncation removed the segment but not yet its index), and returns the truncated
 /// segment files kept for reuse, at most `keep` of them (their names are durable: the open
