@@ -30,6 +30,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// [`Self::next_lsn`] names records never appended (another log's LSN, a byte offset): it
     /// is [`WalError::LsnNotIssued`] and nothing is removed.
     ///
+    /// It runs on a poisoned log too, to free the room a full disk denied before the log is
+    /// reopened: there it keeps no segment for reuse (`recycle_segments`) and removes the files
+    /// kept before, which would hold that room.
+    ///
     /// # Examples
     ///
     /// ```
