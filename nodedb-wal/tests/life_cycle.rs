@@ -1,5 +1,5 @@
 //! The segment life cycle across many lives of one log, on the simulated disk: each life opens
-//! with another block size (512 B to 8 KiB), segment target, number of segments kept for reuse
+//! with another block size (512 B to 64 KiB), segment target, number of segments kept for reuse
 //! and zero-fill, so that files kept under one life are reused under another; encrypted seeds
 //! rotate keys at rolls and retire the old ones once truncation has taken their segments; lives
 //! end in a close or a power cut, some with I/O faults, some while appenders, a truncating
@@ -52,16 +52,16 @@ fn ring(model: &Model) -> Option<Arc<KeyRing>> {
 /// The settings of a new life, drawn afresh each time.
 fn life_config(rng: &mut SimRng, model: &Model) -> SegmentedWalConfig {
     let mut c = SegmentedWalConfig::new(DIR);
-    c.alignment = [512, 4096, 4096, 8192][rng.below(4) as usize];
+    c.alignment = [512, 4096, 16384, 65536][rng.below(4) as usize];
     // The simulated disk takes O_DIRECT in 4 KiB units.
     c.direct_io = rng.below(2) == 0 && c.alignment >= 4096;
     c.segment_bytes_target = [16 * 1024, 24 * 1024, 40 * 1024, 64 * 1024][rng.below(4) as usize];
     c.segment_bytes_target = c.segment_bytes_target.max(4 * c.alignment as u64);
-    c.batch_bytes_max = 8 * 1024;
+    c.batch_bytes_max = (8 * 1024).max(c.alignment);
     c.batch_buffers = 3;
-    c.payload_bytes_max = 70 * 1024;
-    c.recycle_segments = rng.below(4) as usize;
-    c.zero_fill_bytes = if rng.below(2) == 0 { 0 } else { 16 * 1024 };
+    c.payload_bytes_max = (70 * 1024).max(c.segment_bytes_target as usize + 1024);
+    c.recycle_segments = rng.below(9) as usize;
+    c.zero_fill_bytes = if rng.below(2) == 0 { 0 } else { 128 * 1024 };
     c.key_ring = ring(model);
     if std::env::var("NODEDB_WAL_LIFE_TRACE").is_ok() {
         eprintln!(
