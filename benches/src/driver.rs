@@ -76,32 +76,43 @@ pub const WARM_UP: Duration = Duration::from_secs(1);
 /// Runs `threads` threads for `duration`. Each thread first builds its worker with
 /// `make(thread_index)` (so per-thread setup such as opening a connection is not timed), then
 /// calls it until told to stop. A call returns how many records it completed.
+///
+/// The I/O counters cover exactly the calls: they are read once every worker is built, and
+/// again once every thread's last call returned, before any worker is dropped (a worker's drop,
+/// such as SQLite's last connection checkpointing its WAL on close, is teardown, not a call).
+/// The deadline is set before the threads are released, so no call that counts ran outside
+/// `duration`.
 pub fn run_for<F, W>(threads: usize, duration: Duration, device: Device, make: F) -> io::Result<Timed>
 where
     F: Fn(usize) -> io::Result<W> + Sync,
-    W: FnMut() -> io::Result<u64>,
+    W: FnMut() -> io::Result<u64> + Send,
 {
     let stop = AtomicBool::new(false);
     let deadline = OnceLock::new();
+    let built = Barrier::new(threads + 1);
     let ready = Barrier::new(threads + 1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|index| {
-                let (make, stop, ready, deadline) = (&make, &stop, &ready, &deadline);
+                let (make, stop, built, ready, deadline) = (&make, &stop, &built, &ready, &deadline);
                 scope.spawn(move || {
-                    // Build the worker before the barrier, but always reach the barrier, or
-                    // the main thread would wait forever.
+                    // Build the worker before the barriers, but always reach them, or the main
+                    // thread would wait forever.
                     let worker = make(index);
+                    built.wait();
                     ready.wait();
-                    call_until_stopped(worker?, stop, deadline)
+                    let mut worker = worker?;
+                    let tally = call_until_stopped(&mut worker, stop, deadline)?;
+                    Ok((tally, worker))
                 })
             })
             .collect();
+        built.wait();
         let before = Counters::read(device);
-        ready.wait();
         let start = Instant::now();
         let end = start + duration;
         deadline.set(end).expect("set once");
+        ready.wait();
         std::thread::sleep(end.saturating_duration_since(Instant::now()));
         stop.store(true, Ordering::Relaxed);
         let mut timed = Timed {
@@ -114,24 +125,27 @@ where
             io: Counters::default(),
         };
         let mut first_error = None;
+        let mut workers = Vec::with_capacity(threads);
         for handle in handles {
             match handle.join().expect("a benchmark thread panicked") {
-                Ok(tally) => {
+                Ok((tally, worker)) => {
                     timed.records += tally.records;
                     timed.records_all += tally.records_all;
                     timed.late_calls += tally.late_calls;
                     timed.latency.merge(&tally.latency);
+                    workers.push(worker);
                 }
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
         timed.overrun = end.elapsed();
         timed.io = Counters::read(device).since(&before);
+        drop(workers);
         first_error.map_or(Ok(timed), Err)
     })
 }
 
-fn call_until_stopped<W>(mut work: W, stop: &AtomicBool, deadline: &OnceLock<Instant>) -> io::Result<Tally>
+fn call_until_stopped<W>(work: &mut W, stop: &AtomicBool, deadline: &OnceLock<Instant>) -> io::Result<Tally>
 where
     W: FnMut() -> io::Result<u64>,
 {
@@ -142,12 +156,72 @@ where
         let done = Instant::now();
         tally.latency.record(done - started);
         tally.records_all += records;
-        // Not set yet: the main thread has not even read the clock, so this is early.
-        if deadline.get().is_none_or(|end| done <= *end) {
+        // Set before any thread was released.
+        let end = deadline.get().expect("the deadline is set before the threads start");
+        if done <= *end {
             tally.records += records;
         } else {
             tally.late_calls += 1;
         }
     }
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::Write;
+
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    /// A worker's resource that writes a MiB (buffered, so `write_bytes` counts it at once) when
+    /// built or dropped: the setup and teardown a timed loop must not charge to its calls.
+    struct Writes(File);
+
+    impl Writes {
+        fn mib(&mut self) {
+            self.0.write_all(&[0x5A; MIB]).expect("write a MiB");
+        }
+    }
+
+    impl Drop for Writes {
+        fn drop(&mut self) {
+            self.mib();
+        }
+    }
+
+    /// On the disk the crate lives on: tmpfs would not count the bytes at all.
+    fn disk_dir() -> tempfile::TempDir {
+        tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("a directory beside the crate")
+    }
+
+    fn calls_only(dir: &tempfile::TempDir, slow_setup: bool) -> Timed {
+        let device = Device::of(dir.path()).expect("the directory's device");
+        run_for(2, Duration::from_millis(50), device, |index| {
+            if slow_setup {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let mut resource = Writes(File::create(dir.path().join(index.to_string()))?);
+            resource.mib();
+            Ok(move || {
+                let _kept = &resource;
+                Ok(1)
+            })
+        })
+        .expect("the loop runs")
+    }
+
+    #[test]
+    fn a_workers_setup_and_teardown_are_outside_the_io_counted_for_its_calls() {
+        let dir = disk_dir();
+        for slow_setup in [false, true] {
+            let timed = calls_only(&dir, slow_setup);
+            assert!(timed.records > 0);
+            // Two workers wrote a MiB each when built and when dropped; their calls wrote nothing.
+            let written = timed.io.process_write_bytes;
+            assert!(written < MIB as u64, "{written} bytes counted for calls that wrote none (slow setup: {slow_setup})");
+        }
+    }
 }

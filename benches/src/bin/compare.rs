@@ -52,6 +52,7 @@ fn run(args: &Args) -> io::Result<()> {
     let mut reports = Vec::new();
     for system in &args.systems {
         eprintln!("compare: running {system} ...");
+        settle(run_dir.path())?;
         let report = systems::run(system, &params, args.pipelined)?;
         let line = report.to_json();
         let line = if args.pipelined && report.system.starts_with("nodedb-wal-pipelined") {
@@ -65,6 +66,20 @@ fn run(args: &Args) -> io::Result<()> {
     if let Some(line) = ratios(&reports, args) {
         println!("{line}");
     }
+    Ok(())
+}
+
+/// Commits everything pending on the file system before a system starts: the previous
+/// system's removed files (their journal commit and, with `-o discard`, their discards) and any
+/// dirty pages left behind would otherwise be written by the next system's first syncs or by
+/// writeback during its timed run, charging one system's teardown to another.
+fn settle(dir: &std::path::Path) -> io::Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::fs::syncfs(&fd)?;
     Ok(())
 }
 

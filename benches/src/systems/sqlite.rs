@@ -27,18 +27,23 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn create(path: &Path) -> rusqlite::Result<()> {
+/// Creates the database and returns the connection that made it. Keep it open until the timed
+/// run is over: when the last connection to a WAL database closes, SQLite checkpoints the WAL
+/// into the database and deletes it, so without it the timed run would start over in a new,
+/// growing WAL file instead of the restarted one the warm-up left.
+fn create(path: &Path) -> rusqlite::Result<Connection> {
     let conn = connect(path)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     assert_eq!(mode.to_ascii_lowercase(), "wal", "SQLite refused WAL mode");
-    conn.execute_batch("CREATE TABLE log (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+    conn.execute_batch("CREATE TABLE log (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")?;
+    Ok(conn)
 }
 
 /// Runs SQLite: each call is one autocommitted INSERT of a `size`-byte blob.
 pub fn run(params: &Params) -> io::Result<Report> {
     let dir = tempfile::Builder::new().prefix("sqlite-").tempdir_in(&params.dir)?;
     let path = dir.path().join("bench.db");
-    create(&path).map_err(to_io)?;
+    let keeps_wal = create(&path).map_err(to_io)?;
     let payload = payload(params.size);
     let (path, payload) = (&path, &payload);
     let make = move |_| {
@@ -50,6 +55,7 @@ pub fn run(params: &Params) -> io::Result<Report> {
     };
     run_for(params.threads, WARM_UP, params.device, make)?;
     let timed = run_for(params.threads, params.duration, params.device, make)?;
+    drop(keeps_wal);
     Ok(Report {
         system: "sqlite".into(),
         threads: params.threads,
@@ -60,4 +66,24 @@ pub fn run(params: &Params) -> io::Result<Report> {
         latency_of: "one INSERT in its own transaction",
         note: "rusqlite bundled, journal_mode=WAL, synchronous=FULL, connection per thread, busy_timeout 30 s, 1 s untimed warm-up",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_a_warm_up_leaves_outlives_its_connections_while_the_creator_is_open() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("bench.db");
+        let wal = dir.path().join("bench.db-wal");
+        let creator = create(&path).expect("create the database");
+        {
+            let warm_up = connect(&path).expect("connect");
+            warm_up.execute("INSERT INTO log (payload) VALUES (?1)", [payload(128)]).expect("insert");
+        }
+        assert!(wal.exists(), "the WAL went with the warm-up's last connection");
+        drop(creator);
+        assert!(!wal.exists(), "SQLite removes the WAL when its last connection closes");
+    }
 }
