@@ -14,7 +14,8 @@ REPEAT=${REPEAT:-1}
 busy_flag=$(mktemp)
 
 cargo build --release -p nodedb-wal-benches --bins
-compare=(cargo run --quiet --release -p nodedb-wal-benches --bin compare --)
+# Two rounds, the second in reverse order, so no system always runs first or last.
+compare=(cargo run --quiet --release -p nodedb-wal-benches --bin compare -- --rounds 2)
 dwb=(cargo run --quiet --release -p nodedb-wal-benches --bin dwb --)
 replay=(cargo run --quiet --release -p nodedb-wal-benches --bin replay --)
 tail=(cargo run --quiet --release -p nodedb-wal-benches --bin tail --)

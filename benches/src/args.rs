@@ -5,13 +5,13 @@ use std::time::Duration;
 
 /// Usage text printed for `--help` and after a bad argument.
 pub const USAGE: &str = "\
-usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--no-checkpoint]
+usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--rounds R] [--no-checkpoint]
                [--pipelined [--every K] [--depth D]]
                [--dir DIR] [--page-cache-check [--bytes B]]
 
   --threads T         appending threads for nodedb-wal, fsync-per-append, okaywal, sqlite (16)
   --size S            payload bytes per record; k, m, g suffixes are binary (128)
-  --seconds N         how long each system runs (5)
+  --seconds N         how long each system runs in all (5)
   --systems LIST      comma-separated, run in this order; default
                       raw-floor,raw-bandwidth,okaywal,sqlite,fsync-per-append,nodedb-wal
                       (also: nodedb-wal-encrypted; nodedb-wal-pwrite, nodedb-wal-uring: each
@@ -19,6 +19,9 @@ usage: compare [--threads T] [--size S] [--seconds N] [--systems a,b,c] [--no-ch
                       (with --pipelined: raw-bandwidth,nodedb-wal,nodedb-wal-batch: the
                       same appender, each group appended with one append_batch call;
                       also nodedb-wal-pwrite, nodedb-wal-uring: the appender on each backend)
+  --rounds R          run the systems R times, in the order given and then reversed, turn
+                      about, each for N/R seconds, and report each system's rounds added up:
+                      no system always runs first or last (1)
   --pipelined         nodedb-wal runs one thread that appends groups of K records without
                       waiting, asks for a sync after each, and keeps at most D groups not yet
                       durable (it waits on the oldest before appending more)
@@ -57,6 +60,8 @@ pub struct Args {
     pub duration: Duration,
     /// Systems to run, in order.
     pub systems: Vec<String>,
+    /// Passes over the systems, every other one in reverse order.
+    pub rounds: u32,
     /// nodedb-wal runs pipelined.
     pub pipelined: bool,
     /// Records between waits when pipelined.
@@ -84,6 +89,7 @@ impl Default for Args {
             size: 128,
             duration: Duration::from_secs(5),
             systems: Vec::new(),
+            rounds: 1,
             pipelined: false,
             every: 256,
             depth: 4,
@@ -108,6 +114,7 @@ impl Args {
                 "--size" => args.size = parse_count(&value()?)?,
                 "--seconds" => args.duration = parse_seconds(&value()?)?,
                 "--systems" => args.systems = value()?.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                "--rounds" => args.rounds = u32::try_from(parse_count(&value()?)?).map_err(|_| "--rounds is too large".to_owned())?,
                 "--pipelined" => args.pipelined = true,
                 "--every" => args.every = parse_count(&value()?)? as u64,
                 "--depth" => args.depth = parse_count(&value()?)?,
@@ -203,6 +210,13 @@ mod tests {
         let args = parse("--pipelined --size 4k --every 64").unwrap();
         assert_eq!(args.systems, ["raw-bandwidth", "nodedb-wal", "nodedb-wal-batch"]);
         assert_eq!((args.size, args.every), (4096, 64));
+    }
+
+    #[test]
+    fn rounds_default_to_one_and_must_be_positive() {
+        assert_eq!(parse("").unwrap().rounds, 1);
+        assert_eq!(parse("--rounds 2").unwrap().rounds, 2);
+        assert!(parse("--rounds 0").is_err());
     }
 
     #[test]

@@ -58,6 +58,21 @@ pub struct Timed {
     pub io: Counters,
 }
 
+impl Timed {
+    /// Adds a later timed loop of the same system (another round) to this one: counts, times
+    /// and counters add up and the latency histograms merge, so rates and percentiles are those
+    /// of all rounds together.
+    pub fn absorb(&mut self, later: &Timed) {
+        self.records += later.records;
+        self.elapsed += later.elapsed;
+        self.records_all += later.records_all;
+        self.late_calls += later.late_calls;
+        self.overrun += later.overrun;
+        self.latency.merge(&later.latency);
+        self.io = self.io.plus(&later.io);
+    }
+}
+
 /// What one thread did.
 #[derive(Default)]
 struct Tally {

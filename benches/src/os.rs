@@ -67,6 +67,21 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// Two intervals' counts together (rounds of one system, see [`crate::Report::absorb`]).
+    #[must_use]
+    pub fn plus(&self, other: &Counters) -> Counters {
+        let sum = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
+        Counters {
+            process_write_bytes: self.process_write_bytes + other.process_write_bytes,
+            device_flushes: sum(self.device_flushes, other.device_flushes),
+            device_write_bytes: sum(self.device_write_bytes, other.device_write_bytes),
+            process_cpu_us: sum(self.process_cpu_us, other.process_cpu_us),
+            machine_context_switches: sum(self.machine_context_switches, other.machine_context_switches),
+        }
+    }
+}
+
 /// The number after `name` in a `name: value` text such as `/proc/self/io` or `/proc/meminfo`.
 fn field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;

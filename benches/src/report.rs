@@ -22,10 +22,23 @@ pub struct Report {
     pub latency_of: &'static str,
     /// How the system was driven, for a reader of the output alone.
     pub note: &'static str,
+    /// Rounds added up in this report (`compare --rounds`); 1 for a single run.
+    pub rounds: u32,
 }
 
 impl Report {
-    /// Seconds up to the deadline: the time the counted records were done in.
+    /// Adds another round of the same system: see [`Timed::absorb`]. A count only one of the
+    /// two has is unknown for both together.
+    pub fn absorb(&mut self, later: &Report) {
+        assert_eq!(self.system, later.system, "only rounds of one system add up");
+        self.timed.absorb(&later.timed);
+        let sum = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
+        self.fsyncs = sum(self.fsyncs, later.fsyncs);
+        self.wal_bytes = sum(self.wal_bytes, later.wal_bytes);
+        self.rounds += later.rounds;
+    }
+
+    /// Seconds up to the deadline (summed over rounds): the time the counted records were done in.
     #[must_use]
     pub fn seconds(&self) -> f64 {
         self.timed.elapsed.as_secs_f64()
@@ -82,6 +95,42 @@ impl Report {
             .opt_num("cpu_us_per_record", self.per_record(io.process_cpu_us))
             .opt_num("machine_context_switches_per_record", self.per_record(io.machine_context_switches))
             .str("latency_of", self.latency_of)
+            .int("rounds", self.rounds)
             .str("note", self.note)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hist::Histogram;
+    use crate::os::Counters;
+
+    fn round(records: u64, seconds: u64, fsyncs: Option<u64>, latency_us: u64) -> Report {
+        let mut latency = Histogram::default();
+        latency.record(Duration::from_micros(latency_us));
+        let io = Counters { process_write_bytes: records * 100, ..Counters::default() };
+        let timed = Timed {
+            records,
+            elapsed: Duration::from_secs(seconds),
+            records_all: records,
+            late_calls: 0,
+            overrun: Duration::ZERO,
+            latency,
+            io,
+        };
+        Report { system: "s".into(), threads: 1, size_bytes: 1, timed, fsyncs, wal_bytes: None, latency_of: "", note: "", rounds: 1 }
+    }
+
+    #[test]
+    fn rounds_add_up_to_one_rate_one_histogram_and_known_counts_only() {
+        let mut first = round(100, 1, Some(10), 5);
+        first.absorb(&round(300, 1, None, 7));
+        assert_eq!(first.records_per_sec(), 200.0);
+        assert_eq!(first.timed.latency.count(), 2);
+        assert_eq!(first.per_record(Some(first.timed.io.process_write_bytes)), Some(100.0));
+        assert_eq!((first.fsyncs, first.rounds), (None, 2));
     }
 }

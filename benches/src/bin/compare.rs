@@ -38,7 +38,7 @@ fn run(args: &Args) -> io::Result<()> {
     let params = Params {
         threads: args.threads,
         size: args.size,
-        duration: args.duration,
+        duration: args.duration / args.rounds,
         every: args.every,
         depth: args.depth,
         checkpoint: args.checkpoint,
@@ -49,11 +49,21 @@ fn run(args: &Args) -> io::Result<()> {
     if args.page_cache_check {
         return page_cache_check(&params, args.bytes);
     }
-    let mut reports = Vec::new();
-    for system in &args.systems {
-        eprintln!("compare: running {system} ...");
-        settle(run_dir.path())?;
-        let report = systems::run(system, &params, args.pipelined)?;
+    let mut reports: Vec<Option<Report>> = vec![None; args.systems.len()];
+    for round in 0..args.rounds {
+        for index in round_order(args.systems.len(), round) {
+            let system = &args.systems[index];
+            eprintln!("compare: round {} of {}: running {system} ...", round + 1, args.rounds);
+            settle(run_dir.path())?;
+            let report = systems::run(system, &params, args.pipelined)?;
+            match &mut reports[index] {
+                Some(earlier) => earlier.absorb(&report),
+                slot @ None => *slot = Some(report),
+            }
+        }
+    }
+    let reports: Vec<Report> = reports.into_iter().flatten().collect();
+    for report in &reports {
         let line = report.to_json();
         let line = if args.pipelined && report.system.starts_with("nodedb-wal-pipelined") {
             line.int("every", args.every).int("depth", args.depth as u64)
@@ -61,12 +71,17 @@ fn run(args: &Args) -> io::Result<()> {
             line
         };
         println!("{line}");
-        reports.push(report);
     }
     if let Some(line) = ratios(&reports, args) {
         println!("{line}");
     }
     Ok(())
+}
+
+/// The order of the systems in round `round`: as given in even rounds, reversed in odd ones, so
+/// that over two rounds every system has run as early and as late as every other, on average.
+fn round_order(systems: usize, round: u32) -> Vec<usize> {
+    if round.is_multiple_of(2) { (0..systems).collect() } else { (0..systems).rev().collect() }
 }
 
 /// Commits everything pending on the file system before a system starts: the previous
@@ -131,4 +146,16 @@ fn ratios(reports: &[Report], args: &Args) -> Option<Json> {
         line = line.opt_num("p50_vs_raw_floor", ratio(0.50)).opt_num("p99_vs_raw_floor", ratio(0.99));
     }
     Some(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn over_two_rounds_every_system_runs_both_before_and_after_every_other() {
+        let rounds: Vec<Vec<usize>> = (0..2).map(|round| round_order(4, round)).collect();
+        assert_eq!(rounds, [vec![0, 1, 2, 3], vec![3, 2, 1, 0]]);
+        assert_eq!(round_order(4, 2), rounds[0]);
+    }
 }

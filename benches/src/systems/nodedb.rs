@@ -98,6 +98,7 @@ fn group_commit_on(params: &Params, storage: FsStorage, name: &str, key_ring: Op
         } else {
             "append_durable from every thread; group commit; never truncated (--no-checkpoint)"
         },
+        rounds: 1,
     })
 }
 
@@ -138,6 +139,7 @@ pub fn fsync_per_append(params: &Params) -> io::Result<Report> {
         } else {
             "nodedb-wal with a global mutex around append+wait_durable: one fdatasync per record; never truncated"
         },
+        rounds: 1,
     })
 }
 
@@ -264,5 +266,6 @@ fn pipelined_on(params: &Params, batched: bool, storage: FsStorage, system: Stri
             (false, true) => "one thread: groups of `every` appends, at most `depth` groups in flight; truncates behind itself",
             (false, false) => "one thread: groups of `every` appends, at most `depth` groups in flight; never truncates",
         },
+        rounds: 1,
     })
 }

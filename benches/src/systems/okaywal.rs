@@ -59,5 +59,6 @@ pub fn run(params: &Params, files: Files) -> io::Result<Report> {
         wal_bytes: None,
         latency_of: "begin_entry + write_chunk + commit (durable)",
         note,
+        rounds: 1,
     })
 }

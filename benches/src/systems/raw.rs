@@ -78,6 +78,7 @@ pub fn floor(params: &Params) -> io::Result<Report> {
         wal_bytes: None,
         latency_of: "one 4 KiB pwrite + fdatasync",
         note: "O_DIRECT, queue depth 1, into already-written blocks: the disk's durable latency floor",
+        rounds: 1,
     })
 }
 
@@ -93,5 +94,6 @@ pub fn bandwidth(params: &Params) -> io::Result<Report> {
         wal_bytes: None,
         latency_of: "one 1 MiB pwrite + fdatasync",
         note: "O_DIRECT, sequential through a 256 MiB already-written file: the synced-bandwidth ceiling",
+        rounds: 1,
     })
 }
