@@ -467,29 +467,44 @@ fn check_dir(dir: &Path, key: &dyn Fn(u32) -> [u8; 32], model: &BTreeMap<u64, Re
     segments
 }
 
-fn no_key(id: u32) -> [u8; 32] {
-    panic!("a plaintext log asks for key {id}")
-}
-
 #[test]
-fn a_closed_plaintext_log_with_a_truncation_reads_back_by_the_spec_alone() {
+fn a_closed_log_with_a_truncation_and_kept_files_reused_reads_back_by_the_spec_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = BTreeMap::new();
-    let wal = SegmentedWal::open(config(dir.path(), None)).unwrap();
+    // A ring with no active key: plaintext until a key is made active.
+    let ring = Arc::new(KeyRing::new());
+    let wal = SegmentedWal::open(config(dir.path(), Some(Arc::clone(&ring)))).unwrap();
     append_mix(&wal, 1, 300, &mut model, false);
-    // Truncate: the floor moves up; segments below it go (two are kept for reuse).
+    // Truncate: the floor moves up; segments below it go, two kept for reuse.
     let floor = wal.segments()[3].first_lsn;
     wal.truncate_before(floor).unwrap();
-    append_mix(&wal, 1000, 300, &mut model, false);
+    // Roll into a kept file, and roll out of it early (a key made active seals it): past its
+    // seal lie the frames, under another salt, of the segment the file held before.
+    let reused = wal.segments().last().unwrap().id.0 + 1;
+    for i in 2000.. {
+        let (p, lsn) = (payload(i), wal.next_lsn());
+        wal.append_durable(Record::new(ty(i), &p).scoped(scope(i))).unwrap();
+        model.insert(lsn.0, expect(lsn, ty(i), scope(i), 0, &p));
+        if wal.segments().last().unwrap().id.0 == reused {
+            break;
+        }
+    }
+    ring.insert(5, SecureKey::from_bytes(&mut [0x55; 32])).unwrap();
+    ring.set_active(5).unwrap();
+    append_mix(&wal, 3000, 20, &mut model, true);
     wal.close().unwrap();
-    let segments = check_dir(dir.path(), &no_key, &model, true);
-    assert!(
-        segments.len() >= 5 && segments[0].id > 1,
-        "several segments, truncated: {:?}",
-        segments.iter().map(|s| s.id).collect::<Vec<_>>()
-    );
-    assert!(segments[0].first_lsn <= floor.0);
-    assert!(segments.iter().all(|s| s.preamble.cipher == 0));
+
+    let segments = check_dir(dir.path(), &|id| [id as u8 * 0x11; 32], &model, true);
+    let ids: Vec<u64> = segments.iter().map(|s| s.id).collect();
+    assert!(segments.len() >= 3 && ids[0] > 1 && segments[0].first_lsn <= floor.0, "several segments, truncated: {ids:?}");
+    let newest = segments.last().unwrap();
+    assert_eq!((newest.preamble.cipher, newest.preamble.key_id), (1, 5));
+    let len = std::fs::metadata(dir.path().join(format!("{:020}.wal", newest.id))).unwrap().len();
+    assert_eq!(len, newest.chain_end as u64, "a close's seal ends the file");
+    assert!(segments[..segments.len() - 1].iter().all(|s| s.preamble.cipher == 0));
+    let s = segments.iter().find(|s| s.id == reused).unwrap();
+    let bytes = std::fs::read(dir.path().join(format!("{:020}.wal", s.id))).unwrap();
+    assert!(bytes[s.chain_end..].iter().any(|&b| b != 0), "segment {reused} lies in a reused file, before its old frames");
 }
 
 #[test]
@@ -545,6 +560,8 @@ fn a_crashed_encrypted_log_with_a_rotation_reads_back_by_the_spec_alone_before_a
     assert_eq!((sealed.id, records_end), (before.id, before.chain_end as u64), "recovery's seal names where the records end");
     assert_eq!(seal_at, before.chain_end.next_multiple_of(before.block_len));
     assert_ne!(seal_at, *cut, "the seal lies past debris, on the boundary after the cut");
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(len, sealed.chain_end as u64, "recovery's seal ends the file");
     wal.close().unwrap();
 }
 
