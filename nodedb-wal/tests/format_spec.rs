@@ -120,6 +120,8 @@ struct Segment {
     records: Vec<(usize, [u8; HEADER_LEN], Rec)>,
     /// `records_end` of the end frame, and the end frame's offset, if sealed.
     seal: Option<(u64, usize)>,
+    /// The end frame's `durable_lsn`.
+    seal_durable_lsn: u64,
     /// Where the chain of valid frames ends (the end of the end frame where sealed).
     chain_end: usize,
     next_lsn: u64,
@@ -178,8 +180,18 @@ fn decode_segment(id: u64, seg: &[u8], key: &dyn Fn(u32) -> [u8; 32]) -> Segment
         assert_eq!(kdf_salt, [0; 16], "plaintext segments have a zero kdf_salt");
     }
 
-    let mut s =
-        Segment { id, preamble: pre, first_lsn, salt, block_len, records: Vec::new(), seal: None, chain_end: 0, next_lsn: first_lsn };
+    let mut s = Segment {
+        id,
+        preamble: pre,
+        first_lsn,
+        salt,
+        block_len,
+        records: Vec::new(),
+        seal: None,
+        seal_durable_lsn: 0,
+        chain_end: 0,
+        next_lsn: first_lsn,
+    };
     // Block 0 ends with a padding frame: the first batch starts at block 1.
     let (pad, _) = frame_at(seg, 16 + HEADER_LEN + 40, salt, first_lsn).expect("block 0's padding");
     assert_eq!((pad.record_type, 16 + 2 * HEADER_LEN + 40 + pad.payload_len), (PADDING, block_len));
@@ -190,7 +202,7 @@ fn decode_segment(id: u64, seg: &[u8], key: &dyn Fn(u32) -> [u8; 32]) -> Segment
         let boundary = at.next_multiple_of(block_len);
         let seal = frame_at(seg, boundary, salt, s.next_lsn).filter(|(h, p)| h.record_type == SEGMENT_END && u64_at(p, 0) == at as u64);
         if let Some((h, _)) = seal.filter(|_| boundary != at) {
-            s.seal = Some((at as u64, boundary));
+            (s.seal, s.seal_durable_lsn) = (Some((at as u64, boundary)), h.durable_lsn);
             s.chain_end = past_padding(seg, boundary + HEADER_LEN + h.payload_len, &h, block_len);
             break;
         }
@@ -209,7 +221,7 @@ fn decode_segment(id: u64, seg: &[u8], key: &dyn Fn(u32) -> [u8; 32]) -> Segment
             }
             SEGMENT_END => {
                 assert_eq!((h.payload_len, u64_at(payload, 0), u64_at(payload, 8)), (16, at as u64, 0), "the writer's seal");
-                s.seal = Some((at as u64, at));
+                (s.seal, s.seal_durable_lsn) = (Some((at as u64, at)), h.durable_lsn);
                 s.chain_end = past_padding(seg, frame_end, &h, block_len);
                 break;
             }
@@ -462,6 +474,8 @@ fn check_dir(dir: &Path, key: &dyn Fn(u32) -> [u8; 32], model: &BTreeMap<u64, Re
         assert_eq!(entries, expected, "header index {id}: every data record's header, checksum zero");
     }
     if sealed_newest {
+        let newest = segments.last().unwrap();
+        assert_eq!(newest.seal_durable_lsn, newest.next_lsn - 1, "a close's or recovery's seal vouches for every record");
         assert!(segments.iter().all(|s| indexes.contains_key(&s.id)), "every segment of a closed log is indexed");
     }
     segments
