@@ -97,8 +97,9 @@ pub struct SegmentedWalConfig {
     /// for 1 MiB and 4 MiB writes alike), as PostgreSQL recycles its WAL files. The cost is
     /// disk space: up to this many segments stay allocated after a truncation. The old
     /// records in a reused file carry another segment's salt, so they never read as records
-    /// of the new segment. A reused file keeps its length (past the new segment's end frame
-    /// lie the old bytes), and goes round again at the next truncation; so a file larger than
+    /// of the new segment. A reused file sealed by a roll keeps its length (past the new
+    /// segment's end frame lie the old bytes; a close's or recovery's seal cuts them off), and
+    /// goes round again at the next truncation; so a file larger than
     /// a segment (one record or group larger than the target made it, or it was kept before
     /// `segment_bytes_target` was lowered) is never kept or reused, but removed. An open with
     /// this at 0 removes every kept file (one with a lower value, the oldest kept files beyond
