@@ -79,7 +79,8 @@ pub struct SegmentedWalConfig {
     /// does not, the first write would fail and poison the log.
     pub alignment: usize,
     /// Like PostgreSQL's `commit_delay`: before a sync, wait this long for more appends to join
-    /// the batch. Off by default; at most one second.
+    /// the batch. Waiters that come meanwhile join it without ending the wait; a full batch,
+    /// a close or a failure does end it. Off by default; at most one second.
     pub commit_window: Option<Duration>,
     /// Zero-fill this many bytes ahead of the writer in the active segment (0: off; a multiple
     /// of `alignment`, at most 1 GiB). An fdatasync after a write into blocks the file system has never seen must also persist

@@ -287,3 +287,33 @@ fn degenerate_groups_are_refused_with_a_typed_error_and_write_nothing() {
     assert_eq!((record.lsn, record.flags & FLAG_GROUP_CONTINUES), (Lsn(2), 0));
     wal.close().unwrap();
 }
+
+// Found by an adversarial review: the commit window ended at the first sync request after the
+// one that opened it (every `append_durable`, `wait_durable`, `request_sync` or future woke
+// the flusher from its window), so it gathered only what came before the second waiter: with
+// a waiter arriving every millisecond the batch went at once instead of after the window.
+// The clock is read only for a lower bound the log promises (no sync before the window is
+// over), which no machine however slow can break; the pauses only space the requests out.
+#[test]
+fn sync_requests_during_the_commit_window_do_not_end_it() {
+    let window = Duration::from_millis(300);
+    let sim = SimStorage::new(11, FaultConfig::default());
+    let wal =
+        SegmentedWal::open_with(sim, SegmentedWalConfig { commit_window: Some(window), ..SegmentedWalConfig::new("/window") }).unwrap();
+    let started = Instant::now();
+    let first = wal.append(Record::new(TY, b"opens the window")).unwrap();
+    wal.request_sync(first).unwrap();
+    let deadline = started + Duration::from_secs(60);
+    let mut requests = 1u32;
+    while wal.durable_lsn() < first {
+        assert!(Instant::now() < deadline, "the window never ended");
+        // A new LSN each time, so that each is a request the flusher has not had yet.
+        let lsn = wal.append(Record::new(TY, b"asks for the same sync")).unwrap();
+        wal.request_sync(lsn).unwrap();
+        requests += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let synced = started.elapsed();
+    assert!(synced >= window, "the first sync came {synced:?} after the window opened, before its {window:?} ({requests} requests)");
+    wal.close().unwrap();
+}

@@ -233,8 +233,10 @@ impl<S: Storage> GroupCommitter<S> {
         if want_sync && plan.sync_wanted < last {
             plan.sync_wanted = last;
         }
-        if want_sync || !plan.sealed.is_empty() {
+        if !plan.sealed.is_empty() {
             self.shared.notify_flusher(&plan);
+        } else if want_sync {
+            self.shared.notify_flusher_for_sync(&plan);
         }
         Ok(reservation)
     }

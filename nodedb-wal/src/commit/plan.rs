@@ -51,6 +51,9 @@ pub struct Plan {
     pub taken_seq: u64,
     /// The flusher sleeps on the work condition variable.
     pub flusher_asleep: bool,
+    /// It sleeps out a commit window: a sync request need not wake it (see
+    /// `Shared::notify_flusher_for_sync`).
+    pub flusher_gathering: bool,
     /// Appenders sleeping on the free-buffer condition variable.
     pub space_waiters: usize,
     /// Appenders of oversized records refused room in flight, in the order they asked.
@@ -76,6 +79,7 @@ impl Plan {
             batches_started: 0,
             taken_seq: 0,
             flusher_asleep: false,
+            flusher_gathering: false,
             space_waiters: 0,
             oversized_turns: Turns::default(),
             large: LargeFrames::default(),

@@ -99,7 +99,8 @@ impl<S: Storage> Shared<S> {
     /// the log is closed and drained, or poisoned.
     pub(super) fn wait_for_work(&self) -> bool {
         let mut plan = lock(&self.plan);
-        let mut window_waited = false;
+        // When the commit window ends, once a waiter asked for the active batch.
+        let mut window_ends: Option<Instant> = None;
         loop {
             if self.durability.check_poison().is_err() {
                 return false;
@@ -110,14 +111,19 @@ impl<S: Storage> Shared<S> {
             let wanted = plan.active.as_ref().is_some_and(|a| plan.sync_wanted >= a.first_lsn);
             if plan.active_has_records() && (wanted || plan.closing) {
                 if let Some(window) = self.commit_window
-                    && !window_waited
                     && !plan.closing
                 {
-                    window_waited = true;
-                    plan.flusher_asleep = true;
-                    plan = self.work.wait_timeout(plan, window).unwrap_or_else(std::sync::PoisonError::into_inner).0;
-                    plan.flusher_asleep = false;
-                    continue;
+                    // Slept out to its end: a wake-up before it (a spurious one) sleeps again.
+                    let now = Instant::now();
+                    let ends = *window_ends.get_or_insert_with(|| now.checked_add(window).unwrap_or(now));
+                    if now < ends {
+                        plan.flusher_asleep = true;
+                        plan.flusher_gathering = true;
+                        plan = self.work.wait_timeout(plan, ends - now).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+                        plan.flusher_asleep = false;
+                        plan.flusher_gathering = false;
+                        continue;
+                    }
                 }
                 return true;
             }
@@ -177,6 +183,15 @@ impl<S: Storage> Shared<S> {
     pub(super) fn notify_flusher(&self, plan: &Plan) {
         if plan.flusher_asleep {
             self.work.notify_one();
+        }
+    }
+
+    /// Wakes the flusher for a sync request, unless it is sleeping out a commit window: it
+    /// writes the active batch when the window ends anyway, and the window is there to gather
+    /// the waiters that come meanwhile (woken by each, it ended at the second).
+    pub(super) fn notify_flusher_for_sync(&self, plan: &Plan) {
+        if !plan.flusher_gathering {
+            self.notify_flusher(plan);
         }
     }
 
@@ -274,7 +289,7 @@ impl<S: Storage> Shared<S> {
         }
         if plan.sync_wanted < lsn {
             plan.sync_wanted = lsn;
-            self.notify_flusher(&plan);
+            self.notify_flusher_for_sync(&plan);
         }
         Ok(plan.batch_of(lsn))
     }
