@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Gated;
 use nodedb_wal::format::frame::FLAG_GROUP_CONTINUES;
 use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
 use nodedb_wal::storage::{FaultConfig, SimRng, Storage, SyncFailure};
@@ -315,5 +316,39 @@ fn sync_requests_during_the_commit_window_do_not_end_it() {
     }
     let synced = started.elapsed();
     assert!(synced >= window, "the first sync came {synced:?} after the window opened, before its {window:?} ({requests} requests)");
+    wal.close().unwrap();
+}
+
+/// Sleeps until `lsn` is durable (at most a minute: a hang fails) and returns when that was.
+fn durable_at(wal: &SegmentedWal<Gated<SimStorage>>, lsn: Lsn) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while wal.durable_lsn() < lsn {
+        assert!(Instant::now() < deadline, "LSN {lsn} never became durable");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Instant::now()
+}
+
+// The window holds for every batch, not only the first after a lull. A sync asked for while
+// the last batch synced found the flusher still writing, and it took that batch as soon as
+// the last one was durable, without a window: on a busy log the window never applied. The
+// clock gives only the lower bound the log promises, as above.
+#[test]
+fn a_sync_asked_for_while_the_last_batch_syncs_still_waits_out_the_window() {
+    let window = Duration::from_millis(300);
+    let gated = Gated::new(SimStorage::new(12, FaultConfig::default()));
+    let config = SegmentedWalConfig { commit_window: Some(window), ..SegmentedWalConfig::new("/window") };
+    let wal = SegmentedWal::open_with(gated.clone(), config).unwrap();
+    gated.gate.shut();
+    let first = wal.append(Record::new(TY, b"the first batch")).unwrap();
+    wal.request_sync(first).unwrap();
+    // Written once its window is over, held before its sync.
+    gated.gate.wait_held();
+    let second = wal.append(Record::new(TY, b"asked for while the first syncs")).unwrap();
+    wal.request_sync(second).unwrap();
+    let released = Instant::now();
+    gated.gate.open();
+    let synced = durable_at(&wal, second) - released;
+    assert!(synced >= window, "the second batch synced {synced:?} after the first was let go, before a {window:?} window");
     wal.close().unwrap();
 }

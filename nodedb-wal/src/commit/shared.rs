@@ -124,6 +124,8 @@ impl<S: Storage> Shared<S> {
                         plan.flusher_gathering = false;
                         continue;
                     }
+                    // Over: the batch goes now (`take_jobs` leaves a wanted one to this).
+                    plan.seal_active(false);
                 }
                 return true;
             }
@@ -163,7 +165,12 @@ impl<S: Storage> Shared<S> {
         }
         let Some(first) = plan.active.as_ref().map(|a| a.first_lsn) else { return };
         let holds_own = own.is_some_and(|lsn| lsn >= first && lsn < plan.next_lsn);
-        if plan.active_has_records() && (plan.sync_wanted >= first || plan.closing || holds_own) {
+        // With a commit window the flusher leaves a wanted batch to `wait_for_work`, which
+        // sleeps the window out first: taken here, on a busy log (a sync requested while the
+        // last batch synced) every batch but the first after a lull went without its window.
+        let windowed = own.is_none() && self.commit_window.is_some();
+        let wanted = plan.sync_wanted >= first && !windowed;
+        if plan.active_has_records() && (wanted || plan.closing || holds_own) {
             plan.seal_active(false);
             plan.take_sealed_run(run);
         }
