@@ -257,7 +257,8 @@ fn a_failed_sync_of_the_floor_poisons_the_log_and_removes_nothing() {
     let before = storage.list(dir).unwrap();
     storage.fail_once(FaultOp::SyncData, 0, EIO);
     let err = wal.truncate_before(wal.durable_lsn()).unwrap_err();
-    assert!(matches!(err, WalError::Io { op: IoOp::SyncData, ref path, .. } if path.ends_with(FLOOR_FILE)), "{err}");
+    // Told as the end of the log it is, naming the step and the file, as an appender would be.
+    assert!(matches!(err, WalError::Poisoned { op: IoOp::SyncData, path: Some(ref path), .. } if path.ends_with(FLOOR_FILE)), "{err}");
     assert!(wal.stats().poisoned);
     assert_eq!(storage.list(dir).unwrap(), before, "nothing removed");
     let err = wal.truncate_before(wal.durable_lsn()).unwrap_err();
@@ -301,7 +302,7 @@ fn an_appender_waiting_for_a_buffer_learns_of_the_poison_a_failed_sync_of_the_fl
         // free it. The bound only turns a hang into a failure.
         let refused = appender.recv_timeout(Duration::from_secs(60));
         gated.gate.open();
-        assert!(matches!(truncated, Err(WalError::Io { op: IoOp::SyncData, .. })), "{truncated:?}");
+        assert!(matches!(truncated, Err(WalError::Poisoned { op: IoOp::SyncData, .. })), "{truncated:?}");
         assert!(matches!(refused, Ok(WalError::Poisoned { .. })), "the waiting appender was not told: {refused:?}");
     });
     assert_eq!(wal.stats().buffer_waits, 1, "one append waited for a buffer, counted once");

@@ -34,6 +34,10 @@ impl<S: Storage> SegmentedWal<S> {
     /// reopened: there it keeps no segment for reuse (`recycle_segments`) and removes the files
     /// kept before, which would hold that room.
     ///
+    /// A failed fdatasync of `FLOOR` poisons the log, as any failed sync does, and is returned
+    /// as [`WalError::Poisoned`] naming that step and file; any other failure is
+    /// [`WalError::Io`] and the log goes on.
+    ///
     /// # Examples
     ///
     /// ```
@@ -138,7 +142,10 @@ impl<S: Storage> SegmentedWal<S> {
         if let Err(WalError::Io { op, path, source }) = &result
             && floor.is_broken()
         {
+            // Said as what it is, the end of the log, as to an appender whose sync failed: an
+            // `Io` from here otherwise means a truncation that failed while the log goes on.
             shared.poison(*op, Some(path), source);
+            return Err(shared.durability.check_poison().expect_err("just poisoned"));
         }
         result
     }
