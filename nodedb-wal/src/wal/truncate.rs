@@ -157,11 +157,7 @@ impl<S: Storage> SegmentedWal<S> {
     /// is left, unused.
     fn remove_kept_files(&self) {
         for kept in self.committer.shared().take_all_recycled() {
-            if let Err(err) = self.storage.remove(&kept)
-                && err.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(%err, path = %kept.display(), "cannot remove a truncated segment kept for reuse");
-            }
+            remove_kept(&*self.storage, &kept);
         }
     }
 
@@ -239,11 +235,7 @@ pub(super) fn remove_kept_for_room<S: Storage>(storage: &S, dir: &Path) -> Resul
     let names = storage.list(dir).map_err(|e| WalError::io(IoOp::ListDir, dir, e))?;
     let mut removed = false;
     for id in names.iter().filter_map(|n| segment::parse_recycled(n)) {
-        let path = segment::recycled_path(dir, id);
-        match storage.remove(&path) {
-            Ok(()) => removed = true,
-            Err(err) => tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment kept for reuse"),
-        }
+        removed |= remove_kept(storage, &segment::recycled_path(dir, id));
     }
     if removed {
         tracing::warn!(dir = %dir.display(), "no room to open the log: removed the truncated segments kept for reuse");
@@ -267,15 +259,25 @@ pub(super) fn tidy_dir<S: Storage>(storage: &S, dir: &Path, segments: &[SegmentI
     ids.sort_unstable();
     let extra = ids.len().saturating_sub(keep);
     for &id in &ids[..extra] {
-        let path = segment::recycled_path(dir, id);
-        // A spare holds no record of the log: one that cannot be removed (a permission, an
-        // immutable flag) stays, unused, rather than keep the log from opening.
-        if let Err(err) = storage.remove(&path) {
-            tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment kept for reuse; leaving it");
-        }
+        remove_kept(storage, &segment::recycled_path(dir, id));
     }
     if extra > 0 {
         storage.sync_dir(dir).map_err(|e| WalError::io(IoOp::SyncDir, dir, e))?;
     }
     Ok(ids[extra..].iter().map(|&id| segment::recycled_path(dir, id)).collect())
+}
+
+/// Removes a truncated segment file kept for reuse, and says whether it went. It holds no
+/// record of the log: one that cannot be removed (a permission, an immutable flag) stays,
+/// unused, with a warning, rather than fail an open or a truncation; one already gone is no
+/// error.
+fn remove_kept<S: Storage>(storage: &S, path: &Path) -> bool {
+    match storage.remove(path) {
+        Ok(()) => true,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+        Err(err) => {
+            tracing::warn!(%err, path = %path.display(), "cannot remove a truncated segment kept for reuse; leaving it");
+            false
+        }
+    }
 }
