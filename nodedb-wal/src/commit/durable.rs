@@ -113,10 +113,19 @@ impl Durability {
 
     /// `Ok(true)` if `lsn` is durable, `Ok(false)` if not yet, the poison error if it never will be.
     pub fn check(&self, lsn: Lsn) -> Result<bool> {
-        if self.lsn() >= lsn {
+        // One load for both answers: read apart, an advance and a poison landing between the
+        // two (a sync finishing as a truncation's sync of `FLOOR` fails) answered `Poisoned`
+        // for an LSN durable before the poison, which `watch_durable` promises is `Ok(true)`.
+        // Acquire pairs with the `SeqCst` raise in `advance` and `fetch_or` in `poison_with`
+        // (both release): what the flusher listed before raising, and the cause set before
+        // the flag, are seen with the word.
+        let word = self.lsn.load(Ordering::Acquire);
+        if word & !POISONED >= lsn.0 {
             return Ok(true);
         }
-        self.check_poison()?;
+        if word & POISONED != 0 {
+            return Err(self.cause.get().expect("cause is set before the flag").error());
+        }
         Ok(false)
     }
 

@@ -45,7 +45,10 @@ pub struct AlignedBuf {
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Box<[u8]>.
 unsafe impl Send for AlignedBuf {}
-// SAFETY: shared access only hands out `&[u8]`; mutation needs `&mut self`.
+// SAFETY: shared access hands out `&[u8]` (by `Deref`), and mutation needs `&mut self`, but
+// for `as_mut_ptr`: private to `storage`, its one user (`BatchBuf`'s regions) writes only
+// bytes its cursor gave to one region, and never derefs the whole buffer from `&self` while a
+// region lives (the whole buffer needs `Arc::get_mut`), so no `&[u8]` overlaps those writes.
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
