@@ -279,9 +279,10 @@ pub trait SyncRequester: Send + Sync {
 /// thread wakes the task.
 ///
 /// The task's `Waker` is called on the thread that made the batch durable, while it holds the
-/// log's writer: as the `Waker` contract expects, waking must only schedule the task. A waker
-/// that polls the task inline and blocks there (in `wait_durable`, say) would hold up every
-/// later batch, its own included: a deadlock. A waker may drop the task and with it the log's
+/// log's writer, or on the thread that poisoned the log (a truncation whose sync of `FLOOR`
+/// failed calls it while holding the truncation's lock): as the `Waker` contract expects,
+/// waking must only schedule the task. A waker that polls the task inline and blocks there
+/// (in `wait_durable`, say) would hold up every later batch, its own included: a deadlock. A waker may drop the task and with it the log's
 /// last handle: the flusher then still writes and syncs everything appended, and the
 /// directory stays locked until it has.
 ///

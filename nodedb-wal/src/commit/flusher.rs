@@ -281,6 +281,10 @@ impl<S: Storage> Flusher<S> {
 /// caller writes its own batch) and writes what is due. Runs until the log closes or is
 /// poisoned.
 pub(crate) fn run<S: Storage>(shared: &Shared<S>, writer: &Mutex<Flusher<S>>) {
+    // `write_ready` and `seal_at_close` guard their own work; this one covers the waits between
+    // them, so that a broken invariant there stops the log with an error for every waiter
+    // rather than leaving them asleep with no flusher to wake them.
+    let _guard = PoisonOnPanic { shared, what: "the flusher panicked while waiting for work" };
     let lock = || writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     while shared.wait_for_work() {
         lock().write_ready(None);
