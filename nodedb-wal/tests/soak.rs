@@ -1,0 +1,363 @@
+//! A log lives for months: opened once, it appends, rolls, rotates keys, truncates and serves
+//! readers many thousands of times, and a process may open and close logs as often. What it
+//! holds must depend on what is in flight, never on how long it has lived: every file
+//! descriptor, thread, locked page and heap byte a cycle takes must be given back by the end of
+//! the cycle. Each test runs a warm-up, measures, runs many more cycles and measures again:
+//! descriptors (every one of the process, not only those under the log: an io_uring or an
+//! eventfd counts too), the threads the crate started, `VmLck` (every `mlock` of a key or a
+//! cipher's schedule undone by a `munlock`), and the live bytes of the heap, counted by a global
+//! allocator over every thread. Counts, never timings. One test at a time: each counts the
+//! whole process.
+//!
+//! And a limit: the work an open does grows with the segments it finds, not their square.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::Gated;
+use nodedb_wal::storage::{OpenMode, Storage};
+use nodedb_wal::{FsStorage, KeyRing, Lsn, ReadOnlyWal, Record, RecordType, SecureKey, SegmentedWal, SegmentedWalConfig, Tail, WalError};
+
+/// Counts the heap's live bytes, on every thread.
+struct Counting;
+
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+#[expect(unsafe_code, reason = "a global allocator is an unsafe trait; this one forwards to the system's")]
+// SAFETY: every call goes to `System` unchanged; the counter is only arithmetic beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: as allocated by `System` through this allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: as allocated by `System` through this allocator, with the caller's new size.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Every test of this file counts what the whole process holds: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// What the process holds at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    fds: usize,
+    threads: usize,
+    locked_kib: u64,
+}
+
+/// Every descriptor of the process; the threads the crate started (it names each
+/// `nodedb-wal-...`: the test harness's own come and go as tests start and end).
+fn held() -> Held {
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap().filter_map(|e| Some(e.ok()?.path()));
+    let named = |task: &std::path::PathBuf| std::fs::read_to_string(task.join("comm")).is_ok_and(|c| c.starts_with("nodedb-wal"));
+    let threads = tasks.filter(named).count();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let locked_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .expect("VmLck in /proc/self/status");
+    Held { fds, threads, locked_kib }
+}
+
+/// Waits (a few seconds at most) for `held()` to be `want`: a reader's helper thread ends just
+/// after its reader lets go. Returns what it last saw.
+fn settle_to(want: Held) -> Held {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = held();
+        if now == want || std::time::Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn live_bytes() -> i64 {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+fn ty() -> RecordType {
+    RecordType::optional(0x100)
+}
+
+fn config(dir: &Path, ring: &Arc<KeyRing>) -> SegmentedWalConfig {
+    let mut config = SegmentedWalConfig::new(dir);
+    config.segment_bytes_target = 64 * 1024;
+    config.allow_buffered_fallback = true;
+    config.key_ring = Some(Arc::clone(ring));
+    config
+}
+
+/// The log kept open: on real files, with a gate to hold its flusher (see [`fill_the_pool`]).
+type Live = SegmentedWal<Gated<FsStorage>>;
+
+/// Makes every buffer of the log's pool (`batch_buffers`, two here) at once, so that none is
+/// first made while the heap is measured. The pool makes a buffer when an append finds none
+/// free, which depends on how far the flusher lags: on a busy machine a cycle could need one
+/// the warm-up never did. With the flusher held at the gate after writing one batch, the
+/// next append needs the other buffer.
+fn fill_the_pool(wal: &Live) {
+    let gate = &wal.storage().gate;
+    gate.shut();
+    let held = wal.append(Record::new(ty(), b"held")).unwrap();
+    wal.request_sync(held).unwrap();
+    gate.wait_held();
+    wal.append(Record::new(ty(), b"beside it")).unwrap();
+    gate.open();
+    wal.sync().unwrap();
+}
+
+/// Reads a few records through every reader of `wal`, and drops each mid-segment.
+fn read_a_little(wal: &Live, from: Lsn) {
+    wal.read_from(from).unwrap().take(5).for_each(|r| drop(r.unwrap()));
+    wal.read_mapped(from).unwrap().take(5).for_each(|r| drop(r.unwrap()));
+    let mut lazy = wal.lazy_reader(from).unwrap();
+    for _ in 0..5 {
+        if lazy.next_header().unwrap().is_some() {
+            drop(lazy.payload().unwrap());
+        }
+    }
+    drop(lazy);
+    let mut tail = wal.tail(from);
+    drop(tail.next_timeout(Duration::from_secs(5)).unwrap().unwrap());
+    drop(tail);
+    let mut applied = 0;
+    let stop = |_: nodedb_wal::RecordView<'_>| {
+        applied += 1;
+        if applied < 20 { Ok(()) } else { Err(WalError::EmptyGroup) }
+    };
+    let _ = wal.replay_parallel(from, 2, stop);
+}
+
+/// One cycle of a log kept open: appends that roll, a rotation every fourth cycle, a checkpoint,
+/// the keys nothing needs retired, readers made and dropped, and a subscriber's tail that
+/// lives as long as the log and follows it. Returns the next key id.
+fn live_cycle(wal: &Live, follower: &mut Tail<'_, Gated<FsStorage>>, ring: &KeyRing, cycle: u32, mut next_key: u32) -> u32 {
+    let payload = vec![cycle as u8; 700];
+    let records: Vec<Record<'_>> = (0..40).map(|_| Record::new(ty(), &payload)).collect();
+    wal.append_batch(&records).unwrap();
+    let durable = wal.sync().unwrap();
+    read_a_little(wal, wal.oldest_lsn());
+    while follower.cursor() <= durable {
+        drop(follower.next_timeout(Duration::from_secs(5)).unwrap().expect("durable"));
+    }
+    // Caught up: a look that finds nothing new.
+    assert!(follower.next_timeout(Duration::ZERO).unwrap().is_none());
+    if cycle.is_multiple_of(4) {
+        ring.insert(next_key, SecureKey::generate()).unwrap();
+        ring.set_active(next_key).unwrap();
+        next_key += 1;
+    }
+    // A future dropped after it registered its waker, and one waited on: neither may leave its
+    // registration behind.
+    let lsn = wal.append(Record::new(ty(), b"pending")).unwrap();
+    let mut dropped = Box::pin(wal.durable(lsn).unwrap());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(dropped.as_mut().poll(&mut cx).is_pending(), "nobody asked for a sync yet");
+    drop(dropped);
+    common::block_on(wal.durable(lsn).unwrap()).unwrap();
+    wal.truncate_before(durable).unwrap();
+    let active = ring.active().map(|(id, _)| id);
+    for id in ring.key_ids().into_iter().filter(|&id| Some(id) != active) {
+        match wal.retire_key(id) {
+            Ok(()) | Err(WalError::KeyStillNeeded { .. }) => {}
+            Err(err) => panic!("retiring key {id}: {err}"),
+        }
+    }
+    next_key
+}
+
+#[test]
+fn a_log_kept_open_through_rolls_rotations_truncations_and_readers_holds_no_more_as_it_ages() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let ring = Arc::new(KeyRing::with_active(1, SecureKey::generate()));
+    let mut config = config(dir.path(), &ring);
+    config.batch_buffers = 2;
+    config.batch_bytes_max = 64 * 1024;
+    let wal = SegmentedWal::open_with(Gated::new(FsStorage::new()), config).unwrap();
+    fill_the_pool(&wal);
+    // The log's flusher; readers' helpers come and go.
+    let threads = 1;
+    let mut follower = wal.tail(Lsn::FIRST);
+    let mut next_key = 2;
+    let mut cycles = |range: std::ops::Range<u32>, next_key: &mut u32| {
+        for cycle in range {
+            *next_key = live_cycle(&wal, &mut follower, &ring, cycle, *next_key);
+        }
+    };
+    cycles(0..40, &mut next_key);
+    // Measured once the last reader's helpers have ended, and with them what they held.
+    let warm = settle_to(Held { threads, ..held() });
+    assert_eq!(warm.threads, threads, "the helpers of dropped readers end");
+    let (segments, keys, bytes) = (wal.segments().len(), ring.key_ids().len(), live_bytes());
+    cycles(40..400, &mut next_key);
+    let aged = settle_to(warm);
+    assert_eq!(aged, warm, "descriptors, threads and locked memory after 360 more cycles");
+    assert!(wal.segments().len() <= segments + 1, "{} segments listed, {segments} before", wal.segments().len());
+    assert!(ring.key_ids().len() <= keys + 1, "{:?} keys held, {keys} before", ring.key_ids());
+    // The ring remembers each retired id (4 bytes in a set): 90 more of them, and what the
+    // flusher's and readers' buffers vary by (a few KiB from run to run), stay under this; one
+    // small allocation kept per cycle would not.
+    let grown = live_bytes() - bytes;
+    assert!(grown < 16 * 1024, "the heap grew by {grown} bytes over 360 cycles");
+}
+
+/// How one life of a log ends.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Close,
+    Drop,
+    Poisoned,
+}
+
+/// One life of an encrypted log: opened, written until it rolls, truncated, looked at and
+/// salvaged beside, refused a second open, and ended as `end` says.
+fn one_life(dir: &Path, ring: &Arc<KeyRing>, end: End) {
+    use nodedb_wal::storage::faulty::{EIO, FaultOp, FaultyStorage};
+
+    let faulty = FaultyStorage::new(FsStorage::new());
+    let wal = SegmentedWal::open_with(faulty.clone(), config(dir, ring)).unwrap();
+    assert!(matches!(SegmentedWal::open(config(dir, ring)), Err(WalError::Locked { .. })));
+    let payload = vec![9u8; 3000];
+    let records: Vec<Record<'_>> = (0..30).map(|_| Record::new(ty(), &payload)).collect();
+    wal.append_batch(&records).unwrap();
+    let durable = wal.sync().unwrap();
+    wal.truncate_before(durable).unwrap();
+    let look = ReadOnlyWal::open(dir, Some(Arc::clone(ring))).unwrap();
+    look.read_from(look.recovery_info().first_lsn).unwrap().take(3).for_each(|r| drop(r.unwrap()));
+    look.read_mapped(look.recovery_info().first_lsn).unwrap().take(3).for_each(|r| drop(r.unwrap()));
+    drop(look);
+    match end {
+        End::Close => wal.close().unwrap(),
+        End::Drop => drop(wal),
+        End::Poisoned => {
+            faulty.fail_from(FaultOp::SyncData, 0, EIO);
+            assert!(wal.append_durable(Record::new(ty(), b"lost")).is_err());
+            drop(wal);
+        }
+    }
+    let copy = dir.with_extension("copy");
+    nodedb_wal::salvage::salvage(dir, &copy, Some(ring)).unwrap();
+    std::fs::remove_dir_all(&copy).unwrap();
+    // An open that fails half-way (its seal or the manifest's sync).
+    let failing = FaultyStorage::new(FsStorage::new());
+    failing.fail_once(FaultOp::SyncData, 0, EIO);
+    drop(SegmentedWal::open_with(failing, config(dir, ring)));
+}
+
+#[test]
+fn logs_opened_and_ended_again_and_again_leave_nothing_behind() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("wal");
+    let ring = Arc::new(KeyRing::with_active(1, SecureKey::generate()));
+    let ends = [End::Close, End::Drop, End::Poisoned];
+    let threads = 0;
+    for life in 0..9 {
+        one_life(&dir, &ring, ends[life % 3]);
+    }
+    // Measured once every thread of the logs and their readers has ended.
+    let warm = settle_to(Held { threads, ..held() });
+    assert_eq!(warm.threads, threads, "the threads of ended logs end");
+    let bytes = live_bytes();
+    for life in 9..90 {
+        one_life(&dir, &ring, ends[life % 3]);
+    }
+    let aged = settle_to(warm);
+    assert_eq!(aged, warm, "descriptors, threads and locked memory after 81 more lives");
+    let grown = live_bytes() - bytes;
+    assert!(grown < 16 * 1024, "the heap grew by {grown} bytes over 81 lives");
+}
+
+/// A storage that counts the listings and file opens made through it.
+#[derive(Clone, Debug)]
+struct Counted<S> {
+    inner: S,
+    lists: Arc<AtomicU64>,
+    opens: Arc<AtomicU64>,
+}
+
+impl<S: Storage> Storage for Counted<S> {
+    type File = S::File;
+    type Lock = S::Lock;
+
+    pass_through_dir_ops!();
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        self.inner.list(dir)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<S::File> {
+        self.opens.fetch_add(1, Ordering::Relaxed);
+        self.inner.open(path, mode)
+    }
+}
+
+/// The listings, opens and bytes read by an open (and a read of every record) of a closed log
+/// of `segments` small segments on the simulated disk.
+fn open_work(segments: usize) -> [u64; 3] {
+    use nodedb_wal::SimStorage;
+    use nodedb_wal::storage::FaultConfig;
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let mut config = SegmentedWalConfig::new("/wal");
+    config.alignment = 512;
+    config.segment_bytes_target = 2048;
+    config.zero_fill_bytes = 0;
+    config.direct_io = false;
+    let wal = SegmentedWal::open_with(sim.clone(), config.clone()).unwrap();
+    let payload = [3u8; 600];
+    while wal.segments().len() < segments {
+        wal.append_durable(Record::new(ty(), &payload)).unwrap();
+    }
+    wal.close().unwrap();
+    let counted = Counted { inner: sim.clone(), lists: Arc::default(), opens: Arc::default() };
+    let read_before = sim.bytes_read();
+    let wal = SegmentedWal::open_with(counted.clone(), config).unwrap();
+    assert_eq!(wal.segments().len(), segments);
+    let records = wal.read_from(wal.oldest_lsn()).unwrap().count() as u64;
+    assert_eq!(records, wal.next_lsn().0 - wal.oldest_lsn().0);
+    drop(wal);
+    [counted.lists.load(Ordering::Relaxed), counted.opens.load(Ordering::Relaxed), sim.bytes_read() - read_before]
+}
+
+#[test]
+fn opening_a_log_of_thousands_of_segments_does_work_in_proportion_to_them() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let few = open_work(500);
+    let many = open_work(5000);
+    let [lists, opens, bytes] = [0, 1, 2].map(|i| (few[i], many[i]));
+    assert_eq!(lists.0, lists.1, "listings of the directory: {lists:?}");
+    assert!(opens.1 <= 11 * opens.0, "file opens for 500 and 5000 segments: {opens:?}");
+    assert!(bytes.1 <= 11 * bytes.0, "bytes read for 500 and 5000 segments: {bytes:?}");
+}
+
