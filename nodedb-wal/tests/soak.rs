@@ -9,7 +9,9 @@
 //! allocator over every thread. Counts, never timings. One test at a time: each counts the
 //! whole process.
 //!
-//! And a limit: the work an open does grows with the segments it finds, not their square.
+//! And limits: the work an open does grows with the segments it finds, not their square; and
+//! a group or batch larger than the machine's memory is refused with a typed error, where its
+//! buffer's allocation aborted the process.
 
 mod common;
 
@@ -361,3 +363,59 @@ fn opening_a_log_of_thousands_of_segments_does_work_in_proportion_to_them() {
     assert!(bytes.1 <= 11 * bytes.0, "bytes read for 500 and 5000 segments: {bytes:?}");
 }
 
+/// The variable that makes the child test below run, naming the log directory.
+const HUGE_GROUP_DIR: &str = "NODEDB_WAL_SOAK_HUGE_GROUP_DIR";
+
+/// Runs in a child: appends a group, then a batch, of 1 TiB (16,384 records of 64 MiB, all one
+/// buffer of the caller's) and prints what each append returned, then whether the log goes on.
+#[test]
+fn child_appends_a_group_larger_than_memory() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Ok(dir) = std::env::var(HUGE_GROUP_DIR) else { return };
+    let mut config = SegmentedWalConfig::new(&dir);
+    config.allow_buffered_fallback = true;
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    let first = wal.append_durable(Record::new(ty(), b"before")).unwrap();
+    let payload = vec![5u8; config.payload_bytes_max];
+    let records: Vec<Record<'_>> = (0..16_384).map(|_| Record::new(ty(), &payload)).collect();
+    for (what, appended) in [("group", wal.append_group(&records)), ("batch", wal.append_batch(&records))] {
+        match appended {
+            Err(err) => println!("{what} refused: {err:?}"),
+            Ok(lsns) => println!("{what} not refused: {lsns:?}"),
+        }
+    }
+    println!("next lsn: {}", wal.next_lsn().0 - first.0);
+    let after = wal.append_durable(Record::new(ty(), b"after")).unwrap();
+    drop(wal);
+    let wal = SegmentedWal::open(config).unwrap();
+    let payloads: Vec<Vec<u8>> = wal.read_from(first).unwrap().map(|r| r.unwrap().payload.to_vec()).collect();
+    println!("after the refusal: {} {:?}", after.0 - first.0, payloads);
+}
+
+// Found by review: the buffer of a group (or batch) is one allocation of its whole size,
+// and one the system cannot give aborted the process (`handle_alloc_error`), taking every
+// other thread of the database down with it, for a call the log could simply refuse: nothing
+// of the group had been written or given an LSN yet.
+#[test]
+fn a_group_larger_than_memory_is_refused_with_a_typed_error_and_the_log_goes_on() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // With overcommit always on (1), the kernel would hand out the terabyte and the encoding
+    // would then exhaust the machine; the heuristic (0) and strict (2) modes refuse it.
+    let overcommit = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
+    if overcommit.trim() == "1" {
+        println!("SKIPPED: vm.overcommit_memory is 1, which would grant a terabyte");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_appends_a_group_larger_than_memory", "--nocapture", "--test-threads=1"])
+        .env(HUGE_GROUP_DIR, tmp.path().join("wal"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the child ended with {}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("group refused: OutOfMemory {"), "{stdout}");
+    assert!(stdout.contains("batch refused: OutOfMemory {"), "{stdout}");
+    assert!(stdout.contains("next lsn: 1\n"), "the refused group and batch took no LSN: {stdout}");
+    assert!(stdout.contains(r#"after the refusal: 1 [[98, 101, 102, 111, 114, 101], [97, 102, 116, 101, 114]]"#), "{stdout}");
+}

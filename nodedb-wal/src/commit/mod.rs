@@ -208,6 +208,11 @@ impl<S: Storage> GroupCommitter<S> {
                     break Err(WalError::SegmentIdsExhausted { newest: SegmentId(plan::LAST_ID.0 - 1) });
                 }
                 Err(Wait::NoLsn) => break Err(WalError::LsnsExhausted { next: plan.next_lsn }),
+                Err(Wait::NoMemory { bytes }) => {
+                    // A batch sealed on the way (the one the records did not fit) still goes.
+                    self.shared.notify_flusher(&plan);
+                    break Err(WalError::OutOfMemory { bytes });
+                }
                 Err(Wait::ForBuffer) => {
                     self.shared.notify_flusher(&plan);
                     if !std::mem::replace(&mut waited, true) {

@@ -179,7 +179,7 @@ impl Plan {
                 self.oversized_turns.join(turn);
                 return Err(Wait::ForBuffer);
             }
-            let buf = self.oversized_buffer(frame_len);
+            let buf = self.oversized_buffer(frame_len).ok_or(Wait::NoMemory { bytes: self.limits.buffer_bytes(frame_len) })?;
             self.oversized_out += buf.capacity();
             buf
         } else if let Some(buf) = self.free.pop() {
@@ -280,8 +280,11 @@ impl Plan {
     /// A one-off buffer for an oversized batch of `frame_len` bytes: the smallest kept one
     /// that is large enough, else a new one, for which kept ones too small are let go as far
     /// as the budget needs. Smallest, not first: a small oversized batch taking a kept 16 MiB
-    /// buffer would leave the next large record to allocate a fresh one.
-    fn oversized_buffer(&mut self, frame_len: usize) -> Arc<BatchBuf> {
+    /// buffer would leave the next large record to allocate a fresh one. `None` where the
+    /// system has no memory for a new one: its size is what one call appends (a group may hold
+    /// any number of records, the same payload many times over), and a failed allocation
+    /// aborted the process, for a call the log can refuse before it takes an LSN.
+    fn oversized_buffer(&mut self, frame_len: usize) -> Option<Arc<BatchBuf>> {
         let slack = self.limits.slack();
         let wanted = frame_len.saturating_add(slack);
         let best = (self.spare_oversized.iter().enumerate())
@@ -292,11 +295,11 @@ impl Plan {
             let mut buf = self.spare_oversized.swap_remove(best);
             let fits = sole(&mut buf).reset_to(frame_len, slack);
             debug_assert!(fits, "chosen because it holds the frame");
-            return buf;
+            return Some(buf);
         }
         let needed = self.oversized_out + self.limits.buffer_bytes(frame_len);
         while self.spare_oversized_bytes() + needed > self.oversized_budget() && self.spare_oversized.pop().is_some() {}
-        Arc::new(BatchBuf::new(frame_len, self.limits.block, slack))
+        BatchBuf::try_new(frame_len, self.limits.block, slack).map(Arc::new)
     }
 
     /// Bytes one-off buffers may hold now, in flight and kept: the fixed budget, grown while
@@ -537,6 +540,23 @@ mod tests {
         let _ = p.recycle(buf, true);
         let (_, at) = oversized_batch(&mut p, 30 * 1024);
         assert_eq!(at, at_large, "the large one is still there for a batch only it holds");
+    }
+
+    #[test]
+    // Miri backs each allocation with host memory and reports a terabyte as resource
+    // exhaustion instead of returning null; every other build runs this.
+    #[cfg_attr(miri, ignore)]
+    fn a_batch_the_system_cannot_allocate_is_refused_and_leaves_the_plan_as_it_was() {
+        let mut p = plan(1 << 30);
+        let first = p.reserve(Frames::one(100), &mut salt()).unwrap();
+        // A terabyte: no allocator gives that much (the machine's memory and more).
+        let huge = Frames { records: 16, payload_bytes: 1 << 40 };
+        assert!(matches!(p.reserve(huge, &mut salt()), Err(Wait::NoMemory { bytes }) if bytes > 1 << 40));
+        assert_eq!(p.next_lsn, Lsn(first.lsn.0 + 1), "no LSN taken");
+        assert_eq!(p.oversized_out, 0, "no buffer counted as out");
+        drop(first);
+        let next = p.reserve(Frames::one(100), &mut salt()).unwrap();
+        assert_eq!(next.lsn, Lsn(2), "the plan goes on");
     }
 
     #[test]

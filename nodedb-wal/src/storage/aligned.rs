@@ -73,22 +73,45 @@ impl AlignedBuf {
     /// ```
     #[must_use]
     pub fn zeroed(len: usize, align: usize) -> AlignedBuf {
-        assert!(align.is_power_of_two(), "alignment {align} is not a power of two");
-        // Checked in release builds too: a wrapped size would allocate less than `len`.
-        let size = AlignedBuf::size_for(len, align).expect("buffer size overflows");
-        let layout = Layout::from_size_align(size, align).expect("buffer size overflows");
+        let layout = AlignedBuf::layout(len, align);
+        AlignedBuf::try_zeroed(len, align).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+    }
+
+    /// [`Self::zeroed`], or `None` where the system has no memory for it (a size far beyond
+    /// what the machine holds, say), instead of ending the process: for a buffer whose size
+    /// the caller chose, which the log can refuse.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nodedb_wal::storage::AlignedBuf;
+    ///
+    /// assert_eq!(AlignedBuf::try_zeroed(5000, 4096).map(|b| b.len()), Some(8192));
+    /// assert!(AlignedBuf::try_zeroed(isize::MAX as usize / 2, 4096).is_none(), "no machine holds that");
+    /// ```
+    #[must_use]
+    pub fn try_zeroed(len: usize, align: usize) -> Option<AlignedBuf> {
+        let layout = AlignedBuf::layout(len, align);
         // Miri runs no `madvise` and cannot trim a mapping: there the heap serves every size, as
         // it does wherever a mapping fails.
-        if size >= MAPPED_FROM
+        if layout.size() >= MAPPED_FROM
             && !cfg!(miri)
             && let Some(buf) = AlignedBuf::mapped(layout)
         {
-            return buf;
+            return Some(buf);
         }
         // SAFETY: the layout has a non-zero size (at least one `align` unit).
         let raw = unsafe { alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
-        AlignedBuf { ptr, layout, mapped: false }
+        Some(AlignedBuf { ptr: NonNull::new(raw)?, layout, mapped: false })
+    }
+
+    /// The layout of a buffer of `len` bytes aligned to `align`. Panics if `align` is not a
+    /// power of two, or the size overflows (checked in release builds too: a wrapped size
+    /// would allocate less than `len`).
+    fn layout(len: usize, align: usize) -> Layout {
+        assert!(align.is_power_of_two(), "alignment {align} is not a power of two");
+        let size = AlignedBuf::size_for(len, align).expect("buffer size overflows");
+        Layout::from_size_align(size, align).expect("buffer size overflows")
     }
 
     /// A private anonymous mapping of `layout.size()` bytes aligned to `layout.align()`, which

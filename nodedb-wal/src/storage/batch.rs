@@ -52,11 +52,24 @@ impl BatchBuf {
     /// See [`BatchBuf`] for an example.
     #[must_use]
     pub fn new(limit: usize, align: usize, slack: usize) -> BatchBuf {
-        // Checked in release builds too: regions are handed out up to `limit`, which must lie
-        // inside the allocation and below the cursor's sealed bit.
-        assert!(limit < SEALED, "batch limit {limit} too large");
-        let size = limit.checked_add(slack).expect("batch size overflows");
+        let size = BatchBuf::size(limit, slack);
         BatchBuf { mem: AlignedBuf::zeroed(size, align), limit, cursor: AtomicUsize::new(0) }
+    }
+
+    /// [`Self::new`], or `None` where the system has no memory for it
+    /// ([`AlignedBuf::try_zeroed`]): for the one-off buffer of a batch as large as what one
+    /// call appends, which the log refuses rather than end the process.
+    #[must_use]
+    pub fn try_new(limit: usize, align: usize, slack: usize) -> Option<BatchBuf> {
+        let size = BatchBuf::size(limit, slack);
+        Some(BatchBuf { mem: AlignedBuf::try_zeroed(size, align)?, limit, cursor: AtomicUsize::new(0) })
+    }
+
+    /// The bytes to allocate. Checked in release builds too: regions are handed out up to
+    /// `limit`, which must lie inside the allocation and below the cursor's sealed bit.
+    fn size(limit: usize, slack: usize) -> usize {
+        assert!(limit < SEALED, "batch limit {limit} too large");
+        limit.checked_add(slack).expect("batch size overflows")
     }
 
     /// The [`Self::capacity`] a buffer made by [`Self::new`] with these arguments has; `None`

@@ -56,7 +56,9 @@ impl<S: Storage> SegmentedWal<S> {
     /// Buffers `records` as an atomic group and returns their LSNs (consecutive): after any
     /// crash, recovery returns all of them or none. The group travels in one batch (one write
     /// and one fdatasync): a group larger than `batch_bytes_max` gets a batch of its own, as a
-    /// large record does, and each record is bounded by `payload_bytes_max` only. Wait on the
+    /// large record does, and each record is bounded by `payload_bytes_max` only. That batch is
+    /// one buffer of the whole group, encoded: a group larger than the system can allocate is
+    /// [`WalError::OutOfMemory`](crate::WalError::OutOfMemory), with no LSN used. Wait on the
     /// last LSN to make all of it durable.
     ///
     /// Every record is checked before any LSN is taken: one refused (a reserved type, a payload
@@ -83,7 +85,9 @@ impl<S: Storage> SegmentedWal<S> {
     /// way to append many records at once (one lock round instead of one per record). Unlike
     /// [`Self::append_group`] they are not atomic: a crash before their sync may keep any prefix
     /// of them. Like a group they travel in one batch (a batch larger than the buffers gets a
-    /// buffer of its own). [`Lsn::range`] walks the LSNs returned, one per record.
+    /// buffer of its own, and one larger than the system can allocate is
+    /// [`WalError::OutOfMemory`](crate::WalError::OutOfMemory)). [`Lsn::range`] walks the LSNs
+    /// returned, one per record.
     ///
     /// # Examples
     ///

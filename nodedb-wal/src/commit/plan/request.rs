@@ -106,6 +106,9 @@ pub enum Wait {
     NoSegmentId,
     /// The records would take LSNs at or past [`Lsn::LIMIT`]: do not wait, fail.
     NoLsn,
+    /// The one-off buffer the records need (this many bytes) could not be allocated: the
+    /// system has no memory for what one call appends. Do not wait, fail.
+    NoMemory { bytes: usize },
 }
 
 /// Where a plan gets a segment's salt and keys, and learns that the key ring changed.
