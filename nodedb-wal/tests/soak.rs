@@ -11,7 +11,8 @@
 //!
 //! And limits: the work an open does grows with the segments it finds, not their square; and
 //! a group or batch larger than the machine's memory is refused with a typed error, where its
-//! buffer's allocation aborted the process.
+//! buffer's allocation aborted the process; and keys past `RLIMIT_MEMLOCK` (as `nobody`, in a
+//! child; root's `CAP_IPC_LOCK` ignores the limit) go on unlocked, with every lock undone.
 
 mod common;
 
@@ -418,4 +419,85 @@ fn a_group_larger_than_memory_is_refused_with_a_typed_error_and_the_log_goes_on(
     assert!(stdout.contains("batch refused: OutOfMemory {"), "{stdout}");
     assert!(stdout.contains("next lsn: 1\n"), "the refused group and batch took no LSN: {stdout}");
     assert!(stdout.contains(r#"after the refusal: 1 [[98, 101, 102, 111, 114, 101], [97, 102, 116, 101, 114]]"#), "{stdout}");
+}
+
+/// The variable that makes the child test below run, naming the log directory.
+const MEMLOCK_DIR: &str = "NODEDB_WAL_SOAK_MEMLOCK_DIR";
+
+/// Locked memory of this process, in KiB.
+fn locked_kib() -> u64 {
+    held().locked_kib
+}
+
+/// Runs in a child, as `nobody`, with 16 pages it may lock: an encrypted log rotates through
+/// 48 keys, all kept in its ring, with readers (a cipher each per segment) beside it; then the
+/// old keys retire and everything is dropped. Prints how many keys were locked, the most
+/// memory locked, and what stays locked at the end.
+#[test]
+fn child_rotates_through_more_keys_than_it_may_lock() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Ok(dir) = std::env::var(MEMLOCK_DIR) else { return };
+    let page = rustix::param::page_size() as u64;
+    let limit = rustix::process::Rlimit { current: Some(16 * page), maximum: Some(16 * page) };
+    rustix::process::setrlimit(rustix::process::Resource::Memlock, limit).expect("lowering a limit is always allowed");
+    let ring = Arc::new(KeyRing::new());
+    let wal_config = config(Path::new(&dir), &ring);
+    let (mut locked, mut most_kib) = (0, 0);
+    let payload = vec![4u8; 2000];
+    let records: Vec<Record<'_>> = (0..8).map(|_| Record::new(ty(), &payload)).collect();
+    let wal = {
+        let key = SecureKey::generate();
+        locked += usize::from(key.is_locked());
+        ring.insert(1, key).unwrap();
+        ring.set_active(1).unwrap();
+        SegmentedWal::open(wal_config.clone()).unwrap()
+    };
+    for id in 2..=48 {
+        let key = SecureKey::generate();
+        locked += usize::from(key.is_locked());
+        ring.insert(id, key).unwrap();
+        ring.set_active(id).unwrap();
+        wal.append_batch(&records).unwrap();
+        wal.sync().unwrap();
+        let readers = (wal.read_mapped(Lsn::FIRST).unwrap(), wal.read_from(Lsn::FIRST).unwrap());
+        let counted = readers.0.count() + readers.1.count();
+        assert_eq!(counted as u64, 2 * (wal.next_lsn().0 - 1), "every record, under every key");
+        most_kib = most_kib.max(locked_kib());
+    }
+    wal.truncate_before(wal.sync().unwrap()).unwrap();
+    for id in 1..48 {
+        wal.retire_key(id).unwrap();
+    }
+    wal.close().unwrap();
+    let reopened = SegmentedWal::open(wal_config).unwrap();
+    let kept = reopened.read_from(reopened.oldest_lsn()).unwrap().map(|r| r.unwrap().payload.len()).sum::<usize>();
+    assert_eq!(kept, 8 * payload.len(), "the newest segment's batch, under the last key");
+    drop((reopened, ring));
+    println!("keys locked: {locked} of 48; most locked: {most_kib} KiB; locked at the end: {} KiB", locked_kib());
+}
+
+// Keys and ciphers lock their pages where `RLIMIT_MEMLOCK` allows and go on unlocked past it
+// (the documented fallback: `SecureKey::is_locked`); a process that rotates keys for months
+// runs into its limit. Every key and cipher still works past it, locking never exceeds the
+// limit nor fails a call, and once they are gone nothing stays locked: each `mlock` was
+// matched by a `munlock`, and none was made for a page left unlocked.
+#[test]
+fn keys_past_the_memlock_limit_go_on_unlocked_and_every_lock_is_undone() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Err(why) = common::can_change_user() {
+        println!("SKIPPED: cannot run a child as another user ({why})");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = common::child_test_as_nobody("child_rotates_through_more_keys_than_it_may_lock", MEMLOCK_DIR, &tmp.path().join("wal"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find_map(|l| Some(&l[l.find("keys locked: ")?..])).unwrap_or_else(|| panic!("{stdout}"));
+    let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    let [locked, 48, most_kib, end_kib] = numbers[..] else { panic!("{line}") };
+    let page_kib = rustix::param::page_size() as u64 / 1024;
+    assert!(locked > 0 && locked < 48, "some keys locked, then the limit was reached: {line}");
+    assert!(most_kib <= 16 * page_kib, "never more than the limit: {line}");
+    assert_eq!(end_kib, 0, "every lock undone: {line}");
 }
