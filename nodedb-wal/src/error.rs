@@ -72,7 +72,7 @@ pub type Result<T, E = WalError> = std::result::Result<T, E>;
 /// | [`Io`](WalError::Io) | at open: fix the cause it names (permissions, a full disk, a path that is not a directory) and open again. From `truncate_before`: no record is at risk and the log goes on; truncate again later |
 /// | [`UnsupportedVersion`](WalError::UnsupportedVersion), [`UnsupportedCipher`](WalError::UnsupportedCipher), [`UnknownRequiredType`](WalError::UnknownRequiredType), [`DwbUnsupportedVersion`](WalError::DwbUnsupportedVersion) | a newer build wrote the log (or the buffer): run that build |
 /// | [`SegmentIdsExhausted`](WalError::SegmentIdsExhausted), [`LsnsExhausted`](WalError::LsnsExhausted) | only a log started near the end of the ids or LSNs (a [`crate::WalWriter`] segment) gets here: the append used no LSN and the log stays readable; copy its records into a log that starts lower |
-/// | [`OutOfMemory`](WalError::OutOfMemory) | one append's records (a group or batch, encoded in one buffer) are more than the system can allocate: nothing was appended and no LSN used; the log goes on. Append them in smaller groups |
+/// | [`OutOfMemory`](WalError::OutOfMemory) | one append's records (a group or batch, encoded in one buffer, or one record larger than the buffers) are more than the system can allocate: nothing was appended and no LSN used; the log goes on. Append them in smaller groups |
 /// | [`PayloadTooLarge`](WalError::PayloadTooLarge), [`ReservedRecordType`](WalError::ReservedRecordType), [`EmptyGroup`](WalError::EmptyGroup), [`LsnNotIssued`](WalError::LsnNotIssued), [`MalformedPayload`](WalError::MalformedPayload) from an append, [`InvalidConfig`](WalError::InvalidConfig) | a bug in the caller: nothing was appended and no LSN used; the log goes on |
 /// | [`Closed`](WalError::Closed), [`NoCurrentRecord`](WalError::NoCurrentRecord), [`CloseUnconfirmed`](WalError::CloseUnconfirmed) | a bug in the caller: a call after `close`; `payload()` before `next_header()`; a close from a task's `Waker` on the flusher thread (the records appended are still written and synced, but close from a thread of the database's own) |
 /// | [`SegmentFileExists`](WalError::SegmentFileExists), [`SalvageDestinationNotEmpty`](WalError::SalvageDestinationNotEmpty), [`DwbForeignFile`](WalError::DwbForeignFile) | the path given holds something else, left as it was: give another path, or move that away |
@@ -293,8 +293,9 @@ pub enum WalError {
         max: usize,
     },
     /// The records of one append need a buffer of `bytes` (all of them, encoded) that the
-    /// system cannot allocate: a group or batch far larger than the machine's memory. Nothing
-    /// was appended and no LSN was used; the log goes on.
+    /// system cannot allocate: a group or batch far larger than the machine's memory, or a
+    /// record larger than the buffers where no room is left for a copy of it. Nothing was
+    /// appended and no LSN was used; the log (or [`crate::WalWriter`]) goes on.
     #[error("the records of one append need a buffer of {bytes} bytes, which the system cannot allocate")]
     OutOfMemory {
         /// The bytes of the buffer asked for.

@@ -10,8 +10,8 @@
 //! whole process.
 //!
 //! And limits: the work an open does grows with the segments it finds, not their square; and
-//! a group or batch larger than the machine's memory is refused with a typed error, where its
-//! buffer's allocation aborted the process; and keys past `RLIMIT_MEMLOCK` (as `nobody`, in a
+//! a group or batch larger than the machine's memory, or a record the process has no room to
+//! copy, is refused with a typed error, where its buffer's allocation aborted the process; and keys past `RLIMIT_MEMLOCK` (as `nobody`, in a
 //! child; root's `CAP_IPC_LOCK` ignores the limit) go on unlocked, with every lock undone.
 
 mod common;
@@ -500,4 +500,69 @@ fn keys_past_the_memlock_limit_go_on_unlocked_and_every_lock_is_undone() {
     assert!(locked > 0 && locked < 48, "some keys locked, then the limit was reached: {line}");
     assert!(most_kib <= 16 * page_kib, "never more than the limit: {line}");
     assert_eq!(end_kib, 0, "every lock undone: {line}");
+}
+
+/// The variable that makes the child test below run, naming the directory of its logs.
+const ADDRESS_SPACE_DIR: &str = "NODEDB_WAL_SOAK_ADDRESS_SPACE_DIR";
+
+/// Runs in a child whose address space may grow by 768 MiB: holds a payload of 512 MiB, and
+/// appends it once to a `WalWriter` and once to a log, neither of which has room for a copy
+/// of it; prints what each append returned and what each log holds after.
+#[test]
+fn child_appends_a_record_it_has_no_room_to_copy() {
+    use nodedb_wal::{WalWriter, WalWriterConfig};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Ok(dir) = std::env::var(ADDRESS_SPACE_DIR) else { return };
+    let dir = Path::new(&dir);
+    let mut config = SegmentedWalConfig::new(dir.join("log"));
+    config.allow_buffered_fallback = true;
+    config.payload_bytes_max = 1 << 30;
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    std::fs::create_dir(dir.join("writer")).unwrap();
+    let writer_config = WalWriterConfig { direct_io: false, ..WalWriterConfig::default() };
+    let storage = FsStorage::new();
+    let mut writer = WalWriter::create_with(storage, &dir.join("writer"), nodedb_wal::SegmentId(1), Lsn::FIRST, writer_config).unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let size_kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmSize:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap();
+    let room = rustix::process::Rlimit { current: Some(size_kib * 1024 + (768 << 20)), maximum: None };
+    rustix::process::setrlimit(rustix::process::Resource::As, room).expect("lowering a limit is always allowed");
+    let payload = vec![0u8; 512 << 20];
+    let huge = Record::new(ty(), &payload);
+    writer.append(Record::new(ty(), b"before")).unwrap();
+    println!("writer: {:?}", writer.append(huge).map_err(|e| format!("{e:?}")));
+    writer.append(Record::new(ty(), b"after")).unwrap();
+    writer.finish().unwrap();
+    wal.append(Record::new(ty(), b"before")).unwrap();
+    println!("log: {:?}", wal.append(huge).map_err(|e| format!("{e:?}")));
+    wal.append_durable(Record::new(ty(), b"after")).unwrap();
+    drop((wal, payload));
+    for name in ["writer", "log"] {
+        let mut config = config.clone();
+        config.dir = dir.join(name);
+        let wal = SegmentedWal::open(config).unwrap();
+        let records: Vec<(u64, Vec<u8>)> =
+            wal.read_from(Lsn::FIRST).unwrap().map(|r| r.map(|r| (r.lsn.0, r.payload.to_vec())).unwrap()).collect();
+        println!("{name} holds: {records:?}");
+    }
+}
+
+// Found by review, as for groups above: one record larger than the writer's buffer (a
+// `WalWriter`'s, or a log's with `payload_bytes_max` raised) gets a buffer of its own size,
+// whose failed allocation aborted the process.
+#[test]
+fn a_record_the_process_has_no_room_to_copy_is_refused_and_the_log_goes_on() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_appends_a_record_it_has_no_room_to_copy", "--nocapture", "--test-threads=1"])
+        .env(ADDRESS_SPACE_DIR, tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the child ended with {}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("writer: Err(\"OutOfMemory {"), "{stdout}");
+    assert!(stdout.contains("log: Err(\"OutOfMemory {"), "{stdout}");
+    let both = r#"[(1, [98, 101, 102, 111, 114, 101]), (2, [97, 102, 116, 101, 114])]"#;
+    assert!(stdout.contains(&format!("writer holds: {both}")), "the refused record took no LSN: {stdout}");
+    assert!(stdout.contains(&format!("log holds: {both}")), "the refused record took no LSN: {stdout}");
 }

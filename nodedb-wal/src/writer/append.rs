@@ -27,7 +27,8 @@ impl<S: Storage> WalWriter<S> {
     }
 
     /// Buffers a record and returns its LSN; it is written when the buffer fills and durable
-    /// after [`Self::sync`].
+    /// after [`Self::sync`]. A record larger than the buffer gets a buffer of its own size,
+    /// and is [`WalError::OutOfMemory`] where the system cannot allocate one (no LSN used).
     ///
     /// # Examples
     ///
@@ -76,8 +77,10 @@ impl<S: Storage> WalWriter<S> {
             self.write_batch(false)?;
         }
         if frame_len + self.reserve() > self.buf.len() {
-            // A record larger than the buffer gets a buffer of its own size.
-            self.buf = AlignedBuf::zeroed((frame_len + self.reserve()).next_multiple_of(self.block), self.block);
+            // A record larger than the buffer gets a buffer of its own size; one the system
+            // cannot allocate is refused, the writer unchanged, rather than end the process.
+            let bytes = (frame_len + self.reserve()).next_multiple_of(self.block);
+            self.buf = AlignedBuf::try_zeroed(bytes, self.block).ok_or(WalError::OutOfMemory { bytes })?;
         }
         let lsn = self.next_lsn;
         let header = RecordHeader {
