@@ -19,7 +19,7 @@ use common::{
     BLOCK, Disk, Frame, Gated, Place, append_synced, assert_records, config, copy_dir, frames, locate, read_all, record_frame, seg,
     segment_ids, unseal, write_log,
 };
-use nodedb_wal::format::frame::HEADER_LEN;
+use nodedb_wal::format::frame::{HEADER_LEN, decode_frame, seal_frame};
 use nodedb_wal::format::manifest::{MANIFEST_FILE, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SLOT_SPACING};
 use nodedb_wal::format::preamble::PREAMBLE_SIZE;
 use nodedb_wal::recovery::TornTail;
@@ -27,7 +27,7 @@ use nodedb_wal::segment;
 use nodedb_wal::segment::scan::TailEnd;
 use nodedb_wal::storage::faulty::FaultyStorage;
 use nodedb_wal::storage::{FaultConfig, OpenMode, SECTOR, Storage};
-use nodedb_wal::{CorruptionKind, FsStorage, Lsn, MissingBecause, SegmentId, SegmentedWal, SimStorage, WalError};
+use nodedb_wal::{CorruptionKind, FsStorage, Lsn, MissingBecause, RecordHeader, SegmentId, SegmentedWal, SimStorage, WalError};
 
 fn open<D: Disk>(disk: &D, dir: &Path) -> Result<SegmentedWal<D>, WalError> {
     SegmentedWal::open_with(disk.clone(), config(dir))
@@ -480,6 +480,31 @@ both!(
     bit_flip_before_acknowledged_batches_is_corruption_fs,
     bit_flip_before_acknowledged_batches_is_corruption_sim,
     bit_flip_before_acknowledged_batches_is_corruption
+);
+
+/// A later frame whose claim is exactly the lost LSN (the last batch, written once the batch
+/// before it was durable, claims that batch's last record) is enough to make the damage
+/// corruption: that record was acknowledged. Cut as a torn tail, it and everything after it
+/// would vanish without a word.
+fn damage_to_exactly_the_lsn_a_later_frame_claims_durable_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    write_log(&disk, &dir, &[10; 5]);
+    unseal(&disk, &dir);
+    let bytes = disk.read(&seg(&dir, 1));
+    let claims: Vec<Lsn> =
+        frames(&bytes).iter().filter(|f| f.is_record() && f.header.lsn > Lsn(40)).map(|f| f.header.durable_lsn).collect();
+    assert_eq!(claims.iter().max(), Some(&Lsn(40)), "the last batch claims exactly the batch before it");
+    let frame = record_frame(&bytes, 40);
+    flip(&disk, &seg(&dir, 1), frame.offset + HEADER_LEN as u64 + 1, 4);
+    let err = open_err(&disk, &dir);
+    let kind = CorruptionKind::DamageBeforeDurableRecords { lost_from: Lsn(40), durable_claimed: Lsn(40) };
+    assert_eq!(assert_corruption(&err, 1, frame.offset), kind);
+}
+
+both!(
+    damage_to_exactly_the_lsn_a_later_frame_claims_durable_is_corruption_fs,
+    damage_to_exactly_the_lsn_a_later_frame_claims_durable_is_corruption_sim,
+    damage_to_exactly_the_lsn_a_later_frame_claims_durable_is_corruption
 );
 
 /// Byte positions to damage in a frame: every header byte, and a sample of the payload that
@@ -1012,6 +1037,32 @@ fn segment_of_another_log_is_an_lsn_gap<D: Place>() {
 }
 
 both!(segment_of_another_log_is_an_lsn_gap_fs, segment_of_another_log_is_an_lsn_gap_sim, segment_of_another_log_is_an_lsn_gap);
+
+/// Inside a segment, a frame whose checksum holds but whose LSN is not the next one (a repeat of
+/// the one before, or a jump ahead) is corruption where it stands, never a record: a chain that
+/// took it would hand out two records under one LSN, or none under some.
+fn a_checksummed_record_out_of_lsn_order_inside_a_segment_is_corruption<D: Place>() {
+    for (name, wrong) in [("repeat", 1), ("gap", 7)] {
+        let (disk, dir, _tmp) = D::fresh();
+        three_segment_log(&disk, &dir);
+        let path = seg(&dir, 1);
+        let mut bytes = disk.read(&path);
+        let frame = record_frame(&bytes, 2);
+        let at = frame.offset as usize;
+        RecordHeader { lsn: Lsn(wrong), ..frame.header }.encode_into(&mut bytes[at..at + HEADER_LEN]);
+        seal_frame(&mut bytes[at..at + frame.frame_len() as usize], frame.header.record_type);
+        assert_eq!(decode_frame(&bytes[at..]).map(|h| h.lsn), Ok(Lsn(wrong)), "{name}: the checksum holds");
+        disk.write(&path, &bytes);
+        let err = open_err(&disk, &dir);
+        assert_corruption(&err, 1, frame.offset);
+    }
+}
+
+both!(
+    a_checksummed_record_out_of_lsn_order_inside_a_segment_is_corruption_fs,
+    a_checksummed_record_out_of_lsn_order_inside_a_segment_is_corruption_sim,
+    a_checksummed_record_out_of_lsn_order_inside_a_segment_is_corruption
+);
 
 /// Renaming the newest segment to the next id leaves a hole where it was.
 fn segment_renamed_past_the_end_leaves_a_missing_segment<D: Place>() {
