@@ -138,6 +138,29 @@ fn the_tool_reports_the_oldest_segment_removed_as_damage_and_changes_nothing() {
     assert_eq!(snapshot(&FsStorage::new(), &dir), before);
 }
 
+/// The checkpoint is exclusive: a truncation at a segment's last LSN keeps that segment, so the
+/// record at the checkpoint is still read, now and after a reopen. Only the segments wholly
+/// below it go.
+#[test]
+fn a_truncation_at_the_last_lsn_of_a_segment_keeps_that_segment_and_its_record() {
+    let sim = SimStorage::new(5, FaultConfig::default());
+    let dir = Path::new("/last-lsn");
+    let wal = SegmentedWal::open_with(sim.clone(), config(dir, 0)).unwrap();
+    let mut model = BTreeMap::new();
+    fill(&wal, &mut model, 4);
+    let segments = wal.segments();
+    let checkpoint = Lsn(segments[1].end_lsn.0 - 1);
+    assert!(segments[1].sealed && segments[1].first_lsn <= checkpoint, "segment 1 holds the checkpoint: {segments:?}");
+    assert_eq!(wal.truncate_before(checkpoint).unwrap(), 1, "only the segment wholly below the checkpoint goes");
+    assert_eq!(wal.segments()[0].id, segments[1].id);
+    assert!(wal.oldest_lsn() <= checkpoint);
+    assert_eq!(wal.read_from(checkpoint).unwrap().next().unwrap().unwrap().lsn, checkpoint);
+    let acked = wal.next_lsn().0 - 1;
+    wal.close().unwrap();
+    let wal = SegmentedWal::open_with(sim, config(dir, 0)).unwrap();
+    check_holds(&wal, &model, checkpoint.0, acked, "reopened after a truncation at a segment's last LSN");
+}
+
 #[test]
 fn a_power_cut_at_any_step_of_a_truncation_keeps_every_record_from_the_checkpoint() {
     let dir = Path::new("/cut");
