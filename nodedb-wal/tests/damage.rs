@@ -19,7 +19,7 @@ use common::{
     BLOCK, Disk, Frame, Gated, Place, append_synced, assert_records, config, copy_dir, frames, locate, read_all, record_frame, seg,
     segment_ids, unseal, write_log,
 };
-use nodedb_wal::format::frame::{HEADER_LEN, decode_frame, seal_frame};
+use nodedb_wal::format::frame::{FLAG_GROUP_CONTINUES, HEADER_LEN, decode_frame, seal_frame};
 use nodedb_wal::format::manifest::{MANIFEST_FILE, MANIFEST_TEMP_FILE, ManifestSlot, SLOT_LEN, SLOT_SPACING};
 use nodedb_wal::format::preamble::PREAMBLE_SIZE;
 use nodedb_wal::recovery::TornTail;
@@ -500,6 +500,32 @@ fn damage_to_exactly_the_lsn_a_later_frame_claims_durable_is_corruption<D: Place
     let kind = CorruptionKind::DamageBeforeDurableRecords { lost_from: Lsn(40), durable_claimed: Lsn(40) };
     assert_eq!(assert_corruption(&err, 1, frame.offset), kind);
 }
+
+/// A sealed segment whose last records say their group goes on (no writer leaves one: a group
+/// never spans segments, and an end frame follows whole batches) is corruption at open, never a
+/// log quietly shorter by the group: the end frame vouches for every record before it.
+fn a_sealed_segment_ending_inside_a_group_is_corruption<D: Place>() {
+    let (disk, dir, _tmp) = D::fresh();
+    let last = write_log(&disk, &dir, &[10; 5]);
+    assert_eq!(segment_ids(&disk, &dir), vec![1]);
+    disk.edit(&seg(&dir, 1), |bytes| {
+        for lsn in [last - 1, last] {
+            let frame = record_frame(bytes, lsn);
+            let at = frame.offset as usize;
+            let span = &mut bytes[at..at + frame.frame_len() as usize];
+            RecordHeader { flags: frame.header.flags | FLAG_GROUP_CONTINUES, ..frame.header }.encode_into(&mut span[..HEADER_LEN]);
+            seal_frame(span, frame.header.record_type);
+        }
+    });
+    let err = open_err(&disk, &dir);
+    assert!(matches!(err, WalError::Corruption { segment: SegmentId(1), kind: CorruptionKind::IncompleteGroup, .. }), "{err:?}");
+}
+
+both!(
+    a_sealed_segment_ending_inside_a_group_is_corruption_fs,
+    a_sealed_segment_ending_inside_a_group_is_corruption_sim,
+    a_sealed_segment_ending_inside_a_group_is_corruption
+);
 
 both!(
     damage_to_exactly_the_lsn_a_later_frame_claims_durable_is_corruption_fs,
