@@ -61,7 +61,11 @@ pub struct SegmentedWalConfig {
     /// with no other such buffer in flight. A log whose records are often larger than a batch
     /// goes faster with a larger `batch_bytes_max`.
     pub payload_bytes_max: usize,
-    /// Write with O_DIRECT (the default), bypassing the page cache.
+    /// Write with O_DIRECT (the default), bypassing the page cache. Off, the log writes
+    /// through the page cache; an open still reads the newest segment with O_DIRECT where the
+    /// file system takes it, so that pages a failed fdatasync left in the cache (Linux keeps them,
+    /// clean) are not recovered as records. Where O_DIRECT is refused it drops those pages
+    /// instead, which misses any page another process maps at that moment (docs/DURABILITY.md).
     pub direct_io: bool,
     /// Where the file system refuses O_DIRECT, fall back to buffered I/O instead of failing
     /// with [`WalError::DirectIoUnsupported`]; likewise where it takes O_DIRECT only in blocks

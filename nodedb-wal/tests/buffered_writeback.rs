@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Tmpfs, append_synced, assert_records, config, payload, read_all, record_type, scope, seg};
-use nodedb_wal::{Lsn, Record, SegmentedWal, SegmentedWalConfig, WalError};
+use nodedb_wal::{Lsn, ReadOnlyWal, Record, SegmentedWal, SegmentedWalConfig, WalError};
 
 const FS_BLOCK: u64 = 4096;
 const IMAGE_BYTES: u64 = 64 << 20;
@@ -245,3 +245,37 @@ fn an_open_whose_seal_fails_in_writeback_is_refused_and_the_next_open_reads_the_
     reopen_append_and_check_after_remount(&mut disk, &config, 100, 20);
 }
 
+#[test]
+fn a_look_mapping_a_segment_that_a_failed_batch_sealed_in_the_page_cache_leaves_the_reopen_reading_the_disk() {
+    let Some(mut disk) = disk() else { return };
+    // 32 KiB segments: the failed batch fills the segment and seals it with an end frame.
+    let config = SegmentedWalConfig { direct_io: false, ..config(&disk.path().join("wal")) };
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    append_synced(&wal, 1, 20);
+    let segment = newest_segment(&config.dir);
+    disk.fail_writes(&segment, written_end(&segment));
+    for lsn in 21..=200 {
+        common::append(&wal, lsn);
+    }
+    assert!(matches!(wal.sync().unwrap_err(), WalError::Poisoned { .. }));
+    drop(wal);
+    disk.heal();
+    // Another reader of the same boot (a backup, a replica's tailer) sees the failed batch,
+    // sealed, in the page cache, and maps the segment while it reads it.
+    let look = ReadOnlyWal::open(&config.dir, None).unwrap();
+    let sealed_in_cache = look.recovery_info().segments[0];
+    assert!(sealed_in_cache.sealed && sealed_in_cache.end_lsn > Lsn(21), "{sealed_in_cache:?}");
+    let mut reader = look.read_mapped(Lsn(1)).unwrap();
+    let seen = reader.by_ref().take(sealed_in_cache.end_lsn.0 as usize - 5).count();
+    assert!(seen > 20, "the look read into the failed batch");
+
+    let wal = SegmentedWal::open(config.clone()).unwrap();
+    assert_records(&read_all(&wal), 1, 20);
+    append_synced(&wal, 21, 30);
+    wal.close().unwrap();
+    drop(reader);
+    drop(look);
+    disk.remount();
+    let wal = SegmentedWal::open(config).unwrap();
+    assert_records(&read_all(&wal), 1, 30);
+}

@@ -334,19 +334,28 @@ fn a_cut_inside_a_block_stands_after_the_seal_extends_the_file() {
 /// poisoned log, or was restarted by a supervisor): Linux kept the failed batch's pages in the
 /// page cache marked clean, so a buffered read returns the records and a later fdatasync
 /// writes nothing. Recovery must not report those records durable from the cache.
-fn reopen_after_a_failed_sync_reports_only_what_is_on_disk(direct_io: bool) {
+fn reopen_after_a_failed_sync_reports_only_what_is_on_disk(direct_io: bool, refuse_direct: bool) {
+    use nodedb_wal::storage::faulty::FaultyStorage;
     for seed in 0..16 {
         let sim = SimStorage::new(seed, FaultConfig::default());
         sim.set_sync_failure(nodedb_wal::storage::SyncFailure::KeepsCleanPages);
-        let config = || SegmentedWalConfig { direct_io, ..config() };
-        let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+        let config = || SegmentedWalConfig { direct_io, allow_buffered_fallback: refuse_direct, ..config() };
+        let storage = || {
+            let faulty = FaultyStorage::new(sim.clone());
+            if refuse_direct {
+                faulty.refuse_direct_io();
+            }
+            faulty
+        };
+        let wal = SegmentedWal::open_with(storage(), config()).unwrap();
+        assert_eq!(wal.direct_io(), direct_io && !refuse_direct);
         wal.append_durable(record(b"durable")).unwrap();
         let stranded = wal.append(record(&[7u8; 3000])).unwrap();
         sim.fail_next_sync();
         assert!(wal.wait_durable(stranded).is_err());
         drop(wal);
         // Reopened without a power cut: what recovery returns, it reports durable.
-        let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+        let wal = SegmentedWal::open_with(storage(), config()).unwrap();
         let reported = wal.durable_lsn();
         wal.append_durable(record(b"after the reopen")).unwrap();
         drop(wal);
@@ -358,14 +367,21 @@ fn reopen_after_a_failed_sync_reports_only_what_is_on_disk(direct_io: bool) {
     }
 }
 
+/// `direct_io: false` where O_DIRECT works: recovery reads the newest segment with O_DIRECT.
 #[test]
 fn a_buffered_log_reopened_after_a_failed_sync_reports_only_what_is_on_disk() {
-    reopen_after_a_failed_sync_reports_only_what_is_on_disk(false);
+    reopen_after_a_failed_sync_reports_only_what_is_on_disk(false, false);
+}
+
+/// Where O_DIRECT is refused, recovery drops the newest segment's clean pages instead.
+#[test]
+fn a_log_on_the_buffered_fallback_reopened_after_a_failed_sync_reports_only_what_is_on_disk() {
+    reopen_after_a_failed_sync_reports_only_what_is_on_disk(true, true);
 }
 
 #[test]
 fn a_direct_log_reopened_after_a_failed_sync_reports_only_what_is_on_disk() {
-    reopen_after_a_failed_sync_reports_only_what_is_on_disk(true);
+    reopen_after_a_failed_sync_reports_only_what_is_on_disk(true, false);
 }
 
 // Found by simulation, seed = 2174 (with reopens after a failure): a roll created a segment

@@ -55,7 +55,8 @@ pub(super) fn scan_segment<S: Storage>(
     info: &mut RecoveryInfo,
 ) -> Result<Outcome> {
     let path = segment::path(ctx.dir, id);
-    // Only the newest segment is read as the log writes it (O_DIRECT). The others are read
+    // Only the newest segment is read with O_DIRECT (where the log writes with it, or where a
+    // log on buffered I/O can still read with it: `direct_reads_work`). The others are read
     // through the page cache with the kernel's read-ahead, which overlaps the disk with the
     // checking (an O_DIRECT read at a time waits for the disk each time: opening a log was ~4x
     // slower, BENCHMARKS.md), and dropped from the cache behind. Nothing
@@ -70,7 +71,8 @@ pub(super) fn scan_segment<S: Storage>(
         // write them: records reported durable, then lost with a sealed segment torn at the
         // next power cut. Dropping the clean pages first makes the scan read the disk (dirty
         // pages stay: a killed process's batch, which the sync after recovery writes).
-        // O_DIRECT reads the disk anyway. Only the newest segment can hold such pages.
+        // O_DIRECT reads the disk anyway, mapped pages included, which this drop leaves: it is
+        // the fallback where O_DIRECT is refused. Only the newest segment can hold such pages.
         file.advise(Advice::DontNeed, 0, 0);
     }
     let mut reader = ChunkReader::new(file, path.clone(), len, ctx.align, DEFAULT_CHUNK);

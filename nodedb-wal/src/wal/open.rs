@@ -53,7 +53,8 @@ impl<S: Storage> SegmentedWal<S> {
         let lock = lock_log_dir(&storage, &dir)?;
         let direct = probe_direct(&storage, &config)?;
         let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
-        let mut recovered = recover_dir(&storage, &dir, direct, config.alignment, config.key_ring.as_deref())?;
+        let read_direct = direct || direct_reads_work(&storage, &config);
+        let mut recovered = recover_dir(&storage, &dir, read_direct, config.alignment, config.key_ring.as_deref())?;
         let manifest = Manifest::open_existing(&storage, &dir)?;
         let mut floor = Floor::open(&storage, &dir)?;
         // A new log never written: the manifest names no segment, and the floor (unchecked by
@@ -206,6 +207,20 @@ fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<
         Err(e) if is_direct_io_refusal(&e) => Err(WalError::DirectIoUnsupported { path: config.dir.clone() }),
         Err(e) => Err(WalError::io(IoOp::Open, probe, e)),
     }
+}
+
+/// Whether a log written through the page cache can still read its newest segment with O_DIRECT
+/// here (`direct_io: false` on a file system that takes it). Recovery then reads that segment
+/// from the disk. After a failed fdatasync Linux keeps the pages it could not write in the page
+/// cache, marked clean, and the same boot's next open would read them as records and report
+/// them durable. Dropping them (`POSIX_FADV_DONTNEED`, the fallback where O_DIRECT is refused)
+/// leaves every page that some process maps at that moment: a read-only look mapping the
+/// segment, which the failed batch sealed in the cache, kept them there
+/// (`buffered_writeback.rs`). An O_DIRECT read passes every cached clean page, mapped or not.
+fn direct_reads_work<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> bool {
+    let probe = config.dir.join("LOCK");
+    let mode = OpenMode { create: false, write: false, direct: true, create_new: false };
+    storage.open(&probe, mode).is_ok_and(|file| plan_direct_io(config.alignment, file.direct_io_alignment(), false) == DirectIoPlan::Direct)
 }
 
 /// Syncs the newest segment, already sealed, before the log reports its records durable. A
