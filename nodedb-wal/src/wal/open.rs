@@ -11,7 +11,7 @@ use crate::config::SegmentedWalConfig;
 use crate::error::{IoOp, Result, WalError};
 use crate::format::manifest::MANIFEST_FILE;
 use crate::manifest::{Floor, Manifest};
-use crate::recovery::{PendingSeal, RecoveryInfo, open_existing, recover_dir};
+use crate::recovery::{PendingSeal, Recovered, RecoveryInfo, open_existing, recover_dir};
 use crate::segment::{self, index};
 use crate::storage::{
     DirectIoPlan, FsStorage, OpenMode, Storage, StorageFile, create_dir_durably, is_direct_io_refusal, is_out_of_space, lock_log_dir,
@@ -53,8 +53,7 @@ impl<S: Storage> SegmentedWal<S> {
         let lock = lock_log_dir(&storage, &dir)?;
         let direct = probe_direct(&storage, &config)?;
         let _span = tracing::info_span!("recovery", dir = %dir.display()).entered();
-        let read_direct = direct || direct_reads_work(&storage, &config);
-        let mut recovered = recover_dir(&storage, &dir, read_direct, config.alignment, config.key_ring.as_deref())?;
+        let mut recovered = recover_newest_past_cache(&storage, &config, direct)?;
         let manifest = Manifest::open_existing(&storage, &dir)?;
         let mut floor = Floor::open(&storage, &dir)?;
         // A new log never written: the manifest names no segment, and the floor (unchecked by
@@ -217,6 +216,22 @@ fn probe_direct<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> Result<
 /// leaves every page that some process maps at that moment: a read-only look mapping the
 /// segment, which the failed batch sealed in the cache, kept them there
 /// (`buffered_writeback.rs`). An O_DIRECT read passes every cached clean page, mapped or not.
+fn recover_newest_past_cache<S: Storage>(storage: &S, config: &SegmentedWalConfig, direct: bool) -> Result<Recovered> {
+    let ring = config.key_ring.as_deref();
+    if direct || !direct_reads_work(storage, config) {
+        return recover_dir(storage, &config.dir, direct, config.alignment, ring);
+    }
+    match recover_dir(storage, &config.dir, true, config.alignment, ring) {
+        // The file system said it takes O_DIRECT in these blocks, yet refused a read (a segment
+        // of finer blocks whose length is none of ours): recovery changes nothing on disk, so
+        // it reads again through the page cache, dropping the cached pages first.
+        Err(WalError::Io { op: IoOp::Read, source, .. }) if is_direct_io_refusal(&source) => {
+            recover_dir(storage, &config.dir, false, config.alignment, ring)
+        }
+        recovered => recovered,
+    }
+}
+
 fn direct_reads_work<S: Storage>(storage: &S, config: &SegmentedWalConfig) -> bool {
     let probe = config.dir.join("LOCK");
     let mode = OpenMode { create: false, write: false, direct: true, create_new: false };
@@ -246,7 +261,18 @@ fn sync_newest_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, id: Se
 fn seal_segment<S: Storage>(storage: &S, dir: &Path, direct: bool, p: &PendingSeal) -> Result<u64> {
     let path = segment::path(dir, p.id);
     let (file, _) = open_existing(storage, &path, direct, true)?;
-    let seal = || seal_file(&file, p.block as usize, p.records_end, p.next_lsn, p.salt, true);
+    // A reader of this boot may map the segment: a batch whose fdatasync failed can have sealed
+    // it in the page cache (Linux keeps those pages, clean), and a look took it for sealed.
+    // Shortening the file under that map stops the reader's process (`SIGBUS`). So where a
+    // reader holds the file, the seal goes in without the cut, and the bytes past it take space
+    // until truncation. The hold is let go at once: a look waits for a held file, and one that
+    // the open kept waiting while it sealed would stall on an open that waits for the disk.
+    // (A look that maps the file in the moment between this check and the cut is not covered.)
+    let cut = file.try_hold_exclusive().unwrap_or(false);
+    if cut {
+        file.release_hold();
+    }
+    let seal = || seal_file(&file, p.block as usize, p.records_end, p.next_lsn, p.salt, cut);
     match seal() {
         Err((IoOp::Write, e)) if is_out_of_space(&e) && remove_kept_for_room(storage, dir)? => seal(),
         sealed => sealed,

@@ -74,7 +74,8 @@ impl<S: Storage> SegmentedWal<S> {
     /// else (a program or a hand truncating segment files): the log itself never shortens or
     /// rewrites a file a reader has open, mapped or not (truncation unlinks it or, kept for
     /// reuse, rewrites it only once no reader holds it; recovery cuts only the segment a
-    /// crash left open, which no reader maps). Where storage cannot map (the simulation),
+    /// crash left open, and only where no reader holds it: one may map it where a batch
+    /// whose fdatasync failed sealed it in the page cache). Where storage cannot map (the simulation),
     /// this is [`Self::read_from`].
     ///
     /// [`WalError::Io`]: crate::WalError::Io
