@@ -384,6 +384,38 @@ fn a_direct_log_reopened_after_a_failed_sync_reports_only_what_is_on_disk() {
     reopen_after_a_failed_sync_reports_only_what_is_on_disk(true, false);
 }
 
+/// `FLOOR` goes through the page cache whatever the log's I/O. A truncation whose fdatasync of
+/// it fails leaves the new floor there, clean and not on disk; the log reopened in the same boot
+/// reads it and removes the segments below it. Either floor must then be durable with what is
+/// left: after a power cut the log opens, with every record from its first on.
+#[test]
+fn a_floor_whose_sync_failed_leaves_a_log_that_opens_after_a_reopen_and_a_power_cut() {
+    for seed in 0..16 {
+        let sim = SimStorage::new(seed, FaultConfig::default());
+        sim.set_sync_failure(nodedb_wal::storage::SyncFailure::KeepsCleanPages);
+        let config = || SegmentedWalConfig { direct_io: seed % 2 == 0, ..config() };
+        let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap();
+        for _ in 0..80 {
+            wal.append_durable(record(&[3u8; 2000])).unwrap();
+        }
+        let last = wal.durable_lsn();
+        sim.fail_next_sync();
+        match wal.truncate_before(last) {
+            Err(WalError::Poisoned { path: Some(path), .. }) if path.ends_with("FLOOR") => {}
+            other => panic!("seed {seed}: expected the fdatasync of FLOOR to fail, got {other:?}"),
+        }
+        drop(wal);
+        let wal = SegmentedWal::open_with(sim.clone(), config()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(wal.recovery_info().last_lsn, last, "seed {seed}");
+        drop(wal);
+        let after = sim.crash(seed);
+        let wal = SegmentedWal::open_with(after, config()).unwrap_or_else(|e| panic!("seed {seed}: after the power cut: {e}"));
+        let first = wal.recovery_info().first_lsn;
+        let lsns: Vec<u64> = wal.read_from(first).unwrap().map(|r| r.unwrap().lsn.0).collect();
+        assert_eq!(lsns, (first.0..=last.0).collect::<Vec<_>>(), "seed {seed}");
+    }
+}
+
 // Found by simulation, seed = 2174 (with reopens after a failure): a roll created a segment
 // and its directory fsync failed. Reopened under the same kernel, recovery listed the new
 // segment from the cache, sealed it and had the manifest name it, but its entry was never
