@@ -80,6 +80,56 @@ fn one_writer_holds_the_directory_until_it_is_closed_or_dropped_fs() {
     one_writer_holds_the_directory_until_it_is_closed_or_dropped(nodedb_wal::FsStorage::new(), dir.path());
 }
 
+/// A process forked and not yet exec'd (or, here, never): it holds a copy of every descriptor
+/// of its parent, the log's `LOCK` included, until it is killed and reaped on drop.
+struct ForkedChild(rustix::process::Pid);
+
+impl ForkedChild {
+    #[expect(
+        unsafe_code,
+        reason = "fork: the child holds copies of our descriptors, as one that another thread spawns does until its exec"
+    )]
+    fn hold_descriptors() -> ForkedChild {
+        // SAFETY: after the fork the child runs only async-signal-safe calls (`pause` until
+        // the parent kills it, `_exit`), never code that could wait on a lock another thread
+        // of the parent held at the fork.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe {
+                libc::pause();
+                libc::_exit(0)
+            }
+        }
+        ForkedChild(rustix::process::Pid::from_raw(pid).expect("fork failed"))
+    }
+}
+
+impl Drop for ForkedChild {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.0, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(self.0), rustix::process::WaitOptions::empty());
+    }
+}
+
+/// An flock belongs to the open file, and a child that another thread of the application is
+/// starting holds a copy of the descriptor from its fork to its exec: the log must let go of
+/// the directory when it is closed or dropped all the same, not when that copy closes.
+#[test]
+fn a_closed_log_lets_go_of_its_directory_while_a_forked_child_holds_a_copy_of_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SegmentedWal::open(config(dir.path())).unwrap();
+    let lsn = first.append_durable(Record::new(RecordType::optional(0x100), b"first")).unwrap();
+    let child = ForkedChild::hold_descriptors();
+    first.close().unwrap();
+    let second = SegmentedWal::open(config(dir.path())).expect("the close let go of the directory, whatever the child holds");
+    assert_eq!(second.recovery_info().last_lsn, lsn);
+    drop(second);
+    let third = SegmentedWal::open(config(dir.path())).expect("the drop let go of it too");
+    drop(child);
+    drop(third);
+}
+
 #[test]
 fn one_writer_holds_the_directory_until_it_is_closed_or_dropped_sim() {
     let sim = SimStorage::new(2, FaultConfig::default());
