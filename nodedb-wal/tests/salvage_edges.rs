@@ -11,6 +11,7 @@ use std::path::Path;
 
 use common::{Disk, append_synced, assert_records, config, copy_dir, locate, read_all, seg, segment_ids, unseal, write_log};
 use nodedb_wal::format::frame::HEADER_LEN;
+use nodedb_wal::format::manifest::ManifestSlot;
 use nodedb_wal::salvage::{SalvageReport, salvage, salvage_with};
 use nodedb_wal::storage::{FaultConfig, Storage};
 use nodedb_wal::{
@@ -365,4 +366,25 @@ fn a_sealed_segment_ending_inside_a_group_drops_the_group_and_stops_there() {
     assert!(matches!(damage.error, WalError::Corruption { kind: nodedb_wal::CorruptionKind::IncompleteGroup, .. }), "{:?}", damage.error);
     assert_eq!(damage.segment, Some(SegmentId(1)));
     assert_eq!(report.past_the_stop.lsn_ranges, [Lsn(first_of_2)..=Lsn(last)]);
+}
+
+/// The salvage's last step names the newest segment in both slots of the copy's `MANIFEST`:
+/// were the older one left naming `PENDING`, damage to the newer one (a torn sector, a bit
+/// flipped on the medium) would make the good copy refuse to open for good.
+#[test]
+fn a_salvaged_log_opens_whichever_slot_of_its_manifest_is_damaged() {
+    for newer in [true, false] {
+        let sim = SimStorage::new(19, FaultConfig::default());
+        let (dir, dest) = (Path::new("/wal"), Path::new("/saved"));
+        let last = write_log(&sim, dir, &[10; 3]);
+        let report = salvage_with(&sim, dir, dest, None).unwrap();
+        let manifest = dest.join("MANIFEST");
+        let current = ManifestSlot::current(&sim.read(&manifest)).expect("the copy's manifest reads");
+        let damaged = if newer { current.sequence } else { current.sequence - 1 };
+        flip(&sim, &manifest, ManifestSlot::offset_of(damaged));
+        let wal = SegmentedWal::open_with(sim.clone(), config(dest))
+            .unwrap_or_else(|e| panic!("the copy opens with its {} slot damaged: {e}", if newer { "newer" } else { "older" }));
+        assert_eq!(wal.next_lsn(), report.next_lsn);
+        assert_eq!(read_all(&wal).len() as u64, last);
+    }
 }
