@@ -112,6 +112,37 @@ fn a_foreign_file_at_the_next_segments_name_is_never_written_over_and_poisons_th
     a_foreign_file_at_the_next_segments_name_is_left_as_it_was(&sim, Path::new("/wal"), false);
 }
 
+/// A symbolic link to nothing at the next segment's name: `O_CREAT` alone would follow it and
+/// make the segment at the link's target, outside the log. The roll refuses it as it refuses
+/// any file there, and makes nothing where it leads.
+#[test]
+fn a_dangling_symlink_at_the_next_segments_name_is_never_followed_and_poisons_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let wal = SegmentedWal::open(config(&dir, 0)).unwrap();
+    let mut acked = fill(&wal, 2);
+    let next = SegmentId(wal.segments().last().unwrap().id.0 + 1);
+    let link = segment::path(&dir, next);
+    let target = tmp.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = loop {
+        assert!(wal.segments().iter().all(|s| s.id < next) && !target.exists(), "the log made segment {next} through the link");
+        match wal.append_durable(Record::new(TY, &payload(wal.next_lsn().0))) {
+            Ok(lsn) => acked = lsn,
+            Err(err) => break err,
+        }
+    };
+    match &err {
+        WalError::Poisoned { op: IoOp::Open, kind: io::ErrorKind::AlreadyExists, path: Some(path), .. } if *path == link => {}
+        other => panic!("expected the log poisoned by the open of {}, got {other:?}", link.display()),
+    }
+    assert!(!target.exists(), "the segment was made where the link leads");
+    drop(wal);
+    std::fs::remove_file(&link).unwrap();
+    let wal = SegmentedWal::open(config(&dir, 0)).unwrap();
+    assert!(wal.recovery_info().last_lsn >= acked, "acknowledged records up to {acked} kept");
+}
+
 #[test]
 fn a_kept_segment_file_is_never_renamed_over_a_foreign_file_at_the_next_segments_name_fs() {
     let dir = tempfile::tempdir().unwrap();
