@@ -8,7 +8,7 @@
 //! record moved to another segment or position, or with any header field changed, fails.
 
 use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroize;
@@ -96,7 +96,7 @@ impl SegmentCipher {
         info[INFO.len()..].copy_from_slice(&segment.0.to_le_bytes());
         let mut okm = [0u8; KEY_LEN];
         Hkdf::<Sha256>::new(Some(kdf_salt), master.expose()).expand(&info, &mut okm).expect("32 bytes is a valid HKDF-SHA256 length");
-        let aead = SecretBox::new(Aes256Gcm::new_from_slice(&okm).expect("32-byte key"));
+        let aead = super::locked_aead(&okm);
         okm.zeroize();
         SegmentCipher { aead, preamble: preamble.encode(), epoch: preamble.nonce_epoch }
     }

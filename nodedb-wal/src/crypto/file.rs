@@ -23,7 +23,7 @@
 use std::io::{self, Read, Write};
 
 use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
@@ -125,7 +125,7 @@ impl FileCipher {
         let hkdf = Hkdf::<Sha256>::new(Some(&header[SALT_AT..CHUNK_LEN_AT]), master.expose());
         let mut okm = [0u8; KEY_LEN];
         hkdf.expand(INFO, &mut okm).expect("32 bytes is a valid HKDF-SHA256 length");
-        let aead = SecretBox::new(Aes256Gcm::new_from_slice(&okm).expect("32-byte key"));
+        let aead = super::locked_aead(&okm);
         okm.zeroize();
         let mut key_check = [0u8; KEY_CHECK_LEN];
         hkdf.expand(KEY_CHECK_INFO, &mut key_check).expect("4 bytes is a valid HKDF-SHA256 length");

@@ -17,6 +17,15 @@ pub fn warnings_during<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     (out, seen)
 }
 
+/// Catches every warning or error logged from now on, on any thread (the flusher's too), for
+/// the rest of the process: for a child process that runs a single test. The messages gather
+/// in the vector returned.
+pub fn catch_every_warning() -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    tracing::subscriber::set_global_default(Warnings(Arc::clone(&seen))).expect("the process's first subscriber");
+    seen
+}
+
 struct Warnings(Arc<Mutex<Vec<String>>>);
 
 impl Subscriber for Warnings {
