@@ -209,8 +209,13 @@ impl<S: Storage> Shared<S> {
         for Sealed { buf, meta } in run.drain(..) {
             let_go.extend(plan.recycle(buf, meta.oversized));
         }
-        // On a busy log, where the flusher seldom sleeps.
-        let _ = plan.look_at_large(Instant::now, &mut let_go);
+        // On a busy log, where the flusher seldom sleeps. A caller that wrote its own batch
+        // (a quiet log) may have found the flusher asleep with no look due, since before the
+        // large records came: wake it, so that it sleeps no longer than the next look and an
+        // idle log lets the buffers go too.
+        if plan.look_at_large(Instant::now, &mut let_go).is_some() && !plan.flusher_gathering {
+            self.notify_flusher(&plan);
+        }
         if plan.space_waiters > 0 {
             self.space.notify_all();
         }
