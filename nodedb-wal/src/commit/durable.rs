@@ -123,17 +123,18 @@ impl Durability {
         if word & !POISONED >= lsn.0 {
             return Ok(true);
         }
-        if word & POISONED != 0 {
-            return Err(self.cause.get().expect("cause is set before the flag").error());
-        }
-        Ok(false)
+        self.poison_in(word).map(|()| false)
     }
 
     /// The poison error, if the log is poisoned.
     pub fn check_poison(&self) -> Result<()> {
-        if self.lsn.load(Ordering::Acquire) & POISONED != 0 {
-            let cause = self.cause.get().expect("cause is set before the flag");
-            return Err(cause.error());
+        self.poison_in(self.lsn.load(Ordering::Acquire))
+    }
+
+    /// The poison error if `word` (a load of the watermark's word) carries the flag.
+    fn poison_in(&self, word: u64) -> Result<()> {
+        if word & POISONED != 0 {
+            return Err(self.cause.get().expect("cause is set before the flag").error());
         }
         Ok(())
     }
@@ -282,9 +283,9 @@ pub trait SyncRequester: Send + Sync {
 /// log's writer, or on the thread that poisoned the log (a truncation whose sync of `FLOOR`
 /// failed calls it while holding the truncation's lock): as the `Waker` contract expects,
 /// waking must only schedule the task. A waker that polls the task inline and blocks there
-/// (in `wait_durable`, say) would hold up every later batch, its own included: a deadlock. A waker may drop the task and with it the log's
-/// last handle: the flusher then still writes and syncs everything appended, and the
-/// directory stays locked until it has.
+/// (in `wait_durable`, say) would hold up every later batch, its own included: a deadlock. A
+/// waker may drop the task and with it the log's last handle: the flusher then still writes
+/// and syncs everything appended, and the directory stays locked until it has.
 ///
 /// # Examples
 ///

@@ -73,8 +73,7 @@ impl AlignedBuf {
     /// ```
     #[must_use]
     pub fn zeroed(len: usize, align: usize) -> AlignedBuf {
-        let layout = AlignedBuf::layout(len, align);
-        AlignedBuf::try_zeroed(len, align).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+        AlignedBuf::try_zeroed(len, align).unwrap_or_else(|| std::alloc::handle_alloc_error(AlignedBuf::layout(len, align)))
     }
 
     /// [`Self::zeroed`], or `None` where the system has no memory for it (a size far beyond
