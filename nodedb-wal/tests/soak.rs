@@ -408,11 +408,7 @@ fn a_group_larger_than_memory_is_refused_with_a_typed_error_and_the_log_goes_on(
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_appends_a_group_larger_than_memory", "--nocapture", "--test-threads=1"])
-        .env(HUGE_GROUP_DIR, tmp.path().join("wal"))
-        .output()
-        .unwrap();
+    let out = child_test("child_appends_a_group_larger_than_memory", HUGE_GROUP_DIR, &tmp.path().join("wal"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the child ended with {}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("group refused: OutOfMemory {"), "{stdout}");
@@ -553,11 +549,7 @@ fn child_appends_a_record_it_has_no_room_to_copy() {
 fn a_record_the_process_has_no_room_to_copy_is_refused_and_the_log_goes_on() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_appends_a_record_it_has_no_room_to_copy", "--nocapture", "--test-threads=1"])
-        .env(ADDRESS_SPACE_DIR, tmp.path())
-        .output()
-        .unwrap();
+    let out = child_test("child_appends_a_record_it_has_no_room_to_copy", ADDRESS_SPACE_DIR, tmp.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the child ended with {}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("writer: Err(\"OutOfMemory {"), "{stdout}");
@@ -565,4 +557,13 @@ fn a_record_the_process_has_no_room_to_copy_is_refused_and_the_log_goes_on() {
     let both = r#"[(1, [98, 101, 102, 111, 114, 101]), (2, [97, 102, 116, 101, 114])]"#;
     assert!(stdout.contains(&format!("writer holds: {both}")), "the refused record took no LSN: {stdout}");
     assert!(stdout.contains(&format!("log holds: {both}")), "the refused record took no LSN: {stdout}");
+}
+
+/// Runs the test `name` of this file in a child process of its own, with `var` set to `dir`.
+fn child_test(name: &str, var: &str, dir: &Path) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(var, dir)
+        .output()
+        .unwrap()
 }

@@ -461,17 +461,33 @@ mod tests {
         plan.oversized_out + plan.spare_oversized.iter().map(|buf| buf.capacity()).sum::<usize>()
     }
 
-    // The budget of one-off buffers grows while records larger than it come, so that several
-    // go at once and their buffers are kept for the next; it must not pin them for the life of
-    // the log. The deadline only stops a test that would otherwise wait for ever: the buffers
-    // go a second or two after the last large record.
-    #[test]
-    fn buffers_kept_for_a_burst_of_huge_records_are_let_go_once_they_stop_even_on_an_idle_log() {
+    /// A log whose one-off buffers have a fixed budget of 512 KiB (four pools of two 64 KiB
+    /// batches), and a payload that large, whose buffer the budget alone cannot keep.
+    fn log_for_huge_records() -> (SegmentedWal<SimStorage>, usize, Vec<u8>) {
         let mut config = SegmentedWalConfig::new("/wal");
         (config.batch_bytes_max, config.batch_buffers) = (64 << 10, 2);
         let fixed = 4 * 2 * (64 << 10);
         let wal = SegmentedWal::open_with(SimStorage::new(5, FaultConfig::default()), config).unwrap();
-        let huge = vec![7; fixed];
+        (wal, fixed, vec![7; fixed])
+    }
+
+    /// Waits, the log idle, until its one-off buffers hold no more than `fixed` bytes. The
+    /// deadline only stops a test that would otherwise wait for ever: the buffers go a second
+    /// or two after the last large record.
+    fn wait_until_one_off_bytes_held_fit(wal: &SegmentedWal<SimStorage>, fixed: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while one_off_bytes_held(wal) > fixed {
+            assert!(std::time::Instant::now() < deadline, "{} bytes still held", one_off_bytes_held(wal));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    // The budget of one-off buffers grows while records larger than it come, so that several
+    // go at once and their buffers are kept for the next; it must not pin them for the life of
+    // the log.
+    #[test]
+    fn buffers_kept_for_a_burst_of_huge_records_are_let_go_once_they_stop_even_on_an_idle_log() {
+        let (wal, fixed, huge) = log_for_huge_records();
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
@@ -481,34 +497,23 @@ mod tests {
                 });
             }
         });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while one_off_bytes_held(&wal) > fixed {
-            assert!(std::time::Instant::now() < deadline, "{} bytes still held", one_off_bytes_held(&wal));
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_until_one_off_bytes_held_fit(&wal, fixed);
         let lsn = wal.append_durable(Record::new(TY, &huge)).unwrap();
         assert_eq!(lsn.0, 17, "the log goes on taking them");
     }
 
     // One thread's `append_durable` on a quiet log writes its own batch, and the flusher,
     // asleep since before the large records came, never woke to look at the clock: the test
-    // above failed about once in a few dozen CI runs when its four threads happened to write
-    // every batch themselves, and this one every time (60 s and the buffers still held).
+    // above failed once in this session's CI runs (most likely because its four threads had
+    // written every batch themselves, the path this one always takes), and this one every time
+    // (60 s and the buffers still held).
     #[test]
     fn buffers_kept_for_huge_records_written_by_their_own_callers_are_let_go_on_an_idle_log() {
-        let mut config = SegmentedWalConfig::new("/wal");
-        (config.batch_bytes_max, config.batch_buffers) = (64 << 10, 2);
-        let fixed = 4 * 2 * (64 << 10);
-        let wal = SegmentedWal::open_with(SimStorage::new(5, FaultConfig::default()), config).unwrap();
-        let huge = vec![7; fixed];
+        let (wal, fixed, huge) = log_for_huge_records();
         for _ in 0..4 {
             wal.append_durable(Record::new(TY, &huge)).unwrap();
         }
         assert!(one_off_bytes_held(&wal) > fixed, "a buffer is kept for the next huge record");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while one_off_bytes_held(&wal) > fixed {
-            assert!(std::time::Instant::now() < deadline, "{} bytes still held", one_off_bytes_held(&wal));
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_until_one_off_bytes_held_fit(&wal, fixed);
     }
 }
